@@ -1,0 +1,51 @@
+// The on-disk kernel store: one self-describing file per compiled program under
+//   <root>/v<format>/<first two hex digits of the key>/<key>.kjit
+// Entries are published atomically (temp file in the same folder, fsync, rename), so readers
+// never see a partial file and concurrent writers of one key need no lock: the last rename wins
+// and both wrote the same bytes. Anything unreadable, corrupt, foreign or writable by other users
+// is a miss with a warning. Total size is kept under a cap by evicting least recently used
+// entries (a hit refreshes the entry's mtime).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+
+#include "kjit/jit.hpp"
+
+namespace kjit::cache {
+
+class KernelStore {
+ public:
+  KernelStore(std::filesystem::path root, std::uint64_t max_bytes, int format_version);
+
+  std::optional<CompiledProgram> read(const CacheKey& key) const;
+  // Publishes and then evicts down to the cap. Failures (read-only folder, full disk) warn and
+  // return false: the program is still usable from memory.
+  bool write(const CompiledProgram& program) const;
+
+  struct Stats {
+    std::uint64_t entries = 0;
+    std::uint64_t bytes = 0;
+  };
+  Stats stats() const;
+  // Removes every entry and leftover temp file of this format version; returns how many entries.
+  std::uint64_t clear() const;
+  // Evicts least recently used entries until the total is at most `max_bytes`.
+  void evict(std::uint64_t max_bytes) const;
+
+  std::filesystem::path entry_path(const CacheKey& key) const;
+  const std::filesystem::path& folder() const { return folder_; }
+
+ private:
+  // Creates the folder (mode 0700) if needed and checks it is private; warns and returns false
+  // otherwise.
+  bool usable_for_write() const;
+
+  std::filesystem::path folder_;  // <root>/v<format>
+  std::uint64_t max_bytes_;
+  int format_version_;
+};
+
+}  // namespace kjit::cache

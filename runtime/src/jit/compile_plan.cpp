@@ -1,0 +1,167 @@
+#include "jit/compile_plan.hpp"
+
+#include <nvrtc.h>
+
+#include <algorithm>
+#include <mutex>
+#include <regex>
+#include <vector>
+
+#include <fmt/format.h>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include "jit/settings.hpp"
+#include "jit/template_tree.hpp"
+#include "kjit/device.hpp"
+#include "kjit/error.hpp"
+#include "kjit/jit.hpp"
+#include "nvrtc/include_paths.hpp"
+
+namespace kjit {
+
+std::pair<int, int> nvrtc_version() {
+  static const std::pair<int, int> v = [] {
+    int major = 0, minor = 0;
+    nvrtcVersion(&major, &minor);
+    return std::pair<int, int>{major, minor};
+  }();
+  return v;
+}
+
+std::string version() { return KJIT_VERSION_STRING; }
+
+namespace detail {
+namespace {
+
+// Streams length-prefixed fields into XXH3-128, so no two different field lists hash the same
+// bytes and nothing is copied.
+class KeyWriter {
+ public:
+  KeyWriter() { XXH3_128bits_reset(&state_); }
+  void field(std::string_view tag, std::string_view value) {
+    add(tag);
+    add(value);
+  }
+  CacheKey finish() {
+    const XXH128_hash_t h = XXH3_128bits_digest(&state_);
+    return CacheKey{h.high64, h.low64};
+  }
+
+ private:
+  void add(std::string_view s) {
+    const std::uint64_t n = s.size();
+    XXH3_128bits_update(&state_, &n, sizeof(n));
+    XXH3_128bits_update(&state_, s.data(), s.size());
+  }
+  XXH3_state_t state_;
+};
+
+// Device arch strings, looked up once per device (device_info costs several driver calls).
+const std::string& device_arch(int ordinal) {
+  static std::mutex mutex;
+  static std::vector<std::string> archs;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (archs.size() <= static_cast<std::size_t>(ordinal)) archs.resize(ordinal + 1);
+  if (archs[ordinal].empty()) archs[ordinal] = device_info(ordinal).arch();
+  return archs[ordinal];
+}
+
+// Inputs fixed for the life of the process, hashed once.
+const std::string& process_fingerprint() {
+  static const std::string fp = [] {
+    const std::pair<int, int> nvrtc = nvrtc_version();
+    return fmt::format("format={} kjit={} nvrtc={}.{} {}", kStoreFormatVersion, version(),
+                       nvrtc.first, nvrtc.second, nvrtc::toolkit_fingerprint());
+  }();
+  return fp;
+}
+
+void validate(const KernelSpec& spec) {
+  if (spec.name_expressions.empty()) {
+    throw Error(fmt::format("KernelSpec for {} names no kernel: name_expressions is empty",
+                            spec.source.name()));
+  }
+  static const std::regex identifier("[A-Za-z_][A-Za-z0-9_]*");
+  for (const auto& [name, value] : spec.defines) {
+    if (!std::regex_match(name, identifier)) {
+      throw Error(fmt::format("KernelSpec define name \"{}\" is not an identifier", name));
+    }
+  }
+}
+
+// "sm_" digits, optionally "a" or "f" (no regex: this runs on every lookup).
+bool is_real_arch(std::string_view arch) {
+  if (arch.size() < 5 || arch.substr(0, 3) != "sm_") return false;
+  std::string_view rest = arch.substr(3);
+  if (rest.back() == 'a' || rest.back() == 'f') rest.remove_suffix(1);
+  return !rest.empty() && std::all_of(rest.begin(), rest.end(),
+                                      [](char c) { return c >= '0' && c <= '9'; });
+}
+
+}  // namespace
+
+PlannedKey plan_key(const KernelSpec& spec) {
+  PlannedKey out;
+  if (spec.arch.empty()) {
+    out.arch = device_arch(current_device());
+  } else {
+    out.arch = spec.arch;
+    if (!is_real_arch(out.arch)) {
+      throw Error(fmt::format("KernelSpec arch \"{}\" is not a real architecture such as sm_90a "
+                              "or sm_80",
+                              spec.arch));
+    }
+  }
+  KeyWriter key;
+  key.field("process", process_fingerprint());
+  key.field("source-kind", std::string_view(spec.source.kind() == Source::Kind::Embedded ? "e"
+                                            : spec.source.kind() == Source::Kind::File   ? "f"
+                                                                                         : "s"));
+  key.field("source-name", spec.source.name());
+  key.field("closure", source_closure(spec.source).hex());
+  for (const std::string& e : spec.name_expressions) key.field("name", e);
+  // Defines are a set: hash them in sorted order (copying only when the caller did not sort).
+  if (std::is_sorted(spec.defines.begin(), spec.defines.end())) {
+    for (const auto& [k, v] : spec.defines) key.field(k, v);
+  } else {
+    auto sorted = spec.defines;
+    std::sort(sorted.begin(), sorted.end());
+    for (const auto& [k, v] : sorted) key.field(k, v);
+  }
+  for (const std::string& o : spec.options) key.field("option", o);
+  for (const std::string& o : debug_options()) key.field("debug", o);
+  key.field("arch", out.arch);
+  out.key = key.finish();
+  return out;
+}
+
+CompilePlan make_plan(const KernelSpec& spec, const PlannedKey& planned) {
+  validate(spec);
+  ResolvedSource src = resolve_source(spec.source);
+  CompilePlan plan;
+  plan.description = spec.describe();
+  if (spec.arch.empty()) plan.description += " -> " + planned.arch;
+
+  nvrtc::Request& req = plan.request;
+  req.program_name = src.program_name;
+  req.source = std::move(src.text);
+  req.headers = std::move(src.headers);
+  req.name_expressions = spec.name_expressions;
+  // -std is fixed so templates can rely on it; -default-device keeps host-only declarations in
+  // toolkit headers from breaking device code; -v gives the resource report.
+  req.options = {"-default-device", "-std=c++17", "--gpu-architecture=" + planned.arch,
+                 "--ptxas-options=-v"};
+  for (const std::string& dir : nvrtc::cuda_include_dirs()) req.options.push_back("-I" + dir);
+  if (!src.include_dir.empty()) req.options.push_back("-I" + src.include_dir);
+  std::vector<std::pair<std::string, std::string>> defines = spec.defines;
+  std::sort(defines.begin(), defines.end());
+  for (const auto& [k, v] : defines) req.options.push_back(fmt::format("-D{}={}", k, v));
+  for (const std::string& o : debug_options()) req.options.push_back(o);
+  req.options.insert(req.options.end(), spec.options.begin(), spec.options.end());
+  return plan;
+}
+
+}  // namespace detail
+}  // namespace kjit

@@ -1,0 +1,23 @@
+// XXH3-128 helpers shared by the runtime and the build-time template embedder, so that a
+// template's hash is the same whether it was embedded or read from KJIT_TEMPLATE_DIR.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "kjit/cache_key.hpp"
+
+namespace kjit::detail {
+
+CacheKey hash128(std::string_view bytes);
+
+// The quoted includes (#include "x") of a source, in order of appearance. Angle-bracket includes
+// are toolkit headers and are covered by the toolkit fingerprint instead.
+std::vector<std::string> quoted_includes(std::string_view text);
+
+// Hash of an include closure: every (include name, content hash) pair, sorted by name.
+CacheKey closure_hash(std::vector<std::pair<std::string, CacheKey>> files);
+
+}  // namespace kjit::detail

@@ -1,0 +1,31 @@
+// The environment variables that steer the JIT, read at each lookup that misses memory (so a
+// test or a long-lived process can change them) and validated with clear errors.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace kjit::detail {
+
+enum class CacheMode { Off, Read, ReadWrite };
+
+struct Settings {
+  CacheMode cache_mode = CacheMode::ReadWrite;  // KJIT_CACHE=off|read|readwrite
+  std::string cache_dir;                        // KJIT_CACHE_DIR, else XDG default
+  std::uint64_t cache_max_bytes = 0;            // KJIT_CACHE_MAX_BYTES (K/M/G suffixes)
+  bool no_jit = false;                          // KJIT_NO_JIT=1
+  std::string dump_dir;                         // KJIT_DUMP_DIR
+};
+
+Settings current_settings();
+
+// NVRTC options for KJIT_DEBUG=lineinfo|G (empty when unset). Part of the cache key.
+std::vector<std::string> debug_options();
+
+// $KJIT_CACHE_DIR, else $XDG_CACHE_HOME/kjit, else ~/.cache/kjit.
+std::string default_cache_dir();
+
+inline constexpr std::uint64_t kDefaultCacheMaxBytes = 4ull << 30;
+
+}  // namespace kjit::detail

@@ -1,0 +1,65 @@
+#include "ops/samples/samples.hpp"
+
+#include <fmt/format.h>
+
+namespace kjit::samples {
+namespace {
+
+KernelSpec with_arch(KernelSpec spec, const std::string& arch) {
+  spec.arch = arch;
+  return spec;
+}
+
+}  // namespace
+
+KernelSpec saxpy(const std::string& type, const std::string& arch) {
+  return with_arch(KernelSpec(Source::embedded("samples/saxpy.cuh"),
+                              {fmt::format("kjit::samples::saxpy<{}>", type)}),
+                   arch);
+}
+
+KernelSpec empty_kernel(const std::string& arch) {
+  return with_arch(
+      KernelSpec(Source::embedded("samples/saxpy.cuh"), {"kjit::samples::empty_kernel"}), arch);
+}
+
+KernelSpec shared_reverse(const std::string& arch) {
+  return with_arch(KernelSpec(Source::embedded("samples/shared_reverse.cuh"),
+                              {"kjit::samples::shared_reverse"}),
+                   arch);
+}
+
+KernelSpec cluster_sum(int threads, const std::string& arch) {
+  return with_arch(KernelSpec(Source::embedded("samples/cluster_sum.cuh"),
+                              {fmt::format("kjit::samples::cluster_sum<{}>", threads)}),
+                   arch);
+}
+
+unsigned MmaGemmConfig::shared_bytes() const {
+  constexpr int kPad = 8;
+  return static_cast<unsigned>(stages * (block_m + block_n) * (block_k + kPad) * 2);
+}
+
+KernelSpec mma_gemm(const MmaGemmConfig& c, const std::string& arch) {
+  return with_arch(KernelSpec(Source::embedded("samples/mma_gemm.cuh"),
+                              {fmt::format("kjit::samples::mma_gemm<{}, {}, {}, {}, {}, {}, {}>",
+                                           c.type, c.block_m, c.block_n, c.block_k, c.warps_m,
+                                           c.warps_n, c.stages)}),
+                   arch);
+}
+
+std::vector<KernelSpec> shipped(const std::string& arch) {
+  std::vector<KernelSpec> out{saxpy("float", arch), saxpy("double", arch), empty_kernel(arch),
+                              shared_reverse(arch)};
+  for (const char* type : {"__nv_bfloat16", "__half"}) {
+    MmaGemmConfig c;
+    c.type = type;
+    out.push_back(mma_gemm(c, arch));
+  }
+  // std::stoi stops at the "a"/"f" suffix: "sm_90a" -> 90, "sm_100a" -> 100.
+  const bool has_clusters = arch.rfind("sm_", 0) == 0 && std::stoi(arch.substr(3)) >= 90;
+  if (has_clusters) out.push_back(cluster_sum(256, arch));
+  return out;
+}
+
+}  // namespace kjit::samples

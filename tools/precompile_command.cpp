@@ -1,0 +1,109 @@
+// `kjit precompile`: compiles every shipped specialisation in parallel into the kernel store and
+// prints each one's resource report. --check fails when one spills or needs a stack frame.
+#include <iostream>
+#include <memory>
+#include <string>
+
+#include <fmt/format.h>
+
+#include "kjit/device.hpp"
+#include "kjit/error.hpp"
+#include "kjit/jit.hpp"
+#include "ops/catalog.hpp"
+#include "tools/commands.hpp"
+
+namespace kjit::tools {
+namespace {
+
+struct Options {
+  std::string arch;
+  std::string family;
+  int jobs = 0;
+  bool check = false;
+};
+
+const char* origin_name(Origin o) {
+  switch (o) {
+    case Origin::Memory:
+      return "memory";
+    case Origin::Disk:
+      return "disk";
+    case Origin::Compiled:
+      return "compiled";
+  }
+  return "?";
+}
+
+int run(const Options& o) {
+  std::string arch = o.arch;
+  if (arch.empty()) {
+    std::string reason;
+    if (!driver_available(&reason)) {
+      throw Error("no GPU to take the arch from (" + reason + "); pass --arch, e.g. sm_90a");
+    }
+    arch = device_info(current_device()).arch();
+  }
+  std::vector<KernelSpec> specs;
+  std::vector<std::string> families;
+  for (catalog::Family& f : catalog::shipped(arch)) {
+    if (!o.family.empty() && f.name != o.family) continue;
+    for (KernelSpec& s : f.specs) {
+      specs.push_back(std::move(s));
+      families.push_back(f.name);
+    }
+  }
+  if (specs.empty()) throw Error("no shipped specialisation matches --family " + o.family);
+
+  const Counters before = counters();
+  const std::vector<PrecompileResult> results = precompile(specs, o.jobs);
+  const Counters after = counters();
+
+  int failures = 0, violations = 0;
+  std::cout << fmt::format("{:<9} {:<60} {:>8} {:>5} {:>7} {:>6} {:>9}\n", "family", "kernel",
+                           "origin", "regs", "smem", "stack", "spill");
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    const PrecompileResult& r = results[i];
+    if (!r.ok) {
+      ++failures;
+      std::cout << fmt::format("{:<9} {:<60} FAILED\n{}\n", families[i], r.spec.describe(),
+                               r.error);
+      continue;
+    }
+    for (const CompiledKernel& k : r.program.kernels) {
+      const ResourceUsage& u = k.resources;
+      const bool bad = u.spills() || u.stack_frame_bytes > 0;
+      violations += bad;
+      std::cout << fmt::format("{:<9} {:<60} {:>8} {:>5} {:>7} {:>6} {:>4}/{:<4}{}\n", families[i],
+                               k.name_expression, origin_name(r.origin), u.registers,
+                               u.static_shared_bytes, u.stack_frame_bytes, u.spill_store_bytes,
+                               u.spill_load_bytes, bad ? "  <- spills/stack" : "");
+    }
+  }
+  std::cout << fmt::format(
+      "{} specialisation(s) for {}: {} compiled in {:.2f} s of NVRTC time, {} from disk, {} "
+      "failed\n",
+      results.size(), arch, after.compiles - before.compiles,
+      after.compile_seconds - before.compile_seconds, after.disk_hits - before.disk_hits,
+      failures);
+  if (failures) return 2;
+  if (o.check && violations) {
+    std::cerr << fmt::format("kjit: {} kernel(s) spill or use a stack frame\n", violations);
+    return 2;
+  }
+  return 0;
+}
+
+}  // namespace
+
+void add_precompile_command(CLI::App& app, int* exit_code) {
+  auto o = std::make_shared<Options>();
+  CLI::App* cmd = app.add_subcommand(
+      "precompile", "Compile every shipped specialisation into the kernel store, in parallel");
+  cmd->add_option("--arch", o->arch, "Target, e.g. sm_90a (default: the current GPU's)");
+  cmd->add_option("--family", o->family, "Only this op family (e.g. samples)");
+  cmd->add_option("-j,--jobs", o->jobs, "Compile threads (default: all cores)");
+  cmd->add_flag("--check", o->check, "Exit 2 if a kernel spills or has a stack frame");
+  cmd->callback([exit_code, o] { *exit_code = run(*o); });
+}
+
+}  // namespace kjit::tools
