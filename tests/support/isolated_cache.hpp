@@ -1,0 +1,38 @@
+// Test fixture: each test gets its own kernel-store folder and default JIT settings, and starts
+// with an empty in-memory cache.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <memory>
+
+#include "kjit/jit.hpp"
+#include "tests/support/scoped_env.hpp"
+#include "tests/support/temp_dir.hpp"
+
+namespace kjit::test {
+
+class IsolatedCache : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    kjit::clear_memory_cache();
+    for (const char* var : {"KJIT_CACHE", "KJIT_NO_JIT", "KJIT_DUMP_DIR", "KJIT_DEBUG",
+                            "KJIT_TEMPLATE_DIR", "KJIT_CACHE_MAX_BYTES"}) {
+      envs_.push_back(std::make_unique<ScopedEnv>(var, std::nullopt));
+    }
+    envs_.push_back(std::make_unique<ScopedEnv>("KJIT_CACHE_DIR", cache_dir_.str()));
+  }
+  void TearDown() override {
+    kjit::clear_memory_cache();
+    while (!envs_.empty()) envs_.pop_back();  // restore in reverse order of setting
+  }
+
+  void set_env(const std::string& name, const std::optional<std::string>& value) {
+    envs_.push_back(std::make_unique<ScopedEnv>(name, value));
+  }
+
+  TempDir cache_dir_;
+  std::vector<std::unique_ptr<ScopedEnv>> envs_;
+};
+
+}  // namespace kjit::test

@@ -1,0 +1,39 @@
+// Runs a program with extra environment variables, capturing its output: for the tests that need
+// separate processes (racing writers, keys across processes, the CLI, no-driver behaviour).
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <sys/types.h>
+
+namespace kjit::test {
+
+struct ProcessResult {
+  int exit_code = -1;  // 128 + signal when killed by one
+  std::string out;
+  std::string err;
+};
+
+class Subprocess {
+ public:
+  // Starts `argv` with `env` added to this process's environment.
+  Subprocess(const std::vector<std::string>& argv,
+             const std::vector<std::pair<std::string, std::string>>& env = {});
+  ~Subprocess();
+  Subprocess(const Subprocess&) = delete;
+  Subprocess& operator=(const Subprocess&) = delete;
+  ProcessResult wait();
+
+ private:
+  pid_t pid_ = -1;
+  std::string out_path_, err_path_;
+};
+
+inline ProcessResult run_process(const std::vector<std::string>& argv,
+                                 const std::vector<std::pair<std::string, std::string>>& env = {}) {
+  return Subprocess(argv, env).wait();
+}
+
+}  // namespace kjit::test

@@ -1,0 +1,178 @@
+// NVRTC compilation without a GPU: every shipped specialisation for sm_80 and sm_90a within the
+// resource rules, compile errors with their structured parts, the ptxas report parser.
+#include <gtest/gtest.h>
+
+#include <cctype>
+#include <fstream>
+#include <string>
+
+#include "kjit/jit.hpp"
+#include "nvrtc/compiler.hpp"
+#include "nvrtc/ptxas_report.hpp"
+#include "ops/catalog.hpp"
+#include "tests/support/isolated_cache.hpp"
+
+namespace kjit::test {
+namespace {
+
+struct ShippedCase {
+  std::string family;
+  KernelSpec spec;
+};
+
+void PrintTo(const ShippedCase& c, std::ostream* os) { *os << c.spec.describe(); }
+
+std::vector<ShippedCase> shipped_cases() {
+  std::vector<ShippedCase> out;
+  for (const char* arch : {"sm_80", "sm_90a"}) {
+    for (catalog::Family& f : catalog::shipped(arch)) {
+      for (KernelSpec& s : f.specs) out.push_back({f.name, std::move(s)});
+    }
+  }
+  return out;
+}
+
+class ShippedSpecialisation : public IsolatedCache,
+                              public ::testing::WithParamInterface<ShippedCase> {};
+
+TEST_P(ShippedSpecialisation, CompilesWithoutSpillsOrStack) {
+  const KernelSpec& spec = GetParam().spec;
+  Origin origin{};
+  const CompiledProgram p = compile(spec, &origin);
+  EXPECT_EQ(origin, Origin::Compiled);
+  EXPECT_EQ(p.arch, spec.arch);
+  ASSERT_EQ(p.kernels.size(), spec.name_expressions.size());
+  // A cubin is an ELF file.
+  ASSERT_GT(p.cubin.size(), 4u);
+  EXPECT_EQ(p.cubin.substr(0, 4), "\x7f" "ELF");
+  for (const CompiledKernel& k : p.kernels) {
+    EXPECT_FALSE(k.lowered_name.empty());
+    EXPECT_GT(k.resources.registers, 0) << k.name_expression << ": no ptxas report parsed";
+    EXPECT_LE(k.resources.registers, 255);
+    EXPECT_EQ(k.resources.spill_store_bytes, 0) << k.name_expression;
+    EXPECT_EQ(k.resources.spill_load_bytes, 0) << k.name_expression;
+    EXPECT_EQ(k.resources.stack_frame_bytes, 0) << k.name_expression;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllArchs, ShippedSpecialisation, ::testing::ValuesIn(shipped_cases()),
+    [](const ::testing::TestParamInfo<ShippedCase>& info) {
+      std::string name = info.param.family + "_" + info.param.spec.arch + "_" +
+                         info.param.spec.name_expressions.front();
+      for (char& c : name) {
+        if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+      }
+      return name + "_" + std::to_string(info.index);
+    });
+
+class CompileErrors : public IsolatedCache {};
+
+TEST_F(CompileErrors, CarryLogOptionsAndNumberedExcerpt) {
+  KernelSpec spec(Source::string("broken.cu",
+                                 "// line 1\n"
+                                 "__global__ void k(int* p) {\n"
+                                 "  p[0] = undefined_name;\n"
+                                 "}\n"),
+                  {"k"});
+  spec.arch = "sm_90a";
+  const std::uint64_t compiles_before = counters().compiles;
+  try {
+    compile(spec);
+    FAIL() << "a program with an undefined identifier compiled";
+  } catch (const CompileError& e) {
+    EXPECT_NE(e.log.find("undefined_name"), std::string::npos) << e.log;
+    EXPECT_NE(e.log.find("broken.cu(3)"), std::string::npos) << e.log;
+    bool has_arch = false;
+    for (const std::string& o : e.options) has_arch |= o == "--gpu-architecture=sm_90a";
+    EXPECT_TRUE(has_arch);
+    EXPECT_NE(e.excerpt.find(">     3 |   p[0] = undefined_name;"), std::string::npos) << e.excerpt;
+    EXPECT_NE(e.excerpt.find("      2 | __global__"), std::string::npos) << e.excerpt;
+    const std::string what = e.what();
+    EXPECT_NE(what.find("--- log ---"), std::string::npos);
+    EXPECT_NE(what.find("--gpu-architecture=sm_90a"), std::string::npos);
+    EXPECT_NE(what.find(">     3 |"), std::string::npos);
+  }
+  EXPECT_EQ(counters().compiles, compiles_before) << "a failed compile is not counted";
+}
+
+TEST_F(CompileErrors, ErrorInAnIncludedHeaderShowsThatHeader) {
+  KernelSpec spec(Source::string("uses_header.cu", "#include \"common/indexing.cuh\"\n"
+                                                   "#include \"broken/h.cuh\"\n"
+                                                   "__global__ void k() {}\n"),
+                  {"k"});
+  spec.arch = "sm_80";
+  TempDir tree;
+  std::filesystem::create_directories(tree.path() / "broken");
+  std::ofstream(tree.path() / "broken/h.cuh") << "// header\nint x = ;\n";
+  ScopedEnv dir("KJIT_TEMPLATE_DIR", tree.str());
+  try {
+    compile(spec);
+    FAIL() << "compiled a header with a syntax error";
+  } catch (const CompileError& e) {
+    EXPECT_NE(e.excerpt.find("broken/h.cuh"), std::string::npos) << e.excerpt;
+    EXPECT_NE(e.excerpt.find(">     2 | int x = ;"), std::string::npos) << e.excerpt;
+  }
+}
+
+TEST_F(CompileErrors, UnknownTemplateListsTheEmbeddedOnes) {
+  KernelSpec spec(Source::embedded("nope/missing.cuh"), {"k"});
+  spec.arch = "sm_90a";
+  try {
+    compile(spec);
+    FAIL();
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("nope/missing.cuh"), std::string::npos);
+    EXPECT_NE(what.find("samples/saxpy.cuh"), std::string::npos);
+  }
+}
+
+TEST_F(CompileErrors, BadSpecsAreRejectedBeforeNvrtc) {
+  KernelSpec no_names(Source::embedded("samples/saxpy.cuh"), {});
+  no_names.arch = "sm_90a";
+  EXPECT_THROW(compile(no_names), Error);
+  KernelSpec bad_arch(Source::embedded("samples/saxpy.cuh"), {"kjit::samples::empty_kernel"});
+  bad_arch.arch = "compute_90";
+  EXPECT_THROW(compile(bad_arch), Error);
+  KernelSpec bad_define = bad_arch;
+  bad_define.arch = "sm_90a";
+  bad_define.defines = {{"1X", "2"}};
+  EXPECT_THROW(compile(bad_define), Error);
+}
+
+TEST(PtxasReport, ParsesEntryFunctions) {
+  const char* log =
+      "ptxas info    : 0 bytes gmem\n"
+      "ptxas info    : Compiling entry function '_Z1kPi' for 'sm_90a'\n"
+      "ptxas info    : Function properties for _Z1kPi\n"
+      "    16 bytes stack frame, 8 bytes spill stores, 4 bytes spill loads\n"
+      "ptxas info    : Used 40 registers, used 1 barriers, 4096 bytes smem, 380 bytes cmem[0]\n"
+      "ptxas info    : Function properties for _Z6helperv\n"
+      "    32 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n"
+      "ptxas info    : Compiling entry function '_Z1gv' for 'sm_90a'\n"
+      "ptxas info    : Function properties for _Z1gv\n"
+      "    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n"
+      "ptxas info    : Used 8 registers, used 0 barriers, 356 bytes cmem[0]\n";
+  const auto report = nvrtc::parse_ptxas_report(log);
+  ASSERT_EQ(report.size(), 2u);
+  const ResourceUsage& k = report.at("_Z1kPi");
+  EXPECT_EQ(k.registers, 40);
+  EXPECT_EQ(k.barriers, 1);
+  EXPECT_EQ(k.static_shared_bytes, 4096);
+  EXPECT_EQ(k.stack_frame_bytes, 16);
+  EXPECT_EQ(k.spill_store_bytes, 8);
+  EXPECT_EQ(k.spill_load_bytes, 4);
+  EXPECT_TRUE(k.spills());
+  const ResourceUsage& g = report.at("_Z1gv");
+  EXPECT_EQ(g.registers, 8);
+  EXPECT_EQ(g.static_shared_bytes, 0);
+  EXPECT_FALSE(g.spills());
+}
+
+TEST(NumberedExcerpt, MarksTheLine) {
+  EXPECT_EQ(nvrtc::numbered_excerpt("a\nb\nc\nd\n", 2, 1), "      1 | a\n>     2 | b\n      3 | c\n");
+}
+
+}  // namespace
+}  // namespace kjit::test

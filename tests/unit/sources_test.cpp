@@ -1,0 +1,82 @@
+// Kernel sources other than the embedded tree: user files with their own headers, strings, and
+// KJIT_TEMPLATE_DIR overrides.
+#include <gtest/gtest.h>
+
+#include "kjit/jit.hpp"
+#include "tests/support/isolated_cache.hpp"
+#include "tests/support/write_file.hpp"
+
+namespace kjit::test {
+namespace {
+
+class SourcesTest : public IsolatedCache {};
+
+TEST_F(SourcesTest, UserFileWithLocalHeaderAndKjitHeader) {
+  TempDir dir;
+  write_file(dir.path() / "my_kernel.cu",
+             "#include \"my_helpers.h\"\n#include \"common/indexing.cuh\"\n"
+             "__global__ void fill(int* p) { p[kjit::global_thread_index()] = helper(); }\n");
+  write_file(dir.path() / "my_helpers.h", "__device__ int helper() { return 7; }\n");
+  KernelSpec spec(Source::file((dir.path() / "my_kernel.cu").string()), {"fill"});
+  spec.arch = "sm_90a";
+  const CacheKey before = cache_key(spec);
+  const CompiledProgram p = compile(spec);
+  EXPECT_EQ(p.kernels.at(0).lowered_name, "_Z4fillPi");
+  write_file(dir.path() / "my_helpers.h", "__device__ int helper() { return 8; }\n");
+  EXPECT_NE(cache_key(spec), before) << "the user's own header is part of the key";
+}
+
+TEST_F(SourcesTest, MissingUserFileIsAClearError) {
+  KernelSpec spec(Source::file("/nonexistent/kernel.cu"), {"k"});
+  spec.arch = "sm_90a";
+  try {
+    compile(spec);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("/nonexistent/kernel.cu"), std::string::npos);
+  }
+}
+
+TEST_F(SourcesTest, TemplateDirOverridesOneFileAndFallsBackForTheRest) {
+  TempDir tree;
+  // Override saxpy.cuh only; its include of common/indexing.cuh still comes from the library.
+  write_file(tree.path() / "samples/saxpy.cuh",
+             "#include \"common/indexing.cuh\"\nnamespace kjit::samples {\n"
+             "template <class T> __global__ void saxpy(long long n, T a, const T* x, T* y) {\n"
+             "  long long i = global_thread_index(); if (i < n) y[i] = a * x[i] - y[i]; }\n}\n");
+  KernelSpec spec(Source::embedded("samples/saxpy.cuh"), {"kjit::samples::saxpy<float>"});
+  spec.arch = "sm_90a";
+  const CacheKey embedded_key = cache_key(spec);
+  set_env("KJIT_TEMPLATE_DIR", tree.str());
+  EXPECT_NE(cache_key(spec), embedded_key);
+  TempDir dump;
+  set_env("KJIT_DUMP_DIR", dump.str());
+  compile(spec);
+  const std::string compiled =
+      read_file(dump.path() / cache_key(spec).hex() / "source/samples/saxpy.cuh");
+  EXPECT_NE(compiled.find("- y[i]"), std::string::npos) << "the override was not compiled";
+}
+
+TEST_F(SourcesTest, StringSourceCompiles) {
+  KernelSpec spec(Source::string("inline.cu", "extern \"C\" __global__ void plain(float* p) { "
+                                              "p[threadIdx.x] *= 2.f; }\n"),
+                  {"plain"});
+  spec.arch = "sm_80";
+  const CompiledProgram p = compile(spec);
+  EXPECT_EQ(p.kernels.at(0).lowered_name, "plain");
+}
+
+TEST_F(SourcesTest, SeveralNameExpressionsInOneProgram) {
+  KernelSpec spec(Source::embedded("samples/saxpy.cuh"),
+                  {"kjit::samples::saxpy<float>", "kjit::samples::saxpy<double>",
+                   "kjit::samples::empty_kernel"});
+  spec.arch = "sm_90a";
+  const CompiledProgram p = compile(spec);
+  ASSERT_EQ(p.kernels.size(), 3u);
+  EXPECT_EQ(p.kernels[1].name_expression, "kjit::samples::saxpy<double>");
+  EXPECT_NE(p.kernels[0].lowered_name, p.kernels[1].lowered_name);
+  EXPECT_EQ(p.kernels[2].lowered_name, "_ZN4kjit7samples12empty_kernelEv");
+}
+
+}  // namespace
+}  // namespace kjit::test
