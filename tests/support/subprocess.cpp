@@ -30,6 +30,16 @@ std::string temp_path(const char* what) {
 
 }  // namespace
 
+std::string test_helper_path() {
+  const char* v = std::getenv("KJIT_TEST_HELPER");
+  return v && *v ? v : KJIT_TEST_HELPER;
+}
+
+std::string cli_path() {
+  const char* v = std::getenv("KJIT_CLI");
+  return v && *v ? v : KJIT_CLI;
+}
+
 Subprocess::Subprocess(const std::vector<std::string>& argv,
                        const std::vector<std::pair<std::string, std::string>>& env)
     : out_path_(temp_path("out")), err_path_(temp_path("err")) {

@@ -31,6 +31,11 @@ class Subprocess {
   std::string out_path_, err_path_;
 };
 
+// Paths of the project's own programs: the build-time location, unless the environment says
+// otherwise (KJIT_TEST_HELPER, KJIT_CLI) because the binaries were moved to another machine.
+std::string test_helper_path();
+std::string cli_path();
+
 inline ProcessResult run_process(const std::vector<std::string>& argv,
                                  const std::vector<std::pair<std::string, std::string>>& env = {}) {
   return Subprocess(argv, env).wait();

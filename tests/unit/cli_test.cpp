@@ -15,7 +15,7 @@ class CliTest : public ::testing::Test {
  protected:
   ProcessResult kjit(std::vector<std::string> args,
                      std::vector<std::pair<std::string, std::string>> env = {}) {
-    args.insert(args.begin(), KJIT_CLI);
+    args.insert(args.begin(), cli_path());
     env.emplace_back("KJIT_CACHE_DIR", cache_.str());
     env.emplace_back("KJIT_LIBCUDA", "/nonexistent/libcuda.so.1");
     return run_process(args, env);

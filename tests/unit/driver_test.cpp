@@ -8,7 +8,7 @@ namespace kjit::test {
 namespace {
 
 TEST(NoDriver, GpuCallsThrowAClearError) {
-  const ProcessResult r = run_process({KJIT_TEST_HELPER, "no-driver"},
+  const ProcessResult r = run_process({test_helper_path(), "no-driver"},
                                       {{"KJIT_LIBCUDA", "/nonexistent/libcuda.so.1"},
                                        {"KJIT_CACHE", "off"}});
   EXPECT_EQ(r.exit_code, 0) << r.out << r.err;

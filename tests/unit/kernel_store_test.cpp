@@ -291,7 +291,7 @@ TEST_F(StoreThroughCompile, ProcessesRacingOnOneKeyLeaveOneValidEntry) {
   std::vector<std::unique_ptr<Subprocess>> procs;
   for (int i = 0; i < kProcesses; ++i) {
     procs.push_back(std::make_unique<Subprocess>(
-        std::vector<std::string>{KJIT_TEST_HELPER, "race", std::to_string(kReads)},
+        std::vector<std::string>{test_helper_path(), "race", std::to_string(kReads)},
         std::vector<std::pair<std::string, std::string>>{{"KJIT_CACHE_DIR", cache_dir_.str()}}));
   }
   for (auto& p : procs) {

@@ -89,7 +89,7 @@ TEST_F(KeyTest, IdenticalAcrossProcesses) {
   ScopedEnv none("KJIT_TEMPLATE_DIR", std::nullopt);
   const std::string expected = cache_key(s).hex();
   for (int i = 0; i < 2; ++i) {
-    ProcessResult r = run_process({KJIT_TEST_HELPER, "key"});
+    ProcessResult r = run_process({test_helper_path(), "key"});
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_EQ(r.out, expected + "\n");
   }

@@ -159,6 +159,7 @@ CompilePlan make_plan(const KernelSpec& spec, const PlannedKey& planned) {
   std::sort(defines.begin(), defines.end());
   for (const auto& [k, v] : defines) req.options.push_back(fmt::format("-D{}={}", k, v));
   for (const std::string& o : debug_options()) req.options.push_back(o);
+  if (pch_enabled()) req.options.push_back("-pch");
   req.options.insert(req.options.end(), spec.options.begin(), spec.options.end());
   return plan;
 }

@@ -74,6 +74,8 @@ Settings current_settings() {
   return s;
 }
 
+bool pch_enabled() { return env("KJIT_PCH") != "0"; }
+
 std::vector<std::string> debug_options() {
   const std::string d = env("KJIT_DEBUG");
   if (d.empty()) return {};

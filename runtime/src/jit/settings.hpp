@@ -23,6 +23,11 @@ Settings current_settings();
 // NVRTC options for KJIT_DEBUG=lineinfo|G (empty when unset). Part of the cache key.
 std::vector<std::string> debug_options();
 
+// NVRTC's automatic precompiled headers, on unless KJIT_PCH=0. Measured on mma_gemm: ~1.0 s per
+// cold compile without, ~0.2 s with once the PCH exists (docs/perf.md). Not part of the key: it
+// does not change the compiled bytes.
+bool pch_enabled();
+
 // $KJIT_CACHE_DIR, else $XDG_CACHE_HOME/kjit, else ~/.cache/kjit.
 std::string default_cache_dir();
 

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine from binaries built by scripts/gpu-bundle.sh: device facts, the GPU
+# test suite, the CPU suite (there too: it checks the no-driver paths on a machine that has one),
+# the benchmarks and the example. Full logs go to $OUT (or ./gpu-out); a summary is printed last.
+#   scripts/gpu-suite.sh [tests|bench|all]   (default all)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+what="${1:-all}"
+out="${OUT:-$PWD/gpu-out}"
+mkdir -p "$out"
+bin="$PWD/.gpu-bundle/bin"
+export LD_LIBRARY_PATH="$PWD/.gpu-bundle/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+export KJIT_CACHE_DIR="$(mktemp -d)/kjit-cache"
+export KJIT_TEST_HELPER="$bin/kjit_test_helper" KJIT_CLI="$bin/kjit"
+summary=()
+step() {  # step NAME COMMAND...: run, log to $out/NAME.log, remember the outcome
+  local name="$1"; shift
+  local start=$SECONDS
+  "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  summary+=("$(printf '%-22s rc=%-3s %4ss' "$name" "$rc" "$((SECONDS - start))")")
+  return $rc
+}
+
+echo "bundle commit $(cat .gpu-bundle/commit 2>/dev/null), $(date -u +%FT%TZ)" | tee "$out/facts.log"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total --format=csv \
+  >>"$out/facts.log" 2>&1
+step info "$bin/kjit" info
+if [ "$what" = all ] || [ "$what" = tests ]; then
+  step gpu_tests "$bin/kjit_gpu_tests" --gtest_output="xml:$out/gpu_tests.xml"
+  step unit_tests "$bin/kjit_unit_tests"
+  step example "$bin/kjit_example_user_kernel"
+fi
+if [ "$what" = all ] || [ "$what" = bench ]; then
+  step compile_latency "$bin/kjit_bench_compile_latency" 6
+  step launch_overhead "$bin/kjit_bench_launch_overhead" --benchmark_repetitions=5 \
+    --benchmark_report_aggregates_only=true --benchmark_min_time=0.5
+fi
+cat "$out/facts.log" "$out/info.log"
+for log in gpu_tests unit_tests; do
+  [ -f "$out/$log.log" ] && grep -E '^\[  (PASSED|FAILED|SKIPPED) |^\[  FAILED|tests? ran' "$out/$log.log"
+done
+for log in compile_latency launch_overhead example; do
+  [ -f "$out/$log.log" ] && { echo "== $log"; grep -vE '^\*\*\*|^$' "$out/$log.log" | tail -20; }
+done
+printf '%s\n' "${summary[@]}"
