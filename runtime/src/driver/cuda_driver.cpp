@@ -20,11 +20,12 @@ struct Loaded {
   std::string failure;  // empty when the table is usable
 };
 
-std::string symbol_failure(const char* symbol, CUresult result, CUdriverProcAddressQueryResult q) {
-  return fmt::format("symbol {} not resolved (CUresult {}, query status {}): the driver is older "
-                     "than the CUDA {}.{} headers kjit was built with",
-                     symbol, static_cast<int>(result), static_cast<int>(q), CUDA_VERSION / 1000,
-                     CUDA_VERSION % 1000 / 10);
+std::string symbol_failure(const char* symbol, int version, CUresult result,
+                           CUdriverProcAddressQueryResult q) {
+  return fmt::format(
+      "driver function {} (ABI of CUDA {}.{}) not found (CUresult {}, query status "
+      "{}): the driver is too old for kjit",
+      symbol, version / 1000, version % 1000 / 10, static_cast<int>(result), static_cast<int>(q));
 }
 
 Loaded load() {
@@ -39,24 +40,25 @@ Loaded load() {
                               why ? why : "unknown error");
     return out;
   }
-  using GetProc = decltype(&::cuGetProcAddress);
+  using GetProc = PFN_cuGetProcAddress_v12000;
   auto get_proc = reinterpret_cast<GetProc>(dlsym(handle, "cuGetProcAddress_v2"));
   if (!get_proc) {
-    out.failure = fmt::format("no usable CUDA driver: {} has no cuGetProcAddress_v2 (driver older "
-                              "than CUDA 12)",
-                              path);
+    out.failure = fmt::format(
+        "no usable CUDA driver: {} has no cuGetProcAddress_v2 (driver older "
+        "than CUDA 12)",
+        path);
     return out;
   }
-#define KJIT_DRIVER_RESOLVE(name)                                                            \
-  {                                                                                          \
-    void* fn = nullptr;                                                                      \
-    CUdriverProcAddressQueryResult q = CU_GET_PROC_ADDRESS_SUCCESS;                          \
-    CUresult r = get_proc(#name, &fn, CUDA_VERSION, CU_GET_PROC_ADDRESS_DEFAULT, &q);        \
-    if (r != CUDA_SUCCESS || !fn) {                                                          \
-      out.failure = symbol_failure(#name, r, q);                                             \
-      return out;                                                                            \
-    }                                                                                        \
-    out.api.name = reinterpret_cast<decltype(out.api.name)>(fn);                             \
+#define KJIT_DRIVER_RESOLVE(name, version)                                       \
+  {                                                                              \
+    void* fn = nullptr;                                                          \
+    CUdriverProcAddressQueryResult q = CU_GET_PROC_ADDRESS_SUCCESS;              \
+    CUresult r = get_proc(#name, &fn, version, CU_GET_PROC_ADDRESS_DEFAULT, &q); \
+    if (r != CUDA_SUCCESS || !fn) {                                              \
+      out.failure = symbol_failure(#name, version, r, q);                        \
+      return out;                                                                \
+    }                                                                            \
+    out.api.name = reinterpret_cast<decltype(out.api.name)>(fn);                 \
   }
   KJIT_DRIVER_FUNCTIONS(KJIT_DRIVER_RESOLVE)
 #undef KJIT_DRIVER_RESOLVE
@@ -108,8 +110,8 @@ CUcontext primary_context(int ordinal) {
     int count = 0;
     check(a.cuDeviceGetCount(&count), "cuDeviceGetCount");
     if (ordinal >= count) {
-      throw Error(fmt::format("device ordinal {} is out of range: {} device(s) present", ordinal,
-                              count));
+      throw Error(
+          fmt::format("device ordinal {} is out of range: {} device(s) present", ordinal, count));
     }
     CUdevice device = 0;
     check(a.cuDeviceGet(&device, ordinal), "cuDeviceGet");

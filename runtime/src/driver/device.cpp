@@ -42,8 +42,8 @@ DeviceInfo device_info(int ordinal) {
   const driver::Api& a = driver::api();
   const int count = device_count();
   if (ordinal < 0 || ordinal >= count) {
-    throw Error(fmt::format("device ordinal {} is out of range: {} device(s) present", ordinal,
-                            count));
+    throw Error(
+        fmt::format("device ordinal {} is out of range: {} device(s) present", ordinal, count));
   }
   CUdevice dev = 0;
   driver::check(a.cuDeviceGet(&dev, ordinal), "cuDeviceGet");
@@ -68,8 +68,7 @@ DeviceInfo device_info(int ordinal) {
 }
 
 void set_device(int ordinal) {
-  driver::check(driver::api().cuCtxSetCurrent(driver::primary_context(ordinal)),
-                "cuCtxSetCurrent");
+  driver::check(driver::api().cuCtxSetCurrent(driver::primary_context(ordinal)), "cuCtxSetCurrent");
 }
 
 int current_device() {
@@ -166,8 +165,7 @@ void Event::synchronize() const {
 
 float Event::elapsed_ms_since(const Event& start) const {
   float ms = 0;
-  driver::check(driver::api().cuEventElapsedTime(&ms, start.event_, event_),
-                "cuEventElapsedTime");
+  driver::check(driver::api().cuEventElapsedTime(&ms, start.event_, event_), "cuEventElapsedTime");
   return ms;
 }
 

@@ -150,9 +150,11 @@ CompilePlan make_plan(const KernelSpec& spec, const PlannedKey& planned) {
   req.headers = std::move(src.headers);
   req.name_expressions = spec.name_expressions;
   // -std is fixed so templates can rely on it; -default-device keeps host-only declarations in
-  // toolkit headers from breaking device code; -v gives the resource report.
+  // toolkit headers from breaking device code; -v gives the resource report; -no-cache stops
+  // NVRTC (>= 12.9) from serving a result from the driver's compute cache, which skips ptxas
+  // and so the resource report (kjit's own store is the cache).
   req.options = {"-default-device", "-std=c++17", "--gpu-architecture=" + planned.arch,
-                 "--ptxas-options=-v"};
+                 "--ptxas-options=-v", "-no-cache"};
   for (const std::string& dir : nvrtc::cuda_include_dirs()) req.options.push_back("-I" + dir);
   if (!src.include_dir.empty()) req.options.push_back("-I" + src.include_dir);
   std::vector<std::pair<std::string, std::string>> defines = spec.defines;
