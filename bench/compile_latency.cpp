@@ -50,8 +50,9 @@ kjit::KernelSpec gemm_variant(int i) {
 
 // A small kernel: the cost floor of one NVRTC round trip.
 kjit::KernelSpec saxpy_variant(int i) {
-  static const char* const kTypes[] = {"float", "double", "int", "unsigned", "long long",
-                                       "unsigned long long", "short", "unsigned short"};
+  static const char* const kTypes[] = {"float",    "double",        "int",
+                                       "unsigned", "long long",     "unsigned long long",
+                                       "short",    "unsigned short"};
   return kjit::samples::saxpy(kTypes[i % 8], g_arch);
 }
 
@@ -90,23 +91,26 @@ int main(int argc, char** argv) {
   }
   const kjit::KernelSpec spec = gemm_variant(0);
   kjit::compile(spec);  // into the store
-  row("disk hit, store read only (compile())",
-      time_runs(50, [&](int) { kjit::compile(spec); }), 50);
+  row("disk hit, store read only (compile())", time_runs(50, [&](int) { kjit::compile(spec); }),
+      50);
   if (!gpu) {
     std::printf("(no GPU: %s; driver load and memory-hit rows skipped)\n", reason.c_str());
     return 0;
   }
-  row("disk hit, store read + cuLibraryLoadData (load())", time_runs(50, [&](int) {
-        kjit::clear_memory_cache();
-        kjit::Origin o{};
-        kjit::load(spec, &o);
-        if (o != kjit::Origin::Disk) std::abort();
-      }),
+  row("disk hit, store read + cuLibraryLoadData (load())",
+      time_runs(50,
+                [&](int) {
+                  kjit::clear_memory_cache();
+                  kjit::Origin o{};
+                  kjit::load(spec, &o);
+                  if (o != kjit::Origin::Disk) std::abort();
+                }),
       50);
   kjit::load(spec);
   constexpr int kLookups = 200000;
   const auto t0 = Clock::now();
-  for (int i = 0; i < kLookups; ++i) kjit::load(spec);
+  for (int i = 0; i < kLookups; ++i)
+    kjit::load(spec);
   const double ns = std::chrono::duration<double, std::nano>(Clock::now() - t0).count() / kLookups;
   std::printf("%-46s %5d %21.1f ns per lookup\n", "memory hit, load(spec) with key hashing",
               kLookups, ns);

@@ -16,9 +16,7 @@ constexpr int kSyncEvery = 256;
 
 struct Fixture {
   Fixture()
-      : spec(kjit::samples::saxpy("float")),
-        kernel(kjit::load(spec).kernel()),
-        buffer(1024) {}
+      : spec(kjit::samples::saxpy("float")), kernel(kjit::load(spec).kernel()), buffer(1024) {}
   kjit::KernelSpec spec;
   kjit::Kernel kernel;
   kjit::DeviceBuffer buffer;
@@ -41,8 +39,9 @@ void BM_RawCuLaunchKernel(benchmark::State& state) {
   void* args[] = {&n, &a, &x, &y};
   int i = 0;
   for (auto _ : state) {
-    kjit::driver::check(api.cuLaunchKernel(fn, 1, 1, 1, 32, 1, 1, 0, f.stream.handle(), args, nullptr),
-                        "cuLaunchKernel");
+    kjit::driver::check(
+        api.cuLaunchKernel(fn, 1, 1, 1, 32, 1, 1, 0, f.stream.handle(), args, nullptr),
+        "cuLaunchKernel");
     if (++i % kSyncEvery == 0) f.stream.synchronize();
   }
   f.stream.synchronize();
@@ -79,7 +78,8 @@ BENCHMARK(BM_KjitLoadThenLaunch)->UseRealTime();
 
 void BM_KjitMemoryHitLookup(benchmark::State& state) {
   Fixture& f = fixture();
-  for (auto _ : state) benchmark::DoNotOptimize(kjit::load(f.spec));
+  for (auto _ : state)
+    benchmark::DoNotOptimize(kjit::load(f.spec));
 }
 BENCHMARK(BM_KjitMemoryHitLookup);
 

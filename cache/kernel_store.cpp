@@ -53,9 +53,10 @@ std::string ensure_private_dir(const fs::path& dir) {
   }
   if (!S_ISDIR(st.st_mode)) return fmt::format("{} is not a folder", dir.string());
   if (written_by_others(st)) {
-    return fmt::format("{} is writable by other users or not owned by this user (mode {:o}, owner "
-                       "{}); fix it with chmod 700 or point KJIT_CACHE_DIR elsewhere",
-                       dir.string(), st.st_mode & 07777, st.st_uid);
+    return fmt::format(
+        "{} is writable by other users or not owned by this user (mode {:o}, owner "
+        "{}); fix it with chmod 700 or point KJIT_CACHE_DIR elsewhere",
+        dir.string(), st.st_mode & 07777, st.st_uid);
   }
   return {};
 }
@@ -77,8 +78,12 @@ std::string temp_name() {
   return fmt::format("{}{}-{}-{:x}{}", kTempPrefix, ::getpid(), counter++, rng(), kEntrySuffix);
 }
 
-bool is_temp(const fs::path& p) { return p.filename().string().rfind(kTempPrefix, 0) == 0; }
-bool is_entry(const fs::path& p) { return p.extension() == kEntrySuffix && !is_temp(p); }
+bool is_temp(const fs::path& p) {
+  return p.filename().string().rfind(kTempPrefix, 0) == 0;
+}
+bool is_entry(const fs::path& p) {
+  return p.extension() == kEntrySuffix && !is_temp(p);
+}
 
 }  // namespace
 
@@ -97,17 +102,18 @@ std::optional<CompiledProgram> KernelStore::read(const CacheKey& key) const {
   Fd f{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
   if (f.fd < 0) {
     if (errno != ENOENT) {
-      detail::warn(fmt::format("cannot open cache entry {}: {}", path.string(),
-                               std::strerror(errno)));
+      detail::warn(
+          fmt::format("cannot open cache entry {}: {}", path.string(), std::strerror(errno)));
     }
     return std::nullopt;
   }
   struct stat st {};
   if (::fstat(f.fd, &st) != 0 || !S_ISREG(st.st_mode)) return std::nullopt;
   if (written_by_others(st)) {
-    detail::warn(fmt::format("refusing cache entry {}: writable by other users or not owned by "
-                             "this user (mode {:o}, owner {}); recompiling",
-                             path.string(), st.st_mode & 07777, st.st_uid));
+    detail::warn(
+        fmt::format("refusing cache entry {}: writable by other users or not owned by "
+                    "this user (mode {:o}, owner {}); recompiling",
+                    path.string(), st.st_mode & 07777, st.st_uid));
     return std::nullopt;
   }
   std::string bytes(static_cast<std::size_t>(st.st_size), '\0');

@@ -95,7 +95,8 @@ std::variant<CompiledProgram, std::string> parse_entry(std::string_view bytes,
                                                        const CacheKey& expected,
                                                        int format_version) {
   if (bytes.size() < kHeaderSize) return fmt::format("truncated header ({} bytes)", bytes.size());
-  if (std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) return std::string("not a kjit entry");
+  if (std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0)
+    return std::string("not a kjit entry");
   Reader h(bytes.substr(sizeof(kMagic)));
   const auto version = h.pod<std::uint32_t>();
   const auto header_size = h.pod<std::uint32_t>();
@@ -126,8 +127,8 @@ std::variant<CompiledProgram, std::string> parse_entry(std::string_view bytes,
     k.name_expression = r.str();
     k.lowered_name = r.str();
     ResourceUsage& u = k.resources;
-    for (int* v : {&u.registers, &u.static_shared_bytes, &u.spill_store_bytes,
-                   &u.spill_load_bytes, &u.stack_frame_bytes, &u.barriers}) {
+    for (int* v : {&u.registers, &u.static_shared_bytes, &u.spill_store_bytes, &u.spill_load_bytes,
+                   &u.stack_frame_bytes, &u.barriers}) {
       *v = r.pod<std::int32_t>();
     }
     p.kernels.push_back(std::move(k));

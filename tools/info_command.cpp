@@ -67,9 +67,12 @@ nlohmann::json gather() {
   const detail::Settings s = detail::current_settings();
   const cache::KernelStore store(s.cache_dir, s.cache_max_bytes, detail::kStoreFormatVersion);
   const cache::KernelStore::Stats st = store.stats();
-  j["kernel_store"] = {{"folder", store.folder().string()}, {"mode", mode_name(s.cache_mode)},
-                       {"entries", st.entries},        {"bytes", st.bytes},
-                       {"max_bytes", s.cache_max_bytes}, {"strict_no_jit", s.no_jit}};
+  j["kernel_store"] = {{"folder", store.folder().string()},
+                       {"mode", mode_name(s.cache_mode)},
+                       {"entries", st.entries},
+                       {"bytes", st.bytes},
+                       {"max_bytes", s.cache_max_bytes},
+                       {"strict_no_jit", s.no_jit}};
   const char* template_dir = std::getenv("KJIT_TEMPLATE_DIR");
   j["templates"] = {{"embedded", detail::embedded_template_paths().size()},
                     {"override_dir", template_dir ? template_dir : ""}};
@@ -85,7 +88,8 @@ void print_text(const nlohmann::json& j) {
   std::cout << fmt::format("kjit {}\nNVRTC {}\n", j["kjit"].get<std::string>(),
                            j["nvrtc"].get<std::string>());
   std::string dirs;
-  for (const auto& d : j["cuda_include_dirs"]) dirs += " " + d.get<std::string>();
+  for (const auto& d : j["cuda_include_dirs"])
+    dirs += " " + d.get<std::string>();
   std::cout << fmt::format("CUDA headers:{} ({})\n", dirs, j["toolkit"].get<std::string>());
   const auto& drv = j["driver"];
   if (drv["available"].get<bool>()) {

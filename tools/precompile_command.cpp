@@ -83,8 +83,7 @@ int run(const Options& o) {
       "{} specialisation(s) for {}: {} compiled in {:.2f} s of NVRTC time, {} from disk, {} "
       "failed\n",
       results.size(), arch, after.compiles - before.compiles,
-      after.compile_seconds - before.compile_seconds, after.disk_hits - before.disk_hits,
-      failures);
+      after.compile_seconds - before.compile_seconds, after.disk_hits - before.disk_hits, failures);
   if (failures) return 2;
   if (o.check && violations) {
     std::cerr << fmt::format("kjit: {} kernel(s) spill or use a stack frame\n", violations);

@@ -61,7 +61,8 @@ int main(int argc, char** argv) try {
     out << "0};\nconst char* const kClosure" << index << "[] = {";
     std::set<std::string> seen;
     closure_of(path, seen);
-    for (const std::string& inc : seen) out << '"' << inc << "\", ";
+    for (const std::string& inc : seen)
+      out << '"' << inc << "\", ";
     out << "nullptr};\n";
     ++index;
   }
@@ -72,7 +73,8 @@ int main(int argc, char** argv) try {
     closure_of(path, seen);
     seen.insert(path);
     std::vector<std::pair<std::string, kjit::CacheKey>> files;
-    for (const std::string& f : seen) files.emplace_back(f, kjit::detail::hash128(g_files.at(f)));
+    for (const std::string& f : seen)
+      files.emplace_back(f, kjit::detail::hash128(g_files.at(f)));
     const kjit::CacheKey h = kjit::detail::hash128(text);
     const kjit::CacheKey c = kjit::detail::closure_hash(files);
     out << "    {\"" << path << "\", kText" << index << ", " << text.size() << ", "

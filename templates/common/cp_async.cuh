@@ -15,7 +15,9 @@ __device__ __forceinline__ void cp_async_16(void* shared_dst, const void* global
                "l"(global_src), "r"(src_bytes));
 }
 
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
 
 // Waits until at most `kPending` committed groups are still in flight.
 template <int kPending>

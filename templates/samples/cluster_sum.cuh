@@ -8,9 +8,8 @@
 namespace kjit::samples {
 
 template <int kThreads>
-__global__ void __launch_bounds__(kThreads) cluster_sum(const float* __restrict__ in,
-                                                        float* __restrict__ cluster_totals,
-                                                        int n_per_block) {
+__global__ void __launch_bounds__(kThreads)
+    cluster_sum(const float* __restrict__ in, float* __restrict__ cluster_totals, int n_per_block) {
   namespace cg = cooperative_groups;
   __shared__ float partial[kThreads];
   __shared__ float block_total;
@@ -18,7 +17,8 @@ __global__ void __launch_bounds__(kThreads) cluster_sum(const float* __restrict_
 
   const long long base = static_cast<long long>(blockIdx.x) * n_per_block;
   float sum = 0.f;
-  for (int i = threadIdx.x; i < n_per_block; i += kThreads) sum += in[base + i];
+  for (int i = threadIdx.x; i < n_per_block; i += kThreads)
+    sum += in[base + i];
   partial[threadIdx.x] = sum;
   __syncthreads();
   for (int stride = kThreads / 2; stride > 0; stride /= 2) {
@@ -29,7 +29,8 @@ __global__ void __launch_bounds__(kThreads) cluster_sum(const float* __restrict_
   cluster.sync();  // every block's total is visible cluster-wide
   if (cluster.block_rank() == 0 && threadIdx.x == 0) {
     float total = 0.f;
-    for (unsigned r = 0; r < cluster.num_blocks(); ++r) total += *cluster.map_shared_rank(&block_total, r);
+    for (unsigned r = 0; r < cluster.num_blocks(); ++r)
+      total += *cluster.map_shared_rank(&block_total, r);
     cluster_totals[blockIdx.x / cluster.num_blocks()] = total;
   }
   cluster.sync();  // peers keep their shared memory alive until rank 0 has read it

@@ -87,7 +87,8 @@ __global__ void __launch_bounds__(kWarpsM* kWarpsN * 32)
 #pragma unroll
       for (int i = 0; i < S::kFragsM; ++i) {
 #pragma unroll
-        for (int j = 0; j < S::kFragsN; ++j) ptx::mma_m16n8k16<T>(acc[i][j], af[i], bf[j]);
+        for (int j = 0; j < S::kFragsN; ++j)
+          ptx::mma_m16n8k16<T>(acc[i][j], af[i], bf[j]);
       }
     }
   }

@@ -8,7 +8,8 @@ __global__ void shared_reverse(const float* __restrict__ in, float* __restrict__
                                int n_per_block) {
   extern __shared__ float slice[];
   const long long base = static_cast<long long>(blockIdx.x) * n_per_block;
-  for (int i = threadIdx.x; i < n_per_block; i += blockDim.x) slice[i] = in[base + i];
+  for (int i = threadIdx.x; i < n_per_block; i += blockDim.x)
+    slice[i] = in[base + i];
   __syncthreads();
   for (int i = threadIdx.x; i < n_per_block; i += blockDim.x) {
     out[base + i] = slice[n_per_block - 1 - i];

@@ -22,7 +22,8 @@ std::vector<float> random_floats(std::size_t n) {
   std::mt19937 rng(std::random_device{}());
   std::uniform_real_distribution<float> dist(-2.f, 2.f);
   std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
+  for (float& x : v)
+    x = dist(rng);
   return v;
 }
 
@@ -103,7 +104,8 @@ TEST_F(Launch, UserStringSource) {
   k.launch({{4}, {256}, 0, nullptr, {}}, d.as<float>(), 1000);
   std::vector<float> out(v.size());
   d.download(out.data(), d.size());
-  for (std::size_t i = 0; i < v.size(); ++i) ASSERT_FLOAT_EQ(out[i], 3 * v[i]);
+  for (std::size_t i = 0; i < v.size(); ++i)
+    ASSERT_FLOAT_EQ(out[i], 3 * v[i]);
 }
 
 TEST_F(Launch, ConcurrentThreadsAndStreams) {
@@ -117,7 +119,8 @@ TEST_F(Launch, ConcurrentThreadsAndStreams) {
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       ready.fetch_add(1);
-      while (ready.load() < kThreads) std::this_thread::yield();
+      while (ready.load() < kThreads)
+        std::this_thread::yield();
       try {
         Stream stream;
         const Kernel k = load(samples::saxpy("float")).kernel();
@@ -127,8 +130,8 @@ TEST_F(Launch, ConcurrentThreadsAndStreams) {
         // y = y0 + kLaunches * a * x after kLaunches accumulating launches on this stream.
         const float a = 0.25f * (t + 1);
         for (int i = 0; i < kLaunches; ++i) {
-          k.launch({{blocks_for(n, 256)}, {256}, 0, stream.handle(), {}},
-                   static_cast<long long>(n), a, dx.as<const float>(), dy.as<float>());
+          k.launch({{blocks_for(n, 256)}, {256}, 0, stream.handle(), {}}, static_cast<long long>(n),
+                   a, dx.as<const float>(), dy.as<float>());
         }
         stream.synchronize();
         std::vector<float> y(n);
@@ -146,7 +149,8 @@ TEST_F(Launch, ConcurrentThreadsAndStreams) {
       }
     });
   }
-  for (std::thread& t : threads) t.join();
+  for (std::thread& t : threads)
+    t.join();
   EXPECT_EQ(failures.load(), 0);
   EXPECT_EQ(counters().compiles - before.compiles, 1u) << "one compile for eight threads";
 }
@@ -173,8 +177,11 @@ TEST_F(Launch, LargeDynamicSharedMemory) {
   }
   // Beyond the device's limit the driver refuses, and kjit says which kernel and how much.
   try {
-    k.launch({{1}, {512}, static_cast<unsigned>(dev.max_shared_memory_per_block_optin + 1024),
-              nullptr, {}},
+    k.launch({{1},
+              {512},
+              static_cast<unsigned>(dev.max_shared_memory_per_block_optin + 1024),
+              nullptr,
+              {}},
              din.as<const float>(), dout.as<float>(), 16);
     FAIL() << "launch beyond the shared-memory limit succeeded";
   } catch (const DriverError& e) {
@@ -197,7 +204,8 @@ TEST_F(Launch, ClusterLaunch) {
   dout.download(out.data(), dout.size());
   for (int c = 0; c < kBlocks / kCluster; ++c) {
     double ref = 0;
-    for (int i = 0; i < kPerBlock * kCluster; ++i) ref += in[c * kPerBlock * kCluster + i];
+    for (int i = 0; i < kPerBlock * kCluster; ++i)
+      ref += in[c * kPerBlock * kCluster + i];
     ASSERT_NEAR(out[c], ref, 1e-3) << "cluster " << c;
   }
   EXPECT_THROW(k.launch({{kBlocks + 1}, {kThreads}, 0, nullptr, {kCluster, 1, 1}},
@@ -232,11 +240,13 @@ TEST_F(Launch, RepeatedLoadsAndLaunchesDoNotGrowDeviceMemory) {
     done.record(nullptr);
     done.synchronize();
   };
-  for (int i = 0; i < 10; ++i) launch_once();
+  for (int i = 0; i < 10; ++i)
+    launch_once();
   wait_default_stream();
   std::size_t free_before = 0, free_after = 0;
   memory_info(&free_before, nullptr);
-  for (int i = 0; i < 1000; ++i) launch_once();
+  for (int i = 0; i < 1000; ++i)
+    launch_once();
   wait_default_stream();
   memory_info(&free_after, nullptr);
   EXPECT_LE(free_before - std::min(free_before, free_after), 2u << 20);

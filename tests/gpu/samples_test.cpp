@@ -32,7 +32,8 @@ TEST_P(MmaGemm, MatchesDoubleReference) {
   const bool bf16 = c.config.type == "__nv_bfloat16";
   std::mt19937 rng(std::random_device{}());
   std::uniform_real_distribution<float> dist(-1.f, 1.f);
-  std::vector<std::uint16_t> a(static_cast<std::size_t>(c.m) * c.k), b(static_cast<std::size_t>(c.n) * c.k);
+  std::vector<std::uint16_t> a(static_cast<std::size_t>(c.m) * c.k),
+      b(static_cast<std::size_t>(c.n) * c.k);
   std::vector<double> af(a.size()), bf(b.size());
   for (std::size_t i = 0; i < a.size(); ++i) {
     a[i] = bf16 ? float_to_bf16(dist(rng)) : float_to_fp16(dist(rng));
@@ -64,7 +65,9 @@ TEST_P(MmaGemm, MatchesDoubleReference) {
   for (int i = 0; i < c.m; ++i) {
     for (int j = 0; j < c.n; ++j) {
       double ref = 0;
-      for (int kk = 0; kk < c.k; ++kk) ref += af[i * static_cast<std::size_t>(c.k) + kk] * bf[j * static_cast<std::size_t>(c.k) + kk];
+      for (int kk = 0; kk < c.k; ++kk)
+        ref +=
+            af[i * static_cast<std::size_t>(c.k) + kk] * bf[j * static_cast<std::size_t>(c.k) + kk];
       const double got = out[i * static_cast<std::size_t>(c.n) + j];
       ASSERT_TRUE(std::isfinite(got)) << "C[" << i << "," << j << "] not written";
       max_err = std::max(max_err, std::abs(got - ref));

@@ -7,10 +7,10 @@
 
 #include "kjit/device.hpp"
 
-#define KJIT_REQUIRE_GPU()                                                  \
-  do {                                                                      \
-    std::string kjit_no_gpu_reason;                                         \
-    if (!kjit::driver_available(&kjit_no_gpu_reason)) {                     \
-      GTEST_SKIP() << "needs a CUDA GPU: " << kjit_no_gpu_reason;           \
-    }                                                                       \
+#define KJIT_REQUIRE_GPU()                                        \
+  do {                                                            \
+    std::string kjit_no_gpu_reason;                               \
+    if (!kjit::driver_available(&kjit_no_gpu_reason)) {           \
+      GTEST_SKIP() << "needs a CUDA GPU: " << kjit_no_gpu_reason; \
+    }                                                             \
   } while (0)

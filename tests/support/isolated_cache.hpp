@@ -24,7 +24,8 @@ class IsolatedCache : public ::testing::Test {
   }
   void TearDown() override {
     kjit::clear_memory_cache();
-    while (!envs_.empty()) envs_.pop_back();  // restore in reverse order of setting
+    while (!envs_.empty())
+      envs_.pop_back();  // restore in reverse order of setting
   }
 
   void set_env(const std::string& name, const std::optional<std::string>& value) {

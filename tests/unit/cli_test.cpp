@@ -44,9 +44,11 @@ TEST_F(CliTest, InfoJson) {
 }
 
 TEST_F(CliTest, HelpEverywhere) {
-  for (auto args : std::vector<std::vector<std::string>>{
-           {"--help"}, {"info", "--help"}, {"cache", "--help"}, {"cache", "stats", "--help"},
-           {"precompile", "--help"}}) {
+  for (auto args : std::vector<std::vector<std::string>>{{"--help"},
+                                                         {"info", "--help"},
+                                                         {"cache", "--help"},
+                                                         {"cache", "stats", "--help"},
+                                                         {"precompile", "--help"}}) {
     const ProcessResult r = kjit(args);
     EXPECT_EQ(r.exit_code, 0) << args[0];
     EXPECT_NE(r.out.find("Usage"), std::string::npos) << args[0] << ": " << r.out;
@@ -77,11 +79,11 @@ TEST_F(CliTest, PrecompileThenStatsThenClear) {
   EXPECT_GE(stats["entries"].get<int>(), 6);
   r = kjit({"precompile", "--arch", "sm_90a"});
   ASSERT_EQ(r.exit_code, 0);
-  EXPECT_NE(r.out.find("0 compiled"), std::string::npos) << "second run is all disk hits: " << r.out;
+  EXPECT_NE(r.out.find("0 compiled"), std::string::npos)
+      << "second run is all disk hits: " << r.out;
   r = kjit({"cache", "clear"});
   ASSERT_EQ(r.exit_code, 0);
-  EXPECT_NE(r.out.find("removed " + std::to_string(stats["entries"].get<int>())),
-            std::string::npos)
+  EXPECT_NE(r.out.find("removed " + std::to_string(stats["entries"].get<int>())), std::string::npos)
       << r.out;
   r = kjit({"cache", "stats", "--json"});
   EXPECT_EQ(nlohmann::json::parse(r.out)["entries"], 0);

@@ -20,13 +20,16 @@ struct ShippedCase {
   KernelSpec spec;
 };
 
-void PrintTo(const ShippedCase& c, std::ostream* os) { *os << c.spec.describe(); }
+void PrintTo(const ShippedCase& c, std::ostream* os) {
+  *os << c.spec.describe();
+}
 
 std::vector<ShippedCase> shipped_cases() {
   std::vector<ShippedCase> out;
   for (const char* arch : {"sm_80", "sm_90a"}) {
     for (catalog::Family& f : catalog::shipped(arch)) {
-      for (KernelSpec& s : f.specs) out.push_back({f.name, std::move(s)});
+      for (KernelSpec& s : f.specs)
+        out.push_back({f.name, std::move(s)});
     }
   }
   return out;
@@ -44,7 +47,9 @@ TEST_P(ShippedSpecialisation, CompilesWithoutSpillsOrStack) {
   ASSERT_EQ(p.kernels.size(), spec.name_expressions.size());
   // A cubin is an ELF file.
   ASSERT_GT(p.cubin.size(), 4u);
-  EXPECT_EQ(p.cubin.substr(0, 4), "\x7f" "ELF");
+  EXPECT_EQ(p.cubin.substr(0, 4),
+            "\x7f"
+            "ELF");
   for (const CompiledKernel& k : p.kernels) {
     EXPECT_FALSE(k.lowered_name.empty());
     EXPECT_GT(k.resources.registers, 0) << k.name_expression << ": no ptxas report parsed";
@@ -55,16 +60,15 @@ TEST_P(ShippedSpecialisation, CompilesWithoutSpillsOrStack) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    AllArchs, ShippedSpecialisation, ::testing::ValuesIn(shipped_cases()),
-    [](const ::testing::TestParamInfo<ShippedCase>& info) {
-      std::string name = info.param.family + "_" + info.param.spec.arch + "_" +
-                         info.param.spec.name_expressions.front();
-      for (char& c : name) {
-        if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
-      }
-      return name + "_" + std::to_string(info.index);
-    });
+INSTANTIATE_TEST_SUITE_P(AllArchs, ShippedSpecialisation, ::testing::ValuesIn(shipped_cases()),
+                         [](const ::testing::TestParamInfo<ShippedCase>& info) {
+                           std::string name = info.param.family + "_" + info.param.spec.arch + "_" +
+                                              info.param.spec.name_expressions.front();
+                           for (char& c : name) {
+                             if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+                           }
+                           return name + "_" + std::to_string(info.index);
+                         });
 
 class CompileErrors : public IsolatedCache {};
 
@@ -84,7 +88,8 @@ TEST_F(CompileErrors, CarryLogOptionsAndNumberedExcerpt) {
     EXPECT_NE(e.log.find("undefined_name"), std::string::npos) << e.log;
     EXPECT_NE(e.log.find("broken.cu(3)"), std::string::npos) << e.log;
     bool has_arch = false;
-    for (const std::string& o : e.options) has_arch |= o == "--gpu-architecture=sm_90a";
+    for (const std::string& o : e.options)
+      has_arch |= o == "--gpu-architecture=sm_90a";
     EXPECT_TRUE(has_arch);
     EXPECT_NE(e.excerpt.find(">     3 |   p[0] = undefined_name;"), std::string::npos) << e.excerpt;
     EXPECT_NE(e.excerpt.find("      2 | __global__"), std::string::npos) << e.excerpt;
@@ -97,9 +102,10 @@ TEST_F(CompileErrors, CarryLogOptionsAndNumberedExcerpt) {
 }
 
 TEST_F(CompileErrors, ErrorInAnIncludedHeaderShowsThatHeader) {
-  KernelSpec spec(Source::string("uses_header.cu", "#include \"common/indexing.cuh\"\n"
-                                                   "#include \"broken/h.cuh\"\n"
-                                                   "__global__ void k() {}\n"),
+  KernelSpec spec(Source::string("uses_header.cu",
+                                 "#include \"common/indexing.cuh\"\n"
+                                 "#include \"broken/h.cuh\"\n"
+                                 "__global__ void k() {}\n"),
                   {"k"});
   spec.arch = "sm_80";
   TempDir tree;
@@ -171,7 +177,8 @@ TEST(PtxasReport, ParsesEntryFunctions) {
 }
 
 TEST(NumberedExcerpt, MarksTheLine) {
-  EXPECT_EQ(nvrtc::numbered_excerpt("a\nb\nc\nd\n", 2, 1), "      1 | a\n>     2 | b\n      3 | c\n");
+  EXPECT_EQ(nvrtc::numbered_excerpt("a\nb\nc\nd\n", 2, 1),
+            "      1 | a\n>     2 | b\n      3 | c\n");
 }
 
 }  // namespace

@@ -8,9 +8,9 @@ namespace kjit::test {
 namespace {
 
 TEST(NoDriver, GpuCallsThrowAClearError) {
-  const ProcessResult r = run_process({test_helper_path(), "no-driver"},
-                                      {{"KJIT_LIBCUDA", "/nonexistent/libcuda.so.1"},
-                                       {"KJIT_CACHE", "off"}});
+  const ProcessResult r =
+      run_process({test_helper_path(), "no-driver"},
+                  {{"KJIT_LIBCUDA", "/nonexistent/libcuda.so.1"}, {"KJIT_CACHE", "off"}});
   EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
   EXPECT_NE(r.out.find("no CUDA driver found: dlopen(/nonexistent/libcuda.so.1) failed"),
             std::string::npos)

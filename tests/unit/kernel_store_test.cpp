@@ -133,7 +133,8 @@ TEST_F(KernelStoreTest, EvictsLeastRecentlyUsedUnderTheCap) {
 }
 
 TEST_F(KernelStoreTest, ClearRemovesEverything) {
-  for (std::uint64_t i = 0; i < 5; ++i) ASSERT_TRUE(store().write(synthetic(i, 10)));
+  for (std::uint64_t i = 0; i < 5; ++i)
+    ASSERT_TRUE(store().write(synthetic(i, 10)));
   EXPECT_EQ(store().clear(), 5u);
   EXPECT_EQ(store().stats().entries, 0u);
 }
@@ -276,13 +277,16 @@ TEST_F(StoreThroughCompile, ThreadsAskingForOneKeyCompileOnce) {
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       ready.fetch_add(1);
-      while (ready.load() < kThreads) std::this_thread::yield();  // start together
+      while (ready.load() < kThreads)
+        std::this_thread::yield();  // start together
       cubins[t] = compile(spec()).cubin;
     });
   }
-  for (std::thread& t : threads) t.join();
+  for (std::thread& t : threads)
+    t.join();
   EXPECT_EQ(counters().compiles - before.compiles, 1u);
-  for (const std::string& c : cubins) EXPECT_EQ(c, cubins[0]);
+  for (const std::string& c : cubins)
+    EXPECT_EQ(c, cubins[0]);
 }
 
 TEST_F(StoreThroughCompile, ProcessesRacingOnOneKeyLeaveOneValidEntry) {
@@ -316,8 +320,8 @@ TEST_F(StoreThroughCompile, ProcessesRacingOnOneKeyLeaveOneValidEntry) {
   KernelSpec helper_spec = spec();
   helper_spec.arch = "sm_90a";
   EXPECT_EQ(files[0].stem(), cache_key(helper_spec).hex());
-  auto parsed = cache::parse_entry(read_file(files[0]), cache_key(helper_spec),
-                                   detail::kStoreFormatVersion);
+  auto parsed =
+      cache::parse_entry(read_file(files[0]), cache_key(helper_spec), detail::kStoreFormatVersion);
   EXPECT_TRUE(std::holds_alternative<CompiledProgram>(parsed));
 }
 

@@ -30,7 +30,9 @@ class KeyTest : public IsolatedCache {
   TempDir tree_;
 };
 
-TEST_F(KeyTest, SameInputsSameKey) { EXPECT_EQ(cache_key(spec()), cache_key(spec())); }
+TEST_F(KeyTest, SameInputsSameKey) {
+  EXPECT_EQ(cache_key(spec()), cache_key(spec()));
+}
 
 TEST_F(KeyTest, DefineOrderDoesNotMatter) {
   KernelSpec a = spec(), b = spec();

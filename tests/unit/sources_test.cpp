@@ -58,8 +58,9 @@ TEST_F(SourcesTest, TemplateDirOverridesOneFileAndFallsBackForTheRest) {
 }
 
 TEST_F(SourcesTest, StringSourceCompiles) {
-  KernelSpec spec(Source::string("inline.cu", "extern \"C\" __global__ void plain(float* p) { "
-                                              "p[threadIdx.x] *= 2.f; }\n"),
+  KernelSpec spec(Source::string("inline.cu",
+                                 "extern \"C\" __global__ void plain(float* p) { "
+                                 "p[threadIdx.x] *= 2.f; }\n"),
                   {"plain"});
   spec.arch = "sm_80";
   const CompiledProgram p = compile(spec);

@@ -32,7 +32,9 @@ class CompileError : public Error {
  public:
   CompileError(const std::string& message, std::string log, std::vector<std::string> options,
                std::string excerpt)
-      : Error(message), log(std::move(log)), options(std::move(options)),
+      : Error(message),
+        log(std::move(log)),
+        options(std::move(options)),
         excerpt(std::move(excerpt)) {}
   std::string log;
   std::vector<std::string> options;

@@ -4,7 +4,9 @@
 
 namespace kjit {
 
-std::string CacheKey::hex() const { return fmt::format("{:016x}{:016x}", high, low); }
+std::string CacheKey::hex() const {
+  return fmt::format("{:016x}{:016x}", high, low);
+}
 
 std::optional<CacheKey> CacheKey::from_hex(std::string_view hex) {
   if (hex.size() != 32) return std::nullopt;

@@ -3,7 +3,7 @@
 #include <nvrtc.h>
 
 #include <algorithm>
-#include <mutex>
+#include <cstdlib>
 #include <regex>
 #include <vector>
 
@@ -12,6 +12,7 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
+#include "driver/cuda_driver.hpp"
 #include "jit/settings.hpp"
 #include "jit/template_tree.hpp"
 #include "kjit/device.hpp"
@@ -30,16 +31,34 @@ std::pair<int, int> nvrtc_version() {
   return v;
 }
 
-std::string version() { return KJIT_VERSION_STRING; }
+std::string version() {
+  return KJIT_VERSION_STRING;
+}
 
 namespace detail {
 namespace {
 
+// Inputs fixed for the life of the process (format, versions, toolkit), hashed once: every key
+// starts from a copy of this state.
+const XXH3_state_t& process_prefix() {
+  static const XXH3_state_t prefix = [] {
+    XXH3_state_t state;
+    XXH3_128bits_reset(&state);
+    const std::pair<int, int> nvrtc = nvrtc_version();
+    const std::string fp =
+        fmt::format("format={} kjit={} nvrtc={}.{} {}", kStoreFormatVersion, version(), nvrtc.first,
+                    nvrtc.second, nvrtc::toolkit_fingerprint());
+    XXH3_128bits_update(&state, fp.data(), fp.size());
+    return state;
+  }();
+  return prefix;
+}
+
 // Streams length-prefixed fields into XXH3-128, so no two different field lists hash the same
-// bytes and nothing is copied.
+// bytes and nothing is copied or allocated.
 class KeyWriter {
  public:
-  KeyWriter() { XXH3_128bits_reset(&state_); }
+  KeyWriter() { XXH3_copyState(&state_, &process_prefix()); }
   void field(std::string_view tag, std::string_view value) {
     add(tag);
     add(value);
@@ -58,24 +77,19 @@ class KeyWriter {
   XXH3_state_t state_;
 };
 
-// Device arch strings, looked up once per device (device_info costs several driver calls).
-const std::string& device_arch(int ordinal) {
-  static std::mutex mutex;
-  static std::vector<std::string> archs;
-  std::lock_guard<std::mutex> lock(mutex);
-  if (archs.size() <= static_cast<std::size_t>(ordinal)) archs.resize(ordinal + 1);
-  if (archs[ordinal].empty()) archs[ordinal] = device_info(ordinal).arch();
-  return archs[ordinal];
-}
-
-// Inputs fixed for the life of the process, hashed once.
-const std::string& process_fingerprint() {
-  static const std::string fp = [] {
-    const std::pair<int, int> nvrtc = nvrtc_version();
-    return fmt::format("format={} kjit={} nvrtc={}.{} {}", kStoreFormatVersion, version(),
-                       nvrtc.first, nvrtc.second, nvrtc::toolkit_fingerprint());
-  }();
-  return fp;
+// The arch of the calling thread's current device. device_info costs several driver calls, so
+// each thread remembers the answer for the context it last saw.
+const std::string& current_device_arch() {
+  driver::ensure_context();
+  CUcontext context = nullptr;
+  driver::check(driver::api().cuCtxGetCurrent(&context), "cuCtxGetCurrent");
+  thread_local CUcontext cached_context = nullptr;
+  thread_local std::string cached_arch;
+  if (context != cached_context) {
+    cached_arch = device_info(current_device()).arch();
+    cached_context = context;
+  }
+  return cached_arch;
 }
 
 void validate(const KernelSpec& spec) {
@@ -96,8 +110,8 @@ bool is_real_arch(std::string_view arch) {
   if (arch.size() < 5 || arch.substr(0, 3) != "sm_") return false;
   std::string_view rest = arch.substr(3);
   if (rest.back() == 'a' || rest.back() == 'f') rest.remove_suffix(1);
-  return !rest.empty() && std::all_of(rest.begin(), rest.end(),
-                                      [](char c) { return c >= '0' && c <= '9'; });
+  return !rest.empty() &&
+         std::all_of(rest.begin(), rest.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
 }  // namespace
@@ -105,33 +119,40 @@ bool is_real_arch(std::string_view arch) {
 PlannedKey plan_key(const KernelSpec& spec) {
   PlannedKey out;
   if (spec.arch.empty()) {
-    out.arch = device_arch(current_device());
+    out.arch = current_device_arch();
   } else {
     out.arch = spec.arch;
     if (!is_real_arch(out.arch)) {
-      throw Error(fmt::format("KernelSpec arch \"{}\" is not a real architecture such as sm_90a "
-                              "or sm_80",
-                              spec.arch));
+      throw Error(
+          fmt::format("KernelSpec arch \"{}\" is not a real architecture such as sm_90a "
+                      "or sm_80",
+                      spec.arch));
     }
   }
   KeyWriter key;
-  key.field("process", process_fingerprint());
   key.field("source-kind", std::string_view(spec.source.kind() == Source::Kind::Embedded ? "e"
                                             : spec.source.kind() == Source::Kind::File   ? "f"
                                                                                          : "s"));
   key.field("source-name", spec.source.name());
-  key.field("closure", source_closure(spec.source).hex());
-  for (const std::string& e : spec.name_expressions) key.field("name", e);
+  const CacheKey closure = source_closure(spec.source);
+  key.field("closure", std::string_view(reinterpret_cast<const char*>(&closure), sizeof(closure)));
+  for (const std::string& e : spec.name_expressions)
+    key.field("name", e);
   // Defines are a set: hash them in sorted order (copying only when the caller did not sort).
   if (std::is_sorted(spec.defines.begin(), spec.defines.end())) {
-    for (const auto& [k, v] : spec.defines) key.field(k, v);
+    for (const auto& [k, v] : spec.defines)
+      key.field(k, v);
   } else {
     auto sorted = spec.defines;
     std::sort(sorted.begin(), sorted.end());
-    for (const auto& [k, v] : sorted) key.field(k, v);
+    for (const auto& [k, v] : sorted)
+      key.field(k, v);
   }
-  for (const std::string& o : spec.options) key.field("option", o);
-  for (const std::string& o : debug_options()) key.field("debug", o);
+  for (const std::string& o : spec.options)
+    key.field("option", o);
+  // The raw value: make_plan() validates it on a miss (debug_options() would allocate here).
+  const char* debug = std::getenv("KJIT_DEBUG");
+  key.field("debug", debug ? debug : "");
   key.field("arch", out.arch);
   out.key = key.finish();
   return out;
@@ -155,12 +176,15 @@ CompilePlan make_plan(const KernelSpec& spec, const PlannedKey& planned) {
   // and so the resource report (kjit's own store is the cache).
   req.options = {"-default-device", "-std=c++17", "--gpu-architecture=" + planned.arch,
                  "--ptxas-options=-v", "-no-cache"};
-  for (const std::string& dir : nvrtc::cuda_include_dirs()) req.options.push_back("-I" + dir);
+  for (const std::string& dir : nvrtc::cuda_include_dirs())
+    req.options.push_back("-I" + dir);
   if (!src.include_dir.empty()) req.options.push_back("-I" + src.include_dir);
   std::vector<std::pair<std::string, std::string>> defines = spec.defines;
   std::sort(defines.begin(), defines.end());
-  for (const auto& [k, v] : defines) req.options.push_back(fmt::format("-D{}={}", k, v));
-  for (const std::string& o : debug_options()) req.options.push_back(o);
+  for (const auto& [k, v] : defines)
+    req.options.push_back(fmt::format("-D{}={}", k, v));
+  for (const std::string& o : debug_options())
+    req.options.push_back(o);
   if (pch_enabled()) req.options.push_back("-pch");
   req.options.insert(req.options.end(), spec.options.begin(), spec.options.end());
   return plan;

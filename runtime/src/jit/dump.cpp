@@ -34,7 +34,8 @@ void dump_compile(const std::string& dump_dir, const CacheKey& key, const Compil
     const nvrtc::Request& req = plan.request;
     write_file(dir / "description.txt", plan.description + "\n");
     std::string options;
-    for (const std::string& o : req.options) options += o + "\n";
+    for (const std::string& o : req.options)
+      options += o + "\n";
     write_file(dir / "options.txt", options);
     write_file(dir / "source" / safe_relative(req.program_name), req.source);
     for (const nvrtc::Header& h : req.headers) {

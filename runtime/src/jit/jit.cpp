@@ -105,14 +105,15 @@ std::shared_ptr<const CompiledProgram> fetch(const KernelSpec& spec,
 
 }  // namespace
 
-Program load(const KernelSpec& spec) { return load(spec, nullptr); }
+Program load(const KernelSpec& spec) {
+  return load(spec, nullptr);
+}
 
 Program load(const KernelSpec& spec, Origin* origin) {
   const detail::PlannedKey planned = detail::plan_key(spec);
   bool joined = false;
   auto loaded = state().loaded.get(
-      planned.key,
-      [&] { return detail::load_into_driver(*fetch(spec, planned, origin)); },
+      planned.key, [&] { return detail::load_into_driver(*fetch(spec, planned, origin)); },
       &joined);
   if (joined) {
     state().memory_hits.fetch_add(1, std::memory_order_relaxed);
@@ -125,11 +126,14 @@ CompiledProgram compile(const KernelSpec& spec, Origin* origin) {
   return *fetch(spec, detail::plan_key(spec), origin);
 }
 
-CacheKey cache_key(const KernelSpec& spec) { return detail::plan_key(spec).key; }
+CacheKey cache_key(const KernelSpec& spec) {
+  return detail::plan_key(spec).key;
+}
 
 std::vector<PrecompileResult> precompile(const std::vector<KernelSpec>& specs, int threads) {
   std::vector<PrecompileResult> results;
-  for (const KernelSpec& s : specs) results.emplace_back(s);
+  for (const KernelSpec& s : specs)
+    results.emplace_back(s);
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   threads = std::min<int>(threads, static_cast<int>(specs.size()));
   std::atomic<std::size_t> next{0};
@@ -145,8 +149,10 @@ std::vector<PrecompileResult> precompile(const std::vector<KernelSpec>& specs, i
     }
   };
   std::vector<std::thread> pool;
-  for (int t = 0; t < threads; ++t) pool.emplace_back(worker);
-  for (std::thread& t : pool) t.join();
+  for (int t = 0; t < threads; ++t)
+    pool.emplace_back(worker);
+  for (std::thread& t : pool)
+    t.join();
   return results;
 }
 
@@ -160,6 +166,8 @@ Counters counters() {
   return c;
 }
 
-void clear_memory_cache() { state().loaded.clear(); }
+void clear_memory_cache() {
+  state().loaded.clear();
+}
 
 }  // namespace kjit

@@ -86,8 +86,7 @@ void Kernel::launch_raw(const LaunchConfig& c, void** args, const std::size_t* s
     std::atomic<unsigned>& granted = k.shared_opt_in.at(static_cast<std::size_t>(dev));
     if (granted.load(std::memory_order_relaxed) < c.dynamic_shared_bytes) {
       driver::check(a.cuKernelSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                                           static_cast<int>(c.dynamic_shared_bytes), k.kernel,
-                                           dev),
+                                           static_cast<int>(c.dynamic_shared_bytes), k.kernel, dev),
                     fmt::format("raising {}'s dynamic shared memory limit to {} bytes",
                                 k.name_expression, c.dynamic_shared_bytes)
                         .c_str());
@@ -122,28 +121,44 @@ void Kernel::launch_raw(const LaunchConfig& c, void** args, const std::size_t* s
   if (r != CUDA_SUCCESS) driver::check(r, ("launching " + k.name_expression).c_str());
 }
 
-const std::string& Kernel::name_expression() const { return impl_->name_expression; }
-const std::string& Kernel::lowered_name() const { return impl_->lowered_name; }
-const ResourceUsage& Kernel::resources() const { return impl_->resources; }
-const CacheKey& Kernel::key() const { return impl_->key; }
-void* Kernel::native_handle() const { return impl_->kernel; }
+const std::string& Kernel::name_expression() const {
+  return impl_->name_expression;
+}
+const std::string& Kernel::lowered_name() const {
+  return impl_->lowered_name;
+}
+const ResourceUsage& Kernel::resources() const {
+  return impl_->resources;
+}
+const CacheKey& Kernel::key() const {
+  return impl_->key;
+}
+void* Kernel::native_handle() const {
+  return impl_->kernel;
+}
 
 Kernel Program::kernel(std::string_view name_expression) const {
   for (const auto& k : impl_->kernels) {
     if (k->name_expression == name_expression) return Kernel(k);
   }
   std::string known;
-  for (const auto& k : impl_->kernels) known += "\n  " + k->name_expression;
+  for (const auto& k : impl_->kernels)
+    known += "\n  " + k->name_expression;
   throw Error(fmt::format("program {} has no kernel \"{}\"; it has:{}", impl_->key.hex(),
                           name_expression, known));
 }
 
-Kernel Program::kernel() const { return Kernel(impl_->kernels.front()); }
-const CacheKey& Program::key() const { return impl_->key; }
+Kernel Program::kernel() const {
+  return Kernel(impl_->kernels.front());
+}
+const CacheKey& Program::key() const {
+  return impl_->key;
+}
 
 std::vector<std::string> Program::name_expressions() const {
   std::vector<std::string> out;
-  for (const auto& k : impl_->kernels) out.push_back(k->name_expression);
+  for (const auto& k : impl_->kernels)
+    out.push_back(k->name_expression);
   return out;
 }
 

@@ -33,9 +33,10 @@ std::uint64_t parse_bytes(const std::string& text) {
   if (suffix == "M" || suffix == "MiB") scale = 1ull << 20;
   if (suffix == "G" || suffix == "GiB") scale = 1ull << 30;
   if (used == 0 || scale == 0) {
-    throw Error(fmt::format("KJIT_CACHE_MAX_BYTES=\"{}\" is not a size (examples: 1048576, 512M, "
-                            "4G)",
-                            text));
+    throw Error(
+        fmt::format("KJIT_CACHE_MAX_BYTES=\"{}\" is not a size (examples: 1048576, 512M, "
+                    "4G)",
+                    text));
   }
   return value * scale;
 }
@@ -74,7 +75,9 @@ Settings current_settings() {
   return s;
 }
 
-bool pch_enabled() { return env("KJIT_PCH") != "0"; }
+bool pch_enabled() {
+  return env("KJIT_PCH") != "0";
+}
 
 std::vector<std::string> debug_options() {
   const std::string d = env("KJIT_DEBUG");

@@ -21,28 +21,35 @@ class SingleFlight {
   template <class Make>
   Ptr get(const Key& key, Make&& make, bool* joined) {
     std::promise<Ptr> promise;
-    std::shared_future<Ptr> future;
+    std::shared_future<Ptr> in_flight;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       auto it = map_.find(key);
       if (it != map_.end()) {
-        future = it->second;
+        *joined = true;
+        if (it->second.ready) return it->second.ready;  // the hot path: a kept result
+        in_flight = it->second.flight;
       } else {
-        map_.emplace(key, promise.get_future().share());
+        map_.emplace(key, Entry{promise.get_future().share(), nullptr});
       }
     }
-    if (future.valid()) {
-      *joined = true;
-      return future.get();
-    }
+    if (in_flight.valid()) return in_flight.get();
     *joined = false;
     try {
       Ptr value = make();
       promise.set_value(value);
-      if (!keep_) erase(key);
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (keep_) {
+        if (auto it = map_.find(key); it != map_.end()) it->second.ready = value;
+      } else {
+        map_.erase(key);
+      }
       return value;
     } catch (...) {
-      erase(key);
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        map_.erase(key);
+      }
       promise.set_exception(std::current_exception());
       throw;
     }
@@ -54,14 +61,14 @@ class SingleFlight {
   }
 
  private:
-  void erase(const Key& key) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    map_.erase(key);
-  }
+  struct Entry {
+    std::shared_future<Ptr> flight;
+    Ptr ready;  // set once the flight landed (kept maps only)
+  };
 
   const bool keep_;
   std::mutex mutex_;
-  std::unordered_map<Key, std::shared_future<Ptr>, Hash> map_;
+  std::unordered_map<Key, Entry, Hash> map_;
 };
 
 }  // namespace kjit::detail

@@ -56,7 +56,8 @@ std::optional<std::string> find_in_tree(const std::string& path, const std::stri
 
 std::string missing_template_message(const std::string& path, const std::string& override_dir) {
   std::string known;
-  for (const std::string& p : embedded_template_paths()) known += "\n  " + p;
+  for (const std::string& p : embedded_template_paths())
+    known += "\n  " + p;
   return fmt::format("no template named \"{}\"{}; embedded templates:{}", path,
                      override_dir.empty() ? "" : " in KJIT_TEMPLATE_DIR=" + override_dir + " or",
                      known);
@@ -66,7 +67,8 @@ std::string missing_template_message(const std::string& path, const std::string&
 
 std::vector<std::string> embedded_template_paths() {
   std::vector<std::string> out;
-  for (std::size_t i = 0; i < kEmbeddedTemplateCount; ++i) out.push_back(kEmbeddedTemplates[i].path);
+  for (std::size_t i = 0; i < kEmbeddedTemplateCount; ++i)
+    out.push_back(kEmbeddedTemplates[i].path);
   std::sort(out.begin(), out.end());
   return out;
 }
@@ -131,7 +133,8 @@ ResolvedSource resolve_source(const Source& source) {
     if (!local_dir.empty()) text = read_file(local_dir / name);
     if (!text) text = find_in_tree(name, override_dir);
     if (!text) continue;  // left to NVRTC, which reports it with the including line
-    for (std::string& inc : quoted_includes(*text)) pending.push_back(std::move(inc));
+    for (std::string& inc : quoted_includes(*text))
+      pending.push_back(std::move(inc));
     hashed.emplace_back(name, hash128(*text));
     out.headers.push_back({name, std::move(*text)});
   }

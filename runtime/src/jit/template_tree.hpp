@@ -16,7 +16,7 @@ struct ResolvedSource {
   std::string program_name;
   std::string text;
   std::vector<nvrtc::Header> headers;
-  CacheKey closure;  // over the main text and every header, by name
+  CacheKey closure;         // over the main text and every header, by name
   std::string include_dir;  // the folder of a Source::file, passed to NVRTC with -I
 };
 

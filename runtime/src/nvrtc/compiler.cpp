@@ -44,8 +44,8 @@ std::string excerpt_for_first_error(const Request& req, const std::string& log) 
     const std::string file = m[1].str();
     const int lineno = std::stoi(m[2].str());
     auto ends_with = [&](const std::string& name) {
-      return file.size() >= name.size() && file.compare(file.size() - name.size(), name.size(),
-                                                        name) == 0;
+      return file.size() >= name.size() &&
+             file.compare(file.size() - name.size(), name.size(), name) == 0;
     };
     if (ends_with(req.program_name)) {
       return fmt::format("{}:\n{}", req.program_name, numbered_excerpt(req.source, lineno));
@@ -62,7 +62,8 @@ std::string excerpt_for_first_error(const Request& req, const std::string& log) 
 
 std::string join(const std::vector<std::string>& v, const char* sep) {
   std::string out;
-  for (std::size_t i = 0; i < v.size(); ++i) out += (i ? sep : "") + v[i];
+  for (std::size_t i = 0; i < v.size(); ++i)
+    out += (i ? sep : "") + v[i];
   return out;
 }
 
@@ -97,7 +98,8 @@ Result compile(const Request& req) {
     check(nvrtcAddNameExpression(raw, expr.c_str()), "nvrtcAddNameExpression");
   }
   std::vector<const char*> opts;
-  for (const std::string& o : req.options) opts.push_back(o.c_str());
+  for (const std::string& o : req.options)
+    opts.push_back(o.c_str());
 
   const nvrtcResult compiled = nvrtcCompileProgram(raw, static_cast<int>(opts.size()), opts.data());
   Result out;
@@ -107,17 +109,17 @@ Result compile(const Request& req) {
     std::string message = fmt::format(
         "NVRTC could not compile {} ({}).\n--- log ---\n{}\n--- options ---\n{}\n--- source "
         "around the first error ---\n{}",
-        req.program_name, nvrtcGetErrorString(compiled), out.log, join(req.options, " "),
-        excerpt);
+        req.program_name, nvrtcGetErrorString(compiled), out.log, join(req.options, " "), excerpt);
     throw CompileError(message, out.log, req.options, excerpt);
   }
 
   std::size_t size = 0;
   check(nvrtcGetCUBINSize(raw, &size), "nvrtcGetCUBINSize");
   if (size == 0) {
-    throw Error(fmt::format("NVRTC produced no cubin for {}: the options must name a real "
-                            "architecture (sm_XY), not a virtual one",
-                            req.program_name));
+    throw Error(
+        fmt::format("NVRTC produced no cubin for {}: the options must name a real "
+                    "architecture (sm_XY), not a virtual one",
+                    req.program_name));
   }
   out.cubin.resize(size);
   check(nvrtcGetCUBIN(raw, out.cubin.data()), "nvrtcGetCUBIN");

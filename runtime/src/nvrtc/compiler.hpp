@@ -28,7 +28,7 @@ struct Result {
   std::string cubin;
   std::string ptx;  // empty when NVRTC kept none
   std::string log;
-  std::vector<std::string> lowered_names;  // one per name expression, in order
+  std::vector<std::string> lowered_names;          // one per name expression, in order
   std::map<std::string, ResourceUsage> resources;  // by lowered name
   double seconds = 0;
 };

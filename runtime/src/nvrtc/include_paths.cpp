@@ -72,8 +72,7 @@ const std::string& toolkit_fingerprint() {
     const fs::path inc = cuda_include_dirs().front();
     const fs::path cccl = cuda_include_dirs().size() > 1 ? fs::path(cuda_include_dirs()[1]) : inc;
     return fmt::format("cuda={} cccl={}", read_define(inc / "cuda.h", "CUDA_VERSION"),
-                       read_define(cccl / "cuda" / "std" / "__cccl" / "version.h",
-                                   "CCCL_VERSION"));
+                       read_define(cccl / "cuda" / "std" / "__cccl" / "version.h", "CCCL_VERSION"));
   }();
   return fingerprint;
 }

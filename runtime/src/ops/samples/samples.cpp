@@ -24,9 +24,9 @@ KernelSpec empty_kernel(const std::string& arch) {
 }
 
 KernelSpec shared_reverse(const std::string& arch) {
-  return with_arch(KernelSpec(Source::embedded("samples/shared_reverse.cuh"),
-                              {"kjit::samples::shared_reverse"}),
-                   arch);
+  return with_arch(
+      KernelSpec(Source::embedded("samples/shared_reverse.cuh"), {"kjit::samples::shared_reverse"}),
+      arch);
 }
 
 KernelSpec cluster_sum(int threads, const std::string& arch) {
@@ -41,11 +41,11 @@ unsigned MmaGemmConfig::shared_bytes() const {
 }
 
 KernelSpec mma_gemm(const MmaGemmConfig& c, const std::string& arch) {
-  return with_arch(KernelSpec(Source::embedded("samples/mma_gemm.cuh"),
-                              {fmt::format("kjit::samples::mma_gemm<{}, {}, {}, {}, {}, {}, {}>",
-                                           c.type, c.block_m, c.block_n, c.block_k, c.warps_m,
-                                           c.warps_n, c.stages)}),
-                   arch);
+  return with_arch(
+      KernelSpec(Source::embedded("samples/mma_gemm.cuh"),
+                 {fmt::format("kjit::samples::mma_gemm<{}, {}, {}, {}, {}, {}, {}>", c.type,
+                              c.block_m, c.block_n, c.block_k, c.warps_m, c.warps_n, c.stages)}),
+      arch);
 }
 
 std::vector<KernelSpec> shipped(const std::string& arch) {

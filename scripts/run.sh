@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The main job: sets up, builds, and shows what kjit does on this machine. With a GPU: device
+# facts and the GPU suite and benchmarks; without: `kjit info` and every shipped specialisation
+# compiled for sm_90a with its resource report (a GPU is needed to run them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+cmake --preset default >/dev/null
+cmake --build build/default -j "$(nproc)"
+kjit=build/default/tools/kjit
+"$kjit" info
+echo
+if "$kjit" info --json | grep -q '"available": true'; then
+  "$kjit" precompile --check
+  build/default/tests/kjit_gpu_tests
+  build/default/bench/kjit_bench_compile_latency
+  build/default/bench/kjit_bench_launch_overhead
+else
+  "$kjit" precompile --arch sm_90a --check
+  echo
+  echo "No GPU here: the kernels above were compiled for sm_90a (H100) but need a GPU to run."
+  echo "On a GPU machine: scripts/run.sh, or scripts/gpu-bundle.sh here + scripts/gpu-suite.sh there."
+fi
