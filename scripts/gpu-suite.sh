@@ -30,6 +30,11 @@ if [ "$what" = all ] || [ "$what" = tests ]; then
   step gpu_tests "$bin/kjit_gpu_tests" --gtest_output="xml:$out/gpu_tests.xml"
   step unit_tests "$bin/kjit_unit_tests"
   step example "$bin/kjit_example_user_kernel"
+  # Sanitizers on the kernels (memcheck everywhere; racecheck where shared memory is shared).
+  step memcheck compute-sanitizer --tool memcheck --error-exitcode 3 "$bin/kjit_gpu_tests" \
+    --gtest_filter='-*RepeatedLoads*'
+  step racecheck compute-sanitizer --tool racecheck --error-exitcode 3 "$bin/kjit_gpu_tests" \
+    --gtest_filter='*MmaGemm*:*LargeDynamicSharedMemory*:*ClusterLaunch*'
 fi
 if [ "$what" = all ] || [ "$what" = bench ]; then
   step compile_latency "$bin/kjit_bench_compile_latency" 6
@@ -39,6 +44,9 @@ fi
 cat "$out/facts.log" "$out/info.log"
 for log in gpu_tests unit_tests; do
   [ -f "$out/$log.log" ] && grep -E '^\[  (PASSED|FAILED|SKIPPED) |^\[  FAILED|tests? ran' "$out/$log.log"
+done
+for log in memcheck racecheck; do
+  [ -f "$out/$log.log" ] && { echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -4; }
 done
 for log in compile_latency launch_overhead example; do
   [ -f "$out/$log.log" ] && { echo "== $log"; grep -vE '^\*\*\*|^$' "$out/$log.log" | tail -20; }
