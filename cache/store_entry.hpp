@@ -1,7 +1,8 @@
 // The self-describing file format of one kernel-store entry:
 //   header (48 bytes): magic "kjitkrnl", u32 format version, u32 header size, u64 key high,
 //                      u64 key low, u64 payload size, u64 XXH3-64 of the payload
-//   payload: description, arch, kernels (name expression, lowered name, resource usage), cubin
+//   payload: description, arch, kernels (name expression, lowered name, resource usage,
+//            parameter count), cubin
 // Integers are little-endian; strings are u32 length + bytes; the cubin is u64 length + bytes.
 #pragma once
 

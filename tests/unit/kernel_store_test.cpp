@@ -25,7 +25,7 @@ CompiledProgram synthetic(std::uint64_t id, std::size_t cubin_bytes) {
   p.key = CacheKey{id, ~id};
   p.description = "synthetic " + std::to_string(id);
   p.arch = "sm_90a";
-  p.kernels.push_back({"k<" + std::to_string(id) + ">", "_Z1kILi1EEvv", ResourceUsage{}});
+  p.kernels.push_back({"k<" + std::to_string(id) + ">", "_Z1kILi1EEvv", ResourceUsage{}, 3});
   p.kernels.back().resources.registers = 42;
   p.cubin.assign(cubin_bytes, static_cast<char>(id));
   return p;
@@ -43,6 +43,7 @@ TEST(StoreEntry, RoundTripsAndRejectsDamage) {
   ASSERT_EQ(q.kernels.size(), 1u);
   EXPECT_EQ(q.kernels[0].lowered_name, "_Z1kILi1EEvv");
   EXPECT_EQ(q.kernels[0].resources.registers, 42);
+  EXPECT_EQ(q.kernels[0].parameter_count, 3);
 
   auto reason = [&](const std::string& b, const CacheKey& k, int version) {
     auto r = cache::parse_entry(b, k, version);

@@ -74,6 +74,8 @@ TEST_F(SourcesTest, SeveralNameExpressionsInOneProgram) {
   spec.arch = "sm_90a";
   const CompiledProgram p = compile(spec);
   ASSERT_EQ(p.kernels.size(), 3u);
+  EXPECT_EQ(p.kernels[0].parameter_count, 4);
+  EXPECT_EQ(p.kernels[2].parameter_count, 0);
   EXPECT_EQ(p.kernels[1].name_expression, "kjit::samples::saxpy<double>");
   EXPECT_NE(p.kernels[0].lowered_name, p.kernels[1].lowered_name);
   EXPECT_EQ(p.kernels[2].lowered_name, "_ZN4kjit7samples12empty_kernelEv");

@@ -26,6 +26,7 @@ struct CompiledKernel {
   std::string name_expression;
   std::string lowered_name;
   ResourceUsage resources;
+  int parameter_count = -1;  // from the PTX entry; -1 when unknown (launch checks are skipped)
 };
 
 // A compiled program as stored on disk: everything needed to load it without NVRTC.

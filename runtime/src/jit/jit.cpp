@@ -15,6 +15,7 @@
 #include "jit/single_flight.hpp"
 #include "kjit/error.hpp"
 #include "nvrtc/compiler.hpp"
+#include "nvrtc/ptx_entry.hpp"
 
 namespace kjit {
 namespace {
@@ -62,6 +63,7 @@ CompiledProgram compile_now(const KernelSpec& spec, const detail::PlannedKey& pl
     if (auto it = result.resources.find(k.lowered_name); it != result.resources.end()) {
       k.resources = it->second;
     }
+    k.parameter_count = nvrtc::entry_parameter_count(result.ptx, k.lowered_name);
     p.kernels.push_back(std::move(k));
   }
   p.cubin = std::move(result.cubin);

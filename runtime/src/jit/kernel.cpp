@@ -11,18 +11,15 @@ namespace kjit {
 namespace detail {
 namespace {
 
-// The driver reports each parameter's size; kernels with none report CUDA_ERROR_INVALID_VALUE
-// for index 0.
-std::vector<std::size_t> parameter_sizes(CUkernel kernel, bool* known) {
+// The driver reports each parameter's size but not how many there are: the count comes from the
+// PTX at compile time (probing past the last index would be an API error under sanitizers).
+std::vector<std::size_t> parameter_sizes(CUkernel kernel, int count, bool* known) {
   std::vector<std::size_t> sizes;
-  for (std::size_t i = 0;; ++i) {
+  *known = false;
+  if (count < 0) return sizes;
+  for (int i = 0; i < count; ++i) {
     std::size_t offset = 0, size = 0;
-    const CUresult r = driver::api().cuKernelGetParamInfo(kernel, i, &offset, &size);
-    if (r == CUDA_ERROR_INVALID_VALUE) break;
-    if (r != CUDA_SUCCESS) {
-      *known = false;
-      return {};
-    }
+    if (driver::api().cuKernelGetParamInfo(kernel, i, &offset, &size) != CUDA_SUCCESS) return {};
     sizes.push_back(size);
   }
   *known = true;
@@ -55,7 +52,7 @@ std::shared_ptr<const LoadedProgram> load_into_driver(const CompiledProgram& pro
     lk->name_expression = k.name_expression;
     lk->lowered_name = k.lowered_name;
     lk->resources = k.resources;
-    lk->parameter_sizes = parameter_sizes(lk->kernel, &lk->parameters_known);
+    lk->parameter_sizes = parameter_sizes(lk->kernel, k.parameter_count, &lk->parameters_known);
     loaded->kernels.push_back(std::move(lk));
   }
   return loaded;
