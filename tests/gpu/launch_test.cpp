@@ -175,7 +175,14 @@ TEST_F(Launch, LargeDynamicSharedMemory) {
       ASSERT_EQ(out[b * per_block + i], in[b * per_block + per_block - 1 - i]) << b << "/" << i;
     }
   }
-  // Beyond the device's limit the driver refuses, and kjit says which kernel and how much.
+}
+
+// A negative test: the driver's refusal is an API error, so the sanitizer runs leave it out.
+TEST_F(Launch, SharedMemoryBeyondTheDeviceLimitIsRefused) {
+  KJIT_REQUIRE_GPU();
+  const DeviceInfo dev = device_info(current_device());
+  const Kernel k = load(samples::shared_reverse()).kernel();
+  DeviceBuffer din(64 * 4), dout(64 * 4);
   try {
     k.launch({{1},
               {512},

@@ -38,43 +38,45 @@ std::string version() {
 namespace detail {
 namespace {
 
-// Inputs fixed for the life of the process (format, versions, toolkit), hashed once: every key
-// starts from a copy of this state.
-const XXH3_state_t& process_prefix() {
-  static const XXH3_state_t prefix = [] {
-    XXH3_state_t state;
-    XXH3_128bits_reset(&state);
+// Inputs fixed for the life of the process (format, versions, toolkit), hashed once into the
+// seed of every key.
+std::uint64_t process_seed() {
+  static const std::uint64_t seed = [] {
     const std::pair<int, int> nvrtc = nvrtc_version();
     const std::string fp =
-        fmt::format("format={} kjit={} nvrtc={}.{} {}", kStoreFormatVersion, version(), nvrtc.first,
-                    nvrtc.second, nvrtc::toolkit_fingerprint());
-    XXH3_128bits_update(&state, fp.data(), fp.size());
-    return state;
+        fmt::format("format={} kjit={} nvrtc={}.{} {}", kStoreFormatVersion, version(),
+                    nvrtc.first, nvrtc.second, nvrtc::toolkit_fingerprint());
+    return XXH3_64bits(fp.data(), fp.size());
   }();
-  return prefix;
+  return seed;
 }
 
-// Streams length-prefixed fields into XXH3-128, so no two different field lists hash the same
-// bytes and nothing is copied or allocated.
+// Length-prefixed fields, so no two different field lists give the same bytes, gathered in a
+// per-thread buffer (no allocation once warm) and hashed in one XXH3-128 call: a memory-hit
+// lookup pays for this on every call.
 class KeyWriter {
  public:
-  KeyWriter() { XXH3_copyState(&state_, &process_prefix()); }
+  KeyWriter() : buffer_(thread_buffer()) { buffer_.clear(); }
   void field(std::string_view tag, std::string_view value) {
     add(tag);
     add(value);
   }
-  CacheKey finish() {
-    const XXH128_hash_t h = XXH3_128bits_digest(&state_);
+  CacheKey finish() const {
+    const XXH128_hash_t h = XXH3_128bits_withSeed(buffer_.data(), buffer_.size(), process_seed());
     return CacheKey{h.high64, h.low64};
   }
 
  private:
+  static std::string& thread_buffer() {
+    thread_local std::string buffer;
+    return buffer;
+  }
   void add(std::string_view s) {
     const std::uint64_t n = s.size();
-    XXH3_128bits_update(&state_, &n, sizeof(n));
-    XXH3_128bits_update(&state_, s.data(), s.size());
+    buffer_.append(reinterpret_cast<const char*>(&n), sizeof(n));
+    buffer_.append(s);
   }
-  XXH3_state_t state_;
+  std::string& buffer_;
 };
 
 // The arch of the calling thread's current device. device_info costs several driver calls, so
