@@ -3,11 +3,19 @@
 //   kjit_test_helper race <reads>       compile saxpy<float> for sm_90a, then read it back
 //                                       <reads> times; print "compiles disk_hits"
 //   kjit_test_helper no-driver          check GPU calls throw NoDriverError (exit 0 if so)
+//   kjit_test_helper trials <db> <i> <n>  write n trials, one transaction each
+//   kjit_test_helper lock <db> <marker> hold an exclusive lock until <marker>.release exists
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
 
+#include <unistd.h>
+
+#include <string>
+
+#include "cache/sqlite.hpp"
+#include "cache/tuning_db.hpp"
 #include "kjit/device.hpp"
 #include "kjit/jit.hpp"
 
@@ -29,6 +37,37 @@ int main(int argc, char** argv) try {
     const kjit::Counters c = kjit::counters();
     std::printf("%llu %llu\n", static_cast<unsigned long long>(c.compiles),
                 static_cast<unsigned long long>(c.disk_hits));
+    return 0;
+  }
+  if (argc >= 5 && std::strcmp(argv[1], "trials") == 0) {
+    // Writes <count> trials for process <index> into <db>, each in its own transaction.
+    kjit::tuning::TuningDb db(argv[2], kjit::tuning::TuningDb::Mode::ReadWrite);
+    const int index = std::atoi(argv[3]), count = std::atoi(argv[4]);
+    for (int i = 0; i < count; ++i) {
+      kjit::tuning::Trial t;
+      t.key = {"race", "h", "p=" + std::to_string(index), "bf16", "sm_90a", "13.0"};
+      t.config = "{\"i\":" + std::to_string(i) + "}";
+      t.status = "ok";
+      t.median_us = 1.0 + i;
+      t.samples = 1;
+      db.record_trial(t, {"gpu", "drv", "0", "policy", "test"});
+    }
+    return 0;
+  }
+  if (argc >= 4 && std::strcmp(argv[1], "lock") == 0) {
+    // Holds an exclusive lock on <db> until <marker>.release exists, after creating <marker>.
+    kjit::sql::Database db(argv[2], false, 1000);
+    db.exec("PRAGMA locking_mode=EXCLUSIVE; BEGIN EXCLUSIVE; CREATE TABLE IF NOT EXISTS held (x)");
+    std::fclose(std::fopen(argv[3], "w"));
+    const std::string release = std::string(argv[3]) + ".release";
+    for (int i = 0; i < 600; ++i) {
+      if (std::FILE* f = std::fopen(release.c_str(), "r")) {
+        std::fclose(f);
+        break;
+      }
+      usleep(10000);
+    }
+    db.exec("COMMIT");
     return 0;
   }
   if (argc >= 2 && std::strcmp(argv[1], "no-driver") == 0) {

@@ -1,0 +1,104 @@
+// The tuning database (SQLite): every measured trial, the winner per key with its margin over
+// the runner-up and speedup over the default config, and the shapes that missed at run time.
+// Schema versioned with PRAGMA user_version and migrated forward on open; WAL, busy_timeout and
+// short BEGIN IMMEDIATE writes so several processes can tune into one file.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cache/sqlite.hpp"
+#include "cache/tuning_key.hpp"
+
+namespace kjit::tuning {
+
+inline constexpr int kSchemaVersion = 2;
+
+// The SQL of migration i (schema version i -> i + 1), for tests that build an older database.
+const char* migration_sql(int step);
+
+// $KJIT_TUNING_DB, else $XDG_DATA_HOME/kjit/tuning.sqlite, else ~/.local/share/kjit/...
+std::string default_database_path();
+
+struct Trial {
+  TuningKey key;
+  std::string config;  // canonical JSON
+  std::string status;  // ok, compile_fail, resource_fail, launch_fail, verify_fail, slow
+  std::optional<double> median_us, p20_us, p80_us;
+  int samples = 0;
+  std::string error;
+};
+
+struct Best {
+  std::int64_t id = 0;
+  TuningKey key;
+  std::string config;
+  double median_us = 0;
+  std::optional<double> runner_up_us;
+  std::optional<double> default_us;
+  bool verified = false;
+  std::string state = "valid";  // valid, stale, pinned
+  Provenance provenance;
+  std::int64_t updated_at = 0;  // unix seconds
+};
+
+struct Miss {
+  TuningKey key;
+  std::string served_by;  // bucket, nearest, default
+  std::int64_t hits = 1;
+};
+
+struct BestFilter {
+  std::string op, sm_arch, state;  // empty: any
+};
+
+enum class Upsert { Inserted, Replaced, KeptIncumbent, KeptPinned, KeptLocal };
+
+class TuningDb {
+ public:
+  enum class Mode { ReadOnly, ReadWrite };
+  // ReadWrite creates the file and folder and migrates the schema; ReadOnly never writes and
+  // refuses a schema newer than this kjit's.
+  TuningDb(const std::string& path, Mode mode, int busy_timeout_ms = 10000);
+
+  int schema_version();
+  const std::string& path() const { return db_.path(); }
+
+  // One transaction each: a killed tuning run keeps every trial committed before it died.
+  void record_trial(const Trial& trial, const Provenance& provenance);
+  std::vector<Trial> trials(const TuningKey& key);
+
+  // Insert or replace the winner for best.key: a pinned row is never replaced, a stale or
+  // imported row always is (by a local result), otherwise the new result must beat the old by
+  // more than `margin` (relative).
+  Upsert upsert_best(const Best& best, double margin);
+  // Imported rows never replace a local row; they replace an older import only when faster.
+  Upsert import_best(const Best& best);
+
+  std::optional<Best> best(const TuningKey& key);
+  std::optional<Best> best_by_id(std::int64_t id);
+  // Rows usable for nearest-neighbour lookup: same op, template, dtype, arch and NVRTC; not stale.
+  std::vector<Best> candidates(const TuningKey& like);
+  std::vector<Best> list(const BestFilter& filter);
+  bool set_state(std::int64_t id, const std::string& state);
+  // Deletes results (and trials) of `op` whose template hash is not `current_hash`.
+  int prune_stale(const std::string& op, const std::string& current_hash);
+
+  void record_misses(const std::vector<Miss>& misses);
+  std::vector<Miss> misses();
+
+  struct Stats {
+    std::int64_t best = 0, pinned = 0, stale = 0, trials = 0, failed_trials = 0, misses = 0;
+  };
+  Stats stats();
+
+ private:
+  void migrate();
+  std::int64_t environment_id(const Provenance& p);
+  sql::Database db_;
+};
+
+}  // namespace kjit::tuning
