@@ -75,6 +75,8 @@ class DeviceBuffer {
   // Synchronous copies of min(bytes, size()) bytes.
   void upload(const void* host, std::size_t bytes);
   void download(void* host, std::size_t bytes) const;
+  // Asynchronous device-to-device copy of `bytes` from `source` (both must hold them).
+  void copy_from(const DeviceBuffer& source, std::size_t bytes, StreamHandle stream);
   // Fills every byte with `value` (used to poison outputs before a test run).
   void fill_bytes(unsigned char value);
 

@@ -13,6 +13,13 @@ class Error : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A caller's argument is invalid (wrong dtype, shape, stride, alignment, null pointer, ...).
+// what() names the argument.
+class InvalidArgument : public Error {
+ public:
+  using Error::Error;
+};
+
 // No usable CUDA driver (libcuda.so.1 missing, or no device). CPU-only features keep working.
 class NoDriverError : public Error {
  public:

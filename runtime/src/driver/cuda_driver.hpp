@@ -43,6 +43,7 @@ namespace kjit::driver {
   X(cuMemFree, 3020)                  \
   X(cuMemcpyHtoD, 3020)               \
   X(cuMemcpyDtoH, 3020)               \
+  X(cuMemcpyDtoDAsync, 3020)          \
   X(cuMemsetD8, 3020)                 \
   X(cuMemGetInfo, 3020)               \
   X(cuLibraryLoadData, 12000)         \

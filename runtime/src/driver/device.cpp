@@ -142,6 +142,17 @@ void DeviceBuffer::download(void* host, std::size_t bytes) const {
   if (bytes) driver::check(driver::api().cuMemcpyDtoH(host, ptr_, bytes), "cuMemcpyDtoH");
 }
 
+void DeviceBuffer::copy_from(const DeviceBuffer& source, std::size_t bytes, StreamHandle stream) {
+  if (bytes > bytes_ || bytes > source.bytes_) {
+    throw Error(fmt::format("copy of {} bytes between buffers of {} and {} bytes", bytes,
+                            source.bytes_, bytes_));
+  }
+  if (bytes) {
+    driver::check(driver::api().cuMemcpyDtoDAsync(ptr_, source.ptr_, bytes, stream),
+                  "cuMemcpyDtoDAsync");
+  }
+}
+
 void DeviceBuffer::fill_bytes(unsigned char value) {
   if (bytes_) driver::check(driver::api().cuMemsetD8(ptr_, value, bytes_), "cuMemsetD8");
 }

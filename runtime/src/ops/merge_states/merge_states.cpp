@@ -1,0 +1,72 @@
+// kjit::attention::merge_states: validate -> config (tuning database or default) -> kernel ->
+// launch. The (shape, dtype, alignment, arch) -> (config, kernel) choice is memoised, so a
+// repeated call costs a map lookup and a launch.
+#include "kjit/merge_states.hpp"
+
+#include <mutex>
+#include <unordered_map>
+
+#include <fmt/format.h>
+
+#include "cache/config_lookup.hpp"
+#include "jit/template_tree.hpp"
+#include "kjit/jit.hpp"
+#include "ops/merge_states/merge_states_plan.hpp"
+
+namespace kjit::attention {
+namespace {
+
+namespace plan = merge_states_plan;
+
+struct Choice {
+  tuning::Config config;
+  Kernel kernel;
+};
+
+tuning::ConfigLookup& config_lookup() {
+  static tuning::ConfigLookup lookup(
+      "merge_states", detail::source_closure(Source::embedded(plan::kTemplate)).hex(),
+      {{"D", tuning::Bucket::Exact}, {"N", tuning::Bucket::Exact}, {"rows", tuning::Bucket::Pow2}});
+  return lookup;
+}
+
+const Choice& choose(const plan::Problem& p) {
+  static std::mutex mutex;
+  static std::unordered_map<std::string, Choice> memo;
+  const DeviceInfo& device = []() -> const DeviceInfo& {
+    thread_local DeviceInfo info;
+    thread_local int ordinal = -1;
+    const int current = current_device();
+    if (current != ordinal) {
+      info = device_info(current);
+      ordinal = current;
+    }
+    return info;
+  }();
+  const std::string arch = device.arch();
+  const std::string key = fmt::format("{}|{}|{}|{}", tuning::problem_key(p.shape()),
+                                      dtype_name(p.dtype), p.alignment, arch);
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (auto it = memo.find(key); it != memo.end()) return it->second;
+  }
+  const tuning::Choice tuned = config_lookup().choose(
+      p.shape(), dtype_name(p.dtype), arch,
+      [&](const tuning::Config& c) { return plan::valid(c, p); },
+      [&] { return plan::default_config(p.dtype, p.dim, p.alignment); });
+  Choice choice{tuned.config, load(plan::spec(tuned.config, p.dtype, p.dim, p.parts)).kernel()};
+  std::lock_guard<std::mutex> lock(mutex);
+  return memo.emplace(key, std::move(choice)).first->second;
+}
+
+}  // namespace
+
+void merge_states(const TensorView& parts, const TensorView& parts_lse, const TensorView& out,
+                  const TensorView& out_lse, StreamHandle stream) {
+  const plan::Problem p = plan::validate(parts, parts_lse, out, out_lse);
+  if (p.rows() == 0) return;
+  const Choice& c = choose(p);
+  plan::launch(c.kernel, c.config, p, stream);
+}
+
+}  // namespace kjit::attention
