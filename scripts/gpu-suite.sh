@@ -39,6 +39,7 @@ if [ "$what" = all ] || [ "$what" = tests ]; then
 fi
 if [ "$what" = all ] || [ "$what" = bench ]; then
   step compile_latency "$bin/kjit_bench_compile_latency" 6
+  KJIT_PRINT_CONFIG=1 step merge_states_bandwidth "$bin/kjit_bench_merge_states"
   step launch_overhead "$bin/kjit_bench_launch_overhead" --benchmark_repetitions=5 \
     --benchmark_report_aggregates_only=true --benchmark_min_time=0.5
 fi
@@ -49,7 +50,7 @@ done
 for log in memcheck racecheck; do
   [ -f "$out/$log.log" ] && { echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -4; }
 done
-for log in compile_latency launch_overhead example; do
+for log in compile_latency merge_states_bandwidth launch_overhead example; do
   [ -f "$out/$log.log" ] && { echo "== $log"; grep -vE '^\*\*\*|^$' "$out/$log.log" | tail -20; }
 done
 printf '%s\n' "${summary[@]}"
