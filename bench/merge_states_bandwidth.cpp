@@ -60,8 +60,8 @@ int main() try {
   const double copy_gbs = 2.0 * copy_bytes / copy_ms / 1e6;
   std::printf("%s, kjit %s: device-to-device copy %.0f GB/s (2 GiB, median of %d)\n",
               dev.name.c_str(), kjit::version().c_str(), copy_gbs, kIterations);
-  std::printf("%-6s %4s %3s %8s %10s %10s %8s
-", "dtype", "D", "N", "rows", "time us", "GB/s", "vs copy");
+  std::printf("%-6s %4s %3s %8s %10s %10s %8s\n", "dtype", "D", "N", "rows", "time us", "GB/s",
+              "vs copy");
 
   const long long tokens = 8192, heads = 8, dim = 512;
   for (kjit::DType dtype : {kjit::DType::BFloat16, kjit::DType::Float32}) {
