@@ -6,6 +6,10 @@
 
 #include <fmt/format.h>
 
+#include <filesystem>
+
+#include "autotune/tunable_op.hpp"
+#include "cache/tuning_db.hpp"
 #include "kjit/device.hpp"
 #include "kjit/error.hpp"
 #include "kjit/jit.hpp"
@@ -52,6 +56,19 @@ int run(const Options& o) {
       families.push_back(f.name);
     }
   }
+  // Every config the tuning database holds for this arch (of templates still current).
+  const std::string db_path = tuning::default_database_path();
+  if ((o.family.empty() || o.family == "tuned") && std::filesystem::exists(db_path)) {
+    tuning::TuningDb db(db_path, tuning::TuningDb::Mode::ReadOnly);
+    for (const tuning::Best& b : db.list({"", arch, ""})) {
+      const autotune::TunableOp* op = autotune::find_op(b.key.op);
+      const std::optional<tuning::Shape> shape = tuning::parse_problem_key(b.key.problem_key);
+      const std::optional<tuning::Config> config = tuning::parse_config_json(b.config);
+      if (!op || !shape || !config || b.key.template_hash != op->template_hash()) continue;
+      specs.push_back(op->spec(*config, {*shape, b.key.dtype}, arch));
+      families.push_back("tuned");
+    }
+  }
   if (specs.empty()) throw Error("no shipped specialisation matches --family " + o.family);
 
   const Counters before = counters();
@@ -59,13 +76,13 @@ int run(const Options& o) {
   const Counters after = counters();
 
   int failures = 0, violations = 0;
-  std::cout << fmt::format("{:<9} {:<60} {:>8} {:>5} {:>7} {:>6} {:>9}\n", "family", "kernel",
+  std::cout << fmt::format("{:<13} {:<60} {:>8} {:>5} {:>7} {:>6} {:>9}\n", "family", "kernel",
                            "origin", "regs", "smem", "stack", "spill");
   for (std::size_t i = 0; i < results.size(); ++i) {
     const PrecompileResult& r = results[i];
     if (!r.ok) {
       ++failures;
-      std::cout << fmt::format("{:<9} {:<60} FAILED\n{}\n", families[i], r.spec.describe(),
+      std::cout << fmt::format("{:<13} {:<60} FAILED\n{}\n", families[i], r.spec.describe(),
                                r.error);
       continue;
     }
@@ -73,7 +90,7 @@ int run(const Options& o) {
       const ResourceUsage& u = k.resources;
       const bool bad = u.spills() || u.stack_frame_bytes > 0;
       violations += bad;
-      std::cout << fmt::format("{:<9} {:<60} {:>8} {:>5} {:>7} {:>6} {:>4}/{:<4}{}\n", families[i],
+      std::cout << fmt::format("{:<13} {:<60} {:>8} {:>5} {:>7} {:>6} {:>4}/{:<4}{}\n", families[i],
                                k.name_expression, origin_name(r.origin), u.registers,
                                u.static_shared_bytes, u.stack_frame_bytes, u.spill_store_bytes,
                                u.spill_load_bytes, bad ? "  <- spills/stack" : "");
@@ -97,9 +114,11 @@ int run(const Options& o) {
 void add_precompile_command(CLI::App& app, int* exit_code) {
   auto o = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand(
-      "precompile", "Compile every shipped specialisation into the kernel store, in parallel");
+      "precompile",
+      "Compile every shipped specialisation and every tuned config of this arch into the kernel "
+      "store, in parallel");
   cmd->add_option("--arch", o->arch, "Target, e.g. sm_90a (default: the current GPU's)");
-  cmd->add_option("--family", o->family, "Only this op family (e.g. samples)");
+  cmd->add_option("--family", o->family, "Only this family (samples, merge_states, tuned)");
   cmd->add_option("-j,--jobs", o->jobs, "Compile threads (default: all cores)");
   cmd->add_flag("--check", o->check, "Exit 2 if a kernel spills or has a stack frame");
   cmd->callback([exit_code, o] { *exit_code = run(*o); });

@@ -1,6 +1,7 @@
 #include "tests/support/subprocess.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -65,6 +66,10 @@ Subprocess::Subprocess(const std::vector<std::string>& argv,
 
 Subprocess::~Subprocess() {
   if (pid_ > 0) wait();
+}
+
+void Subprocess::kill() {
+  if (pid_ > 0) ::kill(pid_, SIGKILL);
 }
 
 ProcessResult Subprocess::wait() {

@@ -25,6 +25,7 @@ class Subprocess {
   Subprocess(const Subprocess&) = delete;
   Subprocess& operator=(const Subprocess&) = delete;
   ProcessResult wait();
+  void kill();  // SIGKILL; wait() then reports 128 + 9
 
  private:
   pid_t pid_ = -1;

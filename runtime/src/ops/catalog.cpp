@@ -1,5 +1,6 @@
 #include "ops/catalog.hpp"
 
+#include "jit/template_tree.hpp"
 #include "ops/merge_states/merge_states_plan.hpp"
 #include "ops/samples/samples.hpp"
 
@@ -8,6 +9,15 @@ namespace kjit::catalog {
 std::vector<Family> shipped(const std::string& arch) {
   return {Family{"samples", samples::shipped(arch)},
           Family{"merge_states", attention::merge_states_plan::shipped(arch)}};
+}
+
+std::vector<std::string> tuned_ops() { return {"merge_states"}; }
+
+std::string template_hash(const std::string& op) {
+  if (op == "merge_states") {
+    return detail::source_closure(Source::embedded(attention::merge_states_plan::kTemplate)).hex();
+  }
+  return {};
 }
 
 }  // namespace kjit::catalog

@@ -16,4 +16,9 @@ struct Family {
 
 std::vector<Family> shipped(const std::string& arch);
 
+// Ops whose configs are tuned, and the current hash of each one's template (results measured on
+// another template version never apply). Empty for an unknown op.
+std::vector<std::string> tuned_ops();
+std::string template_hash(const std::string& op);
+
 }  // namespace kjit::catalog

@@ -9,7 +9,7 @@
 #include <fmt/format.h>
 
 #include "cache/config_lookup.hpp"
-#include "jit/template_tree.hpp"
+#include "ops/catalog.hpp"
 #include "kjit/jit.hpp"
 #include "ops/merge_states/merge_states_plan.hpp"
 
@@ -25,7 +25,7 @@ struct Choice {
 
 tuning::ConfigLookup& config_lookup() {
   static tuning::ConfigLookup lookup(
-      "merge_states", detail::source_closure(Source::embedded(plan::kTemplate)).hex(),
+      "merge_states", catalog::template_hash("merge_states"),
       {{"D", tuning::Bucket::Exact}, {"N", tuning::Bucket::Exact}, {"rows", tuning::Bucket::Pow2}});
   return lookup;
 }
