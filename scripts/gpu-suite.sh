@@ -39,7 +39,13 @@ if [ "$what" = all ] || [ "$what" = tests ]; then
 fi
 if [ "$what" = all ] || [ "$what" = bench ]; then
   step compile_latency "$bin/kjit_bench_compile_latency" 6
-  KJIT_PRINT_CONFIG=1 step merge_states_bandwidth "$bin/kjit_bench_merge_states"
+  # Default configs first, then tune the preset (timed) and measure again with the tuned ones.
+  export KJIT_TUNING_DB="$out/tuning.sqlite"
+  rm -f "$KJIT_TUNING_DB"
+  KJIT_PRINT_CONFIG=1 step merge_states_default "$bin/kjit_bench_merge_states"
+  step tune_merge_states "$bin/kjit" tune --preset merge_states
+  "$bin/kjit" cache ls >>"$out/tune_merge_states.log" 2>&1
+  KJIT_PRINT_CONFIG=1 step merge_states_tuned "$bin/kjit_bench_merge_states"
   step launch_overhead "$bin/kjit_bench_launch_overhead" --benchmark_repetitions=5 \
     --benchmark_report_aggregates_only=true --benchmark_min_time=0.5
 fi
@@ -50,7 +56,7 @@ done
 for log in memcheck racecheck; do
   [ -f "$out/$log.log" ] && { echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -4; }
 done
-for log in compile_latency merge_states_bandwidth launch_overhead example; do
-  [ -f "$out/$log.log" ] && { echo "== $log"; grep -vE '^\*\*\*|^$' "$out/$log.log" | tail -20; }
+for log in compile_latency merge_states_default tune_merge_states merge_states_tuned launch_overhead example; do
+  [ -f "$out/$log.log" ] && { echo "== $log"; grep -vE '^\*\*\*|^$|ETA' "$out/$log.log" | tail -24; }
 done
 printf '%s\n' "${summary[@]}"

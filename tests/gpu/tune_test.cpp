@@ -74,7 +74,9 @@ TEST(Tune, KilledMidRunResumesAndStoresAValidatedWinner) {
   ASSERT_TRUE(best->default_us);
   EXPECT_LE(best->median_us, *best->default_us * 1.03) << "winner slower than the default";
   for (const tuning::Trial& t : db.trials(key)) {
-    if (t.config == best->config) EXPECT_EQ(t.status, "ok");
+    if (t.config == best->config) {
+      EXPECT_EQ(t.status, "ok");
+    }
   }
 }
 
