@@ -55,22 +55,29 @@ Stats measure(Workload& w, const Kernel& k, const tuning::Config& c, double budg
   return summarize(us);
 }
 
-// max|a - b| / max|b|, NaN-aware (a NaN anywhere fails).
+// max|a - b| / max|b| against the reference b; a NaN or infinity where b has none fails.
 bool agrees(const std::vector<double>& a, const std::vector<double>& b, double tolerance,
-            double* error) {
-  if (a.size() != b.size()) return false;
+            std::string* why) {
+  if (a.size() != b.size()) {
+    *why = fmt::format("output has {} values, the reference {}", a.size(), b.size());
+    return false;
+  }
   double max_diff = 0, max_ref = 0;
   for (std::size_t i = 0; i < a.size(); ++i) {
-    if (std::isnan(a[i]) != std::isnan(b[i])) return false;
-    if (std::isinf(b[i]) || std::isinf(a[i])) {
-      if (a[i] != b[i]) return false;
+    const bool a_finite = std::isfinite(a[i]), b_finite = std::isfinite(b[i]);
+    if (!a_finite || !b_finite) {
+      if (!(a[i] == b[i] || (std::isnan(a[i]) && std::isnan(b[i])))) {
+        *why = fmt::format("value {} is {} where the default config gives {}", i, a[i], b[i]);
+        return false;
+      }
       continue;
     }
     max_diff = std::max(max_diff, std::abs(a[i] - b[i]));
     max_ref = std::max(max_ref, std::abs(b[i]));
   }
-  *error = max_ref > 0 ? max_diff / max_ref : max_diff;
-  return *error <= tolerance;
+  const double error = max_ref > 0 ? max_diff / max_ref : max_diff;
+  *why = fmt::format("differs from the default config's output by {:.3g} (relative to its max)", error);
+  return error <= tolerance;
 }
 
 std::string arch_of_current_device() {
@@ -213,13 +220,13 @@ TuneOutcome tune(const TunableOp& op, const Target& target, const TuneOptions& o
         work->poison_output();
         work->run(k, c, 0, stream.handle());
         stream.synchronize();
-        double error = 0;
-        if (agrees(work->output(), reference, work->tolerance(), &error)) {
+        std::string why;
+        if (agrees(work->output(), reference, work->tolerance(), &why)) {
           t.status = "ok";
           best_us = std::min(best_us, s.median);
         } else {
           t.status = "verify_fail";
-          t.error = fmt::format("differs from the default config's output: {:.3g} relative", error);
+          t.error = why;
         }
       }
       ++out.measured;

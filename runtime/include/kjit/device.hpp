@@ -72,12 +72,12 @@ class DeviceBuffer {
   }
   std::size_t size() const { return bytes_; }
 
-  // Synchronous copies of min(bytes, size()) bytes.
+  // Copies that are complete when they return (safe before work on any stream).
   void upload(const void* host, std::size_t bytes);
   void download(void* host, std::size_t bytes) const;
   // Asynchronous device-to-device copy of `bytes` from `source` (both must hold them).
   void copy_from(const DeviceBuffer& source, std::size_t bytes, StreamHandle stream);
-  // Fills every byte with `value` (used to poison outputs before a test run).
+  // Fills every byte with `value`, complete on return (used to poison outputs before a run).
   void fill_bytes(unsigned char value);
 
  private:

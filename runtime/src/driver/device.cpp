@@ -9,6 +9,17 @@
 #include "kjit/error.hpp"
 
 namespace kjit {
+namespace {
+
+// cuMemsetD8 and a pageable cuMemcpyHtoD may return before the device has finished them, and
+// they run on the legacy stream, which non-blocking streams do not wait for: a kernel launched
+// next on such a stream could race them (seen: a poisoned output overwriting a kernel's result).
+// Waiting here makes upload() and fill_bytes() complete on return, as documented.
+void finish_legacy_stream_work() {
+  driver::check(driver::api().cuStreamSynchronize(nullptr), "cuStreamSynchronize");
+}
+
+}  // namespace
 
 bool driver_available(std::string* reason) {
   try {
@@ -132,7 +143,10 @@ void DeviceBuffer::upload(const void* host, std::size_t bytes) {
   if (bytes > bytes_) {
     throw Error(fmt::format("upload of {} bytes into a {}-byte buffer", bytes, bytes_));
   }
-  if (bytes) driver::check(driver::api().cuMemcpyHtoD(ptr_, host, bytes), "cuMemcpyHtoD");
+  if (bytes) {
+    driver::check(driver::api().cuMemcpyHtoD(ptr_, host, bytes), "cuMemcpyHtoD");
+    finish_legacy_stream_work();
+  }
 }
 
 void DeviceBuffer::download(void* host, std::size_t bytes) const {
@@ -154,7 +168,10 @@ void DeviceBuffer::copy_from(const DeviceBuffer& source, std::size_t bytes, Stre
 }
 
 void DeviceBuffer::fill_bytes(unsigned char value) {
-  if (bytes_) driver::check(driver::api().cuMemsetD8(ptr_, value, bytes_), "cuMemsetD8");
+  if (bytes_) {
+    driver::check(driver::api().cuMemsetD8(ptr_, value, bytes_), "cuMemsetD8");
+    finish_legacy_stream_work();
+  }
 }
 
 Event::Event() {
