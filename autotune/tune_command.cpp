@@ -22,7 +22,7 @@ struct Options {
   std::string dtype = "bf16";
   std::string shapes_file;
   double budget_s = 0;  // per shape; 0: the per-candidate default
-  bool no_resume = false, dry_run = false, list = false;
+  bool resume = true, dry_run = false, list = false;
 };
 
 struct Job {
@@ -134,7 +134,7 @@ int run(const Options& o) {
   std::vector<TuneOutcome> outcomes;
   for (const Job& j : jobs) {
     TuneOptions opts;
-    opts.resume = !o.no_resume;
+    opts.resume = o.resume;
     if (o.budget_s > 0) {
       opts.seconds_per_candidate = o.budget_s / std::max(1, enumerate(*j.op, j.target).valid);
     }
@@ -171,7 +171,8 @@ void add_tune_command(CLI::App& app, int* exit_code) {
   cmd->add_option("--shapes-file", o->shapes_file, "JSON list of {op, dtype, shape}");
   cmd->add_option("--budget", o->budget_s,
                   "Timing budget per shape, in seconds (default: 50 ms per candidate)");
-  cmd->add_flag("--no-resume", o->no_resume, "Measure every config again (default: resume)");
+  cmd->add_flag("--resume,!--no-resume", o->resume,
+                "Reuse trials already in the database (default) or measure every config again");
   cmd->add_flag("--dry-run", o->dry_run, "Print the space and the pruned count; measure nothing");
   cmd->add_flag("--list", o->list, "List the presets");
   cmd->callback([exit_code, o] { *exit_code = run(*o); });

@@ -28,6 +28,18 @@ Fixture& fixture() {
   return f;
 }
 
+// Runs `launch` once per iteration, synchronising every kSyncEvery launches (the same cost for
+// every variant) so the launch queue never fills.
+template <class Launch>
+void launch_loop(benchmark::State& state, Fixture& f, Launch&& launch) {
+  int i = 0;
+  for (auto _ : state) {
+    launch();
+    if (++i % kSyncEvery == 0) f.stream.synchronize();
+  }
+  f.stream.synchronize();
+}
+
 void BM_RawCuLaunchKernel(benchmark::State& state) {
   Fixture& f = fixture();
   const auto& api = kjit::driver::api();
@@ -37,14 +49,11 @@ void BM_RawCuLaunchKernel(benchmark::State& state) {
   const float* x = f.buffer.as<const float>();
   float* y = f.buffer.as<float>();
   void* args[] = {&n, &a, &x, &y};
-  int i = 0;
-  for (auto _ : state) {
+  launch_loop(state, f, [&] {
     kjit::driver::check(
         api.cuLaunchKernel(fn, 1, 1, 1, 32, 1, 1, 0, f.stream.handle(), args, nullptr),
         "cuLaunchKernel");
-    if (++i % kSyncEvery == 0) f.stream.synchronize();
-  }
-  f.stream.synchronize();
+  });
 }
 BENCHMARK(BM_RawCuLaunchKernel)->UseRealTime();
 
@@ -53,12 +62,7 @@ void BM_KjitKernelLaunch(benchmark::State& state) {
   const kjit::LaunchConfig config{{1}, {32}, 0, f.stream.handle(), {}};
   const float* x = f.buffer.as<const float>();
   float* y = f.buffer.as<float>();
-  int i = 0;
-  for (auto _ : state) {
-    f.kernel.launch(config, 0LL, 1.f, x, y);
-    if (++i % kSyncEvery == 0) f.stream.synchronize();
-  }
-  f.stream.synchronize();
+  launch_loop(state, f, [&] { f.kernel.launch(config, 0LL, 1.f, x, y); });
 }
 BENCHMARK(BM_KjitKernelLaunch)->UseRealTime();
 
@@ -67,12 +71,7 @@ void BM_KjitLoadThenLaunch(benchmark::State& state) {
   const kjit::LaunchConfig config{{1}, {32}, 0, f.stream.handle(), {}};
   const float* x = f.buffer.as<const float>();
   float* y = f.buffer.as<float>();
-  int i = 0;
-  for (auto _ : state) {
-    kjit::load(f.spec).kernel().launch(config, 0LL, 1.f, x, y);
-    if (++i % kSyncEvery == 0) f.stream.synchronize();
-  }
-  f.stream.synchronize();
+  launch_loop(state, f, [&] { kjit::load(f.spec).kernel().launch(config, 0LL, 1.f, x, y); });
 }
 BENCHMARK(BM_KjitLoadThenLaunch)->UseRealTime();
 
