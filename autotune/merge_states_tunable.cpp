@@ -5,8 +5,8 @@
 #include <fmt/format.h>
 
 #include "autotune/tunable_op.hpp"
-#include "ops/catalog.hpp"
 #include "kjit/error.hpp"
+#include "ops/catalog.hpp"
 #include "ops/merge_states/merge_states_plan.hpp"
 
 namespace kjit::autotune {

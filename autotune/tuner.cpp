@@ -76,7 +76,8 @@ bool agrees(const std::vector<double>& a, const std::vector<double>& b, double t
     max_ref = std::max(max_ref, std::abs(b[i]));
   }
   const double error = max_ref > 0 ? max_diff / max_ref : max_diff;
-  *why = fmt::format("differs from the default config's output by {:.3g} (relative to its max)", error);
+  *why = fmt::format("differs from the default config's output by {:.3g} (relative to its max)",
+                     error);
   return error <= tolerance;
 }
 

@@ -114,7 +114,9 @@ bool is_import(const std::string& origin) {
 
 }  // namespace
 
-const char* migration_sql(int step) { return kMigrations[step]; }
+const char* migration_sql(int step) {
+  return kMigrations[step];
+}
 
 std::string default_database_path() {
   if (std::string p = env("KJIT_TUNING_DB"); !p.empty()) return p;

@@ -23,8 +23,8 @@ typedef enum kjit_status {
 const char* kjit_last_error(void);
 
 /* See kjit/merge_states.hpp. out_lse may be NULL. `stream` is a CUstream / cudaStream_t. */
-kjit_status kjit_merge_states(const DLTensor* parts, const DLTensor* parts_lse,
-                              const DLTensor* out, const DLTensor* out_lse, void* stream);
+kjit_status kjit_merge_states(const DLTensor* parts, const DLTensor* parts_lse, const DLTensor* out,
+                              const DLTensor* out_lse, void* stream);
 
 #ifdef __cplusplus
 }

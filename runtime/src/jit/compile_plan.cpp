@@ -44,8 +44,8 @@ std::uint64_t process_seed() {
   static const std::uint64_t seed = [] {
     const std::pair<int, int> nvrtc = nvrtc_version();
     const std::string fp =
-        fmt::format("format={} kjit={} nvrtc={}.{} {}", kStoreFormatVersion, version(),
-                    nvrtc.first, nvrtc.second, nvrtc::toolkit_fingerprint());
+        fmt::format("format={} kjit={} nvrtc={}.{} {}", kStoreFormatVersion, version(), nvrtc.first,
+                    nvrtc.second, nvrtc::toolkit_fingerprint());
     return XXH3_64bits(fp.data(), fp.size());
   }();
   return seed;

@@ -11,7 +11,9 @@ std::vector<Family> shipped(const std::string& arch) {
           Family{"merge_states", attention::merge_states_plan::shipped(arch)}};
 }
 
-std::vector<std::string> tuned_ops() { return {"merge_states"}; }
+std::vector<std::string> tuned_ops() {
+  return {"merge_states"};
+}
 
 std::string template_hash(const std::string& op) {
   if (op == "merge_states") {

@@ -9,8 +9,8 @@
 #include <fmt/format.h>
 
 #include "cache/config_lookup.hpp"
-#include "ops/catalog.hpp"
 #include "kjit/jit.hpp"
+#include "ops/catalog.hpp"
 #include "ops/merge_states/merge_states_plan.hpp"
 
 namespace kjit::attention {
