@@ -210,19 +210,25 @@ void add_cache_commands(CLI::App& app, int* exit_code) {
     *exit_code = 0;
   });
 
-  for (const char* verb : {"pin", "unpin"}) {
-    const bool pin = std::string(verb) == "pin";
+  struct StateVerb {
+    const char* verb;
+    const char* state;
+    const char* done;
+    const char* help;
+  };
+  for (const StateVerb& v :
+       {StateVerb{"pin", "pinned", "pinned", "Pin a result: tuning never replaces it"},
+        StateVerb{"unpin", "valid", "unpinned", "Unpin a result"},
+        StateVerb{"invalidate", "stale", "marked stale",
+                  "Mark a result stale: lookups skip it, the next tune replaces it"}}) {
     auto id = std::make_shared<std::string>();
-    CLI::App* cmd = cache->add_subcommand(
-        verb, pin ? "Pin a result: tuning never replaces it" : "Unpin a result");
+    CLI::App* cmd = cache->add_subcommand(v.verb, v.help);
     cmd->add_option("id", *id, "Result id (kjit cache ls)")->required();
-    cmd->callback([exit_code, id, pin] {
+    cmd->callback([exit_code, id, v] {
       auto db = open_db(true);
       const std::int64_t n = parse_id(*id);
-      if (!db->set_state(n, pin ? "pinned" : "valid")) {
-        throw InvalidArgument(fmt::format("no result with id {}", n));
-      }
-      std::cout << fmt::format("result {} {}\n", n, pin ? "pinned" : "unpinned");
+      if (!db->set_state(n, v.state)) throw InvalidArgument(fmt::format("no result with id {}", n));
+      std::cout << fmt::format("result {} {}\n", n, v.done);
       *exit_code = 0;
     });
   }

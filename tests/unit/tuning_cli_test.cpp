@@ -133,6 +133,11 @@ TEST_F(TuningCli, PinAndUnpin) {
   EXPECT_EQ(kjit({"cache", "unpin", "1"}).out, "result 1 unpinned\n");
   EXPECT_EQ(TuningDb(path(), TuningDb::Mode::ReadOnly).best_by_id(1)->state, "valid");
   EXPECT_EQ(kjit({"cache", "pin", "77"}).exit_code, 1);
+  EXPECT_EQ(kjit({"cache", "invalidate", "1"}).out, "result 1 marked stale\n");
+  TuningDb after(path(), TuningDb::Mode::ReadWrite);
+  EXPECT_EQ(after.best_by_id(1)->state, "stale");
+  EXPECT_EQ(after.upsert_best(row("D=512;N=4;rows=65536", "{}", 500.0), 0.03),
+            tuning::Upsert::Replaced);
 }
 
 TEST_F(TuningCli, ExportImportRoundTrip) {
