@@ -19,6 +19,25 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* shared
                : "r"(shared_address(shared_row)));
 }
 
+// The same four matrices, each transposed on the way (B operands stored k-major, e.g. V[key][d]).
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], const void* shared_row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(shared_address(shared_row)));
+}
+
+// Two fp32 values rounded to T and packed as an mma operand register (first value low).
+template <class T>
+__device__ __forceinline__ unsigned pack_pair(float lo, float hi) {
+  if constexpr (cuda::std::is_same_v<T, __half>) {
+    const __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const unsigned*>(&h);
+  } else {
+    const __nv_bfloat162 b = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const unsigned*>(&b);
+  }
+}
+
 // d = a * b + d for 16-bit inputs T (__half or __nv_bfloat16) with fp32 accumulation.
 template <class T>
 __device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const unsigned (&a)[4],

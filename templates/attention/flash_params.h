@@ -1,0 +1,21 @@
+/* Parameters of templates/attention/flash_forward.cuh, shared by the kernel and its host launcher
+   (plain C layout, passed by value). Strides are in elements; the head dim is contiguous. */
+#pragma once
+
+struct KjitFlashParams {
+  const void* q;          /* [B, Sq, Hq, D] or packed [Tq, Hq, D] */
+  const void* k;          /* [B, Sk, Hk, D] or packed [Tk, Hk, D] */
+  const void* v;
+  void* out;              /* like q */
+  float* lse;             /* [B, Hq, Sq] or [Hq, Tq]; may be null */
+  const int* cu_seqlens_q; /* [B + 1] on the device; null for batched inputs */
+  const int* cu_seqlens_k;
+  int seqlen_q, seqlen_k; /* batched: every sequence's lengths */
+  int heads_q, group;     /* group = Hq / Hk: query heads per key/value head */
+  long long q_batch_stride, q_row_stride, q_head_stride;
+  long long k_batch_stride, k_row_stride, k_head_stride;
+  long long v_batch_stride, v_row_stride, v_head_stride;
+  long long o_batch_stride, o_row_stride, o_head_stride;
+  long long lse_batch_stride, lse_head_stride; /* the sequence index has stride 1 */
+  float scale_log2;       /* softmax scale * log2(e) */
+};
