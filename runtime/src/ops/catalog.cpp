@@ -1,6 +1,7 @@
 #include "ops/catalog.hpp"
 
 #include "jit/template_tree.hpp"
+#include "ops/attention/flash_forward_plan.hpp"
 #include "ops/merge_states/merge_states_plan.hpp"
 #include "ops/samples/samples.hpp"
 
@@ -8,7 +9,8 @@ namespace kjit::catalog {
 
 std::vector<Family> shipped(const std::string& arch) {
   return {Family{"samples", samples::shipped(arch)},
-          Family{"merge_states", attention::merge_states_plan::shipped(arch)}};
+          Family{"merge_states", attention::merge_states_plan::shipped(arch)},
+          Family{"attention", attention::flash_plan::shipped(arch)}};
 }
 
 std::vector<std::string> tuned_ops() {

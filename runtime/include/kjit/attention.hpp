@@ -1,0 +1,38 @@
+// Attention forward (FlashAttention-2 semantics): softmax(Q K^T * scale) V per head, with GQA/MQA
+// (Hq a multiple of Hk; query head h reads key/value head h / (Hq / Hk)), causal masking aligned
+// to the bottom-right when Sq != Sk, fp16/bf16 inputs, fp32 accumulation, natural-log LSE. A
+// query that sees no key gets O = 0 and LSE = -inf. Head dims 64, 96, 128, 192, 256.
+#pragma once
+
+#include <cstdint>
+
+#include "kjit/device.hpp"
+#include "kjit/tensor.hpp"
+
+namespace kjit::attention {
+
+struct ForwardOptions {
+  float softmax_scale = 0.f;  // 0: 1 / sqrt(head dim)
+  bool causal = false;
+};
+
+// q [B, Sq, Hq, D], k and v [B, Sk, Hk, D], out [B, Sq, Hq, D] (any strides, head dim
+// contiguous, rows 16-byte aligned); lse [B, Hq, Sq] fp32 contiguous in Sq, or a view with null
+// data to skip it.
+void forward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+             const TensorView& lse, const ForwardOptions& options, StreamHandle stream);
+
+// Packed sequences: q [Tq, Hq, D], k and v [Tk, Hk, D], out [Tq, Hq, D], lse [Hq, Tq].
+// cu_seqlens_* are int32 [B + 1] on the device; the caller also passes host copies, which are
+// validated (non-decreasing, starting at 0, ending at the token count) and give the max lengths,
+// so no device synchronisation happens.
+struct Varlen {
+  TensorView cu_seqlens_q, cu_seqlens_k;
+  const std::int32_t* host_cu_seqlens_q = nullptr;
+  const std::int32_t* host_cu_seqlens_k = nullptr;
+};
+void forward_varlen(const TensorView& q, const TensorView& k, const TensorView& v,
+                    const TensorView& out, const TensorView& lse, const Varlen& seqlens,
+                    const ForwardOptions& options, StreamHandle stream);
+
+}  // namespace kjit::attention

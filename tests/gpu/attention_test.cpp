@@ -1,0 +1,209 @@
+// Attention forward on the GPU against the fp64 CPU reference, with FlashAttention's bound:
+// max|out - ref| <= 2 max|lowprec - ref| + atol, where lowprec rounds P (and the output) to the
+// input dtype; the same for LSE in fp32. Head dims x dtypes x causal x GQA x batched/varlen
+// (empty, 1-token and non-tile-multiple sequences, Sq != Sk), inputs x10, bitwise reruns.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "kjit/attention.hpp"
+#include "kjit/jit.hpp"
+#include "tests/reference/attention_reference.hpp"
+#include "tests/support/gpu.hpp"
+#include "tests/support/half_float.hpp"
+#include "tests/support/isolated_cache.hpp"
+
+namespace kjit::test {
+namespace {
+
+using attention::forward;
+using attention::forward_varlen;
+using attention::ForwardOptions;
+using attention::Varlen;
+
+struct AttnCase {
+  DType dtype;
+  int head_dim;
+  bool causal;
+  int heads_q, heads_k;
+  bool varlen;
+  std::vector<int> seqlens_q, seqlens_k;  // batched: every entry equal
+  double input_scale = 1.0;
+};
+
+void PrintTo(const AttnCase& c, std::ostream* os) {
+  *os << dtype_name(c.dtype) << " D=" << c.head_dim << (c.causal ? " causal" : "")
+      << " H=" << c.heads_q << "/" << c.heads_k << (c.varlen ? " varlen" : " batched") << " Sq/Sk=";
+  for (std::size_t i = 0; i < c.seqlens_q.size(); ++i)
+    *os << c.seqlens_q[i] << "/" << c.seqlens_k[i] << " ";
+  if (c.input_scale != 1.0) *os << " x" << c.input_scale;
+}
+
+std::uint16_t to_bits(DType t, double v) {
+  return t == DType::BFloat16 ? float_to_bf16(static_cast<float>(v))
+                              : float_to_fp16(static_cast<float>(v));
+}
+double from_bits(DType t, std::uint16_t b) {
+  return t == DType::BFloat16 ? bf16_to_float(b) : fp16_to_float(b);
+}
+double round_to(DType t, double v) {
+  return from_bits(t, to_bits(t, v));
+}
+
+// Runs the case; returns the raw output bytes (for determinism checks).
+std::vector<std::uint16_t> run_case(const AttnCase& c, bool check = true) {
+  std::mt19937 rng(12345 + c.head_dim);
+  std::normal_distribution<double> normal(0.0, c.input_scale);
+  const int b = static_cast<int>(c.seqlens_q.size()), d = c.head_dim, hq = c.heads_q,
+            hk = c.heads_k;
+  std::vector<int> cu_q{0}, cu_k{0};
+  for (int i = 0; i < b; ++i) {
+    cu_q.push_back(cu_q.back() + c.seqlens_q[i]);
+    cu_k.push_back(cu_k.back() + c.seqlens_k[i]);
+  }
+  const int tq = cu_q.back(), tk = cu_k.back();
+  // Token-major storage [T, H, D] for both layouts (batched views it as [B, S, H, D]).
+  std::vector<std::uint16_t> q(static_cast<std::size_t>(tq) * hq * d),
+      k(static_cast<std::size_t>(tk) * hk * d), v(k.size());
+  for (auto* buf : {&q, &k, &v}) {
+    for (auto& x : *buf)
+      x = to_bits(c.dtype, normal(rng));
+  }
+  DeviceBuffer dq(q.size() * 2 + 16), dk(k.size() * 2 + 16), dv(v.size() * 2 + 16),
+      dout(q.size() * 2 + 16), dlse(static_cast<std::size_t>(hq) * tq * 4 + 16),
+      dcu_q(cu_q.size() * 4), dcu_k(cu_k.size() * 4);
+  dq.upload(q.data(), q.size() * 2);
+  dk.upload(k.data(), k.size() * 2);
+  dv.upload(v.data(), v.size() * 2);
+  dcu_q.upload(cu_q.data(), dcu_q.size());
+  dcu_k.upload(cu_k.data(), dcu_k.size());
+  dout.fill_bytes(0xff);
+  dlse.fill_bytes(0xff);
+  Stream stream;
+  ForwardOptions options;
+  options.causal = c.causal;
+  if (c.varlen) {
+    Varlen s{TensorView(dcu_q.data(), DType::Int32, {b + 1}),
+             TensorView(dcu_k.data(), DType::Int32, {b + 1}), cu_q.data(), cu_k.data()};
+    forward_varlen(
+        TensorView(dq.data(), c.dtype, {tq, hq, d}), TensorView(dk.data(), c.dtype, {tk, hk, d}),
+        TensorView(dv.data(), c.dtype, {tk, hk, d}), TensorView(dout.data(), c.dtype, {tq, hq, d}),
+        TensorView(dlse.data(), DType::Float32, {hq, tq}), s, options, stream.handle());
+  } else {
+    const long long sq = c.seqlens_q[0], sk = c.seqlens_k[0];
+    forward(TensorView(dq.data(), c.dtype, {b, sq, hq, d}),
+            TensorView(dk.data(), c.dtype, {b, sk, hk, d}),
+            TensorView(dv.data(), c.dtype, {b, sk, hk, d}),
+            TensorView(dout.data(), c.dtype, {b, sq, hq, d}),
+            TensorView(dlse.data(), DType::Float32, {b, hq, sq}), options, stream.handle());
+  }
+  stream.synchronize();
+  std::vector<std::uint16_t> out(q.size());
+  std::vector<float> lse(static_cast<std::size_t>(hq) * tq);
+  dout.download(out.data(), out.size() * 2);
+  dlse.download(lse.data(), lse.size() * 4);
+  if (!check) return out;
+
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  double max_err = 0, max_low_err = 0, max_lse_err = 0;
+  for (int s = 0; s < b; ++s) {
+    const int sq = c.seqlens_q[s], sk = c.seqlens_k[s];
+    for (int h = 0; h < hq; ++h) {
+      const int kvh = h / (hq / hk);
+      std::vector<double> qs(static_cast<std::size_t>(sq) * d),
+          ks(static_cast<std::size_t>(sk) * d), vs(ks.size());
+      for (int i = 0; i < sq; ++i) {
+        for (int x = 0; x < d; ++x)
+          qs[i * d + x] =
+              from_bits(c.dtype, q[((cu_q[s] + i) * hq + h) * static_cast<std::size_t>(d) + x]);
+      }
+      for (int j = 0; j < sk; ++j) {
+        for (int x = 0; x < d; ++x) {
+          ks[j * d + x] =
+              from_bits(c.dtype, k[((cu_k[s] + j) * hk + kvh) * static_cast<std::size_t>(d) + x]);
+          vs[j * d + x] =
+              from_bits(c.dtype, v[((cu_k[s] + j) * hk + kvh) * static_cast<std::size_t>(d) + x]);
+        }
+      }
+      const auto ref = reference::attention(qs, ks, vs, sq, sk, d, scale, c.causal);
+      const auto low = reference::attention(qs, ks, vs, sq, sk, d, scale, c.causal,
+                                            [&](double p) { return round_to(c.dtype, p); });
+      for (int i = 0; i < sq; ++i) {
+        for (int x = 0; x < d; ++x) {
+          const double got =
+              from_bits(c.dtype, out[((cu_q[s] + i) * hq + h) * static_cast<std::size_t>(d) + x]);
+          if (!std::isfinite(got)) {
+            ADD_FAILURE() << "out seq " << s << " row " << i << " head " << h << " dim " << x
+                          << " = " << got;
+            return out;
+          }
+          max_err = std::max(max_err, std::abs(got - ref.out[i * d + x]));
+          max_low_err = std::max(
+              max_low_err, std::abs(round_to(c.dtype, low.out[i * d + x]) - ref.out[i * d + x]));
+        }
+        const std::size_t li = c.varlen
+                                   ? static_cast<std::size_t>(h) * tq + cu_q[s] + i
+                                   : (static_cast<std::size_t>(s) * hq + h) * c.seqlens_q[0] + i;
+        const double got_lse = lse[li];
+        if (std::isinf(ref.lse[i])) {
+          EXPECT_TRUE(std::isinf(got_lse) && got_lse < 0)
+              << "lse " << s << "/" << h << "/" << i << " = " << got_lse;
+        } else {
+          max_lse_err =
+              std::max(max_lse_err, std::abs(got_lse - ref.lse[i]) / (1 + std::abs(ref.lse[i])));
+        }
+      }
+    }
+  }
+  EXPECT_LE(max_err, 2 * max_low_err + 1e-5) << "same-dtype reference error " << max_low_err;
+  EXPECT_LE(max_lse_err, 1e-5) << "LSE relative error";
+  return out;
+}
+
+class AttentionForward : public IsolatedCache, public ::testing::WithParamInterface<AttnCase> {};
+
+TEST_P(AttentionForward, MatchesDoubleReference) {
+  KJIT_REQUIRE_GPU();
+  run_case(GetParam());
+}
+
+std::vector<AttnCase> cases() {
+  std::vector<AttnCase> out;
+  const std::vector<int> varlen_q = {1, 0, 77, 130, 64, 5}, varlen_k = {1, 3, 77, 200, 64, 0};
+  for (DType dtype : {DType::Float16, DType::BFloat16}) {
+    for (int d : {64, 96, 128, 192, 256}) {
+      for (bool causal : {false, true}) {
+        for (auto [hq, hk] : std::vector<std::pair<int, int>>{{2, 2}, {4, 1}, {4, 2}}) {
+          out.push_back({dtype, d, causal, hq, hk, false, {97, 97}, {97, 97}});
+          out.push_back({dtype, d, causal, hq, hk, true, varlen_q, varlen_k});
+        }
+        out.push_back({dtype, d, causal, 2, 1, false, {61}, {130}});  // Sq < Sk
+        out.push_back(
+            {dtype, d, causal, 2, 1, false, {150}, {40}});  // Sq > Sk: early rows see nothing
+      }
+    }
+  }
+  out.push_back({DType::BFloat16, 128, true, 2, 2, false, {200, 200}, {200, 200}, 10.0});  // x10
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(All, AttentionForward, ::testing::ValuesIn(cases()),
+                         [](const ::testing::TestParamInfo<AttnCase>& i) {
+                           const AttnCase& c = i.param;
+                           return std::string(dtype_name(c.dtype)) + "_d" +
+                                  std::to_string(c.head_dim) + (c.causal ? "_causal" : "") + "_h" +
+                                  std::to_string(c.heads_q) + "x" + std::to_string(c.heads_k) +
+                                  (c.varlen ? "_varlen" : "_batched") + "_" +
+                                  std::to_string(i.index);
+                         });
+
+TEST(AttentionForwardDeterminism, BitwiseIdenticalOnRerun) {
+  KJIT_REQUIRE_GPU();
+  const AttnCase c{DType::BFloat16, 128, true, 4, 2, true, {300, 7, 129}, {300, 9, 500}};
+  EXPECT_EQ(run_case(c, false), run_case(c, false));
+}
+
+}  // namespace
+}  // namespace kjit::test

@@ -1,0 +1,109 @@
+// Attention input validation runs on the host before any device work: each bad input throws
+// InvalidArgument naming the argument.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "kjit/error.hpp"
+#include "ops/attention/flash_forward_plan.hpp"
+
+namespace kjit::test {
+namespace {
+
+namespace plan = attention::flash_plan;
+
+void* fake(std::uintptr_t offset = 0) {
+  return reinterpret_cast<void*>(0x200000 + offset);
+}
+
+struct Batched {
+  TensorView q{fake(), DType::BFloat16, {2, 100, 8, 128}};
+  TensorView k{fake(), DType::BFloat16, {2, 120, 2, 128}};
+  TensorView v{fake(), DType::BFloat16, {2, 120, 2, 128}};
+  TensorView out{fake(), DType::BFloat16, {2, 100, 8, 128}};
+  TensorView lse{fake(), DType::Float32, {2, 8, 100}};
+};
+
+std::string error_of(const Batched& b) {
+  try {
+    plan::validate(b.q, b.k, b.v, b.out, b.lse, {});
+  } catch (const InvalidArgument& e) {
+    return e.what();
+  }
+  return "";
+}
+
+void expect_error(const Batched& b, const std::string& needle) {
+  const std::string e = error_of(b);
+  EXPECT_NE(e.find(needle), std::string::npos) << "expected \"" << needle << "\" in: " << e;
+}
+
+TEST(AttentionValidation, AcceptsGqaAndFillsTheParams) {
+  Batched b;
+  EXPECT_EQ(error_of(b), "");
+  const plan::Problem p = plan::validate(b.q, b.k, b.v, b.out, b.lse, {});
+  EXPECT_EQ(p.params.group, 4);
+  EXPECT_EQ(p.params.q_row_stride, 8 * 128);
+  EXPECT_EQ(p.params.lse_head_stride, 100);
+  EXPECT_NEAR(p.params.scale_log2, 1.4426950408889634 / std::sqrt(128.0), 1e-7);
+}
+
+TEST(AttentionValidation, NamesEachBadInput) {
+  Batched b;
+  b.k.dtype = DType::Float16;
+  expect_error(b, "k must have q's dtype");
+  b = Batched{};
+  b.q = TensorView(fake(), DType::BFloat16, {2, 100, 8, 80});
+  b.out = b.q;
+  expect_error(b, "head dim 80");
+  b = Batched{};
+  b.k = TensorView(fake(), DType::BFloat16, {2, 120, 3, 128});
+  b.v = b.k;
+  expect_error(b, "multiple of key/value heads");
+  b = Batched{};
+  b.q.data = fake(8);
+  expect_error(b, "q must be 16-byte aligned");
+  b = Batched{};
+  b.v = TensorView(fake(), DType::BFloat16, {2, 120, 2, 128}, {120 * 2 * 128, 2 * 128 + 4, 128, 1});
+  expect_error(b, "not a multiple of 16 bytes");
+  b = Batched{};
+  b.out.data = nullptr;
+  expect_error(b, "out is a null pointer");
+  b = Batched{};
+  b.lse = TensorView(fake(), DType::Float32, {2, 8, 99});
+  expect_error(b, "lse must be fp32 [2, 8, 100]");
+  b = Batched{};
+  b.q = TensorView(fake(), DType::Float32, {2, 100, 8, 128});
+  b.k.dtype = b.v.dtype = b.out.dtype = DType::Float32;
+  expect_error(b, "q must be fp16 or bf16");
+}
+
+TEST(AttentionValidation, VarlenSeqlensAreCheckedOnTheHostCopy) {
+  const TensorView q(fake(), DType::Float16, {10, 4, 64}), k(fake(), DType::Float16, {12, 4, 64});
+  const TensorView out = q, lse(fake(), DType::Float32, {4, 10});
+  auto error = [&](std::vector<std::int32_t> cq, std::vector<std::int32_t> ck,
+                   DType type = DType::Int32) {
+    attention::Varlen s{TensorView(fake(), type, {static_cast<std::int64_t>(cq.size())}),
+                        TensorView(fake(), type, {static_cast<std::int64_t>(ck.size())}), cq.data(),
+                        ck.data()};
+    try {
+      plan::validate_varlen(q, k, k, out, lse, s, {});
+    } catch (const InvalidArgument& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_EQ(error({0, 4, 10}, {0, 0, 12}), "");
+  EXPECT_NE(error({0, 4, 10}, {0, 0, 12}, DType::Int64).find("must be int32"), std::string::npos);
+  EXPECT_NE(error({0, 6, 4, 10}, {0, 1, 2, 12}).find("non-decreasing"), std::string::npos);
+  EXPECT_NE(error({0, 4, 9}, {0, 0, 12}).find("cu_seqlens_q[B] = 9 but the tensor holds 10"),
+            std::string::npos);
+  EXPECT_NE(error({0, 4, 10}, {0, 12}).find("both must be B + 1"), std::string::npos);
+  EXPECT_NE(error({1, 4, 10}, {0, 0, 12}).find("[0] must be 0"), std::string::npos);
+  attention::Varlen no_host{TensorView(fake(), DType::Int32, {3}),
+                            TensorView(fake(), DType::Int32, {3}), nullptr, nullptr};
+  EXPECT_THROW(plan::validate_varlen(q, k, k, out, lse, no_host, {}), InvalidArgument);
+}
+
+}  // namespace
+}  // namespace kjit::test
