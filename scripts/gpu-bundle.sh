@@ -12,7 +12,7 @@ rm -rf .gpu-bundle && mkdir -p .gpu-bundle/bin .gpu-bundle/lib
 build="build/$preset"
 for bin in tools/kjit tests/kjit_gpu_tests tests/kjit_unit_tests tests/kjit_test_helper \
            bench/kjit_bench_launch_overhead bench/kjit_bench_compile_latency \
-           bench/kjit_bench_merge_states \
+           bench/kjit_bench_merge_states bench/kjit_bench_attention \
            examples/kjit_example_user_kernel; do
   strip -o ".gpu-bundle/bin/$(basename "$bin")" "$build/$bin"
 done

@@ -37,6 +37,13 @@ if [ "$what" = all ] || [ "$what" = tests ]; then
   step racecheck compute-sanitizer --tool racecheck --error-exitcode 3 "$bin/kjit_gpu_tests" \
     --gtest_filter='*MmaGemm*:*LargeDynamicSharedMemory*:*ClusterLaunch*'
 fi
+if [ "$what" = attention ]; then
+  step attention_tests "$bin/kjit_gpu_tests" --gtest_filter='*Attention*'
+  step attention_kjit "$bin/kjit_bench_attention"
+  PYTHONUNBUFFERED=1 step attention_torch python3 bench/attention_torch.py
+  for log in attention_kjit attention_torch; do echo "== $log"; cat "$out/$log.log"; done
+  grep -E '^\[  (PASSED|FAILED) |^\[  FAILED' "$out/attention_tests.log" | head -30
+fi
 if [ "$what" = all ] || [ "$what" = bench ]; then
   step compile_latency "$bin/kjit_bench_compile_latency" 6
   # Default configs first, then tune the preset (timed) and measure again with the tuned ones.

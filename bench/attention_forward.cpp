@@ -1,0 +1,132 @@
+// Attention forward throughput, FlashAttention's convention: batch x seqlen = 16k tokens,
+// heads x head dim = 2048, FLOPs = 4 B H S^2 D (halved when causal); plus GQA 32/8 and a varlen
+// batch. Median of timed runs with CUDA events; TFLOP/s. Run beside bench/attention_torch.py
+// (torch SDPA flash and cuDNN) in the same device call.
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "kjit/attention.hpp"
+#include "kjit/jit.hpp"
+
+namespace {
+
+constexpr int kWarmup = 3, kIterations = 15;
+
+template <class F>
+double median_ms(F&& body, kjit::StreamHandle stream) {
+  for (int i = 0; i < kWarmup; ++i)
+    body();
+  std::vector<double> ms;
+  for (int i = 0; i < kIterations; ++i) {
+    kjit::Event start, stop;
+    start.record(stream);
+    body();
+    stop.record(stream);
+    stop.synchronize();
+    ms.push_back(stop.elapsed_ms_since(start));
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+kjit::DeviceBuffer random_bf16(std::size_t elems) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> n(0.f, 1.f);
+  std::vector<std::uint16_t> host(elems);
+  for (auto& x : host) {
+    const float f = n(rng);
+    std::uint32_t bits;
+    std::memcpy(&bits, &f, 4);
+    x = static_cast<std::uint16_t>(bits >> 16);
+  }
+  kjit::DeviceBuffer b(elems * 2);
+  b.upload(host.data(), b.size());
+  return b;
+}
+
+void row(const char* name, long long b, long long s, long long hq, long long hk, long long d,
+         bool causal, kjit::Stream& stream) {
+  auto q = random_bf16(b * s * hq * d), k = random_bf16(b * s * hk * d),
+       v = random_bf16(b * s * hk * d);
+  kjit::DeviceBuffer out(b * s * hq * d * 2), lse(b * hq * s * 4);
+  kjit::attention::ForwardOptions o;
+  o.causal = causal;
+  const auto bf = kjit::DType::BFloat16;
+  const double ms = median_ms(
+      [&] {
+        kjit::attention::forward(kjit::TensorView(q.data(), bf, {b, s, hq, d}),
+                                 kjit::TensorView(k.data(), bf, {b, s, hk, d}),
+                                 kjit::TensorView(v.data(), bf, {b, s, hk, d}),
+                                 kjit::TensorView(out.data(), bf, {b, s, hq, d}),
+                                 kjit::TensorView(lse.data(), kjit::DType::Float32, {b, hq, s}), o,
+                                 stream.handle());
+      },
+      stream.handle());
+  const double flops = 4.0 * b * hq * s * s * d / (causal ? 2 : 1);
+  std::printf("%-28s %3lld %6lld %4lld/%-3lld %4lld %-7s %9.3f %8.1f\n", name, b, s, hq, hk, d,
+              causal ? "causal" : "full", ms, flops / ms / 1e9);
+}
+
+void varlen_row(kjit::Stream& stream) {
+  // 16 sequences of 256..1792 tokens (step 96 in a fixed shuffle), hd 128, 16 heads, causal.
+  std::vector<int> lens;
+  for (int i = 0; i < 16; ++i)
+    lens.push_back(256 + ((i * 7) % 16) * 96);
+  std::vector<int> cu{0};
+  for (int l : lens)
+    cu.push_back(cu.back() + l);
+  const long long t = cu.back(), h = 16, d = 128;
+  auto q = random_bf16(t * h * d), k = random_bf16(t * h * d), v = random_bf16(t * h * d);
+  kjit::DeviceBuffer out(t * h * d * 2), lse(h * t * 4), dcu(cu.size() * 4);
+  dcu.upload(cu.data(), dcu.size());
+  kjit::attention::ForwardOptions o;
+  o.causal = true;
+  const auto bf = kjit::DType::BFloat16;
+  const kjit::attention::Varlen s{kjit::TensorView(dcu.data(), kjit::DType::Int32, {17}),
+                                  kjit::TensorView(dcu.data(), kjit::DType::Int32, {17}), cu.data(),
+                                  cu.data()};
+  const double ms = median_ms(
+      [&] {
+        kjit::attention::forward_varlen(
+            kjit::TensorView(q.data(), bf, {t, h, d}), kjit::TensorView(k.data(), bf, {t, h, d}),
+            kjit::TensorView(v.data(), bf, {t, h, d}), kjit::TensorView(out.data(), bf, {t, h, d}),
+            kjit::TensorView(lse.data(), kjit::DType::Float32, {h, t}), s, o, stream.handle());
+      },
+      stream.handle());
+  double flops = 0;
+  for (int l : lens)
+    flops += 4.0 * h * l * l * d / 2;
+  std::printf("%-28s %3d %6lld %4lld/%-3lld %4lld %-7s %9.3f %8.1f\n", "varlen 16 x 256..1792", 16,
+              t, h, h, d, "causal", ms, flops / ms / 1e9);
+}
+
+}  // namespace
+
+int main() try {
+  std::string reason;
+  if (!kjit::driver_available(&reason)) {
+    std::printf("attention_forward needs a CUDA GPU: %s\n", reason.c_str());
+    return 0;
+  }
+  kjit::Stream stream;
+  std::printf("%s, kjit %s, bf16 forward\n", kjit::device_info(kjit::current_device()).name.c_str(),
+              kjit::version().c_str());
+  std::printf("%-28s %3s %6s %8s %4s %-7s %9s %8s\n", "row", "B", "S", "Hq/Hk", "D", "mask", "ms",
+              "TFLOP/s");
+  for (long long d : {64, 128, 256}) {
+    for (long long s : {2048, 8192, 16384}) {
+      for (bool causal : {false, true}) {
+        row("fa-bench", 16384 / s, s, 2048 / d, 2048 / d, d, causal, stream);
+      }
+    }
+  }
+  row("gqa 32/8", 2, 8192, 32, 8, 128, true, stream);
+  varlen_row(stream);
+  return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "attention_forward: %s\n", e.what());
+  return 1;
+}
