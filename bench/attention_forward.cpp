@@ -3,13 +3,16 @@
 // batch. Median of timed runs with CUDA events; TFLOP/s. Run beside bench/attention_torch.py
 // (torch SDPA flash and cuDNN) in the same device call.
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "kjit/attention.hpp"
 #include "kjit/jit.hpp"
+#include "ops/attention/flash_forward_plan.hpp"
 
 namespace {
 
@@ -103,9 +106,52 @@ void varlen_row(kjit::Stream& stream) {
               t, h, h, d, "causal", ms, flops / ms / 1e9);
 }
 
+// Times tile configs directly (bypassing the op's default) on one fa-bench row, and checks each
+// against the default config's output.
+void sweep(long long d, bool causal, const std::vector<kjit::tuning::Config>& configs,
+           kjit::Stream& stream) {
+  namespace plan = kjit::attention::flash_plan;
+  const long long s = 8192, b = 2, h = 2048 / d;
+  auto q = random_bf16(b * s * h * d), k = random_bf16(b * s * h * d),
+       v = random_bf16(b * s * h * d);
+  kjit::DeviceBuffer out(b * s * h * d * 2), lse(b * h * s * 4);
+  const auto bf = kjit::DType::BFloat16;
+  kjit::attention::ForwardOptions o;
+  o.causal = causal;
+  const plan::Problem p = plan::validate(
+      kjit::TensorView(q.data(), bf, {b, s, h, d}), kjit::TensorView(k.data(), bf, {b, s, h, d}),
+      kjit::TensorView(v.data(), bf, {b, s, h, d}), kjit::TensorView(out.data(), bf, {b, s, h, d}),
+      kjit::TensorView(lse.data(), kjit::DType::Float32, {b, h, s}), o);
+  std::vector<std::uint16_t> reference;
+  for (const auto& c : configs) {
+    const kjit::Kernel kernel = kjit::load(plan::spec(c, bf, static_cast<int>(d), causal)).kernel();
+    const double ms =
+        median_ms([&] { plan::launch(kernel, c, p, stream.handle()); }, stream.handle());
+    std::vector<std::uint16_t> result(out.size() / 2);
+    stream.synchronize();
+    out.download(result.data(), out.size());
+    if (reference.empty()) reference = result;
+    int mismatched = 0;
+    for (std::size_t i = 0; i < result.size(); ++i) {
+      float a, r;
+      const std::uint32_t ab = static_cast<std::uint32_t>(result[i]) << 16,
+                          rb = static_cast<std::uint32_t>(reference[i]) << 16;
+      std::memcpy(&a, &ab, 4);
+      std::memcpy(&r, &rb, 4);
+      mismatched += std::abs(a - r) > 2e-2f * (1 + std::abs(r)) || a != a;
+    }
+    const double flops = 4.0 * b * h * s * s * d / (causal ? 2 : 1);
+    std::printf(
+        "sweep d=%lld %-6s block_m=%3lld block_n=%3lld m_tiles=%lld: %8.3f ms %7.1f TFLOP/s  %s\n",
+        d, causal ? "causal" : "full", static_cast<long long>(c.at("block_m")),
+        static_cast<long long>(c.at("block_n")), static_cast<long long>(c.at("m_tiles")), ms,
+        flops / ms / 1e9, mismatched ? "MISMATCH vs first config" : "agrees");
+  }
+}
+
 }  // namespace
 
-int main() try {
+int main(int argc, char** argv) try {
   std::string reason;
   if (!kjit::driver_available(&reason)) {
     std::printf("attention_forward needs a CUDA GPU: %s\n", reason.c_str());
@@ -116,6 +162,22 @@ int main() try {
               kjit::version().c_str());
   std::printf("%-28s %3s %6s %8s %4s %-7s %9s %8s\n", "row", "B", "S", "Hq/Hk", "D", "mask", "ms",
               "TFLOP/s");
+  if (argc > 1 && std::string(argv[1]) == "--sweep") {
+    using C = kjit::tuning::Config;
+    auto cfg = [](long long m, long long n, long long t) {
+      return C{{"block_m", m}, {"block_n", n}, {"m_tiles", t}};
+    };
+    for (bool causal : {false, true}) {
+      sweep(64, causal,
+            {cfg(128, 128, 1), cfg(128, 64, 1), cfg(128, 64, 2), cfg(64, 64, 2), cfg(64, 64, 1)},
+            stream);
+      sweep(128, causal,
+            {cfg(128, 64, 1), cfg(64, 64, 1), cfg(128, 16, 2), cfg(128, 32, 1), cfg(64, 32, 1)},
+            stream);
+      sweep(256, causal, {cfg(64, 64, 1), cfg(64, 32, 1), cfg(32, 64, 1), cfg(32, 32, 1)}, stream);
+    }
+    return 0;
+  }
   for (long long d : {64, 128, 256}) {
     for (long long s : {2048, 8192, 16384}) {
       for (bool causal : {false, true}) {

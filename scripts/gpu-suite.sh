@@ -39,9 +39,10 @@ if [ "$what" = all ] || [ "$what" = tests ]; then
 fi
 if [ "$what" = attention ]; then
   step attention_tests "$bin/kjit_gpu_tests" --gtest_filter='*Attention*'
+  step attention_sweep "$bin/kjit_bench_attention" --sweep
   step attention_kjit "$bin/kjit_bench_attention"
   PYTHONUNBUFFERED=1 step attention_torch python3 bench/attention_torch.py
-  for log in attention_kjit attention_torch; do echo "== $log"; cat "$out/$log.log"; done
+  for log in attention_sweep attention_kjit attention_torch; do echo "== $log"; cat "$out/$log.log"; done
   grep -E '^\[  (PASSED|FAILED) |^\[  FAILED' "$out/attention_tests.log" | head -30
 fi
 if [ "$what" = all ] || [ "$what" = bench ]; then

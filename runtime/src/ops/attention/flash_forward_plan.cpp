@@ -223,9 +223,9 @@ Problem validate_varlen(const TensorView& q, const TensorView& k, const TensorVi
 
 tuning::Config default_config(int head_dim) {
   // 16 query rows per warp; large head dims need the registers of fewer rows per block.
-  if (head_dim <= 64) return {{"block_m", 128}, {"block_n", 128}};
-  if (head_dim <= 128) return {{"block_m", 128}, {"block_n", 64}};
-  return {{"block_m", 64}, {"block_n", 64}};
+  if (head_dim <= 64) return {{"block_m", 128}, {"block_n", 128}, {"m_tiles", 1}};
+  if (head_dim <= 128) return {{"block_m", 128}, {"block_n", 64}, {"m_tiles", 1}};
+  return {{"block_m", 64}, {"block_n", 64}, {"m_tiles", 1}};
 }
 
 unsigned shared_bytes(const tuning::Config& c, DType dtype, int head_dim) {
@@ -236,10 +236,10 @@ unsigned shared_bytes(const tuning::Config& c, DType dtype, int head_dim) {
 
 KernelSpec spec(const tuning::Config& c, DType dtype, int head_dim, bool causal,
                 const std::string& arch) {
-  KernelSpec s(
-      Source::embedded(kTemplate),
-      {fmt::format("kjit::attention::flash_forward<{}, {}, {}, {}, {}>", type_name(dtype), head_dim,
-                   c.at("block_m"), c.at("block_n"), causal ? "true" : "false")});
+  KernelSpec s(Source::embedded(kTemplate),
+               {fmt::format("kjit::attention::flash_forward<{}, {}, {}, {}, {}, {}>",
+                            type_name(dtype), head_dim, c.at("block_m"), c.at("block_n"),
+                            c.at("m_tiles"), causal ? "true" : "false")});
   s.arch = arch;
   return s;
 }
@@ -250,7 +250,7 @@ void launch(const Kernel& kernel, const tuning::Config& c, const Problem& p, Str
   const unsigned m_blocks = static_cast<unsigned>((p.max_seqlen_q + block_m - 1) / block_m);
   if (p.batch > 65535 || p.heads_q > 65535) bad("batch and heads must each be at most 65535");
   kernel.launch({{m_blocks, static_cast<unsigned>(p.heads_q), static_cast<unsigned>(p.batch)},
-                 {static_cast<unsigned>(block_m / 16 * 32)},
+                 {static_cast<unsigned>(block_m / (16 * c.at("m_tiles")) * 32)},
                  shared_bytes(c, p.dtype, p.head_dim),
                  stream,
                  {}},

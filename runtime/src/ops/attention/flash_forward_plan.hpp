@@ -31,7 +31,8 @@ Problem validate_varlen(const TensorView& q, const TensorView& k, const TensorVi
                         const TensorView& out, const TensorView& lse, const Varlen& seqlens,
                         const ForwardOptions& options);
 
-// {block_m, block_n}: block_m = 16 x warps.
+// {block_m, block_n, m_tiles}: each warp owns 16 x m_tiles query rows, so a block has
+// block_m / (16 m_tiles) warps.
 tuning::Config default_config(int head_dim);
 unsigned shared_bytes(const tuning::Config& config, DType dtype, int head_dim);
 KernelSpec spec(const tuning::Config& config, DType dtype, int head_dim, bool causal,
