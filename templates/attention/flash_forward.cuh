@@ -27,9 +27,10 @@ struct FlashShape {
 };
 
 // kMTiles m16 tiles per warp: every K and V fragment loaded from shared memory feeds kMTiles
-// MMAs, which halves shared-memory traffic per FLOP at kMTiles = 2.
+// MMAs, which halves shared-memory traffic per FLOP at kMTiles = 2. One block per SM at least:
+// the accumulators need the full register budget (sm_80's default cap spilled hd 96).
 template <class T, int kHeadDim, int kBlockM, int kBlockN, int kMTiles, bool kCausal>
-__global__ void __launch_bounds__(kBlockM / (16 * kMTiles) * 32)
+__global__ void __launch_bounds__(kBlockM / (16 * kMTiles) * 32, 1)
     flash_forward(const KjitFlashParams p) {
   using S = FlashShape<T, kHeadDim, kBlockM, kBlockN, kMTiles, kCausal>;
   extern __shared__ __align__(16) unsigned char shared_raw[];
@@ -129,10 +130,9 @@ __global__ void __launch_bounds__(kBlockM / (16 * kMTiles) * 32)
       }
     }
 
-    // Only blocks that cross the sequence end or the causal diagonal need per-element masks.
+    // Per-element masks on every block: skipping them on blocks that need none measured slower
+    // for causal (2026-11-25, docs/perf.md), so the simple form stays until a profile says why.
     const int first_key = block * kBlockN;
-    const bool mask = first_key + kBlockN > seqlen_k ||
-                      (kCausal && first_key + kBlockN - 1 > row0 + warp_row + diagonal);
 #pragma unroll
     for (int m = 0; m < kMTiles; ++m) {
 #pragma unroll
@@ -141,7 +141,7 @@ __global__ void __launch_bounds__(kBlockM / (16 * kMTiles) * 32)
         for (int e = 0; e < 4; ++e) {
           const int key = first_key + j * 8 + (lane % 4) * 2 + (e & 1);
           const int row = my_row + m * 16 + (e >= 2 ? 8 : 0);
-          const bool visible = !mask || (key < seqlen_k && (!kCausal || key <= row + diagonal));
+          const bool visible = key < seqlen_k && (!kCausal || key <= row + diagonal);
           acc_s[m][j][e] = visible ? acc_s[m][j][e] * p.scale_log2 : negative_infinity();
         }
       }

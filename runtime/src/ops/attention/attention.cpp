@@ -18,7 +18,7 @@ namespace plan = flash_plan;
 void run(const plan::Problem& p, StreamHandle stream) {
   static std::mutex mutex;
   static std::unordered_map<std::string, Kernel> kernels;
-  const tuning::Config config = plan::default_config(p.head_dim);
+  const tuning::Config config = plan::default_config(p.head_dim, p.causal);
   const std::string key =
       fmt::format("{}|{}|{}|{}", dtype_name(p.dtype), p.head_dim, p.causal, current_device());
   const Kernel* kernel = nullptr;

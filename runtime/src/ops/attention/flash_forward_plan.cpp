@@ -221,11 +221,16 @@ Problem validate_varlen(const TensorView& q, const TensorView& k, const TensorVi
   return p;
 }
 
-tuning::Config default_config(int head_dim) {
-  // 16 query rows per warp; large head dims need the registers of fewer rows per block.
-  if (head_dim <= 64) return {{"block_m", 128}, {"block_n", 128}, {"m_tiles", 1}};
+tuning::Config default_config(int head_dim, bool causal) {
+  // From the tile sweep on the H100 (docs/perf.md, bench/attention_forward.cpp --sweep): two
+  // query tiles per warp pay off where registers allow (hd 64; hd 96 spills), short key tiles
+  // for the large head dims.
+  if (head_dim <= 64) {
+    return causal ? tuning::Config{{"block_m", 128}, {"block_n", 128}, {"m_tiles", 1}}
+                  : tuning::Config{{"block_m", 128}, {"block_n", 64}, {"m_tiles", 2}};
+  }
   if (head_dim <= 128) return {{"block_m", 128}, {"block_n", 64}, {"m_tiles", 1}};
-  return {{"block_m", 64}, {"block_n", 64}, {"m_tiles", 1}};
+  return {{"block_m", 64}, {"block_n", 32}, {"m_tiles", 1}};
 }
 
 unsigned shared_bytes(const tuning::Config& c, DType dtype, int head_dim) {
@@ -262,7 +267,7 @@ std::vector<KernelSpec> shipped(const std::string& arch) {
   for (DType dtype : {DType::Float16, DType::BFloat16}) {
     for (int d : kHeadDims) {
       for (bool causal : {false, true})
-        out.push_back(spec(default_config(d), dtype, d, causal, arch));
+        out.push_back(spec(default_config(d, causal), dtype, d, causal, arch));
     }
   }
   return out;

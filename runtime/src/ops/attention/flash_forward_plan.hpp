@@ -33,7 +33,7 @@ Problem validate_varlen(const TensorView& q, const TensorView& k, const TensorVi
 
 // {block_m, block_n, m_tiles}: each warp owns 16 x m_tiles query rows, so a block has
 // block_m / (16 m_tiles) warps.
-tuning::Config default_config(int head_dim);
+tuning::Config default_config(int head_dim, bool causal);
 unsigned shared_bytes(const tuning::Config& config, DType dtype, int head_dim);
 KernelSpec spec(const tuning::Config& config, DType dtype, int head_dim, bool causal,
                 const std::string& arch = "");
