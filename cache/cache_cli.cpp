@@ -301,7 +301,7 @@ void add_cache_commands(CLI::App& app, int* exit_code) {
       cache->add_subcommand("prune", "Remove results of templates that changed since");
   prune->add_flag("--stale", *stale_only, "Remove results whose template hash is not current")
       ->required();
-  prune->callback([exit_code] {
+  prune->callback([exit_code, stale_only] {  // keeps the flag's storage alive
     auto db = open_db(true);
     int removed = 0;
     for (const std::string& op : catalog::tuned_ops()) {
