@@ -3,11 +3,11 @@
 #pragma once
 
 struct KjitFlashParams {
-  const void* q;          /* [B, Sq, Hq, D] or packed [Tq, Hq, D] */
-  const void* k;          /* [B, Sk, Hk, D] or packed [Tk, Hk, D] */
+  const void* q; /* [B, Sq, Hq, D] or packed [Tq, Hq, D] */
+  const void* k; /* [B, Sk, Hk, D] or packed [Tk, Hk, D] */
   const void* v;
-  void* out;              /* like q */
-  float* lse;             /* [B, Hq, Sq] or [Hq, Tq]; may be null */
+  void* out;               /* like q */
+  float* lse;              /* [B, Hq, Sq] or [Hq, Tq]; may be null */
   const int* cu_seqlens_q; /* [B + 1] on the device; null for batched inputs */
   const int* cu_seqlens_k;
   int seqlen_q, seqlen_k; /* batched: every sequence's lengths */
@@ -17,5 +17,5 @@ struct KjitFlashParams {
   long long v_batch_stride, v_row_stride, v_head_stride;
   long long o_batch_stride, o_row_stride, o_head_stride;
   long long lse_batch_stride, lse_head_stride; /* the sequence index has stride 1 */
-  float scale_log2;       /* softmax scale * log2(e) */
+  float scale_log2;                            /* softmax scale * log2(e) */
 };
