@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "kjit/c_api.h"
 #include "kjit/error.hpp"
 #include "ops/attention/flash_forward_plan.hpp"
 
@@ -103,6 +104,30 @@ TEST(AttentionValidation, VarlenSeqlensAreCheckedOnTheHostCopy) {
   attention::Varlen no_host{TensorView(fake(), DType::Int32, {3}),
                             TensorView(fake(), DType::Int32, {3}), nullptr, nullptr};
   EXPECT_THROW(plan::validate_varlen(q, k, k, out, lse, no_host, {}), InvalidArgument);
+}
+
+TEST(AttentionCApi, ReportsInvalidArgumentsWithAMessage) {
+  int64_t q_shape[] = {2, 100, 8, 80};  // head dim 80 is not supported
+  int64_t kv_shape[] = {2, 120, 2, 80};
+  DLTensor q{fake(), {kDLCUDA, 0}, 4, {kDLBfloat, 16, 1}, q_shape, nullptr, 0};
+  DLTensor k{fake(), {kDLCUDA, 0}, 4, {kDLBfloat, 16, 1}, kv_shape, nullptr, 0};
+  EXPECT_EQ(kjit_attention_forward(&q, &k, &k, &q, nullptr, 0.f, 1, nullptr),
+            KJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(kjit_last_error()).find("head dim 80"), std::string::npos)
+      << kjit_last_error();
+  EXPECT_EQ(kjit_attention_forward(&q, nullptr, &k, &q, nullptr, 0.f, 0, nullptr),
+            KJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(kjit_last_error()).find("k is NULL"), std::string::npos);
+  int64_t packed_q[] = {10, 4, 64}, packed_k[] = {12, 4, 64}, cu_shape[] = {3};
+  DLTensor pq{fake(), {kDLCUDA, 0}, 3, {kDLFloat, 16, 1}, packed_q, nullptr, 0};
+  DLTensor pk{fake(), {kDLCUDA, 0}, 3, {kDLFloat, 16, 1}, packed_k, nullptr, 0};
+  DLTensor cu{fake(), {kDLCUDA, 0}, 1, {kDLInt, 32, 1}, cu_shape, nullptr, 0};
+  const int32_t host_q[] = {0, 4, 11}, host_k[] = {0, 0, 12};  // 11 != 10 tokens
+  EXPECT_EQ(kjit_attention_forward_varlen(&pq, &pk, &pk, &pq, nullptr, &cu, &cu, host_q, host_k,
+                                          0.f, 1, nullptr),
+            KJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(kjit_last_error()).find("cu_seqlens_q[B] = 11"), std::string::npos)
+      << kjit_last_error();
 }
 
 }  // namespace
