@@ -81,10 +81,6 @@ bool agrees(const std::vector<double>& a, const std::vector<double>& b, double t
   return error <= tolerance;
 }
 
-std::string arch_of_current_device() {
-  return device_info(current_device()).arch();
-}
-
 }  // namespace
 
 SpaceCount enumerate(const TunableOp& op, const Target& target) {
@@ -114,7 +110,7 @@ TuneOutcome tune(const TunableOp& op, const Target& target, const TuneOptions& o
                  tuning::TuningDb& db, const std::function<void(int, int)>& progress) {
   const auto started = std::chrono::steady_clock::now();
   const DeviceInfo device = device_info(current_device());
-  const std::string arch = arch_of_current_device();
+  const std::string arch = device.arch();
   const auto [nv_major, nv_minor] = nvrtc_version();
   TuneOutcome out;
   out.target = target;

@@ -79,21 +79,6 @@ class KeyWriter {
   std::string& buffer_;
 };
 
-// The arch of the calling thread's current device. device_info costs several driver calls, so
-// each thread remembers the answer for the context it last saw.
-const std::string& current_device_arch() {
-  driver::ensure_context();
-  CUcontext context = nullptr;
-  driver::check(driver::api().cuCtxGetCurrent(&context), "cuCtxGetCurrent");
-  thread_local CUcontext cached_context = nullptr;
-  thread_local std::string cached_arch;
-  if (context != cached_context) {
-    cached_arch = device_info(current_device()).arch();
-    cached_context = context;
-  }
-  return cached_arch;
-}
-
 void validate(const KernelSpec& spec) {
   if (spec.name_expressions.empty()) {
     throw Error(fmt::format("KernelSpec for {} names no kernel: name_expressions is empty",
@@ -117,6 +102,21 @@ bool is_real_arch(std::string_view arch) {
 }
 
 }  // namespace
+
+// The arch of the calling thread's current device. device_info costs several driver calls, so
+// each thread remembers the answer for the context it last saw.
+const std::string& current_device_arch() {
+  driver::ensure_context();
+  CUcontext context = nullptr;
+  driver::check(driver::api().cuCtxGetCurrent(&context), "cuCtxGetCurrent");
+  thread_local CUcontext cached_context = nullptr;
+  thread_local std::string cached_arch;
+  if (context != cached_context) {
+    cached_arch = device_info(current_device()).arch();
+    cached_context = context;
+  }
+  return cached_arch;
+}
 
 PlannedKey plan_key(const KernelSpec& spec) {
   PlannedKey out;

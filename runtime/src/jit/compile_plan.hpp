@@ -21,6 +21,10 @@ struct PlannedKey {
 
 PlannedKey plan_key(const KernelSpec& spec);
 
+// The NVRTC target of the calling thread's current device ("sm_90a"), cached per thread and
+// context: device_info() costs several driver calls.
+const std::string& current_device_arch();
+
 struct CompilePlan {
   std::string description;
   nvrtc::Request request;

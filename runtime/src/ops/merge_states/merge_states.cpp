@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "cache/config_lookup.hpp"
+#include "jit/compile_plan.hpp"
 #include "kjit/jit.hpp"
 #include "ops/catalog.hpp"
 #include "ops/merge_states/merge_states_plan.hpp"
@@ -33,17 +34,7 @@ tuning::ConfigLookup& config_lookup() {
 const Choice& choose(const plan::Problem& p) {
   static std::mutex mutex;
   static std::unordered_map<std::string, Choice> memo;
-  const DeviceInfo& device = []() -> const DeviceInfo& {
-    thread_local DeviceInfo info;
-    thread_local int ordinal = -1;
-    const int current = current_device();
-    if (current != ordinal) {
-      info = device_info(current);
-      ordinal = current;
-    }
-    return info;
-  }();
-  const std::string arch = device.arch();
+  const std::string& arch = detail::current_device_arch();
   const std::string key = fmt::format("{}|{}|{}|{}", tuning::problem_key(p.shape()),
                                       dtype_name(p.dtype), p.alignment, arch);
   {
