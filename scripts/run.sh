@@ -15,6 +15,8 @@ if "$kjit" info --json | grep -q '"available": true'; then
   build/default/tests/kjit_gpu_tests
   build/default/bench/kjit_bench_compile_latency
   build/default/bench/kjit_bench_launch_overhead
+  build/default/bench/kjit_bench_merge_states
+  build/default/bench/kjit_bench_attention
 else
   "$kjit" precompile --arch sm_90a --check
   echo
