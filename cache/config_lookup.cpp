@@ -42,6 +42,19 @@ std::int64_t next_pow2(std::int64_t v) {
   return p;
 }
 
+// Misses go into an existing database only: running an op never creates one in the user's home
+// (`kjit tune` does, and from then on the shapes a deployment misses are recorded).
+void write_misses(const std::vector<Miss>& batch) {
+  const std::string path = default_database_path();
+  std::error_code ec;
+  if (batch.empty() || !std::filesystem::exists(path, ec)) return;
+  try {
+    TuningDb(path, TuningDb::Mode::ReadWrite, kWriteBusyMs).record_misses(batch);
+  } catch (const Error& e) {
+    warn_once(path, e.what());
+  }
+}
+
 }  // namespace
 
 Shape bucketed(const Shape& shape, const std::vector<Dimension>& dims) {
@@ -80,12 +93,7 @@ Choice ConfigLookup::choose(const Shape& shape, const std::string& dtype, const 
     if (pending_.size() >= kMissBatch) {
       std::vector<Miss> batch;
       batch.swap(pending_);
-      try {
-        TuningDb(default_database_path(), TuningDb::Mode::ReadWrite, kWriteBusyMs)
-            .record_misses(batch);
-      } catch (const Error& e) {
-        warn_once(default_database_path(), e.what());
-      }
+      write_misses(batch);
     }
   }
   return memo_.emplace(memo_key, std::move(choice)).first->second;
@@ -157,12 +165,7 @@ void ConfigLookup::flush_misses() {
     std::lock_guard<std::mutex> lock(mutex_);
     batch.swap(pending_);
   }
-  if (batch.empty()) return;
-  try {
-    TuningDb(default_database_path(), TuningDb::Mode::ReadWrite, kWriteBusyMs).record_misses(batch);
-  } catch (const Error& e) {
-    warn_once(default_database_path(), e.what());
-  }
+  write_misses(batch);
 }
 
 void ConfigLookup::forget() {

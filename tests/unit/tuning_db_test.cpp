@@ -173,7 +173,9 @@ class LookupTest : public TuningDbTest {
 TEST_F(LookupTest, NoDatabaseMeansDefaultsSilently) {
   ::testing::internal::CaptureStderr();
   EXPECT_EQ(choose({{"D", 512}, {"N", 4}, {"rows", 100}}).source, "default");
+  lookup_.flush_misses();
   EXPECT_EQ(::testing::internal::GetCapturedStderr(), "");
+  EXPECT_FALSE(std::filesystem::exists(path())) << "recording a miss must not create a database";
 }
 
 TEST_F(LookupTest, ExactThenBucketThenNearestThenDefault) {
