@@ -25,8 +25,7 @@ using tuning::Best;
 using tuning::TuningDb;
 
 KernelStore current_store() {
-  const detail::Settings s = detail::current_settings();
-  return KernelStore(s.cache_dir, s.cache_max_bytes, detail::kStoreFormatVersion);
+  return KernelStore::from_settings(detail::current_settings());
 }
 
 // Reading commands never create a database that is not there.

@@ -15,6 +15,7 @@
 #include <fmt/format.h>
 
 #include "cache/store_entry.hpp"
+#include "jit/compile_plan.hpp"
 #include "util/log.hpp"
 
 namespace kjit::cache {
@@ -91,6 +92,10 @@ KernelStore::KernelStore(fs::path root, std::uint64_t max_bytes, int format_vers
     : folder_(std::move(root) / fmt::format("v{}", format_version)),
       max_bytes_(max_bytes),
       format_version_(format_version) {}
+
+KernelStore KernelStore::from_settings(const detail::Settings& settings) {
+  return KernelStore(settings.cache_dir, settings.cache_max_bytes, detail::kStoreFormatVersion);
+}
 
 fs::path KernelStore::entry_path(const CacheKey& key) const {
   const std::string hex = key.hex();

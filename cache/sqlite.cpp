@@ -39,9 +39,6 @@ void Database::exec(const std::string& sql) {
 Statement Database::prepare(std::string_view sql) {
   return Statement(db_, sql);
 }
-std::int64_t Database::last_insert_id() const {
-  return sqlite3_last_insert_rowid(db_);
-}
 int Database::changes() const {
   return sqlite3_changes(db_);
 }

@@ -25,10 +25,8 @@ class Database {
 
   void exec(const std::string& sql);  // statements without parameters or results
   Statement prepare(std::string_view sql);
-  std::int64_t last_insert_id() const;
   int changes() const;
   const std::string& path() const { return path_; }
-  sqlite3* handle() const { return db_; }
 
  private:
   sqlite3* db_ = nullptr;

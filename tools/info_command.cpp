@@ -65,7 +65,7 @@ nlohmann::json gather() {
     j["devices"] = nlohmann::json::array();
   }
   const detail::Settings s = detail::current_settings();
-  const cache::KernelStore store(s.cache_dir, s.cache_max_bytes, detail::kStoreFormatVersion);
+  const cache::KernelStore store = cache::KernelStore::from_settings(s);
   const cache::KernelStore::Stats st = store.stats();
   j["kernel_store"] = {{"folder", store.folder().string()},
                        {"mode", mode_name(s.cache_mode)},

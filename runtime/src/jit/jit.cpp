@@ -78,8 +78,7 @@ std::shared_ptr<const CompiledProgram> fetch(const KernelSpec& spec,
       planned.key,
       [&]() -> std::shared_ptr<const CompiledProgram> {
         const detail::Settings settings = detail::current_settings();
-        const cache::KernelStore store(settings.cache_dir, settings.cache_max_bytes,
-                                       detail::kStoreFormatVersion);
+        const cache::KernelStore store = cache::KernelStore::from_settings(settings);
         if (settings.cache_mode != detail::CacheMode::Off) {
           if (auto hit = store.read(planned.key)) {
             state().disk_hits.fetch_add(1);
