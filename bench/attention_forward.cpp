@@ -123,7 +123,9 @@ void sweep(long long d, bool causal, const std::vector<kjit::tuning::Config>& co
       kjit::TensorView(v.data(), bf, {b, s, h, d}), kjit::TensorView(out.data(), bf, {b, s, h, d}),
       kjit::TensorView(lse.data(), kjit::DType::Float32, {b, h, s}), o);
   std::vector<std::uint16_t> reference;
+  const std::string& arch = kjit::device_info(kjit::current_device()).arch();
   for (const auto& c : configs) {
+    if (!plan::valid(c, bf, static_cast<int>(d), arch)) continue;
     const kjit::Kernel kernel = kjit::load(plan::spec(c, bf, static_cast<int>(d), causal)).kernel();
     const double ms =
         median_ms([&] { plan::launch(kernel, c, p, stream.handle()); }, stream.handle());
@@ -142,10 +144,12 @@ void sweep(long long d, bool causal, const std::vector<kjit::tuning::Config>& co
     }
     const double flops = 4.0 * b * h * s * s * d / (causal ? 2 : 1);
     std::printf(
-        "sweep d=%lld %-6s block_m=%3lld block_n=%3lld m_tiles=%lld: %8.3f ms %7.1f TFLOP/s  %s\n",
-        d, causal ? "causal" : "full", static_cast<long long>(c.at("block_m")),
-        static_cast<long long>(c.at("block_n")), static_cast<long long>(c.at("m_tiles")), ms,
-        flops / ms / 1e9, mismatched ? "MISMATCH vs first config" : "agrees");
+        "sweep d=%lld %-6s mainloop=%lld block_m=%3lld block_n=%3lld m_tiles=%lld: %8.3f ms %7.1f "
+        "TFLOP/s  %s\n",
+        d, causal ? "causal" : "full", static_cast<long long>(c.at("mainloop")),
+        static_cast<long long>(c.at("block_m")), static_cast<long long>(c.at("block_n")),
+        static_cast<long long>(c.at("m_tiles")), ms, flops / ms / 1e9,
+        mismatched ? "MISMATCH vs first config" : "agrees");
   }
 }
 
@@ -163,18 +167,22 @@ int main(int argc, char** argv) try {
   std::printf("%-28s %3s %6s %8s %4s %-7s %9s %8s\n", "row", "B", "S", "Hq/Hk", "D", "mask", "ms",
               "TFLOP/s");
   if (argc > 1 && std::string(argv[1]) == "--sweep") {
+    // The mma.sync default first (the reference the others must agree with), then wgmma tiles.
     using C = kjit::tuning::Config;
-    auto cfg = [](long long m, long long n, long long t) {
-      return C{{"block_m", m}, {"block_n", n}, {"m_tiles", t}};
+    auto mma = [](long long m, long long n, long long t) {
+      return C{{"mainloop", 80}, {"block_m", m}, {"block_n", n}, {"m_tiles", t}};
+    };
+    auto wgmma = [](long long m, long long n) {
+      return C{{"mainloop", 90}, {"block_m", m}, {"block_n", n}, {"m_tiles", 1}};
     };
     for (bool causal : {false, true}) {
       sweep(64, causal,
-            {cfg(128, 128, 1), cfg(128, 64, 1), cfg(128, 64, 2), cfg(64, 64, 2), cfg(64, 64, 1)},
+            {mma(128, 64, 2), wgmma(128, 128), wgmma(128, 64), wgmma(192, 128), wgmma(64, 128)},
             stream);
       sweep(128, causal,
-            {cfg(128, 64, 1), cfg(64, 64, 1), cfg(128, 16, 2), cfg(128, 32, 1), cfg(64, 32, 1)},
+            {mma(128, 64, 1), wgmma(128, 128), wgmma(128, 64), wgmma(192, 128), wgmma(64, 128)},
             stream);
-      sweep(256, causal, {cfg(64, 64, 1), cfg(64, 32, 1), cfg(32, 64, 1), cfg(32, 32, 1)}, stream);
+      sweep(256, causal, {mma(64, 32, 1), wgmma(128, 64), wgmma(64, 64), wgmma(64, 128)}, stream);
     }
     return 0;
   }

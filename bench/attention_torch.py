@@ -47,3 +47,20 @@ for d in (64, 128, 256):
         for causal in (False, True):
             row("fa-bench", 16384 // s, s, 2048 // d, 2048 // d, d, causal)
 row("gqa 32/8", 2, 8192, 32, 8, 128, True)
+
+
+def varlen_row():
+    """16 sequences of 256..1792 tokens (kjit's varlen row), hd 128, 16 heads, causal, through
+    aten._flash_attention_forward (FlashAttention-2's varlen entry)."""
+    lens = [256 + ((i * 7) % 16) * 96 for i in range(16)]
+    cu = torch.tensor([0] + lens, device="cuda", dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    t, h, d = sum(lens), 16, 128
+    q, k, v = (torch.randn(t, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    ms = median_ms(lambda: torch.ops.aten._flash_attention_forward(
+        q, k, v, cu, cu, max(lens), max(lens), 0.0, True, False))
+    flops = sum(4 * h * n * n * d / 2 for n in lens)
+    print(f"{'varlen 16 x 256..1792':<28} {16:3d} {t:6d} {h:4d}/{h:<3d} {d:4d} {'causal':<7} "
+          f"{flops / ms / 1e9:8.1f} {'n/a':>8}", flush=True)
+
+
+varlen_row()

@@ -10,6 +10,7 @@
 
 #include "kjit/attention.hpp"
 #include "kjit/jit.hpp"
+#include "ops/attention/flash_forward_plan.hpp"
 #include "tests/reference/attention_reference.hpp"
 #include "tests/support/gpu.hpp"
 #include "tests/support/half_float.hpp"
@@ -22,6 +23,7 @@ using attention::forward;
 using attention::forward_varlen;
 using attention::ForwardOptions;
 using attention::Varlen;
+namespace plan = attention::flash_plan;
 
 struct AttnCase {
   DType dtype;
@@ -31,6 +33,9 @@ struct AttnCase {
   bool varlen;
   std::vector<int> seqlens_q, seqlens_k;  // batched: every entry equal
   double input_scale = 1.0;
+  // 0: the op's choice for this device (kjit::attention::forward); kMainloopMma: the mma.sync
+  // kernel forced through the plan, so that sm_90a machines test the sm_80 main loop too.
+  std::int64_t mainloop = 0;
 };
 
 void PrintTo(const AttnCase& c, std::ostream* os) {
@@ -39,6 +44,14 @@ void PrintTo(const AttnCase& c, std::ostream* os) {
   for (std::size_t i = 0; i < c.seqlens_q.size(); ++i)
     *os << c.seqlens_q[i] << "/" << c.seqlens_k[i] << " ";
   if (c.input_scale != 1.0) *os << " x" << c.input_scale;
+  if (c.mainloop) *os << " mainloop " << c.mainloop;
+}
+
+// The default mma.sync config, launched through the plan as the op would launch its own choice.
+void run_mma_sync(const AttnCase& c, const plan::Problem& p, StreamHandle stream) {
+  const tuning::Config config = plan::default_config(c.head_dim, c.causal, "sm_80");
+  const Kernel kernel = load(plan::spec(config, c.dtype, c.head_dim, c.causal)).kernel();
+  plan::launch(kernel, config, p, stream);
 }
 
 std::uint16_t to_bits(DType t, double v) {
@@ -53,8 +66,8 @@ double round_to(DType t, double v) {
 }
 
 // Runs the case; returns the raw output bytes (for determinism checks).
-std::vector<std::uint16_t> run_case(const AttnCase& c, bool check = true) {
-  std::mt19937 rng(12345 + c.head_dim);
+std::vector<std::uint16_t> run_case(const AttnCase& c, unsigned seed, bool check = true) {
+  std::mt19937 rng(seed);
   std::normal_distribution<double> normal(0.0, c.input_scale);
   const int b = static_cast<int>(c.seqlens_q.size()), d = c.head_dim, hq = c.heads_q,
             hk = c.heads_k;
@@ -87,17 +100,24 @@ std::vector<std::uint16_t> run_case(const AttnCase& c, bool check = true) {
   if (c.varlen) {
     Varlen s{TensorView(dcu_q.data(), DType::Int32, {b + 1}),
              TensorView(dcu_k.data(), DType::Int32, {b + 1}), cu_q.data(), cu_k.data()};
-    forward_varlen(
-        TensorView(dq.data(), c.dtype, {tq, hq, d}), TensorView(dk.data(), c.dtype, {tk, hk, d}),
-        TensorView(dv.data(), c.dtype, {tk, hk, d}), TensorView(dout.data(), c.dtype, {tq, hq, d}),
-        TensorView(dlse.data(), DType::Float32, {hq, tq}), s, options, stream.handle());
+    const TensorView vq(dq.data(), c.dtype, {tq, hq, d}), vk(dk.data(), c.dtype, {tk, hk, d}),
+        vv(dv.data(), c.dtype, {tk, hk, d}), vout(dout.data(), c.dtype, {tq, hq, d}),
+        vlse(dlse.data(), DType::Float32, {hq, tq});
+    if (c.mainloop) {
+      run_mma_sync(c, plan::validate_varlen(vq, vk, vv, vout, vlse, s, options), stream.handle());
+    } else {
+      forward_varlen(vq, vk, vv, vout, vlse, s, options, stream.handle());
+    }
   } else {
     const long long sq = c.seqlens_q[0], sk = c.seqlens_k[0];
-    forward(TensorView(dq.data(), c.dtype, {b, sq, hq, d}),
-            TensorView(dk.data(), c.dtype, {b, sk, hk, d}),
-            TensorView(dv.data(), c.dtype, {b, sk, hk, d}),
-            TensorView(dout.data(), c.dtype, {b, sq, hq, d}),
-            TensorView(dlse.data(), DType::Float32, {b, hq, sq}), options, stream.handle());
+    const TensorView vq(dq.data(), c.dtype, {b, sq, hq, d}), vk(dk.data(), c.dtype, {b, sk, hk, d}),
+        vv(dv.data(), c.dtype, {b, sk, hk, d}), vout(dout.data(), c.dtype, {b, sq, hq, d}),
+        vlse(dlse.data(), DType::Float32, {b, hq, sq});
+    if (c.mainloop) {
+      run_mma_sync(c, plan::validate(vq, vk, vv, vout, vlse, options), stream.handle());
+    } else {
+      forward(vq, vk, vv, vout, vlse, options, stream.handle());
+    }
   }
   stream.synchronize();
   std::vector<std::uint16_t> out(q.size());
@@ -166,7 +186,9 @@ class AttentionForward : public IsolatedCache, public ::testing::WithParamInterf
 
 TEST_P(AttentionForward, MatchesDoubleReference) {
   KJIT_REQUIRE_GPU();
-  run_case(GetParam());
+  const unsigned seed = std::random_device{}();  // fresh inputs every run; printed on failure
+  SCOPED_TRACE("input seed " + std::to_string(seed));
+  run_case(GetParam(), seed);
 }
 
 std::vector<AttnCase> cases() {
@@ -175,17 +197,23 @@ std::vector<AttnCase> cases() {
   for (DType dtype : {DType::Float16, DType::BFloat16}) {
     for (int d : {64, 96, 128, 192, 256}) {
       for (bool causal : {false, true}) {
-        for (auto [hq, hk] : std::vector<std::pair<int, int>>{{2, 2}, {4, 1}, {4, 2}}) {
-          out.push_back({dtype, d, causal, hq, hk, false, {97, 97}, {97, 97}});
-          out.push_back({dtype, d, causal, hq, hk, true, varlen_q, varlen_k});
+        for (std::int64_t mainloop : {std::int64_t{0}, plan::kMainloopMma}) {
+          for (auto [hq, hk] : std::vector<std::pair<int, int>>{{1, 1}, {8, 1}, {32, 8}}) {
+            out.push_back({dtype, d, causal, hq, hk, false, {97, 97}, {97, 97}, 1.0, mainloop});
+            out.push_back({dtype, d, causal, hq, hk, true, varlen_q, varlen_k, 1.0, mainloop});
+          }
+          // Sq < Sk; Sq > Sk (early rows see nothing when causal).
+          out.push_back({dtype, d, causal, 2, 1, false, {61}, {130}, 1.0, mainloop});
+          out.push_back({dtype, d, causal, 2, 1, false, {150}, {40}, 1.0, mainloop});
         }
-        out.push_back({dtype, d, causal, 2, 1, false, {61}, {130}});  // Sq < Sk
-        out.push_back(
-            {dtype, d, causal, 2, 1, false, {150}, {40}});  // Sq > Sk: early rows see nothing
       }
     }
   }
-  out.push_back({DType::BFloat16, 128, true, 2, 2, false, {200, 200}, {200, 200}, 10.0});  // x10
+  for (std::int64_t mainloop : {std::int64_t{0}, plan::kMainloopMma}) {
+    for (DType dtype : {DType::Float16, DType::BFloat16}) {  // inputs x10
+      out.push_back({dtype, 128, true, 2, 2, false, {200, 200}, {200, 200}, 10.0, mainloop});
+    }
+  }
   return out;
 }
 
@@ -195,14 +223,18 @@ INSTANTIATE_TEST_SUITE_P(All, AttentionForward, ::testing::ValuesIn(cases()),
                            return std::string(dtype_name(c.dtype)) + "_d" +
                                   std::to_string(c.head_dim) + (c.causal ? "_causal" : "") + "_h" +
                                   std::to_string(c.heads_q) + "x" + std::to_string(c.heads_k) +
-                                  (c.varlen ? "_varlen" : "_batched") + "_" +
-                                  std::to_string(i.index);
+                                  (c.varlen ? "_varlen" : "_batched") + (c.mainloop ? "_mma" : "") +
+                                  "_" + std::to_string(i.index);
                          });
 
 TEST(AttentionForwardDeterminism, BitwiseIdenticalOnRerun) {
   KJIT_REQUIRE_GPU();
-  const AttnCase c{DType::BFloat16, 128, true, 4, 2, true, {300, 7, 129}, {300, 9, 500}};
-  EXPECT_EQ(run_case(c, false), run_case(c, false));
+  for (std::int64_t mainloop : {std::int64_t{0}, plan::kMainloopMma}) {
+    const AttnCase c{DType::BFloat16, 128,           true, 4,       2, true,
+                     {300, 7, 129},   {300, 9, 500}, 1.0,  mainloop};
+    const unsigned seed = std::random_device{}();
+    EXPECT_EQ(run_case(c, seed, false), run_case(c, seed, false)) << "mainloop " << mainloop;
+  }
 }
 
 }  // namespace

@@ -118,6 +118,11 @@ const std::string& current_device_arch() {
   return cached_arch;
 }
 
+int arch_version(const std::string& arch) {
+  if (!is_real_arch(arch)) throw Error(fmt::format("\"{}\" is not a real architecture", arch));
+  return std::stoi(arch.substr(3));  // stops at the "a"/"f" suffix
+}
+
 PlannedKey plan_key(const KernelSpec& spec) {
   PlannedKey out;
   if (spec.arch.empty()) {

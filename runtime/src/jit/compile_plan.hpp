@@ -25,6 +25,9 @@ PlannedKey plan_key(const KernelSpec& spec);
 // context: device_info() costs several driver calls.
 const std::string& current_device_arch();
 
+// The number of a real arch: "sm_90a" -> 90, "sm_100a" -> 100, "sm_80" -> 80.
+int arch_version(const std::string& arch);
+
 struct CompilePlan {
   std::string description;
   nvrtc::Request request;

@@ -14,12 +14,18 @@ std::vector<Family> shipped(const std::string& arch) {
 }
 
 std::vector<std::string> tuned_ops() {
-  return {"merge_states"};
+  return {"merge_states", "attention"};
 }
 
 std::string template_hash(const std::string& op) {
-  if (op == "merge_states") {
-    return detail::source_closure(Source::embedded(attention::merge_states_plan::kTemplate)).hex();
+  auto closure = [](const char* path) {
+    return detail::source_closure(Source::embedded(path)).hex();
+  };
+  if (op == "merge_states") return closure(attention::merge_states_plan::kTemplate);
+  if (op == "attention") {
+    // Either main loop's template may win a tuning run: a change to one retires the results.
+    return closure(attention::flash_plan::kTemplate) + "+" +
+           closure(attention::flash_plan::kTemplateWgmma);
   }
   return {};
 }

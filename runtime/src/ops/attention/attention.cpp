@@ -1,5 +1,6 @@
-// kjit::attention::forward / forward_varlen: validate -> config -> kernel (memoised per
-// specialisation) -> launch.
+// kjit::attention::forward / forward_varlen: validate -> config (tuning database or default) ->
+// kernel -> launch. The (shape, dtype, arch) -> (config, kernel) choice is memoised, so a
+// repeated call costs a map lookup and a launch.
 #include "kjit/attention.hpp"
 
 #include <mutex>
@@ -7,31 +8,53 @@
 
 #include <fmt/format.h>
 
+#include "cache/config_lookup.hpp"
+#include "jit/compile_plan.hpp"
 #include "kjit/jit.hpp"
 #include "ops/attention/flash_forward_plan.hpp"
+#include "ops/catalog.hpp"
 
 namespace kjit::attention {
 namespace {
 
 namespace plan = flash_plan;
 
-void run(const plan::Problem& p, StreamHandle stream) {
+struct Choice {
+  tuning::Config config;
+  Kernel kernel;
+};
+
+tuning::ConfigLookup& config_lookup() {
+  static tuning::ConfigLookup lookup("attention", catalog::template_hash("attention"),
+                                     plan::tuning_dimensions());
+  return lookup;
+}
+
+const Choice& choose(const plan::Problem& p) {
   static std::mutex mutex;
-  static std::unordered_map<std::string, Kernel> kernels;
-  const tuning::Config config = plan::default_config(p.head_dim, p.causal);
+  static std::unordered_map<std::string, Choice> memo;
+  const std::string& arch = detail::current_device_arch();
+  const tuning::Shape shape = p.shape();
   const std::string key =
-      fmt::format("{}|{}|{}|{}", dtype_name(p.dtype), p.head_dim, p.causal, current_device());
-  const Kernel* kernel = nullptr;
+      fmt::format("{}|{}|{}", tuning::problem_key(shape), dtype_name(p.dtype), arch);
   {
     std::lock_guard<std::mutex> lock(mutex);
-    auto it = kernels.find(key);
-    if (it == kernels.end()) {
-      it = kernels.emplace(key, load(plan::spec(config, p.dtype, p.head_dim, p.causal)).kernel())
-               .first;
-    }
-    kernel = &it->second;
+    if (auto it = memo.find(key); it != memo.end()) return it->second;
   }
-  plan::launch(*kernel, config, p, stream);
+  const tuning::Choice tuned = config_lookup().choose(
+      shape, dtype_name(p.dtype), arch,
+      [&](const tuning::Config& c) { return plan::valid(c, p.dtype, p.head_dim, arch); },
+      [&] { return plan::default_config(p.head_dim, p.causal, arch); });
+  Choice choice{tuned.config,
+                load(plan::spec(tuned.config, p.dtype, p.head_dim, p.causal, arch)).kernel()};
+  std::lock_guard<std::mutex> lock(mutex);
+  return memo.emplace(key, std::move(choice)).first->second;
+}
+
+void run(const plan::Problem& p, StreamHandle stream) {
+  if (p.max_seqlen_q == 0 || p.batch == 0) return;
+  const Choice& c = choose(p);
+  plan::launch(c.kernel, c.config, p, stream);
 }
 
 }  // namespace

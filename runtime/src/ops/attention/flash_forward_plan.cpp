@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include "jit/compile_plan.hpp"
 #include "kjit/error.hpp"
 
 namespace kjit::attention::flash_plan {
@@ -221,30 +222,113 @@ Problem validate_varlen(const TensorView& q, const TensorView& k, const TensorVi
   return p;
 }
 
-tuning::Config default_config(int head_dim, bool causal) {
-  // From the tile sweep on the H100 (docs/perf.md, bench/attention_forward.cpp --sweep): two
-  // query tiles per warp pay off where registers allow (hd 64; hd 96 spills), short key tiles
-  // for the large head dims.
-  if (head_dim <= 64) {
-    return causal ? tuning::Config{{"block_m", 128}, {"block_n", 128}, {"m_tiles", 1}}
-                  : tuning::Config{{"block_m", 128}, {"block_n", 64}, {"m_tiles", 2}};
+std::vector<tuning::Dimension> tuning_dimensions() {
+  using tuning::Bucket;
+  return {{"B", Bucket::Pow2},      {"Hq", Bucket::Exact}, {"Hk", Bucket::Exact},
+          {"D", Bucket::Exact},     {"Sq", Bucket::Pow2},  {"Sk", Bucket::Pow2},
+          {"causal", Bucket::Exact}};
+}
+
+bool has_wgmma(const std::string& arch) {
+  return arch == "sm_90a";
+}
+
+unsigned max_shared_bytes(const std::string& arch) {
+  // The opt-in limits of the CUDA programming guide's compute-capability table.
+  const int cc = detail::arch_version(arch);
+  if (cc >= 90) return 227 * 1024;
+  return cc == 80 || cc == 87 ? 163 * 1024 : 99 * 1024;
+}
+
+namespace {
+
+std::int64_t get(const tuning::Config& c, const char* name) {
+  auto it = c.find(name);
+  return it == c.end() ? -1 : it->second;
+}
+
+bool uses_wgmma(const tuning::Config& c) {
+  return get(c, "mainloop") == kMainloopWgmma;
+}
+
+unsigned block_threads(const tuning::Config& c) {
+  return static_cast<unsigned>(uses_wgmma(c) ? c.at("block_m") / 64 * 128
+                                             : c.at("block_m") / (16 * c.at("m_tiles")) * 32);
+}
+
+}  // namespace
+
+tuning::Config default_config(int head_dim, bool causal, const std::string& arch) {
+  // From the tile sweeps on the H100 (docs/perf.md, bench/attention_forward.cpp --sweep).
+  if (has_wgmma(arch) && head_dim % 64 == 0) {
+    return {{"mainloop", kMainloopWgmma},
+            {"block_m", 128},
+            {"block_n", head_dim <= 128 ? 128 : 64},
+            {"m_tiles", 1}};
   }
-  if (head_dim <= 128) return {{"block_m", 128}, {"block_n", 64}, {"m_tiles", 1}};
-  return {{"block_m", 64}, {"block_n", 32}, {"m_tiles", 1}};
+  // mma.sync: two query tiles per warp pay off where registers allow (hd 64; hd 96 spills),
+  // short key tiles for the large head dims.
+  if (head_dim <= 64) {
+    return causal
+               ? tuning::Config{{"mainloop", kMainloopMma},
+                                {"block_m", 128},
+                                {"block_n", 128},
+                                {"m_tiles", 1}}
+               : tuning::Config{
+                     {"mainloop", kMainloopMma}, {"block_m", 128}, {"block_n", 64}, {"m_tiles", 2}};
+  }
+  if (head_dim <= 128)
+    return {{"mainloop", kMainloopMma}, {"block_m", 128}, {"block_n", 64}, {"m_tiles", 1}};
+  return {{"mainloop", kMainloopMma}, {"block_m", 64}, {"block_n", 32}, {"m_tiles", 1}};
+}
+
+std::vector<std::pair<std::string, std::vector<std::int64_t>>> search_space(
+    const std::string& arch) {
+  std::vector<std::int64_t> mainloops{kMainloopMma};
+  if (has_wgmma(arch)) mainloops.push_back(kMainloopWgmma);
+  return {{"mainloop", mainloops},
+          {"block_m", {64, 128, 192}},
+          {"block_n", {32, 64, 128}},
+          {"m_tiles", {1, 2}}};
+}
+
+bool valid(const tuning::Config& c, DType dtype, int head_dim, const std::string& arch) {
+  const std::int64_t mainloop = get(c, "mainloop"), block_m = get(c, "block_m"),
+                     block_n = get(c, "block_n"), m_tiles = get(c, "m_tiles");
+  if (c.size() != 4 || block_m <= 0 || block_n <= 0 || m_tiles <= 0) return false;
+  if (mainloop == kMainloopWgmma) {
+    // Warpgroups of 64 rows; S is m64 x block_n (64 or 128); V is read in 64-column slabs.
+    if (!has_wgmma(arch) || head_dim % 64 != 0 || block_m % 64 != 0 || block_m > 192 ||
+        (block_n != 64 && block_n != 128) || m_tiles != 1) {
+      return false;
+    }
+  } else if (mainloop == kMainloopMma) {
+    if (block_m % (16 * m_tiles) != 0 || block_n % 16 != 0 || block_threads(c) > 512) return false;
+  } else {
+    return false;
+  }
+  return shared_bytes(c, dtype, head_dim) <= max_shared_bytes(arch);
 }
 
 unsigned shared_bytes(const tuning::Config& c, DType dtype, int head_dim) {
-  const std::int64_t row = head_dim + 8;
-  return static_cast<unsigned>((c.at("block_m") + 4 * c.at("block_n")) * row *
-                               static_cast<std::int64_t>(dtype_size(dtype)));
+  const std::int64_t elem = static_cast<std::int64_t>(dtype_size(dtype));
+  const std::int64_t tiles = c.at("block_m") + 4 * c.at("block_n");  // Q, 2 stages of K and V
+  // wgmma: swizzled rows of exactly head_dim, plus slack to align the tiles to 1024 bytes;
+  // mma.sync: rows padded by 16 bytes against bank conflicts.
+  return static_cast<unsigned>(uses_wgmma(c) ? tiles * head_dim * elem + 1024
+                                             : tiles * (head_dim + 8) * elem);
 }
 
 KernelSpec spec(const tuning::Config& c, DType dtype, int head_dim, bool causal,
                 const std::string& arch) {
-  KernelSpec s(Source::embedded(kTemplate),
-               {fmt::format("kjit::attention::flash_forward<{}, {}, {}, {}, {}, {}>",
-                            type_name(dtype), head_dim, c.at("block_m"), c.at("block_n"),
-                            c.at("m_tiles"), causal ? "true" : "false")});
+  const std::string name =
+      uses_wgmma(c)
+          ? fmt::format("kjit::attention::flash_forward_sm90<{}, {}, {}, {}, {}>", type_name(dtype),
+                        head_dim, c.at("block_n"), c.at("block_m") / 64, causal ? "true" : "false")
+          : fmt::format("kjit::attention::flash_forward<{}, {}, {}, {}, {}, {}>", type_name(dtype),
+                        head_dim, c.at("block_m"), c.at("block_n"), c.at("m_tiles"),
+                        causal ? "true" : "false");
+  KernelSpec s(Source::embedded(uses_wgmma(c) ? kTemplateWgmma : kTemplate), {name});
   s.arch = arch;
   return s;
 }
@@ -255,7 +339,7 @@ void launch(const Kernel& kernel, const tuning::Config& c, const Problem& p, Str
   const unsigned m_blocks = static_cast<unsigned>((p.max_seqlen_q + block_m - 1) / block_m);
   if (p.batch > 65535 || p.heads_q > 65535) bad("batch and heads must each be at most 65535");
   kernel.launch({{m_blocks, static_cast<unsigned>(p.heads_q), static_cast<unsigned>(p.batch)},
-                 {static_cast<unsigned>(block_m / (16 * c.at("m_tiles")) * 32)},
+                 {block_threads(c)},
                  shared_bytes(c, p.dtype, p.head_dim),
                  stream,
                  {}},
@@ -267,7 +351,7 @@ std::vector<KernelSpec> shipped(const std::string& arch) {
   for (DType dtype : {DType::Float16, DType::BFloat16}) {
     for (int d : kHeadDims) {
       for (bool causal : {false, true})
-        out.push_back(spec(default_config(d, causal), dtype, d, causal, arch));
+        out.push_back(spec(default_config(d, causal, arch), dtype, d, causal, arch));
     }
   }
   return out;

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "jit/compile_plan.hpp"
+
 namespace kjit::samples {
 namespace {
 
@@ -56,8 +58,7 @@ std::vector<KernelSpec> shipped(const std::string& arch) {
     c.type = type;
     out.push_back(mma_gemm(c, arch));
   }
-  // std::stoi stops at the "a"/"f" suffix: "sm_90a" -> 90, "sm_100a" -> 100.
-  const bool has_clusters = arch.rfind("sm_", 0) == 0 && std::stoi(arch.substr(3)) >= 90;
+  const bool has_clusters = detail::arch_version(arch) >= 90;
   if (has_clusters) out.push_back(cluster_sum(256, arch));
   return out;
 }

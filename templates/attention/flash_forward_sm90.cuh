@@ -1,0 +1,124 @@
+// Attention forward on Hopper's warpgroup MMA (sm_90a): the flash_forward.cuh algorithm with a
+// wgmma main loop. One block per (64 x kWarpGroups query rows, head, sequence); each warpgroup
+// owns 64 rows. Q, and K/V tiles of kBlockN keys in two cp.async stages, sit in 128-byte-swizzled
+// shared memory; S = Q K^T reads both from there (m64 x kBlockN x 16 steps), and O += P V takes
+// P from registers (the S accumulators rounded to T) and V N-major, one 64-column slab of the
+// head dim per instruction. Masking, online softmax and the epilogue are online_softmax.cuh's.
+#pragma once
+
+#include "attention/flash_tile.cuh"
+#include "attention/online_softmax.cuh"
+#include "common/wgmma.cuh"
+
+namespace kjit::attention {
+
+template <int kHeadDim, int kBlockN, int kWarpGroups>
+struct FlashSm90Shape {
+  static constexpr int kBlockM = 64 * kWarpGroups;
+  static constexpr int kThreads = 128 * kWarpGroups;
+  static constexpr int kSlabs = kHeadDim / 64;  // 64-column slabs of the head dim
+  static constexpr int kQElems = kBlockM * kHeadDim;
+  static constexpr int kKVElems = kBlockN * kHeadDim;
+  static constexpr int kKeyTiles = kBlockN / 8;
+  static_assert(kHeadDim % 64 == 0 && (kBlockN == 64 || kBlockN == 128), "tile shape");
+};
+
+// Register-heavy (fp32 S and O tiles per thread, loop-invariant descriptors): one block per SM.
+template <class T, int kHeadDim, int kBlockN, int kWarpGroups, bool kCausal>
+__global__ void __launch_bounds__(128 * kWarpGroups, 1)
+    flash_forward_sm90(const KjitFlashParams p) {
+  using S = FlashSm90Shape<kHeadDim, kBlockN, kWarpGroups>;
+  extern __shared__ unsigned char shared_raw[];
+  // The swizzle pattern repeats every 1024 bytes: align the tiles to it (the launch adds 1024).
+  T* shared_q = reinterpret_cast<T*>(
+      (reinterpret_cast<unsigned long long>(shared_raw) + ptx::kSwizzleAtomBytes - 1) &
+      ~static_cast<unsigned long long>(ptx::kSwizzleAtomBytes - 1));
+  T* shared_k = shared_q + S::kQElems;       // [2 stages][swizzled kBlockN x kHeadDim]
+  T* shared_v = shared_k + 2 * S::kKVElems;  // [2 stages][swizzled kBlockN x kHeadDim]
+
+  const FlashTile<T> tile(p, S::kBlockM);
+  if (!tile.has_rows()) return;
+  const int key_blocks = tile.key_blocks(S::kBlockM, kBlockN, kCausal);
+  const int warpgroup = threadIdx.x / 128, warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;
+  const int warpgroup_row = 64 * warpgroup;  // within the tile
+  const int warp_row = tile.row0 + warpgroup_row + 16 * warp;
+  const int my_row = warp_row + lane / 4;  // and my_row + 8
+
+  auto load_kv = [&](int block, int stage) {
+    const int first = block * kBlockN;
+    ptx::load_swizzled_tile<T, kBlockN, kHeadDim, S::kThreads>(
+        shared_k + stage * S::kKVElems, tile.k + first * p.k_row_stride, p.k_row_stride,
+        tile.seqlen_k - first);
+    ptx::load_swizzled_tile<T, kBlockN, kHeadDim, S::kThreads>(
+        shared_v + stage * S::kKVElems, tile.v + first * p.v_row_stride, p.v_row_stride,
+        tile.seqlen_k - first);
+  };
+  ptx::load_swizzled_tile<T, S::kBlockM, kHeadDim, S::kThreads>(shared_q, tile.q, p.q_row_stride,
+                                                                tile.seqlen_q - tile.row0);
+  if (key_blocks > 0) load_kv(0, 0);
+  ptx::cp_async_commit();
+
+  float acc_o[S::kSlabs][8][4] = {};
+  RowPairStats stats;
+  stats.reset();
+
+  for (int block = 0; block < key_blocks; ++block) {
+    const int stage = block & 1;
+    ptx::cp_async_wait<0>();
+    ptx::fence_proxy_async_shared();
+    __syncthreads();  // tile `block` visible to every warpgroup's wgmma; stage^1 is free again
+    if (block + 1 < key_blocks) load_kv(block + 1, stage ^ 1);
+    ptx::cp_async_commit();
+
+    float acc_s[S::kKeyTiles][4];
+    const T* tile_k = shared_k + stage * S::kKVElems;
+    ptx::wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+      const int slab = kk / 4, col = kk % 4 * 16;  // 16 columns of K per step
+      ptx::wgmma_ss<T, kBlockN>(
+          acc_s,
+          ptx::swizzled_descriptor(shared_q + (slab * S::kBlockM + warpgroup_row) * 64 + col),
+          ptx::swizzled_descriptor(tile_k + slab * S::kKVElems / S::kSlabs + col), kk > 0);
+    }
+    ptx::wgmma_commit();
+    ptx::wgmma_wait<0>();
+
+    // Only tiles that cross the sequence end or, when causal, the diagonal of this warp's rows
+    // need the per-element mask.
+    const int first_key = block * kBlockN;
+    const bool crosses_end = first_key + kBlockN > tile.seqlen_k;
+    const bool crosses_diagonal = kCausal && first_key + kBlockN - 1 > warp_row + tile.diagonal;
+    if (crosses_end || crosses_diagonal) {
+      mask_scores<kCausal>(acc_s, first_key, my_row, tile.seqlen_k, tile.diagonal);
+    }
+    float correction[2];
+    online_softmax(acc_s, stats, p.scale_log2, correction);
+#pragma unroll
+    for (int slab = 0; slab < S::kSlabs; ++slab)
+      rescale_rows(acc_o[slab], correction);
+
+    const T* tile_v = shared_v + stage * S::kKVElems;
+    ptx::wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+      unsigned a[4];
+      probability_fragment<T>(acc_s, kk, a);
+#pragma unroll
+      for (int slab = 0; slab < S::kSlabs; ++slab) {
+        ptx::wgmma_rs_n_major<T>(
+            acc_o[slab], a,
+            ptx::swizzled_descriptor(tile_v + slab * S::kKVElems / S::kSlabs + kk * 16 * 64));
+      }
+    }
+    ptx::wgmma_commit();
+    ptx::wgmma_wait<0>();
+  }
+
+  const int row = my_row - tile.row0;
+  store_rows<T>(*reinterpret_cast<const float(*)[S::kSlabs * 8][4]>(&acc_o),  // slabs in order
+                stats, tile.o + static_cast<long long>(row) * p.o_row_stride, p.o_row_stride,
+                tile.lse_row(p, my_row), tile.seqlen_q - my_row);
+}
+
+}  // namespace kjit::attention

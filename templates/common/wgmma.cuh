@@ -1,0 +1,117 @@
+// Warpgroup MMA (wgmma.mma_async, sm_90a) on 16-bit inputs with fp32 accumulators, reading
+// shared-memory operands through matrix descriptors of 128-byte-swizzled tiles
+// (common/swizzled_tile.cuh). Accumulators of m64nNk16 use the mma.sync C layout per warp: warp w
+// of the warpgroup holds rows 16w..16w+15, and d[j][e] is row lane/4 + 8 (e / 2), column
+// 8j + 2 (lane % 4) + e % 2. An A operand in registers uses mma.sync's m16n8k16 A layout.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda/std/cstdint>
+#include <cuda/std/type_traits>
+
+#include "common/swizzled_tile.cuh"
+
+namespace kjit::ptx {
+
+// Descriptor of a K-major (rows contiguous along K) or MN-major operand in a 128-byte-swizzled
+// slab, starting at `start`. Both byte offsets are the 8-row atom stride: the K-major layout
+// uses only the stride one, and an MN-major operand of N = 64 lies in one slab, so neither of
+// the two strides that field pair may mean points outside it.
+__device__ __forceinline__ cuda::std::uint64_t swizzled_descriptor(const void* start) {
+  const cuda::std::uint64_t address = shared_address(start);
+  const cuda::std::uint64_t atom = kSwizzleAtomBytes >> 4;
+  return ((address & 0x3ffff) >> 4) | (atom << 16) | (atom << 32) | (1ull << 62);
+}
+
+// Orders earlier register writes (accumulators, A fragments) before the next wgmma reads them.
+__device__ __forceinline__ void wgmma_fence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int kPending>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
+}
+// Makes this thread's generic-proxy shared writes (cp.async included) visible to wgmma's
+// async-proxy reads; a barrier after it publishes them to the warpgroup.
+__device__ __forceinline__ void fence_proxy_async_shared() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+#define KJIT_ACC4(d, j) "+f"(d[j][0]), "+f"(d[j][1]), "+f"(d[j][2]), "+f"(d[j][3])
+#define KJIT_ACC32(d)                                                                  \
+  KJIT_ACC4(d, 0), KJIT_ACC4(d, 1), KJIT_ACC4(d, 2), KJIT_ACC4(d, 3), KJIT_ACC4(d, 4), \
+      KJIT_ACC4(d, 5), KJIT_ACC4(d, 6), KJIT_ACC4(d, 7)
+#define KJIT_ACC64(d)                                                                  \
+  KJIT_ACC32(d), KJIT_ACC4(d, 8), KJIT_ACC4(d, 9), KJIT_ACC4(d, 10), KJIT_ACC4(d, 11), \
+      KJIT_ACC4(d, 12), KJIT_ACC4(d, 13), KJIT_ACC4(d, 14), KJIT_ACC4(d, 15)
+#define KJIT_REGS32                                                                             \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, " \
+  "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define KJIT_REGS64                                                                             \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, " \
+  "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, "  \
+  "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, "  \
+  "%56, %57, %58, %59, %60, %61, %62, %63}"
+
+// d (+)= A B, A (64 x 16) and B (N x 16) K-major in shared memory; scale_d = 0 overwrites d.
+#define KJIT_WGMMA_SS(N, TYPE, REGS, ACC, A, B, SCALE)                                          \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" SCALE                                       \
+               ", 0;\n"                                                                         \
+               "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TYPE "." TYPE " " REGS ", %" A \
+               ", %" B ", p, 1, 1, 0, 0;\n}\n"                                                  \
+               : ACC(d)                                                                         \
+               : "l"(a), "l"(b), "r"(scale_d))
+
+// d += A B, A (64 x 16) in registers (the m16n8k16 A layout per warp), B (16 x 64) N-major in
+// shared memory (one swizzled slab: 16 rows of K, 64 columns of N).
+#define KJIT_WGMMA_RS_N_MAJOR(TYPE)                                               \
+  asm volatile(                                                                   \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                \
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE " " KJIT_REGS32 \
+      ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"                             \
+      : KJIT_ACC32(d)                                                             \
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1))
+
+template <class T>
+inline constexpr bool kIsHalf = cuda::std::is_same_v<T, __half>;
+
+// S-type product: N = 64 or 128 columns of fp32 accumulators.
+template <class T, int N>
+__device__ __forceinline__ void wgmma_ss(float (&d)[N / 8][4], cuda::std::uint64_t a,
+                                         cuda::std::uint64_t b, int scale_d) {
+  static_assert(N == 64 || N == 128, "wgmma_ss: N is 64 or 128");
+  if constexpr (N == 64 && kIsHalf<T>) {
+    KJIT_WGMMA_SS(64, "f16", KJIT_REGS32, KJIT_ACC32, "32", "33", "34");
+  } else if constexpr (N == 64) {
+    KJIT_WGMMA_SS(64, "bf16", KJIT_REGS32, KJIT_ACC32, "32", "33", "34");
+  } else if constexpr (kIsHalf<T>) {
+    KJIT_WGMMA_SS(128, "f16", KJIT_REGS64, KJIT_ACC64, "64", "65", "66");
+  } else {
+    KJIT_WGMMA_SS(128, "bf16", KJIT_REGS64, KJIT_ACC64, "64", "65", "66");
+  }
+}
+
+// d += A B for 64 accumulator columns, A from registers, B N-major in shared memory.
+template <class T>
+__device__ __forceinline__ void wgmma_rs_n_major(float (&d)[8][4], const unsigned (&a)[4],
+                                                 cuda::std::uint64_t b) {
+  if constexpr (kIsHalf<T>) {
+    KJIT_WGMMA_RS_N_MAJOR("f16");
+  } else {
+    KJIT_WGMMA_RS_N_MAJOR("bf16");
+  }
+}
+
+#undef KJIT_WGMMA_RS_N_MAJOR
+#undef KJIT_WGMMA_SS
+#undef KJIT_REGS64
+#undef KJIT_REGS32
+#undef KJIT_ACC64
+#undef KJIT_ACC32
+#undef KJIT_ACC4
+
+}  // namespace kjit::ptx
