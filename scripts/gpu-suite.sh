@@ -2,7 +2,7 @@
 # Runs on the GPU machine from binaries built by scripts/gpu-bundle.sh: device facts, the GPU
 # test suite, the CPU suite (there too: it checks the no-driver paths on a machine that has one),
 # the benchmarks and the example. Full logs go to $OUT (or ./gpu-out); a summary is printed last.
-#   scripts/gpu-suite.sh [tests|bench|attention|all]   (default all)
+#   scripts/gpu-suite.sh [tests|bench|attention|attention-sanitize|all]   (default all)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-all}"
@@ -39,20 +39,19 @@ if [ "$what" = all ] || [ "$what" = tests ]; then
 fi
 if [ "$what" = attention ]; then
   step attention_tests "$bin/kjit_gpu_tests" --gtest_filter='*Attention*'
+  step attention_sweep "$bin/kjit_bench_attention" --sweep
+  step attention_kjit "$bin/kjit_bench_attention"
+  PYTHONUNBUFFERED=1 step attention_torch python3 bench/attention_torch.py
+  for log in attention_sweep attention_kjit attention_torch; do echo "== $log"; cat "$out/$log.log"; done
+  grep -E '^\[  (PASSED|FAILED) |^\[  FAILED' "$out/attention_tests.log" | head -30
+fi
+if [ "$what" = attention-sanitize ]; then
   # A representative subset under the sanitizers: both main loops, both dtypes, GQA, varlen.
   subset='All/AttentionForward.*bf16_d128*:All/AttentionForward.*fp16_d64_causal*:*CAbi*'
   step attention_memcheck compute-sanitizer --tool memcheck --error-exitcode 3 \
     "$bin/kjit_gpu_tests" --gtest_filter="$subset"
   step attention_racecheck compute-sanitizer --tool racecheck --error-exitcode 3 \
     "$bin/kjit_gpu_tests" --gtest_filter='All/AttentionForward.*bf16_d128_causal_h8x1*'
-  step attention_sweep "$bin/kjit_bench_attention" --sweep
-  step attention_kjit "$bin/kjit_bench_attention"
-  PYTHONUNBUFFERED=1 step attention_torch python3 bench/attention_torch.py
-  for log in attention_sweep attention_kjit attention_torch; do echo "== $log"; cat "$out/$log.log"; done
-  grep -E '^\[  (PASSED|FAILED) |^\[  FAILED' "$out/attention_tests.log" | head -30
-  for log in attention_memcheck attention_racecheck; do
-    echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -4
-  done
 fi
 if [ "$what" = all ] || [ "$what" = bench ]; then
   step compile_latency "$bin/kjit_bench_compile_latency" 6
@@ -70,7 +69,7 @@ cat "$out/facts.log" "$out/info.log"
 for log in gpu_tests unit_tests; do
   [ -f "$out/$log.log" ] && grep -E '^\[  (PASSED|FAILED|SKIPPED) |^\[  FAILED|tests? ran' "$out/$log.log"
 done
-for log in memcheck racecheck; do
+for log in memcheck racecheck attention_memcheck attention_racecheck; do
   [ -f "$out/$log.log" ] && { echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -4; }
 done
 for log in compile_latency merge_states_default tune_merge_states merge_states_tuned launch_overhead example; do
