@@ -8,6 +8,7 @@
 #include "kjit/error.hpp"
 #include "ops/catalog.hpp"
 #include "ops/merge_states/merge_states_plan.hpp"
+#include "util/half_float.hpp"
 
 namespace kjit::autotune {
 namespace {
@@ -97,16 +98,14 @@ class MergeStatesWorkload : public Workload {
     std::vector<double> out;
     out.reserve(static_cast<std::size_t>(rows_ * dim_) + lse.size());
     for (std::size_t i = 0; i < static_cast<std::size_t>(rows_ * dim_); ++i) {
-      std::uint32_t bits = 0;
+      float f;
       if (dtype_ == DType::Float32) {
-        std::memcpy(&bits, &raw[i * 4], 4);
+        std::memcpy(&f, &raw[i * 4], 4);
       } else {
         std::uint16_t h;
         std::memcpy(&h, &raw[i * 2], 2);
-        bits = dtype_ == DType::BFloat16 ? static_cast<std::uint32_t>(h) << 16 : half_bits(h);
+        f = dtype_ == DType::BFloat16 ? bf16_to_float(h) : fp16_to_float(h);
       }
-      float f;
-      std::memcpy(&f, &bits, 4);
       out.push_back(f);
     }
     for (float l : lse)
@@ -121,15 +120,6 @@ class MergeStatesWorkload : public Workload {
   std::uint64_t bytes_moved() const override { return plan::bytes_moved(problem(0)); }
 
  private:
-  // fp16 -> fp32 bit pattern (normal numbers and zero; inputs here are never subnormal).
-  static std::uint32_t half_bits(std::uint16_t h) {
-    const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000) << 16;
-    const std::uint32_t exp = (h >> 10) & 0x1f, man = h & 0x3ff;
-    if (exp == 0 && man == 0) return sign;
-    if (exp == 31) return sign | 0x7f800000 | (man << 13);
-    return sign | ((exp - 15 + 127) << 23) | (man << 13);
-  }
-
   plan::Problem problem(int set) const {
     const TensorView parts(inputs_[set].data(), dtype_, {parts_, rows_, 1, dim_});
     const TensorView lse(lse_[set].data(), DType::Float32, {parts_, rows_, 1});
@@ -153,11 +143,13 @@ class MergeStatesTunable : public TunableOp {
     return {
         {"D", tuning::Bucket::Exact}, {"N", tuning::Bucket::Exact}, {"rows", tuning::Bucket::Pow2}};
   }
-  Space space(const Target& t) const override { return plan::search_space(parse_dtype(t.dtype)); }
-  bool valid(const tuning::Config& c, const Target& t) const override {
+  Space space(const Target& t, const std::string&) const override {
+    return plan::search_space(parse_dtype(t.dtype));
+  }
+  bool valid(const tuning::Config& c, const Target& t, const std::string&) const override {
     return plan::valid(c, parse_dtype(t.dtype), static_cast<int>(dim_of(t, "D")), 16);
   }
-  tuning::Config default_config(const Target& t) const override {
+  tuning::Config default_config(const Target& t, const std::string&) const override {
     return plan::default_config(parse_dtype(t.dtype), static_cast<int>(dim_of(t, "D")), 16);
   }
   KernelSpec spec(const tuning::Config& c, const Target& t,

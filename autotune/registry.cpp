@@ -3,9 +3,10 @@
 namespace kjit::autotune {
 
 const TunableOp& merge_states_tunable();  // merge_states_tunable.cpp
+const TunableOp& attention_tunable();     // attention_tunable.cpp
 
 const std::vector<const TunableOp*>& registry() {
-  static const std::vector<const TunableOp*> ops{&merge_states_tunable()};
+  static const std::vector<const TunableOp*> ops{&merge_states_tunable(), &attention_tunable()};
   return ops;
 }
 

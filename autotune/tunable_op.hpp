@@ -46,9 +46,11 @@ class TunableOp {
   virtual std::string name() const = 0;
   virtual std::string template_hash() const = 0;
   virtual std::vector<tuning::Dimension> dimensions() const = 0;
-  virtual Space space(const Target& target) const = 0;
-  virtual bool valid(const tuning::Config& config, const Target& target) const = 0;
-  virtual tuning::Config default_config(const Target& target) const = 0;
+  // The space, validity and default may depend on the arch compiled for ("sm_90a").
+  virtual Space space(const Target& target, const std::string& arch) const = 0;
+  virtual bool valid(const tuning::Config& config, const Target& target,
+                     const std::string& arch) const = 0;
+  virtual tuning::Config default_config(const Target& target, const std::string& arch) const = 0;
   virtual KernelSpec spec(const tuning::Config& config, const Target& target,
                           const std::string& arch) const = 0;
   // Throws InvalidArgument for a target the op cannot run (bad dims, dtype).

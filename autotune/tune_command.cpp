@@ -22,6 +22,7 @@ struct Options {
   std::string dtype = "bf16";
   std::string shapes_file;
   double budget_s = 0;  // per shape; 0: the per-candidate default
+  std::string arch;     // --dry-run's target; else the current device's
   bool resume = true, dry_run = false, list = false;
 };
 
@@ -111,14 +112,22 @@ int run(const Options& o) {
   }
   const std::vector<Job> jobs = jobs_from(o);
   if (o.dry_run) {
+    std::string arch = o.arch;
+    if (arch.empty()) {
+      std::string reason;
+      if (!driver_available(&reason))
+        throw Error("no GPU to take the arch from (" + reason + "); pass --arch, e.g. sm_90a");
+      arch = device_info(current_device()).arch();
+    }
+    std::cout << "for " << arch << "\n";
     for (const Job& j : jobs) {
-      const SpaceCount s = enumerate(*j.op, j.target);
+      const SpaceCount s = enumerate(*j.op, j.target, arch);
       std::cout << fmt::format(
           "{} {} {}: {} configs in the space, {} pruned by constraints, {} "
           "to compile and time; default {}\n",
           j.op->name(), tuning::problem_key(j.target.shape), j.target.dtype, s.space,
-          s.space - s.valid, s.valid, tuning::config_json(j.op->default_config(j.target)));
-      for (const auto& [name, domain] : j.op->space(j.target)) {
+          s.space - s.valid, s.valid, tuning::config_json(j.op->default_config(j.target, arch)));
+      for (const auto& [name, domain] : j.op->space(j.target, arch)) {
         std::cout << "  " << name << ":";
         for (std::int64_t v : domain)
           std::cout << " " << v;
@@ -129,6 +138,9 @@ int run(const Options& o) {
   }
   std::string reason;
   if (!driver_available(&reason)) throw Error("kjit tune needs a CUDA GPU: " + reason);
+  if (!o.arch.empty())
+    throw InvalidArgument("--arch goes with --dry-run: tuning measures this GPU");
+  const std::string arch = device_info(current_device()).arch();
   tuning::TuningDb db(tuning::default_database_path(), tuning::TuningDb::Mode::ReadWrite);
   std::cerr << "tuning database: " << db.path() << "\n";
   std::vector<TuneOutcome> outcomes;
@@ -136,7 +148,7 @@ int run(const Options& o) {
     TuneOptions opts;
     opts.resume = o.resume;
     if (o.budget_s > 0) {
-      opts.seconds_per_candidate = o.budget_s / std::max(1, enumerate(*j.op, j.target).valid);
+      opts.seconds_per_candidate = o.budget_s / std::max(1, enumerate(*j.op, j.target, arch).valid);
     }
     const std::string label =
         fmt::format("{} {} {}", j.op->name(), tuning::problem_key(j.target.shape), j.target.dtype);
@@ -174,6 +186,7 @@ void add_tune_command(CLI::App& app, int* exit_code) {
   cmd->add_flag("--resume,!--no-resume", o->resume,
                 "Reuse trials already in the database (default) or measure every config again");
   cmd->add_flag("--dry-run", o->dry_run, "Print the space and the pruned count; measure nothing");
+  cmd->add_option("--arch", o->arch, "Arch for --dry-run without a GPU, e.g. sm_90a");
   cmd->add_flag("--list", o->list, "List the presets");
   cmd->callback([exit_code, o] { *exit_code = run(*o); });
 }

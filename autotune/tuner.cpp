@@ -83,10 +83,10 @@ bool agrees(const std::vector<double>& a, const std::vector<double>& b, double t
 
 }  // namespace
 
-SpaceCount enumerate(const TunableOp& op, const Target& target) {
-  const Space space = op.space(target);
+SpaceCount enumerate(const TunableOp& op, const Target& target, const std::string& arch) {
+  const Space space = op.space(target, arch);
   SpaceCount out;
-  const tuning::Config fallback = op.default_config(target);
+  const tuning::Config fallback = op.default_config(target, arch);
   out.candidates.push_back(fallback);
   std::vector<std::size_t> index(space.size(), 0);
   while (true) {
@@ -94,7 +94,7 @@ SpaceCount enumerate(const TunableOp& op, const Target& target) {
     for (std::size_t d = 0; d < space.size(); ++d)
       c[space[d].first] = space[d].second[index[d]];
     ++out.space;
-    if (op.valid(c, target)) {
+    if (op.valid(c, target, arch)) {
       ++out.valid;
       if (c != fallback) out.candidates.push_back(c);
     }
@@ -120,7 +120,7 @@ TuneOutcome tune(const TunableOp& op, const Target& target, const TuneOptions& o
              target.dtype,
              arch,
              fmt::format("{}.{}", nv_major, nv_minor)};
-  const SpaceCount space = enumerate(op, target);
+  const SpaceCount space = enumerate(op, target, arch);
   out.space = space.space;
   out.valid = space.valid;
   const tuning::Provenance provenance{

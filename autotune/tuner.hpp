@@ -38,7 +38,7 @@ struct SpaceCount {
   int space = 0, valid = 0;
   std::vector<tuning::Config> candidates;  // valid configs, default first
 };
-SpaceCount enumerate(const TunableOp& op, const Target& target);
+SpaceCount enumerate(const TunableOp& op, const Target& target, const std::string& arch);
 
 // progress(done, total) after each candidate.
 TuneOutcome tune(const TunableOp& op, const Target& target, const TuneOptions& options,

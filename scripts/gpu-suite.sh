@@ -2,7 +2,7 @@
 # Runs on the GPU machine from binaries built by scripts/gpu-bundle.sh: device facts, the GPU
 # test suite, the CPU suite (there too: it checks the no-driver paths on a machine that has one),
 # the benchmarks and the example. Full logs go to $OUT (or ./gpu-out); a summary is printed last.
-#   scripts/gpu-suite.sh [tests|bench|attention|attention-sanitize|all]   (default all)
+#   scripts/gpu-suite.sh [tests|bench|attention|attention-bench|all]   (default all)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-all}"
@@ -39,19 +39,28 @@ if [ "$what" = all ] || [ "$what" = tests ]; then
 fi
 if [ "$what" = attention ]; then
   step attention_tests "$bin/kjit_gpu_tests" --gtest_filter='*Attention*'
-  step attention_sweep "$bin/kjit_bench_attention" --sweep
-  step attention_kjit "$bin/kjit_bench_attention"
-  PYTHONUNBUFFERED=1 step attention_torch python3 bench/attention_torch.py
-  for log in attention_sweep attention_kjit attention_torch; do echo "== $log"; cat "$out/$log.log"; done
-  grep -E '^\[  (PASSED|FAILED) |^\[  FAILED' "$out/attention_tests.log" | head -30
-fi
-if [ "$what" = attention-sanitize ]; then
   # A representative subset under the sanitizers: both main loops, both dtypes, GQA, varlen.
   subset='All/AttentionForward.*bf16_d128*:All/AttentionForward.*fp16_d64_causal*:*CAbi*'
   step attention_memcheck compute-sanitizer --tool memcheck --error-exitcode 3 \
     "$bin/kjit_gpu_tests" --gtest_filter="$subset"
   step attention_racecheck compute-sanitizer --tool racecheck --error-exitcode 3 \
     "$bin/kjit_gpu_tests" --gtest_filter='All/AttentionForward.*bf16_d128_causal_h8x1*'
+  grep -E '^\[  (PASSED|FAILED) |^\[  FAILED' "$out/attention_tests.log" | head -30
+fi
+if [ "$what" = attention-bench ]; then
+  # Tile sweep, then kjit's defaults beside torch, then tuned (fa-bench preset) and again.
+  export KJIT_TUNING_DB="$out/attention-tuning.sqlite"
+  rm -f "$KJIT_TUNING_DB"
+  step attention_sweep "$bin/kjit_bench_attention" --sweep
+  step attention_kjit "$bin/kjit_bench_attention"
+  PYTHONUNBUFFERED=1 step attention_torch python3 bench/attention_torch.py
+  step tune_attention "$bin/kjit" tune --preset fa-bench --preset llama3-8b-prefill \
+    --preset llama3-70b-prefill
+  KJIT_PRINT_CONFIG=1 step attention_kjit_tuned "$bin/kjit_bench_attention"
+  for log in attention_sweep attention_kjit attention_torch attention_kjit_tuned; do
+    echo "== $log"; cat "$out/$log.log"
+  done
+  echo "== tune_attention"; grep -vE 'ETA|^$' "$out/tune_attention.log" | tail -32
 fi
 if [ "$what" = all ] || [ "$what" = bench ]; then
   step compile_latency "$bin/kjit_bench_compile_latency" 6

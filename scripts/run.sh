@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: sets up, builds, and shows what kjit does on this machine. With a GPU: device
-# facts and the GPU suite and benchmarks; without: `kjit info` and every shipped specialisation
-# compiled for sm_90a with its resource report (a GPU is needed to run them).
+# facts, attention tuned for the default preset (llama3-8b-prefill; its table), the GPU suite and
+# the benchmarks; without: `kjit info` and every shipped specialisation compiled for sm_90a with
+# its resource report (a GPU is needed to run them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -12,6 +13,7 @@ kjit=build/default/tools/kjit
 echo
 if "$kjit" info --json | grep -q '"available": true'; then
   "$kjit" precompile --check
+  "$kjit" tune --preset llama3-8b-prefill
   build/default/tests/kjit_gpu_tests
   build/default/bench/kjit_bench_compile_latency
   build/default/bench/kjit_bench_launch_overhead

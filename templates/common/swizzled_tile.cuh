@@ -26,13 +26,14 @@ __device__ __forceinline__ int swizzled_offset(int row, int col) {
 template <class T, int kRows, int kCols, int kThreads>
 __device__ __forceinline__ void load_swizzled_tile(T* dst, const T* src, long long stride,
                                                    int valid) {
-  constexpr int kChunkCols = 16 / sizeof(T), kChunks = kRows * kCols / kChunkCols;
-  static_assert(kCols % (kSwizzleRowBytes / sizeof(T)) == 0 && kChunks % kThreads == 0,
-                "tile shape");
+  constexpr int kChunkCols = 16 / sizeof(T), kRowChunks = kCols / kChunkCols;
+  constexpr int kChunks = kRows * kRowChunks;
+  static_assert(kCols % (kSwizzleRowBytes / sizeof(T)) == 0, "whole 64-column slabs");
 #pragma unroll
-  for (int i = 0; i < kChunks / kThreads; ++i) {
+  for (int i = 0; i < (kChunks + kThreads - 1) / kThreads; ++i) {
     const int chunk = i * kThreads + static_cast<int>(threadIdx.x);
-    const int r = chunk / (kCols / kChunkCols), col = chunk % (kCols / kChunkCols) * kChunkCols;
+    if (kChunks % kThreads != 0 && chunk >= kChunks) break;
+    const int r = chunk / kRowChunks, col = chunk % kRowChunks * kChunkCols;
     const bool ok = r < valid;
     cp_async_16(dst + swizzled_offset<T, kRows>(r, col), src + (ok ? r : 0) * stride + col, ok);
   }

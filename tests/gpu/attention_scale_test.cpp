@@ -12,7 +12,7 @@
 #include "ops/attention/flash_forward_plan.hpp"
 #include "tests/reference/naive_attention_gpu.hpp"
 #include "tests/support/gpu.hpp"
-#include "tests/support/half_float.hpp"
+#include "util/half_float.hpp"
 
 namespace kjit::test {
 namespace {

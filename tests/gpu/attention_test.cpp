@@ -13,7 +13,7 @@
 #include "ops/attention/flash_forward_plan.hpp"
 #include "tests/reference/attention_reference.hpp"
 #include "tests/support/gpu.hpp"
-#include "tests/support/half_float.hpp"
+#include "util/half_float.hpp"
 #include "tests/support/isolated_cache.hpp"
 
 namespace kjit::test {

@@ -14,7 +14,7 @@
 #include "ops/merge_states/merge_states_plan.hpp"
 #include "tests/reference/merge_states_reference.hpp"
 #include "tests/support/gpu.hpp"
-#include "tests/support/half_float.hpp"
+#include "util/half_float.hpp"
 #include "tests/support/isolated_cache.hpp"
 
 namespace kjit::test {

@@ -9,7 +9,7 @@
 #include "kjit/jit.hpp"
 #include "ops/samples/samples.hpp"
 #include "tests/support/gpu.hpp"
-#include "tests/support/half_float.hpp"
+#include "util/half_float.hpp"
 #include "tests/support/isolated_cache.hpp"
 
 namespace kjit::test {

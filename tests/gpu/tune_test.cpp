@@ -31,7 +31,9 @@ TEST(Tune, KilledMidRunResumesAndStoresAValidatedWinner) {
   const std::vector<std::string> args{cli_path(), "tune", "--shape", "D=128,N=4,rows=8192",
                                       "--dtype",  "bf16"};
   const autotune::Target target{{{"D", 128}, {"N", 4}, {"rows", 8192}}, "bf16"};
-  const int valid = autotune::enumerate(*autotune::find_op("merge_states"), target).valid;
+  const int valid = autotune::enumerate(*autotune::find_op("merge_states"), target,
+                                          device_info(current_device()).arch())
+                          .valid;
 
   auto trials = [&] {
     try {

@@ -267,19 +267,19 @@ tuning::Config default_config(int head_dim, bool causal, const std::string& arch
             {"m_tiles", 1}};
   }
   // mma.sync: two query tiles per warp pay off where registers allow (hd 64; hd 96 spills),
-  // short key tiles for the large head dims.
+  // short key tiles for the large head dims; shorter ones still where shared memory is small
+  // (sm_86/89: 99 KiB).
+  tuning::Config c{{"mainloop", kMainloopMma}, {"block_m", 128}, {"block_n", 64}, {"m_tiles", 1}};
   if (head_dim <= 64) {
-    return causal
-               ? tuning::Config{{"mainloop", kMainloopMma},
-                                {"block_m", 128},
-                                {"block_n", 128},
-                                {"m_tiles", 1}}
-               : tuning::Config{
-                     {"mainloop", kMainloopMma}, {"block_m", 128}, {"block_n", 64}, {"m_tiles", 2}};
+    c["block_n"] = causal ? 128 : 64;
+    c["m_tiles"] = causal ? 1 : 2;
+  } else if (head_dim > 128) {
+    c["block_m"] = 64;
+    c["block_n"] = 32;
   }
-  if (head_dim <= 128)
-    return {{"mainloop", kMainloopMma}, {"block_m", 128}, {"block_n", 64}, {"m_tiles", 1}};
-  return {{"mainloop", kMainloopMma}, {"block_m", 64}, {"block_n", 32}, {"m_tiles", 1}};
+  while (shared_bytes(c, DType::BFloat16, head_dim) > max_shared_bytes(arch) && c["block_n"] > 16)
+    c["block_n"] /= 2;
+  return c;
 }
 
 std::vector<std::pair<std::string, std::vector<std::int64_t>>> search_space(

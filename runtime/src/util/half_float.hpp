@@ -1,11 +1,12 @@
 // Host-side conversions between float and the 16-bit formats (bf16, fp16), round to nearest
-// even, for building inputs and references. NaN and infinity are not needed by the tests.
+// even, for building inputs and references on the host (tests, tuning workloads). NaN and infinity
+// are not needed there.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 
-namespace kjit::test {
+namespace kjit {
 
 inline std::uint32_t float_bits(float f) {
   std::uint32_t u;
@@ -62,4 +63,4 @@ inline float fp16_to_float(std::uint16_t h) {
                     (mantissa << 13));
 }
 
-}  // namespace kjit::test
+}  // namespace kjit
