@@ -261,8 +261,10 @@ unsigned block_threads(const tuning::Config& c) {
 tuning::Config default_config(int head_dim, bool causal, const std::string& arch) {
   // From the tile sweeps on the H100 (docs/perf.md, bench/attention_forward.cpp --sweep).
   if (has_wgmma(arch) && head_dim % 64 == 0) {
+    // Three warpgroups pay off at hd 64 (the tuner's pick on 5 of 6 fa-bench rows); 128-key
+    // tiles up to hd 128, 64 above (shared memory).
     return {{"mainloop", kMainloopWgmma},
-            {"block_m", 128},
+            {"block_m", head_dim <= 64 ? 192 : 128},
             {"block_n", head_dim <= 128 ? 128 : 64},
             {"m_tiles", 1}};
   }
