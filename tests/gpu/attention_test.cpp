@@ -13,8 +13,8 @@
 #include "ops/attention/flash_forward_plan.hpp"
 #include "tests/reference/attention_reference.hpp"
 #include "tests/support/gpu.hpp"
-#include "util/half_float.hpp"
 #include "tests/support/isolated_cache.hpp"
+#include "util/half_float.hpp"
 
 namespace kjit::test {
 namespace {

@@ -14,8 +14,8 @@
 #include "ops/merge_states/merge_states_plan.hpp"
 #include "tests/reference/merge_states_reference.hpp"
 #include "tests/support/gpu.hpp"
-#include "util/half_float.hpp"
 #include "tests/support/isolated_cache.hpp"
+#include "util/half_float.hpp"
 
 namespace kjit::test {
 namespace {

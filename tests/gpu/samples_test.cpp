@@ -9,8 +9,8 @@
 #include "kjit/jit.hpp"
 #include "ops/samples/samples.hpp"
 #include "tests/support/gpu.hpp"
-#include "util/half_float.hpp"
 #include "tests/support/isolated_cache.hpp"
+#include "util/half_float.hpp"
 
 namespace kjit::test {
 namespace {

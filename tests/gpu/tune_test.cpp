@@ -32,8 +32,8 @@ TEST(Tune, KilledMidRunResumesAndStoresAValidatedWinner) {
                                       "--dtype",  "bf16"};
   const autotune::Target target{{{"D", 128}, {"N", 4}, {"rows", 8192}}, "bf16"};
   const int valid = autotune::enumerate(*autotune::find_op("merge_states"), target,
-                                          device_info(current_device()).arch())
-                          .valid;
+                                        device_info(current_device()).arch())
+                        .valid;
 
   auto trials = [&] {
     try {

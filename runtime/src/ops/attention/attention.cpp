@@ -3,9 +3,6 @@
 // repeated call costs a map lookup and a launch.
 #include "kjit/attention.hpp"
 
-#include <mutex>
-#include <unordered_map>
-
 #include <fmt/format.h>
 
 #include "cache/config_lookup.hpp"
@@ -13,16 +10,12 @@
 #include "kjit/jit.hpp"
 #include "ops/attention/flash_forward_plan.hpp"
 #include "ops/catalog.hpp"
+#include "ops/choice_memo.hpp"
 
 namespace kjit::attention {
 namespace {
 
 namespace plan = flash_plan;
-
-struct Choice {
-  tuning::Config config;
-  Kernel kernel;
-};
 
 tuning::ConfigLookup& config_lookup() {
   static tuning::ConfigLookup lookup("attention", catalog::template_hash("attention"),
@@ -30,30 +23,25 @@ tuning::ConfigLookup& config_lookup() {
   return lookup;
 }
 
-const Choice& choose(const plan::Problem& p) {
-  static std::mutex mutex;
-  static std::unordered_map<std::string, Choice> memo;
+const ops::Choice& choose(const plan::Problem& p) {
+  static ops::ChoiceMemo memo;
   const std::string& arch = detail::current_device_arch();
   const tuning::Shape shape = p.shape();
   const std::string key =
       fmt::format("{}|{}|{}", tuning::problem_key(shape), dtype_name(p.dtype), arch);
-  {
-    std::lock_guard<std::mutex> lock(mutex);
-    if (auto it = memo.find(key); it != memo.end()) return it->second;
-  }
-  const tuning::Choice tuned = config_lookup().choose(
-      shape, dtype_name(p.dtype), arch,
-      [&](const tuning::Config& c) { return plan::valid(c, p.dtype, p.head_dim, arch); },
-      [&] { return plan::default_config(p.head_dim, p.causal, arch); });
-  Choice choice{tuned.config,
-                load(plan::spec(tuned.config, p.dtype, p.head_dim, p.causal, arch)).kernel()};
-  std::lock_guard<std::mutex> lock(mutex);
-  return memo.emplace(key, std::move(choice)).first->second;
+  return memo.get(key, [&] {
+    const tuning::Choice tuned = config_lookup().choose(
+        shape, dtype_name(p.dtype), arch,
+        [&](const tuning::Config& c) { return plan::valid(c, p.dtype, p.head_dim, arch); },
+        [&] { return plan::default_config(p.head_dim, p.causal, arch); });
+    return ops::Choice{
+        tuned.config, load(plan::spec(tuned.config, p.dtype, p.head_dim, p.causal, arch)).kernel()};
+  });
 }
 
 void run(const plan::Problem& p, StreamHandle stream) {
   if (p.max_seqlen_q == 0 || p.batch == 0) return;
-  const Choice& c = choose(p);
+  const ops::Choice& c = choose(p);
   plan::launch(c.kernel, c.config, p, stream);
 }
 

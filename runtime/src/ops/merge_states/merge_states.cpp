@@ -3,26 +3,19 @@
 // repeated call costs a map lookup and a launch.
 #include "kjit/merge_states.hpp"
 
-#include <mutex>
-#include <unordered_map>
-
 #include <fmt/format.h>
 
 #include "cache/config_lookup.hpp"
 #include "jit/compile_plan.hpp"
 #include "kjit/jit.hpp"
 #include "ops/catalog.hpp"
+#include "ops/choice_memo.hpp"
 #include "ops/merge_states/merge_states_plan.hpp"
 
 namespace kjit::attention {
 namespace {
 
 namespace plan = merge_states_plan;
-
-struct Choice {
-  tuning::Config config;
-  Kernel kernel;
-};
 
 tuning::ConfigLookup& config_lookup() {
   static tuning::ConfigLookup lookup(
@@ -31,23 +24,19 @@ tuning::ConfigLookup& config_lookup() {
   return lookup;
 }
 
-const Choice& choose(const plan::Problem& p) {
-  static std::mutex mutex;
-  static std::unordered_map<std::string, Choice> memo;
+const ops::Choice& choose(const plan::Problem& p) {
+  static ops::ChoiceMemo memo;
   const std::string& arch = detail::current_device_arch();
   const std::string key = fmt::format("{}|{}|{}|{}", tuning::problem_key(p.shape()),
                                       dtype_name(p.dtype), p.alignment, arch);
-  {
-    std::lock_guard<std::mutex> lock(mutex);
-    if (auto it = memo.find(key); it != memo.end()) return it->second;
-  }
-  const tuning::Choice tuned = config_lookup().choose(
-      p.shape(), dtype_name(p.dtype), arch,
-      [&](const tuning::Config& c) { return plan::valid(c, p); },
-      [&] { return plan::default_config(p.dtype, p.dim, p.alignment); });
-  Choice choice{tuned.config, load(plan::spec(tuned.config, p.dtype, p.dim, p.parts)).kernel()};
-  std::lock_guard<std::mutex> lock(mutex);
-  return memo.emplace(key, std::move(choice)).first->second;
+  return memo.get(key, [&] {
+    const tuning::Choice tuned = config_lookup().choose(
+        p.shape(), dtype_name(p.dtype), arch,
+        [&](const tuning::Config& c) { return plan::valid(c, p); },
+        [&] { return plan::default_config(p.dtype, p.dim, p.alignment); });
+    return ops::Choice{tuned.config,
+                       load(plan::spec(tuned.config, p.dtype, p.dim, p.parts)).kernel()};
+  });
 }
 
 }  // namespace
@@ -56,7 +45,7 @@ void merge_states(const TensorView& parts, const TensorView& parts_lse, const Te
                   const TensorView& out_lse, StreamHandle stream) {
   const plan::Problem p = plan::validate(parts, parts_lse, out, out_lse);
   if (p.rows() == 0) return;
-  const Choice& c = choose(p);
+  const ops::Choice& c = choose(p);
   plan::launch(c.kernel, c.config, p, stream);
 }
 
