@@ -221,6 +221,11 @@ TEST_F(TuningCli, TuneWithoutAGpuSaysSoButDryRunWorks) {
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_NE(r.out.find(line), std::string::npos) << r.out;
   }
+  r = kjit(
+      {"tune", "--op", "attention", "--shape", "D=128,Sq=8192", "--dry-run", "--arch", "sm_90a"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("shape must be exactly B, Hq, Hk, D, Sq, Sk, causal"), std::string::npos)
+      << r.err;
   EXPECT_EQ(kjit({"tune", "--preset", "nope", "--dry-run", "--arch", "sm_90a"}).exit_code, 1);
   EXPECT_EQ(
       kjit({"tune", "--op", "nope", "--shape", "D=1", "--dry-run", "--arch", "sm_90a"}).exit_code,
