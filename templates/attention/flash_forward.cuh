@@ -20,7 +20,6 @@ struct FlashShape {
   static constexpr int kRow = kHeadDim + 8;  // padded shared row, in elements: no bank conflicts
   static constexpr int kQElems = kBlockM * kRow;
   static constexpr int kKVElems = kBlockN * kRow;
-  static constexpr int kSharedBytes = (kQElems + 4 * kKVElems) * static_cast<int>(sizeof(T));
   static constexpr int kKeyTiles = kBlockN / 8;
   static constexpr int kDimTiles = kHeadDim / 8;
   static_assert(kBlockM % kWarpRows == 0 && kBlockN % 16 == 0 && kHeadDim % 16 == 0, "tile shape");

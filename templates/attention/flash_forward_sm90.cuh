@@ -16,11 +16,12 @@ template <int kHeadDim, int kBlockN, int kWarpGroups>
 struct FlashSm90Shape {
   static constexpr int kBlockM = 64 * kWarpGroups;
   static constexpr int kThreads = 128 * kWarpGroups;
-  static constexpr int kSlabs = kHeadDim / 64;  // 64-column slabs of the head dim
+  static constexpr int kSlabCols = 64;  // one 128-byte swizzled row of 16-bit elements
+  static constexpr int kSlabs = kHeadDim / kSlabCols;
   static constexpr int kQElems = kBlockM * kHeadDim;
   static constexpr int kKVElems = kBlockN * kHeadDim;
   static constexpr int kKeyTiles = kBlockN / 8;
-  static_assert(kHeadDim % 64 == 0 && (kBlockN == 64 || kBlockN == 128), "tile shape");
+  static_assert(kHeadDim % kSlabCols == 0 && (kBlockN == 64 || kBlockN == 128), "tile shape");
 };
 
 // Register-heavy (fp32 S and O tiles per thread, loop-invariant descriptors): one block per SM.
@@ -78,7 +79,8 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
       const int slab = kk / 4, col = kk % 4 * 16;  // 16 columns of K per step
       ptx::wgmma_ss<T, kBlockN>(
           acc_s,
-          ptx::swizzled_descriptor(shared_q + (slab * S::kBlockM + warpgroup_row) * 64 + col),
+          ptx::swizzled_descriptor(shared_q + (slab * S::kBlockM + warpgroup_row) * S::kSlabCols +
+                                   col),
           ptx::swizzled_descriptor(tile_k + slab * S::kKVElems / S::kSlabs + col), kk > 0);
     }
     ptx::wgmma_commit();
@@ -106,9 +108,9 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
       probability_fragment<T>(acc_s, kk, a);
 #pragma unroll
       for (int slab = 0; slab < S::kSlabs; ++slab) {
-        ptx::wgmma_rs_n_major<T>(
-            acc_o[slab], a,
-            ptx::swizzled_descriptor(tile_v + slab * S::kKVElems / S::kSlabs + kk * 16 * 64));
+        ptx::wgmma_rs_n_major<T>(acc_o[slab], a,
+                                 ptx::swizzled_descriptor(tile_v + slab * S::kKVElems / S::kSlabs +
+                                                          kk * 16 * S::kSlabCols));
       }
     }
     ptx::wgmma_commit();
