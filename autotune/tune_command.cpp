@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "autotune/tuner.hpp"
+#include "jit/compile_plan.hpp"
 #include "kjit/device.hpp"
 #include "kjit/error.hpp"
 
@@ -112,13 +113,7 @@ int run(const Options& o) {
   }
   const std::vector<Job> jobs = jobs_from(o);
   if (o.dry_run) {
-    std::string arch = o.arch;
-    if (arch.empty()) {
-      std::string reason;
-      if (!driver_available(&reason))
-        throw Error("no GPU to take the arch from (" + reason + "); pass --arch, e.g. sm_90a");
-      arch = device_info(current_device()).arch();
-    }
+    const std::string arch = detail::requested_or_device_arch(o.arch);
     std::cout << "for " << arch << "\n";
     for (const Job& j : jobs) {
       const SpaceCount s = enumerate(*j.op, j.target, arch);

@@ -35,6 +35,11 @@ std::optional<Shape> parse_problem_key(const std::string& key) {
   return shape;
 }
 
+std::int64_t config_value(const Config& config, const std::string& name) {
+  auto it = config.find(name);
+  return it == config.end() ? -1 : it->second;
+}
+
 std::string config_json(const Config& config) {
   return nlohmann::json(config).dump();
 }

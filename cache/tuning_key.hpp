@@ -15,7 +15,9 @@ using Config = std::map<std::string, std::int64_t>;
 
 std::string problem_key(const Shape& shape);                     // "D=512;N=4;rows=65536"
 std::optional<Shape> parse_problem_key(const std::string& key);  // nullopt if malformed
-std::string config_json(const Config& config);                   // canonical JSON, sorted keys
+// The value of `name` in `config`, or -1 where it has none (validity rules reject both).
+std::int64_t config_value(const Config& config, const std::string& name);
+std::string config_json(const Config& config);  // canonical JSON, sorted keys
 std::optional<Config> parse_config_json(const std::string& json);
 
 // Hard fields: a stored result is used only when all of them match.

@@ -10,6 +10,7 @@
 
 #include "autotune/tunable_op.hpp"
 #include "cache/tuning_db.hpp"
+#include "jit/compile_plan.hpp"
 #include "kjit/device.hpp"
 #include "kjit/error.hpp"
 #include "kjit/jit.hpp"
@@ -39,14 +40,7 @@ const char* origin_name(Origin o) {
 }
 
 int run(const Options& o) {
-  std::string arch = o.arch;
-  if (arch.empty()) {
-    std::string reason;
-    if (!driver_available(&reason)) {
-      throw Error("no GPU to take the arch from (" + reason + "); pass --arch, e.g. sm_90a");
-    }
-    arch = device_info(current_device()).arch();
-  }
+  const std::string arch = detail::requested_or_device_arch(o.arch);
   std::vector<KernelSpec> specs;
   std::vector<std::string> families;
   for (catalog::Family& f : catalog::shipped(arch)) {

@@ -118,6 +118,14 @@ const std::string& current_device_arch() {
   return cached_arch;
 }
 
+std::string requested_or_device_arch(const std::string& requested) {
+  if (!requested.empty()) return requested;
+  std::string reason;
+  if (!driver_available(&reason))
+    throw Error("no GPU to take the arch from (" + reason + "); pass --arch, e.g. sm_90a");
+  return device_info(current_device()).arch();
+}
+
 int arch_version(const std::string& arch) {
   if (!is_real_arch(arch)) throw Error(fmt::format("\"{}\" is not a real architecture", arch));
   return std::stoi(arch.substr(3));  // stops at the "a"/"f" suffix

@@ -25,6 +25,10 @@ PlannedKey plan_key(const KernelSpec& spec);
 // context: device_info() costs several driver calls.
 const std::string& current_device_arch();
 
+// `requested` when set (a CLI's --arch), else the current device's arch; throws Error saying
+// to pass --arch where there is no GPU to ask.
+std::string requested_or_device_arch(const std::string& requested);
+
 // The number of a real arch: "sm_90a" -> 90, "sm_100a" -> 100, "sm_80" -> 80.
 int arch_version(const std::string& arch);
 

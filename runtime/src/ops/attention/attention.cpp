@@ -26,12 +26,13 @@ tuning::ConfigLookup& config_lookup() {
 const ops::Choice& choose(const plan::Problem& p) {
   static ops::ChoiceMemo memo;
   const std::string& arch = detail::current_device_arch();
-  const tuning::Shape shape = p.shape();
+  // The fields of p.shape(), formatted directly: a hit builds no map.
   const std::string key =
-      fmt::format("{}|{}|{}", tuning::problem_key(shape), dtype_name(p.dtype), arch);
+      fmt::format("{}|{}|{}|{}|{}|{}|{}|{}|{}", p.batch, p.heads_q, p.heads_k, p.head_dim,
+                  p.max_seqlen_q, p.max_seqlen_k, p.causal, dtype_name(p.dtype), arch);
   return memo.get(key, [&] {
     const tuning::Choice tuned = config_lookup().choose(
-        shape, dtype_name(p.dtype), arch,
+        p.shape(), dtype_name(p.dtype), arch,
         [&](const tuning::Config& c) { return plan::valid(c, p.dtype, p.head_dim, arch); },
         [&] { return plan::default_config(p.head_dim, p.causal, arch); });
     return ops::Choice{
@@ -40,7 +41,7 @@ const ops::Choice& choose(const plan::Problem& p) {
 }
 
 void run(const plan::Problem& p, StreamHandle stream) {
-  if (p.max_seqlen_q == 0 || p.batch == 0) return;
+  if (p.empty()) return;  // before choosing: an empty call compiles nothing
   const ops::Choice& c = choose(p);
   plan::launch(c.kernel, c.config, p, stream);
 }

@@ -242,13 +242,8 @@ unsigned max_shared_bytes(const std::string& arch) {
 
 namespace {
 
-std::int64_t get(const tuning::Config& c, const char* name) {
-  auto it = c.find(name);
-  return it == c.end() ? -1 : it->second;
-}
-
 bool uses_wgmma(const tuning::Config& c) {
-  return get(c, "mainloop") == kMainloopWgmma;
+  return tuning::config_value(c, "mainloop") == kMainloopWgmma;
 }
 
 unsigned block_threads(const tuning::Config& c) {
@@ -295,8 +290,10 @@ std::vector<std::pair<std::string, std::vector<std::int64_t>>> search_space(
 }
 
 bool valid(const tuning::Config& c, DType dtype, int head_dim, const std::string& arch) {
-  const std::int64_t mainloop = get(c, "mainloop"), block_m = get(c, "block_m"),
-                     block_n = get(c, "block_n"), m_tiles = get(c, "m_tiles");
+  const std::int64_t mainloop = tuning::config_value(c, "mainloop"),
+                     block_m = tuning::config_value(c, "block_m"),
+                     block_n = tuning::config_value(c, "block_n"),
+                     m_tiles = tuning::config_value(c, "m_tiles");
   if (c.size() != 4 || block_m <= 0 || block_n <= 0 || m_tiles <= 0) return false;
   if (mainloop == kMainloopWgmma) {
     // Warpgroups of 64 rows; S is m64 x block_n (64 or 128); V is read in 64-column slabs.
@@ -336,7 +333,7 @@ KernelSpec spec(const tuning::Config& c, DType dtype, int head_dim, bool causal,
 }
 
 void launch(const Kernel& kernel, const tuning::Config& c, const Problem& p, StreamHandle stream) {
-  if (p.max_seqlen_q == 0 || p.batch == 0) return;
+  if (p.empty()) return;
   const std::int64_t block_m = c.at("block_m");
   const unsigned m_blocks = static_cast<unsigned>((p.max_seqlen_q + block_m - 1) / block_m);
   if (p.batch > 65535 || p.heads_q > 65535) bad("batch and heads must each be at most 65535");

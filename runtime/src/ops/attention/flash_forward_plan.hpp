@@ -30,6 +30,8 @@ struct Problem {
   bool causal = false;
   KjitFlashParams params{};
 
+  bool empty() const { return max_seqlen_q == 0 || batch == 0; }
+
   // The tuning key. A packed (varlen) call looks up its batched equivalent: B sequences of the
   // longest lengths.
   tuning::Shape shape() const {

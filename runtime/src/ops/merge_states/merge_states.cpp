@@ -27,7 +27,8 @@ tuning::ConfigLookup& config_lookup() {
 const ops::Choice& choose(const plan::Problem& p) {
   static ops::ChoiceMemo memo;
   const std::string& arch = detail::current_device_arch();
-  const std::string key = fmt::format("{}|{}|{}|{}", tuning::problem_key(p.shape()),
+  // The fields of p.shape(), formatted directly: a hit builds no map.
+  const std::string key = fmt::format("{}|{}|{}|{}|{}|{}", p.dim, p.parts, p.rows(),
                                       dtype_name(p.dtype), p.alignment, arch);
   return memo.get(key, [&] {
     const tuning::Choice tuned = config_lookup().choose(

@@ -137,11 +137,9 @@ std::vector<std::pair<std::string, std::vector<std::int64_t>>> search_space(DTyp
 }
 
 bool valid(const tuning::Config& c, DType dtype, int dim, unsigned alignment) {
-  auto get = [&](const char* name) -> std::int64_t {
-    auto it = c.find(name);
-    return it == c.end() ? -1 : it->second;
-  };
-  const std::int64_t vec = get("vec"), tpr = get("threads_per_row"), rows = get("rows_per_block");
+  const std::int64_t vec = tuning::config_value(c, "vec"),
+                     tpr = tuning::config_value(c, "threads_per_row"),
+                     rows = tuning::config_value(c, "rows_per_block");
   if (vec <= 0 || tpr <= 0 || rows <= 0 || c.size() != 3) return false;
   const std::int64_t bytes = vec * static_cast<std::int64_t>(dtype_size(dtype));
   const bool vec_ok = (bytes == 2 || bytes == 4 || bytes == 8 || bytes == 16) &&
