@@ -32,7 +32,7 @@ Stats summarize(std::vector<double> us) {
 
 // Times single runs with CUDA events until the budget is spent, rotating input sets; stops
 // early when the candidate is clearly slower than `best_us`.
-Stats measure(Workload& w, const Kernel& k, const tuning::Config& c, double budget_s,
+Stats measure(ops::Workload& w, const Kernel& k, const tuning::Config& c, double budget_s,
               double best_us, StreamHandle stream) {
   for (int i = 0; i < kWarmupRuns; ++i)
     w.run(k, c, i, stream);
@@ -83,44 +83,36 @@ bool agrees(const std::vector<double>& a, const std::vector<double>& b, double t
 
 }  // namespace
 
-SpaceCount enumerate(const TunableOp& op, const Target& target, const std::string& arch) {
-  const Space space = op.space(target, arch);
-  SpaceCount out;
-  const tuning::Config fallback = op.default_config(target, arch);
-  out.candidates.push_back(fallback);
-  std::vector<std::size_t> index(space.size(), 0);
-  while (true) {
-    tuning::Config c;
-    for (std::size_t d = 0; d < space.size(); ++d)
-      c[space[d].first] = space[d].second[index[d]];
+Candidates enumerate(const ops::KernelFamily& family, const ops::TuneCase& c, const Arch& arch) {
+  Candidates out;
+  const tuning::Config fallback = family.default_config(c, arch);
+  out.configs.push_back(fallback);
+  for (const tuning::Config& config : family.space(c, arch)) {
     ++out.space;
-    if (op.valid(c, target, arch)) {
+    if (family.valid(config, c, arch)) {
       ++out.valid;
-      if (c != fallback) out.candidates.push_back(c);
+      if (config != fallback) out.configs.push_back(config);
     }
-    std::size_t d = 0;
-    while (d < space.size() && ++index[d] == space[d].second.size())
-      index[d++] = 0;
-    if (d == space.size()) break;
   }
   return out;
 }
 
-TuneOutcome tune(const TunableOp& op, const Target& target, const TuneOptions& options,
-                 tuning::TuningDb& db, const std::function<void(int, int)>& progress) {
+TuneOutcome tune(const ops::KernelFamily& family, const ops::TuneCase& c,
+                 const TuneOptions& options, tuning::TuningDb& db,
+                 const std::function<void(int, int)>& progress) {
   const auto started = std::chrono::steady_clock::now();
   const DeviceInfo device = device_info(current_device());
-  const std::string arch = device.arch();
+  const Arch arch(device.arch());
   const auto [nv_major, nv_minor] = nvrtc_version();
   TuneOutcome out;
-  out.target = target;
-  out.key = {op.name(),
-             op.template_hash(),
-             tuning::problem_key(target.shape),
-             target.dtype,
-             arch,
+  out.tune_case = c;
+  out.key = {family.name(),
+             family.template_hash(),
+             tuning::problem_key(c.shape),
+             dtype_name(c.dtype),
+             arch.name(),
              fmt::format("{}.{}", nv_major, nv_minor)};
-  const SpaceCount space = enumerate(op, target, arch);
+  const Candidates space = enumerate(family, c, arch);
   out.space = space.space;
   out.valid = space.valid;
   const tuning::Provenance provenance{
@@ -146,10 +138,10 @@ TuneOutcome tune(const TunableOp& op, const Target& target, const TuneOptions& o
   // parallel; failures and spilling kernels are recorded and pruned.
   std::vector<KernelSpec> specs;
   std::vector<const tuning::Config*> to_compile;
-  for (const tuning::Config& c : space.candidates) {
-    if (&c == &space.candidates.front() || !done.count(tuning::config_json(c))) {
-      specs.push_back(op.spec(c, target, arch));
-      to_compile.push_back(&c);
+  for (const tuning::Config& config : space.configs) {
+    if (&config == &space.configs.front() || !done.count(tuning::config_json(config))) {
+      specs.push_back(family.spec(config, c, arch));
+      to_compile.push_back(&config);
     }
   }
   std::map<std::string, bool> compiled_ok;
@@ -175,18 +167,19 @@ TuneOutcome tune(const TunableOp& op, const Target& target, const TuneOptions& o
       record(t);
     }
   }
-  const std::string default_json = tuning::config_json(space.candidates.front());
+  const std::string default_json = tuning::config_json(space.configs.front());
   if (!compiled_ok[default_json]) {
-    throw Error(fmt::format("{}: the default config {} does not compile for {}: {}", op.name(),
-                            default_json, arch, done[default_json].error));
+    throw Error(fmt::format("{}: the default config {} does not compile for {}: {}", family.name(),
+                            default_json, arch.name(), done[default_json].error));
   }
 
-  std::unique_ptr<Workload> work = op.workload(target, static_cast<std::size_t>(device.l2_bytes));
+  std::unique_ptr<ops::Workload> work =
+      family.workload(c, static_cast<std::size_t>(device.l2_bytes));
   Stream stream;
   // The reference output: the default config, on input set 0.
-  const Kernel default_kernel = load(op.spec(space.candidates.front(), target, arch)).kernel();
+  const Kernel default_kernel = load(family.spec(space.configs.front(), c, arch)).kernel();
   work->poison_output();
-  work->run(default_kernel, space.candidates.front(), 0, stream.handle());
+  work->run(default_kernel, space.configs.front(), 0, stream.handle());
   stream.synchronize();
   const std::vector<double> reference = work->output();
 
@@ -194,10 +187,10 @@ TuneOutcome tune(const TunableOp& op, const Target& target, const TuneOptions& o
   for (const auto& [json, t] : done) {
     if (t.status == "ok" && t.median_us) best_us = std::min(best_us, *t.median_us);
   }
-  const int total = static_cast<int>(space.candidates.size());
+  const int total = static_cast<int>(space.configs.size());
   int finished = 0;
-  for (const tuning::Config& c : space.candidates) {
-    const std::string json = tuning::config_json(c);
+  for (const tuning::Config& config : space.configs) {
+    const std::string json = tuning::config_json(config);
     if (done.count(json)) {
       if (progress) progress(++finished, total);
       continue;
@@ -205,8 +198,9 @@ TuneOutcome tune(const TunableOp& op, const Target& target, const TuneOptions& o
     tuning::Trial t;
     t.config = json;
     try {
-      const Kernel k = load(op.spec(c, target, arch)).kernel();
-      const Stats s = measure(*work, k, c, options.seconds_per_candidate, best_us, stream.handle());
+      const Kernel k = load(family.spec(config, c, arch)).kernel();
+      const Stats s =
+          measure(*work, k, config, options.seconds_per_candidate, best_us, stream.handle());
       t.median_us = s.median;
       t.p20_us = s.p20;
       t.p80_us = s.p80;
@@ -215,7 +209,7 @@ TuneOutcome tune(const TunableOp& op, const Target& target, const TuneOptions& o
         t.status = "slow";  // cannot win: not validated
       } else {
         work->poison_output();
-        work->run(k, c, 0, stream.handle());
+        work->run(k, config, 0, stream.handle());
         stream.synchronize();
         std::string why;
         if (agrees(work->output(), reference, work->tolerance(), &why)) {
@@ -247,9 +241,9 @@ TuneOutcome tune(const TunableOp& op, const Target& target, const TuneOptions& o
     }
   }
   if (!winner)
-    throw Error(fmt::format("{}: no candidate passed for {}", op.name(), out.key.problem_key));
+    throw Error(fmt::format("{}: no candidate passed for {}", family.name(), out.key.problem_key));
   if (!done.count(default_json) || !done.at(default_json).median_us) {
-    throw Error(fmt::format("{}: the default config {} could not be measured for {}", op.name(),
+    throw Error(fmt::format("{}: the default config {} could not be measured for {}", family.name(),
                             default_json, out.key.problem_key));
   }
   const tuning::Trial& fallback = done.at(default_json);

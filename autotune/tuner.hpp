@@ -1,5 +1,5 @@
-// The autotuner: for one op and target, enumerate the space, prune by constraints and by the
-// compile resource report, compile in parallel, time every candidate with CUDA events over
+// The autotuner: for one kernel family and problem, enumerate the space, prune by constraints and
+// by the compile resource report, compile in parallel, time every candidate with CUDA events over
 // rotating inputs within a time budget (dropping clearly slower ones early), validate every
 // candidate that could win against the default config's output, commit each trial at once (a
 // killed run resumes where it stopped), and store the winner with a noise margin, preferring the
@@ -10,8 +10,8 @@
 #include <optional>
 #include <string>
 
-#include "autotune/tunable_op.hpp"
-#include "cache/tuning_db.hpp"
+#include "cache/tuning/tuning_db.hpp"
+#include "ops/registry.hpp"
 
 namespace kjit::autotune {
 
@@ -23,7 +23,7 @@ struct TuneOptions {
 };
 
 struct TuneOutcome {
-  Target target;
+  ops::TuneCase tune_case;
   tuning::TuningKey key;
   int space = 0, valid = 0, pruned = 0, measured = 0, resumed = 0, failed = 0;
   tuning::Config best;
@@ -34,14 +34,15 @@ struct TuneOutcome {
   double seconds = 0;
 };
 
-struct SpaceCount {
+struct Candidates {
   int space = 0, valid = 0;
-  std::vector<tuning::Config> candidates;  // valid configs, default first
+  std::vector<tuning::Config> configs;  // valid configs, default first
 };
-SpaceCount enumerate(const TunableOp& op, const Target& target, const std::string& arch);
+Candidates enumerate(const ops::KernelFamily& family, const ops::TuneCase& c, const Arch& arch);
 
 // progress(done, total) after each candidate.
-TuneOutcome tune(const TunableOp& op, const Target& target, const TuneOptions& options,
-                 tuning::TuningDb& db, const std::function<void(int, int)>& progress);
+TuneOutcome tune(const ops::KernelFamily& family, const ops::TuneCase& c,
+                 const TuneOptions& options, tuning::TuningDb& db,
+                 const std::function<void(int, int)>& progress);
 
 }  // namespace kjit::autotune

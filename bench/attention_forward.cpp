@@ -12,7 +12,7 @@
 
 #include "kjit/attention.hpp"
 #include "kjit/jit.hpp"
-#include "ops/attention/flash_forward_plan.hpp"
+#include "ops/attention/flash_forward.hpp"
 
 namespace {
 
@@ -108,9 +108,9 @@ void varlen_row(kjit::Stream& stream) {
 
 // Times tile configs directly (bypassing the op's default) on one fa-bench row, and checks each
 // against the default config's output.
-void sweep(long long d, bool causal, const std::vector<kjit::tuning::Config>& configs,
+void sweep(long long d, bool causal, const std::vector<kjit::ops::FlashForward::Config>& configs,
            kjit::Stream& stream) {
-  namespace plan = kjit::attention::flash_plan;
+  using kjit::ops::FlashForward;
   const long long s = 8192, b = 2, h = 2048 / d;
   auto q = random_bf16(b * s * h * d), k = random_bf16(b * s * h * d),
        v = random_bf16(b * s * h * d);
@@ -118,17 +118,18 @@ void sweep(long long d, bool causal, const std::vector<kjit::tuning::Config>& co
   const auto bf = kjit::DType::BFloat16;
   kjit::attention::ForwardOptions o;
   o.causal = causal;
-  const plan::Problem p = plan::validate(
+  const kjit::ops::Call<FlashForward> call = FlashForward::validate(
       kjit::TensorView(q.data(), bf, {b, s, h, d}), kjit::TensorView(k.data(), bf, {b, s, h, d}),
       kjit::TensorView(v.data(), bf, {b, s, h, d}), kjit::TensorView(out.data(), bf, {b, s, h, d}),
       kjit::TensorView(lse.data(), kjit::DType::Float32, {b, h, s}), o);
   std::vector<std::uint16_t> reference;
-  const std::string& arch = kjit::device_info(kjit::current_device()).arch();
+  const kjit::Arch arch(kjit::device_info(kjit::current_device()).arch());
   for (const auto& c : configs) {
-    if (!plan::valid(c, bf, static_cast<int>(d), arch)) continue;
-    const kjit::Kernel kernel = kjit::load(plan::spec(c, bf, static_cast<int>(d), causal)).kernel();
-    const double ms =
-        median_ms([&] { plan::launch(kernel, c, p, stream.handle()); }, stream.handle());
+    if (!FlashForward::valid(c, call.problem, arch)) continue;
+    const kjit::Kernel kernel = kjit::load(FlashForward::spec(c, call.problem, arch)).kernel();
+    const double ms = median_ms(
+        [&] { FlashForward::launch(kernel, c, call.problem, call.args, stream.handle()); },
+        stream.handle());
     std::vector<std::uint16_t> result(out.size() / 2);
     stream.synchronize();
     out.download(result.data(), out.size());
@@ -146,9 +147,9 @@ void sweep(long long d, bool causal, const std::vector<kjit::tuning::Config>& co
     std::printf(
         "sweep d=%lld %-6s mainloop=%lld block_m=%3lld block_n=%3lld m_tiles=%lld: %8.3f ms %7.1f "
         "TFLOP/s  %s\n",
-        d, causal ? "causal" : "full", static_cast<long long>(c.at("mainloop")),
-        static_cast<long long>(c.at("block_m")), static_cast<long long>(c.at("block_n")),
-        static_cast<long long>(c.at("m_tiles")), ms, flops / ms / 1e9,
+        d, causal ? "causal" : "full", static_cast<long long>(c.mainloop),
+        static_cast<long long>(c.block_m), static_cast<long long>(c.block_n),
+        static_cast<long long>(c.m_tiles), ms, flops / ms / 1e9,
         mismatched ? "MISMATCH vs first config" : "agrees");
   }
 }
@@ -168,13 +169,9 @@ int main(int argc, char** argv) try {
               "TFLOP/s");
   if (argc > 1 && std::string(argv[1]) == "--sweep") {
     // The mma.sync default first (the reference the others must agree with), then wgmma tiles.
-    using C = kjit::tuning::Config;
-    auto mma = [](long long m, long long n, long long t) {
-      return C{{"mainloop", 80}, {"block_m", m}, {"block_n", n}, {"m_tiles", t}};
-    };
-    auto wgmma = [](long long m, long long n) {
-      return C{{"mainloop", 90}, {"block_m", m}, {"block_n", n}, {"m_tiles", 1}};
-    };
+    using C = kjit::ops::FlashForward::Config;
+    auto mma = [](long long m, long long n, long long t) { return C{80, m, n, t}; };
+    auto wgmma = [](long long m, long long n) { return C{90, m, n, 1}; };
     for (bool causal : {false, true}) {
       sweep(64, causal,
             {mma(128, 64, 2), wgmma(128, 128), wgmma(128, 64), wgmma(192, 128), wgmma(64, 128)},

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "kjit/jit.hpp"
-#include "ops/samples/samples.hpp"
+#include "samples/samples.hpp"
 #include "tests/support/scoped_env.hpp"
 #include "tests/support/temp_dir.hpp"
 

@@ -8,7 +8,7 @@
 
 #include "driver/cuda_driver.hpp"
 #include "kjit/jit.hpp"
-#include "ops/samples/samples.hpp"
+#include "samples/samples.hpp"
 
 namespace {
 

@@ -9,7 +9,7 @@
 
 #include "kjit/jit.hpp"
 #include "kjit/merge_states.hpp"
-#include "ops/merge_states/merge_states_plan.hpp"
+#include "ops/merge_states/merge_states.hpp"
 
 namespace {
 
@@ -93,10 +93,10 @@ int main() try {
                                           stream.handle());
           },
           stream.handle());
-      const auto problem = kjit::attention::merge_states_plan::validate(view(0), lse_view(0),
-                                                                        out_view, out_lse_view);
+      const auto call =
+          kjit::ops::MergeStates::validate(view(0), lse_view(0), out_view, out_lse_view);
       const double gbs =
-          static_cast<double>(kjit::attention::merge_states_plan::bytes_moved(problem)) / ms / 1e6;
+          static_cast<double>(kjit::ops::MergeStates::bytes_moved(call.problem, true)) / ms / 1e6;
       std::printf("%-6s %4lld %3lld %8lld %10.1f %10.0f %7.1f%%\n", kjit::dtype_name(dtype), dim,
                   parts, tokens * heads, ms * 1e3, gbs, 100 * gbs / copy_gbs);
     }

@@ -1,4 +1,4 @@
-// The subcommands implemented in tools/ (the rest live with their subsystem, e.g. cache/).
+// The `kjit` subcommands, one file each in tools/.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -7,5 +7,7 @@ namespace kjit::tools {
 
 void add_info_command(CLI::App& app, int* exit_code);
 void add_precompile_command(CLI::App& app, int* exit_code);
+void add_tune_command(CLI::App& app, int* exit_code);
+void add_cache_command(CLI::App& app, int* exit_code);
 
 }  // namespace kjit::tools

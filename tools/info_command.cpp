@@ -7,7 +7,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "cache/kernel_store.hpp"
+#include "cache/store/kernel_store.hpp"
 #include "jit/compile_plan.hpp"
 #include "jit/settings.hpp"
 #include "jit/template_tree.hpp"
@@ -65,8 +65,8 @@ nlohmann::json gather() {
     j["devices"] = nlohmann::json::array();
   }
   const detail::Settings s = detail::current_settings();
-  const cache::KernelStore store = cache::KernelStore::from_settings(s);
-  const cache::KernelStore::Stats st = store.stats();
+  const store::KernelStore store = detail::kernel_store(s);
+  const store::KernelStore::Stats st = store.stats();
   j["kernel_store"] = {{"folder", store.folder().string()},
                        {"mode", mode_name(s.cache_mode)},
                        {"entries", st.entries},

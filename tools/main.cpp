@@ -4,8 +4,6 @@
 
 #include <CLI/CLI.hpp>
 
-#include "autotune/tune_command.hpp"
-#include "cache/cache_cli.hpp"
 #include "kjit/error.hpp"
 #include "tools/commands.hpp"
 
@@ -15,8 +13,8 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   kjit::tools::add_info_command(app, &exit_code);
   kjit::tools::add_precompile_command(app, &exit_code);
-  kjit::cache::add_cache_commands(app, &exit_code);
-  kjit::autotune::add_tune_command(app, &exit_code);
+  kjit::tools::add_cache_command(app, &exit_code);
+  kjit::tools::add_tune_command(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {

@@ -8,13 +8,12 @@
 
 #include <filesystem>
 
-#include "autotune/tunable_op.hpp"
-#include "cache/tuning_db.hpp"
-#include "jit/compile_plan.hpp"
+#include "cache/tuning/tuning_db.hpp"
+#include "driver/arch.hpp"
 #include "kjit/device.hpp"
 #include "kjit/error.hpp"
 #include "kjit/jit.hpp"
-#include "ops/catalog.hpp"
+#include "ops/registry.hpp"
 #include "tools/commands.hpp"
 
 namespace kjit::tools {
@@ -40,26 +39,28 @@ const char* origin_name(Origin o) {
 }
 
 int run(const Options& o) {
-  const std::string arch = detail::requested_or_device_arch(o.arch);
+  const Arch arch = arch::requested_or_current(o.arch);
   std::vector<KernelSpec> specs;
   std::vector<std::string> families;
-  for (catalog::Family& f : catalog::shipped(arch)) {
-    if (!o.family.empty() && f.name != o.family) continue;
+  for (ops::ShippedSpecs& f : ops::shipped(arch)) {
+    if (!o.family.empty() && f.family != o.family) continue;
     for (KernelSpec& s : f.specs) {
       specs.push_back(std::move(s));
-      families.push_back(f.name);
+      families.push_back(f.family);
     }
   }
   // Every config the tuning database holds for this arch (of templates still current).
   const std::string db_path = tuning::default_database_path();
   if ((o.family.empty() || o.family == "tuned") && std::filesystem::exists(db_path)) {
     tuning::TuningDb db(db_path, tuning::TuningDb::Mode::ReadOnly);
-    for (const tuning::Best& b : db.list({"", arch, ""})) {
-      const autotune::TunableOp* op = autotune::find_op(b.key.op);
+    for (const tuning::Best& b : db.list({"", arch.name(), ""})) {
+      const ops::KernelFamily* family = ops::find_family(b.key.op);
       const std::optional<tuning::Shape> shape = tuning::parse_problem_key(b.key.problem_key);
       const std::optional<tuning::Config> config = tuning::parse_config_json(b.config);
-      if (!op || !shape || !config || b.key.template_hash != op->template_hash()) continue;
-      specs.push_back(op->spec(*config, {*shape, b.key.dtype}, arch));
+      const std::optional<DType> dtype = dtype_from_name(b.key.dtype);
+      if (!family || !shape || !config || !dtype || b.key.template_hash != family->template_hash())
+        continue;
+      specs.push_back(family->spec(*config, {*shape, *dtype}, arch));
       families.push_back("tuned");
     }
   }
@@ -93,7 +94,7 @@ int run(const Options& o) {
   std::cout << fmt::format(
       "{} specialisation(s) for {}: {} compiled in {:.2f} s of NVRTC time, {} from disk, {} "
       "failed\n",
-      results.size(), arch, after.compiles - before.compiles,
+      results.size(), arch.name(), after.compiles - before.compiles,
       after.compile_seconds - before.compile_seconds, after.disk_hits - before.disk_hits, failures);
   if (failures) return 2;
   if (o.check && violations) {

@@ -9,7 +9,7 @@
 #include "kjit/attention.hpp"
 #include "kjit/c_api.h"
 #include "kjit/jit.hpp"
-#include "ops/attention/flash_forward_plan.hpp"
+#include "ops/attention/flash_forward.hpp"
 #include "tests/reference/naive_attention_gpu.hpp"
 #include "tests/support/gpu.hpp"
 #include "util/half_float.hpp"
@@ -17,7 +17,7 @@
 namespace kjit::test {
 namespace {
 
-namespace plan = attention::flash_plan;
+using ops::FlashForward;
 constexpr DType kBf16 = DType::BFloat16;
 
 DeviceBuffer random_bf16(std::size_t n, std::mt19937& rng) {
@@ -66,16 +66,17 @@ TEST(AttentionForwardScale, SingleSequenceOf128kTokens) {
       vlse(lse.data(), DType::Float32, {1, 1, s});
   attention::ForwardOptions options;
   options.causal = true;
-  for (std::int64_t mainloop : {std::int64_t{0}, plan::kMainloopMma}) {
+  for (std::int64_t mainloop : {std::int64_t{0}, FlashForward::kMainloopMma}) {
     out.fill_bytes(0xff);
     lse.fill_bytes(0xff);
     Stream stream;
     if (mainloop == 0) {
       attention::forward(vq, vk, vv, vout, vlse, options, stream.handle());
     } else {
-      const tuning::Config c = plan::default_config(d, true, "sm_80");
-      plan::launch(load(plan::spec(c, kBf16, d, true)).kernel(), c,
-                   plan::validate(vq, vk, vv, vout, vlse, options), stream.handle());
+      const ops::Call<FlashForward> call = FlashForward::validate(vq, vk, vv, vout, vlse, options);
+      const FlashForward::Config c = FlashForward::default_config(call.problem, "sm_80");
+      FlashForward::launch(load(FlashForward::spec(c, call.problem, arch::current())).kernel(), c,
+                           call.problem, call.args, stream.handle());
     }
     stream.synchronize();
     const std::vector<float> got = download_bf16(out);

@@ -10,7 +10,7 @@
 
 #include "kjit/attention.hpp"
 #include "kjit/jit.hpp"
-#include "ops/attention/flash_forward_plan.hpp"
+#include "ops/attention/flash_forward.hpp"
 #include "tests/reference/attention_reference.hpp"
 #include "tests/support/gpu.hpp"
 #include "tests/support/isolated_cache.hpp"
@@ -23,7 +23,7 @@ using attention::forward;
 using attention::forward_varlen;
 using attention::ForwardOptions;
 using attention::Varlen;
-namespace plan = attention::flash_plan;
+using ops::FlashForward;
 
 struct AttnCase {
   DType dtype;
@@ -47,11 +47,12 @@ void PrintTo(const AttnCase& c, std::ostream* os) {
   if (c.mainloop) *os << " mainloop " << c.mainloop;
 }
 
-// The default mma.sync config, launched through the plan as the op would launch its own choice.
-void run_mma_sync(const AttnCase& c, const plan::Problem& p, StreamHandle stream) {
-  const tuning::Config config = plan::default_config(c.head_dim, c.causal, "sm_80");
-  const Kernel kernel = load(plan::spec(config, c.dtype, c.head_dim, c.causal)).kernel();
-  plan::launch(kernel, config, p, stream);
+// The default mma.sync config (sm_80's), launched through the family as the op would launch its
+// own choice.
+void run_mma_sync(const ops::Call<FlashForward>& call, StreamHandle stream) {
+  const FlashForward::Config config = FlashForward::default_config(call.problem, "sm_80");
+  const Kernel kernel = load(FlashForward::spec(config, call.problem, arch::current())).kernel();
+  FlashForward::launch(kernel, config, call.problem, call.args, stream);
 }
 
 std::uint16_t to_bits(DType t, double v) {
@@ -104,7 +105,8 @@ std::vector<std::uint16_t> run_case(const AttnCase& c, unsigned seed, bool check
         vv(dv.data(), c.dtype, {tk, hk, d}), vout(dout.data(), c.dtype, {tq, hq, d}),
         vlse(dlse.data(), DType::Float32, {hq, tq});
     if (c.mainloop) {
-      run_mma_sync(c, plan::validate_varlen(vq, vk, vv, vout, vlse, s, options), stream.handle());
+      run_mma_sync(FlashForward::validate_varlen(vq, vk, vv, vout, vlse, s, options),
+                   stream.handle());
     } else {
       forward_varlen(vq, vk, vv, vout, vlse, s, options, stream.handle());
     }
@@ -114,7 +116,7 @@ std::vector<std::uint16_t> run_case(const AttnCase& c, unsigned seed, bool check
         vv(dv.data(), c.dtype, {b, sk, hk, d}), vout(dout.data(), c.dtype, {b, sq, hq, d}),
         vlse(dlse.data(), DType::Float32, {b, hq, sq});
     if (c.mainloop) {
-      run_mma_sync(c, plan::validate(vq, vk, vv, vout, vlse, options), stream.handle());
+      run_mma_sync(FlashForward::validate(vq, vk, vv, vout, vlse, options), stream.handle());
     } else {
       forward(vq, vk, vv, vout, vlse, options, stream.handle());
     }
@@ -197,7 +199,7 @@ std::vector<AttnCase> cases() {
   for (DType dtype : {DType::Float16, DType::BFloat16}) {
     for (int d : {64, 96, 128, 192, 256}) {
       for (bool causal : {false, true}) {
-        for (std::int64_t mainloop : {std::int64_t{0}, plan::kMainloopMma}) {
+        for (std::int64_t mainloop : {std::int64_t{0}, FlashForward::kMainloopMma}) {
           for (auto [hq, hk] : std::vector<std::pair<int, int>>{{1, 1}, {8, 1}, {32, 8}}) {
             out.push_back({dtype, d, causal, hq, hk, false, {97, 97}, {97, 97}, 1.0, mainloop});
             out.push_back({dtype, d, causal, hq, hk, true, varlen_q, varlen_k, 1.0, mainloop});
@@ -209,7 +211,7 @@ std::vector<AttnCase> cases() {
       }
     }
   }
-  for (std::int64_t mainloop : {std::int64_t{0}, plan::kMainloopMma}) {
+  for (std::int64_t mainloop : {std::int64_t{0}, FlashForward::kMainloopMma}) {
     for (DType dtype : {DType::Float16, DType::BFloat16}) {  // inputs x10
       out.push_back({dtype, 128, true, 2, 2, false, {200, 200}, {200, 200}, 10.0, mainloop});
     }
@@ -229,7 +231,7 @@ INSTANTIATE_TEST_SUITE_P(All, AttentionForward, ::testing::ValuesIn(cases()),
 
 TEST(AttentionForwardDeterminism, BitwiseIdenticalOnRerun) {
   KJIT_REQUIRE_GPU();
-  for (std::int64_t mainloop : {std::int64_t{0}, plan::kMainloopMma}) {
+  for (std::int64_t mainloop : {std::int64_t{0}, FlashForward::kMainloopMma}) {
     const AttnCase c{DType::BFloat16, 128,           true, 4,       2, true,
                      {300, 7, 129},   {300, 9, 500}, 1.0,  mainloop};
     const unsigned seed = std::random_device{}();

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "kjit/jit.hpp"
-#include "ops/samples/samples.hpp"
+#include "samples/samples.hpp"
 #include "tests/support/gpu.hpp"
 #include "tests/support/isolated_cache.hpp"
 #include "tests/support/write_file.hpp"

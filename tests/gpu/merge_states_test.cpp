@@ -11,7 +11,7 @@
 
 #include "kjit/jit.hpp"
 #include "kjit/merge_states.hpp"
-#include "ops/merge_states/merge_states_plan.hpp"
+#include "ops/merge_states/merge_states.hpp"
 #include "tests/reference/merge_states_reference.hpp"
 #include "tests/support/gpu.hpp"
 #include "tests/support/isolated_cache.hpp"
@@ -20,12 +20,12 @@
 namespace kjit::test {
 namespace {
 
-namespace plan = attention::merge_states_plan;
+using ops::MergeStates;
 
 struct Case {
   Case(DType dtype, int dim, int parts, long long tokens = 37, long long heads = 5,
        bool token_major = false, bool with_lse = true,
-       std::optional<tuning::Config> config = std::nullopt)
+       std::optional<MergeStates::Config> config = std::nullopt)
       : dtype(dtype),
         dim(dim),
         parts(parts),
@@ -39,13 +39,13 @@ struct Case {
   long long tokens = 37, heads = 5;  // 185 rows: not a multiple of any rows-per-block
   bool token_major = false;          // parts stored [T, N, H, D] and viewed through strides
   bool with_lse = true;
-  std::optional<tuning::Config> config;  // launch this config instead of the op's choice
+  std::optional<MergeStates::Config> config;  // launch this config instead of the op's choice
 };
 
 void PrintTo(const Case& c, std::ostream* os) {
   *os << dtype_name(c.dtype) << " D=" << c.dim << " N=" << c.parts << " T=" << c.tokens
       << " H=" << c.heads << (c.token_major ? " token-major" : "") << (c.with_lse ? "" : " no-lse");
-  if (c.config) *os << " " << tuning::config_json(*c.config);
+  if (c.config) *os << " " << tuning::config_json(ops::config_map<MergeStates>(*c.config));
 }
 
 // Stores v rounded to the dtype; returns the stored value.
@@ -135,10 +135,12 @@ void run_case(const Case& c) {
       c.with_lse ? TensorView(d_out_lse.data(), DType::Float32, {T, H}) : TensorView();
   Stream stream;
   if (c.config) {
-    const plan::Problem p = plan::validate(parts_view, lse_view, out_view, out_lse_view);
-    ASSERT_TRUE(plan::valid(*c.config, p));
-    plan::launch(load(plan::spec(*c.config, c.dtype, c.dim, c.parts)).kernel(), *c.config, p,
-                 stream.handle());
+    const ops::Call<MergeStates> call =
+        MergeStates::validate(parts_view, lse_view, out_view, out_lse_view);
+    const Arch& arch = arch::current();
+    ASSERT_TRUE(MergeStates::valid(*c.config, call.problem, arch));
+    MergeStates::launch(load(MergeStates::spec(*c.config, call.problem, arch)).kernel(), *c.config,
+                        call.problem, call.args, stream.handle());
   } else {
     attention::merge_states(parts_view, lse_view, out_view, out_lse_view, stream.handle());
   }
@@ -230,15 +232,10 @@ std::vector<Case> every_config_cases() {
   std::vector<Case> out;
   for (DType dtype : {DType::BFloat16, DType::Float32}) {
     const int dim = 128, parts = 4;
-    const auto space = plan::search_space(dtype);
-    for (std::int64_t vec : space[0].second) {
-      for (std::int64_t tpr : space[1].second) {
-        for (std::int64_t rows : space[2].second) {
-          tuning::Config c{{"vec", vec}, {"threads_per_row", tpr}, {"rows_per_block", rows}};
-          if (plan::valid(c, dtype, dim, 16))
-            out.push_back(Case{dtype, dim, parts, 37, 5, false, true, c});
-        }
-      }
+    const MergeStates::Problem p{dtype, dim, parts, 185, 16};
+    for (const MergeStates::Config& c : MergeStates::space(p, "sm_90a")) {
+      if (MergeStates::valid(c, p, "sm_90a"))
+        out.push_back(Case{dtype, dim, parts, 37, 5, false, true, c});
     }
   }
   return out;
@@ -247,11 +244,10 @@ std::vector<Case> every_config_cases() {
 INSTANTIATE_TEST_SUITE_P(SearchSpace, MergeStatesEveryConfig,
                          ::testing::ValuesIn(every_config_cases()),
                          [](const ::testing::TestParamInfo<Case>& i) {
-                           const tuning::Config& c = *i.param.config;
+                           const MergeStates::Config& c = *i.param.config;
                            return std::string(dtype_name(i.param.dtype)) + "_v" +
-                                  std::to_string(c.at("vec")) + "_t" +
-                                  std::to_string(c.at("threads_per_row")) + "_r" +
-                                  std::to_string(c.at("rows_per_block"));
+                                  std::to_string(c.vec) + "_t" + std::to_string(c.threads_per_row) +
+                                  "_r" + std::to_string(c.rows_per_block);
                          });
 
 }  // namespace

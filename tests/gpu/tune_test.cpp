@@ -8,11 +8,11 @@
 
 #include <fmt/format.h>
 #include "autotune/tuner.hpp"
-#include "cache/tuning_db.hpp"
+#include "cache/tuning/tuning_db.hpp"
 
 #include "kjit/error.hpp"
 #include "kjit/jit.hpp"
-#include "ops/catalog.hpp"
+#include "ops/registry.hpp"
 #include "tests/support/gpu.hpp"
 #include "tests/support/subprocess.hpp"
 #include "tests/support/temp_dir.hpp"
@@ -30,8 +30,8 @@ TEST(Tune, KilledMidRunResumesAndStoresAValidatedWinner) {
       {"KJIT_TUNING_DB", db_path}, {"KJIT_CACHE_DIR", (dir.path() / "kernels").string()}};
   const std::vector<std::string> args{cli_path(), "tune", "--shape", "D=128,N=4,rows=8192",
                                       "--dtype",  "bf16"};
-  const autotune::Target target{{{"D", 128}, {"N", 4}, {"rows", 8192}}, "bf16"};
-  const int valid = autotune::enumerate(*autotune::find_op("merge_states"), target,
+  const ops::TuneCase tune_case{{{"D", 128}, {"N", 4}, {"rows", 8192}}, DType::BFloat16};
+  const int valid = autotune::enumerate(*ops::find_family("merge_states"), tune_case,
                                         device_info(current_device()).arch())
                         .valid;
 
@@ -65,7 +65,7 @@ TEST(Tune, KilledMidRunResumesAndStoresAValidatedWinner) {
   TuningDb db(db_path, TuningDb::Mode::ReadOnly);
   EXPECT_EQ(db.stats().trials, valid) << "every valid config has exactly one trial";
   const tuning::TuningKey key{"merge_states",
-                              catalog::template_hash("merge_states"),
+                              ops::find_family("merge_states")->template_hash(),
                               "D=128;N=4;rows=8192",
                               "bf16",
                               device_info(current_device()).arch(),

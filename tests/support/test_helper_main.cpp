@@ -14,8 +14,8 @@
 
 #include <string>
 
-#include "cache/sqlite.hpp"
-#include "cache/tuning_db.hpp"
+#include "cache/tuning/sqlite.hpp"
+#include "cache/tuning/tuning_db.hpp"
 #include "kjit/device.hpp"
 #include "kjit/jit.hpp"
 

@@ -6,12 +6,12 @@
 
 #include "kjit/c_api.h"
 #include "kjit/error.hpp"
-#include "ops/attention/flash_forward_plan.hpp"
+#include "ops/attention/flash_forward.hpp"
 
 namespace kjit::test {
 namespace {
 
-namespace plan = attention::flash_plan;
+using ops::FlashForward;
 
 void* fake(std::uintptr_t offset = 0) {
   return reinterpret_cast<void*>(0x200000 + offset);
@@ -27,7 +27,7 @@ struct Batched {
 
 std::string error_of(const Batched& b) {
   try {
-    plan::validate(b.q, b.k, b.v, b.out, b.lse, {});
+    FlashForward::validate(b.q, b.k, b.v, b.out, b.lse, {});
   } catch (const InvalidArgument& e) {
     return e.what();
   }
@@ -42,17 +42,17 @@ void expect_error(const Batched& b, const std::string& needle) {
 TEST(AttentionValidation, AcceptsGqaAndFillsTheParams) {
   Batched b;
   EXPECT_EQ(error_of(b), "");
-  const plan::Problem p = plan::validate(b.q, b.k, b.v, b.out, b.lse, {});
-  EXPECT_EQ(p.params.group, 4);
-  EXPECT_EQ(p.params.q_row_stride, 8 * 128);
-  EXPECT_EQ(p.params.lse_head_stride, 100);
-  EXPECT_NEAR(p.params.scale_log2, 1.4426950408889634 / std::sqrt(128.0), 1e-7);
+  const KjitFlashParams p = FlashForward::validate(b.q, b.k, b.v, b.out, b.lse, {}).args;
+  EXPECT_EQ(p.group, 4);
+  EXPECT_EQ(p.q_row_stride, 8 * 128);
+  EXPECT_EQ(p.lse_head_stride, 100);
+  EXPECT_NEAR(p.scale_log2, 1.4426950408889634 / std::sqrt(128.0), 1e-7);
 }
 
 TEST(AttentionValidation, NamesEachBadInput) {
   Batched b;
   b.k.dtype = DType::Float16;
-  expect_error(b, "k must have q's dtype");
+  expect_error(b, "k must have the dtype of q");
   b = Batched{};
   b.q = TensorView(fake(), DType::BFloat16, {2, 100, 8, 80});
   b.out = b.q;
@@ -88,7 +88,7 @@ TEST(AttentionValidation, VarlenSeqlensAreCheckedOnTheHostCopy) {
                         TensorView(fake(), type, {static_cast<std::int64_t>(ck.size())}), cq.data(),
                         ck.data()};
     try {
-      plan::validate_varlen(q, k, k, out, lse, s, {});
+      FlashForward::validate_varlen(q, k, k, out, lse, s, {});
     } catch (const InvalidArgument& e) {
       return std::string(e.what());
     }
@@ -103,7 +103,7 @@ TEST(AttentionValidation, VarlenSeqlensAreCheckedOnTheHostCopy) {
   EXPECT_NE(error({1, 4, 10}, {0, 0, 12}).find("[0] must be 0"), std::string::npos);
   attention::Varlen no_host{TensorView(fake(), DType::Int32, {3}),
                             TensorView(fake(), DType::Int32, {3}), nullptr, nullptr};
-  EXPECT_THROW(plan::validate_varlen(q, k, k, out, lse, no_host, {}), InvalidArgument);
+  EXPECT_THROW(FlashForward::validate_varlen(q, k, k, out, lse, no_host, {}), InvalidArgument);
 }
 
 TEST(AttentionCApi, ReportsInvalidArgumentsWithAMessage) {

@@ -9,7 +9,7 @@
 #include "kjit/jit.hpp"
 #include "nvrtc/compiler.hpp"
 #include "nvrtc/ptxas_report.hpp"
-#include "ops/catalog.hpp"
+#include "ops/registry.hpp"
 #include "tests/support/isolated_cache.hpp"
 
 namespace kjit::test {
@@ -27,9 +27,9 @@ void PrintTo(const ShippedCase& c, std::ostream* os) {
 std::vector<ShippedCase> shipped_cases() {
   std::vector<ShippedCase> out;
   for (const char* arch : {"sm_80", "sm_90a"}) {
-    for (catalog::Family& f : catalog::shipped(arch)) {
+    for (ops::ShippedSpecs& f : ops::shipped(arch)) {
       for (KernelSpec& s : f.specs)
-        out.push_back({f.name, std::move(s)});
+        out.push_back({f.family, std::move(s)});
     }
   }
   return out;

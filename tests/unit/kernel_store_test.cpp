@@ -8,8 +8,8 @@
 #include <filesystem>
 #include <thread>
 
-#include "cache/kernel_store.hpp"
-#include "cache/store_entry.hpp"
+#include "cache/store/kernel_store.hpp"
+#include "cache/store/store_entry.hpp"
 #include "jit/compile_plan.hpp"
 #include "kjit/jit.hpp"
 #include "tests/support/isolated_cache.hpp"
@@ -33,8 +33,8 @@ CompiledProgram synthetic(std::uint64_t id, std::size_t cubin_bytes) {
 
 TEST(StoreEntry, RoundTripsAndRejectsDamage) {
   const CompiledProgram p = synthetic(7, 1000);
-  const std::string bytes = cache::serialize_entry(p, 1);
-  auto parsed = cache::parse_entry(bytes, p.key, 1);
+  const std::string bytes = store::serialize_entry(p, 1);
+  auto parsed = store::parse_entry(bytes, p.key, 1);
   ASSERT_TRUE(std::holds_alternative<CompiledProgram>(parsed));
   const CompiledProgram& q = std::get<CompiledProgram>(parsed);
   EXPECT_EQ(q.description, p.description);
@@ -46,7 +46,7 @@ TEST(StoreEntry, RoundTripsAndRejectsDamage) {
   EXPECT_EQ(q.kernels[0].parameter_count, 3);
 
   auto reason = [&](const std::string& b, const CacheKey& k, int version) {
-    auto r = cache::parse_entry(b, k, version);
+    auto r = store::parse_entry(b, k, version);
     return std::holds_alternative<std::string>(r) ? std::get<std::string>(r) : "";
   };
   // Every truncation is detected.
@@ -67,8 +67,8 @@ TEST(StoreEntry, RoundTripsAndRejectsDamage) {
 
 class KernelStoreTest : public IsolatedCache {
  protected:
-  cache::KernelStore store(std::uint64_t cap = 1ull << 30) const {
-    return cache::KernelStore(cache_dir_.path(), cap, 1);
+  store::KernelStore store(std::uint64_t cap = 1ull << 30) const {
+    return store::KernelStore(cache_dir_.path(), cap, 1);
   }
 };
 
@@ -115,8 +115,8 @@ TEST_F(KernelStoreTest, EvictsLeastRecentlyUsedUnderTheCap) {
   const std::size_t kCubin = 10000;
   const CompiledProgram a = synthetic(1, kCubin), b = synthetic(2, kCubin),
                         c = synthetic(3, kCubin), d = synthetic(4, kCubin);
-  const std::uint64_t entry = cache::serialize_entry(a, 1).size();
-  const cache::KernelStore capped = store(2 * entry + entry / 2);  // room for two entries
+  const std::uint64_t entry = store::serialize_entry(a, 1).size();
+  const store::KernelStore capped = store(2 * entry + entry / 2);  // room for two entries
   ASSERT_TRUE(store().write(a));
   std::this_thread::sleep_for(20ms);
   ASSERT_TRUE(store().write(b));
@@ -149,7 +149,7 @@ class StoreThroughCompile : public IsolatedCache {
     return s;
   }
   fs::path entry() const {
-    return cache::KernelStore(cache_dir_.path(), 1ull << 30, detail::kStoreFormatVersion)
+    return store::KernelStore(cache_dir_.path(), 1ull << 30, store::kFormatVersion)
         .entry_path(cache_key(spec()));
   }
   Origin compile_origin() {
@@ -199,7 +199,7 @@ TEST_F(StoreThroughCompile, ForeignEntryRecompiles) {
   other.name_expressions = {"kjit::samples::saxpy<double>"};
   compile(other);
   const fs::path other_entry =
-      cache::KernelStore(cache_dir_.path(), 1ull << 30, detail::kStoreFormatVersion)
+      store::KernelStore(cache_dir_.path(), 1ull << 30, store::kFormatVersion)
           .entry_path(cache_key(other));
   write_file(entry(), read_file(other_entry));
   expect_recompiles("foreign", "holds key");
@@ -322,7 +322,7 @@ TEST_F(StoreThroughCompile, ProcessesRacingOnOneKeyLeaveOneValidEntry) {
   helper_spec.arch = "sm_90a";
   EXPECT_EQ(files[0].stem(), cache_key(helper_spec).hex());
   auto parsed =
-      cache::parse_entry(read_file(files[0]), cache_key(helper_spec), detail::kStoreFormatVersion);
+      store::parse_entry(read_file(files[0]), cache_key(helper_spec), store::kFormatVersion);
   EXPECT_TRUE(std::holds_alternative<CompiledProgram>(parsed));
 }
 

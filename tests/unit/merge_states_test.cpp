@@ -8,7 +8,7 @@
 #include "kjit/c_api.h"
 #include "kjit/error.hpp"
 #include "kjit/merge_states.hpp"
-#include "ops/merge_states/merge_states_plan.hpp"
+#include "ops/merge_states/merge_states.hpp"
 #include "tests/reference/merge_states_reference.hpp"
 
 namespace kjit::test {
@@ -53,9 +53,11 @@ struct Views {
   TensorView out_lse{fake(), DType::Float32, {10, 8}};
 };
 
+using ops::MergeStates;
+
 std::string error_of(const Views& v) {
   try {
-    attention::merge_states_plan::validate(v.parts, v.lse, v.out, v.out_lse);
+    MergeStates::validate(v.parts, v.lse, v.out, v.out_lse);
   } catch (const InvalidArgument& e) {
     return e.what();
   }
@@ -65,11 +67,11 @@ std::string error_of(const Views& v) {
 TEST(MergeStatesValidation, AcceptsAGoodProblem) {
   Views v;
   EXPECT_EQ(error_of(v), "");
-  const auto p = attention::merge_states_plan::validate(v.parts, v.lse, v.out, v.out_lse);
-  EXPECT_EQ(p.parts, 4);
-  EXPECT_EQ(p.rows(), 80);
-  EXPECT_EQ(p.alignment, 16u);
-  EXPECT_EQ(p.params.part_stride, 10 * 8 * 512);
+  const auto call = MergeStates::validate(v.parts, v.lse, v.out, v.out_lse);
+  EXPECT_EQ(call.problem.parts, 4);
+  EXPECT_EQ(call.problem.rows, 80);
+  EXPECT_EQ(call.problem.alignment, 16);
+  EXPECT_EQ(call.args.part_stride, 10 * 8 * 512);
 }
 
 TEST(MergeStatesValidation, NamesTheBadArgument) {
@@ -113,23 +115,22 @@ TEST(MergeStatesValidation, NamesTheBadArgument) {
 TEST(MergeStatesValidation, UnalignedRowsNarrowTheVectorInsteadOfFailing) {
   Views v;
   v.parts.data = fake(4);  // 4-byte aligned rows: 2 bf16 per access at most
-  const auto p = attention::merge_states_plan::validate(v.parts, v.lse, v.out, v.out_lse);
-  EXPECT_EQ(p.alignment, 4u);
-  const tuning::Config c =
-      attention::merge_states_plan::default_config(p.dtype, p.dim, p.alignment);
-  EXPECT_EQ(c.at("vec"), 2);
-  EXPECT_TRUE(attention::merge_states_plan::valid(c, p));
-  EXPECT_FALSE(attention::merge_states_plan::valid(
-      {{"vec", 8}, {"threads_per_row", 32}, {"rows_per_block", 8}}, p));
+  const MergeStates::Problem p = MergeStates::validate(v.parts, v.lse, v.out, v.out_lse).problem;
+  EXPECT_EQ(p.alignment, 4);
+  const MergeStates::Config c = MergeStates::default_config(p, "sm_90a");
+  EXPECT_EQ(c.vec, 2);
+  EXPECT_TRUE(MergeStates::valid(c, p, "sm_90a"));
+  EXPECT_FALSE(MergeStates::valid({8, 32, 8}, p, "sm_90a"));
 }
 
 TEST(MergeStatesValidation, DefaultIsValidForEveryShippedShape) {
   for (DType dtype : {DType::Float16, DType::BFloat16, DType::Float32}) {
-    for (int dim = 64; dim <= 1024; dim += 8) {
-      for (unsigned align : {2u, 4u, 8u, 16u}) {
-        if (align < dtype_size(dtype)) continue;
-        const auto c = attention::merge_states_plan::default_config(dtype, dim, align);
-        EXPECT_TRUE(attention::merge_states_plan::valid(c, dtype, dim, align))
+    for (std::int64_t dim = 64; dim <= 1024; dim += 8) {
+      for (std::int64_t align : {2, 4, 8, 16}) {
+        if (align < static_cast<std::int64_t>(dtype_size(dtype))) continue;
+        const MergeStates::Problem p{dtype, dim, 4, 1000, align};
+        const auto c = MergeStates::default_config(p, "sm_90a");
+        EXPECT_TRUE(MergeStates::valid(c, p, "sm_90a"))
             << dtype_name(dtype) << " D=" << dim << " align=" << align;
       }
     }

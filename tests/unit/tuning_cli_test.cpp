@@ -4,8 +4,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "cache/tuning_db.hpp"
-#include "ops/catalog.hpp"
+#include "cache/tuning/tuning_db.hpp"
+#include "ops/registry.hpp"
 #include "tests/support/subprocess.hpp"
 #include "tests/support/temp_dir.hpp"
 #include "tests/support/write_file.hpp"
@@ -45,8 +45,9 @@ class TuningCli : public ::testing::Test {
   }
   static Best row(const std::string& shape, const std::string& config, double us) {
     Best b;
-    b.key = {"merge_states", catalog::template_hash("merge_states"), shape, "bf16", "sm_90a",
-             "13.0"};
+    b.key = {"merge_states", ops::find_family("merge_states")->template_hash(),
+             shape,          "bf16",
+             "sm_90a",       "13.0"};
     b.config = config;
     b.median_us = us;
     b.default_us = us * 1.25;

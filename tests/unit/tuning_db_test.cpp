@@ -9,9 +9,10 @@
 #include <fstream>
 #include <thread>
 
-#include "cache/config_lookup.hpp"
-#include "cache/sqlite.hpp"
-#include "cache/tuning_db.hpp"
+#include "cache/tuning/miss_log.hpp"
+#include "cache/tuning/sqlite.hpp"
+#include "cache/tuning/tuning_db.hpp"
+#include "cache/tuning/tuning_table.hpp"
 #include "tests/support/isolated_cache.hpp"
 #include "tests/support/subprocess.hpp"
 #include "tests/support/write_file.hpp"
@@ -155,17 +156,21 @@ TEST_F(TuningDbTest, EightProcessesWritingTrialsLoseNothing) {
   EXPECT_EQ(TuningDb(path(), TuningDb::Mode::ReadOnly).stats().trials, kProcesses * kTrials);
 }
 
-// The lookup chain, through ConfigLookup with KJIT_TUNING_DB pointing at a test database.
+// The lookup chain, through a TuningTable with KJIT_TUNING_DB pointing at a test database.
+// Misses are queued as the op path queues them (dispatch.hpp: every source but "exact").
 class LookupTest : public TuningDbTest {
  protected:
   void SetUp() override { env_ = std::make_unique<ScopedEnv>("KJIT_TUNING_DB", path()); }
-  ConfigLookup lookup_{"merge_states",
-                       "tmplhash",
-                       {{"D", Bucket::Exact}, {"N", Bucket::Exact}, {"rows", Bucket::Pow2}}};
+  TuningTable table_{{"merge_states", "tmplhash", "sm_90a", "13.0"},
+                     {{"D", Bucket::Exact}, {"N", Bucket::Exact}, {"rows", Bucket::Pow2}},
+                     [](const Config&) { return true; }};
   Choice choose(
       const Shape& s,
       std::function<bool(const Config&)> valid = [](const Config&) { return true; }) {
-    return lookup_.choose(s, "bf16", "sm_90a", valid, [] { return Config{{"vec", 1}}; });
+    std::optional<Choice> c = table_.find(s, "bf16", valid);
+    if (!c) c = Choice{Config{{"vec", 1}}, "default"};
+    if (c->source != "exact") record_miss({key(problem_key(s)), c->source, 1});
+    return *c;
   }
   std::unique_ptr<ScopedEnv> env_;
 };
@@ -173,7 +178,7 @@ class LookupTest : public TuningDbTest {
 TEST_F(LookupTest, NoDatabaseMeansDefaultsSilently) {
   ::testing::internal::CaptureStderr();
   EXPECT_EQ(choose({{"D", 512}, {"N", 4}, {"rows", 100}}).source, "default");
-  lookup_.flush_misses();
+  flush_misses();
   EXPECT_EQ(::testing::internal::GetCapturedStderr(), "");
   EXPECT_FALSE(std::filesystem::exists(path())) << "recording a miss must not create a database";
 }
@@ -201,18 +206,40 @@ TEST_F(LookupTest, ExactThenBucketThenNearestThenDefault) {
              [](const Config& cfg) { return cfg.at("vec") != 8; });
   EXPECT_EQ(c.source, "nearest");
   EXPECT_EQ(c.config.at("vec"), 4);
-  lookup_.flush_misses();
+  flush_misses();
   EXPECT_EQ(TuningDb(path(), TuningDb::Mode::ReadOnly).misses().size(), 4u);
 }
 
-TEST_F(LookupTest, MemoisedPerShape) {
+TEST_F(LookupTest, ReadOnceThenServedFromMemory) {
   {
     TuningDb(path(), TuningDb::Mode::ReadWrite)
         .upsert_best(best_row(key(), {{"vec", 8}}, 10), 0.03);
   }
+  const std::uint64_t opens = sql::Database::opens();
   EXPECT_EQ(choose({{"D", 512}, {"N", 4}, {"rows", 65536}}).source, "exact");
-  std::filesystem::remove(path());  // the memo answers without the database
+  for (std::int64_t rows = 1; rows < 2000; ++rows)
+    choose({{"D", 512}, {"N", 4}, {"rows", rows}});
+  EXPECT_EQ(sql::Database::opens() - opens, 1u) << "one read, then every lookup in memory";
+  std::filesystem::remove(path());  // the rows answer without the database
   EXPECT_EQ(choose({{"D", 512}, {"N", 4}, {"rows", 65536}}).source, "exact");
+}
+
+TEST_F(LookupTest, ReadsAgainWhenTheDatabaseChangesOrOnReload) {
+  const Shape shape{{"D", 512}, {"N", 4}, {"rows", 65536}};
+  { TuningDb(path(), TuningDb::Mode::ReadWrite); }
+  EXPECT_EQ(choose(shape).source, "default");
+  {
+    TuningDb(path(), TuningDb::Mode::ReadWrite)
+        .upsert_best(best_row(key(), {{"vec", 8}}, 10), 0.03);
+  }
+  table_.reload();
+  EXPECT_EQ(choose(shape).source, "exact");
+  {
+    TuningDb(path(), TuningDb::Mode::ReadWrite).upsert_best(best_row(key(), {{"vec", 4}}, 5), 0.03);
+  }
+  // Without reload(): the file changed, which the table notices at its next check (once a second).
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  EXPECT_EQ(choose(shape).config.at("vec"), 4);
 }
 
 TEST_F(LookupTest, CorruptDatabaseFallsBackWithOneWarning) {
@@ -220,7 +247,7 @@ TEST_F(LookupTest, CorruptDatabaseFallsBackWithOneWarning) {
   ::testing::internal::CaptureStderr();
   EXPECT_EQ(choose({{"D", 512}, {"N", 4}, {"rows", 1}}).source, "default");
   EXPECT_EQ(choose({{"D", 512}, {"N", 4}, {"rows", 2}}).source, "default");
-  lookup_.flush_misses();
+  flush_misses();
   const std::string err = ::testing::internal::GetCapturedStderr();
   EXPECT_NE(err.find("unusable"), std::string::npos) << err;
   EXPECT_EQ(err.find("unusable"), err.rfind("unusable")) << "more than one warning: " << err;
@@ -247,7 +274,7 @@ TEST_F(LookupTest, ReadOnlyDatabaseServesResultsAndWarnsOnceAboutMisses) {
   EXPECT_EQ(choose({{"D", 512}, {"N", 4}, {"rows", 65536}}).source, "exact");
   EXPECT_EQ(choose({{"D", 512}, {"N", 8}, {"rows", 3}}).source, "default");
   EXPECT_EQ(choose({{"D", 512}, {"N", 8}, {"rows", 5}}).source, "default");
-  lookup_.flush_misses();
+  flush_misses();
   const std::string err = ::testing::internal::GetCapturedStderr();
   if (root) std::system(("chattr -i '" + path() + "'").c_str());
   EXPECT_NE(err.find("unusable"), std::string::npos) << err;

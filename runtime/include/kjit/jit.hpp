@@ -50,7 +50,7 @@ Program load(const KernelSpec& spec, Origin* origin);
 // device is present. Honours KJIT_CACHE and KJIT_NO_JIT like load().
 CompiledProgram compile(const KernelSpec& spec, Origin* origin = nullptr);
 
-// The key `spec` has for `arch` (the spec's own arch when empty).
+// The key of `spec` (for spec.arch, or the current device's arch when it is empty).
 CacheKey cache_key(const KernelSpec& spec);
 
 struct PrecompileResult {
@@ -74,6 +74,11 @@ Counters counters();
 
 // Drops every program loaded in this process (Kernel handles already held stay valid).
 void clear_memory_cache();
+
+// Ops read the tuning database once per process and remember each choice; this reads it again
+// on the next call and forgets the choices (they are also re-made when a lookup notices that
+// the database file changed). Run-time misses queued so far are written too.
+void reload_tuning();
 
 // Versions of the pieces that make up a key.
 std::pair<int, int> nvrtc_version();

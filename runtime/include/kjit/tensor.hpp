@@ -5,7 +5,10 @@
 #include <array>
 #include <cstdint>
 #include <initializer_list>
+#include <optional>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include <dlpack/dlpack.h>  // DLTensor is an anonymous struct there: no forward declaration
 
@@ -15,6 +18,7 @@ enum class DType { Float16, BFloat16, Float32, Int32, Int64 };
 
 std::size_t dtype_size(DType dtype);
 const char* dtype_name(DType dtype);  // "fp16", "bf16", "fp32", "int32", "int64"
+std::optional<DType> dtype_from_name(std::string_view name);  // the inverse; nullopt if unknown
 
 struct TensorView {
   static constexpr int kMaxDims = 6;
@@ -23,6 +27,7 @@ struct TensorView {
   // Row-major contiguous strides when `strides` is empty.
   TensorView(void* data, DType dtype, std::initializer_list<std::int64_t> shape,
              std::initializer_list<std::int64_t> strides = {});
+  TensorView(void* data, DType dtype, const std::vector<std::int64_t>& shape);
 
   // Throws InvalidArgument (naming `what`) for a dtype or device kjit does not take.
   static TensorView from_dlpack(const DLTensor& tensor, const char* what);

@@ -12,7 +12,8 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
-#include "driver/cuda_driver.hpp"
+#include "cache/store/store_entry.hpp"
+#include "driver/arch.hpp"
 #include "jit/settings.hpp"
 #include "jit/template_tree.hpp"
 #include "kjit/device.hpp"
@@ -22,19 +23,6 @@
 
 namespace kjit {
 
-std::pair<int, int> nvrtc_version() {
-  static const std::pair<int, int> v = [] {
-    int major = 0, minor = 0;
-    nvrtcVersion(&major, &minor);
-    return std::pair<int, int>{major, minor};
-  }();
-  return v;
-}
-
-std::string version() {
-  return KJIT_VERSION_STRING;
-}
-
 namespace detail {
 namespace {
 
@@ -42,10 +30,10 @@ namespace {
 // seed of every key.
 std::uint64_t process_seed() {
   static const std::uint64_t seed = [] {
-    const std::pair<int, int> nvrtc = nvrtc_version();
+    const std::pair<int, int> nvrtc = nvrtc::version();
     const std::string fp =
-        fmt::format("format={} kjit={} nvrtc={}.{} {}", kStoreFormatVersion, version(), nvrtc.first,
-                    nvrtc.second, nvrtc::toolkit_fingerprint());
+        fmt::format("format={} kjit={} nvrtc={}.{} {}", store::kFormatVersion, version(),
+                    nvrtc.first, nvrtc.second, nvrtc::toolkit_fingerprint());
     return XXH3_64bits(fp.data(), fp.size());
   }();
   return seed;
@@ -92,52 +80,15 @@ void validate(const KernelSpec& spec) {
   }
 }
 
-// "sm_" digits, optionally "a" or "f" (no regex: this runs on every lookup).
-bool is_real_arch(std::string_view arch) {
-  if (arch.size() < 5 || arch.substr(0, 3) != "sm_") return false;
-  std::string_view rest = arch.substr(3);
-  if (rest.back() == 'a' || rest.back() == 'f') rest.remove_suffix(1);
-  return !rest.empty() &&
-         std::all_of(rest.begin(), rest.end(), [](char c) { return c >= '0' && c <= '9'; });
-}
-
 }  // namespace
-
-// The arch of the calling thread's current device. device_info costs several driver calls, so
-// each thread remembers the answer for the context it last saw.
-const std::string& current_device_arch() {
-  driver::ensure_context();
-  CUcontext context = nullptr;
-  driver::check(driver::api().cuCtxGetCurrent(&context), "cuCtxGetCurrent");
-  thread_local CUcontext cached_context = nullptr;
-  thread_local std::string cached_arch;
-  if (context != cached_context) {
-    cached_arch = device_info(current_device()).arch();
-    cached_context = context;
-  }
-  return cached_arch;
-}
-
-std::string requested_or_device_arch(const std::string& requested) {
-  if (!requested.empty()) return requested;
-  std::string reason;
-  if (!driver_available(&reason))
-    throw Error("no GPU to take the arch from (" + reason + "); pass --arch, e.g. sm_90a");
-  return device_info(current_device()).arch();
-}
-
-int arch_version(const std::string& arch) {
-  if (!is_real_arch(arch)) throw Error(fmt::format("\"{}\" is not a real architecture", arch));
-  return std::stoi(arch.substr(3));  // stops at the "a"/"f" suffix
-}
 
 PlannedKey plan_key(const KernelSpec& spec) {
   PlannedKey out;
   if (spec.arch.empty()) {
-    out.arch = current_device_arch();
+    out.arch = arch::current().name();
   } else {
     out.arch = spec.arch;
-    if (!is_real_arch(out.arch)) {
+    if (!arch::is_real(out.arch)) {
       throw Error(
           fmt::format("KernelSpec arch \"{}\" is not a real architecture such as sm_90a "
                       "or sm_80",
@@ -175,6 +126,7 @@ PlannedKey plan_key(const KernelSpec& spec) {
 
 CompilePlan make_plan(const KernelSpec& spec, const PlannedKey& planned) {
   validate(spec);
+  Arch(planned.arch).check_supported();  // one clear line instead of NVRTC's option errors
   ResolvedSource src = resolve_source(spec.source);
   CompilePlan plan;
   plan.description = spec.describe();

@@ -7,7 +7,7 @@
 
 #include <fmt/format.h>
 
-#include "cache/kernel_store.hpp"
+#include "cache/store/kernel_store.hpp"
 #include "jit/compile_plan.hpp"
 #include "jit/dump.hpp"
 #include "jit/loaded_program.hpp"
@@ -78,7 +78,7 @@ std::shared_ptr<const CompiledProgram> fetch(const KernelSpec& spec,
       planned.key,
       [&]() -> std::shared_ptr<const CompiledProgram> {
         const detail::Settings settings = detail::current_settings();
-        const cache::KernelStore store = cache::KernelStore::from_settings(settings);
+        const store::KernelStore store = detail::kernel_store(settings);
         if (settings.cache_mode != detail::CacheMode::Off) {
           if (auto hit = store.read(planned.key)) {
             state().disk_hits.fetch_add(1);
@@ -105,6 +105,14 @@ std::shared_ptr<const CompiledProgram> fetch(const KernelSpec& spec,
 }
 
 }  // namespace
+
+std::pair<int, int> nvrtc_version() {
+  return nvrtc::version();
+}
+
+std::string version() {
+  return KJIT_VERSION_STRING;
+}
 
 Program load(const KernelSpec& spec) {
   return load(spec, nullptr);

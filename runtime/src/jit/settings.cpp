@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include "cache/store/store_entry.hpp"
 #include "kjit/error.hpp"
 
 namespace kjit::detail {
@@ -73,6 +74,10 @@ Settings current_settings() {
   s.no_jit = !no_jit.empty() && no_jit != "0";
   s.dump_dir = env("KJIT_DUMP_DIR");
   return s;
+}
+
+store::KernelStore kernel_store(const Settings& settings) {
+  return store::KernelStore(settings.cache_dir, settings.cache_max_bytes, store::kFormatVersion);
 }
 
 bool pch_enabled() {

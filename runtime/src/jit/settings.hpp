@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "cache/store/kernel_store.hpp"
+
 namespace kjit::detail {
 
 enum class CacheMode { Off, Read, ReadWrite };
@@ -19,6 +21,9 @@ struct Settings {
 };
 
 Settings current_settings();
+
+// The kernel store the settings name (KJIT_CACHE_DIR, KJIT_CACHE_MAX_BYTES), current format.
+store::KernelStore kernel_store(const Settings& settings);
 
 // NVRTC options for KJIT_DEBUG=lineinfo|G (empty when unset). Part of the cache key.
 std::vector<std::string> debug_options();

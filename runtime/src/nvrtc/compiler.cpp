@@ -69,6 +69,28 @@ std::string join(const std::vector<std::string>& v, const char* sep) {
 
 }  // namespace
 
+std::pair<int, int> version() {
+  static const std::pair<int, int> v = [] {
+    int major = 0, minor = 0;
+    nvrtcVersion(&major, &minor);
+    return std::pair<int, int>{major, minor};
+  }();
+  return v;
+}
+
+const std::vector<int>& supported_archs() {
+  static const std::vector<int> archs = [] {
+    int n = 0;
+    std::vector<int> out;
+    if (nvrtcGetNumSupportedArchs(&n) == NVRTC_SUCCESS && n > 0) {
+      out.resize(static_cast<std::size_t>(n));
+      if (nvrtcGetSupportedArchs(out.data()) != NVRTC_SUCCESS) out.clear();
+    }
+    return out;
+  }();
+  return archs;
+}
+
 std::string numbered_excerpt(const std::string& text, int line, int context) {
   std::istringstream in(text);
   std::string s;

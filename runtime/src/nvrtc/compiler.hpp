@@ -37,6 +37,10 @@ struct Result {
 // the program, and kjit::Error for any other NVRTC failure.
 Result compile(const Request& request);
 
+// NVRTC's version (major, minor) and the real architectures it compiles for (80, 90, ...).
+std::pair<int, int> version();
+const std::vector<int>& supported_archs();
+
 // Numbered lines [line - context, line + context] of `text`, the given line marked with '>'.
 std::string numbered_excerpt(const std::string& text, int line, int context = 3);
 

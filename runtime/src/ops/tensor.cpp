@@ -38,23 +38,31 @@ const char* dtype_name(DType dtype) {
   return "?";
 }
 
-TensorView::TensorView(void* data, DType dtype, std::initializer_list<std::int64_t> shape_list,
-                       std::initializer_list<std::int64_t> stride_list)
+std::optional<DType> dtype_from_name(std::string_view name) {
+  for (DType d : {DType::Float16, DType::BFloat16, DType::Float32, DType::Int32, DType::Int64}) {
+    if (name == dtype_name(d)) return d;
+  }
+  return std::nullopt;
+}
+
+TensorView::TensorView(void* data, DType dtype, const std::vector<std::int64_t>& shape_list)
     : data(data), dtype(dtype), ndim(static_cast<int>(shape_list.size())) {
   if (ndim > kMaxDims) throw InvalidArgument(fmt::format("a tensor has at most {} dims", kMaxDims));
+  std::copy(shape_list.begin(), shape_list.end(), shape.begin());
+  std::int64_t s = 1;
+  for (int d = ndim - 1; d >= 0; --d) {
+    strides[d] = s;
+    s *= shape[d];
+  }
+}
+
+TensorView::TensorView(void* data, DType dtype, std::initializer_list<std::int64_t> shape_list,
+                       std::initializer_list<std::int64_t> stride_list)
+    : TensorView(data, dtype, std::vector<std::int64_t>(shape_list)) {
   if (stride_list.size() != 0 && stride_list.size() != shape_list.size()) {
     throw InvalidArgument("a tensor's strides must match its shape's length");
   }
-  std::copy(shape_list.begin(), shape_list.end(), shape.begin());
-  if (stride_list.size()) {
-    std::copy(stride_list.begin(), stride_list.end(), strides.begin());
-  } else {
-    std::int64_t s = 1;
-    for (int d = ndim - 1; d >= 0; --d) {
-      strides[d] = s;
-      s *= shape[d];
-    }
-  }
+  std::copy(stride_list.begin(), stride_list.end(), strides.begin());
 }
 
 TensorView TensorView::from_dlpack(const DLTensor& t, const char* what) {

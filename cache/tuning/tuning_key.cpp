@@ -1,4 +1,4 @@
-#include "cache/tuning_key.hpp"
+#include "cache/tuning/tuning_key.hpp"
 
 #include <nlohmann/json.hpp>
 

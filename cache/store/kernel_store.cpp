@@ -1,4 +1,4 @@
-#include "cache/kernel_store.hpp"
+#include "cache/store/kernel_store.hpp"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -14,11 +14,10 @@
 
 #include <fmt/format.h>
 
-#include "cache/store_entry.hpp"
-#include "jit/compile_plan.hpp"
+#include "cache/store/store_entry.hpp"
 #include "util/log.hpp"
 
-namespace kjit::cache {
+namespace kjit::store {
 namespace fs = std::filesystem;
 namespace {
 
@@ -92,10 +91,6 @@ KernelStore::KernelStore(fs::path root, std::uint64_t max_bytes, int format_vers
     : folder_(std::move(root) / fmt::format("v{}", format_version)),
       max_bytes_(max_bytes),
       format_version_(format_version) {}
-
-KernelStore KernelStore::from_settings(const detail::Settings& settings) {
-  return KernelStore(settings.cache_dir, settings.cache_max_bytes, detail::kStoreFormatVersion);
-}
 
 fs::path KernelStore::entry_path(const CacheKey& key) const {
   const std::string hex = key.hex();
@@ -231,4 +226,4 @@ void KernelStore::evict(std::uint64_t max_bytes) const {
   }
 }
 
-}  // namespace kjit::cache
+}  // namespace kjit::store

@@ -12,7 +12,10 @@
 
 #include "kjit/jit.hpp"
 
-namespace kjit::cache {
+namespace kjit::store {
+
+// Bumped whenever the layout of a stored entry or the meaning of a key changes.
+inline constexpr int kFormatVersion = 1;
 
 std::string serialize_entry(const CompiledProgram& program, int format_version);
 
@@ -22,4 +25,4 @@ std::variant<CompiledProgram, std::string> parse_entry(std::string_view bytes,
                                                        const CacheKey& expected,
                                                        int format_version);
 
-}  // namespace kjit::cache
+}  // namespace kjit::store

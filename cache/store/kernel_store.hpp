@@ -12,16 +12,13 @@
 #include <optional>
 #include <string>
 
-#include "jit/settings.hpp"
 #include "kjit/jit.hpp"
 
-namespace kjit::cache {
+namespace kjit::store {
 
 class KernelStore {
  public:
   KernelStore(std::filesystem::path root, std::uint64_t max_bytes, int format_version);
-  // The store the environment names (KJIT_CACHE_DIR, KJIT_CACHE_MAX_BYTES), current format.
-  static KernelStore from_settings(const detail::Settings& settings);
 
   std::optional<CompiledProgram> read(const CacheKey& key) const;
   // Publishes and then evicts down to the cap. Failures (read-only folder, full disk) warn and
@@ -51,4 +48,4 @@ class KernelStore {
   int format_version_;
 };
 
-}  // namespace kjit::cache
+}  // namespace kjit::store

@@ -1,7 +1,8 @@
-#include "cache/sqlite.hpp"
+#include "cache/tuning/sqlite.hpp"
 
 #include <sqlite3.h>
 
+#include <atomic>
 #include <utility>
 
 #include <fmt/format.h>
@@ -9,10 +10,18 @@
 #include "kjit/error.hpp"
 
 namespace kjit::sql {
+namespace {
+std::atomic<std::uint64_t> g_opens{0};
+}  // namespace
+
+std::uint64_t Database::opens() {
+  return g_opens.load();
+}
 
 Database::Database(const std::string& path, bool read_only, int busy_timeout_ms) : path_(path) {
   const int flags = read_only ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
   const int rc = sqlite3_open_v2(path.c_str(), &db_, flags | SQLITE_OPEN_FULLMUTEX, nullptr);
+  g_opens.fetch_add(1, std::memory_order_relaxed);
   if (rc != SQLITE_OK) {
     const std::string message = db_ ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
     sqlite3_close(db_);

@@ -28,6 +28,9 @@ class Database {
   int changes() const;
   const std::string& path() const { return path_; }
 
+  // Connections opened by this process (benchmarks count how often the launch path opens one).
+  static std::uint64_t opens();
+
  private:
   sqlite3* db_ = nullptr;
   std::string path_;

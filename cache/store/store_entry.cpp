@@ -1,4 +1,4 @@
-#include "cache/store_entry.hpp"
+#include "cache/store/store_entry.hpp"
 
 #include <cstdint>
 #include <cstring>
@@ -8,7 +8,7 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
-namespace kjit::cache {
+namespace kjit::store {
 namespace {
 
 constexpr char kMagic[8] = {'k', 'j', 'i', 't', 'k', 'r', 'n', 'l'};
@@ -138,4 +138,4 @@ std::variant<CompiledProgram, std::string> parse_entry(std::string_view bytes,
   return p;
 }
 
-}  // namespace kjit::cache
+}  // namespace kjit::store

@@ -1,5 +1,5 @@
-#include "cache/cache_cli.hpp"
-
+// `kjit cache`: the kernel store (stats, clear) and the tuning database's results (ls, show,
+// pin, unpin, invalidate, export, import, prune, misses).
 #include <chrono>
 #include <ctime>
 #include <filesystem>
@@ -10,22 +10,24 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "cache/kernel_store.hpp"
-#include "cache/tuning_db.hpp"
-#include "jit/compile_plan.hpp"
+#include "cache/store/kernel_store.hpp"
+#include "cache/tuning/tuning_db.hpp"
 #include "jit/settings.hpp"
 #include "kjit/error.hpp"
-#include "ops/catalog.hpp"
+#include "kjit/jit.hpp"
+#include "ops/registry.hpp"
+#include "tools/commands.hpp"
 #include "util/human_bytes.hpp"
 
-namespace kjit::cache {
+namespace kjit::tools {
 namespace {
 
+using store::KernelStore;
 using tuning::Best;
 using tuning::TuningDb;
 
 KernelStore current_store() {
-  return KernelStore::from_settings(detail::current_settings());
+  return detail::kernel_store(detail::current_settings());
 }
 
 // Reading commands never create a database that is not there.
@@ -103,7 +105,7 @@ std::int64_t parse_id(const std::string& text) {
 
 }  // namespace
 
-void add_cache_commands(CLI::App& app, int* exit_code) {
+void add_cache_command(CLI::App& app, int* exit_code) {
   CLI::App* cache =
       app.add_subcommand("cache", "Inspect and manage the kernel store and the tuning database");
   cache->require_subcommand(1);
@@ -303,9 +305,8 @@ void add_cache_commands(CLI::App& app, int* exit_code) {
   prune->callback([exit_code, stale_only] {  // keeps the flag's storage alive
     auto db = open_db(true);
     int removed = 0;
-    for (const std::string& op : catalog::tuned_ops()) {
-      removed += db->prune_stale(op, catalog::template_hash(op));
-    }
+    for (const ops::KernelFamily* f : ops::families())
+      removed += db->prune_stale(f->name(), f->template_hash());
     std::cout << fmt::format("removed {} stale result(s)\n", removed);
     *exit_code = 0;
   });
@@ -341,4 +342,4 @@ void add_cache_commands(CLI::App& app, int* exit_code) {
   });
 }
 
-}  // namespace kjit::cache
+}  // namespace kjit::tools

@@ -1,8 +1,8 @@
-#include "ops/samples/samples.hpp"
+#include "samples/samples.hpp"
 
 #include <fmt/format.h>
 
-#include "jit/compile_plan.hpp"
+#include "driver/arch.hpp"
 
 namespace kjit::samples {
 namespace {
@@ -58,7 +58,7 @@ std::vector<KernelSpec> shipped(const std::string& arch) {
     c.type = type;
     out.push_back(mma_gemm(c, arch));
   }
-  const bool has_clusters = detail::arch_version(arch) >= 90;
+  const bool has_clusters = Arch(arch).version() >= 90;
   if (has_clusters) out.push_back(cluster_sum(256, arch));
   return out;
 }

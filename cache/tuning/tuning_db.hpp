@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "cache/sqlite.hpp"
-#include "cache/tuning_key.hpp"
+#include "cache/tuning/sqlite.hpp"
+#include "cache/tuning/tuning_key.hpp"
 
 namespace kjit::tuning {
 
@@ -19,6 +19,10 @@ inline constexpr int kSchemaVersion = 2;
 
 // The SQL of migration i (schema version i -> i + 1), for tests that build an older database.
 const char* migration_sql(int step);
+
+// One warning per process and database path: "unusable (why); using default configs". The op
+// path's readers and the miss writer share it, so a broken file is reported once.
+void warn_unusable(const std::string& path, const std::string& why);
 
 // $KJIT_TUNING_DB, else $XDG_DATA_HOME/kjit/tuning.sqlite, else ~/.local/share/kjit/...
 std::string default_database_path();
@@ -80,8 +84,9 @@ class TuningDb {
 
   std::optional<Best> best(const TuningKey& key);
   std::optional<Best> best_by_id(std::int64_t id);
-  // Rows usable for nearest-neighbour lookup: same op, template, dtype, arch and NVRTC; not stale.
-  std::vector<Best> candidates(const TuningKey& like);
+  // Every result of one op's template for one arch and NVRTC version that is not stale.
+  std::vector<Best> results(const std::string& op, const std::string& template_hash,
+                            const std::string& sm_arch, const std::string& nvrtc);
   std::vector<Best> list(const BestFilter& filter);
   bool set_state(std::int64_t id, const std::string& state);
   // Deletes results (and trials) of `op` whose template hash is not `current_hash`.

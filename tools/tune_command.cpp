@@ -1,20 +1,24 @@
-#include "autotune/tune_command.hpp"
-
+// `kjit tune`: tunes kernel families for shapes given as flags, a JSON file or named presets,
+// into the tuning database.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <memory>
+#include <set>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "autotune/tuner.hpp"
-#include "jit/compile_plan.hpp"
+#include "driver/arch.hpp"
 #include "kjit/device.hpp"
 #include "kjit/error.hpp"
+#include "tools/commands.hpp"
 
-namespace kjit::autotune {
+namespace kjit::tools {
 namespace {
 
 struct Options {
@@ -28,16 +32,28 @@ struct Options {
 };
 
 struct Job {
-  const TunableOp* op;
-  Target target;
+  const ops::KernelFamily* family;
+  ops::TuneCase tune_case;
 };
 
-const TunableOp& require_op(const std::string& name) {
-  if (const TunableOp* op = find_op(name)) return *op;
+const ops::KernelFamily& require_family(const std::string& name) {
+  if (const ops::KernelFamily* f = ops::find_family(name)) return *f;
   std::string known;
-  for (const TunableOp* op : registry())
-    known += " " + op->name();
+  for (const ops::KernelFamily* f : ops::families())
+    known += " " + f->name();
   throw InvalidArgument(fmt::format("unknown op \"{}\"; tunable ops:{}", name, known));
+}
+
+DType require_dtype(const std::string& name) {
+  if (std::optional<DType> d = dtype_from_name(name)) return *d;
+  throw InvalidArgument("unknown dtype \"" + name + "\" (bf16, fp16, fp32)");
+}
+
+// A job whose shape the family's own rules accept.
+Job checked_job(const ops::KernelFamily& family, tuning::Shape shape, const std::string& dtype) {
+  Job job{&family, {std::move(shape), require_dtype(dtype)}};
+  family.check(job.tune_case);
+  return job;
 }
 
 // "D=512,N=4,rows=65536"
@@ -55,23 +71,26 @@ std::vector<Job> jobs_from(const Options& o) {
   std::vector<Job> jobs;
   for (const std::string& name : o.presets) {
     bool found = false;
-    for (const TunableOp* op : registry()) {
-      for (Target& t : op->preset(name)) {
-        jobs.push_back({op, std::move(t)});
+    for (const ops::KernelFamily* f : ops::families()) {
+      for (ops::NamedCases& preset : f->presets()) {
+        if (preset.name != name) continue;
+        for (ops::TuneCase& c : preset.cases)
+          jobs.push_back({f, std::move(c)});
         found = true;
       }
     }
     if (!found) throw InvalidArgument("unknown preset \"" + name + "\" (see kjit tune --list)");
   }
   for (const std::string& s : o.shapes)
-    jobs.push_back({&require_op(o.op), {parse_shape(s), o.dtype}});
+    jobs.push_back(checked_job(require_family(o.op), parse_shape(s), o.dtype));
   if (!o.shapes_file.empty()) {
     std::ifstream in(o.shapes_file);
     if (!in) throw InvalidArgument("cannot read --shapes-file " + o.shapes_file);
     try {
       for (const auto& item : nlohmann::json::parse(in)) {
-        jobs.push_back({&require_op(item.value("op", o.op)),
-                        {item.at("shape").get<tuning::Shape>(), item.value("dtype", o.dtype)}});
+        jobs.push_back(checked_job(require_family(item.value("op", o.op)),
+                                   item.at("shape").get<tuning::Shape>(),
+                                   item.value("dtype", o.dtype)));
       }
     } catch (const nlohmann::json::exception& e) {
       throw InvalidArgument(
@@ -100,12 +119,11 @@ void progress_bar(const std::string& label, int done, int total,
 
 int run(const Options& o) {
   if (o.list) {
-    for (const TunableOp* op : registry()) {
-      for (const std::string& p : op->presets()) {
-        std::cout << fmt::format("{:<22} {}:", p, op->name());
-        for (const Target& t : op->preset(p)) {
-          std::cout << fmt::format(" [{} {}]", tuning::problem_key(t.shape), t.dtype);
-        }
+    for (const ops::KernelFamily* f : ops::families()) {
+      for (const ops::NamedCases& p : f->presets()) {
+        std::cout << fmt::format("{:<22} {}:", p.name, f->name());
+        for (const ops::TuneCase& c : p.cases)
+          std::cout << fmt::format(" [{} {}]", tuning::problem_key(c.shape), dtype_name(c.dtype));
         std::cout << "\n";
       }
     }
@@ -113,16 +131,23 @@ int run(const Options& o) {
   }
   const std::vector<Job> jobs = jobs_from(o);
   if (o.dry_run) {
-    const std::string arch = detail::requested_or_device_arch(o.arch);
-    std::cout << "for " << arch << "\n";
+    const Arch arch = arch::requested_or_current(o.arch);
+    std::cout << "for " << arch.name() << "\n";
     for (const Job& j : jobs) {
-      const SpaceCount s = enumerate(*j.op, j.target, arch);
+      const autotune::Candidates s = autotune::enumerate(*j.family, j.tune_case, arch);
       std::cout << fmt::format(
           "{} {} {}: {} configs in the space, {} pruned by constraints, {} "
           "to compile and time; default {}\n",
-          j.op->name(), tuning::problem_key(j.target.shape), j.target.dtype, s.space,
-          s.space - s.valid, s.valid, tuning::config_json(j.op->default_config(j.target, arch)));
-      for (const auto& [name, domain] : j.op->space(j.target, arch)) {
+          j.family->name(), tuning::problem_key(j.tune_case.shape), dtype_name(j.tune_case.dtype),
+          s.space, s.space - s.valid, s.valid,
+          tuning::config_json(j.family->default_config(j.tune_case, arch)));
+      // Each parameter's values, as the space spans them.
+      std::map<std::string, std::set<std::int64_t>> domains;
+      for (const tuning::Config& c : j.family->space(j.tune_case, arch)) {
+        for (const auto& [name, value] : c)
+          domains[name].insert(value);
+      }
+      for (const auto& [name, domain] : domains) {
         std::cout << "  " << name << ":";
         for (std::int64_t v : domain)
           std::cout << " " << v;
@@ -135,26 +160,29 @@ int run(const Options& o) {
   if (!driver_available(&reason)) throw Error("kjit tune needs a CUDA GPU: " + reason);
   if (!o.arch.empty())
     throw InvalidArgument("--arch goes with --dry-run: tuning measures this GPU");
-  const std::string arch = device_info(current_device()).arch();
+  const Arch arch(device_info(current_device()).arch());
   tuning::TuningDb db(tuning::default_database_path(), tuning::TuningDb::Mode::ReadWrite);
   std::cerr << "tuning database: " << db.path() << "\n";
-  std::vector<TuneOutcome> outcomes;
+  std::vector<autotune::TuneOutcome> outcomes;
   for (const Job& j : jobs) {
-    TuneOptions opts;
+    autotune::TuneOptions opts;
     opts.resume = o.resume;
     if (o.budget_s > 0) {
-      opts.seconds_per_candidate = o.budget_s / std::max(1, enumerate(*j.op, j.target, arch).valid);
+      opts.seconds_per_candidate =
+          o.budget_s / std::max(1, autotune::enumerate(*j.family, j.tune_case, arch).valid);
     }
     const std::string label =
-        fmt::format("{} {} {}", j.op->name(), tuning::problem_key(j.target.shape), j.target.dtype);
+        fmt::format("{} {} {}", j.family->name(), tuning::problem_key(j.tune_case.shape),
+                    dtype_name(j.tune_case.dtype));
     const auto start = std::chrono::steady_clock::now();
-    outcomes.push_back(tune(*j.op, j.target, opts, db,
-                            [&](int done, int total) { progress_bar(label, done, total, start); }));
+    outcomes.push_back(autotune::tune(*j.family, j.tune_case, opts, db, [&](int done, int total) {
+      progress_bar(label, done, total, start);
+    }));
   }
   std::cout << fmt::format("{:<13} {:<24} {:<5} {:<52} {:>9} {:>9} {:>7} {:>8}  {}\n", "op",
                            "shape", "dtype", "best config", "time us", "default", "speedup",
                            "verified", "measured/resumed/failed");
-  for (const TuneOutcome& r : outcomes) {
+  for (const autotune::TuneOutcome& r : outcomes) {
     std::cout << fmt::format(
         "{:<13} {:<24} {:<5} {:<52} {:>9.2f} {:>9.2f} {:>6.2f}x {:>8}  {}/{}/{} "
         "({}, {:.1f} s)\n",
@@ -186,4 +214,4 @@ void add_tune_command(CLI::App& app, int* exit_code) {
   cmd->callback([exit_code, o] { *exit_code = run(*o); });
 }
 
-}  // namespace kjit::autotune
+}  // namespace kjit::tools

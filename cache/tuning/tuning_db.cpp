@@ -1,14 +1,17 @@
-#include "cache/tuning_db.hpp"
+#include "cache/tuning/tuning_db.hpp"
 
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <mutex>
+#include <set>
 
 #include <fmt/format.h>
 
 #include "kjit/error.hpp"
+#include "util/log.hpp"
 
 namespace kjit::tuning {
 namespace {
@@ -116,6 +119,15 @@ bool is_import(const std::string& origin) {
 
 const char* migration_sql(int step) {
   return kMigrations[step];
+}
+
+void warn_unusable(const std::string& path, const std::string& why) {
+  static std::mutex& mutex = *new std::mutex;  // never destroyed: the miss log warns at exit
+  static std::set<std::string>& warned = *new std::set<std::string>;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (warned.insert(path).second) {
+    detail::warn(fmt::format("tuning database {} unusable ({}); using default configs", path, why));
+  }
 }
 
 std::string default_database_path() {
@@ -302,12 +314,12 @@ std::optional<Best> TuningDb::best_by_id(std::int64_t id) {
   return read_best(s);
 }
 
-std::vector<Best> TuningDb::candidates(const TuningKey& like) {
+std::vector<Best> TuningDb::results(const std::string& op, const std::string& template_hash,
+                                    const std::string& sm_arch, const std::string& nvrtc) {
   sql::Statement s = db_.prepare(std::string(kBestSelect) +
-                                 "WHERE b.op = ?1 AND b.template_hash = ?2 AND b.dtype = ?3 AND "
-                                 "b.sm_arch = ?4 AND b.nvrtc = ?5 AND b.state != 'stale'");
-  s.bind(1, like.op).bind(2, like.template_hash).bind(3, like.dtype).bind(4, like.sm_arch);
-  s.bind(5, like.nvrtc);
+                                 "WHERE b.op = ?1 AND b.template_hash = ?2 AND b.sm_arch = ?3 AND "
+                                 "b.nvrtc = ?4 AND b.state != 'stale'");
+  s.bind(1, op).bind(2, template_hash).bind(3, sm_arch).bind(4, nvrtc);
   std::vector<Best> out;
   while (s.step())
     out.push_back(read_best(s));

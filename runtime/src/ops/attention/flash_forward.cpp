@@ -1,0 +1,392 @@
+#include "ops/attention/flash_forward.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <tuple>
+
+#include <fmt/format.h>
+
+#include "kjit/error.hpp"
+#include "ops/dispatch.hpp"
+#include "ops/tensor_checks.hpp"
+
+namespace kjit::ops {
+namespace {
+
+const TensorChecks kCheck("attention");
+
+const char* cxx_type(DType dtype) {
+  return dtype == DType::Float16 ? "__half" : "__nv_bfloat16";
+}
+
+// Indices inside a sequence are 32-bit in the kernel; offsets are 64-bit.
+void check_length(std::int64_t n, const char* what) {
+  if (n > std::numeric_limits<int>::max() / 2)
+    kCheck.fail(fmt::format("{} = {} is beyond what the kernel indexes", what, n));
+}
+
+// Checks shared by both layouts; `dims` is 4 (batched) or 3 (packed), the head dim is last.
+void check_tensors(const TensorView& q, const TensorView& k, const TensorView& v,
+                   const TensorView& out, int dims) {
+  for (const auto& [t, name] : {std::pair{&q, "q"}, {&k, "k"}, {&v, "v"}, {&out, "out"}}) {
+    kCheck.ndim(*t, name, dims, dims == 4 ? "[B, S, H, D]" : "[T, H, D]");
+    kCheck.data(*t, name);
+    kCheck.contiguous_last(*t, name);
+    kCheck.nonnegative_strides(*t, name);
+    kCheck.aligned(*t, name, 16);
+  }
+  if (q.dtype != DType::Float16 && q.dtype != DType::BFloat16)
+    kCheck.fail(fmt::format("q must be fp16 or bf16, got {}", dtype_name(q.dtype)));
+  for (const auto& [t, name] : {std::pair{&k, "k"}, {&v, "v"}, {&out, "out"}})
+    kCheck.same_dtype(*t, name, q, "q");
+  const std::int64_t d = q.size(dims - 1);
+  if (k.size(dims - 1) != d || v.size(dims - 1) != d || out.size(dims - 1) != d)
+    kCheck.fail(fmt::format("q, k, v and out must share the head dim {}", d));
+  if (v.size(dims - 2) != k.size(dims - 2))
+    kCheck.fail(
+        fmt::format("v must have k's {} heads, got {}", k.size(dims - 2), v.size(dims - 2)));
+  for (int i = 0; i < dims; ++i) {
+    if (out.size(i) != q.size(i))
+      kCheck.fail(
+          fmt::format("out must have q's shape, got {} for {}", out.describe(), q.describe()));
+  }
+}
+
+void fill_strides(KjitFlashParams& p, const TensorView& q, const TensorView& k, const TensorView& v,
+                  const TensorView& out, bool batched) {
+  const int o = batched ? 1 : 0;  // index of the sequence dim
+  p.q = q.data;
+  p.k = k.data;
+  p.v = v.data;
+  p.out = out.data;
+  p.q_batch_stride = batched ? q.stride(0) : 0;
+  p.k_batch_stride = batched ? k.stride(0) : 0;
+  p.v_batch_stride = batched ? v.stride(0) : 0;
+  p.o_batch_stride = batched ? out.stride(0) : 0;
+  p.q_row_stride = q.stride(o);
+  p.k_row_stride = k.stride(o);
+  p.v_row_stride = v.stride(o);
+  p.o_row_stride = out.stride(o);
+  p.q_head_stride = q.stride(o + 1);
+  p.k_head_stride = k.stride(o + 1);
+  p.v_head_stride = v.stride(o + 1);
+  p.o_head_stride = out.stride(o + 1);
+}
+
+// lse is optional: a view with null data skips it.
+void fill_lse(KjitFlashParams& p, const TensorView& lse, std::int64_t outer, std::int64_t heads,
+              std::int64_t seq, bool batched) {
+  if (!lse.data) {
+    p.lse = nullptr;
+    return;
+  }
+  const int dims = batched ? 3 : 2;
+  const bool shape_ok = lse.ndim == dims && (!batched || lse.size(0) == outer) &&
+                        lse.size(dims - 2) == heads && lse.size(dims - 1) == seq;
+  if (!shape_ok || lse.dtype != DType::Float32 || (lse.stride(dims - 1) != 1 && seq > 1)) {
+    kCheck.fail(fmt::format("lse must be fp32 {} contiguous in its last dim, got {}",
+                            batched ? fmt::format("[{}, {}, {}]", outer, heads, seq)
+                                    : fmt::format("[{}, {}]", heads, seq),
+                            lse.describe()));
+  }
+  p.lse = static_cast<float*>(lse.data);
+  p.lse_batch_stride = batched ? lse.stride(0) : 0;
+  p.lse_head_stride = lse.stride(dims - 2);
+}
+
+void fill_scale(KjitFlashParams& p, const attention::ForwardOptions& o, std::int64_t head_dim) {
+  if (!(o.softmax_scale >= 0) || !std::isfinite(o.softmax_scale)) {
+    kCheck.fail(fmt::format("softmax_scale must be finite and >= 0 (0: 1/sqrt(D)), got {}",
+                            o.softmax_scale));
+  }
+  const float scale =
+      o.softmax_scale > 0 ? o.softmax_scale : 1.f / std::sqrt(static_cast<float>(head_dim));
+  p.scale_log2 = scale * 1.4426950408889634f;
+}
+
+// The problem's head counts and options, once its lengths are known.
+Call<FlashForward> make_call(const TensorView& q, const TensorView& k,
+                             const attention::ForwardOptions& o, int dims, std::int64_t batch,
+                             std::int64_t seqlen_q, std::int64_t seqlen_k) {
+  Call<FlashForward> call{};
+  FlashForward::Problem& p = call.problem;
+  p.dtype = q.dtype;
+  p.batch = batch;
+  p.heads_q = q.size(dims - 2);
+  p.heads_k = k.size(dims - 2);
+  p.head_dim = q.size(dims - 1);
+  p.seqlen_q = seqlen_q;
+  p.seqlen_k = seqlen_k;
+  p.causal = o.causal;
+  FlashForward::check(p);
+  call.args.heads_q = static_cast<int>(p.heads_q);
+  call.args.group = static_cast<int>(p.heads_q / p.heads_k);
+  fill_scale(call.args, o, p.head_dim);
+  return call;
+}
+
+// Bytes of shared memory per row of a tile: wgmma rows are exactly head_dim (swizzled), mma.sync
+// rows are padded by 16 bytes against bank conflicts.
+std::int64_t row_elems(const FlashForward::Config& c, std::int64_t head_dim) {
+  return c.wgmma() ? head_dim : head_dim + 8;
+}
+
+}  // namespace
+
+std::vector<Source> FlashForward::sources() {
+  return {Source::embedded("attention/flash_forward.cuh"),
+          Source::embedded("attention/flash_forward_sm90.cuh")};
+}
+
+unsigned FlashForward::Config::threads() const {
+  return static_cast<unsigned>(wgmma() ? block_m / 64 * 128 : block_m / (16 * m_tiles) * 32);
+}
+
+void FlashForward::check(const Problem& p) {
+  if (std::find(std::begin(kHeadDims), std::end(kHeadDims), p.head_dim) == std::end(kHeadDims))
+    kCheck.fail(fmt::format("head dim {} is not one of 64, 96, 128, 192, 256", p.head_dim));
+  if (p.heads_k <= 0 || p.heads_q <= 0 || p.heads_q % p.heads_k != 0) {
+    kCheck.fail(fmt::format("query heads ({}) must be a positive multiple of key/value heads ({})",
+                            p.heads_q, p.heads_k));
+  }
+  if (p.batch < 0 || p.seqlen_q < 0 || p.seqlen_k < 0) {
+    kCheck.fail(fmt::format("B ({}), Sq ({}) and Sk ({}) must not be negative", p.batch, p.seqlen_q,
+                            p.seqlen_k));
+  }
+  check_length(p.seqlen_q, "Sq");
+  check_length(p.seqlen_k, "Sk");
+  if (p.batch > 65535 || p.heads_q > 65535)
+    kCheck.fail("batch and heads must each be at most 65535");
+}
+
+FlashForward::Config FlashForward::default_config(const Problem& p, const Arch& arch) {
+  // From the tile sweeps on the H100 (docs/perf.md, bench/attention_forward.cpp --sweep).
+  if (arch.has_wgmma() && p.head_dim % 64 == 0) {
+    // Three warpgroups pay off at hd 64 (the tuner's pick on 5 of 6 fa-bench rows); 128-key
+    // tiles up to hd 128, 64 above (shared memory).
+    return {kMainloopWgmma, p.head_dim <= 64 ? 192 : 128, p.head_dim <= 128 ? 128 : 64, 1};
+  }
+  // mma.sync: two query tiles per warp pay off where registers allow (hd 64; hd 96 spills),
+  // short key tiles for the large head dims; shorter ones still where shared memory is small
+  // (sm_86/89: 99 KiB).
+  Config c{kMainloopMma, 128, 64, 1};
+  if (p.head_dim <= 64) {
+    c.block_n = p.causal ? 128 : 64;
+    c.m_tiles = p.causal ? 1 : 2;
+  } else if (p.head_dim > 128) {
+    c.block_m = 64;
+    c.block_n = 32;
+  }
+  while (shared_bytes(c, p) > arch.max_shared_bytes() && c.block_n > 16)
+    c.block_n /= 2;
+  return c;
+}
+
+std::vector<FlashForward::Config> FlashForward::space(const Problem&, const Arch& arch) {
+  std::vector<std::int64_t> mainloops{kMainloopMma};
+  if (arch.has_wgmma()) mainloops.push_back(kMainloopWgmma);
+  std::vector<Config> out;
+  for (std::int64_t mainloop : mainloops) {
+    for (std::int64_t block_m : {64, 128, 192}) {
+      for (std::int64_t block_n : {32, 64, 128}) {
+        for (std::int64_t m_tiles : {1, 2})
+          out.push_back({mainloop, block_m, block_n, m_tiles});
+      }
+    }
+  }
+  return out;
+}
+
+bool FlashForward::valid(const Config& c, const Problem& p, const Arch& arch) {
+  if (c.block_m <= 0 || c.block_n <= 0 || c.m_tiles <= 0) return false;
+  if (c.mainloop == kMainloopWgmma) {
+    // Warpgroups of 64 rows; S is m64 x block_n (64 or 128); V is read in 64-column slabs.
+    if (!arch.has_wgmma() || p.head_dim % 64 != 0 || c.block_m % 64 != 0 || c.block_m > 192 ||
+        (c.block_n != 64 && c.block_n != 128) || c.m_tiles != 1) {
+      return false;
+    }
+  } else if (c.mainloop == kMainloopMma) {
+    if (c.block_m % (16 * c.m_tiles) != 0 || c.block_n % 16 != 0 || c.threads() > 512) return false;
+  } else {
+    return false;
+  }
+  return shared_bytes(c, p) <= arch.max_shared_bytes();
+}
+
+unsigned FlashForward::shared_bytes(const Config& c, const Problem& p) {
+  const auto elem = static_cast<std::int64_t>(dtype_size(p.dtype));
+  const std::int64_t tiles = c.block_m + 4 * c.block_n;  // Q, 2 stages of K and V
+  // wgmma: plus slack to align the tiles to 1024 bytes.
+  return static_cast<unsigned>(tiles * row_elems(c, p.head_dim) * elem + (c.wgmma() ? 1024 : 0));
+}
+
+KernelSpec FlashForward::spec(const Config& c, const Problem& p, const Arch& arch) {
+  const char* causal = p.causal ? "true" : "false";
+  const std::string name =
+      c.wgmma()
+          ? fmt::format("kjit::attention::flash_forward_sm90<{}, {}, {}, {}, {}>",
+                        cxx_type(p.dtype), p.head_dim, c.block_n, c.block_m / 64, causal)
+          : fmt::format("kjit::attention::flash_forward<{}, {}, {}, {}, {}, {}>", cxx_type(p.dtype),
+                        p.head_dim, c.block_m, c.block_n, c.m_tiles, causal);
+  KernelSpec s(sources()[c.wgmma() ? 1 : 0], {name});
+  s.arch = arch.name();
+  return s;
+}
+
+void FlashForward::launch(const Kernel& kernel, const Config& c, const Problem& p, const Args& args,
+                          StreamHandle stream) {
+  if (p.empty()) return;
+  const auto m_blocks = static_cast<unsigned>((p.seqlen_q + c.block_m - 1) / c.block_m);
+  kernel.launch({{m_blocks, static_cast<unsigned>(p.heads_q), static_cast<unsigned>(p.batch)},
+                 {c.threads()},
+                 shared_bytes(c, p),
+                 stream,
+                 {}},
+                args);
+}
+
+std::vector<FlashForward::Problem> FlashForward::shipped(const Arch&) {
+  std::vector<Problem> out;
+  for (DType dtype : kDTypes) {
+    for (std::int64_t d : kHeadDims) {
+      for (bool causal : {false, true})
+        out.push_back({dtype, 1, 1, 1, d, 1, 1, causal});
+    }
+  }
+  return out;
+}
+
+std::vector<TensorSpec> FlashForward::tensors(const Problem& p) {
+  using Role = TensorSpec::Role;
+  const std::vector<std::int64_t> q{p.batch, p.seqlen_q, p.heads_q, p.head_dim},
+      kv{p.batch, p.seqlen_k, p.heads_k, p.head_dim};
+  // O and the LSE divided by 100: configs differ in fp32 summation order and where P is
+  // rounded, and O (|O| <= max|v|) and the LSE (~ log Sk + max score) should both count under
+  // one tolerance relative to the largest value.
+  return {{"q", p.dtype, q},
+          {"k", p.dtype, kv},
+          {"v", p.dtype, kv},
+          {"out", p.dtype, q, Role::Output},
+          {"lse", DType::Float32, {p.batch, p.heads_q, p.seqlen_q}, Role::Output, 0, 0, 0.01}};
+}
+
+FlashForward::Args FlashForward::args(const Problem& p, const std::vector<TensorView>& t) {
+  attention::ForwardOptions o;
+  o.causal = p.causal;
+  return validate(t.at(0), t.at(1), t.at(2), t.at(3), t.at(4), o).args;
+}
+
+std::vector<Preset<FlashForward::Problem>> FlashForward::presets() {
+  auto problem = [](std::int64_t b, std::int64_t s, std::int64_t hq, std::int64_t hk,
+                    std::int64_t d,
+                    bool causal) { return Problem{DType::BFloat16, b, hq, hk, d, s, s, causal}; };
+  std::vector<Preset<Problem>> out;
+  // GQA 32/8 (8B) or 64/8 (70B), hd 128, causal; 16k tokens a batch up to one sequence.
+  for (const auto& [name, hq] : {std::pair{"llama3-8b-prefill", 32}, {"llama3-70b-prefill", 64}}) {
+    Preset<Problem> preset{name, {}};
+    for (std::int64_t s : {2048, 4096, 8192, 16384, 32768})
+      preset.problems.push_back(problem(std::max<std::int64_t>(1, 16384 / s), s, hq, 8, 128, true));
+    out.push_back(std::move(preset));
+  }
+  // bench/attention_forward.cpp's batched rows: B x S = 16k tokens, H x D = 2048.
+  Preset<Problem> bench{"fa-bench", {}};
+  for (std::int64_t d : {64, 128, 256}) {
+    for (std::int64_t s : {2048, 8192, 16384}) {
+      for (bool causal : {false, true})
+        bench.problems.push_back(problem(16384 / s, s, 2048 / d, 2048 / d, d, causal));
+    }
+  }
+  bench.problems.push_back(problem(2, 8192, 32, 8, 128, true));
+  out.push_back(std::move(bench));
+  return out;
+}
+
+Call<FlashForward> FlashForward::validate(const TensorView& q, const TensorView& k,
+                                          const TensorView& v, const TensorView& out,
+                                          const TensorView& lse,
+                                          const attention::ForwardOptions& o) {
+  check_tensors(q, k, v, out, 4);
+  if (k.size(0) != q.size(0) || v.size(0) != q.size(0))
+    kCheck.fail("q, k and v must have the same batch size");
+  if (v.size(1) != k.size(1))
+    kCheck.fail(fmt::format("v must have k's {} keys, got {}", k.size(1), v.size(1)));
+  Call<FlashForward> call = make_call(q, k, o, 4, q.size(0), q.size(1), k.size(1));
+  const Problem& p = call.problem;
+  fill_strides(call.args, q, k, v, out, true);
+  call.args.seqlen_q = static_cast<int>(p.seqlen_q);
+  call.args.seqlen_k = static_cast<int>(p.seqlen_k);
+  fill_lse(call.args, lse, p.batch, p.heads_q, p.seqlen_q, true);
+  return call;
+}
+
+Call<FlashForward> FlashForward::validate_varlen(const TensorView& q, const TensorView& k,
+                                                 const TensorView& v, const TensorView& out,
+                                                 const TensorView& lse, const attention::Varlen& s,
+                                                 const attention::ForwardOptions& o) {
+  check_tensors(q, k, v, out, 3);
+  if (v.size(0) != k.size(0))
+    kCheck.fail(fmt::format("v must have k's {} tokens, got {}", k.size(0), v.size(0)));
+  std::int64_t longest[2] = {0, 0};
+  for (const auto& [view, host, tokens, name, max] :
+       {std::tuple{&s.cu_seqlens_q, s.host_cu_seqlens_q, q.size(0), "cu_seqlens_q", &longest[0]},
+        std::tuple{&s.cu_seqlens_k, s.host_cu_seqlens_k, k.size(0), "cu_seqlens_k", &longest[1]}}) {
+    if (view->dtype != DType::Int32)
+      kCheck.fail(fmt::format("{} must be int32, got {}", name, dtype_name(view->dtype)));
+    if (view->ndim != 1 || view->size(0) < 2)
+      kCheck.fail(
+          fmt::format("{} must be 1-D [B + 1] with B >= 1, got {}", name, view->describe()));
+    if (view->stride(0) != 1) kCheck.fail(fmt::format("{} must be contiguous", name));
+    kCheck.data(*view, name);
+    if (!host) {
+      kCheck.fail(fmt::format(
+          "the host copy of {} is a null pointer (kjit validates it on the host)", name));
+    }
+    const std::int64_t n = view->size(0);
+    if (view == &s.cu_seqlens_k && n != s.cu_seqlens_q.size(0)) {
+      kCheck.fail(fmt::format("cu_seqlens_k has {} entries, cu_seqlens_q {}: both must be B + 1", n,
+                              s.cu_seqlens_q.size(0)));
+    }
+    if (host[0] != 0) kCheck.fail(fmt::format("{}[0] must be 0, got {}", name, host[0]));
+    for (std::int64_t i = 1; i < n; ++i) {
+      if (host[i] < host[i - 1]) {
+        kCheck.fail(fmt::format("{} must be non-decreasing: [{}] = {} after {}", name, i, host[i],
+                                host[i - 1]));
+      }
+      *max = std::max<std::int64_t>(*max, host[i] - host[i - 1]);
+    }
+    if (host[n - 1] != tokens) {
+      kCheck.fail(
+          fmt::format("{}[B] = {} but the tensor holds {} tokens", name, host[n - 1], tokens));
+    }
+  }
+  check_length(q.size(0), "Tq");
+  check_length(k.size(0), "Tk");
+  Call<FlashForward> call =
+      make_call(q, k, o, 3, s.cu_seqlens_q.size(0) - 1, longest[0], longest[1]);
+  fill_strides(call.args, q, k, v, out, false);
+  call.args.cu_seqlens_q = static_cast<const int*>(s.cu_seqlens_q.data);
+  call.args.cu_seqlens_k = static_cast<const int*>(s.cu_seqlens_k.data);
+  fill_lse(call.args, lse, 1, call.problem.heads_q, q.size(0), false);
+  return call;
+}
+
+}  // namespace kjit::ops
+
+namespace kjit::attention {
+
+void forward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+             const TensorView& lse, const ForwardOptions& options, StreamHandle stream) {
+  const ops::Call<ops::FlashForward> call = ops::FlashForward::validate(q, k, v, out, lse, options);
+  if (!call.problem.empty()) ops::run(call, stream);  // an empty call compiles nothing
+}
+
+void forward_varlen(const TensorView& q, const TensorView& k, const TensorView& v,
+                    const TensorView& out, const TensorView& lse, const Varlen& seqlens,
+                    const ForwardOptions& options, StreamHandle stream) {
+  const ops::Call<ops::FlashForward> call =
+      ops::FlashForward::validate_varlen(q, k, v, out, lse, seqlens, options);
+  if (!call.problem.empty()) ops::run(call, stream);
+}
+
+}  // namespace kjit::attention

@@ -1,0 +1,76 @@
+// The attention forward family: templates/attention/flash_forward.cuh (mma.sync, sm_80+) and
+// flash_forward_sm90.cuh (wgmma, sm_90a), their tile configs, the validation of batched and
+// packed inputs, and the launch. kjit::attention::forward / forward_varlen run through it.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "attention/flash_params.h"
+#include "kjit/attention.hpp"
+#include "ops/kernel_family.hpp"
+
+namespace kjit::ops {
+
+struct FlashForward {
+  static constexpr const char* kName = "attention";
+  static std::vector<Source> sources();  // both main loops: either may win a tuning run
+
+  static constexpr std::int64_t kMainloopMma = 80, kMainloopWgmma = 90;
+  static constexpr std::int64_t kHeadDims[] = {64, 96, 128, 192, 256};
+
+  // A packed (varlen) call is the batched problem of B sequences of its longest lengths.
+  struct Problem {
+    DType dtype = DType::BFloat16;
+    std::int64_t batch = 0, heads_q = 0, heads_k = 0, head_dim = 0;
+    std::int64_t seqlen_q = 0, seqlen_k = 0;
+    bool causal = false;
+    bool empty() const { return seqlen_q == 0 || batch == 0; }
+  };
+  // mainloop 80: mma.sync, each warp owns 16 x m_tiles query rows (block_m / (16 m_tiles) warps);
+  // mainloop 90: wgmma, a warpgroup per 64 rows (m_tiles 1). block_n keys per tile.
+  struct Config {
+    std::int64_t mainloop = kMainloopMma, block_m = 0, block_n = 0, m_tiles = 1;
+    bool wgmma() const { return mainloop == kMainloopWgmma; }
+    unsigned threads() const;
+  };
+  using Args = KjitFlashParams;
+
+  static constexpr Field<Problem> kShape[] = {field<&Problem::batch>("B", tuning::Bucket::Pow2),
+                                              field<&Problem::heads_q>("Hq"),
+                                              field<&Problem::heads_k>("Hk"),
+                                              field<&Problem::head_dim>("D"),
+                                              field<&Problem::seqlen_q>("Sq", tuning::Bucket::Pow2),
+                                              field<&Problem::seqlen_k>("Sk", tuning::Bucket::Pow2),
+                                              field<&Problem::causal>("causal")};
+  static constexpr Field<Config> kConfig[] = {
+      field<&Config::mainloop>("mainloop"), field<&Config::block_m>("block_m"),
+      field<&Config::block_n>("block_n"), field<&Config::m_tiles>("m_tiles")};
+  static constexpr DType kDTypes[] = {DType::Float16, DType::BFloat16};
+
+  static void check(const Problem& p);
+  static std::vector<Config> space(const Problem& p, const Arch& arch);
+  static bool valid(const Config& c, const Problem& p, const Arch& arch);
+  static Config default_config(const Problem& p, const Arch& arch);
+  static unsigned shared_bytes(const Config& c, const Problem& p);
+  static KernelSpec spec(const Config& c, const Problem& p, const Arch& arch);
+  static void launch(const Kernel& kernel, const Config& c, const Problem& p, const Args& args,
+                     StreamHandle stream);
+  static std::vector<Problem> shipped(const Arch& arch);
+
+  static std::vector<TensorSpec> tensors(const Problem& p);
+  static Args args(const Problem& p, const std::vector<TensorView>& t);
+  static double tolerance(const Problem&) { return 2e-2; }
+  static std::vector<Preset<Problem>> presets();
+
+  // The op's validation of its tensors (host only; no device work).
+  static Call<FlashForward> validate(const TensorView& q, const TensorView& k, const TensorView& v,
+                                     const TensorView& out, const TensorView& lse,
+                                     const attention::ForwardOptions& o);
+  static Call<FlashForward> validate_varlen(const TensorView& q, const TensorView& k,
+                                            const TensorView& v, const TensorView& out,
+                                            const TensorView& lse, const attention::Varlen& seqlens,
+                                            const attention::ForwardOptions& o);
+};
+
+}  // namespace kjit::ops

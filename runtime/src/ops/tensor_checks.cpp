@@ -1,0 +1,55 @@
+#include "ops/tensor_checks.hpp"
+
+#include <cstdint>
+
+#include <fmt/format.h>
+
+#include "kjit/error.hpp"
+
+namespace kjit::ops {
+
+void TensorChecks::fail(const std::string& message) const {
+  throw InvalidArgument(std::string(op_) + ": " + message);
+}
+
+void TensorChecks::ndim(const TensorView& t, const char* name, int ndim, const char* layout) const {
+  if (t.ndim != ndim)
+    fail(fmt::format("{} must be {}-D {}, got {}", name, ndim, layout, t.describe()));
+}
+
+void TensorChecks::data(const TensorView& t, const char* name) const {
+  if (!t.data && t.numel() != 0) fail(fmt::format("{} is a null pointer", name));
+}
+
+void TensorChecks::contiguous_last(const TensorView& t, const char* name) const {
+  if (t.ndim > 0 && t.stride(t.ndim - 1) != 1 && t.size(t.ndim - 1) > 1)
+    fail(fmt::format("{} must be contiguous in its last dim, got {}", name, t.describe()));
+}
+
+void TensorChecks::nonnegative_strides(const TensorView& t, const char* name) const {
+  for (int d = 0; d < t.ndim; ++d) {
+    if (t.strides[d] < 0) fail(fmt::format("{} has a negative stride: {}", name, t.describe()));
+  }
+}
+
+void TensorChecks::aligned(const TensorView& t, const char* name, unsigned bytes) const {
+  if (reinterpret_cast<std::uintptr_t>(t.data) % bytes != 0)
+    fail(fmt::format("{} must be {}-byte aligned", name, bytes));
+  const auto elem = static_cast<std::int64_t>(dtype_size(t.dtype));
+  for (int d = 0; d + 1 < t.ndim; ++d) {
+    if ((t.strides[d] * elem) % bytes != 0) {
+      fail(fmt::format("{}'s stride {} ({} elements) is not a multiple of {} bytes", name, d,
+                       t.strides[d], bytes));
+    }
+  }
+}
+
+void TensorChecks::same_dtype(const TensorView& t, const char* name, const TensorView& ref,
+                              const char* ref_name) const {
+  if (t.dtype != ref.dtype) {
+    fail(fmt::format("{} must have the dtype of {} ({}), got {}", name, ref_name,
+                     dtype_name(ref.dtype), dtype_name(t.dtype)));
+  }
+}
+
+}  // namespace kjit::ops

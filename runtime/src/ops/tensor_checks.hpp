@@ -1,0 +1,32 @@
+// The checks every op makes on its tensors before any device work. Each failure throws
+// InvalidArgument "<op>: <argument> ..." naming the argument and what it got.
+#pragma once
+
+#include <string>
+
+#include "kjit/tensor.hpp"
+
+namespace kjit::ops {
+
+class TensorChecks {
+ public:
+  explicit TensorChecks(const char* op) : op_(op) {}
+
+  [[noreturn]] void fail(const std::string& message) const;
+
+  // `layout` names the dims, e.g. "[B, S, H, D]".
+  void ndim(const TensorView& t, const char* name, int ndim, const char* layout) const;
+  // A tensor with no elements may have a null pointer (torch gives one for an empty tensor).
+  void data(const TensorView& t, const char* name) const;
+  void contiguous_last(const TensorView& t, const char* name) const;
+  void nonnegative_strides(const TensorView& t, const char* name) const;
+  // The data pointer and every stride but the last's are multiples of `bytes`.
+  void aligned(const TensorView& t, const char* name, unsigned bytes) const;
+  void same_dtype(const TensorView& t, const char* name, const TensorView& ref,
+                  const char* ref_name) const;
+
+ private:
+  const char* op_;
+};
+
+}  // namespace kjit::ops
