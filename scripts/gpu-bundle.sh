@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds on this (CPU) machine and packs what the GPU machine runs into .gpu-bundle/ (ignored by
-# git): stripped test, benchmark and CLI binaries plus the one shared library the GPU image lacks
-# (Google Benchmark). Then, with the device tool:
+# git): stripped test, benchmark, example and CLI binaries, libkjit.so (the C example links it)
+# and the one shared library the GPU image lacks (Google Benchmark). Then, with the device tool:
 #   run(command="scripts/gpu-suite.sh", carry=[".gpu-bundle"])
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,10 +12,11 @@ rm -rf .gpu-bundle && mkdir -p .gpu-bundle/bin .gpu-bundle/lib
 build="build/$preset"
 for bin in tools/kjit tests/kjit_gpu_tests tests/kjit_unit_tests tests/kjit_test_helper \
            bench/kjit_bench_launch_overhead bench/kjit_bench_compile_latency \
-           bench/kjit_bench_merge_states bench/kjit_bench_attention \
-           examples/kjit_example_user_kernel; do
+           bench/kjit_bench_merge_states bench/kjit_bench_attention bench/kjit_bench_choice_cost \
+           examples/kjit_example_user_kernel examples/kjit_example_c_api; do
   strip -o ".gpu-bundle/bin/$(basename "$bin")" "$build/$bin"
 done
+strip -o .gpu-bundle/lib/libkjit.so.0 "$build/runtime/libkjit.so.0"
 cp -L "$(ldd "$build/bench/kjit_bench_launch_overhead" | awk '/libbenchmark/ {print $3}')" .gpu-bundle/lib/
 git rev-parse --short HEAD > .gpu-bundle/commit
 du -sh .gpu-bundle

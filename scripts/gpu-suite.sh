@@ -30,6 +30,7 @@ if [ "$what" = all ] || [ "$what" = tests ]; then
   step gpu_tests "$bin/kjit_gpu_tests" --gtest_output="xml:$out/gpu_tests.xml"
   step unit_tests "$bin/kjit_unit_tests"
   step example "$bin/kjit_example_user_kernel"
+  step example_c_api "$bin/kjit_example_c_api"
   # Sanitizers on the kernels (memcheck everywhere but the negative test, whose refused launch
   # counts as an API error, and attention, whose subset runs in the attention mode; racecheck
   # where shared memory is shared).
@@ -82,7 +83,7 @@ done
 for log in memcheck racecheck attention_memcheck attention_racecheck; do
   [ -f "$out/$log.log" ] && { echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -4; }
 done
-for log in compile_latency merge_states_default tune_merge_states merge_states_tuned launch_overhead example; do
+for log in compile_latency merge_states_default tune_merge_states merge_states_tuned launch_overhead example example_c_api; do
   [ -f "$out/$log.log" ] && { echo "== $log"; grep -vE '^\*\*\*|^$|ETA' "$out/$log.log" | tail -24; }
 done
 printf '%s\n' "${summary[@]}"

@@ -9,6 +9,7 @@
 #include "kjit/device.hpp"
 #include "kjit/tensor.hpp"
 
+#pragma GCC visibility push(default)  // the API libkjit.so exports
 namespace kjit::attention {
 
 struct ForwardOptions {
@@ -36,3 +37,4 @@ void forward_varlen(const TensorView& q, const TensorView& k, const TensorView& 
                     const ForwardOptions& options, StreamHandle stream);
 
 }  // namespace kjit::attention
+#pragma GCC visibility pop

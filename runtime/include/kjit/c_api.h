@@ -4,8 +4,10 @@
 #define KJIT_C_API_H
 
 #include <dlpack/dlpack.h>
+#include <stddef.h>
 #include <stdint.h>
 
+#pragma GCC visibility push(default) /* the API libkjit.so exports */
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -22,6 +24,18 @@ typedef enum kjit_status {
 
 /* The message of this thread's last failed call ("" if none). Valid until the next call. */
 const char* kjit_last_error(void);
+
+/* Device memory for callers without a CUDA runtime of their own (the examples, plain C). A
+   buffer lives on the current device (device 0 unless the caller made another current). */
+typedef struct kjit_buffer kjit_buffer;
+kjit_status kjit_buffer_create(size_t bytes, kjit_buffer** buffer);
+void kjit_buffer_destroy(kjit_buffer* buffer); /* NULL is ignored */
+void* kjit_buffer_data(const kjit_buffer* buffer);
+/* Copies that are complete when they return; `bytes` may not exceed the buffer's size. */
+kjit_status kjit_buffer_upload(kjit_buffer* buffer, const void* host, size_t bytes);
+kjit_status kjit_buffer_download(const kjit_buffer* buffer, void* host, size_t bytes);
+/* Waits for the work queued on `stream` (NULL: the default stream). */
+kjit_status kjit_stream_synchronize(void* stream);
 
 /* See kjit/merge_states.hpp. out_lse may be NULL. `stream` is a CUstream / cudaStream_t. */
 kjit_status kjit_merge_states(const DLTensor* parts, const DLTensor* parts_lse, const DLTensor* out,
@@ -45,5 +59,6 @@ kjit_status kjit_attention_forward_varlen(const DLTensor* q, const DLTensor* k, 
 #ifdef __cplusplus
 }
 #endif
+#pragma GCC visibility pop
 
 #endif /* KJIT_C_API_H */

@@ -7,6 +7,7 @@
 #include <string>
 #include <string_view>
 
+#pragma GCC visibility push(default)  // the API libkjit.so exports
 namespace kjit {
 
 struct CacheKey {
@@ -27,3 +28,4 @@ struct CacheKeyHash {
 };
 
 }  // namespace kjit
+#pragma GCC visibility pop

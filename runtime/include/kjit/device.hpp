@@ -8,6 +8,7 @@
 struct CUstream_st;
 struct CUevent_st;
 
+#pragma GCC visibility push(default)  // the API libkjit.so exports
 namespace kjit {
 
 // Same pointer as CUstream and cudaStream_t; nullptr is the legacy default stream.
@@ -100,7 +101,11 @@ class Event {
   CUevent_st* event_ = nullptr;
 };
 
+// Waits for every operation queued on `stream` (nullptr: the legacy default stream).
+void synchronize(StreamHandle stream);
+
 // Device memory in use and total on the current device, in bytes.
 void memory_info(std::size_t* free_bytes, std::size_t* total_bytes);
 
 }  // namespace kjit
+#pragma GCC visibility pop

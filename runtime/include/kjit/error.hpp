@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#pragma GCC visibility push(default)  // the API libkjit.so exports
 namespace kjit {
 
 class Error : public std::runtime_error {
@@ -55,3 +56,4 @@ class MissingKernelError : public Error {
 };
 
 }  // namespace kjit
+#pragma GCC visibility pop

@@ -20,6 +20,7 @@
 #include "kjit/kernel_spec.hpp"
 #include "kjit/resource_usage.hpp"
 
+#pragma GCC visibility push(default)  // the API libkjit.so exports
 namespace kjit {
 
 struct CompiledKernel {
@@ -85,3 +86,4 @@ std::pair<int, int> nvrtc_version();
 std::string version();  // kjit's own, e.g. "0.1.0"
 
 }  // namespace kjit
+#pragma GCC visibility pop

@@ -13,6 +13,7 @@
 #include "kjit/device.hpp"
 #include "kjit/resource_usage.hpp"
 
+#pragma GCC visibility push(default)  // the API libkjit.so exports
 namespace kjit {
 
 struct Dim3 {
@@ -81,3 +82,4 @@ class Program {
 };
 
 }  // namespace kjit
+#pragma GCC visibility pop

@@ -6,6 +6,7 @@
 #include <utility>
 #include <vector>
 
+#pragma GCC visibility push(default)  // the API libkjit.so exports
 namespace kjit {
 
 class Source {
@@ -48,3 +49,4 @@ struct KernelSpec {
 };
 
 }  // namespace kjit
+#pragma GCC visibility pop

@@ -7,6 +7,7 @@
 #include "kjit/device.hpp"
 #include "kjit/tensor.hpp"
 
+#pragma GCC visibility push(default)  // the API libkjit.so exports
 namespace kjit::attention {
 
 // parts: [N, T, H, D] fp16/bf16/fp32, D contiguous, any strides for N, T, H; D in 64..1024, a
@@ -18,3 +19,4 @@ void merge_states(const TensorView& parts, const TensorView& parts_lse, const Te
                   const TensorView& out_lse, StreamHandle stream);
 
 }  // namespace kjit::attention
+#pragma GCC visibility pop

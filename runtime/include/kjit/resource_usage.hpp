@@ -4,6 +4,7 @@
 
 #include <string>
 
+#pragma GCC visibility push(default)  // the API libkjit.so exports
 namespace kjit {
 
 struct ResourceUsage {
@@ -19,3 +20,4 @@ struct ResourceUsage {
 };
 
 }  // namespace kjit
+#pragma GCC visibility pop

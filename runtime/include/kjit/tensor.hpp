@@ -12,6 +12,7 @@
 
 #include <dlpack/dlpack.h>  // DLTensor is an anonymous struct there: no forward declaration
 
+#pragma GCC visibility push(default)  // the API libkjit.so exports
 namespace kjit {
 
 enum class DType { Float16, BFloat16, Float32, Int32, Int64 };
@@ -45,3 +46,4 @@ struct TensorView {
 };
 
 }  // namespace kjit
+#pragma GCC visibility pop

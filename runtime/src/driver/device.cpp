@@ -109,7 +109,12 @@ Stream& Stream::operator=(Stream&& other) noexcept {
 }
 
 void Stream::synchronize() const {
-  driver::check(driver::api().cuStreamSynchronize(stream_), "cuStreamSynchronize");
+  kjit::synchronize(stream_);
+}
+
+void synchronize(StreamHandle stream) {
+  driver::ensure_context();
+  driver::check(driver::api().cuStreamSynchronize(stream), "cuStreamSynchronize");
 }
 
 DeviceBuffer::DeviceBuffer(std::size_t bytes) : bytes_(bytes) {
@@ -141,7 +146,7 @@ DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& other) noexcept {
 
 void DeviceBuffer::upload(const void* host, std::size_t bytes) {
   if (bytes > bytes_) {
-    throw Error(fmt::format("upload of {} bytes into a {}-byte buffer", bytes, bytes_));
+    throw InvalidArgument(fmt::format("upload of {} bytes into a {}-byte buffer", bytes, bytes_));
   }
   if (bytes) {
     driver::check(driver::api().cuMemcpyHtoD(ptr_, host, bytes), "cuMemcpyHtoD");
@@ -151,7 +156,7 @@ void DeviceBuffer::upload(const void* host, std::size_t bytes) {
 
 void DeviceBuffer::download(void* host, std::size_t bytes) const {
   if (bytes > bytes_) {
-    throw Error(fmt::format("download of {} bytes from a {}-byte buffer", bytes, bytes_));
+    throw InvalidArgument(fmt::format("download of {} bytes from a {}-byte buffer", bytes, bytes_));
   }
   if (bytes) driver::check(driver::api().cuMemcpyDtoH(host, ptr_, bytes), "cuMemcpyDtoH");
 }

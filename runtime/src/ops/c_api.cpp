@@ -4,6 +4,7 @@
 #include <string>
 
 #include "kjit/attention.hpp"
+#include "kjit/device.hpp"
 #include "kjit/error.hpp"
 #include "kjit/merge_states.hpp"
 #include "kjit/tensor.hpp"
@@ -67,6 +68,46 @@ kjit::attention::ForwardOptions options(float softmax_scale, int causal) {
 
 extern "C" const char* kjit_last_error(void) {
   return g_last_error.c_str();
+}
+
+struct kjit_buffer {
+  kjit::DeviceBuffer memory;
+};
+
+extern "C" kjit_status kjit_buffer_create(size_t bytes, kjit_buffer** buffer) {
+  return guarded([&] {
+    if (!buffer) throw kjit::InvalidArgument("buffer is NULL");
+    *buffer = nullptr;
+    *buffer = new kjit_buffer{kjit::DeviceBuffer(bytes)};
+  });
+}
+
+extern "C" void kjit_buffer_destroy(kjit_buffer* buffer) {
+  delete buffer;
+}
+
+extern "C" void* kjit_buffer_data(const kjit_buffer* buffer) {
+  return buffer ? buffer->memory.data() : nullptr;
+}
+
+namespace {
+template <class Buffer>
+Buffer& buffer_of(Buffer* buffer) {
+  if (!buffer) throw kjit::InvalidArgument("buffer is NULL");
+  return *buffer;
+}
+}  // namespace
+
+extern "C" kjit_status kjit_buffer_upload(kjit_buffer* buffer, const void* host, size_t bytes) {
+  return guarded([&] { buffer_of(buffer).memory.upload(host, bytes); });
+}
+
+extern "C" kjit_status kjit_buffer_download(const kjit_buffer* buffer, void* host, size_t bytes) {
+  return guarded([&] { buffer_of(buffer).memory.download(host, bytes); });
+}
+
+extern "C" kjit_status kjit_stream_synchronize(void* stream) {
+  return guarded([&] { kjit::synchronize(static_cast<kjit::StreamHandle>(stream)); });
 }
 
 extern "C" kjit_status kjit_merge_states(const DLTensor* parts, const DLTensor* parts_lse,
