@@ -9,6 +9,7 @@
 #include <random>
 
 #include "kjit/attention.hpp"
+#include "kjit/c_api.h"
 #include "kjit/jit.hpp"
 #include "ops/attention/flash_forward.hpp"
 #include "tests/reference/attention_reference.hpp"
@@ -237,6 +238,61 @@ TEST(AttentionForwardDeterminism, BitwiseIdenticalOnRerun) {
     const unsigned seed = std::random_device{}();
     EXPECT_EQ(run_case(c, seed, false), run_case(c, seed, false)) << "mainloop " << mainloop;
   }
+}
+
+}  // namespace
+}  // namespace kjit::test
+
+namespace kjit::test {
+namespace {
+
+// Sk = 0 with NULL K/V pointers, as torch hands over an empty tensor: O = 0 and LSE = -inf for
+// every row, through the C++ API (both main loops) and the C ABI.
+TEST(AttentionForwardEmpty, NoKeysGiveZeroOutputAndMinusInfLse) {
+  KJIT_REQUIRE_GPU();
+  const std::int64_t b = 2, sq = 70, h = 4, d = 128;
+  DeviceBuffer q(b * sq * h * d * 2), out(b * sq * h * d * 2), lse(b * h * sq * 4);
+  std::vector<std::uint16_t> ones(static_cast<std::size_t>(b * sq * h * d), 0x3f80);  // bf16 1.0
+  q.upload(ones.data(), q.size());
+  const TensorView vq(q.data(), DType::BFloat16, {b, sq, h, d}),
+      vk(nullptr, DType::BFloat16, {b, 0, h, d}), vout(out.data(), DType::BFloat16, {b, sq, h, d}),
+      vlse(lse.data(), DType::Float32, {b, h, sq});
+  auto check = [&](const char* how) {
+    std::vector<std::uint16_t> o(static_cast<std::size_t>(b * sq * h * d));
+    std::vector<float> l(static_cast<std::size_t>(b * h * sq));
+    out.download(o.data(), out.size());
+    lse.download(l.data(), lse.size());
+    for (std::uint16_t x : o)
+      ASSERT_EQ(bf16_to_float(x), 0.f) << how;
+    for (float x : l)
+      ASSERT_TRUE(std::isinf(x) && x < 0) << how << ": " << x;
+  };
+  for (bool causal : {false, true}) {
+    ForwardOptions options;
+    options.causal = causal;
+    Stream stream;
+    out.fill_bytes(0xff);
+    lse.fill_bytes(0xff);
+    forward(vq, vk, vk, vout, vlse, options, stream.handle());
+    stream.synchronize();
+    check("forward");
+    out.fill_bytes(0xff);
+    lse.fill_bytes(0xff);
+    run_mma_sync(FlashForward::validate(vq, vk, vk, vout, vlse, options), stream.handle());
+    stream.synchronize();
+    check("mma.sync loop");
+  }
+  int64_t q_shape[] = {b, sq, h, d}, k_shape[] = {b, 0, h, d}, lse_shape[] = {b, h, sq};
+  DLTensor tq{q.data(), {kDLCUDA, 0}, 4, {kDLBfloat, 16, 1}, q_shape, nullptr, 0};
+  DLTensor tk{nullptr, {kDLCUDA, 0}, 4, {kDLBfloat, 16, 1}, k_shape, nullptr, 0};
+  DLTensor tout{out.data(), {kDLCUDA, 0}, 4, {kDLBfloat, 16, 1}, q_shape, nullptr, 0};
+  DLTensor tlse{lse.data(), {kDLCUDA, 0}, 3, {kDLFloat, 32, 1}, lse_shape, nullptr, 0};
+  out.fill_bytes(0xff);
+  lse.fill_bytes(0xff);
+  ASSERT_EQ(kjit_attention_forward(&tq, &tk, &tk, &tout, &tlse, 0.f, 1, nullptr), KJIT_SUCCESS)
+      << kjit_last_error();
+  synchronize(nullptr);
+  check("C ABI");
 }
 
 }  // namespace

@@ -79,6 +79,37 @@ TEST(AttentionValidation, NamesEachBadInput) {
   expect_error(b, "q must be fp16 or bf16");
 }
 
+TEST(AttentionValidation, EmptyTensorsMayHaveNullPointers) {
+  // Sk = 0: K and V hold no element, and torch gives NULL data for them.
+  Batched b;
+  b.k = TensorView(nullptr, DType::BFloat16, {2, 0, 2, 128});
+  b.v = b.k;
+  EXPECT_EQ(error_of(b), "");
+  EXPECT_EQ(FlashForward::validate(b.q, b.k, b.v, b.out, b.lse, {}).problem.seqlen_k, 0);
+  // Sq = 0: nothing to compute at all.
+  b = Batched{};
+  b.q = TensorView(nullptr, DType::BFloat16, {2, 0, 8, 128});
+  b.out = b.q;
+  b.lse = TensorView(nullptr, DType::Float32, {2, 8, 0});
+  EXPECT_EQ(error_of(b), "");
+  EXPECT_TRUE(FlashForward::validate(b.q, b.k, b.v, b.out, b.lse, {}).problem.empty());
+  // A tensor with elements still may not be NULL.
+  b = Batched{};
+  b.k.data = nullptr;
+  expect_error(b, "k is a null pointer");
+}
+
+TEST(AttentionCApi, EmptyKeysPassValidationWithNullData) {
+  int64_t q_shape[] = {2, 100, 8, 128}, kv_shape[] = {2, 0, 2, 128};
+  DLTensor q{fake(), {kDLCUDA, 0}, 4, {kDLBfloat, 16, 1}, q_shape, nullptr, 0};
+  DLTensor k{nullptr, {kDLCUDA, 0}, 4, {kDLBfloat, 16, 1}, kv_shape, nullptr, 0};
+  // Validation passes; without a GPU the op then stops at the driver, not at "k is a null pointer".
+  const kjit_status s = kjit_attention_forward(&q, &k, &k, &q, nullptr, 0.f, 1, nullptr);
+  EXPECT_EQ(std::string(kjit_last_error()).find("null pointer"), std::string::npos)
+      << kjit_last_error();
+  EXPECT_NE(s, KJIT_ERROR_INVALID_ARGUMENT) << kjit_last_error();
+}
+
 TEST(AttentionValidation, VarlenSeqlensAreCheckedOnTheHostCopy) {
   const TensorView q(fake(), DType::Float16, {10, 4, 64}), k(fake(), DType::Float16, {12, 4, 64});
   const TensorView out = q, lse(fake(), DType::Float32, {4, 10});
