@@ -107,6 +107,9 @@ struct Preset {
   std::vector<P> problems;
 };
 
+// The C++ type of a dtype in device code, for name expressions ("__nv_bfloat16").
+const char* cxx_type(DType dtype);
+
 // ---- The database boundary -------------------------------------------------------------------
 
 // The tuning dimensions: every problem field but the Local ones.

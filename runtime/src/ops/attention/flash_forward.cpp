@@ -16,10 +16,6 @@ namespace {
 
 const TensorChecks kCheck("attention");
 
-const char* cxx_type(DType dtype) {
-  return dtype == DType::Float16 ? "__half" : "__nv_bfloat16";
-}
-
 // Indices inside a sequence are 32-bit in the kernel; offsets are 64-bit.
 void check_length(std::int64_t n, const char* what) {
   if (n > std::numeric_limits<int>::max() / 2)

@@ -16,17 +16,6 @@ namespace {
 
 const TensorChecks kCheck("merge_states");
 
-const char* cxx_type(DType dtype) {
-  switch (dtype) {
-    case DType::Float16:
-      return "__half";
-    case DType::BFloat16:
-      return "__nv_bfloat16";
-    default:
-      return "float";
-  }
-}
-
 // The largest power of two (<= 16) dividing every row start: base addresses and the strides
 // between rows, in bytes.
 std::int64_t row_alignment(std::initializer_list<std::pair<const TensorView*, int>> tensors) {
