@@ -9,13 +9,13 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
-#include <random>
 #include <vector>
 
 #include <fmt/format.h>
 
 #include "cache/store/store_entry.hpp"
 #include "util/log.hpp"
+#include "util/private_files.hpp"
 
 namespace kjit::store {
 namespace fs = std::filesystem;
@@ -26,57 +26,8 @@ constexpr const char* kTempPrefix = ".tmp-";
 // A temp file this old belongs to a writer that died before publishing.
 constexpr auto kStaleTempAge = std::chrono::hours(1);
 
-// Closes a descriptor on scope exit.
-struct Fd {
-  int fd = -1;
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-};
-
-bool written_by_others(const struct stat& st) {
-  return st.st_uid != ::geteuid() || (st.st_mode & (S_IWGRP | S_IWOTH)) != 0;
-}
-
-// Creates `dir` with mode 0700 when missing; refuses an existing one that others can write.
-std::string ensure_private_dir(const fs::path& dir) {
-  struct stat st {};
-  if (::stat(dir.c_str(), &st) != 0) {
-    std::error_code ec;
-    fs::create_directories(dir.parent_path(), ec);
-    if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
-      return fmt::format("cannot create {}: {}", dir.string(), std::strerror(errno));
-    }
-    if (::stat(dir.c_str(), &st) != 0) {
-      return fmt::format("cannot stat {}: {}", dir.string(), std::strerror(errno));
-    }
-  }
-  if (!S_ISDIR(st.st_mode)) return fmt::format("{} is not a folder", dir.string());
-  if (written_by_others(st)) {
-    return fmt::format(
-        "{} is writable by other users or not owned by this user (mode {:o}, owner "
-        "{}); fix it with chmod 700 or point KJIT_CACHE_DIR elsewhere",
-        dir.string(), st.st_mode & 07777, st.st_uid);
-  }
-  return {};
-}
-
-bool write_all(int fd, const std::string& bytes) {
-  std::size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    done += static_cast<std::size_t>(n);
-  }
-  return true;
-}
-
-std::string temp_name() {
-  static std::atomic<unsigned> counter{0};
-  thread_local std::mt19937_64 rng{std::random_device{}()};
-  return fmt::format("{}{}-{}-{:x}{}", kTempPrefix, ::getpid(), counter++, rng(), kEntrySuffix);
-}
+// An entry is a cubin and its description: nothing near this size is an entry.
+constexpr std::uint64_t kMaxEntryBytes = 256ull << 20;
 
 bool is_temp(const fs::path& p) {
   return p.filename().string().rfind(kTempPrefix, 0) == 0;
@@ -87,10 +38,11 @@ bool is_entry(const fs::path& p) {
 
 }  // namespace
 
-KernelStore::KernelStore(fs::path root, std::uint64_t max_bytes, int format_version)
+KernelStore::KernelStore(fs::path root, std::uint64_t max_bytes, int format_version, bool read_only)
     : folder_(std::move(root) / fmt::format("v{}", format_version)),
       max_bytes_(max_bytes),
-      format_version_(format_version) {}
+      format_version_(format_version),
+      read_only_(read_only) {}
 
 fs::path KernelStore::entry_path(const CacheKey& key) const {
   const std::string hex = key.hex();
@@ -99,45 +51,33 @@ fs::path KernelStore::entry_path(const CacheKey& key) const {
 
 std::optional<CompiledProgram> KernelStore::read(const CacheKey& key) const {
   const fs::path path = entry_path(key);
-  Fd f{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
-  if (f.fd < 0) {
-    if (errno != ENOENT) {
-      detail::warn(
-          fmt::format("cannot open cache entry {}: {}", path.string(), std::strerror(errno)));
-    }
+  std::error_code ec;
+  if (!fs::exists(fs::symlink_status(path, ec))) return std::nullopt;
+  if (!folders_private(path.parent_path(), false)) return std::nullopt;
+  std::string why;
+  const std::optional<std::string> bytes = detail::read_trusted_file(path, kMaxEntryBytes, &why);
+  if (!bytes) {
+    if (!why.empty())
+      detail::warn(fmt::format("ignoring cache entry {}: {}; recompiling", path.string(), why));
     return std::nullopt;
   }
-  struct stat st {};
-  if (::fstat(f.fd, &st) != 0 || !S_ISREG(st.st_mode)) return std::nullopt;
-  if (written_by_others(st)) {
-    detail::warn(
-        fmt::format("refusing cache entry {}: writable by other users or not owned by "
-                    "this user (mode {:o}, owner {}); recompiling",
-                    path.string(), st.st_mode & 07777, st.st_uid));
+  auto parsed = parse_entry(*bytes, key, format_version_);
+  if (auto* problem = std::get_if<std::string>(&parsed)) {
+    detail::warn(fmt::format("ignoring cache entry {}: {}; recompiling", path.string(), *problem));
     return std::nullopt;
   }
-  std::string bytes(static_cast<std::size_t>(st.st_size), '\0');
-  std::size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t n = ::read(f.fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    done += static_cast<std::size_t>(n);
-  }
-  bytes.resize(done);
-  auto parsed = parse_entry(bytes, key, format_version_);
-  if (auto* why = std::get_if<std::string>(&parsed)) {
-    detail::warn(fmt::format("ignoring cache entry {}: {}; recompiling", path.string(), *why));
-    return std::nullopt;
-  }
-  ::futimens(f.fd, nullptr);  // LRU: a hit is a use (fails harmlessly on a read-only store)
+  // LRU: a hit is a use (fails harmlessly where the store cannot be written).
+  if (!read_only_) ::utimensat(AT_FDCWD, path.c_str(), nullptr, AT_SYMLINK_NOFOLLOW);
   return std::get<CompiledProgram>(std::move(parsed));
 }
 
-bool KernelStore::usable_for_write() const {
-  for (const fs::path& dir : {folder_.parent_path(), folder_}) {
-    if (std::string problem = ensure_private_dir(dir); !problem.empty()) {
-      detail::warn("kernel store not written: " + problem);
+bool KernelStore::folders_private(const fs::path& shard, bool create) const {
+  for (const fs::path& dir : {folder_.parent_path(), folder_, shard}) {
+    if (std::string problem = detail::private_dir_problem(dir, create); !problem.empty()) {
+      detail::warn_once("store|" + problem,
+                        fmt::format("kernel store {}: {}; fix it with chmod 700 (as its owner) "
+                                    "or point KJIT_CACHE_DIR elsewhere",
+                                    create ? "not written" : "not read", problem));
       return false;
     }
   }
@@ -145,28 +85,21 @@ bool KernelStore::usable_for_write() const {
 }
 
 bool KernelStore::write(const CompiledProgram& program) const {
-  if (!usable_for_write()) return false;
+  if (read_only_) return false;
   const fs::path final_path = entry_path(program.key);
-  const fs::path shard = final_path.parent_path();
-  if (std::string problem = ensure_private_dir(shard); !problem.empty()) {
-    detail::warn("kernel store not written: " + problem);
-    return false;
-  }
-  const fs::path temp = shard / temp_name();
+  if (!folders_private(final_path.parent_path(), true)) return false;
   const std::string bytes = serialize_entry(program, format_version_);
-  bool ok = false;
-  {
-    Fd f{::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)};
-    ok = f.fd >= 0 && write_all(f.fd, bytes) && ::fsync(f.fd) == 0;
-  }
-  if (ok) ok = ::rename(temp.c_str(), final_path.c_str()) == 0;
-  if (!ok) {
-    detail::warn(fmt::format("cannot publish cache entry {}: {}", final_path.string(),
-                             std::strerror(errno)));
-    ::unlink(temp.c_str());
+  if (std::string why = detail::write_atomically(final_path, bytes, 0600); !why.empty()) {
+    detail::warn(fmt::format("cannot publish cache entry {}: {}", final_path.string(), why));
     return false;
   }
   evict(max_bytes_);
+  if (bytes.size() > max_bytes_) {
+    detail::warn_once("store|cap", fmt::format("KJIT_CACHE_MAX_BYTES ({} bytes) is smaller than "
+                                               "one entry ({} bytes): the kernel store keeps "
+                                               "nothing",
+                                               max_bytes_, bytes.size()));
+  }
   return true;
 }
 

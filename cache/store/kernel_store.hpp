@@ -2,9 +2,10 @@
 //   <root>/v<format>/<first two hex digits of the key>/<key>.kjit
 // Entries are published atomically (temp file in the same folder, fsync, rename), so readers
 // never see a partial file and concurrent writers of one key need no lock: the last rename wins
-// and both wrote the same bytes. Anything unreadable, corrupt, foreign or writable by other users
-// is a miss with a warning. Total size is kept under a cap by evicting least recently used
-// entries (a hit refreshes the entry's mtime).
+// and both wrote equivalent programs. Anything unreadable, corrupt, oversized, not a regular file,
+// foreign or writable by other users (the entry or a folder above it) is a miss with a warning
+// (util/private_files.hpp has the rules). Total size is kept under a cap by evicting least
+// recently used entries (a hit refreshes the entry's mtime, unless the store is read-only).
 #pragma once
 
 #include <cstdint>
@@ -18,7 +19,9 @@ namespace kjit::store {
 
 class KernelStore {
  public:
-  KernelStore(std::filesystem::path root, std::uint64_t max_bytes, int format_version);
+  // A read-only store (KJIT_CACHE=read) never writes, evicts or touches an entry.
+  KernelStore(std::filesystem::path root, std::uint64_t max_bytes, int format_version,
+              bool read_only = false);
 
   std::optional<CompiledProgram> read(const CacheKey& key) const;
   // Publishes and then evicts down to the cap. Failures (read-only folder, full disk) warn and
@@ -39,13 +42,14 @@ class KernelStore {
   const std::filesystem::path& folder() const { return folder_; }
 
  private:
-  // Creates the folder (mode 0700) if needed and checks it is private; warns and returns false
-  // otherwise.
-  bool usable_for_write() const;
+  // The store's folders down to `shard` are private (created 0700 when `create`); warns once and
+  // returns false otherwise.
+  bool folders_private(const std::filesystem::path& shard, bool create) const;
 
   std::filesystem::path folder_;  // <root>/v<format>
   std::uint64_t max_bytes_;
   int format_version_;
+  bool read_only_;
 };
 
 }  // namespace kjit::store

@@ -5,12 +5,11 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
-#include <mutex>
-#include <set>
 
 #include <fmt/format.h>
 
 #include "kjit/error.hpp"
+#include "util/environment.hpp"
 #include "util/log.hpp"
 
 namespace kjit::tuning {
@@ -60,11 +59,6 @@ std::int64_t now() {
   return std::chrono::duration_cast<std::chrono::seconds>(
              std::chrono::system_clock::now().time_since_epoch())
       .count();
-}
-
-std::string env(const char* name) {
-  const char* v = std::getenv(name);
-  return v ? v : "";
 }
 
 constexpr const char* kKeyColumns = "op, template_hash, problem_key, dtype, sm_arch, nvrtc";
@@ -122,20 +116,15 @@ const char* migration_sql(int step) {
 }
 
 void warn_unusable(const std::string& path, const std::string& why) {
-  static std::mutex& mutex = *new std::mutex;  // never destroyed: the miss log warns at exit
-  static std::set<std::string>& warned = *new std::set<std::string>;
-  std::lock_guard<std::mutex> lock(mutex);
-  if (warned.insert(path).second) {
-    detail::warn(fmt::format("tuning database {} unusable ({}); using default configs", path, why));
-  }
+  detail::warn_once(
+      "tuning|" + path,
+      fmt::format("tuning database {} unusable ({}); using default configs", path, why));
 }
 
 std::string default_database_path() {
-  if (std::string p = env("KJIT_TUNING_DB"); !p.empty()) return p;
-  if (std::string x = env("XDG_DATA_HOME"); !x.empty()) return x + "/kjit/tuning.sqlite";
-  std::string home = env("HOME");
-  if (home.empty()) home = "/tmp";
-  return home + "/.local/share/kjit/tuning.sqlite";
+  if (std::string p = detail::env("KJIT_TUNING_DB"); !p.empty()) return p;
+  const std::string dir = detail::user_dir("XDG_DATA_HOME", ".local/share");
+  return dir.empty() ? dir : dir + "/kjit/tuning.sqlite";
 }
 
 namespace {

@@ -24,7 +24,8 @@ const char* migration_sql(int step);
 // path's readers and the miss writer share it, so a broken file is reported once.
 void warn_unusable(const std::string& path, const std::string& why);
 
-// $KJIT_TUNING_DB, else $XDG_DATA_HOME/kjit/tuning.sqlite, else ~/.local/share/kjit/...
+// $KJIT_TUNING_DB, else $XDG_DATA_HOME/kjit/tuning.sqlite (when absolute), else
+// ~/.local/share/kjit/tuning.sqlite; "" without a home folder (no database then).
 std::string default_database_path();
 
 struct Trial {

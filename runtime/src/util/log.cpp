@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <mutex>
+#include <set>
 
 namespace kjit::detail {
 
@@ -11,6 +12,16 @@ void warn(const std::string& message) {
   static std::mutex& mutex = *new std::mutex;
   std::lock_guard<std::mutex> lock(mutex);
   std::fprintf(stderr, "kjit: warning: %s\n", message.c_str());
+}
+
+void warn_once(const std::string& key, const std::string& message) {
+  static std::mutex& mutex = *new std::mutex;  // never destroyed, like warn's
+  static std::set<std::string>& seen = *new std::set<std::string>;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (!seen.insert(key).second) return;
+  }
+  warn(message);
 }
 
 }  // namespace kjit::detail

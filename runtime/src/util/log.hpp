@@ -7,5 +7,8 @@
 namespace kjit::detail {
 
 void warn(const std::string& message);
+// Warns the first time `key` is seen in this process and stays silent after (a setting or a
+// broken file is reported once, not once per kernel or lookup).
+void warn_once(const std::string& key, const std::string& message);
 
 }  // namespace kjit::detail
