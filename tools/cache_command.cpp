@@ -17,6 +17,7 @@
 #include "kjit/jit.hpp"
 #include "ops/registry.hpp"
 #include "tools/commands.hpp"
+#include "util/environment.hpp"
 #include "util/human_bytes.hpp"
 
 namespace kjit::tools {
@@ -157,7 +158,14 @@ void add_cache_command(CLI::App& app, int* exit_code) {
 
   CLI::App* clear = cache->add_subcommand("clear", "Remove every kernel store entry");
   clear->callback([exit_code] {
-    const KernelStore store = current_store();
+    const detail::Settings settings = detail::current_settings();
+    if (settings.cache_mode != detail::CacheMode::ReadWrite) {
+      throw InvalidArgument(
+          fmt::format("KJIT_CACHE={}: the kernel store is not written in this "
+                      "mode, so `kjit cache clear` removes nothing",
+                      detail::env("KJIT_CACHE")));
+    }
+    const KernelStore store = detail::kernel_store(settings);
     const std::uint64_t removed = store.clear();
     std::cout << fmt::format("removed {} entr{} from {}\n", removed, removed == 1 ? "y" : "ies",
                              store.folder().string());

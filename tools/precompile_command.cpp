@@ -10,6 +10,7 @@
 
 #include "cache/tuning/tuning_db.hpp"
 #include "driver/arch.hpp"
+#include "jit/settings.hpp"
 #include "kjit/device.hpp"
 #include "kjit/error.hpp"
 #include "kjit/jit.hpp"
@@ -39,6 +40,7 @@ const char* origin_name(Origin o) {
 }
 
 int run(const Options& o) {
+  detail::current_settings();  // a bad KJIT_* setting is one error here, not one per kernel
   const Arch arch = arch::requested_or_current(o.arch);
   std::vector<KernelSpec> specs;
   std::vector<std::string> families;

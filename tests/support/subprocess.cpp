@@ -72,11 +72,26 @@ void Subprocess::kill() {
   if (pid_ > 0) ::kill(pid_, SIGKILL);
 }
 
+ProcessResult Subprocess::wait_for(std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  int status = 0;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (::waitpid(pid_, &status, WNOHANG) == pid_) return collect(status);
+    ::usleep(10000);
+  }
+  kill();
+  return wait();
+}
+
 ProcessResult Subprocess::wait() {
-  ProcessResult r;
   int status = 0;
   while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
   }
+  return collect(status);
+}
+
+ProcessResult Subprocess::collect(int status) {
+  ProcessResult r;
   pid_ = -1;
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   r.out = slurp(out_path_);

@@ -2,6 +2,8 @@
 // separate processes (racing writers, keys across processes, the CLI, no-driver behaviour).
 #pragma once
 
+#include <chrono>
+
 #include <string>
 #include <utility>
 #include <vector>
@@ -25,9 +27,12 @@ class Subprocess {
   Subprocess(const Subprocess&) = delete;
   Subprocess& operator=(const Subprocess&) = delete;
   ProcessResult wait();
+  // Waits at most `timeout`, then kills the process (exit code 128 + 9 says it was killed).
+  ProcessResult wait_for(std::chrono::milliseconds timeout);
   void kill();  // SIGKILL; wait() then reports 128 + 9
 
  private:
+  ProcessResult collect(int status);  // of the exited child, with its output
   pid_t pid_ = -1;
   std::string out_path_, err_path_;
 };

@@ -14,6 +14,7 @@
 
 #include "cache/store/store_entry.hpp"
 #include "driver/arch.hpp"
+#include "jit/pch_folder.hpp"
 #include "jit/settings.hpp"
 #include "jit/template_tree.hpp"
 #include "kjit/device.hpp"
@@ -100,7 +101,7 @@ PlannedKey plan_key(const KernelSpec& spec) {
                                             : spec.source.kind() == Source::Kind::File   ? "f"
                                                                                          : "s"));
   key.field("source-name", spec.source.name());
-  const CacheKey closure = source_closure(spec.source);
+  const CacheKey closure = source_closure(spec.source, include_dirs_of(spec.options));
   key.field("closure", std::string_view(reinterpret_cast<const char*>(&closure), sizeof(closure)));
   for (const std::string& e : spec.name_expressions)
     key.field("name", e);
@@ -127,7 +128,7 @@ PlannedKey plan_key(const KernelSpec& spec) {
 CompilePlan make_plan(const KernelSpec& spec, const PlannedKey& planned) {
   validate(spec);
   Arch(planned.arch).check_supported();  // one clear line instead of NVRTC's option errors
-  ResolvedSource src = resolve_source(spec.source);
+  ResolvedSource src = resolve_source(spec.source, include_dirs_of(spec.options));
   CompilePlan plan;
   plan.description = spec.describe();
   if (spec.arch.empty()) plan.description += " -> " + planned.arch;
@@ -145,14 +146,19 @@ CompilePlan make_plan(const KernelSpec& spec, const PlannedKey& planned) {
                  "--ptxas-options=-v", "-no-cache"};
   for (const std::string& dir : nvrtc::cuda_include_dirs())
     req.options.push_back("-I" + dir);
-  if (!src.include_dir.empty()) req.options.push_back("-I" + src.include_dir);
   std::vector<std::pair<std::string, std::string>> defines = spec.defines;
   std::sort(defines.begin(), defines.end());
   for (const auto& [k, v] : defines)
     req.options.push_back(fmt::format("-D{}={}", k, v));
   for (const std::string& o : debug_options())
     req.options.push_back(o);
-  if (pch_enabled()) req.options.push_back("-pch");
+  if (pch_enabled()) {
+    if (const std::string dir = pch_folder(current_settings().cache_dir, src.closure);
+        !dir.empty()) {
+      req.options.push_back("-pch");
+      req.options.push_back("-pch-dir=" + dir);
+    }
+  }
   req.options.insert(req.options.end(), spec.options.begin(), spec.options.end());
   return plan;
 }

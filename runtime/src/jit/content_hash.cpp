@@ -14,8 +14,9 @@ CacheKey hash128(std::string_view bytes) {
   return CacheKey{h.high64, h.low64};
 }
 
-std::vector<std::string> quoted_includes(std::string_view text) {
-  static const std::regex include_re(R"(^\s*#\s*include\s*"([^"]+)\")");
+namespace {
+
+std::vector<std::string> includes(std::string_view text, const std::regex& include_re) {
   std::vector<std::string> out;
   std::istringstream in{std::string(text)};
   std::string line;
@@ -24,6 +25,18 @@ std::vector<std::string> quoted_includes(std::string_view text) {
     if (std::regex_search(line, m, include_re)) out.push_back(m[1].str());
   }
   return out;
+}
+
+}  // namespace
+
+std::vector<std::string> quoted_includes(std::string_view text) {
+  static const std::regex include_re(R"(^\s*#\s*include\s*"([^"]+)\")");
+  return includes(text, include_re);
+}
+
+std::vector<std::string> angle_includes(std::string_view text) {
+  static const std::regex include_re(R"(^\s*#\s*include\s*<([^>]+)>)");
+  return includes(text, include_re);
 }
 
 CacheKey closure_hash(std::vector<std::pair<std::string, CacheKey>> files) {

@@ -13,9 +13,11 @@ namespace kjit::detail {
 
 CacheKey hash128(std::string_view bytes);
 
-// The quoted includes (#include "x") of a source, in order of appearance. Angle-bracket includes
-// are toolkit headers and are covered by the toolkit fingerprint instead.
+// The quoted includes (#include "x") of a source, in order of appearance.
 std::vector<std::string> quoted_includes(std::string_view text);
+// The angle-bracket includes (#include <x>): toolkit headers, covered by the toolkit fingerprint,
+// unless a user's -I folder holds them.
+std::vector<std::string> angle_includes(std::string_view text);
 
 // Hash of an include closure: every (include name, content hash) pair, sorted by name.
 CacheKey closure_hash(std::vector<std::pair<std::string, CacheKey>> files);
