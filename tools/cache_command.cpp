@@ -1,9 +1,7 @@
 // `kjit cache`: the kernel store (stats, clear) and the tuning database's results (ls, show,
-// pin, unpin, invalidate, export, import, prune, misses).
-#include <chrono>
-#include <ctime>
+// pin, unpin, invalidate, export, import, prune, misses). Reading commands never create a
+// database; a database with no schema yet reads as empty.
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <memory>
 
@@ -14,11 +12,12 @@
 #include "cache/tuning/tuning_db.hpp"
 #include "jit/settings.hpp"
 #include "kjit/error.hpp"
-#include "kjit/jit.hpp"
 #include "ops/registry.hpp"
 #include "tools/commands.hpp"
+#include "tools/tuning_export.hpp"
 #include "util/environment.hpp"
 #include "util/human_bytes.hpp"
+#include "util/private_files.hpp"
 
 namespace kjit::tools {
 namespace {
@@ -27,55 +26,32 @@ using store::KernelStore;
 using tuning::Best;
 using tuning::TuningDb;
 
-KernelStore current_store() {
-  return detail::kernel_store(detail::current_settings());
+// JSON for a terminal or a pipe: invalid UTF-8 from an old database is replaced, not fatal.
+std::string dump(const nlohmann::json& j) {
+  return j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-// Reading commands never create a database that is not there.
-std::unique_ptr<TuningDb> open_db(bool write) {
+std::unique_ptr<TuningDb> open_for_reading() {
   const std::string path = tuning::default_database_path();
-  if (!write && !std::filesystem::exists(path)) return nullptr;
-  return std::make_unique<TuningDb>(path,
-                                    write ? TuningDb::Mode::ReadWrite : TuningDb::Mode::ReadOnly);
+  std::error_code ec;
+  if (path.empty() || !std::filesystem::exists(path, ec)) return nullptr;
+  auto db = std::make_unique<TuningDb>(path, TuningDb::Mode::ReadOnly);
+  return db->empty() ? nullptr : std::move(db);
 }
 
-nlohmann::json to_json(const Best& b) {
-  nlohmann::json config = nlohmann::json::parse(b.config, nullptr, false);
-  return {{"id", b.id},
-          {"op", b.key.op},
-          {"template_hash", b.key.template_hash},
-          {"problem_key", b.key.problem_key},
-          {"dtype", b.key.dtype},
-          {"sm_arch", b.key.sm_arch},
-          {"nvrtc", b.key.nvrtc},
-          {"config", config.is_discarded() ? nlohmann::json(b.config) : config},
-          {"median_us", b.median_us},
-          {"runner_up_us", b.runner_up_us ? nlohmann::json(*b.runner_up_us) : nlohmann::json()},
-          {"default_us", b.default_us ? nlohmann::json(*b.default_us) : nlohmann::json()},
-          {"verified", b.verified},
-          {"state", b.state},
-          {"gpu_name", b.provenance.gpu_name},
-          {"driver", b.provenance.driver},
-          {"kjit_version", b.provenance.kjit_version},
-          {"timing_policy", b.provenance.timing_policy},
-          {"origin", b.provenance.origin},
-          {"updated_at", b.updated_at}};
+// For commands that change results: there must be some to change.
+std::unique_ptr<TuningDb> open_existing_for_writing() {
+  const std::string path = tuning::default_database_path();
+  std::error_code ec;
+  if (path.empty() || !std::filesystem::exists(path, ec)) {
+    throw InvalidArgument(fmt::format("no tuning database at {} (kjit tune creates one)",
+                                      path.empty() ? "(no home folder)" : path));
+  }
+  return std::make_unique<TuningDb>(path, TuningDb::Mode::ReadWrite);
 }
 
-Best from_json(const nlohmann::json& j, const std::string& origin) {
-  Best b;
-  b.key = {j.at("op"),    j.at("template_hash"), j.at("problem_key"),
-           j.at("dtype"), j.at("sm_arch"),       j.at("nvrtc")};
-  b.config = j.at("config").is_string() ? j.at("config").get<std::string>()
-                                        : tuning::config_json(j.at("config").get<tuning::Config>());
-  b.median_us = j.at("median_us");
-  if (!j.value("runner_up_us", nlohmann::json()).is_null()) b.runner_up_us = j.at("runner_up_us");
-  if (!j.value("default_us", nlohmann::json()).is_null()) b.default_us = j.at("default_us");
-  b.verified = j.value("verified", false);
-  b.provenance = {j.value("gpu_name", ""), j.value("driver", ""), j.value("kjit_version", ""),
-                  j.value("timing_policy", ""), origin};
-  b.updated_at = j.value("updated_at", 0);
-  return b;
+std::string state_of(const Best& b) {
+  return b.pinned ? (b.state == "stale" ? "stale,pinned" : "pinned") : b.state;
 }
 
 std::string speedup(const Best& b) {
@@ -89,19 +65,178 @@ void print_table(const std::vector<Best>& rows) {
                            "origin");
   for (const Best& b : rows) {
     std::cout << fmt::format("{:>4}  {:<13} {:<5} {:<24} {:<7} {:<52} {:>9.2f} {:>8}  {:<7} {}\n",
-                             b.id, b.key.op, b.key.dtype, b.key.problem_key, b.key.sm_arch,
-                             b.config, b.median_us, speedup(b), b.state, b.provenance.origin);
+                             b.id, printable(b.key.op), printable(b.key.dtype),
+                             printable(b.key.problem_key), printable(b.key.sm_arch),
+                             printable(b.config), b.median_us, speedup(b), state_of(b),
+                             printable(b.provenance.origin));
   }
 }
 
 std::int64_t parse_id(const std::string& text) {
-  try {
-    std::size_t used = 0;
-    const long long id = std::stoll(text, &used);
-    if (used == text.size() && id > 0) return id;
-  } catch (const std::exception&) {
+  if (!text.empty() && std::isdigit(static_cast<unsigned char>(text[0]))) {
+    try {
+      std::size_t used = 0;
+      const long long id = std::stoll(text, &used);
+      if (used == text.size() && id > 0) return id;
+    } catch (const std::exception&) {
+    }
   }
-  throw InvalidArgument("\"" + text + "\" is not a result id (see kjit cache ls)");
+  throw InvalidArgument("\"" + printable(text) + "\" is not a result id (see kjit cache ls)");
+}
+
+void stats(bool json) {
+  const detail::Settings s = detail::current_settings();
+  const KernelStore store = detail::kernel_store(s);
+  const KernelStore::Stats st = store.stats();
+  nlohmann::json j = {{"folder", store.folder().string()},
+                      {"entries", st.entries},
+                      {"bytes", st.bytes},
+                      {"max_bytes", s.cache_max_bytes}};
+  nlohmann::json t = {{"path", tuning::default_database_path()}, {"exists", false}};
+  if (auto db = open_for_reading()) {
+    const TuningDb::Stats ts = db->stats();
+    t = {{"path", db->path()},
+         {"exists", true},
+         {"schema", db->schema_version()},
+         {"results", ts.best},
+         {"pinned", ts.pinned},
+         {"stale", ts.stale},
+         {"trials", ts.trials},
+         {"failed_trials", ts.failed_trials},
+         {"misses", ts.misses}};
+  }
+  j["tuning_db"] = t;
+  if (json) {
+    std::cout << dump(j) << "\n";
+    return;
+  }
+  std::cout << fmt::format("kernel store: {}\nentries:      {}\nsize:         {} of {} cap\n",
+                           store.folder().string(), st.entries, detail::human_bytes(st.bytes),
+                           detail::human_bytes(s.cache_max_bytes));
+  if (t["exists"].get<bool>()) {
+    std::cout << fmt::format(
+        "tuning db:    {} (schema {})\nresults:      {} ({} pinned, {} stale)\ntrials:       "
+        "{} ({} failed)\nmisses:       {}\n",
+        t["path"].get<std::string>(), t["schema"].get<int>(), t["results"].get<int>(),
+        t["pinned"].get<int>(), t["stale"].get<int>(), t["trials"].get<int>(),
+        t["failed_trials"].get<int>(), t["misses"].get<int>());
+  } else {
+    std::cout << fmt::format("tuning db:    {} (none yet)\n", t["path"].get<std::string>());
+  }
+}
+
+void clear() {
+  const detail::Settings settings = detail::current_settings();
+  if (settings.cache_mode != detail::CacheMode::ReadWrite) {
+    throw InvalidArgument(
+        fmt::format("KJIT_CACHE={}: the kernel store is not written in this "
+                    "mode, so `kjit cache clear` removes nothing",
+                    detail::env("KJIT_CACHE")));
+  }
+  const KernelStore store = detail::kernel_store(settings);
+  const std::uint64_t removed = store.clear();
+  std::cout << fmt::format("removed {} entr{} from {}\n", removed, removed == 1 ? "y" : "ies",
+                           store.folder().string());
+}
+
+void ls(const tuning::BestFilter& filter, bool json) {
+  if (!filter.state.empty() && filter.state != "valid" && filter.state != "stale" &&
+      filter.state != "pinned") {
+    throw InvalidArgument("--state \"" + printable(filter.state) +
+                          "\" is not one of valid, stale, pinned");
+  }
+  std::vector<Best> rows;
+  if (auto db = open_for_reading()) rows = db->list(filter);
+  if (!json) {
+    print_table(rows);
+    return;
+  }
+  nlohmann::json j = nlohmann::json::array();
+  for (const Best& b : rows)
+    j.push_back(export_row(b));
+  std::cout << dump(j) << "\n";
+}
+
+void show(const std::string& id_text) {
+  const std::int64_t id = parse_id(id_text);
+  auto db = open_for_reading();
+  const std::optional<Best> b = db ? db->best_by_id(id) : std::nullopt;
+  if (!b) throw InvalidArgument(fmt::format("no result with id {}", id));
+  print_table({*b});
+  std::cout << fmt::format(
+      "\nmeasured on {} (driver {}, kjit {}), {}; runner-up {}, default {}\n\n",
+      printable(b->provenance.gpu_name), printable(b->provenance.driver),
+      printable(b->provenance.kjit_version), printable(b->provenance.timing_policy),
+      b->runner_up_us ? fmt::format("{:.2f} us", *b->runner_up_us) : "-",
+      b->default_us ? fmt::format("{:.2f} us", *b->default_us) : "-");
+  std::cout << fmt::format("{:<52} {:<14} {:>9} {:>9} {:>9} {:>7}  {}\n", "config", "status",
+                           "median", "p20", "p80", "samples", "error");
+  auto us = [](const std::optional<double>& v) { return v ? fmt::format("{:.2f}", *v) : "-"; };
+  for (const tuning::Trial& t : db->trials(b->key)) {
+    std::cout << fmt::format("{:<52} {:<14} {:>9} {:>9} {:>9} {:>7}  {}\n", printable(t.config),
+                             t.status, us(t.median_us), us(t.p20_us), us(t.p80_us), t.samples,
+                             printable(t.error.substr(0, 80)));
+  }
+}
+
+void export_to(const std::string& file) {
+  std::vector<Best> rows;
+  if (auto db = open_for_reading()) rows = db->list({});
+  // A temp file beside the target, renamed over it: a failed export leaves the old file whole.
+  const std::filesystem::path path = std::filesystem::absolute(file);
+  if (std::string why = detail::write_atomically(path, dump(export_document(rows)) + "\n", 0644);
+      !why.empty()) {
+    throw InvalidArgument(fmt::format("cannot write {}: {}", file, why));
+  }
+  std::cout << fmt::format("exported {} result(s) to {}\n", rows.size(), file);
+}
+
+void import_from(const std::string& file) {
+  const std::vector<Best> rows = import_document(file);  // every row checked before any write
+  TuningDb db(tuning::default_database_path(), TuningDb::Mode::ReadWrite);
+  int inserted = 0, replaced = 0, kept = 0;
+  for (tuning::Upsert u : db.import_all(rows)) {
+    inserted += u == tuning::Upsert::Inserted;
+    replaced += u == tuning::Upsert::Replaced;
+    kept += u != tuning::Upsert::Inserted && u != tuning::Upsert::Replaced;
+  }
+  std::cout << fmt::format(
+      "imported {} result(s): {} new, {} replacing older imports, {} kept "
+      "(local, pinned or faster)\n",
+      inserted + replaced + kept, inserted, replaced, kept);
+}
+
+void prune_stale() {
+  auto db = open_existing_for_writing();
+  int removed = 0;
+  for (const ops::KernelFamily* f : ops::families())
+    removed += db->prune_stale(f->name(), f->template_hash());
+  std::cout << fmt::format("removed {} stale result(s)\n", removed);
+}
+
+void misses(bool json) {
+  std::vector<tuning::Miss> rows;
+  if (auto db = open_for_reading()) rows = db->misses();
+  if (json) {
+    nlohmann::json j = nlohmann::json::array();
+    for (const tuning::Miss& m : rows) {
+      j.push_back({{"op", m.key.op},
+                   {"problem_key", m.key.problem_key},
+                   {"dtype", m.key.dtype},
+                   {"sm_arch", m.key.sm_arch},
+                   {"served_by", m.served_by},
+                   {"hits", m.hits}});
+    }
+    std::cout << dump(j) << "\n";
+    return;
+  }
+  std::cout << fmt::format("{:<13} {:<24} {:<5} {:<7} {:<8} {:>6}\n", "op", "shape", "dtype",
+                           "arch", "served", "hits");
+  for (const tuning::Miss& m : rows) {
+    std::cout << fmt::format("{:<13} {:<24} {:<5} {:<7} {:<8} {:>6}\n", printable(m.key.op),
+                             printable(m.key.problem_key), printable(m.key.dtype),
+                             printable(m.key.sm_arch), m.served_by, m.hits);
+  }
 }
 
 }  // namespace
@@ -110,244 +245,83 @@ void add_cache_command(CLI::App& app, int* exit_code) {
   CLI::App* cache =
       app.add_subcommand("cache", "Inspect and manage the kernel store and the tuning database");
   cache->require_subcommand(1);
+  // Each subcommand runs its function; the options' storage lives as long as the app.
+  auto done = [exit_code](auto body) {
+    return [exit_code, body] {
+      body();
+      *exit_code = 0;
+    };
+  };
 
-  auto json = std::make_shared<bool>(false);
-  CLI::App* stats = cache->add_subcommand("stats", "Kernel store and tuning database summary");
-  stats->add_flag("--json", *json, "Print one JSON object");
-  stats->callback([exit_code, json] {
-    const detail::Settings s = detail::current_settings();
-    const KernelStore store = current_store();
-    const KernelStore::Stats st = store.stats();
-    nlohmann::json j = {{"folder", store.folder().string()},
-                        {"entries", st.entries},
-                        {"bytes", st.bytes},
-                        {"max_bytes", s.cache_max_bytes}};
-    nlohmann::json t = {{"path", tuning::default_database_path()}, {"exists", false}};
-    if (auto db = open_db(false)) {
-      const TuningDb::Stats ts = db->stats();
-      t = {{"path", db->path()},
-           {"exists", true},
-           {"schema", db->schema_version()},
-           {"results", ts.best},
-           {"pinned", ts.pinned},
-           {"stale", ts.stale},
-           {"trials", ts.trials},
-           {"failed_trials", ts.failed_trials},
-           {"misses", ts.misses}};
-    }
-    j["tuning_db"] = t;
-    if (*json) {
-      std::cout << j.dump(2) << "\n";
-    } else {
-      std::cout << fmt::format("kernel store: {}\nentries:      {}\nsize:         {} of {} cap\n",
-                               store.folder().string(), st.entries, detail::human_bytes(st.bytes),
-                               detail::human_bytes(s.cache_max_bytes));
-      if (t["exists"].get<bool>()) {
-        std::cout << fmt::format(
-            "tuning db:    {} (schema {})\nresults:      {} ({} pinned, {} stale)\ntrials:       "
-            "{} ({} failed)\nmisses:       {}\n",
-            t["path"].get<std::string>(), t["schema"].get<int>(), t["results"].get<int>(),
-            t["pinned"].get<int>(), t["stale"].get<int>(), t["trials"].get<int>(),
-            t["failed_trials"].get<int>(), t["misses"].get<int>());
-      } else {
-        std::cout << fmt::format("tuning db:    {} (none yet)\n", t["path"].get<std::string>());
-      }
-    }
-    *exit_code = 0;
-  });
+  auto stats_json = std::make_shared<bool>(false);
+  CLI::App* stats_cmd = cache->add_subcommand("stats", "Kernel store and tuning database summary");
+  stats_cmd->add_flag("--json", *stats_json, "Print one JSON object");
+  stats_cmd->callback(done([stats_json] { stats(*stats_json); }));
 
-  CLI::App* clear = cache->add_subcommand("clear", "Remove every kernel store entry");
-  clear->callback([exit_code] {
-    const detail::Settings settings = detail::current_settings();
-    if (settings.cache_mode != detail::CacheMode::ReadWrite) {
-      throw InvalidArgument(
-          fmt::format("KJIT_CACHE={}: the kernel store is not written in this "
-                      "mode, so `kjit cache clear` removes nothing",
-                      detail::env("KJIT_CACHE")));
-    }
-    const KernelStore store = detail::kernel_store(settings);
-    const std::uint64_t removed = store.clear();
-    std::cout << fmt::format("removed {} entr{} from {}\n", removed, removed == 1 ? "y" : "ies",
-                             store.folder().string());
-    *exit_code = 0;
-  });
+  cache->add_subcommand("clear", "Remove every kernel store entry")->callback(done(clear));
 
   auto filter = std::make_shared<tuning::BestFilter>();
   auto ls_json = std::make_shared<bool>(false);
-  CLI::App* ls = cache->add_subcommand("ls", "List tuned results");
-  ls->add_option("--op", filter->op, "Only this op");
-  ls->add_option("--arch", filter->sm_arch, "Only this arch, e.g. sm_90a");
-  ls->add_option("--state", filter->state, "Only this state: valid, stale, pinned");
-  ls->add_flag("--json", *ls_json, "Print a JSON array");
-  ls->callback([exit_code, filter, ls_json] {
-    std::vector<Best> rows;
-    if (auto db = open_db(false)) rows = db->list(*filter);
-    if (*ls_json) {
-      nlohmann::json j = nlohmann::json::array();
-      for (const Best& b : rows)
-        j.push_back(to_json(b));
-      std::cout << j.dump(2) << "\n";
-    } else {
-      print_table(rows);
-    }
-    *exit_code = 0;
-  });
+  CLI::App* ls_cmd = cache->add_subcommand("ls", "List tuned results");
+  ls_cmd->add_option("--op", filter->op, "Only this op");
+  ls_cmd->add_option("--arch", filter->sm_arch, "Only this arch, e.g. sm_90a");
+  ls_cmd->add_option("--state", filter->state, "Only this state: valid, stale, pinned");
+  ls_cmd->add_flag("--json", *ls_json, "Print a JSON array");
+  ls_cmd->callback(done([filter, ls_json] { ls(*filter, *ls_json); }));
 
-  auto id_text = std::make_shared<std::string>();
-  CLI::App* show = cache->add_subcommand("show", "A result and every trial of its key");
-  show->add_option("id", *id_text, "Result id (kjit cache ls)")->required();
-  show->callback([exit_code, id_text] {
-    auto db = open_db(false);
-    const std::int64_t id = parse_id(*id_text);
-    const std::optional<Best> b = db ? db->best_by_id(id) : std::nullopt;
-    if (!b) throw InvalidArgument(fmt::format("no result with id {}", id));
-    print_table({*b});
-    std::cout << fmt::format(
-        "\nmeasured on {} (driver {}, kjit {}), {}; runner-up {}, default {}\n\n",
-        b->provenance.gpu_name, b->provenance.driver, b->provenance.kjit_version,
-        b->provenance.timing_policy,
-        b->runner_up_us ? fmt::format("{:.2f} us", *b->runner_up_us) : "-",
-        b->default_us ? fmt::format("{:.2f} us", *b->default_us) : "-");
-    std::cout << fmt::format("{:<52} {:<14} {:>9} {:>9} {:>9} {:>7}  {}\n", "config", "status",
-                             "median", "p20", "p80", "samples", "error");
-    auto us = [](const std::optional<double>& v) { return v ? fmt::format("{:.2f}", *v) : "-"; };
-    for (const tuning::Trial& t : db->trials(b->key)) {
-      std::cout << fmt::format("{:<52} {:<14} {:>9} {:>9} {:>9} {:>7}  {}\n", t.config, t.status,
-                               us(t.median_us), us(t.p20_us), us(t.p80_us), t.samples,
-                               t.error.substr(0, 80));
-    }
-    *exit_code = 0;
-  });
+  auto id = std::make_shared<std::string>();
+  CLI::App* show_cmd = cache->add_subcommand("show", "A result and every trial of its key");
+  show_cmd->add_option("id", *id, "Result id (kjit cache ls)")->required();
+  show_cmd->callback(done([id] { show(*id); }));
 
-  struct StateVerb {
+  struct Change {
     const char* verb;
-    const char* state;
-    const char* done;
     const char* help;
+    const char* done;
+    bool (*apply)(TuningDb&, std::int64_t);
   };
-  for (const StateVerb& v :
-       {StateVerb{"pin", "pinned", "pinned", "Pin a result: tuning never replaces it"},
-        StateVerb{"unpin", "valid", "unpinned", "Unpin a result"},
-        StateVerb{"invalidate", "stale", "marked stale",
-                  "Mark a result stale: lookups skip it, the next tune replaces it"}}) {
-    auto id = std::make_shared<std::string>();
-    CLI::App* cmd = cache->add_subcommand(v.verb, v.help);
-    cmd->add_option("id", *id, "Result id (kjit cache ls)")->required();
-    cmd->callback([exit_code, id, v] {
-      auto db = open_db(true);
-      const std::int64_t n = parse_id(*id);
-      if (!db->set_state(n, v.state)) throw InvalidArgument(fmt::format("no result with id {}", n));
-      std::cout << fmt::format("result {} {}\n", n, v.done);
-      *exit_code = 0;
-    });
+  for (const Change& c :
+       {Change{"pin", "Pin a result: tuning never replaces it", "pinned",
+               [](TuningDb&db, std::int64_t n) { return db.set_pinned(n, true); }},
+        Change{"unpin", "Unpin a result (a stale one stays stale)", "unpinned",
+               [](TuningDb&db, std::int64_t n) { return db.set_pinned(n, false); }},
+        Change{"invalidate", "Mark a result stale: lookups skip it, the next tune replaces it",
+               "marked stale", [](TuningDb&db, std::int64_t n) { return db.invalidate(n); }}}) {
+    auto arg = std::make_shared<std::string>();
+    CLI::App* cmd = cache->add_subcommand(c.verb, c.help);
+    cmd->add_option("id", *arg, "Result id (kjit cache ls)")->required();
+    cmd->callback(done([arg, c] {
+      const std::int64_t n = parse_id(*arg);
+      if (!c.apply(*open_existing_for_writing(), n))
+        throw InvalidArgument(fmt::format("no result with id {}", n));
+      std::cout << fmt::format("result {} {}\n", n, c.done);
+    }));
   }
 
-  auto file = std::make_shared<std::string>();
-  CLI::App* exp =
+  auto out_file = std::make_shared<std::string>();
+  CLI::App* export_cmd =
       cache->add_subcommand("export", "Write every result, with its environment, as JSON");
-  exp->add_option("file", *file, "Output file")->required();
-  exp->callback([exit_code, file] {
-    nlohmann::json rows = nlohmann::json::array();
-    if (auto db = open_db(false)) {
-      for (const Best& b : db->list({}))
-        rows.push_back(to_json(b));
-    }
-    const nlohmann::json j = {
-        {"format", "kjit-tuning-results"}, {"version", 1}, {"kjit", version()}, {"rows", rows}};
-    std::ofstream out(*file);
-    out << j.dump(2) << "\n";
-    if (!out) throw InvalidArgument("cannot write " + *file);
-    std::cout << fmt::format("exported {} result(s) to {}\n", rows.size(), *file);
-    *exit_code = 0;
-  });
+  export_cmd->add_option("file", *out_file, "Output file")->required();
+  export_cmd->callback(done([out_file] { export_to(*out_file); }));
 
   auto in_file = std::make_shared<std::string>();
-  CLI::App* imp =
-      cache->add_subcommand("import", "Merge exported results (they lose to local ones)");
-  imp->add_option("file", *in_file, "A file written by kjit cache export")->required();
-  imp->callback([exit_code, in_file] {
-    std::ifstream in(*in_file);
-    if (!in) throw InvalidArgument("cannot read " + *in_file);
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(in);
-      if (j.value("format", "") != "kjit-tuning-results") {
-        throw InvalidArgument(*in_file + " is not a kjit tuning export");
-      }
-    } catch (const nlohmann::json::exception& e) {
-      throw InvalidArgument(fmt::format("{}: {}", *in_file, e.what()));
-    }
-    auto db = open_db(true);
-    const std::string origin = "import:" + std::filesystem::path(*in_file).filename().string();
-    int inserted = 0, replaced = 0, kept = 0;
-    for (const nlohmann::json& row : j.at("rows")) {
-      Best b;
-      try {
-        b = from_json(row, origin);
-      } catch (const nlohmann::json::exception& e) {
-        throw InvalidArgument(fmt::format("{}: a row is malformed: {}", *in_file, e.what()));
-      }
-      switch (db->import_best(b)) {
-        case tuning::Upsert::Inserted:
-          ++inserted;
-          break;
-        case tuning::Upsert::Replaced:
-          ++replaced;
-          break;
-        default:
-          ++kept;
-      }
-    }
-    std::cout << fmt::format(
-        "imported {} result(s): {} new, {} replacing older imports, {} kept "
-        "(local, pinned or faster)\n",
-        inserted + replaced + kept, inserted, replaced, kept);
-    *exit_code = 0;
-  });
+  CLI::App* import_cmd = cache->add_subcommand(
+      "import", "Merge exported results, all or none (they lose to local ones)");
+  import_cmd->add_option("file", *in_file, "A file written by kjit cache export")->required();
+  import_cmd->callback(done([in_file] { import_from(*in_file); }));
 
   auto stale_only = std::make_shared<bool>(false);
-  CLI::App* prune =
+  CLI::App* prune_cmd =
       cache->add_subcommand("prune", "Remove results of templates that changed since");
-  prune->add_flag("--stale", *stale_only, "Remove results whose template hash is not current")
+  prune_cmd->add_flag("--stale", *stale_only, "Remove results whose template hash is not current")
       ->required();
-  prune->callback([exit_code, stale_only] {  // keeps the flag's storage alive
-    auto db = open_db(true);
-    int removed = 0;
-    for (const ops::KernelFamily* f : ops::families())
-      removed += db->prune_stale(f->name(), f->template_hash());
-    std::cout << fmt::format("removed {} stale result(s)\n", removed);
-    *exit_code = 0;
-  });
+  prune_cmd->callback(done([stale_only] { prune_stale(); }));  // keeps the flag's storage alive
 
   auto misses_json = std::make_shared<bool>(false);
-  CLI::App* misses =
+  CLI::App* misses_cmd =
       cache->add_subcommand("misses", "Shapes served without an exact result at run time");
-  misses->add_flag("--json", *misses_json, "Print a JSON array");
-  misses->callback([exit_code, misses_json] {
-    std::vector<tuning::Miss> rows;
-    if (auto db = open_db(false)) rows = db->misses();
-    if (*misses_json) {
-      nlohmann::json j = nlohmann::json::array();
-      for (const tuning::Miss& m : rows) {
-        j.push_back({{"op", m.key.op},
-                     {"problem_key", m.key.problem_key},
-                     {"dtype", m.key.dtype},
-                     {"sm_arch", m.key.sm_arch},
-                     {"served_by", m.served_by},
-                     {"hits", m.hits}});
-      }
-      std::cout << j.dump(2) << "\n";
-    } else {
-      std::cout << fmt::format("{:<13} {:<24} {:<5} {:<7} {:<8} {:>6}\n", "op", "shape", "dtype",
-                               "arch", "served", "hits");
-      for (const tuning::Miss& m : rows) {
-        std::cout << fmt::format("{:<13} {:<24} {:<5} {:<7} {:<8} {:>6}\n", m.key.op,
-                                 m.key.problem_key, m.key.dtype, m.key.sm_arch, m.served_by,
-                                 m.hits);
-      }
-    }
-    *exit_code = 0;
-  });
+  misses_cmd->add_flag("--json", *misses_json, "Print a JSON array");
+  misses_cmd->callback(done([misses_json] { misses(*misses_json); }));
 }
 
 }  // namespace kjit::tools

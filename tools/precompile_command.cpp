@@ -4,9 +4,10 @@
 #include <memory>
 #include <string>
 
-#include <fmt/format.h>
-
 #include <filesystem>
+#include <unordered_set>
+
+#include <fmt/format.h>
 
 #include "cache/tuning/tuning_db.hpp"
 #include "driver/arch.hpp"
@@ -25,7 +26,15 @@ struct Options {
   std::string family;
   int jobs = 0;
   bool check = false;
+  bool list = false;
 };
+
+std::string family_names() {
+  std::string names = "samples";
+  for (const ops::KernelFamily* f : ops::families())
+    names += ", " + f->name();
+  return names + ", tuned";
+}
 
 const char* origin_name(Origin o) {
   switch (o) {
@@ -37,6 +46,53 @@ const char* origin_name(Origin o) {
       return "compiled";
   }
   return "?";
+}
+
+// Every config the tuning database holds for this arch (of templates still current), once per
+// distinct kernel. A database that cannot be read costs one warning, not the shipped kernels;
+// rows this kjit cannot use (another version's config, a shape its rules refuse) are skipped.
+void add_tuned(const Arch& arch, std::vector<KernelSpec>& specs,
+               std::vector<std::string>& families) {
+  const std::string path = tuning::default_database_path();
+  std::error_code ec;
+  if (path.empty() || !std::filesystem::exists(path, ec)) return;
+  std::unordered_set<CacheKey, CacheKeyHash> seen;
+  for (const KernelSpec& s : specs)
+    seen.insert(cache_key(s));
+  int skipped = 0;
+  try {
+    tuning::TuningDb db(path, tuning::TuningDb::Mode::ReadOnly);
+    if (db.empty()) return;
+    for (const tuning::Best& b : db.list({"", arch.name(), ""})) {
+      const ops::KernelFamily* family = ops::find_family(b.key.op);
+      const std::optional<tuning::Shape> shape = tuning::parse_problem_key(b.key.problem_key);
+      const std::optional<tuning::Config> config = tuning::parse_config_json(b.config);
+      const std::optional<DType> dtype = dtype_from_name(b.key.dtype);
+      if (!family || b.key.template_hash != family->template_hash()) continue;  // not current
+      try {
+        if (!shape || !config || !dtype || !family->valid(*config, {*shape, *dtype}, arch))
+          throw InvalidArgument("not a runnable config");
+        KernelSpec spec = family->spec(*config, {*shape, *dtype}, arch);
+        if (!seen.insert(cache_key(spec)).second) continue;
+        specs.push_back(std::move(spec));
+        families.push_back("tuned");
+      } catch (const InvalidArgument&) {
+        ++skipped;
+      }
+    }
+  } catch (const Error& e) {
+    std::cerr << fmt::format(
+        "kjit: warning: tuning database {} unusable ({}); tuned configs "
+        "not precompiled\n",
+        path, e.what());
+    return;
+  }
+  if (skipped) {
+    std::cerr << fmt::format(
+        "kjit: warning: skipped {} tuned result(s) this kjit cannot run "
+        "(see `kjit cache ls`)\n",
+        skipped);
+  }
 }
 
 int run(const Options& o) {
@@ -51,22 +107,19 @@ int run(const Options& o) {
       families.push_back(f.family);
     }
   }
-  // Every config the tuning database holds for this arch (of templates still current).
-  const std::string db_path = tuning::default_database_path();
-  if ((o.family.empty() || o.family == "tuned") && std::filesystem::exists(db_path)) {
-    tuning::TuningDb db(db_path, tuning::TuningDb::Mode::ReadOnly);
-    for (const tuning::Best& b : db.list({"", arch.name(), ""})) {
-      const ops::KernelFamily* family = ops::find_family(b.key.op);
-      const std::optional<tuning::Shape> shape = tuning::parse_problem_key(b.key.problem_key);
-      const std::optional<tuning::Config> config = tuning::parse_config_json(b.config);
-      const std::optional<DType> dtype = dtype_from_name(b.key.dtype);
-      if (!family || !shape || !config || !dtype || b.key.template_hash != family->template_hash())
-        continue;
-      specs.push_back(family->spec(*config, {*shape, *dtype}, arch));
-      families.push_back("tuned");
+  if (o.family.empty() || o.family == "tuned") add_tuned(arch, specs, families);
+  if (specs.empty()) {
+    if (o.family == "tuned") {
+      std::cout << "no tuned config for " << arch.name() << " in the tuning database\n";
+      return 0;
     }
+    throw InvalidArgument("no family named \"" + o.family + "\" (" + family_names() + ")");
   }
-  if (specs.empty()) throw Error("no shipped specialisation matches --family " + o.family);
+  if (o.list) {
+    for (std::size_t i = 0; i < specs.size(); ++i)
+      std::cout << fmt::format("{:<13} {}\n", families[i], specs[i].describe());
+    return 0;
+  }
 
   const Counters before = counters();
   const std::vector<PrecompileResult> results = precompile(specs, o.jobs);
@@ -93,11 +146,15 @@ int run(const Options& o) {
                                u.spill_load_bytes, bad ? "  <- spills/stack" : "");
     }
   }
+  int from_memory = 0;
+  for (const PrecompileResult& r : results)
+    from_memory += r.ok && r.origin == Origin::Memory;
   std::cout << fmt::format(
       "{} specialisation(s) for {}: {} compiled in {:.2f} s of NVRTC time, {} from disk, {} "
-      "failed\n",
+      "from memory, {} failed\n",
       results.size(), arch.name(), after.compiles - before.compiles,
-      after.compile_seconds - before.compile_seconds, after.disk_hits - before.disk_hits, failures);
+      after.compile_seconds - before.compile_seconds, after.disk_hits - before.disk_hits,
+      from_memory, failures);
   if (failures) return 2;
   if (o.check && violations) {
     std::cerr << fmt::format("kjit: {} kernel(s) spill or use a stack frame\n", violations);
@@ -115,9 +172,10 @@ void add_precompile_command(CLI::App& app, int* exit_code) {
       "Compile every shipped specialisation and every tuned config of this arch into the kernel "
       "store, in parallel");
   cmd->add_option("--arch", o->arch, "Target, e.g. sm_90a (default: the current GPU's)");
-  cmd->add_option("--family", o->family, "Only this family (samples, merge_states, tuned)");
+  cmd->add_option("--family", o->family, "Only this family (" + family_names() + ")");
   cmd->add_option("-j,--jobs", o->jobs, "Compile threads (default: all cores)");
   cmd->add_flag("--check", o->check, "Exit 2 if a kernel spills or has a stack frame");
+  cmd->add_flag("--list", o->list, "Print the specialisations; compile nothing");
   cmd->callback([exit_code, o] { *exit_code = run(*o); });
 }
 

@@ -2,7 +2,10 @@
 // into the tuning database.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -28,7 +31,7 @@ struct Options {
   std::string shapes_file;
   double budget_s = 0;  // per shape; 0: the per-candidate default
   std::string arch;     // --dry-run's target; else the current device's
-  bool resume = true, dry_run = false, list = false;
+  bool no_resume = false, dry_run = false, list = false;
 };
 
 struct Job {
@@ -84,6 +87,9 @@ std::vector<Job> jobs_from(const Options& o) {
   for (const std::string& s : o.shapes)
     jobs.push_back(checked_job(require_family(o.op), parse_shape(s), o.dtype));
   if (!o.shapes_file.empty()) {
+    std::error_code ec;
+    if (std::filesystem::is_directory(o.shapes_file, ec))
+      throw InvalidArgument("--shapes-file " + o.shapes_file + " is a folder");
     std::ifstream in(o.shapes_file);
     if (!in) throw InvalidArgument("cannot read --shapes-file " + o.shapes_file);
     try {
@@ -166,7 +172,7 @@ int run(const Options& o) {
   std::vector<autotune::TuneOutcome> outcomes;
   for (const Job& j : jobs) {
     autotune::TuneOptions opts;
-    opts.resume = o.resume;
+    opts.resume = !o.no_resume;
     if (o.budget_s > 0) {
       opts.seconds_per_candidate =
           o.budget_s / std::max(1, autotune::enumerate(*j.family, j.tune_case, arch).valid);
@@ -205,9 +211,18 @@ void add_tune_command(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   cmd->add_option("--shapes-file", o->shapes_file, "JSON list of {op, dtype, shape}");
   cmd->add_option("--budget", o->budget_s,
-                  "Timing budget per shape, in seconds (default: 50 ms per candidate)");
-  cmd->add_flag("--resume,!--no-resume", o->resume,
-                "Reuse trials already in the database (default) or measure every config again");
+                  "Timing budget per shape, in seconds (default: 50 ms per candidate)")
+      ->check(CLI::Validator(
+          [](std::string& text) -> std::string {
+            char* end = nullptr;
+            const double v = std::strtod(text.c_str(), &end);
+            return end && !*end && std::isfinite(v) && v > 0
+                       ? ""
+                       : "must be a positive number of seconds";
+          },
+          "SECONDS"));
+  cmd->add_flag("--no-resume", o->no_resume,
+                "Measure every config again (default: reuse trials already in the database)");
   cmd->add_flag("--dry-run", o->dry_run, "Print the space and the pruned count; measure nothing");
   cmd->add_option("--arch", o->arch, "Arch for --dry-run without a GPU, e.g. sm_90a");
   cmd->add_flag("--list", o->list, "List the presets");

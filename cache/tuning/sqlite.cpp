@@ -3,6 +3,8 @@
 #include <sqlite3.h>
 
 #include <atomic>
+#include <cctype>
+#include <cstring>
 #include <utility>
 
 #include <fmt/format.h>
@@ -18,17 +20,54 @@ std::uint64_t Database::opens() {
   return g_opens.load();
 }
 
-Database::Database(const std::string& path, bool read_only, int busy_timeout_ms) : path_(path) {
-  const int flags = read_only ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
-  const int rc = sqlite3_open_v2(path.c_str(), &db_, flags | SQLITE_OPEN_FULLMUTEX, nullptr);
+bool SqlError::cannot_open_side_files() const {
+  return (code & 0xff) == SQLITE_CANTOPEN || (code & 0xff) == SQLITE_READONLY;
+}
+
+Database::Database(const std::string& path, Access access, int busy_timeout_ms)
+    : path_(path), busy_timeout_ms_(busy_timeout_ms) {
+  open(access);
+}
+
+void Database::reopen(Access access) {
+  sqlite3_close_v2(db_);
+  db_ = nullptr;
+  open(access);
+}
+
+namespace {
+
+// A file: URI for a path (RFC 3986 percent-encoding of what a path may hold but a URI may not).
+std::string file_uri(const std::string& path, const char* query) {
+  std::string uri = "file:";
+  for (unsigned char c : path) {
+    if (std::isalnum(c) || std::strchr("/-._~", c)) {
+      uri += static_cast<char>(c);
+    } else {
+      uri += fmt::format("%{:02X}", c);
+    }
+  }
+  return uri + "?" + query;
+}
+
+}  // namespace
+
+void Database::open(Access access) {
+  const bool write = access == Access::ReadWrite;
+  const int flags = (write ? SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE : SQLITE_OPEN_READONLY) |
+                    SQLITE_OPEN_FULLMUTEX | SQLITE_OPEN_URI;
+  const std::string uri = file_uri(path_, access == Access::Immutable ? "mode=ro&immutable=1"
+                                          : write                     ? "mode=rwc"
+                                                                      : "mode=ro");
+  const int rc = sqlite3_open_v2(uri.c_str(), &db_, flags, nullptr);
   g_opens.fetch_add(1, std::memory_order_relaxed);
   if (rc != SQLITE_OK) {
     const std::string message = db_ ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
     sqlite3_close(db_);
     db_ = nullptr;
-    throw Error(fmt::format("cannot open tuning database {}: {}", path, message));
+    throw SqlError(fmt::format("cannot open tuning database {}: {}", path_, message), rc);
   }
-  sqlite3_busy_timeout(db_, busy_timeout_ms);
+  sqlite3_busy_timeout(db_, busy_timeout_ms_);
   sqlite3_extended_result_codes(db_, 1);
 }
 
@@ -38,10 +77,13 @@ Database::~Database() {
 
 void Database::exec(const std::string& sql) {
   char* error = nullptr;
-  if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &error) != SQLITE_OK) {
+  if (const int rc = sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &error); rc != SQLITE_OK) {
     const std::string message = error ? error : sqlite3_errmsg(db_);
     sqlite3_free(error);
-    throw Error(fmt::format("tuning database {}: {} (in: {})", path_, message, sql));
+    // The statement's first line only: a migration is many lines of SQL.
+    throw SqlError(fmt::format("tuning database {}: {} (in: {})", path_, message,
+                               sql.substr(0, sql.find('\n', 1))),
+                   sqlite3_extended_errcode(db_));
   }
 }
 
@@ -66,8 +108,9 @@ Statement::Statement(Statement&& other) noexcept
 
 void Statement::check(int rc, const char* what) const {
   if (rc == SQLITE_OK || rc == SQLITE_ROW || rc == SQLITE_DONE) return;
-  throw Error(fmt::format("tuning database: {} failed: {}{}", what, sqlite3_errmsg(db_),
-                          stmt_ ? fmt::format(" (in: {})", sqlite3_sql(stmt_)) : ""));
+  throw SqlError(fmt::format("tuning database: {} failed: {}{}", what, sqlite3_errmsg(db_),
+                             stmt_ ? fmt::format(" (in: {})", sqlite3_sql(stmt_)) : ""),
+                 rc);
 }
 
 Statement& Statement::bind(int index, std::int64_t value) {

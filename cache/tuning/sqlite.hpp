@@ -1,12 +1,14 @@
 // A thin RAII layer over sqlite3: a connection, prepared statements with bound parameters (the
-// only way kjit puts values into SQL), and BEGIN IMMEDIATE transactions. Errors throw
-// kjit::Error carrying SQLite's message and the statement.
+// only way kjit puts values into SQL), and BEGIN IMMEDIATE transactions. Errors throw SqlError
+// (a kjit::Error) carrying SQLite's message, the statement and the result code.
 #pragma once
 
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
+
+#include "kjit/error.hpp"
 
 struct sqlite3;
 struct sqlite3_stmt;
@@ -15,11 +17,24 @@ namespace kjit::sql {
 
 class Statement;
 
+// A failed SQLite call: SQLite's message and the statement, and its result code.
+class SqlError : public Error {
+ public:
+  SqlError(const std::string& message, int code) : Error(message), code(code) {}
+  // SQLITE_CANTOPEN / SQLITE_READONLY: what a read of a WAL database gets where its -shm file
+  // cannot be created.
+  bool cannot_open_side_files() const;
+  int code;
+};
+
 class Database {
  public:
+  // Immutable: read-only, and SQLite assumes nobody changes the file (no locks, no -shm).
+  enum class Access { ReadOnly, ReadWrite, Immutable };
   // `busy_timeout_ms` bounds how long a call waits for another process's lock.
-  Database(const std::string& path, bool read_only, int busy_timeout_ms);
+  Database(const std::string& path, Access access, int busy_timeout_ms);
   ~Database();
+  void reopen(Access access);
   Database(const Database&) = delete;
   Database& operator=(const Database&) = delete;
 
@@ -32,8 +47,10 @@ class Database {
   static std::uint64_t opens();
 
  private:
+  void open(Access access);
   sqlite3* db_ = nullptr;
   std::string path_;
+  int busy_timeout_ms_;
 };
 
 class Statement {

@@ -1,5 +1,7 @@
 #include "cache/tuning/tuning_db.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -11,8 +13,10 @@
 #include "kjit/error.hpp"
 #include "util/environment.hpp"
 #include "util/log.hpp"
+#include "util/private_files.hpp"
 
 namespace kjit::tuning {
+namespace fs = std::filesystem;
 namespace {
 
 // Migration i takes the schema from version i to i + 1. Never edit a released step: add one.
@@ -52,6 +56,11 @@ CREATE TABLE miss (
   hits INTEGER NOT NULL, first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL,
   PRIMARY KEY (op, template_hash, problem_key, dtype, sm_arch, nvrtc));
 )sql",
+    // 2 -> 3: pinned is a flag of its own, so that a stale result stays stale when unpinned.
+    R"sql(
+ALTER TABLE best ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
+UPDATE best SET pinned = 1, state = 'valid' WHERE state = 'pinned';
+)sql",
 };
 static_assert(sizeof(kMigrations) / sizeof(kMigrations[0]) == kSchemaVersion);
 
@@ -83,7 +92,7 @@ TuningKey read_key(const sql::Statement& s, int first) {
 constexpr const char* kBestSelect =
     "SELECT b.best_id, b.op, b.template_hash, b.problem_key, b.dtype, b.sm_arch, b.nvrtc, "
     "b.config, b.median_us, b.runner_up_us, b.default_us, b.verified, b.state, b.origin, "
-    "b.timing_policy, b.updated_at, e.gpu_name, e.driver, e.kjit_version "
+    "b.timing_policy, b.updated_at, e.gpu_name, e.driver, e.kjit_version, b.pinned "
     "FROM best b LEFT JOIN environment e ON e.env_id = b.env_id ";
 
 Best read_best(const sql::Statement& s) {
@@ -102,6 +111,7 @@ Best read_best(const sql::Statement& s) {
   b.provenance.gpu_name = s.text(16);
   b.provenance.driver = s.text(17);
   b.provenance.kjit_version = s.text(18);
+  b.pinned = s.integer(19) != 0;
   return b;
 }
 
@@ -128,29 +138,89 @@ std::string default_database_path() {
 }
 
 namespace {
-std::string prepare_folder(const std::string& path, TuningDb::Mode mode) {
-  if (mode == TuningDb::Mode::ReadWrite) {
-    std::error_code ec;
-    const std::filesystem::path parent = std::filesystem::path(path).parent_path();
-    if (!parent.empty()) std::filesystem::create_directories(parent, ec);
+
+// The rules of util/private_files.hpp for the database: written only in a private folder of this
+// user (created 0700) into a file of this user's (created 0600, so that SQLite's -wal and -shm
+// files get 0600 too); read from a file of this user's or root's that others cannot write.
+std::string checked_path(const std::string& path, TuningDb::Mode mode) {
+  if (path.empty()) {
+    throw Error(
+        "no tuning database: $HOME is unset and the password database has no home; set "
+        "KJIT_TUNING_DB");
+  }
+  const fs::path p(path);
+  const bool write = mode == TuningDb::Mode::ReadWrite;
+  if (write && p.has_parent_path()) {
+    if (std::string problem = detail::private_dir_problem(p.parent_path(), true); !problem.empty())
+      throw Error(fmt::format("tuning database {} not written: {}", path, problem));
+  }
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (!write) throw Error(fmt::format("no tuning database at {}", path));
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd >= 0) ::close(fd);
+    return path;
+  }
+  if (S_ISLNK(st.st_mode) && ::stat(path.c_str(), &st) != 0)
+    throw Error(fmt::format("tuning database {} is a dangling link", path));
+  if (S_ISDIR(st.st_mode)) throw Error(fmt::format("tuning database {} is a folder", path));
+  if (!detail::trusted_owner_and_mode(st.st_uid, st.st_mode, !write)) {
+    throw Error(
+        fmt::format("refusing tuning database {}: writable by other users or owned by "
+                    "another user (mode {:o}, owner {})",
+                    path, st.st_mode & 07777, st.st_uid));
   }
   return path;
 }
+
+bool folder_writable(const std::string& path) {
+  const fs::path parent = fs::path(path).has_parent_path() ? fs::path(path).parent_path() : ".";
+  return ::access(parent.c_str(), W_OK) == 0;
+}
+
 }  // namespace
 
 TuningDb::TuningDb(const std::string& path, Mode mode, int busy_timeout_ms)
-    : db_(prepare_folder(path, mode), mode == Mode::ReadOnly, busy_timeout_ms) {
-  const int version = schema_version();  // also the first read: a corrupt file fails here
+    : db_(checked_path(path, mode),
+          mode == Mode::ReadOnly ? sql::Database::Access::ReadOnly
+                                 : sql::Database::Access::ReadWrite,
+          busy_timeout_ms) {
+  int version = 0;
+  try {
+    version = schema_version();  // also the first read: a corrupt file fails here
+  } catch (const sql::SqlError& e) {
+    // A WAL database in a folder this process cannot write: SQLite cannot make its -shm file,
+    // so read the file as the immutable snapshot it is (a database shipped read-only).
+    if (mode == Mode::ReadWrite || !e.cannot_open_side_files() || folder_writable(path)) throw;
+    db_.reopen(sql::Database::Access::Immutable);
+    version = schema_version();
+  }
   if (version > kSchemaVersion) {
     throw Error(
         fmt::format("tuning database {} has schema version {}, newer than this kjit's "
                     "{}: upgrade kjit or point KJIT_TUNING_DB elsewhere",
                     path, version, kSchemaVersion));
   }
+  if (version == 0 && has_tables()) {
+    throw Error(
+        fmt::format("{} is not a kjit tuning database (it holds other tables); point "
+                    "KJIT_TUNING_DB elsewhere",
+                    path));
+  }
   if (mode == Mode::ReadWrite) {
     db_.exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;");
     migrate();
   }
+}
+
+bool TuningDb::has_tables() {
+  sql::Statement s = db_.prepare("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'");
+  s.step();
+  return s.integer(0) > 0;
+}
+
+bool TuningDb::empty() {
+  return schema_version() == 0;
 }
 
 int TuningDb::schema_version() {
@@ -260,7 +330,7 @@ Upsert TuningDb::upsert_best(const Best& b, double margin) {
   sql::Transaction t(db_);
   Upsert result = Upsert::Inserted;
   if (std::optional<Best> old = best(b.key)) {
-    if (old->state == "pinned") return Upsert::KeptPinned;
+    if (old->pinned) return Upsert::KeptPinned;
     const bool replace = old->state == "stale" || is_import(old->provenance.origin) ||
                          b.config == old->config || b.median_us < old->median_us * (1 - margin);
     if (!replace) return Upsert::KeptIncumbent;
@@ -273,18 +343,32 @@ Upsert TuningDb::upsert_best(const Best& b, double margin) {
   return result;
 }
 
-Upsert TuningDb::import_best(const Best& b) {
-  sql::Transaction t(db_);
-  Upsert result = Upsert::Inserted;
+Upsert TuningDb::import_row(const Best& b) {
   if (std::optional<Best> old = best(b.key)) {
     if (!is_import(old->provenance.origin)) return Upsert::KeptLocal;
-    if (old->state == "pinned") return Upsert::KeptPinned;
+    if (old->pinned) return Upsert::KeptPinned;
     if (b.median_us >= old->median_us) return Upsert::KeptIncumbent;
-    result = Upsert::Replaced;
+    write_best(db_, b, environment_id(b.provenance));
+    return Upsert::Replaced;
   }
   write_best(db_, b, environment_id(b.provenance));
+  return Upsert::Inserted;
+}
+
+Upsert TuningDb::import_best(const Best& b) {
+  sql::Transaction t(db_);
+  const Upsert result = import_row(b);
   t.commit();
   return result;
+}
+
+std::vector<Upsert> TuningDb::import_all(const std::vector<Best>& rows) {
+  sql::Transaction t(db_);
+  std::vector<Upsert> out;
+  for (const Best& b : rows)
+    out.push_back(import_row(b));
+  t.commit();
+  return out;
 }
 
 std::optional<Best> TuningDb::best(const TuningKey& key) {
@@ -317,10 +401,11 @@ std::vector<Best> TuningDb::results(const std::string& op, const std::string& te
 
 std::vector<Best> TuningDb::list(const BestFilter& f) {
   // Empty filters match everything; values are bound, never spliced into the SQL.
-  sql::Statement s = db_.prepare(std::string(kBestSelect) +
-                                 "WHERE (?1 = '' OR b.op = ?1) AND (?2 = '' OR b.sm_arch = ?2) "
-                                 "AND (?3 = '' OR b.state = ?3) ORDER BY b.op, b.dtype, "
-                                 "b.problem_key, b.sm_arch");
+  sql::Statement s = db_.prepare(
+      std::string(kBestSelect) +
+      "WHERE (?1 = '' OR b.op = ?1) AND (?2 = '' OR b.sm_arch = ?2) "
+      "AND (?3 = '' OR (?3 = 'pinned' AND b.pinned) OR b.state = ?3) ORDER BY b.op, b.dtype, "
+      "b.problem_key, b.sm_arch");
   s.bind(1, f.op).bind(2, f.sm_arch).bind(3, f.state);
   std::vector<Best> out;
   while (s.step())
@@ -328,13 +413,22 @@ std::vector<Best> TuningDb::list(const BestFilter& f) {
   return out;
 }
 
-bool TuningDb::set_state(std::int64_t id, const std::string& state) {
+bool TuningDb::update(std::int64_t id, const char* assignment) {
   sql::Transaction t(db_);
-  sql::Statement s = db_.prepare("UPDATE best SET state = ?1, updated_at = ?2 WHERE best_id = ?3");
-  s.bind(1, state).bind(2, now()).bind(3, id).run();
+  sql::Statement s = db_.prepare(
+      fmt::format("UPDATE best SET {}, updated_at = ?1 WHERE best_id = ?2", assignment));
+  s.bind(1, now()).bind(2, id).run();
   const bool changed = db_.changes() > 0;
   t.commit();
   return changed;
+}
+
+bool TuningDb::set_pinned(std::int64_t id, bool pinned) {
+  return update(id, pinned ? "pinned = 1" : "pinned = 0");
+}
+
+bool TuningDb::invalidate(std::int64_t id) {
+  return update(id, "state = 'stale'");
 }
 
 int TuningDb::prune_stale(const std::string& op, const std::string& current_hash) {
@@ -384,11 +478,11 @@ TuningDb::Stats TuningDb::stats() {
     return s.integer(0);
   };
   st.best = count("SELECT COUNT(*) FROM best");
-  st.pinned = count("SELECT COUNT(*) FROM best WHERE state = 'pinned'");
+  st.pinned = count("SELECT COUNT(*) FROM best WHERE pinned");
   st.stale = count("SELECT COUNT(*) FROM best WHERE state = 'stale'");
   st.trials = count("SELECT COUNT(*) FROM trial");
   st.failed_trials = count("SELECT COUNT(*) FROM trial WHERE status != 'ok'");
-  st.misses = schema_version() >= 2 ? count("SELECT COUNT(*) FROM miss") : 0;
+  st.misses = count("SELECT COUNT(*) FROM miss");
   return st;
 }
 

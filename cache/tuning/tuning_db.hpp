@@ -15,7 +15,7 @@
 
 namespace kjit::tuning {
 
-inline constexpr int kSchemaVersion = 2;
+inline constexpr int kSchemaVersion = 3;
 
 // The SQL of migration i (schema version i -> i + 1), for tests that build an older database.
 const char* migration_sql(int step);
@@ -45,7 +45,8 @@ struct Best {
   std::optional<double> runner_up_us;
   std::optional<double> default_us;
   bool verified = false;
-  std::string state = "valid";  // valid, stale, pinned
+  std::string state = "valid";  // valid or stale (skipped by lookups, replaced by the next tune)
+  bool pinned = false;          // never replaced by tuning
   Provenance provenance;
   std::int64_t updated_at = 0;  // unix seconds
 };
@@ -57,7 +58,7 @@ struct Miss {
 };
 
 struct BestFilter {
-  std::string op, sm_arch, state;  // empty: any
+  std::string op, sm_arch, state;  // empty: any; state "pinned" selects pinned rows
 };
 
 enum class Upsert { Inserted, Replaced, KeptIncumbent, KeptPinned, KeptLocal };
@@ -65,11 +66,14 @@ enum class Upsert { Inserted, Replaced, KeptIncumbent, KeptPinned, KeptLocal };
 class TuningDb {
  public:
   enum class Mode { ReadOnly, ReadWrite };
-  // ReadWrite creates the file and folder and migrates the schema; ReadOnly never writes and
-  // refuses a schema newer than this kjit's.
+  // ReadWrite creates the file (0600) and its folder (0700) and migrates the schema; ReadOnly
+  // never writes, reads a WAL database in a folder it cannot write as an immutable snapshot, and
+  // refuses a schema newer than this kjit's. Both refuse files and folders other users can write
+  // (reads accept root's) and a database that holds other tables than kjit's.
   TuningDb(const std::string& path, Mode mode, int busy_timeout_ms = 10000);
 
   int schema_version();
+  bool empty();  // no schema yet (a new or 0-byte file): readers treat it as no results
   const std::string& path() const { return db_.path(); }
 
   // One transaction each: a killed tuning run keeps every trial committed before it died.
@@ -82,6 +86,8 @@ class TuningDb {
   Upsert upsert_best(const Best& best, double margin);
   // Imported rows never replace a local row; they replace an older import only when faster.
   Upsert import_best(const Best& best);
+  // All rows in one transaction: all are merged, or (on any failure) none.
+  std::vector<Upsert> import_all(const std::vector<Best>& rows);
 
   std::optional<Best> best(const TuningKey& key);
   std::optional<Best> best_by_id(std::int64_t id);
@@ -89,7 +95,9 @@ class TuningDb {
   std::vector<Best> results(const std::string& op, const std::string& template_hash,
                             const std::string& sm_arch, const std::string& nvrtc);
   std::vector<Best> list(const BestFilter& filter);
-  bool set_state(std::int64_t id, const std::string& state);
+  // False when no result has the id.
+  bool set_pinned(std::int64_t id, bool pinned);
+  bool invalidate(std::int64_t id);  // stale: lookups skip it, the next tune replaces it
   // Deletes results (and trials) of `op` whose template hash is not `current_hash`.
   int prune_stale(const std::string& op, const std::string& current_hash);
 
@@ -103,6 +111,9 @@ class TuningDb {
 
  private:
   void migrate();
+  bool has_tables();
+  Upsert import_row(const Best& best);  // inside the caller's transaction
+  bool update(std::int64_t id, const char* assignment);
   std::int64_t environment_id(const Provenance& p);
   sql::Database db_;
 };

@@ -83,6 +83,7 @@ void TuningTable::read_locked(const std::string& path) {
   if (stamp_ == FileStamp{}) return;  // no database: no results, silently
   try {
     TuningDb db(path, TuningDb::Mode::ReadOnly, kReadBusyMs);
+    if (db.empty()) return;  // created, never written: no results
     int malformed = 0;
     for (const Best& b : db.results(key_.op, key_.template_hash, key_.sm_arch, key_.nvrtc)) {
       const std::optional<Shape> shape = parse_problem_key(b.key.problem_key);

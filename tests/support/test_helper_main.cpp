@@ -56,7 +56,7 @@ int main(int argc, char** argv) try {
   }
   if (argc >= 4 && std::strcmp(argv[1], "lock") == 0) {
     // Holds an exclusive lock on <db> until <marker>.release exists, after creating <marker>.
-    kjit::sql::Database db(argv[2], false, 1000);
+    kjit::sql::Database db(argv[2], kjit::sql::Database::Access::ReadWrite, 1000);
     db.exec("PRAGMA locking_mode=EXCLUSIVE; BEGIN EXCLUSIVE; CREATE TABLE IF NOT EXISTS held (x)");
     std::fclose(std::fopen(argv[3], "w"));
     const std::string release = std::string(argv[3]) + ".release";

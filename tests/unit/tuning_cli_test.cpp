@@ -124,7 +124,7 @@ TEST_F(TuningCli, ShowListsTheTrials) {
 TEST_F(TuningCli, PinAndUnpin) {
   EXPECT_EQ(kjit({"cache", "pin", "1"}).out, "result 1 pinned\n");
   TuningDb db(path(), TuningDb::Mode::ReadWrite);
-  EXPECT_EQ(db.best_by_id(1)->state, "pinned");
+  EXPECT_TRUE(db.best_by_id(1)->pinned);
   EXPECT_EQ(db.upsert_best(row("D=512;N=4;rows=65536", "{}", 1.0), 0.03),
             tuning::Upsert::KeptPinned);
   const auto pinned =
@@ -132,7 +132,7 @@ TEST_F(TuningCli, PinAndUnpin) {
   ASSERT_EQ(pinned.size(), 1u);
   EXPECT_EQ(pinned[0]["id"], 1);
   EXPECT_EQ(kjit({"cache", "unpin", "1"}).out, "result 1 unpinned\n");
-  EXPECT_EQ(TuningDb(path(), TuningDb::Mode::ReadOnly).best_by_id(1)->state, "valid");
+  EXPECT_FALSE(TuningDb(path(), TuningDb::Mode::ReadOnly).best_by_id(1)->pinned);
   EXPECT_EQ(kjit({"cache", "pin", "77"}).exit_code, 1);
   EXPECT_EQ(kjit({"cache", "invalidate", "1"}).out, "result 1 marked stale\n");
   TuningDb after(path(), TuningDb::Mode::ReadWrite);

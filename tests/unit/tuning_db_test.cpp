@@ -65,7 +65,7 @@ TEST_F(TuningDbTest, MigratesAnEmptyDatabase) {
 
 TEST_F(TuningDbTest, MigratesAVersionOneDatabaseKeepingItsRows) {
   {
-    sql::Database raw(path(), false, 1000);
+    sql::Database raw(path(), sql::Database::Access::ReadWrite, 1000);
     raw.exec(migration_sql(0));
     raw.exec("PRAGMA user_version = 1");
     raw.exec(
@@ -74,7 +74,7 @@ TEST_F(TuningDbTest, MigratesAVersionOneDatabaseKeepingItsRows) {
         "'D=512;N=4;rows=65536', 'bf16', 'sm_90a', '13.0', '{\"vec\":8}', 12.5, 'tune', 1)");
   }
   TuningDb db(path(), TuningDb::Mode::ReadWrite);
-  EXPECT_EQ(db.schema_version(), 2);
+  EXPECT_EQ(db.schema_version(), kSchemaVersion);
   const std::optional<Best> b = db.best(key());
   ASSERT_TRUE(b);
   EXPECT_EQ(b->median_us, 12.5);
@@ -82,8 +82,29 @@ TEST_F(TuningDbTest, MigratesAVersionOneDatabaseKeepingItsRows) {
   EXPECT_EQ(db.misses().at(0).hits, 3);
 }
 
+TEST_F(TuningDbTest, MigratesAVersionTwoPinIntoItsOwnFlag) {
+  {
+    sql::Database raw(path(), sql::Database::Access::ReadWrite, 1000);
+    raw.exec(migration_sql(0));
+    raw.exec(migration_sql(1));
+    raw.exec("PRAGMA user_version = 2");
+    raw.exec(
+        "INSERT INTO best (op, template_hash, problem_key, dtype, sm_arch, nvrtc, config, "
+        "median_us, state, origin, updated_at) VALUES ('merge_states', 'tmplhash', "
+        "'D=512;N=4;rows=65536', 'bf16', 'sm_90a', '13.0', '{\"vec\":8}', 12.5, 'pinned', "
+        "'tune', 1)");
+  }
+  TuningDb db(path(), TuningDb::Mode::ReadWrite);
+  const std::optional<Best> b = db.best(key());
+  ASSERT_TRUE(b);
+  EXPECT_TRUE(b->pinned);
+  EXPECT_EQ(b->state, "valid");
+}
+
 TEST_F(TuningDbTest, RefusesANewerSchema) {
-  { sql::Database(path(), false, 1000).exec("PRAGMA user_version = 99"); }
+  {
+    sql::Database(path(), sql::Database::Access::ReadWrite, 1000).exec("PRAGMA user_version = 99");
+  }
   EXPECT_THROW(TuningDb(path(), TuningDb::Mode::ReadWrite), Error);
 }
 
@@ -103,13 +124,14 @@ TEST_F(TuningDbTest, PinnedIsNeverReplacedStaleAlwaysIs) {
   TuningDb db(path(), TuningDb::Mode::ReadWrite);
   db.upsert_best(best_row(key(), {{"vec", 8}}, 10.0), 0.03);
   const std::int64_t id = db.best(key())->id;
-  ASSERT_TRUE(db.set_state(id, "pinned"));
+  ASSERT_TRUE(db.set_pinned(id, true));
   EXPECT_EQ(db.upsert_best(best_row(key(), {{"vec", 4}}, 1.0), 0.03), Upsert::KeptPinned);
   EXPECT_EQ(db.best(key())->config, R"({"vec":8})");
-  ASSERT_TRUE(db.set_state(id, "stale"));
+  ASSERT_TRUE(db.set_pinned(id, false));
+  ASSERT_TRUE(db.invalidate(id));
   EXPECT_EQ(db.upsert_best(best_row(key(), {{"vec", 4}}, 50.0), 0.03), Upsert::Replaced);
   EXPECT_EQ(db.best(key())->state, "valid");
-  EXPECT_FALSE(db.set_state(424242, "pinned"));
+  EXPECT_FALSE(db.set_pinned(424242, true));
 }
 
 TEST_F(TuningDbTest, ImportedRowsLoseToLocalMeasurements) {
@@ -260,7 +282,7 @@ TEST_F(LookupTest, ReadOnlyDatabaseServesResultsAndWarnsOnceAboutMisses) {
   }
   {
     // Leave WAL mode so the read-only file needs no side files.
-    sql::Database raw(path(), false, 1000);
+    sql::Database raw(path(), sql::Database::Access::ReadWrite, 1000);
     raw.exec("PRAGMA journal_mode=DELETE");
   }
   // Root ignores file modes: make the file immutable instead where that is possible.
