@@ -89,7 +89,8 @@ std::shared_ptr<const CompiledProgram> fetch(const KernelSpec& spec,
         if (settings.no_jit) {
           throw MissingKernelError(fmt::format(
               "KJIT_NO_JIT=1 and this specialisation is in neither the memory nor the disk cache "
-              "({}): {} (key {}, arch {}). Precompile it with `kjit precompile` or unset "
+              "({}): {} (key {}, arch {}). Precompile it (`kjit precompile`, without KJIT_NO_JIT) "
+              "or unset "
               "KJIT_NO_JIT.",
               store.folder().string(), spec.describe(), planned.key.hex(), planned.arch));
         }

@@ -16,6 +16,7 @@
 #include "jit/embedded_templates.hpp"
 #include "kjit/error.hpp"
 #include "nvrtc/include_paths.hpp"
+#include "util/log.hpp"
 
 namespace kjit::detail {
 namespace fs = std::filesystem;
@@ -42,7 +43,14 @@ std::optional<std::string> read_file(const fs::path& path) {
 
 std::string template_dir_override() {
   const char* v = std::getenv("KJIT_TEMPLATE_DIR");
-  return v ? v : "";
+  if (!v || !*v) return {};
+  std::error_code ec;
+  if (!fs::is_directory(v, ec)) {
+    warn_once(std::string("template-dir|") + v, std::string("KJIT_TEMPLATE_DIR=") + v +
+                                                    " is not a folder: every template comes "
+                                                    "from the library");
+  }
+  return v;
 }
 
 // A file of the templates tree: the override folder wins over the embedded copy.
