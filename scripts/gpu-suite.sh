@@ -2,7 +2,10 @@
 # Runs on the GPU machine from binaries built by scripts/gpu-bundle.sh: device facts, the GPU
 # test suite, the CPU suite (there too: it checks the no-driver paths on a machine that has one),
 # the benchmarks and the example. Full logs go to $OUT (or ./gpu-out); a summary is printed last.
-#   scripts/gpu-suite.sh [tests|bench|attention|attention-bench|all]   (default all)
+#   scripts/gpu-suite.sh [tests|bench|attention|attention-bench|families|all]   (default all)
+# `families` is the check after a change to the op plumbing (kernel families, dispatch, tuning
+# tables): the whole GPU suite, the examples, a sanitizer subset, and the attention and
+# merge_states benchmarks with default configs beside torch.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-all}"
@@ -64,6 +67,19 @@ if [ "$what" = attention-bench ]; then
   done
   echo "== tune_attention"; grep -vE 'ETA|^$' "$out/tune_attention.log" | tail -32
 fi
+if [ "$what" = families ]; then
+  step gpu_tests "$bin/kjit_gpu_tests" --gtest_output="xml:$out/gpu_tests.xml"
+  step unit_tests "$bin/kjit_unit_tests"
+  step example "$bin/kjit_example_user_kernel"
+  step example_c_api "$bin/kjit_example_c_api"
+  step memcheck compute-sanitizer --tool memcheck --error-exitcode 3 "$bin/kjit_gpu_tests" \
+    --gtest_filter='*ToyFamily*:*AttentionForwardEmpty*:*CAbi*:All/AttentionForward.*bf16_d128_causal_h8x1*:All/MergeStatesShipped.*bf16_D512*'
+  step attention_kjit "$bin/kjit_bench_attention"
+  PYTHONUNBUFFERED=1 step attention_torch python3 bench/attention_torch.py
+  KJIT_PRINT_CONFIG=1 step merge_states_default "$bin/kjit_bench_merge_states"
+  step choice_cost "$bin/kjit_bench_choice_cost"
+  for log in attention_kjit attention_torch; do echo "== $log"; cat "$out/$log.log"; done
+fi
 if [ "$what" = all ] || [ "$what" = bench ]; then
   step compile_latency "$bin/kjit_bench_compile_latency" 6
   # Default configs first, then tune the preset (timed) and measure again with the tuned ones.
@@ -83,7 +99,7 @@ done
 for log in memcheck racecheck attention_memcheck attention_racecheck; do
   [ -f "$out/$log.log" ] && { echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -4; }
 done
-for log in compile_latency merge_states_default tune_merge_states merge_states_tuned launch_overhead example example_c_api; do
+for log in compile_latency merge_states_default tune_merge_states merge_states_tuned launch_overhead choice_cost example example_c_api; do
   [ -f "$out/$log.log" ] && { echo "== $log"; grep -vE '^\*\*\*|^$|ETA' "$out/$log.log" | tail -24; }
 done
 printf '%s\n' "${summary[@]}"
