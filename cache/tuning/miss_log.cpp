@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include "cache/tuning/tuning_table.hpp"
 #include "kjit/error.hpp"
 
 namespace kjit::tuning {
@@ -72,7 +73,10 @@ class MissLog {
     std::error_code ec;
     if (!std::filesystem::exists(path, ec)) return;
     try {
+      // Misses change the file but no result: tables that had read it need not read it again.
+      const FileStamp before = FileStamp::of(path);
       TuningDb(path, TuningDb::Mode::ReadWrite, kWriteBusyMs).record_misses(batch);
+      adopt_own_write(path, before, FileStamp::of(path));
     } catch (const Error& e) {
       warn_unusable(path, e.what());
     }

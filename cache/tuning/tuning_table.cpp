@@ -39,11 +39,11 @@ Shape bucketed(const Shape& shape, const std::vector<Dimension>& dims) {
   return out;
 }
 
-bool TuningTable::FileStamp::operator==(const FileStamp& o) const {
+bool FileStamp::operator==(const FileStamp& o) const {
   return std::equal(std::begin(values), std::end(values), std::begin(o.values));
 }
 
-TuningTable::FileStamp TuningTable::stamp_of(const std::string& path) {
+FileStamp FileStamp::of(const std::string& path) {
   FileStamp s;
   int i = 0;
   for (const std::string& p : {path, path + "-wal"}) {
@@ -79,8 +79,17 @@ void TuningTable::read_locked(const std::string& path) {
   rows_.clear();
   by_key_.clear();
   by_exact_dims_.clear();
-  stamp_ = stamp_of(path);
-  if (stamp_ == FileStamp{}) return;  // no database: no results, silently
+  if (FileStamp::of(path) == FileStamp{}) {  // no database: no results, silently
+    stamp_ = FileStamp{};
+    return;
+  }
+  read_rows_locked(path);
+  // Stamped after the read: a reader's own connection leaves an empty -wal behind, which must
+  // not count as a change.
+  stamp_ = FileStamp::of(path);
+}
+
+void TuningTable::read_rows_locked(const std::string& path) {
   try {
     TuningDb db(path, TuningDb::Mode::ReadOnly, kReadBusyMs);
     if (db.empty()) return;  // created, never written: no results
@@ -115,7 +124,7 @@ void TuningTable::refresh_locked() {
   const std::string path = default_database_path();
   if (loaded_ && path == path_ && now - checked_ < kCheckInterval) return;
   checked_ = now;
-  if (loaded_ && path == path_ && stamp_of(path) == stamp_) return;
+  if (loaded_ && path == path_ && FileStamp::of(path) == stamp_) return;
   const bool changed = loaded_;
   path_ = path;
   read_locked(path);
@@ -173,6 +182,11 @@ std::optional<Choice> TuningTable::find(const Shape& shape, const std::string& d
   return std::nullopt;
 }
 
+void TuningTable::adopt(const std::string& path, const FileStamp& before, const FileStamp& after) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (loaded_ && path == path_ && stamp_ == before) stamp_ = after;
+}
+
 void TuningTable::reload() {
   std::lock_guard<std::mutex> lock(mutex_);
   loaded_ = false;
@@ -207,6 +221,13 @@ std::shared_ptr<TuningTable> shared_table(const TableKey& key, std::vector<Dimen
   std::shared_ptr<TuningTable>& table = t.by_key[id];
   if (!table) table = std::make_shared<TuningTable>(key, std::move(dims), std::move(well_formed));
   return table;
+}
+
+void adopt_own_write(const std::string& path, const FileStamp& before, const FileStamp& after) {
+  Tables& t = tables();
+  std::lock_guard<std::mutex> lock(t.mutex);
+  for (auto& [id, table] : t.by_key)
+    table->adopt(path, before, after);
 }
 
 std::uint64_t generation() {

@@ -39,6 +39,14 @@ struct Choice {
   std::string source;  // exact, bucket, nearest (or the caller's "default")
 };
 
+// What identifies a version of the database file: device, inode, size and mtime of the file and
+// of its -wal.
+struct FileStamp {
+  static FileStamp of(const std::string& path);
+  bool operator==(const FileStamp& o) const;
+  std::int64_t values[8] = {};
+};
+
 // Which results a table holds.
 struct TableKey {
   std::string op, template_hash, sm_arch, nvrtc;
@@ -56,7 +64,10 @@ class TuningTable {
   std::optional<Choice> find(const Shape& shape, const std::string& dtype,
                              const std::function<bool(const Config&)>& usable);
 
-  void reload();       // the next find reads the database again
+  void reload();  // the next find reads the database again
+  // This process changed the file from `before` to `after` without touching results (the miss
+  // log): a table that had read `before` takes `after` as read instead of reading again.
+  void adopt(const std::string& path, const FileStamp& before, const FileStamp& after);
   std::size_t size();  // rows held (after reading the database if not yet read)
   const TableKey& key() const { return key_; }
 
@@ -65,13 +76,9 @@ class TuningTable {
     Shape shape;
     Config config;
   };
-  struct FileStamp {
-    bool operator==(const FileStamp& o) const;
-    std::int64_t values[8] = {};  // device, inode, size and mtime of the file and of its -wal
-  };
-  static FileStamp stamp_of(const std::string& path);
   void refresh_locked();
   void read_locked(const std::string& path);
+  void read_rows_locked(const std::string& path);
   std::string exact_signature(const Shape& shape, const std::string& dtype) const;
 
   TableKey key_;
@@ -96,5 +103,7 @@ std::shared_ptr<TuningTable> shared_table(const TableKey& key, std::vector<Dimen
 // reload_tables()): memos of choices made from the tables compare it and start over.
 std::uint64_t generation();
 void reload_tables();
+// TuningTable::adopt for every shared table.
+void adopt_own_write(const std::string& path, const FileStamp& before, const FileStamp& after);
 
 }  // namespace kjit::tuning

@@ -4,7 +4,9 @@
 // database boundary refuses shapes and configs the family does not know; the memo is bounded.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <filesystem>
+#include <thread>
 
 #include "autotune/tuner.hpp"
 #include "cache/tuning/miss_log.hpp"
@@ -173,6 +175,17 @@ TEST_F(ToyDispatch, TunedBucketThenNearestThenDefaultAndOneRead) {
     keys.push_back(m.key.problem_key);
   EXPECT_NE(std::find(keys.begin(), keys.end(), "n=4096"), keys.end());
   EXPECT_EQ(std::find(keys.begin(), keys.end(), "n=1024"), keys.end()) << "1024 was exact";
+}
+
+TEST_F(ToyDispatch, WritingMissesDoesNotMakeTheTablesReadAgain) {
+  store(1024, 256);
+  EXPECT_EQ(choose(1000).threads, 256);
+  EXPECT_EQ(choose(3000).threads, 256);  // a miss (nearest)
+  tuning::flush_misses();                // changes the file, not the results
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // past the table's next check
+  const std::uint64_t opens = sql::Database::opens();
+  EXPECT_EQ(choose(70000).threads, 256);
+  EXPECT_EQ(sql::Database::opens(), opens) << "the miss write made the table read the file again";
 }
 
 TEST_F(ToyDispatch, ReloadMakesTheChoicesAgain) {
