@@ -43,25 +43,30 @@ std::vector<FlashForward::Problem> distinct_varlen_problems() {
   return out;
 }
 
+// A tuned attention result (hd 128, Hk 8, bf16, sm_90a) for the given shape fields.
+kjit::tuning::Best attention_result(int b, int hq, int s, int causal, const char* origin) {
+  static const std::string hash = kjit::ops::find_family("attention")->template_hash();
+  const auto [major, minor] = kjit::nvrtc_version();
+  kjit::tuning::Best r;
+  r.key = {"attention",
+           hash,
+           fmt::format("B={};D=128;Hk=8;Hq={};Sk={};Sq={};causal={}", b, hq, s, s, causal),
+           "bf16",
+           "sm_90a",
+           fmt::format("{}.{}", major, minor)};
+  r.config = R"({"block_m":128,"block_n":128,"m_tiles":1,"mainloop":90})";
+  r.median_us = 10;
+  r.provenance.origin = origin;
+  return r;
+}
+
 void write_database(const std::string& path) {
   std::filesystem::remove(path);
   kjit::tuning::TuningDb db(path, kjit::tuning::TuningDb::Mode::ReadWrite);
-  const std::string hash = kjit::ops::find_family("attention")->template_hash();
-  const auto [major, minor] = kjit::nvrtc_version();
   for (int s : {2048, 4096, 8192, 16384, 32768}) {
     for (int b : {1, 2, 4, 8}) {
       for (int causal : {0, 1}) {
-        kjit::tuning::Best r;
-        r.key = {"attention",
-                 hash,
-                 fmt::format("B={};D=128;Hk=8;Hq=32;Sk={};Sq={};causal={}", b, s, s, causal),
-                 "bf16",
-                 "sm_90a",
-                 fmt::format("{}.{}", major, minor)};
-        r.config = R"({"block_m":128,"block_n":128,"m_tiles":1,"mainloop":90})";
-        r.median_us = 10;
-        r.provenance.origin = "tune";
-        db.upsert_best(r, 0.03);
+        db.upsert_best(attention_result(b, 32, s, causal, "tune"), 0.03);
       }
     }
   }
@@ -93,23 +98,11 @@ BENCHMARK(ChooseDistinctVarlenShapes)->Iterations(kShapes)->Unit(benchmark::kMic
 void FirstChoiceWith100kResults(benchmark::State& state) {
   const std::string path = scratch_database("choice-cost-100k.sqlite");
   std::filesystem::remove(path);
-  const std::string hash = kjit::ops::find_family("attention")->template_hash();
-  const auto [major, minor] = kjit::nvrtc_version();
   {
     std::vector<kjit::tuning::Best> rows;
     for (int i = 0; rows.size() < 100000; ++i) {
-      kjit::tuning::Best r;
       const int hq = 8 * (1 + i % 16), s = 64 * (1 + (i / 16) % 512), b = 1 + (i / 8192) % 16;
-      r.key = {"attention",
-               hash,
-               fmt::format("B={};D=128;Hk=8;Hq={};Sk={};Sq={};causal={}", b, hq, s, s, i % 2),
-               "bf16",
-               "sm_90a",
-               fmt::format("{}.{}", major, minor)};
-      r.config = R"({"block_m":128,"block_n":128,"m_tiles":1,"mainloop":90})";
-      r.median_us = 10;
-      r.provenance.origin = "import:bench";
-      rows.push_back(std::move(r));
+      rows.push_back(attention_result(b, hq, s, i % 2, "import:bench"));
     }
     kjit::tuning::TuningDb(path, kjit::tuning::TuningDb::Mode::ReadWrite).import_all(rows);
   }

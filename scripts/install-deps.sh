@@ -3,7 +3,8 @@
 # headers) is expected at /usr/local/cuda or $CUDA_HOME; it is part of the machine image.
 set -euo pipefail
 pkgs=(cmake ninja-build g++ clang-format libgtest-dev libgmock-dev libbenchmark-dev
-      libcli11-dev nlohmann-json3-dev libfmt-dev libxxhash-dev libsqlite3-dev libdlpack-dev)
+      libcli11-dev nlohmann-json3-dev libfmt-dev libxxhash-dev libsqlite3-dev libdlpack-dev
+      pkg-config binutils util-linux)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

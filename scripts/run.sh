@@ -15,6 +15,8 @@ if "$kjit" info --json | grep -q '"available": true'; then
   "$kjit" precompile --check
   "$kjit" tune --preset llama3-8b-prefill
   build/default/tests/kjit_gpu_tests
+  build/default/examples/kjit_example_c_api
+  build/default/bench/kjit_bench_choice_cost
   build/default/bench/kjit_bench_compile_latency
   build/default/bench/kjit_bench_launch_overhead
   build/default/bench/kjit_bench_merge_states

@@ -67,6 +67,16 @@ class TuningSafety : public ::testing::Test {
     return run_process(args, env);
   }
   std::int64_t rows() { return TuningDb(path(), TuningDb::Mode::ReadOnly).stats().best; }
+  void store_one() {
+    TuningDb db(path(), TuningDb::Mode::ReadWrite);
+    Best b;
+    b.key = {"merge_states", "h", "D=512;N=4;rows=1024", "bf16", "sm_90a", "13.0"};
+    b.config = kConfig;
+    b.median_us = 1;
+    b.provenance.origin = "tune";
+    db.upsert_best(b, 0.03);
+  }
+
   TempDir dir_;
 };
 
@@ -183,15 +193,7 @@ TEST_F(TuningSafety, AFailedExportKeepsThePreviousFileAndNonUtf8NamesStayReadabl
 }
 
 TEST_F(TuningSafety, UnpinKeepsAStaleResultStale) {
-  {
-    TuningDb db(path(), TuningDb::Mode::ReadWrite);
-    Best b;
-    b.key = {"merge_states", "h", "D=512;N=4;rows=1024", "bf16", "sm_90a", "13.0"};
-    b.config = kConfig;
-    b.median_us = 1;
-    b.provenance.origin = "tune";
-    db.upsert_best(b, 0.03);
-  }
+  store_one();
   EXPECT_EQ(kjit({"cache", "pin", "1"}).exit_code, 0);
   EXPECT_EQ(kjit({"cache", "invalidate", "1"}).exit_code, 0);
   EXPECT_EQ(kjit({"cache", "unpin", "1"}).exit_code, 0);
@@ -246,15 +248,7 @@ TEST_F(TuningSafety, AForeignSchemaIsOneLine) {
 }
 
 TEST_F(TuningSafety, AShippedReadOnlyDatabaseIsRead) {
-  {
-    TuningDb db(path(), TuningDb::Mode::ReadWrite);  // WAL mode
-    Best b;
-    b.key = {"merge_states", "h", "D=512;N=4;rows=1024", "bf16", "sm_90a", "13.0"};
-    b.config = kConfig;
-    b.median_us = 1;
-    b.provenance.origin = "tune";
-    db.upsert_best(b, 0.03);
-  }
+  store_one();  // in WAL mode
   // A read-only folder holding the database and nothing else, as a container image ships it.
   const fs::path ro = dir_.path() / "ro";
   fs::create_directories(ro);
