@@ -188,6 +188,27 @@ TEST_F(ToyDispatch, WritingMissesDoesNotMakeTheTablesReadAgain) {
   EXPECT_EQ(sql::Database::opens(), opens) << "the miss write made the table read the file again";
 }
 
+TEST_F(ToyDispatch, AStoredConfigTheFamilyDoesNotKnowIsSkippedWithOneWarning) {
+  store(1024, 256);
+  {
+    tuning::Best b;
+    const auto [major, minor] = nvrtc_version();
+    b.key = {"toy_scale", family_of<ToyScale>().template_hash(),
+             "n=2048",    "fp32",
+             "sm_90a",    std::to_string(major) + "." + std::to_string(minor)};
+    b.config = R"({"foo":1})";
+    b.median_us = 1;
+    b.provenance.origin = "hand";
+    tuning::TuningDb(path(), tuning::TuningDb::Mode::ReadWrite).upsert_best(b, 0.03);
+  }
+  ::testing::internal::CaptureStderr();
+  EXPECT_EQ(choose(2048).threads, 256) << "the bad exact row must not be half-read";
+  EXPECT_EQ(choose(1500).threads, 256);
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(err.find("skipped 1 toy_scale result"), std::string::npos) << err;
+  EXPECT_EQ(err.find("skipped"), err.rfind("skipped")) << "more than one warning: " << err;
+}
+
 TEST_F(ToyDispatch, ReloadMakesTheChoicesAgain) {
   store(1024, 256);
   EXPECT_EQ(choose(1024).threads, 256);
