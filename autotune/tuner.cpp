@@ -10,6 +10,7 @@
 
 #include "kjit/error.hpp"
 #include "kjit/jit.hpp"
+#include "nvrtc/compiler.hpp"
 
 namespace kjit::autotune {
 namespace {
@@ -103,15 +104,11 @@ TuneOutcome tune(const ops::KernelFamily& family, const ops::TuneCase& c,
   const auto started = std::chrono::steady_clock::now();
   const DeviceInfo device = device_info(current_device());
   const Arch arch(device.arch());
-  const auto [nv_major, nv_minor] = nvrtc_version();
   TuneOutcome out;
   out.tune_case = c;
-  out.key = {family.name(),
-             family.template_hash(),
-             tuning::problem_key(c.shape),
-             dtype_name(c.dtype),
-             arch.name(),
-             fmt::format("{}.{}", nv_major, nv_minor)};
+  out.key = {
+      family.name(), family.template_hash(), tuning::problem_key(c.shape), dtype_name(c.dtype),
+      arch.name(),   nvrtc::version_text()};
   const Candidates space = enumerate(family, c, arch);
   out.space = space.space;
   out.valid = space.valid;

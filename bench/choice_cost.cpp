@@ -13,6 +13,7 @@
 
 #include "cache/tuning/sqlite.hpp"
 #include "cache/tuning/tuning_db.hpp"
+#include "nvrtc/compiler.hpp"
 #include "ops/attention/flash_forward.hpp"
 #include "ops/dispatch.hpp"
 #include "ops/registry.hpp"
@@ -46,14 +47,13 @@ std::vector<FlashForward::Problem> distinct_varlen_problems() {
 // A tuned attention result (hd 128, Hk 8, bf16, sm_90a) for the given shape fields.
 kjit::tuning::Best attention_result(int b, int hq, int s, int causal, const char* origin) {
   static const std::string hash = kjit::ops::find_family("attention")->template_hash();
-  const auto [major, minor] = kjit::nvrtc_version();
   kjit::tuning::Best r;
   r.key = {"attention",
            hash,
            fmt::format("B={};D=128;Hk=8;Hq={};Sk={};Sq={};causal={}", b, hq, s, s, causal),
            "bf16",
            "sm_90a",
-           fmt::format("{}.{}", major, minor)};
+           kjit::nvrtc::version_text()};
   r.config = R"({"block_m":128,"block_n":128,"m_tiles":1,"mainloop":90})";
   r.median_us = 10;
   r.provenance.origin = origin;

@@ -32,11 +32,7 @@ std::string dump(const nlohmann::json& j) {
 }
 
 std::unique_ptr<TuningDb> open_for_reading() {
-  const std::string path = tuning::default_database_path();
-  std::error_code ec;
-  if (path.empty() || !std::filesystem::exists(path, ec)) return nullptr;
-  auto db = std::make_unique<TuningDb>(path, TuningDb::Mode::ReadOnly);
-  return db->empty() ? nullptr : std::move(db);
+  return TuningDb::open_results(tuning::default_database_path());
 }
 
 // For commands that change results: there must be some to change.

@@ -17,6 +17,7 @@
 #include "kjit/jit.hpp"
 #include "ops/registry.hpp"
 #include "tools/commands.hpp"
+#include "util/log.hpp"
 
 namespace kjit::tools {
 namespace {
@@ -54,25 +55,19 @@ const char* origin_name(Origin o) {
 void add_tuned(const Arch& arch, std::vector<KernelSpec>& specs,
                std::vector<std::string>& families) {
   const std::string path = tuning::default_database_path();
-  std::error_code ec;
-  if (path.empty() || !std::filesystem::exists(path, ec)) return;
   std::unordered_set<CacheKey, CacheKeyHash> seen;
   for (const KernelSpec& s : specs)
     seen.insert(cache_key(s));
   int skipped = 0;
   try {
-    tuning::TuningDb db(path, tuning::TuningDb::Mode::ReadOnly);
-    if (db.empty()) return;
-    for (const tuning::Best& b : db.list({"", arch.name(), ""})) {
+    const std::unique_ptr<tuning::TuningDb> db = tuning::TuningDb::open_results(path);
+    if (!db) return;
+    for (const tuning::Best& b : db->list({"", arch.name(), ""})) {
       const ops::KernelFamily* family = ops::find_family(b.key.op);
-      const std::optional<tuning::Shape> shape = tuning::parse_problem_key(b.key.problem_key);
-      const std::optional<tuning::Config> config = tuning::parse_config_json(b.config);
-      const std::optional<DType> dtype = dtype_from_name(b.key.dtype);
       if (!family || b.key.template_hash != family->template_hash()) continue;  // not current
       try {
-        if (!shape || !config || !dtype || !family->valid(*config, {*shape, *dtype}, arch))
-          throw InvalidArgument("not a runnable config");
-        KernelSpec spec = family->spec(*config, {*shape, *dtype}, arch);
+        const ops::StoredResult r = ops::stored_result(b);
+        KernelSpec spec = r.family->spec(r.config, r.problem, arch);
         if (!seen.insert(cache_key(spec)).second) continue;
         specs.push_back(std::move(spec));
         families.push_back("tuned");
@@ -81,17 +76,13 @@ void add_tuned(const Arch& arch, std::vector<KernelSpec>& specs,
       }
     }
   } catch (const Error& e) {
-    std::cerr << fmt::format(
-        "kjit: warning: tuning database {} unusable ({}); tuned configs "
-        "not precompiled\n",
-        path, e.what());
+    detail::warn(fmt::format("tuning database {} unusable ({}); tuned configs not precompiled",
+                             path, e.what()));
     return;
   }
   if (skipped) {
-    std::cerr << fmt::format(
-        "kjit: warning: skipped {} tuned result(s) this kjit cannot run "
-        "(see `kjit cache ls`)\n",
-        skipped);
+    detail::warn(fmt::format(
+        "skipped {} tuned result(s) this kjit cannot run (see `kjit cache ls`)", skipped));
   }
 }
 

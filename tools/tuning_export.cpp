@@ -7,7 +7,6 @@
 
 #include <fmt/format.h>
 
-#include "driver/arch.hpp"
 #include "kjit/error.hpp"
 #include "kjit/jit.hpp"
 #include "ops/registry.hpp"
@@ -74,24 +73,10 @@ std::string row_problem(const tuning::Best& b) {
        {std::optional<double>(b.median_us), b.runner_up_us, b.default_us}) {
     if (t && !(std::isfinite(*t) && *t > 0)) return fmt::format("a time of {} us", *t);
   }
-  const ops::KernelFamily* family = ops::find_family(b.key.op);
-  if (!family) return fmt::format("unknown op \"{}\"", printable(b.key.op));
-  const std::optional<tuning::Shape> shape = tuning::parse_problem_key(b.key.problem_key);
-  const std::optional<DType> dtype = dtype_from_name(b.key.dtype);
-  const std::optional<tuning::Config> config = tuning::parse_config_json(b.config);
-  if (!shape || !dtype)
-    return fmt::format("shape \"{}\" {}", printable(b.key.problem_key), b.key.dtype);
-  if (!config || !family->well_formed(*config))
-    return fmt::format("config {} is not a config of {}", printable(b.config), b.key.op);
   try {
-    const Arch arch(b.key.sm_arch);
-    family->check({*shape, *dtype});
-    if (!family->valid(*config, {*shape, *dtype}, arch)) {
-      return fmt::format("config {} cannot run {} {} on {}", b.config, b.key.problem_key,
-                         b.key.dtype, arch.name());
-    }
+    ops::stored_result(b);
   } catch (const InvalidArgument& e) {
-    return e.what();
+    return printable(e.what());
   }
   return {};
 }

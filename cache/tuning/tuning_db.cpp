@@ -219,8 +219,11 @@ bool TuningDb::has_tables() {
   return s.integer(0) > 0;
 }
 
-bool TuningDb::empty() {
-  return schema_version() == 0;
+std::unique_ptr<TuningDb> TuningDb::open_results(const std::string& path, int busy_timeout_ms) {
+  std::error_code ec;
+  if (path.empty() || !fs::exists(path, ec)) return nullptr;
+  auto db = std::make_unique<TuningDb>(path, Mode::ReadOnly, busy_timeout_ms);
+  return db->schema_version() == 0 ? nullptr : std::move(db);
 }
 
 int TuningDb::schema_version() {

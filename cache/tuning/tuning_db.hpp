@@ -72,8 +72,12 @@ class TuningDb {
   // (reads accept root's) and a database that holds other tables than kjit's.
   TuningDb(const std::string& path, Mode mode, int busy_timeout_ms = 10000);
 
+  // For readers: the database at `path` read-only, or null where there are no results to read
+  // (no path, no file, or no schema yet: a new or 0-byte file). A broken file still throws.
+  static std::unique_ptr<TuningDb> open_results(const std::string& path,
+                                                int busy_timeout_ms = 10000);
+
   int schema_version();
-  bool empty();  // no schema yet (a new or 0-byte file): readers treat it as no results
   const std::string& path() const { return db_.path(); }
 
   // One transaction each: a killed tuning run keeps every trial committed before it died.

@@ -91,10 +91,10 @@ void TuningTable::read_locked(const std::string& path) {
 
 void TuningTable::read_rows_locked(const std::string& path) {
   try {
-    TuningDb db(path, TuningDb::Mode::ReadOnly, kReadBusyMs);
-    if (db.empty()) return;  // created, never written: no results
+    const std::unique_ptr<TuningDb> db = TuningDb::open_results(path, kReadBusyMs);
+    if (!db) return;
     int malformed = 0;
-    for (const Best& b : db.results(key_.op, key_.template_hash, key_.sm_arch, key_.nvrtc)) {
+    for (const Best& b : db->results(key_.op, key_.template_hash, key_.sm_arch, key_.nvrtc)) {
       const std::optional<Shape> shape = parse_problem_key(b.key.problem_key);
       const std::optional<Config> config = parse_config_json(b.config);
       if (!shape || !config || !well_formed_(*config) || shape->size() != dims_.size()) {

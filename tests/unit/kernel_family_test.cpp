@@ -13,6 +13,7 @@
 #include "cache/tuning/sqlite.hpp"
 #include "cache/tuning/tuning_db.hpp"
 #include "jit/template_tree.hpp"
+#include "nvrtc/compiler.hpp"
 #include "ops/dispatch.hpp"
 #include "ops/family_model.hpp"
 #include "ops/lru_memo.hpp"
@@ -132,15 +133,17 @@ class ToyDispatch : public ::testing::Test {
     return ops::Dispatcher<ToyScale>::instance().choose({DType::Float32, n}, "sm_90a");
   }
   void store(std::int64_t n, std::int64_t threads, double median_us = 1) {
+    store_config(n, {{"threads", threads}}, median_us);
+  }
+  void store_config(std::int64_t n, const tuning::Config& config, double median_us = 1) {
     tuning::Best b;
-    const auto [major, minor] = nvrtc_version();
     b.key = {"toy_scale",
              family_of<ToyScale>().template_hash(),
              "n=" + std::to_string(n),
              "fp32",
              "sm_90a",
-             std::to_string(major) + "." + std::to_string(minor)};
-    b.config = tuning::config_json({{"threads", threads}});
+             nvrtc::version_text()};
+    b.config = tuning::config_json(config);
     b.median_us = median_us;
     b.provenance.origin = "tune";
     tuning::TuningDb(path(), tuning::TuningDb::Mode::ReadWrite).upsert_best(b, 0.03);
@@ -190,17 +193,7 @@ TEST_F(ToyDispatch, WritingMissesDoesNotMakeTheTablesReadAgain) {
 
 TEST_F(ToyDispatch, AStoredConfigTheFamilyDoesNotKnowIsSkippedWithOneWarning) {
   store(1024, 256);
-  {
-    tuning::Best b;
-    const auto [major, minor] = nvrtc_version();
-    b.key = {"toy_scale", family_of<ToyScale>().template_hash(),
-             "n=2048",    "fp32",
-             "sm_90a",    std::to_string(major) + "." + std::to_string(minor)};
-    b.config = R"({"foo":1})";
-    b.median_us = 1;
-    b.provenance.origin = "hand";
-    tuning::TuningDb(path(), tuning::TuningDb::Mode::ReadWrite).upsert_best(b, 0.03);
-  }
+  store_config(2048, {{"foo", 1}});
   ::testing::internal::CaptureStderr();
   EXPECT_EQ(choose(2048).threads, 256) << "the bad exact row must not be half-read";
   EXPECT_EQ(choose(1500).threads, 256);

@@ -125,7 +125,8 @@ PlannedKey plan_key(const KernelSpec& spec) {
   return out;
 }
 
-CompilePlan make_plan(const KernelSpec& spec, const PlannedKey& planned) {
+CompilePlan make_plan(const KernelSpec& spec, const PlannedKey& planned,
+                      const std::string& cache_dir) {
   validate(spec);
   Arch(planned.arch).check_supported();  // one clear line instead of NVRTC's option errors
   ResolvedSource src = resolve_source(spec.source, include_dirs_of(spec.options));
@@ -153,8 +154,7 @@ CompilePlan make_plan(const KernelSpec& spec, const PlannedKey& planned) {
   for (const std::string& o : debug_options())
     req.options.push_back(o);
   if (pch_enabled()) {
-    if (const std::string dir = pch_folder(current_settings().cache_dir, src.closure);
-        !dir.empty()) {
+    if (const std::string dir = pch_folder(cache_dir, src.closure); !dir.empty()) {
       req.options.push_back("-pch");
       req.options.push_back("-pch-dir=" + dir);
     }

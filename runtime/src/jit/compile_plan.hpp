@@ -23,6 +23,8 @@ struct CompilePlan {
   nvrtc::Request request;
 };
 
-CompilePlan make_plan(const KernelSpec& spec, const PlannedKey& planned);
+// `cache_dir` holds NVRTC's PCH folders (jit/pch_folder.hpp); empty: no PCH.
+CompilePlan make_plan(const KernelSpec& spec, const PlannedKey& planned,
+                      const std::string& cache_dir);
 
 }  // namespace kjit::detail

@@ -37,7 +37,7 @@ State& state() {
 
 CompiledProgram compile_now(const KernelSpec& spec, const detail::PlannedKey& planned,
                             const detail::Settings& settings) {
-  detail::CompilePlan plan = detail::make_plan(spec, planned);
+  detail::CompilePlan plan = detail::make_plan(spec, planned, settings.cache_dir);
   nvrtc::Result result;
   try {
     result = nvrtc::compile(plan.request);

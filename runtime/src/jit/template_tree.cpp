@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -86,15 +87,13 @@ std::vector<std::string> include_dirs_of(const std::vector<std::string>& options
   std::vector<std::string> dirs;
   for (std::size_t i = 0; i < options.size(); ++i) {
     const std::string& o = options[i];
-    for (const std::string prefix : {"-I", "--include-path="}) {
-      if (o.rfind(prefix, 0) != 0) continue;
-      if (o.size() > prefix.size()) {
-        dirs.push_back(o.substr(prefix.size()));
-      } else if (i + 1 < options.size()) {
-        dirs.push_back(options[++i]);
-      }
+    if (o == "-I" || o == "--include-path") {
+      if (i + 1 < options.size()) dirs.push_back(options[++i]);
+    } else if (o.rfind("-I", 0) == 0) {
+      dirs.push_back(o.substr(2));
+    } else if (o.rfind("--include-path=", 0) == 0) {
+      dirs.push_back(o.substr(std::strlen("--include-path=")));
     }
-    if (o == "--include-path" && i + 1 < options.size()) dirs.push_back(options[++i]);
   }
   return dirs;
 }
@@ -135,6 +134,15 @@ std::optional<Found> read_found(const fs::path& path) {
   return std::nullopt;
 }
 
+// The first of the caller's -I folders that holds `name` (both include forms search them).
+std::optional<Found> find_in_dirs(const std::string& name,
+                                  const std::vector<std::string>& include_dirs) {
+  for (const std::string& dir : include_dirs) {
+    if (auto f = read_found(fs::path(dir) / name)) return f;
+  }
+  return std::nullopt;
+}
+
 std::optional<Found> find_quoted(const std::string& name, const fs::path& including_folder,
                                  const std::vector<std::string>& include_dirs,
                                  const std::string& override_dir) {
@@ -142,9 +150,7 @@ std::optional<Found> find_quoted(const std::string& name, const fs::path& includ
   if (!including_folder.empty()) {
     if (auto f = read_found(including_folder / name)) return f;
   }
-  for (const std::string& dir : include_dirs) {
-    if (auto f = read_found(fs::path(dir) / name)) return f;
-  }
+  if (auto f = find_in_dirs(name, include_dirs)) return f;
   if (!inside_tree(name)) return std::nullopt;
   if (auto text = find_in_tree(name, override_dir))
     return Found{std::move(*text), {}, "templates/" + name};
@@ -168,14 +174,6 @@ Found unresolved(const std::string& name, const fs::path& including_folder) {
                            name, looked),
                {},
                "(unresolved)"};
-}
-
-std::optional<Found> find_angle(const std::string& name,
-                                const std::vector<std::string>& include_dirs) {
-  for (const std::string& dir : include_dirs) {
-    if (auto f = read_found(fs::path(dir) / name)) return f;
-  }
-  return std::nullopt;
 }
 
 }  // namespace
@@ -241,7 +239,7 @@ ResolvedSource resolve_source(const Source& source, const std::vector<std::strin
     const Pending p = std::move(pending.back());
     pending.pop_back();
     std::optional<Found> found =
-        p.angle ? find_angle(p.name, include_dirs)
+        p.angle ? find_in_dirs(p.name, include_dirs)
                 : find_quoted(p.name, p.including_folder, include_dirs, override_dir);
     if (!found) {
       if (p.angle || in_toolkit(p.name)) continue;  // the toolkit's: NVRTC finds it

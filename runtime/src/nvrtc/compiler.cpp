@@ -78,6 +78,10 @@ std::pair<int, int> version() {
   return v;
 }
 
+std::string version_text() {
+  return fmt::format("{}.{}", version().first, version().second);
+}
+
 const std::vector<int>& supported_archs() {
   static const std::vector<int> archs = [] {
     int n = 0;

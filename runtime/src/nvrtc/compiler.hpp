@@ -39,6 +39,7 @@ Result compile(const Request& request);
 
 // NVRTC's version (major, minor) and the real architectures it compiles for (80, 90, ...).
 std::pair<int, int> version();
+std::string version_text();  // "13.0": the NVRTC field of a tuning key
 const std::vector<int>& supported_archs();
 
 // Numbered lines [line - context, line + context] of `text`, the given line marked with '>'.

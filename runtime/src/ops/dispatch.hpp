@@ -18,6 +18,7 @@
 #include "cache/tuning/tuning_table.hpp"
 #include "driver/arch.hpp"
 #include "kjit/jit.hpp"
+#include "nvrtc/compiler.hpp"
 #include "ops/kernel_family.hpp"
 #include "ops/lru_memo.hpp"
 
@@ -41,28 +42,13 @@ class Dispatcher {
   // The config for `problem` on `arch`: memo, else the tuned table, else the family's default.
   // Needs no GPU.
   Config choose(const Problem& problem, const Arch& arch) {
-    const Problem b = bucketed<F>(problem);
-    const MemoKey key = memo_key(b, arch);
-    forget_if_stale();
-    if (std::optional<Entry> e = memo_.get(key)) return e->config;
-    Config c = decide(b, arch);
-    memo_.put(key, Entry{c, std::nullopt});
-    return c;
+    return entry(bucketed<F>(problem), arch, false).config;
   }
 
   // Validated call -> launch on the current device.
   void run(const Call<F>& call, StreamHandle stream) {
-    const Arch& arch = arch::current();
-    const Problem b = bucketed<F>(call.problem);
-    const MemoKey key = memo_key(b, arch);
-    forget_if_stale();
-    std::optional<Entry> e = memo_.get(key);
-    if (!e || !e->kernel) {
-      const Config c = e ? e->config : decide(b, arch);
-      e = Entry{c, load(F::spec(c, b, arch)).kernel()};  // may compile: outside the memo's lock
-      memo_.put(key, *e);
-    }
-    F::launch(*e->kernel, e->config, call.problem, call.args, stream);
+    const Entry e = entry(bucketed<F>(call.problem), arch::current(), true);
+    F::launch(*e.kernel, e.config, call.problem, call.args, stream);
   }
 
   std::size_t memo_size() { return memo_.size(); }
@@ -81,6 +67,19 @@ class Dispatcher {
       return h;
     }
   };
+
+  // The memo's entry for a bucket; on a miss its config is decided (and its kernel loaded, when
+  // `with_kernel`), outside the memo's lock: loading may compile.
+  Entry entry(const Problem& b, const Arch& arch, bool with_kernel) {
+    const MemoKey key = memo_key(b, arch);
+    forget_if_stale();
+    std::optional<Entry> e = memo_.get(key);
+    if (e && (e->kernel || !with_kernel)) return *e;
+    Entry fresh{e ? e->config : decide(b, arch), std::nullopt};
+    if (with_kernel) fresh.kernel = load(F::spec(fresh.config, b, arch)).kernel();
+    memo_.put(key, fresh);
+    return fresh;
+  }
 
   static MemoKey memo_key(const Problem& b, const Arch& arch) {
     MemoKey k{};
@@ -102,9 +101,8 @@ class Dispatcher {
   }
 
   Config decide(const Problem& b, const Arch& arch) {
-    const auto [nv_major, nv_minor] = nvrtc_version();
-    const tuning::TableKey table_key{F::kName, template_hash_, arch.name(),
-                                     fmt::format("{}.{}", nv_major, nv_minor)};
+    const tuning::TableKey table_key{F::kName, template_hash<F>(), arch.name(),
+                                     nvrtc::version_text()};
     const tuning::Shape shape = shape_of<F>(b);
     const std::string dtype = dtype_name(b.dtype);
     const std::optional<tuning::Choice> tuned =
@@ -124,14 +122,13 @@ class Dispatcher {
     }
     if (source != "exact") {
       tuning::record_miss(
-          {{F::kName, template_hash_, key, dtype, arch.name(), table_key.nvrtc}, source, 1});
+          {{F::kName, table_key.template_hash, key, dtype, arch.name(), table_key.nvrtc},
+           source,
+           1});
     }
     return c;
   }
 
-  Dispatcher() : template_hash_(template_hash<F>()) {}
-
-  std::string template_hash_;
   std::atomic<std::uint64_t> generation_{0};
   LruMemo<MemoKey, Entry, MemoHash> memo_{kMemoCapacity};
 };

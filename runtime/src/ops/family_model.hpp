@@ -143,10 +143,7 @@ class FamilyModel final : public KernelFamily {
   using Config = typename F::Config;
 
   std::string name() const override { return F::kName; }
-  const std::string& template_hash() const override {
-    static const std::string hash = ops::template_hash<F>();
-    return hash;
-  }
+  const std::string& template_hash() const override { return ops::template_hash<F>(); }
   std::vector<tuning::Dimension> dimensions() const override { return ops::dimensions<F>(); }
   std::vector<KernelSpec> shipped(const Arch& arch) const override {
     std::vector<KernelSpec> out;

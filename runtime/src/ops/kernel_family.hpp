@@ -199,13 +199,16 @@ std::optional<typename F::Config> config_of(const tuning::Config& m) {
   return c;
 }
 
-// The closure hashes of the family's sources, "+"-joined.
+// The closure hashes of the family's sources, "+"-joined; computed once per process.
 template <class F>
-std::string template_hash() {
-  std::string out;
-  for (const Source& s : F::sources())
-    out += (out.empty() ? "" : "+") + kjit::detail::source_closure(s).hex();
-  return out;
+const std::string& template_hash() {
+  static const std::string hash = [] {
+    std::string out;
+    for (const Source& s : F::sources())
+      out += (out.empty() ? "" : "+") + kjit::detail::source_closure(s).hex();
+    return out;
+  }();
+  return hash;
 }
 
 }  // namespace kjit::ops

@@ -1,5 +1,8 @@
 #include "ops/registry.hpp"
 
+#include <fmt/format.h>
+
+#include "kjit/error.hpp"
 #include "ops/attention/flash_forward.hpp"
 #include "ops/family_model.hpp"
 #include "ops/merge_states/merge_states.hpp"
@@ -18,6 +21,26 @@ const KernelFamily* find_family(const std::string& name) {
     if (f->name() == name) return f;
   }
   return nullptr;
+}
+
+StoredResult stored_result(const tuning::Best& b) {
+  const KernelFamily* family = find_family(b.key.op);
+  if (!family) throw InvalidArgument(fmt::format("unknown op \"{}\"", b.key.op));
+  const std::optional<tuning::Shape> shape = tuning::parse_problem_key(b.key.problem_key);
+  const std::optional<DType> dtype = dtype_from_name(b.key.dtype);
+  const std::optional<tuning::Config> config = tuning::parse_config_json(b.config);
+  if (!shape || !dtype)
+    throw InvalidArgument(fmt::format("shape \"{}\" {}", b.key.problem_key, b.key.dtype));
+  if (!config || !family->well_formed(*config))
+    throw InvalidArgument(fmt::format("config {} is not a config of {}", b.config, b.key.op));
+  const Arch arch(b.key.sm_arch);
+  const TuneCase problem{*shape, *dtype};
+  family->check(problem);
+  if (!family->valid(*config, problem, arch)) {
+    throw InvalidArgument(fmt::format("config {} cannot run {} {} on {}", b.config,
+                                      b.key.problem_key, b.key.dtype, arch.name()));
+  }
+  return {family, problem, *config};
 }
 
 std::vector<ShippedSpecs> shipped(const Arch& arch) {

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "cache/tuning/tuning_db.hpp"
 #include "cache/tuning/tuning_key.hpp"
 #include "cache/tuning/tuning_table.hpp"
 #include "driver/arch.hpp"
@@ -70,6 +71,16 @@ class KernelFamily {
 // The families kjit ships, in a fixed order.
 const std::vector<const KernelFamily*>& families();
 const KernelFamily* find_family(const std::string& name);  // nullptr if unknown
+
+// A stored tuning result read back through its family, for the row's arch. Throws
+// InvalidArgument saying why the row cannot run: an unknown op, a shape or dtype it cannot read,
+// a config that is not one of the family's, or one the family's rules refuse.
+struct StoredResult {
+  const KernelFamily* family;
+  TuneCase problem;
+  tuning::Config config;
+};
+StoredResult stored_result(const tuning::Best& row);
 
 // Every specialisation kjit ships for an arch, by family (the runtime's sample kernels first).
 struct ShippedSpecs {
