@@ -17,6 +17,7 @@
 #include "jit/embedded_templates.hpp"
 #include "kjit/error.hpp"
 #include "nvrtc/include_paths.hpp"
+#include "util/environment.hpp"
 #include "util/log.hpp"
 
 namespace kjit::detail {
@@ -43,15 +44,13 @@ std::optional<std::string> read_file(const fs::path& path) {
 }
 
 std::string template_dir_override() {
-  const char* v = std::getenv("KJIT_TEMPLATE_DIR");
-  if (!v || !*v) return {};
+  std::string dir = env("KJIT_TEMPLATE_DIR");
   std::error_code ec;
-  if (!fs::is_directory(v, ec)) {
-    warn_once(std::string("template-dir|") + v, std::string("KJIT_TEMPLATE_DIR=") + v +
-                                                    " is not a folder: every template comes "
-                                                    "from the library");
+  if (!dir.empty() && !fs::is_directory(dir, ec)) {
+    warn_once("template-dir|" + dir, "KJIT_TEMPLATE_DIR=" + dir +
+                                         " is not a folder: every template comes from the library");
   }
-  return v;
+  return dir;
 }
 
 // A file of the templates tree: the override folder wins over the embedded copy.

@@ -1,6 +1,7 @@
 #include "ops/dispatch.hpp"
 
 #include "cache/tuning/miss_log.hpp"
+#include "util/environment.hpp"
 
 namespace kjit {
 
@@ -12,8 +13,8 @@ void reload_tuning() {
 namespace ops {
 
 bool print_config() {
-  const char* v = std::getenv("KJIT_PRINT_CONFIG");  // read per new choice: tests toggle it
-  return v && *v && std::string(v) != "0";
+  const std::string v = detail::env("KJIT_PRINT_CONFIG");  // per new choice: tests toggle it
+  return !v.empty() && v != "0";
 }
 
 }  // namespace ops
