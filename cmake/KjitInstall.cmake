@@ -6,7 +6,14 @@
 include(CMakePackageConfigHelpers)
 
 set(KJIT_CMAKE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/kjit)
-install(TARGETS kjit kjit_shared EXPORT kjitTargets
+# kjit_mpi (kjit/comm_mpi.hpp) where MPI was found: link it with kjit::kjit or kjit::kjit_shared.
+set(KJIT_INSTALLED_TARGETS kjit kjit_shared)
+set(KJIT_WITH_MPI OFF)
+if(TARGET kjit_mpi)
+  list(APPEND KJIT_INSTALLED_TARGETS kjit_mpi)
+  set(KJIT_WITH_MPI ON)
+endif()
+install(TARGETS ${KJIT_INSTALLED_TARGETS} EXPORT kjitTargets
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
         LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
         INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})

@@ -3,6 +3,7 @@
 //   kjit_test_helper race <reads>       compile saxpy<float> for sm_90a, then read it back
 //                                       <reads> times; print "compiles disk_hits"
 //   kjit_test_helper no-driver          check GPU calls throw NoDriverError (exit 0 if so)
+//   kjit_test_helper no-nccl            check NCCL calls throw the load failure (exit 0 if so)
 //   kjit_test_helper trials <db> <i> <n>  write n trials, one transaction each
 //   kjit_test_helper lock <db> <marker> hold an exclusive lock until <marker>.release exists
 #include <cstdio>
@@ -16,6 +17,7 @@
 
 #include "cache/tuning/sqlite.hpp"
 #include "cache/tuning/tuning_db.hpp"
+#include "kjit/comm.hpp"
 #include "kjit/device.hpp"
 #include "kjit/jit.hpp"
 
@@ -68,6 +70,23 @@ int main(int argc, char** argv) try {
       usleep(10000);
     }
     db.exec("COMMIT");
+    return 0;
+  }
+  if (argc >= 2 && std::strcmp(argv[1], "no-nccl") == 0) {
+    std::string reason;
+    if (kjit::comm::nccl_available(&reason)) return 4;
+    std::printf("nccl_available: %s\n", reason.c_str());
+    for (auto call : {+[] { kjit::comm::make_unique_id(); },
+                      +[] { kjit::comm::from_unique_id(kjit::comm::UniqueId{}, 0, 1); }}) {
+      try {
+        call();
+        return 5;
+      } catch (const kjit::InvalidArgument&) {
+        return 6;  // the arguments were fine: the missing library must be the error
+      } catch (const kjit::Error& e) {
+        if (reason != e.what()) return 7;
+      }
+    }
     return 0;
   }
   if (argc >= 2 && std::strcmp(argv[1], "no-driver") == 0) {

@@ -2,6 +2,7 @@
 // links libcuda: on a machine without a driver these throw kjit::NoDriverError.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <string>
 
@@ -28,6 +29,7 @@ struct DeviceInfo {
   std::size_t total_memory = 0;
   int max_shared_memory_per_block_optin = 0;
   int l2_bytes = 0;
+  std::array<unsigned char, 16> uuid{};  // tells two ordinals (or two processes' GPUs) apart
   // The NVRTC target for this device: "sm_90a" on Hopper (arch-specific features on), "sm_XY"
   // elsewhere.
   std::string arch() const;
@@ -85,6 +87,29 @@ class DeviceBuffer {
   unsigned long long ptr_ = 0;  // CUdeviceptr
   std::size_t bytes_ = 0;
 };
+
+// Page-locked host memory: the staging area for copies that overlap with device work.
+class HostBuffer {
+ public:
+  HostBuffer() = default;
+  explicit HostBuffer(std::size_t bytes);
+  ~HostBuffer();
+  HostBuffer(const HostBuffer&) = delete;
+  HostBuffer& operator=(const HostBuffer&) = delete;
+  HostBuffer(HostBuffer&& other) noexcept;
+  HostBuffer& operator=(HostBuffer&& other) noexcept;
+
+  void* data() const { return ptr_; }
+  std::size_t size() const { return bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  std::size_t bytes_ = 0;
+};
+
+// Copies `bytes` between any two addresses the driver knows (device, page-locked or pageable
+// host), ordered on `stream`. Pageable host memory makes the copy synchronous.
+void copy_async(void* dst, const void* src, std::size_t bytes, StreamHandle stream);
 
 // Device-side timing: elapsed milliseconds between two recorded events.
 class Event {

@@ -15,10 +15,10 @@
 #pragma GCC visibility push(default)  // the API libkjit.so exports
 namespace kjit {
 
-enum class DType { Float16, BFloat16, Float32, Int32, Int64 };
+enum class DType { Float16, BFloat16, Float32, Int32, Int64, UInt8 };
 
 std::size_t dtype_size(DType dtype);
-const char* dtype_name(DType dtype);  // "fp16", "bf16", "fp32", "int32", "int64"
+const char* dtype_name(DType dtype);  // "fp16", "bf16", "fp32", "int32", "int64", "uint8"
 std::optional<DType> dtype_from_name(std::string_view name);  // the inverse; nullopt if unknown
 
 struct TensorView {

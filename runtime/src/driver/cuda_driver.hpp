@@ -37,6 +37,15 @@ namespace kjit::driver {
   X(cuEventRecord, 2000)            \
   X(cuEventSynchronize, 2000)       \
   X(cuEventElapsedTime, 12080)      \
+  X(cuEventQuery, 2000)             \
+  X(cuStreamQuery, 2000)            \
+  X(cuDeviceGetUuid, 11040)         \
+  X(cuPointerGetAttributes, 7000)   \
+  X(cuMemHostAlloc, 2020)           \
+  X(cuMemFreeHost, 2000)            \
+  X(cuMemcpyAsync, 4000)            \
+  X(cuMemAllocAsync, 11020)         \
+  X(cuMemFreeAsync, 11020)          \
   X(cuMemAlloc, 3020)               \
   X(cuMemFree, 3020)                \
   X(cuMemcpyHtoD, 3020)             \

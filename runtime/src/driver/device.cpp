@@ -1,6 +1,7 @@
 // kjit/device.hpp over the driver table.
 #include "kjit/device.hpp"
 
+#include <cstring>
 #include <utility>
 
 #include <fmt/format.h>
@@ -75,6 +76,9 @@ DeviceInfo device_info(int ordinal) {
       attr(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN);
   info.l2_bytes = attr(CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE);
   driver::check(a.cuDeviceTotalMem(&info.total_memory, dev), "cuDeviceTotalMem");
+  CUuuid uuid{};
+  driver::check(a.cuDeviceGetUuid(&uuid, dev), "cuDeviceGetUuid");
+  std::memcpy(info.uuid.data(), uuid.bytes, info.uuid.size());
   return info;
 }
 
@@ -177,6 +181,40 @@ void DeviceBuffer::fill_bytes(unsigned char value) {
     driver::check(driver::api().cuMemsetD8(ptr_, value, bytes_), "cuMemsetD8");
     finish_legacy_stream_work();
   }
+}
+
+HostBuffer::HostBuffer(std::size_t bytes) : bytes_(bytes) {
+  driver::ensure_context();
+  if (bytes == 0) return;
+  // Portable: usable from every context, whichever device the copies run on.
+  CUresult r = driver::api().cuMemHostAlloc(&ptr_, bytes, CU_MEMHOSTALLOC_PORTABLE);
+  if (r != CUDA_SUCCESS) {
+    driver::check(r, fmt::format("cuMemHostAlloc({} bytes)", bytes).c_str());
+  }
+}
+
+HostBuffer::~HostBuffer() {
+  if (ptr_) driver::api().cuMemFreeHost(ptr_);
+}
+
+HostBuffer::HostBuffer(HostBuffer&& other) noexcept
+    : ptr_(std::exchange(other.ptr_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
+
+HostBuffer& HostBuffer::operator=(HostBuffer&& other) noexcept {
+  if (this != &other) {
+    if (ptr_) driver::api().cuMemFreeHost(ptr_);
+    ptr_ = std::exchange(other.ptr_, nullptr);
+    bytes_ = std::exchange(other.bytes_, 0);
+  }
+  return *this;
+}
+
+void copy_async(void* dst, const void* src, std::size_t bytes, StreamHandle stream) {
+  if (bytes == 0) return;
+  driver::ensure_context();
+  driver::check(driver::api().cuMemcpyAsync(reinterpret_cast<CUdeviceptr>(dst),
+                                            reinterpret_cast<CUdeviceptr>(src), bytes, stream),
+                "cuMemcpyAsync");
 }
 
 Event::Event() {

@@ -14,6 +14,8 @@ const char* cxx_type(DType dtype) {
       return "int";
     case DType::Int64:
       return "long long";
+    case DType::UInt8:
+      return "unsigned char";
   }
   throw Error("no device type for this dtype");
 }

@@ -18,6 +18,8 @@ std::size_t dtype_size(DType dtype) {
       return 4;
     case DType::Int64:
       return 8;
+    case DType::UInt8:
+      return 1;
   }
   return 0;
 }
@@ -34,12 +36,15 @@ const char* dtype_name(DType dtype) {
       return "int32";
     case DType::Int64:
       return "int64";
+    case DType::UInt8:
+      return "uint8";
   }
   return "?";
 }
 
 std::optional<DType> dtype_from_name(std::string_view name) {
-  for (DType d : {DType::Float16, DType::BFloat16, DType::Float32, DType::Int32, DType::Int64}) {
+  for (DType d :
+       {DType::Float16, DType::BFloat16, DType::Float32, DType::Int32, DType::Int64, DType::UInt8}) {
     if (name == dtype_name(d)) return d;
   }
   return std::nullopt;
@@ -86,6 +91,8 @@ TensorView TensorView::from_dlpack(const DLTensor& t, const char* what) {
     v.dtype = DType::Int32;
   } else if (t.dtype.code == kDLInt && t.dtype.bits == 64) {
     v.dtype = DType::Int64;
+  } else if (t.dtype.code == kDLUInt && t.dtype.bits == 8) {
+    v.dtype = DType::UInt8;
   } else {
     throw InvalidArgument(fmt::format("{} has a dtype kjit does not take (code {}, {} bits)", what,
                                       static_cast<int>(t.dtype.code), t.dtype.bits));
