@@ -13,10 +13,12 @@ build="build/$preset"
 for bin in tools/kjit tests/kjit_gpu_tests tests/kjit_unit_tests tests/kjit_test_helper \
            bench/kjit_bench_launch_overhead bench/kjit_bench_compile_latency \
            bench/kjit_bench_merge_states bench/kjit_bench_attention bench/kjit_bench_choice_cost \
+           bench/kjit_bench_comm tests/kjit_dist_tests \
            examples/kjit_example_user_kernel examples/kjit_example_c_api; do
   strip -o ".gpu-bundle/bin/$(basename "$bin")" "$build/$bin"
 done
 strip -o .gpu-bundle/lib/libkjit.so.0 "$build/runtime/libkjit.so.0"
 cp -L "$(ldd "$build/bench/kjit_bench_launch_overhead" | awk '/libbenchmark/ {print $3}')" .gpu-bundle/lib/
+cp tests/dist/rank_exit.sh .gpu-bundle/bin/
 git rev-parse --short HEAD > .gpu-bundle/commit
 du -sh .gpu-bundle

@@ -2,7 +2,7 @@
 # Runs on the GPU machine from binaries built by scripts/gpu-bundle.sh: device facts, the GPU
 # test suite, the CPU suite (there too: it checks the no-driver paths on a machine that has one),
 # the benchmarks and the example. Full logs go to $OUT (or ./gpu-out); a summary is printed last.
-#   scripts/gpu-suite.sh [tests|bench|attention|attention-bench|families|all]   (default all)
+#   scripts/gpu-suite.sh [tests|bench|attention|attention-bench|families|dist|all]   (default all)
 # `families` is the check after a change to the op plumbing (kernel families, dispatch, tuning
 # tables): the whole GPU suite, the examples, a sanitizer subset, and the attention and
 # merge_states benchmarks with default configs beside torch.
@@ -94,6 +94,33 @@ if [ "$what" = families ]; then
     grep -E '^\[  FAILED  \] [A-Z]' "$out/$log.log" | head
   done
   for log in attention_kjit attention_torch; do echo "== $log"; cat "$out/$log.log"; done
+fi
+if [ "$what" = dist ]; then
+  # The multi-rank suites as real processes on this one GPU: the MPI backend at 1, 2, 4 and 8
+  # ranks, NCCL at one rank, a rank that dies mid-collective; then bandwidth (NCCL at one rank
+  # beside a device copy, MPI at 2 and 4 ranks).
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 KJIT_COMM_TIMEOUT_S=120
+  export OMPI_MCA_btl_vader_single_copy_mechanism=none
+  mpirun=(timeout 300 mpirun --oversubscribe --bind-to none)
+  step comm_unit "$bin/kjit_unit_tests" --gtest_filter='CommChecks.*'
+  KJIT_COMM=mpi step comm_setup "${mpirun[@]}" -n 2 "$bin/kjit_dist_tests" \
+    --gtest_filter='CommSetup.*:CommChecksOverMpi.*'
+  for n in 1 2 4 8; do
+    KJIT_COMM=mpi step "dist_mpi_$n" "${mpirun[@]}" -n "$n" "$bin/kjit_dist_tests" --require-gpu
+  done
+  KJIT_COMM=nccl step dist_nccl_1 "${mpirun[@]}" -n 1 "$bin/kjit_dist_tests" --require-gpu
+  step dist_rank_exit "$bin/rank_exit.sh" mpirun "$bin/kjit_dist_tests"
+  KJIT_COMM=nccl step bench_comm_nccl_1 "${mpirun[@]}" -n 1 "$bin/kjit_bench_comm"
+  KJIT_COMM=mpi step bench_comm_mpi_2 "${mpirun[@]}" -n 2 "$bin/kjit_bench_comm"
+  KJIT_COMM=mpi step bench_comm_mpi_4 "${mpirun[@]}" -n 4 "$bin/kjit_bench_comm"
+  for log in comm_unit comm_setup dist_mpi_1 dist_mpi_2 dist_mpi_4 dist_mpi_8 dist_nccl_1; do
+    echo "== $log: $(grep -E '^world:|tests? ran|PASSED|FAILED' "$out/$log.log" | tr '\n' ' ')"
+    grep -E '^\[  FAILED  \] [A-Z]|Failure|rank [0-9]' "$out/$log.log" | head -8
+  done
+  echo "== dist_rank_exit"; grep -E '^rank-exit|^rank_exit' "$out/dist_rank_exit.log"
+  for log in bench_comm_nccl_1 bench_comm_mpi_2 bench_comm_mpi_4; do
+    echo "== $log"; grep -E '^\||^backend' "$out/$log.log"
+  done
 fi
 if [ "$what" = all ] || [ "$what" = bench ]; then
   step compile_latency "$bin/kjit_bench_compile_latency" 6
