@@ -25,12 +25,16 @@ double seconds_since(Clock::time_point start) {
 template <class Call>
 double time_calls(comm::Communicator& c, StreamHandle stream, std::size_t bytes, Call&& call) {
   const int warmup = 2;
-  const int iters = bytes >= (std::size_t{256} << 20) ? 5 : bytes >= (std::size_t{16} << 20) ? 10 : 30;
-  for (int i = 0; i < warmup; ++i) call();
+  const int iters = bytes >= (std::size_t{256} << 20)  ? 5
+                    : bytes >= (std::size_t{16} << 20) ? 10
+                                                       : 30;
+  for (int i = 0; i < warmup; ++i)
+    call();
   c.barrier(stream);
   c.synchronize(stream);
   const auto start = Clock::now();
-  for (int i = 0; i < iters; ++i) call();
+  for (int i = 0; i < iters; ++i)
+    call();
   c.synchronize(stream);
   double mine = seconds_since(start) / iters, slowest = 0;
   MPI_Allreduce(&mine, &slowest, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
@@ -48,8 +52,9 @@ int main(int argc, char** argv) {
   if (c->rank() == 0) {
     std::printf("backend %s, %d rank(s), %s\n", comm::backend_name(c->backend()), n,
                 device_info(current_device()).name.c_str());
-    std::printf("| backend | ranks | op | MiB | time ms | algbw GB/s | busbw GB/s |\n"
-                "|---|---|---|---|---|---|---|\n");
+    std::printf(
+        "| backend | ranks | op | MiB | time ms | algbw GB/s | busbw GB/s |\n"
+        "|---|---|---|---|---|---|---|\n");
   }
   const DType f32 = DType::Float32;
   for (std::size_t mib = 1; mib <= max_mib; mib *= 4) {
@@ -65,9 +70,11 @@ int main(int argc, char** argv) {
     std::vector<Op> ops = {
         {"all_gather", time_calls(*c, stream.handle(), bytes,
                                   [&] { c->all_gather(a_slice, b, stream.handle()); })},
-        {"reduce_scatter", time_calls(*c, stream.handle(), bytes,
-                                      [&] { c->reduce_scatter(a, {big_b.data(), count / n, f32},
-                                                              stream.handle()); })},
+        {"reduce_scatter",
+         time_calls(*c, stream.handle(), bytes,
+                    [&] {
+                      c->reduce_scatter(a, {big_b.data(), count / n, f32}, stream.handle());
+                    })},
         {"all_to_all",
          time_calls(*c, stream.handle(), bytes, [&] { c->all_to_all(a, b, stream.handle()); })},
     };

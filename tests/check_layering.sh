@@ -3,7 +3,8 @@
 #   cache/store and cache/tuning share nothing and include neither the JIT nor the ops;
 #   the JIT (runtime/src/jit, nvrtc, driver) includes no op and no tuning code;
 #   kernel families learn the arch from driver/arch.hpp, not from the JIT's compile plan;
-#   only tools/ holds command-line code (CLI11).
+#   only tools/ holds command-line code (CLI11);
+#   the communicator uses the driver and util only, and kjit_mpi libkjit's public API.
 #   check_layering.sh <source dir>
 set -uo pipefail
 cd "$1"
@@ -23,5 +24,9 @@ forbid "the JIT includes ops or tuning code" '#include "(ops/|cache/tuning/|auto
   runtime/src/jit runtime/src/nvrtc runtime/src/driver
 forbid "an op includes the JIT's compile plan" '#include "jit/compile_plan.hpp"' runtime/src/ops
 forbid "command-line code outside tools/" '#include <CLI/' runtime cache autotune
+forbid "the communicator includes the JIT, ops or the caches" \
+  '#include "(jit|nvrtc|ops|cache|autotune)/' runtime/src/comm
+forbid "kjit_mpi reaches into libkjit's internals" '#include "(driver|util/(log|environment))' \
+  runtime/src/comm/from_mpi.cpp runtime/src/comm/mpi_communicator.cpp
 [ "$failed" = 0 ] && echo "layering: ok"
 exit "$failed"

@@ -72,8 +72,7 @@ void put(DType dtype, unsigned char* at, long v) {
 
 // Host bytes of `count` elements, poisoned until set.
 struct Host {
-  Host(DType dtype, std::size_t count)
-      : dtype(dtype), bytes(count * dtype_size(dtype), kPoison) {}
+  Host(DType dtype, std::size_t count) : dtype(dtype), bytes(count * dtype_size(dtype), kPoison) {}
   void set(std::size_t i, long v) { put(dtype, bytes.data() + i * dtype_size(dtype), v); }
   DType dtype;
   std::vector<unsigned char> bytes;
@@ -158,16 +157,19 @@ class Collective : public ::testing::TestWithParam<Case> {
 TEST_P(Collective, AllGather) {
   Host want(dtype, n * c), mine(dtype, c);
   for (int p = 0; p < n; ++p) {
-    for (std::size_t i = 0; i < c; ++i) want.set(p * c + i, value(dtype, 1, p, i));
+    for (std::size_t i = 0; i < c; ++i)
+      want.set(p * c + i, value(dtype, 1, p, i));
   }
-  for (std::size_t i = 0; i < c; ++i) mine.set(i, value(dtype, 1, r, i));
+  for (std::size_t i = 0; i < c; ++i)
+    mine.set(i, value(dtype, 1, r, i));
   DeviceBuffer send = to_device(mine), recv = to_device(Host(dtype, n * c));
   world().all_gather(whole(send, dtype), whole(recv, dtype), stream.handle());
   finish();
   expect_all(want, from_device(recv, dtype), "all_gather");
 
   Host staged(dtype, n * c);  // in place: this rank's slice of recv is the input
-  for (std::size_t i = 0; i < c; ++i) staged.set(r * c + i, value(dtype, 1, r, i));
+  for (std::size_t i = 0; i < c; ++i)
+    staged.set(r * c + i, value(dtype, 1, r, i));
   DeviceBuffer both = to_device(staged);
   world().all_gather(slice(both, dtype, r * c, c), whole(both, dtype), stream.handle());
   finish();
@@ -176,10 +178,12 @@ TEST_P(Collective, AllGather) {
 
 TEST_P(Collective, ReduceScatter) {
   Host input(dtype, n * c), want(dtype, c);
-  for (std::size_t i = 0; i < n * c; ++i) input.set(i, value(dtype, 2, r, i));
+  for (std::size_t i = 0; i < n * c; ++i)
+    input.set(i, value(dtype, 2, r, i));
   for (std::size_t i = 0; i < c; ++i) {
     long sum = 0;
-    for (int p = 0; p < n; ++p) sum += value(dtype, 2, p, r * c + i);
+    for (int p = 0; p < n; ++p)
+      sum += value(dtype, 2, p, r * c + i);
     want.set(i, sum);
   }
   DeviceBuffer send = to_device(input), recv = to_device(Host(dtype, c));
@@ -201,9 +205,11 @@ TEST_P(Collective, ReduceScatter) {
 
 TEST_P(Collective, AllToAll) {
   Host input(dtype, n * c), want(dtype, n * c);
-  for (std::size_t i = 0; i < n * c; ++i) input.set(i, value(dtype, 3, r, i));
+  for (std::size_t i = 0; i < n * c; ++i)
+    input.set(i, value(dtype, 3, r, i));
   for (int p = 0; p < n; ++p) {
-    for (std::size_t i = 0; i < c; ++i) want.set(p * c + i, value(dtype, 3, p, r * c + i));
+    for (std::size_t i = 0; i < c; ++i)
+      want.set(p * c + i, value(dtype, 3, p, r * c + i));
   }
   DeviceBuffer send = to_device(input), recv = to_device(Host(dtype, n * c));
   world().all_to_all(whole(send, dtype), whole(recv, dtype), stream.handle());
@@ -274,7 +280,8 @@ TEST_P(Collective, AllToAllV) {
 TEST_P(Collective, Broadcast) {
   for (int root : {0, n - 1}) {
     Host want(dtype, c);
-    for (std::size_t i = 0; i < c; ++i) want.set(i, value(dtype, 5, root, i));
+    for (std::size_t i = 0; i < c; ++i)
+      want.set(i, value(dtype, 5, root, i));
     DeviceBuffer send = to_device(r == root ? want : Host(dtype, 0));
     DeviceBuffer recv = to_device(Host(dtype, c));
     const ConstBuffer source = r == root ? ConstBuffer(whole(send, dtype)) : ConstBuffer{};
@@ -308,7 +315,8 @@ TEST_P(Collective, PointToPoint) {
   const int partner = r ^ 1;
   if (partner >= n) return;
   Host from_partner(dtype, c);
-  for (std::size_t i = 0; i < c; ++i) from_partner.set(i, value(dtype, 6, partner, i));
+  for (std::size_t i = 0; i < c; ++i)
+    from_partner.set(i, value(dtype, 6, partner, i));
   DeviceBuffer got = to_device(Host(dtype, c));
   if (r % 2 == 0) {
     world().send(whole(send, dtype), partner, stream.handle());
@@ -331,7 +339,8 @@ std::vector<Case> all_cases() {
   std::vector<Case> cases;
   for (DType d : {DType::Float16, DType::BFloat16, DType::Float32, DType::Int32, DType::UInt8,
                   DType::Int64}) {
-    for (Size s : {Size::Empty, Size::One, Size::Odd, Size::Large}) cases.push_back({d, s});
+    for (Size s : {Size::Empty, Size::One, Size::Odd, Size::Large})
+      cases.push_back({d, s});
   }
   return cases;
 }
@@ -400,7 +409,8 @@ TEST(CommBadInput, RefusedBeforeAnythingIsSent) {
   world().synchronize(stream.handle());
   std::vector<float> got(4 * n);
   recv.download(got.data(), got.size() * 4);
-  for (int i = 0; i < 4 * n; ++i) EXPECT_EQ(got[i], static_cast<float>(i / 4)) << i;
+  for (int i = 0; i < 4 * n; ++i)
+    EXPECT_EQ(got[i], static_cast<float>(i / 4)) << i;
 }
 
 // Run by tests/dist/rank_exit.sh (KJIT_DIST_RANK_EXIT=1, a short KJIT_COMM_TIMEOUT_S): the last

@@ -19,9 +19,15 @@ std::uint64_t g_seed = 0;
 bool g_has_gpu = false;
 }  // namespace
 
-comm::Communicator& world() { return *g_world; }
-std::uint64_t run_seed() { return g_seed; }
-bool has_gpu() { return g_has_gpu; }
+comm::Communicator& world() {
+  return *g_world;
+}
+std::uint64_t run_seed() {
+  return g_seed;
+}
+bool has_gpu() {
+  return g_has_gpu;
+}
 
 }  // namespace kjit::test
 

@@ -59,8 +59,7 @@ TEST(CommSetup, NcclOnRequestOrAClearError) {
     EXPECT_EQ(c->backend(), comm::Backend::Nccl);
   } catch (const comm::CommError& e) {
     EXPECT_FALSE(gpus && nccl) << e.what();
-    EXPECT_NE(std::string(e.what()).find("KJIT_COMM=nccl, but NCCL cannot run"),
-              std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("KJIT_COMM=nccl, but NCCL cannot run"), std::string::npos)
         << e.what();
   }
 }
@@ -70,7 +69,8 @@ TEST(CommSetup, DefaultFallsBackToMpi) {
   ScopedEnv env("KJIT_COMM", std::nullopt);
   auto c = comm::from_mpi(MPI_COMM_WORLD);
   const bool gpus = driver_available() && device_count() >= mpi_size();
-  EXPECT_EQ(c->backend(), gpus && comm::nccl_available() ? comm::Backend::Nccl : comm::Backend::Mpi);
+  EXPECT_EQ(c->backend(),
+            gpus && comm::nccl_available() ? comm::Backend::Nccl : comm::Backend::Mpi);
 }
 
 TEST(CommSetup, NullCommunicatorIsRefused) {

@@ -18,7 +18,8 @@ using test::ScopedEnv;
 // Counts what reaches the backend; can be told to fail a call.
 class Recorder final : public Communicator {
  public:
-  Recorder(int rank, int size) : Communicator(rank, size, Backend::Mpi, std::chrono::seconds(5), -1) {}
+  Recorder(int rank, int size)
+      : Communicator(rank, size, Backend::Mpi, std::chrono::seconds(5), -1) {}
   int calls = 0;
   int aborts = 0;
   bool fail_next = false;
@@ -49,7 +50,9 @@ class Recorder final : public Communicator {
 };
 
 // Addresses that are never dereferenced: the checks that need the driver come after these.
-void* fake(std::size_t offset = 0) { return reinterpret_cast<char*>(0x10000) + offset; }
+void* fake(std::size_t offset = 0) {
+  return reinterpret_cast<char*>(0x10000) + offset;
+}
 
 template <class Call>
 std::string refusal(Recorder& c, Call&& call) {
@@ -83,18 +86,29 @@ TEST(CommChecks, WorldSizeAndRankAreChecked) {
 TEST(CommChecks, AllGatherShapes) {
   Recorder c(1, 4);
   const auto f32 = DType::Float32;
-  EXPECT_NE(refusal(c, [&] { c.all_gather({fake(), 8, f32}, {fake(1024), 31, f32}, nullptr); })
+  EXPECT_NE(refusal(c,
+                    [&] {
+                      c.all_gather({fake(), 8, f32}, {fake(1024), 31, f32}, nullptr);
+                    })
                 .find("recv holds 31"),
             std::string::npos);
-  EXPECT_NE(refusal(c, [&] {
-              c.all_gather({fake(), 8, DType::BFloat16}, {fake(1024), 32, f32}, nullptr);
-            }).find("send is bf16 but recv is fp32"),
+  EXPECT_NE(refusal(c,
+                    [&] {
+                      c.all_gather({fake(), 8, DType::BFloat16}, {fake(1024), 32, f32}, nullptr);
+                    })
+                .find("send is bf16 but recv is fp32"),
             std::string::npos);
-  EXPECT_NE(refusal(c, [&] { c.all_gather({nullptr, 8, f32}, {fake(1024), 32, f32}, nullptr); })
+  EXPECT_NE(refusal(c,
+                    [&] {
+                      c.all_gather({nullptr, 8, f32}, {fake(1024), 32, f32}, nullptr);
+                    })
                 .find("null"),
             std::string::npos);
   // In place only as this rank's slice (rank 1: elements 8..15).
-  EXPECT_NE(refusal(c, [&] { c.all_gather({fake(4), 8, f32}, {fake(), 32, f32}, nullptr); })
+  EXPECT_NE(refusal(c,
+                    [&] {
+                      c.all_gather({fake(4), 8, f32}, {fake(), 32, f32}, nullptr);
+                    })
                 .find("in place"),
             std::string::npos);
   c.all_gather({nullptr, 0, f32}, {nullptr, 0, f32}, nullptr);  // empty: no device check
@@ -118,25 +132,33 @@ TEST(CommChecks, AllToAllVSlices) {
   Recorder c(1, 3);
   const auto i32 = DType::Int32;
   const std::vector<std::size_t> none;
-  EXPECT_NE(refusal(c, [&] {
-              c.all_to_all_v({fake(), 9, i32}, {3, 3}, none, {fake(4096), 9, i32}, {3, 3, 3},
-                             none, nullptr);
-            }).find("send_counts has 2 entries for 3 ranks"),
+  EXPECT_NE(refusal(c,
+                    [&] {
+                      c.all_to_all_v({fake(), 9, i32}, {3, 3}, none, {fake(4096), 9, i32},
+                                     {3, 3, 3}, none, nullptr);
+                    })
+                .find("send_counts has 2 entries for 3 ranks"),
             std::string::npos);
-  EXPECT_NE(refusal(c, [&] {
-              c.all_to_all_v({fake(), 8, i32}, {3, 3, 3}, none, {fake(4096), 9, i32}, {3, 3, 3},
-                             none, nullptr);
-            }).find("ends past the buffer"),
+  EXPECT_NE(refusal(c,
+                    [&] {
+                      c.all_to_all_v({fake(), 8, i32}, {3, 3, 3}, none, {fake(4096), 9, i32},
+                                     {3, 3, 3}, none, nullptr);
+                    })
+                .find("ends past the buffer"),
             std::string::npos);
-  EXPECT_NE(refusal(c, [&] {
-              c.all_to_all_v({fake(), 9, i32}, {3, 3, 3}, none, {fake(4096), 9, i32}, {3, 3, 3},
-                             {0, 2, 6}, nullptr);
-            }).find("overlap"),
+  EXPECT_NE(refusal(c,
+                    [&] {
+                      c.all_to_all_v({fake(), 9, i32}, {3, 3, 3}, none, {fake(4096), 9, i32},
+                                     {3, 3, 3}, {0, 2, 6}, nullptr);
+                    })
+                .find("overlap"),
             std::string::npos);
-  EXPECT_NE(refusal(c, [&] {
-              c.all_to_all_v({fake(), 9, i32}, {3, 2, 3}, none, {fake(4096), 9, i32}, {3, 3, 3},
-                             none, nullptr);
-            }).find("sends itself 2 elements but expects 3"),
+  EXPECT_NE(refusal(c,
+                    [&] {
+                      c.all_to_all_v({fake(), 9, i32}, {3, 2, 3}, none, {fake(4096), 9, i32},
+                                     {3, 3, 3}, none, nullptr);
+                    })
+                .find("sends itself 2 elements but expects 3"),
             std::string::npos);
   // Empty slices, reversed offsets with gaps: accepted, offsets resolved for the backend.
   c.all_to_all_v({nullptr, 0, i32}, {0, 0, 0}, none, {nullptr, 0, i32}, {0, 0, 0}, none, nullptr);
@@ -204,8 +226,8 @@ TEST(CommChecks, TimeoutSetting) {
 
 TEST(CommChecks, MissingNcclIsAClearError) {
   // In a child process: this process's NCCL table may already be loaded.
-  const test::ProcessResult r = test::run_process(
-      {test::test_helper_path(), "no-nccl"}, {{"KJIT_LIBNCCL", "/nonexistent/libnccl.so.2"}});
+  const test::ProcessResult r = test::run_process({test::test_helper_path(), "no-nccl"},
+                                                  {{"KJIT_LIBNCCL", "/nonexistent/libnccl.so.2"}});
   EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
   EXPECT_NE(r.out.find("NCCL is not available: dlopen(/nonexistent/libnccl.so.2) failed"),
             std::string::npos)

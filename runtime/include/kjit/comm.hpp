@@ -102,8 +102,7 @@ class Communicator {
 
  protected:
   // `device`: the ordinal every buffer must live on, or -1 for any device.
-  Communicator(int rank, int size, Backend backend, std::chrono::milliseconds timeout,
-               int device);
+  Communicator(int rank, int size, Backend backend, std::chrono::milliseconds timeout, int device);
 
   virtual void do_all_gather(ConstBuffer send, Buffer recv, StreamHandle stream) = 0;
   virtual void do_reduce_scatter(ConstBuffer send, Buffer recv, StreamHandle stream) = 0;

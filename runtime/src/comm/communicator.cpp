@@ -4,18 +4,20 @@
 
 #include <algorithm>
 #include <cmath>
-#include <thread>
 #include <utility>
 
 #include <fmt/format.h>
 
+#include "comm/poll_pause.hpp"
 #include "driver/cuda_driver.hpp"
 #include "util/environment.hpp"
 
 namespace kjit::comm {
 namespace {
 
-std::size_t bytes_of(ConstBuffer b) { return b.count * dtype_size(b.dtype); }
+std::size_t bytes_of(ConstBuffer b) {
+  return b.count * dtype_size(b.dtype);
+}
 
 const char* byte_at(const void* p, std::size_t elements, DType dtype) {
   return static_cast<const char*>(p) + elements * dtype_size(dtype);
@@ -69,7 +71,8 @@ std::vector<std::size_t> resolve_slices(const char* what, const std::vector<std:
   }
   if (disjoint) {
     std::vector<std::size_t> order(counts.size());
-    for (std::size_t p = 0; p < order.size(); ++p) order[p] = p;
+    for (std::size_t p = 0; p < order.size(); ++p)
+      order[p] = p;
     std::sort(order.begin(), order.end(),
               [&](std::size_t a, std::size_t b) { return resolved[a] < resolved[b]; });
     std::size_t end = 0;
@@ -94,15 +97,13 @@ void require_on_device(const char* what, ConstBuffer b, int device) {
   CUdeviceptr start = 0;
   std::size_t range = 0;
   unsigned int managed = 0;
-  CUpointer_attribute attributes[] = {CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
-                                      CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
-                                      CU_POINTER_ATTRIBUTE_RANGE_START_ADDR,
-                                      CU_POINTER_ATTRIBUTE_RANGE_SIZE,
-                                      CU_POINTER_ATTRIBUTE_IS_MANAGED};
+  CUpointer_attribute attributes[] = {
+      CU_POINTER_ATTRIBUTE_MEMORY_TYPE, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+      CU_POINTER_ATTRIBUTE_RANGE_START_ADDR, CU_POINTER_ATTRIBUTE_RANGE_SIZE,
+      CU_POINTER_ATTRIBUTE_IS_MANAGED};
   void* values[] = {&memory_type, &ordinal, &start, &range, &managed};
   const auto address = reinterpret_cast<CUdeviceptr>(b.data);
-  driver::check(a.cuPointerGetAttributes(5, attributes, values, address),
-                "cuPointerGetAttributes");
+  driver::check(a.cuPointerGetAttributes(5, attributes, values, address), "cuPointerGetAttributes");
   require(memory_type == CU_MEMORYTYPE_DEVICE || managed,
           fmt::format("{} ({}) is not in device memory: the communicator takes device buffers",
                       what, b.data));
@@ -114,6 +115,26 @@ void require_on_device(const char* what, ConstBuffer b, int device) {
                       what, b.count, bytes_of(b), start + range - address));
 }
 
+// The shape all_gather (part in, whole out) and reduce_scatter (whole in, part out) share:
+// whole holds size x part elements, and when the two overlap, part is this rank's slice of whole.
+// The dtypes are already checked.
+void require_whole_and_part(const char* op, ConstBuffer whole, const char* whole_name,
+                            ConstBuffer part, const char* part_name, int rank, int size,
+                            int device) {
+  const std::string w = fmt::format("{} {}", op, whole_name),
+                    p = fmt::format("{} {}", op, part_name);
+  require_null_only_if_empty(w.c_str(), whole);
+  require_null_only_if_empty(p.c_str(), part);
+  require(whole.count == part.count * size,
+          fmt::format("{}: {} holds {} elements, not size x {} = {} x {}", op, whole_name,
+                      whole.count, part_name, size, part.count));
+  require(!overlaps(whole, part) || part.data == byte_at(whole.data, rank * part.count, part.dtype),
+          fmt::format("{}: {} overlaps {} but is not this rank's slice of it (in place)", op,
+                      part_name, whole_name));
+  require_on_device(w.c_str(), whole, device);
+  require_on_device(p.c_str(), part, device);
+}
+
 // A stream-ordered device copy of `b`, for backends that cannot run a call in place.
 class DeviceCopy {
  public:
@@ -121,9 +142,9 @@ class DeviceCopy {
     const driver::Api& a = driver::api();
     if (bytes_of(b) == 0) return;
     driver::check(a.cuMemAllocAsync(&ptr_, bytes_of(b), stream), "cuMemAllocAsync");
-    driver::check(a.cuMemcpyDtoDAsync(ptr_, reinterpret_cast<CUdeviceptr>(b.data), bytes_of(b),
-                                      stream),
-                  "cuMemcpyDtoDAsync");
+    driver::check(
+        a.cuMemcpyDtoDAsync(ptr_, reinterpret_cast<CUdeviceptr>(b.data), bytes_of(b), stream),
+        "cuMemcpyDtoDAsync");
     buffer_ = {reinterpret_cast<const void*>(ptr_), b.count, b.dtype};
   }
   ~DeviceCopy() {
@@ -158,8 +179,8 @@ std::chrono::milliseconds resolve_timeout(const Options& options) {
     used = 0;
   }
   if (used != text.size() || !std::isfinite(seconds) || seconds <= 0 || seconds > 1e9) {
-    throw InvalidArgument(fmt::format(
-        "KJIT_COMM_TIMEOUT_S='{}' is not a positive number of seconds", text));
+    throw InvalidArgument(
+        fmt::format("KJIT_COMM_TIMEOUT_S='{}' is not a positive number of seconds", text));
   }
   return std::chrono::milliseconds(static_cast<long long>(std::ceil(seconds * 1000)));
 }
@@ -209,42 +230,26 @@ void Communicator::wait_for_stream(StreamHandle stream,
     if (r != CUDA_ERROR_NOT_READY) driver::check(r, "cuStreamQuery");
     throw_if_failed();
     if (std::chrono::steady_clock::now() > deadline) {
-      throw fail(fmt::format("{} did not complete within {} ms (KJIT_COMM_TIMEOUT_S): a peer "
-                             "stopped or never made the matching call",
-                             what, timeout_.count()));
+      throw fail(
+          fmt::format("{} did not complete within {} ms (KJIT_COMM_TIMEOUT_S): a peer "
+                      "stopped or never made the matching call",
+                      what, timeout_.count()));
     }
-    // Spin briefly for short waits, then stop burning a core.
-    std::this_thread::sleep_for(std::chrono::microseconds(polls < 100 ? 10 : 500));
+    pause_between_polls(polls);
   }
 }
 
 void Communicator::all_gather(ConstBuffer send, Buffer recv, StreamHandle stream) {
   throw_if_failed();
-  require_null_only_if_empty("all_gather send", send);
-  require_null_only_if_empty("all_gather recv", recv);
   require_same_dtype(send, recv);
-  require(recv.count == send.count * size_,
-          fmt::format("all_gather: recv holds {} elements, not size x send = {} x {}", recv.count,
-                      size_, send.count));
-  require(!overlaps(send, recv) || send.data == byte_at(recv.data, rank_ * send.count, send.dtype),
-          "all_gather: send overlaps recv but is not this rank's slice of it (in place)");
-  require_on_device("all_gather send", send, device_);
-  require_on_device("all_gather recv", recv, device_);
+  require_whole_and_part("all_gather", recv, "recv", send, "send", rank_, size_, device_);
   do_all_gather(send, recv, stream);
 }
 
 void Communicator::reduce_scatter(ConstBuffer send, Buffer recv, StreamHandle stream) {
   throw_if_failed();
-  require_null_only_if_empty("reduce_scatter send", send);
-  require_null_only_if_empty("reduce_scatter recv", recv);
   require_same_dtype(send, recv);
-  require(send.count == recv.count * size_,
-          fmt::format("reduce_scatter: send holds {} elements, not size x recv = {} x {}",
-                      send.count, size_, recv.count));
-  require(!overlaps(send, recv) || recv.data == byte_at(send.data, rank_ * recv.count, recv.dtype),
-          "reduce_scatter: recv overlaps send but is not this rank's slice of it (in place)");
-  require_on_device("reduce_scatter send", send, device_);
-  require_on_device("reduce_scatter recv", recv, device_);
+  require_whole_and_part("reduce_scatter", send, "send", recv, "recv", rank_, size_, device_);
   do_reduce_scatter(send, recv, stream);
 }
 
@@ -255,9 +260,9 @@ void Communicator::all_to_all(ConstBuffer send, Buffer recv, StreamHandle stream
   require_same_dtype(send, recv);
   require(send.count == recv.count,
           fmt::format("all_to_all: send holds {} elements but recv {}", send.count, recv.count));
-  require(send.count % size_ == 0,
-          fmt::format("all_to_all: {} elements do not split into {} equal slices", send.count,
-                      size_));
+  require(
+      send.count % size_ == 0,
+      fmt::format("all_to_all: {} elements do not split into {} equal slices", send.count, size_));
   const bool in_place = overlaps(send, recv);
   require(!in_place || send.data == recv.data,
           "all_to_all: send and recv overlap without being the same buffer");
@@ -271,8 +276,7 @@ void Communicator::all_to_all(ConstBuffer send, Buffer recv, StreamHandle stream
 void Communicator::all_to_all_v(ConstBuffer send, const std::vector<std::size_t>& send_counts,
                                 const std::vector<std::size_t>& send_offsets, Buffer recv,
                                 const std::vector<std::size_t>& recv_counts,
-                                const std::vector<std::size_t>& recv_offsets,
-                                StreamHandle stream) {
+                                const std::vector<std::size_t>& recv_offsets, StreamHandle stream) {
   throw_if_failed();
   require_null_only_if_empty("all_to_all_v send", send);
   require_null_only_if_empty("all_to_all_v recv", recv);
@@ -296,9 +300,9 @@ void Communicator::all_to_all_v(ConstBuffer send, const std::vector<std::size_t>
 
 void Communicator::broadcast(ConstBuffer send, Buffer recv, int root, StreamHandle stream) {
   throw_if_failed();
-  require(root >= 0 && root < size_,
-          fmt::format("broadcast root {} is not a rank of this communicator (size {})", root,
-                      size_));
+  require(
+      root >= 0 && root < size_,
+      fmt::format("broadcast root {} is not a rank of this communicator (size {})", root, size_));
   require_null_only_if_empty("broadcast recv", recv);
   if (rank_ == root) {
     require_null_only_if_empty("broadcast send", send);
@@ -332,8 +336,7 @@ void Communicator::recv(Buffer buffer, int peer, StreamHandle stream) {
   do_send_recv({}, -1, buffer, peer, stream);
 }
 
-void Communicator::send_recv(ConstBuffer send, int to, Buffer recv, int from,
-                             StreamHandle stream) {
+void Communicator::send_recv(ConstBuffer send, int to, Buffer recv, int from, StreamHandle stream) {
   throw_if_failed();
   require_peer("send_recv destination", to, rank_, size_);
   require_peer("send_recv source", from, rank_, size_);

@@ -117,8 +117,8 @@ std::unique_ptr<Communicator> from_mpi(MPI_Comm comm, int device, const Options&
   }
   if (!can_everywhere) {
     MPI_Comm_free(&own);
-    throw CommError(fmt::format("KJIT_COMM=nccl, but NCCL cannot run on rank {}: {}", rank,
-                                obstacle));
+    throw CommError(
+        fmt::format("KJIT_COMM=nccl, but NCCL cannot run on rank {}: {}", rank, obstacle));
   }
   UniqueId id;
   if (rank == 0) id = make_unique_id();

@@ -4,11 +4,11 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
 
+#include "comm/poll_pause.hpp"
 #include "util/half_float.hpp"
 
 namespace kjit::comm {
@@ -23,15 +23,17 @@ std::string mpi_error(int code) {
   return std::string(text, length);
 }
 
-std::size_t bytes_of(ConstBuffer b) { return b.count * dtype_size(b.dtype); }
+std::size_t bytes_of(ConstBuffer b) {
+  return b.count * dtype_size(b.dtype);
+}
 
 // MPI counts are ints: one call moves at most INT_MAX bytes per peer and addresses at most
 // INT_MAX bytes of a buffer (checked before anything is sent).
 int mpi_bytes(std::size_t bytes, const char* what) {
   if (bytes > static_cast<std::size_t>(INT_MAX)) {
-    throw InvalidArgument(fmt::format(
-        "{}: {} bytes; the MPI backend moves at most {} bytes per peer and call", what, bytes,
-        INT_MAX));
+    throw InvalidArgument(
+        fmt::format("{}: {} bytes; the MPI backend moves at most {} bytes per peer and call", what,
+                    bytes, INT_MAX));
   }
   return static_cast<int>(bytes);
 }
@@ -44,7 +46,8 @@ void sum_slices(const void* in, std::size_t count, int parts, void* out, Load lo
   T* result = static_cast<T*>(out);
   for (std::size_t i = 0; i < count; ++i) {
     Acc acc = 0;
-    for (int p = 0; p < parts; ++p) acc += load(slices[p * count + i]);
+    for (int p = 0; p < parts; ++p)
+      acc += load(slices[p * count + i]);
     result[i] = store(acc);
   }
 }
@@ -53,11 +56,9 @@ void sum_slices(DType dtype, const void* in, std::size_t count, int parts, void*
   auto same = [](auto v) { return v; };
   switch (dtype) {
     case DType::Float16:
-      return sum_slices<std::uint16_t, float>(in, count, parts, out, fp16_to_float,
-                                              float_to_fp16);
+      return sum_slices<std::uint16_t, float>(in, count, parts, out, fp16_to_float, float_to_fp16);
     case DType::BFloat16:
-      return sum_slices<std::uint16_t, float>(in, count, parts, out, bf16_to_float,
-                                              float_to_bf16);
+      return sum_slices<std::uint16_t, float>(in, count, parts, out, bf16_to_float, float_to_bf16);
     case DType::Float32:
       return sum_slices<float, float>(in, count, parts, out, same, same);
     case DType::Int32:
@@ -119,12 +120,12 @@ class MpiCommunicator final : public Communicator {
             what);
       if (done) return;
       if (Clock::now() > deadline) {
-        throw fail(fmt::format("{} did not complete within {} ms (KJIT_COMM_TIMEOUT_S): a peer "
-                               "stopped or never made the matching call",
-                               what, timeout().count()));
+        throw fail(
+            fmt::format("{} did not complete within {} ms (KJIT_COMM_TIMEOUT_S): a peer "
+                        "stopped or never made the matching call",
+                        what, timeout().count()));
       }
-      // MPI progresses inside MPI_Testall: spin first, then give the core back.
-      if (polls > 2000) std::this_thread::sleep_for(std::chrono::microseconds(20));
+      pause_between_polls(polls);  // MPI progresses inside MPI_Testall
     }
   }
 
@@ -133,54 +134,61 @@ class MpiCommunicator final : public Communicator {
     wait(one, what);
   }
 
+  // Stages `send` in, runs `start` (a non-blocking MPI call from the staged input to the
+  // `out_bytes` of output staging), waits for it and returns the output staging.
+  template <class Start>
+  void* exchange(const std::string& what, ConstBuffer send, std::size_t out_bytes,
+                 StreamHandle stream, Start&& start) {
+    void* in = ensure(send_stage_, bytes_of(send));
+    void* out = ensure(recv_stage_, out_bytes);
+    to_host(send.data, in, bytes_of(send), stream, what);
+    MPI_Request request;
+    check(start(in, out, &request), what);
+    wait(request, what);
+    return out;
+  }
+
   void do_all_gather(ConstBuffer send, Buffer recv, StreamHandle stream) override {
     const std::string what =
         fmt::format("all_gather of {} x {} {}", size(), send.count, dtype_name(send.dtype));
     const int bytes = mpi_bytes(bytes_of(send), what.c_str());
     mpi_bytes(bytes_of(recv), what.c_str());
-    void* in = ensure(send_stage_, bytes_of(send));
-    void* out = ensure(recv_stage_, bytes_of(recv));
-    to_host(send.data, in, bytes_of(send), stream, what);
-    MPI_Request request;
-    check(MPI_Iallgather(in, bytes, MPI_BYTE, out, bytes, MPI_BYTE, comm_, &request), what);
-    wait(request, what);
+    void* out =
+        exchange(what, send, bytes_of(recv), stream, [&](void* in, void* o, MPI_Request* r) {
+          return MPI_Iallgather(in, bytes, MPI_BYTE, o, bytes, MPI_BYTE, comm_, r);
+        });
     to_device(out, recv.data, bytes_of(recv), stream, what);
   }
 
-  // An all-to-all of the slices, then the sum on the host.
+  // An all-to-all of the slices, then the sum on the host (into the input staging, free then).
   void do_reduce_scatter(ConstBuffer send, Buffer recv, StreamHandle stream) override {
     const std::string what =
         fmt::format("reduce_scatter of {} x {} {}", size(), recv.count, dtype_name(recv.dtype));
     const int slice = mpi_bytes(bytes_of(recv), what.c_str());
     mpi_bytes(bytes_of(send), what.c_str());
-    void* in = ensure(send_stage_, bytes_of(send));
-    void* gathered = ensure(recv_stage_, bytes_of(send));
-    to_host(send.data, in, bytes_of(send), stream, what);
-    MPI_Request request;
-    check(MPI_Ialltoall(in, slice, MPI_BYTE, gathered, slice, MPI_BYTE, comm_, &request), what);
-    wait(request, what);
-    sum_slices(recv.dtype, gathered, recv.count, size(), in);
-    to_device(in, recv.data, bytes_of(recv), stream, what);
+    void* gathered =
+        exchange(what, send, bytes_of(send), stream, [&](void* in, void* o, MPI_Request* r) {
+          return MPI_Ialltoall(in, slice, MPI_BYTE, o, slice, MPI_BYTE, comm_, r);
+        });
+    sum_slices(recv.dtype, gathered, recv.count, size(), send_stage_.data());
+    to_device(send_stage_.data(), recv.data, bytes_of(recv), stream, what);
   }
 
   void do_all_to_all(ConstBuffer send, Buffer recv, StreamHandle stream) override {
     const std::string what = fmt::format("all_to_all of {} {}", send.count, dtype_name(send.dtype));
     const int slice = mpi_bytes(bytes_of(send) / size(), what.c_str());
     mpi_bytes(bytes_of(send), what.c_str());
-    void* in = ensure(send_stage_, bytes_of(send));
-    void* out = ensure(recv_stage_, bytes_of(recv));
-    to_host(send.data, in, bytes_of(send), stream, what);
-    MPI_Request request;
-    check(MPI_Ialltoall(in, slice, MPI_BYTE, out, slice, MPI_BYTE, comm_, &request), what);
-    wait(request, what);
+    void* out =
+        exchange(what, send, bytes_of(recv), stream, [&](void* in, void* o, MPI_Request* r) {
+          return MPI_Ialltoall(in, slice, MPI_BYTE, o, slice, MPI_BYTE, comm_, r);
+        });
     to_device(out, recv.data, bytes_of(recv), stream, what);
   }
 
   void do_all_to_all_v(ConstBuffer send, const std::vector<std::size_t>& send_counts,
                        const std::vector<std::size_t>& send_offsets, Buffer recv,
                        const std::vector<std::size_t>& recv_counts,
-                       const std::vector<std::size_t>& recv_offsets,
-                       StreamHandle stream) override {
+                       const std::vector<std::size_t>& recv_offsets, StreamHandle stream) override {
     const std::string what =
         fmt::format("all_to_all_v of {} {}", send.count, dtype_name(send.dtype));
     const std::size_t element = dtype_size(send.dtype);
@@ -191,22 +199,19 @@ class MpiCommunicator final : public Communicator {
       rc[p] = mpi_bytes(recv_counts[p] * element, what.c_str());
       rd[p] = mpi_bytes(recv_offsets[p] * element, what.c_str());
     }
-    void* in = ensure(send_stage_, bytes_of(send));
-    void* out = ensure(recv_stage_, bytes_of(recv));
-    to_host(send.data, in, bytes_of(send), stream, what);
-    // Elements of recv that no slice covers keep their value: stage them too.
-    to_host(recv.data, out, bytes_of(recv), stream, what);
-    MPI_Request request;
-    check(MPI_Ialltoallv(in, sc.data(), sd.data(), MPI_BYTE, out, rc.data(), rd.data(), MPI_BYTE,
-                         comm_, &request),
-          what);
-    wait(request, what);
+    // Elements of recv that no slice covers keep their value: stage them in too.
+    to_host(recv.data, ensure(recv_stage_, bytes_of(recv)), bytes_of(recv), stream, what);
+    void* out =
+        exchange(what, send, bytes_of(recv), stream, [&](void* in, void* o, MPI_Request* r) {
+          return MPI_Ialltoallv(in, sc.data(), sd.data(), MPI_BYTE, o, rc.data(), rd.data(),
+                                MPI_BYTE, comm_, r);
+        });
     to_device(out, recv.data, bytes_of(recv), stream, what);
   }
 
   void do_broadcast(ConstBuffer send, Buffer recv, int root, StreamHandle stream) override {
-    const std::string what = fmt::format("broadcast of {} {} from rank {}", recv.count,
-                                         dtype_name(recv.dtype), root);
+    const std::string what =
+        fmt::format("broadcast of {} {} from rank {}", recv.count, dtype_name(recv.dtype), root);
     const int bytes = mpi_bytes(bytes_of(recv), what.c_str());
     void* staged = ensure(recv_stage_, bytes_of(recv));
     if (rank() == root) to_host(send.data, staged, bytes_of(recv), stream, what);
@@ -216,8 +221,7 @@ class MpiCommunicator final : public Communicator {
     to_device(staged, recv.data, bytes_of(recv), stream, what);
   }
 
-  void do_send_recv(ConstBuffer send, int to, Buffer recv, int from,
-                    StreamHandle stream) override {
+  void do_send_recv(ConstBuffer send, int to, Buffer recv, int from, StreamHandle stream) override {
     const std::string what = fmt::format("send_recv (to rank {}, from rank {})", to, from);
     std::vector<MPI_Request> requests;
     void* out = nullptr;

@@ -3,11 +3,11 @@
 // queued work does not complete in time or NCCL reports an asynchronous error.
 #include <cstring>
 #include <mutex>
-#include <thread>
 
 #include <fmt/format.h>
 
 #include "comm/nccl_library.hpp"
+#include "comm/poll_pause.hpp"
 #include "comm/watchdog.hpp"
 #include "kjit/comm.hpp"
 
@@ -36,7 +36,9 @@ ncclDataType_t nccl_type(DType dtype) {
   throw InvalidArgument("the communicator does not take this dtype");
 }
 
-const char* char_or_empty(const char* s) { return s ? s : ""; }
+const char* char_or_empty(const char* s) {
+  return s ? s : "";
+}
 
 std::string nccl_error(ncclComm_t comm, ncclResult_t r) {
   const NcclApi& n = nccl();
@@ -49,7 +51,7 @@ std::string nccl_error(ncclComm_t comm, ncclResult_t r) {
 ncclResult_t settle(ncclComm_t comm, ncclResult_t r, Clock::time_point deadline) {
   for (int polls = 0; r == ncclInProgress; ++polls) {
     if (Clock::now() > deadline) return ncclInProgress;
-    std::this_thread::sleep_for(std::chrono::microseconds(polls < 100 ? 10 : 500));
+    pause_between_polls(polls);
     if (nccl().ncclCommGetAsyncError(comm, &r) != ncclSuccess) return ncclSystemError;
   }
   return r;
@@ -122,8 +124,8 @@ class NcclCommunicator final : public Communicator {
   void do_reduce_scatter(ConstBuffer send, Buffer recv, StreamHandle stream) override {
     issue(fmt::format("reduce_scatter of {} x {} {}", size(), recv.count, dtype_name(recv.dtype)),
           stream, [&] {
-            return nccl().ncclReduceScatter(send.data, recv.data, recv.count,
-                                            nccl_type(recv.dtype), ncclSum, comm_, stream);
+            return nccl().ncclReduceScatter(send.data, recv.data, recv.count, nccl_type(recv.dtype),
+                                            ncclSum, comm_, stream);
           });
   }
 
@@ -132,26 +134,29 @@ class NcclCommunicator final : public Communicator {
     const std::size_t slice = send.count / size();
     const std::vector<std::size_t> counts(size(), slice);
     std::vector<std::size_t> offsets(size());
-    for (int p = 0; p < size(); ++p) offsets[p] = p * slice;
+    for (int p = 0; p < size(); ++p)
+      offsets[p] = p * slice;
     exchange_all("all_to_all", send, counts, offsets, recv, counts, offsets, stream);
   }
 
   void do_all_to_all_v(ConstBuffer send, const std::vector<std::size_t>& send_counts,
                        const std::vector<std::size_t>& send_offsets, Buffer recv,
                        const std::vector<std::size_t>& recv_counts,
-                       const std::vector<std::size_t>& recv_offsets,
-                       StreamHandle stream) override {
+                       const std::vector<std::size_t>& recv_offsets, StreamHandle stream) override {
     exchange_all("all_to_all_v", send, send_counts, send_offsets, recv, recv_counts, recv_offsets,
                  stream);
   }
 
-  void exchange_all(const char* name, ConstBuffer send,
-                    const std::vector<std::size_t>& send_counts,
+  void exchange_all(const char* name, ConstBuffer send, const std::vector<std::size_t>& send_counts,
                     const std::vector<std::size_t>& send_offsets, Buffer recv,
                     const std::vector<std::size_t>& recv_counts,
                     const std::vector<std::size_t>& recv_offsets, StreamHandle stream) {
     const std::size_t element = dtype_size(send.dtype);
     const ncclDataType_t type = nccl_type(send.dtype);
+    // This rank's own slice needs no NCCL: a device copy on the stream.
+    copy_async(static_cast<char*>(recv.data) + recv_offsets[rank()] * element,
+               static_cast<const char*>(send.data) + send_offsets[rank()] * element,
+               send_counts[rank()] * element, stream);
     issue(fmt::format("{} of {} {}", name, send.count, dtype_name(send.dtype)), stream, [&] {
       const NcclApi& n = nccl();
       ncclResult_t first = n.ncclGroupStart();
@@ -159,13 +164,14 @@ class NcclCommunicator final : public Communicator {
         if (first == ncclSuccess) first = r;
       };
       for (int p = 0; p < size() && first == ncclSuccess; ++p) {
+        if (p == rank()) continue;
         if (send_counts[p] > 0) {
           keep(n.ncclSend(static_cast<const char*>(send.data) + send_offsets[p] * element,
                           send_counts[p], type, p, comm_, stream));
         }
         if (recv_counts[p] > 0) {
-          keep(n.ncclRecv(static_cast<char*>(recv.data) + recv_offsets[p] * element,
-                          recv_counts[p], type, p, comm_, stream));
+          keep(n.ncclRecv(static_cast<char*>(recv.data) + recv_offsets[p] * element, recv_counts[p],
+                          type, p, comm_, stream));
         }
       }
       const ncclResult_t end = n.ncclGroupEnd();
@@ -181,15 +187,13 @@ class NcclCommunicator final : public Communicator {
           });
   }
 
-  void do_send_recv(ConstBuffer send, int to, Buffer recv, int from,
-                    StreamHandle stream) override {
+  void do_send_recv(ConstBuffer send, int to, Buffer recv, int from, StreamHandle stream) override {
     const std::string what =
-        to >= 0 && from >= 0
-            ? fmt::format("send_recv of {} {} to rank {} and {} from rank {}", send.count,
-                          dtype_name(send.dtype), to, recv.count, from)
-        : to >= 0 ? fmt::format("send of {} {} to rank {}", send.count, dtype_name(send.dtype), to)
-                  : fmt::format("recv of {} {} from rank {}", recv.count, dtype_name(recv.dtype),
-                                from);
+        to >= 0 && from >= 0 ? fmt::format("send_recv of {} {} to rank {} and {} from rank {}",
+                                           send.count, dtype_name(send.dtype), to, recv.count, from)
+        : to >= 0
+            ? fmt::format("send of {} {} to rank {}", send.count, dtype_name(send.dtype), to)
+            : fmt::format("recv of {} {} from rank {}", recv.count, dtype_name(recv.dtype), from);
     issue(what, stream, [&] {
       const NcclApi& n = nccl();
       ncclResult_t first = n.ncclGroupStart();
@@ -207,8 +211,8 @@ class NcclCommunicator final : public Communicator {
   // NCCL has no barrier: a one-word all-reduce orders the stream the same way.
   void do_barrier(StreamHandle stream) override {
     issue("barrier", stream, [&] {
-      return nccl().ncclAllReduce(barrier_word_.data(), barrier_word_.data(), 1, ncclInt32,
-                                  ncclSum, comm_, stream);
+      return nccl().ncclAllReduce(barrier_word_.data(), barrier_word_.data(), 1, ncclInt32, ncclSum,
+                                  comm_, stream);
     });
   }
 
@@ -264,15 +268,16 @@ std::unique_ptr<Communicator> from_unique_id(const UniqueId& id, int rank, int s
   ncclResult_t r = n.ncclCommInitRankConfig(&comm, size, nccl_id, rank, &config);
   if (comm) r = settle(comm, r, Clock::now() + timeout);
   if (r != ncclSuccess) {
-    const std::string why = r == ncclInProgress
-                                ? fmt::format("not every rank joined within {} ms "
-                                              "(KJIT_COMM_TIMEOUT_S)",
-                                              timeout.count())
-                                : nccl_error(comm, r);
+    const std::string why = r == ncclInProgress ? fmt::format(
+                                                      "not every rank joined within {} ms "
+                                                      "(KJIT_COMM_TIMEOUT_S)",
+                                                      timeout.count())
+                                                : nccl_error(comm, r);
     if (comm) n.ncclCommAbort(comm);
-    throw CommError(fmt::format("kjit comm (nccl, rank {} of {}): ncclCommInitRankConfig on "
-                                "device {} failed: {}",
-                                rank, size, device, why));
+    throw CommError(
+        fmt::format("kjit comm (nccl, rank {} of {}): ncclCommInitRankConfig on "
+                    "device {} failed: {}",
+                    rank, size, device, why));
   }
   return std::make_unique<NcclCommunicator>(comm, true, rank, size, device, timeout);
 }
@@ -282,7 +287,8 @@ std::unique_ptr<Communicator> from_nccl(ncclComm_t comm, const Options& options)
   const auto timeout = resolve_timeout(options);
   const NcclApi& n = nccl();
   int rank = 0, size = 0, device = 0;
-  if (n.ncclCommUserRank(comm, &rank) != ncclSuccess || n.ncclCommCount(comm, &size) != ncclSuccess ||
+  if (n.ncclCommUserRank(comm, &rank) != ncclSuccess ||
+      n.ncclCommCount(comm, &size) != ncclSuccess ||
       n.ncclCommCuDevice(comm, &device) != ncclSuccess) {
     throw CommError("from_nccl: NCCL cannot describe this communicator (rank, size, device)");
   }

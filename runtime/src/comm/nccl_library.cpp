@@ -32,11 +32,11 @@ Loaded load() {
                               why ? why : "unknown error");
     return out;
   }
-#define KJIT_NCCL_RESOLVE(name)                                                                \
-  out.api.name = reinterpret_cast<decltype(out.api.name)>(dlsym(handle, #name));               \
-  if (!out.api.name) {                                                                         \
+#define KJIT_NCCL_RESOLVE(name)                                                                    \
+  out.api.name = reinterpret_cast<decltype(out.api.name)>(dlsym(handle, #name));                   \
+  if (!out.api.name) {                                                                             \
     out.failure = fmt::format("NCCL at {} has no {}: kjit needs NCCL 2.18 or newer", path, #name); \
-    return out;                                                                                \
+    return out;                                                                                    \
   }
   KJIT_NCCL_FUNCTIONS(KJIT_NCCL_RESOLVE)
 #undef KJIT_NCCL_RESOLVE

@@ -18,8 +18,10 @@ Watchdog::~Watchdog() {
   wake_.notify_all();
   if (thread_.joinable()) thread_.join();
   const driver::Api& a = driver::api();
-  for (const Pending& p : pending_) a.cuEventDestroy(p.event);
-  for (CUevent_st* e : free_events_) a.cuEventDestroy(e);
+  for (const Pending& p : pending_)
+    a.cuEventDestroy(p.event);
+  for (CUevent_st* e : free_events_)
+    a.cuEventDestroy(e);
 }
 
 void Watchdog::track(const std::string& what, StreamHandle stream,
@@ -53,13 +55,14 @@ std::string Watchdog::check_pending() {
       still.push_back(std::move(p));
     } else {
       if (failure.empty()) {
-        failure = r == CUDA_ERROR_NOT_READY
-                      ? fmt::format("{} did not complete within its timeout "
-                                    "(KJIT_COMM_TIMEOUT_S): a peer stopped or never made the "
-                                    "matching call",
-                                    p.what)
-                      : fmt::format("{} failed on the device (CUresult {})", p.what,
-                                    static_cast<int>(r));
+        failure =
+            r == CUDA_ERROR_NOT_READY
+                ? fmt::format(
+                      "{} did not complete within its timeout "
+                      "(KJIT_COMM_TIMEOUT_S): a peer stopped or never made the "
+                      "matching call",
+                      p.what)
+                : fmt::format("{} failed on the device (CUresult {})", p.what, static_cast<int>(r));
       }
       still.push_back(std::move(p));
     }

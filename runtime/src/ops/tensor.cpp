@@ -43,8 +43,8 @@ const char* dtype_name(DType dtype) {
 }
 
 std::optional<DType> dtype_from_name(std::string_view name) {
-  for (DType d :
-       {DType::Float16, DType::BFloat16, DType::Float32, DType::Int32, DType::Int64, DType::UInt8}) {
+  for (DType d : {DType::Float16, DType::BFloat16, DType::Float32, DType::Int32, DType::Int64,
+                  DType::UInt8}) {
     if (name == dtype_name(d)) return d;
   }
   return std::nullopt;
