@@ -33,7 +33,7 @@ Stats summarize(std::vector<double> us) {
 
 // Times single runs with CUDA events until the budget is spent, rotating input sets; stops
 // early when the candidate is clearly slower than `best_us`.
-Stats measure(ops::Workload& w, const Kernel& k, const tuning::Config& c, double budget_s,
+Stats measure(ops::Workload& w, const Program& k, const tuning::Config& c, double budget_s,
               double best_us, StreamHandle stream) {
   for (int i = 0; i < kWarmupRuns; ++i)
     w.run(k, c, i, stream);
@@ -174,7 +174,7 @@ TuneOutcome tune(const ops::KernelFamily& family, const ops::TuneCase& c,
       family.workload(c, static_cast<std::size_t>(device.l2_bytes));
   Stream stream;
   // The reference output: the default config, on input set 0.
-  const Kernel default_kernel = load(family.spec(space.configs.front(), c, arch)).kernel();
+  const Program default_kernel = load(family.spec(space.configs.front(), c, arch));
   work->poison_output();
   work->run(default_kernel, space.configs.front(), 0, stream.handle());
   stream.synchronize();
@@ -195,7 +195,7 @@ TuneOutcome tune(const ops::KernelFamily& family, const ops::TuneCase& c,
     tuning::Trial t;
     t.config = json;
     try {
-      const Kernel k = load(family.spec(config, c, arch)).kernel();
+      const Program k = load(family.spec(config, c, arch));
       const Stats s =
           measure(*work, k, config, options.seconds_per_candidate, best_us, stream.handle());
       t.median_us = s.median;

@@ -10,55 +10,22 @@
 #include <string>
 #include <vector>
 
+#include "bench/attention_timing.hpp"
 #include "kjit/attention.hpp"
 #include "kjit/jit.hpp"
 #include "ops/attention/flash_forward.hpp"
 
 namespace {
 
-constexpr int kWarmup = 3, kIterations = 15;
-
-template <class F>
-double median_ms(F&& body, kjit::StreamHandle stream) {
-  for (int i = 0; i < kWarmup; ++i)
-    body();
-  std::vector<double> ms;
-  for (int i = 0; i < kIterations; ++i) {
-    kjit::Event start, stop;
-    start.record(stream);
-    body();
-    stop.record(stream);
-    stop.synchronize();
-    ms.push_back(stop.elapsed_ms_since(start));
-  }
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
-
-kjit::DeviceBuffer random_bf16(std::size_t elems) {
-  std::mt19937 rng(7);
-  std::normal_distribution<float> n(0.f, 1.f);
-  std::vector<std::uint16_t> host(elems);
-  for (auto& x : host) {
-    const float f = n(rng);
-    std::uint32_t bits;
-    std::memcpy(&bits, &f, 4);
-    x = static_cast<std::uint16_t>(bits >> 16);
-  }
-  kjit::DeviceBuffer b(elems * 2);
-  b.upload(host.data(), b.size());
-  return b;
-}
-
 void row(const char* name, long long b, long long s, long long hq, long long hk, long long d,
          bool causal, kjit::Stream& stream) {
-  auto q = random_bf16(b * s * hq * d), k = random_bf16(b * s * hk * d),
-       v = random_bf16(b * s * hk * d);
+  auto q = kjit::bench::random_bf16(b * s * hq * d), k = kjit::bench::random_bf16(b * s * hk * d),
+       v = kjit::bench::random_bf16(b * s * hk * d);
   kjit::DeviceBuffer out(b * s * hq * d * 2), lse(b * hq * s * 4);
   kjit::attention::ForwardOptions o;
   o.causal = causal;
   const auto bf = kjit::DType::BFloat16;
-  const double ms = median_ms(
+  const double ms = kjit::bench::median_ms(
       [&] {
         kjit::attention::forward(kjit::TensorView(q.data(), bf, {b, s, hq, d}),
                                  kjit::TensorView(k.data(), bf, {b, s, hk, d}),
@@ -82,7 +49,8 @@ void varlen_row(kjit::Stream& stream) {
   for (int l : lens)
     cu.push_back(cu.back() + l);
   const long long t = cu.back(), h = 16, d = 128;
-  auto q = random_bf16(t * h * d), k = random_bf16(t * h * d), v = random_bf16(t * h * d);
+  auto q = kjit::bench::random_bf16(t * h * d), k = kjit::bench::random_bf16(t * h * d),
+       v = kjit::bench::random_bf16(t * h * d);
   kjit::DeviceBuffer out(t * h * d * 2), lse(h * t * 4), dcu(cu.size() * 4);
   dcu.upload(cu.data(), dcu.size());
   kjit::attention::ForwardOptions o;
@@ -91,7 +59,7 @@ void varlen_row(kjit::Stream& stream) {
   const kjit::attention::Varlen s{kjit::TensorView(dcu.data(), kjit::DType::Int32, {17}),
                                   kjit::TensorView(dcu.data(), kjit::DType::Int32, {17}), cu.data(),
                                   cu.data()};
-  const double ms = median_ms(
+  const double ms = kjit::bench::median_ms(
       [&] {
         kjit::attention::forward_varlen(
             kjit::TensorView(q.data(), bf, {t, h, d}), kjit::TensorView(k.data(), bf, {t, h, d}),
@@ -112,8 +80,8 @@ void sweep(long long d, bool causal, const std::vector<kjit::ops::FlashForward::
            kjit::Stream& stream) {
   using kjit::ops::FlashForward;
   const long long s = 8192, b = 2, h = 2048 / d;
-  auto q = random_bf16(b * s * h * d), k = random_bf16(b * s * h * d),
-       v = random_bf16(b * s * h * d);
+  auto q = kjit::bench::random_bf16(b * s * h * d), k = kjit::bench::random_bf16(b * s * h * d),
+       v = kjit::bench::random_bf16(b * s * h * d);
   kjit::DeviceBuffer out(b * s * h * d * 2), lse(b * h * s * 4);
   const auto bf = kjit::DType::BFloat16;
   kjit::attention::ForwardOptions o;
@@ -126,9 +94,9 @@ void sweep(long long d, bool causal, const std::vector<kjit::ops::FlashForward::
   const kjit::Arch arch(kjit::device_info(kjit::current_device()).arch());
   for (const auto& c : configs) {
     if (!FlashForward::valid(c, call.problem, arch)) continue;
-    const kjit::Kernel kernel = kjit::load(FlashForward::spec(c, call.problem, arch)).kernel();
-    const double ms = median_ms(
-        [&] { FlashForward::launch(kernel, c, call.problem, call.args, stream.handle()); },
+    const kjit::Program program = kjit::load(FlashForward::spec(c, call.problem, arch));
+    const double ms = kjit::bench::median_ms(
+        [&] { FlashForward::launch(program, c, call.problem, call.args, stream.handle()); },
         stream.handle());
     std::vector<std::uint16_t> result(out.size() / 2);
     stream.synchronize();

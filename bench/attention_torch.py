@@ -1,6 +1,10 @@
 """torch 2.11 SDPA (flash backend = FlashAttention-2, and cuDNN) on the rows of
 bench/attention_forward.cpp, in the same convention (bf16 forward, median of CUDA-event-timed
-runs, TFLOP/s = 4 B H S^2 D / t, halved when causal). Run in the same device call as kjit's."""
+runs, TFLOP/s = 4 B H S^2 D / t, halved when causal). Run in the same device call as kjit's.
+--backward: the rows of bench/attention_backward.cpp: the backward alone (2.5 x the forward's
+FLOPs) and forward + backward (3.5 x)."""
+import sys
+
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -22,26 +26,40 @@ def median_ms(fn, warm=3, reps=15):
     return times[len(times) // 2]
 
 
+BACKWARD = "--backward" in sys.argv
+
+
 def row(name, b, s, hq, hk, d, causal):
-    q = torch.randn(b, hq, s, d, device="cuda", dtype=torch.bfloat16)
-    k = torch.randn(b, hk, s, d, device="cuda", dtype=torch.bfloat16)
-    v = torch.randn(b, hk, s, d, device="cuda", dtype=torch.bfloat16)
+    grad = BACKWARD
+    q = torch.randn(b, hq, s, d, device="cuda", dtype=torch.bfloat16, requires_grad=grad)
+    k = torch.randn(b, hk, s, d, device="cuda", dtype=torch.bfloat16, requires_grad=grad)
+    v = torch.randn(b, hk, s, d, device="cuda", dtype=torch.bfloat16, requires_grad=grad)
     flops = 4 * b * hq * s * s * d / (2 if causal else 1)
     out = []
     for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION):
         try:
             with sdpa_kernel(backend):
-                ms = median_ms(lambda: F.scaled_dot_product_attention(
-                    q, k, v, is_causal=causal, enable_gqa=hq != hk))
-            out.append(f"{flops / ms / 1e9:8.1f}")
+                attend = lambda: F.scaled_dot_product_attention(
+                    q, k, v, is_causal=causal, enable_gqa=hq != hk)
+                if not BACKWARD:
+                    ms = median_ms(attend)
+                    out.append(f"{flops / ms / 1e9:8.1f}")
+                    continue
+                o = attend()
+                do = torch.randn_like(o)
+                ms = median_ms(lambda: torch.autograd.grad(o, (q, k, v), do, retain_graph=True))
+                both = median_ms(lambda: torch.autograd.grad(attend(), (q, k, v), do))
+                out.append(f"{2.5 * flops / ms / 1e9:8.1f} {3.5 * flops / both / 1e9:8.1f}")
         except RuntimeError as e:  # a backend may refuse a shape
-            out.append(f"{'n/a':>8}")
+            out.append(f"{'n/a':>8}" + (f" {'n/a':>8}" if BACKWARD else ""))
     mask = "causal" if causal else "full"
     print(f"{name:<28} {b:3d} {s:6d} {hq:4d}/{hk:<3d} {d:4d} {mask:<7} {out[0]} {out[1]}", flush=True)
 
 
-print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 forward, TFLOP/s")
-print(f"{'row':<28} {'B':>3} {'S':>6} {'Hq/Hk':>8} {'D':>4} {'mask':<7} {'FA2':>8} {'cuDNN':>8}")
+what = "backward (bwd, fwd+bwd)" if BACKWARD else "forward"
+print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 {what}, TFLOP/s")
+cols = f"{'FA2':>8} {'FA2 f+b':>8} {'cuDNN':>8} {'cuDNN f+b':>9}" if BACKWARD else f"{'FA2':>8} {'cuDNN':>8}"
+print(f"{'row':<28} {'B':>3} {'S':>6} {'Hq/Hk':>8} {'D':>4} {'mask':<7} {cols}")
 for d in (64, 128, 256):
     for s in (2048, 8192, 16384):
         for causal in (False, True):
@@ -49,7 +67,8 @@ for d in (64, 128, 256):
 row("gqa 32/8", 2, 8192, 32, 8, 128, True)
 
 
-def varlen_row():
+def if not BACKWARD:
+    varlen_row():
     """16 sequences of 256..1792 tokens (kjit's varlen row), hd 128, 16 heads, causal, through
     aten._flash_attention_forward (FlashAttention-2's varlen entry)."""
     lens = [256 + ((i * 7) % 16) * 96 for i in range(16)]
@@ -63,4 +82,5 @@ def varlen_row():
           f"{flops / ms / 1e9:8.1f} {'n/a':>8}", flush=True)
 
 
-varlen_row()
+if not BACKWARD:  # (the varlen backward entry is not timed here)
+    varlen_row()

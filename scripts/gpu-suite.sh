@@ -2,7 +2,8 @@
 # Runs on the GPU machine from binaries built by scripts/gpu-bundle.sh: device facts, the GPU
 # test suite, the CPU suite (there too: it checks the no-driver paths on a machine that has one),
 # the benchmarks and the example. Full logs go to $OUT (or ./gpu-out); a summary is printed last.
-#   scripts/gpu-suite.sh [tests|bench|attention|attention-bench|families|dist|all]   (default all)
+#   scripts/gpu-suite.sh [tests|bench|attention|attention-bench|attention-backward|families|dist|all]
+#   (default all)
 # `families` is the check after a change to the op plumbing (kernel families, dispatch, tuning
 # tables): the whole GPU suite, the examples, a sanitizer subset, and the attention and
 # merge_states benchmarks with default configs beside torch.
@@ -94,6 +95,31 @@ if [ "$what" = families ]; then
     grep -E '^\[  FAILED  \] [A-Z]' "$out/$log.log" | head
   done
   for log in attention_kjit attention_torch; do echo "== $log"; cat "$out/$log.log"; done
+fi
+if [ "$what" = attention-backward ]; then
+  # The backward's tests in four parallel shards, a sanitizer subset, then kjit beside torch
+  # (SDPA flash = FA2, and cuDNN) on the same rows.
+  start=$SECONDS
+  for i in 0 1 2 3; do
+    GTEST_TOTAL_SHARDS=4 GTEST_SHARD_INDEX=$i "$bin/kjit_gpu_tests" \
+      --gtest_filter='*AttentionBackward*' >"$out/backward_tests_shard$i.log" 2>&1 &
+  done
+  wait
+  summary+=("$(printf '%-22s %4ss' backward_tests "$((SECONDS - start))")")
+  cat "$out"/backward_tests_shard*.log >"$out/backward_tests.log"
+  subset='All/AttentionBackward.*/0:All/AttentionBackward.*/3:*DeterministicModeIsBitwise*'
+  step backward_memcheck compute-sanitizer --tool memcheck --error-exitcode 3 \
+    "$bin/kjit_gpu_tests" --gtest_filter="$subset"
+  step backward_racecheck compute-sanitizer --tool racecheck --error-exitcode 3 \
+    "$bin/kjit_gpu_tests" --gtest_filter='All/AttentionBackward.*/3'
+  step backward_kjit "$bin/kjit_bench_attention_backward"
+  PYTHONUNBUFFERED=1 step backward_torch python3 bench/attention_torch.py --backward
+  echo "== backward_tests: $(grep -c '^\[       OK' "$out/backward_tests.log") ok, $(grep -c '^\[  FAILED  \] [A-Z]' "$out/backward_tests.log") failed"
+  grep -E '^\[  FAILED  \] [A-Z]|Failure|error|Expected|Which is|mismatch|elements outside' "$out/backward_tests.log" | head -40
+  for log in backward_memcheck backward_racecheck; do
+    echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -4
+  done
+  for log in backward_kjit backward_torch; do echo "== $log"; cat "$out/$log.log"; done
 fi
 if [ "$what" = dist ]; then
   # The multi-rank suites as real processes on this one GPU: the MPI backend at 1, 2, 4 and 8

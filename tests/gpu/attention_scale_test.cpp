@@ -75,7 +75,7 @@ TEST(AttentionForwardScale, SingleSequenceOf128kTokens) {
     } else {
       const ops::Call<FlashForward> call = FlashForward::validate(vq, vk, vv, vout, vlse, options);
       const FlashForward::Config c = FlashForward::default_config(call.problem, "sm_80");
-      FlashForward::launch(load(FlashForward::spec(c, call.problem, arch::current())).kernel(), c,
+      FlashForward::launch(load(FlashForward::spec(c, call.problem, arch::current())), c,
                            call.problem, call.args, stream.handle());
     }
     stream.synchronize();

@@ -13,6 +13,7 @@
 #include "kjit/jit.hpp"
 #include "ops/attention/flash_forward.hpp"
 #include "tests/reference/attention_reference.hpp"
+#include "tests/support/dtype_bits.hpp"
 #include "tests/support/gpu.hpp"
 #include "tests/support/isolated_cache.hpp"
 #include "util/half_float.hpp"
@@ -52,19 +53,8 @@ void PrintTo(const AttnCase& c, std::ostream* os) {
 // own choice.
 void run_mma_sync(const ops::Call<FlashForward>& call, StreamHandle stream) {
   const FlashForward::Config config = FlashForward::default_config(call.problem, "sm_80");
-  const Kernel kernel = load(FlashForward::spec(config, call.problem, arch::current())).kernel();
-  FlashForward::launch(kernel, config, call.problem, call.args, stream);
-}
-
-std::uint16_t to_bits(DType t, double v) {
-  return t == DType::BFloat16 ? float_to_bf16(static_cast<float>(v))
-                              : float_to_fp16(static_cast<float>(v));
-}
-double from_bits(DType t, std::uint16_t b) {
-  return t == DType::BFloat16 ? bf16_to_float(b) : fp16_to_float(b);
-}
-double round_to(DType t, double v) {
-  return from_bits(t, to_bits(t, v));
+  const Program program = load(FlashForward::spec(config, call.problem, arch::current()));
+  FlashForward::launch(program, config, call.problem, call.args, stream);
 }
 
 // Runs the case; returns the raw output bytes (for determinism checks).

@@ -139,7 +139,7 @@ void run_case(const Case& c) {
         MergeStates::validate(parts_view, lse_view, out_view, out_lse_view);
     const Arch& arch = arch::current();
     ASSERT_TRUE(MergeStates::valid(*c.config, call.problem, arch));
-    MergeStates::launch(load(MergeStates::spec(*c.config, call.problem, arch)).kernel(), *c.config,
+    MergeStates::launch(load(MergeStates::spec(*c.config, call.problem, arch)), *c.config,
                         call.problem, call.args, stream.handle());
   } else {
     attention::merge_states(parts_view, lse_view, out_view, out_lse_view, stream.handle());

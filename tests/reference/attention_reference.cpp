@@ -39,3 +39,56 @@ AttentionRow attention(const std::vector<double>& q, const std::vector<double>& 
 }
 
 }  // namespace kjit::reference
+
+namespace kjit::reference {
+
+AttentionGradients attention_backward(const std::vector<double>& q, const std::vector<double>& k,
+                                      const std::vector<double>& v, const std::vector<double>& dout,
+                                      int sq, int sk, int dim, double scale, bool causal,
+                                      const std::function<double(double)>& round) {
+  AttentionGradients g;
+  g.dq.assign(static_cast<std::size_t>(sq) * dim, 0.0);
+  g.dk.assign(static_cast<std::size_t>(sk) * dim, 0.0);
+  g.dv.assign(static_cast<std::size_t>(sk) * dim, 0.0);
+  const auto keep = [&](double x) { return round ? round(x) : x; };
+  std::vector<double> p(sk), dp(sk), out(dim);
+  for (int i = 0; i < sq; ++i) {
+    const int last = causal ? std::min(sk - 1, i + sk - sq) : sk - 1;
+    if (last < 0) continue;
+    double m = -std::numeric_limits<double>::infinity();
+    for (int j = 0; j <= last; ++j) {
+      double dot = 0;
+      for (int d = 0; d < dim; ++d)
+        dot += q[i * dim + d] * k[j * dim + d];
+      p[j] = dot * scale;
+      m = std::max(m, p[j]);
+    }
+    double sum = 0;
+    for (int j = 0; j <= last; ++j)
+      sum += std::exp(p[j] - m);
+    std::fill(out.begin(), out.end(), 0.0);
+    for (int j = 0; j <= last; ++j) {
+      p[j] = std::exp(p[j] - m) / sum;
+      for (int d = 0; d < dim; ++d)
+        out[d] += p[j] * v[j * dim + d];
+    }
+    double row_dot = 0;  // rowsum(dO * O)
+    for (int d = 0; d < dim; ++d)
+      row_dot += dout[i * dim + d] * out[d];
+    for (int j = 0; j <= last; ++j) {
+      double dot = 0;
+      for (int d = 0; d < dim; ++d)
+        dot += dout[i * dim + d] * v[j * dim + d];
+      const double pj = keep(p[j]);
+      const double ds = pj * (keep(dot) - row_dot);
+      for (int d = 0; d < dim; ++d) {
+        g.dq[i * dim + d] += scale * ds * k[j * dim + d];
+        g.dk[j * dim + d] += scale * ds * q[i * dim + d];
+        g.dv[j * dim + d] += pj * dout[i * dim + d];
+      }
+    }
+  }
+  return g;
+}
+
+}  // namespace kjit::reference

@@ -22,3 +22,23 @@ AttentionRow attention(const std::vector<double>& q, const std::vector<double>& 
                        const std::function<double(double)>& round_p = nullptr);
 
 }  // namespace kjit::reference
+
+namespace kjit::reference {
+
+struct AttentionGradients {
+  std::vector<double> dq;  // [Sq][D]
+  std::vector<double> dk;  // [Sk][D]
+  std::vector<double> dv;  // [Sk][D]
+};
+
+// The backward of attention() for one sequence and one query head: dS = P (dP - rowsum(dO O)),
+// dq = scale dS K, dk = scale dS^T Q, dv = P^T dO, with O and P recomputed in double. `round`,
+// when given, rounds P and dP to the input dtype (FlashAttention's low-precision reference, which
+// sizes the error bound). Rows that see no key contribute nothing.
+AttentionGradients attention_backward(const std::vector<double>& q, const std::vector<double>& k,
+                                      const std::vector<double>& v, const std::vector<double>& dout,
+                                      int seqlen_q, int seqlen_k, int dim, double scale,
+                                      bool causal,
+                                      const std::function<double(double)>& round = nullptr);
+
+}  // namespace kjit::reference

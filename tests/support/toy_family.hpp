@@ -56,11 +56,11 @@ struct ToyScale {
     s.arch = arch.name();
     return s;
   }
-  static void launch(const Kernel& kernel, const Config& c, const Problem& p, const Args& args,
+  static void launch(const Program& program, const Config& c, const Problem& p, const Args& args,
                      StreamHandle stream) {
     const auto blocks = static_cast<unsigned>((p.n + c.threads - 1) / c.threads);
-    kernel.launch({{blocks}, {static_cast<unsigned>(c.threads)}, 0, stream, {}}, args.x, args.y,
-                  args.n, args.factor);
+    program.kernel().launch({{blocks}, {static_cast<unsigned>(c.threads)}, 0, stream, {}}, args.x,
+                            args.y, args.n, args.factor);
   }
   static std::vector<Problem> shipped(const Arch&) { return {{DType::Float32, 1}}; }
 

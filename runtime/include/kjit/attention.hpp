@@ -4,6 +4,7 @@
 // query that sees no key gets O = 0 and LSE = -inf. Head dims 64, 96, 128, 192, 256.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "kjit/device.hpp"
@@ -35,6 +36,38 @@ struct Varlen {
 void forward_varlen(const TensorView& q, const TensorView& k, const TensorView& v,
                     const TensorView& out, const TensorView& lse, const Varlen& seqlens,
                     const ForwardOptions& options, StreamHandle stream);
+
+// The backward of forward() / forward_varlen(): dq, dk, dv (in the inputs' dtype, shaped like q,
+// k, v) from q, k, v, out, dout (like out) and the forward's lse, for exactly the forward's
+// inputs and options. GQA: dk and dv of a key/value head sum over its query heads. Rows that see
+// no key contribute nothing; empty sequences are allowed.
+struct BackwardOptions {
+  float softmax_scale = 0.f;  // 0: 1 / sqrt(head dim); must match the forward's
+  bool causal = false;
+  // Bitwise identical results run to run: dq is computed by a second pass over the keys instead
+  // of fp32 atomics (the default), which recomputes S and dP (docs/perf.md has the cost).
+  bool deterministic = false;
+  // backward_workspace_bytes() of device memory, aligned to 256 bytes; null: kjit allocates it,
+  // ordered on the stream.
+  void* workspace = nullptr;
+  std::size_t workspace_bytes = 0;
+};
+
+// The workspace a backward over `q` ([B, Sq, Hq, D] or packed [Tq, Hq, D]) needs: fp32
+// rowsum(dout * out) per query row and head, plus an fp32 dq accumulator unless deterministic.
+std::size_t backward_workspace_bytes(const TensorView& q, const BackwardOptions& options);
+
+// lse [B, Hq, Sq] fp32 (the forward's). Any strides with a contiguous head dim, 16-byte rows.
+void backward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+              const TensorView& dout, const TensorView& lse, const TensorView& dq,
+              const TensorView& dk, const TensorView& dv, const BackwardOptions& options,
+              StreamHandle stream);
+
+// Packed sequences, as forward_varlen: lse [Hq, Tq].
+void backward_varlen(const TensorView& q, const TensorView& k, const TensorView& v,
+                     const TensorView& out, const TensorView& dout, const TensorView& lse,
+                     const TensorView& dq, const TensorView& dk, const TensorView& dv,
+                     const Varlen& seqlens, const BackwardOptions& options, StreamHandle stream);
 
 }  // namespace kjit::attention
 #pragma GCC visibility pop

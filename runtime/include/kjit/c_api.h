@@ -56,6 +56,24 @@ kjit_status kjit_attention_forward_varlen(const DLTensor* q, const DLTensor* k, 
                                           const int32_t* host_cu_seqlens_k, float softmax_scale,
                                           int causal, void* stream);
 
+/* See kjit/attention.hpp (backward). dq, dk, dv are written; lse is the forward's (required).
+   workspace may be NULL (kjit allocates it on the stream), else workspace_bytes >=
+   kjit_attention_backward_workspace_bytes(q, deterministic). */
+kjit_status kjit_attention_backward(const DLTensor* q, const DLTensor* k, const DLTensor* v,
+                                    const DLTensor* out, const DLTensor* dout, const DLTensor* lse,
+                                    const DLTensor* dq, const DLTensor* dk, const DLTensor* dv,
+                                    float softmax_scale, int causal, int deterministic,
+                                    void* workspace, size_t workspace_bytes, void* stream);
+kjit_status kjit_attention_backward_varlen(
+    const DLTensor* q, const DLTensor* k, const DLTensor* v, const DLTensor* out,
+    const DLTensor* dout, const DLTensor* lse, const DLTensor* dq, const DLTensor* dk,
+    const DLTensor* dv, const DLTensor* cu_seqlens_q, const DLTensor* cu_seqlens_k,
+    const int32_t* host_cu_seqlens_q, const int32_t* host_cu_seqlens_k, float softmax_scale,
+    int causal, int deterministic, void* workspace, size_t workspace_bytes, void* stream);
+/* Bytes of workspace a backward over q needs (0 with an error status on bad input). */
+kjit_status kjit_attention_backward_workspace_bytes(const DLTensor* q, int deterministic,
+                                                    size_t* bytes);
+
 #ifdef __cplusplus
 }
 #endif

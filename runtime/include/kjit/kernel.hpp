@@ -72,6 +72,9 @@ class Program {
  public:
   Kernel kernel(std::string_view name_expression) const;
   Kernel kernel() const;  // the first name expression's kernel
+  // The kernel of name expression `index` (in the spec's order): no lookup by name, for
+  // families that launch several kernels per call.
+  Kernel kernel_at(std::size_t index) const;
   const CacheKey& key() const;
   std::vector<std::string> name_expressions() const;
 

@@ -148,6 +148,14 @@ Kernel Program::kernel(std::string_view name_expression) const {
 Kernel Program::kernel() const {
   return Kernel(impl_->kernels.front());
 }
+
+Kernel Program::kernel_at(std::size_t index) const {
+  if (index >= impl_->kernels.size()) {
+    throw Error(fmt::format("program {} has {} kernels, not {}", impl_->key.hex(),
+                            impl_->kernels.size(), index + 1));
+  }
+  return Kernel(impl_->kernels[index]);
+}
 const CacheKey& Program::key() const {
   return impl_->key;
 }

@@ -145,3 +145,64 @@ extern "C" kjit_status kjit_attention_forward_varlen(
         seqlens, options(softmax_scale, causal), static_cast<kjit::StreamHandle>(stream));
   });
 }
+
+namespace {
+
+kjit::attention::BackwardOptions backward_options(float softmax_scale, int causal,
+                                                  int deterministic, void* workspace,
+                                                  size_t workspace_bytes) {
+  kjit::attention::BackwardOptions o;
+  o.softmax_scale = softmax_scale;
+  o.causal = causal != 0;
+  o.deterministic = deterministic != 0;
+  o.workspace = workspace;
+  o.workspace_bytes = workspace_bytes;
+  return o;
+}
+
+}  // namespace
+
+extern "C" kjit_status kjit_attention_backward(const DLTensor* q, const DLTensor* k,
+                                               const DLTensor* v, const DLTensor* out,
+                                               const DLTensor* dout, const DLTensor* lse,
+                                               const DLTensor* dq, const DLTensor* dk,
+                                               const DLTensor* dv, float softmax_scale, int causal,
+                                               int deterministic, void* workspace,
+                                               size_t workspace_bytes, void* stream) {
+  return guarded([&] {
+    kjit::attention::backward(
+        view(q, "q"), view(k, "k"), view(v, "v"), view(out, "out"), view(dout, "dout"),
+        view(lse, "lse"), view(dq, "dq"), view(dk, "dk"), view(dv, "dv"),
+        backward_options(softmax_scale, causal, deterministic, workspace, workspace_bytes),
+        static_cast<kjit::StreamHandle>(stream));
+  });
+}
+
+extern "C" kjit_status kjit_attention_backward_varlen(
+    const DLTensor* q, const DLTensor* k, const DLTensor* v, const DLTensor* out,
+    const DLTensor* dout, const DLTensor* lse, const DLTensor* dq, const DLTensor* dk,
+    const DLTensor* dv, const DLTensor* cu_seqlens_q, const DLTensor* cu_seqlens_k,
+    const int32_t* host_cu_seqlens_q, const int32_t* host_cu_seqlens_k, float softmax_scale,
+    int causal, int deterministic, void* workspace, size_t workspace_bytes, void* stream) {
+  return guarded([&] {
+    const kjit::attention::Varlen seqlens{view(cu_seqlens_q, "cu_seqlens_q"),
+                                          view(cu_seqlens_k, "cu_seqlens_k"), host_cu_seqlens_q,
+                                          host_cu_seqlens_k};
+    kjit::attention::backward_varlen(
+        view(q, "q"), view(k, "k"), view(v, "v"), view(out, "out"), view(dout, "dout"),
+        view(lse, "lse"), view(dq, "dq"), view(dk, "dk"), view(dv, "dv"), seqlens,
+        backward_options(softmax_scale, causal, deterministic, workspace, workspace_bytes),
+        static_cast<kjit::StreamHandle>(stream));
+  });
+}
+
+extern "C" kjit_status kjit_attention_backward_workspace_bytes(const DLTensor* q, int deterministic,
+                                                               size_t* bytes) {
+  return guarded([&] {
+    if (!bytes) throw kjit::InvalidArgument("bytes is a null pointer");
+    *bytes = 0;
+    kjit::attention::BackwardOptions o;
+    o.deterministic = deterministic != 0;
+    *bytes = kjit::attention::backward_workspace_bytes(view(q, "q"), o);
+  });
+}

@@ -48,7 +48,7 @@ class Dispatcher {
   // Validated call -> launch on the current device.
   void run(const Call<F>& call, StreamHandle stream) {
     const Entry e = entry(bucketed<F>(call.problem), arch::current(), true);
-    F::launch(*e.kernel, e.config, call.problem, call.args, stream);
+    F::launch(*e.program, e.config, call.problem, call.args, stream);
   }
 
   std::size_t memo_size() { return memo_.size(); }
@@ -56,7 +56,7 @@ class Dispatcher {
  private:
   struct Entry {
     Config config;
-    std::optional<Kernel> kernel;  // loaded on the first run of the bucket
+    std::optional<Program> program;  // loaded on the first run of the bucket
   };
   using MemoKey = std::array<std::int64_t, std::size(F::kShape) + 2>;
   struct MemoHash {
@@ -74,9 +74,9 @@ class Dispatcher {
     const MemoKey key = memo_key(b, arch);
     forget_if_stale();
     std::optional<Entry> e = memo_.get(key);
-    if (e && (e->kernel || !with_kernel)) return *e;
+    if (e && (e->program || !with_kernel)) return *e;
     Entry fresh{e ? e->config : decide(b, arch), std::nullopt};
-    if (with_kernel) fresh.kernel = load(F::spec(fresh.config, b, arch)).kernel();
+    if (with_kernel) fresh.program = load(F::spec(fresh.config, b, arch));
     memo_.put(key, fresh);
     return fresh;
   }

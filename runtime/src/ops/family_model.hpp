@@ -27,7 +27,7 @@ class FamilyWorkload final : public Workload {
         std::max<std::size_t>(2, 3 * l2_bytes / std::max<std::size_t>(set_bytes, 1) + 1));
     std::mt19937 rng(std::random_device{}());
     for (const TensorSpec& t : specs_) {
-      if (t.role == TensorSpec::Role::Output)
+      if (t.role != TensorSpec::Role::Input)
         outputs_.emplace_back(std::max<std::size_t>(bytes_of(t), 1));
     }
     for (int s = 0; s < sets_; ++s) {
@@ -49,13 +49,13 @@ class FamilyWorkload final : public Workload {
 
   int input_sets() const override { return sets_; }
 
-  void run(const Kernel& kernel, const tuning::Config& config, int set,
+  void run(const Program& program, const tuning::Config& config, int set,
            StreamHandle stream) override {
     const std::optional<typename F::Config> c = config_of<F>(config);
     if (!c)
       throw InvalidArgument(std::string(F::kName) + ": malformed config " +
                             tuning::config_json(config));
-    F::launch(kernel, *c, problem_, args_[static_cast<std::size_t>(set % sets_)], stream);
+    F::launch(program, *c, problem_, args_[static_cast<std::size_t>(set % sets_)], stream);
   }
 
   void poison_output() override {
@@ -67,10 +67,11 @@ class FamilyWorkload final : public Workload {
     std::vector<double> out;
     std::size_t i = 0;
     for (const TensorSpec& t : specs_) {
-      if (t.role != TensorSpec::Role::Output) continue;
+      if (t.role == TensorSpec::Role::Input) continue;
+      const DeviceBuffer& buffer = outputs_[i++];
+      if (t.role == TensorSpec::Role::Scratch) continue;
       std::vector<unsigned char> raw(bytes_of(t));
-      if (!raw.empty()) outputs_[i].download(raw.data(), raw.size());
-      ++i;
+      if (!raw.empty()) buffer.download(raw.data(), raw.size());
       const std::size_t elem = dtype_size(t.dtype);
       for (std::size_t e = 0; e < raw.size() / elem; ++e)
         out.push_back(to_double(t.dtype, &raw[e * elem]) * t.compare_scale);

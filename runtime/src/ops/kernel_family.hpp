@@ -20,7 +20,8 @@
 //                                                                     problem of its arch
 //   static KernelSpec spec(const Config&, const Problem&, const Arch&);  reads only Exact and
 //                                                                        Local fields
-//   static void launch(const Kernel&, const Config&, const Problem&, const Args&, StreamHandle);
+//   static void launch(const Program&, const Config&, const Problem&, const Args&, StreamHandle);
+//                                      the program holds one kernel per name expression of spec()
 //   static std::vector<Problem> shipped(const Arch&);   precompiled with their default configs
 //   For the tuner's workload (family_model.hpp):
 //   static std::vector<TensorSpec> tensors(const Problem&);   inputs (random) and outputs
@@ -85,7 +86,8 @@ constexpr auto field(const char* name, tuning::Bucket bucket = tuning::Bucket::E
 // A tensor of the tuner's workload: inputs get fresh random values, outputs are compared between
 // configs.
 struct TensorSpec {
-  enum class Role { Input, Output };
+  // Scratch: the kernels' workspace, allocated (and poisoned) like an output, never compared.
+  enum class Role { Input, Output, Scratch };
   const char* name;
   DType dtype;
   std::vector<std::int64_t> shape;

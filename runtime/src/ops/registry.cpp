@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "kjit/error.hpp"
+#include "ops/attention/flash_backward.hpp"
 #include "ops/attention/flash_forward.hpp"
 #include "ops/family_model.hpp"
 #include "ops/merge_states/merge_states.hpp"
@@ -11,8 +12,8 @@
 namespace kjit::ops {
 
 const std::vector<const KernelFamily*>& families() {
-  static const std::vector<const KernelFamily*> all{&family_of<MergeStates>(),
-                                                    &family_of<FlashForward>()};
+  static const std::vector<const KernelFamily*> all{
+      &family_of<MergeStates>(), &family_of<FlashForward>(), &family_of<FlashBackward>()};
   return all;
 }
 

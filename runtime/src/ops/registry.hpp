@@ -38,7 +38,7 @@ class Workload {
   // Independent input sets, rotated between timed runs so that no run reads another's inputs
   // from L2.
   virtual int input_sets() const = 0;
-  virtual void run(const Kernel& kernel, const tuning::Config& config, int input_set,
+  virtual void run(const Program& program, const tuning::Config& config, int input_set,
                    StreamHandle stream) = 0;
   virtual void poison_output() = 0;
   virtual std::vector<double> output() = 0;  // of the last run, on the host

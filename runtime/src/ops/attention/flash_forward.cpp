@@ -8,46 +8,11 @@
 #include <fmt/format.h>
 
 #include "kjit/error.hpp"
+#include "ops/attention/attention_inputs.hpp"
 #include "ops/dispatch.hpp"
-#include "ops/tensor_checks.hpp"
 
 namespace kjit::ops {
 namespace {
-
-const TensorChecks kCheck("attention");
-
-// Indices inside a sequence are 32-bit in the kernel; offsets are 64-bit.
-void check_length(std::int64_t n, const char* what) {
-  if (n > std::numeric_limits<int>::max() / 2)
-    kCheck.fail(fmt::format("{} = {} is beyond what the kernel indexes", what, n));
-}
-
-// Checks shared by both layouts; `dims` is 4 (batched) or 3 (packed), the head dim is last.
-void check_tensors(const TensorView& q, const TensorView& k, const TensorView& v,
-                   const TensorView& out, int dims) {
-  for (const auto& [t, name] : {std::pair{&q, "q"}, {&k, "k"}, {&v, "v"}, {&out, "out"}}) {
-    kCheck.ndim(*t, name, dims, dims == 4 ? "[B, S, H, D]" : "[T, H, D]");
-    kCheck.data(*t, name);
-    kCheck.contiguous_last(*t, name);
-    kCheck.nonnegative_strides(*t, name);
-    kCheck.aligned(*t, name, 16);
-  }
-  if (q.dtype != DType::Float16 && q.dtype != DType::BFloat16)
-    kCheck.fail(fmt::format("q must be fp16 or bf16, got {}", dtype_name(q.dtype)));
-  for (const auto& [t, name] : {std::pair{&k, "k"}, {&v, "v"}, {&out, "out"}})
-    kCheck.same_dtype(*t, name, q, "q");
-  const std::int64_t d = q.size(dims - 1);
-  if (k.size(dims - 1) != d || v.size(dims - 1) != d || out.size(dims - 1) != d)
-    kCheck.fail(fmt::format("q, k, v and out must share the head dim {}", d));
-  if (v.size(dims - 2) != k.size(dims - 2))
-    kCheck.fail(
-        fmt::format("v must have k's {} heads, got {}", k.size(dims - 2), v.size(dims - 2)));
-  for (int i = 0; i < dims; ++i) {
-    if (out.size(i) != q.size(i))
-      kCheck.fail(
-          fmt::format("out must have q's shape, got {} for {}", out.describe(), q.describe()));
-  }
-}
 
 void fill_strides(KjitFlashParams& p, const TensorView& q, const TensorView& k, const TensorView& v,
                   const TensorView& out, bool batched) {
@@ -81,10 +46,10 @@ void fill_lse(KjitFlashParams& p, const TensorView& lse, std::int64_t outer, std
   const bool shape_ok = lse.ndim == dims && (!batched || lse.size(0) == outer) &&
                         lse.size(dims - 2) == heads && lse.size(dims - 1) == seq;
   if (!shape_ok || lse.dtype != DType::Float32 || (lse.stride(dims - 1) != 1 && seq > 1)) {
-    kCheck.fail(fmt::format("lse must be fp32 {} contiguous in its last dim, got {}",
-                            batched ? fmt::format("[{}, {}, {}]", outer, heads, seq)
-                                    : fmt::format("[{}, {}]", heads, seq),
-                            lse.describe()));
+    kAttentionCheck.fail(fmt::format("lse must be fp32 {} contiguous in its last dim, got {}",
+                                     batched ? fmt::format("[{}, {}, {}]", outer, heads, seq)
+                                             : fmt::format("[{}, {}]", heads, seq),
+                                     lse.describe()));
   }
   p.lse = static_cast<float*>(lse.data);
   p.lse_batch_stride = batched ? lse.stride(0) : 0;
@@ -92,13 +57,7 @@ void fill_lse(KjitFlashParams& p, const TensorView& lse, std::int64_t outer, std
 }
 
 void fill_scale(KjitFlashParams& p, const attention::ForwardOptions& o, std::int64_t head_dim) {
-  if (!(o.softmax_scale >= 0) || !std::isfinite(o.softmax_scale)) {
-    kCheck.fail(fmt::format("softmax_scale must be finite and >= 0 (0: 1/sqrt(D)), got {}",
-                            o.softmax_scale));
-  }
-  const float scale =
-      o.softmax_scale > 0 ? o.softmax_scale : 1.f / std::sqrt(static_cast<float>(head_dim));
-  p.scale_log2 = scale * 1.4426950408889634f;
+  p.scale_log2 = softmax_scale(o.softmax_scale, head_dim) * 1.4426950408889634f;
 }
 
 // The problem's head counts and options, once its lengths are known.
@@ -141,19 +100,21 @@ unsigned FlashForward::Config::threads() const {
 
 void FlashForward::check(const Problem& p) {
   if (std::find(std::begin(kHeadDims), std::end(kHeadDims), p.head_dim) == std::end(kHeadDims))
-    kCheck.fail(fmt::format("head dim {} is not one of 64, 96, 128, 192, 256", p.head_dim));
+    kAttentionCheck.fail(
+        fmt::format("head dim {} is not one of 64, 96, 128, 192, 256", p.head_dim));
   if (p.heads_k <= 0 || p.heads_q <= 0 || p.heads_q % p.heads_k != 0) {
-    kCheck.fail(fmt::format("query heads ({}) must be a positive multiple of key/value heads ({})",
-                            p.heads_q, p.heads_k));
+    kAttentionCheck.fail(
+        fmt::format("query heads ({}) must be a positive multiple of key/value heads ({})",
+                    p.heads_q, p.heads_k));
   }
   if (p.batch < 0 || p.seqlen_q < 0 || p.seqlen_k < 0) {
-    kCheck.fail(fmt::format("B ({}), Sq ({}) and Sk ({}) must not be negative", p.batch, p.seqlen_q,
-                            p.seqlen_k));
+    kAttentionCheck.fail(fmt::format("B ({}), Sq ({}) and Sk ({}) must not be negative", p.batch,
+                                     p.seqlen_q, p.seqlen_k));
   }
-  check_length(p.seqlen_q, "Sq");
-  check_length(p.seqlen_k, "Sk");
+  check_attention_length(p.seqlen_q, "Sq");
+  check_attention_length(p.seqlen_k, "Sk");
   if (p.batch > 65535 || p.heads_q > 65535)
-    kCheck.fail("batch and heads must each be at most 65535");
+    kAttentionCheck.fail("batch and heads must each be at most 65535");
 }
 
 FlashForward::Config FlashForward::default_config(const Problem& p, const Arch& arch) {
@@ -230,16 +191,17 @@ KernelSpec FlashForward::spec(const Config& c, const Problem& p, const Arch& arc
   return s;
 }
 
-void FlashForward::launch(const Kernel& kernel, const Config& c, const Problem& p, const Args& args,
-                          StreamHandle stream) {
+void FlashForward::launch(const Program& program, const Config& c, const Problem& p,
+                          const Args& args, StreamHandle stream) {
   if (p.empty()) return;
   const auto m_blocks = static_cast<unsigned>((p.seqlen_q + c.block_m - 1) / c.block_m);
-  kernel.launch({{m_blocks, static_cast<unsigned>(p.heads_q), static_cast<unsigned>(p.batch)},
-                 {c.threads()},
-                 shared_bytes(c, p),
-                 stream,
-                 {}},
-                args);
+  program.kernel().launch(
+      {{m_blocks, static_cast<unsigned>(p.heads_q), static_cast<unsigned>(p.batch)},
+       {c.threads()},
+       shared_bytes(c, p),
+       stream,
+       {}},
+      args);
 }
 
 std::vector<FlashForward::Problem> FlashForward::shipped(const Arch&) {
@@ -302,11 +264,11 @@ Call<FlashForward> FlashForward::validate(const TensorView& q, const TensorView&
                                           const TensorView& v, const TensorView& out,
                                           const TensorView& lse,
                                           const attention::ForwardOptions& o) {
-  check_tensors(q, k, v, out, 4);
+  check_attention_tensors(q, k, v, out, 4);
   if (k.size(0) != q.size(0) || v.size(0) != q.size(0))
-    kCheck.fail("q, k and v must have the same batch size");
+    kAttentionCheck.fail("q, k and v must have the same batch size");
   if (v.size(1) != k.size(1))
-    kCheck.fail(fmt::format("v must have k's {} keys, got {}", k.size(1), v.size(1)));
+    kAttentionCheck.fail(fmt::format("v must have k's {} keys, got {}", k.size(1), v.size(1)));
   Call<FlashForward> call = make_call(q, k, o, 4, q.size(0), q.size(1), k.size(1));
   const Problem& p = call.problem;
   fill_strides(call.args, q, k, v, out, true);
@@ -320,46 +282,11 @@ Call<FlashForward> FlashForward::validate_varlen(const TensorView& q, const Tens
                                                  const TensorView& v, const TensorView& out,
                                                  const TensorView& lse, const attention::Varlen& s,
                                                  const attention::ForwardOptions& o) {
-  check_tensors(q, k, v, out, 3);
+  check_attention_tensors(q, k, v, out, 3);
   if (v.size(0) != k.size(0))
-    kCheck.fail(fmt::format("v must have k's {} tokens, got {}", k.size(0), v.size(0)));
-  std::int64_t longest[2] = {0, 0};
-  for (const auto& [view, host, tokens, name, max] :
-       {std::tuple{&s.cu_seqlens_q, s.host_cu_seqlens_q, q.size(0), "cu_seqlens_q", &longest[0]},
-        std::tuple{&s.cu_seqlens_k, s.host_cu_seqlens_k, k.size(0), "cu_seqlens_k", &longest[1]}}) {
-    if (view->dtype != DType::Int32)
-      kCheck.fail(fmt::format("{} must be int32, got {}", name, dtype_name(view->dtype)));
-    if (view->ndim != 1 || view->size(0) < 2)
-      kCheck.fail(
-          fmt::format("{} must be 1-D [B + 1] with B >= 1, got {}", name, view->describe()));
-    if (view->stride(0) != 1) kCheck.fail(fmt::format("{} must be contiguous", name));
-    kCheck.data(*view, name);
-    if (!host) {
-      kCheck.fail(fmt::format(
-          "the host copy of {} is a null pointer (kjit validates it on the host)", name));
-    }
-    const std::int64_t n = view->size(0);
-    if (view == &s.cu_seqlens_k && n != s.cu_seqlens_q.size(0)) {
-      kCheck.fail(fmt::format("cu_seqlens_k has {} entries, cu_seqlens_q {}: both must be B + 1", n,
-                              s.cu_seqlens_q.size(0)));
-    }
-    if (host[0] != 0) kCheck.fail(fmt::format("{}[0] must be 0, got {}", name, host[0]));
-    for (std::int64_t i = 1; i < n; ++i) {
-      if (host[i] < host[i - 1]) {
-        kCheck.fail(fmt::format("{} must be non-decreasing: [{}] = {} after {}", name, i, host[i],
-                                host[i - 1]));
-      }
-      *max = std::max<std::int64_t>(*max, host[i] - host[i - 1]);
-    }
-    if (host[n - 1] != tokens) {
-      kCheck.fail(
-          fmt::format("{}[B] = {} but the tensor holds {} tokens", name, host[n - 1], tokens));
-    }
-  }
-  check_length(q.size(0), "Tq");
-  check_length(k.size(0), "Tk");
-  Call<FlashForward> call =
-      make_call(q, k, o, 3, s.cu_seqlens_q.size(0) - 1, longest[0], longest[1]);
+    kAttentionCheck.fail(fmt::format("v must have k's {} tokens, got {}", k.size(0), v.size(0)));
+  const LongestSequences longest = check_varlen(s, q.size(0), k.size(0));
+  Call<FlashForward> call = make_call(q, k, o, 3, s.cu_seqlens_q.size(0) - 1, longest.q, longest.k);
   fill_strides(call.args, q, k, v, out, false);
   call.args.cu_seqlens_q = static_cast<const int*>(s.cu_seqlens_q.data);
   call.args.cu_seqlens_k = static_cast<const int*>(s.cu_seqlens_k.data);

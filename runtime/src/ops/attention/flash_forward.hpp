@@ -54,7 +54,7 @@ struct FlashForward {
   static Config default_config(const Problem& p, const Arch& arch);
   static unsigned shared_bytes(const Config& c, const Problem& p);
   static KernelSpec spec(const Config& c, const Problem& p, const Arch& arch);
-  static void launch(const Kernel& kernel, const Config& c, const Problem& p, const Args& args,
+  static void launch(const Program& program, const Config& c, const Problem& p, const Args& args,
                      StreamHandle stream);
   static std::vector<Problem> shipped(const Arch& arch);
 

@@ -83,18 +83,18 @@ KernelSpec MergeStates::spec(const Config& c, const Problem& p, const Arch& arch
   return s;
 }
 
-void MergeStates::launch(const Kernel& kernel, const Config& c, const Problem& p, const Args& args,
-                         StreamHandle stream) {
+void MergeStates::launch(const Program& program, const Config& c, const Problem& p,
+                         const Args& args, StreamHandle stream) {
   if (p.rows == 0) return;
   const std::int64_t blocks = (p.rows + c.rows_per_block - 1) / c.rows_per_block;
   if (blocks > 0x7fffffffLL)
     kCheck.fail(fmt::format("{} rows need more blocks than a grid holds", p.rows));
-  kernel.launch({{static_cast<unsigned>(blocks)},
-                 {static_cast<unsigned>(c.threads_per_row * c.rows_per_block)},
-                 0,
-                 stream,
-                 {}},
-                args);
+  program.kernel().launch({{static_cast<unsigned>(blocks)},
+                           {static_cast<unsigned>(c.threads_per_row * c.rows_per_block)},
+                           0,
+                           stream,
+                           {}},
+                          args);
 }
 
 std::vector<MergeStates::Problem> MergeStates::shipped(const Arch&) {

@@ -42,7 +42,7 @@ struct MergeStates {
   static bool valid(const Config& c, const Problem& p, const Arch& arch);
   static Config default_config(const Problem& p, const Arch& arch);
   static KernelSpec spec(const Config& c, const Problem& p, const Arch& arch);
-  static void launch(const Kernel& kernel, const Config& c, const Problem& p, const Args& args,
+  static void launch(const Program& program, const Config& c, const Problem& p, const Args& args,
                      StreamHandle stream);
   static std::vector<Problem> shipped(const Arch& arch);
 

@@ -1,0 +1,34 @@
+// The input rules the attention forward and backward share: tensor layouts, packed sequences
+// (cu_seqlens checked on the caller's host copy), lengths the kernels can index, the scale.
+#pragma once
+
+#include <cstdint>
+
+#include "kjit/attention.hpp"
+#include "ops/tensor_checks.hpp"
+
+namespace kjit::ops {
+
+extern const TensorChecks kAttentionCheck;
+
+// Indices inside a sequence are 32-bit in the kernels; offsets are 64-bit.
+void check_attention_length(std::int64_t n, const char* what);
+
+// q, k, v and out (or any tensors named so): `dims` 4 (batched [B, S, H, D]) or 3 (packed
+// [T, H, D]), fp16/bf16, one dtype, head dim last and contiguous, 16-byte aligned rows; k and v
+// of one head count, out of q's shape.
+void check_attention_tensors(const TensorView& q, const TensorView& k, const TensorView& v,
+                             const TensorView& out, int dims);
+
+// The longest query and key sequences of a packed call, after checking cu_seqlens (int32
+// [B + 1], contiguous, host copies non-decreasing from 0 to the token counts).
+struct LongestSequences {
+  std::int64_t q = 0, k = 0;
+};
+LongestSequences check_varlen(const attention::Varlen& seqlens, std::int64_t tokens_q,
+                              std::int64_t tokens_k);
+
+// The softmax scale a call asks for (0: 1 / sqrt(head dim)); refuses negative or non-finite.
+float softmax_scale(float requested, std::int64_t head_dim);
+
+}  // namespace kjit::ops

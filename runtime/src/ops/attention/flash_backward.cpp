@@ -1,0 +1,418 @@
+#include "ops/attention/flash_backward.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "driver/cuda_driver.hpp"
+#include "kjit/error.hpp"
+#include "ops/attention/attention_inputs.hpp"
+#include "ops/attention/flash_forward.hpp"
+#include "ops/dispatch.hpp"
+
+namespace kjit::ops {
+namespace {
+
+constexpr std::size_t kWorkspaceAlign = 256;
+constexpr unsigned kThreads = 256;
+constexpr std::int64_t kRowsPerPrepBlock = 64;  // flash_backward_prep and _dq_store
+
+std::size_t align_up(std::size_t n) {
+  return (n + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign;
+}
+
+// A gradient (or dout) must look like the tensor it belongs to.
+void check_like(const TensorView& t, const char* name, const TensorView& ref, const char* ref_name,
+                int dims) {
+  kAttentionCheck.ndim(t, name, dims, dims == 4 ? "[B, S, H, D]" : "[T, H, D]");
+  kAttentionCheck.data(t, name);
+  kAttentionCheck.contiguous_last(t, name);
+  kAttentionCheck.nonnegative_strides(t, name);
+  kAttentionCheck.aligned(t, name, 16);
+  kAttentionCheck.same_dtype(t, name, ref, ref_name);
+  for (int i = 0; i < dims; ++i) {
+    if (t.size(i) != ref.size(i)) {
+      kAttentionCheck.fail(fmt::format("{} must have {}'s shape, got {} for {}", name, ref_name,
+                                       t.describe(), ref.describe()));
+    }
+  }
+}
+
+void check_gradients(const TensorView& q, const TensorView& k, const TensorView& v,
+                     const TensorView& out, const TensorView& dout, const TensorView& dq,
+                     const TensorView& dk, const TensorView& dv, int dims) {
+  check_attention_tensors(q, k, v, out, dims);
+  check_like(dout, "dout", out, "out", dims);
+  check_like(dq, "dq", q, "q", dims);
+  check_like(dk, "dk", k, "k", dims);
+  check_like(dv, "dv", v, "v", dims);
+}
+
+KjitAttentionTensor tensor_of(const TensorView& t, bool batched) {
+  const int o = batched ? 1 : 0;  // the sequence dim
+  return {t.data, batched ? t.stride(0) : 0, t.stride(o), t.stride(o + 1)};
+}
+
+void fill_tensors(KjitFlashBackwardParams& p, const TensorView& q, const TensorView& k,
+                  const TensorView& v, const TensorView& out, const TensorView& dout,
+                  const TensorView& dq, const TensorView& dk, const TensorView& dv, bool batched) {
+  p.q = tensor_of(q, batched);
+  p.k = tensor_of(k, batched);
+  p.v = tensor_of(v, batched);
+  p.out = tensor_of(out, batched);
+  p.dout = tensor_of(dout, batched);
+  p.dq = tensor_of(dq, batched);
+  p.dk = tensor_of(dk, batched);
+  p.dv = tensor_of(dv, batched);
+}
+
+// The forward's lse, required here.
+void fill_lse(KjitFlashBackwardParams& p, const TensorView& lse, std::int64_t outer,
+              std::int64_t heads, std::int64_t seq, bool batched) {
+  const int dims = batched ? 3 : 2;
+  const bool shape_ok = lse.ndim == dims && (!batched || lse.size(0) == outer) &&
+                        lse.size(dims - 2) == heads && lse.size(dims - 1) == seq;
+  if (!shape_ok || lse.dtype != DType::Float32 || (lse.stride(dims - 1) != 1 && seq > 1)) {
+    kAttentionCheck.fail(
+        fmt::format("lse must be the forward's fp32 {} contiguous in its last dim, got {}",
+                    batched ? fmt::format("[{}, {}, {}]", outer, heads, seq)
+                            : fmt::format("[{}, {}]", heads, seq),
+                    lse.describe()));
+  }
+  kAttentionCheck.data(lse, "lse");
+  p.lse = static_cast<const float*>(lse.data);
+  p.lse_batch_stride = batched ? lse.stride(0) : 0;
+  p.lse_head_stride = lse.stride(dims - 2);
+}
+
+Call<FlashBackward> make_call(const TensorView& q, const TensorView& k,
+                              const attention::BackwardOptions& o, int dims, std::int64_t batch,
+                              std::int64_t seqlen_q, std::int64_t seqlen_k) {
+  Call<FlashBackward> call{};
+  FlashBackward::Problem& p = call.problem;
+  p.dtype = q.dtype;
+  p.batch = batch;
+  p.heads_q = q.size(dims - 2);
+  p.heads_k = k.size(dims - 2);
+  p.head_dim = q.size(dims - 1);
+  p.seqlen_q = seqlen_q;
+  p.seqlen_k = seqlen_k;
+  p.causal = o.causal;
+  p.deterministic = o.deterministic;
+  FlashBackward::check(p);
+  call.args.heads_q = static_cast<int>(p.heads_q);
+  call.args.group = static_cast<int>(p.heads_q / p.heads_k);
+  call.args.scale = softmax_scale(o.softmax_scale, p.head_dim);
+  call.args.scale_log2 = call.args.scale * 1.4426950408889634f;
+  return call;
+}
+
+// The caller's workspace, or one allocated on the stream for this call.
+class Workspace {
+ public:
+  Workspace(const attention::BackwardOptions& o, std::size_t bytes, StreamHandle stream)
+      : stream_(stream) {
+    if (o.workspace) {
+      if (o.workspace_bytes < bytes) {
+        kAttentionCheck.fail(fmt::format(
+            "the workspace holds {} bytes; this call needs {} (backward_workspace_bytes)",
+            o.workspace_bytes, bytes));
+      }
+      if (reinterpret_cast<std::uintptr_t>(o.workspace) % kWorkspaceAlign != 0)
+        kAttentionCheck.fail("the workspace must be 256-byte aligned");
+      data_ = o.workspace;
+      return;
+    }
+    if (bytes == 0) return;
+    driver::ensure_context();
+    driver::check(driver::api().cuMemAllocAsync(&owned_, bytes, stream), "cuMemAllocAsync");
+    data_ = reinterpret_cast<void*>(owned_);
+  }
+  ~Workspace() {
+    if (owned_) driver::api().cuMemFreeAsync(owned_, stream_);
+  }
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+  void* data() const { return data_; }
+
+ private:
+  StreamHandle stream_;
+  CUdeviceptr owned_ = 0;
+  void* data_ = nullptr;
+};
+
+// Validation, workspace, launch: the op's one path for both layouts.
+void run_backward(Call<FlashBackward> call, std::int64_t rows, const attention::BackwardOptions& o,
+                  StreamHandle stream) {
+  const FlashBackward::Problem& p = call.problem;
+  if (p.empty()) return;
+  const Workspace workspace(
+      o, FlashBackward::workspace_bytes(rows, p.heads_q, p.head_dim, p.deterministic), stream);
+  FlashBackward::attach_workspace(call.args, workspace.data(), rows, p.head_dim, p.deterministic);
+  run(call, stream);
+}
+
+std::int64_t query_rows(const TensorView& q) {
+  return q.ndim == 4 ? q.size(0) * q.size(1) : q.size(0);
+}
+
+}  // namespace
+
+std::vector<Source> FlashBackward::sources() {
+  return {Source::embedded("attention/flash_backward.cuh")};
+}
+
+void FlashBackward::check(const Problem& p) {
+  FlashForward::check(
+      {p.dtype, p.batch, p.heads_q, p.heads_k, p.head_dim, p.seqlen_q, p.seqlen_k, p.causal});
+}
+
+unsigned FlashBackward::shared_bytes(const Config& c, const Problem& p) {
+  const auto elem = static_cast<std::int64_t>(dtype_size(p.dtype));
+  // Q, dO, K, V rows padded by 8 elements; P and dS [block_m][block_n + 8]; LSE and dsum.
+  const std::int64_t tiles =
+      (2 * c.block_m + 2 * c.block_n) * (p.head_dim + 8) + 2 * c.block_m * (c.block_n + 8);
+  return static_cast<unsigned>(tiles * elem + 2 * c.block_m * 4);
+}
+
+bool FlashBackward::valid(const Config& c, const Problem& p, const Arch& arch) {
+  if (c.mainloop != kMainloopMma) return false;
+  if (c.block_m != 64 && c.block_m != 128) return false;
+  if (c.block_n != 32 && c.block_n != 64 && c.block_n != 128) return false;
+  // Warp tiles are pairs of n8 tiles (flash_backward.cuh's BackwardShape): with 32-key tiles
+  // the four warps along the head dim need it to be a multiple of 64.
+  if (c.block_n == 32 && p.head_dim % 64 != 0) return false;
+  return shared_bytes(c, p) <= arch.max_shared_bytes();
+}
+
+FlashBackward::Config FlashBackward::default_config(const Problem& p, const Arch& arch) {
+  Config c{kMainloopMma, 64, p.head_dim <= 64 ? 128 : 64};
+  while (!valid(c, p, arch) && c.block_n > 32)
+    c.block_n /= 2;
+  return c;
+}
+
+std::vector<FlashBackward::Config> FlashBackward::space(const Problem&, const Arch&) {
+  std::vector<Config> out;
+  for (std::int64_t block_m : {64, 128}) {
+    for (std::int64_t block_n : {32, 64, 128})
+      out.push_back({kMainloopMma, block_m, block_n});
+  }
+  return out;
+}
+
+KernelSpec FlashBackward::spec(const Config& c, const Problem& p, const Arch& arch) {
+  const char* t = cxx_type(p.dtype);
+  const char* causal = p.causal ? "true" : "false";
+  // Launch order: prep, main loop, then the dq pass (deterministic) or the dq store.
+  std::vector<std::string> names = {
+      fmt::format("kjit::attention::flash_backward_prep<{}, {}>", t, p.head_dim),
+      fmt::format("kjit::attention::flash_backward<{}, {}, {}, {}, {}, {}>", t, p.head_dim,
+                  c.block_m, c.block_n, causal, p.deterministic ? "true" : "false"),
+      p.deterministic
+          ? fmt::format("kjit::attention::flash_backward_dq<{}, {}, {}, {}, {}>", t, p.head_dim,
+                        c.block_m, c.block_n, causal)
+          : fmt::format("kjit::attention::flash_backward_dq_store<{}, {}>", t, p.head_dim)};
+  KernelSpec s(sources()[0], names);
+  s.arch = arch.name();
+  return s;
+}
+
+void FlashBackward::launch(const Program& program, const Config& c, const Problem& p,
+                           const Args& args, StreamHandle stream) {
+  if (p.empty()) return;
+  const auto heads_q = static_cast<unsigned>(p.heads_q), batch = static_cast<unsigned>(p.batch);
+  const auto blocks = [](std::int64_t n, std::int64_t per) {
+    return static_cast<unsigned>((n + per - 1) / per);
+  };
+  const unsigned smem = shared_bytes(c, p);
+  if (p.seqlen_q > 0) {
+    program.kernel_at(0).launch(
+        {{blocks(p.seqlen_q, kRowsPerPrepBlock), heads_q, batch}, {kThreads}, 0, stream, {}}, args);
+  }
+  if (p.seqlen_k > 0) {
+    program.kernel_at(1).launch(
+        {{blocks(p.seqlen_k, c.block_n), static_cast<unsigned>(p.heads_k), batch},
+         {kThreads},
+         smem,
+         stream,
+         {}},
+        args);
+  }
+  if (p.seqlen_q > 0) {
+    const bool pass = p.deterministic;
+    program.kernel_at(2).launch(
+        {{blocks(p.seqlen_q, pass ? c.block_m : kRowsPerPrepBlock), heads_q, batch},
+         {kThreads},
+         pass ? smem : 0,
+         stream,
+         {}},
+        args);
+  }
+}
+
+std::vector<FlashBackward::Problem> FlashBackward::shipped(const Arch&) {
+  std::vector<Problem> out;
+  for (DType dtype : kDTypes) {
+    for (std::int64_t d : FlashForward::kHeadDims) {
+      for (bool causal : {false, true}) {
+        for (bool deterministic : {false, true})
+          out.push_back({dtype, 1, 1, 1, d, 1, 1, causal, deterministic});
+      }
+    }
+  }
+  return out;
+}
+
+std::size_t FlashBackward::workspace_bytes(std::int64_t rows, std::int64_t heads_q,
+                                           std::int64_t head_dim, bool deterministic) {
+  const auto cells = static_cast<std::size_t>(rows * heads_q);
+  return align_up(cells * 4) + (deterministic ? 0 : align_up(cells * head_dim * 4));
+}
+
+void FlashBackward::attach_workspace(Args& args, void* workspace, std::int64_t rows,
+                                     std::int64_t head_dim, bool deterministic) {
+  auto* base = static_cast<unsigned char*>(workspace);
+  args.dsum = reinterpret_cast<float*>(base);
+  // dsum [B][Hq][Sq] batched, [Hq][Tq] packed: the lse's layout, contiguous.
+  const std::int64_t per_head = args.cu_seqlens_q ? rows : args.seqlen_q;
+  args.dsum_head_stride = per_head;
+  args.dsum_batch_stride = args.cu_seqlens_q ? 0 : per_head * args.heads_q;
+  args.dq_accum = deterministic
+                      ? nullptr
+                      : reinterpret_cast<float*>(
+                            base + align_up(static_cast<std::size_t>(rows * args.heads_q * 4)));
+  args.acc_batch_stride = args.cu_seqlens_q ? 0 : args.seqlen_q * args.heads_q * head_dim;
+}
+
+std::vector<TensorSpec> FlashBackward::tensors(const Problem& p) {
+  using Role = TensorSpec::Role;
+  const std::vector<std::int64_t> q{p.batch, p.seqlen_q, p.heads_q, p.head_dim},
+      kv{p.batch, p.seqlen_k, p.heads_k, p.head_dim};
+  // An lse near the true one (log Sk plus the spread of the scores) keeps P in (0, 1): the
+  // values only need to be finite and comparable between configs.
+  const float lse_lo = std::log(static_cast<float>(std::max<std::int64_t>(p.seqlen_k, 1)));
+  const std::int64_t rows = p.batch * p.seqlen_q;
+  return {
+      {"q", p.dtype, q},
+      {"k", p.dtype, kv},
+      {"v", p.dtype, kv},
+      {"out", p.dtype, q},
+      {"dout", p.dtype, q},
+      {"lse", DType::Float32, {p.batch, p.heads_q, p.seqlen_q}, Role::Input, lse_lo, lse_lo + 1},
+      {"dq", p.dtype, q, Role::Output},
+      {"dk", p.dtype, kv, Role::Output},
+      {"dv", p.dtype, kv, Role::Output},
+      {"workspace",
+       DType::UInt8,
+       {static_cast<std::int64_t>(workspace_bytes(rows, p.heads_q, p.head_dim, p.deterministic))},
+       Role::Scratch}};
+}
+
+FlashBackward::Args FlashBackward::args(const Problem& p, const std::vector<TensorView>& t) {
+  attention::BackwardOptions o;
+  o.causal = p.causal;
+  o.deterministic = p.deterministic;
+  Args a =
+      validate(t.at(0), t.at(1), t.at(2), t.at(3), t.at(4), t.at(5), t.at(6), t.at(7), t.at(8), o)
+          .args;
+  attach_workspace(a, t.at(9).data, p.batch * p.seqlen_q, p.head_dim, p.deterministic);
+  return a;
+}
+
+std::vector<Preset<FlashBackward::Problem>> FlashBackward::presets() {
+  auto problem = [](std::int64_t b, std::int64_t s, std::int64_t hq, std::int64_t hk,
+                    std::int64_t d, bool causal) {
+    return Problem{DType::BFloat16, b, hq, hk, d, s, s, causal, false};
+  };
+  std::vector<Preset<Problem>> out;
+  // Training: GQA 32/8 (8B) or 64/8 (70B), hd 128, causal, 16k tokens a batch.
+  for (const auto& [name, hq] : {std::pair{"llama3-8b-train", 32}, {"llama3-70b-train", 64}}) {
+    Preset<Problem> preset{name, {}};
+    for (std::int64_t s : {2048, 4096, 8192, 16384})
+      preset.problems.push_back(problem(16384 / s, s, hq, 8, 128, true));
+    out.push_back(std::move(preset));
+  }
+  // bench/attention_backward.cpp's batched rows: B x S = 16k tokens, H x D = 2048.
+  Preset<Problem> bench{"fa-bench-bwd", {}};
+  for (std::int64_t d : {64, 128, 256}) {
+    for (std::int64_t s : {2048, 8192, 16384}) {
+      for (bool causal : {false, true})
+        bench.problems.push_back(problem(16384 / s, s, 2048 / d, 2048 / d, d, causal));
+    }
+  }
+  bench.problems.push_back(problem(2, 8192, 32, 8, 128, true));
+  out.push_back(std::move(bench));
+  return out;
+}
+
+Call<FlashBackward> FlashBackward::validate(const TensorView& q, const TensorView& k,
+                                            const TensorView& v, const TensorView& out,
+                                            const TensorView& dout, const TensorView& lse,
+                                            const TensorView& dq, const TensorView& dk,
+                                            const TensorView& dv,
+                                            const attention::BackwardOptions& o) {
+  check_gradients(q, k, v, out, dout, dq, dk, dv, 4);
+  if (k.size(0) != q.size(0) || v.size(0) != q.size(0))
+    kAttentionCheck.fail("q, k and v must have the same batch size");
+  if (v.size(1) != k.size(1))
+    kAttentionCheck.fail(fmt::format("v must have k's {} keys, got {}", k.size(1), v.size(1)));
+  Call<FlashBackward> call = make_call(q, k, o, 4, q.size(0), q.size(1), k.size(1));
+  const Problem& p = call.problem;
+  fill_tensors(call.args, q, k, v, out, dout, dq, dk, dv, true);
+  call.args.seqlen_q = static_cast<int>(p.seqlen_q);
+  call.args.seqlen_k = static_cast<int>(p.seqlen_k);
+  if (p.batch > 0 && p.seqlen_q > 0) fill_lse(call.args, lse, p.batch, p.heads_q, p.seqlen_q, true);
+  return call;
+}
+
+Call<FlashBackward> FlashBackward::validate_varlen(const TensorView& q, const TensorView& k,
+                                                   const TensorView& v, const TensorView& out,
+                                                   const TensorView& dout, const TensorView& lse,
+                                                   const TensorView& dq, const TensorView& dk,
+                                                   const TensorView& dv, const attention::Varlen& s,
+                                                   const attention::BackwardOptions& o) {
+  check_gradients(q, k, v, out, dout, dq, dk, dv, 3);
+  if (v.size(0) != k.size(0))
+    kAttentionCheck.fail(fmt::format("v must have k's {} tokens, got {}", k.size(0), v.size(0)));
+  const LongestSequences longest = check_varlen(s, q.size(0), k.size(0));
+  Call<FlashBackward> call =
+      make_call(q, k, o, 3, s.cu_seqlens_q.size(0) - 1, longest.q, longest.k);
+  fill_tensors(call.args, q, k, v, out, dout, dq, dk, dv, false);
+  call.args.cu_seqlens_q = static_cast<const int*>(s.cu_seqlens_q.data);
+  call.args.cu_seqlens_k = static_cast<const int*>(s.cu_seqlens_k.data);
+  if (q.size(0) > 0) fill_lse(call.args, lse, 1, call.problem.heads_q, q.size(0), false);
+  return call;
+}
+
+}  // namespace kjit::ops
+
+namespace kjit::attention {
+
+std::size_t backward_workspace_bytes(const TensorView& q, const BackwardOptions& options) {
+  if (q.ndim != 3 && q.ndim != 4)
+    ops::kAttentionCheck.fail(
+        fmt::format("q must be [B, S, H, D] or [T, H, D], got {}", q.describe()));
+  return ops::FlashBackward::workspace_bytes(ops::query_rows(q), q.size(q.ndim - 2),
+                                             q.size(q.ndim - 1), options.deterministic);
+}
+
+void backward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+              const TensorView& dout, const TensorView& lse, const TensorView& dq,
+              const TensorView& dk, const TensorView& dv, const BackwardOptions& options,
+              StreamHandle stream) {
+  ops::run_backward(ops::FlashBackward::validate(q, k, v, out, dout, lse, dq, dk, dv, options),
+                    ops::query_rows(q), options, stream);
+}
+
+void backward_varlen(const TensorView& q, const TensorView& k, const TensorView& v,
+                     const TensorView& out, const TensorView& dout, const TensorView& lse,
+                     const TensorView& dq, const TensorView& dk, const TensorView& dv,
+                     const Varlen& seqlens, const BackwardOptions& options, StreamHandle stream) {
+  ops::run_backward(
+      ops::FlashBackward::validate_varlen(q, k, v, out, dout, lse, dq, dk, dv, seqlens, options),
+      ops::query_rows(q), options, stream);
+}
+
+}  // namespace kjit::attention

@@ -1,0 +1,85 @@
+// The attention backward family: templates/attention/flash_backward.cuh (mma.sync, sm_80+), its
+// tile configs, the validation of batched and packed inputs and gradients, the workspace, and
+// the launch of its kernels (prep, main loop, dq). kjit::attention::backward / backward_varlen
+// run through it.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "attention/flash_backward_params.h"
+#include "kjit/attention.hpp"
+#include "ops/kernel_family.hpp"
+
+namespace kjit::ops {
+
+struct FlashBackward {
+  static constexpr const char* kName = "attention_backward";
+  static std::vector<Source> sources();
+
+  static constexpr std::int64_t kMainloopMma = 80;
+
+  // A packed call is the batched problem of B sequences of its longest lengths.
+  struct Problem {
+    DType dtype = DType::BFloat16;
+    std::int64_t batch = 0, heads_q = 0, heads_k = 0, head_dim = 0;
+    std::int64_t seqlen_q = 0, seqlen_k = 0;
+    bool causal = false, deterministic = false;
+    bool empty() const { return batch == 0 || (seqlen_q == 0 && seqlen_k == 0); }
+  };
+  // Eight warps; block_m queries and block_n keys per tile.
+  struct Config {
+    std::int64_t mainloop = kMainloopMma, block_m = 0, block_n = 0;
+  };
+  using Args = KjitFlashBackwardParams;
+
+  static constexpr Field<Problem> kShape[] = {field<&Problem::batch>("B", tuning::Bucket::Pow2),
+                                              field<&Problem::heads_q>("Hq"),
+                                              field<&Problem::heads_k>("Hk"),
+                                              field<&Problem::head_dim>("D"),
+                                              field<&Problem::seqlen_q>("Sq", tuning::Bucket::Pow2),
+                                              field<&Problem::seqlen_k>("Sk", tuning::Bucket::Pow2),
+                                              field<&Problem::causal>("causal"),
+                                              field<&Problem::deterministic>("deterministic")};
+  static constexpr Field<Config> kConfig[] = {field<&Config::mainloop>("mainloop"),
+                                              field<&Config::block_m>("block_m"),
+                                              field<&Config::block_n>("block_n")};
+  static constexpr DType kDTypes[] = {DType::Float16, DType::BFloat16};
+
+  static void check(const Problem& p);
+  static std::vector<Config> space(const Problem& p, const Arch& arch);
+  static bool valid(const Config& c, const Problem& p, const Arch& arch);
+  static Config default_config(const Problem& p, const Arch& arch);
+  static unsigned shared_bytes(const Config& c, const Problem& p);
+  static KernelSpec spec(const Config& c, const Problem& p, const Arch& arch);
+  static void launch(const Program& program, const Config& c, const Problem& p, const Args& args,
+                     StreamHandle stream);
+  static std::vector<Problem> shipped(const Arch& arch);
+
+  static std::vector<TensorSpec> tensors(const Problem& p);
+  static Args args(const Problem& p, const std::vector<TensorView>& t);
+  static double tolerance(const Problem&) { return 2e-2; }
+  static std::vector<Preset<Problem>> presets();
+
+  // Workspace: fp32 dsum [rows x Hq] then, unless deterministic, the fp32 dq accumulator
+  // [rows x Hq x D] (rows = B x Sq, or Tq when packed), each part 256-byte aligned.
+  static std::size_t workspace_bytes(std::int64_t rows, std::int64_t heads_q, std::int64_t head_dim,
+                                     bool deterministic);
+  static void attach_workspace(Args& args, void* workspace, std::int64_t rows,
+                               std::int64_t head_dim, bool deterministic);
+
+  // The op's validation (host only). The workspace is attached afterwards.
+  static Call<FlashBackward> validate(const TensorView& q, const TensorView& k, const TensorView& v,
+                                      const TensorView& out, const TensorView& dout,
+                                      const TensorView& lse, const TensorView& dq,
+                                      const TensorView& dk, const TensorView& dv,
+                                      const attention::BackwardOptions& o);
+  static Call<FlashBackward> validate_varlen(const TensorView& q, const TensorView& k,
+                                             const TensorView& v, const TensorView& out,
+                                             const TensorView& dout, const TensorView& lse,
+                                             const TensorView& dq, const TensorView& dk,
+                                             const TensorView& dv, const attention::Varlen& seqlens,
+                                             const attention::BackwardOptions& o);
+};
+
+}  // namespace kjit::ops

@@ -1,0 +1,340 @@
+// Attention backward, FlashAttention-2 style, on mma.sync m16n8k16 (sm_80+), eight warps a block:
+//  - flash_backward_prep: dsum = rowsum(dO * O) per query row (fp32); zeroes dq_accum.
+//  - flash_backward: one block per (key tile, key/value head, sequence). K and V stay in shared
+//    memory while the block walks every query tile, of every query head of its group, that sees
+//    them; dK and dV (summed over the group: GQA) accumulate in registers and are written once.
+//    Per query tile: S = Q K^T, P = exp2(S scale_log2 - LSE log2 e), dP = dO V^T,
+//    dS = P (dP - dsum); P and dS go to shared memory as T; dV += P^T dO, dK += dS^T Q, and,
+//    unless deterministic, dq_accum += dS K with fp32 atomics.
+//  - flash_backward_dq (deterministic mode): one block per query tile walks its key tiles and
+//    keeps dQ in registers: bitwise reproducible, for the price of recomputing S and dP.
+//  - flash_backward_dq_store: dq = dq_accum * scale in T.
+// Rows that see no key (LSE = -inf) and rows past a sequence's end take LSE = +inf, which makes
+// P = 0 and so every gradient they feed 0, never NaN.
+#pragma once
+
+#include "attention/flash_backward_params.h"
+#include "attention/online_softmax.cuh"
+#include "common/warp_gemm.cuh"
+
+namespace kjit::attention {
+
+// Tile geometry: Q, dO (kBlockM rows), K, V (kBlockN rows), padded rows against bank conflicts;
+// P and dS [kBlockM][kBlockN + 8]; each GEMM spreads its output over the eight warps, 16 rows
+// each: S and dP over (queries x keys), dK and dV over (keys x head dim), dQ over (queries x
+// head dim, in chunks of at most 64 columns to bound registers).
+template <int kHeadDim, int kBlockM, int kBlockN>
+struct BackwardShape {
+  static constexpr int kThreads = 256, kWarps = 8;
+  static constexpr int kRow = kHeadDim + 8, kPRow = kBlockN + 8;
+  static constexpr int kSWarpsM = kBlockM / 16 < kWarps ? kBlockM / 16 : kWarps;
+  static constexpr int kSWarpsN = kWarps / kSWarpsM;
+  static constexpr int kSTiles = kBlockN / (8 * kSWarpsN);
+  static constexpr int kKvWarpsN = kBlockN / 16 < kWarps ? kBlockN / 16 : kWarps;
+  static constexpr int kKvWarpsD = kWarps / kKvWarpsN;
+  static constexpr int kKvTiles = kHeadDim / (8 * kKvWarpsD);
+  static constexpr int kQWarpsM = kSWarpsM, kQWarpsD = kWarps / kQWarpsM;
+  static constexpr int kQCols = kHeadDim / kQWarpsD;
+  static constexpr int kQChunk = kQCols % 64 == 0 ? 64 : kQCols % 32 == 0 ? 32 : kQCols;
+  static constexpr int kTileElems = (2 * kBlockM + 2 * kBlockN) * kRow + 2 * kBlockM * kPRow;
+  static_assert(kSWarpsM * kSWarpsN == kWarps && kKvWarpsN * kKvWarpsD == kWarps,
+                "block_m and block_n must split over eight warps");
+  static_assert(kSTiles % 2 == 0 && kKvTiles % 2 == 0 && (kQChunk / 8) % 2 == 0 &&
+                    kQCols % kQChunk == 0,
+                "warp tiles are pairs of n8 tiles");
+};
+
+// A sequence's bounds: batched, or packed through cu_seqlens.
+struct BackwardSequence {
+  int q_start = 0, k_start = 0;
+  int seqlen_q, seqlen_k;
+  int diagonal;  // bottom-right causal alignment: row r sees keys <= r + diagonal
+
+  __device__ BackwardSequence(const KjitFlashBackwardParams& p, int batch)
+      : seqlen_q(p.seqlen_q), seqlen_k(p.seqlen_k) {
+    if (p.cu_seqlens_q) {
+      q_start = p.cu_seqlens_q[batch];
+      seqlen_q = p.cu_seqlens_q[batch + 1] - q_start;
+      k_start = p.cu_seqlens_k[batch];
+      seqlen_k = p.cu_seqlens_k[batch + 1] - k_start;
+    }
+    diagonal = seqlen_k - seqlen_q;
+  }
+};
+
+// Row `row` (a token index: the sequence's start plus the row within it) of `head`.
+template <class T>
+__device__ __forceinline__ T* token_row(const KjitAttentionTensor& t, int batch, long long row,
+                                        int head) {
+  return static_cast<T*>(t.data) + batch * t.batch_stride + row * t.row_stride +
+         static_cast<long long>(head) * t.head_stride;
+}
+
+// rows x kHeadDim from global (row stride `stride`) into shared (row stride kRow) with
+// cp.async; rows at or past `valid` are zero-filled.
+template <class T, int kHeadDim, int kRow, int kThreads>
+__device__ __forceinline__ void load_rows(T* dst, const T* src, long long stride, int rows,
+                                          int valid) {
+  constexpr int kChunks = kHeadDim / 8;
+  for (int c = threadIdx.x; c < rows * kChunks; c += kThreads) {
+    const int r = c / kChunks, col = (c % kChunks) * 8;
+    const bool ok = r < valid;
+    ptx::cp_async_16(dst + r * kRow + col, src + (ok ? r : 0) * stride + col, ok);
+  }
+}
+
+// The log2-domain LSE and dsum of a query tile's rows into shared memory (+inf and 0 for rows
+// past the end or that saw no key).
+__device__ __forceinline__ void load_row_stats(const KjitFlashBackwardParams& p,
+                                               const BackwardSequence& seq, int batch, int head,
+                                               int row0, int rows, float* lse2, float* dsum) {
+  for (int i = threadIdx.x; i < rows; i += blockDim.x) {
+    const int r = row0 + i;
+    float l = -negative_infinity(), d = 0.f;
+    if (r < seq.seqlen_q) {
+      const long long at = seq.q_start + r;
+      const float lse = p.lse[batch * p.lse_batch_stride + head * p.lse_head_stride + at];
+      l = lse == negative_infinity() ? -negative_infinity() : lse * 1.4426950408889634f;
+      d = p.dsum[batch * p.dsum_batch_stride + head * p.dsum_head_stride + at];
+    }
+    lse2[i] = l;
+    dsum[i] = d;
+  }
+}
+
+// The warp's tile of S = Q K^T and dP = dO V^T, turned into P and dS = P (dP - dsum) in place.
+template <class T, class Shape, bool kCausal, int kHeadDim>
+__device__ __forceinline__ void probabilities_and_ds(
+    float (&s)[1][Shape::kSTiles][4], float (&dp)[1][Shape::kSTiles][4], const T* sq, const T* sdo,
+    const T* sk, const T* sv, const float* lse2, const float* dsum, int m0, int n0, int row0,
+    int key0, const BackwardSequence& seq, float scale_log2) {
+  constexpr int kRow = Shape::kRow;
+  ptx::warp_gemm<T, 1, Shape::kSTiles, kHeadDim, false, false>(s, sq, kRow, m0, sk, kRow, n0);
+  ptx::warp_gemm<T, 1, Shape::kSTiles, kHeadDim, false, false>(dp, sdo, kRow, m0, sv, kRow, n0);
+  const int lane = threadIdx.x % 32;
+  mask_scores<kCausal>(s[0], key0 + n0, row0 + m0 + lane / 4, seq.seqlen_k, seq.diagonal);
+#pragma unroll
+  for (int j = 0; j < Shape::kSTiles; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = m0 + lane / 4 + (e >= 2 ? 8 : 0);
+      const float prob = exp2f(s[0][j][e] * scale_log2 - lse2[r]);
+      s[0][j][e] = prob;
+      dp[0][j][e] = prob * (dp[0][j][e] - dsum[r]);
+    }
+  }
+}
+
+template <class T, int kHeadDim>
+__global__ void __launch_bounds__(256) flash_backward_prep(const KjitFlashBackwardParams p) {
+  const int head = blockIdx.y, batch = blockIdx.z;
+  const BackwardSequence seq(p, batch);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int i = 0; i < 8; ++i) {
+    const int r = blockIdx.x * 64 + warp * 8 + i;
+    if (r >= seq.seqlen_q) break;
+    const long long at = seq.q_start + r;
+    const T* o = token_row<const T>(p.out, batch, at, head);
+    const T* d_o = token_row<const T>(p.dout, batch, at, head);
+    float sum = 0.f;
+    for (int c = lane; c < kHeadDim; c += 32)
+      sum += static_cast<float>(o[c]) * static_cast<float>(d_o[c]);
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2)
+      sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    if (lane == 0) p.dsum[batch * p.dsum_batch_stride + head * p.dsum_head_stride + at] = sum;
+    if (p.dq_accum) {
+      float* acc = p.dq_accum + batch * p.acc_batch_stride +
+                   (at * p.heads_q + head) * static_cast<long long>(kHeadDim);
+      for (int c = lane; c < kHeadDim; c += 32)
+        acc[c] = 0.f;
+    }
+  }
+}
+
+template <class T, int kHeadDim, int kBlockM, int kBlockN, bool kCausal, bool kDeterministic>
+__global__ void __launch_bounds__(256, 1) flash_backward(const KjitFlashBackwardParams p) {
+  using S = BackwardShape<kHeadDim, kBlockM, kBlockN>;
+  constexpr int kRow = S::kRow, kPRow = S::kPRow;
+  extern __shared__ __align__(16) unsigned char shared_raw[];
+  T* sq = reinterpret_cast<T*>(shared_raw);
+  T* sdo = sq + kBlockM * kRow;
+  T* sk = sdo + kBlockM * kRow;
+  T* sv = sk + kBlockN * kRow;
+  T* sp = sv + kBlockN * kRow;
+  T* sds = sp + kBlockM * kPRow;
+  float* lse2 = reinterpret_cast<float*>(sds + kBlockM * kPRow);
+  float* dsum = lse2 + kBlockM;
+
+  const int kv_head = blockIdx.y, batch = blockIdx.z;
+  const BackwardSequence seq(p, batch);
+  const int key0 = blockIdx.x * kBlockN;
+  if (key0 >= seq.seqlen_k) return;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  load_rows<T, kHeadDim, kRow, 256>(sk, token_row<const T>(p.k, batch, seq.k_start + key0, kv_head),
+                                    p.k.row_stride, kBlockN, seq.seqlen_k - key0);
+  load_rows<T, kHeadDim, kRow, 256>(sv, token_row<const T>(p.v, batch, seq.k_start + key0, kv_head),
+                                    p.v.row_stride, kBlockN, seq.seqlen_k - key0);
+
+  // The first query tile whose last row sees key0.
+  const int m_first = kCausal ? max(0, key0 - seq.diagonal) / kBlockM : 0;
+  const int m_end = (seq.seqlen_q + kBlockM - 1) / kBlockM;
+  const int s_m0 = warp / S::kSWarpsN * 16, s_n0 = warp % S::kSWarpsN * S::kSTiles * 8;
+  const int kv_n0 = warp / S::kKvWarpsD * 16, kv_d0 = warp % S::kKvWarpsD * S::kKvTiles * 8;
+  const int q_m0 = warp / S::kQWarpsD * 16, q_d0 = warp % S::kQWarpsD * S::kQCols;
+  float dk[1][S::kKvTiles][4] = {}, dv[1][S::kKvTiles][4] = {};
+
+  for (int g = 0; g < p.group; ++g) {
+    const int head = kv_head * p.group + g;
+    for (int m = m_first; m < m_end; ++m) {
+      const int row0 = m * kBlockM;
+      __syncthreads();  // the previous tile is done with Q, dO, P, dS and the row stats
+      const long long at = seq.q_start + row0;
+      load_rows<T, kHeadDim, kRow, 256>(sq, token_row<const T>(p.q, batch, at, head),
+                                        p.q.row_stride, kBlockM, seq.seqlen_q - row0);
+      load_rows<T, kHeadDim, kRow, 256>(sdo, token_row<const T>(p.dout, batch, at, head),
+                                        p.dout.row_stride, kBlockM, seq.seqlen_q - row0);
+      ptx::cp_async_commit();
+      load_row_stats(p, seq, batch, head, row0, kBlockM, lse2, dsum);
+      ptx::cp_async_wait<0>();
+      __syncthreads();
+
+      float s[1][S::kSTiles][4] = {}, ds[1][S::kSTiles][4] = {};
+      probabilities_and_ds<T, S, kCausal, kHeadDim>(s, ds, sq, sdo, sk, sv, lse2, dsum, s_m0, s_n0,
+                                                    row0, key0, seq, p.scale_log2);
+      ptx::store_tile<T>(s, sp, kPRow, s_m0, s_n0);
+      ptx::store_tile<T>(ds, sds, kPRow, s_m0, s_n0);
+      __syncthreads();
+
+      // dV += P^T dO and dK += dS^T Q: keys are the rows, so P and dS are read transposed.
+      ptx::warp_gemm<T, 1, S::kKvTiles, kBlockM, true, true>(dv, sp, kPRow, kv_n0, sdo, kRow,
+                                                             kv_d0);
+      ptx::warp_gemm<T, 1, S::kKvTiles, kBlockM, true, true>(dk, sds, kPRow, kv_n0, sq, kRow,
+                                                             kv_d0);
+      if constexpr (!kDeterministic) {
+#pragma unroll 1
+        for (int c0 = 0; c0 < S::kQCols; c0 += S::kQChunk) {
+          float dq[1][S::kQChunk / 8][4] = {};
+          ptx::warp_gemm<T, 1, S::kQChunk / 8, kBlockN, false, true>(dq, sds, kPRow, q_m0, sk, kRow,
+                                                                     q_d0 + c0);
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = row0 + q_m0 + lane / 4 + 8 * h;
+            if (r >= seq.seqlen_q) continue;
+            float* acc = p.dq_accum + batch * p.acc_batch_stride +
+                         ((seq.q_start + r) * static_cast<long long>(p.heads_q) + head) * kHeadDim +
+                         q_d0 + c0 + 2 * (lane % 4);
+#pragma unroll
+            for (int j = 0; j < S::kQChunk / 8; ++j) {
+              atomicAdd(acc + 8 * j, dq[0][j][2 * h]);
+              atomicAdd(acc + 8 * j + 1, dq[0][j][2 * h + 1]);
+            }
+          }
+        }
+      }
+    }
+  }
+
+  ptx::cp_async_wait<0>();  // K and V may still be landing when no query tile saw them
+
+  // dK = scale dS^T Q; rows past the sequence end are not written.
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int key = key0 + kv_n0 + lane / 4 + 8 * h;
+    if (key >= seq.seqlen_k) continue;
+    T* out_k = token_row<T>(p.dk, batch, seq.k_start + key, kv_head) + kv_d0 + 2 * (lane % 4);
+    T* out_v = token_row<T>(p.dv, batch, seq.k_start + key, kv_head) + kv_d0 + 2 * (lane % 4);
+#pragma unroll
+    for (int j = 0; j < S::kKvTiles; ++j) {
+      *reinterpret_cast<unsigned*>(out_k + 8 * j) =
+          ptx::pack_pair<T>(dk[0][j][2 * h] * p.scale, dk[0][j][2 * h + 1] * p.scale);
+      *reinterpret_cast<unsigned*>(out_v + 8 * j) =
+          ptx::pack_pair<T>(dv[0][j][2 * h], dv[0][j][2 * h + 1]);
+    }
+  }
+}
+
+template <class T, int kHeadDim, int kBlockM, int kBlockN, bool kCausal>
+__global__ void __launch_bounds__(256, 1) flash_backward_dq(const KjitFlashBackwardParams p) {
+  using S = BackwardShape<kHeadDim, kBlockM, kBlockN>;
+  constexpr int kRow = S::kRow, kPRow = S::kPRow;
+  extern __shared__ __align__(16) unsigned char shared_raw[];
+  T* sq = reinterpret_cast<T*>(shared_raw);
+  T* sdo = sq + kBlockM * kRow;
+  T* sk = sdo + kBlockM * kRow;
+  T* sv = sk + kBlockN * kRow;
+  T* sds = sv + kBlockN * kRow + kBlockM * kPRow;  // the main kernel's layout, P unused
+  float* lse2 = reinterpret_cast<float*>(sds + kBlockM * kPRow);
+  float* dsum = lse2 + kBlockM;
+
+  const int head = blockIdx.y, batch = blockIdx.z;
+  const BackwardSequence seq(p, batch);
+  const int row0 = blockIdx.x * kBlockM;
+  if (row0 >= seq.seqlen_q) return;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int kv_head = head / p.group;
+  const long long at = seq.q_start + row0;
+  load_rows<T, kHeadDim, kRow, 256>(sq, token_row<const T>(p.q, batch, at, head), p.q.row_stride,
+                                    kBlockM, seq.seqlen_q - row0);
+  load_rows<T, kHeadDim, kRow, 256>(sdo, token_row<const T>(p.dout, batch, at, head),
+                                    p.dout.row_stride, kBlockM, seq.seqlen_q - row0);
+  load_row_stats(p, seq, batch, head, row0, kBlockM, lse2, dsum);
+
+  int key_blocks = (seq.seqlen_k + kBlockN - 1) / kBlockN;
+  if (kCausal) {
+    const int visible = min(seq.seqlen_k, row0 + kBlockM + seq.diagonal);
+    key_blocks = visible <= 0 ? 0 : min(key_blocks, (visible + kBlockN - 1) / kBlockN);
+  }
+  const int s_m0 = warp / S::kSWarpsN * 16, s_n0 = warp % S::kSWarpsN * S::kSTiles * 8;
+  const int q_m0 = warp / S::kQWarpsD * 16, q_d0 = warp % S::kQWarpsD * S::kQCols;
+  float dq[1][S::kQCols / 8][4] = {};
+  for (int n = 0; n < key_blocks; ++n) {
+    const int key0 = n * kBlockN;
+    __syncthreads();  // the previous key tile is done with K, V and dS
+    load_rows<T, kHeadDim, kRow, 256>(sk,
+                                      token_row<const T>(p.k, batch, seq.k_start + key0, kv_head),
+                                      p.k.row_stride, kBlockN, seq.seqlen_k - key0);
+    load_rows<T, kHeadDim, kRow, 256>(sv,
+                                      token_row<const T>(p.v, batch, seq.k_start + key0, kv_head),
+                                      p.v.row_stride, kBlockN, seq.seqlen_k - key0);
+    ptx::cp_async_commit();
+    ptx::cp_async_wait<0>();
+    __syncthreads();
+    float s[1][S::kSTiles][4] = {}, ds[1][S::kSTiles][4] = {};
+    probabilities_and_ds<T, S, kCausal, kHeadDim>(s, ds, sq, sdo, sk, sv, lse2, dsum, s_m0, s_n0,
+                                                  row0, key0, seq, p.scale_log2);
+    ptx::store_tile<T>(ds, sds, kPRow, s_m0, s_n0);
+    __syncthreads();
+    ptx::warp_gemm<T, 1, S::kQCols / 8, kBlockN, false, true>(dq, sds, kPRow, q_m0, sk, kRow, q_d0);
+  }
+  ptx::cp_async_wait<0>();  // Q and dO may still be landing when no key tile was visible
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = row0 + q_m0 + lane / 4 + 8 * h;
+    if (r >= seq.seqlen_q) continue;
+    T* out = token_row<T>(p.dq, batch, seq.q_start + r, head) + q_d0 + 2 * (lane % 4);
+#pragma unroll
+    for (int j = 0; j < S::kQCols / 8; ++j) {
+      *reinterpret_cast<unsigned*>(out + 8 * j) =
+          ptx::pack_pair<T>(dq[0][j][2 * h] * p.scale, dq[0][j][2 * h + 1] * p.scale);
+    }
+  }
+}
+
+template <class T, int kHeadDim>
+__global__ void __launch_bounds__(256) flash_backward_dq_store(const KjitFlashBackwardParams p) {
+  const int head = blockIdx.y, batch = blockIdx.z;
+  const BackwardSequence seq(p, batch);
+  constexpr int kPairs = kHeadDim / 2;
+  for (int i = threadIdx.x; i < 64 * kPairs; i += 256) {
+    const int r = blockIdx.x * 64 + i / kPairs, c = 2 * (i % kPairs);
+    if (r >= seq.seqlen_q) break;
+    const long long at = seq.q_start + r;
+    const float* acc = p.dq_accum + batch * p.acc_batch_stride +
+                       (at * p.heads_q + head) * static_cast<long long>(kHeadDim) + c;
+    *reinterpret_cast<unsigned*>(token_row<T>(p.dq, batch, at, head) + c) =
+        ptx::pack_pair<T>(acc[0] * p.scale, acc[1] * p.scale);
+  }
+}
+
+}  // namespace kjit::attention

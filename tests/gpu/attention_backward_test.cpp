@@ -1,0 +1,363 @@
+// Attention backward on the GPU against the fp64 CPU reference. The forward runs first on the GPU
+// (its out and lse feed the backward, as in training). For each of dq, dk, dv, FlashAttention's
+// bound: max|ours - ref| <= 2 max|lowprec - ref| + atol, lowprec rounding P and dP to the input
+// dtype; and the seeds' tolerance as a second check (|ours - ref| <= 1e-2 + 1e-2 |ref|). Outputs
+// are poisoned, inputs fresh each run. Head dims x dtypes x causal x GQA x batched/varlen (empty,
+// 1-token and non-tile-multiple sequences, Sq != Sk both ways), inputs x10, the deterministic
+// mode bitwise, the caller's workspace, 1000 calls without memory growth, the C ABI.
+#include <gtest/gtest.h>
+
+#include <dlpack/dlpack.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "kjit/attention.hpp"
+#include "kjit/c_api.h"
+#include "tests/reference/attention_reference.hpp"
+#include "tests/support/dtype_bits.hpp"
+#include "tests/support/gpu.hpp"
+#include "tests/support/isolated_cache.hpp"
+
+namespace kjit::test {
+namespace {
+
+using attention::BackwardOptions;
+using attention::Varlen;
+
+struct BwdCase {
+  DType dtype;
+  int head_dim;
+  bool causal;
+  int heads_q, heads_k;
+  bool varlen;
+  std::vector<int> seqlens_q, seqlens_k;  // batched: every entry equal
+  double input_scale = 1.0;
+  bool deterministic = false;
+  bool c_abi = false;
+  bool own_workspace = false;
+};
+
+void PrintTo(const BwdCase& c, std::ostream* os) {
+  *os << dtype_name(c.dtype) << " D=" << c.head_dim << (c.causal ? " causal" : "")
+      << " H=" << c.heads_q << "/" << c.heads_k << (c.varlen ? " varlen" : " batched") << " Sq/Sk=";
+  for (std::size_t i = 0; i < c.seqlens_q.size(); ++i)
+    *os << c.seqlens_q[i] << "/" << c.seqlens_k[i] << " ";
+  if (c.input_scale != 1.0) *os << " x" << c.input_scale;
+  if (c.deterministic) *os << " deterministic";
+  if (c.c_abi) *os << " C ABI";
+  if (c.own_workspace) *os << " caller's workspace";
+}
+
+DLTensor dl(const TensorView& v) {
+  DLTensor t{};
+  t.data = v.data;
+  t.device = {kDLCUDA, 0};
+  t.ndim = v.ndim;
+  t.dtype = v.dtype == DType::Float32   ? DLDataType{kDLFloat, 32, 1}
+            : v.dtype == DType::Int32   ? DLDataType{kDLInt, 32, 1}
+            : v.dtype == DType::Float16 ? DLDataType{kDLFloat, 16, 1}
+                                        : DLDataType{kDLBfloat, 16, 1};
+  t.shape = const_cast<std::int64_t*>(v.shape.data());
+  t.strides = const_cast<std::int64_t*>(v.strides.data());
+  return t;
+}
+
+// The case's gradients as raw bits [dq, dk, dv] (for determinism checks), after checking them.
+std::vector<std::vector<std::uint16_t>> run_case(const BwdCase& c, unsigned seed,
+                                                 bool check = true) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> normal(0.0, c.input_scale);
+  const int b = static_cast<int>(c.seqlens_q.size()), d = c.head_dim, hq = c.heads_q,
+            hk = c.heads_k;
+  std::vector<int> cu_q{0}, cu_k{0};
+  for (int i = 0; i < b; ++i) {
+    cu_q.push_back(cu_q.back() + c.seqlens_q[i]);
+    cu_k.push_back(cu_k.back() + c.seqlens_k[i]);
+  }
+  const int tq = cu_q.back(), tk = cu_k.back();
+  const std::size_t nq = static_cast<std::size_t>(tq) * hq * d,
+                    nk = static_cast<std::size_t>(tk) * hk * d;
+  std::vector<std::uint16_t> q(nq), k(nk), v(nk), dout(nq);
+  for (auto* buf : {&q, &k, &v, &dout}) {
+    for (auto& x : *buf)
+      x = to_bits(c.dtype, normal(rng));
+  }
+  auto device = [](const std::vector<std::uint16_t>& h) {
+    DeviceBuffer buf(h.size() * 2 + 16);
+    buf.upload(h.data(), h.size() * 2);
+    return buf;
+  };
+  DeviceBuffer bq = device(q), bk = device(k), bv = device(v), bdout = device(dout);
+  DeviceBuffer bout(nq * 2 + 16), blse(static_cast<std::size_t>(hq) * tq * 4 + 16),
+      bdq(nq * 2 + 16), bdk(nk * 2 + 16), bdv(nk * 2 + 16), bcu_q(cu_q.size() * 4),
+      bcu_k(cu_k.size() * 4);
+  bcu_q.upload(cu_q.data(), bcu_q.size());
+  bcu_k.upload(cu_k.data(), bcu_k.size());
+  for (DeviceBuffer* out : {&bout, &blse, &bdq, &bdk, &bdv})
+    out->fill_bytes(0xff);  // NaN: anything not written shows
+  Stream stream;
+  const long long sq0 = c.seqlens_q[0], sk0 = c.seqlens_k[0];
+  auto view = [&](const DeviceBuffer& buf, int tokens, int heads, int seq) {
+    return c.varlen ? TensorView(buf.data(), c.dtype, {tokens, heads, d})
+                    : TensorView(buf.data(), c.dtype, {b, seq, heads, d});
+  };
+  const TensorView vq = view(bq, tq, hq, sq0), vk = view(bk, tk, hk, sk0),
+                   vv = view(bv, tk, hk, sk0), vout = view(bout, tq, hq, sq0),
+                   vdout = view(bdout, tq, hq, sq0), vdq = view(bdq, tq, hq, sq0),
+                   vdk = view(bdk, tk, hk, sk0), vdv = view(bdv, tk, hk, sk0);
+  const TensorView vlse = c.varlen ? TensorView(blse.data(), DType::Float32, {hq, tq})
+                                   : TensorView(blse.data(), DType::Float32, {b, hq, sq0});
+  const Varlen seqlens{TensorView(bcu_q.data(), DType::Int32, {b + 1}),
+                       TensorView(bcu_k.data(), DType::Int32, {b + 1}), cu_q.data(), cu_k.data()};
+  attention::ForwardOptions fo;
+  fo.causal = c.causal;
+  if (c.varlen) {
+    attention::forward_varlen(vq, vk, vv, vout, vlse, seqlens, fo, stream.handle());
+  } else {
+    attention::forward(vq, vk, vv, vout, vlse, fo, stream.handle());
+  }
+  BackwardOptions o;
+  o.causal = c.causal;
+  o.deterministic = c.deterministic;
+  DeviceBuffer workspace;
+  if (c.own_workspace) {
+    o.workspace_bytes = attention::backward_workspace_bytes(vq, o);
+    workspace = DeviceBuffer(o.workspace_bytes);
+    workspace.fill_bytes(0xff);
+    o.workspace = workspace.data();
+  }
+  if (c.c_abi) {
+    const DLTensor tq_ = dl(vq), tk_ = dl(vk), tv_ = dl(vv), to_ = dl(vout), tdo = dl(vdout),
+                   tl = dl(vlse), tdq = dl(vdq), tdk = dl(vdk), tdv = dl(vdv),
+                   tcq = dl(seqlens.cu_seqlens_q), tck = dl(seqlens.cu_seqlens_k);
+    const kjit_status st =
+        c.varlen ? kjit_attention_backward_varlen(&tq_, &tk_, &tv_, &to_, &tdo, &tl, &tdq, &tdk,
+                                                  &tdv, &tcq, &tck, cu_q.data(), cu_k.data(), 0.f,
+                                                  c.causal, c.deterministic, o.workspace,
+                                                  o.workspace_bytes, stream.handle())
+                 : kjit_attention_backward(&tq_, &tk_, &tv_, &to_, &tdo, &tl, &tdq, &tdk, &tdv, 0.f,
+                                           c.causal, c.deterministic, o.workspace,
+                                           o.workspace_bytes, stream.handle());
+    EXPECT_EQ(st, KJIT_SUCCESS) << kjit_last_error();
+  } else if (c.varlen) {
+    attention::backward_varlen(vq, vk, vv, vout, vdout, vlse, vdq, vdk, vdv, seqlens, o,
+                               stream.handle());
+  } else {
+    attention::backward(vq, vk, vv, vout, vdout, vlse, vdq, vdk, vdv, o, stream.handle());
+  }
+  stream.synchronize();
+  std::vector<std::vector<std::uint16_t>> got(3);
+  got[0].resize(nq);
+  got[1].resize(nk);
+  got[2].resize(nk);
+  bdq.download(got[0].data(), nq * 2);
+  bdk.download(got[1].data(), nk * 2);
+  bdv.download(got[2].data(), nk * 2);
+  if (!check) return got;
+
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  const int group = hq / hk;
+  const char* names[3] = {"dq", "dk", "dv"};
+  double err[3] = {}, low_err[3] = {}, ref_max[3] = {};
+  long mismatches[3] = {}, total[3] = {};
+  auto at = [&](int token, int heads, int head) {
+    return (static_cast<std::size_t>(token) * heads + head) * d;
+  };
+  for (int s = 0; s < b; ++s) {
+    const int sq = c.seqlens_q[s], sk = c.seqlens_k[s];
+    for (int kvh = 0; kvh < hk; ++kvh) {
+      std::vector<double> ks(static_cast<std::size_t>(sk) * d), vs(ks.size());
+      for (int j = 0; j < sk; ++j) {
+        for (int x = 0; x < d; ++x) {
+          ks[j * d + x] = from_bits(c.dtype, k[at(cu_k[s] + j, hk, kvh) + x]);
+          vs[j * d + x] = from_bits(c.dtype, v[at(cu_k[s] + j, hk, kvh) + x]);
+        }
+      }
+      std::vector<double> dk_ref(ks.size()), dv_ref(ks.size()), dk_low(ks.size()),
+          dv_low(ks.size());
+      for (int h = kvh * group; h < (kvh + 1) * group; ++h) {
+        std::vector<double> qs(static_cast<std::size_t>(sq) * d), dos(qs.size());
+        for (int i = 0; i < sq; ++i) {
+          for (int x = 0; x < d; ++x) {
+            qs[i * d + x] = from_bits(c.dtype, q[at(cu_q[s] + i, hq, h) + x]);
+            dos[i * d + x] = from_bits(c.dtype, dout[at(cu_q[s] + i, hq, h) + x]);
+          }
+        }
+        const auto ref = reference::attention_backward(qs, ks, vs, dos, sq, sk, d, scale, c.causal);
+        const auto low =
+            reference::attention_backward(qs, ks, vs, dos, sq, sk, d, scale, c.causal,
+                                          [&](double x) { return round_to(c.dtype, x); });
+        for (std::size_t e = 0; e < ks.size(); ++e) {
+          dk_ref[e] += ref.dk[e];
+          dv_ref[e] += ref.dv[e];
+          dk_low[e] += low.dk[e];
+          dv_low[e] += low.dv[e];
+        }
+        for (int i = 0; i < sq; ++i) {
+          for (int x = 0; x < d; ++x) {
+            const double r = ref.dq[i * d + x];
+            const double g = from_bits(c.dtype, got[0][at(cu_q[s] + i, hq, h) + x]);
+            if (!std::isfinite(g)) {
+              ADD_FAILURE() << "dq seq " << s << " row " << i << " head " << h << " = " << g;
+              return got;
+            }
+            err[0] = std::max(err[0], std::abs(g - r));
+            low_err[0] = std::max(low_err[0], std::abs(round_to(c.dtype, low.dq[i * d + x]) - r));
+            ref_max[0] = std::max(ref_max[0], std::abs(r));
+            mismatches[0] += std::abs(g - r) > 1e-2 + 1e-2 * std::abs(r);
+            ++total[0];
+          }
+        }
+      }
+      for (int t = 1; t < 3; ++t) {
+        const std::vector<double>& ref = t == 1 ? dk_ref : dv_ref;
+        const std::vector<double>& low = t == 1 ? dk_low : dv_low;
+        for (int j = 0; j < sk; ++j) {
+          for (int x = 0; x < d; ++x) {
+            const double r = ref[j * d + x];
+            const double g = from_bits(c.dtype, got[t][at(cu_k[s] + j, hk, kvh) + x]);
+            if (!std::isfinite(g)) {
+              ADD_FAILURE() << names[t] << " seq " << s << " key " << j << " head " << kvh << " = "
+                            << g;
+              return got;
+            }
+            err[t] = std::max(err[t], std::abs(g - r));
+            low_err[t] = std::max(low_err[t], std::abs(round_to(c.dtype, low[j * d + x]) - r));
+            ref_max[t] = std::max(ref_max[t], std::abs(r));
+            mismatches[t] += std::abs(g - r) > 1e-2 + 1e-2 * std::abs(r);
+            ++total[t];
+          }
+        }
+      }
+    }
+  }
+  for (int t = 0; t < 3; ++t) {
+    EXPECT_LE(err[t], 2 * low_err[t] + 1e-3 * std::max(1.0, ref_max[t]))
+        << names[t] << ": low-precision reference error " << low_err[t] << ", max |ref| "
+        << ref_max[t];
+    EXPECT_EQ(mismatches[t], 0) << names[t] << ": " << mismatches[t] << " of " << total[t]
+                                << " elements outside rtol = atol = 1e-2 (max error " << err[t]
+                                << ")";
+  }
+  return got;
+}
+
+class AttentionBackward : public IsolatedCache, public ::testing::WithParamInterface<BwdCase> {};
+
+TEST_P(AttentionBackward, MatchesDoubleReference) {
+  KJIT_REQUIRE_GPU();
+  const unsigned seed = std::random_device{}();
+  SCOPED_TRACE("input seed " + std::to_string(seed));
+  run_case(GetParam(), seed);
+}
+
+std::vector<BwdCase> cases() {
+  std::vector<BwdCase> out;
+  const std::vector<int> varlen_q = {1, 0, 77, 130, 64, 5}, varlen_k = {1, 3, 77, 200, 64, 0};
+  for (DType dtype : {DType::Float16, DType::BFloat16}) {
+    for (int d : {64, 96, 128, 192, 256}) {
+      for (bool causal : {false, true}) {
+        out.push_back({dtype, d, causal, 2, 1, false, {97, 97}, {97, 97}});
+        if (dtype == DType::BFloat16)
+          out.push_back({dtype, d, causal, 2, 2, true, varlen_q, varlen_k});
+      }
+    }
+  }
+  for (bool causal : {false, true}) {
+    for (auto [hq, hk] : {std::pair{1, 1}, {8, 1}, {32, 8}, {5, 1}})
+      out.push_back({DType::BFloat16, 128, causal, hq, hk, false, {70}, {70}});
+    // Sq != Sk both ways (bottom-right causal).
+    out.push_back({DType::BFloat16, 128, causal, 2, 1, false, {50, 50}, {130, 130}});
+    out.push_back({DType::Float16, 64, causal, 2, 1, false, {130}, {50}});
+  }
+  BwdCase big = {DType::BFloat16, 128, true, 2, 1, false, {96}, {96}, 10.0};
+  out.push_back(big);
+  big.dtype = DType::Float16;
+  out.push_back(big);
+  for (bool varlen : {false, true}) {
+    BwdCase det{DType::BFloat16, 128, true, 4, 2, varlen, {100, 100}, {100, 100}};
+    det.deterministic = true;
+    out.push_back(det);
+    BwdCase abi{DType::Float16, 64, false, 2, 1, varlen, {90, 33}, {90, 33}};
+    if (!varlen) abi.seqlens_q = abi.seqlens_k = {90, 90};
+    abi.c_abi = true;
+    abi.own_workspace = varlen;
+    out.push_back(abi);
+  }
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(All, AttentionBackward, ::testing::ValuesIn(cases()));
+
+using AttentionBackwardRuns = IsolatedCache;
+
+TEST_F(AttentionBackwardRuns, DeterministicModeIsBitwiseReproducible) {
+  KJIT_REQUIRE_GPU();
+  BwdCase c{DType::BFloat16, 128, true, 8, 2, false, {300}, {300}};
+  c.deterministic = true;
+  const unsigned seed = std::random_device{}();
+  const auto first = run_case(c, seed, false);
+  for (int i = 0; i < 3; ++i)
+    EXPECT_EQ(run_case(c, seed, false), first) << "run " << i + 2 << " differs";
+}
+
+TEST_F(AttentionBackwardRuns, RepeatedCallsDoNotGrowDeviceMemory) {
+  KJIT_REQUIRE_GPU();
+  const int b = 2, s = 128, h = 4, d = 64;
+  const std::size_t n = static_cast<std::size_t>(b) * s * h * d;
+  DeviceBuffer q(n * 2), k(n * 2), v(n * 2), out(n * 2), dout(n * 2), lse(b * h * s * 4), dq(n * 2),
+      dk(n * 2), dv(n * 2);
+  for (DeviceBuffer* buf : {&q, &k, &v, &dout})
+    buf->fill_bytes(0x3c);  // 1.0-ish halves: finite everywhere
+  auto t = [&](DeviceBuffer& buf) { return TensorView(buf.data(), DType::Float16, {b, s, h, d}); };
+  const TensorView vlse(lse.data(), DType::Float32, {b, h, s});
+  Stream stream;
+  attention::forward(t(q), t(k), t(v), t(out), vlse, {}, stream.handle());
+  auto call = [&] {
+    attention::backward(t(q), t(k), t(v), t(out), t(dout), vlse, t(dq), t(dk), t(dv), {},
+                        stream.handle());
+  };
+  for (int i = 0; i < 10; ++i)
+    call();
+  stream.synchronize();
+  std::size_t free_before = 0, free_after = 0;
+  memory_info(&free_before, nullptr);
+  for (int i = 0; i < 1000; ++i)
+    call();
+  stream.synchronize();
+  memory_info(&free_after, nullptr);
+  EXPECT_LE(free_before - std::min(free_before, free_after), std::size_t{2} << 20)
+      << "free device memory fell from " << free_before << " to " << free_after;
+}
+
+TEST_F(AttentionBackwardRuns, BadInputIsRefused) {
+  KJIT_REQUIRE_GPU();
+  const int b = 1, s = 16, h = 2, d = 64;
+  const std::size_t n = static_cast<std::size_t>(b) * s * h * d;
+  DeviceBuffer q(n * 2), lse(b * h * s * 4), small(64);
+  const TensorView t(q.data(), DType::BFloat16, {b, s, h, d});
+  const TensorView vlse(lse.data(), DType::Float32, {b, h, s});
+  const TensorView wrong_dtype(q.data(), DType::Float16, {b, s, h, d});
+  const TensorView wrong_shape(q.data(), DType::BFloat16, {b, s - 1, h, d});
+  auto refused = [&](const TensorView& dq, const TensorView& l, const BackwardOptions& o,
+                     const char* expected) {
+    try {
+      attention::backward(t, t, t, t, t, l, dq, t, t, o, nullptr);
+      ADD_FAILURE() << "accepted: " << expected;
+    } catch (const InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
+    }
+  };
+  refused(wrong_dtype, vlse, {}, "dq");
+  refused(wrong_shape, vlse, {}, "dq must have q's shape");
+  refused(t, TensorView(lse.data(), DType::Float32, {b, h, s + 1}), {}, "lse must be");
+  BackwardOptions tiny;
+  tiny.workspace = small.data();
+  tiny.workspace_bytes = 64;
+  refused(t, vlse, tiny, "the workspace holds 64 bytes");
+}
+
+}  // namespace
+}  // namespace kjit::test

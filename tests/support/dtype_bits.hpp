@@ -1,0 +1,22 @@
+// 16-bit float values as the raw bits the device buffers hold (fp16 or bf16), for tests.
+#pragma once
+
+#include <cstdint>
+
+#include "kjit/tensor.hpp"
+#include "util/half_float.hpp"
+
+namespace kjit::test {
+
+inline std::uint16_t to_bits(DType t, double v) {
+  return t == DType::BFloat16 ? float_to_bf16(static_cast<float>(v))
+                              : float_to_fp16(static_cast<float>(v));
+}
+inline double from_bits(DType t, std::uint16_t b) {
+  return t == DType::BFloat16 ? bf16_to_float(b) : fp16_to_float(b);
+}
+inline double round_to(DType t, double v) {
+  return from_bits(t, to_bits(t, v));
+}
+
+}  // namespace kjit::test
