@@ -67,8 +67,7 @@ for d in (64, 128, 256):
 row("gqa 32/8", 2, 8192, 32, 8, 128, True)
 
 
-def if not BACKWARD:
-    varlen_row():
+def varlen_row():
     """16 sequences of 256..1792 tokens (kjit's varlen row), hd 128, 16 heads, causal, through
     aten._flash_attention_forward (FlashAttention-2's varlen entry)."""
     lens = [256 + ((i * 7) % 16) * 96 for i in range(16)]

@@ -114,12 +114,17 @@ if [ "$what" = attention-backward ]; then
     "$bin/kjit_gpu_tests" --gtest_filter='All/AttentionBackward.*/3'
   step backward_kjit "$bin/kjit_bench_attention_backward"
   PYTHONUNBUFFERED=1 step backward_torch python3 bench/attention_torch.py --backward
+  export KJIT_TUNING_DB="$out/backward-tuning.sqlite"
+  rm -f "$KJIT_TUNING_DB"
+  step tune_backward "$bin/kjit" tune --preset fa-bench-bwd
+  KJIT_PRINT_CONFIG=1 step backward_kjit_tuned "$bin/kjit_bench_attention_backward"
   echo "== backward_tests: $(grep -c '^\[       OK' "$out/backward_tests.log") ok, $(grep -c '^\[  FAILED  \] [A-Z]' "$out/backward_tests.log") failed"
   grep -E '^\[  FAILED  \] [A-Z]|Failure|error|Expected|Which is|mismatch|elements outside' "$out/backward_tests.log" | head -40
   for log in backward_memcheck backward_racecheck; do
     echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -4
   done
-  for log in backward_kjit backward_torch; do echo "== $log"; cat "$out/$log.log"; done
+  for log in backward_kjit backward_torch backward_kjit_tuned; do echo "== $log"; cat "$out/$log.log"; done
+  echo "== tune_backward"; grep -vE 'ETA|^$' "$out/tune_backward.log" | tail -24
 fi
 if [ "$what" = dist ]; then
   # The multi-rank suites as real processes on this one GPU: the MPI backend at 1, 2, 4 and 8

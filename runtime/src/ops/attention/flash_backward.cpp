@@ -177,7 +177,8 @@ unsigned FlashBackward::shared_bytes(const Config& c, const Problem& p) {
 }
 
 bool FlashBackward::valid(const Config& c, const Problem& p, const Arch& arch) {
-  if (c.mainloop != kMainloopMma) return false;
+  if (c.mainloop != kMainloopMma || (c.dq_atomic != 0 && c.dq_atomic != 1)) return false;
+  if (c.dq_atomic && p.deterministic) return false;  // atomics add in no fixed order
   if (c.block_m != 64 && c.block_m != 128) return false;
   if (c.block_n != 32 && c.block_n != 64 && c.block_n != 128) return false;
   // Warp tiles are pairs of n8 tiles (flash_backward.cuh's BackwardShape): with 32-key tiles
@@ -187,7 +188,8 @@ bool FlashBackward::valid(const Config& c, const Problem& p, const Arch& arch) {
 }
 
 FlashBackward::Config FlashBackward::default_config(const Problem& p, const Arch& arch) {
-  Config c{kMainloopMma, 64, p.head_dim <= 64 ? 128 : 64};
+  // The dq atomics pay off at hd 64 only; above, the second pass is faster (docs/perf.md).
+  Config c{kMainloopMma, 64, p.head_dim <= 64 ? 128 : 64, !p.deterministic && p.head_dim <= 64};
   while (!valid(c, p, arch) && c.block_n > 32)
     c.block_n /= 2;
   return c;
@@ -196,8 +198,10 @@ FlashBackward::Config FlashBackward::default_config(const Problem& p, const Arch
 std::vector<FlashBackward::Config> FlashBackward::space(const Problem&, const Arch&) {
   std::vector<Config> out;
   for (std::int64_t block_m : {64, 128}) {
-    for (std::int64_t block_n : {32, 64, 128})
-      out.push_back({kMainloopMma, block_m, block_n});
+    for (std::int64_t block_n : {32, 64, 128}) {
+      for (std::int64_t dq_atomic : {0, 1})
+        out.push_back({kMainloopMma, block_m, block_n, dq_atomic});
+    }
   }
   return out;
 }
@@ -205,12 +209,12 @@ std::vector<FlashBackward::Config> FlashBackward::space(const Problem&, const Ar
 KernelSpec FlashBackward::spec(const Config& c, const Problem& p, const Arch& arch) {
   const char* t = cxx_type(p.dtype);
   const char* causal = p.causal ? "true" : "false";
-  // Launch order: prep, main loop, then the dq pass (deterministic) or the dq store.
+  // Launch order: prep, main loop, then the dq store (atomics) or the dq pass.
   std::vector<std::string> names = {
       fmt::format("kjit::attention::flash_backward_prep<{}, {}>", t, p.head_dim),
       fmt::format("kjit::attention::flash_backward<{}, {}, {}, {}, {}, {}>", t, p.head_dim,
-                  c.block_m, c.block_n, causal, p.deterministic ? "true" : "false"),
-      p.deterministic
+                  c.block_m, c.block_n, causal, c.dq_atomic ? "true" : "false"),
+      !c.dq_atomic
           ? fmt::format("kjit::attention::flash_backward_dq<{}, {}, {}, {}, {}>", t, p.head_dim,
                         c.block_m, c.block_n, causal)
           : fmt::format("kjit::attention::flash_backward_dq_store<{}, {}>", t, p.head_dim)};
@@ -220,8 +224,10 @@ KernelSpec FlashBackward::spec(const Config& c, const Problem& p, const Arch& ar
 }
 
 void FlashBackward::launch(const Program& program, const Config& c, const Problem& p,
-                           const Args& args, StreamHandle stream) {
+                           const Args& call_args, StreamHandle stream) {
   if (p.empty()) return;
+  Args args = call_args;
+  if (!c.dq_atomic) args.dq_accum = nullptr;  // not zeroed by the prep, not written
   const auto heads_q = static_cast<unsigned>(p.heads_q), batch = static_cast<unsigned>(p.batch);
   const auto blocks = [](std::int64_t n, std::int64_t per) {
     return static_cast<unsigned>((n + per - 1) / per);
@@ -241,7 +247,7 @@ void FlashBackward::launch(const Program& program, const Config& c, const Proble
         args);
   }
   if (p.seqlen_q > 0) {
-    const bool pass = p.deterministic;
+    const bool pass = !c.dq_atomic;
     program.kernel_at(2).launch(
         {{blocks(p.seqlen_q, pass ? c.block_m : kRowsPerPrepBlock), heads_q, batch},
          {kThreads},

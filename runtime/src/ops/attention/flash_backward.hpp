@@ -27,9 +27,11 @@ struct FlashBackward {
     bool causal = false, deterministic = false;
     bool empty() const { return batch == 0 || (seqlen_q == 0 && seqlen_k == 0); }
   };
-  // Eight warps; block_m queries and block_n keys per tile.
+  // Eight warps; block_m queries and block_n keys per tile. dq_atomic 1: the main loop adds dQ
+  // into an fp32 accumulator with atomics; 0: a second pass over the keys computes dQ (the only
+  // choice in deterministic mode).
   struct Config {
-    std::int64_t mainloop = kMainloopMma, block_m = 0, block_n = 0;
+    std::int64_t mainloop = kMainloopMma, block_m = 0, block_n = 0, dq_atomic = 0;
   };
   using Args = KjitFlashBackwardParams;
 
@@ -41,9 +43,9 @@ struct FlashBackward {
                                               field<&Problem::seqlen_k>("Sk", tuning::Bucket::Pow2),
                                               field<&Problem::causal>("causal"),
                                               field<&Problem::deterministic>("deterministic")};
-  static constexpr Field<Config> kConfig[] = {field<&Config::mainloop>("mainloop"),
-                                              field<&Config::block_m>("block_m"),
-                                              field<&Config::block_n>("block_n")};
+  static constexpr Field<Config> kConfig[] = {
+      field<&Config::mainloop>("mainloop"), field<&Config::block_m>("block_m"),
+      field<&Config::block_n>("block_n"), field<&Config::dq_atomic>("dq_atomic")};
   static constexpr DType kDTypes[] = {DType::Float16, DType::BFloat16};
 
   static void check(const Problem& p);
@@ -52,8 +54,8 @@ struct FlashBackward {
   static Config default_config(const Problem& p, const Arch& arch);
   static unsigned shared_bytes(const Config& c, const Problem& p);
   static KernelSpec spec(const Config& c, const Problem& p, const Arch& arch);
-  static void launch(const Program& program, const Config& c, const Problem& p, const Args& args,
-                     StreamHandle stream);
+  static void launch(const Program& program, const Config& c, const Problem& p,
+                     const Args& call_args, StreamHandle stream);
   static std::vector<Problem> shipped(const Arch& arch);
 
   static std::vector<TensorSpec> tensors(const Problem& p);
