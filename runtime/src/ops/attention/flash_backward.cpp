@@ -188,11 +188,26 @@ bool FlashBackward::valid(const Config& c, const Problem& p, const Arch& arch) {
 }
 
 FlashBackward::Config FlashBackward::default_config(const Problem& p, const Arch& arch) {
-  // The dq atomics pay off at hd 64 only; above, the second pass is faster (docs/perf.md).
-  Config c{kMainloopMma, 64, p.head_dim <= 64 ? 128 : 64, !p.deterministic && p.head_dim <= 64};
-  while (!valid(c, p, arch) && c.block_n > 32)
-    c.block_n /= 2;
-  return c;
+  // The tuner's picks on the H100 (fa-bench-bwd, docs/perf.md): the dq atomics pay off at hd 64
+  // only; 128-query tiles for hd 64 causal and hd 96-128 full, 128-key tiles for hd 96-128
+  // causal. Smaller tiles where shared memory is short (sm_86/89).
+  const bool atomic = !p.deterministic && p.head_dim <= 64;
+  Config preferred{kMainloopMma, 64, 64, atomic};
+  if (p.head_dim <= 64) {
+    preferred = {kMainloopMma, p.causal ? 128 : 64, 128, atomic};
+  } else if (p.head_dim <= 128) {
+    preferred =
+        p.causal ? Config{kMainloopMma, 64, 128, atomic} : Config{kMainloopMma, 128, 64, atomic};
+  }
+  for (const Config& c :
+       {preferred, Config{kMainloopMma, 64, 64, atomic}, Config{kMainloopMma, 64, 32, atomic}}) {
+    if (valid(c, p, arch)) return c;
+  }
+  throw InvalidArgument(fmt::format(
+      "attention backward: head dim {} needs {} bytes of shared memory at the smallest tiles; {} "
+      "offers {}",
+      p.head_dim, shared_bytes({kMainloopMma, 64, 32, atomic}, p), arch.name(),
+      arch.max_shared_bytes()));
 }
 
 std::vector<FlashBackward::Config> FlashBackward::space(const Problem&, const Arch&) {
