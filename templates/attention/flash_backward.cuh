@@ -24,8 +24,9 @@ namespace kjit::attention {
 // P and dS [kBlockM][kBlockN + 8]; each GEMM spreads its output over the eight warps, 16 rows
 // each: S and dP over (queries x keys), dK and dV over (keys x head dim), dQ over (queries x
 // head dim, in chunks of at most 64 columns to bound registers).
-template <int kHeadDim, int kBlockM, int kBlockN>
+template <int kHeadDim_, int kBlockM_, int kBlockN_>
 struct BackwardShape {
+  static constexpr int kHeadDim = kHeadDim_, kBlockM = kBlockM_, kBlockN = kBlockN_;
   static constexpr int kThreads = 256, kWarps = 8;
   static constexpr int kRow = kHeadDim + 8, kPRow = kBlockN + 8;
   static constexpr int kSWarpsM = kBlockM / 16 < kWarps ? kBlockM / 16 : kWarps;
@@ -43,6 +44,23 @@ struct BackwardShape {
   static_assert(kSTiles % 2 == 0 && kKvTiles % 2 == 0 && (kQChunk / 8) % 2 == 0 &&
                     kQCols % kQChunk == 0,
                 "warp tiles are pairs of n8 tiles");
+};
+
+// The shared-memory tiles both main loops use (flash_backward_dq leaves P unused).
+template <class T, class Shape>
+struct BackwardTiles {
+  T *q, *dout, *k, *v, *p, *ds;
+  float *lse2, *dsum;  // per query row of the tile
+  __device__ explicit BackwardTiles(unsigned char* raw) {
+    q = reinterpret_cast<T*>(raw);
+    dout = q + Shape::kBlockM * Shape::kRow;
+    k = dout + Shape::kBlockM * Shape::kRow;
+    v = k + Shape::kBlockN * Shape::kRow;
+    p = v + Shape::kBlockN * Shape::kRow;
+    ds = p + Shape::kBlockM * Shape::kPRow;
+    lse2 = reinterpret_cast<float*>(ds + Shape::kBlockM * Shape::kPRow);
+    dsum = lse2 + Shape::kBlockM;
+  }
 };
 
 // A sequence's bounds: batched, or packed through cu_seqlens.
@@ -103,6 +121,37 @@ __device__ __forceinline__ void load_row_stats(const KjitFlashBackwardParams& p,
   }
 }
 
+// K and V rows [key0, key0 + block_n) of `kv_head` into the tiles (cp.async, not committed).
+template <class T, class Shape>
+__device__ __forceinline__ void load_key_tile(const BackwardTiles<T, Shape>& t,
+                                              const KjitFlashBackwardParams& p,
+                                              const BackwardSequence& seq, int batch, int kv_head,
+                                              int key0) {
+  const long long at = seq.k_start + key0;
+  load_rows<T, Shape::kHeadDim, Shape::kRow, Shape::kThreads>(
+      t.k, token_row<const T>(p.k, batch, at, kv_head), p.k.row_stride, Shape::kBlockN,
+      seq.seqlen_k - key0);
+  load_rows<T, Shape::kHeadDim, Shape::kRow, Shape::kThreads>(
+      t.v, token_row<const T>(p.v, batch, at, kv_head), p.v.row_stride, Shape::kBlockN,
+      seq.seqlen_k - key0);
+}
+
+// Q and dO rows [row0, row0 + block_m) of `head` (cp.async, not committed) and their row stats.
+template <class T, class Shape>
+__device__ __forceinline__ void load_query_tile(const BackwardTiles<T, Shape>& t,
+                                                const KjitFlashBackwardParams& p,
+                                                const BackwardSequence& seq, int batch, int head,
+                                                int row0) {
+  const long long at = seq.q_start + row0;
+  load_rows<T, Shape::kHeadDim, Shape::kRow, Shape::kThreads>(
+      t.q, token_row<const T>(p.q, batch, at, head), p.q.row_stride, Shape::kBlockM,
+      seq.seqlen_q - row0);
+  load_rows<T, Shape::kHeadDim, Shape::kRow, Shape::kThreads>(
+      t.dout, token_row<const T>(p.dout, batch, at, head), p.dout.row_stride, Shape::kBlockM,
+      seq.seqlen_q - row0);
+  load_row_stats(p, seq, batch, head, row0, Shape::kBlockM, t.lse2, t.dsum);
+}
+
 // The warp's tile of S = Q K^T and dP = dO V^T, turned into P and dS = P (dP - dsum) in place.
 template <class T, class Shape, bool kCausal, int kHeadDim>
 __device__ __forceinline__ void probabilities_and_ds(
@@ -158,24 +207,16 @@ __global__ void __launch_bounds__(256, 1) flash_backward(const KjitFlashBackward
   using S = BackwardShape<kHeadDim, kBlockM, kBlockN>;
   constexpr int kRow = S::kRow, kPRow = S::kPRow;
   extern __shared__ __align__(16) unsigned char shared_raw[];
-  T* sq = reinterpret_cast<T*>(shared_raw);
-  T* sdo = sq + kBlockM * kRow;
-  T* sk = sdo + kBlockM * kRow;
-  T* sv = sk + kBlockN * kRow;
-  T* sp = sv + kBlockN * kRow;
-  T* sds = sp + kBlockM * kPRow;
-  float* lse2 = reinterpret_cast<float*>(sds + kBlockM * kPRow);
-  float* dsum = lse2 + kBlockM;
+  const BackwardTiles<T, S> tiles(shared_raw);
+  T *sq = tiles.q, *sdo = tiles.dout, *sk = tiles.k, *sv = tiles.v, *sp = tiles.p, *sds = tiles.ds;
+  float *lse2 = tiles.lse2, *dsum = tiles.dsum;
 
   const int kv_head = blockIdx.y, batch = blockIdx.z;
   const BackwardSequence seq(p, batch);
   const int key0 = blockIdx.x * kBlockN;
   if (key0 >= seq.seqlen_k) return;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  load_rows<T, kHeadDim, kRow, 256>(sk, token_row<const T>(p.k, batch, seq.k_start + key0, kv_head),
-                                    p.k.row_stride, kBlockN, seq.seqlen_k - key0);
-  load_rows<T, kHeadDim, kRow, 256>(sv, token_row<const T>(p.v, batch, seq.k_start + key0, kv_head),
-                                    p.v.row_stride, kBlockN, seq.seqlen_k - key0);
+  load_key_tile(tiles, p, seq, batch, kv_head, key0);
 
   // The first query tile whose last row sees key0.
   const int m_first = kCausal ? max(0, key0 - seq.diagonal) / kBlockM : 0;
@@ -190,13 +231,8 @@ __global__ void __launch_bounds__(256, 1) flash_backward(const KjitFlashBackward
     for (int m = m_first; m < m_end; ++m) {
       const int row0 = m * kBlockM;
       __syncthreads();  // the previous tile is done with Q, dO, P, dS and the row stats
-      const long long at = seq.q_start + row0;
-      load_rows<T, kHeadDim, kRow, 256>(sq, token_row<const T>(p.q, batch, at, head),
-                                        p.q.row_stride, kBlockM, seq.seqlen_q - row0);
-      load_rows<T, kHeadDim, kRow, 256>(sdo, token_row<const T>(p.dout, batch, at, head),
-                                        p.dout.row_stride, kBlockM, seq.seqlen_q - row0);
+      load_query_tile(tiles, p, seq, batch, head, row0);
       ptx::cp_async_commit();
-      load_row_stats(p, seq, batch, head, row0, kBlockM, lse2, dsum);
       ptx::cp_async_wait<0>();
       __syncthreads();
 
@@ -260,13 +296,9 @@ __global__ void __launch_bounds__(256, 1) flash_backward_dq(const KjitFlashBackw
   using S = BackwardShape<kHeadDim, kBlockM, kBlockN>;
   constexpr int kRow = S::kRow, kPRow = S::kPRow;
   extern __shared__ __align__(16) unsigned char shared_raw[];
-  T* sq = reinterpret_cast<T*>(shared_raw);
-  T* sdo = sq + kBlockM * kRow;
-  T* sk = sdo + kBlockM * kRow;
-  T* sv = sk + kBlockN * kRow;
-  T* sds = sv + kBlockN * kRow + kBlockM * kPRow;  // the main kernel's layout, P unused
-  float* lse2 = reinterpret_cast<float*>(sds + kBlockM * kPRow);
-  float* dsum = lse2 + kBlockM;
+  const BackwardTiles<T, S> tiles(shared_raw);
+  T *sq = tiles.q, *sdo = tiles.dout, *sk = tiles.k, *sv = tiles.v, *sds = tiles.ds;
+  float *lse2 = tiles.lse2, *dsum = tiles.dsum;
 
   const int head = blockIdx.y, batch = blockIdx.z;
   const BackwardSequence seq(p, batch);
@@ -274,12 +306,7 @@ __global__ void __launch_bounds__(256, 1) flash_backward_dq(const KjitFlashBackw
   if (row0 >= seq.seqlen_q) return;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int kv_head = head / p.group;
-  const long long at = seq.q_start + row0;
-  load_rows<T, kHeadDim, kRow, 256>(sq, token_row<const T>(p.q, batch, at, head), p.q.row_stride,
-                                    kBlockM, seq.seqlen_q - row0);
-  load_rows<T, kHeadDim, kRow, 256>(sdo, token_row<const T>(p.dout, batch, at, head),
-                                    p.dout.row_stride, kBlockM, seq.seqlen_q - row0);
-  load_row_stats(p, seq, batch, head, row0, kBlockM, lse2, dsum);
+  load_query_tile(tiles, p, seq, batch, head, row0);
 
   int key_blocks = (seq.seqlen_k + kBlockN - 1) / kBlockN;
   if (kCausal) {
@@ -292,12 +319,7 @@ __global__ void __launch_bounds__(256, 1) flash_backward_dq(const KjitFlashBackw
   for (int n = 0; n < key_blocks; ++n) {
     const int key0 = n * kBlockN;
     __syncthreads();  // the previous key tile is done with K, V and dS
-    load_rows<T, kHeadDim, kRow, 256>(sk,
-                                      token_row<const T>(p.k, batch, seq.k_start + key0, kv_head),
-                                      p.k.row_stride, kBlockN, seq.seqlen_k - key0);
-    load_rows<T, kHeadDim, kRow, 256>(sv,
-                                      token_row<const T>(p.v, batch, seq.k_start + key0, kv_head),
-                                      p.v.row_stride, kBlockN, seq.seqlen_k - key0);
+    load_key_tile(tiles, p, seq, batch, kv_head, key0);
     ptx::cp_async_commit();
     ptx::cp_async_wait<0>();
     __syncthreads();

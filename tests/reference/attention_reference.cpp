@@ -6,41 +6,52 @@
 
 namespace kjit::reference {
 
+namespace {
+
+// Softmax probabilities of query row i over keys 0..last (returned; -1 when it sees none) into
+// p, and the row's LSE.
+int row_probabilities(const std::vector<double>& q, const std::vector<double>& k, int i, int sq,
+                      int sk, int dim, double scale, bool causal, std::vector<double>& p,
+                      double* lse) {
+  const int last = causal ? std::min(sk - 1, i + sk - sq) : sk - 1;  // bottom-right aligned
+  *lse = -std::numeric_limits<double>::infinity();
+  if (last < 0) return last;
+  double m = -std::numeric_limits<double>::infinity();
+  for (int j = 0; j <= last; ++j) {
+    double dot = 0;
+    for (int d = 0; d < dim; ++d)
+      dot += q[i * dim + d] * k[j * dim + d];
+    p[j] = dot * scale;
+    m = std::max(m, p[j]);
+  }
+  double sum = 0;
+  for (int j = 0; j <= last; ++j)
+    sum += std::exp(p[j] - m);
+  for (int j = 0; j <= last; ++j)
+    p[j] = std::exp(p[j] - m) / sum;
+  *lse = m + std::log(sum);
+  return last;
+}
+
+}  // namespace
+
 AttentionRow attention(const std::vector<double>& q, const std::vector<double>& k,
                        const std::vector<double>& v, int sq, int sk, int dim, double scale,
                        bool causal, const std::function<double(double)>& round_p) {
   AttentionRow r;
   r.out.assign(static_cast<std::size_t>(sq) * dim, 0.0);
   r.lse.assign(sq, -std::numeric_limits<double>::infinity());
-  std::vector<double> s(sk);
+  std::vector<double> p(sk);
   for (int i = 0; i < sq; ++i) {
-    const int last = causal ? std::min(sk - 1, i + sk - sq) : sk - 1;  // bottom-right aligned
-    if (last < 0) continue;
-    double m = -std::numeric_limits<double>::infinity();
+    const int last = row_probabilities(q, k, i, sq, sk, dim, scale, causal, p, &r.lse[i]);
     for (int j = 0; j <= last; ++j) {
-      double dot = 0;
+      const double pj = round_p ? round_p(p[j]) : p[j];
       for (int d = 0; d < dim; ++d)
-        dot += q[i * dim + d] * k[j * dim + d];
-      s[j] = dot * scale;
-      m = std::max(m, s[j]);
+        r.out[i * dim + d] += pj * v[j * dim + d];
     }
-    double sum = 0;
-    for (int j = 0; j <= last; ++j)
-      sum += std::exp(s[j] - m);
-    for (int j = 0; j <= last; ++j) {
-      double p = std::exp(s[j] - m) / sum;
-      if (round_p) p = round_p(p);
-      for (int d = 0; d < dim; ++d)
-        r.out[i * dim + d] += p * v[j * dim + d];
-    }
-    r.lse[i] = m + std::log(sum);
   }
   return r;
 }
-
-}  // namespace kjit::reference
-
-namespace kjit::reference {
 
 AttentionGradients attention_backward(const std::vector<double>& q, const std::vector<double>& k,
                                       const std::vector<double>& v, const std::vector<double>& dout,
@@ -51,24 +62,13 @@ AttentionGradients attention_backward(const std::vector<double>& q, const std::v
   g.dk.assign(static_cast<std::size_t>(sk) * dim, 0.0);
   g.dv.assign(static_cast<std::size_t>(sk) * dim, 0.0);
   const auto keep = [&](double x) { return round ? round(x) : x; };
-  std::vector<double> p(sk), dp(sk), out(dim);
+  std::vector<double> p(sk), out(dim);
   for (int i = 0; i < sq; ++i) {
-    const int last = causal ? std::min(sk - 1, i + sk - sq) : sk - 1;
+    double lse = 0;
+    const int last = row_probabilities(q, k, i, sq, sk, dim, scale, causal, p, &lse);
     if (last < 0) continue;
-    double m = -std::numeric_limits<double>::infinity();
-    for (int j = 0; j <= last; ++j) {
-      double dot = 0;
-      for (int d = 0; d < dim; ++d)
-        dot += q[i * dim + d] * k[j * dim + d];
-      p[j] = dot * scale;
-      m = std::max(m, p[j]);
-    }
-    double sum = 0;
-    for (int j = 0; j <= last; ++j)
-      sum += std::exp(p[j] - m);
     std::fill(out.begin(), out.end(), 0.0);
     for (int j = 0; j <= last; ++j) {
-      p[j] = std::exp(p[j] - m) / sum;
       for (int d = 0; d < dim; ++d)
         out[d] += p[j] * v[j * dim + d];
     }

@@ -21,10 +21,6 @@ AttentionRow attention(const std::vector<double>& q, const std::vector<double>& 
                        double scale, bool causal,
                        const std::function<double(double)>& round_p = nullptr);
 
-}  // namespace kjit::reference
-
-namespace kjit::reference {
-
 struct AttentionGradients {
   std::vector<double> dq;  // [Sq][D]
   std::vector<double> dk;  // [Sk][D]

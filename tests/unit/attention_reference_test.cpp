@@ -1,8 +1,11 @@
 // The CPU attention reference on hand-computed cases: uniform scores, causal bottom-right
-// alignment when Sq != Sk, fully masked rows.
+// alignment when Sq != Sk, fully masked rows; the backward reference against central finite
+// differences of the forward one.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <random>
+#include <vector>
 
 #include "tests/reference/attention_reference.hpp"
 
@@ -45,6 +48,45 @@ TEST(AttentionReference, RoundingPChangesTheResultSlightly) {
                                             [](double p) { return std::round(p * 256) / 256; });
   EXPECT_NE(exact.out[0], rounded.out[0]);
   EXPECT_NEAR(exact.out[0], rounded.out[0], 3 * 6.0 / 256);
+}
+
+// d/dx sum(dout * out) by central differences equals the backward's gradient, for q, k and v,
+// causal with Sq != Sk (one query row sees no key).
+TEST(AttentionReference, BackwardMatchesFiniteDifferences) {
+  const int sq = 4, sk = 3, dim = 5;
+  const double scale = 0.7;
+  std::mt19937 rng(3);
+  std::normal_distribution<double> normal;
+  auto random = [&](int n) {
+    std::vector<double> x(n);
+    for (double& e : x)
+      e = normal(rng);
+    return x;
+  };
+  std::vector<double> q = random(sq * dim), k = random(sk * dim), v = random(sk * dim),
+                      dout = random(sq * dim);
+  const auto g = reference::attention_backward(q, k, v, dout, sq, sk, dim, scale, true);
+  auto loss = [&] {
+    const auto r = reference::attention(q, k, v, sq, sk, dim, scale, true);
+    double l = 0;
+    for (std::size_t i = 0; i < r.out.size(); ++i)
+      l += dout[i] * r.out[i];
+    return l;
+  };
+  const double h = 1e-6;
+  for (auto [x, grad] : {std::pair{&q, &g.dq}, {&k, &g.dk}, {&v, &g.dv}}) {
+    for (std::size_t i = 0; i < x->size(); ++i) {
+      const double keep = (*x)[i];
+      (*x)[i] = keep + h;
+      const double up = loss();
+      (*x)[i] = keep - h;
+      const double down = loss();
+      (*x)[i] = keep;
+      EXPECT_NEAR((*grad)[i], (up - down) / (2 * h), 1e-7) << "element " << i;
+    }
+  }
+  for (int d = 0; d < dim; ++d)
+    EXPECT_EQ(g.dq[d], 0.0);  // row 0 sees no key (Sq - Sk = 1)
 }
 
 }  // namespace

@@ -83,6 +83,18 @@ LongestSequences check_varlen(const attention::Varlen& s, std::int64_t tokens_q,
   return {longest[0], longest[1]};
 }
 
+std::vector<BenchRow> fa_bench_rows() {
+  std::vector<BenchRow> rows;
+  for (std::int64_t d : {64, 128, 256}) {
+    for (std::int64_t s : {2048, 8192, 16384}) {
+      for (bool causal : {false, true})
+        rows.push_back({16384 / s, s, 2048 / d, 2048 / d, d, causal});
+    }
+  }
+  rows.push_back({2, 8192, 32, 8, 128, true});
+  return rows;
+}
+
 float softmax_scale(float requested, std::int64_t head_dim) {
   if (!(requested >= 0) || !std::isfinite(requested)) {
     kAttentionCheck.fail(

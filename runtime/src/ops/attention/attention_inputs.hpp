@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "kjit/attention.hpp"
 #include "ops/tensor_checks.hpp"
@@ -27,6 +28,14 @@ struct LongestSequences {
 };
 LongestSequences check_varlen(const attention::Varlen& seqlens, std::int64_t tokens_q,
                               std::int64_t tokens_k);
+
+// The rows of FlashAttention's benchmark (B x S = 16k tokens, H x D = 2048, hd 64/128/256, S
+// 2k/8k/16k, causal or not) plus GQA 32/8 hd 128 S 8k causal: the fa-bench presets.
+struct BenchRow {
+  std::int64_t batch, seqlen, heads_q, heads_k, head_dim;
+  bool causal;
+};
+std::vector<BenchRow> fa_bench_rows();
 
 // The softmax scale a call asks for (0: 1 / sqrt(head dim)); refuses negative or non-finite.
 float softmax_scale(float requested, std::int64_t head_dim);

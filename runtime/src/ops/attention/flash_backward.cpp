@@ -357,13 +357,9 @@ std::vector<Preset<FlashBackward::Problem>> FlashBackward::presets() {
   }
   // bench/attention_backward.cpp's batched rows: B x S = 16k tokens, H x D = 2048.
   Preset<Problem> bench{"fa-bench-bwd", {}};
-  for (std::int64_t d : {64, 128, 256}) {
-    for (std::int64_t s : {2048, 8192, 16384}) {
-      for (bool causal : {false, true})
-        bench.problems.push_back(problem(16384 / s, s, 2048 / d, 2048 / d, d, causal));
-    }
-  }
-  bench.problems.push_back(problem(2, 8192, 32, 8, 128, true));
+  for (const BenchRow& r : fa_bench_rows())
+    bench.problems.push_back(
+        problem(r.batch, r.seqlen, r.heads_q, r.heads_k, r.head_dim, r.causal));
   out.push_back(std::move(bench));
   return out;
 }
