@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: sets up, builds, and shows what kjit does on this machine. With a GPU: device
-# facts, attention tuned for the default preset (llama3-8b-prefill; its table), the GPU suite and
-# the benchmarks; without: `kjit info` and every shipped specialisation compiled for sm_90a with
+# facts, attention forward and backward tuned for the Llama 3 8B presets (prefill and training),
+# the GPU suite, the multi-rank suites (mpirun, when OpenMPI is here) and the benchmarks; without: `kjit info` and every shipped specialisation compiled for sm_90a with
 # its resource report (a GPU is needed to run them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,14 +13,20 @@ kjit=build/default/tools/kjit
 echo
 if "$kjit" info --json | grep -q '"available": true'; then
   "$kjit" precompile --check
-  "$kjit" tune --preset llama3-8b-prefill
+  "$kjit" tune --preset llama3-8b-prefill --preset llama3-8b-train
   build/default/tests/kjit_gpu_tests
+  if command -v mpirun >/dev/null && [ -x build/default/tests/kjit_dist_tests ]; then
+    (cd build/default && ctest -L dist --output-on-failure)
+    KJIT_COMM=mpi OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+      mpirun --oversubscribe -n 2 build/default/bench/kjit_bench_comm 256
+  fi
   build/default/examples/kjit_example_c_api
   build/default/bench/kjit_bench_choice_cost
   build/default/bench/kjit_bench_compile_latency
   build/default/bench/kjit_bench_launch_overhead
   build/default/bench/kjit_bench_merge_states
   build/default/bench/kjit_bench_attention
+  build/default/bench/kjit_bench_attention_backward
 else
   "$kjit" precompile --arch sm_90a --check
   echo
