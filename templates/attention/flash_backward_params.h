@@ -4,7 +4,7 @@
 #pragma once
 
 struct KjitAttentionTensor {
-  void* data;                                       /* [B, S, H, D] or packed [T, H, D] */
+  void* data;                                      /* [B, S, H, D] or packed [T, H, D] */
   long long batch_stride, row_stride, head_stride; /* batch_stride 0 when packed */
 };
 

@@ -16,6 +16,7 @@
 #include "tests/support/dtype_bits.hpp"
 #include "tests/support/gpu.hpp"
 #include "tests/support/isolated_cache.hpp"
+#include "tests/support/seqlens.hpp"
 #include "util/half_float.hpp"
 
 namespace kjit::test {
@@ -63,11 +64,8 @@ std::vector<std::uint16_t> run_case(const AttnCase& c, unsigned seed, bool check
   std::normal_distribution<double> normal(0.0, c.input_scale);
   const int b = static_cast<int>(c.seqlens_q.size()), d = c.head_dim, hq = c.heads_q,
             hk = c.heads_k;
-  std::vector<int> cu_q{0}, cu_k{0};
-  for (int i = 0; i < b; ++i) {
-    cu_q.push_back(cu_q.back() + c.seqlens_q[i]);
-    cu_k.push_back(cu_k.back() + c.seqlens_k[i]);
-  }
+  const std::vector<int> cu_q = cumulative_seqlens(c.seqlens_q),
+                         cu_k = cumulative_seqlens(c.seqlens_k);
   const int tq = cu_q.back(), tk = cu_k.back();
   // Token-major storage [T, H, D] for both layouts (batched views it as [B, S, H, D]).
   std::vector<std::uint16_t> q(static_cast<std::size_t>(tq) * hq * d),

@@ -46,7 +46,8 @@ TEST(Registry, ListsEveryFamilyWithItsTemplateHash) {
   std::vector<std::string> shipped;
   for (const ops::ShippedSpecs& s : ops::shipped("sm_90a"))
     shipped.push_back(s.family);
-  EXPECT_EQ(shipped, (std::vector<std::string>{"samples", "merge_states", "attention", "attention_backward"}));
+  EXPECT_EQ(shipped, (std::vector<std::string>{"samples", "merge_states", "attention",
+                                               "attention_backward"}));
 }
 
 TEST(Registry, PresetsNameRealProblems) {

@@ -40,11 +40,13 @@ struct ConstBuffer {
   const void* data = nullptr;
   std::size_t count = 0;
   DType dtype = DType::Float32;
+  std::size_t bytes() const { return count * dtype_size(dtype); }
 };
 struct Buffer {
   void* data = nullptr;
   std::size_t count = 0;
   DType dtype = DType::Float32;
+  std::size_t bytes() const { return count * dtype_size(dtype); }
   operator ConstBuffer() const { return {data, count, dtype}; }
 };
 

@@ -10,24 +10,21 @@
 
 #include "comm/poll_pause.hpp"
 #include "driver/cuda_driver.hpp"
+#include "driver/stream_allocation.hpp"
 #include "util/environment.hpp"
 
 namespace kjit::comm {
 namespace {
-
-std::size_t bytes_of(ConstBuffer b) {
-  return b.count * dtype_size(b.dtype);
-}
 
 const char* byte_at(const void* p, std::size_t elements, DType dtype) {
   return static_cast<const char*>(p) + elements * dtype_size(dtype);
 }
 
 bool overlaps(ConstBuffer a, ConstBuffer b) {
-  if (bytes_of(a) == 0 || bytes_of(b) == 0) return false;
+  if (a.bytes() == 0 || b.bytes() == 0) return false;
   const char* a0 = static_cast<const char*>(a.data);
   const char* b0 = static_cast<const char*>(b.data);
-  return a0 < b0 + bytes_of(b) && b0 < a0 + bytes_of(a);
+  return a0 < b0 + b.bytes() && b0 < a0 + a.bytes();
 }
 
 void require(bool ok, const std::string& message) {
@@ -90,7 +87,7 @@ std::vector<std::size_t> resolve_slices(const char* what, const std::vector<std:
 // A buffer the driver knows as device (or managed) memory, on `device` when that is not -1,
 // holding all `count` elements within one allocation.
 void require_on_device(const char* what, ConstBuffer b, int device) {
-  if (bytes_of(b) == 0) return;
+  if (b.bytes() == 0) return;
   const driver::Api& a = driver::api();
   unsigned int memory_type = 0;
   int ordinal = -1;
@@ -110,9 +107,9 @@ void require_on_device(const char* what, ConstBuffer b, int device) {
   require(device < 0 || managed || ordinal == device,
           fmt::format("{} is on device {} but the communicator runs on device {}", what, ordinal,
                       device));
-  require(range == 0 || address + bytes_of(b) <= start + range,
+  require(range == 0 || address + b.bytes() <= start + range,
           fmt::format("{} holds {} elements ({} bytes) but its allocation ends {} bytes after it",
-                      what, b.count, bytes_of(b), start + range - address));
+                      what, b.count, b.bytes(), start + range - address));
 }
 
 // The shape all_gather (part in, whole out) and reduce_scatter (whole in, part out) share:
@@ -135,30 +132,11 @@ void require_whole_and_part(const char* op, ConstBuffer whole, const char* whole
   require_on_device(p.c_str(), part, device);
 }
 
-// A stream-ordered device copy of `b`, for backends that cannot run a call in place.
-class DeviceCopy {
- public:
-  DeviceCopy(ConstBuffer b, StreamHandle stream) : stream_(stream) {
-    const driver::Api& a = driver::api();
-    if (bytes_of(b) == 0) return;
-    driver::check(a.cuMemAllocAsync(&ptr_, bytes_of(b), stream), "cuMemAllocAsync");
-    driver::check(
-        a.cuMemcpyDtoDAsync(ptr_, reinterpret_cast<CUdeviceptr>(b.data), bytes_of(b), stream),
-        "cuMemcpyDtoDAsync");
-    buffer_ = {reinterpret_cast<const void*>(ptr_), b.count, b.dtype};
-  }
-  ~DeviceCopy() {
-    if (ptr_) driver::api().cuMemFreeAsync(ptr_, stream_);
-  }
-  DeviceCopy(const DeviceCopy&) = delete;
-  DeviceCopy& operator=(const DeviceCopy&) = delete;
-  ConstBuffer buffer() const { return buffer_; }
-
- private:
-  StreamHandle stream_;
-  CUdeviceptr ptr_ = 0;
-  ConstBuffer buffer_;
-};
+// `b` copied into `scratch` on the stream, for backends that cannot run a call in place.
+ConstBuffer copy_into(const driver::StreamAllocation& scratch, ConstBuffer b, StreamHandle stream) {
+  copy_async(scratch.data(), b.data, b.bytes(), stream);
+  return {scratch.data(), b.count, b.dtype};
+}
 
 }  // namespace
 
@@ -269,8 +247,8 @@ void Communicator::all_to_all(ConstBuffer send, Buffer recv, StreamHandle stream
   require_on_device("all_to_all send", send, device_);
   require_on_device("all_to_all recv", recv, device_);
   if (!in_place) return do_all_to_all(send, recv, stream);
-  DeviceCopy copy(send, stream);
-  do_all_to_all(copy.buffer(), recv, stream);
+  const driver::StreamAllocation scratch(send.bytes(), stream);
+  do_all_to_all(copy_into(scratch, send, stream), recv, stream);
 }
 
 void Communicator::all_to_all_v(ConstBuffer send, const std::vector<std::size_t>& send_counts,
@@ -294,8 +272,9 @@ void Communicator::all_to_all_v(ConstBuffer send, const std::vector<std::size_t>
   if (!in_place) {
     return do_all_to_all_v(send, send_counts, sends, recv, recv_counts, recvs, stream);
   }
-  DeviceCopy copy(send, stream);
-  do_all_to_all_v(copy.buffer(), send_counts, sends, recv, recv_counts, recvs, stream);
+  const driver::StreamAllocation scratch(send.bytes(), stream);
+  do_all_to_all_v(copy_into(scratch, send, stream), send_counts, sends, recv, recv_counts, recvs,
+                  stream);
 }
 
 void Communicator::broadcast(ConstBuffer send, Buffer recv, int root, StreamHandle stream) {

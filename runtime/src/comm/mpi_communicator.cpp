@@ -23,10 +23,6 @@ std::string mpi_error(int code) {
   return std::string(text, length);
 }
 
-std::size_t bytes_of(ConstBuffer b) {
-  return b.count * dtype_size(b.dtype);
-}
-
 // MPI counts are ints: one call moves at most INT_MAX bytes per peer and addresses at most
 // INT_MAX bytes of a buffer (checked before anything is sent).
 int mpi_bytes(std::size_t bytes, const char* what) {
@@ -139,9 +135,9 @@ class MpiCommunicator final : public Communicator {
   template <class Start>
   void* exchange(const std::string& what, ConstBuffer send, std::size_t out_bytes,
                  StreamHandle stream, Start&& start) {
-    void* in = ensure(send_stage_, bytes_of(send));
+    void* in = ensure(send_stage_, send.bytes());
     void* out = ensure(recv_stage_, out_bytes);
-    to_host(send.data, in, bytes_of(send), stream, what);
+    to_host(send.data, in, send.bytes(), stream, what);
     MPI_Request request;
     check(start(in, out, &request), what);
     wait(request, what);
@@ -151,38 +147,36 @@ class MpiCommunicator final : public Communicator {
   void do_all_gather(ConstBuffer send, Buffer recv, StreamHandle stream) override {
     const std::string what =
         fmt::format("all_gather of {} x {} {}", size(), send.count, dtype_name(send.dtype));
-    const int bytes = mpi_bytes(bytes_of(send), what.c_str());
-    mpi_bytes(bytes_of(recv), what.c_str());
-    void* out =
-        exchange(what, send, bytes_of(recv), stream, [&](void* in, void* o, MPI_Request* r) {
-          return MPI_Iallgather(in, bytes, MPI_BYTE, o, bytes, MPI_BYTE, comm_, r);
-        });
-    to_device(out, recv.data, bytes_of(recv), stream, what);
+    const int bytes = mpi_bytes(send.bytes(), what.c_str());
+    mpi_bytes(recv.bytes(), what.c_str());
+    void* out = exchange(what, send, recv.bytes(), stream, [&](void* in, void* o, MPI_Request* r) {
+      return MPI_Iallgather(in, bytes, MPI_BYTE, o, bytes, MPI_BYTE, comm_, r);
+    });
+    to_device(out, recv.data, recv.bytes(), stream, what);
   }
 
   // An all-to-all of the slices, then the sum on the host (into the input staging, free then).
   void do_reduce_scatter(ConstBuffer send, Buffer recv, StreamHandle stream) override {
     const std::string what =
         fmt::format("reduce_scatter of {} x {} {}", size(), recv.count, dtype_name(recv.dtype));
-    const int slice = mpi_bytes(bytes_of(recv), what.c_str());
-    mpi_bytes(bytes_of(send), what.c_str());
+    const int slice = mpi_bytes(recv.bytes(), what.c_str());
+    mpi_bytes(send.bytes(), what.c_str());
     void* gathered =
-        exchange(what, send, bytes_of(send), stream, [&](void* in, void* o, MPI_Request* r) {
+        exchange(what, send, send.bytes(), stream, [&](void* in, void* o, MPI_Request* r) {
           return MPI_Ialltoall(in, slice, MPI_BYTE, o, slice, MPI_BYTE, comm_, r);
         });
     sum_slices(recv.dtype, gathered, recv.count, size(), send_stage_.data());
-    to_device(send_stage_.data(), recv.data, bytes_of(recv), stream, what);
+    to_device(send_stage_.data(), recv.data, recv.bytes(), stream, what);
   }
 
   void do_all_to_all(ConstBuffer send, Buffer recv, StreamHandle stream) override {
     const std::string what = fmt::format("all_to_all of {} {}", send.count, dtype_name(send.dtype));
-    const int slice = mpi_bytes(bytes_of(send) / size(), what.c_str());
-    mpi_bytes(bytes_of(send), what.c_str());
-    void* out =
-        exchange(what, send, bytes_of(recv), stream, [&](void* in, void* o, MPI_Request* r) {
-          return MPI_Ialltoall(in, slice, MPI_BYTE, o, slice, MPI_BYTE, comm_, r);
-        });
-    to_device(out, recv.data, bytes_of(recv), stream, what);
+    const int slice = mpi_bytes(send.bytes() / size(), what.c_str());
+    mpi_bytes(send.bytes(), what.c_str());
+    void* out = exchange(what, send, recv.bytes(), stream, [&](void* in, void* o, MPI_Request* r) {
+      return MPI_Ialltoall(in, slice, MPI_BYTE, o, slice, MPI_BYTE, comm_, r);
+    });
+    to_device(out, recv.data, recv.bytes(), stream, what);
   }
 
   void do_all_to_all_v(ConstBuffer send, const std::vector<std::size_t>& send_counts,
@@ -200,25 +194,24 @@ class MpiCommunicator final : public Communicator {
       rd[p] = mpi_bytes(recv_offsets[p] * element, what.c_str());
     }
     // Elements of recv that no slice covers keep their value: stage them in too.
-    to_host(recv.data, ensure(recv_stage_, bytes_of(recv)), bytes_of(recv), stream, what);
-    void* out =
-        exchange(what, send, bytes_of(recv), stream, [&](void* in, void* o, MPI_Request* r) {
-          return MPI_Ialltoallv(in, sc.data(), sd.data(), MPI_BYTE, o, rc.data(), rd.data(),
-                                MPI_BYTE, comm_, r);
-        });
-    to_device(out, recv.data, bytes_of(recv), stream, what);
+    to_host(recv.data, ensure(recv_stage_, recv.bytes()), recv.bytes(), stream, what);
+    void* out = exchange(what, send, recv.bytes(), stream, [&](void* in, void* o, MPI_Request* r) {
+      return MPI_Ialltoallv(in, sc.data(), sd.data(), MPI_BYTE, o, rc.data(), rd.data(), MPI_BYTE,
+                            comm_, r);
+    });
+    to_device(out, recv.data, recv.bytes(), stream, what);
   }
 
   void do_broadcast(ConstBuffer send, Buffer recv, int root, StreamHandle stream) override {
     const std::string what =
         fmt::format("broadcast of {} {} from rank {}", recv.count, dtype_name(recv.dtype), root);
-    const int bytes = mpi_bytes(bytes_of(recv), what.c_str());
-    void* staged = ensure(recv_stage_, bytes_of(recv));
-    if (rank() == root) to_host(send.data, staged, bytes_of(recv), stream, what);
+    const int bytes = mpi_bytes(recv.bytes(), what.c_str());
+    void* staged = ensure(recv_stage_, recv.bytes());
+    if (rank() == root) to_host(send.data, staged, recv.bytes(), stream, what);
     MPI_Request request;
     check(MPI_Ibcast(staged, bytes, MPI_BYTE, root, comm_, &request), what);
     wait(request, what);
-    to_device(staged, recv.data, bytes_of(recv), stream, what);
+    to_device(staged, recv.data, recv.bytes(), stream, what);
   }
 
   void do_send_recv(ConstBuffer send, int to, Buffer recv, int from, StreamHandle stream) override {
@@ -226,20 +219,20 @@ class MpiCommunicator final : public Communicator {
     std::vector<MPI_Request> requests;
     void* out = nullptr;
     if (from >= 0) {
-      const int bytes = mpi_bytes(bytes_of(recv), what.c_str());
-      out = ensure(recv_stage_, bytes_of(recv));
+      const int bytes = mpi_bytes(recv.bytes(), what.c_str());
+      out = ensure(recv_stage_, recv.bytes());
       requests.emplace_back();
       check(MPI_Irecv(out, bytes, MPI_BYTE, from, kTag, comm_, &requests.back()), what);
     }
     if (to >= 0) {
-      const int bytes = mpi_bytes(bytes_of(send), what.c_str());
-      void* in = ensure(send_stage_, bytes_of(send));
-      to_host(send.data, in, bytes_of(send), stream, what);
+      const int bytes = mpi_bytes(send.bytes(), what.c_str());
+      void* in = ensure(send_stage_, send.bytes());
+      to_host(send.data, in, send.bytes(), stream, what);
       requests.emplace_back();
       check(MPI_Isend(in, bytes, MPI_BYTE, to, kTag, comm_, &requests.back()), what);
     }
     wait(requests, what);
-    if (from >= 0) to_device(out, recv.data, bytes_of(recv), stream, what);
+    if (from >= 0) to_device(out, recv.data, recv.bytes(), stream, what);
   }
 
   void do_barrier(StreamHandle stream) override {

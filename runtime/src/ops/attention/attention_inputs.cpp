@@ -83,6 +83,21 @@ LongestSequences check_varlen(const attention::Varlen& s, std::int64_t tokens_q,
   return {longest[0], longest[1]};
 }
 
+LseStrides check_lse(const TensorView& lse, std::int64_t outer, std::int64_t heads,
+                     std::int64_t seq, bool batched, const char* whose) {
+  const int dims = batched ? 3 : 2;
+  const bool shape_ok = lse.ndim == dims && (!batched || lse.size(0) == outer) &&
+                        lse.size(dims - 2) == heads && lse.size(dims - 1) == seq;
+  if (!shape_ok || lse.dtype != DType::Float32 || (lse.stride(dims - 1) != 1 && seq > 1)) {
+    kAttentionCheck.fail(fmt::format("lse must be {}fp32 {} contiguous in its last dim, got {}",
+                                     whose,
+                                     batched ? fmt::format("[{}, {}, {}]", outer, heads, seq)
+                                             : fmt::format("[{}, {}]", heads, seq),
+                                     lse.describe()));
+  }
+  return {batched ? lse.stride(0) : 0, lse.stride(dims - 2)};
+}
+
 std::vector<BenchRow> fa_bench_rows() {
   std::vector<BenchRow> rows;
   for (std::int64_t d : {64, 128, 256}) {

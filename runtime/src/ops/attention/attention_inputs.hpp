@@ -29,6 +29,15 @@ struct LongestSequences {
 LongestSequences check_varlen(const attention::Varlen& seqlens, std::int64_t tokens_q,
                               std::int64_t tokens_k);
 
+// The strides of an lse after checking it is fp32 [outer, heads, seq] (batched) or [heads, seq]
+// (packed), contiguous in its last dim. `whose` qualifies the expected tensor in the message
+// ("" or "the forward's ").
+struct LseStrides {
+  std::int64_t batch = 0, head = 0;
+};
+LseStrides check_lse(const TensorView& lse, std::int64_t outer, std::int64_t heads,
+                     std::int64_t seq, bool batched, const char* whose);
+
 // The rows of FlashAttention's benchmark (B x S = 16k tokens, H x D = 2048, hd 64/128/256, S
 // 2k/8k/16k, causal or not) plus GQA 32/8 hd 128 S 8k causal: the fa-bench presets.
 struct BenchRow {

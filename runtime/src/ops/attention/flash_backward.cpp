@@ -2,10 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include <fmt/format.h>
 
-#include "driver/cuda_driver.hpp"
+#include "driver/stream_allocation.hpp"
 #include "kjit/error.hpp"
 #include "ops/attention/attention_inputs.hpp"
 #include "ops/attention/flash_forward.hpp"
@@ -70,20 +71,11 @@ void fill_tensors(KjitFlashBackwardParams& p, const TensorView& q, const TensorV
 // The forward's lse, required here.
 void fill_lse(KjitFlashBackwardParams& p, const TensorView& lse, std::int64_t outer,
               std::int64_t heads, std::int64_t seq, bool batched) {
-  const int dims = batched ? 3 : 2;
-  const bool shape_ok = lse.ndim == dims && (!batched || lse.size(0) == outer) &&
-                        lse.size(dims - 2) == heads && lse.size(dims - 1) == seq;
-  if (!shape_ok || lse.dtype != DType::Float32 || (lse.stride(dims - 1) != 1 && seq > 1)) {
-    kAttentionCheck.fail(
-        fmt::format("lse must be the forward's fp32 {} contiguous in its last dim, got {}",
-                    batched ? fmt::format("[{}, {}, {}]", outer, heads, seq)
-                            : fmt::format("[{}, {}]", heads, seq),
-                    lse.describe()));
-  }
+  const LseStrides strides = check_lse(lse, outer, heads, seq, batched, "the forward's ");
   kAttentionCheck.data(lse, "lse");
   p.lse = static_cast<const float*>(lse.data);
-  p.lse_batch_stride = batched ? lse.stride(0) : 0;
-  p.lse_head_stride = lse.stride(dims - 2);
+  p.lse_batch_stride = strides.batch;
+  p.lse_head_stride = strides.head;
 }
 
 Call<FlashBackward> make_call(const TensorView& q, const TensorView& k,
@@ -108,48 +100,28 @@ Call<FlashBackward> make_call(const TensorView& q, const TensorView& k,
   return call;
 }
 
-// The caller's workspace, or one allocated on the stream for this call.
-class Workspace {
- public:
-  Workspace(const attention::BackwardOptions& o, std::size_t bytes, StreamHandle stream)
-      : stream_(stream) {
-    if (o.workspace) {
-      if (o.workspace_bytes < bytes) {
-        kAttentionCheck.fail(fmt::format(
-            "the workspace holds {} bytes; this call needs {} (backward_workspace_bytes)",
-            o.workspace_bytes, bytes));
-      }
-      if (reinterpret_cast<std::uintptr_t>(o.workspace) % kWorkspaceAlign != 0)
-        kAttentionCheck.fail("the workspace must be 256-byte aligned");
-      data_ = o.workspace;
-      return;
-    }
-    if (bytes == 0) return;
-    driver::ensure_context();
-    driver::check(driver::api().cuMemAllocAsync(&owned_, bytes, stream), "cuMemAllocAsync");
-    data_ = reinterpret_cast<void*>(owned_);
+// The caller's workspace, checked against what the call needs.
+void* callers_workspace(const attention::BackwardOptions& o, std::size_t bytes) {
+  if (o.workspace_bytes < bytes) {
+    kAttentionCheck.fail(
+        fmt::format("the workspace holds {} bytes; this call needs {} (backward_workspace_bytes)",
+                    o.workspace_bytes, bytes));
   }
-  ~Workspace() {
-    if (owned_) driver::api().cuMemFreeAsync(owned_, stream_);
-  }
-  Workspace(const Workspace&) = delete;
-  Workspace& operator=(const Workspace&) = delete;
-  void* data() const { return data_; }
-
- private:
-  StreamHandle stream_;
-  CUdeviceptr owned_ = 0;
-  void* data_ = nullptr;
-};
+  if (reinterpret_cast<std::uintptr_t>(o.workspace) % kWorkspaceAlign != 0)
+    kAttentionCheck.fail("the workspace must be 256-byte aligned");
+  return o.workspace;
+}
 
 // Validation, workspace, launch: the op's one path for both layouts.
 void run_backward(Call<FlashBackward> call, std::int64_t rows, const attention::BackwardOptions& o,
                   StreamHandle stream) {
   const FlashBackward::Problem& p = call.problem;
   if (p.empty()) return;
-  const Workspace workspace(
-      o, FlashBackward::workspace_bytes(rows, p.heads_q, p.head_dim, p.deterministic), stream);
-  FlashBackward::attach_workspace(call.args, workspace.data(), rows, p.head_dim, p.deterministic);
+  const std::size_t bytes =
+      FlashBackward::workspace_bytes(rows, p.heads_q, p.head_dim, p.deterministic);
+  std::optional<driver::StreamAllocation> owned;  // when the caller passes none
+  void* workspace = o.workspace ? callers_workspace(o, bytes) : owned.emplace(bytes, stream).data();
+  FlashBackward::attach_workspace(call.args, workspace, rows, p.head_dim, p.deterministic);
   run(call, stream);
 }
 

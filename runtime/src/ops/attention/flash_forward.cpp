@@ -42,18 +42,10 @@ void fill_lse(KjitFlashParams& p, const TensorView& lse, std::int64_t outer, std
     p.lse = nullptr;
     return;
   }
-  const int dims = batched ? 3 : 2;
-  const bool shape_ok = lse.ndim == dims && (!batched || lse.size(0) == outer) &&
-                        lse.size(dims - 2) == heads && lse.size(dims - 1) == seq;
-  if (!shape_ok || lse.dtype != DType::Float32 || (lse.stride(dims - 1) != 1 && seq > 1)) {
-    kAttentionCheck.fail(fmt::format("lse must be fp32 {} contiguous in its last dim, got {}",
-                                     batched ? fmt::format("[{}, {}, {}]", outer, heads, seq)
-                                             : fmt::format("[{}, {}]", heads, seq),
-                                     lse.describe()));
-  }
+  const LseStrides strides = check_lse(lse, outer, heads, seq, batched, "");
   p.lse = static_cast<float*>(lse.data);
-  p.lse_batch_stride = batched ? lse.stride(0) : 0;
-  p.lse_head_stride = lse.stride(dims - 2);
+  p.lse_batch_stride = strides.batch;
+  p.lse_head_stride = strides.head;
 }
 
 void fill_scale(KjitFlashParams& p, const attention::ForwardOptions& o, std::int64_t head_dim) {
