@@ -3,7 +3,8 @@
 // 32/8 and a varlen batch. Columns: the backward (default, dq by atomics), the deterministic
 // backward, and forward + backward (3.5 x). Median of CUDA-event-timed runs. Run beside
 // `bench/attention_torch.py --backward` (torch SDPA flash = FA2, and cuDNN) in the same device
-// call.
+// call. `--sweep` times every config of the family's space that runs here on the fa-bench rows
+// (the main loop, tiles, stages, dq strategy), bypassing the tuning database.
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -11,6 +12,7 @@
 #include "bench/attention_timing.hpp"
 #include "kjit/attention.hpp"
 #include "kjit/jit.hpp"
+#include "ops/attention/flash_backward.hpp"
 
 namespace {
 
@@ -92,9 +94,51 @@ void row(const Shape& r, kjit::Stream& stream) {
               3.5 * flops / both / 1e9);
 }
 
+// Every config of the space on one batched row, through the family.
+void sweep(const Shape& r, kjit::Stream& stream) {
+  using kjit::ops::FlashBackward;
+  const auto bf = kjit::DType::BFloat16;
+  const long long tq = r.b * r.s;
+  auto q = random_bf16(tq * r.hq * r.d), k = random_bf16(tq * r.hk * r.d),
+       v = random_bf16(tq * r.hk * r.d), dout = random_bf16(tq * r.hq * r.d);
+  kjit::DeviceBuffer out(tq * r.hq * r.d * 2), lse(r.hq * tq * 4), dq(out.size()), dk(k.size()),
+      dv(v.size());
+  auto t = [&](const kjit::DeviceBuffer& buf, long long h) {
+    return TensorView(buf.data(), bf, {r.b, r.s, h, r.d});
+  };
+  const TensorView vlse(lse.data(), kjit::DType::Float32, {r.b, r.hq, r.s});
+  kjit::attention::ForwardOptions fo;
+  fo.causal = r.causal;
+  kjit::attention::forward(t(q, r.hq), t(k, r.hk), t(v, r.hk), t(out, r.hq), vlse, fo,
+                           stream.handle());
+  kjit::attention::BackwardOptions o;
+  o.causal = r.causal;
+  kjit::ops::Call<FlashBackward> call =
+      FlashBackward::validate(t(q, r.hq), t(k, r.hk), t(v, r.hk), t(out, r.hq), t(dout, r.hq),
+                              vlse, t(dq, r.hq), t(dk, r.hk), t(dv, r.hk), o);
+  kjit::DeviceBuffer workspace(FlashBackward::workspace_bytes(tq, r.hq, r.d, false));
+  FlashBackward::attach_workspace(call.args, workspace.data(), tq, r.d, false);
+  const double flops = 2.5 * 4.0 * r.b * r.hq * r.s * r.s * r.d / (r.causal ? 2 : 1);
+  const kjit::Arch& arch = kjit::arch::current();
+  for (const FlashBackward::Config& c : FlashBackward::space(call.problem, arch)) {
+    if (!FlashBackward::valid(c, call.problem, arch)) continue;
+    const kjit::Program program = kjit::load(FlashBackward::spec(c, call.problem, arch));
+    const double ms = median_ms(
+        [&] { FlashBackward::launch(program, c, call.problem, call.args, stream.handle()); },
+        stream.handle());
+    std::printf(
+        "sweep d=%lld S=%5lld %-6s mainloop=%lld block_m=%3lld block_n=%3lld dq_atomic=%lld "
+        "stages=%lld: %8.3f ms %7.1f TFLOP/s\n",
+        r.d, r.s, r.causal ? "causal" : "full", static_cast<long long>(c.mainloop),
+        static_cast<long long>(c.block_m), static_cast<long long>(c.block_n),
+        static_cast<long long>(c.dq_atomic), static_cast<long long>(c.stages), ms,
+        flops / ms / 1e9);
+  }
+}
+
 }  // namespace
 
-int main() try {
+int main(int argc, char** argv) try {
   std::string reason;
   if (!kjit::driver_available(&reason)) {
     std::printf("attention_backward needs a CUDA GPU: %s\n", reason.c_str());
@@ -105,12 +149,20 @@ int main() try {
               kjit::device_info(kjit::current_device()).name.c_str(), kjit::version().c_str());
   std::printf("%-24s %3s %6s %8s %4s %-7s %8s %8s %8s %8s\n", "row", "B", "S", "Hq/Hk", "D", "mask",
               "bwd ms", "bwd", "bwd det", "fwd+bwd");
+  const bool sweeping = argc > 1 && std::string(argv[1]) == "--sweep";
   for (long long d : {64, 128, 256}) {
     for (long long s : {2048, 8192, 16384}) {
-      for (bool causal : {false, true})
-        row({"fa-bench-bwd", 16384 / s, s, 2048 / d, 2048 / d, d, causal, {}}, stream);
+      for (bool causal : {false, true}) {
+        const Shape shape{"fa-bench-bwd", 16384 / s, s, 2048 / d, 2048 / d, d, causal, {}};
+        if (!sweeping) {
+          row(shape, stream);
+        } else if (s != 16384) {  // 16k behaves as 8k
+          sweep(shape, stream);
+        }
+      }
     }
   }
+  if (sweeping) return 0;
   row({"gqa 32/8", 2, 8192, 32, 8, 128, true, {}}, stream);
   std::vector<int> cu{0};  // 16 sequences of 256..1792 tokens, as the forward bench
   for (int i = 0; i < 16; ++i)

@@ -2,7 +2,8 @@
 # Runs on the GPU machine from binaries built by scripts/gpu-bundle.sh: device facts, the GPU
 # test suite, the CPU suite (there too: it checks the no-driver paths on a machine that has one),
 # the benchmarks and the example. Full logs go to $OUT (or ./gpu-out); a summary is printed last.
-#   scripts/gpu-suite.sh [tests|bench|attention|attention-bench|attention-backward|families|dist|all]
+#   scripts/gpu-suite.sh [tests|bench|attention|attention-bench|attention-backward|
+#                         attention-backward-tune|families|dist|all]
 #   (default all)
 # `families` is the check after a change to the op plumbing (kernel families, dispatch, tuning
 # tables): the whole GPU suite, the examples, a sanitizer subset, and the attention and
@@ -97,33 +98,47 @@ if [ "$what" = families ]; then
   for log in attention_kjit attention_torch; do echo "== $log"; cat "$out/$log.log"; done
 fi
 if [ "$what" = attention-backward ]; then
-  # The backward's tests in four parallel shards, a sanitizer subset, then kjit beside torch
-  # (SDPA flash = FA2, and cuDNN) on the same rows.
+  # A smoke subset first (both main loops, both dtypes, every wgmma head dim, varlen), stopping
+  # early if it fails or hangs; then the backward's tests in four parallel shards, a sanitizer
+  # subset, kjit (defaults, then every config of the space) beside torch (SDPA flash = FA2, and
+  # cuDNN) on the same rows.
+  smoke=$(printf 'All/AttentionBackward.*/%s:' 0 1 4 5 8 9 10 11 12 13)
+  if ! step backward_smoke timeout 120 "$bin/kjit_gpu_tests" --gtest_filter="$smoke"; then
+    grep -E '^\[  FAILED  \] [A-Z]|Failure|error|Expected|Which is|elements outside|^\[ RUN' \
+      "$out/backward_smoke.log" | tail -40
+    printf '%s\n' "${summary[@]}"
+    exit 1
+  fi
   start=$SECONDS
   for i in 0 1 2 3; do
-    GTEST_TOTAL_SHARDS=4 GTEST_SHARD_INDEX=$i "$bin/kjit_gpu_tests" \
+    GTEST_TOTAL_SHARDS=4 GTEST_SHARD_INDEX=$i timeout 300 "$bin/kjit_gpu_tests" \
       --gtest_filter='*AttentionBackward*' >"$out/backward_tests_shard$i.log" 2>&1 &
   done
   wait
   summary+=("$(printf '%-22s %4ss' backward_tests "$((SECONDS - start))")")
   cat "$out"/backward_tests_shard*.log >"$out/backward_tests.log"
-  subset='All/AttentionBackward.*/0:All/AttentionBackward.*/3:*DeterministicModeIsBitwise*'
-  step backward_memcheck compute-sanitizer --tool memcheck --error-exitcode 3 \
+  subset='All/AttentionBackward.*/0:All/AttentionBackward.*/3:All/AttentionBackward.*/18:*DeterministicModeIsBitwise*'
+  step backward_memcheck timeout 300 compute-sanitizer --tool memcheck --error-exitcode 3 \
     "$bin/kjit_gpu_tests" --gtest_filter="$subset"
-  step backward_racecheck compute-sanitizer --tool racecheck --error-exitcode 3 \
-    "$bin/kjit_gpu_tests" --gtest_filter='All/AttentionBackward.*/3'
-  step backward_kjit "$bin/kjit_bench_attention_backward"
-  PYTHONUNBUFFERED=1 step backward_torch python3 bench/attention_torch.py --backward
-  export KJIT_TUNING_DB="$out/backward-tuning.sqlite"
-  rm -f "$KJIT_TUNING_DB"
-  step tune_backward "$bin/kjit" tune --preset fa-bench-bwd
-  KJIT_PRINT_CONFIG=1 step backward_kjit_tuned "$bin/kjit_bench_attention_backward"
+  step backward_racecheck timeout 300 compute-sanitizer --tool racecheck --error-exitcode 3 \
+    "$bin/kjit_gpu_tests" --gtest_filter='All/AttentionBackward.*/3:All/AttentionBackward.*/18'
+  step backward_kjit timeout 300 "$bin/kjit_bench_attention_backward"
+  PYTHONUNBUFFERED=1 step backward_torch timeout 300 python3 bench/attention_torch.py --backward
+  step backward_sweep timeout 300 "$bin/kjit_bench_attention_backward" --sweep
   echo "== backward_tests: $(grep -c '^\[       OK' "$out/backward_tests.log") ok, $(grep -c '^\[  FAILED  \] [A-Z]' "$out/backward_tests.log") failed"
   grep -E '^\[  FAILED  \] [A-Z]|Failure|error|Expected|Which is|mismatch|elements outside' "$out/backward_tests.log" | head -40
   for log in backward_memcheck backward_racecheck; do
     echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -4
   done
-  for log in backward_kjit backward_torch backward_kjit_tuned; do echo "== $log"; cat "$out/$log.log"; done
+  for log in backward_kjit backward_torch backward_sweep; do echo "== $log"; cat "$out/$log.log"; done
+fi
+if [ "$what" = attention-backward-tune ]; then
+  # kjit tune on the fa-bench-bwd preset, then the benchmark with the tuned configs.
+  export KJIT_TUNING_DB="$out/backward-tuning.sqlite"
+  rm -f "$KJIT_TUNING_DB"
+  step tune_backward "$bin/kjit" tune --preset fa-bench-bwd
+  KJIT_PRINT_CONFIG=1 step backward_kjit_tuned "$bin/kjit_bench_attention_backward"
+  for log in backward_kjit_tuned; do echo "== $log"; cat "$out/$log.log"; done
   echo "== tune_backward"; grep -vE 'ETA|^$' "$out/tune_backward.log" | tail -24
 fi
 if [ "$what" = dist ]; then

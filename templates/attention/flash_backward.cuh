@@ -1,5 +1,6 @@
 // Attention backward, FlashAttention-2 style, on mma.sync m16n8k16 (sm_80+), eight warps a block:
-//  - flash_backward_prep: dsum = rowsum(dO * O) per query row (fp32); zeroes dq_accum.
+//  - flash_backward_prep: per query row, dsum = rowsum(dO * O) and the LSE in log2 units (fp32,
+//    into the workspace); zeroes dq_accum.
 //  - flash_backward: one block per (key tile, key/value head, sequence). K and V stay in shared
 //    memory while the block walks every query tile, of every query head of its group, that sees
 //    them; dK and dV (summed over the group: GQA) accumulate in registers and are written once.
@@ -11,7 +12,8 @@
 //    price of recomputing S and dP (measured faster than the atomics above hd 64).
 //  - flash_backward_dq_store: dq = dq_accum * scale in T.
 // Rows that see no key (LSE = -inf) and rows past a sequence's end take LSE = +inf, which makes
-// P = 0 and so every gradient they feed 0, never NaN.
+// P = 0 and so every gradient they feed 0, never NaN. flash_backward_sm90.cuh holds the wgmma
+// main loop that replaces flash_backward on sm_90a; the other kernels serve both.
 #pragma once
 
 #include "attention/flash_backward_params.h"
@@ -102,22 +104,24 @@ __device__ __forceinline__ void load_rows(T* dst, const T* src, long long stride
   }
 }
 
+// Index of a query row's cell in lse2 and dsum.
+__device__ __forceinline__ long long stats_cell(const KjitFlashBackwardParams& p,
+                                                const BackwardSequence& seq, int batch, int head,
+                                                int row) {
+  return batch * p.stats_batch_stride + head * p.stats_head_stride + seq.q_start + row;
+}
+
 // The log2-domain LSE and dsum of a query tile's rows into shared memory (+inf and 0 for rows
-// past the end or that saw no key).
+// past the end).
 __device__ __forceinline__ void load_row_stats(const KjitFlashBackwardParams& p,
                                                const BackwardSequence& seq, int batch, int head,
                                                int row0, int rows, float* lse2, float* dsum) {
   for (int i = threadIdx.x; i < rows; i += blockDim.x) {
     const int r = row0 + i;
-    float l = -negative_infinity(), d = 0.f;
-    if (r < seq.seqlen_q) {
-      const long long at = seq.q_start + r;
-      const float lse = p.lse[batch * p.lse_batch_stride + head * p.lse_head_stride + at];
-      l = lse == negative_infinity() ? -negative_infinity() : lse * 1.4426950408889634f;
-      d = p.dsum[batch * p.dsum_batch_stride + head * p.dsum_head_stride + at];
-    }
-    lse2[i] = l;
-    dsum[i] = d;
+    const bool inside = r < seq.seqlen_q;
+    const long long at = stats_cell(p, seq, batch, head, r);
+    lse2[i] = inside ? p.lse2[at] : -negative_infinity();
+    dsum[i] = inside ? p.dsum[at] : 0.f;
   }
 }
 
@@ -180,6 +184,10 @@ __global__ void __launch_bounds__(256) flash_backward_prep(const KjitFlashBackwa
   const int head = blockIdx.y, batch = blockIdx.z;
   const BackwardSequence seq(p, batch);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (blockIdx.x == 0 && head == 0 && batch == 0) {
+    for (int i = threadIdx.x; i < KJIT_BACKWARD_STATS_SLACK; i += blockDim.x)
+      p.lse2[p.stats_cells + i] = p.dsum[p.stats_cells + i] = 0.f;
+  }
   for (int i = 0; i < 8; ++i) {
     const int r = blockIdx.x * 64 + warp * 8 + i;
     if (r >= seq.seqlen_q) break;
@@ -192,7 +200,13 @@ __global__ void __launch_bounds__(256) flash_backward_prep(const KjitFlashBackwa
 #pragma unroll
     for (int offset = 16; offset > 0; offset /= 2)
       sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-    if (lane == 0) p.dsum[batch * p.dsum_batch_stride + head * p.dsum_head_stride + at] = sum;
+    if (lane == 0) {
+      // A row that saw no key (lse -inf) takes +inf: P = exp2(s - inf) = 0, never NaN.
+      const float lse = p.lse[batch * p.lse_batch_stride + head * p.lse_head_stride + at];
+      const long long cell = stats_cell(p, seq, batch, head, r);
+      p.lse2[cell] = lse == negative_infinity() ? -negative_infinity() : lse * 1.4426950408889634f;
+      p.dsum[cell] = sum;
+    }
     if (p.dq_accum) {
       float* acc = p.dq_accum + batch * p.acc_batch_stride +
                    (at * p.heads_q + head) * static_cast<long long>(kHeadDim);

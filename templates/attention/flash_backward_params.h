@@ -1,7 +1,9 @@
-/* Parameters of templates/attention/flash_backward.cuh, shared by its kernels and the host
-   launcher (plain C layout, passed by value). Strides are in elements; the head dim is
-   contiguous. */
+/* Parameters of the attention backward kernels (templates/attention/flash_backward.cuh and
+   flash_backward_sm90.cuh), shared by them and the host launcher (passed by value). Strides are
+   in elements; the head dim is contiguous. */
 #pragma once
+
+#include "common/tensor_map.h"
 
 struct KjitAttentionTensor {
   void* data;                                      /* [B, S, H, D] or packed [T, H, D] */
@@ -9,19 +11,30 @@ struct KjitAttentionTensor {
 };
 
 struct KjitFlashBackwardParams {
+  /* The wgmma main loop's tiles of q, dout (block_m rows), k and v (block_n rows): 64-column
+     boxes, 128-byte swizzled, over [B, S, H, D] (packed: B = 1). Filled at launch. */
+  struct KjitTensorMap tma_q, tma_dout, tma_k, tma_v;
   struct KjitAttentionTensor q, k, v, out, dout, dq, dk, dv;
   const float* lse; /* the forward's, natural log: [B, Hq, Sq] or [Hq, Tq] */
   long long lse_batch_stride, lse_head_stride;
-  /* Workspace (fp32). dsum = rowsum(dout * out), laid out [B][Hq][Sq] or [Hq][Tq]; dq_accum
-     [B x Sq or Tq][Hq][D] collects dQ / scale across key blocks (null in deterministic mode,
-     where one kernel owns each dQ row block). */
+  /* Workspace (fp32), written by the prep kernel: lse2 (the lse in log2 units, +inf for rows
+     that saw no key) and dsum = rowsum(dout * out), both laid out [B][Hq][Sq] or [Hq][Tq] and
+     followed by KJIT_BACKWARD_STATS_SLACK zeros (bulk copies read whole 16-byte aligned runs);
+     dq_accum [B x Sq or Tq][Hq][D] collects dQ / scale across key blocks (null when one kernel
+     owns each dQ row block: the dq pass). */
+  float* lse2;
   float* dsum;
   float* dq_accum;
-  long long dsum_batch_stride, dsum_head_stride, acc_batch_stride;
+  long long stats_batch_stride, stats_head_stride, stats_cells, acc_batch_stride;
   const int* cu_seqlens_q; /* [B + 1] on the device; null for batched inputs */
   const int* cu_seqlens_k;
   int seqlen_q, seqlen_k; /* batched: every sequence's lengths */
-  int heads_q, group;     /* group = Hq / Hk */
+  long long tokens_q, tokens_k; /* rows along the tensors' sequence dim: S, or T when packed */
+  int heads_q, group;           /* group = Hq / Hk */
   float scale;            /* softmax scale */
   float scale_log2;       /* softmax scale * log2(e) */
 };
+
+/* Floats past the last cell of lse2 and dsum: a query tile's stats copy reads up to 3 cells
+   before its first row and block_m + 4 (<= 132) cells from there. */
+#define KJIT_BACKWARD_STATS_SLACK 136

@@ -35,6 +35,28 @@ template <int kPending>
 __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
 }
+// Ties registers that an in-flight wgmma writes (accumulators) or reads (A fragments) to this
+// point of the program, so that the compiler neither reads nor reuses them across the
+// wgmma_wait that precedes it. No instruction is emitted.
+template <int kTiles>
+__device__ __forceinline__ void fence_operand(float (&r)[kTiles][4]) {
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      asm volatile("" : "+f"(r[j][e])::"memory");
+  }
+}
+template <int kTiles>
+__device__ __forceinline__ void fence_operand(unsigned (&r)[kTiles][4]) {
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      asm volatile("" : "+r"(r[j][e])::"memory");
+  }
+}
+
 // Makes this thread's generic-proxy shared writes (cp.async included) visible to wgmma's
 // async-proxy reads; a barrier after it publishes them to the warpgroup.
 __device__ __forceinline__ void fence_proxy_async_shared() {
@@ -57,12 +79,13 @@ __device__ __forceinline__ void fence_proxy_async_shared() {
   "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, "  \
   "%56, %57, %58, %59, %60, %61, %62, %63}"
 
-// d (+)= A B, A (64 x 16) and B (N x 16) K-major in shared memory; scale_d = 0 overwrites d.
-#define KJIT_WGMMA_SS(N, TYPE, REGS, ACC, A, B, SCALE)                                          \
+// d (+)= A B, A (64 x 16) and B (N x 16) in shared memory, K-major (TRANSPOSE "0") or MN-major
+// ("1"); scale_d = 0 overwrites d.
+#define KJIT_WGMMA_SS(N, TYPE, REGS, ACC, A, B, SCALE, TRANSPOSE)                               \
   asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" SCALE                                       \
                ", 0;\n"                                                                         \
                "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TYPE "." TYPE " " REGS ", %" A \
-               ", %" B ", p, 1, 1, 0, 0;\n}\n"                                                  \
+               ", %" B ", p, 1, 1, " TRANSPOSE ", " TRANSPOSE ";\n}\n"                          \
                : ACC(d)                                                                         \
                : "l"(a), "l"(b), "r"(scale_d))
 
@@ -85,13 +108,25 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[N / 8][4], cuda::std::uint64
                                          cuda::std::uint64_t b, int scale_d) {
   static_assert(N == 64 || N == 128, "wgmma_ss: N is 64 or 128");
   if constexpr (N == 64 && kIsHalf<T>) {
-    KJIT_WGMMA_SS(64, "f16", KJIT_REGS32, KJIT_ACC32, "32", "33", "34");
+    KJIT_WGMMA_SS(64, "f16", KJIT_REGS32, KJIT_ACC32, "32", "33", "34", "0");
   } else if constexpr (N == 64) {
-    KJIT_WGMMA_SS(64, "bf16", KJIT_REGS32, KJIT_ACC32, "32", "33", "34");
+    KJIT_WGMMA_SS(64, "bf16", KJIT_REGS32, KJIT_ACC32, "32", "33", "34", "0");
   } else if constexpr (kIsHalf<T>) {
-    KJIT_WGMMA_SS(128, "f16", KJIT_REGS64, KJIT_ACC64, "64", "65", "66");
+    KJIT_WGMMA_SS(128, "f16", KJIT_REGS64, KJIT_ACC64, "64", "65", "66", "0");
   } else {
-    KJIT_WGMMA_SS(128, "bf16", KJIT_REGS64, KJIT_ACC64, "64", "65", "66");
+    KJIT_WGMMA_SS(128, "bf16", KJIT_REGS64, KJIT_ACC64, "64", "65", "66", "0");
+  }
+}
+
+// d (+)= A B for 64 x 64 fp32 accumulators, A (64 x 16) and B (16 x 64) MN-major in shared
+// memory: each one swizzled slab of 16 rows of K and 64 columns of M or N.
+template <class T>
+__device__ __forceinline__ void wgmma_ss_mn_major(float (&d)[8][4], cuda::std::uint64_t a,
+                                                  cuda::std::uint64_t b, int scale_d) {
+  if constexpr (kIsHalf<T>) {
+    KJIT_WGMMA_SS(64, "f16", KJIT_REGS32, KJIT_ACC32, "32", "33", "34", "1");
+  } else {
+    KJIT_WGMMA_SS(64, "bf16", KJIT_REGS32, KJIT_ACC32, "32", "33", "34", "1");
   }
 }
 

@@ -12,9 +12,11 @@
 
 #include <dlpack/dlpack.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <tuple>
 
 #include "kjit/attention.hpp"
 #include "kjit/c_api.h"
@@ -44,7 +46,10 @@ struct BwdCase {
   bool deterministic = false;
   bool c_abi = false;
   bool own_workspace = false;
-  int dq_atomic = -1;  // -1: the op's choice; 0 or 1: that dq strategy forced through the family
+  // Through the family with the default config changed where these are set (-1: the op's
+  // choice): the main loop (80 mma.sync, 90 wgmma), its query tile and stages, the dq strategy.
+  int mainloop = -1, block_m = -1, stages = -1, dq_atomic = -1;
+  bool forced() const { return mainloop >= 0 || block_m >= 0 || stages >= 0 || dq_atomic >= 0; }
 };
 
 void PrintTo(const BwdCase& c, std::ostream* os) {
@@ -56,7 +61,36 @@ void PrintTo(const BwdCase& c, std::ostream* os) {
   if (c.deterministic) *os << " deterministic";
   if (c.c_abi) *os << " C ABI";
   if (c.own_workspace) *os << " caller's workspace";
+  if (c.mainloop >= 0) *os << (c.mainloop == 90 ? " wgmma" : " mma.sync");
+  if (c.block_m >= 0) *os << " block_m " << c.block_m;
+  if (c.stages >= 0) *os << " stages " << c.stages;
   if (c.dq_atomic >= 0) *os << (c.dq_atomic ? " dq atomics" : " dq pass");
+}
+
+// The case's config when it forces one: the default with the case's changes (the block_n of a
+// forced main loop is its head dim's).
+FlashBackward::Config forced_config(const BwdCase& c, const FlashBackward::Problem& p) {
+  FlashBackward::Config config = FlashBackward::default_config(p, arch::current());
+  if (c.mainloop >= 0 && c.mainloop != config.mainloop) {
+    config.mainloop = c.mainloop;
+    config.block_m = 64;
+    config.block_n = c.mainloop == FlashBackward::kMainloopWgmma ? (c.head_dim <= 128 ? 128 : 64)
+                                                                 : 64;
+    config.stages = c.mainloop == FlashBackward::kMainloopWgmma ? 2 : 1;
+  }
+  if (c.block_m >= 0) config.block_m = c.block_m;
+  if (c.stages >= 0) config.stages = c.stages;
+  if (c.dq_atomic >= 0) config.dq_atomic = c.dq_atomic;
+  return config;
+}
+
+FlashBackward::Problem problem_of(const BwdCase& c) {
+  const auto longest = [](const std::vector<int>& v) { return *std::max_element(v.begin(), v.end()); };
+  return {c.dtype,     static_cast<std::int64_t>(c.seqlens_q.size()),
+          c.heads_q,   c.heads_k,
+          c.head_dim,  longest(c.seqlens_q),
+          longest(c.seqlens_k), c.causal,
+          c.deterministic};
 }
 
 DLTensor dl(const TensorView& v) {
@@ -134,14 +168,16 @@ std::vector<std::vector<std::uint16_t>> run_case(const BwdCase& c, unsigned seed
     workspace.fill_bytes(0xff);
     o.workspace = workspace.data();
   }
-  if (c.dq_atomic >= 0) {
+  if (c.forced()) {
     ops::Call<FlashBackward> call =
-        FlashBackward::validate(vq, vk, vv, vout, vdout, vlse, vdq, vdk, vdv, o);
-    FlashBackward::Config config = FlashBackward::default_config(call.problem, arch::current());
-    config.dq_atomic = c.dq_atomic;
-    const std::int64_t rows = static_cast<std::int64_t>(b) * sq0;
-    workspace = DeviceBuffer(FlashBackward::workspace_bytes(rows, hq, d, false));
-    FlashBackward::attach_workspace(call.args, workspace.data(), rows, d, false);
+        c.varlen ? FlashBackward::validate_varlen(vq, vk, vv, vout, vdout, vlse, vdq, vdk, vdv,
+                                                  seqlens, o)
+                 : FlashBackward::validate(vq, vk, vv, vout, vdout, vlse, vdq, vdk, vdv, o);
+    const FlashBackward::Config config = forced_config(c, call.problem);
+    const std::int64_t rows = c.varlen ? tq : static_cast<std::int64_t>(b) * sq0;
+    workspace = DeviceBuffer(FlashBackward::workspace_bytes(rows, hq, d, c.deterministic));
+    workspace.fill_bytes(0xff);
+    FlashBackward::attach_workspace(call.args, workspace.data(), rows, d, c.deterministic);
     FlashBackward::launch(load(FlashBackward::spec(config, call.problem, arch::current())), config,
                           call.problem, call.args, stream.handle());
   } else if (c.c_abi) {
@@ -266,6 +302,12 @@ class AttentionBackward : public IsolatedCache, public ::testing::WithParamInter
 
 TEST_P(AttentionBackward, MatchesDoubleReference) {
   KJIT_REQUIRE_GPU();
+  const BwdCase& c = GetParam();
+  if (c.forced()) {
+    const FlashBackward::Problem p = problem_of(c);
+    if (!FlashBackward::valid(forced_config(c, p), p, arch::current()))
+      GTEST_SKIP() << "the forced config does not run on " << arch::current().name();
+  }
   const unsigned seed = std::random_device{}();
   SCOPED_TRACE("input seed " + std::to_string(seed));
   run_case(GetParam(), seed);
@@ -290,11 +332,32 @@ std::vector<BwdCase> cases() {
     out.push_back({DType::BFloat16, 128, causal, 2, 1, false, {50, 50}, {130, 130}});
     out.push_back({DType::Float16, 64, causal, 2, 1, false, {130}, {50}});
   }
-  // Both dq strategies where the default picks the other one.
-  for (auto [d, atomic] : {std::pair{128, 1}, {64, 0}}) {
-    BwdCase forced{DType::BFloat16, d, true, 4, 2, false, {100, 100}, {100, 100}};
-    forced.dq_atomic = atomic;
-    out.push_back(forced);
+  // The other dq strategy than the default's, and where the default is the wgmma loop (sm_90a)
+  // the mma.sync loop, on both layouts; the wgmma loop's other tiles: 64 query rows at hd 64
+  // (one dQ block, alternating between the warpgroups), three stages.
+  for (int d : {64, 128, 256}) {
+    for (bool varlen : {false, true}) {
+      BwdCase forced{DType::BFloat16, d, true, 4, 2, varlen, {100, 100}, {100, 100}};
+      if (varlen) {
+        forced.seqlens_q = {1, 130, 0, 77};
+        forced.seqlens_k = {1, 200, 3, 77};
+      }
+      forced.dq_atomic = 0;
+      out.push_back(forced);
+      forced.dq_atomic = -1;
+      forced.mainloop = 80;
+      forced.dtype = DType::Float16;
+      out.push_back(forced);
+    }
+  }
+  for (auto [d, block_m, stages] : {std::tuple{64, 64, 2}, {64, 64, 3}, {64, 128, 3}, {128, 64, 3}}) {
+    for (bool causal : {false, true}) {
+      BwdCase forced{DType::BFloat16, d, causal, 6, 2, false, {333}, {333}};
+      forced.mainloop = 90;
+      forced.block_m = block_m;
+      forced.stages = stages;
+      out.push_back(forced);
+    }
   }
   BwdCase big = {DType::BFloat16, 128, true, 2, 1, false, {96}, {96}, 10.0};
   out.push_back(big);

@@ -1,6 +1,6 @@
 // The attention backward on the host: its default config is valid on each arch (or refused with
-// the sizes where no tile fits), deterministic problems never get the dq atomics, the workspace
-// sizes, and the validation of gradients and lse before any device work.
+// the sizes where no tile fits) and is the wgmma loop on sm_90a where that runs, deterministic
+// problems never get the dq atomics, the config rules, the workspace sizes, and the validation of gradients and lse before any device work.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -47,23 +47,48 @@ TEST(AttentionBackwardConfig, DefaultIsValidOrRefusedWithTheSizes) {
   }
 }
 
+TEST(AttentionBackwardConfig, DefaultIsTheWgmmaLoopWhereItRuns) {
+  for (std::int64_t d : ops::FlashForward::kHeadDims) {
+    for (bool deterministic : {false, true}) {
+      const Config c = FlashBackward::default_config(problem(d, true, deterministic), "sm_90a");
+      EXPECT_EQ(c.wgmma(), d == 64 || d == 128 || d == 256) << "d=" << d;
+      EXPECT_FALSE(FlashBackward::default_config(problem(d, true, deterministic), "sm_80").wgmma());
+    }
+  }
+}
+
 TEST(AttentionBackwardConfig, Rules) {
   const FlashBackward::Problem p = problem(128, true, false);
   EXPECT_TRUE(FlashBackward::valid({80, 64, 64, 1}, p, "sm_90a"));
   EXPECT_FALSE(FlashBackward::valid({80, 64, 64, 1}, problem(128, true, true), "sm_90a"));
   EXPECT_FALSE(FlashBackward::valid({80, 64, 32, 0}, problem(96, false, false), "sm_90a"));
   EXPECT_FALSE(FlashBackward::valid({80, 32, 64, 0}, p, "sm_90a"));  // eight warps of 16 rows
-  EXPECT_FALSE(FlashBackward::valid({90, 64, 64, 0}, p, "sm_90a"));  // no wgmma loop yet
+  EXPECT_FALSE(FlashBackward::valid({80, 64, 64, 0, 2}, p, "sm_90a"));  // mma.sync: one stage
   EXPECT_FALSE(FlashBackward::valid({80, 128, 128, 0}, problem(256, false, false), "sm_90a"));
+  // wgmma: sm_90a only; 128 keys (64 a warpgroup) up to hd 128, 64 shared above; 128 query
+  // rows at hd 64 only (registers); hd 96 and 192 stay on mma.sync; 2 to 4 stages.
+  EXPECT_TRUE(FlashBackward::valid({90, 64, 128, 1, 2}, p, "sm_90a"));
+  EXPECT_TRUE(FlashBackward::valid({90, 64, 128, 1, 3}, p, "sm_90a"));
+  EXPECT_FALSE(FlashBackward::valid({90, 64, 128, 1, 2}, p, "sm_80"));
+  EXPECT_FALSE(FlashBackward::valid({90, 64, 128, 1, 1}, p, "sm_90a"));
+  EXPECT_FALSE(FlashBackward::valid({90, 64, 64, 1, 2}, p, "sm_90a"));
+  EXPECT_FALSE(FlashBackward::valid({90, 128, 128, 1, 2}, p, "sm_90a"));
+  EXPECT_TRUE(FlashBackward::valid({90, 128, 128, 1, 3}, problem(64, true, false), "sm_90a"));
+  EXPECT_TRUE(FlashBackward::valid({90, 64, 64, 0, 2}, problem(256, false, true), "sm_90a"));
+  EXPECT_FALSE(FlashBackward::valid({90, 64, 64, 0, 3}, problem(256, false, true), "sm_90a"))
+      << "three stages of hd 256 exceed 227 KiB";
+  EXPECT_FALSE(FlashBackward::valid({90, 64, 128, 1, 2}, problem(96, false, false), "sm_90a"));
+  EXPECT_FALSE(FlashBackward::valid({90, 64, 64, 1, 2}, problem(192, false, false), "sm_90a"));
   // Every config of the space fits sm_90a at hd 64.
   for (const Config& c : FlashBackward::space(problem(64, true, false), "sm_90a"))
     EXPECT_TRUE(FlashBackward::valid(c, problem(64, true, false), "sm_90a"));
 }
 
-TEST(AttentionBackwardConfig, WorkspaceHoldsDsumAndTheDqAccumulator) {
-  // dsum: rows x heads fp32; dq: rows x heads x D fp32; each part 256-byte aligned.
-  EXPECT_EQ(FlashBackward::workspace_bytes(100, 8, 128, true), 3328u);
-  EXPECT_EQ(FlashBackward::workspace_bytes(100, 8, 128, false), 3328u + 409600u);
+TEST(AttentionBackwardConfig, WorkspaceHoldsStatsAndTheDqAccumulator) {
+  // lse2 and dsum: rows x heads fp32 plus 136 floats of slack each; dq: rows x heads x D fp32;
+  // each part 256-byte aligned.
+  EXPECT_EQ(FlashBackward::workspace_bytes(100, 8, 128, true), 2u * 3840u);
+  EXPECT_EQ(FlashBackward::workspace_bytes(100, 8, 128, false), 2u * 3840u + 409600u);
   EXPECT_EQ(FlashBackward::workspace_bytes(0, 8, 128, false), 0u);
   void* fake = reinterpret_cast<void*>(0x300000);
   const TensorView q(fake, DType::BFloat16, {2, 50, 8, 128});

@@ -59,7 +59,8 @@ namespace kjit::driver {
   X(cuKernelGetParamInfo, 12040)    \
   X(cuKernelSetAttribute, 12000)    \
   X(cuLaunchKernel, 4000)           \
-  X(cuLaunchKernelEx, 11060)
+  X(cuLaunchKernelEx, 11060)        \
+  X(cuTensorMapEncodeTiled, 12000)
 
 struct Api {
 #define KJIT_DRIVER_MEMBER(name, version) PFN_##name##_v##version name = nullptr;

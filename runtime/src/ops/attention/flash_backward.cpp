@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "driver/stream_allocation.hpp"
+#include "driver/tensor_map.hpp"
 #include "kjit/error.hpp"
 #include "ops/attention/attention_inputs.hpp"
 #include "ops/attention/flash_forward.hpp"
@@ -21,6 +22,13 @@ constexpr std::int64_t kRowsPerPrepBlock = 64;  // flash_backward_prep and _dq_s
 
 std::size_t align_up(std::size_t n) {
   return (n + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign;
+}
+
+// Bytes of lse2 (or dsum) in the workspace: a cell per query row and head, and the slack its
+// stats copies may read past the last one.
+std::size_t stats_bytes(std::int64_t rows, std::int64_t heads_q) {
+  const auto cells = static_cast<std::size_t>(rows * heads_q);
+  return cells == 0 ? 0 : align_up((cells + KJIT_BACKWARD_STATS_SLACK) * 4);
 }
 
 // A gradient (or dout) must look like the tensor it belongs to.
@@ -132,7 +140,8 @@ std::int64_t query_rows(const TensorView& q) {
 }  // namespace
 
 std::vector<Source> FlashBackward::sources() {
-  return {Source::embedded("attention/flash_backward.cuh")};
+  return {Source::embedded("attention/flash_backward.cuh"),
+          Source::embedded("attention/flash_backward_sm90.cuh")};
 }
 
 void FlashBackward::check(const Problem& p) {
@@ -142,6 +151,15 @@ void FlashBackward::check(const Problem& p) {
 
 unsigned FlashBackward::shared_bytes(const Config& c, const Problem& p) {
   const auto elem = static_cast<std::int64_t>(dtype_size(p.dtype));
+  if (c.wgmma()) {
+    // flash_backward_sm90.cuh's BackwardSm90Shape: K, V; per stage Q, dO and the rows' lse2 and
+    // dsum (block_m + 4 floats each); two dS^T buffers; an mbarrier per stage and one for K/V;
+    // plus 1024 bytes to align the tiles.
+    const std::int64_t tiles = 2 * c.block_n * p.head_dim +
+                               c.stages * 2 * c.block_m * p.head_dim + 2 * c.block_n * c.block_m;
+    return static_cast<unsigned>(tiles * elem + c.stages * 2 * (c.block_m + 4) * 4 +
+                                 (c.stages + 1) * 8 + 1024);
+  }
   // Q, dO, K, V rows padded by 8 elements; P and dS [block_m][block_n + 8]; LSE and dsum.
   const std::int64_t tiles =
       (2 * c.block_m + 2 * c.block_n) * (p.head_dim + 8) + 2 * c.block_m * (c.block_n + 8);
@@ -149,45 +167,91 @@ unsigned FlashBackward::shared_bytes(const Config& c, const Problem& p) {
 }
 
 bool FlashBackward::valid(const Config& c, const Problem& p, const Arch& arch) {
-  if (c.mainloop != kMainloopMma || (c.dq_atomic != 0 && c.dq_atomic != 1)) return false;
+  if (c.dq_atomic != 0 && c.dq_atomic != 1) return false;
   if (c.dq_atomic && p.deterministic) return false;  // atomics add in no fixed order
   if (c.block_m != 64 && c.block_m != 128) return false;
-  if (c.block_n != 32 && c.block_n != 64 && c.block_n != 128) return false;
-  // Warp tiles are pairs of n8 tiles (flash_backward.cuh's BackwardShape): with 32-key tiles
-  // the four warps along the head dim need it to be a multiple of 64.
-  if (c.block_n == 32 && p.head_dim % 64 != 0) return false;
+  if (c.wgmma()) {
+    // Two warpgroups of 64 keys up to head dim 128, sharing 64 keys above
+    // (flash_backward_sm90.cuh); the registers hold 64 x 128 S^T and dP^T beside dK and dV at
+    // head dim 64 only.
+    if (!arch.has_wgmma() || (p.head_dim != 64 && p.head_dim != 128 && p.head_dim != 256))
+      return false;
+    if (c.block_n != (p.head_dim <= 128 ? 128 : 64)) return false;
+    if (c.block_m == 128 && p.head_dim != 64) return false;
+    if (c.stages < 2 || c.stages > 4) return false;
+  } else if (c.mainloop == kMainloopMma) {
+    if (c.stages != 1) return false;
+    if (c.block_n != 32 && c.block_n != 64 && c.block_n != 128) return false;
+    // Warp tiles are pairs of n8 tiles (flash_backward.cuh's BackwardShape): with 32-key tiles
+    // the four warps along the head dim need it to be a multiple of 64.
+    if (c.block_n == 32 && p.head_dim % 64 != 0) return false;
+  } else {
+    return false;
+  }
   return shared_bytes(c, p) <= arch.max_shared_bytes();
 }
 
-FlashBackward::Config FlashBackward::default_config(const Problem& p, const Arch& arch) {
+namespace {
+
+// The mma.sync configs: the main loop's default off sm_90a, and the tile of the dq pass.
+FlashBackward::Config mma_config(const FlashBackward::Problem& p, const Arch& arch) {
+  using Config = FlashBackward::Config;
+  constexpr std::int64_t kMma = FlashBackward::kMainloopMma;
   // The tuner's picks on the H100 (fa-bench-bwd, docs/perf.md): the dq atomics pay off at hd 64
   // only; 128-query tiles for hd 64 causal and hd 96-128 full, 128-key tiles for hd 96-128
   // causal. Smaller tiles where shared memory is short (sm_86/89).
   const bool atomic = !p.deterministic && p.head_dim <= 64;
-  Config preferred{kMainloopMma, 64, 64, atomic};
+  Config preferred{kMma, 64, 64, atomic};
   if (p.head_dim <= 64) {
-    preferred = {kMainloopMma, p.causal ? 128 : 64, 128, atomic};
+    preferred = {kMma, p.causal ? 128 : 64, 128, atomic};
   } else if (p.head_dim <= 128) {
-    preferred =
-        p.causal ? Config{kMainloopMma, 64, 128, atomic} : Config{kMainloopMma, 128, 64, atomic};
+    preferred = p.causal ? Config{kMma, 64, 128, atomic} : Config{kMma, 128, 64, atomic};
   }
-  for (const Config& c :
-       {preferred, Config{kMainloopMma, 64, 64, atomic}, Config{kMainloopMma, 64, 32, atomic}}) {
-    if (valid(c, p, arch)) return c;
+  for (const Config& c : {preferred, Config{kMma, 64, 64, atomic}, Config{kMma, 64, 32, atomic}}) {
+    if (FlashBackward::valid(c, p, arch)) return c;
   }
   throw InvalidArgument(fmt::format(
       "attention backward: head dim {} needs {} bytes of shared memory at the smallest tiles; {} "
       "offers {}",
-      p.head_dim, shared_bytes({kMainloopMma, 64, 32, atomic}, p), arch.name(),
+      p.head_dim, FlashBackward::shared_bytes({kMma, 64, 32, atomic}, p), arch.name(),
       arch.max_shared_bytes()));
 }
 
-std::vector<FlashBackward::Config> FlashBackward::space(const Problem&, const Arch&) {
+// The dq pass runs an mma.sync tile; a wgmma config implies sm_90a.
+FlashBackward::Config dq_pass_config(const FlashBackward::Config& c,
+                                     const FlashBackward::Problem& p) {
+  return c.wgmma() ? mma_config(p, Arch("sm_90a")) : c;
+}
+
+// The copy engine's view of a [B, S, H, D] (packed: [T, H, D], B = 1) operand: 64-column boxes
+// of box_rows rows of one head.
+KjitTensorMap tile_map(const KjitAttentionTensor& t, std::int64_t head_dim, std::int64_t rows,
+                       std::int64_t heads, std::int64_t batch, std::int64_t box_rows) {
+  const auto u = [](std::int64_t v) { return static_cast<std::uint64_t>(v); };
+  return driver::tiled_map_16bit(t.data, {u(head_dim), u(rows), u(heads), u(batch)},
+                                 {t.row_stride, t.head_stride, t.batch_stride},
+                                 {64, static_cast<std::uint32_t>(box_rows), 1, 1});
+}
+
+}  // namespace
+
+FlashBackward::Config FlashBackward::default_config(const Problem& p, const Arch& arch) {
+  // wgmma where it runs: 128 query rows at hd 64, 64 above; two stages.
+  const Config wgmma{kMainloopWgmma, p.head_dim == 64 ? 128 : 64, p.head_dim <= 128 ? 128 : 64,
+                     !p.deterministic, 2};
+  return valid(wgmma, p, arch) ? wgmma : mma_config(p, arch);
+}
+
+std::vector<FlashBackward::Config> FlashBackward::space(const Problem& p, const Arch& arch) {
   std::vector<Config> out;
   for (std::int64_t block_m : {64, 128}) {
-    for (std::int64_t block_n : {32, 64, 128}) {
-      for (std::int64_t dq_atomic : {0, 1})
-        out.push_back({kMainloopMma, block_m, block_n, dq_atomic});
+    for (std::int64_t dq_atomic : {0, 1}) {
+      for (std::int64_t block_n : {32, 64, 128})
+        out.push_back({kMainloopMma, block_m, block_n, dq_atomic, 1});
+      if (arch.has_wgmma()) {
+        for (std::int64_t stages : {2, 3})
+          out.push_back({kMainloopWgmma, block_m, p.head_dim <= 128 ? 128 : 64, dq_atomic, stages});
+      }
     }
   }
   return out;
@@ -196,16 +260,20 @@ std::vector<FlashBackward::Config> FlashBackward::space(const Problem&, const Ar
 KernelSpec FlashBackward::spec(const Config& c, const Problem& p, const Arch& arch) {
   const char* t = cxx_type(p.dtype);
   const char* causal = p.causal ? "true" : "false";
+  const char* atomic = c.dq_atomic ? "true" : "false";
+  const Config pass = dq_pass_config(c, p);
   // Launch order: prep, main loop, then the dq store (atomics) or the dq pass.
   std::vector<std::string> names = {
       fmt::format("kjit::attention::flash_backward_prep<{}, {}>", t, p.head_dim),
-      fmt::format("kjit::attention::flash_backward<{}, {}, {}, {}, {}, {}>", t, p.head_dim,
-                  c.block_m, c.block_n, causal, c.dq_atomic ? "true" : "false"),
+      c.wgmma() ? fmt::format("kjit::attention::flash_backward_sm90<{}, {}, {}, {}, {}, {}>", t,
+                              p.head_dim, c.block_m, c.stages, causal, atomic)
+                : fmt::format("kjit::attention::flash_backward<{}, {}, {}, {}, {}, {}>", t,
+                              p.head_dim, c.block_m, c.block_n, causal, atomic),
       !c.dq_atomic
           ? fmt::format("kjit::attention::flash_backward_dq<{}, {}, {}, {}, {}>", t, p.head_dim,
-                        c.block_m, c.block_n, causal)
+                        pass.block_m, pass.block_n, causal)
           : fmt::format("kjit::attention::flash_backward_dq_store<{}, {}>", t, p.head_dim)};
-  KernelSpec s(sources()[0], names);
+  KernelSpec s(sources()[c.wgmma() ? 1 : 0], names);
   s.arch = arch.name();
   return s;
 }
@@ -219,7 +287,18 @@ void FlashBackward::launch(const Program& program, const Config& c, const Proble
   const auto blocks = [](std::int64_t n, std::int64_t per) {
     return static_cast<unsigned>((n + per - 1) / per);
   };
-  const unsigned smem = shared_bytes(c, p);
+  if (c.wgmma()) {
+    // A tensor with no rows is never read, and has no map (the driver refuses empty dims).
+    const std::int64_t outer = args.cu_seqlens_q ? 1 : p.batch;
+    if (args.tokens_q > 0) {
+      args.tma_q = tile_map(args.q, p.head_dim, args.tokens_q, p.heads_q, outer, c.block_m);
+      args.tma_dout = tile_map(args.dout, p.head_dim, args.tokens_q, p.heads_q, outer, c.block_m);
+    }
+    if (args.tokens_k > 0) {
+      args.tma_k = tile_map(args.k, p.head_dim, args.tokens_k, p.heads_k, outer, c.block_n);
+      args.tma_v = tile_map(args.v, p.head_dim, args.tokens_k, p.heads_k, outer, c.block_n);
+    }
+  }
   if (p.seqlen_q > 0) {
     program.kernel_at(0).launch(
         {{blocks(p.seqlen_q, kRowsPerPrepBlock), heads_q, batch}, {kThreads}, 0, stream, {}}, args);
@@ -228,17 +307,18 @@ void FlashBackward::launch(const Program& program, const Config& c, const Proble
     program.kernel_at(1).launch(
         {{blocks(p.seqlen_k, c.block_n), static_cast<unsigned>(p.heads_k), batch},
          {kThreads},
-         smem,
+         shared_bytes(c, p),
          stream,
          {}},
         args);
   }
   if (p.seqlen_q > 0) {
-    const bool pass = !c.dq_atomic;
+    const Config pass = dq_pass_config(c, p);
+    const bool has_pass = !c.dq_atomic;
     program.kernel_at(2).launch(
-        {{blocks(p.seqlen_q, pass ? c.block_m : kRowsPerPrepBlock), heads_q, batch},
+        {{blocks(p.seqlen_q, has_pass ? pass.block_m : kRowsPerPrepBlock), heads_q, batch},
          {kThreads},
-         pass ? smem : 0,
+         has_pass ? shared_bytes(pass, p) : 0,
          stream,
          {}},
         args);
@@ -261,21 +341,21 @@ std::vector<FlashBackward::Problem> FlashBackward::shipped(const Arch&) {
 std::size_t FlashBackward::workspace_bytes(std::int64_t rows, std::int64_t heads_q,
                                            std::int64_t head_dim, bool deterministic) {
   const auto cells = static_cast<std::size_t>(rows * heads_q);
-  return align_up(cells * 4) + (deterministic ? 0 : align_up(cells * head_dim * 4));
+  return 2 * stats_bytes(rows, heads_q) + (deterministic ? 0 : align_up(cells * head_dim * 4));
 }
 
 void FlashBackward::attach_workspace(Args& args, void* workspace, std::int64_t rows,
                                      std::int64_t head_dim, bool deterministic) {
   auto* base = static_cast<unsigned char*>(workspace);
-  args.dsum = reinterpret_cast<float*>(base);
-  // dsum [B][Hq][Sq] batched, [Hq][Tq] packed: the lse's layout, contiguous.
+  const std::size_t stats = stats_bytes(rows, args.heads_q);
+  args.lse2 = reinterpret_cast<float*>(base);
+  args.dsum = reinterpret_cast<float*>(base + stats);
+  // lse2 and dsum [B][Hq][Sq] batched, [Hq][Tq] packed: the lse's layout, contiguous.
   const std::int64_t per_head = args.cu_seqlens_q ? rows : args.seqlen_q;
-  args.dsum_head_stride = per_head;
-  args.dsum_batch_stride = args.cu_seqlens_q ? 0 : per_head * args.heads_q;
-  args.dq_accum = deterministic
-                      ? nullptr
-                      : reinterpret_cast<float*>(
-                            base + align_up(static_cast<std::size_t>(rows * args.heads_q * 4)));
+  args.stats_head_stride = per_head;
+  args.stats_batch_stride = args.cu_seqlens_q ? 0 : per_head * args.heads_q;
+  args.stats_cells = rows * args.heads_q;
+  args.dq_accum = deterministic ? nullptr : reinterpret_cast<float*>(base + 2 * stats);
   args.acc_batch_stride = args.cu_seqlens_q ? 0 : args.seqlen_q * args.heads_q * head_dim;
 }
 
@@ -350,6 +430,8 @@ Call<FlashBackward> FlashBackward::validate(const TensorView& q, const TensorVie
   Call<FlashBackward> call = make_call(q, k, o, 4, q.size(0), q.size(1), k.size(1));
   const Problem& p = call.problem;
   fill_tensors(call.args, q, k, v, out, dout, dq, dk, dv, true);
+  call.args.tokens_q = p.seqlen_q;
+  call.args.tokens_k = p.seqlen_k;
   call.args.seqlen_q = static_cast<int>(p.seqlen_q);
   call.args.seqlen_k = static_cast<int>(p.seqlen_k);
   if (p.batch > 0 && p.seqlen_q > 0) fill_lse(call.args, lse, p.batch, p.heads_q, p.seqlen_q, true);
@@ -369,6 +451,8 @@ Call<FlashBackward> FlashBackward::validate_varlen(const TensorView& q, const Te
   Call<FlashBackward> call =
       make_call(q, k, o, 3, s.cu_seqlens_q.size(0) - 1, longest.q, longest.k);
   fill_tensors(call.args, q, k, v, out, dout, dq, dk, dv, false);
+  call.args.tokens_q = q.size(0);
+  call.args.tokens_k = k.size(0);
   call.args.cu_seqlens_q = static_cast<const int*>(s.cu_seqlens_q.data);
   call.args.cu_seqlens_k = static_cast<const int*>(s.cu_seqlens_k.data);
   if (q.size(0) > 0) fill_lse(call.args, lse, 1, call.problem.heads_q, q.size(0), false);

@@ -1,4 +1,5 @@
-// The attention backward family: templates/attention/flash_backward.cuh (mma.sync, sm_80+), its
+// The attention backward family: templates/attention/flash_backward.cuh (mma.sync, sm_80+) and
+// flash_backward_sm90.cuh (wgmma and the copy engine, sm_90a; head dims 64, 128, 256), its
 // tile configs, the validation of batched and packed inputs and gradients, the workspace, and
 // the launch of its kernels (prep, main loop, dq). kjit::attention::backward / backward_varlen
 // run through it.
@@ -17,7 +18,7 @@ struct FlashBackward {
   static constexpr const char* kName = "attention_backward";
   static std::vector<Source> sources();
 
-  static constexpr std::int64_t kMainloopMma = 80;
+  static constexpr std::int64_t kMainloopMma = 80, kMainloopWgmma = 90;
 
   // A packed call is the batched problem of B sequences of its longest lengths.
   struct Problem {
@@ -27,11 +28,14 @@ struct FlashBackward {
     bool causal = false, deterministic = false;
     bool empty() const { return batch == 0 || (seqlen_q == 0 && seqlen_k == 0); }
   };
-  // Eight warps; block_m queries and block_n keys per tile. dq_atomic 1: the main loop adds dQ
-  // into an fp32 accumulator with atomics; 0: a second pass over the keys computes dQ (the only
-  // choice in deterministic mode).
+  // block_m queries and block_n keys per tile. mainloop 80: eight warps of mma.sync (stages 1);
+  // 90: two warpgroups of wgmma with `stages` query tiles in flight, block_n 128 keys up to head
+  // dim 128 and 64 above. dq_atomic 1: the main loop adds dQ into an fp32 accumulator with
+  // atomics; 0: a second pass over the keys (mma.sync) computes dQ (the only choice in
+  // deterministic mode).
   struct Config {
-    std::int64_t mainloop = kMainloopMma, block_m = 0, block_n = 0, dq_atomic = 0;
+    std::int64_t mainloop = kMainloopMma, block_m = 0, block_n = 0, dq_atomic = 0, stages = 1;
+    bool wgmma() const { return mainloop == kMainloopWgmma; }
   };
   using Args = KjitFlashBackwardParams;
 
@@ -45,7 +49,8 @@ struct FlashBackward {
                                               field<&Problem::deterministic>("deterministic")};
   static constexpr Field<Config> kConfig[] = {
       field<&Config::mainloop>("mainloop"), field<&Config::block_m>("block_m"),
-      field<&Config::block_n>("block_n"), field<&Config::dq_atomic>("dq_atomic")};
+      field<&Config::block_n>("block_n"), field<&Config::dq_atomic>("dq_atomic"),
+      field<&Config::stages>("stages")};
   static constexpr DType kDTypes[] = {DType::Float16, DType::BFloat16};
 
   static void check(const Problem& p);
@@ -63,8 +68,9 @@ struct FlashBackward {
   static double tolerance(const Problem&) { return 2e-2; }
   static std::vector<Preset<Problem>> presets();
 
-  // Workspace: fp32 dsum [rows x Hq] then, unless deterministic, the fp32 dq accumulator
-  // [rows x Hq x D] (rows = B x Sq, or Tq when packed), each part 256-byte aligned.
+  // Workspace: fp32 lse2 and dsum [rows x Hq] (each followed by KJIT_BACKWARD_STATS_SLACK
+  // floats) then, unless deterministic, the fp32 dq accumulator [rows x Hq x D] (rows = B x Sq,
+  // or Tq when packed), each part 256-byte aligned.
   static std::size_t workspace_bytes(std::int64_t rows, std::int64_t heads_q, std::int64_t head_dim,
                                      bool deterministic);
   static void attach_workspace(Args& args, void* workspace, std::int64_t rows,

@@ -1,0 +1,430 @@
+// Attention backward on Hopper's warpgroup MMA (sm_90a): flash_backward.cuh's algorithm (one
+// block per key tile and key/value head; K and V resident; every query tile of every query head
+// of the group streamed past them; dK and dV summed in registers; dQ added into an fp32
+// accumulator) with wgmma GEMMs and copy-engine loads. Two warpgroups:
+//  - Split keys (head dim <= 128): 128 keys a block, 64 per warpgroup. Each warpgroup computes
+//    S^T = K Q^T and dP^T = V dO^T for its keys (the accumulator rows are keys), turns them into
+//    P^T and dS^T in registers, and feeds those as the register A operand of dV += P^T dO and
+//    dK += dS^T Q: P and dS never touch shared memory for dK and dV.
+//  - Split roles (head dim 256, where a warpgroup cannot hold both 64 x 256 dK and dV): 64 keys a
+//    block; warpgroup 0 computes S^T, P^T and dV, warpgroup 1 S^T, dP^T, dS^T and dK.
+// dS^T goes to shared memory (double-buffered) and dQ = dS K reads it MN-major, in 64 x 64 blocks
+// shared out between the warpgroups, each added into dq_accum with vector reductions.
+// Loads: thread 0 arms an mbarrier per stage and issues the tensor copies of Q and dO (64-column
+// boxes, 128-byte swizzled: the layout the wgmma descriptors read) and bulk copies of the rows'
+// lse2 and dsum. A stage is refilled kStages query tiles ahead as soon as every warpgroup is past
+// its dV and dK GEMMs (the block-wide barrier each tile has anyway before dQ reads dS), so no
+// producer warp and no empty barriers are needed and both warpgroups keep the full register file.
+#pragma once
+
+#include "attention/flash_backward.cuh"
+#include "common/mbarrier.cuh"
+#include "common/tma.cuh"
+#include "common/wgmma.cuh"
+
+namespace kjit::attention {
+
+template <int kHeadDim_, int kBlockM_, int kStages_>
+struct BackwardSm90Shape {
+  static constexpr int kHeadDim = kHeadDim_, kBlockM = kBlockM_, kStages = kStages_;
+  static constexpr bool kSplitKeys = kHeadDim <= 128;
+  static constexpr int kBlockN = kSplitKeys ? 128 : 64;
+  static constexpr int kThreads = 256;
+  static constexpr int kSlab = 64;  // columns of a 128-byte swizzled row of 16-bit elements
+  static constexpr int kSlabs = kHeadDim / kSlab;
+  static constexpr int kQueryTiles = kBlockM / 8;  // n8 column tiles of S^T
+  static constexpr int kQuerySteps = kBlockM / 16;  // k16 steps of dV and dK
+  static constexpr int kStatsLen = kBlockM + 4;     // floats of a stats copy (16-byte aligned run)
+  static constexpr int kKVElems = kBlockN * kHeadDim, kQElems = kBlockM * kHeadDim;
+  static constexpr int kDsElems = kBlockN * kBlockM;
+  // dQ in 64 x 64 blocks (query slab, head-dim slab).
+  static constexpr int kDqBlocks = kBlockM / kSlab * kSlabs;
+  // Byte offsets in the (1024-byte aligned) shared memory; elements are 2 bytes.
+  static constexpr int kOffK = 0, kOffV = kOffK + 2 * kKVElems, kOffQ = kOffV + 2 * kKVElems;
+  static constexpr int kOffDout = kOffQ + kStages * 2 * kQElems;
+  static constexpr int kOffDs = kOffDout + kStages * 2 * kQElems;
+  static constexpr int kOffStats = kOffDs + 2 * 2 * kDsElems;
+  static constexpr int kOffBarriers = kOffStats + kStages * 2 * kStatsLen * 4;
+  static constexpr int kBytes = kOffBarriers + (kStages + 1) * 8;
+  static constexpr unsigned kKVBytes = 2 * 2 * kKVElems;
+  static constexpr unsigned kStageBytes = 2 * 2 * kQElems + 2 * kStatsLen * 4;
+  static_assert((kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256) && kBlockM % 64 == 0 &&
+                    kBlockM <= 128 && kStages >= 2,
+                "flash_backward_sm90 tile shape");
+};
+
+// The block's shared memory: K, V; per stage Q, dO and the rows' stats; two dS^T buffers.
+template <class T, class Shape>
+struct BackwardSm90Tiles {
+  T *k, *v, *q, *dout, *ds;
+  float* stats;                // [stage][lse2 | dsum][kStatsLen]
+  cuda::std::uint64_t* full;   // [stage]: that stage's Q, dO and stats have landed
+  cuda::std::uint64_t* kv;     // K and V have landed
+
+  __device__ explicit BackwardSm90Tiles(unsigned char* raw) {
+    // The swizzle repeats every 1024 bytes: the tiles start on that boundary (the launch adds
+    // 1024 bytes of slack).
+    unsigned char* base = reinterpret_cast<unsigned char*>(
+        (reinterpret_cast<unsigned long long>(raw) + ptx::kSwizzleAtomBytes - 1) &
+        ~static_cast<unsigned long long>(ptx::kSwizzleAtomBytes - 1));
+    k = reinterpret_cast<T*>(base + Shape::kOffK);
+    v = reinterpret_cast<T*>(base + Shape::kOffV);
+    q = reinterpret_cast<T*>(base + Shape::kOffQ);
+    dout = reinterpret_cast<T*>(base + Shape::kOffDout);
+    ds = reinterpret_cast<T*>(base + Shape::kOffDs);
+    stats = reinterpret_cast<float*>(base + Shape::kOffStats);
+    full = reinterpret_cast<cuda::std::uint64_t*>(base + Shape::kOffBarriers);
+    kv = full + Shape::kStages;
+  }
+  __device__ T* q_at(int stage) const { return q + stage * Shape::kQElems; }
+  __device__ T* dout_at(int stage) const { return dout + stage * Shape::kQElems; }
+  __device__ float* lse2_at(int stage) const { return stats + stage * 2 * Shape::kStatsLen; }
+  __device__ float* dsum_at(int stage) const { return lse2_at(stage) + Shape::kStatsLen; }
+};
+
+// The query tiles a block visits: steps t = 0, 1, ... walk query tiles m_first.. of the group's
+// query head 0, then of head 1, and so on.
+struct BackwardSteps {
+  int m_first, m_count, count;
+  __device__ BackwardSteps(const BackwardSequence& seq, int key0, int group, int block_m,
+                           bool causal) {
+    // The first query tile whose last row sees key0 (bottom-right causal).
+    m_first = causal ? max(0, key0 - seq.diagonal) / block_m : 0;
+    m_count = max(0, (seq.seqlen_q + block_m - 1) / block_m - m_first);
+    count = group * m_count;
+  }
+  __device__ int head(int t, int kv_head, int group) const {
+    return kv_head * group + t / m_count;
+  }
+  __device__ int row0(int t, int block_m) const { return (m_first + t % m_count) * block_m; }
+};
+
+// A stats copy starts at the 16-byte boundary at or below the tile's first row's cell; the row
+// is `skip` floats into it.
+__device__ __forceinline__ int stats_skip(long long cell) {
+  return static_cast<int>(cell & 3);
+}
+
+// Thread 0's loads of step t into its stage: Q and dO tiles and the rows' lse2 and dsum.
+template <class T, class Shape>
+__device__ __forceinline__ void issue_query_tile(const KjitFlashBackwardParams& p,
+                                                 const BackwardSm90Tiles<T, Shape>& tiles,
+                                                 const BackwardSequence& seq,
+                                                 const BackwardSteps& steps, int batch,
+                                                 int kv_head, int t) {
+  const int stage = t % Shape::kStages;
+  const int head = steps.head(t, kv_head, p.group), row0 = steps.row0(t, Shape::kBlockM);
+  const int row = seq.q_start + row0, tma_batch = p.cu_seqlens_q ? 0 : batch;
+  cuda::std::uint64_t* bar = tiles.full + stage;
+  ptx::mbarrier_arrive_expect_tx(bar, Shape::kStageBytes);
+#pragma unroll
+  for (int slab = 0; slab < Shape::kSlabs; ++slab) {
+    const int at = slab * Shape::kBlockM * Shape::kSlab;
+    ptx::tma_load_4d(tiles.q_at(stage) + at, p.tma_q, bar, slab * Shape::kSlab, row, head,
+                     tma_batch);
+    ptx::tma_load_4d(tiles.dout_at(stage) + at, p.tma_dout, bar, slab * Shape::kSlab, row, head,
+                     tma_batch);
+  }
+  const long long cell = stats_cell(p, seq, batch, head, row0);
+  const long long first = cell - stats_skip(cell);
+  ptx::bulk_load(tiles.lse2_at(stage), p.lse2 + first, Shape::kStatsLen * 4, bar);
+  ptx::bulk_load(tiles.dsum_at(stage), p.dsum + first, Shape::kStatsLen * 4, bar);
+}
+
+// Thread 0's loads of the block's K and V tiles.
+template <class T, class Shape>
+__device__ __forceinline__ void issue_key_tile(const KjitFlashBackwardParams& p,
+                                               const BackwardSm90Tiles<T, Shape>& tiles,
+                                               const BackwardSequence& seq, int batch, int kv_head,
+                                               int key0) {
+  const int row = seq.k_start + key0, tma_batch = p.cu_seqlens_k ? 0 : batch;
+  ptx::mbarrier_arrive_expect_tx(tiles.kv, Shape::kKVBytes);
+#pragma unroll
+  for (int slab = 0; slab < Shape::kSlabs; ++slab) {
+    const int at = slab * Shape::kBlockN * Shape::kSlab;
+    ptx::tma_load_4d(tiles.k + at, p.tma_k, tiles.kv, slab * Shape::kSlab, row, kv_head, tma_batch);
+    ptx::tma_load_4d(tiles.v + at, p.tma_v, tiles.kv, slab * Shape::kSlab, row, kv_head, tma_batch);
+  }
+}
+
+// acc (64 x N) = A B^T over the head dim: A's 64 rows start at row `a_row` of a tile of `a_rows`
+// rows, B is a whole tile of N rows, both K-major with the head dim along K.
+template <class T, int kHeadDim, int kN>
+__device__ __forceinline__ void gemm_over_head_dim(float (&acc)[kN / 8][4], const T* a, int a_rows,
+                                                   int a_row, const T* b) {
+#pragma unroll
+  for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+    const int slab = kk / 4, col = kk % 4 * 16;
+    ptx::wgmma_ss<T, kN>(acc, ptx::swizzled_descriptor(a + (slab * a_rows + a_row) * 64 + col),
+                         ptx::swizzled_descriptor(b + slab * kN * 64 + col), kk > 0);
+  }
+}
+
+// acc[slab] (64 x kHeadDim) += A B: A (64 x kBlockM) as register fragments, B a tile of kBlockM
+// rows read N-major, one 64-column slab of the head dim per instruction.
+template <class T, int kSlabs, int kSteps>
+__device__ __forceinline__ void gemm_over_queries(float (&acc)[kSlabs][8][4],
+                                                  const unsigned (&a)[kSteps][4], const T* b) {
+#pragma unroll
+  for (int kk = 0; kk < kSteps; ++kk) {
+#pragma unroll
+    for (int slab = 0; slab < kSlabs; ++slab) {
+      ptx::wgmma_rs_n_major<T>(acc[slab], a[kk],
+                               ptx::swizzled_descriptor(b + (slab * kSteps + kk) * 16 * 64));
+    }
+  }
+}
+
+// P^T = exp2(S^T scale_log2 - lse2) in place of S^T (rows: keys key.., columns: the tile's
+// queries from query0). With kMask, keys past the sequence, queries past it and, when causal,
+// keys after query + diagonal give 0.
+template <bool kMask, bool kCausal, int kTiles>
+__device__ __forceinline__ void probabilities(float (&s)[kTiles][4], const float* lse2,
+                                              float scale_log2, int key, int query0,
+                                              const BackwardSequence& seq) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int c = 8 * j + 2 * (lane % 4) + e % 2;
+      const float prob = exp2f(fmaf(s[j][e], scale_log2, -lse2[c]));
+      if constexpr (kMask) {
+        const int k = key + 8 * (e / 2), q = query0 + c;
+        const bool visible =
+            k < seq.seqlen_k && q < seq.seqlen_q && (!kCausal || k <= q + seq.diagonal);
+        s[j][e] = visible ? prob : 0.f;
+      } else {
+        s[j][e] = prob;
+      }
+    }
+  }
+}
+
+// dS^T = P^T (dP^T - dsum) in place of dP^T.
+template <int kTiles>
+__device__ __forceinline__ void score_gradients(const float (&p)[kTiles][4],
+                                                float (&dp)[kTiles][4], const float* dsum) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      dp[j][e] = p[j][e] * (dp[j][e] - dsum[8 * j + 2 * (lane % 4) + e % 2]);
+  }
+}
+
+// The fp32 tile rounded to T as wgmma's register A fragments, one per k16 step.
+template <class T, int kTiles>
+__device__ __forceinline__ void fragments_of(const float (&acc)[kTiles][4],
+                                             unsigned (&a)[kTiles / 2][4]) {
+#pragma unroll
+  for (int kk = 0; kk < kTiles / 2; ++kk)
+    probability_fragment<T>(acc, kk, a[kk]);
+}
+
+// dS^T fragments (rows key_row.. of the block, the tile's query columns) into the swizzled dS^T
+// buffer: kBlockN rows, 64-query slabs.
+template <class T, int kBlockN, int kSteps>
+__device__ __forceinline__ void store_ds(T* ds, const unsigned (&a)[kSteps][4], int key_row) {
+  const int lane = threadIdx.x % 32;
+  const int r = key_row + lane / 4;
+#pragma unroll
+  for (int kk = 0; kk < kSteps; ++kk) {
+    const int c = 16 * kk + 2 * (lane % 4);
+    *reinterpret_cast<unsigned*>(ds + ptx::swizzled_offset<T, kBlockN>(r, c)) = a[kk][0];
+    *reinterpret_cast<unsigned*>(ds + ptx::swizzled_offset<T, kBlockN>(r + 8, c)) = a[kk][1];
+    *reinterpret_cast<unsigned*>(ds + ptx::swizzled_offset<T, kBlockN>(r, c + 8)) = a[kk][2];
+    *reinterpret_cast<unsigned*>(ds + ptx::swizzled_offset<T, kBlockN>(r + 8, c + 8)) = a[kk][3];
+  }
+}
+
+// dQ block `block` (64 queries x 64 head-dim columns) = dS K over the block's keys, added into
+// dq_accum (rows past the sequence skipped).
+template <class T, class Shape>
+__device__ __forceinline__ void add_dq_block(const KjitFlashBackwardParams& p,
+                                             const BackwardSequence& seq, const T* ds, const T* k,
+                                             int batch, int head, int row0, int block) {
+  constexpr int kBlockN = Shape::kBlockN, kSlab = Shape::kSlab;
+  const int query_slab = block / Shape::kSlabs, dim_slab = block % Shape::kSlabs;
+  float dq[8][4];
+  ptx::wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < kBlockN / 16; ++kk) {
+    ptx::wgmma_ss_mn_major<T>(
+        dq, ptx::swizzled_descriptor(ds + (query_slab * kBlockN + 16 * kk) * kSlab),
+        ptx::swizzled_descriptor(k + (dim_slab * kBlockN + 16 * kk) * kSlab), kk > 0);
+  }
+  ptx::wgmma_commit();
+  ptx::wgmma_wait<0>();
+  ptx::fence_operand(dq);
+  const int warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = row0 + query_slab * kSlab + 16 * warp + lane / 4 + 8 * h;
+    if (r >= seq.seqlen_q) continue;
+    float* acc = p.dq_accum + batch * p.acc_batch_stride +
+                 ((seq.q_start + r) * static_cast<long long>(p.heads_q) + head) * Shape::kHeadDim +
+                 dim_slab * kSlab + 2 * (lane % 4);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(acc + 8 * j),
+                   "f"(dq[j][2 * h]), "f"(dq[j][2 * h + 1])
+                   : "memory");
+    }
+  }
+}
+
+// The thread's rows of a 64 x kHeadDim dK or dV accumulator (rows: keys key_row..) times
+// `scale`, in T; keys past the sequence are not written.
+template <class T, int kSlabs>
+__device__ __forceinline__ void store_key_rows(const KjitAttentionTensor& out,
+                                               const float (&acc)[kSlabs][8][4],
+                                               const BackwardSequence& seq, int batch, int kv_head,
+                                               int key, float scale) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    if (key + 8 * h >= seq.seqlen_k) continue;
+    T* row = token_row<T>(out, batch, seq.k_start + key + 8 * h, kv_head) + 2 * (lane % 4);
+#pragma unroll
+    for (int slab = 0; slab < kSlabs; ++slab) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        *reinterpret_cast<unsigned*>(row + slab * 64 + 8 * j) =
+            ptx::pack_pair<T>(acc[slab][j][2 * h] * scale, acc[slab][j][2 * h + 1] * scale);
+      }
+    }
+  }
+}
+
+template <class T, int kHeadDim, int kBlockM, int kStages, bool kCausal, bool kAtomicDq>
+__global__ void __launch_bounds__(256, 1)
+    flash_backward_sm90(const __grid_constant__ KjitFlashBackwardParams p) {
+  using S = BackwardSm90Shape<kHeadDim, kBlockM, kStages>;
+  constexpr int kBlockN = S::kBlockN, kSlabs = S::kSlabs;
+  extern __shared__ unsigned char shared_raw[];
+  const BackwardSm90Tiles<T, S> tiles(shared_raw);
+  // The launch sizes shared memory from its own copy of this layout (FlashBackward::
+  // shared_bytes): a mismatch stops here rather than overrunning.
+  unsigned dynamic_bytes;
+  asm("mov.u32 %0, %%dynamic_smem_size;\n" : "=r"(dynamic_bytes));
+  if (dynamic_bytes < S::kBytes + ptx::kSwizzleAtomBytes) __trap();
+
+  const int kv_head = blockIdx.y, batch = blockIdx.z;
+  const BackwardSequence seq(p, batch);
+  const int key0 = blockIdx.x * kBlockN;
+  if (key0 >= seq.seqlen_k) return;
+  const BackwardSteps steps(seq, key0, p.group, kBlockM, kCausal);
+  const int warpgroup = threadIdx.x / 128, warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;
+  // Split keys: this warpgroup's 64 keys; split roles: both see the block's 64.
+  const int wg_key = S::kSplitKeys ? 64 * warpgroup : 0;
+  const int my_key = wg_key + 16 * warp + lane / 4;  // within the block; and my_key + 8
+  const bool issuer = threadIdx.x == 0;
+
+  if (issuer) {
+    for (int s = 0; s <= kStages; ++s)
+      ptx::mbarrier_init(tiles.full + s, 1);  // tiles.kv is full + kStages
+    ptx::fence_mbarrier_init();
+  }
+  __syncthreads();
+  if (issuer && steps.count > 0) {
+    ptx::prefetch_tensor_map(p.tma_q);
+    ptx::prefetch_tensor_map(p.tma_dout);
+    ptx::prefetch_tensor_map(p.tma_k);
+    ptx::prefetch_tensor_map(p.tma_v);
+    issue_key_tile(p, tiles, seq, batch, kv_head, key0);
+    for (int t = 0; t < kStages && t < steps.count; ++t)
+      issue_query_tile(p, tiles, seq, steps, batch, kv_head, t);
+  }
+
+  // Split keys: dK and dV of the warpgroup's keys; split roles: dV (warpgroup 0) or dK (1).
+  constexpr int kAccumulators = S::kSplitKeys ? 2 : 1;
+  float acc[kAccumulators][kSlabs][8][4] = {};
+  float(&dv)[kSlabs][8][4] = acc[0];
+  float(&dk)[kSlabs][8][4] = acc[kAccumulators - 1];
+  const bool computes_dp = S::kSplitKeys || warpgroup == 1;
+  const bool computes_dv = S::kSplitKeys || warpgroup == 0;
+  if (steps.count > 0) ptx::mbarrier_wait(tiles.kv, 0);
+
+  for (int t = 0; t < steps.count; ++t) {
+    const int stage = t % kStages;
+    const int head = steps.head(t, kv_head, p.group), row0 = steps.row0(t, kBlockM);
+    const T* q = tiles.q_at(stage);
+    const T* dout = tiles.dout_at(stage);
+    ptx::mbarrier_wait(tiles.full + stage, (t / kStages) & 1);
+
+    float s[S::kQueryTiles][4], dp[S::kQueryTiles][4];
+    ptx::wgmma_fence();
+    gemm_over_head_dim<T, kHeadDim, kBlockM>(s, tiles.k, kBlockN, wg_key, q);
+    ptx::wgmma_commit();
+    if (computes_dp) {
+      gemm_over_head_dim<T, kHeadDim, kBlockM>(dp, tiles.v, kBlockN, wg_key, dout);
+      ptx::wgmma_commit();
+    }
+
+    // P^T (under the dP^T GEMM), then dS^T.
+    const int skip = stats_skip(stats_cell(p, seq, batch, head, row0));
+    const int key = key0 + my_key;
+    const bool mask = row0 + kBlockM > seq.seqlen_q || key0 + kBlockN > seq.seqlen_k ||
+                      (kCausal && key0 + wg_key + 63 > row0 + seq.diagonal);
+    if (computes_dp) {
+      ptx::wgmma_wait<1>();
+    } else {
+      ptx::wgmma_wait<0>();
+    }
+    ptx::fence_operand(s);
+    if (mask) {
+      probabilities<true, kCausal>(s, tiles.lse2_at(stage) + skip, p.scale_log2, key, row0, seq);
+    } else {
+      probabilities<false, kCausal>(s, tiles.lse2_at(stage) + skip, p.scale_log2, key, row0, seq);
+    }
+    unsigned pt[S::kQuerySteps][4], dst[S::kQuerySteps][4];
+    fragments_of<T>(s, pt);
+    if (computes_dp) {
+      ptx::wgmma_wait<0>();
+      ptx::fence_operand(dp);
+      score_gradients(s, dp, tiles.dsum_at(stage) + skip);
+      fragments_of<T>(dp, dst);
+    }
+
+    // dV += P^T dO, dK += dS^T Q.
+    ptx::wgmma_fence();
+    if (computes_dv) gemm_over_queries<T>(dv, pt, dout);
+    if (computes_dp) gemm_over_queries<T>(dk, dst, q);
+    ptx::wgmma_commit();
+    T* ds = tiles.ds + (t & 1) * S::kDsElems;
+    if (kAtomicDq && computes_dp) store_ds<T, kBlockN>(ds, dst, my_key);
+    ptx::wgmma_wait<0>();
+    ptx::fence_operand(pt);
+    if (computes_dp) ptx::fence_operand(dst);
+#pragma unroll
+    for (int slab = 0; slab < kSlabs; ++slab) {
+      ptx::fence_operand(dv[slab]);
+      ptx::fence_operand(dk[slab]);
+    }
+    if (kAtomicDq) ptx::fence_proxy_async_shared();
+    // Every warpgroup is past this stage's GEMMs and stats, and dS^T is complete.
+    __syncthreads();
+    if (issuer && t + kStages < steps.count)
+      issue_query_tile(p, tiles, seq, steps, batch, kv_head, t + kStages);
+
+    if constexpr (kAtomicDq) {
+      // Split keys: the blocks alternate between the warpgroups (from step to step when there
+      // is one); split roles: warpgroup 0, which has no dP^T GEMM.
+      if (S::kSplitKeys) {
+        for (int block = (warpgroup + t) % 2; block < S::kDqBlocks; block += 2)
+          add_dq_block<T, S>(p, seq, ds, tiles.k, batch, head, row0, block);
+      } else if (warpgroup == 0) {
+        for (int block = 0; block < S::kDqBlocks; ++block)
+          add_dq_block<T, S>(p, seq, ds, tiles.k, batch, head, row0, block);
+      }
+    }
+  }
+
+  const int key = key0 + my_key;
+  if (computes_dp) store_key_rows<T>(p.dk, dk, seq, batch, kv_head, key, p.scale);
+  if (computes_dv) store_key_rows<T>(p.dv, dv, seq, batch, kv_head, key, 1.f);
+}
+
+}  // namespace kjit::attention
