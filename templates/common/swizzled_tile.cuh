@@ -17,7 +17,7 @@ template <class T, int kRows>
 __device__ __forceinline__ int swizzled_offset(int row, int col) {
   constexpr int kSlabCols = kSwizzleRowBytes / sizeof(T), kChunkCols = 16 / sizeof(T);
   const int slab = col / kSlabCols, chunk = (col % kSlabCols) / kChunkCols;
-  return (slab * kRows + row) * kSlabCols + (chunk ^ (row % 8)) * kChunkCols;
+  return (slab * kRows + row) * kSlabCols + (chunk ^ (row % 8)) * kChunkCols + col % kChunkCols;
 }
 
 // kRows x kCols from global memory (row stride `stride` elements, 16-byte aligned rows) into a

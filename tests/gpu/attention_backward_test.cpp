@@ -359,6 +359,12 @@ std::vector<BwdCase> cases() {
       out.push_back(forced);
     }
   }
+  // One to five query tiles per block (heads x tiles), so that stages are used once, refilled
+  // once, or twice.
+  for (int d : {64, 128, 256}) {
+    for (auto [hq, s] : {std::pair{1, 50}, {2, 50}, {3, 50}, {1, 300}})
+      out.push_back({DType::BFloat16, d, false, hq, 1, false, {s}, {s}});
+  }
   BwdCase big = {DType::BFloat16, 128, true, 2, 1, false, {96}, {96}, 10.0};
   out.push_back(big);
   big.dtype = DType::Float16;
