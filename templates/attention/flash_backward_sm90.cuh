@@ -223,12 +223,12 @@ __device__ __forceinline__ void fragments_of(const float (&acc)[kTiles][4],
     probability_fragment<T>(acc, kk, a[kk]);
 }
 
-// dS^T fragments (rows key_row.. of the block, the tile's query columns) into the swizzled dS^T
-// buffer: kBlockN rows, 64-query slabs.
+// dS^T fragments (the warp's 16 rows from warp_key of the block, the tile's query columns) into
+// the swizzled dS^T buffer: kBlockN rows, 64-query slabs.
 template <class T, int kBlockN, int kSteps>
-__device__ __forceinline__ void store_ds(T* ds, const unsigned (&a)[kSteps][4], int key_row) {
+__device__ __forceinline__ void store_ds(T* ds, const unsigned (&a)[kSteps][4], int warp_key) {
   const int lane = threadIdx.x % 32;
-  const int r = key_row + lane / 4;
+  const int r = warp_key + lane / 4;
 #pragma unroll
   for (int kk = 0; kk < kSteps; ++kk) {
     const int c = 16 * kk + 2 * (lane % 4);
@@ -239,15 +239,13 @@ __device__ __forceinline__ void store_ds(T* ds, const unsigned (&a)[kSteps][4], 
   }
 }
 
-// dQ block `block` (64 queries x 64 head-dim columns) = dS K over the block's keys, added into
-// dq_accum (rows past the sequence skipped).
+// Issues (and commits) dQ block `block` (64 queries x 64 head-dim columns) = dS K over the
+// block's keys.
 template <class T, class Shape>
-__device__ __forceinline__ void add_dq_block(const KjitFlashBackwardParams& p,
-                                             const BackwardSequence& seq, const T* ds, const T* k,
-                                             int batch, int head, int row0, int block) {
+__device__ __forceinline__ void issue_dq_block(float (&dq)[8][4], const T* ds, const T* k,
+                                               int block) {
   constexpr int kBlockN = Shape::kBlockN, kSlab = Shape::kSlab;
   const int query_slab = block / Shape::kSlabs, dim_slab = block % Shape::kSlabs;
-  float dq[8][4];
   ptx::wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < kBlockN / 16; ++kk) {
@@ -256,7 +254,15 @@ __device__ __forceinline__ void add_dq_block(const KjitFlashBackwardParams& p,
         ptx::swizzled_descriptor(k + (dim_slab * kBlockN + 16 * kk) * kSlab), kk > 0);
   }
   ptx::wgmma_commit();
-  ptx::wgmma_wait<0>();
+}
+
+// Adds a finished dQ block into dq_accum (rows past the sequence skipped).
+template <class Shape>
+__device__ __forceinline__ void add_dq_block(const KjitFlashBackwardParams& p,
+                                             const BackwardSequence& seq, float (&dq)[8][4],
+                                             int batch, int head, int row0, int block) {
+  constexpr int kSlab = Shape::kSlab;
+  const int query_slab = block / Shape::kSlabs, dim_slab = block % Shape::kSlabs;
   ptx::fence_operand(dq);
   const int warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;
 #pragma unroll
@@ -388,13 +394,13 @@ __global__ void __launch_bounds__(256, 1)
       fragments_of<T>(dp, dst);
     }
 
-    // dV += P^T dO, dK += dS^T Q.
+    // dS^T to shared memory for dQ; dV += P^T dO, dK += dS^T Q.
+    T* ds = tiles.ds + (t & 1) * S::kDsElems;
+    if (kAtomicDq && computes_dp) store_ds<T, kBlockN>(ds, dst, wg_key + 16 * warp);
     ptx::wgmma_fence();
     if (computes_dv) gemm_over_queries<T>(dv, pt, dout);
     if (computes_dp) gemm_over_queries<T>(dk, dst, q);
     ptx::wgmma_commit();
-    T* ds = tiles.ds + (t & 1) * S::kDsElems;
-    if (kAtomicDq && computes_dp) store_ds<T, kBlockN>(ds, dst, my_key);
     ptx::wgmma_wait<0>();
     ptx::fence_operand(pt);
     if (computes_dp) ptx::fence_operand(dst);
@@ -411,13 +417,17 @@ __global__ void __launch_bounds__(256, 1)
 
     if constexpr (kAtomicDq) {
       // Split keys: the blocks alternate between the warpgroups (from step to step when there
-      // is one); split roles: warpgroup 0, which has no dP^T GEMM.
-      if (S::kSplitKeys) {
-        for (int block = (warpgroup + t) % 2; block < S::kDqBlocks; block += 2)
-          add_dq_block<T, S>(p, seq, ds, tiles.k, batch, head, row0, block);
-      } else if (warpgroup == 0) {
-        for (int block = 0; block < S::kDqBlocks; ++block)
-          add_dq_block<T, S>(p, seq, ds, tiles.k, batch, head, row0, block);
+      // is one); split roles: warpgroup 0, which has no dP^T GEMM (one block at a time: a
+      // second in flight spills).
+      const int first = S::kSplitKeys ? (warpgroup + t) % 2 : 0;
+      const int step = S::kSplitKeys ? 2 : 1;
+      if (S::kSplitKeys || warpgroup == 0) {
+        for (int block = first; block < S::kDqBlocks; block += step) {
+          float dq[8][4];
+          issue_dq_block<T, S>(dq, ds, tiles.k, block);
+          ptx::wgmma_wait<0>();
+          add_dq_block<S>(p, seq, dq, batch, head, row0, block);
+        }
       }
     }
   }
