@@ -7,7 +7,8 @@
 //    P^T and dS^T in registers, and feeds those as the register A operand of dV += P^T dO and
 //    dK += dS^T Q: P and dS never touch shared memory for dK and dV.
 //  - Split roles (head dim 256, where a warpgroup cannot hold both 64 x 256 dK and dV): 64 keys a
-//    block; warpgroup 0 computes S^T, P^T and dV, warpgroup 1 S^T, dP^T, dS^T and dK.
+//    block; warpgroup 0 computes S^T, P^T and dV, and hands P^T (rounded to T) through shared
+//    memory to warpgroup 1, which computes dP^T, dS^T and dK.
 // dS^T goes to shared memory (double-buffered) and dQ = dS K reads it MN-major, in 64 x 64 blocks
 // shared out between the warpgroups, each added into dq_accum with vector reductions.
 // Loads: thread 0 arms an mbarrier per stage and issues the tensor copies of Q and dO (64-column
@@ -19,6 +20,7 @@
 
 #include "attention/flash_backward.cuh"
 #include "common/mbarrier.cuh"
+#include "common/named_barrier.cuh"
 #include "common/tma.cuh"
 #include "common/wgmma.cuh"
 
@@ -37,13 +39,15 @@ struct BackwardSm90Shape {
   static constexpr int kStatsLen = kBlockM + 4;     // floats of a stats copy (16-byte aligned run)
   static constexpr int kKVElems = kBlockN * kHeadDim, kQElems = kBlockM * kHeadDim;
   static constexpr int kDsElems = kBlockN * kBlockM;
+  static constexpr int kPElems = kSplitKeys ? 0 : kDsElems;  // P^T, handed between roles
   // dQ in 64 x 64 blocks (query slab, head-dim slab).
   static constexpr int kDqBlocks = kBlockM / kSlab * kSlabs;
   // Byte offsets in the (1024-byte aligned) shared memory; elements are 2 bytes.
   static constexpr int kOffK = 0, kOffV = kOffK + 2 * kKVElems, kOffQ = kOffV + 2 * kKVElems;
   static constexpr int kOffDout = kOffQ + kStages * 2 * kQElems;
   static constexpr int kOffDs = kOffDout + kStages * 2 * kQElems;
-  static constexpr int kOffStats = kOffDs + 2 * 2 * kDsElems;
+  static constexpr int kOffP = kOffDs + 2 * 2 * kDsElems;
+  static constexpr int kOffStats = kOffP + 2 * 2 * kPElems;
   static constexpr int kOffBarriers = kOffStats + kStages * 2 * kStatsLen * 4;
   static constexpr int kBytes = kOffBarriers + (kStages + 1) * 8;
   static constexpr unsigned kKVBytes = 2 * 2 * kKVElems;
@@ -53,10 +57,11 @@ struct BackwardSm90Shape {
                 "flash_backward_sm90 tile shape");
 };
 
-// The block's shared memory: K, V; per stage Q, dO and the rows' stats; two dS^T buffers.
+// The block's shared memory: K, V; per stage Q, dO and the rows' stats; two dS^T buffers (and,
+// split roles, two P^T buffers).
 template <class T, class Shape>
 struct BackwardSm90Tiles {
-  T *k, *v, *q, *dout, *ds;
+  T *k, *v, *q, *dout, *ds, *pt;
   float* stats;                // [stage][lse2 | dsum][kStatsLen]
   cuda::std::uint64_t* full;   // [stage]: that stage's Q, dO and stats have landed
   cuda::std::uint64_t* kv;     // K and V have landed
@@ -72,6 +77,7 @@ struct BackwardSm90Tiles {
     q = reinterpret_cast<T*>(base + Shape::kOffQ);
     dout = reinterpret_cast<T*>(base + Shape::kOffDout);
     ds = reinterpret_cast<T*>(base + Shape::kOffDs);
+    pt = reinterpret_cast<T*>(base + Shape::kOffP);
     stats = reinterpret_cast<float*>(base + Shape::kOffStats);
     full = reinterpret_cast<cuda::std::uint64_t*>(base + Shape::kOffBarriers);
     kv = full + Shape::kStages;
@@ -214,6 +220,25 @@ __device__ __forceinline__ void score_gradients(const float (&p)[kTiles][4],
   }
 }
 
+// The same from P^T as A fragments in T (split roles: P^T as handed over).
+template <class T, int kTiles>
+__device__ __forceinline__ void score_gradients(const unsigned (&p)[kTiles / 2][4],
+                                                float (&dp)[kTiles][4], const float* dsum) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int kk = 0; kk < kTiles / 2; ++kk) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      // Fragment register i of step kk holds tile 2 kk + i / 2, elements 2 (i % 2) and + 1.
+      const int j = 2 * kk + i / 2, e = 2 * (i % 2);
+      const float2 prob = ptx::unpack_pair<T>(p[kk][i]);
+      const float* d = dsum + 8 * j + 2 * (lane % 4);
+      dp[j][e] = prob.x * (dp[j][e] - d[0]);
+      dp[j][e + 1] = prob.y * (dp[j][e + 1] - d[1]);
+    }
+  }
+}
+
 // The fp32 tile rounded to T as wgmma's register A fragments, one per k16 step.
 template <class T, int kTiles>
 __device__ __forceinline__ void fragments_of(const float (&acc)[kTiles][4],
@@ -223,19 +248,38 @@ __device__ __forceinline__ void fragments_of(const float (&acc)[kTiles][4],
     probability_fragment<T>(acc, kk, a[kk]);
 }
 
-// dS^T fragments (the warp's 16 rows from warp_key of the block, the tile's query columns) into
-// the swizzled dS^T buffer: kBlockN rows, 64-query slabs.
+// Fragments of a 64-key tile (the warp's 16 rows from warp_key of the block, the tile's query
+// columns) into a swizzled kBlockN-row buffer of 64-query slabs, and back.
 template <class T, int kBlockN, int kSteps>
-__device__ __forceinline__ void store_ds(T* ds, const unsigned (&a)[kSteps][4], int warp_key) {
+__device__ __forceinline__ void store_fragments(T* tile, const unsigned (&a)[kSteps][4],
+                                                int warp_key) {
   const int lane = threadIdx.x % 32;
   const int r = warp_key + lane / 4;
 #pragma unroll
   for (int kk = 0; kk < kSteps; ++kk) {
     const int c = 16 * kk + 2 * (lane % 4);
-    *reinterpret_cast<unsigned*>(ds + ptx::swizzled_offset<T, kBlockN>(r, c)) = a[kk][0];
-    *reinterpret_cast<unsigned*>(ds + ptx::swizzled_offset<T, kBlockN>(r + 8, c)) = a[kk][1];
-    *reinterpret_cast<unsigned*>(ds + ptx::swizzled_offset<T, kBlockN>(r, c + 8)) = a[kk][2];
-    *reinterpret_cast<unsigned*>(ds + ptx::swizzled_offset<T, kBlockN>(r + 8, c + 8)) = a[kk][3];
+    *reinterpret_cast<unsigned*>(tile + ptx::swizzled_offset<T, kBlockN>(r, c)) = a[kk][0];
+    *reinterpret_cast<unsigned*>(tile + ptx::swizzled_offset<T, kBlockN>(r + 8, c)) = a[kk][1];
+    *reinterpret_cast<unsigned*>(tile + ptx::swizzled_offset<T, kBlockN>(r, c + 8)) = a[kk][2];
+    *reinterpret_cast<unsigned*>(tile + ptx::swizzled_offset<T, kBlockN>(r + 8, c + 8)) =
+        a[kk][3];
+  }
+}
+template <class T, int kBlockN, int kSteps>
+__device__ __forceinline__ void load_fragments(const T* tile, unsigned (&a)[kSteps][4],
+                                               int warp_key) {
+  const int lane = threadIdx.x % 32;
+  const int r = warp_key + lane / 4;
+#pragma unroll
+  for (int kk = 0; kk < kSteps; ++kk) {
+    const int c = 16 * kk + 2 * (lane % 4);
+    a[kk][0] = *reinterpret_cast<const unsigned*>(tile + ptx::swizzled_offset<T, kBlockN>(r, c));
+    a[kk][1] =
+        *reinterpret_cast<const unsigned*>(tile + ptx::swizzled_offset<T, kBlockN>(r + 8, c));
+    a[kk][2] =
+        *reinterpret_cast<const unsigned*>(tile + ptx::swizzled_offset<T, kBlockN>(r, c + 8));
+    a[kk][3] =
+        *reinterpret_cast<const unsigned*>(tile + ptx::swizzled_offset<T, kBlockN>(r + 8, c + 8));
   }
 }
 
@@ -304,11 +348,120 @@ __device__ __forceinline__ void store_key_rows(const KjitAttentionTensor& out,
   }
 }
 
+// The main loop of one warpgroup over the block's query tiles, and its dK / dV stores. kP: it
+// computes S^T, P^T and dV; kDs: dP^T, dS^T and dK (split keys: both; split roles: one each, P^T
+// handed from the first to the second through shared memory).
+template <class T, class S, bool kCausal, bool kAtomicDq, bool kP, bool kDs>
+__device__ __forceinline__ void backward_main_loop(const KjitFlashBackwardParams& p,
+                                                   const BackwardSm90Tiles<T, S>& tiles,
+                                                   const BackwardSequence& seq,
+                                                   const BackwardSteps& steps, int batch,
+                                                   int kv_head, int key0) {
+  constexpr int kBlockM = S::kBlockM, kBlockN = S::kBlockN, kSlabs = S::kSlabs;
+  constexpr int kPReady = 1, kStepDone = 2;  // named barriers
+  const int warpgroup = threadIdx.x / 128, warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;
+  // Split keys: this warpgroup's 64 keys; split roles: both see the block's 64.
+  const int wg_key = S::kSplitKeys ? 64 * warpgroup : 0;
+  const int my_key = wg_key + 16 * warp + lane / 4;  // within the block; and my_key + 8
+  const bool issuer = threadIdx.x == 0;
+  float dv[kP ? kSlabs : 1][8][4] = {}, dk[kDs ? kSlabs : 1][8][4] = {};
+  if (steps.count > 0) ptx::mbarrier_wait(tiles.kv, 0);
+
+  for (int t = 0; t < steps.count; ++t) {
+    const int stage = t % S::kStages;
+    const int head = steps.head(t, kv_head, p.group), row0 = steps.row0(t, kBlockM);
+    const T* q = tiles.q_at(stage);
+    const T* dout = tiles.dout_at(stage);
+    ptx::mbarrier_wait(tiles.full + stage, (t / S::kStages) & 1);
+
+    float s[S::kQueryTiles][4], dp[S::kQueryTiles][4];
+    ptx::wgmma_fence();
+    if constexpr (kP) {
+      gemm_over_head_dim<T, S::kHeadDim, kBlockM>(s, tiles.k, kBlockN, wg_key, q);
+      ptx::wgmma_commit();
+    }
+    if constexpr (kDs) {
+      gemm_over_head_dim<T, S::kHeadDim, kBlockM>(dp, tiles.v, kBlockN, wg_key, dout);
+      ptx::wgmma_commit();
+    }
+
+    // P^T (under the dP^T GEMM), then dS^T.
+    const int skip = stats_skip(stats_cell(p, seq, batch, head, row0));
+    unsigned pt[S::kQuerySteps][4], dst[S::kQuerySteps][4];
+    T* p_tile = tiles.pt + (t & 1) * S::kPElems;
+    if constexpr (kP) {
+      ptx::wgmma_wait<kDs ? 1 : 0>();
+      ptx::fence_operand(s);
+      const int key = key0 + my_key;
+      const bool mask = row0 + kBlockM > seq.seqlen_q || key0 + kBlockN > seq.seqlen_k ||
+                        (kCausal && key0 + wg_key + 63 > row0 + seq.diagonal);
+      const float* lse2 = tiles.lse2_at(stage) + skip;
+      if (mask) {
+        probabilities<true, kCausal>(s, lse2, p.scale_log2, key, row0, seq);
+      } else {
+        probabilities<false, kCausal>(s, lse2, p.scale_log2, key, row0, seq);
+      }
+      fragments_of<T>(s, pt);
+      if constexpr (!kDs) {
+        store_fragments<T, kBlockN>(p_tile, pt, 16 * warp);
+        ptx::named_barrier_arrive(kPReady, S::kThreads);
+      }
+    }
+    if constexpr (kDs) {
+      ptx::wgmma_wait<0>();
+      ptx::fence_operand(dp);
+      const float* dsum = tiles.dsum_at(stage) + skip;
+      if constexpr (kP) {
+        score_gradients(s, dp, dsum);
+      } else {
+        ptx::named_barrier_sync(kPReady, S::kThreads);
+        load_fragments<T, kBlockN>(p_tile, pt, 16 * warp);
+        score_gradients<T>(pt, dp, dsum);
+      }
+      fragments_of<T>(dp, dst);
+    }
+
+    // dS^T to shared memory for dQ; dV += P^T dO, dK += dS^T Q.
+    T* ds = tiles.ds + (t & 1) * S::kDsElems;
+    if constexpr (kAtomicDq && kDs) store_fragments<T, kBlockN>(ds, dst, wg_key + 16 * warp);
+    ptx::wgmma_fence();
+    if constexpr (kP) gemm_over_queries<T>(dv, pt, dout);
+    if constexpr (kDs) gemm_over_queries<T>(dk, dst, q);
+    ptx::wgmma_commit();
+    ptx::wgmma_wait<0>();
+#pragma unroll
+    for (int slab = 0; slab < kSlabs; ++slab) {
+      if constexpr (kP) ptx::fence_operand(dv[slab]);
+      if constexpr (kDs) ptx::fence_operand(dk[slab]);
+    }
+    if constexpr (kP) ptx::fence_operand(pt);
+    if constexpr (kDs) ptx::fence_operand(dst);
+    if constexpr (kAtomicDq) ptx::fence_proxy_async_shared();
+    // Every warpgroup is past this stage's GEMMs and stats, and dS^T is complete.
+    ptx::named_barrier_sync(kStepDone, S::kThreads);
+    if (issuer && t + S::kStages < steps.count)
+      issue_query_tile(p, tiles, seq, steps, batch, kv_head, t + S::kStages);
+
+    if constexpr (kAtomicDq) {
+      // The dQ blocks alternate between the warpgroups (from step to step when there is one).
+      for (int block = (warpgroup + t) % 2; block < S::kDqBlocks; block += 2) {
+        float dq[8][4];
+        issue_dq_block<T, S>(dq, ds, tiles.k, block);
+        ptx::wgmma_wait<0>();
+        add_dq_block<S>(p, seq, dq, batch, head, row0, block);
+      }
+    }
+  }
+
+  const int key = key0 + my_key;
+  if constexpr (kDs) store_key_rows<T>(p.dk, dk, seq, batch, kv_head, key, p.scale);
+  if constexpr (kP) store_key_rows<T>(p.dv, dv, seq, batch, kv_head, key, 1.f);
+}
+
 template <class T, int kHeadDim, int kBlockM, int kStages, bool kCausal, bool kAtomicDq>
 __global__ void __launch_bounds__(256, 1)
     flash_backward_sm90(const __grid_constant__ KjitFlashBackwardParams p) {
   using S = BackwardSm90Shape<kHeadDim, kBlockM, kStages>;
-  constexpr int kBlockN = S::kBlockN, kSlabs = S::kSlabs;
   extern __shared__ unsigned char shared_raw[];
   const BackwardSm90Tiles<T, S> tiles(shared_raw);
   // The launch sizes shared memory from its own copy of this layout (FlashBackward::
@@ -319,13 +472,9 @@ __global__ void __launch_bounds__(256, 1)
 
   const int kv_head = blockIdx.y, batch = blockIdx.z;
   const BackwardSequence seq(p, batch);
-  const int key0 = blockIdx.x * kBlockN;
+  const int key0 = blockIdx.x * S::kBlockN;
   if (key0 >= seq.seqlen_k) return;
   const BackwardSteps steps(seq, key0, p.group, kBlockM, kCausal);
-  const int warpgroup = threadIdx.x / 128, warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;
-  // Split keys: this warpgroup's 64 keys; split roles: both see the block's 64.
-  const int wg_key = S::kSplitKeys ? 64 * warpgroup : 0;
-  const int my_key = wg_key + 16 * warp + lane / 4;  // within the block; and my_key + 8
   const bool issuer = threadIdx.x == 0;
 
   if (issuer) {
@@ -344,97 +493,16 @@ __global__ void __launch_bounds__(256, 1)
       issue_query_tile(p, tiles, seq, steps, batch, kv_head, t);
   }
 
-  // Split keys: dK and dV of the warpgroup's keys; split roles: dV (warpgroup 0) or dK (1).
-  constexpr int kAccumulators = S::kSplitKeys ? 2 : 1;
-  float acc[kAccumulators][kSlabs][8][4] = {};
-  float(&dv)[kSlabs][8][4] = acc[0];
-  float(&dk)[kSlabs][8][4] = acc[kAccumulators - 1];
-  const bool computes_dp = S::kSplitKeys || warpgroup == 1;
-  const bool computes_dv = S::kSplitKeys || warpgroup == 0;
-  if (steps.count > 0) ptx::mbarrier_wait(tiles.kv, 0);
-
-  for (int t = 0; t < steps.count; ++t) {
-    const int stage = t % kStages;
-    const int head = steps.head(t, kv_head, p.group), row0 = steps.row0(t, kBlockM);
-    const T* q = tiles.q_at(stage);
-    const T* dout = tiles.dout_at(stage);
-    ptx::mbarrier_wait(tiles.full + stage, (t / kStages) & 1);
-
-    float s[S::kQueryTiles][4], dp[S::kQueryTiles][4];
-    ptx::wgmma_fence();
-    gemm_over_head_dim<T, kHeadDim, kBlockM>(s, tiles.k, kBlockN, wg_key, q);
-    ptx::wgmma_commit();
-    if (computes_dp) {
-      gemm_over_head_dim<T, kHeadDim, kBlockM>(dp, tiles.v, kBlockN, wg_key, dout);
-      ptx::wgmma_commit();
-    }
-
-    // P^T (under the dP^T GEMM), then dS^T.
-    const int skip = stats_skip(stats_cell(p, seq, batch, head, row0));
-    const int key = key0 + my_key;
-    const bool mask = row0 + kBlockM > seq.seqlen_q || key0 + kBlockN > seq.seqlen_k ||
-                      (kCausal && key0 + wg_key + 63 > row0 + seq.diagonal);
-    if (computes_dp) {
-      ptx::wgmma_wait<1>();
-    } else {
-      ptx::wgmma_wait<0>();
-    }
-    ptx::fence_operand(s);
-    if (mask) {
-      probabilities<true, kCausal>(s, tiles.lse2_at(stage) + skip, p.scale_log2, key, row0, seq);
-    } else {
-      probabilities<false, kCausal>(s, tiles.lse2_at(stage) + skip, p.scale_log2, key, row0, seq);
-    }
-    unsigned pt[S::kQuerySteps][4], dst[S::kQuerySteps][4];
-    fragments_of<T>(s, pt);
-    if (computes_dp) {
-      ptx::wgmma_wait<0>();
-      ptx::fence_operand(dp);
-      score_gradients(s, dp, tiles.dsum_at(stage) + skip);
-      fragments_of<T>(dp, dst);
-    }
-
-    // dS^T to shared memory for dQ; dV += P^T dO, dK += dS^T Q.
-    T* ds = tiles.ds + (t & 1) * S::kDsElems;
-    if (kAtomicDq && computes_dp) store_ds<T, kBlockN>(ds, dst, wg_key + 16 * warp);
-    ptx::wgmma_fence();
-    if (computes_dv) gemm_over_queries<T>(dv, pt, dout);
-    if (computes_dp) gemm_over_queries<T>(dk, dst, q);
-    ptx::wgmma_commit();
-    ptx::wgmma_wait<0>();
-    ptx::fence_operand(pt);
-    if (computes_dp) ptx::fence_operand(dst);
-#pragma unroll
-    for (int slab = 0; slab < kSlabs; ++slab) {
-      ptx::fence_operand(dv[slab]);
-      ptx::fence_operand(dk[slab]);
-    }
-    if (kAtomicDq) ptx::fence_proxy_async_shared();
-    // Every warpgroup is past this stage's GEMMs and stats, and dS^T is complete.
-    __syncthreads();
-    if (issuer && t + kStages < steps.count)
-      issue_query_tile(p, tiles, seq, steps, batch, kv_head, t + kStages);
-
-    if constexpr (kAtomicDq) {
-      // Split keys: the blocks alternate between the warpgroups (from step to step when there
-      // is one); split roles: warpgroup 0, which has no dP^T GEMM (one block at a time: a
-      // second in flight spills).
-      const int first = S::kSplitKeys ? (warpgroup + t) % 2 : 0;
-      const int step = S::kSplitKeys ? 2 : 1;
-      if (S::kSplitKeys || warpgroup == 0) {
-        for (int block = first; block < S::kDqBlocks; block += step) {
-          float dq[8][4];
-          issue_dq_block<T, S>(dq, ds, tiles.k, block);
-          ptx::wgmma_wait<0>();
-          add_dq_block<S>(p, seq, dq, batch, head, row0, block);
-        }
-      }
-    }
+  if constexpr (S::kSplitKeys) {
+    backward_main_loop<T, S, kCausal, kAtomicDq, true, true>(p, tiles, seq, steps, batch, kv_head,
+                                                             key0);
+  } else if (threadIdx.x < 128) {
+    backward_main_loop<T, S, kCausal, kAtomicDq, true, false>(p, tiles, seq, steps, batch,
+                                                              kv_head, key0);
+  } else {
+    backward_main_loop<T, S, kCausal, kAtomicDq, false, true>(p, tiles, seq, steps, batch,
+                                                              kv_head, key0);
   }
-
-  const int key = key0 + my_key;
-  if (computes_dp) store_key_rows<T>(p.dk, dk, seq, batch, kv_head, key, p.scale);
-  if (computes_dv) store_key_rows<T>(p.dv, dv, seq, batch, kv_head, key, 1.f);
 }
 
 }  // namespace kjit::attention
