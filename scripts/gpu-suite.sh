@@ -3,7 +3,7 @@
 # test suite, the CPU suite (there too: it checks the no-driver paths on a machine that has one),
 # the benchmarks and the example. Full logs go to $OUT (or ./gpu-out); a summary is printed last.
 #   scripts/gpu-suite.sh [tests|bench|attention|attention-bench|attention-backward|
-#                         attention-backward-tune|families|dist|all]
+#                         attention-backward-check|attention-backward-tune|families|dist|all]
 #   (default all)
 # `families` is the check after a change to the op plumbing (kernel families, dispatch, tuning
 # tables): the whole GPU suite, the examples, a sanitizer subset, and the attention and
@@ -143,6 +143,26 @@ if [ "$what" = attention-backward ]; then
     echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -4
   done
   for log in backward_kjit backward_torch backward_sweep; do echo "== $log"; cat "$out/$log.log"; done
+fi
+if [ "$what" = attention-backward-check ]; then
+  # The short recheck after a kernel change: the backward's tests, a racecheck of both wgmma
+  # loops (split keys, split roles), kjit beside torch.
+  start=$SECONDS
+  for i in 0 1 2 3; do
+    GTEST_TOTAL_SHARDS=4 GTEST_SHARD_INDEX=$i timeout 200 "$bin/kjit_gpu_tests" \
+      --gtest_filter='*AttentionBackward*' >"$out/backward_tests_shard$i.log" 2>&1 &
+  done
+  wait
+  summary+=("$(printf '%-22s %4ss' backward_tests "$((SECONDS - start))")")
+  cat "$out"/backward_tests_shard*.log >"$out/backward_tests.log"
+  step backward_racecheck timeout 60 compute-sanitizer --tool racecheck --error-exitcode 3 \
+    "$bin/kjit_gpu_tests" --gtest_filter='All/AttentionBackward.*/9:All/AttentionBackward.*/18'
+  step backward_kjit timeout 150 "$bin/kjit_bench_attention_backward"
+  PYTHONUNBUFFERED=1 step backward_torch timeout 100 python3 bench/attention_torch.py --backward
+  echo "== backward_tests: $(grep -c '^\[       OK' "$out/backward_tests.log") ok, $(grep -c '^\[  FAILED  \] [A-Z]' "$out/backward_tests.log") failed"
+  grep -E '^\[  FAILED  \] [A-Z]|Failure|Expected|elements outside|error ' "$out/backward_tests.log" | head -20
+  echo "== backward_racecheck"; grep -E 'RACECHECK SUMMARY|PASSED|FAILED' "$out/backward_racecheck.log" | tail -3
+  for log in backward_kjit backward_torch; do echo "== $log"; cat "$out/$log.log"; done
 fi
 if [ "$what" = attention-backward-tune ]; then
   # kjit tune on the fa-bench-bwd preset, then the benchmark with the tuned configs.

@@ -7,8 +7,8 @@
 //    P^T and dS^T in registers, and feeds those as the register A operand of dV += P^T dO and
 //    dK += dS^T Q: P and dS never touch shared memory for dK and dV.
 //  - Split roles (head dim 256, where a warpgroup cannot hold both 64 x 256 dK and dV): 64 keys a
-//    block; warpgroup 0 computes S^T, P^T and dV, and hands P^T (rounded to T) through shared
-//    memory to warpgroup 1, which computes dP^T, dS^T and dK.
+//    block; warpgroup 0 computes S^T, P^T and dV, and hands P^T (fp32) through shared memory to
+//    warpgroup 1, which computes dP^T, dS^T and dK.
 // dS^T goes to shared memory (double-buffered) and dQ = dS K reads it MN-major, in 64 x 64 blocks
 // shared out between the warpgroups, each added into dq_accum with vector reductions.
 // Loads: thread 0 arms an mbarrier per stage and issues the tensor copies of Q and dO (64-column
@@ -39,7 +39,7 @@ struct BackwardSm90Shape {
   static constexpr int kStatsLen = kBlockM + 4;     // floats of a stats copy (16-byte aligned run)
   static constexpr int kKVElems = kBlockN * kHeadDim, kQElems = kBlockM * kHeadDim;
   static constexpr int kDsElems = kBlockN * kBlockM;
-  static constexpr int kPElems = kSplitKeys ? 0 : kDsElems;  // P^T, handed between roles
+  static constexpr int kPElems = kSplitKeys ? 0 : kDsElems;  // fp32 P^T, handed between roles
   // dQ in 64 x 64 blocks (query slab, head-dim slab).
   static constexpr int kDqBlocks = kBlockM / kSlab * kSlabs;
   // Byte offsets in the (1024-byte aligned) shared memory; elements are 2 bytes.
@@ -47,7 +47,7 @@ struct BackwardSm90Shape {
   static constexpr int kOffDout = kOffQ + kStages * 2 * kQElems;
   static constexpr int kOffDs = kOffDout + kStages * 2 * kQElems;
   static constexpr int kOffP = kOffDs + 2 * 2 * kDsElems;
-  static constexpr int kOffStats = kOffP + 2 * 2 * kPElems;
+  static constexpr int kOffStats = kOffP + 4 * kPElems;
   static constexpr int kOffBarriers = kOffStats + kStages * 2 * kStatsLen * 4;
   static constexpr int kBytes = kOffBarriers + (kStages + 1) * 8;
   static constexpr unsigned kKVBytes = 2 * 2 * kKVElems;
@@ -58,10 +58,11 @@ struct BackwardSm90Shape {
 };
 
 // The block's shared memory: K, V; per stage Q, dO and the rows' stats; two dS^T buffers (and,
-// split roles, two P^T buffers).
+// split roles, the P^T handover).
 template <class T, class Shape>
 struct BackwardSm90Tiles {
-  T *k, *v, *q, *dout, *ds, *pt;
+  T *k, *v, *q, *dout, *ds;
+  float* handover;
   float* stats;                // [stage][lse2 | dsum][kStatsLen]
   cuda::std::uint64_t* full;   // [stage]: that stage's Q, dO and stats have landed
   cuda::std::uint64_t* kv;     // K and V have landed
@@ -77,7 +78,7 @@ struct BackwardSm90Tiles {
     q = reinterpret_cast<T*>(base + Shape::kOffQ);
     dout = reinterpret_cast<T*>(base + Shape::kOffDout);
     ds = reinterpret_cast<T*>(base + Shape::kOffDs);
-    pt = reinterpret_cast<T*>(base + Shape::kOffP);
+    handover = reinterpret_cast<float*>(base + Shape::kOffP);
     stats = reinterpret_cast<float*>(base + Shape::kOffStats);
     full = reinterpret_cast<cuda::std::uint64_t*>(base + Shape::kOffBarriers);
     kv = full + Shape::kStages;
@@ -220,25 +221,6 @@ __device__ __forceinline__ void score_gradients(const float (&p)[kTiles][4],
   }
 }
 
-// The same from P^T as A fragments in T (split roles: P^T as handed over).
-template <class T, int kTiles>
-__device__ __forceinline__ void score_gradients(const unsigned (&p)[kTiles / 2][4],
-                                                float (&dp)[kTiles][4], const float* dsum) {
-  const int lane = threadIdx.x % 32;
-#pragma unroll
-  for (int kk = 0; kk < kTiles / 2; ++kk) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      // Fragment register i of step kk holds tile 2 kk + i / 2, elements 2 (i % 2) and + 1.
-      const int j = 2 * kk + i / 2, e = 2 * (i % 2);
-      const float2 prob = ptx::unpack_pair<T>(p[kk][i]);
-      const float* d = dsum + 8 * j + 2 * (lane % 4);
-      dp[j][e] = prob.x * (dp[j][e] - d[0]);
-      dp[j][e + 1] = prob.y * (dp[j][e + 1] - d[1]);
-    }
-  }
-}
-
 // The fp32 tile rounded to T as wgmma's register A fragments, one per k16 step.
 template <class T, int kTiles>
 __device__ __forceinline__ void fragments_of(const float (&acc)[kTiles][4],
@@ -249,7 +231,7 @@ __device__ __forceinline__ void fragments_of(const float (&acc)[kTiles][4],
 }
 
 // Fragments of a 64-key tile (the warp's 16 rows from warp_key of the block, the tile's query
-// columns) into a swizzled kBlockN-row buffer of 64-query slabs, and back.
+// columns) into a swizzled kBlockN-row buffer of 64-query slabs.
 template <class T, int kBlockN, int kSteps>
 __device__ __forceinline__ void store_fragments(T* tile, const unsigned (&a)[kSteps][4],
                                                 int warp_key) {
@@ -265,21 +247,42 @@ __device__ __forceinline__ void store_fragments(T* tile, const unsigned (&a)[kSt
         a[kk][3];
   }
 }
-template <class T, int kBlockN, int kSteps>
-__device__ __forceinline__ void load_fragments(const T* tile, unsigned (&a)[kSteps][4],
-                                               int warp_key) {
+// Split roles' P^T handover: an fp32 64 x kCols tile (rows: keys, columns: queries) in the mma C
+// layout's float2 pairs, their columns XOR-swizzled by the row so that each half warp's four
+// rows hit distinct banks.
+template <int kCols>
+__device__ __forceinline__ int handover_offset(int row, int col) {
+  return row * kCols + 2 * ((col / 2) ^ (4 * (row % 4)));
+}
+template <int kCols, int kTiles>
+__device__ __forceinline__ void hand_over(float* tile, const float (&acc)[kTiles][4],
+                                          int warp_key) {
   const int lane = threadIdx.x % 32;
   const int r = warp_key + lane / 4;
 #pragma unroll
-  for (int kk = 0; kk < kSteps; ++kk) {
-    const int c = 16 * kk + 2 * (lane % 4);
-    a[kk][0] = *reinterpret_cast<const unsigned*>(tile + ptx::swizzled_offset<T, kBlockN>(r, c));
-    a[kk][1] =
-        *reinterpret_cast<const unsigned*>(tile + ptx::swizzled_offset<T, kBlockN>(r + 8, c));
-    a[kk][2] =
-        *reinterpret_cast<const unsigned*>(tile + ptx::swizzled_offset<T, kBlockN>(r, c + 8));
-    a[kk][3] =
-        *reinterpret_cast<const unsigned*>(tile + ptx::swizzled_offset<T, kBlockN>(r + 8, c + 8));
+  for (int j = 0; j < kTiles; ++j) {
+    const int c = 8 * j + 2 * (lane % 4);
+    *reinterpret_cast<float2*>(tile + handover_offset<kCols>(r, c)) =
+        make_float2(acc[j][0], acc[j][1]);
+    *reinterpret_cast<float2*>(tile + handover_offset<kCols>(r + 8, c)) =
+        make_float2(acc[j][2], acc[j][3]);
+  }
+}
+template <int kCols, int kTiles>
+__device__ __forceinline__ void take_over(const float* tile, float (&acc)[kTiles][4],
+                                          int warp_key) {
+  const int lane = threadIdx.x % 32;
+  const int r = warp_key + lane / 4;
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j) {
+    const int c = 8 * j + 2 * (lane % 4);
+    const float2 top = *reinterpret_cast<const float2*>(tile + handover_offset<kCols>(r, c));
+    const float2 bottom =
+        *reinterpret_cast<const float2*>(tile + handover_offset<kCols>(r + 8, c));
+    acc[j][0] = top.x;
+    acc[j][1] = top.y;
+    acc[j][2] = bottom.x;
+    acc[j][3] = bottom.y;
   }
 }
 
@@ -350,7 +353,8 @@ __device__ __forceinline__ void store_key_rows(const KjitAttentionTensor& out,
 
 // The main loop of one warpgroup over the block's query tiles, and its dK / dV stores. kP: it
 // computes S^T, P^T and dV; kDs: dP^T, dS^T and dK (split keys: both; split roles: one each, P^T
-// handed from the first to the second through shared memory).
+// handed from the first to the second through shared memory, single-buffered: the step barrier
+// keeps the next step's P^T from overwriting it before it is taken).
 template <class T, class S, bool kCausal, bool kAtomicDq, bool kP, bool kDs>
 __device__ __forceinline__ void backward_main_loop(const KjitFlashBackwardParams& p,
                                                    const BackwardSm90Tiles<T, S>& tiles,
@@ -388,7 +392,6 @@ __device__ __forceinline__ void backward_main_loop(const KjitFlashBackwardParams
     // P^T (under the dP^T GEMM), then dS^T.
     const int skip = stats_skip(stats_cell(p, seq, batch, head, row0));
     unsigned pt[S::kQuerySteps][4], dst[S::kQuerySteps][4];
-    T* p_tile = tiles.pt + (t & 1) * S::kPElems;
     if constexpr (kP) {
       ptx::wgmma_wait<kDs ? 1 : 0>();
       ptx::fence_operand(s);
@@ -401,23 +404,21 @@ __device__ __forceinline__ void backward_main_loop(const KjitFlashBackwardParams
       } else {
         probabilities<false, kCausal>(s, lse2, p.scale_log2, key, row0, seq);
       }
-      fragments_of<T>(s, pt);
       if constexpr (!kDs) {
-        store_fragments<T, kBlockN>(p_tile, pt, 16 * warp);
+        hand_over<kBlockM>(tiles.handover, s, 16 * warp);
         ptx::named_barrier_arrive(kPReady, S::kThreads);
       }
+      fragments_of<T>(s, pt);
     }
     if constexpr (kDs) {
       ptx::wgmma_wait<0>();
       ptx::fence_operand(dp);
       const float* dsum = tiles.dsum_at(stage) + skip;
-      if constexpr (kP) {
-        score_gradients(s, dp, dsum);
-      } else {
+      if constexpr (!kP) {
         ptx::named_barrier_sync(kPReady, S::kThreads);
-        load_fragments<T, kBlockN>(p_tile, pt, 16 * warp);
-        score_gradients<T>(pt, dp, dsum);
+        take_over<kBlockM>(tiles.handover, s, 16 * warp);
       }
+      score_gradients(s, dp, dsum);
       fragments_of<T>(dp, dst);
     }
 

@@ -38,16 +38,6 @@ __device__ __forceinline__ unsigned pack_pair(float lo, float hi) {
   }
 }
 
-// The inverse of pack_pair.
-template <class T>
-__device__ __forceinline__ float2 unpack_pair(unsigned r) {
-  if constexpr (cuda::std::is_same_v<T, __half>) {
-    return __half22float2(*reinterpret_cast<const __half2*>(&r));
-  } else {
-    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&r));
-  }
-}
-
 // d = a * b + d for 16-bit inputs T (__half or __nv_bfloat16) with fp32 accumulation.
 template <class T>
 __device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const unsigned (&a)[4],

@@ -153,8 +153,9 @@ unsigned FlashBackward::shared_bytes(const Config& c, const Problem& p) {
   const auto elem = static_cast<std::int64_t>(dtype_size(p.dtype));
   if (c.wgmma()) {
     // flash_backward_sm90.cuh's BackwardSm90Shape: K, V; per stage Q, dO and the rows' lse2 and
-    // dsum (block_m + 4 floats each); two dS^T buffers and, above hd 128 (split roles), two P^T
-    // buffers; an mbarrier per stage and one for K/V; plus 1024 bytes to align the tiles.
+    // dsum (block_m + 4 floats each); two dS^T buffers and, above hd 128 (split roles), the fp32
+    // P^T handover (the size of two more); an mbarrier per stage and one for K/V; plus 1024
+    // bytes to align the tiles.
     const std::int64_t handovers = p.head_dim > 128 ? 4 : 2;
     const std::int64_t tiles = 2 * c.block_n * p.head_dim +
                                c.stages * 2 * c.block_m * p.head_dim +
