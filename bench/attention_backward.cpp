@@ -114,8 +114,8 @@ void sweep(const Shape& r, kjit::Stream& stream) {
   kjit::attention::BackwardOptions o;
   o.causal = r.causal;
   kjit::ops::Call<FlashBackward> call =
-      FlashBackward::validate(t(q, r.hq), t(k, r.hk), t(v, r.hk), t(out, r.hq), t(dout, r.hq),
-                              vlse, t(dq, r.hq), t(dk, r.hk), t(dv, r.hk), o);
+      FlashBackward::validate(t(q, r.hq), t(k, r.hk), t(v, r.hk), t(out, r.hq), t(dout, r.hq), vlse,
+                              t(dq, r.hq), t(dk, r.hk), t(dv, r.hk), o);
   kjit::DeviceBuffer workspace(FlashBackward::workspace_bytes(tq, r.hq, r.d, false));
   FlashBackward::attach_workspace(call.args, workspace.data(), tq, r.d, false);
   const double flops = 2.5 * 4.0 * r.b * r.hq * r.s * r.s * r.d / (r.causal ? 2 : 1);

@@ -24,6 +24,16 @@ export LD_LIBRARY_PATH="$PWD/.gpu-bundle/lib:/usr/local/cuda/lib64:${LD_LIBRARY_
 export KJIT_CACHE_DIR="$(mktemp -d)/kjit-cache"
 export KJIT_TEST_HELPER="$bin/kjit_test_helper" KJIT_CLI="$bin/kjit"
 summary=()
+backward_tests() {  # backward_tests TIMEOUT: the backward's GPU tests in four parallel shards
+  local start=$SECONDS
+  for i in 0 1 2 3; do
+    GTEST_TOTAL_SHARDS=4 GTEST_SHARD_INDEX=$i timeout "$1" "$bin/kjit_gpu_tests" \
+      --gtest_filter='*AttentionBackward*' >"$out/backward_tests_shard$i.log" 2>&1 &
+  done
+  wait
+  summary+=("$(printf '%-22s %4ss' backward_tests "$((SECONDS - start))")")
+  cat "$out"/backward_tests_shard*.log >"$out/backward_tests.log"
+}
 step() {  # step NAME COMMAND...: run, log to $out/NAME.log, remember the outcome
   local name="$1"; shift
   local start=$SECONDS
@@ -121,14 +131,7 @@ if [ "$what" = attention-backward ]; then
     printf '%s\n' "${summary[@]}"
     exit 1
   fi
-  start=$SECONDS
-  for i in 0 1 2 3; do
-    GTEST_TOTAL_SHARDS=4 GTEST_SHARD_INDEX=$i timeout 300 "$bin/kjit_gpu_tests" \
-      --gtest_filter='*AttentionBackward*' >"$out/backward_tests_shard$i.log" 2>&1 &
-  done
-  wait
-  summary+=("$(printf '%-22s %4ss' backward_tests "$((SECONDS - start))")")
-  cat "$out"/backward_tests_shard*.log >"$out/backward_tests.log"
+  backward_tests 300
   subset=$(printf 'All/AttentionBackward.*/%s:' 3 8 11 18)'*DeterministicModeIsBitwise*'
   step backward_memcheck timeout 200 compute-sanitizer --tool memcheck --error-exitcode 3 \
     "$bin/kjit_gpu_tests" --gtest_filter="$subset"
@@ -147,14 +150,7 @@ fi
 if [ "$what" = attention-backward-check ]; then
   # The short recheck after a kernel change: the backward's tests, a racecheck of both wgmma
   # loops (split keys, split roles), kjit beside torch.
-  start=$SECONDS
-  for i in 0 1 2 3; do
-    GTEST_TOTAL_SHARDS=4 GTEST_SHARD_INDEX=$i timeout 200 "$bin/kjit_gpu_tests" \
-      --gtest_filter='*AttentionBackward*' >"$out/backward_tests_shard$i.log" 2>&1 &
-  done
-  wait
-  summary+=("$(printf '%-22s %4ss' backward_tests "$((SECONDS - start))")")
-  cat "$out"/backward_tests_shard*.log >"$out/backward_tests.log"
+  backward_tests 200
   step backward_racecheck timeout 60 compute-sanitizer --tool racecheck --error-exitcode 3 \
     "$bin/kjit_gpu_tests" --gtest_filter='All/AttentionBackward.*/9:All/AttentionBackward.*/18'
   step backward_kjit timeout 150 "$bin/kjit_bench_attention_backward"

@@ -28,11 +28,11 @@ struct KjitFlashBackwardParams {
   long long stats_batch_stride, stats_head_stride, stats_cells, acc_batch_stride;
   const int* cu_seqlens_q; /* [B + 1] on the device; null for batched inputs */
   const int* cu_seqlens_k;
-  int seqlen_q, seqlen_k; /* batched: every sequence's lengths */
+  int seqlen_q, seqlen_k;       /* batched: every sequence's lengths */
   long long tokens_q, tokens_k; /* rows along the tensors' sequence dim: S, or T when packed */
   int heads_q, group;           /* group = Hq / Hk */
-  float scale;            /* softmax scale */
-  float scale_log2;       /* softmax scale * log2(e) */
+  float scale;                  /* softmax scale */
+  float scale_log2;             /* softmax scale * log2(e) */
 };
 
 /* Floats past the last cell of lse2 and dsum: a query tile's stats copy reads up to 3 cells

@@ -34,7 +34,7 @@ struct BackwardSm90Shape {
   static constexpr int kThreads = 256;
   static constexpr int kSlab = 64;  // columns of a 128-byte swizzled row of 16-bit elements
   static constexpr int kSlabs = kHeadDim / kSlab;
-  static constexpr int kQueryTiles = kBlockM / 8;  // n8 column tiles of S^T
+  static constexpr int kQueryTiles = kBlockM / 8;   // n8 column tiles of S^T
   static constexpr int kQuerySteps = kBlockM / 16;  // k16 steps of dV and dK
   static constexpr int kStatsLen = kBlockM + 4;     // floats of a stats copy (16-byte aligned run)
   static constexpr int kKVElems = kBlockN * kHeadDim, kQElems = kBlockM * kHeadDim;
@@ -63,9 +63,9 @@ template <class T, class Shape>
 struct BackwardSm90Tiles {
   T *k, *v, *q, *dout, *ds;
   float* handover;
-  float* stats;                // [stage][lse2 | dsum][kStatsLen]
-  cuda::std::uint64_t* full;   // [stage]: that stage's Q, dO and stats have landed
-  cuda::std::uint64_t* kv;     // K and V have landed
+  float* stats;               // [stage][lse2 | dsum][kStatsLen]
+  cuda::std::uint64_t* full;  // [stage]: that stage's Q, dO and stats have landed
+  cuda::std::uint64_t* kv;    // K and V have landed
 
   __device__ explicit BackwardSm90Tiles(unsigned char* raw) {
     // The swizzle repeats every 1024 bytes: the tiles start on that boundary (the launch adds
@@ -100,9 +100,7 @@ struct BackwardSteps {
     m_count = max(0, (seq.seqlen_q + block_m - 1) / block_m - m_first);
     count = group * m_count;
   }
-  __device__ int head(int t, int kv_head, int group) const {
-    return kv_head * group + t / m_count;
-  }
+  __device__ int head(int t, int kv_head, int group) const { return kv_head * group + t / m_count; }
   __device__ int row0(int t, int block_m) const { return (m_first + t % m_count) * block_m; }
 };
 
@@ -117,8 +115,8 @@ template <class T, class Shape>
 __device__ __forceinline__ void issue_query_tile(const KjitFlashBackwardParams& p,
                                                  const BackwardSm90Tiles<T, Shape>& tiles,
                                                  const BackwardSequence& seq,
-                                                 const BackwardSteps& steps, int batch,
-                                                 int kv_head, int t) {
+                                                 const BackwardSteps& steps, int batch, int kv_head,
+                                                 int t) {
   const int stage = t % Shape::kStages;
   const int head = steps.head(t, kv_head, p.group), row0 = steps.row0(t, Shape::kBlockM);
   const int row = seq.q_start + row0, tma_batch = p.cu_seqlens_q ? 0 : batch;
@@ -210,8 +208,8 @@ __device__ __forceinline__ void probabilities(float (&s)[kTiles][4], const float
 
 // dS^T = P^T (dP^T - dsum) in place of dP^T.
 template <int kTiles>
-__device__ __forceinline__ void score_gradients(const float (&p)[kTiles][4],
-                                                float (&dp)[kTiles][4], const float* dsum) {
+__device__ __forceinline__ void score_gradients(const float (&p)[kTiles][4], float (&dp)[kTiles][4],
+                                                const float* dsum) {
   const int lane = threadIdx.x % 32;
 #pragma unroll
   for (int j = 0; j < kTiles; ++j) {
@@ -243,10 +241,10 @@ __device__ __forceinline__ void store_fragments(T* tile, const unsigned (&a)[kSt
     *reinterpret_cast<unsigned*>(tile + ptx::swizzled_offset<T, kBlockN>(r, c)) = a[kk][0];
     *reinterpret_cast<unsigned*>(tile + ptx::swizzled_offset<T, kBlockN>(r + 8, c)) = a[kk][1];
     *reinterpret_cast<unsigned*>(tile + ptx::swizzled_offset<T, kBlockN>(r, c + 8)) = a[kk][2];
-    *reinterpret_cast<unsigned*>(tile + ptx::swizzled_offset<T, kBlockN>(r + 8, c + 8)) =
-        a[kk][3];
+    *reinterpret_cast<unsigned*>(tile + ptx::swizzled_offset<T, kBlockN>(r + 8, c + 8)) = a[kk][3];
   }
 }
+
 // Split roles' P^T handover: an fp32 64 x kCols tile (rows: keys, columns: queries) in the mma C
 // layout's float2 pairs, their columns XOR-swizzled by the row so that each half warp's four
 // rows hit distinct banks.
@@ -254,35 +252,24 @@ template <int kCols>
 __device__ __forceinline__ int handover_offset(int row, int col) {
   return row * kCols + 2 * ((col / 2) ^ (4 * (row % 4)));
 }
-template <int kCols, int kTiles>
-__device__ __forceinline__ void hand_over(float* tile, const float (&acc)[kTiles][4],
-                                          int warp_key) {
+// kGive: the fp32 tile into the handover; else back out of it.
+template <int kCols, bool kGive, int kTiles>
+__device__ __forceinline__ void handover(float* tile, float (&acc)[kTiles][4], int warp_key) {
   const int lane = threadIdx.x % 32;
-  const int r = warp_key + lane / 4;
 #pragma unroll
   for (int j = 0; j < kTiles; ++j) {
-    const int c = 8 * j + 2 * (lane % 4);
-    *reinterpret_cast<float2*>(tile + handover_offset<kCols>(r, c)) =
-        make_float2(acc[j][0], acc[j][1]);
-    *reinterpret_cast<float2*>(tile + handover_offset<kCols>(r + 8, c)) =
-        make_float2(acc[j][2], acc[j][3]);
-  }
-}
-template <int kCols, int kTiles>
-__device__ __forceinline__ void take_over(const float* tile, float (&acc)[kTiles][4],
-                                          int warp_key) {
-  const int lane = threadIdx.x % 32;
-  const int r = warp_key + lane / 4;
 #pragma unroll
-  for (int j = 0; j < kTiles; ++j) {
-    const int c = 8 * j + 2 * (lane % 4);
-    const float2 top = *reinterpret_cast<const float2*>(tile + handover_offset<kCols>(r, c));
-    const float2 bottom =
-        *reinterpret_cast<const float2*>(tile + handover_offset<kCols>(r + 8, c));
-    acc[j][0] = top.x;
-    acc[j][1] = top.y;
-    acc[j][2] = bottom.x;
-    acc[j][3] = bottom.y;
+    for (int h = 0; h < 2; ++h) {
+      float2* at = reinterpret_cast<float2*>(
+          tile + handover_offset<kCols>(warp_key + lane / 4 + 8 * h, 8 * j + 2 * (lane % 4)));
+      if constexpr (kGive) {
+        *at = make_float2(acc[j][2 * h], acc[j][2 * h + 1]);
+      } else {
+        const float2 v = *at;
+        acc[j][2 * h] = v.x;
+        acc[j][2 * h + 1] = v.y;
+      }
+    }
   }
 }
 
@@ -321,8 +308,8 @@ __device__ __forceinline__ void add_dq_block(const KjitFlashBackwardParams& p,
                  dim_slab * kSlab + 2 * (lane % 4);
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
-      asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(acc + 8 * j),
-                   "f"(dq[j][2 * h]), "f"(dq[j][2 * h + 1])
+      asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(acc + 8 * j), "f"(dq[j][2 * h]),
+                   "f"(dq[j][2 * h + 1])
                    : "memory");
     }
   }
@@ -405,7 +392,7 @@ __device__ __forceinline__ void backward_main_loop(const KjitFlashBackwardParams
         probabilities<false, kCausal>(s, lse2, p.scale_log2, key, row0, seq);
       }
       if constexpr (!kDs) {
-        hand_over<kBlockM>(tiles.handover, s, 16 * warp);
+        handover<kBlockM, true>(tiles.handover, s, 16 * warp);
         ptx::named_barrier_arrive(kPReady, S::kThreads);
       }
       fragments_of<T>(s, pt);
@@ -416,7 +403,7 @@ __device__ __forceinline__ void backward_main_loop(const KjitFlashBackwardParams
       const float* dsum = tiles.dsum_at(stage) + skip;
       if constexpr (!kP) {
         ptx::named_barrier_sync(kPReady, S::kThreads);
-        take_over<kBlockM>(tiles.handover, s, 16 * warp);
+        handover<kBlockM, false>(tiles.handover, s, 16 * warp);
       }
       score_gradients(s, dp, dsum);
       fragments_of<T>(dp, dst);
@@ -498,11 +485,11 @@ __global__ void __launch_bounds__(256, 1)
     backward_main_loop<T, S, kCausal, kAtomicDq, true, true>(p, tiles, seq, steps, batch, kv_head,
                                                              key0);
   } else if (threadIdx.x < 128) {
-    backward_main_loop<T, S, kCausal, kAtomicDq, true, false>(p, tiles, seq, steps, batch,
-                                                              kv_head, key0);
+    backward_main_loop<T, S, kCausal, kAtomicDq, true, false>(p, tiles, seq, steps, batch, kv_head,
+                                                              key0);
   } else {
-    backward_main_loop<T, S, kCausal, kAtomicDq, false, true>(p, tiles, seq, steps, batch,
-                                                              kv_head, key0);
+    backward_main_loop<T, S, kCausal, kAtomicDq, false, true>(p, tiles, seq, steps, batch, kv_head,
+                                                              key0);
   }
 }
 

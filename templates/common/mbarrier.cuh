@@ -11,8 +11,7 @@
 namespace kjit::ptx {
 
 __device__ __forceinline__ void mbarrier_init(cuda::std::uint64_t* bar, unsigned arrivals) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(shared_address(bar)),
-               "r"(arrivals)
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(shared_address(bar)), "r"(arrivals)
                : "memory");
 }
 
@@ -25,10 +24,10 @@ __device__ __forceinline__ void fence_mbarrier_init() {
 // One arrival, announcing `bytes` more transaction bytes for the current phase.
 __device__ __forceinline__ void mbarrier_arrive_expect_tx(cuda::std::uint64_t* bar,
                                                           unsigned bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(
-                   shared_address(bar)),
-               "r"(bytes)
-               : "memory");
+  asm volatile(
+      "mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(shared_address(bar)),
+      "r"(bytes)
+      : "memory");
 }
 
 // Spins until the phase of parity `parity` has completed.

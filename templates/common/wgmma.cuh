@@ -38,22 +38,20 @@ __device__ __forceinline__ void wgmma_wait() {
 // Ties registers that an in-flight wgmma writes (accumulators) or reads (A fragments) to this
 // point of the program, so that the compiler neither reads nor reuses them across the
 // wgmma_wait that precedes it. No instruction is emitted.
-template <int kTiles>
-__device__ __forceinline__ void fence_operand(float (&r)[kTiles][4]) {
+template <class R, int kTiles>
+__device__ __forceinline__ void fence_operand(R (&r)[kTiles][4]) {
+  static_assert(cuda::std::is_same_v<R, float> || cuda::std::is_same_v<R, unsigned>,
+                "fp32 accumulators or packed A fragments");
 #pragma unroll
   for (int j = 0; j < kTiles; ++j) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e)
-      asm volatile("" : "+f"(r[j][e])::"memory");
-  }
-}
-template <int kTiles>
-__device__ __forceinline__ void fence_operand(unsigned (&r)[kTiles][4]) {
-#pragma unroll
-  for (int j = 0; j < kTiles; ++j) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e)
-      asm volatile("" : "+r"(r[j][e])::"memory");
+    for (int e = 0; e < 4; ++e) {
+      if constexpr (cuda::std::is_same_v<R, float>) {
+        asm volatile("" : "+f"(r[j][e])::"memory");
+      } else {
+        asm volatile("" : "+r"(r[j][e])::"memory");
+      }
+    }
   }
 }
 

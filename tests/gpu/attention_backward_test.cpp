@@ -74,8 +74,8 @@ FlashBackward::Config forced_config(const BwdCase& c, const FlashBackward::Probl
   if (c.mainloop >= 0 && c.mainloop != config.mainloop) {
     config.mainloop = c.mainloop;
     config.block_m = 64;
-    config.block_n = c.mainloop == FlashBackward::kMainloopWgmma ? (c.head_dim <= 128 ? 128 : 64)
-                                                                 : 64;
+    config.block_n =
+        c.mainloop == FlashBackward::kMainloopWgmma ? (c.head_dim <= 128 ? 128 : 64) : 64;
     config.stages = c.mainloop == FlashBackward::kMainloopWgmma ? 2 : 1;
   }
   if (c.block_m >= 0) config.block_m = c.block_m;
@@ -85,11 +85,17 @@ FlashBackward::Config forced_config(const BwdCase& c, const FlashBackward::Probl
 }
 
 FlashBackward::Problem problem_of(const BwdCase& c) {
-  const auto longest = [](const std::vector<int>& v) { return *std::max_element(v.begin(), v.end()); };
-  return {c.dtype,     static_cast<std::int64_t>(c.seqlens_q.size()),
-          c.heads_q,   c.heads_k,
-          c.head_dim,  longest(c.seqlens_q),
-          longest(c.seqlens_k), c.causal,
+  const auto longest = [](const std::vector<int>& v) {
+    return *std::max_element(v.begin(), v.end());
+  };
+  return {c.dtype,
+          static_cast<std::int64_t>(c.seqlens_q.size()),
+          c.heads_q,
+          c.heads_k,
+          c.head_dim,
+          longest(c.seqlens_q),
+          longest(c.seqlens_k),
+          c.causal,
           c.deterministic};
 }
 
@@ -350,7 +356,8 @@ std::vector<BwdCase> cases() {
       out.push_back(forced);
     }
   }
-  for (auto [d, block_m, stages] : {std::tuple{64, 64, 2}, {64, 64, 3}, {64, 128, 3}, {128, 64, 3}}) {
+  for (auto [d, block_m, stages] :
+       {std::tuple{64, 64, 2}, {64, 64, 3}, {64, 128, 3}, {128, 64, 3}}) {
     for (bool causal : {false, true}) {
       BwdCase forced{DType::BFloat16, d, causal, 6, 2, false, {333}, {333}};
       forced.mainloop = 90;

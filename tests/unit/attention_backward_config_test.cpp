@@ -1,11 +1,14 @@
 // The attention backward on the host: its default config is valid on each arch (or refused with
 // the sizes where no tile fits) and is the wgmma loop on sm_90a where that runs, deterministic
-// problems never get the dq atomics, the config rules, the workspace sizes, and the validation of gradients and lse before any device work.
+// problems never get the dq atomics, the config rules, the workspace sizes, and the validation of
+// gradients and lse before any device work.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <string>
 
+#include "driver/tensor_map.hpp"
 #include "kjit/error.hpp"
 #include "ops/attention/flash_backward.hpp"
 #include "ops/attention/flash_forward.hpp"
@@ -62,7 +65,7 @@ TEST(AttentionBackwardConfig, Rules) {
   EXPECT_TRUE(FlashBackward::valid({80, 64, 64, 1}, p, "sm_90a"));
   EXPECT_FALSE(FlashBackward::valid({80, 64, 64, 1}, problem(128, true, true), "sm_90a"));
   EXPECT_FALSE(FlashBackward::valid({80, 64, 32, 0}, problem(96, false, false), "sm_90a"));
-  EXPECT_FALSE(FlashBackward::valid({80, 32, 64, 0}, p, "sm_90a"));  // eight warps of 16 rows
+  EXPECT_FALSE(FlashBackward::valid({80, 32, 64, 0}, p, "sm_90a"));     // eight warps of 16 rows
   EXPECT_FALSE(FlashBackward::valid({80, 64, 64, 0, 2}, p, "sm_90a"));  // mma.sync: one stage
   EXPECT_FALSE(FlashBackward::valid({80, 128, 128, 0}, problem(256, false, false), "sm_90a"));
   // wgmma: sm_90a only; 128 keys (64 a warpgroup) up to hd 128, 64 shared above; 128 query
@@ -97,6 +100,35 @@ TEST(AttentionBackwardConfig, WorkspaceHoldsStatsAndTheDqAccumulator) {
             FlashBackward::workspace_bytes(100, 8, 128, false));
   EXPECT_THROW(attention::backward_workspace_bytes(TensorView(fake, DType::BFloat16, {8, 128}), o),
                InvalidArgument);
+}
+
+// The wgmma loop's tensor maps refuse, before asking the driver, what the copy engine cannot
+// read; a dim of size 1 may carry any stride.
+TEST(AttentionBackwardConfig, TensorMapsRefuseWhatTheCopyEngineCannotRead) {
+  const auto refused = [](const void* base, std::array<std::uint64_t, 4> dims,
+                          std::array<std::int64_t, 3> strides, const char* expected) {
+    try {
+      driver::tiled_map_16bit(base, dims, strides, {64, 64, 1, 1});
+      ADD_FAILURE() << "accepted: " << expected;
+    } catch (const InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
+    } catch (const Error&) {
+      ADD_FAILURE() << "reached the driver: " << expected;
+    }
+  };
+  const auto* base = reinterpret_cast<const void*>(0x10000);
+  refused(reinterpret_cast<const void*>(0x10008), {128, 10, 4, 2}, {512, 128, 5120},
+          "16-byte aligned");
+  refused(base, {128, 10, 4, 2}, {516, 128, 5120}, "stride 1 (516 elements)");
+  refused(base, {128, 10, 4, 2}, {512, 0, 5120}, "stride 2 (0 elements)");
+  // B = 1 with a batch stride of 0 (packed inputs) passes these checks: only the driver is left,
+  // which this machine may not have.
+  try {
+    driver::tiled_map_16bit(base, {128, 10, 4, 1}, {512, 128, 0}, {64, 64, 1, 1});
+  } catch (const InvalidArgument& e) {
+    ADD_FAILURE() << e.what();
+  } catch (const Error&) {
+  }
 }
 
 struct Grads {

@@ -1,7 +1,5 @@
 #include "driver/tensor_map.hpp"
 
-#include <cstring>
-
 #include <fmt/format.h>
 
 #include "driver/cuda_driver.hpp"
@@ -9,13 +7,9 @@
 
 namespace kjit::driver {
 
-static_assert(sizeof(KjitTensorMap) == sizeof(CUtensorMap) &&
-                  alignof(KjitTensorMap) == alignof(CUtensorMap),
-              "KjitTensorMap must be a CUtensorMap");
-
-KjitTensorMap tiled_map_16bit(const void* base, const std::array<std::uint64_t, 4>& dims,
-                              const std::array<std::int64_t, 3>& strides,
-                              const std::array<std::uint32_t, 4>& box) {
+CUtensorMap tiled_map_16bit(const void* base, const std::array<std::uint64_t, 4>& dims,
+                            const std::array<std::int64_t, 3>& strides,
+                            const std::array<std::uint32_t, 4>& box) {
   constexpr std::int64_t kElem = 2;
   if (reinterpret_cast<std::uintptr_t>(base) % 16 != 0)
     throw InvalidArgument("tensor map: the base address must be 16-byte aligned");
@@ -24,9 +18,9 @@ KjitTensorMap tiled_map_16bit(const void* base, const std::array<std::uint64_t, 
     // The stride of a dim of size 1 is never used; the driver still checks it.
     const std::int64_t bytes = dims[i + 1] == 1 ? 16 : strides[i] * kElem;
     if (bytes <= 0 || bytes % 16 != 0 || bytes >= (std::int64_t{1} << 40)) {
-      throw InvalidArgument(fmt::format(
-          "tensor map: stride {} ({} elements) must be a positive multiple of 16 bytes", i + 1,
-          strides[i]));
+      throw InvalidArgument(
+          fmt::format("tensor map: stride {} ({} elements) must be a positive multiple of 16 bytes",
+                      i + 1, strides[i]));
     }
     byte_strides[i] = static_cast<cuuint64_t>(bytes);
   }
@@ -41,9 +35,7 @@ KjitTensorMap tiled_map_16bit(const void* base, const std::array<std::uint64_t, 
                                      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
                                      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
         "cuTensorMapEncodeTiled");
-  KjitTensorMap out;
-  std::memcpy(&out, &map, sizeof(out));
-  return out;
+  return map;
 }
 
 }  // namespace kjit::driver

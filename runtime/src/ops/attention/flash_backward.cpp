@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <optional>
 
 #include <fmt/format.h>
@@ -157,8 +158,7 @@ unsigned FlashBackward::shared_bytes(const Config& c, const Problem& p) {
     // P^T handover (the size of two more); an mbarrier per stage and one for K/V; plus 1024
     // bytes to align the tiles.
     const std::int64_t handovers = p.head_dim > 128 ? 4 : 2;
-    const std::int64_t tiles = 2 * c.block_n * p.head_dim +
-                               c.stages * 2 * c.block_m * p.head_dim +
+    const std::int64_t tiles = 2 * c.block_n * p.head_dim + c.stages * 2 * c.block_m * p.head_dim +
                                handovers * c.block_n * c.block_m;
     return static_cast<unsigned>(tiles * elem + c.stages * 2 * (c.block_m + 4) * 4 +
                                  (c.stages + 1) * 8 + 1024);
@@ -230,10 +230,17 @@ FlashBackward::Config dq_pass_config(const FlashBackward::Config& c,
 // of box_rows rows of one head.
 KjitTensorMap tile_map(const KjitAttentionTensor& t, std::int64_t head_dim, std::int64_t rows,
                        std::int64_t heads, std::int64_t batch, std::int64_t box_rows) {
+  static_assert(sizeof(KjitTensorMap) == sizeof(CUtensorMap) &&
+                    alignof(KjitTensorMap) == alignof(CUtensorMap),
+                "KjitTensorMap carries a CUtensorMap");
   const auto u = [](std::int64_t v) { return static_cast<std::uint64_t>(v); };
-  return driver::tiled_map_16bit(t.data, {u(head_dim), u(rows), u(heads), u(batch)},
-                                 {t.row_stride, t.head_stride, t.batch_stride},
-                                 {64, static_cast<std::uint32_t>(box_rows), 1, 1});
+  const CUtensorMap map =
+      driver::tiled_map_16bit(t.data, {u(head_dim), u(rows), u(heads), u(batch)},
+                              {t.row_stride, t.head_stride, t.batch_stride},
+                              {64, static_cast<std::uint32_t>(box_rows), 1, 1});
+  KjitTensorMap out;
+  std::memcpy(&out, &map, sizeof(out));
+  return out;
 }
 
 }  // namespace
