@@ -21,5 +21,6 @@ done
 strip -o .gpu-bundle/lib/libkjit.so.0 "$build/runtime/libkjit.so.0"
 cp -L "$(ldd "$build/bench/kjit_bench_launch_overhead" | awk '/libbenchmark/ {print $3}')" .gpu-bundle/lib/
 cp tests/dist/rank_exit.sh .gpu-bundle/bin/
-git rev-parse --short HEAD > .gpu-bundle/commit
+# The commit, marked -dirty when the tree differs from it (the bundle is what was built).
+echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo -dirty)" > .gpu-bundle/commit
 du -sh .gpu-bundle

@@ -247,8 +247,8 @@ KjitTensorMap tile_map(const KjitAttentionTensor& t, std::int64_t head_dim, std:
 
 FlashBackward::Config FlashBackward::default_config(const Problem& p, const Arch& arch) {
   // wgmma where it runs: 128 query rows at hd 64, 64 above; three stages where they fit (hd 256
-  // has room for two). The H200 sweep (docs/perf.md): the third stage +5-12%, 128 rows at hd 64
-  // +5-15%.
+  // has room for two). The H200 sweep (docs/perf.md): the third stage +2-11%, 128 rows at hd 64
+  // +12-16%.
   const Config wgmma{kMainloopWgmma, p.head_dim == 64 ? 128 : 64, p.head_dim <= 128 ? 128 : 64,
                      !p.deterministic, p.head_dim <= 128 ? 3 : 2};
   return valid(wgmma, p, arch) ? wgmma : mma_config(p, arch);
