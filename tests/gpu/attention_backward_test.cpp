@@ -7,7 +7,9 @@
 // holds; for inputs x10 the gradients grow 10-100x and only the bound applies. Outputs are
 // poisoned, inputs fresh each run. Head dims x dtypes x causal x GQA x batched/varlen (empty,
 // 1-token and non-tile-multiple sequences, Sq != Sk both ways), inputs x10, the deterministic
-// mode bitwise, the caller's workspace, 1000 calls without memory growth, the C ABI.
+// mode bitwise, the caller's workspace, 1000 calls without memory growth, the C ABI; a 32k-token
+// causal sequence against the naive fp32 GPU reference; finite differences of kjit's own
+// forward.
 #include <gtest/gtest.h>
 
 #include <dlpack/dlpack.h>
@@ -23,6 +25,7 @@
 #include "kjit/jit.hpp"
 #include "ops/attention/flash_backward.hpp"
 #include "tests/reference/attention_reference.hpp"
+#include "tests/reference/naive_attention_gpu.hpp"
 #include "tests/support/dtype_bits.hpp"
 #include "tests/support/gpu.hpp"
 #include "tests/support/isolated_cache.hpp"
@@ -243,10 +246,11 @@ std::vector<std::vector<std::uint16_t>> run_case(const BwdCase& c, unsigned seed
             dos[i * d + x] = from_bits(c.dtype, dout[at(cu_q[s] + i, hq, h) + x]);
           }
         }
-        const auto ref = reference::attention_backward(qs, ks, vs, dos, sq, sk, d, scale, c.causal);
+        const auto ref =
+            kjit::reference::attention_backward(qs, ks, vs, dos, sq, sk, d, scale, c.causal);
         const auto low =
-            reference::attention_backward(qs, ks, vs, dos, sq, sk, d, scale, c.causal,
-                                          [&](double x) { return round_to(c.dtype, x); });
+            kjit::reference::attention_backward(qs, ks, vs, dos, sq, sk, d, scale, c.causal,
+                                                [&](double x) { return round_to(c.dtype, x); });
         for (std::size_t e = 0; e < ks.size(); ++e) {
           dk_ref[e] += ref.dk[e];
           dv_ref[e] += ref.dv[e];
@@ -401,6 +405,150 @@ TEST_F(AttentionBackwardRuns, DeterministicModeIsBitwiseReproducible) {
   const auto first = run_case(c, seed, false);
   for (int i = 0; i < 3; ++i)
     EXPECT_EQ(run_case(c, seed, false), first) << "run " << i + 2 << " differs";
+}
+
+// Standard-normal bf16 values, on the host (as bits) and on the device.
+struct Bf16Input {
+  std::vector<std::uint16_t> host;
+  DeviceBuffer device;
+  Bf16Input(std::size_t n, std::mt19937& rng) : host(n), device(n * 2) {
+    std::normal_distribution<double> normal(0.0, 1.0);
+    for (auto& x : host)
+      x = to_bits(DType::BFloat16, normal(rng));
+    device.upload(host.data(), n * 2);
+  }
+};
+
+std::vector<double> download_bf16(const DeviceBuffer& d) {
+  std::vector<std::uint16_t> bits(d.size() / 2);
+  d.download(bits.data(), d.size());
+  std::vector<double> out(bits.size());
+  for (std::size_t i = 0; i < bits.size(); ++i)
+    out[i] = from_bits(DType::BFloat16, bits[i]);
+  return out;
+}
+
+// One causal sequence of 32k tokens (hd 128, GQA 2/1) through the op's own path, against the
+// naive fp32 GPU reference with FlashAttention's bound for each gradient (the low-precision
+// reference rounds P and dP to bf16, as the CPU one does).
+TEST_F(AttentionBackwardRuns, CausalSequenceOf32kTokensMatchesTheNaiveGpuReference) {
+  KJIT_REQUIRE_GPU();
+  const int s = 32768, hq = 2, hk = 1, d = 128;
+  const unsigned seed = std::random_device{}();
+  SCOPED_TRACE("input seed " + std::to_string(seed));
+  std::mt19937 rng(seed);
+  const std::size_t nq = std::size_t{1} * s * hq * d, nk = std::size_t{1} * s * hk * d;
+  const Bf16Input q(nq, rng), k(nk, rng), v(nk, rng), dout(nq, rng);
+  DeviceBuffer out(nq * 2), lse(std::size_t{1} * hq * s * 4), dq(nq * 2), dk(nk * 2), dv(nk * 2);
+  for (DeviceBuffer* b : {&dq, &dk, &dv})
+    b->fill_bytes(0xff);
+  const auto bf = DType::BFloat16;
+  const TensorView vq(q.device.data(), bf, {1, s, hq, d}), vk(k.device.data(), bf, {1, s, hk, d}),
+      vv(v.device.data(), bf, {1, s, hk, d}), vout(out.data(), bf, {1, s, hq, d}),
+      vdout(dout.device.data(), bf, {1, s, hq, d}), vdq(dq.data(), bf, {1, s, hq, d}),
+      vdk(dk.data(), bf, {1, s, hk, d}), vdv(dv.data(), bf, {1, s, hk, d}),
+      vlse(lse.data(), DType::Float32, {1, hq, s});
+  Stream stream;
+  attention::ForwardOptions fo;
+  fo.causal = true;
+  attention::forward(vq, vk, vv, vout, vlse, fo, stream.handle());
+  BackwardOptions o;
+  o.causal = true;
+  attention::backward(vq, vk, vv, vout, vdout, vlse, vdq, vdk, vdv, o, stream.handle());
+  stream.synchronize();
+
+  const float scale = 1.f / std::sqrt(static_cast<float>(d));
+  const auto forward = reference::naive_attention_gpu(q.device, k.device, v.device, s, s, hq, hk, d,
+                                                      scale, true, false);
+  const auto ref = reference::naive_attention_backward_gpu(
+      q.device, k.device, v.device, dout.device, forward, s, s, hq, hk, d, scale, true, false);
+  const auto low = reference::naive_attention_backward_gpu(
+      q.device, k.device, v.device, dout.device, forward, s, s, hq, hk, d, scale, true, true);
+  const char* names[3] = {"dq", "dk", "dv"};
+  const DeviceBuffer* got[3] = {&dq, &dk, &dv};
+  const std::vector<float>* refs[3] = {&ref.dq, &ref.dk, &ref.dv};
+  const std::vector<float>* lows[3] = {&low.dq, &low.dk, &low.dv};
+  for (int t = 0; t < 3; ++t) {
+    const std::vector<double> ours = download_bf16(*got[t]);
+    double err = 0, low_err = 0, ref_max = 0;
+    for (std::size_t i = 0; i < ours.size(); ++i) {
+      ASSERT_TRUE(std::isfinite(ours[i])) << names[t] << "[" << i << "]";
+      const double r = (*refs[t])[i];
+      err = std::max(err, std::abs(ours[i] - r));
+      low_err = std::max(low_err, std::abs(round_to(bf, (*lows[t])[i]) - r));
+      ref_max = std::max(ref_max, std::abs(r));
+    }
+    EXPECT_LE(err, 2 * low_err + 1e-3 * std::max(1.0, ref_max))
+        << names[t] << ": low-precision reference error " << low_err << ", max |ref| " << ref_max;
+  }
+}
+
+// The gradients are those of the forward kjit computes: for f = sum(dO * O(q, k, v)), with O from
+// kjit's forward on bf16 inputs, the central difference of f along a random bf16 step of each
+// input matches <gradient, step> within the rounding of O (each evaluation of f is off by at most
+// sum |dO| |O| 2^-9) and 2% of the product.
+TEST_F(AttentionBackwardRuns, GradientsAreThoseOfTheForward) {
+  KJIT_REQUIRE_GPU();
+  const int s = 64, h = 1, d = 64;
+  const std::size_t n = std::size_t{1} * s * h * d;
+  const unsigned seed = std::random_device{}();
+  SCOPED_TRACE("input seed " + std::to_string(seed));
+  std::mt19937 rng(seed);
+  const auto bf = DType::BFloat16;
+  Bf16Input inputs[3] = {Bf16Input(n, rng), Bf16Input(n, rng), Bf16Input(n, rng)};  // q, k, v
+  const Bf16Input dout(n, rng);
+  DeviceBuffer out(n * 2), lse(std::size_t{1} * s * 4),
+      grads[3] = {DeviceBuffer(n * 2), DeviceBuffer(n * 2), DeviceBuffer(n * 2)};
+  const auto view = [&](const DeviceBuffer& b) { return TensorView(b.data(), bf, {1, s, h, d}); };
+  const TensorView vlse(lse.data(), DType::Float32, {1, h, s});
+  attention::ForwardOptions fo;
+  fo.causal = true;
+  Stream stream;
+  const std::vector<double> dout_values = download_bf16(dout.device);
+  // f and its rounding bound, for the inputs as they are on the device now.
+  const auto f = [&](double* bound) {
+    attention::forward(view(inputs[0].device), view(inputs[1].device), view(inputs[2].device),
+                       view(out), vlse, fo, stream.handle());
+    stream.synchronize();
+    const std::vector<double> o = download_bf16(out);
+    double sum = 0;
+    *bound = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      sum += dout_values[i] * o[i];
+      *bound += std::abs(dout_values[i] * o[i]) * std::ldexp(1.0, -8);
+    }
+    return sum;
+  };
+  double unused = 0;
+  f(&unused);
+  BackwardOptions o;
+  o.causal = true;
+  attention::backward(view(inputs[0].device), view(inputs[1].device), view(inputs[2].device),
+                      view(out), view(dout.device), vlse, view(grads[0]), view(grads[1]),
+                      view(grads[2]), o, stream.handle());
+  stream.synchronize();
+  std::uniform_int_distribution<int> sign(0, 1);
+  const char* names[3] = {"q", "k", "v"};
+  for (int t = 0; t < 3; ++t) {
+    const std::vector<double> grad = download_bf16(grads[t]);
+    const std::vector<std::uint16_t> base = inputs[t].host;
+    std::vector<std::uint16_t> plus(n), minus(n);
+    double predicted = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      const double x = from_bits(bf, base[i]), step = sign(rng) ? 1.0 / 32 : -1.0 / 32;
+      plus[i] = to_bits(bf, x + step);
+      minus[i] = to_bits(bf, x - step);
+      predicted += grad[i] * (from_bits(bf, plus[i]) - from_bits(bf, minus[i]));
+    }
+    double bound_plus = 0, bound_minus = 0;
+    inputs[t].device.upload(plus.data(), n * 2);
+    const double f_plus = f(&bound_plus);
+    inputs[t].device.upload(minus.data(), n * 2);
+    const double f_minus = f(&bound_minus);
+    inputs[t].device.upload(base.data(), n * 2);
+    EXPECT_NEAR(f_plus - f_minus, predicted, bound_plus + bound_minus + 0.02 * std::abs(predicted))
+        << "d/d" << names[t];
+  }
 }
 
 TEST_F(AttentionBackwardRuns, RepeatedCallsDoNotGrowDeviceMemory) {
