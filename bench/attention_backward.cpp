@@ -27,98 +27,111 @@ struct Shape {
   std::vector<int> cu;  // packed sequences when not empty (b = their count)
 };
 
-void row(const Shape& r, kjit::Stream& stream) {
-  const bool varlen = !r.cu.empty();
-  const long long tq = varlen ? r.cu.back() : r.b * r.s;
-  const auto bf = kjit::DType::BFloat16;
-  auto q = random_bf16(tq * r.hq * r.d), k = random_bf16(tq * r.hk * r.d),
-       v = random_bf16(tq * r.hk * r.d), dout = random_bf16(tq * r.hq * r.d);
-  kjit::DeviceBuffer out(tq * r.hq * r.d * 2), lse(r.hq * tq * 4), dq(out.size()), dk(k.size()),
-      dv(v.size()), cu(r.cu.size() * 4);
-  if (varlen) cu.upload(r.cu.data(), cu.size());
-  auto t = [&](const kjit::DeviceBuffer& buf, long long h) {
-    return varlen ? TensorView(buf.data(), bf, {tq, h, r.d})
-                  : TensorView(buf.data(), bf, {r.b, r.s, h, r.d});
-  };
-  const TensorView vlse = varlen ? TensorView(lse.data(), kjit::DType::Float32, {r.hq, tq})
-                                 : TensorView(lse.data(), kjit::DType::Float32, {r.b, r.hq, r.s});
-  const int n = static_cast<int>(r.cu.size());
-  const kjit::attention::Varlen seqlens{TensorView(cu.data(), kjit::DType::Int32, {n}),
-                                        TensorView(cu.data(), kjit::DType::Int32, {n}), r.cu.data(),
-                                        r.cu.data()};
-  kjit::attention::ForwardOptions fo;
-  fo.causal = r.causal;
-  auto forward = [&] {
+// A row's tensors (standard-normal inputs, batched or packed), with out and lse from one
+// forward run.
+struct RowTensors {
+  const Shape& r;
+  const bool varlen;
+  const long long tq;  // query (and key) tokens
+  kjit::DeviceBuffer q, k, v, dout, out, lse, dq, dk, dv, cu;
+  kjit::attention::Varlen seqlens;
+
+  RowTensors(const Shape& shape, kjit::Stream& stream)
+      : r(shape),
+        varlen(!shape.cu.empty()),
+        tq(varlen ? shape.cu.back() : shape.b * shape.s),
+        q(random_bf16(tq * r.hq * r.d)),
+        k(random_bf16(tq * r.hk * r.d)),
+        v(random_bf16(tq * r.hk * r.d)),
+        dout(random_bf16(tq * r.hq * r.d)),
+        out(tq * r.hq * r.d * 2),
+        lse(r.hq * tq * 4),
+        dq(out.size()),
+        dk(k.size()),
+        dv(v.size()),
+        cu(r.cu.size() * 4) {
+    if (varlen) cu.upload(r.cu.data(), cu.size());
+    const int n = static_cast<int>(r.cu.size());
+    seqlens = {TensorView(cu.data(), kjit::DType::Int32, {n}),
+               TensorView(cu.data(), kjit::DType::Int32, {n}), r.cu.data(), r.cu.data()};
+    forward(stream);
+  }
+  TensorView t(const kjit::DeviceBuffer& buf, long long heads) const {
+    const auto bf = kjit::DType::BFloat16;
+    return varlen ? TensorView(buf.data(), bf, {tq, heads, r.d})
+                  : TensorView(buf.data(), bf, {r.b, r.s, heads, r.d});
+  }
+  TensorView lse_view() const {
+    return varlen ? TensorView(lse.data(), kjit::DType::Float32, {r.hq, tq})
+                  : TensorView(lse.data(), kjit::DType::Float32, {r.b, r.hq, r.s});
+  }
+  void forward(kjit::Stream& stream) const {
+    kjit::attention::ForwardOptions fo;
+    fo.causal = r.causal;
     if (varlen) {
-      kjit::attention::forward_varlen(t(q, r.hq), t(k, r.hk), t(v, r.hk), t(out, r.hq), vlse,
+      kjit::attention::forward_varlen(t(q, r.hq), t(k, r.hk), t(v, r.hk), t(out, r.hq), lse_view(),
                                       seqlens, fo, stream.handle());
     } else {
-      kjit::attention::forward(t(q, r.hq), t(k, r.hk), t(v, r.hk), t(out, r.hq), vlse, fo,
+      kjit::attention::forward(t(q, r.hq), t(k, r.hk), t(v, r.hk), t(out, r.hq), lse_view(), fo,
                                stream.handle());
     }
-  };
-  auto backward = [&](bool deterministic) {
+  }
+  kjit::attention::BackwardOptions options(bool deterministic) const {
     kjit::attention::BackwardOptions o;
     o.causal = r.causal;
     o.deterministic = deterministic;
+    return o;
+  }
+  void backward(bool deterministic, kjit::Stream& stream) const {
     if (varlen) {
-      kjit::attention::backward_varlen(t(q, r.hq), t(k, r.hk), t(v, r.hk), t(out, r.hq),
-                                       t(dout, r.hq), vlse, t(dq, r.hq), t(dk, r.hk), t(dv, r.hk),
-                                       seqlens, o, stream.handle());
+      kjit::attention::backward_varlen(
+          t(q, r.hq), t(k, r.hk), t(v, r.hk), t(out, r.hq), t(dout, r.hq), lse_view(), t(dq, r.hq),
+          t(dk, r.hk), t(dv, r.hk), seqlens, options(deterministic), stream.handle());
     } else {
       kjit::attention::backward(t(q, r.hq), t(k, r.hk), t(v, r.hk), t(out, r.hq), t(dout, r.hq),
-                                vlse, t(dq, r.hq), t(dk, r.hk), t(dv, r.hk), o, stream.handle());
+                                lse_view(), t(dq, r.hq), t(dk, r.hk), t(dv, r.hk),
+                                options(deterministic), stream.handle());
     }
-  };
-  forward();
-  const double bwd = median_ms([&] { backward(false); }, stream.handle());
-  const double det = median_ms([&] { backward(true); }, stream.handle());
-  const double both = median_ms(
-      [&] {
-        forward();
-        backward(false);
-      },
-      stream.handle());
-  double flops = 0;  // the forward's
-  if (varlen) {
+  }
+  // The forward's FLOPs.
+  double flops() const {
+    if (!varlen) return 4.0 * r.b * r.hq * r.s * r.s * r.d / (r.causal ? 2 : 1);
+    double sum = 0;
     for (std::size_t i = 1; i < r.cu.size(); ++i) {
       const double l = r.cu[i] - r.cu[i - 1];
-      flops += 4.0 * r.hq * l * l * r.d / (r.causal ? 2 : 1);
+      sum += 4.0 * r.hq * l * l * r.d / (r.causal ? 2 : 1);
     }
-  } else {
-    flops = 4.0 * r.b * r.hq * r.s * r.s * r.d / (r.causal ? 2 : 1);
+    return sum;
   }
+};
+
+void row(const Shape& r, kjit::Stream& stream) {
+  const RowTensors x(r, stream);
+  const double bwd = median_ms([&] { x.backward(false, stream); }, stream.handle());
+  const double det = median_ms([&] { x.backward(true, stream); }, stream.handle());
+  const double both = median_ms(
+      [&] {
+        x.forward(stream);
+        x.backward(false, stream);
+      },
+      stream.handle());
+  const double flops = x.flops();
   std::printf("%-24s %3lld %6lld %4lld/%-3lld %4lld %-7s %8.3f %8.1f %8.1f %8.1f\n", r.name,
-              varlen ? static_cast<long long>(n - 1) : r.b, varlen ? tq : r.s, r.hq, r.hk, r.d,
-              r.causal ? "causal" : "full", bwd, 2.5 * flops / bwd / 1e9, 2.5 * flops / det / 1e9,
-              3.5 * flops / both / 1e9);
+              x.varlen ? static_cast<long long>(r.cu.size() - 1) : r.b, x.varlen ? x.tq : r.s, r.hq,
+              r.hk, r.d, r.causal ? "causal" : "full", bwd, 2.5 * flops / bwd / 1e9,
+              2.5 * flops / det / 1e9, 3.5 * flops / both / 1e9);
 }
 
 // Every config of the space on one batched row, through the family.
 void sweep(const Shape& r, kjit::Stream& stream) {
   using kjit::ops::FlashBackward;
-  const auto bf = kjit::DType::BFloat16;
-  const long long tq = r.b * r.s;
-  auto q = random_bf16(tq * r.hq * r.d), k = random_bf16(tq * r.hk * r.d),
-       v = random_bf16(tq * r.hk * r.d), dout = random_bf16(tq * r.hq * r.d);
-  kjit::DeviceBuffer out(tq * r.hq * r.d * 2), lse(r.hq * tq * 4), dq(out.size()), dk(k.size()),
-      dv(v.size());
-  auto t = [&](const kjit::DeviceBuffer& buf, long long h) {
-    return TensorView(buf.data(), bf, {r.b, r.s, h, r.d});
-  };
-  const TensorView vlse(lse.data(), kjit::DType::Float32, {r.b, r.hq, r.s});
-  kjit::attention::ForwardOptions fo;
-  fo.causal = r.causal;
-  kjit::attention::forward(t(q, r.hq), t(k, r.hk), t(v, r.hk), t(out, r.hq), vlse, fo,
-                           stream.handle());
-  kjit::attention::BackwardOptions o;
-  o.causal = r.causal;
-  kjit::ops::Call<FlashBackward> call =
-      FlashBackward::validate(t(q, r.hq), t(k, r.hk), t(v, r.hk), t(out, r.hq), t(dout, r.hq), vlse,
-                              t(dq, r.hq), t(dk, r.hk), t(dv, r.hk), o);
-  kjit::DeviceBuffer workspace(FlashBackward::workspace_bytes(tq, r.hq, r.d, false));
-  FlashBackward::attach_workspace(call.args, workspace.data(), tq, r.d, false);
-  const double flops = 2.5 * 4.0 * r.b * r.hq * r.s * r.s * r.d / (r.causal ? 2 : 1);
+  const RowTensors x(r, stream);
+  kjit::ops::Call<FlashBackward> call = FlashBackward::validate(
+      x.t(x.q, r.hq), x.t(x.k, r.hk), x.t(x.v, r.hk), x.t(x.out, r.hq), x.t(x.dout, r.hq),
+      x.lse_view(), x.t(x.dq, r.hq), x.t(x.dk, r.hk), x.t(x.dv, r.hk), x.options(false));
+  kjit::DeviceBuffer workspace(FlashBackward::workspace_bytes(x.tq, r.hq, r.d, false));
+  FlashBackward::attach_workspace(call.args, workspace.data(), x.tq, r.d, false);
+  const double flops = 2.5 * x.flops();
   const kjit::Arch& arch = kjit::arch::current();
   for (const FlashBackward::Config& c : FlashBackward::space(call.problem, arch)) {
     if (!FlashBackward::valid(c, call.problem, arch)) continue;

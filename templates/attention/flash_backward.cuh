@@ -83,6 +83,21 @@ struct BackwardSequence {
   }
 };
 
+// The query tiles a block visits: steps t = 0, 1, ... walk query tiles m_first.. of the group's
+// query head 0, then of head 1, and so on.
+struct BackwardSteps {
+  int m_first, m_count, count;
+  __device__ BackwardSteps(const BackwardSequence& seq, int key0, int group, int block_m,
+                           bool causal) {
+    // The first query tile whose last row sees key0 (bottom-right causal).
+    m_first = causal ? max(0, key0 - seq.diagonal) / block_m : 0;
+    m_count = max(0, (seq.seqlen_q + block_m - 1) / block_m - m_first);
+    count = group * m_count;
+  }
+  __device__ int head(int t, int kv_head, int group) const { return kv_head * group + t / m_count; }
+  __device__ int row0(int t, int block_m) const { return (m_first + t % m_count) * block_m; }
+};
+
 // Row `row` (a token index: the sequence's start plus the row within it) of `head`.
 template <class T>
 __device__ __forceinline__ T* token_row(const KjitAttentionTensor& t, int batch, long long row,
@@ -232,9 +247,7 @@ __global__ void __launch_bounds__(256, 1) flash_backward(const KjitFlashBackward
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   load_key_tile(tiles, p, seq, batch, kv_head, key0);
 
-  // The first query tile whose last row sees key0.
-  const int m_first = kCausal ? max(0, key0 - seq.diagonal) / kBlockM : 0;
-  const int m_end = (seq.seqlen_q + kBlockM - 1) / kBlockM;
+  const BackwardSteps steps(seq, key0, p.group, kBlockM, kCausal);
   const int s_m0 = warp / S::kSWarpsN * 16, s_n0 = warp % S::kSWarpsN * S::kSTiles * 8;
   const int kv_n0 = warp / S::kKvWarpsD * 16, kv_d0 = warp % S::kKvWarpsD * S::kKvTiles * 8;
   const int q_m0 = warp / S::kQWarpsD * 16, q_d0 = warp % S::kQWarpsD * S::kQCols;
@@ -242,7 +255,7 @@ __global__ void __launch_bounds__(256, 1) flash_backward(const KjitFlashBackward
 
   for (int g = 0; g < p.group; ++g) {
     const int head = kv_head * p.group + g;
-    for (int m = m_first; m < m_end; ++m) {
+    for (int m = steps.m_first; m < steps.m_first + steps.m_count; ++m) {
       const int row0 = m * kBlockM;
       __syncthreads();  // the previous tile is done with Q, dO, P, dS and the row stats
       load_query_tile(tiles, p, seq, batch, head, row0);

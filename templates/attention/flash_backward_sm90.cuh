@@ -68,11 +68,7 @@ struct BackwardSm90Tiles {
   cuda::std::uint64_t* kv;    // K and V have landed
 
   __device__ explicit BackwardSm90Tiles(unsigned char* raw) {
-    // The swizzle repeats every 1024 bytes: the tiles start on that boundary (the launch adds
-    // 1024 bytes of slack).
-    unsigned char* base = reinterpret_cast<unsigned char*>(
-        (reinterpret_cast<unsigned long long>(raw) + ptx::kSwizzleAtomBytes - 1) &
-        ~static_cast<unsigned long long>(ptx::kSwizzleAtomBytes - 1));
+    unsigned char* base = ptx::swizzle_aligned(raw);
     k = reinterpret_cast<T*>(base + Shape::kOffK);
     v = reinterpret_cast<T*>(base + Shape::kOffV);
     q = reinterpret_cast<T*>(base + Shape::kOffQ);
@@ -87,21 +83,6 @@ struct BackwardSm90Tiles {
   __device__ T* dout_at(int stage) const { return dout + stage * Shape::kQElems; }
   __device__ float* lse2_at(int stage) const { return stats + stage * 2 * Shape::kStatsLen; }
   __device__ float* dsum_at(int stage) const { return lse2_at(stage) + Shape::kStatsLen; }
-};
-
-// The query tiles a block visits: steps t = 0, 1, ... walk query tiles m_first.. of the group's
-// query head 0, then of head 1, and so on.
-struct BackwardSteps {
-  int m_first, m_count, count;
-  __device__ BackwardSteps(const BackwardSequence& seq, int key0, int group, int block_m,
-                           bool causal) {
-    // The first query tile whose last row sees key0 (bottom-right causal).
-    m_first = causal ? max(0, key0 - seq.diagonal) / block_m : 0;
-    m_count = max(0, (seq.seqlen_q + block_m - 1) / block_m - m_first);
-    count = group * m_count;
-  }
-  __device__ int head(int t, int kv_head, int group) const { return kv_head * group + t / m_count; }
-  __device__ int row0(int t, int block_m) const { return (m_first + t % m_count) * block_m; }
 };
 
 // A stats copy starts at the 16-byte boundary at or below the tile's first row's cell; the row

@@ -30,10 +30,7 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
     flash_forward_sm90(const KjitFlashParams p) {
   using S = FlashSm90Shape<kHeadDim, kBlockN, kWarpGroups>;
   extern __shared__ unsigned char shared_raw[];
-  // The swizzle pattern repeats every 1024 bytes: align the tiles to it (the launch adds 1024).
-  T* shared_q = reinterpret_cast<T*>(
-      (reinterpret_cast<unsigned long long>(shared_raw) + ptx::kSwizzleAtomBytes - 1) &
-      ~static_cast<unsigned long long>(ptx::kSwizzleAtomBytes - 1));
+  T* shared_q = reinterpret_cast<T*>(ptx::swizzle_aligned(shared_raw));
   T* shared_k = shared_q + S::kQElems;       // [2 stages][swizzled kBlockN x kHeadDim]
   T* shared_v = shared_k + 2 * S::kKVElems;  // [2 stages][swizzled kBlockN x kHeadDim]
 

@@ -12,6 +12,14 @@ namespace kjit::ptx {
 inline constexpr int kSwizzleRowBytes = 128;
 inline constexpr int kSwizzleAtomBytes = 8 * kSwizzleRowBytes;
 
+// The first swizzle-atom boundary at or after `raw`, where a kernel's swizzled tiles start (its
+// dynamic shared memory is launched with kSwizzleAtomBytes of slack for this).
+__device__ __forceinline__ unsigned char* swizzle_aligned(unsigned char* raw) {
+  return reinterpret_cast<unsigned char*>(
+      (reinterpret_cast<unsigned long long>(raw) + kSwizzleAtomBytes - 1) &
+      ~static_cast<unsigned long long>(kSwizzleAtomBytes - 1));
+}
+
 // Element offset of (row, col) in a tile of kRows rows.
 template <class T, int kRows>
 __device__ __forceinline__ int swizzled_offset(int row, int col) {

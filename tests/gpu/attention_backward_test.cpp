@@ -26,6 +26,7 @@
 #include "ops/attention/flash_backward.hpp"
 #include "tests/reference/attention_reference.hpp"
 #include "tests/reference/naive_attention_gpu.hpp"
+#include "tests/support/bf16_buffers.hpp"
 #include "tests/support/dtype_bits.hpp"
 #include "tests/support/gpu.hpp"
 #include "tests/support/isolated_cache.hpp"
@@ -407,27 +408,6 @@ TEST_F(AttentionBackwardRuns, DeterministicModeIsBitwiseReproducible) {
     EXPECT_EQ(run_case(c, seed, false), first) << "run " << i + 2 << " differs";
 }
 
-// Standard-normal bf16 values, on the host (as bits) and on the device.
-struct Bf16Input {
-  std::vector<std::uint16_t> host;
-  DeviceBuffer device;
-  Bf16Input(std::size_t n, std::mt19937& rng) : host(n), device(n * 2) {
-    std::normal_distribution<double> normal(0.0, 1.0);
-    for (auto& x : host)
-      x = to_bits(DType::BFloat16, normal(rng));
-    device.upload(host.data(), n * 2);
-  }
-};
-
-std::vector<double> download_bf16(const DeviceBuffer& d) {
-  std::vector<std::uint16_t> bits(d.size() / 2);
-  d.download(bits.data(), d.size());
-  std::vector<double> out(bits.size());
-  for (std::size_t i = 0; i < bits.size(); ++i)
-    out[i] = from_bits(DType::BFloat16, bits[i]);
-  return out;
-}
-
 // One causal sequence of 32k tokens (hd 128, GQA 2/1) through the op's own path, against the
 // naive fp32 GPU reference with FlashAttention's bound for each gradient (the low-precision
 // reference rounds P and dP to bf16, as the CPU one does).
@@ -438,7 +418,8 @@ TEST_F(AttentionBackwardRuns, CausalSequenceOf32kTokensMatchesTheNaiveGpuReferen
   SCOPED_TRACE("input seed " + std::to_string(seed));
   std::mt19937 rng(seed);
   const std::size_t nq = std::size_t{1} * s * hq * d, nk = std::size_t{1} * s * hk * d;
-  const Bf16Input q(nq, rng), k(nk, rng), v(nk, rng), dout(nq, rng);
+  const Bf16Input q = random_bf16(nq, rng), k = random_bf16(nk, rng), v = random_bf16(nk, rng),
+                  dout = random_bf16(nq, rng);
   DeviceBuffer out(nq * 2), lse(std::size_t{1} * hq * s * 4), dq(nq * 2), dk(nk * 2), dv(nk * 2);
   for (DeviceBuffer* b : {&dq, &dk, &dv})
     b->fill_bytes(0xff);
@@ -469,7 +450,7 @@ TEST_F(AttentionBackwardRuns, CausalSequenceOf32kTokensMatchesTheNaiveGpuReferen
   const std::vector<float>* refs[3] = {&ref.dq, &ref.dk, &ref.dv};
   const std::vector<float>* lows[3] = {&low.dq, &low.dk, &low.dv};
   for (int t = 0; t < 3; ++t) {
-    const std::vector<double> ours = download_bf16(*got[t]);
+    const std::vector<float> ours = download_bf16(*got[t]);
     double err = 0, low_err = 0, ref_max = 0;
     for (std::size_t i = 0; i < ours.size(); ++i) {
       ASSERT_TRUE(std::isfinite(ours[i])) << names[t] << "[" << i << "]";
@@ -495,8 +476,8 @@ TEST_F(AttentionBackwardRuns, GradientsAreThoseOfTheForward) {
   SCOPED_TRACE("input seed " + std::to_string(seed));
   std::mt19937 rng(seed);
   const auto bf = DType::BFloat16;
-  Bf16Input inputs[3] = {Bf16Input(n, rng), Bf16Input(n, rng), Bf16Input(n, rng)};  // q, k, v
-  const Bf16Input dout(n, rng);
+  Bf16Input inputs[3] = {random_bf16(n, rng), random_bf16(n, rng), random_bf16(n, rng)};  // q, k, v
+  const Bf16Input dout = random_bf16(n, rng);
   DeviceBuffer out(n * 2), lse(std::size_t{1} * s * 4),
       grads[3] = {DeviceBuffer(n * 2), DeviceBuffer(n * 2), DeviceBuffer(n * 2)};
   const auto view = [&](const DeviceBuffer& b) { return TensorView(b.data(), bf, {1, s, h, d}); };
@@ -504,18 +485,18 @@ TEST_F(AttentionBackwardRuns, GradientsAreThoseOfTheForward) {
   attention::ForwardOptions fo;
   fo.causal = true;
   Stream stream;
-  const std::vector<double> dout_values = download_bf16(dout.device);
+  const std::vector<float> dout_values = download_bf16(dout.device);
   // f and its rounding bound, for the inputs as they are on the device now.
   const auto f = [&](double* bound) {
     attention::forward(view(inputs[0].device), view(inputs[1].device), view(inputs[2].device),
                        view(out), vlse, fo, stream.handle());
     stream.synchronize();
-    const std::vector<double> o = download_bf16(out);
+    const std::vector<float> o = download_bf16(out);
     double sum = 0;
     *bound = 0;
     for (std::size_t i = 0; i < n; ++i) {
-      sum += dout_values[i] * o[i];
-      *bound += std::abs(dout_values[i] * o[i]) * std::ldexp(1.0, -8);
+      sum += static_cast<double>(dout_values[i]) * o[i];
+      *bound += std::abs(static_cast<double>(dout_values[i]) * o[i]) * std::ldexp(1.0, -8);
     }
     return sum;
   };
@@ -530,7 +511,7 @@ TEST_F(AttentionBackwardRuns, GradientsAreThoseOfTheForward) {
   std::uniform_int_distribution<int> sign(0, 1);
   const char* names[3] = {"q", "k", "v"};
   for (int t = 0; t < 3; ++t) {
-    const std::vector<double> grad = download_bf16(grads[t]);
+    const std::vector<float> grad = download_bf16(grads[t]);
     const std::vector<std::uint16_t> base = inputs[t].host;
     std::vector<std::uint16_t> plus(n), minus(n);
     double predicted = 0;

@@ -11,6 +11,7 @@
 #include "kjit/jit.hpp"
 #include "ops/attention/flash_forward.hpp"
 #include "tests/reference/naive_attention_gpu.hpp"
+#include "tests/support/bf16_buffers.hpp"
 #include "tests/support/gpu.hpp"
 #include "util/half_float.hpp"
 
@@ -19,25 +20,6 @@ namespace {
 
 using ops::FlashForward;
 constexpr DType kBf16 = DType::BFloat16;
-
-DeviceBuffer random_bf16(std::size_t n, std::mt19937& rng) {
-  std::normal_distribution<float> normal(0.f, 1.f);
-  std::vector<std::uint16_t> host(n);
-  for (auto& x : host)
-    x = float_to_bf16(normal(rng));
-  DeviceBuffer d(n * 2);
-  d.upload(host.data(), n * 2);
-  return d;
-}
-
-std::vector<float> download_bf16(const DeviceBuffer& d) {
-  std::vector<std::uint16_t> bits(d.size() / 2);
-  d.download(bits.data(), d.size());
-  std::vector<float> out(bits.size());
-  for (std::size_t i = 0; i < bits.size(); ++i)
-    out[i] = bf16_to_float(bits[i]);
-  return out;
-}
 
 // One causal sequence of 128k tokens (hd 128, one head): FlashAttention's bound against the
 // fp32 naive reference, for the op's own main loop and for the mma.sync one. The LSE bound is
@@ -48,9 +30,9 @@ TEST(AttentionForwardScale, SingleSequenceOf128kTokens) {
   const unsigned seed = std::random_device{}();
   SCOPED_TRACE("input seed " + std::to_string(seed));
   std::mt19937 rng(seed);
-  const DeviceBuffer q = random_bf16(std::size_t{1} * s * d, rng),
-                     k = random_bf16(std::size_t{1} * s * d, rng),
-                     v = random_bf16(std::size_t{1} * s * d, rng);
+  const DeviceBuffer q = random_bf16(std::size_t{1} * s * d, rng).device,
+                     k = random_bf16(std::size_t{1} * s * d, rng).device,
+                     v = random_bf16(std::size_t{1} * s * d, rng).device;
   const float scale = 1.f / std::sqrt(static_cast<float>(d));
   const auto ref = reference::naive_attention_gpu(q, k, v, s, s, 1, 1, d, scale, true, false);
   const auto low = reference::naive_attention_gpu(q, k, v, s, s, 1, 1, d, scale, true, true);
@@ -101,8 +83,8 @@ TEST(AttentionForwardScale, ThousandCallsDoNotGrowDeviceMemory) {
   KJIT_REQUIRE_GPU();
   std::mt19937 rng(std::random_device{}());
   const int b = 2, s = 1000, h = 8, d = 128;
-  const DeviceBuffer q = random_bf16(std::size_t{1} * b * s * h * d, rng),
-                     k = random_bf16(std::size_t{1} * b * s * h * d, rng);
+  const DeviceBuffer q = random_bf16(std::size_t{1} * b * s * h * d, rng).device,
+                     k = random_bf16(std::size_t{1} * b * s * h * d, rng).device;
   DeviceBuffer out(std::size_t{1} * b * s * h * d * 2), lse(std::size_t{1} * b * h * s * 4),
       cu(3 * 4);
   const int cu_host[3] = {0, 300, b * s};
@@ -146,9 +128,9 @@ TEST(AttentionForwardScale, CAbiMatchesCppApi) {
   KJIT_REQUIRE_GPU();
   std::mt19937 rng(std::random_device{}());
   const int b = 2, s = 333, hq = 8, hk = 2, d = 64;
-  const DeviceBuffer q = random_bf16(std::size_t{1} * b * s * hq * d, rng),
-                     k = random_bf16(std::size_t{1} * b * s * hk * d, rng),
-                     v = random_bf16(std::size_t{1} * b * s * hk * d, rng);
+  const DeviceBuffer q = random_bf16(std::size_t{1} * b * s * hq * d, rng).device,
+                     k = random_bf16(std::size_t{1} * b * s * hk * d, rng).device,
+                     v = random_bf16(std::size_t{1} * b * s * hk * d, rng).device;
   DeviceBuffer out_c(q.size()), out_cpp(q.size()), lse_c(std::size_t{1} * b * hq * s * 4),
       lse_cpp(lse_c.size()), cu(3 * 4);
   const std::int32_t cu_host[3] = {0, 100, b * s};

@@ -27,8 +27,8 @@ CUtensorMap tiled_map_16bit(const void* base, const std::array<std::uint64_t, 4>
   const cuuint64_t global_dims[4] = {dims[0], dims[1], dims[2], dims[3]};
   const cuuint32_t box_dims[4] = {box[0], box[1], box[2], box[3]};
   const cuuint32_t element_strides[4] = {1, 1, 1, 1};
+  // A pure encoding (no context needed): a few host instructions on the launch path.
   CUtensorMap map;
-  ensure_context();
   check(api().cuTensorMapEncodeTiled(&map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 4,
                                      const_cast<void*>(base), global_dims, byte_strides, box_dims,
                                      element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,

@@ -223,7 +223,8 @@ FlashBackward::Config mma_config(const FlashBackward::Problem& p, const Arch& ar
 // The dq pass runs an mma.sync tile; a wgmma config implies sm_90a.
 FlashBackward::Config dq_pass_config(const FlashBackward::Config& c,
                                      const FlashBackward::Problem& p) {
-  return c.wgmma() ? mma_config(p, Arch("sm_90a")) : c;
+  static const Arch sm90a("sm_90a");
+  return c.wgmma() ? mma_config(p, sm90a) : c;
 }
 
 // The copy engine's view of a [B, S, H, D] (packed: [T, H, D], B = 1) operand: 64-column boxes
@@ -300,7 +301,9 @@ void FlashBackward::launch(const Program& program, const Config& c, const Proble
     return static_cast<unsigned>((n + per - 1) / per);
   };
   if (c.wgmma()) {
-    // A tensor with no rows is never read, and has no map (the driver refuses empty dims).
+    // The descriptors carry this call's pointers, so they are encoded per call (host-only
+    // encoding, no driver round trip). A tensor with no rows is never read, and has no map (the
+    // driver refuses empty dims).
     const std::int64_t outer = args.cu_seqlens_q ? 1 : p.batch;
     if (args.tokens_q > 0) {
       args.tma_q = tile_map(args.q, p.head_dim, args.tokens_q, p.heads_q, outer, c.block_m);
@@ -325,12 +328,13 @@ void FlashBackward::launch(const Program& program, const Config& c, const Proble
         args);
   }
   if (p.seqlen_q > 0) {
-    const Config pass = dq_pass_config(c, p);
-    const bool has_pass = !c.dq_atomic;
+    // The dq pass (one block per query tile of its config) or the dq store.
+    const std::optional<Config> pass =
+        c.dq_atomic ? std::nullopt : std::optional<Config>(dq_pass_config(c, p));
     program.kernel_at(2).launch(
-        {{blocks(p.seqlen_q, has_pass ? pass.block_m : kRowsPerPrepBlock), heads_q, batch},
+        {{blocks(p.seqlen_q, pass ? pass->block_m : kRowsPerPrepBlock), heads_q, batch},
          {kThreads},
-         has_pass ? shared_bytes(pass, p) : 0,
+         pass ? shared_bytes(*pass, p) : 0,
          stream,
          {}},
         args);
