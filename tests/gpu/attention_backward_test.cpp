@@ -223,7 +223,8 @@ std::vector<std::vector<std::uint16_t>> run_case(const BwdCase& c, unsigned seed
   const int group = hq / hk;
   const char* names[3] = {"dq", "dk", "dv"};
   double err[3] = {}, low_err[3] = {}, ref_max[3] = {};
-  long mismatches[3] = {}, total[3] = {};
+  long mismatches[3] = {}, low_mismatches[3] = {}, total[3] = {};
+  auto outside = [](double g, double r) { return std::abs(g - r) > 1e-2 + 1e-2 * std::abs(r); };
   auto at = [&](int token, int heads, int head) {
     return (static_cast<std::size_t>(token) * heads + head) * d;
   };
@@ -269,7 +270,8 @@ std::vector<std::vector<std::uint16_t>> run_case(const BwdCase& c, unsigned seed
             err[0] = std::max(err[0], std::abs(g - r));
             low_err[0] = std::max(low_err[0], std::abs(round_to(c.dtype, low.dq[i * d + x]) - r));
             ref_max[0] = std::max(ref_max[0], std::abs(r));
-            mismatches[0] += std::abs(g - r) > 1e-2 + 1e-2 * std::abs(r);
+            mismatches[0] += outside(g, r);
+            low_mismatches[0] += outside(round_to(c.dtype, low.dq[i * d + x]), r);
             ++total[0];
           }
         }
@@ -289,7 +291,8 @@ std::vector<std::vector<std::uint16_t>> run_case(const BwdCase& c, unsigned seed
             err[t] = std::max(err[t], std::abs(g - r));
             low_err[t] = std::max(low_err[t], std::abs(round_to(c.dtype, low[j * d + x]) - r));
             ref_max[t] = std::max(ref_max[t], std::abs(r));
-            mismatches[t] += std::abs(g - r) > 1e-2 + 1e-2 * std::abs(r);
+            mismatches[t] += outside(g, r);
+            low_mismatches[t] += outside(round_to(c.dtype, low[j * d + x]), r);
             ++total[t];
           }
         }
@@ -300,10 +303,14 @@ std::vector<std::vector<std::uint16_t>> run_case(const BwdCase& c, unsigned seed
     EXPECT_LE(err[t], 2 * low_err[t] + 1e-3 * std::max(1.0, ref_max[t]))
         << names[t] << ": low-precision reference error " << low_err[t] << ", max |ref| "
         << ref_max[t];
+    // The seed's rtol = atol = 1e-2, counted: at most 1 in 10000 elements outside, or twice as
+    // many as the reference with rounded intermediates has (a GQA sum of many heads in bf16 can
+    // put a few elements of any low-precision backward past 1e-2).
     if (c.input_scale == 1.0) {
-      EXPECT_LE(mismatches[t], (total[t] + 9999) / 10000)
+      EXPECT_LE(mismatches[t], std::max((total[t] + 9999) / 10000, 2 * low_mismatches[t]))
           << names[t] << ": " << mismatches[t] << " of " << total[t]
-          << " elements outside rtol = atol = 1e-2 (max error " << err[t] << ")";
+          << " elements outside rtol = atol = 1e-2 (max error " << err[t]
+          << "; the rounded reference has " << low_mismatches[t] << ")";
     }
   }
   return got;
