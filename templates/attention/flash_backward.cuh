@@ -65,38 +65,75 @@ struct BackwardTiles {
   }
 };
 
-// A sequence's bounds: batched, or packed through cu_seqlens.
+// A sequence's bounds: batched, or packed through cu_seqlens; with windows (grouped calls), the
+// keys [key_begin, key_end) of the sequence its queries see. Trivially constructible, so that a
+// grouped block's table of them can live in shared memory.
 struct BackwardSequence {
-  int q_start = 0, k_start = 0;
-  int seqlen_q, seqlen_k;
-  int diagonal;  // bottom-right causal alignment: row r sees keys <= r + diagonal
+  int q_start, k_start;
+  int seqlen_q, seqlen_k;  // seqlen_k: all the sequence's keys (dK and dV rows)
+  int key_begin, key_end;
+  int diagonal;  // bottom-right causal alignment to the window: row r sees keys <= r + diagonal
 
+  BackwardSequence() = default;
   __device__ BackwardSequence(const KjitFlashBackwardParams& p, int batch)
-      : seqlen_q(p.seqlen_q), seqlen_k(p.seqlen_k) {
+      : q_start(0), k_start(0), seqlen_q(p.seqlen_q), seqlen_k(p.seqlen_k) {
     if (p.cu_seqlens_q) {
       q_start = p.cu_seqlens_q[batch];
       seqlen_q = p.cu_seqlens_q[batch + 1] - q_start;
       k_start = p.cu_seqlens_k[batch];
       seqlen_k = p.cu_seqlens_k[batch + 1] - k_start;
     }
-    diagonal = seqlen_k - seqlen_q;
+    key_begin = p.windows_k ? p.windows_k[2 * batch] : 0;
+    key_end = p.windows_k ? p.windows_k[2 * batch + 1] : seqlen_k;
+    diagonal = key_end - seqlen_q;
   }
 };
 
-// The query tiles a block visits: steps t = 0, 1, ... walk query tiles m_first.. of the group's
-// query head 0, then of head 1, and so on.
+// The query tiles of one query group that see a key tile [key0, key0 + block_n): tiles m_first..
+// of every query head of the key/value head (GQA: `heads` of them), count in all.
 struct BackwardSteps {
   int m_first, m_count, count;
-  __device__ BackwardSteps(const BackwardSequence& seq, int key0, int group, int block_m,
-                           bool causal) {
-    // The first query tile whose last row sees key0 (bottom-right causal).
-    m_first = causal ? max(0, key0 - seq.diagonal) / block_m : 0;
-    m_count = max(0, (seq.seqlen_q + block_m - 1) / block_m - m_first);
-    count = group * m_count;
+  BackwardSteps() = default;
+  __device__ BackwardSteps(const BackwardSequence& seq, int key0, int block_n, int heads,
+                           int block_m, bool causal) {
+    const int first_key = max(key0, seq.key_begin);
+    const bool meets = first_key < min(key0 + block_n, seq.key_end);
+    // The first query tile whose last row sees first_key (bottom-right causal).
+    m_first = causal ? max(0, first_key - seq.diagonal) / block_m : 0;
+    m_count = meets ? max(0, (seq.seqlen_q + block_m - 1) / block_m - m_first) : 0;
+    count = heads * m_count;
   }
-  __device__ int head(int t, int kv_head, int group) const { return kv_head * group + t / m_count; }
-  __device__ int row0(int t, int block_m) const { return (m_first + t % m_count) * block_m; }
 };
+
+// Scores of keys before the window's first (grouped calls) masked like those past its end.
+template <int kKeyTiles>
+__device__ __forceinline__ void mask_keys_before(float (&s)[kKeyTiles][4], int first_key,
+                                                 int key_begin) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int j = 0; j < kKeyTiles; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      if (first_key + j * 8 + (lane % 4) * 2 + (e & 1) < key_begin) s[j][e] = negative_infinity();
+    }
+  }
+}
+
+// The parameters of query group g: a plain call is its only group.
+__device__ __forceinline__ const KjitFlashBackwardParams& group_params(
+    const KjitFlashBackwardParams& p, int) {
+  return p;
+}
+__device__ __forceinline__ int group_count(const KjitFlashBackwardParams&) {
+  return 1;
+}
+__device__ __forceinline__ const KjitFlashBackwardParams& group_params(
+    const KjitGroupedBackwardParams& p, int g) {
+  return p.group[g];
+}
+__device__ __forceinline__ int group_count(const KjitGroupedBackwardParams& p) {
+  return p.groups;
+}
 
 // Row `row` (a token index: the sequence's start plus the row within it) of `head`.
 template <class T>
@@ -181,7 +218,8 @@ __device__ __forceinline__ void probabilities_and_ds(
   ptx::warp_gemm<T, 1, Shape::kSTiles, kHeadDim, false, false>(s, sq, kRow, m0, sk, kRow, n0);
   ptx::warp_gemm<T, 1, Shape::kSTiles, kHeadDim, false, false>(dp, sdo, kRow, m0, sv, kRow, n0);
   const int lane = threadIdx.x % 32;
-  mask_scores<kCausal>(s[0], key0 + n0, row0 + m0 + lane / 4, seq.seqlen_k, seq.diagonal);
+  mask_scores<kCausal>(s[0], key0 + n0, row0 + m0 + lane / 4, seq.key_end, seq.diagonal);
+  if (key0 + n0 < seq.key_begin) mask_keys_before(s[0], key0 + n0, seq.key_begin);
 #pragma unroll
   for (int j = 0; j < Shape::kSTiles; ++j) {
 #pragma unroll
@@ -231,8 +269,12 @@ __global__ void __launch_bounds__(256) flash_backward_prep(const KjitFlashBackwa
   }
 }
 
-template <class T, int kHeadDim, int kBlockM, int kBlockN, bool kCausal, bool kAtomicDq>
-__global__ void __launch_bounds__(256, 1) flash_backward(const KjitFlashBackwardParams p) {
+// Params: KjitFlashBackwardParams, or KjitGroupedBackwardParams (the query tiles of every group
+// that sees the block's keys, group after group).
+template <class T, int kHeadDim, int kBlockM, int kBlockN, bool kCausal, bool kAtomicDq,
+          class Params = KjitFlashBackwardParams>
+__global__ void __launch_bounds__(256, 1) flash_backward(const __grid_constant__ Params params) {
+  const KjitFlashBackwardParams& p = group_params(params, 0);  // keys, heads, scales: everyone's
   using S = BackwardShape<kHeadDim, kBlockM, kBlockN>;
   constexpr int kRow = S::kRow, kPRow = S::kPRow;
   extern __shared__ __align__(16) unsigned char shared_raw[];
@@ -241,24 +283,26 @@ __global__ void __launch_bounds__(256, 1) flash_backward(const KjitFlashBackward
   float *lse2 = tiles.lse2, *dsum = tiles.dsum;
 
   const int kv_head = blockIdx.y, batch = blockIdx.z;
-  const BackwardSequence seq(p, batch);
+  const BackwardSequence keys(p, batch);
   const int key0 = blockIdx.x * kBlockN;
-  if (key0 >= seq.seqlen_k) return;
+  if (key0 >= keys.seqlen_k) return;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  load_key_tile(tiles, p, seq, batch, kv_head, key0);
+  load_key_tile(tiles, p, keys, batch, kv_head, key0);
 
-  const BackwardSteps steps(seq, key0, p.group, kBlockM, kCausal);
   const int s_m0 = warp / S::kSWarpsN * 16, s_n0 = warp % S::kSWarpsN * S::kSTiles * 8;
   const int kv_n0 = warp / S::kKvWarpsD * 16, kv_d0 = warp % S::kKvWarpsD * S::kKvTiles * 8;
   const int q_m0 = warp / S::kQWarpsD * 16, q_d0 = warp % S::kQWarpsD * S::kQCols;
   float dk[1][S::kKvTiles][4] = {}, dv[1][S::kKvTiles][4] = {};
 
-  for (int g = 0; g < p.group; ++g) {
-    const int head = kv_head * p.group + g;
-    for (int m = steps.m_first; m < steps.m_first + steps.m_count; ++m) {
-      const int row0 = m * kBlockM;
+  for (int group = 0; group < group_count(params); ++group) {
+    const KjitFlashBackwardParams& pg = group_params(params, group);
+    const BackwardSequence seq(pg, batch);
+    const BackwardSteps steps(seq, key0, kBlockN, p.group, kBlockM, kCausal);
+    for (int t = 0; t < steps.count; ++t) {
+      const int head = kv_head * p.group + t / steps.m_count;
+      const int row0 = (steps.m_first + t % steps.m_count) * kBlockM;
       __syncthreads();  // the previous tile is done with Q, dO, P, dS and the row stats
-      load_query_tile(tiles, p, seq, batch, head, row0);
+      load_query_tile(tiles, pg, seq, batch, head, row0);
       ptx::cp_async_commit();
       ptx::cp_async_wait<0>();
       __syncthreads();
@@ -285,7 +329,7 @@ __global__ void __launch_bounds__(256, 1) flash_backward(const KjitFlashBackward
           for (int h = 0; h < 2; ++h) {
             const int r = row0 + q_m0 + lane / 4 + 8 * h;
             if (r >= seq.seqlen_q) continue;
-            float* acc = p.dq_accum + batch * p.acc_batch_stride +
+            float* acc = pg.dq_accum + batch * pg.acc_batch_stride +
                          ((seq.q_start + r) * static_cast<long long>(p.heads_q) + head) * kHeadDim +
                          q_d0 + c0 + 2 * (lane % 4);
 #pragma unroll
@@ -305,9 +349,9 @@ __global__ void __launch_bounds__(256, 1) flash_backward(const KjitFlashBackward
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int key = key0 + kv_n0 + lane / 4 + 8 * h;
-    if (key >= seq.seqlen_k) continue;
-    T* out_k = token_row<T>(p.dk, batch, seq.k_start + key, kv_head) + kv_d0 + 2 * (lane % 4);
-    T* out_v = token_row<T>(p.dv, batch, seq.k_start + key, kv_head) + kv_d0 + 2 * (lane % 4);
+    if (key >= keys.seqlen_k) continue;
+    T* out_k = token_row<T>(p.dk, batch, keys.k_start + key, kv_head) + kv_d0 + 2 * (lane % 4);
+    T* out_v = token_row<T>(p.dv, batch, keys.k_start + key, kv_head) + kv_d0 + 2 * (lane % 4);
 #pragma unroll
     for (int j = 0; j < S::kKvTiles; ++j) {
       *reinterpret_cast<unsigned*>(out_k + 8 * j) =

@@ -28,7 +28,9 @@ struct KjitFlashBackwardParams {
   long long stats_batch_stride, stats_head_stride, stats_cells, acc_batch_stride;
   const int* cu_seqlens_q; /* [B + 1] on the device; null for batched inputs */
   const int* cu_seqlens_k;
-  int seqlen_q, seqlen_k;       /* batched: every sequence's lengths */
+  const int* windows_k;   /* [B][2] on the device: the keys [begin, end) each sequence's queries
+                             see (grouped calls); null: all */
+  int seqlen_q, seqlen_k; /* batched: every sequence's lengths */
   long long tokens_q, tokens_k; /* rows along the tensors' sequence dim: S, or T when packed */
   int heads_q, group;           /* group = Hq / Hk */
   float scale;                  /* softmax scale */
@@ -38,3 +40,15 @@ struct KjitFlashBackwardParams {
 /* Floats past the last cell of lse2 and dsum: a query tile's stats copy reads up to 3 cells
    before its first row and block_m + 4 (<= 132) cells from there. */
 #define KJIT_BACKWARD_STATS_SLACK 136
+
+/* A grouped backward: up to KJIT_MAX_ATTENTION_GROUPS varlen backwards over one shared K/V (the
+   groups' k, v, dk, dv, cu_seqlens_k, heads and scales are equal), each with its own queries,
+   windows and workspace. A block of the main loop walks the query tiles of every group that sees
+   its keys, so dK and dV sum over the groups in registers. */
+#ifndef KJIT_MAX_ATTENTION_GROUPS
+#define KJIT_MAX_ATTENTION_GROUPS 16
+#endif
+struct KjitGroupedBackwardParams {
+  struct KjitFlashBackwardParams group[KJIT_MAX_ATTENTION_GROUPS];
+  int groups;
+};

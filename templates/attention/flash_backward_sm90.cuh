@@ -91,27 +91,56 @@ __device__ __forceinline__ int stats_skip(long long cell) {
   return static_cast<int>(cell & 3);
 }
 
+// The block's query tiles over every group: steps t = 0, 1, ... walk group 0's tiles (head by
+// head, BackwardSteps' tiles each), then group 1's, and so on. Built once per block in shared
+// memory, where every thread looks its steps up.
+template <int kGroups>
+struct BlockSteps {
+  BackwardSequence seq[kGroups];
+  BackwardSteps steps[kGroups];
+  int first[kGroups + 1];  // group g's steps are [first[g], first[g + 1])
+};
+template <class Params>
+constexpr int kGroupsOf = 1;
+template <>
+constexpr int kGroupsOf<KjitGroupedBackwardParams> = KJIT_MAX_ATTENTION_GROUPS;
+
+struct Step {
+  int group, head, row0;
+};
+template <int kGroups>
+__device__ __forceinline__ Step locate(const BlockSteps<kGroups>& b, int t, int kv_head, int heads,
+                                       int block_m) {
+  int g = 0;
+  while (t >= b.first[g + 1])
+    ++g;
+  const BackwardSteps& s = b.steps[g];
+  const int u = t - b.first[g];
+  return {g, kv_head * heads + u / s.m_count, (s.m_first + u % s.m_count) * block_m};
+}
+
 // Thread 0's loads of step t into its stage: Q and dO tiles and the rows' lse2 and dsum.
-template <class T, class Shape>
-__device__ __forceinline__ void issue_query_tile(const KjitFlashBackwardParams& p,
+template <class T, class Shape, class Params>
+__device__ __forceinline__ void issue_query_tile(const Params& params,
+                                                 const BlockSteps<kGroupsOf<Params>>& table,
                                                  const BackwardSm90Tiles<T, Shape>& tiles,
-                                                 const BackwardSequence& seq,
-                                                 const BackwardSteps& steps, int batch, int kv_head,
-                                                 int t) {
+                                                 int batch, int kv_head, int t) {
   const int stage = t % Shape::kStages;
-  const int head = steps.head(t, kv_head, p.group), row0 = steps.row0(t, Shape::kBlockM);
-  const int row = seq.q_start + row0, tma_batch = p.cu_seqlens_q ? 0 : batch;
+  const Step step = locate(table, t, kv_head, group_params(params, 0).group, Shape::kBlockM);
+  const KjitFlashBackwardParams& p = group_params(params, step.group);
+  const BackwardSequence& seq = table.seq[step.group];
+  const int row = seq.q_start + step.row0, tma_batch = p.cu_seqlens_q ? 0 : batch;
   cuda::std::uint64_t* bar = tiles.full + stage;
   ptx::mbarrier_arrive_expect_tx(bar, Shape::kStageBytes);
 #pragma unroll
   for (int slab = 0; slab < Shape::kSlabs; ++slab) {
     const int at = slab * Shape::kBlockM * Shape::kSlab;
-    ptx::tma_load_4d(tiles.q_at(stage) + at, p.tma_q, bar, slab * Shape::kSlab, row, head,
+    ptx::tma_load_4d(tiles.q_at(stage) + at, p.tma_q, bar, slab * Shape::kSlab, row, step.head,
                      tma_batch);
-    ptx::tma_load_4d(tiles.dout_at(stage) + at, p.tma_dout, bar, slab * Shape::kSlab, row, head,
-                     tma_batch);
+    ptx::tma_load_4d(tiles.dout_at(stage) + at, p.tma_dout, bar, slab * Shape::kSlab, row,
+                     step.head, tma_batch);
   }
-  const long long cell = stats_cell(p, seq, batch, head, row0);
+  const long long cell = stats_cell(p, seq, batch, step.head, step.row0);
   const long long first = cell - stats_skip(cell);
   ptx::bulk_load(tiles.lse2_at(stage), p.lse2 + first, Shape::kStatsLen * 4, bar);
   ptx::bulk_load(tiles.dsum_at(stage), p.dsum + first, Shape::kStatsLen * 4, bar);
@@ -162,8 +191,8 @@ __device__ __forceinline__ void gemm_over_queries(float (&acc)[kSlabs][8][4],
 }
 
 // P^T = exp2(S^T scale_log2 - lse2) in place of S^T (rows: keys key.., columns: the tile's
-// queries from query0). With kMask, keys past the sequence, queries past it and, when causal,
-// keys after query + diagonal give 0.
+// queries from query0). With kMask, keys outside the window (the sequence), queries past the
+// sequence and, when causal, keys after query + diagonal give 0.
 template <bool kMask, bool kCausal, int kTiles>
 __device__ __forceinline__ void probabilities(float (&s)[kTiles][4], const float* lse2,
                                               float scale_log2, int key, int query0,
@@ -177,8 +206,8 @@ __device__ __forceinline__ void probabilities(float (&s)[kTiles][4], const float
       const float prob = exp2f(fmaf(s[j][e], scale_log2, -lse2[c]));
       if constexpr (kMask) {
         const int k = key + 8 * (e / 2), q = query0 + c;
-        const bool visible =
-            k < seq.seqlen_k && q < seq.seqlen_q && (!kCausal || k <= q + seq.diagonal);
+        const bool visible = k >= seq.key_begin && k < seq.key_end && q < seq.seqlen_q &&
+                             (!kCausal || k <= q + seq.diagonal);
         s[j][e] = visible ? prob : 0.f;
       } else {
         s[j][e] = prob;
@@ -323,25 +352,29 @@ __device__ __forceinline__ void store_key_rows(const KjitAttentionTensor& out,
 // computes S^T, P^T and dV; kDs: dP^T, dS^T and dK (split keys: both; split roles: one each, P^T
 // handed from the first to the second through shared memory, single-buffered: the step barrier
 // keeps the next step's P^T from overwriting it before it is taken).
-template <class T, class S, bool kCausal, bool kAtomicDq, bool kP, bool kDs>
-__device__ __forceinline__ void backward_main_loop(const KjitFlashBackwardParams& p,
+template <class T, class S, bool kCausal, bool kAtomicDq, bool kP, bool kDs, class Params>
+__device__ __forceinline__ void backward_main_loop(const Params& params,
+                                                   const BlockSteps<kGroupsOf<Params>>& table,
                                                    const BackwardSm90Tiles<T, S>& tiles,
-                                                   const BackwardSequence& seq,
-                                                   const BackwardSteps& steps, int batch,
-                                                   int kv_head, int key0) {
+                                                   const BackwardSequence& keys, int steps,
+                                                   int batch, int kv_head, int key0) {
   constexpr int kBlockM = S::kBlockM, kBlockN = S::kBlockN, kSlabs = S::kSlabs;
-  constexpr int kPReady = 1, kStepDone = 2;  // named barriers
+  constexpr int kPReady = 1, kStepDone = 2;                    // named barriers
+  const KjitFlashBackwardParams& p = group_params(params, 0);  // keys, heads, scales
   const int warpgroup = threadIdx.x / 128, warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;
   // Split keys: this warpgroup's 64 keys; split roles: both see the block's 64.
   const int wg_key = S::kSplitKeys ? 64 * warpgroup : 0;
   const int my_key = wg_key + 16 * warp + lane / 4;  // within the block; and my_key + 8
   const bool issuer = threadIdx.x == 0;
   float dv[kP ? kSlabs : 1][8][4] = {}, dk[kDs ? kSlabs : 1][8][4] = {};
-  if (steps.count > 0) ptx::mbarrier_wait(tiles.kv, 0);
+  if (steps > 0) ptx::mbarrier_wait(tiles.kv, 0);
 
-  for (int t = 0; t < steps.count; ++t) {
+  for (int t = 0; t < steps; ++t) {
     const int stage = t % S::kStages;
-    const int head = steps.head(t, kv_head, p.group), row0 = steps.row0(t, kBlockM);
+    const Step step = locate(table, t, kv_head, p.group, kBlockM);
+    const KjitFlashBackwardParams& pg = group_params(params, step.group);
+    const BackwardSequence& seq = table.seq[step.group];
+    const int head = step.head, row0 = step.row0;
     const T* q = tiles.q_at(stage);
     const T* dout = tiles.dout_at(stage);
     ptx::mbarrier_wait(tiles.full + stage, (t / S::kStages) & 1);
@@ -358,13 +391,14 @@ __device__ __forceinline__ void backward_main_loop(const KjitFlashBackwardParams
     }
 
     // P^T (under the dP^T GEMM), then dS^T.
-    const int skip = stats_skip(stats_cell(p, seq, batch, head, row0));
+    const int skip = stats_skip(stats_cell(pg, seq, batch, head, row0));
     unsigned pt[S::kQuerySteps][4], dst[S::kQuerySteps][4];
     if constexpr (kP) {
       ptx::wgmma_wait<kDs ? 1 : 0>();
       ptx::fence_operand(s);
       const int key = key0 + my_key;
-      const bool mask = row0 + kBlockM > seq.seqlen_q || key0 + kBlockN > seq.seqlen_k ||
+      const bool mask = row0 + kBlockM > seq.seqlen_q || key0 + kBlockN > seq.key_end ||
+                        key0 < seq.key_begin ||
                         (kCausal && key0 + wg_key + 63 > row0 + seq.diagonal);
       const float* lse2 = tiles.lse2_at(stage) + skip;
       if (mask) {
@@ -408,8 +442,8 @@ __device__ __forceinline__ void backward_main_loop(const KjitFlashBackwardParams
     if constexpr (kAtomicDq) ptx::fence_proxy_async_shared();
     // Every warpgroup is past this stage's GEMMs and stats, and dS^T is complete.
     ptx::named_barrier_sync(kStepDone, S::kThreads);
-    if (issuer && t + S::kStages < steps.count)
-      issue_query_tile(p, tiles, seq, steps, batch, kv_head, t + S::kStages);
+    if (issuer && t + S::kStages < steps)
+      issue_query_tile(params, table, tiles, batch, kv_head, t + S::kStages);
 
     if constexpr (kAtomicDq) {
       // The dQ blocks alternate between the warpgroups (from step to step when there is one).
@@ -417,19 +451,21 @@ __device__ __forceinline__ void backward_main_loop(const KjitFlashBackwardParams
         float dq[8][4];
         issue_dq_block<T, S>(dq, ds, tiles.k, block);
         ptx::wgmma_wait<0>();
-        add_dq_block<S>(p, seq, dq, batch, head, row0, block);
+        add_dq_block<S>(pg, seq, dq, batch, head, row0, block);
       }
     }
   }
 
   const int key = key0 + my_key;
-  if constexpr (kDs) store_key_rows<T>(p.dk, dk, seq, batch, kv_head, key, p.scale);
-  if constexpr (kP) store_key_rows<T>(p.dv, dv, seq, batch, kv_head, key, 1.f);
+  if constexpr (kDs) store_key_rows<T>(p.dk, dk, keys, batch, kv_head, key, p.scale);
+  if constexpr (kP) store_key_rows<T>(p.dv, dv, keys, batch, kv_head, key, 1.f);
 }
 
-template <class T, int kHeadDim, int kBlockM, int kStages, bool kCausal, bool kAtomicDq>
+// Params: KjitFlashBackwardParams, or KjitGroupedBackwardParams.
+template <class T, int kHeadDim, int kBlockM, int kStages, bool kCausal, bool kAtomicDq,
+          class Params = KjitFlashBackwardParams>
 __global__ void __launch_bounds__(256, 1)
-    flash_backward_sm90(const __grid_constant__ KjitFlashBackwardParams p) {
+    flash_backward_sm90(const __grid_constant__ Params params) {
   using S = BackwardSm90Shape<kHeadDim, kBlockM, kStages>;
   extern __shared__ unsigned char shared_raw[];
   const BackwardSm90Tiles<T, S> tiles(shared_raw);
@@ -439,38 +475,52 @@ __global__ void __launch_bounds__(256, 1)
   asm("mov.u32 %0, %%dynamic_smem_size;\n" : "=r"(dynamic_bytes));
   if (dynamic_bytes < S::kBytes + ptx::kSwizzleAtomBytes) __trap();
 
-  const int kv_head = blockIdx.y, batch = blockIdx.z;
-  const BackwardSequence seq(p, batch);
+  const KjitFlashBackwardParams& p = group_params(params, 0);  // keys, heads, scales
+  const int kv_head = blockIdx.y, batch = blockIdx.z, groups = group_count(params);
+  const BackwardSequence keys(p, batch);
   const int key0 = blockIdx.x * S::kBlockN;
-  if (key0 >= seq.seqlen_k) return;
-  const BackwardSteps steps(seq, key0, p.group, kBlockM, kCausal);
+  if (key0 >= keys.seqlen_k) return;
+  __shared__ BlockSteps<kGroupsOf<Params>> table;
+  if (threadIdx.x < groups) {
+    const BackwardSequence seq(group_params(params, threadIdx.x), batch);
+    table.seq[threadIdx.x] = seq;
+    table.steps[threadIdx.x] = BackwardSteps(seq, key0, S::kBlockN, p.group, kBlockM, kCausal);
+  }
   const bool issuer = threadIdx.x == 0;
-
   if (issuer) {
     for (int s = 0; s <= kStages; ++s)
       ptx::mbarrier_init(tiles.full + s, 1);  // tiles.kv is full + kStages
     ptx::fence_mbarrier_init();
   }
   __syncthreads();
-  if (issuer && steps.count > 0) {
-    ptx::prefetch_tensor_map(p.tma_q);
-    ptx::prefetch_tensor_map(p.tma_dout);
+  if (issuer) {
+    table.first[0] = 0;
+    for (int g = 0; g < groups; ++g)
+      table.first[g + 1] = table.first[g] + table.steps[g].count;
+  }
+  __syncthreads();
+  const int steps = table.first[groups];
+  if (issuer && steps > 0) {
+    for (int g = 0; g < groups; ++g) {
+      ptx::prefetch_tensor_map(group_params(params, g).tma_q);
+      ptx::prefetch_tensor_map(group_params(params, g).tma_dout);
+    }
     ptx::prefetch_tensor_map(p.tma_k);
     ptx::prefetch_tensor_map(p.tma_v);
-    issue_key_tile(p, tiles, seq, batch, kv_head, key0);
-    for (int t = 0; t < kStages && t < steps.count; ++t)
-      issue_query_tile(p, tiles, seq, steps, batch, kv_head, t);
+    issue_key_tile(p, tiles, keys, batch, kv_head, key0);
+    for (int t = 0; t < kStages && t < steps; ++t)
+      issue_query_tile(params, table, tiles, batch, kv_head, t);
   }
 
   if constexpr (S::kSplitKeys) {
-    backward_main_loop<T, S, kCausal, kAtomicDq, true, true>(p, tiles, seq, steps, batch, kv_head,
-                                                             key0);
+    backward_main_loop<T, S, kCausal, kAtomicDq, true, true>(params, table, tiles, keys, steps,
+                                                             batch, kv_head, key0);
   } else if (threadIdx.x < 128) {
-    backward_main_loop<T, S, kCausal, kAtomicDq, true, false>(p, tiles, seq, steps, batch, kv_head,
-                                                              key0);
+    backward_main_loop<T, S, kCausal, kAtomicDq, true, false>(params, table, tiles, keys, steps,
+                                                              batch, kv_head, key0);
   } else {
-    backward_main_loop<T, S, kCausal, kAtomicDq, false, true>(p, tiles, seq, steps, batch, kv_head,
-                                                              key0);
+    backward_main_loop<T, S, kCausal, kAtomicDq, false, true>(params, table, tiles, keys, steps,
+                                                              batch, kv_head, key0);
   }
 }
 

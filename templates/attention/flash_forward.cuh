@@ -28,9 +28,13 @@ struct FlashShape {
 // kMTiles m16 tiles per warp: every K and V fragment loaded from shared memory feeds kMTiles
 // MMAs, which halves shared-memory traffic per FLOP at kMTiles = 2. One block per SM at least:
 // the accumulators need the full register budget (sm_80's default cap spilled hd 96).
-template <class T, int kHeadDim, int kBlockM, int kBlockN, int kMTiles, bool kCausal>
+// Params: KjitFlashParams, or KjitGroupedFlashParams for a grouped launch.
+template <class T, int kHeadDim, int kBlockM, int kBlockN, int kMTiles, bool kCausal,
+          class Params = KjitFlashParams>
 __global__ void __launch_bounds__(kBlockM / (16 * kMTiles) * 32, 1)
-    flash_forward(const KjitFlashParams p) {
+    flash_forward(const __grid_constant__ Params params) {
+  const BlockWork work = block_work(params);
+  const KjitFlashParams& p = work.p;
   using S = FlashShape<T, kHeadDim, kBlockM, kBlockN, kMTiles, kCausal>;
   extern __shared__ __align__(16) unsigned char shared_raw[];
   T* shared_q = reinterpret_cast<T*>(shared_raw);
@@ -38,7 +42,7 @@ __global__ void __launch_bounds__(kBlockM / (16 * kMTiles) * 32, 1)
   T* shared_v = shared_k + 2 * S::kKVElems;  // [2][kBlockN][kRow]
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const FlashTile<T> tile(p, kBlockM);
+  const FlashTile<T> tile(work, kBlockM);
   if (!tile.has_rows()) return;
   const int seqlen_k = tile.seqlen_k, row0 = tile.row0;
   const int key_blocks = tile.key_blocks(kBlockM, kBlockN, kCausal);

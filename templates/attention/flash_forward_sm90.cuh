@@ -25,16 +25,20 @@ struct FlashSm90Shape {
 };
 
 // Register-heavy (fp32 S and O tiles per thread, loop-invariant descriptors): one block per SM.
-template <class T, int kHeadDim, int kBlockN, int kWarpGroups, bool kCausal>
+// Params: KjitFlashParams, or KjitGroupedFlashParams for a grouped launch.
+template <class T, int kHeadDim, int kBlockN, int kWarpGroups, bool kCausal,
+          class Params = KjitFlashParams>
 __global__ void __launch_bounds__(128 * kWarpGroups, 1)
-    flash_forward_sm90(const KjitFlashParams p) {
+    flash_forward_sm90(const __grid_constant__ Params params) {
+  const BlockWork work = block_work(params);
+  const KjitFlashParams& p = work.p;
   using S = FlashSm90Shape<kHeadDim, kBlockN, kWarpGroups>;
   extern __shared__ unsigned char shared_raw[];
   T* shared_q = reinterpret_cast<T*>(ptx::swizzle_aligned(shared_raw));
   T* shared_k = shared_q + S::kQElems;       // [2 stages][swizzled kBlockN x kHeadDim]
   T* shared_v = shared_k + 2 * S::kKVElems;  // [2 stages][swizzled kBlockN x kHeadDim]
 
-  const FlashTile<T> tile(p, S::kBlockM);
+  const FlashTile<T> tile(work, S::kBlockM);
   if (!tile.has_rows()) return;
   const int key_blocks = tile.key_blocks(S::kBlockM, kBlockN, kCausal);
   const int warpgroup = threadIdx.x / 128, warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;

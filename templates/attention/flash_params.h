@@ -10,6 +10,7 @@ struct KjitFlashParams {
   float* lse;              /* [B, Hq, Sq] or [Hq, Tq]; may be null */
   const int* cu_seqlens_q; /* [B + 1] on the device; null for batched inputs */
   const int* cu_seqlens_k;
+  const int* windows_k;   /* [B][2] on the device: each sequence's keys [begin, end); null: all */
   int seqlen_q, seqlen_k; /* batched: every sequence's lengths */
   int heads_q, group;     /* group = Hq / Hk: query heads per key/value head */
   long long q_batch_stride, q_row_stride, q_head_stride;
@@ -18,4 +19,15 @@ struct KjitFlashParams {
   long long o_batch_stride, o_row_stride, o_head_stride;
   long long lse_batch_stride, lse_head_stride; /* the sequence index has stride 1 */
   float scale_log2;                            /* softmax scale * log2(e) */
+};
+
+/* A grouped forward: up to KJIT_MAX_ATTENTION_GROUPS varlen forwards over one shared K/V (the
+   groups' k, v, cu_seqlens_k and strides are equal), each with its own queries and windows,
+   launched as one grid whose x index interleaves the groups' query tiles. */
+#ifndef KJIT_MAX_ATTENTION_GROUPS
+#define KJIT_MAX_ATTENTION_GROUPS 16
+#endif
+struct KjitGroupedFlashParams {
+  struct KjitFlashParams group[KJIT_MAX_ATTENTION_GROUPS];
+  int groups;
 };

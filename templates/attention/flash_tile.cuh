@@ -1,12 +1,33 @@
 // Where one block of a flash-attention forward works: grid (query tile, head, sequence) ->
-// that sequence's bounds (batched, or packed through cu_seqlens), the global rows of its query
-// tile and of its key/value head (GQA: query head h reads key/value head h / group), and the
-// key tiles it has to visit.
+// that sequence's bounds (batched, or packed through cu_seqlens; keys narrowed to the sequence's
+// window when the call has windows), the global rows of its query tile and of its key/value head
+// (GQA: query head h reads key/value head h / group), and the key tiles it has to visit.
 #pragma once
 
 #include "attention/flash_params.h"
 
 namespace kjit::attention {
+
+// The parameters and query tile of this block. A plain launch's grid x is the query tile; a
+// grouped launch's interleaves the groups (tile t of group g at x = t * groups + g), so that
+// tiles of different groups over the same keys run side by side and share them through L2.
+struct BlockWork {
+  const KjitFlashParams& p;
+  int tile;
+};
+__device__ __forceinline__ BlockWork block_work(const KjitFlashParams& p) {
+  return {p, static_cast<int>(blockIdx.x)};
+}
+// The block's group is copied to shared memory: a fixed address there is an immediate operand,
+// where a parameter indexed at run time would hold its address in registers the main loop needs.
+__device__ __forceinline__ BlockWork block_work(const KjitGroupedFlashParams& p) {
+  __shared__ KjitFlashParams group;
+  const int* from = reinterpret_cast<const int*>(&p.group[blockIdx.x % p.groups]);
+  for (int i = threadIdx.x; i < static_cast<int>(sizeof(KjitFlashParams) / 4); i += blockDim.x)
+    reinterpret_cast<int*>(&group)[i] = from[i];
+  __syncthreads();
+  return {group, static_cast<int>(blockIdx.x / p.groups)};
+}
 
 template <class T>
 struct FlashTile {
@@ -20,17 +41,23 @@ struct FlashTile {
   const T* v;
   T* o;  // row row0
 
-  __device__ FlashTile(const KjitFlashParams& p, int block_m)
+  __device__ FlashTile(const BlockWork& work, int block_m)
       : head(blockIdx.y),
         batch(blockIdx.z),
-        seqlen_q(p.seqlen_q),
-        seqlen_k(p.seqlen_k),
-        row0(blockIdx.x * block_m) {
+        seqlen_q(work.p.seqlen_q),
+        seqlen_k(work.p.seqlen_k),
+        row0(work.tile * block_m) {
+    const KjitFlashParams& p = work.p;
     if (p.cu_seqlens_q) {
       q_start = p.cu_seqlens_q[batch];
       seqlen_q = p.cu_seqlens_q[batch + 1] - q_start;
       k_start = p.cu_seqlens_k[batch];
       seqlen_k = p.cu_seqlens_k[batch + 1] - k_start;
+    }
+    if (p.windows_k) {
+      const int begin = p.windows_k[2 * batch], end = p.windows_k[2 * batch + 1];
+      k_start += begin;
+      seqlen_k = end - begin;
     }
     diagonal = seqlen_k - seqlen_q;
     const int kv_head = head / p.group;

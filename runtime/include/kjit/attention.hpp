@@ -69,5 +69,43 @@ void backward_varlen(const TensorView& q, const TensorView& k, const TensorView&
                      const TensorView& dq, const TensorView& dk, const TensorView& dv,
                      const Varlen& seqlens, const BackwardOptions& options, StreamHandle stream);
 
+// Grouped attention: G query groups (1 to kMaxGroups) over one shared packed K/V in one launch,
+// so that a K/V tile several groups need is read from HBM once. k and v are [Tk, Hk, D] with
+// cu_seqlens_k over B sequences (device, and a host copy). Group g has its own packed queries
+// over the same B sequences (its own cu_seqlens_q) and, in sequence b, sees that sequence's keys
+// [begin, end): its window (windows of different groups may overlap or coincide; an empty window
+// or an empty query segment is allowed). Causal masking is bottom-right aligned to the window,
+// so each group's rows are exactly forward_varlen's over its windows (zigzag context parallelism:
+// prefixes, begin = 0).
+inline constexpr int kMaxGroups = 16;
+struct AttentionGroup {
+  TensorView q;    // [Tq, Hq, D]
+  TensorView out;  // [Tq, Hq, D]: the forward writes it, the backward reads it
+  TensorView
+      lse;  // [Hq, Tq] fp32: the forward writes it (null data: skipped), the backward reads it
+  TensorView cu_seqlens_q;  // int32 [B + 1] on the device
+  const std::int32_t* host_cu_seqlens_q = nullptr;
+  TensorView windows;  // int32 [B, 2] on the device: (begin, end) per sequence, within it
+  const std::int32_t* host_windows = nullptr;
+  TensorView dout, dq;  // the backward's: like q (dq written, fp16/bf16 like q)
+};
+struct SharedKeys {
+  TensorView k, v;          // [Tk, Hk, D]
+  TensorView cu_seqlens_k;  // int32 [B + 1] on the device
+  const std::int32_t* host_cu_seqlens_k = nullptr;
+};
+// Every host copy (cu_seqlens, windows) is validated before anything runs: errors name the group
+// and the sequence.
+void forward_grouped(const AttentionGroup* groups, int group_count, const SharedKeys& keys,
+                     const ForwardOptions& options, StreamHandle stream);
+
+// dq of every group, and one dk, dv [Tk, Hk, D] for the shared keys, where overlapping windows
+// sum their contributions (keys no window sees get 0). dQ is summed with fp32 atomics:
+// options.deterministic is refused.
+std::size_t backward_grouped_workspace_bytes(const AttentionGroup* groups, int group_count);
+void backward_grouped(const AttentionGroup* groups, int group_count, const SharedKeys& keys,
+                      const TensorView& dk, const TensorView& dv, const BackwardOptions& options,
+                      StreamHandle stream);
+
 }  // namespace kjit::attention
 #pragma GCC visibility pop

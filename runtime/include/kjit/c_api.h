@@ -70,6 +70,34 @@ kjit_status kjit_attention_backward_varlen(
     const DLTensor* dv, const DLTensor* cu_seqlens_q, const DLTensor* cu_seqlens_k,
     const int32_t* host_cu_seqlens_q, const int32_t* host_cu_seqlens_k, float softmax_scale,
     int causal, int deterministic, void* workspace, size_t workspace_bytes, void* stream);
+/* Grouped attention (see kjit/attention.hpp, forward_grouped): one entry per query group.
+   lse may be NULL in the forward; dout and dq are the backward's (NULL in the forward). */
+typedef struct kjit_attention_group {
+  const DLTensor* q;
+  const DLTensor* out;
+  const DLTensor* lse;
+  const DLTensor* cu_seqlens_q;     /* int32 [B + 1], device */
+  const int32_t* host_cu_seqlens_q; /* its host copy */
+  const DLTensor* windows;          /* int32 [B, 2], device: (begin, end) per sequence */
+  const int32_t* host_windows;      /* its host copy */
+  const DLTensor* dout;
+  const DLTensor* dq;
+} kjit_attention_group;
+kjit_status kjit_attention_forward_grouped(const kjit_attention_group* groups, int group_count,
+                                           const DLTensor* k, const DLTensor* v,
+                                           const DLTensor* cu_seqlens_k,
+                                           const int32_t* host_cu_seqlens_k, float softmax_scale,
+                                           int causal, void* stream);
+/* dk, dv [Tk, Hk, D] sum over the groups; workspace as kjit_attention_backward's, sized by
+   kjit_attention_backward_grouped_workspace_bytes. */
+kjit_status kjit_attention_backward_grouped(const kjit_attention_group* groups, int group_count,
+                                            const DLTensor* k, const DLTensor* v,
+                                            const DLTensor* cu_seqlens_k,
+                                            const int32_t* host_cu_seqlens_k, const DLTensor* dk,
+                                            const DLTensor* dv, float softmax_scale, int causal,
+                                            void* workspace, size_t workspace_bytes, void* stream);
+kjit_status kjit_attention_backward_grouped_workspace_bytes(const kjit_attention_group* groups,
+                                                            int group_count, size_t* bytes);
 /* Bytes of workspace a backward over q needs (0 with an error status on bad input). */
 kjit_status kjit_attention_backward_workspace_bytes(const DLTensor* q, int deterministic,
                                                     size_t* bytes);

@@ -2,6 +2,9 @@
 #include "kjit/c_api.h"
 
 #include <string>
+#include <vector>
+
+#include <fmt/format.h>
 
 #include "kjit/attention.hpp"
 #include "kjit/device.hpp"
@@ -204,5 +207,78 @@ extern "C" kjit_status kjit_attention_backward_workspace_bytes(const DLTensor* q
     kjit::attention::BackwardOptions o;
     o.deterministic = deterministic != 0;
     *bytes = kjit::attention::backward_workspace_bytes(view(q, "q"), o);
+  });
+}
+
+namespace {
+
+// The C groups as the C++ API's; `backward` also reads dout and dq.
+std::vector<kjit::attention::AttentionGroup> groups_of(const kjit_attention_group* groups,
+                                                       int group_count, bool backward) {
+  if (!groups) throw kjit::InvalidArgument("groups is NULL");
+  if (group_count < 1 || group_count > kjit::attention::kMaxGroups) {
+    throw kjit::InvalidArgument(fmt::format("group_count must be 1 to {}, got {}",
+                                            kjit::attention::kMaxGroups, group_count));
+  }
+  std::vector<kjit::attention::AttentionGroup> out(static_cast<std::size_t>(group_count));
+  for (int g = 0; g < group_count; ++g) {
+    const kjit_attention_group& c = groups[g];
+    kjit::attention::AttentionGroup& a = out[static_cast<std::size_t>(g)];
+    a.q = view(c.q, "q");
+    a.out = view(c.out, "out");
+    a.lse = backward ? view(c.lse, "lse") : optional_view(c.lse, "lse");
+    a.cu_seqlens_q = view(c.cu_seqlens_q, "cu_seqlens_q");
+    a.host_cu_seqlens_q = c.host_cu_seqlens_q;
+    a.windows = view(c.windows, "windows");
+    a.host_windows = c.host_windows;
+    if (backward) {
+      a.dout = view(c.dout, "dout");
+      a.dq = view(c.dq, "dq");
+    }
+  }
+  return out;
+}
+
+kjit::attention::SharedKeys keys_of(const DLTensor* k, const DLTensor* v,
+                                    const DLTensor* cu_seqlens_k,
+                                    const int32_t* host_cu_seqlens_k) {
+  return {view(k, "k"), view(v, "v"), view(cu_seqlens_k, "cu_seqlens_k"), host_cu_seqlens_k};
+}
+
+}  // namespace
+
+extern "C" kjit_status kjit_attention_forward_grouped(
+    const kjit_attention_group* groups, int group_count, const DLTensor* k, const DLTensor* v,
+    const DLTensor* cu_seqlens_k, const int32_t* host_cu_seqlens_k, float softmax_scale, int causal,
+    void* stream) {
+  return guarded([&] {
+    const auto g = groups_of(groups, group_count, false);
+    kjit::attention::forward_grouped(
+        g.data(), group_count, keys_of(k, v, cu_seqlens_k, host_cu_seqlens_k),
+        options(softmax_scale, causal), static_cast<kjit::StreamHandle>(stream));
+  });
+}
+
+extern "C" kjit_status kjit_attention_backward_grouped(
+    const kjit_attention_group* groups, int group_count, const DLTensor* k, const DLTensor* v,
+    const DLTensor* cu_seqlens_k, const int32_t* host_cu_seqlens_k, const DLTensor* dk,
+    const DLTensor* dv, float softmax_scale, int causal, void* workspace, size_t workspace_bytes,
+    void* stream) {
+  return guarded([&] {
+    const auto g = groups_of(groups, group_count, true);
+    kjit::attention::backward_grouped(
+        g.data(), group_count, keys_of(k, v, cu_seqlens_k, host_cu_seqlens_k), view(dk, "dk"),
+        view(dv, "dv"), backward_options(softmax_scale, causal, 0, workspace, workspace_bytes),
+        static_cast<kjit::StreamHandle>(stream));
+  });
+}
+
+extern "C" kjit_status kjit_attention_backward_grouped_workspace_bytes(
+    const kjit_attention_group* groups, int group_count, size_t* bytes) {
+  return guarded([&] {
+    if (!bytes) throw kjit::InvalidArgument("bytes is a null pointer");
+    *bytes = 0;
+    const auto g = groups_of(groups, group_count, false);
+    *bytes = kjit::attention::backward_grouped_workspace_bytes(g.data(), group_count);
   });
 }

@@ -5,6 +5,8 @@
 #include "kjit/error.hpp"
 #include "ops/attention/flash_backward.hpp"
 #include "ops/attention/flash_forward.hpp"
+#include "ops/attention/flash_grouped_backward.hpp"
+#include "ops/attention/flash_grouped_forward.hpp"
 #include "ops/family_model.hpp"
 #include "ops/merge_states/merge_states.hpp"
 #include "samples/samples.hpp"
@@ -13,7 +15,8 @@ namespace kjit::ops {
 
 const std::vector<const KernelFamily*>& families() {
   static const std::vector<const KernelFamily*> all{
-      &family_of<MergeStates>(), &family_of<FlashForward>(), &family_of<FlashBackward>()};
+      &family_of<MergeStates>(), &family_of<FlashForward>(), &family_of<FlashBackward>(),
+      &family_of<GroupedForward>(), &family_of<GroupedBackward>()};
   return all;
 }
 

@@ -18,8 +18,10 @@ void check_attention_length(std::int64_t n, const char* what);
 // q, k, v and out (or any tensors named so): `dims` 4 (batched [B, S, H, D]) or 3 (packed
 // [T, H, D]), fp16/bf16, one dtype, head dim last and contiguous, 16-byte aligned rows; k and v
 // of one head count, out of q's shape.
+// `checks` names the op in messages (a grouped call's names the group).
 void check_attention_tensors(const TensorView& q, const TensorView& k, const TensorView& v,
-                             const TensorView& out, int dims);
+                             const TensorView& out, int dims,
+                             const TensorChecks& checks = kAttentionCheck);
 
 // The longest query and key sequences of a packed call, after checking cu_seqlens (int32
 // [B + 1], contiguous, host copies non-decreasing from 0 to the token counts).
@@ -27,7 +29,7 @@ struct LongestSequences {
   std::int64_t q = 0, k = 0;
 };
 LongestSequences check_varlen(const attention::Varlen& seqlens, std::int64_t tokens_q,
-                              std::int64_t tokens_k);
+                              std::int64_t tokens_k, const TensorChecks& checks = kAttentionCheck);
 
 // The strides of an lse after checking it is fp32 [outer, heads, seq] (batched) or [heads, seq]
 // (packed), contiguous in its last dim. `whose` qualifies the expected tensor in the message
@@ -36,7 +38,8 @@ struct LseStrides {
   std::int64_t batch = 0, head = 0;
 };
 LseStrides check_lse(const TensorView& lse, std::int64_t outer, std::int64_t heads,
-                     std::int64_t seq, bool batched, const char* whose);
+                     std::int64_t seq, bool batched, const char* whose,
+                     const TensorChecks& checks = kAttentionCheck);
 
 // The rows of FlashAttention's benchmark (B x S = 16k tokens, H x D = 2048, hd 64/128/256, S
 // 2k/8k/16k, causal or not) plus GQA 32/8 hd 128 S 8k causal: the fa-bench presets.

@@ -109,18 +109,6 @@ Call<FlashBackward> make_call(const TensorView& q, const TensorView& k,
   return call;
 }
 
-// The caller's workspace, checked against what the call needs.
-void* callers_workspace(const attention::BackwardOptions& o, std::size_t bytes) {
-  if (o.workspace_bytes < bytes) {
-    kAttentionCheck.fail(
-        fmt::format("the workspace holds {} bytes; this call needs {} (backward_workspace_bytes)",
-                    o.workspace_bytes, bytes));
-  }
-  if (reinterpret_cast<std::uintptr_t>(o.workspace) % kWorkspaceAlign != 0)
-    kAttentionCheck.fail("the workspace must be 256-byte aligned");
-  return o.workspace;
-}
-
 // Validation, workspace, launch: the op's one path for both layouts.
 void run_backward(Call<FlashBackward> call, std::int64_t rows, const attention::BackwardOptions& o,
                   StreamHandle stream) {
@@ -129,7 +117,8 @@ void run_backward(Call<FlashBackward> call, std::int64_t rows, const attention::
   const std::size_t bytes =
       FlashBackward::workspace_bytes(rows, p.heads_q, p.head_dim, p.deterministic);
   std::optional<driver::StreamAllocation> owned;  // when the caller passes none
-  void* workspace = o.workspace ? callers_workspace(o, bytes) : owned.emplace(bytes, stream).data();
+  void* workspace = o.workspace ? FlashBackward::callers_workspace(o, bytes)
+                                : owned.emplace(bytes, stream).data();
   FlashBackward::attach_workspace(call.args, workspace, rows, p.head_dim, p.deterministic);
   run(call, stream);
 }
@@ -271,24 +260,89 @@ std::vector<FlashBackward::Config> FlashBackward::space(const Problem& p, const 
 }
 
 KernelSpec FlashBackward::spec(const Config& c, const Problem& p, const Arch& arch) {
+  return spec_for(c, p, arch, "KjitFlashBackwardParams");
+}
+
+KernelSpec FlashBackward::spec_for(const Config& c, const Problem& p, const Arch& arch,
+                                   const char* params) {
   const char* t = cxx_type(p.dtype);
   const char* causal = p.causal ? "true" : "false";
   const char* atomic = c.dq_atomic ? "true" : "false";
-  const Config pass = dq_pass_config(c, p);
   // Launch order: prep, main loop, then the dq store (atomics) or the dq pass.
   std::vector<std::string> names = {
       fmt::format("kjit::attention::flash_backward_prep<{}, {}>", t, p.head_dim),
-      c.wgmma() ? fmt::format("kjit::attention::flash_backward_sm90<{}, {}, {}, {}, {}, {}>", t,
-                              p.head_dim, c.block_m, c.stages, causal, atomic)
-                : fmt::format("kjit::attention::flash_backward<{}, {}, {}, {}, {}, {}>", t,
-                              p.head_dim, c.block_m, c.block_n, causal, atomic),
-      !c.dq_atomic
-          ? fmt::format("kjit::attention::flash_backward_dq<{}, {}, {}, {}, {}>", t, p.head_dim,
-                        pass.block_m, pass.block_n, causal)
-          : fmt::format("kjit::attention::flash_backward_dq_store<{}, {}>", t, p.head_dim)};
+      c.wgmma() ? fmt::format("kjit::attention::flash_backward_sm90<{}, {}, {}, {}, {}, {}, {}>", t,
+                              p.head_dim, c.block_m, c.stages, causal, atomic, params)
+                : fmt::format("kjit::attention::flash_backward<{}, {}, {}, {}, {}, {}, {}>", t,
+                              p.head_dim, c.block_m, c.block_n, causal, atomic, params)};
+  if (c.dq_atomic) {
+    names.push_back(fmt::format("kjit::attention::flash_backward_dq_store<{}, {}>", t, p.head_dim));
+  } else {
+    const Config pass = dq_pass_config(c, p);
+    names.push_back(fmt::format("kjit::attention::flash_backward_dq<{}, {}, {}, {}, {}>", t,
+                                p.head_dim, pass.block_m, pass.block_n, causal));
+  }
   KernelSpec s(sources()[c.wgmma() ? 1 : 0], names);
   s.arch = arch.name();
   return s;
+}
+
+void FlashBackward::encode_maps(Args& args, const Config& c, const Problem& p) {
+  if (!c.wgmma()) return;
+  // The descriptors carry this call's pointers, so they are encoded per call (host-only
+  // encoding, no driver round trip). A tensor with no rows is never read, and has no map (the
+  // driver refuses empty dims).
+  const std::int64_t outer = args.cu_seqlens_q ? 1 : p.batch;
+  if (args.tokens_q > 0) {
+    args.tma_q = tile_map(args.q, p.head_dim, args.tokens_q, p.heads_q, outer, c.block_m);
+    args.tma_dout = tile_map(args.dout, p.head_dim, args.tokens_q, p.heads_q, outer, c.block_m);
+  }
+  if (args.tokens_k > 0) {
+    args.tma_k = tile_map(args.k, p.head_dim, args.tokens_k, p.heads_k, outer, c.block_n);
+    args.tma_v = tile_map(args.v, p.head_dim, args.tokens_k, p.heads_k, outer, c.block_n);
+  }
+}
+
+namespace {
+unsigned blocks(std::int64_t n, std::int64_t per) {
+  return static_cast<unsigned>((n + per - 1) / per);
+}
+}  // namespace
+
+void FlashBackward::launch_prep(const Program& program, const Problem& p, const Args& args,
+                                StreamHandle stream) {
+  if (p.seqlen_q == 0) return;
+  program.kernel_at(0).launch({{blocks(p.seqlen_q, kRowsPerPrepBlock),
+                                static_cast<unsigned>(p.heads_q), static_cast<unsigned>(p.batch)},
+                               {kThreads},
+                               0,
+                               stream,
+                               {}},
+                              args);
+}
+
+LaunchConfig FlashBackward::main_grid(const Config& c, const Problem& p, StreamHandle stream) {
+  return {{blocks(p.seqlen_k, c.block_n), static_cast<unsigned>(p.heads_k),
+           static_cast<unsigned>(p.batch)},
+          {kThreads},
+          shared_bytes(c, p),
+          stream,
+          {}};
+}
+
+void FlashBackward::launch_dq(const Program& program, const Config& c, const Problem& p,
+                              const Args& args, StreamHandle stream) {
+  if (p.seqlen_q == 0) return;
+  // The dq pass (one block per query tile of its config) or the dq store.
+  const std::optional<Config> pass =
+      c.dq_atomic ? std::nullopt : std::optional<Config>(dq_pass_config(c, p));
+  program.kernel_at(2).launch({{blocks(p.seqlen_q, pass ? pass->block_m : kRowsPerPrepBlock),
+                                static_cast<unsigned>(p.heads_q), static_cast<unsigned>(p.batch)},
+                               {kThreads},
+                               pass ? shared_bytes(*pass, p) : 0,
+                               stream,
+                               {}},
+                              args);
 }
 
 void FlashBackward::launch(const Program& program, const Config& c, const Problem& p,
@@ -296,49 +350,21 @@ void FlashBackward::launch(const Program& program, const Config& c, const Proble
   if (p.empty()) return;
   Args args = call_args;
   if (!c.dq_atomic) args.dq_accum = nullptr;  // not zeroed by the prep, not written
-  const auto heads_q = static_cast<unsigned>(p.heads_q), batch = static_cast<unsigned>(p.batch);
-  const auto blocks = [](std::int64_t n, std::int64_t per) {
-    return static_cast<unsigned>((n + per - 1) / per);
-  };
-  if (c.wgmma()) {
-    // The descriptors carry this call's pointers, so they are encoded per call (host-only
-    // encoding, no driver round trip). A tensor with no rows is never read, and has no map (the
-    // driver refuses empty dims).
-    const std::int64_t outer = args.cu_seqlens_q ? 1 : p.batch;
-    if (args.tokens_q > 0) {
-      args.tma_q = tile_map(args.q, p.head_dim, args.tokens_q, p.heads_q, outer, c.block_m);
-      args.tma_dout = tile_map(args.dout, p.head_dim, args.tokens_q, p.heads_q, outer, c.block_m);
-    }
-    if (args.tokens_k > 0) {
-      args.tma_k = tile_map(args.k, p.head_dim, args.tokens_k, p.heads_k, outer, c.block_n);
-      args.tma_v = tile_map(args.v, p.head_dim, args.tokens_k, p.heads_k, outer, c.block_n);
-    }
+  encode_maps(args, c, p);
+  launch_prep(program, p, args, stream);
+  if (p.seqlen_k > 0) program.kernel_at(1).launch(main_grid(c, p, stream), args);
+  launch_dq(program, c, p, args, stream);
+}
+
+void* FlashBackward::callers_workspace(const attention::BackwardOptions& o, std::size_t bytes) {
+  if (o.workspace_bytes < bytes) {
+    kAttentionCheck.fail(
+        fmt::format("the workspace holds {} bytes; this call needs {} (backward_workspace_bytes)",
+                    o.workspace_bytes, bytes));
   }
-  if (p.seqlen_q > 0) {
-    program.kernel_at(0).launch(
-        {{blocks(p.seqlen_q, kRowsPerPrepBlock), heads_q, batch}, {kThreads}, 0, stream, {}}, args);
-  }
-  if (p.seqlen_k > 0) {
-    program.kernel_at(1).launch(
-        {{blocks(p.seqlen_k, c.block_n), static_cast<unsigned>(p.heads_k), batch},
-         {kThreads},
-         shared_bytes(c, p),
-         stream,
-         {}},
-        args);
-  }
-  if (p.seqlen_q > 0) {
-    // The dq pass (one block per query tile of its config) or the dq store.
-    const std::optional<Config> pass =
-        c.dq_atomic ? std::nullopt : std::optional<Config>(dq_pass_config(c, p));
-    program.kernel_at(2).launch(
-        {{blocks(p.seqlen_q, pass ? pass->block_m : kRowsPerPrepBlock), heads_q, batch},
-         {kThreads},
-         pass ? shared_bytes(*pass, p) : 0,
-         stream,
-         {}},
-        args);
-  }
+  if (reinterpret_cast<std::uintptr_t>(o.workspace) % kWorkspaceAlign != 0)
+    kAttentionCheck.fail("the workspace must be 256-byte aligned");
+  return o.workspace;
 }
 
 std::vector<FlashBackward::Problem> FlashBackward::shipped(const Arch&) {

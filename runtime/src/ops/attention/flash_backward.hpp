@@ -61,6 +61,17 @@ struct FlashBackward {
   static KernelSpec spec(const Config& c, const Problem& p, const Arch& arch);
   static void launch(const Program& program, const Config& c, const Problem& p,
                      const Args& call_args, StreamHandle stream);
+  // The main loop over a parameter block type (KjitFlashBackwardParams, or
+  // KjitGroupedBackwardParams); the prep and dq kernels are always per call (per group).
+  static KernelSpec spec_for(const Config& c, const Problem& p, const Arch& arch,
+                             const char* params);
+  // launch()'s steps, which a grouped call runs per group (maps, prep, dq) or once (main loop).
+  static void encode_maps(Args& args, const Config& c, const Problem& p);
+  static void launch_prep(const Program& program, const Problem& p, const Args& args,
+                          StreamHandle stream);
+  static LaunchConfig main_grid(const Config& c, const Problem& p, StreamHandle stream);
+  static void launch_dq(const Program& program, const Config& c, const Problem& p, const Args& args,
+                        StreamHandle stream);
   static std::vector<Problem> shipped(const Arch& arch);
 
   static std::vector<TensorSpec> tensors(const Problem& p);
@@ -75,6 +86,8 @@ struct FlashBackward {
                                      bool deterministic);
   static void attach_workspace(Args& args, void* workspace, std::int64_t rows,
                                std::int64_t head_dim, bool deterministic);
+  // The caller's workspace (options.workspace), checked against the `bytes` the call needs.
+  static void* callers_workspace(const attention::BackwardOptions& o, std::size_t bytes);
 
   // The op's validation (host only). The workspace is attached afterwards.
   static Call<FlashBackward> validate(const TensorView& q, const TensorView& k, const TensorView& v,

@@ -171,13 +171,19 @@ unsigned FlashForward::shared_bytes(const Config& c, const Problem& p) {
 }
 
 KernelSpec FlashForward::spec(const Config& c, const Problem& p, const Arch& arch) {
+  return spec_for(c, p, arch, "KjitFlashParams");
+}
+
+KernelSpec FlashForward::spec_for(const Config& c, const Problem& p, const Arch& arch,
+                                  const char* params) {
   const char* causal = p.causal ? "true" : "false";
   const std::string name =
       c.wgmma()
-          ? fmt::format("kjit::attention::flash_forward_sm90<{}, {}, {}, {}, {}>",
-                        cxx_type(p.dtype), p.head_dim, c.block_n, c.block_m / 64, causal)
-          : fmt::format("kjit::attention::flash_forward<{}, {}, {}, {}, {}, {}>", cxx_type(p.dtype),
-                        p.head_dim, c.block_m, c.block_n, c.m_tiles, causal);
+          ? fmt::format("kjit::attention::flash_forward_sm90<{}, {}, {}, {}, {}, {}>",
+                        cxx_type(p.dtype), p.head_dim, c.block_n, c.block_m / 64, causal, params)
+          : fmt::format("kjit::attention::flash_forward<{}, {}, {}, {}, {}, {}, {}>",
+                        cxx_type(p.dtype), p.head_dim, c.block_m, c.block_n, c.m_tiles, causal,
+                        params);
   KernelSpec s(sources()[c.wgmma() ? 1 : 0], {name});
   s.arch = arch.name();
   return s;

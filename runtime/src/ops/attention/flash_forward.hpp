@@ -54,6 +54,9 @@ struct FlashForward {
   static Config default_config(const Problem& p, const Arch& arch);
   static unsigned shared_bytes(const Config& c, const Problem& p);
   static KernelSpec spec(const Config& c, const Problem& p, const Arch& arch);
+  // The kernel over a parameter block type (KjitFlashParams, or KjitGroupedFlashParams).
+  static KernelSpec spec_for(const Config& c, const Problem& p, const Arch& arch,
+                             const char* params);
   static void launch(const Program& program, const Config& c, const Problem& p, const Args& args,
                      StreamHandle stream);
   static std::vector<Problem> shipped(const Arch& arch);

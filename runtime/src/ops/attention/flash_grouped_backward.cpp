@@ -1,0 +1,214 @@
+#include "ops/attention/flash_grouped_backward.hpp"
+
+#include <algorithm>
+#include <optional>
+
+#include <fmt/format.h>
+
+#include "driver/stream_allocation.hpp"
+#include "ops/attention/attention_inputs.hpp"
+#include "ops/attention/flash_grouped_forward.hpp"
+#include "ops/attention/grouped_inputs.hpp"
+#include "ops/dispatch.hpp"
+
+namespace kjit::ops {
+namespace {
+
+constexpr std::size_t kWorkspaceAlign = 256;
+
+std::size_t group_workspace_bytes(std::int64_t rows, std::int64_t heads_q, std::int64_t head_dim) {
+  const std::size_t bytes = FlashBackward::workspace_bytes(rows, heads_q, head_dim, false);
+  return (bytes + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign;
+}
+
+}  // namespace
+
+void GroupedBackward::check(const Problem& p) {
+  GroupedForward::check({p.dtype, p.groups, p.batch, p.heads_q, p.heads_k, p.head_dim, p.seqlen_q,
+                         p.seqlen_k, p.causal});
+}
+
+std::vector<GroupedBackward::Config> GroupedBackward::space(const Problem& p, const Arch& arch) {
+  std::vector<Config> out;
+  for (const Config& c : FlashBackward::space(p.per_group(), arch)) {
+    if (c.dq_atomic) out.push_back(c);
+  }
+  return out;
+}
+
+bool GroupedBackward::valid(const Config& c, const Problem& p, const Arch& arch) {
+  // The wgmma main loop keeps its table of the groups' query tiles in static shared memory
+  // (flash_backward_sm90.cuh's BlockSteps<16>: 720 bytes as compiled) beside the dynamic part.
+  constexpr unsigned kStepTableBytes = 720;
+  const FlashBackward::Problem per_group = p.per_group();
+  return c.dq_atomic == 1 && FlashBackward::valid(c, per_group, arch) &&
+         (!c.wgmma() ||
+          FlashBackward::shared_bytes(c, per_group) + kStepTableBytes <= arch.max_shared_bytes());
+}
+
+GroupedBackward::Config GroupedBackward::default_config(const Problem& p, const Arch& arch) {
+  Config c = FlashBackward::default_config(p.per_group(), arch);
+  c.dq_atomic = 1;  // the dq pass walks one group's keys: the atomics serve every group at once
+  return c;
+}
+
+void GroupedBackward::launch(const Program& program, const Config& c, const Problem& p,
+                             const Args& call_args, StreamHandle stream) {
+  if (p.empty()) return;
+  const FlashBackward::Problem per_group = p.per_group();
+  Args args = call_args;
+  for (int g = 0; g < args.groups; ++g) {
+    FlashBackward::encode_maps(args.group[g], c, per_group);
+    FlashBackward::launch_prep(program, per_group, args.group[g], stream);
+  }
+  if (p.seqlen_k > 0)
+    program.kernel_at(1).launch(FlashBackward::main_grid(c, per_group, stream), args);
+  for (int g = 0; g < args.groups; ++g)
+    FlashBackward::launch_dq(program, c, per_group, args.group[g], stream);
+}
+
+std::vector<GroupedBackward::Problem> GroupedBackward::shipped(const Arch& arch) {
+  std::vector<Problem> out;
+  for (const FlashBackward::Problem& f : FlashBackward::shipped(arch)) {
+    if (!f.deterministic) {
+      out.push_back({f.dtype, 2, f.batch, f.heads_q, f.heads_k, f.head_dim, f.seqlen_q, f.seqlen_k,
+                     f.causal});
+    }
+  }
+  return out;
+}
+
+std::vector<TensorSpec> GroupedBackward::tensors(const Problem& p) {
+  using Role = TensorSpec::Role;
+  std::vector<TensorSpec> t = FlashBackward::tensors(p.per_group());
+  // q, out, dout, lse and dq gain the group dim in front; the workspace is one per group.
+  for (const char* name : {"q", "out", "dout", "lse", "dq"}) {
+    auto it = std::find_if(t.begin(), t.end(),
+                           [&](const TensorSpec& s) { return std::string(s.name) == name; });
+    it->shape.insert(it->shape.begin(), p.groups);
+  }
+  t.back() = {"workspace",
+              DType::UInt8,
+              {p.groups * static_cast<std::int64_t>(
+                              group_workspace_bytes(p.batch * p.seqlen_q, p.heads_q, p.head_dim))},
+              Role::Scratch};
+  return t;
+}
+
+GroupedBackward::Args GroupedBackward::args(const Problem& p, const std::vector<TensorView>& t) {
+  attention::BackwardOptions o;
+  o.causal = p.causal;
+  // Group g's slice of a tensor with the group dim in front (the tuner's are contiguous).
+  auto slice = [](const TensorView& whole, std::int64_t g) {
+    const std::vector<std::int64_t> shape(whole.shape.begin() + 1,
+                                          whole.shape.begin() + whole.ndim);
+    auto* data = static_cast<char*>(whole.data) +
+                 g * whole.stride(0) * static_cast<std::int64_t>(dtype_size(whole.dtype));
+    return TensorView(data, whole.dtype, shape);
+  };
+  const std::size_t per_group = group_workspace_bytes(p.batch * p.seqlen_q, p.heads_q, p.head_dim);
+  Args a{};
+  a.groups = static_cast<int>(p.groups);
+  for (std::int64_t g = 0; g < p.groups; ++g) {
+    a.group[g] = FlashBackward::validate(slice(t.at(0), g), t.at(1), t.at(2), slice(t.at(3), g),
+                                         slice(t.at(4), g), slice(t.at(5), g), slice(t.at(6), g),
+                                         t.at(7), t.at(8), o)
+                     .args;
+    FlashBackward::attach_workspace(a.group[g], static_cast<char*>(t.at(9).data) + g * per_group,
+                                    p.batch * p.seqlen_q, p.head_dim, false);
+  }
+  return a;
+}
+
+std::vector<Preset<GroupedBackward::Problem>> GroupedBackward::presets() {
+  std::vector<Preset<Problem>> out;
+  for (const Preset<GroupedForward::Problem>& f : GroupedForward::presets()) {
+    Preset<Problem> preset{f.name, {}};
+    for (const GroupedForward::Problem& q : f.problems) {
+      preset.problems.push_back({q.dtype, q.groups, q.batch, q.heads_q, q.heads_k, q.head_dim,
+                                 q.seqlen_q, q.seqlen_k, q.causal});
+    }
+    out.push_back(std::move(preset));
+  }
+  return out;
+}
+
+std::size_t GroupedBackward::workspace_bytes(const attention::AttentionGroup* groups,
+                                             int group_count) {
+  std::size_t bytes = 0;
+  for (int g = 0; g < group_count; ++g) {
+    const TensorView& q = groups[g].q;
+    if (q.ndim != 3)
+      kAttentionCheck.fail(fmt::format("group {}: q must be [T, H, D], got {}", g, q.describe()));
+    bytes += group_workspace_bytes(q.size(0), q.size(1), q.size(2));
+  }
+  return bytes;
+}
+
+void GroupedBackward::attach_workspace(Args& args, const attention::AttentionGroup* groups,
+                                       std::int64_t head_dim, void* workspace) {
+  auto* at = static_cast<char*>(workspace);
+  for (int g = 0; g < args.groups; ++g) {
+    const std::int64_t rows = groups[g].q.size(0);
+    FlashBackward::attach_workspace(args.group[g], at, rows, head_dim, false);
+    at += group_workspace_bytes(rows, groups[g].q.size(1), head_dim);
+  }
+}
+
+Call<GroupedBackward> GroupedBackward::validate(const attention::AttentionGroup* groups,
+                                                int group_count, const attention::SharedKeys& keys,
+                                                const TensorView& dk, const TensorView& dv,
+                                                const attention::BackwardOptions& o) {
+  if (o.deterministic) {
+    kAttentionCheck.fail(
+        "the grouped backward has no deterministic mode (dQ is summed with fp32 atomics)");
+  }
+  const GroupedShape shape = check_groups(groups, group_count, keys, true);
+  Call<GroupedBackward> call{};
+  std::int64_t longest_k = 0;
+  for (std::int64_t b = 0; b < shape.batch; ++b) {
+    longest_k = std::max<std::int64_t>(longest_k,
+                                       keys.host_cu_seqlens_k[b + 1] - keys.host_cu_seqlens_k[b]);
+  }
+  call.problem = {groups[0].q.dtype, group_count,     shape.batch, shape.heads_q, shape.heads_k,
+                  shape.head_dim,    shape.longest_q, longest_k,   o.causal};
+  check(call.problem);
+  call.args.groups = group_count;
+  for (int g = 0; g < group_count; ++g) {
+    const attention::AttentionGroup& group = groups[g];
+    KjitFlashBackwardParams& args = call.args.group[g] =
+        FlashBackward::validate_varlen(group.q, keys.k, keys.v, group.out, group.dout, group.lse,
+                                       group.dq, dk, dv, varlen_of(group, keys), o)
+            .args;
+    args.windows_k = static_cast<const int*>(group.windows.data);
+  }
+  return call;
+}
+
+}  // namespace kjit::ops
+
+namespace kjit::attention {
+
+std::size_t backward_grouped_workspace_bytes(const AttentionGroup* groups, int group_count) {
+  if (!groups || group_count < 1 || group_count > kMaxGroups) {
+    ops::kAttentionCheck.fail(
+        fmt::format("grouped attention takes 1 to {} groups, got {}", kMaxGroups, group_count));
+  }
+  return ops::GroupedBackward::workspace_bytes(groups, group_count);
+}
+
+void backward_grouped(const AttentionGroup* groups, int group_count, const SharedKeys& keys,
+                      const TensorView& dk, const TensorView& dv, const BackwardOptions& options,
+                      StreamHandle stream) {
+  ops::Call<ops::GroupedBackward> call =
+      ops::GroupedBackward::validate(groups, group_count, keys, dk, dv, options);
+  if (call.problem.empty()) return;
+  const std::size_t bytes = ops::GroupedBackward::workspace_bytes(groups, group_count);
+  std::optional<driver::StreamAllocation> owned;  // when the caller passes none
+  void* workspace = options.workspace ? ops::FlashBackward::callers_workspace(options, bytes)
+                                      : owned.emplace(bytes, stream).data();
+  ops::GroupedBackward::attach_workspace(call.args, groups, call.problem.head_dim, workspace);
+  ops::run(call, stream);
+}
+
+}  // namespace kjit::attention

@@ -1,0 +1,139 @@
+#include "ops/attention/flash_grouped_forward.hpp"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+
+#include "ops/attention/attention_inputs.hpp"
+#include "ops/attention/grouped_inputs.hpp"
+#include "ops/dispatch.hpp"
+
+namespace kjit::ops {
+
+void GroupedForward::check(const Problem& p) {
+  if (p.groups < 1 || p.groups > KJIT_MAX_ATTENTION_GROUPS) {
+    kAttentionCheck.fail(fmt::format("grouped attention takes 1 to {} groups, got {}",
+                                     KJIT_MAX_ATTENTION_GROUPS, p.groups));
+  }
+  FlashForward::check(p.per_group());
+}
+
+GroupedForward::Config GroupedForward::default_config(const Problem& p, const Arch& arch) {
+  Config c = FlashForward::default_config(p.per_group(), arch);
+  // Three warpgroups (hd 64) run at the register cap of 384 threads, where the grouped kernel's
+  // group lookup spills a register: two instead.
+  if (c.wgmma()) c.block_m = std::min<std::int64_t>(c.block_m, 128);
+  return c;
+}
+
+void GroupedForward::launch(const Program& program, const Config& c, const Problem& p,
+                            const Args& args, StreamHandle stream) {
+  if (p.empty()) return;
+  const auto m_blocks = static_cast<unsigned>((p.seqlen_q + c.block_m - 1) / c.block_m);
+  program.kernel().launch({{m_blocks * static_cast<unsigned>(p.groups),
+                            static_cast<unsigned>(p.heads_q), static_cast<unsigned>(p.batch)},
+                           {c.threads()},
+                           FlashForward::shared_bytes(c, p.per_group()),
+                           stream,
+                           {}},
+                          args);
+}
+
+std::vector<GroupedForward::Problem> GroupedForward::shipped(const Arch& arch) {
+  std::vector<Problem> out;
+  for (const FlashForward::Problem& f : FlashForward::shipped(arch)) {
+    out.push_back(
+        {f.dtype, 2, f.batch, f.heads_q, f.heads_k, f.head_dim, f.seqlen_q, f.seqlen_k, f.causal});
+  }
+  return out;
+}
+
+std::vector<TensorSpec> GroupedForward::tensors(const Problem& p) {
+  using Role = TensorSpec::Role;
+  const std::vector<std::int64_t> q{p.groups, p.batch, p.seqlen_q, p.heads_q, p.head_dim},
+      kv{p.batch, p.seqlen_k, p.heads_k, p.head_dim};
+  // As FlashForward's: O and the LSE / 100 under one tolerance.
+  return {{"q", p.dtype, q},
+          {"k", p.dtype, kv},
+          {"v", p.dtype, kv},
+          {"out", p.dtype, q, Role::Output},
+          {"lse",
+           DType::Float32,
+           {p.groups, p.batch, p.heads_q, p.seqlen_q},
+           Role::Output,
+           0,
+           0,
+           0.01}};
+}
+
+GroupedForward::Args GroupedForward::args(const Problem& p, const std::vector<TensorView>& t) {
+  attention::ForwardOptions o;
+  o.causal = p.causal;
+  const TensorView &q = t.at(0), &out = t.at(3), &lse = t.at(4);
+  // Group g's batched slices of q, out and lse (the tuner's tensors are contiguous).
+  auto slice = [](const TensorView& whole, std::int64_t g) {
+    const std::vector<std::int64_t> shape(whole.shape.begin() + 1,
+                                          whole.shape.begin() + whole.ndim);
+    auto* data = static_cast<char*>(whole.data) +
+                 g * whole.stride(0) * static_cast<std::int64_t>(dtype_size(whole.dtype));
+    return TensorView(data, whole.dtype, shape);
+  };
+  Args args{};
+  args.groups = static_cast<int>(p.groups);
+  for (std::int64_t g = 0; g < p.groups; ++g) {
+    args.group[g] =
+        FlashForward::validate(slice(q, g), t.at(1), t.at(2), slice(out, g), slice(lse, g), o).args;
+  }
+  return args;
+}
+
+std::vector<Preset<GroupedForward::Problem>> GroupedForward::presets() {
+  std::vector<Preset<Problem>> out;
+  for (const auto& [name, hq] : {std::pair{"llama3-8b-zigzag", 32}, {"llama3-70b-zigzag", 64}}) {
+    Preset<Problem> preset{name, {}};
+    for (std::int64_t s : {8192, 16384, 32768, 65536}) {
+      for (std::int64_t w : {2, 4, 8}) {
+        // Rank r's groups: chunk r over the prefix (r + 1) c, chunk 2W - 1 - r over (2W - r) c;
+        // the longest window (rank 0's) stands for every rank in the Pow2 bucket.
+        const std::int64_t c = s / (2 * w);
+        preset.problems.push_back({DType::BFloat16, 2, 1, hq, 8, 128, c, 2 * w * c, true});
+      }
+    }
+    out.push_back(std::move(preset));
+  }
+  return out;
+}
+
+Call<GroupedForward> GroupedForward::validate(const attention::AttentionGroup* groups,
+                                              int group_count, const attention::SharedKeys& keys,
+                                              const attention::ForwardOptions& o) {
+  const GroupedShape shape = check_groups(groups, group_count, keys, false);
+  Call<GroupedForward> call{};
+  call.problem = {groups[0].q.dtype, group_count,          shape.batch,
+                  shape.heads_q,     shape.heads_k,        shape.head_dim,
+                  shape.longest_q,   shape.longest_window, o.causal};
+  check(call.problem);
+  call.args.groups = group_count;
+  for (int g = 0; g < group_count; ++g) {
+    const attention::AttentionGroup& group = groups[g];
+    KjitFlashParams& args = call.args.group[g] =
+        FlashForward::validate_varlen(group.q, keys.k, keys.v, group.out, group.lse,
+                                      varlen_of(group, keys), o)
+            .args;
+    args.windows_k = static_cast<const int*>(group.windows.data);
+  }
+  return call;
+}
+
+}  // namespace kjit::ops
+
+namespace kjit::attention {
+
+void forward_grouped(const AttentionGroup* groups, int group_count, const SharedKeys& keys,
+                     const ForwardOptions& options, StreamHandle stream) {
+  const ops::Call<ops::GroupedForward> call =
+      ops::GroupedForward::validate(groups, group_count, keys, options);
+  if (!call.problem.empty()) ops::run(call, stream);
+}
+
+}  // namespace kjit::attention
