@@ -3,7 +3,8 @@
 # test suite, the CPU suite (there too: it checks the no-driver paths on a machine that has one),
 # the benchmarks and the example. Full logs go to $OUT (or ./gpu-out); a summary is printed last.
 #   scripts/gpu-suite.sh [tests|bench|attention|attention-bench|attention-backward|
-#                         attention-backward-check|attention-backward-tune|families|dist|all]
+#                         attention-backward-check|attention-backward-tune|attention-grouped|
+#                         attention-grouped-ncu|families|dist|all]
 #   (default all)
 # `families` is the check after a change to the op plumbing (kernel families, dispatch, tuning
 # tables): the whole GPU suite, the examples, a sanitizer subset, and the attention and
@@ -24,15 +25,22 @@ export LD_LIBRARY_PATH="$PWD/.gpu-bundle/lib:/usr/local/cuda/lib64:${LD_LIBRARY_
 export KJIT_CACHE_DIR="$(mktemp -d)/kjit-cache"
 export KJIT_TEST_HELPER="$bin/kjit_test_helper" KJIT_CLI="$bin/kjit"
 summary=()
-backward_tests() {  # backward_tests TIMEOUT: the backward's GPU tests in four parallel shards
-  local start=$SECONDS
+sharded_tests() {  # sharded_tests NAME FILTER TIMEOUT: the GPU tests FILTER picks, four shards at once
+  local name="$1" filter="$2" start=$SECONDS
   for i in 0 1 2 3; do
-    GTEST_TOTAL_SHARDS=4 GTEST_SHARD_INDEX=$i timeout "$1" "$bin/kjit_gpu_tests" \
-      --gtest_filter='*AttentionBackward*' >"$out/backward_tests_shard$i.log" 2>&1 &
+    GTEST_TOTAL_SHARDS=4 GTEST_SHARD_INDEX=$i timeout "$3" "$bin/kjit_gpu_tests" \
+      --gtest_filter="$filter" >"$out/${name}_shard$i.log" 2>&1 &
   done
   wait
-  summary+=("$(printf '%-22s %4ss' backward_tests "$((SECONDS - start))")")
-  cat "$out"/backward_tests_shard*.log >"$out/backward_tests.log"
+  summary+=("$(printf '%-22s %4ss' "$name" "$((SECONDS - start))")")
+  cat "$out/${name}"_shard*.log >"$out/$name.log"
+}
+tally() {  # tally NAME: the counts of a sharded run and its failures
+  echo "== $1: $(grep -c '^\[       OK' "$out/$1.log") ok, $(grep -c '^\[  FAILED  \] [A-Z]' "$out/$1.log") failed, $(grep -c '^\[  SKIPPED \] [A-Z]' "$out/$1.log") skipped"
+  grep -E '^\[  FAILED  \] [A-Z]|Failure|Expected|Which is|elements outside|error ' "$out/$1.log" | head -40
+}
+backward_tests() {  # backward_tests TIMEOUT: the backward's GPU tests in four parallel shards
+  sharded_tests backward_tests '*AttentionBackward*' "$1"
 }
 step() {  # step NAME COMMAND...: run, log to $out/NAME.log, remember the outcome
   local name="$1"; shift
@@ -140,8 +148,7 @@ if [ "$what" = attention-backward ]; then
   step backward_kjit timeout 300 "$bin/kjit_bench_attention_backward"
   PYTHONUNBUFFERED=1 step backward_torch timeout 300 python3 bench/attention_torch.py --backward
   step backward_sweep timeout 300 "$bin/kjit_bench_attention_backward" --sweep
-  echo "== backward_tests: $(grep -c '^\[       OK' "$out/backward_tests.log") ok, $(grep -c '^\[  FAILED  \] [A-Z]' "$out/backward_tests.log") failed"
-  grep -E '^\[  FAILED  \] [A-Z]|Failure|error|Expected|Which is|mismatch|elements outside' "$out/backward_tests.log" | head -40
+  tally backward_tests
   for log in backward_memcheck backward_racecheck; do
     echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -4
   done
@@ -155,8 +162,7 @@ if [ "$what" = attention-backward-check ]; then
     "$bin/kjit_gpu_tests" --gtest_filter='All/AttentionBackward.*/9:All/AttentionBackward.*/18'
   step backward_kjit timeout 150 "$bin/kjit_bench_attention_backward"
   PYTHONUNBUFFERED=1 step backward_torch timeout 100 python3 bench/attention_torch.py --backward
-  echo "== backward_tests: $(grep -c '^\[       OK' "$out/backward_tests.log") ok, $(grep -c '^\[  FAILED  \] [A-Z]' "$out/backward_tests.log") failed"
-  grep -E '^\[  FAILED  \] [A-Z]|Failure|Expected|elements outside|error ' "$out/backward_tests.log" | head -20
+  tally backward_tests
   echo "== backward_racecheck"; grep -E 'RACECHECK SUMMARY|PASSED|FAILED' "$out/backward_racecheck.log" | tail -3
   for log in backward_kjit backward_torch; do echo "== $log"; cat "$out/$log.log"; done
 fi
@@ -168,6 +174,42 @@ if [ "$what" = attention-backward-tune ]; then
   KJIT_PRINT_CONFIG=1 step backward_kjit_tuned "$bin/kjit_bench_attention_backward"
   for log in backward_kjit_tuned; do echo "== $log"; cat "$out/$log.log"; done
   echo "== tune_backward"; grep -vE 'ETA|^$' "$out/tune_backward.log" | tail -24
+fi
+if [ "$what" = attention-grouped ]; then
+  # Grouped attention's tests, then the plain forward's and backward's (the kernels they share
+  # changed with it), a sanitizer subset, the zigzag benchmark.
+  sharded_tests grouped_tests '*AttentionGrouped*' 300
+  sharded_tests plain_tests '*AttentionForward*:*AttentionBackward*:*AttentionScale*' 280
+  subset='*/zigzag_w2_r0_0:*/varlen_b3_9:*/four_groups_d256_6:*/d192_22:*/empty_group_and_windows_19'
+  step grouped_memcheck timeout 150 compute-sanitizer --tool memcheck --error-exitcode 3 \
+    "$bin/kjit_gpu_tests" --gtest_filter="$subset"
+  step grouped_racecheck timeout 150 compute-sanitizer --tool racecheck --error-exitcode 3 \
+    "$bin/kjit_gpu_tests" --gtest_filter='*/zigzag_w4_r1_3:*/four_groups_d256_6:*/d96_21'
+  step grouped_bench timeout 240 "$bin/kjit_bench_attention_grouped" \
+    --csv "$final_out/attention_grouped.csv"
+  tally grouped_tests
+  tally plain_tests
+  for log in grouped_memcheck grouped_racecheck; do
+    echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -4
+  done
+  echo "== grouped_bench"; cat "$out/grouped_bench.log"
+fi
+if [ "$what" = attention-grouped-ncu ]; then
+  # DRAM bytes read by the grouped kernels and by the separate calls' kernels (the parameter
+  # block in the kernel's name tells them apart) on two zigzag rows, rank 0, forward and backward.
+  for row in "S=8192 W=8" "S=32768 W=2"; do
+    only=(--only model=8b --only G=2 --only r=0); for kv in $row; do only+=(--only "$kv"); done
+    for params in KjitGroupedFlashParams KjitFlashParams KjitGroupedBackwardParams \
+                  KjitFlashBackwardParams; do
+      step "ncu_${row// /_}_$params" timeout 120 ncu --metrics dram__bytes_read.sum,gpu__time_duration.sum \
+        --kernel-name-base demangled --kernel-name regex:"flash_(forward|backward)(_sm90)?<.*$params>" \
+        --launch-count 2 "$bin/kjit_bench_attention_grouped" "${only[@]}"
+    done
+  done
+  for log in "$out"/ncu_*.log; do
+    echo "== $(basename "$log" .log)"
+    grep -E '^  [a-z_:]*flash|dram__bytes_read|gpu__time' "$log" | cut -c1-140 | head -12
+  done
 fi
 if [ "$what" = dist ]; then
   # The multi-rank suites as real processes on this one GPU: the MPI backend at 1, 2, 4 and 8

@@ -8,25 +8,29 @@
 
 namespace kjit::attention {
 
-// The parameters and query tile of this block. A plain launch's grid x is the query tile; a
-// grouped launch's interleaves the groups (tile t of group g at x = t * groups + g), so that
-// tiles of different groups over the same keys run side by side and share them through L2.
+// The parameters, query tile and head of this block: a plain launch's grid is (query tile,
+// head, sequence); a grouped launch's is (head, the groups' query tiles longest first,
+// sequence), KjitGroupedFlashParams says how.
 struct BlockWork {
   const KjitFlashParams& p;
-  int tile;
+  int tile, head;
 };
 __device__ __forceinline__ BlockWork block_work(const KjitFlashParams& p) {
-  return {p, static_cast<int>(blockIdx.x)};
+  return {p, static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y)};
 }
 // The block's group is copied to shared memory: a fixed address there is an immediate operand,
 // where a parameter indexed at run time would hold its address in registers the main loop needs.
 __device__ __forceinline__ BlockWork block_work(const KjitGroupedFlashParams& p) {
   __shared__ KjitFlashParams group;
-  const int* from = reinterpret_cast<const int*>(&p.group[blockIdx.x % p.groups]);
+  const int y = blockIdx.y;
+  int g = 0;
+  while (y >= p.tile_start[g + 1])
+    ++g;
+  const int* from = reinterpret_cast<const int*>(&p.group[g]);
   for (int i = threadIdx.x; i < static_cast<int>(sizeof(KjitFlashParams) / 4); i += blockDim.x)
     reinterpret_cast<int*>(&group)[i] = from[i];
   __syncthreads();
-  return {group, static_cast<int>(blockIdx.x / p.groups)};
+  return {group, p.tile_start[g + 1] - 1 - y, static_cast<int>(blockIdx.x)};
 }
 
 template <class T>
@@ -42,7 +46,7 @@ struct FlashTile {
   T* o;  // row row0
 
   __device__ FlashTile(const BlockWork& work, int block_m)
-      : head(blockIdx.y),
+      : head(work.head),
         batch(blockIdx.z),
         seqlen_q(work.p.seqlen_q),
         seqlen_k(work.p.seqlen_k),

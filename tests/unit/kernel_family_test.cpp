@@ -34,7 +34,8 @@ TEST(Registry, ListsEveryFamilyWithItsTemplateHash) {
   std::vector<std::string> names;
   for (const ops::KernelFamily* f : ops::families())
     names.push_back(f->name());
-  EXPECT_EQ(names, (std::vector<std::string>{"merge_states", "attention", "attention_backward"}));
+  EXPECT_EQ(names, (std::vector<std::string>{"merge_states", "attention", "attention_backward",
+                                             "attention_grouped", "attention_grouped_backward"}));
   // The hashes of the templates' include closures, as tuning results were keyed before the
   // families existed: existing databases keep their results.
   EXPECT_EQ(ops::find_family("merge_states")->template_hash(),
@@ -42,12 +43,16 @@ TEST(Registry, ListsEveryFamilyWithItsTemplateHash) {
   EXPECT_EQ(
       ops::find_family("attention")->template_hash(),
       closure("attention/flash_forward.cuh") + "+" + closure("attention/flash_forward_sm90.cuh"));
+  // The grouped families run the same templates: their hashes move with them.
+  EXPECT_EQ(ops::find_family("attention_grouped")->template_hash(),
+            ops::find_family("attention")->template_hash());
   EXPECT_EQ(ops::find_family("nope"), nullptr);
   std::vector<std::string> shipped;
   for (const ops::ShippedSpecs& s : ops::shipped("sm_90a"))
     shipped.push_back(s.family);
-  EXPECT_EQ(shipped, (std::vector<std::string>{"samples", "merge_states", "attention",
-                                               "attention_backward"}));
+  EXPECT_EQ(shipped,
+            (std::vector<std::string>{"samples", "merge_states", "attention", "attention_backward",
+                                      "attention_grouped", "attention_grouped_backward"}));
 }
 
 TEST(Registry, PresetsNameRealProblems) {

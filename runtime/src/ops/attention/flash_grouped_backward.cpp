@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <optional>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -26,6 +27,11 @@ std::size_t group_workspace_bytes(std::int64_t rows, std::int64_t heads_q, std::
 void GroupedBackward::check(const Problem& p) {
   GroupedForward::check({p.dtype, p.groups, p.batch, p.heads_q, p.heads_k, p.head_dim, p.seqlen_q,
                          p.seqlen_k, p.causal});
+  // The key tiles (of 32 keys at the smallest) run along grid y.
+  if ((p.seqlen_k + 31) / 32 > 65535) {
+    kAttentionCheck.fail(
+        fmt::format("{} keys are more key tiles than one grouped launch holds", p.seqlen_k));
+  }
 }
 
 std::vector<GroupedBackward::Config> GroupedBackward::space(const Problem& p, const Arch& arch) {
@@ -61,8 +67,11 @@ void GroupedBackward::launch(const Program& program, const Config& c, const Prob
     FlashBackward::encode_maps(args.group[g], c, per_group);
     FlashBackward::launch_prep(program, per_group, args.group[g], stream);
   }
-  if (p.seqlen_k > 0)
-    program.kernel_at(1).launch(FlashBackward::main_grid(c, per_group, stream), args);
+  if (p.seqlen_k > 0) {
+    LaunchConfig grid = FlashBackward::main_grid(c, per_group, stream);
+    std::swap(grid.grid.x, grid.grid.y);  // (head, key tile, sequence): KjitGroupedBackwardParams
+    program.kernel_at(1).launch(grid, args);
+  }
   for (int g = 0; g < args.groups; ++g)
     FlashBackward::launch_dq(program, c, per_group, args.group[g], stream);
 }

@@ -1,6 +1,7 @@
 #include "ops/attention/flash_grouped_forward.hpp"
 
 #include <algorithm>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -16,6 +17,12 @@ void GroupedForward::check(const Problem& p) {
                                      KJIT_MAX_ATTENTION_GROUPS, p.groups));
   }
   FlashForward::check(p.per_group());
+  // The groups' query tiles (of 64 rows at the smallest) run along grid y.
+  if (p.groups * ((p.seqlen_q + 63) / 64) > 65535) {
+    kAttentionCheck.fail(
+        fmt::format("{} groups of up to {} query tokens are more query tiles than one launch holds",
+                    p.groups, p.seqlen_q));
+  }
 }
 
 GroupedForward::Config GroupedForward::default_config(const Problem& p, const Arch& arch) {
@@ -27,16 +34,23 @@ GroupedForward::Config GroupedForward::default_config(const Problem& p, const Ar
 }
 
 void GroupedForward::launch(const Program& program, const Config& c, const Problem& p,
-                            const Args& args, StreamHandle stream) {
+                            const Args& call_args, StreamHandle stream) {
   if (p.empty()) return;
-  const auto m_blocks = static_cast<unsigned>((p.seqlen_q + c.block_m - 1) / c.block_m);
-  program.kernel().launch({{m_blocks * static_cast<unsigned>(p.groups),
-                            static_cast<unsigned>(p.heads_q), static_cast<unsigned>(p.batch)},
-                           {c.threads()},
-                           FlashForward::shared_bytes(c, p.per_group()),
-                           stream,
-                           {}},
-                          args);
+  Args args = call_args;
+  args.tile_start[0] = 0;
+  for (int g = 0; g < args.groups; ++g) {
+    args.tile_start[g + 1] =
+        args.tile_start[g] + static_cast<int>((args.group[g].seqlen_q + c.block_m - 1) / c.block_m);
+  }
+  if (args.tile_start[args.groups] == 0) return;
+  program.kernel().launch(
+      {{static_cast<unsigned>(p.heads_q), static_cast<unsigned>(args.tile_start[args.groups]),
+        static_cast<unsigned>(p.batch)},
+       {c.threads()},
+       FlashForward::shared_bytes(c, p.per_group()),
+       stream,
+       {}},
+      args);
 }
 
 std::vector<GroupedForward::Problem> GroupedForward::shipped(const Arch& arch) {
@@ -113,14 +127,28 @@ Call<GroupedForward> GroupedForward::validate(const attention::AttentionGroup* g
                   shape.heads_q,     shape.heads_k,        shape.head_dim,
                   shape.longest_q,   shape.longest_window, o.causal};
   check(call.problem);
-  call.args.groups = group_count;
+  // The launch runs the groups' tiles longest first: groups by their longest window.
+  std::vector<int> order(static_cast<std::size_t>(group_count));
+  std::vector<std::int64_t> window(order.size()), segment(order.size());
   for (int g = 0; g < group_count; ++g) {
-    const attention::AttentionGroup& group = groups[g];
-    KjitFlashParams& args = call.args.group[g] =
+    order[g] = g;
+    for (std::int64_t b = 0; b < shape.batch; ++b) {
+      const std::int32_t* w = groups[g].host_windows + 2 * b;
+      const std::int32_t* cu = groups[g].host_cu_seqlens_q + b;
+      window[g] = std::max<std::int64_t>(window[g], w[1] - w[0]);
+      segment[g] = std::max<std::int64_t>(segment[g], cu[1] - cu[0]);
+    }
+  }
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return window[a] > window[b]; });
+  call.args.groups = group_count;
+  for (int i = 0; i < group_count; ++i) {
+    const attention::AttentionGroup& group = groups[order[i]];
+    KjitFlashParams& args = call.args.group[i] =
         FlashForward::validate_varlen(group.q, keys.k, keys.v, group.out, group.lse,
                                       varlen_of(group, keys), o)
             .args;
     args.windows_k = static_cast<const int*>(group.windows.data);
+    args.seqlen_q = static_cast<int>(segment[order[i]]);  // packed: the kernel reads cu_seqlens_q
   }
   return call;
 }
