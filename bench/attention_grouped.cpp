@@ -303,7 +303,7 @@ bool write_csv(const std::string& path, const std::vector<Result>& results, bool
 int usage() {
   std::fprintf(stderr,
                "usage: kjit_bench_attention_grouped [--csv FILE] [--fwd-only] "
-               "[--only KEY=VALUE]...  (KEY: model, S, W, G)\n");
+               "[--only KEY=VALUE]...  (KEY: model, S, W, r, G)\n");
   return 2;
 }
 
@@ -324,7 +324,7 @@ int main(int argc, char** argv) try {
       const std::size_t eq = kv.find('=');
       if (eq == std::string::npos) return usage();
       const std::string key = kv.substr(0, eq);
-      if (key != "model" && key != "S" && key != "W" && key != "G") return usage();
+      if (key != "model" && key != "S" && key != "W" && key != "r" && key != "G") return usage();
       filter.only[key].push_back(kv.substr(eq + 1));
     } else {
       return usage();

@@ -18,7 +18,7 @@ what="${1:-all}"
 final_out="${OUT:-$PWD/gpu-out}"
 out="$(mktemp -d)/logs"
 mkdir -p "$out" "$final_out"
-trap 'tar -C "$(dirname "$out")" -czf "$final_out/gpu-logs.tgz" logs' EXIT
+trap 'tar -C "$(dirname "$out")" -czf "$final_out/gpu-logs-$what.tgz" logs' EXIT
 budget="${KJIT_SUITE_BUDGET_S:-560}"
 bin="$PWD/.gpu-bundle/bin"
 export LD_LIBRARY_PATH="$PWD/.gpu-bundle/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
@@ -197,7 +197,8 @@ fi
 if [ "$what" = attention-grouped-ncu ]; then
   # DRAM bytes read by the grouped kernels and by the separate calls' kernels (the parameter
   # block in the kernel's name tells them apart) on two zigzag rows, rank 0, forward and backward.
-  for row in "S=8192 W=8" "S=32768 W=2"; do
+  for row in ${KJIT_NCU_ROWS:-"S=32768_W=2"}; do
+    row="${row//_/ }"
     only=(--only model=8b --only G=2 --only r=0); for kv in $row; do only+=(--only "$kv"); done
     for params in KjitGroupedFlashParams KjitFlashParams KjitGroupedBackwardParams \
                   KjitFlashBackwardParams; do

@@ -55,6 +55,9 @@ bool GroupedBackward::valid(const Config& c, const Problem& p, const Arch& arch)
 GroupedBackward::Config GroupedBackward::default_config(const Problem& p, const Arch& arch) {
   Config c = FlashBackward::default_config(p.per_group(), arch);
   c.dq_atomic = 1;  // the dq pass walks one group's keys: the atomics serve every group at once
+  // mma.sync with 128-key tiles above hd 64 sits at the register cap, where the groups' lookup
+  // spills: 64-key tiles there.
+  if (!c.wgmma() && p.head_dim > 64) c.block_n = std::min<std::int64_t>(c.block_n, 64);
   return c;
 }
 
