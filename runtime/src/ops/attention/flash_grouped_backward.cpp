@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <optional>
-#include <utility>
 
 #include <fmt/format.h>
 
@@ -71,8 +70,18 @@ void GroupedBackward::launch(const Program& program, const Config& c, const Prob
     FlashBackward::launch_prep(program, per_group, args.group[g], stream);
   }
   if (p.seqlen_k > 0) {
+    // A section's queries: Q and dO of every group's rows of one sequence, per key/value head.
+    std::int64_t rows = 0;
+    for (int g = 0; g < args.groups; ++g)
+      rows += args.group[g].tokens_q;
+    const std::int64_t kv_heads = GroupedForward::section_heads(
+        p.heads_k, rows / p.batch * (p.heads_q / p.heads_k) * p.head_dim * 2 *
+                       static_cast<std::int64_t>(dtype_size(p.dtype)));
+    args.section_heads = static_cast<int>(kv_heads);
+    args.sections = static_cast<int>(p.heads_k / kv_heads);
     LaunchConfig grid = FlashBackward::main_grid(c, per_group, stream);
-    std::swap(grid.grid.x, grid.grid.y);  // (head, key tile, sequence): KjitGroupedBackwardParams
+    grid.grid = {static_cast<unsigned>(kv_heads), grid.grid.x,
+                 static_cast<unsigned>(args.sections) * grid.grid.z};
     program.kernel_at(1).launch(grid, args);
   }
   for (int g = 0; g < args.groups; ++g)
