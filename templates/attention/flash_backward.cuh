@@ -135,18 +135,14 @@ __device__ __forceinline__ int group_count(const KjitGroupedBackwardParams& p) {
   return p.groups;
 }
 
-// The block's key tile, key/value head and sequence: a plain launch's grid is (key tile, head,
-// sequence), a grouped launch's KjitGroupedBackwardParams's.
-struct BlockKeys {
-  int tile, kv_head, batch;
-};
-__device__ __forceinline__ BlockKeys block_keys(const KjitFlashBackwardParams&) {
-  return {static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y), static_cast<int>(blockIdx.z)};
+// The block's key tile and key/value head. A plain launch's grid is (key tile, head, sequence);
+// a grouped launch's is (head, key tile, sequence), so that the first wave takes the first key
+// tiles of every head: under causal masking and prefix windows, those most queries see.
+__device__ __forceinline__ int2 key_tile_and_head(const KjitFlashBackwardParams&) {
+  return make_int2(blockIdx.x, blockIdx.y);
 }
-__device__ __forceinline__ BlockKeys block_keys(const KjitGroupedBackwardParams& p) {
-  const int section = blockIdx.z % p.sections;
-  return {static_cast<int>(blockIdx.y), section * p.section_heads + static_cast<int>(blockIdx.x),
-          static_cast<int>(blockIdx.z) / p.sections};
+__device__ __forceinline__ int2 key_tile_and_head(const KjitGroupedBackwardParams&) {
+  return make_int2(blockIdx.y, blockIdx.x);
 }
 
 // Row `row` (a token index: the sequence's start plus the row within it) of `head`.
@@ -296,10 +292,10 @@ __global__ void __launch_bounds__(256, 1) flash_backward(const __grid_constant__
   T *sq = tiles.q, *sdo = tiles.dout, *sk = tiles.k, *sv = tiles.v, *sp = tiles.p, *sds = tiles.ds;
   float *lse2 = tiles.lse2, *dsum = tiles.dsum;
 
-  const BlockKeys block = block_keys(params);
-  const int kv_head = block.kv_head, batch = block.batch;
+  const int2 tile = key_tile_and_head(params);
+  const int kv_head = tile.y, batch = blockIdx.z;
   const BackwardSequence keys(p, batch);
-  const int key0 = block.tile * kBlockN;
+  const int key0 = tile.x * kBlockN;
   if (key0 >= keys.seqlen_k) return;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   load_key_tile(tiles, p, keys, batch, kv_head, key0);

@@ -51,8 +51,4 @@ struct KjitFlashBackwardParams {
 struct KjitGroupedBackwardParams {
   struct KjitFlashBackwardParams group[KJIT_MAX_ATTENTION_GROUPS];
   int groups;
-  /* The main loop's grid: (key/value head within a section, key tile, section x sequence), key
-     tiles first to last (under causal masking and prefix windows, the most queries see the
-     first), sections of heads whose queries fit in L2 together. */
-  int section_heads, sections;
 };

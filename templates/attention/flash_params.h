@@ -23,12 +23,11 @@ struct KjitFlashParams {
 
 /* A grouped forward: up to KJIT_MAX_ATTENTION_GROUPS varlen forwards over one shared K/V (the
    groups' k, v, cu_seqlens_k and strides are equal), each with its own queries and windows, in
-   one launch. The grid is (head within a section, query tile, section x sequence): query heads
-   come in sections whose keys fit in L2 together, and within a section grid y enumerates the
-   groups' query tiles longest first: the groups in order (the host sorts them by window length,
-   longest first), each group's tiles from its last (under causal masking, the one that sees the
-   most keys), so that the longest tiles of every head of the section start first. Group g's tiles
-   are y in [tile_start[g], tile_start[g + 1]); its seqlen_q is its longest query segment. */
+   one launch: grid (query head, query tile, sequence). Grid y enumerates the groups' query tiles
+   longest first: the groups in order (the host sorts them by window length, longest first), each
+   group's tiles from its last (under causal masking, the one that sees the most keys); x is the
+   head, so that the longest tiles of every head start in the first wave. Group g's tiles are y in
+   [tile_start[g], tile_start[g + 1]); its seqlen_q is its longest query segment. */
 #ifndef KJIT_MAX_ATTENTION_GROUPS
 #define KJIT_MAX_ATTENTION_GROUPS 16
 #endif
@@ -36,5 +35,4 @@ struct KjitGroupedFlashParams {
   struct KjitFlashParams group[KJIT_MAX_ATTENTION_GROUPS];
   int tile_start[KJIT_MAX_ATTENTION_GROUPS + 1];
   int groups;
-  int section_heads, sections; /* query heads a section, sections */
 };

@@ -8,15 +8,15 @@
 
 namespace kjit::attention {
 
-// The parameters, query tile, head and sequence of this block: a plain launch's grid is (query
-// tile, head, sequence); a grouped launch's is KjitGroupedFlashParams's.
+// The parameters, query tile and head of this block: a plain launch's grid is (query tile,
+// head, sequence); a grouped launch's is (head, the groups' query tiles longest first,
+// sequence), KjitGroupedFlashParams says how.
 struct BlockWork {
   const KjitFlashParams& p;
-  int tile, head, batch;
+  int tile, head;
 };
 __device__ __forceinline__ BlockWork block_work(const KjitFlashParams& p) {
-  return {p, static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y),
-          static_cast<int>(blockIdx.z)};
+  return {p, static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y)};
 }
 // The block's group is copied to shared memory: a fixed address there is an immediate operand,
 // where a parameter indexed at run time would hold its address in registers the main loop needs.
@@ -30,10 +30,7 @@ __device__ __forceinline__ BlockWork block_work(const KjitGroupedFlashParams& p)
   for (int i = threadIdx.x; i < static_cast<int>(sizeof(KjitFlashParams) / 4); i += blockDim.x)
     reinterpret_cast<int*>(&group)[i] = from[i];
   __syncthreads();
-  const int section = blockIdx.z % p.sections;
-  return {group, p.tile_start[g + 1] - 1 - y,
-          section * p.section_heads + static_cast<int>(blockIdx.x),
-          static_cast<int>(blockIdx.z) / p.sections};
+  return {group, p.tile_start[g + 1] - 1 - y, static_cast<int>(blockIdx.x)};
 }
 
 template <class T>
@@ -50,7 +47,7 @@ struct FlashTile {
 
   __device__ FlashTile(const BlockWork& work, int block_m)
       : head(work.head),
-        batch(work.batch),
+        batch(blockIdx.z),
         seqlen_q(work.p.seqlen_q),
         seqlen_k(work.p.seqlen_k),
         row0(work.tile * block_m) {

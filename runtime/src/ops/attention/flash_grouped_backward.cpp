@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <optional>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -54,9 +55,6 @@ bool GroupedBackward::valid(const Config& c, const Problem& p, const Arch& arch)
 GroupedBackward::Config GroupedBackward::default_config(const Problem& p, const Arch& arch) {
   Config c = FlashBackward::default_config(p.per_group(), arch);
   c.dq_atomic = 1;  // the dq pass walks one group's keys: the atomics serve every group at once
-  // mma.sync with 128-key tiles above hd 64 sits at the register cap, where the groups' lookup
-  // spills: 64-key tiles there.
-  if (!c.wgmma() && p.head_dim > 64) c.block_n = std::min<std::int64_t>(c.block_n, 64);
   return c;
 }
 
@@ -70,18 +68,8 @@ void GroupedBackward::launch(const Program& program, const Config& c, const Prob
     FlashBackward::launch_prep(program, per_group, args.group[g], stream);
   }
   if (p.seqlen_k > 0) {
-    // A section's queries: Q and dO of every group's rows of one sequence, per key/value head.
-    std::int64_t rows = 0;
-    for (int g = 0; g < args.groups; ++g)
-      rows += args.group[g].tokens_q;
-    const std::int64_t kv_heads = GroupedForward::section_heads(
-        p.heads_k, rows / p.batch * (p.heads_q / p.heads_k) * p.head_dim * 2 *
-                       static_cast<std::int64_t>(dtype_size(p.dtype)));
-    args.section_heads = static_cast<int>(kv_heads);
-    args.sections = static_cast<int>(p.heads_k / kv_heads);
     LaunchConfig grid = FlashBackward::main_grid(c, per_group, stream);
-    grid.grid = {static_cast<unsigned>(kv_heads), grid.grid.x,
-                 static_cast<unsigned>(args.sections) * grid.grid.z};
+    std::swap(grid.grid.x, grid.grid.y);  // (head, key tile, sequence): KjitGroupedBackwardParams
     program.kernel_at(1).launch(grid, args);
   }
   for (int g = 0; g < args.groups; ++g)

@@ -43,29 +43,14 @@ void GroupedForward::launch(const Program& program, const Config& c, const Probl
         args.tile_start[g] + static_cast<int>((args.group[g].seqlen_q + c.block_m - 1) / c.block_m);
   }
   if (args.tile_start[args.groups] == 0) return;
-  // A section's keys: its heads' longest windows of K and V.
-  const std::int64_t kv_heads = section_heads(
-      p.heads_k, p.seqlen_k * p.head_dim * 2 * static_cast<std::int64_t>(dtype_size(p.dtype)));
-  args.section_heads = static_cast<int>(kv_heads * (p.heads_q / p.heads_k));
-  args.sections = static_cast<int>(p.heads_k / kv_heads);
-  program.kernel().launch({{static_cast<unsigned>(args.section_heads),
-                            static_cast<unsigned>(args.tile_start[args.groups]),
-                            static_cast<unsigned>(args.sections * p.batch)},
-                           {c.threads()},
-                           FlashForward::shared_bytes(c, p.per_group()),
-                           stream,
-                           {}},
-                          args);
-}
-
-std::int64_t GroupedForward::section_heads(std::int64_t heads_k, std::int64_t bytes_per_head) {
-  // Half of an H100's 50 MB L2: the rest serves the other operands and the blocks that lag.
-  constexpr std::int64_t kL2Budget = 24 << 20;
-  std::int64_t heads =
-      std::clamp<std::int64_t>(kL2Budget / std::max<std::int64_t>(bytes_per_head, 1), 1, heads_k);
-  while (heads_k % heads != 0)
-    --heads;
-  return heads;
+  program.kernel().launch(
+      {{static_cast<unsigned>(p.heads_q), static_cast<unsigned>(args.tile_start[args.groups]),
+        static_cast<unsigned>(p.batch)},
+       {c.threads()},
+       FlashForward::shared_bytes(c, p.per_group()),
+       stream,
+       {}},
+      args);
 }
 
 std::vector<GroupedForward::Problem> GroupedForward::shipped(const Arch& arch) {

@@ -68,10 +68,6 @@ struct GroupedForward {
   // Zigzag context parallelism on one rank: the two chunks' groups of every rank of W = 2, 4, 8.
   static std::vector<Preset<Problem>> presets();
 
-  // Key/value heads a section of a grouped launch (forward or backward) covers: as many as keep
-  // `bytes_per_head` each within an L2 budget, a divisor of heads_k, at least 1.
-  static std::int64_t section_heads(std::int64_t heads_k, std::int64_t bytes_per_head);
-
   static Call<GroupedForward> validate(const attention::AttentionGroup* groups, int group_count,
                                        const attention::SharedKeys& keys,
                                        const attention::ForwardOptions& o);
