@@ -27,6 +27,7 @@
 #include "tests/reference/attention_reference.hpp"
 #include "tests/reference/naive_attention_gpu.hpp"
 #include "tests/support/bf16_buffers.hpp"
+#include "tests/support/dl_tensor.hpp"
 #include "tests/support/dtype_bits.hpp"
 #include "tests/support/gpu.hpp"
 #include "tests/support/isolated_cache.hpp"
@@ -101,20 +102,6 @@ FlashBackward::Problem problem_of(const BwdCase& c) {
           longest(c.seqlens_k),
           c.causal,
           c.deterministic};
-}
-
-DLTensor dl(const TensorView& v) {
-  DLTensor t{};
-  t.data = v.data;
-  t.device = {kDLCUDA, 0};
-  t.ndim = v.ndim;
-  t.dtype = v.dtype == DType::Float32   ? DLDataType{kDLFloat, 32, 1}
-            : v.dtype == DType::Int32   ? DLDataType{kDLInt, 32, 1}
-            : v.dtype == DType::Float16 ? DLDataType{kDLFloat, 16, 1}
-                                        : DLDataType{kDLBfloat, 16, 1};
-  t.shape = const_cast<std::int64_t*>(v.shape.data());
-  t.strides = const_cast<std::int64_t*>(v.strides.data());
-  return t;
 }
 
 // The case's gradients as raw bits [dq, dk, dv] (for determinism checks), after checking them.

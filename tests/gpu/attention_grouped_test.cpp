@@ -40,6 +40,7 @@
 #include "kjit/error.hpp"
 #include "tests/reference/attention_reference.hpp"
 #include "tests/reference/naive_attention_gpu.hpp"
+#include "tests/support/dl_tensor.hpp"
 #include "tests/support/dtype_bits.hpp"
 #include "tests/support/gpu.hpp"
 #include "tests/support/isolated_cache.hpp"
@@ -153,20 +154,6 @@ std::vector<T> download(const DeviceBuffer& b, std::size_t count) {
   std::vector<T> out(count);
   if (count) b.download(out.data(), count * sizeof(T));
   return out;
-}
-
-DLTensor dl(const TensorView& v) {
-  DLTensor t{};
-  t.data = v.data;
-  t.device = {kDLCUDA, 0};
-  t.ndim = v.ndim;
-  t.dtype = v.dtype == DType::Float32   ? DLDataType{kDLFloat, 32, 1}
-            : v.dtype == DType::Int32   ? DLDataType{kDLInt, 32, 1}
-            : v.dtype == DType::Float16 ? DLDataType{kDLFloat, 16, 1}
-                                        : DLDataType{kDLBfloat, 16, 1};
-  t.shape = const_cast<std::int64_t*>(v.shape.data());
-  t.strides = const_cast<std::int64_t*>(v.strides.data());
-  return t;
 }
 
 // The last window key (0-based in the window) that row i of sq sees; -1 for none.

@@ -15,6 +15,7 @@
 #include "kjit/error.hpp"
 #include "ops/attention/flash_grouped_backward.hpp"
 #include "ops/attention/flash_grouped_forward.hpp"
+#include "tests/support/dl_tensor.hpp"
 
 namespace kjit::test {
 namespace {
@@ -268,20 +269,6 @@ TEST(AttentionGroupedValidation, GroupCountIsOneToSixteen) {
 }
 
 // ---- the C ABI ----
-
-DLTensor dl(const TensorView& v) {
-  DLTensor t{};
-  t.data = v.data;
-  t.device = {kDLCUDA, 0};
-  t.ndim = v.ndim;
-  t.dtype = v.dtype == DType::Float32   ? DLDataType{kDLFloat, 32, 1}
-            : v.dtype == DType::Int32   ? DLDataType{kDLInt, 32, 1}
-            : v.dtype == DType::Float16 ? DLDataType{kDLFloat, 16, 1}
-                                        : DLDataType{kDLBfloat, 16, 1};
-  t.shape = const_cast<std::int64_t*>(v.shape.data());
-  t.strides = const_cast<std::int64_t*>(v.strides.data());
-  return t;
-}
 
 // The groups as DLTensors (pointing into `g`'s views).
 struct CGroups {

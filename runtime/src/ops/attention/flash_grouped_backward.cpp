@@ -25,8 +25,7 @@ std::size_t group_workspace_bytes(std::int64_t rows, std::int64_t heads_q, std::
 }  // namespace
 
 void GroupedBackward::check(const Problem& p) {
-  GroupedForward::check({p.dtype, p.groups, p.batch, p.heads_q, p.heads_k, p.head_dim, p.seqlen_q,
-                         p.seqlen_k, p.causal});
+  GroupedForward::check(p);
   // The key tiles (of 32 keys at the smallest) run along grid y.
   if ((p.seqlen_k + 31) / 32 > 65535) {
     kAttentionCheck.fail(
@@ -36,7 +35,7 @@ void GroupedBackward::check(const Problem& p) {
 
 std::vector<GroupedBackward::Config> GroupedBackward::space(const Problem& p, const Arch& arch) {
   std::vector<Config> out;
-  for (const Config& c : FlashBackward::space(p.per_group(), arch)) {
+  for (const Config& c : FlashBackward::space(per_group(p), arch)) {
     if (c.dq_atomic) out.push_back(c);
   }
   return out;
@@ -46,34 +45,34 @@ bool GroupedBackward::valid(const Config& c, const Problem& p, const Arch& arch)
   // The wgmma main loop keeps its table of the groups' query tiles in static shared memory
   // (flash_backward_sm90.cuh's BlockSteps<16>: 720 bytes as compiled) beside the dynamic part.
   constexpr unsigned kStepTableBytes = 720;
-  const FlashBackward::Problem per_group = p.per_group();
-  return c.dq_atomic == 1 && FlashBackward::valid(c, per_group, arch) &&
+  const FlashBackward::Problem plain = per_group(p);
+  return c.dq_atomic == 1 && FlashBackward::valid(c, plain, arch) &&
          (!c.wgmma() ||
-          FlashBackward::shared_bytes(c, per_group) + kStepTableBytes <= arch.max_shared_bytes());
+          FlashBackward::shared_bytes(c, plain) + kStepTableBytes <= arch.max_shared_bytes());
 }
 
 GroupedBackward::Config GroupedBackward::default_config(const Problem& p, const Arch& arch) {
-  Config c = FlashBackward::default_config(p.per_group(), arch);
+  Config c = FlashBackward::default_config(per_group(p), arch);
   c.dq_atomic = 1;  // the dq pass walks one group's keys: the atomics serve every group at once
   return c;
 }
 
 void GroupedBackward::launch(const Program& program, const Config& c, const Problem& p,
                              const Args& call_args, StreamHandle stream) {
-  if (p.empty()) return;
-  const FlashBackward::Problem per_group = p.per_group();
+  const FlashBackward::Problem plain = per_group(p);
+  if (plain.empty()) return;
   Args args = call_args;
   for (int g = 0; g < args.groups; ++g) {
-    FlashBackward::encode_maps(args.group[g], c, per_group);
-    FlashBackward::launch_prep(program, per_group, args.group[g], stream);
+    FlashBackward::encode_maps(args.group[g], c, plain);
+    FlashBackward::launch_prep(program, plain, args.group[g], stream);
   }
   if (p.seqlen_k > 0) {
-    LaunchConfig grid = FlashBackward::main_grid(c, per_group, stream);
+    LaunchConfig grid = FlashBackward::main_grid(c, plain, stream);
     std::swap(grid.grid.x, grid.grid.y);  // (head, key tile, sequence): KjitGroupedBackwardParams
     program.kernel_at(1).launch(grid, args);
   }
   for (int g = 0; g < args.groups; ++g)
-    FlashBackward::launch_dq(program, c, per_group, args.group[g], stream);
+    FlashBackward::launch_dq(program, c, plain, args.group[g], stream);
 }
 
 std::vector<GroupedBackward::Problem> GroupedBackward::shipped(const Arch& arch) {
@@ -89,7 +88,7 @@ std::vector<GroupedBackward::Problem> GroupedBackward::shipped(const Arch& arch)
 
 std::vector<TensorSpec> GroupedBackward::tensors(const Problem& p) {
   using Role = TensorSpec::Role;
-  std::vector<TensorSpec> t = FlashBackward::tensors(p.per_group());
+  std::vector<TensorSpec> t = FlashBackward::tensors(per_group(p));
   // q, out, dout, lse and dq gain the group dim in front; the workspace is one per group.
   for (const char* name : {"q", "out", "dout", "lse", "dq"}) {
     auto it = std::find_if(t.begin(), t.end(),
@@ -107,39 +106,28 @@ std::vector<TensorSpec> GroupedBackward::tensors(const Problem& p) {
 GroupedBackward::Args GroupedBackward::args(const Problem& p, const std::vector<TensorView>& t) {
   attention::BackwardOptions o;
   o.causal = p.causal;
-  // Group g's slice of a tensor with the group dim in front (the tuner's are contiguous).
-  auto slice = [](const TensorView& whole, std::int64_t g) {
-    const std::vector<std::int64_t> shape(whole.shape.begin() + 1,
-                                          whole.shape.begin() + whole.ndim);
-    auto* data = static_cast<char*>(whole.data) +
-                 g * whole.stride(0) * static_cast<std::int64_t>(dtype_size(whole.dtype));
-    return TensorView(data, whole.dtype, shape);
-  };
-  const std::size_t per_group = group_workspace_bytes(p.batch * p.seqlen_q, p.heads_q, p.head_dim);
+
+  const std::size_t per_group_bytes =
+      group_workspace_bytes(p.batch * p.seqlen_q, p.heads_q, p.head_dim);
   Args a{};
   a.groups = static_cast<int>(p.groups);
   for (std::int64_t g = 0; g < p.groups; ++g) {
-    a.group[g] = FlashBackward::validate(slice(t.at(0), g), t.at(1), t.at(2), slice(t.at(3), g),
-                                         slice(t.at(4), g), slice(t.at(5), g), slice(t.at(6), g),
-                                         t.at(7), t.at(8), o)
-                     .args;
-    FlashBackward::attach_workspace(a.group[g], static_cast<char*>(t.at(9).data) + g * per_group,
+    a.group[g] =
+        FlashBackward::validate(group_slice(t.at(0), g), t.at(1), t.at(2), group_slice(t.at(3), g),
+                                group_slice(t.at(4), g), group_slice(t.at(5), g),
+                                group_slice(t.at(6), g), t.at(7), t.at(8), o)
+            .args;
+    FlashBackward::attach_workspace(a.group[g],
+                                    static_cast<char*>(t.at(9).data) + g * per_group_bytes,
                                     p.batch * p.seqlen_q, p.head_dim, false);
   }
   return a;
 }
 
 std::vector<Preset<GroupedBackward::Problem>> GroupedBackward::presets() {
-  std::vector<Preset<Problem>> out;
-  for (const Preset<GroupedForward::Problem>& f : GroupedForward::presets()) {
-    Preset<Problem> preset{f.name, {}};
-    for (const GroupedForward::Problem& q : f.problems) {
-      preset.problems.push_back({q.dtype, q.groups, q.batch, q.heads_q, q.heads_k, q.head_dim,
-                                 q.seqlen_q, q.seqlen_k, q.causal});
-    }
-    out.push_back(std::move(preset));
-  }
-  return out;
+  // The forward's zigzag problems: there the longest window, here the longest key sequence, the
+  // same number for prefixes of one sequence.
+  return GroupedForward::presets();
 }
 
 std::size_t GroupedBackward::workspace_bytes(const attention::AttentionGroup* groups,
@@ -211,7 +199,7 @@ void backward_grouped(const AttentionGroup* groups, int group_count, const Share
                       StreamHandle stream) {
   ops::Call<ops::GroupedBackward> call =
       ops::GroupedBackward::validate(groups, group_count, keys, dk, dv, options);
-  if (call.problem.empty()) return;
+  if (ops::GroupedBackward::per_group(call.problem).empty()) return;
   const std::size_t bytes = ops::GroupedBackward::workspace_bytes(groups, group_count);
   std::optional<driver::StreamAllocation> owned;  // when the caller passes none
   void* workspace = options.workspace ? ops::FlashBackward::callers_workspace(options, bytes)

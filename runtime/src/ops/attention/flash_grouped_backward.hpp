@@ -11,6 +11,7 @@
 #include "attention/flash_backward_params.h"
 #include "kjit/attention.hpp"
 #include "ops/attention/flash_backward.hpp"
+#include "ops/attention/flash_grouped_forward.hpp"
 #include "ops/kernel_family.hpp"
 
 namespace kjit::ops {
@@ -19,29 +20,17 @@ struct GroupedBackward {
   static constexpr const char* kName = "attention_grouped_backward";
   static std::vector<Source> sources() { return FlashBackward::sources(); }
 
-  // Sq: the longest query segment of any group and sequence; Sk: the longest key sequence (the
-  // main loop covers every key, writing 0 where no window sees it).
-  struct Problem {
-    DType dtype = DType::BFloat16;
-    std::int64_t groups = 0, batch = 0, heads_q = 0, heads_k = 0, head_dim = 0;
-    std::int64_t seqlen_q = 0, seqlen_k = 0;
-    bool causal = false;
-    bool empty() const { return batch == 0 || (seqlen_q == 0 && seqlen_k == 0); }
-    FlashBackward::Problem per_group() const {
-      return {dtype, batch, heads_q, heads_k, head_dim, seqlen_q, seqlen_k, causal, false};
-    }
-  };
+  // GroupedForward's problem, with Sk the longest key sequence: the main loop covers every key,
+  // writing 0 where no window sees it.
+  using Problem = GroupedForward::Problem;
+  static FlashBackward::Problem per_group(const Problem& p) {
+    return {p.dtype,    p.batch,    p.heads_q, p.heads_k, p.head_dim,
+            p.seqlen_q, p.seqlen_k, p.causal,  false};
+  }
   using Config = FlashBackward::Config;
   using Args = KjitGroupedBackwardParams;
 
-  static constexpr Field<Problem> kShape[] = {field<&Problem::groups>("G"),
-                                              field<&Problem::batch>("B", tuning::Bucket::Pow2),
-                                              field<&Problem::heads_q>("Hq"),
-                                              field<&Problem::heads_k>("Hk"),
-                                              field<&Problem::head_dim>("D"),
-                                              field<&Problem::seqlen_q>("Sq", tuning::Bucket::Pow2),
-                                              field<&Problem::seqlen_k>("Sk", tuning::Bucket::Pow2),
-                                              field<&Problem::causal>("causal")};
+  static constexpr const auto& kShape = GroupedForward::kShape;
   static constexpr const auto& kConfig = FlashBackward::kConfig;
   static constexpr const auto& kDTypes = FlashBackward::kDTypes;
 
@@ -50,7 +39,7 @@ struct GroupedBackward {
   static bool valid(const Config& c, const Problem& p, const Arch& arch);
   static Config default_config(const Problem& p, const Arch& arch);
   static KernelSpec spec(const Config& c, const Problem& p, const Arch& arch) {
-    return FlashBackward::spec_for(c, p.per_group(), arch, "KjitGroupedBackwardParams");
+    return FlashBackward::spec_for(c, per_group(p), arch, "KjitGroupedBackwardParams");
   }
   static void launch(const Program& program, const Config& c, const Problem& p, const Args& args,
                      StreamHandle stream);

@@ -84,19 +84,13 @@ GroupedForward::Args GroupedForward::args(const Problem& p, const std::vector<Te
   attention::ForwardOptions o;
   o.causal = p.causal;
   const TensorView &q = t.at(0), &out = t.at(3), &lse = t.at(4);
-  // Group g's batched slices of q, out and lse (the tuner's tensors are contiguous).
-  auto slice = [](const TensorView& whole, std::int64_t g) {
-    const std::vector<std::int64_t> shape(whole.shape.begin() + 1,
-                                          whole.shape.begin() + whole.ndim);
-    auto* data = static_cast<char*>(whole.data) +
-                 g * whole.stride(0) * static_cast<std::int64_t>(dtype_size(whole.dtype));
-    return TensorView(data, whole.dtype, shape);
-  };
+
   Args args{};
   args.groups = static_cast<int>(p.groups);
   for (std::int64_t g = 0; g < p.groups; ++g) {
-    args.group[g] =
-        FlashForward::validate(slice(q, g), t.at(1), t.at(2), slice(out, g), slice(lse, g), o).args;
+    args.group[g] = FlashForward::validate(group_slice(q, g), t.at(1), t.at(2), group_slice(out, g),
+                                           group_slice(lse, g), o)
+                        .args;
   }
   return args;
 }

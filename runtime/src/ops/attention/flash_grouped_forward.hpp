@@ -20,7 +20,8 @@ struct GroupedForward {
   static constexpr const char* kName = "attention_grouped";
   static std::vector<Source> sources() { return FlashForward::sources(); }
 
-  // Sq: the longest query segment of any group and sequence; Sk: the longest window.
+  // Sq: the longest query segment of any group and sequence; Sk: the longest window (the
+  // backward's, GroupedBackward, which shares this type: the longest key sequence).
   struct Problem {
     DType dtype = DType::BFloat16;
     std::int64_t groups = 0, batch = 0, heads_q = 0, heads_k = 0, head_dim = 0;

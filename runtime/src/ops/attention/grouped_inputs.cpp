@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <string>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -54,6 +55,13 @@ void check_like(const TensorView& t, const char* name, const TensorView& ref,
 }
 
 }  // namespace
+
+TensorView group_slice(const TensorView& whole, std::int64_t g) {
+  const std::vector<std::int64_t> shape(whole.shape.begin() + 1, whole.shape.begin() + whole.ndim);
+  auto* data = static_cast<char*>(whole.data) +
+               g * whole.stride(0) * static_cast<std::int64_t>(dtype_size(whole.dtype));
+  return TensorView(data, whole.dtype, shape);
+}
 
 attention::Varlen varlen_of(const attention::AttentionGroup& group,
                             const attention::SharedKeys& keys) {

@@ -22,6 +22,9 @@ struct GroupedShape {
 GroupedShape check_groups(const attention::AttentionGroup* groups, int group_count,
                           const attention::SharedKeys& keys, bool backward);
 
+// Group g's slice of a contiguous tensor whose first dim is the group (the tuner's workloads).
+TensorView group_slice(const TensorView& whole, std::int64_t g);
+
 // The group's packed sequences over the shared keys, as a plain varlen call sees them.
 attention::Varlen varlen_of(const attention::AttentionGroup& group,
                             const attention::SharedKeys& keys);
