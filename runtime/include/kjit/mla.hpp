@@ -9,12 +9,25 @@
 
 #include <cstdint>
 
+#include "kjit/tensor.hpp"
+
 #pragma GCC visibility push(default)  // the API libkjit.so exports
 namespace kjit::mla {
 
 inline constexpr int kLatentDim = 512;  // the latent: K's first columns, and V
 inline constexpr int kRopeDim = 64;     // K's rotary columns
 inline constexpr int kHeadDim = kLatentDim + kRopeDim;
+
+// A paged latent cache: sequence b's token t lives in row t % block_size of block
+// block_table[b][t / block_size]. Host copies of the table and the lengths are validated before
+// any device work (entries in use inside the cache, lengths inside the table).
+struct PagedCache {
+  TensorView cache;        // [num_blocks, block_size, 576], block_size 32 or 64
+  TensorView block_table;  // int32 [B, max_blocks] on the device
+  const std::int32_t* host_block_table = nullptr;
+  TensorView lengths;  // int32 [B] on the device: the tokens each sequence has cached
+  const std::int32_t* host_lengths = nullptr;
+};
 
 struct HeadRange {
   int begin = 0, end = 0;  // heads [begin, end)
