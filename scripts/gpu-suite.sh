@@ -4,7 +4,7 @@
 # the benchmarks and the example. Full logs go to $OUT (or ./gpu-out); a summary is printed last.
 #   scripts/gpu-suite.sh [tests|bench|attention|attention-bench|attention-backward|
 #                         attention-backward-check|attention-backward-tune|attention-grouped|
-#                         attention-grouped-ncu|families|dist|all]
+#                         attention-grouped-ncu|mla|families|dist|all]
 #   (default all)
 # `families` is the check after a change to the op plumbing (kernel families, dispatch, tuning
 # tables): the whole GPU suite, the examples, a sanitizer subset, and the attention and
@@ -211,6 +211,21 @@ if [ "$what" = attention-grouped-ncu ]; then
     echo "== $(basename "$log" .log)"
     grep -E '^  [a-z_:]*flash|dram__bytes_read|gpu__time' "$log" | cut -c1-140 | head -12
   done
+fi
+if [ "$what" = mla ]; then
+  # MLA decode: its tests (4 shards), a sanitizer subset (the row halves' exchange through shared
+  # memory under racecheck), the benchmark beside the device copy.
+  sharded_tests mla_tests '*MlaDecode*' 200
+  step mla_memcheck timeout 150 compute-sanitizer --tool memcheck --error-exitcode 3 \
+    "$bin/kjit_gpu_tests" --gtest_filter='All/MlaDecodeTest.*/2:All/MlaDecodeTest.*/11'
+  step mla_racecheck timeout 150 compute-sanitizer --tool racecheck --error-exitcode 3 \
+    "$bin/kjit_gpu_tests" --gtest_filter='All/MlaDecodeTest.*/3:All/MlaDecodeTest.*/10'
+  step mla_bench timeout 240 "$bin/kjit_bench_mla_decode"
+  tally mla_tests
+  for log in mla_memcheck mla_racecheck; do
+    echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -4
+  done
+  echo "== mla_bench"; cat "$out/mla_bench.log"
 fi
 if [ "$what" = dist ]; then
   # The multi-rank suites as real processes on this one GPU: the MPI backend at 1, 2, 4 and 8

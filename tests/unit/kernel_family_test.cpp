@@ -35,7 +35,8 @@ TEST(Registry, ListsEveryFamilyWithItsTemplateHash) {
   for (const ops::KernelFamily* f : ops::families())
     names.push_back(f->name());
   EXPECT_EQ(names, (std::vector<std::string>{"merge_states", "attention", "attention_backward",
-                                             "attention_grouped", "attention_grouped_backward"}));
+                                             "attention_grouped", "attention_grouped_backward",
+                                             "mla_decode"}));
   // The hashes of the templates' include closures, as tuning results were keyed before the
   // families existed: existing databases keep their results.
   EXPECT_EQ(ops::find_family("merge_states")->template_hash(),
@@ -50,9 +51,9 @@ TEST(Registry, ListsEveryFamilyWithItsTemplateHash) {
   std::vector<std::string> shipped;
   for (const ops::ShippedSpecs& s : ops::shipped("sm_90a"))
     shipped.push_back(s.family);
-  EXPECT_EQ(shipped,
-            (std::vector<std::string>{"samples", "merge_states", "attention", "attention_backward",
-                                      "attention_grouped", "attention_grouped_backward"}));
+  EXPECT_EQ(shipped, (std::vector<std::string>{"samples", "merge_states", "attention",
+                                               "attention_backward", "attention_grouped",
+                                               "attention_grouped_backward", "mla_decode"}));
 }
 
 TEST(Registry, PresetsNameRealProblems) {

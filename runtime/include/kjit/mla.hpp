@@ -9,6 +9,7 @@
 
 #include <cstdint>
 
+#include "kjit/device.hpp"
 #include "kjit/tensor.hpp"
 
 #pragma GCC visibility push(default)  // the API libkjit.so exports
@@ -28,6 +29,18 @@ struct PagedCache {
   TensorView lengths;  // int32 [B] on the device: the tokens each sequence has cached
   const std::int32_t* host_lengths = nullptr;
 };
+
+struct DecodeOptions {
+  float softmax_scale = 0.f;  // 0: 1 / sqrt(576); models pass theirs (GLM-4.7-Flash: 0.0625)
+};
+
+// MLA decode, weight-absorbed: q [B, s_q, H, 576] (s_q 1 to 4 new tokens, the last s_q of each
+// cached sequence, causal among themselves) against the paged cache (K = all 576 columns, V = the
+// first 512), fp16 or bf16; out [B, s_q, H, 512] in q's dtype, lse [B, s_q, H] fp32 natural log
+// (a view with null data skips it). A sequence of length 0 gives O = 0 and LSE = -inf. Long
+// sequences with few requests are split across blocks and merged exactly.
+void decode(const TensorView& q, const PagedCache& cache, const TensorView& out,
+            const TensorView& lse, const DecodeOptions& options, StreamHandle stream);
 
 struct HeadRange {
   int begin = 0, end = 0;  // heads [begin, end)

@@ -3,6 +3,7 @@
 // by being named in registry.cpp (or, in tests, by family_of<F>()).
 #pragma once
 
+#include <cmath>
 #include <cstring>
 #include <random>
 
@@ -121,6 +122,9 @@ class FamilyWorkload final : public Workload {
       } else if (t.dtype == DType::BFloat16 || t.dtype == DType::Float16) {
         const std::uint16_t h = t.dtype == DType::BFloat16 ? float_to_bf16(v) : float_to_fp16(v);
         std::memcpy(&host[i * 2], &h, 2);
+      } else if (t.dtype == DType::Int32) {  // indices: uniform integers in [lo, hi)
+        const auto x = static_cast<std::int32_t>(std::floor(v));
+        std::memcpy(&host[i * 4], &x, 4);
       } else {
         throw Error(std::string("tuner workload: cannot fill a ") + dtype_name(t.dtype) + " input");
       }

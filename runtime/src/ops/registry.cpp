@@ -9,14 +9,15 @@
 #include "ops/attention/flash_grouped_forward.hpp"
 #include "ops/family_model.hpp"
 #include "ops/merge_states/merge_states.hpp"
+#include "ops/mla/mla_decode.hpp"
 #include "samples/samples.hpp"
 
 namespace kjit::ops {
 
 const std::vector<const KernelFamily*>& families() {
   static const std::vector<const KernelFamily*> all{
-      &family_of<MergeStates>(), &family_of<FlashForward>(), &family_of<FlashBackward>(),
-      &family_of<GroupedForward>(), &family_of<GroupedBackward>()};
+      &family_of<MergeStates>(),    &family_of<FlashForward>(),    &family_of<FlashBackward>(),
+      &family_of<GroupedForward>(), &family_of<GroupedBackward>(), &family_of<MlaDecode>()};
   return all;
 }
 

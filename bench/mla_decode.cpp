@@ -1,0 +1,113 @@
+// MLA decode speed: bf16, s_q 1, block size 64, H in {20 (GLM-4.7-Flash), 64, 128 (DeepSeek-V3)},
+// B in {1, 8, 32, 64, 128}, every sequence L in {1k, 4k, 16k, 64k} tokens, blocks shuffled over
+// the cache. Per row: time per call (the median of 15 runs of 20 back-to-back calls, so that the
+// host's enqueue overlaps the GPU's work), GB/s of cache bytes read (B L 1152 / time), TFLOP/s
+// (2 H s_q L (576 + 512) per sequence) and the fraction of the device-to-device copy bandwidth
+// measured first in the same process, with the split count the op chose.
+// Flags: --only-heads H (repeatable).
+#include <algorithm>
+#include <cstdio>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "bench/attention_timing.hpp"
+#include "kjit/jit.hpp"
+#include "kjit/mla.hpp"
+#include "ops/dispatch.hpp"
+#include "ops/mla/mla_decode.hpp"
+
+namespace {
+
+using kjit::DeviceBuffer;
+using kjit::TensorView;
+using kjit::bench::median_ms;
+
+constexpr int kCalls = 20;
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  std::vector<long long> only_heads;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--only-heads" && i + 1 < argc) {
+      only_heads.push_back(std::stoll(argv[++i]));
+    } else {
+      std::fprintf(stderr, "usage: kjit_bench_mla_decode [--only-heads H]...\n");
+      return 2;
+    }
+  }
+  std::string reason;
+  if (!kjit::driver_available(&reason)) {
+    std::printf("mla_decode needs a CUDA GPU: %s\n", reason.c_str());
+    return 0;
+  }
+  kjit::Stream stream;
+  const std::size_t copy_bytes = 2ull << 30;
+  DeviceBuffer src(copy_bytes), dst(copy_bytes);
+  const double copy_ms =
+      median_ms([&] { dst.copy_from(src, copy_bytes, stream.handle()); }, stream.handle());
+  const double copy_gbs = 2.0 * copy_bytes / copy_ms / 1e6;
+  std::printf("%s, kjit %s, MLA decode bf16 s_q 1 block 64; device copy %.0f GB/s\n",
+              kjit::device_info(kjit::current_device()).name.c_str(), kjit::version().c_str(),
+              copy_gbs);
+  std::printf("%4s %4s %6s %10s %9s %8s %8s %6s\n", "H", "B", "L", "us/call", "GB/s", "TFLOP/s",
+              "vs copy", "splits");
+  constexpr int kD = kjit::mla::kHeadDim, kV = kjit::mla::kLatentDim, kBlock = 64;
+  std::mt19937 rng(11);
+  for (long long heads : {20, 64, 128}) {
+    if (!only_heads.empty() &&
+        std::find(only_heads.begin(), only_heads.end(), heads) == only_heads.end()) {
+      continue;
+    }
+    for (long long b : {1, 8, 32, 64, 128}) {
+      for (long long l : {1024, 4096, 16384, 65536}) {
+        const long long max_blocks = l / kBlock, num_blocks = b * max_blocks;
+        std::vector<std::int32_t> table(static_cast<std::size_t>(num_blocks)),
+            lengths(static_cast<std::size_t>(b), static_cast<std::int32_t>(l));
+        std::iota(table.begin(), table.end(), 0);
+        std::shuffle(table.begin(), table.end(), rng);
+        // Random queries; the cache (up to 10 GB) one repeated small value, which the timing
+        // does not depend on.
+        const DeviceBuffer q = kjit::bench::random_bf16(b * heads * kD);
+        DeviceBuffer cache(static_cast<std::size_t>(num_blocks) * kBlock * kD * 2);
+        cache.fill_bytes(0x3c);
+        DeviceBuffer dtable(table.size() * 4), dlengths(lengths.size() * 4),
+            out(b * heads * kV * 2), lse(b * heads * 4);
+        dtable.upload(table.data(), dtable.size());
+        dlengths.upload(lengths.data(), dlengths.size());
+        const TensorView vq(q.data(), kjit::DType::BFloat16, {b, 1, heads, kD}),
+            vout(out.data(), kjit::DType::BFloat16, {b, 1, heads, kV}),
+            vlse(lse.data(), kjit::DType::Float32, {b, 1, heads});
+        const kjit::mla::PagedCache paged{
+            TensorView(cache.data(), kjit::DType::BFloat16, {num_blocks, kBlock, kD}),
+            TensorView(dtable.data(), kjit::DType::Int32, {b, max_blocks}), table.data(),
+            TensorView(dlengths.data(), kjit::DType::Int32, {b}), lengths.data()};
+        kjit::mla::DecodeOptions options;
+        options.softmax_scale = 0.0625f;
+        const double ms =
+            median_ms(
+                [&] {
+                  for (int i = 0; i < kCalls; ++i)
+                    kjit::mla::decode(vq, paged, vout, vlse, options, stream.handle());
+                },
+                stream.handle()) /
+            kCalls;
+        const double bytes = static_cast<double>(b) * l * kD * 2;
+        const double flops = 2.0 * b * heads * l * (kD + kV);
+        const auto call = kjit::ops::MlaDecode::validate(vq, paged, vout, vlse, options);
+        const auto config = kjit::ops::Dispatcher<kjit::ops::MlaDecode>::instance().choose(
+            call.problem, kjit::arch::current());
+        std::printf("%4lld %4lld %6lld %10.2f %9.0f %8.1f %7.0f%% %6lld\n", heads, b, l, ms * 1e3,
+                    bytes / ms / 1e6, flops / ms / 1e9, 100.0 * bytes / ms / 1e6 / copy_gbs,
+                    static_cast<long long>(config.splits));
+      }
+    }
+  }
+  return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "kjit_bench_mla_decode: %s\n", e.what());
+  return 1;
+}

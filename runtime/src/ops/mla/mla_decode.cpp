@@ -1,0 +1,213 @@
+#include "ops/mla/mla_decode.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+
+#include <fmt/format.h>
+
+#include "driver/stream_allocation.hpp"
+#include "ops/dispatch.hpp"
+#include "ops/mla/mla_inputs.hpp"
+
+namespace kjit::ops {
+namespace {
+
+constexpr unsigned kThreads = 256;
+constexpr std::int64_t kRows = 64, kKeys = 32, kLatent = mla::kLatentDim;
+
+std::int64_t ceil_div(std::int64_t a, std::int64_t b) {
+  return (a + b - 1) / b;
+}
+
+// Keys per split for `splits` blocks per request: whole key tiles.
+std::int64_t split_tokens(std::int64_t longest, std::int64_t splits) {
+  return std::max<std::int64_t>(kKeys, ceil_div(ceil_div(longest, splits), kKeys) * kKeys);
+}
+
+// The parameter block over the call's tensors (lse may have null data); lengths and table on
+// the device.
+MlaDecode::Args params_of(const MlaDecode::Problem& p, const TensorView& q, const TensorView& cache,
+                          const TensorView& block_table, const TensorView& lengths,
+                          const TensorView& out, const TensorView& lse, float scale) {
+  MlaDecode::Args a{};
+  a.q = q.data;
+  a.cache = cache.data;
+  a.block_table = static_cast<const int*>(block_table.data);
+  a.lengths = static_cast<const int*>(lengths.data);
+  a.out = out.data;
+  a.lse = static_cast<float*>(lse.data);
+  a.q_batch_stride = q.stride(0);
+  a.q_token_stride = q.stride(1);
+  a.q_head_stride = q.stride(2);
+  a.cache_block_stride = cache.stride(0);
+  a.cache_row_stride = cache.stride(1);
+  a.o_batch_stride = out.stride(0);
+  a.o_token_stride = out.stride(1);
+  a.o_head_stride = out.stride(2);
+  if (lse.data) {
+    a.lse_batch_stride = lse.stride(0);
+    a.lse_token_stride = lse.stride(1);
+  }
+  a.batch = static_cast<int>(p.batch);
+  a.s_q = static_cast<int>(p.s_q);
+  a.heads = static_cast<int>(p.heads);
+  a.max_blocks = static_cast<int>(block_table.size(1));
+  a.scale_log2 = (scale > 0.f ? scale : 1.f / std::sqrt(static_cast<float>(mla::kHeadDim))) *
+                 1.4426950408889634f;
+  return a;
+}
+
+}  // namespace
+
+void MlaDecode::check(const Problem& p) {
+  if (p.s_q < 1 || p.s_q > 4 || p.heads < 1 || (p.block_size != 32 && p.block_size != 64) ||
+      p.batch < 0 || p.longest < 0) {
+    throw InvalidArgument(fmt::format(
+        "mla decode: B {} s_q {} H {} block_size {} L {} (s_q 1..4, H >= 1, blocks of 32 or 64)",
+        p.batch, p.s_q, p.heads, p.block_size, p.longest));
+  }
+  if (p.batch > 65535 || p.row_tiles() > 65535)
+    throw InvalidArgument("mla decode: at most 65535 requests and 64 x 65535 rows a request");
+}
+
+unsigned MlaDecode::shared_bytes() {
+  // mla_decode.cuh's MlaShape::kBytes: Q (64 rows), two 32-key stages, P (rows padded by 8
+  // elements), the row maxima and sums of both halves.
+  const std::int64_t row = mla::kHeadDim + 8;
+  return static_cast<unsigned>((kRows * row + 2 * kKeys * row + kRows * (kKeys + 8)) * 2 +
+                               2 * 2 * kRows * 4);
+}
+
+bool MlaDecode::valid(const Config& c, const Problem& p, const Arch& arch) {
+  return c.splits >= 1 && c.splits <= kMaxSplits &&
+         c.splits <= std::max<std::int64_t>(1, ceil_div(p.longest, kKeys)) &&
+         shared_bytes() <= arch.max_shared_bytes();
+}
+
+std::vector<MlaDecode::Config> MlaDecode::space(const Problem&, const Arch&) {
+  std::vector<Config> out;
+  for (std::int64_t s = 1; s <= kMaxSplits; s *= 2)
+    out.push_back({s});
+  return out;
+}
+
+MlaDecode::Config MlaDecode::default_config(const Problem& p, const Arch&) {
+  // Split a request's keys only while the blocks of one split per request leave most of an
+  // H100's 132 SMs idle, and never below kMinSplitTokens a split (each split costs fp32 partials
+  // and the combine's read of them).
+  const std::int64_t blocks = std::max<std::int64_t>(1, p.batch * p.row_tiles());
+  std::int64_t splits = std::max<std::int64_t>(1, 132 / blocks);
+  splits = std::min(splits, std::max<std::int64_t>(1, p.longest / kMinSplitTokens));
+  std::int64_t pow2 = 1;
+  while (pow2 * 2 <= std::min(splits, kMaxSplits))
+    pow2 *= 2;
+  return {pow2};
+}
+
+KernelSpec MlaDecode::spec(const Config&, const Problem& p, const Arch& arch) {
+  const char* t = cxx_type(p.dtype);
+  KernelSpec s(sources()[0], {fmt::format("kjit::attention::mla_decode<{}, {}>", t, p.block_size),
+                              fmt::format("kjit::attention::mla_decode_combine<{}>", t)});
+  s.arch = arch.name();
+  return s;
+}
+
+void MlaDecode::launch(const Program& program, const Config& c, const Problem& p,
+                       const Args& call_args, StreamHandle stream) {
+  if (p.empty()) return;
+  Args args = call_args;
+  args.split_tokens = static_cast<int>(split_tokens(p.longest, c.splits));
+  args.splits = static_cast<int>(std::max<std::int64_t>(1, ceil_div(p.longest, args.split_tokens)));
+  const std::int64_t rows = p.s_q * p.heads;
+  std::optional<driver::StreamAllocation> partials;
+  if (args.splits > 1) {
+    const std::int64_t cells = args.splits * p.batch * rows;
+    partials.emplace(static_cast<std::size_t>(cells * (kLatent + 1) * 4), stream);
+    args.partial_out = static_cast<float*>(partials->data());
+    args.partial_lse = args.partial_out + cells * kLatent;
+  }
+  program.kernel_at(0).launch(
+      {{static_cast<unsigned>(args.splits), static_cast<unsigned>(p.row_tiles()),
+        static_cast<unsigned>(p.batch)},
+       {kThreads},
+       shared_bytes(),
+       stream,
+       {}},
+      args);
+  if (args.splits > 1) {
+    program.kernel_at(1).launch(
+        {{static_cast<unsigned>(ceil_div(p.batch * rows, 8))}, {kThreads}, 0, stream, {}}, args);
+  }
+}
+
+std::vector<MlaDecode::Problem> MlaDecode::shipped(const Arch&) {
+  std::vector<Problem> out;
+  for (DType dtype : kDTypes) {
+    for (std::int64_t block_size : {32, 64})
+      out.push_back({dtype, 1, 1, 1, block_size, 1});
+  }
+  return out;
+}
+
+std::vector<TensorSpec> MlaDecode::tensors(const Problem& p) {
+  using Role = TensorSpec::Role;
+  const std::int64_t max_blocks = std::max<std::int64_t>(1, ceil_div(p.longest, p.block_size));
+  const auto blocks = static_cast<float>(p.batch * max_blocks);
+  const auto length = static_cast<float>(p.longest);
+  return {{"q", p.dtype, {p.batch, p.s_q, p.heads, mla::kHeadDim}},
+          {"cache", p.dtype, {p.batch * max_blocks, p.block_size, mla::kHeadDim}},
+          {"block_table", DType::Int32, {p.batch, max_blocks}, Role::Input, 0.f, blocks},
+          {"lengths", DType::Int32, {p.batch}, Role::Input, length, length + 1.f},
+          {"out", p.dtype, {p.batch, p.s_q, p.heads, kLatent}, Role::Output},
+          {"lse", DType::Float32, {p.batch, p.s_q, p.heads}, Role::Output, 0, 0, 0.01}};
+}
+
+MlaDecode::Args MlaDecode::args(const Problem& p, const std::vector<TensorView>& t) {
+  // The tables are random device data here, with no host copies to check: the workload is valid
+  // by construction (entries in [0, blocks), every length L), so the op's table checks are skipped.
+  return params_of(p, t.at(0), t.at(1), t.at(2), t.at(3), t.at(4), t.at(5), 0.f);
+}
+
+std::vector<Preset<MlaDecode::Problem>> MlaDecode::presets() {
+  std::vector<Preset<Problem>> out;
+  for (const auto& [name, heads] :
+       {std::pair{"glm-4.7-flash-decode", 20}, {"deepseek-v3-decode", 128}}) {
+    Preset<Problem> preset{name, {}};
+    for (std::int64_t b : {1, 8, 32, 64, 128}) {
+      for (std::int64_t l : {1024, 4096, 16384, 65536})
+        preset.problems.push_back({DType::BFloat16, b, 1, heads, 64, l});
+    }
+    out.push_back(std::move(preset));
+  }
+  return out;
+}
+
+Call<MlaDecode> MlaDecode::validate(const TensorView& q, const mla::PagedCache& c,
+                                    const TensorView& out, const TensorView& lse,
+                                    const mla::DecodeOptions& o) {
+  const MlaDecodeShape s = check_mla_decode(q, c, out, lse);
+  if (!(o.softmax_scale >= 0.f) || !std::isfinite(o.softmax_scale)) {
+    throw InvalidArgument(
+        fmt::format("mla decode: softmax_scale must be finite and >= 0 (0: 1/sqrt(576)), got {}",
+                    o.softmax_scale));
+  }
+  Call<MlaDecode> call{};
+  call.problem = {s.dtype, s.batch, s.s_q, s.heads, s.block_size, s.longest};
+  check(call.problem);
+  call.args =
+      params_of(call.problem, q, c.cache, c.block_table, c.lengths, out, lse, o.softmax_scale);
+  return call;
+}
+
+}  // namespace kjit::ops
+
+namespace kjit::mla {
+
+void decode(const TensorView& q, const PagedCache& cache, const TensorView& out,
+            const TensorView& lse, const DecodeOptions& options, StreamHandle stream) {
+  const ops::Call<ops::MlaDecode> call = ops::MlaDecode::validate(q, cache, out, lse, options);
+  if (!call.problem.empty()) ops::run(call, stream);
+}
+
+}  // namespace kjit::mla

@@ -1,0 +1,62 @@
+// The MLA decode family: templates/attention/mla_decode.cuh (mma.sync, sm_80+; the decode and
+// the split-KV combine), its split count, the launch (partials in stream-ordered scratch when a
+// request's keys are split). kjit::mla::decode runs through it.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "attention/mla_decode_params.h"
+#include "kjit/mla.hpp"
+#include "ops/kernel_family.hpp"
+
+namespace kjit::ops {
+
+struct MlaDecode {
+  static constexpr const char* kName = "mla_decode";
+  static std::vector<Source> sources() { return {Source::embedded("attention/mla_decode.cuh")}; }
+
+  // `longest`: the longest cached sequence of the call.
+  struct Problem {
+    DType dtype = DType::BFloat16;
+    std::int64_t batch = 0, s_q = 0, heads = 0, block_size = 0, longest = 0;
+    bool empty() const { return batch == 0; }
+    std::int64_t row_tiles() const { return (s_q * heads + 63) / 64; }
+  };
+  // splits: how many blocks share a request's keys (their partials merged by the combine).
+  struct Config {
+    std::int64_t splits = 1;
+  };
+  using Args = KjitMlaDecodeParams;
+
+  static constexpr Field<Problem> kShape[] = {
+      field<&Problem::batch>("B", tuning::Bucket::Pow2), field<&Problem::s_q>("s_q"),
+      field<&Problem::heads>("H"), field<&Problem::block_size>("block_size"),
+      field<&Problem::longest>("L", tuning::Bucket::Pow2)};
+  static constexpr Field<Config> kConfig[] = {field<&Config::splits>("splits")};
+  static constexpr DType kDTypes[] = {DType::Float16, DType::BFloat16};
+  static constexpr std::int64_t kMaxSplits = 64, kMinSplitTokens = 512;
+
+  static void check(const Problem& p);
+  static std::vector<Config> space(const Problem& p, const Arch& arch);
+  static bool valid(const Config& c, const Problem& p, const Arch& arch);
+  static Config default_config(const Problem& p, const Arch& arch);
+  static unsigned shared_bytes();
+  static KernelSpec spec(const Config& c, const Problem& p, const Arch& arch);
+  static void launch(const Program& program, const Config& c, const Problem& p, const Args& args,
+                     StreamHandle stream);
+  static std::vector<Problem> shipped(const Arch& arch);
+
+  // The tuner's workload: B sequences of L tokens each, their blocks in a random order.
+  static std::vector<TensorSpec> tensors(const Problem& p);
+  static Args args(const Problem& p, const std::vector<TensorView>& t);
+  static double tolerance(const Problem&) { return 2e-2; }
+  // GLM-4.7-Flash (20 heads) and DeepSeek-V3 (128) decode, s_q 1.
+  static std::vector<Preset<Problem>> presets();
+
+  static Call<MlaDecode> validate(const TensorView& q, const mla::PagedCache& cache,
+                                  const TensorView& out, const TensorView& lse,
+                                  const mla::DecodeOptions& o);
+};
+
+}  // namespace kjit::ops

@@ -1,0 +1,23 @@
+/* Parameters of templates/attention/mla_decode.cuh, shared by the kernels and their host launcher
+   (plain C layout, passed by value). Strides are in elements; rows are contiguous. */
+#pragma once
+
+struct KjitMlaDecodeParams {
+  const void* q;          /* [B, s_q, H, 576] */
+  const void* cache;      /* [num_blocks, block_size, 576] */
+  const int* block_table; /* [B, max_blocks] */
+  const int* lengths;     /* [B]: cached tokens per sequence */
+  void* out;              /* [B, s_q, H, 512] */
+  float* lse;             /* [B, s_q, H], natural log; may be null */
+  /* Split-KV partials, fp32: out [splits][B][s_q H][512] and lse [splits][B][s_q H] (rows
+     s_q-major, as the block's rows); null with one split. */
+  float* partial_out;
+  float* partial_lse;
+  long long q_batch_stride, q_token_stride, q_head_stride;
+  long long cache_block_stride, cache_row_stride;
+  long long o_batch_stride, o_token_stride, o_head_stride;
+  long long lse_batch_stride, lse_token_stride; /* the head index has stride 1 */
+  int batch, s_q, heads, max_blocks;
+  int splits, split_tokens; /* keys per split: a multiple of the key tile */
+  float scale_log2;         /* softmax scale * log2(e) */
+};

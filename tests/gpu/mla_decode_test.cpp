@@ -1,0 +1,189 @@
+// MLA decode on the GPU against the fp64 reference (tests/reference/mla_reference), with
+// FlashAttention's bound: max|out - ref| <= 2 max|lowprec - ref| + 1e-5 (lowprec rounds P and
+// the output to the input dtype), LSE within 1e-5 relative, and rows that see no key exactly
+// O = 0, LSE = -inf. Paged caches with shuffled block tables (unused entries poisoned), lengths
+// that are not block multiples, empty sequences, s_q 1..4, GLM's 20 heads and others, forced
+// split counts (the combine) beside the op's own choice, outputs poisoned.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "kjit/jit.hpp"
+#include "kjit/mla.hpp"
+#include "ops/mla/mla_decode.hpp"
+#include "tests/reference/mla_reference.hpp"
+#include "tests/support/dtype_bits.hpp"
+#include "tests/support/gpu.hpp"
+#include "tests/support/isolated_cache.hpp"
+
+namespace kjit::test {
+namespace {
+
+constexpr int kD = mla::kHeadDim, kV = mla::kLatentDim;
+
+struct MlaCase {
+  DType dtype;
+  int s_q, heads, block_size;
+  std::vector<int> lengths;
+  int splits = 0;  // 0: the op's choice; else forced through the family
+  float scale = 0.0625f;
+};
+
+void PrintTo(const MlaCase& c, std::ostream* os) {
+  *os << dtype_name(c.dtype) << " s_q=" << c.s_q << " H=" << c.heads << " block=" << c.block_size
+      << " L=";
+  for (int l : c.lengths)
+    *os << l << " ";
+  if (c.splits) *os << "splits=" << c.splits;
+}
+
+void run_case(const MlaCase& c, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> normal;
+  const int b = static_cast<int>(c.lengths.size()), bs = c.block_size;
+  int max_blocks = 1;
+  for (int l : c.lengths)
+    max_blocks = std::max(max_blocks, (l + bs - 1) / bs);
+  const int num_blocks = b * max_blocks + 3;  // spare blocks nobody uses
+  // A shuffled table: sequence s's block i is blocks[s * max_blocks + i]; entries past a
+  // sequence's blocks point outside the cache (never read).
+  std::vector<int> blocks(num_blocks);
+  std::iota(blocks.begin(), blocks.end(), 0);
+  std::shuffle(blocks.begin(), blocks.end(), rng);
+  std::vector<std::int32_t> table(static_cast<std::size_t>(b) * max_blocks, 1 << 30);
+  for (int s = 0; s < b; ++s) {
+    for (int i = 0; i < (c.lengths[s] + bs - 1) / bs; ++i)
+      table[s * max_blocks + i] = blocks[s * max_blocks + i];
+  }
+  std::vector<std::uint16_t> q(static_cast<std::size_t>(b) * c.s_q * c.heads * kD),
+      cache(static_cast<std::size_t>(num_blocks) * bs * kD);
+  for (auto* v : {&q, &cache}) {
+    for (auto& x : *v)
+      x = to_bits(c.dtype, normal(rng));
+  }
+  DeviceBuffer dq(q.size() * 2), dcache(cache.size() * 2), dtable(table.size() * 4),
+      dlengths(b * 4), dout(static_cast<std::size_t>(b) * c.s_q * c.heads * kV * 2),
+      dlse(static_cast<std::size_t>(b) * c.s_q * c.heads * 4);
+  dq.upload(q.data(), q.size() * 2);
+  dcache.upload(cache.data(), cache.size() * 2);
+  dtable.upload(table.data(), table.size() * 4);
+  dlengths.upload(c.lengths.data(), b * 4);
+  dout.fill_bytes(0xff);
+  dlse.fill_bytes(0xff);
+  const TensorView vq(dq.data(), c.dtype, {b, c.s_q, c.heads, kD}),
+      vout(dout.data(), c.dtype, {b, c.s_q, c.heads, kV}),
+      vlse(dlse.data(), DType::Float32, {b, c.s_q, c.heads});
+  const mla::PagedCache paged{TensorView(dcache.data(), c.dtype, {num_blocks, bs, kD}),
+                              TensorView(dtable.data(), DType::Int32, {b, max_blocks}),
+                              table.data(), TensorView(dlengths.data(), DType::Int32, {b}),
+                              c.lengths.data()};
+  mla::DecodeOptions options;
+  options.softmax_scale = c.scale;
+  Stream stream;
+  if (c.splits) {
+    const ops::Call<ops::MlaDecode> call = ops::MlaDecode::validate(vq, paged, vout, vlse, options);
+    const ops::MlaDecode::Config config{c.splits};
+    const Program program = load(ops::MlaDecode::spec(config, call.problem, arch::current()));
+    ops::MlaDecode::launch(program, config, call.problem, call.args, stream.handle());
+  } else {
+    mla::decode(vq, paged, vout, vlse, options, stream.handle());
+  }
+  stream.synchronize();
+  std::vector<std::uint16_t> out(static_cast<std::size_t>(b) * c.s_q * c.heads * kV);
+  std::vector<float> lse(static_cast<std::size_t>(b) * c.s_q * c.heads);
+  dout.download(out.data(), out.size() * 2);
+  dlse.download(lse.data(), lse.size() * 4);
+
+  double max_err = 0, max_low_err = 0, max_lse_err = 0;
+  for (int s = 0; s < b; ++s) {
+    const int length = c.lengths[s];
+    std::vector<double> qs(static_cast<std::size_t>(c.s_q) * c.heads * kD),
+        rows(static_cast<std::size_t>(length) * kD);
+    for (std::size_t x = 0; x < qs.size(); ++x)
+      qs[x] = from_bits(c.dtype, q[s * qs.size() + x]);
+    for (int t = 0; t < length; ++t) {
+      const std::size_t at =
+          (static_cast<std::size_t>(table[s * max_blocks + t / bs]) * bs + t % bs) * kD;
+      for (int x = 0; x < kD; ++x)
+        rows[static_cast<std::size_t>(t) * kD + x] = from_bits(c.dtype, cache[at + x]);
+    }
+    const auto ref = reference::mla_decode(qs, rows, c.s_q, c.heads, length, c.scale);
+    const auto low = reference::mla_decode(qs, rows, c.s_q, c.heads, length, c.scale,
+                                           [&](double p) { return round_to(c.dtype, p); });
+    for (std::size_t r = 0; r < ref.lse.size(); ++r) {
+      const double got_lse = lse[s * ref.lse.size() + r];
+      if (std::isinf(ref.lse[r])) {
+        EXPECT_TRUE(std::isinf(got_lse) && got_lse < 0)
+            << "seq " << s << " row " << r << " lse " << got_lse;
+      } else {
+        max_lse_err =
+            std::max(max_lse_err, std::abs(got_lse - ref.lse[r]) / (1 + std::abs(ref.lse[r])));
+      }
+      for (int x = 0; x < kV; ++x) {
+        const double want = ref.out[r * kV + x];
+        const double got = from_bits(c.dtype, out[(s * ref.lse.size() + r) * kV + x]);
+        if (!std::isfinite(got)) {
+          ADD_FAILURE() << "seq " << s << " row " << r << " col " << x << " = " << got;
+          return;
+        }
+        if (std::isinf(ref.lse[r])) {
+          EXPECT_EQ(got, 0.0) << "seq " << s << " row " << r << " sees no key";
+        }
+        max_err = std::max(max_err, std::abs(got - want));
+        max_low_err =
+            std::max(max_low_err, std::abs(round_to(c.dtype, low.out[r * kV + x]) - want));
+      }
+    }
+  }
+  EXPECT_LE(max_err, 2 * max_low_err + 1e-5) << "same-dtype reference error " << max_low_err;
+  EXPECT_LE(max_lse_err, 1e-5) << "LSE relative error";
+}
+
+class MlaDecodeTest : public IsolatedCache, public ::testing::WithParamInterface<MlaCase> {};
+
+TEST_P(MlaDecodeTest, MatchesDoubleReference) {
+  KJIT_REQUIRE_GPU();
+  const unsigned seed = std::random_device{}();
+  SCOPED_TRACE(::testing::Message() << "input seed " << seed);
+  run_case(GetParam(), seed);
+}
+
+std::vector<MlaCase> cases() {
+  const DType bf16 = DType::BFloat16, fp16 = DType::Float16;
+  return {
+      {bf16, 1, 20, 64, {1000}},           {bf16, 1, 20, 64, {4096}},
+      {bf16, 1, 20, 32, {63, 64, 65, 1}},  {fp16, 2, 20, 64, {777, 0, 130}},
+      {bf16, 3, 16, 64, {2050, 3}},        {bf16, 4, 20, 64, {300, 4}},  // 80 rows: two row tiles
+      {bf16, 1, 64, 64, {1500, 700}},      {fp16, 1, 128, 32, {640}},
+      {bf16, 2, 128, 64, {900}},           {bf16, 1, 20, 64, {0, 0}},
+      {bf16, 1, 20, 64, {5000}, 4},  // forced splits: the combine
+      {bf16, 2, 20, 32, {1000, 33, 0}, 8}, {fp16, 4, 16, 64, {2000}, 3},
+      {bf16, 1, 20, 64, {100}, 64},       // more splits than tiles: empty splits merge to nothing
+      {bf16, 1, 20, 64, {3000}, 1, 0.f},  // the default scale, 1 / sqrt(576)
+  };
+}
+
+INSTANTIATE_TEST_SUITE_P(All, MlaDecodeTest, ::testing::ValuesIn(cases()));
+
+TEST(MlaDecodeRuns, BadInputIsRefusedBeforeAnyDeviceWork) {
+  KJIT_REQUIRE_GPU();
+  DeviceBuffer dq(2 * 20 * kD * 2), dout(2 * 20 * kV * 2), dcache(4 * 64 * kD * 2),
+      dtable(2 * 4 * 4), dlengths(2 * 4);
+  std::vector<std::int32_t> table{0, 1, 2, 3, 0, 0, 0, 0}, lengths{300, 10};
+  const mla::PagedCache paged{TensorView(dcache.data(), DType::BFloat16, {4, 64, kD}),
+                              TensorView(dtable.data(), DType::Int32, {2, 4}), table.data(),
+                              TensorView(dlengths.data(), DType::Int32, {2}), lengths.data()};
+  Stream stream;
+  // 300 tokens need 5 blocks of 64; the table has 4.
+  EXPECT_THROW(mla::decode(TensorView(dq.data(), DType::BFloat16, {2, 1, 20, kD}), paged,
+                           TensorView(dout.data(), DType::BFloat16, {2, 1, 20, kV}), TensorView(),
+                           {}, stream.handle()),
+               InvalidArgument);
+}
+
+}  // namespace
+}  // namespace kjit::test
