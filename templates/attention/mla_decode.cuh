@@ -168,7 +168,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode(const KjitMlaDecodeParams p
             ptx::pack_pair<T>(o[0][j][2 * h] * inv, o[0][j][2 * h + 1] * inv);
       }
       if (p.lse && half == 0 && lane % 4 == 0)
-        p.lse[b * p.lse_batch_stride + i * p.lse_token_stride + head] = lse;
+        p.lse[b * p.lse_batch_stride + i * p.lse_token_stride + head * p.lse_head_stride] = lse;
     } else {
       const long long cell = (static_cast<long long>(split) * p.batch + b) * rows + row;
       float* out = p.partial_out + cell * S::kLatent + col0;
@@ -219,7 +219,7 @@ __global__ void __launch_bounds__(256) mla_decode_combine(const KjitMlaDecodePar
   for (int c = 0; c < kPerLane; c += 2)
     *reinterpret_cast<unsigned*>(out + c) = ptx::pack_pair<T>(acc[c] * inv, acc[c + 1] * inv);
   if (p.lse && lane == 0) {
-    p.lse[b * p.lse_batch_stride + i * p.lse_token_stride + head] =
+    p.lse[b * p.lse_batch_stride + i * p.lse_token_stride + head * p.lse_head_stride] =
         total > 0.f ? max + logf(total) : negative_infinity();
   }
 }

@@ -16,7 +16,7 @@ struct KjitMlaDecodeParams {
   long long q_batch_stride, q_token_stride, q_head_stride;
   long long cache_block_stride, cache_row_stride;
   long long o_batch_stride, o_token_stride, o_head_stride;
-  long long lse_batch_stride, lse_token_stride; /* the head index has stride 1 */
+  long long lse_batch_stride, lse_token_stride, lse_head_stride;
   int batch, s_q, heads, max_blocks;
   int splits, split_tokens; /* keys per split: a multiple of the key tile */
   float scale_log2;         /* softmax scale * log2(e) */

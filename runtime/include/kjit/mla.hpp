@@ -13,6 +13,9 @@
 #include "kjit/tensor.hpp"
 
 #pragma GCC visibility push(default)  // the API libkjit.so exports
+namespace kjit::comm {
+class Communicator;
+}
 namespace kjit::mla {
 
 inline constexpr int kLatentDim = 512;  // the latent: K's first columns, and V
@@ -57,6 +60,17 @@ int helix_block_owner(std::int64_t block, int world);
 // How many of a sequence's first `length` tokens rank `rank` holds: its whole blocks, plus the
 // tokens of the last, partial block when it owns that one.
 std::int64_t helix_local_length(std::int64_t length, int tokens_per_block, int world, int rank);
+
+// One helix decode step on this rank of `comm` (W ranks): `local` is this rank's shard of every
+// sequence (the blocks it owns, helix_local_length tokens each; 0 is allowed), q [B, 1, H, 576]
+// the same on every rank (s_q 1: a new token sees every cached key, so no rank needs another's
+// positions), out [B, 1, H_r, 512] and lse [B, 1, H_r] (fp32, required) this rank's heads
+// helix_heads(H, W, rank): every rank's partial results for them, exchanged by one all-to-all-v
+// along heads and merged exactly (merge_states). Collective: every rank calls it with the same
+// B, H and options.
+void helix_decode(comm::Communicator& comm, const TensorView& q, const PagedCache& local,
+                  const TensorView& out, const TensorView& lse, const DecodeOptions& options,
+                  StreamHandle stream);
 
 }  // namespace kjit::mla
 #pragma GCC visibility pop

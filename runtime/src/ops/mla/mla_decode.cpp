@@ -48,6 +48,7 @@ MlaDecode::Args params_of(const MlaDecode::Problem& p, const TensorView& q, cons
   if (lse.data) {
     a.lse_batch_stride = lse.stride(0);
     a.lse_token_stride = lse.stride(1);
+    a.lse_head_stride = lse.stride(2);
   }
   a.batch = static_cast<int>(p.batch);
   a.s_q = static_cast<int>(p.s_q);

@@ -78,10 +78,11 @@ MlaDecodeShape check_mla_decode(const TensorView& q, const mla::PagedCache& c,
   if (lse.data) {
     const bool shape_ok =
         lse.ndim == 3 && lse.size(0) == s.batch && lse.size(1) == s.s_q && lse.size(2) == s.heads;
-    if (!shape_ok || lse.dtype != DType::Float32 || (lse.stride(2) != 1 && s.heads > 1)) {
-      kMlaCheck.fail(fmt::format("lse must be fp32 [{}, {}, {}] contiguous in its last dim, got {}",
-                                 s.batch, s.s_q, s.heads, lse.describe()));
+    if (!shape_ok || lse.dtype != DType::Float32) {
+      kMlaCheck.fail(fmt::format("lse must be fp32 [{}, {}, {}], got {}", s.batch, s.s_q, s.heads,
+                                 lse.describe()));
     }
+    kMlaCheck.nonnegative_strides(lse, "lse");
   }
   s.max_blocks = c.block_table.ndim == 2 ? c.block_table.size(1) : 0;
   check_index(c.block_table, c.host_block_table, "block_table", {s.batch, s.max_blocks});
