@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The main job: sets up, builds, and shows what kjit does on this machine. With a GPU: device
-# facts, attention forward and backward tuned for the Llama 3 8B presets (prefill and training),
-# the GPU suite, the multi-rank suites (mpirun, when OpenMPI is here) and the benchmarks; without: `kjit info` and every shipped specialisation compiled for sm_90a with
-# its resource report (a GPU is needed to run them).
+# facts, attention forward and backward tuned for the Llama 3 8B presets (prefill, training,
+# zigzag context parallelism's grouped attention) and MLA decode for GLM-4.7-Flash, the GPU
+# suite, the multi-rank suites (mpirun, when OpenMPI is here: collectives, helix MLA decode) and
+# the benchmarks of every model path; without: `kjit info` and every shipped specialisation
+# compiled for sm_90a with its resource report (a GPU is needed to run them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -13,7 +15,8 @@ kjit=build/default/tools/kjit
 echo
 if "$kjit" info --json | grep -q '"available": true'; then
   "$kjit" precompile --check
-  "$kjit" tune --preset llama3-8b-prefill --preset llama3-8b-train
+  "$kjit" tune --preset llama3-8b-prefill --preset llama3-8b-train --preset llama3-8b-zigzag \
+    --preset glm-4.7-flash-decode
   build/default/tests/kjit_gpu_tests
   if command -v mpirun >/dev/null && [ -x build/default/tests/kjit_dist_tests ]; then
     (cd build/default && ctest -L dist --output-on-failure)
@@ -27,6 +30,8 @@ if "$kjit" info --json | grep -q '"available": true'; then
   build/default/bench/kjit_bench_merge_states
   build/default/bench/kjit_bench_attention
   build/default/bench/kjit_bench_attention_backward
+  build/default/bench/kjit_bench_attention_grouped --only model=8b --only S=8192
+  build/default/bench/kjit_bench_mla_decode --only-heads 20
 else
   "$kjit" precompile --arch sm_90a --check
   echo
