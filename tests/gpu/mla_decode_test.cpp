@@ -29,8 +29,9 @@ struct MlaCase {
   DType dtype;
   int s_q, heads, block_size;
   std::vector<int> lengths;
-  int splits = 0;  // 0: the op's choice; else forced through the family
-  float scale = 0.0625f;
+  int splits = 0;         // 0: the op's choice; else forced through the family
+  float scale = 0.0625f;  // 0: the op's default, 1 / sqrt(576)
+  bool with_lse = true;
 };
 
 void PrintTo(const MlaCase& c, std::ostream* os) {
@@ -39,6 +40,8 @@ void PrintTo(const MlaCase& c, std::ostream* os) {
   for (int l : c.lengths)
     *os << l << " ";
   if (c.splits) *os << "splits=" << c.splits;
+  if (c.scale == 0.f) *os << " default scale";
+  if (!c.with_lse) *os << " no lse";
 }
 
 void run_case(const MlaCase& c, unsigned seed) {
@@ -76,7 +79,8 @@ void run_case(const MlaCase& c, unsigned seed) {
   dlse.fill_bytes(0xff);
   const TensorView vq(dq.data(), c.dtype, {b, c.s_q, c.heads, kD}),
       vout(dout.data(), c.dtype, {b, c.s_q, c.heads, kV}),
-      vlse(dlse.data(), DType::Float32, {b, c.s_q, c.heads});
+      vlse =
+          c.with_lse ? TensorView(dlse.data(), DType::Float32, {b, c.s_q, c.heads}) : TensorView();
   const mla::PagedCache paged{TensorView(dcache.data(), c.dtype, {num_blocks, bs, kD}),
                               TensorView(dtable.data(), DType::Int32, {b, max_blocks}),
                               table.data(), TensorView(dlengths.data(), DType::Int32, {b}),
@@ -98,6 +102,7 @@ void run_case(const MlaCase& c, unsigned seed) {
   dout.download(out.data(), out.size() * 2);
   dlse.download(lse.data(), lse.size() * 4);
 
+  const double scale = c.scale > 0.f ? c.scale : 1.0 / std::sqrt(static_cast<double>(kD));
   double max_err = 0, max_low_err = 0, max_lse_err = 0;
   for (int s = 0; s < b; ++s) {
     const int length = c.lengths[s];
@@ -111,15 +116,18 @@ void run_case(const MlaCase& c, unsigned seed) {
       for (int x = 0; x < kD; ++x)
         rows[static_cast<std::size_t>(t) * kD + x] = from_bits(c.dtype, cache[at + x]);
     }
-    const auto ref = reference::mla_decode(qs, rows, c.s_q, c.heads, length, c.scale);
-    const auto low = reference::mla_decode(qs, rows, c.s_q, c.heads, length, c.scale,
+    const auto ref = reference::mla_decode(qs, rows, c.s_q, c.heads, length, scale);
+    const auto low = reference::mla_decode(qs, rows, c.s_q, c.heads, length, scale,
                                            [&](double p) { return round_to(c.dtype, p); });
     for (std::size_t r = 0; r < ref.lse.size(); ++r) {
       const double got_lse = lse[s * ref.lse.size() + r];
-      if (std::isinf(ref.lse[r])) {
+      if (!c.with_lse) {
+        EXPECT_TRUE(std::isnan(got_lse)) << "lse written though not asked for";  // poison kept
+      } else if (std::isinf(ref.lse[r])) {
         EXPECT_TRUE(std::isinf(got_lse) && got_lse < 0)
             << "seq " << s << " row " << r << " lse " << got_lse;
       } else {
+        EXPECT_TRUE(std::isfinite(got_lse)) << "seq " << s << " row " << r << " lse " << got_lse;
         max_lse_err =
             std::max(max_lse_err, std::abs(got_lse - ref.lse[r]) / (1 + std::abs(ref.lse[r])));
       }
@@ -155,15 +163,24 @@ TEST_P(MlaDecodeTest, MatchesDoubleReference) {
 std::vector<MlaCase> cases() {
   const DType bf16 = DType::BFloat16, fp16 = DType::Float16;
   return {
-      {bf16, 1, 20, 64, {1000}},           {bf16, 1, 20, 64, {4096}},
-      {bf16, 1, 20, 32, {63, 64, 65, 1}},  {fp16, 2, 20, 64, {777, 0, 130}},
-      {bf16, 3, 16, 64, {2050, 3}},        {bf16, 4, 20, 64, {300, 4}},  // 80 rows: two row tiles
-      {bf16, 1, 64, 64, {1500, 700}},      {fp16, 1, 128, 32, {640}},
-      {bf16, 2, 128, 64, {900}},           {bf16, 1, 20, 64, {0, 0}},
+      {bf16, 1, 20, 64, {1000}},
+      {bf16, 1, 20, 64, {4096}},
+      {bf16, 1, 20, 32, {63, 64, 65, 1}},
+      {fp16, 2, 20, 64, {777, 0, 130}},
+      {bf16, 3, 16, 64, {2050, 3}},
+      {bf16, 4, 20, 64, {300, 4}},  // 80 rows: two row tiles
+      {bf16, 1, 64, 64, {1500, 700}},
+      {fp16, 1, 128, 32, {640}},
+      {bf16, 2, 128, 64, {900}},
+      {bf16, 1, 20, 64, {0, 0}},
       {bf16, 1, 20, 64, {5000}, 4},  // forced splits: the combine
-      {bf16, 2, 20, 32, {1000, 33, 0}, 8}, {fp16, 4, 16, 64, {2000}, 3},
-      {bf16, 1, 20, 64, {100}, 64},       // more splits than tiles: empty splits merge to nothing
+      {bf16, 2, 20, 32, {1000, 33, 0}, 8},
+      {fp16, 4, 16, 64, {2000}, 3},
+      {bf16, 1, 20, 64, {100}, 64},       // more splits than key tiles: the launch clamps to 4
       {bf16, 1, 20, 64, {3000}, 1, 0.f},  // the default scale, 1 / sqrt(576)
+      {bf16, 1, 128, 64, {5000}, 4},      // splits of a request with two row tiles
+      {bf16, 4, 20, 64, {2, 9}},          // rows of a non-empty sequence that see no key
+      {fp16, 2, 20, 64, {500}, 0, 0.0625f, false},  // no lse
   };
 }
 

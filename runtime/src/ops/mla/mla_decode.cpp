@@ -159,7 +159,7 @@ std::vector<TensorSpec> MlaDecode::tensors(const Problem& p) {
   return {{"q", p.dtype, {p.batch, p.s_q, p.heads, mla::kHeadDim}},
           {"cache", p.dtype, {p.batch * max_blocks, p.block_size, mla::kHeadDim}},
           {"block_table", DType::Int32, {p.batch, max_blocks}, Role::Input, 0.f, blocks},
-          {"lengths", DType::Int32, {p.batch}, Role::Input, length, length + 1.f},
+          {"lengths", DType::Int32, {p.batch}, Role::Input, length, length + 0.5f},
           {"out", p.dtype, {p.batch, p.s_q, p.heads, kLatent}, Role::Output},
           {"lse", DType::Float32, {p.batch, p.s_q, p.heads}, Role::Output, 0, 0, 0.01}};
 }
@@ -208,7 +208,14 @@ namespace kjit::mla {
 void decode(const TensorView& q, const PagedCache& cache, const TensorView& out,
             const TensorView& lse, const DecodeOptions& options, StreamHandle stream) {
   const ops::Call<ops::MlaDecode> call = ops::MlaDecode::validate(q, cache, out, lse, options);
-  if (!call.problem.empty()) ops::run(call, stream);
+  if (call.problem.empty()) return;
+  const Arch& arch = arch::current();
+  if (ops::MlaDecode::shared_bytes() > arch.max_shared_bytes()) {
+    throw InvalidArgument(fmt::format(
+        "mla decode needs {} bytes of shared memory a block; {} offers {} (sm_80 and sm_90 do)",
+        ops::MlaDecode::shared_bytes(), arch.name(), arch.max_shared_bytes()));
+  }
+  ops::run(call, stream);
 }
 
 }  // namespace kjit::mla
