@@ -4,7 +4,7 @@
 # the benchmarks and the example. Full logs go to $OUT (or ./gpu-out); a summary is printed last.
 #   scripts/gpu-suite.sh [tests|bench|attention|attention-bench|attention-backward|
 #                         attention-backward-check|attention-backward-tune|attention-grouped|
-#                         attention-grouped-ncu|mla|families|dist|all]
+#                         attention-grouped-ncu|mla|moe|families|dist|all]
 #   (default all)
 # `families` is the check after a change to the op plumbing (kernel families, dispatch, tuning
 # tables): the whole GPU suite, the examples, a sanitizer subset, and the attention and
@@ -226,6 +226,14 @@ if [ "$what" = mla ]; then
     echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -4
   done
   echo "== mla_bench"; cat "$out/mla_bench.log"
+fi
+if [ "$what" = moe ]; then
+  # The MoE router's tests against the fp64 reference, and one case under memcheck.
+  sharded_tests moe_tests '*MoeRouter*' 120
+  step moe_memcheck timeout 120 compute-sanitizer --tool memcheck --error-exitcode 3 \
+    "$bin/kjit_gpu_tests" --gtest_filter='All/MoeRouterTest.*/deepseek_v3_grouped'
+  tally moe_tests
+  echo "== moe_memcheck"; grep -E 'ERROR SUMMARY|PASSED|FAILED' "$out/moe_memcheck.log" | tail -3
 fi
 if [ "$what" = dist ]; then
   # The multi-rank suites as real processes on this one GPU: the MPI backend at 1, 2, 4 and 8

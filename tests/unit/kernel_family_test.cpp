@@ -36,7 +36,7 @@ TEST(Registry, ListsEveryFamilyWithItsTemplateHash) {
     names.push_back(f->name());
   EXPECT_EQ(names, (std::vector<std::string>{"merge_states", "attention", "attention_backward",
                                              "attention_grouped", "attention_grouped_backward",
-                                             "mla_decode"}));
+                                             "mla_decode", "moe_router"}));
   // The hashes of the templates' include closures, as tuning results were keyed before the
   // families existed: existing databases keep their results.
   EXPECT_EQ(ops::find_family("merge_states")->template_hash(),
@@ -51,9 +51,10 @@ TEST(Registry, ListsEveryFamilyWithItsTemplateHash) {
   std::vector<std::string> shipped;
   for (const ops::ShippedSpecs& s : ops::shipped("sm_90a"))
     shipped.push_back(s.family);
-  EXPECT_EQ(shipped, (std::vector<std::string>{"samples", "merge_states", "attention",
-                                               "attention_backward", "attention_grouped",
-                                               "attention_grouped_backward", "mla_decode"}));
+  EXPECT_EQ(shipped,
+            (std::vector<std::string>{"samples", "merge_states", "attention", "attention_backward",
+                                      "attention_grouped", "attention_grouped_backward",
+                                      "mla_decode", "moe_router"}));
 }
 
 TEST(Registry, PresetsNameRealProblems) {

@@ -10,6 +10,7 @@
 #include "ops/family_model.hpp"
 #include "ops/merge_states/merge_states.hpp"
 #include "ops/mla/mla_decode.hpp"
+#include "ops/moe/router.hpp"
 #include "samples/samples.hpp"
 
 namespace kjit::ops {
@@ -17,7 +18,8 @@ namespace kjit::ops {
 const std::vector<const KernelFamily*>& families() {
   static const std::vector<const KernelFamily*> all{
       &family_of<MergeStates>(),    &family_of<FlashForward>(),    &family_of<FlashBackward>(),
-      &family_of<GroupedForward>(), &family_of<GroupedBackward>(), &family_of<MlaDecode>()};
+      &family_of<GroupedForward>(), &family_of<GroupedBackward>(), &family_of<MlaDecode>(),
+      &family_of<MoeRouter>()};
   return all;
 }
 

@@ -1,0 +1,27 @@
+// Mixture-of-experts ops. So far the router: logits -> top-k expert ids and routing weights.
+#pragma once
+
+#include "kjit/device.hpp"
+#include "kjit/tensor.hpp"
+
+#pragma GCC visibility push(default)  // the API libkjit.so exports
+namespace kjit::moe {
+
+// GLM-4.7-Flash: sigmoid, top 4 of 64, renormalise, x1.8 (with its e_score_correction_bias).
+// DeepSeek-V3: sigmoid, top 8 of 256, 8 groups of which the best 4 compete, renormalise, x2.5.
+struct RouterOptions {
+  bool sigmoid = false;  // false: softmax over the experts
+  int top_k = 1;
+  int groups = 1, topk_groups = 1;  // DeepSeek's grouped top-k (a group's score: its best two)
+  bool renormalize = false;         // weights divided by their sum
+  float scaling = 1.f;              // then multiplied by this (routed_scaling_factor)
+};
+
+// logits [T, E] fp32, bf16 or fp16 (rows any stride, experts contiguous), E 1..1024; bias [E]
+// fp32 contiguous, added to the scores for the choice only (a view with null data: none); ids
+// [T, k] int32 and weights [T, k] fp32 (rows contiguous). Ties go to the lower expert id.
+void router_topk(const TensorView& logits, const TensorView& bias, const TensorView& ids,
+                 const TensorView& weights, const RouterOptions& options, StreamHandle stream);
+
+}  // namespace kjit::moe
+#pragma GCC visibility pop

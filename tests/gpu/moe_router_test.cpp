@@ -1,0 +1,160 @@
+// The MoE router on the GPU against the fp64 reference (tests/reference/moe_reference): the
+// expert ids exactly (ties to the lower id; where fp32 and fp64 scores order two experts
+// differently, their choice scores must be within 1e-5: a near tie), the weights within 1e-5
+// relative. GLM-4.7-Flash's, DeepSeek-V3's (grouped), Qwen3's and Mixtral's routers, an expert
+// count that is not a multiple of 32, logits on a coarse grid (many exact ties), bf16 logits.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "kjit/moe.hpp"
+#include "tests/reference/moe_reference.hpp"
+#include "tests/support/dtype_bits.hpp"
+#include "tests/support/gpu.hpp"
+#include "tests/support/isolated_cache.hpp"
+
+namespace kjit::test {
+namespace {
+
+struct RouterCase {
+  const char* name;
+  DType dtype;
+  int tokens, experts;
+  moe::RouterOptions options;
+  bool bias = false;
+  bool coarse = false;  // logits on a grid of 1/4: exact ties
+};
+
+void PrintTo(const RouterCase& c, std::ostream* os) {
+  *os << c.name;
+}
+
+class MoeRouterTest : public IsolatedCache, public ::testing::WithParamInterface<RouterCase> {};
+
+TEST_P(MoeRouterTest, MatchesDoubleReference) {
+  KJIT_REQUIRE_GPU();
+  const RouterCase& c = GetParam();
+  const unsigned seed = std::random_device{}();
+  SCOPED_TRACE(::testing::Message() << "input seed " << seed);
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> normal;
+  const int t = c.tokens, e = c.experts, k = c.options.top_k;
+  std::vector<double> logits(static_cast<std::size_t>(t) * e), bias(c.bias ? e : 0);
+  for (double& x : logits)
+    x = c.coarse ? std::round(normal(rng) * 4) / 4 : normal(rng);
+  for (double& x : bias)
+    x = std::round(normal(rng) * 64) / 1024;  // small, like a trained correction bias
+  // The device's input: fp32, or the dtype's rounding (the reference reads the rounded values).
+  std::vector<float> as_float(logits.size());
+  std::vector<std::uint16_t> as_bits(logits.size());
+  for (std::size_t i = 0; i < logits.size(); ++i) {
+    if (c.dtype == DType::Float32) {
+      as_float[i] = static_cast<float>(logits[i]);
+      logits[i] = as_float[i];
+    } else {
+      as_bits[i] = to_bits(c.dtype, logits[i]);
+      logits[i] = from_bits(c.dtype, as_bits[i]);
+    }
+  }
+  std::vector<float> bias_f(bias.begin(), bias.end());
+  const std::size_t elem = c.dtype == DType::Float32 ? 4 : 2;
+  DeviceBuffer dlogits(logits.size() * elem), dbias(e * 4),
+      dids(static_cast<std::size_t>(t) * k * 4), dweights(static_cast<std::size_t>(t) * k * 4);
+  dlogits.upload(c.dtype == DType::Float32 ? static_cast<const void*>(as_float.data())
+                                           : static_cast<const void*>(as_bits.data()),
+                 dlogits.size());
+  if (c.bias) dbias.upload(bias_f.data(), e * 4);
+  dids.fill_bytes(0xff);
+  dweights.fill_bytes(0xff);
+  Stream stream;
+  moe::router_topk(TensorView(dlogits.data(), c.dtype, {t, e}),
+                   c.bias ? TensorView(dbias.data(), DType::Float32, {e}) : TensorView(),
+                   TensorView(dids.data(), DType::Int32, {t, k}),
+                   TensorView(dweights.data(), DType::Float32, {t, k}), c.options, stream.handle());
+  stream.synchronize();
+  std::vector<int> ids(static_cast<std::size_t>(t) * k);
+  std::vector<float> weights(ids.size());
+  dids.download(ids.data(), ids.size() * 4);
+  dweights.download(weights.data(), weights.size() * 4);
+
+  reference::RouterConfig config;
+  config.sigmoid = c.options.sigmoid;
+  config.bias = bias;
+  config.groups = c.options.groups;
+  config.topk_groups = c.options.topk_groups;
+  config.top_k = k;
+  config.renormalize = c.options.renormalize;
+  config.scaling = c.options.scaling;
+  const reference::Routing want = reference::route(logits, t, e, config);
+  // The reference's choice scores, to tell a near tie from a wrong pick.
+  auto choice = [&](int token, int expert) {
+    const double* l = &logits[static_cast<std::size_t>(token) * e];
+    double s;
+    if (c.options.sigmoid) {
+      s = 1 / (1 + std::exp(-l[expert]));
+    } else {
+      double max = l[0], sum = 0;
+      for (int x = 0; x < e; ++x)
+        max = std::max(max, l[x]);
+      for (int x = 0; x < e; ++x)
+        sum += std::exp(l[x] - max);
+      s = std::exp(l[expert] - max) / sum;
+    }
+    return s + (c.bias ? bias[expert] : 0.0);
+  };
+  int near_ties = 0;
+  for (int token = 0; token < t; ++token) {
+    for (int j = 0; j < k; ++j) {
+      const std::size_t at = static_cast<std::size_t>(token) * k + j;
+      if (ids[at] != want.ids[at]) {
+        ASSERT_TRUE(ids[at] >= 0 && ids[at] < e) << "token " << token << " slot " << j;
+        ASSERT_LE(std::abs(choice(token, ids[at]) - choice(token, want.ids[at])), 1e-5)
+            << "token " << token << " slot " << j << ": expert " << ids[at] << ", reference "
+            << want.ids[at];
+        ++near_ties;
+        continue;
+      }
+      EXPECT_NEAR(weights[at], want.weights[at], 1e-5 * std::max(1.0, std::abs(want.weights[at])))
+          << "token " << token << " slot " << j;
+    }
+  }
+  EXPECT_LE(near_ties, t * k / 100) << "near ties";
+}
+
+std::vector<RouterCase> cases() {
+  moe::RouterOptions glm;
+  glm.sigmoid = true;
+  glm.top_k = 4;
+  glm.renormalize = true;
+  glm.scaling = 1.8f;
+  moe::RouterOptions dsv3 = glm;
+  dsv3.top_k = 8;
+  dsv3.groups = 8;
+  dsv3.topk_groups = 4;
+  dsv3.scaling = 2.5f;
+  moe::RouterOptions qwen;
+  qwen.top_k = 8;
+  qwen.renormalize = true;
+  moe::RouterOptions mixtral = qwen;
+  mixtral.top_k = 2;
+  moe::RouterOptions plain;
+  plain.top_k = 3;
+  return {{"glm_fp32", DType::Float32, 1000, 64, glm, true},
+          {"glm_bf16", DType::BFloat16, 257, 64, glm, true},
+          {"glm_coarse_ties", DType::Float32, 500, 64, glm, false, true},
+          {"deepseek_v3_grouped", DType::Float32, 300, 256, dsv3, true},
+          {"deepseek_v3_coarse_ties", DType::BFloat16, 200, 256, dsv3, true, true},
+          {"qwen3_softmax", DType::Float32, 333, 128, qwen},
+          {"mixtral_softmax_fp16", DType::Float16, 1000, 8, mixtral},
+          {"twenty_experts", DType::Float32, 64, 20, plain},
+          {"one_token", DType::Float32, 1, 64, glm, true},
+          {"softmax_coarse_ties", DType::Float32, 400, 96, plain, false, true}};
+}
+
+INSTANTIATE_TEST_SUITE_P(All, MoeRouterTest, ::testing::ValuesIn(cases()),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+}  // namespace
+}  // namespace kjit::test
