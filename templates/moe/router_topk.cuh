@@ -36,7 +36,7 @@ __global__ void __launch_bounds__(256) router_topk(const KjitRouterParams p) {
   constexpr int kPer = (kExperts + 31) / 32, kPerGroup = kExperts / kGroups;
   static_assert(kExperts % kGroups == 0 && kTopK <= 32 && kTopkGroups <= kGroups, "router shape");
   const int lane = threadIdx.x % 32;
-  const int token = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  const long long token = static_cast<long long>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   if (token >= p.tokens) return;
   const T* logits = static_cast<const T*>(p.logits) + token * p.logits_stride;
 
@@ -72,7 +72,8 @@ __global__ void __launch_bounds__(256) router_topk(const KjitRouterParams p) {
 #pragma unroll
   for (int i = 0; i < kPer; ++i) {
     const int e = lane + 32 * i;
-    choice[i] = e < kExperts ? score[i] + (p.bias ? p.bias[e] : 0.f) : negative_infinity();
+    const float c = score[i] + (e < kExperts && p.bias ? p.bias[e] : 0.f);
+    choice[i] = e < kExperts && !isnan(c) ? c : negative_infinity();  // NaN never wins
   }
 
   if constexpr (kGroups > 1) {
@@ -121,23 +122,28 @@ __global__ void __launch_bounds__(256) router_topk(const KjitRouterParams p) {
     }
   }
 
-  // kTopK rounds of the warp's best remaining choice; lane j keeps round j's expert.
+  // kTopK rounds of the warp's best remaining choice; lane j keeps round j's expert. Taken
+  // experts and the padding past kExperts never compete, so the k ids are distinct experts even
+  // where fewer than k choices are finite.
   int my_id = 0;
   float my_weight = 0.f, total = 0.f;
+  unsigned taken = 0;  // bit i: expert lane + 32 i
 #pragma unroll 1
   for (int j = 0; j < kTopK; ++j) {
     float best = negative_infinity();
     int id = 1 << 30;
 #pragma unroll
-    for (int i = 0; i < kPer; ++i)
-      keep_better(best, id, choice[i], lane + 32 * i);
+    for (int i = 0; i < kPer; ++i) {
+      if (lane + 32 * i < kExperts && !(taken >> i & 1u))
+        keep_better(best, id, choice[i], lane + 32 * i);
+    }
     warp_best(best, id);
     float weight = 0.f;
 #pragma unroll
     for (int i = 0; i < kPer; ++i) {
       if (lane + 32 * i == id) {
         weight = score[i];
-        choice[i] = negative_infinity();  // taken
+        taken |= 1u << i;
       }
     }
     weight = __shfl_sync(0xffffffffu, weight, id % 32);

@@ -5,7 +5,9 @@
 // count that is not a multiple of 32, logits on a coarse grid (many exact ties), bf16 logits.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -25,6 +27,7 @@ struct RouterCase {
   moe::RouterOptions options;
   bool bias = false;
   bool coarse = false;  // logits on a grid of 1/4: exact ties
+  int row_pad = 0;      // logits rows this many elements longer than E
 };
 
 void PrintTo(const RouterCase& c, std::ostream* os) {
@@ -60,16 +63,23 @@ TEST_P(MoeRouterTest, MatchesDoubleReference) {
   }
   std::vector<float> bias_f(bias.begin(), bias.end());
   const std::size_t elem = c.dtype == DType::Float32 ? 4 : 2;
-  DeviceBuffer dlogits(logits.size() * elem), dbias(e * 4),
-      dids(static_cast<std::size_t>(t) * k * 4), dweights(static_cast<std::size_t>(t) * k * 4);
-  dlogits.upload(c.dtype == DType::Float32 ? static_cast<const void*>(as_float.data())
-                                           : static_cast<const void*>(as_bits.data()),
-                 dlogits.size());
+  const int row = e + c.row_pad;
+  std::vector<unsigned char> padded(static_cast<std::size_t>(t) * row * elem, 0);
+  for (int token = 0; token < t; ++token) {
+    const void* from =
+        c.dtype == DType::Float32
+            ? static_cast<const void*>(&as_float[static_cast<std::size_t>(token) * e])
+            : static_cast<const void*>(&as_bits[static_cast<std::size_t>(token) * e]);
+    std::memcpy(&padded[static_cast<std::size_t>(token) * row * elem], from, e * elem);
+  }
+  DeviceBuffer dlogits(padded.size() + 16), dbias(e * 4), dids(static_cast<std::size_t>(t) * k * 4),
+      dweights(static_cast<std::size_t>(t) * k * 4);
+  dlogits.upload(padded.data(), padded.size());
   if (c.bias) dbias.upload(bias_f.data(), e * 4);
   dids.fill_bytes(0xff);
   dweights.fill_bytes(0xff);
   Stream stream;
-  moe::router_topk(TensorView(dlogits.data(), c.dtype, {t, e}),
+  moe::router_topk(TensorView(dlogits.data(), c.dtype, {t, e}, {row, 1}),
                    c.bias ? TensorView(dbias.data(), DType::Float32, {e}) : TensorView(),
                    TensorView(dids.data(), DType::Int32, {t, k}),
                    TensorView(dweights.data(), DType::Float32, {t, k}), c.options, stream.handle());
@@ -104,19 +114,44 @@ TEST_P(MoeRouterTest, MatchesDoubleReference) {
     }
     return s + (c.bias ? bias[expert] : 0.0);
   };
+  // Group scores (grouped routers): the sum of a group's two best reference choices.
+  const int per_group = e / c.options.groups;
+  auto group_score = [&](int token, int g) {
+    std::vector<double> members;
+    for (int x = g * per_group; x < (g + 1) * per_group; ++x)
+      members.push_back(choice(token, x));
+    std::sort(members.rbegin(), members.rend());
+    return members[0] + (per_group > 1 ? members[1] : 0.0);
+  };
   int near_ties = 0;
   for (int token = 0; token < t; ++token) {
+    double chosen = 0;  // the device's picks' unbiased scores, for its weights
+    std::vector<double> score_of(k);
     for (int j = 0; j < k; ++j) {
       const std::size_t at = static_cast<std::size_t>(token) * k + j;
-      if (ids[at] != want.ids[at]) {
-        ASSERT_TRUE(ids[at] >= 0 && ids[at] < e) << "token " << token << " slot " << j;
-        ASSERT_LE(std::abs(choice(token, ids[at]) - choice(token, want.ids[at])), 1e-5)
-            << "token " << token << " slot " << j << ": expert " << ids[at] << ", reference "
-            << want.ids[at];
-        ++near_ties;
-        continue;
-      }
-      EXPECT_NEAR(weights[at], want.weights[at], 1e-5 * std::max(1.0, std::abs(want.weights[at])))
+      ASSERT_TRUE(ids[at] >= 0 && ids[at] < e) << "token " << token << " slot " << j;
+      for (int x = 0; x < j; ++x)
+        ASSERT_NE(ids[at], ids[static_cast<std::size_t>(token) * k + x]) << "token " << token;
+      score_of[j] = choice(token, ids[at]) - (c.bias ? bias[ids[at]] : 0.0);
+      chosen += score_of[j];
+      if (ids[at] == want.ids[at]) continue;
+      // A different pick is right only across a near tie: of the two experts (never an exact
+      // tie: that goes to the lower id), or of their groups.
+      const double a = choice(token, ids[at]), b = choice(token, want.ids[at]);
+      const bool group_tie =
+          c.options.groups > 1 && std::abs(group_score(token, ids[at] / per_group) -
+                                           group_score(token, want.ids[at] / per_group)) <= 1e-5;
+      ASSERT_TRUE((a != b && std::abs(a - b) <= 1e-5) || group_tie)
+          << "token " << token << " slot " << j << ": expert " << ids[at] << " (" << a
+          << "), reference " << want.ids[at] << " (" << b << ")";
+      ++near_ties;
+    }
+    // Weights of the device's own picks: a near-tie swap changes the renormalisation.
+    for (int j = 0; j < k; ++j) {
+      const std::size_t at = static_cast<std::size_t>(token) * k + j;
+      const double w = (c.options.renormalize ? score_of[j] / (chosen + 1e-20) : score_of[j]) *
+                       c.options.scaling;
+      EXPECT_NEAR(weights[at], w, 1e-5 * std::max(1.0, std::abs(w)))
           << "token " << token << " slot " << j;
     }
   }
@@ -141,7 +176,21 @@ std::vector<RouterCase> cases() {
   mixtral.top_k = 2;
   moe::RouterOptions plain;
   plain.top_k = 3;
+  moe::RouterOptions nine_groups = glm;  // groups not aligned to the 32 lanes
+  nine_groups.top_k = 6;
+  nine_groups.groups = 9;
+  nine_groups.topk_groups = 3;
+  moe::RouterOptions single = glm;  // groups of one expert
+  single.groups = 16;
+  single.topk_groups = 4;
+  moe::RouterOptions scaled = plain;  // scaling without renormalisation
+  scaled.top_k = 5;
+  scaled.scaling = 2.0f;
   return {{"glm_fp32", DType::Float32, 1000, 64, glm, true},
+          {"groups_of_8_of_72_coarse", DType::Float32, 300, 72, nine_groups, false, true},
+          {"groups_of_1_coarse", DType::Float32, 300, 16, single, false, true},
+          {"forty_experts_scaled", DType::Float32, 200, 40, scaled},
+          {"glm_fp16_strided_rows", DType::Float16, 150, 64, glm, true, false, 24},
           {"glm_bf16", DType::BFloat16, 257, 64, glm, true},
           {"glm_coarse_ties", DType::Float32, 500, 64, glm, false, true},
           {"deepseek_v3_grouped", DType::Float32, 300, 256, dsv3, true},

@@ -1,5 +1,6 @@
 #include "ops/moe/router.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <tuple>
 
@@ -32,8 +33,8 @@ void MoeRouter::check(const Problem& p) {
     kRouterCheck.fail(fmt::format("top_k {} is more than the {} experts of the {} kept groups",
                                   p.top_k, p.topk_groups * (p.experts / p.groups), p.topk_groups));
   }
-  if (p.tokens < 0 || p.tokens > (1ll << 31) - 1)
-    kRouterCheck.fail(fmt::format("{} tokens", p.tokens));
+  if (p.tokens < 0 || p.tokens > (1ll << 31) - 1 - 256)
+    kRouterCheck.fail(fmt::format("{} tokens: at most 2^31 - 257", p.tokens));
 }
 
 KernelSpec MoeRouter::spec(const Config&, const Problem& p, const Arch& arch) {
@@ -117,7 +118,8 @@ Call<MoeRouter> MoeRouter::validate(const TensorView& logits, const TensorView& 
     kRouterCheck.data(*t, name);
     kRouterCheck.contiguous_last(*t, name);
     kRouterCheck.nonnegative_strides(*t, name);
-    if (t->dtype != dtype || t->size(0) != p.tokens || t->size(1) != p.top_k) {
+    if (t->dtype != dtype || t->size(0) != p.tokens || t->size(1) != p.top_k ||
+        (p.tokens > 1 && t->stride(0) < p.top_k)) {
       kRouterCheck.fail(fmt::format("{} must be {} [{}, {}], got {}", name, dtype_name(dtype),
                                     p.tokens, p.top_k, t->describe()));
     }
