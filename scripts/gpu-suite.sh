@@ -228,8 +228,9 @@ if [ "$what" = mla ]; then
   echo "== mla_bench"; cat "$out/mla_bench.log"
 fi
 if [ "$what" = moe ]; then
-  # The MoE router's tests against the fp64 reference, and one case under memcheck.
-  sharded_tests moe_tests '*MoeRouter*' 120
+  # The MoE router's and dispatch layout's tests against the references, a router case under
+  # memcheck.
+  sharded_tests moe_tests '*MoeRouter*:*MoeAlign*' 120
   step moe_memcheck timeout 120 compute-sanitizer --tool memcheck --error-exitcode 3 \
     "$bin/kjit_gpu_tests" --gtest_filter='All/MoeRouterTest.*/deepseek_v3_grouped'
   tally moe_tests

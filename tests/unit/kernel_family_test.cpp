@@ -36,7 +36,7 @@ TEST(Registry, ListsEveryFamilyWithItsTemplateHash) {
     names.push_back(f->name());
   EXPECT_EQ(names, (std::vector<std::string>{"merge_states", "attention", "attention_backward",
                                              "attention_grouped", "attention_grouped_backward",
-                                             "mla_decode", "moe_router"}));
+                                             "mla_decode", "moe_router", "moe_align"}));
   // The hashes of the templates' include closures, as tuning results were keyed before the
   // families existed: existing databases keep their results.
   EXPECT_EQ(ops::find_family("merge_states")->template_hash(),
@@ -54,7 +54,7 @@ TEST(Registry, ListsEveryFamilyWithItsTemplateHash) {
   EXPECT_EQ(shipped,
             (std::vector<std::string>{"samples", "merge_states", "attention", "attention_backward",
                                       "attention_grouped", "attention_grouped_backward",
-                                      "mla_decode", "moe_router"}));
+                                      "mla_decode", "moe_router", "moe_align"}));
 }
 
 TEST(Registry, PresetsNameRealProblems) {

@@ -1,4 +1,5 @@
-// Mixture-of-experts ops. So far the router: logits -> top-k expert ids and routing weights.
+// Mixture-of-experts ops. So far the router (logits -> top-k expert ids and routing weights) and
+// the dispatch layout (the routed pairs grouped by expert for the grouped GEMM).
 #pragma once
 
 #include "kjit/device.hpp"
@@ -22,6 +23,19 @@ struct RouterOptions {
 // [T, k] int32 and weights [T, k] fp32 (rows contiguous). Ties go to the lower expert id.
 void router_topk(const TensorView& logits, const TensorView& bias, const TensorView& ids,
                  const TensorView& weights, const RouterOptions& options, StreamHandle stream);
+
+// The dispatch layout of ids [T, k] (int32) over `experts` (1 to 1024): pair i = t k + j's index
+// in `sorted`, grouped by expert in pair order, each expert's run padded to a multiple of `block`
+// rows with the value T k (vLLM's moe_align_block_size). All int32 on the device: sorted
+// [align_capacity], block_expert [align_capacity / block] (-1 past the padded total), counts [E],
+// offsets [E + 1] (offsets[E]: the padded total), invalid [1]: pairs whose id is outside
+// [0, E), which are not placed (the ids are device data: check it where they may be wrong).
+struct Alignment {
+  TensorView sorted, block_expert, counts, offsets, invalid;
+};
+std::int64_t align_capacity(std::int64_t pairs, int experts, int block);
+void align(const TensorView& ids, int experts, int block, const Alignment& out,
+           StreamHandle stream);
 
 }  // namespace kjit::moe
 #pragma GCC visibility pop

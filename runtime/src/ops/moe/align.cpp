@@ -1,0 +1,124 @@
+#include "ops/moe/align.hpp"
+
+#include <fmt/format.h>
+
+#include "ops/dispatch.hpp"
+#include "ops/tensor_checks.hpp"
+
+namespace kjit::ops {
+namespace {
+
+const TensorChecks kAlignCheck("moe align");
+
+void check_int32(const TensorView& t, const char* name, std::int64_t n) {
+  if (t.dtype != DType::Int32 || t.ndim != 1 || t.size(0) != n || (n > 1 && t.stride(0) != 1))
+    kAlignCheck.fail(
+        fmt::format("{} must be contiguous int32 [{}], got {}", name, n, t.describe()));
+  kAlignCheck.data(t, name);
+}
+
+}  // namespace
+
+void MoeAlign::check(const Problem& p) {
+  if (p.experts < 1 || p.experts > 1024)
+    kAlignCheck.fail(fmt::format("experts must be 1 to 1024, got {}", p.experts));
+  if (p.block < 1 || p.block > 1024)
+    kAlignCheck.fail(fmt::format("block must be 1 to 1024 rows, got {}", p.block));
+  if (p.pairs < 0 || p.pairs + p.experts * p.block > (1ll << 31) - 1)
+    kAlignCheck.fail(
+        fmt::format("{} pairs are more than the layout's int32 indices hold", p.pairs));
+}
+
+KernelSpec MoeAlign::spec(const Config&, const Problem& p, const Arch& arch) {
+  KernelSpec s(sources()[0], {fmt::format("kjit::moe::moe_align<{}>", p.experts)});
+  s.arch = arch.name();
+  return s;
+}
+
+void MoeAlign::launch(const Program& program, const Config& c, const Problem&, const Args& args,
+                      StreamHandle stream) {
+  program.kernel().launch({{1}, {static_cast<unsigned>(c.threads)}, 0, stream, {}}, args);
+}
+
+std::vector<MoeAlign::Problem> MoeAlign::shipped(const Arch&) {
+  std::vector<Problem> out;
+  for (std::int64_t experts : {8, 64, 128, 256})
+    out.push_back({DType::Int32, 1, experts, 64});
+  return out;
+}
+
+std::vector<TensorSpec> MoeAlign::tensors(const Problem& p) {
+  using Role = TensorSpec::Role;
+  const std::int64_t capacity =
+      moe::align_capacity(p.pairs, static_cast<int>(p.experts), static_cast<int>(p.block));
+  const auto experts = static_cast<float>(p.experts);
+  // The layout is integers: no config of this family differs from another, so nothing is
+  // compared (outputs as scratch).
+  return {{"ids", DType::Int32, {p.pairs}, Role::Input, 0.f, experts},
+          {"sorted", DType::Int32, {capacity}, Role::Scratch},
+          {"block_expert", DType::Int32, {capacity / p.block}, Role::Scratch},
+          {"counts", DType::Int32, {p.experts}, Role::Scratch},
+          {"offsets", DType::Int32, {p.experts + 1}, Role::Scratch},
+          {"invalid", DType::Int32, {1}, Role::Scratch}};
+}
+
+MoeAlign::Args MoeAlign::args(const Problem& p, const std::vector<TensorView>& t) {
+  return validate(TensorView(t.at(0).data, DType::Int32, {p.pairs, 1}), static_cast<int>(p.experts),
+                  static_cast<int>(p.block), {t.at(1), t.at(2), t.at(3), t.at(4), t.at(5)})
+      .args;
+}
+
+std::vector<Preset<MoeAlign::Problem>> MoeAlign::presets() {
+  Preset<Problem> glm{"glm-4.7-flash-align", {}}, dsv3{"deepseek-v3-align", {}};
+  for (std::int64_t t : {16, 256, 4096, 16384}) {
+    glm.problems.push_back({DType::Int32, t * 4, 64, 64});
+    dsv3.problems.push_back({DType::Int32, t * 8, 256, 64});
+  }
+  return {glm, dsv3};
+}
+
+Call<MoeAlign> MoeAlign::validate(const TensorView& ids, int experts, int block,
+                                  const moe::Alignment& out) {
+  kAlignCheck.ndim(ids, "ids", 2, "[T, k]");
+  kAlignCheck.data(ids, "ids");
+  if (ids.dtype != DType::Int32 ||
+      (ids.numel() > 1 && (ids.stride(1) != 1 || ids.stride(0) != ids.size(1))))
+    kAlignCheck.fail(fmt::format("ids must be contiguous int32 [T, k], got {}", ids.describe()));
+  Call<MoeAlign> call{};
+  call.problem = {DType::Int32, ids.numel(), experts, block};
+  check(call.problem);
+  const std::int64_t capacity = moe::align_capacity(call.problem.pairs, experts, block);
+  check_int32(out.sorted, "sorted", capacity);
+  check_int32(out.block_expert, "block_expert", capacity / block);
+  check_int32(out.counts, "counts", experts);
+  check_int32(out.offsets, "offsets", experts + 1);
+  check_int32(out.invalid, "invalid", 1);
+  Args& a = call.args;
+  a.ids = static_cast<const int*>(ids.data);
+  a.sorted = static_cast<int*>(out.sorted.data);
+  a.block_expert = static_cast<int*>(out.block_expert.data);
+  a.counts = static_cast<int*>(out.counts.data);
+  a.offsets = static_cast<int*>(out.offsets.data);
+  a.invalid = static_cast<int*>(out.invalid.data);
+  a.pairs = static_cast<int>(call.problem.pairs);
+  a.block = block;
+  a.capacity = static_cast<int>(capacity);
+  return call;
+}
+
+}  // namespace kjit::ops
+
+namespace kjit::moe {
+
+std::int64_t align_capacity(std::int64_t pairs, int experts, int block) {
+  // Every expert's run rounds up by at most block - 1 rows; whole blocks.
+  const std::int64_t rows = pairs + static_cast<std::int64_t>(experts) * (block - 1);
+  return block > 0 ? (rows + block - 1) / block * block : 0;
+}
+
+void align(const TensorView& ids, int experts, int block, const Alignment& out,
+           StreamHandle stream) {
+  ops::run(ops::MoeAlign::validate(ids, experts, block, out), stream);
+}
+
+}  // namespace kjit::moe

@@ -1,0 +1,112 @@
+// The MoE dispatch layout on the GPU against tests/reference/moe_reference's `align`: counts,
+// offsets, the sorted pairs (pair order within an expert, padding T k) and every block's expert,
+// exactly; out-of-range ids counted and not placed; outputs poisoned first.
+#include <gtest/gtest.h>
+
+#include <random>
+#include <vector>
+
+#include "kjit/moe.hpp"
+#include "tests/reference/moe_reference.hpp"
+#include "tests/support/gpu.hpp"
+#include "tests/support/isolated_cache.hpp"
+
+namespace kjit::test {
+namespace {
+
+struct AlignCase {
+  const char* name;
+  int tokens, top_k, experts, block;
+  bool skewed = false;  // most pairs to expert 3: long runs, many empty experts
+  int invalid = 0;      // ids set outside [0, E)
+};
+
+void PrintTo(const AlignCase& c, std::ostream* os) {
+  *os << c.name;
+}
+
+class MoeAlignTest : public IsolatedCache, public ::testing::WithParamInterface<AlignCase> {};
+
+TEST_P(MoeAlignTest, MatchesTheReferenceExactly) {
+  KJIT_REQUIRE_GPU();
+  const AlignCase& c = GetParam();
+  const unsigned seed = std::random_device{}();
+  SCOPED_TRACE(::testing::Message() << "input seed " << seed);
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> expert(0, c.experts - 1);
+  const int pairs = c.tokens * c.top_k;
+  std::vector<int> ids(static_cast<std::size_t>(pairs));
+  for (int& e : ids)
+    e = c.skewed && rng() % 4 != 0 ? std::min(3, c.experts - 1) : expert(rng);
+  for (int i = 0; i < c.invalid && i < pairs; ++i)
+    ids[(i * 7919) % pairs] = i % 2 ? -1 : c.experts + i;
+  // The reference places the valid pairs only: give it the valid ids, remember the pair indices.
+  std::vector<int> valid_ids = ids;
+  for (int& e : valid_ids)
+    e = e >= 0 && e < c.experts ? e : -1;
+
+  const std::int64_t capacity = moe::align_capacity(pairs, c.experts, c.block);
+  DeviceBuffer dids(std::max<std::size_t>(ids.size() * 4, 4)), sorted(capacity * 4),
+      block_expert(capacity / c.block * 4 + 4), counts(c.experts * 4), offsets((c.experts + 1) * 4),
+      invalid(4);
+  if (!ids.empty()) dids.upload(ids.data(), ids.size() * 4);
+  for (DeviceBuffer* b : {&sorted, &block_expert, &counts, &offsets, &invalid})
+    b->fill_bytes(0xab);
+  Stream stream;
+  moe::align(TensorView(dids.data(), DType::Int32, {c.tokens, c.top_k}), c.experts, c.block,
+             {TensorView(sorted.data(), DType::Int32, {capacity}),
+              TensorView(block_expert.data(), DType::Int32, {capacity / c.block}),
+              TensorView(counts.data(), DType::Int32, {c.experts}),
+              TensorView(offsets.data(), DType::Int32, {c.experts + 1}),
+              TensorView(invalid.data(), DType::Int32, {1})},
+             stream.handle());
+  stream.synchronize();
+  std::vector<int> got_sorted(capacity), got_blocks(capacity / c.block), got_counts(c.experts),
+      got_offsets(c.experts + 1), got_invalid(1);
+  sorted.download(got_sorted.data(), capacity * 4);
+  block_expert.download(got_blocks.data(), got_blocks.size() * 4);
+  counts.download(got_counts.data(), got_counts.size() * 4);
+  offsets.download(got_offsets.data(), got_offsets.size() * 4);
+  invalid.download(got_invalid.data(), 4);
+
+  // The reference over the valid pairs (invalid ones mapped to a scratch expert, dropped after).
+  std::vector<int> with_scratch = valid_ids;
+  for (int& e : with_scratch)
+    e = e < 0 ? c.experts : e;
+  const reference::Alignment want =
+      reference::align(with_scratch, c.tokens, c.top_k, c.experts + 1, c.block);
+  EXPECT_EQ(got_invalid[0], c.invalid < pairs ? c.invalid : pairs);
+  EXPECT_EQ(got_counts, std::vector<int>(want.counts.begin(), want.counts.end() - 1));
+  EXPECT_EQ(got_offsets, std::vector<int>(want.offsets.begin(), want.offsets.end() - 1));
+  const int total = want.offsets[c.experts];
+  for (int i = 0; i < capacity; ++i) {
+    const int expected = i < total ? want.sorted[i] : pairs;
+    ASSERT_EQ(got_sorted[i], expected) << "sorted[" << i << "]";
+  }
+  for (int b = 0; b < capacity / c.block; ++b) {
+    int expected = -1;
+    for (int e = 0; e < c.experts; ++e) {
+      if (want.offsets[e] <= b * c.block && b * c.block < want.offsets[e + 1]) expected = e;
+    }
+    ASSERT_EQ(got_blocks[b], expected) << "block " << b;
+  }
+}
+
+std::vector<AlignCase> cases() {
+  return {{"glm_decode", 16, 4, 64, 64},
+          {"glm_prefill", 4096, 4, 64, 64},
+          {"deepseek_v3", 2048, 8, 256, 128},
+          {"mixtral", 1000, 2, 8, 16},
+          {"skewed", 3000, 4, 64, 64, true},
+          {"one_token", 1, 4, 64, 64},
+          {"no_tokens", 0, 4, 64, 64},
+          {"block_of_1", 500, 2, 16, 1},
+          {"thousand_experts", 3000, 8, 1000, 32},
+          {"invalid_ids", 700, 4, 64, 64, false, 9}};
+}
+
+INSTANTIATE_TEST_SUITE_P(All, MoeAlignTest, ::testing::ValuesIn(cases()),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+}  // namespace
+}  // namespace kjit::test
