@@ -102,7 +102,9 @@ std::vector<AlignCase> cases() {
           {"no_tokens", 0, 4, 64, 64},
           {"block_of_1", 500, 2, 16, 1},
           {"thousand_experts", 3000, 8, 1000, 32},
-          {"invalid_ids", 700, 4, 64, 64, false, 9}};
+          {"invalid_ids", 700, 4, 64, 64, false, 9},
+          {"one_expert_block_100", 300, 1, 1, 100},  // block > E + 1, not a power of two
+          {"five_experts_block_48", 777, 3, 5, 48}};
 }
 
 INSTANTIATE_TEST_SUITE_P(All, MoeAlignTest, ::testing::ValuesIn(cases()),

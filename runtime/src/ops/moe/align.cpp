@@ -24,9 +24,13 @@ void MoeAlign::check(const Problem& p) {
     kAlignCheck.fail(fmt::format("experts must be 1 to 1024, got {}", p.experts));
   if (p.block < 1 || p.block > 1024)
     kAlignCheck.fail(fmt::format("block must be 1 to 1024 rows, got {}", p.block));
-  if (p.pairs < 0 || p.pairs + p.experts * p.block > (1ll << 31) - 1)
+  // The kernel's int32 indices and loops (stepping by up to 1024) stay below 2^31.
+  if (p.pairs < 0 ||
+      moe::align_capacity(p.pairs, static_cast<int>(p.experts), static_cast<int>(p.block)) + 1024 >
+          (1ll << 31) - 1) {
     kAlignCheck.fail(
         fmt::format("{} pairs are more than the layout's int32 indices hold", p.pairs));
+  }
 }
 
 KernelSpec MoeAlign::spec(const Config&, const Problem& p, const Arch& arch) {
