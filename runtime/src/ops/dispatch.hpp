@@ -115,6 +115,13 @@ class Dispatcher {
     const Config c = tuned ? *config_of<F>(tuned->config) : F::default_config(b, arch);
     const std::string source = tuned ? tuned->source : "default";
     const std::string key = tuning::problem_key(shape);
+    // A default no config of the family can run on this arch (shared memory it does not have):
+    // refused here, once per bucket, rather than by the driver at launch.
+    if (!F::valid(c, b, arch)) {
+      throw InvalidArgument(
+          fmt::format("{} {} {}: no config of the family runs on {} (the default {} does not)",
+                      F::kName, key, dtype, arch.name(), tuning::config_json(config_map<F>(c))));
+    }
     if (print_config()) {
       std::fprintf(stderr, "kjit: %s %s %s %s -> %s (%s)\n", F::kName, key.c_str(), dtype.c_str(),
                    arch.name().c_str(), tuning::config_json(config_map<F>(c)).c_str(),

@@ -42,6 +42,22 @@ void check_attention_tensors(const TensorView& q, const TensorView& k, const Ten
   }
 }
 
+void check_like(const TensorView& t, const char* name, const TensorView& ref, const char* ref_name,
+                int dims, const TensorChecks& checks) {
+  checks.ndim(t, name, dims, dims == 4 ? "[B, S, H, D]" : "[T, H, D]");
+  checks.data(t, name);
+  checks.contiguous_last(t, name);
+  checks.nonnegative_strides(t, name);
+  checks.aligned(t, name, 16);
+  checks.same_dtype(t, name, ref, ref_name);
+  for (int i = 0; i < dims; ++i) {
+    if (t.size(i) != ref.size(i)) {
+      checks.fail(fmt::format("{} must have {}'s shape, got {} for {}", name, ref_name,
+                              t.describe(), ref.describe()));
+    }
+  }
+}
+
 LongestSequences check_varlen(const attention::Varlen& s, std::int64_t tokens_q,
                               std::int64_t tokens_k, const TensorChecks& checks) {
   std::int64_t longest[2] = {0, 0};

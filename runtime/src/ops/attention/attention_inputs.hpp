@@ -23,6 +23,11 @@ void check_attention_tensors(const TensorView& q, const TensorView& k, const Ten
                              const TensorView& out, int dims,
                              const TensorChecks& checks = kAttentionCheck);
 
+// A gradient (or dout) must look like the tensor it belongs to: `dims` dims of ref's shape and
+// dtype, head dim contiguous, 16-byte aligned rows.
+void check_like(const TensorView& t, const char* name, const TensorView& ref, const char* ref_name,
+                int dims, const TensorChecks& checks = kAttentionCheck);
+
 // The longest query and key sequences of a packed call, after checking cu_seqlens (int32
 // [B + 1], contiguous, host copies non-decreasing from 0 to the token counts).
 struct LongestSequences {

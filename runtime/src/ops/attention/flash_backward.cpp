@@ -32,23 +32,6 @@ std::size_t stats_bytes(std::int64_t rows, std::int64_t heads_q) {
   return cells == 0 ? 0 : align_up((cells + KJIT_BACKWARD_STATS_SLACK) * 4);
 }
 
-// A gradient (or dout) must look like the tensor it belongs to.
-void check_like(const TensorView& t, const char* name, const TensorView& ref, const char* ref_name,
-                int dims) {
-  kAttentionCheck.ndim(t, name, dims, dims == 4 ? "[B, S, H, D]" : "[T, H, D]");
-  kAttentionCheck.data(t, name);
-  kAttentionCheck.contiguous_last(t, name);
-  kAttentionCheck.nonnegative_strides(t, name);
-  kAttentionCheck.aligned(t, name, 16);
-  kAttentionCheck.same_dtype(t, name, ref, ref_name);
-  for (int i = 0; i < dims; ++i) {
-    if (t.size(i) != ref.size(i)) {
-      kAttentionCheck.fail(fmt::format("{} must have {}'s shape, got {} for {}", name, ref_name,
-                                       t.describe(), ref.describe()));
-    }
-  }
-}
-
 void check_gradients(const TensorView& q, const TensorView& k, const TensorView& v,
                      const TensorView& out, const TensorView& dout, const TensorView& dq,
                      const TensorView& dk, const TensorView& dv, int dims) {

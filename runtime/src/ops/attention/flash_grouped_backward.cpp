@@ -13,16 +13,6 @@
 #include "ops/dispatch.hpp"
 
 namespace kjit::ops {
-namespace {
-
-constexpr std::size_t kWorkspaceAlign = 256;
-
-std::size_t group_workspace_bytes(std::int64_t rows, std::int64_t heads_q, std::int64_t head_dim) {
-  const std::size_t bytes = FlashBackward::workspace_bytes(rows, heads_q, head_dim, false);
-  return (bytes + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign;
-}
-
-}  // namespace
 
 void GroupedBackward::check(const Problem& p) {
   GroupedForward::check(p);
@@ -97,8 +87,8 @@ std::vector<TensorSpec> GroupedBackward::tensors(const Problem& p) {
   }
   t.back() = {"workspace",
               DType::UInt8,
-              {p.groups * static_cast<std::int64_t>(
-                              group_workspace_bytes(p.batch * p.seqlen_q, p.heads_q, p.head_dim))},
+              {p.groups * static_cast<std::int64_t>(FlashBackward::workspace_bytes(
+                              p.batch * p.seqlen_q, p.heads_q, p.head_dim, false))},
               Role::Scratch};
   return t;
 }
@@ -108,7 +98,7 @@ GroupedBackward::Args GroupedBackward::args(const Problem& p, const std::vector<
   o.causal = p.causal;
 
   const std::size_t per_group_bytes =
-      group_workspace_bytes(p.batch * p.seqlen_q, p.heads_q, p.head_dim);
+      FlashBackward::workspace_bytes(p.batch * p.seqlen_q, p.heads_q, p.head_dim, false);
   Args a{};
   a.groups = static_cast<int>(p.groups);
   for (std::int64_t g = 0; g < p.groups; ++g) {
@@ -137,7 +127,7 @@ std::size_t GroupedBackward::workspace_bytes(const attention::AttentionGroup* gr
     const TensorView& q = groups[g].q;
     if (q.ndim != 3)
       kAttentionCheck.fail(fmt::format("group {}: q must be [T, H, D], got {}", g, q.describe()));
-    bytes += group_workspace_bytes(q.size(0), q.size(1), q.size(2));
+    bytes += FlashBackward::workspace_bytes(q.size(0), q.size(1), q.size(2), false);
   }
   return bytes;
 }
@@ -148,7 +138,7 @@ void GroupedBackward::attach_workspace(Args& args, const attention::AttentionGro
   for (int g = 0; g < args.groups; ++g) {
     const std::int64_t rows = groups[g].q.size(0);
     FlashBackward::attach_workspace(args.group[g], at, rows, head_dim, false);
-    at += group_workspace_bytes(rows, groups[g].q.size(1), head_dim);
+    at += FlashBackward::workspace_bytes(rows, groups[g].q.size(1), head_dim, false);
   }
 }
 
@@ -162,13 +152,8 @@ Call<GroupedBackward> GroupedBackward::validate(const attention::AttentionGroup*
   }
   const GroupedShape shape = check_groups(groups, group_count, keys, true);
   Call<GroupedBackward> call{};
-  std::int64_t longest_k = 0;
-  for (std::int64_t b = 0; b < shape.batch; ++b) {
-    longest_k = std::max<std::int64_t>(longest_k,
-                                       keys.host_cu_seqlens_k[b + 1] - keys.host_cu_seqlens_k[b]);
-  }
-  call.problem = {groups[0].q.dtype, group_count,     shape.batch, shape.heads_q, shape.heads_k,
-                  shape.head_dim,    shape.longest_q, longest_k,   o.causal};
+  call.problem = {groups[0].q.dtype, group_count,     shape.batch,     shape.heads_q, shape.heads_k,
+                  shape.head_dim,    shape.longest_q, shape.longest_k, o.causal};
   check(call.problem);
   call.args.groups = group_count;
   for (int g = 0; g < group_count; ++g) {

@@ -39,21 +39,6 @@ std::int64_t check_windows(const attention::AttentionGroup& g, const std::int32_
   return longest;
 }
 
-void check_like(const TensorView& t, const char* name, const TensorView& ref,
-                const TensorChecks& checks) {
-  checks.ndim(t, name, 3, "[T, H, D]");
-  checks.data(t, name);
-  checks.contiguous_last(t, name);
-  checks.nonnegative_strides(t, name);
-  checks.aligned(t, name, 16);
-  checks.same_dtype(t, name, ref, "q");
-  for (int i = 0; i < 3; ++i) {
-    if (t.size(i) != ref.size(i))
-      checks.fail(
-          fmt::format("{} must have q's shape, got {} for {}", name, t.describe(), ref.describe()));
-  }
-}
-
 }  // namespace
 
 TensorView group_slice(const TensorView& whole, std::int64_t g) {
@@ -99,12 +84,13 @@ GroupedShape check_groups(const attention::AttentionGroup* groups, int group_cou
                               group.q.describe(), groups[0].q.describe()));
     }
     shape.longest_q = std::max(shape.longest_q, longest.q);
+    shape.longest_k = longest.k;
     shape.longest_window =
         std::max(shape.longest_window, check_windows(group, keys.host_cu_seqlens_k, batch, checks));
     const std::int64_t tokens = group.q.size(0);
     if (backward) {
-      check_like(group.dout, "dout", group.q, checks);
-      check_like(group.dq, "dq", group.q, checks);
+      check_like(group.dout, "dout", group.q, "q", 3, checks);
+      check_like(group.dq, "dq", group.q, "q", 3, checks);
     }
     if ((backward && tokens > 0) || group.lse.data) {
       check_lse(group.lse, 1, shape.heads_q, tokens, false, backward ? "the forward's " : "",

@@ -15,6 +15,7 @@ struct GroupedShape {
   std::int64_t batch = 0, heads_q = 0, heads_k = 0, head_dim = 0;
   std::int64_t longest_q = 0;       // the longest query segment of any group and sequence
   std::int64_t longest_window = 0;  // the longest window
+  std::int64_t longest_k = 0;       // the longest key sequence
 };
 
 // The forward's tensors (q, out, lse when given), or with `backward` also dout, dq and the

@@ -1,8 +1,8 @@
 // The input rules of MLA decode: q [B, s_q, H, 576] (s_q 1 to 4), a paged latent cache of the
 // same dtype (fp16 or bf16) with blocks of 32 or 64 tokens, its block table and lengths checked
-// on the caller's host copies, out [B, s_q, H, 512] (any strides, rows contiguous) and an optional fp32 lse [B, s_q, H] (any
-// strides). Each
-// failure throws InvalidArgument naming the argument (and the sequence, for the table).
+// on the caller's host copies, out [B, s_q, H, 512] (any strides, rows contiguous) and an optional
+// fp32 lse [B, s_q, H] (any strides). Each failure throws InvalidArgument naming the argument (and
+// the sequence, for the table).
 #pragma once
 
 #include <cstdint>
