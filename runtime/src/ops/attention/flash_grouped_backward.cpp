@@ -52,17 +52,22 @@ void GroupedBackward::launch(const Program& program, const Config& c, const Prob
   const FlashBackward::Problem plain = per_group(p);
   if (plain.empty()) return;
   Args args = call_args;
+  // A group without queries has an empty workspace part (its pointers are the next group's, or
+  // the end): its prep would write the stats slack there. It has nothing to prepare or store.
   for (int g = 0; g < args.groups; ++g) {
     FlashBackward::encode_maps(args.group[g], c, plain);
-    FlashBackward::launch_prep(program, plain, args.group[g], stream);
+    if (args.group[g].tokens_q > 0)
+      FlashBackward::launch_prep(program, plain, args.group[g], stream);
   }
   if (p.seqlen_k > 0) {
     LaunchConfig grid = FlashBackward::main_grid(c, plain, stream);
     std::swap(grid.grid.x, grid.grid.y);  // (head, key tile, sequence): KjitGroupedBackwardParams
     program.kernel_at(1).launch(grid, args);
   }
-  for (int g = 0; g < args.groups; ++g)
-    FlashBackward::launch_dq(program, c, plain, args.group[g], stream);
+  for (int g = 0; g < args.groups; ++g) {
+    if (args.group[g].tokens_q > 0)
+      FlashBackward::launch_dq(program, c, plain, args.group[g], stream);
+  }
 }
 
 std::vector<GroupedBackward::Problem> GroupedBackward::shipped(const Arch& arch) {
