@@ -3,8 +3,8 @@
 // the cache. Per row: time per call (the median of 15 runs of 20 back-to-back calls, so that the
 // host's enqueue overlaps the GPU's work), GB/s of cache bytes read (B L 1152 / time), TFLOP/s
 // (2 H s_q L (576 + 512) per sequence) and the fraction of the device-to-device copy bandwidth
-// measured first in the same process, with the split count the op chose.
-// Flags: --only-heads H (repeatable).
+// measured first in the same process, with the main loop and split count the op chose.
+// Flags (each repeatable): --only-heads H, --only-batch B, --only-length L.
 #include <algorithm>
 #include <cstdio>
 #include <numeric>
@@ -29,16 +29,25 @@ constexpr int kCalls = 20;
 }  // namespace
 
 int main(int argc, char** argv) try {
-  std::vector<long long> only_heads;
+  std::vector<long long> only_heads, only_batch, only_length;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
-    if (arg == "--only-heads" && i + 1 < argc) {
-      only_heads.push_back(std::stoll(argv[++i]));
+    auto* list = arg == "--only-heads"    ? &only_heads
+                 : arg == "--only-batch"  ? &only_batch
+                 : arg == "--only-length" ? &only_length
+                                          : nullptr;
+    if (list && i + 1 < argc) {
+      list->push_back(std::stoll(argv[++i]));
     } else {
-      std::fprintf(stderr, "usage: kjit_bench_mla_decode [--only-heads H]...\n");
+      std::fprintf(stderr,
+                   "usage: kjit_bench_mla_decode [--only-heads H] [--only-batch B] "
+                   "[--only-length L]...\n");
       return 2;
     }
   }
+  auto skip = [](const std::vector<long long>& only, long long v) {
+    return !only.empty() && std::find(only.begin(), only.end(), v) == only.end();
+  };
   std::string reason;
   if (!kjit::driver_available(&reason)) {
     std::printf("mla_decode needs a CUDA GPU: %s\n", reason.c_str());
@@ -53,17 +62,15 @@ int main(int argc, char** argv) try {
   std::printf("%s, kjit %s, MLA decode bf16 s_q 1 block 64; device copy %.0f GB/s\n",
               kjit::device_info(kjit::current_device()).name.c_str(), kjit::version().c_str(),
               copy_gbs);
-  std::printf("%4s %4s %6s %10s %9s %8s %8s %6s\n", "H", "B", "L", "us/call", "GB/s", "TFLOP/s",
-              "vs copy", "splits");
+  std::printf("%4s %4s %6s %10s %9s %8s %8s %8s %6s\n", "H", "B", "L", "us/call", "GB/s", "TFLOP/s",
+              "vs copy", "mainloop", "splits");
   constexpr int kD = kjit::mla::kHeadDim, kV = kjit::mla::kLatentDim, kBlock = 64;
   std::mt19937 rng(11);
   for (long long heads : {20, 64, 128}) {
-    if (!only_heads.empty() &&
-        std::find(only_heads.begin(), only_heads.end(), heads) == only_heads.end()) {
-      continue;
-    }
+    if (skip(only_heads, heads)) continue;
     for (long long b : {1, 8, 32, 64, 128}) {
       for (long long l : {1024, 4096, 16384, 65536}) {
+        if (skip(only_batch, b) || skip(only_length, l)) continue;
         const long long max_blocks = l / kBlock, num_blocks = b * max_blocks;
         std::vector<std::int32_t> table(static_cast<std::size_t>(num_blocks)),
             lengths(static_cast<std::size_t>(b), static_cast<std::int32_t>(l));
@@ -100,8 +107,9 @@ int main(int argc, char** argv) try {
         const auto call = kjit::ops::MlaDecode::validate(vq, paged, vout, vlse, options);
         const auto config = kjit::ops::Dispatcher<kjit::ops::MlaDecode>::instance().choose(
             call.problem, kjit::arch::current());
-        std::printf("%4lld %4lld %6lld %10.2f %9.0f %8.1f %7.0f%% %6lld\n", heads, b, l, ms * 1e3,
-                    bytes / ms / 1e6, flops / ms / 1e9, 100.0 * bytes / ms / 1e6 / copy_gbs,
+        std::printf("%4lld %4lld %6lld %10.2f %9.0f %8.1f %7.0f%% %8lld %6lld\n", heads, b, l,
+                    ms * 1e3, bytes / ms / 1e6, flops / ms / 1e9,
+                    100.0 * bytes / ms / 1e6 / copy_gbs, static_cast<long long>(config.mainloop),
                     static_cast<long long>(config.splits));
       }
     }

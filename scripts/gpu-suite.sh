@@ -217,15 +217,21 @@ if [ "$what" = mla ]; then
   # memory under racecheck), the benchmark beside the device copy.
   sharded_tests mla_tests '*MlaDecode*' 200
   step mla_memcheck timeout 150 compute-sanitizer --tool memcheck --error-exitcode 3 \
-    "$bin/kjit_gpu_tests" --gtest_filter='All/MlaDecodeTest.*/2:All/MlaDecodeTest.*/11'
+    "$bin/kjit_gpu_tests" --gtest_filter='All/MlaDecodeTest.*/case2_*:All/MlaDecodeTest.*/case11_*'
   step mla_racecheck timeout 150 compute-sanitizer --tool racecheck --error-exitcode 3 \
-    "$bin/kjit_gpu_tests" --gtest_filter='All/MlaDecodeTest.*/3:All/MlaDecodeTest.*/10'
+    "$bin/kjit_gpu_tests" --gtest_filter='All/MlaDecodeTest.*/case3_*:All/MlaDecodeTest.*/case10_*'
   step mla_bench timeout 240 "$bin/kjit_bench_mla_decode"
+  # FlashMLA from the carried wheel (.peers/flashmla, see bench/mla_decode_peers.py) on the
+  # same rows, and torch SDPA as the floor.
+  python3 -m pip install -q --no-index --no-deps --target /tmp/psite .peers/flashmla/*.whl \
+    >"$out/flashmla_install.log" 2>&1
+  PYTHONPATH=/tmp/psite PYTHONUNBUFFERED=1 step mla_peers timeout 300 python3 \
+    bench/mla_decode_peers.py
   tally mla_tests
   for log in mla_memcheck mla_racecheck; do
     echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -4
   done
-  echo "== mla_bench"; cat "$out/mla_bench.log"
+  for log in mla_bench mla_peers; do echo "== $log"; cat "$out/$log.log"; done
 fi
 if [ "$what" = moe ]; then
   # The MoE router's and dispatch layout's tests against the references, a router case under

@@ -1,8 +1,14 @@
-/* Parameters of templates/attention/mla_decode.cuh, shared by the kernels and their host launcher
-   (plain C layout, passed by value). Strides are in elements; rows are contiguous. */
+/* Parameters of templates/attention/mla_decode.cuh and mla_decode_sm90.cuh, shared by the kernels
+   and their host launcher (plain C layout, passed by value). Strides are in elements; rows are
+   contiguous. */
 #pragma once
 
+#include "common/tensor_map.h"
+
 struct KjitMlaDecodeParams {
+  /* The sm90 kernel's copy-engine view of the cache: 64-column boxes of a block's rows, the block
+     id the third coordinate; unset for the mma.sync kernel. */
+  struct KjitTensorMap cache_map;
   const void* q;          /* [B, s_q, H, 576] */
   const void* cache;      /* [num_blocks, block_size, 576] */
   const int* block_table; /* [B, max_blocks] */
@@ -17,7 +23,7 @@ struct KjitMlaDecodeParams {
   long long cache_block_stride, cache_row_stride;
   long long o_batch_stride, o_token_stride, o_head_stride;
   long long lse_batch_stride, lse_token_stride, lse_head_stride;
-  int batch, s_q, heads, max_blocks;
+  int batch, s_q, heads, max_blocks, num_blocks;
   int splits, split_tokens; /* keys per split: a multiple of the key tile */
   float scale_log2;         /* softmax scale * log2(e) */
 };

@@ -2,14 +2,17 @@
 // FlashAttention's bound: max|out - ref| <= 2 max|lowprec - ref| + 1e-5 (lowprec rounds P and
 // the output to the input dtype), LSE within 1e-5 relative, and rows that see no key exactly
 // O = 0, LSE = -inf. Paged caches with shuffled block tables (unused entries poisoned), lengths
-// that are not block multiples, empty sequences, s_q 1..4, GLM's 20 heads and others, forced
-// split counts (the combine) beside the op's own choice, outputs poisoned.
+// that are not block multiples (NaN in the rest of the last block), empty sequences, s_q 1..4,
+// GLM's 20 heads and others, forced split counts (the combine) beside the op's own choice, both
+// main loops, outputs poisoned.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <numeric>
 #include <random>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include "kjit/jit.hpp"
@@ -44,7 +47,9 @@ void PrintTo(const MlaCase& c, std::ostream* os) {
   if (!c.with_lse) *os << " no lse";
 }
 
-void run_case(const MlaCase& c, unsigned seed) {
+// mainloop 0 with the op's split count: through kjit::mla::decode; else through the family, the
+// op's default config with the case's main loop and split count where they are set.
+void run_case(const MlaCase& c, std::int64_t mainloop, unsigned seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<double> normal;
   const int b = static_cast<int>(c.lengths.size()), bs = c.block_size;
@@ -68,6 +73,17 @@ void run_case(const MlaCase& c, unsigned seed) {
     for (auto& x : *v)
       x = to_bits(c.dtype, normal(rng));
   }
+  // NaN in the rows of a sequence's last block past its length (as FlashMLA's tests do): a
+  // kernel that lets them into P V (0 x NaN) poisons the output.
+  const std::uint16_t nan_bits = c.dtype == DType::BFloat16 ? 0x7fc0 : 0x7e00;
+  for (int s = 0; s < b; ++s) {
+    const int length = c.lengths[s];
+    for (int t = length; t < (length + bs - 1) / bs * bs; ++t) {
+      const std::size_t at =
+          (static_cast<std::size_t>(table[s * max_blocks + t / bs]) * bs + t % bs) * kD;
+      std::fill_n(cache.begin() + static_cast<std::ptrdiff_t>(at), kD, nan_bits);
+    }
+  }
   DeviceBuffer dq(q.size() * 2), dcache(cache.size() * 2), dtable(table.size() * 4),
       dlengths(b * 4), dout(static_cast<std::size_t>(b) * c.s_q * c.heads * kV * 2),
       dlse(static_cast<std::size_t>(b) * c.s_q * c.heads * 4);
@@ -88,9 +104,11 @@ void run_case(const MlaCase& c, unsigned seed) {
   mla::DecodeOptions options;
   options.softmax_scale = c.scale;
   Stream stream;
-  if (c.splits) {
+  if (mainloop || c.splits) {
     const ops::Call<ops::MlaDecode> call = ops::MlaDecode::validate(vq, paged, vout, vlse, options);
-    const ops::MlaDecode::Config config{c.splits};
+    ops::MlaDecode::Config config = ops::MlaDecode::default_config(call.problem, arch::current());
+    if (mainloop) config.mainloop = mainloop;
+    if (c.splits) config.splits = c.splits;
     const Program program = load(ops::MlaDecode::spec(config, call.problem, arch::current()));
     ops::MlaDecode::launch(program, config, call.problem, call.args, stream.handle());
   } else {
@@ -151,13 +169,18 @@ void run_case(const MlaCase& c, unsigned seed) {
   EXPECT_LE(max_lse_err, 1e-5) << "LSE relative error";
 }
 
-class MlaDecodeTest : public IsolatedCache, public ::testing::WithParamInterface<MlaCase> {};
+// Every case through the op's choice, then each main loop forced (0, 80 mma.sync, 90 wgmma).
+using MlaParam = std::tuple<MlaCase, std::int64_t>;
+class MlaDecodeTest : public IsolatedCache, public ::testing::WithParamInterface<MlaParam> {};
 
 TEST_P(MlaDecodeTest, MatchesDoubleReference) {
   KJIT_REQUIRE_GPU();
+  const auto& [c, mainloop] = GetParam();
+  if (mainloop == ops::MlaDecode::kMainloopWgmma && !arch::current().has_wgmma())
+    GTEST_SKIP() << "the wgmma main loop needs sm_90a; this card is " << arch::current().name();
   const unsigned seed = std::random_device{}();
   SCOPED_TRACE(::testing::Message() << "input seed " << seed);
-  run_case(GetParam(), seed);
+  run_case(c, mainloop, seed);
 }
 
 std::vector<MlaCase> cases() {
@@ -184,7 +207,19 @@ std::vector<MlaCase> cases() {
   };
 }
 
-INSTANTIATE_TEST_SUITE_P(All, MlaDecodeTest, ::testing::ValuesIn(cases()));
+// Names: case<i>_<op|mma|wgmma>.
+INSTANTIATE_TEST_SUITE_P(All, MlaDecodeTest,
+                         ::testing::Combine(::testing::ValuesIn(cases()),
+                                            ::testing::Values(std::int64_t{0},
+                                                              ops::MlaDecode::kMainloopMma,
+                                                              ops::MlaDecode::kMainloopWgmma)),
+                         [](const ::testing::TestParamInfo<MlaParam>& info) {
+                           const std::int64_t mainloop = std::get<1>(info.param);
+                           return "case" + std::to_string(info.index / 3) + "_" +
+                                  (mainloop == 0                              ? "op"
+                                   : mainloop == ops::MlaDecode::kMainloopMma ? "mma"
+                                                                              : "wgmma");
+                         });
 
 TEST(MlaDecodeRuns, BadInputIsRefusedBeforeAnyDeviceWork) {
   KJIT_REQUIRE_GPU();

@@ -1,5 +1,7 @@
 #include "driver/tensor_map.hpp"
 
+#include <cstring>
+
 #include <fmt/format.h>
 
 #include "driver/cuda_driver.hpp"
@@ -7,9 +9,9 @@
 
 namespace kjit::driver {
 
-CUtensorMap tiled_map_16bit(const void* base, const std::array<std::uint64_t, 4>& dims,
-                            const std::array<std::int64_t, 3>& strides,
-                            const std::array<std::uint32_t, 4>& box) {
+KjitTensorMap tiled_map_16bit(const void* base, const std::array<std::uint64_t, 4>& dims,
+                              const std::array<std::int64_t, 3>& strides,
+                              const std::array<std::uint32_t, 4>& box) {
   constexpr std::int64_t kElem = 2;
   if (reinterpret_cast<std::uintptr_t>(base) % 16 != 0)
     throw InvalidArgument("tensor map: the base address must be 16-byte aligned");
@@ -35,7 +37,12 @@ CUtensorMap tiled_map_16bit(const void* base, const std::array<std::uint64_t, 4>
                                      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
                                      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
         "cuTensorMapEncodeTiled");
-  return map;
+  static_assert(sizeof(KjitTensorMap) == sizeof(CUtensorMap) &&
+                    alignof(KjitTensorMap) == alignof(CUtensorMap),
+                "KjitTensorMap carries a CUtensorMap");
+  KjitTensorMap out;
+  std::memcpy(&out, &map, sizeof(out));
+  return out;
 }
 
 }  // namespace kjit::driver

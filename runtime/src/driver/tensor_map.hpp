@@ -4,7 +4,7 @@
 #include <array>
 #include <cstdint>
 
-#include <cuda.h>
+#include "common/tensor_map.h"
 
 namespace kjit::driver {
 
@@ -13,8 +13,9 @@ namespace kjit::driver {
 // (box[0] * 2 bytes must be 128 at most), zero-filled past the bounds. A dim of size 1 may have
 // any stride. Throws InvalidArgument for a layout the copy engine cannot read (strides not
 // multiples of 16 bytes, or base not 16-byte aligned) and DriverError if the driver refuses.
-CUtensorMap tiled_map_16bit(const void* base, const std::array<std::uint64_t, 4>& dims,
-                            const std::array<std::int64_t, 3>& strides,
-                            const std::array<std::uint32_t, 4>& box);
+// Returned as the kernels' parameter field.
+KjitTensorMap tiled_map_16bit(const void* base, const std::array<std::uint64_t, 4>& dims,
+                              const std::array<std::int64_t, 3>& strides,
+                              const std::array<std::uint32_t, 4>& box);
 
 }  // namespace kjit::driver

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <optional>
 
 #include <fmt/format.h>
@@ -203,17 +202,10 @@ FlashBackward::Config dq_pass_config(const FlashBackward::Config& c,
 // of box_rows rows of one head.
 KjitTensorMap tile_map(const KjitAttentionTensor& t, std::int64_t head_dim, std::int64_t rows,
                        std::int64_t heads, std::int64_t batch, std::int64_t box_rows) {
-  static_assert(sizeof(KjitTensorMap) == sizeof(CUtensorMap) &&
-                    alignof(KjitTensorMap) == alignof(CUtensorMap),
-                "KjitTensorMap carries a CUtensorMap");
   const auto u = [](std::int64_t v) { return static_cast<std::uint64_t>(v); };
-  const CUtensorMap map =
-      driver::tiled_map_16bit(t.data, {u(head_dim), u(rows), u(heads), u(batch)},
-                              {t.row_stride, t.head_stride, t.batch_stride},
-                              {64, static_cast<std::uint32_t>(box_rows), 1, 1});
-  KjitTensorMap out;
-  std::memcpy(&out, &map, sizeof(out));
-  return out;
+  return driver::tiled_map_16bit(t.data, {u(head_dim), u(rows), u(heads), u(batch)},
+                                 {t.row_stride, t.head_stride, t.batch_stride},
+                                 {64, static_cast<std::uint32_t>(box_rows), 1, 1});
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "driver/stream_allocation.hpp"
+#include "driver/tensor_map.hpp"
 #include "ops/dispatch.hpp"
 #include "ops/mla/mla_inputs.hpp"
 
@@ -14,15 +15,15 @@ namespace kjit::ops {
 namespace {
 
 constexpr unsigned kThreads = 256;
-constexpr std::int64_t kRows = 64, kKeys = 32, kLatent = mla::kLatentDim;
+constexpr std::int64_t kRows = 64, kLatent = mla::kLatentDim;
 
 std::int64_t ceil_div(std::int64_t a, std::int64_t b) {
   return (a + b - 1) / b;
 }
 
 // Keys per split for `splits` blocks per request: whole key tiles.
-std::int64_t split_tokens(std::int64_t longest, std::int64_t splits) {
-  return std::max<std::int64_t>(kKeys, ceil_div(ceil_div(longest, splits), kKeys) * kKeys);
+std::int64_t split_tokens(std::int64_t longest, std::int64_t splits, std::int64_t key_tile) {
+  return std::max(key_tile, ceil_div(ceil_div(longest, splits), key_tile) * key_tile);
 }
 
 // The parameter block over the call's tensors (lse may have null data); lengths and table on
@@ -54,6 +55,7 @@ MlaDecode::Args params_of(const MlaDecode::Problem& p, const TensorView& q, cons
   a.s_q = static_cast<int>(p.s_q);
   a.heads = static_cast<int>(p.heads);
   a.max_blocks = static_cast<int>(block_table.size(1));
+  a.num_blocks = static_cast<int>(cache.size(0));
   a.scale_log2 = (scale > 0.f ? scale : 1.f / std::sqrt(static_cast<float>(mla::kHeadDim))) *
                  1.4426950408889634f;
   return a;
@@ -72,28 +74,38 @@ void MlaDecode::check(const Problem& p) {
     throw InvalidArgument("mla decode: at most 65535 requests and 64 x 65535 rows a request");
 }
 
-unsigned MlaDecode::shared_bytes() {
+unsigned MlaDecode::shared_bytes(const Config& c) {
+  const std::int64_t row = mla::kHeadDim;
+  if (c.wgmma()) {
+    // mla_decode_sm90.cuh: 1024 bytes of slack to align the swizzled tiles, Q and two 64-key
+    // stages (rows of exactly 576), P (64 x 64), the rows' factors, maxima and sums, the stages'
+    // mbarriers.
+    return static_cast<unsigned>(1024 + (3 * kRows * row + kRows * 64) * 2 + 3 * kRows * 4 + 2 * 8);
+  }
   // mla_decode.cuh's MlaShape::kBytes: Q (64 rows), two 32-key stages, P (rows padded by 8
   // elements), the row maxima and sums of both halves.
-  const std::int64_t row = mla::kHeadDim + 8;
-  return static_cast<unsigned>((kRows * row + 2 * kKeys * row + kRows * (kKeys + 8)) * 2 +
+  return static_cast<unsigned>((kRows * (row + 8) + 2 * 32 * (row + 8) + kRows * (32 + 8)) * 2 +
                                2 * 2 * kRows * 4);
 }
 
 bool MlaDecode::valid(const Config& c, const Problem& p, const Arch& arch) {
-  return c.splits >= 1 && c.splits <= kMaxSplits &&
-         c.splits <= std::max<std::int64_t>(1, ceil_div(p.longest, kKeys)) &&
-         shared_bytes() <= arch.max_shared_bytes();
+  return (c.mainloop == kMainloopMma || (c.wgmma() && arch.has_wgmma())) && c.splits >= 1 &&
+         c.splits <= kMaxSplits &&
+         c.splits <= std::max<std::int64_t>(1, ceil_div(p.longest, c.key_tile())) &&
+         shared_bytes(c) <= arch.max_shared_bytes();
 }
 
-std::vector<MlaDecode::Config> MlaDecode::space(const Problem&, const Arch&) {
+std::vector<MlaDecode::Config> MlaDecode::space(const Problem&, const Arch& arch) {
   std::vector<Config> out;
-  for (std::int64_t s = 1; s <= kMaxSplits; s *= 2)
-    out.push_back({s});
+  for (std::int64_t mainloop : {kMainloopMma, kMainloopWgmma}) {
+    if (mainloop == kMainloopWgmma && !arch.has_wgmma()) continue;
+    for (std::int64_t s = 1; s <= kMaxSplits; s *= 2)
+      out.push_back({mainloop, s});
+  }
   return out;
 }
 
-MlaDecode::Config MlaDecode::default_config(const Problem& p, const Arch&) {
+MlaDecode::Config MlaDecode::default_config(const Problem& p, const Arch& arch) {
   // Split a request's keys only while the blocks of one split per request leave most of an
   // H100's 132 SMs idle, and never below kMinSplitTokens a split (each split costs fp32 partials
   // and the combine's read of them).
@@ -103,13 +115,15 @@ MlaDecode::Config MlaDecode::default_config(const Problem& p, const Arch&) {
   std::int64_t pow2 = 1;
   while (pow2 * 2 <= std::min(splits, kMaxSplits))
     pow2 *= 2;
-  return {pow2};
+  return {arch.has_wgmma() ? kMainloopWgmma : kMainloopMma, pow2};
 }
 
-KernelSpec MlaDecode::spec(const Config&, const Problem& p, const Arch& arch) {
+KernelSpec MlaDecode::spec(const Config& c, const Problem& p, const Arch& arch) {
   const char* t = cxx_type(p.dtype);
-  KernelSpec s(sources()[0], {fmt::format("kjit::attention::mla_decode<{}, {}>", t, p.block_size),
-                              fmt::format("kjit::attention::mla_decode_combine<{}>", t)});
+  KernelSpec s(sources()[c.wgmma() ? 1 : 0],
+               {fmt::format("kjit::attention::mla_decode{}<{}, {}>", c.wgmma() ? "_sm90" : "", t,
+                            p.block_size),
+                fmt::format("kjit::attention::mla_decode_combine<{}>", t)});
   s.arch = arch.name();
   return s;
 }
@@ -118,7 +132,14 @@ void MlaDecode::launch(const Program& program, const Config& c, const Problem& p
                        const Args& call_args, StreamHandle stream) {
   if (p.empty()) return;
   Args args = call_args;
-  args.split_tokens = static_cast<int>(split_tokens(p.longest, c.splits));
+  if (c.wgmma()) {
+    const auto u = [](std::int64_t v) { return static_cast<std::uint64_t>(v); };
+    args.cache_map = driver::tiled_map_16bit(
+        args.cache, {u(mla::kHeadDim), u(p.block_size), u(args.num_blocks), 1},
+        {args.cache_row_stride, args.cache_block_stride, args.cache_block_stride},
+        {64, static_cast<std::uint32_t>(p.block_size), 1, 1});
+  }
+  args.split_tokens = static_cast<int>(split_tokens(p.longest, c.splits, c.key_tile()));
   args.splits = static_cast<int>(std::max<std::int64_t>(1, ceil_div(p.longest, args.split_tokens)));
   const std::int64_t rows = p.s_q * p.heads;
   std::optional<driver::StreamAllocation> partials;
@@ -132,7 +153,7 @@ void MlaDecode::launch(const Program& program, const Config& c, const Problem& p
       {{static_cast<unsigned>(args.splits), static_cast<unsigned>(p.row_tiles()),
         static_cast<unsigned>(p.batch)},
        {kThreads},
-       shared_bytes(),
+       shared_bytes(c),
        stream,
        {}},
       args);

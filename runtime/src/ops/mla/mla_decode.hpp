@@ -1,6 +1,7 @@
-// The MLA decode family: templates/attention/mla_decode.cuh (mma.sync, sm_80+; the decode and
-// the split-KV combine), its split count, the launch (partials in stream-ordered scratch when a
-// request's keys are split). kjit::mla::decode runs through it.
+// The MLA decode family: templates/attention/mla_decode.cuh (mma.sync, sm_80+) and
+// mla_decode_sm90.cuh (wgmma, sm_90a), each with mla_decode_combine.cuh's split-KV combine; the
+// main loop and split count, the launch (partials in stream-ordered scratch when a request's keys
+// are split). kjit::mla::decode runs through it.
 #pragma once
 
 #include <cstdint>
@@ -14,18 +15,26 @@ namespace kjit::ops {
 
 struct MlaDecode {
   static constexpr const char* kName = "mla_decode";
-  static std::vector<Source> sources() { return {Source::embedded("attention/mla_decode.cuh")}; }
+  static std::vector<Source> sources() {
+    return {Source::embedded("attention/mla_decode.cuh"),
+            Source::embedded("attention/mla_decode_sm90.cuh")};
+  }
 
   // `longest`: the longest cached sequence of the call.
+  static constexpr std::int64_t kMainloopMma = 80, kMainloopWgmma = 90;
+
   struct Problem {
     DType dtype = DType::BFloat16;
     std::int64_t batch = 0, s_q = 0, heads = 0, block_size = 0, longest = 0;
     bool empty() const { return batch == 0; }
     std::int64_t row_tiles() const { return (s_q * heads + 63) / 64; }
   };
-  // splits: how many blocks share a request's keys (their partials merged by the combine).
+  // mainloop 80: mma.sync, 32-key tiles; 90: wgmma, 64-key tiles (sm_90a). splits: how many
+  // blocks share a request's keys (their partials merged by the combine).
   struct Config {
-    std::int64_t splits = 1;
+    std::int64_t mainloop = kMainloopMma, splits = 1;
+    bool wgmma() const { return mainloop == kMainloopWgmma; }
+    std::int64_t key_tile() const { return wgmma() ? 64 : 32; }
   };
   using Args = KjitMlaDecodeParams;
 
@@ -33,7 +42,8 @@ struct MlaDecode {
       field<&Problem::batch>("B", tuning::Bucket::Pow2), field<&Problem::s_q>("s_q"),
       field<&Problem::heads>("H"), field<&Problem::block_size>("block_size"),
       field<&Problem::longest>("L", tuning::Bucket::Pow2)};
-  static constexpr Field<Config> kConfig[] = {field<&Config::splits>("splits")};
+  static constexpr Field<Config> kConfig[] = {field<&Config::mainloop>("mainloop"),
+                                              field<&Config::splits>("splits")};
   static constexpr DType kDTypes[] = {DType::Float16, DType::BFloat16};
   static constexpr std::int64_t kMaxSplits = 64, kMinSplitTokens = 512;
 
@@ -41,7 +51,7 @@ struct MlaDecode {
   static std::vector<Config> space(const Problem& p, const Arch& arch);
   static bool valid(const Config& c, const Problem& p, const Arch& arch);
   static Config default_config(const Problem& p, const Arch& arch);
-  static unsigned shared_bytes();
+  static unsigned shared_bytes(const Config& c);
   static KernelSpec spec(const Config& c, const Problem& p, const Arch& arch);
   static void launch(const Program& program, const Config& c, const Problem& p, const Args& args,
                      StreamHandle stream);
