@@ -1,5 +1,6 @@
-// What the attention benchmarks share: the median of CUDA-event-timed runs after warm-ups, and
-// standard-normal bf16 inputs.
+// What the attention benchmarks share: the median of CUDA-event-timed runs after warm-ups (also
+// of a CUDA graph's replays, which leave the host's enqueue out), and standard-normal bf16
+// inputs.
 #pragma once
 
 #include <algorithm>
@@ -8,6 +9,7 @@
 #include <random>
 #include <vector>
 
+#include "driver/cuda_driver.hpp"
 #include "kjit/device.hpp"
 
 namespace kjit::bench {
@@ -29,6 +31,28 @@ double median_ms(F&& body, StreamHandle stream) {
   }
   std::sort(ms.begin(), ms.end());
   return ms[ms.size() / 2];
+}
+
+// median_ms of one replay of a CUDA graph that captured body() on `stream`: the GPU's time
+// alone, as a model runner that replays graphs sees it. body() runs once first, so that loading
+// and compiling stay outside the capture.
+template <class F>
+double graph_median_ms(F&& body, StreamHandle stream) {
+  const driver::Api& api = driver::api();
+  const auto s = static_cast<CUstream>(stream);
+  body();
+  driver::check(api.cuStreamBeginCapture(s, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
+                "cuStreamBeginCapture");
+  body();
+  CUgraph graph = nullptr;
+  driver::check(api.cuStreamEndCapture(s, &graph), "cuStreamEndCapture");
+  CUgraphExec exec = nullptr;
+  driver::check(api.cuGraphInstantiateWithFlags(&exec, graph, 0), "cuGraphInstantiateWithFlags");
+  const double ms =
+      median_ms([&] { driver::check(api.cuGraphLaunch(exec, s), "cuGraphLaunch"); }, stream);
+  driver::check(api.cuGraphExecDestroy(exec), "cuGraphExecDestroy");
+  driver::check(api.cuGraphDestroy(graph), "cuGraphDestroy");
+  return ms;
 }
 
 inline DeviceBuffer random_bf16(std::size_t elems) {

@@ -9,43 +9,79 @@
 
 namespace kjit::attention {
 
-// One warp per (request, row): the splits' partials weighted by exp(lse - max), in fp32.
+// One warp per (request, row). Each lane reads up to four splits' LSEs (at most 128 splits, the
+// family's kMaxSplits), so that the max and the weights exp(lse - max) come from warp
+// reductions rather than a serial pass; the partial rows are then summed four splits at a time
+// (their loads in flight together), lane l owning float4 columns l + 32 v (coalesced).
 template <class T>
 __global__ void __launch_bounds__(256) mla_decode_combine(const KjitMlaDecodeParams p) {
-  constexpr int kLatent = 512, kPerLane = kLatent / 32;
+  constexpr int kLatent = 512, kVectors = kLatent / 4 / 32, kSlots = 4, kUnroll = 4;
   const int rows = p.s_q * p.heads;
   const long long cell = static_cast<long long>(blockIdx.x) * 8 + threadIdx.x / 32;
   if (cell >= static_cast<long long>(p.batch) * rows) return;
   const int lane = threadIdx.x % 32, b = static_cast<int>(cell / rows);
   const int row = static_cast<int>(cell % rows), i = row / p.heads, head = row % p.heads;
   const long long per_split = static_cast<long long>(p.batch) * rows;
-  float max = negative_infinity();
-  for (int s = 0; s < p.splits; ++s)
-    max = fmaxf(max, p.partial_lse[s * per_split + cell]);
-  float acc[kPerLane] = {}, total = 0.f;
-  if (max != negative_infinity()) {
-    for (int s = 0; s < p.splits; ++s) {
-      const float w = expf(p.partial_lse[s * per_split + cell] - max);  // 0 for an empty split
-      if (w == 0.f) continue;
-      total += w;
-      const float4* part = reinterpret_cast<const float4*>(
-          p.partial_out + (s * per_split + cell) * kLatent + lane * kPerLane);
+
+  float lse[kSlots], max = negative_infinity();
 #pragma unroll
-      for (int v = 0; v < kPerLane / 4; ++v) {
-        const float4 x = part[v];
-        acc[4 * v] += w * x.x;
-        acc[4 * v + 1] += w * x.y;
-        acc[4 * v + 2] += w * x.z;
-        acc[4 * v + 3] += w * x.w;
+  for (int k = 0; k < kSlots; ++k) {
+    const int s = lane + 32 * k;
+    lse[k] = s < p.splits ? p.partial_lse[s * per_split + cell] : negative_infinity();
+    max = fmaxf(max, lse[k]);
+  }
+#pragma unroll
+  for (int d = 16; d > 0; d /= 2)
+    max = fmaxf(max, __shfl_xor_sync(0xffffffffu, max, d));
+  float weight[kSlots], total = 0.f;  // 0 for an empty split, and for all when every one is
+#pragma unroll
+  for (int k = 0; k < kSlots; ++k) {
+    weight[k] = max == negative_infinity() ? 0.f : expf(lse[k] - max);
+    total += weight[k];
+  }
+#pragma unroll
+  for (int d = 16; d > 0; d /= 2)
+    total += __shfl_xor_sync(0xffffffffu, total, d);
+
+  float4 acc[kVectors] = {};
+  for (int s0 = 0; s0 < p.splits; s0 += kUnroll) {
+    float w[kUnroll];
+    float4 x[kUnroll][kVectors];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int s = s0 + u, slot = s / 32;  // warp-uniform
+      const float mine = slot == 0   ? weight[0]
+                         : slot == 1 ? weight[1]
+                         : slot == 2 ? weight[2]
+                                     : weight[3];
+      w[u] = __shfl_sync(0xffffffffu, mine, s % 32);
+      const float4* part =
+          reinterpret_cast<const float4*>(p.partial_out + (s * per_split + cell) * kLatent);
+#pragma unroll
+      for (int v = 0; v < kVectors; ++v)
+        x[u][v] = s < p.splits ? part[lane + 32 * v] : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (s0 + u >= p.splits) break;
+#pragma unroll
+      for (int v = 0; v < kVectors; ++v) {
+        acc[v].x += w[u] * x[u][v].x;
+        acc[v].y += w[u] * x[u][v].y;
+        acc[v].z += w[u] * x[u][v].z;
+        acc[v].w += w[u] * x[u][v].w;
       }
     }
   }
   const float inv = total > 0.f ? 1.f / total : 0.f;
-  T* out = static_cast<T*>(p.out) + b * p.o_batch_stride + i * p.o_token_stride +
-           head * p.o_head_stride + lane * kPerLane;
+  T* out =
+      static_cast<T*>(p.out) + b * p.o_batch_stride + i * p.o_token_stride + head * p.o_head_stride;
 #pragma unroll
-  for (int c = 0; c < kPerLane; c += 2)
-    *reinterpret_cast<unsigned*>(out + c) = ptx::pack_pair<T>(acc[c] * inv, acc[c + 1] * inv);
+  for (int v = 0; v < kVectors; ++v) {
+    *reinterpret_cast<uint2*>(out + 4 * (lane + 32 * v)) =
+        make_uint2(ptx::pack_pair<T>(acc[v].x * inv, acc[v].y * inv),
+                   ptx::pack_pair<T>(acc[v].z * inv, acc[v].w * inv));
+  }
   if (p.lse && lane == 0) {
     p.lse[b * p.lse_batch_stride + i * p.lse_token_stride + head * p.lse_head_stride] =
         total > 0.f ? max + logf(total) : negative_infinity();

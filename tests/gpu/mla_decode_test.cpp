@@ -204,6 +204,7 @@ std::vector<MlaCase> cases() {
       {bf16, 1, 128, 64, {5000}, 4},      // splits of a request with two row tiles
       {bf16, 4, 20, 64, {2, 9}},          // rows of a non-empty sequence that see no key
       {fp16, 2, 20, 64, {500}, 0, 0.0625f, false},  // no lse
+      {bf16, 1, 20, 64, {9000, 40}, 128},           // 71 or 94 splits: the combine's wide path
   };
 }
 

@@ -107,15 +107,19 @@ std::vector<MlaDecode::Config> MlaDecode::space(const Problem&, const Arch& arch
 
 MlaDecode::Config MlaDecode::default_config(const Problem& p, const Arch& arch) {
   // Split a request's keys only while the blocks of one split per request leave most of an
-  // H100's 132 SMs idle, and never below kMinSplitTokens a split (each split costs fp32 partials
-  // and the combine's read of them).
+  // H100's 132 SMs idle, and never below a minimum split: each split costs fp32 partials (rows x
+  // 2 KB, written and read back by the combine) and a block's prologue. The wgmma loop's
+  // prologue is short beside its 64-key tiles: two tiles (at 8 x 128 rows per split, the H200
+  // ran B 1 L 1k at H 128 2.3x slower than at H 20); mma.sync's: 512 keys.
+  const bool wgmma = arch.has_wgmma();
+  const std::int64_t min_tokens = wgmma ? 128 : kMinSplitTokens;
   const std::int64_t blocks = std::max<std::int64_t>(1, p.batch * p.row_tiles());
   std::int64_t splits = std::max<std::int64_t>(1, 132 / blocks);
-  splits = std::min(splits, std::max<std::int64_t>(1, p.longest / kMinSplitTokens));
+  splits = std::min(splits, std::max<std::int64_t>(1, p.longest / min_tokens));
   std::int64_t pow2 = 1;
   while (pow2 * 2 <= std::min(splits, kMaxSplits))
     pow2 *= 2;
-  return {arch.has_wgmma() ? kMainloopWgmma : kMainloopMma, pow2};
+  return {wgmma ? kMainloopWgmma : kMainloopMma, pow2};
 }
 
 KernelSpec MlaDecode::spec(const Config& c, const Problem& p, const Arch& arch) {

@@ -45,7 +45,8 @@ struct MlaDecode {
   static constexpr Field<Config> kConfig[] = {field<&Config::mainloop>("mainloop"),
                                               field<&Config::splits>("splits")};
   static constexpr DType kDTypes[] = {DType::Float16, DType::BFloat16};
-  static constexpr std::int64_t kMaxSplits = 64, kMinSplitTokens = 512;
+  // kMaxSplits: the combine's limit (mla_decode_combine.cuh); kMinSplitTokens: mma.sync's.
+  static constexpr std::int64_t kMaxSplits = 128, kMinSplitTokens = 512;
 
   static void check(const Problem& p);
   static std::vector<Config> space(const Problem& p, const Arch& arch);
