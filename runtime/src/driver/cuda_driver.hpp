@@ -44,7 +44,9 @@ namespace kjit::driver {
   X(cuMemHostAlloc, 2020)               \
   X(cuMemFreeHost, 2000)                \
   X(cuMemcpyAsync, 4000)                \
-  X(cuMemAllocAsync, 11020)             \
+  X(cuMemAllocFromPoolAsync, 11020)     \
+  X(cuMemPoolCreate, 11020)             \
+  X(cuMemPoolSetAttribute, 11020)       \
   X(cuMemFreeAsync, 11020)              \
   X(cuMemAlloc, 3020)                   \
   X(cuMemFree, 3020)                    \
