@@ -12,24 +12,10 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from torch_timing import median_ms
+
 DK, DV, PAGE, CALLS = 576, 512, 64, 20
 SCALE = 0.0625
-
-
-def median_ms(fn, warm=3, reps=15):
-    for _ in range(warm):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        stop.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(stop))
-    times.sort()
-    return times[len(times) // 2]
 
 
 def graph_of(fn):
