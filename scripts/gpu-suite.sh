@@ -234,11 +234,12 @@ if [ "$what" = mla ]; then
   for log in mla_bench mla_peers; do echo "== $log"; cat "$out/$log.log"; done
 fi
 if [ "$what" = moe ]; then
-  # The MoE router's and dispatch layout's tests against the references, a router case under
-  # memcheck.
-  sharded_tests moe_tests '*MoeRouter*:*MoeAlign*' 120
+  # The MoE router's, dispatch layout's and permutation's tests against the references, a
+  # router case and a permutation case under memcheck.
+  sharded_tests moe_tests '*MoeRouter*:*MoeAlign*:*MoePermute*' 120
   step moe_memcheck timeout 120 compute-sanitizer --tool memcheck --error-exitcode 3 \
-    "$bin/kjit_gpu_tests" --gtest_filter='All/MoeRouterTest.*/deepseek_v3_grouped'
+    "$bin/kjit_gpu_tests" \
+    --gtest_filter='All/MoeRouterTest.*/deepseek_v3_grouped:All/MoePermuteTest.*/invalid_ids'
   tally moe_tests
   echo "== moe_memcheck"; grep -E 'ERROR SUMMARY|PASSED|FAILED' "$out/moe_memcheck.log" | tail -3
 fi

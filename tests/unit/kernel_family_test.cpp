@@ -36,7 +36,8 @@ TEST(Registry, ListsEveryFamilyWithItsTemplateHash) {
     names.push_back(f->name());
   EXPECT_EQ(names, (std::vector<std::string>{"merge_states", "attention", "attention_backward",
                                              "attention_grouped", "attention_grouped_backward",
-                                             "mla_decode", "moe_router", "moe_align"}));
+                                             "mla_decode", "moe_router", "moe_align", "moe_permute",
+                                             "moe_unpermute"}));
   // The hashes of the templates' include closures, as tuning results were keyed before the
   // families existed: existing databases keep their results.
   EXPECT_EQ(ops::find_family("merge_states")->template_hash(),
@@ -51,10 +52,10 @@ TEST(Registry, ListsEveryFamilyWithItsTemplateHash) {
   std::vector<std::string> shipped;
   for (const ops::ShippedSpecs& s : ops::shipped("sm_90a"))
     shipped.push_back(s.family);
-  EXPECT_EQ(shipped,
-            (std::vector<std::string>{"samples", "merge_states", "attention", "attention_backward",
-                                      "attention_grouped", "attention_grouped_backward",
-                                      "mla_decode", "moe_router", "moe_align"}));
+  EXPECT_EQ(shipped, (std::vector<std::string>{
+                         "samples", "merge_states", "attention", "attention_backward",
+                         "attention_grouped", "attention_grouped_backward", "mla_decode",
+                         "moe_router", "moe_align", "moe_permute", "moe_unpermute"}));
 }
 
 TEST(Registry, PresetsNameRealProblems) {

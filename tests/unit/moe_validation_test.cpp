@@ -1,5 +1,6 @@
-// The MoE router's input rules, on the host (fake device pointers: validation does no device
-// work): shapes, dtypes, top-k and group rules, each refusal naming what is wrong.
+// The input rules of the MoE router and of the tokens' permutation into the dispatch layout and
+// back, on the host (fake device pointers: validation does no device work): shapes, dtypes,
+// alignment, top-k and group rules, each refusal naming what is wrong.
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -7,6 +8,7 @@
 #include <string>
 
 #include "kjit/error.hpp"
+#include "ops/moe/permute.hpp"
 #include "ops/moe/router.hpp"
 
 namespace kjit::test {
@@ -27,7 +29,9 @@ struct Route {
   }
 };
 
-void expect_refused(const Route& r, const std::string& says) {
+// Case: anything with a check() that validates.
+template <class Case>
+void expect_refused(const Case& r, const std::string& says) {
   try {
     r.check();
     ADD_FAILURE() << "accepted; expected an error saying \"" << says << "\"";
@@ -93,6 +97,83 @@ TEST(MoeRouterValidation, RefusesBadTopKGroupsAndTensors) {
   r = Route();
   r.options.scaling = std::numeric_limits<float>::infinity();
   expect_refused(r, "scaling must be finite");
+}
+
+// GLM-4.7-Flash: 10 tokens, top 4 of 64 experts, hidden 2048, 64-row blocks.
+struct Permute {
+  std::int64_t rows = moe::align_capacity(40, 64, 64);
+  TensorView x{fake(), DType::BFloat16, {10, 2048}};
+  TensorView sorted{fake(), DType::Int32, {rows}};
+  int top_k = 4;
+  TensorView x_sorted{fake(), DType::BFloat16, {rows, 2048}};
+  TensorView positions{fake(), DType::Int32, {40}};
+  ops::Call<ops::MoePermute> check() const {
+    return ops::MoePermute::validate(x, sorted, top_k, x_sorted, positions);
+  }
+};
+
+struct Unpermute {
+  std::int64_t rows = moe::align_capacity(40, 64, 64);
+  TensorView y{fake(), DType::BFloat16, {rows, 2048}};
+  TensorView positions{fake(), DType::Int32, {40}};
+  int top_k = 4;
+  TensorView weights{fake(), DType::Float32, {10, 4}};
+  TensorView shared{fake(), DType::BFloat16, {10, 2048}};
+  TensorView out{fake(), DType::BFloat16, {10, 2048}};
+  ops::Call<ops::MoeUnpermute> check() const {
+    return ops::MoeUnpermute::validate(y, positions, top_k, weights, shared, out);
+  }
+};
+
+TEST(MoePermuteValidation, AcceptsTheDispatchLayout) {
+  const auto call = Permute().check();
+  EXPECT_EQ(call.args.pairs, 40);
+  EXPECT_EQ(call.args.vectors, 256);
+  EXPECT_EQ(call.args.rows, Permute().rows);
+  Unpermute u;
+  EXPECT_EQ(u.check().args.rows, u.rows);
+  u.weights = TensorView();  // weights applied by the down projection
+  u.shared = TensorView();   // no shared expert
+  const auto plain = u.check();
+  EXPECT_EQ(plain.args.weights, nullptr);
+  EXPECT_EQ(plain.args.shared, nullptr);
+  u = Unpermute();
+  u.out = TensorView(fake(), DType::BFloat16, {10, 2048}, {2056, 1});  // wider rows, aligned
+  EXPECT_EQ(u.check().args.out_row_stride, 2056);
+}
+
+TEST(MoePermuteValidation, RefusesBadShapesDtypesAndAlignment) {
+  Permute p;
+  p.x = TensorView(fake(), DType::BFloat16, {10, 2044});
+  p.x_sorted = TensorView(fake(), DType::BFloat16, {p.rows, 2044});
+  expect_refused(p, "multiple of 8");
+  p = Permute();
+  p.x = TensorView(fake(), DType::Float32, {10, 2048});
+  expect_refused(p, "bf16 or fp16");
+  p = Permute();
+  p.positions = TensorView(fake(), DType::Int32, {39});
+  expect_refused(p, "positions must be contiguous int32 [40]");
+  p = Permute();
+  p.x_sorted = TensorView(fake(), DType::Float16, {p.rows, 2048});
+  expect_refused(p, "x_sorted must be bf16");
+  p = Permute();
+  p.x = TensorView(fake(2), DType::BFloat16, {10, 2048});
+  expect_refused(p, "x must be 16-byte aligned");
+  p = Permute();
+  p.top_k = 0;
+  expect_refused(p, "top_k must be 1 to 32");
+  Unpermute u;
+  u.weights = TensorView(fake(), DType::Float32, {10, 3});
+  expect_refused(u, "weights must be contiguous fp32 [10, 4]");
+  u = Unpermute();
+  u.shared = TensorView(fake(), DType::BFloat16, {9, 2048});
+  expect_refused(u, "shared must be bf16 [10, 2048]");
+  u = Unpermute();
+  u.y = TensorView(fake(), DType::Float16, {u.rows, 2048});
+  expect_refused(u, "y_sorted must be bf16");
+  u = Unpermute();
+  u.out = TensorView(fake(), DType::BFloat16, {10, 2048}, {2052, 1});  // rows not 16-byte aligned
+  expect_refused(u, "out's stride 0 (2052 elements) is not a multiple of 16 bytes");
 }
 
 }  // namespace

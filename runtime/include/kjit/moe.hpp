@@ -1,5 +1,6 @@
-// Mixture-of-experts ops. So far the router (logits -> top-k expert ids and routing weights) and
-// the dispatch layout (the routed pairs grouped by expert for the grouped GEMM).
+// Mixture-of-experts ops. So far the router (logits -> top-k expert ids and routing weights), the
+// dispatch layout (the routed pairs grouped by expert for the grouped GEMM) and the tokens'
+// trip into that layout and back.
 #pragma once
 
 #include "kjit/device.hpp"
@@ -36,6 +37,22 @@ struct Alignment {
 std::int64_t align_capacity(std::int64_t pairs, int experts, int block);
 void align(const TensorView& ids, int experts, int block, const Alignment& out,
            StreamHandle stream);
+
+// The tokens x [T, D] (bf16 or fp16, D a multiple of 8, rows 16-byte aligned) in align's layout:
+// x_sorted [rows, D] (rows = sorted's length) with row i = x[sorted[i] / k], zeros for a padding
+// row; positions [T k] int32: pair p's row, -1 for a pair align did not place (an expert id out
+// of range).
+void permute(const TensorView& x, const TensorView& sorted, int top_k, const TensorView& x_sorted,
+             const TensorView& positions, StreamHandle stream);
+
+// Back to token order: out[t] = shared[t] + sum_j weights[t, j] y_sorted[positions[t k + j]],
+// summed in fp32 in slot order and rounded once. y_sorted [rows, D], out and shared [T, D] (one
+// dtype, bf16 or fp16, as permute's x); weights [T, k] fp32 contiguous, or a view with null data
+// for weights of 1 (when the down projection applied them); shared: the shared expert's output,
+// or null data for none. Positions outside [0, rows) count as pairs not placed.
+void unpermute(const TensorView& y_sorted, const TensorView& positions, int top_k,
+               const TensorView& weights, const TensorView& shared, const TensorView& out,
+               StreamHandle stream);
 
 }  // namespace kjit::moe
 #pragma GCC visibility pop

@@ -1,0 +1,199 @@
+// The tokens' trip into moe align's layout and back, on the GPU. The layout comes from
+// kjit::moe::align (checked exactly elsewhere). permute: every row of x_sorted is, bit for bit, its
+// pair's token (zeros for a padding row), every placed pair's position points at its row, a pair
+// align did not place keeps -1. unpermute: against a fp64 sum over the positions the device wrote,
+// within one unit in the last place of the dtype (the device sums in fp32 and rounds once) plus
+// fp32's error on the terms. Outputs poisoned first; row strides wider than D; weights and the
+// shared expert's output each present or absent.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kjit/moe.hpp"
+#include "tests/support/dtype_bits.hpp"
+#include "tests/support/gpu.hpp"
+#include "tests/support/isolated_cache.hpp"
+
+namespace kjit::test {
+namespace {
+
+struct PermuteCase {
+  const char* name;
+  DType dtype;
+  int tokens, top_k, experts, hidden;
+  int row_pad = 0;  // extra elements at the end of x's and out's rows
+  bool weighted = true, shared = false;
+  int invalid = 0;  // ids set outside [0, E): not placed
+};
+
+void PrintTo(const PermuteCase& c, std::ostream* os) {
+  *os << c.name;
+}
+
+// One unit in the last place of the dtype at |v|.
+double ulp(DType dtype, double v) {
+  const int mantissa = dtype == DType::BFloat16 ? 7 : 10;
+  const double a = std::max(std::abs(v), dtype == DType::BFloat16 ? 1e-30 : 6.1e-5);
+  return std::ldexp(1.0, static_cast<int>(std::floor(std::log2(a))) - mantissa);
+}
+
+class MoePermuteTest : public IsolatedCache, public ::testing::WithParamInterface<PermuteCase> {};
+
+TEST_P(MoePermuteTest, RoundTripsThroughTheLayout) {
+  KJIT_REQUIRE_GPU();
+  const PermuteCase& c = GetParam();
+  const unsigned seed = std::random_device{}();
+  SCOPED_TRACE(::testing::Message() << "input seed " << seed);
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> normal;
+  std::uniform_int_distribution<int> expert(0, c.experts - 1);
+  const int pairs = c.tokens * c.top_k, block = 64, d = c.hidden, stride = d + c.row_pad;
+  std::vector<int> ids(static_cast<std::size_t>(pairs));
+  for (int& e : ids)
+    e = expert(rng);
+  for (int i = 0; i < c.invalid && i < pairs; ++i)
+    ids[(i * 7919) % pairs] = i % 2 ? -1 : c.experts + i;
+
+  // The layout, by the align op.
+  const std::int64_t rows = moe::align_capacity(pairs, c.experts, block);
+  DeviceBuffer dids(std::max<std::size_t>(ids.size() * 4, 4)), sorted(rows * 4),
+      block_expert(rows / block * 4 + 4), counts(c.experts * 4), offsets((c.experts + 1) * 4),
+      invalid(4);
+  if (!ids.empty()) dids.upload(ids.data(), ids.size() * 4);
+  Stream stream;
+  moe::align(TensorView(dids.data(), DType::Int32, {c.tokens, c.top_k}), c.experts, block,
+             {TensorView(sorted.data(), DType::Int32, {rows}),
+              TensorView(block_expert.data(), DType::Int32, {rows / block}),
+              TensorView(counts.data(), DType::Int32, {c.experts}),
+              TensorView(offsets.data(), DType::Int32, {c.experts + 1}),
+              TensorView(invalid.data(), DType::Int32, {1})},
+             stream.handle());
+  std::vector<int> layout(static_cast<std::size_t>(rows));
+  stream.synchronize();
+  sorted.download(layout.data(), layout.size() * 4);
+
+  // permute
+  std::vector<std::uint16_t> x(static_cast<std::size_t>(c.tokens) * stride);
+  for (auto& v : x)
+    v = to_bits(c.dtype, normal(rng));
+  DeviceBuffer dx(std::max<std::size_t>(x.size() * 2, 16)), dx_sorted(rows * d * 2),
+      dpositions(std::max(pairs, 1) * 4);
+  if (!x.empty()) dx.upload(x.data(), x.size() * 2);
+  dx_sorted.fill_bytes(0x7f);
+  dpositions.fill_bytes(0x55);
+  moe::permute(TensorView(dx.data(), c.dtype, {c.tokens, d}, {stride, 1}),
+               TensorView(sorted.data(), DType::Int32, {rows}), c.top_k,
+               TensorView(dx_sorted.data(), c.dtype, {rows, d}),
+               TensorView(dpositions.data(), DType::Int32, {pairs}), stream.handle());
+  stream.synchronize();
+  std::vector<std::uint16_t> x_sorted(static_cast<std::size_t>(rows) * d);
+  std::vector<int> positions(static_cast<std::size_t>(pairs));
+  dx_sorted.download(x_sorted.data(), x_sorted.size() * 2);
+  if (pairs > 0) dpositions.download(positions.data(), positions.size() * 4);
+  std::vector<bool> placed(static_cast<std::size_t>(pairs), false);
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const int pair = layout[i];
+    const bool real = pair >= 0 && pair < pairs;
+    for (int col = 0; col < d; ++col) {
+      const std::uint16_t want =
+          real ? x[static_cast<std::size_t>(pair / c.top_k) * stride + col] : 0;
+      ASSERT_EQ(x_sorted[i * d + col], want) << "row " << i << " (pair " << pair << ") col " << col;
+    }
+    if (real) {
+      ASSERT_EQ(positions[pair], i) << "pair " << pair;
+      placed[pair] = true;
+    }
+  }
+  for (int p = 0; p < pairs; ++p) {
+    if (!placed[p]) {
+      EXPECT_EQ(positions[p], -1) << "pair " << p << " (expert " << ids[p] << ")";
+    }
+    EXPECT_EQ(placed[p], ids[p] >= 0 && ids[p] < c.experts) << "pair " << p;
+  }
+
+  // unpermute, over the experts' outputs y (random, one per layout row)
+  std::vector<std::uint16_t> y(static_cast<std::size_t>(rows) * d),
+      shared(static_cast<std::size_t>(c.tokens) * stride);
+  for (auto& v : y)
+    v = to_bits(c.dtype, normal(rng));
+  for (auto& v : shared)
+    v = to_bits(c.dtype, normal(rng));
+  std::vector<float> weights(static_cast<std::size_t>(pairs));
+  std::uniform_real_distribution<float> unit(0.f, 1.f);
+  for (float& w : weights)
+    w = unit(rng);
+  DeviceBuffer dy(std::max<std::size_t>(y.size() * 2, 16)),
+      dshared(std::max<std::size_t>(shared.size() * 2, 16)),
+      dweights(std::max<std::size_t>(weights.size() * 4, 4)),
+      dout(std::max<std::size_t>(shared.size() * 2, 16));
+  if (!y.empty()) dy.upload(y.data(), y.size() * 2);
+  if (!shared.empty()) dshared.upload(shared.data(), shared.size() * 2);
+  if (!weights.empty()) dweights.upload(weights.data(), weights.size() * 4);
+  dout.fill_bytes(0x7f);
+  moe::unpermute(
+      TensorView(dy.data(), c.dtype, {rows, d}),
+      TensorView(dpositions.data(), DType::Int32, {pairs}), c.top_k,
+      c.weighted ? TensorView(dweights.data(), DType::Float32, {c.tokens, c.top_k}) : TensorView(),
+      c.shared ? TensorView(dshared.data(), c.dtype, {c.tokens, d}, {stride, 1}) : TensorView(),
+      TensorView(dout.data(), c.dtype, {c.tokens, d}, {stride, 1}), stream.handle());
+  stream.synchronize();
+  std::vector<std::uint16_t> out(shared.size());
+  if (!out.empty()) dout.download(out.data(), out.size() * 2);
+  for (int t = 0; t < c.tokens; ++t) {
+    for (int col = 0; col < d; ++col) {
+      double want = 0, magnitude = 0;
+      auto add = [&](double term) {
+        want += term;
+        magnitude += std::abs(term);
+      };
+      if (c.shared) add(from_bits(c.dtype, shared[static_cast<std::size_t>(t) * stride + col]));
+      for (int j = 0; j < c.top_k; ++j) {
+        const int row = positions[t * c.top_k + j];
+        if (row < 0) continue;
+        const double w = c.weighted ? weights[t * c.top_k + j] : 1.0;
+        add(w * from_bits(c.dtype, y[static_cast<std::size_t>(row) * d + col]));
+      }
+      const double got = from_bits(c.dtype, out[static_cast<std::size_t>(t) * stride + col]);
+      ASSERT_LE(std::abs(got - want), ulp(c.dtype, want) + 1e-6 * magnitude)
+          << "token " << t << " col " << col << ": got " << got << ", want " << want;
+    }
+  }
+}
+
+std::vector<PermuteCase> cases() {
+  const DType bf16 = DType::BFloat16, fp16 = DType::Float16;
+  return {{"glm_decode", bf16, 16, 4, 64, 2048},
+          {"glm_prefill_shared", bf16, 1000, 4, 64, 2048, 0, true, true},
+          {"deepseek_v3_fp16", fp16, 37, 8, 256, 7168},
+          {"unweighted_shared_padded_rows", fp16, 300, 2, 8, 512, 8, false, true},
+          {"invalid_ids", bf16, 200, 4, 64, 256, 0, true, false, 13},
+          {"one_token_hidden_8", bf16, 1, 1, 8, 8},
+          {"no_tokens", bf16, 0, 4, 64, 2048}};
+}
+
+INSTANTIATE_TEST_SUITE_P(All, MoePermuteTest, ::testing::ValuesIn(cases()),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+TEST(MoePermuteRuns, BadInputIsRefusedBeforeAnyDeviceWork) {
+  KJIT_REQUIRE_GPU();
+  DeviceBuffer x(4 * 24 * 2), sorted(256 * 4), x_sorted(256 * 24 * 2), positions(16 * 4);
+  Stream stream;
+  const TensorView layout(sorted.data(), DType::Int32, {256});
+  // D = 20 is not a multiple of 8.
+  EXPECT_THROW(moe::permute(TensorView(x.data(), DType::BFloat16, {4, 20}), layout, 4,
+                            TensorView(x_sorted.data(), DType::BFloat16, {256, 20}),
+                            TensorView(positions.data(), DType::Int32, {16}), stream.handle()),
+               InvalidArgument);
+  // positions for 4 x 2 pairs where top_k is 4.
+  EXPECT_THROW(moe::permute(TensorView(x.data(), DType::BFloat16, {4, 24}), layout, 4,
+                            TensorView(x_sorted.data(), DType::BFloat16, {256, 24}),
+                            TensorView(positions.data(), DType::Int32, {8}), stream.handle()),
+               InvalidArgument);
+}
+
+}  // namespace
+}  // namespace kjit::test
