@@ -234,14 +234,19 @@ if [ "$what" = mla ]; then
   for log in mla_bench mla_peers; do echo "== $log"; cat "$out/$log.log"; done
 fi
 if [ "$what" = moe ]; then
-  # The MoE router's, dispatch layout's and permutation's tests against the references, a
-  # router case and a permutation case under memcheck.
-  sharded_tests moe_tests '*MoeRouter*:*MoeAlign*:*MoePermute*' 120
+  # The MoE router's, dispatch layout's, permutation's and grouped GEMM's tests against the
+  # references; a router, a permutation and a GEMM case under memcheck, the GEMM under racecheck.
+  sharded_tests moe_tests '*MoeRouter*:*MoeAlign*:*MoePermute*:*MoeGemm*' 200
   step moe_memcheck timeout 120 compute-sanitizer --tool memcheck --error-exitcode 3 \
     "$bin/kjit_gpu_tests" \
-    --gtest_filter='All/MoeRouterTest.*/deepseek_v3_grouped:All/MoePermuteTest.*/invalid_ids'
+    --gtest_filter='All/MoeRouterTest.*/deepseek_v3_grouped:All/MoePermuteTest.*/invalid_ids:All/MoeGemmTest.*/skewed_fp16'
+  step moe_racecheck timeout 120 compute-sanitizer --tool racecheck --error-exitcode 3 \
+    "$bin/kjit_gpu_tests" --gtest_filter='All/MoeGemmTest.*/forced_8_stages'
   tally moe_tests
-  echo "== moe_memcheck"; grep -E 'ERROR SUMMARY|PASSED|FAILED' "$out/moe_memcheck.log" | tail -3
+  for log in moe_memcheck moe_racecheck; do
+    echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -3
+  done
+  grep -h '^\[ moe gemm' "$out/moe_tests.log"
 fi
 if [ "$what" = dist ]; then
   # The multi-rank suites as real processes on this one GPU: the MPI backend at 1, 2, 4 and 8

@@ -104,6 +104,10 @@ int run(const Options& o) {
       std::cout << "no tuned config for " << arch.name() << " in the tuning database\n";
       return 0;
     }
+    if (ops::find_family(o.family)) {
+      std::cout << o.family << " ships no specialisation for " << arch.name() << "\n";
+      return 0;
+    }
     throw InvalidArgument("no family named \"" + o.family + "\" (" + family_names() + ")");
   }
   if (o.list) {

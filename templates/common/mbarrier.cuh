@@ -30,6 +30,11 @@ __device__ __forceinline__ void mbarrier_arrive_expect_tx(cuda::std::uint64_t* b
       : "memory");
 }
 
+// One arrival, no transaction bytes (a consumer releasing a stage).
+__device__ __forceinline__ void mbarrier_arrive(cuda::std::uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(shared_address(bar)) : "memory");
+}
+
 // Spins until the phase of parity `parity` has completed.
 __device__ __forceinline__ void mbarrier_wait(cuda::std::uint64_t* bar, unsigned parity) {
   const unsigned address = shared_address(bar);

@@ -1,6 +1,6 @@
-// The input rules of the MoE router and of the tokens' permutation into the dispatch layout and
-// back, on the host (fake device pointers: validation does no device work): shapes, dtypes,
-// alignment, top-k and group rules, each refusal naming what is wrong.
+// The input rules of the MoE router, of the tokens' permutation into the dispatch layout and back,
+// and of the experts' grouped GEMM, on the host (fake device pointers: validation does no device
+// work): shapes, dtypes, alignment, top-k and group rules, each refusal naming what is wrong.
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -8,6 +8,7 @@
 #include <string>
 
 #include "kjit/error.hpp"
+#include "ops/moe/grouped_gemm.hpp"
 #include "ops/moe/permute.hpp"
 #include "ops/moe/router.hpp"
 
@@ -174,6 +175,61 @@ TEST(MoePermuteValidation, RefusesBadShapesDtypesAndAlignment) {
   u = Unpermute();
   u.out = TensorView(fake(), DType::BFloat16, {10, 2048}, {2052, 1});  // rows not 16-byte aligned
   expect_refused(u, "out's stride 0 (2052 elements) is not a multiple of 16 bytes");
+}
+
+// GLM-4.7-Flash's gate/up projection over 1024 rows of the layout, blocks of 128.
+struct Gemm {
+  TensorView x{fake(), DType::BFloat16, {1024, 2048}};
+  TensorView blocks{fake(), DType::Int32, {8}};
+  int block = 128;
+  TensorView w{fake(), DType::BFloat16, {64, 3072, 2048}};
+  TensorView y{fake(), DType::BFloat16, {1024, 3072}};
+  ops::Call<ops::MoeGemm> check() const { return ops::MoeGemm::validate(x, blocks, block, w, y); }
+};
+
+TEST(MoeGemmValidation, AcceptsTheLayoutAndPicksAConfigPerArch) {
+  const auto call = Gemm().check();
+  EXPECT_EQ(call.problem.experts, 64);
+  EXPECT_EQ(call.problem.n, 3072);
+  EXPECT_EQ(call.args.w_expert_stride, 3072 * 2048);
+  const Arch sm90a("sm_90a"), sm80("sm_80");
+  const ops::MoeGemm::Config c = ops::MoeGemm::default_config(call.problem, sm90a);
+  EXPECT_TRUE(ops::MoeGemm::valid(c, call.problem, sm90a));
+  EXPECT_FALSE(ops::MoeGemm::valid(c, call.problem, sm80));  // no mma.sync path yet
+  EXPECT_TRUE(ops::MoeGemm::space(call.problem, sm80).empty());
+  ops::MoeGemm::Problem n192 = call.problem;
+  n192.n = 192;
+  EXPECT_EQ(ops::MoeGemm::default_config(n192, sm90a).block_n, 64);
+}
+
+TEST(MoeGemmValidation, RefusesBadShapes) {
+  Gemm g;
+  g.block = 32;
+  g.blocks = TensorView(fake(), DType::Int32, {32});
+  expect_refused(g, "block (align's) must be 64 or 128 rows");
+  g = Gemm();
+  g.x = TensorView(fake(), DType::BFloat16, {1000, 2048});
+  expect_refused(g, "whole blocks of 128");
+  g = Gemm();
+  g.x = TensorView(fake(), DType::BFloat16, {1024, 2000});
+  g.w = TensorView(fake(), DType::BFloat16, {64, 3072, 2000});
+  expect_refused(g, "K must be a positive multiple of 64");
+  g = Gemm();
+  g.w = TensorView(fake(), DType::BFloat16, {64, 3072, 1024});
+  expect_refused(g, "w's K must be x_sorted's 2048");
+  g = Gemm();
+  g.w = TensorView(fake(), DType::Float16, {64, 3072, 2048});
+  expect_refused(g, "w must be bf16");
+  g = Gemm();
+  g.y = TensorView(fake(), DType::BFloat16, {1024, 2048});
+  expect_refused(g, "y must be [1024, 3072]");
+  g = Gemm();
+  g.blocks = TensorView(fake(), DType::Int32, {16});
+  expect_refused(g, "block_expert must be contiguous int32 [8]");
+  g = Gemm();
+  g.w = TensorView(fake(), DType::BFloat16, {64, 3000, 2048});
+  g.y = TensorView(fake(), DType::BFloat16, {1024, 3000});
+  expect_refused(g, "N must be a positive multiple of 64");
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 // Mixture-of-experts ops. So far the router (logits -> top-k expert ids and routing weights), the
-// dispatch layout (the routed pairs grouped by expert for the grouped GEMM) and the tokens'
-// trip into that layout and back.
+// dispatch layout (the routed pairs grouped by expert for the grouped GEMM), the tokens' trip into
+// that layout and back, and the experts' grouped GEMM.
 #pragma once
 
 #include "kjit/device.hpp"
@@ -53,6 +53,15 @@ void permute(const TensorView& x, const TensorView& sorted, int top_k, const Ten
 void unpermute(const TensorView& y_sorted, const TensorView& positions, int top_k,
                const TensorView& weights, const TensorView& shared, const TensorView& out,
                StreamHandle stream);
+
+// The experts' GEMM over align's layout: y[r] = x_sorted[r] w[e]^T for every row r of a block of
+// `block` rows (align's block: 64 or 128) whose expert is e = block_expert[r / block]; the rows of
+// a block with no expert (-1) are not written. x_sorted [rows, K], w [E, N, K] (K contiguous) and
+// y [rows, N] of one dtype (bf16 or fp16, rows 16-byte aligned), fp32 accumulation; K a multiple
+// of 64, N of 64. sm_90a only so far (InvalidArgument elsewhere). An expert id past w's E reads
+// zero weights.
+void grouped_gemm(const TensorView& x_sorted, const TensorView& block_expert, int block,
+                  const TensorView& w, const TensorView& y, StreamHandle stream);
 
 }  // namespace kjit::moe
 #pragma GCC visibility pop

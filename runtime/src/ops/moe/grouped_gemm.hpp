@@ -1,0 +1,58 @@
+// The MoE grouped GEMM family: templates/moe/grouped_gemm.cuh (wgmma and tensor copies, sm_90a)
+// over moe align's contiguous layout, specialised per dtype, block of rows (align's block), block
+// of columns and pipeline depth. kjit::moe::grouped_gemm runs through it.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "kjit/moe.hpp"
+#include "moe/grouped_gemm_params.h"
+#include "ops/kernel_family.hpp"
+
+namespace kjit::ops {
+
+struct MoeGemm {
+  static constexpr const char* kName = "moe_grouped_gemm";
+  static std::vector<Source> sources() { return {Source::embedded("moe/grouped_gemm.cuh")}; }
+
+  // rows: the layout's (a multiple of block_m, align's block); w [experts, n, k].
+  struct Problem {
+    DType dtype = DType::BFloat16;
+    std::int64_t rows = 0, n = 0, k = 0, experts = 0, block_m = 128;
+  };
+  struct Config {
+    std::int64_t block_n = 128, stages = 4;
+  };
+  using Args = KjitMoeGemmParams;
+
+  static constexpr Field<Problem> kShape[] = {
+      field<&Problem::rows>("rows", tuning::Bucket::Pow2), field<&Problem::n>("N"),
+      field<&Problem::k>("K"), field<&Problem::experts>("E"), field<&Problem::block_m>("block_m")};
+  static constexpr Field<Config> kConfig[] = {field<&Config::block_n>("block_n"),
+                                              field<&Config::stages>("stages")};
+  static constexpr DType kDTypes[] = {DType::BFloat16, DType::Float16};
+
+  static void check(const Problem& p);
+  static std::vector<Config> space(const Problem& p, const Arch& arch);
+  static bool valid(const Config& c, const Problem& p, const Arch& arch);
+  static Config default_config(const Problem& p, const Arch& arch);
+  static unsigned shared_bytes(const Config& c, const Problem& p);
+  static KernelSpec spec(const Config& c, const Problem& p, const Arch& arch);
+  static void launch(const Program& program, const Config& c, const Problem& p, const Args& args,
+                     StreamHandle stream);
+  static std::vector<Problem> shipped(const Arch& arch);
+
+  // The tuner's workload: every block of rows on a random expert.
+  static std::vector<TensorSpec> tensors(const Problem& p);
+  static Args args(const Problem& p, const std::vector<TensorView>& t);
+  static double tolerance(const Problem&) { return 1e-2; }
+  // GLM-4.7-Flash's gate/up (N 3072, K 2048) and down (N 2048, K 1536) projections over 64
+  // experts, top 4, T 256 to 16384 tokens.
+  static std::vector<Preset<Problem>> presets();
+
+  static Call<MoeGemm> validate(const TensorView& x_sorted, const TensorView& block_expert,
+                                int block, const TensorView& w, const TensorView& y);
+};
+
+}  // namespace kjit::ops

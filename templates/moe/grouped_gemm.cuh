@@ -1,0 +1,102 @@
+// MoE grouped GEMM on Hopper (sm_90a) over moe align's contiguous layout: y[r] = x_sorted[r]
+// w[e]^T for every row r of a block of kBlockM rows whose expert is e = block_expert[block]; a
+// block with no expert (-1, past the layout's padded total) is skipped and its rows not written.
+// 16-bit inputs, fp32 accumulation, T out.
+// One block per (kBlockN columns, kBlockM rows): warp 0's first thread produces, issuing a tensor
+// copy of the rows' and of the expert's weights' 64-column K slices per stage (kStages stages, a
+// full and an empty mbarrier each); kBlockM / 64 consumer warpgroups each multiply their 64 rows
+// (wgmma m64 x kBlockN x k16, both operands K-major from 128-byte-swizzled shared memory), release
+// the stage after its wgmma retire, and write their accumulators rounded to T.
+#pragma once
+
+#include "common/mbarrier.cuh"
+#include "common/mma.cuh"
+#include "common/tma.cuh"
+#include "common/wgmma.cuh"
+#include "moe/grouped_gemm_params.h"
+
+namespace kjit::moe {
+
+template <int kBlockM, int kBlockN, int kStages>
+struct GroupedGemmShape {
+  static constexpr int kBlockK = 64, kConsumers = kBlockM / 64;
+  static constexpr int kThreads = 128 * (1 + kConsumers);  // the producer's warpgroup first
+  static constexpr int kAElems = kBlockM * kBlockK, kBElems = kBlockN * kBlockK;
+  static constexpr int kStageBytes = (kAElems + kBElems) * 2;
+  static_assert(kBlockM == 64 || kBlockM == 128, "one or two consumer warpgroups");
+  static_assert(kBlockN == 64 || kBlockN == 128, "wgmma_ss's N");
+};
+
+template <class T, int kBlockM, int kBlockN, int kStages>
+__global__ void __launch_bounds__(GroupedGemmShape<kBlockM, kBlockN, kStages>::kThreads, 1)
+    moe_grouped_gemm(const __grid_constant__ KjitMoeGemmParams p) {
+  using S = GroupedGemmShape<kBlockM, kBlockN, kStages>;
+  const int n_block = blockIdx.x, m_block = blockIdx.y;
+  const int expert = p.block_expert[m_block];
+  if (expert < 0) return;  // the whole block: no barrier is touched
+  extern __shared__ unsigned char shared_raw[];
+  T* sa = reinterpret_cast<T*>(ptx::swizzle_aligned(shared_raw));  // [stages][kBlockM][64]
+  T* sb = sa + kStages * S::kAElems;                               // [stages][kBlockN][64]
+  auto* full = reinterpret_cast<cuda::std::uint64_t*>(sb + kStages * S::kBElems);
+  auto* empty = full + kStages;
+  // Warp-uniform (a shuffle from lane 0), so that ptxas keeps the roles' wgmma unserialised.
+  const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 128, 0);
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      ptx::mbarrier_init(full + s, 1);
+      ptx::mbarrier_init(empty + s, 4 * S::kConsumers);  // one arrival per consumer warp
+    }
+    ptx::fence_mbarrier_init();
+  }
+  __syncthreads();
+  const int k_blocks = p.k / S::kBlockK;
+
+  if (warpgroup == 0) {
+    if (threadIdx.x == 0) {
+      ptx::prefetch_tensor_map(p.x_map);
+      ptx::prefetch_tensor_map(p.w_map);
+      for (int kb = 0; kb < k_blocks; ++kb) {
+        const int stage = kb % kStages;
+        if (kb >= kStages) ptx::mbarrier_wait(empty + stage, (kb / kStages - 1) & 1);
+        ptx::mbarrier_arrive_expect_tx(full + stage, S::kStageBytes);
+        ptx::tma_load_4d(sa + stage * S::kAElems, p.x_map, full + stage, kb * S::kBlockK,
+                         m_block * kBlockM, 0, 0);
+        ptx::tma_load_4d(sb + stage * S::kBElems, p.w_map, full + stage, kb * S::kBlockK,
+                         n_block * kBlockN, expert, 0);
+      }
+    }
+    return;
+  }
+
+  const int consumer = warpgroup - 1, warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;
+  float acc[kBlockN / 8][4] = {};
+  for (int kb = 0; kb < k_blocks; ++kb) {
+    const int stage = kb % kStages;
+    ptx::mbarrier_wait(full + stage, (kb / kStages) & 1);
+    const T* a = sa + stage * S::kAElems + consumer * 64 * S::kBlockK;
+    const T* b = sb + stage * S::kBElems;
+    ptx::wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < S::kBlockK / 16; ++kk) {
+      ptx::wgmma_ss<T, kBlockN>(acc, ptx::swizzled_descriptor(a + kk * 16),
+                                ptx::swizzled_descriptor(b + kk * 16), kb > 0 || kk > 0);
+    }
+    ptx::wgmma_commit();
+    ptx::wgmma_wait<0>();
+    if (lane == 0) ptx::mbarrier_arrive(empty + stage);
+  }
+
+  const long long row0 =
+      static_cast<long long>(m_block) * kBlockM + consumer * 64 + 16 * warp + lane / 4;
+  T* y = static_cast<T*>(p.y) + row0 * p.y_row_stride + n_block * kBlockN + 2 * (lane % 4);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+#pragma unroll
+    for (int j = 0; j < kBlockN / 8; ++j) {
+      *reinterpret_cast<unsigned*>(y + 8 * h * p.y_row_stride + 8 * j) =
+          ptx::pack_pair<T>(acc[j][2 * h], acc[j][2 * h + 1]);
+    }
+  }
+}
+
+}  // namespace kjit::moe
