@@ -3,6 +3,8 @@
 # git): stripped test, benchmark, example and CLI binaries, libkjit.so (the C example links it)
 # and the one shared library the GPU image lacks (Google Benchmark). Then, with the device tool:
 #   run(command="scripts/gpu-suite.sh", carry=[".gpu-bundle"])
+# The mla and moe modes also time the peers from wheels in .peers/ (ignored by git; fetch them
+# with scripts/fetch-peers.sh) and want carry=[".gpu-bundle", ".peers"].
 set -euo pipefail
 cd "$(dirname "$0")/.."
 preset="${1:-default}"
@@ -14,7 +16,7 @@ for bin in tools/kjit tests/kjit_gpu_tests tests/kjit_unit_tests tests/kjit_test
            bench/kjit_bench_launch_overhead bench/kjit_bench_compile_latency \
            bench/kjit_bench_merge_states bench/kjit_bench_attention bench/kjit_bench_choice_cost \
            bench/kjit_bench_attention_backward bench/kjit_bench_attention_grouped \
-           bench/kjit_bench_mla_decode \
+           bench/kjit_bench_mla_decode bench/kjit_bench_moe_gemm \
            bench/kjit_bench_comm tests/kjit_dist_tests \
            examples/kjit_example_user_kernel examples/kjit_example_c_api; do
   strip -o ".gpu-bundle/bin/$(basename "$bin")" "$build/$bin"

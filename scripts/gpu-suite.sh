@@ -243,10 +243,17 @@ if [ "$what" = moe ]; then
   step moe_racecheck timeout 120 compute-sanitizer --tool racecheck --error-exitcode 3 \
     "$bin/kjit_gpu_tests" --gtest_filter='All/MoeGemmTest.*/forced_8_stages'
   tally moe_tests
+  # The grouped GEMM beside torch._grouped_mm and DeepGEMM (carried wheels, .peers/deepgemm).
+  step moe_gemm_bench timeout 200 "$bin/kjit_bench_moe_gemm"
+  python3 -m pip install -q --no-index --no-deps --target /tmp/psite .peers/deepgemm/*.whl \
+    >"$out/deepgemm_install.log" 2>&1
+  PYTHONPATH=/tmp/psite PYTHONUNBUFFERED=1 step moe_gemm_peers timeout 300 python3 \
+    bench/moe_gemm_peers.py
   for log in moe_memcheck moe_racecheck; do
     echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -3
   done
   grep -h '^\[ moe gemm' "$out/moe_tests.log"
+  for log in moe_gemm_bench moe_gemm_peers; do echo "== $log"; cat "$out/$log.log"; done
 fi
 if [ "$what" = dist ]; then
   # The multi-rank suites as real processes on this one GPU: the MPI backend at 1, 2, 4 and 8
