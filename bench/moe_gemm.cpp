@@ -80,14 +80,15 @@ int main() try {
         vblocks(blocks.data(), DType::Int32, {capacity / kBlock}),
         vw(w.data(), DType::BFloat16, {r.experts, r.n, r.k}),
         vy(y.data(), DType::BFloat16, {capacity, r.n});
-    const double ms = kjit::bench::graph_median_ms(
-                          [&] {
-                            for (int i = 0; i < kCalls; ++i)
-                              kjit::moe::grouped_gemm(vx, vblocks, kBlock, vw, vy, stream.handle());
-                          },
-                          stream.handle()) /
-                      kCalls;
-    const auto call = kjit::ops::MoeGemm::validate(vx, vblocks, kBlock, vw, vy);
+    const double ms =
+        kjit::bench::graph_median_ms(
+            [&] {
+              for (int i = 0; i < kCalls; ++i)
+                kjit::moe::grouped_gemm(vx, vblocks, kBlock, vw, vy, {}, stream.handle());
+            },
+            stream.handle()) /
+        kCalls;
+    const auto call = kjit::ops::MoeGemm::validate(vx, vblocks, kBlock, vw, vy, {});
     const auto config = kjit::ops::Dispatcher<kjit::ops::MoeGemm>::instance().choose(
         call.problem, kjit::arch::current());
     std::printf("%-14s %4d %6d %5d %5d %10.1f %8.1f  block_n %lld stages %lld\n", r.name, r.experts,

@@ -1,7 +1,13 @@
 // MoE grouped GEMM on Hopper (sm_90a) over moe align's contiguous layout: y[r] = x_sorted[r]
 // w[e]^T for every row r of a block of kBlockM rows whose expert is e = block_expert[block]; a
 // block with no expert (-1, past the layout's padded total) is skipped and its rows not written.
-// 16-bit inputs, fp32 accumulation, T out.
+// 16-bit inputs, fp32 accumulation, T out, after the epilogue kEpilogue:
+//  - kPlain: y[r] = the product.
+//  - kSwiGLU: w's rows interleave the gate and up projections (row 2c gate c, 2c + 1 up c), so
+//    that a thread's accumulator pairs are (gate, up) of one column: y[r, c] = silu(gate) up,
+//    y of N / 2 columns (GLM's gate/up projection fused with its activation).
+//  - kRoutingWeights: y[r] = the product times the routing weight of row r's pair, 0 for a
+//    padding row (the down projection, so that the way back only sums).
 // One block per (kBlockN columns, kBlockM rows): warp 0's first thread produces, issuing a tensor
 // copy of the rows' and of the expert's weights' 64-column K slices per stage (kStages stages, a
 // full and an empty mbarrier each); kBlockM / 64 consumer warpgroups each multiply their 64 rows
@@ -11,11 +17,14 @@
 
 #include "common/mbarrier.cuh"
 #include "common/mma.cuh"
+#include "common/numeric.cuh"
 #include "common/tma.cuh"
 #include "common/wgmma.cuh"
 #include "moe/grouped_gemm_params.h"
 
 namespace kjit::moe {
+
+inline constexpr int kPlain = 0, kSwiGLU = 1, kRoutingWeights = 2;
 
 template <int kBlockM, int kBlockN, int kStages>
 struct GroupedGemmShape {
@@ -27,7 +36,7 @@ struct GroupedGemmShape {
   static_assert(kBlockN == 64 || kBlockN == 128, "wgmma_ss's N");
 };
 
-template <class T, int kBlockM, int kBlockN, int kStages>
+template <class T, int kBlockM, int kBlockN, int kStages, int kEpilogue>
 __global__ void __launch_bounds__(GroupedGemmShape<kBlockM, kBlockN, kStages>::kThreads, 1)
     moe_grouped_gemm(const __grid_constant__ KjitMoeGemmParams p) {
   using S = GroupedGemmShape<kBlockM, kBlockN, kStages>;
@@ -88,13 +97,28 @@ __global__ void __launch_bounds__(GroupedGemmShape<kBlockM, kBlockN, kStages>::k
 
   const long long row0 =
       static_cast<long long>(m_block) * kBlockM + consumer * 64 + 16 * warp + lane / 4;
-  T* y = static_cast<T*>(p.y) + row0 * p.y_row_stride + n_block * kBlockN + 2 * (lane % 4);
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
+    const long long row = row0 + 8 * h;
+    if constexpr (kEpilogue == kSwiGLU) {
+      T* y = static_cast<T*>(p.y) + row * p.y_row_stride + (n_block * kBlockN) / 2 + lane % 4;
 #pragma unroll
-    for (int j = 0; j < kBlockN / 8; ++j) {
-      *reinterpret_cast<unsigned*>(y + 8 * h * p.y_row_stride + 8 * j) =
-          ptx::pack_pair<T>(acc[j][2 * h], acc[j][2 * h + 1]);
+      for (int j = 0; j < kBlockN / 8; ++j) {
+        const float gate = acc[j][2 * h], up = acc[j][2 * h + 1];
+        y[4 * j] = from_float<T>(gate / (1.f + __expf(-gate)) * up);
+      }
+    } else {
+      float scale = 1.f;
+      if constexpr (kEpilogue == kRoutingWeights) {
+        const int pair = p.sorted[row];
+        scale = pair >= 0 && pair < p.pairs ? p.pair_weights[pair] : 0.f;
+      }
+      T* y = static_cast<T*>(p.y) + row * p.y_row_stride + n_block * kBlockN + 2 * (lane % 4);
+#pragma unroll
+      for (int j = 0; j < kBlockN / 8; ++j) {
+        *reinterpret_cast<unsigned*>(y + 8 * j) =
+            ptx::pack_pair<T>(acc[j][2 * h] * scale, acc[j][2 * h + 1] * scale);
+      }
     }
   }
 }

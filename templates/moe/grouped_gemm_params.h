@@ -10,7 +10,11 @@ struct KjitMoeGemmParams {
   const void* x;              /* [rows, k] */
   const void* w;              /* [experts, n, k] */
   const int* block_expert;    /* [rows / block_m]: each block's expert; -1: skipped */
-  void* y;                    /* [rows, n] */
+  void* y;                    /* [rows, n], or [rows, n / 2] after SwiGLU */
+  /* The routing-weight epilogue's: align's sorted [rows] and the router's weights [T k] (pair p's
+     weight at p); a row whose pair is not below `pairs` (padding) is written 0. */
+  const int* sorted;
+  const float* pair_weights;
   long long x_row_stride, w_expert_stride, w_row_stride, y_row_stride;
-  int rows, n, k, experts; /* k a multiple of 64, n of block_n */
+  int rows, n, k, experts, pairs; /* k a multiple of 64, n of block_n */
 };

@@ -1,8 +1,9 @@
 // The MoE grouped GEMM on the GPU over the layout the align and permute ops build, against a fp64
 // product per routed row: within atol 2e-2 on inputs ~ N(0, 1) / 10 (vLLM's test) and within one
-// unit in the last place plus 1e-5 of the sum of |terms| (fp32 accumulation, one rounding).
-// Padding rows (zeros in x_sorted) give exact zeros; blocks with no expert keep their poison.
-// The op's config and forced ones (64 columns, 2 stages); both dtypes and both blocks of rows.
+// unit in the last place plus 1e-5 of the sum of |terms| (fp32 accumulation, one rounding),
+// through each epilogue (plain, SwiGLU over interleaved gate/up rows, routing weights). Padding
+// rows give exact zeros; blocks with no expert keep their poison. The op's config and forced ones
+// (64 columns, 2 and 8 stages); both dtypes and both blocks of rows.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -25,9 +26,12 @@ struct GemmCase {
   const char* name;
   DType dtype;
   int tokens, top_k, experts, n, k, block;
-  bool skewed = false;                   // most pairs to expert 1: long runs, empty experts
+  bool skewed = false;  // most pairs to expert 1: long runs, empty experts
+  moe::GemmEpilogue::Kind epilogue = moe::GemmEpilogue::Kind::kPlain;
   std::int64_t block_n = 0, stages = 0;  // forced through the family when set
 };
+
+using Kind = moe::GemmEpilogue::Kind;
 
 void PrintTo(const GemmCase& c, std::ostream* os) {
   *os << c.name;
@@ -76,9 +80,16 @@ TEST_P(MoeGemmTest, MatchesDoublePerRoutedRow) {
     for (auto& e : *v)
       e = to_bits(c.dtype, normal(rng));
   }
+  std::vector<float> pair_weights(static_cast<std::size_t>(pairs));
+  std::uniform_real_distribution<float> unit(0.f, 1.f);
+  for (float& v : pair_weights)
+    v = unit(rng);
+  const int y_cols = c.epilogue == Kind::kSwiGLU ? c.n / 2 : c.n;
   DeviceBuffer dx(std::max<std::size_t>(x.size() * 2, 16)), dx_sorted(rows * c.k * 2 + 16),
-      dw(w.size() * 2), dy(rows * c.n * 2 + 16);
+      dw(w.size() * 2), dy(rows * y_cols * 2 + 16),
+      dweights(std::max<std::size_t>(pair_weights.size() * 4, 4));
   if (!x.empty()) dx.upload(x.data(), x.size() * 2);
+  if (!pair_weights.empty()) dweights.upload(pair_weights.data(), pair_weights.size() * 4);
   dw.upload(w.data(), w.size() * 2);
   dy.fill_bytes(0xff);
   const TensorView vx_sorted(dx_sorted.data(), c.dtype, {rows, c.k});
@@ -87,21 +98,27 @@ TEST_P(MoeGemmTest, MatchesDoublePerRoutedRow) {
                TensorView(positions.data(), DType::Int32, {pairs}), stream.handle());
 
   const TensorView vblocks(block_expert.data(), DType::Int32, {blocks}),
-      vw(dw.data(), c.dtype, {c.experts, c.n, c.k}), vy(dy.data(), c.dtype, {rows, c.n});
+      vw(dw.data(), c.dtype, {c.experts, c.n, c.k}), vy(dy.data(), c.dtype, {rows, y_cols});
+  moe::GemmEpilogue epilogue;
+  epilogue.kind = c.epilogue;
+  if (c.epilogue == Kind::kRoutingWeights) {
+    epilogue.sorted = TensorView(sorted.data(), DType::Int32, {rows});
+    epilogue.weights = TensorView(dweights.data(), DType::Float32, {c.tokens, c.top_k});
+  }
   if (c.block_n) {
     const ops::Call<ops::MoeGemm> call =
-        ops::MoeGemm::validate(vx_sorted, vblocks, c.block, vw, vy);
+        ops::MoeGemm::validate(vx_sorted, vblocks, c.block, vw, vy, epilogue);
     const ops::MoeGemm::Config config{c.block_n, c.stages};
     ASSERT_TRUE(ops::MoeGemm::valid(config, call.problem, arch::current()));
     ops::MoeGemm::launch(load(ops::MoeGemm::spec(config, call.problem, arch::current())), config,
                          call.problem, call.args, stream.handle());
   } else {
-    moe::grouped_gemm(vx_sorted, vblocks, c.block, vw, vy, stream.handle());
+    moe::grouped_gemm(vx_sorted, vblocks, c.block, vw, vy, epilogue, stream.handle());
   }
   stream.synchronize();
   std::vector<int> layout(static_cast<std::size_t>(rows)),
       experts_of(static_cast<std::size_t>(blocks));
-  std::vector<std::uint16_t> y(static_cast<std::size_t>(rows) * c.n);
+  std::vector<std::uint16_t> y(static_cast<std::size_t>(rows) * y_cols);
   sorted.download(layout.data(), layout.size() * 4);
   if (blocks > 0) block_expert.download(experts_of.data(), experts_of.size() * 4);
   dy.download(y.data(), y.size() * 2);
@@ -113,32 +130,53 @@ TEST_P(MoeGemmTest, MatchesDoublePerRoutedRow) {
     wf[i] = from_bits(c.dtype, w[i]);
   double max_err = 0;
   int checked = 0;
+  // Row r's product with w[e]'s row `col`, and the sum of its terms' magnitudes.
+  auto product = [&](const double* xr, int e, int col, double& magnitude) {
+    const double* wr = &wf[(static_cast<std::size_t>(e) * c.n + col) * c.k];
+    double sum = 0;
+    magnitude = 0;
+    for (int i = 0; i < c.k; ++i) {
+      sum += xr[i] * wr[i];
+      magnitude += std::abs(xr[i] * wr[i]);
+    }
+    return sum;
+  };
   for (std::int64_t r = 0; r < rows; ++r) {
     const int e = experts_of[r / c.block], pair = layout[r];
-    const std::uint16_t* got = &y[static_cast<std::size_t>(r) * c.n];
+    const std::uint16_t* got = &y[static_cast<std::size_t>(r) * y_cols];
     if (e < 0) {  // no expert: never written
-      for (int col = 0; col < c.n; ++col)
+      for (int col = 0; col < y_cols; ++col)
         ASSERT_EQ(got[col], 0xffff) << "row " << r << " of a block with no expert, col " << col;
       continue;
     }
-    if (pair < 0 || pair >= pairs) {  // padding: a row of zeros times the weights
-      for (int col = 0; col < c.n; ++col)
+    if (pair < 0 || pair >= pairs) {  // padding: a row of zeros (or a zero weight)
+      for (int col = 0; col < y_cols; ++col)
         ASSERT_EQ(from_bits(c.dtype, got[col]), 0.0) << "padding row " << r << " col " << col;
       continue;
     }
     ASSERT_EQ(ids[pair], e) << "row " << r << " (pair " << pair << ") in expert " << e << "'s run";
     const double* xr = &xf[static_cast<std::size_t>(pair / c.top_k) * c.k];
-    for (int col = 0; col < c.n; ++col) {
-      const double* wr = &wf[(static_cast<std::size_t>(e) * c.n + col) * c.k];
-      double want = 0, magnitude = 0;
-      for (int i = 0; i < c.k; ++i) {
-        want += xr[i] * wr[i];
-        magnitude += std::abs(xr[i] * wr[i]);
+    for (int col = 0; col < y_cols; ++col) {
+      double want = 0, bound = 0;
+      if (c.epilogue == Kind::kSwiGLU) {
+        double gate_magnitude = 0, up_magnitude = 0;
+        const double gate = product(xr, e, 2 * col, gate_magnitude);
+        const double up = product(xr, e, 2 * col + 1, up_magnitude);
+        const double silu = gate / (1 + std::exp(-gate));
+        want = silu * up;
+        // The terms' fp32 error through silu (slope at most 1.1) and the product, fp32's exp.
+        bound = 1e-5 * (1.1 * std::abs(up) * gate_magnitude + std::abs(silu) * up_magnitude) +
+                1e-6 * std::abs(want);
+      } else {
+        double magnitude = 0;
+        const double scale = c.epilogue == Kind::kRoutingWeights ? pair_weights[pair] : 1.0;
+        want = scale * product(xr, e, col, magnitude);
+        bound = 1e-5 * scale * magnitude;
       }
       const double err = std::abs(from_bits(c.dtype, got[col]) - want);
       max_err = std::max(max_err, err);
       ASSERT_LE(err, 2e-2) << "row " << r << " col " << col << " want " << want;
-      ASSERT_LE(err, ulp(c.dtype, want) + 1e-5 * magnitude)
+      ASSERT_LE(err, ulp(c.dtype, want) + bound)
           << "row " << r << " col " << col << " want " << want;
     }
     ++checked;
@@ -150,13 +188,18 @@ TEST_P(MoeGemmTest, MatchesDoublePerRoutedRow) {
 
 std::vector<GemmCase> cases() {
   const DType bf16 = DType::BFloat16, fp16 = DType::Float16;
-  return {{"glm_gate_up", bf16, 24, 4, 64, 3072, 2048, 128},
-          {"glm_down_block64", bf16, 40, 4, 16, 1024, 1536, 64},
-          {"skewed_fp16", fp16, 200, 2, 8, 256, 512, 64, true},
-          {"n_192_one_slot", bf16, 50, 1, 4, 192, 128, 128},
-          {"forced_64_columns_2_stages", bf16, 64, 2, 8, 256, 256, 128, false, 64, 2},
-          {"forced_8_stages", fp16, 30, 4, 8, 128, 1024, 64, false, 128, 8},
-          {"no_tokens", bf16, 0, 4, 8, 128, 128, 128}};
+  return {
+      {"glm_gate_up", bf16, 24, 4, 64, 3072, 2048, 128},
+      {"glm_down_block64", bf16, 40, 4, 16, 1024, 1536, 64},
+      {"skewed_fp16", fp16, 200, 2, 8, 256, 512, 64, true},
+      {"n_192_one_slot", bf16, 50, 1, 4, 192, 128, 128},
+      {"forced_64_columns_2_stages", bf16, 64, 2, 8, 256, 256, 128, false, Kind::kPlain, 64, 2},
+      {"forced_8_stages", fp16, 30, 4, 8, 128, 1024, 64, false, Kind::kPlain, 128, 8},
+      {"no_tokens", bf16, 0, 4, 8, 128, 128, 128},
+      {"glm_gate_up_swiglu", bf16, 24, 4, 64, 3072, 2048, 128, false, Kind::kSwiGLU},
+      {"swiglu_64_columns_fp16", fp16, 40, 2, 8, 192, 256, 64, false, Kind::kSwiGLU},
+      {"glm_down_routing_weights", bf16, 24, 4, 64, 2048, 1536, 128, false, Kind::kRoutingWeights},
+      {"routing_weights_forced", fp16, 50, 2, 8, 256, 512, 64, true, Kind::kRoutingWeights, 64, 3}};
 }
 
 INSTANTIATE_TEST_SUITE_P(All, MoeGemmTest, ::testing::ValuesIn(cases()),

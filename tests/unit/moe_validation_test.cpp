@@ -184,7 +184,10 @@ struct Gemm {
   int block = 128;
   TensorView w{fake(), DType::BFloat16, {64, 3072, 2048}};
   TensorView y{fake(), DType::BFloat16, {1024, 3072}};
-  ops::Call<ops::MoeGemm> check() const { return ops::MoeGemm::validate(x, blocks, block, w, y); }
+  moe::GemmEpilogue epilogue;
+  ops::Call<ops::MoeGemm> check() const {
+    return ops::MoeGemm::validate(x, blocks, block, w, y, epilogue);
+  }
 };
 
 TEST(MoeGemmValidation, AcceptsTheLayoutAndPicksAConfigPerArch) {
@@ -230,6 +233,26 @@ TEST(MoeGemmValidation, RefusesBadShapes) {
   g.w = TensorView(fake(), DType::BFloat16, {64, 3000, 2048});
   g.y = TensorView(fake(), DType::BFloat16, {1024, 3000});
   expect_refused(g, "N must be a positive multiple of 64");
+}
+
+TEST(MoeGemmValidation, ChecksTheEpiloguesOperands) {
+  Gemm g;
+  g.epilogue.kind = moe::GemmEpilogue::Kind::kSwiGLU;
+  expect_refused(g, "y must be [1024, 1536] (rows, N / 2 after SwiGLU)");
+  g.y = TensorView(fake(), DType::BFloat16, {1024, 1536});
+  EXPECT_EQ(g.check().problem.epilogue, 1);
+  g = Gemm();
+  g.epilogue.kind = moe::GemmEpilogue::Kind::kRoutingWeights;
+  g.epilogue.sorted = TensorView(fake(), DType::Int32, {1024});
+  g.epilogue.weights = TensorView(fake(), DType::Float32, {100, 4});
+  const auto call = g.check();
+  EXPECT_EQ(call.args.pairs, 400);
+  EXPECT_NE(call.args.sorted, nullptr);
+  g.epilogue.sorted = TensorView(fake(), DType::Int32, {1000});
+  expect_refused(g, "the epilogue's sorted must be contiguous int32 [1024]");
+  g.epilogue.sorted = TensorView(fake(), DType::Int32, {1024});
+  g.epilogue.weights = TensorView(fake(), DType::BFloat16, {100, 4});
+  expect_refused(g, "the epilogue's weights must be contiguous fp32 [T, k]");
 }
 
 }  // namespace

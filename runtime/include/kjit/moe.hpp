@@ -54,14 +54,28 @@ void unpermute(const TensorView& y_sorted, const TensorView& positions, int top_
                const TensorView& weights, const TensorView& shared, const TensorView& out,
                StreamHandle stream);
 
+// What the experts' GEMM does to its fp32 products before rounding them to y's dtype.
+struct GemmEpilogue {
+  enum class Kind {
+    kPlain,           // y = the product
+    kSwiGLU,          // w's rows interleave gate and up (row 2c gate c, 2c + 1 up c):
+                      // y[r, c] = silu(gate) up, y of N / 2 columns
+    kRoutingWeights,  // y[r] = the product times weights[sorted[r]] (0 for a padding row)
+  };
+  Kind kind = Kind::kPlain;
+  // kRoutingWeights: align's sorted [rows] int32 and the router's weights [T, k] fp32 contiguous.
+  TensorView sorted, weights;
+};
+
 // The experts' GEMM over align's layout: y[r] = x_sorted[r] w[e]^T for every row r of a block of
-// `block` rows (align's block: 64 or 128) whose expert is e = block_expert[r / block]; the rows of
-// a block with no expert (-1) are not written. x_sorted [rows, K], w [E, N, K] (K contiguous) and
-// y [rows, N] of one dtype (bf16 or fp16, rows 16-byte aligned), fp32 accumulation; K a multiple
-// of 64, N of 64. sm_90a only so far (InvalidArgument elsewhere). An expert id past w's E reads
-// zero weights.
+// `block` rows (align's block: 64 or 128) whose expert is e = block_expert[r / block], then the
+// epilogue; the rows of a block with no expert (-1) are not written. x_sorted [rows, K], w
+// [E, N, K] (K contiguous) and y [rows, N] (N / 2 after SwiGLU) of one dtype (bf16 or fp16, rows
+// 16-byte aligned), fp32 accumulation; K a multiple of 64, N of 64. sm_90a only so far
+// (InvalidArgument elsewhere). An expert id past w's E reads zero weights.
 void grouped_gemm(const TensorView& x_sorted, const TensorView& block_expert, int block,
-                  const TensorView& w, const TensorView& y, StreamHandle stream);
+                  const TensorView& w, const TensorView& y, const GemmEpilogue& epilogue,
+                  StreamHandle stream);
 
 }  // namespace kjit::moe
 #pragma GCC visibility pop

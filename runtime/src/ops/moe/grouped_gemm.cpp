@@ -41,6 +41,8 @@ void MoeGemm::check(const Problem& p) {
     kGemmCheck.fail(fmt::format("N must be a positive multiple of 64, got {}", p.n));
   if (p.experts < 1 || p.experts > (1ll << 31) - 1)
     kGemmCheck.fail(fmt::format("w must hold at least one expert, got {}", p.experts));
+  if (p.epilogue < 0 || p.epilogue > 2)
+    kGemmCheck.fail(fmt::format("unknown epilogue {}", p.epilogue));
 }
 
 unsigned MoeGemm::shared_bytes(const Config& c, const Problem& p) {
@@ -74,8 +76,9 @@ MoeGemm::Config MoeGemm::default_config(const Problem& p, const Arch& arch) {
 }
 
 KernelSpec MoeGemm::spec(const Config& c, const Problem& p, const Arch& arch) {
-  KernelSpec s(sources()[0], {fmt::format("kjit::moe::moe_grouped_gemm<{}, {}, {}, {}>",
-                                          cxx_type(p.dtype), p.block_m, c.block_n, c.stages)});
+  KernelSpec s(sources()[0],
+               {fmt::format("kjit::moe::moe_grouped_gemm<{}, {}, {}, {}, {}>", cxx_type(p.dtype),
+                            p.block_m, c.block_n, c.stages, p.epilogue)});
   s.arch = arch.name();
   return s;
 }
@@ -103,38 +106,52 @@ void MoeGemm::launch(const Program& program, const Config& c, const Problem& p,
 
 std::vector<MoeGemm::Problem> MoeGemm::shipped(const Arch& arch) {
   if (!arch.has_wgmma()) return {};  // no mma.sync path yet
-  return {{DType::BFloat16, 128, 3072, 2048, 64, 128}, {DType::BFloat16, 128, 2048, 1536, 64, 128}};
+  const auto swiglu = static_cast<std::int64_t>(moe::GemmEpilogue::Kind::kSwiGLU),
+             weighted = static_cast<std::int64_t>(moe::GemmEpilogue::Kind::kRoutingWeights);
+  return {{DType::BFloat16, 128, 3072, 2048, 64, 128, swiglu},
+          {DType::BFloat16, 128, 2048, 1536, 64, 128, weighted},
+          {DType::BFloat16, 128, 2048, 1536, 64, 128, 0}};
 }
 
 std::vector<TensorSpec> MoeGemm::tensors(const Problem& p) {
   using Role = TensorSpec::Role;
+  const bool swiglu = p.epilogue == static_cast<std::int64_t>(moe::GemmEpilogue::Kind::kSwiGLU);
+  const auto experts = static_cast<float>(p.experts), rows = static_cast<float>(p.rows);
+  // The routing-weight epilogue's rows all hold a pair (sorted in [0, rows), a weight a row):
+  // the workload is valid by construction.
   return {{"x_sorted", p.dtype, {p.rows, p.k}, Role::Input, -0.1f, 0.1f},
-          {"block_expert",
-           DType::Int32,
-           {p.rows / p.block_m},
-           Role::Input,
-           0.f,
-           static_cast<float>(p.experts)},
+          {"block_expert", DType::Int32, {p.rows / p.block_m}, Role::Input, 0.f, experts},
           {"w", p.dtype, {p.experts, p.n, p.k}, Role::Input, -0.1f, 0.1f},
-          {"y", p.dtype, {p.rows, p.n}, Role::Output}};
+          {"y", p.dtype, {p.rows, swiglu ? p.n / 2 : p.n}, Role::Output},
+          {"sorted", DType::Int32, {p.rows}, Role::Input, 0.f, rows},
+          {"weights", DType::Float32, {p.rows, 1}, Role::Input, 0.f, 1.f}};
 }
 
 MoeGemm::Args MoeGemm::args(const Problem& p, const std::vector<TensorView>& t) {
-  return validate(t.at(0), t.at(1), static_cast<int>(p.block_m), t.at(2), t.at(3)).args;
+  moe::GemmEpilogue epilogue;
+  epilogue.kind = static_cast<moe::GemmEpilogue::Kind>(p.epilogue);
+  if (epilogue.kind == moe::GemmEpilogue::Kind::kRoutingWeights) {
+    epilogue.sorted = t.at(4);
+    epilogue.weights = t.at(5);
+  }
+  return validate(t.at(0), t.at(1), static_cast<int>(p.block_m), t.at(2), t.at(3), epilogue).args;
 }
 
 std::vector<Preset<MoeGemm::Problem>> MoeGemm::presets() {
   Preset<Problem> glm{"glm-4.7-flash-moe-gemm", {}};
+  const auto swiglu = static_cast<std::int64_t>(moe::GemmEpilogue::Kind::kSwiGLU),
+             weighted = static_cast<std::int64_t>(moe::GemmEpilogue::Kind::kRoutingWeights);
   for (std::int64_t t : {256, 1024, 4096, 16384}) {
     const std::int64_t rows = moe::align_capacity(t * 4, 64, 128);
-    glm.problems.push_back({DType::BFloat16, rows, 3072, 2048, 64, 128});
-    glm.problems.push_back({DType::BFloat16, rows, 2048, 1536, 64, 128});
+    glm.problems.push_back({DType::BFloat16, rows, 3072, 2048, 64, 128, swiglu});
+    glm.problems.push_back({DType::BFloat16, rows, 2048, 1536, 64, 128, weighted});
   }
   return {glm};
 }
 
 Call<MoeGemm> MoeGemm::validate(const TensorView& x_sorted, const TensorView& block_expert,
-                                int block, const TensorView& w, const TensorView& y) {
+                                int block, const TensorView& w, const TensorView& y,
+                                const moe::GemmEpilogue& epilogue) {
   check_operand(x_sorted, "x_sorted", 2, "[rows, K]", x_sorted.dtype);
   Call<MoeGemm> call{};
   Problem& p = call.problem;
@@ -142,6 +159,7 @@ Call<MoeGemm> MoeGemm::validate(const TensorView& x_sorted, const TensorView& bl
   p.rows = x_sorted.size(0);
   p.k = x_sorted.size(1);
   p.block_m = block;
+  p.epilogue = static_cast<std::int64_t>(epilogue.kind);
   kGemmCheck.ndim(w, "w", 3, "[E, N, K]");
   p.experts = w.size(0);
   p.n = w.size(1);
@@ -149,9 +167,12 @@ Call<MoeGemm> MoeGemm::validate(const TensorView& x_sorted, const TensorView& bl
   check_operand(w, "w", 3, "[E, N, K]", p.dtype);
   if (w.size(2) != p.k)
     kGemmCheck.fail(fmt::format("w's K must be x_sorted's {}, got {}", p.k, w.describe()));
+  const bool swiglu = epilogue.kind == moe::GemmEpilogue::Kind::kSwiGLU;
+  const std::int64_t y_cols = swiglu ? p.n / 2 : p.n;
   check_operand(y, "y", 2, "[rows, N]", p.dtype);
-  if (y.size(0) != p.rows || y.size(1) != p.n) {
-    kGemmCheck.fail(fmt::format("y must be [{}, {}] (rows, N), got {}", p.rows, p.n, y.describe()));
+  if (y.size(0) != p.rows || y.size(1) != y_cols) {
+    kGemmCheck.fail(fmt::format("y must be [{}, {}] (rows, N{}), got {}", p.rows, y_cols,
+                                swiglu ? " / 2 after SwiGLU" : "", y.describe()));
   }
   if (block_expert.dtype != DType::Int32 || block_expert.ndim != 1 ||
       block_expert.size(0) != p.rows / p.block_m ||
@@ -160,11 +181,31 @@ Call<MoeGemm> MoeGemm::validate(const TensorView& x_sorted, const TensorView& bl
                                 p.rows / p.block_m, block_expert.describe()));
   }
   kGemmCheck.data(block_expert, "block_expert");
+  std::int64_t pairs = 0;
+  if (epilogue.kind == moe::GemmEpilogue::Kind::kRoutingWeights) {
+    const TensorView &sorted = epilogue.sorted, &weights = epilogue.weights;
+    if (sorted.dtype != DType::Int32 || sorted.ndim != 1 || sorted.size(0) != p.rows ||
+        (p.rows > 1 && sorted.stride(0) != 1)) {
+      kGemmCheck.fail(fmt::format("the epilogue's sorted must be contiguous int32 [{}], got {}",
+                                  p.rows, sorted.describe()));
+    }
+    kGemmCheck.data(sorted, "sorted");
+    kGemmCheck.ndim(weights, "weights", 2, "[T, k]");
+    kGemmCheck.data(weights, "weights");
+    pairs = weights.numel();
+    if (weights.dtype != DType::Float32 || pairs > (1ll << 31) - 1 ||
+        (pairs > 1 && (weights.stride(1) != 1 || weights.stride(0) != weights.size(1)))) {
+      kGemmCheck.fail(fmt::format("the epilogue's weights must be contiguous fp32 [T, k], got {}",
+                                  weights.describe()));
+    }
+  }
   Args& a = call.args;
   a.x = x_sorted.data;
   a.w = w.data;
   a.block_expert = static_cast<const int*>(block_expert.data);
   a.y = y.data;
+  a.sorted = static_cast<const int*>(epilogue.sorted.data);
+  a.pair_weights = static_cast<const float*>(epilogue.weights.data);
   a.x_row_stride = x_sorted.stride(0);
   a.w_expert_stride = w.stride(0);
   a.w_row_stride = w.stride(1);
@@ -173,6 +214,7 @@ Call<MoeGemm> MoeGemm::validate(const TensorView& x_sorted, const TensorView& bl
   a.n = static_cast<int>(p.n);
   a.k = static_cast<int>(p.k);
   a.experts = static_cast<int>(p.experts);
+  a.pairs = static_cast<int>(pairs);
   return call;
 }
 
@@ -181,8 +223,10 @@ Call<MoeGemm> MoeGemm::validate(const TensorView& x_sorted, const TensorView& bl
 namespace kjit::moe {
 
 void grouped_gemm(const TensorView& x_sorted, const TensorView& block_expert, int block,
-                  const TensorView& w, const TensorView& y, StreamHandle stream) {
-  const ops::Call<ops::MoeGemm> call = ops::MoeGemm::validate(x_sorted, block_expert, block, w, y);
+                  const TensorView& w, const TensorView& y, const GemmEpilogue& epilogue,
+                  StreamHandle stream) {
+  const ops::Call<ops::MoeGemm> call =
+      ops::MoeGemm::validate(x_sorted, block_expert, block, w, y, epilogue);
   if (call.problem.rows > 0) ops::run(call, stream);
 }
 

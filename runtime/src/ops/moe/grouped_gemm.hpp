@@ -16,19 +16,23 @@ struct MoeGemm {
   static constexpr const char* kName = "moe_grouped_gemm";
   static std::vector<Source> sources() { return {Source::embedded("moe/grouped_gemm.cuh")}; }
 
-  // rows: the layout's (a multiple of block_m, align's block); w [experts, n, k].
+  // rows: the layout's (a multiple of block_m, align's block); w [experts, n, k]; epilogue:
+  // moe::GemmEpilogue::Kind (grouped_gemm.cuh's kPlain, kSwiGLU, kRoutingWeights).
   struct Problem {
     DType dtype = DType::BFloat16;
-    std::int64_t rows = 0, n = 0, k = 0, experts = 0, block_m = 128;
+    std::int64_t rows = 0, n = 0, k = 0, experts = 0, block_m = 128, epilogue = 0;
   };
   struct Config {
     std::int64_t block_n = 128, stages = 4;
   };
   using Args = KjitMoeGemmParams;
 
-  static constexpr Field<Problem> kShape[] = {
-      field<&Problem::rows>("rows", tuning::Bucket::Pow2), field<&Problem::n>("N"),
-      field<&Problem::k>("K"), field<&Problem::experts>("E"), field<&Problem::block_m>("block_m")};
+  static constexpr Field<Problem> kShape[] = {field<&Problem::rows>("rows", tuning::Bucket::Pow2),
+                                              field<&Problem::n>("N"),
+                                              field<&Problem::k>("K"),
+                                              field<&Problem::experts>("E"),
+                                              field<&Problem::block_m>("block_m"),
+                                              field<&Problem::epilogue>("epilogue")};
   static constexpr Field<Config> kConfig[] = {field<&Config::block_n>("block_n"),
                                               field<&Config::stages>("stages")};
   static constexpr DType kDTypes[] = {DType::BFloat16, DType::Float16};
@@ -47,12 +51,13 @@ struct MoeGemm {
   static std::vector<TensorSpec> tensors(const Problem& p);
   static Args args(const Problem& p, const std::vector<TensorView>& t);
   static double tolerance(const Problem&) { return 1e-2; }
-  // GLM-4.7-Flash's gate/up (N 3072, K 2048) and down (N 2048, K 1536) projections over 64
-  // experts, top 4, T 256 to 16384 tokens.
+  // GLM-4.7-Flash's gate/up (N 3072, K 2048, SwiGLU) and down (N 2048, K 1536, routing
+  // weights) projections over 64 experts, top 4, T 256 to 16384 tokens.
   static std::vector<Preset<Problem>> presets();
 
   static Call<MoeGemm> validate(const TensorView& x_sorted, const TensorView& block_expert,
-                                int block, const TensorView& w, const TensorView& y);
+                                int block, const TensorView& w, const TensorView& y,
+                                const moe::GemmEpilogue& epilogue);
 };
 
 }  // namespace kjit::ops
