@@ -109,6 +109,66 @@ Alignment align(const std::vector<int>& ids, int tokens, int top_k, int experts,
   return a;
 }
 
+Balance balance(const std::vector<int>& ids, const std::vector<double>& probs,
+                const std::vector<double>& logits, const std::vector<int>& cu_seqlens, int tokens,
+                int top_k, int experts, double aux_coeff, double z_coeff) {
+  // counts and probability sums of tokens [begin, end)
+  auto sums = [&](int begin, int end, std::vector<int>& counts, std::vector<double>& prob) {
+    counts.assign(experts, 0);
+    prob.assign(experts, 0.0);
+    for (int t = begin; t < end; ++t) {
+      for (int j = 0; j < top_k; ++j) {
+        const int e = ids[static_cast<std::size_t>(t) * top_k + j];
+        if (e >= 0 && e < experts) ++counts[e];
+      }
+      for (int e = 0; e < experts; ++e)
+        prob[e] += probs[static_cast<std::size_t>(t) * experts + e];
+    }
+  };
+  Balance b;
+  std::vector<double> prob;
+  sums(0, tokens, b.counts, prob);
+  b.f.assign(experts, 0.0);
+  b.p.assign(experts, 0.0);
+  if (tokens == 0) return b;
+  for (int e = 0; e < experts; ++e) {
+    b.f[e] = static_cast<double>(b.counts[e]) / (static_cast<double>(top_k) * tokens);
+    b.p[e] = prob[e] / tokens;
+    b.aux += aux_coeff * experts * b.f[e] * b.p[e];
+  }
+  const std::vector<int> bounds = cu_seqlens.empty() ? std::vector<int>{0, tokens} : cu_seqlens;
+  int non_empty = 0;
+  for (std::size_t s = 0; s + 1 < bounds.size(); ++s) {
+    const int length = bounds[s + 1] - bounds[s];
+    if (length <= 0) continue;
+    std::vector<int> counts;
+    std::vector<double> seq_prob;
+    sums(bounds[s], bounds[s + 1], counts, seq_prob);
+    double fp = 0;
+    for (int e = 0; e < experts; ++e)
+      fp += static_cast<double>(counts[e]) / (static_cast<double>(top_k) * length) *
+            (seq_prob[e] / length);
+    b.seq_aux += aux_coeff * experts * fp;
+    ++non_empty;
+  }
+  if (non_empty > 0) b.seq_aux /= non_empty;
+  if (!logits.empty()) {
+    for (int t = 0; t < tokens; ++t) {
+      const double* row = &logits[static_cast<std::size_t>(t) * experts];
+      double max = row[0], sum = 0;
+      for (int e = 1; e < experts; ++e)
+        max = std::max(max, row[e]);
+      for (int e = 0; e < experts; ++e)
+        sum += std::exp(row[e] - max);
+      const double lse = max + std::log(sum);
+      b.z += z_coeff * lse * lse / tokens;
+    }
+  }
+  const double mean = static_cast<double>(top_k) * tokens / experts;
+  b.max_vio = (*std::max_element(b.counts.begin(), b.counts.end()) - mean) / mean;
+  return b;
+}
+
 std::uint8_t e2m1_code(double x) {
   const auto magnitude = static_cast<std::uint8_t>(nearest_even(e2m1_grid(), std::abs(x)));
   return static_cast<std::uint8_t>((x < 0 ? 8 : 0) | magnitude);

@@ -35,6 +35,20 @@ struct Alignment {
 };
 Alignment align(const std::vector<int>& ids, int tokens, int top_k, int experts, int block);
 
+// Load statistics and balancing losses (kjit::moe::balance's definitions), in fp64.
+struct Balance {
+  std::vector<int> counts;      // pairs per expert (ids outside [0, E) not counted)
+  std::vector<double> f, p;     // counts / (k T), mean probability
+  double aux = 0, seq_aux = 0;  // aux_coeff E sum_i f_i P_i; per sequence, mean over non-empty
+  double z = 0;                 // z_coeff mean_t logsumexp(logits[t])^2 (0 without logits)
+  double max_vio = 0;           // (max_i counts_i - k T / E) / (k T / E)
+};
+// probs and logits [T, E] row-major (logits may be empty); cu_seqlens [S + 1] (empty: one
+// sequence of T tokens).
+Balance balance(const std::vector<int>& ids, const std::vector<double>& probs,
+                const std::vector<double>& logits, const std::vector<int>& cu_seqlens, int tokens,
+                int top_k, int experts, double aux_coeff, double z_coeff);
+
 // FP4 and FP8 element codes.
 std::uint8_t e2m1_code(double x);  // 4 bits: sign, 2 exponent, 1 mantissa
 double e2m1_value(std::uint8_t code);

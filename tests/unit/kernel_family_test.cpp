@@ -37,7 +37,7 @@ TEST(Registry, ListsEveryFamilyWithItsTemplateHash) {
   EXPECT_EQ(names, (std::vector<std::string>{"merge_states", "attention", "attention_backward",
                                              "attention_grouped", "attention_grouped_backward",
                                              "mla_decode", "moe_router", "moe_align", "moe_permute",
-                                             "moe_unpermute", "moe_grouped_gemm"}));
+                                             "moe_unpermute", "moe_grouped_gemm", "moe_balance"}));
   // The hashes of the templates' include closures, as tuning results were keyed before the
   // families existed: existing databases keep their results.
   EXPECT_EQ(ops::find_family("merge_states")->template_hash(),
@@ -56,7 +56,7 @@ TEST(Registry, ListsEveryFamilyWithItsTemplateHash) {
             (std::vector<std::string>{"samples", "merge_states", "attention", "attention_backward",
                                       "attention_grouped", "attention_grouped_backward",
                                       "mla_decode", "moe_router", "moe_align", "moe_permute",
-                                      "moe_unpermute", "moe_grouped_gemm"}));
+                                      "moe_unpermute", "moe_grouped_gemm", "moe_balance"}));
 }
 
 TEST(Registry, PresetsNameRealProblems) {

@@ -72,6 +72,28 @@ TEST(MoeAlignReference, GroupsPairsByExpertPaddedToTheBlock) {
   EXPECT_EQ(a.sorted, (std::vector<int>{1, 4, 6, 6, 3, 6, 6, 6, 0, 2, 5, 6}));
 }
 
+TEST(MoeBalanceReference, HandComputedStatisticsAndLosses) {
+  // 4 tokens, top 1 of 2 experts; two sequences of 2 tokens; logits all 0 (lse = ln 2).
+  const std::vector<int> ids{0, 0, 0, 1, 7};  // the 5th (token 4) is outside [0, E)
+  const std::vector<double> probs{0.9, 0.1, 0.8, 0.2, 0.6, 0.4, 0.3, 0.7};
+  const std::vector<double> logits(8, 0.0);
+  const auto b = reference::balance({0, 0, 0, 1}, probs, logits, {0, 2, 4}, 4, 1, 2, 1.0, 1.0);
+  EXPECT_EQ(b.counts, (std::vector<int>{3, 1}));
+  EXPECT_DOUBLE_EQ(b.f[0], 0.75);
+  EXPECT_DOUBLE_EQ(b.p[0], 0.65);
+  EXPECT_NEAR(b.aux, 2 * (0.75 * 0.65 + 0.25 * 0.35), 1e-12);  // 1.15
+  // Sequence 0: f {1, 0}, P {0.85, 0.15}: 2 x 0.85; sequence 1: f {0.5, 0.5}: 2 x 0.5.
+  EXPECT_NEAR(b.seq_aux, (1.7 + 1.0) / 2, 1e-12);
+  EXPECT_NEAR(b.z, std::log(2.0) * std::log(2.0), 1e-12);
+  EXPECT_NEAR(b.max_vio, (3 - 2) / 2.0, 1e-12);
+  // Out-of-range ids are not counted; no logits, no z-loss; an empty sequence is left out.
+  const auto c = reference::balance(ids, {0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5}, {},
+                                    {0, 0, 5}, 5, 1, 2, 2.0, 1.0);
+  EXPECT_EQ(c.counts, (std::vector<int>{3, 1}));
+  EXPECT_EQ(c.z, 0.0);
+  EXPECT_NEAR(c.seq_aux, c.aux, 1e-12);  // one non-empty sequence: the batch itself
+}
+
 TEST(MoeFp4Reference, E2M1CodesEveryValueTiesToEvenAndSaturates) {
   const std::vector<double> grid{0, 0.5, 1, 1.5, 2, 3, 4, 6};
   for (int i = 0; i < 8; ++i) {

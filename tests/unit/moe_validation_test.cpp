@@ -1,6 +1,7 @@
 // The input rules of the MoE router, of the tokens' permutation into the dispatch layout and back,
-// and of the experts' grouped GEMM, on the host (fake device pointers: validation does no device
-// work): shapes, dtypes, alignment, top-k and group rules, each refusal naming what is wrong.
+// of the experts' grouped GEMM and of the balance statistics, on the host (fake device pointers:
+// validation does no device work): shapes, dtypes, alignment, top-k and group rules, each refusal
+// naming what is wrong.
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -8,6 +9,7 @@
 #include <string>
 
 #include "kjit/error.hpp"
+#include "ops/moe/balance.hpp"
 #include "ops/moe/grouped_gemm.hpp"
 #include "ops/moe/permute.hpp"
 #include "ops/moe/router.hpp"
@@ -253,6 +255,62 @@ TEST(MoeGemmValidation, ChecksTheEpiloguesOperands) {
   g.epilogue.sorted = TensorView(fake(), DType::Int32, {1024});
   g.epilogue.weights = TensorView(fake(), DType::BFloat16, {100, 4});
   expect_refused(g, "the epilogue's weights must be contiguous fp32 [T, k]");
+}
+
+// GLM-4.7-Flash's router statistics over 100 tokens in 3 sequences, with a bias to update.
+struct Balance {
+  TensorView ids{fake(), DType::Int32, {100, 4}};
+  TensorView probs{fake(), DType::Float32, {100, 64}};
+  TensorView logits{fake(), DType::BFloat16, {100, 64}};
+  TensorView cu_seqlens{fake(), DType::Int32, {4}};
+  int max_seqlen = 60;
+  TensorView bias{fake(), DType::Float32, {64}};
+  moe::BalanceOptions options;
+  moe::BalanceStats stats{
+      TensorView(fake(), DType::Int32, {64}), TensorView(fake(), DType::Float32, {64}),
+      TensorView(fake(), DType::Float32, {64}), TensorView(fake(), DType::Float32, {4})};
+  ops::Call<ops::MoeBalance> check() const {
+    return ops::MoeBalance::validate(ids, probs, logits, cu_seqlens, max_seqlen, bias, options,
+                                     stats);
+  }
+};
+
+TEST(MoeBalanceValidation, AcceptsSequencesLogitsAndABias) {
+  const auto call = Balance().check();
+  EXPECT_EQ(call.problem.sequences, 3);
+  EXPECT_EQ(call.problem.longest, 60);
+  EXPECT_EQ(call.problem.dtype, DType::BFloat16);
+  Balance plain;
+  plain.logits = plain.cu_seqlens = plain.bias = TensorView();
+  const auto p = plain.check();
+  EXPECT_EQ(p.problem.sequences, 1);
+  EXPECT_EQ(p.problem.longest, 100);
+  EXPECT_EQ(p.args.bias, nullptr);
+  EXPECT_EQ(p.args.logits, nullptr);
+}
+
+TEST(MoeBalanceValidation, RefusesBadShapesAndOptions) {
+  Balance b;
+  b.probs = TensorView(fake(), DType::BFloat16, {100, 64});
+  expect_refused(b, "probs must be fp32");
+  b = Balance();
+  b.logits = TensorView(fake(), DType::BFloat16, {100, 32});
+  expect_refused(b, "logits must be [100, 64] (T, E)");
+  b = Balance();
+  b.max_seqlen = 101;
+  expect_refused(b, "max_seqlen 0 to T");
+  b = Balance();
+  b.ids = TensorView(fake(), DType::Int32, {100, 65});
+  expect_refused(b, "top_k must be 1 to E = 64");
+  b = Balance();
+  b.stats.losses = TensorView(fake(), DType::Float32, {3});
+  expect_refused(b, "losses must be contiguous fp32 [4]");
+  b = Balance();
+  b.bias = TensorView(fake(), DType::Float32, {63});
+  expect_refused(b, "bias must be contiguous fp32 [64]");
+  b = Balance();
+  b.options.bias_rate = std::numeric_limits<float>::quiet_NaN();
+  expect_refused(b, "bias_rate must be finite");
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 // Mixture-of-experts ops. So far the router (logits -> top-k expert ids and routing weights), the
 // dispatch layout (the routed pairs grouped by expert for the grouped GEMM), the tokens' trip into
-// that layout and back, and the experts' grouped GEMM.
+// that layout and back, the experts' grouped GEMM, and load statistics and balancing losses.
 #pragma once
 
 #include "kjit/device.hpp"
@@ -76,6 +76,28 @@ struct GemmEpilogue {
 void grouped_gemm(const TensorView& x_sorted, const TensorView& block_expert, int block,
                   const TensorView& w, const TensorView& y, const GemmEpilogue& epilogue,
                   StreamHandle stream);
+
+// Load statistics and balancing losses of a router's choices (Switch/GShard, DeepSeek's
+// sequence-wise variant, ST-MoE's z-loss, the Loss-Free Balancing paper's MaxVio), each sum in a
+// fixed order (the same bits run to run). With f_i = counts_i / (k T) and P_i the mean of
+// probs[:, i]: losses = {aux_coeff E sum_i f_i P_i, the same per sequence averaged over the
+// non-empty sequences, z_coeff mean_t logsumexp(logits[t])^2, (max_i counts_i - k T / E) /
+// (k T / E)}.
+struct BalanceOptions {
+  float aux_coeff = 1.f, z_coeff = 1.f;
+  float bias_rate = 1e-3f;  // DeepSeek-V3's gamma: b_i += rate sign(k T / E - counts_i)
+};
+// Outputs, contiguous on the device: counts [E] int32, f [E], p [E] and losses [4] fp32.
+struct BalanceStats {
+  TensorView counts, f, p, losses;
+};
+// ids [T, k] int32 (ids outside [0, E) not counted); probs [T, E] fp32 (the router's
+// probabilities); logits [T, E] fp32, bf16 or fp16 (null data: z-loss 0); cu_seqlens [S + 1]
+// int32 with max_seqlen at least every sequence's length (null data: one sequence of T tokens);
+// bias [E] fp32, updated in place when its data is not null (T k at most 2^24).
+void balance(const TensorView& ids, const TensorView& probs, const TensorView& logits,
+             const TensorView& cu_seqlens, int max_seqlen, const TensorView& bias,
+             const BalanceOptions& options, const BalanceStats& stats, StreamHandle stream);
 
 }  // namespace kjit::moe
 #pragma GCC visibility pop

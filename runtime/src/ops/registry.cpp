@@ -11,6 +11,7 @@
 #include "ops/merge_states/merge_states.hpp"
 #include "ops/mla/mla_decode.hpp"
 #include "ops/moe/align.hpp"
+#include "ops/moe/balance.hpp"
 #include "ops/moe/grouped_gemm.hpp"
 #include "ops/moe/permute.hpp"
 #include "ops/moe/router.hpp"
@@ -23,7 +24,7 @@ const std::vector<const KernelFamily*>& families() {
       &family_of<MergeStates>(),    &family_of<FlashForward>(),    &family_of<FlashBackward>(),
       &family_of<GroupedForward>(), &family_of<GroupedBackward>(), &family_of<MlaDecode>(),
       &family_of<MoeRouter>(),      &family_of<MoeAlign>(),        &family_of<MoePermute>(),
-      &family_of<MoeUnpermute>(),   &family_of<MoeGemm>()};
+      &family_of<MoeUnpermute>(),   &family_of<MoeGemm>(),         &family_of<MoeBalance>()};
   return all;
 }
 
