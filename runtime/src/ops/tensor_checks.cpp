@@ -52,4 +52,13 @@ void TensorChecks::same_dtype(const TensorView& t, const char* name, const Tenso
   }
 }
 
+void TensorChecks::vector(const TensorView& t, const char* name, DType dtype,
+                          std::int64_t n) const {
+  if (t.dtype != dtype || t.ndim != 1 || t.size(0) != n || (n > 1 && t.stride(0) != 1)) {
+    fail(fmt::format("{} must be contiguous {} [{}], got {}", name, dtype_name(dtype), n,
+                     t.describe()));
+  }
+  data(t, name);
+}
+
 }  // namespace kjit::ops

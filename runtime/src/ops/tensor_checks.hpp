@@ -2,6 +2,7 @@
 // InvalidArgument "<op>: <argument> ..." naming the argument and what it got.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "kjit/tensor.hpp"
@@ -24,6 +25,8 @@ class TensorChecks {
   void aligned(const TensorView& t, const char* name, unsigned bytes) const;
   void same_dtype(const TensorView& t, const char* name, const TensorView& ref,
                   const char* ref_name) const;
+  // A contiguous 1-D `dtype` [n] with data (unless empty).
+  void vector(const TensorView& t, const char* name, DType dtype, std::int64_t n) const;
 
  private:
   const char* op_;

@@ -10,13 +10,6 @@ namespace {
 
 const TensorChecks kAlignCheck("moe align");
 
-void check_int32(const TensorView& t, const char* name, std::int64_t n) {
-  if (t.dtype != DType::Int32 || t.ndim != 1 || t.size(0) != n || (n > 1 && t.stride(0) != 1))
-    kAlignCheck.fail(
-        fmt::format("{} must be contiguous int32 [{}], got {}", name, n, t.describe()));
-  kAlignCheck.data(t, name);
-}
-
 }  // namespace
 
 void MoeAlign::check(const Problem& p) {
@@ -92,11 +85,11 @@ Call<MoeAlign> MoeAlign::validate(const TensorView& ids, int experts, int block,
   call.problem = {DType::Int32, ids.numel(), experts, block};
   check(call.problem);
   const std::int64_t capacity = moe::align_capacity(call.problem.pairs, experts, block);
-  check_int32(out.sorted, "sorted", capacity);
-  check_int32(out.block_expert, "block_expert", capacity / block);
-  check_int32(out.counts, "counts", experts);
-  check_int32(out.offsets, "offsets", experts + 1);
-  check_int32(out.invalid, "invalid", 1);
+  kAlignCheck.vector(out.sorted, "sorted", DType::Int32, capacity);
+  kAlignCheck.vector(out.block_expert, "block_expert", DType::Int32, capacity / block);
+  kAlignCheck.vector(out.counts, "counts", DType::Int32, experts);
+  kAlignCheck.vector(out.offsets, "offsets", DType::Int32, experts + 1);
+  kAlignCheck.vector(out.invalid, "invalid", DType::Int32, 1);
   Args& a = call.args;
   a.ids = static_cast<const int*>(ids.data);
   a.sorted = static_cast<int*>(out.sorted.data);

@@ -14,14 +14,6 @@ namespace {
 
 const TensorChecks kBalanceCheck("moe balance");
 
-void check_vector(const TensorView& t, const char* name, DType dtype, std::int64_t n) {
-  if (t.dtype != dtype || t.ndim != 1 || t.size(0) != n || (n > 1 && t.stride(0) != 1)) {
-    kBalanceCheck.fail(fmt::format("{} must be contiguous {} [{}], got {}", name, dtype_name(dtype),
-                                   n, t.describe()));
-  }
-  kBalanceCheck.data(t, name);
-}
-
 void check_rows(const TensorView& t, const char* name, std::int64_t tokens, std::int64_t experts) {
   kBalanceCheck.ndim(t, name, 2, "[T, E]");
   kBalanceCheck.data(t, name);
@@ -148,12 +140,13 @@ Call<MoeBalance> MoeBalance::validate(const TensorView& ids, const TensorView& p
           fmt::format("logits must be fp32, bf16 or fp16, got {}", logits.describe()));
     }
   }
-  if (cu_seqlens.data) check_vector(cu_seqlens, "cu_seqlens", DType::Int32, p.sequences + 1);
-  if (bias.data) check_vector(bias, "bias", DType::Float32, p.experts);
-  check_vector(stats.counts, "counts", DType::Int32, p.experts);
-  check_vector(stats.f, "f", DType::Float32, p.experts);
-  check_vector(stats.p, "p", DType::Float32, p.experts);
-  check_vector(stats.losses, "losses", DType::Float32, 4);
+  if (cu_seqlens.data)
+    kBalanceCheck.vector(cu_seqlens, "cu_seqlens", DType::Int32, p.sequences + 1);
+  if (bias.data) kBalanceCheck.vector(bias, "bias", DType::Float32, p.experts);
+  kBalanceCheck.vector(stats.counts, "counts", DType::Int32, p.experts);
+  kBalanceCheck.vector(stats.f, "f", DType::Float32, p.experts);
+  kBalanceCheck.vector(stats.p, "p", DType::Float32, p.experts);
+  kBalanceCheck.vector(stats.losses, "losses", DType::Float32, 4);
   for (const auto& [value, name] :
        {std::pair{o.aux_coeff, "aux_coeff"}, {o.z_coeff, "z_coeff"}, {o.bias_rate, "bias_rate"}}) {
     if (!std::isfinite(value))

@@ -174,22 +174,11 @@ Call<MoeGemm> MoeGemm::validate(const TensorView& x_sorted, const TensorView& bl
     kGemmCheck.fail(fmt::format("y must be [{}, {}] (rows, N{}), got {}", p.rows, y_cols,
                                 swiglu ? " / 2 after SwiGLU" : "", y.describe()));
   }
-  if (block_expert.dtype != DType::Int32 || block_expert.ndim != 1 ||
-      block_expert.size(0) != p.rows / p.block_m ||
-      (block_expert.size(0) > 1 && block_expert.stride(0) != 1)) {
-    kGemmCheck.fail(fmt::format("block_expert must be contiguous int32 [{}], got {}",
-                                p.rows / p.block_m, block_expert.describe()));
-  }
-  kGemmCheck.data(block_expert, "block_expert");
+  kGemmCheck.vector(block_expert, "block_expert", DType::Int32, p.rows / p.block_m);
   std::int64_t pairs = 0;
   if (epilogue.kind == moe::GemmEpilogue::Kind::kRoutingWeights) {
     const TensorView &sorted = epilogue.sorted, &weights = epilogue.weights;
-    if (sorted.dtype != DType::Int32 || sorted.ndim != 1 || sorted.size(0) != p.rows ||
-        (p.rows > 1 && sorted.stride(0) != 1)) {
-      kGemmCheck.fail(fmt::format("the epilogue's sorted must be contiguous int32 [{}], got {}",
-                                  p.rows, sorted.describe()));
-    }
-    kGemmCheck.data(sorted, "sorted");
+    kGemmCheck.vector(sorted, "the epilogue's sorted", DType::Int32, p.rows);
     kGemmCheck.ndim(weights, "weights", 2, "[T, k]");
     kGemmCheck.data(weights, "weights");
     pairs = weights.numel();

@@ -25,13 +25,6 @@ void check_rows(const TensorChecks& checks, const TensorView& t, const char* nam
   checks.aligned(t, name, 16);
 }
 
-void check_int32(const TensorChecks& checks, const TensorView& t, const char* name,
-                 std::int64_t n) {
-  if (t.dtype != DType::Int32 || t.ndim != 1 || t.size(0) != n || (n > 1 && t.stride(0) != 1))
-    checks.fail(fmt::format("{} must be contiguous int32 [{}], got {}", name, n, t.describe()));
-  checks.data(t, name);
-}
-
 // Launch shape of a warp a row.
 LaunchConfig warp_rows(const MoeDispatchShape::Config& c, std::int64_t rows, StreamHandle stream) {
   const auto blocks = static_cast<unsigned>((rows + c.warps_per_block - 1) / c.warps_per_block);
@@ -118,9 +111,9 @@ Call<MoePermute> MoePermute::validate(const TensorView& x, const TensorView& sor
   p = {x.dtype, x.size(0), x.size(1), top_k, sorted.size(0)};
   check(p);
   check_rows(kPermuteCheck, x, "x", p.tokens, p.hidden, p.dtype);
-  check_int32(kPermuteCheck, sorted, "sorted", p.rows);
+  kPermuteCheck.vector(sorted, "sorted", DType::Int32, p.rows);
   check_rows(kPermuteCheck, x_sorted, "x_sorted", p.rows, p.hidden, p.dtype);
-  check_int32(kPermuteCheck, positions, "positions", p.tokens * p.top_k);
+  kPermuteCheck.vector(positions, "positions", DType::Int32, p.tokens * p.top_k);
   Args& a = call.args;
   a.x = x.data;
   a.sorted = static_cast<const int*>(sorted.data);
@@ -181,7 +174,7 @@ Call<MoeUnpermute> MoeUnpermute::validate(const TensorView& y_sorted, const Tens
   check(p);
   check_rows(kUnpermuteCheck, y_sorted, "y_sorted", p.rows, p.hidden, p.dtype);
   check_rows(kUnpermuteCheck, out, "out", p.tokens, p.hidden, p.dtype);
-  check_int32(kUnpermuteCheck, positions, "positions", p.tokens * p.top_k);
+  kUnpermuteCheck.vector(positions, "positions", DType::Int32, p.tokens * p.top_k);
   if (weights.data) {
     kUnpermuteCheck.ndim(weights, "weights", 2, "[T, k]");
     if (weights.dtype != DType::Float32 || weights.size(0) != p.tokens ||

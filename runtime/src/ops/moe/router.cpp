@@ -124,13 +124,7 @@ Call<MoeRouter> MoeRouter::validate(const TensorView& logits, const TensorView& 
                                     p.tokens, p.top_k, t->describe()));
     }
   }
-  if (bias.data) {
-    if (bias.ndim != 1 || bias.size(0) != p.experts || bias.dtype != DType::Float32 ||
-        (bias.stride(0) != 1 && p.experts > 1)) {
-      kRouterCheck.fail(
-          fmt::format("bias must be contiguous fp32 [{}], got {}", p.experts, bias.describe()));
-    }
-  }
+  if (bias.data) kRouterCheck.vector(bias, "bias", DType::Float32, p.experts);
   if (!std::isfinite(o.scaling))
     kRouterCheck.fail(fmt::format("scaling must be finite, got {}", o.scaling));
   Args& a = call.args;
