@@ -15,6 +15,7 @@
 #include <tuple>
 #include <vector>
 
+#include "kjit/c_api.h"
 #include "kjit/jit.hpp"
 #include "kjit/mla.hpp"
 #include "ops/mla/mla_decode.hpp"
@@ -221,6 +222,60 @@ INSTANTIATE_TEST_SUITE_P(All, MlaDecodeTest,
                                    : mainloop == ops::MlaDecode::kMainloopMma ? "mma"
                                                                               : "wgmma");
                          });
+
+// The C ABI's call gives the C++ API's bits (3 sequences, one split over several blocks).
+TEST(MlaDecodeRuns, CAbiMatchesTheCppApi) {
+  KJIT_REQUIRE_GPU();
+  constexpr int kB = 3, kH = 20, kBlocks = 6, kBlock = 64;
+  std::mt19937 rng(5);
+  std::normal_distribution<double> normal;
+  std::vector<std::uint16_t> q(kB * kH * kD), cache(kBlocks * kBlock * kD);
+  for (auto* v : {&q, &cache}) {
+    for (auto& x : *v)
+      x = to_bits(DType::BFloat16, normal(rng));
+  }
+  std::vector<std::int32_t> table{5, 0, 3, 1, 2, 4}, lengths{100, 70, 1};  // [3, 2]
+  DeviceBuffer dq(q.size() * 2), dcache(cache.size() * 2), dtable(table.size() * 4),
+      dlengths(lengths.size() * 4), out_cpp(kB * kH * kV * 2), out_c(kB * kH * kV * 2),
+      lse_cpp(kB * kH * 4), lse_c(kB * kH * 4);
+  dq.upload(q.data(), q.size() * 2);
+  dcache.upload(cache.data(), cache.size() * 2);
+  dtable.upload(table.data(), table.size() * 4);
+  dlengths.upload(lengths.data(), lengths.size() * 4);
+  Stream stream;
+  const mla::PagedCache paged{TensorView(dcache.data(), DType::BFloat16, {kBlocks, kBlock, kD}),
+                              TensorView(dtable.data(), DType::Int32, {kB, 2}), table.data(),
+                              TensorView(dlengths.data(), DType::Int32, {kB}), lengths.data()};
+  mla::DecodeOptions options;
+  options.softmax_scale = 0.0625f;
+  mla::decode(TensorView(dq.data(), DType::BFloat16, {kB, 1, kH, kD}), paged,
+              TensorView(out_cpp.data(), DType::BFloat16, {kB, 1, kH, kV}),
+              TensorView(lse_cpp.data(), DType::Float32, {kB, 1, kH}), options, stream.handle());
+  std::int64_t q_shape[] = {kB, 1, kH, kD}, cache_shape[] = {kBlocks, kBlock, kD},
+               table_shape[] = {kB, 2}, lengths_shape[] = {kB}, out_shape[] = {kB, 1, kH, kV},
+               lse_shape[] = {kB, 1, kH};
+  const DLDataType bf16{kDLBfloat, 16, 1}, i32{kDLInt, 32, 1}, f32{kDLFloat, 32, 1};
+  const DLDevice gpu{kDLCUDA, 0};
+  DLTensor tq{dq.data(), gpu, 4, bf16, q_shape, nullptr, 0},
+      tcache{dcache.data(), gpu, 3, bf16, cache_shape, nullptr, 0},
+      ttable{dtable.data(), gpu, 2, i32, table_shape, nullptr, 0},
+      tlengths{dlengths.data(), gpu, 1, i32, lengths_shape, nullptr, 0},
+      tout{out_c.data(), gpu, 4, bf16, out_shape, nullptr, 0},
+      tlse{lse_c.data(), gpu, 3, f32, lse_shape, nullptr, 0};
+  ASSERT_EQ(kjit_mla_decode(&tq, &tcache, &ttable, table.data(), &tlengths, lengths.data(), &tout,
+                            &tlse, 0.0625f, stream.handle()),
+            KJIT_SUCCESS)
+      << kjit_last_error();
+  stream.synchronize();
+  std::vector<std::uint16_t> a(kB * kH * kV), b(a.size());
+  std::vector<float> la(kB * kH), lb(la.size());
+  out_cpp.download(a.data(), a.size() * 2);
+  out_c.download(b.data(), b.size() * 2);
+  lse_cpp.download(la.data(), la.size() * 4);
+  lse_c.download(lb.data(), lb.size() * 4);
+  EXPECT_EQ(a, b);
+  EXPECT_EQ(la, lb);
+}
 
 TEST(MlaDecodeRuns, BadInputIsRefusedBeforeAnyDeviceWork) {
   KJIT_REQUIRE_GPU();

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "kjit/c_api.h"
 #include "kjit/moe.hpp"
 #include "tests/support/dtype_bits.hpp"
 #include "tests/support/gpu.hpp"
@@ -177,6 +178,104 @@ std::vector<PermuteCase> cases() {
 
 INSTANTIATE_TEST_SUITE_P(All, MoePermuteTest, ::testing::ValuesIn(cases()),
                          [](const auto& info) { return std::string(info.param.name); });
+
+// Router -> align -> permute -> unpermute through the C ABI gives the C++ API's bits
+// (GLM-4.7-Flash's router: sigmoid, top 4 of 64, renormalised, x1.8).
+TEST(MoePermuteRuns, CAbiChainMatchesTheCppApi) {
+  KJIT_REQUIRE_GPU();
+  constexpr int kT = 50, kE = 64, kK = 4, kD = 256, kBlock = 64;
+  const std::int64_t rows = moe::align_capacity(kT * kK, kE, kBlock);
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal;
+  std::vector<float> logits(kT * kE);
+  for (float& v : logits)
+    v = normal(rng);
+  std::vector<std::uint16_t> x(kT * kD);
+  for (auto& v : x)
+    v = to_bits(DType::BFloat16, normal(rng));
+  DeviceBuffer dlogits(logits.size() * 4), dx(x.size() * 2);
+  dlogits.upload(logits.data(), logits.size() * 4);
+  dx.upload(x.data(), x.size() * 2);
+  struct Outputs {
+    explicit Outputs(std::size_t rows)
+        : sorted(rows * 4), blocks(rows / kBlock * 4), x_sorted(rows * kD * 2) {}
+    DeviceBuffer ids{kT * kK * 4}, weights{kT * kK * 4}, sorted, blocks, counts{kE * 4},
+        offsets{(kE + 1) * 4}, invalid{4}, x_sorted, positions{kT * kK * 4}, out{kT * kD * 2};
+  };
+  Outputs cpp(static_cast<std::size_t>(rows)), c(static_cast<std::size_t>(rows));
+  Stream stream;
+  const moe::RouterOptions options{true, kK, 1, 1, true, 1.8f};
+  {
+    Outputs& o = cpp;
+    moe::router_topk(TensorView(dlogits.data(), DType::Float32, {kT, kE}), TensorView(),
+                     TensorView(o.ids.data(), DType::Int32, {kT, kK}),
+                     TensorView(o.weights.data(), DType::Float32, {kT, kK}), options,
+                     stream.handle());
+    moe::align(TensorView(o.ids.data(), DType::Int32, {kT, kK}), kE, kBlock,
+               {TensorView(o.sorted.data(), DType::Int32, {rows}),
+                TensorView(o.blocks.data(), DType::Int32, {rows / kBlock}),
+                TensorView(o.counts.data(), DType::Int32, {kE}),
+                TensorView(o.offsets.data(), DType::Int32, {kE + 1}),
+                TensorView(o.invalid.data(), DType::Int32, {1})},
+               stream.handle());
+    moe::permute(TensorView(dx.data(), DType::BFloat16, {kT, kD}),
+                 TensorView(o.sorted.data(), DType::Int32, {rows}), kK,
+                 TensorView(o.x_sorted.data(), DType::BFloat16, {rows, kD}),
+                 TensorView(o.positions.data(), DType::Int32, {kT * kK}), stream.handle());
+    moe::unpermute(TensorView(o.x_sorted.data(), DType::BFloat16, {rows, kD}),
+                   TensorView(o.positions.data(), DType::Int32, {kT * kK}), kK,
+                   TensorView(o.weights.data(), DType::Float32, {kT, kK}), TensorView(),
+                   TensorView(o.out.data(), DType::BFloat16, {kT, kD}), stream.handle());
+  }
+  {
+    const DLDevice gpu{kDLCUDA, 0};
+    const DLDataType f32{kDLFloat, 32, 1}, i32{kDLInt, 32, 1}, bf16{kDLBfloat, 16, 1};
+    std::int64_t logits_shape[] = {kT, kE}, pairs_shape[] = {kT, kK}, rows_shape[] = {rows},
+                 blocks_shape[] = {rows / kBlock}, e_shape[] = {kE}, e1_shape[] = {kE + 1},
+                 one_shape[] = {1}, x_shape[] = {kT, kD}, xs_shape[] = {rows, kD},
+                 flat_shape[] = {kT * kK};
+    auto tensor = [&](void* data, DLDataType t, int ndim, std::int64_t* shape) {
+      return DLTensor{data, gpu, ndim, t, shape, nullptr, 0};
+    };
+    const DLTensor tlogits = tensor(dlogits.data(), f32, 2, logits_shape),
+                   tids = tensor(c.ids.data(), i32, 2, pairs_shape),
+                   tweights = tensor(c.weights.data(), f32, 2, pairs_shape),
+                   tsorted = tensor(c.sorted.data(), i32, 1, rows_shape),
+                   tblocks = tensor(c.blocks.data(), i32, 1, blocks_shape),
+                   tcounts = tensor(c.counts.data(), i32, 1, e_shape),
+                   toffsets = tensor(c.offsets.data(), i32, 1, e1_shape),
+                   tinvalid = tensor(c.invalid.data(), i32, 1, one_shape),
+                   tx = tensor(dx.data(), bf16, 2, x_shape),
+                   txs = tensor(c.x_sorted.data(), bf16, 2, xs_shape),
+                   tpositions = tensor(c.positions.data(), i32, 1, flat_shape),
+                   tout = tensor(c.out.data(), bf16, 2, x_shape);
+    const kjit_moe_router_options copts{1, kK, 1, 1, 1, 1.8f};
+    void* s = stream.handle();
+    ASSERT_EQ(kjit_moe_router_topk(&tlogits, nullptr, &tids, &tweights, &copts, s), KJIT_SUCCESS)
+        << kjit_last_error();
+    ASSERT_EQ(
+        kjit_moe_align(&tids, kE, kBlock, &tsorted, &tblocks, &tcounts, &toffsets, &tinvalid, s),
+        KJIT_SUCCESS)
+        << kjit_last_error();
+    ASSERT_EQ(kjit_moe_permute(&tx, &tsorted, kK, &txs, &tpositions, s), KJIT_SUCCESS)
+        << kjit_last_error();
+    ASSERT_EQ(kjit_moe_unpermute(&txs, &tpositions, kK, &tweights, nullptr, &tout, s), KJIT_SUCCESS)
+        << kjit_last_error();
+  }
+  stream.synchronize();
+  auto bytes = [](const DeviceBuffer& b) {
+    std::vector<std::uint8_t> v(b.size());
+    b.download(v.data(), v.size());
+    return v;
+  };
+  EXPECT_EQ(bytes(cpp.ids), bytes(c.ids));
+  EXPECT_EQ(bytes(cpp.weights), bytes(c.weights));
+  EXPECT_EQ(bytes(cpp.sorted), bytes(c.sorted));
+  EXPECT_EQ(bytes(cpp.blocks), bytes(c.blocks));
+  EXPECT_EQ(bytes(cpp.x_sorted), bytes(c.x_sorted));
+  EXPECT_EQ(bytes(cpp.positions), bytes(c.positions));
+  EXPECT_EQ(bytes(cpp.out), bytes(c.out));
+}
 
 TEST(MoePermuteRuns, BadInputIsRefusedBeforeAnyDeviceWork) {
   KJIT_REQUIRE_GPU();

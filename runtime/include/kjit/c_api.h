@@ -102,6 +102,53 @@ kjit_status kjit_attention_backward_grouped_workspace_bytes(const kjit_attention
 kjit_status kjit_attention_backward_workspace_bytes(const DLTensor* q, int deterministic,
                                                     size_t* bytes);
 
+/* MLA decode (see kjit/mla.hpp): q [B, s_q, H, 576], cache [num_blocks, block_size, 576],
+   block_table int32 [B, max_blocks] and lengths int32 [B] on the device with host copies of both
+   (validated on the host), out [B, s_q, H, 512], lse [B, s_q, H] fp32 or NULL; softmax_scale 0
+   means 1/sqrt(576). */
+kjit_status kjit_mla_decode(const DLTensor* q, const DLTensor* cache, const DLTensor* block_table,
+                            const int32_t* host_block_table, const DLTensor* lengths,
+                            const int32_t* host_lengths, const DLTensor* out, const DLTensor* lse,
+                            float softmax_scale, void* stream);
+
+/* MoE (see kjit/moe.hpp for each op's layouts). NULL for an optional tensor means none. */
+typedef struct kjit_moe_router_options {
+  int sigmoid; /* 0: softmax over the experts */
+  int top_k;
+  int groups;      /* DeepSeek's grouped top-k: 1 for none */
+  int topk_groups; /* 1 for none */
+  int renormalize;
+  float scaling;
+} kjit_moe_router_options;
+kjit_status kjit_moe_router_topk(const DLTensor* logits, const DLTensor* bias, const DLTensor* ids,
+                                 const DLTensor* weights, const kjit_moe_router_options* options,
+                                 void* stream);
+/* The rows of align's layout for `pairs` routed pairs (the length of `sorted`). */
+int64_t kjit_moe_align_capacity(int64_t pairs, int experts, int block);
+kjit_status kjit_moe_align(const DLTensor* ids, int experts, int block, const DLTensor* sorted,
+                           const DLTensor* block_expert, const DLTensor* counts,
+                           const DLTensor* offsets, const DLTensor* invalid, void* stream);
+kjit_status kjit_moe_permute(const DLTensor* x, const DLTensor* sorted, int top_k,
+                             const DLTensor* x_sorted, const DLTensor* positions, void* stream);
+kjit_status kjit_moe_unpermute(const DLTensor* y_sorted, const DLTensor* positions, int top_k,
+                               const DLTensor* weights, const DLTensor* shared, const DLTensor* out,
+                               void* stream);
+typedef enum kjit_moe_gemm_epilogue {
+  KJIT_MOE_GEMM_PLAIN = 0,
+  KJIT_MOE_GEMM_SWIGLU = 1,         /* w's rows interleave gate and up; y of N / 2 columns */
+  KJIT_MOE_GEMM_ROUTING_WEIGHTS = 2 /* rows scaled by weights[sorted[row]] */
+} kjit_moe_gemm_epilogue;
+/* sorted and weights: the routing-weight epilogue's (NULL otherwise). */
+kjit_status kjit_moe_grouped_gemm(const DLTensor* x_sorted, const DLTensor* block_expert, int block,
+                                  const DLTensor* w, const DLTensor* y,
+                                  kjit_moe_gemm_epilogue epilogue, const DLTensor* sorted,
+                                  const DLTensor* weights, void* stream);
+kjit_status kjit_moe_balance(const DLTensor* ids, const DLTensor* probs, const DLTensor* logits,
+                             const DLTensor* cu_seqlens, int max_seqlen, const DLTensor* bias,
+                             float aux_coeff, float z_coeff, float bias_rate,
+                             const DLTensor* counts, const DLTensor* f, const DLTensor* p,
+                             const DLTensor* losses, void* stream);
+
 #ifdef __cplusplus
 }
 #endif

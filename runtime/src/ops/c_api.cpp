@@ -10,6 +10,8 @@
 #include "kjit/device.hpp"
 #include "kjit/error.hpp"
 #include "kjit/merge_states.hpp"
+#include "kjit/mla.hpp"
+#include "kjit/moe.hpp"
 #include "kjit/tensor.hpp"
 
 namespace {
@@ -280,5 +282,111 @@ extern "C" kjit_status kjit_attention_backward_grouped_workspace_bytes(
     *bytes = 0;
     const auto g = groups_of(groups, group_count, false);
     *bytes = kjit::attention::backward_grouped_workspace_bytes(g.data(), group_count);
+  });
+}
+
+extern "C" kjit_status kjit_mla_decode(const DLTensor* q, const DLTensor* cache,
+                                       const DLTensor* block_table, const int32_t* host_block_table,
+                                       const DLTensor* lengths, const int32_t* host_lengths,
+                                       const DLTensor* out, const DLTensor* lse,
+                                       float softmax_scale, void* stream) {
+  return guarded([&] {
+    const kjit::mla::PagedCache paged{view(cache, "cache"), view(block_table, "block_table"),
+                                      host_block_table, view(lengths, "lengths"), host_lengths};
+    kjit::mla::DecodeOptions o;
+    o.softmax_scale = softmax_scale;
+    kjit::mla::decode(view(q, "q"), paged, view(out, "out"), optional_view(lse, "lse"), o,
+                      static_cast<kjit::StreamHandle>(stream));
+  });
+}
+
+extern "C" kjit_status kjit_moe_router_topk(const DLTensor* logits, const DLTensor* bias,
+                                            const DLTensor* ids, const DLTensor* weights,
+                                            const kjit_moe_router_options* options, void* stream) {
+  return guarded([&] {
+    if (!options) throw kjit::InvalidArgument("options is NULL");
+    const kjit::moe::RouterOptions o{options->sigmoid != 0,     options->top_k,
+                                     options->groups,           options->topk_groups,
+                                     options->renormalize != 0, options->scaling};
+    kjit::moe::router_topk(view(logits, "logits"), optional_view(bias, "bias"), view(ids, "ids"),
+                           view(weights, "weights"), o, static_cast<kjit::StreamHandle>(stream));
+  });
+}
+
+extern "C" int64_t kjit_moe_align_capacity(int64_t pairs, int experts, int block) {
+  return kjit::moe::align_capacity(pairs, experts, block);
+}
+
+extern "C" kjit_status kjit_moe_align(const DLTensor* ids, int experts, int block,
+                                      const DLTensor* sorted, const DLTensor* block_expert,
+                                      const DLTensor* counts, const DLTensor* offsets,
+                                      const DLTensor* invalid, void* stream) {
+  return guarded([&] {
+    kjit::moe::align(view(ids, "ids"), experts, block,
+                     {view(sorted, "sorted"), view(block_expert, "block_expert"),
+                      view(counts, "counts"), view(offsets, "offsets"), view(invalid, "invalid")},
+                     static_cast<kjit::StreamHandle>(stream));
+  });
+}
+
+extern "C" kjit_status kjit_moe_permute(const DLTensor* x, const DLTensor* sorted, int top_k,
+                                        const DLTensor* x_sorted, const DLTensor* positions,
+                                        void* stream) {
+  return guarded([&] {
+    kjit::moe::permute(view(x, "x"), view(sorted, "sorted"), top_k, view(x_sorted, "x_sorted"),
+                       view(positions, "positions"), static_cast<kjit::StreamHandle>(stream));
+  });
+}
+
+extern "C" kjit_status kjit_moe_unpermute(const DLTensor* y_sorted, const DLTensor* positions,
+                                          int top_k, const DLTensor* weights,
+                                          const DLTensor* shared, const DLTensor* out,
+                                          void* stream) {
+  return guarded([&] {
+    kjit::moe::unpermute(view(y_sorted, "y_sorted"), view(positions, "positions"), top_k,
+                         optional_view(weights, "weights"), optional_view(shared, "shared"),
+                         view(out, "out"), static_cast<kjit::StreamHandle>(stream));
+  });
+}
+
+extern "C" kjit_status kjit_moe_grouped_gemm(const DLTensor* x_sorted, const DLTensor* block_expert,
+                                             int block, const DLTensor* w, const DLTensor* y,
+                                             kjit_moe_gemm_epilogue epilogue,
+                                             const DLTensor* sorted, const DLTensor* weights,
+                                             void* stream) {
+  return guarded([&] {
+    using Kind = kjit::moe::GemmEpilogue::Kind;
+    if (epilogue != KJIT_MOE_GEMM_PLAIN && epilogue != KJIT_MOE_GEMM_SWIGLU &&
+        epilogue != KJIT_MOE_GEMM_ROUTING_WEIGHTS) {
+      throw kjit::InvalidArgument(
+          fmt::format("moe grouped gemm: unknown epilogue {}", static_cast<int>(epilogue)));
+    }
+    kjit::moe::GemmEpilogue e;
+    e.kind = static_cast<Kind>(epilogue);
+    if (e.kind == Kind::kRoutingWeights) {
+      e.sorted = view(sorted, "sorted");
+      e.weights = view(weights, "weights");
+    }
+    kjit::moe::grouped_gemm(view(x_sorted, "x_sorted"), view(block_expert, "block_expert"), block,
+                            view(w, "w"), view(y, "y"), e, static_cast<kjit::StreamHandle>(stream));
+  });
+}
+
+extern "C" kjit_status kjit_moe_balance(const DLTensor* ids, const DLTensor* probs,
+                                        const DLTensor* logits, const DLTensor* cu_seqlens,
+                                        int max_seqlen, const DLTensor* bias, float aux_coeff,
+                                        float z_coeff, float bias_rate, const DLTensor* counts,
+                                        const DLTensor* f, const DLTensor* p,
+                                        const DLTensor* losses, void* stream) {
+  return guarded([&] {
+    kjit::moe::BalanceOptions o;
+    o.aux_coeff = aux_coeff;
+    o.z_coeff = z_coeff;
+    o.bias_rate = bias_rate;
+    kjit::moe::balance(view(ids, "ids"), view(probs, "probs"), optional_view(logits, "logits"),
+                       optional_view(cu_seqlens, "cu_seqlens"), max_seqlen,
+                       optional_view(bias, "bias"), o,
+                       {view(counts, "counts"), view(f, "f"), view(p, "p"), view(losses, "losses")},
+                       static_cast<kjit::StreamHandle>(stream));
   });
 }
