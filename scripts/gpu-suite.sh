@@ -221,6 +221,7 @@ if [ "$what" = mla ]; then
   step mla_racecheck timeout 150 compute-sanitizer --tool racecheck --error-exitcode 3 \
     "$bin/kjit_gpu_tests" --gtest_filter='All/MlaDecodeTest.*/case3_*:All/MlaDecodeTest.*/case10_*'
   step mla_bench timeout 240 "$bin/kjit_bench_mla_decode"
+  step helix_bench timeout 120 "$bin/kjit_bench_helix_decode"
   # FlashMLA from the carried wheel (.peers/flashmla, see bench/mla_decode_peers.py) on the
   # same rows, and torch SDPA as the floor.
   python3 -m pip install -q --no-index --no-deps --target /tmp/psite .peers/flashmla/*.whl \
@@ -231,7 +232,7 @@ if [ "$what" = mla ]; then
   for log in mla_memcheck mla_racecheck; do
     echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -4
   done
-  for log in mla_bench mla_peers; do echo "== $log"; cat "$out/$log.log"; done
+  for log in mla_bench mla_peers helix_bench; do echo "== $log"; cat "$out/$log.log"; done
 fi
 if [ "$what" = moe ]; then
   # The MoE router's, dispatch layout's, permutation's, grouped GEMM's and balance statistics'
