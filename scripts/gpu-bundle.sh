@@ -4,7 +4,8 @@
 # and the one shared library the GPU image lacks (Google Benchmark). Then, with the device tool:
 #   run(command="scripts/gpu-suite.sh", carry=[".gpu-bundle"])
 # The mla and moe modes also time the peers from wheels in .peers/ (ignored by git; fetch them
-# with scripts/fetch-peers.sh) and want carry=[".gpu-bundle", ".peers"].
+# with scripts/fetch-peers.sh): carry the mode's folder too, [".gpu-bundle", ".peers/flashmla"]
+# or [".gpu-bundle", ".peers/deepgemm"] (a call carries 64 MiB at most; the bundle is ~45).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 preset="${1:-default}"
