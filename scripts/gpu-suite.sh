@@ -235,10 +235,10 @@ if [ "$what" = mla ]; then
   for log in mla_bench mla_peers helix_bench; do echo "== $log"; cat "$out/$log.log"; done
 fi
 if [ "$what" = moe ]; then
-  # The MoE router's, dispatch layout's, permutation's, grouped GEMM's and balance statistics'
-  # tests against the references; a router, a permutation, a GEMM and a balance case under
+  # The MoE router's, dispatch layout's, permutation's, grouped GEMM's, balance statistics' and FP4
+  # quantizer's tests against the references; a router, a permutation, a GEMM and a balance case under
   # memcheck, the GEMM under racecheck.
-  sharded_tests moe_tests '*MoeRouter*:*MoeAlign*:*MoePermute*:*MoeGemm*:*MoeBalance*' 200
+  sharded_tests moe_tests '*MoeRouter*:*MoeAlign*:*MoePermute*:*MoeGemm*:*MoeBalance*:*MoeQuantize*' 200
   step moe_memcheck timeout 120 compute-sanitizer --tool memcheck --error-exitcode 3 \
     "$bin/kjit_gpu_tests" \
     --gtest_filter='All/MoeRouterTest.*/deepseek_v3_grouped:All/MoePermuteTest.*/invalid_ids:All/MoeGemmTest.*/skewed_fp16:All/MoeBalanceTest.*/deepseek_v3_sequences_bias'

@@ -149,6 +149,11 @@ kjit_status kjit_moe_balance(const DLTensor* ids, const DLTensor* probs, const D
                              const DLTensor* counts, const DLTensor* f, const DLTensor* p,
                              const DLTensor* losses, void* stream);
 
+/* format: 0 NVFP4 (blocks of 16), 1 MXFP4 (blocks of 32). */
+kjit_status kjit_moe_quantize_fp4(const DLTensor* w, int format, const DLTensor* codes,
+                                  const DLTensor* scales, const DLTensor* tensor_scale,
+                                  void* stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,6 +1,7 @@
 // Mixture-of-experts ops. So far the router (logits -> top-k expert ids and routing weights), the
 // dispatch layout (the routed pairs grouped by expert for the grouped GEMM), the tokens' trip into
-// that layout and back, the experts' grouped GEMM, and load statistics and balancing losses.
+// that layout and back, the experts' grouped GEMM, load statistics and balancing losses, and the
+// FP4 weight quantizer.
 #pragma once
 
 #include "kjit/device.hpp"
@@ -98,6 +99,16 @@ struct BalanceStats {
 void balance(const TensorView& ids, const TensorView& probs, const TensorView& logits,
              const TensorView& cu_seqlens, int max_seqlen, const TensorView& bias,
              const BalanceOptions& options, const BalanceStats& stats, StreamHandle stream);
+
+// Expert weights to FP4 for the FP4 GEMM: NVFP4 (blocks of 16 elements, E4M3 scales and a fp32
+// tensor scale amax / (448 x 6)) or MXFP4 (blocks of 32, E8M0 scales 2^(floor(log2 amax) - 2)),
+// E2M1 codes rounded to nearest with ties to even, saturating; bit for bit as the CPU reference.
+// w [R, C] bf16 or fp16 (C a multiple of the block); codes [R, C / 2] uint8, element 2i in the
+// low nibble; scales [R, C / block] uint8; tensor_scale [1] fp32 (MXFP4: written 1). Dequantised:
+// e2m1(code) x scale x tensor_scale.
+enum class Fp4Format { kNvFp4, kMxFp4 };
+void quantize_fp4(const TensorView& w, Fp4Format format, const TensorView& codes,
+                  const TensorView& scales, const TensorView& tensor_scale, StreamHandle stream);
 
 }  // namespace kjit::moe
 #pragma GCC visibility pop

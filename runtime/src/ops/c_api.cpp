@@ -390,3 +390,18 @@ extern "C" kjit_status kjit_moe_balance(const DLTensor* ids, const DLTensor* pro
                        static_cast<kjit::StreamHandle>(stream));
   });
 }
+
+extern "C" kjit_status kjit_moe_quantize_fp4(const DLTensor* w, int format, const DLTensor* codes,
+                                             const DLTensor* scales, const DLTensor* tensor_scale,
+                                             void* stream) {
+  return guarded([&] {
+    if (format != 0 && format != 1) {
+      throw kjit::InvalidArgument(
+          fmt::format("moe quantize fp4: format must be 0 (NVFP4) or 1 (MXFP4), got {}", format));
+    }
+    kjit::moe::quantize_fp4(
+        view(w, "w"), format == 0 ? kjit::moe::Fp4Format::kNvFp4 : kjit::moe::Fp4Format::kMxFp4,
+        view(codes, "codes"), view(scales, "scales"), view(tensor_scale, "tensor_scale"),
+        static_cast<kjit::StreamHandle>(stream));
+  });
+}

@@ -14,6 +14,7 @@
 #include "ops/moe/balance.hpp"
 #include "ops/moe/grouped_gemm.hpp"
 #include "ops/moe/permute.hpp"
+#include "ops/moe/quantize_fp4.hpp"
 #include "ops/moe/router.hpp"
 #include "samples/samples.hpp"
 
@@ -24,7 +25,8 @@ const std::vector<const KernelFamily*>& families() {
       &family_of<MergeStates>(),    &family_of<FlashForward>(),    &family_of<FlashBackward>(),
       &family_of<GroupedForward>(), &family_of<GroupedBackward>(), &family_of<MlaDecode>(),
       &family_of<MoeRouter>(),      &family_of<MoeAlign>(),        &family_of<MoePermute>(),
-      &family_of<MoeUnpermute>(),   &family_of<MoeGemm>(),         &family_of<MoeBalance>()};
+      &family_of<MoeUnpermute>(),   &family_of<MoeGemm>(),         &family_of<MoeBalance>(),
+      &family_of<MoeQuantizeFp4>()};
   return all;
 }
 
