@@ -235,9 +235,9 @@ if [ "$what" = mla ]; then
   for log in mla_bench mla_peers helix_bench; do echo "== $log"; cat "$out/$log.log"; done
 fi
 if [ "$what" = moe ]; then
-  # The MoE router's, dispatch layout's, permutation's, grouped GEMM's, balance statistics' and FP4
-  # quantizer's tests against the references; a router, a permutation, a GEMM and a balance case under
-  # memcheck, the GEMM under racecheck.
+  # The MoE router's, dispatch layout's, permutation's, grouped GEMM's, balance statistics' and
+  # FP4 quantizer's tests against the references; a router, a permutation, a GEMM and a balance
+  # case under memcheck, the GEMM under racecheck.
   sharded_tests moe_tests '*MoeRouter*:*MoeAlign*:*MoePermute*:*MoeGemm*:*MoeBalance*:*MoeQuantize*' 200
   step moe_memcheck timeout 120 compute-sanitizer --tool memcheck --error-exitcode 3 \
     "$bin/kjit_gpu_tests" \
