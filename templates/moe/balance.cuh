@@ -95,10 +95,14 @@ __global__ void __launch_bounds__(1024) moe_balance_finish(const KjitMoeBalanceP
   int count = 0;
   float prob = 0.f, seq_aux = 0.f;
   int non_empty = 0;
+  bool truncated = false;
   for (int s = 0; s < p.sequences; ++s) {
     int begin, end;
     sequence_range(p, s, begin, end);
     const int length = end - begin;
+    // A sequence longer than the caller's max_seqlen had tokens no chunk read: the statistics
+    // are not the batch's, and the losses say so with NaN rather than a plausible value.
+    truncated |= length > p.chunks * p.chunk_tokens;
     int seq_count = 0;
     float seq_prob = 0.f;
     for (int c = 0; c < p.chunks && mine; ++c) {
@@ -130,7 +134,10 @@ __global__ void __launch_bounds__(1024) moe_balance_finish(const KjitMoeBalanceP
     const float gap = mean_load - static_cast<float>(count);
     p.bias[e] += p.bias_rate * static_cast<float>((gap > 0.f) - (gap < 0.f));
   }
-  if (threadIdx.x == 0) {
+  if (threadIdx.x == 0 && truncated) {
+    for (int i = 0; i < 4; ++i)
+      p.losses[i] = __int_as_float(0x7fffffff);
+  } else if (threadIdx.x == 0) {
     float z = 0.f;
     for (long long part = 0; part < static_cast<long long>(p.sequences) * p.chunks; ++part)
       z += p.logits ? p.part_z[part] : 0.f;

@@ -26,7 +26,7 @@ namespace {
 struct BalanceCase {
   const char* name;
   int tokens, top_k, experts;
-  DType logits = DType::Float32;      // Int32: no logits (no z-loss)
+  DType logits = DType::Float32;           // Int32: no logits (no z-loss)
   std::vector<int> sequence_lengths = {};  // empty: one sequence, no cu_seqlens
   bool skewed = false, invalid = false, bias = false;
   std::int64_t chunk_tokens = 0;  // forced through the family when set
@@ -198,6 +198,35 @@ std::vector<BalanceCase> cases() {
 
 INSTANTIATE_TEST_SUITE_P(All, MoeBalanceTest, ::testing::ValuesIn(cases()),
                          [](const auto& info) { return std::string(info.param.name); });
+
+// A sequence longer than max_seqlen leaves tokens unread: the losses are NaN, not a plausible
+// value.
+TEST(MoeBalanceRuns, ATooShortMaxSeqlenMakesTheLossesNaN) {
+  KJIT_REQUIRE_GPU();
+  constexpr int kT = 1000, kE = 8, kK = 2;
+  std::vector<int> ids(kT * kK), cu{0, 600, 1000};
+  for (std::size_t i = 0; i < ids.size(); ++i)
+    ids[i] = static_cast<int>(i % kE);
+  std::vector<float> probs(kT * kE, 1.f / kE);
+  DeviceBuffer dids(ids.size() * 4), dprobs(probs.size() * 4), dcu(cu.size() * 4), counts(kE * 4),
+      f(kE * 4), p(kE * 4), losses(16);
+  dids.upload(ids.data(), dids.size());
+  dprobs.upload(probs.data(), dprobs.size());
+  dcu.upload(cu.data(), dcu.size());
+  Stream stream;
+  moe::balance(
+      TensorView(dids.data(), DType::Int32, {kT, kK}),
+      TensorView(dprobs.data(), DType::Float32, {kT, kE}), TensorView(),
+      TensorView(dcu.data(), DType::Int32, {3}), 300, TensorView(), {},
+      {TensorView(counts.data(), DType::Int32, {kE}), TensorView(f.data(), DType::Float32, {kE}),
+       TensorView(p.data(), DType::Float32, {kE}), TensorView(losses.data(), DType::Float32, {4})},
+      stream.handle());
+  stream.synchronize();
+  float got[4];
+  losses.download(got, 16);
+  for (float v : got)
+    EXPECT_TRUE(std::isnan(v)) << v;
+}
 
 }  // namespace
 }  // namespace kjit::test

@@ -235,6 +235,12 @@ TEST(MoeGemmValidation, RefusesBadShapes) {
   g.w = TensorView(fake(), DType::BFloat16, {64, 3000, 2048});
   g.y = TensorView(fake(), DType::BFloat16, {1024, 3000});
   expect_refused(g, "N must be a positive multiple of 64");
+  g = Gemm();
+  g.block = 64;
+  g.x = TensorView(fake(), DType::BFloat16, {64 * 65536, 2048});
+  g.blocks = TensorView(fake(), DType::Int32, {65536});
+  g.y = TensorView(fake(), DType::BFloat16, {64 * 65536, 3072});
+  expect_refused(g, "more than 65535 blocks of 64");
 }
 
 TEST(MoeGemmValidation, ChecksTheEpiloguesOperands) {

@@ -94,7 +94,8 @@ struct BalanceStats {
 };
 // ids [T, k] int32 (ids outside [0, E) not counted); probs [T, E] fp32 (the router's
 // probabilities); logits [T, E] fp32, bf16 or fp16 (null data: z-loss 0); cu_seqlens [S + 1]
-// int32 with max_seqlen at least every sequence's length (null data: one sequence of T tokens);
+// int32 with max_seqlen at least every sequence's length (null data: one sequence of T tokens; a
+// longer sequence makes the losses NaN, its tail uncounted);
 // bias [E] fp32, updated in place when its data is not null (T k at most 2^24).
 void balance(const TensorView& ids, const TensorView& probs, const TensorView& logits,
              const TensorView& cu_seqlens, int max_seqlen, const TensorView& bias,

@@ -35,6 +35,10 @@ void MoeGemm::check(const Problem& p) {
   if (p.rows < 0 || p.rows % p.block_m != 0 || p.rows > (1ll << 31) - 1)
     kGemmCheck.fail(
         fmt::format("x_sorted's {} rows must be whole blocks of {}", p.rows, p.block_m));
+  if (p.rows / p.block_m > 65535) {  // the launch's y dimension
+    kGemmCheck.fail(
+        fmt::format("x_sorted's {} rows are more than 65535 blocks of {}", p.rows, p.block_m));
+  }
   if (p.k < kBlockK || p.k % kBlockK != 0 || p.k > (1ll << 31) - 1)
     kGemmCheck.fail(fmt::format("K must be a positive multiple of 64, got {}", p.k));
   if (p.n < 64 || p.n % 64 != 0 || p.n > (1ll << 31) - 1)
