@@ -1,6 +1,9 @@
 // MoE grouped GEMM on Hopper (sm_90a) over moe align's contiguous layout: y[r] = x_sorted[r]
 // w[e]^T for every row r of a block of kBlockM rows whose expert is e = block_expert[block]; a
 // block with no expert (-1, past the layout's padded total) is skipped and its rows not written.
+// kMasked: the masked layout instead (decode; the counts stay on the device): x [E, M, K], y
+// [E, M, N], blockIdx.z the expert, whose rows past masked_m[e] are neither computed (whole
+// blocks) nor written.
 // 16-bit inputs, fp32 accumulation, T out, after the epilogue kEpilogue:
 //  - kPlain: y[r] = the product.
 //  - kSwiGLU: w's rows interleave the gate and up projections (row 2c gate c, 2c + 1 up c), so
@@ -36,13 +39,16 @@ struct GroupedGemmShape {
   static_assert(kBlockN == 64 || kBlockN == 128, "wgmma_ss's N");
 };
 
-template <class T, int kBlockM, int kBlockN, int kStages, int kEpilogue>
+template <class T, int kBlockM, int kBlockN, int kStages, int kEpilogue, bool kMasked>
 __global__ void __launch_bounds__(GroupedGemmShape<kBlockM, kBlockN, kStages>::kThreads, 1)
     moe_grouped_gemm(const __grid_constant__ KjitMoeGemmParams p) {
   using S = GroupedGemmShape<kBlockM, kBlockN, kStages>;
   const int n_block = blockIdx.x, m_block = blockIdx.y;
-  const int expert = p.block_expert[m_block];
-  if (expert < 0) return;  // the whole block: no barrier is touched
+  const int expert = kMasked ? static_cast<int>(blockIdx.z) : p.block_expert[m_block];
+  // The rows of the block to write; none: the whole block returns, no barrier touched.
+  const int rows_left = kMasked ? min(p.masked_m[expert], p.rows) - m_block * kBlockM
+                                : kBlockM;  // counts: device data
+  if (expert < 0 || rows_left <= 0) return;
   extern __shared__ unsigned char shared_raw[];
   T* sa = reinterpret_cast<T*>(ptx::swizzle_aligned(shared_raw));  // [stages][kBlockM][64]
   T* sb = sa + kStages * S::kAElems;                               // [stages][kBlockN][64]
@@ -69,7 +75,7 @@ __global__ void __launch_bounds__(GroupedGemmShape<kBlockM, kBlockN, kStages>::k
         if (kb >= kStages) ptx::mbarrier_wait(empty + stage, (kb / kStages - 1) & 1);
         ptx::mbarrier_arrive_expect_tx(full + stage, S::kStageBytes);
         ptx::tma_load_4d(sa + stage * S::kAElems, p.x_map, full + stage, kb * S::kBlockK,
-                         m_block * kBlockM, 0, 0);
+                         m_block * kBlockM, kMasked ? expert : 0, 0);
         ptx::tma_load_4d(sb + stage * S::kBElems, p.w_map, full + stage, kb * S::kBlockK,
                          n_block * kBlockN, expert, 0);
       }
@@ -95,13 +101,15 @@ __global__ void __launch_bounds__(GroupedGemmShape<kBlockM, kBlockN, kStages>::k
     if (lane == 0) ptx::mbarrier_arrive(empty + stage);
   }
 
-  const long long row0 =
-      static_cast<long long>(m_block) * kBlockM + consumer * 64 + 16 * warp + lane / 4;
+  const int block_row0 = consumer * 64 + 16 * warp + lane / 4;  // within the block
+  const long long row0 = static_cast<long long>(m_block) * kBlockM + block_row0;
+  T* const y_expert = static_cast<T*>(p.y) + (kMasked ? expert * p.y_expert_stride : 0);
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const long long row = row0 + 8 * h;
+    if (kMasked && block_row0 + 8 * h >= rows_left) continue;
     if constexpr (kEpilogue == kSwiGLU) {
-      T* y = static_cast<T*>(p.y) + row * p.y_row_stride + (n_block * kBlockN) / 2 + lane % 4;
+      T* y = y_expert + row * p.y_row_stride + (n_block * kBlockN) / 2 + lane % 4;
 #pragma unroll
       for (int j = 0; j < kBlockN / 8; ++j) {
         const float gate = acc[j][2 * h], up = acc[j][2 * h + 1];
@@ -113,7 +121,7 @@ __global__ void __launch_bounds__(GroupedGemmShape<kBlockM, kBlockN, kStages>::k
         const int pair = p.sorted[row];
         scale = pair >= 0 && pair < p.pairs ? p.pair_weights[pair] : 0.f;
       }
-      T* y = static_cast<T*>(p.y) + row * p.y_row_stride + n_block * kBlockN + 2 * (lane % 4);
+      T* y = y_expert + row * p.y_row_stride + n_block * kBlockN + 2 * (lane % 4);
 #pragma unroll
       for (int j = 0; j < kBlockN / 8; ++j) {
         *reinterpret_cast<unsigned*>(y + 8 * j) =

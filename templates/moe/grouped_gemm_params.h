@@ -7,14 +7,16 @@
 struct KjitMoeGemmParams {
   struct KjitTensorMap x_map; /* x_sorted: 64-column boxes of block_m rows */
   struct KjitTensorMap w_map; /* w: 64-column boxes of block_n rows of one expert */
-  const void* x;              /* [rows, k] */
+  const void* x;              /* [rows, k], or [experts, rows, k] in the masked layout */
   const void* w;              /* [experts, n, k] */
   const int* block_expert;    /* [rows / block_m]: each block's expert; -1: skipped */
-  void* y;                    /* [rows, n], or [rows, n / 2] after SwiGLU */
+  void* y;                    /* [(experts,) rows, n], or n / 2 columns after SwiGLU */
+  const int* masked_m;        /* the masked layout's [experts]: rows of each that hold tokens */
   /* The routing-weight epilogue's: align's sorted [rows] and the router's weights [T k] (pair p's
      weight at p); a row whose pair is not below `pairs` (padding) is written 0. */
   const int* sorted;
   const float* pair_weights;
-  long long x_row_stride, w_expert_stride, w_row_stride, y_row_stride;
+  long long x_row_stride, x_expert_stride, w_expert_stride, w_row_stride, y_row_stride,
+      y_expert_stride;
   int rows, n, k, experts, pairs; /* k a multiple of 64, n of block_n */
 };

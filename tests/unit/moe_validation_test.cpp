@@ -243,6 +243,27 @@ TEST(MoeGemmValidation, RefusesBadShapes) {
   expect_refused(g, "more than 65535 blocks of 64");
 }
 
+TEST(MoeGemmValidation, MaskedLayoutShapesAndBlocks) {
+  const TensorView x(fake(), DType::BFloat16, {64, 40, 2048}), counts(fake(), DType::Int32, {64}),
+      w(fake(), DType::BFloat16, {64, 3072, 2048}), y(fake(), DType::BFloat16, {64, 40, 1536});
+  const auto call =
+      ops::MoeGemm::validate_masked(x, counts, 8, w, y, moe::GemmEpilogue::Kind::kSwiGLU);
+  EXPECT_EQ(call.problem.masked, 1);
+  EXPECT_EQ(call.problem.block_m, 64);  // a few rows an expert
+  EXPECT_EQ(call.args.y_expert_stride, 40 * 1536);
+  EXPECT_EQ(ops::MoeGemm::validate_masked(x, counts, 0, w, y, moe::GemmEpilogue::Kind::kSwiGLU)
+                .problem.block_m,
+            128);
+  EXPECT_THROW(
+      ops::MoeGemm::validate_masked(x, counts, 8, w, y, moe::GemmEpilogue::Kind::kRoutingWeights),
+      InvalidArgument);
+  EXPECT_THROW(ops::MoeGemm::validate_masked(x, counts, 8, w, y, moe::GemmEpilogue::Kind::kPlain),
+               InvalidArgument);  // y has N / 2 columns
+  EXPECT_THROW(ops::MoeGemm::validate_masked(x, TensorView(fake(), DType::Int32, {63}), 8, w, y,
+                                             moe::GemmEpilogue::Kind::kSwiGLU),
+               InvalidArgument);
+}
+
 TEST(MoeGemmValidation, ChecksTheEpiloguesOperands) {
   Gemm g;
   g.epilogue.kind = moe::GemmEpilogue::Kind::kSwiGLU;

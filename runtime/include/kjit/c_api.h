@@ -149,6 +149,10 @@ kjit_status kjit_moe_balance(const DLTensor* ids, const DLTensor* probs, const D
                              const DLTensor* counts, const DLTensor* f, const DLTensor* p,
                              const DLTensor* losses, void* stream);
 
+/* The masked layout (x [E, M, K], masked_m int32 [E] on the device); plain or SwiGLU. */
+kjit_status kjit_moe_grouped_gemm_masked(const DLTensor* x, const DLTensor* masked_m,
+                                         int expected_m, const DLTensor* w, const DLTensor* y,
+                                         kjit_moe_gemm_epilogue epilogue, void* stream);
 /* format: 0 NVFP4 (blocks of 16), 1 MXFP4 (blocks of 32). */
 kjit_status kjit_moe_quantize_fp4(const DLTensor* w, int format, const DLTensor* codes,
                                   const DLTensor* scales, const DLTensor* tensor_scale,

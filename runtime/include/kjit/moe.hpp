@@ -78,6 +78,15 @@ void grouped_gemm(const TensorView& x_sorted, const TensorView& block_expert, in
                   const TensorView& w, const TensorView& y, const GemmEpilogue& epilogue,
                   StreamHandle stream);
 
+// The same over the masked layout (decode under CUDA graphs: the counts stay on the device):
+// x [E, M, K], masked_m [E] int32 on the device (the rows of each expert that hold tokens; more
+// than M counts as M), w [E, N, K], y [E, M, N] (N / 2 after SwiGLU); rows past masked_m[e] are
+// not written. expected_m: the rows an expert typically holds (0: unknown), which picks the block
+// of rows. Epilogues: plain or SwiGLU.
+void grouped_gemm_masked(const TensorView& x, const TensorView& masked_m, int expected_m,
+                         const TensorView& w, const TensorView& y, GemmEpilogue::Kind epilogue,
+                         StreamHandle stream);
+
 // Load statistics and balancing losses of a router's choices (Switch/GShard, DeepSeek's
 // sequence-wise variant, ST-MoE's z-loss, the Loss-Free Balancing paper's MaxVio), each sum in a
 // fixed order (the same bits run to run). With f_i = counts_i / (k T) and P_i the mean of

@@ -372,6 +372,23 @@ extern "C" kjit_status kjit_moe_grouped_gemm(const DLTensor* x_sorted, const DLT
   });
 }
 
+extern "C" kjit_status kjit_moe_grouped_gemm_masked(const DLTensor* x, const DLTensor* masked_m,
+                                                    int expected_m, const DLTensor* w,
+                                                    const DLTensor* y,
+                                                    kjit_moe_gemm_epilogue epilogue, void* stream) {
+  return guarded([&] {
+    if (epilogue != KJIT_MOE_GEMM_PLAIN && epilogue != KJIT_MOE_GEMM_SWIGLU) {
+      throw kjit::InvalidArgument(
+          fmt::format("moe grouped gemm (masked): epilogue must be plain or SwiGLU, got {}",
+                      static_cast<int>(epilogue)));
+    }
+    kjit::moe::grouped_gemm_masked(view(x, "x"), view(masked_m, "masked_m"), expected_m,
+                                   view(w, "w"), view(y, "y"),
+                                   static_cast<kjit::moe::GemmEpilogue::Kind>(epilogue),
+                                   static_cast<kjit::StreamHandle>(stream));
+  });
+}
+
 extern "C" kjit_status kjit_moe_balance(const DLTensor* ids, const DLTensor* probs,
                                         const DLTensor* logits, const DLTensor* cu_seqlens,
                                         int max_seqlen, const DLTensor* bias, float aux_coeff,

@@ -32,12 +32,19 @@ void MoeGemm::check(const Problem& p) {
     kGemmCheck.fail(fmt::format("x_sorted must be bf16 or fp16, got {}", dtype_name(p.dtype)));
   if (p.block_m != 64 && p.block_m != 128)
     kGemmCheck.fail(fmt::format("block (align's) must be 64 or 128 rows, got {}", p.block_m));
-  if (p.rows < 0 || p.rows % p.block_m != 0 || p.rows > (1ll << 31) - 1)
+  if (p.rows < 0 || (!p.masked && p.rows % p.block_m != 0) || p.rows > (1ll << 31) - 1)
     kGemmCheck.fail(
         fmt::format("x_sorted's {} rows must be whole blocks of {}", p.rows, p.block_m));
-  if (p.rows / p.block_m > 65535) {  // the launch's y dimension
+  if ((p.rows + p.block_m - 1) / p.block_m > 65535) {  // the launch's y dimension
+    kGemmCheck.fail(fmt::format("x's {} rows are more than 65535 blocks of {}", p.rows, p.block_m));
+  }
+  if (p.masked &&
+      (p.experts > 65535 ||
+       p.epilogue == static_cast<std::int64_t>(moe::GemmEpilogue::Kind::kRoutingWeights))) {
     kGemmCheck.fail(
-        fmt::format("x_sorted's {} rows are more than 65535 blocks of {}", p.rows, p.block_m));
+        fmt::format("the masked layout takes at most 65535 experts (got {}) and no "
+                    "routing-weight epilogue (apply the weights in the combine)",
+                    p.experts));
   }
   if (p.k < kBlockK || p.k % kBlockK != 0 || p.k > (1ll << 31) - 1)
     kGemmCheck.fail(fmt::format("K must be a positive multiple of 64, got {}", p.k));
@@ -80,9 +87,9 @@ MoeGemm::Config MoeGemm::default_config(const Problem& p, const Arch& arch) {
 }
 
 KernelSpec MoeGemm::spec(const Config& c, const Problem& p, const Arch& arch) {
-  KernelSpec s(sources()[0],
-               {fmt::format("kjit::moe::moe_grouped_gemm<{}, {}, {}, {}, {}>", cxx_type(p.dtype),
-                            p.block_m, c.block_n, c.stages, p.epilogue)});
+  KernelSpec s(sources()[0], {fmt::format("kjit::moe::moe_grouped_gemm<{}, {}, {}, {}, {}, {}>",
+                                          cxx_type(p.dtype), p.block_m, c.block_n, c.stages,
+                                          p.epilogue, p.masked ? "true" : "false")});
   s.arch = arch.name();
   return s;
 }
@@ -92,20 +99,23 @@ void MoeGemm::launch(const Program& program, const Config& c, const Problem& p,
   if (p.rows == 0) return;
   Args args = call_args;
   const auto u = [](std::int64_t v) { return static_cast<std::uint64_t>(v); };
-  args.x_map = driver::tiled_map_16bit(args.x, {u(p.k), u(p.rows), 1, 1},
-                                       {args.x_row_stride, args.x_row_stride, args.x_row_stride},
-                                       {64, static_cast<std::uint32_t>(p.block_m), 1, 1});
+  // x: [rows, k], or [experts, rows, k] masked (the expert the third coordinate).
+  args.x_map =
+      driver::tiled_map_16bit(args.x, {u(p.k), u(p.rows), u(p.masked ? p.experts : 1), 1},
+                              {args.x_row_stride, args.x_expert_stride, args.x_expert_stride},
+                              {64, static_cast<std::uint32_t>(p.block_m), 1, 1});
   args.w_map =
       driver::tiled_map_16bit(args.w, {u(p.k), u(p.n), u(p.experts), 1},
                               {args.w_row_stride, args.w_expert_stride, args.w_expert_stride},
                               {64, static_cast<std::uint32_t>(c.block_n), 1, 1});
-  program.kernel().launch(
-      {{static_cast<unsigned>(p.n / c.block_n), static_cast<unsigned>(p.rows / p.block_m)},
-       {static_cast<unsigned>(128 * (1 + p.block_m / 64))},
-       shared_bytes(c, p),
-       stream,
-       {}},
-      args);
+  program.kernel().launch({{static_cast<unsigned>(p.n / c.block_n),
+                            static_cast<unsigned>((p.rows + p.block_m - 1) / p.block_m),
+                            static_cast<unsigned>(p.masked ? p.experts : 1)},
+                           {static_cast<unsigned>(128 * (1 + p.block_m / 64))},
+                           shared_bytes(c, p),
+                           stream,
+                           {}},
+                          args);
 }
 
 std::vector<MoeGemm::Problem> MoeGemm::shipped(const Arch& arch) {
@@ -114,27 +124,40 @@ std::vector<MoeGemm::Problem> MoeGemm::shipped(const Arch& arch) {
              weighted = static_cast<std::int64_t>(moe::GemmEpilogue::Kind::kRoutingWeights);
   return {{DType::BFloat16, 128, 3072, 2048, 64, 128, swiglu},
           {DType::BFloat16, 128, 2048, 1536, 64, 128, weighted},
-          {DType::BFloat16, 128, 2048, 1536, 64, 128, 0}};
+          {DType::BFloat16, 128, 2048, 1536, 64, 128, 0},
+          {DType::BFloat16, 64, 3072, 2048, 64, 64, swiglu, 1},
+          {DType::BFloat16, 64, 2048, 1536, 64, 64, 0, 1}};
 }
 
 std::vector<TensorSpec> MoeGemm::tensors(const Problem& p) {
   using Role = TensorSpec::Role;
   const bool swiglu = p.epilogue == static_cast<std::int64_t>(moe::GemmEpilogue::Kind::kSwiGLU);
+  const std::int64_t y_cols = swiglu ? p.n / 2 : p.n;
   const auto experts = static_cast<float>(p.experts), rows = static_cast<float>(p.rows);
+  if (p.masked) {  // every expert holding a random count of its rows
+    return {{"x", p.dtype, {p.experts, p.rows, p.k}, Role::Input, -0.1f, 0.1f},
+            {"masked_m", DType::Int32, {p.experts}, Role::Input, 0.f, rows + 1.f},
+            {"w", p.dtype, {p.experts, p.n, p.k}, Role::Input, -0.1f, 0.1f},
+            {"y", p.dtype, {p.experts, p.rows, y_cols}, Role::Scratch}};
+  }
   // The routing-weight epilogue's rows all hold a pair (sorted in [0, rows), a weight a row):
   // the workload is valid by construction.
   return {{"x_sorted", p.dtype, {p.rows, p.k}, Role::Input, -0.1f, 0.1f},
           {"block_expert", DType::Int32, {p.rows / p.block_m}, Role::Input, 0.f, experts},
           {"w", p.dtype, {p.experts, p.n, p.k}, Role::Input, -0.1f, 0.1f},
-          {"y", p.dtype, {p.rows, swiglu ? p.n / 2 : p.n}, Role::Output},
+          {"y", p.dtype, {p.rows, y_cols}, Role::Output},
           {"sorted", DType::Int32, {p.rows}, Role::Input, 0.f, rows},
           {"weights", DType::Float32, {p.rows, 1}, Role::Input, 0.f, 1.f}};
 }
 
 MoeGemm::Args MoeGemm::args(const Problem& p, const std::vector<TensorView>& t) {
+  const auto kind = static_cast<moe::GemmEpilogue::Kind>(p.epilogue);
+  if (p.masked) {
+    return validate_masked(t.at(0), t.at(1), p.block_m == 64 ? 64 : 0, t.at(2), t.at(3), kind).args;
+  }
   moe::GemmEpilogue epilogue;
-  epilogue.kind = static_cast<moe::GemmEpilogue::Kind>(p.epilogue);
-  if (epilogue.kind == moe::GemmEpilogue::Kind::kRoutingWeights) {
+  epilogue.kind = kind;
+  if (kind == moe::GemmEpilogue::Kind::kRoutingWeights) {
     epilogue.sorted = t.at(4);
     epilogue.weights = t.at(5);
   }
@@ -142,7 +165,7 @@ MoeGemm::Args MoeGemm::args(const Problem& p, const std::vector<TensorView>& t) 
 }
 
 std::vector<Preset<MoeGemm::Problem>> MoeGemm::presets() {
-  Preset<Problem> glm{"glm-4.7-flash-moe-gemm", {}};
+  Preset<Problem> glm{"glm-4.7-flash-moe-gemm", {}}, decode{"glm-4.7-flash-moe-decode", {}};
   const auto swiglu = static_cast<std::int64_t>(moe::GemmEpilogue::Kind::kSwiGLU),
              weighted = static_cast<std::int64_t>(moe::GemmEpilogue::Kind::kRoutingWeights);
   for (std::int64_t t : {256, 1024, 4096, 16384}) {
@@ -150,7 +173,12 @@ std::vector<Preset<MoeGemm::Problem>> MoeGemm::presets() {
     glm.problems.push_back({DType::BFloat16, rows, 3072, 2048, 64, 128, swiglu});
     glm.problems.push_back({DType::BFloat16, rows, 2048, 1536, 64, 128, weighted});
   }
-  return {glm};
+  // Decode, masked: up to 64 rows an expert (T k / E of a few), gate/up with SwiGLU and down.
+  for (std::int64_t m : {16, 64}) {
+    decode.problems.push_back({DType::BFloat16, m, 3072, 2048, 64, 64, swiglu, 1});
+    decode.problems.push_back({DType::BFloat16, m, 2048, 1536, 64, 64, 0, 1});
+  }
+  return {glm, decode};
 }
 
 Call<MoeGemm> MoeGemm::validate(const TensorView& x_sorted, const TensorView& block_expert,
@@ -200,6 +228,7 @@ Call<MoeGemm> MoeGemm::validate(const TensorView& x_sorted, const TensorView& bl
   a.sorted = static_cast<const int*>(epilogue.sorted.data);
   a.pair_weights = static_cast<const float*>(epilogue.weights.data);
   a.x_row_stride = x_sorted.stride(0);
+  a.x_expert_stride = a.x_row_stride;  // one "expert" dim of size 1 in the contiguous map
   a.w_expert_stride = w.stride(0);
   a.w_row_stride = w.stride(1);
   a.y_row_stride = y.stride(0);
@@ -208,6 +237,54 @@ Call<MoeGemm> MoeGemm::validate(const TensorView& x_sorted, const TensorView& bl
   a.k = static_cast<int>(p.k);
   a.experts = static_cast<int>(p.experts);
   a.pairs = static_cast<int>(pairs);
+  return call;
+}
+
+Call<MoeGemm> MoeGemm::validate_masked(const TensorView& x, const TensorView& masked_m,
+                                       int expected_m, const TensorView& w, const TensorView& y,
+                                       moe::GemmEpilogue::Kind epilogue) {
+  check_operand(x, "x", 3, "[E, M, K]", x.dtype);
+  kGemmCheck.ndim(w, "w", 3, "[E, N, K]");
+  Call<MoeGemm> call{};
+  Problem& p = call.problem;
+  p.dtype = x.dtype;
+  p.experts = x.size(0);
+  p.rows = x.size(1);
+  p.k = x.size(2);
+  p.n = w.size(1);
+  p.masked = 1;
+  p.epilogue = static_cast<std::int64_t>(epilogue);
+  // The block of rows from the rows an expert typically holds (decode: a few).
+  p.block_m = expected_m > 0 && expected_m <= 64 ? 64 : 128;
+  check(p);
+  check_operand(w, "w", 3, "[E, N, K]", p.dtype);
+  if (w.size(0) != p.experts || w.size(2) != p.k) {
+    kGemmCheck.fail(
+        fmt::format("w must be [{}, N, {}] (x's E and K), got {}", p.experts, p.k, w.describe()));
+  }
+  const bool swiglu = epilogue == moe::GemmEpilogue::Kind::kSwiGLU;
+  const std::int64_t y_cols = swiglu ? p.n / 2 : p.n;
+  check_operand(y, "y", 3, "[E, M, N]", p.dtype);
+  if (y.size(0) != p.experts || y.size(1) != p.rows || y.size(2) != y_cols) {
+    kGemmCheck.fail(fmt::format("y must be [{}, {}, {}] (E, M, N{}), got {}", p.experts, p.rows,
+                                y_cols, swiglu ? " / 2 after SwiGLU" : "", y.describe()));
+  }
+  kGemmCheck.vector(masked_m, "masked_m", DType::Int32, p.experts);
+  Args& a = call.args;
+  a.x = x.data;
+  a.w = w.data;
+  a.y = y.data;
+  a.masked_m = static_cast<const int*>(masked_m.data);
+  a.x_row_stride = x.stride(1);
+  a.x_expert_stride = x.stride(0);
+  a.w_expert_stride = w.stride(0);
+  a.w_row_stride = w.stride(1);
+  a.y_row_stride = y.stride(1);
+  a.y_expert_stride = y.stride(0);
+  a.rows = static_cast<int>(p.rows);
+  a.n = static_cast<int>(p.n);
+  a.k = static_cast<int>(p.k);
+  a.experts = static_cast<int>(p.experts);
   return call;
 }
 
@@ -220,6 +297,14 @@ void grouped_gemm(const TensorView& x_sorted, const TensorView& block_expert, in
                   StreamHandle stream) {
   const ops::Call<ops::MoeGemm> call =
       ops::MoeGemm::validate(x_sorted, block_expert, block, w, y, epilogue);
+  if (call.problem.rows > 0) ops::run(call, stream);
+}
+
+void grouped_gemm_masked(const TensorView& x, const TensorView& masked_m, int expected_m,
+                         const TensorView& w, const TensorView& y, GemmEpilogue::Kind epilogue,
+                         StreamHandle stream) {
+  const ops::Call<ops::MoeGemm> call =
+      ops::MoeGemm::validate_masked(x, masked_m, expected_m, w, y, epilogue);
   if (call.problem.rows > 0) ops::run(call, stream);
 }
 

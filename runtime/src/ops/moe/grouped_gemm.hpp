@@ -16,11 +16,12 @@ struct MoeGemm {
   static constexpr const char* kName = "moe_grouped_gemm";
   static std::vector<Source> sources() { return {Source::embedded("moe/grouped_gemm.cuh")}; }
 
-  // rows: the layout's (a multiple of block_m, align's block); w [experts, n, k]; epilogue:
+  // rows: the contiguous layout's (a multiple of block_m, align's block), or the masked layout's
+  // rows per expert (masked 1: x [experts, rows, k]); w [experts, n, k]; epilogue:
   // moe::GemmEpilogue::Kind (grouped_gemm.cuh's kPlain, kSwiGLU, kRoutingWeights).
   struct Problem {
     DType dtype = DType::BFloat16;
-    std::int64_t rows = 0, n = 0, k = 0, experts = 0, block_m = 128, epilogue = 0;
+    std::int64_t rows = 0, n = 0, k = 0, experts = 0, block_m = 128, epilogue = 0, masked = 0;
   };
   struct Config {
     std::int64_t block_n = 128, stages = 4;
@@ -32,7 +33,8 @@ struct MoeGemm {
                                               field<&Problem::k>("K"),
                                               field<&Problem::experts>("E"),
                                               field<&Problem::block_m>("block_m"),
-                                              field<&Problem::epilogue>("epilogue")};
+                                              field<&Problem::epilogue>("epilogue"),
+                                              field<&Problem::masked>("masked")};
   static constexpr Field<Config> kConfig[] = {field<&Config::block_n>("block_n"),
                                               field<&Config::stages>("stages")};
   static constexpr DType kDTypes[] = {DType::BFloat16, DType::Float16};
@@ -58,6 +60,9 @@ struct MoeGemm {
   static Call<MoeGemm> validate(const TensorView& x_sorted, const TensorView& block_expert,
                                 int block, const TensorView& w, const TensorView& y,
                                 const moe::GemmEpilogue& epilogue);
+  static Call<MoeGemm> validate_masked(const TensorView& x, const TensorView& masked_m,
+                                       int expected_m, const TensorView& w, const TensorView& y,
+                                       moe::GemmEpilogue::Kind epilogue);
 };
 
 }  // namespace kjit::ops
