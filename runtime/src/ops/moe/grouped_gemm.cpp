@@ -25,6 +25,25 @@ void check_operand(const TensorView& t, const char* name, int ndim, const char* 
   kGemmCheck.aligned(t, name, 16);
 }
 
+// The operands' pointers, strides and sizes, shared by both layouts.
+void set_operands(MoeGemm::Args& a, const MoeGemm::Problem& p, const TensorView& x,
+                  std::int64_t x_row_stride, std::int64_t x_expert_stride, const TensorView& w,
+                  const TensorView& y, std::int64_t y_row_stride, std::int64_t y_expert_stride) {
+  a.x = x.data;
+  a.w = w.data;
+  a.y = y.data;
+  a.x_row_stride = x_row_stride;
+  a.x_expert_stride = x_expert_stride;
+  a.w_expert_stride = w.stride(0);
+  a.w_row_stride = w.stride(1);
+  a.y_row_stride = y_row_stride;
+  a.y_expert_stride = y_expert_stride;
+  a.rows = static_cast<int>(p.rows);
+  a.n = static_cast<int>(p.n);
+  a.k = static_cast<int>(p.k);
+  a.experts = static_cast<int>(p.experts);
+}
+
 }  // namespace
 
 void MoeGemm::check(const Problem& p) {
@@ -220,22 +239,12 @@ Call<MoeGemm> MoeGemm::validate(const TensorView& x_sorted, const TensorView& bl
                                   weights.describe()));
     }
   }
+  // x's and y's "expert" stride: one dim of size 1 in the contiguous layout.
   Args& a = call.args;
-  a.x = x_sorted.data;
-  a.w = w.data;
+  set_operands(a, p, x_sorted, x_sorted.stride(0), x_sorted.stride(0), w, y, y.stride(0), 0);
   a.block_expert = static_cast<const int*>(block_expert.data);
-  a.y = y.data;
   a.sorted = static_cast<const int*>(epilogue.sorted.data);
   a.pair_weights = static_cast<const float*>(epilogue.weights.data);
-  a.x_row_stride = x_sorted.stride(0);
-  a.x_expert_stride = a.x_row_stride;  // one "expert" dim of size 1 in the contiguous map
-  a.w_expert_stride = w.stride(0);
-  a.w_row_stride = w.stride(1);
-  a.y_row_stride = y.stride(0);
-  a.rows = static_cast<int>(p.rows);
-  a.n = static_cast<int>(p.n);
-  a.k = static_cast<int>(p.k);
-  a.experts = static_cast<int>(p.experts);
   a.pairs = static_cast<int>(pairs);
   return call;
 }
@@ -271,20 +280,8 @@ Call<MoeGemm> MoeGemm::validate_masked(const TensorView& x, const TensorView& ma
   }
   kGemmCheck.vector(masked_m, "masked_m", DType::Int32, p.experts);
   Args& a = call.args;
-  a.x = x.data;
-  a.w = w.data;
-  a.y = y.data;
+  set_operands(a, p, x, x.stride(1), x.stride(0), w, y, y.stride(1), y.stride(0));
   a.masked_m = static_cast<const int*>(masked_m.data);
-  a.x_row_stride = x.stride(1);
-  a.x_expert_stride = x.stride(0);
-  a.w_expert_stride = w.stride(0);
-  a.w_row_stride = w.stride(1);
-  a.y_row_stride = y.stride(1);
-  a.y_expert_stride = y.stride(0);
-  a.rows = static_cast<int>(p.rows);
-  a.n = static_cast<int>(p.n);
-  a.k = static_cast<int>(p.k);
-  a.experts = static_cast<int>(p.experts);
   return call;
 }
 
