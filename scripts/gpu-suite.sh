@@ -238,7 +238,7 @@ if [ "$what" = moe ]; then
   # The MoE router's, dispatch layout's, permutation's, grouped GEMM's, balance statistics' and
   # FP4 quantizer's tests against the references; a router, a permutation, a GEMM and a balance
   # case under memcheck, the GEMM under racecheck.
-  sharded_tests moe_tests '*MoeRouter*:*MoeAlign*:*MoePermute*:*MoeGemm*:*MoeBalance*:*MoeQuantize*' 200
+  sharded_tests moe_tests '*MoeRouter*:*MoeAlign*:*MoePermute*:*MoeGemm*:*MoeBalance*:*MoeQuantize*:*MoeLayer*' 240
   step moe_memcheck timeout 120 compute-sanitizer --tool memcheck --error-exitcode 3 \
     "$bin/kjit_gpu_tests" \
     --gtest_filter='All/MoeRouterTest.*/deepseek_v3_grouped:All/MoePermuteTest.*/invalid_ids:All/MoeGemmTest.*/skewed_fp16:All/MoeBalanceTest.*/deepseek_v3_sequences_bias'
@@ -254,7 +254,7 @@ if [ "$what" = moe ]; then
   for log in moe_memcheck moe_racecheck; do
     echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -3
   done
-  grep -h '^\[ moe gemm' "$out/moe_tests.log"
+  grep -h -E '^\[ moe (gemm|layer)' "$out/moe_tests.log"
   for log in moe_gemm_bench moe_gemm_peers; do echo "== $log"; cat "$out/$log.log"; done
 fi
 if [ "$what" = dist ]; then

@@ -243,6 +243,21 @@ TEST(MoeGemmValidation, RefusesBadShapes) {
   expect_refused(g, "more than 65535 blocks of 64");
 }
 
+TEST(MoeLayerValidation, RefusesWeightsThatDisagreeBeforeAnyDeviceWork) {
+  const TensorView x(fake(), DType::BFloat16, {10, 2048}), logits(fake(), DType::Float32, {10, 64}),
+      gate_up(fake(), DType::BFloat16, {64, 3072, 2048}), out = x;
+  moe::LayerOptions options;
+  options.router = {true, 4, 1, 1, true, 1.8f};
+  // down's intermediate (1024) is not half of gate_up's 3072 rows.
+  const TensorView down(fake(), DType::BFloat16, {64, 2048, 1024});
+  try {
+    moe::layer(x, logits, {gate_up, down, TensorView()}, TensorView(), options, out, nullptr);
+    ADD_FAILURE() << "accepted";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("disagree"), std::string::npos) << e.what();
+  }
+}
+
 TEST(MoeGemmValidation, MaskedLayoutShapesAndBlocks) {
   const TensorView x(fake(), DType::BFloat16, {64, 40, 2048}), counts(fake(), DType::Int32, {64}),
       w(fake(), DType::BFloat16, {64, 3072, 2048}), y(fake(), DType::BFloat16, {64, 40, 1536});

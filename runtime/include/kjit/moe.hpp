@@ -1,7 +1,7 @@
 // Mixture-of-experts ops. So far the router (logits -> top-k expert ids and routing weights), the
 // dispatch layout (the routed pairs grouped by expert for the grouped GEMM), the tokens' trip into
-// that layout and back, the experts' grouped GEMM, load statistics and balancing losses, and the
-// FP4 weight quantizer.
+// that layout and back, the experts' grouped GEMM, the layer that chains them, load statistics
+// and balancing losses, and the FP4 weight quantizer.
 #pragma once
 
 #include "kjit/device.hpp"
@@ -109,6 +109,24 @@ struct BalanceStats {
 void balance(const TensorView& ids, const TensorView& probs, const TensorView& logits,
              const TensorView& cu_seqlens, int max_seqlen, const TensorView& bias,
              const BalanceOptions& options, const BalanceStats& stats, StreamHandle stream);
+
+// A MoE layer (GLM-4.7-Flash's, or any hidden size, expert count, top-k and intermediate size the
+// weights give): router_topk over the caller's router logits [T, E] (x's router projection),
+// align, permute, the gate/up GEMM with SwiGLU, the down GEMM with the routing weights, and
+// unpermute adding `shared` (the shared expert's output [T, H], or null data for none) into out
+// [T, H]. x [T, H] and the weights bf16 or fp16; gate_up [E, 2 I, H] with gate and up rows
+// interleaved (row 2c gate c, 2c + 1 up c), down [E, H, I]; router_bias [E] fp32 or null data.
+// Scratch (about T k + E block rows of H, I and H elements) is stream-ordered. sm_90a (the GEMM).
+struct LayerWeights {
+  TensorView gate_up, down, router_bias;
+};
+struct LayerOptions {
+  RouterOptions router;
+  int block = 128;  // rows of the GEMM's blocks (align's block): 64 or 128
+};
+void layer(const TensorView& x, const TensorView& router_logits, const LayerWeights& weights,
+           const TensorView& shared, const LayerOptions& options, const TensorView& out,
+           StreamHandle stream);
 
 // Expert weights to FP4 for the FP4 GEMM: NVFP4 (blocks of 16 elements, E4M3 scales and a fp32
 // tensor scale amax / (448 x 6)) or MXFP4 (blocks of 32, E8M0 scales 2^(floor(log2 amax) - 2)),

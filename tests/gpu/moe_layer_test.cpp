@@ -1,0 +1,158 @@
+// The MoE layer on the GPU (router -> align -> permute -> gate/up GEMM with SwiGLU -> down GEMM
+// with the routing weights -> unpermute + the shared expert) against a fp64 composition of the
+// reference router and the experts' MLPs, with FlashAttention's kind of bound: max|out - ref| <=
+// 2 max|low - ref| + 1e-3, where `low` rounds what the layer rounds (h after SwiGLU, each routed
+// row after its weight, the sum) to the dtype. GLM-4.7-Flash's router (sigmoid, a correction
+// bias, renormalised, x1.8) and a softmax one, with and without a shared expert.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "driver/arch.hpp"
+#include "kjit/jit.hpp"
+#include "kjit/moe.hpp"
+#include "tests/reference/moe_reference.hpp"
+#include "tests/support/dtype_bits.hpp"
+#include "tests/support/gpu.hpp"
+#include "tests/support/isolated_cache.hpp"
+
+namespace kjit::test {
+namespace {
+
+struct LayerCase {
+  const char* name;
+  DType dtype;
+  int tokens, hidden, experts, inter, top_k, block;
+  bool glm_router = true, shared = false;
+};
+
+void PrintTo(const LayerCase& c, std::ostream* os) {
+  *os << c.name;
+}
+
+class MoeLayerTest : public IsolatedCache, public ::testing::WithParamInterface<LayerCase> {};
+
+TEST_P(MoeLayerTest, MatchesTheDoubleComposition) {
+  KJIT_REQUIRE_GPU();
+  if (!arch::current().has_wgmma())
+    GTEST_SKIP() << "the layer's GEMM needs sm_90a so far; this card is " << arch::current().name();
+  const LayerCase& c = GetParam();
+  const unsigned seed = std::random_device{}();
+  SCOPED_TRACE(::testing::Message() << "input seed " << seed);
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> normal;
+  const int t = c.tokens, h = c.hidden, e = c.experts, in = c.inter, k = c.top_k;
+  auto fill = [&](std::vector<std::uint16_t>& v, double deviation) {
+    for (auto& x : v)
+      x = to_bits(c.dtype, normal(rng) * deviation);
+  };
+  std::vector<std::uint16_t> x(static_cast<std::size_t>(t) * h),
+      gate_up(static_cast<std::size_t>(e) * 2 * in * h), down(static_cast<std::size_t>(e) * h * in),
+      shared(static_cast<std::size_t>(t) * h);
+  fill(x, 1.0);
+  fill(gate_up, 1.0 / std::sqrt(h));
+  fill(down, 1.0 / std::sqrt(in));
+  fill(shared, 0.5);
+  std::vector<float> logits(static_cast<std::size_t>(t) * e), bias(e);
+  for (float& v : logits)
+    v = static_cast<float>(normal(rng));
+  for (float& v : bias)
+    v = static_cast<float>(normal(rng) * 0.1);
+
+  DeviceBuffer dx(x.size() * 2), dgate_up(gate_up.size() * 2), ddown(down.size() * 2),
+      dshared(shared.size() * 2), dlogits(logits.size() * 4), dbias(bias.size() * 4),
+      dout(x.size() * 2);
+  dx.upload(x.data(), dx.size());
+  dgate_up.upload(gate_up.data(), dgate_up.size());
+  ddown.upload(down.data(), ddown.size());
+  dshared.upload(shared.data(), dshared.size());
+  dlogits.upload(logits.data(), dlogits.size());
+  dbias.upload(bias.data(), dbias.size());
+  dout.fill_bytes(0xff);
+  moe::LayerOptions options;
+  options.router = c.glm_router ? moe::RouterOptions{true, k, 1, 1, true, 1.8f}
+                                : moe::RouterOptions{false, k, 1, 1, false, 1.f};
+  options.block = c.block;
+  Stream stream;
+  moe::layer(TensorView(dx.data(), c.dtype, {t, h}),
+             TensorView(dlogits.data(), DType::Float32, {t, e}),
+             {TensorView(dgate_up.data(), c.dtype, {e, 2 * in, h}),
+              TensorView(ddown.data(), c.dtype, {e, h, in}),
+              c.glm_router ? TensorView(dbias.data(), DType::Float32, {e}) : TensorView()},
+             c.shared ? TensorView(dshared.data(), c.dtype, {t, h}) : TensorView(), options,
+             TensorView(dout.data(), c.dtype, {t, h}), stream.handle());
+  stream.synchronize();
+  std::vector<std::uint16_t> out(x.size());
+  dout.download(out.data(), dout.size());
+
+  reference::RouterConfig router;
+  router.sigmoid = c.glm_router;
+  router.top_k = k;
+  router.renormalize = c.glm_router;
+  router.scaling = c.glm_router ? 1.8 : 1.0;
+  if (c.glm_router) router.bias.assign(bias.begin(), bias.end());
+  const reference::Routing routing =
+      reference::route(std::vector<double>(logits.begin(), logits.end()), t, e, router);
+  auto v = [&](const std::vector<std::uint16_t>& a, std::size_t i) {
+    return from_bits(c.dtype, a[i]);
+  };
+  double max_err = 0, max_low_err = 0;
+  std::vector<double> hi(in), lo(in);
+  for (int tok = 0; tok < t; ++tok) {
+    std::vector<double> ref(h, 0.0), low(h, 0.0);
+    for (int col = 0; col < h; ++col) {
+      const double s = c.shared ? v(shared, static_cast<std::size_t>(tok) * h + col) : 0.0;
+      ref[col] = low[col] = s;
+    }
+    for (int j = 0; j < k; ++j) {
+      const int ex = routing.ids[static_cast<std::size_t>(tok) * k + j];
+      const double w = routing.weights[static_cast<std::size_t>(tok) * k + j];
+      for (int i = 0; i < in; ++i) {
+        double g = 0, u = 0;
+        for (int d = 0; d < h; ++d) {
+          const double xv = v(x, static_cast<std::size_t>(tok) * h + d);
+          g += xv * v(gate_up, (static_cast<std::size_t>(ex) * 2 * in + 2 * i) * h + d);
+          u += xv * v(gate_up, (static_cast<std::size_t>(ex) * 2 * in + 2 * i + 1) * h + d);
+        }
+        hi[i] = g / (1 + std::exp(-g)) * u;
+        lo[i] = round_to(c.dtype, hi[i]);
+      }
+      for (int col = 0; col < h; ++col) {
+        double yh = 0, yl = 0;
+        for (int i = 0; i < in; ++i) {
+          const double dv = v(down, (static_cast<std::size_t>(ex) * h + col) * in + i);
+          yh += dv * hi[i];
+          yl += dv * lo[i];
+        }
+        ref[col] += w * yh;
+        low[col] += round_to(c.dtype, w * yl);
+      }
+    }
+    for (int col = 0; col < h; ++col) {
+      const double got = v(out, static_cast<std::size_t>(tok) * h + col);
+      ASSERT_TRUE(std::isfinite(got)) << "token " << tok << " col " << col;
+      max_err = std::max(max_err, std::abs(got - ref[col]));
+      max_low_err = std::max(max_low_err, std::abs(round_to(c.dtype, low[col]) - ref[col]));
+    }
+  }
+  std::printf("[ moe layer ] %s: max |err| %.3g, same-dtype reference %.3g\n", c.name, max_err,
+              max_low_err);
+  EXPECT_LE(max_err, 2 * max_low_err + 1e-3);
+}
+
+std::vector<LayerCase> cases() {
+  const DType bf16 = DType::BFloat16, fp16 = DType::Float16;
+  return {{"glm_router_shared_bf16", bf16, 40, 256, 16, 128, 4, 128, true, true},
+          {"softmax_top2_fp16_block64", fp16, 70, 128, 8, 192, 2, 64, false, false},
+          {"glm_dims_8_experts", bf16, 3, 2048, 8, 1536, 4, 128, true, true}};
+}
+
+INSTANTIATE_TEST_SUITE_P(All, MoeLayerTest, ::testing::ValuesIn(cases()),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+}  // namespace
+}  // namespace kjit::test
