@@ -5,7 +5,8 @@
 #   run(command="scripts/gpu-suite.sh", carry=[".gpu-bundle"])
 # The mla and moe modes also time the peers from wheels in .peers/ (ignored by git; fetch them
 # with scripts/fetch-peers.sh): carry the mode's folder too, [".gpu-bundle", ".peers/flashmla"]
-# or [".gpu-bundle", ".peers/deepgemm"] (a call carries 64 MiB at most; the bundle is ~45).
+# or [".gpu-bundle", ".peers/deepgemm"] for moe-bench (a call carries 64 MiB at most; the
+# bundle is ~45).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 preset="${1:-default}"
@@ -18,6 +19,7 @@ for bin in tools/kjit tests/kjit_gpu_tests tests/kjit_unit_tests tests/kjit_test
            bench/kjit_bench_merge_states bench/kjit_bench_attention bench/kjit_bench_choice_cost \
            bench/kjit_bench_attention_backward bench/kjit_bench_attention_grouped \
            bench/kjit_bench_mla_decode bench/kjit_bench_moe_gemm bench/kjit_bench_helix_decode \
+           bench/kjit_bench_moe_layer \
            bench/kjit_bench_comm tests/kjit_dist_tests \
            examples/kjit_example_user_kernel examples/kjit_example_c_api; do
   strip -o ".gpu-bundle/bin/$(basename "$bin")" "$build/$bin"

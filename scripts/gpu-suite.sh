@@ -4,7 +4,7 @@
 # the benchmarks and the example. Full logs go to $OUT (or ./gpu-out); a summary is printed last.
 #   scripts/gpu-suite.sh [tests|bench|attention|attention-bench|attention-backward|
 #                         attention-backward-check|attention-backward-tune|attention-grouped|
-#                         attention-grouped-ncu|mla|moe|families|dist|all]
+#                         attention-grouped-ncu|mla|moe|moe-bench|families|dist|all]
 #   (default all)
 # `families` is the check after a change to the op plumbing (kernel families, dispatch, tuning
 # tables): the whole GPU suite, the examples, a sanitizer subset, and the attention and
@@ -245,17 +245,24 @@ if [ "$what" = moe ]; then
   step moe_racecheck timeout 120 compute-sanitizer --tool racecheck --error-exitcode 3 \
     "$bin/kjit_gpu_tests" --gtest_filter='All/MoeGemmTest.*/forced_8_stages'
   tally moe_tests
-  # The grouped GEMM beside torch._grouped_mm and DeepGEMM (carried wheels, .peers/deepgemm).
-  step moe_gemm_bench timeout 200 "$bin/kjit_bench_moe_gemm"
-  python3 -m pip install -q --no-index --no-deps --target /tmp/psite .peers/deepgemm/*.whl \
-    >"$out/deepgemm_install.log" 2>&1
-  PYTHONPATH=/tmp/psite PYTHONUNBUFFERED=1 step moe_gemm_peers timeout 300 python3 \
-    bench/moe_gemm_peers.py
   for log in moe_memcheck moe_racecheck; do
     echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -3
   done
   grep -h -E '^\[ moe (gemm|layer)' "$out/moe_tests.log"
-  for log in moe_gemm_bench moe_gemm_peers; do echo "== $log"; cat "$out/$log.log"; done
+fi
+if [ "$what" = moe-bench ]; then
+  # The grouped GEMM beside torch._grouped_mm and DeepGEMM (carried wheels, .peers/deepgemm),
+  # the layer beside the torch composition.
+  step moe_gemm_bench timeout 200 "$bin/kjit_bench_moe_gemm"
+  step moe_layer_bench timeout 120 "$bin/kjit_bench_moe_layer"
+  PYTHONUNBUFFERED=1 step moe_layer_torch timeout 150 python3 bench/moe_layer_torch.py
+  python3 -m pip install -q --no-index --no-deps --target /tmp/psite .peers/deepgemm/*.whl \
+    >"$out/deepgemm_install.log" 2>&1
+  PYTHONPATH=/tmp/psite PYTHONUNBUFFERED=1 step moe_gemm_peers timeout 300 python3 \
+    bench/moe_gemm_peers.py
+  for log in moe_gemm_bench moe_gemm_peers moe_layer_bench moe_layer_torch; do
+    echo "== $log"; cat "$out/$log.log"
+  done
 fi
 if [ "$what" = dist ]; then
   # The multi-rank suites as real processes on this one GPU: the MPI backend at 1, 2, 4 and 8

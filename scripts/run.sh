@@ -34,6 +34,7 @@ if "$kjit" info --json | grep -q '"available": true'; then
   build/default/bench/kjit_bench_attention_grouped --only model=8b --only S=8192
   build/default/bench/kjit_bench_mla_decode --only-heads 20
   build/default/bench/kjit_bench_moe_gemm
+  build/default/bench/kjit_bench_moe_layer
 else
   "$kjit" precompile --arch sm_90a --check
   echo
