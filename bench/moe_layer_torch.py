@@ -19,7 +19,9 @@ def layer(x, logits, bias, w_gate_up, w_down, shared):
     weights = weights / (weights.sum(-1, keepdim=True) + 1e-20) * 1.8
     flat = ids.flatten()
     order = torch.argsort(flat, stable=True)
-    counts = torch.bincount(flat, minlength=E)
+    # bincount would synchronise (it sizes its output on the host): a scatter of ones does not.
+    counts = torch.zeros(E, dtype=torch.int64, device=flat.device).scatter_add_(
+        0, flat, torch.ones_like(flat))
     offs = torch.cumsum(counts, 0).to(torch.int32)
     tokens = order // K
     xs = x.index_select(0, tokens)

@@ -50,9 +50,10 @@ template <class T>
 __global__ void __launch_bounds__(1024) moe_fp4_amax(const KjitFp4QuantizeParams p) {
   __shared__ float warp_max[32];
   float m = 0.f;
-  for (long long i = threadIdx.x; i < static_cast<long long>(p.rows) * p.cols; i += blockDim.x) {
-    const long long r = i / p.cols, c = i % p.cols;
-    m = fmaxf(m, fabsf(to_float(static_cast<const T*>(p.w)[r * p.w_stride + c])));
+  for (int r = 0; r < p.rows; ++r) {
+    const T* row = static_cast<const T*>(p.w) + r * p.w_stride;
+    for (int c = threadIdx.x; c < p.cols; c += blockDim.x)
+      m = fmaxf(m, fabsf(to_float(row[c])));
   }
   for (int d = 16; d > 0; d /= 2)
     m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, d));

@@ -263,15 +263,19 @@ TEST_P(MoeGemmMaskedTest, MatchesDoublePerHeldRow) {
   stream.synchronize();
   std::vector<std::uint16_t> y(dy.size() / 2);
   dy.download(y.data(), dy.size());
+  std::vector<double> xf(x.size()), wf(w.size());
+  for (std::size_t i = 0; i < x.size(); ++i)
+    xf[i] = from_bits(c.dtype, x[i]);
+  for (std::size_t i = 0; i < w.size(); ++i)
+    wf[i] = from_bits(c.dtype, w[i]);
   auto product = [&](int e, int r, int col, double& magnitude) {
-    const std::uint16_t* xr = &x[(static_cast<std::size_t>(e) * c.max_m + r) * c.k];
-    const std::uint16_t* wr = &w[(static_cast<std::size_t>(e) * c.n + col) * c.k];
+    const double* xr = &xf[(static_cast<std::size_t>(e) * c.max_m + r) * c.k];
+    const double* wr = &wf[(static_cast<std::size_t>(e) * c.n + col) * c.k];
     double sum = 0;
     magnitude = 0;
     for (int i = 0; i < c.k; ++i) {
-      const double term = from_bits(c.dtype, xr[i]) * from_bits(c.dtype, wr[i]);
-      sum += term;
-      magnitude += std::abs(term);
+      sum += xr[i] * wr[i];
+      magnitude += std::abs(xr[i] * wr[i]);
     }
     return sum;
   };

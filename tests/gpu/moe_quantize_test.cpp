@@ -48,9 +48,13 @@ TEST_P(MoeQuantizeTest, MatchesTheReferenceBitForBit) {
   for (auto& v : w)
     v = to_bits(c.dtype, normal(rng));
   if (c.crafted) {
-    // Midpoints of the E2M1 grid at scale 1 (MXFP4 with a block max of 4..7), past 6, signs.
+    // Midpoints of the E2M1 grid at an element scale of exactly 1, signs and signed zeros. MXFP4:
+    // a block max of 7 (exponent 0, scale 1; 7 saturates to 6). NVFP4: the tensor's max is 6 (the
+    // random rows' are far below), so global = 448, the block scale 448 and each element's
+    // multiplier global / scale = 1.
+    const double big = nv ? 6 : 7;
     const double row0[] = {4,     0.25, 0.75, 1.25, 1.75, 2.5,  3.5, 5,
-                           -0.25, -5,   7,    -7,   0,    -0.0, 0.1, -1.5};
+                           -0.25, -5,   big,  -big, 0,    -0.0, 0.1, -1.5};
     for (int i = 0; i < c.cols; ++i)
       w[i] = to_bits(c.dtype, row0[i % 16]);
     for (int i = 0; i < c.cols; ++i)

@@ -26,9 +26,14 @@ void layer(const TensorView& x, const TensorView& router_logits, const LayerWeig
   const std::int64_t tokens = x.size(0), hidden = x.size(1), experts = gate_up.size(0),
                      inter = down.size(2), top_k = options.router.top_k;
   const int block = options.block;
-  if (top_k < 1 || block < 1) {
-    throw InvalidArgument(
-        fmt::format("moe layer: top_k {} and block {} must be positive", top_k, block));
+  // What the GEMMs would refuse after the router, align and permute ran: refused first.
+  if (top_k < 1 || (block != 64 && block != 128) || hidden % 64 != 0 || inter % 64 != 0 ||
+      gate_up.dtype != x.dtype || down.dtype != x.dtype || out.dtype != x.dtype) {
+    throw InvalidArgument(fmt::format(
+        "moe layer: top_k {} (>= 1), block {} (64 or 128), H {} and I {} (multiples of 64), "
+        "x, gate_up, down and out of one dtype ({}, {}, {}, {})",
+        top_k, block, hidden, inter, dtype_name(x.dtype), dtype_name(gate_up.dtype),
+        dtype_name(down.dtype), dtype_name(out.dtype)));
   }
   const std::int64_t pairs = tokens * top_k;
   const std::int64_t rows = align_capacity(pairs, static_cast<int>(experts), block);
