@@ -61,4 +61,21 @@ void TensorChecks::vector(const TensorView& t, const char* name, DType dtype,
   data(t, name);
 }
 
+void TensorChecks::strided(const TensorView& t, const char* name, int ndim,
+                           const char* layout) const {
+  this->ndim(t, name, ndim, layout);
+  data(t, name);
+  contiguous_last(t, name);
+  nonnegative_strides(t, name);
+}
+
+void TensorChecks::matrix(const TensorView& t, const char* name, const char* layout, DType dtype,
+                          std::int64_t rows, std::int64_t cols) const {
+  strided(t, name, 2, layout);
+  if (t.dtype != dtype || t.size(0) != rows || t.size(1) != cols) {
+    fail(fmt::format("{} must be {} [{}, {}], got {}", name, dtype_name(dtype), rows, cols,
+                     t.describe()));
+  }
+}
+
 }  // namespace kjit::ops

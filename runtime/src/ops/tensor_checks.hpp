@@ -27,6 +27,12 @@ class TensorChecks {
                   const char* ref_name) const;
   // A contiguous 1-D `dtype` [n] with data (unless empty).
   void vector(const TensorView& t, const char* name, DType dtype, std::int64_t n) const;
+  // What every strided operand checks first: `ndim` dims, data, a contiguous last dim and no
+  // negative stride.
+  void strided(const TensorView& t, const char* name, int ndim, const char* layout) const;
+  // strided with 2 dims, then `dtype` [rows, cols].
+  void matrix(const TensorView& t, const char* name, const char* layout, DType dtype,
+              std::int64_t rows, std::int64_t cols) const;
 
  private:
   const char* op_;

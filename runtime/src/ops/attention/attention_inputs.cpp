@@ -19,10 +19,7 @@ void check_attention_length(std::int64_t n, const char* what) {
 void check_attention_tensors(const TensorView& q, const TensorView& k, const TensorView& v,
                              const TensorView& out, int dims, const TensorChecks& checks) {
   for (const auto& [t, name] : {std::pair{&q, "q"}, {&k, "k"}, {&v, "v"}, {&out, "out"}}) {
-    checks.ndim(*t, name, dims, dims == 4 ? "[B, S, H, D]" : "[T, H, D]");
-    checks.data(*t, name);
-    checks.contiguous_last(*t, name);
-    checks.nonnegative_strides(*t, name);
+    checks.strided(*t, name, dims, dims == 4 ? "[B, S, H, D]" : "[T, H, D]");
     checks.aligned(*t, name, 16);
   }
   if (q.dtype != DType::Float16 && q.dtype != DType::BFloat16)
@@ -44,10 +41,7 @@ void check_attention_tensors(const TensorView& q, const TensorView& k, const Ten
 
 void check_like(const TensorView& t, const char* name, const TensorView& ref, const char* ref_name,
                 int dims, const TensorChecks& checks) {
-  checks.ndim(t, name, dims, dims == 4 ? "[B, S, H, D]" : "[T, H, D]");
-  checks.data(t, name);
-  checks.contiguous_last(t, name);
-  checks.nonnegative_strides(t, name);
+  checks.strided(t, name, dims, dims == 4 ? "[B, S, H, D]" : "[T, H, D]");
   checks.aligned(t, name, 16);
   checks.same_dtype(t, name, ref, ref_name);
   for (int i = 0; i < dims; ++i) {

@@ -12,10 +12,7 @@ namespace {
 const TensorChecks kMlaCheck("mla decode");
 
 void check_rows(const TensorView& t, const char* name, int ndim, const char* layout) {
-  kMlaCheck.ndim(t, name, ndim, layout);
-  kMlaCheck.data(t, name);
-  kMlaCheck.contiguous_last(t, name);
-  kMlaCheck.nonnegative_strides(t, name);
+  kMlaCheck.strided(t, name, ndim, layout);
   kMlaCheck.aligned(t, name, 16);
 }
 

@@ -15,10 +15,7 @@ namespace {
 const TensorChecks kBalanceCheck("moe balance");
 
 void check_rows(const TensorView& t, const char* name, std::int64_t tokens, std::int64_t experts) {
-  kBalanceCheck.ndim(t, name, 2, "[T, E]");
-  kBalanceCheck.data(t, name);
-  kBalanceCheck.contiguous_last(t, name);
-  kBalanceCheck.nonnegative_strides(t, name);
+  kBalanceCheck.strided(t, name, 2, "[T, E]");
   if (t.size(0) != tokens || t.size(1) != experts) {
     kBalanceCheck.fail(
         fmt::format("{} must be [{}, {}] (T, E), got {}", name, tokens, experts, t.describe()));

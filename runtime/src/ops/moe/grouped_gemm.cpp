@@ -16,10 +16,7 @@ constexpr std::int64_t kBlockK = 64;
 
 void check_operand(const TensorView& t, const char* name, int ndim, const char* layout,
                    DType dtype) {
-  kGemmCheck.ndim(t, name, ndim, layout);
-  kGemmCheck.data(t, name);
-  kGemmCheck.contiguous_last(t, name);
-  kGemmCheck.nonnegative_strides(t, name);
+  kGemmCheck.strided(t, name, ndim, layout);
   if (t.dtype != dtype)
     kGemmCheck.fail(fmt::format("{} must be {}, got {}", name, dtype_name(dtype), t.describe()));
   kGemmCheck.aligned(t, name, 16);

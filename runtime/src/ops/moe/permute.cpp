@@ -14,14 +14,7 @@ const TensorChecks kDispatchCheck("moe dispatch"), kPermuteCheck("moe permute"),
 // A [rows, D] operand of 16-bit rows read or written as 16-byte vectors.
 void check_rows(const TensorChecks& checks, const TensorView& t, const char* name,
                 std::int64_t rows, std::int64_t hidden, DType dtype) {
-  checks.ndim(t, name, 2, "[rows, D]");
-  checks.data(t, name);
-  checks.contiguous_last(t, name);
-  checks.nonnegative_strides(t, name);
-  if (t.dtype != dtype || t.size(0) != rows || t.size(1) != hidden) {
-    checks.fail(fmt::format("{} must be {} [{}, {}], got {}", name, dtype_name(dtype), rows, hidden,
-                            t.describe()));
-  }
+  checks.matrix(t, name, "[rows, D]", dtype, rows, hidden);
   checks.aligned(t, name, 16);
 }
 

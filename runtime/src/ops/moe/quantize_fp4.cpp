@@ -11,18 +11,6 @@ namespace {
 
 const TensorChecks kQuantizeCheck("moe quantize fp4");
 
-void check_matrix(const TensorView& t, const char* name, DType dtype, std::int64_t rows,
-                  std::int64_t cols) {
-  kQuantizeCheck.ndim(t, name, 2, "[rows, cols]");
-  kQuantizeCheck.data(t, name);
-  kQuantizeCheck.contiguous_last(t, name);
-  kQuantizeCheck.nonnegative_strides(t, name);
-  if (t.dtype != dtype || t.size(0) != rows || t.size(1) != cols) {
-    kQuantizeCheck.fail(fmt::format("{} must be {} [{}, {}], got {}", name, dtype_name(dtype), rows,
-                                    cols, t.describe()));
-  }
-}
-
 bool nvfp4(const MoeQuantizeFp4::Problem& p) {
   return p.block == 16;
 }
@@ -102,9 +90,9 @@ Call<MoeQuantizeFp4> MoeQuantizeFp4::validate(const TensorView& w, moe::Fp4Forma
   Problem& p = call.problem;
   p = {w.dtype, w.size(0), w.size(1), format == moe::Fp4Format::kNvFp4 ? 16 : 32};
   check(p);
-  check_matrix(w, "w", p.dtype, p.rows, p.cols);
-  check_matrix(codes, "codes", DType::UInt8, p.rows, p.cols / 2);
-  check_matrix(scales, "scales", DType::UInt8, p.rows, p.cols / p.block);
+  kQuantizeCheck.matrix(w, "w", "[rows, cols]", p.dtype, p.rows, p.cols);
+  kQuantizeCheck.matrix(codes, "codes", "[rows, cols]", DType::UInt8, p.rows, p.cols / 2);
+  kQuantizeCheck.matrix(scales, "scales", "[rows, cols]", DType::UInt8, p.rows, p.cols / p.block);
   kQuantizeCheck.vector(tensor_scale, "tensor_scale", DType::Float32, 1);
   Args& a = call.args;
   a.w = w.data;

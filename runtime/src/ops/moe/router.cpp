@@ -99,10 +99,7 @@ std::vector<Preset<MoeRouter::Problem>> MoeRouter::presets() {
 Call<MoeRouter> MoeRouter::validate(const TensorView& logits, const TensorView& bias,
                                     const TensorView& ids, const TensorView& weights,
                                     const moe::RouterOptions& o) {
-  kRouterCheck.ndim(logits, "logits", 2, "[T, E]");
-  kRouterCheck.data(logits, "logits");
-  kRouterCheck.contiguous_last(logits, "logits");
-  kRouterCheck.nonnegative_strides(logits, "logits");
+  kRouterCheck.strided(logits, "logits", 2, "[T, E]");
   if (logits.dtype != DType::Float32 && logits.dtype != DType::BFloat16 &&
       logits.dtype != DType::Float16) {
     kRouterCheck.fail(fmt::format("logits must be fp32, bf16 or fp16, got {}", logits.describe()));
@@ -114,10 +111,7 @@ Call<MoeRouter> MoeRouter::validate(const TensorView& logits, const TensorView& 
   check(p);
   for (const auto& [t, name, dtype] :
        {std::tuple{&ids, "ids", DType::Int32}, std::tuple{&weights, "weights", DType::Float32}}) {
-    kRouterCheck.ndim(*t, name, 2, "[T, k]");
-    kRouterCheck.data(*t, name);
-    kRouterCheck.contiguous_last(*t, name);
-    kRouterCheck.nonnegative_strides(*t, name);
+    kRouterCheck.strided(*t, name, 2, "[T, k]");
     if (t->dtype != dtype || t->size(0) != p.tokens || t->size(1) != p.top_k ||
         (p.tokens > 1 && t->stride(0) < p.top_k)) {
       kRouterCheck.fail(fmt::format("{} must be {} [{}, {}], got {}", name, dtype_name(dtype),
