@@ -18,11 +18,9 @@ std::uint64_t keep_bytes() {
 }  // namespace
 
 CUmemoryPool scratch_pool() {
-  ensure_context();
-  CUdevice device = 0;
-  check(api().cuCtxGetDevice(&device), "cuCtxGetDevice");
+  const int device = current_device();  // makes a context current where there is none
   static std::mutex mutex;
-  static std::map<CUdevice, CUmemoryPool> pools;  // never destroyed: they outlive every stream
+  static std::map<int, CUmemoryPool> pools;  // never destroyed: they outlive every stream
   const std::lock_guard<std::mutex> lock(mutex);
   if (const auto it = pools.find(device); it != pools.end()) return it->second;
   CUmemPoolProps props{};

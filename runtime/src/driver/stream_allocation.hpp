@@ -22,7 +22,6 @@ class StreamAllocation {
  public:
   StreamAllocation(std::size_t bytes, StreamHandle stream) : stream_(stream) {
     if (bytes == 0) return;
-    ensure_context();
     check(api().cuMemAllocFromPoolAsync(&ptr_, bytes, scratch_pool(), stream),
           "cuMemAllocFromPoolAsync");
   }
