@@ -16,6 +16,7 @@
 #include "kjit/comm.hpp"
 #include "kjit/device.hpp"
 #include "tests/dist/dist_world.hpp"
+#include "tests/support/splitmix.hpp"
 #include "util/half_float.hpp"
 
 namespace kjit::test {
@@ -30,16 +31,10 @@ using comm::ConstBuffer;
 
 constexpr unsigned char kPoison = 0xfe;  // NaN or far out of range in every dtype
 
-std::uint64_t mix(std::uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
 // Element i of the input rank r makes for the test `salt`: -8..8 (uint8: 0..16).
 long value(DType dtype, int salt, int r, std::size_t i) {
-  const long v = static_cast<long>(mix(run_seed() ^ mix(salt * 1000003ull + r) ^ mix(~i)) % 17);
+  const long v = static_cast<long>(
+      splitmix64(run_seed() ^ splitmix64(salt * 1000003ull + r) ^ splitmix64(~i)) % 17);
   return dtype == DType::UInt8 ? v : v - 8;
 }
 
@@ -223,7 +218,7 @@ TEST_P(Collective, AllToAll) {
 
 // Rank p sends rank q count(p, q) elements, up to the case's slice size.
 std::size_t pair_count(std::size_t c, int p, int q) {
-  return c == 0 ? 0 : mix(run_seed() ^ mix(4000 + p * 64 + q)) % (c + 1);
+  return c == 0 ? 0 : splitmix64(run_seed() ^ splitmix64(4000 + p * 64 + q)) % (c + 1);
 }
 
 TEST_P(Collective, AllToAllV) {

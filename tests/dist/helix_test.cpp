@@ -21,6 +21,7 @@
 #include "kjit/mla.hpp"
 #include "tests/dist/dist_world.hpp"
 #include "tests/support/rope.hpp"
+#include "tests/support/splitmix.hpp"
 #include "util/half_float.hpp"
 
 namespace kjit::test {
@@ -74,13 +75,8 @@ TEST_P(Helix, MergedHeadsMatchTheSingleGpuDecode) {
   // The global cache, the same on every rank: shuffled physical blocks.
   std::mt19937_64 rng(run_seed() ^ std::hash<std::string>()(sc.name));
   // Uniform values in [-2, 2) from a splitmix64 stream: a 1M-token cache is 600M of them.
-  std::uint64_t state = rng();
-  auto value = [&] {
-    std::uint64_t z = (state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return static_cast<float>((z ^ (z >> 31)) >> 40) * (4.f / 16777216.f) - 2.f;
-  };
+  SplitMix64 bits{rng()};
+  auto value = [&] { return static_cast<float>(bits.next() >> 40) * (4.f / 16777216.f) - 2.f; };
   int max_blocks = 1;
   for (int l : sc.lengths)
     max_blocks = std::max(max_blocks, (l + kBlock - 1) / kBlock);

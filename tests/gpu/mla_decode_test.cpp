@@ -20,6 +20,7 @@
 #include "kjit/mla.hpp"
 #include "ops/mla/mla_decode.hpp"
 #include "tests/reference/mla_reference.hpp"
+#include "tests/support/dl_tensor.hpp"
 #include "tests/support/dtype_bits.hpp"
 #include "tests/support/gpu.hpp"
 #include "tests/support/isolated_cache.hpp"
@@ -248,20 +249,13 @@ TEST(MlaDecodeRuns, CAbiMatchesTheCppApi) {
                               TensorView(dlengths.data(), DType::Int32, {kB}), lengths.data()};
   mla::DecodeOptions options;
   options.softmax_scale = 0.0625f;
-  mla::decode(TensorView(dq.data(), DType::BFloat16, {kB, 1, kH, kD}), paged,
-              TensorView(out_cpp.data(), DType::BFloat16, {kB, 1, kH, kV}),
+  const TensorView vq(dq.data(), DType::BFloat16, {kB, 1, kH, kD});
+  mla::decode(vq, paged, TensorView(out_cpp.data(), DType::BFloat16, {kB, 1, kH, kV}),
               TensorView(lse_cpp.data(), DType::Float32, {kB, 1, kH}), options, stream.handle());
-  std::int64_t q_shape[] = {kB, 1, kH, kD}, cache_shape[] = {kBlocks, kBlock, kD},
-               table_shape[] = {kB, 2}, lengths_shape[] = {kB}, out_shape[] = {kB, 1, kH, kV},
-               lse_shape[] = {kB, 1, kH};
-  const DLDataType bf16{kDLBfloat, 16, 1}, i32{kDLInt, 32, 1}, f32{kDLFloat, 32, 1};
-  const DLDevice gpu{kDLCUDA, 0};
-  DLTensor tq{dq.data(), gpu, 4, bf16, q_shape, nullptr, 0},
-      tcache{dcache.data(), gpu, 3, bf16, cache_shape, nullptr, 0},
-      ttable{dtable.data(), gpu, 2, i32, table_shape, nullptr, 0},
-      tlengths{dlengths.data(), gpu, 1, i32, lengths_shape, nullptr, 0},
-      tout{out_c.data(), gpu, 4, bf16, out_shape, nullptr, 0},
-      tlse{lse_c.data(), gpu, 3, f32, lse_shape, nullptr, 0};
+  const TensorView vout(out_c.data(), DType::BFloat16, {kB, 1, kH, kV}),
+      vlse(lse_c.data(), DType::Float32, {kB, 1, kH});
+  const DLTensor tq = dl(vq), tcache = dl(paged.cache), ttable = dl(paged.block_table),
+                 tlengths = dl(paged.lengths), tout = dl(vout), tlse = dl(vlse);
   ASSERT_EQ(kjit_mla_decode(&tq, &tcache, &ttable, table.data(), &tlengths, lengths.data(), &tout,
                             &tlse, 0.0625f, stream.handle()),
             KJIT_SUCCESS)

@@ -10,6 +10,7 @@
 #include "tests/reference/moe_reference.hpp"
 #include "tests/support/gpu.hpp"
 #include "tests/support/isolated_cache.hpp"
+#include "tests/support/moe_layout.hpp"
 
 namespace kjit::test {
 namespace {
@@ -45,29 +46,23 @@ TEST_P(MoeAlignTest, MatchesTheReferenceExactly) {
   for (int& e : valid_ids)
     e = e >= 0 && e < c.experts ? e : -1;
 
-  const std::int64_t capacity = moe::align_capacity(pairs, c.experts, c.block);
-  DeviceBuffer dids(std::max<std::size_t>(ids.size() * 4, 4)), sorted(capacity * 4),
-      block_expert(capacity / c.block * 4 + 4), counts(c.experts * 4), offsets((c.experts + 1) * 4),
-      invalid(4);
+  DeviceAlignment layout(pairs, c.experts, c.block);
+  const std::int64_t capacity = layout.rows;
+  DeviceBuffer dids(std::max<std::size_t>(ids.size() * 4, 4));
   if (!ids.empty()) dids.upload(ids.data(), ids.size() * 4);
-  for (DeviceBuffer* b : {&sorted, &block_expert, &counts, &offsets, &invalid})
+  for (DeviceBuffer* b :
+       {&layout.sorted, &layout.block_expert, &layout.counts, &layout.offsets, &layout.invalid})
     b->fill_bytes(0xab);
   Stream stream;
-  moe::align(TensorView(dids.data(), DType::Int32, {c.tokens, c.top_k}), c.experts, c.block,
-             {TensorView(sorted.data(), DType::Int32, {capacity}),
-              TensorView(block_expert.data(), DType::Int32, {capacity / c.block}),
-              TensorView(counts.data(), DType::Int32, {c.experts}),
-              TensorView(offsets.data(), DType::Int32, {c.experts + 1}),
-              TensorView(invalid.data(), DType::Int32, {1})},
-             stream.handle());
+  layout.align(TensorView(dids.data(), DType::Int32, {c.tokens, c.top_k}), stream.handle());
   stream.synchronize();
   std::vector<int> got_sorted(capacity), got_blocks(capacity / c.block), got_counts(c.experts),
       got_offsets(c.experts + 1), got_invalid(1);
-  sorted.download(got_sorted.data(), capacity * 4);
-  block_expert.download(got_blocks.data(), got_blocks.size() * 4);
-  counts.download(got_counts.data(), got_counts.size() * 4);
-  offsets.download(got_offsets.data(), got_offsets.size() * 4);
-  invalid.download(got_invalid.data(), 4);
+  layout.sorted.download(got_sorted.data(), capacity * 4);
+  layout.block_expert.download(got_blocks.data(), got_blocks.size() * 4);
+  layout.counts.download(got_counts.data(), got_counts.size() * 4);
+  layout.offsets.download(got_offsets.data(), got_offsets.size() * 4);
+  layout.invalid.download(got_invalid.data(), 4);
 
   // The reference over the valid pairs (invalid ones mapped to a scratch expert, dropped after).
   std::vector<int> with_scratch = valid_ids;

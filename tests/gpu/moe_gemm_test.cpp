@@ -18,6 +18,8 @@
 #include "tests/support/dtype_bits.hpp"
 #include "tests/support/gpu.hpp"
 #include "tests/support/isolated_cache.hpp"
+#include "tests/support/moe_layout.hpp"
+#include "tests/support/splitmix.hpp"
 
 namespace kjit::test {
 namespace {
@@ -35,12 +37,6 @@ using Kind = moe::GemmEpilogue::Kind;
 
 void PrintTo(const GemmCase& c, std::ostream* os) {
   *os << c.name;
-}
-
-double ulp(DType dtype, double v) {
-  const int mantissa = dtype == DType::BFloat16 ? 7 : 10;
-  const double a = std::max(std::abs(v), dtype == DType::BFloat16 ? 1e-30 : 6.1e-5);
-  return std::ldexp(1.0, static_cast<int>(std::floor(std::log2(a))) - mantissa);
 }
 
 class MoeGemmTest : public IsolatedCache, public ::testing::WithParamInterface<GemmCase> {};
@@ -61,32 +57,22 @@ TEST_P(MoeGemmTest, MatchesDoublePerRoutedRow) {
     e = c.skewed && rng() % 4 != 0 ? std::min(1, c.experts - 1) : expert(rng);
 
   // The layout (align) and the rows in it (permute).
-  const std::int64_t rows = moe::align_capacity(pairs, c.experts, c.block), blocks = rows / c.block;
-  DeviceBuffer dids(std::max<std::size_t>(ids.size() * 4, 4)), sorted(rows * 4),
-      block_expert(blocks * 4 + 4), counts(c.experts * 4), offsets((c.experts + 1) * 4), invalid(4),
-      positions(std::max(pairs, 1) * 4);
+  const DeviceAlignment alignment(pairs, c.experts, c.block);
+  const std::int64_t rows = alignment.rows, blocks = rows / c.block;
+  DeviceBuffer dids(std::max<std::size_t>(ids.size() * 4, 4)), positions(std::max(pairs, 1) * 4);
   if (!ids.empty()) dids.upload(ids.data(), ids.size() * 4);
   Stream stream;
-  moe::align(TensorView(dids.data(), DType::Int32, {c.tokens, c.top_k}), c.experts, c.block,
-             {TensorView(sorted.data(), DType::Int32, {rows}),
-              TensorView(block_expert.data(), DType::Int32, {blocks}),
-              TensorView(counts.data(), DType::Int32, {c.experts}),
-              TensorView(offsets.data(), DType::Int32, {c.experts + 1}),
-              TensorView(invalid.data(), DType::Int32, {1})},
-             stream.handle());
+  alignment.align(TensorView(dids.data(), DType::Int32, {c.tokens, c.top_k}), stream.handle());
   // Inputs ~ N(0, 0.1) for the tokens; the weights (up to 400 M of them) uniform with the same
   // deviation from a splitmix64 stream, which is cheap beside a normal distribution's draws.
   std::vector<std::uint16_t> x(static_cast<std::size_t>(c.tokens) * c.k),
       w(static_cast<std::size_t>(c.experts) * c.n * c.k);
   for (auto& e : x)
     e = to_bits(c.dtype, normal(rng));
-  std::uint64_t state = rng();
+  SplitMix64 bits{rng()};
   for (auto& e : w) {
-    std::uint64_t z = (state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    const double unit = static_cast<double>((z ^ (z >> 31)) >> 11) * 0x1p-53;  // [0, 1)
-    e = to_bits(c.dtype, (unit - 0.5) * 0.3464);                               // deviation 0.1
+    const double unit = static_cast<double>(bits.next() >> 11) * 0x1p-53;  // [0, 1)
+    e = to_bits(c.dtype, (unit - 0.5) * 0.3464);                           // deviation 0.1
   }
   std::vector<float> pair_weights(static_cast<std::size_t>(pairs));
   std::uniform_real_distribution<float> unit(0.f, 1.f);
@@ -101,16 +87,15 @@ TEST_P(MoeGemmTest, MatchesDoublePerRoutedRow) {
   dw.upload(w.data(), w.size() * 2);
   dy.fill_bytes(0xff);
   const TensorView vx_sorted(dx_sorted.data(), c.dtype, {rows, c.k});
-  moe::permute(TensorView(dx.data(), c.dtype, {c.tokens, c.k}),
-               TensorView(sorted.data(), DType::Int32, {rows}), c.top_k, vx_sorted,
-               TensorView(positions.data(), DType::Int32, {pairs}), stream.handle());
+  moe::permute(TensorView(dx.data(), c.dtype, {c.tokens, c.k}), alignment.sorted_view(), c.top_k,
+               vx_sorted, TensorView(positions.data(), DType::Int32, {pairs}), stream.handle());
 
-  const TensorView vblocks(block_expert.data(), DType::Int32, {blocks}),
-      vw(dw.data(), c.dtype, {c.experts, c.n, c.k}), vy(dy.data(), c.dtype, {rows, y_cols});
+  const TensorView vblocks = alignment.blocks_view(), vw(dw.data(), c.dtype, {c.experts, c.n, c.k}),
+                   vy(dy.data(), c.dtype, {rows, y_cols});
   moe::GemmEpilogue epilogue;
   epilogue.kind = c.epilogue;
   if (c.epilogue == Kind::kRoutingWeights) {
-    epilogue.sorted = TensorView(sorted.data(), DType::Int32, {rows});
+    epilogue.sorted = alignment.sorted_view();
     epilogue.weights = TensorView(dweights.data(), DType::Float32, {c.tokens, c.top_k});
   }
   if (c.block_n) {
@@ -127,8 +112,8 @@ TEST_P(MoeGemmTest, MatchesDoublePerRoutedRow) {
   std::vector<int> layout(static_cast<std::size_t>(rows)),
       experts_of(static_cast<std::size_t>(blocks));
   std::vector<std::uint16_t> y(static_cast<std::size_t>(rows) * y_cols);
-  sorted.download(layout.data(), layout.size() * 4);
-  if (blocks > 0) block_expert.download(experts_of.data(), experts_of.size() * 4);
+  alignment.sorted.download(layout.data(), layout.size() * 4);
+  if (blocks > 0) alignment.block_expert.download(experts_of.data(), experts_of.size() * 4);
   dy.download(y.data(), y.size() * 2);
 
   std::vector<double> xf(x.size());

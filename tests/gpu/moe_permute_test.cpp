@@ -15,9 +15,11 @@
 
 #include "kjit/c_api.h"
 #include "kjit/moe.hpp"
+#include "tests/support/dl_tensor.hpp"
 #include "tests/support/dtype_bits.hpp"
 #include "tests/support/gpu.hpp"
 #include "tests/support/isolated_cache.hpp"
+#include "tests/support/moe_layout.hpp"
 
 namespace kjit::test {
 namespace {
@@ -33,13 +35,6 @@ struct PermuteCase {
 
 void PrintTo(const PermuteCase& c, std::ostream* os) {
   *os << c.name;
-}
-
-// One unit in the last place of the dtype at |v|.
-double ulp(DType dtype, double v) {
-  const int mantissa = dtype == DType::BFloat16 ? 7 : 10;
-  const double a = std::max(std::abs(v), dtype == DType::BFloat16 ? 1e-30 : 6.1e-5);
-  return std::ldexp(1.0, static_cast<int>(std::floor(std::log2(a))) - mantissa);
 }
 
 class MoePermuteTest : public IsolatedCache, public ::testing::WithParamInterface<PermuteCase> {};
@@ -60,22 +55,15 @@ TEST_P(MoePermuteTest, RoundTripsThroughTheLayout) {
     ids[(i * 7919) % pairs] = i % 2 ? -1 : c.experts + i;
 
   // The layout, by the align op.
-  const std::int64_t rows = moe::align_capacity(pairs, c.experts, block);
-  DeviceBuffer dids(std::max<std::size_t>(ids.size() * 4, 4)), sorted(rows * 4),
-      block_expert(rows / block * 4 + 4), counts(c.experts * 4), offsets((c.experts + 1) * 4),
-      invalid(4);
+  const DeviceAlignment alignment(pairs, c.experts, block);
+  const std::int64_t rows = alignment.rows;
+  DeviceBuffer dids(std::max<std::size_t>(ids.size() * 4, 4));
   if (!ids.empty()) dids.upload(ids.data(), ids.size() * 4);
   Stream stream;
-  moe::align(TensorView(dids.data(), DType::Int32, {c.tokens, c.top_k}), c.experts, block,
-             {TensorView(sorted.data(), DType::Int32, {rows}),
-              TensorView(block_expert.data(), DType::Int32, {rows / block}),
-              TensorView(counts.data(), DType::Int32, {c.experts}),
-              TensorView(offsets.data(), DType::Int32, {c.experts + 1}),
-              TensorView(invalid.data(), DType::Int32, {1})},
-             stream.handle());
+  alignment.align(TensorView(dids.data(), DType::Int32, {c.tokens, c.top_k}), stream.handle());
   std::vector<int> layout(static_cast<std::size_t>(rows));
   stream.synchronize();
-  sorted.download(layout.data(), layout.size() * 4);
+  alignment.sorted.download(layout.data(), layout.size() * 4);
 
   // permute
   std::vector<std::uint16_t> x(static_cast<std::size_t>(c.tokens) * stride);
@@ -86,9 +74,8 @@ TEST_P(MoePermuteTest, RoundTripsThroughTheLayout) {
   if (!x.empty()) dx.upload(x.data(), x.size() * 2);
   dx_sorted.fill_bytes(0x7f);
   dpositions.fill_bytes(0x55);
-  moe::permute(TensorView(dx.data(), c.dtype, {c.tokens, d}, {stride, 1}),
-               TensorView(sorted.data(), DType::Int32, {rows}), c.top_k,
-               TensorView(dx_sorted.data(), c.dtype, {rows, d}),
+  moe::permute(TensorView(dx.data(), c.dtype, {c.tokens, d}, {stride, 1}), alignment.sorted_view(),
+               c.top_k, TensorView(dx_sorted.data(), c.dtype, {rows, d}),
                TensorView(dpositions.data(), DType::Int32, {pairs}), stream.handle());
   stream.synchronize();
   std::vector<std::uint16_t> x_sorted(static_cast<std::size_t>(rows) * d);
@@ -196,61 +183,46 @@ TEST(MoePermuteRuns, CAbiChainMatchesTheCppApi) {
   DeviceBuffer dlogits(logits.size() * 4), dx(x.size() * 2);
   dlogits.upload(logits.data(), logits.size() * 4);
   dx.upload(x.data(), x.size() * 2);
+  // Each path's buffers, and the views both the C++ calls and the DLTensors are made of.
   struct Outputs {
-    explicit Outputs(std::size_t rows)
-        : sorted(rows * 4), blocks(rows / kBlock * 4), x_sorted(rows * kD * 2) {}
-    DeviceBuffer ids{kT * kK * 4}, weights{kT * kK * 4}, sorted, blocks, counts{kE * 4},
-        offsets{(kE + 1) * 4}, invalid{4}, x_sorted, positions{kT * kK * 4}, out{kT * kD * 2};
+    explicit Outputs(std::int64_t rows)
+        : rows(rows), x_sorted_buffer(static_cast<std::size_t>(rows) * kD * 2) {}
+    TensorView ids() const { return TensorView(ids_buffer.data(), DType::Int32, {kT, kK}); }
+    TensorView weights() const {
+      return TensorView(weights_buffer.data(), DType::Float32, {kT, kK});
+    }
+    TensorView x_sorted() const {
+      return TensorView(x_sorted_buffer.data(), DType::BFloat16, {rows, kD});
+    }
+    TensorView positions() const {
+      return TensorView(positions_buffer.data(), DType::Int32, {kT * kK});
+    }
+    TensorView out() const { return TensorView(out_buffer.data(), DType::BFloat16, {kT, kD}); }
+    std::int64_t rows;
+    DeviceAlignment alignment{kT * kK, kE, kBlock};
+    DeviceBuffer ids_buffer{kT * kK * 4}, weights_buffer{kT * kK * 4}, x_sorted_buffer,
+        positions_buffer{kT * kK * 4}, out_buffer{kT * kD * 2};
   };
-  Outputs cpp(static_cast<std::size_t>(rows)), c(static_cast<std::size_t>(rows));
+  const Outputs cpp(rows), c(rows);
+  const TensorView vlogits(dlogits.data(), DType::Float32, {kT, kE}),
+      vx(dx.data(), DType::BFloat16, {kT, kD});
   Stream stream;
-  const moe::RouterOptions options{true, kK, 1, 1, true, 1.8f};
+  const auto s = stream.handle();
+  moe::router_topk(vlogits, TensorView(), cpp.ids(), cpp.weights(), {true, kK, 1, 1, true, 1.8f},
+                   s);
+  cpp.alignment.align(cpp.ids(), s);
+  moe::permute(vx, cpp.alignment.sorted_view(), kK, cpp.x_sorted(), cpp.positions(), s);
+  moe::unpermute(cpp.x_sorted(), cpp.positions(), kK, cpp.weights(), TensorView(), cpp.out(), s);
   {
-    Outputs& o = cpp;
-    moe::router_topk(TensorView(dlogits.data(), DType::Float32, {kT, kE}), TensorView(),
-                     TensorView(o.ids.data(), DType::Int32, {kT, kK}),
-                     TensorView(o.weights.data(), DType::Float32, {kT, kK}), options,
-                     stream.handle());
-    moe::align(TensorView(o.ids.data(), DType::Int32, {kT, kK}), kE, kBlock,
-               {TensorView(o.sorted.data(), DType::Int32, {rows}),
-                TensorView(o.blocks.data(), DType::Int32, {rows / kBlock}),
-                TensorView(o.counts.data(), DType::Int32, {kE}),
-                TensorView(o.offsets.data(), DType::Int32, {kE + 1}),
-                TensorView(o.invalid.data(), DType::Int32, {1})},
-               stream.handle());
-    moe::permute(TensorView(dx.data(), DType::BFloat16, {kT, kD}),
-                 TensorView(o.sorted.data(), DType::Int32, {rows}), kK,
-                 TensorView(o.x_sorted.data(), DType::BFloat16, {rows, kD}),
-                 TensorView(o.positions.data(), DType::Int32, {kT * kK}), stream.handle());
-    moe::unpermute(TensorView(o.x_sorted.data(), DType::BFloat16, {rows, kD}),
-                   TensorView(o.positions.data(), DType::Int32, {kT * kK}), kK,
-                   TensorView(o.weights.data(), DType::Float32, {kT, kK}), TensorView(),
-                   TensorView(o.out.data(), DType::BFloat16, {kT, kD}), stream.handle());
-  }
-  {
-    const DLDevice gpu{kDLCUDA, 0};
-    const DLDataType f32{kDLFloat, 32, 1}, i32{kDLInt, 32, 1}, bf16{kDLBfloat, 16, 1};
-    std::int64_t logits_shape[] = {kT, kE}, pairs_shape[] = {kT, kK}, rows_shape[] = {rows},
-                 blocks_shape[] = {rows / kBlock}, e_shape[] = {kE}, e1_shape[] = {kE + 1},
-                 one_shape[] = {1}, x_shape[] = {kT, kD}, xs_shape[] = {rows, kD},
-                 flat_shape[] = {kT * kK};
-    auto tensor = [&](void* data, DLDataType t, int ndim, std::int64_t* shape) {
-      return DLTensor{data, gpu, ndim, t, shape, nullptr, 0};
-    };
-    const DLTensor tlogits = tensor(dlogits.data(), f32, 2, logits_shape),
-                   tids = tensor(c.ids.data(), i32, 2, pairs_shape),
-                   tweights = tensor(c.weights.data(), f32, 2, pairs_shape),
-                   tsorted = tensor(c.sorted.data(), i32, 1, rows_shape),
-                   tblocks = tensor(c.blocks.data(), i32, 1, blocks_shape),
-                   tcounts = tensor(c.counts.data(), i32, 1, e_shape),
-                   toffsets = tensor(c.offsets.data(), i32, 1, e1_shape),
-                   tinvalid = tensor(c.invalid.data(), i32, 1, one_shape),
-                   tx = tensor(dx.data(), bf16, 2, x_shape),
-                   txs = tensor(c.x_sorted.data(), bf16, 2, xs_shape),
-                   tpositions = tensor(c.positions.data(), i32, 1, flat_shape),
-                   tout = tensor(c.out.data(), bf16, 2, x_shape);
+    // dl() borrows its view's shape: the views live to the end of the block.
+    const TensorView ids = c.ids(), weights = c.weights(), x_sorted = c.x_sorted(),
+                     positions = c.positions(), out = c.out();
+    const moe::Alignment a = c.alignment.views();
+    const DLTensor tlogits = dl(vlogits), tids = dl(ids), tweights = dl(weights),
+                   tsorted = dl(a.sorted), tblocks = dl(a.block_expert), tcounts = dl(a.counts),
+                   toffsets = dl(a.offsets), tinvalid = dl(a.invalid), tx = dl(vx),
+                   txs = dl(x_sorted), tpositions = dl(positions), tout = dl(out);
     const kjit_moe_router_options copts{1, kK, 1, 1, 1, 1.8f};
-    void* s = stream.handle();
     ASSERT_EQ(kjit_moe_router_topk(&tlogits, nullptr, &tids, &tweights, &copts, s), KJIT_SUCCESS)
         << kjit_last_error();
     ASSERT_EQ(
@@ -268,13 +240,13 @@ TEST(MoePermuteRuns, CAbiChainMatchesTheCppApi) {
     b.download(v.data(), v.size());
     return v;
   };
-  EXPECT_EQ(bytes(cpp.ids), bytes(c.ids));
-  EXPECT_EQ(bytes(cpp.weights), bytes(c.weights));
-  EXPECT_EQ(bytes(cpp.sorted), bytes(c.sorted));
-  EXPECT_EQ(bytes(cpp.blocks), bytes(c.blocks));
-  EXPECT_EQ(bytes(cpp.x_sorted), bytes(c.x_sorted));
-  EXPECT_EQ(bytes(cpp.positions), bytes(c.positions));
-  EXPECT_EQ(bytes(cpp.out), bytes(c.out));
+  EXPECT_EQ(bytes(cpp.ids_buffer), bytes(c.ids_buffer));
+  EXPECT_EQ(bytes(cpp.weights_buffer), bytes(c.weights_buffer));
+  EXPECT_EQ(bytes(cpp.alignment.sorted), bytes(c.alignment.sorted));
+  EXPECT_EQ(bytes(cpp.alignment.block_expert), bytes(c.alignment.block_expert));
+  EXPECT_EQ(bytes(cpp.x_sorted_buffer), bytes(c.x_sorted_buffer));
+  EXPECT_EQ(bytes(cpp.positions_buffer), bytes(c.positions_buffer));
+  EXPECT_EQ(bytes(cpp.out_buffer), bytes(c.out_buffer));
 }
 
 TEST(MoePermuteRuns, BadInputIsRefusedBeforeAnyDeviceWork) {

@@ -5,11 +5,12 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
-#include <vector>
 
 #include "kjit/c_api.h"
 #include "kjit/moe.hpp"
+#include "tests/support/dl_tensor.hpp"
 
 namespace kjit::test {
 namespace {
@@ -18,21 +19,18 @@ void* fake(std::uintptr_t offset = 0) {
   return reinterpret_cast<void*>(0x200000 + offset);
 }
 
-// A DLTensor over a fake device pointer (compact strides) that owns its shape.
-struct Tensor : DLTensor {
-  std::vector<std::int64_t> dims;
-  Tensor(DLDataType type, std::vector<std::int64_t> d) : DLTensor{}, dims(std::move(d)) {
-    data = fake();
-    device = {kDLCUDA, 0};
-    ndim = static_cast<std::int32_t>(dims.size());
-    dtype = type;
-    shape = dims.data();
-  }
+// A DLTensor over a fake device pointer (compact strides), and the view it borrows its shape
+// from.
+struct Tensor {
+  Tensor(DType dtype, std::initializer_list<std::int64_t> shape)
+      : view(fake(), dtype, shape), t(dl(view)) {}
   Tensor(const Tensor&) = delete;
   Tensor& operator=(const Tensor&) = delete;
+  TensorView view;
+  DLTensor t;
 };
 
-constexpr DLDataType kBf16{kDLBfloat, 16, 1}, kF32{kDLFloat, 32, 1}, kI32{kDLInt, 32, 1};
+constexpr DType kBf16 = DType::BFloat16, kF32 = DType::Float32, kI32 = DType::Int32;
 
 void expect_refused(kjit_status status, const std::string& says) {
   EXPECT_EQ(status, KJIT_ERROR_INVALID_ARGUMENT);
@@ -43,52 +41,54 @@ TEST(ModelOpsCApi, MlaDecodeRefusesABadHeadDim) {
   const Tensor q(kBf16, {2, 1, 20, 512}), cache(kBf16, {4, 64, 576}), table(kI32, {2, 2}),
       lengths(kI32, {2}), out(kBf16, {2, 1, 20, 512});
   const std::int32_t host_table[] = {0, 1, 2, 3}, host_lengths[] = {100, 10};
-  expect_refused(kjit_mla_decode(&q, &cache, &table, host_table, &lengths, host_lengths, &out,
-                                 nullptr, 0.0625f, nullptr),
+  expect_refused(kjit_mla_decode(&q.t, &cache.t, &table.t, host_table, &lengths.t, host_lengths,
+                                 &out.t, nullptr, 0.0625f, nullptr),
                  "576");
-  expect_refused(kjit_mla_decode(&q, nullptr, &table, host_table, &lengths, host_lengths, &out,
-                                 nullptr, 0.f, nullptr),
+  expect_refused(kjit_mla_decode(&q.t, nullptr, &table.t, host_table, &lengths.t, host_lengths,
+                                 &out.t, nullptr, 0.f, nullptr),
                  "cache is NULL");
 }
 
 TEST(ModelOpsCApi, MoeOpsRefuseBadInputWithKjitsMessage) {
   const Tensor logits(kF32, {10, 64}), ids(kI32, {10, 4}), weights(kF32, {10, 4});
   kjit_moe_router_options options{1, 65, 1, 1, 1, 1.8f};
-  expect_refused(kjit_moe_router_topk(&logits, nullptr, &ids, &weights, &options, nullptr),
+  expect_refused(kjit_moe_router_topk(&logits.t, nullptr, &ids.t, &weights.t, &options, nullptr),
                  "top_k must be 1 to min(32, E = 64)");
-  expect_refused(kjit_moe_router_topk(&logits, nullptr, &ids, &weights, nullptr, nullptr),
+  expect_refused(kjit_moe_router_topk(&logits.t, nullptr, &ids.t, &weights.t, nullptr, nullptr),
                  "options is NULL");
 
   const std::int64_t rows = kjit_moe_align_capacity(40, 64, 64);
   EXPECT_EQ(rows, moe::align_capacity(40, 64, 64));
   const Tensor sorted(kI32, {rows}), blocks(kI32, {rows / 64}), counts(kI32, {64}),
       offsets(kI32, {65}), invalid(kI32, {1});
-  expect_refused(
-      kjit_moe_align(&ids, 64, 2000, &sorted, &blocks, &counts, &offsets, &invalid, nullptr),
-      "block must be 1 to 1024 rows");
+  expect_refused(kjit_moe_align(&ids.t, 64, 2000, &sorted.t, &blocks.t, &counts.t, &offsets.t,
+                                &invalid.t, nullptr),
+                 "block must be 1 to 1024 rows");
 
   const Tensor x(kBf16, {10, 20}), x_sorted(kBf16, {rows, 20}), positions(kI32, {40});
-  expect_refused(kjit_moe_permute(&x, &sorted, 4, &x_sorted, &positions, nullptr), "multiple of 8");
+  expect_refused(kjit_moe_permute(&x.t, &sorted.t, 4, &x_sorted.t, &positions.t, nullptr),
+                 "multiple of 8");
   const Tensor y(kBf16, {rows, 2048}), out(kBf16, {10, 2048}), bad_weights(kF32, {10, 3});
-  expect_refused(kjit_moe_unpermute(&y, &positions, 4, &bad_weights, nullptr, &out, nullptr),
-                 "weights must be contiguous fp32 [10, 4]");
+  expect_refused(
+      kjit_moe_unpermute(&y.t, &positions.t, 4, &bad_weights.t, nullptr, &out.t, nullptr),
+      "weights must be contiguous fp32 [10, 4]");
 
   const Tensor xs(kBf16, {1024, 2048}), gemm_blocks(kI32, {8}), w(kBf16, {64, 3072, 2048}),
       gemm_y(kBf16, {1024, 3072});
   expect_refused(
-      kjit_moe_grouped_gemm(&xs, &gemm_blocks, 128, &w, &gemm_y,
+      kjit_moe_grouped_gemm(&xs.t, &gemm_blocks.t, 128, &w.t, &gemm_y.t,
                             static_cast<kjit_moe_gemm_epilogue>(7), nullptr, nullptr, nullptr),
       "unknown epilogue 7");
-  expect_refused(kjit_moe_grouped_gemm(&xs, &gemm_blocks, 128, &w, &gemm_y,
+  expect_refused(kjit_moe_grouped_gemm(&xs.t, &gemm_blocks.t, 128, &w.t, &gemm_y.t,
                                        KJIT_MOE_GEMM_ROUTING_WEIGHTS, nullptr, nullptr, nullptr),
                  "sorted is NULL");
-  expect_refused(kjit_moe_grouped_gemm(&xs, &gemm_blocks, 128, &w, &gemm_y, KJIT_MOE_GEMM_SWIGLU,
-                                       nullptr, nullptr, nullptr),
+  expect_refused(kjit_moe_grouped_gemm(&xs.t, &gemm_blocks.t, 128, &w.t, &gemm_y.t,
+                                       KJIT_MOE_GEMM_SWIGLU, nullptr, nullptr, nullptr),
                  "N / 2 after SwiGLU");
 
   const Tensor probs(kF32, {10, 64}), f(kF32, {64}), p(kF32, {64}), losses(kF32, {3});
-  expect_refused(kjit_moe_balance(&ids, &probs, nullptr, nullptr, 10, nullptr, 1.f, 1.f, 1e-3f,
-                                  &counts, &f, &p, &losses, nullptr),
+  expect_refused(kjit_moe_balance(&ids.t, &probs.t, nullptr, nullptr, 10, nullptr, 1.f, 1.f, 1e-3f,
+                                  &counts.t, &f.t, &p.t, &losses.t, nullptr),
                  "losses must be contiguous fp32 [4]");
 }
 
