@@ -2,6 +2,9 @@
 // permute -> gate/up GEMM with SwiGLU -> down GEMM with the routing weights -> unpermute (+ the
 // shared expert's output). Every step validates its own operands; the layer checks what ties
 // them together (the shapes the caller gives) first.
+#include <utility>
+#include <vector>
+
 #include <fmt/format.h>
 
 #include "driver/stream_allocation.hpp"
@@ -37,31 +40,53 @@ void layer(const TensorView& x, const TensorView& router_logits, const LayerWeig
   }
   const std::int64_t pairs = tokens * top_k;
   const std::int64_t rows = align_capacity(pairs, static_cast<int>(experts), block);
-  const auto elem = static_cast<std::int64_t>(dtype_size(x.dtype));
-  // Scratch, 256-byte parts: ids, weights, sorted, block_expert, counts, offsets, invalid,
-  // positions (int32 / fp32), then x_sorted [rows, H], h [rows, I], y_sorted [rows, H].
-  const std::int64_t sizes[] = {
-      pairs * 4,           pairs * 4, rows * 4,  rows / block * 4,     experts * 4,
-      (experts + 1) * 4,   4,         pairs * 4, rows * hidden * elem, rows * inter * elem,
-      rows * hidden * elem};
-  std::int64_t offsets[std::size(sizes)], total = 0;
-  for (std::size_t i = 0; i < std::size(sizes); ++i) {
+  // Scratch, one 256-byte-aligned part a tensor; each part's bytes follow from its shape.
+  enum Part {
+    kIds,
+    kRouting,
+    kSorted,
+    kBlocks,
+    kCounts,
+    kOffsets,
+    kInvalid,
+    kPositions,
+    kXSorted,
+    kH,
+    kYSorted,
+    kParts
+  };
+  const std::pair<DType, std::vector<std::int64_t>> parts[kParts] = {
+      {DType::Int32, {tokens, top_k}},
+      {DType::Float32, {tokens, top_k}},
+      {DType::Int32, {rows}},
+      {DType::Int32, {rows / block}},
+      {DType::Int32, {experts}},
+      {DType::Int32, {experts + 1}},
+      {DType::Int32, {1}},
+      {DType::Int32, {pairs}},
+      {x.dtype, {rows, hidden}},
+      {x.dtype, {rows, inter}},
+      {x.dtype, {rows, hidden}}};
+  std::size_t offsets[kParts], total = 0;
+  for (int i = 0; i < kParts; ++i) {
+    std::int64_t elems = 1;
+    for (std::int64_t n : parts[i].second)
+      elems *= n;
     offsets[i] = total;
-    total += (sizes[i] + 255) / 256 * 256;
+    total += (static_cast<std::size_t>(elems) * dtype_size(parts[i].first) + 255) / 256 * 256;
   }
-  driver::StreamAllocation scratch(static_cast<std::size_t>(total), stream);
-  auto at = [&](int i) { return static_cast<char*>(scratch.data()) + offsets[i]; };
-  const TensorView ids(at(0), DType::Int32, {tokens, top_k}),
-      routing(at(1), DType::Float32, {tokens, top_k}), sorted(at(2), DType::Int32, {rows}),
-      block_expert(at(3), DType::Int32, {rows / block}), x_sorted(at(8), x.dtype, {rows, hidden}),
-      h(at(9), x.dtype, {rows, inter}), y_sorted(at(10), x.dtype, {rows, hidden}),
-      positions(at(7), DType::Int32, {pairs});
+  driver::StreamAllocation scratch(total, stream);
+  auto view = [&](Part i) {
+    return TensorView(static_cast<char*>(scratch.data()) + offsets[i], parts[i].first,
+                      parts[i].second);
+  };
+  const TensorView ids = view(kIds), routing = view(kRouting), sorted = view(kSorted),
+                   block_expert = view(kBlocks), positions = view(kPositions),
+                   x_sorted = view(kXSorted), h = view(kH), y_sorted = view(kYSorted);
 
   router_topk(router_logits, weights.router_bias, ids, routing, options.router, stream);
   align(ids, static_cast<int>(experts), block,
-        {sorted, block_expert, TensorView(at(4), DType::Int32, {experts}),
-         TensorView(at(5), DType::Int32, {experts + 1}), TensorView(at(6), DType::Int32, {1})},
-        stream);
+        {sorted, block_expert, view(kCounts), view(kOffsets), view(kInvalid)}, stream);
   permute(x, sorted, static_cast<int>(top_k), x_sorted, positions, stream);
   grouped_gemm(x_sorted, block_expert, block, gate_up, h,
                {GemmEpilogue::Kind::kSwiGLU, TensorView(), TensorView()}, stream);
