@@ -53,6 +53,14 @@ double graph_median_ms(F&& body, StreamHandle stream) {
   return ms;
 }
 
+// The device-to-device copy's bandwidth (bytes read and written), the ceiling a memory-bound
+// kernel is measured against.
+inline double copy_gbs(StreamHandle stream) {
+  const std::size_t bytes = 2ull << 30;
+  DeviceBuffer src(bytes), dst(bytes);
+  return 2.0 * bytes / median_ms([&] { dst.copy_from(src, bytes, stream); }, stream) / 1e6;
+}
+
 // Uniform values of unit deviation from a splitmix64 stream (a few ns an element: the MoE
 // benchmarks draw billions; the kernels' time does not depend on the values).
 inline DeviceBuffer random_bf16(std::size_t elems) {

@@ -56,11 +56,7 @@ int main(int argc, char** argv) try {
     return 0;
   }
   kjit::Stream stream;
-  const std::size_t copy_bytes = 2ull << 30;
-  DeviceBuffer src(copy_bytes), dst(copy_bytes);
-  const double copy_ms =
-      median_ms([&] { dst.copy_from(src, copy_bytes, stream.handle()); }, stream.handle());
-  const double copy_gbs = 2.0 * copy_bytes / copy_ms / 1e6;
+  const double copy_gbs = kjit::bench::copy_gbs(stream.handle());
   std::printf("%s, kjit %s, MLA decode bf16 s_q 1 block 64; device copy %.0f GB/s\n",
               kjit::device_info(kjit::current_device()).name.c_str(), kjit::version().c_str(),
               copy_gbs);

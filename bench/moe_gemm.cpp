@@ -1,12 +1,19 @@
-// MoE grouped GEMM speed, bf16: the rows of align's layout (blocks of 128) times each expert's
-// weights, balanced routing (pair i to expert i mod E, so every expert has T k / E rows, padded to
-// 128) at GLM-4.7-Flash's projections (E 64: gate/up N 3072 K 2048, down N 2048 K 1536) over
-// T k = 4k, 16k and 64k routed rows, torch's anchor row (E 64, 16k rows, K 2048, N 1536) and
-// DeepGEMM's (E 8, 32k rows, N 4096, K 7168). Per row: us per call as a CUDA graph's replay of 20
-// calls (median of 15; the kernels run 0.1-10 ms, so back-to-back calls would show the same),
-// TFLOP/s over the routed rows (2 T k N K, padding not counted) and the config the op chose.
-// bench/moe_gemm_peers.py times torch._grouped_mm and DeepGEMM on the same rows.
+// MoE grouped GEMM speed with bf16 weights and FP4 ones (NVFP4, MXFP4: moe_expert_gemm_fp4), each
+// call timed as a CUDA graph's replay of 20 calls (median of 15).
+//  - Prefill: balanced routing (pair i to expert i mod E, so every expert has T k / E rows, padded
+//    to blocks of 128) at GLM-4.7-Flash's projections (E 64: gate/up N 3072 K 2048, down N 2048
+//    K 1536) over T k = 4k, 16k and 64k routed rows, torch's anchor row (E 64, 16k rows, K 2048,
+//    N 1536) and DeepGEMM's (E 8, 32k rows, N 4096, K 7168); TFLOP/s over the routed rows
+//    (2 T k N K, padding not counted). bench/moe_gemm_peers.py times torch._grouped_mm and
+//    DeepGEMM on the same rows.
+//  - Decode: T = 1 to 64 tokens, top 4 of 64 experts, blocks of 64 rows. Call c of the 20 routes
+//    token t's slot j to expert (4 T c + 4 t + j) mod 64, so that a call's experts were last read
+//    at least 15 calls before and come from HBM, as a model's do layer after layer, not from L2;
+//    GB/s over the bytes of the experts a call reads (FP4: codes and scales), and that as a share
+//    of the device copy's bandwidth.
+#include <algorithm>
 #include <cstdio>
+#include <string>
 #include <vector>
 
 #include "bench/attention_timing.hpp"
@@ -20,17 +27,143 @@ namespace {
 using kjit::DeviceBuffer;
 using kjit::DType;
 using kjit::TensorView;
+using Format = kjit::ops::MoeGemm::WeightFormat;
 
-constexpr int kCalls = 20, kBlock = 128;
+constexpr int kCalls = 20, kTopK = 4;
+
+const char* format_name(Format f) {
+  return f == Format::kSameAsX ? "bf16" : f == Format::kNvFp4 ? "nvfp4" : "mxfp4";
+}
+
+// Every expert's weights, one repeated value (the timing does not depend on it): bf16 0x3c3c, or
+// E2M1 codes of 1 with scales of 1 and tensor scales of 1.
+class ExpertWeights {
+ public:
+  ExpertWeights(Format format, int experts, int n, int k)
+      : format_(format), experts_(experts), n_(n), k_(k) {
+    const std::size_t elems = static_cast<std::size_t>(experts) * n * k;
+    if (format == Format::kSameAsX) {
+      codes_ = DeviceBuffer(elems * 2);
+      codes_.fill_bytes(0x3c);
+      return;
+    }
+    codes_ = DeviceBuffer(elems / 2);
+    codes_.fill_bytes(0x22);
+    scales_ = DeviceBuffer(elems / block());
+    scales_.fill_bytes(format == Format::kNvFp4 ? 0x38 : 127);
+    const std::vector<float> ones(static_cast<std::size_t>(experts), 1.f);
+    tensor_scale_ = DeviceBuffer(ones.size() * 4);
+    tensor_scale_.upload(ones.data(), ones.size() * 4);
+  }
+
+  // The bytes one expert's GEMM reads of them.
+  double expert_bytes() const {
+    const double elems = static_cast<double>(n_) * k_;
+    return format_ == Format::kSameAsX ? 2 * elems : elems / 2 + elems / block();
+  }
+
+  void run(const TensorView& x_sorted, const TensorView& blocks, int block, const TensorView& y,
+           const kjit::moe::GemmEpilogue& epilogue, kjit::StreamHandle stream) const {
+    if (format_ == Format::kSameAsX) {
+      kjit::moe::grouped_gemm(x_sorted, blocks, block, w16(), y, epilogue, stream);
+    } else {
+      kjit::moe::grouped_gemm(x_sorted, blocks, block, fp4(), y, epilogue, stream);
+    }
+  }
+
+  // The config the op picks for this call.
+  kjit::ops::MoeGemm::Config config(const TensorView& x_sorted, const TensorView& blocks, int block,
+                                    const TensorView& y) const {
+    const auto call = format_ == Format::kSameAsX
+                          ? kjit::ops::MoeGemm::validate(x_sorted, blocks, block, w16(), y, {})
+                          : kjit::ops::MoeGemm::validate(x_sorted, blocks, block, fp4(), y, {});
+    return kjit::ops::Dispatcher<kjit::ops::MoeGemm>::instance().choose(call.problem,
+                                                                        kjit::arch::current());
+  }
+
+ private:
+  int block() const { return format_ == Format::kNvFp4 ? 16 : 32; }
+  TensorView w16() const { return TensorView(codes_.data(), DType::BFloat16, {experts_, n_, k_}); }
+  kjit::moe::Fp4Weights fp4() const {
+    return {format_ == Format::kNvFp4 ? kjit::moe::Fp4Format::kNvFp4 : kjit::moe::Fp4Format::kMxFp4,
+            TensorView(codes_.data(), DType::UInt8, {experts_, n_, k_ / 2}),
+            TensorView(scales_.data(), DType::UInt8, {experts_, n_, k_ / block()}),
+            TensorView(tensor_scale_.data(), DType::Float32, {experts_})};
+  }
+
+  Format format_;
+  std::int64_t experts_, n_, k_;
+  DeviceBuffer codes_, scales_, tensor_scale_;
+};
+
+// align's layout of `ids` ([pairs, 1]: one slot a token, so that the rows are the pairs), the
+// permuted rows of x in it, and the plain epilogue with align's sorted and weights of 1 (which
+// let the FP4 GEMM skip padding rows).
+struct Layout {
+  Layout(const std::vector<std::int32_t>& ids, int experts, int block, const DeviceBuffer& x, int k,
+         const kjit::Stream& stream)
+      : block(block),
+        capacity(kjit::moe::align_capacity(static_cast<std::int64_t>(ids.size()), experts, block)),
+        sorted(capacity * 4),
+        blocks(capacity / block * 4),
+        x_sorted(capacity * k * 2),
+        weights(std::max<std::size_t>(ids.size(), 1) * 4) {
+    const auto pairs = static_cast<std::int64_t>(ids.size());
+    const std::vector<float> ones(ids.size(), 1.f);
+    weights.upload(ones.data(), ones.size() * 4);
+    epilogue.sorted = TensorView(sorted.data(), DType::Int32, {capacity});
+    epilogue.weights = TensorView(weights.data(), DType::Float32, {pairs, 1});
+    DeviceBuffer dids(ids.size() * 4), counts(experts * 4), offsets((experts + 1) * 4), invalid(4),
+        positions(ids.size() * 4);
+    dids.upload(ids.data(), dids.size());
+    kjit::moe::align(TensorView(dids.data(), DType::Int32, {pairs, 1}), experts, block,
+                     {TensorView(sorted.data(), DType::Int32, {capacity}), blocks_view(),
+                      TensorView(counts.data(), DType::Int32, {experts}),
+                      TensorView(offsets.data(), DType::Int32, {experts + 1}),
+                      TensorView(invalid.data(), DType::Int32, {1})},
+                     stream.handle());
+    kjit::moe::permute(TensorView(x.data(), DType::BFloat16, {pairs, k}),
+                       TensorView(sorted.data(), DType::Int32, {capacity}), 1,
+                       TensorView(x_sorted.data(), DType::BFloat16, {capacity, k}),
+                       TensorView(positions.data(), DType::Int32, {pairs}), stream.handle());
+    stream.synchronize();  // before the id buffers go
+  }
+  TensorView blocks_view() const {
+    return TensorView(blocks.data(), DType::Int32, {capacity / block});
+  }
+  TensorView x_view(int k) const {
+    return TensorView(x_sorted.data(), DType::BFloat16, {capacity, k});
+  }
+
+  int block;
+  std::int64_t capacity;
+  DeviceBuffer sorted, blocks, x_sorted, weights;
+  kjit::moe::GemmEpilogue epilogue;
+};
 
 struct Row {
   const char* name;
   int experts, rows, n, k;
 };
 
+void print_row(const char* name, Format f, int experts, int rows, int n, int k, double ms,
+               double gbs, const kjit::ops::MoeGemm::Config& c, double copy_gbs) {
+  std::printf("%-14s %-6s %4d %6d %5d %5d %10.1f %8.1f", name, format_name(f), experts, rows, n, k,
+              ms * 1e3, 2.0 * rows * n * k / ms / 1e9);
+  if (gbs > 0) {
+    std::printf(" %7.0f %6.0f%%", gbs, 100 * gbs / copy_gbs);
+  } else {
+    std::printf(" %7s %7s", "-", "-");
+  }
+  std::printf("  block_n %lld stages %lld\n", static_cast<long long>(c.block_n),
+              static_cast<long long>(c.stages));
+}
+
 }  // namespace
 
-int main() try {
+int main(int argc, char** argv) try {
+  // "prefill" or "decode": only those rows (a profiler run's filter).
+  const std::string only = argc > 1 ? argv[1] : "";
   std::string reason;
   if (!kjit::driver_available(&reason)) {
     std::printf("moe grouped gemm needs a CUDA GPU: %s\n", reason.c_str());
@@ -42,60 +175,85 @@ int main() try {
     return 0;
   }
   kjit::Stream stream;
-  std::printf("%s, kjit %s, MoE grouped GEMM bf16, balanced routing, blocks of %d rows\n",
+  const auto s = stream.handle();
+  const double copy_gbs = kjit::bench::copy_gbs(s);
+  std::printf("%s, kjit %s, MoE grouped GEMM, bf16 activations; device copy %.0f GB/s\n",
               kjit::device_info(kjit::current_device()).name.c_str(), kjit::version().c_str(),
-              kBlock);
-  std::printf("%-14s %4s %6s %5s %5s %10s %8s  %s\n", "row", "E", "Tk", "N", "K", "graph us",
-              "TFLOP/s", "config");
+              copy_gbs);
+  std::printf("%-14s %-6s %4s %6s %5s %5s %10s %8s %7s %7s  %s\n", "row", "w", "E", "Tk", "N", "K",
+              "graph us", "TFLOP/s", "GB/s", "vs copy", "config");
+  const auto time_calls = [&](const auto& call) {
+    return kjit::bench::graph_median_ms(
+               [&] {
+                 for (int i = 0; i < kCalls; ++i)
+                   call(i);
+               },
+               s) /
+           kCalls;
+  };
+
+  // Prefill.
   const std::vector<Row> rows{
       {"torch-anchor", 64, 16384, 1536, 2048}, {"glm-gate-up", 64, 4096, 3072, 2048},
       {"glm-gate-up", 64, 16384, 3072, 2048},  {"glm-gate-up", 64, 65536, 3072, 2048},
       {"glm-down", 64, 4096, 2048, 1536},      {"glm-down", 64, 16384, 2048, 1536},
       {"glm-down", 64, 65536, 2048, 1536},     {"deepgemm", 8, 32768, 4096, 7168}};
   for (const Row& r : rows) {
-    // Balanced routing as [T k, 1] ids; align's layout and the permuted rows.
+    if (only == "decode") break;
     std::vector<std::int32_t> ids(static_cast<std::size_t>(r.rows));
     for (int i = 0; i < r.rows; ++i)
       ids[i] = i % r.experts;
-    const std::int64_t capacity = kjit::moe::align_capacity(r.rows, r.experts, kBlock);
-    DeviceBuffer dids(ids.size() * 4), sorted(capacity * 4), blocks(capacity / kBlock * 4),
-        counts(r.experts * 4), offsets((r.experts + 1) * 4), invalid(4), positions(ids.size() * 4);
-    dids.upload(ids.data(), dids.size());
-    kjit::moe::align(TensorView(dids.data(), DType::Int32, {r.rows, 1}), r.experts, kBlock,
-                     {TensorView(sorted.data(), DType::Int32, {capacity}),
-                      TensorView(blocks.data(), DType::Int32, {capacity / kBlock}),
-                      TensorView(counts.data(), DType::Int32, {r.experts}),
-                      TensorView(offsets.data(), DType::Int32, {r.experts + 1}),
-                      TensorView(invalid.data(), DType::Int32, {1})},
-                     stream.handle());
-    // Random rows; the weights (up to 470 M elements) one repeated small value, which the timing
-    // does not depend on.
     const DeviceBuffer x = kjit::bench::random_bf16(static_cast<std::size_t>(r.rows) * r.k);
-    DeviceBuffer w(static_cast<std::size_t>(r.experts) * r.n * r.k * 2);
-    w.fill_bytes(0x3c);
-    DeviceBuffer x_sorted(capacity * r.k * 2), y(capacity * r.n * 2);
-    kjit::moe::permute(TensorView(x.data(), DType::BFloat16, {r.rows, r.k}),
-                       TensorView(sorted.data(), DType::Int32, {capacity}), 1,
-                       TensorView(x_sorted.data(), DType::BFloat16, {capacity, r.k}),
-                       TensorView(positions.data(), DType::Int32, {r.rows}), stream.handle());
-    const TensorView vx(x_sorted.data(), DType::BFloat16, {capacity, r.k}),
-        vblocks(blocks.data(), DType::Int32, {capacity / kBlock}),
-        vw(w.data(), DType::BFloat16, {r.experts, r.n, r.k}),
-        vy(y.data(), DType::BFloat16, {capacity, r.n});
-    const double ms =
-        kjit::bench::graph_median_ms(
-            [&] {
-              for (int i = 0; i < kCalls; ++i)
-                kjit::moe::grouped_gemm(vx, vblocks, kBlock, vw, vy, {}, stream.handle());
-            },
-            stream.handle()) /
-        kCalls;
-    const auto call = kjit::ops::MoeGemm::validate(vx, vblocks, kBlock, vw, vy, {});
-    const auto config = kjit::ops::Dispatcher<kjit::ops::MoeGemm>::instance().choose(
-        call.problem, kjit::arch::current());
-    std::printf("%-14s %4d %6d %5d %5d %10.1f %8.1f  block_n %lld stages %lld\n", r.name, r.experts,
-                r.rows, r.n, r.k, ms * 1e3, 2.0 * r.rows * r.n * r.k / ms / 1e9,
-                static_cast<long long>(config.block_n), static_cast<long long>(config.stages));
+    const Layout layout(ids, r.experts, 128, x, r.k, stream);
+    DeviceBuffer y(layout.capacity * r.n * 2);
+    const TensorView vx = layout.x_view(r.k), vblocks = layout.blocks_view(),
+                     vy(y.data(), DType::BFloat16, {layout.capacity, r.n});
+    const bool glm = r.name[0] == 'g';
+    for (Format f : {Format::kSameAsX, Format::kNvFp4, Format::kMxFp4}) {
+      if (f != Format::kSameAsX && !glm) continue;  // the anchors' rows are bf16
+      const ExpertWeights w(f, r.experts, r.n, r.k);
+      const double ms = time_calls([&](int) { w.run(vx, vblocks, 128, vy, layout.epilogue, s); });
+      print_row(r.name, f, r.experts, r.rows, r.n, r.k, ms, 0, w.config(vx, vblocks, 128, vy),
+                copy_gbs);
+    }
+  }
+
+  // Decode: 20 layouts a row, each call's experts its own.
+  constexpr int kExperts = 64, kDecodeBlock = 64;
+  const Row projections[] = {{"decode-gate-up", kExperts, 0, 3072, 2048},
+                             {"decode-down", kExperts, 0, 2048, 1536}};
+  for (const Row& p : projections) {
+    if (only == "prefill") break;
+    const std::vector<Format> formats{Format::kSameAsX, Format::kNvFp4, Format::kMxFp4};
+    std::vector<ExpertWeights> weights;
+    for (Format f : formats)
+      weights.emplace_back(f, kExperts, p.n, p.k);
+    for (int tokens : {1, 4, 16, 64}) {
+      const int pairs = tokens * kTopK;
+      const DeviceBuffer x = kjit::bench::random_bf16(static_cast<std::size_t>(pairs) * p.k);
+      std::vector<Layout> layouts;
+      layouts.reserve(kCalls);
+      for (int c = 0; c < kCalls; ++c) {
+        std::vector<std::int32_t> ids(static_cast<std::size_t>(pairs));
+        for (int i = 0; i < pairs; ++i)
+          ids[i] = (pairs * c + i) % kExperts;
+        layouts.emplace_back(ids, kExperts, kDecodeBlock, x, p.k, stream);
+      }
+      DeviceBuffer y(layouts[0].capacity * p.n * 2);
+      const TensorView vy(y.data(), DType::BFloat16, {layouts[0].capacity, p.n});
+      const int touched = std::min(pairs, kExperts);
+      for (std::size_t f = 0; f < formats.size(); ++f) {
+        const ExpertWeights& w = weights[f];
+        const double ms = time_calls([&](int c) {
+          w.run(layouts[c].x_view(p.k), layouts[c].blocks_view(), kDecodeBlock, vy,
+                layouts[c].epilogue, s);
+        });
+        print_row(p.name, formats[f], kExperts, pairs, p.n, p.k, ms,
+                  touched * w.expert_bytes() / ms / 1e6,
+                  w.config(layouts[0].x_view(p.k), layouts[0].blocks_view(), kDecodeBlock, vy),
+                  copy_gbs);
+      }
+    }
   }
   return 0;
 } catch (const std::exception& e) {

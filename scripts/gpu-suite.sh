@@ -235,15 +235,16 @@ if [ "$what" = mla ]; then
   for log in mla_bench mla_peers helix_bench; do echo "== $log"; cat "$out/$log.log"; done
 fi
 if [ "$what" = moe ]; then
-  # The MoE router's, dispatch layout's, permutation's, grouped GEMM's, balance statistics' and
-  # FP4 quantizer's tests against the references; a router, a permutation, a GEMM and a balance
-  # case under memcheck, the GEMM under racecheck.
+  # The MoE router's, dispatch layout's, permutation's, grouped GEMM's (16-bit and FP4 weights),
+  # balance statistics' and FP4 quantizer's tests against the references; a router, a
+  # permutation, three GEMM and a balance case under memcheck, two GEMM under racecheck.
   sharded_tests moe_tests '*MoeRouter*:*MoeAlign*:*MoePermute*:*MoeGemm*:*MoeBalance*:*MoeQuantize*:*MoeLayer*' 240
   step moe_memcheck timeout 120 compute-sanitizer --tool memcheck --error-exitcode 3 \
     "$bin/kjit_gpu_tests" \
-    --gtest_filter='All/MoeRouterTest.*/deepseek_v3_grouped:All/MoePermuteTest.*/invalid_ids:All/MoeGemmTest.*/skewed_fp16:All/MoeBalanceTest.*/deepseek_v3_sequences_bias'
+    --gtest_filter='All/MoeRouterTest.*/deepseek_v3_grouped:All/MoePermuteTest.*/invalid_ids:All/MoeGemmTest.*/skewed_fp16:All/MoeGemmTest.*/nvfp4_forced_64_rows_2_stages:All/MoeGemmMaskedTest.*/mxfp4_glm_down_block128:All/MoeBalanceTest.*/deepseek_v3_sequences_bias'
   step moe_racecheck timeout 120 compute-sanitizer --tool racecheck --error-exitcode 3 \
-    "$bin/kjit_gpu_tests" --gtest_filter='All/MoeGemmTest.*/forced_8_stages'
+    "$bin/kjit_gpu_tests" \
+    --gtest_filter='All/MoeGemmTest.*/forced_8_stages:All/MoeGemmTest.*/mxfp4_plain_block128'
   tally moe_tests
   for log in moe_memcheck moe_racecheck; do
     echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -3
@@ -265,9 +266,10 @@ if [ "$what" = moe-bench ]; then
   done
 fi
 if [ "$what" = dist ]; then
-  # The multi-rank suites as real processes on this one GPU: the MPI backend at 1, 2, 4 and 8
-  # ranks, NCCL at one rank, a rank that dies mid-collective; then bandwidth (NCCL at one rank
-  # beside a device copy, MPI at 2 and 4 ranks).
+  # The multi-rank suites as real processes on the first GPU: the MPI backend at 1, 2, 4 and 8
+  # ranks, NCCL at one rank (and at a rank a GPU where there are 2, 4 or 8), a rank that dies
+  # mid-collective; then bandwidth (NCCL at one rank beside a device copy, MPI at 2 and 4 ranks,
+  # NCCL over the GPUs).
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 KJIT_COMM_TIMEOUT_S=120
   export OMPI_MCA_btl_vader_single_copy_mechanism=none
   mpirun=(timeout 300 mpirun --oversubscribe --bind-to none)
@@ -278,16 +280,29 @@ if [ "$what" = dist ]; then
     KJIT_COMM=mpi step "dist_mpi_$n" "${mpirun[@]}" -n "$n" "$bin/kjit_dist_tests" --require-gpu
   done
   KJIT_COMM=nccl step dist_nccl_1 "${mpirun[@]}" -n 1 "$bin/kjit_dist_tests" --require-gpu
+  # A rank a GPU through NCCL where the machine has several (never NVLink multicast).
+  gpus=$(nvidia-smi -L | wc -l)
+  export NCCL_NVLS_ENABLE=0
+  for n in 2 4 8; do
+    if [ "$gpus" -ge "$n" ]; then
+      KJIT_COMM=nccl step "dist_nccl_$n" "${mpirun[@]}" -n "$n" "$bin/kjit_dist_tests" --require-gpu
+      KJIT_COMM=nccl step "bench_comm_nccl_$n" "${mpirun[@]}" -n "$n" "$bin/kjit_bench_comm"
+    fi
+  done
   step dist_rank_exit "$bin/rank_exit.sh" mpirun "$bin/kjit_dist_tests"
   KJIT_COMM=nccl step bench_comm_nccl_1 "${mpirun[@]}" -n 1 "$bin/kjit_bench_comm"
   KJIT_COMM=mpi step bench_comm_mpi_2 "${mpirun[@]}" -n 2 "$bin/kjit_bench_comm"
   KJIT_COMM=mpi step bench_comm_mpi_4 "${mpirun[@]}" -n 4 "$bin/kjit_bench_comm"
-  for log in comm_unit comm_setup dist_mpi_1 dist_mpi_2 dist_mpi_4 dist_mpi_8 dist_nccl_1; do
+  for log in comm_unit comm_setup dist_mpi_1 dist_mpi_2 dist_mpi_4 dist_mpi_8 dist_nccl_1 \
+    dist_nccl_2 dist_nccl_4 dist_nccl_8; do
+    [ -f "$out/$log.log" ] || continue
     echo "== $log: $(grep -E '^world:|tests? ran|PASSED|FAILED' "$out/$log.log" | tr '\n' ' ')"
     grep -E '^\[  FAILED  \] [A-Z]|Failure|rank [0-9]' "$out/$log.log" | head -8
   done
   echo "== dist_rank_exit"; grep -E '^rank-exit|^rank_exit' "$out/dist_rank_exit.log"
-  for log in bench_comm_nccl_1 bench_comm_mpi_2 bench_comm_mpi_4; do
+  for log in bench_comm_nccl_1 bench_comm_mpi_2 bench_comm_mpi_4 bench_comm_nccl_2 \
+    bench_comm_nccl_4 bench_comm_nccl_8; do
+    [ -f "$out/$log.log" ] || continue
     echo "== $log"; grep -E '^\||^backend' "$out/$log.log"
   done
 fi

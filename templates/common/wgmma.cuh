@@ -62,12 +62,18 @@ __device__ __forceinline__ void fence_proxy_async_shared() {
 }
 
 #define KJIT_ACC4(d, j) "+f"(d[j][0]), "+f"(d[j][1]), "+f"(d[j][2]), "+f"(d[j][3])
+#define KJIT_ACC4_0(d) KJIT_ACC4(d, 0)
+#define KJIT_ACC8(d) KJIT_ACC4(d, 0), KJIT_ACC4(d, 1)
+#define KJIT_ACC16(d) KJIT_ACC8(d), KJIT_ACC4(d, 2), KJIT_ACC4(d, 3)
 #define KJIT_ACC32(d)                                                                  \
   KJIT_ACC4(d, 0), KJIT_ACC4(d, 1), KJIT_ACC4(d, 2), KJIT_ACC4(d, 3), KJIT_ACC4(d, 4), \
       KJIT_ACC4(d, 5), KJIT_ACC4(d, 6), KJIT_ACC4(d, 7)
 #define KJIT_ACC64(d)                                                                  \
   KJIT_ACC32(d), KJIT_ACC4(d, 8), KJIT_ACC4(d, 9), KJIT_ACC4(d, 10), KJIT_ACC4(d, 11), \
       KJIT_ACC4(d, 12), KJIT_ACC4(d, 13), KJIT_ACC4(d, 14), KJIT_ACC4(d, 15)
+#define KJIT_REGS4 "{%0, %1, %2, %3}"
+#define KJIT_REGS8 "{%0, %1, %2, %3, %4, %5, %6, %7}"
+#define KJIT_REGS16 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}"
 #define KJIT_REGS32                                                                             \
   "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, " \
   "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
@@ -87,15 +93,16 @@ __device__ __forceinline__ void fence_proxy_async_shared() {
                : ACC(d)                                                                         \
                : "l"(a), "l"(b), "r"(scale_d))
 
-// d += A B, A (64 x 16) in registers (the m16n8k16 A layout per warp), B (16 x 64) N-major in
-// shared memory (one swizzled slab: 16 rows of K, 64 columns of N).
-#define KJIT_WGMMA_RS_N_MAJOR(TYPE)                                               \
-  asm volatile(                                                                   \
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                \
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE " " KJIT_REGS32 \
-      ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"                             \
-      : KJIT_ACC32(d)                                                             \
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1))
+// d (+)= A B, A (64 x 16) in registers (the m16n8k16 A layout per warp, operands A0..A3), B in
+// shared memory, K-major (TRANSPOSE "0": N x 16) or N-major ("1": one swizzled slab of 16 rows of
+// K and N columns); scale_d = 0 overwrites d.
+#define KJIT_WGMMA_RS(N, TYPE, REGS, ACC, A, B, SCALE, TRANSPOSE)                              \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" SCALE                                      \
+               ", 0;\n"                                                                        \
+               "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TYPE "." TYPE " " REGS ", " A \
+               ", %" B ", p, 1, 1, " TRANSPOSE ";\n}\n"                                        \
+               : ACC(d)                                                                        \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d))
 
 template <class T>
 inline constexpr bool kIsHalf = cuda::std::is_same_v<T, __half>;
@@ -132,19 +139,52 @@ __device__ __forceinline__ void wgmma_ss_mn_major(float (&d)[8][4], cuda::std::u
 template <class T>
 __device__ __forceinline__ void wgmma_rs_n_major(float (&d)[8][4], const unsigned (&a)[4],
                                                  cuda::std::uint64_t b) {
+  const int scale_d = 1;
   if constexpr (kIsHalf<T>) {
-    KJIT_WGMMA_RS_N_MAJOR("f16");
+    KJIT_WGMMA_RS(64, "f16", KJIT_REGS32, KJIT_ACC32, "{%32, %33, %34, %35}", "36", "37", "1");
   } else {
-    KJIT_WGMMA_RS_N_MAJOR("bf16");
+    KJIT_WGMMA_RS(64, "bf16", KJIT_REGS32, KJIT_ACC32, "{%32, %33, %34, %35}", "36", "37", "1");
   }
 }
 
-#undef KJIT_WGMMA_RS_N_MAJOR
+// R-type product: the first N (8 to 128) columns of fp32 accumulators, A from registers, B
+// (N x 16) K-major in shared memory.
+template <class T, int N, int kTiles>
+__device__ __forceinline__ void wgmma_rs(float (&d)[kTiles][4], const unsigned (&a)[4],
+                                         cuda::std::uint64_t b, int scale_d) {
+  static_assert((N == 8 || N == 16 || N == 32 || N == 64 || N == 128) && N / 8 <= kTiles,
+                "wgmma_rs: N is 8 to 128, within d");
+  if constexpr (!kIsHalf<T> && N == 8) {
+    KJIT_WGMMA_RS(8, "bf16", KJIT_REGS4, KJIT_ACC4_0, "{%4, %5, %6, %7}", "8", "9", "0");
+  } else if constexpr (!kIsHalf<T> && N == 16) {
+    KJIT_WGMMA_RS(16, "bf16", KJIT_REGS8, KJIT_ACC8, "{%8, %9, %10, %11}", "12", "13", "0");
+  } else if constexpr (!kIsHalf<T> && N == 32) {
+    KJIT_WGMMA_RS(32, "bf16", KJIT_REGS16, KJIT_ACC16, "{%16, %17, %18, %19}", "20", "21", "0");
+  } else if constexpr (N == 64 && kIsHalf<T>) {
+    KJIT_WGMMA_RS(64, "f16", KJIT_REGS32, KJIT_ACC32, "{%32, %33, %34, %35}", "36", "37", "0");
+  } else if constexpr (N == 64) {
+    KJIT_WGMMA_RS(64, "bf16", KJIT_REGS32, KJIT_ACC32, "{%32, %33, %34, %35}", "36", "37", "0");
+  } else if constexpr (N == 128 && kIsHalf<T>) {
+    KJIT_WGMMA_RS(128, "f16", KJIT_REGS64, KJIT_ACC64, "{%64, %65, %66, %67}", "68", "69", "0");
+  } else if constexpr (N == 128) {
+    KJIT_WGMMA_RS(128, "bf16", KJIT_REGS64, KJIT_ACC64, "{%64, %65, %66, %67}", "68", "69", "0");
+  } else {
+    static_assert(N >= 64, "wgmma_rs: N below 64 for bf16 only so far");
+  }
+}
+
+#undef KJIT_WGMMA_RS
 #undef KJIT_WGMMA_SS
 #undef KJIT_REGS64
 #undef KJIT_REGS32
+#undef KJIT_REGS16
+#undef KJIT_REGS8
+#undef KJIT_REGS4
 #undef KJIT_ACC64
 #undef KJIT_ACC32
+#undef KJIT_ACC16
+#undef KJIT_ACC8
+#undef KJIT_ACC4_0
 #undef KJIT_ACC4
 
 }  // namespace kjit::ptx

@@ -39,16 +39,58 @@ struct GroupedGemmShape {
   static_assert(kBlockN == 64 || kBlockN == 128, "wgmma_ss's N");
 };
 
+// What both grouped GEMM kernels (16-bit and FP4 weights) know of their block before the roles
+// split: its expert and the rows of it to write (none: the whole block returns, no barrier
+// touched; the counts are device data).
+template <int kBlockM, bool kMasked>
+struct GemmBlock {
+  int expert, rows_left;
+  __device__ __forceinline__ explicit GemmBlock(const KjitMoeGemmParams& p)
+      : expert(kMasked ? static_cast<int>(blockIdx.z) : p.block_expert[blockIdx.y]),
+        rows_left(kMasked ? min(p.masked_m[expert], p.rows) - static_cast<int>(blockIdx.y) * kBlockM
+                          : kBlockM) {}
+  __device__ __forceinline__ bool empty() const { return expert < 0 || rows_left <= 0; }
+};
+
+// The stages' full mbarriers (one arrival: the producer's, with its copies' bytes) and empty ones
+// (one arrival per consumer warp), initialised before the block's first __syncthreads.
+__device__ __forceinline__ void init_stage_barriers(cuda::std::uint64_t* full,
+                                                    cuda::std::uint64_t* empty, int stages,
+                                                    int consumer_warps) {
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < stages; ++s) {
+      ptx::mbarrier_init(full + s, 1);
+      ptx::mbarrier_init(empty + s, consumer_warps);
+    }
+    ptx::fence_mbarrier_init();
+  }
+  __syncthreads();
+}
+
+// The producer's loop (thread 0): each k-block's stage, once its consumers released it, filled by
+// load(stage, kb), tensor copies of `stage_bytes` in all that complete on full[stage].
+template <class Load>
+__device__ __forceinline__ void produce_stages(const KjitMoeGemmParams& p, int k_blocks, int stages,
+                                               unsigned stage_bytes, cuda::std::uint64_t* full,
+                                               cuda::std::uint64_t* empty, Load load) {
+  ptx::prefetch_tensor_map(p.x_map);
+  ptx::prefetch_tensor_map(p.w_map);
+  for (int kb = 0; kb < k_blocks; ++kb) {
+    const int stage = kb % stages;
+    if (kb >= stages) ptx::mbarrier_wait(empty + stage, (kb / stages - 1) & 1);
+    ptx::mbarrier_arrive_expect_tx(full + stage, stage_bytes);
+    load(stage, kb);
+  }
+}
+
 template <class T, int kBlockM, int kBlockN, int kStages, int kEpilogue, bool kMasked>
 __global__ void __launch_bounds__(GroupedGemmShape<kBlockM, kBlockN, kStages>::kThreads, 1)
     moe_grouped_gemm(const __grid_constant__ KjitMoeGemmParams p) {
   using S = GroupedGemmShape<kBlockM, kBlockN, kStages>;
   const int n_block = blockIdx.x, m_block = blockIdx.y;
-  const int expert = kMasked ? static_cast<int>(blockIdx.z) : p.block_expert[m_block];
-  // The rows of the block to write; none: the whole block returns, no barrier touched.
-  const int rows_left = kMasked ? min(p.masked_m[expert], p.rows) - m_block * kBlockM
-                                : kBlockM;  // counts: device data
-  if (expert < 0 || rows_left <= 0) return;
+  const GemmBlock<kBlockM, kMasked> block(p);
+  if (block.empty()) return;
+  const int expert = block.expert, rows_left = block.rows_left;
   extern __shared__ unsigned char shared_raw[];
   T* sa = reinterpret_cast<T*>(ptx::swizzle_aligned(shared_raw));  // [stages][kBlockM][64]
   T* sb = sa + kStages * S::kAElems;                               // [stages][kBlockN][64]
@@ -56,29 +98,17 @@ __global__ void __launch_bounds__(GroupedGemmShape<kBlockM, kBlockN, kStages>::k
   auto* empty = full + kStages;
   // Warp-uniform (a shuffle from lane 0), so that ptxas keeps the roles' wgmma unserialised.
   const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 128, 0);
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < kStages; ++s) {
-      ptx::mbarrier_init(full + s, 1);
-      ptx::mbarrier_init(empty + s, 4 * S::kConsumers);  // one arrival per consumer warp
-    }
-    ptx::fence_mbarrier_init();
-  }
-  __syncthreads();
+  init_stage_barriers(full, empty, kStages, 4 * S::kConsumers);
   const int k_blocks = p.k / S::kBlockK;
 
   if (warpgroup == 0) {
     if (threadIdx.x == 0) {
-      ptx::prefetch_tensor_map(p.x_map);
-      ptx::prefetch_tensor_map(p.w_map);
-      for (int kb = 0; kb < k_blocks; ++kb) {
-        const int stage = kb % kStages;
-        if (kb >= kStages) ptx::mbarrier_wait(empty + stage, (kb / kStages - 1) & 1);
-        ptx::mbarrier_arrive_expect_tx(full + stage, S::kStageBytes);
+      produce_stages(p, k_blocks, kStages, S::kStageBytes, full, empty, [&](int stage, int kb) {
         ptx::tma_load_4d(sa + stage * S::kAElems, p.x_map, full + stage, kb * S::kBlockK,
                          m_block * kBlockM, kMasked ? expert : 0, 0);
         ptx::tma_load_4d(sb + stage * S::kBElems, p.w_map, full + stage, kb * S::kBlockK,
                          n_block * kBlockN, expert, 0);
-      }
+      });
     }
     return;
   }

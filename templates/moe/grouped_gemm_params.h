@@ -1,5 +1,6 @@
-/* Parameters of templates/moe/grouped_gemm.cuh (plain C layout, passed by value). The tensor maps
-   are encoded at launch from the pointers and strides below them (elements). */
+/* Parameters of templates/moe/grouped_gemm.cuh and grouped_gemm_fp4.cuh (plain C layout, passed
+   by value). The tensor maps are encoded at launch from the pointers and strides below them
+   (elements; an FP4 w's in bytes). */
 #pragma once
 
 #include "common/tensor_map.h"
@@ -8,7 +9,7 @@ struct KjitMoeGemmParams {
   struct KjitTensorMap x_map; /* x_sorted: 64-column boxes of block_m rows */
   struct KjitTensorMap w_map; /* w: 64-column boxes of block_n rows of one expert */
   const void* x;              /* [rows, k], or [experts, rows, k] in the masked layout */
-  const void* w;              /* [experts, n, k] */
+  const void* w;              /* [experts, n, k], or FP4 codes [experts, n, k / 2] */
   const int* block_expert;    /* [rows / block_m]: each block's expert; -1: skipped */
   void* y;                    /* [(experts,) rows, n], or n / 2 columns after SwiGLU */
   const int* masked_m;        /* the masked layout's [experts]: rows of each that hold tokens */
@@ -16,6 +17,12 @@ struct KjitMoeGemmParams {
      weight at p); a row whose pair is not below `pairs` (padding) is written 0. */
   const int* sorted;
   const float* pair_weights;
+  /* FP4 w's: block scales [experts, n, k / block] (one byte each) and NVFP4's tensor scale of
+     expert e at tensor_scale[e tensor_scale_stride] (MXFP4: unused). */
+  const unsigned char* w_scales;
+  const float* tensor_scale;
+  long long scale_expert_stride, scale_row_stride;
+  int tensor_scale_stride;
   long long x_row_stride, x_expert_stride, w_expert_stride, w_row_stride, y_row_stride,
       y_expert_stride;
   int rows, n, k, experts, pairs; /* k a multiple of 64, n of block_n */

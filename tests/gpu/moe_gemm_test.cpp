@@ -3,7 +3,9 @@
 // unit in the last place plus 1e-5 of the sum of |terms| (fp32 accumulation, one rounding),
 // through each epilogue (plain, SwiGLU over interleaved gate/up rows, routing weights). Padding
 // rows give exact zeros; blocks with no expert keep their poison. The op's config and forced ones
-// (64 columns, 2 and 8 stages); both dtypes and both blocks of rows.
+// (64 columns, 2 and 8 stages); both dtypes and both blocks of rows. FP4 weights (NVFP4, MXFP4:
+// quantised per expert by the CPU reference) against the same fp64 product over their dequantised
+// values, which bf16 holds exactly, with the same bounds.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -12,9 +14,13 @@
 #include <string>
 #include <vector>
 
+#include "kjit/c_api.h"
 #include "kjit/jit.hpp"
 #include "kjit/moe.hpp"
 #include "ops/moe/grouped_gemm.hpp"
+#include "tests/reference/moe_reference.hpp"
+#include "tests/support/device_bytes.hpp"
+#include "tests/support/dl_tensor.hpp"
 #include "tests/support/dtype_bits.hpp"
 #include "tests/support/gpu.hpp"
 #include "tests/support/isolated_cache.hpp"
@@ -24,16 +30,101 @@
 namespace kjit::test {
 namespace {
 
+using Kind = moe::GemmEpilogue::Kind;
+using Format = ops::MoeGemm::WeightFormat;
+
+// The experts' weights [E, N, K] on the device: uniform values of deviation 0.1 from a splitmix64
+// stream (cheap beside a normal distribution's draws for up to 400 M of them), 16-bit in x's
+// dtype, or FP4 quantised per expert (a tensor scale each) by the CPU reference. at(): a weight's
+// value as the kernel reads it.
+class ExpertWeights {
+ public:
+  ExpertWeights(Format format, DType dtype, int experts, int n, int k, std::uint64_t seed)
+      : format_(format), dtype_(dtype), experts_(experts), n_(n), k_(k) {
+    const std::size_t count = static_cast<std::size_t>(experts) * n * k;
+    SplitMix64 bits{seed};
+    const auto next = [&bits] {
+      const double unit = static_cast<double>(bits.next() >> 11) * 0x1p-53;  // [0, 1)
+      return (unit - 0.5) * 0.3464;
+    };
+    if (format == Format::kSameAsX) {
+      bits_.resize(count);
+      for (auto& e : bits_)
+        e = to_bits(dtype, next());
+      w_ = DeviceBuffer(count * 2);
+      w_.upload(bits_.data(), count * 2);
+      return;
+    }
+    const bool nv = format == Format::kNvFp4;
+    const int block = nv ? 16 : 32;
+    std::vector<std::uint8_t> codes(count / 2), scales(count / block);
+    std::vector<float> tensor_scales(static_cast<std::size_t>(experts));
+    values_.resize(count);
+    const std::size_t per_expert = static_cast<std::size_t>(n) * k;
+    std::vector<double> expert(per_expert);
+    for (int e = 0; e < experts; ++e) {
+      for (double& v : expert)
+        v = next();
+      const reference::Fp4Tensor q =
+          nv ? reference::quantize_nvfp4(expert, n, k) : reference::quantize_mxfp4(expert, n, k);
+      tensor_scales[e] = static_cast<float>(q.tensor_scale);
+      const std::size_t base = e * per_expert;
+      for (std::size_t i = 0; i < per_expert; ++i) {
+        codes[(base + i) / 2] |= static_cast<std::uint8_t>(q.codes[i] << (4 * (i % 2)));
+        const std::uint8_t scale = q.scales[i / block];
+        values_[base + i] =
+            reference::e2m1_value(q.codes[i]) *
+            (nv ? reference::e4m3_value(scale) * tensor_scales[e] : std::ldexp(1.0, scale - 127));
+      }
+      std::copy(q.scales.begin(), q.scales.end(), scales.begin() + base / block);
+    }
+    w_ = DeviceBuffer(codes.size());
+    w_.upload(codes.data(), codes.size());
+    scales_ = DeviceBuffer(scales.size());
+    scales_.upload(scales.data(), scales.size());
+    tensor_scale_ = DeviceBuffer(tensor_scales.size() * 4);
+    tensor_scale_.upload(tensor_scales.data(), tensor_scales.size() * 4);
+  }
+
+  double at(std::size_t index) const {
+    return format_ == Format::kSameAsX ? from_bits(dtype_, bits_[index]) : values_[index];
+  }
+
+  ops::MoeGemm::Weights view() const {
+    if (format_ == Format::kSameAsX) return TensorView(w_.data(), dtype_, {experts_, n_, k_});
+    moe::Fp4Weights w;
+    w.format = format_ == Format::kNvFp4 ? moe::Fp4Format::kNvFp4 : moe::Fp4Format::kMxFp4;
+    w.codes = TensorView(w_.data(), DType::UInt8, {experts_, n_, k_ / 2});
+    w.scales = TensorView(scales_.data(), DType::UInt8,
+                          {experts_, n_, k_ / (format_ == Format::kNvFp4 ? 16 : 32)});
+    w.tensor_scale = TensorView(tensor_scale_.data(), DType::Float32, {experts_});
+    return w;
+  }
+  moe::Fp4Weights fp4() const {
+    const ops::MoeGemm::Weights w = view();
+    return {format_ == Format::kNvFp4 ? moe::Fp4Format::kNvFp4 : moe::Fp4Format::kMxFp4, w.codes,
+            w.scales, w.tensor_scale};
+  }
+
+ private:
+  Format format_;
+  DType dtype_;
+  std::int64_t experts_, n_, k_;
+  std::vector<std::uint16_t> bits_;  // 16-bit
+  std::vector<double> values_;       // FP4, dequantised
+  DeviceBuffer w_, scales_, tensor_scale_;
+};
+
 struct GemmCase {
   const char* name;
   DType dtype;
   int tokens, top_k, experts, n, k, block;
   bool skewed = false;  // most pairs to expert 1: long runs, empty experts
-  moe::GemmEpilogue::Kind epilogue = moe::GemmEpilogue::Kind::kPlain;
+  Kind epilogue = Kind::kPlain;
   std::int64_t block_n = 0, stages = 0;  // forced through the family when set
+  Format weights = Format::kSameAsX;
+  bool pass_sorted = false;  // align's sorted and the weights with a plain or SwiGLU epilogue
 };
-
-using Kind = moe::GemmEpilogue::Kind;
 
 void PrintTo(const GemmCase& c, std::ostream* os) {
   *os << c.name;
@@ -63,50 +154,43 @@ TEST_P(MoeGemmTest, MatchesDoublePerRoutedRow) {
   if (!ids.empty()) dids.upload(ids.data(), ids.size() * 4);
   Stream stream;
   alignment.align(TensorView(dids.data(), DType::Int32, {c.tokens, c.top_k}), stream.handle());
-  // Inputs ~ N(0, 0.1) for the tokens; the weights (up to 400 M of them) uniform with the same
-  // deviation from a splitmix64 stream, which is cheap beside a normal distribution's draws.
-  std::vector<std::uint16_t> x(static_cast<std::size_t>(c.tokens) * c.k),
-      w(static_cast<std::size_t>(c.experts) * c.n * c.k);
+  // Inputs ~ N(0, 0.1) for the tokens, the weights of the same deviation.
+  std::vector<std::uint16_t> x(static_cast<std::size_t>(c.tokens) * c.k);
   for (auto& e : x)
     e = to_bits(c.dtype, normal(rng));
-  SplitMix64 bits{rng()};
-  for (auto& e : w) {
-    const double unit = static_cast<double>(bits.next() >> 11) * 0x1p-53;  // [0, 1)
-    e = to_bits(c.dtype, (unit - 0.5) * 0.3464);                           // deviation 0.1
-  }
+  const ExpertWeights w(c.weights, c.dtype, c.experts, c.n, c.k, rng());
   std::vector<float> pair_weights(static_cast<std::size_t>(pairs));
   std::uniform_real_distribution<float> unit(0.f, 1.f);
   for (float& v : pair_weights)
     v = unit(rng);
   const int y_cols = c.epilogue == Kind::kSwiGLU ? c.n / 2 : c.n;
   DeviceBuffer dx(std::max<std::size_t>(x.size() * 2, 16)), dx_sorted(rows * c.k * 2 + 16),
-      dw(w.size() * 2), dy(rows * y_cols * 2 + 16),
-      dweights(std::max<std::size_t>(pair_weights.size() * 4, 4));
+      dy(rows * y_cols * 2 + 16), dweights(std::max<std::size_t>(pair_weights.size() * 4, 4));
   if (!x.empty()) dx.upload(x.data(), x.size() * 2);
   if (!pair_weights.empty()) dweights.upload(pair_weights.data(), pair_weights.size() * 4);
-  dw.upload(w.data(), w.size() * 2);
   dy.fill_bytes(0xff);
   const TensorView vx_sorted(dx_sorted.data(), c.dtype, {rows, c.k});
   moe::permute(TensorView(dx.data(), c.dtype, {c.tokens, c.k}), alignment.sorted_view(), c.top_k,
                vx_sorted, TensorView(positions.data(), DType::Int32, {pairs}), stream.handle());
 
-  const TensorView vblocks = alignment.blocks_view(), vw(dw.data(), c.dtype, {c.experts, c.n, c.k}),
-                   vy(dy.data(), c.dtype, {rows, y_cols});
+  const TensorView vblocks = alignment.blocks_view(), vy(dy.data(), c.dtype, {rows, y_cols});
   moe::GemmEpilogue epilogue;
   epilogue.kind = c.epilogue;
-  if (c.epilogue == Kind::kRoutingWeights) {
+  if (c.epilogue == Kind::kRoutingWeights || c.pass_sorted) {
     epilogue.sorted = alignment.sorted_view();
     epilogue.weights = TensorView(dweights.data(), DType::Float32, {c.tokens, c.top_k});
   }
   if (c.block_n) {
     const ops::Call<ops::MoeGemm> call =
-        ops::MoeGemm::validate(vx_sorted, vblocks, c.block, vw, vy, epilogue);
+        ops::MoeGemm::validate(vx_sorted, vblocks, c.block, w.view(), vy, epilogue);
     const ops::MoeGemm::Config config{c.block_n, c.stages};
     ASSERT_TRUE(ops::MoeGemm::valid(config, call.problem, arch::current()));
     ops::MoeGemm::launch(load(ops::MoeGemm::spec(config, call.problem, arch::current())), config,
                          call.problem, call.args, stream.handle());
+  } else if (c.weights == Format::kSameAsX) {
+    moe::grouped_gemm(vx_sorted, vblocks, c.block, w.view().codes, vy, epilogue, stream.handle());
   } else {
-    moe::grouped_gemm(vx_sorted, vblocks, c.block, vw, vy, epilogue, stream.handle());
+    moe::grouped_gemm(vx_sorted, vblocks, c.block, w.fp4(), vy, epilogue, stream.handle());
   }
   stream.synchronize();
   std::vector<int> layout(static_cast<std::size_t>(rows)),
@@ -121,14 +205,13 @@ TEST_P(MoeGemmTest, MatchesDoublePerRoutedRow) {
     xf[i] = from_bits(c.dtype, x[i]);
   double max_err = 0;
   int checked = 0;
-  // Row r's product with w[e]'s row `col` (converted as read: only the routed experts' rows are),
-  // and the sum of its terms' magnitudes.
+  // Row r's product with w[e]'s row `col`, and the sum of its terms' magnitudes.
   auto product = [&](const double* xr, int e, int col, double& magnitude) {
-    const std::uint16_t* wr = &w[(static_cast<std::size_t>(e) * c.n + col) * c.k];
+    const std::size_t wr = (static_cast<std::size_t>(e) * c.n + col) * c.k;
     double sum = 0;
     magnitude = 0;
     for (int i = 0; i < c.k; ++i) {
-      const double term = xr[i] * from_bits(c.dtype, wr[i]);
+      const double term = xr[i] * w.at(wr + i);
       sum += term;
       magnitude += std::abs(term);
     }
@@ -192,19 +275,44 @@ std::vector<GemmCase> cases() {
       {"glm_gate_up_swiglu", bf16, 24, 4, 64, 3072, 2048, 128, false, Kind::kSwiGLU},
       {"swiglu_64_columns_fp16", fp16, 40, 2, 8, 192, 256, 64, false, Kind::kSwiGLU},
       {"glm_down_routing_weights", bf16, 24, 4, 64, 2048, 1536, 128, false, Kind::kRoutingWeights},
-      {"routing_weights_forced", fp16, 50, 2, 8, 256, 512, 64, true, Kind::kRoutingWeights, 64, 3}};
+      {"routing_weights_forced", fp16, 50, 2, 8, 256, 512, 64, true, Kind::kRoutingWeights, 64, 3},
+      {"nvfp4_glm_gate_up_swiglu", bf16, 24, 4, 8, 3072, 2048, 64, false, Kind::kSwiGLU, 0, 0,
+       Format::kNvFp4},
+      {"nvfp4_glm_down_routing_weights", bf16, 40, 4, 8, 2048, 1536, 128, true,
+       Kind::kRoutingWeights, 0, 0, Format::kNvFp4},
+      {"mxfp4_plain_block128", bf16, 60, 2, 8, 384, 512, 128, false, Kind::kPlain, 0, 0,
+       Format::kMxFp4},
+      {"mxfp4_swiglu_skewed", bf16, 100, 2, 6, 256, 1024, 64, true, Kind::kSwiGLU, 0, 0,
+       Format::kMxFp4},
+      {"nvfp4_forced_128_rows_8_stages", bf16, 70, 2, 4, 256, 768, 128, false, Kind::kPlain, 128, 8,
+       Format::kNvFp4},
+      {"nvfp4_forced_64_rows_2_stages", bf16, 30, 4, 8, 128, 256, 64, true, Kind::kRoutingWeights,
+       64, 2, Format::kNvFp4},
+      {"nvfp4_no_tokens", bf16, 0, 4, 8, 128, 128, 64, false, Kind::kPlain, 0, 0, Format::kNvFp4},
+      // Given align's sorted, the FP4 kernel multiplies 8, 16 or 32 token columns of a block.
+      {"nvfp4_decode_8_columns_swiglu", bf16, 3, 4, 64, 512, 1024, 64, false, Kind::kSwiGLU, 0, 0,
+       Format::kNvFp4, true},
+      {"mxfp4_16_columns", bf16, 40, 2, 6, 256, 512, 64, false, Kind::kPlain, 0, 0, Format::kMxFp4,
+       true},
+      {"nvfp4_32_columns_block128", bf16, 100, 2, 8, 256, 512, 128, false, Kind::kPlain, 0, 0,
+       Format::kNvFp4, true},
+      {"nvfp4_skewed_columns_vary", bf16, 150, 2, 8, 384, 256, 64, true, Kind::kSwiGLU, 0, 0,
+       Format::kNvFp4, true},
+      {"bf16_sorted_given", bf16, 40, 2, 8, 256, 512, 64, false, Kind::kPlain, 0, 0,
+       Format::kSameAsX, true}};
 }
 
 INSTANTIATE_TEST_SUITE_P(All, MoeGemmTest, ::testing::ValuesIn(cases()),
                          [](const auto& info) { return std::string(info.param.name); });
 
 // The masked layout: x [E, M, K] with device counts (0, M, past M, in between), against fp64 per
-// held row; rows past an expert's count keep their poison.
+// held row; rows past an expert's count keep their poison. 16-bit and FP4 weights.
 struct MaskedCase {
   const char* name;
   DType dtype;
   int experts, max_m, n, k, expected_m;
   Kind epilogue = Kind::kPlain;
+  Format weights = Format::kSameAsX;
 };
 
 void PrintTo(const MaskedCase& c, std::ostream* os) {
@@ -226,41 +334,41 @@ TEST_P(MoeGemmMaskedTest, MatchesDoublePerHeldRow) {
   std::vector<int> counts(static_cast<std::size_t>(c.experts));
   for (int e = 0; e < c.experts; ++e)
     counts[e] = e == 0 ? 0 : e == 1 ? c.max_m : e == 2 ? c.max_m + 50 : count(rng);
-  std::vector<std::uint16_t> x(static_cast<std::size_t>(c.experts) * c.max_m * c.k),
-      w(static_cast<std::size_t>(c.experts) * c.n * c.k);
-  for (auto* v : {&x, &w}) {
-    for (auto& e : *v)
-      e = to_bits(c.dtype, normal(rng));
-  }
+  std::vector<std::uint16_t> x(static_cast<std::size_t>(c.experts) * c.max_m * c.k);
+  for (auto& e : x)
+    e = to_bits(c.dtype, normal(rng));
+  const ExpertWeights w(c.weights, c.dtype, c.experts, c.n, c.k, rng());
   const int y_cols = c.epilogue == Kind::kSwiGLU ? c.n / 2 : c.n;
-  DeviceBuffer dx(x.size() * 2), dw(w.size() * 2), dcounts(counts.size() * 4),
+  DeviceBuffer dx(x.size() * 2), dcounts(counts.size() * 4),
       dy(static_cast<std::size_t>(c.experts) * c.max_m * y_cols * 2);
   dx.upload(x.data(), x.size() * 2);
-  dw.upload(w.data(), w.size() * 2);
   dcounts.upload(counts.data(), counts.size() * 4);
   dy.fill_bytes(0xff);
   Stream stream;
-  moe::grouped_gemm_masked(TensorView(dx.data(), c.dtype, {c.experts, c.max_m, c.k}),
-                           TensorView(dcounts.data(), DType::Int32, {c.experts}), c.expected_m,
-                           TensorView(dw.data(), c.dtype, {c.experts, c.n, c.k}),
-                           TensorView(dy.data(), c.dtype, {c.experts, c.max_m, y_cols}), c.epilogue,
-                           stream.handle());
+  const TensorView vx(dx.data(), c.dtype, {c.experts, c.max_m, c.k}),
+      vcounts(dcounts.data(), DType::Int32, {c.experts}),
+      vy(dy.data(), c.dtype, {c.experts, c.max_m, y_cols});
+  if (c.weights == Format::kSameAsX) {
+    moe::grouped_gemm_masked(vx, vcounts, c.expected_m, w.view().codes, vy, c.epilogue,
+                             stream.handle());
+  } else {
+    moe::grouped_gemm_masked(vx, vcounts, c.expected_m, w.fp4(), vy, c.epilogue, stream.handle());
+  }
   stream.synchronize();
   std::vector<std::uint16_t> y(dy.size() / 2);
   dy.download(y.data(), dy.size());
-  std::vector<double> xf(x.size()), wf(w.size());
+  std::vector<double> xf(x.size());
   for (std::size_t i = 0; i < x.size(); ++i)
     xf[i] = from_bits(c.dtype, x[i]);
-  for (std::size_t i = 0; i < w.size(); ++i)
-    wf[i] = from_bits(c.dtype, w[i]);
   auto product = [&](int e, int r, int col, double& magnitude) {
     const double* xr = &xf[(static_cast<std::size_t>(e) * c.max_m + r) * c.k];
-    const double* wr = &wf[(static_cast<std::size_t>(e) * c.n + col) * c.k];
+    const std::size_t wr = (static_cast<std::size_t>(e) * c.n + col) * c.k;
     double sum = 0;
     magnitude = 0;
     for (int i = 0; i < c.k; ++i) {
-      sum += xr[i] * wr[i];
-      magnitude += std::abs(xr[i] * wr[i]);
+      const double term = xr[i] * w.at(wr + i);
+      sum += term;
+      magnitude += std::abs(term);
     }
     return sum;
   };
@@ -298,11 +406,76 @@ std::vector<MaskedCase> masked_cases() {
   const DType bf16 = DType::BFloat16, fp16 = DType::Float16;
   return {{"decode_bf16_block64", bf16, 8, 48, 256, 512, 16},
           {"decode_fp16_block128_swiglu", fp16, 6, 150, 192, 256, 0, Kind::kSwiGLU},
-          {"glm_gate_up_swiglu", bf16, 8, 24, 3072, 2048, 8, Kind::kSwiGLU}};
+          {"glm_gate_up_swiglu", bf16, 8, 24, 3072, 2048, 8, Kind::kSwiGLU},
+          {"nvfp4_glm_gate_up_swiglu", bf16, 8, 24, 3072, 2048, 8, Kind::kSwiGLU, Format::kNvFp4},
+          {"mxfp4_glm_down_block128", bf16, 6, 150, 2048, 1536, 0, Kind::kPlain, Format::kMxFp4}};
 }
 
 INSTANTIATE_TEST_SUITE_P(All, MoeGemmMaskedTest, ::testing::ValuesIn(masked_cases()),
                          [](const auto& info) { return std::string(info.param.name); });
+
+// moe_expert_gemm_fp4 through the C ABI gives the C++ API's bits: NVFP4 over the contiguous
+// layout (a block with no expert among them), MXFP4 with SwiGLU over the masked one.
+TEST(MoeGemmRuns, Fp4CAbiMatchesTheCppApi) {
+  KJIT_REQUIRE_GPU();
+  if (!arch::current().has_wgmma())
+    GTEST_SKIP() << "the grouped GEMM needs sm_90a so far; this card is " << arch::current().name();
+  constexpr int kE = 3, kN = 256, kK = 512, kBlock = 64, kRows = 4 * kBlock, kM = 40;
+  std::mt19937 rng(5);
+  std::normal_distribution<double> normal(0.0, 0.1);
+  std::vector<std::uint16_t> x(kRows * kK);
+  for (auto& v : x)
+    v = to_bits(DType::BFloat16, normal(rng));
+  const std::vector<int> block_expert{0, 2, -1, 1}, masked_m{kM, 0, 17};
+  DeviceBuffer dx(x.size() * 2), dblocks(block_expert.size() * 4), dmasked(masked_m.size() * 4),
+      y_cpp(kRows * kN * 2), y_c(kRows * kN * 2), ym_cpp(kE * kM * kN), ym_c(kE * kM * kN);
+  dx.upload(x.data(), x.size() * 2);
+  dblocks.upload(block_expert.data(), block_expert.size() * 4);
+  dmasked.upload(masked_m.data(), masked_m.size() * 4);
+  for (DeviceBuffer* y : {&y_cpp, &y_c, &ym_cpp, &ym_c})
+    y->fill_bytes(0xff);
+  const ExpertWeights nv(Format::kNvFp4, DType::BFloat16, kE, kN, kK, 11),
+      mx(Format::kMxFp4, DType::BFloat16, kE, kN, kK, 12);
+  const TensorView vx(dx.data(), DType::BFloat16, {kRows, kK}),
+      vblocks(dblocks.data(), DType::Int32, {4}),
+      vy_cpp(y_cpp.data(), DType::BFloat16, {kRows, kN}),
+      vy_c(y_c.data(), DType::BFloat16, {kRows, kN}), vxm(dx.data(), DType::BFloat16, {kE, kM, kK}),
+      vmasked(dmasked.data(), DType::Int32, {kE}),
+      vym_cpp(ym_cpp.data(), DType::BFloat16, {kE, kM, kN / 2}),
+      vym_c(ym_c.data(), DType::BFloat16, {kE, kM, kN / 2});
+  Stream stream;
+  const auto s = stream.handle();
+  moe::grouped_gemm(vx, vblocks, kBlock, nv.fp4(), vy_cpp, {}, s);
+  moe::grouped_gemm_masked(vxm, vmasked, 16, mx.fp4(), vym_cpp, Kind::kSwiGLU, s);
+  {
+    const moe::Fp4Weights w = nv.fp4(), wm = mx.fp4();
+    const DLTensor tx = dl(vx), tblocks = dl(vblocks), tcodes = dl(w.codes), tscales = dl(w.scales),
+                   tts = dl(w.tensor_scale), ty = dl(vy_c), txm = dl(vxm), tmasked = dl(vmasked),
+                   tcodes_m = dl(wm.codes), tscales_m = dl(wm.scales), tym = dl(vym_c);
+    ASSERT_EQ(kjit_moe_expert_gemm_fp4(&tx, &tblocks, kBlock, 0, &tcodes, &tscales, &tts, &ty,
+                                       KJIT_MOE_GEMM_PLAIN, nullptr, nullptr, s),
+              KJIT_SUCCESS)
+        << kjit_last_error();
+    ASSERT_EQ(kjit_moe_expert_gemm_fp4_masked(&txm, &tmasked, 16, 1, &tcodes_m, &tscales_m, nullptr,
+                                              &tym, KJIT_MOE_GEMM_SWIGLU, s),
+              KJIT_SUCCESS)
+        << kjit_last_error();
+  }
+  stream.synchronize();
+  const std::vector<std::uint8_t> contiguous = device_bytes(y_cpp), masked = device_bytes(ym_cpp);
+  EXPECT_EQ(contiguous, device_bytes(y_c));
+  EXPECT_EQ(masked, device_bytes(ym_c));
+  // Written where the layout holds rows, poison (a NaN no product gives) elsewhere: the block
+  // with no expert, the expert with no rows, the rows past 17.
+  const auto element = [](const std::vector<std::uint8_t>& v, std::size_t i) {
+    return v[2 * i] | v[2 * i + 1] << 8;
+  };
+  EXPECT_NE(element(contiguous, 0), 0xffff);
+  EXPECT_EQ(element(contiguous, 2 * kBlock * kN), 0xffff);
+  EXPECT_EQ(element(masked, kM * (kN / 2)), 0xffff);
+  EXPECT_NE(element(masked, 2 * kM * (kN / 2)), 0xffff);
+  EXPECT_EQ(element(masked, (2 * kM + 17) * (kN / 2)), 0xffff);
+}
 
 }  // namespace
 }  // namespace kjit::test

@@ -15,6 +15,7 @@
 
 #include "kjit/c_api.h"
 #include "kjit/moe.hpp"
+#include "tests/support/device_bytes.hpp"
 #include "tests/support/dl_tensor.hpp"
 #include "tests/support/dtype_bits.hpp"
 #include "tests/support/gpu.hpp"
@@ -235,18 +236,13 @@ TEST(MoePermuteRuns, CAbiChainMatchesTheCppApi) {
         << kjit_last_error();
   }
   stream.synchronize();
-  auto bytes = [](const DeviceBuffer& b) {
-    std::vector<std::uint8_t> v(b.size());
-    b.download(v.data(), v.size());
-    return v;
-  };
-  EXPECT_EQ(bytes(cpp.ids_buffer), bytes(c.ids_buffer));
-  EXPECT_EQ(bytes(cpp.weights_buffer), bytes(c.weights_buffer));
-  EXPECT_EQ(bytes(cpp.alignment.sorted), bytes(c.alignment.sorted));
-  EXPECT_EQ(bytes(cpp.alignment.block_expert), bytes(c.alignment.block_expert));
-  EXPECT_EQ(bytes(cpp.x_sorted_buffer), bytes(c.x_sorted_buffer));
-  EXPECT_EQ(bytes(cpp.positions_buffer), bytes(c.positions_buffer));
-  EXPECT_EQ(bytes(cpp.out_buffer), bytes(c.out_buffer));
+  EXPECT_EQ(device_bytes(cpp.ids_buffer), device_bytes(c.ids_buffer));
+  EXPECT_EQ(device_bytes(cpp.weights_buffer), device_bytes(c.weights_buffer));
+  EXPECT_EQ(device_bytes(cpp.alignment.sorted), device_bytes(c.alignment.sorted));
+  EXPECT_EQ(device_bytes(cpp.alignment.block_expert), device_bytes(c.alignment.block_expert));
+  EXPECT_EQ(device_bytes(cpp.x_sorted_buffer), device_bytes(c.x_sorted_buffer));
+  EXPECT_EQ(device_bytes(cpp.positions_buffer), device_bytes(c.positions_buffer));
+  EXPECT_EQ(device_bytes(cpp.out_buffer), device_bytes(c.out_buffer));
 }
 
 TEST(MoePermuteRuns, BadInputIsRefusedBeforeAnyDeviceWork) {

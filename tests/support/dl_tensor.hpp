@@ -18,6 +18,7 @@ inline DLTensor dl(const TensorView& v) {
   t.dtype = v.dtype == DType::Float32   ? DLDataType{kDLFloat, 32, 1}
             : v.dtype == DType::Int32   ? DLDataType{kDLInt, 32, 1}
             : v.dtype == DType::Float16 ? DLDataType{kDLFloat, 16, 1}
+            : v.dtype == DType::UInt8   ? DLDataType{kDLUInt, 8, 1}
                                         : DLDataType{kDLBfloat, 16, 1};
   t.shape = const_cast<std::int64_t*>(v.shape.data());
   t.strides = const_cast<std::int64_t*>(v.strides.data());

@@ -86,6 +86,26 @@ TEST(ModelOpsCApi, MoeOpsRefuseBadInputWithKjitsMessage) {
                                        KJIT_MOE_GEMM_SWIGLU, nullptr, nullptr, nullptr),
                  "N / 2 after SwiGLU");
 
+  const Tensor codes(DType::UInt8, {64, 3072, 1024}), scales(DType::UInt8, {64, 3072, 128}),
+      tensor_scale(kF32, {64});
+  expect_refused(
+      kjit_moe_expert_gemm_fp4(&xs.t, &gemm_blocks.t, 128, 2, &codes.t, &scales.t, &tensor_scale.t,
+                               &gemm_y.t, KJIT_MOE_GEMM_PLAIN, nullptr, nullptr, nullptr),
+      "format must be 0 (NVFP4) or 1 (MXFP4), got 2");
+  expect_refused(
+      kjit_moe_expert_gemm_fp4(&xs.t, &gemm_blocks.t, 128, 0, &codes.t, &scales.t, nullptr,
+                               &gemm_y.t, KJIT_MOE_GEMM_PLAIN, nullptr, nullptr, nullptr),
+      "NVFP4 w's tensor_scale must be");
+  expect_refused(
+      kjit_moe_expert_gemm_fp4(&xs.t, &gemm_blocks.t, 128, 1, &codes.t, &scales.t, nullptr,
+                               &gemm_y.t, KJIT_MOE_GEMM_PLAIN, nullptr, nullptr, nullptr),
+      "w's scales must be uint8 [64, 3072, 64] (E, N, K / 32)");
+  const Tensor mx(kBf16, {64, 8, 2048}), masked_m(kI32, {64}), my(kBf16, {64, 8, 3072});
+  expect_refused(
+      kjit_moe_expert_gemm_fp4_masked(&mx.t, &masked_m.t, 8, 0, nullptr, &scales.t, &tensor_scale.t,
+                                      &my.t, KJIT_MOE_GEMM_PLAIN, nullptr),
+      "codes is NULL");
+
   const Tensor probs(kF32, {10, 64}), f(kF32, {64}), p(kF32, {64}), losses(kF32, {3});
   expect_refused(kjit_moe_balance(&ids.t, &probs.t, nullptr, nullptr, 10, nullptr, 1.f, 1.f, 1e-3f,
                                   &counts.t, &f.t, &p.t, &losses.t, nullptr),

@@ -184,7 +184,7 @@ struct Gemm {
   TensorView x{fake(), DType::BFloat16, {1024, 2048}};
   TensorView blocks{fake(), DType::Int32, {8}};
   int block = 128;
-  TensorView w{fake(), DType::BFloat16, {64, 3072, 2048}};
+  ops::MoeGemm::Weights w{TensorView(fake(), DType::BFloat16, {64, 3072, 2048})};
   TensorView y{fake(), DType::BFloat16, {1024, 3072}};
   moe::GemmEpilogue epilogue;
   ops::Call<ops::MoeGemm> check() const {
@@ -221,7 +221,7 @@ TEST(MoeGemmValidation, RefusesBadShapes) {
   expect_refused(g, "K must be a positive multiple of 64");
   g = Gemm();
   g.w = TensorView(fake(), DType::BFloat16, {64, 3072, 1024});
-  expect_refused(g, "w's K must be x_sorted's 2048");
+  expect_refused(g, "w must be [E, N, 2048] (x's K)");
   g = Gemm();
   g.w = TensorView(fake(), DType::Float16, {64, 3072, 2048});
   expect_refused(g, "w must be bf16");
@@ -297,6 +297,87 @@ TEST(MoeGemmValidation, ChecksTheEpiloguesOperands) {
   g.epilogue.sorted = TensorView(fake(), DType::Int32, {1024});
   g.epilogue.weights = TensorView(fake(), DType::BFloat16, {100, 4});
   expect_refused(g, "the epilogue's weights must be contiguous fp32 [T, k]");
+}
+
+// GLM-4.7-Flash's gate/up weights in NVFP4 (a tensor scale per expert) and MXFP4.
+moe::Fp4Weights nvfp4_weights() {
+  return {moe::Fp4Format::kNvFp4, TensorView(fake(), DType::UInt8, {64, 3072, 1024}),
+          TensorView(fake(), DType::UInt8, {64, 3072, 128}),
+          TensorView(fake(), DType::Float32, {64})};
+}
+
+TEST(MoeGemmValidation, AcceptsFp4WeightsWithTheirScales) {
+  Gemm g;
+  g.w = nvfp4_weights();
+  const auto call = g.check();
+  EXPECT_EQ(call.problem.weights, ops::MoeGemm::kNvFp4);
+  EXPECT_EQ(call.problem.n, 3072);
+  EXPECT_EQ(call.args.w_expert_stride, 3072 * 1024);  // bytes
+  EXPECT_EQ(call.args.scale_row_stride, 128);
+  EXPECT_EQ(call.args.scale_expert_stride, 3072 * 128);
+  EXPECT_EQ(call.args.tensor_scale_stride, 1);
+  const Arch sm90a("sm_90a"), sm80("sm_80");
+  const ops::MoeGemm::Config c = ops::MoeGemm::default_config(call.problem, sm90a);
+  EXPECT_TRUE(ops::MoeGemm::valid(c, call.problem, sm90a));
+  EXPECT_FALSE(ops::MoeGemm::valid(c, call.problem, sm80));
+  // FP4 stages hold a quarter of the weight bytes.
+  ops::MoeGemm::Problem bf16 = call.problem;
+  bf16.weights = ops::MoeGemm::kSameAsX;
+  EXPECT_LT(ops::MoeGemm::shared_bytes(c, call.problem), ops::MoeGemm::shared_bytes(c, bf16));
+  // Decode (8 blocks of rows): 64 weight rows a block, for twice the blocks.
+  EXPECT_EQ(c.block_n, 64);
+
+  moe::Fp4Weights one_scale = nvfp4_weights();
+  one_scale.tensor_scale = TensorView(fake(), DType::Float32, {1});
+  g.w = one_scale;
+  EXPECT_EQ(g.check().args.tensor_scale_stride, 0);
+  g.w = moe::Fp4Weights{moe::Fp4Format::kMxFp4, TensorView(fake(), DType::UInt8, {64, 3072, 1024}),
+                        TensorView(fake(), DType::UInt8, {64, 3072, 64}), TensorView()};
+  EXPECT_EQ(g.check().problem.weights, ops::MoeGemm::kMxFp4);  // no tensor scale read
+}
+
+TEST(MoeGemmValidation, RefusesBadFp4Weights) {
+  Gemm g;
+  g.w = nvfp4_weights();
+  g.x = TensorView(fake(), DType::Float16, {1024, 2048});
+  g.y = TensorView(fake(), DType::Float16, {1024, 3072});
+  expect_refused(g, "FP4 weights take bf16 activations");
+  g = Gemm();
+  moe::Fp4Weights w = nvfp4_weights();
+  w.codes = TensorView(fake(), DType::UInt8, {64, 3072, 2048});
+  g.w = w;
+  expect_refused(g, "w's codes must be [E, N, 1024] (x's K / 2)");
+  w = nvfp4_weights();
+  w.codes = TensorView(fake(), DType::BFloat16, {64, 3072, 1024});
+  g.w = w;
+  expect_refused(g, "w's codes must be uint8");
+  w = nvfp4_weights();
+  w.scales = TensorView(fake(), DType::UInt8, {64, 3072, 64});  // MXFP4's blocks
+  g.w = w;
+  expect_refused(g, "w's scales must be uint8 [64, 3072, 128] (E, N, K / 16)");
+  w = nvfp4_weights();
+  w.scales = TensorView(fake(), DType::UInt8, {64, 3072, 128}, {3072 * 130, 130, 1});
+  g.w = w;
+  expect_refused(g, "w's scales's stride 1 (130 elements) is not a multiple of 4 bytes");
+  w = nvfp4_weights();
+  w.tensor_scale = TensorView(fake(), DType::Float32, {3});
+  g.w = w;
+  expect_refused(g, "NVFP4 w's tensor_scale must be contiguous fp32 [64] (one per expert) or [1]");
+  w.tensor_scale = TensorView();
+  g.w = w;
+  expect_refused(g, "NVFP4 w's tensor_scale must be");
+  // The masked layout checks the same, against x's experts.
+  const TensorView x(fake(), DType::BFloat16, {32, 40, 2048}), counts(fake(), DType::Int32, {32}),
+      y(fake(), DType::BFloat16, {32, 40, 1536});
+  try {
+    ops::MoeGemm::validate_masked(x, counts, 8, nvfp4_weights(), y,
+                                  moe::GemmEpilogue::Kind::kSwiGLU);
+    ADD_FAILURE() << "accepted 64 experts' weights for 32 experts' rows";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("w's codes must be [32, N, 1024] (x's E and K / 2)"),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 // GLM-4.7-Flash's router statistics over 100 tokens in 3 sequences, with a bias to update.

@@ -138,7 +138,8 @@ typedef enum kjit_moe_gemm_epilogue {
   KJIT_MOE_GEMM_SWIGLU = 1,         /* w's rows interleave gate and up; y of N / 2 columns */
   KJIT_MOE_GEMM_ROUTING_WEIGHTS = 2 /* rows scaled by weights[sorted[row]] */
 } kjit_moe_gemm_epilogue;
-/* sorted and weights: the routing-weight epilogue's (NULL otherwise). */
+/* sorted and weights: the routing-weight epilogue's; optional (NULL) with the others, where they
+   let the FP4 GEMM skip padding rows. */
 kjit_status kjit_moe_grouped_gemm(const DLTensor* x_sorted, const DLTensor* block_expert, int block,
                                   const DLTensor* w, const DLTensor* y,
                                   kjit_moe_gemm_epilogue epilogue, const DLTensor* sorted,
@@ -157,6 +158,20 @@ kjit_status kjit_moe_grouped_gemm_masked(const DLTensor* x, const DLTensor* mask
 kjit_status kjit_moe_quantize_fp4(const DLTensor* w, int format, const DLTensor* codes,
                                   const DLTensor* scales, const DLTensor* tensor_scale,
                                   void* stream);
+/* moe_expert_gemm_fp4: the grouped GEMM with FP4 weights (format as above): codes uint8
+   [E, N, K / 2], scales uint8 [E, N, K / block], tensor_scale fp32 [E] or [1] (NVFP4; NULL for
+   MXFP4); x_sorted and y bf16. The rest as kjit_moe_grouped_gemm. */
+kjit_status kjit_moe_expert_gemm_fp4(const DLTensor* x_sorted, const DLTensor* block_expert,
+                                     int block, int format, const DLTensor* codes,
+                                     const DLTensor* scales, const DLTensor* tensor_scale,
+                                     const DLTensor* y, kjit_moe_gemm_epilogue epilogue,
+                                     const DLTensor* sorted, const DLTensor* weights, void* stream);
+/* The same over the masked layout, as kjit_moe_grouped_gemm_masked. */
+kjit_status kjit_moe_expert_gemm_fp4_masked(const DLTensor* x, const DLTensor* masked_m,
+                                            int expected_m, int format, const DLTensor* codes,
+                                            const DLTensor* scales, const DLTensor* tensor_scale,
+                                            const DLTensor* y, kjit_moe_gemm_epilogue epilogue,
+                                            void* stream);
 
 #ifdef __cplusplus
 }

@@ -1,7 +1,7 @@
 // Mixture-of-experts ops. So far the router (logits -> top-k expert ids and routing weights), the
 // dispatch layout (the routed pairs grouped by expert for the grouped GEMM), the tokens' trip into
-// that layout and back, the experts' grouped GEMM, the layer that chains them, load statistics
-// and balancing losses, and the FP4 weight quantizer.
+// that layout and back, the experts' grouped GEMM (16-bit or FP4 weights), the layer that chains
+// them, load statistics and balancing losses, and the FP4 weight quantizer.
 #pragma once
 
 #include "kjit/device.hpp"
@@ -65,6 +65,8 @@ struct GemmEpilogue {
   };
   Kind kind = Kind::kPlain;
   // kRoutingWeights: align's sorted [rows] int32 and the router's weights [T, k] fp32 contiguous.
+  // Optional with the other epilogues over the contiguous layout: given, the FP4 GEMM multiplies
+  // only the rows of a block that hold pairs (decode: a few an expert), padding rows still 0.
   TensorView sorted, weights;
 };
 
@@ -78,6 +80,24 @@ void grouped_gemm(const TensorView& x_sorted, const TensorView& block_expert, in
                   const TensorView& w, const TensorView& y, const GemmEpilogue& epilogue,
                   StreamHandle stream);
 
+// FP4 expert weights (moe_expert_gemm_fp4): NVFP4 (blocks of 16 K, E4M3 scales and a fp32
+// tensor scale amax / (448 x 6)) or MXFP4 (blocks of 32 K, E8M0 scales 2^(floor(log2 amax) - 2)).
+// codes [E, N, K / 2] uint8 (element 2i in the low nibble; rows 16-byte aligned); scales
+// [E, N, K / block] uint8 (rows 4-byte aligned for NVFP4, 2 for MXFP4); tensor_scale: NVFP4's,
+// fp32 [E] (one per expert) or [1] (one for all); MXFP4: not read (null data allowed). An MXFP4
+// scale above 2^8 (weights past 1536) overflows bf16 on the way.
+enum class Fp4Format { kNvFp4, kMxFp4 };
+struct Fp4Weights {
+  Fp4Format format = Fp4Format::kNvFp4;
+  TensorView codes, scales, tensor_scale;
+};
+// The grouped GEMM with FP4 weights, dequantised to bf16 inside the kernel (exactly: e2m1 x
+// scale fits bf16) for bf16 wgmma with fp32 accumulation; x_sorted and y bf16. Otherwise as
+// above.
+void grouped_gemm(const TensorView& x_sorted, const TensorView& block_expert, int block,
+                  const Fp4Weights& w, const TensorView& y, const GemmEpilogue& epilogue,
+                  StreamHandle stream);
+
 // The same over the masked layout (decode under CUDA graphs: the counts stay on the device):
 // x [E, M, K], masked_m [E] int32 on the device (the rows of each expert that hold tokens; more
 // than M counts as M), w [E, N, K], y [E, M, N] (N / 2 after SwiGLU); rows past masked_m[e] are
@@ -85,6 +105,9 @@ void grouped_gemm(const TensorView& x_sorted, const TensorView& block_expert, in
 // of rows. Epilogues: plain or SwiGLU.
 void grouped_gemm_masked(const TensorView& x, const TensorView& masked_m, int expected_m,
                          const TensorView& w, const TensorView& y, GemmEpilogue::Kind epilogue,
+                         StreamHandle stream);
+void grouped_gemm_masked(const TensorView& x, const TensorView& masked_m, int expected_m,
+                         const Fp4Weights& w, const TensorView& y, GemmEpilogue::Kind epilogue,
                          StreamHandle stream);
 
 // Load statistics and balancing losses of a router's choices (Switch/GShard, DeepSeek's
@@ -128,13 +151,11 @@ void layer(const TensorView& x, const TensorView& router_logits, const LayerWeig
            const TensorView& shared, const LayerOptions& options, const TensorView& out,
            StreamHandle stream);
 
-// Expert weights to FP4 for the FP4 GEMM: NVFP4 (blocks of 16 elements, E4M3 scales and a fp32
-// tensor scale amax / (448 x 6)) or MXFP4 (blocks of 32, E8M0 scales 2^(floor(log2 amax) - 2)),
-// E2M1 codes rounded to nearest with ties to even, saturating; bit for bit as the CPU reference.
-// w [R, C] bf16 or fp16 (C a multiple of the block); codes [R, C / 2] uint8, element 2i in the
-// low nibble; scales [R, C / block] uint8; tensor_scale [1] fp32 (MXFP4: written 1). Dequantised:
-// e2m1(code) x scale x tensor_scale.
-enum class Fp4Format { kNvFp4, kMxFp4 };
+// Expert weights to FP4 for the FP4 GEMM (Fp4Format, above), E2M1 codes rounded to nearest with
+// ties to even, saturating; bit for bit as the CPU reference. w [R, C] bf16 or fp16 (C a multiple
+// of the block); codes [R, C / 2] uint8, element 2i in the low nibble; scales [R, C / block]
+// uint8; tensor_scale [1] fp32 (MXFP4: written 1). Dequantised: e2m1(code) x scale x
+// tensor_scale. Quantise each expert's [N, K] for a tensor scale per expert.
 void quantize_fp4(const TensorView& w, Fp4Format format, const TensorView& codes,
                   const TensorView& scales, const TensorView& tensor_scale, StreamHandle stream);
 

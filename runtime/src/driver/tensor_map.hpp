@@ -18,4 +18,9 @@ KjitTensorMap tiled_map_16bit(const void* base, const std::array<std::uint64_t, 
                               const std::array<std::int64_t, 3>& strides,
                               const std::array<std::uint32_t, 4>& box);
 
+// The same for bytes (FP4 codes, two a byte), copied unswizzled (box[0] a multiple of 16).
+KjitTensorMap tiled_map_bytes(const void* base, const std::array<std::uint64_t, 4>& dims,
+                              const std::array<std::int64_t, 3>& strides,
+                              const std::array<std::uint32_t, 4>& box);
+
 }  // namespace kjit::driver

@@ -87,6 +87,12 @@ void Kernel::launch_raw(const LaunchConfig& c, void** args, const std::size_t* s
                     fmt::format("raising {}'s dynamic shared memory limit to {} bytes",
                                 k.name_expression, c.dynamic_shared_bytes)
                         .c_str());
+      // All of L1 as shared memory where the kernel asks for more than the default, so that
+      // as many blocks as it allows share an SM (the driver otherwise may pick a carveout
+      // that fits just one).
+      driver::check(a.cuKernelSetAttribute(CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                                           CU_SHAREDMEM_CARVEOUT_MAX_SHARED, k.kernel, dev),
+                    "preferring the largest shared memory carveout");
       granted.store(c.dynamic_shared_bytes, std::memory_order_relaxed);
     }
   }

@@ -69,6 +69,36 @@ kjit::attention::ForwardOptions options(float softmax_scale, int causal) {
   return o;
 }
 
+kjit::moe::GemmEpilogue epilogue_of(kjit_moe_gemm_epilogue kind, const DLTensor* sorted,
+                                    const DLTensor* weights) {
+  using Kind = kjit::moe::GemmEpilogue::Kind;
+  kjit::moe::GemmEpilogue e;
+  e.kind = static_cast<Kind>(kind);  // an unknown one: refused by the op's checks
+  if (e.kind == Kind::kRoutingWeights || sorted) {
+    e.sorted = view(sorted, "sorted");
+    e.weights = view(weights, "weights");
+  }
+  return e;
+}
+
+kjit::moe::Fp4Format fp4_format(int format, const char* op) {
+  if (format != 0 && format != 1) {
+    throw kjit::InvalidArgument(
+        fmt::format("{}: format must be 0 (NVFP4) or 1 (MXFP4), got {}", op, format));
+  }
+  return format == 0 ? kjit::moe::Fp4Format::kNvFp4 : kjit::moe::Fp4Format::kMxFp4;
+}
+
+kjit::moe::Fp4Weights fp4_weights(int format, const DLTensor* codes, const DLTensor* scales,
+                                  const DLTensor* tensor_scale) {
+  kjit::moe::Fp4Weights w;
+  w.format = fp4_format(format, "moe expert gemm fp4");
+  w.codes = view(codes, "codes");
+  w.scales = view(scales, "scales");
+  w.tensor_scale = optional_view(tensor_scale, "tensor_scale");
+  return w;
+}
+
 }  // namespace
 
 extern "C" const char* kjit_last_error(void) {
@@ -355,15 +385,9 @@ extern "C" kjit_status kjit_moe_grouped_gemm(const DLTensor* x_sorted, const DLT
                                              const DLTensor* sorted, const DLTensor* weights,
                                              void* stream) {
   return guarded([&] {
-    using Kind = kjit::moe::GemmEpilogue::Kind;
-    kjit::moe::GemmEpilogue e;
-    e.kind = static_cast<Kind>(epilogue);  // an unknown one: refused by the op's checks
-    if (e.kind == Kind::kRoutingWeights) {
-      e.sorted = view(sorted, "sorted");
-      e.weights = view(weights, "weights");
-    }
     kjit::moe::grouped_gemm(view(x_sorted, "x_sorted"), view(block_expert, "block_expert"), block,
-                            view(w, "w"), view(y, "y"), e, static_cast<kjit::StreamHandle>(stream));
+                            view(w, "w"), view(y, "y"), epilogue_of(epilogue, sorted, weights),
+                            static_cast<kjit::StreamHandle>(stream));
   });
 }
 
@@ -402,13 +426,36 @@ extern "C" kjit_status kjit_moe_quantize_fp4(const DLTensor* w, int format, cons
                                              const DLTensor* scales, const DLTensor* tensor_scale,
                                              void* stream) {
   return guarded([&] {
-    if (format != 0 && format != 1) {
-      throw kjit::InvalidArgument(
-          fmt::format("moe quantize fp4: format must be 0 (NVFP4) or 1 (MXFP4), got {}", format));
-    }
-    kjit::moe::quantize_fp4(
-        view(w, "w"), format == 0 ? kjit::moe::Fp4Format::kNvFp4 : kjit::moe::Fp4Format::kMxFp4,
-        view(codes, "codes"), view(scales, "scales"), view(tensor_scale, "tensor_scale"),
-        static_cast<kjit::StreamHandle>(stream));
+    kjit::moe::quantize_fp4(view(w, "w"), fp4_format(format, "moe quantize fp4"),
+                            view(codes, "codes"), view(scales, "scales"),
+                            view(tensor_scale, "tensor_scale"),
+                            static_cast<kjit::StreamHandle>(stream));
+  });
+}
+
+extern "C" kjit_status kjit_moe_expert_gemm_fp4(const DLTensor* x_sorted,
+                                                const DLTensor* block_expert, int block, int format,
+                                                const DLTensor* codes, const DLTensor* scales,
+                                                const DLTensor* tensor_scale, const DLTensor* y,
+                                                kjit_moe_gemm_epilogue epilogue,
+                                                const DLTensor* sorted, const DLTensor* weights,
+                                                void* stream) {
+  return guarded([&] {
+    kjit::moe::grouped_gemm(view(x_sorted, "x_sorted"), view(block_expert, "block_expert"), block,
+                            fp4_weights(format, codes, scales, tensor_scale), view(y, "y"),
+                            epilogue_of(epilogue, sorted, weights),
+                            static_cast<kjit::StreamHandle>(stream));
+  });
+}
+
+extern "C" kjit_status kjit_moe_expert_gemm_fp4_masked(
+    const DLTensor* x, const DLTensor* masked_m, int expected_m, int format, const DLTensor* codes,
+    const DLTensor* scales, const DLTensor* tensor_scale, const DLTensor* y,
+    kjit_moe_gemm_epilogue epilogue, void* stream) {
+  return guarded([&] {
+    kjit::moe::grouped_gemm_masked(view(x, "x"), view(masked_m, "masked_m"), expected_m,
+                                   fp4_weights(format, codes, scales, tensor_scale), view(y, "y"),
+                                   static_cast<kjit::moe::GemmEpilogue::Kind>(epilogue),
+                                   static_cast<kjit::StreamHandle>(stream));
   });
 }

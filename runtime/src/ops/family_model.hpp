@@ -3,6 +3,7 @@
 // by being named in registry.cpp (or, in tests, by family_of<F>()).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -125,6 +126,8 @@ class FamilyWorkload final : public Workload {
       } else if (t.dtype == DType::Int32) {  // indices: uniform integers in [lo, hi)
         const auto x = static_cast<std::int32_t>(std::floor(v));
         std::memcpy(&host[i * 4], &x, 4);
+      } else if (t.dtype == DType::UInt8) {  // codes: uniform bytes in [lo, hi)
+        host[i] = static_cast<unsigned char>(std::clamp(std::floor(v), 0.f, 255.f));
       } else {
         throw Error(std::string("tuner workload: cannot fill a ") + dtype_name(t.dtype) + " input");
       }

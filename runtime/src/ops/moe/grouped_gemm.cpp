@@ -24,8 +24,10 @@ void check_operand(const TensorView& t, const char* name, int ndim, const char* 
 
 // The operands' pointers, strides and sizes, shared by both layouts.
 void set_operands(MoeGemm::Args& a, const MoeGemm::Problem& p, const TensorView& x,
-                  std::int64_t x_row_stride, std::int64_t x_expert_stride, const TensorView& w,
-                  const TensorView& y, std::int64_t y_row_stride, std::int64_t y_expert_stride) {
+                  std::int64_t x_row_stride, std::int64_t x_expert_stride,
+                  const MoeGemm::Weights& weights, const TensorView& y, std::int64_t y_row_stride,
+                  std::int64_t y_expert_stride) {
+  const TensorView& w = weights.codes;
   a.x = x.data;
   a.w = w.data;
   a.y = y.data;
@@ -39,6 +41,56 @@ void set_operands(MoeGemm::Args& a, const MoeGemm::Problem& p, const TensorView&
   a.n = static_cast<int>(p.n);
   a.k = static_cast<int>(p.k);
   a.experts = static_cast<int>(p.experts);
+  if (p.weights != MoeGemm::kSameAsX) {
+    a.w_scales = static_cast<const unsigned char*>(weights.scales.data);
+    a.scale_expert_stride = weights.scales.stride(0);
+    a.scale_row_stride = weights.scales.stride(1);
+    a.tensor_scale = static_cast<const float*>(weights.tensor_scale.data);
+    a.tensor_scale_stride = weights.tensor_scale.numel() > 1 ? 1 : 0;
+  }
+}
+
+// The weights' shape into p (experts, n) and their checks against p's dtype and K: a 16-bit w
+// [E, N, K] of x's dtype, or FP4 codes [E, N, K / 2], scales [E, N, K / block] and NVFP4's tensor
+// scale [E] or [1]. `experts`: the experts the layout holds (0: any).
+void check_weights(MoeGemm::Problem& p, const MoeGemm::Weights& weights, std::int64_t experts) {
+  const TensorView& w = weights.codes;
+  const bool fp4 = weights.format != MoeGemm::kSameAsX;
+  const char* name = fp4 ? "w's codes" : "w";
+  kGemmCheck.ndim(w, name, 3, fp4 ? "[E, N, K / 2]" : "[E, N, K]");
+  p.experts = w.size(0);
+  p.n = w.size(1);
+  p.weights = weights.format;
+  MoeGemm::check(p);  // a card without wgmma: refused by the dispatch (no config runs)
+  check_operand(w, name, 3, fp4 ? "[E, N, K / 2]" : "[E, N, K]", fp4 ? DType::UInt8 : p.dtype);
+  const std::int64_t w_k = fp4 ? p.k / 2 : p.k;
+  if (w.size(2) != w_k || (experts > 0 && w.size(0) != experts)) {
+    kGemmCheck.fail(fmt::format("{} must be [{}, N, {}] (x's {}K{}), got {}", name,
+                                experts > 0 ? std::to_string(experts) : "E", w_k,
+                                experts > 0 ? "E and " : "", fp4 ? " / 2" : "", w.describe()));
+  }
+  if (!fp4) return;
+  const std::int64_t block = weights.format == MoeGemm::kNvFp4 ? 16 : 32;
+  const TensorView& scales = weights.scales;
+  kGemmCheck.strided(scales, "w's scales", 3, "[E, N, K / block]");
+  if (scales.dtype != DType::UInt8 || scales.size(0) != p.experts || scales.size(1) != p.n ||
+      scales.size(2) != p.k / block) {
+    kGemmCheck.fail(fmt::format("w's scales must be uint8 [{}, {}, {}] (E, N, K / {}), got {}",
+                                p.experts, p.n, p.k / block, block, scales.describe()));
+  }
+  // A lane reads a k-block's scales of a row as one word: 4 bytes (NVFP4) or 2 (MXFP4).
+  kGemmCheck.aligned(scales, "w's scales", static_cast<unsigned>(64 / block));
+  if (weights.format != MoeGemm::kNvFp4) return;
+  const TensorView& tensor_scale = weights.tensor_scale;
+  if (tensor_scale.ndim != 1 || tensor_scale.dtype != DType::Float32 ||
+      (tensor_scale.size(0) != p.experts && tensor_scale.size(0) != 1) ||
+      (tensor_scale.size(0) > 1 && tensor_scale.stride(0) != 1)) {
+    kGemmCheck.fail(
+        fmt::format("NVFP4 w's tensor_scale must be contiguous fp32 [{}] (one per expert) or [1], "
+                    "got {}",
+                    p.experts, tensor_scale.describe()));
+  }
+  kGemmCheck.data(tensor_scale, "w's tensor_scale");
 }
 
 }  // namespace
@@ -70,12 +122,20 @@ void MoeGemm::check(const Problem& p) {
     kGemmCheck.fail(fmt::format("w must hold at least one expert, got {}", p.experts));
   if (p.epilogue < 0 || p.epilogue > 2)
     kGemmCheck.fail(fmt::format("unknown epilogue {}", p.epilogue));
+  if (p.weights < kSameAsX || p.weights > kMxFp4)
+    kGemmCheck.fail(fmt::format("unknown weight format {}", p.weights));
+  if (p.weights != kSameAsX && p.dtype != DType::BFloat16) {
+    kGemmCheck.fail(
+        fmt::format("FP4 weights take bf16 activations (bf16 wgmma), got {}", dtype_name(p.dtype)));
+  }
 }
 
 unsigned MoeGemm::shared_bytes(const Config& c, const Problem& p) {
-  // grouped_gemm.cuh: 1024 bytes of slack to align the swizzled tiles, the stages' row and weight
-  // slices, a full and an empty mbarrier a stage.
-  return static_cast<unsigned>(1024 + c.stages * (p.block_m + c.block_n) * kBlockK * 2 +
+  // 1024 bytes of slack to align the swizzled tiles, the stages' row and weight slices (FP4: half
+  // a byte a weight), a full and an empty mbarrier a stage.
+  const std::int64_t weight_bytes =
+      p.weights == kSameAsX ? c.block_n * kBlockK * 2 : c.block_n * kBlockK / 2;
+  return static_cast<unsigned>(1024 + c.stages * (p.block_m * kBlockK * 2 + weight_bytes) +
                                2 * c.stages * 8);
 }
 
@@ -95,17 +155,31 @@ bool MoeGemm::valid(const Config& c, const Problem& p, const Arch& arch) {
 }
 
 MoeGemm::Config MoeGemm::default_config(const Problem& p, const Arch& arch) {
-  // 128 columns where N allows, and as many stages (up to 6) as shared memory holds.
-  Config c{p.n % 128 == 0 ? 128 : 64, 6};
+  // 128 columns where N allows, and as many stages (up to 6) as shared memory holds. FP4 in
+  // decode (experts holding a fraction of a block of rows: the layout's rows beyond its padding,
+  // or the masked layout's one block) takes 64 weight rows a block: twice the blocks, several an
+  // SM, to stream the weights.
+  const std::int64_t routed = p.rows - p.experts * (p.block_m - 1);  // within a block
+  const bool decode = p.masked ? p.rows <= p.block_m : routed * 4 < p.experts * p.block_m;
+  const bool narrow = p.n % 128 != 0 || (p.weights != kSameAsX && decode);
+  Config c{narrow ? 64 : 128, 6};
   while (c.stages > 2 && !valid(c, p, arch))
     --c.stages;
   return c;
 }
 
 KernelSpec MoeGemm::spec(const Config& c, const Problem& p, const Arch& arch) {
-  KernelSpec s(sources()[0], {fmt::format("kjit::moe::moe_grouped_gemm<{}, {}, {}, {}, {}, {}>",
-                                          cxx_type(p.dtype), p.block_m, c.block_n, c.stages,
-                                          p.epilogue, p.masked ? "true" : "false")});
+  const char* masked = p.masked ? "true" : "false";
+  KernelSpec s =
+      p.weights == kSameAsX
+          ? KernelSpec(sources()[0],
+                       {fmt::format("kjit::moe::moe_grouped_gemm<{}, {}, {}, {}, {}, {}>",
+                                    cxx_type(p.dtype), p.block_m, c.block_n, c.stages, p.epilogue,
+                                    masked)})
+          : KernelSpec(sources()[1], {fmt::format("kjit::moe::moe_grouped_gemm_fp4<{}, "
+                                                  "{}, {}, {}, {}, {}>",
+                                                  p.weights, p.block_m, c.block_n, c.stages,
+                                                  p.epilogue, masked)});
   s.arch = arch.name();
   return s;
 }
@@ -120,14 +194,20 @@ void MoeGemm::launch(const Program& program, const Config& c, const Problem& p,
       driver::tiled_map_16bit(args.x, {u(p.k), u(p.rows), u(p.masked ? p.experts : 1), 1},
                               {args.x_row_stride, args.x_expert_stride, args.x_expert_stride},
                               {64, static_cast<std::uint32_t>(p.block_m), 1, 1});
-  args.w_map =
-      driver::tiled_map_16bit(args.w, {u(p.k), u(p.n), u(p.experts), 1},
-                              {args.w_row_stride, args.w_expert_stride, args.w_expert_stride},
-                              {64, static_cast<std::uint32_t>(c.block_n), 1, 1});
+  const std::array<std::int64_t, 3> w_strides{args.w_row_stride, args.w_expert_stride,
+                                              args.w_expert_stride};
+  const auto block_n = static_cast<std::uint32_t>(c.block_n);
+  const bool fp4 = p.weights != kSameAsX;
+  // FP4: 32 code bytes (64 K) of block_n weight rows a stage, which the consumers split.
+  args.w_map = fp4 ? driver::tiled_map_bytes(args.w, {u(p.k / 2), u(p.n), u(p.experts), 1},
+                                             w_strides, {32, block_n, 1, 1})
+                   : driver::tiled_map_16bit(args.w, {u(p.k), u(p.n), u(p.experts), 1}, w_strides,
+                                             {64, block_n, 1, 1});
+  const std::int64_t consumers = (fp4 ? c.block_n : p.block_m) / 64;
   program.kernel().launch({{static_cast<unsigned>(p.n / c.block_n),
                             static_cast<unsigned>((p.rows + p.block_m - 1) / p.block_m),
                             static_cast<unsigned>(p.masked ? p.experts : 1)},
-                           {static_cast<unsigned>(128 * (1 + p.block_m / 64))},
+                           {static_cast<unsigned>(128 * (1 + consumers))},
                            shared_bytes(c, p),
                            stream,
                            {}},
@@ -142,7 +222,9 @@ std::vector<MoeGemm::Problem> MoeGemm::shipped(const Arch& arch) {
           {DType::BFloat16, 128, 2048, 1536, 64, 128, weighted},
           {DType::BFloat16, 128, 2048, 1536, 64, 128, 0},
           {DType::BFloat16, 64, 3072, 2048, 64, 64, swiglu, 1},
-          {DType::BFloat16, 64, 2048, 1536, 64, 64, 0, 1}};
+          {DType::BFloat16, 64, 2048, 1536, 64, 64, 0, 1},
+          {DType::BFloat16, 64, 3072, 2048, 64, 64, swiglu, 0, kNvFp4},
+          {DType::BFloat16, 64, 2048, 1536, 64, 64, weighted, 0, kNvFp4}};
 }
 
 std::vector<TensorSpec> MoeGemm::tensors(const Problem& p) {
@@ -150,38 +232,63 @@ std::vector<TensorSpec> MoeGemm::tensors(const Problem& p) {
   const bool swiglu = p.epilogue == static_cast<std::int64_t>(moe::GemmEpilogue::Kind::kSwiGLU);
   const std::int64_t y_cols = swiglu ? p.n / 2 : p.n;
   const auto experts = static_cast<float>(p.experts), rows = static_cast<float>(p.rows);
+  // FP4: random codes, scales near 1 (E4M3 0.25 to 1, E8M0 2^-4 to 2^0), a tensor scale near
+  // 1/100; after the layout's tensors.
+  const TensorSpec w =
+      p.weights == kSameAsX
+          ? TensorSpec{"w", p.dtype, {p.experts, p.n, p.k}, Role::Input, -0.1f, 0.1f}
+          : TensorSpec{"w", DType::UInt8, {p.experts, p.n, p.k / 2}, Role::Input, 0.f, 256.f};
+  std::vector<TensorSpec> t;
   if (p.masked) {  // every expert holding a random count of its rows
-    return {{"x", p.dtype, {p.experts, p.rows, p.k}, Role::Input, -0.1f, 0.1f},
-            {"masked_m", DType::Int32, {p.experts}, Role::Input, 0.f, rows + 1.f},
-            {"w", p.dtype, {p.experts, p.n, p.k}, Role::Input, -0.1f, 0.1f},
-            {"y", p.dtype, {p.experts, p.rows, y_cols}, Role::Scratch}};
+    t = {{"x", p.dtype, {p.experts, p.rows, p.k}, Role::Input, -0.1f, 0.1f},
+         {"masked_m", DType::Int32, {p.experts}, Role::Input, 0.f, rows + 1.f},
+         w,
+         {"y", p.dtype, {p.experts, p.rows, y_cols}, Role::Scratch}};
+  } else {
+    // The routing-weight epilogue's rows all hold a pair (sorted in [0, rows), a weight a row):
+    // the workload is valid by construction.
+    t = {{"x_sorted", p.dtype, {p.rows, p.k}, Role::Input, -0.1f, 0.1f},
+         {"block_expert", DType::Int32, {p.rows / p.block_m}, Role::Input, 0.f, experts},
+         w,
+         {"y", p.dtype, {p.rows, y_cols}, Role::Output},
+         {"sorted", DType::Int32, {p.rows}, Role::Input, 0.f, rows},
+         {"weights", DType::Float32, {p.rows, 1}, Role::Input, 0.f, 1.f}};
   }
-  // The routing-weight epilogue's rows all hold a pair (sorted in [0, rows), a weight a row):
-  // the workload is valid by construction.
-  return {{"x_sorted", p.dtype, {p.rows, p.k}, Role::Input, -0.1f, 0.1f},
-          {"block_expert", DType::Int32, {p.rows / p.block_m}, Role::Input, 0.f, experts},
-          {"w", p.dtype, {p.experts, p.n, p.k}, Role::Input, -0.1f, 0.1f},
-          {"y", p.dtype, {p.rows, y_cols}, Role::Output},
-          {"sorted", DType::Int32, {p.rows}, Role::Input, 0.f, rows},
-          {"weights", DType::Float32, {p.rows, 1}, Role::Input, 0.f, 1.f}};
+  if (p.weights != kSameAsX) {
+    const bool nvfp4 = p.weights == kNvFp4;
+    t.push_back({"scales",
+                 DType::UInt8,
+                 {p.experts, p.n, p.k / (nvfp4 ? 16 : 32)},
+                 Role::Input,
+                 nvfp4 ? 40.f : 123.f,
+                 nvfp4 ? 57.f : 128.f});
+    t.push_back({"tensor_scale", DType::Float32, {p.experts}, Role::Input, 0.005f, 0.02f});
+  }
+  return t;
 }
 
 MoeGemm::Args MoeGemm::args(const Problem& p, const std::vector<TensorView>& t) {
   const auto kind = static_cast<moe::GemmEpilogue::Kind>(p.epilogue);
-  if (p.masked) {
-    return validate_masked(t.at(0), t.at(1), p.block_m == 64 ? 64 : 0, t.at(2), t.at(3), kind).args;
+  Weights w(t.at(2));
+  if (p.weights != kSameAsX) {
+    w.format = p.weights;
+    w.scales = t.at(t.size() - 2);
+    w.tensor_scale = t.back();
   }
+  if (p.masked)
+    return validate_masked(t.at(0), t.at(1), p.block_m == 64 ? 64 : 0, w, t.at(3), kind).args;
   moe::GemmEpilogue epilogue;
   epilogue.kind = kind;
   if (kind == moe::GemmEpilogue::Kind::kRoutingWeights) {
     epilogue.sorted = t.at(4);
     epilogue.weights = t.at(5);
   }
-  return validate(t.at(0), t.at(1), static_cast<int>(p.block_m), t.at(2), t.at(3), epilogue).args;
+  return validate(t.at(0), t.at(1), static_cast<int>(p.block_m), w, t.at(3), epilogue).args;
 }
 
 std::vector<Preset<MoeGemm::Problem>> MoeGemm::presets() {
-  Preset<Problem> glm{"glm-4.7-flash-moe-gemm", {}}, decode{"glm-4.7-flash-moe-decode", {}};
+  Preset<Problem> glm{"glm-4.7-flash-moe-gemm", {}}, decode{"glm-4.7-flash-moe-decode", {}},
+      nvfp4{"glm-4.7-flash-moe-gemm-nvfp4", {}};
   const auto swiglu = static_cast<std::int64_t>(moe::GemmEpilogue::Kind::kSwiGLU),
              weighted = static_cast<std::int64_t>(moe::GemmEpilogue::Kind::kRoutingWeights);
   for (std::int64_t t : {256, 1024, 4096, 16384}) {
@@ -189,16 +296,22 @@ std::vector<Preset<MoeGemm::Problem>> MoeGemm::presets() {
     glm.problems.push_back({DType::BFloat16, rows, 3072, 2048, 64, 128, swiglu});
     glm.problems.push_back({DType::BFloat16, rows, 2048, 1536, 64, 128, weighted});
   }
+  // NVFP4 weights, decode (T 1 to 64: rows of one to a few blocks an expert) to prefill.
+  for (std::int64_t t : {1, 16, 64, 1024, 16384}) {
+    const std::int64_t rows = moe::align_capacity(t * 4, 64, 64);
+    nvfp4.problems.push_back({DType::BFloat16, rows, 3072, 2048, 64, 64, swiglu, 0, kNvFp4});
+    nvfp4.problems.push_back({DType::BFloat16, rows, 2048, 1536, 64, 64, weighted, 0, kNvFp4});
+  }
   // Decode, masked: up to 64 rows an expert (T k / E of a few), gate/up with SwiGLU and down.
   for (std::int64_t m : {16, 64}) {
     decode.problems.push_back({DType::BFloat16, m, 3072, 2048, 64, 64, swiglu, 1});
     decode.problems.push_back({DType::BFloat16, m, 2048, 1536, 64, 64, 0, 1});
   }
-  return {glm, decode};
+  return {glm, decode, nvfp4};
 }
 
 Call<MoeGemm> MoeGemm::validate(const TensorView& x_sorted, const TensorView& block_expert,
-                                int block, const TensorView& w, const TensorView& y,
+                                int block, const Weights& w, const TensorView& y,
                                 const moe::GemmEpilogue& epilogue) {
   check_operand(x_sorted, "x_sorted", 2, "[rows, K]", x_sorted.dtype);
   Call<MoeGemm> call{};
@@ -208,13 +321,7 @@ Call<MoeGemm> MoeGemm::validate(const TensorView& x_sorted, const TensorView& bl
   p.k = x_sorted.size(1);
   p.block_m = block;
   p.epilogue = static_cast<std::int64_t>(epilogue.kind);
-  kGemmCheck.ndim(w, "w", 3, "[E, N, K]");
-  p.experts = w.size(0);
-  p.n = w.size(1);
-  check(p);  // a card without wgmma: refused by the dispatch (no config of the family runs)
-  check_operand(w, "w", 3, "[E, N, K]", p.dtype);
-  if (w.size(2) != p.k)
-    kGemmCheck.fail(fmt::format("w's K must be x_sorted's {}, got {}", p.k, w.describe()));
+  check_weights(p, w, 0);
   const bool swiglu = epilogue.kind == moe::GemmEpilogue::Kind::kSwiGLU;
   const std::int64_t y_cols = swiglu ? p.n / 2 : p.n;
   check_operand(y, "y", 2, "[rows, N]", p.dtype);
@@ -224,7 +331,9 @@ Call<MoeGemm> MoeGemm::validate(const TensorView& x_sorted, const TensorView& bl
   }
   kGemmCheck.vector(block_expert, "block_expert", DType::Int32, p.rows / p.block_m);
   std::int64_t pairs = 0;
-  if (epilogue.kind == moe::GemmEpilogue::Kind::kRoutingWeights) {
+  // The routing weights' operands, also taken with the other epilogues (the FP4 kernel then
+  // computes a block's pairs only).
+  if (epilogue.kind == moe::GemmEpilogue::Kind::kRoutingWeights || epilogue.sorted.data) {
     const TensorView &sorted = epilogue.sorted, &weights = epilogue.weights;
     kGemmCheck.vector(sorted, "the epilogue's sorted", DType::Int32, p.rows);
     kGemmCheck.ndim(weights, "weights", 2, "[T, k]");
@@ -247,27 +356,20 @@ Call<MoeGemm> MoeGemm::validate(const TensorView& x_sorted, const TensorView& bl
 }
 
 Call<MoeGemm> MoeGemm::validate_masked(const TensorView& x, const TensorView& masked_m,
-                                       int expected_m, const TensorView& w, const TensorView& y,
+                                       int expected_m, const Weights& w, const TensorView& y,
                                        moe::GemmEpilogue::Kind epilogue) {
   check_operand(x, "x", 3, "[E, M, K]", x.dtype);
-  kGemmCheck.ndim(w, "w", 3, "[E, N, K]");
   Call<MoeGemm> call{};
   Problem& p = call.problem;
   p.dtype = x.dtype;
   p.experts = x.size(0);
   p.rows = x.size(1);
   p.k = x.size(2);
-  p.n = w.size(1);
   p.masked = 1;
   p.epilogue = static_cast<std::int64_t>(epilogue);
   // The block of rows from the rows an expert typically holds (decode: a few).
   p.block_m = expected_m > 0 && expected_m <= 64 ? 64 : 128;
-  check(p);
-  check_operand(w, "w", 3, "[E, N, K]", p.dtype);
-  if (w.size(0) != p.experts || w.size(2) != p.k) {
-    kGemmCheck.fail(
-        fmt::format("w must be [{}, N, {}] (x's E and K), got {}", p.experts, p.k, w.describe()));
-  }
+  check_weights(p, w, p.experts);
   const bool swiglu = epilogue == moe::GemmEpilogue::Kind::kSwiGLU;
   const std::int64_t y_cols = swiglu ? p.n / 2 : p.n;
   check_operand(y, "y", 3, "[E, M, N]", p.dtype);
@@ -285,21 +387,36 @@ Call<MoeGemm> MoeGemm::validate_masked(const TensorView& x, const TensorView& ma
 }  // namespace kjit::ops
 
 namespace kjit::moe {
+namespace {
+
+void run_unless_empty(const ops::Call<ops::MoeGemm>& call, StreamHandle stream) {
+  if (call.problem.rows > 0) ops::run(call, stream);
+}
+
+}  // namespace
 
 void grouped_gemm(const TensorView& x_sorted, const TensorView& block_expert, int block,
                   const TensorView& w, const TensorView& y, const GemmEpilogue& epilogue,
                   StreamHandle stream) {
-  const ops::Call<ops::MoeGemm> call =
-      ops::MoeGemm::validate(x_sorted, block_expert, block, w, y, epilogue);
-  if (call.problem.rows > 0) ops::run(call, stream);
+  run_unless_empty(ops::MoeGemm::validate(x_sorted, block_expert, block, w, y, epilogue), stream);
+}
+
+void grouped_gemm(const TensorView& x_sorted, const TensorView& block_expert, int block,
+                  const Fp4Weights& w, const TensorView& y, const GemmEpilogue& epilogue,
+                  StreamHandle stream) {
+  run_unless_empty(ops::MoeGemm::validate(x_sorted, block_expert, block, w, y, epilogue), stream);
 }
 
 void grouped_gemm_masked(const TensorView& x, const TensorView& masked_m, int expected_m,
                          const TensorView& w, const TensorView& y, GemmEpilogue::Kind epilogue,
                          StreamHandle stream) {
-  const ops::Call<ops::MoeGemm> call =
-      ops::MoeGemm::validate_masked(x, masked_m, expected_m, w, y, epilogue);
-  if (call.problem.rows > 0) ops::run(call, stream);
+  run_unless_empty(ops::MoeGemm::validate_masked(x, masked_m, expected_m, w, y, epilogue), stream);
+}
+
+void grouped_gemm_masked(const TensorView& x, const TensorView& masked_m, int expected_m,
+                         const Fp4Weights& w, const TensorView& y, GemmEpilogue::Kind epilogue,
+                         StreamHandle stream) {
+  run_unless_empty(ops::MoeGemm::validate_masked(x, masked_m, expected_m, w, y, epilogue), stream);
 }
 
 }  // namespace kjit::moe

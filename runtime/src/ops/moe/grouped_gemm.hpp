@@ -1,6 +1,8 @@
-// The MoE grouped GEMM family: templates/moe/grouped_gemm.cuh (wgmma and tensor copies, sm_90a)
-// over moe align's contiguous layout, specialised per dtype, block of rows (align's block), block
-// of columns and pipeline depth. kjit::moe::grouped_gemm runs through it.
+// The MoE grouped GEMM family over moe align's contiguous layout and the masked one (wgmma and
+// tensor copies, sm_90a): templates/moe/grouped_gemm.cuh for 16-bit weights and
+// grouped_gemm_fp4.cuh for FP4 ones (NVFP4, MXFP4), specialised per dtype, weight format, block of
+// rows (align's block), block of columns (FP4: of weight rows) and pipeline depth.
+// kjit::moe::grouped_gemm and grouped_gemm_masked run through it.
 #pragma once
 
 #include <cstdint>
@@ -14,15 +16,21 @@ namespace kjit::ops {
 
 struct MoeGemm {
   static constexpr const char* kName = "moe_grouped_gemm";
-  static std::vector<Source> sources() { return {Source::embedded("moe/grouped_gemm.cuh")}; }
+  static std::vector<Source> sources() {
+    return {Source::embedded("moe/grouped_gemm.cuh"), Source::embedded("moe/grouped_gemm_fp4.cuh")};
+  }
 
+  // weights: 16-bit as x, or grouped_gemm_fp4.cuh's format.
+  enum WeightFormat : std::int64_t { kSameAsX = 0, kNvFp4 = 1, kMxFp4 = 2 };
   // rows: the contiguous layout's (a multiple of block_m, align's block), or the masked layout's
   // rows per expert (masked 1: x [experts, rows, k]); w [experts, n, k]; epilogue:
   // moe::GemmEpilogue::Kind (grouped_gemm.cuh's kPlain, kSwiGLU, kRoutingWeights).
   struct Problem {
     DType dtype = DType::BFloat16;
-    std::int64_t rows = 0, n = 0, k = 0, experts = 0, block_m = 128, epilogue = 0, masked = 0;
+    std::int64_t rows = 0, n = 0, k = 0, experts = 0, block_m = 128, epilogue = 0, masked = 0,
+                 weights = kSameAsX;
   };
+  // block_n: columns of y a block computes (the FP4 kernel's weight rows).
   struct Config {
     std::int64_t block_n = 128, stages = 4;
   };
@@ -34,7 +42,8 @@ struct MoeGemm {
                                               field<&Problem::experts>("E"),
                                               field<&Problem::block_m>("block_m"),
                                               field<&Problem::epilogue>("epilogue"),
-                                              field<&Problem::masked>("masked")};
+                                              field<&Problem::masked>("masked"),
+                                              field<&Problem::weights>("weights")};
   static constexpr Field<Config> kConfig[] = {field<&Config::block_n>("block_n"),
                                               field<&Config::stages>("stages")};
   static constexpr DType kDTypes[] = {DType::BFloat16, DType::Float16};
@@ -57,11 +66,23 @@ struct MoeGemm {
   // weights) projections over 64 experts, top 4, T 256 to 16384 tokens.
   static std::vector<Preset<Problem>> presets();
 
+  // The experts' weights as the ops take them: 16-bit w [E, N, K], or FP4 (moe::Fp4Weights).
+  struct Weights {
+    // Implicit, so that either form passes where weights are taken.
+    Weights(const TensorView& w) : codes(w) {}
+    Weights(const moe::Fp4Weights& w)
+        : codes(w.codes),
+          scales(w.scales),
+          tensor_scale(w.tensor_scale),
+          format(w.format == moe::Fp4Format::kNvFp4 ? kNvFp4 : kMxFp4) {}
+    TensorView codes, scales, tensor_scale;  // codes: the 16-bit w, or the FP4 codes
+    std::int64_t format = kSameAsX;
+  };
   static Call<MoeGemm> validate(const TensorView& x_sorted, const TensorView& block_expert,
-                                int block, const TensorView& w, const TensorView& y,
+                                int block, const Weights& w, const TensorView& y,
                                 const moe::GemmEpilogue& epilogue);
   static Call<MoeGemm> validate_masked(const TensorView& x, const TensorView& masked_m,
-                                       int expected_m, const TensorView& w, const TensorView& y,
+                                       int expected_m, const Weights& w, const TensorView& y,
                                        moe::GemmEpilogue::Kind epilogue);
 };
 

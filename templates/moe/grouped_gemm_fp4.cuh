@@ -1,0 +1,239 @@
+// MoE grouped GEMM with FP4 expert weights on Hopper (sm_90a): grouped_gemm.cuh's layouts
+// (contiguous, masked) and epilogues over the same parameters, w given as E2M1 codes [E, N, K / 2]
+// (element 2i in the low nibble), one scale byte per block of kScaleBlock K (NVFP4: 16, E4M3;
+// MXFP4: 32, E8M0) and NVFP4's fp32 tensor scale per expert; activations bf16.
+// Hopper has no FP4 tensor cores, so the weights are dequantized to bf16 in registers and become
+// wgmma's A operand ("swap AB": a block computes y^T, kBlockW weight rows by kBlockM token rows,
+// the tokens B from 128-byte-swizzled shared memory); only the packed codes cross the memory bus.
+// Dequantization is exact (e2m1 x scale has at most 6 significant bits): a code's bits placed in a
+// bf16's exponent and mantissa give e2m1 x 2^-126 (subnormal for the two smallest codes, which
+// bf16 arithmetic keeps), and the block scale enters as scale x 2^119, so that their product,
+// e2m1 x scale x 2^-7, is a normal bf16 for every E4M3 scale and for E8M0 scales up to 2^8
+// (weights up to 1536); the 2^7 and the tensor scale multiply the fp32 product.
+// Warp 0's first thread produces (a tensor copy of the tokens' 64-column K slice and of the
+// weights' 32 code bytes a row per stage); kBlockW
+// / 64 consumer warpgroups each dequantize and multiply 64 weight rows, and release the stage after
+// their wgmma retire. A lane's two weight rows r and r + 8 of each token pair meet their
+// neighbours' (r ^ 1) through one shuffle in the epilogue, so that a lane writes two adjacent
+// columns (or one SwiGLU column) of one token.
+#pragma once
+
+#include "common/mbarrier.cuh"
+#include "common/mma.cuh"
+#include "common/numeric.cuh"
+#include "common/tma.cuh"
+#include "common/wgmma.cuh"
+#include "moe/grouped_gemm.cuh"
+#include "moe/grouped_gemm_params.h"
+
+namespace kjit::moe {
+
+inline constexpr int kNvFp4 = 1, kMxFp4 = 2;
+
+template <int kBlockM, int kBlockW, int kStages>
+struct Fp4GemmShape {
+  static constexpr int kBlockK = 64, kConsumers = kBlockW / 64;
+  static constexpr int kThreads = 128 * (1 + kConsumers);  // the producer's warpgroup first
+  static constexpr int kXBytes = kBlockM * kBlockK * 2, kWBytes = kBlockW * kBlockK / 2;
+  static constexpr int kStageBytes = kXBytes + kWBytes;
+  static_assert(kBlockM == 64 || kBlockM == 128, "wgmma's N: align's block");
+  static_assert(kBlockW == 64 || kBlockW == 128, "one or two consumer warpgroups");
+};
+
+// Two E2M1 codes (a byte, the lower K in the low nibble) as the bf16x2 e2m1 x 2^-126.
+__device__ __forceinline__ unsigned e2m1x2_scaled_bits(unsigned byte) {
+  const unsigned z = byte * 0x01001000u;  // the low nibble at bits 12-15, the high one at 28-31
+  return (z & 0x80008000u) | ((z >> 6) & 0x01c001c0u);
+}
+
+// A row's block scales of a k-block (NVFP4: 4 E4M3 codes in a word, one a k16 step; MXFP4: 2 E8M0
+// codes, one a k32) as bf16 scale x 2^119, in both halves of scale[kk] for each k16 step kk.
+// NVFP4: E4M3 -> f16 (exact, subnormals included) and the f16's exponent rebased by 119 - 15 + 127
+// - 127 (its low 3 mantissa bits are zero, so the two halves shift as one word); a zero scale
+// stays 0. MXFP4: 2^(code - 127) x 2^119 is the bf16 exponent field code + 119, saturating to
+// infinity past 2^8. NaN scales (which no quantiser writes) are not kept.
+template <int kFormat>
+__device__ __forceinline__ void block_scales_bits(unsigned codes, unsigned (&scale)[4]) {
+  if constexpr (kFormat == kNvFp4) {
+#pragma unroll
+    for (int pair = 0; pair < 2; ++pair) {
+      unsigned f16x2;
+      asm("cvt.rn.f16x2.e4m3x2 %0, %1;\n"
+          : "=r"(f16x2)
+          : "h"(static_cast<unsigned short>(codes >> (16 * pair))));
+      const unsigned magnitude = f16x2 & 0x7fff7fffu;
+      const unsigned bf16x2 =
+          (((magnitude >> 3) + 0x73807380u) | (f16x2 & 0x80008000u)) & __vcmpne2(magnitude, 0u);
+      scale[2 * pair] = __byte_perm(bf16x2, 0, 0x1010);
+      scale[2 * pair + 1] = __byte_perm(bf16x2, 0, 0x3232);
+    }
+  } else {
+    const unsigned exponents = __vminu2(__byte_perm(codes, 0, 0x4140) + 0x00770077u, 0x00ff00ffu);
+    const unsigned bf16x2 = exponents << 7;
+    scale[0] = scale[1] = __byte_perm(bf16x2, 0, 0x1010);
+    scale[2] = scale[3] = __byte_perm(bf16x2, 0, 0x3232);
+  }
+}
+
+__device__ __forceinline__ unsigned mul_bf16x2(unsigned a, unsigned b) {
+  unsigned d;
+  asm("mul.rn.bf16x2 %0, %1, %2;\n" : "=r"(d) : "r"(a), "r"(b));
+  return d;
+}
+
+template <int kFormat, int kBlockM, int kBlockW, int kStages, int kEpilogue, bool kMasked>
+__global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThreads, 1)
+    moe_grouped_gemm_fp4(const __grid_constant__ KjitMoeGemmParams p) {
+  using S = Fp4GemmShape<kBlockM, kBlockW, kStages>;
+  using T = __nv_bfloat16;
+  constexpr int kScalesPerK = S::kBlockK / (kFormat == kNvFp4 ? 16 : 32);  // a row's, a k-block
+  const int w_block = blockIdx.x, m_block = blockIdx.y;
+  const GemmBlock<kBlockM, kMasked> block(p);
+  if (block.empty()) return;
+  const int expert = block.expert, rows_left = block.rows_left;
+  // An expert past w's: its codes read as zeros (the tensor copy's bounds), its scales not read.
+  const bool have_expert = expert < p.experts;
+  extern __shared__ unsigned char shared_raw[];
+  T* sx = reinterpret_cast<T*>(ptx::swizzle_aligned(shared_raw));  // [stages][kBlockM][64]
+  unsigned char* sw = reinterpret_cast<unsigned char*>(sx + kStages * kBlockM * S::kBlockK);
+  auto* full = reinterpret_cast<cuda::std::uint64_t*>(sw + kStages * S::kWBytes);
+  auto* empty = full + kStages;
+  // Warp-uniform (a shuffle from lane 0), so that ptxas keeps the roles' wgmma unserialised.
+  const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 128, 0);
+  init_stage_barriers(full, empty, kStages, 4 * S::kConsumers);
+  const int k_blocks = p.k / S::kBlockK;
+  // The block's token rows that hold pairs (a prefix: an expert's padding ends its run): the
+  // masked layout's count, or, given align's sorted, the rows whose pair is below `pairs`. Only
+  // the first 8, 16 or 32 columns of the product are computed when they cover them (decode: a few
+  // tokens an expert); the rest stay 0.
+  int held = kMasked ? min(rows_left, kBlockM) : kBlockM;
+  if (!kMasked && p.sorted != nullptr) {
+    held = 0;
+#pragma unroll
+    for (int i = static_cast<int>(threadIdx.x) % 32; i < kBlockM; i += 32)
+      held += __popc(__ballot_sync(0xffffffffu, p.sorted[m_block * kBlockM + i] < p.pairs));
+  }
+  // Warp-uniform for ptxas too (a shuffle from lane 0): a branch on it keeps wgmma unserialised.
+  const int columns = __shfl_sync(0xffffffffu,
+                                  held <= 8    ? 8
+                                  : held <= 16 ? 16
+                                  : held <= 32 ? 32
+                                               : kBlockM,
+                                  0);
+
+  if (warpgroup == 0) {
+    if (threadIdx.x == 0) {
+      produce_stages(p, k_blocks, kStages, S::kStageBytes, full, empty, [&](int stage, int kb) {
+        ptx::tma_load_4d(sx + stage * kBlockM * S::kBlockK, p.x_map, full + stage, kb * S::kBlockK,
+                         m_block * kBlockM, kMasked ? expert : 0, 0);
+        ptx::tma_load_4d(sw + stage * S::kWBytes, p.w_map, full + stage, kb * S::kBlockK / 2,
+                         w_block * kBlockW, expert, 0);
+      });
+    }
+    return;
+  }
+
+  const int consumer = warpgroup - 1, warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;
+  const int quad = lane % 4, w_row0 = consumer * 64 + 16 * warp + lane / 4;  // and w_row0 + 8
+  // This lane's two rows' scale codes of a k-block (kScalesPerK bytes each), one k-block ahead.
+  const unsigned char* scale_row =
+      p.w_scales + expert * p.scale_expert_stride +
+      (static_cast<long long>(w_block) * kBlockW + w_row0) * p.scale_row_stride;
+  const auto load_scales = [&](int kb, int h) -> unsigned {
+    if (!have_expert) return 0u;
+    const unsigned char* s = scale_row + 8 * h * p.scale_row_stride + kb * kScalesPerK;
+    return kScalesPerK == 4 ? *reinterpret_cast<const unsigned*>(s)
+                            : *reinterpret_cast<const unsigned short*>(s);
+  };
+  unsigned next_scales[2] = {load_scales(0, 0), load_scales(0, 1)};
+  float acc[kBlockM / 8][4] = {};
+  for (int kb = 0; kb < k_blocks; ++kb) {
+    const unsigned scales[2] = {next_scales[0], next_scales[1]};
+    if (kb + 1 < k_blocks) {
+      next_scales[0] = load_scales(kb + 1, 0);
+      next_scales[1] = load_scales(kb + 1, 1);
+    }
+    const int stage = kb % kStages;
+    ptx::mbarrier_wait(full + stage, (kb / kStages) & 1);
+    // Row r's 32 code bytes as two 16-byte halves (K 0-31, 32-63); 32-bit word i holds K 8i..8i+7
+    // and this lane's K (2 quad, + 1) and (+ 8, + 9) of a k16 step are byte `quad` of two words.
+    const unsigned char* w_tile = sw + stage * S::kWBytes;
+    uint4 codes[2][2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        codes[h][half] = *reinterpret_cast<const uint4*>(
+            w_tile + (w_row0 + 8 * h) * (S::kBlockK / 2) + 16 * half);
+      }
+    }
+    unsigned scale[2][4];  // [h][kk]
+    block_scales_bits<kFormat>(scales[0], scale[0]);
+    block_scales_bits<kFormat>(scales[1], scale[1]);
+    const T* x_tile = sx + stage * kBlockM * S::kBlockK;
+    // Each k16 step's fragment dequantised, then multiplied while the next one is.
+    unsigned a[S::kBlockK / 16][4];  // the m16n8k16 A layout: (r, k), (r + 8, k), (r, k + 8), ..
+#pragma unroll
+    for (int kk = 0; kk < S::kBlockK / 16; ++kk) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const uint4 q = codes[h][kk / 2];
+        const unsigned low_k = kk % 2 ? q.z : q.x, high_k = kk % 2 ? q.w : q.y;
+        a[kk][h] =
+            mul_bf16x2(e2m1x2_scaled_bits(__byte_perm(low_k, 0, 0x4440 | quad)), scale[h][kk]);
+        a[kk][2 + h] =
+            mul_bf16x2(e2m1x2_scaled_bits(__byte_perm(high_k, 0, 0x4440 | quad)), scale[h][kk]);
+      }
+      ptx::wgmma_fence();
+      const cuda::std::uint64_t b = ptx::swizzled_descriptor(x_tile + kk * 16);
+      const int accumulate = kb > 0 || kk > 0;
+      if (columns == 8) {
+        ptx::wgmma_rs<T, 8>(acc, a[kk], b, accumulate);
+      } else if (columns == 16) {
+        ptx::wgmma_rs<T, 16>(acc, a[kk], b, accumulate);
+      } else if (columns == 32) {
+        ptx::wgmma_rs<T, 32>(acc, a[kk], b, accumulate);
+      } else {
+        ptx::wgmma_rs<T, kBlockM>(acc, a[kk], b, accumulate);
+      }
+    }
+    ptx::wgmma_commit();
+    ptx::wgmma_wait<0>();
+    if (lane == 0) ptx::mbarrier_arrive(empty + stage);
+  }
+
+  // acc[j][e]: weight row w_row0 + 8 (e / 2), token 8 j + 2 quad + e % 2 of the block.
+  const float alpha = 128.f * (kFormat != kNvFp4 ? 1.f
+                               : have_expert     ? p.tensor_scale[expert * p.tensor_scale_stride]
+                                                 : 0.f);
+  const bool second_row = (lane / 4) % 2;  // this lane's rows are the odd ones of their pairs
+  T* const y_expert = static_cast<T*>(p.y) + (kMasked ? expert * p.y_expert_stride : 0);
+#pragma unroll
+  for (int j = 0; j < kBlockM / 8; ++j) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      // The even row's lane keeps its first token and takes the odd row's value of it; the odd
+      // row's lane the second token.
+      const float v0 = acc[j][2 * h] * alpha, v1 = acc[j][2 * h + 1] * alpha;
+      const float theirs = __shfl_xor_sync(0xffffffffu, second_row ? v0 : v1, 4);
+      const float even = second_row ? theirs : v0, odd = second_row ? v1 : theirs;
+      const int token = 8 * j + 2 * quad + second_row;
+      if (kMasked && token >= rows_left) continue;
+      const long long row = static_cast<long long>(m_block) * kBlockM + token;
+      const long long n = static_cast<long long>(w_block) * kBlockW + (w_row0 & ~1) + 8 * h;
+      if constexpr (kEpilogue == kSwiGLU) {
+        y_expert[row * p.y_row_stride + n / 2] = from_float<T>(even / (1.f + __expf(-even)) * odd);
+      } else {
+        float scale = 1.f;
+        if constexpr (kEpilogue == kRoutingWeights) {
+          const int pair = p.sorted[row];
+          scale = pair >= 0 && pair < p.pairs ? p.pair_weights[pair] : 0.f;
+        }
+        *reinterpret_cast<unsigned*>(y_expert + row * p.y_row_stride + n) =
+            ptx::pack_pair<T>(even * scale, odd * scale);
+      }
+    }
+  }
+}
+
+}  // namespace kjit::moe
