@@ -150,6 +150,15 @@ struct LayerOptions {
 void layer(const TensorView& x, const TensorView& router_logits, const LayerWeights& weights,
            const TensorView& shared, const LayerOptions& options, const TensorView& out,
            StreamHandle stream);
+// The same with FP4 experts (moe_expert_gemm_fp4): codes [E, 2 I, H / 2] and [E, H, I / 2] with
+// their scales; x bf16.
+struct Fp4LayerWeights {
+  Fp4Weights gate_up, down;
+  TensorView router_bias;
+};
+void layer(const TensorView& x, const TensorView& router_logits, const Fp4LayerWeights& weights,
+           const TensorView& shared, const LayerOptions& options, const TensorView& out,
+           StreamHandle stream);
 
 // Expert weights to FP4 for the FP4 GEMM (Fp4Format, above), E2M1 codes rounded to nearest with
 // ties to even, saturating; bit for bit as the CPU reference. w [R, C] bf16 or fp16 (C a multiple

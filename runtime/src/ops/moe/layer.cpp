@@ -1,7 +1,7 @@
 // The MoE layer: the ops chained over one stream-ordered scratch allocation. Router -> align ->
 // permute -> gate/up GEMM with SwiGLU -> down GEMM with the routing weights -> unpermute (+ the
-// shared expert's output). Every step validates its own operands; the layer checks what ties
-// them together (the shapes the caller gives) first.
+// shared expert's output); 16-bit or FP4 expert weights. Every step validates its own operands; the
+// layer checks what ties them together (the shapes the caller gives) first.
 #include <utility>
 #include <vector>
 
@@ -10,31 +10,48 @@
 #include "driver/stream_allocation.hpp"
 #include "kjit/error.hpp"
 #include "kjit/moe.hpp"
+#include "ops/dispatch.hpp"
+#include "ops/moe/grouped_gemm.hpp"
 
 namespace kjit::moe {
 
-void layer(const TensorView& x, const TensorView& router_logits, const LayerWeights& weights,
-           const TensorView& shared, const LayerOptions& options, const TensorView& out,
-           StreamHandle stream) {
-  const TensorView &gate_up = weights.gate_up, &down = weights.down;
+namespace {
+
+using Weights = ops::MoeGemm::Weights;
+
+void gemm(const ops::Call<ops::MoeGemm>& call, StreamHandle stream) {
+  if (call.problem.rows > 0) ops::run(call, stream);
+}
+
+// The experts' weights 16-bit, or FP4 codes (two a byte along K) with their scales.
+void run_layer(const TensorView& x, const TensorView& router_logits, const Weights& gate_up_weights,
+               const Weights& down_weights, const TensorView& router_bias, const TensorView& shared,
+               const LayerOptions& options, const TensorView& out, StreamHandle stream) {
+  const bool fp4 = gate_up_weights.format != ops::MoeGemm::kSameAsX;
+  const TensorView &gate_up = gate_up_weights.codes, &down = down_weights.codes;
+  const std::int64_t packing = fp4 ? 2 : 1;
   if (x.ndim != 2 || router_logits.ndim != 2 || gate_up.ndim != 3 || down.ndim != 3 ||
       router_logits.size(0) != x.size(0) || gate_up.size(0) != router_logits.size(1) ||
-      down.size(0) != gate_up.size(0) || gate_up.size(2) != x.size(1) ||
-      down.size(1) != x.size(1) || down.size(2) * 2 != gate_up.size(1)) {
+      down.size(0) != gate_up.size(0) || gate_up.size(2) * packing != x.size(1) ||
+      down.size(1) != x.size(1) || down.size(2) * packing * 2 != gate_up.size(1)) {
     throw InvalidArgument(fmt::format(
-        "moe layer: x [T, H], router_logits [T, E], gate_up [E, 2 I, H] and down [E, H, I] "
-        "disagree: x {}, router_logits {}, gate_up {}, down {}",
-        x.describe(), router_logits.describe(), gate_up.describe(), down.describe()));
+        "moe layer: x [T, H], router_logits [T, E], gate_up [E, 2 I, H{0}] and down [E, H, I{0}] "
+        "disagree: x {1}, router_logits {2}, gate_up {3}, down {4}",
+        fp4 ? " / 2" : "", x.describe(), router_logits.describe(), gate_up.describe(),
+        down.describe()));
   }
   const std::int64_t tokens = x.size(0), hidden = x.size(1), experts = gate_up.size(0),
-                     inter = down.size(2), top_k = options.router.top_k;
+                     inter = down.size(2) * packing, top_k = options.router.top_k;
   const int block = options.block;
   // What the GEMMs would refuse after the router, align and permute ran: refused first.
+  const bool dtypes =
+      fp4 ? x.dtype == DType::BFloat16 && out.dtype == x.dtype
+          : gate_up.dtype == x.dtype && down.dtype == x.dtype && out.dtype == x.dtype;
   if (top_k < 1 || (block != 64 && block != 128) || hidden % 64 != 0 || inter % 64 != 0 ||
-      gate_up.dtype != x.dtype || down.dtype != x.dtype || out.dtype != x.dtype) {
+      !dtypes) {
     throw InvalidArgument(fmt::format(
         "moe layer: top_k {} (>= 1), block {} (64 or 128), H {} and I {} (multiples of 64), "
-        "x, gate_up, down and out of one dtype ({}, {}, {}, {})",
+        "x, out and 16-bit weights of one dtype, FP4 weights with bf16 x ({}, {}, {}, {})",
         top_k, block, hidden, inter, dtype_name(x.dtype), dtype_name(gate_up.dtype),
         dtype_name(down.dtype), dtype_name(out.dtype)));
   }
@@ -84,15 +101,32 @@ void layer(const TensorView& x, const TensorView& router_logits, const LayerWeig
                    block_expert = view(kBlocks), positions = view(kPositions),
                    x_sorted = view(kXSorted), h = view(kH), y_sorted = view(kYSorted);
 
-  router_topk(router_logits, weights.router_bias, ids, routing, options.router, stream);
+  router_topk(router_logits, router_bias, ids, routing, options.router, stream);
   align(ids, static_cast<int>(experts), block,
         {sorted, block_expert, view(kCounts), view(kOffsets), view(kInvalid)}, stream);
   permute(x, sorted, static_cast<int>(top_k), x_sorted, positions, stream);
-  grouped_gemm(x_sorted, block_expert, block, gate_up, h,
-               {GemmEpilogue::Kind::kSwiGLU, TensorView(), TensorView()}, stream);
-  grouped_gemm(h, block_expert, block, down, y_sorted,
-               {GemmEpilogue::Kind::kRoutingWeights, sorted, routing}, stream);
+  // sorted and the weights given to both GEMMs: the FP4 kernel then skips padding rows.
+  const GemmEpilogue swiglu{GemmEpilogue::Kind::kSwiGLU, sorted, routing},
+      weighted{GemmEpilogue::Kind::kRoutingWeights, sorted, routing};
+  gemm(ops::MoeGemm::validate(x_sorted, block_expert, block, gate_up_weights, h, swiglu), stream);
+  gemm(ops::MoeGemm::validate(h, block_expert, block, down_weights, y_sorted, weighted), stream);
   unpermute(y_sorted, positions, static_cast<int>(top_k), TensorView(), shared, out, stream);
+}
+
+}  // namespace
+
+void layer(const TensorView& x, const TensorView& router_logits, const LayerWeights& weights,
+           const TensorView& shared, const LayerOptions& options, const TensorView& out,
+           StreamHandle stream) {
+  run_layer(x, router_logits, weights.gate_up, weights.down, weights.router_bias, shared, options,
+            out, stream);
+}
+
+void layer(const TensorView& x, const TensorView& router_logits, const Fp4LayerWeights& weights,
+           const TensorView& shared, const LayerOptions& options, const TensorView& out,
+           StreamHandle stream) {
+  run_layer(x, router_logits, weights.gate_up, weights.down, weights.router_bias, shared, options,
+            out, stream);
 }
 
 }  // namespace kjit::moe
