@@ -8,12 +8,17 @@
 //    reference gives 0.095 (NVFP4) and 0.114 (MXFP4); bound 0.11 and 0.13;
 //  - the FP4 layer's relative error and MSE against the bf16 layer, for 1, 128 and 2048 tokens
 //    under uniform, skewed (experts 0-7 favoured) and one-hot (expert 5 in every token's top 4)
-//    routing: the two GEMMs compose their weights' errors, bound 0.2 (NVFP4) and 0.25 (MXFP4).
+//    routing: the two GEMMs compose their weights' errors, bound 0.2 (NVFP4) and 0.25 (MXFP4);
+//  - a perplexity-increase proxy: a model of two such layers (residual, each with its own router
+//    projection) and a head over a 4096-token vocabulary, on 1024 independent hidden states;
+//    tokens sampled from the bf16 model's distribution, scored by the FP4 model and the bf16 one:
+//    exp(mean NLL difference) bounded by 1.10 (NVFP4) and 1.15 (MXFP4), the mean KL printed.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -48,11 +53,10 @@ std::vector<std::uint16_t> gaussian_bf16(std::size_t count, double deviation, st
   return out;
 }
 
-// One projection's experts [E, rows, cols] quantised expert by expert on the device, and each
-// expert's relative weight error, from the codes and scales read back.
+// One projection's experts [E, rows, cols] quantised expert by expert on the device.
 struct QuantisedExperts {
-  QuantisedExperts(const std::vector<std::uint16_t>& w, const DeviceBuffer& dw, int rows, int cols,
-                   moe::Fp4Format format, const Stream& stream)
+  QuantisedExperts(const DeviceBuffer& dw, int rows, int cols, moe::Fp4Format format,
+                   const Stream& stream)
       : format(format),
         rows(rows),
         cols(cols),
@@ -73,12 +77,18 @@ struct QuantisedExperts {
           stream.handle());
     }
     stream.synchronize();
+  }
+
+  // Each expert's ||dequantised - w|| / ||w||, from the codes and scales read back.
+  std::vector<double> weight_errors(const std::vector<std::uint16_t>& w) const {
     std::vector<std::uint8_t> c(codes.size()), s(scales.size());
     std::vector<float> ts(kE);
     codes.download(c.data(), c.size());
     scales.download(s.data(), s.size());
     tensor_scale.download(ts.data(), ts.size() * 4);
     const bool nv = format == moe::Fp4Format::kNvFp4;
+    const std::size_t per_expert = static_cast<std::size_t>(rows) * cols;
+    std::vector<double> errors;
     for (int e = 0; e < kE; ++e) {
       double error = 0, norm = 0;
       for (std::size_t i = e * per_expert; i < (e + 1) * per_expert; ++i) {
@@ -90,8 +100,9 @@ struct QuantisedExperts {
         error += (value - want) * (value - want);
         norm += want * want;
       }
-      weight_errors.push_back(std::sqrt(error / norm));
+      errors.push_back(std::sqrt(error / norm));
     }
+    return errors;
   }
 
   moe::Fp4Weights weights() const {
@@ -103,42 +114,73 @@ struct QuantisedExperts {
   moe::Fp4Format format;
   int rows, cols, block;
   DeviceBuffer codes, scales, tensor_scale;
-  std::vector<double> weight_errors;
 };
+
+// A GLM-4.7-Flash MoE layer's synthetic weights (seeded by its index), on the host and the
+// device, with its router projection [E, H] (as one expert's [1, E, H], for the dense product),
+// made once a process: both tests use layer 0.
+struct GlmLayer {
+  explicit GlmLayer(int index)
+      : gate_up(gaussian_bf16(std::size_t{kE} * 2 * kI * kH, 1 / std::sqrt(double{kH}),
+                              10 * index + 1)),
+        down(gaussian_bf16(std::size_t{kE} * kH * kI, 1 / std::sqrt(double{kI}), 10 * index + 2)),
+        dgate_up(gate_up.size() * 2),
+        ddown(down.size() * 2),
+        drouter(std::size_t{kE} * kH * 2) {
+    dgate_up.upload(gate_up.data(), dgate_up.size());
+    ddown.upload(down.data(), ddown.size());
+    const std::vector<std::uint16_t> router =
+        gaussian_bf16(std::size_t{kE} * kH, 1 / std::sqrt(double{kH}), 10 * index + 3);
+    drouter.upload(router.data(), drouter.size());
+  }
+  moe::LayerWeights bf16() const {
+    return {TensorView(dgate_up.data(), kBf16, {kE, 2 * kI, kH}),
+            TensorView(ddown.data(), kBf16, {kE, kH, kI}), TensorView()};
+  }
+  TensorView router() const { return TensorView(drouter.data(), kBf16, {1, kE, kH}); }
+
+  std::vector<std::uint16_t> gate_up, down;
+  DeviceBuffer dgate_up, ddown, drouter;
+};
+
+const GlmLayer& glm_layer(int index) {
+  static std::unique_ptr<GlmLayer> layers[2];
+  if (!layers[index]) layers[index] = std::make_unique<GlmLayer>(index);
+  return *layers[index];
+}
+
+moe::LayerOptions glm_options() {
+  moe::LayerOptions options;
+  options.router = {true, kTopK, 1, 1, true, 1.8f};
+  return options;
+}
 
 TEST(MoeFp4Accuracy, GlmLayerAgainstBf16) {
   KJIT_REQUIRE_GPU();
   if (!arch::current().has_wgmma())
     GTEST_SKIP() << "the layer's GEMM needs sm_90a so far; this card is " << arch::current().name();
   Stream stream;
-  const std::vector<std::uint16_t> gate_up = gaussian_bf16(std::size_t{kE} * 2 * kI * kH,
-                                                           1 / std::sqrt(double{kH}), 1),
-                                   down = gaussian_bf16(std::size_t{kE} * kH * kI,
-                                                        1 / std::sqrt(double{kI}), 2);
-  DeviceBuffer dgate_up(gate_up.size() * 2), ddown(down.size() * 2);
-  dgate_up.upload(gate_up.data(), dgate_up.size());
-  ddown.upload(down.data(), ddown.size());
-  const moe::LayerWeights bf16{TensorView(dgate_up.data(), kBf16, {kE, 2 * kI, kH}),
-                               TensorView(ddown.data(), kBf16, {kE, kH, kI}), TensorView()};
-  moe::LayerOptions options;
-  options.router = {true, kTopK, 1, 1, true, 1.8f};
+  const GlmLayer& layer = glm_layer(0);
+  const moe::LayerWeights bf16 = layer.bf16();
+  const moe::LayerOptions options = glm_options();
 
   for (const moe::Fp4Format format : {moe::Fp4Format::kNvFp4, moe::Fp4Format::kMxFp4}) {
     const bool nv = format == moe::Fp4Format::kNvFp4;
     const char* name = nv ? "nvfp4" : "mxfp4";
-    const QuantisedExperts q_gate_up(gate_up, dgate_up, 2 * kI, kH, format, stream),
-        q_down(down, ddown, kH, kI, format, stream);
+    const QuantisedExperts q_gate_up(layer.dgate_up, 2 * kI, kH, format, stream),
+        q_down(layer.ddown, kH, kI, format, stream);
     const double weight_bound = nv ? 0.11 : 0.13, layer_bound = nv ? 0.2 : 0.25;
     double worst = 0;
-    for (const auto* q : {&q_gate_up, &q_down}) {
+    const std::vector<double> gate_up_errors = q_gate_up.weight_errors(layer.gate_up);
+    for (const std::vector<double>& errors : {gate_up_errors, q_down.weight_errors(layer.down)}) {
       for (int e = 0; e < kE; ++e) {
-        EXPECT_LE(q->weight_errors[e], weight_bound) << name << " expert " << e;
-        worst = std::max(worst, q->weight_errors[e]);
+        EXPECT_LE(errors[e], weight_bound) << name << " expert " << e;
+        worst = std::max(worst, errors[e]);
       }
     }
     std::printf(
         "[ moe fp4 ] %s: weight relative error, worst expert %.4f (gate/up expert 0 %.4f)\n", name,
-        worst, q_gate_up.weight_errors[0]);
+        worst, gate_up_errors[0]);
     const moe::Fp4LayerWeights fp4{q_gate_up.weights(), q_down.weights(), TensorView()};
 
     for (const int tokens : {1, 128, 2048}) {
@@ -181,6 +223,102 @@ TEST(MoeFp4Accuracy, GlmLayerAgainstBf16) {
         EXPECT_LE(relative, layer_bound) << name << " T " << tokens << " " << routing;
       }
     }
+  }
+}
+
+// y [T, N] = x [T, K] w[0]^T: the grouped GEMM over one expert, every block of rows its.
+void dense(const TensorView& x, const TensorView& w, const TensorView& y, const Stream& stream) {
+  const std::int64_t blocks = x.size(0) / 128;
+  DeviceBuffer zeros(blocks * 4);
+  zeros.fill_bytes(0);
+  moe::grouped_gemm(x, TensorView(zeros.data(), DType::Int32, {blocks}), 128, w, y, {},
+                    stream.handle());
+  stream.synchronize();  // before `zeros` goes
+}
+
+TEST(MoeFp4Accuracy, PerplexityProxy) {
+  KJIT_REQUIRE_GPU();
+  if (!arch::current().has_wgmma())
+    GTEST_SKIP() << "the layer's GEMM needs sm_90a so far; this card is " << arch::current().name();
+  constexpr int kT = 1024, kV = 4096, kLayers = 2;
+  const auto at = [](int t, int v) { return static_cast<std::size_t>(t) * kV + v; };  // [T, V]
+  Stream stream;
+  const moe::LayerOptions options = glm_options();
+  // The head's weights: logits of deviation about 3 over hidden states of about unit deviation.
+  const std::vector<std::uint16_t> head =
+      gaussian_bf16(std::size_t{kV} * kH, 3 / std::sqrt(double{kH}), 99);
+  const std::vector<std::uint16_t> h0 = gaussian_bf16(std::size_t{kT} * kH, 1.0, 98);
+  DeviceBuffer dhead(head.size() * 2), dh0(h0.size() * 2),
+      dh[2] = {DeviceBuffer(h0.size() * 2), DeviceBuffer(h0.size() * 2)},
+      router_logits(std::size_t{kT} * kE * 2), logits(std::size_t{kT} * kV * 2);
+  dhead.upload(head.data(), dhead.size());
+  dh0.upload(h0.data(), dh0.size());
+  const auto hidden = [&](const DeviceBuffer& b) { return TensorView(b.data(), kBf16, {kT, kH}); };
+  // The model's log-probabilities [T, V] with each layer's experts from `experts(l)`.
+  const auto log_probs = [&](const auto& experts) {
+    const DeviceBuffer* h = &dh0;
+    for (int l = 0; l < kLayers; ++l) {
+      const TensorView vlogits(router_logits.data(), kBf16, {kT, kE});
+      dense(hidden(*h), glm_layer(l).router(), vlogits, stream);
+      DeviceBuffer& next = dh[l % 2];
+      // The residual as the layer's shared-expert input: next = h + moe(h).
+      moe::layer(hidden(*h), vlogits, experts(l), hidden(*h), options, hidden(next),
+                 stream.handle());
+      h = &next;
+    }
+    dense(hidden(*h), TensorView(dhead.data(), kBf16, {1, kV, kH}),
+          TensorView(logits.data(), kBf16, {kT, kV}), stream);
+    std::vector<std::uint16_t> bits(std::size_t{kT} * kV);
+    logits.download(bits.data(), logits.size());
+    std::vector<double> out(bits.size());
+    for (int t = 0; t < kT; ++t) {
+      double max = -INFINITY, sum = 0;
+      for (int v = 0; v < kV; ++v)
+        max = std::max(max, from_bits(kBf16, bits[at(t, v)]));
+      for (int v = 0; v < kV; ++v)
+        sum += std::exp(from_bits(kBf16, bits[at(t, v)]) - max);
+      for (int v = 0; v < kV; ++v)
+        out[at(t, v)] = from_bits(kBf16, bits[at(t, v)]) - max - std::log(sum);
+    }
+    return out;
+  };
+  const std::vector<double> reference = log_probs([](int l) { return glm_layer(l).bf16(); });
+  // Tokens sampled from the bf16 model.
+  std::mt19937 rng(97);
+  std::vector<int> tokens(kT);
+  double reference_nll = 0;
+  for (int t = 0; t < kT; ++t) {
+    std::vector<double> p(kV);
+    for (int v = 0; v < kV; ++v)
+      p[v] = std::exp(reference[at(t, v)]);
+    tokens[t] = std::discrete_distribution<int>(p.begin(), p.end())(rng);
+    reference_nll -= reference[at(t, tokens[t])] / kT;
+  }
+  for (const moe::Fp4Format format : {moe::Fp4Format::kNvFp4, moe::Fp4Format::kMxFp4}) {
+    const bool nv = format == moe::Fp4Format::kNvFp4;
+    std::vector<std::unique_ptr<QuantisedExperts>> quantised;
+    for (int l = 0; l < kLayers; ++l) {
+      quantised.push_back(
+          std::make_unique<QuantisedExperts>(glm_layer(l).dgate_up, 2 * kI, kH, format, stream));
+      quantised.push_back(
+          std::make_unique<QuantisedExperts>(glm_layer(l).ddown, kH, kI, format, stream));
+    }
+    const std::vector<double> got = log_probs([&](int l) {
+      return moe::Fp4LayerWeights{quantised[2 * l]->weights(), quantised[2 * l + 1]->weights(),
+                                  TensorView()};
+    });
+    double nll = 0, kl = 0;
+    for (int t = 0; t < kT; ++t) {
+      nll -= got[at(t, tokens[t])] / kT;
+      for (int v = 0; v < kV; ++v) {
+        const double lp = reference[at(t, v)];
+        kl += std::exp(lp) * (lp - got[at(t, v)]) / kT;
+      }
+    }
+    const double ratio = std::exp(nll - reference_nll);
+    std::printf("[ moe fp4 ] %s perplexity proxy: bf16 %.3f, fp4 %.3f (x%.4f), mean KL %.4f\n",
+                nv ? "nvfp4" : "mxfp4", std::exp(reference_nll), std::exp(nll), ratio, kl);
+    EXPECT_LE(ratio, nv ? 1.10 : 1.15);
   }
 }
 
