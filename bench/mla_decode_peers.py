@@ -12,22 +12,10 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from torch_timing import median_ms
+from torch_timing import graph_of, median_ms
 
 DK, DV, PAGE, CALLS = 576, 512, 64, 20
 SCALE = 0.0625
-
-
-def graph_of(fn):
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()  # warm: the wrapper's first-call work stays outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph
 
 
 def main():

@@ -1,5 +1,6 @@
-"""The timing the torch-side benchmarks share (bench/attention_torch.py, bench/mla_decode_peers.py),
-in the C++ benchmarks' convention: warm-ups, then the median of CUDA-event-timed runs."""
+"""The timing the torch-side benchmarks share (bench/attention_torch.py, bench/mla_decode_peers.py,
+bench/moe_router_peers.py), in the C++ benchmarks' convention: warm-ups, then the median of
+CUDA-event-timed runs; graph_of captures a call as a CUDA graph to time its replays."""
 import torch
 
 
@@ -17,3 +18,15 @@ def median_ms(fn, warm=3, reps=15):
         times.append(start.elapsed_time(stop))
     times.sort()
     return times[len(times) // 2]
+
+
+def graph_of(fn):
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()  # warm: the wrapper's first-call work stays outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph

@@ -4,7 +4,7 @@
 # the benchmarks and the example. Full logs go to $OUT (or ./gpu-out); a summary is printed last.
 #   scripts/gpu-suite.sh [tests|bench|attention|attention-bench|attention-backward|
 #                         attention-backward-check|attention-backward-tune|attention-grouped|
-#                         attention-grouped-ncu|mla|moe|moe-bench|families|dist|all]
+#                         attention-grouped-ncu|mla|moe|moe-bench|moe-router|families|dist|all]
 #   (default all)
 # `families` is the check after a change to the op plumbing (kernel families, dispatch, tuning
 # tables): the whole GPU suite, the examples, a sanitizer subset, and the attention and
@@ -264,6 +264,15 @@ if [ "$what" = moe-bench ]; then
   for log in moe_gemm_bench moe_gemm_peers moe_layer_bench moe_layer_torch; do
     echo "== $log"; cat "$out/$log.log"
   done
+fi
+if [ "$what" = moe-router ]; then
+  # router_topk and align beside the torch composition and sgl-kernel (.peers/sglkernel).
+  step moe_router_bench timeout 120 "$bin/kjit_bench_moe_router"
+  mkdir -p /tmp/psite && tar -xJf .peers/sglkernel/*.tar.xz -C /tmp/psite \
+    >"$out/sglkernel_install.log" 2>&1
+  PYTHONPATH=/tmp/psite PYTHONUNBUFFERED=1 step moe_router_peers timeout 200 python3 \
+    bench/moe_router_peers.py
+  for log in moe_router_bench moe_router_peers; do echo "== $log"; cat "$out/$log.log"; done
 fi
 if [ "$what" = dist ]; then
   # The multi-rank suites as real processes on the first GPU: the MPI backend at 1, 2, 4 and 8
