@@ -8,8 +8,9 @@
 // Dequantization is exact (e2m1 x scale has at most 6 significant bits): a code's bits placed in a
 // bf16's exponent and mantissa give e2m1 x 2^-126 (subnormal for the two smallest codes, which
 // bf16 arithmetic keeps), and the block scale enters as scale x 2^119, so that their product,
-// e2m1 x scale x 2^-7, is a normal bf16 for every E4M3 scale and for E8M0 scales up to 2^8
-// (weights up to 1536); the 2^7 and the tensor scale multiply the fp32 product.
+// e2m1 x scale x 2^-7, is a normal bf16 for every finite E4M3 scale and for E8M0 scales from
+// 2^-118 to 2^8; the 2^7 and the tensor scale multiply the fp32 product. Past 2^8 an E8M0 scale
+// becomes infinity (a zero code then gives NaN); below 2^-118 the products lose bits.
 // Warp 0's first thread produces (a tensor copy of the tokens' 64-column K slice and of the
 // weights' 32 code bytes a row per stage); kBlockW
 // / 64 consumer warpgroups each dequantize and multiply 64 weight rows, and release the stage after
@@ -102,16 +103,20 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThre
   const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 128, 0);
   init_stage_barriers(full, empty, kStages, 4 * S::kConsumers);
   const int k_blocks = p.k / S::kBlockK;
-  // The block's token rows that hold pairs (a prefix: an expert's padding ends its run): the
-  // masked layout's count, or, given align's sorted, the rows whose pair is below `pairs`. Only
-  // the first 8, 16 or 32 columns of the product are computed when they cover them (decode: a few
-  // tokens an expert); the rest stay 0.
+  // The block's token rows up to its last one that holds a pair (the masked layout's count, or,
+  // given align's sorted, the rows whose pair is in [0, pairs): an expert's padding ends its run).
+  // Only the first 8, 16 or 32 columns of the product are computed when they cover them (decode:
+  // a few tokens an expert); the rest stay 0.
   int held = kMasked ? min(rows_left, kBlockM) : kBlockM;
   if (!kMasked && p.sorted != nullptr) {
     held = 0;
 #pragma unroll
-    for (int i = static_cast<int>(threadIdx.x) % 32; i < kBlockM; i += 32)
-      held += __popc(__ballot_sync(0xffffffffu, p.sorted[m_block * kBlockM + i] < p.pairs));
+    for (int base = 0; base < kBlockM; base += 32) {
+      const int pair = p.sorted[m_block * kBlockM + base + static_cast<int>(threadIdx.x) % 32];
+      const unsigned holds =
+          __ballot_sync(0xffffffffu, static_cast<unsigned>(pair) < static_cast<unsigned>(p.pairs));
+      if (holds != 0) held = base + 32 - __clz(holds);
+    }
   }
   // Warp-uniform for ptxas too (a shuffle from lane 0): a branch on it keeps wgmma unserialised.
   const int columns = __shfl_sync(0xffffffffu,

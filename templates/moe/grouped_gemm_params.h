@@ -7,14 +7,15 @@
 
 struct KjitMoeGemmParams {
   struct KjitTensorMap x_map; /* x_sorted: 64-column boxes of block_m rows */
-  struct KjitTensorMap w_map; /* w: 64-column boxes of block_n rows of one expert */
+  struct KjitTensorMap w_map; /* w: 64-column (FP4: 32-byte) boxes of block_n rows of an expert */
   const void* x;              /* [rows, k], or [experts, rows, k] in the masked layout */
   const void* w;              /* [experts, n, k], or FP4 codes [experts, n, k / 2] */
   const int* block_expert;    /* [rows / block_m]: each block's expert; -1: skipped */
   void* y;                    /* [(experts,) rows, n], or n / 2 columns after SwiGLU */
   const int* masked_m;        /* the masked layout's [experts]: rows of each that hold tokens */
   /* The routing-weight epilogue's: align's sorted [rows] and the router's weights [T k] (pair p's
-     weight at p); a row whose pair is not below `pairs` (padding) is written 0. */
+     weight at p); a row whose pair is not below `pairs` (padding) is written 0. The FP4 kernel
+     also reads sorted, when given, to multiply only a block's rows up to its last pair. */
   const int* sorted;
   const float* pair_weights;
   /* FP4 w's: block scales [experts, n, k / block] (one byte each) and NVFP4's tensor scale of

@@ -100,6 +100,11 @@ TEST(ModelOpsCApi, MoeOpsRefuseBadInputWithKjitsMessage) {
       kjit_moe_expert_gemm_fp4(&xs.t, &gemm_blocks.t, 128, 1, &codes.t, &scales.t, nullptr,
                                &gemm_y.t, KJIT_MOE_GEMM_PLAIN, nullptr, nullptr, nullptr),
       "w's scales must be uint8 [64, 3072, 64] (E, N, K / 32)");
+  const Tensor pair_sorted(kI32, {1024});
+  expect_refused(
+      kjit_moe_expert_gemm_fp4(&xs.t, &gemm_blocks.t, 128, 0, &codes.t, &scales.t, &tensor_scale.t,
+                               &gemm_y.t, KJIT_MOE_GEMM_PLAIN, &pair_sorted.t, nullptr, nullptr),
+      "sorted given without weights");
   const Tensor mx(kBf16, {64, 8, 2048}), masked_m(kI32, {64}), my(kBf16, {64, 8, 3072});
   expect_refused(
       kjit_moe_expert_gemm_fp4_masked(&mx.t, &masked_m.t, 8, 0, nullptr, &scales.t, &tensor_scale.t,

@@ -258,6 +258,35 @@ TEST(MoeLayerValidation, RefusesWeightsThatDisagreeBeforeAnyDeviceWork) {
   }
 }
 
+// GLM-4.7-Flash's gate/up weights in NVFP4 (a tensor scale per expert) and MXFP4.
+moe::Fp4Weights nvfp4_weights() {
+  return {moe::Fp4Format::kNvFp4, TensorView(fake(), DType::UInt8, {64, 3072, 1024}),
+          TensorView(fake(), DType::UInt8, {64, 3072, 128}),
+          TensorView(fake(), DType::Float32, {64})};
+}
+
+// The FP4 layer runs the GEMMs' weight checks before any device work (fake pointers: reaching the
+// device would fail differently).
+TEST(MoeLayerValidation, RefusesBadFp4WeightsBeforeAnyDeviceWork) {
+  const TensorView x(fake(), DType::BFloat16, {10, 2048}), logits(fake(), DType::Float32, {10, 64});
+  moe::LayerOptions options;
+  options.router = {true, 4, 1, 1, true, 1.8f};
+  moe::Fp4LayerWeights w{
+      nvfp4_weights(),
+      {moe::Fp4Format::kNvFp4, TensorView(fake(), DType::UInt8, {64, 2048, 768}),
+       TensorView(fake(), DType::UInt8, {64, 2048, 96}), TensorView(fake(), DType::Float32, {64})},
+      TensorView()};
+  w.down.scales = TensorView(fake(), DType::UInt8, {64, 2048, 48});  // MXFP4's count for NVFP4
+  try {
+    moe::layer(x, logits, w, TensorView(), options, x, nullptr);
+    ADD_FAILURE() << "accepted";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("w's scales must be uint8 [64, 2048, 96]"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(MoeGemmValidation, MaskedLayoutShapesAndBlocks) {
   const TensorView x(fake(), DType::BFloat16, {64, 40, 2048}), counts(fake(), DType::Int32, {64}),
       w(fake(), DType::BFloat16, {64, 3072, 2048}), y(fake(), DType::BFloat16, {64, 40, 1536});
@@ -299,13 +328,6 @@ TEST(MoeGemmValidation, ChecksTheEpiloguesOperands) {
   expect_refused(g, "the epilogue's weights must be contiguous fp32 [T, k]");
 }
 
-// GLM-4.7-Flash's gate/up weights in NVFP4 (a tensor scale per expert) and MXFP4.
-moe::Fp4Weights nvfp4_weights() {
-  return {moe::Fp4Format::kNvFp4, TensorView(fake(), DType::UInt8, {64, 3072, 1024}),
-          TensorView(fake(), DType::UInt8, {64, 3072, 128}),
-          TensorView(fake(), DType::Float32, {64})};
-}
-
 TEST(MoeGemmValidation, AcceptsFp4WeightsWithTheirScales) {
   Gemm g;
   g.w = nvfp4_weights();
@@ -331,6 +353,13 @@ TEST(MoeGemmValidation, AcceptsFp4WeightsWithTheirScales) {
   one_scale.tensor_scale = TensorView(fake(), DType::Float32, {1});
   g.w = one_scale;
   EXPECT_EQ(g.check().args.tensor_scale_stride, 0);
+  moe::Fp4Weights strided = nvfp4_weights();  // every other float of a [64, 2] buffer
+  strided.tensor_scale = TensorView(fake(), DType::Float32, {64}, {2});
+  g.w = strided;
+  EXPECT_EQ(g.check().args.tensor_scale_stride, 2);
+  strided.tensor_scale = TensorView(fake(2), DType::Float32, {64});
+  g.w = strided;
+  expect_refused(g, "w's tensor_scale must be 4-byte aligned");
   g.w = moe::Fp4Weights{moe::Fp4Format::kMxFp4, TensorView(fake(), DType::UInt8, {64, 3072, 1024}),
                         TensorView(fake(), DType::UInt8, {64, 3072, 64}), TensorView()};
   EXPECT_EQ(g.check().problem.weights, ops::MoeGemm::kMxFp4);  // no tensor scale read
@@ -362,7 +391,7 @@ TEST(MoeGemmValidation, RefusesBadFp4Weights) {
   w = nvfp4_weights();
   w.tensor_scale = TensorView(fake(), DType::Float32, {3});
   g.w = w;
-  expect_refused(g, "NVFP4 w's tensor_scale must be contiguous fp32 [64] (one per expert) or [1]");
+  expect_refused(g, "NVFP4 w's tensor_scale must be fp32 [64] (one per expert) or [1]");
   w.tensor_scale = TensorView();
   g.w = w;
   expect_refused(g, "NVFP4 w's tensor_scale must be");

@@ -84,8 +84,10 @@ void grouped_gemm(const TensorView& x_sorted, const TensorView& block_expert, in
 // tensor scale amax / (448 x 6)) or MXFP4 (blocks of 32 K, E8M0 scales 2^(floor(log2 amax) - 2)).
 // codes [E, N, K / 2] uint8 (element 2i in the low nibble; rows 16-byte aligned); scales
 // [E, N, K / block] uint8 (rows 4-byte aligned for NVFP4, 2 for MXFP4); tensor_scale: NVFP4's,
-// fp32 [E] (one per expert) or [1] (one for all); MXFP4: not read (null data allowed). An MXFP4
-// scale above 2^8 (weights past 1536) overflows bf16 on the way.
+// fp32 [E] (one per expert) or [1] (one for all); MXFP4: not read (null data allowed). The
+// dequantisation is exact for every finite NVFP4 scale and for MXFP4 scales from 2^-118 to 2^8:
+// a larger one (quantize_fp4's choice for a block whose largest magnitude is 2048 or more)
+// overflows bf16 on the way (infinity, NaN with a zero code), a smaller one loses bits.
 enum class Fp4Format { kNvFp4, kMxFp4 };
 struct Fp4Weights {
   Fp4Format format = Fp4Format::kNvFp4;

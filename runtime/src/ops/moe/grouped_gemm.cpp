@@ -46,51 +46,9 @@ void set_operands(MoeGemm::Args& a, const MoeGemm::Problem& p, const TensorView&
     a.scale_expert_stride = weights.scales.stride(0);
     a.scale_row_stride = weights.scales.stride(1);
     a.tensor_scale = static_cast<const float*>(weights.tensor_scale.data);
-    a.tensor_scale_stride = weights.tensor_scale.numel() > 1 ? 1 : 0;
+    a.tensor_scale_stride =
+        weights.tensor_scale.numel() > 1 ? static_cast<int>(weights.tensor_scale.stride(0)) : 0;
   }
-}
-
-// The weights' shape into p (experts, n) and their checks against p's dtype and K: a 16-bit w
-// [E, N, K] of x's dtype, or FP4 codes [E, N, K / 2], scales [E, N, K / block] and NVFP4's tensor
-// scale [E] or [1]. `experts`: the experts the layout holds (0: any).
-void check_weights(MoeGemm::Problem& p, const MoeGemm::Weights& weights, std::int64_t experts) {
-  const TensorView& w = weights.codes;
-  const bool fp4 = weights.format != MoeGemm::kSameAsX;
-  const char* name = fp4 ? "w's codes" : "w";
-  kGemmCheck.ndim(w, name, 3, fp4 ? "[E, N, K / 2]" : "[E, N, K]");
-  p.experts = w.size(0);
-  p.n = w.size(1);
-  p.weights = weights.format;
-  MoeGemm::check(p);  // a card without wgmma: refused by the dispatch (no config runs)
-  check_operand(w, name, 3, fp4 ? "[E, N, K / 2]" : "[E, N, K]", fp4 ? DType::UInt8 : p.dtype);
-  const std::int64_t w_k = fp4 ? p.k / 2 : p.k;
-  if (w.size(2) != w_k || (experts > 0 && w.size(0) != experts)) {
-    kGemmCheck.fail(fmt::format("{} must be [{}, N, {}] (x's {}K{}), got {}", name,
-                                experts > 0 ? std::to_string(experts) : "E", w_k,
-                                experts > 0 ? "E and " : "", fp4 ? " / 2" : "", w.describe()));
-  }
-  if (!fp4) return;
-  const std::int64_t block = weights.format == MoeGemm::kNvFp4 ? 16 : 32;
-  const TensorView& scales = weights.scales;
-  kGemmCheck.strided(scales, "w's scales", 3, "[E, N, K / block]");
-  if (scales.dtype != DType::UInt8 || scales.size(0) != p.experts || scales.size(1) != p.n ||
-      scales.size(2) != p.k / block) {
-    kGemmCheck.fail(fmt::format("w's scales must be uint8 [{}, {}, {}] (E, N, K / {}), got {}",
-                                p.experts, p.n, p.k / block, block, scales.describe()));
-  }
-  // A lane reads a k-block's scales of a row as one word: 4 bytes (NVFP4) or 2 (MXFP4).
-  kGemmCheck.aligned(scales, "w's scales", static_cast<unsigned>(64 / block));
-  if (weights.format != MoeGemm::kNvFp4) return;
-  const TensorView& tensor_scale = weights.tensor_scale;
-  if (tensor_scale.ndim != 1 || tensor_scale.dtype != DType::Float32 ||
-      (tensor_scale.size(0) != p.experts && tensor_scale.size(0) != 1) ||
-      (tensor_scale.size(0) > 1 && tensor_scale.stride(0) != 1)) {
-    kGemmCheck.fail(
-        fmt::format("NVFP4 w's tensor_scale must be contiguous fp32 [{}] (one per expert) or [1], "
-                    "got {}",
-                    p.experts, tensor_scale.describe()));
-  }
-  kGemmCheck.data(tensor_scale, "w's tensor_scale");
 }
 
 }  // namespace
@@ -128,6 +86,46 @@ void MoeGemm::check(const Problem& p) {
     kGemmCheck.fail(
         fmt::format("FP4 weights take bf16 activations (bf16 wgmma), got {}", dtype_name(p.dtype)));
   }
+}
+
+void MoeGemm::check_weights(Problem& p, const Weights& weights, std::int64_t experts) {
+  const TensorView& w = weights.codes;
+  const bool fp4 = weights.format != kSameAsX;
+  const char* name = fp4 ? "w's codes" : "w";
+  kGemmCheck.ndim(w, name, 3, fp4 ? "[E, N, K / 2]" : "[E, N, K]");
+  p.experts = w.size(0);
+  p.n = w.size(1);
+  p.weights = weights.format;
+  check(p);  // a card without wgmma: refused by the dispatch (no config runs)
+  check_operand(w, name, 3, fp4 ? "[E, N, K / 2]" : "[E, N, K]", fp4 ? DType::UInt8 : p.dtype);
+  const std::int64_t w_k = fp4 ? p.k / 2 : p.k;
+  if (w.size(2) != w_k || (experts > 0 && w.size(0) != experts)) {
+    kGemmCheck.fail(fmt::format("{} must be [{}, N, {}] (x's {}K{}), got {}", name,
+                                experts > 0 ? std::to_string(experts) : "E", w_k,
+                                experts > 0 ? "E and " : "", fp4 ? " / 2" : "", w.describe()));
+  }
+  if (!fp4) return;
+  const std::int64_t block = weights.format == kNvFp4 ? 16 : 32;
+  const TensorView& scales = weights.scales;
+  kGemmCheck.strided(scales, "w's scales", 3, "[E, N, K / block]");
+  if (scales.dtype != DType::UInt8 || scales.size(0) != p.experts || scales.size(1) != p.n ||
+      scales.size(2) != p.k / block) {
+    kGemmCheck.fail(fmt::format("w's scales must be uint8 [{}, {}, {}] (E, N, K / {}), got {}",
+                                p.experts, p.n, p.k / block, block, scales.describe()));
+  }
+  // A lane reads a k-block's scales of a row as one word: 4 bytes (NVFP4) or 2 (MXFP4).
+  kGemmCheck.aligned(scales, "w's scales", static_cast<unsigned>(64 / block));
+  if (weights.format != kNvFp4) return;
+  const TensorView& tensor_scale = weights.tensor_scale;
+  if (tensor_scale.ndim != 1 || tensor_scale.dtype != DType::Float32 ||
+      (tensor_scale.size(0) != p.experts && tensor_scale.size(0) != 1) ||
+      tensor_scale.stride(0) < 0) {
+    kGemmCheck.fail(
+        fmt::format("NVFP4 w's tensor_scale must be fp32 [{}] (one per expert) or [1], got {}",
+                    p.experts, tensor_scale.describe()));
+  }
+  kGemmCheck.aligned(tensor_scale, "w's tensor_scale", 4);
+  kGemmCheck.data(tensor_scale, "w's tensor_scale");
 }
 
 unsigned MoeGemm::shared_bytes(const Config& c, const Problem& p) {

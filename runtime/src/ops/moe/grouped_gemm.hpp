@@ -23,7 +23,8 @@ struct MoeGemm {
   // weights: 16-bit as x, or grouped_gemm_fp4.cuh's format.
   enum WeightFormat : std::int64_t { kSameAsX = 0, kNvFp4 = 1, kMxFp4 = 2 };
   // rows: the contiguous layout's (a multiple of block_m, align's block), or the masked layout's
-  // rows per expert (masked 1: x [experts, rows, k]); w [experts, n, k]; epilogue:
+  // rows per expert (masked 1: x [experts, rows, k]); w [experts, n, k] (FP4: codes
+  // [experts, n, k / 2] and scales); epilogue:
   // moe::GemmEpilogue::Kind (grouped_gemm.cuh's kPlain, kSwiGLU, kRoutingWeights).
   struct Problem {
     DType dtype = DType::BFloat16;
@@ -78,6 +79,11 @@ struct MoeGemm {
     TensorView codes, scales, tensor_scale;  // codes: the 16-bit w, or the FP4 codes
     std::int64_t format = kSameAsX;
   };
+  // The weights' shape into p (experts, n, weights) and every check of them against p's dtype
+  // and K: a 16-bit w [E, N, K] of x's dtype, or FP4 codes [E, N, K / 2], scales
+  // [E, N, K / block] and NVFP4's tensor scale [E] or [1]; then check(p). `experts`: the experts
+  // the layout holds (0: any). Host only (the layer's check before any device work).
+  static void check_weights(Problem& p, const Weights& weights, std::int64_t experts);
   static Call<MoeGemm> validate(const TensorView& x_sorted, const TensorView& block_expert,
                                 int block, const Weights& w, const TensorView& y,
                                 const moe::GemmEpilogue& epilogue);

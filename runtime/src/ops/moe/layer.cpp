@@ -57,6 +57,18 @@ void run_layer(const TensorView& x, const TensorView& router_logits, const Weigh
   }
   const std::int64_t pairs = tokens * top_k;
   const std::int64_t rows = align_capacity(pairs, static_cast<int>(experts), block);
+  // The GEMMs' own weight checks (FP4 scales and tensor scales included), before any device work.
+  ops::MoeGemm::Problem up{
+      x.dtype, rows, 0, hidden, 0, block, static_cast<std::int64_t>(GemmEpilogue::Kind::kSwiGLU)},
+      down_projection{x.dtype,
+                      rows,
+                      0,
+                      inter,
+                      0,
+                      block,
+                      static_cast<std::int64_t>(GemmEpilogue::Kind::kRoutingWeights)};
+  ops::MoeGemm::check_weights(up, gate_up_weights, experts);
+  ops::MoeGemm::check_weights(down_projection, down_weights, experts);
   // Scratch, one 256-byte-aligned part a tensor; each part's bytes follow from its shape.
   enum Part {
     kIds,
@@ -101,13 +113,13 @@ void run_layer(const TensorView& x, const TensorView& router_logits, const Weigh
                    block_expert = view(kBlocks), positions = view(kPositions),
                    x_sorted = view(kXSorted), h = view(kH), y_sorted = view(kYSorted);
 
+  // sorted and the weights given to both GEMMs: the FP4 kernel then skips padding rows.
+  const GemmEpilogue swiglu{GemmEpilogue::Kind::kSwiGLU, sorted, routing},
+      weighted{GemmEpilogue::Kind::kRoutingWeights, sorted, routing};
   router_topk(router_logits, router_bias, ids, routing, options.router, stream);
   align(ids, static_cast<int>(experts), block,
         {sorted, block_expert, view(kCounts), view(kOffsets), view(kInvalid)}, stream);
   permute(x, sorted, static_cast<int>(top_k), x_sorted, positions, stream);
-  // sorted and the weights given to both GEMMs: the FP4 kernel then skips padding rows.
-  const GemmEpilogue swiglu{GemmEpilogue::Kind::kSwiGLU, sorted, routing},
-      weighted{GemmEpilogue::Kind::kRoutingWeights, sorted, routing};
   gemm(ops::MoeGemm::validate(x_sorted, block_expert, block, gate_up_weights, h, swiglu), stream);
   gemm(ops::MoeGemm::validate(h, block_expert, block, down_weights, y_sorted, weighted), stream);
   unpermute(y_sorted, positions, static_cast<int>(top_k), TensorView(), shared, out, stream);
