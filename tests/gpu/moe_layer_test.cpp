@@ -3,7 +3,9 @@
 // reference router and the experts' MLPs, with FlashAttention's kind of bound: max|out - ref| <=
 // 2 max|low - ref| + 1e-3, where `low` rounds what the layer rounds (h after SwiGLU, each routed
 // row after its weight, the sum) to the dtype. GLM-4.7-Flash's router (sigmoid, a correction
-// bias, renormalised, x1.8) and a softmax one, with and without a shared expert.
+// bias, renormalised, x1.8) and a softmax one, with and without a shared expert; 16-bit experts
+// and FP4 ones (NVFP4, MXFP4: the composition over their dequantised values, which bf16 holds
+// exactly).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -17,17 +19,21 @@
 #include "kjit/moe.hpp"
 #include "tests/reference/moe_reference.hpp"
 #include "tests/support/dtype_bits.hpp"
+#include "tests/support/expert_weights.hpp"
 #include "tests/support/gpu.hpp"
 #include "tests/support/isolated_cache.hpp"
 
 namespace kjit::test {
 namespace {
 
+using Format = ops::MoeGemm::WeightFormat;
+
 struct LayerCase {
   const char* name;
   DType dtype;
   int tokens, hidden, experts, inter, top_k, block;
   bool glm_router = true, shared = false;
+  Format weights = Format::kSameAsX;
 };
 
 void PrintTo(const LayerCase& c, std::ostream* os) {
@@ -51,24 +57,20 @@ TEST_P(MoeLayerTest, MatchesTheDoubleComposition) {
       x = to_bits(c.dtype, normal(rng) * deviation);
   };
   std::vector<std::uint16_t> x(static_cast<std::size_t>(t) * h),
-      gate_up(static_cast<std::size_t>(e) * 2 * in * h), down(static_cast<std::size_t>(e) * h * in),
       shared(static_cast<std::size_t>(t) * h);
   fill(x, 1.0);
-  fill(gate_up, 1.0 / std::sqrt(h));
-  fill(down, 1.0 / std::sqrt(in));
   fill(shared, 0.5);
+  const ExpertWeights gate_up(c.weights, c.dtype, e, 2 * in, h, rng(), 1.0 / std::sqrt(h)),
+      down(c.weights, c.dtype, e, h, in, rng(), 1.0 / std::sqrt(in));
   std::vector<float> logits(static_cast<std::size_t>(t) * e), bias(e);
   for (float& v : logits)
     v = static_cast<float>(normal(rng));
   for (float& v : bias)
     v = static_cast<float>(normal(rng) * 0.1);
 
-  DeviceBuffer dx(x.size() * 2), dgate_up(gate_up.size() * 2), ddown(down.size() * 2),
-      dshared(shared.size() * 2), dlogits(logits.size() * 4), dbias(bias.size() * 4),
-      dout(x.size() * 2);
+  DeviceBuffer dx(x.size() * 2), dshared(shared.size() * 2), dlogits(logits.size() * 4),
+      dbias(bias.size() * 4), dout(x.size() * 2);
   dx.upload(x.data(), dx.size());
-  dgate_up.upload(gate_up.data(), dgate_up.size());
-  ddown.upload(down.data(), ddown.size());
   dshared.upload(shared.data(), dshared.size());
   dlogits.upload(logits.data(), dlogits.size());
   dbias.upload(bias.data(), dbias.size());
@@ -78,13 +80,17 @@ TEST_P(MoeLayerTest, MatchesTheDoubleComposition) {
                                 : moe::RouterOptions{false, k, 1, 1, false, 1.f};
   options.block = c.block;
   Stream stream;
-  moe::layer(TensorView(dx.data(), c.dtype, {t, h}),
-             TensorView(dlogits.data(), DType::Float32, {t, e}),
-             {TensorView(dgate_up.data(), c.dtype, {e, 2 * in, h}),
-              TensorView(ddown.data(), c.dtype, {e, h, in}),
-              c.glm_router ? TensorView(dbias.data(), DType::Float32, {e}) : TensorView()},
-             c.shared ? TensorView(dshared.data(), c.dtype, {t, h}) : TensorView(), options,
-             TensorView(dout.data(), c.dtype, {t, h}), stream.handle());
+  const TensorView vx(dx.data(), c.dtype, {t, h}), vlogits(dlogits.data(), DType::Float32, {t, e}),
+      vbias = c.glm_router ? TensorView(dbias.data(), DType::Float32, {e}) : TensorView(),
+      vshared = c.shared ? TensorView(dshared.data(), c.dtype, {t, h}) : TensorView(),
+      vout(dout.data(), c.dtype, {t, h});
+  if (c.weights == Format::kSameAsX) {
+    moe::layer(vx, vlogits, {gate_up.view().codes, down.view().codes, vbias}, vshared, options,
+               vout, stream.handle());
+  } else {
+    moe::layer(vx, vlogits, moe::Fp4LayerWeights{gate_up.fp4(), down.fp4(), vbias}, vshared,
+               options, vout, stream.handle());
+  }
   stream.synchronize();
   std::vector<std::uint16_t> out(x.size());
   dout.download(out.data(), dout.size());
@@ -115,8 +121,8 @@ TEST_P(MoeLayerTest, MatchesTheDoubleComposition) {
         double g = 0, u = 0;
         for (int d = 0; d < h; ++d) {
           const double xv = v(x, static_cast<std::size_t>(tok) * h + d);
-          g += xv * v(gate_up, (static_cast<std::size_t>(ex) * 2 * in + 2 * i) * h + d);
-          u += xv * v(gate_up, (static_cast<std::size_t>(ex) * 2 * in + 2 * i + 1) * h + d);
+          g += xv * gate_up.at((static_cast<std::size_t>(ex) * 2 * in + 2 * i) * h + d);
+          u += xv * gate_up.at((static_cast<std::size_t>(ex) * 2 * in + 2 * i + 1) * h + d);
         }
         hi[i] = g / (1 + std::exp(-g)) * u;
         lo[i] = round_to(c.dtype, hi[i]);
@@ -124,7 +130,7 @@ TEST_P(MoeLayerTest, MatchesTheDoubleComposition) {
       for (int col = 0; col < h; ++col) {
         double yh = 0, yl = 0;
         for (int i = 0; i < in; ++i) {
-          const double dv = v(down, (static_cast<std::size_t>(ex) * h + col) * in + i);
+          const double dv = down.at((static_cast<std::size_t>(ex) * h + col) * in + i);
           yh += dv * hi[i];
           yl += dv * lo[i];
         }
@@ -146,9 +152,12 @@ TEST_P(MoeLayerTest, MatchesTheDoubleComposition) {
 
 std::vector<LayerCase> cases() {
   const DType bf16 = DType::BFloat16, fp16 = DType::Float16;
-  return {{"glm_router_shared_bf16", bf16, 40, 256, 16, 128, 4, 128, true, true},
-          {"softmax_top2_fp16_block64", fp16, 70, 128, 8, 192, 2, 64, false, false},
-          {"glm_dims_8_experts", bf16, 3, 2048, 8, 1536, 4, 128, true, true}};
+  return {
+      {"glm_router_shared_bf16", bf16, 40, 256, 16, 128, 4, 128, true, true},
+      {"softmax_top2_fp16_block64", fp16, 70, 128, 8, 192, 2, 64, false, false},
+      {"glm_dims_8_experts", bf16, 3, 2048, 8, 1536, 4, 128, true, true},
+      {"nvfp4_glm_router_shared", bf16, 40, 256, 16, 128, 4, 64, true, true, Format::kNvFp4},
+      {"mxfp4_glm_dims_8_experts", bf16, 5, 2048, 8, 1536, 4, 128, true, false, Format::kMxFp4}};
 }
 
 INSTANTIATE_TEST_SUITE_P(All, MoeLayerTest, ::testing::ValuesIn(cases()),
