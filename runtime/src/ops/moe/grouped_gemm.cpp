@@ -294,8 +294,8 @@ std::vector<Preset<MoeGemm::Problem>> MoeGemm::presets() {
     glm.problems.push_back({DType::BFloat16, rows, 3072, 2048, 64, 128, swiglu});
     glm.problems.push_back({DType::BFloat16, rows, 2048, 1536, 64, 128, weighted});
   }
-  // NVFP4 weights, decode (T 1 to 64: rows of one to a few blocks an expert) to prefill.
-  for (std::int64_t t : {1, 16, 64, 1024, 16384}) {
+  // NVFP4 weights, decode (T 1 and 64: a block an expert; T 16 lays out as T 1) to prefill.
+  for (std::int64_t t : {1, 64, 1024, 16384}) {
     const std::int64_t rows = moe::align_capacity(t * 4, 64, 64);
     nvfp4.problems.push_back({DType::BFloat16, rows, 3072, 2048, 64, 64, swiglu, 0, kNvFp4});
     nvfp4.problems.push_back({DType::BFloat16, rows, 2048, 1536, 64, 64, weighted, 0, kNvFp4});
