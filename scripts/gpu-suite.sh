@@ -238,7 +238,7 @@ if [ "$what" = moe ]; then
   # The MoE router's, dispatch layout's, permutation's, grouped GEMM's (16-bit and FP4 weights),
   # balance statistics' and FP4 quantizer's tests against the references; a router, a
   # permutation, three GEMM and a balance case under memcheck, two GEMM under racecheck.
-  sharded_tests moe_tests '*MoeRouter*:*MoeAlign*:*MoePermute*:*MoeGemm*:*MoeBalance*:*MoeQuantize*:*MoeLayer*:*MoeFp4Accuracy*' 240
+  sharded_tests moe_tests '*MoeRouter*:*MoeAlign*:*MoePermute*:*MoeGemm*:*MoeBalance*:*MoeQuantize*:*MoeLayer*:*MoeFp4Accuracy*:*MoeGolden*' 240
   step moe_memcheck timeout 120 compute-sanitizer --tool memcheck --error-exitcode 3 \
     "$bin/kjit_gpu_tests" \
     --gtest_filter='All/MoeRouterTest.*/deepseek_v3_grouped:All/MoePermuteTest.*/invalid_ids:All/MoeGemmTest.*/skewed_fp16:All/MoeGemmTest.*/nvfp4_forced_64_rows_2_stages:All/MoeGemmMaskedTest.*/mxfp4_glm_down_block128:All/MoeBalanceTest.*/deepseek_v3_sequences_bias'
