@@ -1,4 +1,5 @@
-// Warp-level tensor-core MMA (mma.sync m16n8k16, sm_80+) and the ldmatrix loads that feed it.
+// Warp-level tensor-core MMA (mma.sync m16n8k16, sm_80+) and the shared-memory loads (ldmatrix,
+// ld.shared) that feed it and other register operands.
 // Fragment layouts follow the PTX ISA: A is 16x16 row-major (4 registers of 2 halves), B is
 // 16x8 column-major (2 registers), C/D are 16x8 fp32 (4 floats: rows lane/4 and lane/4+8,
 // columns 2*(lane%4) and +1).
@@ -11,6 +12,13 @@
 #include "common/cp_async.cuh"
 
 namespace kjit::ptx {
+
+// 16 bytes of shared memory at `shared` (16-byte aligned) as four words.
+__device__ __forceinline__ void ld_shared_v4(unsigned (&r)[4], const void* shared) {
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(shared_address(shared)));
+}
 
 // Four 8x8 16-bit matrices; lanes 8i..8i+7 give the row addresses of matrix i.
 __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* shared_row) {

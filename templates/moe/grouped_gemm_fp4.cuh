@@ -150,61 +150,70 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThre
     return kScalesPerK == 4 ? *reinterpret_cast<const unsigned*>(s)
                             : *reinterpret_cast<const unsigned short*>(s);
   };
-  unsigned next_scales[2] = {load_scales(0, 0), load_scales(0, 1)};
   float acc[kBlockM / 8][4] = {};
-  for (int kb = 0; kb < k_blocks; ++kb) {
-    const unsigned scales[2] = {next_scales[0], next_scales[1]};
-    if (kb + 1 < k_blocks) {
-      next_scales[0] = load_scales(kb + 1, 0);
-      next_scales[1] = load_scales(kb + 1, 1);
-    }
-    const int stage = kb % kStages;
-    ptx::mbarrier_wait(full + stage, (kb / kStages) & 1);
-    // Row r's 32 code bytes as two 16-byte halves (K 0-31, 32-63); 32-bit word i holds K 8i..8i+7
-    // and this lane's K (2 quad, + 1) and (+ 8, + 9) of a k16 step are byte `quad` of two words.
-    const unsigned char* w_tile = sw + stage * S::kWBytes;
-    uint4 codes[2][2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        codes[h][half] = *reinterpret_cast<const uint4*>(
-            w_tile + (w_row0 + 8 * h) * (S::kBlockK / 2) + 16 * half);
+  // The main loop for products kN token columns wide, chosen once a block.
+  const auto main_loop = [&](auto width) {
+    constexpr int kN = decltype(width)::value;
+    unsigned next_scales[2] = {load_scales(0, 0), load_scales(0, 1)};
+    for (int kb = 0; kb < k_blocks; ++kb) {
+      const unsigned scales[2] = {next_scales[0], next_scales[1]};
+      if (kb + 1 < k_blocks) {
+        next_scales[0] = load_scales(kb + 1, 0);
+        next_scales[1] = load_scales(kb + 1, 1);
       }
-    }
-    unsigned scale[2][4];  // [h][kk]
-    block_scales_bits<kFormat>(scales[0], scale[0]);
-    block_scales_bits<kFormat>(scales[1], scale[1]);
-    const T* x_tile = sx + stage * kBlockM * S::kBlockK;
-    // Each k16 step's fragment dequantised, then multiplied while the next one is.
-    unsigned a[S::kBlockK / 16][4];  // the m16n8k16 A layout: (r, k), (r + 8, k), (r, k + 8), ..
-#pragma unroll
-    for (int kk = 0; kk < S::kBlockK / 16; ++kk) {
+      const int stage = kb % kStages;
+      ptx::mbarrier_wait(full + stage, (kb / kStages) & 1);
+      // Row r's 32 code bytes as two 16-byte halves (K 0-31, 32-63); 32-bit word i holds K
+      // 8i..8i+7, and this lane's K (2 quad, + 1) and (+ 8, + 9) of a k16 step are byte `quad` of
+      // two words.
+      const unsigned char* w_tile = sw + stage * S::kWBytes;
+      unsigned codes[2][2][4];  // [h][half]
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const uint4 q = codes[h][kk / 2];
-        const unsigned low_k = kk % 2 ? q.z : q.x, high_k = kk % 2 ? q.w : q.y;
-        a[kk][h] =
-            mul_bf16x2(e2m1x2_scaled_bits(__byte_perm(low_k, 0, 0x4440 | quad)), scale[h][kk]);
-        a[kk][2 + h] =
-            mul_bf16x2(e2m1x2_scaled_bits(__byte_perm(high_k, 0, 0x4440 | quad)), scale[h][kk]);
+#pragma unroll
+        for (int half = 0; half < 2; ++half)
+          ptx::ld_shared_v4(codes[h][half],
+                            w_tile + (w_row0 + 8 * h) * (S::kBlockK / 2) + 16 * half);
       }
-      ptx::wgmma_fence();
-      const cuda::std::uint64_t b = ptx::swizzled_descriptor(x_tile + kk * 16);
-      const int accumulate = kb > 0 || kk > 0;
-      if (columns == 8) {
-        ptx::wgmma_rs<T, 8>(acc, a[kk], b, accumulate);
-      } else if (columns == 16) {
-        ptx::wgmma_rs<T, 16>(acc, a[kk], b, accumulate);
-      } else if (columns == 32) {
-        ptx::wgmma_rs<T, 32>(acc, a[kk], b, accumulate);
-      } else {
-        ptx::wgmma_rs<T, kBlockM>(acc, a[kk], b, accumulate);
+      unsigned scale[2][4];  // [h][kk]
+      block_scales_bits<kFormat>(scales[0], scale[0]);
+      block_scales_bits<kFormat>(scales[1], scale[1]);
+      // The tokens' k16 steps are 32 bytes apart in the swizzled tile: 2 in the descriptor.
+      const cuda::std::uint64_t x_desc =
+          ptx::swizzled_descriptor(sx + stage * kBlockM * S::kBlockK);
+      // Each k16 step's fragment dequantised, then multiplied while the next one is.
+      unsigned a[S::kBlockK / 16][4];  // the m16n8k16 A layout: (r, k), (r + 8, k), (r, k + 8), ..
+#pragma unroll
+      for (int kk = 0; kk < S::kBlockK / 16; ++kk) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const unsigned* q = codes[h][kk / 2];
+          const unsigned low_k = q[2 * (kk % 2)], high_k = q[2 * (kk % 2) + 1];
+          a[kk][h] =
+              mul_bf16x2(e2m1x2_scaled_bits(__byte_perm(low_k, 0, 0x4440 | quad)), scale[h][kk]);
+          a[kk][2 + h] =
+              mul_bf16x2(e2m1x2_scaled_bits(__byte_perm(high_k, 0, 0x4440 | quad)), scale[h][kk]);
+        }
+        ptx::wgmma_fence();
+        ptx::wgmma_rs<T, kN>(acc, a[kk], x_desc + 2 * kk, kb > 0 || kk > 0);
       }
+      ptx::wgmma_commit();
+      ptx::wgmma_wait<0>();
+      if (lane == 0) ptx::mbarrier_arrive(empty + stage);
     }
-    ptx::wgmma_commit();
-    ptx::wgmma_wait<0>();
-    if (lane == 0) ptx::mbarrier_arrive(empty + stage);
+  };
+  switch (columns) {
+    case 8:
+      main_loop(cuda::std::integral_constant<int, 8>{});
+      break;
+    case 16:
+      main_loop(cuda::std::integral_constant<int, 16>{});
+      break;
+    case 32:
+      main_loop(cuda::std::integral_constant<int, 32>{});
+      break;
+    default:
+      main_loop(cuda::std::integral_constant<int, kBlockM>{});
   }
 
   // acc[j][e]: weight row w_row0 + 8 (e / 2), token 8 j + 2 quad + e % 2 of the block.
