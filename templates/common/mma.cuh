@@ -17,7 +17,8 @@ namespace kjit::ptx {
 __device__ __forceinline__ void ld_shared_v4(unsigned (&r)[4], const void* shared) {
   asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(shared_address(shared)));
+               : "r"(shared_address(shared))
+               : "memory");
 }
 
 // Four 8x8 16-bit matrices; lanes 8i..8i+7 give the row addresses of matrix i.
