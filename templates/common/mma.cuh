@@ -13,11 +13,12 @@
 
 namespace kjit::ptx {
 
-// 16 bytes of shared memory at `shared` (16-byte aligned) as four words.
-__device__ __forceinline__ void ld_shared_v4(unsigned (&r)[4], const void* shared) {
+// The 16 bytes at shared-memory address `address` (shared_address(), 16-byte aligned) as four
+// words.
+__device__ __forceinline__ void ld_shared_v4(unsigned (&r)[4], unsigned address) {
   asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(shared_address(shared))
+               : "r"(address)
                : "memory");
 }
 

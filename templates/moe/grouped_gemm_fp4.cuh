@@ -152,35 +152,39 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThre
   };
   float acc[kBlockM / 8][4] = {};
   // The main loop for products kN token columns wide, chosen once a block.
+  // The stages' tiles as shared-memory addresses, computed once: this lane's first code row and
+  // the tokens' descriptor (a stage further on: kXBytes / 16 in the descriptor's address field).
+  const unsigned w_codes = ptx::shared_address(sw + w_row0 * (S::kBlockK / 2));
+  const cuda::std::uint64_t x_desc0 = ptx::swizzled_descriptor(sx);
   const auto main_loop = [&](auto width) {
     constexpr int kN = decltype(width)::value;
     unsigned next_scales[2] = {load_scales(0, 0), load_scales(0, 1)};
+    int stage = 0;
+    unsigned phase = 0;
     for (int kb = 0; kb < k_blocks; ++kb) {
       const unsigned scales[2] = {next_scales[0], next_scales[1]};
       if (kb + 1 < k_blocks) {
         next_scales[0] = load_scales(kb + 1, 0);
         next_scales[1] = load_scales(kb + 1, 1);
       }
-      const int stage = kb % kStages;
-      ptx::mbarrier_wait(full + stage, (kb / kStages) & 1);
+      ptx::mbarrier_wait(full + stage, phase);
       // Row r's 32 code bytes as two 16-byte halves (K 0-31, 32-63); 32-bit word i holds K
       // 8i..8i+7, and this lane's K (2 quad, + 1) and (+ 8, + 9) of a k16 step are byte `quad` of
       // two words.
-      const unsigned char* w_tile = sw + stage * S::kWBytes;
       unsigned codes[2][2][4];  // [h][half]
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
 #pragma unroll
-        for (int half = 0; half < 2; ++half)
+        for (int half = 0; half < 2; ++half) {
           ptx::ld_shared_v4(codes[h][half],
-                            w_tile + (w_row0 + 8 * h) * (S::kBlockK / 2) + 16 * half);
+                            w_codes + stage * S::kWBytes + 8 * h * (S::kBlockK / 2) + 16 * half);
+        }
       }
       unsigned scale[2][4];  // [h][kk]
       block_scales_bits<kFormat>(scales[0], scale[0]);
       block_scales_bits<kFormat>(scales[1], scale[1]);
       // The tokens' k16 steps are 32 bytes apart in the swizzled tile: 2 in the descriptor.
-      const cuda::std::uint64_t x_desc =
-          ptx::swizzled_descriptor(sx + stage * kBlockM * S::kBlockK);
+      const cuda::std::uint64_t x_desc = x_desc0 + stage * (S::kXBytes / 16);
       // Each k16 step's fragment dequantised, then multiplied while the next one is.
       unsigned a[S::kBlockK / 16][4];  // the m16n8k16 A layout: (r, k), (r + 8, k), (r, k + 8), ..
 #pragma unroll
@@ -200,6 +204,10 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThre
       ptx::wgmma_commit();
       ptx::wgmma_wait<0>();
       if (lane == 0) ptx::mbarrier_arrive(empty + stage);
+      if (++stage == kStages) {
+        stage = 0;
+        phase ^= 1;
+      }
     }
   };
   switch (columns) {
