@@ -14,8 +14,9 @@
 // One block per (kBlockN columns, kBlockM rows): warp 0's first thread produces, issuing a tensor
 // copy of the rows' and of the expert's weights' 64-column K slices per stage (kStages stages, a
 // full and an empty mbarrier each); kBlockM / 64 consumer warpgroups each multiply their 64 rows
-// (wgmma m64 x kBlockN x k16, both operands K-major from 128-byte-swizzled shared memory), release
-// the stage after its wgmma retire, and write their accumulators rounded to T.
+// (wgmma m64 x kBlockN x k16, both operands K-major from 128-byte-swizzled shared memory), keep one
+// k-block's wgmma in flight while issuing the next, release a stage once its wgmma retire, and
+// write their accumulators rounded to T.
 #pragma once
 
 #include "common/mbarrier.cuh"
@@ -127,9 +128,13 @@ __global__ void __launch_bounds__(GroupedGemmShape<kBlockM, kBlockN, kStages>::k
                                 ptx::swizzled_descriptor(b + kk * 16), kb > 0 || kk > 0);
     }
     ptx::wgmma_commit();
-    ptx::wgmma_wait<0>();
-    if (lane == 0) ptx::mbarrier_arrive(empty + stage);
+    // One k-block's products stay in flight behind the next one's issue: the one before retired,
+    // its stage is released.
+    ptx::wgmma_wait<1>();
+    if (kb > 0 && lane == 0) ptx::mbarrier_arrive(empty + (kb - 1) % kStages);
   }
+  ptx::wgmma_wait<0>();
+  if (k_blocks > 0 && lane == 0) ptx::mbarrier_arrive(empty + (k_blocks - 1) % kStages);
 
   const int block_row0 = consumer * 64 + 16 * warp + lane / 4;  // within the block
   const long long row0 = static_cast<long long>(m_block) * kBlockM + block_row0;
