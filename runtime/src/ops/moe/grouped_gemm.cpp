@@ -225,10 +225,13 @@ std::vector<MoeGemm::Problem> MoeGemm::shipped(const Arch& arch) {
           {DType::BFloat16, 64, 2048, 1536, 64, 64, weighted, 0, kNvFp4}};
 }
 
+std::int64_t MoeGemm::y_columns(const Problem& p) {
+  return p.epilogue == static_cast<std::int64_t>(moe::GemmEpilogue::Kind::kSwiGLU) ? p.n / 2 : p.n;
+}
+
 std::vector<TensorSpec> MoeGemm::tensors(const Problem& p) {
   using Role = TensorSpec::Role;
-  const bool swiglu = p.epilogue == static_cast<std::int64_t>(moe::GemmEpilogue::Kind::kSwiGLU);
-  const std::int64_t y_cols = swiglu ? p.n / 2 : p.n;
+  const std::int64_t y_cols = y_columns(p);
   const auto experts = static_cast<float>(p.experts), rows = static_cast<float>(p.rows);
   // FP4: random codes, scales near 1 (E4M3 0.25 to 1, E8M0 2^-4 to 2^0), a tensor scale near
   // 1/100; after the layout's tensors.
@@ -320,12 +323,11 @@ Call<MoeGemm> MoeGemm::validate(const TensorView& x_sorted, const TensorView& bl
   p.block_m = block;
   p.epilogue = static_cast<std::int64_t>(epilogue.kind);
   check_weights(p, w, 0);
-  const bool swiglu = epilogue.kind == moe::GemmEpilogue::Kind::kSwiGLU;
-  const std::int64_t y_cols = swiglu ? p.n / 2 : p.n;
+  const std::int64_t y_cols = y_columns(p);
   check_operand(y, "y", 2, "[rows, N]", p.dtype);
   if (y.size(0) != p.rows || y.size(1) != y_cols) {
     kGemmCheck.fail(fmt::format("y must be [{}, {}] (rows, N{}), got {}", p.rows, y_cols,
-                                swiglu ? " / 2 after SwiGLU" : "", y.describe()));
+                                y_cols != p.n ? " / 2 after SwiGLU" : "", y.describe()));
   }
   kGemmCheck.vector(block_expert, "block_expert", DType::Int32, p.rows / p.block_m);
   std::int64_t pairs = 0;
@@ -368,12 +370,11 @@ Call<MoeGemm> MoeGemm::validate_masked(const TensorView& x, const TensorView& ma
   // The block of rows from the rows an expert typically holds (decode: a few).
   p.block_m = expected_m > 0 && expected_m <= 64 ? 64 : 128;
   check_weights(p, w, p.experts);
-  const bool swiglu = epilogue == moe::GemmEpilogue::Kind::kSwiGLU;
-  const std::int64_t y_cols = swiglu ? p.n / 2 : p.n;
+  const std::int64_t y_cols = y_columns(p);
   check_operand(y, "y", 3, "[E, M, N]", p.dtype);
   if (y.size(0) != p.experts || y.size(1) != p.rows || y.size(2) != y_cols) {
     kGemmCheck.fail(fmt::format("y must be [{}, {}, {}] (E, M, N{}), got {}", p.experts, p.rows,
-                                y_cols, swiglu ? " / 2 after SwiGLU" : "", y.describe()));
+                                y_cols, y_cols != p.n ? " / 2 after SwiGLU" : "", y.describe()));
   }
   kGemmCheck.vector(masked_m, "masked_m", DType::Int32, p.experts);
   Args& a = call.args;
@@ -382,16 +383,15 @@ Call<MoeGemm> MoeGemm::validate_masked(const TensorView& x, const TensorView& ma
   return call;
 }
 
+void run_unless_empty(const Call<MoeGemm>& call, StreamHandle stream) {
+  if (call.problem.rows > 0) run(call, stream);
+}
+
 }  // namespace kjit::ops
 
 namespace kjit::moe {
-namespace {
 
-void run_unless_empty(const ops::Call<ops::MoeGemm>& call, StreamHandle stream) {
-  if (call.problem.rows > 0) ops::run(call, stream);
-}
-
-}  // namespace
+using ops::run_unless_empty;
 
 void grouped_gemm(const TensorView& x_sorted, const TensorView& block_expert, int block,
                   const TensorView& w, const TensorView& y, const GemmEpilogue& epilogue,

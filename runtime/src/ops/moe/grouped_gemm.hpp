@@ -84,6 +84,8 @@ struct MoeGemm {
   // [E, N, K / block] and NVFP4's tensor scale [E] or [1]; then check(p). `experts`: the experts
   // the layout holds (0: any). Host only (the layer's check before any device work).
   static void check_weights(Problem& p, const Weights& weights, std::int64_t experts);
+  // y's columns: N, or N / 2 after SwiGLU (a gate row and an up row make one).
+  static std::int64_t y_columns(const Problem& p);
   static Call<MoeGemm> validate(const TensorView& x_sorted, const TensorView& block_expert,
                                 int block, const Weights& w, const TensorView& y,
                                 const moe::GemmEpilogue& epilogue);
@@ -91,5 +93,8 @@ struct MoeGemm {
                                        int expected_m, const Weights& w, const TensorView& y,
                                        moe::GemmEpilogue::Kind epilogue);
 };
+
+// ops::run of a validated call, unless its layout holds no rows (no kernel loaded for nothing).
+void run_unless_empty(const Call<MoeGemm>& call, StreamHandle stream);
 
 }  // namespace kjit::ops

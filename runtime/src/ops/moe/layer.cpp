@@ -10,7 +10,6 @@
 #include "driver/stream_allocation.hpp"
 #include "kjit/error.hpp"
 #include "kjit/moe.hpp"
-#include "ops/dispatch.hpp"
 #include "ops/moe/grouped_gemm.hpp"
 
 namespace kjit::moe {
@@ -18,10 +17,6 @@ namespace kjit::moe {
 namespace {
 
 using Weights = ops::MoeGemm::Weights;
-
-void gemm(const ops::Call<ops::MoeGemm>& call, StreamHandle stream) {
-  if (call.problem.rows > 0) ops::run(call, stream);
-}
 
 // The experts' weights 16-bit, or FP4 codes (two a byte along K) with their scales.
 void run_layer(const TensorView& x, const TensorView& router_logits, const Weights& gate_up_weights,
@@ -120,8 +115,10 @@ void run_layer(const TensorView& x, const TensorView& router_logits, const Weigh
   align(ids, static_cast<int>(experts), block,
         {sorted, block_expert, view(kCounts), view(kOffsets), view(kInvalid)}, stream);
   permute(x, sorted, static_cast<int>(top_k), x_sorted, positions, stream);
-  gemm(ops::MoeGemm::validate(x_sorted, block_expert, block, gate_up_weights, h, swiglu), stream);
-  gemm(ops::MoeGemm::validate(h, block_expert, block, down_weights, y_sorted, weighted), stream);
+  ops::run_unless_empty(
+      ops::MoeGemm::validate(x_sorted, block_expert, block, gate_up_weights, h, swiglu), stream);
+  ops::run_unless_empty(
+      ops::MoeGemm::validate(h, block_expert, block, down_weights, y_sorted, weighted), stream);
   unpermute(y_sorted, positions, static_cast<int>(top_k), TensorView(), shared, out, stream);
 }
 
