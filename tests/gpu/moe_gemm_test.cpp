@@ -34,6 +34,38 @@ namespace {
 using Kind = moe::GemmEpilogue::Kind;
 using Format = ops::MoeGemm::WeightFormat;
 
+// Output column `col` of one row x (K values) through expert e's weights and the epilogue (kPlain
+// with `scale` 1, kRoutingWeights with the pair's weight, kSwiGLU), in fp64, and the bound on a
+// result accumulated in fp32 and rounded once beyond one ulp: 1e-5 of the terms' magnitudes,
+// carried through silu (slope at most 1.1) and the product, plus fp32's exp.
+struct Expected {
+  double want, bound;
+};
+Expected expected(const double* x, const ExpertWeights& w, int e, int n, int k, int col, Kind kind,
+                  double scale) {
+  const auto product = [&](int row, double& magnitude) {
+    const std::size_t wr = (static_cast<std::size_t>(e) * n + row) * k;
+    double sum = 0;
+    magnitude = 0;
+    for (int i = 0; i < k; ++i) {
+      const double term = x[i] * w.at(wr + i);
+      sum += term;
+      magnitude += std::abs(term);
+    }
+    return sum;
+  };
+  if (kind == Kind::kSwiGLU) {
+    double gate_magnitude = 0, up_magnitude = 0;
+    const double gate = product(2 * col, gate_magnitude), up = product(2 * col + 1, up_magnitude);
+    const double silu = gate / (1 + std::exp(-gate)), want = silu * up;
+    return {want, 1e-5 * (1.1 * std::abs(up) * gate_magnitude + std::abs(silu) * up_magnitude) +
+                      1e-6 * std::abs(want)};
+  }
+  double magnitude = 0;
+  const double want = scale * product(col, magnitude);
+  return {want, 1e-5 * scale * magnitude};
+}
+
 struct GemmCase {
   const char* name;
   DType dtype;
@@ -124,18 +156,6 @@ TEST_P(MoeGemmTest, MatchesDoublePerRoutedRow) {
     xf[i] = from_bits(c.dtype, x[i]);
   double max_err = 0;
   int checked = 0;
-  // Row r's product with w[e]'s row `col`, and the sum of its terms' magnitudes.
-  auto product = [&](const double* xr, int e, int col, double& magnitude) {
-    const std::size_t wr = (static_cast<std::size_t>(e) * c.n + col) * c.k;
-    double sum = 0;
-    magnitude = 0;
-    for (int i = 0; i < c.k; ++i) {
-      const double term = xr[i] * w.at(wr + i);
-      sum += term;
-      magnitude += std::abs(term);
-    }
-    return sum;
-  };
   for (std::int64_t r = 0; r < rows; ++r) {
     const int e = experts_of[r / c.block], pair = layout[r];
     const std::uint16_t* got = &y[static_cast<std::size_t>(r) * y_cols];
@@ -151,23 +171,9 @@ TEST_P(MoeGemmTest, MatchesDoublePerRoutedRow) {
     }
     ASSERT_EQ(ids[pair], e) << "row " << r << " (pair " << pair << ") in expert " << e << "'s run";
     const double* xr = &xf[static_cast<std::size_t>(pair / c.top_k) * c.k];
+    const double scale = c.epilogue == Kind::kRoutingWeights ? pair_weights[pair] : 1.0;
     for (int col = 0; col < y_cols; ++col) {
-      double want = 0, bound = 0;
-      if (c.epilogue == Kind::kSwiGLU) {
-        double gate_magnitude = 0, up_magnitude = 0;
-        const double gate = product(xr, e, 2 * col, gate_magnitude);
-        const double up = product(xr, e, 2 * col + 1, up_magnitude);
-        const double silu = gate / (1 + std::exp(-gate));
-        want = silu * up;
-        // The terms' fp32 error through silu (slope at most 1.1) and the product, fp32's exp.
-        bound = 1e-5 * (1.1 * std::abs(up) * gate_magnitude + std::abs(silu) * up_magnitude) +
-                1e-6 * std::abs(want);
-      } else {
-        double magnitude = 0;
-        const double scale = c.epilogue == Kind::kRoutingWeights ? pair_weights[pair] : 1.0;
-        want = scale * product(xr, e, col, magnitude);
-        bound = 1e-5 * scale * magnitude;
-      }
+      const auto [want, bound] = expected(xr, w, e, c.n, c.k, col, c.epilogue, scale);
       const double err = std::abs(from_bits(c.dtype, got[col]) - want);
       max_err = std::max(max_err, err);
       ASSERT_LE(err, 2e-2) << "row " << r << " col " << col << " want " << want;
@@ -279,18 +285,6 @@ TEST_P(MoeGemmMaskedTest, MatchesDoublePerHeldRow) {
   std::vector<double> xf(x.size());
   for (std::size_t i = 0; i < x.size(); ++i)
     xf[i] = from_bits(c.dtype, x[i]);
-  auto product = [&](int e, int r, int col, double& magnitude) {
-    const double* xr = &xf[(static_cast<std::size_t>(e) * c.max_m + r) * c.k];
-    const std::size_t wr = (static_cast<std::size_t>(e) * c.n + col) * c.k;
-    double sum = 0;
-    magnitude = 0;
-    for (int i = 0; i < c.k; ++i) {
-      const double term = xr[i] * w.at(wr + i);
-      sum += term;
-      magnitude += std::abs(term);
-    }
-    return sum;
-  };
   for (int e = 0; e < c.experts; ++e) {
     for (int r = 0; r < c.max_m; ++r) {
       const std::uint16_t* got = &y[(static_cast<std::size_t>(e) * c.max_m + r) * y_cols];
@@ -299,19 +293,9 @@ TEST_P(MoeGemmMaskedTest, MatchesDoublePerHeldRow) {
           ASSERT_EQ(got[col], 0xffff) << "expert " << e << " row " << r << " past its count";
         continue;
       }
+      const double* xr = &xf[(static_cast<std::size_t>(e) * c.max_m + r) * c.k];
       for (int col = 0; col < y_cols; ++col) {
-        double want = 0, bound = 0;
-        if (c.epilogue == Kind::kSwiGLU) {
-          double gm = 0, um = 0;
-          const double gate = product(e, r, 2 * col, gm), up = product(e, r, 2 * col + 1, um);
-          const double silu = gate / (1 + std::exp(-gate));
-          want = silu * up;
-          bound = 1e-5 * (1.1 * std::abs(up) * gm + std::abs(silu) * um) + 1e-6 * std::abs(want);
-        } else {
-          double magnitude = 0;
-          want = product(e, r, col, magnitude);
-          bound = 1e-5 * magnitude;
-        }
+        const auto [want, bound] = expected(xr, w, e, c.n, c.k, col, c.epilogue, 1.0);
         const double err = std::abs(from_bits(c.dtype, got[col]) - want);
         ASSERT_LE(err, 2e-2) << "expert " << e << " row " << r << " col " << col;
         ASSERT_LE(err, ulp(c.dtype, want) + bound)
