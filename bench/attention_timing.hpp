@@ -53,6 +53,19 @@ double graph_median_ms(F&& body, StreamHandle stream) {
   return ms;
 }
 
+// graph_median_ms of `calls` back-to-back call(i), i = 0 .. calls - 1, per call: a CUDA graph of
+// many short calls, so that the launch gaps between its nodes are what a model runner sees.
+template <class F>
+double graph_per_call_ms(int calls, F&& call, StreamHandle stream) {
+  return graph_median_ms(
+             [&] {
+               for (int i = 0; i < calls; ++i)
+                 call(i);
+             },
+             stream) /
+         calls;
+}
+
 // The device-to-device copy's bandwidth (bytes read and written), the ceiling a memory-bound
 // kernel is measured against.
 inline double copy_gbs(StreamHandle stream) {

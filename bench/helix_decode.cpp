@@ -27,13 +27,9 @@ constexpr int kD = kjit::mla::kHeadDim, kV = kjit::mla::kLatentDim;
 
 template <class F>
 double per_call_us(F&& call, kjit::StreamHandle stream) {
-  return kjit::bench::graph_median_ms(
-             [&] {
-               for (int i = 0; i < kCalls; ++i)
-                 call();
-             },
-             stream) *
-         1e3 / kCalls;
+  return kjit::bench::graph_per_call_ms(
+             kCalls, [&](int) { call(); }, stream) *
+         1e3;
 }
 
 }  // namespace

@@ -183,13 +183,7 @@ int main(int argc, char** argv) try {
   std::printf("%-14s %-6s %4s %6s %5s %5s %10s %8s %7s %7s  %s\n", "row", "w", "E", "Tk", "N", "K",
               "graph us", "TFLOP/s", "GB/s", "vs copy", "config");
   const auto time_calls = [&](const auto& call) {
-    return kjit::bench::graph_median_ms(
-               [&] {
-                 for (int i = 0; i < kCalls; ++i)
-                   call(i);
-               },
-               s) /
-           kCalls;
+    return kjit::bench::graph_per_call_ms(kCalls, call, s);
   };
 
   // Prefill.

@@ -56,19 +56,15 @@ int main() try {
         TensorView(gate_up.data(), DType::BFloat16, {kExperts, 2 * kInter, kHidden}),
         TensorView(down.data(), DType::BFloat16, {kExperts, kHidden, kInter}),
         TensorView(bias.data(), DType::Float32, {kExperts})};
-    const double ms =
-        kjit::bench::graph_median_ms(
-            [&] {
-              for (int i = 0; i < kCalls; ++i) {
-                kjit::moe::layer(TensorView(x.data(), DType::BFloat16, {t, kHidden}),
-                                 TensorView(dlogits.data(), DType::Float32, {t, kExperts}), weights,
-                                 TensorView(shared.data(), DType::BFloat16, {t, kHidden}), options,
-                                 TensorView(out.data(), DType::BFloat16, {t, kHidden}),
-                                 stream.handle());
-              }
-            },
-            stream.handle()) /
-        kCalls;
+    const double ms = kjit::bench::graph_per_call_ms(
+        kCalls,
+        [&](int) {
+          kjit::moe::layer(TensorView(x.data(), DType::BFloat16, {t, kHidden}),
+                           TensorView(dlogits.data(), DType::Float32, {t, kExperts}), weights,
+                           TensorView(shared.data(), DType::BFloat16, {t, kHidden}), options,
+                           TensorView(out.data(), DType::BFloat16, {t, kHidden}), stream.handle());
+        },
+        stream.handle());
     std::printf("%6lld %10.1f %9.1f\n", t, ms * 1e3,
                 2.0 * t * kTopK * 3.0 * kHidden * kInter / ms / 1e9);
   }

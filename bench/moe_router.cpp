@@ -48,13 +48,8 @@ int main() try {
                             {"deepseek-v3", 256, {true, 8, 8, 4, true, 2.5f}, true},
                             {"softmax-256", 256, {false, 8, 1, 1, false, 1.f}, false}};
   const auto per_call_ms = [&](const auto& body) {
-    return kjit::bench::graph_median_ms(
-               [&] {
-                 for (int i = 0; i < kCalls; ++i)
-                   body();
-               },
-               s) /
-           kCalls;
+    return kjit::bench::graph_per_call_ms(
+        kCalls, [&](int) { body(); }, s);
   };
   std::mt19937 rng(5);
   std::normal_distribution<float> normal;
