@@ -93,14 +93,16 @@ struct QuantisedExperts {
     const std::size_t per_expert = static_cast<std::size_t>(rows) * cols;
     std::vector<double> errors;
     for (int e = 0; e < kE; ++e) {
+      reference::Fp4Tensor t;  // the expert's codes unpacked, as the reference holds them
+      for (std::size_t i = e * per_expert; i < (e + 1) * per_expert; ++i)
+        t.codes.push_back(c[i / 2] >> (4 * (i % 2)) & 15);
+      t.scales.assign(s.begin() + e * per_expert / block, s.begin() + (e + 1) * per_expert / block);
+      t.tensor_scale = nv ? ts[e] : 1.0;
+      const std::vector<double> values = reference::dequantize(t, rows, cols, nv);
       double error = 0, norm = 0;
-      for (std::size_t i = e * per_expert; i < (e + 1) * per_expert; ++i) {
-        const std::uint8_t code = c[i / 2] >> (4 * (i % 2)) & 15, scale = s[i / block];
-        const double value =
-            reference::e2m1_value(code) *
-            (nv ? reference::e4m3_value(scale) * ts[e] : std::ldexp(1.0, scale - 127));
-        const double want = from_bits(kBf16, w[i]);
-        error += (value - want) * (value - want);
+      for (std::size_t i = 0; i < per_expert; ++i) {
+        const double want = from_bits(kBf16, w[e * per_expert + i]);
+        error += (values[i] - want) * (values[i] - want);
         norm += want * want;
       }
       errors.push_back(std::sqrt(error / norm));

@@ -47,18 +47,22 @@ std::vector<double> GoldenFp4Layer::output() const {
   router.renormalize = true;
   router.scaling = 1.8;
   const Routing routing = route(std::vector<double>(logits.begin(), logits.end()), kT, kE, router);
-  // The tensor scale as the GEMM reads it: fp32.
+  // Each expert's weights dequantised once, the tensor scale as the GEMM reads it: fp32.
   const auto weights = [](const Fp4Tensor& t, int rows, int cols) {
     Fp4Tensor f = t;
     f.tensor_scale = static_cast<float>(t.tensor_scale);
     return dequantize(f, rows, cols, true);
   };
+  std::vector<std::vector<double>> gate_ups, downs;
+  for (int e = 0; e < kE; ++e) {
+    gate_ups.push_back(weights(gate_up[e], 2 * kI, kH));
+    downs.push_back(weights(down[e], kH, kI));
+  }
   std::vector<double> out(static_cast<std::size_t>(kT) * kH, 0.0), h(kI);
   for (int t = 0; t < kT; ++t) {
     for (int j = 0; j < kTopK; ++j) {
       const int e = routing.ids[t * kTopK + j];
-      const std::vector<double> gate_up = weights(this->gate_up[e], 2 * kI, kH),
-                                down = weights(this->down[e], kH, kI);
+      const std::vector<double>&gate_up = gate_ups[e], &down = downs[e];
       for (int i = 0; i < kI; ++i) {
         double gate = 0, up = 0;
         for (int d = 0; d < kH; ++d) {

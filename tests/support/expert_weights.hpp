@@ -49,17 +49,15 @@ class ExpertWeights {
     for (int e = 0; e < experts; ++e) {
       for (double& v : expert)
         v = next();
-      const reference::Fp4Tensor q =
+      reference::Fp4Tensor q =
           nv ? reference::quantize_nvfp4(expert, n, k) : reference::quantize_mxfp4(expert, n, k);
-      tensor_scales[e] = static_cast<float>(q.tensor_scale);
+      q.tensor_scale = tensor_scales[e] =
+          static_cast<float>(q.tensor_scale);  // as the GEMM reads it
       const std::size_t base = e * per_expert;
-      for (std::size_t i = 0; i < per_expert; ++i) {
+      for (std::size_t i = 0; i < per_expert; ++i)
         codes[(base + i) / 2] |= static_cast<std::uint8_t>(q.codes[i] << (4 * (i % 2)));
-        const std::uint8_t scale = q.scales[i / block];
-        values_[base + i] =
-            reference::e2m1_value(q.codes[i]) *
-            (nv ? reference::e4m3_value(scale) * tensor_scales[e] : std::ldexp(1.0, scale - 127));
-      }
+      const std::vector<double> values = reference::dequantize(q, n, k, nv);
+      std::copy(values.begin(), values.end(), values_.begin() + base);
       std::copy(q.scales.begin(), q.scales.end(), scales.begin() + base / block);
     }
     w_ = DeviceBuffer(codes.size());
