@@ -310,6 +310,7 @@ TEST(MoeFp4Accuracy, PerplexityProxy) {
     tokens[t] = std::discrete_distribution<int>(p.begin(), p.end())(rng);
     reference_nll -= reference[at(t, tokens[t])] / kT;
   }
+  double nvfp4_ratio = 0, mxfp4_ratio = 0;
   for (const moe::Fp4Format format : {moe::Fp4Format::kNvFp4, moe::Fp4Format::kMxFp4}) {
     const bool nv = format == moe::Fp4Format::kNvFp4;
     std::vector<std::unique_ptr<QuantisedExperts>> quantised;
@@ -326,7 +327,10 @@ TEST(MoeFp4Accuracy, PerplexityProxy) {
     // Scored with the bf16 model's routing (the experts' quantisation alone), and with the FP4
     // model's own: with random, unrelated experts a changed top-4 choice moves h by the whole
     // difference of two experts' outputs, far more than a trained model's similar experts would,
-    // so that one is printed with a sanity bound only.
+    // so that one is printed with a sanity bound only. The bounds of the first: the first H200
+    // run (2026-12-04) measured x1.132 (NVFP4) and x1.190 (MXFP4); the bounds keep ~15% of that
+    // increase as margin, so a kernel change that adds error shows here. (The first bounds, 1.12
+    // and 1.2, were guesses made before any run.)
     for (const bool own_routing : {false, true}) {
       const std::vector<double> got =
           log_probs(fp4, [&](int) { return own_routing ? &own_router : nullptr; });
@@ -344,9 +348,12 @@ TEST(MoeFp4Accuracy, PerplexityProxy) {
           "mean KL %.4f\n",
           nv ? "nvfp4" : "mxfp4", own_routing ? "its own" : "the bf16 model's",
           std::exp(reference_nll), std::exp(nll), ratio, kl);
-      EXPECT_LE(ratio, own_routing ? 2.0 : nv ? 1.12 : 1.2);
+      EXPECT_LE(ratio, own_routing ? 2.0 : nv ? 1.15 : 1.22);
+      if (!own_routing) (nv ? nvfp4_ratio : mxfp4_ratio) = ratio;
     }
   }
+  // NVFP4's finer blocks and E4M3 scales lose less than MXFP4's.
+  EXPECT_LT(nvfp4_ratio, mxfp4_ratio);
 }
 
 }  // namespace

@@ -15,7 +15,7 @@ struct DeviceAlignment {
         experts(experts),
         block(block),
         sorted(rows * 4),
-        block_expert(rows / block * 4 + 4),
+        block_expert(rows / block * 4),
         counts(experts * 4),
         offsets((experts + 1) * 4),
         invalid(4) {}
