@@ -1,4 +1,4 @@
-// cp.async (sm_80+): 16-byte global -> shared copies that bypass registers, grouped so a
+// cp.async (sm_80+): 16- and 4-byte global -> shared copies that bypass registers, grouped so a
 // multi-stage pipeline can wait for the oldest stage only.
 #pragma once
 
@@ -12,6 +12,13 @@ __device__ __forceinline__ unsigned shared_address(const void* p) {
 __device__ __forceinline__ void cp_async_16(void* shared_dst, const void* global_src, bool valid) {
   const int src_bytes = valid ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(shared_dst)),
+               "l"(global_src), "r"(src_bytes));
+}
+
+// Copies the first `src_bytes` (0 to 4) of a 4-byte-aligned word and zero-fills the rest.
+__device__ __forceinline__ void cp_async_4(void* shared_dst, const void* global_src,
+                                           int src_bytes) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(shared_address(shared_dst)),
                "l"(global_src), "r"(src_bytes));
 }
 

@@ -12,13 +12,15 @@
 // 2^-118 to 2^8; the 2^7 and the tensor scale multiply the fp32 product. Past 2^8 an E8M0 scale
 // becomes infinity (a zero code then gives NaN); below 2^-118 the products lose bits.
 // Warp 0's first thread produces (a tensor copy of the tokens' 64-column K slice and of the
-// weights' 32 code bytes a row per stage); kBlockW
-// / 64 consumer warpgroups each dequantize and multiply 64 weight rows, and release the stage after
-// their wgmma retire. A lane's two weight rows r and r + 8 of each token pair meet their
-// neighbours' (r ^ 1) through one shuffle in the epilogue, so that a lane writes two adjacent
+// weights' 32 code bytes a row per stage); warps 1-3 meanwhile copy the block's scales for the
+// whole of K to shared memory once (load_block_scales), so that no k-block waits on a global load;
+// kBlockW / 64 consumer warpgroups each dequantize and multiply 64 weight rows, and release the
+// stage after their wgmma retire. A lane's two weight rows r and r + 8 of each token pair meet
+// their neighbours' (r ^ 1) through one shuffle in the epilogue, so that a lane writes two adjacent
 // columns (or one SwiGLU column) of one token.
 #pragma once
 
+#include "common/cp_async.cuh"
 #include "common/mbarrier.cuh"
 #include "common/mma.cuh"
 #include "common/numeric.cuh"
@@ -76,6 +78,50 @@ __device__ __forceinline__ void block_scales_bits(unsigned codes, unsigned (&sca
   }
 }
 
+// The scale bytes of the block's kBlockW weight rows (`rows`, row_bytes each) into shared memory
+// [kBlockW][p.scale_pitch], by `threads` threads, which return once their copies landed: 4-byte
+// copies (the row's tail zero-filled) where the rows are 4-byte aligned, else (MXFP4 rows of an odd
+// number of 2-byte k-blocks) 2-byte loads, 8 in flight a thread. No expert: zeros.
+template <int kBlockW>
+__device__ __forceinline__ void load_block_scales(const KjitMoeGemmParams& p,
+                                                  const unsigned char* rows, bool have_expert,
+                                                  int row_bytes, unsigned char* dst, int thread,
+                                                  int threads) {
+  const bool words =
+      !have_expert || ((reinterpret_cast<unsigned long long>(rows) | p.scale_row_stride) & 3) == 0;
+  if (words) {
+    const int row_words = (row_bytes + 3) / 4;
+    for (int i = thread; i < kBlockW * row_words; i += threads) {
+      const int r = i / row_words, b = 4 * (i % row_words);
+      ptx::cp_async_4(dst + r * p.scale_pitch + b, rows + r * p.scale_row_stride + b,
+                      have_expert ? min(4, row_bytes - b) : 0);
+    }
+    ptx::cp_async_commit();
+    ptx::cp_async_wait<0>();
+    return;
+  }
+  const int row_halves = row_bytes / 2, total = kBlockW * row_halves;
+  for (int base = thread; base < total; base += 8 * threads) {
+    unsigned short v[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int i = base + j * threads;
+      if (i < total) {
+        v[j] = *reinterpret_cast<const unsigned short*>(rows + i / row_halves * p.scale_row_stride +
+                                                        2 * (i % row_halves));
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int i = base + j * threads;
+      if (i < total) {
+        *reinterpret_cast<unsigned short*>(dst + i / row_halves * p.scale_pitch +
+                                           2 * (i % row_halves)) = v[j];
+      }
+    }
+  }
+}
+
 __device__ __forceinline__ unsigned mul_bf16x2(unsigned a, unsigned b) {
   unsigned d;
   asm("mul.rn.bf16x2 %0, %1, %2;\n" : "=r"(d) : "r"(a), "r"(b));
@@ -97,8 +143,11 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThre
   extern __shared__ unsigned char shared_raw[];
   T* sx = reinterpret_cast<T*>(ptx::swizzle_aligned(shared_raw));  // [stages][kBlockM][64]
   unsigned char* sw = reinterpret_cast<unsigned char*>(sx + kStages * kBlockM * S::kBlockK);
-  auto* full = reinterpret_cast<cuda::std::uint64_t*>(sw + kStages * S::kWBytes);
+  unsigned char* sscales = sw + kStages * S::kWBytes;  // [kBlockW][p.scale_pitch]
+  auto* full = reinterpret_cast<cuda::std::uint64_t*>(sscales + kBlockW * p.scale_pitch);
   auto* empty = full + kStages;
+  auto* scales_ready = empty + kStages;  // one arrival a loading thread
+  if (threadIdx.x == 0) ptx::mbarrier_init(scales_ready, 96);
   // Warp-uniform (a shuffle from lane 0), so that ptxas keeps the roles' wgmma unserialised.
   const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 128, 0);
   init_stage_barriers(full, empty, kStages, 4 * S::kConsumers);
@@ -134,19 +183,24 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThre
         ptx::tma_load_4d(sw + stage * S::kWBytes, p.w_map, full + stage, kb * S::kBlockK / 2,
                          w_block * kBlockW, expert, 0);
       });
+    } else if (threadIdx.x >= 32) {
+      const unsigned char* rows =
+          have_expert ? p.w_scales + expert * p.scale_expert_stride +
+                            static_cast<long long>(w_block) * kBlockW * p.scale_row_stride
+                      : p.w_scales;
+      load_block_scales<kBlockW>(p, rows, have_expert, k_blocks * kScalesPerK, sscales,
+                                 threadIdx.x - 32, 96);
+      ptx::mbarrier_arrive(scales_ready);
     }
     return;
   }
 
   const int consumer = warpgroup - 1, warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;
   const int quad = lane % 4, w_row0 = consumer * 64 + 16 * warp + lane / 4;  // and w_row0 + 8
-  // This lane's two rows' scale codes of a k-block (kScalesPerK bytes each), one k-block ahead.
-  const unsigned char* scale_row =
-      p.w_scales + expert * p.scale_expert_stride +
-      (static_cast<long long>(w_block) * kBlockW + w_row0) * p.scale_row_stride;
-  const auto load_scales = [&](int kb, int h) -> unsigned {
-    if (!have_expert) return 0u;
-    const unsigned char* s = scale_row + 8 * h * p.scale_row_stride + kb * kScalesPerK;
+  // This lane's two rows' scale codes of a k-block (kScalesPerK bytes each) in shared memory.
+  const unsigned char* scale_row = sscales + w_row0 * p.scale_pitch;
+  const auto block_scales = [&](int kb, int h) -> unsigned {
+    const unsigned char* s = scale_row + 8 * h * p.scale_pitch + kb * kScalesPerK;
     return kScalesPerK == 4 ? *reinterpret_cast<const unsigned*>(s)
                             : *reinterpret_cast<const unsigned short*>(s);
   };
@@ -158,15 +212,10 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThre
   const cuda::std::uint64_t x_desc0 = ptx::swizzled_descriptor(sx);
   const auto main_loop = [&](auto width) {
     constexpr int kN = decltype(width)::value;
-    unsigned next_scales[2] = {load_scales(0, 0), load_scales(0, 1)};
     int stage = 0;
     unsigned phase = 0;
     for (int kb = 0; kb < k_blocks; ++kb) {
-      const unsigned scales[2] = {next_scales[0], next_scales[1]};
-      if (kb + 1 < k_blocks) {
-        next_scales[0] = load_scales(kb + 1, 0);
-        next_scales[1] = load_scales(kb + 1, 1);
-      }
+      const unsigned scales[2] = {block_scales(kb, 0), block_scales(kb, 1)};
       ptx::mbarrier_wait(full + stage, phase);
       // Row r's 32 code bytes as two 16-byte halves (K 0-31, 32-63); 32-bit word i holds K
       // 8i..8i+7, and this lane's K (2 quad, + 1) and (+ 8, + 9) of a k16 step are byte `quad` of
@@ -210,6 +259,7 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThre
       }
     }
   };
+  ptx::mbarrier_wait(scales_ready, 0);
   switch (columns) {
     case 8:
       main_loop(cuda::std::integral_constant<int, 8>{});

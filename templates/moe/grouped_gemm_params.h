@@ -24,6 +24,7 @@ struct KjitMoeGemmParams {
   const float* tensor_scale;
   long long scale_expert_stride, scale_row_stride;
   int tensor_scale_stride;
+  int scale_pitch; /* FP4: bytes between two weight rows' scales in shared memory */
   long long x_row_stride, x_expert_stride, w_expert_stride, w_row_stride, y_row_stride,
       y_expert_stride;
   int rows, n, k, experts, pairs; /* k a multiple of 64, n of block_n */

@@ -156,6 +156,9 @@ std::vector<LayerCase> cases() {
       {"glm_router_shared_bf16", bf16, 40, 256, 16, 128, 4, 128, true, true},
       {"softmax_top2_fp16_block64", fp16, 70, 128, 8, 192, 2, 64, false, false},
       {"glm_dims_8_experts", bf16, 3, 2048, 8, 1536, 4, 128, true, true},
+      // block 0: the layer's choice, 64 rows for 12 pairs over 8 experts, 128 for 600.
+      {"auto_block_decode", bf16, 3, 2048, 8, 1536, 4, 0, true, true},
+      {"auto_block_128", bf16, 300, 128, 8, 128, 2, 0, false, true},
       {"nvfp4_glm_router_shared", bf16, 40, 256, 16, 128, 4, 64, true, true, Format::kNvFp4},
       {"mxfp4_glm_dims_8_experts", bf16, 5, 2048, 8, 1536, 4, 128, true, false, Format::kMxFp4}};
 }

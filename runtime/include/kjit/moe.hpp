@@ -147,7 +147,10 @@ struct LayerWeights {
 };
 struct LayerOptions {
   RouterOptions router;
-  int block = 128;  // rows of the GEMM's blocks (align's block): 64 or 128
+  // Rows of the GEMMs' blocks (align's block): 64 or 128, or 0 to choose by the tokens: 64 while
+  // the experts average at most 64 routed pairs (decode and small batches: an expert's run is then
+  // one block, and a 128-row block would multiply twice the padding), else 128.
+  int block = 0;
 };
 void layer(const TensorView& x, const TensorView& router_logits, const LayerWeights& weights,
            const TensorView& shared, const LayerOptions& options, const TensorView& out,

@@ -22,6 +22,14 @@ void check_operand(const TensorView& t, const char* name, int ndim, const char* 
   kGemmCheck.aligned(t, name, 16);
 }
 
+// FP4: bytes between two weight rows' scales in the kernel's shared memory, the row's K / block
+// scale bytes rounded up to a whole number of words, and to an odd one, so that the 8 rows a warp
+// reads at once fall in 8 banks.
+std::int64_t fp4_scale_pitch(const MoeGemm::Problem& p) {
+  const std::int64_t words = (p.k / (p.weights == MoeGemm::kNvFp4 ? 16 : 32) + 3) / 4;
+  return 4 * (words | 1);
+}
+
 // The operands' pointers, strides and sizes, shared by both layouts.
 void set_operands(MoeGemm::Args& a, const MoeGemm::Problem& p, const TensorView& x,
                   std::int64_t x_row_stride, std::int64_t x_expert_stride,
@@ -48,6 +56,7 @@ void set_operands(MoeGemm::Args& a, const MoeGemm::Problem& p, const TensorView&
     a.tensor_scale = static_cast<const float*>(weights.tensor_scale.data);
     a.tensor_scale_stride =
         weights.tensor_scale.numel() > 1 ? static_cast<int>(weights.tensor_scale.stride(0)) : 0;
+    a.scale_pitch = static_cast<int>(fp4_scale_pitch(p));
   }
 }
 
@@ -130,10 +139,12 @@ void MoeGemm::check_weights(Problem& p, const Weights& weights, std::int64_t exp
 
 unsigned MoeGemm::shared_bytes(const Config& c, const Problem& p) {
   // 1024 bytes of slack to align the swizzled tiles, the stages' row and weight slices (FP4: half
-  // a byte a weight), a full and an empty mbarrier a stage.
-  const std::int64_t weight_bytes =
-      p.weights == kSameAsX ? c.block_n * kBlockK * 2 : c.block_n * kBlockK / 2;
-  return static_cast<unsigned>(1024 + c.stages * (p.block_m * kBlockK * 2 + weight_bytes) +
+  // a byte a weight), a full and an empty mbarrier a stage; FP4 also the block's scales for the
+  // whole of K and their mbarrier.
+  const bool fp4 = p.weights != kSameAsX;
+  const std::int64_t weight_bytes = fp4 ? c.block_n * kBlockK / 2 : c.block_n * kBlockK * 2;
+  const std::int64_t scales = fp4 ? c.block_n * fp4_scale_pitch(p) + 8 : 0;
+  return static_cast<unsigned>(1024 + c.stages * (p.block_m * kBlockK * 2 + weight_bytes) + scales +
                                2 * c.stages * 8);
 }
 

@@ -37,7 +37,8 @@ void run_layer(const TensorView& x, const TensorView& router_logits, const Weigh
   }
   const std::int64_t tokens = x.size(0), hidden = x.size(1), experts = gate_up.size(0),
                      inter = down.size(2) * packing, top_k = options.router.top_k;
-  const int block = options.block;
+  const std::int64_t pairs = tokens * top_k;
+  const int block = options.block != 0 ? options.block : pairs <= 64 * experts ? 64 : 128;
   // What the GEMMs would refuse after the router, align and permute ran: refused first.
   const bool dtypes =
       fp4 ? x.dtype == DType::BFloat16 && out.dtype == x.dtype
@@ -45,12 +46,11 @@ void run_layer(const TensorView& x, const TensorView& router_logits, const Weigh
   if (top_k < 1 || (block != 64 && block != 128) || hidden % 64 != 0 || inter % 64 != 0 ||
       !dtypes) {
     throw InvalidArgument(fmt::format(
-        "moe layer: top_k {} (>= 1), block {} (64 or 128), H {} and I {} (multiples of 64), "
+        "moe layer: top_k {} (>= 1), block {} (64, 128 or 0), H {} and I {} (multiples of 64), "
         "x, out and 16-bit weights of one dtype, FP4 weights with bf16 x ({}, {}, {}, {})",
         top_k, block, hidden, inter, dtype_name(x.dtype), dtype_name(gate_up.dtype),
         dtype_name(down.dtype), dtype_name(out.dtype)));
   }
-  const std::int64_t pairs = tokens * top_k;
   const std::int64_t rows = align_capacity(pairs, static_cast<int>(experts), block);
   // The GEMMs' own weight checks (FP4 scales and tensor scales included), before any device work.
   ops::MoeGemm::Problem up{
