@@ -4,9 +4,12 @@
 // naming what is wrong.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <random>
 #include <string>
+#include <vector>
 
 #include "kjit/error.hpp"
 #include "ops/moe/balance.hpp"
@@ -100,6 +103,33 @@ TEST(MoeRouterValidation, RefusesBadTopKGroupsAndTensors) {
   r = Route();
   r.options.scaling = std::numeric_limits<float>::infinity();
   expect_refused(r, "scaling must be finite");
+}
+
+// align_capacity is the most rows any routing of the pairs pads to: reached when min(E, pairs)
+// experts hold a pair and one of them all the rest, and never passed by random routings.
+TEST(MoeAlignCapacity, IsTheWorstRoutingsPaddedTotal) {
+  std::mt19937 rng(5);
+  for (int experts : {1, 8, 64, 256}) {
+    for (int block : {1, 16, 64, 128}) {
+      for (std::int64_t pairs : {0, 1, 4, 63, 64, 65, 256, 1000, 16384}) {
+        const std::int64_t capacity = moe::align_capacity(pairs, experts, block);
+        const auto padded = [&](std::int64_t c) { return (c + block - 1) / block * block; };
+        const std::int64_t m = std::min<std::int64_t>(experts, pairs);
+        EXPECT_EQ(capacity, pairs == 0 ? 0 : (m - 1) * block + padded(pairs - m + 1))
+            << pairs << " pairs, " << experts << " experts, block " << block;
+        for (int trial = 0; trial < 20; ++trial) {
+          std::vector<std::int64_t> counts(experts, 0);
+          const int hot = static_cast<int>(rng() % experts);  // skewed toward one expert
+          for (std::int64_t i = 0; i < pairs; ++i)
+            ++counts[rng() % 2 ? hot : static_cast<int>(rng() % experts)];
+          std::int64_t total = 0;
+          for (std::int64_t c : counts)
+            total += padded(c);
+          ASSERT_LE(total, capacity) << pairs << " pairs, " << experts << " experts";
+        }
+      }
+    }
+  }
 }
 
 // GLM-4.7-Flash: 10 tokens, top 4 of 64 experts, hidden 2048, 64-row blocks.

@@ -35,6 +35,8 @@ void router_topk(const TensorView& logits, const TensorView& bias, const TensorV
 struct Alignment {
   TensorView sorted, block_expert, counts, offsets, invalid;
 };
+// The most rows any routing of `pairs` pairs pads to: min(E, pairs) blocks, and one more for each
+// further `block` pairs (one expert holding all the rest).
 std::int64_t align_capacity(std::int64_t pairs, int experts, int block);
 void align(const TensorView& ids, int experts, int block, const Alignment& out,
            StreamHandle stream);

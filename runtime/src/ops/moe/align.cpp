@@ -1,5 +1,7 @@
 #include "ops/moe/align.hpp"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 
 #include "ops/dispatch.hpp"
@@ -108,9 +110,12 @@ Call<MoeAlign> MoeAlign::validate(const TensorView& ids, int experts, int block,
 namespace kjit::moe {
 
 std::int64_t align_capacity(std::int64_t pairs, int experts, int block) {
-  // Every expert's run rounds up by at most block - 1 rows; whole blocks.
-  const std::int64_t rows = pairs + static_cast<std::int64_t>(experts) * (block - 1);
-  return block > 0 ? (rows + block - 1) / block * block : 0;
+  // m experts holding c_e > 0 pairs take sum ceil(c_e / block) <= m + (pairs - m) / block blocks,
+  // most for m = min(E, pairs): decode's few pairs get a few blocks (a GEMM launched over the
+  // capacity then has no grid of empty blocks to retire), not E (block - 1) rows of padding.
+  if (block <= 0 || pairs <= 0) return 0;
+  const std::int64_t m = std::min<std::int64_t>(experts, pairs);
+  return (m + (pairs - m) / block) * block;
 }
 
 void align(const TensorView& ids, int experts, int block, const Alignment& out,
