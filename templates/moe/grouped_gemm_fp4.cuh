@@ -15,19 +15,14 @@
 // weights' 32 code bytes a row per stage); warps 1-3 meanwhile copy the block's scales for the
 // whole of K to shared memory once (load_block_scales), so that no k-block waits on a global load;
 // kBlockW / 64 consumer warpgroups each dequantize and multiply 64 weight rows, and release the
-// stage after their wgmma retire. kSplitK 2 (64 weight rows; decode) doubles the consumers: two
-// warpgroups take the even and the odd k-blocks of the same rows, so that each runs half the
-// dependent dequantize-multiply chain (with few blocks an SM, nothing else hides its latency), and
-// the second adds its sums to the first's through the idle token tiles before the epilogue. A
-// lane's two weight rows r and r + 8 of each token pair meet their neighbours' (r ^ 1) through one
-// shuffle in the epilogue, so that a lane writes two adjacent columns (or one SwiGLU column) of one
-// token.
+// stage after their wgmma retire. A lane's two weight rows r and r + 8 of each token pair meet
+// their neighbours' (r ^ 1) through one shuffle in the epilogue, so that a lane writes two adjacent
+// columns (or one SwiGLU column) of one token.
 #pragma once
 
 #include "common/cp_async.cuh"
 #include "common/mbarrier.cuh"
 #include "common/mma.cuh"
-#include "common/named_barrier.cuh"
 #include "common/numeric.cuh"
 #include "common/tma.cuh"
 #include "common/wgmma.cuh"
@@ -38,17 +33,14 @@ namespace kjit::moe {
 
 inline constexpr int kNvFp4 = 1, kMxFp4 = 2;
 
-template <int kBlockM, int kBlockW, int kStages, int kSplitK>
+template <int kBlockM, int kBlockW, int kStages>
 struct Fp4GemmShape {
-  static constexpr int kBlockK = 64, kRowGroups = kBlockW / 64, kConsumers = kRowGroups * kSplitK;
+  static constexpr int kBlockK = 64, kConsumers = kBlockW / 64;
   static constexpr int kThreads = 128 * (1 + kConsumers);  // the producer's warpgroup first
   static constexpr int kXBytes = kBlockM * kBlockK * 2, kWBytes = kBlockW * kBlockK / 2;
   static constexpr int kStageBytes = kXBytes + kWBytes;
   static_assert(kBlockM == 64 || kBlockM == 128, "wgmma's N: align's block");
-  static_assert(kBlockW == 64 || kBlockW == 128, "one or two groups of 64 weight rows");
-  static_assert(kSplitK == 1 || (kSplitK == 2 && kBlockW == 64), "split K: 64 weight rows");
-  // The second half's sums pass through the token tiles: 128 threads' accumulators fit.
-  static_assert(kSplitK == 1 || kStages * kXBytes >= 128 * kBlockM / 2 * 4, "partial sums");
+  static_assert(kBlockW == 64 || kBlockW == 128, "one or two consumer warpgroups");
 };
 
 // Two E2M1 codes (a byte, the lower K in the low nibble) as the bf16x2 e2m1 x 2^-126.
@@ -136,11 +128,10 @@ __device__ __forceinline__ unsigned mul_bf16x2(unsigned a, unsigned b) {
   return d;
 }
 
-template <int kFormat, int kBlockM, int kBlockW, int kStages, int kSplitK, int kEpilogue,
-          bool kMasked>
-__global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages, kSplitK>::kThreads, 1)
+template <int kFormat, int kBlockM, int kBlockW, int kStages, int kEpilogue, bool kMasked>
+__global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThreads, 1)
     moe_grouped_gemm_fp4(const __grid_constant__ KjitMoeGemmParams p) {
-  using S = Fp4GemmShape<kBlockM, kBlockW, kStages, kSplitK>;
+  using S = Fp4GemmShape<kBlockM, kBlockW, kStages>;
   using T = __nv_bfloat16;
   constexpr int kScalesPerK = S::kBlockK / (kFormat == kNvFp4 ? 16 : 32);  // a row's, a k-block
   const int w_block = blockIdx.x, m_block = blockIdx.y;
@@ -159,7 +150,7 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages, kSplit
   if (threadIdx.x == 0) ptx::mbarrier_init(scales_ready, 96);
   // Warp-uniform (a shuffle from lane 0), so that ptxas keeps the roles' wgmma unserialised.
   const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 128, 0);
-  init_stage_barriers(full, empty, kStages, 4 * S::kRowGroups);  // a stage's consumers
+  init_stage_barriers(full, empty, kStages, 4 * S::kConsumers);
   const int k_blocks = p.k / S::kBlockK;
   // The block's token rows up to its last one that holds a pair (the masked layout's count, or,
   // given align's sorted, the rows whose pair is in [0, pairs): an expert's padding ends its run).
@@ -205,8 +196,7 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages, kSplit
   }
 
   const int consumer = warpgroup - 1, warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;
-  const int split = consumer % kSplitK;  // this warpgroup's k-blocks: split, split + kSplitK, ..
-  const int quad = lane % 4, w_row0 = consumer / kSplitK * 64 + 16 * warp + lane / 4;  // and + 8
+  const int quad = lane % 4, w_row0 = consumer * 64 + 16 * warp + lane / 4;  // and w_row0 + 8
   // This lane's two rows' scale codes of a k-block (kScalesPerK bytes each) in shared memory.
   const unsigned char* scale_row = sscales + w_row0 * p.scale_pitch;
   const auto block_scales = [&](int kb, int h) -> unsigned {
@@ -222,10 +212,11 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages, kSplit
   const cuda::std::uint64_t x_desc0 = ptx::swizzled_descriptor(sx);
   const auto main_loop = [&](auto width) {
     constexpr int kN = decltype(width)::value;
-    for (int kb = split; kb < k_blocks; kb += kSplitK) {
-      const int stage = kb % kStages;
+    int stage = 0;
+    unsigned phase = 0;
+    for (int kb = 0; kb < k_blocks; ++kb) {
       const unsigned scales[2] = {block_scales(kb, 0), block_scales(kb, 1)};
-      ptx::mbarrier_wait(full + stage, (kb / kStages) & 1);
+      ptx::mbarrier_wait(full + stage, phase);
       // Row r's 32 code bytes as two 16-byte halves (K 0-31, 32-63); 32-bit word i holds K
       // 8i..8i+7, and this lane's K (2 quad, + 1) and (+ 8, + 9) of a k16 step are byte `quad` of
       // two words.
@@ -257,11 +248,15 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages, kSplit
               mul_bf16x2(e2m1x2_scaled_bits(__byte_perm(high_k, 0, 0x4440 | quad)), scale[h][kk]);
         }
         ptx::wgmma_fence();
-        ptx::wgmma_rs<T, kN>(acc, a[kk], x_desc + 2 * kk, kb > split || kk > 0);
+        ptx::wgmma_rs<T, kN>(acc, a[kk], x_desc + 2 * kk, kb > 0 || kk > 0);
       }
       ptx::wgmma_commit();
       ptx::wgmma_wait<0>();
       if (lane == 0) ptx::mbarrier_arrive(empty + stage);
+      if (++stage == kStages) {
+        stage = 0;
+        phase ^= 1;
+      }
     }
   };
   ptx::mbarrier_wait(scales_ready, 0);
@@ -279,30 +274,6 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages, kSplit
       main_loop(cuda::std::integral_constant<int, kBlockM>{});
   }
 
-  if constexpr (kSplitK == 2) {
-    // Every stage is consumed (its wgmma retired) once both halves pass the first barrier: the
-    // odd half's sums go through the token tiles, column blocks past `columns` (all 0) skipped.
-    float* partial = reinterpret_cast<float*>(sx) + threadIdx.x % 128;
-    ptx::named_barrier_sync(1, 256);
-    if (split == 1) {
-#pragma unroll
-      for (int j = 0; j < kBlockM / 8; ++j) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          if (8 * j < columns) partial[128 * (4 * j + e)] = acc[j][e];
-        }
-      }
-    }
-    ptx::named_barrier_sync(1, 256);
-    if (split == 1) return;
-#pragma unroll
-    for (int j = 0; j < kBlockM / 8; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        if (8 * j < columns) acc[j][e] += partial[128 * (4 * j + e)];
-      }
-    }
-  }
   // acc[j][e]: weight row w_row0 + 8 (e / 2), token 8 j + 2 quad + e % 2 of the block.
   const float alpha = 128.f * (kFormat != kNvFp4 ? 1.f
                                : have_expert     ? p.tensor_scale[expert * p.tensor_scale_stride]

@@ -75,7 +75,6 @@ struct GemmCase {
   std::int64_t block_n = 0, stages = 0;  // forced through the family when set
   Format weights = Format::kSameAsX;
   bool pass_sorted = false;  // align's sorted and the weights with a plain or SwiGLU epilogue
-  std::int64_t split_k = 1;  // with a forced block_n
 };
 
 void PrintTo(const GemmCase& c, std::ostream* os) {
@@ -135,7 +134,7 @@ TEST_P(MoeGemmTest, MatchesDoublePerRoutedRow) {
   if (c.block_n) {
     const ops::Call<ops::MoeGemm> call =
         ops::MoeGemm::validate(vx_sorted, vblocks, c.block, w.view(), vy, epilogue);
-    const ops::MoeGemm::Config config{c.block_n, c.stages, c.split_k};
+    const ops::MoeGemm::Config config{c.block_n, c.stages};
     ASSERT_TRUE(ops::MoeGemm::valid(config, call.problem, arch::current()));
     ops::MoeGemm::launch(load(ops::MoeGemm::spec(config, call.problem, arch::current())), config,
                          call.problem, call.args, stream.handle());
@@ -225,13 +224,7 @@ std::vector<GemmCase> cases() {
       {"nvfp4_skewed_columns_vary", bf16, 150, 2, 8, 384, 256, 64, true, Kind::kSwiGLU, 0, 0,
        Format::kNvFp4, true},
       {"bf16_sorted_given", bf16, 40, 2, 8, 256, 512, 64, false, Kind::kPlain, 0, 0,
-       Format::kSameAsX, true},
-      // K split between two warpgroups: 5 k-blocks (the odd half one short; MXFP4 rows of 10
-      // scale bytes, 2-byte aligned), and all 64 columns of skewed blocks.
-      {"mxfp4_split_k_5_k_blocks", bf16, 20, 4, 8, 128, 320, 64, false, Kind::kSwiGLU, 64, 4,
-       Format::kMxFp4, true, 2},
-      {"nvfp4_split_k_skewed_routing_weights", bf16, 150, 2, 8, 256, 512, 64, true,
-       Kind::kRoutingWeights, 64, 3, Format::kNvFp4, false, 2}};
+       Format::kSameAsX, true}};
 }
 
 INSTANTIATE_TEST_SUITE_P(All, MoeGemmTest, ::testing::ValuesIn(cases()),

@@ -152,28 +152,26 @@ std::vector<MoeGemm::Config> MoeGemm::space(const Problem& p, const Arch& arch) 
   std::vector<Config> out;
   for (std::int64_t block_n : {64, 128}) {
     for (std::int64_t stages = 2; stages <= 8; ++stages) {
-      for (std::int64_t split_k : {1, 2}) {
-        if (valid({block_n, stages, split_k}, p, arch)) out.push_back({block_n, stages, split_k});
-      }
+      if (valid({block_n, stages}, p, arch)) out.push_back({block_n, stages});
     }
   }
   return out;
 }
 
 bool MoeGemm::valid(const Config& c, const Problem& p, const Arch& arch) {
-  const bool split = c.split_k == 1 || (c.split_k == 2 && p.weights != kSameAsX && c.block_n == 64);
   return arch.has_wgmma() && (c.block_n == 64 || c.block_n == 128) && p.n % c.block_n == 0 &&
-         c.stages >= 2 && c.stages <= 8 && split && shared_bytes(c, p) <= arch.max_shared_bytes();
+         c.stages >= 2 && c.stages <= 8 && shared_bytes(c, p) <= arch.max_shared_bytes();
 }
 
 MoeGemm::Config MoeGemm::default_config(const Problem& p, const Arch& arch) {
   // 128 columns where N allows, and as many stages (up to 6) as shared memory holds. FP4 in
-  // decode (experts holding a fraction of a block of rows: a layout of at most a block an expert,
-  // or the masked layout's one block) takes 64 weight rows a block, split along K between two
-  // warpgroups: four times the consumer warps on the weights, to stream them.
-  const bool decode = p.masked ? p.rows <= p.block_m : p.rows <= p.experts * p.block_m;
-  const bool fp4_decode = p.weights != kSameAsX && decode;
-  Config c{p.n % 128 != 0 || fp4_decode ? 64 : 128, 6, fp4_decode ? 2 : 1};
+  // decode (experts holding a fraction of a block of rows: the layout's rows beyond its padding,
+  // or the masked layout's one block) takes 64 weight rows a block: twice the blocks, several an
+  // SM, to stream the weights.
+  const std::int64_t routed = p.rows - p.experts * (p.block_m - 1);  // within a block
+  const bool decode = p.masked ? p.rows <= p.block_m : routed * 4 < p.experts * p.block_m;
+  const bool narrow = p.n % 128 != 0 || (p.weights != kSameAsX && decode);
+  Config c{narrow ? 64 : 128, 6};
   while (c.stages > 2 && !valid(c, p, arch))
     --c.stages;
   return c;
@@ -188,9 +186,9 @@ KernelSpec MoeGemm::spec(const Config& c, const Problem& p, const Arch& arch) {
                                     cxx_type(p.dtype), p.block_m, c.block_n, c.stages, p.epilogue,
                                     masked)})
           : KernelSpec(sources()[1], {fmt::format("kjit::moe::moe_grouped_gemm_fp4<{}, "
-                                                  "{}, {}, {}, {}, {}, {}>",
+                                                  "{}, {}, {}, {}, {}>",
                                                   p.weights, p.block_m, c.block_n, c.stages,
-                                                  c.split_k, p.epilogue, masked)});
+                                                  p.epilogue, masked)});
   s.arch = arch.name();
   return s;
 }
@@ -214,7 +212,7 @@ void MoeGemm::launch(const Program& program, const Config& c, const Problem& p,
                                              w_strides, {32, block_n, 1, 1})
                    : driver::tiled_map_16bit(args.w, {u(p.k), u(p.n), u(p.experts), 1}, w_strides,
                                              {64, block_n, 1, 1});
-  const std::int64_t consumers = fp4 ? c.block_n / 64 * c.split_k : p.block_m / 64;
+  const std::int64_t consumers = (fp4 ? c.block_n : p.block_m) / 64;
   program.kernel().launch({{static_cast<unsigned>(p.n / c.block_n),
                             static_cast<unsigned>((p.rows + p.block_m - 1) / p.block_m),
                             static_cast<unsigned>(p.masked ? p.experts : 1)},

@@ -31,10 +31,9 @@ struct MoeGemm {
     std::int64_t rows = 0, n = 0, k = 0, experts = 0, block_m = 128, epilogue = 0, masked = 0,
                  weights = kSameAsX;
   };
-  // block_n: columns of y a block computes (the FP4 kernel's weight rows); split_k: FP4 with 64
-  // weight rows only, 2 consumer warpgroups taking alternate k-blocks of the same rows.
+  // block_n: columns of y a block computes (the FP4 kernel's weight rows).
   struct Config {
-    std::int64_t block_n = 128, stages = 4, split_k = 1;
+    std::int64_t block_n = 128, stages = 4;
   };
   using Args = KjitMoeGemmParams;
 
@@ -47,8 +46,7 @@ struct MoeGemm {
                                               field<&Problem::masked>("masked"),
                                               field<&Problem::weights>("weights")};
   static constexpr Field<Config> kConfig[] = {field<&Config::block_n>("block_n"),
-                                              field<&Config::stages>("stages"),
-                                              field<&Config::split_k>("split_k")};
+                                              field<&Config::stages>("stages")};
   static constexpr DType kDTypes[] = {DType::BFloat16, DType::Float16};
 
   static void check(const Problem& p);
