@@ -1,10 +1,12 @@
 // MoE dispatch layout (vLLM's moe_align_block_size): the (token, slot) pairs grouped by expert,
 // each expert's run padded to a multiple of the GEMM's block of rows, with the expert of every
-// block. One block of 1024 threads: counts by shared-memory atomics, a scan of the padded counts,
-// padding fills, then one warp places the pairs in pair order (a stable counting sort:
-// __match_any_sync ranks a warp's pairs of one expert, a shared running count carries the rest),
-// so the layout is the same run to run and equals tests/reference/moe_reference's `align`.
-// kExperts up to 1024.
+// block. One block of 1024 threads, a stable counting sort in pair order, so that the layout is the
+// same run to run and equals tests/reference/moe_reference's `align`: the pairs split into kChunks
+// contiguous chunks, a warp each, which counts its chunk per expert (__match_any_sync groups a
+// warp's 32 pairs by expert); each chunk's start within each expert's run is the sum of the
+// earlier chunks' counts; a scan of the padded counts gives the runs; the padding is filled; then
+// every warp places its chunk's pairs from its starts on, ranked among their expert's peers.
+// kExperts up to 1024 (kChunks shrinks so that the chunks' counts fit 32 KB).
 #pragma once
 
 #include "moe/align_params.h"
@@ -14,21 +16,48 @@ namespace kjit::moe {
 template <int kExperts>
 __global__ void __launch_bounds__(1024) moe_align(const KjitMoeAlignParams p) {
   static_assert(kExperts >= 1 && kExperts <= 1024, "experts");
-  __shared__ int counts[kExperts], offsets[kExperts + 1], running[kExperts];
+  constexpr int kChunks = kExperts <= 256 ? 32 : 8192 / kExperts;
+  // Each chunk's count of each expert, then its first row within the expert's run.
+  __shared__ int chunk_counts[kChunks][kExperts];
+  __shared__ int counts[kExperts], offsets[kExperts + 1];
   __shared__ int warp_sums[32];
   __shared__ int invalid;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  for (int e = tid; e < kExperts; e += blockDim.x)
-    counts[e] = running[e] = 0;
+  for (int i = tid; i < kChunks * kExperts; i += blockDim.x)
+    (&chunk_counts[0][0])[i] = 0;
   if (tid == 0) invalid = 0;
   __syncthreads();
-  for (int i = tid; i < p.pairs; i += blockDim.x) {
-    const int e = p.ids[i];
-    if (e >= 0 && e < kExperts) {
-      atomicAdd(&counts[e], 1);
-    } else {
-      atomicAdd(&invalid, 1);
+
+  // This warp's chunk of pairs, in steps of 32 (the next step's ids loaded ahead); visit(i, e,
+  // peers) for each lane's pair i with expert e (-1: none or invalid), peers: the lanes of e.
+  const int chunk = (p.pairs + kChunks * 32 - 1) / (kChunks * 32) * 32;
+  const int begin = min(warp * chunk, p.pairs), end = min(begin + chunk, p.pairs);
+  const auto for_each_pair = [&](auto visit) {
+    int next = begin + lane < end ? p.ids[begin + lane] : -1;
+    for (int base = begin; base < end; base += 32) {
+      const int i = base + lane, e = next;
+      next = i + 32 < end ? p.ids[i + 32] : -1;
+      const bool placed = e >= 0 && e < kExperts;
+      const unsigned peers = __match_any_sync(0xffffffffu, placed ? e : -1);
+      visit(i, placed ? e : -1, peers);
+      __syncwarp();
     }
+  };
+  if (warp < kChunks) {
+    for_each_pair([&](int i, int e, unsigned peers) {
+      if (e >= 0 && (peers & ((1u << lane) - 1)) == 0) chunk_counts[warp][e] += __popc(peers);
+      if (e < 0 && i < end) atomicAdd(&invalid, 1);
+    });
+  }
+  __syncthreads();
+  for (int e = tid; e < kExperts; e += blockDim.x) {
+    int sum = 0;
+    for (int c = 0; c < kChunks; ++c) {
+      const int n = chunk_counts[c][e];
+      chunk_counts[c][e] = sum;
+      sum += n;
+    }
+    counts[e] = sum;
   }
   __syncthreads();
 
@@ -87,19 +116,14 @@ __global__ void __launch_bounds__(1024) moe_align(const KjitMoeAlignParams p) {
   }
   __syncthreads();  // the padding is in place before the pairs overwrite it
 
-  if (warp != 0) return;
-  for (int base = 0; base < p.pairs; base += 32) {
-    const int i = base + lane;
-    const int e = i < p.pairs ? p.ids[i] : -1;
-    const bool placed = e >= 0 && e < kExperts;
-    const unsigned peers = __match_any_sync(0xffffffffu, placed ? e : -1);
-    const int rank = __popc(peers & ((1u << lane) - 1));
-    if (placed) p.sorted[offsets[e] + running[e] + rank] = i;
-    __syncwarp();
+  if (warp >= kChunks) return;
+  for_each_pair([&](int i, int e, unsigned peers) {
+    if (e < 0) return;
+    p.sorted[offsets[e] + chunk_counts[warp][e] + __popc(peers & ((1u << lane) - 1))] = i;
+    __syncwarp(peers);
     // The highest lane of each expert's peers carries the count on.
-    if (placed && (peers >> lane) == 1u) running[e] += __popc(peers);
-    __syncwarp();
-  }
+    if ((peers >> lane) == 1u) chunk_counts[warp][e] += __popc(peers);
+  });
 }
 
 }  // namespace kjit::moe
