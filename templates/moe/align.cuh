@@ -2,11 +2,11 @@
 // each expert's run padded to a multiple of the GEMM's block of rows, with the expert of every
 // block. One block of 1024 threads, a stable counting sort in pair order, so that the layout is the
 // same run to run and equals tests/reference/moe_reference's `align`: the pairs split into kChunks
-// contiguous chunks, a warp each, which counts its chunk per expert (__match_any_sync groups a
-// warp's 32 pairs by expert); each chunk's start within each expert's run is the sum of the
-// earlier chunks' counts; a scan of the padded counts gives the runs; the padding is filled; then
-// every warp places its chunk's pairs from its starts on, ranked among their expert's peers.
-// kExperts up to 1024 (kChunks shrinks so that the chunks' counts fit 32 KB).
+// contiguous chunks, a warp each, which counts its chunk per expert; each chunk's start within
+// each expert's run is the sum of the earlier chunks' counts; a scan of the padded counts gives the
+// runs; the padding is filled; then every warp places its chunk's pairs from its starts on, ranked
+// among their expert's peers in each step of 32 (__match_any_sync groups the step's pairs by
+// expert). kExperts up to 1024 (kChunks shrinks so that the chunks' counts fit 32 KB).
 #pragma once
 
 #include "moe/align_params.h"
@@ -28,26 +28,15 @@ __global__ void __launch_bounds__(1024) moe_align(const KjitMoeAlignParams p) {
   if (tid == 0) invalid = 0;
   __syncthreads();
 
-  // This warp's chunk of pairs, in steps of 32 (the next step's ids loaded ahead); visit(i, e,
-  // peers) for each lane's pair i with expert e (-1: none or invalid), peers: the lanes of e.
+  // This warp's chunk of pairs.
   const int chunk = (p.pairs + kChunks * 32 - 1) / (kChunks * 32) * 32;
   const int begin = min(warp * chunk, p.pairs), end = min(begin + chunk, p.pairs);
-  const auto for_each_pair = [&](auto visit) {
-    int next = begin + lane < end ? p.ids[begin + lane] : -1;
-    for (int base = begin; base < end; base += 32) {
-      const int i = base + lane, e = next;
-      next = i + 32 < end ? p.ids[i + 32] : -1;
-      const bool placed = e >= 0 && e < kExperts;
-      const unsigned peers = __match_any_sync(0xffffffffu, placed ? e : -1);
-      visit(i, placed ? e : -1, peers);
-      __syncwarp();
+  if (warp < kChunks) {  // counted by shared atomics: no ranks needed yet
+#pragma unroll 4
+    for (int i = begin + lane; i < end; i += 32) {
+      const int e = p.ids[i];
+      atomicAdd(e >= 0 && e < kExperts ? &chunk_counts[warp][e] : &invalid, 1);
     }
-  };
-  if (warp < kChunks) {
-    for_each_pair([&](int i, int e, unsigned peers) {
-      if (e >= 0 && (peers & ((1u << lane) - 1)) == 0) chunk_counts[warp][e] += __popc(peers);
-      if (e < 0 && i < end) atomicAdd(&invalid, 1);
-    });
   }
   __syncthreads();
   for (int e = tid; e < kExperts; e += blockDim.x) {
@@ -117,13 +106,21 @@ __global__ void __launch_bounds__(1024) moe_align(const KjitMoeAlignParams p) {
   __syncthreads();  // the padding is in place before the pairs overwrite it
 
   if (warp >= kChunks) return;
-  for_each_pair([&](int i, int e, unsigned peers) {
-    if (e < 0) return;
-    p.sorted[offsets[e] + chunk_counts[warp][e] + __popc(peers & ((1u << lane) - 1))] = i;
-    __syncwarp(peers);
-    // The highest lane of each expert's peers carries the count on.
-    if ((peers >> lane) == 1u) chunk_counts[warp][e] += __popc(peers);
-  });
+  // In steps of 32 pairs, the next step's ids loaded ahead.
+  int next = begin + lane < end ? p.ids[begin + lane] : -1;
+  for (int base = begin; base < end; base += 32) {
+    const int i = base + lane, e = next;
+    next = i + 32 < end ? p.ids[i + 32] : -1;
+    const bool placed = e >= 0 && e < kExperts;
+    const unsigned peers = __match_any_sync(0xffffffffu, placed ? e : -1);
+    if (placed) {
+      p.sorted[offsets[e] + chunk_counts[warp][e] + __popc(peers & ((1u << lane) - 1))] = i;
+      __syncwarp(peers);
+      // The highest lane of each expert's peers carries the count on.
+      if ((peers >> lane) == 1u) chunk_counts[warp][e] += __popc(peers);
+    }
+    __syncwarp();
+  }
 }
 
 }  // namespace kjit::moe

@@ -21,13 +21,18 @@ __device__ __forceinline__ void keep_better(float& value, int& id, float other_v
   }
 }
 
-// The warp's best candidate, on every lane.
+// The warp's best candidate, on every lane (higher value, then lower id; a NaN value loses to
+// everything, as in keep_better): two warp reductions (redux.sync) instead of a shuffle tree,
+// the first over an integer key that orders as the values do (-0 taken as +0), the second over
+// the ids holding the best key.
 __device__ __forceinline__ void warp_best(float& value, int& id) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) {
-    keep_better(value, id, __shfl_xor_sync(0xffffffffu, value, offset),
-                __shfl_xor_sync(0xffffffffu, id, offset));
-  }
+  const float v = isnan(value) ? negative_infinity() : value == 0.f ? 0.f : value;
+  const unsigned bits = __float_as_uint(v);
+  const unsigned key = bits & 0x80000000u ? ~bits : bits | 0x80000000u;
+  const unsigned best = __reduce_max_sync(0xffffffffu, key);
+  id = static_cast<int>(
+      __reduce_min_sync(0xffffffffu, key == best ? static_cast<unsigned>(id) : 0xffffffffu));
+  value = __uint_as_float(best & 0x80000000u ? best & 0x7fffffffu : ~best);
 }
 
 template <class T, int kExperts, int kTopK, bool kSigmoid, int kGroups, int kTopkGroups,
