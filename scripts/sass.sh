@@ -3,7 +3,7 @@
 # cubin and nvdisasm (NVIDIA's wheel, fetched once into .cache/nvdisasm: the toolkit here ships
 # no disassembler) prints it. An instruction count per opcode follows, for comparing a change.
 #   scripts/sass.sh moe/grouped_gemm_fp4.cuh \
-#     'kjit::moe::moe_grouped_gemm_fp4<1, 64, 64, 4, 16, 1, false>' 'const __grid_constant__ KjitMoeGemmParams'
+#     'kjit::moe::moe_grouped_gemm_fp4<1, 64, 64, 6, 1, false>' 'const __grid_constant__ KjitMoeGemmParams'
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -eq 3 ] || { echo "usage: $0 TEMPLATE NAME_EXPRESSION PARAMETER_DECLARATION" >&2; exit 2; }

@@ -11,17 +11,13 @@
 // e2m1 x scale x 2^-7, is a normal bf16 for every finite E4M3 scale and for E8M0 scales from
 // 2^-118 to 2^8; the 2^7 and the tensor scale multiply the fp32 product. Past 2^8 an E8M0 scale
 // becomes infinity (a zero code then gives NaN); below 2^-118 the products lose bits.
-// Two rings of stages, each with its producer thread: the tokens' 64-column K slices (kStages,
-// warp 0's first thread) and the weights' 32 code bytes a row (kWStages, warp 1's): a k-block's
-// weights are a quarter of its token tile's bytes, and in decode only they come from HBM (the few
-// token rows stay in L2), so the weights' ring runs deeper: decode's speed is its weight bytes in
-// flight. Warps 2-3
-// meanwhile copy the block's scales for the whole of K to shared memory once
-// (load_block_scales), so that no k-block waits on a global load;
-// kBlockW / 64 consumer warpgroups each dequantize and multiply 64 weight rows, and release both
-// rings' stages after their wgmma retire. A lane's two weight rows r and r + 8 of each token pair
-// meet their neighbours' (r ^ 1) through one shuffle in the epilogue, so that a lane writes two
-// adjacent columns (or one SwiGLU column) of one token.
+// Warp 0's first thread produces (a tensor copy of the tokens' 64-column K slice and of the
+// weights' 32 code bytes a row per stage); warps 1-3 meanwhile copy the block's scales for the
+// whole of K to shared memory once (load_block_scales), so that no k-block waits on a global load;
+// kBlockW / 64 consumer warpgroups each dequantize and multiply 64 weight rows, and release the
+// stage after their wgmma retire. A lane's two weight rows r and r + 8 of each token pair meet
+// their neighbours' (r ^ 1) through one shuffle in the epilogue, so that a lane writes two adjacent
+// columns (or one SwiGLU column) of one token.
 #pragma once
 
 #include "common/cp_async.cuh"
@@ -37,13 +33,12 @@ namespace kjit::moe {
 
 inline constexpr int kNvFp4 = 1, kMxFp4 = 2;
 
-template <int kBlockM, int kBlockW>
+template <int kBlockM, int kBlockW, int kStages>
 struct Fp4GemmShape {
   static constexpr int kBlockK = 64, kConsumers = kBlockW / 64;
   static constexpr int kThreads = 128 * (1 + kConsumers);  // the producer's warpgroup first
   static constexpr int kXBytes = kBlockM * kBlockK * 2, kWBytes = kBlockW * kBlockK / 2;
-  // Decode's shape (64 token rows, 64 weight rows) keeps to 80 registers: three blocks an SM.
-  static constexpr int kMinBlocks = kBlockM == 64 && kBlockW == 64 ? 3 : 1;
+  static constexpr int kStageBytes = kXBytes + kWBytes;
   static_assert(kBlockM == 64 || kBlockM == 128, "wgmma's N: align's block");
   static_assert(kBlockW == 64 || kBlockW == 128, "one or two consumer warpgroups");
 };
@@ -133,13 +128,10 @@ __device__ __forceinline__ unsigned mul_bf16x2(unsigned a, unsigned b) {
   return d;
 }
 
-template <int kFormat, int kBlockM, int kBlockW, int kStages, int kWStages, int kEpilogue,
-          bool kMasked>
-__global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW>::kThreads,
-                                  Fp4GemmShape<kBlockM, kBlockW>::kMinBlocks)
+template <int kFormat, int kBlockM, int kBlockW, int kStages, int kEpilogue, bool kMasked>
+__global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThreads, 1)
     moe_grouped_gemm_fp4(const __grid_constant__ KjitMoeGemmParams p) {
-  using S = Fp4GemmShape<kBlockM, kBlockW>;
-  static_assert(kWStages >= kStages, "the weights' ring at least as deep as the tokens'");
+  using S = Fp4GemmShape<kBlockM, kBlockW, kStages>;
   using T = __nv_bfloat16;
   constexpr int kScalesPerK = S::kBlockK / (kFormat == kNvFp4 ? 16 : 32);  // a row's, a k-block
   const int w_block = blockIdx.x, m_block = blockIdx.y;
@@ -151,22 +143,14 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW>::kThreads,
   extern __shared__ unsigned char shared_raw[];
   T* sx = reinterpret_cast<T*>(ptx::swizzle_aligned(shared_raw));  // [stages][kBlockM][64]
   unsigned char* sw = reinterpret_cast<unsigned char*>(sx + kStages * kBlockM * S::kBlockK);
-  unsigned char* sscales = sw + kWStages * S::kWBytes;  // [kBlockW][p.scale_pitch]
+  unsigned char* sscales = sw + kStages * S::kWBytes;  // [kBlockW][p.scale_pitch]
   auto* full = reinterpret_cast<cuda::std::uint64_t*>(sscales + kBlockW * p.scale_pitch);
   auto* empty = full + kStages;
-  auto* w_full = empty + kStages;
-  auto* w_empty = w_full + kWStages;
-  auto* scales_ready = w_empty + kWStages;  // one arrival a loading thread
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < kWStages; ++s) {
-      ptx::mbarrier_init(w_full + s, 1);
-      ptx::mbarrier_init(w_empty + s, 4 * S::kConsumers);
-    }
-    ptx::mbarrier_init(scales_ready, 64);
-  }
+  auto* scales_ready = empty + kStages;  // one arrival a loading thread
+  if (threadIdx.x == 0) ptx::mbarrier_init(scales_ready, 96);
   // Warp-uniform (a shuffle from lane 0), so that ptxas keeps the roles' wgmma unserialised.
   const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 128, 0);
-  init_stage_barriers(full, empty, kStages, 4 * S::kConsumers);  // and fences the inits above
+  init_stage_barriers(full, empty, kStages, 4 * S::kConsumers);
   const int k_blocks = p.k / S::kBlockK;
   // The block's token rows up to its last one that holds a pair (the masked layout's count, or,
   // given align's sorted, the rows whose pair is in [0, pairs): an expert's padding ends its run).
@@ -193,22 +177,19 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW>::kThreads,
 
   if (warpgroup == 0) {
     if (threadIdx.x == 0) {
-      produce_stages(p, k_blocks, kStages, S::kXBytes, full, empty, [&](int stage, int kb) {
+      produce_stages(p, k_blocks, kStages, S::kStageBytes, full, empty, [&](int stage, int kb) {
         ptx::tma_load_4d(sx + stage * kBlockM * S::kBlockK, p.x_map, full + stage, kb * S::kBlockK,
                          m_block * kBlockM, kMasked ? expert : 0, 0);
-      });
-    } else if (threadIdx.x == 32) {
-      produce_stages(p, k_blocks, kWStages, S::kWBytes, w_full, w_empty, [&](int stage, int kb) {
-        ptx::tma_load_4d(sw + stage * S::kWBytes, p.w_map, w_full + stage, kb * S::kBlockK / 2,
+        ptx::tma_load_4d(sw + stage * S::kWBytes, p.w_map, full + stage, kb * S::kBlockK / 2,
                          w_block * kBlockW, expert, 0);
       });
-    } else if (threadIdx.x >= 64) {
+    } else if (threadIdx.x >= 32) {
       const unsigned char* rows =
           have_expert ? p.w_scales + expert * p.scale_expert_stride +
                             static_cast<long long>(w_block) * kBlockW * p.scale_row_stride
                       : p.w_scales;
       load_block_scales<kBlockW>(p, rows, have_expert, k_blocks * kScalesPerK, sscales,
-                                 threadIdx.x - 64, 64);
+                                 threadIdx.x - 32, 96);
       ptx::mbarrier_arrive(scales_ready);
     }
     return;
@@ -231,11 +212,10 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW>::kThreads,
   const cuda::std::uint64_t x_desc0 = ptx::swizzled_descriptor(sx);
   const auto main_loop = [&](auto width) {
     constexpr int kN = decltype(width)::value;
-    int stage = 0, w_stage = 0;
-    unsigned phase = 0, w_phase = 0;
+    int stage = 0;
+    unsigned phase = 0;
     for (int kb = 0; kb < k_blocks; ++kb) {
       const unsigned scales[2] = {block_scales(kb, 0), block_scales(kb, 1)};
-      ptx::mbarrier_wait(w_full + w_stage, w_phase);
       ptx::mbarrier_wait(full + stage, phase);
       // Row r's 32 code bytes as two 16-byte halves (K 0-31, 32-63); 32-bit word i holds K
       // 8i..8i+7, and this lane's K (2 quad, + 1) and (+ 8, + 9) of a k16 step are byte `quad` of
@@ -246,7 +226,7 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW>::kThreads,
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           ptx::ld_shared_v4(codes[h][half],
-                            w_codes + w_stage * S::kWBytes + 8 * h * (S::kBlockK / 2) + 16 * half);
+                            w_codes + stage * S::kWBytes + 8 * h * (S::kBlockK / 2) + 16 * half);
         }
       }
       unsigned scale[2][4];  // [h][kk]
@@ -272,17 +252,10 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW>::kThreads,
       }
       ptx::wgmma_commit();
       ptx::wgmma_wait<0>();
-      if (lane == 0) {
-        ptx::mbarrier_arrive(empty + stage);
-        ptx::mbarrier_arrive(w_empty + w_stage);
-      }
+      if (lane == 0) ptx::mbarrier_arrive(empty + stage);
       if (++stage == kStages) {
         stage = 0;
         phase ^= 1;
-      }
-      if (++w_stage == kWStages) {
-        w_stage = 0;
-        w_phase ^= 1;
       }
     }
   };

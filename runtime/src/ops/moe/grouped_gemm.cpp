@@ -12,7 +12,7 @@ namespace kjit::ops {
 namespace {
 
 const TensorChecks kGemmCheck("moe grouped gemm");
-constexpr std::int64_t kBlockK = 64, kMaxWStages = 32;
+constexpr std::int64_t kBlockK = 64;
 
 void check_operand(const TensorView& t, const char* name, int ndim, const char* layout,
                    DType dtype) {
@@ -139,54 +139,41 @@ void MoeGemm::check_weights(Problem& p, const Weights& weights, std::int64_t exp
 
 unsigned MoeGemm::shared_bytes(const Config& c, const Problem& p) {
   // 1024 bytes of slack to align the swizzled tiles, the stages' row and weight slices (FP4: half
-  // a byte a weight, in a ring of w_stages), a full and an empty mbarrier a stage; FP4 also the
-  // block's scales for the whole of K and their mbarrier.
+  // a byte a weight), a full and an empty mbarrier a stage; FP4 also the block's scales for the
+  // whole of K and their mbarrier.
   const bool fp4 = p.weights != kSameAsX;
   const std::int64_t weight_bytes = fp4 ? c.block_n * kBlockK / 2 : c.block_n * kBlockK * 2;
-  const std::int64_t weight_stages = fp4 ? c.w_stages : c.stages;
   const std::int64_t scales = fp4 ? c.block_n * fp4_scale_pitch(p) + 8 : 0;
-  return static_cast<unsigned>(1024 + c.stages * p.block_m * kBlockK * 2 +
-                               weight_stages * weight_bytes + scales +
-                               2 * (c.stages + (fp4 ? c.w_stages : 0)) * 8);
+  return static_cast<unsigned>(1024 + c.stages * (p.block_m * kBlockK * 2 + weight_bytes) + scales +
+                               2 * c.stages * 8);
 }
 
 std::vector<MoeGemm::Config> MoeGemm::space(const Problem& p, const Arch& arch) {
   std::vector<Config> out;
   for (std::int64_t block_n : {64, 128}) {
     for (std::int64_t stages = 2; stages <= 8; ++stages) {
-      if (p.weights == kSameAsX) {
-        if (valid({block_n, stages, 0}, p, arch)) out.push_back({block_n, stages, 0});
-        continue;
-      }
-      for (std::int64_t w_stages : {stages, std::int64_t{12}, std::int64_t{16}, std::int64_t{24}}) {
-        const Config c{block_n, stages, w_stages};
-        if ((w_stages == stages || w_stages > 8) && valid(c, p, arch)) out.push_back(c);
-      }
+      if (valid({block_n, stages}, p, arch)) out.push_back({block_n, stages});
     }
   }
   return out;
 }
 
 bool MoeGemm::valid(const Config& c, const Problem& p, const Arch& arch) {
-  const bool rings =
-      p.weights == kSameAsX ? c.w_stages == 0 : c.w_stages >= c.stages && c.w_stages <= kMaxWStages;
   return arch.has_wgmma() && (c.block_n == 64 || c.block_n == 128) && p.n % c.block_n == 0 &&
-         c.stages >= 2 && c.stages <= 8 && rings && shared_bytes(c, p) <= arch.max_shared_bytes();
+         c.stages >= 2 && c.stages <= 8 && shared_bytes(c, p) <= arch.max_shared_bytes();
 }
 
 MoeGemm::Config MoeGemm::default_config(const Problem& p, const Arch& arch) {
   // 128 columns where N allows, and as many stages (up to 6) as shared memory holds. FP4 in
-  // decode (at most a block of rows an expert: the layout's capacity no more than E blocks, or the
-  // masked layout's one block) takes 64 weight rows a block, twice the blocks, several an SM, and
-  // a weight ring 16 deep behind 4 token tiles: the weights are all it streams from HBM.
-  const bool fp4 = p.weights != kSameAsX;
-  const bool decode = p.masked ? p.rows <= p.block_m : p.rows <= p.experts * p.block_m;
-  Config c{p.n % 128 != 0 || (fp4 && decode) ? 64 : 128, fp4 && decode ? 4 : 6,
-           fp4 ? (decode ? 16 : 6) : 0};
-  while (c.stages > 2 && !valid(c, p, arch)) {
+  // decode (experts holding a fraction of a block of rows: the layout's rows beyond its padding,
+  // or the masked layout's one block) takes 64 weight rows a block: twice the blocks, several an
+  // SM, to stream the weights.
+  const std::int64_t routed = p.rows - p.experts * (p.block_m - 1);  // within a block
+  const bool decode = p.masked ? p.rows <= p.block_m : routed * 4 < p.experts * p.block_m;
+  const bool narrow = p.n % 128 != 0 || (p.weights != kSameAsX && decode);
+  Config c{narrow ? 64 : 128, 6};
+  while (c.stages > 2 && !valid(c, p, arch))
     --c.stages;
-    if (fp4) c.w_stages = std::max(c.stages, c.w_stages - 2);
-  }
   return c;
 }
 
@@ -199,9 +186,9 @@ KernelSpec MoeGemm::spec(const Config& c, const Problem& p, const Arch& arch) {
                                     cxx_type(p.dtype), p.block_m, c.block_n, c.stages, p.epilogue,
                                     masked)})
           : KernelSpec(sources()[1], {fmt::format("kjit::moe::moe_grouped_gemm_fp4<{}, "
-                                                  "{}, {}, {}, {}, {}, {}>",
+                                                  "{}, {}, {}, {}, {}>",
                                                   p.weights, p.block_m, c.block_n, c.stages,
-                                                  c.w_stages, p.epilogue, masked)});
+                                                  p.epilogue, masked)});
   s.arch = arch.name();
   return s;
 }

@@ -31,11 +31,9 @@ struct MoeGemm {
     std::int64_t rows = 0, n = 0, k = 0, experts = 0, block_m = 128, epilogue = 0, masked = 0,
                  weights = kSameAsX;
   };
-  // block_n: columns of y a block computes (the FP4 kernel's weight rows); stages: the ring of
-  // k-blocks (FP4: of the token tiles); w_stages: FP4's ring of weight tiles, at least `stages`
-  // deep (0 for 16-bit weights, which share the one ring).
+  // block_n: columns of y a block computes (the FP4 kernel's weight rows).
   struct Config {
-    std::int64_t block_n = 128, stages = 4, w_stages = 0;
+    std::int64_t block_n = 128, stages = 4;
   };
   using Args = KjitMoeGemmParams;
 
@@ -48,8 +46,7 @@ struct MoeGemm {
                                               field<&Problem::masked>("masked"),
                                               field<&Problem::weights>("weights")};
   static constexpr Field<Config> kConfig[] = {field<&Config::block_n>("block_n"),
-                                              field<&Config::stages>("stages"),
-                                              field<&Config::w_stages>("w_stages")};
+                                              field<&Config::stages>("stages")};
   static constexpr DType kDTypes[] = {DType::BFloat16, DType::Float16};
 
   static void check(const Problem& p);
