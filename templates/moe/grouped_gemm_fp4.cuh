@@ -39,6 +39,8 @@ struct Fp4GemmShape {
   static constexpr int kThreads = 128 * (1 + kConsumers);  // the producer's warpgroup first
   static constexpr int kXBytes = kBlockM * kBlockK * 2, kWBytes = kBlockW * kBlockK / 2;
   static constexpr int kStageBytes = kXBytes + kWBytes;
+  // Decode's shape (64 token rows, 64 weight rows) keeps to 80 registers: three blocks an SM.
+  static constexpr int kMinBlocks = kBlockM == 64 && kBlockW == 64 ? 3 : 1;
   static_assert(kBlockM == 64 || kBlockM == 128, "wgmma's N: align's block");
   static_assert(kBlockW == 64 || kBlockW == 128, "one or two consumer warpgroups");
 };
@@ -129,7 +131,8 @@ __device__ __forceinline__ unsigned mul_bf16x2(unsigned a, unsigned b) {
 }
 
 template <int kFormat, int kBlockM, int kBlockW, int kStages, int kEpilogue, bool kMasked>
-__global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThreads, 1)
+__global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThreads,
+                                  Fp4GemmShape<kBlockM, kBlockW, kStages>::kMinBlocks)
     moe_grouped_gemm_fp4(const __grid_constant__ KjitMoeGemmParams p) {
   using S = Fp4GemmShape<kBlockM, kBlockW, kStages>;
   using T = __nv_bfloat16;
