@@ -12,7 +12,7 @@ namespace kjit::driver {
 namespace {
 
 KjitTensorMap encode(CUtensorMapDataType type, std::int64_t element_bytes,
-                     CUtensorMapSwizzle swizzle, CUtensorMapL2promotion promotion, const void* base,
+                     CUtensorMapSwizzle swizzle, const void* base,
                      const std::array<std::uint64_t, 4>& dims,
                      const std::array<std::int64_t, 3>& strides,
                      const std::array<std::uint32_t, 4>& box) {
@@ -34,10 +34,10 @@ KjitTensorMap encode(CUtensorMapDataType type, std::int64_t element_bytes,
   const cuuint32_t element_strides[4] = {1, 1, 1, 1};
   // A pure encoding (no context needed): a few host instructions on the launch path.
   CUtensorMap map;
-  check(api().cuTensorMapEncodeTiled(&map, type, 4, const_cast<void*>(base), global_dims,
-                                     byte_strides, box_dims, element_strides,
-                                     CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, promotion,
-                                     CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
+  check(api().cuTensorMapEncodeTiled(
+            &map, type, 4, const_cast<void*>(base), global_dims, byte_strides, box_dims,
+            element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
+            CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
         "cuTensorMapEncodeTiled");
   static_assert(sizeof(KjitTensorMap) == sizeof(CUtensorMap) &&
                     alignof(KjitTensorMap) == alignof(CUtensorMap),
@@ -52,17 +52,15 @@ KjitTensorMap encode(CUtensorMapDataType type, std::int64_t element_bytes,
 KjitTensorMap tiled_map_16bit(const void* base, const std::array<std::uint64_t, 4>& dims,
                               const std::array<std::int64_t, 3>& strides,
                               const std::array<std::uint32_t, 4>& box) {
-  return encode(CU_TENSOR_MAP_DATA_TYPE_UINT16, 2, CU_TENSOR_MAP_SWIZZLE_128B,
-                CU_TENSOR_MAP_L2_PROMOTION_L2_128B, base, dims, strides, box);
+  return encode(CU_TENSOR_MAP_DATA_TYPE_UINT16, 2, CU_TENSOR_MAP_SWIZZLE_128B, base, dims, strides,
+                box);
 }
 
 KjitTensorMap tiled_map_bytes(const void* base, const std::array<std::uint64_t, 4>& dims,
                               const std::array<std::int64_t, 3>& strides,
                               const std::array<std::uint32_t, 4>& box) {
-  // Narrow boxes (FP4 codes: 32 bytes of each row a k-block): a miss brings 256 bytes of the row
-  // into L2, the next seven k-blocks' too.
-  return encode(CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, CU_TENSOR_MAP_SWIZZLE_NONE,
-                CU_TENSOR_MAP_L2_PROMOTION_L2_256B, base, dims, strides, box);
+  return encode(CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, CU_TENSOR_MAP_SWIZZLE_NONE, base, dims, strides,
+                box);
 }
 
 }  // namespace kjit::driver
