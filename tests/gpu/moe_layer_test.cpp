@@ -159,6 +159,9 @@ std::vector<LayerCase> cases() {
       // block 0: the layer's choice, 64 rows for 12 pairs over 8 experts, 128 for 600.
       {"auto_block_decode", bf16, 3, 2048, 8, 1536, 4, 0, true, true},
       {"auto_block_128", bf16, 300, 128, 8, 128, 2, 0, false, true},
+      // Router -> GEMM integration at top_k 1 and 8 (2 and 4 above).
+      {"top1_softmax_16_experts", bf16, 33, 256, 16, 128, 1, 0, false, true},
+      {"top8_sigmoid_32_experts", bf16, 20, 256, 32, 192, 8, 0, true, false},
       {"nvfp4_glm_router_shared", bf16, 40, 256, 16, 128, 4, 64, true, true, Format::kNvFp4},
       {"mxfp4_glm_dims_8_experts", bf16, 5, 2048, 8, 1536, 4, 128, true, false, Format::kMxFp4}};
 }
