@@ -83,20 +83,24 @@ __device__ __forceinline__ void block_scales_bits(unsigned codes, unsigned (&sca
 // The scale bytes of the block's kBlockW weight rows (`rows`, row_bytes each) into shared memory
 // [kBlockW][p.scale_pitch], by `threads` threads, which return once their copies landed: 4-byte
 // copies (the row's tail zero-filled) where the rows are 4-byte aligned, else (MXFP4 rows of an odd
-// number of 2-byte k-blocks) 2-byte loads, 8 in flight a thread. No expert: zeros.
+// number of 2-byte k-blocks) 2-byte loads, 8 in flight a thread. No expert: zeros, stored (a
+// cp.async needs an aligned source even when it reads nothing).
 template <int kBlockW>
 __device__ __forceinline__ void load_block_scales(const KjitMoeGemmParams& p,
                                                   const unsigned char* rows, bool have_expert,
                                                   int row_bytes, unsigned char* dst, int thread,
                                                   int threads) {
-  const bool words =
-      !have_expert || ((reinterpret_cast<unsigned long long>(rows) | p.scale_row_stride) & 3) == 0;
-  if (words) {
+  if (!have_expert) {
+    for (int i = thread; i < kBlockW * p.scale_pitch / 4; i += threads)
+      reinterpret_cast<unsigned*>(dst)[i] = 0u;
+    return;
+  }
+  if (((reinterpret_cast<unsigned long long>(rows) | p.scale_row_stride) & 3) == 0) {
     const int row_words = (row_bytes + 3) / 4;
     for (int i = thread; i < kBlockW * row_words; i += threads) {
       const int r = i / row_words, b = 4 * (i % row_words);
       ptx::cp_async_4(dst + r * p.scale_pitch + b, rows + r * p.scale_row_stride + b,
-                      have_expert ? min(4, row_bytes - b) : 0);
+                      min(4, row_bytes - b));
     }
     ptx::cp_async_commit();
     ptx::cp_async_wait<0>();

@@ -21,10 +21,10 @@ __device__ __forceinline__ void keep_better(float& value, int& id, float other_v
   }
 }
 
-// The warp's best candidate, on every lane (higher value, then lower id; a NaN value loses to
-// everything, as in keep_better): two warp reductions (redux.sync) instead of a shuffle tree,
-// the first over an integer key that orders as the values do (-0 taken as +0), the second over
-// the ids holding the best key.
+// The warp's best candidate, on every lane (higher value, then lower id; a NaN value counts as
+// -inf, though the router's choices never hold one): two warp reductions (redux.sync) instead of
+// a shuffle tree, the first over an integer key that orders as the values do (-0 taken as +0),
+// the second over the ids holding the best key.
 __device__ __forceinline__ void warp_best(float& value, int& id) {
   const float v = isnan(value) ? negative_infinity() : value == 0.f ? 0.f : value;
   const unsigned bits = __float_as_uint(v);

@@ -224,7 +224,10 @@ std::vector<GemmCase> cases() {
       {"nvfp4_skewed_columns_vary", bf16, 150, 2, 8, 384, 256, 64, true, Kind::kSwiGLU, 0, 0,
        Format::kNvFp4, true},
       {"bf16_sorted_given", bf16, 40, 2, 8, 256, 512, 64, false, Kind::kPlain, 0, 0,
-       Format::kSameAsX, true}};
+       Format::kSameAsX, true},
+      // K 320: MXFP4 scale rows of 10 bytes, aligned to 2 only (the 2-byte scale copies).
+      {"mxfp4_k_320_two_byte_scale_rows", bf16, 20, 4, 8, 128, 320, 64, false, Kind::kSwiGLU, 0, 0,
+       Format::kMxFp4, true}};
 }
 
 INSTANTIATE_TEST_SUITE_P(All, MoeGemmTest, ::testing::ValuesIn(cases()),

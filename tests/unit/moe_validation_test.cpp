@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kjit/error.hpp"
+#include "ops/moe/align.hpp"
 #include "ops/moe/balance.hpp"
 #include "ops/moe/grouped_gemm.hpp"
 #include "ops/moe/permute.hpp"
@@ -108,6 +109,7 @@ TEST(MoeRouterValidation, RefusesBadTopKGroupsAndTensors) {
 // align_capacity is the most rows any routing of the pairs pads to: reached when min(E, pairs)
 // experts hold a pair and one of them all the rest, and never passed by random routings.
 TEST(MoeAlignCapacity, IsTheWorstRoutingsPaddedTotal) {
+  EXPECT_EQ(moe::align_capacity(40, 0, 64), 0);  // no experts: nothing to lay out
   std::mt19937 rng(5);
   for (int experts : {1, 8, 64, 256}) {
     for (int block : {1, 16, 64, 128}) {
@@ -130,6 +132,32 @@ TEST(MoeAlignCapacity, IsTheWorstRoutingsPaddedTotal) {
       }
     }
   }
+}
+
+// GLM-4.7-Flash's 10 tokens, top 4 of 64 experts, into a layout of `rows` rows of 64-row blocks.
+struct Align {
+  std::int64_t rows = moe::align_capacity(40, 64, 64);
+  TensorView ids{fake(), DType::Int32, {10, 4}};
+  ops::Call<ops::MoeAlign> check() const {
+    return ops::MoeAlign::validate(
+        ids, 64, 64,
+        {TensorView(fake(), DType::Int32, {rows}), TensorView(fake(), DType::Int32, {rows / 64}),
+         TensorView(fake(), DType::Int32, {64}), TensorView(fake(), DType::Int32, {65}),
+         TensorView(fake(), DType::Int32, {1})});
+  }
+};
+
+TEST(MoeAlignValidation, TakesAtLeastTheCapacityInWholeBlocks) {
+  Align a;
+  EXPECT_EQ(a.rows, 40 * 64);  // 40 pairs, each on its own expert at worst
+  EXPECT_EQ(a.check().args.capacity, 40 * 64);
+  // A layout sized once for more tokens (a CUDA graph's): padded to its end.
+  a.rows = 64 * 64;
+  EXPECT_EQ(a.check().args.capacity, 64 * 64);
+  a.rows = 39 * 64;
+  expect_refused(a, "sorted must hold at least align_capacity = 2560 rows for 40 pairs");
+  a.rows = 40 * 64 + 10;
+  expect_refused(a, "in whole blocks of 64");
 }
 
 // GLM-4.7-Flash: 10 tokens, top 4 of 64 experts, hidden 2048, 64-row blocks.

@@ -123,7 +123,8 @@ typedef struct kjit_moe_router_options {
 kjit_status kjit_moe_router_topk(const DLTensor* logits, const DLTensor* bias, const DLTensor* ids,
                                  const DLTensor* weights, const kjit_moe_router_options* options,
                                  void* stream);
-/* The rows of align's layout for `pairs` routed pairs (the length of `sorted`). */
+/* The rows of align's layout for `pairs` routed pairs: the least length of `sorted` (a longer one,
+   in whole blocks, is padded to its end). */
 int64_t kjit_moe_align_capacity(int64_t pairs, int experts, int block);
 kjit_status kjit_moe_align(const DLTensor* ids, int experts, int block, const DLTensor* sorted,
                            const DLTensor* block_expert, const DLTensor* counts,

@@ -29,7 +29,8 @@ void router_topk(const TensorView& logits, const TensorView& bias, const TensorV
 // The dispatch layout of ids [T, k] (int32) over `experts` (1 to 1024): pair i = t k + j's index
 // in `sorted`, grouped by expert in pair order, each expert's run padded to a multiple of `block`
 // rows with the value T k (vLLM's moe_align_block_size). All int32 on the device: sorted
-// [align_capacity], block_expert [align_capacity / block] (-1 past the padded total), counts [E],
+// [R], block_expert [R / block] (-1 past the padded total), where R is align_capacity or more
+// (whole blocks; the rows past the padded total are padding too), counts [E],
 // offsets [E + 1] (offsets[E]: the padded total), invalid [1]: pairs whose id is outside
 // [0, E), which are not placed (the ids are device data: check it where they may be wrong).
 struct Alignment {

@@ -86,9 +86,18 @@ Call<MoeAlign> MoeAlign::validate(const TensorView& ids, int experts, int block,
   Call<MoeAlign> call{};
   call.problem = {DType::Int32, ids.numel(), experts, block};
   check(call.problem);
+  // sorted may be longer than the capacity, in whole blocks (a buffer sized once for the most
+  // tokens, as a CUDA graph keeps it): the kernel pads it to its end and marks its blocks -1.
   const std::int64_t capacity = moe::align_capacity(call.problem.pairs, experts, block);
-  kAlignCheck.vector(out.sorted, "sorted", DType::Int32, capacity);
-  kAlignCheck.vector(out.block_expert, "block_expert", DType::Int32, capacity / block);
+  const std::int64_t rows = out.sorted.ndim == 1 ? out.sorted.size(0) : capacity;
+  if (rows < capacity || rows % block != 0 || rows + 1024 > (1ll << 31) - 1) {
+    kAlignCheck.fail(fmt::format(
+        "sorted must hold at least align_capacity = {} rows for {} pairs, in whole blocks of {} "
+        "(below 2^31 - 1024), got {}",
+        capacity, call.problem.pairs, block, out.sorted.describe()));
+  }
+  kAlignCheck.vector(out.sorted, "sorted", DType::Int32, rows);
+  kAlignCheck.vector(out.block_expert, "block_expert", DType::Int32, rows / block);
   kAlignCheck.vector(out.counts, "counts", DType::Int32, experts);
   kAlignCheck.vector(out.offsets, "offsets", DType::Int32, experts + 1);
   kAlignCheck.vector(out.invalid, "invalid", DType::Int32, 1);
@@ -101,7 +110,7 @@ Call<MoeAlign> MoeAlign::validate(const TensorView& ids, int experts, int block,
   a.invalid = static_cast<int*>(out.invalid.data);
   a.pairs = static_cast<int>(call.problem.pairs);
   a.block = block;
-  a.capacity = static_cast<int>(capacity);
+  a.capacity = static_cast<int>(rows);
   return call;
 }
 
@@ -113,7 +122,7 @@ std::int64_t align_capacity(std::int64_t pairs, int experts, int block) {
   // m experts holding c_e > 0 pairs take sum ceil(c_e / block) <= m + (pairs - m) / block blocks,
   // most for m = min(E, pairs): decode's few pairs get a few blocks (a GEMM launched over the
   // capacity then has no grid of empty blocks to retire), not E (block - 1) rows of padding.
-  if (block <= 0 || pairs <= 0) return 0;
+  if (block <= 0 || pairs <= 0 || experts <= 0) return 0;
   const std::int64_t m = std::min<std::int64_t>(experts, pairs);
   return (m + (pairs - m) / block) * block;
 }

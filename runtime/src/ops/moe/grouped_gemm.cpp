@@ -164,17 +164,22 @@ bool MoeGemm::valid(const Config& c, const Problem& p, const Arch& arch) {
 }
 
 MoeGemm::Config MoeGemm::default_config(const Problem& p, const Arch& arch) {
-  // 128 columns where N allows, and as many stages (up to 6) as shared memory holds. FP4 in
-  // decode (experts holding a fraction of a block of rows: the layout's rows beyond its padding,
-  // or the masked layout's one block) takes 64 weight rows a block: twice the blocks, several an
-  // SM, to stream the weights.
-  const std::int64_t routed = p.rows - p.experts * (p.block_m - 1);  // within a block
-  const bool decode = p.masked ? p.rows <= p.block_m : routed * 4 < p.experts * p.block_m;
+  // 128 columns where N allows, and as many stages (up to 6) as shared memory holds; 64 columns
+  // where no stage count fits 128 (FP4's scales for a long K). FP4 in decode (experts holding a
+  // quarter of a block of rows or less: the pairs the layout's capacity is sized for, within a
+  // block, by moe::align_capacity's formula; or the masked layout's one block) takes 64 weight
+  // rows a block: twice the blocks, several an SM, to stream the weights.
+  const std::int64_t blocks = p.rows / p.block_m;
+  const std::int64_t pairs =
+      blocks <= p.experts ? blocks : p.experts + (blocks - p.experts) * p.block_m;
+  const bool decode = p.masked ? p.rows <= p.block_m : pairs * 4 < p.experts * p.block_m;
   const bool narrow = p.n % 128 != 0 || (p.weights != kSameAsX && decode);
-  Config c{narrow ? 64 : 128, 6};
-  while (c.stages > 2 && !valid(c, p, arch))
-    --c.stages;
-  return c;
+  for (const std::int64_t block_n : {std::int64_t{narrow ? 64 : 128}, std::int64_t{64}}) {
+    for (Config c{block_n, 6}; c.stages >= 2; --c.stages) {
+      if (valid(c, p, arch)) return c;
+    }
+  }
+  return {narrow ? 64 : 128, 6};  // none runs here: dispatch says so
 }
 
 KernelSpec MoeGemm::spec(const Config& c, const Problem& p, const Arch& arch) {
@@ -308,7 +313,7 @@ std::vector<Preset<MoeGemm::Problem>> MoeGemm::presets() {
     glm.problems.push_back({DType::BFloat16, rows, 3072, 2048, 64, 128, swiglu});
     glm.problems.push_back({DType::BFloat16, rows, 2048, 1536, 64, 128, weighted});
   }
-  // NVFP4 weights, decode (T 1 and 64: a block an expert; T 16 lays out as T 1) to prefill.
+  // NVFP4 weights, decode (T 1: 4 blocks; T 64: 64 + 3 blocks) to prefill.
   for (std::int64_t t : {1, 64, 1024, 16384}) {
     const std::int64_t rows = moe::align_capacity(t * 4, 64, 64);
     nvfp4.problems.push_back({DType::BFloat16, rows, 3072, 2048, 64, 64, swiglu, 0, kNvFp4});
