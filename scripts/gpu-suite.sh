@@ -4,7 +4,7 @@
 # the benchmarks and the example. Full logs go to $OUT (or ./gpu-out); a summary is printed last.
 #   scripts/gpu-suite.sh [tests|bench|attention|attention-bench|attention-backward|
 #                         attention-backward-check|attention-backward-tune|attention-grouped|
-#                         attention-grouped-ncu|mla|moe|moe-bench|moe-router|families|dist|all]
+#                         attention-grouped-ncu|mla|moe|moe-bench|moe-ncu|moe-router|families|dist|all]
 #   (default all)
 # `families` is the check after a change to the op plumbing (kernel families, dispatch, tuning
 # tables): the whole GPU suite, the examples, a sanitizer subset, and the attention and
@@ -263,6 +263,25 @@ if [ "$what" = moe-bench ]; then
     bench/moe_gemm_peers.py
   for log in moe_gemm_bench moe_gemm_peers moe_layer_bench moe_layer_torch; do
     echo "== $log"; cat "$out/$log.log"
+  done
+fi
+if [ "$what" = moe-ncu ]; then
+  # Where a decode block's time goes: the first NVFP4 and the first bf16 gate/up launch of
+  # kjit_bench_moe_gemm decode (T k 4), ncu's full set; the SASS lines with the most stall
+  # samples printed, the reports left in $OUT.
+  for kernel in fp4 bf16; do
+    regex="moe_grouped_gemm_fp4"; [ "$kernel" = bf16 ] && regex="moe_grouped_gemm<__nv_bfloat16"
+    step "ncu_$kernel" timeout 240 ncu --set full --import-source no --kernel-name-base demangled \
+      --kernel-name regex:"$regex" --launch-count 1 -f -o "$final_out/moe_decode_$kernel" \
+      "$bin/kjit_bench_moe_gemm" decode
+    ncu --import "$final_out/moe_decode_$kernel.ncu-rep" --page source --csv --print-source sass \
+      >"$out/source_$kernel.csv" 2>&1
+    ncu --import "$final_out/moe_decode_$kernel.ncu-rep" --print-details all \
+      >"$out/details_$kernel.log" 2>&1
+    echo "== $kernel"
+    grep -E "Duration|Elapsed Cycles|Registers|Achieved Active Warps|Issued Warp|Stall [A-Z]" \
+      "$out/details_$kernel.log" | head -40
+    python3 scripts/ncu_top_stalls.py "$out/source_$kernel.csv" 40
   done
 fi
 if [ "$what" = moe-router ]; then
