@@ -49,7 +49,7 @@ class ExpertWeights {
     }
     codes_ = DeviceBuffer(elems / 2);
     codes_.fill_bytes(0x22);
-    scales_ = DeviceBuffer(elems / block());
+    scales_ = DeviceBuffer(elems / kjit::moe::fp4_scale_block(fp4_format()));
     scales_.fill_bytes(format == Format::kNvFp4 ? 0x38 : 127);
     const std::vector<float> ones(static_cast<std::size_t>(experts), 1.f);
     tensor_scale_ = DeviceBuffer(ones.size() * 4);
@@ -59,7 +59,9 @@ class ExpertWeights {
   // The bytes one expert's GEMM reads of them.
   double expert_bytes() const {
     const double elems = static_cast<double>(n_) * k_;
-    return format_ == Format::kSameAsX ? 2 * elems : elems / 2 + elems / block();
+    return format_ == Format::kSameAsX
+               ? 2 * elems
+               : elems / 2 + elems / kjit::moe::fp4_scale_block(fp4_format());
   }
 
   void run(const TensorView& x_sorted, const TensorView& blocks, int block, const TensorView& y,
@@ -82,12 +84,14 @@ class ExpertWeights {
   }
 
  private:
-  int block() const { return format_ == Format::kNvFp4 ? 16 : 32; }
+  kjit::moe::Fp4Format fp4_format() const {
+    return format_ == Format::kNvFp4 ? kjit::moe::Fp4Format::kNvFp4 : kjit::moe::Fp4Format::kMxFp4;
+  }
   TensorView w16() const { return TensorView(codes_.data(), DType::BFloat16, {experts_, n_, k_}); }
   kjit::moe::Fp4Weights fp4() const {
-    return {format_ == Format::kNvFp4 ? kjit::moe::Fp4Format::kNvFp4 : kjit::moe::Fp4Format::kMxFp4,
-            TensorView(codes_.data(), DType::UInt8, {experts_, n_, k_ / 2}),
-            TensorView(scales_.data(), DType::UInt8, {experts_, n_, k_ / block()}),
+    return {fp4_format(), TensorView(codes_.data(), DType::UInt8, {experts_, n_, k_ / 2}),
+            TensorView(scales_.data(), DType::UInt8,
+                       {experts_, n_, k_ / kjit::moe::fp4_scale_block(fp4_format())}),
             TensorView(tensor_scale_.data(), DType::Float32, {experts_})};
   }
 

@@ -63,7 +63,7 @@ struct QuantisedExperts {
       : format(format),
         rows(rows),
         cols(cols),
-        block(format == moe::Fp4Format::kNvFp4 ? 16 : 32),
+        block(moe::fp4_scale_block(format)),
         codes(static_cast<std::size_t>(kE) * rows * cols / 2),
         scales(static_cast<std::size_t>(kE) * rows * cols / block),
         tensor_scale(kE * 4) {

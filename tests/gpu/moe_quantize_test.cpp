@@ -43,7 +43,7 @@ TEST_P(MoeQuantizeTest, MatchesTheReferenceBitForBit) {
   std::mt19937 rng(seed);
   std::normal_distribution<double> normal(0.0, 0.02);
   const bool nv = c.format == moe::Fp4Format::kNvFp4;
-  const int block = nv ? 16 : 32, stride = c.cols + c.row_pad;
+  const int block = moe::fp4_scale_block(c.format), stride = c.cols + c.row_pad;
   std::vector<std::uint16_t> w(static_cast<std::size_t>(c.rows) * stride);
   for (auto& v : w)
     v = to_bits(c.dtype, normal(rng));

@@ -40,7 +40,7 @@ class ExpertWeights {
       return;
     }
     const bool nv = format == Format::kNvFp4;
-    const int block = nv ? 16 : 32;
+    const int block = moe::fp4_scale_block(fp4_format());
     std::vector<std::uint8_t> codes(count / 2), scales(count / block);
     std::vector<float> tensor_scales(static_cast<std::size_t>(experts));
     values_.resize(count);
@@ -74,21 +74,21 @@ class ExpertWeights {
 
   ops::MoeGemm::Weights view() const {
     if (format_ == Format::kSameAsX) return TensorView(w_.data(), dtype_, {experts_, n_, k_});
-    moe::Fp4Weights w;
-    w.format = format_ == Format::kNvFp4 ? moe::Fp4Format::kNvFp4 : moe::Fp4Format::kMxFp4;
-    w.codes = TensorView(w_.data(), DType::UInt8, {experts_, n_, k_ / 2});
-    w.scales = TensorView(scales_.data(), DType::UInt8,
-                          {experts_, n_, k_ / (format_ == Format::kNvFp4 ? 16 : 32)});
-    w.tensor_scale = TensorView(tensor_scale_.data(), DType::Float32, {experts_});
-    return w;
+    return fp4();
   }
   moe::Fp4Weights fp4() const {
-    const ops::MoeGemm::Weights w = view();
-    return {format_ == Format::kNvFp4 ? moe::Fp4Format::kNvFp4 : moe::Fp4Format::kMxFp4, w.codes,
-            w.scales, w.tensor_scale};
+    const moe::Fp4Format format = fp4_format();
+    return {
+        format, TensorView(w_.data(), DType::UInt8, {experts_, n_, k_ / 2}),
+        TensorView(scales_.data(), DType::UInt8, {experts_, n_, k_ / moe::fp4_scale_block(format)}),
+        TensorView(tensor_scale_.data(), DType::Float32, {experts_})};
   }
 
  private:
+  moe::Fp4Format fp4_format() const {
+    return format_ == Format::kNvFp4 ? moe::Fp4Format::kNvFp4 : moe::Fp4Format::kMxFp4;
+  }
+
   Format format_;
   DType dtype_;
   std::int64_t experts_, n_, k_;

@@ -92,6 +92,10 @@ void grouped_gemm(const TensorView& x_sorted, const TensorView& block_expert, in
 // a larger one (quantize_fp4's choice for a block whose largest magnitude is 2048 or more)
 // overflows bf16 on the way (infinity, NaN with a zero code), a smaller one loses bits.
 enum class Fp4Format { kNvFp4, kMxFp4 };
+// The K elements one scale byte covers.
+constexpr int fp4_scale_block(Fp4Format format) {
+  return format == Fp4Format::kNvFp4 ? 16 : 32;
+}
 struct Fp4Weights {
   Fp4Format format = Fp4Format::kNvFp4;
   TensorView codes, scales, tensor_scale;

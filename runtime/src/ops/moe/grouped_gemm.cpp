@@ -22,11 +22,17 @@ void check_operand(const TensorView& t, const char* name, int ndim, const char* 
   kGemmCheck.aligned(t, name, 16);
 }
 
+// An FP4 format's K elements a scale byte covers.
+std::int64_t scale_block(std::int64_t weights) {
+  return moe::fp4_scale_block(weights == MoeGemm::kNvFp4 ? moe::Fp4Format::kNvFp4
+                                                         : moe::Fp4Format::kMxFp4);
+}
+
 // FP4: bytes between two weight rows' scales in the kernel's shared memory, the row's K / block
 // scale bytes rounded up to a whole number of words, and to an odd one, so that the 8 rows a warp
 // reads at once fall in 8 banks.
 std::int64_t fp4_scale_pitch(const MoeGemm::Problem& p) {
-  const std::int64_t words = (p.k / (p.weights == MoeGemm::kNvFp4 ? 16 : 32) + 3) / 4;
+  const std::int64_t words = (p.k / scale_block(p.weights) + 3) / 4;
   return 4 * (words | 1);
 }
 
@@ -114,7 +120,7 @@ void MoeGemm::check_weights(Problem& p, const Weights& weights, std::int64_t exp
                                 experts > 0 ? "E and " : "", fp4 ? " / 2" : "", w.describe()));
   }
   if (!fp4) return;
-  const std::int64_t block = weights.format == kNvFp4 ? 16 : 32;
+  const std::int64_t block = scale_block(weights.format);
   const TensorView& scales = weights.scales;
   kGemmCheck.strided(scales, "w's scales", 3, "[E, N, K / block]");
   if (scales.dtype != DType::UInt8 || scales.size(0) != p.experts || scales.size(1) != p.n ||
@@ -275,7 +281,7 @@ std::vector<TensorSpec> MoeGemm::tensors(const Problem& p) {
     const bool nvfp4 = p.weights == kNvFp4;
     t.push_back({"scales",
                  DType::UInt8,
-                 {p.experts, p.n, p.k / (nvfp4 ? 16 : 32)},
+                 {p.experts, p.n, p.k / scale_block(p.weights)},
                  Role::Input,
                  nvfp4 ? 40.f : 123.f,
                  nvfp4 ? 57.f : 128.f});

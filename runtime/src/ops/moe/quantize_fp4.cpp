@@ -88,7 +88,7 @@ Call<MoeQuantizeFp4> MoeQuantizeFp4::validate(const TensorView& w, moe::Fp4Forma
   kQuantizeCheck.ndim(w, "w", 2, "[rows, cols]");
   Call<MoeQuantizeFp4> call{};
   Problem& p = call.problem;
-  p = {w.dtype, w.size(0), w.size(1), format == moe::Fp4Format::kNvFp4 ? 16 : 32};
+  p = {w.dtype, w.size(0), w.size(1), moe::fp4_scale_block(format)};
   check(p);
   kQuantizeCheck.matrix(w, "w", "[rows, cols]", p.dtype, p.rows, p.cols);
   kQuantizeCheck.matrix(codes, "codes", "[rows, cols]", DType::UInt8, p.rows, p.cols / 2);
