@@ -53,6 +53,22 @@ struct GemmBlock {
   __device__ __forceinline__ bool empty() const { return expert < 0 || rows_left <= 0; }
 };
 
+// Whether align's sorted entry `pair` is a routed pair (below the pairs), not padding.
+__device__ __forceinline__ bool holds_pair(const KjitMoeGemmParams& p, int pair) {
+  return static_cast<unsigned>(pair) < static_cast<unsigned>(p.pairs);
+}
+
+// The routing weight of the layout's row `row`, 0 for a padding row (kRoutingWeights).
+__device__ __forceinline__ float routing_weight(const KjitMoeGemmParams& p, long long row) {
+  const int pair = p.sorted[row];
+  return holds_pair(p, pair) ? p.pair_weights[pair] : 0.f;
+}
+
+// kSwiGLU: silu(gate) up.
+__device__ __forceinline__ float swiglu(float gate, float up) {
+  return gate / (1.f + __expf(-gate)) * up;
+}
+
 // The stages' full mbarriers (one arrival: the producer's, with its copies' bytes) and empty ones
 // (one arrival per consumer warp), initialised before the block's first __syncthreads.
 __device__ __forceinline__ void init_stage_barriers(cuda::std::uint64_t* full,
@@ -148,14 +164,10 @@ __global__ void __launch_bounds__(GroupedGemmShape<kBlockM, kBlockN, kStages>::k
 #pragma unroll
       for (int j = 0; j < kBlockN / 8; ++j) {
         const float gate = acc[j][2 * h], up = acc[j][2 * h + 1];
-        y[4 * j] = from_float<T>(gate / (1.f + __expf(-gate)) * up);
+        y[4 * j] = from_float<T>(swiglu(gate, up));
       }
     } else {
-      float scale = 1.f;
-      if constexpr (kEpilogue == kRoutingWeights) {
-        const int pair = p.sorted[row];
-        scale = pair >= 0 && pair < p.pairs ? p.pair_weights[pair] : 0.f;
-      }
+      const float scale = kEpilogue == kRoutingWeights ? routing_weight(p, row) : 1.f;
       T* y = y_expert + row * p.y_row_stride + n_block * kBlockN + 2 * (lane % 4);
 #pragma unroll
       for (int j = 0; j < kBlockN / 8; ++j) {

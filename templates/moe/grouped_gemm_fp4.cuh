@@ -169,8 +169,7 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThre
 #pragma unroll
     for (int base = 0; base < kBlockM; base += 32) {
       const int pair = p.sorted[m_block * kBlockM + base + static_cast<int>(threadIdx.x) % 32];
-      const unsigned holds =
-          __ballot_sync(0xffffffffu, static_cast<unsigned>(pair) < static_cast<unsigned>(p.pairs));
+      const unsigned holds = __ballot_sync(0xffffffffu, holds_pair(p, pair));
       if (holds != 0) held = base + 32 - __clz(holds);
     }
   }
@@ -301,13 +300,9 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThre
       const long long row = static_cast<long long>(m_block) * kBlockM + token;
       const long long n = static_cast<long long>(w_block) * kBlockW + (w_row0 & ~1) + 8 * h;
       if constexpr (kEpilogue == kSwiGLU) {
-        y_expert[row * p.y_row_stride + n / 2] = from_float<T>(even / (1.f + __expf(-even)) * odd);
+        y_expert[row * p.y_row_stride + n / 2] = from_float<T>(swiglu(even, odd));
       } else {
-        float scale = 1.f;
-        if constexpr (kEpilogue == kRoutingWeights) {
-          const int pair = p.sorted[row];
-          scale = pair >= 0 && pair < p.pairs ? p.pair_weights[pair] : 0.f;
-        }
+        const float scale = kEpilogue == kRoutingWeights ? routing_weight(p, row) : 1.f;
         *reinterpret_cast<unsigned*>(y_expert + row * p.y_row_stride + n) =
             ptx::pack_pair<T>(even * scale, odd * scale);
       }
