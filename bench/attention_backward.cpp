@@ -152,11 +152,7 @@ void sweep(const Shape& r, kjit::Stream& stream) {
 }  // namespace
 
 int main(int argc, char** argv) try {
-  std::string reason;
-  if (!kjit::driver_available(&reason)) {
-    std::printf("attention_backward needs a CUDA GPU: %s\n", reason.c_str());
-    return 0;
-  }
+  if (kjit::bench::no_gpu("attention_backward")) return 0;
   kjit::Stream stream;
   std::printf("%s, kjit %s, bf16 backward, TFLOP/s\n",
               kjit::device_info(kjit::current_device()).name.c_str(), kjit::version().c_str());

@@ -125,11 +125,7 @@ void sweep(long long d, bool causal, const std::vector<kjit::ops::FlashForward::
 }  // namespace
 
 int main(int argc, char** argv) try {
-  std::string reason;
-  if (!kjit::driver_available(&reason)) {
-    std::printf("attention_forward needs a CUDA GPU: %s\n", reason.c_str());
-    return 0;
-  }
+  if (kjit::bench::no_gpu("attention_forward")) return 0;
   kjit::Stream stream;
   std::printf("%s, kjit %s, bf16 forward\n", kjit::device_info(kjit::current_device()).name.c_str(),
               kjit::version().c_str());

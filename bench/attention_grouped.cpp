@@ -330,11 +330,7 @@ int main(int argc, char** argv) try {
       return usage();
     }
   }
-  std::string reason;
-  if (!kjit::driver_available(&reason)) {
-    std::printf("attention_grouped needs a CUDA GPU: %s\n", reason.c_str());
-    return 0;
-  }
+  if (kjit::bench::no_gpu("attention_grouped")) return 0;
   kjit::Stream stream;
   std::printf("%s, kjit %s, grouped attention vs separate calls, bf16 causal, B = 1, median ms\n",
               kjit::device_info(kjit::current_device()).name.c_str(), kjit::version().c_str());

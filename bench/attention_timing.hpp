@@ -1,10 +1,13 @@
-// What the attention benchmarks share: the median of CUDA-event-timed runs after warm-ups (also
-// of a CUDA graph's replays, which leave the host's enqueue out), and random bf16 inputs.
+// What the benchmarks share: the median of CUDA-event-timed runs after warm-ups (also of a CUDA
+// graph's replays, which leave the host's enqueue out), random bf16 inputs, and the check that
+// there is a GPU to time on.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "driver/cuda_driver.hpp"
@@ -13,6 +16,14 @@
 namespace kjit::bench {
 
 inline constexpr int kWarmup = 3, kIterations = 15;
+
+// True, having said why, where there is no GPU to run `what` on (the benchmark then exits 0).
+inline bool no_gpu(const char* what) {
+  std::string reason;
+  if (driver_available(&reason)) return false;
+  std::printf("%s needs a CUDA GPU: %s\n", what, reason.c_str());
+  return true;
+}
 
 template <class F>
 double median_ms(F&& body, StreamHandle stream) {

@@ -35,11 +35,7 @@ double per_call_us(F&& call, kjit::StreamHandle stream) {
 }  // namespace
 
 int main() try {
-  std::string reason;
-  if (!kjit::driver_available(&reason)) {
-    std::printf("helix decode needs a CUDA GPU: %s\n", reason.c_str());
-    return 0;
-  }
+  if (kjit::bench::no_gpu("helix decode")) return 0;
   kjit::Stream stream;
   const auto s = stream.handle();
   std::printf("%s, kjit %s, helix MLA decode, H %d, bf16, blocks of %d, us per call\n",

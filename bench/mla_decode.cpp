@@ -50,11 +50,7 @@ int main(int argc, char** argv) try {
   auto skip = [](const std::vector<long long>& only, long long v) {
     return !only.empty() && std::find(only.begin(), only.end(), v) == only.end();
   };
-  std::string reason;
-  if (!kjit::driver_available(&reason)) {
-    std::printf("mla_decode needs a CUDA GPU: %s\n", reason.c_str());
-    return 0;
-  }
+  if (kjit::bench::no_gpu("mla_decode")) return 0;
   kjit::Stream stream;
   const double copy_gbs = kjit::bench::copy_gbs(stream.handle());
   std::printf("%s, kjit %s, MLA decode bf16 s_q 1 block 64; device copy %.0f GB/s\n",

@@ -12,7 +12,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from torch_timing import graph_of, median_ms
+from torch_timing import graph_of, median_ms, peer
 
 DK, DV, PAGE, CALLS = 576, 512, 64, 20
 SCALE = 0.0625
@@ -20,11 +20,7 @@ SCALE = 0.0625
 
 def main():
     only = [int(sys.argv[i + 1]) for i, a in enumerate(sys.argv) if a == "--only-heads"]
-    try:
-        from flash_mla import flash_mla_with_kvcache, get_mla_metadata
-    except ImportError as e:
-        flash_mla_with_kvcache = None
-        print(f"FlashMLA not importable ({e}): its columns are n/a", flush=True)
+    flash_mla = peer("flash_mla", "FlashMLA")
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, MLA decode bf16 s_q 1 "
           f"block {PAGE}, us per call", flush=True)
     print(f"{'H':>4} {'B':>4} {'L':>6} {'flashmla':>9} {'GB/s':>6} {'graph':>9} {'GB/s':>6} "
@@ -45,14 +41,14 @@ def main():
                 lengths = torch.full((b,), length, device="cuda", dtype=torch.int32)
                 cache_bytes = b * length * DK * 2
                 cols = []
-                if flash_mla_with_kvcache is not None:
-                    sched, _ = get_mla_metadata()
+                if flash_mla is not None:
+                    sched, _ = flash_mla.get_mla_metadata()
 
                     def calls():
                         for _ in range(CALLS):
-                            flash_mla_with_kvcache(q, kv, table, lengths, DV, sched,
-                                                   softmax_scale=SCALE, causal=True,
-                                                   use_legacy=True)
+                            flash_mla.flash_mla_with_kvcache(q, kv, table, lengths, DV, sched,
+                                                             softmax_scale=SCALE, causal=True,
+                                                             use_legacy=True)
 
                     ms = median_ms(calls) / CALLS
                     graph = graph_of(calls)

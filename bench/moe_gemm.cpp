@@ -168,11 +168,7 @@ void print_row(const char* name, Format f, int experts, int rows, int n, int k, 
 int main(int argc, char** argv) try {
   // "prefill" or "decode": only those rows (a profiler run's filter).
   const std::string only = argc > 1 ? argv[1] : "";
-  std::string reason;
-  if (!kjit::driver_available(&reason)) {
-    std::printf("moe grouped gemm needs a CUDA GPU: %s\n", reason.c_str());
-    return 0;
-  }
+  if (kjit::bench::no_gpu("moe grouped gemm")) return 0;
   if (!kjit::arch::current().has_wgmma()) {
     std::printf("moe grouped gemm needs sm_90a so far; this card is %s\n",
                 kjit::arch::current().name().c_str());

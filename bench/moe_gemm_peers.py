@@ -6,11 +6,12 @@ DeepGEMM its contiguous layout (each expert's rows padded to its M alignment, we
 an expert id per row, -1 for padding). DeepGEMM compiles each shape with nvcc on its first call
 (outside the timing). Run in the same device call as kjit_bench_moe_gemm, with sgl-deep-gemm on
 PYTHONPATH (its columns are n/a without it)."""
+import importlib
 import os
 
 import torch
 
-from torch_timing import median_ms
+from torch_timing import median_ms, peer
 
 os.environ.setdefault("DG_JIT_CACHE_DIR", "/tmp/dg_jit_cache")
 CALLS = 20
@@ -32,13 +33,10 @@ def per_call_ms(fn):
 
 
 def main():
-    try:
-        import deep_gemm
-        from deep_gemm.utils import get_mk_alignment_for_contiguous_layout
-        align_m = get_mk_alignment_for_contiguous_layout()
-    except ImportError as e:
-        deep_gemm = None
-        print(f"DeepGEMM not importable ({e}): its columns are n/a", flush=True)
+    utils = peer("deep_gemm.utils", "DeepGEMM")  # and so deep_gemm itself
+    deep_gemm = importlib.import_module("deep_gemm") if utils is not None else None
+    if deep_gemm is not None:
+        align_m = utils.get_mk_alignment_for_contiguous_layout()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, MoE grouped GEMM bf16, "
           f"balanced routing, us per call and TFLOP/s", flush=True)
     print(f"{'row':<14} {'E':>4} {'Tk':>6} {'N':>5} {'K':>5} {'torch us':>9} {'TFLOP/s':>8} "

@@ -22,11 +22,7 @@ constexpr int kCalls = 20, kHidden = 2048, kExperts = 64, kTopK = 4, kInter = 15
 }  // namespace
 
 int main() try {
-  std::string reason;
-  if (!kjit::driver_available(&reason)) {
-    std::printf("moe layer needs a CUDA GPU: %s\n", reason.c_str());
-    return 0;
-  }
+  if (kjit::bench::no_gpu("moe layer")) return 0;
   if (!kjit::arch::current().has_wgmma()) {
     std::printf("moe layer needs sm_90a so far; this card is %s\n",
                 kjit::arch::current().name().c_str());

@@ -32,11 +32,7 @@ struct Router {
 }  // namespace
 
 int main() try {
-  std::string reason;
-  if (!kjit::driver_available(&reason)) {
-    std::printf("moe router needs a CUDA GPU: %s\n", reason.c_str());
-    return 0;
-  }
+  if (kjit::bench::no_gpu("moe router")) return 0;
   kjit::Stream stream;
   const auto s = stream.handle();
   std::printf("%s, kjit %s, MoE router_topk and align (block %d), fp32 logits\n",

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from torch_timing import graph_of, median_ms
+from torch_timing import graph_of, median_ms, peer
 
 CALLS, BLOCK = 20, 128
 
@@ -59,11 +59,7 @@ def torch_align(ids, experts):
 
 
 def main():
-    try:
-        import sgl_kernel
-    except ImportError as e:
-        sgl_kernel = None
-        print(f"sgl-kernel not importable ({e}): its columns are n/a", flush=True)
+    sgl_kernel = peer("sgl_kernel", "sgl-kernel")
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, MoE routing, us per call "
           f"(graph replays), align block {BLOCK}", flush=True)
     print(f"{'router':<12} {'T':>6} {'torch':>9} {'sgl-kernel':>11} {'torch align':>12} "

@@ -1,7 +1,19 @@
 """The timing the torch-side benchmarks share (bench/attention_torch.py, bench/mla_decode_peers.py,
 bench/moe_router_peers.py), in the C++ benchmarks' convention: warm-ups, then the median of
-CUDA-event-timed runs; graph_of captures a call as a CUDA graph to time its replays."""
+CUDA-event-timed runs; graph_of captures a call as a CUDA graph to time its replays; peer imports
+a peer library where it is installed."""
+import importlib
+
 import torch
+
+
+def peer(module, label):
+    """The peer's module, or None (said once: its columns are n/a) where it is not installed."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        print(f"{label} not importable ({e}): its columns are n/a", flush=True)
+        return None
 
 
 def median_ms(fn, warm=3, reps=15):
