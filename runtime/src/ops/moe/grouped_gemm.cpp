@@ -358,6 +358,11 @@ Call<MoeGemm> MoeGemm::validate(const TensorView& x_sorted, const TensorView& bl
   if (epilogue.kind == moe::GemmEpilogue::Kind::kRoutingWeights || epilogue.sorted.data) {
     const TensorView &sorted = epilogue.sorted, &weights = epilogue.weights;
     kGemmCheck.vector(sorted, "the epilogue's sorted", DType::Int32, p.rows);
+    if (weights.ndim == 0) {
+      kGemmCheck.fail(
+          "the epilogue's sorted given without weights (their element count, T k, tells align's "
+          "padding rows apart)");
+    }
     kGemmCheck.ndim(weights, "weights", 2, "[T, k]");
     kGemmCheck.data(weights, "weights");
     pairs = weights.numel();
