@@ -1,57 +1,146 @@
 // MoE dispatch layout (vLLM's moe_align_block_size): the (token, slot) pairs grouped by expert,
 // each expert's run padded to a multiple of the GEMM's block of rows, with the expert of every
-// block. One block of 1024 threads, a stable counting sort in pair order, so that the layout is the
-// same run to run and equals tests/reference/moe_reference's `align`: the pairs split into kChunks
-// contiguous chunks, a warp each, which counts its chunk per expert; each chunk's start within
-// each expert's run is the sum of the earlier chunks' counts; a scan of the padded counts gives the
-// runs; the padding is filled; then every warp places its chunk's pairs from its starts on, ranked
-// among their expert's peers in each step of 32 (__match_any_sync groups the step's pairs by
-// expert). kExperts up to 1024 (kChunks shrinks so that the chunks' counts fit 32 KB).
+// block. A stable counting sort in pair order, so that the layout is the same run to run and
+// equals tests/reference/moe_reference's `align`. One thread-block cluster of 1 to 8 blocks of
+// 1024 threads (sm_90; one block elsewhere): the pairs split into contiguous chunks, one per
+// counting warp in rank order; each warp counts its chunk per expert (shared atomics); every block
+// reads its peers' per-expert counts through distributed shared memory, which gives each chunk's
+// start within each expert's run and the totals; every block scans the padded totals itself;
+// then each warp places its chunk from its starts on, ranked among their expert's peers in each
+// step of 32 (__match_any_sync), while the padding rows (disjoint from the pairs' rows) and the
+// blocks' experts are written by all. kExperts up to 1024 (fewer counting warps a block above
+// 256 experts, so that their counts fit 32 KB).
 #pragma once
 
 #include "moe/align_params.h"
 
 namespace kjit::moe {
 
+namespace align_detail {
+
+__device__ __forceinline__ int cluster_rank() {
+#if __CUDA_ARCH__ >= 900
+  unsigned r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+  return static_cast<int>(r);
+#else
+  return 0;
+#endif
+}
+
+__device__ __forceinline__ int cluster_blocks() {
+#if __CUDA_ARCH__ >= 900
+  unsigned n;
+  asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(n));
+  return static_cast<int>(n);
+#else
+  return 1;
+#endif
+}
+
+// The split cluster barrier: arrive publishes this thread's shared-memory writes (release), wait
+// sees every peer's (acquire). Without clusters, a block barrier.
+__device__ __forceinline__ void cluster_arrive() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+#else
+  __syncthreads();
+#endif
+}
+
+__device__ __forceinline__ void cluster_wait() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
+}
+
+// `local`'s word in the shared memory of the cluster's block `rank`.
+__device__ __forceinline__ int load_peer(const int* local, int rank) {
+#if __CUDA_ARCH__ >= 900
+  unsigned local_address = static_cast<unsigned>(__cvta_generic_to_shared(local)), remote;
+  int v;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local_address), "r"(rank));
+  asm volatile("ld.shared::cluster.u32 %0, [%1];" : "=r"(v) : "r"(remote) : "memory");
+  return v;
+#else
+  return *local;
+#endif
+}
+
+}  // namespace align_detail
+
 template <int kExperts>
 __global__ void __launch_bounds__(1024) moe_align(const KjitMoeAlignParams p) {
   static_assert(kExperts >= 1 && kExperts <= 1024, "experts");
-  constexpr int kChunks = kExperts <= 256 ? 32 : 8192 / kExperts;
-  // Each chunk's count of each expert, then its first row within the expert's run.
+  using namespace align_detail;
+  constexpr int kChunks = kExperts <= 256 ? 32 : 8192 / kExperts;  // counting warps a block
+  constexpr int kBatch = 8;  // steps of 32 ids loaded at once: one memory latency for 256 pairs
+  // Each chunk's count of each expert, then its next row in the expert's run.
   __shared__ int chunk_counts[kChunks][kExperts];
+  __shared__ int block_counts[kExperts];  // this block's pairs of each expert, read by the peers
   __shared__ int counts[kExperts], offsets[kExperts + 1];
   __shared__ int warp_sums[32];
   __shared__ int invalid;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int rank = cluster_rank(), ranks = cluster_blocks();
   for (int i = tid; i < kChunks * kExperts; i += blockDim.x)
     (&chunk_counts[0][0])[i] = 0;
   if (tid == 0) invalid = 0;
   __syncthreads();
 
-  // This warp's chunk of pairs.
-  const int chunk = (p.pairs + kChunks * 32 - 1) / (kChunks * 32) * 32;
-  const int begin = min(warp * chunk, p.pairs), end = min(begin + chunk, p.pairs);
-  if (warp < kChunks) {  // counted by shared atomics: no ranks needed yet
-#pragma unroll 4
-    for (int i = begin + lane; i < end; i += 32) {
-      const int e = p.ids[i];
-      atomicAdd(e >= 0 && e < kExperts ? &chunk_counts[warp][e] : &invalid, 1);
+  // This warp's chunk of pairs: chunk rank kChunks + warp of ranks kChunks (64-bit: the last
+  // chunks' bounds may pass 2^31 before they are clamped).
+  const long long chunks = static_cast<long long>(ranks) * kChunks;
+  const long long chunk = (p.pairs + chunks * 32 - 1) / (chunks * 32) * 32;
+  const long long first_pair = warp < kChunks ? (rank * kChunks + warp) * chunk : p.pairs;
+  const int begin = static_cast<int>(min(first_pair, static_cast<long long>(p.pairs)));
+  const int end = static_cast<int>(min(begin + chunk, static_cast<long long>(p.pairs)));
+  for (int base = begin; base < end; base += 32 * kBatch) {
+    int ids[kBatch];
+#pragma unroll
+    for (int s = 0; s < kBatch; ++s) {
+      const int i = base + s * 32 + lane;
+      ids[s] = i < end ? p.ids[i] : 0;
+    }
+#pragma unroll
+    for (int s = 0; s < kBatch; ++s) {
+      const int e = ids[s];
+      if (base + s * 32 + lane < end)  // counted by shared atomics: no ranks needed yet
+        atomicAdd(e >= 0 && e < kExperts ? &chunk_counts[warp][e] : &invalid, 1);
     }
   }
   __syncthreads();
-  for (int e = tid; e < kExperts; e += blockDim.x) {
+  if (tid < kExperts) {  // each chunk's start within the block's pairs of expert tid
     int sum = 0;
     for (int c = 0; c < kChunks; ++c) {
-      const int n = chunk_counts[c][e];
-      chunk_counts[c][e] = sum;
+      const int n = chunk_counts[c][tid];
+      chunk_counts[c][tid] = sum;
       sum += n;
     }
-    counts[e] = sum;
+    block_counts[tid] = sum;
   }
-  __syncthreads();
+  cluster_arrive();
+  cluster_wait();  // every block's counts are in place
 
-  // Exclusive scan of the padded counts (one expert per thread, kExperts <= 1024).
-  int padded = tid < kExperts ? (counts[tid] + p.block - 1) / p.block * p.block : 0;
+  // Expert tid's pairs in the earlier blocks and in all; the invalid ids of all.
+  int earlier = 0, total = 0;
+  if (tid < kExperts) {
+    for (int r = 0; r < ranks; ++r) {
+      const int n = load_peer(&block_counts[tid], r);
+      earlier += r < rank ? n : 0;
+      total += n;
+    }
+    counts[tid] = total;
+  }
+  int invalid_total = 0;
+  if (tid == 0) {
+    for (int r = 0; r < ranks; ++r)
+      invalid_total += load_peer(&invalid, r);
+  }
+  cluster_arrive();  // the peers' shared memory is read: each may exit once all have arrived
+
+  // Exclusive scan of the padded totals (one expert a thread, kExperts <= 1024).
+  const int padded = tid < kExperts ? (total + p.block - 1) / p.block * p.block : 0;
   int inclusive = padded;
 #pragma unroll
   for (int d = 1; d < 32; d *= 2) {
@@ -73,54 +162,67 @@ __global__ void __launch_bounds__(1024) moe_align(const KjitMoeAlignParams p) {
   const int before = (warp > 0 ? warp_sums[warp - 1] : 0) + inclusive - padded;
   if (tid < kExperts) {
     offsets[tid] = before;
-    p.offsets[tid] = before;
-    p.counts[tid] = counts[tid];
+    for (int c = 0; c < kChunks; ++c)  // each chunk's first row in the run
+      chunk_counts[c][tid] += before + earlier;
+    if (rank == 0) {
+      p.offsets[tid] = before;
+      p.counts[tid] = total;
+    }
   }
   if (tid == kExperts - 1) {
     offsets[kExperts] = before + padded;
-    p.offsets[kExperts] = before + padded;
+    if (rank == 0) p.offsets[kExperts] = before + padded;
   }
-  if (tid == 0) *p.invalid = invalid;
+  if (tid == 0 && rank == 0) *p.invalid = invalid_total;
   __syncthreads();
 
-  // Padding everywhere, the expert of every block (-1 past the total).
-  const int total = offsets[kExperts];
-  for (int i = tid; i < p.capacity; i += blockDim.x)
-    p.sorted[i] = p.pairs;
-  for (int b = tid; b < p.capacity / p.block; b += blockDim.x) {
-    int expert = -1;
-    if (b * p.block < total) {
+  // The padding rows (each run's tail past its pairs, everything past the padded total) and the
+  // expert of every block (-1 past the total): a block of rows a warp, over the cluster's warps.
+  const int padded_total = offsets[kExperts];
+  for (int b = rank * 32 + warp; b < p.capacity / p.block; b += ranks * 32) {
+    const int first = b * p.block;
+    int expert = -1, pad_from = first;
+    if (first < padded_total) {
       int lo = 0, hi = kExperts - 1;  // the last expert whose run starts at or before the block
       while (lo < hi) {
         const int mid = (lo + hi + 1) / 2;
-        if (offsets[mid] <= b * p.block) {
+        if (offsets[mid] <= first) {
           lo = mid;
         } else {
           hi = mid - 1;
         }
       }
       expert = lo;
+      pad_from = max(first, offsets[lo] + counts[lo]);
     }
-    p.block_expert[b] = expert;
+    for (int r = pad_from + lane; r < first + p.block; r += 32)
+      p.sorted[r] = p.pairs;
+    if (lane == 0) p.block_expert[b] = expert;
   }
-  __syncthreads();  // the padding is in place before the pairs overwrite it
 
-  if (warp >= kChunks) return;
-  // In steps of 32 pairs, the next step's ids loaded ahead.
-  int next = begin + lane < end ? p.ids[begin + lane] : -1;
-  for (int base = begin; base < end; base += 32) {
-    const int i = base + lane, e = next;
-    next = i + 32 < end ? p.ids[i + 32] : -1;
-    const bool placed = e >= 0 && e < kExperts;
-    const unsigned peers = __match_any_sync(0xffffffffu, placed ? e : -1);
-    if (placed) {
-      p.sorted[offsets[e] + chunk_counts[warp][e] + __popc(peers & ((1u << lane) - 1))] = i;
-      __syncwarp(peers);
-      // The highest lane of each expert's peers carries the count on.
-      if ((peers >> lane) == 1u) chunk_counts[warp][e] += __popc(peers);
+  // Each warp places its chunk, in steps of 32 pairs, kBatch steps' ids loaded at once.
+  for (int base = begin; base < end; base += 32 * kBatch) {
+    int ids[kBatch];
+#pragma unroll
+    for (int s = 0; s < kBatch; ++s) {
+      const int i = base + s * 32 + lane;
+      ids[s] = i < end ? p.ids[i] : -1;
     }
-    __syncwarp();
+#pragma unroll
+    for (int s = 0; s < kBatch; ++s) {
+      const int e = ids[s];
+      const bool placed = e >= 0 && e < kExperts;
+      const unsigned peers = __match_any_sync(0xffffffffu, placed ? e : -1);
+      if (placed) {
+        p.sorted[chunk_counts[warp][e] + __popc(peers & ((1u << lane) - 1))] = base + s * 32 + lane;
+        __syncwarp(peers);
+        // The highest lane of each expert's peers carries the count on.
+        if ((peers >> lane) == 1u) chunk_counts[warp][e] += __popc(peers);
+      }
+      __syncwarp();
+    }
   }
+  cluster_wait();  // no block leaves while a peer may still read its shared memory
 }
 
 }  // namespace kjit::moe

@@ -1,12 +1,15 @@
 // The MoE dispatch layout on the GPU against tests/reference/moe_reference's `align`: counts,
 // offsets, the sorted pairs (pair order within an expert, padding T k) and every block's expert,
-// exactly; out-of-range ids counted and not placed; outputs poisoned first.
+// exactly; out-of-range ids counted and not placed; outputs poisoned first. The op's own config,
+// and each cluster size forced (the blocks of a cluster split the pairs).
 #include <gtest/gtest.h>
 
 #include <random>
 #include <vector>
 
+#include "kjit/jit.hpp"
 #include "kjit/moe.hpp"
+#include "ops/moe/align.hpp"
 #include "tests/reference/moe_reference.hpp"
 #include "tests/support/gpu.hpp"
 #include "tests/support/isolated_cache.hpp"
@@ -20,6 +23,7 @@ struct AlignCase {
   int tokens, top_k, experts, block;
   bool skewed = false;  // most pairs to expert 3: long runs, many empty experts
   int invalid = 0;      // ids set outside [0, E)
+  int cluster = 0;      // blocks of the cluster, forced (sm_90); 0: the op's choice
 };
 
 void PrintTo(const AlignCase& c, std::ostream* os) {
@@ -31,6 +35,9 @@ class MoeAlignTest : public IsolatedCache, public ::testing::WithParamInterface<
 TEST_P(MoeAlignTest, MatchesTheReferenceExactly) {
   KJIT_REQUIRE_GPU();
   const AlignCase& c = GetParam();
+  const ops::MoeAlign::Config config{c.cluster};
+  if (c.cluster > 1 && arch::current().version() < 90)
+    GTEST_SKIP() << "clusters of blocks need sm_90, this GPU is " << arch::current().name();
   const unsigned seed = std::random_device{}();
   SCOPED_TRACE(::testing::Message() << "input seed " << seed);
   std::mt19937 rng(seed);
@@ -54,7 +61,16 @@ TEST_P(MoeAlignTest, MatchesTheReferenceExactly) {
        {&layout.sorted, &layout.block_expert, &layout.counts, &layout.offsets, &layout.invalid})
     b->fill_bytes(0xab);
   Stream stream;
-  layout.align(TensorView(dids.data(), DType::Int32, {c.tokens, c.top_k}), stream.handle());
+  const TensorView vids(dids.data(), DType::Int32, {c.tokens, c.top_k});
+  if (c.cluster) {
+    const ops::Call<ops::MoeAlign> call =
+        ops::MoeAlign::validate(vids, c.experts, c.block, layout.views());
+    ASSERT_TRUE(ops::MoeAlign::valid(config, call.problem, arch::current()));
+    ops::MoeAlign::launch(load(ops::MoeAlign::spec(config, call.problem, arch::current())), config,
+                          call.problem, call.args, stream.handle());
+  } else {
+    layout.align(vids, stream.handle());
+  }
   stream.synchronize();
   std::vector<int> got_sorted(capacity), got_blocks(capacity / c.block), got_counts(c.experts),
       got_offsets(c.experts + 1), got_invalid(1);
@@ -99,7 +115,16 @@ std::vector<AlignCase> cases() {
           {"thousand_experts", 3000, 8, 1000, 32},
           {"invalid_ids", 700, 4, 64, 64, false, 9},
           {"one_expert_block_100", 300, 1, 1, 100},  // block > E + 1, not a power of two
-          {"five_experts_block_48", 777, 3, 5, 48}};
+          {"five_experts_block_48", 777, 3, 5, 48},
+          // Clusters: chunks across blocks, experts split unevenly, some blocks with no pairs.
+          {"glm_t16384_cluster8", 16384, 4, 64, 128, false, 0, 8},
+          {"deepseek_t16384_cluster8", 16384, 8, 256, 64, false, 5, 8},
+          {"skewed_cluster4", 20000, 4, 64, 64, true, 0, 4},
+          {"thousand_experts_cluster2", 3000, 8, 1000, 32, false, 3, 2},
+          {"few_pairs_cluster8", 3, 2, 64, 64, false, 0, 8},
+          {"odd_pairs_cluster8", 12345, 1, 7, 100, false, 11, 8},
+          {"one_expert_cluster2", 9000, 1, 1, 64, false, 0, 2},
+          {"single_block_forced", 30000, 4, 64, 64, false, 0, 1}};
 }
 
 INSTANTIATE_TEST_SUITE_P(All, MoeAlignTest, ::testing::ValuesIn(cases()),

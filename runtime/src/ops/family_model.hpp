@@ -94,10 +94,14 @@ class FamilyWorkload final : public Workload {
   static double to_double(DType dtype, const unsigned char* p) {
     std::uint16_t h;
     float f;
+    std::int32_t i;
     switch (dtype) {
       case DType::Float32:
         std::memcpy(&f, p, 4);
         return f;
+      case DType::Int32:  // exact in a double
+        std::memcpy(&i, p, 4);
+        return i;
       case DType::BFloat16:
         std::memcpy(&h, p, 2);
         return bf16_to_float(h);

@@ -34,9 +34,25 @@ KernelSpec MoeAlign::spec(const Config&, const Problem& p, const Arch& arch) {
   return s;
 }
 
+std::vector<MoeAlign::Config> MoeAlign::space(const Problem&, const Arch& arch) {
+  if (arch.version() < 90) return {{1}};
+  return {{1}, {2}, {4}, {8}};
+}
+
+bool MoeAlign::valid(const Config& c, const Problem&, const Arch& arch) {
+  return c.cluster == 1 || (arch.version() >= 90 && c.cluster >= 1 && c.cluster <= 8);
+}
+
+MoeAlign::Config MoeAlign::default_config(const Problem& p, const Arch& arch) {
+  // A block's 32 counting warps take 8192 pairs in one batch of loads each.
+  if (arch.version() < 90) return {1};
+  return {std::clamp<std::int64_t>((p.pairs + 8191) / 8192, 1, 8)};
+}
+
 void MoeAlign::launch(const Program& program, const Config& c, const Problem&, const Args& args,
                       StreamHandle stream) {
-  program.kernel().launch({{1}, {static_cast<unsigned>(c.threads)}, 0, stream, {}}, args);
+  const auto blocks = static_cast<unsigned>(c.cluster);
+  program.kernel().launch({{blocks}, {1024}, 0, stream, {blocks}}, args);
 }
 
 std::vector<MoeAlign::Problem> MoeAlign::shipped(const Arch&) {
@@ -51,14 +67,13 @@ std::vector<TensorSpec> MoeAlign::tensors(const Problem& p) {
   const std::int64_t capacity =
       moe::align_capacity(p.pairs, static_cast<int>(p.experts), static_cast<int>(p.block));
   const auto experts = static_cast<float>(p.experts);
-  // The layout is integers: no config of this family differs from another, so nothing is
-  // compared (outputs as scratch).
+  // The layout is integers, the same from every cluster size (tolerance 0).
   return {{"ids", DType::Int32, {p.pairs}, Role::Input, 0.f, experts},
-          {"sorted", DType::Int32, {capacity}, Role::Scratch},
-          {"block_expert", DType::Int32, {capacity / p.block}, Role::Scratch},
-          {"counts", DType::Int32, {p.experts}, Role::Scratch},
-          {"offsets", DType::Int32, {p.experts + 1}, Role::Scratch},
-          {"invalid", DType::Int32, {1}, Role::Scratch}};
+          {"sorted", DType::Int32, {capacity}, Role::Output},
+          {"block_expert", DType::Int32, {capacity / p.block}, Role::Output},
+          {"counts", DType::Int32, {p.experts}, Role::Output},
+          {"offsets", DType::Int32, {p.experts + 1}, Role::Output},
+          {"invalid", DType::Int32, {1}, Role::Output}};
 }
 
 MoeAlign::Args MoeAlign::args(const Problem& p, const std::vector<TensorView>& t) {

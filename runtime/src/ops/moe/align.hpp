@@ -1,5 +1,6 @@
 // The MoE dispatch layout family: templates/moe/align.cuh specialised per expert count, one
-// block of 1024 threads. kjit::moe::align runs through it.
+// cluster of 1 to 8 blocks of 1024 threads (one block below sm_90). kjit::moe::align runs through
+// it.
 #pragma once
 
 #include <cstdint>
@@ -20,20 +21,20 @@ struct MoeAlign {
     std::int64_t pairs = 0, experts = 0, block = 0;
   };
   struct Config {
-    std::int64_t threads = 1024;  // one block: the kernel's scan takes an expert a thread
+    std::int64_t cluster = 1;  // blocks of the one cluster (each scans all experts itself)
   };
   using Args = KjitMoeAlignParams;
 
   static constexpr Field<Problem> kShape[] = {field<&Problem::pairs>("pairs", tuning::Bucket::Pow2),
                                               field<&Problem::experts>("E"),
                                               field<&Problem::block>("block")};
-  static constexpr Field<Config> kConfig[] = {field<&Config::threads>("threads")};
+  static constexpr Field<Config> kConfig[] = {field<&Config::cluster>("cluster")};
   static constexpr DType kDTypes[] = {DType::Int32};
 
   static void check(const Problem& p);
-  static std::vector<Config> space(const Problem&, const Arch&) { return {{1024}}; }
-  static bool valid(const Config& c, const Problem&, const Arch&) { return c.threads == 1024; }
-  static Config default_config(const Problem&, const Arch&) { return {1024}; }
+  static std::vector<Config> space(const Problem& p, const Arch& arch);
+  static bool valid(const Config& c, const Problem& p, const Arch& arch);
+  static Config default_config(const Problem& p, const Arch& arch);
   static KernelSpec spec(const Config& c, const Problem& p, const Arch& arch);
   static void launch(const Program& program, const Config& c, const Problem& p, const Args& args,
                      StreamHandle stream);
