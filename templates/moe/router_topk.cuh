@@ -21,18 +21,26 @@ __device__ __forceinline__ void keep_better(float& value, int& id, float other_v
   }
 }
 
-// The warp's best candidate, on every lane (higher value, then lower id; a NaN value counts as
-// -inf, though the router's choices never hold one): two warp reductions (redux.sync) instead of
-// a shuffle tree, the first over an integer key that orders as the values do (-0 taken as +0),
-// the second over the ids holding the best key.
-__device__ __forceinline__ void warp_best(float& value, int& id) {
+// An integer key that orders as the floats do (a NaN as -inf, -0 as +0); 0 is below every key.
+__device__ __forceinline__ unsigned order_key(float value) {
   const float v = isnan(value) ? negative_infinity() : value == 0.f ? 0.f : value;
   const unsigned bits = __float_as_uint(v);
-  const unsigned key = bits & 0x80000000u ? ~bits : bits | 0x80000000u;
+  return bits & 0x80000000u ? ~bits : bits | 0x80000000u;
+}
+
+__device__ __forceinline__ float key_value(unsigned key) {
+  return __uint_as_float(key & 0x80000000u ? key & 0x7fffffffu : ~key);
+}
+
+// The warp's best candidate, on every lane (higher value, then lower id; a NaN value counts as
+// -inf, though the router's choices never hold one): two warp reductions (redux.sync) instead of
+// a shuffle tree, the first over the values' keys, the second over the ids holding the best key.
+__device__ __forceinline__ void warp_best(float& value, int& id) {
+  const unsigned key = order_key(value);
   const unsigned best = __reduce_max_sync(0xffffffffu, key);
   id = static_cast<int>(
       __reduce_min_sync(0xffffffffu, key == best ? static_cast<unsigned>(id) : 0xffffffffu));
-  value = __uint_as_float(best & 0x80000000u ? best & 0x7fffffffu : ~best);
+  value = key_value(best);
 }
 
 template <class T, int kExperts, int kTopK, bool kSigmoid, int kGroups, int kTopkGroups,
@@ -46,34 +54,37 @@ __global__ void __launch_bounds__(256) router_topk(const KjitRouterParams p) {
   const T* logits = static_cast<const T*>(p.logits) + token * p.logits_stride;
 
   float score[kPer], choice[kPer];
-  float max = negative_infinity();
+  float max = negative_infinity(), inverse_sum = 1.f;
 #pragma unroll
   for (int i = 0; i < kPer; ++i) {
     const int e = lane + 32 * i;
     score[i] = e < kExperts ? to_float(logits[e]) : negative_infinity();
     max = fmaxf(max, score[i]);
   }
-  if constexpr (kSigmoid) {
-#pragma unroll
-    for (int i = 0; i < kPer; ++i)
-      score[i] = lane + 32 * i < kExperts ? 1.f / (1.f + __expf(-score[i])) : 0.f;
-  } else {
+  // A score from its logit; the same arithmetic gives the chosen experts' weights below.
+  auto score_of = [&](float logit) {
+    if constexpr (kSigmoid) {
+      return 1.f / (1.f + __expf(-logit));
+    } else {
+      return __expf(logit - max) * inverse_sum;
+    }
+  };
+  if constexpr (!kSigmoid) {
 #pragma unroll
     for (int offset = 16; offset > 0; offset /= 2)
       max = fmaxf(max, __shfl_xor_sync(0xffffffffu, max, offset));
     float sum = 0.f;
 #pragma unroll
-    for (int i = 0; i < kPer; ++i) {
-      score[i] = lane + 32 * i < kExperts ? __expf(score[i] - max) : 0.f;
-      sum += score[i];
-    }
+    for (int i = 0; i < kPer; ++i)
+      sum += lane + 32 * i < kExperts ? __expf(score[i] - max) : 0.f;
 #pragma unroll
     for (int offset = 16; offset > 0; offset /= 2)
       sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-#pragma unroll
-    for (int i = 0; i < kPer; ++i)
-      score[i] /= sum;
+    inverse_sum = 1.f / sum;
   }
+#pragma unroll
+  for (int i = 0; i < kPer; ++i)
+    score[i] = lane + 32 * i < kExperts ? score_of(score[i]) : 0.f;
 #pragma unroll
   for (int i = 0; i < kPer; ++i) {
     const int e = lane + 32 * i;
@@ -127,39 +138,60 @@ __global__ void __launch_bounds__(256) router_topk(const KjitRouterParams p) {
     }
   }
 
-  // kTopK rounds of the warp's best remaining choice; lane j keeps round j's expert. Taken
-  // experts and the padding past kExperts never compete, so the k ids are distinct experts even
-  // where fewer than k choices are finite.
-  int my_id = 0;
-  float my_weight = 0.f, total = 0.f;
+  // kTopK rounds of the warp's best remaining choice, ties to the lower id; lane j keeps round
+  // j's expert. A round is two warp reductions over the lanes' best remaining candidates: each
+  // lane caches its best two (by key, then slot) and scans its candidates again only when a round
+  // takes the second (rare: k rounds spread over 32 lanes). Taken experts and the padding past
+  // kExperts (key 0) never compete, so the k ids are distinct experts even where fewer than k
+  // choices are finite.
+  unsigned key[kPer];
+#pragma unroll
+  for (int i = 0; i < kPer; ++i)
+    key[i] = lane + 32 * i < kExperts ? order_key(choice[i]) : 0u;
   unsigned taken = 0;  // bit i: expert lane + 32 i
+  unsigned first_key, second_key;
+  int first_slot, second_slot, popped;
+  auto fill_cache = [&] {
+    first_key = second_key = 0u;
+    first_slot = second_slot = popped = 0;
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const unsigned k = taken >> i & 1u ? 0u : key[i];
+      const bool first = k > first_key, second = !first && k > second_key;
+      second_key = first ? first_key : second ? k : second_key;
+      second_slot = first ? first_slot : second ? i : second_slot;
+      first_key = first ? k : first_key;
+      first_slot = first ? i : first_slot;
+    }
+  };
+  fill_cache();
+  int my_id = 0;
 #pragma unroll 1
   for (int j = 0; j < kTopK; ++j) {
-    float best = negative_infinity();
-    int id = 1 << 30;
+    const unsigned best = __reduce_max_sync(0xffffffffu, first_key);
+    const int mine = lane + 32 * first_slot;
+    const int winner = static_cast<int>(__reduce_min_sync(
+        0xffffffffu, first_key == best ? static_cast<unsigned>(mine) : 0xffffffffu));
+    if (mine == winner) {
+      taken |= 1u << first_slot;
+      first_key = second_key;
+      first_slot = second_slot;
+      second_key = 0u;
+      ++popped;
+    }
+    if (lane == j) my_id = winner;
+    if (__any_sync(0xffffffffu, popped == 2) && popped == 2) fill_cache();
+  }
+  // The chosen experts' unbiased scores, from their logits again (lane j: round j's).
+  float my_weight = lane < kTopK ? score_of(to_float(logits[my_id])) : 0.f;
+  if constexpr (kRenormalize) {
+    float total = my_weight;
 #pragma unroll
-    for (int i = 0; i < kPer; ++i) {
-      if (lane + 32 * i < kExperts && !(taken >> i & 1u))
-        keep_better(best, id, choice[i], lane + 32 * i);
-    }
-    warp_best(best, id);
-    float weight = 0.f;
-#pragma unroll
-    for (int i = 0; i < kPer; ++i) {
-      if (lane + 32 * i == id) {
-        weight = score[i];
-        taken |= 1u << i;
-      }
-    }
-    weight = __shfl_sync(0xffffffffu, weight, id % 32);
-    total += weight;
-    if (lane == j) {
-      my_id = id;
-      my_weight = weight;
-    }
+    for (int offset = 16; offset > 0; offset /= 2)
+      total += __shfl_xor_sync(0xffffffffu, total, offset);
+    my_weight /= total + 1e-20f;
   }
   if (lane < kTopK) {
-    if constexpr (kRenormalize) my_weight /= total + 1e-20f;
     p.ids[token * p.ids_stride + lane] = my_id;
     p.weights[token * p.weights_stride + lane] = my_weight * p.scaling;
   }

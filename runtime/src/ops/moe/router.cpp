@@ -67,10 +67,8 @@ std::vector<MoeRouter::Problem> MoeRouter::shipped(const Arch&) {
 
 std::vector<TensorSpec> MoeRouter::tensors(const Problem& p) {
   using Role = TensorSpec::Role;
-  // The ids are not compared between configs (an int32 output): the weights are, and a
-  // different choice changes them.
   return {{"logits", p.dtype, {p.tokens, p.experts}},
-          {"ids", DType::Int32, {p.tokens, p.top_k}, Role::Scratch},
+          {"ids", DType::Int32, {p.tokens, p.top_k}, Role::Output},
           {"weights", DType::Float32, {p.tokens, p.top_k}, Role::Output}};
 }
 
