@@ -69,8 +69,9 @@ __device__ __forceinline__ int load_peer(const int* local, int rank) {
 
 }  // namespace align_detail
 
+// One block an SM is asked for: ptxas otherwise aims at two and spills at 32 registers.
 template <int kExperts>
-__global__ void __launch_bounds__(1024) moe_align(const KjitMoeAlignParams p) {
+__global__ void __launch_bounds__(1024, 1) moe_align(const KjitMoeAlignParams p) {
   static_assert(kExperts >= 1 && kExperts <= 1024, "experts");
   using namespace align_detail;
   constexpr int kChunks = kExperts <= 256 ? 32 : 8192 / kExperts;  // counting warps a block
@@ -176,29 +177,20 @@ __global__ void __launch_bounds__(1024) moe_align(const KjitMoeAlignParams p) {
   if (tid == 0 && rank == 0) *p.invalid = invalid_total;
   __syncthreads();
 
-  // The padding rows (each run's tail past its pairs, everything past the padded total) and the
-  // expert of every block (-1 past the total): a block of rows a warp, over the cluster's warps.
+  // The padding rows (each run's tail past its pairs) and each run's blocks' expert, an expert a
+  // warp over the cluster's warps; then the rows and blocks past the padded total (-1).
   const int padded_total = offsets[kExperts];
-  for (int b = rank * 32 + warp; b < p.capacity / p.block; b += ranks * 32) {
-    const int first = b * p.block;
-    int expert = -1, pad_from = first;
-    if (first < padded_total) {
-      int lo = 0, hi = kExperts - 1;  // the last expert whose run starts at or before the block
-      while (lo < hi) {
-        const int mid = (lo + hi + 1) / 2;
-        if (offsets[mid] <= first) {
-          lo = mid;
-        } else {
-          hi = mid - 1;
-        }
-      }
-      expert = lo;
-      pad_from = max(first, offsets[lo] + counts[lo]);
-    }
-    for (int r = pad_from + lane; r < first + p.block; r += 32)
+  for (int e = rank * 32 + warp; e < kExperts; e += ranks * 32) {
+    for (int r = offsets[e] + counts[e] + lane; r < offsets[e + 1]; r += 32)
       p.sorted[r] = p.pairs;
-    if (lane == 0) p.block_expert[b] = expert;
+    for (int b = offsets[e] / p.block + lane; b < offsets[e + 1] / p.block; b += 32)
+      p.block_expert[b] = e;
   }
+  for (int r = padded_total + rank * blockDim.x + tid; r < p.capacity; r += ranks * blockDim.x)
+    p.sorted[r] = p.pairs;
+  for (int b = padded_total / p.block + rank * blockDim.x + tid; b < p.capacity / p.block;
+       b += ranks * blockDim.x)
+    p.block_expert[b] = -1;
 
   // Each warp places its chunk, in steps of 32 pairs, kBatch steps' ids loaded at once.
   for (int base = begin; base < end; base += 32 * kBatch) {
@@ -211,15 +203,18 @@ __global__ void __launch_bounds__(1024) moe_align(const KjitMoeAlignParams p) {
 #pragma unroll
     for (int s = 0; s < kBatch; ++s) {
       const int e = ids[s];
-      const bool placed = e >= 0 && e < kExperts;
-      const unsigned peers = __match_any_sync(0xffffffffu, placed ? e : -1);
-      if (placed) {
-        p.sorted[chunk_counts[warp][e] + __popc(peers & ((1u << lane) - 1))] = base + s * 32 + lane;
-        __syncwarp(peers);
-        // The highest lane of each expert's peers carries the count on.
-        if ((peers >> lane) == 1u) chunk_counts[warp][e] += __popc(peers);
+      if (base + s * 32 < end) {  // the warp's last batch may be short
+        const bool placed = e >= 0 && e < kExperts;
+        const unsigned peers = __match_any_sync(0xffffffffu, placed ? e : -1);
+        if (placed) {
+          p.sorted[chunk_counts[warp][e] + __popc(peers & ((1u << lane) - 1))] =
+              base + s * 32 + lane;
+          __syncwarp(peers);
+          // The highest lane of each expert's peers carries the count on.
+          if ((peers >> lane) == 1u) chunk_counts[warp][e] += __popc(peers);
+        }
+        __syncwarp();
       }
-      __syncwarp();
     }
   }
   cluster_wait();  // no block leaves while a peer may still read its shared memory
