@@ -84,31 +84,61 @@ __global__ void __launch_bounds__(1024, 1) moe_align(const KjitMoeAlignParams p)
   __shared__ int invalid;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int rank = cluster_rank(), ranks = cluster_blocks();
-  for (int i = tid; i < kChunks * kExperts; i += blockDim.x)
-    (&chunk_counts[0][0])[i] = 0;
-  if (tid == 0) invalid = 0;
-  __syncthreads();
 
   // This warp's chunk of pairs: chunk rank kChunks + warp of ranks kChunks (64-bit: the last
-  // chunks' bounds may pass 2^31 before they are clamped).
+  // chunks' bounds may pass 2^31 before they are clamped), in batches of kBatch steps of 32.
   const long long chunks = static_cast<long long>(ranks) * kChunks;
   const long long chunk = (p.pairs + chunks * 32 - 1) / (chunks * 32) * 32;
   const long long first_pair = warp < kChunks ? (rank * kChunks + warp) * chunk : p.pairs;
   const int begin = static_cast<int>(min(first_pair, static_cast<long long>(p.pairs)));
   const int end = static_cast<int>(min(begin + chunk, static_cast<long long>(p.pairs)));
-  for (int base = begin; base < end; base += 32 * kBatch) {
-    int ids[kBatch];
+  auto load = [&](int (&ids)[kBatch], int base) {  // -1 past the chunk
 #pragma unroll
     for (int s = 0; s < kBatch; ++s) {
       const int i = base + s * 32 + lane;
-      ids[s] = i < end ? p.ids[i] : 0;
+      ids[s] = i < end ? p.ids[i] : -1;
     }
+  };
+  auto count = [&](const int (&ids)[kBatch], int base) {  // shared atomics: no ranks needed yet
 #pragma unroll
     for (int s = 0; s < kBatch; ++s) {
       const int e = ids[s];
-      if (base + s * 32 + lane < end)  // counted by shared atomics: no ranks needed yet
+      if (base + s * 32 + lane < end)
         atomicAdd(e >= 0 && e < kExperts ? &chunk_counts[warp][e] : &invalid, 1);
     }
+  };
+  // From the chunk's starts on, each step's pairs ranked among their expert's peers.
+  auto place = [&](const int (&ids)[kBatch], int base) {
+#pragma unroll
+    for (int s = 0; s < kBatch; ++s) {
+      const int e = ids[s];
+      if (base + s * 32 < end) {  // the warp's last batch may be short
+        const bool placed = e >= 0 && e < kExperts;
+        const unsigned peers = __match_any_sync(0xffffffffu, placed ? e : -1);
+        if (placed) {
+          p.sorted[chunk_counts[warp][e] + __popc(peers & ((1u << lane) - 1))] =
+              base + s * 32 + lane;
+          __syncwarp(peers);
+          // The highest lane of each expert's peers carries the count on.
+          if ((peers >> lane) == 1u) chunk_counts[warp][e] += __popc(peers);
+        }
+        __syncwarp();
+      }
+    }
+  };
+  // The first batch is loaded before anything else and kept for the placement: a chunk of up to
+  // 256 pairs (most layouts, over the cluster) reads its ids once.
+  int held[kBatch];
+  load(held, begin);
+  for (int i = tid; i < kChunks * kExperts; i += blockDim.x)
+    (&chunk_counts[0][0])[i] = 0;
+  if (tid == 0) invalid = 0;
+  __syncthreads();
+  count(held, begin);
+  for (int base = begin + 32 * kBatch; base < end; base += 32 * kBatch) {
+    int ids[kBatch];
+    load(ids, base);
+    count(ids, base);
   }
   __syncthreads();
   if (tid < kExperts) {  // each chunk's start within the block's pairs of expert tid
@@ -192,30 +222,12 @@ __global__ void __launch_bounds__(1024, 1) moe_align(const KjitMoeAlignParams p)
        b += ranks * blockDim.x)
     p.block_expert[b] = -1;
 
-  // Each warp places its chunk, in steps of 32 pairs, kBatch steps' ids loaded at once.
-  for (int base = begin; base < end; base += 32 * kBatch) {
+  // Each warp places its chunk.
+  place(held, begin);
+  for (int base = begin + 32 * kBatch; base < end; base += 32 * kBatch) {
     int ids[kBatch];
-#pragma unroll
-    for (int s = 0; s < kBatch; ++s) {
-      const int i = base + s * 32 + lane;
-      ids[s] = i < end ? p.ids[i] : -1;
-    }
-#pragma unroll
-    for (int s = 0; s < kBatch; ++s) {
-      const int e = ids[s];
-      if (base + s * 32 < end) {  // the warp's last batch may be short
-        const bool placed = e >= 0 && e < kExperts;
-        const unsigned peers = __match_any_sync(0xffffffffu, placed ? e : -1);
-        if (placed) {
-          p.sorted[chunk_counts[warp][e] + __popc(peers & ((1u << lane) - 1))] =
-              base + s * 32 + lane;
-          __syncwarp(peers);
-          // The highest lane of each expert's peers carries the count on.
-          if ((peers >> lane) == 1u) chunk_counts[warp][e] += __popc(peers);
-        }
-        __syncwarp();
-      }
-    }
+    load(ids, base);
+    place(ids, base);
   }
   cluster_wait();  // no block leaves while a peer may still read its shared memory
 }
