@@ -207,13 +207,14 @@ __global__ void __launch_bounds__(1024, 1) moe_align(const KjitMoeAlignParams p)
   if (tid == 0 && rank == 0) *p.invalid = invalid_total;
   __syncthreads();
 
-  // The padding rows (each run's tail past its pairs) and each run's blocks' expert, an expert a
-  // warp over the cluster's warps; then the rows and blocks past the padded total (-1).
+  // The padding rows (each run's tail past its pairs: under a block of rows) and each run's
+  // blocks' expert, a thread an expert across the cluster, so that no warp walks the experts one
+  // after another; then the rows and blocks past the padded total (-1).
   const int padded_total = offsets[kExperts];
-  for (int e = rank * 32 + warp; e < kExperts; e += ranks * 32) {
-    for (int r = offsets[e] + counts[e] + lane; r < offsets[e + 1]; r += 32)
+  for (int e = rank + ranks * tid; e < kExperts; e += ranks * blockDim.x) {
+    for (int r = offsets[e] + counts[e]; r < offsets[e + 1]; ++r)
       p.sorted[r] = p.pairs;
-    for (int b = offsets[e] / p.block + lane; b < offsets[e + 1] / p.block; b += 32)
+    for (int b = offsets[e] / p.block; b < offsets[e + 1] / p.block; ++b)
       p.block_expert[b] = e;
   }
   for (int r = padded_total + rank * blockDim.x + tid; r < p.capacity; r += ranks * blockDim.x)
