@@ -207,21 +207,26 @@ __global__ void __launch_bounds__(1024, 1) moe_align(const KjitMoeAlignParams p)
   if (tid == 0 && rank == 0) *p.invalid = invalid_total;
   __syncthreads();
 
-  // The padding rows (each run's tail past its pairs: under a block of rows) and each run's
-  // blocks' expert, a thread an expert across the cluster, so that no warp walks the experts one
-  // after another; then the rows and blocks past the padded total (-1).
+  // The padding rows (each run's tail past its pairs, every row past the padded total) and the
+  // expert of every block (-1 past the total): a block of rows a warp, over the cluster's warps.
+  // A block's expert is the last whose run starts at or before it: the count of such starts, all
+  // compared at once (a ballot a 32 experts) rather than by a search of dependent steps.
   const int padded_total = offsets[kExperts];
-  for (int e = rank + ranks * tid; e < kExperts; e += ranks * blockDim.x) {
-    for (int r = offsets[e] + counts[e]; r < offsets[e + 1]; ++r)
+  for (int b = rank * 32 + warp; b < p.capacity / p.block; b += ranks * 32) {
+    const int first = b * p.block;
+    int expert = -1, pad_from = first;
+    if (first < padded_total) {
+      int starts = 0;
+#pragma unroll
+      for (int e = lane; e < (kExperts + 31) / 32 * 32; e += 32)
+        starts += __popc(__ballot_sync(0xffffffffu, e < kExperts && offsets[e] <= first));
+      expert = starts - 1;
+      pad_from = max(first, offsets[expert] + counts[expert]);
+    }
+    for (int r = pad_from + lane; r < first + p.block; r += 32)
       p.sorted[r] = p.pairs;
-    for (int b = offsets[e] / p.block; b < offsets[e + 1] / p.block; ++b)
-      p.block_expert[b] = e;
+    if (lane == 0) p.block_expert[b] = expert;
   }
-  for (int r = padded_total + rank * blockDim.x + tid; r < p.capacity; r += ranks * blockDim.x)
-    p.sorted[r] = p.pairs;
-  for (int b = padded_total / p.block + rank * blockDim.x + tid; b < p.capacity / p.block;
-       b += ranks * blockDim.x)
-    p.block_expert[b] = -1;
 
   // Each warp places its chunk.
   place(held, begin);
