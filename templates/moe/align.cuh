@@ -12,68 +12,16 @@
 // 256 experts, so that their counts fit 32 KB).
 #pragma once
 
+#include "common/cluster.cuh"
 #include "moe/align_params.h"
 
 namespace kjit::moe {
-
-namespace align_detail {
-
-__device__ __forceinline__ int cluster_rank() {
-#if __CUDA_ARCH__ >= 900
-  unsigned r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-  return static_cast<int>(r);
-#else
-  return 0;
-#endif
-}
-
-__device__ __forceinline__ int cluster_blocks() {
-#if __CUDA_ARCH__ >= 900
-  unsigned n;
-  asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(n));
-  return static_cast<int>(n);
-#else
-  return 1;
-#endif
-}
-
-// The split cluster barrier: arrive publishes this thread's shared-memory writes (release), wait
-// sees every peer's (acquire). Without clusters, a block barrier.
-__device__ __forceinline__ void cluster_arrive() {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
-#else
-  __syncthreads();
-#endif
-}
-
-__device__ __forceinline__ void cluster_wait() {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
-#endif
-}
-
-// `local`'s word in the shared memory of the cluster's block `rank`.
-__device__ __forceinline__ int load_peer(const int* local, int rank) {
-#if __CUDA_ARCH__ >= 900
-  unsigned local_address = static_cast<unsigned>(__cvta_generic_to_shared(local)), remote;
-  int v;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local_address), "r"(rank));
-  asm volatile("ld.shared::cluster.u32 %0, [%1];" : "=r"(v) : "r"(remote) : "memory");
-  return v;
-#else
-  return *local;
-#endif
-}
-
-}  // namespace align_detail
 
 // One block an SM is asked for: ptxas otherwise aims at two and spills at 32 registers.
 template <int kExperts>
 __global__ void __launch_bounds__(1024, 1) moe_align(const KjitMoeAlignParams p) {
   static_assert(kExperts >= 1 && kExperts <= 1024, "experts");
-  using namespace align_detail;
+  using namespace kjit::ptx;
   constexpr int kChunks = kExperts <= 256 ? 32 : 8192 / kExperts;  // counting warps a block
   constexpr int kBatch = 8;  // steps of 32 ids loaded at once: one memory latency for 256 pairs
   // Each chunk's count of each expert, then its next row in the expert's run.
