@@ -237,14 +237,15 @@ fi
 if [ "$what" = moe ]; then
   # The MoE router's, dispatch layout's, permutation's, grouped GEMM's (16-bit and FP4 weights),
   # balance statistics' and FP4 quantizer's tests against the references; a router, a
-  # permutation, three GEMM and a balance case under memcheck, two GEMM under racecheck.
+  # permutation, three GEMM, a balance and two align (cluster of 8) cases under memcheck, two GEMM
+  # and an align case (its blocks read each other's shared memory) under racecheck.
   sharded_tests moe_tests '*MoeRouter*:*MoeAlign*:*MoePermute*:*MoeGemm*:*MoeBalance*:*MoeQuantize*:*MoeLayer*:*MoeFp4Accuracy*:*MoeGolden*' 240
   step moe_memcheck timeout 120 compute-sanitizer --tool memcheck --error-exitcode 3 \
     "$bin/kjit_gpu_tests" \
-    --gtest_filter='All/MoeRouterTest.*/deepseek_v3_grouped:All/MoePermuteTest.*/invalid_ids:All/MoeGemmTest.*/skewed_fp16:All/MoeGemmTest.*/nvfp4_forced_64_rows_2_stages:All/MoeGemmMaskedTest.*/mxfp4_glm_down_block128:All/MoeBalanceTest.*/deepseek_v3_sequences_bias'
+    --gtest_filter='All/MoeRouterTest.*/deepseek_v3_grouped:All/MoePermuteTest.*/invalid_ids:All/MoeGemmTest.*/skewed_fp16:All/MoeGemmTest.*/nvfp4_forced_64_rows_2_stages:All/MoeGemmMaskedTest.*/mxfp4_glm_down_block128:All/MoeBalanceTest.*/deepseek_v3_sequences_bias:All/MoeAlignTest.*/deepseek_t16384_cluster8:All/MoeAlignTest.*/skewed_cluster4'
   step moe_racecheck timeout 120 compute-sanitizer --tool racecheck --error-exitcode 3 \
     "$bin/kjit_gpu_tests" \
-    --gtest_filter='All/MoeGemmTest.*/forced_8_stages:All/MoeGemmTest.*/mxfp4_plain_block128'
+    --gtest_filter='All/MoeGemmTest.*/forced_8_stages:All/MoeGemmTest.*/mxfp4_plain_block128:All/MoeAlignTest.*/glm_t16384_cluster8'
   tally moe_tests
   for log in moe_memcheck moe_racecheck; do
     echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -3
