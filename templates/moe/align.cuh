@@ -98,8 +98,14 @@ __global__ void __launch_bounds__(1024, 1) moe_align(const KjitMoeAlignParams p)
     }
     block_counts[tid] = sum;
   }
-  cluster_arrive();
-  cluster_wait();  // every block's counts are in place
+  // Every block's counts in place: a cluster barrier (a release arrival fences GPU-wide, so a
+  // cluster of one block, the small layouts', takes a block barrier instead).
+  if (ranks > 1) {
+    cluster_arrive();
+    cluster_wait();
+  } else {
+    __syncthreads();
+  }
 
   // Expert tid's pairs in the earlier blocks and in all; the invalid ids of all.
   int earlier = 0, total = 0;
@@ -116,7 +122,8 @@ __global__ void __launch_bounds__(1024, 1) moe_align(const KjitMoeAlignParams p)
     for (int r = 0; r < ranks; ++r)
       invalid_total += load_peer(&invalid, r);
   }
-  cluster_arrive();  // the peers' shared memory is read: each may exit once all have arrived
+  // The peers' shared memory is read: each may exit once all have arrived.
+  if (ranks > 1) cluster_arrive_relaxed();
 
   // Exclusive scan of the padded totals (one expert a thread, kExperts <= 1024).
   const int padded = tid < kExperts ? (total + p.block - 1) / p.block * p.block : 0;
@@ -183,7 +190,7 @@ __global__ void __launch_bounds__(1024, 1) moe_align(const KjitMoeAlignParams p)
     load(ids, base);
     place(ids, base);
   }
-  cluster_wait();  // no block leaves while a peer may still read its shared memory
+  if (ranks > 1) cluster_wait();  // no block leaves while a peer may still read its memory
 }
 
 }  // namespace kjit::moe
