@@ -36,16 +36,6 @@ __device__ __forceinline__ void cluster_arrive() {
 #endif
 }
 
-// Arrival that publishes nothing (no fence: the compiler puts a GPU-wide one before a release
-// arrival), for a block that only says it is done reading its peers.
-__device__ __forceinline__ void cluster_arrive_relaxed() {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
-#else
-  __syncthreads();
-#endif
-}
-
 __device__ __forceinline__ void cluster_wait() {
 #if __CUDA_ARCH__ >= 900
   asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");

@@ -122,8 +122,9 @@ __global__ void __launch_bounds__(1024, 1) moe_align(const KjitMoeAlignParams p)
     for (int r = 0; r < ranks; ++r)
       invalid_total += load_peer(&invalid, r);
   }
-  // The peers' shared memory is read: each may exit once all have arrived.
-  if (ranks > 1) cluster_arrive_relaxed();
+  // The peers' shared memory is read: each may exit once all have arrived (a release arrival:
+  // a relaxed one would not order the reads before it).
+  if (ranks > 1) cluster_arrive();
 
   // Exclusive scan of the padded totals (one expert a thread, kExperts <= 1024).
   const int padded = tid < kExperts ? (total + p.block - 1) / p.block * p.block : 0;

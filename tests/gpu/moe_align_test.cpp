@@ -21,9 +21,10 @@ namespace {
 struct AlignCase {
   const char* name;
   int tokens, top_k, experts, block;
-  bool skewed = false;  // most pairs to expert 3: long runs, many empty experts
-  int invalid = 0;      // ids set outside [0, E)
-  int cluster = 0;      // blocks of the cluster, forced (sm_90); 0: the op's choice
+  bool skewed = false;   // most pairs to expert 3: long runs, many empty experts
+  int invalid = 0;       // ids set outside [0, E)
+  int cluster = 0;       // blocks of the cluster, forced (sm_90); 0: the op's choice
+  int extra_blocks = 0;  // sorted this many blocks longer than align_capacity
 };
 
 void PrintTo(const AlignCase& c, std::ostream* os) {
@@ -53,7 +54,9 @@ TEST_P(MoeAlignTest, MatchesTheReferenceExactly) {
   for (int& e : valid_ids)
     e = e >= 0 && e < c.experts ? e : -1;
 
-  DeviceAlignment layout(pairs, c.experts, c.block);
+  DeviceAlignment layout(
+      pairs, c.experts, c.block,
+      moe::align_capacity(pairs, c.experts, c.block) + std::int64_t{c.extra_blocks} * c.block);
   const std::int64_t capacity = layout.rows;
   DeviceBuffer dids(std::max<std::size_t>(ids.size() * 4, 4));
   if (!ids.empty()) dids.upload(ids.data(), ids.size() * 4);
@@ -124,7 +127,14 @@ std::vector<AlignCase> cases() {
           {"few_pairs_cluster8", 3, 2, 64, 64, false, 0, 8},
           {"odd_pairs_cluster8", 12345, 1, 7, 100, false, 11, 8},
           {"one_expert_cluster2", 9000, 1, 1, 64, false, 0, 2},
-          {"single_block_forced", 30000, 4, 64, 64, false, 0, 1}};
+          {"single_block_forced", 30000, 4, 64, 64, false, 0, 1},
+          // Longer than the capacity (a graph's buffer): the extra rows padding, blocks -1.
+          {"longer_buffer", 300, 4, 64, 64, false, 0, 0, 40},
+          {"longer_buffer_cluster8", 5000, 4, 64, 128, false, 2, 8, 17},
+          {"no_tokens_longer_buffer", 0, 4, 64, 64, false, 0, 0, 3},
+          // 300 experts: 27 counting warps a block; 1024 experts: 8.
+          {"three_hundred_experts_cluster4", 4000, 8, 300, 64, false, 0, 4},
+          {"max_experts_cluster8", 2000, 8, 1024, 16, false, 7, 8}};
 }
 
 INSTANTIATE_TEST_SUITE_P(All, MoeAlignTest, ::testing::ValuesIn(cases()),

@@ -26,8 +26,9 @@ struct RouterCase {
   int tokens, experts;
   moe::RouterOptions options;
   bool bias = false;
-  bool coarse = false;  // logits on a grid of 1/4: exact ties
-  int row_pad = 0;      // logits rows this many elements longer than E
+  bool coarse = false;    // logits on a grid of 1/4: exact ties
+  int row_pad = 0;        // logits rows this many elements longer than E
+  bool one_lane = false;  // experts 0, 32, 64, ... (one lane's) far ahead: every round goes there
 };
 
 void PrintTo(const RouterCase& c, std::ostream* os) {
@@ -47,6 +48,10 @@ TEST_P(MoeRouterTest, MatchesDoubleReference) {
   std::vector<double> logits(static_cast<std::size_t>(t) * e), bias(c.bias ? e : 0);
   for (double& x : logits)
     x = c.coarse ? std::round(normal(rng) * 4) / 4 : normal(rng);
+  if (c.one_lane) {
+    for (std::size_t i = 0; i < logits.size(); i += 32)  // E a multiple of 32: the same lane
+      logits[i] += 8;
+  }
   for (double& x : bias)
     x = std::round(normal(rng) * 64) / 1024;  // small, like a trained correction bias
   // The device's input: fp32, or the dtype's rounding (the reference reads the rounded values).
@@ -183,6 +188,10 @@ std::vector<RouterCase> cases() {
   moe::RouterOptions single = glm;  // groups of one expert
   single.groups = 16;
   single.topk_groups = 4;
+  moe::RouterOptions top32 = qwen, all20 = qwen, top1 = glm;
+  top32.top_k = 32;
+  all20.top_k = 20;
+  top1.top_k = 1;
   moe::RouterOptions scaled = plain;  // scaling without renormalisation
   scaled.top_k = 5;
   scaled.scaling = 2.0f;
@@ -199,7 +208,12 @@ std::vector<RouterCase> cases() {
           {"mixtral_softmax_fp16", DType::Float16, 1000, 8, mixtral},
           {"twenty_experts", DType::Float32, 64, 20, plain},
           {"one_token", DType::Float32, 1, 64, glm, true},
-          {"softmax_coarse_ties", DType::Float32, 400, 96, plain, false, true}};
+          {"softmax_coarse_ties", DType::Float32, 400, 96, plain, false, true},
+          // One lane holds every winner (its cache refilled round after round), ties among them.
+          {"one_lane_wins_all_coarse", DType::Float32, 200, 256, qwen, false, true, 0, true},
+          {"thousand_experts_top32_coarse", DType::Float32, 100, 1024, top32, false, true},
+          {"every_expert_chosen", DType::Float32, 100, 20, all20},
+          {"top1_bf16", DType::BFloat16, 300, 64, top1, true}};
 }
 
 INSTANTIATE_TEST_SUITE_P(All, MoeRouterTest, ::testing::ValuesIn(cases()),

@@ -10,8 +10,10 @@
 namespace kjit::test {
 
 struct DeviceAlignment {
-  DeviceAlignment(std::int64_t pairs, int experts, int block)
-      : rows(moe::align_capacity(pairs, experts, block)),
+  // rows: sorted's length, align_capacity (0) or more in whole blocks (a buffer sized for more
+  // tokens, as a CUDA graph keeps it).
+  DeviceAlignment(std::int64_t pairs, int experts, int block, std::int64_t rows = 0)
+      : rows(rows ? rows : moe::align_capacity(pairs, experts, block)),
         experts(experts),
         block(block),
         sorted(rows * 4),
