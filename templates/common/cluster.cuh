@@ -47,13 +47,14 @@ __device__ __forceinline__ int load_peer(const int* local, int rank) {
 #if __CUDA_ARCH__ >= 900
   unsigned local_address = static_cast<unsigned>(__cvta_generic_to_shared(local)), remote;
   int v;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local_address), "r"(rank));
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;"
+               : "=r"(remote)
+               : "r"(local_address), "r"(rank));
   asm volatile("ld.shared::cluster.u32 %0, [%1];" : "=r"(v) : "r"(remote) : "memory");
   return v;
 #else
   return *local;
 #endif
 }
-
 
 }  // namespace kjit::ptx

@@ -40,14 +40,14 @@ __global__ void __launch_bounds__(1024, 1) moe_align(const KjitMoeAlignParams p)
   const long long first_pair = warp < kChunks ? (rank * kChunks + warp) * chunk : p.pairs;
   const int begin = static_cast<int>(min(first_pair, static_cast<long long>(p.pairs)));
   const int end = static_cast<int>(min(begin + chunk, static_cast<long long>(p.pairs)));
-  auto load = [&](int (&ids)[kBatch], int base) {  // -1 past the chunk
+  auto load = [&](int(&ids)[kBatch], int base) {  // -1 past the chunk
 #pragma unroll
     for (int s = 0; s < kBatch; ++s) {
       const int i = base + s * 32 + lane;
       ids[s] = i < end ? p.ids[i] : -1;
     }
   };
-  auto count = [&](const int (&ids)[kBatch], int base) {  // shared atomics: no ranks needed yet
+  auto count = [&](const int(&ids)[kBatch], int base) {  // shared atomics: no ranks needed yet
 #pragma unroll
     for (int s = 0; s < kBatch; ++s) {
       const int e = ids[s];
@@ -56,7 +56,7 @@ __global__ void __launch_bounds__(1024, 1) moe_align(const KjitMoeAlignParams p)
     }
   };
   // From the chunk's starts on, each step's pairs ranked among their expert's peers.
-  auto place = [&](const int (&ids)[kBatch], int base) {
+  auto place = [&](const int(&ids)[kBatch], int base) {
 #pragma unroll
     for (int s = 0; s < kBatch; ++s) {
       const int e = ids[s];

@@ -47,9 +47,9 @@ template <class T, int kExperts, int kTopK, bool kSigmoid, int kGroups, int kTop
           bool kRenormalize>
 __global__ void __launch_bounds__(256) router_topk(const KjitRouterParams p) {
   constexpr int kPer = (kExperts + 31) / 32, kPerGroup = kExperts / kGroups;
-  static_assert(kExperts % kGroups == 0 && kExperts <= 1024 && kTopK <= 32 &&
-                    kTopkGroups <= kGroups,
-                "router shape (a lane's taken experts are bits of one word: E <= 1024)");
+  static_assert(
+      kExperts % kGroups == 0 && kExperts <= 1024 && kTopK <= 32 && kTopkGroups <= kGroups,
+      "router shape (a lane's taken experts are bits of one word: E <= 1024)");
   const int lane = threadIdx.x % 32;
   const long long token = static_cast<long long>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   if (token >= p.tokens) return;
