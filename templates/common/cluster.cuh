@@ -27,18 +27,21 @@ __device__ __forceinline__ int cluster_blocks() {
 }
 
 // The split cluster barrier: arrive publishes this thread's shared-memory writes (release), wait
-// sees every peer's (acquire). Without clusters, a block barrier.
+// sees every peer's (acquire); the pair is at least a block barrier. A cluster of one block (or no
+// clusters) takes a block barrier instead: a release arrival puts a GPU-wide fence in the SASS.
 __device__ __forceinline__ void cluster_arrive() {
 #if __CUDA_ARCH__ >= 900
-  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
-#else
-  __syncthreads();
+  if (cluster_blocks() > 1) {
+    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+    return;
+  }
 #endif
+  __syncthreads();
 }
 
 __device__ __forceinline__ void cluster_wait() {
 #if __CUDA_ARCH__ >= 900
-  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+  if (cluster_blocks() > 1) asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
 #endif
 }
 

@@ -98,14 +98,8 @@ __global__ void __launch_bounds__(1024, 1) moe_align(const KjitMoeAlignParams p)
     }
     block_counts[tid] = sum;
   }
-  // Every block's counts in place: a cluster barrier (a release arrival fences GPU-wide, so a
-  // cluster of one block, the small layouts', takes a block barrier instead).
-  if (ranks > 1) {
-    cluster_arrive();
-    cluster_wait();
-  } else {
-    __syncthreads();
-  }
+  cluster_arrive();
+  cluster_wait();  // every block's counts are in place
 
   // Expert tid's pairs in the earlier blocks and in all; the invalid ids of all.
   int earlier = 0, total = 0;
@@ -124,7 +118,7 @@ __global__ void __launch_bounds__(1024, 1) moe_align(const KjitMoeAlignParams p)
   }
   // The peers' shared memory is read: each may exit once all have arrived (a release arrival:
   // a relaxed one would not order the reads before it).
-  if (ranks > 1) cluster_arrive();
+  cluster_arrive();
 
   // Exclusive scan of the padded totals (one expert a thread, kExperts <= 1024).
   const int padded = tid < kExperts ? (total + p.block - 1) / p.block * p.block : 0;
@@ -191,7 +185,7 @@ __global__ void __launch_bounds__(1024, 1) moe_align(const KjitMoeAlignParams p)
     load(ids, base);
     place(ids, base);
   }
-  if (ranks > 1) cluster_wait();  // no block leaves while a peer may still read its memory
+  cluster_wait();  // no block leaves while a peer may still read its shared memory
 }
 
 }  // namespace kjit::moe
