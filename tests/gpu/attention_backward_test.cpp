@@ -29,6 +29,7 @@
 #include "tests/support/bf16_buffers.hpp"
 #include "tests/support/dl_tensor.hpp"
 #include "tests/support/dtype_bits.hpp"
+#include "tests/support/forced_launch.hpp"
 #include "tests/support/gpu.hpp"
 #include "tests/support/isolated_cache.hpp"
 #include "tests/support/seqlens.hpp"
@@ -175,8 +176,7 @@ std::vector<std::vector<std::uint16_t>> run_case(const BwdCase& c, unsigned seed
     workspace = DeviceBuffer(FlashBackward::workspace_bytes(rows, hq, d, c.deterministic));
     workspace.fill_bytes(0xff);
     FlashBackward::attach_workspace(call.args, workspace.data(), rows, d, c.deterministic);
-    FlashBackward::launch(load(FlashBackward::spec(config, call.problem, arch::current())), config,
-                          call.problem, call.args, stream.handle());
+    launch_forced(config, call, stream.handle());
   } else if (c.c_abi) {
     const DLTensor tq_ = dl(vq), tk_ = dl(vk), tv_ = dl(vv), to_ = dl(vout), tdo = dl(vdout),
                    tl = dl(vlse), tdq = dl(vdq), tdk = dl(vdk), tdv = dl(vdv),

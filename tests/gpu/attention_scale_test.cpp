@@ -12,6 +12,7 @@
 #include "ops/attention/flash_forward.hpp"
 #include "tests/reference/naive_attention_gpu.hpp"
 #include "tests/support/bf16_buffers.hpp"
+#include "tests/support/forced_launch.hpp"
 #include "tests/support/gpu.hpp"
 #include "util/half_float.hpp"
 
@@ -57,8 +58,7 @@ TEST(AttentionForwardScale, SingleSequenceOf128kTokens) {
     } else {
       const ops::Call<FlashForward> call = FlashForward::validate(vq, vk, vv, vout, vlse, options);
       const FlashForward::Config c = FlashForward::default_config(call.problem, "sm_80");
-      FlashForward::launch(load(FlashForward::spec(c, call.problem, arch::current())), c,
-                           call.problem, call.args, stream.handle());
+      launch_forced(c, call, stream.handle());
     }
     stream.synchronize();
     const std::vector<float> got = download_bf16(out);

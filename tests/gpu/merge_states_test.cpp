@@ -13,6 +13,7 @@
 #include "kjit/merge_states.hpp"
 #include "ops/merge_states/merge_states.hpp"
 #include "tests/reference/merge_states_reference.hpp"
+#include "tests/support/forced_launch.hpp"
 #include "tests/support/gpu.hpp"
 #include "tests/support/isolated_cache.hpp"
 #include "util/half_float.hpp"
@@ -139,8 +140,7 @@ void run_case(const Case& c) {
         MergeStates::validate(parts_view, lse_view, out_view, out_lse_view);
     const Arch& arch = arch::current();
     ASSERT_TRUE(MergeStates::valid(*c.config, call.problem, arch));
-    MergeStates::launch(load(MergeStates::spec(*c.config, call.problem, arch)), *c.config,
-                        call.problem, call.args, stream.handle());
+    launch_forced(*c.config, call, stream.handle());
   } else {
     attention::merge_states(parts_view, lse_view, out_view, out_lse_view, stream.handle());
   }

@@ -11,6 +11,7 @@
 #include "kjit/moe.hpp"
 #include "ops/moe/align.hpp"
 #include "tests/reference/moe_reference.hpp"
+#include "tests/support/forced_launch.hpp"
 #include "tests/support/gpu.hpp"
 #include "tests/support/isolated_cache.hpp"
 #include "tests/support/moe_layout.hpp"
@@ -69,8 +70,7 @@ TEST_P(MoeAlignTest, MatchesTheReferenceExactly) {
     const ops::Call<ops::MoeAlign> call =
         ops::MoeAlign::validate(vids, c.experts, c.block, layout.views());
     ASSERT_TRUE(ops::MoeAlign::valid(config, call.problem, arch::current()));
-    ops::MoeAlign::launch(load(ops::MoeAlign::spec(config, call.problem, arch::current())), config,
-                          call.problem, call.args, stream.handle());
+    launch_forced(config, call, stream.handle());
   } else {
     layout.align(vids, stream.handle());
   }

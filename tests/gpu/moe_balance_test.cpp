@@ -17,6 +17,7 @@
 #include "ops/moe/balance.hpp"
 #include "tests/reference/moe_reference.hpp"
 #include "tests/support/dtype_bits.hpp"
+#include "tests/support/forced_launch.hpp"
 #include "tests/support/gpu.hpp"
 #include "tests/support/isolated_cache.hpp"
 
@@ -135,8 +136,7 @@ TEST_P(MoeBalanceTest, MatchesTheReference) {
       const ops::Call<ops::MoeBalance> call =
           ops::MoeBalance::validate(vids, vprobs, vlogits, vcu, max_seqlen, vbias, options, stats);
       const ops::MoeBalance::Config config{c.chunk_tokens};
-      ops::MoeBalance::launch(load(ops::MoeBalance::spec(config, call.problem, arch::current())),
-                              config, call.problem, call.args, stream.handle());
+      launch_forced(config, call, stream.handle());
     } else {
       moe::balance(vids, vprobs, vlogits, vcu, max_seqlen, vbias, options, stats, stream.handle());
     }

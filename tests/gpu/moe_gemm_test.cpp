@@ -23,6 +23,7 @@
 #include "tests/support/dl_tensor.hpp"
 #include "tests/support/dtype_bits.hpp"
 #include "tests/support/expert_weights.hpp"
+#include "tests/support/forced_launch.hpp"
 #include "tests/support/gpu.hpp"
 #include "tests/support/isolated_cache.hpp"
 #include "tests/support/moe_layout.hpp"
@@ -136,8 +137,7 @@ TEST_P(MoeGemmTest, MatchesDoublePerRoutedRow) {
         ops::MoeGemm::validate(vx_sorted, vblocks, c.block, w.view(), vy, epilogue);
     const ops::MoeGemm::Config config{c.block_n, c.stages};
     ASSERT_TRUE(ops::MoeGemm::valid(config, call.problem, arch::current()));
-    ops::MoeGemm::launch(load(ops::MoeGemm::spec(config, call.problem, arch::current())), config,
-                         call.problem, call.args, stream.handle());
+    launch_forced(config, call, stream.handle());
   } else if (c.weights == Format::kSameAsX) {
     moe::grouped_gemm(vx_sorted, vblocks, c.block, w.view().codes, vy, epilogue, stream.handle());
   } else {
