@@ -6,8 +6,11 @@
 // the logits read and the ids and weights written (the router), or the ids read and the layout
 // written (align). bench/moe_router_peers.py times the torch composition and sgl-kernel's
 // topk_softmax, topk_sigmoid and moe_align_block_size on the same shapes.
+// Arguments (optional, for a profiler): ROUTER [T], the one router (glm-4.7, deepseek-v3,
+// softmax-256) and token count to run.
 #include <cstdio>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "bench/attention_timing.hpp"
@@ -31,7 +34,7 @@ struct Router {
 
 }  // namespace
 
-int main() try {
+int main(int argc, char** argv) try {
   if (kjit::bench::no_gpu("moe router")) return 0;
   kjit::Stream stream;
   const auto s = stream.handle();
@@ -49,7 +52,10 @@ int main() try {
   };
   std::mt19937 rng(5);
   std::normal_distribution<float> normal;
+  const std::string only_router = argc > 1 ? argv[1] : "";
+  const long long only_t = argc > 2 ? std::stoll(argv[2]) : 0;
   for (const Router& r : routers) {
+    if (!only_router.empty() && only_router != r.name) continue;
     const int k = r.options.top_k;
     std::vector<float> bias(r.experts);
     for (float& b : bias)
@@ -57,6 +63,7 @@ int main() try {
     DeviceBuffer dbias(bias.size() * 4);
     dbias.upload(bias.data(), dbias.size());
     for (long long t : {1, 16, 256, 4096, 16384}) {
+      if (only_t != 0 && t != only_t) continue;
       std::vector<float> logits(static_cast<std::size_t>(t) * r.experts);
       for (float& v : logits)
         v = normal(rng);

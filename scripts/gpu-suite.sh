@@ -4,7 +4,8 @@
 # the benchmarks and the example. Full logs go to $OUT (or ./gpu-out); a summary is printed last.
 #   scripts/gpu-suite.sh [tests|bench|attention|attention-bench|attention-backward|
 #                         attention-backward-check|attention-backward-tune|attention-grouped|
-#                         attention-grouped-ncu|mla|moe|moe-bench|moe-ncu|moe-router|families|dist|all]
+#                         attention-grouped-ncu|mla|moe|moe-bench|moe-ncu|moe-align-ncu|moe-router|
+#                         families|dist|all]
 #   (default all)
 # `families` is the check after a change to the op plumbing (kernel families, dispatch, tuning
 # tables): the whole GPU suite, the examples, a sanitizer subset, and the attention and
@@ -283,6 +284,24 @@ if [ "$what" = moe-ncu ]; then
     grep -E "Duration|Elapsed Cycles|Registers|Achieved Active Warps|Issued Warp|Stall [A-Z]" \
       "$out/details_$kernel.log" | head -40
     python3 scripts/ncu_top_stalls.py "$out/source_$kernel.csv" 40
+  done
+fi
+if [ "$what" = moe-align-ncu ]; then
+  # Where align's time goes at few pairs: ncu's full set on one align launch (the fourth, past
+  # the warm-up) of kjit_bench_moe_router's rows ROUTER_T in KJIT_NCU_ROWS; the SASS lines with
+  # the most stall samples.
+  rows="${KJIT_NCU_ROWS:-deepseek-v3_1 deepseek-v3_16 deepseek-v3_256}"
+  for row in $rows; do
+    step "ncu_align_$row" timeout 120 ncu --set full --import-source no --kernel-name-base demangled \
+      --kernel-name regex:moe_align --launch-skip 3 --launch-count 1 -f -o "$final_out/align_$row" \
+      "$bin/kjit_bench_moe_router" ${row/_/ }
+    ncu --import "$final_out/align_$row.ncu-rep" --page source --csv --print-source sass \
+      >"$out/source_align_$row.csv" 2>&1
+    ncu --import "$final_out/align_$row.ncu-rep" --print-details all >"$out/details_align_$row.log" 2>&1
+    echo "== align $row"
+    grep -E "Duration|Elapsed Cycles|Registers|Achieved Active Warps|Issued Warp|Executed Ipc A|Stall [A-Z]|L2 Cache Throughput|Memory Throughput" \
+      "$out/details_align_$row.log" | head -30
+    python3 scripts/ncu_top_stalls.py "$out/source_align_$row.csv" 25
   done
 fi
 if [ "$what" = moe-router ]; then

@@ -10,10 +10,10 @@
 namespace kjit::test {
 
 struct DeviceAlignment {
-  // rows: sorted's length, align_capacity (0) or more in whole blocks (a buffer sized for more
-  // tokens, as a CUDA graph keeps it).
-  DeviceAlignment(std::int64_t pairs, int experts, int block, std::int64_t rows = 0)
-      : rows(rows ? rows : moe::align_capacity(pairs, experts, block)),
+  // sorted_rows: sorted's length, align_capacity (0) or more in whole blocks (a buffer sized for
+  // more tokens, as a CUDA graph keeps it). The buffers below are sized from the member `rows`.
+  DeviceAlignment(std::int64_t pairs, int experts, int block, std::int64_t sorted_rows = 0)
+      : rows(sorted_rows ? sorted_rows : moe::align_capacity(pairs, experts, block)),
         experts(experts),
         block(block),
         sorted(rows * 4),
