@@ -4,6 +4,7 @@
 // and each cluster size forced (the blocks of a cluster split the pairs).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <random>
 #include <vector>
 
@@ -22,10 +23,11 @@ namespace {
 struct AlignCase {
   const char* name;
   int tokens, top_k, experts, block;
-  bool skewed = false;   // most pairs to expert 3: long runs, many empty experts
-  int invalid = 0;       // ids set outside [0, E)
-  int cluster = 0;       // blocks of the cluster, forced (sm_90); 0: the op's choice
-  int extra_blocks = 0;  // sorted this many blocks longer than align_capacity
+  bool skewed = false;      // most pairs to expert 3: long runs, many empty experts
+  int invalid = 0;          // ids set outside [0, E)
+  int cluster = 0;          // blocks of the cluster, forced (sm_90); 0: the op's choice
+  int extra_blocks = 0;     // sorted this many blocks longer than align_capacity
+  bool misaligned = false;  // sorted 4 bytes past a 16-byte boundary: no 16-byte padding stores
 };
 
 void PrintTo(const AlignCase& c, std::ostream* os) {
@@ -59,25 +61,35 @@ TEST_P(MoeAlignTest, MatchesTheReferenceExactly) {
       pairs, c.experts, c.block,
       moe::align_capacity(pairs, c.experts, c.block) + std::int64_t{c.extra_blocks} * c.block);
   const std::int64_t capacity = layout.rows;
+  // The misaligned case: sorted one row into a longer buffer.
+  DeviceBuffer shifted(c.misaligned ? (capacity + 1) * 4 : 0);
+  moe::Alignment views = layout.views();
+  DeviceBuffer& sorted = c.misaligned ? shifted : layout.sorted;
+  if (c.misaligned)
+    views.sorted = TensorView(static_cast<int*>(shifted.data()) + 1, DType::Int32, {capacity});
   DeviceBuffer dids(std::max<std::size_t>(ids.size() * 4, 4));
   if (!ids.empty()) dids.upload(ids.data(), ids.size() * 4);
   for (DeviceBuffer* b :
-       {&layout.sorted, &layout.block_expert, &layout.counts, &layout.offsets, &layout.invalid})
+       {&sorted, &layout.block_expert, &layout.counts, &layout.offsets, &layout.invalid})
     b->fill_bytes(0xab);
   Stream stream;
   const TensorView vids(dids.data(), DType::Int32, {c.tokens, c.top_k});
   if (c.cluster) {
-    const ops::Call<ops::MoeAlign> call =
-        ops::MoeAlign::validate(vids, c.experts, c.block, layout.views());
+    const ops::Call<ops::MoeAlign> call = ops::MoeAlign::validate(vids, c.experts, c.block, views);
     ASSERT_TRUE(ops::MoeAlign::valid(config, call.problem, arch::current()));
     launch_forced(config, call, stream.handle());
   } else {
-    layout.align(vids, stream.handle());
+    moe::align(vids, c.experts, c.block, views, stream.handle());
   }
   stream.synchronize();
   std::vector<int> got_sorted(capacity), got_blocks(capacity / c.block), got_counts(c.experts),
       got_offsets(c.experts + 1), got_invalid(1);
-  layout.sorted.download(got_sorted.data(), capacity * 4);
+  std::vector<int> got_buffer(sorted.size() / 4);
+  sorted.download(got_buffer.data(), sorted.size());
+  std::copy_n(got_buffer.begin() + (c.misaligned ? 1 : 0), capacity, got_sorted.begin());
+  if (c.misaligned) {
+    EXPECT_EQ(got_buffer[0], static_cast<int>(0xabababab)) << "the row before sorted";
+  }
   layout.block_expert.download(got_blocks.data(), got_blocks.size() * 4);
   layout.counts.download(got_counts.data(), got_counts.size() * 4);
   layout.offsets.download(got_offsets.data(), got_offsets.size() * 4);
@@ -132,7 +144,11 @@ std::vector<AlignCase> cases() {
           {"longer_buffer", 300, 4, 64, 64, false, 0, 0, 40},
           {"longer_buffer_cluster8", 5000, 4, 64, 128, false, 2, 8, 17},
           {"no_tokens_longer_buffer", 0, 4, 64, 64, false, 0, 0, 3},
-          // 300 experts: 27 counting warps a block; 1024 experts: 8.
+          // Rows one at a time: sorted not 16-byte aligned, blocks not a multiple of 4 rows.
+          {"misaligned_sorted", 700, 4, 64, 64, false, 0, 0, 0, true},
+          {"misaligned_sorted_cluster8", 5000, 8, 256, 128, false, 3, 8, 2, true},
+          {"block_of_6_cluster4", 3000, 4, 64, 6, false, 0, 4},
+          // 300 experts: 23 counting warps a block; 1024 experts: 7.
           {"three_hundred_experts_cluster4", 4000, 8, 300, 64, false, 0, 4},
           {"max_experts_cluster8", 2000, 8, 1024, 16, false, 7, 8}};
 }
