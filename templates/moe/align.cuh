@@ -27,7 +27,7 @@ __global__ void __launch_bounds__(1024, 1) moe_align(const KjitMoeAlignParams p)
   using namespace kjit::ptx;
   constexpr int kChunks = kExperts <= 256 ? 32 : 7168 / kExperts;  // counting warps a block
   constexpr int kBatch = 8;      // steps of 32 ids loaded at once: one memory latency for 256 pairs
-  constexpr int kTailLanes = 8;  // threads a run's tail: 8 x 16 bytes, a block of 128 rows a store
+  constexpr int kTailLanes = 8;  // threads a run's tail: 8 x 16 bytes, 32 rows a round
   // Each chunk's count of each expert, then the block's pairs of the expert before the chunk's next
   // (its next row in the run, past run_start).
   __shared__ int chunk_counts[kChunks][kExperts];

@@ -148,6 +148,12 @@ std::vector<AlignCase> cases() {
           {"misaligned_sorted", 700, 4, 64, 64, false, 0, 0, 0, true},
           {"misaligned_sorted_cluster8", 5000, 8, 256, 128, false, 3, 8, 2, true},
           {"block_of_6_cluster4", 3000, 4, 64, 6, false, 0, 4},
+          // Decode a row at a time (misaligned; blocks of 6); a cluster of 3; blocks of 1024.
+          {"misaligned_sorted_decode", 16, 8, 256, 128, false, 0, 0, 0, true},
+          {"block_of_6_decode", 4, 4, 64, 6},
+          {"misaligned_decode_cluster4", 20, 4, 64, 64, false, 1, 4, 3, true},
+          {"cluster_of_3", 5000, 4, 64, 64, false, 2, 3},
+          {"block_of_1024_decode", 8, 2, 8, 1024},
           // 300 experts: 23 counting warps a block; 1024 experts: 7.
           {"three_hundred_experts_cluster4", 4000, 8, 300, 64, false, 0, 4},
           {"max_experts_cluster8", 2000, 8, 1024, 16, false, 7, 8}};

@@ -158,6 +158,11 @@ TEST(MoeAlignValidation, TakesAtLeastTheCapacityInWholeBlocks) {
   expect_refused(a, "sorted must hold at least align_capacity = 2560 rows for 40 pairs");
   a.rows = 40 * 64 + 10;
   expect_refused(a, "in whole blocks of 64");
+  // A cluster's threads step by up to 8192 rows: the last step must not pass 2^31 - 1.
+  a.rows = (1ll << 31) - 8192 - 64;
+  EXPECT_EQ(a.check().args.blocks, a.rows / 64);
+  a.rows = (1ll << 31) - 8192;
+  expect_refused(a, "below 2^31 - 8192");
 }
 
 // GLM-4.7-Flash: 10 tokens, top 4 of 64 experts, hidden 2048, 64-row blocks.

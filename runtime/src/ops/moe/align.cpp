@@ -19,9 +19,10 @@ void MoeAlign::check(const Problem& p) {
     kAlignCheck.fail(fmt::format("experts must be 1 to 1024, got {}", p.experts));
   if (p.block < 1 || p.block > 1024)
     kAlignCheck.fail(fmt::format("block must be 1 to 1024 rows, got {}", p.block));
-  // The kernel's int32 indices and loops (stepping by up to 1024) stay below 2^31.
+  // The kernel's int32 indices and loops (stepping by up to 8192: a cluster's threads) stay below
+  // 2^31.
   if (p.pairs < 0 ||
-      moe::align_capacity(p.pairs, static_cast<int>(p.experts), static_cast<int>(p.block)) + 1024 >
+      moe::align_capacity(p.pairs, static_cast<int>(p.experts), static_cast<int>(p.block)) + 8192 >
           (1ll << 31) - 1) {
     kAlignCheck.fail(
         fmt::format("{} pairs are more than the layout's int32 indices hold", p.pairs));
@@ -46,7 +47,7 @@ bool MoeAlign::valid(const Config& c, const Problem&, const Arch& arch) {
 MoeAlign::Config MoeAlign::default_config(const Problem& p, const Arch& arch) {
   // Measured on an H200 (kjit tune, glm-4.7-flash-align and deepseek-v3-align): one block is
   // best up to about a thousand pairs, 4 blocks at 2048 (1.2x one block, 1.06x eight), the whole
-  // cluster of 8 from 16384 on (2.6-6.3x one block).
+  // cluster of 8 above 4096 (measured from 16384 on: 2.6-6.3x one block).
   if (arch.version() < 90 || p.pairs <= 1024) return {1};
   return {p.pairs <= 4096 ? 4 : 8};
 }
@@ -107,10 +108,10 @@ Call<MoeAlign> MoeAlign::validate(const TensorView& ids, int experts, int block,
   // tokens, as a CUDA graph keeps it): the kernel pads it to its end and marks its blocks -1.
   const std::int64_t capacity = moe::align_capacity(call.problem.pairs, experts, block);
   const std::int64_t rows = out.sorted.ndim == 1 ? out.sorted.size(0) : capacity;
-  if (rows < capacity || rows % block != 0 || rows + 1024 > (1ll << 31) - 1) {
+  if (rows < capacity || rows % block != 0 || rows + 8192 > (1ll << 31) - 1) {
     kAlignCheck.fail(fmt::format(
         "sorted must hold at least align_capacity = {} rows for {} pairs, in whole blocks of {} "
-        "(below 2^31 - 1024), got {}",
+        "(below 2^31 - 8192), got {}",
         capacity, call.problem.pairs, block, out.sorted.describe()));
   }
   kAlignCheck.vector(out.sorted, "sorted", DType::Int32, rows);
