@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 preset="${1:-default}"
 cmake --preset "$preset" >/dev/null
 cmake --build "build/$preset"
-rm -rf .gpu-bundle && mkdir -p .gpu-bundle/bin .gpu-bundle/lib
+# Template variants (.gpu-bundle/variants, for scripts/gpu-ab.sh) are kept.
+rm -rf .gpu-bundle/bin .gpu-bundle/lib && mkdir -p .gpu-bundle/bin .gpu-bundle/lib
 build="build/$preset"
 for bin in tools/kjit tests/kjit_gpu_tests tests/kjit_unit_tests tests/kjit_test_helper \
            bench/kjit_bench_launch_overhead bench/kjit_bench_compile_latency \
