@@ -22,7 +22,10 @@ struct RouterOptions {
 
 // logits [T, E] fp32, bf16 or fp16 (rows any stride, experts contiguous), E 1..1024; bias [E]
 // fp32 contiguous, added to the scores for the choice only (a view with null data: none); ids
-// [T, k] int32 and weights [T, k] fp32 (rows contiguous). Ties go to the lower expert id.
+// [T, k] int32 and weights [T, k] fp32 (rows contiguous). Ties go to the lower expert id. A NaN
+// logit (sigmoid) ranks below every number: chosen only when fewer than k are numbers, its weight
+// NaN. With softmax a NaN logit makes the token's normaliser NaN: every score is NaN, the choice
+// falls to the k lowest ids and all the token's weights are NaN (check logits upstream).
 void router_topk(const TensorView& logits, const TensorView& bias, const TensorView& ids,
                  const TensorView& weights, const RouterOptions& options, StreamHandle stream);
 
