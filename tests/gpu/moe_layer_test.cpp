@@ -15,9 +15,11 @@
 #include <vector>
 
 #include "driver/arch.hpp"
+#include "kjit/c_api.h"
 #include "kjit/jit.hpp"
 #include "kjit/moe.hpp"
 #include "tests/reference/moe_reference.hpp"
+#include "tests/support/dl_tensor.hpp"
 #include "tests/support/dtype_bits.hpp"
 #include "tests/support/expert_weights.hpp"
 #include "tests/support/gpu.hpp"
@@ -91,9 +93,40 @@ TEST_P(MoeLayerTest, MatchesTheDoubleComposition) {
     moe::layer(vx, vlogits, moe::Fp4LayerWeights{gate_up.fp4(), down.fp4(), vbias}, vshared,
                options, vout, stream.handle());
   }
+  // The same layer through the C ABI (kjit_moe_layer, kjit_moe_layer_fp4): the same bits.
+  DeviceBuffer dout_c(dout.size());
+  dout_c.fill_bytes(0xff);
+  {
+    const TensorView vout_c(dout_c.data(), c.dtype, {t, h});
+    const DLTensor lx = dl(vx), llogits = dl(vlogits), lbias = dl(vbias), lshared = dl(vshared),
+                   lout = dl(vout_c);
+    const DLTensor* bias_arg = c.glm_router ? &lbias : nullptr;
+    const DLTensor* shared_arg = c.shared ? &lshared : nullptr;
+    const kjit_moe_router_options ro{options.router.sigmoid,     options.router.top_k,  1, 1,
+                                     options.router.renormalize, options.router.scaling};
+    kjit_status status;
+    if (c.weights == Format::kSameAsX) {
+      const DLTensor lup = dl(gate_up.view().codes), ldown = dl(down.view().codes);
+      status = kjit_moe_layer(&lx, &llogits, &lup, &ldown, bias_arg, shared_arg, &ro, c.block,
+                              &lout, stream.handle());
+    } else {
+      const moe::Fp4Weights up = gate_up.fp4(), dn = down.fp4();
+      const DLTensor lup = dl(up.codes), lup_scales = dl(up.scales),
+                     lup_tensor = dl(up.tensor_scale), ldown = dl(dn.codes),
+                     ldown_scales = dl(dn.scales), ldown_tensor = dl(dn.tensor_scale);
+      const bool nv = up.format == moe::Fp4Format::kNvFp4;
+      status = kjit_moe_layer_fp4(&lx, &llogits, nv ? 0 : 1, &lup, &lup_scales,
+                                  nv ? &lup_tensor : nullptr, &ldown, &ldown_scales,
+                                  nv ? &ldown_tensor : nullptr, bias_arg, shared_arg, &ro, c.block,
+                                  &lout, stream.handle());
+    }
+    ASSERT_EQ(status, KJIT_SUCCESS) << kjit_last_error();
+  }
   stream.synchronize();
-  std::vector<std::uint16_t> out(x.size());
+  std::vector<std::uint16_t> out(x.size()), out_c(x.size());
   dout.download(out.data(), dout.size());
+  dout_c.download(out_c.data(), dout_c.size());
+  EXPECT_EQ(out, out_c) << "the C ABI's layer differs from the C++ API's";
 
   reference::RouterConfig router;
   router.sigmoid = c.glm_router;

@@ -117,5 +117,44 @@ TEST(ModelOpsCApi, MoeOpsRefuseBadInputWithKjitsMessage) {
                  "losses must be contiguous fp32 [4]");
 }
 
+// GLM-4.7-Flash's layer at T 10 with 8 experts: each refusal before any device work.
+TEST(ModelOpsCApi, MoeLayerRefusesBadInputWithKjitsMessage) {
+  const Tensor x(kBf16, {10, 2048}), logits(kF32, {10, 8}), gate_up(kBf16, {8, 3072, 2048}),
+      down(kBf16, {8, 2048, 1536}), bias(kF32, {8}), out(kBf16, {10, 2048}),
+      short_out(kBf16, {9, 2048}), wide_down(kBf16, {8, 2048, 1024});
+  const kjit_moe_router_options glm{1, 4, 1, 1, 1, 1.8f};
+  expect_refused(kjit_moe_layer(&x.t, &logits.t, &gate_up.t, &down.t, &bias.t, nullptr, nullptr, 0,
+                                &out.t, nullptr),
+                 "options is NULL");
+  expect_refused(kjit_moe_layer(&x.t, &logits.t, &gate_up.t, &down.t, &bias.t, nullptr, &glm, 0,
+                                &short_out.t, nullptr),
+                 "out and shared (when given) must be [T, H]");
+  expect_refused(kjit_moe_layer(&x.t, &logits.t, &gate_up.t, &down.t, &bias.t, &short_out.t, &glm,
+                                0, &out.t, nullptr),
+                 "out and shared (when given) must be [T, H]");
+  expect_refused(kjit_moe_layer(&x.t, &logits.t, &gate_up.t, &wide_down.t, &bias.t, nullptr, &glm,
+                                0, &out.t, nullptr),
+                 "disagree");
+  expect_refused(kjit_moe_layer(&x.t, &logits.t, &gate_up.t, &down.t, &bias.t, nullptr, &glm, 96,
+                                &out.t, nullptr),
+                 "block 96 (64, 128 or 0)");
+
+  const Tensor up_codes(DType::UInt8, {8, 3072, 1024}), up_scales(DType::UInt8, {8, 3072, 128}),
+      down_codes(DType::UInt8, {8, 2048, 768}), down_scales(DType::UInt8, {8, 2048, 96}),
+      tensor_scale(kF32, {8});
+  expect_refused(kjit_moe_layer_fp4(&x.t, &logits.t, 3, &up_codes.t, &up_scales.t, &tensor_scale.t,
+                                    &down_codes.t, &down_scales.t, &tensor_scale.t, &bias.t,
+                                    nullptr, &glm, 0, &out.t, nullptr),
+                 "format must be 0 (NVFP4) or 1 (MXFP4), got 3");
+  expect_refused(kjit_moe_layer_fp4(&x.t, &logits.t, 0, &up_codes.t, &up_scales.t, nullptr,
+                                    &down_codes.t, &down_scales.t, &tensor_scale.t, &bias.t,
+                                    nullptr, &glm, 0, &out.t, nullptr),
+                 "NVFP4 w's tensor_scale must be");
+  expect_refused(kjit_moe_layer_fp4(&x.t, &logits.t, 0, nullptr, &up_scales.t, &tensor_scale.t,
+                                    &down_codes.t, &down_scales.t, &tensor_scale.t, &bias.t,
+                                    nullptr, &glm, 0, &out.t, nullptr),
+                 "gate_up_codes is NULL");
+}
+
 }  // namespace
 }  // namespace kjit::test

@@ -118,7 +118,7 @@ typedef struct kjit_moe_router_options {
   int groups;      /* DeepSeek's grouped top-k: 1 for none */
   int topk_groups; /* 1 for none */
   int renormalize;
-  float scaling;
+  float scaling; /* 1 for none */
 } kjit_moe_router_options;
 kjit_status kjit_moe_router_topk(const DLTensor* logits, const DLTensor* bias, const DLTensor* ids,
                                  const DLTensor* weights, const kjit_moe_router_options* options,
@@ -136,7 +136,7 @@ kjit_status kjit_moe_unpermute(const DLTensor* y_sorted, const DLTensor* positio
                                void* stream);
 typedef enum kjit_moe_gemm_epilogue {
   KJIT_MOE_GEMM_PLAIN = 0,
-  KJIT_MOE_GEMM_SWIGLU = 1,         /* w's rows interleave gate and up; y of N / 2 columns */
+  KJIT_MOE_GEMM_SWIGLU = 1,         /* w's rows interleave gate and up (see kjit_moe_layer) */
   KJIT_MOE_GEMM_ROUTING_WEIGHTS = 2 /* rows scaled by weights[sorted[row]] */
 } kjit_moe_gemm_epilogue;
 /* sorted and weights: the routing-weight epilogue's; optional (NULL) with the others, where they
@@ -173,6 +173,28 @@ kjit_status kjit_moe_expert_gemm_fp4_masked(const DLTensor* x, const DLTensor* m
                                             const DLTensor* scales, const DLTensor* tensor_scale,
                                             const DLTensor* y, kjit_moe_gemm_epilogue epilogue,
                                             void* stream);
+
+/* A MoE layer (kjit::moe::layer): router_topk over router_logits [T, E], align, permute, the
+   gate/up GEMM with SwiGLU, the down GEMM with the routing weights, unpermute adding shared.
+   x [T, H] bf16 or fp16; gate_up [E, 2 I, H] with gate and up rows interleaved (row 2c gate c,
+   2c + 1 up c: from torch's w13 = cat([gate, up], 1) of [E, 2 I, H],
+   w13.view(E, 2, I, H).transpose(1, 2).reshape(E, 2 * I, H)); down [E, H, I]; router_bias [E]
+   fp32 or NULL; shared [T, H] (the shared expert's output) or NULL; out [T, H]; block 0 (chosen by
+   the tokens), 64 or 128. sm_90a. */
+kjit_status kjit_moe_layer(const DLTensor* x, const DLTensor* router_logits,
+                           const DLTensor* gate_up, const DLTensor* down,
+                           const DLTensor* router_bias, const DLTensor* shared,
+                           const kjit_moe_router_options* options, int block, const DLTensor* out,
+                           void* stream);
+/* The same with FP4 experts (format as kjit_moe_quantize_fp4; codes, scales and tensor_scale of
+   each projection as kjit_moe_expert_gemm_fp4, tensor_scale NULL for MXFP4); x bf16. */
+kjit_status kjit_moe_layer_fp4(const DLTensor* x, const DLTensor* router_logits, int format,
+                               const DLTensor* gate_up_codes, const DLTensor* gate_up_scales,
+                               const DLTensor* gate_up_tensor_scale, const DLTensor* down_codes,
+                               const DLTensor* down_scales, const DLTensor* down_tensor_scale,
+                               const DLTensor* router_bias, const DLTensor* shared,
+                               const kjit_moe_router_options* options, int block,
+                               const DLTensor* out, void* stream);
 
 #ifdef __cplusplus
 }

@@ -1,6 +1,7 @@
 // The C ABI (kjit/c_api.h): exceptions become status codes and a per-thread message.
 #include "kjit/c_api.h"
 
+#include <array>
 #include <string>
 #include <vector>
 
@@ -89,13 +90,22 @@ kjit::moe::Fp4Format fp4_format(int format, const char* op) {
   return format == 0 ? kjit::moe::Fp4Format::kNvFp4 : kjit::moe::Fp4Format::kMxFp4;
 }
 
+kjit::moe::RouterOptions router_options(const kjit_moe_router_options* options) {
+  if (!options) throw kjit::InvalidArgument("options is NULL");
+  return {options->sigmoid != 0,     options->top_k,  options->groups, options->topk_groups,
+          options->renormalize != 0, options->scaling};
+}
+
+// names: the arguments' names in errors (the layer's name each projection's).
 kjit::moe::Fp4Weights fp4_weights(int format, const DLTensor* codes, const DLTensor* scales,
-                                  const DLTensor* tensor_scale) {
+                                  const DLTensor* tensor_scale,
+                                  const std::array<const char*, 3>& names = {"codes", "scales",
+                                                                             "tensor_scale"}) {
   kjit::moe::Fp4Weights w;
   w.format = fp4_format(format, "moe expert gemm fp4");
-  w.codes = view(codes, "codes");
-  w.scales = view(scales, "scales");
-  w.tensor_scale = optional_view(tensor_scale, "tensor_scale");
+  w.codes = view(codes, names[0]);
+  w.scales = view(scales, names[1]);
+  w.tensor_scale = optional_view(tensor_scale, names[2]);
   return w;
 }
 
@@ -334,12 +344,9 @@ extern "C" kjit_status kjit_moe_router_topk(const DLTensor* logits, const DLTens
                                             const DLTensor* ids, const DLTensor* weights,
                                             const kjit_moe_router_options* options, void* stream) {
   return guarded([&] {
-    if (!options) throw kjit::InvalidArgument("options is NULL");
-    const kjit::moe::RouterOptions o{options->sigmoid != 0,     options->top_k,
-                                     options->groups,           options->topk_groups,
-                                     options->renormalize != 0, options->scaling};
     kjit::moe::router_topk(view(logits, "logits"), optional_view(bias, "bias"), view(ids, "ids"),
-                           view(weights, "weights"), o, static_cast<kjit::StreamHandle>(stream));
+                           view(weights, "weights"), router_options(options),
+                           static_cast<kjit::StreamHandle>(stream));
   });
 }
 
@@ -457,5 +464,40 @@ extern "C" kjit_status kjit_moe_expert_gemm_fp4_masked(
                                    fp4_weights(format, codes, scales, tensor_scale), view(y, "y"),
                                    static_cast<kjit::moe::GemmEpilogue::Kind>(epilogue),
                                    static_cast<kjit::StreamHandle>(stream));
+  });
+}
+
+extern "C" kjit_status kjit_moe_layer(const DLTensor* x, const DLTensor* router_logits,
+                                      const DLTensor* gate_up, const DLTensor* down,
+                                      const DLTensor* router_bias, const DLTensor* shared,
+                                      const kjit_moe_router_options* options, int block,
+                                      const DLTensor* out, void* stream) {
+  return guarded([&] {
+    const kjit::moe::LayerOptions o{router_options(options), block};
+    kjit::moe::layer(
+        view(x, "x"), view(router_logits, "router_logits"),
+        {view(gate_up, "gate_up"), view(down, "down"), optional_view(router_bias, "router_bias")},
+        optional_view(shared, "shared"), o, view(out, "out"),
+        static_cast<kjit::StreamHandle>(stream));
+  });
+}
+
+extern "C" kjit_status kjit_moe_layer_fp4(
+    const DLTensor* x, const DLTensor* router_logits, int format, const DLTensor* gate_up_codes,
+    const DLTensor* gate_up_scales, const DLTensor* gate_up_tensor_scale,
+    const DLTensor* down_codes, const DLTensor* down_scales, const DLTensor* down_tensor_scale,
+    const DLTensor* router_bias, const DLTensor* shared, const kjit_moe_router_options* options,
+    int block, const DLTensor* out, void* stream) {
+  return guarded([&] {
+    const kjit::moe::LayerOptions o{router_options(options), block};
+    const kjit::moe::Fp4LayerWeights w{
+        fp4_weights(format, gate_up_codes, gate_up_scales, gate_up_tensor_scale,
+                    {"gate_up_codes", "gate_up_scales", "gate_up_tensor_scale"}),
+        fp4_weights(format, down_codes, down_scales, down_tensor_scale,
+                    {"down_codes", "down_scales", "down_tensor_scale"}),
+        optional_view(router_bias, "router_bias")};
+    kjit::moe::layer(view(x, "x"), view(router_logits, "router_logits"), w,
+                     optional_view(shared, "shared"), o, view(out, "out"),
+                     static_cast<kjit::StreamHandle>(stream));
   });
 }

@@ -35,6 +35,16 @@ void run_layer(const TensorView& x, const TensorView& router_logits, const Weigh
         fp4 ? " / 2" : "", x.describe(), router_logits.describe(), gate_up.describe(),
         down.describe()));
   }
+  // out and shared (when given) are unpermute's, the last step's: refused here, before any work.
+  const auto token_rows = [&](const TensorView& t) {
+    return t.ndim == 2 && t.size(0) == x.size(0) && t.size(1) == x.size(1) && t.dtype == x.dtype;
+  };
+  if (!token_rows(out) || (shared.data != nullptr && !token_rows(shared))) {
+    throw InvalidArgument(fmt::format(
+        "moe layer: out and shared (when given) must be [T, H] of x's dtype like x {}, got out {}, "
+        "shared {}",
+        x.describe(), out.describe(), shared.data != nullptr ? shared.describe() : "none"));
+  }
   const std::int64_t tokens = x.size(0), hidden = x.size(1), experts = gate_up.size(0),
                      inter = down.size(2) * packing, top_k = options.router.top_k;
   const std::int64_t pairs = tokens * top_k;
