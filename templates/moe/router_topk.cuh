@@ -95,14 +95,17 @@ __global__ void __launch_bounds__(256) router_topk(const KjitRouterParams p) {
   }
 
   if constexpr (kGroups > 1) {
-    // Each group's two best choice scores, summed; then the kTopkGroups best groups.
+    // Each group's score, vLLM's grouped_topk: with a correction bias its two best choice scores
+    // summed (DeepSeek-V3), without one its best (DeepSeek-V2); then the kTopkGroups best groups.
+    const int group_rounds = kPerGroup >= 2 && p.bias != nullptr ? 2 : 1;
     float group_score[kGroups];
 #pragma unroll
     for (int g = 0; g < kGroups; ++g) {
       float total = 0.f;
       int taken = -1;
 #pragma unroll
-      for (int round = 0; round < (kPerGroup >= 2 ? 2 : 1); ++round) {
+      for (int round = 0; round < 2; ++round) {
+        if (round >= group_rounds) break;
         float best = negative_infinity();
         int id = 1 << 30;
 #pragma unroll

@@ -119,14 +119,15 @@ TEST_P(MoeRouterTest, MatchesDoubleReference) {
     }
     return s + (c.bias ? bias[expert] : 0.0);
   };
-  // Group scores (grouped routers): the sum of a group's two best reference choices.
+  // Group scores (grouped routers): the sum of a group's two best reference choices with a bias,
+  // the best without.
   const int per_group = e / c.options.groups;
   auto group_score = [&](int token, int g) {
     std::vector<double> members;
     for (int x = g * per_group; x < (g + 1) * per_group; ++x)
       members.push_back(choice(token, x));
     std::sort(members.rbegin(), members.rend());
-    return members[0] + (per_group > 1 ? members[1] : 0.0);
+    return members[0] + (per_group > 1 && c.bias ? members[1] : 0.0);
   };
   int near_ties = 0;
   for (int token = 0; token < t; ++token) {

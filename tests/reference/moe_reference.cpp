@@ -71,7 +71,8 @@ Routing route(const std::vector<double>& logits, int tokens, int experts, const 
       for (int g = 0; g < c.groups; ++g) {
         const std::vector<double> members(choice.begin() + g * per_group,
                                           choice.begin() + (g + 1) * per_group);
-        for (int i : top_n(members, std::min(2, per_group)))
+        // vLLM's grouped_topk: the two best summed with a correction bias, else the best.
+        for (int i : top_n(members, std::min(c.bias.empty() ? 1 : 2, per_group)))
           group_score[g] += members[i];
       }
       std::vector<bool> kept(c.groups, false);

@@ -63,6 +63,20 @@ TEST(MoeRouterReference, GroupedTopKKeepsTheGroupsOfTheBestPairs) {
   }
 }
 
+TEST(MoeRouterReference, GroupScoreIsTheBestWithoutABiasAndTheBestTwoWithOne) {
+  // vLLM's grouped_topk. 4 groups of 2, sigmoid scores: g0 {0.953, 0.047} (best 0.953, sum 1.0),
+  // g1 {0.731, 0.731} (best 0.731, sum 1.462), g2 and g3 lower; one group kept, top 1.
+  RouterConfig c;
+  c.sigmoid = true;
+  c.groups = 4;
+  c.topk_groups = 1;
+  c.top_k = 1;
+  const std::vector<double> logits{3, -3, 1, 1, -2, -2, -1, -1};
+  EXPECT_EQ(reference::route(logits, 1, 8, c).ids, (std::vector<int>{0}));  // g0's best
+  c.bias.assign(8, 0.0);  // a (zero) correction bias: the sums decide, g1
+  EXPECT_EQ(reference::route(logits, 1, 8, c).ids, (std::vector<int>{2}));
+}
+
 TEST(MoeAlignReference, GroupsPairsByExpertPaddedToTheBlock) {
   // 3 tokens x top-2 over 4 experts: pairs 0..5 -> experts.
   const std::vector<int> ids{2, 0, 2, 1, 0, 2};

@@ -115,7 +115,7 @@ kjit_status kjit_mla_decode(const DLTensor* q, const DLTensor* cache, const DLTe
 typedef struct kjit_moe_router_options {
   int sigmoid; /* 0: softmax over the experts */
   int top_k;
-  int groups;      /* DeepSeek's grouped top-k: 1 for none */
+  int groups;      /* DeepSeek's grouped top-k (group scores: kjit/moe.hpp): 1 for none */
   int topk_groups; /* 1 for none */
   int renormalize;
   float scaling; /* 1 for none */

@@ -15,9 +15,11 @@ namespace kjit::moe {
 struct RouterOptions {
   bool sigmoid = false;  // false: softmax over the experts
   int top_k = 1;
-  int groups = 1, topk_groups = 1;  // DeepSeek's grouped top-k (a group's score: its best two)
-  bool renormalize = false;         // weights divided by their sum
-  float scaling = 1.f;              // then multiplied by this (routed_scaling_factor)
+  // DeepSeek's grouped top-k, as vLLM's grouped_topk: a group's score is its two best choice
+  // scores summed with a correction bias (DeepSeek-V3), its best without one (DeepSeek-V2).
+  int groups = 1, topk_groups = 1;
+  bool renormalize = false;  // weights divided by their sum
+  float scaling = 1.f;       // then multiplied by this (routed_scaling_factor)
 };
 
 // logits [T, E] fp32, bf16 or fp16 (rows any stride, experts contiguous), E 1..1024; bias [E]
