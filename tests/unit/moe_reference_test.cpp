@@ -43,14 +43,20 @@ TEST(MoeRouterReference, GlmSigmoidBiasOnlyChoosesAndWeightsAreRenormalisedTimes
   EXPECT_NEAR(r.weights[1], 1.8 * s1 / (s0 + s1), 1e-12);
 }
 
-TEST(MoeRouterReference, GroupedTopKKeepsTheGroupsOfTheBestPairs) {
-  // 8 experts in 4 groups of 2; group scores (sum of both): g0 0.2, g1 1.5, g2 1.4, g3 0.9.
-  // Top-2 groups: g1, g2; the single best expert overall (6, in g3) is excluded.
+// A sigmoid router over 8 experts in 4 groups of 2.
+RouterConfig four_groups_of_two(int topk_groups, int top_k) {
   RouterConfig c;
   c.sigmoid = true;
   c.groups = 4;
-  c.topk_groups = 2;
-  c.top_k = 3;
+  c.topk_groups = topk_groups;
+  c.top_k = top_k;
+  return c;
+}
+
+TEST(MoeRouterReference, GroupedTopKKeepsTheGroupsOfTheBestPairs) {
+  // Group scores (a bias: the sum of both): g0 0.2, g1 1.5, g2 1.4, g3 0.9. Top-2 groups: g1,
+  // g2; the single best expert overall (6, in g3) is excluded.
+  RouterConfig c = four_groups_of_two(2, 3);
   std::vector<double> scores{0.1, 0.1, 0.7, 0.8, 0.5, 0.9, 0.95, -0.05};
   // Scores enter through a bias on zero logits: sigmoid(0) = 0.5 for everyone.
   c.bias.resize(8);
@@ -64,13 +70,9 @@ TEST(MoeRouterReference, GroupedTopKKeepsTheGroupsOfTheBestPairs) {
 }
 
 TEST(MoeRouterReference, GroupScoreIsTheBestWithoutABiasAndTheBestTwoWithOne) {
-  // vLLM's grouped_topk. 4 groups of 2, sigmoid scores: g0 {0.953, 0.047} (best 0.953, sum 1.0),
-  // g1 {0.731, 0.731} (best 0.731, sum 1.462), g2 and g3 lower; one group kept, top 1.
-  RouterConfig c;
-  c.sigmoid = true;
-  c.groups = 4;
-  c.topk_groups = 1;
-  c.top_k = 1;
+  // vLLM's grouped_topk. Scores g0 {0.953, 0.047} (best 0.953, sum 1.0), g1 {0.731, 0.731}
+  // (best 0.731, sum 1.462), g2 and g3 lower; one group kept, top 1.
+  RouterConfig c = four_groups_of_two(1, 1);
   const std::vector<double> logits{3, -3, 1, 1, -2, -2, -1, -1};
   EXPECT_EQ(reference::route(logits, 1, 8, c).ids, (std::vector<int>{0}));  // g0's best
   c.bias.assign(8, 0.0);  // a (zero) correction bias: the sums decide, g1
