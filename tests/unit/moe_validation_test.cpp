@@ -416,6 +416,9 @@ TEST(MoeGemmValidation, AcceptsFp4WeightsWithTheirScales) {
   one_scale.tensor_scale = TensorView(fake(), DType::Float32, {1});
   g.w = one_scale;
   EXPECT_EQ(g.check().args.tensor_scale_stride, 0);
+  one_scale.tensor_scale = TensorView(fake(), DType::Float32, std::vector<std::int64_t>{});
+  g.w = one_scale;  // 0-d, as torch.tensor(s)
+  EXPECT_EQ(g.check().args.tensor_scale_stride, 0);
   moe::Fp4Weights strided = nvfp4_weights();  // every other float of a [64, 2] buffer
   strided.tensor_scale = TensorView(fake(), DType::Float32, {64}, {2});
   g.w = strided;
@@ -454,7 +457,7 @@ TEST(MoeGemmValidation, RefusesBadFp4Weights) {
   w = nvfp4_weights();
   w.tensor_scale = TensorView(fake(), DType::Float32, {3});
   g.w = w;
-  expect_refused(g, "NVFP4 w's tensor_scale must be fp32 [64] (one per expert) or [1]");
+  expect_refused(g, "NVFP4 w's tensor_scale must be fp32 [64] (one per expert), [1] or a scalar");
   w.tensor_scale = TensorView();
   g.w = w;
   expect_refused(g, "NVFP4 w's tensor_scale must be");

@@ -26,8 +26,9 @@ struct RouterOptions {
 // fp32 contiguous, added to the scores for the choice only (a view with null data: none); ids
 // [T, k] int32 and weights [T, k] fp32 (rows contiguous). Ties go to the lower expert id. A NaN
 // logit (sigmoid) ranks below every number: chosen only when fewer than k are numbers, its weight
-// NaN. With softmax a NaN logit makes the token's normaliser NaN: every score is NaN, the choice
-// falls to the k lowest ids and all the token's weights are NaN (check logits upstream).
+// NaN. With softmax a NaN or +inf logit makes the token's normaliser NaN: every score is NaN,
+// the choice falls to the k lowest ids and all the token's weights are NaN (check logits
+// upstream).
 void router_topk(const TensorView& logits, const TensorView& bias, const TensorView& ids,
                  const TensorView& weights, const RouterOptions& options, StreamHandle stream);
 
@@ -92,7 +93,7 @@ void grouped_gemm(const TensorView& x_sorted, const TensorView& block_expert, in
 // tensor scale amax / (448 x 6)) or MXFP4 (blocks of 32 K, E8M0 scales 2^(floor(log2 amax) - 2)).
 // codes [E, N, K / 2] uint8 (element 2i in the low nibble; rows 16-byte aligned); scales
 // [E, N, K / block] uint8 (rows 4-byte aligned for NVFP4, 2 for MXFP4); tensor_scale: NVFP4's,
-// fp32 [E] (one per expert) or [1] (one for all); MXFP4: not read (null data allowed). The
+// fp32 [E] (one per expert), [1] or 0-d (one for all); MXFP4: not read (null data allowed). The
 // dequantisation is exact for every finite NVFP4 scale and for MXFP4 scales from 2^-118 to 2^8:
 // a larger one (quantize_fp4's choice for a block whose largest magnitude is 2048 or more)
 // overflows bf16 on the way (infinity, NaN with a zero code), a smaller one loses bits.

@@ -131,13 +131,16 @@ void MoeGemm::check_weights(Problem& p, const Weights& weights, std::int64_t exp
   // A lane reads a k-block's scales of a row as one word: 4 bytes (NVFP4) or 2 (MXFP4).
   kGemmCheck.aligned(scales, "w's scales", static_cast<unsigned>(64 / block));
   if (weights.format != kNvFp4) return;
+  // One per expert, or one for all: [1] or a scalar (torch.tensor(s), 0-d).
   const TensorView& tensor_scale = weights.tensor_scale;
-  if (tensor_scale.ndim != 1 || tensor_scale.dtype != DType::Float32 ||
-      (tensor_scale.size(0) != p.experts && tensor_scale.size(0) != 1) ||
-      tensor_scale.stride(0) < 0) {
-    kGemmCheck.fail(
-        fmt::format("NVFP4 w's tensor_scale must be fp32 [{}] (one per expert) or [1], got {}",
-                    p.experts, tensor_scale.describe()));
+  const bool one = tensor_scale.numel() == 1 && tensor_scale.ndim <= 1;
+  if (tensor_scale.data == nullptr || tensor_scale.ndim > 1 ||
+      tensor_scale.dtype != DType::Float32 ||
+      (!one && (tensor_scale.ndim != 1 || tensor_scale.size(0) != p.experts ||
+                tensor_scale.stride(0) < 0))) {
+    kGemmCheck.fail(fmt::format(
+        "NVFP4 w's tensor_scale must be fp32 [{}] (one per expert), [1] or a scalar, got {}",
+        p.experts, tensor_scale.describe()));
   }
   kGemmCheck.aligned(tensor_scale, "w's tensor_scale", 4);
   kGemmCheck.data(tensor_scale, "w's tensor_scale");
