@@ -133,11 +133,11 @@ void MoeGemm::check_weights(Problem& p, const Weights& weights, std::int64_t exp
   if (weights.format != kNvFp4) return;
   // One per expert, or one for all: [1] or a scalar (torch.tensor(s), 0-d).
   const TensorView& tensor_scale = weights.tensor_scale;
-  const bool one = tensor_scale.numel() == 1 && tensor_scale.ndim <= 1;
-  if (tensor_scale.data == nullptr || tensor_scale.ndim > 1 ||
-      tensor_scale.dtype != DType::Float32 ||
-      (!one && (tensor_scale.ndim != 1 || tensor_scale.size(0) != p.experts ||
-                tensor_scale.stride(0) < 0))) {
+  const bool one = tensor_scale.ndim <= 1 && tensor_scale.numel() == 1;
+  const bool per_expert =
+      tensor_scale.ndim == 1 && tensor_scale.size(0) == p.experts && tensor_scale.stride(0) >= 0;
+  if (tensor_scale.data == nullptr || tensor_scale.dtype != DType::Float32 ||
+      !(one || per_expert)) {
     kGemmCheck.fail(fmt::format(
         "NVFP4 w's tensor_scale must be fp32 [{}] (one per expert), [1] or a scalar, got {}",
         p.experts, tensor_scale.describe()));
