@@ -292,7 +292,7 @@ if [ "$what" = moe-align-ncu ]; then
   # the most stall samples.
   rows="${KJIT_NCU_ROWS:-deepseek-v3_1 deepseek-v3_16 deepseek-v3_256}"
   for row in $rows; do
-    step "ncu_align_$row" timeout 120 ncu --set full --sampling-interval 0 --import-source no \
+    step "ncu_align_$row" timeout 120 ncu --set full --warp-sampling-interval 0 --import-source no \
       --kernel-name-base demangled \
       --kernel-name regex:moe_align --launch-skip 3 --launch-count 1 -f -o "$final_out/align_$row" \
       "$bin/kjit_bench_moe_router" ${row/_/ }

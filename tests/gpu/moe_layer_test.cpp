@@ -106,7 +106,9 @@ TEST_P(MoeLayerTest, MatchesTheDoubleComposition) {
                                      options.router.renormalize, options.router.scaling};
     kjit_status status;
     if (c.weights == Format::kSameAsX) {
-      const DLTensor lup = dl(gate_up.view().codes), ldown = dl(down.view().codes);
+      // Named views: a DLTensor borrows its view's shape and strides.
+      const TensorView up = gate_up.view().codes, dn = down.view().codes;
+      const DLTensor lup = dl(up), ldown = dl(dn);
       status = kjit_moe_layer(&lx, &llogits, &lup, &ldown, bias_arg, shared_arg, &ro, c.block,
                               &lout, stream.handle());
     } else {
