@@ -73,6 +73,16 @@ class ExpertWeights {
     }
   }
 
+  // The same call with `config` instead of the op's choice (FP4: the other main loop, beside).
+  void run_with(const kjit::ops::MoeGemm::Config& config, const TensorView& x_sorted,
+                const TensorView& blocks, int block, const TensorView& y,
+                const kjit::moe::GemmEpilogue& epilogue, kjit::StreamHandle stream) const {
+    using kjit::ops::MoeGemm;
+    const auto call = MoeGemm::validate(x_sorted, blocks, block, fp4(), y, epilogue);
+    MoeGemm::launch(kjit::load(MoeGemm::spec(config, call.problem, kjit::arch::current())), config,
+                    call.problem, call.args, stream);
+  }
+
   // The config the op picks for this call.
   kjit::ops::MoeGemm::Config config(const TensorView& x_sorted, const TensorView& blocks, int block,
                                     const TensorView& y) const {
@@ -159,8 +169,8 @@ void print_row(const char* name, Format f, int experts, int rows, int n, int k, 
   } else {
     std::printf(" %7s %7s", "-", "-");
   }
-  std::printf("  block_n %lld stages %lld\n", static_cast<long long>(c.block_n),
-              static_cast<long long>(c.stages));
+  std::printf("  block_n %lld stages %lld%s\n", static_cast<long long>(c.block_n),
+              static_cast<long long>(c.stages), c.decode ? " decode" : "");
 }
 
 }  // namespace
@@ -242,10 +252,22 @@ int main(int argc, char** argv) try {
           w.run(layouts[c].x_view(p.k), layouts[c].blocks_view(), kDecodeBlock, vy,
                 layouts[c].epilogue, s);
         });
+        const kjit::ops::MoeGemm::Config chosen =
+            w.config(layouts[0].x_view(p.k), layouts[0].blocks_view(), kDecodeBlock, vy);
         print_row(p.name, formats[f], kExperts, pairs, p.n, p.k, ms,
-                  touched * w.expert_bytes() / ms / 1e6,
-                  w.config(layouts[0].x_view(p.k), layouts[0].blocks_view(), kDecodeBlock, vy),
-                  copy_gbs);
+                  touched * w.expert_bytes() / ms / 1e6, chosen, copy_gbs);
+        if (formats[f] == Format::kSameAsX) continue;
+        // FP4's decode kernel (its depths) and the pipeline's 64 weight rows on the same calls.
+        for (const kjit::ops::MoeGemm::Config other :
+             {kjit::ops::MoeGemm::Config{64, 2, 1}, {64, 3, 1}, {64, 6, 0}}) {
+          if (other.stages == chosen.stages && other.decode == chosen.decode) continue;
+          const double other_ms = time_calls([&](int c) {
+            w.run_with(other, layouts[c].x_view(p.k), layouts[c].blocks_view(), kDecodeBlock, vy,
+                       layouts[c].epilogue, s);
+          });
+          print_row(p.name, formats[f], kExperts, pairs, p.n, p.k, other_ms,
+                    touched * w.expert_bytes() / other_ms / 1e6, other, copy_gbs);
+        }
       }
     }
   }

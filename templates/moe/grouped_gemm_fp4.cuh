@@ -134,6 +134,68 @@ __device__ __forceinline__ unsigned mul_bf16x2(unsigned a, unsigned b) {
   return d;
 }
 
+// The block's token rows up to its last one that holds a pair (the masked layout's count, or,
+// given align's sorted, the rows whose pair is in [0, pairs): an expert's padding ends its run),
+// the same in every thread (each warp reads the block's sorted entries).
+template <int kBlockM, bool kMasked>
+__device__ __forceinline__ int held_rows(const KjitMoeGemmParams& p,
+                                         const GemmBlock<kBlockM, kMasked>& block, int m_block) {
+  if (kMasked || p.sorted == nullptr) return kMasked ? min(block.rows_left, kBlockM) : kBlockM;
+  int held = 0;
+#pragma unroll
+  for (int base = 0; base < kBlockM; base += 32) {
+    const int pair = p.sorted[m_block * kBlockM + base + static_cast<int>(threadIdx.x) % 32];
+    const unsigned holds = __ballot_sync(0xffffffffu, holds_pair(p, pair));
+    if (holds != 0) held = base + 32 - __clz(holds);
+  }
+  return held;
+}
+
+// What multiplies the products of dequantised codes: the 2^7 the scales' rebasing took
+// (block_scales_bits) and NVFP4's tensor scale of the expert (0 for an expert past w's).
+template <int kFormat>
+__device__ __forceinline__ float fp4_alpha(const KjitMoeGemmParams& p, int expert) {
+  if (kFormat != kNvFp4) return 128.f;
+  return expert < p.experts ? 128.f * p.tensor_scale[expert * p.tensor_scale_stride] : 0.f;
+}
+
+// A swapped product (weight rows by token columns, the m16n8 accumulator layout) through the
+// epilogue: acc[j][e] x alpha is weight row n + (lane / 4) % 2 + 8 (e / 2) by token 8 j + 2 (lane %
+// 4) + e % 2, the token's row first_row + token of y (the masked layout: written below rows_left
+// only). A lane's rows r and r + 8 meet their neighbours' (r ^ 1) through one shuffle, so that a
+// lane writes two adjacent columns (or one SwiGLU column) of one token.
+template <int kEpilogue, bool kMasked, int kTiles>
+__device__ __forceinline__ void store_swapped(const KjitMoeGemmParams& p,
+                                              const float (&acc)[kTiles][4], float alpha,
+                                              int expert, long long first_row, int rows_left,
+                                              long long n) {
+  using T = __nv_bfloat16;
+  const int lane = threadIdx.x % 32, quad = lane % 4;
+  const bool second_row = (lane / 4) % 2;  // this lane's rows are the odd ones of their pairs
+  T* const y_expert = static_cast<T*>(p.y) + (kMasked ? expert * p.y_expert_stride : 0);
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      // The even row's lane keeps its first token and takes the odd row's value of it; the odd
+      // row's lane the second token.
+      const float v0 = acc[j][2 * h] * alpha, v1 = acc[j][2 * h + 1] * alpha;
+      const float theirs = __shfl_xor_sync(0xffffffffu, second_row ? v0 : v1, 4);
+      const float even = second_row ? theirs : v0, odd = second_row ? v1 : theirs;
+      const int token = 8 * j + 2 * quad + second_row;
+      if (kMasked && token >= rows_left) continue;
+      const long long row = first_row + token, column = n + 8 * h;
+      if constexpr (kEpilogue == kSwiGLU) {
+        y_expert[row * p.y_row_stride + column / 2] = from_float<T>(swiglu(even, odd));
+      } else {
+        const float scale = kEpilogue == kRoutingWeights ? routing_weight(p, row) : 1.f;
+        *reinterpret_cast<unsigned*>(y_expert + row * p.y_row_stride + column) =
+            ptx::pack_pair<T>(even * scale, odd * scale);
+      }
+    }
+  }
+}
+
 template <int kFormat, int kBlockM, int kBlockW, int kStages, int kEpilogue, bool kMasked>
 __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThreads,
                                   Fp4GemmShape<kBlockM, kBlockW, kStages>::kMinBlocks)
@@ -159,20 +221,9 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThre
   const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 128, 0);
   init_stage_barriers(full, empty, kStages, 4 * S::kConsumers);
   const int k_blocks = p.k / S::kBlockK;
-  // The block's token rows up to its last one that holds a pair (the masked layout's count, or,
-  // given align's sorted, the rows whose pair is in [0, pairs): an expert's padding ends its run).
-  // Only the first 8, 16 or 32 columns of the product are computed when they cover them (decode:
-  // a few tokens an expert); the rest stay 0.
-  int held = kMasked ? min(rows_left, kBlockM) : kBlockM;
-  if (!kMasked && p.sorted != nullptr) {
-    held = 0;
-#pragma unroll
-    for (int base = 0; base < kBlockM; base += 32) {
-      const int pair = p.sorted[m_block * kBlockM + base + static_cast<int>(threadIdx.x) % 32];
-      const unsigned holds = __ballot_sync(0xffffffffu, holds_pair(p, pair));
-      if (holds != 0) held = base + 32 - __clz(holds);
-    }
-  }
+  // Only the first 8, 16 or 32 columns of the product are computed when they cover the block's
+  // held rows (decode: a few tokens an expert); the rest stay 0.
+  const int held = held_rows<kBlockM, kMasked>(p, block, m_block);
   // Warp-uniform for ptxas too (a shuffle from lane 0): a branch on it keeps wgmma unserialised.
   const int columns = __shfl_sync(0xffffffffu,
                                   held <= 8    ? 8
@@ -281,33 +332,9 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThre
   }
 
   // acc[j][e]: weight row w_row0 + 8 (e / 2), token 8 j + 2 quad + e % 2 of the block.
-  const float alpha = 128.f * (kFormat != kNvFp4 ? 1.f
-                               : have_expert     ? p.tensor_scale[expert * p.tensor_scale_stride]
-                                                 : 0.f);
-  const bool second_row = (lane / 4) % 2;  // this lane's rows are the odd ones of their pairs
-  T* const y_expert = static_cast<T*>(p.y) + (kMasked ? expert * p.y_expert_stride : 0);
-#pragma unroll
-  for (int j = 0; j < kBlockM / 8; ++j) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      // The even row's lane keeps its first token and takes the odd row's value of it; the odd
-      // row's lane the second token.
-      const float v0 = acc[j][2 * h] * alpha, v1 = acc[j][2 * h + 1] * alpha;
-      const float theirs = __shfl_xor_sync(0xffffffffu, second_row ? v0 : v1, 4);
-      const float even = second_row ? theirs : v0, odd = second_row ? v1 : theirs;
-      const int token = 8 * j + 2 * quad + second_row;
-      if (kMasked && token >= rows_left) continue;
-      const long long row = static_cast<long long>(m_block) * kBlockM + token;
-      const long long n = static_cast<long long>(w_block) * kBlockW + (w_row0 & ~1) + 8 * h;
-      if constexpr (kEpilogue == kSwiGLU) {
-        y_expert[row * p.y_row_stride + n / 2] = from_float<T>(swiglu(even, odd));
-      } else {
-        const float scale = kEpilogue == kRoutingWeights ? routing_weight(p, row) : 1.f;
-        *reinterpret_cast<unsigned*>(y_expert + row * p.y_row_stride + n) =
-            ptx::pack_pair<T>(even * scale, odd * scale);
-      }
-    }
-  }
+  store_swapped<kEpilogue, kMasked>(p, acc, fp4_alpha<kFormat>(p, expert), expert,
+                                    static_cast<long long>(m_block) * kBlockM, rows_left,
+                                    static_cast<long long>(w_block) * kBlockW + (w_row0 & ~1));
 }
 
 }  // namespace kjit::moe

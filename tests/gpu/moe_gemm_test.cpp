@@ -76,6 +76,7 @@ struct GemmCase {
   std::int64_t block_n = 0, stages = 0;  // forced through the family when set
   Format weights = Format::kSameAsX;
   bool pass_sorted = false;  // align's sorted and the weights with a plain or SwiGLU epilogue
+  std::int64_t decode = 0;   // forced: FP4's decode kernel (block_n 64, stages its loads)
 };
 
 void PrintTo(const GemmCase& c, std::ostream* os) {
@@ -135,7 +136,7 @@ TEST_P(MoeGemmTest, MatchesDoublePerRoutedRow) {
   if (c.block_n) {
     const ops::Call<ops::MoeGemm> call =
         ops::MoeGemm::validate(vx_sorted, vblocks, c.block, w.view(), vy, epilogue);
-    const ops::MoeGemm::Config config{c.block_n, c.stages};
+    const ops::MoeGemm::Config config{c.block_n, c.stages, c.decode};
     ASSERT_TRUE(ops::MoeGemm::valid(config, call.problem, arch::current()));
     launch_forced(config, call, stream.handle());
   } else if (c.weights == Format::kSameAsX) {
@@ -227,7 +228,20 @@ std::vector<GemmCase> cases() {
        Format::kSameAsX, true},
       // K 320: MXFP4 scale rows of 10 bytes, aligned to 2 only (the 2-byte scale copies).
       {"mxfp4_k_320_two_byte_scale_rows", bf16, 20, 4, 8, 128, 320, 64, false, Kind::kSwiGLU, 0, 0,
-       Format::kMxFp4, true}};
+       Format::kMxFp4, true},
+      // FP4's decode kernel forced: GLM's gate/up at T 1; one and two token tiles a pass; blocks
+      // of more than 16 tokens (several passes; no sorted: every row of a block of 128); K of 3
+      // steps (the two sets of warps uneven) and of 1 (the second set idle).
+      {"nvfp4_decode_kernel_glm_gate_up", bf16, 1, 4, 64, 3072, 2048, 64, false, Kind::kSwiGLU, 64,
+       3, Format::kNvFp4, true, 1},
+      {"nvfp4_decode_kernel_swiglu", bf16, 3, 4, 64, 512, 1024, 64, false, Kind::kSwiGLU, 64, 2,
+       Format::kNvFp4, true, 1},
+      {"mxfp4_decode_kernel_two_tiles", bf16, 40, 2, 4, 192, 256, 64, false, Kind::kPlain, 64, 3,
+       Format::kMxFp4, true, 1},
+      {"mxfp4_decode_kernel_skewed_k_384", bf16, 60, 2, 8, 256, 384, 64, true,
+       Kind::kRoutingWeights, 64, 2, Format::kMxFp4, false, 1},
+      {"nvfp4_decode_kernel_k_128_block128", bf16, 40, 2, 8, 128, 128, 128, false, Kind::kPlain, 64,
+       3, Format::kNvFp4, false, 1}};
 }
 
 INSTANTIATE_TEST_SUITE_P(All, MoeGemmTest, ::testing::ValuesIn(cases()),
@@ -241,6 +255,7 @@ struct MaskedCase {
   int experts, max_m, n, k, expected_m;
   Kind epilogue = Kind::kPlain;
   Format weights = Format::kSameAsX;
+  std::int64_t decode_loads = 0;  // forced: FP4's decode kernel with these loads in flight
 };
 
 void PrintTo(const MaskedCase& c, std::ostream* os) {
@@ -276,7 +291,13 @@ TEST_P(MoeGemmMaskedTest, MatchesDoublePerHeldRow) {
   const TensorView vx(dx.data(), c.dtype, {c.experts, c.max_m, c.k}),
       vcounts(dcounts.data(), DType::Int32, {c.experts}),
       vy(dy.data(), c.dtype, {c.experts, c.max_m, y_cols});
-  if (c.weights == Format::kSameAsX) {
+  if (c.decode_loads) {
+    const ops::Call<ops::MoeGemm> call =
+        ops::MoeGemm::validate_masked(vx, vcounts, c.expected_m, w.view(), vy, c.epilogue);
+    const ops::MoeGemm::Config config{64, c.decode_loads, 1};
+    ASSERT_TRUE(ops::MoeGemm::valid(config, call.problem, arch::current()));
+    launch_forced(config, call, stream.handle());
+  } else if (c.weights == Format::kSameAsX) {
     moe::grouped_gemm_masked(vx, vcounts, c.expected_m, w.view().codes, vy, c.epilogue,
                              stream.handle());
   } else {
@@ -315,7 +336,12 @@ std::vector<MaskedCase> masked_cases() {
           {"glm_gate_up_swiglu", bf16, 8, 24, 3072, 2048, 8, Kind::kSwiGLU},
           {"nvfp4_glm_gate_up_swiglu", bf16, 8, 24, 3072, 2048, 8, Kind::kSwiGLU, Format::kNvFp4},
           {"mxfp4_glm_down_block128", bf16, 6, 150, 2048, 1536, 0, Kind::kPlain, Format::kMxFp4},
-          {"nvfp4_block128_swiglu", bf16, 5, 140, 512, 1024, 0, Kind::kSwiGLU, Format::kNvFp4}};
+          {"nvfp4_block128_swiglu", bf16, 5, 140, 512, 1024, 0, Kind::kSwiGLU, Format::kNvFp4},
+          // FP4's decode kernel forced: K 640 (5 steps), and GLM's gate/up (two passes of 16
+          // tokens, an expert past M).
+          {"mxfp4_decode_kernel_plain", bf16, 5, 40, 256, 640, 16, Kind::kPlain, Format::kMxFp4, 2},
+          {"nvfp4_decode_kernel_glm_gate_up_swiglu", bf16, 8, 24, 3072, 2048, 8, Kind::kSwiGLU,
+           Format::kNvFp4, 3}};
 }
 
 INSTANTIATE_TEST_SUITE_P(All, MoeGemmMaskedTest, ::testing::ValuesIn(masked_cases()),

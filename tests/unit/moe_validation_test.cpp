@@ -405,12 +405,27 @@ TEST(MoeGemmValidation, AcceptsFp4WeightsWithTheirScales) {
   const ops::MoeGemm::Config c = ops::MoeGemm::default_config(call.problem, sm90a);
   EXPECT_TRUE(ops::MoeGemm::valid(c, call.problem, sm90a));
   EXPECT_FALSE(ops::MoeGemm::valid(c, call.problem, sm80));
+  // Decode (8 blocks of rows): the pipeline's 64 weight rows a block, for twice the blocks; the
+  // decode kernel in the tuner's space.
+  EXPECT_EQ(c.decode, 0);
+  EXPECT_EQ(c.block_n, 64);
+  const ops::MoeGemm::Config decode{64, 2, 1};
+  const std::vector<ops::MoeGemm::Config> space = ops::MoeGemm::space(call.problem, sm90a);
+  EXPECT_TRUE(std::any_of(space.begin(), space.end(), [](const auto& s) { return s.decode == 1; }));
+  EXPECT_TRUE(ops::MoeGemm::valid(decode, call.problem, sm90a));
   // FP4 stages hold a quarter of the weight bytes.
   ops::MoeGemm::Problem bf16 = call.problem;
   bf16.weights = ops::MoeGemm::kSameAsX;
-  EXPECT_LT(ops::MoeGemm::shared_bytes(c, call.problem), ops::MoeGemm::shared_bytes(c, bf16));
-  // Decode (8 blocks of rows): 64 weight rows a block, for twice the blocks.
-  EXPECT_EQ(c.block_n, 64);
+  const ops::MoeGemm::Config pipeline{64, 4};
+  EXPECT_LT(ops::MoeGemm::shared_bytes(pipeline, call.problem),
+            ops::MoeGemm::shared_bytes(pipeline, bf16));
+  // The decode kernel takes FP4 weights only, K in steps of 128, and 64 weight rows a block.
+  EXPECT_FALSE(ops::MoeGemm::valid(decode, bf16, sm90a));
+  EXPECT_FALSE(ops::MoeGemm::valid(decode, call.problem, sm80));
+  EXPECT_FALSE(ops::MoeGemm::valid({128, 2, 1}, call.problem, sm90a));
+  ops::MoeGemm::Problem k_1984 = call.problem;
+  k_1984.k = 1984;
+  EXPECT_FALSE(ops::MoeGemm::valid(decode, k_1984, sm90a));
 
   moe::Fp4Weights one_scale = nvfp4_weights();
   one_scale.tensor_scale = TensorView(fake(), DType::Float32, {1});

@@ -147,6 +147,9 @@ void MoeGemm::check_weights(Problem& p, const Weights& weights, std::int64_t exp
 }
 
 unsigned MoeGemm::shared_bytes(const Config& c, const Problem& p) {
+  // The decode kernel: 16 tokens' K (bf16, rows 32 bytes apart beyond) and its second set of
+  // warps' sums (4 KB).
+  if (c.decode) return static_cast<unsigned>(16 * (2 * p.k + 32) + 4096);
   // 1024 bytes of slack to align the swizzled tiles, the stages' row and weight slices (FP4: half
   // a byte a weight), a full and an empty mbarrier a stage; FP4 also the block's scales for the
   // whole of K and their mbarrier.
@@ -164,12 +167,20 @@ std::vector<MoeGemm::Config> MoeGemm::space(const Problem& p, const Arch& arch) 
       if (valid({block_n, stages}, p, arch)) out.push_back({block_n, stages});
     }
   }
+  for (std::int64_t loads : {2, 3}) {
+    if (valid({64, loads, 1}, p, arch)) out.push_back({64, loads, 1});
+  }
   return out;
 }
 
 bool MoeGemm::valid(const Config& c, const Problem& p, const Arch& arch) {
+  const bool fits = shared_bytes(c, p) <= arch.max_shared_bytes();
+  if (c.decode) {  // FP4 weights, K in whole steps of 128
+    return c.decode == 1 && arch.has_wgmma() && p.weights != kSameAsX && c.block_n == 64 &&
+           p.n % 64 == 0 && p.k % 128 == 0 && (c.stages == 2 || c.stages == 3) && fits;
+  }
   return arch.has_wgmma() && (c.block_n == 64 || c.block_n == 128) && p.n % c.block_n == 0 &&
-         c.stages >= 2 && c.stages <= 8 && shared_bytes(c, p) <= arch.max_shared_bytes();
+         c.stages >= 2 && c.stages <= 8 && fits;
 }
 
 MoeGemm::Config MoeGemm::default_config(const Problem& p, const Arch& arch) {
@@ -177,7 +188,8 @@ MoeGemm::Config MoeGemm::default_config(const Problem& p, const Arch& arch) {
   // where no stage count fits 128 (FP4's scales for a long K). FP4 in decode (experts holding a
   // quarter of a block of rows or less: the pairs the layout's capacity is sized for, within a
   // block, by moe::align_capacity's formula; or the masked layout's one block) takes 64 weight
-  // rows a block: twice the blocks, several an SM, to stream the weights.
+  // rows a block: twice the blocks, several an SM. The decode kernel (config decode 1) is in the
+  // tuner's space and not yet a default: its rewrite of 2026-12-04 has not run on a GPU.
   const std::int64_t blocks = p.rows / p.block_m;
   const std::int64_t pairs =
       blocks <= p.experts ? blocks : p.experts + (blocks - p.experts) * p.block_m;
@@ -194,7 +206,11 @@ MoeGemm::Config MoeGemm::default_config(const Problem& p, const Arch& arch) {
 KernelSpec MoeGemm::spec(const Config& c, const Problem& p, const Arch& arch) {
   const char* masked = p.masked ? "true" : "false";
   KernelSpec s =
-      p.weights == kSameAsX
+      c.decode ? KernelSpec(sources()[2],
+                            {fmt::format("kjit::moe::moe_grouped_gemm_fp4_decode<{}, "
+                                         "{}, {}, {}, {}>",
+                                         p.weights, p.block_m, c.stages, p.epilogue, masked)})
+      : p.weights == kSameAsX
           ? KernelSpec(sources()[0],
                        {fmt::format("kjit::moe::moe_grouped_gemm<{}, {}, {}, {}, {}, {}>",
                                     cxx_type(p.dtype), p.block_m, c.block_n, c.stages, p.epilogue,
@@ -210,6 +226,13 @@ KernelSpec MoeGemm::spec(const Config& c, const Problem& p, const Arch& arch) {
 void MoeGemm::launch(const Program& program, const Config& c, const Problem& p,
                      const Args& call_args, StreamHandle stream) {
   if (p.rows == 0) return;
+  const Dim3 grid{static_cast<unsigned>(p.n / c.block_n),
+                  static_cast<unsigned>((p.rows + p.block_m - 1) / p.block_m),
+                  static_cast<unsigned>(p.masked ? p.experts : 1)};
+  if (c.decode) {  // plain loads: no tensor maps
+    program.kernel().launch({grid, {256}, shared_bytes(c, p), stream, {}}, call_args);
+    return;
+  }
   Args args = call_args;
   const auto u = [](std::int64_t v) { return static_cast<std::uint64_t>(v); };
   // x: [rows, k], or [experts, rows, k] masked (the expert the third coordinate).
@@ -227,14 +250,8 @@ void MoeGemm::launch(const Program& program, const Config& c, const Problem& p,
                    : driver::tiled_map_16bit(args.w, {u(p.k), u(p.n), u(p.experts), 1}, w_strides,
                                              {64, block_n, 1, 1});
   const std::int64_t consumers = (fp4 ? c.block_n : p.block_m) / 64;
-  program.kernel().launch({{static_cast<unsigned>(p.n / c.block_n),
-                            static_cast<unsigned>((p.rows + p.block_m - 1) / p.block_m),
-                            static_cast<unsigned>(p.masked ? p.experts : 1)},
-                           {static_cast<unsigned>(128 * (1 + consumers))},
-                           shared_bytes(c, p),
-                           stream,
-                           {}},
-                          args);
+  program.kernel().launch(
+      {grid, {static_cast<unsigned>(128 * (1 + consumers))}, shared_bytes(c, p), stream, {}}, args);
 }
 
 std::vector<MoeGemm::Problem> MoeGemm::shipped(const Arch& arch) {

@@ -1,7 +1,9 @@
 // The MoE grouped GEMM family over moe align's contiguous layout and the masked one (wgmma and
 // tensor copies, sm_90a): templates/moe/grouped_gemm.cuh for 16-bit weights and
 // grouped_gemm_fp4.cuh for FP4 ones (NVFP4, MXFP4), specialised per dtype, weight format, block of
-// rows (align's block), block of columns (FP4: of weight rows) and pipeline depth.
+// rows (align's block), block of columns (FP4: of weight rows) and pipeline depth; FP4 weights in
+// decode (a few tokens an expert) also through grouped_gemm_fp4_decode.cuh (mma.sync, the weights
+// streamed through registers), which the config chooses.
 // kjit::moe::grouped_gemm and grouped_gemm_masked run through it.
 #pragma once
 
@@ -17,7 +19,8 @@ namespace kjit::ops {
 struct MoeGemm {
   static constexpr const char* kName = "moe_grouped_gemm";
   static std::vector<Source> sources() {
-    return {Source::embedded("moe/grouped_gemm.cuh"), Source::embedded("moe/grouped_gemm_fp4.cuh")};
+    return {Source::embedded("moe/grouped_gemm.cuh"), Source::embedded("moe/grouped_gemm_fp4.cuh"),
+            Source::embedded("moe/grouped_gemm_fp4_decode.cuh")};
   }
 
   // weights: 16-bit as x, or grouped_gemm_fp4.cuh's format.
@@ -31,9 +34,11 @@ struct MoeGemm {
     std::int64_t rows = 0, n = 0, k = 0, experts = 0, block_m = 128, epilogue = 0, masked = 0,
                  weights = kSameAsX;
   };
-  // block_n: columns of y a block computes (the FP4 kernel's weight rows).
+  // block_n: columns of y a block computes (the FP4 kernel's weight rows). decode 1: FP4 weights
+  // through grouped_gemm_fp4_decode.cuh (block_n 64; stages: the 128-K steps of weights a warp
+  // has in flight, 2 (three blocks an SM) or 3 (two); more spill).
   struct Config {
-    std::int64_t block_n = 128, stages = 4;
+    std::int64_t block_n = 128, stages = 4, decode = 0;
   };
   using Args = KjitMoeGemmParams;
 
@@ -46,7 +51,8 @@ struct MoeGemm {
                                               field<&Problem::masked>("masked"),
                                               field<&Problem::weights>("weights")};
   static constexpr Field<Config> kConfig[] = {field<&Config::block_n>("block_n"),
-                                              field<&Config::stages>("stages")};
+                                              field<&Config::stages>("stages"),
+                                              field<&Config::decode>("decode")};
   static constexpr DType kDTypes[] = {DType::BFloat16, DType::Float16};
 
   static void check(const Problem& p);

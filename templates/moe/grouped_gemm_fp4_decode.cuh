@@ -1,0 +1,213 @@
+// MoE grouped GEMM with FP4 expert weights for decode (a few tokens an expert): the parameters,
+// layouts, formats and epilogues of grouped_gemm_fp4.cuh, the weights streamed through registers
+// instead of a tensor-copy pipeline. There, with one or two tokens an expert, a consumer warp
+// spends ~200 instructions on 1024 weights between barrier handshakes and the weights crawl at a
+// fifth of the copy speed; here each warp walks its own 16 weight rows with 16-byte loads kLoads
+// steps ahead, no barrier in the main loop, and multiplies with mma.sync m16n8k16 (the weights as
+// A, the tokens as B: the product transposed, as there; sm_80 instructions only).
+// A block: 64 weight rows (4 warps of 16) of one block of align's rows (or of the masked
+// layout's), K's steps of 128 alternating between two sets of 4 warps, whose sums meet in shared
+// memory; the block's tokens 16 at a time, a pass over the weights each (decode: one pass).
+// The K order inside a step is the lane's own: lane (g, t) reads bytes [16t, 16t + 16) of its rows
+// g and g + 8 (K 32t .. 32t + 31 of the step, one or two block scales), and the k slots of its
+// mma fragments hold word w's K {0, 4}, {1, 5} (one mma) and {2, 6}, {3, 7} (the next): a code
+// word's nibbles n and n + 4 sit 16 bits apart, so that one mask, one multiply and one mask place
+// both in a bf16x2 (e2m1x8_scaled_bits). The tokens are staged in shared memory in that order
+// (each 16 bytes of a token's K as the pairs (0, 4), (1, 5), (2, 6), (3, 7)), so that a word's B
+// fragments are one 16-byte load; chunk c of a row at c ^ (bit 3 of c), rows 2K + 32 bytes apart,
+// so that a quarter warp's 16-byte loads fall in 8 distinct bank groups.
+#pragma once
+
+#include "common/global_load.cuh"
+#include "common/mma.cuh"
+#include "moe/grouped_gemm_fp4.cuh"
+
+namespace kjit::moe {
+
+struct Fp4DecodeShape {
+  static constexpr int kRows = 64;   // weight rows a block: 4 warps of 16
+  static constexpr int kGroups = 2;  // sets of 4 warps that split K's steps
+  static constexpr int kThreads = 128 * kGroups;
+  static constexpr int kTokens = 16;  // tokens a pass over the weights: two m16n8 tiles
+  static constexpr int kStepK = 128;  // K a warp's step: 4 lanes of 32
+  static constexpr int kRowPad = 32;  // bytes past a staged token row's 2K
+  // The staged tokens [kTokens][2K + kRowPad], then the second set's sums [4][8][32] fp32.
+  static constexpr int kSumBytes = 4 * 8 * 32 * 4;
+};
+
+// A word's eight E2M1 codes (K 0..7 from the low nibble) as four bf16x2 of e2m1 x 2^-126 (the bits
+// of e2m1x2_scaled_bits): codes (0, 4), (1, 5), (2, 6), (3, 7). The two codes of a pair are 16
+// bits apart, so that one multiply moves both magnitudes to bits 6-8 (the exponent's low two,
+// the mantissa's top one) and both signs to bit 15 at once, into bits that do not overlap.
+__device__ __forceinline__ void e2m1x8_scaled_bits(unsigned word, unsigned (&pairs)[4]) {
+  constexpr unsigned kKept = 0x81c081c0u;  // each half's sign and magnitude
+  const unsigned high = word >> 8;
+  pairs[0] = ((word & 0x000f000fu) * 0x1040u) & kKept;  // nibble at 0: x 2^6 and x 2^12
+  pairs[1] = ((word & 0x00f000f0u) * 0x0104u) & kKept;  // nibble at 4: x 2^2 and x 2^8
+  pairs[2] = ((high & 0x000f000fu) * 0x1040u) & kKept;
+  pairs[3] = ((high & 0x00f000f0u) * 0x0104u) & kKept;
+}
+
+// One step of a warp's K: its rows g and g + 8 (codes[h]: the lane's 16 bytes; scale_codes: their
+// block scale codes, NVFP4 (g, K 0-15), (g, 16-31), (g + 8, 0-15), (g + 8, 16-31) a byte each from
+// the low one, MXFP4 g's and g + 8's) times kTiles x 8 tokens staged in shared memory (word w's 16
+// bytes of token g of tile 0 at x_even + 16 w for an even w, x_odd + 16 w for an odd one; the
+// tiles tile_bytes apart).
+template <int kFormat, int kTiles>
+__device__ __forceinline__ void multiply_step(const uint4 (&codes)[2], unsigned scale_codes,
+                                              unsigned x_even, unsigned x_odd, unsigned tile_bytes,
+                                              float (&acc)[2][4]) {
+  unsigned scale[4];  // bf16x2 scale x 2^119: [2 h + K half] (MXFP4: [2 h] and [2 h + 1] alike)
+  block_scales_bits<kFormat>(scale_codes, scale);
+#pragma unroll
+  for (int w = 0; w < 4; ++w) {
+    unsigned a[2][4];  // [h][pair]
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const uint4& c = codes[h];
+      e2m1x8_scaled_bits(w == 0 ? c.x : w == 1 ? c.y : w == 2 ? c.z : c.w, a[h]);
+#pragma unroll
+      for (int q = 0; q < 4; ++q)
+        a[h][q] = mul_bf16x2(a[h][q], scale[2 * h + w / 2]);
+    }
+    const unsigned first[4] = {a[0][0], a[1][0], a[0][1], a[1][1]};
+    const unsigned second[4] = {a[0][2], a[1][2], a[0][3], a[1][3]};
+#pragma unroll
+    for (int j = 0; j < kTiles; ++j) {
+      unsigned b[4];
+      ptx::ld_shared_v4(b, (w % 2 == 0 ? x_even : x_odd) + 16 * w + j * tile_bytes);
+      ptx::mma_m16n8k16<__nv_bfloat16>(acc[j], first, {b[0], b[1]});
+      ptx::mma_m16n8k16<__nv_bfloat16>(acc[j], second, {b[2], b[3]});
+    }
+  }
+}
+
+// Tokens [token0, token0 + count) of the block (first_row: its first row of x's, x the
+// expert's rows in the masked layout) staged for multiply_step, zeros past count, by the
+// block's threads.
+__device__ __forceinline__ void stage_tokens(const KjitMoeGemmParams& p, const __nv_bfloat16* x,
+                                             long long first_row, int count, unsigned char* sx,
+                                             int pitch) {
+  const int chunks = p.k / 8;  // 16 bytes each
+  const int total = Fp4DecodeShape::kTokens * chunks;
+#pragma unroll 4
+  for (int i = threadIdx.x; i < total; i += Fp4DecodeShape::kThreads) {
+    const int r = i / chunks, c = i % chunks;
+    uint4 v = make_uint4(0u, 0u, 0u, 0u);
+    if (r < count)
+      v = *reinterpret_cast<const uint4*>(x + (first_row + r) * p.x_row_stride + 8 * c);
+    const uint4 pairs = make_uint4(__byte_perm(v.x, v.z, 0x5410), __byte_perm(v.x, v.z, 0x7632),
+                                   __byte_perm(v.y, v.w, 0x5410), __byte_perm(v.y, v.w, 0x7632));
+    *reinterpret_cast<uint4*>(sx + r * pitch + 16 * (c ^ ((c >> 3) & 1))) = pairs;
+  }
+}
+
+template <int kFormat, int kBlockM, int kLoads, int kEpilogue, bool kMasked>
+__global__ void __launch_bounds__(Fp4DecodeShape::kThreads, kLoads == 2 ? 3 : 2)
+    moe_grouped_gemm_fp4_decode(const __grid_constant__ KjitMoeGemmParams p) {
+  using S = Fp4DecodeShape;
+  using T = __nv_bfloat16;
+  const int w_block = blockIdx.x, m_block = blockIdx.y;
+  const GemmBlock<kBlockM, kMasked> block(p);
+  if (block.empty()) return;
+  const int expert = block.expert, held = held_rows<kBlockM, kMasked>(p, block, m_block);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int group = warp / 4, w_row0 = 16 * (warp % 4) + g;  // and w_row0 + 8
+
+  // This lane's two weight rows, at its 16 bytes (codes) and block scales of a step's 128 K.
+  const long long n0 = static_cast<long long>(w_block) * S::kRows + w_row0;
+  const auto* codes0 = static_cast<const unsigned char*>(p.w) + expert * p.w_expert_stride +
+                       n0 * p.w_row_stride + 16 * t;
+  const unsigned char* scales0 = p.w_scales + expert * p.scale_expert_stride +
+                                 n0 * p.scale_row_stride + (kFormat == kNvFp4 ? 2 * t : t);
+  const long long codes_apart = 8 * p.w_row_stride, scales_apart = 8 * p.scale_row_stride;
+  // This set's steps: group, group + kGroups, ... (none for an expert past w's: zeros).
+  const int steps = expert < p.experts ? p.k / S::kStepK : 0;
+  const int my_steps = (steps - group + S::kGroups - 1) / S::kGroups;
+  uint4 codes[kLoads][2];
+  unsigned scale_codes[kLoads];  // both rows' codes in one word, as multiply_step takes them
+  const auto load = [&](int slot, int j) {
+    const int step = group + S::kGroups * j;
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      codes[slot][h] = ptx::ld_global_stream_v4(codes0 + h * codes_apart + step * S::kStepK / 2);
+    if constexpr (kFormat == kNvFp4) {
+      const auto* s = reinterpret_cast<const unsigned short*>(scales0 + 8 * step);
+      scale_codes[slot] = __ldg(s) | static_cast<unsigned>(__ldg(s + scales_apart / 2)) << 16;
+    } else {
+      const unsigned char* s = scales0 + 4 * step;
+      scale_codes[slot] = __ldg(s) | static_cast<unsigned>(__ldg(s + scales_apart)) << 8;
+    }
+  };
+
+  extern __shared__ __align__(16) unsigned char shared_raw[];
+  const int pitch = 2 * p.k + S::kRowPad;
+  unsigned char* sx = shared_raw;
+  float* sums = reinterpret_cast<float*>(shared_raw + S::kTokens * pitch);
+  // Word w's 16 bytes of token g (tile 0) at the step's chunk 4t + w, swizzled (w ^ (t >> 1)):
+  // from x_even + 16 w for an even w, x_odd + 16 w for an odd one; a step 256 bytes on.
+  const unsigned x_lane = ptx::shared_address(sx + g * pitch + 64 * t + 256 * group);
+  const unsigned x_even = x_lane + 16 * (t >> 1), x_odd = x_lane - 16 * (t >> 1);
+  const T* x_rows = static_cast<const T*>(p.x) + (kMasked ? expert * p.x_expert_stride : 0ll);
+  const long long first_row = static_cast<long long>(m_block) * kBlockM;
+  const float alpha = fp4_alpha<kFormat>(p, expert);
+
+  for (int token0 = 0; token0 < held; token0 += S::kTokens) {
+#pragma unroll
+    for (int i = 0; i < kLoads; ++i) {
+      if (i < my_steps) load(i, i);
+    }
+    const int count = min(S::kTokens, held - token0);
+    stage_tokens(p, x_rows, first_row + token0, count, sx, pitch);
+    __syncthreads();
+    float acc[2][4] = {};
+    const auto main_loop = [&](auto tiles) {
+      constexpr int kTiles = decltype(tiles)::value;
+      for (int j0 = 0; j0 < my_steps; j0 += kLoads) {
+#pragma unroll
+        for (int i = 0; i < kLoads; ++i) {
+          const int j = j0 + i;
+          if (j < my_steps) {
+            const unsigned x_step = 256 * S::kGroups * j;
+            multiply_step<kFormat, kTiles>(codes[i], scale_codes[i], x_even + x_step,
+                                           x_odd + x_step, 8 * pitch, acc);
+            if (j + kLoads < my_steps) load(i, j + kLoads);
+          }
+        }
+      }
+    };
+    if (count <= 8) {
+      main_loop(cuda::std::integral_constant<int, 1>{});
+    } else {
+      main_loop(cuda::std::integral_constant<int, 2>{});
+    }
+    // The second set's sums to the first's, which writes.
+    float* mine = sums + (warp % 4) * 8 * 32 + lane;
+    if (group == 1) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        mine[32 * e] = acc[e / 4][e % 4];
+    }
+    __syncthreads();
+    if (group == 0) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        acc[e / 4][e % 4] += mine[32 * e];
+      store_swapped<kEpilogue, kMasked>(p, acc, alpha, expert, first_row + token0,
+                                        block.rows_left - token0, n0 & ~1ll);
+    }
+    __syncthreads();  // the tiles and sums free for the next pass
+  }
+  // The contiguous layout's rows past the passes: padding, zeros (as the wgmma kernels write).
+  if (!kMasked) {
+    const int from = (held + S::kTokens - 1) / S::kTokens * S::kTokens;
+    const int words = (kEpilogue == kSwiGLU ? S::kRows / 2 : S::kRows) / 2;  // bf16 pairs a row
+    T* y = static_cast<T*>(p.y) + static_cast<long long>(w_block) * words * 2;
+    for (int i = threadIdx.x; i < (kBlockM - from) * words; i += S::kThreads) {
+      const long long row = first_row + from + i / words;
+      reinterpret_cast<unsigned*>(y + row * p.y_row_stride)[i % words] = 0u;
+    }
+  }
+}
+
+}  // namespace kjit::moe

@@ -1,0 +1,46 @@
+// FP4's decode kernel (templates/moe/grouped_gemm_fp4_decode.cuh) compiles for sm_90a without a
+// GPU, for both formats, every epilogue, both layouts and the depths the tuner tries, within its
+// launch bounds' registers: no spill, no stack frame (the depths up to 3 keep to 85 registers,
+// three blocks an SM).
+#include <gtest/gtest.h>
+
+#include "kjit/jit.hpp"
+#include "ops/moe/grouped_gemm.hpp"
+#include "tests/support/isolated_cache.hpp"
+
+namespace kjit::test {
+namespace {
+
+class MoeGemmDecodeKernel : public IsolatedCache {};
+
+TEST_F(MoeGemmDecodeKernel, EveryInstanceCompilesForSm90aWithoutSpills) {
+  const Arch sm90a("sm_90a");
+  int compiled = 0;
+  for (std::int64_t weights : {ops::MoeGemm::kNvFp4, ops::MoeGemm::kMxFp4}) {
+    for (std::int64_t epilogue : {0, 1, 2}) {
+      for (std::int64_t masked : {0, 1}) {
+        if (masked && epilogue == 2) continue;  // no routing weights in the masked layout
+        for (std::int64_t loads : {2, 3}) {
+          const ops::MoeGemm::Problem p{DType::BFloat16, 256,    3072,   2048, 64, 64,
+                                        epilogue,        masked, weights};
+          const ops::MoeGemm::Config c{64, loads, 1};
+          ASSERT_TRUE(ops::MoeGemm::valid(c, p, sm90a));
+          Origin origin{};
+          const CompiledProgram program = compile(ops::MoeGemm::spec(c, p, sm90a), &origin);
+          ASSERT_EQ(program.kernels.size(), 1u);
+          const ResourceUsage& u = program.kernels[0].resources;
+          EXPECT_FALSE(u.spills()) << program.kernels[0].name_expression;
+          EXPECT_EQ(u.stack_frame_bytes, 0) << program.kernels[0].name_expression;
+          if (loads == 2) {
+            EXPECT_LE(u.registers, 85) << program.kernels[0].name_expression;
+          }
+          ++compiled;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(compiled, 20);
+}
+
+}  // namespace
+}  // namespace kjit::test
