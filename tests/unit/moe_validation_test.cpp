@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <random>
@@ -444,6 +445,46 @@ TEST(MoeGemmValidation, AcceptsFp4WeightsWithTheirScales) {
   g.w = moe::Fp4Weights{moe::Fp4Format::kMxFp4, TensorView(fake(), DType::UInt8, {64, 3072, 1024}),
                         TensorView(fake(), DType::UInt8, {64, 3072, 64}), TensorView()};
   EXPECT_EQ(g.check().problem.weights, ops::MoeGemm::kMxFp4);  // no tensor scale read
+}
+
+// The tuner's workload looks like align's layout of the problem's size: at T 1 (top 4 of 64,
+// blocks of 64) one pair a block, its first row, the others padding with zero rows of x_sorted;
+// in prefill most rows. The same values in every input set (a function of the index).
+TEST(MoeGemmValidation, TunerWorkloadIsShapedLikeTheLayout) {
+  const auto spec = [](const std::vector<ops::TensorSpec>& t, const std::string& name) {
+    return *std::find_if(t.begin(), t.end(), [&](const auto& s) { return s.name == name; });
+  };
+  const std::int64_t decode_rows = moe::align_capacity(4, 64, 64);
+  const ops::MoeGemm::Problem decode{DType::BFloat16,     decode_rows, 3072, 2048, 64, 64, 1, 0,
+                                     ops::MoeGemm::kNvFp4};
+  const std::vector<ops::TensorSpec> t = ops::MoeGemm::tensors(decode);
+  const ops::TensorSpec sorted = spec(t, "sorted"), x = spec(t, "x_sorted");
+  ASSERT_TRUE(sorted.value && x.value);
+  for (std::int64_t row = 0; row < decode_rows; ++row) {
+    const bool first = row % 64 == 0;
+    EXPECT_EQ(sorted.value(row), first ? static_cast<float>(row) : static_cast<float>(decode_rows))
+        << row;
+    const float v = x.value(row * 2048 + 7);
+    if (first) {
+      EXPECT_LE(std::abs(v), 0.1f);
+    } else {
+      EXPECT_EQ(v, 0.f) << row;
+    }
+  }
+  EXPECT_NE(x.value(0), x.value(1));  // a hash, not a constant
+
+  // Prefill, T 16384: the layout's 575 blocks hold 65472 to 65536 pairs, the worst routing's
+  // padding spread over them (114 of each block's 128 rows).
+  const std::int64_t prefill_rows = moe::align_capacity(16384 * 4, 64, 128);
+  const ops::MoeGemm::Problem prefill{DType::BFloat16, prefill_rows, 3072, 2048, 64, 128, 1};
+  const ops::TensorSpec spread = spec(ops::MoeGemm::tensors(prefill), "sorted");
+  std::int64_t held = 0;
+  for (std::int64_t row = 0; row < prefill_rows; ++row)
+    held += spread.value(row) == static_cast<float>(row);
+  EXPECT_GE(held, 64 + (prefill_rows / 128 - 64) * 128);
+  EXPECT_LT(held, 16384 * 4 + prefill_rows / 128);
+  EXPECT_EQ(spread.value(113), 113.f);
+  EXPECT_EQ(spread.value(114), static_cast<float>(prefill_rows));
 }
 
 TEST(MoeGemmValidation, RefusesBadFp4Weights) {

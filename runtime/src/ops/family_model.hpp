@@ -114,14 +114,16 @@ class FamilyWorkload final : public Workload {
     }
   }
 
-  // Standard normal values, or uniform in [lo, hi), in the tensor's dtype.
+  // Standard normal values, or uniform in [lo, hi), or the spec's own, in the tensor's dtype.
   static DeviceBuffer random_buffer(const TensorSpec& t, std::mt19937& rng) {
     std::normal_distribution<float> normal(0.f, 1.f);
     std::uniform_real_distribution<float> uniform(t.lo, t.hi);
     const std::size_t elem = dtype_size(t.dtype), n = bytes_of(t) / elem;
     std::vector<unsigned char> host(n * elem);
     for (std::size_t i = 0; i < n; ++i) {
-      const float v = t.lo == t.hi ? normal(rng) : uniform(rng);
+      const float v = t.value        ? t.value(static_cast<std::int64_t>(i))
+                      : t.lo == t.hi ? normal(rng)
+                                     : uniform(rng);
       if (t.dtype == DType::Float32) {
         std::memcpy(&host[i * 4], &v, 4);
       } else if (t.dtype == DType::BFloat16 || t.dtype == DType::Float16) {

@@ -34,6 +34,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -94,6 +95,9 @@ struct TensorSpec {
   Role role = Role::Input;
   float lo = 0, hi = 0;      // inputs: uniform in [lo, hi); lo == hi: standard normal
   double compare_scale = 1;  // outputs: compared after this scaling (so that one tolerance fits)
+  // Inputs: element i's value instead of random ones, where the kernel's speed depends on a
+  // structure random values lack (which rows of a layout hold tokens).
+  std::function<float(std::int64_t)> value = nullptr;
 };
 
 // A problem and the kernel arguments of one call, as an op's validation returns them.

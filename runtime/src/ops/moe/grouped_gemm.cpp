@@ -66,6 +66,13 @@ void set_operands(MoeGemm::Args& a, const MoeGemm::Problem& p, const TensorView&
   }
 }
 
+// The most pairs a contiguous layout of p.rows holds (moe::align_capacity inverted: each expert's
+// first pair may open a block, every further block is full).
+std::int64_t layout_pairs(const MoeGemm::Problem& p) {
+  const std::int64_t blocks = p.rows / p.block_m;
+  return blocks <= p.experts ? blocks : p.experts + (blocks - p.experts) * p.block_m;
+}
+
 }  // namespace
 
 void MoeGemm::check(const Problem& p) {
@@ -190,10 +197,7 @@ MoeGemm::Config MoeGemm::default_config(const Problem& p, const Arch& arch) {
   // block, by moe::align_capacity's formula; or the masked layout's one block) takes 64 weight
   // rows a block: twice the blocks, several an SM. The decode kernel (config decode 1) is in the
   // tuner's space and not yet a default: its rewrite of 2026-12-04 has not run on a GPU.
-  const std::int64_t blocks = p.rows / p.block_m;
-  const std::int64_t pairs =
-      blocks <= p.experts ? blocks : p.experts + (blocks - p.experts) * p.block_m;
-  const bool decode = p.masked ? p.rows <= p.block_m : pairs * 4 < p.experts * p.block_m;
+  const bool decode = p.masked ? p.rows <= p.block_m : layout_pairs(p) * 4 < p.experts * p.block_m;
   const bool narrow = p.n % 128 != 0 || (p.weights != kSameAsX && decode);
   for (const std::int64_t block_n : {std::int64_t{narrow ? 64 : 128}, std::int64_t{64}}) {
     for (Config c{block_n, 6}; c.stages >= 2; --c.stages) {
@@ -288,14 +292,28 @@ std::vector<TensorSpec> MoeGemm::tensors(const Problem& p) {
          w,
          {"y", p.dtype, {p.experts, p.rows, y_cols}, Role::Scratch}};
   } else {
-    // The routing-weight epilogue's rows all hold a pair (sorted in [0, rows), a weight a row):
-    // the workload is valid by construction.
-    t = {{"x_sorted", p.dtype, {p.rows, p.k}, Role::Input, -0.1f, 0.1f},
-         {"block_expert", DType::Int32, {p.rows / p.block_m}, Role::Input, 0.f, experts},
-         w,
-         {"y", p.dtype, {p.rows, y_cols}, Role::Output},
-         {"sorted", DType::Int32, {p.rows}, Role::Input, 0.f, rows},
-         {"weights", DType::Float32, {p.rows, 1}, Role::Input, 0.f, 1.f}};
+    // As align and permute leave a layout of this size: the first `held` rows of each block hold
+    // pairs (row r pair r, a weight a row), as many as the layout's size implies (decode: one or a
+    // few; prefill: all), the rest padding (pair `rows`, none) with rows of zeros in x_sorted, so
+    // that a kernel that skips the padding rows writes what one that multiplies them does.
+    const std::int64_t blocks = std::max<std::int64_t>(p.rows / p.block_m, 1),
+                       held = std::clamp<std::int64_t>((layout_pairs(p) + blocks - 1) / blocks, 1,
+                                                       p.block_m);
+    const auto holds_pair = [held, block = p.block_m](std::int64_t row) {
+      return row % block < held;
+    };
+    TensorSpec x{"x_sorted", p.dtype, {p.rows, p.k}, Role::Input};
+    x.value = [holds_pair, k = p.k](std::int64_t i) {  // a fixed hash in [-0.1, 0.1]
+      const auto h = static_cast<std::uint32_t>(i) * 2654435761u >> 16;
+      return holds_pair(i / k) ? static_cast<float>(h % 2001) / 10000.f - 0.1f : 0.f;
+    };
+    TensorSpec sorted{"sorted", DType::Int32, {p.rows}, Role::Input};
+    sorted.value = [holds_pair, rows](std::int64_t row) {
+      return holds_pair(row) ? static_cast<float>(row) : rows;
+    };
+    t = {x,      {"block_expert", DType::Int32, {p.rows / p.block_m}, Role::Input, 0.f, experts},
+         w,      {"y", p.dtype, {p.rows, y_cols}, Role::Output},
+         sorted, {"weights", DType::Float32, {p.rows, 1}, Role::Input, 0.f, 1.f}};
   }
   if (p.weights != kSameAsX) {
     const bool nvfp4 = p.weights == kNvFp4;
@@ -320,12 +338,12 @@ MoeGemm::Args MoeGemm::args(const Problem& p, const std::vector<TensorView>& t) 
   }
   if (p.masked)
     return validate_masked(t.at(0), t.at(1), p.block_m == 64 ? 64 : 0, w, t.at(3), kind).args;
+  // align's sorted with every epilogue, as the layer passes it (the FP4 kernels then multiply
+  // a block's held rows only).
   moe::GemmEpilogue epilogue;
   epilogue.kind = kind;
-  if (kind == moe::GemmEpilogue::Kind::kRoutingWeights) {
-    epilogue.sorted = t.at(4);
-    epilogue.weights = t.at(5);
-  }
+  epilogue.sorted = t.at(4);
+  epilogue.weights = t.at(5);
   return validate(t.at(0), t.at(1), static_cast<int>(p.block_m), w, t.at(3), epilogue).args;
 }
 
