@@ -4,8 +4,8 @@
 # the benchmarks and the example. Full logs go to $OUT (or ./gpu-out); a summary is printed last.
 #   scripts/gpu-suite.sh [tests|bench|attention|attention-bench|attention-backward|
 #                         attention-backward-check|attention-backward-tune|attention-grouped|
-#                         attention-grouped-ncu|mla|moe|moe-bench|moe-ncu|moe-align-ncu|moe-router|
-#                         families|dist|all]
+#                         attention-grouped-ncu|mla|moe|moe-decode|moe-bench|moe-ncu|moe-align-ncu|
+#                         moe-router|families|dist|all]
 #   (default all)
 # `families` is the check after a change to the op plumbing (kernel families, dispatch, tuning
 # tables): the whole GPU suite, the examples, a sanitizer subset, and the attention and
@@ -252,6 +252,32 @@ if [ "$what" = moe ]; then
     echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -3
   done
   grep -h -E '^\[ moe (gemm|layer)' "$out/moe_tests.log"
+fi
+if [ "$what" = moe-decode ]; then
+  # FP4's decode kernel (config decode 1): its forced GEMM cases (contiguous and masked) beside
+  # the FP4 GEMM, layer and golden tests, memcheck and racecheck on three of its cases, the decode
+  # bench (the kernel beside the pipeline on the same calls), then the tuner on the NVFP4 decode
+  # shapes (T 1 and T 64, GLM's gate/up and down) with the layout-shaped workload.
+  sharded_tests decode_tests '*MoeGemm*:*MoeLayer*:*MoeGolden*' 200
+  cases='All/MoeGemmTest.*/nvfp4_decode_kernel_swiglu:All/MoeGemmTest.*/mxfp4_decode_kernel_skewed_k_384:All/MoeGemmMaskedTest.*/mxfp4_decode_kernel_plain'
+  step decode_memcheck timeout 120 compute-sanitizer --tool memcheck --error-exitcode 3 \
+    "$bin/kjit_gpu_tests" --gtest_filter="$cases"
+  step decode_racecheck timeout 120 compute-sanitizer --tool racecheck --error-exitcode 3 \
+    "$bin/kjit_gpu_tests" --gtest_filter="$cases"
+  step decode_bench timeout 150 "$bin/kjit_bench_moe_gemm" decode
+  export KJIT_TUNING_DB="$(mktemp -d)/decode-tuning.sqlite"
+  step decode_tune timeout 200 "$bin/kjit" tune --op moe_grouped_gemm \
+    --shape E=64,K=2048,N=3072,block_m=64,epilogue=1,masked=0,rows=256,weights=1 \
+    --shape E=64,K=1536,N=2048,block_m=64,epilogue=2,masked=0,rows=256,weights=1 \
+    --shape E=64,K=2048,N=3072,block_m=64,epilogue=1,masked=0,rows=4288,weights=1 \
+    --shape E=64,K=1536,N=2048,block_m=64,epilogue=2,masked=0,rows=4288,weights=1
+  tally decode_tests
+  for log in decode_memcheck decode_racecheck; do
+    echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -3
+  done
+  grep -h -E '^\[ moe (gemm|layer)' "$out/decode_tests.log"
+  echo "== decode_bench"; cat "$out/decode_bench.log"
+  echo "== decode_tune"; grep -vE 'ETA|^$' "$out/decode_tune.log" | tail -40
 fi
 if [ "$what" = moe-bench ]; then
   # The grouped GEMM beside torch._grouped_mm and DeepGEMM (carried wheels, .peers/deepgemm),
