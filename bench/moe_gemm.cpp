@@ -73,6 +73,13 @@ class ExpertWeights {
     }
   }
 
+  // Whether `config` runs this call here.
+  bool valid(const kjit::ops::MoeGemm::Config& config, const TensorView& x_sorted,
+             const TensorView& blocks, int block, const TensorView& y) const {
+    const auto call = kjit::ops::MoeGemm::validate(x_sorted, blocks, block, fp4(), y, {});
+    return kjit::ops::MoeGemm::valid(config, call.problem, kjit::arch::current());
+  }
+
   // The same call with `config` instead of the op's choice (FP4: the other main loop, beside).
   void run_with(const kjit::ops::MoeGemm::Config& config, const TensorView& x_sorted,
                 const TensorView& blocks, int block, const TensorView& y,
@@ -260,7 +267,11 @@ int main(int argc, char** argv) try {
         // FP4's decode kernel (its depths) and the pipeline's 64 weight rows on the same calls.
         for (const kjit::ops::MoeGemm::Config other :
              {kjit::ops::MoeGemm::Config{64, 2, 1}, {64, 3, 1}, {64, 6, 0}}) {
-          if (other.stages == chosen.stages && other.decode == chosen.decode) continue;
+          if ((other.block_n == chosen.block_n && other.stages == chosen.stages &&
+               other.decode == chosen.decode) ||
+              !w.valid(other, layouts[0].x_view(p.k), layouts[0].blocks_view(), kDecodeBlock, vy)) {
+            continue;
+          }
           const double other_ms = time_calls([&](int c) {
             w.run_with(other, layouts[c].x_view(p.k), layouts[c].blocks_view(), kDecodeBlock, vy,
                        layouts[c].epilogue, s);

@@ -4,7 +4,8 @@
 // spends ~200 instructions on 1024 weights between barrier handshakes and the weights crawl at a
 // fifth of the copy speed; here each warp walks its own 16 weight rows with 16-byte loads kLoads
 // steps ahead, no barrier in the main loop, and multiplies with mma.sync m16n8k16 (the weights as
-// A, the tokens as B: the product transposed, as there; sm_80 instructions only).
+// A, the tokens as B: the product transposed, as there). mma.sync is sm_80's, but the bf16x2
+// multiply (sm_90) and the E4M3 scale conversion (sm_89) are not: sm_90a only, as the pipeline.
 // A block: 64 weight rows (4 warps of 16) of one block of align's rows (or of the masked
 // layout's), K's steps of 128 alternating between two sets of 4 warps, whose sums meet in shared
 // memory; the block's tokens 16 at a time, a pass over the weights each (decode: one pass).
@@ -28,11 +29,12 @@ struct Fp4DecodeShape {
   static constexpr int kRows = 64;   // weight rows a block: 4 warps of 16
   static constexpr int kGroups = 2;  // sets of 4 warps that split K's steps
   static constexpr int kThreads = 128 * kGroups;
-  static constexpr int kTokens = 16;  // tokens a pass over the weights: two m16n8 tiles
-  static constexpr int kStepK = 128;  // K a warp's step: 4 lanes of 32
-  static constexpr int kRowPad = 32;  // bytes past a staged token row's 2K
+  static constexpr int kTokens = KJIT_MOE_DECODE_TOKENS;   // a pass: two m16n8 tiles
+  static constexpr int kStepK = 128;                       // K a warp's step: 4 lanes of 32
+  static constexpr int kRowPad = KJIT_MOE_DECODE_ROW_PAD;  // bytes past a staged row's 2K
   // The staged tokens [kTokens][2K + kRowPad], then the second set's sums [4][8][32] fp32.
-  static constexpr int kSumBytes = 4 * 8 * 32 * 4;
+  static constexpr int kSumBytes = KJIT_MOE_DECODE_SUM_BYTES;
+  static_assert(kSumBytes == 4 * 8 * 32 * 4, "4 warps of the second set, 8 sums a lane");
 };
 
 // A word's eight E2M1 codes (K 0..7 from the low nibble) as four bf16x2 of e2m1 x 2^-126 (the bits
@@ -196,9 +198,12 @@ __global__ void __launch_bounds__(Fp4DecodeShape::kThreads, kLoads == 2 ? 3 : 2)
       store_swapped<kEpilogue, kMasked>(p, acc, alpha, expert, first_row + token0,
                                         block.rows_left - token0, n0 & ~1ll);
     }
-    __syncthreads();  // the tiles and sums free for the next pass
+    // No third barrier: the next pass restages the tokens after every read of them (before the
+    // one above), and the second set writes its sums again only after the next pass's first,
+    // which the first set reaches once it has read these.
   }
-  // The contiguous layout's rows past the passes: padding, zeros (as the wgmma kernels write).
+  // The contiguous layout's rows past the passes: padding, written as zeros, which is what the
+  // other kernels' products of permute's zero padding rows of x_sorted give.
   if (!kMasked) {
     const int from = (held + S::kTokens - 1) / S::kTokens * S::kTokens;
     const int words = (kEpilogue == kSwiGLU ? S::kRows / 2 : S::kRows) / 2;  // bf16 pairs a row

@@ -1,6 +1,7 @@
-/* Parameters of templates/moe/grouped_gemm.cuh and grouped_gemm_fp4.cuh (plain C layout, passed
-   by value). The tensor maps are encoded at launch from the pointers and strides below them
-   (elements; an FP4 w's in bytes). */
+/* Parameters of templates/moe/grouped_gemm.cuh, grouped_gemm_fp4.cuh and
+   grouped_gemm_fp4_decode.cuh (plain C layout, passed by value). The tensor maps are encoded at
+   launch from the pointers and strides below them (elements; an FP4 w's in bytes); the decode
+   kernel reads the pointers only. */
 #pragma once
 
 #include "common/tensor_map.h"
@@ -14,8 +15,8 @@ struct KjitMoeGemmParams {
   void* y;                    /* [(experts,) rows, n], or n / 2 columns after SwiGLU */
   const int* masked_m;        /* the masked layout's [experts]: rows of each that hold tokens */
   /* The routing-weight epilogue's: align's sorted [rows] and the router's weights [T k] (pair p's
-     weight at p); a row whose pair is not below `pairs` (padding) is written 0. The FP4 kernel
-     also reads sorted, when given, to multiply only a block's rows up to its last pair. */
+     weight at p); a row whose pair is not below `pairs` (padding) is written 0. The FP4 kernels
+     also read sorted, when given, to multiply only a block's rows up to its last pair. */
   const int* sorted;
   const float* pair_weights;
   /* FP4 w's: block scales [experts, n, k / block] (one byte each) and NVFP4's tensor scale of
@@ -27,5 +28,13 @@ struct KjitMoeGemmParams {
   int scale_pitch; /* FP4: bytes between two weight rows' scales in shared memory */
   long long x_row_stride, x_expert_stride, w_expert_stride, w_row_stride, y_row_stride,
       y_expert_stride;
-  int rows, n, k, experts, pairs; /* k a multiple of 64, n of block_n */
+  int rows, n, k, experts, pairs; /* k a multiple of 64 (the decode kernel: 128), n of block_n */
+};
+
+/* The decode kernel's shared memory, which the host sizes: kTokens token rows of 2k bf16 and
+   KJIT_MOE_DECODE_ROW_PAD bytes each, then its second set of warps' sums. */
+enum {
+  KJIT_MOE_DECODE_TOKENS = 16,
+  KJIT_MOE_DECODE_ROW_PAD = 32,
+  KJIT_MOE_DECODE_SUM_BYTES = 4 * 8 * 32 * 4 /* 4 warps' 8 sums a lane */
 };

@@ -241,7 +241,9 @@ std::vector<GemmCase> cases() {
       {"mxfp4_decode_kernel_skewed_k_384", bf16, 60, 2, 8, 256, 384, 64, true,
        Kind::kRoutingWeights, 64, 2, Format::kMxFp4, false, 1},
       {"nvfp4_decode_kernel_k_128_block128", bf16, 40, 2, 8, 128, 128, 128, false, Kind::kPlain, 64,
-       3, Format::kNvFp4, false, 1}};
+       3, Format::kNvFp4, false, 1},
+      {"nvfp4_decode_kernel_glm_down_routing_weights", bf16, 4, 4, 64, 2048, 1536, 64, false,
+       Kind::kRoutingWeights, 64, 2, Format::kNvFp4, false, 1}};
 }
 
 INSTANTIATE_TEST_SUITE_P(All, MoeGemmTest, ::testing::ValuesIn(cases()),
@@ -341,7 +343,10 @@ std::vector<MaskedCase> masked_cases() {
           // tokens, an expert past M).
           {"mxfp4_decode_kernel_plain", bf16, 5, 40, 256, 640, 16, Kind::kPlain, Format::kMxFp4, 2},
           {"nvfp4_decode_kernel_glm_gate_up_swiglu", bf16, 8, 24, 3072, 2048, 8, Kind::kSwiGLU,
-           Format::kNvFp4, 3}};
+           Format::kNvFp4, 3},
+          // Blocks of 128 rows (expected_m 0): 8 passes of 16 tokens for a full expert.
+          {"mxfp4_decode_kernel_block128_swiglu", bf16, 5, 140, 256, 512, 0, Kind::kSwiGLU,
+           Format::kMxFp4, 2}};
 }
 
 INSTANTIATE_TEST_SUITE_P(All, MoeGemmMaskedTest, ::testing::ValuesIn(masked_cases()),

@@ -485,6 +485,19 @@ TEST(MoeGemmValidation, TunerWorkloadIsShapedLikeTheLayout) {
   EXPECT_LT(held, 16384 * 4 + prefill_rows / 128);
   EXPECT_EQ(spread.value(113), 113.f);
   EXPECT_EQ(spread.value(114), static_cast<float>(prefill_rows));
+  // The decode kernel is tried for decode-sized layouts only (in prefill it would pass over the
+  // weights once a 16 tokens).
+  ops::MoeGemm::Problem prefill_fp4 = prefill;
+  prefill_fp4.weights = ops::MoeGemm::kNvFp4;
+  const Arch sm90a("sm_90a");
+  for (const auto& c : ops::MoeGemm::space(prefill_fp4, sm90a))
+    EXPECT_EQ(c.decode, 0);
+  // The masked layout: every expert holds all its rows, and every config's y is compared.
+  const ops::MoeGemm::Problem masked{DType::BFloat16,     16, 3072, 2048, 64, 64, 1, 1,
+                                     ops::MoeGemm::kNvFp4};
+  const std::vector<ops::TensorSpec> m = ops::MoeGemm::tensors(masked);
+  EXPECT_EQ(spec(m, "masked_m").value(3), 16.f);
+  EXPECT_EQ(spec(m, "y").role, ops::TensorSpec::Role::Output);
 }
 
 TEST(MoeGemmValidation, RefusesBadFp4Weights) {

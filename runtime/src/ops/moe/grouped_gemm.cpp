@@ -73,6 +73,13 @@ std::int64_t layout_pairs(const MoeGemm::Problem& p) {
   return blocks <= p.experts ? blocks : p.experts + (blocks - p.experts) * p.block_m;
 }
 
+// Decode: experts holding a quarter of a block of rows or less (the pairs the layout's capacity
+// is sized for, within a block, by moe::align_capacity's formula; or the masked layout's one
+// block).
+bool decode_sized(const MoeGemm::Problem& p) {
+  return p.masked ? p.rows <= p.block_m : layout_pairs(p) * 4 < p.experts * p.block_m;
+}
+
 }  // namespace
 
 void MoeGemm::check(const Problem& p) {
@@ -156,7 +163,10 @@ void MoeGemm::check_weights(Problem& p, const Weights& weights, std::int64_t exp
 unsigned MoeGemm::shared_bytes(const Config& c, const Problem& p) {
   // The decode kernel: 16 tokens' K (bf16, rows 32 bytes apart beyond) and its second set of
   // warps' sums (4 KB).
-  if (c.decode) return static_cast<unsigned>(16 * (2 * p.k + 32) + 4096);
+  if (c.decode) {
+    return static_cast<unsigned>(KJIT_MOE_DECODE_TOKENS * (2 * p.k + KJIT_MOE_DECODE_ROW_PAD) +
+                                 KJIT_MOE_DECODE_SUM_BYTES);
+  }
   // 1024 bytes of slack to align the swizzled tiles, the stages' row and weight slices (FP4: half
   // a byte a weight), a full and an empty mbarrier a stage; FP4 also the block's scales for the
   // whole of K and their mbarrier.
@@ -174,15 +184,17 @@ std::vector<MoeGemm::Config> MoeGemm::space(const Problem& p, const Arch& arch) 
       if (valid({block_n, stages}, p, arch)) out.push_back({block_n, stages});
     }
   }
+  // The decode kernel where decode is what it is for (in prefill it passes over the weights once
+  // a 16 tokens).
   for (std::int64_t loads : {2, 3}) {
-    if (valid({64, loads, 1}, p, arch)) out.push_back({64, loads, 1});
+    if (decode_sized(p) && valid({64, loads, 1}, p, arch)) out.push_back({64, loads, 1});
   }
   return out;
 }
 
 bool MoeGemm::valid(const Config& c, const Problem& p, const Arch& arch) {
   const bool fits = shared_bytes(c, p) <= arch.max_shared_bytes();
-  if (c.decode) {  // FP4 weights, K in whole steps of 128
+  if (c.decode) {  // FP4 weights, K in whole steps of 128; sm_90a (its bf16x2 multiply)
     return c.decode == 1 && arch.has_wgmma() && p.weights != kSameAsX && c.block_n == 64 &&
            p.n % 64 == 0 && p.k % 128 == 0 && (c.stages == 2 || c.stages == 3) && fits;
   }
@@ -192,13 +204,10 @@ bool MoeGemm::valid(const Config& c, const Problem& p, const Arch& arch) {
 
 MoeGemm::Config MoeGemm::default_config(const Problem& p, const Arch& arch) {
   // 128 columns where N allows, and as many stages (up to 6) as shared memory holds; 64 columns
-  // where no stage count fits 128 (FP4's scales for a long K). FP4 in decode (experts holding a
-  // quarter of a block of rows or less: the pairs the layout's capacity is sized for, within a
-  // block, by moe::align_capacity's formula; or the masked layout's one block) takes 64 weight
-  // rows a block: twice the blocks, several an SM. The decode kernel (config decode 1) is in the
-  // tuner's space and not yet a default: its rewrite of 2026-12-04 has not run on a GPU.
-  const bool decode = p.masked ? p.rows <= p.block_m : layout_pairs(p) * 4 < p.experts * p.block_m;
-  const bool narrow = p.n % 128 != 0 || (p.weights != kSameAsX && decode);
+  // where no stage count fits 128 (FP4's scales for a long K). FP4 in decode (decode_sized) takes
+  // 64 weight rows a block: twice the blocks, several an SM. The decode kernel (config decode 1)
+  // is in the tuner's space and not yet a default: its form of 2026-12-04 has not run on a GPU.
+  const bool narrow = p.n % 128 != 0 || (p.weights != kSameAsX && decode_sized(p));
   for (const std::int64_t block_n : {std::int64_t{narrow ? 64 : 128}, std::int64_t{64}}) {
     for (Config c{block_n, 6}; c.stages >= 2; --c.stages) {
       if (valid(c, p, arch)) return c;
@@ -286,11 +295,13 @@ std::vector<TensorSpec> MoeGemm::tensors(const Problem& p) {
           ? TensorSpec{"w", p.dtype, {p.experts, p.n, p.k}, Role::Input, -0.1f, 0.1f}
           : TensorSpec{"w", DType::UInt8, {p.experts, p.n, p.k / 2}, Role::Input, 0.f, 256.f};
   std::vector<TensorSpec> t;
-  if (p.masked) {  // every expert holding a random count of its rows
+  if (p.masked) {  // every expert holding all its rows, so that every config's y is compared
+    TensorSpec masked_m{"masked_m", DType::Int32, {p.experts}, Role::Input};
+    masked_m.value = [rows](std::int64_t) { return rows; };
     t = {{"x", p.dtype, {p.experts, p.rows, p.k}, Role::Input, -0.1f, 0.1f},
-         {"masked_m", DType::Int32, {p.experts}, Role::Input, 0.f, rows + 1.f},
+         masked_m,
          w,
-         {"y", p.dtype, {p.experts, p.rows, y_cols}, Role::Scratch}};
+         {"y", p.dtype, {p.experts, p.rows, y_cols}, Role::Output}};
   } else {
     // As align and permute leave a layout of this size: the first `held` rows of each block hold
     // pairs (row r pair r, a weight a row), as many as the layout's size implies (decode: one or a
