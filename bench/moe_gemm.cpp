@@ -10,7 +10,8 @@
 //    token t's slot j to expert (4 T c + 4 t + j) mod 64, so that a call's experts were last read
 //    at least 15 calls before and come from HBM, as a model's do layer after layer, not from L2;
 //    GB/s over the bytes of the experts a call reads (FP4: codes and scales), and that as a share
-//    of the device copy's bandwidth.
+//    of the device copy's bandwidth. Each row's op choice first, then on the same calls the other
+//    decode configs that run: FP4's decode kernel (depths 2 and 3) and 64 weight rows a block.
 #include <algorithm>
 #include <cstdio>
 #include <string>
@@ -76,16 +77,16 @@ class ExpertWeights {
   // Whether `config` runs this call here.
   bool valid(const kjit::ops::MoeGemm::Config& config, const TensorView& x_sorted,
              const TensorView& blocks, int block, const TensorView& y) const {
-    const auto call = kjit::ops::MoeGemm::validate(x_sorted, blocks, block, fp4(), y, {});
+    const auto call = kjit::ops::MoeGemm::validate(x_sorted, blocks, block, weights(), y, {});
     return kjit::ops::MoeGemm::valid(config, call.problem, kjit::arch::current());
   }
 
-  // The same call with `config` instead of the op's choice (FP4: the other main loop, beside).
+  // The same call with `config` instead of the op's choice (another main loop or block, beside).
   void run_with(const kjit::ops::MoeGemm::Config& config, const TensorView& x_sorted,
                 const TensorView& blocks, int block, const TensorView& y,
                 const kjit::moe::GemmEpilogue& epilogue, kjit::StreamHandle stream) const {
     using kjit::ops::MoeGemm;
-    const auto call = MoeGemm::validate(x_sorted, blocks, block, fp4(), y, epilogue);
+    const auto call = MoeGemm::validate(x_sorted, blocks, block, weights(), y, epilogue);
     MoeGemm::launch(kjit::load(MoeGemm::spec(config, call.problem, kjit::arch::current())), config,
                     call.problem, call.args, stream);
   }
@@ -93,9 +94,7 @@ class ExpertWeights {
   // The config the op picks for this call.
   kjit::ops::MoeGemm::Config config(const TensorView& x_sorted, const TensorView& blocks, int block,
                                     const TensorView& y) const {
-    const auto call = format_ == Format::kSameAsX
-                          ? kjit::ops::MoeGemm::validate(x_sorted, blocks, block, w16(), y, {})
-                          : kjit::ops::MoeGemm::validate(x_sorted, blocks, block, fp4(), y, {});
+    const auto call = kjit::ops::MoeGemm::validate(x_sorted, blocks, block, weights(), y, {});
     return kjit::ops::Dispatcher<kjit::ops::MoeGemm>::instance().choose(call.problem,
                                                                         kjit::arch::current());
   }
@@ -105,6 +104,10 @@ class ExpertWeights {
     return format_ == Format::kNvFp4 ? kjit::moe::Fp4Format::kNvFp4 : kjit::moe::Fp4Format::kMxFp4;
   }
   TensorView w16() const { return TensorView(codes_.data(), DType::BFloat16, {experts_, n_, k_}); }
+  kjit::ops::MoeGemm::Weights weights() const {
+    if (format_ == Format::kSameAsX) return w16();
+    return fp4();
+  }
   kjit::moe::Fp4Weights fp4() const {
     return {fp4_format(), TensorView(codes_.data(), DType::UInt8, {experts_, n_, k_ / 2}),
             TensorView(scales_.data(), DType::UInt8,
@@ -263,8 +266,8 @@ int main(int argc, char** argv) try {
             w.config(layouts[0].x_view(p.k), layouts[0].blocks_view(), kDecodeBlock, vy);
         print_row(p.name, formats[f], kExperts, pairs, p.n, p.k, ms,
                   touched * w.expert_bytes() / ms / 1e6, chosen, copy_gbs);
-        if (formats[f] == Format::kSameAsX) continue;
-        // FP4's decode kernel (its depths) and the pipeline's 64 weight rows on the same calls.
+        // The other decode configs on the same calls: FP4's decode kernel (its depths), and the
+        // pipeline's 64 weight rows (bf16: twice the blocks of its default 128).
         for (const kjit::ops::MoeGemm::Config other :
              {kjit::ops::MoeGemm::Config{64, 2, 1}, {64, 3, 1}, {64, 6, 0}}) {
           if ((other.block_n == chosen.block_n && other.stages == chosen.stages &&
