@@ -184,8 +184,8 @@ std::vector<MoeGemm::Config> MoeGemm::space(const Problem& p, const Arch& arch) 
       if (valid({block_n, stages}, p, arch)) out.push_back({block_n, stages});
     }
   }
-  // The decode kernel where decode is what it is for (in prefill it passes over the weights once
-  // a 16 tokens).
+  // The decode kernel where decode is what it is for (in prefill it would pass over the weights
+  // once every 16 tokens).
   for (std::int64_t loads : {2, 3}) {
     if (decode_sized(p) && valid({64, loads, 1}, p, arch)) out.push_back({64, loads, 1});
   }
@@ -305,7 +305,7 @@ std::vector<TensorSpec> MoeGemm::tensors(const Problem& p) {
   } else {
     // As align and permute leave a layout of this size: the first `held` rows of each block hold
     // pairs (row r pair r, a weight a row), as many as the layout's size implies (decode: one or a
-    // few; prefill: all), the rest padding (pair `rows`, none) with rows of zeros in x_sorted, so
+    // few; prefill: most), the rest padding (pair `rows`, none) with rows of zeros in x_sorted, so
     // that a kernel that skips the padding rows writes what one that multiplies them does.
     const std::int64_t blocks = std::max<std::int64_t>(p.rows / p.block_m, 1),
                        held = std::clamp<std::int64_t>((layout_pairs(p) + blocks - 1) / blocks, 1,
