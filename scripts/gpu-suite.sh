@@ -254,12 +254,13 @@ if [ "$what" = moe ]; then
   grep -h -E '^\[ moe (gemm|layer)' "$out/moe_tests.log"
 fi
 if [ "$what" = moe-decode ]; then
-  # FP4's decode kernel (config decode 1): its forced GEMM cases (contiguous and masked) beside
-  # the FP4 GEMM, layer and golden tests, memcheck and racecheck on three of its cases, the decode
-  # bench (the kernel beside the pipeline on the same calls), then the tuner on the NVFP4 decode
-  # shapes (T 1 and T 64, GLM's gate/up and down) with the layout-shaped workload.
+  # The decode kernel (config decode 1, FP4 and 16-bit weights): its forced GEMM cases
+  # (contiguous and masked) beside the GEMM, layer and golden tests, memcheck and racecheck on
+  # four of its cases, the decode bench (the kernel beside the pipelines on the same calls), then
+  # the tuner on the NVFP4 decode shapes (T 1 and T 64, GLM's gate/up and down) with the
+  # layout-shaped workload.
   sharded_tests decode_tests '*MoeGemm*:*MoeLayer*:*MoeGolden*' 200
-  cases='All/MoeGemmTest.*/nvfp4_decode_kernel_swiglu:All/MoeGemmTest.*/mxfp4_decode_kernel_skewed_k_384:All/MoeGemmMaskedTest.*/mxfp4_decode_kernel_plain'
+  cases='All/MoeGemmTest.*/nvfp4_decode_kernel_swiglu:All/MoeGemmTest.*/mxfp4_decode_kernel_skewed_k_384:All/MoeGemmMaskedTest.*/mxfp4_decode_kernel_plain:All/MoeGemmTest.*/fp16_decode_kernel_skewed_k_320'
   step decode_memcheck timeout 120 compute-sanitizer --tool memcheck --error-exitcode 3 \
     "$bin/kjit_gpu_tests" --gtest_filter="$cases"
   step decode_racecheck timeout 120 compute-sanitizer --tool racecheck --error-exitcode 3 \

@@ -160,16 +160,15 @@ __device__ __forceinline__ float fp4_alpha(const KjitMoeGemmParams& p, int exper
 }
 
 // A swapped product (weight rows by token columns, the m16n8 accumulator layout) through the
-// epilogue: acc[j][e] x alpha is weight row n + (lane / 4) % 2 + 8 (e / 2) by token 8 j + 2 (lane %
-// 4) + e % 2, the token's row first_row + token of y (the masked layout: written below rows_left
-// only). A lane's rows r and r + 8 meet their neighbours' (r ^ 1) through one shuffle, so that a
-// lane writes two adjacent columns (or one SwiGLU column) of one token.
-template <int kEpilogue, bool kMasked, int kTiles>
+// epilogue, to y of T: acc[j][e] x alpha is weight row n + (lane / 4) % 2 + 8 (e / 2) by token 8 j
+// + 2 (lane % 4) + e % 2, the token's row first_row + token of y (the masked layout: written below
+// rows_left only). A lane's rows r and r + 8 meet their neighbours' (r ^ 1) through one shuffle, so
+// that a lane writes two adjacent columns (or one SwiGLU column) of one token.
+template <class T, int kEpilogue, bool kMasked, int kTiles>
 __device__ __forceinline__ void store_swapped(const KjitMoeGemmParams& p,
                                               const float (&acc)[kTiles][4], float alpha,
                                               int expert, long long first_row, int rows_left,
                                               long long n) {
-  using T = __nv_bfloat16;
   const int lane = threadIdx.x % 32, quad = lane % 4;
   const bool second_row = (lane / 4) % 2;  // this lane's rows are the odd ones of their pairs
   T* const y_expert = static_cast<T*>(p.y) + (kMasked ? expert * p.y_expert_stride : 0);
@@ -332,9 +331,9 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThre
   }
 
   // acc[j][e]: weight row w_row0 + 8 (e / 2), token 8 j + 2 quad + e % 2 of the block.
-  store_swapped<kEpilogue, kMasked>(p, acc, fp4_alpha<kFormat>(p, expert), expert,
-                                    static_cast<long long>(m_block) * kBlockM, rows_left,
-                                    static_cast<long long>(w_block) * kBlockW + (w_row0 & ~1));
+  store_swapped<T, kEpilogue, kMasked>(p, acc, fp4_alpha<kFormat>(p, expert), expert,
+                                       static_cast<long long>(m_block) * kBlockM, rows_left,
+                                       static_cast<long long>(w_block) * kBlockW + (w_row0 & ~1));
 }
 
 }  // namespace kjit::moe

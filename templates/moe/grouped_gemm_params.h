@@ -1,5 +1,5 @@
 /* Parameters of templates/moe/grouped_gemm.cuh, grouped_gemm_fp4.cuh and
-   grouped_gemm_fp4_decode.cuh (plain C layout, passed by value). The tensor maps are encoded at
+   grouped_gemm_decode.cuh (plain C layout, passed by value). The tensor maps are encoded at
    launch from the pointers and strides below them (elements; an FP4 w's in bytes); the decode
    kernel reads the pointers only. */
 #pragma once

@@ -243,7 +243,15 @@ std::vector<GemmCase> cases() {
       {"nvfp4_decode_kernel_k_128_block128", bf16, 40, 2, 8, 128, 128, 128, false, Kind::kPlain, 64,
        3, Format::kNvFp4, false, 1},
       {"nvfp4_decode_kernel_glm_down_routing_weights", bf16, 4, 4, 64, 2048, 1536, 64, false,
-       Kind::kRoutingWeights, 64, 2, Format::kNvFp4, false, 1}};
+       Kind::kRoutingWeights, 64, 2, Format::kNvFp4, false, 1},
+      // The decode kernel with 16-bit weights: GLM's gate/up at T 1, fp16 skewed with routing
+      // weights (several passes; K of 5 steps of 64), bf16 over blocks of 128 with no sorted.
+      {"bf16_decode_kernel_glm_gate_up", bf16, 1, 4, 64, 3072, 2048, 64, false, Kind::kSwiGLU, 64,
+       2, Format::kSameAsX, true, 1},
+      {"fp16_decode_kernel_skewed_k_320", fp16, 60, 2, 8, 256, 320, 64, true, Kind::kRoutingWeights,
+       64, 3, Format::kSameAsX, false, 1},
+      {"bf16_decode_kernel_block128", bf16, 40, 2, 8, 128, 192, 128, false, Kind::kPlain, 64, 2,
+       Format::kSameAsX, false, 1}};
 }
 
 INSTANTIATE_TEST_SUITE_P(All, MoeGemmTest, ::testing::ValuesIn(cases()),
@@ -333,20 +341,22 @@ TEST_P(MoeGemmMaskedTest, MatchesDoublePerHeldRow) {
 
 std::vector<MaskedCase> masked_cases() {
   const DType bf16 = DType::BFloat16, fp16 = DType::Float16;
-  return {{"decode_bf16_block64", bf16, 8, 48, 256, 512, 16},
-          {"decode_fp16_block128_swiglu", fp16, 6, 150, 192, 256, 0, Kind::kSwiGLU},
-          {"glm_gate_up_swiglu", bf16, 8, 24, 3072, 2048, 8, Kind::kSwiGLU},
-          {"nvfp4_glm_gate_up_swiglu", bf16, 8, 24, 3072, 2048, 8, Kind::kSwiGLU, Format::kNvFp4},
-          {"mxfp4_glm_down_block128", bf16, 6, 150, 2048, 1536, 0, Kind::kPlain, Format::kMxFp4},
-          {"nvfp4_block128_swiglu", bf16, 5, 140, 512, 1024, 0, Kind::kSwiGLU, Format::kNvFp4},
-          // FP4's decode kernel forced: K 640 (5 steps), and GLM's gate/up (two passes of 16
-          // tokens, an expert past M).
-          {"mxfp4_decode_kernel_plain", bf16, 5, 40, 256, 640, 16, Kind::kPlain, Format::kMxFp4, 2},
-          {"nvfp4_decode_kernel_glm_gate_up_swiglu", bf16, 8, 24, 3072, 2048, 8, Kind::kSwiGLU,
-           Format::kNvFp4, 3},
-          // Blocks of 128 rows (expected_m 0): 8 passes of 16 tokens for a full expert.
-          {"mxfp4_decode_kernel_block128_swiglu", bf16, 5, 140, 256, 512, 0, Kind::kSwiGLU,
-           Format::kMxFp4, 2}};
+  return {
+      {"decode_bf16_block64", bf16, 8, 48, 256, 512, 16},
+      {"decode_fp16_block128_swiglu", fp16, 6, 150, 192, 256, 0, Kind::kSwiGLU},
+      {"glm_gate_up_swiglu", bf16, 8, 24, 3072, 2048, 8, Kind::kSwiGLU},
+      {"nvfp4_glm_gate_up_swiglu", bf16, 8, 24, 3072, 2048, 8, Kind::kSwiGLU, Format::kNvFp4},
+      {"mxfp4_glm_down_block128", bf16, 6, 150, 2048, 1536, 0, Kind::kPlain, Format::kMxFp4},
+      {"nvfp4_block128_swiglu", bf16, 5, 140, 512, 1024, 0, Kind::kSwiGLU, Format::kNvFp4},
+      // FP4's decode kernel forced: K 640 (5 steps), and GLM's gate/up (two passes of 16
+      // tokens, an expert past M).
+      {"mxfp4_decode_kernel_plain", bf16, 5, 40, 256, 640, 16, Kind::kPlain, Format::kMxFp4, 2},
+      {"nvfp4_decode_kernel_glm_gate_up_swiglu", bf16, 8, 24, 3072, 2048, 8, Kind::kSwiGLU,
+       Format::kNvFp4, 3},
+      // Blocks of 128 rows (expected_m 0): 8 passes of 16 tokens for a full expert.
+      {"mxfp4_decode_kernel_block128_swiglu", bf16, 5, 140, 256, 512, 0, Kind::kSwiGLU,
+       Format::kMxFp4, 2},
+      {"fp16_decode_kernel_swiglu", fp16, 6, 40, 192, 256, 16, Kind::kSwiGLU, Format::kSameAsX, 3}};
 }
 
 INSTANTIATE_TEST_SUITE_P(All, MoeGemmMaskedTest, ::testing::ValuesIn(masked_cases()),

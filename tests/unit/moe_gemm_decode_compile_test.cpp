@@ -1,7 +1,8 @@
-// FP4's decode kernel (templates/moe/grouped_gemm_fp4_decode.cuh) compiles for sm_90a without a
-// GPU, for both formats, every epilogue, both layouts and the depths the tuner tries, within its
-// launch bounds' registers: no spill, no stack frame (depth 2 within 85 registers, three blocks
-// an SM, checked; depth 3 within 128, two).
+// The MoE decode kernel (templates/moe/grouped_gemm_decode.cuh) compiles for sm_90a without a
+// GPU, for FP4 weights (both formats, every epilogue, both layouts, the depths the tuner tries)
+// and 16-bit ones (bf16 likewise, fp16 in two instances), within its launch bounds' registers:
+// no spill, no stack frame (FP4 at depth 2 within 85 registers, three blocks an SM, checked; the
+// others within 128, two).
 #include <gtest/gtest.h>
 
 #include "kjit/jit.hpp"
@@ -16,30 +17,35 @@ class MoeGemmDecodeKernel : public IsolatedCache {};
 TEST_F(MoeGemmDecodeKernel, EveryInstanceCompilesForSm90aWithoutSpills) {
   const Arch sm90a("sm_90a");
   int compiled = 0;
-  for (std::int64_t weights : {ops::MoeGemm::kNvFp4, ops::MoeGemm::kMxFp4}) {
+  const auto check = [&](DType dtype, std::int64_t weights, std::int64_t epilogue,
+                         std::int64_t masked, std::int64_t loads) {
+    const ops::MoeGemm::Problem p{dtype, 256, 3072, 2048, 64, 64, epilogue, masked, weights};
+    const ops::MoeGemm::Config c{64, loads, 1};
+    ASSERT_TRUE(ops::MoeGemm::valid(c, p, sm90a));
+    Origin origin{};
+    const CompiledProgram program = compile(ops::MoeGemm::spec(c, p, sm90a), &origin);
+    ASSERT_EQ(program.kernels.size(), 1u);
+    const ResourceUsage& u = program.kernels[0].resources;
+    EXPECT_FALSE(u.spills()) << program.kernels[0].name_expression;
+    EXPECT_EQ(u.stack_frame_bytes, 0) << program.kernels[0].name_expression;
+    if (weights != ops::MoeGemm::kSameAsX && loads == 2) {
+      EXPECT_LE(u.registers, 85) << program.kernels[0].name_expression;
+    }
+    ++compiled;
+  };
+  for (std::int64_t weights :
+       {ops::MoeGemm::kNvFp4, ops::MoeGemm::kMxFp4, ops::MoeGemm::kSameAsX}) {
     for (std::int64_t epilogue : {0, 1, 2}) {
       for (std::int64_t masked : {0, 1}) {
         if (masked && epilogue == 2) continue;  // no routing weights in the masked layout
-        for (std::int64_t loads : {2, 3}) {
-          const ops::MoeGemm::Problem p{DType::BFloat16, 256,    3072,   2048, 64, 64,
-                                        epilogue,        masked, weights};
-          const ops::MoeGemm::Config c{64, loads, 1};
-          ASSERT_TRUE(ops::MoeGemm::valid(c, p, sm90a));
-          Origin origin{};
-          const CompiledProgram program = compile(ops::MoeGemm::spec(c, p, sm90a), &origin);
-          ASSERT_EQ(program.kernels.size(), 1u);
-          const ResourceUsage& u = program.kernels[0].resources;
-          EXPECT_FALSE(u.spills()) << program.kernels[0].name_expression;
-          EXPECT_EQ(u.stack_frame_bytes, 0) << program.kernels[0].name_expression;
-          if (loads == 2) {
-            EXPECT_LE(u.registers, 85) << program.kernels[0].name_expression;
-          }
-          ++compiled;
-        }
+        for (std::int64_t loads : {2, 3})
+          check(DType::BFloat16, weights, epilogue, masked, loads);
       }
     }
   }
-  EXPECT_EQ(compiled, 20);
+  check(DType::Float16, ops::MoeGemm::kSameAsX, 0, 0, 2);
+  check(DType::Float16, ops::MoeGemm::kSameAsX, 1, 1, 3);
+  EXPECT_EQ(compiled, 32);
 }
 
 }  // namespace

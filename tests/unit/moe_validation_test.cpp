@@ -420,13 +420,17 @@ TEST(MoeGemmValidation, AcceptsFp4WeightsWithTheirScales) {
   const ops::MoeGemm::Config pipeline{64, 4};
   EXPECT_LT(ops::MoeGemm::shared_bytes(pipeline, call.problem),
             ops::MoeGemm::shared_bytes(pipeline, bf16));
-  // The decode kernel takes FP4 weights only, K in steps of 128, and 64 weight rows a block.
-  EXPECT_FALSE(ops::MoeGemm::valid(decode, bf16, sm90a));
+  // The decode kernel takes 64 weight rows a block, K in steps of 64 (16-bit weights) or 128
+  // (FP4), on sm_90a.
+  EXPECT_TRUE(ops::MoeGemm::valid(decode, bf16, sm90a));
   EXPECT_FALSE(ops::MoeGemm::valid(decode, call.problem, sm80));
   EXPECT_FALSE(ops::MoeGemm::valid({128, 2, 1}, call.problem, sm90a));
+  EXPECT_FALSE(ops::MoeGemm::valid({64, 4, 1}, call.problem, sm90a));
   ops::MoeGemm::Problem k_1984 = call.problem;
   k_1984.k = 1984;
   EXPECT_FALSE(ops::MoeGemm::valid(decode, k_1984, sm90a));
+  k_1984.weights = ops::MoeGemm::kSameAsX;
+  EXPECT_TRUE(ops::MoeGemm::valid(decode, k_1984, sm90a));
 
   moe::Fp4Weights one_scale = nvfp4_weights();
   one_scale.tensor_scale = TensorView(fake(), DType::Float32, {1});

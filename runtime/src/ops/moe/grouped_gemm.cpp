@@ -194,9 +194,9 @@ std::vector<MoeGemm::Config> MoeGemm::space(const Problem& p, const Arch& arch) 
 
 bool MoeGemm::valid(const Config& c, const Problem& p, const Arch& arch) {
   const bool fits = shared_bytes(c, p) <= arch.max_shared_bytes();
-  if (c.decode) {  // FP4 weights, K in whole steps of 128; sm_90a (its bf16x2 multiply)
-    return c.decode == 1 && arch.has_wgmma() && p.weights != kSameAsX && c.block_n == 64 &&
-           p.n % 64 == 0 && p.k % 128 == 0 && (c.stages == 2 || c.stages == 3) && fits;
+  if (c.decode) {  // K in whole steps (FP4: of 128); sm_90a (FP4's bf16x2 multiply)
+    return c.decode == 1 && arch.has_wgmma() && c.block_n == 64 && p.n % 64 == 0 &&
+           (p.weights == kSameAsX || p.k % 128 == 0) && (c.stages == 2 || c.stages == 3) && fits;
   }
   return arch.has_wgmma() && (c.block_n == 64 || c.block_n == 128) && p.n % c.block_n == 0 &&
          c.stages >= 2 && c.stages <= 8 && fits;
@@ -219,10 +219,11 @@ MoeGemm::Config MoeGemm::default_config(const Problem& p, const Arch& arch) {
 KernelSpec MoeGemm::spec(const Config& c, const Problem& p, const Arch& arch) {
   const char* masked = p.masked ? "true" : "false";
   KernelSpec s =
-      c.decode ? KernelSpec(sources()[2],
-                            {fmt::format("kjit::moe::moe_grouped_gemm_fp4_decode<{}, "
-                                         "{}, {}, {}, {}>",
-                                         p.weights, p.block_m, c.stages, p.epilogue, masked)})
+      c.decode
+          ? KernelSpec(sources()[2],
+                       {fmt::format("kjit::moe::moe_grouped_gemm_decode<{}, {}, {}, {}, {}, {}>",
+                                    cxx_type(p.dtype), p.weights, p.block_m, c.stages, p.epilogue,
+                                    masked)})
       : p.weights == kSameAsX
           ? KernelSpec(sources()[0],
                        {fmt::format("kjit::moe::moe_grouped_gemm<{}, {}, {}, {}, {}, {}>",

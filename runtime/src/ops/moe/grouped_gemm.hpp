@@ -1,9 +1,9 @@
 // The MoE grouped GEMM family over moe align's contiguous layout and the masked one (wgmma and
 // tensor copies, sm_90a): templates/moe/grouped_gemm.cuh for 16-bit weights and
 // grouped_gemm_fp4.cuh for FP4 ones (NVFP4, MXFP4), specialised per dtype, weight format, block of
-// rows (align's block), block of columns (FP4: of weight rows) and pipeline depth; FP4 weights in
-// decode (a few tokens an expert) also through grouped_gemm_fp4_decode.cuh (mma.sync, the weights
-// streamed through registers), which the config chooses.
+// rows (align's block), block of columns (FP4: of weight rows) and pipeline depth; in decode (a
+// few tokens an expert) also through grouped_gemm_decode.cuh (either weights: mma.sync, the
+// weights streamed through registers), which the config chooses.
 // kjit::moe::grouped_gemm and grouped_gemm_masked run through it.
 #pragma once
 
@@ -20,7 +20,7 @@ struct MoeGemm {
   static constexpr const char* kName = "moe_grouped_gemm";
   static std::vector<Source> sources() {
     return {Source::embedded("moe/grouped_gemm.cuh"), Source::embedded("moe/grouped_gemm_fp4.cuh"),
-            Source::embedded("moe/grouped_gemm_fp4_decode.cuh")};
+            Source::embedded("moe/grouped_gemm_decode.cuh")};
   }
 
   // weights: 16-bit as x, or grouped_gemm_fp4.cuh's format.
@@ -34,9 +34,9 @@ struct MoeGemm {
     std::int64_t rows = 0, n = 0, k = 0, experts = 0, block_m = 128, epilogue = 0, masked = 0,
                  weights = kSameAsX;
   };
-  // block_n: columns of y a block computes (the FP4 kernel's weight rows). decode 1: FP4 weights
-  // through grouped_gemm_fp4_decode.cuh (block_n 64; stages: the 128-K steps of weights a warp
-  // has in flight, 2 (three blocks an SM) or 3 (two); more spill).
+  // block_n: columns of y a block computes (the FP4 kernel's weight rows). decode 1: through
+  // grouped_gemm_decode.cuh (block_n 64; stages: the K steps of weights a warp has in flight, 2
+  // or 3; more spill).
   struct Config {
     std::int64_t block_n = 128, stages = 4, decode = 0;
   };

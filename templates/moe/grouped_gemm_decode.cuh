@@ -1,0 +1,307 @@
+// MoE grouped GEMM for decode (a few tokens an expert), with 16-bit or FP4 expert weights: the
+// parameters, layouts, formats and epilogues of grouped_gemm.cuh and grouped_gemm_fp4.cuh, the
+// weights streamed through registers instead of a tensor-copy pipeline. There, with one or two
+// tokens an expert, an FP4 consumer warp spends ~200 instructions on 1024 weights between
+// barrier handshakes and the weights crawl at a fifth of the copy speed, and 16-bit weights fill
+// only N / 128 x experts blocks; here each warp walks its own 16 weight rows with 16-byte loads
+// kLoads steps ahead, no barrier in the main loop, and multiplies with mma.sync m16n8k16 (the
+// weights as A, the tokens as B: the product transposed, as in the FP4 pipeline). mma.sync is
+// sm_80's, but FP4's bf16x2 multiply (sm_90) and E4M3 scale conversion (sm_89) are not: sm_90a
+// only, as the pipelines.
+// A block: 64 weight rows (4 warps of 16) of one block of align's rows (or of the masked
+// layout's), K's steps alternating between two sets of 4 warps, whose sums meet in shared
+// memory; the block's tokens 16 at a time, a pass over the weights each (decode: one pass).
+// The K order inside a step is the lane's own, and the tokens are staged in shared memory in the
+// same order (rows 2K + 32 bytes apart, 16-byte chunks swizzled so that a quarter warp's 16-byte
+// loads fall in 8 distinct bank groups); each weight format says how (Fp4Steps, HalfSteps).
+#pragma once
+
+#include "common/global_load.cuh"
+#include "common/mma.cuh"
+#include "moe/grouped_gemm_fp4.cuh"
+
+namespace kjit::moe {
+
+struct DecodeShape {
+  static constexpr int kRows = 64;   // weight rows a block: 4 warps of 16
+  static constexpr int kGroups = 2;  // sets of 4 warps that split K's steps
+  static constexpr int kThreads = 128 * kGroups;
+  static constexpr int kTokens = KJIT_MOE_DECODE_TOKENS;   // a pass: two m16n8 tiles
+  static constexpr int kRowPad = KJIT_MOE_DECODE_ROW_PAD;  // bytes past a staged row's 2K
+  // The staged tokens [kTokens][2K + kRowPad], then the second set's sums [4][8][32] fp32.
+  static constexpr int kSumBytes = KJIT_MOE_DECODE_SUM_BYTES;
+  static_assert(kSumBytes == 4 * 8 * 32 * 4, "4 warps of the second set, 8 sums a lane");
+  static_assert(kRowPad == 32, "the swizzles below assume rows 2 chunks apart in the banks");
+};
+
+// A word's eight E2M1 codes (K 0..7 from the low nibble) as four bf16x2 of e2m1 x 2^-126 (the bits
+// of e2m1x2_scaled_bits): codes (0, 4), (1, 5), (2, 6), (3, 7). The two codes of a pair are 16
+// bits apart, so that one multiply moves both magnitudes to bits 6-8 (the exponent's low two,
+// the mantissa's top one) and both signs to bit 15 at once, into bits that do not overlap.
+__device__ __forceinline__ void e2m1x8_scaled_bits(unsigned word, unsigned (&pairs)[4]) {
+  constexpr unsigned kKept = 0x81c081c0u;  // each half's sign and magnitude
+  const unsigned high = word >> 8;
+  pairs[0] = ((word & 0x000f000fu) * 0x1040u) & kKept;  // nibble at 0: x 2^6 and x 2^12
+  pairs[1] = ((word & 0x00f000f0u) * 0x0104u) & kKept;  // nibble at 4: x 2^2 and x 2^8
+  pairs[2] = ((high & 0x000f000fu) * 0x1040u) & kKept;
+  pairs[3] = ((high & 0x00f000f0u) * 0x0104u) & kKept;
+}
+
+// FP4 weights, 128 K a step. Lane (g, t) reads bytes [16t, 16t + 16) of its rows g and g + 8 (K
+// 32t .. 32t + 31 of the step, one or two block scales), and the k slots of its mma fragments hold
+// word w's K {0, 4}, {1, 5} (one mma) and {2, 6}, {3, 7} (the next): a code word's nibbles n and
+// n + 4 sit 16 bits apart (e2m1x8_scaled_bits). The tokens are staged in that order (each 16
+// bytes of a token's K as the pairs (0, 4), (1, 5), (2, 6), (3, 7)), so that a word's B fragments
+// are one 16-byte load; chunk c of a row at c ^ (bit 3 of c).
+template <int kFormat>
+struct Fp4Steps {
+  static constexpr int kStepK = 128, kStepBytes = 2 * kStepK;  // of a staged token row
+  struct Step {
+    uint4 codes[2];        // [h]: the lane's 16 bytes of row g + 8 h
+    unsigned scale_codes;  // NVFP4 (g, K 0-15), (g, 16-31), (g + 8, 0-15), (g + 8, 16-31) a
+                           // byte each from the low one; MXFP4 g's and g + 8's
+  };
+  const unsigned char *codes, *scales;  // the lane's, row g, step 0
+  long long codes_apart, scales_apart;  // to row g + 8
+
+  __device__ __forceinline__ Fp4Steps(const KjitMoeGemmParams& p, int expert, long long row, int t)
+      : codes(static_cast<const unsigned char*>(p.w) + expert * p.w_expert_stride +
+              row * p.w_row_stride + 16 * t),
+        scales(p.w_scales + expert * p.scale_expert_stride + row * p.scale_row_stride +
+               (kFormat == kNvFp4 ? 2 * t : t)),
+        codes_apart(8 * p.w_row_stride),
+        scales_apart(8 * p.scale_row_stride) {}
+
+  __device__ __forceinline__ void load(Step& s, int step) const {
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      s.codes[h] = ptx::ld_global_stream_v4(codes + h * codes_apart + step * kStepK / 2);
+    if constexpr (kFormat == kNvFp4) {
+      const auto* at = reinterpret_cast<const unsigned short*>(scales + 8 * step);
+      s.scale_codes = __ldg(at) | static_cast<unsigned>(__ldg(at + scales_apart / 2)) << 16;
+    } else {
+      const unsigned char* at = scales + 4 * step;
+      s.scale_codes = __ldg(at) | static_cast<unsigned>(__ldg(at + scales_apart)) << 8;
+    }
+  }
+
+  static __device__ __forceinline__ int staged_chunk(int, int c) {
+    return c ^ ((c >> 3) & 1);
+  }
+  static __device__ __forceinline__ uint4 staged(uint4 v) {
+    return make_uint4(__byte_perm(v.x, v.z, 0x5410), __byte_perm(v.x, v.z, 0x7632),
+                      __byte_perm(v.y, v.w, 0x5410), __byte_perm(v.y, v.w, 0x7632));
+  }
+  // Word w's 16 bytes of token g (tile 0, step 0) at even + 16 w for an even w, odd + 16 w for an
+  // odd one: chunk 4t + w, swizzled (w ^ (t >> 1)); `row` the lane's token row g.
+  static __device__ __forceinline__ void lane_chunks(unsigned row, int g, int t, unsigned& even,
+                                                     unsigned& odd) {
+    (void)g;
+    even = row + 64 * t + 16 * (t >> 1);
+    odd = row + 64 * t - 16 * (t >> 1);
+  }
+
+  // The step's rows g and g + 8 times kTiles x 8 staged tokens (tiles tile_bytes apart).
+  template <class T, int kTiles>
+  static __device__ __forceinline__ void multiply(const Step& s, unsigned even, unsigned odd,
+                                                  unsigned tile_bytes, float (&acc)[2][4]) {
+    unsigned scale[4];  // bf16x2 scale x 2^119: [2 h + K half] (MXFP4: [2 h] and [2 h + 1] alike)
+    block_scales_bits<kFormat>(s.scale_codes, scale);
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      unsigned a[2][4];  // [h][pair]
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const uint4& c = s.codes[h];
+        e2m1x8_scaled_bits(w == 0 ? c.x : w == 1 ? c.y : w == 2 ? c.z : c.w, a[h]);
+#pragma unroll
+        for (int q = 0; q < 4; ++q)
+          a[h][q] = mul_bf16x2(a[h][q], scale[2 * h + w / 2]);
+      }
+      const unsigned first[4] = {a[0][0], a[1][0], a[0][1], a[1][1]};
+      const unsigned second[4] = {a[0][2], a[1][2], a[0][3], a[1][3]};
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j) {
+        unsigned b[4];
+        ptx::ld_shared_v4(b, (w % 2 == 0 ? even : odd) + 16 * w + j * tile_bytes);
+        ptx::mma_m16n8k16<T>(acc[j], first, {b[0], b[1]});
+        ptx::mma_m16n8k16<T>(acc[j], second, {b[2], b[3]});
+      }
+    }
+  }
+};
+
+// 16-bit weights (of x's type), 64 K a step. Lane (g, t) reads K 16t .. 16t + 15 of the step of
+// its rows g and g + 8 (two 16-byte chunks each), and mma i's k slots hold that range's K 4i, 4i +
+// 1 and 4i + 2, 4i + 3: register pairs as loaded, and the tokens staged unpermuted. Chunk c of a
+// token row r at c ^ (r & 1), so that rows g and g + 1 (2 chunks apart in the banks) interleave.
+struct HalfSteps {
+  static constexpr int kStepK = 64, kStepBytes = 2 * kStepK;
+  struct Step {
+    uint4 w[2][2];  // [h][chunk]: the lane's 32 bytes of row g + 8 h
+  };
+  const unsigned char* row0;  // the lane's, row g, step 0
+  long long apart;            // bytes to row g + 8
+
+  __device__ __forceinline__ HalfSteps(const KjitMoeGemmParams& p, int expert, long long row, int t)
+      : row0(static_cast<const unsigned char*>(p.w) +
+             2 * (expert * p.w_expert_stride + row * p.w_row_stride + 16 * t)),
+        apart(16 * p.w_row_stride) {}
+
+  __device__ __forceinline__ void load(Step& s, int step) const {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+#pragma unroll
+      for (int c = 0; c < 2; ++c)
+        s.w[h][c] = ptx::ld_global_stream_v4(row0 + h * apart + step * kStepBytes + 16 * c);
+    }
+  }
+
+  static __device__ __forceinline__ int staged_chunk(int r, int c) {
+    return c ^ (r & 1);
+  }
+  static __device__ __forceinline__ uint4 staged(uint4 v) {
+    return v;
+  }
+  // Chunk 2t (even) and 2t + 1 (odd) of token g's step 0, swizzled by g's parity.
+  static __device__ __forceinline__ void lane_chunks(unsigned row, int g, int t, unsigned& even,
+                                                     unsigned& odd) {
+    even = row + 16 * ((2 * t) ^ (g & 1));
+    odd = row + 16 * ((2 * t + 1) ^ (g & 1));
+  }
+
+  template <class T, int kTiles>
+  static __device__ __forceinline__ void multiply(const Step& s, unsigned even, unsigned odd,
+                                                  unsigned tile_bytes, float (&acc)[2][4]) {
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      const uint4 &g0 = s.w[0][c], &g8 = s.w[1][c];
+      const unsigned first[4] = {g0.x, g8.x, g0.y, g8.y}, second[4] = {g0.z, g8.z, g0.w, g8.w};
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j) {
+        unsigned b[4];
+        ptx::ld_shared_v4(b, (c == 0 ? even : odd) + j * tile_bytes);
+        ptx::mma_m16n8k16<T>(acc[j], first, {b[0], b[1]});
+        ptx::mma_m16n8k16<T>(acc[j], second, {b[2], b[3]});
+      }
+    }
+  }
+};
+
+// Tokens [token0, token0 + count) of the block (first_row: its first row of x's, x the
+// expert's rows in the masked layout) staged as Steps multiply them, zeros past count, by the
+// block's threads.
+template <class Steps, class T>
+__device__ __forceinline__ void stage_tokens(const KjitMoeGemmParams& p, const T* x,
+                                             long long first_row, int count, unsigned char* sx,
+                                             int pitch) {
+  const int chunks = p.k / 8;  // 16 bytes each
+  const int total = DecodeShape::kTokens * chunks;
+#pragma unroll 4
+  for (int i = threadIdx.x; i < total; i += DecodeShape::kThreads) {
+    const int r = i / chunks, c = i % chunks;
+    uint4 v = make_uint4(0u, 0u, 0u, 0u);
+    if (r < count)
+      v = *reinterpret_cast<const uint4*>(x + (first_row + r) * p.x_row_stride + 8 * c);
+    *reinterpret_cast<uint4*>(sx + r * pitch + 16 * Steps::staged_chunk(r, c)) = Steps::staged(v);
+  }
+}
+
+// kFormat: grouped_gemm_fp4.cuh's kNvFp4 or kMxFp4, or 0 for 16-bit weights of type T. FP4 at
+// depth 2 within 85 registers: three blocks an SM, for the warps its conversion needs; else two
+// (16-bit weights have 4 KB a warp in flight at depth 2 and spill in 85 masked).
+template <class T, int kFormat, int kBlockM, int kLoads, int kEpilogue, bool kMasked>
+__global__ void __launch_bounds__(DecodeShape::kThreads, kFormat != 0 && kLoads == 2 ? 3 : 2)
+    moe_grouped_gemm_decode(const __grid_constant__ KjitMoeGemmParams p) {
+  using S = DecodeShape;
+  using Steps = cuda::std::conditional_t<kFormat == 0, HalfSteps, Fp4Steps<kFormat>>;
+  static_assert(kFormat == 0 || cuda::std::is_same_v<T, __nv_bfloat16>, "FP4 takes bf16 tokens");
+  const int w_block = blockIdx.x, m_block = blockIdx.y;
+  const GemmBlock<kBlockM, kMasked> block(p);
+  if (block.empty()) return;
+  const int expert = block.expert, held = held_rows<kBlockM, kMasked>(p, block, m_block);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int group = warp / 4, w_row0 = 16 * (warp % 4) + g;  // and w_row0 + 8
+
+  // This lane's weights; this set's steps group, group + kGroups, ... (none for an expert past
+  // w's: zeros).
+  const long long n0 = static_cast<long long>(w_block) * S::kRows + w_row0;
+  const Steps weights(p, expert, n0, t);
+  const int steps = expert < p.experts ? p.k / Steps::kStepK : 0;
+  const int my_steps = (steps - group + S::kGroups - 1) / S::kGroups;
+  typename Steps::Step ring[kLoads];
+
+  extern __shared__ __align__(16) unsigned char shared_raw[];
+  const int pitch = 2 * p.k + S::kRowPad;
+  unsigned char* sx = shared_raw;
+  float* sums = reinterpret_cast<float*>(shared_raw + S::kTokens * pitch);
+  unsigned even, odd;  // the lane's token chunks, this set's first step
+  Steps::lane_chunks(ptx::shared_address(sx + g * pitch + Steps::kStepBytes * group), g, t, even,
+                     odd);
+  const T* x_rows = static_cast<const T*>(p.x) + (kMasked ? expert * p.x_expert_stride : 0ll);
+  const long long first_row = static_cast<long long>(m_block) * kBlockM;
+  float alpha = 1.f;
+  if constexpr (kFormat != 0) alpha = fp4_alpha<kFormat>(p, expert);
+
+  for (int token0 = 0; token0 < held; token0 += S::kTokens) {
+#pragma unroll
+    for (int i = 0; i < kLoads; ++i) {
+      if (i < my_steps) weights.load(ring[i], group + S::kGroups * i);
+    }
+    const int count = min(S::kTokens, held - token0);
+    stage_tokens<Steps>(p, x_rows, first_row + token0, count, sx, pitch);
+    __syncthreads();
+    float acc[2][4] = {};
+    const auto main_loop = [&](auto tiles) {
+      constexpr int kTiles = decltype(tiles)::value;
+      for (int j0 = 0; j0 < my_steps; j0 += kLoads) {
+#pragma unroll
+        for (int i = 0; i < kLoads; ++i) {
+          const int j = j0 + i;
+          if (j < my_steps) {
+            const unsigned x_step = Steps::kStepBytes * S::kGroups * j;
+            Steps::template multiply<T, kTiles>(ring[i], even + x_step, odd + x_step, 8 * pitch,
+                                                acc);
+            if (j + kLoads < my_steps) weights.load(ring[i], group + S::kGroups * (j + kLoads));
+          }
+        }
+      }
+    };
+    if (count <= 8) {
+      main_loop(cuda::std::integral_constant<int, 1>{});
+    } else {
+      main_loop(cuda::std::integral_constant<int, 2>{});
+    }
+    // The second set's sums to the first's, which writes.
+    float* mine = sums + (warp % 4) * 8 * 32 + lane;
+    if (group == 1) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        mine[32 * e] = acc[e / 4][e % 4];
+    }
+    __syncthreads();
+    if (group == 0) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        acc[e / 4][e % 4] += mine[32 * e];
+      store_swapped<T, kEpilogue, kMasked>(p, acc, alpha, expert, first_row + token0,
+                                           block.rows_left - token0, n0 & ~1ll);
+    }
+    // No third barrier: the next pass restages the tokens after every read of them (before the
+    // one above), and the second set writes its sums again only after the next pass's first,
+    // which the first set reaches once it has read these.
+  }
+  // The contiguous layout's rows past the passes: padding, written as zeros, which is what the
+  // other kernels' products of permute's zero padding rows of x_sorted give.
+  if (!kMasked) {
+    const int from = (held + S::kTokens - 1) / S::kTokens * S::kTokens;
+    const int words = (kEpilogue == kSwiGLU ? S::kRows / 2 : S::kRows) / 2;  // pairs a row
+    T* y = static_cast<T*>(p.y) + static_cast<long long>(w_block) * words * 2;
+    for (int i = threadIdx.x; i < (kBlockM - from) * words; i += S::kThreads) {
+      const long long row = first_row + from + i / words;
+      reinterpret_cast<unsigned*>(y + row * p.y_row_stride)[i % words] = 0u;
+    }
+  }
+}
+
+}  // namespace kjit::moe
