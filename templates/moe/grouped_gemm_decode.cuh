@@ -7,7 +7,7 @@
 // kLoads steps ahead, no barrier in the main loop, and multiplies with mma.sync m16n8k16 (the
 // weights as A, the tokens as B: the product transposed, as in the FP4 pipeline). mma.sync is
 // sm_80's, but FP4's bf16x2 multiply (sm_90) and E4M3 scale conversion (sm_89) are not: sm_90a
-// only, as the pipelines.
+// only, as the pipelines (the 16-bit path alone would run on sm_80; not offered yet).
 // A block: 64 weight rows (4 warps of 16) of one block of align's rows (or of the masked
 // layout's), K's steps alternating between two sets of 4 warps, whose sums meet in shared
 // memory; the block's tokens 16 at a time, a pass over the weights each (decode: one pass).
@@ -92,18 +92,17 @@ struct Fp4Steps {
     return make_uint4(__byte_perm(v.x, v.z, 0x5410), __byte_perm(v.x, v.z, 0x7632),
                       __byte_perm(v.y, v.w, 0x5410), __byte_perm(v.y, v.w, 0x7632));
   }
-  // Word w's 16 bytes of token g (tile 0, step 0) at even + 16 w for an even w, odd + 16 w for an
-  // odd one: chunk 4t + w, swizzled (w ^ (t >> 1)); `row` the lane's token row g.
-  static __device__ __forceinline__ void lane_chunks(unsigned row, int g, int t, unsigned& even,
-                                                     unsigned& odd) {
-    (void)g;
-    even = row + 64 * t + 16 * (t >> 1);
-    odd = row + 64 * t - 16 * (t >> 1);
+  // Word w's 16 bytes of token g (tile 0, step 0) at x0 + 16 w for an even w, x1 + 16 w for an odd
+  // one: chunk 4t + w, swizzled (w ^ (t >> 1)); `row` the lane's token row g.
+  static __device__ __forceinline__ void lane_chunks(unsigned row, int, int t, unsigned& x0,
+                                                     unsigned& x1) {
+    x0 = row + 64 * t + 16 * (t >> 1);
+    x1 = row + 64 * t - 16 * (t >> 1);
   }
 
   // The step's rows g and g + 8 times kTiles x 8 staged tokens (tiles tile_bytes apart).
   template <class T, int kTiles>
-  static __device__ __forceinline__ void multiply(const Step& s, unsigned even, unsigned odd,
+  static __device__ __forceinline__ void multiply(const Step& s, unsigned x0, unsigned x1,
                                                   unsigned tile_bytes, float (&acc)[2][4]) {
     unsigned scale[4];  // bf16x2 scale x 2^119: [2 h + K half] (MXFP4: [2 h] and [2 h + 1] alike)
     block_scales_bits<kFormat>(s.scale_codes, scale);
@@ -123,7 +122,7 @@ struct Fp4Steps {
 #pragma unroll
       for (int j = 0; j < kTiles; ++j) {
         unsigned b[4];
-        ptx::ld_shared_v4(b, (w % 2 == 0 ? even : odd) + 16 * w + j * tile_bytes);
+        ptx::ld_shared_v4(b, (w % 2 == 0 ? x0 : x1) + 16 * w + j * tile_bytes);
         ptx::mma_m16n8k16<T>(acc[j], first, {b[0], b[1]});
         ptx::mma_m16n8k16<T>(acc[j], second, {b[2], b[3]});
       }
@@ -131,21 +130,23 @@ struct Fp4Steps {
   }
 };
 
-// 16-bit weights (of x's type), 64 K a step. Lane (g, t) reads K 16t .. 16t + 15 of the step of
-// its rows g and g + 8 (two 16-byte chunks each), and mma i's k slots hold that range's K 4i, 4i +
-// 1 and 4i + 2, 4i + 3: register pairs as loaded, and the tokens staged unpermuted. Chunk c of a
-// token row r at c ^ (r & 1), so that rows g and g + 1 (2 chunks apart in the banks) interleave.
+// 16-bit weights (of x's type), 64 K a step (8 chunks of 16 bytes). Lane (g, t) reads chunks t and
+// 4 + t of the step of its rows g and g + 8 (so that a warp's load takes 64 whole bytes of each
+// row, full sectors), and mma (c, m)'s k slots hold chunk 4c + t's K 4m, 4m + 1 and 4m + 2, 4m + 3:
+// register pairs as loaded, and the tokens staged unpermuted. An odd token row's chunks rotate by
+// 2 within their 8 (rows are 2 chunks apart in the banks), so that a quarter warp's 16-byte loads
+// of rows g and g + 1 fall in 8 distinct bank groups.
 struct HalfSteps {
-  static constexpr int kStepK = 64, kStepBytes = 2 * kStepK;
+  static constexpr int kStepK = 64, kStepBytes = 2 * kStepK;  // of a weight row and a token row
   struct Step {
-    uint4 w[2][2];  // [h][chunk]: the lane's 32 bytes of row g + 8 h
+    uint4 w[2][2];  // [h][c]: the lane's chunk 4c + t of row g + 8 h
   };
   const unsigned char* row0;  // the lane's, row g, step 0
   long long apart;            // bytes to row g + 8
 
   __device__ __forceinline__ HalfSteps(const KjitMoeGemmParams& p, int expert, long long row, int t)
       : row0(static_cast<const unsigned char*>(p.w) +
-             2 * (expert * p.w_expert_stride + row * p.w_row_stride + 16 * t)),
+             2 * (expert * p.w_expert_stride + row * p.w_row_stride + 8 * t)),
         apart(16 * p.w_row_stride) {}
 
   __device__ __forceinline__ void load(Step& s, int step) const {
@@ -153,25 +154,25 @@ struct HalfSteps {
     for (int h = 0; h < 2; ++h) {
 #pragma unroll
       for (int c = 0; c < 2; ++c)
-        s.w[h][c] = ptx::ld_global_stream_v4(row0 + h * apart + step * kStepBytes + 16 * c);
+        s.w[h][c] = ptx::ld_global_stream_v4(row0 + h * apart + step * kStepBytes + 64 * c);
     }
   }
 
   static __device__ __forceinline__ int staged_chunk(int r, int c) {
-    return c ^ (r & 1);
+    return (c & ~7) | ((c + 2 * (r & 1)) & 7);
   }
   static __device__ __forceinline__ uint4 staged(uint4 v) {
     return v;
   }
-  // Chunk 2t (even) and 2t + 1 (odd) of token g's step 0, swizzled by g's parity.
-  static __device__ __forceinline__ void lane_chunks(unsigned row, int g, int t, unsigned& even,
-                                                     unsigned& odd) {
-    even = row + 16 * ((2 * t) ^ (g & 1));
-    odd = row + 16 * ((2 * t + 1) ^ (g & 1));
+  // Chunks t (x0) and 4 + t (x1) of token g's step 0, rotated by g's parity.
+  static __device__ __forceinline__ void lane_chunks(unsigned row, int g, int t, unsigned& x0,
+                                                     unsigned& x1) {
+    x0 = row + 16 * ((t + 2 * (g & 1)) & 7);
+    x1 = row + 16 * ((t + 4 + 2 * (g & 1)) & 7);
   }
 
   template <class T, int kTiles>
-  static __device__ __forceinline__ void multiply(const Step& s, unsigned even, unsigned odd,
+  static __device__ __forceinline__ void multiply(const Step& s, unsigned x0, unsigned x1,
                                                   unsigned tile_bytes, float (&acc)[2][4]) {
 #pragma unroll
     for (int c = 0; c < 2; ++c) {
@@ -180,7 +181,7 @@ struct HalfSteps {
 #pragma unroll
       for (int j = 0; j < kTiles; ++j) {
         unsigned b[4];
-        ptx::ld_shared_v4(b, (c == 0 ? even : odd) + j * tile_bytes);
+        ptx::ld_shared_v4(b, (c == 0 ? x0 : x1) + j * tile_bytes);
         ptx::mma_m16n8k16<T>(acc[j], first, {b[0], b[1]});
         ptx::mma_m16n8k16<T>(acc[j], second, {b[2], b[3]});
       }
@@ -235,9 +236,8 @@ __global__ void __launch_bounds__(DecodeShape::kThreads, kFormat != 0 && kLoads 
   const int pitch = 2 * p.k + S::kRowPad;
   unsigned char* sx = shared_raw;
   float* sums = reinterpret_cast<float*>(shared_raw + S::kTokens * pitch);
-  unsigned even, odd;  // the lane's token chunks, this set's first step
-  Steps::lane_chunks(ptx::shared_address(sx + g * pitch + Steps::kStepBytes * group), g, t, even,
-                     odd);
+  unsigned x0, x1;  // the lane's token chunks at this set's first step (Steps::lane_chunks)
+  Steps::lane_chunks(ptx::shared_address(sx + g * pitch + Steps::kStepBytes * group), g, t, x0, x1);
   const T* x_rows = static_cast<const T*>(p.x) + (kMasked ? expert * p.x_expert_stride : 0ll);
   const long long first_row = static_cast<long long>(m_block) * kBlockM;
   float alpha = 1.f;
@@ -260,8 +260,7 @@ __global__ void __launch_bounds__(DecodeShape::kThreads, kFormat != 0 && kLoads 
           const int j = j0 + i;
           if (j < my_steps) {
             const unsigned x_step = Steps::kStepBytes * S::kGroups * j;
-            Steps::template multiply<T, kTiles>(ring[i], even + x_step, odd + x_step, 8 * pitch,
-                                                acc);
+            Steps::template multiply<T, kTiles>(ring[i], x0 + x_step, x1 + x_step, 8 * pitch, acc);
             if (j + kLoads < my_steps) weights.load(ring[i], group + S::kGroups * (j + kLoads));
           }
         }

@@ -15,8 +15,8 @@ struct KjitMoeGemmParams {
   void* y;                    /* [(experts,) rows, n], or n / 2 columns after SwiGLU */
   const int* masked_m;        /* the masked layout's [experts]: rows of each that hold tokens */
   /* The routing-weight epilogue's: align's sorted [rows] and the router's weights [T k] (pair p's
-     weight at p); a row whose pair is not below `pairs` (padding) is written 0. The FP4 kernels
-     also read sorted, when given, to multiply only a block's rows up to its last pair. */
+     weight at p); a row whose pair is not below `pairs` (padding) is written 0. The FP4 and decode
+     kernels also read sorted, when given, to multiply only a block's rows up to its last pair. */
   const int* sorted;
   const float* pair_weights;
   /* FP4 w's: block scales [experts, n, k / block] (one byte each) and NVFP4's tensor scale of
@@ -28,10 +28,10 @@ struct KjitMoeGemmParams {
   int scale_pitch; /* FP4: bytes between two weight rows' scales in shared memory */
   long long x_row_stride, x_expert_stride, w_expert_stride, w_row_stride, y_row_stride,
       y_expert_stride;
-  int rows, n, k, experts, pairs; /* k a multiple of 64 (the decode kernel: 128), n of block_n */
+  int rows, n, k, experts, pairs; /* k a multiple of 64 (FP4 decode: 128), n of block_n */
 };
 
-/* The decode kernel's shared memory, which the host sizes: kTokens token rows of 2k bf16 and
+/* The decode kernel's shared memory, which the host sizes: KJIT_MOE_DECODE_TOKENS token rows of k elements of x and
    KJIT_MOE_DECODE_ROW_PAD bytes each, then its second set of warps' sums. */
 enum {
   KJIT_MOE_DECODE_TOKENS = 16,

@@ -76,7 +76,7 @@ struct GemmCase {
   std::int64_t block_n = 0, stages = 0;  // forced through the family when set
   Format weights = Format::kSameAsX;
   bool pass_sorted = false;  // align's sorted and the weights with a plain or SwiGLU epilogue
-  std::int64_t decode = 0;   // forced: FP4's decode kernel (block_n 64, stages its loads)
+  std::int64_t decode = 0;   // forced: the decode kernel (block_n 64, stages its loads)
 };
 
 void PrintTo(const GemmCase& c, std::ostream* os) {
@@ -229,7 +229,7 @@ std::vector<GemmCase> cases() {
       // K 320: MXFP4 scale rows of 10 bytes, aligned to 2 only (the 2-byte scale copies).
       {"mxfp4_k_320_two_byte_scale_rows", bf16, 20, 4, 8, 128, 320, 64, false, Kind::kSwiGLU, 0, 0,
        Format::kMxFp4, true},
-      // FP4's decode kernel forced: GLM's gate/up at T 1; one and two token tiles a pass; blocks
+      // The decode kernel forced, FP4: GLM's gate/up at T 1; one and two token tiles a pass; blocks
       // of more than 16 tokens (several passes; no sorted: every row of a block of 128); K of 3
       // steps (the two sets of warps uneven) and of 1 (the second set idle).
       {"nvfp4_decode_kernel_glm_gate_up", bf16, 1, 4, 64, 3072, 2048, 64, false, Kind::kSwiGLU, 64,
@@ -251,7 +251,12 @@ std::vector<GemmCase> cases() {
       {"fp16_decode_kernel_skewed_k_320", fp16, 60, 2, 8, 256, 320, 64, true, Kind::kRoutingWeights,
        64, 3, Format::kSameAsX, false, 1},
       {"bf16_decode_kernel_block128", bf16, 40, 2, 8, 128, 192, 128, false, Kind::kPlain, 64, 2,
-       Format::kSameAsX, false, 1}};
+       Format::kSameAsX, false, 1},
+      // ... K of 11 steps at depth 3 (the rings refill: 6 and 5 steps), and of one step.
+      {"fp16_decode_kernel_k_704_depth_3", fp16, 5, 4, 16, 128, 704, 64, false, Kind::kSwiGLU, 64,
+       3, Format::kSameAsX, true, 1},
+      {"bf16_decode_kernel_k_64", bf16, 20, 2, 8, 192, 64, 64, false, Kind::kPlain, 64, 2,
+       Format::kSameAsX, true, 1}};
 }
 
 INSTANTIATE_TEST_SUITE_P(All, MoeGemmTest, ::testing::ValuesIn(cases()),
@@ -265,7 +270,7 @@ struct MaskedCase {
   int experts, max_m, n, k, expected_m;
   Kind epilogue = Kind::kPlain;
   Format weights = Format::kSameAsX;
-  std::int64_t decode_loads = 0;  // forced: FP4's decode kernel with these loads in flight
+  std::int64_t decode_loads = 0;  // forced: the decode kernel with these loads in flight
 };
 
 void PrintTo(const MaskedCase& c, std::ostream* os) {
@@ -348,7 +353,7 @@ std::vector<MaskedCase> masked_cases() {
       {"nvfp4_glm_gate_up_swiglu", bf16, 8, 24, 3072, 2048, 8, Kind::kSwiGLU, Format::kNvFp4},
       {"mxfp4_glm_down_block128", bf16, 6, 150, 2048, 1536, 0, Kind::kPlain, Format::kMxFp4},
       {"nvfp4_block128_swiglu", bf16, 5, 140, 512, 1024, 0, Kind::kSwiGLU, Format::kNvFp4},
-      // FP4's decode kernel forced: K 640 (5 steps), and GLM's gate/up (two passes of 16
+      // The decode kernel forced: MXFP4 K 640 (5 steps), and GLM's gate/up (two passes of 16
       // tokens, an expert past M).
       {"mxfp4_decode_kernel_plain", bf16, 5, 40, 256, 640, 16, Kind::kPlain, Format::kMxFp4, 2},
       {"nvfp4_decode_kernel_glm_gate_up_swiglu", bf16, 8, 24, 3072, 2048, 8, Kind::kSwiGLU,

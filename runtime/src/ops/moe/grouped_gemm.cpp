@@ -161,7 +161,7 @@ void MoeGemm::check_weights(Problem& p, const Weights& weights, std::int64_t exp
 }
 
 unsigned MoeGemm::shared_bytes(const Config& c, const Problem& p) {
-  // The decode kernel: 16 tokens' K (bf16, rows 32 bytes apart beyond) and its second set of
+  // The decode kernel: 16 tokens' K (16-bit, rows 32 bytes apart beyond) and its second set of
   // warps' sums (4 KB).
   if (c.decode) {
     return static_cast<unsigned>(KJIT_MOE_DECODE_TOKENS * (2 * p.k + KJIT_MOE_DECODE_ROW_PAD) +
@@ -196,7 +196,8 @@ bool MoeGemm::valid(const Config& c, const Problem& p, const Arch& arch) {
   const bool fits = shared_bytes(c, p) <= arch.max_shared_bytes();
   if (c.decode) {  // K in whole steps (FP4: of 128); sm_90a (FP4's bf16x2 multiply)
     return c.decode == 1 && arch.has_wgmma() && c.block_n == 64 && p.n % 64 == 0 &&
-           (p.weights == kSameAsX || p.k % 128 == 0) && (c.stages == 2 || c.stages == 3) && fits;
+           p.k % (p.weights == kSameAsX ? 64 : 128) == 0 && (c.stages == 2 || c.stages == 3) &&
+           fits;
   }
   return arch.has_wgmma() && (c.block_n == 64 || c.block_n == 128) && p.n % c.block_n == 0 &&
          c.stages >= 2 && c.stages <= 8 && fits;
@@ -403,8 +404,8 @@ Call<MoeGemm> MoeGemm::validate(const TensorView& x_sorted, const TensorView& bl
   }
   kGemmCheck.vector(block_expert, "block_expert", DType::Int32, p.rows / p.block_m);
   std::int64_t pairs = 0;
-  // The routing weights' operands, also taken with the other epilogues (the FP4 kernel then
-  // computes a block's pairs only).
+  // The routing weights' operands, also taken with the other epilogues (the FP4 and decode
+  // kernels then compute a block's pairs only).
   if (epilogue.kind == moe::GemmEpilogue::Kind::kRoutingWeights || epilogue.sorted.data) {
     const TensorView &sorted = epilogue.sorted, &weights = epilogue.weights;
     kGemmCheck.vector(sorted, "the epilogue's sorted", DType::Int32, p.rows);
