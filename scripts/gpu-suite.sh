@@ -40,6 +40,15 @@ tally() {  # tally NAME: the counts of a sharded run and its failures
   echo "== $1: $(grep -c '^\[       OK' "$out/$1.log") ok, $(grep -c '^\[  FAILED  \] [A-Z]' "$out/$1.log") failed, $(grep -c '^\[  SKIPPED \] [A-Z]' "$out/$1.log") skipped"
   grep -E '^\[  FAILED  \] [A-Z]|Failure|Expected|Which is|elements outside|error ' "$out/$1.log" | head -40
 }
+sanitize() {  # sanitize NAME TOOL TIMEOUT FILTER: compute-sanitizer TOOL over the GPU tests FILTER picks
+  step "$1" timeout "$3" compute-sanitizer --tool "$2" --error-exitcode 3 "$bin/kjit_gpu_tests" \
+    --gtest_filter="$4"
+}
+sanitizer_verdicts() {  # sanitizer_verdicts NAME...: each sanitizer step's summary lines
+  for log in "$@"; do
+    echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -4
+  done
+}
 backward_tests() {  # backward_tests TIMEOUT: the backward's GPU tests in four parallel shards
   sharded_tests backward_tests '*AttentionBackward*' "$1"
 }
@@ -142,25 +151,20 @@ if [ "$what" = attention-backward ]; then
   fi
   backward_tests 300
   subset=$(printf 'All/AttentionBackward.*/%s:' 3 8 11 18)'*DeterministicModeIsBitwise*'
-  step backward_memcheck timeout 200 compute-sanitizer --tool memcheck --error-exitcode 3 \
-    "$bin/kjit_gpu_tests" --gtest_filter="$subset"
-  step backward_racecheck timeout 200 compute-sanitizer --tool racecheck --error-exitcode 3 \
-    "$bin/kjit_gpu_tests" --gtest_filter='All/AttentionBackward.*/9:All/AttentionBackward.*/18'
+  sanitize backward_memcheck memcheck 200 "$subset"
+  sanitize backward_racecheck racecheck 200 'All/AttentionBackward.*/9:All/AttentionBackward.*/18'
   step backward_kjit timeout 300 "$bin/kjit_bench_attention_backward"
   PYTHONUNBUFFERED=1 step backward_torch timeout 300 python3 bench/attention_torch.py --backward
   step backward_sweep timeout 300 "$bin/kjit_bench_attention_backward" --sweep
   tally backward_tests
-  for log in backward_memcheck backward_racecheck; do
-    echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -4
-  done
+  sanitizer_verdicts backward_memcheck backward_racecheck
   for log in backward_kjit backward_torch backward_sweep; do echo "== $log"; cat "$out/$log.log"; done
 fi
 if [ "$what" = attention-backward-check ]; then
   # The short recheck after a kernel change: the backward's tests, a racecheck of both wgmma
   # loops (split keys, split roles), kjit beside torch.
   backward_tests 200
-  step backward_racecheck timeout 60 compute-sanitizer --tool racecheck --error-exitcode 3 \
-    "$bin/kjit_gpu_tests" --gtest_filter='All/AttentionBackward.*/9:All/AttentionBackward.*/18'
+  sanitize backward_racecheck racecheck 60 'All/AttentionBackward.*/9:All/AttentionBackward.*/18'
   step backward_kjit timeout 150 "$bin/kjit_bench_attention_backward"
   PYTHONUNBUFFERED=1 step backward_torch timeout 100 python3 bench/attention_torch.py --backward
   tally backward_tests
@@ -182,17 +186,13 @@ if [ "$what" = attention-grouped ]; then
   sharded_tests grouped_tests '*AttentionGrouped*' 300
   sharded_tests plain_tests '*AttentionForward*:*AttentionBackward*:*AttentionScale*' 280
   subset='*/zigzag_w2_r0_0:*/varlen_b3_9:*/four_groups_d256_6:*/d192_22:*/empty_group_and_windows_19'
-  step grouped_memcheck timeout 150 compute-sanitizer --tool memcheck --error-exitcode 3 \
-    "$bin/kjit_gpu_tests" --gtest_filter="$subset"
-  step grouped_racecheck timeout 150 compute-sanitizer --tool racecheck --error-exitcode 3 \
-    "$bin/kjit_gpu_tests" --gtest_filter='*/zigzag_w4_r1_3:*/four_groups_d256_6:*/d96_21'
+  sanitize grouped_memcheck memcheck 150 "$subset"
+  sanitize grouped_racecheck racecheck 150 '*/zigzag_w4_r1_3:*/four_groups_d256_6:*/d96_21'
   step grouped_bench timeout 240 "$bin/kjit_bench_attention_grouped" \
     --csv "$final_out/attention_grouped.csv"
   tally grouped_tests
   tally plain_tests
-  for log in grouped_memcheck grouped_racecheck; do
-    echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -4
-  done
+  sanitizer_verdicts grouped_memcheck grouped_racecheck
   echo "== grouped_bench"; cat "$out/grouped_bench.log"
 fi
 if [ "$what" = attention-grouped-ncu ]; then
@@ -217,10 +217,8 @@ if [ "$what" = mla ]; then
   # MLA decode: its tests (4 shards), a sanitizer subset (the row halves' exchange through shared
   # memory under racecheck), the benchmark beside the device copy.
   sharded_tests mla_tests '*MlaDecode*' 200
-  step mla_memcheck timeout 150 compute-sanitizer --tool memcheck --error-exitcode 3 \
-    "$bin/kjit_gpu_tests" --gtest_filter='All/MlaDecodeTest.*/case2_*:All/MlaDecodeTest.*/case11_*'
-  step mla_racecheck timeout 150 compute-sanitizer --tool racecheck --error-exitcode 3 \
-    "$bin/kjit_gpu_tests" --gtest_filter='All/MlaDecodeTest.*/case3_*:All/MlaDecodeTest.*/case10_*'
+  sanitize mla_memcheck memcheck 150 'All/MlaDecodeTest.*/case2_*:All/MlaDecodeTest.*/case11_*'
+  sanitize mla_racecheck racecheck 150 'All/MlaDecodeTest.*/case3_*:All/MlaDecodeTest.*/case10_*'
   step mla_bench timeout 240 "$bin/kjit_bench_mla_decode"
   step helix_bench timeout 120 "$bin/kjit_bench_helix_decode"
   # FlashMLA from the carried wheel (.peers/flashmla, see bench/mla_decode_peers.py) on the
@@ -230,9 +228,7 @@ if [ "$what" = mla ]; then
   PYTHONPATH=/tmp/psite PYTHONUNBUFFERED=1 step mla_peers timeout 300 python3 \
     bench/mla_decode_peers.py
   tally mla_tests
-  for log in mla_memcheck mla_racecheck; do
-    echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -4
-  done
+  sanitizer_verdicts mla_memcheck mla_racecheck
   for log in mla_bench mla_peers helix_bench; do echo "== $log"; cat "$out/$log.log"; done
 fi
 if [ "$what" = moe ]; then
@@ -241,16 +237,10 @@ if [ "$what" = moe ]; then
   # permutation, three GEMM, a balance and two align (cluster of 8) cases under memcheck, two GEMM
   # and an align case (its blocks read each other's shared memory) under racecheck.
   sharded_tests moe_tests '*MoeRouter*:*MoeAlign*:*MoePermute*:*MoeGemm*:*MoeBalance*:*MoeQuantize*:*MoeLayer*:*MoeFp4Accuracy*:*MoeGolden*' 240
-  step moe_memcheck timeout 120 compute-sanitizer --tool memcheck --error-exitcode 3 \
-    "$bin/kjit_gpu_tests" \
-    --gtest_filter='All/MoeRouterTest.*/deepseek_v3_grouped:All/MoePermuteTest.*/invalid_ids:All/MoeGemmTest.*/skewed_fp16:All/MoeGemmTest.*/nvfp4_forced_64_rows_2_stages:All/MoeGemmMaskedTest.*/mxfp4_glm_down_block128:All/MoeBalanceTest.*/deepseek_v3_sequences_bias:All/MoeAlignTest.*/deepseek_t16384_cluster8:All/MoeAlignTest.*/skewed_cluster4'
-  step moe_racecheck timeout 120 compute-sanitizer --tool racecheck --error-exitcode 3 \
-    "$bin/kjit_gpu_tests" \
-    --gtest_filter='All/MoeGemmTest.*/forced_8_stages:All/MoeGemmTest.*/mxfp4_plain_block128:All/MoeAlignTest.*/glm_t16384_cluster8'
+  sanitize moe_memcheck memcheck 120 'All/MoeRouterTest.*/deepseek_v3_grouped:All/MoePermuteTest.*/invalid_ids:All/MoeGemmTest.*/skewed_fp16:All/MoeGemmTest.*/nvfp4_forced_64_rows_2_stages:All/MoeGemmMaskedTest.*/mxfp4_glm_down_block128:All/MoeBalanceTest.*/deepseek_v3_sequences_bias:All/MoeAlignTest.*/deepseek_t16384_cluster8:All/MoeAlignTest.*/skewed_cluster4'
+  sanitize moe_racecheck racecheck 120 'All/MoeGemmTest.*/forced_8_stages:All/MoeGemmTest.*/mxfp4_plain_block128:All/MoeAlignTest.*/glm_t16384_cluster8'
   tally moe_tests
-  for log in moe_memcheck moe_racecheck; do
-    echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -3
-  done
+  sanitizer_verdicts moe_memcheck moe_racecheck
   grep -h -E '^\[ moe (gemm|layer)' "$out/moe_tests.log"
 fi
 if [ "$what" = moe-decode ]; then
@@ -261,10 +251,8 @@ if [ "$what" = moe-decode ]; then
   # layout-shaped workload.
   sharded_tests decode_tests '*MoeGemm*:*MoeLayer*:*MoeGolden*' 200
   cases='All/MoeGemmTest.*/nvfp4_decode_kernel_swiglu:All/MoeGemmTest.*/mxfp4_decode_kernel_skewed_k_384:All/MoeGemmMaskedTest.*/mxfp4_decode_kernel_plain:All/MoeGemmTest.*/fp16_decode_kernel_skewed_k_320'
-  step decode_memcheck timeout 120 compute-sanitizer --tool memcheck --error-exitcode 3 \
-    "$bin/kjit_gpu_tests" --gtest_filter="$cases"
-  step decode_racecheck timeout 120 compute-sanitizer --tool racecheck --error-exitcode 3 \
-    "$bin/kjit_gpu_tests" --gtest_filter="$cases"
+  sanitize decode_memcheck memcheck 120 "$cases"
+  sanitize decode_racecheck racecheck 120 "$cases"
   step decode_bench timeout 150 "$bin/kjit_bench_moe_gemm" decode
   export KJIT_TUNING_DB="$(mktemp -d)/decode-tuning.sqlite"
   step decode_tune timeout 200 "$bin/kjit" tune --op moe_grouped_gemm \
@@ -273,9 +261,7 @@ if [ "$what" = moe-decode ]; then
     --shape E=64,K=2048,N=3072,block_m=64,epilogue=1,masked=0,rows=4288,weights=1 \
     --shape E=64,K=1536,N=2048,block_m=64,epilogue=2,masked=0,rows=4288,weights=1
   tally decode_tests
-  for log in decode_memcheck decode_racecheck; do
-    echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -3
-  done
+  sanitizer_verdicts decode_memcheck decode_racecheck
   grep -h -E '^\[ moe (gemm|layer)' "$out/decode_tests.log"
   echo "== decode_bench"; cat "$out/decode_bench.log"
   echo "== decode_tune"; grep -vE 'ETA|^$' "$out/decode_tune.log" | tail -40
