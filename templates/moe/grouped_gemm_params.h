@@ -31,8 +31,8 @@ struct KjitMoeGemmParams {
   int rows, n, k, experts, pairs; /* k a multiple of 64 (FP4 decode: 128), n of block_n */
 };
 
-/* The decode kernel's shared memory, which the host sizes: KJIT_MOE_DECODE_TOKENS token rows of k elements of x and
-   KJIT_MOE_DECODE_ROW_PAD bytes each, then its second set of warps' sums. */
+/* The decode kernel's shared memory, which the host sizes: KJIT_MOE_DECODE_TOKENS token rows of k
+   elements of x and KJIT_MOE_DECODE_ROW_PAD bytes each, then its second set of warps' sums. */
 enum {
   KJIT_MOE_DECODE_TOKENS = 16,
   KJIT_MOE_DECODE_ROW_PAD = 32,
