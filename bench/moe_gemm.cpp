@@ -77,8 +77,8 @@ class ExpertWeights {
   // Whether `config` runs this call here.
   bool valid(const kjit::ops::MoeGemm::Config& config, const TensorView& x_sorted,
              const TensorView& blocks, int block, const TensorView& y) const {
-    const auto call = kjit::ops::MoeGemm::validate(x_sorted, blocks, block, weights(), y, {});
-    return kjit::ops::MoeGemm::valid(config, call.problem, kjit::arch::current());
+    return kjit::ops::MoeGemm::valid(config, call(x_sorted, blocks, block, y, {}).problem,
+                                     kjit::arch::current());
   }
 
   // The same call with `config` instead of the op's choice (another main loop or block, beside).
@@ -86,17 +86,16 @@ class ExpertWeights {
                 const TensorView& blocks, int block, const TensorView& y,
                 const kjit::moe::GemmEpilogue& epilogue, kjit::StreamHandle stream) const {
     using kjit::ops::MoeGemm;
-    const auto call = MoeGemm::validate(x_sorted, blocks, block, weights(), y, epilogue);
-    MoeGemm::launch(kjit::load(MoeGemm::spec(config, call.problem, kjit::arch::current())), config,
-                    call.problem, call.args, stream);
+    const auto c = call(x_sorted, blocks, block, y, epilogue);
+    MoeGemm::launch(kjit::load(MoeGemm::spec(config, c.problem, kjit::arch::current())), config,
+                    c.problem, c.args, stream);
   }
 
   // The config the op picks for this call.
   kjit::ops::MoeGemm::Config config(const TensorView& x_sorted, const TensorView& blocks, int block,
                                     const TensorView& y) const {
-    const auto call = kjit::ops::MoeGemm::validate(x_sorted, blocks, block, weights(), y, {});
-    return kjit::ops::Dispatcher<kjit::ops::MoeGemm>::instance().choose(call.problem,
-                                                                        kjit::arch::current());
+    return kjit::ops::Dispatcher<kjit::ops::MoeGemm>::instance().choose(
+        call(x_sorted, blocks, block, y, {}).problem, kjit::arch::current());
   }
 
  private:
@@ -104,9 +103,14 @@ class ExpertWeights {
     return format_ == Format::kNvFp4 ? kjit::moe::Fp4Format::kNvFp4 : kjit::moe::Fp4Format::kMxFp4;
   }
   TensorView w16() const { return TensorView(codes_.data(), DType::BFloat16, {experts_, n_, k_}); }
-  kjit::ops::MoeGemm::Weights weights() const {
-    if (format_ == Format::kSameAsX) return w16();
-    return fp4();
+  // The op's validated call over these weights.
+  kjit::ops::Call<kjit::ops::MoeGemm> call(const TensorView& x_sorted, const TensorView& blocks,
+                                           int block, const TensorView& y,
+                                           const kjit::moe::GemmEpilogue& epilogue) const {
+    const kjit::ops::MoeGemm::Weights w = format_ == Format::kSameAsX
+                                              ? kjit::ops::MoeGemm::Weights(w16())
+                                              : kjit::ops::MoeGemm::Weights(fp4());
+    return kjit::ops::MoeGemm::validate(x_sorted, blocks, block, w, y, epilogue);
   }
   kjit::moe::Fp4Weights fp4() const {
     return {fp4_format(), TensorView(codes_.data(), DType::UInt8, {experts_, n_, k_ / 2}),
