@@ -1,0 +1,33 @@
+"""kjit for PyTorch: kjit's ops (libkjit.so, through its C ABI over DLPack, no copies) as torch
+custom ops with fake implementations (torch.compile traces them) on torch's current stream.
+
+    import kjit
+    out = kjit.flash_attn_func(q, k, v, causal=True)         # autograd through kjit's backward
+    out, lse = kjit.attention.forward(q, k, v, causal=True)  # the op itself: torch.ops.kjit.*
+    moe = kjit.moe.MoELayer(2048, 64, 1536, shared_intermediate_size=1536).cuda()
+
+libkjit.so is found through KJIT_LIBRARY, next to the package, where CMake installed it, or in the
+source tree's build/ (kjit.library_path() says which).
+"""
+
+from . import attention, mla, moe
+from ._library import library_path
+from .errors import CompileError, DriverError, InvalidArgumentError, KjitError, MissingKernelError, NoDriverError
+from .flash_attn import flash_attn_func, flash_attn_varlen_func
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "attention",
+    "mla",
+    "moe",
+    "flash_attn_func",
+    "flash_attn_varlen_func",
+    "library_path",
+    "KjitError",
+    "InvalidArgumentError",
+    "NoDriverError",
+    "DriverError",
+    "CompileError",
+    "MissingKernelError",
+]

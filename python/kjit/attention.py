@@ -1,0 +1,441 @@
+"""Attention ops (kjit/attention.hpp, kjit/merge_states.hpp) as torch custom ops: forward and
+backward, batched and packed (varlen), grouped (several query groups over one shared K/V), and the
+exact merge of partial results. Each op allocates its outputs and runs on torch's current stream;
+the forward ops carry autograd (their backward is kjit's backward).
+
+Layouts follow FlashAttention: q [B, Sq, Hq, D], k and v [B, Sk, Hk, D], lse [B, Hq, Sq] fp32
+natural log; packed: q [Tq, Hq, D], lse [Hq, Tq], cu_seqlens int32 [B + 1] on the device with a
+host copy (kjit validates the host copy, so no call synchronises; where none is given, the
+functions below make one).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from ._dlpack import dl_tensor as _dl
+from ._launch import host_copy, host_or_copy as _host, launch
+from ._library import AttentionGroup, call
+from .errors import InvalidArgumentError
+
+__all__ = [
+    "forward",
+    "forward_varlen",
+    "backward",
+    "backward_varlen",
+    "grouped_forward",
+    "grouped_backward",
+    "merge_states",
+]
+
+
+def _lse_shape(q: Tensor, packed: bool):
+    """lse's shape for q, or an empty one where q's rank is wrong (kjit then refuses q)."""
+    if packed:
+        return (q.shape[1], q.shape[0]) if q.dim() == 3 else (0,)
+    return (q.shape[0], q.shape[2], q.shape[1]) if q.dim() == 4 else (0,)
+
+
+def _new_forward_outputs(q: Tensor, packed: bool) -> Tuple[Tensor, Tensor]:
+    return q.new_empty(q.shape), q.new_empty(_lse_shape(q, packed), dtype=torch.float32)
+
+
+def _workspace(q: Tensor, deterministic: bool) -> Tensor:
+    """The backward's workspace from torch's allocator (so CUDA graphs and torch's memory
+    accounting see it)."""
+    size = ctypes.c_size_t()
+    call("kjit_attention_backward_workspace_bytes", _dl(q, "q"), int(deterministic), ctypes.byref(size))
+    return torch.empty(size.value, dtype=torch.uint8, device=q.device)
+
+
+# ---- forward and backward, batched -------------------------------------------------------------
+
+
+@torch.library.custom_op(
+    "kjit::attention_forward",
+    mutates_args=(),
+    schema="(Tensor q, Tensor k, Tensor v, float softmax_scale, bool causal, bool deterministic) -> (Tensor, Tensor)",
+)
+def _forward(q: Tensor, k: Tensor, v: Tensor, softmax_scale: float, causal: bool, deterministic: bool):
+    out, lse = _new_forward_outputs(q, packed=False)
+    launch(
+        "kjit_attention_forward",
+        q,
+        _dl(q, "q"),
+        _dl(k, "k"),
+        _dl(v, "v"),
+        _dl(out, "out"),
+        _dl(lse, "lse"),
+        softmax_scale,
+        int(causal),
+    )
+    return out, lse
+
+
+@_forward.register_fake
+def _(q, k, v, softmax_scale, causal, deterministic):
+    return _new_forward_outputs(q, packed=False)
+
+
+@torch.library.custom_op(
+    "kjit::attention_backward",
+    mutates_args=(),
+    schema="(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, float softmax_scale, "
+    "bool causal, bool deterministic) -> (Tensor, Tensor, Tensor)",
+)
+def _backward(dout, q, k, v, out, lse, softmax_scale, causal, deterministic):
+    dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+    workspace = _workspace(q, deterministic)
+    launch(
+        "kjit_attention_backward",
+        q,
+        _dl(q, "q"),
+        _dl(k, "k"),
+        _dl(v, "v"),
+        _dl(out, "out"),
+        _dl(dout, "dout"),
+        _dl(lse, "lse"),
+        _dl(dq, "dq"),
+        _dl(dk, "dk"),
+        _dl(dv, "dv"),
+        softmax_scale,
+        int(causal),
+        int(deterministic),
+        workspace.data_ptr(),
+        workspace.numel(),
+    )
+    return dq, dk, dv
+
+
+@_backward.register_fake
+def _(dout, q, k, v, out, lse, softmax_scale, causal, deterministic):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+# ---- forward and backward, packed sequences ----------------------------------------------------
+
+
+@torch.library.custom_op(
+    "kjit::attention_forward_varlen",
+    mutates_args=(),
+    schema="(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, "
+    "Tensor host_cu_seqlens_q, Tensor host_cu_seqlens_k, float softmax_scale, bool causal, bool deterministic) "
+    "-> (Tensor, Tensor)",
+)
+def _forward_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, host_cu_seqlens_q, host_cu_seqlens_k, softmax_scale, causal, deterministic):
+    out, lse = _new_forward_outputs(q, packed=True)
+    launch(
+        "kjit_attention_forward_varlen",
+        q,
+        _dl(q, "q"),
+        _dl(k, "k"),
+        _dl(v, "v"),
+        _dl(out, "out"),
+        _dl(lse, "lse"),
+        _dl(cu_seqlens_q, "cu_seqlens_q"),
+        _dl(cu_seqlens_k, "cu_seqlens_k"),
+        host_copy(host_cu_seqlens_q, cu_seqlens_q, "host_cu_seqlens_q"),
+        host_copy(host_cu_seqlens_k, cu_seqlens_k, "host_cu_seqlens_k"),
+        softmax_scale,
+        int(causal),
+    )
+    return out, lse
+
+
+@_forward_varlen.register_fake
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, host_cu_seqlens_q, host_cu_seqlens_k, softmax_scale, causal, deterministic):
+    return _new_forward_outputs(q, packed=True)
+
+
+@torch.library.custom_op(
+    "kjit::attention_backward_varlen",
+    mutates_args=(),
+    schema="(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor cu_seqlens_q, "
+    "Tensor cu_seqlens_k, Tensor host_cu_seqlens_q, Tensor host_cu_seqlens_k, float softmax_scale, "
+    "bool causal, bool deterministic) -> (Tensor, Tensor, Tensor)",
+)
+def _backward_varlen(
+    dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, host_cu_seqlens_q, host_cu_seqlens_k, softmax_scale, causal, deterministic
+):
+    dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+    workspace = _workspace(q, deterministic)
+    launch(
+        "kjit_attention_backward_varlen",
+        q,
+        _dl(q, "q"),
+        _dl(k, "k"),
+        _dl(v, "v"),
+        _dl(out, "out"),
+        _dl(dout, "dout"),
+        _dl(lse, "lse"),
+        _dl(dq, "dq"),
+        _dl(dk, "dk"),
+        _dl(dv, "dv"),
+        _dl(cu_seqlens_q, "cu_seqlens_q"),
+        _dl(cu_seqlens_k, "cu_seqlens_k"),
+        host_copy(host_cu_seqlens_q, cu_seqlens_q, "host_cu_seqlens_q"),
+        host_copy(host_cu_seqlens_k, cu_seqlens_k, "host_cu_seqlens_k"),
+        softmax_scale,
+        int(causal),
+        int(deterministic),
+        workspace.data_ptr(),
+        workspace.numel(),
+    )
+    return dq, dk, dv
+
+
+@_backward_varlen.register_fake
+def _(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, host_cu_seqlens_q, host_cu_seqlens_k, softmax_scale, causal, deterministic):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+# ---- autograd: the forward ops' backward is kjit's backward ------------------------------------
+# The forward ops take the backward's `deterministic` so that it is recorded with them; the
+# options that are not tensors travel in ctx. lse is an output for the caller, not
+# differentiable (as FlashAttention's).
+
+
+def _save(ctx, inputs, output):
+    out, lse = output
+    ctx.mark_non_differentiable(lse)
+    tensors, options = inputs[:-3], inputs[-3:]
+    ctx.save_for_backward(*tensors, out, lse)
+    ctx.softmax_scale, ctx.causal, ctx.deterministic = options
+
+
+def _forward_grad(ctx, grad_out, _grad_lse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = _backward(grad_out.contiguous(), q, k, v, out, lse, ctx.softmax_scale, ctx.causal, ctx.deterministic)
+    return dq, dk, dv, None, None, None
+
+
+def _forward_varlen_grad(ctx, grad_out, _grad_lse):
+    q, k, v, cu_q, cu_k, host_q, host_k, out, lse = ctx.saved_tensors
+    dq, dk, dv = _backward_varlen(
+        grad_out.contiguous(), q, k, v, out, lse, cu_q, cu_k, host_q, host_k, ctx.softmax_scale, ctx.causal, ctx.deterministic
+    )
+    return dq, dk, dv, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("kjit::attention_forward", _forward_grad, setup_context=_save)
+torch.library.register_autograd("kjit::attention_forward_varlen", _forward_varlen_grad, setup_context=_save)
+
+
+# ---- grouped: several query groups over one shared packed K/V ---------------------------------
+
+
+def _group_array(q, out, lse, cu_seqlens_q, host_cu_seqlens_q, windows, host_windows, dout=None, dq=None):
+    """kjit_attention_group[G] over the per-group lists, and the DLTensors it points at."""
+    groups = (AttentionGroup * len(q))()
+    keep = []
+    for g in range(len(q)):
+        fields = [
+            _dl(q[g], f"groups[{g}].q"),
+            _dl(out[g], f"groups[{g}].out"),
+            _dl(lse[g], f"groups[{g}].lse"),
+            _dl(cu_seqlens_q[g], f"groups[{g}].cu_seqlens_q"),
+            host_copy(host_cu_seqlens_q[g], cu_seqlens_q[g], f"groups[{g}].host_cu_seqlens_q"),
+            _dl(windows[g], f"groups[{g}].windows"),
+            host_copy(host_windows[g], windows[g], f"groups[{g}].host_windows"),
+            _dl(dout[g], f"groups[{g}].dout") if dout else None,
+            _dl(dq[g], f"groups[{g}].dq") if dq else None,
+        ]
+        keep.append(fields)
+        groups[g] = AttentionGroup(*fields)
+    return groups, keep
+
+
+def _check_group_lists(**lists):
+    counts = {name: len(items) for name, items in lists.items()}
+    if len(set(counts.values())) != 1:
+        raise InvalidArgumentError(f"grouped attention: every per-group list needs one entry per group, got {counts}")
+
+
+@torch.library.custom_op(
+    "kjit::attention_forward_grouped",
+    mutates_args=(),
+    schema="(Tensor[] q, Tensor[] cu_seqlens_q, Tensor[] host_cu_seqlens_q, Tensor[] windows, "
+    "Tensor[] host_windows, Tensor k, Tensor v, Tensor cu_seqlens_k, Tensor host_cu_seqlens_k, "
+    "float softmax_scale, bool causal) -> (Tensor[], Tensor[])",
+)
+def _forward_grouped(q, cu_seqlens_q, host_cu_seqlens_q, windows, host_windows, k, v, cu_seqlens_k, host_cu_seqlens_k, softmax_scale, causal):
+    _check_group_lists(q=q, cu_seqlens_q=cu_seqlens_q, host_cu_seqlens_q=host_cu_seqlens_q, windows=windows, host_windows=host_windows)
+    outs, lses = zip(*(_new_forward_outputs(qg, packed=True) for qg in q)) if q else ((), ())
+    groups, _keep = _group_array(q, outs, lses, cu_seqlens_q, host_cu_seqlens_q, windows, host_windows)
+    launch(
+        "kjit_attention_forward_grouped",
+        k,
+        groups,
+        len(q),
+        _dl(k, "k"),
+        _dl(v, "v"),
+        _dl(cu_seqlens_k, "cu_seqlens_k"),
+        host_copy(host_cu_seqlens_k, cu_seqlens_k, "host_cu_seqlens_k"),
+        softmax_scale,
+        int(causal),
+    )
+    return list(outs), list(lses)
+
+
+@_forward_grouped.register_fake
+def _(q, cu_seqlens_q, host_cu_seqlens_q, windows, host_windows, k, v, cu_seqlens_k, host_cu_seqlens_k, softmax_scale, causal):
+    outputs = [_new_forward_outputs(qg, packed=True) for qg in q]
+    return [o for o, _ in outputs], [lse for _, lse in outputs]
+
+
+@torch.library.custom_op(
+    "kjit::attention_backward_grouped",
+    mutates_args=(),
+    schema="(Tensor[] dout, Tensor[] q, Tensor[] out, Tensor[] lse, Tensor[] cu_seqlens_q, "
+    "Tensor[] host_cu_seqlens_q, Tensor[] windows, Tensor[] host_windows, Tensor k, Tensor v, "
+    "Tensor cu_seqlens_k, Tensor host_cu_seqlens_k, float softmax_scale, bool causal) "
+    "-> (Tensor[], Tensor, Tensor)",
+)
+def _backward_grouped(
+    dout, q, out, lse, cu_seqlens_q, host_cu_seqlens_q, windows, host_windows, k, v, cu_seqlens_k, host_cu_seqlens_k, softmax_scale, causal
+):
+    _check_group_lists(
+        dout=dout, q=q, out=out, lse=lse, cu_seqlens_q=cu_seqlens_q, host_cu_seqlens_q=host_cu_seqlens_q, windows=windows, host_windows=host_windows
+    )
+    dq = [qg.new_empty(qg.shape) for qg in q]
+    dk, dv = k.new_empty(k.shape), v.new_empty(v.shape)
+    groups, _keep = _group_array(q, out, lse, cu_seqlens_q, host_cu_seqlens_q, windows, host_windows, dout, dq)
+    size = ctypes.c_size_t()
+    call("kjit_attention_backward_grouped_workspace_bytes", groups, len(q), ctypes.byref(size))
+    workspace = torch.empty(size.value, dtype=torch.uint8, device=k.device)
+    launch(
+        "kjit_attention_backward_grouped",
+        k,
+        groups,
+        len(q),
+        _dl(k, "k"),
+        _dl(v, "v"),
+        _dl(cu_seqlens_k, "cu_seqlens_k"),
+        host_copy(host_cu_seqlens_k, cu_seqlens_k, "host_cu_seqlens_k"),
+        _dl(dk, "dk"),
+        _dl(dv, "dv"),
+        softmax_scale,
+        int(causal),
+        workspace.data_ptr(),
+        workspace.numel(),
+    )
+    return dq, dk, dv
+
+
+@_backward_grouped.register_fake
+def _(dout, q, out, lse, cu_seqlens_q, host_cu_seqlens_q, windows, host_windows, k, v, cu_seqlens_k, host_cu_seqlens_k, softmax_scale, causal):
+    return [qg.new_empty(qg.shape) for qg in q], k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+# ---- merge of partial results ------------------------------------------------------------------
+
+
+@torch.library.custom_op(
+    "kjit::merge_states", mutates_args=(), schema="(Tensor parts, Tensor parts_lse) -> (Tensor, Tensor)"
+)
+def _merge_states(parts: Tensor, parts_lse: Tensor):
+    out, out_lse = _new_merge_outputs(parts)
+    launch("kjit_merge_states", parts, _dl(parts, "parts"), _dl(parts_lse, "parts_lse"), _dl(out, "out"), _dl(out_lse, "out_lse"))
+    return out, out_lse
+
+
+def _new_merge_outputs(parts: Tensor):
+    """out [T, H, D] and out_lse [T, H] for parts [N, T, H, D] (empty where parts' rank is wrong:
+    kjit then refuses parts)."""
+    if parts.dim() != 4:
+        return parts.new_empty((0,)), parts.new_empty((0,), dtype=torch.float32)
+    return parts.new_empty(parts.shape[1:]), parts.new_empty(parts.shape[1:3], dtype=torch.float32)
+
+
+@_merge_states.register_fake
+def _(parts, parts_lse):
+    return _new_merge_outputs(parts)
+
+
+# ---- the public functions ----------------------------------------------------------------------
+
+
+def _scale(softmax_scale: Optional[float]) -> float:
+    return 0.0 if softmax_scale is None else float(softmax_scale)  # 0: kjit's 1 / sqrt(D)
+
+
+def forward(q: Tensor, k: Tensor, v: Tensor, softmax_scale: Optional[float] = None, causal: bool = False,
+            deterministic: bool = False) -> Tuple[Tensor, Tensor]:
+    """(out, lse) of softmax(q k^T scale) v; differentiable in q, k, v (the backward is kjit's,
+    bitwise reproducible with `deterministic`). Causal masking is bottom-right aligned."""
+    return torch.ops.kjit.attention_forward(q, k, v, _scale(softmax_scale), causal, deterministic)
+
+
+def forward_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
+                   host_cu_seqlens_q: Optional[Tensor] = None, host_cu_seqlens_k: Optional[Tensor] = None,
+                   softmax_scale: Optional[float] = None, causal: bool = False,
+                   deterministic: bool = False) -> Tuple[Tensor, Tensor]:
+    """Packed sequences: (out [Tq, Hq, D], lse [Hq, Tq]). Without the host copies of cu_seqlens
+    this synchronises once to make them."""
+    host_q = _host(host_cu_seqlens_q, cu_seqlens_q)
+    host_k = host_q if host_cu_seqlens_k is None and cu_seqlens_k is cu_seqlens_q else _host(host_cu_seqlens_k, cu_seqlens_k)
+    return torch.ops.kjit.attention_forward_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, host_q, host_k,
+                                                   _scale(softmax_scale), causal, deterministic)
+
+
+def backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+             softmax_scale: Optional[float] = None, causal: bool = False,
+             deterministic: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+    """(dq, dk, dv) of forward() for its inputs, output and lse."""
+    return torch.ops.kjit.attention_backward(dout, q, k, v, out, lse, _scale(softmax_scale), causal, deterministic)
+
+
+def backward_varlen(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                    cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, host_cu_seqlens_q: Optional[Tensor] = None,
+                    host_cu_seqlens_k: Optional[Tensor] = None, softmax_scale: Optional[float] = None,
+                    causal: bool = False, deterministic: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+    host_q = _host(host_cu_seqlens_q, cu_seqlens_q)
+    host_k = host_q if host_cu_seqlens_k is None and cu_seqlens_k is cu_seqlens_q else _host(host_cu_seqlens_k, cu_seqlens_k)
+    return torch.ops.kjit.attention_backward_varlen(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, host_q, host_k,
+                                                    _scale(softmax_scale), causal, deterministic)
+
+
+class QueryGroup:
+    """One query group of grouped attention: packed q [Tq, Hq, D] over the shared keys' B
+    sequences (cu_seqlens_q int32 [B + 1]), seeing keys [begin, end) of sequence b (windows int32
+    [B, 2]); the host copies are made (one synchronisation each) where not given."""
+
+    def __init__(self, q: Tensor, cu_seqlens_q: Tensor, windows: Tensor, host_cu_seqlens_q: Optional[Tensor] = None,
+                 host_windows: Optional[Tensor] = None):
+        self.q, self.cu_seqlens_q, self.windows = q, cu_seqlens_q, windows
+        self.host_cu_seqlens_q = _host(host_cu_seqlens_q, cu_seqlens_q)
+        self.host_windows = _host(host_windows, windows)
+
+    @staticmethod
+    def lists(groups: Sequence["QueryGroup"]):
+        return ([g.q for g in groups], [g.cu_seqlens_q for g in groups], [g.host_cu_seqlens_q for g in groups],
+                [g.windows for g in groups], [g.host_windows for g in groups])
+
+
+def grouped_forward(groups: Sequence[QueryGroup], k: Tensor, v: Tensor, cu_seqlens_k: Tensor,
+                    host_cu_seqlens_k: Optional[Tensor] = None, softmax_scale: Optional[float] = None,
+                    causal: bool = False) -> Tuple[List[Tensor], List[Tensor]]:
+    """Every group's (out, lse) in one launch; causal masking bottom-right aligned to each window."""
+    return torch.ops.kjit.attention_forward_grouped(*QueryGroup.lists(groups), k, v, cu_seqlens_k,
+                                                    _host(host_cu_seqlens_k, cu_seqlens_k), _scale(softmax_scale), causal)
+
+
+def grouped_backward(groups: Sequence[QueryGroup], douts: Sequence[Tensor], outs: Sequence[Tensor],
+                     lses: Sequence[Tensor], k: Tensor, v: Tensor, cu_seqlens_k: Tensor,
+                     host_cu_seqlens_k: Optional[Tensor] = None, softmax_scale: Optional[float] = None,
+                     causal: bool = False) -> Tuple[List[Tensor], Tensor, Tensor]:
+    """(dq per group, dk, dv): overlapping windows sum their contributions to dk and dv."""
+    q, cu_q, host_q, windows, host_windows = QueryGroup.lists(groups)
+    return torch.ops.kjit.attention_backward_grouped(list(douts), q, list(outs), list(lses), cu_q, host_q, windows,
+                                                     host_windows, k, v, cu_seqlens_k,
+                                                     _host(host_cu_seqlens_k, cu_seqlens_k), _scale(softmax_scale), causal)
+
+
+def merge_states(parts: Tensor, parts_lse: Tensor) -> Tuple[Tensor, Tensor]:
+    """Partial results parts [N, T, H, D] with their lse [N, T, H] merged exactly into
+    (out [T, H, D], lse [T, H])."""
+    return torch.ops.kjit.merge_states(parts, parts_lse)
