@@ -3,7 +3,7 @@
 # .peers/ (ignored by git): FlashMLA for the mla mode, DeepGEMM (with its two binding packages) for
 # the moe-bench mode, sgl-kernel (its router and align kernels) for the moe-router mode: its
 # 377 MB wheel repacked without the parts no mode loads (FlashAttention, sm100, infllm's
-# extension), 11 MB. Wheels only, for the GPU machine's python 3.12; the suite installs them there into
+# extension), 11 MB; pytest for the python mode (the GPU image's python may lack it). Wheels only, for the GPU machine's python 3.12; the suite installs them there into
 # /tmp/psite with pip --no-index.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,7 @@ get() {  # get FOLDER PACKAGE==VERSION...
 }
 get flashmla sgl-flash-mla==1.0.0
 get deepgemm sgl-deep-gemm==0.1.4.post1 apache-tvm-ffi==0.1.15.post2 torch-c-dlpack-ext==0.1.5
+get pytest pytest==8.3.5 pluggy==1.5.0 iniconfig==2.0.0 packaging==24.2
 if [ ! -f .peers/sglkernel/sglang_kernel-0.4.6-slim.tar.xz ]; then
   wheel_dir="$(mktemp -d)"
   pip download -q --no-deps --python-version 3.12 --only-binary=:all: -d "$wheel_dir" \

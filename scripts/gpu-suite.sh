@@ -5,7 +5,7 @@
 #   scripts/gpu-suite.sh [tests|bench|attention|attention-bench|attention-backward|
 #                         attention-backward-check|attention-backward-tune|attention-grouped|
 #                         attention-grouped-ncu|mla|moe|moe-decode|moe-bench|moe-ncu|moe-align-ncu|
-#                         moe-router|families|dist|all]
+#                         moe-router|python|families|dist|all]
 #   (default all)
 # `families` is the check after a change to the op plumbing (kernel families, dispatch, tuning
 # tables): the whole GPU suite, the examples, a sanitizer subset, and the attention and
@@ -82,6 +82,19 @@ if [ "$what" = all ] || [ "$what" = tests ]; then
     --gtest_filter='-*RepeatedLoads*:*BeyondTheDeviceLimit*:*AttentionForward*'
   step racecheck compute-sanitizer --tool racecheck --error-exitcode 3 "$bin/kjit_gpu_tests" \
     --gtest_filter='*MmaGemm*:*LargeDynamicSharedMemory*:*ClusterLaunch*'
+fi
+if [ "$what" = python ]; then
+  # The Python package (python/, pure Python) over the bundle's libkjit.so: its pytest suite (the
+  # CPU and the GPU tests), the call overhead beside the C++ API's, and a training step beside
+  # torch SDPA (and FA4 where installed). pytest from .peers/pytest (scripts/fetch-peers.sh).
+  python3 -m pip install -q --no-index --no-deps --target /tmp/psite .peers/pytest/*.whl
+  export PYTHONPATH="/tmp/psite:$PWD/python:$PWD/bench:${PYTHONPATH:-}"
+  export KJIT_LIBRARY="$PWD/.gpu-bundle/lib/libkjit.so.0" PYTHONUNBUFFERED=1
+  step python_tests timeout 300 python3 -m pytest -p no:cacheprovider -q -rs tests/python
+  step python_overhead timeout 120 python3 bench/python_overhead.py "$bin/kjit_bench_op_call_overhead"
+  step python_training timeout 200 python3 bench/python_training_step.py
+  grep -E '^(FAILED|ERROR)|passed|failed' "$out/python_tests.log" | tail -30
+  cat "$out/python_overhead.log" "$out/python_training.log"
 fi
 if [ "$what" = attention ]; then
   step attention_tests "$bin/kjit_gpu_tests" --gtest_filter='*Attention*'

@@ -1,0 +1,109 @@
+"""Host cost of the Python package's calls against the C++ API's on the same ops and shapes
+(bench/op_call_overhead.cpp, run here as a subprocess): the torch op as a user calls it
+(kjit.attention.forward, ...: torch.library dispatch, output allocation, DLTensors, the C ABI),
+and the binding's floor (the C ABI through ctypes with the DLTensors made once). Calls are issued
+back to back and timed on the host, few enough that the launch queue absorbs them; median of 21
+rounds. Goal (issue 18): the torch op within 5 us of the C++ call.
+
+    python3 bench/python_overhead.py PATH/TO/kjit_bench_op_call_overhead
+"""
+
+import ctypes
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+import kjit
+from kjit._dlpack import dl_tensor
+from kjit._library import RouterOptions, call
+
+ROUNDS = 21
+
+
+def host_us(fn, calls):
+    fn()
+    torch.cuda.synchronize()
+    rounds = []
+    for _ in range(ROUNDS):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        stop = time.perf_counter()
+        torch.cuda.synchronize()
+        rounds.append((stop - start) / calls * 1e6)
+    return statistics.median(rounds)
+
+
+def floor(name, *args):
+    """The C ABI call through ctypes with its DLTensors made once, on the current stream."""
+    stream = torch.cuda.current_stream().cuda_stream
+    return lambda: call(name, *args, stream)
+
+
+def _int32p(t):
+    return ctypes.cast(t.data_ptr(), ctypes.POINTER(ctypes.c_int32))
+
+
+def cases():
+    """(op, calls per round, the torch op, the binding's floor): bench/op_call_overhead.cpp's."""
+    bf16, dev = torch.bfloat16, "cuda"
+    q, k, v = (torch.randn(1, 128, 8, 64, dtype=bf16, device=dev) for _ in range(3))
+    out, lse = torch.empty_like(q), torch.empty(1, 8, 128, device=dev)
+    yield ("attention_forward", 256, lambda: kjit.attention.forward(q, k, v, causal=True),
+           floor("kjit_attention_forward", dl_tensor(q, "q"), dl_tensor(k, "k"), dl_tensor(v, "v"),
+                 dl_tensor(out, "out"), dl_tensor(lse, "lse"), 0.0, 1))
+
+    parts, parts_lse = torch.randn(2, 16, 8, 128, dtype=bf16, device=dev), torch.zeros(2, 16, 8, device=dev)
+    merged, merged_lse = torch.empty(16, 8, 128, dtype=bf16, device=dev), torch.empty(16, 8, device=dev)
+    yield ("merge_states", 256, lambda: kjit.attention.merge_states(parts, parts_lse),
+           floor("kjit_merge_states", dl_tensor(parts, "parts"), dl_tensor(parts_lse, "parts_lse"),
+                 dl_tensor(merged, "out"), dl_tensor(merged_lse, "out_lse")))
+
+    mq, cache = torch.randn(1, 1, 16, 576, dtype=bf16, device=dev), torch.randn(4, 64, 576, dtype=bf16, device=dev)
+    host_table, host_lengths = torch.tensor([[2, 0, 3, 1]], dtype=torch.int32), torch.tensor([200], dtype=torch.int32)
+    table, lengths = host_table.to(dev), host_lengths.to(dev)
+    mout, mlse = torch.empty(1, 1, 16, 512, dtype=bf16, device=dev), torch.empty(1, 1, 16, device=dev)
+    yield ("mla_decode", 256, lambda: kjit.mla.decode(mq, cache, table, lengths, host_table, host_lengths, 0.0625),
+           floor("kjit_mla_decode", dl_tensor(mq, "q"), dl_tensor(cache, "cache"), dl_tensor(table, "block_table"),
+                 _int32p(host_table), dl_tensor(lengths, "lengths"), _int32p(host_lengths), dl_tensor(mout, "out"),
+                 dl_tensor(mlse, "lse"), 0.0625))
+
+    logits = torch.full((4, 64), 0.0115, device=dev)
+    ids, weights = torch.empty(4, 4, dtype=torch.int32, device=dev), torch.empty(4, 4, device=dev)
+    glm = kjit.moe.GLM_4_7_FLASH
+    options = glm.c_options()
+    yield ("moe_router_topk", 256, lambda: kjit.moe.router_topk(logits, glm),
+           floor("kjit_moe_router_topk", dl_tensor(logits, "logits"), None, dl_tensor(ids, "ids"),
+                 dl_tensor(weights, "weights"), options))
+
+    x = torch.randn(1, 2048, dtype=bf16, device=dev)
+    gate_up = torch.randn(64, 3072, 2048, dtype=bf16, device=dev)
+    down = torch.randn(64, 2048, 1536, dtype=bf16, device=dev)
+    y = torch.empty_like(x)
+    yield ("moe_layer", 32, lambda: kjit.moe.layer(x, logits[:1], gate_up, down, glm),
+           floor("kjit_moe_layer", dl_tensor(x, "x"), dl_tensor(logits[:1], "router_logits"),
+                 dl_tensor(gate_up, "gate_up"), dl_tensor(down, "down"), None, None, options, 0, dl_tensor(y, "out")))
+
+
+def main():
+    cpp = {}
+    if len(sys.argv) > 1:
+        run = subprocess.run([sys.argv[1]], capture_output=True, text=True, check=True)
+        for line in run.stdout.splitlines():
+            op, us = line.split()
+            cpp[op] = float(us)
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, kjit {kjit.__version__} ({kjit.library_path()})")
+    print(f"{'op':<20} {'C++ us':>8} {'torch op us':>12} {'- C++':>8} {'ctypes floor':>13}")
+    for op, calls, torch_op, binding in cases():
+        ours, base = host_us(torch_op, calls), host_us(binding, calls)
+        reference = cpp.get(op)
+        extra = f"{ours - reference:8.2f}" if reference is not None else f"{'n/a':>8}"
+        print(f"{op:<20} {reference if reference is not None else float('nan'):8.2f} {ours:12.2f} {extra} {base:13.2f}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
