@@ -1,14 +1,14 @@
 """Host cost of the Python package's calls against the C++ API's on the same ops and shapes
 (bench/op_call_overhead.cpp, run here as a subprocess): the torch op as a user calls it
 (kjit.attention.forward, ...: torch.library dispatch, output allocation, DLTensors, the C ABI),
-and the binding's floor (the C ABI through ctypes with the DLTensors made once). Calls are issued
+and the binding's floor (the DLTensors and the C ABI call through ctypes, without torch's
+dispatch and the outputs' allocation). Calls are issued
 back to back and timed on the host, few enough that the launch queue absorbs them; median of 21
 rounds. Goal (issue 18): the torch op within 5 us of the C++ call.
 
     python3 bench/python_overhead.py PATH/TO/kjit_bench_op_call_overhead
 """
 
-import ctypes
 import statistics
 import subprocess
 import sys
@@ -17,8 +17,8 @@ import time
 import torch
 
 import kjit
-from kjit._dlpack import dl_tensor
-from kjit._library import RouterOptions, call
+from kjit._dlpack import DLArgs
+from kjit._library import call
 
 ROUNDS = 21
 
@@ -38,13 +38,15 @@ def host_us(fn, calls):
 
 
 def floor(name, *args):
-    """The C ABI call through ctypes with its DLTensors made once, on the current stream."""
+    """The C ABI call through ctypes on the current stream, its tensor arguments (marked
+    (tensor, name)) described afresh each call as the ops do."""
     stream = torch.cuda.current_stream().cuda_stream
-    return lambda: call(name, *args, stream)
 
+    def run():
+        dl = DLArgs()
+        call(name, *(dl(*a) if isinstance(a, tuple) else a for a in args), stream)
 
-def _int32p(t):
-    return ctypes.cast(t.data_ptr(), ctypes.POINTER(ctypes.c_int32))
+    return run
 
 
 def cases():
@@ -53,39 +55,39 @@ def cases():
     q, k, v = (torch.randn(1, 128, 8, 64, dtype=bf16, device=dev) for _ in range(3))
     out, lse = torch.empty_like(q), torch.empty(1, 8, 128, device=dev)
     yield ("attention_forward", 256, lambda: kjit.attention.forward(q, k, v, causal=True),
-           floor("kjit_attention_forward", dl_tensor(q, "q"), dl_tensor(k, "k"), dl_tensor(v, "v"),
-                 dl_tensor(out, "out"), dl_tensor(lse, "lse"), 0.0, 1))
+           floor("kjit_attention_forward", (q, "q"), (k, "k"), (v, "v"),
+                 (out, "out"), (lse, "lse"), 0.0, 1))
 
     parts, parts_lse = torch.randn(2, 16, 8, 128, dtype=bf16, device=dev), torch.zeros(2, 16, 8, device=dev)
     merged, merged_lse = torch.empty(16, 8, 128, dtype=bf16, device=dev), torch.empty(16, 8, device=dev)
     yield ("merge_states", 256, lambda: kjit.attention.merge_states(parts, parts_lse),
-           floor("kjit_merge_states", dl_tensor(parts, "parts"), dl_tensor(parts_lse, "parts_lse"),
-                 dl_tensor(merged, "out"), dl_tensor(merged_lse, "out_lse")))
+           floor("kjit_merge_states", (parts, "parts"), (parts_lse, "parts_lse"),
+                 (merged, "out"), (merged_lse, "out_lse")))
 
     mq, cache = torch.randn(1, 1, 16, 576, dtype=bf16, device=dev), torch.randn(4, 64, 576, dtype=bf16, device=dev)
     host_table, host_lengths = torch.tensor([[2, 0, 3, 1]], dtype=torch.int32), torch.tensor([200], dtype=torch.int32)
     table, lengths = host_table.to(dev), host_lengths.to(dev)
     mout, mlse = torch.empty(1, 1, 16, 512, dtype=bf16, device=dev), torch.empty(1, 1, 16, device=dev)
     yield ("mla_decode", 256, lambda: kjit.mla.decode(mq, cache, table, lengths, host_table, host_lengths, 0.0625),
-           floor("kjit_mla_decode", dl_tensor(mq, "q"), dl_tensor(cache, "cache"), dl_tensor(table, "block_table"),
-                 _int32p(host_table), dl_tensor(lengths, "lengths"), _int32p(host_lengths), dl_tensor(mout, "out"),
-                 dl_tensor(mlse, "lse"), 0.0625))
+           floor("kjit_mla_decode", (mq, "q"), (cache, "cache"), (table, "block_table"),
+                 host_table.data_ptr(), (lengths, "lengths"), host_lengths.data_ptr(), (mout, "out"),
+                 (mlse, "lse"), 0.0625))
 
     logits = torch.full((4, 64), 0.0115, device=dev)
     ids, weights = torch.empty(4, 4, dtype=torch.int32, device=dev), torch.empty(4, 4, device=dev)
     glm = kjit.moe.GLM_4_7_FLASH
     options = glm.c_options()
     yield ("moe_router_topk", 256, lambda: kjit.moe.router_topk(logits, glm),
-           floor("kjit_moe_router_topk", dl_tensor(logits, "logits"), None, dl_tensor(ids, "ids"),
-                 dl_tensor(weights, "weights"), options))
+           floor("kjit_moe_router_topk", (logits, "logits"), None, (ids, "ids"),
+                 (weights, "weights"), options))
 
     x = torch.randn(1, 2048, dtype=bf16, device=dev)
     gate_up = torch.randn(64, 3072, 2048, dtype=bf16, device=dev)
     down = torch.randn(64, 2048, 1536, dtype=bf16, device=dev)
     y = torch.empty_like(x)
     yield ("moe_layer", 32, lambda: kjit.moe.layer(x, logits[:1], gate_up, down, glm),
-           floor("kjit_moe_layer", dl_tensor(x, "x"), dl_tensor(logits[:1], "router_logits"),
-                 dl_tensor(gate_up, "gate_up"), dl_tensor(down, "down"), None, None, options, 0, dl_tensor(y, "out")))
+           floor("kjit_moe_layer", (x, "x"), (logits[:1], "router_logits"),
+                 (gate_up, "gate_up"), (down, "down"), None, None, options, 0, (y, "out")))
 
 
 def main():

@@ -1,35 +1,26 @@
-"""torch tensors as DLPack DLTensors for the C ABI, without a copy: the struct points at the
-tensor's storage and describes its shape and strides (in elements, as DLPack's)."""
+"""torch tensors as DLPack DLTensors for the C ABI, without a copy: each DLTensor points at the
+tensor's storage and describes its shape and strides (in elements, as DLPack's).
+
+The structs are packed with one struct.pack_into each into a per-thread scratch buffer (a ctypes
+Structure per tensor cost ~5 us of the call's budget); a call passes their addresses."""
 
 from __future__ import annotations
 
 import ctypes
+import struct
+import threading
 from typing import Optional
 
 import torch
 
 from .errors import InvalidArgumentError
 
-
-class DLDevice(ctypes.Structure):
-    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
-
-
-class DLDataType(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
-
-
-class DLTensor(ctypes.Structure):
-    _fields_ = [
-        ("data", ctypes.c_void_p),
-        ("device", DLDevice),
-        ("ndim", ctypes.c_int32),
-        ("dtype", DLDataType),
-        ("shape", ctypes.POINTER(ctypes.c_int64)),
-        ("strides", ctypes.POINTER(ctypes.c_int64)),
-        ("byte_offset", ctypes.c_uint64),
-    ]
-
+# DLTensor (dlpack.h): void* data; DLDevice {int32 type, int32 id}; int32 ndim; DLDataType
+# {uint8 code, uint8 bits, uint16 lanes}; int64* shape; int64* strides; uint64 byte_offset. The
+# shape and the strides follow each struct in the buffer.
+_HEADER = "=QiiiBBHQQQ"
+_HEADER_BYTES = struct.calcsize(_HEADER)  # 48
+_LAYOUTS = [struct.Struct(_HEADER + "q" * (2 * dims)) for dims in range(9)]
 
 # DLPack's codes (kDLInt 0, kDLUInt 1, kDLFloat 2, kDLBfloat 4, kDLBool 6): kjit names the dtypes
 # it does not take in its own message, so the common ones all pass through.
@@ -45,26 +36,41 @@ _DTYPES = {
     torch.uint8: (1, 8),
     torch.bool: (6, 8),
 }
-_DEVICES = {"cpu": 1, "cuda": 2, "meta": 0}
+_DEVICES = {"cpu": 1, "cuda": 2}  # others (meta, ...): 0, which kjit refuses by name
+
+_SCRATCH_BYTES = 1 << 16  # a call's DLTensors: 16 attention groups of 6 tensors use 14 KiB
+_scratch = threading.local()
 
 
-def dl_tensor(tensor: Optional[torch.Tensor], what: str):
-    """A pointer to a DLTensor over `tensor` (None: NULL). It keeps the shape and strides arrays
-    alive; the tensor must outlive the call."""
-    if tensor is None:
-        return None
-    dims = tensor.dim()
-    try:
-        code, bits = _DTYPES[tensor.dtype]
-    except KeyError:
-        raise InvalidArgumentError(f"{what} has dtype {tensor.dtype}, which kjit does not take") from None
-    sizes = (ctypes.c_int64 * (2 * dims))(*tensor.shape, *tensor.stride())
-    t = DLTensor()
-    t.data = tensor.data_ptr() or None
-    t.device = DLDevice(_DEVICES.get(tensor.device.type, 0), tensor.device.index or 0)
-    t.ndim = dims
-    t.dtype = DLDataType(code, bits, 1)
-    t.shape = ctypes.cast(sizes, ctypes.POINTER(ctypes.c_int64))
-    t.strides = ctypes.cast(ctypes.byref(sizes, 8 * dims), ctypes.POINTER(ctypes.c_int64))
-    t.keep_alive = sizes
-    return ctypes.pointer(t)
+class DLArgs:
+    """The DLTensors of one C ABI call, packed into this thread's scratch buffer: dl(tensor, name)
+    is the address of a DLTensor over `tensor` (None for None: a NULL argument), valid until the
+    thread's next DLArgs. `name` names the tensor in errors."""
+
+    __slots__ = ("_buffer", "_base", "_offset")
+
+    def __init__(self):
+        buffer = getattr(_scratch, "buffer", None)
+        if buffer is None:
+            buffer = _scratch.buffer = ctypes.create_string_buffer(_SCRATCH_BYTES)
+            _scratch.base = ctypes.addressof(buffer)
+        self._buffer, self._base, self._offset = buffer, _scratch.base, 0
+
+    def __call__(self, t: Optional[torch.Tensor], name: str) -> Optional[int]:
+        if t is None:
+            return None
+        dims = t.dim()
+        kind = _DTYPES.get(t.dtype)
+        if kind is None or dims >= len(_LAYOUTS):
+            raise InvalidArgumentError(f"{name} has dtype {t.dtype} and {dims} dims, which kjit does not take")
+        offset = self._offset
+        self._offset = offset + _HEADER_BYTES + 16 * dims
+        if self._offset > _SCRATCH_BYTES:
+            raise InvalidArgumentError(f"{name}: more tensors in one call than kjit's binding describes")
+        index = t.get_device()  # -1 on the host
+        device = 2 if t.is_cuda else _DEVICES.get(t.device.type, 0)
+        here = self._base + offset
+        sizes = here + _HEADER_BYTES
+        _LAYOUTS[dims].pack_into(self._buffer, offset, t.data_ptr(), device, max(index, 0), dims, kind[0], kind[1], 1,
+                                 sizes, sizes + 8 * dims, 0, *t.shape, *t.stride())
+        return here

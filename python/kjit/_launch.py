@@ -3,8 +3,6 @@ stream there, and the host copies some ops validate on the host."""
 
 from __future__ import annotations
 
-import ctypes
-
 import torch
 
 from ._library import call
@@ -25,15 +23,15 @@ def launch(name: str, anchor: torch.Tensor, *args) -> None:
         call(name, *args, torch.cuda.current_stream().cuda_stream)
 
 
-def host_copy(host: torch.Tensor, device_copy: torch.Tensor, what: str):
-    """A pointer to `host`, the host copy of int32 `device_copy` that kjit validates on the host
+def host_copy(host: torch.Tensor, device_copy: torch.Tensor, what: str) -> int:
+    """The address of `host`, the host copy of int32 `device_copy` that kjit validates on the host
     (so that no call synchronises with the device). kjit reads as many entries as the device
     copy has, so they must agree here."""
     if host.device.type != "cpu" or host.dtype != torch.int32 or not host.is_contiguous():
         raise InvalidArgumentError(f"{what} must be a contiguous int32 tensor on the host, got {host.dtype} on {host.device}")
     if host.shape != device_copy.shape:
         raise InvalidArgumentError(f"{what} must have the device copy's shape {list(device_copy.shape)}, got {list(host.shape)}")
-    return ctypes.cast(host.data_ptr(), ctypes.POINTER(ctypes.c_int32))
+    return host.data_ptr()
 
 
 def host_or_copy(host, device_copy: torch.Tensor) -> torch.Tensor:

@@ -15,13 +15,13 @@ import threading
 from pathlib import Path
 from typing import Optional
 
-from ._dlpack import DLTensor
 from .errors import raise_for_status
 
 _P = ctypes.POINTER
-_T = _P(DLTensor)
-_i32p = _P(ctypes.c_int32)
-_int, _float, _ptr, _size = ctypes.c_int, ctypes.c_float, ctypes.c_void_p, ctypes.c_size_t
+# Tensors (const DLTensor*) and host copies (const int32_t*) pass as addresses: a Python int from
+# dl_tensors() or tensor.data_ptr(), or None for NULL.
+_T = _i32p = _ptr = ctypes.c_void_p
+_int, _float, _size = ctypes.c_int, ctypes.c_float, ctypes.c_size_t
 
 
 class AttentionGroup(ctypes.Structure):

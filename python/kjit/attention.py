@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ._dlpack import dl_tensor as _dl
+from ._dlpack import DLArgs
 from ._launch import host_copy, host_or_copy as _host, launch
 from ._library import AttentionGroup, call
 from .errors import InvalidArgumentError
@@ -48,7 +48,8 @@ def _workspace(q: Tensor, deterministic: bool) -> Tensor:
     """The backward's workspace from torch's allocator (so CUDA graphs and torch's memory
     accounting see it)."""
     size = ctypes.c_size_t()
-    call("kjit_attention_backward_workspace_bytes", _dl(q, "q"), int(deterministic), ctypes.byref(size))
+    dl = DLArgs()
+    call("kjit_attention_backward_workspace_bytes", dl(q, "q"), int(deterministic), ctypes.byref(size))
     return torch.empty(size.value, dtype=torch.uint8, device=q.device)
 
 
@@ -62,14 +63,15 @@ def _workspace(q: Tensor, deterministic: bool) -> Tensor:
 )
 def _forward(q: Tensor, k: Tensor, v: Tensor, softmax_scale: float, causal: bool, deterministic: bool):
     out, lse = _new_forward_outputs(q, packed=False)
+    dl = DLArgs()
     launch(
         "kjit_attention_forward",
         q,
-        _dl(q, "q"),
-        _dl(k, "k"),
-        _dl(v, "v"),
-        _dl(out, "out"),
-        _dl(lse, "lse"),
+        dl(q, "q"),
+        dl(k, "k"),
+        dl(v, "v"),
+        dl(out, "out"),
+        dl(lse, "lse"),
         softmax_scale,
         int(causal),
     )
@@ -90,18 +92,19 @@ def _(q, k, v, softmax_scale, causal, deterministic):
 def _backward(dout, q, k, v, out, lse, softmax_scale, causal, deterministic):
     dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
     workspace = _workspace(q, deterministic)
+    dl = DLArgs()
     launch(
         "kjit_attention_backward",
         q,
-        _dl(q, "q"),
-        _dl(k, "k"),
-        _dl(v, "v"),
-        _dl(out, "out"),
-        _dl(dout, "dout"),
-        _dl(lse, "lse"),
-        _dl(dq, "dq"),
-        _dl(dk, "dk"),
-        _dl(dv, "dv"),
+        dl(q, "q"),
+        dl(k, "k"),
+        dl(v, "v"),
+        dl(out, "out"),
+        dl(dout, "dout"),
+        dl(lse, "lse"),
+        dl(dq, "dq"),
+        dl(dk, "dk"),
+        dl(dv, "dv"),
         softmax_scale,
         int(causal),
         int(deterministic),
@@ -128,16 +131,17 @@ def _(dout, q, k, v, out, lse, softmax_scale, causal, deterministic):
 )
 def _forward_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, host_cu_seqlens_q, host_cu_seqlens_k, softmax_scale, causal, deterministic):
     out, lse = _new_forward_outputs(q, packed=True)
+    dl = DLArgs()
     launch(
         "kjit_attention_forward_varlen",
         q,
-        _dl(q, "q"),
-        _dl(k, "k"),
-        _dl(v, "v"),
-        _dl(out, "out"),
-        _dl(lse, "lse"),
-        _dl(cu_seqlens_q, "cu_seqlens_q"),
-        _dl(cu_seqlens_k, "cu_seqlens_k"),
+        dl(q, "q"),
+        dl(k, "k"),
+        dl(v, "v"),
+        dl(out, "out"),
+        dl(lse, "lse"),
+        dl(cu_seqlens_q, "cu_seqlens_q"),
+        dl(cu_seqlens_k, "cu_seqlens_k"),
         host_copy(host_cu_seqlens_q, cu_seqlens_q, "host_cu_seqlens_q"),
         host_copy(host_cu_seqlens_k, cu_seqlens_k, "host_cu_seqlens_k"),
         softmax_scale,
@@ -163,20 +167,21 @@ def _backward_varlen(
 ):
     dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
     workspace = _workspace(q, deterministic)
+    dl = DLArgs()
     launch(
         "kjit_attention_backward_varlen",
         q,
-        _dl(q, "q"),
-        _dl(k, "k"),
-        _dl(v, "v"),
-        _dl(out, "out"),
-        _dl(dout, "dout"),
-        _dl(lse, "lse"),
-        _dl(dq, "dq"),
-        _dl(dk, "dk"),
-        _dl(dv, "dv"),
-        _dl(cu_seqlens_q, "cu_seqlens_q"),
-        _dl(cu_seqlens_k, "cu_seqlens_k"),
+        dl(q, "q"),
+        dl(k, "k"),
+        dl(v, "v"),
+        dl(out, "out"),
+        dl(dout, "dout"),
+        dl(lse, "lse"),
+        dl(dq, "dq"),
+        dl(dk, "dk"),
+        dl(dv, "dv"),
+        dl(cu_seqlens_q, "cu_seqlens_q"),
+        dl(cu_seqlens_k, "cu_seqlens_k"),
         host_copy(host_cu_seqlens_q, cu_seqlens_q, "host_cu_seqlens_q"),
         host_copy(host_cu_seqlens_k, cu_seqlens_k, "host_cu_seqlens_k"),
         softmax_scale,
@@ -228,25 +233,22 @@ torch.library.register_autograd("kjit::attention_forward_varlen", _forward_varle
 # ---- grouped: several query groups over one shared packed K/V ---------------------------------
 
 
-def _group_array(q, out, lse, cu_seqlens_q, host_cu_seqlens_q, windows, host_windows, dout=None, dq=None):
-    """kjit_attention_group[G] over the per-group lists, and the DLTensors it points at."""
+def _group_array(dl, q, out, lse, cu_seqlens_q, host_cu_seqlens_q, windows, host_windows, dout=None, dq=None):
+    """kjit_attention_group[G] over the per-group lists (DLTensors from dl)."""
     groups = (AttentionGroup * len(q))()
-    keep = []
     for g in range(len(q)):
-        fields = [
-            _dl(q[g], f"groups[{g}].q"),
-            _dl(out[g], f"groups[{g}].out"),
-            _dl(lse[g], f"groups[{g}].lse"),
-            _dl(cu_seqlens_q[g], f"groups[{g}].cu_seqlens_q"),
+        groups[g] = AttentionGroup(
+            dl(q[g], f"groups[{g}].q"),
+            dl(out[g], f"groups[{g}].out"),
+            dl(lse[g], f"groups[{g}].lse"),
+            dl(cu_seqlens_q[g], f"groups[{g}].cu_seqlens_q"),
             host_copy(host_cu_seqlens_q[g], cu_seqlens_q[g], f"groups[{g}].host_cu_seqlens_q"),
-            _dl(windows[g], f"groups[{g}].windows"),
+            dl(windows[g], f"groups[{g}].windows"),
             host_copy(host_windows[g], windows[g], f"groups[{g}].host_windows"),
-            _dl(dout[g], f"groups[{g}].dout") if dout else None,
-            _dl(dq[g], f"groups[{g}].dq") if dq else None,
-        ]
-        keep.append(fields)
-        groups[g] = AttentionGroup(*fields)
-    return groups, keep
+            dl(dout[g], f"groups[{g}].dout") if dout else None,
+            dl(dq[g], f"groups[{g}].dq") if dq else None,
+        )
+    return groups
 
 
 def _check_group_lists(**lists):
@@ -265,15 +267,16 @@ def _check_group_lists(**lists):
 def _forward_grouped(q, cu_seqlens_q, host_cu_seqlens_q, windows, host_windows, k, v, cu_seqlens_k, host_cu_seqlens_k, softmax_scale, causal):
     _check_group_lists(q=q, cu_seqlens_q=cu_seqlens_q, host_cu_seqlens_q=host_cu_seqlens_q, windows=windows, host_windows=host_windows)
     outs, lses = zip(*(_new_forward_outputs(qg, packed=True) for qg in q)) if q else ((), ())
-    groups, _keep = _group_array(q, outs, lses, cu_seqlens_q, host_cu_seqlens_q, windows, host_windows)
+    dl = DLArgs()
+    groups = _group_array(dl, q, outs, lses, cu_seqlens_q, host_cu_seqlens_q, windows, host_windows)
     launch(
         "kjit_attention_forward_grouped",
         k,
         groups,
         len(q),
-        _dl(k, "k"),
-        _dl(v, "v"),
-        _dl(cu_seqlens_k, "cu_seqlens_k"),
+        dl(k, "k"),
+        dl(v, "v"),
+        dl(cu_seqlens_k, "cu_seqlens_k"),
         host_copy(host_cu_seqlens_k, cu_seqlens_k, "host_cu_seqlens_k"),
         softmax_scale,
         int(causal),
@@ -303,7 +306,8 @@ def _backward_grouped(
     )
     dq = [qg.new_empty(qg.shape) for qg in q]
     dk, dv = k.new_empty(k.shape), v.new_empty(v.shape)
-    groups, _keep = _group_array(q, out, lse, cu_seqlens_q, host_cu_seqlens_q, windows, host_windows, dout, dq)
+    dl = DLArgs()
+    groups = _group_array(dl, q, out, lse, cu_seqlens_q, host_cu_seqlens_q, windows, host_windows, dout, dq)
     size = ctypes.c_size_t()
     call("kjit_attention_backward_grouped_workspace_bytes", groups, len(q), ctypes.byref(size))
     workspace = torch.empty(size.value, dtype=torch.uint8, device=k.device)
@@ -312,12 +316,12 @@ def _backward_grouped(
         k,
         groups,
         len(q),
-        _dl(k, "k"),
-        _dl(v, "v"),
-        _dl(cu_seqlens_k, "cu_seqlens_k"),
+        dl(k, "k"),
+        dl(v, "v"),
+        dl(cu_seqlens_k, "cu_seqlens_k"),
         host_copy(host_cu_seqlens_k, cu_seqlens_k, "host_cu_seqlens_k"),
-        _dl(dk, "dk"),
-        _dl(dv, "dv"),
+        dl(dk, "dk"),
+        dl(dv, "dv"),
         softmax_scale,
         int(causal),
         workspace.data_ptr(),
@@ -339,7 +343,8 @@ def _(dout, q, out, lse, cu_seqlens_q, host_cu_seqlens_q, windows, host_windows,
 )
 def _merge_states(parts: Tensor, parts_lse: Tensor):
     out, out_lse = _new_merge_outputs(parts)
-    launch("kjit_merge_states", parts, _dl(parts, "parts"), _dl(parts_lse, "parts_lse"), _dl(out, "out"), _dl(out_lse, "out_lse"))
+    dl = DLArgs()
+    launch("kjit_merge_states", parts, dl(parts, "parts"), dl(parts_lse, "parts_lse"), dl(out, "out"), dl(out_lse, "out_lse"))
     return out, out_lse
 
 

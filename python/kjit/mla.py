@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._dlpack import dl_tensor as _dl
+from ._dlpack import DLArgs
 from ._launch import host_copy, host_or_copy, launch
 
 __all__ = ["decode", "LATENT_DIM", "ROPE_DIM"]
@@ -33,17 +33,18 @@ def _new_outputs(q: Tensor) -> Tuple[Tensor, Tensor]:
 )
 def _decode(q, cache, block_table, lengths, host_block_table, host_lengths, softmax_scale):
     out, lse = _new_outputs(q)
+    dl = DLArgs()
     launch(
         "kjit_mla_decode",
         q,
-        _dl(q, "q"),
-        _dl(cache, "cache"),
-        _dl(block_table, "block_table"),
+        dl(q, "q"),
+        dl(cache, "cache"),
+        dl(block_table, "block_table"),
         host_copy(host_block_table, block_table, "host_block_table"),
-        _dl(lengths, "lengths"),
+        dl(lengths, "lengths"),
         host_copy(host_lengths, lengths, "host_lengths"),
-        _dl(out, "out"),
-        _dl(lse, "lse"),
+        dl(out, "out"),
+        dl(lse, "lse"),
         softmax_scale,
     )
     return out, lse

@@ -14,6 +14,10 @@ class FakeCuda:
         self._meta = torch.empty(shape, dtype=dtype, device="meta")
         self.dtype, self.shape = dtype, self._meta.shape
         self.device = torch.device("cuda", 0)
+        self.is_cuda = True
+
+    def get_device(self):
+        return 0
 
     def dim(self):
         return self._meta.dim()

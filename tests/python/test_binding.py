@@ -12,10 +12,17 @@ import torch
 
 import kjit
 from kjit import _library
-from kjit._dlpack import dl_tensor as dl
+from kjit._dlpack import DLArgs
 from kjit._library import AttentionGroup, RouterOptions, call
 
 bf16, f32, i32, u8 = torch.bfloat16, torch.float32, torch.int32, torch.uint8
+dl = None  # each test's DLTensors: one DLArgs (the thread's scratch) for all its calls
+
+
+@pytest.fixture(autouse=True)
+def fresh_dl_args():
+    global dl
+    dl = DLArgs()
 
 
 def refused(says, name, *args):
@@ -52,22 +59,22 @@ def test_attention_refusals_through_the_c_abi(fake_cuda):
 def test_varlen_host_copies_are_validated_by_kjit(fake_cuda):
     q, cu = fake_cuda(bf16, 100, 8, 64), fake_cuda(i32, 3)
     lse = fake_cuda(f32, 8, 100)
-    host = (ctypes.c_int32 * 3)(0, 60, 90)  # ends at 90, not the 100 tokens
+    host = torch.tensor([0, 60, 90], dtype=i32)  # ends at 90, not the 100 tokens
     refused("100", "kjit_attention_forward_varlen", dl(q, "q"), dl(q, "k"), dl(q, "v"), dl(q, "out"), dl(lse, "lse"),
-            dl(cu, "cu_seqlens_q"), dl(cu, "cu_seqlens_k"), host, host, 0.0, 1, None)
+            dl(cu, "cu_seqlens_q"), dl(cu, "cu_seqlens_k"), host.data_ptr(), host.data_ptr(), 0.0, 1, None)
 
 
 def test_grouped_refusal_names_the_group(fake_cuda):
     k, cu_k = fake_cuda(bf16, 64, 2, 128), fake_cuda(i32, 2)
     q, cu_q, windows = fake_cuda(bf16, 32, 8, 128), fake_cuda(i32, 2), fake_cuda(i32, 1, 2)
-    host_cu_k, host_cu_q = (ctypes.c_int32 * 2)(0, 64), (ctypes.c_int32 * 2)(0, 32)
-    host_windows = (ctypes.c_int32 * 2)(0, 65)  # past the sequence's 64 keys
+    host_cu_k, host_cu_q = torch.tensor([0, 64], dtype=i32), torch.tensor([0, 32], dtype=i32)
+    host_windows = torch.tensor([0, 65], dtype=i32)  # past the sequence's 64 keys
     lse = fake_cuda(f32, 8, 32)
-    group = AttentionGroup(dl(q, "q"), dl(q, "out"), dl(lse, "lse"), dl(cu_q, "cu"), host_cu_q, dl(windows, "w"),
-                           host_windows, None, None)
+    group = AttentionGroup(dl(q, "q"), dl(q, "out"), dl(lse, "lse"), dl(cu_q, "cu"), host_cu_q.data_ptr(),
+                           dl(windows, "w"), host_windows.data_ptr(), None, None)
     with pytest.raises(kjit.InvalidArgumentError) as error:
-        call("kjit_attention_forward_grouped", ctypes.pointer(group), 1, dl(k, "k"), dl(k, "v"), dl(cu_k, "cu_k"),
-             host_cu_k, 0.0, 1, None)
+        call("kjit_attention_forward_grouped", ctypes.byref(group), 1, dl(k, "k"), dl(k, "v"), dl(cu_k, "cu_k"),
+             host_cu_k.data_ptr(), 0.0, 1, None)
     assert "group 0" in str(error.value), str(error.value)
 
 
@@ -77,9 +84,10 @@ def test_merge_and_mla_refusals(fake_cuda):
             dl(fake_cuda(bf16, 10, 4, 128), "out"), None, None)
     q, cache = fake_cuda(bf16, 2, 1, 20, 512), fake_cuda(bf16, 4, 64, 576)
     table, lengths = fake_cuda(i32, 2, 2), fake_cuda(i32, 2)
-    host_table, host_lengths = (ctypes.c_int32 * 4)(0, 1, 2, 3), (ctypes.c_int32 * 2)(100, 10)
-    refused("576", "kjit_mla_decode", dl(q, "q"), dl(cache, "cache"), dl(table, "block_table"), host_table,
-            dl(lengths, "lengths"), host_lengths, dl(fake_cuda(bf16, 2, 1, 20, 512), "out"), None, 0.0, None)
+    host_table, host_lengths = torch.tensor([[0, 1], [2, 3]], dtype=i32), torch.tensor([100, 10], dtype=i32)
+    refused("576", "kjit_mla_decode", dl(q, "q"), dl(cache, "cache"), dl(table, "block_table"), host_table.data_ptr(),
+            dl(lengths, "lengths"), host_lengths.data_ptr(), dl(fake_cuda(bf16, 2, 1, 20, 512), "out"), None, 0.0,
+            None)
 
 
 def test_moe_refusals_through_the_c_abi(fake_cuda):
@@ -136,7 +144,7 @@ def test_python_side_refusals_name_the_argument():
         kjit.flash_attn_varlen_func(q, q, q, cu, cu, 8, 8, window_size=(64, 0))
     with pytest.raises(kjit.InvalidArgumentError, match=r"epilogue must be one of \['plain', 'routing_weights', 'swiglu'\]"):
         kjit.moe.grouped_gemm(q[0], cu, 64, q, epilogue="gelu")
-    with pytest.raises(kjit.InvalidArgumentError, match="dtype torch.complex64, which kjit does not take"):
+    with pytest.raises(kjit.InvalidArgumentError, match="x has dtype torch.complex64 and 1 dims, which kjit does not take"):
         dl(torch.zeros(2, dtype=torch.complex64), "x")
 
 

@@ -13,7 +13,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .._dlpack import dl_tensor as _dl
+from .._dlpack import DLArgs
 from .._launch import launch
 from .._library import RouterOptions
 from ..errors import InvalidArgumentError
@@ -91,8 +91,9 @@ def _gemm_columns(w_rows, epilogue: str):
 def _router_topk(logits, bias, top_k, sigmoid, groups, topk_groups, renormalize, scaling):
     ids, weights = _new_router_outputs(logits, top_k)
     options = Router(top_k, sigmoid, groups, topk_groups, renormalize, scaling).c_options()
-    launch("kjit_moe_router_topk", logits, _dl(logits, "logits"), _dl(bias, "bias"), _dl(ids, "ids"),
-           _dl(weights, "weights"), options)
+    dl = DLArgs()
+    launch("kjit_moe_router_topk", logits, dl(logits, "logits"), dl(bias, "bias"), dl(ids, "ids"),
+           dl(weights, "weights"), options)
     return ids, weights
 
 
@@ -122,8 +123,9 @@ def align_capacity(pairs, experts: int, block: int):
 )
 def _align(ids, experts, block):
     sorted_, block_expert, counts, offsets, invalid = _new_align_outputs(ids, experts, block)
-    launch("kjit_moe_align", ids, _dl(ids, "ids"), experts, block, _dl(sorted_, "sorted"),
-           _dl(block_expert, "block_expert"), _dl(counts, "counts"), _dl(offsets, "offsets"), _dl(invalid, "invalid"))
+    dl = DLArgs()
+    launch("kjit_moe_align", ids, dl(ids, "ids"), experts, block, dl(sorted_, "sorted"),
+           dl(block_expert, "block_expert"), dl(counts, "counts"), dl(offsets, "offsets"), dl(invalid, "invalid"))
     return sorted_, block_expert, counts, offsets, invalid
 
 
@@ -144,8 +146,9 @@ def _(ids, experts, block):
 )
 def _permute(x, sorted, top_k):
     x_sorted, positions = _new_permute_outputs(x, sorted, top_k)
-    launch("kjit_moe_permute", x, _dl(x, "x"), _dl(sorted, "sorted"), top_k, _dl(x_sorted, "x_sorted"),
-           _dl(positions, "positions"))
+    dl = DLArgs()
+    launch("kjit_moe_permute", x, dl(x, "x"), dl(sorted, "sorted"), top_k, dl(x_sorted, "x_sorted"),
+           dl(positions, "positions"))
     return x_sorted, positions
 
 
@@ -166,8 +169,9 @@ def _(x, sorted, top_k):
 )
 def _unpermute(y_sorted, positions, top_k, weights, shared):
     out = _new_unpermute_output(y_sorted, positions, top_k)
-    launch("kjit_moe_unpermute", y_sorted, _dl(y_sorted, "y_sorted"), _dl(positions, "positions"), top_k,
-           _dl(weights, "weights"), _dl(shared, "shared"), _dl(out, "out"))
+    dl = DLArgs()
+    launch("kjit_moe_unpermute", y_sorted, dl(y_sorted, "y_sorted"), dl(positions, "positions"), top_k,
+           dl(weights, "weights"), dl(shared, "shared"), dl(out, "out"))
     return out
 
 
@@ -193,8 +197,9 @@ def _(y_sorted, positions, top_k, weights, shared):
 def _grouped_gemm(x_sorted, block_expert, block, w, epilogue, sorted, weights):
     kind = _choice(_EPILOGUES, epilogue, "epilogue")
     y = x_sorted.new_empty((_rows(x_sorted), _gemm_columns(_rows(w, 1), epilogue)))
-    launch("kjit_moe_grouped_gemm", x_sorted, _dl(x_sorted, "x_sorted"), _dl(block_expert, "block_expert"), block,
-           _dl(w, "w"), _dl(y, "y"), kind, _dl(sorted, "sorted"), _dl(weights, "weights"))
+    dl = DLArgs()
+    launch("kjit_moe_grouped_gemm", x_sorted, dl(x_sorted, "x_sorted"), dl(block_expert, "block_expert"), block,
+           dl(w, "w"), dl(y, "y"), kind, dl(sorted, "sorted"), dl(weights, "weights"))
     return y
 
 
@@ -212,9 +217,10 @@ def _(x_sorted, block_expert, block, w, epilogue, sorted, weights):
 def _expert_gemm_fp4(x_sorted, block_expert, block, format, codes, scales, tensor_scale, epilogue, sorted, weights):
     kind, fmt = _choice(_EPILOGUES, epilogue, "epilogue"), _choice(_FORMATS, format, "format")
     y = x_sorted.new_empty((_rows(x_sorted), _gemm_columns(_rows(codes, 1), epilogue)))
-    launch("kjit_moe_expert_gemm_fp4", x_sorted, _dl(x_sorted, "x_sorted"), _dl(block_expert, "block_expert"), block,
-           fmt, _dl(codes, "codes"), _dl(scales, "scales"), _dl(tensor_scale, "tensor_scale"), _dl(y, "y"), kind,
-           _dl(sorted, "sorted"), _dl(weights, "weights"))
+    dl = DLArgs()
+    launch("kjit_moe_expert_gemm_fp4", x_sorted, dl(x_sorted, "x_sorted"), dl(block_expert, "block_expert"), block,
+           fmt, dl(codes, "codes"), dl(scales, "scales"), dl(tensor_scale, "tensor_scale"), dl(y, "y"), kind,
+           dl(sorted, "sorted"), dl(weights, "weights"))
     return y
 
 
@@ -235,8 +241,9 @@ def _new_masked_output(x: Tensor, w_rows, epilogue: str):
 def _grouped_gemm_masked(x, masked_m, expected_m, w, epilogue):
     kind = _choice(_EPILOGUES, epilogue, "epilogue")
     y = _new_masked_output(x, _rows(w, 1), epilogue)
-    launch("kjit_moe_grouped_gemm_masked", x, _dl(x, "x"), _dl(masked_m, "masked_m"), expected_m, _dl(w, "w"),
-           _dl(y, "y"), kind)
+    dl = DLArgs()
+    launch("kjit_moe_grouped_gemm_masked", x, dl(x, "x"), dl(masked_m, "masked_m"), expected_m, dl(w, "w"),
+           dl(y, "y"), kind)
     return y
 
 
@@ -254,8 +261,9 @@ def _(x, masked_m, expected_m, w, epilogue):
 def _expert_gemm_fp4_masked(x, masked_m, expected_m, format, codes, scales, tensor_scale, epilogue):
     kind, fmt = _choice(_EPILOGUES, epilogue, "epilogue"), _choice(_FORMATS, format, "format")
     y = _new_masked_output(x, _rows(codes, 1), epilogue)
-    launch("kjit_moe_expert_gemm_fp4_masked", x, _dl(x, "x"), _dl(masked_m, "masked_m"), expected_m, fmt,
-           _dl(codes, "codes"), _dl(scales, "scales"), _dl(tensor_scale, "tensor_scale"), _dl(y, "y"), kind)
+    dl = DLArgs()
+    launch("kjit_moe_expert_gemm_fp4_masked", x, dl(x, "x"), dl(masked_m, "masked_m"), expected_m, fmt,
+           dl(codes, "codes"), dl(scales, "scales"), dl(tensor_scale, "tensor_scale"), dl(y, "y"), kind)
     return y
 
 
@@ -273,8 +281,9 @@ def _(x, masked_m, expected_m, format, codes, scales, tensor_scale, epilogue):
 def _quantize_fp4(w, format):
     fmt = _choice(_FORMATS, format, "format")
     codes, scales, tensor_scale = _new_quantize_outputs(w, format)
-    launch("kjit_moe_quantize_fp4", w, _dl(w, "w"), fmt, _dl(codes, "codes"), _dl(scales, "scales"),
-           _dl(tensor_scale, "tensor_scale"))
+    dl = DLArgs()
+    launch("kjit_moe_quantize_fp4", w, dl(w, "w"), fmt, dl(codes, "codes"), dl(scales, "scales"),
+           dl(tensor_scale, "tensor_scale"))
     return codes, scales, tensor_scale
 
 
@@ -301,9 +310,10 @@ def _(w, format):
 )
 def _balance(ids, probs, logits, cu_seqlens, max_seqlen, bias, aux_coeff, z_coeff, bias_rate):
     counts, f, p, losses = _new_balance_outputs(probs)
-    launch("kjit_moe_balance", ids, _dl(ids, "ids"), _dl(probs, "probs"), _dl(logits, "logits"),
-           _dl(cu_seqlens, "cu_seqlens"), max_seqlen, _dl(bias, "bias"), aux_coeff, z_coeff, bias_rate,
-           _dl(counts, "counts"), _dl(f, "f"), _dl(p, "p"), _dl(losses, "losses"))
+    dl = DLArgs()
+    launch("kjit_moe_balance", ids, dl(ids, "ids"), dl(probs, "probs"), dl(logits, "logits"),
+           dl(cu_seqlens, "cu_seqlens"), max_seqlen, dl(bias, "bias"), aux_coeff, z_coeff, bias_rate,
+           dl(counts, "counts"), dl(f, "f"), dl(p, "p"), dl(losses, "losses"))
     return counts, f, p, losses
 
 
@@ -331,8 +341,9 @@ def _layer(x, router_logits, gate_up, down, router_bias, shared, top_k, sigmoid,
            scaling, block):
     out = x.new_empty(x.shape)
     options = Router(top_k, sigmoid, groups, topk_groups, renormalize, scaling).c_options()
-    launch("kjit_moe_layer", x, _dl(x, "x"), _dl(router_logits, "router_logits"), _dl(gate_up, "gate_up"),
-           _dl(down, "down"), _dl(router_bias, "router_bias"), _dl(shared, "shared"), options, block, _dl(out, "out"))
+    dl = DLArgs()
+    launch("kjit_moe_layer", x, dl(x, "x"), dl(router_logits, "router_logits"), dl(gate_up, "gate_up"),
+           dl(down, "down"), dl(router_bias, "router_bias"), dl(shared, "shared"), options, block, dl(out, "out"))
     return out
 
 
@@ -355,11 +366,12 @@ def _layer_fp4(x, router_logits, format, gate_up_codes, gate_up_scales, gate_up_
     fmt = _choice(_FORMATS, format, "format")
     out = x.new_empty(x.shape)
     options = Router(top_k, sigmoid, groups, topk_groups, renormalize, scaling).c_options()
-    launch("kjit_moe_layer_fp4", x, _dl(x, "x"), _dl(router_logits, "router_logits"), fmt,
-           _dl(gate_up_codes, "gate_up_codes"), _dl(gate_up_scales, "gate_up_scales"),
-           _dl(gate_up_tensor_scale, "gate_up_tensor_scale"), _dl(down_codes, "down_codes"),
-           _dl(down_scales, "down_scales"), _dl(down_tensor_scale, "down_tensor_scale"), _dl(router_bias, "router_bias"),
-           _dl(shared, "shared"), options, block, _dl(out, "out"))
+    dl = DLArgs()
+    launch("kjit_moe_layer_fp4", x, dl(x, "x"), dl(router_logits, "router_logits"), fmt,
+           dl(gate_up_codes, "gate_up_codes"), dl(gate_up_scales, "gate_up_scales"),
+           dl(gate_up_tensor_scale, "gate_up_tensor_scale"), dl(down_codes, "down_codes"),
+           dl(down_scales, "down_scales"), dl(down_tensor_scale, "down_tensor_scale"), dl(router_bias, "router_bias"),
+           dl(shared, "shared"), options, block, dl(out, "out"))
     return out
 
 
