@@ -117,6 +117,25 @@ TEST(ModelOpsCApi, MoeOpsRefuseBadInputWithKjitsMessage) {
                  "losses must be contiguous fp32 [4]");
 }
 
+// Every tensor in host memory (a binding allocates outputs like the caller's inputs): the error
+// names the first argument, not whichever the compiler converted first.
+TEST(ModelOpsCApi, NamesTheFirstBadTensorInArgumentOrder) {
+  const auto on_host = [](DLTensor t) {
+    t.device = {kDLCPU, 0};
+    return t;
+  };
+  const Tensor x(kBf16, {10, 64}), sorted(kI32, {256}), x_sorted(kBf16, {256, 64}),
+      positions(kI32, {40});
+  const DLTensor hx = on_host(x.t), hsorted = on_host(sorted.t), hx_sorted = on_host(x_sorted.t),
+                 hpositions = on_host(positions.t);
+  expect_refused(kjit_moe_permute(&hx, &hsorted, 4, &hx_sorted, &hpositions, nullptr),
+                 "x is not in CUDA device memory");
+  const Tensor q(kBf16, {1, 8, 4, 64}), out(kBf16, {1, 8, 4, 64}), lse(kF32, {1, 4, 8});
+  const DLTensor hq = on_host(q.t), hout = on_host(out.t), hlse = on_host(lse.t);
+  expect_refused(kjit_attention_forward(&hq, &hq, &hq, &hout, &hlse, 0.f, 1, nullptr),
+                 "q is not in CUDA device memory");
+}
+
 // GLM-4.7-Flash's layer at T 10 with 8 experts: each refusal before any device work.
 TEST(ModelOpsCApi, MoeLayerRefusesBadInputWithKjitsMessage) {
   const Tensor x(kBf16, {10, 2048}), logits(kF32, {10, 8}), gate_up(kBf16, {8, 3072, 2048}),
