@@ -3,8 +3,9 @@
 # facts, attention forward and backward tuned for the Llama 3 8B presets (prefill, training,
 # zigzag context parallelism's grouped attention), MLA decode and the MoE router and grouped
 # GEMM (bf16 and NVFP4 experts) for GLM-4.7-Flash, the GPU
-# suite, the multi-rank suites (mpirun, when OpenMPI is here: collectives, helix MLA decode) and
-# the benchmarks of every model path; without: `kjit info` and every shipped specialisation
+# suite, the multi-rank suites (mpirun, when OpenMPI is here: collectives, helix MLA decode), the
+# benchmarks of every model path and the Python package (tests, call overhead, a training step);
+# without: `kjit info` and every shipped specialisation
 # compiled for sm_90a with its resource report (a GPU is needed to run them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +39,13 @@ if "$kjit" info --json | grep -q '"available": true'; then
   build/default/bench/kjit_bench_moe_router
   build/default/bench/kjit_bench_moe_gemm
   build/default/bench/kjit_bench_moe_layer
+  # The Python package over this build (torch in build/python-venv): its tests, its call overhead
+  # beside the C++ API's, and a Llama layer's training step beside torch SDPA.
+  scripts/test-python.sh
+  PYTHONPATH=bench KJIT_LIBRARY=build/default/runtime/libkjit.so build/python-venv/bin/python \
+    bench/python_overhead.py build/default/bench/kjit_bench_op_call_overhead
+  PYTHONPATH=bench KJIT_LIBRARY=build/default/runtime/libkjit.so build/python-venv/bin/python \
+    bench/python_training_step.py
 else
   "$kjit" precompile --arch sm_90a --check
   echo
