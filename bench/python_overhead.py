@@ -54,40 +54,78 @@ def cases():
     bf16, dev = torch.bfloat16, "cuda"
     q, k, v = (torch.randn(1, 128, 8, 64, dtype=bf16, device=dev) for _ in range(3))
     out, lse = torch.empty_like(q), torch.empty(1, 8, 128, device=dev)
-    yield ("attention_forward", 256, lambda: kjit.attention.forward(q, k, v, causal=True),
-           floor("kjit_attention_forward", (q, "q"), (k, "k"), (v, "v"),
-                 (out, "out"), (lse, "lse"), 0.0, 1))
+    yield (
+        "attention_forward",
+        256,
+        lambda: kjit.attention.forward(q, k, v, causal=True),
+        floor("kjit_attention_forward", (q, "q"), (k, "k"), (v, "v"), (out, "out"), (lse, "lse"), 0.0, 1),
+    )
 
     parts, parts_lse = torch.randn(2, 16, 8, 128, dtype=bf16, device=dev), torch.zeros(2, 16, 8, device=dev)
     merged, merged_lse = torch.empty(16, 8, 128, dtype=bf16, device=dev), torch.empty(16, 8, device=dev)
-    yield ("merge_states", 256, lambda: kjit.attention.merge_states(parts, parts_lse),
-           floor("kjit_merge_states", (parts, "parts"), (parts_lse, "parts_lse"),
-                 (merged, "out"), (merged_lse, "out_lse")))
+    yield (
+        "merge_states",
+        256,
+        lambda: kjit.attention.merge_states(parts, parts_lse),
+        floor(
+            "kjit_merge_states", (parts, "parts"), (parts_lse, "parts_lse"), (merged, "out"), (merged_lse, "out_lse")
+        ),
+    )
 
     mq, cache = torch.randn(1, 1, 16, 576, dtype=bf16, device=dev), torch.randn(4, 64, 576, dtype=bf16, device=dev)
     host_table, host_lengths = torch.tensor([[2, 0, 3, 1]], dtype=torch.int32), torch.tensor([200], dtype=torch.int32)
     table, lengths = host_table.to(dev), host_lengths.to(dev)
     mout, mlse = torch.empty(1, 1, 16, 512, dtype=bf16, device=dev), torch.empty(1, 1, 16, device=dev)
-    yield ("mla_decode", 256, lambda: kjit.mla.decode(mq, cache, table, lengths, host_table, host_lengths, 0.0625),
-           floor("kjit_mla_decode", (mq, "q"), (cache, "cache"), (table, "block_table"),
-                 host_table.data_ptr(), (lengths, "lengths"), host_lengths.data_ptr(), (mout, "out"),
-                 (mlse, "lse"), 0.0625))
+    yield (
+        "mla_decode",
+        256,
+        lambda: kjit.mla.decode(mq, cache, table, lengths, host_table, host_lengths, 0.0625),
+        floor(
+            "kjit_mla_decode",
+            (mq, "q"),
+            (cache, "cache"),
+            (table, "block_table"),
+            host_table.data_ptr(),
+            (lengths, "lengths"),
+            host_lengths.data_ptr(),
+            (mout, "out"),
+            (mlse, "lse"),
+            0.0625,
+        ),
+    )
 
     logits = torch.full((4, 64), 0.0115, device=dev)
     ids, weights = torch.empty(4, 4, dtype=torch.int32, device=dev), torch.empty(4, 4, device=dev)
     glm = kjit.moe.GLM_4_7_FLASH
     options = glm.c_options()
-    yield ("moe_router_topk", 256, lambda: kjit.moe.router_topk(logits, glm),
-           floor("kjit_moe_router_topk", (logits, "logits"), None, (ids, "ids"),
-                 (weights, "weights"), options))
+    yield (
+        "moe_router_topk",
+        256,
+        lambda: kjit.moe.router_topk(logits, glm),
+        floor("kjit_moe_router_topk", (logits, "logits"), None, (ids, "ids"), (weights, "weights"), options),
+    )
 
     x = torch.randn(1, 2048, dtype=bf16, device=dev)
     gate_up = torch.randn(64, 3072, 2048, dtype=bf16, device=dev)
     down = torch.randn(64, 2048, 1536, dtype=bf16, device=dev)
     y = torch.empty_like(x)
-    yield ("moe_layer", 32, lambda: kjit.moe.layer(x, logits[:1], gate_up, down, glm),
-           floor("kjit_moe_layer", (x, "x"), (logits[:1], "router_logits"),
-                 (gate_up, "gate_up"), (down, "down"), None, None, options, 0, (y, "out")))
+    yield (
+        "moe_layer",
+        32,
+        lambda: kjit.moe.layer(x, logits[:1], gate_up, down, glm),
+        floor(
+            "kjit_moe_layer",
+            (x, "x"),
+            (logits[:1], "router_logits"),
+            (gate_up, "gate_up"),
+            (down, "down"),
+            None,
+            None,
+            options,
+            0,
+            (y, "out"),
+        ),
+    )
 
 
 def main():
@@ -103,8 +141,10 @@ def main():
         ours, base = host_us(torch_op, calls), host_us(binding, calls)
         reference = cpp.get(op)
         extra = f"{ours - reference:8.2f}" if reference is not None else f"{'n/a':>8}"
-        print(f"{op:<20} {reference if reference is not None else float('nan'):8.2f} {ours:12.2f} {extra} {base:13.2f}",
-              flush=True)
+        print(
+            f"{op:<20} {reference if reference is not None else float('nan'):8.2f} {ours:12.2f} {extra} {base:13.2f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ HIDDEN, HEADS, KV_HEADS, HEAD_DIM, MLP = 4096, 32, 8, 128, 14336
 def sdpa(backend):
     def attend(q, k, v):
         with sdpa_kernel(backend):
-            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                                 is_causal=True, enable_gqa=True)
+            out = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, enable_gqa=True
+            )
         return out.transpose(1, 2)
 
     return attend
@@ -53,8 +54,11 @@ class Layer(torch.nn.Module):
     def forward(self, x):
         batch, seq, _ = x.shape
         q, k, v = self.qkv(self.norm1(x)).split([HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM], -1)
-        attn = self.attend(q.view(batch, seq, HEADS, HEAD_DIM), k.view(batch, seq, KV_HEADS, HEAD_DIM),
-                           v.view(batch, seq, KV_HEADS, HEAD_DIM))
+        attn = self.attend(
+            q.view(batch, seq, HEADS, HEAD_DIM),
+            k.view(batch, seq, KV_HEADS, HEAD_DIM),
+            v.view(batch, seq, KV_HEADS, HEAD_DIM),
+        )
         x = x + self.o(attn.reshape(batch, seq, -1))
         gate, up = self.gate_up(self.norm2(x)).chunk(2, -1)
         return x + self.down(F.silu(gate) * up)
@@ -62,8 +66,10 @@ class Layer(torch.nn.Module):
 
 def attention_step(attend, batch, seq):
     q = torch.randn(batch, seq, HEADS, HEAD_DIM, dtype=torch.bfloat16, device="cuda", requires_grad=True)
-    k, v = (torch.randn(batch, seq, KV_HEADS, HEAD_DIM, dtype=torch.bfloat16, device="cuda", requires_grad=True)
-            for _ in range(2))
+    k, v = (
+        torch.randn(batch, seq, KV_HEADS, HEAD_DIM, dtype=torch.bfloat16, device="cuda", requires_grad=True)
+        for _ in range(2)
+    )
     dout = torch.randn_like(q)
     return lambda: torch.autograd.grad(attend(q, k, v), (q, k, v), dout)
 
@@ -83,7 +89,9 @@ def layer_step(attend, batch, seq):
 def main():
     args = [int(a) for a in sys.argv[1:]] or [1, 8192, 2, 4096, 8, 1024]
     shapes = list(zip(args[0::2], args[1::2]))
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, bf16, Llama 3 8B layer (GQA 32/8, d 128), causal")
+    print(
+        f"{torch.cuda.get_device_name()}, torch {torch.__version__}, bf16, Llama 3 8B layer (GQA 32/8, d 128), causal"
+    )
     print(f"{'B x S':>10} {'impl':<11} {'attn fwd+bwd ms':>16} {'TFLOP/s':>8} {'layer step ms':>14} {'peer/kjit':>13}")
     for batch, seq in shapes:
         flops = 3.5 * 4 * batch * HEADS * seq * seq * HEAD_DIM / 2  # fwd 2 GEMMs + bwd 5, causal half
@@ -96,9 +104,15 @@ def main():
                 print(f"{batch:>4} x {seq:<5} {name:<11} refused: {str(error).splitlines()[0][:80]}", flush=True)
                 continue
             times[name] = (attn_ms, step_ms)
-            ratio = "" if name == "kjit" or "kjit" not in times else f"{attn_ms / times['kjit'][0]:.2f}x / {step_ms / times['kjit'][1]:.2f}x"
-            print(f"{batch:>4} x {seq:<5} {name:<11} {attn_ms:16.3f} {flops / attn_ms / 1e9:8.0f} {step_ms:14.3f} {ratio:>13}",
-                  flush=True)
+            ratio = (
+                ""
+                if name == "kjit" or "kjit" not in times
+                else f"{attn_ms / times['kjit'][0]:.2f}x / {step_ms / times['kjit'][1]:.2f}x"
+            )
+            print(
+                f"{batch:>4} x {seq:<5} {name:<11} {attn_ms:16.3f} {flops / attn_ms / 1e9:8.0f} {step_ms:14.3f} {ratio:>13}",
+                flush=True,
+            )
             torch.cuda.empty_cache()
 
 

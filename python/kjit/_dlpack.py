@@ -71,6 +71,20 @@ class DLArgs:
         device = 2 if t.is_cuda else _DEVICES.get(t.device.type, 0)
         here = self._base + offset
         sizes = here + _HEADER_BYTES
-        _LAYOUTS[dims].pack_into(self._buffer, offset, t.data_ptr(), device, max(index, 0), dims, kind[0], kind[1], 1,
-                                 sizes, sizes + 8 * dims, 0, *t.shape, *t.stride())
+        _LAYOUTS[dims].pack_into(
+            self._buffer,
+            offset,
+            t.data_ptr(),
+            device,
+            max(index, 0),
+            dims,
+            kind[0],
+            kind[1],
+            1,
+            sizes,
+            sizes + 8 * dims,
+            0,
+            *t.shape,
+            *t.stride(),
+        )
         return here

@@ -28,9 +28,13 @@ def host_copy(host: torch.Tensor, device_copy: torch.Tensor, what: str) -> int:
     (so that no call synchronises with the device). kjit reads as many entries as the device
     copy has, so they must agree here."""
     if host.device.type != "cpu" or host.dtype != torch.int32 or not host.is_contiguous():
-        raise InvalidArgumentError(f"{what} must be a contiguous int32 tensor on the host, got {host.dtype} on {host.device}")
+        raise InvalidArgumentError(
+            f"{what} must be a contiguous int32 tensor on the host, got {host.dtype} on {host.device}"
+        )
     if host.shape != device_copy.shape:
-        raise InvalidArgumentError(f"{what} must have the device copy's shape {list(device_copy.shape)}, got {list(host.shape)}")
+        raise InvalidArgumentError(
+            f"{what} must have the device copy's shape {list(device_copy.shape)}, got {list(host.shape)}"
+        )
     return host.data_ptr()
 
 

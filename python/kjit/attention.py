@@ -53,7 +53,62 @@ def _workspace(q: Tensor, deterministic: bool) -> Tensor:
     return torch.empty(size.value, dtype=torch.uint8, device=q.device)
 
 
-# ---- forward and backward, batched -------------------------------------------------------------
+# ---- forward and backward, batched and packed --------------------------------------------------
+# The packed ops differ from the batched ones by their sequences: cu_seqlens_q and _k on the
+# device and their host copies, passed after the tensors (`seqlens`, None when batched).
+
+
+def _seqlens_args(dl, seqlens):
+    if seqlens is None:
+        return ()
+    cu_q, cu_k, host_q, host_k = seqlens
+    return (
+        dl(cu_q, "cu_seqlens_q"),
+        dl(cu_k, "cu_seqlens_k"),
+        host_copy(host_q, cu_q, "host_cu_seqlens_q"),
+        host_copy(host_k, cu_k, "host_cu_seqlens_k"),
+    )
+
+
+def _run_forward(entry, q, k, v, seqlens, softmax_scale, causal):
+    out, lse = _new_forward_outputs(q, packed=seqlens is not None)
+    dl = DLArgs()
+    tensors = (dl(q, "q"), dl(k, "k"), dl(v, "v"), dl(out, "out"), dl(lse, "lse"))
+    launch(entry, q, *tensors, *_seqlens_args(dl, seqlens), softmax_scale, int(causal))
+    return out, lse
+
+
+def _run_backward(entry, dout, q, k, v, out, lse, seqlens, softmax_scale, causal, deterministic):
+    dq, dk, dv = _new_grads(q, k, v)
+    workspace = _workspace(q, deterministic)
+    dl = DLArgs()
+    tensors = (
+        dl(q, "q"),
+        dl(k, "k"),
+        dl(v, "v"),
+        dl(out, "out"),
+        dl(dout, "dout"),
+        dl(lse, "lse"),
+        dl(dq, "dq"),
+        dl(dk, "dk"),
+        dl(dv, "dv"),
+    )
+    launch(
+        entry,
+        q,
+        *tensors,
+        *_seqlens_args(dl, seqlens),
+        softmax_scale,
+        int(causal),
+        int(deterministic),
+        workspace.data_ptr(),
+        workspace.numel(),
+    )
+    return dq, dk, dv
+
+
+def _new_grads(q: Tensor, k: Tensor, v: Tensor):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 @torch.library.custom_op(
@@ -61,25 +116,12 @@ def _workspace(q: Tensor, deterministic: bool) -> Tensor:
     mutates_args=(),
     schema="(Tensor q, Tensor k, Tensor v, float softmax_scale, bool causal, bool deterministic) -> (Tensor, Tensor)",
 )
-def _forward(q: Tensor, k: Tensor, v: Tensor, softmax_scale: float, causal: bool, deterministic: bool):
-    out, lse = _new_forward_outputs(q, packed=False)
-    dl = DLArgs()
-    launch(
-        "kjit_attention_forward",
-        q,
-        dl(q, "q"),
-        dl(k, "k"),
-        dl(v, "v"),
-        dl(out, "out"),
-        dl(lse, "lse"),
-        softmax_scale,
-        int(causal),
-    )
-    return out, lse
+def _forward(q, k, v, softmax_scale, causal, deterministic):
+    return _run_forward("kjit_attention_forward", q, k, v, None, softmax_scale, causal)
 
 
 @_forward.register_fake
-def _(q, k, v, softmax_scale, causal, deterministic):
+def _(q, *_):
     return _new_forward_outputs(q, packed=False)
 
 
@@ -90,36 +132,12 @@ def _(q, k, v, softmax_scale, causal, deterministic):
     "bool causal, bool deterministic) -> (Tensor, Tensor, Tensor)",
 )
 def _backward(dout, q, k, v, out, lse, softmax_scale, causal, deterministic):
-    dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
-    workspace = _workspace(q, deterministic)
-    dl = DLArgs()
-    launch(
-        "kjit_attention_backward",
-        q,
-        dl(q, "q"),
-        dl(k, "k"),
-        dl(v, "v"),
-        dl(out, "out"),
-        dl(dout, "dout"),
-        dl(lse, "lse"),
-        dl(dq, "dq"),
-        dl(dk, "dk"),
-        dl(dv, "dv"),
-        softmax_scale,
-        int(causal),
-        int(deterministic),
-        workspace.data_ptr(),
-        workspace.numel(),
-    )
-    return dq, dk, dv
+    return _run_backward("kjit_attention_backward", dout, q, k, v, out, lse, None, softmax_scale, causal, deterministic)
 
 
 @_backward.register_fake
-def _(dout, q, k, v, out, lse, softmax_scale, causal, deterministic):
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
-
-
-# ---- forward and backward, packed sequences ----------------------------------------------------
+def _(dout, q, k, v, *_):
+    return _new_grads(q, k, v)
 
 
 @torch.library.custom_op(
@@ -129,29 +147,12 @@ def _(dout, q, k, v, out, lse, softmax_scale, causal, deterministic):
     "Tensor host_cu_seqlens_q, Tensor host_cu_seqlens_k, float softmax_scale, bool causal, bool deterministic) "
     "-> (Tensor, Tensor)",
 )
-def _forward_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, host_cu_seqlens_q, host_cu_seqlens_k, softmax_scale, causal, deterministic):
-    out, lse = _new_forward_outputs(q, packed=True)
-    dl = DLArgs()
-    launch(
-        "kjit_attention_forward_varlen",
-        q,
-        dl(q, "q"),
-        dl(k, "k"),
-        dl(v, "v"),
-        dl(out, "out"),
-        dl(lse, "lse"),
-        dl(cu_seqlens_q, "cu_seqlens_q"),
-        dl(cu_seqlens_k, "cu_seqlens_k"),
-        host_copy(host_cu_seqlens_q, cu_seqlens_q, "host_cu_seqlens_q"),
-        host_copy(host_cu_seqlens_k, cu_seqlens_k, "host_cu_seqlens_k"),
-        softmax_scale,
-        int(causal),
-    )
-    return out, lse
+def _forward_varlen(q, k, v, cu_q, cu_k, host_q, host_k, softmax_scale, causal, deterministic):
+    return _run_forward("kjit_attention_forward_varlen", q, k, v, (cu_q, cu_k, host_q, host_k), softmax_scale, causal)
 
 
 @_forward_varlen.register_fake
-def _(q, k, v, cu_seqlens_q, cu_seqlens_k, host_cu_seqlens_q, host_cu_seqlens_k, softmax_scale, causal, deterministic):
+def _(q, *_):
     return _new_forward_outputs(q, packed=True)
 
 
@@ -162,40 +163,25 @@ def _(q, k, v, cu_seqlens_q, cu_seqlens_k, host_cu_seqlens_q, host_cu_seqlens_k,
     "Tensor cu_seqlens_k, Tensor host_cu_seqlens_q, Tensor host_cu_seqlens_k, float softmax_scale, "
     "bool causal, bool deterministic) -> (Tensor, Tensor, Tensor)",
 )
-def _backward_varlen(
-    dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, host_cu_seqlens_q, host_cu_seqlens_k, softmax_scale, causal, deterministic
-):
-    dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
-    workspace = _workspace(q, deterministic)
-    dl = DLArgs()
-    launch(
+def _backward_varlen(dout, q, k, v, out, lse, cu_q, cu_k, host_q, host_k, softmax_scale, causal, deterministic):
+    return _run_backward(
         "kjit_attention_backward_varlen",
+        dout,
         q,
-        dl(q, "q"),
-        dl(k, "k"),
-        dl(v, "v"),
-        dl(out, "out"),
-        dl(dout, "dout"),
-        dl(lse, "lse"),
-        dl(dq, "dq"),
-        dl(dk, "dk"),
-        dl(dv, "dv"),
-        dl(cu_seqlens_q, "cu_seqlens_q"),
-        dl(cu_seqlens_k, "cu_seqlens_k"),
-        host_copy(host_cu_seqlens_q, cu_seqlens_q, "host_cu_seqlens_q"),
-        host_copy(host_cu_seqlens_k, cu_seqlens_k, "host_cu_seqlens_k"),
+        k,
+        v,
+        out,
+        lse,
+        (cu_q, cu_k, host_q, host_k),
         softmax_scale,
-        int(causal),
-        int(deterministic),
-        workspace.data_ptr(),
-        workspace.numel(),
+        causal,
+        deterministic,
     )
-    return dq, dk, dv
 
 
 @_backward_varlen.register_fake
-def _(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, host_cu_seqlens_q, host_cu_seqlens_k, softmax_scale, causal, deterministic):
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+def _(dout, q, k, v, *_):
+    return _new_grads(q, k, v)
 
 
 # ---- autograd: the forward ops' backward is kjit's backward ------------------------------------
@@ -221,7 +207,19 @@ def _forward_grad(ctx, grad_out, _grad_lse):
 def _forward_varlen_grad(ctx, grad_out, _grad_lse):
     q, k, v, cu_q, cu_k, host_q, host_k, out, lse = ctx.saved_tensors
     dq, dk, dv = _backward_varlen(
-        grad_out.contiguous(), q, k, v, out, lse, cu_q, cu_k, host_q, host_k, ctx.softmax_scale, ctx.causal, ctx.deterministic
+        grad_out.contiguous(),
+        q,
+        k,
+        v,
+        out,
+        lse,
+        cu_q,
+        cu_k,
+        host_q,
+        host_k,
+        ctx.softmax_scale,
+        ctx.causal,
+        ctx.deterministic,
     )
     return dq, dk, dv, None, None, None, None, None, None, None
 
@@ -251,6 +249,16 @@ def _group_array(dl, q, out, lse, cu_seqlens_q, host_cu_seqlens_q, windows, host
     return groups
 
 
+def _keys_args(dl, k, v, cu_seqlens_k, host_cu_seqlens_k):
+    """The shared keys' arguments of the grouped entry points."""
+    return (
+        dl(k, "k"),
+        dl(v, "v"),
+        dl(cu_seqlens_k, "cu_seqlens_k"),
+        host_copy(host_cu_seqlens_k, cu_seqlens_k, "host_cu_seqlens_k"),
+    )
+
+
 def _check_group_lists(**lists):
     counts = {name: len(items) for name, items in lists.items()}
     if len(set(counts.values())) != 1:
@@ -264,28 +272,32 @@ def _check_group_lists(**lists):
     "Tensor[] host_windows, Tensor k, Tensor v, Tensor cu_seqlens_k, Tensor host_cu_seqlens_k, "
     "float softmax_scale, bool causal) -> (Tensor[], Tensor[])",
 )
-def _forward_grouped(q, cu_seqlens_q, host_cu_seqlens_q, windows, host_windows, k, v, cu_seqlens_k, host_cu_seqlens_k, softmax_scale, causal):
-    _check_group_lists(q=q, cu_seqlens_q=cu_seqlens_q, host_cu_seqlens_q=host_cu_seqlens_q, windows=windows, host_windows=host_windows)
+def _forward_grouped(
+    q,
+    cu_seqlens_q,
+    host_cu_seqlens_q,
+    windows,
+    host_windows,
+    k,
+    v,
+    cu_seqlens_k,
+    host_cu_seqlens_k,
+    softmax_scale,
+    causal,
+):
+    _check_group_lists(
+        q=q, cu_seqlens_q=cu_seqlens_q, host_cu_seqlens_q=host_cu_seqlens_q, windows=windows, host_windows=host_windows
+    )
     outs, lses = zip(*(_new_forward_outputs(qg, packed=True) for qg in q)) if q else ((), ())
     dl = DLArgs()
     groups = _group_array(dl, q, outs, lses, cu_seqlens_q, host_cu_seqlens_q, windows, host_windows)
-    launch(
-        "kjit_attention_forward_grouped",
-        k,
-        groups,
-        len(q),
-        dl(k, "k"),
-        dl(v, "v"),
-        dl(cu_seqlens_k, "cu_seqlens_k"),
-        host_copy(host_cu_seqlens_k, cu_seqlens_k, "host_cu_seqlens_k"),
-        softmax_scale,
-        int(causal),
-    )
+    keys = _keys_args(dl, k, v, cu_seqlens_k, host_cu_seqlens_k)
+    launch("kjit_attention_forward_grouped", k, groups, len(q), *keys, softmax_scale, int(causal))
     return list(outs), list(lses)
 
 
 @_forward_grouped.register_fake
-def _(q, cu_seqlens_q, host_cu_seqlens_q, windows, host_windows, k, v, cu_seqlens_k, host_cu_seqlens_k, softmax_scale, causal):
+def _(q, *_):
     outputs = [_new_forward_outputs(qg, packed=True) for qg in q]
     return [o for o, _ in outputs], [lse for _, lse in outputs]
 
@@ -299,10 +311,30 @@ def _(q, cu_seqlens_q, host_cu_seqlens_q, windows, host_windows, k, v, cu_seqlen
     "-> (Tensor[], Tensor, Tensor)",
 )
 def _backward_grouped(
-    dout, q, out, lse, cu_seqlens_q, host_cu_seqlens_q, windows, host_windows, k, v, cu_seqlens_k, host_cu_seqlens_k, softmax_scale, causal
+    dout,
+    q,
+    out,
+    lse,
+    cu_seqlens_q,
+    host_cu_seqlens_q,
+    windows,
+    host_windows,
+    k,
+    v,
+    cu_seqlens_k,
+    host_cu_seqlens_k,
+    softmax_scale,
+    causal,
 ):
     _check_group_lists(
-        dout=dout, q=q, out=out, lse=lse, cu_seqlens_q=cu_seqlens_q, host_cu_seqlens_q=host_cu_seqlens_q, windows=windows, host_windows=host_windows
+        dout=dout,
+        q=q,
+        out=out,
+        lse=lse,
+        cu_seqlens_q=cu_seqlens_q,
+        host_cu_seqlens_q=host_cu_seqlens_q,
+        windows=windows,
+        host_windows=host_windows,
     )
     dq = [qg.new_empty(qg.shape) for qg in q]
     dk, dv = k.new_empty(k.shape), v.new_empty(v.shape)
@@ -311,15 +343,13 @@ def _backward_grouped(
     size = ctypes.c_size_t()
     call("kjit_attention_backward_grouped_workspace_bytes", groups, len(q), ctypes.byref(size))
     workspace = torch.empty(size.value, dtype=torch.uint8, device=k.device)
+    keys = _keys_args(dl, k, v, cu_seqlens_k, host_cu_seqlens_k)
     launch(
         "kjit_attention_backward_grouped",
         k,
         groups,
         len(q),
-        dl(k, "k"),
-        dl(v, "v"),
-        dl(cu_seqlens_k, "cu_seqlens_k"),
-        host_copy(host_cu_seqlens_k, cu_seqlens_k, "host_cu_seqlens_k"),
+        *keys,
         dl(dk, "dk"),
         dl(dv, "dv"),
         softmax_scale,
@@ -331,7 +361,7 @@ def _backward_grouped(
 
 
 @_backward_grouped.register_fake
-def _(dout, q, out, lse, cu_seqlens_q, host_cu_seqlens_q, windows, host_windows, k, v, cu_seqlens_k, host_cu_seqlens_k, softmax_scale, causal):
+def _(dout, q, out, lse, cu_seqlens_q, host_cu_seqlens_q, windows, host_windows, k, v, *_):
     return [qg.new_empty(qg.shape) for qg in q], k.new_empty(k.shape), v.new_empty(v.shape)
 
 
@@ -344,7 +374,14 @@ def _(dout, q, out, lse, cu_seqlens_q, host_cu_seqlens_q, windows, host_windows,
 def _merge_states(parts: Tensor, parts_lse: Tensor):
     out, out_lse = _new_merge_outputs(parts)
     dl = DLArgs()
-    launch("kjit_merge_states", parts, dl(parts, "parts"), dl(parts_lse, "parts_lse"), dl(out, "out"), dl(out_lse, "out_lse"))
+    launch(
+        "kjit_merge_states",
+        parts,
+        dl(parts, "parts"),
+        dl(parts_lse, "parts_lse"),
+        dl(out, "out"),
+        dl(out_lse, "out_lse"),
+    )
     return out, out_lse
 
 
@@ -357,7 +394,7 @@ def _new_merge_outputs(parts: Tensor):
 
 
 @_merge_states.register_fake
-def _(parts, parts_lse):
+def _(parts, *_):
     return _new_merge_outputs(parts)
 
 
@@ -368,40 +405,91 @@ def _scale(softmax_scale: Optional[float]) -> float:
     return 0.0 if softmax_scale is None else float(softmax_scale)  # 0: kjit's 1 / sqrt(D)
 
 
-def forward(q: Tensor, k: Tensor, v: Tensor, softmax_scale: Optional[float] = None, causal: bool = False,
-            deterministic: bool = False) -> Tuple[Tensor, Tensor]:
+def forward(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    softmax_scale: Optional[float] = None,
+    causal: bool = False,
+    deterministic: bool = False,
+) -> Tuple[Tensor, Tensor]:
     """(out, lse) of softmax(q k^T scale) v; differentiable in q, k, v (the backward is kjit's,
     bitwise reproducible with `deterministic`). Causal masking is bottom-right aligned."""
     return torch.ops.kjit.attention_forward(q, k, v, _scale(softmax_scale), causal, deterministic)
 
 
-def forward_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
-                   host_cu_seqlens_q: Optional[Tensor] = None, host_cu_seqlens_k: Optional[Tensor] = None,
-                   softmax_scale: Optional[float] = None, causal: bool = False,
-                   deterministic: bool = False) -> Tuple[Tensor, Tensor]:
+def forward_varlen(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens_q: Tensor,
+    cu_seqlens_k: Tensor,
+    host_cu_seqlens_q: Optional[Tensor] = None,
+    host_cu_seqlens_k: Optional[Tensor] = None,
+    softmax_scale: Optional[float] = None,
+    causal: bool = False,
+    deterministic: bool = False,
+) -> Tuple[Tensor, Tensor]:
     """Packed sequences: (out [Tq, Hq, D], lse [Hq, Tq]). Without the host copies of cu_seqlens
     this synchronises once to make them."""
     host_q = _host(host_cu_seqlens_q, cu_seqlens_q)
-    host_k = host_q if host_cu_seqlens_k is None and cu_seqlens_k is cu_seqlens_q else _host(host_cu_seqlens_k, cu_seqlens_k)
-    return torch.ops.kjit.attention_forward_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, host_q, host_k,
-                                                   _scale(softmax_scale), causal, deterministic)
+    host_k = (
+        host_q if host_cu_seqlens_k is None and cu_seqlens_k is cu_seqlens_q else _host(host_cu_seqlens_k, cu_seqlens_k)
+    )
+    return torch.ops.kjit.attention_forward_varlen(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, host_q, host_k, _scale(softmax_scale), causal, deterministic
+    )
 
 
-def backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
-             softmax_scale: Optional[float] = None, causal: bool = False,
-             deterministic: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+def backward(
+    dout: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    softmax_scale: Optional[float] = None,
+    causal: bool = False,
+    deterministic: bool = False,
+) -> Tuple[Tensor, Tensor, Tensor]:
     """(dq, dk, dv) of forward() for its inputs, output and lse."""
     return torch.ops.kjit.attention_backward(dout, q, k, v, out, lse, _scale(softmax_scale), causal, deterministic)
 
 
-def backward_varlen(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
-                    cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, host_cu_seqlens_q: Optional[Tensor] = None,
-                    host_cu_seqlens_k: Optional[Tensor] = None, softmax_scale: Optional[float] = None,
-                    causal: bool = False, deterministic: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+def backward_varlen(
+    dout: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    cu_seqlens_q: Tensor,
+    cu_seqlens_k: Tensor,
+    host_cu_seqlens_q: Optional[Tensor] = None,
+    host_cu_seqlens_k: Optional[Tensor] = None,
+    softmax_scale: Optional[float] = None,
+    causal: bool = False,
+    deterministic: bool = False,
+) -> Tuple[Tensor, Tensor, Tensor]:
     host_q = _host(host_cu_seqlens_q, cu_seqlens_q)
-    host_k = host_q if host_cu_seqlens_k is None and cu_seqlens_k is cu_seqlens_q else _host(host_cu_seqlens_k, cu_seqlens_k)
-    return torch.ops.kjit.attention_backward_varlen(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, host_q, host_k,
-                                                    _scale(softmax_scale), causal, deterministic)
+    host_k = (
+        host_q if host_cu_seqlens_k is None and cu_seqlens_k is cu_seqlens_q else _host(host_cu_seqlens_k, cu_seqlens_k)
+    )
+    return torch.ops.kjit.attention_backward_varlen(
+        dout,
+        q,
+        k,
+        v,
+        out,
+        lse,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        host_q,
+        host_k,
+        _scale(softmax_scale),
+        causal,
+        deterministic,
+    )
 
 
 class QueryGroup:
@@ -409,35 +497,80 @@ class QueryGroup:
     sequences (cu_seqlens_q int32 [B + 1]), seeing keys [begin, end) of sequence b (windows int32
     [B, 2]); the host copies are made (one synchronisation each) where not given."""
 
-    def __init__(self, q: Tensor, cu_seqlens_q: Tensor, windows: Tensor, host_cu_seqlens_q: Optional[Tensor] = None,
-                 host_windows: Optional[Tensor] = None):
+    def __init__(
+        self,
+        q: Tensor,
+        cu_seqlens_q: Tensor,
+        windows: Tensor,
+        host_cu_seqlens_q: Optional[Tensor] = None,
+        host_windows: Optional[Tensor] = None,
+    ):
         self.q, self.cu_seqlens_q, self.windows = q, cu_seqlens_q, windows
         self.host_cu_seqlens_q = _host(host_cu_seqlens_q, cu_seqlens_q)
         self.host_windows = _host(host_windows, windows)
 
     @staticmethod
     def lists(groups: Sequence["QueryGroup"]):
-        return ([g.q for g in groups], [g.cu_seqlens_q for g in groups], [g.host_cu_seqlens_q for g in groups],
-                [g.windows for g in groups], [g.host_windows for g in groups])
+        return (
+            [g.q for g in groups],
+            [g.cu_seqlens_q for g in groups],
+            [g.host_cu_seqlens_q for g in groups],
+            [g.windows for g in groups],
+            [g.host_windows for g in groups],
+        )
 
 
-def grouped_forward(groups: Sequence[QueryGroup], k: Tensor, v: Tensor, cu_seqlens_k: Tensor,
-                    host_cu_seqlens_k: Optional[Tensor] = None, softmax_scale: Optional[float] = None,
-                    causal: bool = False) -> Tuple[List[Tensor], List[Tensor]]:
+def grouped_forward(
+    groups: Sequence[QueryGroup],
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens_k: Tensor,
+    host_cu_seqlens_k: Optional[Tensor] = None,
+    softmax_scale: Optional[float] = None,
+    causal: bool = False,
+) -> Tuple[List[Tensor], List[Tensor]]:
     """Every group's (out, lse) in one launch; causal masking bottom-right aligned to each window."""
-    return torch.ops.kjit.attention_forward_grouped(*QueryGroup.lists(groups), k, v, cu_seqlens_k,
-                                                    _host(host_cu_seqlens_k, cu_seqlens_k), _scale(softmax_scale), causal)
+    return torch.ops.kjit.attention_forward_grouped(
+        *QueryGroup.lists(groups),
+        k,
+        v,
+        cu_seqlens_k,
+        _host(host_cu_seqlens_k, cu_seqlens_k),
+        _scale(softmax_scale),
+        causal,
+    )
 
 
-def grouped_backward(groups: Sequence[QueryGroup], douts: Sequence[Tensor], outs: Sequence[Tensor],
-                     lses: Sequence[Tensor], k: Tensor, v: Tensor, cu_seqlens_k: Tensor,
-                     host_cu_seqlens_k: Optional[Tensor] = None, softmax_scale: Optional[float] = None,
-                     causal: bool = False) -> Tuple[List[Tensor], Tensor, Tensor]:
+def grouped_backward(
+    groups: Sequence[QueryGroup],
+    douts: Sequence[Tensor],
+    outs: Sequence[Tensor],
+    lses: Sequence[Tensor],
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens_k: Tensor,
+    host_cu_seqlens_k: Optional[Tensor] = None,
+    softmax_scale: Optional[float] = None,
+    causal: bool = False,
+) -> Tuple[List[Tensor], Tensor, Tensor]:
     """(dq per group, dk, dv): overlapping windows sum their contributions to dk and dv."""
     q, cu_q, host_q, windows, host_windows = QueryGroup.lists(groups)
-    return torch.ops.kjit.attention_backward_grouped(list(douts), q, list(outs), list(lses), cu_q, host_q, windows,
-                                                     host_windows, k, v, cu_seqlens_k,
-                                                     _host(host_cu_seqlens_k, cu_seqlens_k), _scale(softmax_scale), causal)
+    return torch.ops.kjit.attention_backward_grouped(
+        list(douts),
+        q,
+        list(outs),
+        list(lses),
+        cu_q,
+        host_q,
+        windows,
+        host_windows,
+        k,
+        v,
+        cu_seqlens_k,
+        _host(host_cu_seqlens_k, cu_seqlens_k),
+        _scale(softmax_scale),
+        causal,
+    )
 
 
 def merge_states(parts: Tensor, parts_lse: Tensor) -> Tuple[Tensor, Tensor]:

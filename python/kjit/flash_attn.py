@@ -33,10 +33,19 @@ def _result(out: Tensor, lse: Tensor, return_attn_probs: bool):
     return (out, lse, None) if return_attn_probs else out
 
 
-def flash_attn_func(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0, softmax_scale: Optional[float] = None,
-                    causal: bool = False, window_size: Tuple[int, int] = (-1, -1), softcap: float = 0.0,
-                    alibi_slopes: Optional[Tensor] = None, deterministic: bool = False,
-                    return_attn_probs: bool = False):
+def flash_attn_func(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    dropout_p: float = 0.0,
+    softmax_scale: Optional[float] = None,
+    causal: bool = False,
+    window_size: Tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    alibi_slopes: Optional[Tensor] = None,
+    deterministic: bool = False,
+    return_attn_probs: bool = False,
+):
     """q [B, Sq, Hq, D], k and v [B, Sk, Hk, D] -> out [B, Sq, Hq, D] (with return_attn_probs:
     (out, lse [B, Hq, Sq], None)). Differentiable in q, k, v."""
     _refuse_unsupported(dropout_p, window_size, softcap, alibi_slopes)
@@ -44,19 +53,34 @@ def flash_attn_func(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0, sof
     return _result(out, lse, return_attn_probs)
 
 
-def flash_attn_varlen_func(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
-                           max_seqlen_q: int, max_seqlen_k: int, dropout_p: float = 0.0,
-                           softmax_scale: Optional[float] = None, causal: bool = False,
-                           window_size: Tuple[int, int] = (-1, -1), softcap: float = 0.0,
-                           alibi_slopes: Optional[Tensor] = None, deterministic: bool = False,
-                           return_attn_probs: bool = False, block_table: Optional[Tensor] = None, *,
-                           host_cu_seqlens_q: Optional[Tensor] = None, host_cu_seqlens_k: Optional[Tensor] = None):
+def flash_attn_varlen_func(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens_q: Tensor,
+    cu_seqlens_k: Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    dropout_p: float = 0.0,
+    softmax_scale: Optional[float] = None,
+    causal: bool = False,
+    window_size: Tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    alibi_slopes: Optional[Tensor] = None,
+    deterministic: bool = False,
+    return_attn_probs: bool = False,
+    block_table: Optional[Tensor] = None,
+    *,
+    host_cu_seqlens_q: Optional[Tensor] = None,
+    host_cu_seqlens_k: Optional[Tensor] = None,
+):
     """Packed sequences: q [Tq, Hq, D], k and v [Tk, Hk, D], cu_seqlens int32 [B + 1] on the device.
 
     kjit validates host copies of cu_seqlens instead of trusting max_seqlen_q/k (accepted for
     FlashAttention's signature, not read): pass host_cu_seqlens_q/k to avoid the one
     synchronisation that makes them."""
     _refuse_unsupported(dropout_p, window_size, softcap, alibi_slopes, block_table)
-    out, lse = attention.forward_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, host_cu_seqlens_q, host_cu_seqlens_k,
-                                        softmax_scale, causal, deterministic)
+    out, lse = attention.forward_varlen(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, host_cu_seqlens_q, host_cu_seqlens_k, softmax_scale, causal, deterministic
+    )
     return _result(out, lse, return_attn_probs)

@@ -51,12 +51,19 @@ def _decode(q, cache, block_table, lengths, host_block_table, host_lengths, soft
 
 
 @_decode.register_fake
-def _(q, cache, block_table, lengths, host_block_table, host_lengths, softmax_scale):
+def _(q, *_):
     return _new_outputs(q)
 
 
-def decode(q: Tensor, cache: Tensor, block_table: Tensor, lengths: Tensor, host_block_table: Optional[Tensor] = None,
-           host_lengths: Optional[Tensor] = None, softmax_scale: Optional[float] = None) -> Tuple[Tensor, Tensor]:
+def decode(
+    q: Tensor,
+    cache: Tensor,
+    block_table: Tensor,
+    lengths: Tensor,
+    host_block_table: Optional[Tensor] = None,
+    host_lengths: Optional[Tensor] = None,
+    softmax_scale: Optional[float] = None,
+) -> Tuple[Tensor, Tensor]:
     """(out [B, s_q, H, 512], lse [B, s_q, H] fp32) of q [B, s_q, H, 576] (s_q 1 to 4, the last
     tokens of each sequence, causal among themselves) over the paged cache [num_blocks,
     block_size, 576]; block_table int32 [B, max_blocks], lengths int32 [B] on the device.
@@ -65,6 +72,12 @@ def decode(q: Tensor, cache: Tensor, block_table: Tensor, lengths: Tensor, host_
     made (one synchronisation). Under CUDA graphs the plan is the one captured: capture with
     host_lengths at least the longest the replays will see (the kernel reads the device lengths).
     softmax_scale None means 1 / sqrt(576); models pass theirs (GLM-4.7-Flash: 0.0625)."""
-    return torch.ops.kjit.mla_decode(q, cache, block_table, lengths, host_or_copy(host_block_table, block_table),
-                                     host_or_copy(host_lengths, lengths),
-                                     0.0 if softmax_scale is None else float(softmax_scale))
+    return torch.ops.kjit.mla_decode(
+        q,
+        cache,
+        block_table,
+        lengths,
+        host_or_copy(host_block_table, block_table),
+        host_or_copy(host_lengths, lengths),
+        0.0 if softmax_scale is None else float(softmax_scale),
+    )

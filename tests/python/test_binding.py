@@ -47,21 +47,55 @@ def test_library_loads_without_a_driver():
 def test_attention_refusals_through_the_c_abi(fake_cuda):
     q, k = fake_cuda(bf16, 2, 128, 8, 80), fake_cuda(bf16, 2, 128, 2, 80)
     out, lse = fake_cuda(bf16, 2, 128, 8, 80), fake_cuda(f32, 2, 8, 128)
-    refused("head dim", "kjit_attention_forward", dl(q, "q"), dl(k, "k"), dl(k, "v"), dl(out, "out"), dl(lse, "lse"),
-            0.0, 1, None)
+    refused(
+        "head dim",
+        "kjit_attention_forward",
+        dl(q, "q"),
+        dl(k, "k"),
+        dl(k, "v"),
+        dl(out, "out"),
+        dl(lse, "lse"),
+        0.0,
+        1,
+        None,
+    )
     refused("q is NULL", "kjit_attention_forward", None, dl(k, "k"), dl(k, "v"), dl(out, "out"), None, 0.0, 0, None)
     q = fake_cuda(bf16, 2, 128, 8, 64)
     bad_lse = fake_cuda(f32, 2, 128, 8)
-    refused("lse", "kjit_attention_forward", dl(q, "q"), dl(q, "k"), dl(q, "v"), dl(q, "out"), dl(bad_lse, "lse"), 0.0,
-            0, None)
+    refused(
+        "lse",
+        "kjit_attention_forward",
+        dl(q, "q"),
+        dl(q, "k"),
+        dl(q, "v"),
+        dl(q, "out"),
+        dl(bad_lse, "lse"),
+        0.0,
+        0,
+        None,
+    )
 
 
 def test_varlen_host_copies_are_validated_by_kjit(fake_cuda):
     q, cu = fake_cuda(bf16, 100, 8, 64), fake_cuda(i32, 3)
     lse = fake_cuda(f32, 8, 100)
     host = torch.tensor([0, 60, 90], dtype=i32)  # ends at 90, not the 100 tokens
-    refused("100", "kjit_attention_forward_varlen", dl(q, "q"), dl(q, "k"), dl(q, "v"), dl(q, "out"), dl(lse, "lse"),
-            dl(cu, "cu_seqlens_q"), dl(cu, "cu_seqlens_k"), host.data_ptr(), host.data_ptr(), 0.0, 1, None)
+    refused(
+        "100",
+        "kjit_attention_forward_varlen",
+        dl(q, "q"),
+        dl(q, "k"),
+        dl(q, "v"),
+        dl(q, "out"),
+        dl(lse, "lse"),
+        dl(cu, "cu_seqlens_q"),
+        dl(cu, "cu_seqlens_k"),
+        host.data_ptr(),
+        host.data_ptr(),
+        0.0,
+        1,
+        None,
+    )
 
 
 def test_grouped_refusal_names_the_group(fake_cuda):
@@ -70,54 +104,144 @@ def test_grouped_refusal_names_the_group(fake_cuda):
     host_cu_k, host_cu_q = torch.tensor([0, 64], dtype=i32), torch.tensor([0, 32], dtype=i32)
     host_windows = torch.tensor([0, 65], dtype=i32)  # past the sequence's 64 keys
     lse = fake_cuda(f32, 8, 32)
-    group = AttentionGroup(dl(q, "q"), dl(q, "out"), dl(lse, "lse"), dl(cu_q, "cu"), host_cu_q.data_ptr(),
-                           dl(windows, "w"), host_windows.data_ptr(), None, None)
+    group = AttentionGroup(
+        dl(q, "q"),
+        dl(q, "out"),
+        dl(lse, "lse"),
+        dl(cu_q, "cu"),
+        host_cu_q.data_ptr(),
+        dl(windows, "w"),
+        host_windows.data_ptr(),
+        None,
+        None,
+    )
     with pytest.raises(kjit.InvalidArgumentError) as error:
-        call("kjit_attention_forward_grouped", ctypes.byref(group), 1, dl(k, "k"), dl(k, "v"), dl(cu_k, "cu_k"),
-             host_cu_k.data_ptr(), 0.0, 1, None)
+        call(
+            "kjit_attention_forward_grouped",
+            ctypes.byref(group),
+            1,
+            dl(k, "k"),
+            dl(k, "v"),
+            dl(cu_k, "cu_k"),
+            host_cu_k.data_ptr(),
+            0.0,
+            1,
+            None,
+        )
     assert "group 0" in str(error.value), str(error.value)
 
 
 def test_merge_and_mla_refusals(fake_cuda):
     parts, lse = fake_cuda(bf16, 3, 10, 4, 128), fake_cuda(f32, 3, 10, 5)
-    refused("parts_lse", "kjit_merge_states", dl(parts, "parts"), dl(lse, "parts_lse"),
-            dl(fake_cuda(bf16, 10, 4, 128), "out"), None, None)
+    refused(
+        "parts_lse",
+        "kjit_merge_states",
+        dl(parts, "parts"),
+        dl(lse, "parts_lse"),
+        dl(fake_cuda(bf16, 10, 4, 128), "out"),
+        None,
+        None,
+    )
     q, cache = fake_cuda(bf16, 2, 1, 20, 512), fake_cuda(bf16, 4, 64, 576)
     table, lengths = fake_cuda(i32, 2, 2), fake_cuda(i32, 2)
     host_table, host_lengths = torch.tensor([[0, 1], [2, 3]], dtype=i32), torch.tensor([100, 10], dtype=i32)
-    refused("576", "kjit_mla_decode", dl(q, "q"), dl(cache, "cache"), dl(table, "block_table"), host_table.data_ptr(),
-            dl(lengths, "lengths"), host_lengths.data_ptr(), dl(fake_cuda(bf16, 2, 1, 20, 512), "out"), None, 0.0,
-            None)
+    refused(
+        "576",
+        "kjit_mla_decode",
+        dl(q, "q"),
+        dl(cache, "cache"),
+        dl(table, "block_table"),
+        host_table.data_ptr(),
+        dl(lengths, "lengths"),
+        host_lengths.data_ptr(),
+        dl(fake_cuda(bf16, 2, 1, 20, 512), "out"),
+        None,
+        0.0,
+        None,
+    )
 
 
 def test_moe_refusals_through_the_c_abi(fake_cuda):
     logits, ids, weights = fake_cuda(f32, 10, 64), fake_cuda(i32, 10, 4), fake_cuda(f32, 10, 4)
     options = RouterOptions(1, 65, 1, 1, 1, 1.8)
-    refused("top_k must be 1 to min(32, E = 64)", "kjit_moe_router_topk", dl(logits, "logits"), None, dl(ids, "ids"),
-            dl(weights, "weights"), ctypes.byref(options), None)
+    refused(
+        "top_k must be 1 to min(32, E = 64)",
+        "kjit_moe_router_topk",
+        dl(logits, "logits"),
+        None,
+        dl(ids, "ids"),
+        dl(weights, "weights"),
+        ctypes.byref(options),
+        None,
+    )
     rows = _library.align_capacity(40, 64, 64)
     sorted_, blocks = fake_cuda(i32, rows), fake_cuda(i32, rows // 64)
     counts, offsets, invalid = fake_cuda(i32, 64), fake_cuda(i32, 65), fake_cuda(i32, 1)
-    refused("block must be 1 to 1024 rows", "kjit_moe_align", dl(ids, "ids"), 64, 2000, dl(sorted_, "sorted"),
-            dl(blocks, "block_expert"), dl(counts, "counts"), dl(offsets, "offsets"), dl(invalid, "invalid"), None)
+    refused(
+        "block must be 1 to 1024 rows",
+        "kjit_moe_align",
+        dl(ids, "ids"),
+        64,
+        2000,
+        dl(sorted_, "sorted"),
+        dl(blocks, "block_expert"),
+        dl(counts, "counts"),
+        dl(offsets, "offsets"),
+        dl(invalid, "invalid"),
+        None,
+    )
     x, x_sorted, positions = fake_cuda(bf16, 10, 20), fake_cuda(bf16, rows, 20), fake_cuda(i32, 40)
-    refused("multiple of 8", "kjit_moe_permute", dl(x, "x"), dl(sorted_, "sorted"), 4, dl(x_sorted, "x_sorted"),
-            dl(positions, "positions"), None)
+    refused(
+        "multiple of 8",
+        "kjit_moe_permute",
+        dl(x, "x"),
+        dl(sorted_, "sorted"),
+        4,
+        dl(x_sorted, "x_sorted"),
+        dl(positions, "positions"),
+        None,
+    )
     xs, gemm_blocks = fake_cuda(bf16, 1024, 2048), fake_cuda(i32, 8)
     w, y = fake_cuda(bf16, 64, 3072, 2048), fake_cuda(bf16, 1024, 3072)
-    refused("N / 2 after SwiGLU", "kjit_moe_grouped_gemm", dl(xs, "x_sorted"), dl(gemm_blocks, "block_expert"), 128,
-            dl(w, "w"), dl(y, "y"), 1, None, None, None)
+    refused(
+        "N / 2 after SwiGLU",
+        "kjit_moe_grouped_gemm",
+        dl(xs, "x_sorted"),
+        dl(gemm_blocks, "block_expert"),
+        128,
+        dl(w, "w"),
+        dl(y, "y"),
+        1,
+        None,
+        None,
+        None,
+    )
     codes, scales = fake_cuda(u8, 64, 3072, 1024), fake_cuda(u8, 64, 3072, 128)
-    refused("format must be 0 (NVFP4) or 1 (MXFP4), got 2", "kjit_moe_expert_gemm_fp4", dl(xs, "x_sorted"),
-            dl(gemm_blocks, "block_expert"), 128, 2, dl(codes, "codes"), dl(scales, "scales"), None, dl(y, "y"), 0,
-            None, None, None)
+    refused(
+        "format must be 0 (NVFP4) or 1 (MXFP4), got 2",
+        "kjit_moe_expert_gemm_fp4",
+        dl(xs, "x_sorted"),
+        dl(gemm_blocks, "block_expert"),
+        128,
+        2,
+        dl(codes, "codes"),
+        dl(scales, "scales"),
+        None,
+        dl(y, "y"),
+        0,
+        None,
+        None,
+        None,
+    )
 
 
 def test_align_capacity_in_python_matches_the_library():
     for pairs in (0, 1, 7, 40, 64, 65, 1000, 4096 * 8, 16384 * 8 + 3):
         for experts in (1, 8, 64, 256):
             for block in (1, 16, 64, 128):
-                assert int(kjit.moe.align_capacity(pairs, experts, block)) == _library.align_capacity(pairs, experts, block)
+                assert int(kjit.moe.align_capacity(pairs, experts, block)) == _library.align_capacity(
+                    pairs, experts, block
+                )
 
 
 def test_torch_ops_refuse_host_tensors_with_kjits_message():
@@ -145,9 +269,13 @@ def test_python_side_refusals_name_the_argument():
         kjit.flash_attn_func(q[None], q[None], q[None], dropout_p=0.1)
     with pytest.raises(kjit.InvalidArgumentError, match="window_size"):
         kjit.flash_attn_varlen_func(q, q, q, cu, cu, 8, 8, window_size=(64, 0))
-    with pytest.raises(kjit.InvalidArgumentError, match=r"epilogue must be one of \['plain', 'routing_weights', 'swiglu'\]"):
+    with pytest.raises(
+        kjit.InvalidArgumentError, match=r"epilogue must be one of \['plain', 'routing_weights', 'swiglu'\]"
+    ):
         kjit.moe.grouped_gemm(q[0], cu, 64, q, epilogue="gelu")
-    with pytest.raises(kjit.InvalidArgumentError, match="x has dtype torch.complex64 and 1 dims, which kjit does not take"):
+    with pytest.raises(
+        kjit.InvalidArgumentError, match="x has dtype torch.complex64 and 1 dims, which kjit does not take"
+    ):
         dl(torch.zeros(2, dtype=torch.complex64), "x")
 
 

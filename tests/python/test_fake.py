@@ -37,8 +37,10 @@ def test_attention_shapes():
         grads = kjit.attention.backward_varlen(out, q, k, k, out, lse, cu, cu, host(4), host(4), deterministic=True)
         assert [spec(g) for g in grads] == [spec(q), spec(k), spec(k)]
 
-        groups = [kjit.attention.QueryGroup(cuda(n, 16, 64), cuda(3, dtype=i32), cuda(2, 2, dtype=i32), host(3),
-                                            host(2, 2)) for n in (40, 70)]
+        groups = [
+            kjit.attention.QueryGroup(cuda(n, 16, 64), cuda(3, dtype=i32), cuda(2, 2, dtype=i32), host(3), host(2, 2))
+            for n in (40, 70)
+        ]
         k = cuda(200, 4, 64)
         outs, lses = kjit.attention.grouped_forward(groups, k, k, cuda(3, dtype=i32), host(3), causal=True)
         assert [spec(o) for o in outs] == [((40, 16, 64), bf16, "cuda"), ((70, 16, 64), bf16, "cuda")]
@@ -49,8 +51,9 @@ def test_attention_shapes():
         out, lse = kjit.attention.merge_states(cuda(3, 10, 8, 128, dtype=f32), cuda(3, 10, 8, dtype=f32))
         assert spec(out) == ((10, 8, 128), f32, "cuda") and spec(lse) == ((10, 8), f32, "cuda")
 
-        out, lse = kjit.mla.decode(cuda(4, 2, 20, 576), cuda(64, 64, 576), cuda(4, 16, dtype=i32),
-                                   cuda(4, dtype=i32), host(4, 16), host(4))
+        out, lse = kjit.mla.decode(
+            cuda(4, 2, 20, 576), cuda(64, 64, 576), cuda(4, 16, dtype=i32), cuda(4, dtype=i32), host(4, 16), host(4)
+        )
         assert spec(out) == ((4, 2, 20, 512), bf16, "cuda") and spec(lse) == ((4, 2, 20), f32, "cuda")
 
 
@@ -64,8 +67,12 @@ def test_moe_shapes():
         sorted_, block_expert, counts, offsets, invalid = kjit.moe.align(ids, experts, block)
         rows = kjit.moe.align_capacity(tokens * 4, experts, block)
         assert [spec(t) for t in (sorted_, block_expert, counts, offsets, invalid)] == [
-            ((rows,), i32, "cuda"), ((rows // block,), i32, "cuda"), ((experts,), i32, "cuda"),
-            ((experts + 1,), i32, "cuda"), ((1,), i32, "cuda")]
+            ((rows,), i32, "cuda"),
+            ((rows // block,), i32, "cuda"),
+            ((experts,), i32, "cuda"),
+            ((experts + 1,), i32, "cuda"),
+            ((1,), i32, "cuda"),
+        ]
         x_sorted, positions = kjit.moe.permute(x, sorted_, 4)
         assert spec(x_sorted) == ((rows, hidden), bf16, "cuda") and spec(positions) == ((tokens * 4,), i32, "cuda")
         gate_up, down = cuda(experts, 2 * inter, hidden), cuda(experts, hidden, inter)
@@ -76,16 +83,38 @@ def test_moe_shapes():
         assert spec(kjit.moe.unpermute(y, positions, 4)) == ((tokens, hidden), bf16, "cuda")
 
         codes, scales, tensor_scale = kjit.moe.quantize_fp4(cuda(2 * inter, hidden), "mxfp4")
-        assert spec(codes) == ((2 * inter, hidden // 2), u8, "cuda") and spec(scales) == ((2 * inter, hidden // 32), u8, "cuda")
-        fp4 = kjit.moe.Fp4Weights("nvfp4", cuda(experts, 2 * inter, hidden // 2, dtype=u8),
-                                  cuda(experts, 2 * inter, hidden // 16, dtype=u8), cuda(experts, dtype=f32))
-        assert spec(kjit.moe.expert_gemm_fp4(x_sorted, block_expert, block, fp4, "swiglu")) == ((rows, inter), bf16, "cuda")
+        assert spec(codes) == ((2 * inter, hidden // 2), u8, "cuda") and spec(scales) == (
+            (2 * inter, hidden // 32),
+            u8,
+            "cuda",
+        )
+        fp4 = kjit.moe.Fp4Weights(
+            "nvfp4",
+            cuda(experts, 2 * inter, hidden // 2, dtype=u8),
+            cuda(experts, 2 * inter, hidden // 16, dtype=u8),
+            cuda(experts, dtype=f32),
+        )
+        assert spec(kjit.moe.expert_gemm_fp4(x_sorted, block_expert, block, fp4, "swiglu")) == (
+            (rows, inter),
+            bf16,
+            "cuda",
+        )
         masked_x, masked_m = cuda(experts, 8, hidden), cuda(experts, dtype=i32)
-        assert spec(kjit.moe.grouped_gemm_masked(masked_x, masked_m, gate_up)) == ((experts, 8, 2 * inter), bf16, "cuda")
-        assert spec(kjit.moe.expert_gemm_fp4_masked(masked_x, masked_m, fp4, "swiglu")) == ((experts, 8, inter), bf16, "cuda")
+        assert spec(kjit.moe.grouped_gemm_masked(masked_x, masked_m, gate_up)) == (
+            (experts, 8, 2 * inter),
+            bf16,
+            "cuda",
+        )
+        assert spec(kjit.moe.expert_gemm_fp4_masked(masked_x, masked_m, fp4, "swiglu")) == (
+            (experts, 8, inter),
+            bf16,
+            "cuda",
+        )
 
         stats = kjit.moe.balance(ids, cuda(tokens, experts, dtype=f32), logits)
-        assert [spec(t) for t in stats] == [((experts,), i32, "cuda")] + [((experts,), f32, "cuda")] * 2 + [((4,), f32, "cuda")]
+        assert [spec(t) for t in stats] == [((experts,), i32, "cuda")] + [((experts,), f32, "cuda")] * 2 + [
+            ((4,), f32, "cuda")
+        ]
         out = kjit.moe.layer(x, logits, gate_up, down, router, shared=x)
         assert spec(out) == spec(x)
 
@@ -120,8 +149,9 @@ class TinyBlock(torch.nn.Module):
 
     def forward(self, x, cu, host_cu):
         q, k, v = self.qkv(x).view(-1, 3, 1, 64).unbind(1)
-        out = kjit.flash_attn_varlen_func(q, k, v, cu, cu, 0, 0, causal=True, host_cu_seqlens_q=host_cu,
-                                          host_cu_seqlens_k=host_cu)
+        out = kjit.flash_attn_varlen_func(
+            q, k, v, cu, cu, 0, 0, causal=True, host_cu_seqlens_q=host_cu, host_cu_seqlens_k=host_cu
+        )
         ids, weights = kjit.moe.router_topk(out.view(-1, 64).float(), kjit.moe.Router(top_k=2))
         return out.sum() + weights.sum()
 
@@ -145,7 +175,9 @@ def test_autograd_traces_to_kjits_backward():
         return torch.autograd.grad(out.float().square().sum(), (q, k, v))
 
     q, k = torch.randn(1, 32, 4, 64, dtype=bf16), torch.randn(1, 48, 2, 64, dtype=bf16)
-    traced = make_fx(loss_and_grads, tracing_mode="fake")(q.requires_grad_(), k.requires_grad_(), k.clone().requires_grad_())
+    traced = make_fx(loss_and_grads, tracing_mode="fake")(
+        q.requires_grad_(), k.requires_grad_(), k.clone().requires_grad_()
+    )
     calls = {str(n.target): n for n in traced.graph.nodes if n.op == "call_function"}
     assert "kjit.attention_forward.default" in calls and "kjit.attention_backward.default" in calls, list(calls)
     backward = calls["kjit.attention_backward.default"]
@@ -154,8 +186,14 @@ def test_autograd_traces_to_kjits_backward():
 
 def test_torch_compile_traces_the_moe_module_in_one_graph():
     recorder = GraphRecorder()
-    layer = kjit.moe.MoELayer(128, 8, 64, router=kjit.moe.Router(top_k=2, sigmoid=True, renormalize=True),
-                              shared_intermediate_size=64, track_stats=True)
+    layer = kjit.moe.MoELayer(
+        128,
+        8,
+        64,
+        router=kjit.moe.Router(top_k=2, sigmoid=True, renormalize=True),
+        shared_intermediate_size=64,
+        track_stats=True,
+    )
     torch.compile(layer, backend=recorder, fullgraph=True)(torch.randn(5, 128, dtype=bf16))
     assert len(recorder.graphs) == 1
     ops = recorder.ops()

@@ -33,7 +33,11 @@ FORWARD_CASES = [  # (batch, sq, sk, hq, hk, dim, causal, dtype)
 
 @pytest.mark.parametrize("batch,sq,sk,hq,hk,dim,causal,dtype", FORWARD_CASES)
 def test_forward(batch, sq, sk, hq, hk, dim, causal, dtype):
-    q, k, v = randn(batch, sq, hq, dim, dtype=dtype), randn(batch, sk, hk, dim, dtype=dtype), randn(batch, sk, hk, dim, dtype=dtype)
+    q, k, v = (
+        randn(batch, sq, hq, dim, dtype=dtype),
+        randn(batch, sk, hk, dim, dtype=dtype),
+        randn(batch, sk, hk, dim, dtype=dtype),
+    )
     out, lse = kjit.attention.forward(q, k, v, causal=causal)
     ref_out, ref_lse = ref.attention(q, k, v, causal)
     low_out, _ = ref.attention(q, k, v, causal, dtype=dtype)
@@ -127,8 +131,9 @@ def test_varlen_autograd_against_the_references_autograd():
     k, v = torch.randn_like(q), torch.randn_like(q)
     packed = [t.clone().requires_grad_() for t in (q, k, v)]
     dout = randn(128, 4, 128)
-    out = kjit.flash_attn_varlen_func(*packed, cu.cuda(), cu.cuda(), 64, 64, causal=True, host_cu_seqlens_q=cu,
-                                      host_cu_seqlens_k=cu)
+    out = kjit.flash_attn_varlen_func(
+        *packed, cu.cuda(), cu.cuda(), 64, 64, causal=True, host_cu_seqlens_q=cu, host_cu_seqlens_k=cu
+    )
     grads = torch.autograd.grad(out, packed, dout)
     batched = lambda t, dtype: t.detach().view(2, 64, 4, 128).to(dtype).requires_grad_()  # noqa: E731
     ref_in, low_in = [batched(t, torch.float64) for t in (q, k, v)], [batched(t, bf16) for t in (q, k, v)]

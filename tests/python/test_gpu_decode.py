@@ -65,7 +65,9 @@ def test_mla_decode_under_cuda_graphs():
         q.copy_(torch.randn_like(q))
         lengths.copy_(torch.tensor(step_lengths, dtype=i32))
         graph.replay()
-        eager_out, eager_lse = kjit.mla.decode(q, cache, device_table, lengths, table, torch.tensor(step_lengths, dtype=i32), SCALE)
+        eager_out, eager_lse = kjit.mla.decode(
+            q, cache, device_table, lengths, table, torch.tensor(step_lengths, dtype=i32), SCALE
+        )
         ref_out, _ = ref.mla_decode(q, cache, table, torch.tensor(step_lengths), SCALE)
         torch.testing.assert_close(out.double(), ref_out, atol=2e-2, rtol=2e-2)
         torch.testing.assert_close(out, eager_out, atol=1e-2, rtol=1e-2)

@@ -88,7 +88,7 @@ def test_fp4_gemm_against_the_dequantised_weights(format):
             continue
         rows = slice(b * block, (b + 1) * block)
         exact = x_sorted[rows].double() @ dense[e].double().t()
-        low = (x_sorted[rows] @ dense[e].to(bf16).t())
+        low = x_sorted[rows] @ dense[e].to(bf16).t()
         bound(y[rows], exact, low)
 
 
@@ -109,7 +109,9 @@ def eager_moe(layer, x):
 @pytest.mark.parametrize("weights", ["bf16", "nvfp4", "mxfp4"])
 @pytest.mark.parametrize("tokens", [1, 16, 300])
 def test_moe_layer_module_against_eager_torch(weights, tokens):
-    layer = kjit.moe.MoELayer(2048, 64, 1536, shared_intermediate_size=1536, device="cuda", track_stats=True)  # GLM-4.7-Flash
+    layer = kjit.moe.MoELayer(
+        2048, 64, 1536, shared_intermediate_size=1536, device="cuda", track_stats=True
+    )  # GLM-4.7-Flash
     with torch.no_grad():
         layer.e_score_correction_bias.copy_(torch.randn(64, device="cuda") * 0.05)
         if weights != "bf16":

@@ -13,8 +13,12 @@ def test_attention_reference_is_sdpa_with_gqa_and_bottom_right_causal():
     q, k, v = torch.randn(2, 5, 4, 16), torch.randn(2, 9, 2, 16), torch.randn(2, 9, 2, 16)
     out, lse = ref.attention(q, k, v, causal=True)
     mask = torch.ones(5, 9, dtype=torch.bool).tril(diagonal=9 - 5)  # bottom-right aligned
-    expect = F.scaled_dot_product_attention(q.double().transpose(1, 2), k.double().repeat_interleave(2, 2).transpose(1, 2),
-                                            v.double().repeat_interleave(2, 2).transpose(1, 2), attn_mask=mask)
+    expect = F.scaled_dot_product_attention(
+        q.double().transpose(1, 2),
+        k.double().repeat_interleave(2, 2).transpose(1, 2),
+        v.double().repeat_interleave(2, 2).transpose(1, 2),
+        attn_mask=mask,
+    )
     torch.testing.assert_close(out, expect.transpose(1, 2))
     scores = q.double().transpose(1, 2) @ k.double().repeat_interleave(2, 2).permute(0, 2, 3, 1) / 4
     torch.testing.assert_close(lse, scores.masked_fill(~mask, float("-inf")).logsumexp(-1).float())
@@ -31,7 +35,9 @@ def test_mla_reference_is_attention_over_the_gathered_cache():
     out, lse = ref.mla_decode(q, cache, table, lengths, 0.1)
     for b in range(2):
         keys = cache[table[b].long()].reshape(-1, 576)[: lengths[b]]
-        expect, expect_lse = ref.attention(q[b : b + 1], keys[None, :, None], keys[None, :, None, :512].contiguous(), True, 0.1)
+        expect, expect_lse = ref.attention(
+            q[b : b + 1], keys[None, :, None], keys[None, :, None, :512].contiguous(), True, 0.1
+        )
         torch.testing.assert_close(out[b], expect[0][..., :512])
         torch.testing.assert_close(lse[b].float(), expect_lse[0].transpose(0, 1))
 
@@ -48,9 +54,14 @@ def test_route_and_moe_references():
     x, gate_up, down = torch.randn(5, 16), torch.randn(8, 12, 16), torch.randn(8, 16, 6)
     out = ref.moe(x, ids, weights, gate_up, down, torch.float64)
     for t in range(5):
-        expect = sum(weights[t, j].double() * (down[e].double() @ (F.silu(gate_up[e, 0::2].double() @ x[t].double())
-                                                                   * (gate_up[e, 1::2].double() @ x[t].double())))
-                     for j, e in enumerate(ids[t].tolist()))
+        expect = sum(
+            weights[t, j].double()
+            * (
+                down[e].double()
+                @ (F.silu(gate_up[e, 0::2].double() @ x[t].double()) * (gate_up[e, 1::2].double() @ x[t].double()))
+            )
+            for j, e in enumerate(ids[t].tolist())
+        )
         torch.testing.assert_close(out[t], expect, rtol=1e-5, atol=1e-5)  # the reference rounds h to x's fp32
 
 

@@ -12,7 +12,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InvalidArgumentError
-from .ops import GLM_4_7_FLASH, Fp4Weights, Router, balance, interleave_gate_up, layer, layer_fp4, quantize_experts_fp4, router_topk
+from .ops import (
+    GLM_4_7_FLASH,
+    Fp4Weights,
+    Router,
+    balance,
+    interleave_gate_up,
+    layer,
+    layer_fp4,
+    quantize_experts_fp4,
+    router_topk,
+)
 
 
 @dataclass
@@ -50,21 +60,34 @@ class MoELayer(nn.Module):
     quantises them in place (per-expert tensor scales). Inference only: kjit's fused layer has
     no backward. With track_stats, each forward keeps `last_stats` (RoutingStats)."""
 
-    def __init__(self, hidden_size: int, num_experts: int, intermediate_size: int, router: Router = GLM_4_7_FLASH,
-                 shared_intermediate_size: Optional[int] = None, correction_bias: bool = True,
-                 dtype: torch.dtype = torch.bfloat16, device=None, block: int = 0, track_stats: bool = False):
+    def __init__(
+        self,
+        hidden_size: int,
+        num_experts: int,
+        intermediate_size: int,
+        router: Router = GLM_4_7_FLASH,
+        shared_intermediate_size: Optional[int] = None,
+        correction_bias: bool = True,
+        dtype: torch.dtype = torch.bfloat16,
+        device=None,
+        block: int = 0,
+        track_stats: bool = False,
+    ):
         super().__init__()
         self.router, self.block, self.track_stats = router, block, track_stats
         self.num_experts = num_experts
         self.gate = nn.Linear(hidden_size, num_experts, bias=False, dtype=torch.float32, device=device)
         bias = torch.zeros(num_experts, dtype=torch.float32, device=device) if correction_bias else None
         self.register_buffer("e_score_correction_bias", bias)
-        self.gate_up = nn.Parameter(torch.empty(num_experts, 2 * intermediate_size, hidden_size, dtype=dtype, device=device))
+        self.gate_up = nn.Parameter(
+            torch.empty(num_experts, 2 * intermediate_size, hidden_size, dtype=dtype, device=device)
+        )
         self.down = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size, dtype=dtype, device=device))
         nn.init.normal_(self.gate_up, std=hidden_size**-0.5)
         nn.init.normal_(self.down, std=intermediate_size**-0.5)
-        self.shared_expert = (SharedExpert(hidden_size, shared_intermediate_size, dtype, device)
-                              if shared_intermediate_size else None)
+        self.shared_expert = (
+            SharedExpert(hidden_size, shared_intermediate_size, dtype, device) if shared_intermediate_size else None
+        )
         self.fp4: Optional[tuple] = None  # (gate_up, down) Fp4Weights after to_fp4()
         self.last_stats: Optional[RoutingStats] = None
 
@@ -81,7 +104,9 @@ class MoELayer(nn.Module):
         """Quantises the expert weights to FP4 (on their device, kjit's quantiser) and frees the
         16-bit ones."""
         if self.gate_up.dtype != torch.bfloat16:
-            raise InvalidArgumentError(f"to_fp4: FP4 experts run with bf16 activations, the weights are {self.gate_up.dtype}")
+            raise InvalidArgumentError(
+                f"to_fp4: FP4 experts run with bf16 activations, the weights are {self.gate_up.dtype}"
+            )
         self.fp4 = (quantize_experts_fp4(self.gate_up, format), quantize_experts_fp4(self.down, format))
         del self.gate_up, self.down
         return self
@@ -90,8 +115,10 @@ class MoELayer(nn.Module):
         # .to()/.cuda() move the FP4 tensors with the parameters.
         super()._apply(fn, recurse)
         if self.fp4 is not None:
-            self.fp4 = tuple(Fp4Weights(w.format, fn(w.codes), fn(w.scales),
-                                        None if w.tensor_scale is None else fn(w.tensor_scale)) for w in self.fp4)
+            self.fp4 = tuple(
+                Fp4Weights(w.format, fn(w.codes), fn(w.scales), None if w.tensor_scale is None else fn(w.tensor_scale))
+                for w in self.fp4
+            )
         return self
 
     def forward(self, x: Tensor) -> Tensor:

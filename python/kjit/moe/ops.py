@@ -51,8 +51,9 @@ class Router:
     scaling: float = 1.0  # then multiplied by this (routed_scaling_factor)
 
     def c_options(self) -> RouterOptions:
-        return RouterOptions(int(self.sigmoid), self.top_k, self.groups, self.topk_groups, int(self.renormalize),
-                             self.scaling)
+        return RouterOptions(
+            int(self.sigmoid), self.top_k, self.groups, self.topk_groups, int(self.renormalize), self.scaling
+        )
 
 
 GLM_4_7_FLASH = Router(top_k=4, sigmoid=True, renormalize=True, scaling=1.8)
@@ -92,8 +93,15 @@ def _router_topk(logits, bias, top_k, sigmoid, groups, topk_groups, renormalize,
     ids, weights = _new_router_outputs(logits, top_k)
     options = Router(top_k, sigmoid, groups, topk_groups, renormalize, scaling).c_options()
     dl = DLArgs()
-    launch("kjit_moe_router_topk", logits, dl(logits, "logits"), dl(bias, "bias"), dl(ids, "ids"),
-           dl(weights, "weights"), options)
+    launch(
+        "kjit_moe_router_topk",
+        logits,
+        dl(logits, "logits"),
+        dl(bias, "bias"),
+        dl(ids, "ids"),
+        dl(weights, "weights"),
+        options,
+    )
     return ids, weights
 
 
@@ -103,7 +111,7 @@ def _new_router_outputs(logits: Tensor, top_k: int):
 
 
 @_router_topk.register_fake
-def _(logits, bias, top_k, sigmoid, groups, topk_groups, renormalize, scaling):
+def _(logits, bias, top_k, *_):
     return _new_router_outputs(logits, top_k)
 
 
@@ -124,8 +132,18 @@ def align_capacity(pairs, experts: int, block: int):
 def _align(ids, experts, block):
     sorted_, block_expert, counts, offsets, invalid = _new_align_outputs(ids, experts, block)
     dl = DLArgs()
-    launch("kjit_moe_align", ids, dl(ids, "ids"), experts, block, dl(sorted_, "sorted"),
-           dl(block_expert, "block_expert"), dl(counts, "counts"), dl(offsets, "offsets"), dl(invalid, "invalid"))
+    launch(
+        "kjit_moe_align",
+        ids,
+        dl(ids, "ids"),
+        experts,
+        block,
+        dl(sorted_, "sorted"),
+        dl(block_expert, "block_expert"),
+        dl(counts, "counts"),
+        dl(offsets, "offsets"),
+        dl(invalid, "invalid"),
+    )
     return sorted_, block_expert, counts, offsets, invalid
 
 
@@ -147,14 +165,20 @@ def _(ids, experts, block):
 def _permute(x, sorted, top_k):
     x_sorted, positions = _new_permute_outputs(x, sorted, top_k)
     dl = DLArgs()
-    launch("kjit_moe_permute", x, dl(x, "x"), dl(sorted, "sorted"), top_k, dl(x_sorted, "x_sorted"),
-           dl(positions, "positions"))
+    launch(
+        "kjit_moe_permute",
+        x,
+        dl(x, "x"),
+        dl(sorted, "sorted"),
+        top_k,
+        dl(x_sorted, "x_sorted"),
+        dl(positions, "positions"),
+    )
     return x_sorted, positions
 
 
 def _new_permute_outputs(x: Tensor, sorted: Tensor, top_k: int):
-    return (x.new_empty((sorted.numel(), _rows(x, 1))),
-            x.new_empty((_rows(x) * max(top_k, 0),), dtype=torch.int32))
+    return (x.new_empty((sorted.numel(), _rows(x, 1))), x.new_empty((_rows(x) * max(top_k, 0),), dtype=torch.int32))
 
 
 @_permute.register_fake
@@ -170,8 +194,16 @@ def _(x, sorted, top_k):
 def _unpermute(y_sorted, positions, top_k, weights, shared):
     out = _new_unpermute_output(y_sorted, positions, top_k)
     dl = DLArgs()
-    launch("kjit_moe_unpermute", y_sorted, dl(y_sorted, "y_sorted"), dl(positions, "positions"), top_k,
-           dl(weights, "weights"), dl(shared, "shared"), dl(out, "out"))
+    launch(
+        "kjit_moe_unpermute",
+        y_sorted,
+        dl(y_sorted, "y_sorted"),
+        dl(positions, "positions"),
+        top_k,
+        dl(weights, "weights"),
+        dl(shared, "shared"),
+        dl(out, "out"),
+    )
     return out
 
 
@@ -181,7 +213,7 @@ def _new_unpermute_output(y_sorted: Tensor, positions: Tensor, top_k: int):
 
 
 @_unpermute.register_fake
-def _(y_sorted, positions, top_k, weights, shared):
+def _(y_sorted, positions, top_k, *_):
     return _new_unpermute_output(y_sorted, positions, top_k)
 
 
@@ -198,13 +230,23 @@ def _grouped_gemm(x_sorted, block_expert, block, w, epilogue, sorted, weights):
     kind = _choice(_EPILOGUES, epilogue, "epilogue")
     y = x_sorted.new_empty((_rows(x_sorted), _gemm_columns(_rows(w, 1), epilogue)))
     dl = DLArgs()
-    launch("kjit_moe_grouped_gemm", x_sorted, dl(x_sorted, "x_sorted"), dl(block_expert, "block_expert"), block,
-           dl(w, "w"), dl(y, "y"), kind, dl(sorted, "sorted"), dl(weights, "weights"))
+    launch(
+        "kjit_moe_grouped_gemm",
+        x_sorted,
+        dl(x_sorted, "x_sorted"),
+        dl(block_expert, "block_expert"),
+        block,
+        dl(w, "w"),
+        dl(y, "y"),
+        kind,
+        dl(sorted, "sorted"),
+        dl(weights, "weights"),
+    )
     return y
 
 
 @_grouped_gemm.register_fake
-def _(x_sorted, block_expert, block, w, epilogue, sorted, weights):
+def _(x_sorted, block_expert, block, w, epilogue, *_):
     return x_sorted.new_empty((_rows(x_sorted), _gemm_columns(_rows(w, 1), epilogue)))
 
 
@@ -218,14 +260,26 @@ def _expert_gemm_fp4(x_sorted, block_expert, block, format, codes, scales, tenso
     kind, fmt = _choice(_EPILOGUES, epilogue, "epilogue"), _choice(_FORMATS, format, "format")
     y = x_sorted.new_empty((_rows(x_sorted), _gemm_columns(_rows(codes, 1), epilogue)))
     dl = DLArgs()
-    launch("kjit_moe_expert_gemm_fp4", x_sorted, dl(x_sorted, "x_sorted"), dl(block_expert, "block_expert"), block,
-           fmt, dl(codes, "codes"), dl(scales, "scales"), dl(tensor_scale, "tensor_scale"), dl(y, "y"), kind,
-           dl(sorted, "sorted"), dl(weights, "weights"))
+    launch(
+        "kjit_moe_expert_gemm_fp4",
+        x_sorted,
+        dl(x_sorted, "x_sorted"),
+        dl(block_expert, "block_expert"),
+        block,
+        fmt,
+        dl(codes, "codes"),
+        dl(scales, "scales"),
+        dl(tensor_scale, "tensor_scale"),
+        dl(y, "y"),
+        kind,
+        dl(sorted, "sorted"),
+        dl(weights, "weights"),
+    )
     return y
 
 
 @_expert_gemm_fp4.register_fake
-def _(x_sorted, block_expert, block, format, codes, scales, tensor_scale, epilogue, sorted, weights):
+def _(x_sorted, block_expert, block, format, codes, scales, tensor_scale, epilogue, *_):
     return x_sorted.new_empty((_rows(x_sorted), _gemm_columns(_rows(codes, 1), epilogue)))
 
 
@@ -242,8 +296,16 @@ def _grouped_gemm_masked(x, masked_m, expected_m, w, epilogue):
     kind = _choice(_EPILOGUES, epilogue, "epilogue")
     y = _new_masked_output(x, _rows(w, 1), epilogue)
     dl = DLArgs()
-    launch("kjit_moe_grouped_gemm_masked", x, dl(x, "x"), dl(masked_m, "masked_m"), expected_m, dl(w, "w"),
-           dl(y, "y"), kind)
+    launch(
+        "kjit_moe_grouped_gemm_masked",
+        x,
+        dl(x, "x"),
+        dl(masked_m, "masked_m"),
+        expected_m,
+        dl(w, "w"),
+        dl(y, "y"),
+        kind,
+    )
     return y
 
 
@@ -262,8 +324,19 @@ def _expert_gemm_fp4_masked(x, masked_m, expected_m, format, codes, scales, tens
     kind, fmt = _choice(_EPILOGUES, epilogue, "epilogue"), _choice(_FORMATS, format, "format")
     y = _new_masked_output(x, _rows(codes, 1), epilogue)
     dl = DLArgs()
-    launch("kjit_moe_expert_gemm_fp4_masked", x, dl(x, "x"), dl(masked_m, "masked_m"), expected_m, fmt,
-           dl(codes, "codes"), dl(scales, "scales"), dl(tensor_scale, "tensor_scale"), dl(y, "y"), kind)
+    launch(
+        "kjit_moe_expert_gemm_fp4_masked",
+        x,
+        dl(x, "x"),
+        dl(masked_m, "masked_m"),
+        expected_m,
+        fmt,
+        dl(codes, "codes"),
+        dl(scales, "scales"),
+        dl(tensor_scale, "tensor_scale"),
+        dl(y, "y"),
+        kind,
+    )
     return y
 
 
@@ -282,16 +355,26 @@ def _quantize_fp4(w, format):
     fmt = _choice(_FORMATS, format, "format")
     codes, scales, tensor_scale = _new_quantize_outputs(w, format)
     dl = DLArgs()
-    launch("kjit_moe_quantize_fp4", w, dl(w, "w"), fmt, dl(codes, "codes"), dl(scales, "scales"),
-           dl(tensor_scale, "tensor_scale"))
+    launch(
+        "kjit_moe_quantize_fp4",
+        w,
+        dl(w, "w"),
+        fmt,
+        dl(codes, "codes"),
+        dl(scales, "scales"),
+        dl(tensor_scale, "tensor_scale"),
+    )
     return codes, scales, tensor_scale
 
 
 def _new_quantize_outputs(w: Tensor, format: str):
     rows, columns = _rows(w), _rows(w, 1)
     block = _SCALE_BLOCK.get(format, 16)
-    return (w.new_empty((rows, columns // 2), dtype=torch.uint8), w.new_empty((rows, columns // block), dtype=torch.uint8),
-            w.new_empty((1,), dtype=torch.float32))
+    return (
+        w.new_empty((rows, columns // 2), dtype=torch.uint8),
+        w.new_empty((rows, columns // block), dtype=torch.uint8),
+        w.new_empty((1,), dtype=torch.float32),
+    )
 
 
 @_quantize_fp4.register_fake
@@ -311,20 +394,38 @@ def _(w, format):
 def _balance(ids, probs, logits, cu_seqlens, max_seqlen, bias, aux_coeff, z_coeff, bias_rate):
     counts, f, p, losses = _new_balance_outputs(probs)
     dl = DLArgs()
-    launch("kjit_moe_balance", ids, dl(ids, "ids"), dl(probs, "probs"), dl(logits, "logits"),
-           dl(cu_seqlens, "cu_seqlens"), max_seqlen, dl(bias, "bias"), aux_coeff, z_coeff, bias_rate,
-           dl(counts, "counts"), dl(f, "f"), dl(p, "p"), dl(losses, "losses"))
+    launch(
+        "kjit_moe_balance",
+        ids,
+        dl(ids, "ids"),
+        dl(probs, "probs"),
+        dl(logits, "logits"),
+        dl(cu_seqlens, "cu_seqlens"),
+        max_seqlen,
+        dl(bias, "bias"),
+        aux_coeff,
+        z_coeff,
+        bias_rate,
+        dl(counts, "counts"),
+        dl(f, "f"),
+        dl(p, "p"),
+        dl(losses, "losses"),
+    )
     return counts, f, p, losses
 
 
 def _new_balance_outputs(probs: Tensor):
     experts = _rows(probs, 1)
-    return (probs.new_empty((experts,), dtype=torch.int32), probs.new_empty((experts,), dtype=torch.float32),
-            probs.new_empty((experts,), dtype=torch.float32), probs.new_empty((4,), dtype=torch.float32))
+    return (
+        probs.new_empty((experts,), dtype=torch.int32),
+        probs.new_empty((experts,), dtype=torch.float32),
+        probs.new_empty((experts,), dtype=torch.float32),
+        probs.new_empty((4,), dtype=torch.float32),
+    )
 
 
 @_balance.register_fake
-def _(ids, probs, logits, cu_seqlens, max_seqlen, bias, aux_coeff, z_coeff, bias_rate):
+def _(ids, probs, *_):
     return _new_balance_outputs(probs)
 
 
@@ -337,19 +438,42 @@ def _(ids, probs, logits, cu_seqlens, max_seqlen, bias, aux_coeff, z_coeff, bias
     schema="(Tensor x, Tensor router_logits, Tensor gate_up, Tensor down, Tensor? router_bias, Tensor? shared, "
     "int top_k, bool sigmoid, int groups, int topk_groups, bool renormalize, float scaling, int block) -> Tensor",
 )
-def _layer(x, router_logits, gate_up, down, router_bias, shared, top_k, sigmoid, groups, topk_groups, renormalize,
-           scaling, block):
+def _layer(
+    x,
+    router_logits,
+    gate_up,
+    down,
+    router_bias,
+    shared,
+    top_k,
+    sigmoid,
+    groups,
+    topk_groups,
+    renormalize,
+    scaling,
+    block,
+):
     out = x.new_empty(x.shape)
     options = Router(top_k, sigmoid, groups, topk_groups, renormalize, scaling).c_options()
     dl = DLArgs()
-    launch("kjit_moe_layer", x, dl(x, "x"), dl(router_logits, "router_logits"), dl(gate_up, "gate_up"),
-           dl(down, "down"), dl(router_bias, "router_bias"), dl(shared, "shared"), options, block, dl(out, "out"))
+    launch(
+        "kjit_moe_layer",
+        x,
+        dl(x, "x"),
+        dl(router_logits, "router_logits"),
+        dl(gate_up, "gate_up"),
+        dl(down, "down"),
+        dl(router_bias, "router_bias"),
+        dl(shared, "shared"),
+        options,
+        block,
+        dl(out, "out"),
+    )
     return out
 
 
 @_layer.register_fake
-def _(x, router_logits, gate_up, down, router_bias, shared, top_k, sigmoid, groups, topk_groups, renormalize, scaling,
-      block):
+def _(x, *_):
     return x.new_empty(x.shape)
 
 
@@ -361,23 +485,53 @@ def _(x, router_logits, gate_up, down, router_bias, shared, top_k, sigmoid, grou
     "Tensor? router_bias, Tensor? shared, int top_k, bool sigmoid, int groups, int topk_groups, bool renormalize, "
     "float scaling, int block) -> Tensor",
 )
-def _layer_fp4(x, router_logits, format, gate_up_codes, gate_up_scales, gate_up_tensor_scale, down_codes, down_scales,
-               down_tensor_scale, router_bias, shared, top_k, sigmoid, groups, topk_groups, renormalize, scaling, block):
+def _layer_fp4(
+    x,
+    router_logits,
+    format,
+    gate_up_codes,
+    gate_up_scales,
+    gate_up_tensor_scale,
+    down_codes,
+    down_scales,
+    down_tensor_scale,
+    router_bias,
+    shared,
+    top_k,
+    sigmoid,
+    groups,
+    topk_groups,
+    renormalize,
+    scaling,
+    block,
+):
     fmt = _choice(_FORMATS, format, "format")
     out = x.new_empty(x.shape)
     options = Router(top_k, sigmoid, groups, topk_groups, renormalize, scaling).c_options()
     dl = DLArgs()
-    launch("kjit_moe_layer_fp4", x, dl(x, "x"), dl(router_logits, "router_logits"), fmt,
-           dl(gate_up_codes, "gate_up_codes"), dl(gate_up_scales, "gate_up_scales"),
-           dl(gate_up_tensor_scale, "gate_up_tensor_scale"), dl(down_codes, "down_codes"),
-           dl(down_scales, "down_scales"), dl(down_tensor_scale, "down_tensor_scale"), dl(router_bias, "router_bias"),
-           dl(shared, "shared"), options, block, dl(out, "out"))
+    launch(
+        "kjit_moe_layer_fp4",
+        x,
+        dl(x, "x"),
+        dl(router_logits, "router_logits"),
+        fmt,
+        dl(gate_up_codes, "gate_up_codes"),
+        dl(gate_up_scales, "gate_up_scales"),
+        dl(gate_up_tensor_scale, "gate_up_tensor_scale"),
+        dl(down_codes, "down_codes"),
+        dl(down_scales, "down_scales"),
+        dl(down_tensor_scale, "down_tensor_scale"),
+        dl(router_bias, "router_bias"),
+        dl(shared, "shared"),
+        options,
+        block,
+        dl(out, "out"),
+    )
     return out
 
 
 @_layer_fp4.register_fake
-def _(x, router_logits, format, gate_up_codes, gate_up_scales, gate_up_tensor_scale, down_codes, down_scales,
-      down_tensor_scale, router_bias, shared, top_k, sigmoid, groups, topk_groups, renormalize, scaling, block):
+def _(x, *_):
     return x.new_empty(x.shape)
 
 
@@ -387,8 +541,16 @@ def _(x, router_logits, format, gate_up_codes, gate_up_scales, gate_up_tensor_sc
 def router_topk(logits: Tensor, router: Router, bias: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """(ids [T, k] int32, weights [T, k] fp32) of logits [T, E]; bias [E] fp32 steers the choice
     only (DeepSeek-V3's and GLM's e_score_correction_bias)."""
-    return torch.ops.kjit.moe_router_topk(logits, bias, router.top_k, router.sigmoid, router.groups,
-                                          router.topk_groups, router.renormalize, router.scaling)
+    return torch.ops.kjit.moe_router_topk(
+        logits,
+        bias,
+        router.top_k,
+        router.sigmoid,
+        router.groups,
+        router.topk_groups,
+        router.renormalize,
+        router.scaling,
+    )
 
 
 def align(ids: Tensor, experts: int, block: int) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -403,14 +565,22 @@ def permute(x: Tensor, sorted: Tensor, top_k: int) -> Tuple[Tensor, Tensor]:
     return torch.ops.kjit.moe_permute(x, sorted, top_k)
 
 
-def unpermute(y_sorted: Tensor, positions: Tensor, top_k: int, weights: Optional[Tensor] = None,
-              shared: Optional[Tensor] = None) -> Tensor:
+def unpermute(
+    y_sorted: Tensor, positions: Tensor, top_k: int, weights: Optional[Tensor] = None, shared: Optional[Tensor] = None
+) -> Tensor:
     """out [T, D] = shared + sum_j weights[t, j] y_sorted[positions[t k + j]] (weights None: 1)."""
     return torch.ops.kjit.moe_unpermute(y_sorted, positions, top_k, weights, shared)
 
 
-def grouped_gemm(x_sorted: Tensor, block_expert: Tensor, block: int, w: Tensor, epilogue: str = "plain",
-                 sorted: Optional[Tensor] = None, weights: Optional[Tensor] = None) -> Tensor:
+def grouped_gemm(
+    x_sorted: Tensor,
+    block_expert: Tensor,
+    block: int,
+    w: Tensor,
+    epilogue: str = "plain",
+    sorted: Optional[Tensor] = None,
+    weights: Optional[Tensor] = None,
+) -> Tensor:
     """y [rows, N] (N / 2 with "swiglu") = x_sorted w[e]^T per block of align's layout; epilogue
     "plain", "swiglu" (w's rows interleave gate and up) or "routing_weights" (needs sorted and
     weights)."""
@@ -433,17 +603,27 @@ class Fp4Weights:
     tensor_scale: Optional[Tensor]
 
 
-def expert_gemm_fp4(x_sorted: Tensor, block_expert: Tensor, block: int, w: Fp4Weights, epilogue: str = "plain",
-                    sorted: Optional[Tensor] = None, weights: Optional[Tensor] = None) -> Tensor:
+def expert_gemm_fp4(
+    x_sorted: Tensor,
+    block_expert: Tensor,
+    block: int,
+    w: Fp4Weights,
+    epilogue: str = "plain",
+    sorted: Optional[Tensor] = None,
+    weights: Optional[Tensor] = None,
+) -> Tensor:
     """grouped_gemm with FP4 weights (bf16 x_sorted and y)."""
-    return torch.ops.kjit.moe_expert_gemm_fp4(x_sorted, block_expert, block, w.format, w.codes, w.scales,
-                                              w.tensor_scale, epilogue, sorted, weights)
+    return torch.ops.kjit.moe_expert_gemm_fp4(
+        x_sorted, block_expert, block, w.format, w.codes, w.scales, w.tensor_scale, epilogue, sorted, weights
+    )
 
 
-def expert_gemm_fp4_masked(x: Tensor, masked_m: Tensor, w: Fp4Weights, epilogue: str = "plain",
-                           expected_m: int = 0) -> Tensor:
-    return torch.ops.kjit.moe_expert_gemm_fp4_masked(x, masked_m, expected_m, w.format, w.codes, w.scales,
-                                                     w.tensor_scale, epilogue)
+def expert_gemm_fp4_masked(
+    x: Tensor, masked_m: Tensor, w: Fp4Weights, epilogue: str = "plain", expected_m: int = 0
+) -> Tensor:
+    return torch.ops.kjit.moe_expert_gemm_fp4_masked(
+        x, masked_m, expected_m, w.format, w.codes, w.scales, w.tensor_scale, epilogue
+    )
 
 
 def quantize_fp4(w: Tensor, format: str = "nvfp4") -> Tuple[Tensor, Tensor, Tensor]:
@@ -460,32 +640,87 @@ def quantize_experts_fp4(w: Tensor, format: str = "nvfp4") -> Fp4Weights:
     return Fp4Weights(format, codes, scales, tensor_scale.reshape(-1) if format == "nvfp4" else None)
 
 
-def balance(ids: Tensor, probs: Tensor, logits: Optional[Tensor] = None, cu_seqlens: Optional[Tensor] = None,
-            max_seqlen: int = 0, bias: Optional[Tensor] = None, aux_coeff: float = 1.0, z_coeff: float = 1.0,
-            bias_rate: float = 1e-3) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def balance(
+    ids: Tensor,
+    probs: Tensor,
+    logits: Optional[Tensor] = None,
+    cu_seqlens: Optional[Tensor] = None,
+    max_seqlen: int = 0,
+    bias: Optional[Tensor] = None,
+    aux_coeff: float = 1.0,
+    z_coeff: float = 1.0,
+    bias_rate: float = 1e-3,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """(counts [E] int32, f [E], p [E], losses [4]): load statistics and the balancing losses
     {aux, sequence-wise aux, z-loss, MaxVio} (kjit/moe.hpp); bias [E] fp32, when given, takes
     DeepSeek-V3's loss-free update in place."""
     return torch.ops.kjit.moe_balance(ids, probs, logits, cu_seqlens, max_seqlen, bias, aux_coeff, z_coeff, bias_rate)
 
 
-def layer(x: Tensor, router_logits: Tensor, gate_up: Tensor, down: Tensor, router: Router,
-          router_bias: Optional[Tensor] = None, shared: Optional[Tensor] = None, block: int = 0) -> Tensor:
+def layer(
+    x: Tensor,
+    router_logits: Tensor,
+    gate_up: Tensor,
+    down: Tensor,
+    router: Router,
+    router_bias: Optional[Tensor] = None,
+    shared: Optional[Tensor] = None,
+    block: int = 0,
+) -> Tensor:
     """The fused MoE layer (kjit::moe::layer): gate_up [E, 2 I, H] with gate and up rows
     interleaved (interleave_gate_up makes it from torch's w13), down [E, H, I]."""
-    return torch.ops.kjit.moe_layer(x, router_logits, gate_up, down, router_bias, shared, router.top_k, router.sigmoid,
-                                    router.groups, router.topk_groups, router.renormalize, router.scaling, block)
+    return torch.ops.kjit.moe_layer(
+        x,
+        router_logits,
+        gate_up,
+        down,
+        router_bias,
+        shared,
+        router.top_k,
+        router.sigmoid,
+        router.groups,
+        router.topk_groups,
+        router.renormalize,
+        router.scaling,
+        block,
+    )
 
 
-def layer_fp4(x: Tensor, router_logits: Tensor, gate_up: Fp4Weights, down: Fp4Weights, router: Router,
-              router_bias: Optional[Tensor] = None, shared: Optional[Tensor] = None, block: int = 0) -> Tensor:
+def layer_fp4(
+    x: Tensor,
+    router_logits: Tensor,
+    gate_up: Fp4Weights,
+    down: Fp4Weights,
+    router: Router,
+    router_bias: Optional[Tensor] = None,
+    shared: Optional[Tensor] = None,
+    block: int = 0,
+) -> Tensor:
     """The fused layer with FP4 experts (one format for both projections)."""
     if gate_up.format != down.format:
-        raise InvalidArgumentError(f"gate_up and down must share one FP4 format, got {gate_up.format} and {down.format}")
-    return torch.ops.kjit.moe_layer_fp4(x, router_logits, gate_up.format, gate_up.codes, gate_up.scales,
-                                        gate_up.tensor_scale, down.codes, down.scales, down.tensor_scale, router_bias,
-                                        shared, router.top_k, router.sigmoid, router.groups, router.topk_groups,
-                                        router.renormalize, router.scaling, block)
+        raise InvalidArgumentError(
+            f"gate_up and down must share one FP4 format, got {gate_up.format} and {down.format}"
+        )
+    return torch.ops.kjit.moe_layer_fp4(
+        x,
+        router_logits,
+        gate_up.format,
+        gate_up.codes,
+        gate_up.scales,
+        gate_up.tensor_scale,
+        down.codes,
+        down.scales,
+        down.tensor_scale,
+        router_bias,
+        shared,
+        router.top_k,
+        router.sigmoid,
+        router.groups,
+        router.topk_groups,
+        router.renormalize,
+        router.scaling,
+        block,
+    )
 
 
 def interleave_gate_up(w13: Tensor) -> Tensor:

@@ -4,7 +4,7 @@
 #include <array>
 #include <initializer_list>
 #include <string>
-#include <utility>
+#include <string_view>
 #include <vector>
 
 #include <fmt/format.h>
@@ -68,10 +68,15 @@ kjit::TensorView optional_view(const DLTensor* t, const char* name) {
 // Converts the tensor arguments in the prototype's order before the op runs, so that the first
 // bad one (device, dtype) is the one named: a call's own arguments are converted in an
 // unspecified order (GCC's is right to left), which named an output that a binding allocated
-// like the caller's bad input before the input itself. NULL is left to view() and the op.
-void convert_in_order(std::initializer_list<std::pair<const DLTensor*, const char*>> tensors) {
-  for (const auto& [t, name] : tensors)
-    if (t) kjit::TensorView::from_dlpack(*t, name);
+// like the caller's bad input before the input itself. `names`: one word a tensor. NULL is left
+// to view() and the op.
+void convert_in_order(std::string_view names, std::initializer_list<const DLTensor*> tensors) {
+  for (const DLTensor* t : tensors) {
+    const std::size_t end = names.find(' ');
+    const std::string name(names.substr(0, end));
+    names.remove_prefix(end == std::string_view::npos ? names.size() : end + 1);
+    if (t) kjit::TensorView::from_dlpack(*t, name.c_str());
+  }
 }
 
 kjit::attention::ForwardOptions options(float softmax_scale, int causal) {
@@ -170,8 +175,7 @@ extern "C" kjit_status kjit_merge_states(const DLTensor* parts, const DLTensor* 
                                          const DLTensor* out, const DLTensor* out_lse,
                                          void* stream) {
   return guarded([&] {
-    convert_in_order(
-        {{parts, "parts"}, {parts_lse, "parts_lse"}, {out, "out"}, {out_lse, "out_lse"}});
+    convert_in_order("parts parts_lse out out_lse", {parts, parts_lse, out, out_lse});
     kjit::attention::merge_states(view(parts, "parts"), view(parts_lse, "parts_lse"),
                                   view(out, "out"), optional_view(out_lse, "out_lse"),
                                   static_cast<kjit::StreamHandle>(stream));
@@ -183,7 +187,7 @@ extern "C" kjit_status kjit_attention_forward(const DLTensor* q, const DLTensor*
                                               const DLTensor* lse, float softmax_scale, int causal,
                                               void* stream) {
   return guarded([&] {
-    convert_in_order({{q, "q"}, {k, "k"}, {v, "v"}, {out, "out"}, {lse, "lse"}});
+    convert_in_order("q k v out lse", {q, k, v, out, lse});
     kjit::attention::forward(view(q, "q"), view(k, "k"), view(v, "v"), view(out, "out"),
                              optional_view(lse, "lse"), options(softmax_scale, causal),
                              static_cast<kjit::StreamHandle>(stream));
@@ -196,13 +200,8 @@ extern "C" kjit_status kjit_attention_forward_varlen(
     const int32_t* host_cu_seqlens_q, const int32_t* host_cu_seqlens_k, float softmax_scale,
     int causal, void* stream) {
   return guarded([&] {
-    convert_in_order({{q, "q"},
-                      {k, "k"},
-                      {v, "v"},
-                      {out, "out"},
-                      {lse, "lse"},
-                      {cu_seqlens_q, "cu_seqlens_q"},
-                      {cu_seqlens_k, "cu_seqlens_k"}});
+    convert_in_order("q k v out lse cu_seqlens_q cu_seqlens_k",
+                     {q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k});
     const kjit::attention::Varlen seqlens{view(cu_seqlens_q, "cu_seqlens_q"),
                                           view(cu_seqlens_k, "cu_seqlens_k"), host_cu_seqlens_q,
                                           host_cu_seqlens_k};
@@ -236,15 +235,7 @@ extern "C" kjit_status kjit_attention_backward(const DLTensor* q, const DLTensor
                                                int deterministic, void* workspace,
                                                size_t workspace_bytes, void* stream) {
   return guarded([&] {
-    convert_in_order({{q, "q"},
-                      {k, "k"},
-                      {v, "v"},
-                      {out, "out"},
-                      {dout, "dout"},
-                      {lse, "lse"},
-                      {dq, "dq"},
-                      {dk, "dk"},
-                      {dv, "dv"}});
+    convert_in_order("q k v out dout lse dq dk dv", {q, k, v, out, dout, lse, dq, dk, dv});
     kjit::attention::backward(
         view(q, "q"), view(k, "k"), view(v, "v"), view(out, "out"), view(dout, "dout"),
         view(lse, "lse"), view(dq, "dq"), view(dk, "dk"), view(dv, "dv"),
@@ -260,17 +251,8 @@ extern "C" kjit_status kjit_attention_backward_varlen(
     const int32_t* host_cu_seqlens_q, const int32_t* host_cu_seqlens_k, float softmax_scale,
     int causal, int deterministic, void* workspace, size_t workspace_bytes, void* stream) {
   return guarded([&] {
-    convert_in_order({{q, "q"},
-                      {k, "k"},
-                      {v, "v"},
-                      {out, "out"},
-                      {dout, "dout"},
-                      {lse, "lse"},
-                      {dq, "dq"},
-                      {dk, "dk"},
-                      {dv, "dv"},
-                      {cu_seqlens_q, "cu_seqlens_q"},
-                      {cu_seqlens_k, "cu_seqlens_k"}});
+    convert_in_order("q k v out dout lse dq dk dv cu_seqlens_q cu_seqlens_k",
+                     {q, k, v, out, dout, lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k});
     const kjit::attention::Varlen seqlens{view(cu_seqlens_q, "cu_seqlens_q"),
                                           view(cu_seqlens_k, "cu_seqlens_k"), host_cu_seqlens_q,
                                           host_cu_seqlens_k};
@@ -372,12 +354,8 @@ extern "C" kjit_status kjit_mla_decode(const DLTensor* q, const DLTensor* cache,
                                        const DLTensor* out, const DLTensor* lse,
                                        float softmax_scale, void* stream) {
   return guarded([&] {
-    convert_in_order({{q, "q"},
-                      {cache, "cache"},
-                      {block_table, "block_table"},
-                      {lengths, "lengths"},
-                      {out, "out"},
-                      {lse, "lse"}});
+    convert_in_order("q cache block_table lengths out lse",
+                     {q, cache, block_table, lengths, out, lse});
     const kjit::mla::PagedCache paged{view(cache, "cache"), view(block_table, "block_table"),
                                       host_block_table, view(lengths, "lengths"), host_lengths};
     kjit::mla::DecodeOptions o;
@@ -391,7 +369,7 @@ extern "C" kjit_status kjit_moe_router_topk(const DLTensor* logits, const DLTens
                                             const DLTensor* ids, const DLTensor* weights,
                                             const kjit_moe_router_options* options, void* stream) {
   return guarded([&] {
-    convert_in_order({{logits, "logits"}, {bias, "bias"}, {ids, "ids"}, {weights, "weights"}});
+    convert_in_order("logits bias ids weights", {logits, bias, ids, weights});
     kjit::moe::router_topk(view(logits, "logits"), optional_view(bias, "bias"), view(ids, "ids"),
                            view(weights, "weights"), router_options(options),
                            static_cast<kjit::StreamHandle>(stream));
@@ -407,12 +385,8 @@ extern "C" kjit_status kjit_moe_align(const DLTensor* ids, int experts, int bloc
                                       const DLTensor* counts, const DLTensor* offsets,
                                       const DLTensor* invalid, void* stream) {
   return guarded([&] {
-    convert_in_order({{ids, "ids"},
-                      {sorted, "sorted"},
-                      {block_expert, "block_expert"},
-                      {counts, "counts"},
-                      {offsets, "offsets"},
-                      {invalid, "invalid"}});
+    convert_in_order("ids sorted block_expert counts offsets invalid",
+                     {ids, sorted, block_expert, counts, offsets, invalid});
     kjit::moe::align(view(ids, "ids"), experts, block,
                      {view(sorted, "sorted"), view(block_expert, "block_expert"),
                       view(counts, "counts"), view(offsets, "offsets"), view(invalid, "invalid")},
@@ -424,8 +398,7 @@ extern "C" kjit_status kjit_moe_permute(const DLTensor* x, const DLTensor* sorte
                                         const DLTensor* x_sorted, const DLTensor* positions,
                                         void* stream) {
   return guarded([&] {
-    convert_in_order(
-        {{x, "x"}, {sorted, "sorted"}, {x_sorted, "x_sorted"}, {positions, "positions"}});
+    convert_in_order("x sorted x_sorted positions", {x, sorted, x_sorted, positions});
     kjit::moe::permute(view(x, "x"), view(sorted, "sorted"), top_k, view(x_sorted, "x_sorted"),
                        view(positions, "positions"), static_cast<kjit::StreamHandle>(stream));
   });
@@ -436,11 +409,8 @@ extern "C" kjit_status kjit_moe_unpermute(const DLTensor* y_sorted, const DLTens
                                           const DLTensor* shared, const DLTensor* out,
                                           void* stream) {
   return guarded([&] {
-    convert_in_order({{y_sorted, "y_sorted"},
-                      {positions, "positions"},
-                      {weights, "weights"},
-                      {shared, "shared"},
-                      {out, "out"}});
+    convert_in_order("y_sorted positions weights shared out",
+                     {y_sorted, positions, weights, shared, out});
     kjit::moe::unpermute(view(y_sorted, "y_sorted"), view(positions, "positions"), top_k,
                          optional_view(weights, "weights"), optional_view(shared, "shared"),
                          view(out, "out"), static_cast<kjit::StreamHandle>(stream));
@@ -453,12 +423,8 @@ extern "C" kjit_status kjit_moe_grouped_gemm(const DLTensor* x_sorted, const DLT
                                              const DLTensor* sorted, const DLTensor* weights,
                                              void* stream) {
   return guarded([&] {
-    convert_in_order({{x_sorted, "x_sorted"},
-                      {block_expert, "block_expert"},
-                      {w, "w"},
-                      {y, "y"},
-                      {sorted, "sorted"},
-                      {weights, "weights"}});
+    convert_in_order("x_sorted block_expert w y sorted weights",
+                     {x_sorted, block_expert, w, y, sorted, weights});
     kjit::moe::grouped_gemm(view(x_sorted, "x_sorted"), view(block_expert, "block_expert"), block,
                             view(w, "w"), view(y, "y"), epilogue_of(epilogue, sorted, weights),
                             static_cast<kjit::StreamHandle>(stream));
@@ -470,7 +436,7 @@ extern "C" kjit_status kjit_moe_grouped_gemm_masked(const DLTensor* x, const DLT
                                                     const DLTensor* y,
                                                     kjit_moe_gemm_epilogue epilogue, void* stream) {
   return guarded([&] {
-    convert_in_order({{x, "x"}, {masked_m, "masked_m"}, {w, "w"}, {y, "y"}});
+    convert_in_order("x masked_m w y", {x, masked_m, w, y});
     kjit::moe::grouped_gemm_masked(view(x, "x"), view(masked_m, "masked_m"), expected_m,
                                    view(w, "w"), view(y, "y"),
                                    static_cast<kjit::moe::GemmEpilogue::Kind>(epilogue),
@@ -485,15 +451,8 @@ extern "C" kjit_status kjit_moe_balance(const DLTensor* ids, const DLTensor* pro
                                         const DLTensor* f, const DLTensor* p,
                                         const DLTensor* losses, void* stream) {
   return guarded([&] {
-    convert_in_order({{ids, "ids"},
-                      {probs, "probs"},
-                      {logits, "logits"},
-                      {cu_seqlens, "cu_seqlens"},
-                      {bias, "bias"},
-                      {counts, "counts"},
-                      {f, "f"},
-                      {p, "p"},
-                      {losses, "losses"}});
+    convert_in_order("ids probs logits cu_seqlens bias counts f p losses",
+                     {ids, probs, logits, cu_seqlens, bias, counts, f, p, losses});
     kjit::moe::BalanceOptions o;
     o.aux_coeff = aux_coeff;
     o.z_coeff = z_coeff;
@@ -510,8 +469,7 @@ extern "C" kjit_status kjit_moe_quantize_fp4(const DLTensor* w, int format, cons
                                              const DLTensor* scales, const DLTensor* tensor_scale,
                                              void* stream) {
   return guarded([&] {
-    convert_in_order(
-        {{w, "w"}, {codes, "codes"}, {scales, "scales"}, {tensor_scale, "tensor_scale"}});
+    convert_in_order("w codes scales tensor_scale", {w, codes, scales, tensor_scale});
     kjit::moe::quantize_fp4(view(w, "w"), fp4_format(format, "moe quantize fp4"),
                             view(codes, "codes"), view(scales, "scales"),
                             view(tensor_scale, "tensor_scale"),
@@ -527,14 +485,8 @@ extern "C" kjit_status kjit_moe_expert_gemm_fp4(const DLTensor* x_sorted,
                                                 const DLTensor* sorted, const DLTensor* weights,
                                                 void* stream) {
   return guarded([&] {
-    convert_in_order({{x_sorted, "x_sorted"},
-                      {block_expert, "block_expert"},
-                      {codes, "codes"},
-                      {scales, "scales"},
-                      {tensor_scale, "tensor_scale"},
-                      {y, "y"},
-                      {sorted, "sorted"},
-                      {weights, "weights"}});
+    convert_in_order("x_sorted block_expert codes scales tensor_scale y sorted weights",
+                     {x_sorted, block_expert, codes, scales, tensor_scale, y, sorted, weights});
     kjit::moe::grouped_gemm(view(x_sorted, "x_sorted"), view(block_expert, "block_expert"), block,
                             fp4_weights(format, codes, scales, tensor_scale), view(y, "y"),
                             epilogue_of(epilogue, sorted, weights),
@@ -547,12 +499,8 @@ extern "C" kjit_status kjit_moe_expert_gemm_fp4_masked(
     const DLTensor* scales, const DLTensor* tensor_scale, const DLTensor* y,
     kjit_moe_gemm_epilogue epilogue, void* stream) {
   return guarded([&] {
-    convert_in_order({{x, "x"},
-                      {masked_m, "masked_m"},
-                      {codes, "codes"},
-                      {scales, "scales"},
-                      {tensor_scale, "tensor_scale"},
-                      {y, "y"}});
+    convert_in_order("x masked_m codes scales tensor_scale y",
+                     {x, masked_m, codes, scales, tensor_scale, y});
     kjit::moe::grouped_gemm_masked(view(x, "x"), view(masked_m, "masked_m"), expected_m,
                                    fp4_weights(format, codes, scales, tensor_scale), view(y, "y"),
                                    static_cast<kjit::moe::GemmEpilogue::Kind>(epilogue),
@@ -566,13 +514,8 @@ extern "C" kjit_status kjit_moe_layer(const DLTensor* x, const DLTensor* router_
                                       const kjit_moe_router_options* options, int block,
                                       const DLTensor* out, void* stream) {
   return guarded([&] {
-    convert_in_order({{x, "x"},
-                      {router_logits, "router_logits"},
-                      {gate_up, "gate_up"},
-                      {down, "down"},
-                      {router_bias, "router_bias"},
-                      {shared, "shared"},
-                      {out, "out"}});
+    convert_in_order("x router_logits gate_up down router_bias shared out",
+                     {x, router_logits, gate_up, down, router_bias, shared, out});
     const kjit::moe::LayerOptions o{router_options(options), block};
     kjit::moe::layer(
         view(x, "x"), view(router_logits, "router_logits"),
@@ -589,17 +532,11 @@ extern "C" kjit_status kjit_moe_layer_fp4(
     const DLTensor* router_bias, const DLTensor* shared, const kjit_moe_router_options* options,
     int block, const DLTensor* out, void* stream) {
   return guarded([&] {
-    convert_in_order({{x, "x"},
-                      {router_logits, "router_logits"},
-                      {gate_up_codes, "gate_up_codes"},
-                      {gate_up_scales, "gate_up_scales"},
-                      {gate_up_tensor_scale, "gate_up_tensor_scale"},
-                      {down_codes, "down_codes"},
-                      {down_scales, "down_scales"},
-                      {down_tensor_scale, "down_tensor_scale"},
-                      {router_bias, "router_bias"},
-                      {shared, "shared"},
-                      {out, "out"}});
+    convert_in_order(
+        "x router_logits gate_up_codes gate_up_scales gate_up_tensor_scale down_codes down_scales "
+        "down_tensor_scale router_bias shared out",
+        {x, router_logits, gate_up_codes, gate_up_scales, gate_up_tensor_scale, down_codes,
+         down_scales, down_tensor_scale, router_bias, shared, out});
     const kjit::moe::LayerOptions o{router_options(options), block};
     const kjit::moe::Fp4LayerWeights w{
         fp4_weights(format, gate_up_codes, gate_up_scales, gate_up_tensor_scale,
