@@ -108,7 +108,7 @@ def _candidates() -> list:
         return [Path(env)]  # an explicit choice is the only one tried
     here = Path(__file__).resolve().parent
     found.append(here / "libkjit.so")  # shipped next to the package
-    for prefix in {sys.prefix, "/usr/local", "/usr"}:  # where CMake's install put it
+    for prefix in dict.fromkeys((sys.prefix, "/usr/local", "/usr")):  # where CMake's install put it
         for libdir in ("lib", "lib64", "lib/x86_64-linux-gnu"):
             found.append(Path(prefix) / libdir / "libkjit.so")
     by_linker = ctypes.util.find_library("kjit")
@@ -138,6 +138,10 @@ def library() -> ctypes.CDLL:
                 lib = ctypes.CDLL(str(path))
             except OSError as error:
                 tried.append(f"{path} ({error})")
+                continue
+            missing = [name for name in _SIGNATURES if not hasattr(lib, name)]
+            if missing:
+                tried.append(f"{path} (lacks {', '.join(missing[:3])}: an older libkjit?)")
                 continue
             for name, argtypes in _SIGNATURES.items():
                 function = getattr(lib, name)

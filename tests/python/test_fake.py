@@ -2,6 +2,7 @@
 dtypes under FakeTensorMode on a (fake) CUDA device, torch.compile traces a model using kjit's ops
 in one graph, and autograd through kjit's attention traces to kjit's backward."""
 
+import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
@@ -194,8 +195,31 @@ def test_torch_compile_traces_the_moe_module_in_one_graph():
         shared_intermediate_size=64,
         track_stats=True,
     )
-    torch.compile(layer, backend=recorder, fullgraph=True)(torch.randn(5, 128, dtype=bf16))
+    with torch.no_grad():
+        torch.compile(layer, backend=recorder, fullgraph=True)(torch.randn(5, 128, dtype=bf16))
     assert len(recorder.graphs) == 1
     ops = recorder.ops()
     for op in ("kjit.moe_layer", "kjit.moe_router_topk", "kjit.moe_balance"):
         assert any(traced.startswith(op) for traced in ops), ops
+
+
+def test_moe_module_keeps_its_fp32_tensors_and_saves_fp4_experts():
+    # On the meta device (the fakes serve it too): FakeTensorMode cannot swap a module's
+    # parameters, which .half() does.
+    meta = lambda *shape: torch.empty(shape, dtype=bf16, device="meta")  # noqa: E731
+    layer = kjit.moe.MoELayer(256, 8, 128, shared_intermediate_size=128, device="meta")
+    with pytest.raises(kjit.InvalidArgumentError, match="inference only"):
+        layer(meta(3, 256))  # its parameters require grad: autograd would record the call
+    layer.requires_grad_(False)
+    assert spec(layer(meta(3, 256))) == ((3, 256), bf16, "meta")
+    layer.to_fp4("nvfp4")
+    with pytest.raises(kjit.InvalidArgumentError, match="already nvfp4"):
+        layer.to_fp4("mxfp4")
+    layer.half()  # the router, its bias and the tensor scales stay fp32
+    assert layer.gate.weight.dtype == f32 and layer.e_score_correction_bias.dtype == f32
+    assert layer.shared_expert.gate_proj.weight.dtype == torch.float16
+    gate_up, down = layer.fp4
+    assert spec(gate_up.codes) == ((8, 256, 128), u8, "meta") and spec(down.scales) == ((8, 256, 8), u8, "meta")
+    assert spec(gate_up.tensor_scale) == ((8,), f32, "meta") and down.tensor_scale.dtype == f32
+    assert {"gate_up_codes", "gate_up_scales", "gate_up_tensor_scale", "down_codes"} <= set(layer.state_dict())
+    assert "gate_up" not in layer.state_dict()

@@ -76,7 +76,7 @@ def test_mla_decode_under_cuda_graphs():
 
 @pytest.mark.parametrize("weights", ["bf16", "nvfp4"])
 def test_moe_layer_at_decode_sizes_under_cuda_graphs(weights):
-    layer = kjit.moe.MoELayer(1024, 16, 256, shared_intermediate_size=256, device="cuda")
+    layer = kjit.moe.MoELayer(1024, 16, 256, shared_intermediate_size=256, device="cuda").requires_grad_(False)
     if weights != "bf16":
         layer.to_fp4(weights)
     x = torch.randn(4, 1024, dtype=bf16, device="cuda")

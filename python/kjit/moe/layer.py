@@ -5,7 +5,7 @@ nn.Module, with the routing statistics as tensors."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,8 @@ from .ops import (
     quantize_experts_fp4,
     router_topk,
 )
+
+_FP4_PARTS = ("codes", "scales", "tensor_scale")
 
 
 @dataclass
@@ -57,8 +59,10 @@ class MoELayer(nn.Module):
     GLM-4.7-Flash: MoELayer(2048, 64, 1536, shared_intermediate_size=1536). Expert weights are
     bf16 (or fp16) parameters gate_up [E, 2 I, H] (gate and up rows interleaved: load torch's
     separate projections with load_experts) and down [E, H, I]; to_fp4("nvfp4" or "mxfp4")
-    quantises them in place (per-expert tensor scales). Inference only: kjit's fused layer has
-    no backward. With track_stats, each forward keeps `last_stats` (RoutingStats)."""
+    quantises them in place (per-expert tensor scales). The router, its correction bias and the FP4
+    tensor scales stay fp32 through .to()/.half(). Inference only (kjit's fused layer has no
+    backward): forward refuses to run where autograd would record it. With track_stats, each
+    forward keeps `last_stats` (RoutingStats: the routing again, and balance()'s statistics)."""
 
     def __init__(
         self,
@@ -88,13 +92,23 @@ class MoELayer(nn.Module):
         self.shared_expert = (
             SharedExpert(hidden_size, shared_intermediate_size, dtype, device) if shared_intermediate_size else None
         )
-        self.fp4: Optional[tuple] = None  # (gate_up, down) Fp4Weights after to_fp4()
+        self.fp4_format: Optional[str] = None  # after to_fp4(): the experts are FP4 buffers
         self.last_stats: Optional[RoutingStats] = None
+
+    @property
+    def fp4(self) -> Optional[Tuple[Fp4Weights, Fp4Weights]]:
+        """(gate_up, down) as FP4 weights after to_fp4(), else None."""
+        if self.fp4_format is None:
+            return None
+        return tuple(
+            Fp4Weights(self.fp4_format, *(getattr(self, f"{p}_{part}") for part in _FP4_PARTS))
+            for p in ("gate_up", "down")
+        )
 
     @torch.no_grad()
     def load_experts(self, gate: Tensor, up: Tensor, down: Tensor) -> None:
         """Loads torch-layout expert weights: gate and up [E, I, H], down [E, H, I]."""
-        if self.fp4 is not None:
+        if self.fp4_format is not None:
             raise InvalidArgumentError("load_experts: the experts are already FP4; load before to_fp4()")
         self.gate_up.copy_(interleave_gate_up(torch.cat([gate, up], dim=1)))
         self.down.copy_(down)
@@ -102,35 +116,50 @@ class MoELayer(nn.Module):
     @torch.no_grad()
     def to_fp4(self, format: str = "nvfp4") -> "MoELayer":
         """Quantises the expert weights to FP4 (on their device, kjit's quantiser) and frees the
-        16-bit ones."""
+        16-bit ones. The FP4 codes, scales and tensor scales become buffers ({gate_up,
+        down}_{codes, scales, tensor_scale}): state_dict() then saves the quantised layer."""
+        if self.fp4_format is not None:
+            raise InvalidArgumentError(f"to_fp4: the experts are already {self.fp4_format}")
         if self.gate_up.dtype != torch.bfloat16:
             raise InvalidArgumentError(
                 f"to_fp4: FP4 experts run with bf16 activations, the weights are {self.gate_up.dtype}"
             )
-        self.fp4 = (quantize_experts_fp4(self.gate_up, format), quantize_experts_fp4(self.down, format))
-        del self.gate_up, self.down
+        for name in ("gate_up", "down"):
+            weights = quantize_experts_fp4(getattr(self, name), format)
+            delattr(self, name)
+            for part in _FP4_PARTS:
+                self.register_buffer(f"{name}_{part}", getattr(weights, part))
+        self.fp4_format = format
         return self
 
     def _apply(self, fn, recurse=True):
-        # .to()/.cuda() move the FP4 tensors with the parameters.
-        super()._apply(fn, recurse)
-        if self.fp4 is not None:
-            self.fp4 = tuple(
-                Fp4Weights(w.format, fn(w.codes), fn(w.scales), None if w.tensor_scale is None else fn(w.tensor_scale))
-                for w in self.fp4
-            )
-        return self
+        # .half() or .to(torch.bfloat16) cast every floating tensor; kjit reads the router's
+        # logits, its bias and the FP4 tensor scales as fp32, so those stay fp32 (moved only).
+        names = ("e_score_correction_bias", "gate_up_tensor_scale", "down_tensor_scale")
+        fp32 = {id(self.gate.weight), *(id(getattr(self, n)) for n in names if getattr(self, n, None) is not None)}
+
+        def keeping_fp32(t):
+            moved = fn(t)
+            return moved.float() if id(t) in fp32 and moved.is_floating_point() else moved
+
+        return super()._apply(keeping_fp32, recurse)
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            raise InvalidArgumentError(
+                "MoELayer is inference only (kjit's fused layer has no backward): call it under "
+                "torch.no_grad() or torch.inference_mode(), or freeze it with requires_grad_(False)"
+            )
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         logits = self.gate(x.float())
         bias = self.e_score_correction_bias
         shared = self.shared_expert(x) if self.shared_expert is not None else None
-        if self.fp4 is None:
+        fp4 = self.fp4
+        if fp4 is None:
             out = layer(x, logits, self.gate_up, self.down, self.router, bias, shared, self.block)
         else:
-            out = layer_fp4(x, logits, *self.fp4, self.router, bias, shared, self.block)
+            out = layer_fp4(x, logits, *fp4, self.router, bias, shared, self.block)
         if self.track_stats:
             self.last_stats = self.routing_stats(logits)
         return out.reshape(shape)
@@ -138,6 +167,10 @@ class MoELayer(nn.Module):
     def routing_stats(self, logits: Tensor) -> RoutingStats:
         """The routing the layer makes of router logits [T, E], with its statistics."""
         ids, weights = router_topk(logits, self.router, self.e_score_correction_bias)
-        probs = torch.sigmoid(logits) if self.router.sigmoid else torch.softmax(logits, dim=-1)
+        if self.router.sigmoid:  # DeepSeek-V3's balance loss normalises a token's scores
+            scores = torch.sigmoid(logits)
+            probs = scores / scores.sum(dim=-1, keepdim=True)
+        else:
+            probs = torch.softmax(logits, dim=-1)
         counts, f, p, losses = balance(ids, probs, logits)
         return RoutingStats(ids, weights, counts, f, p, losses)
