@@ -6,10 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=build/python-venv
-if [ ! -x "$venv/bin/pytest" ]; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q "torch==${KJIT_TORCH_VERSION:-2.11.*}" numpy pytest setuptools
-fi
+[ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+# Quick when all is there already (no download); setuptools >= 70.1 builds wheels on its own.
+"$venv/bin/pip" install -q "torch==${KJIT_TORCH_VERSION:-2.11.*}" numpy pytest "setuptools>=70.1"
 # A real install (not the source folder on sys.path): the tests import what pip installed.
 "$venv/bin/pip" install -q --no-deps --no-build-isolation ./python
 export KJIT_LIBRARY="${KJIT_LIBRARY:-$PWD/build/default/runtime/libkjit.so}"
