@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ._dlpack import DLArgs
-from ._launch import host_copy, host_or_copy as _host, launch
+from ._launch import host_copy, host_or_copy as _host, launch, op
 from ._library import AttentionGroup, call
 from .errors import InvalidArgumentError
 
@@ -111,9 +111,8 @@ def _new_grads(q: Tensor, k: Tensor, v: Tensor):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
-@torch.library.custom_op(
+@op(
     "kjit::attention_forward",
-    mutates_args=(),
     schema="(Tensor q, Tensor k, Tensor v, float softmax_scale, bool causal, bool deterministic) -> (Tensor, Tensor)",
 )
 def _forward(q, k, v, softmax_scale, causal, deterministic):
@@ -125,9 +124,8 @@ def _(q, *_):
     return _new_forward_outputs(q, packed=False)
 
 
-@torch.library.custom_op(
+@op(
     "kjit::attention_backward",
-    mutates_args=(),
     schema="(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, float softmax_scale, "
     "bool causal, bool deterministic) -> (Tensor, Tensor, Tensor)",
 )
@@ -140,9 +138,8 @@ def _(dout, q, k, v, *_):
     return _new_grads(q, k, v)
 
 
-@torch.library.custom_op(
+@op(
     "kjit::attention_forward_varlen",
-    mutates_args=(),
     schema="(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, "
     "Tensor host_cu_seqlens_q, Tensor host_cu_seqlens_k, float softmax_scale, bool causal, bool deterministic) "
     "-> (Tensor, Tensor)",
@@ -156,9 +153,8 @@ def _(q, *_):
     return _new_forward_outputs(q, packed=True)
 
 
-@torch.library.custom_op(
+@op(
     "kjit::attention_backward_varlen",
-    mutates_args=(),
     schema="(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor cu_seqlens_q, "
     "Tensor cu_seqlens_k, Tensor host_cu_seqlens_q, Tensor host_cu_seqlens_k, float softmax_scale, "
     "bool causal, bool deterministic) -> (Tensor, Tensor, Tensor)",
@@ -265,9 +261,8 @@ def _check_group_lists(**lists):
         raise InvalidArgumentError(f"grouped attention: every per-group list needs one entry per group, got {counts}")
 
 
-@torch.library.custom_op(
+@op(
     "kjit::attention_forward_grouped",
-    mutates_args=(),
     schema="(Tensor[] q, Tensor[] cu_seqlens_q, Tensor[] host_cu_seqlens_q, Tensor[] windows, "
     "Tensor[] host_windows, Tensor k, Tensor v, Tensor cu_seqlens_k, Tensor host_cu_seqlens_k, "
     "float softmax_scale, bool causal) -> (Tensor[], Tensor[])",
@@ -302,9 +297,8 @@ def _(q, *_):
     return [o for o, _ in outputs], [lse for _, lse in outputs]
 
 
-@torch.library.custom_op(
+@op(
     "kjit::attention_backward_grouped",
-    mutates_args=(),
     schema="(Tensor[] dout, Tensor[] q, Tensor[] out, Tensor[] lse, Tensor[] cu_seqlens_q, "
     "Tensor[] host_cu_seqlens_q, Tensor[] windows, Tensor[] host_windows, Tensor k, Tensor v, "
     "Tensor cu_seqlens_k, Tensor host_cu_seqlens_k, float softmax_scale, bool causal) "
@@ -368,9 +362,7 @@ def _(dout, q, out, lse, cu_seqlens_q, host_cu_seqlens_q, windows, host_windows,
 # ---- merge of partial results ------------------------------------------------------------------
 
 
-@torch.library.custom_op(
-    "kjit::merge_states", mutates_args=(), schema="(Tensor parts, Tensor parts_lse) -> (Tensor, Tensor)"
-)
+@op("kjit::merge_states", schema="(Tensor parts, Tensor parts_lse) -> (Tensor, Tensor)")
 def _merge_states(parts: Tensor, parts_lse: Tensor):
     out, out_lse = _new_merge_outputs(parts)
     dl = DLArgs()
@@ -415,7 +407,7 @@ def forward(
 ) -> Tuple[Tensor, Tensor]:
     """(out, lse) of softmax(q k^T scale) v; differentiable in q, k, v (the backward is kjit's,
     bitwise reproducible with `deterministic`). Causal masking is bottom-right aligned."""
-    return torch.ops.kjit.attention_forward(q, k, v, _scale(softmax_scale), causal, deterministic)
+    return _forward(q, k, v, _scale(softmax_scale), causal, deterministic)
 
 
 def forward_varlen(
@@ -436,7 +428,7 @@ def forward_varlen(
     host_k = (
         host_q if host_cu_seqlens_k is None and cu_seqlens_k is cu_seqlens_q else _host(host_cu_seqlens_k, cu_seqlens_k)
     )
-    return torch.ops.kjit.attention_forward_varlen(
+    return _forward_varlen(
         q, k, v, cu_seqlens_q, cu_seqlens_k, host_q, host_k, _scale(softmax_scale), causal, deterministic
     )
 
@@ -453,7 +445,7 @@ def backward(
     deterministic: bool = False,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """(dq, dk, dv) of forward() for its inputs, output and lse."""
-    return torch.ops.kjit.attention_backward(dout, q, k, v, out, lse, _scale(softmax_scale), causal, deterministic)
+    return _backward(dout, q, k, v, out, lse, _scale(softmax_scale), causal, deterministic)
 
 
 def backward_varlen(
@@ -475,7 +467,7 @@ def backward_varlen(
     host_k = (
         host_q if host_cu_seqlens_k is None and cu_seqlens_k is cu_seqlens_q else _host(host_cu_seqlens_k, cu_seqlens_k)
     )
-    return torch.ops.kjit.attention_backward_varlen(
+    return _backward_varlen(
         dout,
         q,
         k,
@@ -530,7 +522,7 @@ def grouped_forward(
     causal: bool = False,
 ) -> Tuple[List[Tensor], List[Tensor]]:
     """Every group's (out, lse) in one launch; causal masking bottom-right aligned to each window."""
-    return torch.ops.kjit.attention_forward_grouped(
+    return _forward_grouped(
         *QueryGroup.lists(groups),
         k,
         v,
@@ -555,7 +547,7 @@ def grouped_backward(
 ) -> Tuple[List[Tensor], Tensor, Tensor]:
     """(dq per group, dk, dv): overlapping windows sum their contributions to dk and dv."""
     q, cu_q, host_q, windows, host_windows = QueryGroup.lists(groups)
-    return torch.ops.kjit.attention_backward_grouped(
+    return _backward_grouped(
         list(douts),
         q,
         list(outs),
@@ -576,4 +568,4 @@ def grouped_backward(
 def merge_states(parts: Tensor, parts_lse: Tensor) -> Tuple[Tensor, Tensor]:
     """Partial results parts [N, T, H, D] with their lse [N, T, H] merged exactly into
     (out [T, H, D], lse [T, H])."""
-    return torch.ops.kjit.merge_states(parts, parts_lse)
+    return _merge_states(parts, parts_lse)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ._dlpack import DLArgs
-from ._launch import host_copy, host_or_copy, launch
+from ._launch import host_copy, host_or_copy, launch, op
 
 __all__ = ["decode", "LATENT_DIM", "ROPE_DIM"]
 
@@ -25,9 +25,8 @@ def _new_outputs(q: Tensor) -> Tuple[Tensor, Tensor]:
     return q.new_empty((*q.shape[:3], LATENT_DIM)), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
-@torch.library.custom_op(
+@op(
     "kjit::mla_decode",
-    mutates_args=(),
     schema="(Tensor q, Tensor cache, Tensor block_table, Tensor lengths, Tensor host_block_table, "
     "Tensor host_lengths, float softmax_scale) -> (Tensor, Tensor)",
 )
@@ -72,7 +71,7 @@ def decode(
     made (one synchronisation). Under CUDA graphs the plan is the one captured: capture with
     host_lengths at least the longest the replays will see (the kernel reads the device lengths).
     softmax_scale None means 1 / sqrt(576); models pass theirs (GLM-4.7-Flash: 0.0625)."""
-    return torch.ops.kjit.mla_decode(
+    return _decode(
         q,
         cache,
         block_table,

@@ -176,3 +176,23 @@ def test_torch_compile_of_a_small_model(backend):
     torch.testing.assert_close(out, eager_out, atol=2e-2, rtol=2e-2)
     for a, b in zip(grads, eager_grads):
         torch.testing.assert_close(a, b, atol=2e-2, rtol=5e-2)
+
+
+class PassThrough(torch.utils._python_dispatch.TorchDispatchMode):
+    """A dispatch mode that changes nothing: under it the ops go through torch's dispatcher."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def test_direct_call_matches_the_dispatched_one():
+    from kjit._launch import direct
+
+    q, k = randn(1, 100, 8, 64), randn(1, 100, 2, 64)
+    assert direct((q, k)) and not direct((q.requires_grad_(),)) and not direct((q.detach().cpu(),))
+    q = q.detach()
+    out, lse = kjit.attention.forward(q, k, k, causal=True)
+    with PassThrough():
+        assert not direct((q,))
+        dispatched_out, dispatched_lse = kjit.attention.forward(q, k, k, causal=True)
+    assert torch.equal(out, dispatched_out) and torch.equal(lse, dispatched_lse)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .._dlpack import DLArgs
-from .._launch import launch
+from .._launch import launch, op
 from .._library import RouterOptions
 from ..errors import InvalidArgumentError
 
@@ -83,9 +83,8 @@ def _gemm_columns(w_rows, epilogue: str):
 # ---- routing -----------------------------------------------------------------------------------
 
 
-@torch.library.custom_op(
+@op(
     "kjit::moe_router_topk",
-    mutates_args=(),
     schema="(Tensor logits, Tensor? bias, int top_k, bool sigmoid, int groups, int topk_groups, bool renormalize, "
     "float scaling) -> (Tensor, Tensor)",
 )
@@ -124,9 +123,8 @@ def align_capacity(pairs, experts: int, block: int):
     return torch.sym_max(0, (m + (pairs - m) // block) * block)
 
 
-@torch.library.custom_op(
+@op(
     "kjit::moe_align",
-    mutates_args=(),
     schema="(Tensor ids, int experts, int block) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
 )
 def _align(ids, experts, block):
@@ -159,9 +157,7 @@ def _(ids, experts, block):
     return _new_align_outputs(ids, experts, block)
 
 
-@torch.library.custom_op(
-    "kjit::moe_permute", mutates_args=(), schema="(Tensor x, Tensor sorted, int top_k) -> (Tensor, Tensor)"
-)
+@op("kjit::moe_permute", schema="(Tensor x, Tensor sorted, int top_k) -> (Tensor, Tensor)")
 def _permute(x, sorted, top_k):
     x_sorted, positions = _new_permute_outputs(x, sorted, top_k)
     dl = DLArgs()
@@ -186,9 +182,8 @@ def _(x, sorted, top_k):
     return _new_permute_outputs(x, sorted, top_k)
 
 
-@torch.library.custom_op(
+@op(
     "kjit::moe_unpermute",
-    mutates_args=(),
     schema="(Tensor y_sorted, Tensor positions, int top_k, Tensor? weights, Tensor? shared) -> Tensor",
 )
 def _unpermute(y_sorted, positions, top_k, weights, shared):
@@ -220,9 +215,8 @@ def _(y_sorted, positions, top_k, *_):
 # ---- the experts' GEMM -------------------------------------------------------------------------
 
 
-@torch.library.custom_op(
+@op(
     "kjit::moe_grouped_gemm",
-    mutates_args=(),
     schema="(Tensor x_sorted, Tensor block_expert, int block, Tensor w, str epilogue, Tensor? sorted, "
     "Tensor? weights) -> Tensor",
 )
@@ -250,9 +244,8 @@ def _(x_sorted, block_expert, block, w, epilogue, *_):
     return x_sorted.new_empty((_rows(x_sorted), _gemm_columns(_rows(w, 1), epilogue)))
 
 
-@torch.library.custom_op(
+@op(
     "kjit::moe_expert_gemm_fp4",
-    mutates_args=(),
     schema="(Tensor x_sorted, Tensor block_expert, int block, str format, Tensor codes, Tensor scales, "
     "Tensor? tensor_scale, str epilogue, Tensor? sorted, Tensor? weights) -> Tensor",
 )
@@ -287,9 +280,8 @@ def _new_masked_output(x: Tensor, w_rows, epilogue: str):
     return x.new_empty((_rows(x), _rows(x, 1), _gemm_columns(w_rows, epilogue)))
 
 
-@torch.library.custom_op(
+@op(
     "kjit::moe_grouped_gemm_masked",
-    mutates_args=(),
     schema="(Tensor x, Tensor masked_m, int expected_m, Tensor w, str epilogue) -> Tensor",
 )
 def _grouped_gemm_masked(x, masked_m, expected_m, w, epilogue):
@@ -314,9 +306,8 @@ def _(x, masked_m, expected_m, w, epilogue):
     return _new_masked_output(x, _rows(w, 1), epilogue)
 
 
-@torch.library.custom_op(
+@op(
     "kjit::moe_expert_gemm_fp4_masked",
-    mutates_args=(),
     schema="(Tensor x, Tensor masked_m, int expected_m, str format, Tensor codes, Tensor scales, "
     "Tensor? tensor_scale, str epilogue) -> Tensor",
 )
@@ -348,9 +339,7 @@ def _(x, masked_m, expected_m, format, codes, scales, tensor_scale, epilogue):
 # ---- FP4 weights -------------------------------------------------------------------------------
 
 
-@torch.library.custom_op(
-    "kjit::moe_quantize_fp4", mutates_args=(), schema="(Tensor w, str format) -> (Tensor, Tensor, Tensor)"
-)
+@op("kjit::moe_quantize_fp4", schema="(Tensor w, str format) -> (Tensor, Tensor, Tensor)")
 def _quantize_fp4(w, format):
     fmt = _choice(_FORMATS, format, "format")
     codes, scales, tensor_scale = _new_quantize_outputs(w, format)
@@ -385,7 +374,7 @@ def _(w, format):
 # ---- statistics --------------------------------------------------------------------------------
 
 
-@torch.library.custom_op(
+@op(
     "kjit::moe_balance",
     mutates_args=("bias",),
     schema="(Tensor ids, Tensor probs, Tensor? logits, Tensor? cu_seqlens, int max_seqlen, Tensor(a!)? bias, "
@@ -432,9 +421,8 @@ def _(ids, probs, *_):
 # ---- the fused layer ---------------------------------------------------------------------------
 
 
-@torch.library.custom_op(
+@op(
     "kjit::moe_layer",
-    mutates_args=(),
     schema="(Tensor x, Tensor router_logits, Tensor gate_up, Tensor down, Tensor? router_bias, Tensor? shared, "
     "int top_k, bool sigmoid, int groups, int topk_groups, bool renormalize, float scaling, int block) -> Tensor",
 )
@@ -477,9 +465,8 @@ def _(x, *_):
     return x.new_empty(x.shape)
 
 
-@torch.library.custom_op(
+@op(
     "kjit::moe_layer_fp4",
-    mutates_args=(),
     schema="(Tensor x, Tensor router_logits, str format, Tensor gate_up_codes, Tensor gate_up_scales, "
     "Tensor? gate_up_tensor_scale, Tensor down_codes, Tensor down_scales, Tensor? down_tensor_scale, "
     "Tensor? router_bias, Tensor? shared, int top_k, bool sigmoid, int groups, int topk_groups, bool renormalize, "
@@ -541,7 +528,7 @@ def _(x, *_):
 def router_topk(logits: Tensor, router: Router, bias: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """(ids [T, k] int32, weights [T, k] fp32) of logits [T, E]; bias [E] fp32 steers the choice
     only (DeepSeek-V3's and GLM's e_score_correction_bias)."""
-    return torch.ops.kjit.moe_router_topk(
+    return _router_topk(
         logits,
         bias,
         router.top_k,
@@ -557,19 +544,19 @@ def align(ids: Tensor, experts: int, block: int) -> Tuple[Tensor, Tensor, Tensor
     """(sorted, block_expert, counts, offsets, invalid): the routed pairs grouped by expert, each
     expert's run padded to whole blocks (vLLM's moe_align_block_size); sorted holds
     align_capacity(ids.numel(), experts, block) rows."""
-    return torch.ops.kjit.moe_align(ids, experts, block)
+    return _align(ids, experts, block)
 
 
 def permute(x: Tensor, sorted: Tensor, top_k: int) -> Tuple[Tensor, Tensor]:
     """(x_sorted [rows, D], positions [T k]): the tokens in align's layout."""
-    return torch.ops.kjit.moe_permute(x, sorted, top_k)
+    return _permute(x, sorted, top_k)
 
 
 def unpermute(
     y_sorted: Tensor, positions: Tensor, top_k: int, weights: Optional[Tensor] = None, shared: Optional[Tensor] = None
 ) -> Tensor:
     """out [T, D] = shared + sum_j weights[t, j] y_sorted[positions[t k + j]] (weights None: 1)."""
-    return torch.ops.kjit.moe_unpermute(y_sorted, positions, top_k, weights, shared)
+    return _unpermute(y_sorted, positions, top_k, weights, shared)
 
 
 def grouped_gemm(
@@ -584,12 +571,12 @@ def grouped_gemm(
     """y [rows, N] (N / 2 with "swiglu") = x_sorted w[e]^T per block of align's layout; epilogue
     "plain", "swiglu" (w's rows interleave gate and up) or "routing_weights" (needs sorted and
     weights)."""
-    return torch.ops.kjit.moe_grouped_gemm(x_sorted, block_expert, block, w, epilogue, sorted, weights)
+    return _grouped_gemm(x_sorted, block_expert, block, w, epilogue, sorted, weights)
 
 
 def grouped_gemm_masked(x: Tensor, masked_m: Tensor, w: Tensor, epilogue: str = "plain", expected_m: int = 0) -> Tensor:
     """y [E, M, N] over the masked layout x [E, M, K], masked_m [E] int32 on the device."""
-    return torch.ops.kjit.moe_grouped_gemm_masked(x, masked_m, expected_m, w, epilogue)
+    return _grouped_gemm_masked(x, masked_m, expected_m, w, epilogue)
 
 
 @dataclass
@@ -613,7 +600,7 @@ def expert_gemm_fp4(
     weights: Optional[Tensor] = None,
 ) -> Tensor:
     """grouped_gemm with FP4 weights (bf16 x_sorted and y)."""
-    return torch.ops.kjit.moe_expert_gemm_fp4(
+    return _expert_gemm_fp4(
         x_sorted, block_expert, block, w.format, w.codes, w.scales, w.tensor_scale, epilogue, sorted, weights
     )
 
@@ -621,14 +608,12 @@ def expert_gemm_fp4(
 def expert_gemm_fp4_masked(
     x: Tensor, masked_m: Tensor, w: Fp4Weights, epilogue: str = "plain", expected_m: int = 0
 ) -> Tensor:
-    return torch.ops.kjit.moe_expert_gemm_fp4_masked(
-        x, masked_m, expected_m, w.format, w.codes, w.scales, w.tensor_scale, epilogue
-    )
+    return _expert_gemm_fp4_masked(x, masked_m, expected_m, w.format, w.codes, w.scales, w.tensor_scale, epilogue)
 
 
 def quantize_fp4(w: Tensor, format: str = "nvfp4") -> Tuple[Tensor, Tensor, Tensor]:
     """(codes, scales, tensor_scale [1]) of w [R, C] bf16/fp16: one tensor scale for all of w."""
-    return torch.ops.kjit.moe_quantize_fp4(w, format)
+    return _quantize_fp4(w, format)
 
 
 def quantize_experts_fp4(w: Tensor, format: str = "nvfp4") -> Fp4Weights:
@@ -654,7 +639,7 @@ def balance(
     """(counts [E] int32, f [E], p [E], losses [4]): load statistics and the balancing losses
     {aux, sequence-wise aux, z-loss, MaxVio} (kjit/moe.hpp); bias [E] fp32, when given, takes
     DeepSeek-V3's loss-free update in place."""
-    return torch.ops.kjit.moe_balance(ids, probs, logits, cu_seqlens, max_seqlen, bias, aux_coeff, z_coeff, bias_rate)
+    return _balance(ids, probs, logits, cu_seqlens, max_seqlen, bias, aux_coeff, z_coeff, bias_rate)
 
 
 def layer(
@@ -669,7 +654,7 @@ def layer(
 ) -> Tensor:
     """The fused MoE layer (kjit::moe::layer): gate_up [E, 2 I, H] with gate and up rows
     interleaved (interleave_gate_up makes it from torch's w13), down [E, H, I]."""
-    return torch.ops.kjit.moe_layer(
+    return _layer(
         x,
         router_logits,
         gate_up,
@@ -701,7 +686,7 @@ def layer_fp4(
         raise InvalidArgumentError(
             f"gate_up and down must share one FP4 format, got {gate_up.format} and {down.format}"
         )
-    return torch.ops.kjit.moe_layer_fp4(
+    return _layer_fp4(
         x,
         router_logits,
         gate_up.format,
