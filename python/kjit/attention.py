@@ -359,6 +359,34 @@ def _(dout, q, out, lse, cu_seqlens_q, host_cu_seqlens_q, windows, host_windows,
     return [qg.new_empty(qg.shape) for qg in q], k.new_empty(k.shape), v.new_empty(v.shape)
 
 
+# Autograd of the grouped forward: dq of every group, dk and dv summed over the groups (kjit's
+# grouped backward). Saved: each group's q, out, lse and index tensors, then the shared keys'.
+
+
+def _save_grouped(ctx, inputs, output):
+    q, cu_q, host_q, windows, host_windows, k, v, cu_k, host_k, softmax_scale, causal = inputs
+    outs, lses = output
+    ctx.mark_non_differentiable(*lses)
+    ctx.groups = len(q)
+    ctx.save_for_backward(*q, *outs, *lses, *cu_q, *host_q, *windows, *host_windows, k, v, cu_k, host_k)
+    ctx.softmax_scale, ctx.causal = softmax_scale, causal
+
+
+def _forward_grouped_grad(ctx, grad_outs, _grad_lses):
+    saved, g = ctx.saved_tensors, ctx.groups
+    q, outs, lses, cu_q, host_q, windows, host_windows = (list(saved[i * g : (i + 1) * g]) for i in range(7))
+    k, v, cu_k, host_k = saved[7 * g :]
+    douts = [torch.zeros_like(o) if d is None else d.contiguous() for d, o in zip(grad_outs, outs)]
+    dq, dk, dv = _backward_grouped(
+        douts, q, outs, lses, cu_q, host_q, windows, host_windows, k, v, cu_k, host_k, ctx.softmax_scale, ctx.causal
+    )
+    none = [None] * g  # a list input's gradient is a list
+    return dq, none, none, none, none, dk, dv, None, None, None, None
+
+
+torch.library.register_autograd("kjit::attention_forward_grouped", _forward_grouped_grad, setup_context=_save_grouped)
+
+
 # ---- merge of partial results ------------------------------------------------------------------
 
 
@@ -521,7 +549,9 @@ def grouped_forward(
     softmax_scale: Optional[float] = None,
     causal: bool = False,
 ) -> Tuple[List[Tensor], List[Tensor]]:
-    """Every group's (out, lse) in one launch; causal masking bottom-right aligned to each window."""
+    """Every group's (out, lse) in one launch; causal masking bottom-right aligned to each window.
+    Differentiable in the groups' q, k and v (kjit's grouped backward: dk, dv summed over the
+    groups)."""
     return _forward_grouped(
         *QueryGroup.lists(groups),
         k,

@@ -223,3 +223,20 @@ def test_moe_module_keeps_its_fp32_tensors_and_saves_fp4_experts():
     assert spec(gate_up.tensor_scale) == ((8,), f32, "meta") and down.tensor_scale.dtype == f32
     assert {"gate_up_codes", "gate_up_scales", "gate_up_tensor_scale", "down_codes"} <= set(layer.state_dict())
     assert "gate_up" not in layer.state_dict()
+
+
+def test_grouped_autograd_traces_to_the_grouped_backward():
+    def grads(q0, q1, k, v):
+        cu, windows = torch.tensor([0, 16], dtype=i32), torch.tensor([[0, 24]], dtype=i32)
+        groups = [kjit.attention.QueryGroup(q, cu, windows, cu, windows) for q in (q0, q1)]
+        outs, _ = kjit.attention.grouped_forward(groups, k, v, torch.tensor([0, 24], dtype=i32), causal=True)
+        return torch.autograd.grad(sum(o.float().sum() for o in outs), (q0, q1, k, v))
+
+    q0, q1 = (torch.randn(16, 4, 64, dtype=bf16, requires_grad=True) for _ in range(2))
+    k, v = (torch.randn(24, 2, 64, dtype=bf16, requires_grad=True) for _ in range(2))
+    traced = make_fx(grads, tracing_mode="fake")(q0, q1, k, v)
+    targets = [str(n.target) for n in traced.graph.nodes if n.op == "call_function"]
+    assert "kjit.attention_forward_grouped.default" in targets, targets
+    assert "kjit.attention_backward_grouped.default" in targets, targets
+    shapes = [tuple(n.meta["val"].shape) for n in traced.graph.nodes if n.op == "output" for n in n.args[0]]
+    assert shapes == [(16, 4, 64), (16, 4, 64), (24, 2, 64), (24, 2, 64)]

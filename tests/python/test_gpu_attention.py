@@ -196,3 +196,33 @@ def test_direct_call_matches_the_dispatched_one():
         assert not direct((q,))
         dispatched_out, dispatched_lse = kjit.attention.forward(q, k, k, causal=True)
     assert torch.equal(out, dispatched_out) and torch.equal(lse, dispatched_lse)
+
+
+def test_grouped_autograd_against_the_references_autograd():
+    k, cu_k = pack([96, 160], 2, 64)
+    v = torch.randn_like(k)
+    layouts = (([32, 48], [[0, 64], [0, 160]]), ([16, 40], [[30, 96], [100, 160]]))  # windows overlap
+    groups, douts = [], []
+    for lengths, windows in layouts:
+        q, cu_q = pack(lengths, 8, 64)
+        w = torch.tensor(windows, dtype=i32)
+        groups.append(kjit.attention.QueryGroup(q.requires_grad_(), cu_q.cuda(), w.cuda(), cu_q, w))
+        douts.append(torch.randn_like(q))
+    k.requires_grad_(), v.requires_grad_()
+    outs, _ = kjit.attention.grouped_forward(groups, k, v, cu_k.cuda(), cu_k, causal=True)
+    grads = torch.autograd.grad(outs, [g.q for g in groups] + [k, v], douts)
+
+    def reference(dtype):
+        qs = [g.q.detach().to(dtype).requires_grad_() for g in groups]
+        kr, vr = (t.detach().to(dtype).requires_grad_() for t in (k, v))
+        loss = 0
+        for g, group in enumerate(groups):
+            for b in range(2):
+                rows = slice(int(group.host_cu_seqlens_q[b]), int(group.host_cu_seqlens_q[b + 1]))
+                begin, end = (int(cu_k[b]) + int(x) for x in group.host_windows[b])
+                out, _ = ref.attention(qs[g][None, rows], kr[None, begin:end], vr[None, begin:end], True, dtype=dtype)
+                loss = loss + (out[0].double() * douts[g][rows].double()).sum()
+        return torch.autograd.grad(loss, qs + [kr, vr])
+
+    for ours, exact, low in zip(grads, reference(torch.float64), reference(bf16)):
+        ref.fa_bound(ours, exact, low)
