@@ -9,6 +9,7 @@
 #include <string>
 
 #include "kjit/c_api.h"
+#include "kjit/mla.hpp"
 #include "kjit/moe.hpp"
 #include "tests/support/dl_tensor.hpp"
 
@@ -115,6 +116,33 @@ TEST(ModelOpsCApi, MoeOpsRefuseBadInputWithKjitsMessage) {
   expect_refused(kjit_moe_balance(&ids.t, &probs.t, nullptr, nullptr, 10, nullptr, 1.f, 1.f, 1e-3f,
                                   &counts.t, &f.t, &p.t, &losses.t, nullptr),
                  "losses must be contiguous fp32 [4]");
+}
+
+// The communicator and helix entry points refuse bad arguments before touching NCCL or a GPU.
+TEST(ModelOpsCApi, CommunicatorAndHelixRefuseBadArguments) {
+  char id[KJIT_COMM_UNIQUE_ID_BYTES] = {};
+  kjit_comm* comm = reinterpret_cast<kjit_comm*>(0x1);  // must be reset to NULL on failure
+  expect_refused(kjit_comm_create(id, 3, 2, -1, 0, &comm), "rank 3 is outside 0..1");
+  EXPECT_EQ(comm, nullptr);
+  expect_refused(kjit_comm_create(id, 0, 1, -1, -5, &comm), "timeout_ms must be 0 or more");
+  expect_refused(kjit_comm_create(nullptr, 0, 1, -1, 0, &comm), "id is NULL");
+  expect_refused(kjit_comm_create(id, 0, 1, -1, 0, nullptr), "comm is NULL");
+  kjit_comm_destroy(nullptr);
+
+  int begin = -1, end = -1;
+  ASSERT_EQ(kjit_mla_helix_heads(20, 3, 2, &begin, &end), KJIT_SUCCESS);
+  const mla::HeadRange expected = mla::helix_heads(20, 3, 2);
+  EXPECT_EQ(begin, expected.begin);
+  EXPECT_EQ(end, expected.end);
+  expect_refused(kjit_mla_helix_heads(2, 3, 0, &begin, &end), "would leave a rank without heads");
+  expect_refused(kjit_mla_helix_heads(20, 3, 0, nullptr, &end), "begin or end is NULL");
+
+  const Tensor q(kBf16, {2, 1, 20, 576}), cache(kBf16, {4, 64, 576}), table(kI32, {2, 2}),
+      lengths(kI32, {2}), out(kBf16, {2, 1, 20, 512}), lse(kF32, {2, 1, 20});
+  const std::int32_t host_table[] = {0, 1, 2, 3}, host_lengths[] = {100, 10};
+  expect_refused(kjit_mla_helix_decode(nullptr, &q.t, &cache.t, &table.t, host_table, &lengths.t,
+                                       host_lengths, &out.t, &lse.t, 0.f, nullptr),
+                 "comm is NULL");
 }
 
 // Every tensor in host memory (a binding allocates outputs like the caller's inputs): the error

@@ -19,7 +19,8 @@ typedef enum kjit_status {
   KJIT_ERROR_DRIVER = 3,           /* a CUDA driver call failed */
   KJIT_ERROR_COMPILE = 4,          /* NVRTC rejected a kernel */
   KJIT_ERROR_MISSING_KERNEL = 5,   /* KJIT_NO_JIT=1 and the kernel is not cached */
-  KJIT_ERROR_INTERNAL = 6
+  KJIT_ERROR_INTERNAL = 6,
+  KJIT_ERROR_COMM = 7 /* a collective failed or timed out, or its communicator was aborted */
 } kjit_status;
 
 /* The message of this thread's last failed call ("" if none). Valid until the next call. */
@@ -110,6 +111,30 @@ kjit_status kjit_mla_decode(const DLTensor* q, const DLTensor* cache, const DLTe
                             const int32_t* host_block_table, const DLTensor* lengths,
                             const int32_t* host_lengths, const DLTensor* out, const DLTensor* lse,
                             float softmax_scale, void* stream);
+
+/* Communicators (see kjit/comm.hpp): NCCL over a unique id that the caller shares between its
+   ranks (torch.distributed, a file). Rank 0 makes the id; every rank then creates its
+   communicator with the same bytes (collective: it returns once all `size` ranks joined, or
+   fails after the timeout). device -1: the current device; timeout_ms 0: KJIT_COMM_TIMEOUT_S. */
+typedef struct kjit_comm kjit_comm;
+#define KJIT_COMM_UNIQUE_ID_BYTES 128
+kjit_status kjit_comm_unique_id(char id[KJIT_COMM_UNIQUE_ID_BYTES]);
+kjit_status kjit_comm_create(const char id[KJIT_COMM_UNIQUE_ID_BYTES], int rank, int size,
+                             int device, int64_t timeout_ms, kjit_comm** comm);
+void kjit_comm_destroy(kjit_comm* comm); /* NULL is ignored */
+
+/* Rank `rank`'s heads [*begin, *end) of `heads` over `world` helix ranks (kjit::mla::helix_heads).
+ */
+kjit_status kjit_mla_helix_heads(int heads, int world, int rank, int* begin, int* end);
+/* One helix MLA decode step on this rank of `comm` (kjit::mla::helix_decode): q [B, 1, H, 576]
+   the same on every rank; the cache, block table and lengths this rank's shard (as
+   kjit_mla_decode's); out [B, 1, H_r, 512] and lse [B, 1, H_r] fp32 (required) for this rank's
+   heads. Collective. */
+kjit_status kjit_mla_helix_decode(kjit_comm* comm, const DLTensor* q, const DLTensor* cache,
+                                  const DLTensor* block_table, const int32_t* host_block_table,
+                                  const DLTensor* lengths, const int32_t* host_lengths,
+                                  const DLTensor* out, const DLTensor* lse, float softmax_scale,
+                                  void* stream);
 
 /* MoE (see kjit/moe.hpp for each op's layouts). NULL for an optional tensor means none. */
 typedef struct kjit_moe_router_options {

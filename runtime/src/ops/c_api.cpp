@@ -2,7 +2,10 @@
 #include "kjit/c_api.h"
 
 #include <array>
+#include <chrono>
+#include <cstring>
 #include <initializer_list>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -10,6 +13,7 @@
 #include <fmt/format.h>
 
 #include "kjit/attention.hpp"
+#include "kjit/comm.hpp"
 #include "kjit/device.hpp"
 #include "kjit/error.hpp"
 #include "kjit/merge_states.hpp"
@@ -42,6 +46,9 @@ kjit_status guarded(F&& body) {
   } catch (const kjit::MissingKernelError& e) {
     g_last_error = e.what();
     return KJIT_ERROR_MISSING_KERNEL;
+  } catch (const kjit::comm::CommError& e) {
+    g_last_error = e.what();
+    return KJIT_ERROR_COMM;
   } catch (const std::exception& e) {
     g_last_error = e.what();
     return KJIT_ERROR_INTERNAL;
@@ -362,6 +369,68 @@ extern "C" kjit_status kjit_mla_decode(const DLTensor* q, const DLTensor* cache,
     o.softmax_scale = softmax_scale;
     kjit::mla::decode(view(q, "q"), paged, view(out, "out"), optional_view(lse, "lse"), o,
                       static_cast<kjit::StreamHandle>(stream));
+  });
+}
+
+struct kjit_comm {
+  std::unique_ptr<kjit::comm::Communicator> comm;
+};
+
+extern "C" kjit_status kjit_comm_unique_id(char id[KJIT_COMM_UNIQUE_ID_BYTES]) {
+  return guarded([&] {
+    if (!id) throw kjit::InvalidArgument("id is NULL");
+    const kjit::comm::UniqueId made = kjit::comm::make_unique_id();
+    std::memcpy(id, made.bytes.data(), made.bytes.size());
+  });
+}
+
+extern "C" kjit_status kjit_comm_create(const char id[KJIT_COMM_UNIQUE_ID_BYTES], int rank,
+                                        int size, int device, int64_t timeout_ms,
+                                        kjit_comm** comm) {
+  return guarded([&] {
+    if (!comm) throw kjit::InvalidArgument("comm is NULL");
+    *comm = nullptr;
+    if (!id) throw kjit::InvalidArgument("id is NULL");
+    if (timeout_ms < 0) {
+      throw kjit::InvalidArgument(fmt::format("timeout_ms must be 0 or more, got {}", timeout_ms));
+    }
+    kjit::comm::UniqueId unique;
+    std::memcpy(unique.bytes.data(), id, unique.bytes.size());
+    kjit::comm::Options options;
+    options.timeout = std::chrono::milliseconds(timeout_ms);
+    *comm = new kjit_comm{kjit::comm::from_unique_id(unique, rank, size, device, options)};
+  });
+}
+
+extern "C" void kjit_comm_destroy(kjit_comm* comm) {
+  delete comm;
+}
+
+extern "C" kjit_status kjit_mla_helix_heads(int heads, int world, int rank, int* begin, int* end) {
+  return guarded([&] {
+    if (!begin || !end) throw kjit::InvalidArgument("begin or end is NULL");
+    const kjit::mla::HeadRange range = kjit::mla::helix_heads(heads, world, rank);
+    *begin = range.begin;
+    *end = range.end;
+  });
+}
+
+extern "C" kjit_status kjit_mla_helix_decode(kjit_comm* comm, const DLTensor* q,
+                                             const DLTensor* cache, const DLTensor* block_table,
+                                             const int32_t* host_block_table,
+                                             const DLTensor* lengths, const int32_t* host_lengths,
+                                             const DLTensor* out, const DLTensor* lse,
+                                             float softmax_scale, void* stream) {
+  return guarded([&] {
+    if (!comm || !comm->comm) throw kjit::InvalidArgument("comm is NULL");
+    convert_in_order("q cache block_table lengths out lse",
+                     {q, cache, block_table, lengths, out, lse});
+    const kjit::mla::PagedCache local{view(cache, "cache"), view(block_table, "block_table"),
+                                      host_block_table, view(lengths, "lengths"), host_lengths};
+    kjit::mla::DecodeOptions o;
+    o.softmax_scale = softmax_scale;
+    kjit::mla::helix_decode(*comm->comm, view(q, "q"), local, view(out, "out"),
+                            optional_view(lse, "lse"), o, static_cast<kjit::StreamHandle>(stream));
   });
 }
 
