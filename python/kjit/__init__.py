@@ -10,15 +10,24 @@ libkjit.so is found through KJIT_LIBRARY, next to the package, where CMake insta
 source tree's build/ (kjit.library_path() says which).
 """
 
-from . import attention, mla, moe
+from . import attention, comm, mla, moe
 from ._library import library_path
-from .errors import CompileError, DriverError, InvalidArgumentError, KjitError, MissingKernelError, NoDriverError
+from .errors import (
+    CommError,
+    CompileError,
+    DriverError,
+    InvalidArgumentError,
+    KjitError,
+    MissingKernelError,
+    NoDriverError,
+)
 from .flash_attn import flash_attn_func, flash_attn_varlen_func
 
 __version__ = "0.1.0"
 
 __all__ = [
     "attention",
+    "comm",
     "mla",
     "moe",
     "flash_attn_func",
@@ -30,4 +39,5 @@ __all__ = [
     "DriverError",
     "CompileError",
     "MissingKernelError",
+    "CommError",
 ]

@@ -79,6 +79,10 @@ _SIGNATURES = {
     ],
     "kjit_attention_backward_grouped_workspace_bytes": [_P(AttentionGroup), _int, _P(_size)],
     "kjit_mla_decode": [_T, _T, _T, _i32p, _T, _i32p, _T, _T, _float, _ptr],
+    "kjit_comm_unique_id": [ctypes.c_char_p],
+    "kjit_comm_create": [ctypes.c_char_p, _int, _int, _int, ctypes.c_int64, _P(_ptr)],
+    "kjit_mla_helix_heads": [_int, _int, _int, _P(_int), _P(_int)],
+    "kjit_mla_helix_decode": [_ptr, _T, _T, _T, _i32p, _T, _i32p, _T, _T, _float, _ptr],
     "kjit_moe_router_topk": [_T, _T, _T, _T, _P(RouterOptions), _ptr],
     "kjit_moe_align_capacity": [ctypes.c_int64, _int, _int],
     "kjit_moe_align": [_T, _int, _int, _T, _T, _T, _T, _T, _ptr],
@@ -147,6 +151,7 @@ def library() -> ctypes.CDLL:
                 function = getattr(lib, name)
                 function.argtypes = argtypes
                 function.restype = _RESULT_TYPES.get(name, _int)
+            lib.kjit_comm_destroy.argtypes, lib.kjit_comm_destroy.restype = [_ptr], None
             lib.kjit_last_error.argtypes = []
             lib.kjit_last_error.restype = ctypes.c_char_p
             _loaded, _loaded_path = lib, path

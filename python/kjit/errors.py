@@ -39,7 +39,16 @@ class MissingKernelError(KjitError):
     status = 5
 
 
-_BY_STATUS = {c.status: c for c in (InvalidArgumentError, NoDriverError, DriverError, CompileError, MissingKernelError)}
+class CommError(KjitError):
+    """A collective failed or timed out, or its communicator was aborted (every later call fails
+    too)."""
+
+    status = 7
+
+
+_BY_STATUS = {
+    c.status: c for c in (InvalidArgumentError, NoDriverError, DriverError, CompileError, MissingKernelError, CommError)
+}
 
 
 def raise_for_status(status: int, message: str) -> None:

@@ -9,10 +9,13 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+import ctypes
+
 from ._dlpack import DLArgs
 from ._launch import host_copy, host_or_copy, launch, op
+from ._library import call
 
-__all__ = ["decode", "LATENT_DIM", "ROPE_DIM"]
+__all__ = ["decode", "helix_decode", "helix_heads", "LATENT_DIM", "ROPE_DIM"]
 
 LATENT_DIM, ROPE_DIM = 512, 64
 
@@ -72,6 +75,82 @@ def decode(
     host_lengths at least the longest the replays will see (the kernel reads the device lengths).
     softmax_scale None means 1 / sqrt(576); models pass theirs (GLM-4.7-Flash: 0.0625)."""
     return _decode(
+        q,
+        cache,
+        block_table,
+        lengths,
+        host_or_copy(host_block_table, block_table),
+        host_or_copy(host_lengths, lengths),
+        0.0 if softmax_scale is None else float(softmax_scale),
+    )
+
+
+# ---- helix: the cache sharded along the sequence across ranks ----------------------------------
+
+
+def helix_heads(heads: int, world: int, rank: int) -> Tuple[int, int]:
+    """Rank `rank`'s heads [begin, end) of `heads` over `world` helix ranks."""
+    begin, end = ctypes.c_int(), ctypes.c_int()
+    call("kjit_mla_helix_heads", int(heads), world, rank, ctypes.byref(begin), ctypes.byref(end))
+    return begin.value, end.value
+
+
+def _new_helix_outputs(q: Tensor, rank: int, world: int) -> Tuple[Tensor, Tensor]:
+    if q.dim() != 4:
+        return _new_outputs(q)  # kjit refuses q
+    begin, end = helix_heads(q.shape[2], world, rank)
+    shape = (q.shape[0], q.shape[1], end - begin)
+    return q.new_empty((*shape, LATENT_DIM)), q.new_empty(shape, dtype=torch.float32)
+
+
+@op(
+    "kjit::mla_helix_decode",
+    schema="(int comm, int rank, int world, Tensor q, Tensor cache, Tensor block_table, Tensor lengths, "
+    "Tensor host_block_table, Tensor host_lengths, float softmax_scale) -> (Tensor, Tensor)",
+)
+def _helix_decode(comm, rank, world, q, cache, block_table, lengths, host_block_table, host_lengths, softmax_scale):
+    out, lse = _new_helix_outputs(q, rank, world)
+    dl = DLArgs()
+    launch(
+        "kjit_mla_helix_decode",
+        q,
+        comm,
+        dl(q, "q"),
+        dl(cache, "cache"),
+        dl(block_table, "block_table"),
+        host_copy(host_block_table, block_table, "host_block_table"),
+        dl(lengths, "lengths"),
+        host_copy(host_lengths, lengths, "host_lengths"),
+        dl(out, "out"),
+        dl(lse, "lse"),
+        softmax_scale,
+    )
+    return out, lse
+
+
+@_helix_decode.register_fake
+def _(comm, rank, world, q, *_):
+    return _new_helix_outputs(q, rank, world)
+
+
+def helix_decode(
+    comm,
+    q: Tensor,
+    cache: Tensor,
+    block_table: Tensor,
+    lengths: Tensor,
+    host_block_table: Optional[Tensor] = None,
+    host_lengths: Optional[Tensor] = None,
+    softmax_scale: Optional[float] = None,
+) -> Tuple[Tensor, Tensor]:
+    """One helix decode step on this rank of `comm` (kjit.comm.Communicator): q [B, 1, H, 576] the
+    same on every rank, the paged cache this rank's shard (its blocks of every sequence); returns
+    (out [B, 1, H_r, 512], lse [B, 1, H_r]) for this rank's heads helix_heads(H, W, rank), merged
+    exactly over every rank's shard. Collective: every rank calls it with the same B, H, scale."""
+    return _helix_decode(
+        comm.handle,
+        comm.rank,
+        comm.size,
         q,
         cache,
         block_table,

@@ -293,3 +293,24 @@ def test_python_m_kjit_forwards_to_the_cli():
         assert command in run.stdout
     run = subprocess.run([sys.executable, "-m", "kjit", "cache", "--help"], capture_output=True, text=True)
     assert run.returncode == 0 and "prune" in run.stdout, run.stdout + run.stderr
+
+
+def test_communicator_refusals_and_the_torch_distributed_bootstrap():
+    with pytest.raises(kjit.InvalidArgumentError, match=r"rank 3 is outside 0..1"):
+        kjit.comm.Communicator(bytes(128), 3, 2)
+    with pytest.raises(kjit.InvalidArgumentError, match="id must be 128 bytes"):
+        kjit.comm.Communicator(b"short", 0, 1)
+    assert kjit.mla.helix_heads(20, 3, 2) == (13, 20)
+    with pytest.raises(kjit.InvalidArgumentError, match="would leave a rank without heads"):
+        kjit.mla.helix_heads(2, 3, 0)
+    # One gloo rank: rank 0's id goes through the group, then kjit needs the GPU this machine lacks
+    # (or, where libnccl is absent, says so).
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        with pytest.raises((kjit.NoDriverError, kjit.CommError, kjit.KjitError)) as error:
+            kjit.comm.Communicator.from_torch_distributed()
+        assert "driver" in str(error.value) or "nccl" in str(error.value).lower(), str(error.value)
+    finally:
+        dist.destroy_process_group()

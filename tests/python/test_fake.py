@@ -2,6 +2,8 @@
 dtypes under FakeTensorMode on a (fake) CUDA device, torch.compile traces a model using kjit's ops
 in one graph, and autograd through kjit's attention traces to kjit's backward."""
 
+import types
+
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -56,6 +58,18 @@ def test_attention_shapes():
             cuda(4, 2, 20, 576), cuda(64, 64, 576), cuda(4, 16, dtype=i32), cuda(4, dtype=i32), host(4, 16), host(4)
         )
         assert spec(out) == ((4, 2, 20, 512), bf16, "cuda") and spec(lse) == ((4, 2, 20), f32, "cuda")
+
+        rank_1_of_3 = types.SimpleNamespace(handle=0, rank=1, size=3)  # heads [6, 13) of 20
+        out, lse = kjit.mla.helix_decode(
+            rank_1_of_3,
+            cuda(4, 1, 20, 576),
+            cuda(64, 64, 576),
+            cuda(4, 16, dtype=i32),
+            cuda(4, dtype=i32),
+            host(4, 16),
+            host(4),
+        )
+        assert spec(out) == ((4, 1, 7, 512), bf16, "cuda") and spec(lse) == ((4, 1, 7), f32, "cuda")
 
 
 def test_moe_shapes():

@@ -85,3 +85,23 @@ def test_moe_layer_at_decode_sizes_under_cuda_graphs(weights):
         x.copy_(torch.randn_like(x))
         graph.replay()
         torch.testing.assert_close(out, layer(x))
+
+
+def test_helix_decode_at_one_rank_is_mla_decode():
+    """W = 1 through a real communicator (NCCL on this GPU, bootstrapped through a one-rank gloo
+    group): the helix step's merge of one part is the plain decode."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        comm = kjit.comm.Communicator.from_torch_distributed(device=torch.cuda.current_device())
+        cache, table, host_lengths = paged_cache([700, 65, 1])
+        q = torch.randn(3, 1, 20, 576, dtype=bf16, device="cuda")
+        args = (q, cache, table.cuda(), host_lengths.cuda(), table, host_lengths, SCALE)
+        out, lse = kjit.mla.helix_decode(comm, *args)
+        plain_out, plain_lse = kjit.mla.decode(*args)
+        torch.testing.assert_close(out, plain_out, atol=1e-2, rtol=1e-2)
+        torch.testing.assert_close(lse, plain_lse, atol=1e-4, rtol=1e-5)
+        comm.close()
+    finally:
+        dist.destroy_process_group()
