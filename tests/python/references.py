@@ -35,22 +35,23 @@ def fa_bound(ours, ref, lowprec):
     return err, allowed
 
 
-def mla_decode(q, cache, block_table, lengths, scale):
-    """(out [B, s_q, H, 512], lse [B, s_q, H]) in fp64: the last s_q tokens of each sequence,
-    causal among themselves."""
+def mla_decode(q, cache, block_table, lengths, scale, dtype=torch.float64):
+    """(out [B, s_q, H, 512], lse [B, s_q, H]) computed in `dtype` (softmax in fp32 at least): the
+    last s_q tokens of each sequence, causal among themselves."""
     batch, s_q, heads, _ = q.shape
     block_size = cache.shape[1]
+    wide = torch.float64 if dtype == torch.float64 else torch.float32
     outs, lses = [], []
     for b in range(batch):
         length = int(lengths[b])
         rows = [cache[block_table[b, t // block_size], t % block_size] for t in range(length)]
-        keys = torch.stack(rows).double() if rows else cache.new_zeros((0, cache.shape[2])).double()
-        s = torch.einsum("shd,td->sht", q[b].double(), keys) * scale
+        keys = (torch.stack(rows) if rows else cache.new_zeros((0, cache.shape[2]))).to(dtype)
+        s = torch.einsum("shd,td->sht", q[b].to(dtype), keys).to(wide) * scale
         positions = torch.arange(length, device=q.device)
         for i in range(s_q):  # query i sits at position length - s_q + i
             s[i, :, positions > length - s_q + i] = float("-inf")
         lse = torch.logsumexp(s, dim=-1)
-        p = torch.softmax(s, dim=-1).nan_to_num(0.0)
+        p = torch.softmax(s, dim=-1).nan_to_num(0.0).to(dtype)
         outs.append(torch.einsum("sht,td->shd", p, keys[:, :512]))
         lses.append(lse)
     return torch.stack(outs), torch.stack(lses)
