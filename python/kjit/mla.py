@@ -36,20 +36,20 @@ def _new_outputs(q: Tensor) -> Tuple[Tensor, Tensor]:
 def _decode(q, cache, block_table, lengths, host_block_table, host_lengths, softmax_scale):
     out, lse = _new_outputs(q)
     dl = DLArgs()
-    launch(
-        "kjit_mla_decode",
-        q,
-        dl(q, "q"),
+    paged = _paged_args(dl, cache, block_table, lengths, host_block_table, host_lengths)
+    launch("kjit_mla_decode", q, dl(q, "q"), *paged, dl(out, "out"), dl(lse, "lse"), softmax_scale)
+    return out, lse
+
+
+def _paged_args(dl, cache, block_table, lengths, host_block_table, host_lengths):
+    """The paged cache's arguments, in the C ABI's order."""
+    return (
         dl(cache, "cache"),
         dl(block_table, "block_table"),
         host_copy(host_block_table, block_table, "host_block_table"),
         dl(lengths, "lengths"),
         host_copy(host_lengths, lengths, "host_lengths"),
-        dl(out, "out"),
-        dl(lse, "lse"),
-        softmax_scale,
     )
-    return out, lse
 
 
 @_decode.register_fake
@@ -111,20 +111,8 @@ def _new_helix_outputs(q: Tensor, rank: int, world: int) -> Tuple[Tensor, Tensor
 def _helix_decode(comm, rank, world, q, cache, block_table, lengths, host_block_table, host_lengths, softmax_scale):
     out, lse = _new_helix_outputs(q, rank, world)
     dl = DLArgs()
-    launch(
-        "kjit_mla_helix_decode",
-        q,
-        comm,
-        dl(q, "q"),
-        dl(cache, "cache"),
-        dl(block_table, "block_table"),
-        host_copy(host_block_table, block_table, "host_block_table"),
-        dl(lengths, "lengths"),
-        host_copy(host_lengths, lengths, "host_lengths"),
-        dl(out, "out"),
-        dl(lse, "lse"),
-        softmax_scale,
-    )
+    paged = _paged_args(dl, cache, block_table, lengths, host_block_table, host_lengths)
+    launch("kjit_mla_helix_decode", q, comm, dl(q, "q"), *paged, dl(out, "out"), dl(lse, "lse"), softmax_scale)
     return out, lse
 
 

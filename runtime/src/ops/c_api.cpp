@@ -355,6 +355,23 @@ extern "C" kjit_status kjit_attention_backward_grouped_workspace_bytes(
   });
 }
 
+namespace {
+
+kjit::mla::PagedCache paged_cache(const DLTensor* cache, const DLTensor* block_table,
+                                  const int32_t* host_block_table, const DLTensor* lengths,
+                                  const int32_t* host_lengths) {
+  return {view(cache, "cache"), view(block_table, "block_table"), host_block_table,
+          view(lengths, "lengths"), host_lengths};
+}
+
+kjit::mla::DecodeOptions decode_options(float softmax_scale) {
+  kjit::mla::DecodeOptions o;
+  o.softmax_scale = softmax_scale;
+  return o;
+}
+
+}  // namespace
+
 extern "C" kjit_status kjit_mla_decode(const DLTensor* q, const DLTensor* cache,
                                        const DLTensor* block_table, const int32_t* host_block_table,
                                        const DLTensor* lengths, const int32_t* host_lengths,
@@ -363,11 +380,9 @@ extern "C" kjit_status kjit_mla_decode(const DLTensor* q, const DLTensor* cache,
   return guarded([&] {
     convert_in_order("q cache block_table lengths out lse",
                      {q, cache, block_table, lengths, out, lse});
-    const kjit::mla::PagedCache paged{view(cache, "cache"), view(block_table, "block_table"),
-                                      host_block_table, view(lengths, "lengths"), host_lengths};
-    kjit::mla::DecodeOptions o;
-    o.softmax_scale = softmax_scale;
-    kjit::mla::decode(view(q, "q"), paged, view(out, "out"), optional_view(lse, "lse"), o,
+    kjit::mla::decode(view(q, "q"),
+                      paged_cache(cache, block_table, host_block_table, lengths, host_lengths),
+                      view(out, "out"), optional_view(lse, "lse"), decode_options(softmax_scale),
                       static_cast<kjit::StreamHandle>(stream));
   });
 }
@@ -425,12 +440,11 @@ extern "C" kjit_status kjit_mla_helix_decode(kjit_comm* comm, const DLTensor* q,
     if (!comm || !comm->comm) throw kjit::InvalidArgument("comm is NULL");
     convert_in_order("q cache block_table lengths out lse",
                      {q, cache, block_table, lengths, out, lse});
-    const kjit::mla::PagedCache local{view(cache, "cache"), view(block_table, "block_table"),
-                                      host_block_table, view(lengths, "lengths"), host_lengths};
-    kjit::mla::DecodeOptions o;
-    o.softmax_scale = softmax_scale;
-    kjit::mla::helix_decode(*comm->comm, view(q, "q"), local, view(out, "out"),
-                            optional_view(lse, "lse"), o, static_cast<kjit::StreamHandle>(stream));
+    kjit::mla::helix_decode(
+        *comm->comm, view(q, "q"),
+        paged_cache(cache, block_table, host_block_table, lengths, host_lengths), view(out, "out"),
+        optional_view(lse, "lse"), decode_options(softmax_scale),
+        static_cast<kjit::StreamHandle>(stream));
   });
 }
 
