@@ -51,10 +51,8 @@ _DISPATCH_MODES = getattr(torch._C, "_len_torch_dispatch_stack", None)
 _FUNCTION_MODES = getattr(torch._C, "_is_torch_function_mode_enabled", None)
 _FUNCTORCH_LEVEL = getattr(getattr(torch._C, "_functorch", None), "maybe_current_level", None)
 _JIT_TRACING = getattr(torch._C, "_get_tracing_state", None)
-_PROFILER = torch.autograd.profiler
-_CAN_GO_DIRECT = None not in (_DISPATCH_MODES, _FUNCTION_MODES, _FUNCTORCH_LEVEL, _JIT_TRACING) and hasattr(
-    _PROFILER, "_is_profiler_enabled"
-)
+_PROFILING = getattr(torch.autograd, "_profiler_enabled", None)  # any profiler, C++ or on demand too
+_CAN_GO_DIRECT = None not in (_DISPATCH_MODES, _FUNCTION_MODES, _FUNCTORCH_LEVEL, _JIT_TRACING, _PROFILING)
 
 
 def direct(args) -> bool:
@@ -66,7 +64,7 @@ def direct(args) -> bool:
         return False
     if _DISPATCH_MODES() or _FUNCTION_MODES() or _FUNCTORCH_LEVEL() is not None or _JIT_TRACING() is not None:
         return False
-    if _PROFILER._is_profiler_enabled:
+    if _PROFILING():
         return False
     grad, anchor = torch.is_grad_enabled(), None
     for arg in args:
@@ -80,17 +78,23 @@ def direct(args) -> bool:
 
 class Op:
     """A kjit op: the torch.library custom op `name` over `impl` (torch.ops.kjit.*). Calling it
-    runs `impl` straight where direct() allows, else through torch.ops."""
+    runs `impl` straight where direct() allows, else through torch.ops. An op that mutates an
+    argument always dispatches: the dispatcher bumps the argument's version counter, which
+    autograd checks (kjit writes through the pointer). A collective (`side_effect`) is kept by
+    torch.compile even where its outputs go unused: one rank skipping it would hang the others."""
 
-    def __init__(self, name: str, impl, schema: str, mutates_args=()):
+    def __init__(self, name: str, impl, schema: str, mutates_args=(), side_effect=False):
         self.impl = impl
         self.op = torch.library.custom_op(name, impl, mutates_args=mutates_args, schema=schema)
         self.register_fake = self.op.register_fake
+        self.may_go_direct = not mutates_args
+        if side_effect:
+            torch.fx.node.has_side_effect(getattr(torch.ops.kjit, name.split("::")[1]).default)
 
     def __call__(self, *args):
-        return self.impl(*args) if direct(args) else self.op(*args)
+        return self.impl(*args) if self.may_go_direct and direct(args) else self.op(*args)
 
 
-def op(name: str, schema: str, mutates_args=()):
+def op(name: str, schema: str, mutates_args=(), side_effect=False):
     """Decorator: an implementation as an Op."""
-    return lambda impl: Op(name, impl, schema, mutates_args)
+    return lambda impl: Op(name, impl, schema, mutates_args, side_effect)

@@ -4,6 +4,7 @@ through a torch.distributed group."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 from typing import Optional, Union
 
@@ -24,29 +25,34 @@ def unique_id() -> bytes:
     return buffer.raw
 
 
+def _device_index(device) -> int:
+    """The CUDA ordinal of `device` (an int, "cuda:N", a torch.device), or -1 for the current one
+    (None, -1, "cuda")."""
+    if device is None or device == -1:
+        return -1
+    d = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+    if d.type != "cuda":
+        raise InvalidArgumentError(f"device must be a CUDA device, got {d}")
+    return -1 if d.index is None else d.index
+
+
 class Communicator:
     """This process's rank of a kjit communicator. Creating one is collective: it returns once
     all `size` ranks joined (or raises CommError after the timeout). close() (or the garbage
     collector) destroys it."""
 
     def __init__(
-        self, id: bytes, rank: int, size: int, device: Union[int, torch.device, None] = None, timeout_s: float = 0
+        self, id: bytes, rank: int, size: int, device: Union[int, str, torch.device, None] = None, timeout_s: float = 0
     ):
+        id = bytes(id)
         if len(id) != UNIQUE_ID_BYTES:
             raise InvalidArgumentError(f"id must be {UNIQUE_ID_BYTES} bytes (a unique_id()), got {len(id)}")
-        index = (
-            -1 if device is None else torch.device("cuda", device).index if isinstance(device, int) else device.index
-        )
+        index = _device_index(device)
+        timeout_ms = max(1, round(timeout_s * 1000)) if timeout_s > 0 else 0  # 0: KJIT_COMM_TIMEOUT_S
         handle = ctypes.c_void_p()
-        call(
-            "kjit_comm_create",
-            id,
-            rank,
-            size,
-            -1 if index is None else index,
-            int(timeout_s * 1000),
-            ctypes.byref(handle),
-        )
+        # kjit makes the device current to create the communicator: torch's current device is kept.
+        with torch.cuda.device(index) if index >= 0 and torch.cuda.is_available() else contextlib.nullcontext():
+            call("kjit_comm_create", id, rank, size, index, timeout_ms, ctypes.byref(handle))
         self._handle, self.rank, self.size = handle.value, rank, size
 
     @classmethod
@@ -58,7 +64,9 @@ class Communicator:
         rank, size = dist.get_rank(group), dist.get_world_size(group)
         ids = [unique_id() if rank == 0 else None]
         source = 0 if group is None else dist.get_global_rank(group, 0)
-        dist.broadcast_object_list(ids, src=source, group=group)
+        index = _device_index(device)
+        staging = torch.device("cuda", index) if index >= 0 else None  # an NCCL group stages there
+        dist.broadcast_object_list(ids, src=source, group=group, device=staging)
         return cls(ids[0], rank, size, device, timeout_s)
 
     @property

@@ -107,6 +107,7 @@ def _new_helix_outputs(q: Tensor, rank: int, world: int) -> Tuple[Tensor, Tensor
     "kjit::mla_helix_decode",
     schema="(int comm, int rank, int world, Tensor q, Tensor cache, Tensor block_table, Tensor lengths, "
     "Tensor host_block_table, Tensor host_lengths, float softmax_scale) -> (Tensor, Tensor)",
+    side_effect=True,
 )
 def _helix_decode(comm, rank, world, q, cache, block_table, lengths, host_block_table, host_lengths, softmax_scale):
     out, lse = _new_helix_outputs(q, rank, world)

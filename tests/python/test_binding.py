@@ -300,6 +300,11 @@ def test_communicator_refusals_and_the_torch_distributed_bootstrap():
         kjit.comm.Communicator(bytes(128), 3, 2)
     with pytest.raises(kjit.InvalidArgumentError, match="id must be 128 bytes"):
         kjit.comm.Communicator(b"short", 0, 1)
+    with pytest.raises(kjit.InvalidArgumentError, match="device must be a CUDA device, got cpu"):
+        kjit.comm.Communicator(bytes(128), 0, 1, device="cpu")
+    # A collective stays in a compiled graph even where its outputs go unused (one rank skipping
+    # it would hang the others).
+    assert torch.ops.kjit.mla_helix_decode.default in torch.fx.node._side_effectful_functions
     assert kjit.mla.helix_heads(20, 3, 2) == (13, 20)
     with pytest.raises(kjit.InvalidArgumentError, match="would leave a rank without heads"):
         kjit.mla.helix_heads(2, 3, 0)
