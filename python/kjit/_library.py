@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Optional
 
-from .errors import raise_for_status
+from .errors import InvalidArgumentError, raise_for_status
 
 _P = ctypes.POINTER
 # Tensors (const DLTensor*) and host copies (const int32_t*) pass as addresses: a Python int from
@@ -171,7 +171,10 @@ def library_path() -> Path:
 def call(name: str, *args) -> None:
     """Calls one entry point; a failure raises the kjit error with kjit's message."""
     lib = library()
-    status = getattr(lib, name)(*args)
+    try:
+        status = getattr(lib, name)(*args)
+    except ctypes.ArgumentError as error:  # a scalar of the wrong type (the direct path has no schema check)
+        raise InvalidArgumentError(f"{name}: {error}") from None
     if status != 0:
         raise_for_status(status, lib.kjit_last_error().decode("utf-8", "replace"))
 

@@ -235,6 +235,12 @@ def test_moe_refusals_through_the_c_abi(fake_cuda):
     )
 
 
+def test_a_wrongly_typed_scalar_is_an_invalid_argument(fake_cuda):
+    logits = fake_cuda(f32, 10, 64)
+    with pytest.raises(kjit.InvalidArgumentError, match="kjit_moe_align: argument 2"):
+        call("kjit_moe_align", dl(logits, "ids"), "64", 64, None, None, None, None, None, None)
+
+
 def test_align_capacity_in_python_matches_the_library():
     for pairs in (0, 1, 7, 40, 64, 65, 1000, 4096 * 8, 16384 * 8 + 3):
         for experts in (1, 8, 64, 256):
