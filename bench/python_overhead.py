@@ -1,10 +1,11 @@
 """Host cost of the Python package's calls against the C++ API's on the same ops and shapes
-(bench/op_call_overhead.cpp, run here as a subprocess): the torch op as a user calls it
-(kjit.attention.forward, ...: torch.library dispatch, output allocation, DLTensors, the C ABI),
-and the binding's floor (the DLTensors and the C ABI call through ctypes, without torch's
-dispatch and the outputs' allocation). Calls are issued
-back to back and timed on the host, few enough that the launch queue absorbs them; median of 21
-rounds. Goal (issue 18): the torch op within 5 us of the C++ call.
+(bench/op_call_overhead.cpp, run here as a subprocess): the function as a user calls it
+(kjit.attention.forward, ...: eager, so straight to the implementation: output allocation,
+DLTensors, the C ABI), the same op through torch's dispatcher (torch.ops.kjit.*, as under
+torch.compile or a dispatch mode), and the binding's floor (the DLTensors and the C ABI call
+through ctypes, without the outputs' allocation). Calls are issued back to back and timed on the
+host, few enough that the launch queue absorbs them; median of 21 rounds. Goal (issue 18): the
+function within 5 us of the C++ call.
 
     python3 bench/python_overhead.py PATH/TO/kjit_bench_op_call_overhead
 """
@@ -50,7 +51,8 @@ def floor(name, *args):
 
 
 def cases():
-    """(op, calls per round, the torch op, the binding's floor): bench/op_call_overhead.cpp's."""
+    """(op, calls per round, the function, torch.ops.kjit's op, the binding's floor):
+    bench/op_call_overhead.cpp's."""
     bf16, dev = torch.bfloat16, "cuda"
     q, k, v = (torch.randn(1, 128, 8, 64, dtype=bf16, device=dev) for _ in range(3))
     out, lse = torch.empty_like(q), torch.empty(1, 8, 128, device=dev)
@@ -58,6 +60,7 @@ def cases():
         "attention_forward",
         256,
         lambda: kjit.attention.forward(q, k, v, causal=True),
+        lambda: torch.ops.kjit.attention_forward(q, k, v, 0.0, True, False),
         floor("kjit_attention_forward", (q, "q"), (k, "k"), (v, "v"), (out, "out"), (lse, "lse"), 0.0, 1),
     )
 
@@ -67,6 +70,7 @@ def cases():
         "merge_states",
         256,
         lambda: kjit.attention.merge_states(parts, parts_lse),
+        lambda: torch.ops.kjit.merge_states(parts, parts_lse),
         floor(
             "kjit_merge_states", (parts, "parts"), (parts_lse, "parts_lse"), (merged, "out"), (merged_lse, "out_lse")
         ),
@@ -80,6 +84,7 @@ def cases():
         "mla_decode",
         256,
         lambda: kjit.mla.decode(mq, cache, table, lengths, host_table, host_lengths, 0.0625),
+        lambda: torch.ops.kjit.mla_decode(mq, cache, table, lengths, host_table, host_lengths, 0.0625),
         floor(
             "kjit_mla_decode",
             (mq, "q"),
@@ -102,6 +107,7 @@ def cases():
         "moe_router_topk",
         256,
         lambda: kjit.moe.router_topk(logits, glm),
+        lambda: torch.ops.kjit.moe_router_topk(logits, None, 4, True, 1, 1, True, 1.8),
         floor("kjit_moe_router_topk", (logits, "logits"), None, (ids, "ids"), (weights, "weights"), options),
     )
 
@@ -113,6 +119,7 @@ def cases():
         "moe_layer",
         32,
         lambda: kjit.moe.layer(x, logits[:1], gate_up, down, glm),
+        lambda: torch.ops.kjit.moe_layer(x, logits[:1], gate_up, down, None, None, 4, True, 1, 1, True, 1.8, 0),
         floor(
             "kjit_moe_layer",
             (x, "x"),
@@ -136,13 +143,13 @@ def main():
             op, us = line.split()
             cpp[op] = float(us)
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, kjit {kjit.__version__} ({kjit.library_path()})")
-    print(f"{'op':<20} {'C++ us':>8} {'torch op us':>12} {'- C++':>8} {'ctypes floor':>13}")
-    for op, calls, torch_op, binding in cases():
-        ours, base = host_us(torch_op, calls), host_us(binding, calls)
-        reference = cpp.get(op)
-        extra = f"{ours - reference:8.2f}" if reference is not None else f"{'n/a':>8}"
+    print(f"{'op':<20} {'C++ us':>8} {'kjit fn us':>11} {'- C++':>7} {'torch.ops us':>13} {'- C++':>7} {'floor us':>9}")
+    for op, calls, function, dispatched, binding in cases():
+        ours, through_torch, base = (host_us(fn, calls) for fn in (function, dispatched, binding))
+        reference = cpp.get(op, float("nan"))
         print(
-            f"{op:<20} {reference if reference is not None else float('nan'):8.2f} {ours:12.2f} {extra} {base:13.2f}",
+            f"{op:<20} {reference:8.2f} {ours:11.2f} {ours - reference:7.2f} {through_torch:13.2f}"
+            f" {through_torch - reference:7.2f} {base:9.2f}",
             flush=True,
         )
 
