@@ -6,7 +6,6 @@ tree's tools/), or on PATH."""
 import os
 import shutil
 import sys
-from pathlib import Path
 
 from ._library import library_path
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-from typing import Optional, Union
+from typing import Union
 
 import torch
 

@@ -36,6 +36,8 @@ __all__ = [
     "balance",
     "layer",
     "layer_fp4",
+    "Fp4Weights",
+    "interleave_gate_up",
 ]
 
 
