@@ -4,10 +4,8 @@
 #include <array>
 #include <chrono>
 #include <cstring>
-#include <initializer_list>
 #include <memory>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include <fmt/format.h>
@@ -58,6 +56,9 @@ kjit_status guarded(F&& body) {
   }
 }
 
+// The ops' tensors are converted in sequenced statements (one declaration, or a braced list),
+// not as a call's arguments, whose order is unspecified (GCC's is right to left): the first bad
+// tensor named is then the first in the prototype, not an output a binding allocated like it.
 const DLTensor& required(const DLTensor* t, const char* name) {
   if (!t) throw kjit::InvalidArgument(std::string(name) + " is NULL");
   return *t;
@@ -70,20 +71,6 @@ kjit::TensorView view(const DLTensor* t, const char* name) {
 // An optional output: NULL becomes an empty view (the op then skips it).
 kjit::TensorView optional_view(const DLTensor* t, const char* name) {
   return t ? kjit::TensorView::from_dlpack(*t, name) : kjit::TensorView();
-}
-
-// Converts the tensor arguments in the prototype's order before the op runs, so that the first
-// bad one (device, dtype) is the one named: a call's own arguments are converted in an
-// unspecified order (GCC's is right to left), which named an output that a binding allocated
-// like the caller's bad input before the input itself. `names`: one word a tensor. NULL is left
-// to view() and the op.
-void convert_in_order(std::string_view names, std::initializer_list<const DLTensor*> tensors) {
-  for (const DLTensor* t : tensors) {
-    const std::size_t end = names.find(' ');
-    const std::string name(names.substr(0, end));
-    names.remove_prefix(end == std::string_view::npos ? names.size() : end + 1);
-    if (t) kjit::TensorView::from_dlpack(*t, name.c_str());
-  }
 }
 
 kjit::attention::ForwardOptions options(float softmax_scale, int causal) {
@@ -182,9 +169,9 @@ extern "C" kjit_status kjit_merge_states(const DLTensor* parts, const DLTensor* 
                                          const DLTensor* out, const DLTensor* out_lse,
                                          void* stream) {
   return guarded([&] {
-    convert_in_order("parts parts_lse out out_lse", {parts, parts_lse, out, out_lse});
-    kjit::attention::merge_states(view(parts, "parts"), view(parts_lse, "parts_lse"),
-                                  view(out, "out"), optional_view(out_lse, "out_lse"),
+    const kjit::TensorView tparts = view(parts, "parts"), tparts_lse = view(parts_lse, "parts_lse"),
+                           tout = view(out, "out"), tout_lse = optional_view(out_lse, "out_lse");
+    kjit::attention::merge_states(tparts, tparts_lse, tout, tout_lse,
                                   static_cast<kjit::StreamHandle>(stream));
   });
 }
@@ -194,9 +181,9 @@ extern "C" kjit_status kjit_attention_forward(const DLTensor* q, const DLTensor*
                                               const DLTensor* lse, float softmax_scale, int causal,
                                               void* stream) {
   return guarded([&] {
-    convert_in_order("q k v out lse", {q, k, v, out, lse});
-    kjit::attention::forward(view(q, "q"), view(k, "k"), view(v, "v"), view(out, "out"),
-                             optional_view(lse, "lse"), options(softmax_scale, causal),
+    const kjit::TensorView tq = view(q, "q"), tk = view(k, "k"), tv = view(v, "v"),
+                           tout = view(out, "out"), tlse = optional_view(lse, "lse");
+    kjit::attention::forward(tq, tk, tv, tout, tlse, options(softmax_scale, causal),
                              static_cast<kjit::StreamHandle>(stream));
   });
 }
@@ -207,14 +194,13 @@ extern "C" kjit_status kjit_attention_forward_varlen(
     const int32_t* host_cu_seqlens_q, const int32_t* host_cu_seqlens_k, float softmax_scale,
     int causal, void* stream) {
   return guarded([&] {
-    convert_in_order("q k v out lse cu_seqlens_q cu_seqlens_k",
-                     {q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k});
+    const kjit::TensorView tq = view(q, "q"), tk = view(k, "k"), tv = view(v, "v"),
+                           tout = view(out, "out"), tlse = optional_view(lse, "lse");
     const kjit::attention::Varlen seqlens{view(cu_seqlens_q, "cu_seqlens_q"),
                                           view(cu_seqlens_k, "cu_seqlens_k"), host_cu_seqlens_q,
                                           host_cu_seqlens_k};
-    kjit::attention::forward_varlen(
-        view(q, "q"), view(k, "k"), view(v, "v"), view(out, "out"), optional_view(lse, "lse"),
-        seqlens, options(softmax_scale, causal), static_cast<kjit::StreamHandle>(stream));
+    kjit::attention::forward_varlen(tq, tk, tv, tout, tlse, seqlens, options(softmax_scale, causal),
+                                    static_cast<kjit::StreamHandle>(stream));
   });
 }
 
@@ -242,10 +228,12 @@ extern "C" kjit_status kjit_attention_backward(const DLTensor* q, const DLTensor
                                                int deterministic, void* workspace,
                                                size_t workspace_bytes, void* stream) {
   return guarded([&] {
-    convert_in_order("q k v out dout lse dq dk dv", {q, k, v, out, dout, lse, dq, dk, dv});
+    const kjit::TensorView tq = view(q, "q"), tk = view(k, "k"), tv = view(v, "v"),
+                           tout = view(out, "out"), tdout = view(dout, "dout"),
+                           tlse = view(lse, "lse"), tdq = view(dq, "dq"), tdk = view(dk, "dk"),
+                           tdv = view(dv, "dv");
     kjit::attention::backward(
-        view(q, "q"), view(k, "k"), view(v, "v"), view(out, "out"), view(dout, "dout"),
-        view(lse, "lse"), view(dq, "dq"), view(dk, "dk"), view(dv, "dv"),
+        tq, tk, tv, tout, tdout, tlse, tdq, tdk, tdv,
         backward_options(softmax_scale, causal, deterministic, workspace, workspace_bytes),
         static_cast<kjit::StreamHandle>(stream));
   });
@@ -258,14 +246,15 @@ extern "C" kjit_status kjit_attention_backward_varlen(
     const int32_t* host_cu_seqlens_q, const int32_t* host_cu_seqlens_k, float softmax_scale,
     int causal, int deterministic, void* workspace, size_t workspace_bytes, void* stream) {
   return guarded([&] {
-    convert_in_order("q k v out dout lse dq dk dv cu_seqlens_q cu_seqlens_k",
-                     {q, k, v, out, dout, lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k});
+    const kjit::TensorView tq = view(q, "q"), tk = view(k, "k"), tv = view(v, "v"),
+                           tout = view(out, "out"), tdout = view(dout, "dout"),
+                           tlse = view(lse, "lse"), tdq = view(dq, "dq"), tdk = view(dk, "dk"),
+                           tdv = view(dv, "dv");
     const kjit::attention::Varlen seqlens{view(cu_seqlens_q, "cu_seqlens_q"),
                                           view(cu_seqlens_k, "cu_seqlens_k"), host_cu_seqlens_q,
                                           host_cu_seqlens_k};
     kjit::attention::backward_varlen(
-        view(q, "q"), view(k, "k"), view(v, "v"), view(out, "out"), view(dout, "dout"),
-        view(lse, "lse"), view(dq, "dq"), view(dk, "dk"), view(dv, "dv"), seqlens,
+        tq, tk, tv, tout, tdout, tlse, tdq, tdk, tdv, seqlens,
         backward_options(softmax_scale, causal, deterministic, workspace, workspace_bytes),
         static_cast<kjit::StreamHandle>(stream));
   });
@@ -338,9 +327,11 @@ extern "C" kjit_status kjit_attention_backward_grouped(
     void* stream) {
   return guarded([&] {
     const auto g = groups_of(groups, group_count, true);
+    const kjit::attention::SharedKeys keys = keys_of(k, v, cu_seqlens_k, host_cu_seqlens_k);
+    const kjit::TensorView tdk = view(dk, "dk"), tdv = view(dv, "dv");
     kjit::attention::backward_grouped(
-        g.data(), group_count, keys_of(k, v, cu_seqlens_k, host_cu_seqlens_k), view(dk, "dk"),
-        view(dv, "dv"), backward_options(softmax_scale, causal, 0, workspace, workspace_bytes),
+        g.data(), group_count, keys, tdk, tdv,
+        backward_options(softmax_scale, causal, 0, workspace, workspace_bytes),
         static_cast<kjit::StreamHandle>(stream));
   });
 }
@@ -378,11 +369,11 @@ extern "C" kjit_status kjit_mla_decode(const DLTensor* q, const DLTensor* cache,
                                        const DLTensor* out, const DLTensor* lse,
                                        float softmax_scale, void* stream) {
   return guarded([&] {
-    convert_in_order("q cache block_table lengths out lse",
-                     {q, cache, block_table, lengths, out, lse});
-    kjit::mla::decode(view(q, "q"),
-                      paged_cache(cache, block_table, host_block_table, lengths, host_lengths),
-                      view(out, "out"), optional_view(lse, "lse"), decode_options(softmax_scale),
+    const kjit::TensorView tq = view(q, "q");
+    const kjit::mla::PagedCache paged =
+        paged_cache(cache, block_table, host_block_table, lengths, host_lengths);
+    const kjit::TensorView tout = view(out, "out"), tlse = optional_view(lse, "lse");
+    kjit::mla::decode(tq, paged, tout, tlse, decode_options(softmax_scale),
                       static_cast<kjit::StreamHandle>(stream));
   });
 }
@@ -438,13 +429,12 @@ extern "C" kjit_status kjit_mla_helix_decode(kjit_comm* comm, const DLTensor* q,
                                              float softmax_scale, void* stream) {
   return guarded([&] {
     if (!comm || !comm->comm) throw kjit::InvalidArgument("comm is NULL");
-    convert_in_order("q cache block_table lengths out lse",
-                     {q, cache, block_table, lengths, out, lse});
-    kjit::mla::helix_decode(
-        *comm->comm, view(q, "q"),
-        paged_cache(cache, block_table, host_block_table, lengths, host_lengths), view(out, "out"),
-        optional_view(lse, "lse"), decode_options(softmax_scale),
-        static_cast<kjit::StreamHandle>(stream));
+    const kjit::TensorView tq = view(q, "q");
+    const kjit::mla::PagedCache local =
+        paged_cache(cache, block_table, host_block_table, lengths, host_lengths);
+    const kjit::TensorView tout = view(out, "out"), tlse = optional_view(lse, "lse");
+    kjit::mla::helix_decode(*comm->comm, tq, local, tout, tlse, decode_options(softmax_scale),
+                            static_cast<kjit::StreamHandle>(stream));
   });
 }
 
@@ -452,9 +442,9 @@ extern "C" kjit_status kjit_moe_router_topk(const DLTensor* logits, const DLTens
                                             const DLTensor* ids, const DLTensor* weights,
                                             const kjit_moe_router_options* options, void* stream) {
   return guarded([&] {
-    convert_in_order("logits bias ids weights", {logits, bias, ids, weights});
-    kjit::moe::router_topk(view(logits, "logits"), optional_view(bias, "bias"), view(ids, "ids"),
-                           view(weights, "weights"), router_options(options),
+    const kjit::TensorView tlogits = view(logits, "logits"), tbias = optional_view(bias, "bias"),
+                           tids = view(ids, "ids"), tweights = view(weights, "weights");
+    kjit::moe::router_topk(tlogits, tbias, tids, tweights, router_options(options),
                            static_cast<kjit::StreamHandle>(stream));
   });
 }
@@ -468,12 +458,11 @@ extern "C" kjit_status kjit_moe_align(const DLTensor* ids, int experts, int bloc
                                       const DLTensor* counts, const DLTensor* offsets,
                                       const DLTensor* invalid, void* stream) {
   return guarded([&] {
-    convert_in_order("ids sorted block_expert counts offsets invalid",
-                     {ids, sorted, block_expert, counts, offsets, invalid});
-    kjit::moe::align(view(ids, "ids"), experts, block,
-                     {view(sorted, "sorted"), view(block_expert, "block_expert"),
-                      view(counts, "counts"), view(offsets, "offsets"), view(invalid, "invalid")},
-                     static_cast<kjit::StreamHandle>(stream));
+    const kjit::TensorView tids = view(ids, "ids");
+    const kjit::moe::Alignment layout{view(sorted, "sorted"), view(block_expert, "block_expert"),
+                                      view(counts, "counts"), view(offsets, "offsets"),
+                                      view(invalid, "invalid")};
+    kjit::moe::align(tids, experts, block, layout, static_cast<kjit::StreamHandle>(stream));
   });
 }
 
@@ -481,9 +470,11 @@ extern "C" kjit_status kjit_moe_permute(const DLTensor* x, const DLTensor* sorte
                                         const DLTensor* x_sorted, const DLTensor* positions,
                                         void* stream) {
   return guarded([&] {
-    convert_in_order("x sorted x_sorted positions", {x, sorted, x_sorted, positions});
-    kjit::moe::permute(view(x, "x"), view(sorted, "sorted"), top_k, view(x_sorted, "x_sorted"),
-                       view(positions, "positions"), static_cast<kjit::StreamHandle>(stream));
+    const kjit::TensorView tx = view(x, "x"), tsorted = view(sorted, "sorted"),
+                           tx_sorted = view(x_sorted, "x_sorted"),
+                           tpositions = view(positions, "positions");
+    kjit::moe::permute(tx, tsorted, top_k, tx_sorted, tpositions,
+                       static_cast<kjit::StreamHandle>(stream));
   });
 }
 
@@ -492,11 +483,12 @@ extern "C" kjit_status kjit_moe_unpermute(const DLTensor* y_sorted, const DLTens
                                           const DLTensor* shared, const DLTensor* out,
                                           void* stream) {
   return guarded([&] {
-    convert_in_order("y_sorted positions weights shared out",
-                     {y_sorted, positions, weights, shared, out});
-    kjit::moe::unpermute(view(y_sorted, "y_sorted"), view(positions, "positions"), top_k,
-                         optional_view(weights, "weights"), optional_view(shared, "shared"),
-                         view(out, "out"), static_cast<kjit::StreamHandle>(stream));
+    const kjit::TensorView ty_sorted = view(y_sorted, "y_sorted"),
+                           tpositions = view(positions, "positions"),
+                           tweights = optional_view(weights, "weights"),
+                           tshared = optional_view(shared, "shared"), tout = view(out, "out");
+    kjit::moe::unpermute(ty_sorted, tpositions, top_k, tweights, tshared, tout,
+                         static_cast<kjit::StreamHandle>(stream));
   });
 }
 
@@ -506,10 +498,11 @@ extern "C" kjit_status kjit_moe_grouped_gemm(const DLTensor* x_sorted, const DLT
                                              const DLTensor* sorted, const DLTensor* weights,
                                              void* stream) {
   return guarded([&] {
-    convert_in_order("x_sorted block_expert w y sorted weights",
-                     {x_sorted, block_expert, w, y, sorted, weights});
-    kjit::moe::grouped_gemm(view(x_sorted, "x_sorted"), view(block_expert, "block_expert"), block,
-                            view(w, "w"), view(y, "y"), epilogue_of(epilogue, sorted, weights),
+    const kjit::TensorView tx_sorted = view(x_sorted, "x_sorted"),
+                           tblock_expert = view(block_expert, "block_expert"), tw = view(w, "w"),
+                           ty = view(y, "y");
+    kjit::moe::grouped_gemm(tx_sorted, tblock_expert, block, tw, ty,
+                            epilogue_of(epilogue, sorted, weights),
                             static_cast<kjit::StreamHandle>(stream));
   });
 }
@@ -519,9 +512,9 @@ extern "C" kjit_status kjit_moe_grouped_gemm_masked(const DLTensor* x, const DLT
                                                     const DLTensor* y,
                                                     kjit_moe_gemm_epilogue epilogue, void* stream) {
   return guarded([&] {
-    convert_in_order("x masked_m w y", {x, masked_m, w, y});
-    kjit::moe::grouped_gemm_masked(view(x, "x"), view(masked_m, "masked_m"), expected_m,
-                                   view(w, "w"), view(y, "y"),
+    const kjit::TensorView tx = view(x, "x"), tmasked_m = view(masked_m, "masked_m"),
+                           tw = view(w, "w"), ty = view(y, "y");
+    kjit::moe::grouped_gemm_masked(tx, tmasked_m, expected_m, tw, ty,
                                    static_cast<kjit::moe::GemmEpilogue::Kind>(epilogue),
                                    static_cast<kjit::StreamHandle>(stream));
   });
@@ -534,16 +527,17 @@ extern "C" kjit_status kjit_moe_balance(const DLTensor* ids, const DLTensor* pro
                                         const DLTensor* f, const DLTensor* p,
                                         const DLTensor* losses, void* stream) {
   return guarded([&] {
-    convert_in_order("ids probs logits cu_seqlens bias counts f p losses",
-                     {ids, probs, logits, cu_seqlens, bias, counts, f, p, losses});
+    const kjit::TensorView tids = view(ids, "ids"), tprobs = view(probs, "probs"),
+                           tlogits = optional_view(logits, "logits"),
+                           tcu_seqlens = optional_view(cu_seqlens, "cu_seqlens"),
+                           tbias = optional_view(bias, "bias");
+    const kjit::moe::BalanceStats stats{view(counts, "counts"), view(f, "f"), view(p, "p"),
+                                        view(losses, "losses")};
     kjit::moe::BalanceOptions o;
     o.aux_coeff = aux_coeff;
     o.z_coeff = z_coeff;
     o.bias_rate = bias_rate;
-    kjit::moe::balance(view(ids, "ids"), view(probs, "probs"), optional_view(logits, "logits"),
-                       optional_view(cu_seqlens, "cu_seqlens"), max_seqlen,
-                       optional_view(bias, "bias"), o,
-                       {view(counts, "counts"), view(f, "f"), view(p, "p"), view(losses, "losses")},
+    kjit::moe::balance(tids, tprobs, tlogits, tcu_seqlens, max_seqlen, tbias, o, stats,
                        static_cast<kjit::StreamHandle>(stream));
   });
 }
@@ -552,11 +546,11 @@ extern "C" kjit_status kjit_moe_quantize_fp4(const DLTensor* w, int format, cons
                                              const DLTensor* scales, const DLTensor* tensor_scale,
                                              void* stream) {
   return guarded([&] {
-    convert_in_order("w codes scales tensor_scale", {w, codes, scales, tensor_scale});
-    kjit::moe::quantize_fp4(view(w, "w"), fp4_format(format, "moe quantize fp4"),
-                            view(codes, "codes"), view(scales, "scales"),
-                            view(tensor_scale, "tensor_scale"),
-                            static_cast<kjit::StreamHandle>(stream));
+    const kjit::TensorView tw = view(w, "w"), tcodes = view(codes, "codes"),
+                           tscales = view(scales, "scales"),
+                           ttensor_scale = view(tensor_scale, "tensor_scale");
+    kjit::moe::quantize_fp4(tw, fp4_format(format, "moe quantize fp4"), tcodes, tscales,
+                            ttensor_scale, static_cast<kjit::StreamHandle>(stream));
   });
 }
 
@@ -568,10 +562,11 @@ extern "C" kjit_status kjit_moe_expert_gemm_fp4(const DLTensor* x_sorted,
                                                 const DLTensor* sorted, const DLTensor* weights,
                                                 void* stream) {
   return guarded([&] {
-    convert_in_order("x_sorted block_expert codes scales tensor_scale y sorted weights",
-                     {x_sorted, block_expert, codes, scales, tensor_scale, y, sorted, weights});
-    kjit::moe::grouped_gemm(view(x_sorted, "x_sorted"), view(block_expert, "block_expert"), block,
-                            fp4_weights(format, codes, scales, tensor_scale), view(y, "y"),
+    const kjit::TensorView tx_sorted = view(x_sorted, "x_sorted"),
+                           tblock_expert = view(block_expert, "block_expert");
+    const kjit::moe::Fp4Weights fp4 = fp4_weights(format, codes, scales, tensor_scale);
+    const kjit::TensorView ty = view(y, "y");
+    kjit::moe::grouped_gemm(tx_sorted, tblock_expert, block, fp4, ty,
                             epilogue_of(epilogue, sorted, weights),
                             static_cast<kjit::StreamHandle>(stream));
   });
@@ -582,10 +577,10 @@ extern "C" kjit_status kjit_moe_expert_gemm_fp4_masked(
     const DLTensor* scales, const DLTensor* tensor_scale, const DLTensor* y,
     kjit_moe_gemm_epilogue epilogue, void* stream) {
   return guarded([&] {
-    convert_in_order("x masked_m codes scales tensor_scale y",
-                     {x, masked_m, codes, scales, tensor_scale, y});
-    kjit::moe::grouped_gemm_masked(view(x, "x"), view(masked_m, "masked_m"), expected_m,
-                                   fp4_weights(format, codes, scales, tensor_scale), view(y, "y"),
+    const kjit::TensorView tx = view(x, "x"), tmasked_m = view(masked_m, "masked_m");
+    const kjit::moe::Fp4Weights fp4 = fp4_weights(format, codes, scales, tensor_scale);
+    const kjit::TensorView ty = view(y, "y");
+    kjit::moe::grouped_gemm_masked(tx, tmasked_m, expected_m, fp4, ty,
                                    static_cast<kjit::moe::GemmEpilogue::Kind>(epilogue),
                                    static_cast<kjit::StreamHandle>(stream));
   });
@@ -597,14 +592,13 @@ extern "C" kjit_status kjit_moe_layer(const DLTensor* x, const DLTensor* router_
                                       const kjit_moe_router_options* options, int block,
                                       const DLTensor* out, void* stream) {
   return guarded([&] {
-    convert_in_order("x router_logits gate_up down router_bias shared out",
-                     {x, router_logits, gate_up, down, router_bias, shared, out});
+    const kjit::TensorView tx = view(x, "x"), trouter_logits = view(router_logits, "router_logits");
+    const kjit::moe::LayerWeights weights{view(gate_up, "gate_up"), view(down, "down"),
+                                          optional_view(router_bias, "router_bias")};
+    const kjit::TensorView tshared = optional_view(shared, "shared"), tout = view(out, "out");
     const kjit::moe::LayerOptions o{router_options(options), block};
-    kjit::moe::layer(
-        view(x, "x"), view(router_logits, "router_logits"),
-        {view(gate_up, "gate_up"), view(down, "down"), optional_view(router_bias, "router_bias")},
-        optional_view(shared, "shared"), o, view(out, "out"),
-        static_cast<kjit::StreamHandle>(stream));
+    kjit::moe::layer(tx, trouter_logits, weights, tshared, o, tout,
+                     static_cast<kjit::StreamHandle>(stream));
   });
 }
 
@@ -615,20 +609,16 @@ extern "C" kjit_status kjit_moe_layer_fp4(
     const DLTensor* router_bias, const DLTensor* shared, const kjit_moe_router_options* options,
     int block, const DLTensor* out, void* stream) {
   return guarded([&] {
-    convert_in_order(
-        "x router_logits gate_up_codes gate_up_scales gate_up_tensor_scale down_codes down_scales "
-        "down_tensor_scale router_bias shared out",
-        {x, router_logits, gate_up_codes, gate_up_scales, gate_up_tensor_scale, down_codes,
-         down_scales, down_tensor_scale, router_bias, shared, out});
-    const kjit::moe::LayerOptions o{router_options(options), block};
+    const kjit::TensorView tx = view(x, "x"), trouter_logits = view(router_logits, "router_logits");
     const kjit::moe::Fp4LayerWeights w{
         fp4_weights(format, gate_up_codes, gate_up_scales, gate_up_tensor_scale,
                     {"gate_up_codes", "gate_up_scales", "gate_up_tensor_scale"}),
         fp4_weights(format, down_codes, down_scales, down_tensor_scale,
                     {"down_codes", "down_scales", "down_tensor_scale"}),
         optional_view(router_bias, "router_bias")};
-    kjit::moe::layer(view(x, "x"), view(router_logits, "router_logits"), w,
-                     optional_view(shared, "shared"), o, view(out, "out"),
+    const kjit::TensorView tshared = optional_view(shared, "shared"), tout = view(out, "out");
+    const kjit::moe::LayerOptions o{router_options(options), block};
+    kjit::moe::layer(tx, trouter_logits, w, tshared, o, tout,
                      static_cast<kjit::StreamHandle>(stream));
   });
 }
