@@ -177,7 +177,3 @@ def call(name: str, *args) -> None:
         raise InvalidArgumentError(f"{name}: {error}") from None
     if status != 0:
         raise_for_status(status, lib.kjit_last_error().decode("utf-8", "replace"))
-
-
-def align_capacity(pairs: int, experts: int, block: int) -> int:
-    return library().kjit_moe_align_capacity(pairs, experts, block)

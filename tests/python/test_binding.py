@@ -174,7 +174,7 @@ def test_moe_refusals_through_the_c_abi(fake_cuda):
         ctypes.byref(options),
         None,
     )
-    rows = _library.align_capacity(40, 64, 64)
+    rows = _library.library().kjit_moe_align_capacity(40, 64, 64)
     sorted_, blocks = fake_cuda(i32, rows), fake_cuda(i32, rows // 64)
     counts, offsets, invalid = fake_cuda(i32, 64), fake_cuda(i32, 65), fake_cuda(i32, 1)
     refused(
@@ -245,9 +245,9 @@ def test_align_capacity_in_python_matches_the_library():
     for pairs in (0, 1, 7, 40, 64, 65, 1000, 4096 * 8, 16384 * 8 + 3):
         for experts in (1, 8, 64, 256):
             for block in (1, 16, 64, 128):
-                assert int(kjit.moe.align_capacity(pairs, experts, block)) == _library.align_capacity(
-                    pairs, experts, block
-                )
+                assert int(
+                    kjit.moe.align_capacity(pairs, experts, block)
+                ) == _library.library().kjit_moe_align_capacity(pairs, experts, block)
 
 
 def test_torch_ops_refuse_host_tensors_with_kjits_message():

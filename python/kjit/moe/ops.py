@@ -52,6 +52,10 @@ class Router:
     renormalize: bool = False  # weights divided by their sum
     scaling: float = 1.0  # then multiplied by this (routed_scaling_factor)
 
+    def op_args(self) -> tuple:
+        """The fields in the ops' schema order (top_k ... scaling)."""
+        return (self.top_k, self.sigmoid, self.groups, self.topk_groups, self.renormalize, self.scaling)
+
     def c_options(self) -> RouterOptions:
         return RouterOptions(
             int(self.sigmoid), self.top_k, self.groups, self.topk_groups, int(self.renormalize), self.scaling
@@ -533,12 +537,7 @@ def router_topk(logits: Tensor, router: Router, bias: Optional[Tensor] = None) -
     return _router_topk(
         logits,
         bias,
-        router.top_k,
-        router.sigmoid,
-        router.groups,
-        router.topk_groups,
-        router.renormalize,
-        router.scaling,
+        *router.op_args(),
     )
 
 
@@ -591,6 +590,10 @@ class Fp4Weights:
     scales: Tensor
     tensor_scale: Optional[Tensor]
 
+    def tensors(self) -> tuple:
+        """(codes, scales, tensor_scale), the ops' order."""
+        return (self.codes, self.scales, self.tensor_scale)
+
 
 def expert_gemm_fp4(
     x_sorted: Tensor,
@@ -602,15 +605,13 @@ def expert_gemm_fp4(
     weights: Optional[Tensor] = None,
 ) -> Tensor:
     """grouped_gemm with FP4 weights (bf16 x_sorted and y)."""
-    return _expert_gemm_fp4(
-        x_sorted, block_expert, block, w.format, w.codes, w.scales, w.tensor_scale, epilogue, sorted, weights
-    )
+    return _expert_gemm_fp4(x_sorted, block_expert, block, w.format, *w.tensors(), epilogue, sorted, weights)
 
 
 def expert_gemm_fp4_masked(
     x: Tensor, masked_m: Tensor, w: Fp4Weights, epilogue: str = "plain", expected_m: int = 0
 ) -> Tensor:
-    return _expert_gemm_fp4_masked(x, masked_m, expected_m, w.format, w.codes, w.scales, w.tensor_scale, epilogue)
+    return _expert_gemm_fp4_masked(x, masked_m, expected_m, w.format, *w.tensors(), epilogue)
 
 
 def quantize_fp4(w: Tensor, format: str = "nvfp4") -> Tuple[Tensor, Tensor, Tensor]:
@@ -663,12 +664,7 @@ def layer(
         down,
         router_bias,
         shared,
-        router.top_k,
-        router.sigmoid,
-        router.groups,
-        router.topk_groups,
-        router.renormalize,
-        router.scaling,
+        *router.op_args(),
         block,
     )
 
@@ -692,20 +688,11 @@ def layer_fp4(
         x,
         router_logits,
         gate_up.format,
-        gate_up.codes,
-        gate_up.scales,
-        gate_up.tensor_scale,
-        down.codes,
-        down.scales,
-        down.tensor_scale,
+        *gate_up.tensors(),
+        *down.tensors(),
         router_bias,
         shared,
-        router.top_k,
-        router.sigmoid,
-        router.groups,
-        router.topk_groups,
-        router.renormalize,
-        router.scaling,
+        *router.op_args(),
         block,
     )
 
