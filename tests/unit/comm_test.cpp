@@ -7,47 +7,15 @@
 #include <vector>
 
 #include "kjit/comm.hpp"
+#include "tests/support/recording_communicator.hpp"
 #include "tests/support/scoped_env.hpp"
 #include "tests/support/subprocess.hpp"
 
 namespace kjit::comm {
 namespace {
 
+using test::Recorder;
 using test::ScopedEnv;
-
-// Counts what reaches the backend; can be told to fail a call.
-class Recorder final : public Communicator {
- public:
-  Recorder(int rank, int size)
-      : Communicator(rank, size, Backend::Mpi, std::chrono::seconds(5), -1) {}
-  int calls = 0;
-  int aborts = 0;
-  bool fail_next = false;
-
- private:
-  void reached() {
-    ++calls;
-    if (fail_next) throw fail("the peer went away");
-  }
-  void do_all_gather(ConstBuffer, Buffer, StreamHandle) override { reached(); }
-  void do_reduce_scatter(ConstBuffer, Buffer, StreamHandle) override { reached(); }
-  void do_all_to_all(ConstBuffer, Buffer, StreamHandle) override { reached(); }
-  void do_all_to_all_v(ConstBuffer, const std::vector<std::size_t>&,
-                       const std::vector<std::size_t>& send_offsets, Buffer,
-                       const std::vector<std::size_t>&,
-                       const std::vector<std::size_t>& recv_offsets, StreamHandle) override {
-    last_send_offsets = send_offsets;
-    last_recv_offsets = recv_offsets;
-    reached();
-  }
-  void do_broadcast(ConstBuffer, Buffer, int, StreamHandle) override { reached(); }
-  void do_send_recv(ConstBuffer, int, Buffer, int, StreamHandle) override { reached(); }
-  void do_barrier(StreamHandle) override { reached(); }
-  void abort() noexcept override { ++aborts; }
-
- public:
-  std::vector<std::size_t> last_send_offsets, last_recv_offsets;
-};
 
 // Addresses that are never dereferenced: the checks that need the driver come after these.
 void* fake(std::size_t offset = 0) {

@@ -39,6 +39,7 @@ namespace kjit::driver {
   X(cuEventElapsedTime, 12080)          \
   X(cuEventQuery, 2000)                 \
   X(cuStreamQuery, 2000)                \
+  X(cuStreamWaitEvent, 3020)            \
   X(cuDeviceGetUuid, 11040)             \
   X(cuPointerGetAttributes, 7000)       \
   X(cuMemHostAlloc, 2020)               \

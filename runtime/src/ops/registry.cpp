@@ -7,6 +7,7 @@
 #include "ops/attention/flash_forward.hpp"
 #include "ops/attention/flash_grouped_backward.hpp"
 #include "ops/attention/flash_grouped_forward.hpp"
+#include "ops/cp/zigzag_copy.hpp"
 #include "ops/family_model.hpp"
 #include "ops/merge_states/merge_states.hpp"
 #include "ops/mla/mla_decode.hpp"
@@ -26,7 +27,7 @@ const std::vector<const KernelFamily*>& families() {
       &family_of<GroupedForward>(), &family_of<GroupedBackward>(), &family_of<MlaDecode>(),
       &family_of<MoeRouter>(),      &family_of<MoeAlign>(),        &family_of<MoePermute>(),
       &family_of<MoeUnpermute>(),   &family_of<MoeGemm>(),         &family_of<MoeBalance>(),
-      &family_of<MoeQuantizeFp4>()};
+      &family_of<MoeQuantizeFp4>(), &family_of<ZigzagCopy>()};
   return all;
 }
 

@@ -1,6 +1,8 @@
 #include "ops/tensor_checks.hpp"
 
 #include <cstdint>
+#include <cstdlib>
+#include <numeric>
 
 #include <fmt/format.h>
 
@@ -76,6 +78,17 @@ void TensorChecks::matrix(const TensorView& t, const char* name, const char* lay
     fail(fmt::format("{} must be {} [{}, {}], got {}", name, dtype_name(dtype), rows, cols,
                      t.describe()));
   }
+}
+
+std::int64_t row_alignment(std::initializer_list<std::pair<const TensorView*, int>> tensors) {
+  std::uint64_t g = 16;
+  for (const auto& [t, row_dims] : tensors) {
+    g = std::gcd(g, reinterpret_cast<std::uintptr_t>(t->data));
+    for (int d = 0; d < row_dims; ++d) {
+      g = std::gcd(g, static_cast<std::uint64_t>(std::llabs(t->strides[d])) * dtype_size(t->dtype));
+    }
+  }
+  return static_cast<std::int64_t>(g == 0 ? 16 : g);
 }
 
 }  // namespace kjit::ops

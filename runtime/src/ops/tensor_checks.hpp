@@ -3,7 +3,9 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
+#include <utility>
 
 #include "kjit/tensor.hpp"
 
@@ -37,5 +39,9 @@ class TensorChecks {
  private:
   const char* op_;
 };
+
+// The largest power of two (<= 16) dividing every row start, in bytes: each tensor's base
+// address and its first `row_dims` strides (the dims above the contiguous one).
+std::int64_t row_alignment(std::initializer_list<std::pair<const TensorView*, int>> tensors);
 
 }  // namespace kjit::ops

@@ -1,8 +1,6 @@
 #include "ops/merge_states/merge_states.hpp"
 
 #include <algorithm>
-#include <cstdlib>
-#include <numeric>
 
 #include <fmt/format.h>
 
@@ -15,19 +13,6 @@ namespace kjit::ops {
 namespace {
 
 const TensorChecks kCheck("merge_states");
-
-// The largest power of two (<= 16) dividing every row start: base addresses and the strides
-// between rows, in bytes.
-std::int64_t row_alignment(std::initializer_list<std::pair<const TensorView*, int>> tensors) {
-  std::uint64_t g = 16;
-  for (const auto& [t, row_dims] : tensors) {
-    g = std::gcd(g, reinterpret_cast<std::uintptr_t>(t->data));
-    for (int d = 0; d < row_dims; ++d) {
-      g = std::gcd(g, static_cast<std::uint64_t>(std::llabs(t->strides[d])) * dtype_size(t->dtype));
-    }
-  }
-  return static_cast<std::int64_t>(g == 0 ? 16 : g);
-}
 
 }  // namespace
 
