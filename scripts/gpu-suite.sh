@@ -5,7 +5,7 @@
 #   scripts/gpu-suite.sh [tests|bench|attention|attention-bench|attention-backward|
 #                         attention-backward-check|attention-backward-tune|attention-grouped|
 #                         attention-grouped-ncu|mla|moe|moe-decode|moe-bench|moe-ncu|moe-align-ncu|
-#                         moe-router|python|families|dist|all]
+#                         moe-router|python|zigzag|families|dist|all]
 #   (default all)
 # `families` is the check after a change to the op plumbing (kernel families, dispatch, tuning
 # tables): the whole GPU suite, the examples, a sanitizer subset, and the attention and
@@ -339,6 +339,39 @@ if [ "$what" = moe-router ]; then
   PYTHONPATH=/tmp/psite PYTHONUNBUFFERED=1 step moe_router_peers timeout 200 python3 \
     bench/moe_router_peers.py
   for log in moe_router_bench moe_router_peers; do echo "== $log"; cat "$out/$log.log"; done
+fi
+if [ "$what" = zigzag ]; then
+  # Zigzag context parallelism: the component kernels bit for bit, the multi-rank suite's zigzag
+  # cases through the MPI backend at 1, 2, 4, 8 ranks and NCCL at one (a rank a GPU where there
+  # are several), a sanitizer subset of the kernels, the single-GPU benchmark.
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 KJIT_COMM_TIMEOUT_S=120
+  export OMPI_MCA_btl_vader_single_copy_mechanism=none NCCL_NVLS_ENABLE=0
+  mpirun=(timeout 240 mpirun --oversubscribe --bind-to none)
+  sharded_tests zigzag_tests '*Zigzag*' 200
+  for n in 1 2 4 8; do
+    KJIT_COMM=mpi step "zigzag_mpi_$n" "${mpirun[@]}" -n "$n" "$bin/kjit_dist_tests" \
+      --require-gpu --gtest_filter='*Zigzag*'
+  done
+  KJIT_COMM=nccl step zigzag_nccl_1 "${mpirun[@]}" -n 1 "$bin/kjit_dist_tests" --require-gpu \
+    --gtest_filter='*Zigzag*'
+  gpus=$(nvidia-smi -L | wc -l)
+  for n in 2 4 8; do
+    if [ "$gpus" -ge "$n" ]; then
+      KJIT_COMM=nccl step "zigzag_nccl_$n" "${mpirun[@]}" -n "$n" "$bin/kjit_dist_tests" \
+        --require-gpu --gtest_filter='*Zigzag*'
+    fi
+  done
+  sanitize zigzag_memcheck memcheck 120 'Seed/ZigzagCopyGpu.*/1*:*ZigzagCopyConfigs*'
+  step zigzag_bench timeout 240 "$bin/kjit_bench_zigzag" --csv "$final_out/zigzag.csv"
+  tally zigzag_tests
+  for log in zigzag_mpi_1 zigzag_mpi_2 zigzag_mpi_4 zigzag_mpi_8 zigzag_nccl_1 zigzag_nccl_2 \
+    zigzag_nccl_4 zigzag_nccl_8; do
+    [ -f "$out/$log.log" ] || continue
+    echo "== $log"; grep -E '^\[  (PASSED|FAILED) |^\[  FAILED|Failure|Expected|zigzag   \]' \
+      "$out/$log.log" | head -60
+  done
+  sanitizer_verdicts zigzag_memcheck
+  echo "== zigzag_bench"; cat "$out/zigzag_bench.log"
 fi
 if [ "$what" = dist ]; then
   # The multi-rank suites as real processes on the first GPU: the MPI backend at 1, 2, 4 and 8

@@ -1,5 +1,5 @@
-// The C ABI of the MLA and MoE ops, on the host (fake device pointers: every call here is refused
-// by validation, before any device work): each refusal comes back as
+// The C ABI of the MLA, MoE and zigzag ops, on the host (fake device pointers: every call here is
+// refused by validation, before any device work): each refusal comes back as
 // KJIT_ERROR_INVALID_ARGUMENT with kjit's message, NULL where a tensor is required is named, and
 // the layout's capacity matches the C++ API's.
 #include <gtest/gtest.h>
@@ -142,6 +142,32 @@ TEST(ModelOpsCApi, CommunicatorAndHelixRefuseBadArguments) {
   const std::int32_t host_table[] = {0, 1, 2, 3}, host_lengths[] = {100, 10};
   expect_refused(kjit_mla_helix_decode(nullptr, &q.t, &cache.t, &table.t, host_table, &lengths.t,
                                        host_lengths, &out.t, &lse.t, 0.f, nullptr),
+                 "comm is NULL");
+}
+
+// The zigzag entry points: kjit's refusals, the chunk range and rank passed through, NULL comm.
+TEST(ModelOpsCApi, ZigzagRefusesBadArguments) {
+  const std::int32_t host_cu[] = {0, 512, 1536};  // W = 4: chunks of 64 and 128 tokens
+  const Tensor cu(kI32, {3}), gathered(kBf16, {1536, 8, 128}), early(kBf16, {768, 8, 128}),
+      local(kBf16, {384, 8, 128}), q(kBf16, {384, 32, 128}), lse(kF32, {32, 384});
+  expect_refused(
+      kjit_zigzag_extract_kv_slice(&gathered.t, &cu.t, host_cu, 4, 0, 4, &local.t, nullptr),
+      "extract_zigzag_kv_slice: destination must hold 768 rows");
+  expect_refused(
+      kjit_zigzag_extract_kv_slice(&gathered.t, &cu.t, host_cu, 4, 0, 9, &early.t, nullptr),
+      "chunks [0, 9) must be a non-empty range inside the 2W = 8 chunks");
+  expect_refused(
+      kjit_zigzag_extract_kv_slice(&gathered.t, nullptr, host_cu, 4, 0, 4, &early.t, nullptr),
+      "cu_seqlens is NULL");
+  expect_refused(kjit_zigzag_scatter_grad(&early.t, &cu.t, host_cu, 4, 0, 4, 4, &local.t, nullptr),
+                 "rank must be in [0, 4)");
+  expect_refused(kjit_zigzag_scatter_grad(&early.t, &cu.t, host_cu, 3, 0, 4, 0, &local.t, nullptr),
+                 "sequence 0 has 512 tokens, not a multiple of 2W = 6");
+  expect_refused(kjit_zigzag_forward(nullptr, &q.t, &local.t, &local.t, &q.t, &lse.t, &cu.t,
+                                     host_cu, 0.f, 1, 0, nullptr),
+                 "comm is NULL");
+  expect_refused(kjit_zigzag_backward(nullptr, &q.t, &local.t, &local.t, &q.t, &q.t, &lse.t, &q.t,
+                                      &local.t, &local.t, &cu.t, host_cu, 0.f, 1, 0, nullptr),
                  "comm is NULL");
 }
 

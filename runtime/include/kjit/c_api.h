@@ -136,6 +136,32 @@ kjit_status kjit_mla_helix_decode(kjit_comm* comm, const DLTensor* q, const DLTe
                                   const DLTensor* out, const DLTensor* lse, float softmax_scale,
                                   void* stream);
 
+/* Zigzag context parallelism (see kjit/zigzag.hpp). cu_seqlens: the global sequences, int32
+   [B + 1] on the device, with its host copy (every length a multiple of 2W). The component
+   kernels: chunks [chunk_begin, chunk_end) of every sequence, gathered [T, H, D] the rank-major
+   all-gather output, out (extract) or grad (scatter) those chunks in global order; the scatter
+   writes rank `rank`'s local buffer [T / W, H, D], or every rank's [T, H, D] with rank -1. */
+kjit_status kjit_zigzag_extract_kv_slice(const DLTensor* gathered, const DLTensor* cu_seqlens,
+                                         const int32_t* host_cu_seqlens, int world, int chunk_begin,
+                                         int chunk_end, const DLTensor* out, void* stream);
+kjit_status kjit_zigzag_scatter_grad(const DLTensor* grad, const DLTensor* cu_seqlens,
+                                     const int32_t* host_cu_seqlens, int world, int chunk_begin,
+                                     int chunk_end, int rank, const DLTensor* out, void* stream);
+/* Attention over the ranks of `comm` on this rank's local tokens (kjit::cp::zigzag_forward /
+   zigzag_backward): q [T / W, Hq, D], k and v [T / W, Hk, D], out like q, lse [Hq, T / W] fp32
+   (NULL: skipped in the forward; required in the backward). softmax_scale 0: 1/sqrt(D);
+   heads_k_stride 0: every K/V head in one step. Collective. */
+kjit_status kjit_zigzag_forward(kjit_comm* comm, const DLTensor* q, const DLTensor* k,
+                                const DLTensor* v, const DLTensor* out, const DLTensor* lse,
+                                const DLTensor* cu_seqlens, const int32_t* host_cu_seqlens,
+                                float softmax_scale, int causal, int heads_k_stride, void* stream);
+kjit_status kjit_zigzag_backward(kjit_comm* comm, const DLTensor* q, const DLTensor* k,
+                                 const DLTensor* v, const DLTensor* out, const DLTensor* dout,
+                                 const DLTensor* lse, const DLTensor* dq, const DLTensor* dk,
+                                 const DLTensor* dv, const DLTensor* cu_seqlens,
+                                 const int32_t* host_cu_seqlens, float softmax_scale, int causal,
+                                 int heads_k_stride, void* stream);
+
 /* MoE (see kjit/moe.hpp for each op's layouts). NULL for an optional tensor means none. */
 typedef struct kjit_moe_router_options {
   int sigmoid; /* 0: softmax over the experts */

@@ -18,6 +18,7 @@
 #include "kjit/mla.hpp"
 #include "kjit/moe.hpp"
 #include "kjit/tensor.hpp"
+#include "kjit/zigzag.hpp"
 
 namespace {
 
@@ -382,6 +383,15 @@ struct kjit_comm {
   std::unique_ptr<kjit::comm::Communicator> comm;
 };
 
+namespace {
+
+kjit::comm::Communicator& communicator(kjit_comm* comm) {
+  if (!comm || !comm->comm) throw kjit::InvalidArgument("comm is NULL");
+  return *comm->comm;
+}
+
+}  // namespace
+
 extern "C" kjit_status kjit_comm_unique_id(char id[KJIT_COMM_UNIQUE_ID_BYTES]) {
   return guarded([&] {
     if (!id) throw kjit::InvalidArgument("id is NULL");
@@ -428,13 +438,93 @@ extern "C" kjit_status kjit_mla_helix_decode(kjit_comm* comm, const DLTensor* q,
                                              const DLTensor* out, const DLTensor* lse,
                                              float softmax_scale, void* stream) {
   return guarded([&] {
-    if (!comm || !comm->comm) throw kjit::InvalidArgument("comm is NULL");
+    kjit::comm::Communicator& c = communicator(comm);
     const kjit::TensorView tq = view(q, "q");
     const kjit::mla::PagedCache local =
         paged_cache(cache, block_table, host_block_table, lengths, host_lengths);
     const kjit::TensorView tout = view(out, "out"), tlse = optional_view(lse, "lse");
-    kjit::mla::helix_decode(*comm->comm, tq, local, tout, tlse, decode_options(softmax_scale),
+    kjit::mla::helix_decode(c, tq, local, tout, tlse, decode_options(softmax_scale),
                             static_cast<kjit::StreamHandle>(stream));
+  });
+}
+
+namespace {
+
+kjit::cp::ZigzagSequences zigzag_sequences(const DLTensor* cu_seqlens,
+                                           const int32_t* host_cu_seqlens) {
+  return {view(cu_seqlens, "cu_seqlens"), host_cu_seqlens};
+}
+
+kjit::cp::ZigzagOptions zigzag_options(float softmax_scale, int causal, int heads_k_stride) {
+  kjit::cp::ZigzagOptions o;
+  o.softmax_scale = softmax_scale;
+  o.causal = causal != 0;
+  o.heads_k_stride = heads_k_stride;
+  return o;
+}
+
+}  // namespace
+
+extern "C" kjit_status kjit_zigzag_extract_kv_slice(const DLTensor* gathered,
+                                                    const DLTensor* cu_seqlens,
+                                                    const int32_t* host_cu_seqlens, int world,
+                                                    int chunk_begin, int chunk_end,
+                                                    const DLTensor* out, void* stream) {
+  return guarded([&] {
+    const kjit::TensorView tgathered = view(gathered, "gathered");
+    const kjit::cp::ZigzagSequences seqs = zigzag_sequences(cu_seqlens, host_cu_seqlens);
+    const kjit::TensorView tout = view(out, "out");
+    kjit::cp::extract_zigzag_kv_slice(tgathered, seqs, world, {chunk_begin, chunk_end}, tout,
+                                      static_cast<kjit::StreamHandle>(stream));
+  });
+}
+
+extern "C" kjit_status kjit_zigzag_scatter_grad(const DLTensor* grad, const DLTensor* cu_seqlens,
+                                                const int32_t* host_cu_seqlens, int world,
+                                                int chunk_begin, int chunk_end, int rank,
+                                                const DLTensor* out, void* stream) {
+  return guarded([&] {
+    const kjit::TensorView tgrad = view(grad, "grad");
+    const kjit::cp::ZigzagSequences seqs = zigzag_sequences(cu_seqlens, host_cu_seqlens);
+    const kjit::TensorView tout = view(out, "out");
+    kjit::cp::scatter_grad_to_zigzag(tgrad, seqs, world, {chunk_begin, chunk_end}, rank, tout,
+                                     static_cast<kjit::StreamHandle>(stream));
+  });
+}
+
+extern "C" kjit_status kjit_zigzag_forward(kjit_comm* comm, const DLTensor* q, const DLTensor* k,
+                                           const DLTensor* v, const DLTensor* out,
+                                           const DLTensor* lse, const DLTensor* cu_seqlens,
+                                           const int32_t* host_cu_seqlens, float softmax_scale,
+                                           int causal, int heads_k_stride, void* stream) {
+  return guarded([&] {
+    kjit::comm::Communicator& c = communicator(comm);
+    const kjit::TensorView tq = view(q, "q"), tk = view(k, "k"), tv = view(v, "v"),
+                           tout = view(out, "out"), tlse = optional_view(lse, "lse");
+    const kjit::cp::ZigzagSequences seqs = zigzag_sequences(cu_seqlens, host_cu_seqlens);
+    kjit::cp::zigzag_forward(c, tq, tk, tv, tout, tlse, seqs,
+                             zigzag_options(softmax_scale, causal, heads_k_stride),
+                             static_cast<kjit::StreamHandle>(stream));
+  });
+}
+
+extern "C" kjit_status kjit_zigzag_backward(kjit_comm* comm, const DLTensor* q, const DLTensor* k,
+                                            const DLTensor* v, const DLTensor* out,
+                                            const DLTensor* dout, const DLTensor* lse,
+                                            const DLTensor* dq, const DLTensor* dk,
+                                            const DLTensor* dv, const DLTensor* cu_seqlens,
+                                            const int32_t* host_cu_seqlens, float softmax_scale,
+                                            int causal, int heads_k_stride, void* stream) {
+  return guarded([&] {
+    kjit::comm::Communicator& c = communicator(comm);
+    const kjit::TensorView tq = view(q, "q"), tk = view(k, "k"), tv = view(v, "v"),
+                           tout = view(out, "out"), tdout = view(dout, "dout"),
+                           tlse = view(lse, "lse"), tdq = view(dq, "dq"), tdk = view(dk, "dk"),
+                           tdv = view(dv, "dv");
+    const kjit::cp::ZigzagSequences seqs = zigzag_sequences(cu_seqlens, host_cu_seqlens);
+    kjit::cp::zigzag_backward(c, tq, tk, tv, tout, tdout, tlse, tdq, tdk, tdv, seqs,
+                              zigzag_options(softmax_scale, causal, heads_k_stride),
+                              static_cast<kjit::StreamHandle>(stream));
   });
 }
 
