@@ -3,7 +3,8 @@
 # facts, attention forward and backward tuned for the Llama 3 8B presets (prefill, training,
 # zigzag context parallelism's grouped attention), MLA decode and the MoE router and grouped
 # GEMM (bf16 and NVFP4 experts) for GLM-4.7-Flash, the GPU
-# suite, the multi-rank suites (mpirun, when OpenMPI is here: collectives, helix MLA decode), the
+# suite, the multi-rank suites (mpirun, when OpenMPI is here: collectives, helix MLA decode,
+# zigzag context parallelism), the
 # benchmarks of every model path and the Python package (tests, call overhead, a training step);
 # without: `kjit info` and every shipped specialisation
 # compiled for sm_90a with its resource report (a GPU is needed to run them).
@@ -19,7 +20,7 @@ if "$kjit" info --json | grep -q '"available": true'; then
   "$kjit" precompile --check
   "$kjit" tune --preset llama3-8b-prefill --preset llama3-8b-train --preset llama3-8b-zigzag \
     --preset glm-4.7-flash-decode --preset glm-4.7-flash-router --preset glm-4.7-flash-moe-gemm \
-    --preset glm-4.7-flash-moe-gemm-nvfp4
+    --preset glm-4.7-flash-moe-gemm-nvfp4 --preset zigzag_copy-llama3-8b
   build/default/tests/kjit_gpu_tests
   if command -v mpirun >/dev/null && [ -x build/default/tests/kjit_dist_tests ]; then
     (cd build/default && ctest -L dist --output-on-failure)
@@ -34,6 +35,7 @@ if "$kjit" info --json | grep -q '"available": true'; then
   build/default/bench/kjit_bench_attention
   build/default/bench/kjit_bench_attention_backward
   build/default/bench/kjit_bench_attention_grouped --only model=8b --only S=8192
+  build/default/bench/kjit_bench_zigzag
   build/default/bench/kjit_bench_mla_decode --only-heads 20
   build/default/bench/kjit_bench_helix_decode
   build/default/bench/kjit_bench_moe_router

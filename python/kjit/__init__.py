@@ -10,7 +10,7 @@ libkjit.so is found through KJIT_LIBRARY, next to the package, where CMake insta
 source tree's build/ (kjit.library_path() says which).
 """
 
-from . import attention, comm, mla, moe
+from . import attention, comm, mla, moe, zigzag
 from ._library import library_path
 from .errors import (
     CommError,
@@ -30,6 +30,7 @@ __all__ = [
     "comm",
     "mla",
     "moe",
+    "zigzag",
     "flash_attn_func",
     "flash_attn_varlen_func",
     "library_path",

@@ -78,21 +78,18 @@ def _run_forward(entry, q, k, v, seqlens, softmax_scale, causal):
     return out, lse
 
 
+def _backward_tensors(dl, q, k, v, out, dout, lse, dq, dk, dv):
+    """The DLTensors of a backward entry point's nine tensors, in the C ABI's order (the zigzag
+    backward's too)."""
+    names = ("q", "k", "v", "out", "dout", "lse", "dq", "dk", "dv")
+    return tuple(dl(t, name) for t, name in zip((q, k, v, out, dout, lse, dq, dk, dv), names))
+
+
 def _run_backward(entry, dout, q, k, v, out, lse, seqlens, softmax_scale, causal, deterministic):
     dq, dk, dv = _new_grads(q, k, v)
     workspace = _workspace(q, deterministic)
     dl = DLArgs()
-    tensors = (
-        dl(q, "q"),
-        dl(k, "k"),
-        dl(v, "v"),
-        dl(out, "out"),
-        dl(dout, "dout"),
-        dl(lse, "lse"),
-        dl(dq, "dq"),
-        dl(dk, "dk"),
-        dl(dv, "dv"),
-    )
+    tensors = _backward_tensors(dl, q, k, v, out, dout, lse, dq, dk, dv)
     launch(
         entry,
         q,

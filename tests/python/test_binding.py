@@ -325,3 +325,56 @@ def test_communicator_refusals_and_the_torch_distributed_bootstrap():
         assert "driver" in str(error.value) or "nccl" in str(error.value).lower(), str(error.value)
     finally:
         dist.destroy_process_group()
+
+
+def test_zigzag_refusals_through_the_c_abi_and_the_ops(fake_cuda):
+    cu, host_cu = fake_cuda(i32, 3), torch.tensor([0, 512, 1536], dtype=i32)  # W = 4: 384 a rank
+    gathered, local = fake_cuda(bf16, 1536, 8, 128), fake_cuda(bf16, 384, 8, 128)
+    refused(
+        "extract_zigzag_kv_slice: destination must hold 768 rows",
+        "kjit_zigzag_extract_kv_slice",
+        dl(gathered, "gathered"),
+        dl(cu, "cu_seqlens"),
+        host_cu.data_ptr(),
+        4,
+        0,
+        4,
+        dl(local, "out"),
+        None,
+    )
+    refused(
+        "rank must be in [0, 4)",
+        "kjit_zigzag_scatter_grad",
+        dl(fake_cuda(bf16, 768, 8, 128), "grad"),
+        dl(cu, "cu_seqlens"),
+        host_cu.data_ptr(),
+        4,
+        0,
+        4,
+        7,
+        dl(local, "out"),
+        None,
+    )
+    refused(
+        "comm is NULL",
+        "kjit_zigzag_forward",
+        None,
+        *(dl(t, name) for t, name in ((local, "q"), (local, "k"), (local, "v"), (local, "out"))),
+        None,
+        dl(cu, "cu_seqlens"),
+        host_cu.data_ptr(),
+        0.0,
+        1,
+        0,
+        None,
+    )
+    # The Python side: a host copy of the wrong length, sequences W does not divide; kjit names the
+    # caller's host tensor.
+    x = torch.randn(1536, 2, 8, dtype=bf16)
+    with pytest.raises(kjit.InvalidArgumentError, match=r"host_cu_seqlens must have the device copy's shape \[3\]"):
+        kjit.zigzag.extract_kv_slice(x, host_cu, 4, 0, 4, host_cu[:2])
+    with pytest.raises(kjit.InvalidArgumentError, match="^gathered is not in CUDA device memory"):
+        kjit.zigzag.extract_kv_slice(x, host_cu, 4, 0, 4, host_cu)
+    with pytest.raises(kjit.InvalidArgumentError, match="sequence 1 has 1024 tokens, not a multiple of 2W = 6"):
+        kjit.zigzag.local_cu_seqlens(torch.tensor([0, 6, 1030]), 3)
+    assert kjit.zigzag.local_cu_seqlens(host_cu, 4).tolist() == [0, 128, 384]

@@ -254,3 +254,35 @@ def test_grouped_autograd_traces_to_the_grouped_backward():
     assert "kjit.attention_backward_grouped.default" in targets, targets
     shapes = [tuple(n.meta["val"].shape) for n in traced.graph.nodes if n.op == "output" for n in n.args[0]]
     assert shapes == [(16, 4, 64), (16, 4, 64), (24, 2, 64), (24, 2, 64)]
+
+
+def test_zigzag_shapes_and_autograd():
+    rank_1_of_4 = types.SimpleNamespace(handle=0, rank=1, size=4)
+    with FakeTensorMode():
+        # 2304 global tokens over W = 4: 576 local ones, chunks of 288 tokens in all.
+        cu, gathered = cuda(4, dtype=i32), cuda(2304, 8, 128)
+        assert spec(kjit.zigzag.extract_kv_slice(gathered, cu, 4, 0, 5, host(4))) == ((1440, 8, 128), bf16, "cuda")
+        grad = cuda(1440, 8, 128)
+        every = kjit.zigzag.scatter_grad_to_zigzag(grad, cu, 4, 0, 5, host_cu_seqlens=host(4))
+        assert spec(every) == ((2304, 8, 128), bf16, "cuda")
+        assert spec(kjit.zigzag.shard(gathered, cu, 4, 2, host(4))) == ((576, 8, 128), bf16, "cuda")
+        assert spec(kjit.zigzag.unshard(gathered, cu, 4, host(4))) == ((2304, 8, 128), bf16, "cuda")
+        q, k = cuda(576, 32, 128), cuda(576, 8, 128)
+        out, lse = kjit.zigzag.forward(rank_1_of_4, q, k, k, cu, host(4), heads_k_stride=2)
+        assert spec(out) == ((576, 32, 128), bf16, "cuda") and spec(lse) == ((32, 576), f32, "cuda")
+        grads = kjit.zigzag.backward(rank_1_of_4, out, q, k, k, out, lse, cu, host(4))
+        assert [spec(g) for g in grads] == [spec(q), spec(k), spec(k)]
+
+    def grads(q, k, v):
+        cu = torch.tensor([0, 32], dtype=i32)
+        out = kjit.zigzag.attention(rank_1_of_4, q, k, v, cu, cu, heads_k_stride=1)
+        return torch.autograd.grad(out.float().sum(), (q, k, v))
+
+    q, k = torch.randn(8, 4, 64, dtype=bf16, requires_grad=True), torch.randn(8, 2, 64, dtype=bf16)
+    traced = make_fx(grads, tracing_mode="fake")(q, k.requires_grad_(), k.clone().requires_grad_())
+    calls = {str(n.target): n for n in traced.graph.nodes if n.op == "call_function"}
+    assert "kjit.zigzag_forward.default" in calls and "kjit.zigzag_backward.default" in calls, list(calls)
+    assert calls["kjit.zigzag_backward.default"].args[-1] == 1  # heads_k_stride reaches the backward
+    # Collectives stay in a compiled graph even where their outputs go unused.
+    for name in ("zigzag_forward", "zigzag_backward"):
+        assert getattr(torch.ops.kjit, name).default in torch.fx.node._side_effectful_functions
