@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   kjit::tools::add_precompile_command(app, &exit_code);
   kjit::tools::add_cache_command(app, &exit_code);
   kjit::tools::add_tune_command(app, &exit_code);
+  kjit::tools::add_moe_command(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {

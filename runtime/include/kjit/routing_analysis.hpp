@@ -1,0 +1,115 @@
+// What a routing trace (kjit/routing_trace.hpp) says about expert offloading: the load of each
+// expert, the experts chosen together, how predictable the next choice is, the hit rate a
+// per-layer expert cache of a given size and policy would get, and synthetic traces of known
+// structure to test all of that on. `kjit moe analyze` and `kjit moe simulate` print and write
+// these.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "kjit/routing_trace.hpp"
+
+#pragma GCC visibility push(default)  // the API libkjit.so exports
+namespace kjit::moe {
+
+// ---- load and co-occurrence ----
+
+struct LayerLoad {
+  std::vector<std::int64_t> counts;  // [experts]: records that chose each expert
+  double max_over_mean = 0;          // 1: balanced
+  double entropy_bits = 0;           // of the choice distribution; log2(experts) when uniform
+};
+std::vector<LayerLoad> expert_load(const RoutingTrace& trace);
+
+// [experts x experts], symmetric: records whose top-k at `layer` holds both experts.
+std::vector<std::int64_t> co_occurrence(const RoutingTrace& trace, int layer);
+
+// The pairs chosen together most above independence (lift = count / the count independent
+// choices with the layer's loads would give), at most `count` of them, highest lift first, over
+// pairs seen at least `min_count` times.
+struct PairHotSpot {
+  int layer = 0, a = 0, b = 0;
+  std::int64_t count = 0;
+  double lift = 0;
+};
+std::vector<PairHotSpot> co_occurrence_hot_spots(const RoutingTrace& trace, int count,
+                                                 std::int64_t min_count = 8);
+
+// ---- predictability ----
+
+// Conditional entropies (bits) of one chosen expert given one the same token chose at the layer
+// before (cross-layer), and given one the same sequence's previous record chose at the same
+// layer (temporal), from the pair counts; beside log2(experts), the uniform choice's. Lower is
+// more predictable; a value near 0 means one expert almost always follows.
+struct Predictability {
+  double cross_layer_bits = 0, temporal_bits = 0, uniform_bits = 0;
+};
+Predictability predictability(const RoutingTrace& trace);
+
+// ---- expert caches ----
+
+enum class CachePolicy {
+  Lru,      // evict the expert used longest ago
+  Lfu,      // evict the expert used least often (ties: longest ago)
+  Optimal,  // Belady: evict the expert needed again furthest ahead (the bound; replay only)
+};
+const char* cache_policy_name(CachePolicy policy);  // "lru", "lfu", "optimal"
+
+// One layer's GPU slots for experts, and what to evict: the bookkeeping an expert cache runs on
+// the host. `pinned` experts stay resident and take slots. A step's `needed` experts are used
+// together: misses are made resident, evicting by policy but never a needed or pinned expert;
+// when more are needed than the slots allow, the rest stream through (used, not kept).
+class ExpertSlots {
+ public:
+  ExpertSlots(CachePolicy policy, int slots, int experts, const std::vector<int>& pinned = {});
+
+  struct Outcome {
+    std::vector<int> hits, loaded, evicted, streamed;  // loaded + streamed = the misses
+  };
+  // `next_use[e]`: when expert e is needed next (Optimal only; empty otherwise).
+  Outcome request(const std::vector<int>& needed, std::int64_t now,
+                  const std::vector<std::int64_t>& next_use = {});
+  bool resident(int expert) const { return state_[expert].resident; }
+  int slots() const { return slots_; }
+
+ private:
+  struct State {
+    bool resident = false, pinned = false;
+    std::int64_t last_use = -1, uses = 0;
+  };
+  CachePolicy policy_;
+  int slots_, used_ = 0;
+  std::vector<State> state_;
+};
+
+// Replays `trace` through one ExpertSlots per layer (a step's needed experts: the union of its
+// records' choices). Throws InvalidArgument when the slots are fewer than top_k or than the
+// pinned experts of a layer.
+struct CacheReplay {
+  std::int64_t hits = 0, misses = 0;
+  std::vector<std::int64_t> layer_hits, layer_misses;
+  double hit_rate() const {
+    return hits + misses ? static_cast<double>(hits) / (hits + misses) : 0;
+  }
+};
+CacheReplay replay_cache(const RoutingTrace& trace, CachePolicy policy, int slots_per_layer,
+                         const std::vector<std::vector<int>>& pinned = {});
+
+// ---- synthetic traces ----
+
+// `sequences` tokens a step (a decode batch), `steps` steps. Each choice of a token at a layer:
+// with probability temporal_locality the same sequence's previous choice at that layer (same
+// position of the top-k); else with probability cross_layer the image of the same token's choice
+// at the layer before under a fixed per-layer permutation; else a draw from a Zipf(skew)
+// popularity over the experts (skew 0: uniform), permuted per layer. Repeats are redrawn.
+struct RoutingSimulation {
+  int layers = 8, experts = 64, top_k = 4;
+  int sequences = 1, steps = 256;
+  double skew = 0.8, temporal_locality = 0.3, cross_layer = 0.3;
+  std::uint64_t seed = 1;
+};
+RoutingTrace simulate_routing(const RoutingSimulation& simulation);
+
+}  // namespace kjit::moe
+#pragma GCC visibility pop

@@ -1,0 +1,261 @@
+// MoE routing traces and their analysis (kjit/routing_trace.hpp, kjit/routing_analysis.hpp), on
+// the CPU: both file formats round trip and every damaged file is refused by name; load,
+// co-occurrence and predictability on hand-made traces with known answers; the cache policies'
+// evictions step by step; replays against their bounds; synthetic traces with the structure they
+// were asked for; the `kjit moe` command line.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "kjit/error.hpp"
+#include "kjit/routing_analysis.hpp"
+#include "tests/support/subprocess.hpp"
+#include "tests/support/temp_dir.hpp"
+
+namespace kjit::moe {
+namespace {
+
+using test::TempDir;
+
+test::ProcessResult kjit_cli(std::vector<std::string> args) {
+  args.insert(args.begin(), test::cli_path());
+  return test::run_process(args);
+}
+
+RoutingTrace hand_trace() {  // 2 layers, 6 experts, top 2; two sequences over three steps
+  RoutingTrace t(2, 6, 2);
+  t.add(0, 0, {0, 1, 2, 3});
+  t.add(1, 0, {0, 4, 2, 5});
+  t.add(0, 1, {1, 0, 3, 2});
+  t.add(1, 1, {5, 4, 2, 1});
+  t.add(0, 2, {0, 1, 2, 3});
+  return t;
+}
+
+void expect_same(const RoutingTrace& a, const RoutingTrace& b) {
+  ASSERT_EQ(a.layers(), b.layers());
+  ASSERT_EQ(a.experts(), b.experts());
+  ASSERT_EQ(a.top_k(), b.top_k());
+  ASSERT_EQ(a.records(), b.records());
+  for (std::int64_t r = 0; r < a.records(); ++r) {
+    EXPECT_EQ(a.sequence(r), b.sequence(r));
+    EXPECT_EQ(a.step(r), b.step(r));
+    for (int l = 0; l < a.layers(); ++l) {
+      for (int j = 0; j < a.top_k(); ++j)
+        EXPECT_EQ(a.choice(r, l)[j], b.choice(r, l)[j]) << "record " << r << " layer " << l;
+    }
+  }
+}
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary) << bytes;
+}
+
+std::string refusal_reading(const std::string& path) {
+  try {
+    RoutingTrace::read(path);
+  } catch (const InvalidArgument& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << path << " was read";
+  return "";
+}
+
+TEST(RoutingTrace, BothFormatsRoundTrip) {
+  const TempDir dir;
+  const RoutingTrace t = simulate_routing({3, 40, 5, 4, 50, 0.5, 0.4, 0.4, 7});
+  t.write_binary(dir.str() + "/t.kjrt");
+  t.write_json_lines(dir.str() + "/t.jsonl");
+  expect_same(t, RoutingTrace::read(dir.str() + "/t.kjrt"));
+  expect_same(t, RoutingTrace::read(dir.str() + "/t.jsonl"));
+  // Binary: 32 header bytes, 8 + 2 x layers x top_k a record, an 8-byte checksum.
+  EXPECT_EQ(read_bytes(dir.str() + "/t.kjrt").size(), 32u + 200u * (8 + 2 * 3 * 5) + 8);
+}
+
+TEST(RoutingTrace, DamagedFilesAreRefusedByName) {
+  const TempDir dir;
+  const std::string good = dir.str() + "/good.kjrt";
+  hand_trace().write_binary(good);
+  const std::string bytes = read_bytes(good);
+  const std::string bad = dir.str() + "/bad.kjrt";
+
+  write_bytes(bad, bytes.substr(0, bytes.size() - 3));
+  EXPECT_NE(refusal_reading(bad).find("truncated: the header's 5 records need"), std::string::npos);
+  write_bytes(bad, bytes.substr(0, 20));
+  EXPECT_NE(refusal_reading(bad).find("truncated"), std::string::npos);
+  write_bytes(bad, bytes + "x");
+  EXPECT_NE(refusal_reading(bad).find("corrupt (bytes past the end)"), std::string::npos);
+  std::string flipped = bytes;
+  flipped[40] ^= 0x10;  // an id of the first record
+  write_bytes(bad, flipped);
+  EXPECT_NE(refusal_reading(bad).find("corrupt: checksum mismatch"), std::string::npos);
+  std::string header = bytes;
+  header[12] = 0;  // layers = 0
+  write_bytes(bad, header);
+  EXPECT_NE(refusal_reading(bad).find("corrupt header"), std::string::npos);
+  write_bytes(bad, "not a trace\n");
+  EXPECT_NE(refusal_reading(bad).find("is not JSON"), std::string::npos);
+  write_bytes(bad, "{\"format\": \"something\"}\n");
+  EXPECT_NE(refusal_reading(bad).find("neither a binary trace"), std::string::npos);
+  const std::string head =
+      "{\"format\": \"kjit-routing-trace\", \"version\": 1, \"layers\": 1, \"experts\": 4, "
+      "\"top_k\": 2}\n";
+  write_bytes(bad, head + "{\"sequence\": 0, \"step\": 0, \"experts\": [[1, 4]]}\n");
+  EXPECT_NE(refusal_reading(bad).find("line 2: layer 0: expert 4 is outside 0..3"),
+            std::string::npos);
+  write_bytes(bad, head + "{\"sequence\": 0, \"step\": 0, \"experts\": [[2, 2]]}\n");
+  EXPECT_NE(refusal_reading(bad).find("expert 2 chosen twice"), std::string::npos);
+  write_bytes(bad, head + "{\"sequence\": 0, \"step\": 3, \"experts\": [[0, 1]]}\n" +
+                       "{\"sequence\": 0, \"step\": 2, \"experts\": [[0, 1]]}\n");
+  EXPECT_NE(refusal_reading(bad).find("line 3: step 2 comes after step 3"), std::string::npos);
+  write_bytes(bad, head + "{\"sequence\": 0, \"step\": 0, \"experts\": [[0, 1, 2]]}\n");
+  EXPECT_NE(refusal_reading(bad).find("each layer must hold top_k = 2 ids"), std::string::npos);
+  write_bytes(bad, head + "{\"sequence\": 0, \"experts\": [[0, 1]]}\n");
+  EXPECT_NE(refusal_reading(bad).find("line 2"), std::string::npos);
+  EXPECT_NE(refusal_reading(dir.str() + "/absent").find("cannot open it"), std::string::npos);
+  EXPECT_THROW(RoutingTrace(1, 4, 5), InvalidArgument);
+}
+
+TEST(RoutingAnalysis, LoadAndCoOccurrenceOfAHandTrace) {
+  const RoutingTrace t = hand_trace();
+  const std::vector<LayerLoad> load = expert_load(t);
+  EXPECT_EQ(load[0].counts, (std::vector<std::int64_t>{4, 3, 0, 0, 2, 1}));
+  EXPECT_EQ(load[1].counts, (std::vector<std::int64_t>{0, 1, 5, 3, 0, 1}));
+  EXPECT_DOUBLE_EQ(load[0].max_over_mean, 4 / (5.0 * 2 / 6));
+  const std::vector<std::int64_t> pairs = co_occurrence(t, 0);
+  EXPECT_EQ(pairs[0 * 6 + 1], 3);  // records 0, 2, 4
+  EXPECT_EQ(pairs[1 * 6 + 0], 3);
+  EXPECT_EQ(pairs[0 * 6 + 4], 1);
+  EXPECT_EQ(pairs[4 * 6 + 5], 1);
+  EXPECT_EQ(pairs[0 * 6 + 0], 0);
+  const std::vector<PairHotSpot> spots = co_occurrence_hot_spots(t, 2, 2);
+  ASSERT_EQ(spots.size(), 2u);  // pairs seen twice or more: (0, 1) and (2, 3), both at 3
+  EXPECT_EQ(spots[0].count, 3);
+  EXPECT_THROW(co_occurrence(t, 2), InvalidArgument);
+}
+
+TEST(RoutingAnalysis, PredictabilityIsZeroForADeterministicFollowerAndFullForNoise) {
+  RoutingTrace follow(2, 16, 1);  // layer 1 = (layer 0 + 3) % 16; every token the same expert
+  for (int r = 0; r < 200; ++r)
+    follow.add(0, static_cast<std::uint32_t>(r), {7, 10});
+  const Predictability p = predictability(follow);
+  EXPECT_NEAR(p.cross_layer_bits, 0, 1e-12);
+  EXPECT_NEAR(p.temporal_bits, 0, 1e-12);
+  EXPECT_DOUBLE_EQ(p.uniform_bits, 4);
+  const RoutingTrace noise = simulate_routing({2, 16, 1, 1, 20000, 0.0, 0.0, 0.0, 3});
+  const Predictability q = predictability(noise);
+  EXPECT_GT(q.cross_layer_bits, 3.95);
+  EXPECT_GT(q.temporal_bits, 3.95);
+  // Half the choices follow the layer before: the entropy falls well below uniform.
+  const RoutingTrace half = simulate_routing({2, 16, 1, 1, 20000, 0.0, 0.0, 0.5, 3});
+  EXPECT_LT(predictability(half).cross_layer_bits, 3.5);
+}
+
+TEST(ExpertSlots, LruAndLfuEvictInTheirOrder) {
+  ExpertSlots lru(CachePolicy::Lru, 2, 8);
+  EXPECT_EQ(lru.request({1}, 0).loaded, (std::vector<int>{1}));
+  EXPECT_EQ(lru.request({2}, 1).loaded, (std::vector<int>{2}));
+  EXPECT_EQ(lru.request({1}, 2).hits, (std::vector<int>{1}));
+  const ExpertSlots::Outcome o = lru.request({3}, 3);  // 2 is the least recently used
+  EXPECT_EQ(o.evicted, (std::vector<int>{2}));
+  EXPECT_TRUE(lru.resident(1) && lru.resident(3) && !lru.resident(2));
+
+  ExpertSlots lfu(CachePolicy::Lfu, 2, 8);
+  lfu.request({1}, 0);
+  lfu.request({1}, 1);
+  lfu.request({2}, 2);
+  EXPECT_EQ(lfu.request({3}, 3).evicted, (std::vector<int>{2}));  // used once against twice
+  EXPECT_EQ(lfu.request({4}, 4).evicted, (std::vector<int>{3}));
+}
+
+TEST(ExpertSlots, PinnedAndNeededExpertsStayAndTheRestStreams) {
+  ExpertSlots slots(CachePolicy::Lru, 3, 8, {5});
+  EXPECT_TRUE(slots.resident(5));
+  slots.request({1, 2}, 0);
+  // Four needed, two free of pins: 1 and 2 hit, 3 and 4 find no slot they may take.
+  const ExpertSlots::Outcome o = slots.request({1, 2, 3, 4}, 1);
+  EXPECT_EQ(o.hits, (std::vector<int>{1, 2}));
+  EXPECT_TRUE(o.loaded.empty());
+  EXPECT_EQ(o.streamed, (std::vector<int>{3, 4}));
+  EXPECT_TRUE(slots.resident(5));
+  EXPECT_EQ(slots.request({3}, 2).evicted, (std::vector<int>{1}));  // never the pinned 5
+  EXPECT_THROW(ExpertSlots(CachePolicy::Lru, 1, 8, {1, 2}), InvalidArgument);
+  EXPECT_THROW(ExpertSlots(CachePolicy::Lru, 2, 8, {9}), InvalidArgument);
+  EXPECT_THROW(slots.request({8}, 3), InvalidArgument);
+  EXPECT_THROW(ExpertSlots(CachePolicy::Optimal, 2, 8).request({1}, 0), InvalidArgument);
+}
+
+TEST(CacheReplay, BoundsAndStructure) {
+  const RoutingTrace t = simulate_routing({4, 32, 4, 2, 400, 0.8, 0.3, 0.3, 11});
+  EXPECT_THROW(replay_cache(t, CachePolicy::Lru, 3), InvalidArgument);  // fewer than top_k
+  for (int slots : {4, 8, 16, 24}) {
+    const double optimal = replay_cache(t, CachePolicy::Optimal, slots).hit_rate();
+    for (CachePolicy p : {CachePolicy::Lru, CachePolicy::Lfu})
+      EXPECT_LE(replay_cache(t, p, slots).hit_rate(), optimal + 1e-12) << slots;
+  }
+  // Every expert resident: only each layer's first use of an expert misses.
+  const CacheReplay all = replay_cache(t, CachePolicy::Lru, 32);
+  std::int64_t distinct = 0;
+  for (const LayerLoad& l : expert_load(t)) {
+    for (std::int64_t c : l.counts)
+      distinct += c > 0;
+  }
+  EXPECT_EQ(all.misses, distinct);
+  // Tokens that repeat their previous choice: after the first step nothing misses.
+  const RoutingTrace same = simulate_routing({3, 32, 4, 1, 100, 0.8, 1.0, 0.0, 5});
+  EXPECT_EQ(replay_cache(same, CachePolicy::Lru, 4).misses, 3 * 4);
+  // Pinning the experts a layer uses most keeps them: hits never fall below the pinned ones'.
+  std::vector<std::vector<int>> pinned(4);
+  const std::vector<LayerLoad> load = expert_load(t);
+  for (int l = 0; l < 4; ++l) {
+    pinned[l].push_back(static_cast<int>(
+        std::max_element(load[l].counts.begin(), load[l].counts.end()) - load[l].counts.begin()));
+  }
+  EXPECT_GT(replay_cache(t, CachePolicy::Lru, 8, pinned).hits, 0);
+  EXPECT_THROW(replay_cache(t, CachePolicy::Lru, 8, {{0}}), InvalidArgument);
+}
+
+TEST(RoutingSimulation, HasTheStructureAskedFor) {
+  const RoutingSimulation s{4, 64, 4, 3, 100, 1.2, 0.0, 0.0, 42};
+  expect_same(simulate_routing(s), simulate_routing(s));  // deterministic per seed
+  const RoutingTrace skewed = simulate_routing(s);
+  EXPECT_EQ(skewed.records(), 300);
+  const RoutingTrace flat = simulate_routing({4, 64, 4, 3, 2000, 0.0, 0.0, 0.0, 42});
+  EXPECT_GT(expert_load(skewed)[0].max_over_mean, 4.0);
+  EXPECT_LT(expert_load(flat)[0].max_over_mean, 1.5);
+  EXPECT_THROW(simulate_routing({4, 64, 4, 3, 10, 0.5, 1.5, 0.0, 1}), InvalidArgument);
+  EXPECT_THROW(simulate_routing({4, 64, 80, 3, 10, 0.5, 0.5, 0.0, 1}), InvalidArgument);
+}
+
+TEST(MoeCommand, SimulateThenAnalyze) {
+  const TempDir dir;
+  const std::string trace = dir.str() + "/t.kjrt";
+  const test::ProcessResult sim = kjit_cli({"moe", "simulate", "--out", trace, "--layers", "4",
+                                            "--experts", "32", "--top-k", "4", "--steps", "50"});
+  ASSERT_EQ(sim.exit_code, 0) << sim.err;
+  EXPECT_NE(sim.out.find("wrote 50 records (4 layers, 32 experts, top_k 4)"), std::string::npos);
+  const test::ProcessResult text = kjit_cli({"moe", "analyze", trace, "--slots", "8,16"});
+  ASSERT_EQ(text.exit_code, 0) << text.err;
+  EXPECT_NE(text.out.find("expert cache hit rate"), std::string::npos) << text.out;
+  const test::ProcessResult json = kjit_cli({"moe", "analyze", trace, "--json"});
+  ASSERT_EQ(json.exit_code, 0) << json.err;
+  EXPECT_NE(json.out.find("\"cross_layer_bits\""), std::string::npos);
+  write_bytes(dir.str() + "/bad.kjrt", read_bytes(trace).substr(0, 50));
+  const test::ProcessResult bad = kjit_cli({"moe", "analyze", dir.str() + "/bad.kjrt"});
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.err.find("truncated"), std::string::npos) << bad.err;
+  const test::ProcessResult small = kjit_cli({"moe", "analyze", trace, "--slots", "2"});
+  EXPECT_EQ(small.exit_code, 1);
+  EXPECT_NE(small.err.find("fewer than top_k = 4"), std::string::npos) << small.err;
+}
+
+}  // namespace
+}  // namespace kjit::moe
