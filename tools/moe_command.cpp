@@ -18,6 +18,9 @@ namespace {
 
 constexpr moe::CachePolicy kPolicies[] = {moe::CachePolicy::Lru, moe::CachePolicy::Lfu,
                                           moe::CachePolicy::Optimal};
+constexpr moe::PredictorKind kPredictors[] = {moe::PredictorKind::Frequency,
+                                              moe::PredictorKind::PreviousToken,
+                                              moe::PredictorKind::CrossLayer};
 
 // Cache sizes to report: the given ones, else 25%, 50% and 75% of the experts (at least top_k).
 std::vector<int> cache_sizes(const moe::RoutingTrace& trace, std::vector<int> given) {
@@ -66,10 +69,23 @@ nlohmann::json analyze(const moe::RoutingTrace& trace, const std::vector<int>& s
     }
   }
   j["cache"] = caches;
+  nlohmann::json predictions = nlohmann::json::array();
+  for (int n : {trace.top_k(), std::min(2 * trace.top_k(), trace.experts())}) {
+    for (moe::PredictorKind kind : kPredictors) {
+      const moe::PredictionScore s = moe::score_predictions(trace, kind, n);
+      predictions.push_back({{"predictor", moe::predictor_name(kind)},
+                             {"predicted", n},
+                             {"precision", s.precision},
+                             {"recall", s.recall},
+                             {"layer_recall", s.layer_recall}});
+    }
+  }
+  j["prediction"] = predictions;
   return j;
 }
 
 void print(const nlohmann::json& j) {
+  const auto percent = [](const nlohmann::json& x) { return 100 * x.get<double>(); };
   std::cout << fmt::format("{} records, {} layers, {} experts, top_k {}\n\n",
                            j["records"].get<long long>(), j["layers"].get<int>(),
                            j["experts"].get<int>(), j["top_k"].get<int>());
@@ -100,10 +116,18 @@ void print(const nlohmann::json& j) {
   std::cout << fmt::format("  {:>6} {:>8} {:>8} {:>8}\n", "slots", "lru", "lfu", "optimal");
   const auto& caches = j["cache"];
   for (std::size_t i = 0; i + 2 < caches.size(); i += 3) {
-    std::cout << fmt::format(
-        "  {:>6} {:>7.1f}% {:>7.1f}% {:>7.1f}%\n", caches[i]["slots_per_layer"].get<int>(),
-        100 * caches[i]["hit_rate"].get<double>(), 100 * caches[i + 1]["hit_rate"].get<double>(),
-        100 * caches[i + 2]["hit_rate"].get<double>());
+    std::cout << fmt::format("  {:>6} {:>7.1f}% {:>7.1f}% {:>7.1f}%\n",
+                             caches[i]["slots_per_layer"].get<int>(),
+                             percent(caches[i]["hit_rate"]), percent(caches[i + 1]["hit_rate"]),
+                             percent(caches[i + 2]["hit_rate"]));
+  }
+  std::cout << "\nprefetch prediction before each router runs (recall: chosen experts guessed)\n";
+  std::cout << fmt::format("  {:<15} {:>9} {:>9} {:>9}\n", "predictor", "predicted", "recall",
+                           "precision");
+  for (const auto& p : j["prediction"]) {
+    std::cout << fmt::format("  {:<15} {:>9} {:>8.1f}% {:>8.1f}%\n",
+                             p["predictor"].get<std::string>(), p["predicted"].get<int>(),
+                             percent(p["recall"]), percent(p["precision"]));
   }
 }
 

@@ -159,6 +159,33 @@ TEST(RoutingAnalysis, PredictabilityIsZeroForADeterministicFollowerAndFullForNoi
   EXPECT_LT(predictability(half).cross_layer_bits, 3.5);
 }
 
+// The recall each structure allows: a choice that follows the layer before with probability c
+// (uniform otherwise) is predicted by the transition counts with recall c + (1 - c) k / E; one
+// that repeats the previous token's with probability t by the previous token's choice, t + (1 -
+// t) k / E; on uniform choices no predictor beats chance, n / E.
+TEST(ExpertPrediction, ReachesTheRecallTheStructureAllows) {
+  const int e = 64, k = 2;
+  const double chance = static_cast<double>(k) / e;
+  const RoutingTrace follows = simulate_routing({4, e, k, 1, 4000, 0.0, 0.0, 0.6, 9});
+  const PredictionScore cross = score_predictions(follows, PredictorKind::CrossLayer, k);
+  for (int layer = 1; layer < 4; ++layer) {
+    EXPECT_NEAR(cross.layer_recall[layer], 0.6 + 0.4 * chance, 0.04) << "layer " << layer;
+  }
+  EXPECT_NEAR(score_predictions(follows, PredictorKind::Frequency, k).recall, chance, 0.02);
+
+  const RoutingTrace repeats = simulate_routing({4, e, k, 3, 3000, 0.0, 0.7, 0.0, 9});
+  const PredictionScore previous = score_predictions(repeats, PredictorKind::PreviousToken, k);
+  EXPECT_NEAR(previous.recall, 0.7 + 0.3 * chance, 0.03);
+  EXPECT_NEAR(previous.precision, previous.recall, 1e-12);  // k predicted for k chosen
+
+  // Skewed popularity: the frequency predictor finds the popular experts.
+  const RoutingTrace skewed = simulate_routing({2, e, k, 1, 3000, 1.2, 0.0, 0.0, 9});
+  EXPECT_GT(score_predictions(skewed, PredictorKind::Frequency, k).recall, 4 * chance);
+  // Predicting every expert finds every choice.
+  EXPECT_DOUBLE_EQ(score_predictions(skewed, PredictorKind::Frequency, e).recall, 1.0);
+  EXPECT_THROW(score_predictions(skewed, PredictorKind::Frequency, 0), InvalidArgument);
+}
+
 TEST(ExpertSlots, LruAndLfuEvictInTheirOrder) {
   ExpertSlots lru(CachePolicy::Lru, 2, 8);
   EXPECT_EQ(lru.request({1}, 0).loaded, (std::vector<int>{1}));
@@ -248,6 +275,7 @@ TEST(MoeCommand, SimulateThenAnalyze) {
   const test::ProcessResult json = kjit_cli({"moe", "analyze", trace, "--json"});
   ASSERT_EQ(json.exit_code, 0) << json.err;
   EXPECT_NE(json.out.find("\"cross_layer_bits\""), std::string::npos);
+  EXPECT_NE(json.out.find("\"previous-token\""), std::string::npos);
   write_bytes(dir.str() + "/bad.kjrt", read_bytes(trace).substr(0, 50));
   const test::ProcessResult bad = kjit_cli({"moe", "analyze", dir.str() + "/bad.kjrt"});
   EXPECT_EQ(bad.exit_code, 1);

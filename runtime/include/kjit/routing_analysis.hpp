@@ -47,6 +47,27 @@ struct Predictability {
 };
 Predictability predictability(const RoutingTrace& trace);
 
+// ---- prediction of the next experts ----
+
+// What a prefetcher guesses before a token's router runs at a layer, learning online from the
+// choices it has seen (never from the one it predicts):
+enum class PredictorKind {
+  Frequency,      // the layer's most chosen experts, counts decayed by half every 64 records
+  PreviousToken,  // the same sequence's previous choice at the layer, then Frequency's
+  CrossLayer,     // from the same token's choice at the layer before: the experts that most
+                  // often followed those (transition counts), then Frequency's; at layer 0
+                  // PreviousToken's
+};
+const char* predictor_name(PredictorKind kind);  // "frequency", "previous-token", "cross-layer"
+
+// Each record's `predicted` experts at each layer against its top_k: precision = hits /
+// predicted, recall = hits / top_k, over all records and layers (and per layer).
+struct PredictionScore {
+  double precision = 0, recall = 0;
+  std::vector<double> layer_recall;
+};
+PredictionScore score_predictions(const RoutingTrace& trace, PredictorKind kind, int predicted);
+
 // ---- expert caches ----
 
 enum class CachePolicy {
