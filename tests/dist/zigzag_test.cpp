@@ -315,8 +315,11 @@ TEST_P(Zigzag, SlicesMatchTheSingleGpuAttention) {
     long outside = 0;
     for (std::size_t i = 0; i < separate.size(); ++i)
       outside += std::abs(got_out[i] - separate[i]) > 1e-3 + 1e-3 * std::abs(separate[i]);
-    EXPECT_EQ(outside, 0) << "rank " << r
-                          << ": elements outside rtol = atol = 1e-3 of the two separate calls";
+    // One bf16 step is 2^-9 of |x| in [0.25, 0.5), above 1e-3: allow the count the grouped
+    // attention's own test allows against separate calls, 1 in 10^4.
+    const long allowed = static_cast<long>((separate.size() + 9999) / 10000);
+    EXPECT_LE(outside, allowed) << "rank " << r << ": " << outside
+                                << " elements outside rtol = atol = 1e-3 of the two separate calls";
   }
 
   if (!sc.fp64) return;

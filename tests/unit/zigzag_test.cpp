@@ -292,7 +292,7 @@ TEST(ZigzagRefusals, AttentionChecksBeforeAnyCollective) {
                  "heads_k_stride must divide the 8 K/V heads, got 3");
   EXPECT_REFUSED(zigzag_forward(comm, in.rows(575, DType::BFloat16, 32), k, k,
                                 in.rows(575, DType::BFloat16, 32), lse, in.seqs(), {}, s),
-                 "q and k must hold this rank's 576 tokens (T / W = 2304 / 4)");
+                 "q, k and v must hold this rank's 576 tokens (T / W = 2304 / 4)");
   EXPECT_REFUSED(
       zigzag_forward(comm, in.rows(576, DType::BFloat16, 32, 80),
                      in.rows(576, DType::BFloat16, 8, 80), in.rows(576, DType::BFloat16, 8, 80),
@@ -311,6 +311,18 @@ TEST(ZigzagRefusals, AttentionChecksBeforeAnyCollective) {
   EXPECT_REFUSED(zigzag_backward(comm, q, k, k, q, q, lse, q, in.rows(576, DType::BFloat16, 4), k,
                                  in.seqs(), {}, s),
                  "dk must have k's shape");
+  EXPECT_REFUSED(zigzag_forward(comm, q, k, in.rows(575), q, lse, in.seqs(), {}, s),
+                 "q, k and v must hold this rank's 576 tokens");
+  // Past one grouped launch's key tiles on rank 0 (a 2.4M-token sequence): every rank refuses.
+  const std::vector<int> huge = {0, 2304 * 1024};
+  const TensorView cu2(fake(), DType::Int32, {2});
+  test::Recorder last(3, 4);
+  const std::int64_t tl = 2304 * 1024 / 4;
+  EXPECT_REFUSED(
+      zigzag_forward(last, in.rows(tl, DType::BFloat16, 32), in.rows(tl), in.rows(tl),
+                     in.rows(tl, DType::BFloat16, 32), TensorView{}, {cu2, huge.data()}, {}, s),
+      "keys are more key tiles than one grouped launch holds");
+  EXPECT_EQ(last.calls, 0);
   EXPECT_EQ(comm.calls, 0) << "a refused call reached the communicator";
   EXPECT_EQ(odd.calls, 0);
 }

@@ -5,6 +5,7 @@
 // from the rank-major buffer, and the rank's two chunks run as one grouped attention over them.
 // The queries (and in the backward out, dout, lse) are split by chunk kind once per call, the
 // results merged back once: each group's rows must be one packed run.
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <optional>
@@ -20,6 +21,7 @@
 #include "kjit/zigzag.hpp"
 #include "ops/attention/attention_inputs.hpp"
 #include "ops/attention/flash_forward.hpp"
+#include "ops/attention/flash_grouped_backward.hpp"
 #include "ops/cp/zigzag_copy.hpp"
 #include "ops/cp/zigzag_layout.hpp"
 #include "ops/dispatch.hpp"
@@ -58,10 +60,10 @@ ZigzagGeometry check_inputs(const char* op, const comm::Communicator& comm, cons
   g.shape = check_zigzag_sequences(op, seqs, comm.size());
   g.rank = comm.rank();
   check_attention_tensors(q, k, v, out, 3, checks);
-  if (q.size(0) != g.local() || k.size(0) != g.local()) {
-    checks.fail(
-        fmt::format("q and k must hold this rank's {} tokens (T / W = {} / {}), got {} and {}",
-                    g.local(), g.shape.tokens, comm.size(), q.describe(), k.describe()));
+  if (q.size(0) != g.local() || k.size(0) != g.local() || v.size(0) != g.local()) {
+    checks.fail(fmt::format(
+        "q, k and v must hold this rank's {} tokens (T / W = {} / {}), got {}, {} and {}",
+        g.local(), g.shape.tokens, comm.size(), q.describe(), k.describe(), v.describe()));
   }
   g.dtype = q.dtype;
   g.heads_q = q.size(1);
@@ -77,6 +79,15 @@ ZigzagGeometry check_inputs(const char* op, const comm::Communicator& comm, cons
                             options.heads_k_stride));
   }
   g.key_chunks = g.causal ? 2 * comm.size() - g.rank : 2 * comm.size();
+  // The grouped calls' limits for the rank that sees the most keys (rank 0 sees whole
+  // sequences): every rank refuses alike, before any collective, or none does.
+  std::int64_t longest = 0;
+  for (std::int64_t b = 0; b < g.shape.batch; ++b) {
+    longest = std::max<std::int64_t>(
+        longest, seqs.host_cu_seqlens[b + 1] - std::int64_t{seqs.host_cu_seqlens[b]});
+  }
+  GroupedBackward::check({g.dtype, 2, g.shape.batch, g.heads_q, g.heads_k, g.dim,
+                          longest / (2 * comm.size()), longest, g.causal});
   return g;
 }
 
