@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ._dlpack import DLArgs
 from ._launch import host_copy, host_or_copy, launch, op
-from .attention import _backward_tensors, _new_grads
+from .attention import _backward_tensors, _new_forward_outputs, _new_grads
 from .errors import InvalidArgumentError
 
 __all__ = [
@@ -169,7 +169,7 @@ def unshard(gathered: Tensor, cu_seqlens: Tensor, world: int, host_cu_seqlens: O
     side_effect=True,
 )
 def _forward(comm, q, k, v, cu_seqlens, host_cu_seqlens, softmax_scale, causal, heads_k_stride):
-    out, lse = _new_forward(q)
+    out, lse = _new_forward_outputs(q, packed=True)
     dl = DLArgs()
     launch(
         "kjit_zigzag_forward",
@@ -189,15 +189,9 @@ def _forward(comm, q, k, v, cu_seqlens, host_cu_seqlens, softmax_scale, causal, 
     return out, lse
 
 
-def _new_forward(q):
-    if q.dim() != 3:
-        return q.new_empty((0,)), q.new_empty((0,), dtype=torch.float32)  # kjit refuses q
-    return q.new_empty(q.shape), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
-
-
 @_forward.register_fake
 def _(comm, q, *_):
-    return _new_forward(q)
+    return _new_forward_outputs(q, packed=True)
 
 
 @op(

@@ -24,6 +24,7 @@
 #include "tests/dist/dist_world.hpp"
 #include "tests/reference/attention_reference.hpp"
 #include "tests/reference/zigzag_reference.hpp"
+#include "tests/support/bf16_buffers.hpp"
 #include "tests/support/dtype_bits.hpp"
 #include "tests/support/seqlens.hpp"
 #include "util/half_float.hpp"
@@ -135,11 +136,6 @@ std::vector<float> download_floats(const DeviceBuffer& b, std::size_t n) {
   b.download(out.data(), n * 4);
   return out;
 }
-std::vector<float> download_bf16(const DeviceBuffer& b, std::size_t n) {
-  std::vector<std::uint16_t> bits(n);
-  b.download(bits.data(), n * 2);
-  return to_float(bits);
-}
 
 class Zigzag : public ::testing::TestWithParam<Scenario> {};
 
@@ -232,10 +228,8 @@ TEST_P(Zigzag, SlicesMatchTheSingleGpuAttention) {
                       local(ldk, sc.hk), local(ldv, sc.hk), seqs, options, stream.handle());
   comm.synchronize(stream.handle());
 
-  const std::vector<float> got_out = download_bf16(lout, tl * q_width),
-                           got_dq = download_bf16(ldq, tl * q_width),
-                           got_dk = download_bf16(ldk, tl * k_width),
-                           got_dv = download_bf16(ldv, tl * k_width),
+  const std::vector<float> got_out = download_bf16(lout), got_dq = download_bf16(ldq),
+                           got_dk = download_bf16(ldk), got_dv = download_bf16(ldv),
                            got_lse = download_floats(llse, tl * sc.hq);
   const Diff d_out = diff(got_out, rows_for(to_float(out.bits), mine, q_width));
   const Diff d_dq = diff(got_dq, rows_for(to_float(dq.bits), mine, q_width));
@@ -306,7 +300,7 @@ TEST_P(Zigzag, SlicesMatchTheSingleGpuAttention) {
            TensorView(scu_k.data(), DType::Int32, {b + 1}), cu_q.data(), cu_k.data()},
           fo, stream.handle());
       stream.synchronize();
-      const std::vector<float> part = download_bf16(so, half * q_width);
+      const std::vector<float> part = download_bf16(so);
       // Its rows in the rank's local order (the other kind's rows are zeros: the two add up).
       const std::vector<float> placed = reference::move_rows(part, q_rows, mine, q_width);
       for (std::size_t i = 0; i < separate.size(); ++i)
