@@ -188,8 +188,8 @@ TEST(ExpertPrediction, ReachesTheRecallTheStructureAllows) {
 
 TEST(ExpertSlots, LruAndLfuEvictInTheirOrder) {
   ExpertSlots lru(CachePolicy::Lru, 2, 8);
-  EXPECT_EQ(lru.request({1}, 0).loaded, (std::vector<int>{1}));
-  EXPECT_EQ(lru.request({2}, 1).loaded, (std::vector<int>{2}));
+  EXPECT_EQ(lru.request({1}, 0).loaded, (std::vector<ExpertSlots::Load>{{1, 0}}));
+  EXPECT_EQ(lru.request({2}, 1).loaded, (std::vector<ExpertSlots::Load>{{2, 1}}));
   EXPECT_EQ(lru.request({1}, 2).hits, (std::vector<int>{1}));
   const ExpertSlots::Outcome o = lru.request({3}, 3);  // 2 is the least recently used
   EXPECT_EQ(o.evicted, (std::vector<int>{2}));
@@ -203,21 +203,54 @@ TEST(ExpertSlots, LruAndLfuEvictInTheirOrder) {
   EXPECT_EQ(lfu.request({4}, 4).evicted, (std::vector<int>{3}));
 }
 
-TEST(ExpertSlots, PinnedAndNeededExpertsStayAndTheRestStreams) {
+TEST(ExpertSlots, PinnedStayAndAStepLargerThanTheSlotsRunsInPasses) {
   ExpertSlots slots(CachePolicy::Lru, 3, 8, {5});
   EXPECT_TRUE(slots.resident(5));
-  slots.request({1, 2}, 0);
-  // Four needed, two free of pins: 1 and 2 hit, 3 and 4 find no slot they may take.
-  const ExpertSlots::Outcome o = slots.request({1, 2, 3, 4}, 1);
+  EXPECT_EQ(slots.slot(5), 0);
+  EXPECT_EQ(slots.request({1, 2}, 0).loaded, (std::vector<ExpertSlots::Load>{{1, 1}, {2, 2}}));
+  // Four needed, two slots free of pins: 1 and 2 hit and run first, then 3 and 4 take their slots.
+  const ExpertSlots::Outcome o = slots.request({1, 2, 3, 4, 3}, 1);
   EXPECT_EQ(o.hits, (std::vector<int>{1, 2}));
-  EXPECT_TRUE(o.loaded.empty());
-  EXPECT_EQ(o.streamed, (std::vector<int>{3, 4}));
-  EXPECT_TRUE(slots.resident(5));
-  EXPECT_EQ(slots.request({3}, 2).evicted, (std::vector<int>{1}));  // never the pinned 5
+  EXPECT_EQ(o.loaded, (std::vector<ExpertSlots::Load>{{3, 1}, {4, 2}}));
+  EXPECT_EQ(o.evicted, (std::vector<int>{1, 2}));
+  EXPECT_EQ(o.passes, (std::vector<std::vector<int>>{{1, 2}, {3, 4}}));
+  EXPECT_TRUE(slots.resident(5) && slots.resident(3) && slots.resident(4) && !slots.resident(1));
+  // Pinned experts run in pass 0 and are never displaced by a later pass.
+  const ExpertSlots::Outcome p = slots.request({5, 6, 7, 1}, 2);
+  EXPECT_EQ(p.hits, (std::vector<int>{5}));
+  EXPECT_EQ(p.passes, (std::vector<std::vector<int>>{{5, 6, 7}, {1}}));
+  EXPECT_EQ(p.evicted, (std::vector<int>{3, 4, 6}));
+  EXPECT_EQ(slots.slot(5), 0);
   EXPECT_THROW(ExpertSlots(CachePolicy::Lru, 1, 8, {1, 2}), InvalidArgument);
   EXPECT_THROW(ExpertSlots(CachePolicy::Lru, 2, 8, {9}), InvalidArgument);
   EXPECT_THROW(slots.request({8}, 3), InvalidArgument);
   EXPECT_THROW(ExpertSlots(CachePolicy::Optimal, 2, 8).request({1}, 0), InvalidArgument);
+  ExpertSlots all_pinned(CachePolicy::Lru, 2, 8, {0, 1});
+  EXPECT_EQ(all_pinned.request({0, 1}, 0).hits, (std::vector<int>{0, 1}));
+  EXPECT_THROW(all_pinned.request({2}, 1), InvalidArgument);  // no slot it may take
+}
+
+TEST(ExpertSlots, PrefetchesKeepTheStepsExpertsAndCountTheirUse) {
+  ExpertSlots slots(CachePolicy::Lru, 2, 8);
+  slots.request({1, 2}, 0);
+  // Both slots hold experts the step in flight uses: a prefetch may not take them.
+  EXPECT_FALSE(slots.prefetch(3, 1, {1, 2}).has_value());
+  EXPECT_FALSE(slots.prefetch(1, 1).has_value());  // resident already
+  const auto p = slots.prefetch(3, 1, {2});
+  ASSERT_TRUE(p.has_value());
+  EXPECT_EQ(p->evicted, 1);
+  EXPECT_EQ(p->load, (ExpertSlots::Load{3, slots.slot(3)}));
+  // The prefetched 3 counts as used at 1: the next prefetch evicts 2 (used at 0) instead.
+  const auto q = slots.prefetch(4, 1);
+  ASSERT_TRUE(q.has_value());
+  EXPECT_EQ(q->evicted, 2);
+  const ExpertSlots::Outcome o = slots.request({3}, 2);
+  EXPECT_EQ(o.prefetch_hits, 1);                      // 3 was brought in for this
+  EXPECT_EQ(slots.request({3}, 3).prefetch_hits, 0);  // once only
+  slots.request({5}, 4);                              // evicts 4, prefetched and never used
+  EXPECT_EQ(slots.prefetches_wasted(), 1);
+  EXPECT_THROW(ExpertSlots(CachePolicy::Optimal, 2, 8).prefetch(1, 0), InvalidArgument);
+  EXPECT_THROW(slots.prefetch(1, 5, {9}), InvalidArgument);
 }
 
 TEST(CacheReplay, BoundsAndStructure) {

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "kjit/routing_trace.hpp"
@@ -79,29 +80,64 @@ const char* cache_policy_name(CachePolicy policy);  // "lru", "lfu", "optimal"
 
 // One layer's GPU slots for experts, and what to evict: the bookkeeping an expert cache runs on
 // the host. `pinned` experts stay resident and take slots. A step's `needed` experts are used
-// together: misses are made resident, evicting by policy but never a needed or pinned expert;
-// when more are needed than the slots allow, the rest stream through (used, not kept).
+// together: misses are loaded, evicting by policy but never a needed or pinned expert. When the
+// step needs more experts than the slots hold, it runs in passes: pass 0 uses the hits and fills
+// the slots it may take; each later pass loads the next misses over the slots of the pass before
+// (not the pinned ones), so the experts of the last passes stay.
 class ExpertSlots {
  public:
   ExpertSlots(CachePolicy policy, int slots, int experts, const std::vector<int>& pinned = {});
 
-  struct Outcome {
-    std::vector<int> hits, loaded, evicted, streamed;  // loaded + streamed = the misses
+  struct Load {
+    int expert = 0, slot = 0;
+    bool operator==(const Load& o) const { return expert == o.expert && slot == o.slot; }
   };
-  // `next_use[e]`: when expert e is needed next (Optimal only; empty otherwise).
+  struct Outcome {
+    std::vector<int> hits;     // resident when asked (pinned ones too)
+    std::vector<Load> loaded;  // the misses, in pass order, each into its slot
+    std::vector<int> evicted;  // in eviction order (a later pass evicts earlier passes' experts)
+    std::vector<std::vector<int>> passes;  // every needed expert in exactly one
+    int prefetch_hits = 0;  // hits on experts a prefetch brought in and no step had used yet
+  };
+  // Throws InvalidArgument for an expert outside 0..experts-1, or when a miss finds every slot
+  // pinned. `needed` may repeat an expert (counted once). `next_use[e]`: when expert e is needed
+  // next (Optimal only; empty otherwise).
   Outcome request(const std::vector<int>& needed, std::int64_t now,
                   const std::vector<std::int64_t>& next_use = {});
-  bool resident(int expert) const { return state_[expert].resident; }
+
+  // Brings `expert` in ahead of its use (a prefetch), evicting by policy but never a pinned
+  // expert or one of `keep` (the experts a step in flight uses). Nothing when it is resident or
+  // no slot may be taken. A prefetched expert counts as used at `now` (so the next prefetch does
+  // not evict it under LRU) but not as a use for LFU.
+  struct Prefetch {
+    Load load;
+    int evicted = -1;  // -1: the slot was free
+  };
+  std::optional<Prefetch> prefetch(int expert, std::int64_t now, const std::vector<int>& keep = {});
+
+  bool resident(int expert) const { return state_[expert].slot >= 0; }
+  int slot(int expert) const { return state_[expert].slot; }  // -1: not resident
   int slots() const { return slots_; }
+  int experts() const { return static_cast<int>(state_.size()); }
+  // Prefetched experts evicted before any step used them.
+  std::int64_t prefetches_wasted() const { return prefetches_wasted_; }
 
  private:
   struct State {
-    bool resident = false, pinned = false;
+    int slot = -1;
+    bool pinned = false, prefetched = false;  // prefetched: brought in by a prefetch, not yet used
     std::int64_t last_use = -1, uses = 0;
   };
+  void check_expert(int expert) const;
+  // The resident expert to evict (neither pinned nor kept), lowest by the policy; -1: none.
+  int victim(const std::vector<bool>& kept, const std::vector<std::int64_t>& next_use) const;
+  int evict(int expert);  // returns its slot
+  void place(int expert, int slot);
   CachePolicy policy_;
-  int slots_, used_ = 0;
+  int slots_;
+  std::vector<int> free_;  // free slots, the next one last
   std::vector<State> state_;
+  std::int64_t prefetches_wasted_ = 0;
 };
 
 // Replays `trace` through one ExpertSlots per layer (a step's needed experts: the union of its

@@ -27,79 +27,156 @@ ExpertSlots::ExpertSlots(CachePolicy policy, int slots, int experts, const std::
     throw InvalidArgument(fmt::format(
         "expert cache: need slots >= 1 and experts >= 1, got {} and {}", slots, experts));
   }
+  for (int s = slots - 1; s >= 0; --s)
+    free_.push_back(s);
   for (int e : pinned) {
-    if (e < 0 || e >= experts)
-      throw InvalidArgument(
-          fmt::format("expert cache: pinned expert {} is outside 0..{}", e, experts - 1));
+    check_expert(e);
     if (state_[e].pinned) continue;
-    if (used_ == slots_) {
+    if (free_.empty()) {
       throw InvalidArgument(fmt::format("expert cache: {} pinned experts do not fit its {} slots",
                                         pinned.size(), slots));
     }
-    state_[e].pinned = state_[e].resident = true;
-    ++used_;
+    state_[e].pinned = true;
+    place(e, free_.back());
   }
+}
+
+void ExpertSlots::check_expert(int expert) const {
+  if (expert < 0 || expert >= experts()) {
+    throw InvalidArgument(
+        fmt::format("expert cache: expert {} is outside 0..{}", expert, experts() - 1));
+  }
+}
+
+int ExpertSlots::victim(const std::vector<bool>& kept,
+                        const std::vector<std::int64_t>& next_use) const {
+  int best = -1;
+  for (int e = 0; e < experts(); ++e) {
+    const State& s = state_[e];
+    if (s.slot < 0 || s.pinned || kept[e]) continue;
+    if (best < 0) {
+      best = e;
+      continue;
+    }
+    const State& b = state_[best];
+    bool better = false;
+    switch (policy_) {
+      case CachePolicy::Lru:
+        better = s.last_use < b.last_use;
+        break;
+      case CachePolicy::Lfu:
+        better = s.uses != b.uses ? s.uses < b.uses : s.last_use < b.last_use;
+        break;
+      case CachePolicy::Optimal:
+        better = next_use[e] > next_use[best];
+        break;
+    }
+    if (better) best = e;
+  }
+  return best;
+}
+
+int ExpertSlots::evict(int expert) {
+  State& s = state_[expert];
+  const int slot = s.slot;
+  if (s.prefetched) ++prefetches_wasted_;
+  s.slot = -1;
+  s.prefetched = false;
+  return slot;
+}
+
+void ExpertSlots::place(int expert, int slot) {
+  state_[expert].slot = slot;
+  free_.erase(std::remove(free_.begin(), free_.end(), slot), free_.end());
 }
 
 ExpertSlots::Outcome ExpertSlots::request(const std::vector<int>& needed, std::int64_t now,
                                           const std::vector<std::int64_t>& next_use) {
   if (policy_ == CachePolicy::Optimal && next_use.size() != state_.size())
     throw InvalidArgument("expert cache: the optimal policy needs every expert's next use");
-  Outcome out;
   std::vector<bool> in_use(state_.size(), false);
+  std::vector<int> unique, misses;
   for (int e : needed) {
-    if (e < 0 || e >= static_cast<int>(state_.size()))
-      throw InvalidArgument(
-          fmt::format("expert cache: expert {} is outside 0..{}", e, state_.size() - 1));
+    check_expert(e);
+    if (in_use[e]) continue;
     in_use[e] = true;
+    unique.push_back(e);
   }
-  // The victim: resident, neither pinned nor needed now, lowest by the policy's order.
-  const auto victim = [&]() {
-    int best = -1;
-    for (int e = 0; e < static_cast<int>(state_.size()); ++e) {
-      const State& s = state_[e];
-      if (!s.resident || s.pinned || in_use[e]) continue;
-      if (best < 0) {
-        best = e;
-        continue;
-      }
-      const State& b = state_[best];
-      bool better = false;
-      switch (policy_) {
-        case CachePolicy::Lru:
-          better = s.last_use < b.last_use;
-          break;
-        case CachePolicy::Lfu:
-          better = s.uses != b.uses ? s.uses < b.uses : s.last_use < b.last_use;
-          break;
-        case CachePolicy::Optimal:
-          better = next_use[e] > next_use[best];
-          break;
-      }
-      if (better) best = e;
-    }
-    return best;
-  };
-  for (int e : needed) {
+  Outcome out;
+  out.passes.emplace_back();
+  for (int e : unique) {
     State& s = state_[e];
-    if (s.resident) {
-      out.hits.push_back(e);
-    } else if (used_ < slots_) {
-      s.resident = true;
-      ++used_;
-      out.loaded.push_back(e);
-    } else if (const int v = victim(); v >= 0) {
-      state_[v].resident = false;
-      out.evicted.push_back(v);
-      s.resident = true;
-      out.loaded.push_back(e);
-    } else {
-      out.streamed.push_back(e);
+    if (s.slot < 0) {
+      misses.push_back(e);
+      continue;
     }
-    s.last_use = now;
-    ++s.uses;
+    out.hits.push_back(e);
+    out.passes[0].push_back(e);
+    out.prefetch_hits += s.prefetched;
+    s.prefetched = false;
+  }
+  const auto load = [&](int e, int slot) {
+    place(e, slot);
+    out.loaded.push_back({e, slot});
+    out.passes.back().push_back(e);
+  };
+  std::size_t m = 0;
+  for (; m < misses.size(); ++m) {  // pass 0: free slots, then evictions
+    if (!free_.empty()) {
+      load(misses[m], free_.back());
+    } else if (const int v = victim(in_use, next_use); v >= 0) {
+      out.evicted.push_back(v);
+      load(misses[m], evict(v));
+    } else {
+      break;
+    }
+  }
+  while (m < misses.size()) {  // later passes over the slots of the pass before
+    std::vector<int> reusable;
+    for (int e : out.passes.back()) {
+      if (!state_[e].pinned) reusable.push_back(e);
+    }
+    if (reusable.empty()) {
+      throw InvalidArgument(fmt::format(
+          "expert cache: all {} slots hold pinned experts; expert {} has none to load into", slots_,
+          misses[m]));
+    }
+    out.passes.emplace_back();
+    for (std::size_t i = 0; i < reusable.size() && m < misses.size(); ++i, ++m) {
+      out.evicted.push_back(reusable[i]);
+      load(misses[m], evict(reusable[i]));
+    }
+  }
+  for (int e : unique) {
+    state_[e].last_use = now;
+    ++state_[e].uses;
   }
   return out;
+}
+
+std::optional<ExpertSlots::Prefetch> ExpertSlots::prefetch(int expert, std::int64_t now,
+                                                           const std::vector<int>& keep) {
+  check_expert(expert);
+  if (policy_ == CachePolicy::Optimal)
+    throw InvalidArgument("expert cache: the optimal policy replays a trace; it does not prefetch");
+  if (resident(expert)) return std::nullopt;
+  std::vector<bool> kept(state_.size(), false);
+  for (int e : keep) {
+    check_expert(e);
+    kept[e] = true;
+  }
+  Prefetch p;
+  if (free_.empty()) {
+    p.evicted = victim(kept, {});
+    if (p.evicted < 0) return std::nullopt;
+    p.load = {expert, evict(p.evicted)};
+  } else {
+    p.load = {expert, free_.back()};
+  }
+  place(expert, p.load.slot);
+  state_[expert].prefetched = true;
+  state_[expert].last_use = now;
+  return p;
 }
 
 CacheReplay replay_cache(const RoutingTrace& trace, CachePolicy policy, int slots_per_layer,
@@ -151,7 +228,7 @@ CacheReplay replay_cache(const RoutingTrace& trace, CachePolicy policy, int slot
       const ExpertSlots::Outcome o = slots.request(
           needed[s], s, policy == CachePolicy::Optimal ? next[s] : std::vector<std::int64_t>{});
       replay.layer_hits[layer] += static_cast<std::int64_t>(o.hits.size());
-      replay.layer_misses[layer] += static_cast<std::int64_t>(o.loaded.size() + o.streamed.size());
+      replay.layer_misses[layer] += static_cast<std::int64_t>(o.loaded.size());
     }
     replay.hits += replay.layer_hits[layer];
     replay.misses += replay.layer_misses[layer];
