@@ -186,6 +186,24 @@ TEST(ExpertPrediction, ReachesTheRecallTheStructureAllows) {
   EXPECT_THROW(score_predictions(skewed, PredictorKind::Frequency, 0), InvalidArgument);
 }
 
+TEST(ExpertPredictor, LearnsOnlineLayerByLayer) {
+  ExpertPredictor previous(PredictorKind::PreviousToken, 2, 8, 2);
+  const int a[] = {3, 5}, b[] = {6, 1};
+  previous.observe(1, 0, a, nullptr);
+  EXPECT_EQ(previous.predict(1, 0, nullptr, 2), (std::vector<int>{3, 5}));
+  previous.observe(2, 0, b, nullptr);
+  EXPECT_EQ(previous.predict(2, 0, nullptr, 3), (std::vector<int>{6, 1, 3}));  // then frequency
+  ExpertPredictor cross(PredictorKind::CrossLayer, 2, 8, 2);
+  cross.observe(7, 0, a, nullptr);
+  cross.observe(7, 1, b, a);
+  EXPECT_EQ(cross.predict(9, 1, a, 2), (std::vector<int>{1, 6}));  // a was followed by b
+  const int bad[] = {3, 8};
+  EXPECT_THROW(cross.observe(7, 0, bad, nullptr), InvalidArgument);
+  EXPECT_THROW(cross.predict(7, 2, nullptr, 2), InvalidArgument);
+  EXPECT_THROW(cross.predict(7, 0, nullptr, 0), InvalidArgument);
+  EXPECT_THROW(ExpertPredictor(PredictorKind::Frequency, 1, 4, 5), InvalidArgument);
+}
+
 TEST(ExpertSlots, LruAndLfuEvictInTheirOrder) {
   ExpertSlots lru(CachePolicy::Lru, 2, 8);
   EXPECT_EQ(lru.request({1}, 0).loaded, (std::vector<ExpertSlots::Load>{{1, 0}}));

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <vector>
 
@@ -60,6 +61,30 @@ enum class PredictorKind {
                   // PreviousToken's
 };
 const char* predictor_name(PredictorKind kind);  // "frequency", "previous-token", "cross-layer"
+
+// One predictor, online: predict a token's experts at a layer, then observe its choice there.
+// A serving stack's prefetcher runs it layer by layer; score_predictions runs it over a trace.
+class ExpertPredictor {
+ public:
+  ExpertPredictor(PredictorKind kind, int layers, int experts, int top_k);
+
+  // The `count` experts (1..experts, best first) `sequence`'s next token is predicted to choose
+  // at `layer`; `before`: its top_k choice at layer - 1 (CrossLayer; null at layer 0 or unknown).
+  std::vector<int> predict(std::uint32_t sequence, int layer, const int* before, int count) const;
+  // Learns the token's choice `ids` (top_k) at `layer` (`before` as predict's).
+  void observe(std::uint32_t sequence, int layer, const int* ids, const int* before);
+
+  PredictorKind kind() const { return kind_; }
+
+ private:
+  PredictorKind kind_;
+  int layers_, experts_, top_k_;
+  // Frequency: counts scaled up by `boost` each observation instead of decaying every count.
+  std::vector<std::vector<double>> frequency_;
+  std::vector<double> boost_;
+  std::vector<std::vector<double>> transitions_;    // [layer][before * experts + after]
+  std::map<std::uint32_t, std::vector<int>> last_;  // a sequence's last choice, layers x top_k
+};
 
 // Each record's `predicted` experts at each layer against its top_k: precision = hits /
 // predicted, recall = hits / top_k, over all records and layers (and per layer).
