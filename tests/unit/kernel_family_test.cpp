@@ -38,7 +38,7 @@ TEST(Registry, ListsEveryFamilyWithItsTemplateHash) {
                                              "attention_grouped", "attention_grouped_backward",
                                              "mla_decode", "moe_router", "moe_align", "moe_permute",
                                              "moe_unpermute", "moe_grouped_gemm", "moe_balance",
-                                             "moe_quantize_fp4", "zigzag_copy"}));
+                                             "moe_quantize_fp4", "moe_block_slots", "zigzag_copy"}));
   // The hashes of the templates' include closures, as tuning results were keyed before the
   // families existed: existing databases keep their results.
   EXPECT_EQ(ops::find_family("merge_states")->template_hash(),
@@ -57,7 +57,8 @@ TEST(Registry, ListsEveryFamilyWithItsTemplateHash) {
                          "samples", "merge_states", "attention", "attention_backward",
                          "attention_grouped", "attention_grouped_backward", "mla_decode",
                          "moe_router", "moe_align", "moe_permute", "moe_unpermute",
-                         "moe_grouped_gemm", "moe_balance", "moe_quantize_fp4", "zigzag_copy"}));
+                         "moe_grouped_gemm", "moe_balance", "moe_quantize_fp4", "moe_block_slots",
+                         "zigzag_copy"}));
 }
 
 TEST(Registry, PresetsNameRealProblems) {

@@ -186,6 +186,32 @@ TEST(ExpertPrediction, ReachesTheRecallTheStructureAllows) {
   EXPECT_THROW(score_predictions(skewed, PredictorKind::Frequency, 0), InvalidArgument);
 }
 
+TEST(RoutingHistory, KeepsTheLastRecordsOfEveryLayer) {
+  RoutingHistory history(2, 8, 2, 3);
+  const int step0[] = {1, 2, 3, 4}, step0_l1[] = {5, 6, 7, 0};
+  history.record(0, 0, {10, 11}, step0);
+  EXPECT_EQ(history.trace().records(), 0);  // layer 1 has not seen the step yet
+  history.record(1, 0, {10, 11}, step0_l1);
+  RoutingTrace t = history.trace();
+  ASSERT_EQ(t.records(), 2);
+  EXPECT_EQ(t.sequence(1), 11u);
+  EXPECT_EQ(t.choice(1, 1)[0], 7);
+  const int step1[] = {2, 3, 4, 5}, step1_l1[] = {6, 7, 0, 1};
+  history.record(0, 1, {10, 11}, step1);
+  history.record(1, 1, {10, 11}, step1_l1);
+  t = history.trace();  // four written, three kept
+  ASSERT_EQ(t.records(), 3);
+  EXPECT_EQ(history.recorded(0), 4);
+  EXPECT_EQ(t.step(0), 0u);
+  EXPECT_EQ(t.sequence(0), 11u);
+  EXPECT_EQ(t.choice(2, 0)[1], 5);
+  const int bad[] = {1, 8};
+  EXPECT_THROW(history.record(0, 2, {1}, bad), InvalidArgument);
+  EXPECT_THROW(history.record(2, 2, {1}, step0), InvalidArgument);
+  EXPECT_EQ(history.recorded(0), 4);  // nothing of a refused call
+  EXPECT_THROW(RoutingHistory(2, 8, 2, 0), InvalidArgument);
+}
+
 TEST(ExpertPredictor, LearnsOnlineLayerByLayer) {
   ExpertPredictor previous(PredictorKind::PreviousToken, 2, 8, 2);
   const int a[] = {3, 5}, b[] = {6, 1};

@@ -148,6 +148,13 @@ void balance(const TensorView& ids, const TensorView& probs, const TensorView& l
              const TensorView& cu_seqlens, int max_seqlen, const TensorView& bias,
              const BalanceOptions& options, const BalanceStats& stats, StreamHandle stream);
 
+// align's block_expert [blocks] mapped through slot_of_expert [E] (both int32 on the device; -1:
+// the expert is not in this pass): block_slot[b] = slot_of_expert[block_expert[b]], -1 for a
+// block without an expert. The offloaded layer's step (kjit/expert_offload.hpp): the grouped GEMM
+// then reads the experts from cache slots and skips the blocks of -1.
+void map_block_experts(const TensorView& block_expert, const TensorView& slot_of_expert,
+                       const TensorView& block_slot, StreamHandle stream);
+
 // A MoE layer (GLM-4.7-Flash's, or any hidden size, expert count, top-k and intermediate size the
 // weights give): router_topk over the caller's router logits [T, E] (x's router projection),
 // align, permute, the gate/up GEMM with SwiGLU, the down GEMM with the routing weights, and

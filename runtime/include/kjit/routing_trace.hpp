@@ -51,5 +51,29 @@ class RoutingTrace {
   std::vector<std::uint16_t> ids_;
 };
 
+// A serving stack's recent routing, layer by layer: each layer keeps its last `capacity` records
+// (a bounded ring), appended as the layer's router output reaches the host. trace() gives the
+// records every layer still holds (a token's choices at all layers), in the order they came, for
+// `kjit moe analyze` or a predictor.
+class RoutingHistory {
+ public:
+  RoutingHistory(int layers, int experts, int top_k, std::int64_t capacity);
+
+  // A step's tokens at `layer`: ids[t * top_k + j] for sequences.size() tokens. Throws
+  // InvalidArgument for a bad layer or id (nothing recorded then).
+  void record(int layer, std::uint32_t step, const std::vector<std::uint32_t>& sequences,
+              const int* ids);
+  // Records `layer` has taken in all (the ring holds the last `capacity` of them).
+  std::int64_t recorded(int layer) const { return written_[layer]; }
+  RoutingTrace trace() const;
+
+ private:
+  int layers_, experts_, top_k_;
+  std::int64_t capacity_;
+  std::vector<std::int64_t> written_;                          // [layers]
+  std::vector<std::vector<std::uint32_t>> sequences_, steps_;  // [layers][capacity]
+  std::vector<std::vector<std::uint16_t>> ids_;                // [layers][capacity * top_k]
+};
+
 }  // namespace kjit::moe
 #pragma GCC visibility pop

@@ -1,5 +1,6 @@
 #include "kjit/routing_trace.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -243,6 +244,67 @@ RoutingTrace RoutingTrace::read(const std::string& path) {
   if (bytes.size() >= sizeof(kMagic) && std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) == 0)
     return read_binary(bytes, path);
   return read_json_lines(bytes, path);
+}
+
+}  // namespace kjit::moe
+
+namespace kjit::moe {
+
+RoutingHistory::RoutingHistory(int layers, int experts, int top_k, std::int64_t capacity)
+    : layers_(layers), experts_(experts), top_k_(top_k), capacity_(capacity) {
+  RoutingTrace check(layers, experts, top_k);  // the same limits as a trace's
+  if (capacity < 1)
+    throw InvalidArgument(fmt::format("routing history: capacity must be >= 1, got {}", capacity));
+  const auto l = static_cast<std::size_t>(layers), c = static_cast<std::size_t>(capacity);
+  written_.assign(l, 0);
+  sequences_.assign(l, std::vector<std::uint32_t>(c));
+  steps_.assign(l, std::vector<std::uint32_t>(c));
+  ids_.assign(l, std::vector<std::uint16_t>(c * static_cast<std::size_t>(top_k)));
+}
+
+void RoutingHistory::record(int layer, std::uint32_t step,
+                            const std::vector<std::uint32_t>& sequences, const int* ids) {
+  if (layer < 0 || layer >= layers_) {
+    throw InvalidArgument(
+        fmt::format("routing history: layer {} is outside 0..{}", layer, layers_ - 1));
+  }
+  const std::size_t tokens = sequences.size();
+  for (std::size_t i = 0; i < tokens * top_k_; ++i) {
+    if (ids[i] < 0 || ids[i] >= experts_) {
+      throw InvalidArgument(
+          fmt::format("routing history: token {} at layer {} chose expert {} "
+                      "(outside 0..{})",
+                      i / top_k_, layer, ids[i], experts_ - 1));
+    }
+  }
+  for (std::size_t t = 0; t < tokens; ++t) {
+    const auto at = static_cast<std::size_t>(written_[layer] % capacity_);
+    sequences_[layer][at] = sequences[t];
+    steps_[layer][at] = step;
+    for (int j = 0; j < top_k_; ++j)
+      ids_[layer][at * top_k_ + j] = static_cast<std::uint16_t>(ids[t * top_k_ + j]);
+    ++written_[layer];
+  }
+}
+
+RoutingTrace RoutingHistory::trace() const {
+  RoutingTrace out(layers_, experts_, top_k_);
+  // Record r is held by every layer when each layer has written past it and not yet over it.
+  std::int64_t first = 0, end = written_[0];
+  for (int l = 0; l < layers_; ++l) {
+    first = std::max(first, written_[l] - capacity_);
+    end = std::min(end, written_[l]);
+  }
+  std::vector<int> ids(static_cast<std::size_t>(layers_) * top_k_);
+  for (std::int64_t r = first; r < end; ++r) {
+    const auto at = static_cast<std::size_t>(r % capacity_);
+    for (int l = 0; l < layers_; ++l) {
+      for (int j = 0; j < top_k_; ++j)
+        ids[static_cast<std::size_t>(l) * top_k_ + j] = ids_[l][at * top_k_ + j];
+    }
+    out.add(sequences_[0][at], steps_[0][at], ids);
+  }
+  return out;
 }
 
 }  // namespace kjit::moe

@@ -1,28 +1,23 @@
-// The MoE layer: the ops chained over one stream-ordered scratch allocation. Router -> align ->
-// permute -> gate/up GEMM with SwiGLU -> down GEMM with the routing weights -> unpermute (+ the
-// shared expert's output); 16-bit or FP4 expert weights. Every step validates its own operands; the
-// layer checks what ties them together (the shapes the caller gives) first.
+// The MoE layer: router -> align -> permute -> gate/up GEMM with SwiGLU -> down GEMM with the
+// routing weights -> unpermute (+ the shared expert's output); 16-bit or FP4 expert weights.
+// Every step validates its own operands; the layer checks what ties them together (the shapes the
+// caller gives) first.
 #include <utility>
 #include <vector>
 
 #include <fmt/format.h>
 
-#include "driver/stream_allocation.hpp"
 #include "kjit/error.hpp"
 #include "kjit/moe.hpp"
-#include "ops/moe/grouped_gemm.hpp"
+#include "ops/moe/layer_steps.hpp"
 
-namespace kjit::moe {
+namespace kjit::ops {
 
-namespace {
-
-using Weights = ops::MoeGemm::Weights;
-
-// The experts' weights 16-bit, or FP4 codes (two a byte along K) with their scales.
-void run_layer(const TensorView& x, const TensorView& router_logits, const Weights& gate_up_weights,
-               const Weights& down_weights, const TensorView& router_bias, const TensorView& shared,
-               const LayerOptions& options, const TensorView& out, StreamHandle stream) {
-  const bool fp4 = gate_up_weights.format != ops::MoeGemm::kSameAsX;
+MoeLayerSteps::Layout MoeLayerSteps::plan(const TensorView& x, const TensorView& router_logits,
+                                          const Weights& gate_up_weights,
+                                          const Weights& down_weights, const TensorView& shared,
+                                          const moe::LayerOptions& options, const TensorView& out) {
+  const bool fp4 = gate_up_weights.format != MoeGemm::kSameAsX;
   const TensorView &gate_up = gate_up_weights.codes, &down = down_weights.codes;
   const std::int64_t packing = fp4 ? 2 : 1;
   if (x.ndim != 2 || router_logits.ndim != 2 || gate_up.ndim != 3 || down.ndim != 3 ||
@@ -45,91 +40,123 @@ void run_layer(const TensorView& x, const TensorView& router_logits, const Weigh
         "shared {}",
         x.describe(), out.describe(), shared.data != nullptr ? shared.describe() : "none"));
   }
-  const std::int64_t tokens = x.size(0), hidden = x.size(1), experts = gate_up.size(0),
-                     inter = down.size(2) * packing, top_k = options.router.top_k;
-  const std::int64_t pairs = tokens * top_k;
-  const int block = options.block != 0 ? options.block : pairs <= 64 * experts ? 64 : 128;
+  Layout l;
+  l.tokens = x.size(0);
+  l.hidden = x.size(1);
+  l.experts = gate_up.size(0);
+  l.inter = down.size(2) * packing;
+  l.top_k = options.router.top_k;
+  const std::int64_t pairs = l.tokens * l.top_k;
+  l.block = options.block != 0 ? options.block : pairs <= 64 * l.experts ? 64 : 128;
   // What the GEMMs would refuse after the router, align and permute ran: refused first.
   const bool dtypes =
       fp4 ? x.dtype == DType::BFloat16 && out.dtype == x.dtype
           : gate_up.dtype == x.dtype && down.dtype == x.dtype && out.dtype == x.dtype;
-  if (top_k < 1 || (block != 64 && block != 128) || hidden % 64 != 0 || inter % 64 != 0 ||
+  if (l.top_k < 1 || (l.block != 64 && l.block != 128) || l.hidden % 64 != 0 || l.inter % 64 != 0 ||
       !dtypes) {
     throw InvalidArgument(fmt::format(
         "moe layer: top_k {} (>= 1), block {} (64, 128 or 0), H {} and I {} (multiples of 64), "
         "x, out and 16-bit weights of one dtype, FP4 weights with bf16 x ({}, {}, {}, {})",
-        top_k, block, hidden, inter, dtype_name(x.dtype), dtype_name(gate_up.dtype),
+        l.top_k, l.block, l.hidden, l.inter, dtype_name(x.dtype), dtype_name(gate_up.dtype),
         dtype_name(down.dtype), dtype_name(out.dtype)));
   }
-  const std::int64_t rows = align_capacity(pairs, static_cast<int>(experts), block);
+  l.rows = moe::align_capacity(pairs, static_cast<int>(l.experts), l.block);
   // The GEMMs' own weight checks (FP4 scales and tensor scales included), before any device work.
-  ops::MoeGemm::Problem up{
-      x.dtype, rows, 0, hidden, 0, block, static_cast<std::int64_t>(GemmEpilogue::Kind::kSwiGLU)},
+  MoeGemm::Problem up{x.dtype,
+                      l.rows,
+                      0,
+                      l.hidden,
+                      0,
+                      l.block,
+                      static_cast<std::int64_t>(moe::GemmEpilogue::Kind::kSwiGLU)},
       down_projection{x.dtype,
-                      rows,
+                      l.rows,
                       0,
-                      inter,
+                      l.inter,
                       0,
-                      block,
-                      static_cast<std::int64_t>(GemmEpilogue::Kind::kRoutingWeights)};
-  ops::MoeGemm::check_weights(up, gate_up_weights, experts);
-  ops::MoeGemm::check_weights(down_projection, down_weights, experts);
-  // Scratch, one 256-byte-aligned part a tensor; each part's bytes follow from its shape.
-  enum Part {
-    kIds,
-    kRouting,
-    kSorted,
-    kBlocks,
-    kCounts,
-    kOffsets,
-    kInvalid,
-    kPositions,
-    kXSorted,
-    kH,
-    kYSorted,
-    kParts
-  };
-  const std::pair<DType, std::vector<std::int64_t>> parts[kParts] = {
-      {DType::Int32, {tokens, top_k}},
-      {DType::Float32, {tokens, top_k}},
-      {DType::Int32, {rows}},
-      {DType::Int32, {rows / block}},
-      {DType::Int32, {experts}},
-      {DType::Int32, {experts + 1}},
-      {DType::Int32, {1}},
-      {DType::Int32, {pairs}},
-      {x.dtype, {rows, hidden}},
-      {x.dtype, {rows, inter}},
-      {x.dtype, {rows, hidden}}};
-  std::size_t offsets[kParts], total = 0;
-  for (int i = 0; i < kParts; ++i) {
+                      l.block,
+                      static_cast<std::int64_t>(moe::GemmEpilogue::Kind::kRoutingWeights)};
+  MoeGemm::check_weights(up, gate_up_weights, l.experts);
+  MoeGemm::check_weights(down_projection, down_weights, l.experts);
+  l.parts = {{{DType::Int32, {l.tokens, l.top_k}},
+              {DType::Float32, {l.tokens, l.top_k}},
+              {DType::Int32, {l.rows}},
+              {DType::Int32, {l.rows / l.block}},
+              {DType::Int32, {l.experts}},
+              {DType::Int32, {l.experts + 1}},
+              {DType::Int32, {1}},
+              {DType::Int32, {pairs}},
+              {x.dtype, {l.rows, l.hidden}},
+              {x.dtype, {l.rows, l.inter}},
+              {x.dtype, {l.rows, l.hidden}}}};
+  for (Part& part : l.parts) {
     std::int64_t elems = 1;
-    for (std::int64_t n : parts[i].second)
+    for (std::int64_t n : part.shape)
       elems *= n;
-    offsets[i] = total;
-    total += (static_cast<std::size_t>(elems) * dtype_size(parts[i].first) + 255) / 256 * 256;
+    part.offset = l.total;
+    l.total += (static_cast<std::size_t>(elems) * dtype_size(part.dtype) + 255) / 256 * 256;
   }
-  driver::StreamAllocation scratch(total, stream);
-  auto view = [&](Part i) {
-    return TensorView(static_cast<char*>(scratch.data()) + offsets[i], parts[i].first,
-                      parts[i].second);
-  };
-  const TensorView ids = view(kIds), routing = view(kRouting), sorted = view(kSorted),
-                   block_expert = view(kBlocks), positions = view(kPositions),
-                   x_sorted = view(kXSorted), h = view(kH), y_sorted = view(kYSorted);
+  return l;
+}
 
+MoeLayerSteps::MoeLayerSteps(const TensorView& x, const TensorView& router_logits,
+                             const Weights& gate_up, const Weights& down, const TensorView& shared,
+                             const moe::LayerOptions& options, const TensorView& out,
+                             StreamHandle stream)
+    : x_(x),
+      router_logits_(router_logits),
+      shared_(shared),
+      out_(out),
+      options_(options),
+      stream_(stream),
+      layout_(plan(x, router_logits, gate_up, down, shared, options, out)),
+      scratch_(layout_.total, stream) {
+  TensorView* views[kParts] = {&ids_,      &routing_, &sorted_,  &block_expert_,
+                               &counts_,   &offsets_, &invalid_, &positions_,
+                               &x_sorted_, &h_,       &y_sorted_};
+  for (int i = 0; i < kParts; ++i) {
+    const Part& part = layout_.parts[i];
+    *views[i] =
+        TensorView(static_cast<char*>(scratch_.data()) + part.offset, part.dtype, part.shape);
+  }
+}
+
+void MoeLayerSteps::route(const TensorView& router_bias) {
+  moe::router_topk(router_logits_, router_bias, ids_, routing_, options_.router, stream_);
+  moe::align(ids_, static_cast<int>(layout_.experts), layout_.block,
+             {sorted_, block_expert_, counts_, offsets_, invalid_}, stream_);
+  moe::permute(x_, sorted_, static_cast<int>(layout_.top_k), x_sorted_, positions_, stream_);
+}
+
+void MoeLayerSteps::experts(const Weights& gate_up, const Weights& down,
+                            const TensorView& block_expert) {
   // sorted and the weights given to both GEMMs: the FP4 kernel then skips padding rows.
-  const GemmEpilogue swiglu{GemmEpilogue::Kind::kSwiGLU, sorted, routing},
-      weighted{GemmEpilogue::Kind::kRoutingWeights, sorted, routing};
-  router_topk(router_logits, router_bias, ids, routing, options.router, stream);
-  align(ids, static_cast<int>(experts), block,
-        {sorted, block_expert, view(kCounts), view(kOffsets), view(kInvalid)}, stream);
-  permute(x, sorted, static_cast<int>(top_k), x_sorted, positions, stream);
-  ops::run_unless_empty(
-      ops::MoeGemm::validate(x_sorted, block_expert, block, gate_up_weights, h, swiglu), stream);
-  ops::run_unless_empty(
-      ops::MoeGemm::validate(h, block_expert, block, down_weights, y_sorted, weighted), stream);
-  unpermute(y_sorted, positions, static_cast<int>(top_k), TensorView(), shared, out, stream);
+  const moe::GemmEpilogue swiglu{moe::GemmEpilogue::Kind::kSwiGLU, sorted_, routing_},
+      weighted{moe::GemmEpilogue::Kind::kRoutingWeights, sorted_, routing_};
+  run_unless_empty(MoeGemm::validate(x_sorted_, block_expert, layout_.block, gate_up, h_, swiglu),
+                   stream_);
+  run_unless_empty(MoeGemm::validate(h_, block_expert, layout_.block, down, y_sorted_, weighted),
+                   stream_);
+}
+
+void MoeLayerSteps::combine() {
+  moe::unpermute(y_sorted_, positions_, static_cast<int>(layout_.top_k), TensorView(), shared_,
+                 out_, stream_);
+}
+
+}  // namespace kjit::ops
+
+namespace kjit::moe {
+namespace {
+
+void run_layer(const TensorView& x, const TensorView& router_logits,
+               const ops::MoeLayerSteps::Weights& gate_up, const ops::MoeLayerSteps::Weights& down,
+               const TensorView& router_bias, const TensorView& shared, const LayerOptions& options,
+               const TensorView& out, StreamHandle stream) {
+  ops::MoeLayerSteps steps(x, router_logits, gate_up, down, shared, options, out, stream);
+  steps.route(router_bias);
+  steps.experts(gate_up, down, steps.block_expert());
+  steps.combine();
 }
 
 }  // namespace
