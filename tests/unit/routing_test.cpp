@@ -257,12 +257,13 @@ TEST(ExpertSlots, PinnedStayAndAStepLargerThanTheSlotsRunsInPasses) {
   EXPECT_EQ(o.hits, (std::vector<int>{1, 2}));
   EXPECT_EQ(o.loaded, (std::vector<ExpertSlots::Load>{{3, 1}, {4, 2}}));
   EXPECT_EQ(o.evicted, (std::vector<int>{1, 2}));
-  EXPECT_EQ(o.passes, (std::vector<std::vector<int>>{{1, 2}, {3, 4}}));
+  using Pass = std::vector<ExpertSlots::Load>;
+  EXPECT_EQ(o.passes, (std::vector<Pass>{{{1, 1}, {2, 2}}, {{3, 1}, {4, 2}}}));
   EXPECT_TRUE(slots.resident(5) && slots.resident(3) && slots.resident(4) && !slots.resident(1));
   // Pinned experts run in pass 0 and are never displaced by a later pass.
   const ExpertSlots::Outcome p = slots.request({5, 6, 7, 1}, 2);
   EXPECT_EQ(p.hits, (std::vector<int>{5}));
-  EXPECT_EQ(p.passes, (std::vector<std::vector<int>>{{5, 6, 7}, {1}}));
+  EXPECT_EQ(p.passes, (std::vector<Pass>{{{5, 0}, {6, 1}, {7, 2}}, {{1, 1}}}));
   EXPECT_EQ(p.evicted, (std::vector<int>{3, 4, 6}));
   EXPECT_EQ(slots.slot(5), 0);
   EXPECT_THROW(ExpertSlots(CachePolicy::Lru, 1, 8, {1, 2}), InvalidArgument);

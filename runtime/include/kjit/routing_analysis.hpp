@@ -121,7 +121,7 @@ class ExpertSlots {
     std::vector<int> hits;     // resident when asked (pinned ones too)
     std::vector<Load> loaded;  // the misses, in pass order, each into its slot
     std::vector<int> evicted;  // in eviction order (a later pass evicts earlier passes' experts)
-    std::vector<std::vector<int>> passes;  // every needed expert in exactly one
+    std::vector<std::vector<Load>> passes;  // every needed expert in exactly one, in its slot
     int prefetch_hits = 0;  // hits on experts a prefetch brought in and no step had used yet
   };
   // Throws InvalidArgument for an expert outside 0..experts-1, or when a miss finds every slot

@@ -111,14 +111,14 @@ ExpertSlots::Outcome ExpertSlots::request(const std::vector<int>& needed, std::i
       continue;
     }
     out.hits.push_back(e);
-    out.passes[0].push_back(e);
+    out.passes[0].push_back({e, s.slot});
     out.prefetch_hits += s.prefetched;
     s.prefetched = false;
   }
   const auto load = [&](int e, int slot) {
     place(e, slot);
     out.loaded.push_back({e, slot});
-    out.passes.back().push_back(e);
+    out.passes.back().push_back({e, slot});
   };
   std::size_t m = 0;
   for (; m < misses.size(); ++m) {  // pass 0: free slots, then evictions
@@ -133,8 +133,8 @@ ExpertSlots::Outcome ExpertSlots::request(const std::vector<int>& needed, std::i
   }
   while (m < misses.size()) {  // later passes over the slots of the pass before
     std::vector<int> reusable;
-    for (int e : out.passes.back()) {
-      if (!state_[e].pinned) reusable.push_back(e);
+    for (const Load& l : out.passes.back()) {
+      if (!state_[l.expert].pinned) reusable.push_back(l.expert);
     }
     if (reusable.empty()) {
       throw InvalidArgument(fmt::format(

@@ -1,0 +1,96 @@
+// MoE expert offloading: a stack of MoE layers whose experts live in page-locked host memory. Each
+// layer has a cache of GPU slots (kjit::moe::ExpertSlots' bookkeeping: LRU or LFU, pinned
+// experts); a layer call routes on the GPU, brings the host its choices (the one host wait of the
+// call: the loads depend on them), loads the missing experts on a stream of its own, and runs the
+// experts' GEMMs over the slots once a pass (ExpertSlots' passes: more experts than slots run in
+// several), the compute stream waiting only for the loads of the experts it routes to. The layout
+// and sums are moe::layer's: the outputs are those of the same layer with every expert resident,
+// bit for bit, whatever the cache size and policy (given the same GEMM configs: see
+// docs/design.md). After a layer routes, a predictor (kjit/routing_analysis.hpp) prefetches what
+// the next layer is expected to need; prefetch_from_logits brings in what a guess of the next
+// layer's router logits chooses (mixtral-offloading's speculative trick: the next router applied to
+// this hidden state).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "kjit/device.hpp"
+#include "kjit/moe.hpp"
+#include "kjit/routing_analysis.hpp"
+#include "kjit/routing_trace.hpp"
+#include "kjit/tensor.hpp"
+
+#pragma GCC visibility push(default)  // the API libkjit.so exports
+namespace kjit::moe {
+
+struct OffloadOptions {
+  CachePolicy policy = CachePolicy::Lru;  // Lru or Lfu (Optimal needs the future: replay only)
+  int slots = 0;                          // GPU slots a layer, top_k to experts
+  std::vector<std::vector<int>> pinned;   // a layer's experts kept resident (empty: none)
+  // After layer l routes, each token's `prefetch` most likely experts at layer l + 1 by
+  // `predictor` are brought in, most voted first, while the next layer has slots that hold
+  // nothing its step in flight uses (0: no prefetch, loads on demand only).
+  PredictorKind predictor = PredictorKind::CrossLayer;
+  int prefetch = 0;
+  std::int64_t history = 4096;  // records a layer the routing history keeps
+};
+
+struct OffloadStats {
+  std::int64_t tokens = 0;            // tokens through the stack (layer 0's calls)
+  std::int64_t hits = 0, misses = 0;  // a layer call's distinct experts, resident or not
+  std::int64_t prefetches = 0, prefetch_hits = 0, prefetches_wasted = 0;
+  std::int64_t bytes_on_demand = 0, bytes_prefetched = 0;  // host -> device
+  double stall_ms = 0;  // the compute stream's waits for loads, summed
+  std::vector<std::int64_t> layer_hits, layer_misses;                // [layers]
+  std::vector<std::vector<std::int64_t>> expert_uses, expert_loads;  // [layers][experts]
+
+  double hit_rate() const { return hits + misses ? double(hits) / double(hits + misses) : 0; }
+  // Of the prefetched experts, the share a step used; of the experts a step needed and did not
+  // find resident by itself, the share a prefetch brought.
+  double prefetch_precision() const { return prefetches ? double(prefetch_hits) / prefetches : 0; }
+  double prefetch_recall() const {
+    return prefetch_hits + misses ? double(prefetch_hits) / double(prefetch_hits + misses) : 0;
+  }
+  double stall_ms_per_token() const { return tokens ? stall_ms / double(tokens) : 0; }
+};
+
+class OffloadedMoe {
+ public:
+  // One entry a MoE layer, as moe::layer takes them, with the experts' tensors (16-bit gate_up
+  // and down, or FP4 codes, scales and per-expert tensor scales) in page-locked host memory
+  // (cuMemHostAlloc, cudaHostAlloc or registered), each expert's part contiguous; router_bias and
+  // a shared FP4 tensor scale ([1]) on the device or null. All layers of one shape. Throws
+  // InvalidArgument (before taking any device memory) for slots outside top_k..experts, pinned
+  // experts that do not fit, layers that disagree, or pageable host weights.
+  OffloadedMoe(const std::vector<LayerWeights>& layers, const LayerOptions& options,
+               const OffloadOptions& offload);
+  OffloadedMoe(const std::vector<Fp4LayerWeights>& layers, const LayerOptions& options,
+               const OffloadOptions& offload);
+  ~OffloadedMoe();
+  OffloadedMoe(const OffloadedMoe&) = delete;
+  OffloadedMoe& operator=(const OffloadedMoe&) = delete;
+
+  // moe::layer for MoE layer `index` (0..layers-1, called in order each step) on `stream`.
+  // `sequences`: each token's sequence (the predictors' and the history's key; empty: token t is
+  // sequence t).
+  void layer(int index, const TensorView& x, const TensorView& router_logits,
+             const TensorView& shared, const TensorView& out, StreamHandle stream,
+             const std::vector<std::uint32_t>& sequences = {});
+  // Prefetches into layer `index` the experts router_topk chooses on `guess_logits` [T, E] (with
+  // the layer's router options and bias): call it before the layer, with the next router applied
+  // to the current hidden state. Waits for the choice on the host, as layer() does.
+  void prefetch_from_logits(int index, const TensorView& guess_logits, StreamHandle stream);
+
+  OffloadStats stats() const;       // waits for the timing of loads still in flight
+  RoutingTrace history() const;     // the records every layer still holds
+  std::size_t cache_bytes() const;  // the slots' device memory, all layers
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace kjit::moe
+#pragma GCC visibility pop

@@ -1,0 +1,77 @@
+#include "offload/expert_loader.hpp"
+
+#include <fmt/format.h>
+
+#include "driver/cuda_driver.hpp"
+#include "kjit/error.hpp"
+
+namespace kjit::offload {
+
+ExpertLoader::ExpertLoader(int layers, int slots)
+    : slots_(slots), tiles_(static_cast<std::size_t>(layers)) {
+  for (int i = 0; i < layers * slots; ++i)
+    fences_.push_back(std::make_unique<SlotFences>());
+}
+
+TensorView ExpertLoader::add_tile(int layer, const TensorView& host) {
+  // Each expert's part one contiguous range: a copy an expert and tile.
+  std::int64_t expected = 1;
+  for (int d = host.ndim - 1; d >= 0; --d) {
+    if (host.size(d) > 1 && host.stride(d) != expected) {
+      throw InvalidArgument(fmt::format(
+          "expert offload: host expert tensors must be contiguous, got {}", host.describe()));
+    }
+    expected *= host.size(d);
+  }
+  CUmemorytype memory_type{};
+  CUpointer_attribute attributes[] = {CU_POINTER_ATTRIBUTE_MEMORY_TYPE};
+  void* values[] = {&memory_type};
+  driver::check(driver::api().cuPointerGetAttributes(1, attributes, values,
+                                                     reinterpret_cast<CUdeviceptr>(host.data)),
+                "cuPointerGetAttributes");
+  if (memory_type != CU_MEMORYTYPE_HOST) {
+    throw InvalidArgument(fmt::format(
+        "expert offload: {} is not in page-locked host memory (cuMemHostAlloc, cudaHostAlloc or "
+        "registered): copies from pageable memory would not overlap with the GEMMs",
+        host.describe()));
+  }
+  Tile tile;
+  tile.host = static_cast<const char*>(host.data);
+  tile.expert_bytes =
+      static_cast<std::size_t>(host.numel() / host.size(0)) * dtype_size(host.dtype);
+  tile.slots = DeviceBuffer(tile.expert_bytes * static_cast<std::size_t>(slots_));
+  device_bytes_ += tile.slots.size();
+  std::vector<std::int64_t> shape(host.shape.begin(), host.shape.begin() + host.ndim);
+  shape[0] = slots_;
+  TensorView view(tile.slots.data(), host.dtype, shape);
+  tiles_[layer].push_back(std::move(tile));
+  return view;
+}
+
+std::size_t ExpertLoader::load(int layer, int expert, int slot) {
+  SlotFences& f = fences(layer, slot);
+  f.released.wait(stream_.handle());
+  std::size_t bytes = 0;
+  for (const Tile& t : tiles_[layer]) {
+    copy_async(static_cast<char*>(t.slots.data()) + t.expert_bytes * slot,
+               t.host + t.expert_bytes * expert, t.expert_bytes, stream_.handle());
+    bytes += t.expert_bytes;
+  }
+  f.ready.signal(stream_.handle());
+  f.loading = true;
+  return bytes;
+}
+
+bool ExpertLoader::wait_ready(int layer, int slot, StreamHandle compute) {
+  SlotFences& f = fences(layer, slot);
+  if (!f.loading) return false;
+  f.ready.wait(compute);
+  f.loading = false;
+  return true;
+}
+
+void ExpertLoader::release(int layer, int slot, StreamHandle compute) {
+  fences(layer, slot).released.signal(compute);
+}
+
+}  // namespace kjit::offload

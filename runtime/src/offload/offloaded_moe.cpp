@@ -1,0 +1,372 @@
+// The offloaded MoE stack (kjit/expert_offload.hpp): per layer call, route on the GPU, bring the
+// choices to the host, ask the layer's ExpertSlots for them, then per pass load its misses
+// (ExpertLoader), wait for them, map align's blocks to the pass's slots and run the experts'
+// GEMMs over the slots; combine once; prefetch for the next layer.
+#include "kjit/expert_offload.hpp"
+
+#include <algorithm>
+#include <numeric>
+#include <utility>
+
+#include <fmt/format.h>
+
+#include "kjit/error.hpp"
+#include "offload/expert_loader.hpp"
+#include "ops/moe/layer_steps.hpp"
+
+namespace kjit::moe {
+namespace {
+
+using Weights = ops::MoeGemm::Weights;
+
+// The slots' weights: the host tensors' tiles on the loader, a tensor scale of one for all ([1]
+// or 0-d, on the device) as given.
+Weights slot_weights(offload::ExpertLoader& loader, int layer, const Weights& host) {
+  Weights slots = host;
+  slots.codes = loader.add_tile(layer, host.codes);
+  if (host.format != ops::MoeGemm::kSameAsX) {
+    slots.scales = loader.add_tile(layer, host.scales);
+    if (host.tensor_scale.ndim == 1 && host.tensor_scale.size(0) == host.codes.size(0) &&
+        host.codes.size(0) > 1) {
+      slots.tensor_scale = loader.add_tile(layer, host.tensor_scale);
+    }
+  }
+  return slots;
+}
+
+// A stack's layers as the GEMMs take their weights.
+struct Stack {
+  std::vector<Weights> gate_up, down;
+  std::vector<TensorView> router_bias;
+};
+
+// Every check that needs no device, before any is touched.
+void check_stack(const Stack& stack, const LayerOptions& layer_options,
+                 const OffloadOptions& options) {
+  const std::vector<Weights>&gate_up = stack.gate_up, &down = stack.down;
+  if (gate_up.empty()) throw InvalidArgument("expert offload: no layers");
+  const TensorView& first = gate_up[0].codes;
+  if (first.ndim != 3) {
+    throw InvalidArgument(
+        fmt::format("expert offload: gate_up must be [E, 2 I, H], got {}", first.describe()));
+  }
+  const std::int64_t experts = first.size(0);
+  const int top_k = layer_options.router.top_k;
+  if (top_k < 1 || top_k > experts || options.slots < top_k || options.slots > experts) {
+    throw InvalidArgument(fmt::format(
+        "expert offload: {} slots a layer must be between top_k ({}) and the experts ({}): a "
+        "smaller cache could not hold one token's experts",
+        options.slots, top_k, experts));
+  }
+  if (!options.pinned.empty() && options.pinned.size() != gate_up.size()) {
+    throw InvalidArgument(
+        fmt::format("expert offload: pinned experts for {} layers, the stack has {}",
+                    options.pinned.size(), gate_up.size()));
+  }
+  if (options.policy == CachePolicy::Optimal)
+    throw InvalidArgument("expert offload: the optimal policy needs the future: replay only");
+  if (options.prefetch < 0 || options.prefetch > experts || options.history < 1) {
+    throw InvalidArgument(fmt::format("expert offload: prefetch {} (0..{}) and history {} (>= 1)",
+                                      options.prefetch, experts, options.history));
+  }
+  for (std::size_t l = 0; l < gate_up.size(); ++l) {
+    const auto same = [](const TensorView& a, const TensorView& b) {
+      return a.ndim == b.ndim && a.dtype == b.dtype &&
+             std::equal(a.shape.begin(), a.shape.begin() + a.ndim, b.shape.begin());
+    };
+    if (!same(gate_up[l].codes, first) || !same(down[l].codes, down[0].codes) ||
+        gate_up[l].format != gate_up[0].format) {
+      throw InvalidArgument(fmt::format(
+          "expert offload: layer {}'s weights (gate_up {}, down {}) differ from layer 0's", l,
+          gate_up[l].codes.describe(), down[l].codes.describe()));
+    }
+    if (!options.pinned.empty()) {  // ExpertSlots' own checks, here before any device work
+      ExpertSlots check(options.policy, options.slots, static_cast<int>(experts),
+                        options.pinned[l]);
+    }
+  }
+}
+
+template <class LayerList>
+Stack stack_of(const LayerList& layers, const LayerOptions& layer_options,
+               const OffloadOptions& options) {
+  Stack s;
+  for (const auto& l : layers) {
+    s.gate_up.emplace_back(l.gate_up);
+    s.down.emplace_back(l.down);
+    s.router_bias.push_back(l.router_bias);
+  }
+  check_stack(s, layer_options, options);
+  return s;
+}
+
+}  // namespace
+
+struct OffloadedMoe::Impl {
+  Impl(Stack stack, const LayerOptions& layer_options, const OffloadOptions& options);
+
+  std::vector<int> download_ids(const TensorView& ids, StreamHandle stream);
+  void run(int index, const TensorView& x, const TensorView& router_logits,
+           const TensorView& shared, const TensorView& out, StreamHandle stream,
+           const std::vector<std::uint32_t>& sequences);
+  void prefetch(int index, const std::vector<int>& ranked);
+  void harvest_stalls();
+
+  LayerOptions layer_options;
+  OffloadOptions options;
+  int layers, experts, top_k;
+  std::vector<Weights> host_gate_up, host_down, slot_gate_up, slot_down;
+  std::vector<TensorView> router_bias;
+  std::vector<ExpertSlots> slots;
+  ExpertPredictor predictor;
+  RoutingHistory history;
+  offload::ExpertLoader loader;
+  std::vector<std::int64_t> now;  // each layer's calls
+  std::uint32_t step = 0;
+  // The layer before's choices, for the cross-layer predictor.
+  int previous_layer = -1;
+  std::vector<int> previous_ids;
+  HostBuffer ids_host, tables_host;
+  DeviceBuffer tables;
+  Event ids_ready, tables_copied;
+  OffloadStats stats;
+  std::vector<std::pair<std::unique_ptr<Event>, std::unique_ptr<Event>>> stalls;
+};
+
+OffloadedMoe::Impl::Impl(Stack stack, const LayerOptions& layer_options_,
+                         const OffloadOptions& options_)
+    : layer_options(layer_options_),
+      options(options_),
+      layers(static_cast<int>(stack.gate_up.size())),
+      experts(static_cast<int>(stack.gate_up[0].codes.size(0))),
+      top_k(layer_options_.router.top_k),
+      host_gate_up(std::move(stack.gate_up)),
+      host_down(std::move(stack.down)),
+      router_bias(std::move(stack.router_bias)),
+      predictor(options_.predictor, layers, experts, top_k),
+      history(layers, experts, top_k, options_.history),
+      loader(layers, options_.slots) {
+  for (int l = 0; l < layers; ++l) {
+    slots.emplace_back(options.policy, options.slots, experts,
+                       options.pinned.empty() ? std::vector<int>{} : options.pinned[l]);
+  }
+  for (int l = 0; l < layers; ++l) {
+    slot_gate_up.push_back(slot_weights(loader, l, host_gate_up[l]));
+    slot_down.push_back(slot_weights(loader, l, host_down[l]));
+  }
+  now.assign(static_cast<std::size_t>(layers), 0);
+  const auto e = static_cast<std::size_t>(experts);
+  tables_host = HostBuffer(e * e * sizeof(int));  // a pass holds one expert at least
+  tables = DeviceBuffer(e * e * sizeof(int));
+  stats.layer_hits.assign(static_cast<std::size_t>(layers), 0);
+  stats.layer_misses.assign(static_cast<std::size_t>(layers), 0);
+  stats.expert_uses.assign(static_cast<std::size_t>(layers), std::vector<std::int64_t>(e, 0));
+  stats.expert_loads = stats.expert_uses;
+  // Pinned experts are loaded once, now.
+  for (int l = 0; l < layers; ++l) {
+    for (int x = 0; x < experts; ++x) {
+      if (slots[l].resident(x)) loader.load(l, x, slots[l].slot(x));
+    }
+  }
+}
+
+std::vector<int> OffloadedMoe::Impl::download_ids(const TensorView& ids, StreamHandle stream) {
+  const std::size_t bytes = static_cast<std::size_t>(ids.numel()) * sizeof(int);
+  if (ids_host.size() < bytes) ids_host = HostBuffer(std::max(bytes, 2 * ids_host.size()));
+  copy_async(ids_host.data(), ids.data, bytes, stream);
+  ids_ready.record(stream);
+  ids_ready.synchronize();  // the loads below depend on the choice
+  const int* p = static_cast<const int*>(ids_host.data());
+  return std::vector<int>(p, p + ids.numel());
+}
+
+void OffloadedMoe::Impl::harvest_stalls() {
+  for (auto& [before, after] : stalls) {
+    after->synchronize();
+    stats.stall_ms += after->elapsed_ms_since(*before);
+  }
+  stalls.clear();
+}
+
+void OffloadedMoe::Impl::prefetch(int index, const std::vector<int>& ranked) {
+  std::vector<int> brought;
+  for (int e : ranked) {
+    if (slots[index].resident(e)) continue;
+    const auto p = slots[index].prefetch(e, now[index], brought);
+    if (!p) break;
+    brought.push_back(e);
+    stats.bytes_prefetched += static_cast<std::int64_t>(loader.load(index, e, p->load.slot));
+    ++stats.prefetches;
+    ++stats.expert_loads[index][e];
+  }
+}
+
+void OffloadedMoe::Impl::run(int index, const TensorView& x, const TensorView& router_logits,
+                             const TensorView& shared, const TensorView& out, StreamHandle stream,
+                             const std::vector<std::uint32_t>& sequences) {
+  if (index < 0 || index >= layers) {
+    throw InvalidArgument(
+        fmt::format("expert offload: layer {} is outside 0..{}", index, layers - 1));
+  }
+  const std::int64_t tokens = x.ndim == 2 ? x.size(0) : 0;
+  if (!sequences.empty() && static_cast<std::int64_t>(sequences.size()) != tokens) {
+    throw InvalidArgument(
+        fmt::format("expert offload: {} sequence ids for {} tokens", sequences.size(), tokens));
+  }
+  ops::MoeLayerSteps steps(x, router_logits, host_gate_up[index], host_down[index], shared,
+                           layer_options, out, stream);
+  steps.route(router_bias[index]);
+  const std::vector<int> ids = download_ids(steps.ids(), stream);
+  std::vector<std::uint32_t> seqs = sequences;
+  if (seqs.empty()) {
+    seqs.resize(static_cast<std::size_t>(tokens));
+    std::iota(seqs.begin(), seqs.end(), 0u);
+  }
+  if (index == 0) {
+    stats.tokens += tokens;
+    if (now[0] > 0) ++step;
+  }
+  history.record(index, step, seqs, ids.data());
+  const ExpertSlots::Outcome o = slots[index].request(ids, now[index]++);
+  stats.hits += static_cast<std::int64_t>(o.hits.size());
+  stats.misses += static_cast<std::int64_t>(o.loaded.size());
+  stats.layer_hits[index] += static_cast<std::int64_t>(o.hits.size());
+  stats.layer_misses[index] += static_cast<std::int64_t>(o.loaded.size());
+  stats.prefetch_hits += o.prefetch_hits;
+
+  // Each pass's table of slots (passes x E, -1 for the experts of other passes), one copy.
+  tables_copied.synchronize();  // the last call's copy has left tables_host
+  int* table = static_cast<int*>(tables_host.data());
+  const std::size_t passes = o.passes.size();
+  std::fill(table, table + passes * experts, -1);
+  for (std::size_t p = 0; p < passes; ++p) {
+    for (const ExpertSlots::Load& l : o.passes[p])
+      table[p * experts + l.expert] = l.slot;
+  }
+  copy_async(tables.data(), table, passes * experts * sizeof(int), stream);
+  tables_copied.record(stream);
+
+  const TensorView& block_expert = steps.block_expert();
+  driver::StreamAllocation block_slot_memory(
+      static_cast<std::size_t>(block_expert.size(0)) * sizeof(int), stream);
+  const TensorView block_slot(block_slot_memory.data(), DType::Int32, {block_expert.size(0)});
+  std::size_t loaded = 0;
+  for (std::size_t p = 0; p < passes; ++p) {
+    // This pass's loads, queued after the last pass released the slots they overwrite.
+    for (; loaded < o.loaded.size(); ++loaded) {
+      const ExpertSlots::Load& l = o.loaded[loaded];
+      const auto in_pass = std::find(o.passes[p].begin(), o.passes[p].end(), l);
+      if (in_pass == o.passes[p].end()) break;
+      stats.bytes_on_demand += static_cast<std::int64_t>(loader.load(index, l.expert, l.slot));
+      ++stats.expert_loads[index][l.expert];
+    }
+    auto before = std::make_unique<Event>();
+    before->record(stream);
+    bool waited = false;
+    for (const ExpertSlots::Load& l : o.passes[p]) {
+      waited |= loader.wait_ready(index, l.slot, stream);
+      ++stats.expert_uses[index][l.expert];
+    }
+    if (waited) {
+      auto after = std::make_unique<Event>();
+      after->record(stream);
+      stalls.emplace_back(std::move(before), std::move(after));
+    }
+    map_block_experts(
+        block_expert,
+        TensorView(static_cast<int*>(tables.data()) + p * experts, DType::Int32, {experts}),
+        block_slot, stream);
+    steps.experts(slot_gate_up[index], slot_down[index], block_slot);
+    for (const ExpertSlots::Load& l : o.passes[p])
+      loader.release(index, l.slot, stream);
+  }
+  steps.combine();
+  if (stalls.size() > 4096) harvest_stalls();  // long done: bounded bookkeeping
+
+  // Learn the choice; prefetch the next layer's expected experts.
+  const bool chained = previous_layer == index - 1 && previous_ids.size() == ids.size();
+  std::vector<int> votes(static_cast<std::size_t>(experts), 0);
+  for (std::int64_t t = 0; t < tokens; ++t) {
+    const int* mine = &ids[static_cast<std::size_t>(t * top_k)];
+    predictor.observe(
+        seqs[t], index, mine,
+        chained && index > 0 ? &previous_ids[static_cast<std::size_t>(t * top_k)] : nullptr);
+    if (options.prefetch > 0 && index + 1 < layers) {
+      for (int e : predictor.predict(seqs[t], index + 1, mine, options.prefetch))
+        ++votes[e];
+    }
+  }
+  previous_layer = index;
+  previous_ids = ids;
+  if (options.prefetch > 0 && index + 1 < layers) {
+    std::vector<int> ranked;
+    for (int e = 0; e < experts; ++e) {
+      if (votes[e] > 0) ranked.push_back(e);
+    }
+    std::stable_sort(ranked.begin(), ranked.end(),
+                     [&](int a, int b) { return votes[a] > votes[b]; });
+    prefetch(index + 1, ranked);
+  }
+}
+
+OffloadedMoe::OffloadedMoe(const std::vector<LayerWeights>& layers, const LayerOptions& options,
+                           const OffloadOptions& offload)
+    : impl_(std::make_unique<Impl>(stack_of(layers, options, offload), options, offload)) {}
+
+OffloadedMoe::OffloadedMoe(const std::vector<Fp4LayerWeights>& layers, const LayerOptions& options,
+                           const OffloadOptions& offload)
+    : impl_(std::make_unique<Impl>(stack_of(layers, options, offload), options, offload)) {}
+
+OffloadedMoe::~OffloadedMoe() = default;
+
+void OffloadedMoe::layer(int index, const TensorView& x, const TensorView& router_logits,
+                         const TensorView& shared, const TensorView& out, StreamHandle stream,
+                         const std::vector<std::uint32_t>& sequences) {
+  impl_->run(index, x, router_logits, shared, out, stream, sequences);
+}
+
+void OffloadedMoe::prefetch_from_logits(int index, const TensorView& guess_logits,
+                                        StreamHandle stream) {
+  Impl& m = *impl_;
+  if (index < 0 || index >= m.layers) {
+    throw InvalidArgument(
+        fmt::format("expert offload: layer {} is outside 0..{}", index, m.layers - 1));
+  }
+  if (guess_logits.ndim != 2 || guess_logits.size(1) != m.experts) {
+    throw InvalidArgument(fmt::format("expert offload: guess logits must be [T, {}], got {}",
+                                      m.experts, guess_logits.describe()));
+  }
+  const std::int64_t tokens = guess_logits.size(0);
+  const auto pairs = static_cast<std::size_t>(tokens * m.top_k);
+  driver::StreamAllocation memory(pairs * (sizeof(int) + sizeof(float)), stream);
+  const TensorView ids(memory.data(), DType::Int32, {tokens, m.top_k}),
+      weights(static_cast<int*>(memory.data()) + pairs, DType::Float32, {tokens, m.top_k});
+  router_topk(guess_logits, m.router_bias[index], ids, weights, m.layer_options.router, stream);
+  const std::vector<int> chosen = m.download_ids(ids, stream);
+  std::vector<int> votes(static_cast<std::size_t>(m.experts), 0), ranked;
+  for (int e : chosen)
+    ++votes[e];
+  for (int e = 0; e < m.experts; ++e) {
+    if (votes[e] > 0) ranked.push_back(e);
+  }
+  std::stable_sort(ranked.begin(), ranked.end(), [&](int a, int b) { return votes[a] > votes[b]; });
+  m.prefetch(index, ranked);
+}
+
+OffloadStats OffloadedMoe::stats() const {
+  impl_->harvest_stalls();
+  OffloadStats s = impl_->stats;
+  for (const ExpertSlots& slots : impl_->slots)
+    s.prefetches_wasted += slots.prefetches_wasted();
+  return s;
+}
+
+RoutingTrace OffloadedMoe::history() const {
+  return impl_->history.trace();
+}
+
+std::size_t OffloadedMoe::cache_bytes() const {
+  return impl_->loader.device_bytes();
+}
+
+}  // namespace kjit::moe
