@@ -20,7 +20,7 @@ for bin in tools/kjit tests/kjit_gpu_tests tests/kjit_unit_tests tests/kjit_test
            bench/kjit_bench_merge_states bench/kjit_bench_attention bench/kjit_bench_choice_cost \
            bench/kjit_bench_attention_backward bench/kjit_bench_attention_grouped \
            bench/kjit_bench_mla_decode bench/kjit_bench_moe_gemm bench/kjit_bench_helix_decode \
-           bench/kjit_bench_moe_layer bench/kjit_bench_moe_router bench/kjit_bench_op_call_overhead \
+           bench/kjit_bench_moe_layer bench/kjit_bench_moe_offload bench/kjit_bench_moe_router bench/kjit_bench_op_call_overhead \
            bench/kjit_bench_comm bench/kjit_bench_zigzag tests/kjit_dist_tests \
            examples/kjit_example_user_kernel examples/kjit_example_c_api; do
   strip -o ".gpu-bundle/bin/$(basename "$bin")" "$build/$bin"

@@ -5,7 +5,8 @@
 #   scripts/gpu-suite.sh [tests|bench|attention|attention-bench|attention-backward|
 #                         attention-backward-check|attention-backward-tune|attention-grouped|
 #                         attention-grouped-ncu|mla|moe|moe-decode|moe-bench|moe-ncu|moe-align-ncu|
-#                         moe-router|python|zigzag|families|dist|all]
+#                         moe-router|moe-offload|python|zigzag|families|
+#                         dist|all]
 #   (default all)
 # `families` is the check after a change to the op plumbing (kernel families, dispatch, tuning
 # tables): the whole GPU suite, the examples, a sanitizer subset, and the attention and
@@ -339,6 +340,17 @@ if [ "$what" = moe-router ]; then
   PYTHONPATH=/tmp/psite PYTHONUNBUFFERED=1 step moe_router_peers timeout 200 python3 \
     bench/moe_router_peers.py
   for log in moe_router_bench moe_router_peers; do echo "== $log"; cat "$out/$log.log"; done
+fi
+if [ "$what" = moe-offload ]; then
+  # The offloaded MoE stack: its GPU tests (bit for bit against every expert resident), a
+  # memcheck pass over one of them, then the GLM-4.7-Flash-shaped benchmark.
+  step offload_tests timeout 200 "$bin/kjit_gpu_tests" --gtest_filter='*ExpertOffload*'
+  sanitize offload_memcheck memcheck 150 '*ExpertOffload*/bf16_t16_topk_slots_passes_prefetch'
+  step offload_bench timeout 400 "$bin/kjit_bench_moe_offload"
+  grep -E '^\[  (PASSED|FAILED) |^\[  FAILED|Failure|Expected|Which is|input seed' \
+    "$out/offload_tests.log" | head -30
+  sanitizer_verdicts offload_memcheck
+  echo "== offload_bench"; cat "$out/offload_bench.log"
 fi
 if [ "$what" = zigzag ]; then
   # Zigzag context parallelism: the component kernels bit for bit, the multi-rank suite's zigzag
