@@ -9,8 +9,10 @@
 #include <vector>
 
 #include "driver/arch.hpp"
+#include "kjit/c_api.h"
 #include "kjit/expert_offload.hpp"
 #include "kjit/moe.hpp"
+#include "tests/support/dl_tensor.hpp"
 #include "tests/support/dtype_bits.hpp"
 #include "tests/support/expert_weights.hpp"
 #include "tests/support/gpu.hpp"
@@ -104,6 +106,37 @@ TEST_P(ExpertOffloadTest, MatchesTheResidentLayersBitForBit) {
       fp4 ? std::make_unique<moe::OffloadedMoe>(offloaded4, options, offload)
           : std::make_unique<moe::OffloadedMoe>(offloaded16, options, offload);
 
+  // 16-bit stacks also through the C ABI: the same bits and statistics.
+  kjit_moe_offload* c_stack = nullptr;
+  std::vector<DLTensor> c_up, c_down;
+  if (!fp4) {
+    for (const moe::LayerWeights& l : offloaded16) {
+      c_up.push_back(dl(l.gate_up));
+      c_down.push_back(dl(l.down));
+      c_up.back().device.device_type = c_down.back().device.device_type = kDLCUDAHost;
+    }
+    std::vector<const DLTensor*> up_ptrs, down_ptrs;
+    for (int l = 0; l < kLayers; ++l) {
+      up_ptrs.push_back(&c_up[l]);
+      down_ptrs.push_back(&c_down[l]);
+    }
+    const kjit_moe_router_options router{1, kTopK, 1, 1, 1, 1.8f};
+    std::vector<int> pinned;
+    for (const std::vector<int>& p : offload.pinned)
+      pinned.insert(pinned.end(), p.begin(), p.end());
+    const kjit_moe_offload_options o{
+        c.policy == moe::CachePolicy::Lru ? 0 : 1, c.slots,          c.prefetch, 2, offload.history,
+        pinned.empty() ? nullptr : pinned.data(),  c.pin_two ? 2 : 0};
+    ASSERT_EQ(kjit_moe_offload_create(kLayers, up_ptrs.data(), down_ptrs.data(), nullptr, &router,
+                                      0, &o, &c_stack),
+              KJIT_SUCCESS)
+        << kjit_last_error();
+  }
+  struct Destroy {
+    kjit_moe_offload* s;
+    ~Destroy() { kjit_moe_offload_destroy(s); }
+  } destroy{c_stack};
+
   Stream stream;
   DeviceBuffer dx(static_cast<std::size_t>(t) * kHidden * 2), dlogits(t * kExperts * 4),
       dref(dx.size()), dout(dx.size());
@@ -135,6 +168,22 @@ TEST_P(ExpertOffloadTest, MatchesTheResidentLayersBitForBit) {
       dref.download(ref.data(), dref.size());
       dout.download(out.data(), dout.size());
       ASSERT_EQ(out, ref) << "the offloaded layer's output differs from the resident one's";
+      if (c_stack) {
+        dout.fill_bytes(0xff);
+        const DLTensor lx = dl(vx), llogits = dl(vlogits), lout = dl(vout);
+        if (c.speculative) {
+          ASSERT_EQ(kjit_moe_offload_prefetch_from_logits(c_stack, l, &llogits, stream.handle()),
+                    KJIT_SUCCESS)
+              << kjit_last_error();
+        }
+        ASSERT_EQ(kjit_moe_offload_layer(c_stack, l, &lx, &llogits, nullptr, &lout, nullptr,
+                                         stream.handle()),
+                  KJIT_SUCCESS)
+            << kjit_last_error();
+        stream.synchronize();
+        dout.download(out.data(), dout.size());
+        ASSERT_EQ(out, ref) << "the C ABI's offloaded layer differs from the resident one's";
+      }
     }
   }
 
@@ -179,6 +228,14 @@ TEST_P(ExpertOffloadTest, MatchesTheResidentLayersBitForBit) {
     // The guess was the router's own logits: every expert was brought in ahead.
     EXPECT_EQ(s.misses, 0);
     EXPECT_EQ(s.prefetch_hits, s.prefetches);
+  }
+  if (c_stack) {
+    kjit_moe_offload_stats cs{};
+    ASSERT_EQ(kjit_moe_offload_stats_get(c_stack, &cs), KJIT_SUCCESS) << kjit_last_error();
+    EXPECT_EQ(cs.hits, s.hits);
+    EXPECT_EQ(cs.misses, s.misses);
+    EXPECT_EQ(cs.prefetches, s.prefetches);
+    EXPECT_EQ(cs.bytes_on_demand, s.bytes_on_demand);
   }
   EXPECT_EQ(stack->cache_bytes(), static_cast<std::size_t>(kLayers) * c.slots * expert_bytes);
 }

@@ -1,5 +1,5 @@
-// The C ABI of the MLA, MoE and zigzag ops, on the host (fake device pointers: every call here is
-// refused by validation, before any device work): each refusal comes back as
+// The C ABI of the MLA, MoE, expert offload and zigzag ops, on the host (fake device pointers:
+// every call here is refused by validation, before any device work): each refusal comes back as
 // KJIT_ERROR_INVALID_ARGUMENT with kjit's message, NULL where a tensor is required is named, and
 // the layout's capacity matches the C++ API's.
 #include <gtest/gtest.h>
@@ -227,6 +227,62 @@ TEST(ModelOpsCApi, MoeLayerRefusesBadInputWithKjitsMessage) {
                                     &down_codes.t, &down_scales.t, &tensor_scale.t, &bias.t,
                                     nullptr, &glm, 0, &out.t, nullptr),
                  "gate_up_codes is NULL");
+}
+
+// The offloaded stack's entry points: everything refused before a device is touched (host
+// weights given as device tensors, a cache smaller than top_k, bad options, NULLs).
+TEST(ModelOpsCApi, MoeOffloadRefusesBadStacks) {
+  Tensor up(kBf16, {16, 256, 128}), down(kBf16, {16, 128, 128});
+  up.t.device.device_type = kDLCUDAHost;
+  down.t.device.device_type = kDLCUDAHost;
+  const DLTensor* ups[] = {&up.t, &up.t};
+  const DLTensor* downs[] = {&down.t, &down.t};
+  const kjit_moe_router_options glm{1, 4, 1, 1, 1, 1.8f};
+  kjit_moe_offload_options o{0, 3, 0, 2, 64, nullptr, 0};
+  kjit_moe_offload* stack = reinterpret_cast<kjit_moe_offload*>(fake());
+  expect_refused(kjit_moe_offload_create(2, ups, downs, nullptr, &glm, 0, &o, &stack),
+                 "slots a layer must be between top_k (4)");
+  EXPECT_EQ(stack, nullptr);  // cleared on failure
+  o.slots = 8;
+  o.policy = 2;
+  expect_refused(kjit_moe_offload_create(2, ups, downs, nullptr, &glm, 0, &o, &stack),
+                 "policy must be 0 (LRU) or 1 (LFU)");
+  o.policy = 1;
+  o.predictor = 3;
+  expect_refused(kjit_moe_offload_create(2, ups, downs, nullptr, &glm, 0, &o, &stack),
+                 "predictor must be");
+  o.predictor = 2;
+  const int pinned[] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 2, 3, 4, 5, 6, 7, 8};
+  o.pinned = pinned;
+  o.pinned_count = 9;
+  expect_refused(kjit_moe_offload_create(2, ups, downs, nullptr, &glm, 0, &o, &stack),
+                 "do not fit");
+  o.pinned = nullptr;
+  expect_refused(kjit_moe_offload_create(0, ups, downs, nullptr, &glm, 0, &o, &stack),
+                 "layers must be >= 1");
+  expect_refused(kjit_moe_offload_create(2, ups, nullptr, nullptr, &glm, 0, &o, &stack),
+                 "down is NULL");
+  expect_refused(kjit_moe_offload_create(2, ups, downs, nullptr, &glm, 0, nullptr, &stack),
+                 "options is NULL");
+  expect_refused(kjit_moe_offload_create(2, ups, downs, nullptr, &glm, 0, &o, nullptr),
+                 "stack is NULL");
+  const Tensor device_up(kBf16, {16, 256, 128});
+  const DLTensor* on_device[] = {&device_up.t, &device_up.t};
+  expect_refused(kjit_moe_offload_create(2, on_device, downs, nullptr, &glm, 0, &o, &stack),
+                 "gate_up[0] is not in host memory");
+  Tensor codes(DType::UInt8, {16, 256, 64}), scales(DType::UInt8, {16, 256, 8});
+  codes.t.device.device_type = kDLCUDAHost;
+  scales.t.device.device_type = kDLCUDAHost;
+  const DLTensor* c[] = {&codes.t, &codes.t};
+  const DLTensor* sc[] = {&scales.t, &scales.t};
+  expect_refused(kjit_moe_offload_create_fp4(2, 5, c, sc, nullptr, c, sc, nullptr, nullptr, &glm, 0,
+                                             &o, &stack),
+                 "format must be 0 (NVFP4) or 1 (MXFP4), got 5");
+  expect_refused(kjit_moe_offload_layer(nullptr, 0, &up.t, &up.t, nullptr, &up.t, nullptr, nullptr),
+                 "stack is NULL");
+  kjit_moe_offload_stats stats;
+  expect_refused(kjit_moe_offload_stats_get(nullptr, &stats), "stack is NULL");
+  kjit_moe_offload_destroy(nullptr);  // ignored
 }
 
 }  // namespace

@@ -247,6 +247,55 @@ kjit_status kjit_moe_layer_fp4(const DLTensor* x, const DLTensor* router_logits,
                                const kjit_moe_router_options* options, int block,
                                const DLTensor* out, void* stream);
 
+/* MoE expert offloading (kjit/expert_offload.hpp): a stack of MoE layers whose experts are in
+   page-locked host memory (DLPack kDLCUDAHost; kDLCPU tensors are refused unless page-locked),
+   with a cache of GPU slots a layer, loads on their own stream and prefetch. Outputs bit for bit
+   kjit_moe_layer's with every expert resident. */
+typedef struct kjit_moe_offload kjit_moe_offload;
+typedef struct kjit_moe_offload_options {
+  int policy;        /* 0: LRU, 1: LFU */
+  int slots;         /* GPU slots a layer, top_k to the experts */
+  int prefetch;      /* each token's likeliest experts prefetched for the next layer; 0: none */
+  int predictor;     /* 0: frequency, 1: previous token, 2: cross-layer */
+  int64_t history;   /* records a layer the routing history keeps (>= 1) */
+  const int* pinned; /* layers x pinned_count expert ids kept resident, or NULL */
+  int pinned_count;
+} kjit_moe_offload_options;
+/* layers entries each: gate_up [E, 2 I, H] and down [E, H, I] (host, as kjit_moe_layer's);
+   router_bias: NULL, or layers entries (each a device [E] fp32 or NULL). */
+kjit_status kjit_moe_offload_create(int layers, const DLTensor* const* gate_up,
+                                    const DLTensor* const* down, const DLTensor* const* router_bias,
+                                    const kjit_moe_router_options* router, int block,
+                                    const kjit_moe_offload_options* options,
+                                    kjit_moe_offload** stack);
+/* FP4 experts (format 0 NVFP4, 1 MXFP4), codes and scales on the host; a tensor scale [E] on the
+   host, or [1] on the device (one for all), or a NULL array (MXFP4). */
+kjit_status kjit_moe_offload_create_fp4(
+    int layers, int format, const DLTensor* const* gate_up_codes,
+    const DLTensor* const* gate_up_scales, const DLTensor* const* gate_up_tensor_scale,
+    const DLTensor* const* down_codes, const DLTensor* const* down_scales,
+    const DLTensor* const* down_tensor_scale, const DLTensor* const* router_bias,
+    const kjit_moe_router_options* router, int block, const kjit_moe_offload_options* options,
+    kjit_moe_offload** stack);
+void kjit_moe_offload_destroy(kjit_moe_offload* stack); /* NULL is ignored; waits for its work */
+/* kjit_moe_layer for layer `layer` (0..layers-1, in order each step); sequences: T ids (the
+   predictors' and history's key) or NULL (token t is sequence t). Waits on the host for the
+   router's choice. */
+kjit_status kjit_moe_offload_layer(kjit_moe_offload* stack, int layer, const DLTensor* x,
+                                   const DLTensor* router_logits, const DLTensor* shared,
+                                   const DLTensor* out, const uint32_t* sequences, void* stream);
+/* Prefetches into `layer` what its router would choose on guess_logits [T, E]. */
+kjit_status kjit_moe_offload_prefetch_from_logits(kjit_moe_offload* stack, int layer,
+                                                  const DLTensor* guess_logits, void* stream);
+typedef struct kjit_moe_offload_stats {
+  int64_t tokens, hits, misses, prefetches, prefetch_hits, prefetches_wasted;
+  int64_t bytes_on_demand, bytes_prefetched;
+  double stall_ms; /* the compute stream's waits for loads */
+} kjit_moe_offload_stats;
+kjit_status kjit_moe_offload_stats_get(kjit_moe_offload* stack, kjit_moe_offload_stats* stats);
+/* The routing history as a trace file (".jsonl": JSON lines; else binary), for kjit moe analyze. */
+kjit_status kjit_moe_offload_write_history(kjit_moe_offload* stack, const char* path);
+
 #ifdef __cplusplus
 }
 #endif

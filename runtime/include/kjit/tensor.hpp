@@ -32,6 +32,9 @@ struct TensorView {
 
   // Throws InvalidArgument (naming `what`) for a dtype or device kjit does not take.
   static TensorView from_dlpack(const DLTensor& tensor, const char* what);
+  // The same for host memory (kDLCUDAHost, or kDLCPU: the op that takes it checks that it is
+  // page-locked), as the offloaded experts are.
+  static TensorView from_dlpack_host(const DLTensor& tensor, const char* what);
 
   std::int64_t size(int dim) const { return shape[dim]; }
   std::int64_t stride(int dim) const { return strides[dim]; }

@@ -14,6 +14,7 @@
 #include "kjit/comm.hpp"
 #include "kjit/device.hpp"
 #include "kjit/error.hpp"
+#include "kjit/expert_offload.hpp"
 #include "kjit/merge_states.hpp"
 #include "kjit/mla.hpp"
 #include "kjit/moe.hpp"
@@ -710,5 +711,194 @@ extern "C" kjit_status kjit_moe_layer_fp4(
     const kjit::moe::LayerOptions o{router_options(options), block};
     kjit::moe::layer(tx, trouter_logits, w, tshared, o, tout,
                      static_cast<kjit::StreamHandle>(stream));
+  });
+}
+
+// --- MoE expert offloading ---
+
+struct kjit_moe_offload {
+  std::unique_ptr<kjit::moe::OffloadedMoe> stack;
+};
+
+namespace {
+
+kjit::TensorView host_view(const DLTensor* t, const char* name) {
+  return kjit::TensorView::from_dlpack_host(required(t, name), name);
+}
+
+// A per-layer array's entry, naming it in errors ("gate_up[2]").
+const DLTensor* entry(const DLTensor* const* array, int layer, const char* name, bool optional) {
+  if (!array) {
+    if (optional) return nullptr;
+    throw kjit::InvalidArgument(std::string(name) + " is NULL");
+  }
+  return array[layer];
+}
+
+std::string indexed(const char* name, int layer) {
+  return fmt::format("{}[{}]", name, layer);
+}
+
+kjit::moe::OffloadOptions offload_options(const kjit_moe_offload_options* o, int layers) {
+  if (!o) throw kjit::InvalidArgument("options is NULL");
+  if (o->policy != 0 && o->policy != 1)
+    throw kjit::InvalidArgument(
+        fmt::format("policy must be 0 (LRU) or 1 (LFU), got {}", o->policy));
+  if (o->predictor < 0 || o->predictor > 2) {
+    throw kjit::InvalidArgument(fmt::format(
+        "predictor must be 0 (frequency), 1 (previous token) or 2 (cross-layer), got {}",
+        o->predictor));
+  }
+  kjit::moe::OffloadOptions out;
+  out.policy = o->policy == 0 ? kjit::moe::CachePolicy::Lru : kjit::moe::CachePolicy::Lfu;
+  out.slots = o->slots;
+  out.prefetch = o->prefetch;
+  out.predictor = static_cast<kjit::moe::PredictorKind>(o->predictor);
+  out.history = o->history;
+  if (o->pinned && o->pinned_count > 0 && layers > 0) {
+    for (int l = 0; l < layers; ++l)
+      out.pinned.emplace_back(o->pinned + l * o->pinned_count,
+                              o->pinned + (l + 1) * o->pinned_count);
+  }
+  return out;
+}
+
+kjit::TensorView bias_entry(const DLTensor* const* router_bias, int layer) {
+  const std::string name = indexed("router_bias", layer);
+  return optional_view(entry(router_bias, layer, "router_bias", true), name.c_str());
+}
+
+void check_layers(int layers, kjit_moe_offload** stack) {
+  if (!stack) throw kjit::InvalidArgument("stack is NULL");
+  *stack = nullptr;
+  if (layers < 1) throw kjit::InvalidArgument(fmt::format("layers must be >= 1, got {}", layers));
+}
+
+kjit_moe_offload& stack_of(kjit_moe_offload* stack) {
+  if (!stack || !stack->stack) throw kjit::InvalidArgument("stack is NULL");
+  return *stack;
+}
+
+}  // namespace
+
+extern "C" kjit_status kjit_moe_offload_create(int layers, const DLTensor* const* gate_up,
+                                               const DLTensor* const* down,
+                                               const DLTensor* const* router_bias,
+                                               const kjit_moe_router_options* router, int block,
+                                               const kjit_moe_offload_options* options,
+                                               kjit_moe_offload** stack) {
+  return guarded([&] {
+    check_layers(layers, stack);
+    std::vector<kjit::moe::LayerWeights> weights;
+    for (int l = 0; l < layers; ++l) {
+      const std::string up = indexed("gate_up", l), dn = indexed("down", l);
+      weights.push_back({host_view(entry(gate_up, l, "gate_up", false), up.c_str()),
+                         host_view(entry(down, l, "down", false), dn.c_str()),
+                         bias_entry(router_bias, l)});
+    }
+    const kjit::moe::LayerOptions o{router_options(router), block};
+    auto made = std::make_unique<kjit_moe_offload>();
+    made->stack =
+        std::make_unique<kjit::moe::OffloadedMoe>(weights, o, offload_options(options, layers));
+    *stack = made.release();
+  });
+}
+
+extern "C" kjit_status kjit_moe_offload_create_fp4(
+    int layers, int format, const DLTensor* const* gate_up_codes,
+    const DLTensor* const* gate_up_scales, const DLTensor* const* gate_up_tensor_scale,
+    const DLTensor* const* down_codes, const DLTensor* const* down_scales,
+    const DLTensor* const* down_tensor_scale, const DLTensor* const* router_bias,
+    const kjit_moe_router_options* router, int block, const kjit_moe_offload_options* options,
+    kjit_moe_offload** stack) {
+  return guarded([&] {
+    check_layers(layers, stack);
+    // A tensor scale [E] is on the host, [1] (one for all) on the device.
+    const auto tensor_scale = [](const DLTensor* t, const std::string& name) {
+      if (!t) return kjit::TensorView();
+      return t->device.device_type == kDLCUDAHost || t->device.device_type == kDLCPU
+                 ? host_view(t, name.c_str())
+                 : kjit::TensorView::from_dlpack(*t, name.c_str());
+    };
+    const auto projection = [&](const DLTensor* const* codes, const DLTensor* const* scales,
+                                const DLTensor* const* tensor_scales, const char* name, int l) {
+      kjit::moe::Fp4Weights w;
+      w.format = fp4_format(format, "moe offload");
+      const std::string c = indexed(name, l) + " codes", s = indexed(name, l) + " scales",
+                        t = indexed(name, l) + " tensor_scale";
+      w.codes = host_view(entry(codes, l, "codes", false), c.c_str());
+      w.scales = host_view(entry(scales, l, "scales", false), s.c_str());
+      w.tensor_scale = tensor_scale(entry(tensor_scales, l, "tensor_scale", true), t);
+      return w;
+    };
+    std::vector<kjit::moe::Fp4LayerWeights> weights;
+    for (int l = 0; l < layers; ++l) {
+      weights.push_back(
+          {projection(gate_up_codes, gate_up_scales, gate_up_tensor_scale, "gate_up", l),
+           projection(down_codes, down_scales, down_tensor_scale, "down", l),
+           bias_entry(router_bias, l)});
+    }
+    const kjit::moe::LayerOptions o{router_options(router), block};
+    auto made = std::make_unique<kjit_moe_offload>();
+    made->stack =
+        std::make_unique<kjit::moe::OffloadedMoe>(weights, o, offload_options(options, layers));
+    *stack = made.release();
+  });
+}
+
+extern "C" void kjit_moe_offload_destroy(kjit_moe_offload* stack) {
+  delete stack;
+}
+
+extern "C" kjit_status kjit_moe_offload_layer(kjit_moe_offload* stack, int layer, const DLTensor* x,
+                                              const DLTensor* router_logits, const DLTensor* shared,
+                                              const DLTensor* out, const uint32_t* sequences,
+                                              void* stream) {
+  return guarded([&] {
+    kjit_moe_offload& s = stack_of(stack);
+    const kjit::TensorView tx = view(x, "x"), trouter_logits = view(router_logits, "router_logits"),
+                           tshared = optional_view(shared, "shared"), tout = view(out, "out");
+    std::vector<std::uint32_t> ids;
+    if (sequences && tx.ndim == 2) ids.assign(sequences, sequences + tx.size(0));
+    s.stack->layer(layer, tx, trouter_logits, tshared, tout,
+                   static_cast<kjit::StreamHandle>(stream), ids);
+  });
+}
+
+extern "C" kjit_status kjit_moe_offload_prefetch_from_logits(kjit_moe_offload* stack, int layer,
+                                                             const DLTensor* guess_logits,
+                                                             void* stream) {
+  return guarded([&] {
+    kjit_moe_offload& s = stack_of(stack);
+    s.stack->prefetch_from_logits(layer, view(guess_logits, "guess_logits"),
+                                  static_cast<kjit::StreamHandle>(stream));
+  });
+}
+
+extern "C" kjit_status kjit_moe_offload_stats_get(kjit_moe_offload* stack,
+                                                  kjit_moe_offload_stats* stats) {
+  return guarded([&] {
+    kjit_moe_offload& s = stack_of(stack);
+    if (!stats) throw kjit::InvalidArgument("stats is NULL");
+    const kjit::moe::OffloadStats st = s.stack->stats();
+    *stats = {st.tokens,          st.hits,
+              st.misses,          st.prefetches,
+              st.prefetch_hits,   st.prefetches_wasted,
+              st.bytes_on_demand, st.bytes_prefetched,
+              st.stall_ms};
+  });
+}
+
+extern "C" kjit_status kjit_moe_offload_write_history(kjit_moe_offload* stack, const char* path) {
+  return guarded([&] {
+    kjit_moe_offload& s = stack_of(stack);
+    if (!path) throw kjit::InvalidArgument("path is NULL");
+    const std::string p = path;
+    const kjit::moe::RoutingTrace trace = s.stack->history();
+    if (p.size() >= 6 && p.compare(p.size() - 6, 6, ".jsonl") == 0) {
+      trace.write_json_lines(p);
+    } else {
+      trace.write_binary(p);
+    }
   });
 }

@@ -70,14 +70,13 @@ TensorView::TensorView(void* data, DType dtype, std::initializer_list<std::int64
   std::copy(stride_list.begin(), stride_list.end(), strides.begin());
 }
 
-TensorView TensorView::from_dlpack(const DLTensor& t, const char* what) {
-  if (t.device.device_type != kDLCUDA && t.device.device_type != kDLCUDAManaged) {
-    throw InvalidArgument(fmt::format("{} is not in CUDA device memory (DLPack device type {})",
-                                      what, static_cast<int>(t.device.device_type)));
-  }
-  if (t.ndim < 0 || t.ndim > kMaxDims) {
+namespace {
+
+// A DLPack tensor's view, wherever its memory is.
+TensorView view_of(const DLTensor& t, const char* what) {
+  if (t.ndim < 0 || t.ndim > TensorView::kMaxDims) {
     throw InvalidArgument(
-        fmt::format("{} has {} dims; kjit takes at most {}", what, t.ndim, kMaxDims));
+        fmt::format("{} has {} dims; kjit takes at most {}", what, t.ndim, TensorView::kMaxDims));
   }
   TensorView v;
   if (t.dtype.lanes != 1) throw InvalidArgument(fmt::format("{} has vector lanes", what));
@@ -106,6 +105,24 @@ TensorView TensorView::from_dlpack(const DLTensor& t, const char* what) {
     s *= t.shape[d];
   }
   return v;
+}
+
+}  // namespace
+
+TensorView TensorView::from_dlpack(const DLTensor& t, const char* what) {
+  if (t.device.device_type != kDLCUDA && t.device.device_type != kDLCUDAManaged) {
+    throw InvalidArgument(fmt::format("{} is not in CUDA device memory (DLPack device type {})",
+                                      what, static_cast<int>(t.device.device_type)));
+  }
+  return view_of(t, what);
+}
+
+TensorView TensorView::from_dlpack_host(const DLTensor& t, const char* what) {
+  if (t.device.device_type != kDLCUDAHost && t.device.device_type != kDLCPU) {
+    throw InvalidArgument(fmt::format("{} is not in host memory (DLPack device type {})", what,
+                                      static_cast<int>(t.device.device_type)));
+  }
+  return view_of(t, what);
 }
 
 std::int64_t TensorView::numel() const {
