@@ -204,11 +204,13 @@ TEST_P(ExpertOffloadTest, MatchesTheResidentLayersBitForBit) {
   const moe::OffloadStats s = stack->stats();
   EXPECT_EQ(s.hits + s.misses, distinct);
   EXPECT_EQ(s.tokens, static_cast<std::int64_t>(kSteps) * t);
-  const std::int64_t expert_bytes = fp4 ? (2 * kInter * kHidden + kHidden * kInter) / 2 +
-                                              (2 * kInter * kHidden + kHidden * kInter) /
-                                                  moe::fp4_scale_block(gate_up[0].fp4().format) +
-                                              2 * 4
-                                        : (2 * kInter * kHidden + kHidden * kInter) * 2;
+  // A slot holds an expert's tiles: 16-bit gate_up and down, or FP4 codes and scales, and
+  // NVFP4's per-expert tensor scales (MXFP4's are not read, so not moved).
+  const std::int64_t weights = 2 * kInter * kHidden + kHidden * kInter;
+  const std::int64_t expert_bytes =
+      !fp4 ? weights * 2
+           : weights / 2 + weights / moe::fp4_scale_block(gate_up[0].fp4().format) +
+                 (c.weights == Format::kNvFp4 ? 2 * 4 : 0);
   EXPECT_EQ(s.bytes_on_demand, s.misses * expert_bytes);
   EXPECT_EQ(s.bytes_prefetched, s.prefetches * expert_bytes);
   EXPECT_LE(s.prefetch_hits + s.prefetches_wasted, s.prefetches);

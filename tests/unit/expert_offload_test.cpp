@@ -1,5 +1,5 @@
 // The offloaded MoE stack's refusals, all before it touches a device (so here, without one): a
-// cache smaller than top_k or larger than the experts, pinned experts that do not fit, layers of
+// cache smaller than top_k or larger than the experts, pinned experts that fill it, layers of
 // different shapes, the replay-only policy, prefetch counts out of range. The stack itself runs in
 // tests/gpu/expert_offload_test.cpp.
 #include <gtest/gtest.h>
@@ -44,6 +44,8 @@ TEST(ExpertOffload, RefusesBadStacksBeforeAnyDeviceWork) {
   expect_refused(two, 4, o, "pinned experts for 1 layers, the stack has 2");
   o.pinned = {{0, 1, 2, 3, 4}, {}};
   expect_refused(two, 4, o, "do not fit");
+  o.pinned = {{0, 1, 2, 3}, {}};
+  expect_refused(two, 4, o, "leave none of its 4 slots");
   o.pinned = {{0}, {16}};
   expect_refused(two, 4, o, "outside 0..15");
   o.pinned.clear();

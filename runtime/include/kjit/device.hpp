@@ -120,6 +120,7 @@ class Event {
   Event& operator=(const Event&) = delete;
   void record(StreamHandle stream = nullptr);
   void synchronize() const;
+  bool done() const;  // the work before its last record has run (or it was never recorded)
   float elapsed_ms_since(const Event& start) const;
 
  private:

@@ -62,8 +62,9 @@ class OffloadedMoe {
   // and down, or FP4 codes, scales and per-expert tensor scales) in page-locked host memory
   // (cuMemHostAlloc, cudaHostAlloc or registered), each expert's part contiguous; router_bias and
   // a shared FP4 tensor scale ([1]) on the device or null. All layers of one shape. Throws
-  // InvalidArgument (before taking any device memory) for slots outside top_k..experts, pinned
-  // experts that do not fit, layers that disagree, or pageable host weights.
+  // InvalidArgument for slots outside top_k..experts, pinned experts that fill the slots, layers
+  // that disagree (these before any device work), or host weights that are not page-locked.
+  // Destruction waits for the stack's work (the caller may then free the host weights).
   OffloadedMoe(const std::vector<LayerWeights>& layers, const LayerOptions& options,
                const OffloadOptions& offload);
   OffloadedMoe(const std::vector<Fp4LayerWeights>& layers, const LayerOptions& options,
@@ -72,9 +73,11 @@ class OffloadedMoe {
   OffloadedMoe(const OffloadedMoe&) = delete;
   OffloadedMoe& operator=(const OffloadedMoe&) = delete;
 
-  // moe::layer for MoE layer `index` (0..layers-1, called in order each step) on `stream`.
-  // `sequences`: each token's sequence (the predictors' and the history's key; empty: token t is
-  // sequence t).
+  // moe::layer for MoE layer `index` (0..layers-1, called in order each step) on `stream`: one
+  // stream for all calls (or streams the caller orders), since a slot's next load waits for its
+  // last reader there. `sequences`: each token's sequence (the predictors' and the history's key;
+  // empty: token t is sequence t). After an exception the layer's cache starts empty again (its
+  // pinned experts stay).
   void layer(int index, const TensorView& x, const TensorView& router_logits,
              const TensorView& shared, const TensorView& out, StreamHandle stream,
              const std::vector<std::uint32_t>& sequences = {});

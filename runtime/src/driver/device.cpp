@@ -234,6 +234,13 @@ void Event::synchronize() const {
   driver::check(driver::api().cuEventSynchronize(event_), "cuEventSynchronize");
 }
 
+bool Event::done() const {
+  const CUresult r = driver::api().cuEventQuery(event_);
+  if (r == CUDA_ERROR_NOT_READY) return false;
+  driver::check(r, "cuEventQuery");
+  return true;
+}
+
 float Event::elapsed_ms_since(const Event& start) const {
   float ms = 0;
   driver::check(driver::api().cuEventElapsedTime(&ms, start.event_, event_), "cuEventElapsedTime");

@@ -6,6 +6,26 @@
 #include "kjit/error.hpp"
 
 namespace kjit::offload {
+namespace {
+
+CUmemorytype memory_type(const void* p) {
+  CUmemorytype type{};
+  CUpointer_attribute attributes[] = {CU_POINTER_ATTRIBUTE_MEMORY_TYPE};
+  void* values[] = {&type};
+  driver::check(
+      driver::api().cuPointerGetAttributes(1, attributes, values, reinterpret_cast<CUdeviceptr>(p)),
+      "cuPointerGetAttributes");
+  return type;
+}
+
+}  // namespace
+
+void ExpertLoader::require_device(const TensorView& t, const char* what) {
+  if (t.data && memory_type(t.data) != CU_MEMORYTYPE_DEVICE) {
+    throw InvalidArgument(
+        fmt::format("expert offload: {} {} must be in device memory", what, t.describe()));
+  }
+}
 
 ExpertLoader::ExpertLoader(int layers, int slots)
     : slots_(slots), tiles_(static_cast<std::size_t>(layers)) {
@@ -23,13 +43,7 @@ TensorView ExpertLoader::add_tile(int layer, const TensorView& host) {
     }
     expected *= host.size(d);
   }
-  CUmemorytype memory_type{};
-  CUpointer_attribute attributes[] = {CU_POINTER_ATTRIBUTE_MEMORY_TYPE};
-  void* values[] = {&memory_type};
-  driver::check(driver::api().cuPointerGetAttributes(1, attributes, values,
-                                                     reinterpret_cast<CUdeviceptr>(host.data)),
-                "cuPointerGetAttributes");
-  if (memory_type != CU_MEMORYTYPE_HOST) {
+  if (memory_type(host.data) != CU_MEMORYTYPE_HOST) {
     throw InvalidArgument(fmt::format(
         "expert offload: {} is not in page-locked host memory (cuMemHostAlloc, cudaHostAlloc or "
         "registered): copies from pageable memory would not overlap with the GEMMs",
@@ -64,10 +78,10 @@ std::size_t ExpertLoader::load(int layer, int expert, int slot) {
 
 bool ExpertLoader::wait_ready(int layer, int slot, StreamHandle compute) {
   SlotFences& f = fences(layer, slot);
-  if (!f.loading) return false;
-  f.ready.wait(compute);
+  f.ready.wait(compute);  // cheap when long done; safe for a stream that did not wait before
+  const bool pending = f.loading;
   f.loading = false;
-  return true;
+  return pending;
 }
 
 void ExpertLoader::release(int layer, int slot, StreamHandle compute) {

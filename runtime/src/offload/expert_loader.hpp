@@ -3,7 +3,8 @@
 // codes, scales and tensor scales), the slots' device memory per tile, and the copies on a stream
 // of their own. Each slot has two fences: `ready` after its last load, which the compute stream
 // waits for before a GEMM reads the slot, and `released` after the last GEMM that read it, which
-// the loader waits for before overwriting it. No host synchronisation.
+// the loader waits for before overwriting it. No host synchronisation. The GEMMs run on one
+// compute stream at a time (or on streams the caller orders): `released` keeps the last reader.
 #pragma once
 
 #include <cstddef>
@@ -26,12 +27,18 @@ class ExpertLoader {
 
   // Queues the copy of every tile of `expert` into `slot`; returns the bytes.
   std::size_t load(int layer, int expert, int slot);
-  // Makes `compute` wait for the slot's loads queued since its last wait; false: none to wait for.
+  // Makes `compute` wait for the slot's last load; true when a load was queued since the last
+  // wait (the wait may then stall).
   bool wait_ready(int layer, int slot, StreamHandle compute);
   // The slot's readers are queued on `compute`: later loads into it wait for them.
   void release(int layer, int slot, StreamHandle compute);
 
+  // Throws InvalidArgument unless `t` (named `what`) is in device memory (a tensor the GEMMs read
+  // as given, such as a tensor scale shared by every expert).
+  static void require_device(const TensorView& t, const char* what);
+
   std::size_t device_bytes() const { return device_bytes_; }
+  void synchronize() const { stream_.synchronize(); }  // every load queued has run
 
  private:
   struct Tile {

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <set>
 #include <utility>
 
 #include <fmt/format.h>
@@ -19,16 +20,19 @@ namespace {
 
 using Weights = ops::MoeGemm::Weights;
 
-// The slots' weights: the host tensors' tiles on the loader, a tensor scale of one for all ([1]
-// or 0-d, on the device) as given.
+// The slots' weights: the host tensors' tiles on the loader; NVFP4's tensor scale a tile when it
+// is per expert ([E], E > 1), else (one for all, [1] or 0-d) on the device as given; MXFP4's is
+// not read.
 Weights slot_weights(offload::ExpertLoader& loader, int layer, const Weights& host) {
   Weights slots = host;
   slots.codes = loader.add_tile(layer, host.codes);
-  if (host.format != ops::MoeGemm::kSameAsX) {
-    slots.scales = loader.add_tile(layer, host.scales);
-    if (host.tensor_scale.ndim == 1 && host.tensor_scale.size(0) == host.codes.size(0) &&
-        host.codes.size(0) > 1) {
-      slots.tensor_scale = loader.add_tile(layer, host.tensor_scale);
+  if (host.format != ops::MoeGemm::kSameAsX) slots.scales = loader.add_tile(layer, host.scales);
+  if (host.format == ops::MoeGemm::kNvFp4) {
+    const TensorView& scale = host.tensor_scale;
+    if (scale.ndim == 1 && scale.size(0) == host.codes.size(0) && scale.size(0) > 1) {
+      slots.tensor_scale = loader.add_tile(layer, scale);
+    } else {
+      offload::ExpertLoader::require_device(scale, "a tensor scale shared by every expert");
     }
   }
   return slots;
@@ -83,6 +87,13 @@ void check_stack(const Stack& stack, const LayerOptions& layer_options,
     if (!options.pinned.empty()) {  // ExpertSlots' own checks, here before any device work
       ExpertSlots check(options.policy, options.slots, static_cast<int>(experts),
                         options.pinned[l]);
+      const std::set<int> distinct(options.pinned[l].begin(), options.pinned[l].end());
+      if (static_cast<int>(distinct.size()) >= options.slots && options.slots < experts) {
+        throw InvalidArgument(fmt::format(
+            "expert offload: layer {}'s {} pinned experts leave none of its {} slots for the "
+            "other experts",
+            l, distinct.size(), options.slots));
+      }
     }
   }
 }
@@ -109,8 +120,10 @@ struct OffloadedMoe::Impl {
   void run(int index, const TensorView& x, const TensorView& router_logits,
            const TensorView& shared, const TensorView& out, StreamHandle stream,
            const std::vector<std::uint32_t>& sequences);
+  ~Impl();
   void prefetch(int index, const std::vector<int>& ranked);
-  void harvest_stalls();
+  // Adds the measured stalls to the stats: every one (waiting for them), or those done.
+  void harvest_stalls(bool wait);
 
   LayerOptions layer_options;
   OffloadOptions options;
@@ -118,6 +131,8 @@ struct OffloadedMoe::Impl {
   std::vector<Weights> host_gate_up, host_down, slot_gate_up, slot_down;
   std::vector<TensorView> router_bias;
   std::vector<ExpertSlots> slots;
+  // Per layer, the experts prefetches chose since its last step: no later prefetch evicts them.
+  std::vector<std::vector<int>> prefetch_keep;
   ExpertPredictor predictor;
   RoutingHistory history;
   offload::ExpertLoader loader;
@@ -128,7 +143,7 @@ struct OffloadedMoe::Impl {
   std::vector<int> previous_ids;
   HostBuffer ids_host, tables_host;
   DeviceBuffer tables;
-  Event ids_ready, tables_copied;
+  Event ids_ready, tables_copied, last_call;  // last_call: the end of the last call's work
   OffloadStats stats;
   std::vector<std::pair<std::unique_ptr<Event>, std::unique_ptr<Event>>> stalls;
 };
@@ -155,6 +170,7 @@ OffloadedMoe::Impl::Impl(Stack stack, const LayerOptions& layer_options_,
     slot_down.push_back(slot_weights(loader, l, host_down[l]));
   }
   now.assign(static_cast<std::size_t>(layers), 0);
+  prefetch_keep.resize(static_cast<std::size_t>(layers));
   const auto e = static_cast<std::size_t>(experts);
   tables_host = HostBuffer(e * e * sizeof(int));  // a pass holds one expert at least
   tables = DeviceBuffer(e * e * sizeof(int));
@@ -170,6 +186,17 @@ OffloadedMoe::Impl::Impl(Stack stack, const LayerOptions& layer_options_,
   }
 }
 
+OffloadedMoe::Impl::~Impl() {
+  // The GEMMs reading the slots, the loads writing them and the table's copy are done before
+  // their memory goes (and before the caller frees the host weights the loads read).
+  try {
+    last_call.synchronize();
+    loader.synchronize();
+    tables_copied.synchronize();
+  } catch (const std::exception&) {  // a broken context: nothing left to wait for
+  }
+}
+
 std::vector<int> OffloadedMoe::Impl::download_ids(const TensorView& ids, StreamHandle stream) {
   const std::size_t bytes = static_cast<std::size_t>(ids.numel()) * sizeof(int);
   if (ids_host.size() < bytes) ids_host = HostBuffer(std::max(bytes, 2 * ids_host.size()));
@@ -180,21 +207,31 @@ std::vector<int> OffloadedMoe::Impl::download_ids(const TensorView& ids, StreamH
   return std::vector<int>(p, p + ids.numel());
 }
 
-void OffloadedMoe::Impl::harvest_stalls() {
-  for (auto& [before, after] : stalls) {
-    after->synchronize();
+void OffloadedMoe::Impl::harvest_stalls(bool wait) {
+  std::size_t n = 0;
+  for (; n < stalls.size(); ++n) {
+    auto& [before, after] = stalls[n];
+    if (wait) {
+      after->synchronize();
+    } else if (!after->done()) {
+      break;
+    }
     stats.stall_ms += after->elapsed_ms_since(*before);
   }
-  stalls.clear();
+  stalls.erase(stalls.begin(), stalls.begin() + static_cast<std::ptrdiff_t>(n));
 }
 
 void OffloadedMoe::Impl::prefetch(int index, const std::vector<int>& ranked) {
-  std::vector<int> brought;
+  std::vector<int>& keep = prefetch_keep[index];
+  for (int e : ranked) {  // the chosen experts already resident stay
+    if (slots[index].resident(e) && std::find(keep.begin(), keep.end(), e) == keep.end())
+      keep.push_back(e);
+  }
   for (int e : ranked) {
     if (slots[index].resident(e)) continue;
-    const auto p = slots[index].prefetch(e, now[index], brought);
+    const auto p = slots[index].prefetch(e, now[index], keep);
     if (!p) break;
-    brought.push_back(e);
+    keep.push_back(e);
     stats.bytes_prefetched += static_cast<std::int64_t>(loader.load(index, e, p->load.slot));
     ++stats.prefetches;
     ++stats.expert_loads[index][e];
@@ -228,6 +265,7 @@ void OffloadedMoe::Impl::run(int index, const TensorView& x, const TensorView& r
   }
   history.record(index, step, seqs, ids.data());
   const ExpertSlots::Outcome o = slots[index].request(ids, now[index]++);
+  prefetch_keep[index].clear();
   stats.hits += static_cast<std::int64_t>(o.hits.size());
   stats.misses += static_cast<std::int64_t>(o.loaded.size());
   stats.layer_hits[index] += static_cast<std::int64_t>(o.hits.size());
@@ -250,38 +288,50 @@ void OffloadedMoe::Impl::run(int index, const TensorView& x, const TensorView& r
   driver::StreamAllocation block_slot_memory(
       static_cast<std::size_t>(block_expert.size(0)) * sizeof(int), stream);
   const TensorView block_slot(block_slot_memory.data(), DType::Int32, {block_expert.size(0)});
-  std::size_t loaded = 0;
-  for (std::size_t p = 0; p < passes; ++p) {
-    // This pass's loads, queued after the last pass released the slots they overwrite.
-    for (; loaded < o.loaded.size(); ++loaded) {
-      const ExpertSlots::Load& l = o.loaded[loaded];
-      const auto in_pass = std::find(o.passes[p].begin(), o.passes[p].end(), l);
-      if (in_pass == o.passes[p].end()) break;
-      stats.bytes_on_demand += static_cast<std::int64_t>(loader.load(index, l.expert, l.slot));
-      ++stats.expert_loads[index][l.expert];
+  std::size_t loaded = 0, p = 0;
+  try {
+    for (; p < passes; ++p) {
+      // This pass's loads, queued after the last pass released the slots they overwrite.
+      for (; loaded < o.loaded.size(); ++loaded) {
+        const ExpertSlots::Load& l = o.loaded[loaded];
+        if (std::find(o.passes[p].begin(), o.passes[p].end(), l) == o.passes[p].end()) break;
+        stats.bytes_on_demand += static_cast<std::int64_t>(loader.load(index, l.expert, l.slot));
+        ++stats.expert_loads[index][l.expert];
+      }
+      auto before = std::make_unique<Event>();
+      before->record(stream);
+      bool waited = false;
+      for (const ExpertSlots::Load& l : o.passes[p]) {
+        waited |= loader.wait_ready(index, l.slot, stream);
+        ++stats.expert_uses[index][l.expert];
+      }
+      if (waited) {
+        auto after = std::make_unique<Event>();
+        after->record(stream);
+        stalls.emplace_back(std::move(before), std::move(after));
+      }
+      map_block_experts(
+          block_expert,
+          TensorView(static_cast<int*>(tables.data()) + p * experts, DType::Int32, {experts}),
+          block_slot, stream);
+      steps.experts(slot_gate_up[index], slot_down[index], block_slot);
+      for (const ExpertSlots::Load& l : o.passes[p])
+        loader.release(index, l.slot, stream);
     }
-    auto before = std::make_unique<Event>();
-    before->record(stream);
-    bool waited = false;
-    for (const ExpertSlots::Load& l : o.passes[p]) {
-      waited |= loader.wait_ready(index, l.slot, stream);
-      ++stats.expert_uses[index][l.expert];
+  } catch (...) {
+    // The slots of the passes not run hold no loaded expert: forget the layer's residency (its
+    // pinned experts keep their slots), and let later loads wait for what was queued.
+    for (std::size_t q = p; q < passes; ++q) {
+      for (const ExpertSlots::Load& l : o.passes[q])
+        loader.release(index, l.slot, stream);
     }
-    if (waited) {
-      auto after = std::make_unique<Event>();
-      after->record(stream);
-      stalls.emplace_back(std::move(before), std::move(after));
-    }
-    map_block_experts(
-        block_expert,
-        TensorView(static_cast<int*>(tables.data()) + p * experts, DType::Int32, {experts}),
-        block_slot, stream);
-    steps.experts(slot_gate_up[index], slot_down[index], block_slot);
-    for (const ExpertSlots::Load& l : o.passes[p])
-      loader.release(index, l.slot, stream);
+    slots[index] = ExpertSlots(options.policy, options.slots, experts,
+                               options.pinned.empty() ? std::vector<int>{} : options.pinned[index]);
+    throw;
   }
   steps.combine();
-  if (stalls.size() > 4096) harvest_stalls();  // long done: bounded bookkeeping
+  last_call.record(stream);
+  harvest_stalls(false);
 
   // Learn the choice; prefetch the next layer's expected experts.
   const bool chained = previous_layer == index - 1 && previous_ids.size() == ids.size();
@@ -343,6 +393,7 @@ void OffloadedMoe::prefetch_from_logits(int index, const TensorView& guess_logit
       weights(static_cast<int*>(memory.data()) + pairs, DType::Float32, {tokens, m.top_k});
   router_topk(guess_logits, m.router_bias[index], ids, weights, m.layer_options.router, stream);
   const std::vector<int> chosen = m.download_ids(ids, stream);
+  m.last_call.record(stream);
   std::vector<int> votes(static_cast<std::size_t>(m.experts), 0), ranked;
   for (int e : chosen)
     ++votes[e];
@@ -354,7 +405,7 @@ void OffloadedMoe::prefetch_from_logits(int index, const TensorView& guess_logit
 }
 
 OffloadStats OffloadedMoe::stats() const {
-  impl_->harvest_stalls();
+  impl_->harvest_stalls(true);
   OffloadStats s = impl_->stats;
   for (const ExpertSlots& slots : impl_->slots)
     s.prefetches_wasted += slots.prefetches_wasted();
