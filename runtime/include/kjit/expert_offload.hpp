@@ -5,8 +5,8 @@
 // experts' GEMMs over the slots once a pass (ExpertSlots' passes: more experts than slots run in
 // several), the compute stream waiting only for the loads of the experts it routes to. The layout
 // and sums are moe::layer's: the outputs are those of the same layer with every expert resident,
-// bit for bit, whatever the cache size and policy (given the same GEMM configs: see
-// docs/design.md). After a layer routes, a predictor (kjit/routing_analysis.hpp) prefetches what
+// bit for bit, whatever the cache size and policy (the GEMMs' configs are chosen as for the
+// resident layer). After a layer routes, a predictor (kjit/routing_analysis.hpp) prefetches what
 // the next layer is expected to need; prefetch_from_logits brings in what a guess of the next
 // layer's router logits chooses (mixtral-offloading's speculative trick: the next router applied to
 // this hidden state).

@@ -260,10 +260,11 @@ void MoeGemm::launch(const Program& program, const Config& c, const Problem& p,
   const auto block_n = static_cast<std::uint32_t>(c.block_n);
   const bool fp4 = p.weights != kSameAsX;
   // FP4: 32 code bytes (64 K) of block_n weight rows a stage, which the consumers split.
-  args.w_map = fp4 ? driver::tiled_map_bytes(args.w, {u(p.k / 2), u(p.n), u(p.experts), 1},
+  // w's own experts (args.experts): fewer than p.experts when the weights are cache slots.
+  args.w_map = fp4 ? driver::tiled_map_bytes(args.w, {u(p.k / 2), u(p.n), u(args.experts), 1},
                                              w_strides, {32, block_n, 1, 1})
-                   : driver::tiled_map_16bit(args.w, {u(p.k), u(p.n), u(p.experts), 1}, w_strides,
-                                             {64, block_n, 1, 1});
+                   : driver::tiled_map_16bit(args.w, {u(p.k), u(p.n), u(args.experts), 1},
+                                             w_strides, {64, block_n, 1, 1});
   const std::int64_t consumers = (fp4 ? c.block_n : p.block_m) / 64;
   program.kernel().launch(
       {grid, {static_cast<unsigned>(128 * (1 + consumers))}, shared_bytes(c, p), stream, {}}, args);
@@ -382,6 +383,16 @@ std::vector<Preset<MoeGemm::Problem>> MoeGemm::presets() {
     decode.problems.push_back({DType::BFloat16, m, 2048, 1536, 64, 64, 0, 1});
   }
   return {glm, decode, nvfp4};
+}
+
+void MoeGemm::choose_for_layout(Call<MoeGemm>& call, std::int64_t layout_experts) {
+  if (call.problem.masked)
+    kGemmCheck.fail("the masked layout's experts are its weights': no other count to choose for");
+  if (layout_experts < call.problem.experts) {
+    kGemmCheck.fail(fmt::format("a layout of {} experts over weights of {}", layout_experts,
+                                call.problem.experts));
+  }
+  call.problem.experts = layout_experts;  // the kernel keeps w's count in call.args.experts
 }
 
 Call<MoeGemm> MoeGemm::validate(const TensorView& x_sorted, const TensorView& block_expert,

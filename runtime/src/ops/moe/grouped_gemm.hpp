@@ -95,6 +95,11 @@ struct MoeGemm {
   static Call<MoeGemm> validate(const TensorView& x_sorted, const TensorView& block_expert,
                                 int block, const Weights& w, const TensorView& y,
                                 const moe::GemmEpilogue& epilogue);
+  // A contiguous-layout call whose weights hold fewer experts than the layout names (the
+  // offloaded layer's cache slots, block_expert mapped to them): the config is chosen, and the
+  // kernel specialised, for the layout's `layout_experts` (so as the same layer with every expert
+  // resident: the same kernel and sums), while the kernel reads w's own experts.
+  static void choose_for_layout(Call<MoeGemm>& call, std::int64_t layout_experts);
   static Call<MoeGemm> validate_masked(const TensorView& x, const TensorView& masked_m,
                                        int expected_m, const Weights& w, const TensorView& y,
                                        moe::GemmEpilogue::Kind epilogue);

@@ -133,10 +133,12 @@ void MoeLayerSteps::experts(const Weights& gate_up, const Weights& down,
   // sorted and the weights given to both GEMMs: the FP4 kernel then skips padding rows.
   const moe::GemmEpilogue swiglu{moe::GemmEpilogue::Kind::kSwiGLU, sorted_, routing_},
       weighted{moe::GemmEpilogue::Kind::kRoutingWeights, sorted_, routing_};
-  run_unless_empty(MoeGemm::validate(x_sorted_, block_expert, layout_.block, gate_up, h_, swiglu),
-                   stream_);
-  run_unless_empty(MoeGemm::validate(h_, block_expert, layout_.block, down, y_sorted_, weighted),
-                   stream_);
+  for (Call<MoeGemm> call :
+       {MoeGemm::validate(x_sorted_, block_expert, layout_.block, gate_up, h_, swiglu),
+        MoeGemm::validate(h_, block_expert, layout_.block, down, y_sorted_, weighted)}) {
+    MoeGemm::choose_for_layout(call, layout_.experts);
+    run_unless_empty(call, stream_);
+  }
 }
 
 void MoeLayerSteps::combine() {

@@ -27,7 +27,8 @@ class MoeLayerSteps {
 
   void route(const TensorView& router_bias);
   // Both GEMMs over the blocks `block_expert` (align's, or one mapped to cache slots) names in
-  // `gate_up` and `down` (the same shapes as the constructor's but for the experts' count).
+  // `gate_up` and `down` (the same shapes as the constructor's but for the experts' count), with
+  // the configs the layout's expert count chooses (MoeGemm::choose_for_layout).
   void experts(const Weights& gate_up, const Weights& down, const TensorView& block_expert);
   void combine();
 
