@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kjit/error.hpp"
+#include "kjit/expert_cache.hpp"
 #include "kjit/routing_analysis.hpp"
 #include "tools/commands.hpp"
 
@@ -69,6 +70,22 @@ nlohmann::json analyze(const moe::RoutingTrace& trace, const std::vector<int>& s
     }
   }
   j["cache"] = caches;
+  // What the offloaded stack's cache gets with its cross-layer prefetch (kjit/expert_cache.hpp).
+  nlohmann::json prefetched = nlohmann::json::array();
+  for (int slots : sizes) {
+    moe::ExpertCacheOptions o;
+    o.slots = slots;
+    o.prefetch = trace.top_k();
+    const moe::ExpertCacheStats s = moe::replay_expert_cache(trace, o);
+    prefetched.push_back({{"slots_per_layer", slots},
+                          {"policy", "lru"},
+                          {"predictor", moe::predictor_name(o.predictor)},
+                          {"prefetch", o.prefetch},
+                          {"hit_rate", s.hit_rate()},
+                          {"prefetch_recall", s.prefetch_recall()},
+                          {"prefetch_precision", s.prefetch_precision()}});
+  }
+  j["cache_with_prefetch"] = prefetched;
   nlohmann::json predictions = nlohmann::json::array();
   for (int n : {trace.top_k(), std::min(2 * trace.top_k(), trace.experts())}) {
     for (moe::PredictorKind kind : kPredictors) {
@@ -120,6 +137,15 @@ void print(const nlohmann::json& j) {
                              caches[i]["slots_per_layer"].get<int>(),
                              percent(caches[i]["hit_rate"]), percent(caches[i + 1]["hit_rate"]),
                              percent(caches[i + 2]["hit_rate"]));
+  }
+  std::cout << "\nexpert cache with the cross-layer prefetch (LRU; each token's top_k likeliest "
+               "experts at the next layer brought in)\n";
+  std::cout << fmt::format("  {:>6} {:>9} {:>9} {:>10}\n", "slots", "hit rate", "recall",
+                           "precision");
+  for (const auto& c : j["cache_with_prefetch"]) {
+    std::cout << fmt::format("  {:>6} {:>8.1f}% {:>8.1f}% {:>9.1f}%\n",
+                             c["slots_per_layer"].get<int>(), percent(c["hit_rate"]),
+                             percent(c["prefetch_recall"]), percent(c["prefetch_precision"]));
   }
   std::cout << "\nprefetch prediction before each router runs (recall: chosen experts guessed)\n";
   std::cout << fmt::format("  {:<15} {:>9} {:>9} {:>9}\n", "predictor", "predicted", "recall",

@@ -203,6 +203,12 @@ TEST_P(ExpertOffloadTest, MatchesTheResidentLayersBitForBit) {
   }
   const moe::OffloadStats s = stack->stats();
   EXPECT_EQ(s.hits + s.misses, distinct);
+  if (!c.speculative) {  // the host-side replay of the recorded routing decides alike
+    const moe::ExpertCacheStats replay = moe::replay_expert_cache(trace, offload);
+    EXPECT_EQ(s.hits, replay.hits);
+    EXPECT_EQ(s.prefetches, replay.prefetches);
+    EXPECT_EQ(s.prefetch_hits, replay.prefetch_hits);
+  }
   EXPECT_EQ(s.tokens, static_cast<std::int64_t>(kSteps) * t);
   // A slot holds an expert's tiles: 16-bit gate_up and down, or FP4 codes and scales, and
   // NVFP4's per-expert tensor scales (MXFP4's are not read, so not moved).

@@ -256,7 +256,7 @@ TEST(ModelOpsCApi, MoeOffloadRefusesBadStacks) {
   o.pinned = pinned;
   o.pinned_count = 9;
   expect_refused(kjit_moe_offload_create(2, ups, downs, nullptr, &glm, 0, &o, &stack),
-                 "do not fit");
+                 "leave none of its 8 slots");
   o.pinned = nullptr;
   expect_refused(kjit_moe_offload_create(0, ups, downs, nullptr, &glm, 0, &o, &stack),
                  "layers must be >= 1");

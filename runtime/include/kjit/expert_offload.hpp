@@ -1,6 +1,6 @@
 // MoE expert offloading: a stack of MoE layers whose experts live in page-locked host memory. Each
-// layer has a cache of GPU slots (kjit::moe::ExpertSlots' bookkeeping: LRU or LFU, pinned
-// experts); a layer call routes on the GPU, brings the host its choices (the one host wait of the
+// layer has a cache of GPU slots (kjit/expert_cache.hpp decides: LRU or LFU, pinned experts,
+// prefetch); a layer call routes on the GPU, brings the host its choices (the one host wait of the
 // call: the loads depend on them), loads the missing experts on a stream of its own, and runs the
 // experts' GEMMs over the slots once a pass (ExpertSlots' passes: more experts than slots run in
 // several), the compute stream waiting only for the loads of the experts it routes to. The layout
@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "kjit/device.hpp"
+#include "kjit/expert_cache.hpp"
 #include "kjit/moe.hpp"
 #include "kjit/routing_analysis.hpp"
 #include "kjit/routing_trace.hpp"
@@ -25,34 +26,12 @@
 #pragma GCC visibility push(default)  // the API libkjit.so exports
 namespace kjit::moe {
 
-struct OffloadOptions {
-  CachePolicy policy = CachePolicy::Lru;  // Lru or Lfu (Optimal needs the future: replay only)
-  int slots = 0;                          // GPU slots a layer, top_k to experts
-  std::vector<std::vector<int>> pinned;   // a layer's experts kept resident (empty: none)
-  // After layer l routes, each token's `prefetch` most likely experts at layer l + 1 by
-  // `predictor` are brought in, most voted first, while the next layer has slots that hold
-  // nothing its step in flight uses (0: no prefetch, loads on demand only).
-  PredictorKind predictor = PredictorKind::CrossLayer;
-  int prefetch = 0;
-  std::int64_t history = 4096;  // records a layer the routing history keeps
-};
+using OffloadOptions = ExpertCacheOptions;
 
-struct OffloadStats {
-  std::int64_t tokens = 0;            // tokens through the stack (layer 0's calls)
-  std::int64_t hits = 0, misses = 0;  // a layer call's distinct experts, resident or not
-  std::int64_t prefetches = 0, prefetch_hits = 0, prefetches_wasted = 0;
+// The cache's statistics, and what moved and waited on the GPU.
+struct OffloadStats : ExpertCacheStats {
   std::int64_t bytes_on_demand = 0, bytes_prefetched = 0;  // host -> device
   double stall_ms = 0;  // the compute stream's waits for loads, summed
-  std::vector<std::int64_t> layer_hits, layer_misses;                // [layers]
-  std::vector<std::vector<std::int64_t>> expert_uses, expert_loads;  // [layers][experts]
-
-  double hit_rate() const { return hits + misses ? double(hits) / double(hits + misses) : 0; }
-  // Of the prefetched experts, the share a step used; of the experts a step needed and did not
-  // find resident by itself, the share a prefetch brought.
-  double prefetch_precision() const { return prefetches ? double(prefetch_hits) / prefetches : 0; }
-  double prefetch_recall() const {
-    return prefetch_hits + misses ? double(prefetch_hits) / double(prefetch_hits + misses) : 0;
-  }
   double stall_ms_per_token() const { return tokens ? stall_ms / double(tokens) : 0; }
 };
 

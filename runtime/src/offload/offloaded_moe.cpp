@@ -1,12 +1,11 @@
 // The offloaded MoE stack (kjit/expert_offload.hpp): per layer call, route on the GPU, bring the
-// choices to the host, ask the layer's ExpertSlots for them, then per pass load its misses
-// (ExpertLoader), wait for them, map align's blocks to the pass's slots and run the experts'
-// GEMMs over the slots; combine once; prefetch for the next layer.
+// choices to the host, let the ExpertCache decide (hits, loads, passes), then per pass load its
+// misses (ExpertLoader), wait for them, map align's blocks to the pass's slots and run the
+// experts' GEMMs over the slots; combine once; load what the cache prefetches for the next layer.
 #include "kjit/expert_offload.hpp"
 
 #include <algorithm>
 #include <numeric>
-#include <set>
 #include <utility>
 
 #include <fmt/format.h>
@@ -19,6 +18,47 @@ namespace kjit::moe {
 namespace {
 
 using Weights = ops::MoeGemm::Weights;
+
+// A stack's layers as the GEMMs take their weights.
+struct Stack {
+  std::vector<Weights> gate_up, down;
+  std::vector<TensorView> router_bias;
+};
+
+// The checks of the weights that need no device, before any is touched (the cache checks the
+// options).
+void check_stack(const Stack& stack) {
+  if (stack.gate_up.empty()) throw InvalidArgument("expert offload: no layers");
+  const TensorView &first = stack.gate_up[0].codes, &first_down = stack.down[0].codes;
+  if (first.ndim != 3) {
+    throw InvalidArgument(
+        fmt::format("expert offload: gate_up must be [E, 2 I, H], got {}", first.describe()));
+  }
+  const auto same = [](const TensorView& a, const TensorView& b) {
+    return a.ndim == b.ndim && a.dtype == b.dtype &&
+           std::equal(a.shape.begin(), a.shape.begin() + a.ndim, b.shape.begin());
+  };
+  for (std::size_t l = 0; l < stack.gate_up.size(); ++l) {
+    if (!same(stack.gate_up[l].codes, first) || !same(stack.down[l].codes, first_down) ||
+        stack.gate_up[l].format != stack.gate_up[0].format) {
+      throw InvalidArgument(fmt::format(
+          "expert offload: layer {}'s weights (gate_up {}, down {}) differ from layer 0's", l,
+          stack.gate_up[l].codes.describe(), stack.down[l].codes.describe()));
+    }
+  }
+}
+
+template <class LayerList>
+Stack stack_of(const LayerList& layers) {
+  Stack s;
+  for (const auto& l : layers) {
+    s.gate_up.emplace_back(l.gate_up);
+    s.down.emplace_back(l.down);
+    s.router_bias.push_back(l.router_bias);
+  }
+  check_stack(s);
+  return s;
+}
 
 // The slots' weights: the host tensors' tiles on the loader; NVFP4's tensor scale a tile when it
 // is per expert ([E], E > 1), else (one for all, [1] or 0-d) on the device as given; MXFP4's is
@@ -38,150 +78,67 @@ Weights slot_weights(offload::ExpertLoader& loader, int layer, const Weights& ho
   return slots;
 }
 
-// A stack's layers as the GEMMs take their weights.
-struct Stack {
-  std::vector<Weights> gate_up, down;
-  std::vector<TensorView> router_bias;
-};
-
-// Every check that needs no device, before any is touched.
-void check_stack(const Stack& stack, const LayerOptions& layer_options,
-                 const OffloadOptions& options) {
-  const std::vector<Weights>&gate_up = stack.gate_up, &down = stack.down;
-  if (gate_up.empty()) throw InvalidArgument("expert offload: no layers");
-  const TensorView& first = gate_up[0].codes;
-  if (first.ndim != 3) {
-    throw InvalidArgument(
-        fmt::format("expert offload: gate_up must be [E, 2 I, H], got {}", first.describe()));
+// The experts (present in `ids`) ranked by how many choices name them, most first.
+std::vector<int> ranked_by_votes(const std::vector<int>& ids, int experts) {
+  std::vector<int> votes(static_cast<std::size_t>(experts), 0), ranked;
+  for (int e : ids)
+    ++votes[e];
+  for (int e = 0; e < experts; ++e) {
+    if (votes[e] > 0) ranked.push_back(e);
   }
-  const std::int64_t experts = first.size(0);
-  const int top_k = layer_options.router.top_k;
-  if (top_k < 1 || top_k > experts || options.slots < top_k || options.slots > experts) {
-    throw InvalidArgument(fmt::format(
-        "expert offload: {} slots a layer must be between top_k ({}) and the experts ({}): a "
-        "smaller cache could not hold one token's experts",
-        options.slots, top_k, experts));
-  }
-  if (!options.pinned.empty() && options.pinned.size() != gate_up.size()) {
-    throw InvalidArgument(
-        fmt::format("expert offload: pinned experts for {} layers, the stack has {}",
-                    options.pinned.size(), gate_up.size()));
-  }
-  if (options.policy == CachePolicy::Optimal)
-    throw InvalidArgument("expert offload: the optimal policy needs the future: replay only");
-  if (options.prefetch < 0 || options.prefetch > experts || options.history < 1) {
-    throw InvalidArgument(fmt::format("expert offload: prefetch {} (0..{}) and history {} (>= 1)",
-                                      options.prefetch, experts, options.history));
-  }
-  for (std::size_t l = 0; l < gate_up.size(); ++l) {
-    const auto same = [](const TensorView& a, const TensorView& b) {
-      return a.ndim == b.ndim && a.dtype == b.dtype &&
-             std::equal(a.shape.begin(), a.shape.begin() + a.ndim, b.shape.begin());
-    };
-    if (!same(gate_up[l].codes, first) || !same(down[l].codes, down[0].codes) ||
-        gate_up[l].format != gate_up[0].format) {
-      throw InvalidArgument(fmt::format(
-          "expert offload: layer {}'s weights (gate_up {}, down {}) differ from layer 0's", l,
-          gate_up[l].codes.describe(), down[l].codes.describe()));
-    }
-    if (!options.pinned.empty()) {  // ExpertSlots' own checks, here before any device work
-      ExpertSlots check(options.policy, options.slots, static_cast<int>(experts),
-                        options.pinned[l]);
-      const std::set<int> distinct(options.pinned[l].begin(), options.pinned[l].end());
-      if (static_cast<int>(distinct.size()) >= options.slots && options.slots < experts) {
-        throw InvalidArgument(fmt::format(
-            "expert offload: layer {}'s {} pinned experts leave none of its {} slots for the "
-            "other experts",
-            l, distinct.size(), options.slots));
-      }
-    }
-  }
-}
-
-template <class LayerList>
-Stack stack_of(const LayerList& layers, const LayerOptions& layer_options,
-               const OffloadOptions& options) {
-  Stack s;
-  for (const auto& l : layers) {
-    s.gate_up.emplace_back(l.gate_up);
-    s.down.emplace_back(l.down);
-    s.router_bias.push_back(l.router_bias);
-  }
-  check_stack(s, layer_options, options);
-  return s;
+  std::stable_sort(ranked.begin(), ranked.end(), [&](int a, int b) { return votes[a] > votes[b]; });
+  return ranked;
 }
 
 }  // namespace
 
 struct OffloadedMoe::Impl {
   Impl(Stack stack, const LayerOptions& layer_options, const OffloadOptions& options);
+  ~Impl();
 
   std::vector<int> download_ids(const TensorView& ids, StreamHandle stream);
   void run(int index, const TensorView& x, const TensorView& router_logits,
            const TensorView& shared, const TensorView& out, StreamHandle stream,
            const std::vector<std::uint32_t>& sequences);
-  ~Impl();
-  void prefetch(int index, const std::vector<int>& ranked);
+  void load(int layer, const std::vector<ExpertSlots::Load>& prefetches);
   // Adds the measured stalls to the stats: every one (waiting for them), or those done.
   void harvest_stalls(bool wait);
 
   LayerOptions layer_options;
-  OffloadOptions options;
-  int layers, experts, top_k;
+  int layers, experts;
   std::vector<Weights> host_gate_up, host_down, slot_gate_up, slot_down;
   std::vector<TensorView> router_bias;
-  std::vector<ExpertSlots> slots;
-  // Per layer, the experts prefetches chose since its last step: no later prefetch evicts them.
-  std::vector<std::vector<int>> prefetch_keep;
-  ExpertPredictor predictor;
-  RoutingHistory history;
+  ExpertCache cache;
   offload::ExpertLoader loader;
-  std::vector<std::int64_t> now;  // each layer's calls
-  std::uint32_t step = 0;
-  // The layer before's choices, for the cross-layer predictor.
-  int previous_layer = -1;
-  std::vector<int> previous_ids;
   HostBuffer ids_host, tables_host;
   DeviceBuffer tables;
   Event ids_ready, tables_copied, last_call;  // last_call: the end of the last call's work
-  OffloadStats stats;
+  std::int64_t bytes_on_demand = 0, bytes_prefetched = 0;
+  double stall_ms = 0;
   std::vector<std::pair<std::unique_ptr<Event>, std::unique_ptr<Event>>> stalls;
 };
 
 OffloadedMoe::Impl::Impl(Stack stack, const LayerOptions& layer_options_,
-                         const OffloadOptions& options_)
+                         const OffloadOptions& options)
     : layer_options(layer_options_),
-      options(options_),
       layers(static_cast<int>(stack.gate_up.size())),
       experts(static_cast<int>(stack.gate_up[0].codes.size(0))),
-      top_k(layer_options_.router.top_k),
       host_gate_up(std::move(stack.gate_up)),
       host_down(std::move(stack.down)),
       router_bias(std::move(stack.router_bias)),
-      predictor(options_.predictor, layers, experts, top_k),
-      history(layers, experts, top_k, options_.history),
-      loader(layers, options_.slots) {
-  for (int l = 0; l < layers; ++l) {
-    slots.emplace_back(options.policy, options.slots, experts,
-                       options.pinned.empty() ? std::vector<int>{} : options.pinned[l]);
-  }
+      cache(layers, experts, layer_options_.router.top_k, options),
+      loader(layers, options.slots) {
   for (int l = 0; l < layers; ++l) {
     slot_gate_up.push_back(slot_weights(loader, l, host_gate_up[l]));
     slot_down.push_back(slot_weights(loader, l, host_down[l]));
   }
-  now.assign(static_cast<std::size_t>(layers), 0);
-  prefetch_keep.resize(static_cast<std::size_t>(layers));
   const auto e = static_cast<std::size_t>(experts);
   tables_host = HostBuffer(e * e * sizeof(int));  // a pass holds one expert at least
   tables = DeviceBuffer(e * e * sizeof(int));
-  stats.layer_hits.assign(static_cast<std::size_t>(layers), 0);
-  stats.layer_misses.assign(static_cast<std::size_t>(layers), 0);
-  stats.expert_uses.assign(static_cast<std::size_t>(layers), std::vector<std::int64_t>(e, 0));
-  stats.expert_loads = stats.expert_uses;
   // Pinned experts are loaded once, now.
   for (int l = 0; l < layers; ++l) {
     for (int x = 0; x < experts; ++x) {
-      if (slots[l].resident(x)) loader.load(l, x, slots[l].slot(x));
+      if (cache.slots(l).resident(x)) loader.load(l, x, cache.slots(l).slot(x));
     }
   }
 }
@@ -216,26 +173,14 @@ void OffloadedMoe::Impl::harvest_stalls(bool wait) {
     } else if (!after->done()) {
       break;
     }
-    stats.stall_ms += after->elapsed_ms_since(*before);
+    stall_ms += after->elapsed_ms_since(*before);
   }
   stalls.erase(stalls.begin(), stalls.begin() + static_cast<std::ptrdiff_t>(n));
 }
 
-void OffloadedMoe::Impl::prefetch(int index, const std::vector<int>& ranked) {
-  std::vector<int>& keep = prefetch_keep[index];
-  for (int e : ranked) {  // the chosen experts already resident stay
-    if (slots[index].resident(e) && std::find(keep.begin(), keep.end(), e) == keep.end())
-      keep.push_back(e);
-  }
-  for (int e : ranked) {
-    if (slots[index].resident(e)) continue;
-    const auto p = slots[index].prefetch(e, now[index], keep);
-    if (!p) break;
-    keep.push_back(e);
-    stats.bytes_prefetched += static_cast<std::int64_t>(loader.load(index, e, p->load.slot));
-    ++stats.prefetches;
-    ++stats.expert_loads[index][e];
-  }
+void OffloadedMoe::Impl::load(int layer, const std::vector<ExpertSlots::Load>& prefetches) {
+  for (const ExpertSlots::Load& l : prefetches)
+    bytes_prefetched += static_cast<std::int64_t>(loader.load(layer, l.expert, l.slot));
 }
 
 void OffloadedMoe::Impl::run(int index, const TensorView& x, const TensorView& router_logits,
@@ -259,18 +204,7 @@ void OffloadedMoe::Impl::run(int index, const TensorView& x, const TensorView& r
     seqs.resize(static_cast<std::size_t>(tokens));
     std::iota(seqs.begin(), seqs.end(), 0u);
   }
-  if (index == 0) {
-    stats.tokens += tokens;
-    if (now[0] > 0) ++step;
-  }
-  history.record(index, step, seqs, ids.data());
-  const ExpertSlots::Outcome o = slots[index].request(ids, now[index]++);
-  prefetch_keep[index].clear();
-  stats.hits += static_cast<std::int64_t>(o.hits.size());
-  stats.misses += static_cast<std::int64_t>(o.loaded.size());
-  stats.layer_hits[index] += static_cast<std::int64_t>(o.hits.size());
-  stats.layer_misses[index] += static_cast<std::int64_t>(o.loaded.size());
-  stats.prefetch_hits += o.prefetch_hits;
+  const ExpertSlots::Outcome o = cache.step(index, seqs, ids);
 
   // Each pass's table of slots (passes x E, -1 for the experts of other passes), one copy.
   tables_copied.synchronize();  // the last call's copy has left tables_host
@@ -295,16 +229,13 @@ void OffloadedMoe::Impl::run(int index, const TensorView& x, const TensorView& r
       for (; loaded < o.loaded.size(); ++loaded) {
         const ExpertSlots::Load& l = o.loaded[loaded];
         if (std::find(o.passes[p].begin(), o.passes[p].end(), l) == o.passes[p].end()) break;
-        stats.bytes_on_demand += static_cast<std::int64_t>(loader.load(index, l.expert, l.slot));
-        ++stats.expert_loads[index][l.expert];
+        bytes_on_demand += static_cast<std::int64_t>(loader.load(index, l.expert, l.slot));
       }
       auto before = std::make_unique<Event>();
       before->record(stream);
       bool waited = false;
-      for (const ExpertSlots::Load& l : o.passes[p]) {
+      for (const ExpertSlots::Load& l : o.passes[p])
         waited |= loader.wait_ready(index, l.slot, stream);
-        ++stats.expert_uses[index][l.expert];
-      }
       if (waited) {
         auto after = std::make_unique<Event>();
         after->record(stream);
@@ -319,53 +250,28 @@ void OffloadedMoe::Impl::run(int index, const TensorView& x, const TensorView& r
         loader.release(index, l.slot, stream);
     }
   } catch (...) {
-    // The slots of the passes not run hold no loaded expert: forget the layer's residency (its
-    // pinned experts keep their slots), and let later loads wait for what was queued.
+    // The slots of the passes not run hold no loaded expert: the layer's residency is forgotten
+    // (its pinned experts keep their slots), and later loads wait for what was queued.
     for (std::size_t q = p; q < passes; ++q) {
       for (const ExpertSlots::Load& l : o.passes[q])
         loader.release(index, l.slot, stream);
     }
-    slots[index] = ExpertSlots(options.policy, options.slots, experts,
-                               options.pinned.empty() ? std::vector<int>{} : options.pinned[index]);
+    cache.forget(index);
     throw;
   }
   steps.combine();
   last_call.record(stream);
   harvest_stalls(false);
-
-  // Learn the choice; prefetch the next layer's expected experts.
-  const bool chained = previous_layer == index - 1 && previous_ids.size() == ids.size();
-  std::vector<int> votes(static_cast<std::size_t>(experts), 0);
-  for (std::int64_t t = 0; t < tokens; ++t) {
-    const int* mine = &ids[static_cast<std::size_t>(t * top_k)];
-    predictor.observe(
-        seqs[t], index, mine,
-        chained && index > 0 ? &previous_ids[static_cast<std::size_t>(t * top_k)] : nullptr);
-    if (options.prefetch > 0 && index + 1 < layers) {
-      for (int e : predictor.predict(seqs[t], index + 1, mine, options.prefetch))
-        ++votes[e];
-    }
-  }
-  previous_layer = index;
-  previous_ids = ids;
-  if (options.prefetch > 0 && index + 1 < layers) {
-    std::vector<int> ranked;
-    for (int e = 0; e < experts; ++e) {
-      if (votes[e] > 0) ranked.push_back(e);
-    }
-    std::stable_sort(ranked.begin(), ranked.end(),
-                     [&](int a, int b) { return votes[a] > votes[b]; });
-    prefetch(index + 1, ranked);
-  }
+  load(index + 1, cache.prefetch_next(index, seqs, ids));
 }
 
 OffloadedMoe::OffloadedMoe(const std::vector<LayerWeights>& layers, const LayerOptions& options,
                            const OffloadOptions& offload)
-    : impl_(std::make_unique<Impl>(stack_of(layers, options, offload), options, offload)) {}
+    : impl_(std::make_unique<Impl>(stack_of(layers), options, offload)) {}
 
 OffloadedMoe::OffloadedMoe(const std::vector<Fp4LayerWeights>& layers, const LayerOptions& options,
                            const OffloadOptions& offload)
-    : impl_(std::make_unique<Impl>(stack_of(layers, options, offload), options, offload)) {}
+    : impl_(std::make_unique<Impl>(stack_of(layers), options, offload)) {}
 
 OffloadedMoe::~OffloadedMoe() = default;
 
@@ -386,34 +292,29 @@ void OffloadedMoe::prefetch_from_logits(int index, const TensorView& guess_logit
     throw InvalidArgument(fmt::format("expert offload: guess logits must be [T, {}], got {}",
                                       m.experts, guess_logits.describe()));
   }
-  const std::int64_t tokens = guess_logits.size(0);
-  const auto pairs = static_cast<std::size_t>(tokens * m.top_k);
+  const std::int64_t tokens = guess_logits.size(0), top_k = m.cache.top_k();
+  const auto pairs = static_cast<std::size_t>(tokens * top_k);
   driver::StreamAllocation memory(pairs * (sizeof(int) + sizeof(float)), stream);
-  const TensorView ids(memory.data(), DType::Int32, {tokens, m.top_k}),
-      weights(static_cast<int*>(memory.data()) + pairs, DType::Float32, {tokens, m.top_k});
+  const TensorView ids(memory.data(), DType::Int32, {tokens, top_k}),
+      weights(static_cast<int*>(memory.data()) + pairs, DType::Float32, {tokens, top_k});
   router_topk(guess_logits, m.router_bias[index], ids, weights, m.layer_options.router, stream);
   const std::vector<int> chosen = m.download_ids(ids, stream);
   m.last_call.record(stream);
-  std::vector<int> votes(static_cast<std::size_t>(m.experts), 0), ranked;
-  for (int e : chosen)
-    ++votes[e];
-  for (int e = 0; e < m.experts; ++e) {
-    if (votes[e] > 0) ranked.push_back(e);
-  }
-  std::stable_sort(ranked.begin(), ranked.end(), [&](int a, int b) { return votes[a] > votes[b]; });
-  m.prefetch(index, ranked);
+  m.load(index, m.cache.prefetch(index, ranked_by_votes(chosen, m.experts)));
 }
 
 OffloadStats OffloadedMoe::stats() const {
   impl_->harvest_stalls(true);
-  OffloadStats s = impl_->stats;
-  for (const ExpertSlots& slots : impl_->slots)
-    s.prefetches_wasted += slots.prefetches_wasted();
+  OffloadStats s;
+  static_cast<ExpertCacheStats&>(s) = impl_->cache.stats();
+  s.bytes_on_demand = impl_->bytes_on_demand;
+  s.bytes_prefetched = impl_->bytes_prefetched;
+  s.stall_ms = impl_->stall_ms;
   return s;
 }
 
 RoutingTrace OffloadedMoe::history() const {
-  return impl_->history.trace();
+  return impl_->cache.history();
 }
 
 std::size_t OffloadedMoe::cache_bytes() const {
