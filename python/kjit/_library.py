@@ -100,6 +100,14 @@ _SIGNATURES = {
     "kjit_moe_balance": [_T, _T, _T, _T, _int, _T, _float, _float, _float, _T, _T, _T, _T, _ptr],
     "kjit_moe_layer": [_T, _T, _T, _T, _T, _T, _P(RouterOptions), _int, _T, _ptr],
     "kjit_moe_layer_fp4": [_T, _T, _int] + [_T] * 8 + [_P(RouterOptions), _int, _T, _ptr],
+    # The offloaded stack: per-layer tensor arrays (const DLTensor* const*), the options and the
+    # stats as structs by address (kjit.moe.offload), the stack as an opaque pointer.
+    "kjit_moe_offload_create": [_int, _ptr, _ptr, _ptr, _P(RouterOptions), _int, _ptr, _ptr],
+    "kjit_moe_offload_create_fp4": [_int, _int] + [_ptr] * 7 + [_P(RouterOptions), _int, _ptr, _ptr],
+    "kjit_moe_offload_layer": [_ptr, _int, _T, _T, _T, _T, _ptr, _ptr],
+    "kjit_moe_offload_prefetch_from_logits": [_ptr, _int, _T, _ptr],
+    "kjit_moe_offload_stats_get": [_ptr, _ptr],
+    "kjit_moe_offload_write_history": [_ptr, ctypes.c_char_p],
 }
 _RESULT_TYPES = {"kjit_moe_align_capacity": ctypes.c_int64}
 
@@ -155,7 +163,8 @@ def library() -> ctypes.CDLL:
                 function = getattr(lib, name)
                 function.argtypes = argtypes
                 function.restype = _RESULT_TYPES.get(name, _int)
-            lib.kjit_comm_destroy.argtypes, lib.kjit_comm_destroy.restype = [_ptr], None
+            for destroy in (lib.kjit_comm_destroy, lib.kjit_moe_offload_destroy):
+                destroy.argtypes, destroy.restype = [_ptr], None
             lib.kjit_last_error.argtypes = []
             lib.kjit_last_error.restype = ctypes.c_char_p
             _loaded, _loaded_path = lib, path

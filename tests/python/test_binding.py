@@ -378,3 +378,18 @@ def test_zigzag_refusals_through_the_c_abi_and_the_ops(fake_cuda):
     with pytest.raises(kjit.InvalidArgumentError, match="sequence 1 has 1024 tokens, not a multiple of 2W = 6"):
         kjit.zigzag.local_cu_seqlens(torch.tensor([0, 6, 1030]), 3)
     assert kjit.zigzag.local_cu_seqlens(host_cu, 4).tolist() == [0, 128, 384]
+
+
+def test_offloaded_moe_refusals_before_any_device_work():
+    # Host weights as plain CPU tensors: the stack's checks refuse before any device is touched.
+    up, down = torch.zeros(16, 256, 128, dtype=bf16), torch.zeros(16, 128, 128, dtype=bf16)
+    with pytest.raises(kjit.InvalidArgumentError, match=r"slots a layer must be between top_k \(4\)"):
+        kjit.moe.OffloadedMoE([up, up], [down, down], slots=3)
+    with pytest.raises(kjit.InvalidArgumentError, match="leave none of its 4 slots"):
+        kjit.moe.OffloadedMoE([up, up], [down, down], slots=4, pinned=[[0, 1, 2, 3], [0, 1, 2, 3]])
+    with pytest.raises(kjit.InvalidArgumentError, match="policy must be one of"):
+        kjit.moe.OffloadedMoE([up, up], [down, down], slots=8, policy="mru")
+    with pytest.raises(kjit.InvalidArgumentError, match="one entry a layer"):
+        kjit.moe.OffloadedMoE([up, up], [down], slots=8)
+    with pytest.raises(kjit.InvalidArgumentError, match=r"layer 1's weights"):
+        kjit.moe.OffloadedMoE([up, torch.zeros(16, 256, 64, dtype=bf16)], [down, down], slots=8)

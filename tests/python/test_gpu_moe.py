@@ -123,3 +123,30 @@ def test_moe_layer_module_against_eager_torch(weights, tokens):
     stats = layer.last_stats
     assert int(stats.counts.sum()) == tokens * 4
     assert torch.equal(stats.counts.long(), torch.bincount(stats.ids.flatten().long(), minlength=64))
+
+
+@pytest.mark.parametrize("slots,prefetch", [(4, 0), (8, 4), (16, 0)])
+def test_offloaded_moe_matches_the_resident_layers_bit_for_bit(slots, prefetch):
+    # Three layers of 16 experts in page-locked host memory against kjit.moe.layer with every
+    # expert on the GPU, over several steps of 8 tokens (passes where a step needs more experts
+    # than the slots hold); the statistics against the routing.
+    layers, experts, hidden, inter, tokens = 3, 16, 128, 128, 8
+    ups = [randn(experts, 2 * inter, hidden, std=hidden**-0.5) for _ in range(layers)]
+    downs = [randn(experts, hidden, inter, std=inter**-0.5) for _ in range(layers)]
+    stack = kjit.moe.OffloadedMoE(
+        [w.cpu().pin_memory() for w in ups], [w.cpu().pin_memory() for w in downs], slots=slots, prefetch=prefetch
+    )
+    distinct = 0
+    for step in range(4):
+        for i in range(layers):
+            x, logits = randn(tokens, hidden), randn(tokens, experts, dtype=f32)
+            expected = kjit.moe.layer(x, logits, ups[i], downs[i], kjit.moe.GLM_4_7_FLASH)
+            got = stack.layer(i, x, logits)
+            assert torch.equal(got, expected), f"step {step} layer {i}"
+            ids, _ = kjit.moe.router_topk(logits, kjit.moe.GLM_4_7_FLASH)
+            distinct += ids.unique().numel()
+    stats = stack.stats()
+    assert stats["hits"] + stats["misses"] == distinct
+    assert stats["tokens"] == 4 * tokens
+    assert stats["bytes_on_demand"] == stats["misses"] * (3 * inter * hidden * 2)
+    stack.close()

@@ -39,14 +39,15 @@ TEST(ExpertCache, WithoutPrefetchItHitsWhatTheReplayCounts) {
 
 TEST(ExpertCache, CrossLayerPrefetchReachesWhatACorrelatedStackAllows) {
   // Every choice past layer 0 is a fixed image of the token's choice at the layer before
-  // (cross_layer 1): once learnt, the next layer's experts are known exactly, so with top_k slots
-  // a prefetch makes every layer past 0 hit; layer 0 (nothing before it) stays at chance. The
+  // (cross_layer 1): once learnt, the next layer's experts are known exactly, so with 2 top_k
+  // slots (top_k kept for the last step's experts, top_k for the prefetch) a prefetch makes every
+  // layer past 0 hit; layer 0 (nothing before it) stays at chance. The
   // transitions from all 64 experts are learnt in the first ~100 steps (a coupon collector's
   // 64 ln 64 / 4 records), so over 1600 steps the hit rate is >= 0.95 and approaches 1.
   const int layers = 4, experts = 64, k = 4;
   const RoutingTrace t = simulate_routing({layers, experts, k, 1, 1600, 0.0, 0.0, 1.0, 5});
   ExpertCacheOptions o;
-  o.slots = k;
+  o.slots = 2 * k;
   const ExpertCacheStats plain = replay_expert_cache(t, o);
   o.prefetch = k;
   const ExpertCacheStats fetched = replay_expert_cache(t, o);
@@ -55,7 +56,7 @@ TEST(ExpertCache, CrossLayerPrefetchReachesWhatACorrelatedStackAllows) {
         double(plain.layer_hits[l]) / (plain.layer_hits[l] + plain.layer_misses[l]);
     const double rate =
         double(fetched.layer_hits[l]) / (fetched.layer_hits[l] + fetched.layer_misses[l]);
-    EXPECT_LT(plain_rate, 0.2) << l;  // uniform choices: about k / E of them repeat
+    EXPECT_LT(plain_rate, 0.25) << l;  // uniform choices: about 2 k / E of them still resident
     EXPECT_GT(rate, 0.95) << l;
   }
   EXPECT_GT(fetched.prefetch_recall(), 0.65);  // layer 0 is a quarter of the needs, unpredicted

@@ -20,8 +20,9 @@ struct ExpertCacheOptions {
   int slots = 0;                          // a layer's slots, top_k to experts
   std::vector<std::vector<int>> pinned;   // a layer's experts kept resident (empty: none)
   // After layer l's step, each token's `prefetch` most likely experts at layer l + 1 by
-  // `predictor` are brought in, most voted first, while the next layer has slots holding nothing
-  // a prefetch since its last step chose (0: no prefetch, loads on demand only).
+  // `predictor` are brought in, most voted first, while the next layer has slots holding none of
+  // the experts its last step used (its likely repeats) or a prefetch since chose (0: no
+  // prefetch, loads on demand only).
   PredictorKind predictor = PredictorKind::CrossLayer;
   int prefetch = 0;
   std::int64_t history = 4096;  // records a layer the routing history keeps
@@ -60,7 +61,10 @@ class ExpertCache {
   std::vector<ExpertSlots::Load> prefetch_next(int layer,
                                                const std::vector<std::uint32_t>& sequences,
                                                const std::vector<int>& ids);
-  // Loads bringing `ranked` experts (best first) into `layer` until one finds no slot.
+  // Loads bringing `ranked` experts (best first) into `layer` until one finds no slot; they evict
+  // neither what a prefetch since the layer's last step chose nor `ranked`'s resident experts, but
+  // may evict the last step's (a guess of the router itself, such as the offloaded stack's
+  // prefetch_from_logits, outranks them).
   std::vector<ExpertSlots::Load> prefetch(int layer, const std::vector<int>& ranked);
   // Forgets `layer`'s residency (its pinned experts stay): after a step that failed half done.
   void forget(int layer);
@@ -76,8 +80,11 @@ class ExpertCache {
   ExpertCacheOptions options_;
   int experts_, top_k_;
   std::vector<ExpertSlots> slots_;
-  // Per layer, the experts prefetches chose since its last step: no later prefetch evicts them.
-  std::vector<std::vector<int>> prefetch_keep_;
+  std::vector<ExpertSlots::Load> prefetch(int layer, const std::vector<int>& ranked,
+                                          bool keep_last_step);
+  // Per layer, the experts prefetches chose since its last step (no prefetch evicts them), and
+  // the experts that step used (no predictor's prefetch evicts them).
+  std::vector<std::vector<int>> prefetch_keep_, last_used_;
   ExpertPredictor predictor_;
   RoutingHistory history_;
   std::vector<std::int64_t> now_;  // each layer's steps

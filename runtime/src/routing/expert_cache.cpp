@@ -56,6 +56,7 @@ ExpertCache::ExpertCache(int layers, int experts, int top_k, const ExpertCacheOp
   for (int l = 0; l < layers; ++l)
     forget(l);
   prefetch_keep_.resize(static_cast<std::size_t>(layers));
+  last_used_.resize(static_cast<std::size_t>(layers));
   now_.assign(static_cast<std::size_t>(layers), 0);
   stats_.layer_hits.assign(static_cast<std::size_t>(layers), 0);
   stats_.layer_misses = stats_.layer_hits;
@@ -92,6 +93,7 @@ ExpertSlots::Outcome ExpertCache::step(int layer, const std::vector<std::uint32_
   const ExpertSlots::Outcome o =
       slots_[layer].request(std::vector<int>(distinct.begin(), distinct.end()), now_[layer]++);
   prefetch_keep_[layer].clear();
+  last_used_[layer].assign(distinct.begin(), distinct.end());
   stats_.hits += static_cast<std::int64_t>(o.hits.size());
   stats_.misses += static_cast<std::int64_t>(o.loaded.size());
   stats_.layer_hits[layer] += static_cast<std::int64_t>(o.hits.size());
@@ -125,10 +127,15 @@ std::vector<ExpertSlots::Load> ExpertCache::prefetch_next(
     if (votes[e] > 0) ranked.push_back(e);
   }
   std::stable_sort(ranked.begin(), ranked.end(), [&](int a, int b) { return votes[a] > votes[b]; });
-  return prefetch(layer + 1, ranked);
+  return prefetch(layer + 1, ranked, true);
 }
 
 std::vector<ExpertSlots::Load> ExpertCache::prefetch(int layer, const std::vector<int>& ranked) {
+  return prefetch(layer, ranked, false);
+}
+
+std::vector<ExpertSlots::Load> ExpertCache::prefetch(int layer, const std::vector<int>& ranked,
+                                                     bool keep_last_step) {
   if (layer < 0 || layer >= layers()) {
     throw InvalidArgument(
         fmt::format("expert cache: layer {} is outside 0..{}", layer, layers() - 1));
@@ -139,12 +146,15 @@ std::vector<ExpertSlots::Load> ExpertCache::prefetch(int layer, const std::vecto
     if (slots.resident(e) && std::find(keep.begin(), keep.end(), e) == keep.end())
       keep.push_back(e);
   }
+  std::vector<int> kept = keep;
+  if (keep_last_step) kept.insert(kept.end(), last_used_[layer].begin(), last_used_[layer].end());
   std::vector<ExpertSlots::Load> loads;
   for (int e : ranked) {
     if (slots.resident(e)) continue;
-    const auto p = slots.prefetch(e, now_[layer], keep);
+    const auto p = slots.prefetch(e, now_[layer], kept);
     if (!p) break;
     keep.push_back(e);
+    kept.push_back(e);
     loads.push_back(p->load);
     ++stats_.prefetches;
     ++stats_.expert_loads[layer][e];
