@@ -373,7 +373,7 @@ if [ "$what" = zigzag ]; then
         --require-gpu --gtest_filter='*Zigzag*'
     fi
   done
-  sanitize zigzag_memcheck memcheck 120 'Seed/ZigzagCopyGpu.*/1*:*ZigzagCopyConfigs*'
+  sanitize zigzag_memcheck memcheck 120 'Seed/ZigzagCopyGpu.*/1*:*ZigzagCopyConfigs*:*ZigzagCopyMoves*'
   step zigzag_bench timeout 240 "$bin/kjit_bench_zigzag" --csv "$final_out/zigzag.csv"
   tally zigzag_tests
   for log in zigzag_mpi_1 zigzag_mpi_2 zigzag_mpi_4 zigzag_mpi_8 zigzag_nccl_1 zigzag_nccl_2 \

@@ -2,7 +2,8 @@
 // and scatter_grad_to_zigzag against the plain reference (tests/reference/zigzag_reference.hpp),
 // bit for bit: random bytes in, outputs poisoned, exact equality out. One sequence and several,
 // early chunks, late chunks, the full sequence and every causal prefix, head counts and dims,
-// fp16/bf16/fp32, W = 1, 2, 4, 8, strided inputs, every config of the search space on one case.
+// fp16/bf16/fp32, W = 1, 2, 4, 8, strided inputs, every config of the search space on one case;
+// and the zigzag attention's own moves (LOCAL <-> SPLIT with K and V in one launch, spaced slots).
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -12,6 +13,7 @@
 
 #include "kjit/zigzag.hpp"
 #include "ops/cp/zigzag_copy.hpp"
+#include "ops/dispatch.hpp"
 #include "tests/reference/zigzag_reference.hpp"
 #include "tests/support/forced_launch.hpp"
 #include "tests/support/gpu.hpp"
@@ -203,6 +205,77 @@ TEST_F(ZigzagCopyConfigs, EveryValidConfigIsExact) {
     ++tried;
   }
   EXPECT_GT(tried, 20);
+}
+
+// The attention's own moves: a rank's rows LOCAL <-> SPLIT with K and V in one launch (the pair's
+// second tensor), and a gathered buffer whose rank slots sit further apart than its rows (the
+// attention's [W][2][Tl] step buffers) read into CHUNKS; bit for bit, every rank.
+class ZigzagCopyMoves : public IsolatedCache {};
+
+TEST_F(ZigzagCopyMoves, LocalSplitPairsAndSpacedSlots) {
+  KJIT_REQUIRE_GPU();
+  const Case c{{512, 1024, 768}, 4, DType::BFloat16, 4, 64, true};
+  std::mt19937 rng(std::random_device{}());
+  const Sequences s(c.lengths);
+  const ops::ZigzagShape shape = ops::check_zigzag_sequences("test", s.seqs(), c.world);
+  const std::int64_t local = shape.local_tokens();
+  Stream stream;
+  for (int rank = 0; rank < c.world; ++rank) {
+    SCOPED_TRACE(::testing::Message() << "rank " << rank);
+    const TokenRows local_rows = reference::zigzag_local_rows(s.host, c.world, rank),
+                    split_rows = reference::zigzag_split_rows(s.host, c.world, rank);
+    const Rows k(local, c, rng, true), v(local, c, rng, true);
+    Rows k_split(local, c, rng, false), v_split(local, c, rng, false);
+    ops::run(ops::ZigzagCopy::validate(
+                 "test", shape, s.seqs().cu_seqlens, {&k.view, KJIT_ZIGZAG_LOCAL},
+                 {&k_split.view, KJIT_ZIGZAG_SPLIT}, rank, {}, &v.view, &v_split.view),
+             stream.handle());
+    stream.synchronize();
+    expect_bytes(k_split.read(), reference::move_rows(k.host, local_rows, split_rows, k.row_bytes),
+                 k.row_bytes, "k local -> split");
+    expect_bytes(v_split.read(), reference::move_rows(v.host, local_rows, split_rows, v.row_bytes),
+                 v.row_bytes, "v local -> split");
+    Rows k_back(local, c, rng, false), v_back(local, c, rng, false);
+    ops::run(ops::ZigzagCopy::validate(
+                 "test", shape, s.seqs().cu_seqlens, {&k_split.view, KJIT_ZIGZAG_SPLIT},
+                 {&k_back.view, KJIT_ZIGZAG_LOCAL}, rank, {}, &v_split.view, &v_back.view),
+             stream.handle());
+    stream.synchronize();
+    expect_bytes(k_back.read(), k.host, k.row_bytes, "k split -> local");
+    expect_bytes(v_back.read(), v.host, v.row_bytes, "v split -> local");
+  }
+
+  // Rank slots 40 rows apart beyond their own rows: dense rows, then 40 poisoned ones a slot.
+  const std::int64_t tokens = s.host.back(), pad = 40, slot_rows = local + pad;
+  const Case dense{c.lengths, c.world, c.dtype, c.heads, c.dim};
+  const Rows gathered(tokens, dense, rng, true);
+  const std::size_t row_bytes = gathered.row_bytes;
+  std::vector<std::uint8_t> spaced(static_cast<std::size_t>(c.world * slot_rows) * row_bytes,
+                                   Rows::kPoison);
+  for (int slot = 0; slot < c.world; ++slot) {
+    std::copy_n(gathered.host.begin() + static_cast<std::ptrdiff_t>(slot * local * row_bytes),
+                local * row_bytes,
+                spaced.begin() + static_cast<std::ptrdiff_t>(slot * slot_rows * row_bytes));
+  }
+  DeviceBuffer spaced_device(spaced.size());
+  spaced_device.upload(spaced.data(), spaced.size());
+  const TensorView spaced_view(spaced_device.data(), c.dtype, {tokens, c.heads, c.dim});
+  const std::int64_t slot_stride = slot_rows * c.heads * c.dim;  // elements
+  for (const ChunkRange& range : ranges_of(c.world)) {
+    SCOPED_TRACE(::testing::Message() << "chunks [" << range.begin << ", " << range.end << ")");
+    const TokenRows rows = reference::zigzag_chunk_rows(s.host, c.world, range.begin, range.end);
+    Rows out(static_cast<std::int64_t>(rows.size()), dense, rng, false);
+    ops::run(ops::ZigzagCopy::validate("test", shape, s.seqs().cu_seqlens,
+                                       {&spaced_view, KJIT_ZIGZAG_GATHERED, slot_stride},
+                                       {&out.view, KJIT_ZIGZAG_CHUNKS}, 0, range),
+             stream.handle());
+    stream.synchronize();
+    expect_bytes(
+        out.read(),
+        reference::move_rows(gathered.host, reference::zigzag_gathered_rows(s.host, c.world), rows,
+                             row_bytes),
+        row_bytes, "spaced gathered -> chunks");
+  }
 }
 
 }  // namespace
