@@ -73,6 +73,7 @@ nlohmann::json analyze(const moe::RoutingTrace& trace, const std::vector<int>& s
   // What the offloaded stack's cache gets with its cross-layer prefetch (kjit/expert_cache.hpp).
   nlohmann::json prefetched = nlohmann::json::array();
   for (int slots : sizes) {
+    if (slots > trace.experts()) continue;  // a cache of every expert needs no prefetch
     moe::ExpertCacheOptions o;
     o.slots = slots;
     o.prefetch = trace.top_k();

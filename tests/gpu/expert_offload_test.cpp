@@ -258,6 +258,8 @@ INSTANTIATE_TEST_SUITE_P(
                     moe::CachePolicy::Lfu, 4, true},
         OffloadCase{"bf16_t4_all_resident", Format::kSameAsX, 4, kExperts, moe::CachePolicy::Lru,
                     0},
+        // Room beside a step's own experts: the predictor's prefetch runs every step.
+        OffloadCase{"bf16_t1_half_prefetch", Format::kSameAsX, 1, 8, moe::CachePolicy::Lru, 4},
         OffloadCase{"bf16_t1_speculative", Format::kSameAsX, 1, kTopK, moe::CachePolicy::Lru, 0,
                     false, true},
         OffloadCase{"nvfp4_t16_topk_slots_prefetch", Format::kNvFp4, 16, kTopK,

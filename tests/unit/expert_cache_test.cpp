@@ -106,6 +106,8 @@ TEST(ExpertCache, StepsLoadsAndForgetting) {
   EXPECT_EQ(a.loaded, (std::vector<ExpertSlots::Load>{{3, 1}}));
   EXPECT_EQ(cache.prefetch(1, {4, 6}), (std::vector<ExpertSlots::Load>{{4, 0}, {6, 1}}));
   EXPECT_TRUE(cache.prefetch(1, {2}).empty());  // both slots hold this round's picks
+  cache.forget(1);
+  EXPECT_EQ(cache.stats().prefetches_wasted, 2);  // forgotten before any step used them
   cache.forget(0);
   EXPECT_TRUE(cache.slots(0).resident(5) && !cache.slots(0).resident(3));
   EXPECT_THROW(cache.step(2, {0}, {1}), InvalidArgument);

@@ -257,6 +257,9 @@ TEST(ModelOpsCApi, MoeOffloadRefusesBadStacks) {
   o.pinned_count = 9;
   expect_refused(kjit_moe_offload_create(2, ups, downs, nullptr, &glm, 0, &o, &stack),
                  "leave none of its 8 slots");
+  o.pinned_count = 0;
+  expect_refused(kjit_moe_offload_create(2, ups, downs, nullptr, &glm, 0, &o, &stack),
+                 "pinned and pinned_count go together");
   o.pinned = nullptr;
   expect_refused(kjit_moe_offload_create(0, ups, downs, nullptr, &glm, 0, &o, &stack),
                  "layers must be >= 1");

@@ -225,6 +225,11 @@ TEST(ExpertPredictor, LearnsOnlineLayerByLayer) {
   EXPECT_EQ(cross.predict(9, 1, a, 2), (std::vector<int>{1, 6}));  // a was followed by b
   const int bad[] = {3, 8};
   EXPECT_THROW(cross.observe(7, 0, bad, nullptr), InvalidArgument);
+  // A server's sequences come and go: the oldest are forgotten past 2^17 of them.
+  for (std::uint32_t s = 100; s < 100 + (1u << 17) + 1; ++s)
+    previous.observe(s, 0, b, nullptr);
+  EXPECT_EQ(previous.predict(1, 0, nullptr, 2), (std::vector<int>{1, 6}));  // not {3, 5}: forgotten
+  EXPECT_EQ(previous.predict(100 + (1u << 17), 0, nullptr, 2), (std::vector<int>{6, 1}));
   EXPECT_THROW(cross.predict(7, 2, nullptr, 2), InvalidArgument);
   EXPECT_THROW(cross.predict(7, 0, nullptr, 0), InvalidArgument);
   EXPECT_THROW(ExpertPredictor(PredictorKind::Frequency, 1, 4, 5), InvalidArgument);

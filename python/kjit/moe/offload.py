@@ -117,6 +117,8 @@ class OffloadedMoE:
             None if router_bias is None else array([args(b, f"router_bias[{i}]") for i, b in enumerate(router_bias)])
         )
         fp4 = isinstance(gate_up[0], Fp4Weights)
+        if any(isinstance(w, Fp4Weights) != fp4 for w in (*gate_up, *down)):
+            raise InvalidArgumentError("gate_up and down must be all Fp4Weights or all tensors")
         if not fp4:
             call(
                 "kjit_moe_offload_create",
@@ -130,8 +132,6 @@ class OffloadedMoE:
                 ctypes.byref(handle),
             )
         else:
-            if not all(isinstance(w, Fp4Weights) for w in (*gate_up, *down)):
-                raise InvalidArgumentError("gate_up and down must be all Fp4Weights or all tensors")
             parts = {}
             for name, ws in (("gate_up", gate_up), ("down", down)):
                 for part in ("codes", "scales", "tensor_scale"):

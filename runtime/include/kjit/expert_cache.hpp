@@ -66,7 +66,8 @@ class ExpertCache {
   // may evict the last step's (a guess of the router itself, such as the offloaded stack's
   // prefetch_from_logits, outranks them).
   std::vector<ExpertSlots::Load> prefetch(int layer, const std::vector<int>& ranked);
-  // Forgets `layer`'s residency (its pinned experts stay): after a step that failed half done.
+  // Forgets `layer`'s residency (its pinned experts stay), keeping the statistics: after a step
+  // whose loads failed half queued.
   void forget(int layer);
 
   const ExpertSlots& slots(int layer) const { return slots_[layer]; }
@@ -93,10 +94,13 @@ class ExpertCache {
   int previous_layer_ = -1;
   std::vector<int> previous_ids_;
   ExpertCacheStats stats_;
+  std::int64_t forgotten_wasted_ = 0;  // prefetches_wasted of the slots forget() replaced
 };
 
 // Runs `trace` through an ExpertCache: each trace step's records through every layer in order,
-// with the prefetch the options ask for. With no prefetch its hits are replay_cache's.
+// with the prefetch the options ask for. With no prefetch its hits are replay_cache's. On a
+// stack's history() it gives the stack's own counts (without prefetch_from_logits) while the
+// history holds every step since the stack began (the ring has not wrapped).
 ExpertCacheStats replay_expert_cache(const RoutingTrace& trace, const ExpertCacheOptions& options);
 
 }  // namespace kjit::moe

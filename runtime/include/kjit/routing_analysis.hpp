@@ -82,8 +82,16 @@ class ExpertPredictor {
   // Frequency: counts scaled up by `boost` each observation instead of decaying every count.
   std::vector<std::vector<double>> frequency_;
   std::vector<double> boost_;
-  std::vector<std::vector<double>> transitions_;    // [layer][before * experts + after]
-  std::map<std::uint32_t, std::vector<int>> last_;  // a sequence's last choice, layers x top_k
+  std::vector<std::vector<double>> transitions_;  // [layer][before * experts + after]
+  // A sequence's last choice (layers x top_k) and when it was last seen, for the sequences seen
+  // most recently: past 2 x kSequences the older half is dropped (a server's finished requests).
+  static constexpr std::size_t kSequences = 1 << 16;
+  struct Last {
+    std::vector<int> ids;
+    std::int64_t seen = 0;
+  };
+  std::map<std::uint32_t, Last> last_;
+  std::int64_t observations_ = 0;
 };
 
 // Each record's `predicted` experts at each layer against its top_k: precision = hits /
@@ -144,8 +152,9 @@ class ExpertSlots {
   int slot(int expert) const { return state_[expert].slot; }  // -1: not resident
   int slots() const { return slots_; }
   int experts() const { return static_cast<int>(state_.size()); }
-  // Prefetched experts evicted before any step used them.
+  // Prefetched experts evicted before any step used them; resident ones no step used yet.
   std::int64_t prefetches_wasted() const { return prefetches_wasted_; }
+  std::int64_t prefetches_pending() const;
 
  private:
   struct State {

@@ -81,8 +81,12 @@ Weights slot_weights(offload::ExpertLoader& loader, int layer, const Weights& ho
 // The experts (present in `ids`) ranked by how many choices name them, most first.
 std::vector<int> ranked_by_votes(const std::vector<int>& ids, int experts) {
   std::vector<int> votes(static_cast<std::size_t>(experts), 0), ranked;
-  for (int e : ids)
+  for (int e : ids) {
+    if (e < 0 || e >= experts)
+      throw InvalidArgument(
+          fmt::format("expert offload: the router chose expert {} of {}", e, experts));
     ++votes[e];
+  }
   for (int e = 0; e < experts; ++e) {
     if (votes[e] > 0) ranked.push_back(e);
   }
@@ -179,8 +183,13 @@ void OffloadedMoe::Impl::harvest_stalls(bool wait) {
 }
 
 void OffloadedMoe::Impl::load(int layer, const std::vector<ExpertSlots::Load>& prefetches) {
-  for (const ExpertSlots::Load& l : prefetches)
-    bytes_prefetched += static_cast<std::int64_t>(loader.load(layer, l.expert, l.slot));
+  try {
+    for (const ExpertSlots::Load& l : prefetches)
+      bytes_prefetched += static_cast<std::int64_t>(loader.load(layer, l.expert, l.slot));
+  } catch (...) {
+    cache.forget(layer);  // the cache counts them resident: not all were queued
+    throw;
+  }
 }
 
 void OffloadedMoe::Impl::run(int index, const TensorView& x, const TensorView& router_logits,
@@ -206,24 +215,27 @@ void OffloadedMoe::Impl::run(int index, const TensorView& x, const TensorView& r
   }
   const ExpertSlots::Outcome o = cache.step(index, seqs, ids);
 
-  // Each pass's table of slots (passes x E, -1 for the experts of other passes), one copy.
-  tables_copied.synchronize();  // the last call's copy has left tables_host
-  int* table = static_cast<int*>(tables_host.data());
+  // From here the cache counts this step's misses as resident: any failure before their loads
+  // and GEMMs are queued makes it forget the layer (its pinned experts keep their slots).
   const std::size_t passes = o.passes.size();
-  std::fill(table, table + passes * experts, -1);
-  for (std::size_t p = 0; p < passes; ++p) {
-    for (const ExpertSlots::Load& l : o.passes[p])
-      table[p * experts + l.expert] = l.slot;
-  }
-  copy_async(tables.data(), table, passes * experts * sizeof(int), stream);
-  tables_copied.record(stream);
-
-  const TensorView& block_expert = steps.block_expert();
-  driver::StreamAllocation block_slot_memory(
-      static_cast<std::size_t>(block_expert.size(0)) * sizeof(int), stream);
-  const TensorView block_slot(block_slot_memory.data(), DType::Int32, {block_expert.size(0)});
-  std::size_t loaded = 0, p = 0;
+  std::size_t p = 0;
   try {
+    // Each pass's table of slots (passes x E, -1 for the experts of other passes), one copy.
+    tables_copied.synchronize();  // the last call's copy has left tables_host
+    int* table = static_cast<int*>(tables_host.data());
+    std::fill(table, table + passes * experts, -1);
+    for (std::size_t q = 0; q < passes; ++q) {
+      for (const ExpertSlots::Load& l : o.passes[q])
+        table[q * experts + l.expert] = l.slot;
+    }
+    copy_async(tables.data(), table, passes * experts * sizeof(int), stream);
+    tables_copied.record(stream);
+
+    const TensorView& block_expert = steps.block_expert();
+    driver::StreamAllocation block_slot_memory(
+        static_cast<std::size_t>(block_expert.size(0)) * sizeof(int), stream);
+    const TensorView block_slot(block_slot_memory.data(), DType::Int32, {block_expert.size(0)});
+    std::size_t loaded = 0;
     for (; p < passes; ++p) {
       // This pass's loads, queued after the last pass released the slots they overwrite.
       for (; loaded < o.loaded.size(); ++loaded) {
@@ -250,13 +262,14 @@ void OffloadedMoe::Impl::run(int index, const TensorView& x, const TensorView& r
         loader.release(index, l.slot, stream);
     }
   } catch (...) {
-    // The slots of the passes not run hold no loaded expert: the layer's residency is forgotten
-    // (its pinned experts keep their slots), and later loads wait for what was queued.
-    for (std::size_t q = p; q < passes; ++q) {
-      for (const ExpertSlots::Load& l : o.passes[q])
-        loader.release(index, l.slot, stream);
-    }
     cache.forget(index);
+    try {  // later loads into the slots of the passes not run wait for what was queued
+      for (std::size_t q = p; q < passes; ++q) {
+        for (const ExpertSlots::Load& l : o.passes[q])
+          loader.release(index, l.slot, stream);
+      }
+    } catch (const std::exception&) {  // a broken context: the first error is the one to report
+    }
     throw;
   }
   steps.combine();

@@ -755,7 +755,13 @@ kjit::moe::OffloadOptions offload_options(const kjit_moe_offload_options* o, int
   out.prefetch = o->prefetch;
   out.predictor = static_cast<kjit::moe::PredictorKind>(o->predictor);
   out.history = o->history;
-  if (o->pinned && o->pinned_count > 0 && layers > 0) {
+  if ((o->pinned != nullptr) != (o->pinned_count > 0)) {
+    throw kjit::InvalidArgument(fmt::format(
+        "pinned and pinned_count go together (an array of layers x pinned_count ids, or NULL and "
+        "0), got {} and {}",
+        o->pinned ? "an array" : "NULL", o->pinned_count));
+  }
+  if (o->pinned) {
     for (int l = 0; l < layers; ++l)
       out.pinned.emplace_back(o->pinned + l * o->pinned_count,
                               o->pinned + (l + 1) * o->pinned_count);

@@ -70,9 +70,13 @@ void ExpertCache::forget(int layer) {
                     options_.pinned.empty() ? std::vector<int>{} : options_.pinned[layer]);
   if (static_cast<int>(slots_.size()) <= layer) {
     slots_.push_back(std::move(fresh));
-  } else {
-    slots_[layer] = std::move(fresh);
+    return;
   }
+  // The counts survive the slots; prefetched experts no step used are wasted now.
+  forgotten_wasted_ += slots_[layer].prefetches_wasted() + slots_[layer].prefetches_pending();
+  slots_[layer] = std::move(fresh);
+  prefetch_keep_[layer].clear();
+  last_used_[layer].clear();
 }
 
 ExpertSlots::Outcome ExpertCache::step(int layer, const std::vector<std::uint32_t>& sequences,
@@ -117,6 +121,10 @@ ExpertSlots::Outcome ExpertCache::step(int layer, const std::vector<std::uint32_
 
 std::vector<ExpertSlots::Load> ExpertCache::prefetch_next(
     int layer, const std::vector<std::uint32_t>& sequences, const std::vector<int>& ids) {
+  if (ids.size() != sequences.size() * top_k_) {
+    throw InvalidArgument(fmt::format("expert cache: {} ids for {} tokens of top {}", ids.size(),
+                                      sequences.size(), top_k_));
+  }
   if (options_.prefetch == 0 || layer + 1 >= layers()) return {};
   std::vector<int> votes(static_cast<std::size_t>(experts_), 0), ranked;
   for (std::size_t t = 0; t < sequences.size(); ++t) {
@@ -139,6 +147,12 @@ std::vector<ExpertSlots::Load> ExpertCache::prefetch(int layer, const std::vecto
   if (layer < 0 || layer >= layers()) {
     throw InvalidArgument(
         fmt::format("expert cache: layer {} is outside 0..{}", layer, layers() - 1));
+  }
+  for (int e : ranked) {
+    if (e < 0 || e >= experts_) {
+      throw InvalidArgument(
+          fmt::format("expert cache: expert {} is outside 0..{}", e, experts_ - 1));
+    }
   }
   ExpertSlots& slots = slots_[layer];
   std::vector<int>& keep = prefetch_keep_[layer];
@@ -164,6 +178,7 @@ std::vector<ExpertSlots::Load> ExpertCache::prefetch(int layer, const std::vecto
 
 ExpertCacheStats ExpertCache::stats() const {
   ExpertCacheStats s = stats_;
+  s.prefetches_wasted = forgotten_wasted_;
   for (const ExpertSlots& slots : slots_)
     s.prefetches_wasted += slots.prefetches_wasted();
   return s;

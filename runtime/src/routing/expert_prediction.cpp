@@ -84,7 +84,7 @@ std::vector<int> ExpertPredictor::predict(std::uint32_t sequence, int layer, con
                 first.end());
   } else if (kind_ != PredictorKind::Frequency) {
     if (const auto last = last_.find(sequence); last != last_.end()) {
-      const int* ids = &last->second[static_cast<std::size_t>(layer) * top_k_];
+      const int* ids = &last->second.ids[static_cast<std::size_t>(layer) * top_k_];
       if (ids[0] >= 0) first.assign(ids, ids + top_k_);
     }
   }
@@ -119,9 +119,19 @@ void ExpertPredictor::observe(std::uint32_t sequence, int layer, const int* ids,
     }
   }
   if (kind_ != PredictorKind::Frequency) {
-    std::vector<int>& last = last_[sequence];
-    if (last.empty()) last.assign(static_cast<std::size_t>(layers_) * top_k_, -1);
-    std::copy(ids, ids + top_k_, last.begin() + static_cast<std::ptrdiff_t>(layer) * top_k_);
+    Last& last = last_[sequence];
+    if (last.ids.empty()) last.ids.assign(static_cast<std::size_t>(layers_) * top_k_, -1);
+    std::copy(ids, ids + top_k_, last.ids.begin() + static_cast<std::ptrdiff_t>(layer) * top_k_);
+    last.seen = ++observations_;
+    if (last_.size() > 2 * kSequences) {  // drop the older half
+      std::vector<std::int64_t> seen;
+      for (const auto& [s, l] : last_)
+        seen.push_back(l.seen);
+      std::nth_element(seen.begin(), seen.begin() + kSequences, seen.end());
+      const std::int64_t cut = seen[kSequences];
+      for (auto it = last_.begin(); it != last_.end();)
+        it = it->second.seen < cut ? last_.erase(it) : std::next(it);
+    }
   }
 }
 

@@ -154,6 +154,11 @@ ExpertSlots::Outcome ExpertSlots::request(const std::vector<int>& needed, std::i
   return out;
 }
 
+std::int64_t ExpertSlots::prefetches_pending() const {
+  return std::count_if(state_.begin(), state_.end(),
+                       [](const State& s) { return s.slot >= 0 && s.prefetched; });
+}
+
 std::optional<ExpertSlots::Prefetch> ExpertSlots::prefetch(int expert, std::int64_t now,
                                                            const std::vector<int>& keep) {
   check_expert(expert);
