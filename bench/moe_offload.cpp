@@ -6,6 +6,7 @@
 // layers with every expert resident (moe::layer). Per row: tokens/s, hit rate, prefetch recall,
 // stall per token, bytes moved. Then the loader's host -> device rate on a cold layer (every
 // expert missing, its GEMMs included) beside a plain page-locked copy of the same bytes.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -172,15 +173,18 @@ int main() try {
           return TensorView(logits[step * kLayers + layer].data(), DType::Float32,
                             {tokens, kExperts});
         };
-        // Every expert resident: the bar for the offloaded runs.
+        // Every expert resident: the bar for the offloaded runs (after a step that compiles the
+        // kernels of this batch size: the first timed row once included NVRTC).
         auto start = std::chrono::steady_clock::now();
-        for (int step = 0; step < kSteps; ++step) {
+        for (int step = -1; step < kSteps; ++step) {
+          if (step == 0) start = std::chrono::steady_clock::now();
+          const int s = std::max(step, 0);
           for (int l = 0; l < kLayers; ++l) {
             if (fp4)
-              moe::layer(vx, vlogits(step, l), stack.resident4[l], TensorView(), options, vout,
+              moe::layer(vx, vlogits(s, l), stack.resident4[l], TensorView(), options, vout,
                          stream.handle());
             else
-              moe::layer(vx, vlogits(step, l), stack.resident16[l], TensorView(), options, vout,
+              moe::layer(vx, vlogits(s, l), stack.resident16[l], TensorView(), options, vout,
                          stream.handle());
           }
           stream.synchronize();  // as the offloaded stack waits once a layer at least
