@@ -34,11 +34,11 @@ TEST(Registry, ListsEveryFamilyWithItsTemplateHash) {
   std::vector<std::string> names;
   for (const ops::KernelFamily* f : ops::families())
     names.push_back(f->name());
-  EXPECT_EQ(names, (std::vector<std::string>{"merge_states", "attention", "attention_backward",
-                                             "attention_grouped", "attention_grouped_backward",
-                                             "mla_decode", "moe_router", "moe_align", "moe_permute",
-                                             "moe_unpermute", "moe_grouped_gemm", "moe_balance",
-                                             "moe_quantize_fp4", "moe_block_slots", "zigzag_copy"}));
+  EXPECT_EQ(names, (std::vector<std::string>{
+                       "merge_states", "attention", "attention_backward", "attention_grouped",
+                       "attention_grouped_backward", "mla_decode", "moe_router", "moe_align",
+                       "moe_permute", "moe_unpermute", "moe_grouped_gemm", "moe_balance",
+                       "moe_quantize_fp4", "moe_block_slots", "zigzag_copy"}));
   // The hashes of the templates' include closures, as tuning results were keyed before the
   // families existed: existing databases keep their results.
   EXPECT_EQ(ops::find_family("merge_states")->template_hash(),
@@ -53,12 +53,12 @@ TEST(Registry, ListsEveryFamilyWithItsTemplateHash) {
   std::vector<std::string> shipped;
   for (const ops::ShippedSpecs& s : ops::shipped("sm_90a"))
     shipped.push_back(s.family);
-  EXPECT_EQ(shipped, (std::vector<std::string>{
-                         "samples", "merge_states", "attention", "attention_backward",
-                         "attention_grouped", "attention_grouped_backward", "mla_decode",
-                         "moe_router", "moe_align", "moe_permute", "moe_unpermute",
-                         "moe_grouped_gemm", "moe_balance", "moe_quantize_fp4", "moe_block_slots",
-                         "zigzag_copy"}));
+  EXPECT_EQ(shipped,
+            (std::vector<std::string>{"samples", "merge_states", "attention", "attention_backward",
+                                      "attention_grouped", "attention_grouped_backward",
+                                      "mla_decode", "moe_router", "moe_align", "moe_permute",
+                                      "moe_unpermute", "moe_grouped_gemm", "moe_balance",
+                                      "moe_quantize_fp4", "moe_block_slots", "zigzag_copy"}));
 }
 
 TEST(Registry, PresetsNameRealProblems) {

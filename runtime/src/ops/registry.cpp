@@ -28,7 +28,7 @@ const std::vector<const KernelFamily*>& families() {
       &family_of<GroupedForward>(), &family_of<GroupedBackward>(), &family_of<MlaDecode>(),
       &family_of<MoeRouter>(),      &family_of<MoeAlign>(),        &family_of<MoePermute>(),
       &family_of<MoeUnpermute>(),   &family_of<MoeGemm>(),         &family_of<MoeBalance>(),
-      &family_of<MoeQuantizeFp4>(), &family_of<MoeBlockSlots>(), &family_of<ZigzagCopy>()};
+      &family_of<MoeQuantizeFp4>(), &family_of<MoeBlockSlots>(),   &family_of<ZigzagCopy>()};
   return all;
 }
 
