@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .._dlpack import DLArgs
+from .._launch import launch
 from .._library import call, library
 from ..errors import InvalidArgumentError
 from .ops import _FORMATS, GLM_4_7_FLASH, Fp4Weights, Router, _choice
@@ -51,10 +52,6 @@ class OffloadStats(ctypes.Structure):
             "bytes_prefetched",
         )
     ] + [("stall_ms", ctypes.c_double)]
-
-
-def _stream(x: Tensor):
-    return torch.cuda.current_stream(x.device).cuda_stream if x.is_cuda else None
 
 
 class OffloadedMoE:
@@ -180,8 +177,9 @@ class OffloadedMoE:
                 )
             ids = ids.to(torch.int32).contiguous()  # the same bits as uint32 below 2^31
         args = DLArgs()
-        call(
+        launch(
             "kjit_moe_offload_layer",
+            x,
             self._live(),
             index,
             args(x, "x"),
@@ -189,7 +187,6 @@ class OffloadedMoE:
             args(shared, "shared"),
             args(out, "out"),
             None if ids is None else ids.data_ptr(),
-            _stream(x),
         )
         return out
 
@@ -197,12 +194,12 @@ class OffloadedMoE:
         """Brings into layer `index` what its router would choose on guess_logits [T, E] (the next
         router applied to the current hidden state)."""
         args = DLArgs()
-        call(
+        launch(
             "kjit_moe_offload_prefetch_from_logits",
+            guess_logits,
             self._live(),
             index,
             args(guess_logits, "guess_logits"),
-            _stream(guess_logits),
         )
 
     def stats(self) -> dict:

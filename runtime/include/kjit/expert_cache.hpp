@@ -61,11 +61,12 @@ class ExpertCache {
   std::vector<ExpertSlots::Load> prefetch_next(int layer,
                                                const std::vector<std::uint32_t>& sequences,
                                                const std::vector<int>& ids);
-  // Loads bringing `ranked` experts (best first) into `layer` until one finds no slot; they evict
-  // neither what a prefetch since the layer's last step chose nor `ranked`'s resident experts, but
-  // may evict the last step's (a guess of the router itself, such as the offloaded stack's
-  // prefetch_from_logits, outranks them).
-  std::vector<ExpertSlots::Load> prefetch(int layer, const std::vector<int>& ranked);
+  // Loads bringing the `chosen` experts (a repeated id: one more vote) into `layer`, most voted
+  // first (ties: the lower id), until one finds no slot; they evict neither what a prefetch since
+  // the layer's last step chose nor the chosen experts already resident, but may evict the last
+  // step's (a guess of the router itself, such as the offloaded stack's prefetch_from_logits,
+  // outranks them).
+  std::vector<ExpertSlots::Load> prefetch(int layer, const std::vector<int>& chosen);
   // Forgets `layer`'s residency (its pinned experts stay), keeping the statistics: after a step
   // whose loads failed half queued.
   void forget(int layer);
@@ -81,7 +82,9 @@ class ExpertCache {
   ExpertCacheOptions options_;
   int experts_, top_k_;
   std::vector<ExpertSlots> slots_;
-  std::vector<ExpertSlots::Load> prefetch(int layer, const std::vector<int>& ranked,
+  void check_layer(int layer) const;
+  void check_tokens(const std::vector<std::uint32_t>& sequences, const std::vector<int>& ids) const;
+  std::vector<ExpertSlots::Load> prefetch(int layer, const std::vector<int>& chosen,
                                           bool keep_last_step);
   // Per layer, the experts prefetches chose since its last step (no prefetch evicts them), and
   // the experts that step used (no predictor's prefetch evicts them).

@@ -78,22 +78,6 @@ Weights slot_weights(offload::ExpertLoader& loader, int layer, const Weights& ho
   return slots;
 }
 
-// The experts (present in `ids`) ranked by how many choices name them, most first.
-std::vector<int> ranked_by_votes(const std::vector<int>& ids, int experts) {
-  std::vector<int> votes(static_cast<std::size_t>(experts), 0), ranked;
-  for (int e : ids) {
-    if (e < 0 || e >= experts)
-      throw InvalidArgument(
-          fmt::format("expert offload: the router chose expert {} of {}", e, experts));
-    ++votes[e];
-  }
-  for (int e = 0; e < experts; ++e) {
-    if (votes[e] > 0) ranked.push_back(e);
-  }
-  std::stable_sort(ranked.begin(), ranked.end(), [&](int a, int b) { return votes[a] > votes[b]; });
-  return ranked;
-}
-
 }  // namespace
 
 struct OffloadedMoe::Impl {
@@ -108,8 +92,16 @@ struct OffloadedMoe::Impl {
   // Adds the measured stalls to the stats: every one (waiting for them), or those done.
   void harvest_stalls(bool wait);
 
+  int layers() const { return cache.layers(); }
+  int experts() const { return cache.experts(); }
+  void check_layer(int index) const {  // before any device work
+    if (index < 0 || index >= layers()) {
+      throw InvalidArgument(
+          fmt::format("expert offload: layer {} is outside 0..{}", index, layers() - 1));
+    }
+  }
+
   LayerOptions layer_options;
-  int layers, experts;
   std::vector<Weights> host_gate_up, host_down, slot_gate_up, slot_down;
   std::vector<TensorView> router_bias;
   ExpertCache cache;
@@ -125,13 +117,13 @@ struct OffloadedMoe::Impl {
 OffloadedMoe::Impl::Impl(Stack stack, const LayerOptions& layer_options_,
                          const OffloadOptions& options)
     : layer_options(layer_options_),
-      layers(static_cast<int>(stack.gate_up.size())),
-      experts(static_cast<int>(stack.gate_up[0].codes.size(0))),
       host_gate_up(std::move(stack.gate_up)),
       host_down(std::move(stack.down)),
       router_bias(std::move(stack.router_bias)),
-      cache(layers, experts, layer_options_.router.top_k, options),
-      loader(layers, options.slots) {
+      cache(static_cast<int>(host_gate_up.size()), static_cast<int>(host_gate_up[0].codes.size(0)),
+            layer_options_.router.top_k, options),
+      loader(layers(), options.slots) {
+  const int layers = this->layers(), experts = this->experts();
   for (int l = 0; l < layers; ++l) {
     slot_gate_up.push_back(slot_weights(loader, l, host_gate_up[l]));
     slot_down.push_back(slot_weights(loader, l, host_down[l]));
@@ -195,10 +187,8 @@ void OffloadedMoe::Impl::load(int layer, const std::vector<ExpertSlots::Load>& p
 void OffloadedMoe::Impl::run(int index, const TensorView& x, const TensorView& router_logits,
                              const TensorView& shared, const TensorView& out, StreamHandle stream,
                              const std::vector<std::uint32_t>& sequences) {
-  if (index < 0 || index >= layers) {
-    throw InvalidArgument(
-        fmt::format("expert offload: layer {} is outside 0..{}", index, layers - 1));
-  }
+  check_layer(index);
+  const int experts = this->experts();
   const std::int64_t tokens = x.ndim == 2 ? x.size(0) : 0;
   if (!sequences.empty() && static_cast<std::int64_t>(sequences.size()) != tokens) {
     throw InvalidArgument(
@@ -297,13 +287,10 @@ void OffloadedMoe::layer(int index, const TensorView& x, const TensorView& route
 void OffloadedMoe::prefetch_from_logits(int index, const TensorView& guess_logits,
                                         StreamHandle stream) {
   Impl& m = *impl_;
-  if (index < 0 || index >= m.layers) {
-    throw InvalidArgument(
-        fmt::format("expert offload: layer {} is outside 0..{}", index, m.layers - 1));
-  }
-  if (guess_logits.ndim != 2 || guess_logits.size(1) != m.experts) {
+  m.check_layer(index);
+  if (guess_logits.ndim != 2 || guess_logits.size(1) != m.experts()) {
     throw InvalidArgument(fmt::format("expert offload: guess logits must be [T, {}], got {}",
-                                      m.experts, guess_logits.describe()));
+                                      m.experts(), guess_logits.describe()));
   }
   const std::int64_t tokens = guess_logits.size(0), top_k = m.cache.top_k();
   const auto pairs = static_cast<std::size_t>(tokens * top_k);
@@ -313,7 +300,7 @@ void OffloadedMoe::prefetch_from_logits(int index, const TensorView& guess_logit
   router_topk(guess_logits, m.router_bias[index], ids, weights, m.layer_options.router, stream);
   const std::vector<int> chosen = m.download_ids(ids, stream);
   m.last_call.record(stream);
-  m.load(index, m.cache.prefetch(index, ranked_by_votes(chosen, m.experts)));
+  m.load(index, m.cache.prefetch(index, chosen));
 }
 
 OffloadStats OffloadedMoe::stats() const {

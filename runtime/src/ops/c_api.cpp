@@ -780,6 +780,17 @@ void check_layers(int layers, kjit_moe_offload** stack) {
   if (layers < 1) throw kjit::InvalidArgument(fmt::format("layers must be >= 1, got {}", layers));
 }
 
+// The stack over the layers' weights (16-bit or FP4), handed to the caller.
+template <class LayerList>
+kjit_moe_offload* new_offload(const LayerList& weights, const kjit_moe_router_options* router,
+                              int block, const kjit_moe_offload_options* options, int layers) {
+  const kjit::moe::LayerOptions o{router_options(router), block};
+  auto made = std::make_unique<kjit_moe_offload>();
+  made->stack =
+      std::make_unique<kjit::moe::OffloadedMoe>(weights, o, offload_options(options, layers));
+  return made.release();
+}
+
 kjit_moe_offload& stack_of(kjit_moe_offload* stack) {
   if (!stack || !stack->stack) throw kjit::InvalidArgument("stack is NULL");
   return *stack;
@@ -802,11 +813,7 @@ extern "C" kjit_status kjit_moe_offload_create(int layers, const DLTensor* const
                          host_view(entry(down, l, "down", false), dn.c_str()),
                          bias_entry(router_bias, l)});
     }
-    const kjit::moe::LayerOptions o{router_options(router), block};
-    auto made = std::make_unique<kjit_moe_offload>();
-    made->stack =
-        std::make_unique<kjit::moe::OffloadedMoe>(weights, o, offload_options(options, layers));
-    *stack = made.release();
+    *stack = new_offload(weights, router, block, options, layers);
   });
 }
 
@@ -844,11 +851,7 @@ extern "C" kjit_status kjit_moe_offload_create_fp4(
            projection(down_codes, down_scales, down_tensor_scale, "down", l),
            bias_entry(router_bias, l)});
     }
-    const kjit::moe::LayerOptions o{router_options(router), block};
-    auto made = std::make_unique<kjit_moe_offload>();
-    made->stack =
-        std::make_unique<kjit::moe::OffloadedMoe>(weights, o, offload_options(options, layers));
-    *stack = made.release();
+    *stack = new_offload(weights, router, block, options, layers);
   });
 }
 

@@ -79,16 +79,25 @@ void ExpertCache::forget(int layer) {
   last_used_[layer].clear();
 }
 
-ExpertSlots::Outcome ExpertCache::step(int layer, const std::vector<std::uint32_t>& sequences,
-                                       const std::vector<int>& ids) {
+void ExpertCache::check_layer(int layer) const {
   if (layer < 0 || layer >= layers()) {
     throw InvalidArgument(
         fmt::format("expert cache: layer {} is outside 0..{}", layer, layers() - 1));
   }
+}
+
+void ExpertCache::check_tokens(const std::vector<std::uint32_t>& sequences,
+                               const std::vector<int>& ids) const {
   if (ids.size() != sequences.size() * top_k_) {
     throw InvalidArgument(fmt::format("expert cache: {} ids for {} tokens of top {}", ids.size(),
                                       sequences.size(), top_k_));
   }
+}
+
+ExpertSlots::Outcome ExpertCache::step(int layer, const std::vector<std::uint32_t>& sequences,
+                                       const std::vector<int>& ids) {
+  check_layer(layer);
+  check_tokens(sequences, ids);
   const std::uint32_t step = layer == 0 && now_[0] > 0 ? step_ + 1 : step_;
   history_.record(layer, step, sequences, ids.data());  // checks the ids first
   step_ = step;
@@ -121,39 +130,37 @@ ExpertSlots::Outcome ExpertCache::step(int layer, const std::vector<std::uint32_
 
 std::vector<ExpertSlots::Load> ExpertCache::prefetch_next(
     int layer, const std::vector<std::uint32_t>& sequences, const std::vector<int>& ids) {
-  if (ids.size() != sequences.size() * top_k_) {
-    throw InvalidArgument(fmt::format("expert cache: {} ids for {} tokens of top {}", ids.size(),
-                                      sequences.size(), top_k_));
-  }
+  check_tokens(sequences, ids);
   if (options_.prefetch == 0 || layer + 1 >= layers()) return {};
-  std::vector<int> votes(static_cast<std::size_t>(experts_), 0), ranked;
+  std::vector<int> chosen;  // every token's predictions: an expert's repeats are its votes
   for (std::size_t t = 0; t < sequences.size(); ++t) {
-    for (int e : predictor_.predict(sequences[t], layer + 1, &ids[t * top_k_], options_.prefetch))
-      ++votes[e];
+    const std::vector<int> p =
+        predictor_.predict(sequences[t], layer + 1, &ids[t * top_k_], options_.prefetch);
+    chosen.insert(chosen.end(), p.begin(), p.end());
+  }
+  return prefetch(layer + 1, chosen, true);
+}
+
+std::vector<ExpertSlots::Load> ExpertCache::prefetch(int layer, const std::vector<int>& chosen) {
+  return prefetch(layer, chosen, false);
+}
+
+std::vector<ExpertSlots::Load> ExpertCache::prefetch(int layer, const std::vector<int>& chosen,
+                                                     bool keep_last_step) {
+  check_layer(layer);
+  // The chosen experts, most voted first (ties: the lower id).
+  std::vector<int> votes(static_cast<std::size_t>(experts_), 0), ranked;
+  for (int e : chosen) {
+    if (e < 0 || e >= experts_) {
+      throw InvalidArgument(
+          fmt::format("expert cache: expert {} is outside 0..{}", e, experts_ - 1));
+    }
+    ++votes[e];
   }
   for (int e = 0; e < experts_; ++e) {
     if (votes[e] > 0) ranked.push_back(e);
   }
   std::stable_sort(ranked.begin(), ranked.end(), [&](int a, int b) { return votes[a] > votes[b]; });
-  return prefetch(layer + 1, ranked, true);
-}
-
-std::vector<ExpertSlots::Load> ExpertCache::prefetch(int layer, const std::vector<int>& ranked) {
-  return prefetch(layer, ranked, false);
-}
-
-std::vector<ExpertSlots::Load> ExpertCache::prefetch(int layer, const std::vector<int>& ranked,
-                                                     bool keep_last_step) {
-  if (layer < 0 || layer >= layers()) {
-    throw InvalidArgument(
-        fmt::format("expert cache: layer {} is outside 0..{}", layer, layers() - 1));
-  }
-  for (int e : ranked) {
-    if (e < 0 || e >= experts_) {
-      throw InvalidArgument(
-          fmt::format("expert cache: expert {} is outside 0..{}", e, experts_ - 1));
-    }
-  }
   ExpertSlots& slots = slots_[layer];
   std::vector<int>& keep = prefetch_keep_[layer];
   for (int e : ranked) {  // the chosen experts already resident stay
