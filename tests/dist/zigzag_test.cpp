@@ -365,16 +365,19 @@ TEST_P(Zigzag, SlicesMatchTheSingleGpuAttention) {
     }
   }
   const std::vector<double> mine_ref_out = rows_for(ref_out, mine, q_width),
-                            mine_low_out = rows_for(low_out, mine, q_width),
-                            mine_ref_dq = rows_for(ref_dq, mine, q_width),
-                            mine_low_dq = rows_for(low_dq, mine, q_width);
+                            mine_ref_dq = rows_for(ref_dq, mine, q_width);
+  // The bound's scale, the low-precision reference's error, over the whole problem as
+  // FlashAttention's test takes it (and as the single-GPU backward test does): on one rank's rows
+  // alone it can fall below the error of the single-GPU result this rank equals bit for bit.
   double err = 0, low_err = 0, dq_err = 0, dq_low_err = 0, dq_max = 0;
+  for (std::size_t i = 0; i < ref_out.size(); ++i) {
+    low_err = std::max(low_err, std::abs(low_out[i] - ref_out[i]));
+    dq_low_err = std::max(dq_low_err, std::abs(low_dq[i] - ref_dq[i]));
+    dq_max = std::max(dq_max, std::abs(ref_dq[i]));
+  }
   for (std::size_t i = 0; i < mine_ref_out.size(); ++i) {
     err = std::max(err, std::abs(got_out[i] - mine_ref_out[i]));
-    low_err = std::max(low_err, std::abs(mine_low_out[i] - mine_ref_out[i]));
     dq_err = std::max(dq_err, std::abs(got_dq[i] - mine_ref_dq[i]));
-    dq_low_err = std::max(dq_low_err, std::abs(mine_low_dq[i] - mine_ref_dq[i]));
-    dq_max = std::max(dq_max, std::abs(mine_ref_dq[i]));
   }
   EXPECT_LE(err, 2 * low_err + 1e-5) << "rank " << r << ": out against fp64";
   EXPECT_LE(dq_err, 2 * dq_low_err + 1e-3 * std::max(1.0, dq_max)) << "rank " << r << ": dq";

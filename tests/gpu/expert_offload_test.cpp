@@ -221,6 +221,10 @@ TEST_P(ExpertOffloadTest, MatchesTheResidentLayersBitForBit) {
   EXPECT_EQ(s.bytes_prefetched, s.prefetches * expert_bytes);
   EXPECT_LE(s.prefetch_hits + s.prefetches_wasted, s.prefetches);
   EXPECT_GE(s.stall_ms, 0.0);
+  // Every load was timed: a rate within what a host -> device link can carry.
+  EXPECT_GT(s.copy_ms, 0.0);
+  EXPECT_GT(s.copy_gbps(), 0.1);
+  EXPECT_LT(s.copy_gbps(), 1000.0);
   if (c.slots == kExperts && !c.pin_two && c.prefetch == 0) {
     // Every expert stays once loaded: only each layer's first use of an expert misses.
     std::int64_t first_uses = 0;
@@ -244,6 +248,7 @@ TEST_P(ExpertOffloadTest, MatchesTheResidentLayersBitForBit) {
     EXPECT_EQ(cs.misses, s.misses);
     EXPECT_EQ(cs.prefetches, s.prefetches);
     EXPECT_EQ(cs.bytes_on_demand, s.bytes_on_demand);
+    EXPECT_GT(cs.copy_ms, 0.0);
   }
   EXPECT_EQ(stack->cache_bytes(), static_cast<std::size_t>(kLayers) * c.slots * expert_bytes);
 }

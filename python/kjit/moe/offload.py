@@ -51,7 +51,7 @@ class OffloadStats(ctypes.Structure):
             "bytes_on_demand",
             "bytes_prefetched",
         )
-    ] + [("stall_ms", ctypes.c_double)]
+    ] + [("stall_ms", ctypes.c_double), ("copy_ms", ctypes.c_double)]
 
 
 class OffloadedMoE:
@@ -204,7 +204,7 @@ class OffloadedMoE:
 
     def stats(self) -> dict:
         """tokens, hits, misses, prefetches, prefetch_hits, prefetches_wasted, bytes_on_demand,
-        bytes_prefetched, stall_ms, and hit_rate."""
+        bytes_prefetched, stall_ms, copy_ms (the loader's copies), and hit_rate."""
         s = OffloadStats()
         call("kjit_moe_offload_stats_get", self._live(), ctypes.byref(s))
         out = {name: getattr(s, name) for name, _ in OffloadStats._fields_}

@@ -291,6 +291,7 @@ typedef struct kjit_moe_offload_stats {
   int64_t tokens, hits, misses, prefetches, prefetch_hits, prefetches_wasted;
   int64_t bytes_on_demand, bytes_prefetched;
   double stall_ms; /* the compute stream's waits for loads */
+  double copy_ms;  /* the loader's copies (bytes / copy_ms: its host -> device rate) */
 } kjit_moe_offload_stats;
 kjit_status kjit_moe_offload_stats_get(kjit_moe_offload* stack, kjit_moe_offload_stats* stats);
 /* The routing history as a trace file (".jsonl": JSON lines; else binary), for kjit moe analyze. */

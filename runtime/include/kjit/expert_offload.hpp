@@ -32,7 +32,12 @@ using OffloadOptions = ExpertCacheOptions;
 struct OffloadStats : ExpertCacheStats {
   std::int64_t bytes_on_demand = 0, bytes_prefetched = 0;  // host -> device
   double stall_ms = 0;  // the compute stream's waits for loads, summed
+  double copy_ms = 0;   // the loader's copies, from each batch's first to its last
   double stall_ms_per_token() const { return tokens ? stall_ms / double(tokens) : 0; }
+  // The loader's host -> device rate while copying, GB/s.
+  double copy_gbps() const {
+    return copy_ms > 0 ? double(bytes_on_demand + bytes_prefetched) / copy_ms / 1e6 : 0;
+  }
 };
 
 class OffloadedMoe {

@@ -62,30 +62,42 @@ TensorView ExpertLoader::add_tile(int layer, const TensorView& host) {
   return view;
 }
 
-std::size_t ExpertLoader::load(int layer, int expert, int slot) {
-  SlotFences& f = fences(layer, slot);
-  f.released.wait(stream_.handle());
+std::size_t ExpertLoader::load(int layer, const std::vector<Load>& loads) {
+  if (loads.empty()) return 0;
+  for (const Load& l : loads)
+    fences(layer, l.slot).released.wait(stream_.handle());
+  copy_spans_.begin(stream_.handle());
   std::size_t bytes = 0;
-  for (const Tile& t : tiles_[layer]) {
-    copy_async(static_cast<char*>(t.slots.data()) + t.expert_bytes * slot,
-               t.host + t.expert_bytes * expert, t.expert_bytes, stream_.handle());
-    bytes += t.expert_bytes;
+  for (const Load& l : loads) {
+    for (const Tile& t : tiles_[layer]) {
+      copy_async(static_cast<char*>(t.slots.data()) + t.expert_bytes * l.slot,
+                 t.host + t.expert_bytes * l.expert, t.expert_bytes, stream_.handle());
+      bytes += t.expert_bytes;
+    }
+    SlotFences& f = fences(layer, l.slot);
+    f.ready.signal(stream_.handle());
+    f.loading = true;
   }
-  f.ready.signal(stream_.handle());
-  f.loading = true;
+  copy_spans_.end(stream_.handle());
   return bytes;
 }
 
-bool ExpertLoader::wait_ready(int layer, int slot, StreamHandle compute) {
-  SlotFences& f = fences(layer, slot);
-  f.ready.wait(compute);  // cheap when long done; safe for a stream that did not wait before
-  const bool pending = f.loading;
-  f.loading = false;
-  return pending;
+void ExpertLoader::wait_ready(int layer, const std::vector<Load>& pass, StreamHandle compute) {
+  bool pending = false;
+  for (const Load& l : pass)
+    pending |= fences(layer, l.slot).loading;
+  if (pending) stall_spans_.begin(compute);
+  for (const Load& l : pass) {
+    SlotFences& f = fences(layer, l.slot);
+    f.ready.wait(compute);  // cheap when long done; safe for a stream that did not wait before
+    f.loading = false;
+  }
+  if (pending) stall_spans_.end(compute);
 }
 
-void ExpertLoader::release(int layer, int slot, StreamHandle compute) {
-  fences(layer, slot).released.signal(compute);
+void ExpertLoader::release(int layer, const std::vector<Load>& pass, StreamHandle compute) {
+  for (const Load& l : pass)
+    fences(layer, l.slot).released.signal(compute);
 }
 
 }  // namespace kjit::offload

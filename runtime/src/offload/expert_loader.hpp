@@ -5,6 +5,8 @@
 // waits for before a GEMM reads the slot, and `released` after the last GEMM that read it, which
 // the loader waits for before overwriting it. No host synchronisation. The GEMMs run on one
 // compute stream at a time (or on streams the caller orders): `released` keeps the last reader.
+// Each batch of loads is timed on the loader's stream from its first copy to its last (the
+// waits for released slots come before), so bytes / copy_ms is the loader's own rate.
 #pragma once
 
 #include <cstddef>
@@ -12,32 +14,41 @@
 #include <vector>
 
 #include "driver/stream_fence.hpp"
+#include "driver/stream_spans.hpp"
 #include "kjit/device.hpp"
+#include "kjit/routing_analysis.hpp"
 #include "kjit/tensor.hpp"
 
 namespace kjit::offload {
 
 class ExpertLoader {
  public:
+  using Load = moe::ExpertSlots::Load;
+
   ExpertLoader(int layers, int slots);
 
   // A tile of `layer`: host [E, ...] in page-locked memory, each expert's part contiguous; returns
   // the slots' device tensor [slots, ...] the GEMMs read.
   TensorView add_tile(int layer, const TensorView& host);
 
-  // Queues the copy of every tile of `expert` into `slot`; returns the bytes.
-  std::size_t load(int layer, int expert, int slot);
-  // Makes `compute` wait for the slot's last load; true when a load was queued since the last
-  // wait (the wait may then stall).
-  bool wait_ready(int layer, int slot, StreamHandle compute);
-  // The slot's readers are queued on `compute`: later loads into it wait for them.
-  void release(int layer, int slot, StreamHandle compute);
+  // Queues the copies of every tile of each load's expert into its slot, after the slots' last
+  // readers; returns the bytes.
+  std::size_t load(int layer, const std::vector<Load>& loads);
+  // Makes `compute` wait for the last loads of the slots `pass` reads; the wait is timed (a
+  // stall) when one of them was queued since the slot's last wait.
+  void wait_ready(int layer, const std::vector<Load>& pass, StreamHandle compute);
+  // The readers of the pass's slots are queued on `compute`: later loads into them wait for them.
+  void release(int layer, const std::vector<Load>& pass, StreamHandle compute);
 
   // Throws InvalidArgument unless `t` (named `what`) is in device memory (a tensor the GEMMs read
   // as given, such as a tensor scale shared by every expert).
   static void require_device(const TensorView& t, const char* what);
 
   std::size_t device_bytes() const { return device_bytes_; }
+  // The copies' GPU time and the compute streams' stalls so far: the spans that have run, or
+  // with `wait` every one.
+  double copy_ms(bool wait) { return copy_spans_.total_ms(wait); }
+  double stall_ms(bool wait) { return stall_spans_.total_ms(wait); }
   void synchronize() const { stream_.synchronize(); }  // every load queued has run
 
  private:
@@ -55,6 +66,7 @@ class ExpertLoader {
   Stream stream_;
   std::vector<std::vector<Tile>> tiles_;  // [layer][tile]
   std::vector<std::unique_ptr<SlotFences>> fences_;
+  driver::StreamSpans copy_spans_, stall_spans_;
   std::size_t device_bytes_ = 0;
 };
 

@@ -89,8 +89,6 @@ struct OffloadedMoe::Impl {
            const TensorView& shared, const TensorView& out, StreamHandle stream,
            const std::vector<std::uint32_t>& sequences);
   void load(int layer, const std::vector<ExpertSlots::Load>& prefetches);
-  // Adds the measured stalls to the stats: every one (waiting for them), or those done.
-  void harvest_stalls(bool wait);
 
   int layers() const { return cache.layers(); }
   int experts() const { return cache.experts(); }
@@ -110,8 +108,6 @@ struct OffloadedMoe::Impl {
   DeviceBuffer tables;
   Event ids_ready, tables_copied, last_call;  // last_call: the end of the last call's work
   std::int64_t bytes_on_demand = 0, bytes_prefetched = 0;
-  double stall_ms = 0;
-  std::vector<std::pair<std::unique_ptr<Event>, std::unique_ptr<Event>>> stalls;
 };
 
 OffloadedMoe::Impl::Impl(Stack stack, const LayerOptions& layer_options_,
@@ -133,9 +129,11 @@ OffloadedMoe::Impl::Impl(Stack stack, const LayerOptions& layer_options_,
   tables = DeviceBuffer(e * e * sizeof(int));
   // Pinned experts are loaded once, now.
   for (int l = 0; l < layers; ++l) {
+    std::vector<ExpertSlots::Load> pinned;
     for (int x = 0; x < experts; ++x) {
-      if (cache.slots(l).resident(x)) loader.load(l, x, cache.slots(l).slot(x));
+      if (cache.slots(l).resident(x)) pinned.push_back({x, cache.slots(l).slot(x)});
     }
+    loader.load(l, pinned);
   }
 }
 
@@ -160,24 +158,9 @@ std::vector<int> OffloadedMoe::Impl::download_ids(const TensorView& ids, StreamH
   return std::vector<int>(p, p + ids.numel());
 }
 
-void OffloadedMoe::Impl::harvest_stalls(bool wait) {
-  std::size_t n = 0;
-  for (; n < stalls.size(); ++n) {
-    auto& [before, after] = stalls[n];
-    if (wait) {
-      after->synchronize();
-    } else if (!after->done()) {
-      break;
-    }
-    stall_ms += after->elapsed_ms_since(*before);
-  }
-  stalls.erase(stalls.begin(), stalls.begin() + static_cast<std::ptrdiff_t>(n));
-}
-
 void OffloadedMoe::Impl::load(int layer, const std::vector<ExpertSlots::Load>& prefetches) {
   try {
-    for (const ExpertSlots::Load& l : prefetches)
-      bytes_prefetched += static_cast<std::int64_t>(loader.load(layer, l.expert, l.slot));
+    bytes_prefetched += static_cast<std::int64_t>(loader.load(layer, prefetches));
   } catch (...) {
     cache.forget(layer);  // the cache counts them resident: not all were queued
     throw;
@@ -225,46 +208,33 @@ void OffloadedMoe::Impl::run(int index, const TensorView& x, const TensorView& r
     driver::StreamAllocation block_slot_memory(
         static_cast<std::size_t>(block_expert.size(0)) * sizeof(int), stream);
     const TensorView block_slot(block_slot_memory.data(), DType::Int32, {block_expert.size(0)});
-    std::size_t loaded = 0;
     for (; p < passes; ++p) {
-      // This pass's loads, queued after the last pass released the slots they overwrite.
-      for (; loaded < o.loaded.size(); ++loaded) {
-        const ExpertSlots::Load& l = o.loaded[loaded];
-        if (std::find(o.passes[p].begin(), o.passes[p].end(), l) == o.passes[p].end()) break;
-        bytes_on_demand += static_cast<std::int64_t>(loader.load(index, l.expert, l.slot));
+      // This pass's misses (o.loaded is in pass order), queued after the last pass released the
+      // slots they overwrite.
+      std::vector<ExpertSlots::Load> misses;
+      for (const ExpertSlots::Load& l : o.passes[p]) {
+        if (std::find(o.loaded.begin(), o.loaded.end(), l) != o.loaded.end()) misses.push_back(l);
       }
-      auto before = std::make_unique<Event>();
-      before->record(stream);
-      bool waited = false;
-      for (const ExpertSlots::Load& l : o.passes[p])
-        waited |= loader.wait_ready(index, l.slot, stream);
-      if (waited) {
-        auto after = std::make_unique<Event>();
-        after->record(stream);
-        stalls.emplace_back(std::move(before), std::move(after));
-      }
+      bytes_on_demand += static_cast<std::int64_t>(loader.load(index, misses));
+      loader.wait_ready(index, o.passes[p], stream);
       map_block_experts(
           block_expert,
           TensorView(static_cast<int*>(tables.data()) + p * experts, DType::Int32, {experts}),
           block_slot, stream);
       steps.experts(slot_gate_up[index], slot_down[index], block_slot);
-      for (const ExpertSlots::Load& l : o.passes[p])
-        loader.release(index, l.slot, stream);
+      loader.release(index, o.passes[p], stream);
     }
   } catch (...) {
     cache.forget(index);
     try {  // later loads into the slots of the passes not run wait for what was queued
-      for (std::size_t q = p; q < passes; ++q) {
-        for (const ExpertSlots::Load& l : o.passes[q])
-          loader.release(index, l.slot, stream);
-      }
+      for (std::size_t q = p; q < passes; ++q)
+        loader.release(index, o.passes[q], stream);
     } catch (const std::exception&) {  // a broken context: the first error is the one to report
     }
     throw;
   }
   steps.combine();
   last_call.record(stream);
-  harvest_stalls(false);
   load(index + 1, cache.prefetch_next(index, seqs, ids));
 }
 
@@ -304,12 +274,12 @@ void OffloadedMoe::prefetch_from_logits(int index, const TensorView& guess_logit
 }
 
 OffloadStats OffloadedMoe::stats() const {
-  impl_->harvest_stalls(true);
   OffloadStats s;
   static_cast<ExpertCacheStats&>(s) = impl_->cache.stats();
   s.bytes_on_demand = impl_->bytes_on_demand;
   s.bytes_prefetched = impl_->bytes_prefetched;
-  s.stall_ms = impl_->stall_ms;
+  s.stall_ms = impl_->loader.stall_ms(true);
+  s.copy_ms = impl_->loader.copy_ms(true);
   return s;
 }
 

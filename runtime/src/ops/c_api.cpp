@@ -894,7 +894,7 @@ extern "C" kjit_status kjit_moe_offload_stats_get(kjit_moe_offload* stack,
               st.misses,          st.prefetches,
               st.prefetch_hits,   st.prefetches_wasted,
               st.bytes_on_demand, st.bytes_prefetched,
-              st.stall_ms};
+              st.stall_ms,        st.copy_ms};
   });
 }
 
