@@ -132,16 +132,20 @@ int main(int argc, char** argv) try {
   std::printf("%-28s %3s %6s %8s %4s %-7s %9s %8s\n", "row", "B", "S", "Hq/Hk", "D", "mask", "ms",
               "TFLOP/s");
   if (argc > 1 && std::string(argv[1]) == "--sweep") {
-    // The mma.sync default first (the reference the others must agree with), then wgmma tiles.
+    // The mma.sync default first (the reference the others must agree with), then wgmma tiles,
+    // then the warp-specialised loop's.
     using C = kjit::ops::FlashForward::Config;
     auto mma = [](long long m, long long n, long long t) { return C{80, m, n, t}; };
     auto wgmma = [](long long m, long long n) { return C{90, m, n, 1}; };
+    auto ws = [](long long n) { return C{91, 128, n, 1}; };
     for (bool causal : {false, true}) {
       sweep(64, causal,
-            {mma(128, 64, 2), wgmma(128, 128), wgmma(128, 64), wgmma(192, 128), wgmma(64, 128)},
+            {mma(128, 64, 2), wgmma(128, 128), wgmma(128, 64), wgmma(192, 128), wgmma(64, 128),
+             ws(128), ws(64)},
             stream);
       sweep(128, causal,
-            {mma(128, 64, 1), wgmma(128, 128), wgmma(128, 64), wgmma(192, 128), wgmma(64, 128)},
+            {mma(128, 64, 1), wgmma(128, 128), wgmma(128, 64), wgmma(192, 128), wgmma(64, 128),
+             ws(128), ws(64)},
             stream);
       sweep(256, causal, {mma(64, 32, 1), wgmma(128, 64), wgmma(64, 64), wgmma(64, 128)}, stream);
     }

@@ -37,7 +37,8 @@ struct AttnCase {
   std::vector<int> seqlens_q, seqlens_k;  // batched: every entry equal
   double input_scale = 1.0;
   // 0: the op's choice for this device (kjit::attention::forward); kMainloopMma: the mma.sync
-  // kernel forced through the plan, so that sm_90a machines test the sm_80 main loop too.
+  // kernel forced through the plan, so that sm_90a machines test the sm_80 main loop too;
+  // kMainloopWgmmaWs: the warp-specialised loop (a tuner choice), forced likewise.
   std::int64_t mainloop = 0;
 };
 
@@ -50,10 +51,13 @@ void PrintTo(const AttnCase& c, std::ostream* os) {
   if (c.mainloop) *os << " mainloop " << c.mainloop;
 }
 
-// The default mma.sync config (sm_80's), launched through the family as the op would launch its
-// own choice.
-void run_mma_sync(const ops::Call<FlashForward>& call, StreamHandle stream) {
-  const FlashForward::Config config = FlashForward::default_config(call.problem, "sm_80");
+// A main loop other than the op's choice, launched through the family as the op would launch its
+// own: mma.sync with sm_80's default config, or the warp-specialised loop with 128-row tiles.
+void run_forced(std::int64_t mainloop, const ops::Call<FlashForward>& call, StreamHandle stream) {
+  FlashForward::Config config = FlashForward::default_config(call.problem, "sm_80");
+  if (mainloop == FlashForward::kMainloopWgmmaWs)
+    config = {mainloop, 128, call.problem.head_dim <= 128 ? 128 : 64, 1};
+  ASSERT_TRUE(FlashForward::valid(config, call.problem, arch::current()));
   const Program program = load(FlashForward::spec(config, call.problem, arch::current()));
   FlashForward::launch(program, config, call.problem, call.args, stream);
 }
@@ -94,8 +98,8 @@ std::vector<std::uint16_t> run_case(const AttnCase& c, unsigned seed, bool check
         vv(dv.data(), c.dtype, {tk, hk, d}), vout(dout.data(), c.dtype, {tq, hq, d}),
         vlse(dlse.data(), DType::Float32, {hq, tq});
     if (c.mainloop) {
-      run_mma_sync(FlashForward::validate_varlen(vq, vk, vv, vout, vlse, s, options),
-                   stream.handle());
+      run_forced(c.mainloop, FlashForward::validate_varlen(vq, vk, vv, vout, vlse, s, options),
+                 stream.handle());
     } else {
       forward_varlen(vq, vk, vv, vout, vlse, s, options, stream.handle());
     }
@@ -105,7 +109,8 @@ std::vector<std::uint16_t> run_case(const AttnCase& c, unsigned seed, bool check
         vv(dv.data(), c.dtype, {b, sk, hk, d}), vout(dout.data(), c.dtype, {b, sq, hq, d}),
         vlse(dlse.data(), DType::Float32, {b, hq, sq});
     if (c.mainloop) {
-      run_mma_sync(FlashForward::validate(vq, vk, vv, vout, vlse, options), stream.handle());
+      run_forced(c.mainloop, FlashForward::validate(vq, vk, vv, vout, vlse, options),
+                 stream.handle());
     } else {
       forward(vq, vk, vv, vout, vlse, options, stream.handle());
     }
@@ -177,6 +182,9 @@ class AttentionForward : public IsolatedCache, public ::testing::WithParamInterf
 
 TEST_P(AttentionForward, MatchesDoubleReference) {
   KJIT_REQUIRE_GPU();
+  if (GetParam().mainloop == FlashForward::kMainloopWgmmaWs && !arch::current().has_wgmma())
+    GTEST_SKIP() << "the warp-specialised loop needs sm_90a; this card is "
+                 << arch::current().name();
   const unsigned seed = std::random_device{}();  // fresh inputs every run; printed on failure
   SCOPED_TRACE("input seed " + std::to_string(seed));
   run_case(GetParam(), seed);
@@ -188,7 +196,9 @@ std::vector<AttnCase> cases() {
   for (DType dtype : {DType::Float16, DType::BFloat16}) {
     for (int d : {64, 96, 128, 192, 256}) {
       for (bool causal : {false, true}) {
-        for (std::int64_t mainloop : {std::int64_t{0}, FlashForward::kMainloopMma}) {
+        for (std::int64_t mainloop :
+             {std::int64_t{0}, FlashForward::kMainloopMma, FlashForward::kMainloopWgmmaWs}) {
+          if (mainloop == FlashForward::kMainloopWgmmaWs && (d % 64 != 0 || d > 192)) continue;
           for (auto [hq, hk] : std::vector<std::pair<int, int>>{{1, 1}, {8, 1}, {32, 8}}) {
             out.push_back({dtype, d, causal, hq, hk, false, {97, 97}, {97, 97}, 1.0, mainloop});
             out.push_back({dtype, d, causal, hq, hk, true, varlen_q, varlen_k, 1.0, mainloop});
@@ -200,7 +210,8 @@ std::vector<AttnCase> cases() {
       }
     }
   }
-  for (std::int64_t mainloop : {std::int64_t{0}, FlashForward::kMainloopMma}) {
+  for (std::int64_t mainloop :
+       {std::int64_t{0}, FlashForward::kMainloopMma, FlashForward::kMainloopWgmmaWs}) {
     for (DType dtype : {DType::Float16, DType::BFloat16}) {  // inputs x10
       out.push_back({dtype, 128, true, 2, 2, false, {200, 200}, {200, 200}, 10.0, mainloop});
     }
@@ -214,13 +225,17 @@ INSTANTIATE_TEST_SUITE_P(All, AttentionForward, ::testing::ValuesIn(cases()),
                            return std::string(dtype_name(c.dtype)) + "_d" +
                                   std::to_string(c.head_dim) + (c.causal ? "_causal" : "") + "_h" +
                                   std::to_string(c.heads_q) + "x" + std::to_string(c.heads_k) +
-                                  (c.varlen ? "_varlen" : "_batched") + (c.mainloop ? "_mma" : "") +
+                                  (c.varlen ? "_varlen" : "_batched") +
+                                  (c.mainloop == FlashForward::kMainloopMma       ? "_mma"
+                                   : c.mainloop == FlashForward::kMainloopWgmmaWs ? "_ws"
+                                                                                  : "") +
                                   "_" + std::to_string(i.index);
                          });
 
 TEST(AttentionForwardDeterminism, BitwiseIdenticalOnRerun) {
   KJIT_REQUIRE_GPU();
-  for (std::int64_t mainloop : {std::int64_t{0}, FlashForward::kMainloopMma}) {
+  for (std::int64_t mainloop : {std::int64_t{0}, FlashForward::kMainloopMma,
+                                arch::current().has_wgmma() ? FlashForward::kMainloopWgmmaWs : 0}) {
     const AttnCase c{DType::BFloat16, 128,           true, 4,       2, true,
                      {300, 7, 129},   {300, 9, 500}, 1.0,  mainloop};
     const unsigned seed = std::random_device{}();
@@ -235,7 +250,7 @@ namespace kjit::test {
 namespace {
 
 // Sk = 0 with NULL K/V pointers, as torch hands over an empty tensor: O = 0 and LSE = -inf for
-// every row, through the C++ API (both main loops) and the C ABI.
+// every row, through the C++ API (every main loop) and the C ABI.
 TEST(AttentionForwardEmpty, NoKeysGiveZeroOutputAndMinusInfLse) {
   KJIT_REQUIRE_GPU();
   const std::int64_t b = 2, sq = 70, h = 4, d = 128;
@@ -266,9 +281,18 @@ TEST(AttentionForwardEmpty, NoKeysGiveZeroOutputAndMinusInfLse) {
     check("forward");
     out.fill_bytes(0xff);
     lse.fill_bytes(0xff);
-    run_mma_sync(FlashForward::validate(vq, vk, vk, vout, vlse, options), stream.handle());
+    run_forced(FlashForward::kMainloopMma, FlashForward::validate(vq, vk, vk, vout, vlse, options),
+               stream.handle());
     stream.synchronize();
     check("mma.sync loop");
+    if (arch::current().has_wgmma()) {
+      out.fill_bytes(0xff);
+      lse.fill_bytes(0xff);
+      run_forced(FlashForward::kMainloopWgmmaWs,
+                 FlashForward::validate(vq, vk, vk, vout, vlse, options), stream.handle());
+      stream.synchronize();
+      check("warp-specialised loop");
+    }
   }
   int64_t q_shape[] = {b, sq, h, d}, k_shape[] = {b, 0, h, d}, lse_shape[] = {b, h, sq};
   DLTensor tq{q.data(), {kDLCUDA, 0}, 4, {kDLBfloat, 16, 1}, q_shape, nullptr, 0};

@@ -83,11 +83,14 @@ std::int64_t row_elems(const FlashForward::Config& c, std::int64_t head_dim) {
 
 std::vector<Source> FlashForward::sources() {
   return {Source::embedded("attention/flash_forward.cuh"),
-          Source::embedded("attention/flash_forward_sm90.cuh")};
+          Source::embedded("attention/flash_forward_sm90.cuh"),
+          Source::embedded("attention/flash_forward_sm90_ws.cuh")};
 }
 
 unsigned FlashForward::Config::threads() const {
-  return static_cast<unsigned>(wgmma() ? block_m / 64 * 128 : block_m / (16 * m_tiles) * 32);
+  const std::int64_t producer = warp_specialized() ? 128 : 0;
+  return static_cast<unsigned>(wgmma() ? block_m / 64 * 128 + producer
+                                       : block_m / (16 * m_tiles) * 32);
 }
 
 void FlashForward::check(const Problem& p) {
@@ -134,7 +137,10 @@ FlashForward::Config FlashForward::default_config(const Problem& p, const Arch& 
 
 std::vector<FlashForward::Config> FlashForward::space(const Problem&, const Arch& arch) {
   std::vector<std::int64_t> mainloops{kMainloopMma};
-  if (arch.has_wgmma()) mainloops.push_back(kMainloopWgmma);
+  if (arch.has_wgmma()) {
+    mainloops.push_back(kMainloopWgmma);
+    mainloops.push_back(kMainloopWgmmaWs);
+  }
   std::vector<Config> out;
   for (std::int64_t mainloop : mainloops) {
     for (std::int64_t block_m : {64, 128, 192}) {
@@ -149,9 +155,12 @@ std::vector<FlashForward::Config> FlashForward::space(const Problem&, const Arch
 
 bool FlashForward::valid(const Config& c, const Problem& p, const Arch& arch) {
   if (c.block_m <= 0 || c.block_n <= 0 || c.m_tiles <= 0) return false;
-  if (c.mainloop == kMainloopWgmma) {
-    // Warpgroups of 64 rows; S is m64 x block_n (64 or 128); V is read in 64-column slabs.
+  if (c.wgmma()) {
+    // Warpgroups of 64 rows (two beside the producer; up to hd 192, where their O, S and P fit
+    // the registers the producer gives them); S is m64 x block_n (64 or 128); V is read in
+    // 64-column slabs.
     if (!arch.has_wgmma() || p.head_dim % 64 != 0 || c.block_m % 64 != 0 || c.block_m > 192 ||
+        (c.warp_specialized() && (c.block_m != 128 || p.head_dim > 192)) ||
         (c.block_n != 64 && c.block_n != 128) || c.m_tiles != 1) {
       return false;
     }
@@ -160,7 +169,8 @@ bool FlashForward::valid(const Config& c, const Problem& p, const Arch& arch) {
   } else {
     return false;
   }
-  return shared_bytes(c, p) <= arch.max_shared_bytes();
+  const unsigned barriers = c.warp_specialized() ? 128 : 0;  // the mbarriers, static
+  return shared_bytes(c, p) + barriers <= arch.max_shared_bytes();
 }
 
 unsigned FlashForward::shared_bytes(const Config& c, const Problem& p) {
@@ -178,13 +188,16 @@ KernelSpec FlashForward::spec_for(const Config& c, const Problem& p, const Arch&
                                   const char* params) {
   const char* causal = p.causal ? "true" : "false";
   const std::string name =
-      c.wgmma()
+      c.warp_specialized()
+          ? fmt::format("kjit::attention::flash_forward_sm90_ws<{}, {}, {}, {}, {}>",
+                        cxx_type(p.dtype), p.head_dim, c.block_n, causal, params)
+      : c.wgmma()
           ? fmt::format("kjit::attention::flash_forward_sm90<{}, {}, {}, {}, {}, {}>",
                         cxx_type(p.dtype), p.head_dim, c.block_n, c.block_m / 64, causal, params)
           : fmt::format("kjit::attention::flash_forward<{}, {}, {}, {}, {}, {}, {}>",
                         cxx_type(p.dtype), p.head_dim, c.block_m, c.block_n, c.m_tiles, causal,
                         params);
-  KernelSpec s(sources()[c.wgmma() ? 1 : 0], {name});
+  KernelSpec s(sources()[c.warp_specialized() ? 2 : c.wgmma() ? 1 : 0], {name});
   s.arch = arch.name();
   return s;
 }

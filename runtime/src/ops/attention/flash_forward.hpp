@@ -1,6 +1,7 @@
-// The attention forward family: templates/attention/flash_forward.cuh (mma.sync, sm_80+) and
-// flash_forward_sm90.cuh (wgmma, sm_90a), their tile configs, the validation of batched and
-// packed inputs, and the launch. kjit::attention::forward / forward_varlen run through it.
+// The attention forward family: templates/attention/flash_forward.cuh (mma.sync, sm_80+),
+// flash_forward_sm90.cuh (wgmma, sm_90a) and flash_forward_sm90_ws.cuh (wgmma with a producer
+// warpgroup, sm_90a), their tile configs, the validation of batched and packed inputs, and the
+// launch. kjit::attention::forward / forward_varlen run through it.
 #pragma once
 
 #include <cstdint>
@@ -14,9 +15,9 @@ namespace kjit::ops {
 
 struct FlashForward {
   static constexpr const char* kName = "attention";
-  static std::vector<Source> sources();  // both main loops: either may win a tuning run
+  static std::vector<Source> sources();  // every main loop: any may win a tuning run
 
-  static constexpr std::int64_t kMainloopMma = 80, kMainloopWgmma = 90;
+  static constexpr std::int64_t kMainloopMma = 80, kMainloopWgmma = 90, kMainloopWgmmaWs = 91;
   static constexpr std::int64_t kHeadDims[] = {64, 96, 128, 192, 256};
 
   // A packed (varlen) call is the batched problem of B sequences of its longest lengths.
@@ -28,10 +29,12 @@ struct FlashForward {
     bool empty() const { return seqlen_q == 0 || batch == 0; }
   };
   // mainloop 80: mma.sync, each warp owns 16 x m_tiles query rows (block_m / (16 m_tiles) warps);
-  // mainloop 90: wgmma, a warpgroup per 64 rows (m_tiles 1). block_n keys per tile.
+  // mainloop 90: wgmma, a warpgroup per 64 rows (m_tiles 1); mainloop 91: the same consumer
+  // warpgroups (block_m 128) beside a producer warpgroup. block_n keys per tile.
   struct Config {
     std::int64_t mainloop = kMainloopMma, block_m = 0, block_n = 0, m_tiles = 1;
-    bool wgmma() const { return mainloop == kMainloopWgmma; }
+    bool wgmma() const { return mainloop == kMainloopWgmma || warp_specialized(); }
+    bool warp_specialized() const { return mainloop == kMainloopWgmmaWs; }
     unsigned threads() const;
   };
   using Args = KjitFlashParams;

@@ -1,0 +1,192 @@
+// Attention forward on Hopper with warp specialisation (sm_90a), after FlashAttention-3: one
+// producer warpgroup loads Q once and the K and V tiles into two-stage rings, and two consumer
+// warpgroups of 64 query rows each run flash_forward_sm90.cuh's wgmma steps with no block-wide
+// barrier in the main loop. A stage is published through its `full` mbarrier once its bytes have
+// landed (the producer waits for its own cp.async groups, then fences them to the async proxy
+// wgmma reads through) and handed back through its `empty` mbarrier (one arrival per consumer
+// warpgroup once its wgmma has read it). The producer gives its registers to the consumers
+// (setmaxnreg). The consumers take turns issuing their GEMMs (named barriers, FA3's ping-pong):
+// one warpgroup issues P_j V_j and S_{j+1} = Q K_{j+1}^T back to back, then its softmax of
+// S_{j+1} runs while the other warpgroup's pair occupies the tensor cores.
+#pragma once
+
+#include <cuda/std/cstdint>
+
+#include "attention/flash_forward_sm90.cuh"
+#include "common/mbarrier.cuh"
+#include "common/named_barrier.cuh"
+#include "common/register_budget.cuh"
+
+namespace kjit::attention {
+
+struct FlashWsRoles {
+  static constexpr int kConsumers = 2;  // warpgroups of 64 query rows
+  static constexpr int kThreads = 128 * (kConsumers + 1);
+  static constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;
+  static constexpr int kStages = 2;
+  // Named barrier ids 1 and 2: consumer c may issue its GEMMs once the other has issued its own.
+  static constexpr int kTurnBarrier = 1;
+};
+
+template <class T, int kHeadDim, int kBlockN, bool kCausal, class Params = KjitFlashParams>
+__global__ void __launch_bounds__(FlashWsRoles::kThreads, 1)
+    flash_forward_sm90_ws(const __grid_constant__ Params params) {
+  using R = FlashWsRoles;
+  using S = FlashSm90Shape<kHeadDim, kBlockN, R::kConsumers>;
+  const BlockWork work = block_work(params);
+  const KjitFlashParams& p = work.p;
+  extern __shared__ unsigned char shared_raw[];
+  T* shared_q = reinterpret_cast<T*>(ptx::swizzle_aligned(shared_raw));
+  T* shared_k = shared_q + S::kQElems;                // [kStages][swizzled kBlockN x kHeadDim]
+  T* shared_v = shared_k + R::kStages * S::kKVElems;  // [kStages][swizzled kBlockN x kHeadDim]
+  __shared__ cuda::std::uint64_t q_full, k_full[R::kStages], k_empty[R::kStages],
+      v_full[R::kStages], v_empty[R::kStages];
+
+  const FlashTile<T> tile(work, S::kBlockM);
+  if (!tile.has_rows()) return;
+  const int key_blocks = tile.key_blocks(S::kBlockM, kBlockN, kCausal);
+  const int warpgroup = threadIdx.x / 128;
+  if (threadIdx.x == 0) {
+    ptx::mbarrier_init(&q_full, 128);
+    for (int s = 0; s < R::kStages; ++s) {
+      ptx::mbarrier_init(&k_full[s], 128);  // every producer thread publishes its own copies
+      ptx::mbarrier_init(&v_full[s], 128);
+      ptx::mbarrier_init(&k_empty[s], R::kConsumers);
+      ptx::mbarrier_init(&v_empty[s], R::kConsumers);
+    }
+    ptx::fence_mbarrier_init();
+  }
+  __syncthreads();
+
+  if (warpgroup == 0) {
+    ptx::release_registers<R::kProducerRegisters>();
+    if (key_blocks == 0) return;
+    // Commit order Q, K0, V0, K1, V1, ...: after each commit every group but the newest has
+    // landed once cp.async.wait_group 1 returns, and is published.
+    auto publish_older = [](cuda::std::uint64_t* bar) {
+      ptx::cp_async_wait<1>();
+      ptx::fence_proxy_async_shared();
+      ptx::mbarrier_arrive(bar);
+    };
+    ptx::load_swizzled_tile<T, S::kBlockM, kHeadDim, 128, 1>(shared_q, tile.q, p.q_row_stride,
+                                                             tile.seqlen_q - tile.row0);
+    ptx::cp_async_commit();
+    cuda::std::uint64_t* pending = &q_full;
+    for (int block = 0; block < key_blocks; ++block) {
+      const int stage = block % R::kStages, first = block * kBlockN;
+      const unsigned free_parity = ((block / R::kStages) & 1) ^ 1;
+      ptx::mbarrier_wait(&k_empty[stage], free_parity);
+      ptx::load_swizzled_tile<T, kBlockN, kHeadDim, 128, 1>(shared_k + stage * S::kKVElems,
+                                                            tile.k + first * p.k_row_stride,
+                                                            p.k_row_stride, tile.seqlen_k - first);
+      ptx::cp_async_commit();
+      publish_older(pending);
+      ptx::mbarrier_wait(&v_empty[stage], free_parity);
+      ptx::load_swizzled_tile<T, kBlockN, kHeadDim, 128, 1>(shared_v + stage * S::kKVElems,
+                                                            tile.v + first * p.v_row_stride,
+                                                            p.v_row_stride, tile.seqlen_k - first);
+      ptx::cp_async_commit();
+      publish_older(&k_full[stage]);
+      pending = &v_full[stage];
+    }
+    ptx::cp_async_wait<0>();
+    ptx::fence_proxy_async_shared();
+    ptx::mbarrier_arrive(pending);
+    return;
+  }
+
+  ptx::claim_registers<R::kConsumerRegisters>();
+  const int consumer = warpgroup - 1, warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;
+  const int warpgroup_row = 64 * consumer;  // within the tile
+  const int warp_row = tile.row0 + warpgroup_row + 16 * warp;
+  const int my_row = warp_row + lane / 4;  // and my_row + 8
+  const bool leader = threadIdx.x % 128 == 0;
+  const int my_turn = R::kTurnBarrier + consumer,
+            next_turn = R::kTurnBarrier + (consumer + 1) % R::kConsumers;
+
+  float acc_o[S::kSlabs][8][4] = {};
+  float acc_s[S::kKeyTiles][4];
+  unsigned prob[kBlockN / 16][4];  // P of the last softmax, the A operand of its P V
+  RowPairStats stats;
+  stats.reset();
+
+  auto issue_qk = [&](int block) {
+    const int stage = block % R::kStages;
+    ptx::mbarrier_wait(&k_full[stage], (block / R::kStages) & 1);
+    const T* tile_k = shared_k + stage * S::kKVElems;
+#pragma unroll
+    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+      const int slab = kk / 4, col = kk % 4 * 16;  // 16 columns of K per step
+      ptx::wgmma_ss<T, kBlockN>(
+          acc_s,
+          ptx::swizzled_descriptor(shared_q + (slab * S::kBlockM + warpgroup_row) * S::kSlabCols +
+                                   col),
+          ptx::swizzled_descriptor(tile_k + slab * S::kKVElems / S::kSlabs + col), kk > 0);
+    }
+  };
+  auto issue_pv = [&](int block) {
+    const int stage = block % R::kStages;
+    ptx::mbarrier_wait(&v_full[stage], (block / R::kStages) & 1);
+    const T* tile_v = shared_v + stage * S::kKVElems;
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+#pragma unroll
+      for (int slab = 0; slab < S::kSlabs; ++slab) {
+        ptx::wgmma_rs_n_major<T>(acc_o[slab], prob[kk],
+                                 ptx::swizzled_descriptor(tile_v + slab * S::kKVElems / S::kSlabs +
+                                                          kk * 16 * S::kSlabCols));
+      }
+    }
+  };
+  // Waits for the issued GEMMs and hands their stages back.
+  auto retire = [&](int qk_block, int pv_block) {
+    ptx::wgmma_wait<0>();
+    ptx::fence_operand(acc_s);
+#pragma unroll
+    for (int slab = 0; slab < S::kSlabs; ++slab)
+      ptx::fence_operand(acc_o[slab]);
+    ptx::fence_operand(prob);
+    if (leader && qk_block >= 0) ptx::mbarrier_arrive(&k_empty[qk_block % R::kStages]);
+    if (leader && pv_block >= 0) ptx::mbarrier_arrive(&v_empty[pv_block % R::kStages]);
+  };
+  // Masks and folds S of `block` into the statistics, rescales O, and rounds P for its P V.
+  auto softmax = [&](int block) {
+    const int first_key = block * kBlockN;
+    const bool crosses_end = first_key + kBlockN > tile.seqlen_k;
+    const bool crosses_diagonal = kCausal && first_key + kBlockN - 1 > warp_row + tile.diagonal;
+    if (crosses_end || crosses_diagonal)
+      mask_scores<kCausal>(acc_s, first_key, my_row, tile.seqlen_k, tile.diagonal);
+    float correction[2];
+    online_softmax(acc_s, stats, p.scale_log2, correction);
+#pragma unroll
+    for (int slab = 0; slab < S::kSlabs; ++slab)
+      rescale_rows(acc_o[slab], correction);
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk)
+      probability_fragment<T>(acc_s, kk, prob[kk]);
+  };
+
+  if (key_blocks > 0) {
+    // Turns: K + 1 issues a warpgroup ([S_0], [P_0 V_0, S_1], .., [P_{K-1} V_{K-1}]); consumer 0
+    // goes first; consumer 1 skips its last hand-over, which nobody would wait for.
+    ptx::mbarrier_wait(&q_full, 0);
+    if (consumer == 1) ptx::named_barrier_arrive(next_turn, 2 * 128);
+    for (int block = 0; block <= key_blocks; ++block) {
+      ptx::named_barrier_sync(my_turn, 2 * 128);
+      ptx::wgmma_fence();
+      if (block > 0) issue_pv(block - 1);
+      if (block < key_blocks) issue_qk(block);
+      ptx::wgmma_commit();
+      if (!(consumer == 1 && block == key_blocks)) ptx::named_barrier_arrive(next_turn, 2 * 128);
+      retire(block < key_blocks ? block : -1, block - 1);
+      if (block < key_blocks) softmax(block);
+    }
+  }
+
+  const int row = my_row - tile.row0;
+  store_rows<T>(*reinterpret_cast<const float(*)[S::kSlabs * 8][4]>(&acc_o),  // slabs in order
+                stats, tile.o + static_cast<long long>(row) * p.o_row_stride, p.o_row_stride,
+                tile.lse_row(p, my_row), tile.seqlen_q - my_row);
+}
+
+}  // namespace kjit::attention
