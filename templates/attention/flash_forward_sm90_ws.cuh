@@ -45,7 +45,9 @@ __global__ void __launch_bounds__(FlashWsRoles::kThreads, 1)
   const FlashTile<T> tile(work, S::kBlockM);
   if (!tile.has_rows()) return;
   const int key_blocks = tile.key_blocks(S::kBlockM, kBlockN, kCausal);
-  const int warpgroup = threadIdx.x / 128;
+  // Read through a shuffle so that the compiler knows it is uniform across each warp: wgmma
+  // issued under a branch it cannot prove uniform is serialised.
+  const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 128, 0);
   if (threadIdx.x == 0) {
     ptx::mbarrier_init(&q_full, 128);
     for (int s = 0; s < R::kStages; ++s) {
