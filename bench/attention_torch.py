@@ -1,8 +1,11 @@
 """torch 2.11 SDPA (flash backend = FlashAttention-2, and cuDNN) on the rows of
 bench/attention_forward.cpp, in the same convention (bf16 forward, median of CUDA-event-timed
 runs, TFLOP/s = 4 B H S^2 D / t, halved when causal). Run in the same device call as kjit's.
+The forward also times FlashAttention-3 (fa3-fwd, the Hopper kernel of the FlashAttention
+authors, bf16 only) where it is installed (../shared/peers-kit: .peers/fa3 on PYTHONPATH).
 --backward: the rows of bench/attention_backward.cpp: the backward alone (2.5 x the forward's
 FLOPs) and forward + backward (3.5 x)."""
+
 import sys
 
 import torch
@@ -11,8 +14,22 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from torch_timing import median_ms
 
-
 BACKWARD = "--backward" in sys.argv
+try:
+    import fa3_fwd_config
+
+    sys.modules.setdefault("flash_attn_config", fa3_fwd_config)  # the interface's import name
+    from fa3_fwd_interface import flash_attn_func as fa3_func
+    from fa3_fwd_interface import flash_attn_varlen_func as fa3_varlen_func
+except ImportError:
+    fa3_func = fa3_varlen_func = None
+
+
+def fa3_column(ms_of):
+    """FA3's TFLOP/s through ms_of(); nothing where it is not installed, or on the backward."""
+    if fa3_func is None or BACKWARD:
+        return ""
+    return f" {ms_of():8.1f}"
 
 
 def row(name, b, s, hq, hk, d, causal):
@@ -25,8 +42,7 @@ def row(name, b, s, hq, hk, d, causal):
     for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION):
         try:
             with sdpa_kernel(backend):
-                attend = lambda: F.scaled_dot_product_attention(
-                    q, k, v, is_causal=causal, enable_gqa=hq != hk)
+                attend = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=hq != hk)
                 if not BACKWARD:
                     ms = median_ms(attend)
                     out.append(f"{flops / ms / 1e9:8.1f}")
@@ -39,12 +55,17 @@ def row(name, b, s, hq, hk, d, causal):
         except RuntimeError as e:  # a backend may refuse a shape
             out.append(f"{'n/a':>8}" + (f" {'n/a':>8}" if BACKWARD else ""))
     mask = "causal" if causal else "full"
-    print(f"{name:<28} {b:3d} {s:6d} {hq:4d}/{hk:<3d} {d:4d} {mask:<7} {out[0]} {out[1]}", flush=True)
+    # FA3 takes [B, S, H, D]: contiguous copies, made before its timing starts.
+    qs, ks, vs = (x.detach().transpose(1, 2).contiguous() for x in (q, k, v))
+    fa3 = fa3_column(lambda: flops / median_ms(lambda: fa3_func(qs, ks, vs, causal=causal)) / 1e9)
+    print(f"{name:<28} {b:3d} {s:6d} {hq:4d}/{hk:<3d} {d:4d} {mask:<7} {out[0]} {out[1]}{fa3}", flush=True)
 
 
 what = "backward (bwd, fwd+bwd)" if BACKWARD else "forward"
 print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 {what}, TFLOP/s")
 cols = f"{'FA2':>8} {'FA2 f+b':>8} {'cuDNN':>8} {'cuDNN f+b':>9}" if BACKWARD else f"{'FA2':>8} {'cuDNN':>8}"
+if fa3_func is not None and not BACKWARD:
+    cols += f" {'FA3':>8}"
 print(f"{'row':<28} {'B':>3} {'S':>6} {'Hq/Hk':>8} {'D':>4} {'mask':<7} {cols}")
 for d in (64, 128, 256):
     for s in (2048, 8192, 16384):
@@ -60,11 +81,18 @@ def varlen_row():
     cu = torch.tensor([0] + lens, device="cuda", dtype=torch.int32).cumsum(0, dtype=torch.int32)
     t, h, d = sum(lens), 16, 128
     q, k, v = (torch.randn(t, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    ms = median_ms(lambda: torch.ops.aten._flash_attention_forward(
-        q, k, v, cu, cu, max(lens), max(lens), 0.0, True, False))
+    ms = median_ms(
+        lambda: torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, max(lens), max(lens), 0.0, True, False)
+    )
     flops = sum(4 * h * n * n * d / 2 for n in lens)
-    print(f"{'varlen 16 x 256..1792':<28} {16:3d} {t:6d} {h:4d}/{h:<3d} {d:4d} {'causal':<7} "
-          f"{flops / ms / 1e9:8.1f} {'n/a':>8}", flush=True)
+    fa3 = fa3_column(
+        lambda: flops / median_ms(lambda: fa3_varlen_func(q, k, v, cu, cu, max(lens), max(lens), causal=True)) / 1e9
+    )
+    print(
+        f"{'varlen 16 x 256..1792':<28} {16:3d} {t:6d} {h:4d}/{h:<3d} {d:4d} {'causal':<7} "
+        f"{flops / ms / 1e9:8.1f} {'n/a':>8}{fa3}",
+        flush=True,
+    )
 
 
 if not BACKWARD:  # (the varlen backward entry is not timed here)

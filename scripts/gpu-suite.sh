@@ -105,15 +105,24 @@ if [ "$what" = attention ]; then
     "$bin/kjit_gpu_tests" --gtest_filter="$subset"
   step attention_racecheck compute-sanitizer --tool racecheck --error-exitcode 3 \
     "$bin/kjit_gpu_tests" --gtest_filter='All/AttentionForward.*bf16_d128_causal_h8x1*'
+  # The warp-specialised loop's mbarriers and named barriers.
+  step attention_synccheck compute-sanitizer --tool synccheck --error-exitcode 3 \
+    "$bin/kjit_gpu_tests" --gtest_filter='All/AttentionForward.*d128_causal_h8x1*_ws_*'
   grep -E '^\[  (PASSED|FAILED) |^\[  FAILED' "$out/attention_tests.log" | head -30
 fi
 if [ "$what" = attention-bench ]; then
-  # Tile sweep, then kjit's defaults beside torch, then tuned (fa-bench preset) and again.
+  # Tile sweep, then kjit's defaults beside torch (and FA3), then tuned (fa-bench preset) and
+  # again.
   export KJIT_TUNING_DB="$out/attention-tuning.sqlite"
   rm -f "$KJIT_TUNING_DB"
   step attention_sweep "$bin/kjit_bench_attention" --sweep
   step attention_kjit "$bin/kjit_bench_attention"
-  PYTHONUNBUFFERED=1 step attention_torch python3 bench/attention_torch.py
+  # FA3 (fa3-fwd) beside torch where its wheel was carried: .peers/fa3.
+  if ls .peers/fa3/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --target /tmp/psite .peers/fa3/*.whl
+  fi
+  PYTHONPATH="/tmp/psite:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 step attention_torch python3 \
+    bench/attention_torch.py
   step tune_attention "$bin/kjit" tune --preset fa-bench --preset llama3-8b-prefill \
     --preset llama3-70b-prefill
   KJIT_PRINT_CONFIG=1 step attention_kjit_tuned "$bin/kjit_bench_attention"
@@ -442,7 +451,7 @@ cat "$out/facts.log" "$out/info.log"
 for log in gpu_tests unit_tests; do
   [ -f "$out/$log.log" ] && grep -E '^\[  (PASSED|FAILED|SKIPPED) |^\[  FAILED|tests? ran' "$out/$log.log"
 done
-for log in memcheck racecheck attention_memcheck attention_racecheck; do
+for log in memcheck racecheck attention_memcheck attention_racecheck attention_synccheck; do
   [ -f "$out/$log.log" ] && { echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -4; }
 done
 for log in compile_latency merge_states_default tune_merge_states merge_states_tuned launch_overhead choice_cost example example_c_api; do
