@@ -12,8 +12,9 @@
 
 namespace kjit::attention {
 
-template <int kHeadDim, int kBlockN, int kWarpGroups>
+template <int kHeadDim_, int kBlockN_, int kWarpGroups>
 struct FlashSm90Shape {
+  static constexpr int kHeadDim = kHeadDim_, kBlockN = kBlockN_;
   static constexpr int kBlockM = 64 * kWarpGroups;
   static constexpr int kThreads = 128 * kWarpGroups;
   static constexpr int kSlabCols = 64;  // one 128-byte swizzled row of 16-bit elements
@@ -23,6 +24,60 @@ struct FlashSm90Shape {
   static constexpr int kKeyTiles = kBlockN / 8;
   static_assert(kHeadDim % kSlabCols == 0 && (kBlockN == 64 || kBlockN == 128), "tile shape");
 };
+
+// The steps of one key tile that both sm_90a main loops take, for the warpgroup's 64 rows (its
+// first, warpgroup_row, within the tile; the caller fences, commits and waits).
+
+// S = Q K^T: Q and the K tile in swizzled shared memory.
+template <class T, class S>
+__device__ __forceinline__ void issue_scores(float (&acc_s)[S::kKeyTiles][4], const T* shared_q,
+                                             int warpgroup_row, const T* tile_k) {
+#pragma unroll
+  for (int kk = 0; kk < S::kHeadDim / 16; ++kk) {
+    const int slab = kk / 4, col = kk % 4 * 16;  // 16 columns of K per step
+    ptx::wgmma_ss<T, S::kBlockN>(
+        acc_s,
+        ptx::swizzled_descriptor(shared_q + (slab * S::kBlockM + warpgroup_row) * S::kSlabCols +
+                                 col),
+        ptx::swizzled_descriptor(tile_k + slab * S::kKVElems / S::kSlabs + col), kk > 0);
+  }
+}
+
+// O += P V: `fragment(kk, a)` gives P's A operand for keys 16 kk .. 16 kk + 15.
+template <class T, class S, class Fragment>
+__device__ __forceinline__ void issue_values(float (&acc_o)[S::kSlabs][8][4], const T* tile_v,
+                                             Fragment fragment) {
+#pragma unroll
+  for (int kk = 0; kk < S::kBlockN / 16; ++kk) {
+    unsigned a[4];
+    fragment(kk, a);
+#pragma unroll
+    for (int slab = 0; slab < S::kSlabs; ++slab) {
+      ptx::wgmma_rs_n_major<T>(acc_o[slab], a,
+                               ptx::swizzled_descriptor(tile_v + slab * S::kKVElems / S::kSlabs +
+                                                        kk * 16 * S::kSlabCols));
+    }
+  }
+}
+
+// Masks the scores of the key tile at first_key where it needs it (only tiles that cross the
+// sequence end or, when causal, the diagonal of this warp's rows), folds them into the statistics
+// as probabilities, and rescales O.
+template <bool kCausal, class S, class T>
+__device__ __forceinline__ void softmax_step(float (&acc_s)[S::kKeyTiles][4],
+                                             float (&acc_o)[S::kSlabs][8][4], RowPairStats& stats,
+                                             const FlashTile<T>& tile, int first_key, int warp_row,
+                                             int my_row, float scale_log2) {
+  const bool crosses_end = first_key + S::kBlockN > tile.seqlen_k;
+  const bool crosses_diagonal = kCausal && first_key + S::kBlockN - 1 > warp_row + tile.diagonal;
+  if (crosses_end || crosses_diagonal)
+    mask_scores<kCausal>(acc_s, first_key, my_row, tile.seqlen_k, tile.diagonal);
+  float correction[2];
+  online_softmax(acc_s, stats, scale_log2, correction);
+#pragma unroll
+  for (int slab = 0; slab < S::kSlabs; ++slab)
+    rescale_rows(acc_o[slab], correction);
+}
 
 // Register-heavy (fp32 S and O tiles per thread, loop-invariant descriptors): one block per SM.
 // Params: KjitFlashParams, or KjitGroupedFlashParams for a grouped launch.
@@ -73,47 +128,17 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
     ptx::cp_async_commit();
 
     float acc_s[S::kKeyTiles][4];
-    const T* tile_k = shared_k + stage * S::kKVElems;
     ptx::wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-      const int slab = kk / 4, col = kk % 4 * 16;  // 16 columns of K per step
-      ptx::wgmma_ss<T, kBlockN>(
-          acc_s,
-          ptx::swizzled_descriptor(shared_q + (slab * S::kBlockM + warpgroup_row) * S::kSlabCols +
-                                   col),
-          ptx::swizzled_descriptor(tile_k + slab * S::kKVElems / S::kSlabs + col), kk > 0);
-    }
+    issue_scores<T, S>(acc_s, shared_q, warpgroup_row, shared_k + stage * S::kKVElems);
     ptx::wgmma_commit();
     ptx::wgmma_wait<0>();
 
-    // Only tiles that cross the sequence end or, when causal, the diagonal of this warp's rows
-    // need the per-element mask.
-    const int first_key = block * kBlockN;
-    const bool crosses_end = first_key + kBlockN > tile.seqlen_k;
-    const bool crosses_diagonal = kCausal && first_key + kBlockN - 1 > warp_row + tile.diagonal;
-    if (crosses_end || crosses_diagonal) {
-      mask_scores<kCausal>(acc_s, first_key, my_row, tile.seqlen_k, tile.diagonal);
-    }
-    float correction[2];
-    online_softmax(acc_s, stats, p.scale_log2, correction);
-#pragma unroll
-    for (int slab = 0; slab < S::kSlabs; ++slab)
-      rescale_rows(acc_o[slab], correction);
+    softmax_step<kCausal, S>(acc_s, acc_o, stats, tile, block * kBlockN, warp_row, my_row,
+                             p.scale_log2);
 
-    const T* tile_v = shared_v + stage * S::kKVElems;
     ptx::wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      unsigned a[4];
-      probability_fragment<T>(acc_s, kk, a);
-#pragma unroll
-      for (int slab = 0; slab < S::kSlabs; ++slab) {
-        ptx::wgmma_rs_n_major<T>(acc_o[slab], a,
-                                 ptx::swizzled_descriptor(tile_v + slab * S::kKVElems / S::kSlabs +
-                                                          kk * 16 * S::kSlabCols));
-      }
-    }
+    issue_values<T, S>(acc_o, shared_v + stage * S::kKVElems,
+                       [&](int kk, unsigned(&a)[4]) { probability_fragment<T>(acc_s, kk, a); });
     ptx::wgmma_commit();
     ptx::wgmma_wait<0>();
   }

@@ -115,30 +115,15 @@ __global__ void __launch_bounds__(FlashWsRoles::kThreads, 1)
   auto issue_qk = [&](int block) {
     const int stage = block % R::kStages;
     ptx::mbarrier_wait(&k_full[stage], (block / R::kStages) & 1);
-    const T* tile_k = shared_k + stage * S::kKVElems;
-#pragma unroll
-    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-      const int slab = kk / 4, col = kk % 4 * 16;  // 16 columns of K per step
-      ptx::wgmma_ss<T, kBlockN>(
-          acc_s,
-          ptx::swizzled_descriptor(shared_q + (slab * S::kBlockM + warpgroup_row) * S::kSlabCols +
-                                   col),
-          ptx::swizzled_descriptor(tile_k + slab * S::kKVElems / S::kSlabs + col), kk > 0);
-    }
+    issue_scores<T, S>(acc_s, shared_q, warpgroup_row, shared_k + stage * S::kKVElems);
   };
   auto issue_pv = [&](int block) {
     const int stage = block % R::kStages;
     ptx::mbarrier_wait(&v_full[stage], (block / R::kStages) & 1);
-    const T* tile_v = shared_v + stage * S::kKVElems;
-#pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk) {
-#pragma unroll
-      for (int slab = 0; slab < S::kSlabs; ++slab) {
-        ptx::wgmma_rs_n_major<T>(acc_o[slab], prob[kk],
-                                 ptx::swizzled_descriptor(tile_v + slab * S::kKVElems / S::kSlabs +
-                                                          kk * 16 * S::kSlabCols));
-      }
-    }
+    issue_values<T, S>(acc_o, shared_v + stage * S::kKVElems, [&](int kk, unsigned(&a)[4]) {
+      for (int e = 0; e < 4; ++e)
+        a[e] = prob[kk][e];
+    });
   };
   // Waits for the issued GEMMs and hands their stages back.
   auto retire = [&](int qk_block, int pv_block) {
@@ -153,16 +138,8 @@ __global__ void __launch_bounds__(FlashWsRoles::kThreads, 1)
   };
   // Masks and folds S of `block` into the statistics, rescales O, and rounds P for its P V.
   auto softmax = [&](int block) {
-    const int first_key = block * kBlockN;
-    const bool crosses_end = first_key + kBlockN > tile.seqlen_k;
-    const bool crosses_diagonal = kCausal && first_key + kBlockN - 1 > warp_row + tile.diagonal;
-    if (crosses_end || crosses_diagonal)
-      mask_scores<kCausal>(acc_s, first_key, my_row, tile.seqlen_k, tile.diagonal);
-    float correction[2];
-    online_softmax(acc_s, stats, p.scale_log2, correction);
-#pragma unroll
-    for (int slab = 0; slab < S::kSlabs; ++slab)
-      rescale_rows(acc_o[slab], correction);
+    softmax_step<kCausal, S>(acc_s, acc_o, stats, tile, block * kBlockN, warp_row, my_row,
+                             p.scale_log2);
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk)
       probability_fragment<T>(acc_s, kk, prob[kk]);
