@@ -1,5 +1,5 @@
 // Attention forward on Hopper with warp specialisation (sm_90a), after FlashAttention-3: one
-// producer warpgroup loads Q once and the K and V tiles into two-stage rings, and two consumer
+// producer warpgroup loads Q once and the K and V tiles into rings of kStages, and two consumer
 // warpgroups of 64 query rows each run flash_forward_sm90.cuh's wgmma steps with no block-wide
 // barrier in the main loop. A stage is published through its `full` mbarrier once its bytes have
 // landed (the producer waits for its own cp.async groups, then fences them to the async proxy
@@ -23,12 +23,13 @@ struct FlashWsRoles {
   static constexpr int kConsumers = 2;  // warpgroups of 64 query rows
   static constexpr int kThreads = 128 * (kConsumers + 1);
   static constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;
-  static constexpr int kStages = 2;
   // Named barrier ids 1 and 2: consumer c may issue its GEMMs once the other has issued its own.
   static constexpr int kTurnBarrier = 1;
 };
 
-template <class T, int kHeadDim, int kBlockN, bool kCausal, class Params = KjitFlashParams>
+// kStages K and V tiles in flight each (the host sizes the shared memory for them).
+template <class T, int kHeadDim, int kBlockN, int kStages, bool kCausal,
+          class Params = KjitFlashParams>
 __global__ void __launch_bounds__(FlashWsRoles::kThreads, 1)
     flash_forward_sm90_ws(const __grid_constant__ Params params) {
   using R = FlashWsRoles;
@@ -37,10 +38,10 @@ __global__ void __launch_bounds__(FlashWsRoles::kThreads, 1)
   const KjitFlashParams& p = work.p;
   extern __shared__ unsigned char shared_raw[];
   T* shared_q = reinterpret_cast<T*>(ptx::swizzle_aligned(shared_raw));
-  T* shared_k = shared_q + S::kQElems;                // [kStages][swizzled kBlockN x kHeadDim]
-  T* shared_v = shared_k + R::kStages * S::kKVElems;  // [kStages][swizzled kBlockN x kHeadDim]
-  __shared__ cuda::std::uint64_t q_full, k_full[R::kStages], k_empty[R::kStages],
-      v_full[R::kStages], v_empty[R::kStages];
+  T* shared_k = shared_q + S::kQElems;             // [kStages][swizzled kBlockN x kHeadDim]
+  T* shared_v = shared_k + kStages * S::kKVElems;  // [kStages][swizzled kBlockN x kHeadDim]
+  __shared__ cuda::std::uint64_t q_full, k_full[kStages], k_empty[kStages], v_full[kStages],
+      v_empty[kStages];
 
   const FlashTile<T> tile(work, S::kBlockM);
   if (!tile.has_rows()) return;
@@ -50,7 +51,7 @@ __global__ void __launch_bounds__(FlashWsRoles::kThreads, 1)
   const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 128, 0);
   if (threadIdx.x == 0) {
     ptx::mbarrier_init(&q_full, 128);
-    for (int s = 0; s < R::kStages; ++s) {
+    for (int s = 0; s < kStages; ++s) {
       ptx::mbarrier_init(&k_full[s], 128);  // every producer thread publishes its own copies
       ptx::mbarrier_init(&v_full[s], 128);
       ptx::mbarrier_init(&k_empty[s], R::kConsumers);
@@ -63,34 +64,35 @@ __global__ void __launch_bounds__(FlashWsRoles::kThreads, 1)
   if (warpgroup == 0) {
     ptx::release_registers<R::kProducerRegisters>();
     if (key_blocks == 0) return;
-    // Commit order Q, K0, V0, K1, V1, ...: after each commit every group but the newest has
-    // landed once cp.async.wait_group 1 returns, and is published.
-    auto publish_older = [](cuda::std::uint64_t* bar) {
-      ptx::cp_async_wait<1>();
-      ptx::fence_proxy_async_shared();
-      ptx::mbarrier_arrive(bar);
+    // Commit order Q, K0, K1, V0, K2, V1, .., V_{K-1} (V one tile behind K, as FA3: a consumer
+    // needs K_j for its turn before V_{j-1}); after each commit, cp.async.wait_group 1 returns
+    // once every group but the newest has landed, and the one before the newest is published.
+    cuda::std::uint64_t* pending = nullptr;
+    auto commit = [&](cuda::std::uint64_t* bar) {
+      ptx::cp_async_commit();
+      if (pending) {
+        ptx::cp_async_wait<1>();
+        ptx::fence_proxy_async_shared();
+        ptx::mbarrier_arrive(pending);
+      }
+      pending = bar;
+    };
+    auto load_kv = [&](T* ring, cuda::std::uint64_t* empty, cuda::std::uint64_t* full, const T* src,
+                       long long stride, int block) {
+      const int stage = block % kStages, first = block * kBlockN;
+      ptx::mbarrier_wait(&empty[stage], ((block / kStages) & 1) ^ 1);  // 1 first: free
+      ptx::load_swizzled_tile<T, kBlockN, kHeadDim, 128, 1>(
+          ring + stage * S::kKVElems, src + first * stride, stride, tile.seqlen_k - first);
+      commit(&full[stage]);
     };
     ptx::load_swizzled_tile<T, S::kBlockM, kHeadDim, 128, 1>(shared_q, tile.q, p.q_row_stride,
                                                              tile.seqlen_q - tile.row0);
-    ptx::cp_async_commit();
-    cuda::std::uint64_t* pending = &q_full;
+    commit(&q_full);
     for (int block = 0; block < key_blocks; ++block) {
-      const int stage = block % R::kStages, first = block * kBlockN;
-      const unsigned free_parity = ((block / R::kStages) & 1) ^ 1;
-      ptx::mbarrier_wait(&k_empty[stage], free_parity);
-      ptx::load_swizzled_tile<T, kBlockN, kHeadDim, 128, 1>(shared_k + stage * S::kKVElems,
-                                                            tile.k + first * p.k_row_stride,
-                                                            p.k_row_stride, tile.seqlen_k - first);
-      ptx::cp_async_commit();
-      publish_older(pending);
-      ptx::mbarrier_wait(&v_empty[stage], free_parity);
-      ptx::load_swizzled_tile<T, kBlockN, kHeadDim, 128, 1>(shared_v + stage * S::kKVElems,
-                                                            tile.v + first * p.v_row_stride,
-                                                            p.v_row_stride, tile.seqlen_k - first);
-      ptx::cp_async_commit();
-      publish_older(&k_full[stage]);
-      pending = &v_full[stage];
+      load_kv(shared_k, k_empty, k_full, tile.k, p.k_row_stride, block);
+      if (block > 0) load_kv(shared_v, v_empty, v_full, tile.v, p.v_row_stride, block - 1);
     }
+    load_kv(shared_v, v_empty, v_full, tile.v, p.v_row_stride, key_blocks - 1);
     ptx::cp_async_wait<0>();
     ptx::fence_proxy_async_shared();
     ptx::mbarrier_arrive(pending);
@@ -113,13 +115,13 @@ __global__ void __launch_bounds__(FlashWsRoles::kThreads, 1)
   stats.reset();
 
   auto issue_qk = [&](int block) {
-    const int stage = block % R::kStages;
-    ptx::mbarrier_wait(&k_full[stage], (block / R::kStages) & 1);
+    const int stage = block % kStages;
+    ptx::mbarrier_wait(&k_full[stage], (block / kStages) & 1);
     issue_scores<T, S>(acc_s, shared_q, warpgroup_row, shared_k + stage * S::kKVElems);
   };
   auto issue_pv = [&](int block) {
-    const int stage = block % R::kStages;
-    ptx::mbarrier_wait(&v_full[stage], (block / R::kStages) & 1);
+    const int stage = block % kStages;
+    ptx::mbarrier_wait(&v_full[stage], (block / kStages) & 1);
     issue_values<T, S>(acc_o, shared_v + stage * S::kKVElems, [&](int kk, unsigned(&a)[4]) {
       for (int e = 0; e < 4; ++e)
         a[e] = prob[kk][e];
@@ -133,8 +135,8 @@ __global__ void __launch_bounds__(FlashWsRoles::kThreads, 1)
     for (int slab = 0; slab < S::kSlabs; ++slab)
       ptx::fence_operand(acc_o[slab]);
     ptx::fence_operand(prob);
-    if (leader && qk_block >= 0) ptx::mbarrier_arrive(&k_empty[qk_block % R::kStages]);
-    if (leader && pv_block >= 0) ptx::mbarrier_arrive(&v_empty[pv_block % R::kStages]);
+    if (leader && qk_block >= 0) ptx::mbarrier_arrive(&k_empty[qk_block % kStages]);
+    if (leader && pv_block >= 0) ptx::mbarrier_arrive(&v_empty[pv_block % kStages]);
   };
   // Masks and folds S of `block` into the statistics, rescales O, and rounds P for its P V.
   auto softmax = [&](int block) {
@@ -152,6 +154,11 @@ __global__ void __launch_bounds__(FlashWsRoles::kThreads, 1)
     if (consumer == 1) ptx::named_barrier_arrive(next_turn, 2 * 128);
     for (int block = 0; block <= key_blocks; ++block) {
       ptx::named_barrier_sync(my_turn, 2 * 128);
+      // O's rescale and P's rounding stay before the fence (the wgmma read their registers).
+#pragma unroll
+      for (int slab = 0; slab < S::kSlabs; ++slab)
+        ptx::fence_operand(acc_o[slab]);
+      ptx::fence_operand(prob);
       ptx::wgmma_fence();
       if (block > 0) issue_pv(block - 1);
       if (block < key_blocks) issue_qk(block);

@@ -175,7 +175,8 @@ bool FlashForward::valid(const Config& c, const Problem& p, const Arch& arch) {
 
 unsigned FlashForward::shared_bytes(const Config& c, const Problem& p) {
   const auto elem = static_cast<std::int64_t>(dtype_size(p.dtype));
-  const std::int64_t tiles = c.block_m + 4 * c.block_n;  // Q, 2 stages of K and V
+  const std::int64_t stages = c.warp_specialized() ? kWsStages : kStages;
+  const std::int64_t tiles = c.block_m + 2 * stages * c.block_n;  // Q, the stages of K and V
   // wgmma: plus slack to align the tiles to 1024 bytes.
   return static_cast<unsigned>(tiles * row_elems(c, p.head_dim) * elem + (c.wgmma() ? 1024 : 0));
 }
@@ -189,8 +190,8 @@ KernelSpec FlashForward::spec_for(const Config& c, const Problem& p, const Arch&
   const char* causal = p.causal ? "true" : "false";
   const std::string name =
       c.warp_specialized()
-          ? fmt::format("kjit::attention::flash_forward_sm90_ws<{}, {}, {}, {}, {}>",
-                        cxx_type(p.dtype), p.head_dim, c.block_n, causal, params)
+          ? fmt::format("kjit::attention::flash_forward_sm90_ws<{}, {}, {}, {}, {}, {}>",
+                        cxx_type(p.dtype), p.head_dim, c.block_n, kWsStages, causal, params)
       : c.wgmma()
           ? fmt::format("kjit::attention::flash_forward_sm90<{}, {}, {}, {}, {}, {}>",
                         cxx_type(p.dtype), p.head_dim, c.block_n, c.block_m / 64, causal, params)

@@ -18,6 +18,9 @@ struct FlashForward {
   static std::vector<Source> sources();  // every main loop: any may win a tuning run
 
   static constexpr std::int64_t kMainloopMma = 80, kMainloopWgmma = 90, kMainloopWgmmaWs = 91;
+  // K and V tiles in flight: two for the loops whose compute warps copy; three for the producer
+  // warpgroup, which publishes a tile only once it has issued the next (hd 128 fills 225 KiB).
+  static constexpr std::int64_t kStages = 2, kWsStages = 3;
   static constexpr std::int64_t kHeadDims[] = {64, 96, 128, 192, 256};
 
   // A packed (varlen) call is the batched problem of B sequences of its longest lengths.
