@@ -5,6 +5,8 @@
 namespace kjit::driver {
 
 void StreamSpans::begin(StreamHandle stream) {
+  // A span left open (its work failed to queue) times nothing: drop it.
+  if (!open_.empty() && !open_.back().second) open_.pop_back();
   open_.emplace_back(std::make_unique<Event>(), nullptr);
   open_.back().first->record(stream);
 }
@@ -18,7 +20,7 @@ double StreamSpans::total_ms(bool wait) {
   std::size_t n = 0;
   for (; n < open_.size(); ++n) {
     auto& [first, last] = open_[n];
-    if (!last) break;  // not ended yet
+    if (!last) break;  // the span being recorded
     if (wait) {
       last->synchronize();
     } else if (!last->done()) {
