@@ -127,14 +127,18 @@ __global__ void __launch_bounds__(FlashWsRoles::kThreads, 1)
         a[e] = prob[kk][e];
     });
   };
-  // Waits for the issued GEMMs and hands their stages back.
-  auto retire = [&](int qk_block, int pv_block) {
-    ptx::wgmma_wait<0>();
-    ptx::fence_operand(acc_s);
+  // Ties O and P, which the wgmma read or write, to this point of the program.
+  auto fence_operands = [&] {
 #pragma unroll
     for (int slab = 0; slab < S::kSlabs; ++slab)
       ptx::fence_operand(acc_o[slab]);
     ptx::fence_operand(prob);
+  };
+  // Waits for the issued GEMMs and hands their stages back.
+  auto retire = [&](int qk_block, int pv_block) {
+    ptx::wgmma_wait<0>();
+    ptx::fence_operand(acc_s);
+    fence_operands();
     if (leader && qk_block >= 0) ptx::mbarrier_arrive(&k_empty[qk_block % kStages]);
     if (leader && pv_block >= 0) ptx::mbarrier_arrive(&v_empty[pv_block % kStages]);
   };
@@ -154,11 +158,7 @@ __global__ void __launch_bounds__(FlashWsRoles::kThreads, 1)
     if (consumer == 1) ptx::named_barrier_arrive(next_turn, 2 * 128);
     for (int block = 0; block <= key_blocks; ++block) {
       ptx::named_barrier_sync(my_turn, 2 * 128);
-      // O's rescale and P's rounding stay before the fence (the wgmma read their registers).
-#pragma unroll
-      for (int slab = 0; slab < S::kSlabs; ++slab)
-        ptx::fence_operand(acc_o[slab]);
-      ptx::fence_operand(prob);
+      fence_operands();  // O's rescale and P's rounding stay before the wgmma that read them
       ptx::wgmma_fence();
       if (block > 0) issue_pv(block - 1);
       if (block < key_blocks) issue_qk(block);

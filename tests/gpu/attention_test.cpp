@@ -54,9 +54,9 @@ void PrintTo(const AttnCase& c, std::ostream* os) {
 // A main loop other than the op's choice, launched through the family as the op would launch its
 // own: mma.sync with sm_80's default config, or the warp-specialised loop with 128-row tiles.
 void run_forced(std::int64_t mainloop, const ops::Call<FlashForward>& call, StreamHandle stream) {
-  FlashForward::Config config = FlashForward::default_config(call.problem, "sm_80");
-  if (mainloop == FlashForward::kMainloopWgmmaWs)
-    config = {mainloop, 128, call.problem.head_dim <= 128 ? 128 : 64, 1};
+  const FlashForward::Config config = mainloop == FlashForward::kMainloopWgmmaWs
+                                          ? FlashForward::warp_specialized_config(call.problem)
+                                          : FlashForward::default_config(call.problem, "sm_80");
   ASSERT_TRUE(FlashForward::valid(config, call.problem, arch::current()));
   const Program program = load(FlashForward::spec(config, call.problem, arch::current()));
   FlashForward::launch(program, config, call.problem, call.args, stream);

@@ -83,8 +83,7 @@ TEST_F(WarpSpecialisedForward, CompilesWithoutSpillsOrStack) {
     for (std::int64_t d : {64, 128, 192, 256}) {
       for (bool causal : {false, true}) {
         const FlashForward::Problem problem{dtype, 1, 1, 1, d, 1, 1, causal};
-        const FlashForward::Config config{FlashForward::kMainloopWgmmaWs, 128, d <= 128 ? 128 : 64,
-                                          1};
+        const FlashForward::Config config = FlashForward::warp_specialized_config(problem);
         ASSERT_EQ(FlashForward::valid(config, problem, "sm_90a"), d <= 192) << d;
         if (d > 192) continue;
         const CompiledProgram p = compile(FlashForward::spec(config, problem, "sm_90a"));

@@ -1,5 +1,7 @@
 // The GPU time of spans of one stream's work (begin() to end()), summed without a host wait on the
-// hot path: spans that have run are added when polled, the others when awaited.
+// hot path: spans that have run are added when polled (each begin() polls), the others when
+// awaited. Their events are reused once read, so a span on the hot path creates none after the
+// first few.
 #pragma once
 
 #include <memory>
@@ -18,7 +20,10 @@ class StreamSpans {
   double total_ms(bool wait);
 
  private:
-  std::vector<std::pair<std::unique_ptr<Event>, std::unique_ptr<Event>>> open_;
+  using Span = std::pair<std::unique_ptr<Event>, std::unique_ptr<Event>>;
+  std::vector<Span> open_;  // in the order recorded; the last may not have ended yet
+  std::vector<Span> spare_;
+  bool last_ended_ = true;
   double ms_ = 0;
 };
 

@@ -208,14 +208,17 @@ void OffloadedMoe::Impl::run(int index, const TensorView& x, const TensorView& r
     driver::StreamAllocation block_slot_memory(
         static_cast<std::size_t>(block_expert.size(0)) * sizeof(int), stream);
     const TensorView block_slot(block_slot_memory.data(), DType::Int32, {block_expert.size(0)});
+    std::size_t loaded = 0;
     for (; p < passes; ++p) {
-      // This pass's misses (o.loaded is in pass order), queued after the last pass released the
-      // slots they overwrite.
-      std::vector<ExpertSlots::Load> misses;
-      for (const ExpertSlots::Load& l : o.passes[p]) {
-        if (std::find(o.loaded.begin(), o.loaded.end(), l) != o.loaded.end()) misses.push_back(l);
-      }
-      bytes_on_demand += static_cast<std::int64_t>(loader.load(index, misses));
+      // This pass's misses, the next run of o.loaded (in pass order), queued after the last pass
+      // released the slots they overwrite.
+      const std::size_t first = loaded;
+      while (loaded < o.loaded.size() && std::find(o.passes[p].begin(), o.passes[p].end(),
+                                                   o.loaded[loaded]) != o.passes[p].end())
+        ++loaded;
+      bytes_on_demand += static_cast<std::int64_t>(
+          loader.load(index, {o.loaded.begin() + static_cast<std::ptrdiff_t>(first),
+                              o.loaded.begin() + static_cast<std::ptrdiff_t>(loaded)}));
       loader.wait_ready(index, o.passes[p], stream);
       map_block_experts(
           block_expert,

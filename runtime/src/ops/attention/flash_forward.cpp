@@ -169,7 +169,8 @@ bool FlashForward::valid(const Config& c, const Problem& p, const Arch& arch) {
   } else {
     return false;
   }
-  const unsigned barriers = c.warp_specialized() ? 128 : 0;  // the mbarriers, static
+  // The warp-specialised loop's static mbarriers: Q's, and K's and V's full and empty a stage.
+  const unsigned barriers = c.warp_specialized() ? (1 + 4 * kWsStages) * 8 : 0;
   return shared_bytes(c, p) + barriers <= arch.max_shared_bytes();
 }
 

@@ -58,6 +58,10 @@ struct FlashForward {
   static std::vector<Config> space(const Problem& p, const Arch& arch);
   static bool valid(const Config& c, const Problem& p, const Arch& arch);
   static Config default_config(const Problem& p, const Arch& arch);
+  // The warp-specialised loop's tile for the problem's head dim (a tuner choice, not a default).
+  static Config warp_specialized_config(const Problem& p) {
+    return {kMainloopWgmmaWs, 128, p.head_dim <= 128 ? 128 : 64, 1};
+  }
   static unsigned shared_bytes(const Config& c, const Problem& p);
   static KernelSpec spec(const Config& c, const Problem& p, const Arch& arch);
   // The kernel over a parameter block type (KjitFlashParams, or KjitGroupedFlashParams).
