@@ -1,13 +1,17 @@
 // Attention forward on Hopper with warp specialisation (sm_90a), after FlashAttention-3: one
-// producer warpgroup loads Q once and the K and V tiles into rings of kStages, and two consumer
-// warpgroups of 64 query rows each run flash_forward_sm90.cuh's wgmma steps with no block-wide
-// barrier in the main loop. A stage is published through its `full` mbarrier once its bytes have
-// landed (the producer waits for its own cp.async groups, then fences them to the async proxy
-// wgmma reads through) and handed back through its `empty` mbarrier (one arrival per consumer
-// warpgroup once its wgmma has read it). The producer gives its registers to the consumers
-// (setmaxnreg). The consumers take turns issuing their GEMMs (named barriers, FA3's ping-pong):
+// producer warp loads Q once and the K and V tiles into rings of kStages through the copy engine
+// (TMA), and two consumer warpgroups of 64 query rows each run flash_forward_sm90.cuh's wgmma
+// steps with no block-wide barrier in the main loop. A stage is published by its `full`
+// mbarrier, which the copy engine completes once the tile's bytes have landed, and handed back
+// through its `empty` mbarrier (one arrival per consumer warpgroup once its wgmma has read it).
+// The producer warpgroup gives its registers to the consumers (setmaxnreg); three of its warps
+// leave at once. The consumers take turns issuing their GEMMs (named barriers, FA3's ping-pong):
 // one warpgroup issues P_j V_j and S_{j+1} = Q K_{j+1}^T back to back, then its softmax of
 // S_{j+1} runs while the other warpgroup's pair occupies the tensor cores.
+//
+// The copy engine reads whole boxes: past the tensor's rows it fills zeros, but a packed tile
+// that crosses its sequence's end reads the next sequence's rows. Those keys are masked (as the
+// sequence end always is) and their P is 0; those query rows are computed and never stored.
 #pragma once
 
 #include <cuda/std/cstdint>
@@ -16,25 +20,25 @@
 #include "common/mbarrier.cuh"
 #include "common/named_barrier.cuh"
 #include "common/register_budget.cuh"
+#include "common/tma.cuh"
 
 namespace kjit::attention {
 
 struct FlashWsRoles {
   static constexpr int kConsumers = 2;  // warpgroups of 64 query rows
   static constexpr int kThreads = 128 * (kConsumers + 1);
-  static constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;
+  static constexpr int kProducerRegisters = 24, kConsumerRegisters = 240;
   // Named barrier ids 1 and 2: consumer c may issue its GEMMs once the other has issued its own.
   static constexpr int kTurnBarrier = 1;
 };
 
 // kStages K and V tiles in flight each (the host sizes the shared memory for them).
-template <class T, int kHeadDim, int kBlockN, int kStages, bool kCausal,
-          class Params = KjitFlashParams>
+template <class T, int kHeadDim, int kBlockN, int kStages, bool kCausal>
 __global__ void __launch_bounds__(FlashWsRoles::kThreads, 1)
-    flash_forward_sm90_ws(const __grid_constant__ Params params) {
+    flash_forward_sm90_ws(const __grid_constant__ KjitFlashTmaParams params) {
   using R = FlashWsRoles;
   using S = FlashSm90Shape<kHeadDim, kBlockN, R::kConsumers>;
-  const BlockWork work = block_work(params);
+  const BlockWork work = block_work(params.call);
   const KjitFlashParams& p = work.p;
   extern __shared__ unsigned char shared_raw[];
   T* shared_q = reinterpret_cast<T*>(ptx::swizzle_aligned(shared_raw));
@@ -50,10 +54,10 @@ __global__ void __launch_bounds__(FlashWsRoles::kThreads, 1)
   // issued under a branch it cannot prove uniform is serialised.
   const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 128, 0);
   if (threadIdx.x == 0) {
-    ptx::mbarrier_init(&q_full, 128);
+    ptx::mbarrier_init(&q_full, 1);  // the producer's arrival, and the bytes it announces
     for (int s = 0; s < kStages; ++s) {
-      ptx::mbarrier_init(&k_full[s], 128);  // every producer thread publishes its own copies
-      ptx::mbarrier_init(&v_full[s], 128);
+      ptx::mbarrier_init(&k_full[s], 1);
+      ptx::mbarrier_init(&v_full[s], 1);
       ptx::mbarrier_init(&k_empty[s], R::kConsumers);
       ptx::mbarrier_init(&v_empty[s], R::kConsumers);
     }
@@ -63,39 +67,37 @@ __global__ void __launch_bounds__(FlashWsRoles::kThreads, 1)
 
   if (warpgroup == 0) {
     ptx::release_registers<R::kProducerRegisters>();
-    if (key_blocks == 0) return;
-    // Commit order Q, K0, K1, V0, K2, V1, .., V_{K-1} (V one tile behind K, as FA3: a consumer
-    // needs K_j for its turn before V_{j-1}); after each commit, cp.async.wait_group 1 returns
-    // once every group but the newest has landed, and the one before the newest is published.
-    cuda::std::uint64_t* pending = nullptr;
-    auto commit = [&](cuda::std::uint64_t* bar) {
-      ptx::cp_async_commit();
-      if (pending) {
-        ptx::cp_async_wait<1>();
-        ptx::fence_proxy_async_shared();
-        ptx::mbarrier_arrive(pending);
-      }
-      pending = bar;
+    if (threadIdx.x != 0 || key_blocks == 0) return;
+    ptx::prefetch_tensor_map(params.tma_q);
+    ptx::prefetch_tensor_map(params.tma_k);
+    ptx::prefetch_tensor_map(params.tma_v);
+    // Tensor coordinates: (column, row, head, sequence), rows counted from the packed tensor's
+    // start or the batched sequence's.
+    const int batch = p.cu_seqlens_q ? 0 : tile.batch, kv_head = tile.head / p.group;
+    const int q_row = tile.q_start + tile.row0;
+    auto load = [&](T* dst, const KjitTensorMap& map, cuda::std::uint64_t* bar, int rows, int row,
+                    int head) {
+      ptx::mbarrier_arrive_expect_tx(bar, rows * kHeadDim * sizeof(T));
+#pragma unroll
+      for (int slab = 0; slab < S::kSlabs; ++slab)
+        ptx::tma_load_4d(dst + slab * rows * S::kSlabCols, map, bar, slab * S::kSlabCols, row, head,
+                         batch);
     };
-    auto load_kv = [&](T* ring, cuda::std::uint64_t* empty, cuda::std::uint64_t* full, const T* src,
-                       long long stride, int block) {
-      const int stage = block % kStages, first = block * kBlockN;
+    // Order Q, K0, K1, V0, K2, V1, .., V_{K-1}: V one tile behind K, as FA3 (a consumer needs
+    // K_j for its turn before V_{j-1}).
+    auto load_kv = [&](T* ring, cuda::std::uint64_t* empty, cuda::std::uint64_t* full,
+                       const KjitTensorMap& map, int block) {
+      const int stage = block % kStages;
       ptx::mbarrier_wait(&empty[stage], ((block / kStages) & 1) ^ 1);  // 1 first: free
-      ptx::load_swizzled_tile<T, kBlockN, kHeadDim, 128, 1>(
-          ring + stage * S::kKVElems, src + first * stride, stride, tile.seqlen_k - first);
-      commit(&full[stage]);
+      load(ring + stage * S::kKVElems, map, &full[stage], kBlockN, tile.k_start + block * kBlockN,
+           kv_head);
     };
-    ptx::load_swizzled_tile<T, S::kBlockM, kHeadDim, 128, 1>(shared_q, tile.q, p.q_row_stride,
-                                                             tile.seqlen_q - tile.row0);
-    commit(&q_full);
+    load(shared_q, params.tma_q, &q_full, S::kBlockM, q_row, tile.head);
     for (int block = 0; block < key_blocks; ++block) {
-      load_kv(shared_k, k_empty, k_full, tile.k, p.k_row_stride, block);
-      if (block > 0) load_kv(shared_v, v_empty, v_full, tile.v, p.v_row_stride, block - 1);
+      load_kv(shared_k, k_empty, k_full, params.tma_k, block);
+      if (block > 0) load_kv(shared_v, v_empty, v_full, params.tma_v, block - 1);
     }
-    load_kv(shared_v, v_empty, v_full, tile.v, p.v_row_stride, key_blocks - 1);
-    ptx::cp_async_wait<0>();
-    ptx::fence_proxy_async_shared();
-    ptx::mbarrier_arrive(pending);
+    load_kv(shared_v, v_empty, v_full, params.tma_v, key_blocks - 1);
     return;
   }
 

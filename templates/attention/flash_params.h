@@ -2,6 +2,8 @@
    (plain C layout, passed by value). Strides are in elements; the head dim is contiguous. */
 #pragma once
 
+#include "common/tensor_map.h"
+
 struct KjitFlashParams {
   const void* q; /* [B, Sq, Hq, D] or packed [Tq, Hq, D] */
   const void* k; /* [B, Sk, Hk, D] or packed [Tk, Hk, D] */
@@ -19,6 +21,15 @@ struct KjitFlashParams {
   long long o_batch_stride, o_row_stride, o_head_stride;
   long long lse_batch_stride, lse_head_stride; /* the sequence index has stride 1 */
   float scale_log2;                            /* softmax scale * log2(e) */
+  int tokens_q, tokens_k; /* rows along the tensors' sequence dim: S, or T when packed */
+};
+
+/* The warp-specialised loop's parameters (flash_forward_sm90_ws.cuh): the call's, and the copy
+   engine's views of Q (block_m rows), K and V (block_n rows): 64-column boxes of one head,
+   128-byte swizzled, over [B, S, H, D] (packed: B = 1). Encoded at launch. */
+struct KjitFlashTmaParams {
+  struct KjitTensorMap tma_q, tma_k, tma_v;
+  struct KjitFlashParams call;
 };
 
 /* A grouped forward: up to KJIT_MAX_ATTENTION_GROUPS varlen forwards over one shared K/V (the

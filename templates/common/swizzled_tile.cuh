@@ -30,15 +30,14 @@ __device__ __forceinline__ int swizzled_offset(int row, int col) {
 
 // kRows x kCols from global memory (row stride `stride` elements, 16-byte aligned rows) into a
 // swizzled tile, by the block's kThreads threads with cp.async; rows at or past `valid` are
-// zero-filled and not read. kUnroll 1 keeps one copy's addresses live at a time, for a producer
-// warpgroup that has given its registers away.
-template <class T, int kRows, int kCols, int kThreads, int kUnroll = kRows* kCols>
+// zero-filled and not read.
+template <class T, int kRows, int kCols, int kThreads>
 __device__ __forceinline__ void load_swizzled_tile(T* dst, const T* src, long long stride,
                                                    int valid) {
   constexpr int kChunkCols = 16 / sizeof(T), kRowChunks = kCols / kChunkCols;
   constexpr int kChunks = kRows * kRowChunks;
   static_assert(kCols % (kSwizzleRowBytes / sizeof(T)) == 0, "whole 64-column slabs");
-#pragma unroll(kUnroll)
+#pragma unroll
   for (int i = 0; i < (kChunks + kThreads - 1) / kThreads; ++i) {
     const int chunk = i * kThreads + static_cast<int>(threadIdx.x);
     if (kChunks % kThreads != 0 && chunk >= kChunks) break;

@@ -7,6 +7,8 @@
 
 #include <fmt/format.h>
 
+#include "driver/tensor_map.hpp"
+
 namespace kjit::ops {
 
 const TensorChecks kAttentionCheck("attention");
@@ -117,6 +119,16 @@ std::vector<BenchRow> fa_bench_rows() {
   }
   rows.push_back({2, 8192, 32, 8, 128, true});
   return rows;
+}
+
+KjitTensorMap head_tile_map(const void* data, std::int64_t head_dim, std::int64_t rows,
+                            std::int64_t heads, std::int64_t outer, std::int64_t row_stride,
+                            std::int64_t head_stride, std::int64_t batch_stride,
+                            std::int64_t box_rows) {
+  const auto u = [](std::int64_t v) { return static_cast<std::uint64_t>(v); };
+  return driver::tiled_map_16bit(data, {u(head_dim), u(rows), u(heads), u(outer)},
+                                 {row_stride, head_stride, batch_stride},
+                                 {64, static_cast<std::uint32_t>(box_rows), 1, 1});
 }
 
 float softmax_scale(float requested, std::int64_t head_dim) {

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/tensor_map.h"
 #include "kjit/attention.hpp"
 #include "ops/tensor_checks.hpp"
 
@@ -45,6 +46,13 @@ struct LseStrides {
 LseStrides check_lse(const TensorView& lse, std::int64_t outer, std::int64_t heads,
                      std::int64_t seq, bool batched, const char* whose,
                      const TensorChecks& checks = kAttentionCheck);
+
+// The copy engine's view of a [B, S, H, D] (packed: [T, H, D], outer 1) operand for the sm_90a
+// kernels: 64-column boxes of box_rows rows of one head, 128-byte swizzled, `rows` = S or T.
+KjitTensorMap head_tile_map(const void* data, std::int64_t head_dim, std::int64_t rows,
+                            std::int64_t heads, std::int64_t outer, std::int64_t row_stride,
+                            std::int64_t head_stride, std::int64_t batch_stride,
+                            std::int64_t box_rows);
 
 // The rows of FlashAttention's benchmark (B x S = 16k tokens, H x D = 2048, hd 64/128/256, S
 // 2k/8k/16k, causal or not) plus GQA 32/8 hd 128 S 8k causal: the fa-bench presets.

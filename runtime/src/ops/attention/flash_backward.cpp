@@ -7,7 +7,6 @@
 #include <fmt/format.h>
 
 #include "driver/stream_allocation.hpp"
-#include "driver/tensor_map.hpp"
 #include "kjit/error.hpp"
 #include "ops/attention/attention_inputs.hpp"
 #include "ops/attention/flash_forward.hpp"
@@ -198,14 +197,11 @@ FlashBackward::Config dq_pass_config(const FlashBackward::Config& c,
   return c.wgmma() ? mma_config(p, sm90a) : c;
 }
 
-// The copy engine's view of a [B, S, H, D] (packed: [T, H, D], B = 1) operand: 64-column boxes
-// of box_rows rows of one head.
+// A backward operand's tiles for the copy engine: box_rows rows of one head.
 KjitTensorMap tile_map(const KjitAttentionTensor& t, std::int64_t head_dim, std::int64_t rows,
                        std::int64_t heads, std::int64_t batch, std::int64_t box_rows) {
-  const auto u = [](std::int64_t v) { return static_cast<std::uint64_t>(v); };
-  return driver::tiled_map_16bit(t.data, {u(head_dim), u(rows), u(heads), u(batch)},
-                                 {t.row_stride, t.head_stride, t.batch_stride},
-                                 {64, static_cast<std::uint32_t>(box_rows), 1, 1});
+  return head_tile_map(t.data, head_dim, rows, heads, batch, t.row_stride, t.head_stride,
+                       t.batch_stride, box_rows);
 }
 
 }  // namespace

@@ -191,8 +191,8 @@ KernelSpec FlashForward::spec_for(const Config& c, const Problem& p, const Arch&
   const char* causal = p.causal ? "true" : "false";
   const std::string name =
       c.warp_specialized()
-          ? fmt::format("kjit::attention::flash_forward_sm90_ws<{}, {}, {}, {}, {}, {}>",
-                        cxx_type(p.dtype), p.head_dim, c.block_n, kWsStages, causal, params)
+          ? fmt::format("kjit::attention::flash_forward_sm90_ws<{}, {}, {}, {}, {}>",
+                        cxx_type(p.dtype), p.head_dim, c.block_n, kWsStages, causal)
       : c.wgmma()
           ? fmt::format("kjit::attention::flash_forward_sm90<{}, {}, {}, {}, {}, {}>",
                         cxx_type(p.dtype), p.head_dim, c.block_n, c.block_m / 64, causal, params)
@@ -204,17 +204,46 @@ KernelSpec FlashForward::spec_for(const Config& c, const Problem& p, const Arch&
   return s;
 }
 
+KjitFlashTmaParams FlashForward::tma_params(const Config& c, const Problem& p, const Args& args) {
+  // The descriptors carry this call's pointers: encoded per call (host-only encoding, no driver
+  // round trip). A tensor with no rows is never read and has no map (the driver refuses empty
+  // dims).
+  KjitFlashTmaParams out{};
+  out.call = args;
+  const std::int64_t outer = args.cu_seqlens_q ? 1 : p.batch;
+  const auto map = [&](const void* data, std::int64_t rows, std::int64_t heads,
+                       std::int64_t row_stride, std::int64_t head_stride, std::int64_t batch_stride,
+                       std::int64_t box_rows) {
+    return head_tile_map(data, p.head_dim, rows, heads, outer, row_stride, head_stride,
+                         batch_stride, box_rows);
+  };
+  if (args.tokens_q > 0) {
+    out.tma_q = map(args.q, args.tokens_q, p.heads_q, args.q_row_stride, args.q_head_stride,
+                    args.q_batch_stride, c.block_m);
+  }
+  if (args.tokens_k > 0) {
+    out.tma_k = map(args.k, args.tokens_k, p.heads_k, args.k_row_stride, args.k_head_stride,
+                    args.k_batch_stride, c.block_n);
+    out.tma_v = map(args.v, args.tokens_k, p.heads_k, args.v_row_stride, args.v_head_stride,
+                    args.v_batch_stride, c.block_n);
+  }
+  return out;
+}
+
 void FlashForward::launch(const Program& program, const Config& c, const Problem& p,
                           const Args& args, StreamHandle stream) {
   if (p.empty()) return;
   const auto m_blocks = static_cast<unsigned>((p.seqlen_q + c.block_m - 1) / c.block_m);
-  program.kernel().launch(
-      {{m_blocks, static_cast<unsigned>(p.heads_q), static_cast<unsigned>(p.batch)},
-       {c.threads()},
-       shared_bytes(c, p),
-       stream,
-       {}},
-      args);
+  const LaunchConfig grid{
+      {m_blocks, static_cast<unsigned>(p.heads_q), static_cast<unsigned>(p.batch)},
+      {c.threads()},
+      shared_bytes(c, p),
+      stream,
+      {}};
+  if (c.warp_specialized())
+    program.kernel().launch(grid, tma_params(c, p, args));
+  else
+    program.kernel().launch(grid, args);
 }
 
 std::vector<FlashForward::Problem> FlashForward::shipped(const Arch&) {
@@ -281,8 +310,8 @@ Call<FlashForward> FlashForward::validate(const TensorView& q, const TensorView&
   Call<FlashForward> call = make_call(q, k, o, 4, q.size(0), q.size(1), k.size(1));
   const Problem& p = call.problem;
   fill_strides(call.args, q, k, v, out, true);
-  call.args.seqlen_q = static_cast<int>(p.seqlen_q);
-  call.args.seqlen_k = static_cast<int>(p.seqlen_k);
+  call.args.seqlen_q = call.args.tokens_q = static_cast<int>(p.seqlen_q);
+  call.args.seqlen_k = call.args.tokens_k = static_cast<int>(p.seqlen_k);
   fill_lse(call.args, lse, p.batch, p.heads_q, p.seqlen_q, true);
   return call;
 }
@@ -299,6 +328,8 @@ Call<FlashForward> FlashForward::validate_varlen(const TensorView& q, const Tens
   fill_strides(call.args, q, k, v, out, false);
   call.args.cu_seqlens_q = static_cast<const int*>(s.cu_seqlens_q.data);
   call.args.cu_seqlens_k = static_cast<const int*>(s.cu_seqlens_k.data);
+  call.args.tokens_q = static_cast<int>(q.size(0));
+  call.args.tokens_k = static_cast<int>(k.size(0));
   fill_lse(call.args, lse, 1, call.problem.heads_q, q.size(0), false);
   return call;
 }

@@ -19,7 +19,7 @@ struct FlashForward {
 
   static constexpr std::int64_t kMainloopMma = 80, kMainloopWgmma = 90, kMainloopWgmmaWs = 91;
   // K and V tiles in flight: two for the loops whose compute warps copy; three for the producer
-  // warpgroup, which publishes a tile only once it has issued the next (hd 128 fills 225 KiB).
+  // warp's copy engine, a turn of slack for each consumer warpgroup (hd 128 fills 225 KiB).
   static constexpr std::int64_t kStages = 2, kWsStages = 3;
   static constexpr std::int64_t kHeadDims[] = {64, 96, 128, 192, 256};
 
@@ -33,7 +33,8 @@ struct FlashForward {
   };
   // mainloop 80: mma.sync, each warp owns 16 x m_tiles query rows (block_m / (16 m_tiles) warps);
   // mainloop 90: wgmma, a warpgroup per 64 rows (m_tiles 1); mainloop 91: the same consumer
-  // warpgroups (block_m 128) beside a producer warpgroup. block_n keys per tile.
+  // warpgroups (block_m 128) beside a producer warp that loads through the copy engine (TMA;
+  // plain calls only, not grouped ones). block_n keys per tile.
   struct Config {
     std::int64_t mainloop = kMainloopMma, block_m = 0, block_n = 0, m_tiles = 1;
     bool wgmma() const { return mainloop == kMainloopWgmma || warp_specialized(); }
@@ -64,11 +65,14 @@ struct FlashForward {
   }
   static unsigned shared_bytes(const Config& c, const Problem& p);
   static KernelSpec spec(const Config& c, const Problem& p, const Arch& arch);
-  // The kernel over a parameter block type (KjitFlashParams, or KjitGroupedFlashParams).
+  // The kernel over a parameter block type (KjitFlashParams, or KjitGroupedFlashParams; the
+  // warp-specialised kernel takes KjitFlashTmaParams, whatever is asked).
   static KernelSpec spec_for(const Config& c, const Problem& p, const Arch& arch,
                              const char* params);
   static void launch(const Program& program, const Config& c, const Problem& p, const Args& args,
                      StreamHandle stream);
+  // The warp-specialised kernel's parameters: the call's and its tensors' TMA descriptors.
+  static KjitFlashTmaParams tma_params(const Config& c, const Problem& p, const Args& args);
   static std::vector<Problem> shipped(const Arch& arch);
 
   static std::vector<TensorSpec> tensors(const Problem& p);
