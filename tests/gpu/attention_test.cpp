@@ -38,7 +38,8 @@ struct AttnCase {
   double input_scale = 1.0;
   // 0: the op's choice for this device (kjit::attention::forward); kMainloopMma: the mma.sync
   // kernel forced through the plan, so that sm_90a machines test the sm_80 main loop too;
-  // kMainloopWgmmaWs: the warp-specialised loop (a tuner choice), forced likewise.
+  // kMainloopWgmma / kMainloopWgmmaWs: the sm_90a loop the op does not choose at this head dim,
+  // forced likewise.
   std::int64_t mainloop = 0;
 };
 
@@ -52,10 +53,12 @@ void PrintTo(const AttnCase& c, std::ostream* os) {
 }
 
 // A main loop other than the op's choice, launched through the family as the op would launch its
-// own: mma.sync with sm_80's default config, or the warp-specialised loop with 128-row tiles.
+// own: mma.sync with sm_80's default config, or an sm_90a loop with its usual tile.
 void run_forced(std::int64_t mainloop, const ops::Call<FlashForward>& call, StreamHandle stream) {
   const FlashForward::Config config = mainloop == FlashForward::kMainloopWgmmaWs
                                           ? FlashForward::warp_specialized_config(call.problem)
+                                      : mainloop == FlashForward::kMainloopWgmma
+                                          ? FlashForward::wgmma_config(call.problem)
                                           : FlashForward::default_config(call.problem, "sm_80");
   ASSERT_TRUE(FlashForward::valid(config, call.problem, arch::current()));
   const Program program = load(FlashForward::spec(config, call.problem, arch::current()));
@@ -182,9 +185,10 @@ class AttentionForward : public IsolatedCache, public ::testing::WithParamInterf
 
 TEST_P(AttentionForward, MatchesDoubleReference) {
   KJIT_REQUIRE_GPU();
-  if (GetParam().mainloop == FlashForward::kMainloopWgmmaWs && !arch::current().has_wgmma())
-    GTEST_SKIP() << "the warp-specialised loop needs sm_90a; this card is "
-                 << arch::current().name();
+  const std::int64_t mainloop = GetParam().mainloop;
+  if ((mainloop == FlashForward::kMainloopWgmma || mainloop == FlashForward::kMainloopWgmmaWs) &&
+      !arch::current().has_wgmma())
+    GTEST_SKIP() << "the wgmma loops need sm_90a; this card is " << arch::current().name();
   const unsigned seed = std::random_device{}();  // fresh inputs every run; printed on failure
   SCOPED_TRACE("input seed " + std::to_string(seed));
   run_case(GetParam(), seed);
@@ -196,9 +200,13 @@ std::vector<AttnCase> cases() {
   for (DType dtype : {DType::Float16, DType::BFloat16}) {
     for (int d : {64, 96, 128, 192, 256}) {
       for (bool causal : {false, true}) {
-        for (std::int64_t mainloop :
-             {std::int64_t{0}, FlashForward::kMainloopMma, FlashForward::kMainloopWgmmaWs}) {
-          if (mainloop == FlashForward::kMainloopWgmmaWs && (d % 64 != 0 || d > 192)) continue;
+        // sm_90a: the warp-specialised loop up to hd 128, the wgmma loop above; the other one
+        // forced where it runs (not hd 96; hd 256 has no warp-specialised loop).
+        const std::int64_t other_sm90 = d % 64 != 0 || d == 256 ? -1
+                                        : d <= 128              ? FlashForward::kMainloopWgmma
+                                                                : FlashForward::kMainloopWgmmaWs;
+        for (std::int64_t mainloop : {std::int64_t{0}, FlashForward::kMainloopMma, other_sm90}) {
+          if (mainloop < 0) continue;
           for (auto [hq, hk] : std::vector<std::pair<int, int>>{{1, 1}, {8, 1}, {32, 8}}) {
             out.push_back({dtype, d, causal, hq, hk, false, {97, 97}, {97, 97}, 1.0, mainloop});
             out.push_back({dtype, d, causal, hq, hk, true, varlen_q, varlen_k, 1.0, mainloop});
@@ -211,7 +219,7 @@ std::vector<AttnCase> cases() {
     }
   }
   for (std::int64_t mainloop :
-       {std::int64_t{0}, FlashForward::kMainloopMma, FlashForward::kMainloopWgmmaWs}) {
+       {std::int64_t{0}, FlashForward::kMainloopMma, FlashForward::kMainloopWgmma}) {
     for (DType dtype : {DType::Float16, DType::BFloat16}) {  // inputs x10
       out.push_back({dtype, 128, true, 2, 2, false, {200, 200}, {200, 200}, 10.0, mainloop});
     }
@@ -227,6 +235,7 @@ INSTANTIATE_TEST_SUITE_P(All, AttentionForward, ::testing::ValuesIn(cases()),
                                   std::to_string(c.heads_q) + "x" + std::to_string(c.heads_k) +
                                   (c.varlen ? "_varlen" : "_batched") +
                                   (c.mainloop == FlashForward::kMainloopMma       ? "_mma"
+                                   : c.mainloop == FlashForward::kMainloopWgmma   ? "_wgmma"
                                    : c.mainloop == FlashForward::kMainloopWgmmaWs ? "_ws"
                                                                                   : "") +
                                   "_" + std::to_string(i.index);
@@ -234,8 +243,9 @@ INSTANTIATE_TEST_SUITE_P(All, AttentionForward, ::testing::ValuesIn(cases()),
 
 TEST(AttentionForwardDeterminism, BitwiseIdenticalOnRerun) {
   KJIT_REQUIRE_GPU();
-  for (std::int64_t mainloop : {std::int64_t{0}, FlashForward::kMainloopMma,
-                                arch::current().has_wgmma() ? FlashForward::kMainloopWgmmaWs : 0}) {
+  const bool sm90 = arch::current().has_wgmma();
+  for (std::int64_t mainloop :
+       {std::int64_t{0}, FlashForward::kMainloopMma, sm90 ? FlashForward::kMainloopWgmma : 0}) {
     const AttnCase c{DType::BFloat16, 128,           true, 4,       2, true,
                      {300, 7, 129},   {300, 9, 500}, 1.0,  mainloop};
     const unsigned seed = std::random_device{}();
@@ -288,10 +298,10 @@ TEST(AttentionForwardEmpty, NoKeysGiveZeroOutputAndMinusInfLse) {
     if (arch::current().has_wgmma()) {
       out.fill_bytes(0xff);
       lse.fill_bytes(0xff);
-      run_forced(FlashForward::kMainloopWgmmaWs,
+      run_forced(FlashForward::kMainloopWgmma,
                  FlashForward::validate(vq, vk, vk, vout, vlse, options), stream.handle());
       stream.synchronize();
-      check("warp-specialised loop");
+      check("wgmma loop");
     }
   }
   int64_t q_shape[] = {b, sq, h, d}, k_shape[] = {b, 0, h, d}, lse_shape[] = {b, h, sq};

@@ -115,9 +115,9 @@ void FlashForward::check(const Problem& p) {
 FlashForward::Config FlashForward::default_config(const Problem& p, const Arch& arch) {
   // From the tile sweeps on the H100 (docs/perf.md, bench/attention_forward.cpp --sweep).
   if (arch.has_wgmma() && p.head_dim % 64 == 0) {
-    // Three warpgroups pay off at hd 64 (the tuner's pick on 5 of 6 fa-bench rows); 128-key
-    // tiles up to hd 128, 64 above (shared memory).
-    return {kMainloopWgmma, p.head_dim <= 64 ? 192 : 128, p.head_dim <= 128 ? 128 : 64, 1};
+    // The producer warp's loop up to hd 128 (H100 sweep, 2026-12-05: 596 against 463 TFLOP/s at
+    // hd 128, 391 against 389 at hd 64), the wgmma loop above.
+    return p.head_dim <= 128 ? warp_specialized_config(p) : wgmma_config(p);
   }
   // mma.sync: two query tiles per warp pay off where registers allow (hd 64; hd 96 spills),
   // short key tiles for the large head dims; shorter ones still where shared memory is small

@@ -59,9 +59,14 @@ struct FlashForward {
   static std::vector<Config> space(const Problem& p, const Arch& arch);
   static bool valid(const Config& c, const Problem& p, const Arch& arch);
   static Config default_config(const Problem& p, const Arch& arch);
-  // The warp-specialised loop's tile for the problem's head dim (a tuner choice, not a default).
+  // The warp-specialised loop's tile for the problem's head dim.
   static Config warp_specialized_config(const Problem& p) {
     return {kMainloopWgmmaWs, 128, p.head_dim <= 128 ? 128 : 64, 1};
+  }
+  // The wgmma loop's: three warpgroups pay off at hd 64 (the tuner's pick on 5 of 6 fa-bench
+  // rows); 128-key tiles up to hd 128, 64 above (shared memory).
+  static Config wgmma_config(const Problem& p) {
+    return {kMainloopWgmma, p.head_dim <= 64 ? 192 : 128, p.head_dim <= 128 ? 128 : 64, 1};
   }
   static unsigned shared_bytes(const Config& c, const Problem& p);
   static KernelSpec spec(const Config& c, const Problem& p, const Arch& arch);

@@ -27,6 +27,7 @@ void GroupedForward::check(const Problem& p) {
 
 GroupedForward::Config GroupedForward::default_config(const Problem& p, const Arch& arch) {
   Config c = FlashForward::default_config(p.per_group(), arch);
+  if (c.warp_specialized()) c = FlashForward::wgmma_config(p.per_group());  // not grouped yet
   // Three warpgroups (hd 64) run at the register cap of 384 threads, where the grouped kernel's
   // group lookup spills a register: two instead.
   if (c.wgmma()) c.block_m = std::min<std::int64_t>(c.block_m, 128);
