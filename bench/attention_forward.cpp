@@ -137,17 +137,17 @@ int main(int argc, char** argv) try {
     using C = kjit::ops::FlashForward::Config;
     auto mma = [](long long m, long long n, long long t) { return C{80, m, n, t}; };
     auto wgmma = [](long long m, long long n) { return C{90, m, n, 1}; };
-    auto ws = [](long long n) { return C{91, 128, n, 1}; };
+    auto ws = [](long long m, long long n) { return C{91, m, n, 1}; };
     for (bool causal : {false, true}) {
       sweep(64, causal,
             {mma(128, 64, 2), wgmma(128, 128), wgmma(128, 64), wgmma(192, 128), wgmma(64, 128),
-             ws(128), ws(64)},
+             ws(192, 128), ws(128, 128), ws(192, 64)},
             stream);
       sweep(128, causal,
             {mma(128, 64, 1), wgmma(128, 128), wgmma(128, 64), wgmma(192, 128), wgmma(64, 128),
-             ws(128), ws(64)},
+             ws(128, 128), ws(128, 64)},
             stream);
-      sweep(192, causal, {mma(64, 32, 1), wgmma(128, 64), ws(64)}, stream);
+      sweep(192, causal, {mma(64, 32, 1), wgmma(128, 64), ws(128, 64)}, stream);
       sweep(256, causal, {mma(64, 32, 1), wgmma(128, 64), wgmma(64, 64), wgmma(64, 128)}, stream);
     }
     return 0;

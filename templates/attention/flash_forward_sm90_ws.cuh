@@ -1,13 +1,14 @@
 // Attention forward on Hopper with warp specialisation (sm_90a), after FlashAttention-3: one
 // producer warp loads Q once and the K and V tiles into rings of kStages through the copy engine
-// (TMA), and two consumer warpgroups of 64 query rows each run flash_forward_sm90.cuh's wgmma
-// steps with no block-wide barrier in the main loop. A stage is published by its `full`
+// (TMA), and two or three consumer warpgroups of 64 query rows each run flash_forward_sm90.cuh's
+// wgmma steps with no block-wide barrier in the main loop. A stage is published by its `full`
 // mbarrier, which the copy engine completes once the tile's bytes have landed, and handed back
 // through its `empty` mbarrier (one arrival per consumer warpgroup once its wgmma has read it).
 // The producer warpgroup gives its registers to the consumers (setmaxnreg); three of its warps
 // leave at once. The consumers take turns issuing their GEMMs (named barriers, FA3's ping-pong):
 // one warpgroup issues P_j V_j and S_{j+1} = Q K_{j+1}^T back to back, then its softmax of
-// S_{j+1} runs while the other warpgroup's pair occupies the tensor cores.
+// S_{j+1} runs while the other warpgroups' pairs occupy the tensor cores. Causal tiles run
+// longest first (the grid's last query tile first): the short ones fill the last wave.
 //
 // The copy engine reads whole boxes: past the tensor's rows it fills zeros, but a packed tile
 // that crosses its sequence's end reads the next sequence's rows. Those keys are masked (as the
@@ -24,21 +25,27 @@
 
 namespace kjit::attention {
 
+template <int kConsumers_>
 struct FlashWsRoles {
-  static constexpr int kConsumers = 2;  // warpgroups of 64 query rows
+  static constexpr int kConsumers = kConsumers_;  // warpgroups of 64 query rows
   static constexpr int kThreads = 128 * (kConsumers + 1);
-  static constexpr int kProducerRegisters = 24, kConsumerRegisters = 240;
-  // Named barrier ids 1 and 2: consumer c may issue its GEMMs once the other has issued its own.
+  // The register file (64 Ki) less the producer's share, for the consumers (multiples of 8).
+  static constexpr int kProducerRegisters = 24;
+  static constexpr int kConsumerRegisters = kConsumers == 2 ? 240 : 160;
+  static_assert(kConsumers == 2 || kConsumers == 3, "two or three consumer warpgroups");
+  // Named barrier ids 1..kConsumers: consumer c may issue its GEMMs once consumer c - 1 (the
+  // last, for consumer 0) has issued its own.
   static constexpr int kTurnBarrier = 1;
 };
 
 // kStages K and V tiles in flight each (the host sizes the shared memory for them).
-template <class T, int kHeadDim, int kBlockN, int kStages, bool kCausal>
-__global__ void __launch_bounds__(FlashWsRoles::kThreads, 1)
+template <class T, int kHeadDim, int kBlockN, int kConsumers, int kStages, bool kCausal>
+__global__ void __launch_bounds__(FlashWsRoles<kConsumers>::kThreads, 1)
     flash_forward_sm90_ws(const __grid_constant__ KjitFlashTmaParams params) {
-  using R = FlashWsRoles;
+  using R = FlashWsRoles<kConsumers>;
   using S = FlashSm90Shape<kHeadDim, kBlockN, R::kConsumers>;
-  const BlockWork work = block_work(params.call);
+  const int tile_index = static_cast<int>(kCausal ? gridDim.x - 1 - blockIdx.x : blockIdx.x);
+  const BlockWork work{params.call, tile_index, static_cast<int>(blockIdx.y)};
   const KjitFlashParams& p = work.p;
   extern __shared__ unsigned char shared_raw[];
   T* shared_q = reinterpret_cast<T*>(ptx::swizzle_aligned(shared_raw));
@@ -107,6 +114,7 @@ __global__ void __launch_bounds__(FlashWsRoles::kThreads, 1)
   const int warp_row = tile.row0 + warpgroup_row + 16 * warp;
   const int my_row = warp_row + lane / 4;  // and my_row + 8
   const bool leader = threadIdx.x % 128 == 0;
+  const bool last = consumer == R::kConsumers - 1;
   const int my_turn = R::kTurnBarrier + consumer,
             next_turn = R::kTurnBarrier + (consumer + 1) % R::kConsumers;
 
@@ -155,9 +163,10 @@ __global__ void __launch_bounds__(FlashWsRoles::kThreads, 1)
 
   if (key_blocks > 0) {
     // Turns: K + 1 issues a warpgroup ([S_0], [P_0 V_0, S_1], .., [P_{K-1} V_{K-1}]); consumer 0
-    // goes first; consumer 1 skips its last hand-over, which nobody would wait for.
+    // goes first (the last one's hand-over starts it); the last skips its last hand-over, which
+    // nobody would wait for.
     ptx::mbarrier_wait(&q_full, 0);
-    if (consumer == 1) ptx::named_barrier_arrive(next_turn, 2 * 128);
+    if (last) ptx::named_barrier_arrive(next_turn, 2 * 128);
     for (int block = 0; block <= key_blocks; ++block) {
       ptx::named_barrier_sync(my_turn, 2 * 128);
       fence_operands();  // O's rescale and P's rounding stay before the wgmma that read them
@@ -165,7 +174,7 @@ __global__ void __launch_bounds__(FlashWsRoles::kThreads, 1)
       if (block > 0) issue_pv(block - 1);
       if (block < key_blocks) issue_qk(block);
       ptx::wgmma_commit();
-      if (!(consumer == 1 && block == key_blocks)) ptx::named_barrier_arrive(next_turn, 2 * 128);
+      if (!(last && block == key_blocks)) ptx::named_barrier_arrive(next_turn, 2 * 128);
       retire(block < key_blocks ? block : -1, block - 1);
       if (block < key_blocks) softmax(block);
     }

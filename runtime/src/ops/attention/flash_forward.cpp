@@ -156,11 +156,12 @@ std::vector<FlashForward::Config> FlashForward::space(const Problem&, const Arch
 bool FlashForward::valid(const Config& c, const Problem& p, const Arch& arch) {
   if (c.block_m <= 0 || c.block_n <= 0 || c.m_tiles <= 0) return false;
   if (c.wgmma()) {
-    // Warpgroups of 64 rows (two beside the producer; up to hd 192, where their O, S and P fit
-    // the registers the producer gives them); S is m64 x block_n (64 or 128); V is read in
-    // 64-column slabs.
+    // Warpgroups of 64 rows (beside the producer: two up to hd 192, where their O, S and P fit
+    // the registers the producer gives them, or three at hd 64); S is m64 x block_n (64 or 128);
+    // V is read in 64-column slabs.
     if (!arch.has_wgmma() || p.head_dim % 64 != 0 || c.block_m % 64 != 0 || c.block_m > 192 ||
-        (c.warp_specialized() && (c.block_m != 128 || p.head_dim > 192)) ||
+        (c.warp_specialized() &&
+         (p.head_dim > 192 || (c.block_m != 128 && !(c.block_m == 192 && p.head_dim == 64)))) ||
         (c.block_n != 64 && c.block_n != 128) || c.m_tiles != 1) {
       return false;
     }
@@ -191,8 +192,8 @@ KernelSpec FlashForward::spec_for(const Config& c, const Problem& p, const Arch&
   const char* causal = p.causal ? "true" : "false";
   const std::string name =
       c.warp_specialized()
-          ? fmt::format("kjit::attention::flash_forward_sm90_ws<{}, {}, {}, {}, {}>",
-                        cxx_type(p.dtype), p.head_dim, c.block_n, kWsStages, causal)
+          ? fmt::format("kjit::attention::flash_forward_sm90_ws<{}, {}, {}, {}, {}, {}>",
+                        cxx_type(p.dtype), p.head_dim, c.block_n, c.block_m / 64, kWsStages, causal)
       : c.wgmma()
           ? fmt::format("kjit::attention::flash_forward_sm90<{}, {}, {}, {}, {}, {}>",
                         cxx_type(p.dtype), p.head_dim, c.block_n, c.block_m / 64, causal, params)

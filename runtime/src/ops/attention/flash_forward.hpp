@@ -33,8 +33,8 @@ struct FlashForward {
   };
   // mainloop 80: mma.sync, each warp owns 16 x m_tiles query rows (block_m / (16 m_tiles) warps);
   // mainloop 90: wgmma, a warpgroup per 64 rows (m_tiles 1); mainloop 91: the same consumer
-  // warpgroups (block_m 128) beside a producer warp that loads through the copy engine (TMA;
-  // plain calls only, not grouped ones). block_n keys per tile.
+  // warpgroups (block_m 128, or 192 at hd 64) beside a producer warp that loads through the copy
+  // engine (TMA; plain calls only, not grouped ones). block_n keys per tile.
   struct Config {
     std::int64_t mainloop = kMainloopMma, block_m = 0, block_n = 0, m_tiles = 1;
     bool wgmma() const { return mainloop == kMainloopWgmma || warp_specialized(); }
@@ -59,9 +59,10 @@ struct FlashForward {
   static std::vector<Config> space(const Problem& p, const Arch& arch);
   static bool valid(const Config& c, const Problem& p, const Arch& arch);
   static Config default_config(const Problem& p, const Arch& arch);
-  // The warp-specialised loop's tile for the problem's head dim.
+  // The warp-specialised loop's tile for the problem's head dim: three consumer warpgroups at
+  // hd 64, as FA3.
   static Config warp_specialized_config(const Problem& p) {
-    return {kMainloopWgmmaWs, 128, p.head_dim <= 128 ? 128 : 64, 1};
+    return {kMainloopWgmmaWs, p.head_dim <= 64 ? 192 : 128, p.head_dim <= 128 ? 128 : 64, 1};
   }
   // The wgmma loop's: three warpgroups pay off at hd 64 (the tuner's pick on 5 of 6 fa-bench
   // rows); 128-key tiles up to hd 128, 64 above (shared memory).
