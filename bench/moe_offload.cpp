@@ -279,7 +279,7 @@ int main(int argc, char** argv) try {
       std::printf(
           "%s cold layers (%d x 64 misses, %.0f MB): loader %.1f GB/s while copying, layers "
           "%.1f GB/s (routing, host wait and GEMMs included); plain page-locked copies: whole "
-          "%.1f / %.1f GB/s, an expert at a time %.1f GB/s; loader / plain %.2f\n",
+          "%.1f / %.1f GB/s, an expert at a time %.1f GB/s; loader / plain %.3f\n",
           fp4 ? "nvfp4" : "bf16", kLayers, bytes / 1e6, st.copy_gbps(), layer_gbs, whole,
           whole_again, per_expert, st.copy_gbps() / std::max(whole, whole_again));
     }
