@@ -213,7 +213,7 @@ TEST_F(TuningCli, TuneWithoutAGpuSaysSoButDryRunWorks) {
   const std::pair<const char*, const char*> expected[] = {
       {"sm_90a",
        "54 configs in the space, 28 pruned by constraints, 26 to compile and time; default "
-       "{\"block_m\":128,\"block_n\":128,\"m_tiles\":1,\"mainloop\":90}"},
+       "{\"block_m\":128,\"block_n\":128,\"m_tiles\":1,\"mainloop\":91}"},
       {"sm_80",
        "18 configs in the space, 4 pruned by constraints, 14 to compile and time; default "
        "{\"block_m\":128,\"block_n\":64,\"m_tiles\":1,\"mainloop\":80}"}};
