@@ -115,9 +115,10 @@ void FlashForward::check(const Problem& p) {
 FlashForward::Config FlashForward::default_config(const Problem& p, const Arch& arch) {
   // From the tile sweeps on the H100 (docs/perf.md, bench/attention_forward.cpp --sweep).
   if (arch.has_wgmma() && p.head_dim % 64 == 0) {
-    // The producer warp's loop up to hd 128 (H100 sweep, 2026-12-05: 596 against 463 TFLOP/s at
-    // hd 128, 391 against 389 at hd 64), the wgmma loop above.
-    return p.head_dim <= 128 ? warp_specialized_config(p) : wgmma_config(p);
+    // The producer warp's loop up to hd 192 (H100 sweep, 2026-12-05, S8k full: 592 against 462
+    // TFLOP/s at hd 128, 439 against 392 at hd 64, 563 against 491 at hd 192), the wgmma loop
+    // at hd 256.
+    return p.head_dim <= 192 ? warp_specialized_config(p) : wgmma_config(p);
   }
   // mma.sync: two query tiles per warp pay off where registers allow (hd 64; hd 96 spills),
   // short key tiles for the large head dims; shorter ones still where shared memory is small
