@@ -105,7 +105,7 @@ if [ "$what" = attention ]; then
     "$bin/kjit_gpu_tests" --gtest_filter="$subset"
   step attention_racecheck compute-sanitizer --tool racecheck --error-exitcode 3 \
     "$bin/kjit_gpu_tests" --gtest_filter='All/AttentionForward.*bf16_d128_causal_h8x1*'
-  # The sm_90a loops' mbarriers and named barriers (the warp-specialised loop is hd 128's default).
+  # The sm_90a loops' mbarriers and named barriers (the warp-specialised loop is the default up to hd 192).
   step attention_synccheck compute-sanitizer --tool synccheck --error-exitcode 3 \
     "$bin/kjit_gpu_tests" --gtest_filter='All/AttentionForward.*bf16_d128_causal_h8x1_*'
   grep -E '^\[  (PASSED|FAILED) |^\[  FAILED' "$out/attention_tests.log" | head -30

@@ -72,9 +72,9 @@ INSTANTIATE_TEST_SUITE_P(AllArchs, ShippedSpecialisation, ::testing::ValuesIn(sh
                            return name + "_" + std::to_string(info.index);
                          });
 
-// The warp-specialised forward is a tuner choice, not a default, so no shipped spec covers it:
-// every head dim it takes, both dtypes, causal or not, for sm_90a, within the registers the
-// producer gives the consumers (setmaxnreg); hd 256 does not fit them and is not offered. A
+// The warp-specialised forward (the sm_90a default up to hd 192; the shipped specs cover those
+// defaults): every head dim it takes, both dtypes, causal or not, for sm_90a, within the registers
+// the producer gives the consumers (setmaxnreg); hd 256 does not fit them and is not offered. A
 // grouped call does not take it (its TMA descriptors are per call).
 class WarpSpecialisedForward : public IsolatedCache {};
 

@@ -160,10 +160,11 @@ bool FlashForward::valid(const Config& c, const Problem& p, const Arch& arch) {
     // Warpgroups of 64 rows (beside the producer: two up to hd 192, where their O, S and P fit
     // the registers the producer gives them, or three at hd 64); S is m64 x block_n (64 or 128);
     // V is read in 64-column slabs.
+    const bool consumers_fit =
+        p.head_dim <= 192 && (c.block_m == 128 || (c.block_m == 192 && p.head_dim == 64));
     if (!arch.has_wgmma() || p.head_dim % 64 != 0 || c.block_m % 64 != 0 || c.block_m > 192 ||
-        (c.warp_specialized() &&
-         (p.head_dim > 192 || (c.block_m != 128 && !(c.block_m == 192 && p.head_dim == 64)))) ||
-        (c.block_n != 64 && c.block_n != 128) || c.m_tiles != 1) {
+        (c.warp_specialized() && !consumers_fit) || (c.block_n != 64 && c.block_n != 128) ||
+        c.m_tiles != 1) {
       return false;
     }
   } else if (c.mainloop == kMainloopMma) {

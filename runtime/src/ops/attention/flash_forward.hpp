@@ -59,15 +59,16 @@ struct FlashForward {
   static std::vector<Config> space(const Problem& p, const Arch& arch);
   static bool valid(const Config& c, const Problem& p, const Arch& arch);
   static Config default_config(const Problem& p, const Arch& arch);
-  // The warp-specialised loop's tile for the problem's head dim: three consumer warpgroups at
-  // hd 64, as FA3.
-  static Config warp_specialized_config(const Problem& p) {
-    return {kMainloopWgmmaWs, p.head_dim <= 64 ? 192 : 128, p.head_dim <= 128 ? 128 : 64, 1};
-  }
-  // The wgmma loop's: three warpgroups pay off at hd 64 (the tuner's pick on 5 of 6 fa-bench
-  // rows); 128-key tiles up to hd 128, 64 above (shared memory).
+  // The wgmma loop's tile for the problem's head dim: three warpgroups pay off at hd 64 (the
+  // tuner's pick on 5 of 6 fa-bench rows); 128-key tiles up to hd 128, 64 above (shared memory).
   static Config wgmma_config(const Problem& p) {
     return {kMainloopWgmma, p.head_dim <= 64 ? 192 : 128, p.head_dim <= 128 ? 128 : 64, 1};
+  }
+  // The warp-specialised loop's: the same tile (three consumer warpgroups at hd 64, as FA3).
+  static Config warp_specialized_config(const Problem& p) {
+    Config c = wgmma_config(p);
+    c.mainloop = kMainloopWgmmaWs;
+    return c;
   }
   static unsigned shared_bytes(const Config& c, const Problem& p);
   static KernelSpec spec(const Config& c, const Problem& p, const Arch& arch);
