@@ -21,7 +21,7 @@ from .errors import (
     MissingKernelError,
     NoDriverError,
 )
-from .flash_attn import flash_attn_func, flash_attn_varlen_func
+from .flash_attn import flash_attn_func, flash_attn_varlen_func, zigzag_llama3_flash_attn_varlen_func
 
 __version__ = "0.1.0"
 
@@ -33,6 +33,7 @@ __all__ = [
     "zigzag",
     "flash_attn_func",
     "flash_attn_varlen_func",
+    "zigzag_llama3_flash_attn_varlen_func",
     "library_path",
     "KjitError",
     "InvalidArgumentError",

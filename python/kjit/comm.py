@@ -65,7 +65,9 @@ class Communicator:
         ids = [unique_id() if rank == 0 else None]
         source = 0 if group is None else dist.get_global_rank(group, 0)
         index = _device_index(device)
-        staging = torch.device("cuda", index) if index >= 0 else None  # an NCCL group stages there
+        # An NCCL group moves the id through a CUDA buffer of this rank's device; others through host memory.
+        nccl = dist.get_backend(group) == dist.Backend.NCCL
+        staging = torch.device("cuda", index if index >= 0 else torch.cuda.current_device()) if nccl else None
         dist.broadcast_object_list(ids, src=source, group=group, device=staging)
         return cls(ids[0], rank, size, device, timeout_s)
 

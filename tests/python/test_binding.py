@@ -380,6 +380,32 @@ def test_zigzag_refusals_through_the_c_abi_and_the_ops(fake_cuda):
     assert kjit.zigzag.local_cu_seqlens(host_cu, 4).tolist() == [0, 128, 384]
 
 
+def test_the_forks_zigzag_function_refuses_what_it_cannot_do():
+    q, cu = torch.randn(64, 2, 64, dtype=bf16), torch.tensor([0, 128], dtype=i32)
+    call = kjit.zigzag_llama3_flash_attn_varlen_func
+    with pytest.raises(kjit.InvalidArgumentError, match="dropout_p: kjit's attention has no dropout"):
+        call(q, q, q, cu, cu, 64, 128, 1, dropout_p=0.1, causal=True)
+    with pytest.raises(kjit.InvalidArgumentError, match="deterministic: kjit's zigzag backward"):
+        call(q, q, q, cu, cu, 64, 128, 1, causal=True, deterministic=True)
+    with pytest.raises(
+        kjit.InvalidArgumentError, match=r"must describe the same sequences, got shapes \[3\] and \[2\]"
+    ):
+        call(q, q, q, torch.tensor([0, 32, 64], dtype=i32), cu, 64, 128, 1, causal=True)
+    with pytest.raises(kjit.InvalidArgumentError, match="torch.distributed is not initialised"):
+        call(q, q, q, cu, cu, 64, 128, 1, causal=True)
+    # Over one gloo rank the communicator is made from the group, which needs the GPU this
+    # machine lacks.
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        with pytest.raises(kjit.KjitError) as error:
+            call(q, q, q, cu, cu, 64, 128, 1, causal=True)
+        assert "driver" in str(error.value) or "nccl" in str(error.value).lower(), str(error.value)
+    finally:
+        dist.destroy_process_group()
+
+
 def test_offloaded_moe_refusals_before_any_device_work():
     # Host weights as plain CPU tensors: the stack's checks refuse before any device is touched.
     up, down = torch.zeros(16, 256, 128, dtype=bf16), torch.zeros(16, 128, 128, dtype=bf16)
