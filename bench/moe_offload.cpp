@@ -220,8 +220,13 @@ int main(int argc, char** argv) try {
         }
       }
     }
-    // The loader on cold layers: 16 tokens choosing all 64 experts, every one a miss.
-    {
+    // The loader on cold layers: 16 tokens choosing all 64 experts, every one a miss. In expert
+    // order the misses land in consecutive slots (runs of experts move as one copy a tile); in a
+    // shuffled order they do not (one copy an expert and tile, as scattered decode misses).
+    for (const bool shuffled : {false, true}) {
+      std::vector<int> order(kExperts);
+      for (int e = 0; e < kExperts; ++e)
+        order[e] = shuffled ? (e * 37 + 11) % kExperts : e;  // 37 is prime to 64: a permutation
       moe::OffloadOptions offload;
       offload.slots = kExperts;
       std::unique_ptr<moe::OffloadedMoe> s =
@@ -232,7 +237,7 @@ int main(int argc, char** argv) try {
       for (int t = 0; t < 16; ++t) {
         for (int l = 0; l < kLayers; ++l) {
           for (int j = 0; j < kTopK; ++j)
-            ids[l * kTopK + j] = t * kTopK + j;
+            ids[l * kTopK + j] = order[t * kTopK + j];
         }
         all.add(t, 0, ids);
       }
@@ -277,11 +282,12 @@ int main(int argc, char** argv) try {
       const double whole = plain_gbs(false), per_expert = plain_gbs(true),
                    whole_again = plain_gbs(false);
       std::printf(
-          "%s cold layers (%d x 64 misses, %.0f MB): loader %.1f GB/s while copying, layers "
+          "%s cold layers (%d x 64 misses %s, %.0f MB): loader %.1f GB/s while copying, layers "
           "%.1f GB/s (routing, host wait and GEMMs included); plain page-locked copies: whole "
           "%.1f / %.1f GB/s, an expert at a time %.1f GB/s; loader / plain %.3f\n",
-          fp4 ? "nvfp4" : "bf16", kLayers, bytes / 1e6, st.copy_gbps(), layer_gbs, whole,
-          whole_again, per_expert, st.copy_gbps() / std::max(whole, whole_again));
+          fp4 ? "nvfp4" : "bf16", kLayers, shuffled ? "shuffled" : "in expert order", bytes / 1e6,
+          st.copy_gbps(), layer_gbs, whole, whole_again, per_expert,
+          st.copy_gbps() / std::max(whole, whole_again));
     }
   }
   return 0;

@@ -1,5 +1,7 @@
 #include "offload/expert_loader.hpp"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 
 #include "driver/cuda_driver.hpp"
@@ -66,17 +68,29 @@ std::size_t ExpertLoader::load(int layer, const std::vector<Load>& loads) {
   if (loads.empty()) return 0;
   for (const Load& l : loads)
     fences(layer, l.slot).released.wait(stream_.handle());
+  // Consecutive experts into consecutive slots (a cold layer's loads, a prefill's) move as one
+  // copy a tile: the copy engine's cost per copy, which NVFP4's small scale tiles feel, is paid
+  // once a run.
+  std::vector<Load> by_expert(loads);
+  std::sort(by_expert.begin(), by_expert.end(),
+            [](const Load& a, const Load& b) { return a.expert < b.expert; });
   copy_spans_.begin(stream_.handle());
   std::size_t bytes = 0;
-  for (const Load& l : loads) {
+  for (std::size_t first = 0, run = 1; first < by_expert.size(); first += run, run = 1) {
+    const Load& l = by_expert[first];
+    while (first + run < by_expert.size() && by_expert[first + run].expert == l.expert + int(run) &&
+           by_expert[first + run].slot == l.slot + int(run))
+      ++run;
     for (const Tile& t : tiles_[layer]) {
       copy_async(static_cast<char*>(t.slots.data()) + t.expert_bytes * l.slot,
-                 t.host + t.expert_bytes * l.expert, t.expert_bytes, stream_.handle());
-      bytes += t.expert_bytes;
+                 t.host + t.expert_bytes * l.expert, t.expert_bytes * run, stream_.handle());
+      bytes += t.expert_bytes * run;
     }
-    SlotFences& f = fences(layer, l.slot);
-    f.ready.signal(stream_.handle());
-    f.loading = true;
+    for (std::size_t i = first; i < first + run; ++i) {
+      SlotFences& f = fences(layer, by_expert[i].slot);
+      f.ready.signal(stream_.handle());
+      f.loading = true;
+    }
   }
   copy_spans_.end(stream_.handle());
   return bytes;
