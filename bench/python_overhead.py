@@ -19,7 +19,8 @@ import torch
 
 import kjit
 from kjit._dlpack import DLArgs
-from kjit._library import call
+from kjit._launch import current_stream, direct
+from kjit._library import call, library
 
 ROUNDS = 21
 
@@ -135,6 +136,22 @@ def cases():
     )
 
 
+def pieces():
+    """The host cost of each piece an op's Python body is made of (no device work): where the
+    microseconds above the C++ call go."""
+    t = torch.randn(1, 128, 8, 64, dtype=torch.bfloat16, device="cuda")
+    index = t.get_device()
+    yield "torch.cuda.current_stream().cuda_stream", lambda: torch.cuda.current_stream().cuda_stream
+    yield "kjit._launch.current_stream (raw)", lambda: current_stream(index)
+    yield "torch.cuda.current_device()", torch.cuda.current_device
+    yield "tensor.device.index", lambda: t.device.index
+    yield "torch.empty_like (CUDA)", lambda: torch.empty_like(t)
+    yield "torch.empty (CUDA, [1, 8, 128] fp32)", lambda: torch.empty(1, 8, 128, device="cuda")
+    yield "DLArgs() and one DLTensor", lambda: DLArgs()(t, "q")
+    yield "direct() over 3 tensors", lambda: direct((t, t, t))
+    yield "a ctypes call (kjit_last_error)", library().kjit_last_error
+
+
 def main():
     cpp = {}
     if len(sys.argv) > 1:
@@ -152,6 +169,9 @@ def main():
             f" {through_torch - reference:7.2f} {base:9.2f}",
             flush=True,
         )
+    print(f"{'piece':<44} {'us':>6}")
+    for piece, fn in pieces():
+        print(f"{piece:<44} {host_us(fn, 256):6.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -89,6 +89,8 @@ if [ "$what" = python ]; then
   # CPU and the GPU tests), the call overhead beside the C++ API's, and a training step beside
   # torch SDPA (and FA4 where installed). pytest from .peers/pytest (scripts/fetch-peers.sh).
   python3 -m pip install -q --no-index --no-deps --target /tmp/psite .peers/pytest/*.whl
+  # The image's own pytest plugins (pytest-timeout) need a newer pytest than the one carried.
+  export PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
   export PYTHONPATH="/tmp/psite:$PWD/python:$PWD/bench:${PYTHONPATH:-}"
   export KJIT_LIBRARY="$PWD/.gpu-bundle/lib/libkjit.so.0" PYTHONUNBUFFERED=1
   step python_tests timeout 300 python3 -m pytest -p no:cacheprovider -q -rs tests/python

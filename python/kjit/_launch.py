@@ -8,6 +8,16 @@ import torch
 from ._library import call
 from .errors import InvalidArgumentError
 
+# The current cudaStream_t and device as plain ints (what inductor's get_raw_stream uses): a
+# torch.cuda.Stream object and torch.cuda.current_device()'s checks cost several us a call.
+_RAW_STREAM = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+_DEVICE = getattr(torch._C, "_cuda_getDevice", None)
+
+
+def current_stream(index: int) -> int:
+    """The cudaStream_t of torch's current stream on CUDA device `index` (initialised)."""
+    return _RAW_STREAM(index) if _RAW_STREAM else torch.cuda.current_stream(index).cuda_stream
+
 
 def launch(name: str, anchor: torch.Tensor, *args) -> None:
     """Calls entry point `name` with `args` and the current stream of `anchor`'s device (a CPU
@@ -15,12 +25,12 @@ def launch(name: str, anchor: torch.Tensor, *args) -> None:
     if not anchor.is_cuda:
         call(name, *args, None)
         return
-    index = anchor.device.index
-    if index is None or index == torch.cuda.current_device():
-        call(name, *args, torch.cuda.current_stream().cuda_stream)
+    index = anchor.get_device()
+    if index == (_DEVICE() if _DEVICE else torch.cuda.current_device()):
+        call(name, *args, current_stream(index))
         return
     with torch.cuda.device(index):  # kjit launches in the current context
-        call(name, *args, torch.cuda.current_stream().cuda_stream)
+        call(name, *args, current_stream(index))
 
 
 def host_copy(host: torch.Tensor, device_copy: torch.Tensor, what: str) -> int:

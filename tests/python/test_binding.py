@@ -314,15 +314,20 @@ def test_communicator_refusals_and_the_torch_distributed_bootstrap():
     assert kjit.mla.helix_heads(20, 3, 2) == (13, 20)
     with pytest.raises(kjit.InvalidArgumentError, match="would leave a rank without heads"):
         kjit.mla.helix_heads(2, 3, 0)
-    # One gloo rank: rank 0's id goes through the group, then kjit needs the GPU this machine lacks
-    # (or, where libnccl is absent, says so).
+    # One gloo rank: rank 0's id goes through the group; then kjit makes the communicator on a GPU
+    # machine, and says it needs the GPU (or, where libnccl is absent, NCCL) on the CPU one.
     import torch.distributed as dist
 
     dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
     try:
-        with pytest.raises((kjit.NoDriverError, kjit.CommError, kjit.KjitError)) as error:
-            kjit.comm.Communicator.from_torch_distributed()
-        assert "driver" in str(error.value) or "nccl" in str(error.value).lower(), str(error.value)
+        if torch.cuda.is_available():
+            comm = kjit.comm.Communicator.from_torch_distributed()
+            assert (comm.rank, comm.size) == (0, 1)
+            comm.close()
+        else:
+            with pytest.raises((kjit.NoDriverError, kjit.CommError, kjit.KjitError)) as error:
+                kjit.comm.Communicator.from_torch_distributed()
+            assert "driver" in str(error.value) or "nccl" in str(error.value).lower(), str(error.value)
     finally:
         dist.destroy_process_group()
 
@@ -393,15 +398,19 @@ def test_the_forks_zigzag_function_refuses_what_it_cannot_do():
         call(q, q, q, torch.tensor([0, 32, 64], dtype=i32), cu, 64, 128, 1, causal=True)
     with pytest.raises(kjit.InvalidArgumentError, match="torch.distributed is not initialised"):
         call(q, q, q, cu, cu, 64, 128, 1, causal=True)
-    # Over one gloo rank the communicator is made from the group, which needs the GPU this
-    # machine lacks.
+    # Over one gloo rank the communicator is made from the group: on a GPU machine kjit then
+    # refuses the host tensors; on the CPU one making it needs the GPU.
     import torch.distributed as dist
 
     dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
     try:
         with pytest.raises(kjit.KjitError) as error:
             call(q, q, q, cu, cu, 64, 128, 1, causal=True)
-        assert "driver" in str(error.value) or "nccl" in str(error.value).lower(), str(error.value)
+        message = str(error.value)
+        if torch.cuda.is_available():
+            assert message.startswith("q is not in CUDA device memory"), message
+        else:
+            assert "driver" in message or "nccl" in message.lower(), message
     finally:
         dist.destroy_process_group()
 
