@@ -8,6 +8,7 @@
 // the loader's host -> device rate while copying, and the layer's (routing, host wait and GEMMs
 // included), beside plain page-locked copies of the same bytes (--loader: this part only).
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -222,11 +223,10 @@ int main(int argc, char** argv) try {
     }
     // The loader on cold layers: 16 tokens choosing all 64 experts, every one a miss. In expert
     // order the misses land in consecutive slots (runs of experts move as one copy a tile); in a
-    // shuffled order they do not (one copy an expert and tile, as scattered decode misses).
-    for (const bool shuffled : {false, true}) {
-      std::vector<int> order(kExperts);
-      for (int e = 0; e < kExperts; ++e)
-        order[e] = shuffled ? (e * 37 + 11) % kExperts : e;  // 37 is prime to 64: a permutation
+    // shuffled order they do not (one copy an expert and tile, as scattered decode misses). The
+    // link's rate moves by several per cent from one copy to the next: three rounds of the
+    // loader and the plain copies, interleaved, and the ratio of their medians.
+    const auto cold_layers = [&](const std::vector<int>& order) {
       moe::OffloadOptions offload;
       offload.slots = kExperts;
       std::unique_ptr<moe::OffloadedMoe> s =
@@ -256,38 +256,60 @@ int main(int argc, char** argv) try {
       b.synchronize();
       const moe::OffloadStats st = s->stats();
       const double bytes = double(st.bytes_on_demand);
-      const double layer_gbs = bytes / b.elapsed_ms_since(a) / 1e6;
-      // The same bytes (layer 0's, bf16) as two plain copies, and as plain copies an expert and
-      // tensor at a time (what the loader queues) on a stream of their own.
-      const LayerExperts& l = stack.layers[0];
-      DeviceBuffer target(l.gate_up.size() + l.down.size());
-      const auto plain_gbs = [&](bool per_expert) {
-        kjit::Stream copies;
-        a.record(copies.handle());
-        const std::size_t parts = per_expert ? kExperts : 1;
-        const std::size_t gate_up = l.gate_up.size() / parts, down = l.down.size() / parts;
-        char* dst = static_cast<char*>(target.data());
-        for (std::size_t e = 0; e < parts; ++e) {
-          kjit::copy_async(dst + e * gate_up,
-                           static_cast<const char*>(l.host_gate_up.data()) + e * gate_up, gate_up,
-                           copies.handle());
-          kjit::copy_async(dst + l.gate_up.size() + e * down,
-                           static_cast<const char*>(l.host_down.data()) + e * down, down,
-                           copies.handle());
-        }
-        b.record(copies.handle());
-        b.synchronize();
-        return double(target.size()) / b.elapsed_ms_since(a) / 1e6;
-      };
-      const double whole = plain_gbs(false), per_expert = plain_gbs(true),
-                   whole_again = plain_gbs(false);
+      return std::array<double, 3>{st.copy_gbps(), bytes / b.elapsed_ms_since(a) / 1e6, bytes};
+    };
+    // The same bytes (layer 0's, bf16) as two plain copies, or as plain copies an expert and
+    // tensor at a time (what the loader queues without runs), on a stream of their own.
+    const LayerExperts& l = stack.layers[0];
+    DeviceBuffer target(l.gate_up.size() + l.down.size());
+    const auto plain_gbs = [&](bool per_expert) {
+      kjit::Stream copies;
+      kjit::Event a, b;
+      a.record(copies.handle());
+      const std::size_t parts = per_expert ? kExperts : 1;
+      const std::size_t gate_up = l.gate_up.size() / parts, down = l.down.size() / parts;
+      char* dst = static_cast<char*>(target.data());
+      for (std::size_t e = 0; e < parts; ++e) {
+        kjit::copy_async(dst + e * gate_up,
+                         static_cast<const char*>(l.host_gate_up.data()) + e * gate_up, gate_up,
+                         copies.handle());
+        kjit::copy_async(dst + l.gate_up.size() + e * down,
+                         static_cast<const char*>(l.host_down.data()) + e * down, down,
+                         copies.handle());
+      }
+      b.record(copies.handle());
+      b.synchronize();
+      return double(target.size()) / b.elapsed_ms_since(a) / 1e6;
+    };
+    const auto median = [](std::vector<double> v) {
+      std::sort(v.begin(), v.end());
+      return v[v.size() / 2];
+    };
+    for (const bool shuffled : {false, true}) {
+      std::vector<int> order(kExperts);
+      for (int e = 0; e < kExperts; ++e)
+        order[e] = shuffled ? (e * 37 + 11) % kExperts : e;  // 37 is prime to 64: a permutation
+      std::vector<double> loader, layers, whole, per_expert;
+      double bytes = 0;
+      for (int round = 0; round < 3; ++round) {
+        const std::array<double, 3> cold = cold_layers(order);
+        loader.push_back(cold[0]);
+        layers.push_back(cold[1]);
+        bytes = cold[2];
+        whole.push_back(plain_gbs(false));
+        per_expert.push_back(plain_gbs(true));
+      }
       std::printf(
-          "%s cold layers (%d x 64 misses %s, %.0f MB): loader %.1f GB/s while copying, layers "
-          "%.1f GB/s (routing, host wait and GEMMs included); plain page-locked copies: whole "
-          "%.1f / %.1f GB/s, an expert at a time %.1f GB/s; loader / plain %.3f\n",
+          "%s cold layers (%d x 64 misses %s, %.0f MB), median of 3 rounds (min-max): loader "
+          "%.1f GB/s (%.1f-%.1f) while copying, layers %.1f GB/s (routing, host wait and GEMMs "
+          "included); plain page-locked copies: whole %.1f GB/s (%.1f-%.1f), an expert at a "
+          "time %.1f GB/s; loader / plain %.3f\n",
           fp4 ? "nvfp4" : "bf16", kLayers, shuffled ? "shuffled" : "in expert order", bytes / 1e6,
-          st.copy_gbps(), layer_gbs, whole, whole_again, per_expert,
-          st.copy_gbps() / std::max(whole, whole_again));
+          median(loader), *std::min_element(loader.begin(), loader.end()),
+          *std::max_element(loader.begin(), loader.end()), median(layers), median(whole),
+          *std::min_element(whole.begin(), whole.end()),
+          *std::max_element(whole.begin(), whole.end()), median(per_expert),
+          median(loader) / median(whole));
     }
   }
   return 0;
