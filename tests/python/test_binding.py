@@ -4,6 +4,7 @@ Python-side checks (host copies, FlashAttention's unsupported arguments) refuse 
 
 import ctypes
 import os
+import struct
 import subprocess
 import sys
 
@@ -283,6 +284,53 @@ def test_python_side_refusals_name_the_argument():
         kjit.InvalidArgumentError, match="x has dtype torch.complex64 and 1 dims, which kjit does not take"
     ):
         dl(torch.zeros(2, dtype=torch.complex64), "x")
+
+
+def test_torchs_export_and_the_hand_description_are_the_same_dltensor(fake_cuda):
+    """A torch tensor goes through torch's DLPack export, anything else (a meta tensor, the tests'
+    stand-ins) is described by hand: both must give kjit the same DLTensor (the pointer, device,
+    dims, dtype, shape and strides, in elements)."""
+
+    def fields(address):
+        data, device, index, dims, code, bits, lanes, shape, strides, offset = struct.unpack(
+            "=QiiiBBHQQQ", ctypes.string_at(address, 48)
+        )
+        sizes = struct.unpack(f"{dims}q", ctypes.string_at(shape, 8 * dims)) if dims else ()
+        steps = struct.unpack(f"{dims}q", ctypes.string_at(strides, 8 * dims)) if dims else ()
+        return data, device, index, dims, code, bits, lanes, sizes, steps, offset
+
+    class StandIn:  # what the hand path reads of a tensor, nothing else
+        def __init__(self, t):
+            self.t, self.dtype, self.shape, self.is_cuda, self.device = t, t.dtype, t.shape, t.is_cuda, t.device
+
+        def dim(self):
+            return self.t.dim()
+
+        def get_device(self):
+            return self.t.get_device()
+
+        def data_ptr(self):
+            return self.t.data_ptr()
+
+        def stride(self):
+            return self.t.stride()
+
+    base = torch.randn(4, 6, 8)
+    for t in (
+        base,
+        base[1:3, ::2].transpose(0, 2),
+        torch.zeros(0, 5, dtype=bf16),
+        torch.ones(3, dtype=torch.bool),
+        torch.arange(7, dtype=i32)[None, :, None],
+        torch.tensor(2.5, dtype=torch.float16),
+    ):
+        args = DLArgs()
+        exported, described = fields(args(t, "t")), fields(args(StandIn(t), "t"))
+        assert exported == described, (t.shape, t.stride(), exported, described)
+        assert exported[0] == t.data_ptr() and exported[7] == tuple(t.shape) and exported[8] == t.stride()
+    # A meta tensor has no storage to export: described by hand, with the device type kjit refuses.
+    meta = torch.empty(2, 3, device="meta")
+    assert fields(DLArgs()(meta, "m"))[1] == 0
 
 
 def test_interleave_gate_up_is_the_documented_layout():
