@@ -38,14 +38,34 @@ struct FlashWsRoles {
   static constexpr int kTurnBarrier = 1;
 };
 
+// The block's work and the map of its queries. A plain launch's grid is (query tile, head,
+// sequence), causal tiles taken longest first (the grid's last first); a grouped launch's is
+// block_work's (flash_tile.cuh), whose tiles come longest first already.
+template <bool kCausal>
+__device__ __forceinline__ BlockWork ws_block_work(const KjitFlashTmaParams& p) {
+  const int tile = static_cast<int>(kCausal ? gridDim.x - 1 - blockIdx.x : blockIdx.x);
+  return {p.call, tile, static_cast<int>(blockIdx.y)};
+}
+template <bool kCausal>
+__device__ __forceinline__ BlockWork ws_block_work(const KjitGroupedFlashTmaParams& p) {
+  return block_work(p.call);
+}
+__device__ __forceinline__ const KjitTensorMap& query_map(const KjitFlashTmaParams& p) {
+  return p.tma_q;
+}
+__device__ __forceinline__ const KjitTensorMap& query_map(const KjitGroupedFlashTmaParams& p) {
+  return p.tma_q[block_group(p.call)];
+}
+
 // kStages K and V tiles in flight each (the host sizes the shared memory for them).
-template <class T, int kHeadDim, int kBlockN, int kConsumers, int kStages, bool kCausal>
+// Params: KjitFlashTmaParams, or KjitGroupedFlashTmaParams for a grouped launch.
+template <class T, int kHeadDim, int kBlockN, int kConsumers, int kStages, bool kCausal,
+          class Params = KjitFlashTmaParams>
 __global__ void __launch_bounds__(FlashWsRoles<kConsumers>::kThreads, 1)
-    flash_forward_sm90_ws(const __grid_constant__ KjitFlashTmaParams params) {
+    flash_forward_sm90_ws(const __grid_constant__ Params params) {
   using R = FlashWsRoles<kConsumers>;
   using S = FlashSm90Shape<kHeadDim, kBlockN, R::kConsumers>;
-  const int tile_index = static_cast<int>(kCausal ? gridDim.x - 1 - blockIdx.x : blockIdx.x);
-  const BlockWork work{params.call, tile_index, static_cast<int>(blockIdx.y)};
+  const BlockWork work = ws_block_work<kCausal>(params);
   const KjitFlashParams& p = work.p;
   extern __shared__ unsigned char shared_raw[];
   T* shared_q = reinterpret_cast<T*>(ptx::swizzle_aligned(shared_raw));
@@ -75,7 +95,8 @@ __global__ void __launch_bounds__(FlashWsRoles<kConsumers>::kThreads, 1)
   if (warpgroup == 0) {
     ptx::release_registers<R::kProducerRegisters>();
     if (threadIdx.x != 0 || key_blocks == 0) return;
-    ptx::prefetch_tensor_map(params.tma_q);
+    const KjitTensorMap& tma_q = query_map(params);
+    ptx::prefetch_tensor_map(tma_q);
     ptx::prefetch_tensor_map(params.tma_k);
     ptx::prefetch_tensor_map(params.tma_v);
     // Tensor coordinates: (column, row, head, sequence), rows counted from the packed tensor's
@@ -99,7 +120,7 @@ __global__ void __launch_bounds__(FlashWsRoles<kConsumers>::kThreads, 1)
       load(ring + stage * S::kKVElems, map, &full[stage], kBlockN, tile.k_start + block * kBlockN,
            kv_head);
     };
-    load(shared_q, params.tma_q, &q_full, S::kBlockM, q_row, tile.head);
+    load(shared_q, tma_q, &q_full, S::kBlockM, q_row, tile.head);
     for (int block = 0; block < key_blocks; ++block) {
       load_kv(shared_k, k_empty, k_full, params.tma_k, block);
       if (block > 0) load_kv(shared_v, v_empty, v_full, params.tma_v, block - 1);

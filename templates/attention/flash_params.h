@@ -47,3 +47,11 @@ struct KjitGroupedFlashParams {
   int tile_start[KJIT_MAX_ATTENTION_GROUPS + 1];
   int groups;
 };
+
+/* A grouped launch of the warp-specialised loop: the shared K and V maps, each group's Q map
+   (group g of `call`, in its order), and the groups' parameters. */
+struct KjitGroupedFlashTmaParams {
+  struct KjitTensorMap tma_k, tma_v;
+  struct KjitTensorMap tma_q[KJIT_MAX_ATTENTION_GROUPS];
+  struct KjitGroupedFlashParams call;
+};

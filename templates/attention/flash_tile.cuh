@@ -18,14 +18,19 @@ struct BlockWork {
 __device__ __forceinline__ BlockWork block_work(const KjitFlashParams& p) {
   return {p, static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y)};
 }
+// The group whose query tiles grid y is among.
+__device__ __forceinline__ int block_group(const KjitGroupedFlashParams& p) {
+  int g = 0;
+  while (static_cast<int>(blockIdx.y) >= p.tile_start[g + 1])
+    ++g;
+  return g;
+}
 // The block's group is copied to shared memory: a fixed address there is an immediate operand,
 // where a parameter indexed at run time would hold its address in registers the main loop needs.
 __device__ __forceinline__ BlockWork block_work(const KjitGroupedFlashParams& p) {
   __shared__ KjitFlashParams group;
   const int y = blockIdx.y;
-  int g = 0;
-  while (y >= p.tile_start[g + 1])
-    ++g;
+  const int g = block_group(p);
   const int* from = reinterpret_cast<const int*>(&p.group[g]);
   for (int i = threadIdx.x; i < static_cast<int>(sizeof(KjitFlashParams) / 4); i += blockDim.x)
     reinterpret_cast<int*>(&group)[i] = from[i];

@@ -186,16 +186,17 @@ unsigned FlashForward::shared_bytes(const Config& c, const Problem& p) {
 }
 
 KernelSpec FlashForward::spec(const Config& c, const Problem& p, const Arch& arch) {
-  return spec_for(c, p, arch, "KjitFlashParams");
+  return spec_for(c, p, arch, "KjitFlashParams", "KjitFlashTmaParams");
 }
 
 KernelSpec FlashForward::spec_for(const Config& c, const Problem& p, const Arch& arch,
-                                  const char* params) {
+                                  const char* params, const char* tma_params) {
   const char* causal = p.causal ? "true" : "false";
   const std::string name =
       c.warp_specialized()
-          ? fmt::format("kjit::attention::flash_forward_sm90_ws<{}, {}, {}, {}, {}, {}>",
-                        cxx_type(p.dtype), p.head_dim, c.block_n, c.block_m / 64, kWsStages, causal)
+          ? fmt::format("kjit::attention::flash_forward_sm90_ws<{}, {}, {}, {}, {}, {}, {}>",
+                        cxx_type(p.dtype), p.head_dim, c.block_n, c.block_m / 64, kWsStages, causal,
+                        tma_params)
       : c.wgmma()
           ? fmt::format("kjit::attention::flash_forward_sm90<{}, {}, {}, {}, {}, {}>",
                         cxx_type(p.dtype), p.head_dim, c.block_n, c.block_m / 64, causal, params)
@@ -207,30 +208,20 @@ KernelSpec FlashForward::spec_for(const Config& c, const Problem& p, const Arch&
   return s;
 }
 
-KjitFlashTmaParams FlashForward::tma_params(const Config& c, const Problem& p, const Args& args) {
-  // The descriptors carry this call's pointers: encoded per call (host-only encoding, no driver
-  // round trip). A tensor with no rows is never read and has no map (the driver refuses empty
-  // dims).
-  KjitFlashTmaParams out{};
-  out.call = args;
-  const std::int64_t outer = args.cu_seqlens_q ? 1 : p.batch;
-  const auto map = [&](const void* data, std::int64_t rows, std::int64_t heads,
-                       std::int64_t row_stride, std::int64_t head_stride, std::int64_t batch_stride,
-                       std::int64_t box_rows) {
-    return head_tile_map(data, p.head_dim, rows, heads, outer, row_stride, head_stride,
-                         batch_stride, box_rows);
-  };
-  if (args.tokens_q > 0) {
-    out.tma_q = map(args.q, args.tokens_q, p.heads_q, args.q_row_stride, args.q_head_stride,
-                    args.q_batch_stride, c.block_m);
-  }
-  if (args.tokens_k > 0) {
-    out.tma_k = map(args.k, args.tokens_k, p.heads_k, args.k_row_stride, args.k_head_stride,
-                    args.k_batch_stride, c.block_n);
-    out.tma_v = map(args.v, args.tokens_k, p.heads_k, args.v_row_stride, args.v_head_stride,
-                    args.v_batch_stride, c.block_n);
-  }
-  return out;
+// A tensor with no rows is never read and has no map (the driver refuses empty dims).
+KjitTensorMap FlashForward::tma_q(const Config& c, const Problem& p, const Args& args) {
+  if (args.tokens_q == 0) return {};
+  return head_tile_map(args.q, p.head_dim, args.tokens_q, p.heads_q,
+                       args.cu_seqlens_q ? 1 : p.batch, args.q_row_stride, args.q_head_stride,
+                       args.q_batch_stride, c.block_m);
+}
+
+KjitTensorMap FlashForward::tma_kv(const Config& c, const Problem& p, const Args& args,
+                                   const void* kv, std::int64_t row_stride,
+                                   std::int64_t head_stride, std::int64_t batch_stride) {
+  if (args.tokens_k == 0) return {};
+  return head_tile_map(kv, p.head_dim, args.tokens_k, p.heads_k, args.cu_seqlens_q ? 1 : p.batch,
+                       row_stride, head_stride, batch_stride, c.block_n);
 }
 
 void FlashForward::launch(const Program& program, const Config& c, const Problem& p,
@@ -243,10 +234,17 @@ void FlashForward::launch(const Program& program, const Config& c, const Problem
       shared_bytes(c, p),
       stream,
       {}};
-  if (c.warp_specialized())
-    program.kernel().launch(grid, tma_params(c, p, args));
-  else
+  if (c.warp_specialized()) {
+    program.kernel().launch(
+        grid,
+        KjitFlashTmaParams{
+            tma_q(c, p, args),
+            tma_kv(c, p, args, args.k, args.k_row_stride, args.k_head_stride, args.k_batch_stride),
+            tma_kv(c, p, args, args.v, args.v_row_stride, args.v_head_stride, args.v_batch_stride),
+            args});
+  } else {
     program.kernel().launch(grid, args);
+  }
 }
 
 std::vector<FlashForward::Problem> FlashForward::shipped(const Arch&) {

@@ -72,14 +72,19 @@ struct FlashForward {
   }
   static unsigned shared_bytes(const Config& c, const Problem& p);
   static KernelSpec spec(const Config& c, const Problem& p, const Arch& arch);
-  // The kernel over a parameter block type (KjitFlashParams, or KjitGroupedFlashParams; the
-  // warp-specialised kernel takes KjitFlashTmaParams, whatever is asked).
+  // The kernel over a parameter block type: `params` (KjitFlashParams, or
+  // KjitGroupedFlashParams), or for the warp-specialised loop `tma_params` (KjitFlashTmaParams,
+  // or KjitGroupedFlashTmaParams).
   static KernelSpec spec_for(const Config& c, const Problem& p, const Arch& arch,
-                             const char* params);
+                             const char* params, const char* tma_params);
   static void launch(const Program& program, const Config& c, const Problem& p, const Args& args,
                      StreamHandle stream);
-  // The warp-specialised kernel's parameters: the call's and its tensors' TMA descriptors.
-  static KjitFlashTmaParams tma_params(const Config& c, const Problem& p, const Args& args);
+  // The copy engine's maps of the call's Q (block_m rows a box) and of its K or V (block_n): the
+  // warp-specialised kernel's. They carry the call's pointers (encoded per call, on the host).
+  static KjitTensorMap tma_q(const Config& c, const Problem& p, const Args& args);
+  static KjitTensorMap tma_kv(const Config& c, const Problem& p, const Args& args, const void* kv,
+                              std::int64_t row_stride, std::int64_t head_stride,
+                              std::int64_t batch_stride);
   static std::vector<Problem> shipped(const Arch& arch);
 
   static std::vector<TensorSpec> tensors(const Problem& p);

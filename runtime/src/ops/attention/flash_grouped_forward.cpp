@@ -27,7 +27,6 @@ void GroupedForward::check(const Problem& p) {
 
 GroupedForward::Config GroupedForward::default_config(const Problem& p, const Arch& arch) {
   Config c = FlashForward::default_config(p.per_group(), arch);
-  if (c.warp_specialized()) c = FlashForward::wgmma_config(p.per_group());  // not grouped yet
   // Three warpgroups (hd 64) run at the register cap of 384 threads, where the grouped kernel's
   // group lookup spills a register: two instead.
   if (c.wgmma()) c.block_m = std::min<std::int64_t>(c.block_m, 128);
@@ -44,14 +43,29 @@ void GroupedForward::launch(const Program& program, const Config& c, const Probl
         args.tile_start[g] + static_cast<int>((args.group[g].seqlen_q + c.block_m - 1) / c.block_m);
   }
   if (args.tile_start[args.groups] == 0) return;
-  program.kernel().launch(
-      {{static_cast<unsigned>(p.heads_q), static_cast<unsigned>(args.tile_start[args.groups]),
-        static_cast<unsigned>(p.batch)},
-       {c.threads()},
-       FlashForward::shared_bytes(c, p.per_group()),
-       stream,
-       {}},
-      args);
+  const LaunchConfig grid{
+      {static_cast<unsigned>(p.heads_q), static_cast<unsigned>(args.tile_start[args.groups]),
+       static_cast<unsigned>(p.batch)},
+      {c.threads()},
+      FlashForward::shared_bytes(c, p.per_group()),
+      stream,
+      {}};
+  if (!c.warp_specialized()) {
+    program.kernel().launch(grid, args);
+    return;
+  }
+  // The groups share K and V (validate checked it): their maps once, Q's a group.
+  KjitGroupedFlashTmaParams tma{};
+  const KjitFlashParams& first = args.group[0];
+  const FlashForward::Problem per_group = p.per_group();
+  tma.tma_k = FlashForward::tma_kv(c, per_group, first, first.k, first.k_row_stride,
+                                   first.k_head_stride, first.k_batch_stride);
+  tma.tma_v = FlashForward::tma_kv(c, per_group, first, first.v, first.v_row_stride,
+                                   first.v_head_stride, first.v_batch_stride);
+  for (int g = 0; g < args.groups; ++g)
+    tma.tma_q[g] = FlashForward::tma_q(c, per_group, args.group[g]);
+  tma.call = args;
+  program.kernel().launch(grid, tma);
 }
 
 std::vector<GroupedForward::Problem> GroupedForward::shipped(const Arch& arch) {

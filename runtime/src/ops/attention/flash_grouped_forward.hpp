@@ -50,13 +50,13 @@ struct GroupedForward {
   static std::vector<Config> space(const Problem& p, const Arch& arch) {
     return FlashForward::space(p.per_group(), arch);
   }
-  // Not the warp-specialised loop: its TMA descriptors are per call, not per group.
   static bool valid(const Config& c, const Problem& p, const Arch& arch) {
-    return !c.warp_specialized() && FlashForward::valid(c, p.per_group(), arch);
+    return FlashForward::valid(c, p.per_group(), arch);
   }
   static Config default_config(const Problem& p, const Arch& arch);
   static KernelSpec spec(const Config& c, const Problem& p, const Arch& arch) {
-    return FlashForward::spec_for(c, p.per_group(), arch, "KjitGroupedFlashParams");
+    return FlashForward::spec_for(c, p.per_group(), arch, "KjitGroupedFlashParams",
+                                  "KjitGroupedFlashTmaParams");
   }
   static void launch(const Program& program, const Config& c, const Problem& p, const Args& args,
                      StreamHandle stream);
