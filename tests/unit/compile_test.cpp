@@ -75,7 +75,7 @@ INSTANTIATE_TEST_SUITE_P(AllArchs, ShippedSpecialisation, ::testing::ValuesIn(sh
 // The warp-specialised forward (the sm_90a default up to hd 192; the shipped specs cover those
 // defaults): every head dim it takes, both dtypes, causal or not, for sm_90a, within the registers
 // the producer gives the consumers (setmaxnreg); hd 256 does not fit them and is not offered. The
-// grouped kernel too, at its default tile.
+// grouped kernel too (a tuner choice).
 class WarpSpecialisedForward : public IsolatedCache {};
 
 TEST_F(WarpSpecialisedForward, CompilesWithoutSpillsOrStack) {
@@ -97,17 +97,20 @@ TEST_F(WarpSpecialisedForward, CompilesWithoutSpillsOrStack) {
         // multiples of 8.
         EXPECT_EQ(k.resources.registers, static_cast<int>(65536 / config.threads() / 8 * 8))
             << k.name_expression;
-        // The grouped kernel at its default tile (two consumer warpgroups: the group lookup).
+        // The grouped kernel (a tuner choice) at two consumer warpgroups.
         const ops::GroupedForward::Problem grouped{dtype, 2, 1, 1, 1, d, 1, 1, causal};
-        const ops::GroupedForward::Config grouped_config =
-            ops::GroupedForward::default_config(grouped, "sm_90a");
-        ASSERT_TRUE(grouped_config.warp_specialized()) << d;
+        ops::GroupedForward::Config grouped_config = config;
+        grouped_config.block_m = 128;
+        ASSERT_TRUE(ops::GroupedForward::valid(grouped_config, grouped, "sm_90a")) << d;
         const CompiledProgram g =
             compile(ops::GroupedForward::spec(grouped_config, grouped, "sm_90a"));
         ASSERT_EQ(g.kernels.size(), 1u);
         EXPECT_EQ(g.kernels[0].resources.spill_store_bytes, 0) << g.kernels[0].name_expression;
         EXPECT_EQ(g.kernels[0].resources.spill_load_bytes, 0) << g.kernels[0].name_expression;
         EXPECT_EQ(g.kernels[0].resources.stack_frame_bytes, 0) << g.kernels[0].name_expression;
+        EXPECT_EQ(g.kernels[0].resources.registers,
+                  static_cast<int>(65536 / grouped_config.threads() / 8 * 8))
+            << g.kernels[0].name_expression;
       }
     }
   }

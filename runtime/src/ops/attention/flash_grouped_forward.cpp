@@ -27,6 +27,9 @@ void GroupedForward::check(const Problem& p) {
 
 GroupedForward::Config GroupedForward::default_config(const Problem& p, const Arch& arch) {
   Config c = FlashForward::default_config(p.per_group(), arch);
+  // The warp-specialised loop over groups ran at 0.57-0.67x of separate warp-specialised calls
+  // (H100, docs/perf.md): a tuner choice, not the default.
+  if (c.warp_specialized()) c = FlashForward::wgmma_config(p.per_group());
   // Three warpgroups (hd 64) run at the register cap of 384 threads, where the grouped kernel's
   // group lookup spills a register: two instead.
   if (c.wgmma()) c.block_m = std::min<std::int64_t>(c.block_m, 128);
