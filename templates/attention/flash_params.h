@@ -49,7 +49,8 @@ struct KjitGroupedFlashParams {
 };
 
 /* A grouped launch of the warp-specialised loop: the shared K and V maps, each group's Q map
-   (group g of `call`, in its order), and the groups' parameters. */
+   (group g of `call`, in its order), and the groups' parameters. Its grid is (the groups' query
+   tiles, head, sequence): a head's tiles side by side, as the plain loop's. */
 struct KjitGroupedFlashTmaParams {
   struct KjitTensorMap tma_k, tma_v;
   struct KjitTensorMap tma_q[KJIT_MAX_ATTENTION_GROUPS];

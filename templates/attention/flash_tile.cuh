@@ -18,24 +18,28 @@ struct BlockWork {
 __device__ __forceinline__ BlockWork block_work(const KjitFlashParams& p) {
   return {p, static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y)};
 }
-// The group whose query tiles grid y is among.
-__device__ __forceinline__ int block_group(const KjitGroupedFlashParams& p) {
+// The group whose query tiles `slot` (the grid index that enumerates the groups' tiles) is among.
+__device__ __forceinline__ int group_of_slot(const KjitGroupedFlashParams& p, int slot) {
   int g = 0;
-  while (static_cast<int>(blockIdx.y) >= p.tile_start[g + 1])
+  while (slot >= p.tile_start[g + 1])
     ++g;
   return g;
 }
-// The block's group is copied to shared memory: a fixed address there is an immediate operand,
-// where a parameter indexed at run time would hold its address in registers the main loop needs.
-__device__ __forceinline__ BlockWork block_work(const KjitGroupedFlashParams& p) {
+// A grouped launch's block: the group's tile `slot` enumerates, of query head `head`. The block's
+// group is copied to shared memory: a fixed address there is an immediate operand, where a
+// parameter indexed at run time would hold its address in registers the main loop needs.
+__device__ __forceinline__ BlockWork grouped_block_work(const KjitGroupedFlashParams& p, int slot,
+                                                        int head) {
   __shared__ KjitFlashParams group;
-  const int y = blockIdx.y;
-  const int g = block_group(p);
+  const int g = group_of_slot(p, slot);
   const int* from = reinterpret_cast<const int*>(&p.group[g]);
   for (int i = threadIdx.x; i < static_cast<int>(sizeof(KjitFlashParams) / 4); i += blockDim.x)
     reinterpret_cast<int*>(&group)[i] = from[i];
   __syncthreads();
-  return {group, p.tile_start[g + 1] - 1 - y, static_cast<int>(blockIdx.x)};
+  return {group, p.tile_start[g + 1] - 1 - slot, head};
+}
+__device__ __forceinline__ BlockWork block_work(const KjitGroupedFlashParams& p) {
+  return grouped_block_work(p, static_cast<int>(blockIdx.y), static_cast<int>(blockIdx.x));
 }
 
 template <class T>

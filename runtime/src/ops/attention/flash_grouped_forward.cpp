@@ -45,18 +45,21 @@ void GroupedForward::launch(const Program& program, const Config& c, const Probl
     args.tile_start[g + 1] =
         args.tile_start[g] + static_cast<int>((args.group[g].seqlen_q + c.block_m - 1) / c.block_m);
   }
-  if (args.tile_start[args.groups] == 0) return;
-  const LaunchConfig grid{
-      {static_cast<unsigned>(p.heads_q), static_cast<unsigned>(args.tile_start[args.groups]),
-       static_cast<unsigned>(p.batch)},
-      {c.threads()},
-      FlashForward::shared_bytes(c, p.per_group()),
-      stream,
-      {}};
+  const auto tiles = static_cast<unsigned>(args.tile_start[args.groups]);
+  if (tiles == 0) return;
+  const auto heads = static_cast<unsigned>(p.heads_q);
+  // The wgmma loop's grid has the heads along x (flash_params.h); the warp-specialised loop's, a
+  // head's tiles side by side (flash_forward_sm90_ws.cuh).
+  LaunchConfig grid{{heads, tiles, static_cast<unsigned>(p.batch)},
+                    {c.threads()},
+                    FlashForward::shared_bytes(c, p.per_group()),
+                    stream,
+                    {}};
   if (!c.warp_specialized()) {
     program.kernel().launch(grid, args);
     return;
   }
+  grid.grid = {tiles, heads, static_cast<unsigned>(p.batch)};
   // The groups share K and V (validate checked it): their maps once, Q's a group.
   KjitGroupedFlashTmaParams tma{};
   const KjitFlashParams& first = args.group[0];
