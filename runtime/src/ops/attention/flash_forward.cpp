@@ -216,12 +216,18 @@ KjitTensorMap FlashForward::tma_q(const Config& c, const Problem& p, const Args&
                        args.q_batch_stride, c.block_m);
 }
 
-KjitTensorMap FlashForward::tma_kv(const Config& c, const Problem& p, const Args& args,
-                                   const void* kv, std::int64_t row_stride,
-                                   std::int64_t head_stride, std::int64_t batch_stride) {
-  if (args.tokens_k == 0) return {};
-  return head_tile_map(kv, p.head_dim, args.tokens_k, p.heads_k, args.cu_seqlens_q ? 1 : p.batch,
-                       row_stride, head_stride, batch_stride, c.block_n);
+KjitFlashTmaParams FlashForward::tma_params(const Config& c, const Problem& p, const Args& args) {
+  KjitFlashTmaParams out{tma_q(c, p, args), {}, {}, args};
+  if (args.tokens_k > 0) {
+    const std::int64_t outer = args.cu_seqlens_q ? 1 : p.batch;
+    out.tma_k =
+        head_tile_map(args.k, p.head_dim, args.tokens_k, p.heads_k, outer, args.k_row_stride,
+                      args.k_head_stride, args.k_batch_stride, c.block_n);
+    out.tma_v =
+        head_tile_map(args.v, p.head_dim, args.tokens_k, p.heads_k, outer, args.v_row_stride,
+                      args.v_head_stride, args.v_batch_stride, c.block_n);
+  }
+  return out;
 }
 
 void FlashForward::launch(const Program& program, const Config& c, const Problem& p,
@@ -234,17 +240,10 @@ void FlashForward::launch(const Program& program, const Config& c, const Problem
       shared_bytes(c, p),
       stream,
       {}};
-  if (c.warp_specialized()) {
-    program.kernel().launch(
-        grid,
-        KjitFlashTmaParams{
-            tma_q(c, p, args),
-            tma_kv(c, p, args, args.k, args.k_row_stride, args.k_head_stride, args.k_batch_stride),
-            tma_kv(c, p, args, args.v, args.v_row_stride, args.v_head_stride, args.v_batch_stride),
-            args});
-  } else {
+  if (c.warp_specialized())
+    program.kernel().launch(grid, tma_params(c, p, args));
+  else
     program.kernel().launch(grid, args);
-  }
 }
 
 std::vector<FlashForward::Problem> FlashForward::shipped(const Arch&) {

@@ -79,12 +79,11 @@ struct FlashForward {
                              const char* params, const char* tma_params);
   static void launch(const Program& program, const Config& c, const Problem& p, const Args& args,
                      StreamHandle stream);
-  // The copy engine's maps of the call's Q (block_m rows a box) and of its K or V (block_n): the
-  // warp-specialised kernel's. They carry the call's pointers (encoded per call, on the host).
+  // The warp-specialised kernel's parameters: the call's, and the copy engine's maps of its Q
+  // (block_m rows a box), K and V (block_n). They carry the call's pointers (encoded per call,
+  // on the host); tma_q is Q's alone.
+  static KjitFlashTmaParams tma_params(const Config& c, const Problem& p, const Args& args);
   static KjitTensorMap tma_q(const Config& c, const Problem& p, const Args& args);
-  static KjitTensorMap tma_kv(const Config& c, const Problem& p, const Args& args, const void* kv,
-                              std::int64_t row_stride, std::int64_t head_stride,
-                              std::int64_t batch_stride);
   static std::vector<Problem> shipped(const Arch& arch);
 
   static std::vector<TensorSpec> tensors(const Problem& p);

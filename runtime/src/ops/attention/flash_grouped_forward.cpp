@@ -47,28 +47,27 @@ void GroupedForward::launch(const Program& program, const Config& c, const Probl
   }
   const auto tiles = static_cast<unsigned>(args.tile_start[args.groups]);
   if (tiles == 0) return;
-  const auto heads = static_cast<unsigned>(p.heads_q);
+  const auto heads = static_cast<unsigned>(p.heads_q), batch = static_cast<unsigned>(p.batch);
   // The wgmma loop's grid has the heads along x (flash_params.h); the warp-specialised loop's, a
   // head's tiles side by side (flash_forward_sm90_ws.cuh).
-  LaunchConfig grid{{heads, tiles, static_cast<unsigned>(p.batch)},
-                    {c.threads()},
-                    FlashForward::shared_bytes(c, p.per_group()),
-                    stream,
-                    {}};
+  const LaunchConfig grid{
+      c.warp_specialized() ? Dim3{tiles, heads, batch} : Dim3{heads, tiles, batch},
+      {c.threads()},
+      FlashForward::shared_bytes(c, p.per_group()),
+      stream,
+      {}};
   if (!c.warp_specialized()) {
     program.kernel().launch(grid, args);
     return;
   }
-  grid.grid = {tiles, heads, static_cast<unsigned>(p.batch)};
-  // The groups share K and V (validate checked it): their maps once, Q's a group.
-  KjitGroupedFlashTmaParams tma{};
-  const KjitFlashParams& first = args.group[0];
+  // The groups share K and V (validate checked it): group 0's maps give them, then Q's a group.
   const FlashForward::Problem per_group = p.per_group();
-  tma.tma_k = FlashForward::tma_kv(c, per_group, first, first.k, first.k_row_stride,
-                                   first.k_head_stride, first.k_batch_stride);
-  tma.tma_v = FlashForward::tma_kv(c, per_group, first, first.v, first.v_row_stride,
-                                   first.v_head_stride, first.v_batch_stride);
-  for (int g = 0; g < args.groups; ++g)
+  const KjitFlashTmaParams first = FlashForward::tma_params(c, per_group, args.group[0]);
+  KjitGroupedFlashTmaParams tma{};
+  tma.tma_k = first.tma_k;
+  tma.tma_v = first.tma_v;
+  tma.tma_q[0] = first.tma_q;
+  for (int g = 1; g < args.groups; ++g)
     tma.tma_q[g] = FlashForward::tma_q(c, per_group, args.group[g]);
   tma.call = args;
   program.kernel().launch(grid, tma);
