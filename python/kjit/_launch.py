@@ -9,14 +9,13 @@ from ._library import call
 from .errors import InvalidArgumentError
 
 # The current cudaStream_t and device as plain ints (what inductor's get_raw_stream uses): a
-# torch.cuda.Stream object and torch.cuda.current_device()'s checks cost several us a call.
-_RAW_STREAM = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-_DEVICE = getattr(torch._C, "_cuda_getDevice", None)
-
-
-def current_stream(index: int) -> int:
-    """The cudaStream_t of torch's current stream on CUDA device `index` (initialised)."""
-    return _RAW_STREAM(index) if _RAW_STREAM else torch.cuda.current_stream(index).cuda_stream
+# torch.cuda.Stream object and torch.cuda.current_device()'s checks cost several us a call. A
+# torch without these private queries takes the public (slower) path. current_stream(index): the
+# cudaStream_t of torch's current stream on CUDA device `index`.
+current_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None) or (
+    lambda index: torch.cuda.current_stream(index).cuda_stream
+)
+_current_device = getattr(torch._C, "_cuda_getDevice", None) or torch.cuda.current_device
 
 
 def launch(name: str, anchor: torch.Tensor, *args) -> None:
@@ -26,7 +25,7 @@ def launch(name: str, anchor: torch.Tensor, *args) -> None:
         call(name, *args, None)
         return
     index = anchor.get_device()
-    if index == (_DEVICE() if _DEVICE else torch.cuda.current_device()):
+    if index == _current_device():
         call(name, *args, current_stream(index))
         return
     with torch.cuda.device(index):  # kjit launches in the current context
