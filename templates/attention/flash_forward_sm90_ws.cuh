@@ -77,9 +77,10 @@ __global__ void __launch_bounds__(FlashWsRoles<kConsumers>::kThreads, 1)
 
   const FlashTile<T> tile(work, S::kBlockM);
   if (!tile.has_rows()) return;
-  const int key_blocks = tile.key_blocks(S::kBlockM, kBlockN, kCausal);
-  // Read through a shuffle so that the compiler knows it is uniform across each warp: wgmma
-  // issued under a branch it cannot prove uniform is serialised.
+  // Both read through a shuffle so that the compiler knows they are uniform across each warp:
+  // wgmma issued under a branch it cannot prove uniform is serialised (ptxas C7520; a grouped
+  // launch's key_blocks, from its group's parameters, ran 1.5x slower so).
+  const int key_blocks = __shfl_sync(0xffffffffu, tile.key_blocks(S::kBlockM, kBlockN, kCausal), 0);
   const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 128, 0);
   if (threadIdx.x == 0) {
     ptx::mbarrier_init(&q_full, 1);  // the producer's arrival, and the bytes it announces
