@@ -133,12 +133,12 @@ int run(const Options& o) {
     }
     for (const CompiledKernel& k : r.program.kernels) {
       const ResourceUsage& u = k.resources;
-      const bool bad = u.spills() || u.stack_frame_bytes > 0;
+      const bool bad = u.spills() || u.stack_frame_bytes > 0 || u.serialized_wgmma;
       violations += bad;
       std::cout << fmt::format("{:<13} {:<60} {:>8} {:>5} {:>7} {:>6} {:>4}/{:<4}{}\n", families[i],
                                k.name_expression, origin_name(r.origin), u.registers,
                                u.static_shared_bytes, u.stack_frame_bytes, u.spill_store_bytes,
-                               u.spill_load_bytes, bad ? "  <- spills/stack" : "");
+                               u.spill_load_bytes, bad ? "  <- spills/stack/serialised wgmma" : "");
     }
   }
   int from_memory = 0;
@@ -152,7 +152,8 @@ int run(const Options& o) {
       from_memory, failures);
   if (failures) return 2;
   if (o.check && violations) {
-    std::cerr << fmt::format("kjit: {} kernel(s) spill or use a stack frame\n", violations);
+    std::cerr << fmt::format(
+        "kjit: {} kernel(s) spill, use a stack frame or have serialised wgmma\n", violations);
     return 2;
   }
   return 0;

@@ -72,7 +72,7 @@ std::string serialize_entry(const CompiledProgram& p, int format_version) {
     payload.str(k.lowered_name);
     const ResourceUsage& r = k.resources;
     for (int v : {r.registers, r.static_shared_bytes, r.spill_store_bytes, r.spill_load_bytes,
-                  r.stack_frame_bytes, r.barriers, k.parameter_count}) {
+                  r.stack_frame_bytes, r.barriers, r.serialized_wgmma, k.parameter_count}) {
       payload.pod(static_cast<std::int32_t>(v));
     }
   }
@@ -128,7 +128,7 @@ std::variant<CompiledProgram, std::string> parse_entry(std::string_view bytes,
     k.lowered_name = r.str();
     ResourceUsage& u = k.resources;
     for (int* v : {&u.registers, &u.static_shared_bytes, &u.spill_store_bytes, &u.spill_load_bytes,
-                   &u.stack_frame_bytes, &u.barriers, &k.parameter_count}) {
+                   &u.stack_frame_bytes, &u.barriers, &u.serialized_wgmma, &k.parameter_count}) {
       *v = r.pod<std::int32_t>();
     }
     p.kernels.push_back(std::move(k));

@@ -15,7 +15,7 @@
 namespace kjit::store {
 
 // Bumped whenever the layout of a stored entry or the meaning of a key changes.
-inline constexpr int kFormatVersion = 1;
+inline constexpr int kFormatVersion = 2;  // 2: serialized_wgmma
 
 std::string serialize_entry(const CompiledProgram& program, int format_version);
 

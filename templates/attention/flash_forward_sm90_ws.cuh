@@ -38,10 +38,12 @@ struct FlashWsRoles {
   static constexpr int kTurnBarrier = 1;
 };
 
-// The block's work and the map of its queries. The grid is (query tile, head, sequence), a head's
-// tiles side by side (they read the same K/V): a plain launch's causal tiles longest first (the
-// grid's last first); a grouped launch's x enumerates the groups' tiles longest first
-// (flash_params.h), where the wgmma loop's grid has the heads along x.
+// The block's work and the map of its queries. A plain launch's grid is (query tile, head,
+// sequence), a head's tiles side by side (they read the same K/V), causal tiles longest first (the
+// grid's last first). A grouped launch's is the wgmma loop's (flash_params.h): the heads along x,
+// so that every head's longest tiles start first; with a head's tiles side by side the short
+// group's tiles of the first heads ran before the long group's of the last (0.98x of separate
+// calls against 1.05x, H100, docs/perf.md).
 template <bool kCausal>
 __device__ __forceinline__ BlockWork ws_block_work(const KjitFlashTmaParams& p) {
   const int tile = static_cast<int>(kCausal ? gridDim.x - 1 - blockIdx.x : blockIdx.x);
@@ -49,13 +51,13 @@ __device__ __forceinline__ BlockWork ws_block_work(const KjitFlashTmaParams& p) 
 }
 template <bool kCausal>
 __device__ __forceinline__ BlockWork ws_block_work(const KjitGroupedFlashTmaParams& p) {
-  return grouped_block_work(p.call, static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y));
+  return block_work(p.call);
 }
 __device__ __forceinline__ const KjitTensorMap& query_map(const KjitFlashTmaParams& p) {
   return p.tma_q;
 }
 __device__ __forceinline__ const KjitTensorMap& query_map(const KjitGroupedFlashTmaParams& p) {
-  return p.tma_q[group_of_slot(p.call, static_cast<int>(blockIdx.x))];
+  return p.tma_q[group_of_slot(p.call, static_cast<int>(blockIdx.y))];
 }
 
 // kStages K and V tiles in flight each (the host sizes the shared memory for them).

@@ -25,11 +25,12 @@ __device__ __forceinline__ int group_of_slot(const KjitGroupedFlashParams& p, in
     ++g;
   return g;
 }
-// A grouped launch's block: the group's tile `slot` enumerates, of query head `head`. The block's
-// group is copied to shared memory: a fixed address there is an immediate operand, where a
-// parameter indexed at run time would hold its address in registers the main loop needs.
-__device__ __forceinline__ BlockWork grouped_block_work(const KjitGroupedFlashParams& p, int slot,
-                                                        int head) {
+// A grouped launch's block: the group's tile that slot blockIdx.y enumerates, of query head
+// blockIdx.x. The block's group is copied to shared memory: a fixed address there is an immediate
+// operand, where a parameter indexed at run time would hold its address in registers the main
+// loop needs.
+__device__ __forceinline__ BlockWork block_work(const KjitGroupedFlashParams& p) {
+  const int slot = static_cast<int>(blockIdx.y), head = static_cast<int>(blockIdx.x);
   __shared__ KjitFlashParams group;
   const int g = group_of_slot(p, slot);
   const int* from = reinterpret_cast<const int*>(&p.group[g]);
@@ -37,9 +38,6 @@ __device__ __forceinline__ BlockWork grouped_block_work(const KjitGroupedFlashPa
     reinterpret_cast<int*>(&group)[i] = from[i];
   __syncthreads();
   return {group, p.tile_start[g + 1] - 1 - slot, head};
-}
-__device__ __forceinline__ BlockWork block_work(const KjitGroupedFlashParams& p) {
-  return grouped_block_work(p, static_cast<int>(blockIdx.y), static_cast<int>(blockIdx.x));
 }
 
 template <class T>

@@ -29,7 +29,7 @@ TEST_F(CliTest, InfoRunsWithoutADriver) {
   EXPECT_NE(r.out.find("kjit " + kjit::version()), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("NVRTC 13."), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("driver: none (no CUDA driver found"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("kernel store: " + cache_.str() + "/v1"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("kernel store: " + cache_.str() + "/v2"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("counters (this process)"), std::string::npos) << r.out;
 }
 

@@ -59,6 +59,7 @@ TEST_P(ShippedSpecialisation, CompilesWithoutSpillsOrStack) {
     EXPECT_EQ(k.resources.spill_store_bytes, 0) << k.name_expression;
     EXPECT_EQ(k.resources.spill_load_bytes, 0) << k.name_expression;
     EXPECT_EQ(k.resources.stack_frame_bytes, 0) << k.name_expression;
+    EXPECT_EQ(k.resources.serialized_wgmma, 0) << k.name_expression;
   }
 }
 
@@ -75,7 +76,7 @@ INSTANTIATE_TEST_SUITE_P(AllArchs, ShippedSpecialisation, ::testing::ValuesIn(sh
 // The warp-specialised forward (the sm_90a default up to hd 192; the shipped specs cover those
 // defaults): every head dim it takes, both dtypes, causal or not, for sm_90a, within the registers
 // the producer gives the consumers (setmaxnreg); hd 256 does not fit them and is not offered. The
-// grouped kernel too (a tuner choice).
+// grouped kernel too (the grouped default).
 class WarpSpecialisedForward : public IsolatedCache {};
 
 TEST_F(WarpSpecialisedForward, CompilesWithoutSpillsOrStack) {
@@ -93,11 +94,12 @@ TEST_F(WarpSpecialisedForward, CompilesWithoutSpillsOrStack) {
         EXPECT_EQ(k.resources.spill_store_bytes, 0) << k.name_expression;
         EXPECT_EQ(k.resources.spill_load_bytes, 0) << k.name_expression;
         EXPECT_EQ(k.resources.stack_frame_bytes, 0) << k.name_expression;
+        EXPECT_EQ(k.resources.serialized_wgmma, 0) << k.name_expression;
         // setmaxnreg moves registers within the block's launch share: 65536 / threads, in
         // multiples of 8.
         EXPECT_EQ(k.resources.registers, static_cast<int>(65536 / config.threads() / 8 * 8))
             << k.name_expression;
-        // The grouped kernel (a tuner choice) at two consumer warpgroups.
+        // The grouped kernel (the grouped default) at two consumer warpgroups.
         const ops::GroupedForward::Problem grouped{dtype, 2, 1, 1, 1, d, 1, 1, causal};
         ops::GroupedForward::Config grouped_config = config;
         grouped_config.block_m = 128;
@@ -108,6 +110,8 @@ TEST_F(WarpSpecialisedForward, CompilesWithoutSpillsOrStack) {
         EXPECT_EQ(g.kernels[0].resources.spill_store_bytes, 0) << g.kernels[0].name_expression;
         EXPECT_EQ(g.kernels[0].resources.spill_load_bytes, 0) << g.kernels[0].name_expression;
         EXPECT_EQ(g.kernels[0].resources.stack_frame_bytes, 0) << g.kernels[0].name_expression;
+        // A group's key count the compiler cannot prove warp-uniform serialised it (C7520).
+        EXPECT_EQ(g.kernels[0].resources.serialized_wgmma, 0) << g.kernels[0].name_expression;
         EXPECT_EQ(g.kernels[0].resources.registers,
                   static_cast<int>(65536 / grouped_config.threads() / 8 * 8))
             << g.kernels[0].name_expression;
@@ -195,6 +199,9 @@ TEST_F(CompileErrors, BadSpecsAreRejectedBeforeNvrtc) {
 
 TEST(PtxasReport, ParsesEntryFunctions) {
   const char* log =
+      "ptxas info    : (C7520) Potential Performance Loss: wgmma.mma_async instructions are "
+      "serialized due to program dependence on compiler-inserted WG.AR in divergent path in the "
+      "function '_Z1kPi'\n"
       "ptxas info    : 0 bytes gmem\n"
       "ptxas info    : Compiling entry function '_Z1kPi' for 'sm_90a'\n"
       "ptxas info    : Function properties for _Z1kPi\n"
@@ -216,7 +223,9 @@ TEST(PtxasReport, ParsesEntryFunctions) {
   EXPECT_EQ(k.spill_store_bytes, 8);
   EXPECT_EQ(k.spill_load_bytes, 4);
   EXPECT_TRUE(k.spills());
+  EXPECT_EQ(k.serialized_wgmma, 1);
   const ResourceUsage& g = report.at("_Z1gv");
+  EXPECT_EQ(g.serialized_wgmma, 0);
   EXPECT_EQ(g.registers, 8);
   EXPECT_EQ(g.static_shared_bytes, 0);
   EXPECT_FALSE(g.spills());

@@ -9,8 +9,9 @@
 namespace kjit {
 
 std::string ResourceUsage::summary() const {
-  return fmt::format("{} regs, {} B smem, {} B stack, {}/{} B spill st/ld", registers,
-                     static_shared_bytes, stack_frame_bytes, spill_store_bytes, spill_load_bytes);
+  return fmt::format("{} regs, {} B smem, {} B stack, {}/{} B spill st/ld{}", registers,
+                     static_shared_bytes, stack_frame_bytes, spill_store_bytes, spill_load_bytes,
+                     serialized_wgmma ? ", wgmma serialised" : "");
 }
 
 namespace nvrtc {
@@ -27,6 +28,10 @@ std::map<std::string, ResourceUsage> parse_ptxas_report(std::string_view log) {
   static const std::regex used_re(R"(Used (\d+) registers)");
   static const std::regex barriers_re(R"(used (\d+) barriers)");
   static const std::regex smem_re(R"((\d+) bytes smem)");
+  // ptxas info    : (C7520) Potential Performance Loss: wgmma.mma_async instructions are
+  // serialized due to ... in the function '_Z...'   (C7512 says "for the function")
+  static const std::regex serialized_re(
+      R"(wgmma\.mma_async instructions are serialized.*function '([^']+)')");
 
   std::map<std::string, ResourceUsage> out;
   std::string entry;       // the entry function the next "Used" line belongs to
@@ -35,7 +40,10 @@ std::map<std::string, ResourceUsage> parse_ptxas_report(std::string_view log) {
   std::string line;
   std::smatch m;
   while (std::getline(in, line)) {
-    if (std::regex_search(line, m, entry_re)) {
+    if (std::regex_search(line, m, serialized_re)) {
+      // Printed before the function's "Compiling entry function" line.
+      out[m[1].str()].serialized_wgmma = 1;
+    } else if (std::regex_search(line, m, entry_re)) {
       entry = m[1].str();
       out[entry];
     } else if (std::regex_search(line, m, props_re)) {

@@ -27,9 +27,6 @@ void GroupedForward::check(const Problem& p) {
 
 GroupedForward::Config GroupedForward::default_config(const Problem& p, const Arch& arch) {
   Config c = FlashForward::default_config(p.per_group(), arch);
-  // The warp-specialised loop over groups ran at 0.57-0.67x of separate warp-specialised calls
-  // (H100, docs/perf.md): a tuner choice, not the default.
-  if (c.warp_specialized()) c = FlashForward::wgmma_config(p.per_group());
   // Three warpgroups (hd 64) run at the register cap of 384 threads, where the grouped kernel's
   // group lookup spills a register: two instead.
   if (c.wgmma()) c.block_m = std::min<std::int64_t>(c.block_m, 128);
@@ -48,14 +45,12 @@ void GroupedForward::launch(const Program& program, const Config& c, const Probl
   const auto tiles = static_cast<unsigned>(args.tile_start[args.groups]);
   if (tiles == 0) return;
   const auto heads = static_cast<unsigned>(p.heads_q), batch = static_cast<unsigned>(p.batch);
-  // The wgmma loop's grid has the heads along x (flash_params.h); the warp-specialised loop's, a
-  // head's tiles side by side (flash_forward_sm90_ws.cuh).
-  const LaunchConfig grid{
-      c.warp_specialized() ? Dim3{tiles, heads, batch} : Dim3{heads, tiles, batch},
-      {c.threads()},
-      FlashForward::shared_bytes(c, p.per_group()),
-      stream,
-      {}};
+  // Both loops: the heads along x, the groups' tiles along y, longest first (flash_params.h).
+  const LaunchConfig grid{Dim3{heads, tiles, batch},
+                          {c.threads()},
+                          FlashForward::shared_bytes(c, p.per_group()),
+                          stream,
+                          {}};
   if (!c.warp_specialized()) {
     program.kernel().launch(grid, args);
     return;
