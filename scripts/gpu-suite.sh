@@ -226,10 +226,10 @@ if [ "$what" = attention-grouped-ncu ]; then
   for row in ${KJIT_NCU_ROWS:-"S=32768_W=2"}; do
     row="${row//_/ }"
     only=(--only model=8b --only G=2 --only r=0); for kv in $row; do only+=(--only "$kv"); done
-    for params in KjitGroupedFlashParams KjitFlashParams KjitGroupedBackwardParams \
+    for params in KjitGroupedFlashTmaParams KjitFlashTmaParams KjitGroupedBackwardParams \
                   KjitFlashBackwardParams; do
       step "ncu_${row// /_}_$params" timeout 120 ncu --metrics dram__bytes_read.sum,gpu__time_duration.sum \
-        --kernel-name-base demangled --kernel-name regex:"flash_(forward|backward)(_sm90)?<.*$params>" \
+        --kernel-name-base demangled --kernel-name regex:"flash_(forward|backward)(_sm90)?(_ws)?<.*$params>" \
         --launch-count 2 "$bin/kjit_bench_attention_grouped" "${only[@]}"
     done
   done

@@ -40,10 +40,10 @@ struct FlashWsRoles {
 
 // The block's work and the map of its queries. A plain launch's grid is (query tile, head,
 // sequence), a head's tiles side by side (they read the same K/V), causal tiles longest first (the
-// grid's last first). A grouped launch's is the wgmma loop's (flash_params.h): the heads along x,
-// so that every head's longest tiles start first; with a head's tiles side by side the short
-// group's tiles of the first heads ran before the long group's of the last (0.98x of separate
-// calls against 1.05x, H100, docs/perf.md).
+// grid's last first). A grouped launch's is the wgmma loop's (flash_params.h): the heads of an
+// L2-sized section along x, so that every head's longest tiles start first; with a head's tiles
+// side by side the short group's tiles of the first heads ran before the long group's of the
+// last (0.98x of separate calls against 1.05x, H100, docs/perf.md).
 template <bool kCausal>
 __device__ __forceinline__ BlockWork ws_block_work(const KjitFlashTmaParams& p) {
   const int tile = static_cast<int>(kCausal ? gridDim.x - 1 - blockIdx.x : blockIdx.x);
@@ -57,7 +57,8 @@ __device__ __forceinline__ const KjitTensorMap& query_map(const KjitFlashTmaPara
   return p.tma_q;
 }
 __device__ __forceinline__ const KjitTensorMap& query_map(const KjitGroupedFlashTmaParams& p) {
-  return p.tma_q[group_of_slot(p.call, static_cast<int>(blockIdx.y))];
+  const int slot = static_cast<int>(blockIdx.y) % p.call.tile_start[p.call.groups];
+  return p.tma_q[group_of_slot(p.call, slot)];
 }
 
 // kStages K and V tiles in flight each (the host sizes the shared memory for them).

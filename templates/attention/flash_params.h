@@ -34,11 +34,14 @@ struct KjitFlashTmaParams {
 
 /* A grouped forward: up to KJIT_MAX_ATTENTION_GROUPS varlen forwards over one shared K/V (the
    groups' k, v, cu_seqlens_k and strides are equal), each with its own queries and windows, in
-   one launch: grid (query head, query tile, sequence). Grid y enumerates the groups' query tiles
-   longest first: the groups in order (the host sorts them by window length, longest first), each
-   group's tiles from its last (under causal masking, the one that sees the most keys); x is the
-   head, so that the longest tiles of every head start in the first wave. Group g's tiles are y in
-   [tile_start[g], tile_start[g + 1]); its seqlen_q is its longest query segment. */
+   one launch: grid (query head within a section, section x query tile, sequence). The query heads
+   come in sections of section_heads whose K/V fit in L2 together (blocks start in grid order: x,
+   then y, then z), y / tiles is the section (tiles = tile_start[groups]). Within a section,
+   y % tiles enumerates the groups' query tiles longest first: the groups in order (the host sorts
+   them by window length, longest first), each group's tiles from its last (under causal masking,
+   the one that sees the most keys); x is the head, so that the longest tiles of every head of the
+   section start first. Group g's tiles are y % tiles in [tile_start[g], tile_start[g + 1]); its
+   seqlen_q is its longest query segment. */
 #ifndef KJIT_MAX_ATTENTION_GROUPS
 #define KJIT_MAX_ATTENTION_GROUPS 16
 #endif
@@ -46,11 +49,12 @@ struct KjitGroupedFlashParams {
   struct KjitFlashParams group[KJIT_MAX_ATTENTION_GROUPS];
   int tile_start[KJIT_MAX_ATTENTION_GROUPS + 1];
   int groups;
+  int section_heads; /* query heads a section */
 };
 
 /* A grouped launch of the warp-specialised loop: the shared K and V maps, each group's Q map
-   (group g of `call`, in its order), and the groups' parameters. Its grid is (the groups' query
-   tiles, head, sequence): a head's tiles side by side, as the plain loop's. */
+   (group g of `call`, in its order), and the groups' parameters, over KjitGroupedFlashParams's
+   grid. */
 struct KjitGroupedFlashTmaParams {
   struct KjitTensorMap tma_k, tma_v;
   struct KjitTensorMap tma_q[KJIT_MAX_ATTENTION_GROUPS];

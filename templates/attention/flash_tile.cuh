@@ -8,9 +8,9 @@
 
 namespace kjit::attention {
 
-// The parameters, query tile and head of this block: a plain launch's grid is (query tile,
-// head, sequence); a grouped launch's is (head, the groups' query tiles longest first,
-// sequence), KjitGroupedFlashParams says how.
+// The parameters, query tile and head of this block: a plain launch's grid is (query tile, head,
+// sequence); a grouped launch's is (head within a section, section x the groups' query tiles
+// longest first, sequence), KjitGroupedFlashParams says how.
 struct BlockWork {
   const KjitFlashParams& p;
   int tile, head;
@@ -25,12 +25,16 @@ __device__ __forceinline__ int group_of_slot(const KjitGroupedFlashParams& p, in
     ++g;
   return g;
 }
-// A grouped launch's block: the group's tile that slot blockIdx.y enumerates, of query head
-// blockIdx.x. The block's group is copied to shared memory: a fixed address there is an immediate
-// operand, where a parameter indexed at run time would hold its address in registers the main
-// loop needs.
+// A grouped launch's block: the group's tile that slot blockIdx.y % tiles enumerates, of head
+// blockIdx.x of section blockIdx.y / tiles. The block's group is copied to shared memory: a fixed
+// address there is an immediate operand, where a parameter indexed at run time would hold its
+// address in registers the main loop needs.
 __device__ __forceinline__ BlockWork block_work(const KjitGroupedFlashParams& p) {
-  const int slot = static_cast<int>(blockIdx.y), head = static_cast<int>(blockIdx.x);
+  // Unsigned: the signed division's extra instructions made hd 256's wgmma loop spill.
+  const unsigned tiles = static_cast<unsigned>(p.tile_start[p.groups]);
+  const int slot = static_cast<int>(blockIdx.y % tiles);
+  const int head =
+      static_cast<int>(blockIdx.y / tiles) * p.section_heads + static_cast<int>(blockIdx.x);
   __shared__ KjitFlashParams group;
   const int g = group_of_slot(p, slot);
   const int* from = reinterpret_cast<const int*>(&p.group[g]);

@@ -61,6 +61,9 @@ struct GroupedForward {
   static void launch(const Program& program, const Config& c, const Problem& p, const Args& args,
                      StreamHandle stream);
   static std::vector<Problem> shipped(const Arch& arch);
+  // Key/value heads a section of the grid covers: as many as keep their K/V windows
+  // (bytes_per_head each) within half an L2 together, a divisor of heads_k.
+  static std::int64_t section_kv_heads(std::int64_t heads_k, std::int64_t bytes_per_head);
 
   // The tuner's workload: G groups of batched queries [B, Sq] over the whole of every sequence
   // [B, Sk] (the case of groups that share one window).
