@@ -147,8 +147,8 @@ int main(int argc, char** argv) try {
             {mma(128, 64, 1), wgmma(128, 128), wgmma(128, 64), wgmma(192, 128), wgmma(64, 128),
              ws(128, 128), ws(128, 64)},
             stream);
-      sweep(192, causal, {mma(64, 32, 1), wgmma(128, 64), ws(128, 64)}, stream);
-      sweep(256, causal, {mma(64, 32, 1), wgmma(128, 64), wgmma(64, 64), wgmma(64, 128)}, stream);
+      sweep(192, causal, {mma(64, 32, 1), wgmma(128, 64), ws(128, 64), ws(128, 128)}, stream);
+      sweep(256, causal, {mma(64, 32, 1), wgmma(128, 64), wgmma(64, 64), ws(128, 64)}, stream);
     }
     return 0;
   }

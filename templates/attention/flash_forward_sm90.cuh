@@ -2,8 +2,9 @@
 // wgmma main loop. One block per (64 x kWarpGroups query rows, head, sequence); each warpgroup
 // owns 64 rows. Q, and K/V tiles of kBlockN keys in two cp.async stages, sit in 128-byte-swizzled
 // shared memory; S = Q K^T reads both from there (m64 x kBlockN x 16 steps), and O += P V takes
-// P from registers (the S accumulators rounded to T) and V N-major, one 64-column slab of the
-// head dim per instruction. Masking, online softmax and the epilogue are online_softmax.cuh's.
+// P from registers (the S accumulators rounded to T) and V N-major, the whole head dim (its
+// 64-column slabs) per instruction. Masking, online softmax and the epilogue are
+// online_softmax.cuh's.
 #pragma once
 
 #include "attention/flash_tile.cuh"
@@ -43,7 +44,8 @@ __device__ __forceinline__ void issue_scores(float (&acc_s)[S::kKeyTiles][4], co
   }
 }
 
-// O += P V: `fragment(kk, a)` gives P's A operand for keys 16 kk .. 16 kk + 15.
+// O += P V: `fragment(kk, a)` gives P's A operand for keys 16 kk .. 16 kk + 15; one wgmma over
+// the whole head dim a step.
 template <class T, class S, class Fragment>
 __device__ __forceinline__ void issue_values(float (&acc_o)[S::kSlabs][8][4], const T* tile_v,
                                              Fragment fragment) {
@@ -51,11 +53,13 @@ __device__ __forceinline__ void issue_values(float (&acc_o)[S::kSlabs][8][4], co
   for (int kk = 0; kk < S::kBlockN / 16; ++kk) {
     unsigned a[4];
     fragment(kk, a);
-#pragma unroll
-    for (int slab = 0; slab < S::kSlabs; ++slab) {
-      ptx::wgmma_rs_n_major<T>(acc_o[slab], a,
-                               ptx::swizzled_descriptor(tile_v + slab * S::kKVElems / S::kSlabs +
-                                                        kk * 16 * S::kSlabCols));
+    const T* rows = tile_v + kk * 16 * S::kSlabCols;  // keys 16 kk.., slab 0
+    if constexpr (S::kSlabs == 1) {
+      ptx::wgmma_rs_n_major<T>(acc_o[0], a, ptx::swizzled_descriptor(rows));
+    } else {
+      ptx::wgmma_rs_n_major_wide<T, S::kHeadDim>(
+          *reinterpret_cast<float(*)[S::kHeadDim / 8][4]>(&acc_o),  // slabs in order
+          a, ptx::n_major_descriptor(rows, S::kKVElems / S::kSlabs * sizeof(T)));
     }
   }
 }

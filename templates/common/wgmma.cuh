@@ -71,6 +71,28 @@ __device__ __forceinline__ void fence_proxy_async_shared() {
 #define KJIT_ACC64(d)                                                                  \
   KJIT_ACC32(d), KJIT_ACC4(d, 8), KJIT_ACC4(d, 9), KJIT_ACC4(d, 10), KJIT_ACC4(d, 11), \
       KJIT_ACC4(d, 12), KJIT_ACC4(d, 13), KJIT_ACC4(d, 14), KJIT_ACC4(d, 15)
+#define KJIT_ACC96(d)                                                                    \
+  KJIT_ACC64(d), KJIT_ACC4(d, 16), KJIT_ACC4(d, 17), KJIT_ACC4(d, 18), KJIT_ACC4(d, 19), \
+      KJIT_ACC4(d, 20), KJIT_ACC4(d, 21), KJIT_ACC4(d, 22), KJIT_ACC4(d, 23)
+#define KJIT_ACC128(d)                                                                   \
+  KJIT_ACC96(d), KJIT_ACC4(d, 24), KJIT_ACC4(d, 25), KJIT_ACC4(d, 26), KJIT_ACC4(d, 27), \
+      KJIT_ACC4(d, 28), KJIT_ACC4(d, 29), KJIT_ACC4(d, 30), KJIT_ACC4(d, 31)
+#define KJIT_REGS96                                                                             \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, " \
+  "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, "  \
+  "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, "  \
+  "%56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, "  \
+  "%74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, "  \
+  "%92, %93, %94, %95}"
+#define KJIT_REGS128                                                                            \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, " \
+  "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, "  \
+  "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, "  \
+  "%56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, "  \
+  "%74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, "  \
+  "%92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, "    \
+  "%108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, "  \
+  "%123, %124, %125, %126, %127}"
 #define KJIT_REGS4 "{%0, %1, %2, %3}"
 #define KJIT_REGS8 "{%0, %1, %2, %3, %4, %5, %6, %7}"
 #define KJIT_REGS16 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}"
@@ -147,6 +169,40 @@ __device__ __forceinline__ void wgmma_rs_n_major(float (&d)[8][4], const unsigne
   }
 }
 
+// Descriptor of an N-major operand that spans several 64-column slabs, `slab_bytes` apart: the
+// leading byte offset is the stride from one slab (swizzle atom along N) to the next.
+__device__ __forceinline__ cuda::std::uint64_t n_major_descriptor(const void* start,
+                                                                  unsigned slab_bytes) {
+  const cuda::std::uint64_t address = shared_address(start);
+  const cuda::std::uint64_t atom = kSwizzleAtomBytes >> 4, slab = slab_bytes >> 4;
+  return ((address & 0x3ffff) >> 4) | (slab << 16) | (atom << 32) | (1ull << 62);
+}
+
+// d += A B for N = 128, 192 or 256 accumulator columns in one instruction, A from registers, B
+// N-major over N / 64 slabs (n_major_descriptor). One wide wgmma instead of a 64-column one a
+// slab: with four, ptxas kept a slab of O in local memory and serialised the wgmma at hd 256.
+template <class T, int N>
+__device__ __forceinline__ void wgmma_rs_n_major_wide(float (&d)[N / 8][4], const unsigned (&a)[4],
+                                                      cuda::std::uint64_t b) {
+  const int scale_d = 1;
+  if constexpr (N == 128 && kIsHalf<T>) {
+    KJIT_WGMMA_RS(128, "f16", KJIT_REGS64, KJIT_ACC64, "{%64, %65, %66, %67}", "68", "69", "1");
+  } else if constexpr (N == 128) {
+    KJIT_WGMMA_RS(128, "bf16", KJIT_REGS64, KJIT_ACC64, "{%64, %65, %66, %67}", "68", "69", "1");
+  } else if constexpr (N == 192 && kIsHalf<T>) {
+    KJIT_WGMMA_RS(192, "f16", KJIT_REGS96, KJIT_ACC96, "{%96, %97, %98, %99}", "100", "101", "1");
+  } else if constexpr (N == 192) {
+    KJIT_WGMMA_RS(192, "bf16", KJIT_REGS96, KJIT_ACC96, "{%96, %97, %98, %99}", "100", "101", "1");
+  } else if constexpr (N == 256 && kIsHalf<T>) {
+    KJIT_WGMMA_RS(256, "f16", KJIT_REGS128, KJIT_ACC128, "{%128, %129, %130, %131}", "132", "133",
+                  "1");
+  } else {
+    static_assert(N == 256, "wgmma_rs_n_major_wide: N is 128, 192 or 256");
+    KJIT_WGMMA_RS(256, "bf16", KJIT_REGS128, KJIT_ACC128, "{%128, %129, %130, %131}", "132", "133",
+                  "1");
+  }
+}
+
 // R-type product: the first N (8 to 128) columns of fp32 accumulators, A from registers, B
 // (N x 16) K-major in shared memory.
 template <class T, int N, int kTiles>
@@ -175,11 +231,15 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[kTiles][4], const unsigned (
 
 #undef KJIT_WGMMA_RS
 #undef KJIT_WGMMA_SS
+#undef KJIT_REGS128
+#undef KJIT_REGS96
 #undef KJIT_REGS64
 #undef KJIT_REGS32
 #undef KJIT_REGS16
 #undef KJIT_REGS8
 #undef KJIT_REGS4
+#undef KJIT_ACC128
+#undef KJIT_ACC96
 #undef KJIT_ACC64
 #undef KJIT_ACC32
 #undef KJIT_ACC16

@@ -157,11 +157,9 @@ std::vector<FlashForward::Config> FlashForward::space(const Problem&, const Arch
 bool FlashForward::valid(const Config& c, const Problem& p, const Arch& arch) {
   if (c.block_m <= 0 || c.block_n <= 0 || c.m_tiles <= 0) return false;
   if (c.wgmma()) {
-    // Warpgroups of 64 rows (beside the producer: two up to hd 192, where their O, S and P fit
-    // the registers the producer gives them, or three at hd 64); S is m64 x block_n (64 or 128);
-    // V is read in 64-column slabs.
-    const bool consumers_fit =
-        p.head_dim <= 192 && (c.block_m == 128 || (c.block_m == 192 && p.head_dim == 64));
+    // Warpgroups of 64 rows (beside the producer: two, where their O, S and P fit the registers
+    // the producer gives them, or three at hd 64); S is m64 x block_n (64 or 128).
+    const bool consumers_fit = c.block_m == 128 || (c.block_m == 192 && p.head_dim == 64);
     if (!arch.has_wgmma() || p.head_dim % 64 != 0 || c.block_m % 64 != 0 || c.block_m > 192 ||
         (c.warp_specialized() && !consumers_fit) || (c.block_n != 64 && c.block_n != 128) ||
         c.m_tiles != 1) {
@@ -173,13 +171,14 @@ bool FlashForward::valid(const Config& c, const Problem& p, const Arch& arch) {
     return false;
   }
   // The warp-specialised loop's static mbarriers: Q's, and K's and V's full and empty a stage.
-  const unsigned barriers = c.warp_specialized() ? (1 + 4 * kWsStages) * 8 : 0;
+  const unsigned barriers =
+      c.warp_specialized() ? static_cast<unsigned>(1 + 4 * ws_stages(p)) * 8 : 0;
   return shared_bytes(c, p) + barriers <= arch.max_shared_bytes();
 }
 
 unsigned FlashForward::shared_bytes(const Config& c, const Problem& p) {
   const auto elem = static_cast<std::int64_t>(dtype_size(p.dtype));
-  const std::int64_t stages = c.warp_specialized() ? kWsStages : kStages;
+  const std::int64_t stages = c.warp_specialized() ? ws_stages(p) : kStages;
   const std::int64_t tiles = c.block_m + 2 * stages * c.block_n;  // Q, the stages of K and V
   // wgmma: plus slack to align the tiles to 1024 bytes.
   return static_cast<unsigned>(tiles * row_elems(c, p.head_dim) * elem + (c.wgmma() ? 1024 : 0));
@@ -195,8 +194,8 @@ KernelSpec FlashForward::spec_for(const Config& c, const Problem& p, const Arch&
   const std::string name =
       c.warp_specialized()
           ? fmt::format("kjit::attention::flash_forward_sm90_ws<{}, {}, {}, {}, {}, {}, {}>",
-                        cxx_type(p.dtype), p.head_dim, c.block_n, c.block_m / 64, kWsStages, causal,
-                        tma_params)
+                        cxx_type(p.dtype), p.head_dim, c.block_n, c.block_m / 64, ws_stages(p),
+                        causal, tma_params)
       : c.wgmma()
           ? fmt::format("kjit::attention::flash_forward_sm90<{}, {}, {}, {}, {}, {}>",
                         cxx_type(p.dtype), p.head_dim, c.block_n, c.block_m / 64, causal, params)

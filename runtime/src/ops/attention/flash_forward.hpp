@@ -20,7 +20,7 @@ struct FlashForward {
   static constexpr std::int64_t kMainloopMma = 80, kMainloopWgmma = 90, kMainloopWgmmaWs = 91;
   // K and V tiles in flight: two for the loops whose compute warps copy; three for the producer
   // warp's copy engine, a turn of slack for each consumer warpgroup (hd 128 fills 225 KiB).
-  static constexpr std::int64_t kStages = 2, kWsStages = 3;
+  static constexpr std::int64_t kStages = 2;
   static constexpr std::int64_t kHeadDims[] = {64, 96, 128, 192, 256};
 
   // A packed (varlen) call is the batched problem of B sequences of its longest lengths.
@@ -70,6 +70,8 @@ struct FlashForward {
     c.mainloop = kMainloopWgmmaWs;
     return c;
   }
+  // The warp-specialised loop's K and V stages: three, two at hd 256 (shared memory).
+  static std::int64_t ws_stages(const Problem& p) { return p.head_dim > 192 ? 2 : 3; }
   static unsigned shared_bytes(const Config& c, const Problem& p);
   static KernelSpec spec(const Config& c, const Problem& p, const Arch& arch);
   // The kernel over a parameter block type: `params` (KjitFlashParams, or
