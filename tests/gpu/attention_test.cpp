@@ -52,12 +52,10 @@ void PrintTo(const AttnCase& c, std::ostream* os) {
 }
 
 // A main loop other than the op's choice, launched through the family as the op would launch its
-// own: mma.sync with sm_80's default config, or an sm_90a loop with its usual tile.
+// own: mma.sync with sm_80's default config, or the wgmma loop with its usual tile.
 void run_forced(std::int64_t mainloop, const ops::Call<FlashForward>& call, StreamHandle stream) {
   const FlashForward::Config config = mainloop == FlashForward::kMainloopWgmma
                                           ? FlashForward::wgmma_config(call.problem)
-                                      : mainloop == FlashForward::kMainloopWgmmaWs
-                                          ? FlashForward::warp_specialized_config(call.problem)
                                           : FlashForward::default_config(call.problem, "sm_80");
   ASSERT_TRUE(FlashForward::valid(config, call.problem, arch::current()));
   const Program program = load(FlashForward::spec(config, call.problem, arch::current()));
@@ -184,10 +182,8 @@ class AttentionForward : public IsolatedCache, public ::testing::WithParamInterf
 
 TEST_P(AttentionForward, MatchesDoubleReference) {
   KJIT_REQUIRE_GPU();
-  if ((GetParam().mainloop == FlashForward::kMainloopWgmma ||
-       GetParam().mainloop == FlashForward::kMainloopWgmmaWs) &&
-      !arch::current().has_wgmma())
-    GTEST_SKIP() << "the sm_90a loops need sm_90a; this card is " << arch::current().name();
+  if (GetParam().mainloop == FlashForward::kMainloopWgmma && !arch::current().has_wgmma())
+    GTEST_SKIP() << "the wgmma loop needs sm_90a; this card is " << arch::current().name();
   const unsigned seed = std::random_device{}();  // fresh inputs every run; printed on failure
   SCOPED_TRACE("input seed " + std::to_string(seed));
   run_case(GetParam(), seed);
@@ -199,11 +195,10 @@ std::vector<AttnCase> cases() {
   for (DType dtype : {DType::Float16, DType::BFloat16}) {
     for (int d : {64, 96, 128, 192, 256}) {
       for (bool causal : {false, true}) {
-        // sm_90a: the warp-specialised loop up to hd 192, the wgmma loop at hd 256; the other
-        // one forced (not hd 96, which has neither).
-        const std::int64_t other_sm90 = d % 64 != 0 ? std::int64_t{-1}
-                                        : d == 256  ? FlashForward::kMainloopWgmmaWs
-                                                    : FlashForward::kMainloopWgmma;
+        // sm_90a: the warp-specialised loop by default; the wgmma loop forced (not hd 96, which
+        // has neither).
+        const std::int64_t other_sm90 =
+            d % 64 != 0 ? std::int64_t{-1} : FlashForward::kMainloopWgmma;
         for (std::int64_t mainloop : {std::int64_t{0}, FlashForward::kMainloopMma, other_sm90}) {
           if (mainloop < 0) continue;
           for (auto [hq, hk] : std::vector<std::pair<int, int>>{{1, 1}, {8, 1}, {32, 8}}) {
@@ -233,10 +228,9 @@ INSTANTIATE_TEST_SUITE_P(All, AttentionForward, ::testing::ValuesIn(cases()),
                                   std::to_string(c.head_dim) + (c.causal ? "_causal" : "") + "_h" +
                                   std::to_string(c.heads_q) + "x" + std::to_string(c.heads_k) +
                                   (c.varlen ? "_varlen" : "_batched") +
-                                  (c.mainloop == FlashForward::kMainloopMma       ? "_mma"
-                                   : c.mainloop == FlashForward::kMainloopWgmma   ? "_wgmma"
-                                   : c.mainloop == FlashForward::kMainloopWgmmaWs ? "_ws"
-                                                                                  : "") +
+                                  (c.mainloop == FlashForward::kMainloopMma     ? "_mma"
+                                   : c.mainloop == FlashForward::kMainloopWgmma ? "_wgmma"
+                                                                                : "") +
                                   "_" + std::to_string(i.index);
                          });
 

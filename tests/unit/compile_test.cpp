@@ -73,8 +73,8 @@ INSTANTIATE_TEST_SUITE_P(AllArchs, ShippedSpecialisation, ::testing::ValuesIn(sh
                            return name + "_" + std::to_string(info.index);
                          });
 
-// The warp-specialised forward (the sm_90a default up to hd 192; the shipped specs cover those
-// defaults): every head dim, both dtypes, causal or not, for sm_90a, within the registers the
+// The warp-specialised forward (the sm_90a default; the shipped specs cover the defaults): every
+// head dim, both dtypes, causal or not, for sm_90a, within the registers the
 // producer gives the consumers (setmaxnreg), with no serialised wgmma (hd 256 had both until P V
 // became one wide wgmma a step). The grouped kernel too (the grouped default), up to hd 192.
 class WarpSpecialisedForward : public IsolatedCache {};

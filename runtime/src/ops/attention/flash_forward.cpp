@@ -115,10 +115,9 @@ void FlashForward::check(const Problem& p) {
 FlashForward::Config FlashForward::default_config(const Problem& p, const Arch& arch) {
   // From the tile sweeps on the H100 (docs/perf.md, bench/attention_forward.cpp --sweep).
   if (arch.has_wgmma() && p.head_dim % 64 == 0) {
-    // The producer warp's loop up to hd 192 (H100 sweep, 2026-12-05, S8k full: 592 against 462
-    // TFLOP/s at hd 128, 439 against 392 at hd 64, 563 against 491 at hd 192), the wgmma loop
-    // at hd 256.
-    return p.head_dim <= 192 ? warp_specialized_config(p) : wgmma_config(p);
+    // The producer warp's loop (H100 sweeps, 2026-12-05, S8k full: 604 against 443 TFLOP/s at
+    // hd 128, 439 against 392 at hd 64, 579 against 475 at hd 192, 668 against 492 at hd 256).
+    return warp_specialized_config(p);
   }
   // mma.sync: two query tiles per warp pay off where registers allow (hd 64; hd 96 spills),
   // short key tiles for the large head dims; shorter ones still where shared memory is small

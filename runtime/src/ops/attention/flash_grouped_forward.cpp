@@ -27,6 +27,8 @@ void GroupedForward::check(const Problem& p) {
 
 GroupedForward::Config GroupedForward::default_config(const Problem& p, const Arch& arch) {
   Config c = FlashForward::default_config(p.per_group(), arch);
+  // The grouped warp-specialised kernel stops at hd 192 (valid()).
+  if (c.warp_specialized() && !valid(c, p, arch)) c = FlashForward::wgmma_config(p.per_group());
   // Three warpgroups (hd 64) run at the register cap of 384 threads, where the grouped kernel's
   // group lookup spills a register: two instead.
   if (c.wgmma()) c.block_m = std::min<std::int64_t>(c.block_m, 128);
