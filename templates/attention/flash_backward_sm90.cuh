@@ -184,8 +184,8 @@ __device__ __forceinline__ void gemm_over_queries(float (&acc)[kSlabs][8][4],
   for (int kk = 0; kk < kSteps; ++kk) {
 #pragma unroll
     for (int slab = 0; slab < kSlabs; ++slab) {
-      ptx::wgmma_rs_n_major<T>(acc[slab], a[kk],
-                               ptx::swizzled_descriptor(b + (slab * kSteps + kk) * 16 * 64));
+      ptx::wgmma_rs<T, 64, 8, true>(
+          acc[slab], a[kk], ptx::swizzled_descriptor(b + (slab * kSteps + kk) * 16 * 64), 1);
     }
   }
 }

@@ -53,14 +53,15 @@ __device__ __forceinline__ void issue_values(float (&acc_o)[S::kSlabs][8][4], co
   for (int kk = 0; kk < S::kBlockN / 16; ++kk) {
     unsigned a[4];
     fragment(kk, a);
-    const T* rows = tile_v + kk * 16 * S::kSlabCols;  // keys 16 kk.., slab 0
-    if constexpr (S::kSlabs == 1) {
-      ptx::wgmma_rs_n_major<T>(acc_o[0], a, ptx::swizzled_descriptor(rows));
-    } else {
-      ptx::wgmma_rs_n_major_wide<T, S::kHeadDim>(
-          *reinterpret_cast<float(*)[S::kHeadDim / 8][4]>(&acc_o),  // slabs in order
-          a, ptx::n_major_descriptor(rows, S::kKVElems / S::kSlabs * sizeof(T)));
-    }
+    ptx::wgmma_rs<T, S::kHeadDim, S::kHeadDim / 8, true>(
+        *reinterpret_cast<float(*)[S::kHeadDim / 8][4]>(&acc_o),  // slabs in order
+        a,
+        ptx::n_major_descriptor(
+            tile_v + kk * 16 * S::kSlabCols,  // keys 16 kk.., slab 0
+                                              // one slab: the descriptor the loop had before (the
+                                              // field unread)
+            S::kSlabs == 1 ? ptx::kSwizzleAtomBytes : S::kKVElems / S::kSlabs * sizeof(T)),
+        1);
   }
 }
 

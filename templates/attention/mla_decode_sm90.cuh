@@ -196,7 +196,7 @@ __global__ void __launch_bounds__(256, 1)
         probability_fragment<T>(s, kk, a);
 #pragma unroll
         for (int slab = 0; slab < S::kOutSlabs; ++slab)
-          ptx::wgmma_rs_n_major<T>(o[slab], a, value_slab(slab, kk));
+          ptx::wgmma_rs<T, 64, 8, true>(o[slab], a, value_slab(slab, kk), 1);
       }
     } else {
       ptx::named_barrier_sync(1, S::kThreads);
@@ -212,7 +212,7 @@ __global__ void __launch_bounds__(256, 1)
                                                                    kk * 16 + lane / 16 * 8));
 #pragma unroll
         for (int slab = 0; slab < S::kOutSlabs; ++slab)
-          ptx::wgmma_rs_n_major<T>(o[slab], a, value_slab(S::kOutSlabs + slab, kk));
+          ptx::wgmma_rs<T, 64, 8, true>(o[slab], a, value_slab(S::kOutSlabs + slab, kk), 1);
       }
     }
     ptx::wgmma_commit();

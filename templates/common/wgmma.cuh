@@ -157,18 +157,6 @@ __device__ __forceinline__ void wgmma_ss_mn_major(float (&d)[8][4], cuda::std::u
   }
 }
 
-// d += A B for 64 accumulator columns, A from registers, B N-major in shared memory.
-template <class T>
-__device__ __forceinline__ void wgmma_rs_n_major(float (&d)[8][4], const unsigned (&a)[4],
-                                                 cuda::std::uint64_t b) {
-  const int scale_d = 1;
-  if constexpr (kIsHalf<T>) {
-    KJIT_WGMMA_RS(64, "f16", KJIT_REGS32, KJIT_ACC32, "{%32, %33, %34, %35}", "36", "37", "1");
-  } else {
-    KJIT_WGMMA_RS(64, "bf16", KJIT_REGS32, KJIT_ACC32, "{%32, %33, %34, %35}", "36", "37", "1");
-  }
-}
-
 // Descriptor of an N-major operand that spans several 64-column slabs, `slab_bytes` apart: the
 // leading byte offset is the stride from one slab (swizzle atom along N) to the next.
 __device__ __forceinline__ cuda::std::uint64_t n_major_descriptor(const void* start,
@@ -178,57 +166,50 @@ __device__ __forceinline__ cuda::std::uint64_t n_major_descriptor(const void* st
   return ((address & 0x3ffff) >> 4) | (slab << 16) | (atom << 32) | (1ull << 62);
 }
 
-// d += A B for N = 128, 192 or 256 accumulator columns in one instruction, A from registers, B
-// N-major over N / 64 slabs (n_major_descriptor). One wide wgmma instead of a 64-column one a
-// slab: with four, ptxas kept a slab of O in local memory and serialised the wgmma at hd 256.
-template <class T, int N>
-__device__ __forceinline__ void wgmma_rs_n_major_wide(float (&d)[N / 8][4], const unsigned (&a)[4],
-                                                      cuda::std::uint64_t b) {
-  const int scale_d = 1;
-  if constexpr (N == 128 && kIsHalf<T>) {
-    KJIT_WGMMA_RS(128, "f16", KJIT_REGS64, KJIT_ACC64, "{%64, %65, %66, %67}", "68", "69", "1");
-  } else if constexpr (N == 128) {
-    KJIT_WGMMA_RS(128, "bf16", KJIT_REGS64, KJIT_ACC64, "{%64, %65, %66, %67}", "68", "69", "1");
-  } else if constexpr (N == 192 && kIsHalf<T>) {
-    KJIT_WGMMA_RS(192, "f16", KJIT_REGS96, KJIT_ACC96, "{%96, %97, %98, %99}", "100", "101", "1");
-  } else if constexpr (N == 192) {
-    KJIT_WGMMA_RS(192, "bf16", KJIT_REGS96, KJIT_ACC96, "{%96, %97, %98, %99}", "100", "101", "1");
-  } else if constexpr (N == 256 && kIsHalf<T>) {
-    KJIT_WGMMA_RS(256, "f16", KJIT_REGS128, KJIT_ACC128, "{%128, %129, %130, %131}", "132", "133",
-                  "1");
-  } else {
-    static_assert(N == 256, "wgmma_rs_n_major_wide: N is 128, 192 or 256");
-    KJIT_WGMMA_RS(256, "bf16", KJIT_REGS128, KJIT_ACC128, "{%128, %129, %130, %131}", "132", "133",
-                  "1");
+// R-type product: the first N (8 to 256) columns of fp32 accumulators, A from registers, B
+// (N x 16) K-major in shared memory, or N-major (kNMajor: 16 rows of K over N / 64 slabs,
+// n_major_descriptor). N below 64 for bf16 only so far. One wide wgmma over a head dim, not a
+// 64-column one a slab: with four a step ptxas kept a slab of O in local memory and serialised
+// the wgmma at hd 256.
+#define KJIT_WGMMA_RS_ANY(TYPE, TRANSPOSE)                                                        \
+  if constexpr (N == 8) {                                                                         \
+    KJIT_WGMMA_RS(8, TYPE, KJIT_REGS4, KJIT_ACC4_0, "{%4, %5, %6, %7}", "8", "9", TRANSPOSE);     \
+  } else if constexpr (N == 16) {                                                                 \
+    KJIT_WGMMA_RS(16, TYPE, KJIT_REGS8, KJIT_ACC8, "{%8, %9, %10, %11}", "12", "13", TRANSPOSE);  \
+  } else if constexpr (N == 32) {                                                                 \
+    KJIT_WGMMA_RS(32, TYPE, KJIT_REGS16, KJIT_ACC16, "{%16, %17, %18, %19}", "20", "21",          \
+                  TRANSPOSE);                                                                     \
+  } else if constexpr (N == 64) {                                                                 \
+    KJIT_WGMMA_RS(64, TYPE, KJIT_REGS32, KJIT_ACC32, "{%32, %33, %34, %35}", "36", "37",          \
+                  TRANSPOSE);                                                                     \
+  } else if constexpr (N == 128) {                                                                \
+    KJIT_WGMMA_RS(128, TYPE, KJIT_REGS64, KJIT_ACC64, "{%64, %65, %66, %67}", "68", "69",         \
+                  TRANSPOSE);                                                                     \
+  } else if constexpr (N == 192) {                                                                \
+    KJIT_WGMMA_RS(192, TYPE, KJIT_REGS96, KJIT_ACC96, "{%96, %97, %98, %99}", "100", "101",       \
+                  TRANSPOSE);                                                                     \
+  } else {                                                                                        \
+    KJIT_WGMMA_RS(256, TYPE, KJIT_REGS128, KJIT_ACC128, "{%128, %129, %130, %131}", "132", "133", \
+                  TRANSPOSE);                                                                     \
   }
-}
-
-// R-type product: the first N (8 to 128) columns of fp32 accumulators, A from registers, B
-// (N x 16) K-major in shared memory.
-template <class T, int N, int kTiles>
+template <class T, int N, int kTiles, bool kNMajor = false>
 __device__ __forceinline__ void wgmma_rs(float (&d)[kTiles][4], const unsigned (&a)[4],
                                          cuda::std::uint64_t b, int scale_d) {
-  static_assert((N == 8 || N == 16 || N == 32 || N == 64 || N == 128) && N / 8 <= kTiles,
-                "wgmma_rs: N is 8 to 128, within d");
-  if constexpr (!kIsHalf<T> && N == 8) {
-    KJIT_WGMMA_RS(8, "bf16", KJIT_REGS4, KJIT_ACC4_0, "{%4, %5, %6, %7}", "8", "9", "0");
-  } else if constexpr (!kIsHalf<T> && N == 16) {
-    KJIT_WGMMA_RS(16, "bf16", KJIT_REGS8, KJIT_ACC8, "{%8, %9, %10, %11}", "12", "13", "0");
-  } else if constexpr (!kIsHalf<T> && N == 32) {
-    KJIT_WGMMA_RS(32, "bf16", KJIT_REGS16, KJIT_ACC16, "{%16, %17, %18, %19}", "20", "21", "0");
-  } else if constexpr (N == 64 && kIsHalf<T>) {
-    KJIT_WGMMA_RS(64, "f16", KJIT_REGS32, KJIT_ACC32, "{%32, %33, %34, %35}", "36", "37", "0");
-  } else if constexpr (N == 64) {
-    KJIT_WGMMA_RS(64, "bf16", KJIT_REGS32, KJIT_ACC32, "{%32, %33, %34, %35}", "36", "37", "0");
-  } else if constexpr (N == 128 && kIsHalf<T>) {
-    KJIT_WGMMA_RS(128, "f16", KJIT_REGS64, KJIT_ACC64, "{%64, %65, %66, %67}", "68", "69", "0");
-  } else if constexpr (N == 128) {
-    KJIT_WGMMA_RS(128, "bf16", KJIT_REGS64, KJIT_ACC64, "{%64, %65, %66, %67}", "68", "69", "0");
+  static_assert((N == 8 || N == 16 || N == 32 || N % 64 == 0) && N <= 256 && N / 8 <= kTiles,
+                "wgmma_rs: N is 8 to 256, within d");
+  static_assert(N >= 64 || !kIsHalf<T>, "wgmma_rs: N below 64 for bf16 only so far");
+  if constexpr (kIsHalf<T> && kNMajor) {
+    KJIT_WGMMA_RS_ANY("f16", "1")
+  } else if constexpr (kIsHalf<T>) {
+    KJIT_WGMMA_RS_ANY("f16", "0")
+  } else if constexpr (kNMajor) {
+    KJIT_WGMMA_RS_ANY("bf16", "1")
   } else {
-    static_assert(N >= 64, "wgmma_rs: N below 64 for bf16 only so far");
+    KJIT_WGMMA_RS_ANY("bf16", "0")
   }
 }
 
+#undef KJIT_WGMMA_RS_ANY
 #undef KJIT_WGMMA_RS
 #undef KJIT_WGMMA_SS
 #undef KJIT_REGS128
