@@ -107,9 +107,15 @@ if [ "$what" = attention ]; then
     "$bin/kjit_gpu_tests" --gtest_filter="$subset"
   step attention_racecheck compute-sanitizer --tool racecheck --error-exitcode 3 \
     "$bin/kjit_gpu_tests" --gtest_filter='All/AttentionForward.*bf16_d128_causal_h8x1*'
-  # The sm_90a loops' mbarriers and named barriers (the warp-specialised loop is the default up to hd 192).
+  # The sm_90a loops' mbarriers and named barriers (the warp-specialised loop is the default; at
+  # hd 256 with two-stage rings).
   step attention_synccheck compute-sanitizer --tool synccheck --error-exitcode 3 \
     "$bin/kjit_gpu_tests" --gtest_filter='All/AttentionForward.*bf16_d128_causal_h8x1_*'
+  hd256_ws='All/AttentionForward.*bf16_d256_causal_h8x1_*-*_mma_*:*_wgmma_*'
+  step attention_racecheck_d256 compute-sanitizer --tool racecheck --error-exitcode 3 \
+    "$bin/kjit_gpu_tests" --gtest_filter="$hd256_ws"
+  step attention_synccheck_d256 compute-sanitizer --tool synccheck --error-exitcode 3 \
+    "$bin/kjit_gpu_tests" --gtest_filter="$hd256_ws"
   grep -E '^\[  (PASSED|FAILED) |^\[  FAILED' "$out/attention_tests.log" | head -30
 fi
 if [ "$what" = attention-bench ]; then
