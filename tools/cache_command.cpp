@@ -87,6 +87,8 @@ void stats(bool json) {
   nlohmann::json j = {{"folder", store.folder().string()},
                       {"entries", st.entries},
                       {"bytes", st.bytes},
+                      {"older_format_entries", st.older_format_entries},
+                      {"older_format_bytes", st.older_format_bytes},
                       {"max_bytes", s.cache_max_bytes}};
   nlohmann::json t = {{"path", tuning::default_database_path()}, {"exists", false}};
   if (auto db = open_for_reading()) {
@@ -109,6 +111,11 @@ void stats(bool json) {
   std::cout << fmt::format("kernel store: {}\nentries:      {}\nsize:         {} of {} cap\n",
                            store.folder().string(), st.entries, detail::human_bytes(st.bytes),
                            detail::human_bytes(s.cache_max_bytes));
+  if (st.older_format_entries > 0) {
+    std::cout << fmt::format(
+        "older format: {} entries, {} (never read by this kjit; `kjit cache clear` removes them)\n",
+        st.older_format_entries, detail::human_bytes(st.older_format_bytes));
+  }
   if (t["exists"].get<bool>()) {
     std::cout << fmt::format(
         "tuning db:    {} (schema {})\nresults:      {} ({} pinned, {} stale)\ntrials:       "
@@ -131,8 +138,8 @@ void clear() {
   }
   const KernelStore store = detail::kernel_store(settings);
   const std::uint64_t removed = store.clear();
-  std::cout << fmt::format("removed {} entr{} from {}\n", removed, removed == 1 ? "y" : "ies",
-                           store.folder().string());
+  std::cout << fmt::format("removed {} entr{} from {} (and older formats beside it)\n", removed,
+                           removed == 1 ? "y" : "ies", store.folder().string());
 }
 
 void ls(const tuning::BestFilter& filter, bool json) {

@@ -9,6 +9,8 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include <fmt/format.h>
@@ -103,28 +105,69 @@ bool KernelStore::write(const CompiledProgram& program) const {
   return true;
 }
 
-KernelStore::Stats KernelStore::stats() const {
-  Stats s;
+std::vector<fs::path> KernelStore::older_format_folders() const {
+  std::vector<fs::path> out;
   std::error_code ec;
-  for (fs::recursive_directory_iterator it(folder_, ec), end; !ec && it != end; it.increment(ec)) {
-    if (!it->is_regular_file(ec) || !is_entry(it->path())) continue;
-    ++s.entries;
-    s.bytes += it->file_size(ec);
+  for (int v = 1; v < format_version_; ++v) {
+    const fs::path folder = folder_.parent_path() / fmt::format("v{}", v);
+    if (fs::is_directory(folder, ec)) out.push_back(folder);
   }
-  return s;
+  return out;
 }
 
-std::uint64_t KernelStore::clear() const {
+namespace {
+
+// Entries under `folder`: how many, and their bytes.
+std::pair<std::uint64_t, std::uint64_t> count_entries(const fs::path& folder) {
+  std::uint64_t entries = 0, bytes = 0;
+  std::error_code ec;
+  for (fs::recursive_directory_iterator it(folder, ec), end; !ec && it != end; it.increment(ec)) {
+    if (!it->is_regular_file(ec) || !is_entry(it->path())) continue;
+    ++entries;
+    bytes += it->file_size(ec);
+  }
+  return {entries, bytes};
+}
+
+// Removes the entries and temp files under `folder` (nothing else a user may have put there);
+// returns how many entries.
+std::uint64_t remove_entries(const fs::path& folder) {
   std::uint64_t removed = 0;
   std::error_code ec;
   std::vector<fs::path> doomed;
-  for (fs::recursive_directory_iterator it(folder_, ec), end; !ec && it != end; it.increment(ec)) {
+  for (fs::recursive_directory_iterator it(folder, ec), end; !ec && it != end; it.increment(ec)) {
     if (it->is_regular_file(ec) && (is_entry(it->path()) || is_temp(it->path()))) {
       doomed.push_back(it->path());
     }
   }
   for (const fs::path& p : doomed) {
     if (fs::remove(p, ec) && is_entry(p)) ++removed;
+  }
+  return removed;
+}
+
+}  // namespace
+
+KernelStore::Stats KernelStore::stats() const {
+  Stats s;
+  std::tie(s.entries, s.bytes) = count_entries(folder_);
+  for (const fs::path& folder : older_format_folders()) {
+    const auto [entries, bytes] = count_entries(folder);
+    s.older_format_entries += entries;
+    s.older_format_bytes += bytes;
+  }
+  return s;
+}
+
+std::uint64_t KernelStore::clear() const {
+  std::uint64_t removed = remove_entries(folder_);
+  for (const fs::path& folder : older_format_folders()) {
+    removed += remove_entries(folder);
+    // Then its shard folders and itself, where nothing else is left in them.
+    std::error_code ec;
+    for (fs::directory_iterator it(folder, ec), end; !ec && it != end; it.increment(ec))
+      fs::remove(it->path(), ec);
+    fs::remove(folder, ec);
   }
   return removed;
 }

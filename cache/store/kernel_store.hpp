@@ -31,9 +31,14 @@ class KernelStore {
   struct Stats {
     std::uint64_t entries = 0;
     std::uint64_t bytes = 0;
+    // Entries an older kjit wrote in an older format (<root>/v<n>, n below this one's): this
+    // kjit never reads them; `clear` removes them.
+    std::uint64_t older_format_entries = 0;
+    std::uint64_t older_format_bytes = 0;
   };
   Stats stats() const;
-  // Removes every entry and leftover temp file of this format version; returns how many entries.
+  // Removes every entry and leftover temp file of this format version and of older ones (a newer
+  // kjit's are left alone); returns how many entries.
   std::uint64_t clear() const;
   // Evicts least recently used entries until the total is at most `max_bytes`.
   void evict(std::uint64_t max_bytes) const;
@@ -45,6 +50,8 @@ class KernelStore {
   // The store's folders down to `shard` are private (created 0700 when `create`); warns once and
   // returns false otherwise.
   bool folders_private(const std::filesystem::path& shard, bool create) const;
+  // <root>/v<n> for every n below format_version_ that exists.
+  std::vector<std::filesystem::path> older_format_folders() const;
 
   std::filesystem::path folder_;  // <root>/v<format>
   std::uint64_t max_bytes_;

@@ -90,6 +90,28 @@ TEST_F(KernelStoreTest, WritesPrivateShardedEntries) {
   EXPECT_FALSE(store().read(CacheKey{1, 1})) << "absent key is a miss";
 }
 
+// After a format bump the older kjit's entries are never read again: stats counts them apart and
+// clear removes them with their folders; a newer kjit's entries (a later format) stay.
+TEST_F(KernelStoreTest, ClearAlsoRemovesOlderFormatsAndLeavesNewerOnes) {
+  const fs::path root = cache_dir_.path();
+  const store::KernelStore v1(root, 1ull << 30, 1), v2(root, 1ull << 30, 2),
+      v3(root, 1ull << 30, 3);
+  ASSERT_TRUE(v1.write(synthetic(1, 100)));
+  ASSERT_TRUE(v1.write(synthetic(2, 300)));
+  ASSERT_TRUE(v2.write(synthetic(3, 100)));
+  ASSERT_TRUE(v3.write(synthetic(4, 100)));
+  const store::KernelStore::Stats before = v2.stats();
+  EXPECT_EQ(before.entries, 1u);
+  EXPECT_EQ(before.older_format_entries, 2u);
+  EXPECT_GT(before.older_format_bytes, 400u);
+  EXPECT_EQ(v2.clear(), 3u);
+  EXPECT_FALSE(fs::exists(root / "v1"));
+  EXPECT_EQ(v2.stats().entries, 0u);
+  EXPECT_EQ(v2.stats().older_format_entries, 0u);
+  EXPECT_EQ(v3.stats().entries, 1u) << "a newer format's entries are not this kjit's to remove";
+  EXPECT_EQ(v3.stats().older_format_entries, 0u);
+}
+
 TEST_F(KernelStoreTest, RefusesEntriesWritableByOthers) {
   const CompiledProgram p = synthetic(1, 100);
   ASSERT_TRUE(store().write(p));
