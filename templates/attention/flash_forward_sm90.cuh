@@ -49,19 +49,17 @@ __device__ __forceinline__ void issue_scores(float (&acc_s)[S::kKeyTiles][4], co
 template <class T, class S, class Fragment>
 __device__ __forceinline__ void issue_values(float (&acc_o)[S::kSlabs][8][4], const T* tile_v,
                                              Fragment fragment) {
+  // V's slabs lie kKVElems / kSlabs apart; one slab keeps the atom stride it always had (the
+  // instruction does not read the field then).
+  constexpr unsigned kSlabBytes =
+      S::kSlabs == 1 ? ptx::kSwizzleAtomBytes : S::kKVElems / S::kSlabs * sizeof(T);
 #pragma unroll
   for (int kk = 0; kk < S::kBlockN / 16; ++kk) {
     unsigned a[4];
     fragment(kk, a);
     ptx::wgmma_rs<T, S::kHeadDim, S::kHeadDim / 8, true>(
         *reinterpret_cast<float(*)[S::kHeadDim / 8][4]>(&acc_o),  // slabs in order
-        a,
-        ptx::n_major_descriptor(
-            tile_v + kk * 16 * S::kSlabCols,  // keys 16 kk.., slab 0
-                                              // one slab: the descriptor the loop had before (the
-                                              // field unread)
-            S::kSlabs == 1 ? ptx::kSwizzleAtomBytes : S::kKVElems / S::kSlabs * sizeof(T)),
-        1);
+        a, ptx::n_major_descriptor(tile_v + kk * 16 * S::kSlabCols, kSlabBytes), 1);
   }
 }
 

@@ -18,8 +18,8 @@ struct FlashForward {
   static std::vector<Source> sources();  // every main loop: any may win a tuning run
 
   static constexpr std::int64_t kMainloopMma = 80, kMainloopWgmma = 90, kMainloopWgmmaWs = 91;
-  // K and V tiles in flight: two for the loops whose compute warps copy; three for the producer
-  // warp's copy engine, a turn of slack for each consumer warpgroup (hd 128 fills 225 KiB).
+  // K and V tiles in flight for the loops whose compute warps copy (the producer warp's loop:
+  // ws_stages).
   static constexpr std::int64_t kStages = 2;
   static constexpr std::int64_t kHeadDims[] = {64, 96, 128, 192, 256};
 
@@ -34,7 +34,7 @@ struct FlashForward {
   // mainloop 80: mma.sync, each warp owns 16 x m_tiles query rows (block_m / (16 m_tiles) warps);
   // mainloop 90: wgmma, a warpgroup per 64 rows (m_tiles 1); mainloop 91: the same consumer
   // warpgroups (block_m 128, or 192 at hd 64) beside a producer warp that loads through the copy
-  // engine (TMA; grouped calls take it as a tuner choice). block_n keys per tile.
+  // engine (TMA; the grouped default too, up to hd 192). block_n keys per tile.
   struct Config {
     std::int64_t mainloop = kMainloopMma, block_m = 0, block_n = 0, m_tiles = 1;
     bool wgmma() const { return mainloop == kMainloopWgmma || warp_specialized(); }
@@ -70,7 +70,8 @@ struct FlashForward {
     c.mainloop = kMainloopWgmmaWs;
     return c;
   }
-  // The warp-specialised loop's K and V stages: three, two at hd 256 (shared memory).
+  // The warp-specialised loop's K and V stages: three, a turn of slack for each consumer
+  // warpgroup (hd 128 fills 225 KiB); two at hd 256, where three do not fit.
   static std::int64_t ws_stages(const Problem& p) { return p.head_dim > 192 ? 2 : 3; }
   static unsigned shared_bytes(const Config& c, const Problem& p);
   static KernelSpec spec(const Config& c, const Problem& p, const Arch& arch);
