@@ -1,7 +1,7 @@
 // Attention forward throughput, FlashAttention's convention: batch x seqlen = 16k tokens,
 // heads x head dim = 2048, FLOPs = 4 B H S^2 D (halved when causal); plus GQA 32/8 and a varlen
-// batch. Median of timed runs with CUDA events; TFLOP/s. Run beside bench/attention_torch.py
-// (torch SDPA flash and cuDNN) in the same device call.
+// batch. Median of timed runs with CUDA events; TFLOP/s. bf16, or fp16 with --fp16. Run beside
+// bench/attention_torch.py (torch SDPA flash and cuDNN) in the same device call.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -18,19 +18,19 @@
 namespace {
 
 void row(const char* name, long long b, long long s, long long hq, long long hk, long long d,
-         bool causal, kjit::Stream& stream) {
-  auto q = kjit::bench::random_bf16(b * s * hq * d), k = kjit::bench::random_bf16(b * s * hk * d),
-       v = kjit::bench::random_bf16(b * s * hk * d);
+         bool causal, kjit::DType dtype, kjit::Stream& stream) {
+  auto q = kjit::bench::random_values(b * s * hq * d, dtype),
+       k = kjit::bench::random_values(b * s * hk * d, dtype),
+       v = kjit::bench::random_values(b * s * hk * d, dtype);
   kjit::DeviceBuffer out(b * s * hq * d * 2), lse(b * hq * s * 4);
   kjit::attention::ForwardOptions o;
   o.causal = causal;
-  const auto bf = kjit::DType::BFloat16;
   const double ms = kjit::bench::median_ms(
       [&] {
-        kjit::attention::forward(kjit::TensorView(q.data(), bf, {b, s, hq, d}),
-                                 kjit::TensorView(k.data(), bf, {b, s, hk, d}),
-                                 kjit::TensorView(v.data(), bf, {b, s, hk, d}),
-                                 kjit::TensorView(out.data(), bf, {b, s, hq, d}),
+        kjit::attention::forward(kjit::TensorView(q.data(), dtype, {b, s, hq, d}),
+                                 kjit::TensorView(k.data(), dtype, {b, s, hk, d}),
+                                 kjit::TensorView(v.data(), dtype, {b, s, hk, d}),
+                                 kjit::TensorView(out.data(), dtype, {b, s, hq, d}),
                                  kjit::TensorView(lse.data(), kjit::DType::Float32, {b, hq, s}), o,
                                  stream.handle());
       },
@@ -40,7 +40,7 @@ void row(const char* name, long long b, long long s, long long hq, long long hk,
               causal ? "causal" : "full", ms, flops / ms / 1e9);
 }
 
-void varlen_row(kjit::Stream& stream) {
+void varlen_row(kjit::DType dtype, kjit::Stream& stream) {
   // 16 sequences of 256..1792 tokens (step 96 in a fixed shuffle), hd 128, 16 heads, causal.
   std::vector<int> lens;
   for (int i = 0; i < 16; ++i)
@@ -49,22 +49,24 @@ void varlen_row(kjit::Stream& stream) {
   for (int l : lens)
     cu.push_back(cu.back() + l);
   const long long t = cu.back(), h = 16, d = 128;
-  auto q = kjit::bench::random_bf16(t * h * d), k = kjit::bench::random_bf16(t * h * d),
-       v = kjit::bench::random_bf16(t * h * d);
+  auto q = kjit::bench::random_values(t * h * d, dtype),
+       k = kjit::bench::random_values(t * h * d, dtype),
+       v = kjit::bench::random_values(t * h * d, dtype);
   kjit::DeviceBuffer out(t * h * d * 2), lse(h * t * 4), dcu(cu.size() * 4);
   dcu.upload(cu.data(), dcu.size());
   kjit::attention::ForwardOptions o;
   o.causal = true;
-  const auto bf = kjit::DType::BFloat16;
   const kjit::attention::Varlen s{kjit::TensorView(dcu.data(), kjit::DType::Int32, {17}),
                                   kjit::TensorView(dcu.data(), kjit::DType::Int32, {17}), cu.data(),
                                   cu.data()};
   const double ms = kjit::bench::median_ms(
       [&] {
-        kjit::attention::forward_varlen(
-            kjit::TensorView(q.data(), bf, {t, h, d}), kjit::TensorView(k.data(), bf, {t, h, d}),
-            kjit::TensorView(v.data(), bf, {t, h, d}), kjit::TensorView(out.data(), bf, {t, h, d}),
-            kjit::TensorView(lse.data(), kjit::DType::Float32, {h, t}), s, o, stream.handle());
+        kjit::attention::forward_varlen(kjit::TensorView(q.data(), dtype, {t, h, d}),
+                                        kjit::TensorView(k.data(), dtype, {t, h, d}),
+                                        kjit::TensorView(v.data(), dtype, {t, h, d}),
+                                        kjit::TensorView(out.data(), dtype, {t, h, d}),
+                                        kjit::TensorView(lse.data(), kjit::DType::Float32, {h, t}),
+                                        s, o, stream.handle());
       },
       stream.handle());
   double flops = 0;
@@ -127,11 +129,13 @@ void sweep(long long d, bool causal, const std::vector<kjit::ops::FlashForward::
 int main(int argc, char** argv) try {
   if (kjit::bench::no_gpu("attention_forward")) return 0;
   kjit::Stream stream;
-  std::printf("%s, kjit %s, bf16 forward\n", kjit::device_info(kjit::current_device()).name.c_str(),
-              kjit::version().c_str());
+  const std::string mode = argc > 1 ? argv[1] : "";
+  const auto dtype = mode == "--fp16" ? kjit::DType::Float16 : kjit::DType::BFloat16;
+  std::printf("%s, kjit %s, %s forward\n", kjit::device_info(kjit::current_device()).name.c_str(),
+              kjit::version().c_str(), dtype == kjit::DType::Float16 ? "fp16" : "bf16");
   std::printf("%-28s %3s %6s %8s %4s %-7s %9s %8s\n", "row", "B", "S", "Hq/Hk", "D", "mask", "ms",
               "TFLOP/s");
-  if (argc > 1 && std::string(argv[1]) == "--sweep") {
+  if (mode == "--sweep") {
     // The mma.sync default first (the reference the others must agree with), then wgmma tiles,
     // then the warp-specialised loop's.
     using C = kjit::ops::FlashForward::Config;
@@ -155,12 +159,12 @@ int main(int argc, char** argv) try {
   for (long long d : {64, 128, 256}) {
     for (long long s : {2048, 8192, 16384}) {
       for (bool causal : {false, true}) {
-        row("fa-bench", 16384 / s, s, 2048 / d, 2048 / d, d, causal, stream);
+        row("fa-bench", 16384 / s, s, 2048 / d, 2048 / d, d, causal, dtype, stream);
       }
     }
   }
-  row("gqa 32/8", 2, 8192, 32, 8, 128, true, stream);
-  varlen_row(stream);
+  row("gqa 32/8", 2, 8192, 32, 8, 128, true, dtype, stream);
+  varlen_row(dtype, stream);
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "attention_forward: %s\n", e.what());

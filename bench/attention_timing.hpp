@@ -1,6 +1,6 @@
 // What the benchmarks share: the median of CUDA-event-timed runs after warm-ups (also of a CUDA
-// graph's replays, which leave the host's enqueue out), random bf16 inputs, and the check that
-// there is a GPU to time on.
+// graph's replays, which leave the host's enqueue out), random bf16 or fp16 inputs, and the check
+// that there is a GPU to time on.
 #pragma once
 
 #include <algorithm>
@@ -12,6 +12,8 @@
 
 #include "driver/cuda_driver.hpp"
 #include "kjit/device.hpp"
+#include "kjit/tensor.hpp"
+#include "util/half_float.hpp"
 
 namespace kjit::bench {
 
@@ -86,8 +88,8 @@ inline double copy_gbs(StreamHandle stream) {
 }
 
 // Uniform values of unit deviation from a splitmix64 stream (a few ns an element: the MoE
-// benchmarks draw billions; the kernels' time does not depend on the values).
-inline DeviceBuffer random_bf16(std::size_t elems) {
+// benchmarks draw billions; the kernels' time does not depend on the values), as bf16 or fp16.
+inline DeviceBuffer random_values(std::size_t elems, DType dtype) {
   std::uint64_t state = 7;
   std::vector<std::uint16_t> host(elems);
   for (auto& x : host) {
@@ -95,13 +97,14 @@ inline DeviceBuffer random_bf16(std::size_t elems) {
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     const float f = (static_cast<float>((z ^ (z >> 31)) >> 40) * 0x1p-24f - 0.5f) * 3.4641f;
-    std::uint32_t bits;
-    std::memcpy(&bits, &f, 4);
-    x = static_cast<std::uint16_t>(bits >> 16);
+    x = dtype == DType::Float16 ? float_to_fp16(f) : float_to_bf16(f);
   }
   DeviceBuffer b(elems * 2);
   b.upload(host.data(), b.size());
   return b;
+}
+inline DeviceBuffer random_bf16(std::size_t elems) {
+  return random_values(elems, DType::BFloat16);
 }
 
 }  // namespace kjit::bench

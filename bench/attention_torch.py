@@ -4,7 +4,7 @@ runs, TFLOP/s = 4 B H S^2 D / t, halved when causal). Run in the same device cal
 The forward also times FlashAttention-3 (fa3-fwd, the Hopper kernel of the FlashAttention
 authors, bf16 only) where it is installed (../shared/peers-kit: .peers/fa3 on PYTHONPATH).
 --backward: the rows of bench/attention_backward.cpp: the backward alone (2.5 x the forward's
-FLOPs) and forward + backward (3.5 x)."""
+FLOPs) and forward + backward (3.5 x). --fp16: the forward's rows in fp16 (FA3 takes bf16 only)."""
 
 import sys
 
@@ -15,6 +15,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch_timing import median_ms
 
 BACKWARD = "--backward" in sys.argv
+DTYPE = torch.float16 if "--fp16" in sys.argv else torch.bfloat16
 try:
     import fa3_fwd_config
 
@@ -23,20 +24,22 @@ try:
     from fa3_fwd_interface import flash_attn_varlen_func as fa3_varlen_func
 except ImportError:
     fa3_func = fa3_varlen_func = None
+TIME_FA3 = fa3_func is not None and not BACKWARD and DTYPE == torch.bfloat16
 
 
 def fa3_column(ms_of):
-    """FA3's TFLOP/s through ms_of(); nothing where it is not installed, or on the backward."""
-    if fa3_func is None or BACKWARD:
+    """FA3's TFLOP/s through ms_of(); nothing where it is not installed, on the backward or in
+    fp16."""
+    if not TIME_FA3:
         return ""
     return f" {ms_of():8.1f}"
 
 
 def row(name, b, s, hq, hk, d, causal):
     grad = BACKWARD
-    q = torch.randn(b, hq, s, d, device="cuda", dtype=torch.bfloat16, requires_grad=grad)
-    k = torch.randn(b, hk, s, d, device="cuda", dtype=torch.bfloat16, requires_grad=grad)
-    v = torch.randn(b, hk, s, d, device="cuda", dtype=torch.bfloat16, requires_grad=grad)
+    q = torch.randn(b, hq, s, d, device="cuda", dtype=DTYPE, requires_grad=grad)
+    k = torch.randn(b, hk, s, d, device="cuda", dtype=DTYPE, requires_grad=grad)
+    v = torch.randn(b, hk, s, d, device="cuda", dtype=DTYPE, requires_grad=grad)
     flops = 4 * b * hq * s * s * d / (2 if causal else 1)
     out = []
     for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION):
@@ -62,9 +65,10 @@ def row(name, b, s, hq, hk, d, causal):
 
 
 what = "backward (bwd, fwd+bwd)" if BACKWARD else "forward"
-print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 {what}, TFLOP/s")
+dtype_name = "bf16" if DTYPE == torch.bfloat16 else "fp16"
+print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {dtype_name} {what}, TFLOP/s")
 cols = f"{'FA2':>8} {'FA2 f+b':>8} {'cuDNN':>8} {'cuDNN f+b':>9}" if BACKWARD else f"{'FA2':>8} {'cuDNN':>8}"
-if fa3_func is not None and not BACKWARD:
+if TIME_FA3:
     cols += f" {'FA3':>8}"
 print(f"{'row':<28} {'B':>3} {'S':>6} {'Hq/Hk':>8} {'D':>4} {'mask':<7} {cols}")
 for d in (64, 128, 256):
@@ -80,7 +84,7 @@ def varlen_row():
     lens = [256 + ((i * 7) % 16) * 96 for i in range(16)]
     cu = torch.tensor([0] + lens, device="cuda", dtype=torch.int32).cumsum(0, dtype=torch.int32)
     t, h, d = sum(lens), 16, 128
-    q, k, v = (torch.randn(t, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    q, k, v = (torch.randn(t, h, d, device="cuda", dtype=DTYPE) for _ in range(3))
     ms = median_ms(
         lambda: torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, max(lens), max(lens), 0.0, True, False)
     )

@@ -131,10 +131,13 @@ if [ "$what" = attention-bench ]; then
   fi
   PYTHONPATH="/tmp/psite:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 step attention_torch python3 \
     bench/attention_torch.py
+  step attention_kjit_fp16 "$bin/kjit_bench_attention" --fp16
+  PYTHONUNBUFFERED=1 step attention_torch_fp16 python3 bench/attention_torch.py --fp16
   step tune_attention "$bin/kjit" tune --preset fa-bench --preset llama3-8b-prefill \
     --preset llama3-70b-prefill
   KJIT_PRINT_CONFIG=1 step attention_kjit_tuned "$bin/kjit_bench_attention"
-  for log in attention_sweep attention_kjit attention_torch attention_kjit_tuned; do
+  for log in attention_sweep attention_kjit attention_torch attention_kjit_fp16 \
+    attention_torch_fp16 attention_kjit_tuned; do
     echo "== $log"; cat "$out/$log.log"
   done
   echo "== tune_attention"; grep -vE 'ETA|^$' "$out/tune_attention.log" | tail -32

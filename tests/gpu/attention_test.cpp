@@ -208,6 +208,8 @@ std::vector<AttnCase> cases() {
           // Sq < Sk; Sq > Sk (early rows see nothing when causal).
           out.push_back({dtype, d, causal, 2, 1, false, {61}, {130}, 1.0, mainloop});
           out.push_back({dtype, d, causal, 2, 1, false, {150}, {40}, 1.0, mainloop});
+          // Enough key tiles (6 to 11) for the main loops' steady state, a partial one last.
+          out.push_back({dtype, d, causal, 4, 2, false, {257, 257}, {700, 700}, 1.0, mainloop});
         }
       }
     }
