@@ -5,8 +5,9 @@
 # KJIT_TEMPLATE_DIR (no rebuild); `main` is the library's own templates. The variants alternate
 # for ROUNDS rounds (default 2), so that drift between runs shows beside the differences.
 #   scripts/gpu-ab.sh "main fill" .gpu-bundle/bin/kjit_bench_moe_router deepseek-v3
-# Each output line is prefixed with its variant. A variant's tests run the same way:
-#   KJIT_TEMPLATE_DIR=$PWD/.gpu-bundle/variants/fill .gpu-bundle/bin/kjit_gpu_tests --gtest_filter=..
+# Each output line is prefixed with its variant. A variant's tests (their fixture resets
+# KJIT_TEMPLATE_DIR) take it through KJIT_TEST_TEMPLATE_DIR:
+#   KJIT_TEST_TEMPLATE_DIR=$PWD/.gpu-bundle/variants/fill .gpu-bundle/bin/kjit_gpu_tests ..
 set -uo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 2 ] || { echo "usage: $0 'VARIANT...' COMMAND [ARGS...]" >&2; exit 2; }

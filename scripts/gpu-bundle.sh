@@ -12,15 +12,23 @@ cd "$(dirname "$0")/.."
 preset="${1:-default}"
 cmake --preset "$preset" >/dev/null
 cmake --build "build/$preset"
-# Template variants (.gpu-bundle/variants, for scripts/gpu-ab.sh) are kept.
+# Template variants (.gpu-bundle/variants, for scripts/gpu-ab.sh) are kept; KJIT_VARIANTS="NAME=REV
+# ..." (re)writes variant NAME as the whole templates/ tree of git revision REV (a branch that
+# changes only templates), e.g. KJIT_VARIANTS="overlap=next/ws-overlap".
 rm -rf .gpu-bundle/bin .gpu-bundle/lib && mkdir -p .gpu-bundle/bin .gpu-bundle/lib
+for variant in ${KJIT_VARIANTS:-}; do
+  name="${variant%%=*}" rev="${variant#*=}"
+  rm -rf ".gpu-bundle/variants/$name" && mkdir -p ".gpu-bundle/variants/$name"
+  git archive "$rev" templates | tar -x --strip-components=1 -C ".gpu-bundle/variants/$name"
+done
 build="build/$preset"
 for bin in tools/kjit tests/kjit_gpu_tests tests/kjit_unit_tests tests/kjit_test_helper \
            bench/kjit_bench_launch_overhead bench/kjit_bench_compile_latency \
            bench/kjit_bench_merge_states bench/kjit_bench_attention bench/kjit_bench_choice_cost \
            bench/kjit_bench_attention_backward bench/kjit_bench_attention_grouped \
            bench/kjit_bench_mla_decode bench/kjit_bench_moe_gemm bench/kjit_bench_helix_decode \
-           bench/kjit_bench_moe_layer bench/kjit_bench_moe_offload bench/kjit_bench_moe_router bench/kjit_bench_op_call_overhead \
+           bench/kjit_bench_moe_layer bench/kjit_bench_moe_offload bench/kjit_bench_moe_router \
+           bench/kjit_bench_op_call_overhead \
            bench/kjit_bench_comm bench/kjit_bench_zigzag tests/kjit_dist_tests \
            examples/kjit_example_user_kernel examples/kjit_example_c_api; do
   strip -o ".gpu-bundle/bin/$(basename "$bin")" "$build/$bin"

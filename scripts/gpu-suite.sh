@@ -2,7 +2,7 @@
 # Runs on the GPU machine from binaries built by scripts/gpu-bundle.sh: device facts, the GPU
 # test suite, the CPU suite (there too: it checks the no-driver paths on a machine that has one),
 # the benchmarks and the example. Full logs go to $OUT (or ./gpu-out); a summary is printed last.
-#   scripts/gpu-suite.sh [tests|bench|attention|attention-bench|attention-backward|
+#   scripts/gpu-suite.sh [tests|bench|attention|attention-bench|attention-ab|attention-backward|
 #                         attention-backward-check|attention-backward-tune|attention-grouped|
 #                         attention-grouped-ncu|mla|moe|moe-decode|moe-bench|moe-ncu|moe-align-ncu|
 #                         moe-router|moe-offload|python|zigzag|families|
@@ -117,6 +117,20 @@ if [ "$what" = attention ]; then
   step attention_synccheck_d256 compute-sanitizer --tool synccheck --error-exitcode 3 \
     "$bin/kjit_gpu_tests" --gtest_filter="$hd256_ws"
   grep -E '^\[  (PASSED|FAILED) |^\[  FAILED' "$out/attention_tests.log" | head -30
+fi
+if [ "$what" = attention-ab ]; then
+  # Template variants of the forward (scripts/gpu-bundle.sh with KJIT_VARIANTS; all of
+  # .gpu-bundle/variants unless KJIT_AB_VARIANTS names some): each one's forward tests on the
+  # sm_90a default loop (the defaults and the scale tests), then the FA-table rows for main and
+  # every variant, alternating.
+  variants="${KJIT_AB_VARIANTS:-$(ls .gpu-bundle/variants 2>/dev/null)}"
+  for v in $variants; do
+    KJIT_TEST_TEMPLATE_DIR="$PWD/.gpu-bundle/variants/$v" sharded_tests "forward_tests_$v" \
+      'All/AttentionForward.*:AttentionForwardDeterminism.*:AttentionForwardEmpty.*:AttentionForwardScale.*-*_mma_*:*_wgmma_*' 170
+    tally "forward_tests_$v"
+  done
+  step attention_ab scripts/gpu-ab.sh "main $variants" "$bin/kjit_bench_attention"
+  cat "$out/attention_ab.log"
 fi
 if [ "$what" = attention-bench ]; then
   # Tile sweep, then kjit's defaults beside torch (and FA3), then tuned (fa-bench preset) and

@@ -1,10 +1,12 @@
-// Test fixture: each test gets its own kernel-store folder and default JIT settings, and starts
-// with an empty in-memory cache.
+// Test fixture: each test gets its own kernel-store folder and default JIT settings (the
+// templates of KJIT_TEST_TEMPLATE_DIR where it is set), and starts with an empty in-memory cache.
 #pragma once
 
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <memory>
+#include <string>
 
 #include "kjit/jit.hpp"
 #include "tests/support/scoped_env.hpp"
@@ -21,6 +23,9 @@ class IsolatedCache : public ::testing::Test {
       envs_.push_back(std::make_unique<ScopedEnv>(var, std::nullopt));
     }
     envs_.push_back(std::make_unique<ScopedEnv>("KJIT_CACHE_DIR", cache_dir_.str()));
+    // A template variant under test (scripts/gpu-ab.sh) reaches every test through this one.
+    if (const char* variant = std::getenv("KJIT_TEST_TEMPLATE_DIR"))
+      envs_.push_back(std::make_unique<ScopedEnv>("KJIT_TEMPLATE_DIR", std::string(variant)));
   }
   void TearDown() override {
     kjit::clear_memory_cache();
