@@ -119,18 +119,18 @@ if [ "$what" = attention ]; then
   grep -E '^\[  (PASSED|FAILED) |^\[  FAILED' "$out/attention_tests.log" | head -30
 fi
 if [ "$what" = attention-ab ]; then
-  # Template variants of the forward (scripts/gpu-bundle.sh with KJIT_VARIANTS; all of
-  # .gpu-bundle/variants unless KJIT_AB_VARIANTS names some): each one's forward tests on the
-  # sm_90a default loop (the defaults and the scale tests), then the FA-table rows for main and
-  # every variant, alternating.
+  # A forward change against template variants (scripts/gpu-bundle.sh with KJIT_VARIANTS, e.g.
+  # the mainline's templates beside a branch's bundle): the bundle's forward tests on the sm_90a
+  # loops (the defaults, the warp-specialised loop's other tiles, the scale tests), then the
+  # FA-table rows for main and every variant (all of .gpu-bundle/variants unless KJIT_AB_VARIANTS
+  # names some), alternating, then the tile sweep.
+  sharded_tests forward_tests \
+    'All/AttentionForward.*:AttentionForwardDeterminism.*:AttentionForwardEmpty.*:AttentionForwardScale.*-*_mma_*:*_wgmma_*' 170
+  tally forward_tests
   variants="${KJIT_AB_VARIANTS:-$(ls .gpu-bundle/variants 2>/dev/null)}"
-  for v in $variants; do
-    KJIT_TEST_TEMPLATE_DIR="$PWD/.gpu-bundle/variants/$v" sharded_tests "forward_tests_$v" \
-      'All/AttentionForward.*:AttentionForwardDeterminism.*:AttentionForwardEmpty.*:AttentionForwardScale.*-*_mma_*:*_wgmma_*' 170
-    tally "forward_tests_$v"
-  done
   step attention_ab scripts/gpu-ab.sh "main $variants" "$bin/kjit_bench_attention"
-  cat "$out/attention_ab.log"
+  step attention_sweep "$bin/kjit_bench_attention" --sweep
+  cat "$out/attention_ab.log" "$out/attention_sweep.log"
 fi
 if [ "$what" = attention-bench ]; then
   # Tile sweep, then kjit's defaults beside torch (and FA3), then tuned (fa-bench preset) and
