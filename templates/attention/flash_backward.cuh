@@ -235,7 +235,7 @@ __device__ __forceinline__ void probabilities_and_ds(
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int r = m0 + lane / 4 + (e >= 2 ? 8 : 0);
-      const float prob = exp2f(s[0][j][e] * scale_log2 - lse2[r]);
+      const float prob = exp2_flush(s[0][j][e] * scale_log2 - lse2[r]);
       s[0][j][e] = prob;
       dp[0][j][e] = prob * (dp[0][j][e] - dsum[r]);
     }

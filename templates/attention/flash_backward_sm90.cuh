@@ -203,7 +203,7 @@ __device__ __forceinline__ void probabilities(float (&s)[kTiles][4], const float
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int c = 8 * j + 2 * (lane % 4) + e % 2;
-      const float prob = exp2f(fmaf(s[j][e], scale_log2, -lse2[c]));
+      const float prob = exp2_flush(fmaf(s[j][e], scale_log2, -lse2[c]));
       if constexpr (kMask) {
         const int k = key + 8 * (e / 2), q = query0 + c;
         const bool visible = k >= seq.key_begin && k < seq.key_end && q < seq.seqlen_q &&

@@ -115,7 +115,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode(const KjitMlaDecodeParams p
       const float tile_max = fmaxf(stats[r], stats[2 * S::kRows + r]);
       const float new_max = fmaxf(row_max[h], tile_max);
       // A row that has seen no key yet keeps max -inf: nothing to rescale, P = 0 (no NaN).
-      correction[h] = new_max == negative_infinity() ? 1.f : exp2f(row_max[h] - new_max);
+      correction[h] = new_max == negative_infinity() ? 1.f : exp2_flush(row_max[h] - new_max);
       row_max[h] = new_max;
     }
 #pragma unroll
@@ -123,7 +123,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode(const KjitMlaDecodeParams p
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int h = e / 2;
-        s[0][j][e] = row_max[h] == negative_infinity() ? 0.f : exp2f(s[0][j][e] - row_max[h]);
+        s[0][j][e] = row_max[h] == negative_infinity() ? 0.f : exp2_flush(s[0][j][e] - row_max[h]);
         local_sum[h] += s[0][j][e];
       }
     }

@@ -58,13 +58,13 @@ __device__ __forceinline__ void online_softmax(float (&s)[kKeyTiles][4], RowPair
     // A row with no visible key yet keeps max -inf: exponentiate against 0 so that every
     // probability is exp2(-inf) = 0 rather than NaN.
     const float base = new_max == negative_infinity() ? 0.f : new_max;
-    correction[h] = exp2f(stats.max[h] - base);
+    correction[h] = exp2_flush(stats.max[h] - base);
     stats.max[h] = new_max;
     float sum = 0.f;
 #pragma unroll
     for (int j = 0; j < kKeyTiles; ++j) {
-      s[j][2 * h] = exp2f(fmaf(s[j][2 * h], scale_log2, -base));
-      s[j][2 * h + 1] = exp2f(fmaf(s[j][2 * h + 1], scale_log2, -base));
+      s[j][2 * h] = exp2_flush(fmaf(s[j][2 * h], scale_log2, -base));
+      s[j][2 * h + 1] = exp2_flush(fmaf(s[j][2 * h + 1], scale_log2, -base));
       sum += s[j][2 * h] + s[j][2 * h + 1];
     }
     stats.sum[h] = stats.sum[h] * correction[h] + sum;
