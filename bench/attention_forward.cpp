@@ -137,22 +137,30 @@ int main(int argc, char** argv) try {
               "TFLOP/s");
   if (mode == "--sweep") {
     // The mma.sync default first (the reference the others must agree with), then wgmma tiles,
-    // then the warp-specialised loop's.
+    // then the warp-specialised loop's (91) and the same with the intra-warpgroup overlap (92),
+    // FA3's key tiles among them.
     using C = kjit::ops::FlashForward::Config;
     auto mma = [](long long m, long long n, long long t) { return C{80, m, n, t}; };
     auto wgmma = [](long long m, long long n) { return C{90, m, n, 1}; };
     auto ws = [](long long m, long long n) { return C{91, m, n, 1}; };
+    auto overlap = [](long long m, long long n) { return C{92, m, n, 1}; };
     for (bool causal : {false, true}) {
       sweep(64, causal,
-            {mma(128, 64, 2), wgmma(128, 128), wgmma(128, 64), wgmma(192, 128), wgmma(64, 128),
-             ws(192, 128), ws(128, 128), ws(192, 64)},
+            {mma(128, 64, 2), wgmma(128, 128), wgmma(192, 128), ws(192, 128), ws(128, 128),
+             ws(192, 64), overlap(192, 128), overlap(192, 112), overlap(192, 80)},
             stream);
       sweep(128, causal,
-            {mma(128, 64, 1), wgmma(128, 128), wgmma(128, 64), wgmma(192, 128), wgmma(64, 128),
-             ws(128, 128), ws(128, 64)},
+            {mma(128, 64, 1), wgmma(128, 128), ws(128, 128), ws(128, 176), overlap(128, 128),
+             overlap(128, 176), overlap(128, 112)},
             stream);
-      sweep(192, causal, {mma(64, 32, 1), wgmma(128, 64), ws(128, 64), ws(128, 128)}, stream);
-      sweep(256, causal, {mma(64, 32, 1), wgmma(128, 64), wgmma(64, 64), ws(128, 64)}, stream);
+      sweep(192, causal,
+            {mma(64, 32, 1), wgmma(128, 64), ws(128, 64), ws(128, 112), overlap(128, 64),
+             overlap(128, 112), overlap(128, 80)},
+            stream);
+      sweep(256, causal,
+            {mma(64, 32, 1), wgmma(128, 64), ws(128, 64), ws(128, 80), overlap(128, 64),
+             overlap(128, 80)},
+            stream);
     }
     return 0;
   }

@@ -23,7 +23,9 @@ struct FlashSm90Shape {
   static constexpr int kQElems = kBlockM * kHeadDim;
   static constexpr int kKVElems = kBlockN * kHeadDim;
   static constexpr int kKeyTiles = kBlockN / 8;
-  static_assert(kHeadDim % kSlabCols == 0 && (kBlockN == 64 || kBlockN == 128), "tile shape");
+  // Key tiles: wgmma_ss's S widths (64 to 176, multiples of 16: P V takes 16 keys a step).
+  static_assert(kHeadDim % kSlabCols == 0 && kBlockN % 16 == 0 && kBlockN >= 64 && kBlockN <= 176,
+                "tile shape");
 };
 
 // The steps of one key tile that both sm_90a main loops take, for the warpgroup's 64 rows (its
@@ -64,19 +66,23 @@ __device__ __forceinline__ void issue_values(float (&acc_o)[S::kSlabs][8][4], co
 }
 
 // Masks the scores of the key tile at first_key where it needs it (only tiles that cross the
-// sequence end or, when causal, the diagonal of this warp's rows), folds them into the statistics
-// as probabilities, and rescales O.
+// sequence end or, when causal, the diagonal of this warp's rows) and folds them into the
+// statistics as probabilities; `correction` is the factor O must be rescaled by before their P V.
+// O is not touched: the warp-specialised loop runs this while the previous P V still writes it.
 template <bool kCausal, class S, class T>
-__device__ __forceinline__ void softmax_step(float (&acc_s)[S::kKeyTiles][4],
-                                             float (&acc_o)[S::kSlabs][8][4], RowPairStats& stats,
+__device__ __forceinline__ void softmax_step(float (&acc_s)[S::kKeyTiles][4], RowPairStats& stats,
                                              const FlashTile<T>& tile, int first_key, int warp_row,
-                                             int my_row, float scale_log2) {
+                                             int my_row, float scale_log2, float (&correction)[2]) {
   const bool crosses_end = first_key + S::kBlockN > tile.seqlen_k;
   const bool crosses_diagonal = kCausal && first_key + S::kBlockN - 1 > warp_row + tile.diagonal;
   if (crosses_end || crosses_diagonal)
     mask_scores<kCausal>(acc_s, first_key, my_row, tile.seqlen_k, tile.diagonal);
-  float correction[2];
   online_softmax(acc_s, stats, scale_log2, correction);
+}
+
+template <class S>
+__device__ __forceinline__ void rescale_output(float (&acc_o)[S::kSlabs][8][4],
+                                               const float (&correction)[2]) {
 #pragma unroll
   for (int slab = 0; slab < S::kSlabs; ++slab)
     rescale_rows(acc_o[slab], correction);
@@ -136,8 +142,10 @@ __global__ void __launch_bounds__(128 * kWarpGroups, 1)
     ptx::wgmma_commit();
     ptx::wgmma_wait<0>();
 
-    softmax_step<kCausal, S>(acc_s, acc_o, stats, tile, block * kBlockN, warp_row, my_row,
-                             p.scale_log2);
+    float correction[2];
+    softmax_step<kCausal, S>(acc_s, stats, tile, block * kBlockN, warp_row, my_row, p.scale_log2,
+                             correction);
+    rescale_output<S>(acc_o, correction);
 
     ptx::wgmma_fence();
     issue_values<T, S>(acc_o, shared_v + stage * S::kKVElems,

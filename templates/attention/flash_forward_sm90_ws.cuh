@@ -7,8 +7,9 @@
 // The producer warpgroup gives its registers to the consumers (setmaxnreg); three of its warps
 // leave at once. The consumers take turns issuing their GEMMs (named barriers, FA3's ping-pong):
 // one warpgroup issues P_j V_j and S_{j+1} = Q K_{j+1}^T back to back, then its softmax of
-// S_{j+1} runs while the other warpgroups' pairs occupy the tensor cores. Causal tiles run
-// longest first (the grid's last query tile first): the short ones fill the last wave.
+// S_{j+1} runs while the other warpgroups' pairs occupy the tensor cores; with kOverlap (FA3's
+// intra-warpgroup overlap) also while its own P_j V_j does. Causal tiles run longest first (the
+// grid's last query tile first): the short ones fill the last wave.
 //
 // The copy engine reads whole boxes: past the tensor's rows it fills zeros, but a packed tile
 // that crosses its sequence's end reads the next sequence's rows. Those keys are masked (as the
@@ -64,7 +65,7 @@ __device__ __forceinline__ const KjitTensorMap& query_map(const KjitGroupedFlash
 // kStages K and V tiles in flight each (the host sizes the shared memory for them).
 // Params: KjitFlashTmaParams, or KjitGroupedFlashTmaParams for a grouped launch.
 template <class T, int kHeadDim, int kBlockN, int kConsumers, int kStages, bool kCausal,
-          class Params = KjitFlashTmaParams>
+          bool kOverlap, class Params = KjitFlashTmaParams>
 __global__ void __launch_bounds__(FlashWsRoles<kConsumers>::kThreads, 1)
     flash_forward_sm90_ws(const __grid_constant__ Params params) {
   using R = FlashWsRoles<kConsumers>;
@@ -77,6 +78,7 @@ __global__ void __launch_bounds__(FlashWsRoles<kConsumers>::kThreads, 1)
   T* shared_v = shared_k + kStages * S::kKVElems;  // [kStages][swizzled kBlockN x kHeadDim]
   __shared__ cuda::std::uint64_t q_full, k_full[kStages], k_empty[kStages], v_full[kStages],
       v_empty[kStages];
+  __shared__ volatile float softmax_done;  // written, never read: see softmax
 
   const FlashTile<T> tile(work, S::kBlockM);
   if (!tile.has_rows()) return;
@@ -170,40 +172,96 @@ __global__ void __launch_bounds__(FlashWsRoles<kConsumers>::kThreads, 1)
       ptx::fence_operand(acc_o[slab]);
     ptx::fence_operand(prob);
   };
-  // Waits for the issued GEMMs and hands their stages back.
-  auto retire = [&](int qk_block, int pv_block) {
-    ptx::wgmma_wait<0>();
+
+  // Waits for S of `block` (`pending` later commit groups may still run), hands its K stage back
+  // and folds it into the statistics, leaving O and P to a P V that may still run.
+  float correction[2];
+  auto softmax = [&](int block, auto pending) {
+    ptx::wgmma_wait<decltype(pending)::value>();
     ptx::fence_operand(acc_s);
-    fence_operands();
-    if (leader && qk_block >= 0) ptx::mbarrier_arrive(&k_empty[qk_block % kStages]);
-    if (leader && pv_block >= 0) ptx::mbarrier_arrive(&v_empty[pv_block % kStages]);
+    if (leader) ptx::mbarrier_arrive(&k_empty[block % kStages]);
+    softmax_step<kCausal, S>(acc_s, stats, tile, block * kBlockN, warp_row, my_row, p.scale_log2,
+                             correction);
+    // ptxas moves arithmetic past a wgmma wait but keeps shared stores before it: storing the
+    // row sums (which need every exponential) keeps the softmax ahead of the wait for P V.
+    if constexpr (decltype(pending)::value > 0) softmax_done = stats.sum[0] + stats.sum[1];
   };
-  // Masks and folds S of `block` into the statistics, rescales O, and rounds P for its P V.
-  auto softmax = [&](int block) {
-    softmax_step<kCausal, S>(acc_s, acc_o, stats, tile, block * kBlockN, warp_row, my_row,
-                             p.scale_log2);
+  // Waits for P V of `block` and hands its V stage back.
+  auto retire_values = [&](int block) {
+    ptx::wgmma_wait<0>();
+    fence_operands();
+    if (leader) ptx::mbarrier_arrive(&v_empty[block % kStages]);
+  };
+  // Rescales O for the last softmax and rounds its P for the next P V.
+  auto prepare_values = [&] {
+    rescale_output<S>(acc_o, correction);
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk)
       probability_fragment<T>(acc_s, kk, prob[kk]);
   };
+  // A turn: this warpgroup issues its GEMMs, then hands the tensor cores to the next consumer
+  // (the last skips its last hand-over, which nobody would wait for).
+  auto take_turn = [&] { ptx::named_barrier_sync(my_turn, 2 * 128); };
+  auto pass_turn = [&](bool final) {
+    if (!(last && final)) ptx::named_barrier_arrive(next_turn, 2 * 128);
+  };
 
-  if (key_blocks > 0) {
-    // Turns: K + 1 issues a warpgroup ([S_0], [P_0 V_0, S_1], .., [P_{K-1} V_{K-1}]); consumer 0
-    // goes first (the last one's hand-over starts it); the last skips its last hand-over, which
-    // nobody would wait for.
+  using None = cuda::std::integral_constant<int, 0>;  // no later commit group pending
+  if (key_blocks > 0 && !kOverlap) {
+    // K + 1 turns a warpgroup: [S_0], [P_0 V_0, S_1], .., [P_{K-1} V_{K-1}], one commit group
+    // each; consumer 0 goes first (the last one's hand-over starts it).
     ptx::mbarrier_wait(&q_full, 0);
     if (last) ptx::named_barrier_arrive(next_turn, 2 * 128);
     for (int block = 0; block <= key_blocks; ++block) {
-      ptx::named_barrier_sync(my_turn, 2 * 128);
+      const bool scores = block < key_blocks;
+      take_turn();
       fence_operands();  // O's rescale and P's rounding stay before the wgmma that read them
       ptx::wgmma_fence();
       if (block > 0) issue_pv(block - 1);
-      if (block < key_blocks) issue_qk(block);
+      if (scores) issue_qk(block);
       ptx::wgmma_commit();
-      if (!(last && block == key_blocks)) ptx::named_barrier_arrive(next_turn, 2 * 128);
-      retire(block < key_blocks ? block : -1, block - 1);
-      if (block < key_blocks) softmax(block);
+      pass_turn(!scores);
+      if (block > 0) retire_values(block - 1);
+      if (scores) {
+        softmax(block, None{});
+        prepare_values();
+      }
     }
+  }
+  if (key_blocks > 0 && kOverlap) {
+    // The same turns, but in each S_j is committed apart from P_{j-1} V_{j-1} and waited for
+    // alone, so the softmax of S_j runs under this warpgroup's own P V as well as under the
+    // other warpgroups' GEMMs. The first and last turns are peeled: ptxas serialises the wgmma
+    // of a loop whose commit groups depend on branches (C7514).
+    ptx::mbarrier_wait(&q_full, 0);
+    if (last) ptx::named_barrier_arrive(next_turn, 2 * 128);
+    take_turn();
+    ptx::wgmma_fence();
+    issue_qk(0);
+    ptx::wgmma_commit();
+    pass_turn(false);
+    softmax(0, None{});
+    prepare_values();
+    for (int block = 1; block < key_blocks; ++block) {
+      take_turn();
+      fence_operands();
+      ptx::wgmma_fence();
+      issue_qk(block);
+      ptx::wgmma_commit();
+      issue_pv(block - 1);
+      ptx::wgmma_commit();
+      pass_turn(false);
+      softmax(block, cuda::std::integral_constant<int, 1>{});
+      retire_values(block - 1);
+      prepare_values();
+    }
+    take_turn();
+    fence_operands();
+    ptx::wgmma_fence();
+    issue_pv(key_blocks - 1);
+    ptx::wgmma_commit();
+    pass_turn(true);
+    retire_values(key_blocks - 1);
   }
 
   const int row = my_row - tile.row0;

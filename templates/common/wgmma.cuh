@@ -71,6 +71,13 @@ __device__ __forceinline__ void fence_proxy_async_shared() {
 #define KJIT_ACC64(d)                                                                  \
   KJIT_ACC32(d), KJIT_ACC4(d, 8), KJIT_ACC4(d, 9), KJIT_ACC4(d, 10), KJIT_ACC4(d, 11), \
       KJIT_ACC4(d, 12), KJIT_ACC4(d, 13), KJIT_ACC4(d, 14), KJIT_ACC4(d, 15)
+#define KJIT_ACC40(d) KJIT_ACC32(d), KJIT_ACC4(d, 8), KJIT_ACC4(d, 9)
+#define KJIT_ACC56(d)                                                                  \
+  KJIT_ACC32(d), KJIT_ACC4(d, 8), KJIT_ACC4(d, 9), KJIT_ACC4(d, 10), KJIT_ACC4(d, 11), \
+      KJIT_ACC4(d, 12), KJIT_ACC4(d, 13)
+#define KJIT_ACC88(d)                                                                    \
+  KJIT_ACC64(d), KJIT_ACC4(d, 16), KJIT_ACC4(d, 17), KJIT_ACC4(d, 18), KJIT_ACC4(d, 19), \
+      KJIT_ACC4(d, 20), KJIT_ACC4(d, 21)
 #define KJIT_ACC96(d)                                                                    \
   KJIT_ACC64(d), KJIT_ACC4(d, 16), KJIT_ACC4(d, 17), KJIT_ACC4(d, 18), KJIT_ACC4(d, 19), \
       KJIT_ACC4(d, 20), KJIT_ACC4(d, 21), KJIT_ACC4(d, 22), KJIT_ACC4(d, 23)
@@ -105,6 +112,21 @@ __device__ __forceinline__ void fence_proxy_async_shared() {
   "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, "  \
   "%56, %57, %58, %59, %60, %61, %62, %63}"
 
+#define KJIT_REGS40                                                                             \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, " \
+  "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, "  \
+  "%38, %39}"
+#define KJIT_REGS56                                                                             \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, " \
+  "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, "  \
+  "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55}"
+#define KJIT_REGS88                                                                             \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, " \
+  "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, "  \
+  "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, "  \
+  "%56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, "  \
+  "%74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87}"
+
 // d (+)= A B, A (64 x 16) and B (N x 16) in shared memory, K-major (TRANSPOSE "0") or MN-major
 // ("1"); scale_d = 0 overwrites d.
 #define KJIT_WGMMA_SS(N, TYPE, REGS, ACC, A, B, SCALE, TRANSPOSE)                               \
@@ -129,19 +151,30 @@ __device__ __forceinline__ void fence_proxy_async_shared() {
 template <class T>
 inline constexpr bool kIsHalf = cuda::std::is_same_v<T, __half>;
 
-// S-type product: N = 64 or 128 columns of fp32 accumulators.
+// S-type product: N columns of fp32 accumulators, A and B K-major in shared memory. N: 64 and
+// 128, and the attention key tiles FA3 picks per head dim (80 at hd 256, 112 at hd 192, 176 at
+// hd 128).
+#define KJIT_WGMMA_SS_ANY(TYPE)                                               \
+  if constexpr (N == 64) {                                                    \
+    KJIT_WGMMA_SS(64, TYPE, KJIT_REGS32, KJIT_ACC32, "32", "33", "34", "0");  \
+  } else if constexpr (N == 80) {                                             \
+    KJIT_WGMMA_SS(80, TYPE, KJIT_REGS40, KJIT_ACC40, "40", "41", "42", "0");  \
+  } else if constexpr (N == 112) {                                            \
+    KJIT_WGMMA_SS(112, TYPE, KJIT_REGS56, KJIT_ACC56, "56", "57", "58", "0"); \
+  } else if constexpr (N == 128) {                                            \
+    KJIT_WGMMA_SS(128, TYPE, KJIT_REGS64, KJIT_ACC64, "64", "65", "66", "0"); \
+  } else {                                                                    \
+    KJIT_WGMMA_SS(176, TYPE, KJIT_REGS88, KJIT_ACC88, "88", "89", "90", "0"); \
+  }
 template <class T, int N>
 __device__ __forceinline__ void wgmma_ss(float (&d)[N / 8][4], cuda::std::uint64_t a,
                                          cuda::std::uint64_t b, int scale_d) {
-  static_assert(N == 64 || N == 128, "wgmma_ss: N is 64 or 128");
-  if constexpr (N == 64 && kIsHalf<T>) {
-    KJIT_WGMMA_SS(64, "f16", KJIT_REGS32, KJIT_ACC32, "32", "33", "34", "0");
-  } else if constexpr (N == 64) {
-    KJIT_WGMMA_SS(64, "bf16", KJIT_REGS32, KJIT_ACC32, "32", "33", "34", "0");
-  } else if constexpr (kIsHalf<T>) {
-    KJIT_WGMMA_SS(128, "f16", KJIT_REGS64, KJIT_ACC64, "64", "65", "66", "0");
+  static_assert(N == 64 || N == 80 || N == 112 || N == 128 || N == 176,
+                "wgmma_ss: N is 64, 80, 112, 128 or 176");
+  if constexpr (kIsHalf<T>) {
+    KJIT_WGMMA_SS_ANY("f16")
   } else {
-    KJIT_WGMMA_SS(128, "bf16", KJIT_REGS64, KJIT_ACC64, "64", "65", "66", "0");
+    KJIT_WGMMA_SS_ANY("bf16")
   }
 }
 
@@ -210,18 +243,25 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[kTiles][4], const unsigned (
 }
 
 #undef KJIT_WGMMA_RS_ANY
+#undef KJIT_WGMMA_SS_ANY
 #undef KJIT_WGMMA_RS
 #undef KJIT_WGMMA_SS
 #undef KJIT_REGS128
 #undef KJIT_REGS96
+#undef KJIT_REGS88
 #undef KJIT_REGS64
+#undef KJIT_REGS56
+#undef KJIT_REGS40
 #undef KJIT_REGS32
 #undef KJIT_REGS16
 #undef KJIT_REGS8
 #undef KJIT_REGS4
 #undef KJIT_ACC128
 #undef KJIT_ACC96
+#undef KJIT_ACC88
 #undef KJIT_ACC64
+#undef KJIT_ACC56
+#undef KJIT_ACC40
 #undef KJIT_ACC32
 #undef KJIT_ACC16
 #undef KJIT_ACC8

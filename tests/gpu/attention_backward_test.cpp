@@ -303,7 +303,8 @@ std::vector<std::vector<std::uint16_t>> run_case(const BwdCase& c, unsigned seed
   return got;
 }
 
-class AttentionBackward : public IsolatedCache, public ::testing::WithParamInterface<BwdCase> {};
+class AttentionBackward : public SharedKernelStore,
+                          public ::testing::WithParamInterface<BwdCase> {};
 
 TEST_P(AttentionBackward, MatchesDoubleReference) {
   KJIT_REQUIRE_GPU();

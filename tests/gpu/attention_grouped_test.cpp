@@ -879,7 +879,8 @@ void run_case(const GroupedCase& c, unsigned seed) {
   check_backward_separate(p, stream, low);
 }
 
-class AttentionGrouped : public IsolatedCache, public ::testing::WithParamInterface<GroupedCase> {};
+class AttentionGrouped : public SharedKernelStore,
+                         public ::testing::WithParamInterface<GroupedCase> {};
 
 TEST_P(AttentionGrouped, MatchesReferenceAndSeparateCalls) {
   KJIT_REQUIRE_GPU();

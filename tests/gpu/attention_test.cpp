@@ -38,8 +38,11 @@ struct AttnCase {
   double input_scale = 1.0;
   // 0: the op's choice for this device (kjit::attention::forward); kMainloopMma: the mma.sync
   // kernel forced through the plan, so that sm_90a machines test the sm_80 main loop too;
-  // kMainloopWgmma: the sm_90a loop the op does not choose up to hd 192, forced likewise.
+  // kMainloopWgmma: the sm_90a loop the op does not choose up to hd 192, forced likewise;
+  // kMainloopWgmmaWsOverlap: the warp-specialised loop with the intra-warpgroup overlap;
+  // either warp-specialised loop with ws_block_n: another key tile (FA3's).
   std::int64_t mainloop = 0;
+  std::int64_t ws_block_n = 0;
 };
 
 void PrintTo(const AttnCase& c, std::ostream* os) {
@@ -49,14 +52,23 @@ void PrintTo(const AttnCase& c, std::ostream* os) {
     *os << c.seqlens_q[i] << "/" << c.seqlens_k[i] << " ";
   if (c.input_scale != 1.0) *os << " x" << c.input_scale;
   if (c.mainloop) *os << " mainloop " << c.mainloop;
+  if (c.ws_block_n) *os << " block_n " << c.ws_block_n;
 }
 
 // A main loop other than the op's choice, launched through the family as the op would launch its
-// own: mma.sync with sm_80's default config, or the wgmma loop with its usual tile.
-void run_forced(std::int64_t mainloop, const ops::Call<FlashForward>& call, StreamHandle stream) {
-  const FlashForward::Config config = mainloop == FlashForward::kMainloopWgmma
-                                          ? FlashForward::wgmma_config(call.problem)
-                                          : FlashForward::default_config(call.problem, "sm_80");
+// own: mma.sync with sm_80's default config, the wgmma loop with its usual tile, or the
+// warp-specialised loop with ws_block_n keys a tile.
+void run_forced(std::int64_t mainloop, std::int64_t ws_block_n, const ops::Call<FlashForward>& call,
+                StreamHandle stream) {
+  FlashForward::Config config = mainloop == FlashForward::kMainloopWgmma
+                                    ? FlashForward::wgmma_config(call.problem)
+                                    : FlashForward::default_config(call.problem, "sm_80");
+  if (mainloop == FlashForward::kMainloopWgmmaWs ||
+      mainloop == FlashForward::kMainloopWgmmaWsOverlap) {
+    config = FlashForward::warp_specialized_config(call.problem);
+    config.mainloop = mainloop;
+    if (ws_block_n) config.block_n = ws_block_n;
+  }
   ASSERT_TRUE(FlashForward::valid(config, call.problem, arch::current()));
   const Program program = load(FlashForward::spec(config, call.problem, arch::current()));
   FlashForward::launch(program, config, call.problem, call.args, stream);
@@ -98,7 +110,8 @@ std::vector<std::uint16_t> run_case(const AttnCase& c, unsigned seed, bool check
         vv(dv.data(), c.dtype, {tk, hk, d}), vout(dout.data(), c.dtype, {tq, hq, d}),
         vlse(dlse.data(), DType::Float32, {hq, tq});
     if (c.mainloop) {
-      run_forced(c.mainloop, FlashForward::validate_varlen(vq, vk, vv, vout, vlse, s, options),
+      run_forced(c.mainloop, c.ws_block_n,
+                 FlashForward::validate_varlen(vq, vk, vv, vout, vlse, s, options),
                  stream.handle());
     } else {
       forward_varlen(vq, vk, vv, vout, vlse, s, options, stream.handle());
@@ -109,7 +122,7 @@ std::vector<std::uint16_t> run_case(const AttnCase& c, unsigned seed, bool check
         vv(dv.data(), c.dtype, {b, sk, hk, d}), vout(dout.data(), c.dtype, {b, sq, hq, d}),
         vlse(dlse.data(), DType::Float32, {b, hq, sq});
     if (c.mainloop) {
-      run_forced(c.mainloop, FlashForward::validate(vq, vk, vv, vout, vlse, options),
+      run_forced(c.mainloop, c.ws_block_n, FlashForward::validate(vq, vk, vv, vout, vlse, options),
                  stream.handle());
     } else {
       forward(vq, vk, vv, vout, vlse, options, stream.handle());
@@ -178,12 +191,13 @@ std::vector<std::uint16_t> run_case(const AttnCase& c, unsigned seed, bool check
   return out;
 }
 
-class AttentionForward : public IsolatedCache, public ::testing::WithParamInterface<AttnCase> {};
+class AttentionForward : public SharedKernelStore,
+                         public ::testing::WithParamInterface<AttnCase> {};
 
 TEST_P(AttentionForward, MatchesDoubleReference) {
   KJIT_REQUIRE_GPU();
-  if (GetParam().mainloop == FlashForward::kMainloopWgmma && !arch::current().has_wgmma())
-    GTEST_SKIP() << "the wgmma loop needs sm_90a; this card is " << arch::current().name();
+  if (GetParam().mainloop >= FlashForward::kMainloopWgmma && !arch::current().has_wgmma())
+    GTEST_SKIP() << "the wgmma loops need sm_90a; this card is " << arch::current().name();
   const unsigned seed = std::random_device{}();  // fresh inputs every run; printed on failure
   SCOPED_TRACE("input seed " + std::to_string(seed));
   run_case(GetParam(), seed);
@@ -195,12 +209,13 @@ std::vector<AttnCase> cases() {
   for (DType dtype : {DType::Float16, DType::BFloat16}) {
     for (int d : {64, 96, 128, 192, 256}) {
       for (bool causal : {false, true}) {
-        // sm_90a: the warp-specialised loop by default; the wgmma loop forced (not hd 96, which
-        // has neither).
-        const std::int64_t other_sm90 =
-            d % 64 != 0 ? std::int64_t{-1} : FlashForward::kMainloopWgmma;
-        for (std::int64_t mainloop : {std::int64_t{0}, FlashForward::kMainloopMma, other_sm90}) {
-          if (mainloop < 0) continue;
+        // sm_90a: the warp-specialised loop by default; the wgmma loop and the overlap loop
+        // forced (not hd 96, which has neither).
+        const bool sm90 = d % 64 == 0;
+        for (std::int64_t mainloop :
+             {std::int64_t{0}, FlashForward::kMainloopMma, FlashForward::kMainloopWgmma,
+              FlashForward::kMainloopWgmmaWsOverlap}) {
+          if (!sm90 && mainloop >= FlashForward::kMainloopWgmma) continue;
           for (auto [hq, hk] : std::vector<std::pair<int, int>>{{1, 1}, {8, 1}, {32, 8}}) {
             out.push_back({dtype, d, causal, hq, hk, false, {97, 97}, {97, 97}, 1.0, mainloop});
             out.push_back({dtype, d, causal, hq, hk, true, varlen_q, varlen_k, 1.0, mainloop});
@@ -210,6 +225,26 @@ std::vector<AttnCase> cases() {
           out.push_back({dtype, d, causal, 2, 1, false, {150}, {40}, 1.0, mainloop});
           // Enough key tiles (6 to 11) for the main loops' steady state, a partial one last.
           out.push_back({dtype, d, causal, 4, 2, false, {257, 257}, {700, 700}, 1.0, mainloop});
+        }
+      }
+    }
+  }
+  // The warp-specialised loops' other key tiles (FA3's 176 at hd 128, 112 at hd 192, 80 at hd
+  // 256): batched with a steady state and a partial last tile, and varlen.
+  for (DType dtype : {DType::Float16, DType::BFloat16}) {
+    for (int d : {64, 128, 192, 256}) {
+      const FlashForward::Problem problem{dtype, 1, 1, 1, d, 1, 1, false};
+      const std::int64_t default_n = FlashForward::warp_specialized_config(problem).block_n;
+      for (auto ws : {FlashForward::kMainloopWgmmaWs, FlashForward::kMainloopWgmmaWsOverlap}) {
+        for (std::int64_t n : FlashForward::kWsBlockNs) {
+          FlashForward::Config config = FlashForward::warp_specialized_config(problem);
+          config.mainloop = ws;
+          config.block_n = n;
+          if (n == default_n || !FlashForward::valid(config, problem, "sm_90a")) continue;
+          for (bool causal : {false, true}) {
+            out.push_back({dtype, d, causal, 4, 2, false, {257, 257}, {700, 700}, 1.0, ws, n});
+            out.push_back({dtype, d, causal, 8, 1, true, varlen_q, varlen_k, 1.0, ws, n});
+          }
         }
       }
     }
@@ -232,15 +267,20 @@ INSTANTIATE_TEST_SUITE_P(All, AttentionForward, ::testing::ValuesIn(cases()),
                                   (c.varlen ? "_varlen" : "_batched") +
                                   (c.mainloop == FlashForward::kMainloopMma     ? "_mma"
                                    : c.mainloop == FlashForward::kMainloopWgmma ? "_wgmma"
-                                                                                : "") +
-                                  "_" + std::to_string(i.index);
+                                   : c.mainloop == FlashForward::kMainloopWgmmaWsOverlap
+                                       ? "_overlap"
+                                   : c.mainloop == FlashForward::kMainloopWgmmaWs ? "_ws"
+                                                                                  : "") +
+                                  (c.ws_block_n ? "_n" + std::to_string(c.ws_block_n) : "") + "_" +
+                                  std::to_string(i.index);
                          });
 
 TEST(AttentionForwardDeterminism, BitwiseIdenticalOnRerun) {
   KJIT_REQUIRE_GPU();
   const bool sm90 = arch::current().has_wgmma();
   for (std::int64_t mainloop :
-       {std::int64_t{0}, FlashForward::kMainloopMma, sm90 ? FlashForward::kMainloopWgmma : 0}) {
+       {std::int64_t{0}, FlashForward::kMainloopMma, sm90 ? FlashForward::kMainloopWgmma : 0,
+        sm90 ? FlashForward::kMainloopWgmmaWsOverlap : 0}) {
     const AttnCase c{DType::BFloat16, 128,           true, 4,       2, true,
                      {300, 7, 129},   {300, 9, 500}, 1.0,  mainloop};
     const unsigned seed = std::random_device{}();
@@ -286,14 +326,14 @@ TEST(AttentionForwardEmpty, NoKeysGiveZeroOutputAndMinusInfLse) {
     check("forward");
     out.fill_bytes(0xff);
     lse.fill_bytes(0xff);
-    run_forced(FlashForward::kMainloopMma, FlashForward::validate(vq, vk, vk, vout, vlse, options),
-               stream.handle());
+    run_forced(FlashForward::kMainloopMma, 0,
+               FlashForward::validate(vq, vk, vk, vout, vlse, options), stream.handle());
     stream.synchronize();
     check("mma.sync loop");
     if (arch::current().has_wgmma()) {
       out.fill_bytes(0xff);
       lse.fill_bytes(0xff);
-      run_forced(FlashForward::kMainloopWgmma,
+      run_forced(FlashForward::kMainloopWgmma, 0,
                  FlashForward::validate(vq, vk, vk, vout, vlse, options), stream.handle());
       stream.synchronize();
       check("wgmma loop");

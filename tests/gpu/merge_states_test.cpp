@@ -190,7 +190,7 @@ void run_case(const Case& c) {
   }
 }
 
-class MergeStatesShipped : public IsolatedCache, public ::testing::WithParamInterface<Case> {};
+class MergeStatesShipped : public SharedKernelStore, public ::testing::WithParamInterface<Case> {};
 
 TEST_P(MergeStatesShipped, MatchesDoubleReference) {
   KJIT_REQUIRE_GPU();
@@ -221,7 +221,8 @@ INSTANTIATE_TEST_SUITE_P(All, MergeStatesShipped, ::testing::ValuesIn(shipped_ca
                          });
 
 // Every config the tuner may pick computes the same function.
-class MergeStatesEveryConfig : public IsolatedCache, public ::testing::WithParamInterface<Case> {};
+class MergeStatesEveryConfig : public SharedKernelStore,
+                               public ::testing::WithParamInterface<Case> {};
 
 TEST_P(MergeStatesEveryConfig, MatchesDoubleReference) {
   KJIT_REQUIRE_GPU();

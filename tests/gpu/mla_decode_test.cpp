@@ -173,7 +173,7 @@ void run_case(const MlaCase& c, std::int64_t mainloop, unsigned seed) {
 
 // Every case through the op's choice, then each main loop forced (0, 80 mma.sync, 90 wgmma).
 using MlaParam = std::tuple<MlaCase, std::int64_t>;
-class MlaDecodeTest : public IsolatedCache, public ::testing::WithParamInterface<MlaParam> {};
+class MlaDecodeTest : public SharedKernelStore, public ::testing::WithParamInterface<MlaParam> {};
 
 TEST_P(MlaDecodeTest, MatchesDoubleReference) {
   KJIT_REQUIRE_GPU();

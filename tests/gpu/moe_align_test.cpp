@@ -34,7 +34,7 @@ void PrintTo(const AlignCase& c, std::ostream* os) {
   *os << c.name;
 }
 
-class MoeAlignTest : public IsolatedCache, public ::testing::WithParamInterface<AlignCase> {};
+class MoeAlignTest : public SharedKernelStore, public ::testing::WithParamInterface<AlignCase> {};
 
 TEST_P(MoeAlignTest, MatchesTheReferenceExactly) {
   KJIT_REQUIRE_GPU();

@@ -37,7 +37,8 @@ void PrintTo(const BalanceCase& c, std::ostream* os) {
   *os << c.name;
 }
 
-class MoeBalanceTest : public IsolatedCache, public ::testing::WithParamInterface<BalanceCase> {};
+class MoeBalanceTest : public SharedKernelStore,
+                       public ::testing::WithParamInterface<BalanceCase> {};
 
 TEST_P(MoeBalanceTest, MatchesTheReference) {
   KJIT_REQUIRE_GPU();

@@ -83,7 +83,7 @@ void PrintTo(const GemmCase& c, std::ostream* os) {
   *os << c.name;
 }
 
-class MoeGemmTest : public IsolatedCache, public ::testing::WithParamInterface<GemmCase> {};
+class MoeGemmTest : public SharedKernelStore, public ::testing::WithParamInterface<GemmCase> {};
 
 TEST_P(MoeGemmTest, MatchesDoublePerRoutedRow) {
   KJIT_REQUIRE_GPU();
@@ -277,7 +277,8 @@ void PrintTo(const MaskedCase& c, std::ostream* os) {
   *os << c.name;
 }
 
-class MoeGemmMaskedTest : public IsolatedCache, public ::testing::WithParamInterface<MaskedCase> {};
+class MoeGemmMaskedTest : public SharedKernelStore,
+                          public ::testing::WithParamInterface<MaskedCase> {};
 
 TEST_P(MoeGemmMaskedTest, MatchesDoublePerHeldRow) {
   KJIT_REQUIRE_GPU();

@@ -42,7 +42,7 @@ void PrintTo(const LayerCase& c, std::ostream* os) {
   *os << c.name;
 }
 
-class MoeLayerTest : public IsolatedCache, public ::testing::WithParamInterface<LayerCase> {};
+class MoeLayerTest : public SharedKernelStore, public ::testing::WithParamInterface<LayerCase> {};
 
 TEST_P(MoeLayerTest, MatchesTheDoubleComposition) {
   KJIT_REQUIRE_GPU();

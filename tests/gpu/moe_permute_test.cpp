@@ -38,7 +38,8 @@ void PrintTo(const PermuteCase& c, std::ostream* os) {
   *os << c.name;
 }
 
-class MoePermuteTest : public IsolatedCache, public ::testing::WithParamInterface<PermuteCase> {};
+class MoePermuteTest : public SharedKernelStore,
+                       public ::testing::WithParamInterface<PermuteCase> {};
 
 TEST_P(MoePermuteTest, RoundTripsThroughTheLayout) {
   KJIT_REQUIRE_GPU();

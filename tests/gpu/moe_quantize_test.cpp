@@ -33,7 +33,8 @@ void PrintTo(const QuantizeCase& c, std::ostream* os) {
   *os << c.name;
 }
 
-class MoeQuantizeTest : public IsolatedCache, public ::testing::WithParamInterface<QuantizeCase> {};
+class MoeQuantizeTest : public SharedKernelStore,
+                        public ::testing::WithParamInterface<QuantizeCase> {};
 
 TEST_P(MoeQuantizeTest, MatchesTheReferenceBitForBit) {
   KJIT_REQUIRE_GPU();

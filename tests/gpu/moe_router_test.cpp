@@ -35,7 +35,7 @@ void PrintTo(const RouterCase& c, std::ostream* os) {
   *os << c.name;
 }
 
-class MoeRouterTest : public IsolatedCache, public ::testing::WithParamInterface<RouterCase> {};
+class MoeRouterTest : public SharedKernelStore, public ::testing::WithParamInterface<RouterCase> {};
 
 TEST_P(MoeRouterTest, MatchesDoubleReference) {
   KJIT_REQUIRE_GPU();

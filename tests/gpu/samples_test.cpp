@@ -24,7 +24,7 @@ void PrintTo(const GemmCase& c, std::ostream* os) {
   *os << samples::mma_gemm(c.config).describe() << " M=" << c.m << " N=" << c.n << " K=" << c.k;
 }
 
-class MmaGemm : public IsolatedCache, public ::testing::WithParamInterface<GemmCase> {};
+class MmaGemm : public SharedKernelStore, public ::testing::WithParamInterface<GemmCase> {};
 
 TEST_P(MmaGemm, MatchesDoubleReference) {
   KJIT_REQUIRE_GPU();

@@ -148,7 +148,7 @@ void run_case(const Case& c) {
   }
 }
 
-class ZigzagCopyGpu : public IsolatedCache, public ::testing::WithParamInterface<Case> {};
+class ZigzagCopyGpu : public SharedKernelStore, public ::testing::WithParamInterface<Case> {};
 
 TEST_P(ZigzagCopyGpu, MatchesPlainIndexingBitForBit) {
   KJIT_REQUIRE_GPU();

@@ -73,11 +73,27 @@ INSTANTIATE_TEST_SUITE_P(AllArchs, ShippedSpecialisation, ::testing::ValuesIn(sh
                            return name + "_" + std::to_string(info.index);
                          });
 
-// The warp-specialised forward (the sm_90a default; the shipped specs cover the defaults): every
-// head dim, both dtypes, causal or not, for sm_90a, within the registers the
-// producer gives the consumers (setmaxnreg), with no serialised wgmma (hd 256 had both until P V
-// became one wide wgmma a step). The grouped kernel too (the grouped default), up to hd 192.
+// The warp-specialised forward (the sm_90a default; the shipped specs cover the defaults) and
+// its overlap loop: every head dim, both dtypes, causal or not, for sm_90a, within the registers
+// the producer gives the consumers (setmaxnreg), with no serialised wgmma (hd 256 had both until
+// P V became one wide wgmma a step); in bf16 also every other key tile valid() offers (FA3's).
+// The grouped kernel too (the grouped default), up to hd 192.
 class WarpSpecialisedForward : public IsolatedCache {};
+
+// The kernel of `spec` fits its registers: no spills, no stack, no serialised wgmma, and the
+// launch share of `threads` (setmaxnreg moves registers within it: 65536 / threads, in
+// multiples of 8).
+void expect_fits(const KernelSpec& spec, unsigned threads) {
+  const CompiledProgram p = compile(spec);
+  ASSERT_EQ(p.kernels.size(), 1u);
+  const CompiledKernel& k = p.kernels[0];
+  EXPECT_EQ(k.resources.spill_store_bytes, 0) << k.name_expression;
+  EXPECT_EQ(k.resources.spill_load_bytes, 0) << k.name_expression;
+  EXPECT_EQ(k.resources.stack_frame_bytes, 0) << k.name_expression;
+  // A branch the compiler cannot prove warp-uniform around a wgmma serialises it (C7520).
+  EXPECT_EQ(k.resources.serialized_wgmma, 0) << k.name_expression;
+  EXPECT_EQ(k.resources.registers, static_cast<int>(65536 / threads / 8 * 8)) << k.name_expression;
+}
 
 TEST_F(WarpSpecialisedForward, CompilesWithoutSpillsOrStack) {
   using ops::FlashForward;
@@ -86,35 +102,29 @@ TEST_F(WarpSpecialisedForward, CompilesWithoutSpillsOrStack) {
       for (bool causal : {false, true}) {
         const FlashForward::Problem problem{dtype, 1, 1, 1, d, 1, 1, causal};
         const FlashForward::Config config = FlashForward::warp_specialized_config(problem);
-        ASSERT_TRUE(FlashForward::valid(config, problem, "sm_90a")) << d;
-        const CompiledProgram p = compile(FlashForward::spec(config, problem, "sm_90a"));
-        ASSERT_EQ(p.kernels.size(), 1u);
-        const CompiledKernel& k = p.kernels[0];
-        EXPECT_EQ(k.resources.spill_store_bytes, 0) << k.name_expression;
-        EXPECT_EQ(k.resources.spill_load_bytes, 0) << k.name_expression;
-        EXPECT_EQ(k.resources.stack_frame_bytes, 0) << k.name_expression;
-        EXPECT_EQ(k.resources.serialized_wgmma, 0) << k.name_expression;
-        // setmaxnreg moves registers within the block's launch share: 65536 / threads, in
-        // multiples of 8.
-        EXPECT_EQ(k.resources.registers, static_cast<int>(65536 / config.threads() / 8 * 8))
-            << k.name_expression;
+        for (std::int64_t loop :
+             {FlashForward::kMainloopWgmmaWs, FlashForward::kMainloopWgmmaWsOverlap}) {
+          for (std::int64_t n : FlashForward::kWsBlockNs) {
+            FlashForward::Config tile = config;
+            tile.mainloop = loop;
+            tile.block_n = n;
+            if (n == config.block_n) {
+              ASSERT_TRUE(FlashForward::valid(tile, problem, "sm_90a")) << d;
+            } else if (dtype == DType::Float16 || !FlashForward::valid(tile, problem, "sm_90a")) {
+              continue;
+            }
+            expect_fits(FlashForward::spec(tile, problem, "sm_90a"), tile.threads());
+          }
+        }
         // The grouped kernel (the grouped default up to hd 192) at two consumer warpgroups.
         const ops::GroupedForward::Problem grouped{dtype, 2, 1, 1, 1, d, 1, 1, causal};
         ops::GroupedForward::Config grouped_config = config;
         grouped_config.block_m = 128;
         ASSERT_EQ(ops::GroupedForward::valid(grouped_config, grouped, "sm_90a"), d <= 192) << d;
-        if (d > 192) continue;
-        const CompiledProgram g =
-            compile(ops::GroupedForward::spec(grouped_config, grouped, "sm_90a"));
-        ASSERT_EQ(g.kernels.size(), 1u);
-        EXPECT_EQ(g.kernels[0].resources.spill_store_bytes, 0) << g.kernels[0].name_expression;
-        EXPECT_EQ(g.kernels[0].resources.spill_load_bytes, 0) << g.kernels[0].name_expression;
-        EXPECT_EQ(g.kernels[0].resources.stack_frame_bytes, 0) << g.kernels[0].name_expression;
-        // A group's key count the compiler cannot prove warp-uniform serialised it (C7520).
-        EXPECT_EQ(g.kernels[0].resources.serialized_wgmma, 0) << g.kernels[0].name_expression;
-        EXPECT_EQ(g.kernels[0].resources.registers,
-                  static_cast<int>(65536 / grouped_config.threads() / 8 * 8))
-            << g.kernels[0].name_expression;
+        if (d <= 192) {
+          expect_fits(ops::GroupedForward::spec(grouped_config, grouped, "sm_90a"),
+                      grouped_config.threads());
+        }
       }
     }
   }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <limits>
 #include <tuple>
 
@@ -136,6 +137,8 @@ FlashForward::Config FlashForward::default_config(const Problem& p, const Arch& 
 }
 
 std::vector<FlashForward::Config> FlashForward::space(const Problem&, const Arch& arch) {
+  // Not yet the overlap loop (92) nor the ws loop's tiles of 80, 112 and 176 keys: valid() takes
+  // them (forced GPU tests, the sweep) but the tuner does not until they have run on the GPU.
   std::vector<std::int64_t> mainloops{kMainloopMma};
   if (arch.has_wgmma()) {
     mainloops.push_back(kMainloopWgmma);
@@ -156,12 +159,20 @@ std::vector<FlashForward::Config> FlashForward::space(const Problem&, const Arch
 bool FlashForward::valid(const Config& c, const Problem& p, const Arch& arch) {
   if (c.block_m <= 0 || c.block_n <= 0 || c.m_tiles <= 0) return false;
   if (c.wgmma()) {
-    // Warpgroups of 64 rows (beside the producer: two, where their O, S and P fit the registers
-    // the producer gives them, or three at hd 64); S is m64 x block_n (64 or 128).
+    // Warpgroups of 64 rows (beside the producer: two, or three at hd 64, where their O, S and
+    // P, hd / 2 + 3 block_n / 4 registers a thread, leave 32 of the registers the producer gives
+    // them); S is m64 x block_n (64 or 128, or one of kWsBlockNs beside the producer: past 128
+    // keys only with the overlap, whose S and P V are apart; as one commit group ptxas spills).
     const bool consumers_fit = c.block_m == 128 || (c.block_m == 192 && p.head_dim == 64);
+    const std::int64_t consumer_registers = c.block_m == 128 ? 240 : 160;
+    const bool ws_tile = std::find(std::begin(kWsBlockNs), std::end(kWsBlockNs), c.block_n) !=
+                             std::end(kWsBlockNs) &&
+                         p.head_dim / 2 + 3 * c.block_n / 4 <= consumer_registers - 32 &&
+                         (c.block_n <= 128 || c.mainloop == kMainloopWgmmaWsOverlap);
+    const bool tile =
+        c.warp_specialized() ? consumers_fit && ws_tile : c.block_n == 64 || c.block_n == 128;
     if (!arch.has_wgmma() || p.head_dim % 64 != 0 || c.block_m % 64 != 0 || c.block_m > 192 ||
-        (c.warp_specialized() && !consumers_fit) || (c.block_n != 64 && c.block_n != 128) ||
-        c.m_tiles != 1) {
+        !tile || c.m_tiles != 1) {
       return false;
     }
   } else if (c.mainloop == kMainloopMma) {
@@ -171,13 +182,21 @@ bool FlashForward::valid(const Config& c, const Problem& p, const Arch& arch) {
   }
   // The warp-specialised loop's static mbarriers: Q's, and K's and V's full and empty a stage.
   const unsigned barriers =
-      c.warp_specialized() ? static_cast<unsigned>(1 + 4 * ws_stages(p)) * 8 : 0;
+      c.warp_specialized() ? static_cast<unsigned>(1 + 4 * ws_stages(c, p)) * 8 : 0;
   return shared_bytes(c, p) + barriers <= arch.max_shared_bytes();
+}
+
+std::int64_t FlashForward::ws_stages(const Config& c, const Problem& p) {
+  constexpr std::int64_t kSm90SharedBytes = 227 * 1024;
+  const std::int64_t three = (c.block_m + 2 * 3 * c.block_n) * p.head_dim *
+                                 static_cast<std::int64_t>(dtype_size(p.dtype)) +
+                             1024 + (1 + 4 * 3) * 8;
+  return three <= kSm90SharedBytes ? 3 : 2;
 }
 
 unsigned FlashForward::shared_bytes(const Config& c, const Problem& p) {
   const auto elem = static_cast<std::int64_t>(dtype_size(p.dtype));
-  const std::int64_t stages = c.warp_specialized() ? ws_stages(p) : kStages;
+  const std::int64_t stages = c.warp_specialized() ? ws_stages(c, p) : kStages;
   const std::int64_t tiles = c.block_m + 2 * stages * c.block_n;  // Q, the stages of K and V
   // wgmma: plus slack to align the tiles to 1024 bytes.
   return static_cast<unsigned>(tiles * row_elems(c, p.head_dim) * elem + (c.wgmma() ? 1024 : 0));
@@ -192,9 +211,9 @@ KernelSpec FlashForward::spec_for(const Config& c, const Problem& p, const Arch&
   const char* causal = p.causal ? "true" : "false";
   const std::string name =
       c.warp_specialized()
-          ? fmt::format("kjit::attention::flash_forward_sm90_ws<{}, {}, {}, {}, {}, {}, {}>",
-                        cxx_type(p.dtype), p.head_dim, c.block_n, c.block_m / 64, ws_stages(p),
-                        causal, tma_params)
+          ? fmt::format("kjit::attention::flash_forward_sm90_ws<{}, {}, {}, {}, {}, {}, {}, {}>",
+                        cxx_type(p.dtype), p.head_dim, c.block_n, c.block_m / 64, ws_stages(c, p),
+                        causal, c.mainloop == kMainloopWgmmaWsOverlap, tma_params)
       : c.wgmma()
           ? fmt::format("kjit::attention::flash_forward_sm90<{}, {}, {}, {}, {}, {}>",
                         cxx_type(p.dtype), p.head_dim, c.block_n, c.block_m / 64, causal, params)

@@ -17,7 +17,8 @@ struct FlashForward {
   static constexpr const char* kName = "attention";
   static std::vector<Source> sources();  // every main loop: any may win a tuning run
 
-  static constexpr std::int64_t kMainloopMma = 80, kMainloopWgmma = 90, kMainloopWgmmaWs = 91;
+  static constexpr std::int64_t kMainloopMma = 80, kMainloopWgmma = 90, kMainloopWgmmaWs = 91,
+                                kMainloopWgmmaWsOverlap = 92;
   // K and V tiles in flight for the loops whose compute warps copy (the producer warp's loop:
   // ws_stages).
   static constexpr std::int64_t kStages = 2;
@@ -34,11 +35,14 @@ struct FlashForward {
   // mainloop 80: mma.sync, each warp owns 16 x m_tiles query rows (block_m / (16 m_tiles) warps);
   // mainloop 90: wgmma, a warpgroup per 64 rows (m_tiles 1); mainloop 91: the same consumer
   // warpgroups (block_m 128, or 192 at hd 64) beside a producer warp that loads through the copy
-  // engine (TMA; the grouped default too, up to hd 192). block_n keys per tile.
+  // engine (TMA; the grouped default too, up to hd 192); 92: 91 with FA3's intra-warpgroup
+  // overlap (a warpgroup's softmax under its own P V). block_n keys per tile.
   struct Config {
     std::int64_t mainloop = kMainloopMma, block_m = 0, block_n = 0, m_tiles = 1;
     bool wgmma() const { return mainloop == kMainloopWgmma || warp_specialized(); }
-    bool warp_specialized() const { return mainloop == kMainloopWgmmaWs; }
+    bool warp_specialized() const {
+      return mainloop == kMainloopWgmmaWs || mainloop == kMainloopWgmmaWsOverlap;
+    }
     unsigned threads() const;
   };
   using Args = KjitFlashParams;
@@ -71,8 +75,12 @@ struct FlashForward {
     return c;
   }
   // The warp-specialised loop's K and V stages: three, a turn of slack for each consumer
-  // warpgroup (hd 128 fills 225 KiB); two at hd 256, where three do not fit.
-  static std::int64_t ws_stages(const Problem& p) { return p.head_dim > 192 ? 2 : 3; }
+  // warpgroup, where they fit sm_90's 227 KiB (hd 128 with 128-key tiles fills 225 KiB); else
+  // two (hd 256, and FA3's longer key tiles).
+  static std::int64_t ws_stages(const Config& c, const Problem& p);
+  // The key tiles the warp-specialised loops take: wgmma's S widths (FA3's 176 at hd 128, 112 at
+  // hd 192 and 80 at hd 256 beside 64 and 128) where S, P and O fit the consumers' registers.
+  static constexpr std::int64_t kWsBlockNs[] = {64, 80, 112, 128, 176};
   static unsigned shared_bytes(const Config& c, const Problem& p);
   static KernelSpec spec(const Config& c, const Problem& p, const Arch& arch);
   // The kernel over a parameter block type: `params` (KjitFlashParams, or
