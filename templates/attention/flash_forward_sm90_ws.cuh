@@ -78,7 +78,9 @@ __global__ void __launch_bounds__(FlashWsRoles<kConsumers>::kThreads, 1)
   T* shared_v = shared_k + kStages * S::kKVElems;  // [kStages][swizzled kBlockN x kHeadDim]
   __shared__ cuda::std::uint64_t q_full, k_full[kStages], k_empty[kStages], v_full[kStages],
       v_empty[kStages];
-  __shared__ volatile float softmax_done;  // written, never read: see softmax
+  // The overlap's softmax writes its row sums here, a word a thread (apart, so that no two
+  // threads race); nobody reads them (see softmax).
+  __shared__ volatile float softmax_done[kOverlap ? R::kConsumers * 128 : 1];
 
   const FlashTile<T> tile(work, S::kBlockM);
   if (!tile.has_rows()) return;
@@ -184,7 +186,8 @@ __global__ void __launch_bounds__(FlashWsRoles<kConsumers>::kThreads, 1)
                              correction);
     // ptxas moves arithmetic past a wgmma wait but keeps shared stores before it: storing the
     // row sums (which need every exponential) keeps the softmax ahead of the wait for P V.
-    if constexpr (decltype(pending)::value > 0) softmax_done = stats.sum[0] + stats.sum[1];
+    if constexpr (decltype(pending)::value > 0)
+      softmax_done[threadIdx.x - 128] = stats.sum[0] + stats.sum[1];
   };
   // Waits for P V of `block` and hands its V stage back.
   auto retire_values = [&](int block) {

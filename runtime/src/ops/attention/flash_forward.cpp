@@ -80,6 +80,13 @@ std::int64_t row_elems(const FlashForward::Config& c, std::int64_t head_dim) {
   return c.wgmma() ? head_dim : head_dim + 8;
 }
 
+// The warp-specialised loops' static shared memory with `stages` K/V stages: the mbarriers (Q's,
+// and K's and V's full and empty a stage) and, with the overlap, a word a consumer thread.
+std::int64_t ws_static_bytes(const FlashForward::Config& c, std::int64_t stages) {
+  const bool overlap = c.mainloop == FlashForward::kMainloopWgmmaWsOverlap;
+  return (1 + 4 * stages) * 8 + (overlap ? 4 * 2 * c.block_m : 0);
+}
+
 }  // namespace
 
 std::vector<Source> FlashForward::sources() {
@@ -180,17 +187,15 @@ bool FlashForward::valid(const Config& c, const Problem& p, const Arch& arch) {
   } else {
     return false;
   }
-  // The warp-specialised loop's static mbarriers: Q's, and K's and V's full and empty a stage.
-  const unsigned barriers =
-      c.warp_specialized() ? static_cast<unsigned>(1 + 4 * ws_stages(c, p)) * 8 : 0;
-  return shared_bytes(c, p) + barriers <= arch.max_shared_bytes();
+  const std::int64_t statics = c.warp_specialized() ? ws_static_bytes(c, ws_stages(c, p)) : 0;
+  return shared_bytes(c, p) + statics <= arch.max_shared_bytes();
 }
 
 std::int64_t FlashForward::ws_stages(const Config& c, const Problem& p) {
   constexpr std::int64_t kSm90SharedBytes = 227 * 1024;
   const std::int64_t three = (c.block_m + 2 * 3 * c.block_n) * p.head_dim *
                                  static_cast<std::int64_t>(dtype_size(p.dtype)) +
-                             1024 + (1 + 4 * 3) * 8;
+                             1024 + ws_static_bytes(c, 3);
   return three <= kSm90SharedBytes ? 3 : 2;
 }
 
