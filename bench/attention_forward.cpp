@@ -76,12 +76,12 @@ void varlen_row(kjit::DType dtype, kjit::Stream& stream) {
               t, h, h, d, "causal", ms, flops / ms / 1e9);
 }
 
-// Times tile configs directly (bypassing the op's default) on one fa-bench row, and checks each
-// against the default config's output.
+// Times tile configs directly (bypassing the op's default) on one fa-bench row (S = s, 16k
+// tokens), and checks each against the first config's output.
 void sweep(long long d, bool causal, const std::vector<kjit::ops::FlashForward::Config>& configs,
-           kjit::Stream& stream) {
+           kjit::Stream& stream, long long s = 8192) {
   using kjit::ops::FlashForward;
-  const long long s = 8192, b = 2, h = 2048 / d;
+  const long long b = 16384 / s, h = 2048 / d;
   auto q = kjit::bench::random_bf16(b * s * h * d), k = kjit::bench::random_bf16(b * s * h * d),
        v = kjit::bench::random_bf16(b * s * h * d);
   kjit::DeviceBuffer out(b * s * h * d * 2), lse(b * h * s * 4);
@@ -115,9 +115,9 @@ void sweep(long long d, bool causal, const std::vector<kjit::ops::FlashForward::
     }
     const double flops = 4.0 * b * h * s * s * d / (causal ? 2 : 1);
     std::printf(
-        "sweep d=%lld %-6s mainloop=%lld block_m=%3lld block_n=%3lld m_tiles=%lld: %8.3f ms %7.1f "
-        "TFLOP/s  %s\n",
-        d, causal ? "causal" : "full", static_cast<long long>(c.mainloop),
+        "sweep S=%lld d=%lld %-6s mainloop=%lld block_m=%3lld block_n=%3lld m_tiles=%lld: %8.3f ms "
+        "%7.1f TFLOP/s  %s\n",
+        s, d, causal ? "causal" : "full", static_cast<long long>(c.mainloop),
         static_cast<long long>(c.block_m), static_cast<long long>(c.block_n),
         static_cast<long long>(c.m_tiles), ms, flops / ms / 1e9,
         mismatched ? "MISMATCH vs first config" : "agrees");
@@ -137,31 +137,38 @@ int main(int argc, char** argv) try {
               "TFLOP/s");
   if (mode == "--sweep") {
     // The mma.sync default first (the reference the others must agree with), then wgmma tiles,
-    // then the warp-specialised loop's (91) and the same with the intra-warpgroup overlap (92),
-    // FA3's key tiles among them.
+    // then the warp-specialised loop's (91), the same with the intra-warpgroup overlap (92) and
+    // that over persistent blocks (93, not causal), FA3's key tiles among them.
     using C = kjit::ops::FlashForward::Config;
     auto mma = [](long long m, long long n, long long t) { return C{80, m, n, t}; };
     auto wgmma = [](long long m, long long n) { return C{90, m, n, 1}; };
     auto ws = [](long long m, long long n) { return C{91, m, n, 1}; };
     auto overlap = [](long long m, long long n) { return C{92, m, n, 1}; };
+    auto persistent = [](long long m, long long n) { return C{93, m, n, 1}; };
     for (bool causal : {false, true}) {
       sweep(64, causal,
             {mma(128, 64, 2), wgmma(128, 128), wgmma(192, 128), ws(192, 128), ws(128, 128),
-             ws(192, 64), overlap(192, 128), overlap(192, 112), overlap(192, 80)},
+             ws(192, 64), overlap(192, 128), overlap(192, 112), overlap(192, 80),
+             persistent(192, 128), persistent(192, 112)},
             stream);
       sweep(128, causal,
             {mma(128, 64, 1), wgmma(128, 128), ws(128, 128), ws(128, 176), overlap(128, 128),
-             overlap(128, 176), overlap(128, 112)},
+             overlap(128, 176), overlap(128, 112), persistent(128, 128), persistent(128, 176)},
             stream);
       sweep(192, causal,
             {mma(64, 32, 1), wgmma(128, 64), ws(128, 64), ws(128, 112), overlap(128, 64),
-             overlap(128, 112), overlap(128, 80)},
+             overlap(128, 112), overlap(128, 80), persistent(128, 64), persistent(128, 112)},
             stream);
       sweep(256, causal,
             {mma(64, 32, 1), wgmma(128, 64), ws(128, 64), ws(128, 80), overlap(128, 64),
-             overlap(128, 80)},
+             overlap(128, 80), persistent(128, 64), persistent(128, 80)},
             stream);
     }
+    // Short sequences (S 2k, 8 of them), where a block's start and end weigh most: what the
+    // persistent blocks are for.
+    sweep(64, false, {ws(192, 128), overlap(192, 128), persistent(192, 128)}, stream, 2048);
+    sweep(128, false, {ws(128, 128), overlap(128, 128), persistent(128, 128)}, stream, 2048);
+    sweep(256, false, {ws(128, 64), overlap(128, 64), persistent(128, 64)}, stream, 2048);
     return 0;
   }
   for (long long d : {64, 128, 256}) {

@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cuda/std/cstdint>
+#include <cuda/std/type_traits>
 
 #include "attention/flash_forward_sm90.cuh"
 #include "common/mbarrier.cuh"
@@ -44,15 +45,22 @@ struct FlashWsRoles {
 // grid's last first). A grouped launch's is the wgmma loop's (flash_params.h): the heads of an
 // L2-sized section along x, so that every head's longest tiles start first; with a head's tiles
 // side by side the short group's tiles of the first heads ran before the long group's of the
-// last (0.98x of separate calls against 1.05x, H100, docs/perf.md).
+// last (0.98x of separate calls against 1.05x, H100, docs/perf.md). A persistent block's items
+// are the plain grid's blocks in that order, blockIdx.x, + gridDim.x, ..: the blocks running at
+// once work on neighbouring tiles, whose K/V are the same in L2 (non-causal: items of equal
+// length, so that a static deal is even).
 template <bool kCausal>
 __device__ __forceinline__ BlockWork ws_block_work(const KjitFlashTmaParams& p) {
   const int tile = static_cast<int>(kCausal ? gridDim.x - 1 - blockIdx.x : blockIdx.x);
-  return {p.call, tile, static_cast<int>(blockIdx.y)};
+  return {p.call, tile, static_cast<int>(blockIdx.y), static_cast<int>(blockIdx.z)};
 }
 template <bool kCausal>
 __device__ __forceinline__ BlockWork ws_block_work(const KjitGroupedFlashTmaParams& p) {
   return block_work(p.call);
+}
+__device__ __forceinline__ BlockWork ws_item_work(const KjitFlashTmaParams& p, int item) {
+  const int tile = item % p.tiles, rest = item / p.tiles;
+  return {p.call, tile, rest % p.call.heads_q, rest / p.call.heads_q};
 }
 __device__ __forceinline__ const KjitTensorMap& query_map(const KjitFlashTmaParams& p) {
   return p.tma_q;
@@ -62,35 +70,65 @@ __device__ __forceinline__ const KjitTensorMap& query_map(const KjitGroupedFlash
   return p.tma_q[group_of_slot(p.call, slot)];
 }
 
+// The main loops, flash_forward.hpp's mainloop ids: 91, turns of [P_{j-1} V_{j-1}, S_j] as one
+// commit group; 92, the intra-warpgroup overlap; 93, 92 over persistent blocks.
+template <int kMainloop>
+struct FlashWsLoop {
+  static constexpr bool kOverlap = kMainloop >= 92, kPersistent = kMainloop == 93;
+  static_assert(kMainloop >= 91 && kMainloop <= 93, "mainloop 91, 92 or 93");
+};
+
 // kStages K and V tiles in flight each (the host sizes the shared memory for them).
-// Params: KjitFlashTmaParams, or KjitGroupedFlashTmaParams for a grouped launch.
+// Params: KjitFlashTmaParams, or KjitGroupedFlashTmaParams for a grouped launch (not persistent).
 template <class T, int kHeadDim, int kBlockN, int kConsumers, int kStages, bool kCausal,
-          bool kOverlap, class Params = KjitFlashTmaParams>
+          int kMainloop, class Params = KjitFlashTmaParams>
 __global__ void __launch_bounds__(FlashWsRoles<kConsumers>::kThreads, 1)
     flash_forward_sm90_ws(const __grid_constant__ Params params) {
   using R = FlashWsRoles<kConsumers>;
   using S = FlashSm90Shape<kHeadDim, kBlockN, R::kConsumers>;
-  const BlockWork work = ws_block_work<kCausal>(params);
-  const KjitFlashParams& p = work.p;
+  using L = FlashWsLoop<kMainloop>;
+  static_assert(!L::kPersistent || (!kCausal && cuda::std::is_same_v<Params, KjitFlashTmaParams>),
+                "the persistent loop takes plain non-causal calls");
   extern __shared__ unsigned char shared_raw[];
   T* shared_q = reinterpret_cast<T*>(ptx::swizzle_aligned(shared_raw));
   T* shared_k = shared_q + S::kQElems;             // [kStages][swizzled kBlockN x kHeadDim]
   T* shared_v = shared_k + kStages * S::kKVElems;  // [kStages][swizzled kBlockN x kHeadDim]
-  __shared__ cuda::std::uint64_t q_full, k_full[kStages], k_empty[kStages], v_full[kStages],
-      v_empty[kStages];
+  // q_empty: a persistent block's consumers are done with Q (one arrival a warpgroup).
+  __shared__ cuda::std::uint64_t q_full, q_empty, k_full[kStages], k_empty[kStages],
+      v_full[kStages], v_empty[kStages];
   // The overlap's softmax writes its row sums here, a word a thread (apart, so that no two
   // threads race); nobody reads them (see softmax).
-  __shared__ volatile float softmax_done[kOverlap ? R::kConsumers * 128 : 1];
+  __shared__ volatile float softmax_done[L::kOverlap ? R::kConsumers * 128 : 1];
 
-  const FlashTile<T> tile(work, S::kBlockM);
-  if (!tile.has_rows()) return;
-  // Both read through a shuffle so that the compiler knows they are uniform across each warp:
-  // wgmma issued under a branch it cannot prove uniform is serialised (ptxas C7520; a grouped
-  // launch's key_blocks, from its group's parameters, ran 1.5x slower so).
-  const int key_blocks = __shfl_sync(0xffffffffu, tile.key_blocks(S::kBlockM, kBlockN, kCausal), 0);
+  // A block's items: itself, or a persistent block's share of the plain grid's blocks. (A grouped
+  // block's work is read once, by every thread: it copies its group through shared memory.)
+  const BlockWork block = ws_block_work<kCausal>(params);
+  int first_item = 0, items = 1, item_stride = 1;
+  if constexpr (L::kPersistent) {
+    first_item = static_cast<int>(blockIdx.x);
+    items = params.items;
+    item_stride = static_cast<int>(gridDim.x);
+  } else {
+    if (!FlashTile<T>(block, S::kBlockM).has_rows()) return;
+  }
+  auto item_work = [&](int item) {
+    if constexpr (L::kPersistent) {
+      return ws_item_work(params, item);
+    } else {
+      return block;
+    }
+  };
+  // The consumers' key-block count and the warpgroup index are read through a shuffle so that the
+  // compiler knows they are uniform across each warp: wgmma issued under a branch it cannot prove
+  // uniform is serialised (ptxas C7520; a grouped launch's key_blocks, from its group's
+  // parameters, ran 1.5x slower so).
+  auto key_blocks_of = [](const FlashTile<T>& tile) {
+    return __shfl_sync(0xffffffffu, tile.key_blocks(S::kBlockM, kBlockN, kCausal), 0);
+  };
   const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 128, 0);
   if (threadIdx.x == 0) {
     ptx::mbarrier_init(&q_full, 1);  // the producer's arrival, and the bytes it announces
+    ptx::mbarrier_init(&q_empty, R::kConsumers);
     for (int s = 0; s < kStages; ++s) {
       ptx::mbarrier_init(&k_full[s], 1);
       ptx::mbarrier_init(&v_full[s], 1);
@@ -103,174 +141,202 @@ __global__ void __launch_bounds__(FlashWsRoles<kConsumers>::kThreads, 1)
 
   if (warpgroup == 0) {
     ptx::release_registers<R::kProducerRegisters>();
-    if (threadIdx.x != 0 || key_blocks == 0) return;
+    if (threadIdx.x != 0) return;
     const KjitTensorMap& tma_q = query_map(params);
     ptx::prefetch_tensor_map(tma_q);
     ptx::prefetch_tensor_map(params.tma_k);
     ptx::prefetch_tensor_map(params.tma_v);
-    // Tensor coordinates: (column, row, head, sequence), rows counted from the packed tensor's
-    // start or the batched sequence's.
-    const int batch = p.cu_seqlens_q ? 0 : tile.batch, kv_head = tile.head / p.group;
-    const int q_row = tile.q_start + tile.row0;
-    auto load = [&](T* dst, const KjitTensorMap& map, cuda::std::uint64_t* bar, int rows, int row,
-                    int head) {
-      ptx::mbarrier_arrive_expect_tx(bar, rows * kHeadDim * sizeof(T));
+    // K and V tiles loaded for the items before, and Q tiles: the rings' and Q's running counts.
+    int loaded = 0, q_loaded = 0;
+    for (int item = first_item; item < items; item += item_stride) {
+      const BlockWork work = item_work(item);
+      const KjitFlashParams& p = work.p;
+      const FlashTile<T> tile(work, S::kBlockM);
+      // (Its lone thread reads the count directly: the shuffle needs the whole warp.)
+      const int key_blocks = tile.has_rows() ? tile.key_blocks(S::kBlockM, kBlockN, kCausal) : 0;
+      if (key_blocks == 0) continue;  // the consumers store its rows without any tile
+      // Tensor coordinates: (column, row, head, sequence), rows counted from the packed tensor's
+      // start or the batched sequence's.
+      const int batch = p.cu_seqlens_q ? 0 : tile.batch, kv_head = tile.head / p.group;
+      const int q_row = tile.q_start + tile.row0;
+      auto load = [&](T* dst, const KjitTensorMap& map, cuda::std::uint64_t* bar, int rows, int row,
+                      int head) {
+        ptx::mbarrier_arrive_expect_tx(bar, rows * kHeadDim * sizeof(T));
 #pragma unroll
-      for (int slab = 0; slab < S::kSlabs; ++slab)
-        ptx::tma_load_4d(dst + slab * rows * S::kSlabCols, map, bar, slab * S::kSlabCols, row, head,
-                         batch);
-    };
-    // Order Q, K0, K1, V0, K2, V1, .., V_{K-1}: V one tile behind K, as FA3 (a consumer needs
-    // K_j for its turn before V_{j-1}).
-    auto load_kv = [&](T* ring, cuda::std::uint64_t* empty, cuda::std::uint64_t* full,
-                       const KjitTensorMap& map, int block) {
-      const int stage = block % kStages;
-      ptx::mbarrier_wait(&empty[stage], ((block / kStages) & 1) ^ 1);  // 1 first: free
-      load(ring + stage * S::kKVElems, map, &full[stage], kBlockN, tile.k_start + block * kBlockN,
-           kv_head);
-    };
-    load(shared_q, tma_q, &q_full, S::kBlockM, q_row, tile.head);
-    for (int block = 0; block < key_blocks; ++block) {
-      load_kv(shared_k, k_empty, k_full, params.tma_k, block);
-      if (block > 0) load_kv(shared_v, v_empty, v_full, params.tma_v, block - 1);
+        for (int slab = 0; slab < S::kSlabs; ++slab)
+          ptx::tma_load_4d(dst + slab * rows * S::kSlabCols, map, bar, slab * S::kSlabCols, row,
+                           head, batch);
+      };
+      // Order Q, K0, K1, V0, K2, V1, .., V_{K-1}: V one tile behind K, as FA3 (a consumer needs
+      // K_j for its turn before V_{j-1}).
+      auto load_kv = [&](T* ring, cuda::std::uint64_t* empty, cuda::std::uint64_t* full,
+                         const KjitTensorMap& map, int block) {
+        const int n = loaded + block, stage = n % kStages;
+        ptx::mbarrier_wait(&empty[stage], ((n / kStages) & 1) ^ 1);  // 1 first: free
+        load(ring + stage * S::kKVElems, map, &full[stage], kBlockN, tile.k_start + block * kBlockN,
+             kv_head);
+      };
+      if (q_loaded > 0) ptx::mbarrier_wait(&q_empty, (q_loaded - 1) & 1);
+      load(shared_q, tma_q, &q_full, S::kBlockM, q_row, tile.head);
+      for (int block = 0; block < key_blocks; ++block) {
+        load_kv(shared_k, k_empty, k_full, params.tma_k, block);
+        if (block > 0) load_kv(shared_v, v_empty, v_full, params.tma_v, block - 1);
+      }
+      load_kv(shared_v, v_empty, v_full, params.tma_v, key_blocks - 1);
+      loaded += key_blocks;
+      ++q_loaded;
     }
-    load_kv(shared_v, v_empty, v_full, params.tma_v, key_blocks - 1);
     return;
   }
 
   ptx::claim_registers<R::kConsumerRegisters>();
   const int consumer = warpgroup - 1, warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;
   const int warpgroup_row = 64 * consumer;  // within the tile
-  const int warp_row = tile.row0 + warpgroup_row + 16 * warp;
-  const int my_row = warp_row + lane / 4;  // and my_row + 8
   const bool leader = threadIdx.x % 128 == 0;
   const bool last = consumer == R::kConsumers - 1;
   const int my_turn = R::kTurnBarrier + consumer,
             next_turn = R::kTurnBarrier + (consumer + 1) % R::kConsumers;
-
-  float acc_o[S::kSlabs][8][4] = {};
-  float acc_s[S::kKeyTiles][4];
-  unsigned prob[kBlockN / 16][4];  // P of the last softmax, the A operand of its P V
-  RowPairStats stats;
-  stats.reset();
-
-  auto issue_qk = [&](int block) {
-    const int stage = block % kStages;
-    ptx::mbarrier_wait(&k_full[stage], (block / kStages) & 1);
-    issue_scores<T, S>(acc_s, shared_q, warpgroup_row, shared_k + stage * S::kKVElems);
-  };
-  auto issue_pv = [&](int block) {
-    const int stage = block % kStages;
-    ptx::mbarrier_wait(&v_full[stage], (block / kStages) & 1);
-    issue_values<T, S>(acc_o, shared_v + stage * S::kKVElems, [&](int kk, unsigned(&a)[4]) {
-      for (int e = 0; e < 4; ++e)
-        a[e] = prob[kk][e];
-    });
-  };
-  // Ties O and P, which the wgmma read or write, to this point of the program.
-  auto fence_operands = [&] {
-#pragma unroll
-    for (int slab = 0; slab < S::kSlabs; ++slab)
-      ptx::fence_operand(acc_o[slab]);
-    ptx::fence_operand(prob);
-  };
-
-  // Waits for S of `block` (`pending` later commit groups may still run), hands its K stage back
-  // and folds it into the statistics, leaving O and P to a P V that may still run.
-  float correction[2];
-  auto softmax = [&](int block, auto pending) {
-    ptx::wgmma_wait<decltype(pending)::value>();
-    ptx::fence_operand(acc_s);
-    if (leader) ptx::mbarrier_arrive(&k_empty[block % kStages]);
-    softmax_step<kCausal, S>(acc_s, stats, tile, block * kBlockN, warp_row, my_row, p.scale_log2,
-                             correction);
-    // ptxas moves arithmetic past a wgmma wait but keeps shared stores before it: storing the
-    // row sums (which need every exponential) keeps the softmax ahead of the wait for P V.
-    if constexpr (decltype(pending)::value > 0)
-      softmax_done[threadIdx.x - 128] = stats.sum[0] + stats.sum[1];
-  };
-  // Waits for P V of `block` and hands its V stage back.
-  auto retire_values = [&](int block) {
-    ptx::wgmma_wait<0>();
-    fence_operands();
-    if (leader) ptx::mbarrier_arrive(&v_empty[block % kStages]);
-  };
-  // Rescales O for the last softmax and rounds its P for the next P V.
-  auto prepare_values = [&] {
-    rescale_output<S>(acc_o, correction);
-#pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk)
-      probability_fragment<T>(acc_s, kk, prob[kk]);
-  };
-  // A turn: this warpgroup issues its GEMMs, then hands the tensor cores to the next consumer
-  // (the last skips its last hand-over, which nobody would wait for).
+  // Turns: a warpgroup issues its GEMMs, then hands the tensor cores to the next consumer;
+  // consumer 0 goes first (the last one's hand-over starts it). A block of one item skips the
+  // last consumer's last hand-over, which nobody would wait for; a persistent block's consumer 0
+  // takes it at the end instead.
   auto take_turn = [&] { ptx::named_barrier_sync(my_turn, 2 * 128); };
   auto pass_turn = [&](bool final) {
-    if (!(last && final)) ptx::named_barrier_arrive(next_turn, 2 * 128);
+    if (L::kPersistent || !(last && final)) ptx::named_barrier_arrive(next_turn, 2 * 128);
   };
+  if (L::kPersistent && last) ptx::named_barrier_arrive(next_turn, 2 * 128);
 
-  using None = cuda::std::integral_constant<int, 0>;  // no later commit group pending
-  if (key_blocks > 0 && !kOverlap) {
-    // K + 1 turns a warpgroup: [S_0], [P_0 V_0, S_1], .., [P_{K-1} V_{K-1}], one commit group
-    // each; consumer 0 goes first (the last one's hand-over starts it).
-    ptx::mbarrier_wait(&q_full, 0);
-    if (last) ptx::named_barrier_arrive(next_turn, 2 * 128);
-    for (int block = 0; block <= key_blocks; ++block) {
-      const bool scores = block < key_blocks;
-      take_turn();
-      fence_operands();  // O's rescale and P's rounding stay before the wgmma that read them
-      ptx::wgmma_fence();
-      if (block > 0) issue_pv(block - 1);
-      if (scores) issue_qk(block);
-      ptx::wgmma_commit();
-      pass_turn(!scores);
-      if (block > 0) retire_values(block - 1);
-      if (scores) {
-        softmax(block, None{});
-        prepare_values();
-      }
-    }
-  }
-  if (key_blocks > 0 && kOverlap) {
-    // The same turns, but in each S_j is committed apart from P_{j-1} V_{j-1} and waited for
-    // alone, so the softmax of S_j runs under this warpgroup's own P V as well as under the
-    // other warpgroups' GEMMs. The first and last turns are peeled: ptxas serialises the wgmma
-    // of a loop whose commit groups depend on branches (C7514).
-    ptx::mbarrier_wait(&q_full, 0);
-    if (last) ptx::named_barrier_arrive(next_turn, 2 * 128);
-    take_turn();
-    ptx::wgmma_fence();
-    issue_qk(0);
-    ptx::wgmma_commit();
-    pass_turn(false);
-    softmax(0, None{});
-    prepare_values();
-    for (int block = 1; block < key_blocks; ++block) {
-      take_turn();
+  int loaded = 0, q_loaded = 0;  // as the producer counts them
+  for (int item = first_item; item < items; item += item_stride) {
+    const BlockWork work = item_work(item);
+    const KjitFlashParams& p = work.p;
+    const FlashTile<T> tile(work, S::kBlockM);
+    if (!tile.has_rows()) continue;
+    const int key_blocks = key_blocks_of(tile);
+    const int warp_row = tile.row0 + warpgroup_row + 16 * warp;
+    const int my_row = warp_row + lane / 4;  // and my_row + 8
+
+    float acc_o[S::kSlabs][8][4] = {};
+    float acc_s[S::kKeyTiles][4];
+    unsigned prob[kBlockN / 16][4];  // P of the last softmax, the A operand of its P V
+    RowPairStats stats;
+    stats.reset();
+
+    auto stage_of = [&](int block) { return (loaded + block) % kStages; };
+    auto parity_of = [&](int block) { return ((loaded + block) / kStages) & 1; };
+    auto issue_qk = [&](int block) {
+      ptx::mbarrier_wait(&k_full[stage_of(block)], parity_of(block));
+      issue_scores<T, S>(acc_s, shared_q, warpgroup_row, shared_k + stage_of(block) * S::kKVElems);
+    };
+    auto issue_pv = [&](int block) {
+      ptx::mbarrier_wait(&v_full[stage_of(block)], parity_of(block));
+      issue_values<T, S>(acc_o, shared_v + stage_of(block) * S::kKVElems,
+                         [&](int kk, unsigned(&a)[4]) {
+                           for (int e = 0; e < 4; ++e)
+                             a[e] = prob[kk][e];
+                         });
+    };
+    // Ties O and P, which the wgmma read or write, to this point of the program.
+    auto fence_operands = [&] {
+#pragma unroll
+      for (int slab = 0; slab < S::kSlabs; ++slab)
+        ptx::fence_operand(acc_o[slab]);
+      ptx::fence_operand(prob);
+    };
+    // Waits for S of `block` (`pending` later commit groups may still run), hands its K stage
+    // back and folds it into the statistics, leaving O and P to a P V that may still run.
+    float correction[2];
+    auto softmax = [&](int block, auto pending) {
+      ptx::wgmma_wait<decltype(pending)::value>();
+      ptx::fence_operand(acc_s);
+      if (leader) ptx::mbarrier_arrive(&k_empty[stage_of(block)]);
+      softmax_step<kCausal, S>(acc_s, stats, tile, block * kBlockN, warp_row, my_row, p.scale_log2,
+                               correction);
+      // ptxas moves arithmetic past a wgmma wait but keeps shared stores before it: storing the
+      // row sums (which need every exponential) keeps the softmax ahead of the wait for P V.
+      if constexpr (decltype(pending)::value > 0)
+        softmax_done[threadIdx.x - 128] = stats.sum[0] + stats.sum[1];
+    };
+    // Waits for P V of `block` and hands its V stage back.
+    auto retire_values = [&](int block) {
+      ptx::wgmma_wait<0>();
       fence_operands();
-      ptx::wgmma_fence();
-      issue_qk(block);
-      ptx::wgmma_commit();
-      issue_pv(block - 1);
-      ptx::wgmma_commit();
-      pass_turn(false);
-      softmax(block, cuda::std::integral_constant<int, 1>{});
-      retire_values(block - 1);
-      prepare_values();
-    }
-    take_turn();
-    fence_operands();
-    ptx::wgmma_fence();
-    issue_pv(key_blocks - 1);
-    ptx::wgmma_commit();
-    pass_turn(true);
-    retire_values(key_blocks - 1);
-  }
+      if (leader) ptx::mbarrier_arrive(&v_empty[stage_of(block)]);
+    };
+    // Rescales O for the last softmax and rounds its P for the next P V.
+    auto prepare_values = [&] {
+      rescale_output<S>(acc_o, correction);
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk)
+        probability_fragment<T>(acc_s, kk, prob[kk]);
+    };
 
-  const int row = my_row - tile.row0;
-  store_rows<T>(*reinterpret_cast<const float(*)[S::kSlabs * 8][4]>(&acc_o),  // slabs in order
-                stats, tile.o + static_cast<long long>(row) * p.o_row_stride, p.o_row_stride,
-                tile.lse_row(p, my_row), tile.seqlen_q - my_row);
+    using None = cuda::std::integral_constant<int, 0>;  // no later commit group pending
+    if (key_blocks > 0) {
+      ptx::mbarrier_wait(&q_full, q_loaded & 1);
+      if (!L::kPersistent && last) ptx::named_barrier_arrive(next_turn, 2 * 128);
+      if constexpr (!L::kOverlap) {
+        // K + 1 turns a warpgroup: [S_0], [P_0 V_0, S_1], .., [P_{K-1} V_{K-1}], one commit
+        // group each.
+        for (int block = 0; block <= key_blocks; ++block) {
+          const bool scores = block < key_blocks;
+          take_turn();
+          fence_operands();  // O's rescale and P's rounding stay before the wgmma that read them
+          ptx::wgmma_fence();
+          if (block > 0) issue_pv(block - 1);
+          if (scores) issue_qk(block);
+          ptx::wgmma_commit();
+          pass_turn(!scores);
+          if (block > 0) retire_values(block - 1);
+          if (scores) {
+            softmax(block, None{});
+            prepare_values();
+          }
+        }
+      } else {
+        // The same turns, but in each S_j is committed apart from P_{j-1} V_{j-1} and waited
+        // for alone, so the softmax of S_j runs under this warpgroup's own P V as well as under
+        // the other warpgroups' GEMMs. The first and last turns are peeled: ptxas serialises the
+        // wgmma of a loop whose commit groups depend on branches (C7514).
+        take_turn();
+        ptx::wgmma_fence();
+        issue_qk(0);
+        ptx::wgmma_commit();
+        pass_turn(false);
+        softmax(0, None{});
+        prepare_values();
+        for (int block = 1; block < key_blocks; ++block) {
+          take_turn();
+          fence_operands();
+          ptx::wgmma_fence();
+          issue_qk(block);
+          ptx::wgmma_commit();
+          issue_pv(block - 1);
+          ptx::wgmma_commit();
+          pass_turn(false);
+          softmax(block, cuda::std::integral_constant<int, 1>{});
+          retire_values(block - 1);
+          prepare_values();
+        }
+        take_turn();
+        fence_operands();
+        ptx::wgmma_fence();
+        issue_pv(key_blocks - 1);
+        ptx::wgmma_commit();
+        pass_turn(true);
+        retire_values(key_blocks - 1);
+      }
+      if (L::kPersistent && leader) ptx::mbarrier_arrive(&q_empty);
+      loaded += key_blocks;
+      ++q_loaded;
+    }
+
+    const int row = my_row - tile.row0;
+    store_rows<T>(*reinterpret_cast<const float(*)[S::kSlabs * 8][4]>(&acc_o),  // slabs in order
+                  stats, tile.o + static_cast<long long>(row) * p.o_row_stride, p.o_row_stride,
+                  tile.lse_row(p, my_row), tile.seqlen_q - my_row);
+  }
+  if (L::kPersistent && consumer == 0) take_turn();  // the last consumer's last hand-over
 }
 
 }  // namespace kjit::attention

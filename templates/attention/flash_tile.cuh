@@ -8,15 +8,16 @@
 
 namespace kjit::attention {
 
-// The parameters, query tile and head of this block: a plain launch's grid is (query tile, head,
-// sequence); a grouped launch's is (head within a section, section x the groups' query tiles
-// longest first, sequence), KjitGroupedFlashParams says how.
+// The parameters, query tile, head and sequence of this block: a plain launch's grid is (query
+// tile, head, sequence); a grouped launch's is (head within a section, section x the groups'
+// query tiles longest first, sequence), KjitGroupedFlashParams says how.
 struct BlockWork {
   const KjitFlashParams& p;
-  int tile, head;
+  int tile, head, batch;
 };
 __device__ __forceinline__ BlockWork block_work(const KjitFlashParams& p) {
-  return {p, static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y)};
+  return {p, static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y),
+          static_cast<int>(blockIdx.z)};
 }
 // The group whose query tiles `slot` (the grid index that enumerates the groups' tiles) is among.
 __device__ __forceinline__ int group_of_slot(const KjitGroupedFlashParams& p, int slot) {
@@ -41,7 +42,7 @@ __device__ __forceinline__ BlockWork block_work(const KjitGroupedFlashParams& p)
   for (int i = threadIdx.x; i < static_cast<int>(sizeof(KjitFlashParams) / 4); i += blockDim.x)
     reinterpret_cast<int*>(&group)[i] = from[i];
   __syncthreads();
-  return {group, p.tile_start[g + 1] - 1 - slot, head};
+  return {group, p.tile_start[g + 1] - 1 - slot, head, static_cast<int>(blockIdx.z)};
 }
 
 template <class T>
@@ -58,7 +59,7 @@ struct FlashTile {
 
   __device__ FlashTile(const BlockWork& work, int block_m)
       : head(work.head),
-        batch(blockIdx.z),
+        batch(work.batch),
         seqlen_q(work.p.seqlen_q),
         seqlen_k(work.p.seqlen_k),
         row0(work.tile * block_m) {

@@ -40,7 +40,8 @@ struct AttnCase {
   // kernel forced through the plan, so that sm_90a machines test the sm_80 main loop too;
   // kMainloopWgmma: the sm_90a loop the op does not choose up to hd 192, forced likewise;
   // kMainloopWgmmaWsOverlap: the warp-specialised loop with the intra-warpgroup overlap;
-  // either warp-specialised loop with ws_block_n: another key tile (FA3's).
+  // kMainloopWgmmaWsPersistent: that over persistent blocks (not causal); any warp-specialised
+  // loop with ws_block_n: another key tile (FA3's).
   std::int64_t mainloop = 0;
   std::int64_t ws_block_n = 0;
 };
@@ -64,7 +65,8 @@ void run_forced(std::int64_t mainloop, std::int64_t ws_block_n, const ops::Call<
                                     ? FlashForward::wgmma_config(call.problem)
                                     : FlashForward::default_config(call.problem, "sm_80");
   if (mainloop == FlashForward::kMainloopWgmmaWs ||
-      mainloop == FlashForward::kMainloopWgmmaWsOverlap) {
+      mainloop == FlashForward::kMainloopWgmmaWsOverlap ||
+      mainloop == FlashForward::kMainloopWgmmaWsPersistent) {
     config = FlashForward::warp_specialized_config(call.problem);
     config.mainloop = mainloop;
     if (ws_block_n) config.block_n = ws_block_n;
@@ -209,13 +211,14 @@ std::vector<AttnCase> cases() {
   for (DType dtype : {DType::Float16, DType::BFloat16}) {
     for (int d : {64, 96, 128, 192, 256}) {
       for (bool causal : {false, true}) {
-        // sm_90a: the warp-specialised loop by default; the wgmma loop and the overlap loop
-        // forced (not hd 96, which has neither).
+        // sm_90a: the warp-specialised loop by default; the wgmma loop and the overlap loops
+        // forced (not hd 96, which has none of them; the persistent one not causal).
         const bool sm90 = d % 64 == 0;
         for (std::int64_t mainloop :
              {std::int64_t{0}, FlashForward::kMainloopMma, FlashForward::kMainloopWgmma,
-              FlashForward::kMainloopWgmmaWsOverlap}) {
+              FlashForward::kMainloopWgmmaWsOverlap, FlashForward::kMainloopWgmmaWsPersistent}) {
           if (!sm90 && mainloop >= FlashForward::kMainloopWgmma) continue;
+          if (causal && mainloop == FlashForward::kMainloopWgmmaWsPersistent) continue;
           for (auto [hq, hk] : std::vector<std::pair<int, int>>{{1, 1}, {8, 1}, {32, 8}}) {
             out.push_back({dtype, d, causal, hq, hk, false, {97, 97}, {97, 97}, 1.0, mainloop});
             out.push_back({dtype, d, causal, hq, hk, true, varlen_q, varlen_k, 1.0, mainloop});
@@ -233,15 +236,16 @@ std::vector<AttnCase> cases() {
   // 256): batched with a steady state and a partial last tile, and varlen.
   for (DType dtype : {DType::Float16, DType::BFloat16}) {
     for (int d : {64, 128, 192, 256}) {
-      const FlashForward::Problem problem{dtype, 1, 1, 1, d, 1, 1, false};
-      const std::int64_t default_n = FlashForward::warp_specialized_config(problem).block_n;
-      for (auto ws : {FlashForward::kMainloopWgmmaWs, FlashForward::kMainloopWgmmaWsOverlap}) {
+      for (auto ws : {FlashForward::kMainloopWgmmaWs, FlashForward::kMainloopWgmmaWsOverlap,
+                      FlashForward::kMainloopWgmmaWsPersistent}) {
         for (std::int64_t n : FlashForward::kWsBlockNs) {
-          FlashForward::Config config = FlashForward::warp_specialized_config(problem);
-          config.mainloop = ws;
-          config.block_n = n;
-          if (n == default_n || !FlashForward::valid(config, problem, "sm_90a")) continue;
           for (bool causal : {false, true}) {
+            const FlashForward::Problem problem{dtype, 1, 1, 1, d, 1, 1, causal};
+            FlashForward::Config config = FlashForward::warp_specialized_config(problem);
+            const bool default_tile = n == config.block_n;
+            config.mainloop = ws;
+            config.block_n = n;
+            if (default_tile || !FlashForward::valid(config, problem, "sm_90a")) continue;
             out.push_back({dtype, d, causal, 4, 2, false, {257, 257}, {700, 700}, 1.0, ws, n});
             out.push_back({dtype, d, causal, 8, 1, true, varlen_q, varlen_k, 1.0, ws, n});
           }
@@ -269,6 +273,8 @@ INSTANTIATE_TEST_SUITE_P(All, AttentionForward, ::testing::ValuesIn(cases()),
                                    : c.mainloop == FlashForward::kMainloopWgmma ? "_wgmma"
                                    : c.mainloop == FlashForward::kMainloopWgmmaWsOverlap
                                        ? "_overlap"
+                                   : c.mainloop == FlashForward::kMainloopWgmmaWsPersistent
+                                       ? "_persistent"
                                    : c.mainloop == FlashForward::kMainloopWgmmaWs ? "_ws"
                                                                                   : "") +
                                   (c.ws_block_n ? "_n" + std::to_string(c.ws_block_n) : "") + "_" +

@@ -74,10 +74,11 @@ INSTANTIATE_TEST_SUITE_P(AllArchs, ShippedSpecialisation, ::testing::ValuesIn(sh
                          });
 
 // The warp-specialised forward (the sm_90a default; the shipped specs cover the defaults) and
-// its overlap loop: every head dim, both dtypes, causal or not, for sm_90a, within the registers
-// the producer gives the consumers (setmaxnreg), with no serialised wgmma (hd 256 had both until
-// P V became one wide wgmma a step); in bf16 also every other key tile valid() offers (FA3's).
-// The grouped kernel too (the grouped default), up to hd 192.
+// its overlap loops (the persistent one not causal): every head dim, both dtypes, causal or not,
+// for sm_90a, within the registers the producer gives the consumers (setmaxnreg), with no
+// serialised wgmma (hd 256 had both until P V became one wide wgmma a step); in bf16 also every
+// other key tile valid() offers (FA3's). The grouped kernel too (the grouped default), up to hd
+// 192.
 class WarpSpecialisedForward : public IsolatedCache {};
 
 // The kernel of `spec` fits its registers: no spills, no stack, no serialised wgmma, and the
@@ -103,7 +104,9 @@ TEST_F(WarpSpecialisedForward, CompilesWithoutSpillsOrStack) {
         const FlashForward::Problem problem{dtype, 1, 1, 1, d, 1, 1, causal};
         const FlashForward::Config config = FlashForward::warp_specialized_config(problem);
         for (std::int64_t loop :
-             {FlashForward::kMainloopWgmmaWs, FlashForward::kMainloopWgmmaWsOverlap}) {
+             {FlashForward::kMainloopWgmmaWs, FlashForward::kMainloopWgmmaWsOverlap,
+              FlashForward::kMainloopWgmmaWsPersistent}) {
+          if (causal && loop == FlashForward::kMainloopWgmmaWsPersistent) continue;
           for (std::int64_t n : FlashForward::kWsBlockNs) {
             FlashForward::Config tile = config;
             tile.mainloop = loop;

@@ -45,17 +45,36 @@ void Arch::check_supported() const {
                                     nvrtc::version().first, nvrtc::version().second, name_, list));
 }
 
-const Arch& arch::current() {
+namespace {
+
+// What the ops ask of the current device, cached per thread and context.
+struct CurrentDevice {
+  Arch arch{"sm_80"};
+  int multiprocessors = 0;
+};
+
+const CurrentDevice& current_device_facts() {
   driver::ensure_context();
   CUcontext context = nullptr;
   driver::check(driver::api().cuCtxGetCurrent(&context), "cuCtxGetCurrent");
   thread_local CUcontext cached_context = nullptr;
-  thread_local Arch cached("sm_80");
+  thread_local CurrentDevice cached;
   if (context != cached_context) {
-    cached = Arch(device_info(current_device()).arch());
+    const DeviceInfo info = device_info(current_device());
+    cached = {Arch(info.arch()), info.sm_count};
     cached_context = context;
   }
   return cached;
+}
+
+}  // namespace
+
+const Arch& arch::current() {
+  return current_device_facts().arch;
+}
+
+int arch::current_multiprocessors() {
+  return current_device_facts().multiprocessors;
 }
 
 Arch arch::requested_or_current(const std::string& requested) {

@@ -40,8 +40,10 @@ namespace arch {
 
 bool is_real(std::string_view name);  // "sm_" digits, optionally "a" or "f"
 
-// The calling thread's current device.
+// The calling thread's current device: its arch, and its multiprocessor count (a persistent
+// kernel's grid).
 const Arch& current();
+int current_multiprocessors();
 
 // `requested` when set (a CLI's --arch, checked against NVRTC), else the current device's arch;
 // throws Error saying to pass --arch where there is no GPU to ask.

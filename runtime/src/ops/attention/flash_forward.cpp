@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include "driver/arch.hpp"
 #include "kjit/error.hpp"
 #include "ops/attention/attention_inputs.hpp"
 #include "ops/dispatch.hpp"
@@ -80,11 +81,11 @@ std::int64_t row_elems(const FlashForward::Config& c, std::int64_t head_dim) {
   return c.wgmma() ? head_dim : head_dim + 8;
 }
 
-// The warp-specialised loops' static shared memory with `stages` K/V stages: the mbarriers (Q's,
-// and K's and V's full and empty a stage) and, with the overlap, a word a consumer thread.
+// The warp-specialised loops' static shared memory with `stages` K/V stages: the mbarriers (Q's
+// full and empty, and K's and V's a stage) and, with the overlap, a word a consumer thread.
 std::int64_t ws_static_bytes(const FlashForward::Config& c, std::int64_t stages) {
-  const bool overlap = c.mainloop == FlashForward::kMainloopWgmmaWsOverlap;
-  return (1 + 4 * stages) * 8 + (overlap ? 4 * 2 * c.block_m : 0);
+  const bool overlap = c.mainloop != FlashForward::kMainloopWgmmaWs;
+  return (2 + 4 * stages) * 8 + (overlap ? 4 * 2 * c.block_m : 0);
 }
 
 }  // namespace
@@ -144,8 +145,9 @@ FlashForward::Config FlashForward::default_config(const Problem& p, const Arch& 
 }
 
 std::vector<FlashForward::Config> FlashForward::space(const Problem&, const Arch& arch) {
-  // Not yet the overlap loop (92) nor the ws loop's tiles of 80, 112 and 176 keys: valid() takes
-  // them (forced GPU tests, the sweep) but the tuner does not until they have run on the GPU.
+  // Not yet the overlap loops (92, 93) nor the ws loop's tiles of 80, 112 and 176 keys: valid()
+  // takes them (forced GPU tests, the sweep) but the tuner does not until they have run on the
+  // GPU.
   std::vector<std::int64_t> mainloops{kMainloopMma};
   if (arch.has_wgmma()) {
     mainloops.push_back(kMainloopWgmma);
@@ -175,11 +177,16 @@ bool FlashForward::valid(const Config& c, const Problem& p, const Arch& arch) {
     const bool ws_tile = std::find(std::begin(kWsBlockNs), std::end(kWsBlockNs), c.block_n) !=
                              std::end(kWsBlockNs) &&
                          p.head_dim / 2 + 3 * c.block_n / 4 <= consumer_registers - 32 &&
-                         (c.block_n <= 128 || c.mainloop == kMainloopWgmmaWsOverlap);
+                         (c.block_n <= 128 || c.mainloop != kMainloopWgmmaWs);
     const bool tile =
         c.warp_specialized() ? consumers_fit && ws_tile : c.block_n == 64 || c.block_n == 128;
+    // The persistent loop deals tiles statically: even only when they are of one length. Its
+    // items (tiles x heads x sequences) are counted in 32 bits.
+    const std::int64_t items = (p.seqlen_q + c.block_m - 1) / c.block_m * p.heads_q * p.batch;
+    const bool persistent_fits = c.mainloop != kMainloopWgmmaWsPersistent ||
+                                 (!p.causal && items <= std::numeric_limits<int>::max());
     if (!arch.has_wgmma() || p.head_dim % 64 != 0 || c.block_m % 64 != 0 || c.block_m > 192 ||
-        !tile || c.m_tiles != 1) {
+        !tile || c.m_tiles != 1 || !persistent_fits) {
       return false;
     }
   } else if (c.mainloop == kMainloopMma) {
@@ -218,7 +225,7 @@ KernelSpec FlashForward::spec_for(const Config& c, const Problem& p, const Arch&
       c.warp_specialized()
           ? fmt::format("kjit::attention::flash_forward_sm90_ws<{}, {}, {}, {}, {}, {}, {}, {}>",
                         cxx_type(p.dtype), p.head_dim, c.block_n, c.block_m / 64, ws_stages(c, p),
-                        causal, c.mainloop == kMainloopWgmmaWsOverlap, tma_params)
+                        causal, c.mainloop, tma_params)
       : c.wgmma()
           ? fmt::format("kjit::attention::flash_forward_sm90<{}, {}, {}, {}, {}, {}>",
                         cxx_type(p.dtype), p.head_dim, c.block_n, c.block_m / 64, causal, params)
@@ -239,7 +246,10 @@ KjitTensorMap FlashForward::tma_q(const Config& c, const Problem& p, const Args&
 }
 
 KjitFlashTmaParams FlashForward::tma_params(const Config& c, const Problem& p, const Args& args) {
-  KjitFlashTmaParams out{tma_q(c, p, args), {}, {}, args};
+  // The persistent loop's items: the plain grid's blocks (valid() keeps them within an int).
+  const auto tiles = static_cast<int>((p.seqlen_q + c.block_m - 1) / c.block_m);
+  KjitFlashTmaParams out{
+      tma_q(c, p, args), {}, {}, args, tiles, static_cast<int>(tiles * p.heads_q * p.batch)};
   if (args.tokens_k > 0) {
     const std::int64_t outer = args.cu_seqlens_q ? 1 : p.batch;
     out.tma_k =
@@ -256,16 +266,23 @@ void FlashForward::launch(const Program& program, const Config& c, const Problem
                           const Args& args, StreamHandle stream) {
   if (p.empty()) return;
   const auto m_blocks = static_cast<unsigned>((p.seqlen_q + c.block_m - 1) / c.block_m);
-  const LaunchConfig grid{
-      {m_blocks, static_cast<unsigned>(p.heads_q), static_cast<unsigned>(p.batch)},
-      {c.threads()},
-      shared_bytes(c, p),
-      stream,
-      {}};
-  if (c.warp_specialized())
-    program.kernel().launch(grid, tma_params(c, p, args));
-  else
+  LaunchConfig grid{{m_blocks, static_cast<unsigned>(p.heads_q), static_cast<unsigned>(p.batch)},
+                    {c.threads()},
+                    shared_bytes(c, p),
+                    stream,
+                    {}};
+  if (!c.warp_specialized()) {
     program.kernel().launch(grid, args);
+    return;
+  }
+  const KjitFlashTmaParams params = tma_params(c, p, args);
+  // The persistent loop: one block an SM (at most one an item).
+  if (c.mainloop == kMainloopWgmmaWsPersistent) {
+    grid.grid = {static_cast<unsigned>(
+                     std::min<std::int64_t>(params.items, arch::current_multiprocessors())),
+                 1, 1};
+  }
+  program.kernel().launch(grid, params);
 }
 
 std::vector<FlashForward::Problem> FlashForward::shipped(const Arch&) {

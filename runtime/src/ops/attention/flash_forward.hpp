@@ -18,7 +18,7 @@ struct FlashForward {
   static std::vector<Source> sources();  // every main loop: any may win a tuning run
 
   static constexpr std::int64_t kMainloopMma = 80, kMainloopWgmma = 90, kMainloopWgmmaWs = 91,
-                                kMainloopWgmmaWsOverlap = 92;
+                                kMainloopWgmmaWsOverlap = 92, kMainloopWgmmaWsPersistent = 93;
   // K and V tiles in flight for the loops whose compute warps copy (the producer warp's loop:
   // ws_stages).
   static constexpr std::int64_t kStages = 2;
@@ -36,12 +36,14 @@ struct FlashForward {
   // mainloop 90: wgmma, a warpgroup per 64 rows (m_tiles 1); mainloop 91: the same consumer
   // warpgroups (block_m 128, or 192 at hd 64) beside a producer warp that loads through the copy
   // engine (TMA; the grouped default too, up to hd 192); 92: 91 with FA3's intra-warpgroup
-  // overlap (a warpgroup's softmax under its own P V). block_n keys per tile.
+  // overlap (a warpgroup's softmax under its own P V); 93: 92 over persistent blocks, one an SM,
+  // each taking its share of the tiles (plain non-causal calls). block_n keys per tile.
   struct Config {
     std::int64_t mainloop = kMainloopMma, block_m = 0, block_n = 0, m_tiles = 1;
     bool wgmma() const { return mainloop == kMainloopWgmma || warp_specialized(); }
     bool warp_specialized() const {
-      return mainloop == kMainloopWgmmaWs || mainloop == kMainloopWgmmaWsOverlap;
+      return mainloop == kMainloopWgmmaWs || mainloop == kMainloopWgmmaWsOverlap ||
+             mainloop == kMainloopWgmmaWsPersistent;
     }
     unsigned threads() const;
   };

@@ -50,10 +50,12 @@ struct GroupedForward {
   static std::vector<Config> space(const Problem& p, const Arch& arch) {
     return FlashForward::space(p.per_group(), arch);
   }
-  // The warp-specialised loop up to hd 192: at hd 256 the group lookup spills (causal).
+  // The warp-specialised loops up to hd 192 (at hd 256 the group lookup spills), not the
+  // persistent one (its blocks take plain tiles).
   static bool valid(const Config& c, const Problem& p, const Arch& arch) {
     return FlashForward::valid(c, p.per_group(), arch) &&
-           !(c.warp_specialized() && p.head_dim > 192);
+           !(c.warp_specialized() && p.head_dim > 192) &&
+           c.mainloop != FlashForward::kMainloopWgmmaWsPersistent;
   }
   static Config default_config(const Problem& p, const Arch& arch);
   static KernelSpec spec(const Config& c, const Problem& p, const Arch& arch) {
