@@ -143,9 +143,6 @@ __global__ void __launch_bounds__(FlashWsRoles<kConsumers>::kThreads, 1)
     ptx::release_registers<R::kProducerRegisters>();
     if (threadIdx.x != 0) return;
     const KjitTensorMap& tma_q = query_map(params);
-    ptx::prefetch_tensor_map(tma_q);
-    ptx::prefetch_tensor_map(params.tma_k);
-    ptx::prefetch_tensor_map(params.tma_v);
     // K and V tiles loaded for the items before, and Q tiles: the rings' and Q's running counts.
     int loaded = 0, q_loaded = 0;
     for (int item = first_item; item < items; item += item_stride) {
@@ -167,7 +164,7 @@ __global__ void __launch_bounds__(FlashWsRoles<kConsumers>::kThreads, 1)
           ptx::tma_load_4d(dst + slab * rows * S::kSlabCols, map, bar, slab * S::kSlabCols, row,
                            head, batch);
       };
-      // Order Q, K0, K1, V0, K2, V1, .., V_{K-1}: V one tile behind K, as FA3 (a consumer needs
+      // Order K0, Q, K1, V0, K2, V1, .., V_{K-1}: V one tile behind K, as FA3 (a consumer needs
       // K_j for its turn before V_{j-1}).
       auto load_kv = [&](T* ring, cuda::std::uint64_t* empty, cuda::std::uint64_t* full,
                          const KjitTensorMap& map, int block) {
@@ -176,11 +173,19 @@ __global__ void __launch_bounds__(FlashWsRoles<kConsumers>::kThreads, 1)
         load(ring + stage * S::kKVElems, map, &full[stage], kBlockN, tile.k_start + block * kBlockN,
              kv_head);
       };
+      if (q_loaded == 0) {  // (maps of a call without keys are never touched)
+        ptx::prefetch_tensor_map(tma_q);
+        ptx::prefetch_tensor_map(params.tma_k);
+        ptx::prefetch_tensor_map(params.tma_v);
+      }
+      // K_0 first: its stage is free while a persistent block's consumers still read the last
+      // item's Q, which the next Q must wait for.
+      load_kv(shared_k, k_empty, k_full, params.tma_k, 0);
       if (q_loaded > 0) ptx::mbarrier_wait(&q_empty, (q_loaded - 1) & 1);
       load(shared_q, tma_q, &q_full, S::kBlockM, q_row, tile.head);
-      for (int block = 0; block < key_blocks; ++block) {
+      for (int block = 1; block < key_blocks; ++block) {
         load_kv(shared_k, k_empty, k_full, params.tma_k, block);
-        if (block > 0) load_kv(shared_v, v_empty, v_full, params.tma_v, block - 1);
+        load_kv(shared_v, v_empty, v_full, params.tma_v, block - 1);
       }
       load_kv(shared_v, v_empty, v_full, params.tma_v, key_blocks - 1);
       loaded += key_blocks;

@@ -82,10 +82,12 @@ std::int64_t row_elems(const FlashForward::Config& c, std::int64_t head_dim) {
 }
 
 // The warp-specialised loops' static shared memory with `stages` K/V stages: the mbarriers (Q's
-// full and empty, and K's and V's a stage) and, with the overlap, a word a consumer thread.
+// full and empty, and K's and V's a stage), the overlap's word a consumer thread (one word
+// without), and a grouped block's copy of its group's parameters.
 std::int64_t ws_static_bytes(const FlashForward::Config& c, std::int64_t stages) {
   const bool overlap = c.mainloop != FlashForward::kMainloopWgmmaWs;
-  return (2 + 4 * stages) * 8 + (overlap ? 4 * 2 * c.block_m : 0);
+  return (2 + 4 * stages) * 8 + 4 * (overlap ? 2 * c.block_m : 1) +
+         static_cast<std::int64_t>(sizeof(KjitFlashParams));
 }
 
 }  // namespace
