@@ -27,10 +27,11 @@ export LD_LIBRARY_PATH="$PWD/.gpu-bundle/lib:/usr/local/cuda/lib64:${LD_LIBRARY_
 export KJIT_CACHE_DIR="$(mktemp -d)/kjit-cache"
 export KJIT_TEST_HELPER="$bin/kjit_test_helper" KJIT_CLI="$bin/kjit"
 summary=()
-sharded_tests() {  # sharded_tests NAME FILTER TIMEOUT: the GPU tests FILTER picks, four shards at once
-  local name="$1" filter="$2" start=$SECONDS
-  for i in 0 1 2 3; do
-    GTEST_TOTAL_SHARDS=4 GTEST_SHARD_INDEX=$i timeout "$3" "$bin/kjit_gpu_tests" \
+sharded_tests() {  # sharded_tests NAME FILTER TIMEOUT [SHARDS]: the GPU tests FILTER picks, in
+                   # SHARDS (default 4) processes at once
+  local name="$1" filter="$2" start=$SECONDS shards="${4:-4}"
+  for ((i = 0; i < shards; ++i)); do
+    GTEST_TOTAL_SHARDS=$shards GTEST_SHARD_INDEX=$i timeout "$3" "$bin/kjit_gpu_tests" \
       --gtest_filter="$filter" >"$out/${name}_shard$i.log" 2>&1 &
   done
   wait
@@ -124,8 +125,9 @@ if [ "$what" = attention-ab ]; then
   # loops (the defaults, the warp-specialised loop's other tiles, the scale tests), then the
   # FA-table rows for main and every variant (all of .gpu-bundle/variants unless KJIT_AB_VARIANTS
   # names some), alternating, then the tile sweep.
+  # About 500 cases (91, 92, 93 and their tiles) with fp64 references: eight shards on 16 cores.
   sharded_tests forward_tests \
-    'All/AttentionForward.*:AttentionForwardDeterminism.*:AttentionForwardEmpty.*:AttentionForwardScale.*-*_mma_*:*_wgmma_*' 170
+    'All/AttentionForward.*:AttentionForwardDeterminism.*:AttentionForwardEmpty.*:AttentionForwardScale.*-*_mma_*:*_wgmma_*' 200 8
   tally forward_tests
   variants="${KJIT_AB_VARIANTS:-$(ls .gpu-bundle/variants 2>/dev/null)}"
   step attention_ab scripts/gpu-ab.sh "main $variants" "$bin/kjit_bench_attention"
