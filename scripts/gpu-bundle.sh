@@ -14,7 +14,9 @@ cmake --preset "$preset" >/dev/null
 cmake --build "build/$preset"
 # Template variants (.gpu-bundle/variants, for scripts/gpu-ab.sh) are kept; KJIT_VARIANTS="NAME=REV
 # ..." (re)writes variant NAME as the whole templates/ tree of git revision REV (a branch that
-# changes only templates), e.g. KJIT_VARIANTS="overlap=next/ws-overlap".
+# changes only templates), e.g. KJIT_VARIANTS="overlap=next/ws-overlap". KJIT_BUNDLE_BINS="kjit
+# kjit_gpu_tests .." packs only those binaries (a device call carries 64 MiB; all of them are
+# about 64 MB).
 rm -rf .gpu-bundle/bin .gpu-bundle/lib && mkdir -p .gpu-bundle/bin .gpu-bundle/lib
 for variant in ${KJIT_VARIANTS:-}; do
   name="${variant%%=*}" rev="${variant#*=}"
@@ -31,7 +33,8 @@ for bin in tools/kjit tests/kjit_gpu_tests tests/kjit_unit_tests tests/kjit_test
            bench/kjit_bench_op_call_overhead \
            bench/kjit_bench_comm bench/kjit_bench_zigzag tests/kjit_dist_tests \
            examples/kjit_example_user_kernel examples/kjit_example_c_api; do
-  strip -o ".gpu-bundle/bin/$(basename "$bin")" "$build/$bin"
+  name="$(basename "$bin")"
+  case " ${KJIT_BUNDLE_BINS:-$name} " in *" $name "*) strip -o ".gpu-bundle/bin/$name" "$build/$bin" ;; esac
 done
 strip -o .gpu-bundle/lib/libkjit.so.0 "$build/runtime/libkjit.so.0"
 cp -L "$(ldd "$build/bench/kjit_bench_launch_overhead" | awk '/libbenchmark/ {print $3}')" .gpu-bundle/lib/
