@@ -148,8 +148,8 @@ int main(int argc, char** argv) try {
     for (bool causal : {false, true}) {
       sweep(64, causal,
             {mma(128, 64, 2), wgmma(128, 128), wgmma(192, 128), ws(192, 128), ws(128, 128),
-             ws(192, 64), overlap(192, 128), overlap(192, 112), overlap(192, 80),
-             persistent(192, 128), persistent(192, 112)},
+             ws(192, 64), overlap(192, 128), overlap(192, 112), overlap(192, 80), overlap(128, 176),
+             persistent(192, 128), persistent(192, 112), persistent(128, 176)},
             stream);
       sweep(128, causal,
             {mma(128, 64, 1), wgmma(128, 128), ws(128, 128), ws(128, 176), overlap(128, 128),
