@@ -82,7 +82,9 @@ struct GroupedCase {
   bool c_abi = false;
   bool own_workspace = false;
   Reference reference = Reference::Fp64;
-  bool wgmma_loop = false;  // the forward on the sm_90a wgmma loop (a tuner choice; ws is default)
+  // The forward's main loop forced (0: the op's choice, the warp-specialised loop on sm_90a):
+  // the wgmma loop (90) or the warp-specialised loop with the intra-warpgroup overlap (92).
+  std::int64_t mainloop = 0;
 };
 
 void PrintTo(const GroupedCase& c, std::ostream* os) {
@@ -318,13 +320,18 @@ struct Problem {
           kjit_attention_forward_grouped(cg.data(), group_count(), &tk_, &tv, &tcu, cu_k.data(),
                                          c.softmax_scale, c.causal, stream);
       EXPECT_EQ(st, KJIT_SUCCESS) << kjit_last_error();
-    } else if (c.wgmma_loop) {
+    } else if (c.mainloop) {
       // Launched through the family as the op would launch its own choice, at two warpgroups (as
       // the grouped default's tile).
+      using ops::FlashForward;
       using ops::GroupedForward;
       const ops::Call<GroupedForward> call =
           GroupedForward::validate(api.data(), group_count(), sk, forward_options());
-      ops::FlashForward::Config config = ops::FlashForward::wgmma_config(call.problem.per_group());
+      FlashForward::Config config =
+          c.mainloop == FlashForward::kMainloopWgmma
+              ? FlashForward::wgmma_config(call.problem.per_group())
+              : FlashForward::warp_specialized_config(call.problem.per_group());
+      config.mainloop = c.mainloop;
       config.block_m = std::min<std::int64_t>(config.block_m, 128);
       ASSERT_TRUE(GroupedForward::valid(config, call.problem, arch::current()));
       const Program program = load(GroupedForward::spec(config, call.problem, arch::current()));
@@ -884,8 +891,8 @@ class AttentionGrouped : public SharedKernelStore,
 
 TEST_P(AttentionGrouped, MatchesReferenceAndSeparateCalls) {
   KJIT_REQUIRE_GPU();
-  if (GetParam().wgmma_loop && !arch::current().has_wgmma())
-    GTEST_SKIP() << "the wgmma loop needs sm_90a; this card is " << arch::current().name();
+  if (GetParam().mainloop && !arch::current().has_wgmma())
+    GTEST_SKIP() << "the wgmma loops need sm_90a; this card is " << arch::current().name();
   const unsigned seed = std::random_device{}();  // fresh inputs every run; printed on failure
   SCOPED_TRACE("input seed " + std::to_string(seed));
   run_case(GetParam(), seed);
@@ -984,19 +991,24 @@ std::vector<GroupedCase> cases() {
   out.push_back(make("c_abi_backward", bf, 128, true, 2, 1, {256}, zigzag(256, 2, 1), true));
   out.back().c_abi = true;
   out.back().own_workspace = true;
-  // The forward on the other sm_90a loop, the wgmma one (the grouped default is the
-  // warp-specialised loop up to hd 192; the backward as usual): zigzag, causal and full, windows
-  // with begin > 0, GQA, empty groups and windows, inputs x10, hd 64/128/192, single tokens.
+  // The forward on the other sm_90a loops, the wgmma one and the overlap one (the grouped
+  // default is the warp-specialised loop up to hd 192; the backward as usual): zigzag, causal and
+  // full, windows with begin > 0, GQA, empty groups and windows, inputs x10, hd 64/128/192,
+  // single tokens.
   for (const char* name :
        {"zigzag_w2_r0", "zigzag_w2_full", "three_groups_causal", "varlen_b3", "gqa_32x8",
         "begin_gt_0_causal", "empty_group_and_windows", "inputs_x10", "d192", "single_tokens"}) {
     const auto base =
         std::find_if(out.begin(), out.end(), [&](const GroupedCase& c) { return c.name == name; });
     if (base == out.end()) throw std::logic_error(std::string("no grouped case ") + name);
-    GroupedCase forced = *base;
-    forced.name += "_wgmma";
-    forced.wgmma_loop = true;
-    out.push_back(forced);
+    for (auto [suffix, mainloop] :
+         {std::pair{"_wgmma", ops::FlashForward::kMainloopWgmma},
+          std::pair{"_overlap", ops::FlashForward::kMainloopWgmmaWsOverlap}}) {
+      GroupedCase forced = *base;
+      forced.name += suffix;
+      forced.mainloop = mainloop;
+      out.push_back(forced);
+    }
   }
   return out;
 }

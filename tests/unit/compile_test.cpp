@@ -77,8 +77,8 @@ INSTANTIATE_TEST_SUITE_P(AllArchs, ShippedSpecialisation, ::testing::ValuesIn(sh
 // its overlap loops (the persistent one not causal): every head dim, both dtypes, causal or not,
 // for sm_90a, within the registers the producer gives the consumers (setmaxnreg), with no
 // serialised wgmma (hd 256 had both until P V became one wide wgmma a step); in bf16 also every
-// other key tile valid() offers (FA3's). The grouped kernel too (the grouped default), up to hd
-// 192.
+// other key tile valid() offers (FA3's). The grouped kernel too (the grouped default and the
+// overlap), up to hd 192.
 class WarpSpecialisedForward : public IsolatedCache {};
 
 // The kernel of `spec` fits its registers: no spills, no stack, no serialised wgmma, and the
@@ -119,14 +119,19 @@ TEST_F(WarpSpecialisedForward, CompilesWithoutSpillsOrStack) {
             expect_fits(FlashForward::spec(tile, problem, "sm_90a"), tile.threads());
           }
         }
-        // The grouped kernel (the grouped default up to hd 192) at two consumer warpgroups.
+        // The grouped kernel (the grouped default up to hd 192) at two consumer warpgroups, and
+        // with the overlap.
         const ops::GroupedForward::Problem grouped{dtype, 2, 1, 1, 1, d, 1, 1, causal};
-        ops::GroupedForward::Config grouped_config = config;
-        grouped_config.block_m = 128;
-        ASSERT_EQ(ops::GroupedForward::valid(grouped_config, grouped, "sm_90a"), d <= 192) << d;
-        if (d <= 192) {
-          expect_fits(ops::GroupedForward::spec(grouped_config, grouped, "sm_90a"),
-                      grouped_config.threads());
+        for (std::int64_t loop :
+             {FlashForward::kMainloopWgmmaWs, FlashForward::kMainloopWgmmaWsOverlap}) {
+          ops::GroupedForward::Config grouped_config = config;
+          grouped_config.mainloop = loop;
+          grouped_config.block_m = 128;
+          ASSERT_EQ(ops::GroupedForward::valid(grouped_config, grouped, "sm_90a"), d <= 192) << d;
+          if (d <= 192) {
+            expect_fits(ops::GroupedForward::spec(grouped_config, grouped, "sm_90a"),
+                        grouped_config.threads());
+          }
         }
       }
     }
