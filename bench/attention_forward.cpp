@@ -138,7 +138,7 @@ int main(int argc, char** argv) try {
   if (mode == "--sweep") {
     // The mma.sync default first (the reference the others must agree with), then wgmma tiles,
     // then the warp-specialised loop's (91), the same with the intra-warpgroup overlap (92) and
-    // that over persistent blocks (93, not causal), FA3's key tiles among them.
+    // that over persistent blocks (93), FA3's key tiles among them.
     using C = kjit::ops::FlashForward::Config;
     auto mma = [](long long m, long long n, long long t) { return C{80, m, n, t}; };
     auto wgmma = [](long long m, long long n) { return C{90, m, n, 1}; };
@@ -166,9 +166,11 @@ int main(int argc, char** argv) try {
     }
     // Short sequences (S 2k, 8 of them), where a block's start and end weigh most: what the
     // persistent blocks are for.
-    sweep(64, false, {ws(192, 128), overlap(192, 128), persistent(192, 128)}, stream, 2048);
-    sweep(128, false, {ws(128, 128), overlap(128, 128), persistent(128, 128)}, stream, 2048);
-    sweep(256, false, {ws(128, 64), overlap(128, 64), persistent(128, 64)}, stream, 2048);
+    for (bool causal : {false, true}) {
+      sweep(64, causal, {ws(192, 128), overlap(192, 128), persistent(192, 128)}, stream, 2048);
+      sweep(128, causal, {ws(128, 128), overlap(128, 128), persistent(128, 128)}, stream, 2048);
+      sweep(256, causal, {ws(128, 64), overlap(128, 64), persistent(128, 64)}, stream, 2048);
+    }
     return 0;
   }
   for (long long d : {64, 128, 256}) {

@@ -27,13 +27,18 @@
 
 namespace kjit::attention {
 
-template <int kConsumers_>
+template <int kConsumers_, bool kPersistent = false>
 struct FlashWsRoles {
   static constexpr int kConsumers = kConsumers_;  // warpgroups of 64 query rows
   static constexpr int kThreads = 128 * (kConsumers + 1);
-  // The register file (64 Ki) less the producer's share, for the consumers (multiples of 8).
-  static constexpr int kProducerRegisters = 24;
-  static constexpr int kConsumerRegisters = kConsumers == 2 ? 240 : 160;
+  // The block's registers (its launch share, 65536 / kThreads rounded down to 8, a thread) less
+  // the producer's share, for the consumers (multiples of 8). A persistent producer claims and
+  // publishes items besides: at 24 it spills, so the two consumers give it 8 each.
+  static constexpr int kProducerRegisters = kPersistent ? (kConsumers == 2 ? 40 : 32) : 24;
+  static constexpr int kConsumerRegisters = kConsumers == 2 ? (kPersistent ? 232 : 240) : 160;
+  static_assert(kProducerRegisters * 128 + kConsumerRegisters * 128 * kConsumers <=
+                    65536 / kThreads / 8 * 8 * kThreads,
+                "the registers setmaxnreg moves stay within the block's");
   static_assert(kConsumers == 2 || kConsumers == 3, "two or three consumer warpgroups");
   // Named barrier ids 1..kConsumers: consumer c may issue its GEMMs once consumer c - 1 (the
   // last, for consumer 0) has issued its own.
@@ -46,9 +51,9 @@ struct FlashWsRoles {
 // L2-sized section along x, so that every head's longest tiles start first; with a head's tiles
 // side by side the short group's tiles of the first heads ran before the long group's of the
 // last (0.98x of separate calls against 1.05x, H100, docs/perf.md). A persistent block's items
-// are the plain grid's blocks in that order, blockIdx.x, + gridDim.x, ..: the blocks running at
-// once work on neighbouring tiles, whose K/V are the same in L2 (non-causal: items of equal
-// length, so that a static deal is even).
+// are the plain grid's blocks in that order, claimed one by one as blocks free up (as the
+// hardware hands out a plain grid's blocks): the blocks running at once work on neighbouring
+// tiles, whose K/V are the same in L2, and causal ones start longest first.
 template <bool kCausal>
 __device__ __forceinline__ BlockWork ws_block_work(const KjitFlashTmaParams& p) {
   const int tile = static_cast<int>(kCausal ? gridDim.x - 1 - blockIdx.x : blockIdx.x);
@@ -58,9 +63,10 @@ template <bool kCausal>
 __device__ __forceinline__ BlockWork ws_block_work(const KjitGroupedFlashTmaParams& p) {
   return block_work(p.call);
 }
+template <bool kCausal>
 __device__ __forceinline__ BlockWork ws_item_work(const KjitFlashTmaParams& p, int item) {
-  const int tile = item % p.tiles, rest = item / p.tiles;
-  return {p.call, tile, rest % p.call.heads_q, rest / p.call.heads_q};
+  const int x = item % p.tiles, rest = item / p.tiles;
+  return {p.call, kCausal ? p.tiles - 1 - x : x, rest % p.call.heads_q, rest / p.call.heads_q};
 }
 __device__ __forceinline__ const KjitTensorMap& query_map(const KjitFlashTmaParams& p) {
   return p.tma_q;
@@ -84,36 +90,34 @@ template <class T, int kHeadDim, int kBlockN, int kConsumers, int kStages, bool 
           int kMainloop, class Params = KjitFlashTmaParams>
 __global__ void __launch_bounds__(FlashWsRoles<kConsumers>::kThreads, 1)
     flash_forward_sm90_ws(const __grid_constant__ Params params) {
-  using R = FlashWsRoles<kConsumers>;
-  using S = FlashSm90Shape<kHeadDim, kBlockN, R::kConsumers>;
   using L = FlashWsLoop<kMainloop>;
-  static_assert(!L::kPersistent || (!kCausal && cuda::std::is_same_v<Params, KjitFlashTmaParams>),
-                "the persistent loop takes plain non-causal calls");
+  using R = FlashWsRoles<kConsumers, L::kPersistent>;
+  using S = FlashSm90Shape<kHeadDim, kBlockN, R::kConsumers>;
+  static_assert(!L::kPersistent || cuda::std::is_same_v<Params, KjitFlashTmaParams>,
+                "the persistent loop takes plain calls");
   extern __shared__ unsigned char shared_raw[];
   T* shared_q = reinterpret_cast<T*>(ptx::swizzle_aligned(shared_raw));
   T* shared_k = shared_q + S::kQElems;             // [kStages][swizzled kBlockN x kHeadDim]
   T* shared_v = shared_k + kStages * S::kKVElems;  // [kStages][swizzled kBlockN x kHeadDim]
-  // q_empty: a persistent block's consumers are done with Q (one arrival a warpgroup).
+  // q_empty: a persistent block's consumers are done with Q (one arrival a warpgroup);
+  // item_full/item_empty: its next item, producer to consumers (one arrival a consumer warp), -1
+  // ending them.
   __shared__ cuda::std::uint64_t q_full, q_empty, k_full[kStages], k_empty[kStages],
-      v_full[kStages], v_empty[kStages];
+      v_full[kStages], v_empty[kStages], item_full, item_empty;
+  __shared__ int item_slot;
   // The overlap's softmax writes its row sums here, a word a thread (apart, so that no two
   // threads race); nobody reads them (see softmax).
   __shared__ volatile float softmax_done[L::kOverlap ? R::kConsumers * 128 : 1];
 
-  // A block's items: itself, or a persistent block's share of the plain grid's blocks. (A grouped
-  // block's work is read once, by every thread: it copies its group through shared memory.)
+  // A block's work: itself, or a persistent block's items (see ws_item_work). (A grouped block's
+  // work is read once, by every thread: it copies its group through shared memory.)
   const BlockWork block = ws_block_work<kCausal>(params);
-  int first_item = 0, items = 1, item_stride = 1;
-  if constexpr (L::kPersistent) {
-    first_item = static_cast<int>(blockIdx.x);
-    items = params.items;
-    item_stride = static_cast<int>(gridDim.x);
-  } else {
+  if constexpr (!L::kPersistent) {
     if (!FlashTile<T>(block, S::kBlockM).has_rows()) return;
   }
   auto item_work = [&](int item) {
     if constexpr (L::kPersistent) {
-      return ws_item_work(params, item);
+      return ws_item_work<kCausal>(params, item);
     } else {
       return block;
     }
@@ -129,6 +133,8 @@ __global__ void __launch_bounds__(FlashWsRoles<kConsumers>::kThreads, 1)
   if (threadIdx.x == 0) {
     ptx::mbarrier_init(&q_full, 1);  // the producer's arrival, and the bytes it announces
     ptx::mbarrier_init(&q_empty, R::kConsumers);
+    ptx::mbarrier_init(&item_full, 1);
+    ptx::mbarrier_init(&item_empty, 4 * R::kConsumers);
     for (int s = 0; s < kStages; ++s) {
       ptx::mbarrier_init(&k_full[s], 1);
       ptx::mbarrier_init(&v_full[s], 1);
@@ -145,7 +151,21 @@ __global__ void __launch_bounds__(FlashWsRoles<kConsumers>::kThreads, 1)
     const KjitTensorMap& tma_q = query_map(params);
     // K and V tiles loaded for the items before, and Q tiles: the rings' and Q's running counts.
     int loaded = 0, q_loaded = 0;
-    for (int item = first_item; item < items; item += item_stride) {
+    int item = L::kPersistent ? static_cast<int>(blockIdx.x) : 0;
+    for (int step = 0;; ++step) {
+      if constexpr (L::kPersistent) {
+        // Claims the next item (the first is the block's own) and publishes it, or -1 past the
+        // last, to the consumers.
+        if (step > 0) {
+          item = atomicAdd(params.next_item, 1) + static_cast<int>(gridDim.x);
+          ptx::mbarrier_wait(&item_empty, (step - 1) & 1);  // the consumers took the last
+        }
+        item_slot = item < params.items ? item : -1;
+        ptx::mbarrier_arrive(&item_full);
+        if (item >= params.items) break;
+      } else if (step > 0) {
+        break;
+      }
       const BlockWork work = item_work(item);
       const KjitFlashParams& p = work.p;
       const FlashTile<T> tile(work, S::kBlockM);
@@ -212,7 +232,17 @@ __global__ void __launch_bounds__(FlashWsRoles<kConsumers>::kThreads, 1)
   if (L::kPersistent && last) ptx::named_barrier_arrive(next_turn, 2 * 128);
 
   int loaded = 0, q_loaded = 0;  // as the producer counts them
-  for (int item = first_item; item < items; item += item_stride) {
+  for (int step = 0;; ++step) {
+    int item = 0;
+    if constexpr (L::kPersistent) {
+      ptx::mbarrier_wait(&item_full, step & 1);
+      item = __shfl_sync(0xffffffffu, item_slot, 0);
+      __syncwarp();
+      if (lane == 0) ptx::mbarrier_arrive(&item_empty);
+      if (item < 0) break;
+    } else if (step > 0) {
+      break;
+    }
     const BlockWork work = item_work(item);
     const KjitFlashParams& p = work.p;
     const FlashTile<T> tile(work, S::kBlockM);

@@ -28,11 +28,13 @@ struct KjitFlashParams {
    engine's views of Q (block_m rows), K and V (block_n rows): 64-column boxes of one head,
    128-byte swizzled, over [B, S, H, D] (packed: B = 1). Encoded at launch. The persistent loop's
    blocks take the items (query tile, head, sequence) of the plain grid in its order, tiles the
-   fastest: items = tiles x heads x sequences. */
+   fastest: items = tiles x heads x sequences; block b first takes item b, then the next unclaimed
+   one, counted in *next_item (zero at launch) from gridDim.x on. */
 struct KjitFlashTmaParams {
   struct KjitTensorMap tma_q, tma_k, tma_v;
   struct KjitFlashParams call;
   int tiles, items;
+  int* next_item;
 };
 
 /* A grouped forward: up to KJIT_MAX_ATTENTION_GROUPS varlen forwards over one shared K/V (the

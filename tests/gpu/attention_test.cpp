@@ -40,8 +40,8 @@ struct AttnCase {
   // kernel forced through the plan, so that sm_90a machines test the sm_80 main loop too;
   // kMainloopWgmma: the sm_90a loop the op does not choose up to hd 192, forced likewise;
   // kMainloopWgmmaWsOverlap: the warp-specialised loop with the intra-warpgroup overlap;
-  // kMainloopWgmmaWsPersistent: that over persistent blocks (not causal); any warp-specialised
-  // loop with ws_block_n: another key tile (FA3's).
+  // kMainloopWgmmaWsPersistent: that over persistent blocks; any warp-specialised loop with
+  // ws_block_n: another key tile (FA3's).
   std::int64_t mainloop = 0;
   std::int64_t ws_block_n = 0;
 };
@@ -212,13 +212,12 @@ std::vector<AttnCase> cases() {
     for (int d : {64, 96, 128, 192, 256}) {
       for (bool causal : {false, true}) {
         // sm_90a: the warp-specialised loop by default; the wgmma loop and the overlap loops
-        // forced (not hd 96, which has none of them; the persistent one not causal).
+        // forced (not hd 96, which has none of them).
         const bool sm90 = d % 64 == 0;
         for (std::int64_t mainloop :
              {std::int64_t{0}, FlashForward::kMainloopMma, FlashForward::kMainloopWgmma,
               FlashForward::kMainloopWgmmaWsOverlap, FlashForward::kMainloopWgmmaWsPersistent}) {
           if (!sm90 && mainloop >= FlashForward::kMainloopWgmma) continue;
-          if (causal && mainloop == FlashForward::kMainloopWgmmaWsPersistent) continue;
           for (auto [hq, hk] : std::vector<std::pair<int, int>>{{1, 1}, {8, 1}, {32, 8}}) {
             out.push_back({dtype, d, causal, hq, hk, false, {97, 97}, {97, 97}, 1.0, mainloop});
             out.push_back({dtype, d, causal, hq, hk, true, varlen_q, varlen_k, 1.0, mainloop});
@@ -286,7 +285,8 @@ TEST(AttentionForwardDeterminism, BitwiseIdenticalOnRerun) {
   const bool sm90 = arch::current().has_wgmma();
   for (std::int64_t mainloop :
        {std::int64_t{0}, FlashForward::kMainloopMma, sm90 ? FlashForward::kMainloopWgmma : 0,
-        sm90 ? FlashForward::kMainloopWgmmaWsOverlap : 0}) {
+        sm90 ? FlashForward::kMainloopWgmmaWsOverlap : 0,
+        sm90 ? FlashForward::kMainloopWgmmaWsPersistent : 0}) {
     const AttnCase c{DType::BFloat16, 128,           true, 4,       2, true,
                      {300, 7, 129},   {300, 9, 500}, 1.0,  mainloop};
     const unsigned seed = std::random_device{}();

@@ -74,7 +74,7 @@ INSTANTIATE_TEST_SUITE_P(AllArchs, ShippedSpecialisation, ::testing::ValuesIn(sh
                          });
 
 // The warp-specialised forward (the sm_90a default; the shipped specs cover the defaults) and
-// its overlap loops (the persistent one not causal): every head dim, both dtypes, causal or not,
+// its overlap loops (one over persistent blocks): every head dim, both dtypes, causal or not,
 // for sm_90a, within the registers the producer gives the consumers (setmaxnreg), with no
 // serialised wgmma (hd 256 had both until P V became one wide wgmma a step); in bf16 also every
 // other key tile valid() offers (FA3's). The grouped kernel too (the grouped default and the
@@ -106,7 +106,6 @@ TEST_F(WarpSpecialisedForward, CompilesWithoutSpillsOrStack) {
         for (std::int64_t loop :
              {FlashForward::kMainloopWgmmaWs, FlashForward::kMainloopWgmmaWsOverlap,
               FlashForward::kMainloopWgmmaWsPersistent}) {
-          if (causal && loop == FlashForward::kMainloopWgmmaWsPersistent) continue;
           for (std::int64_t n : FlashForward::kWsBlockNs) {
             FlashForward::Config tile = config;
             tile.mainloop = loop;

@@ -55,6 +55,7 @@ namespace kjit::driver {
   X(cuMemcpyDtoH, 3020)                 \
   X(cuMemcpyDtoDAsync, 3020)            \
   X(cuMemsetD8, 3020)                   \
+  X(cuMemsetD32Async, 3020)             \
   X(cuMemGetInfo, 3020)                 \
   X(cuLibraryLoadData, 12000)           \
   X(cuLibraryUnload, 12000)             \

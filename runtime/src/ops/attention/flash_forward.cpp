@@ -9,6 +9,8 @@
 #include <fmt/format.h>
 
 #include "driver/arch.hpp"
+#include "driver/cuda_driver.hpp"
+#include "driver/stream_allocation.hpp"
 #include "kjit/error.hpp"
 #include "ops/attention/attention_inputs.hpp"
 #include "ops/dispatch.hpp"
@@ -82,11 +84,11 @@ std::int64_t row_elems(const FlashForward::Config& c, std::int64_t head_dim) {
 }
 
 // The warp-specialised loops' static shared memory with `stages` K/V stages: the mbarriers (Q's
-// full and empty, and K's and V's a stage), the overlap's word a consumer thread (one word
-// without), and a grouped block's copy of its group's parameters.
+// full and empty, K's and V's a stage, the persistent items'), the item slot, the overlap's word
+// a consumer thread (one word without), and a grouped block's copy of its group's parameters.
 std::int64_t ws_static_bytes(const FlashForward::Config& c, std::int64_t stages) {
   const bool overlap = c.mainloop != FlashForward::kMainloopWgmmaWs;
-  return (2 + 4 * stages) * 8 + 4 * (overlap ? 2 * c.block_m : 1) +
+  return (4 + 4 * stages) * 8 + 4 + 4 * (overlap ? 2 * c.block_m : 1) +
          static_cast<std::int64_t>(sizeof(KjitFlashParams));
 }
 
@@ -174,19 +176,21 @@ bool FlashForward::valid(const Config& c, const Problem& p, const Arch& arch) {
     // P, hd / 2 + 3 block_n / 4 registers a thread, leave 32 of the registers the producer gives
     // them); S is m64 x block_n (64 or 128, or one of kWsBlockNs beside the producer: past 128
     // keys only with the overlap, whose S and P V are apart; as one commit group ptxas spills).
+    // (A persistent block's two consumers give 8 registers each to its producer.)
     const bool consumers_fit = c.block_m == 128 || (c.block_m == 192 && p.head_dim == 64);
-    const std::int64_t consumer_registers = c.block_m == 128 ? 240 : 160;
+    const bool persistent = c.mainloop == kMainloopWgmmaWsPersistent;
+    const std::int64_t consumer_registers = c.block_m == 128 ? (persistent ? 232 : 240) : 160;
     const bool ws_tile = std::find(std::begin(kWsBlockNs), std::end(kWsBlockNs), c.block_n) !=
                              std::end(kWsBlockNs) &&
                          p.head_dim / 2 + 3 * c.block_n / 4 <= consumer_registers - 32 &&
                          (c.block_n <= 128 || c.mainloop != kMainloopWgmmaWs);
     const bool tile =
         c.warp_specialized() ? consumers_fit && ws_tile : c.block_n == 64 || c.block_n == 128;
-    // The persistent loop deals tiles statically: even only when they are of one length. Its
-    // items (tiles x heads x sequences) are counted in 32 bits.
+    // The persistent loop counts its items (tiles x heads x sequences, claimed up to a grid
+    // beyond the last) in 32 bits.
     const std::int64_t items = (p.seqlen_q + c.block_m - 1) / c.block_m * p.heads_q * p.batch;
-    const bool persistent_fits = c.mainloop != kMainloopWgmmaWsPersistent ||
-                                 (!p.causal && items <= std::numeric_limits<int>::max());
+    const bool persistent_fits =
+        !persistent || items <= std::numeric_limits<int>::max() - (std::int64_t{1} << 16);
     if (!arch.has_wgmma() || p.head_dim % 64 != 0 || c.block_m % 64 != 0 || c.block_m > 192 ||
         !tile || c.m_tiles != 1 || !persistent_fits) {
       return false;
@@ -250,8 +254,13 @@ KjitTensorMap FlashForward::tma_q(const Config& c, const Problem& p, const Args&
 KjitFlashTmaParams FlashForward::tma_params(const Config& c, const Problem& p, const Args& args) {
   // The persistent loop's items: the plain grid's blocks (valid() keeps them within an int).
   const auto tiles = static_cast<int>((p.seqlen_q + c.block_m - 1) / c.block_m);
-  KjitFlashTmaParams out{
-      tma_q(c, p, args), {}, {}, args, tiles, static_cast<int>(tiles * p.heads_q * p.batch)};
+  KjitFlashTmaParams out{tma_q(c, p, args),
+                         {},
+                         {},
+                         args,
+                         tiles,
+                         static_cast<int>(tiles * p.heads_q * p.batch),
+                         nullptr};
   if (args.tokens_k > 0) {
     const std::int64_t outer = args.cu_seqlens_q ? 1 : p.batch;
     out.tma_k =
@@ -277,13 +286,21 @@ void FlashForward::launch(const Program& program, const Config& c, const Problem
     program.kernel().launch(grid, args);
     return;
   }
-  const KjitFlashTmaParams params = tma_params(c, p, args);
-  // The persistent loop: one block an SM (at most one an item).
-  if (c.mainloop == kMainloopWgmmaWsPersistent) {
-    grid.grid = {static_cast<unsigned>(
-                     std::min<std::int64_t>(params.items, arch::current_multiprocessors())),
-                 1, 1};
+  KjitFlashTmaParams params = tma_params(c, p, args);
+  if (c.mainloop != kMainloopWgmmaWsPersistent) {
+    program.kernel().launch(grid, params);
+    return;
   }
+  // The persistent loop: one block an SM (at most one an item), and the count of items claimed
+  // beyond the grid's first, zeroed in stream order (scratch of this call).
+  grid.grid = {
+      static_cast<unsigned>(std::min<std::int64_t>(params.items, arch::current_multiprocessors())),
+      1, 1};
+  const driver::StreamAllocation next_item(sizeof(int), stream);
+  params.next_item = static_cast<int*>(next_item.data());
+  driver::check(driver::api().cuMemsetD32Async(reinterpret_cast<CUdeviceptr>(next_item.data()), 0,
+                                               1, static_cast<CUstream>(stream)),
+                "cuMemsetD32Async");
   program.kernel().launch(grid, params);
 }
 
