@@ -36,9 +36,11 @@ struct FlashWsRoles {
   // publishes items besides: at 24 it spills, so the two consumers give it 8 each.
   static constexpr int kProducerRegisters = kPersistent ? (kConsumers == 2 ? 40 : 32) : 24;
   static constexpr int kConsumerRegisters = kConsumers == 2 ? (kPersistent ? 232 : 240) : 160;
-  static_assert(kProducerRegisters * 128 + kConsumerRegisters * 128 * kConsumers <=
-                    65536 / kThreads / 8 * 8 * kThreads,
-                "the registers setmaxnreg moves stay within the block's");
+  static constexpr int kLaunchRegisters = 65536 / kThreads / 8 * 8;  // what ptxas gives a thread
+  static_assert(kProducerRegisters <= kLaunchRegisters && kLaunchRegisters <= kConsumerRegisters &&
+                    kProducerRegisters * 128 + kConsumerRegisters * 128 * kConsumers <=
+                        kLaunchRegisters * kThreads,
+                "setmaxnreg lowers the producer, raises the consumers, within the block's share");
   static_assert(kConsumers == 2 || kConsumers == 3, "two or three consumer warpgroups");
   // Named barrier ids 1..kConsumers: consumer c may issue its GEMMs once consumer c - 1 (the
   // last, for consumer 0) has issued its own.

@@ -231,6 +231,14 @@ std::vector<AttnCase> cases() {
       }
     }
   }
+  // Persistent blocks that take several items each (over 2 x 132 SMs' worth: 8 sequences of 640,
+  // 8 heads, 5 key tiles an item at least), causal and not.
+  for (int d : {64, 128}) {
+    for (bool causal : {false, true}) {
+      out.push_back({DType::BFloat16, d, causal, 8, 2, false, std::vector<int>(8, 640),
+                     std::vector<int>(8, 640), 1.0, FlashForward::kMainloopWgmmaWsPersistent});
+    }
+  }
   // The warp-specialised loops' other key tiles (FA3's 176 at hd 128, 112 at hd 192, 80 at hd
   // 256): batched with a steady state and a partial last tile, and varlen.
   for (DType dtype : {DType::Float16, DType::BFloat16}) {
@@ -279,6 +287,28 @@ INSTANTIATE_TEST_SUITE_P(All, AttentionForward, ::testing::ValuesIn(cases()),
                                   (c.ws_block_n ? "_n" + std::to_string(c.ws_block_n) : "") + "_" +
                                   std::to_string(i.index);
                          });
+
+// The persistent loop's blocks claim their items at run time: a call of many items each (8
+// sequences of 1000, 8 heads: 512 items at hd 128) gives the same bits every time.
+TEST(AttentionForwardDeterminism, PersistentClaimsGiveIdenticalBits) {
+  KJIT_REQUIRE_GPU();
+  if (!arch::current().has_wgmma())
+    GTEST_SKIP() << "the persistent loop needs sm_90a; this card is " << arch::current().name();
+  for (bool causal : {false, true}) {
+    const AttnCase c{DType::BFloat16,
+                     128,
+                     causal,
+                     8,
+                     2,
+                     false,
+                     std::vector<int>(8, 1000),
+                     std::vector<int>(8, 1000),
+                     1.0,
+                     FlashForward::kMainloopWgmmaWsPersistent};
+    const unsigned seed = std::random_device{}();
+    EXPECT_EQ(run_case(c, seed, false), run_case(c, seed, false)) << "causal " << causal;
+  }
+}
 
 TEST(AttentionForwardDeterminism, BitwiseIdenticalOnRerun) {
   KJIT_REQUIRE_GPU();
