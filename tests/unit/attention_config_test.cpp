@@ -1,10 +1,12 @@
 // Attention tile configs on the host: the default is valid for every head dim of each arch, the
-// rules keep wgmma tiles to sm_90a and shared memory within the arch's limit, and every valid
-// wgmma config the tuner may try compiles for sm_90a.
+// rules keep wgmma tiles to sm_90a and shared memory within the arch's limit, the
+// warp-specialised loops take their tiles where they fit, and every valid wgmma config the tuner
+// may try compiles for sm_90a.
 #include <gtest/gtest.h>
 
 #include "kjit/jit.hpp"
 #include "ops/attention/flash_forward.hpp"
+#include "ops/attention/flash_grouped_forward.hpp"
 #include "tests/support/isolated_cache.hpp"
 
 namespace kjit::test {
@@ -61,6 +63,46 @@ TEST(AttentionConfig, RulesFollowTheArch) {
   const Config mma{FlashForward::kMainloopMma, 128, 128, 1};
   EXPECT_TRUE(valid(mma, DType::BFloat16, 128, "sm_90a"));
   EXPECT_FALSE(valid(mma, DType::BFloat16, 128, "sm_80"));
+}
+
+// The warp-specialised loops (91; 92 with the overlap; 93 persistent): FA3's key tiles where
+// their registers fit (176 keys only with the overlap), three K/V stages where they fit 227 KiB,
+// the persistent loop for plain calls causal or not, and none of 92, 93 or the extra tiles in
+// the tuner's space until they have run on a GPU.
+TEST(AttentionConfig, WarpSpecialisedLoopsAndTiles) {
+  const auto ws = FlashForward::kMainloopWgmmaWs, overlap = FlashForward::kMainloopWgmmaWsOverlap,
+             persistent = FlashForward::kMainloopWgmmaWsPersistent;
+  auto tile = [](std::int64_t loop, std::int64_t m, std::int64_t n) {
+    return Config{loop, m, n, 1};
+  };
+  for (bool causal : {false, true}) {
+    const auto hd = [&](std::int64_t d) { return problem(DType::BFloat16, d, causal); };
+    EXPECT_FALSE(FlashForward::valid(tile(ws, 128, 176), hd(128), "sm_90a"));  // spills
+    EXPECT_TRUE(FlashForward::valid(tile(overlap, 128, 176), hd(128), "sm_90a"));
+    EXPECT_TRUE(FlashForward::valid(tile(persistent, 128, 176), hd(128), "sm_90a"));
+    EXPECT_FALSE(FlashForward::valid(tile(overlap, 128, 176), hd(192), "sm_90a"));  // registers
+    EXPECT_FALSE(FlashForward::valid(tile(overlap, 128, 96), hd(128), "sm_90a"));   // no n96
+    for (auto loop : {ws, overlap, persistent}) {
+      EXPECT_TRUE(FlashForward::valid(tile(loop, 128, 80), hd(256), "sm_90a")) << loop;
+      EXPECT_TRUE(FlashForward::valid(tile(loop, 128, 112), hd(192), "sm_90a")) << loop;
+      EXPECT_TRUE(FlashForward::valid(tile(loop, 192, 112), hd(64), "sm_90a")) << loop;
+      EXPECT_FALSE(FlashForward::valid(tile(loop, 192, 176), hd(64), "sm_90a")) << loop;
+      EXPECT_FALSE(FlashForward::valid(tile(loop, 128, 128), hd(128), "sm_80")) << loop;
+    }
+    EXPECT_EQ(FlashForward::ws_stages(tile(ws, 128, 128), hd(128)), 3);
+    EXPECT_EQ(FlashForward::ws_stages(tile(persistent, 128, 128), hd(128)), 3);
+    EXPECT_EQ(FlashForward::ws_stages(tile(ws, 192, 128), hd(64)), 3);
+    EXPECT_EQ(FlashForward::ws_stages(tile(ws, 128, 64), hd(192)), 3);
+    EXPECT_EQ(FlashForward::ws_stages(tile(ws, 128, 64), hd(256)), 2);
+    EXPECT_EQ(FlashForward::ws_stages(tile(overlap, 128, 176), hd(128)), 2);
+    const ops::GroupedForward::Problem grouped{DType::BFloat16, 2, 1, 1, 1, 128, 128, 128, causal};
+    EXPECT_TRUE(ops::GroupedForward::valid(tile(overlap, 128, 128), grouped, "sm_90a"));
+    EXPECT_FALSE(ops::GroupedForward::valid(tile(persistent, 128, 128), grouped, "sm_90a"));
+  }
+  for (const Config& c : FlashForward::space(problem(DType::BFloat16, 128), "sm_90a")) {
+    EXPECT_TRUE(c.mainloop <= ws && (c.block_n == 32 || c.block_n == 64 || c.block_n == 128))
+        << c.mainloop << " " << c.block_n;
+  }
 }
 
 class AttentionWgmmaConfigs : public IsolatedCache {};
