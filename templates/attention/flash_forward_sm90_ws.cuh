@@ -7,9 +7,11 @@
 // The producer warpgroup gives its registers to the consumers (setmaxnreg); three of its warps
 // leave at once. The consumers take turns issuing their GEMMs (named barriers, FA3's ping-pong):
 // one warpgroup issues P_j V_j and S_{j+1} = Q K_{j+1}^T back to back, then its softmax of
-// S_{j+1} runs while the other warpgroups' pairs occupy the tensor cores; with kOverlap (FA3's
-// intra-warpgroup overlap) also while its own P_j V_j does. Causal tiles run longest first (the
-// grid's last query tile first): the short ones fill the last wave.
+// S_{j+1} runs while the other warpgroups' pairs occupy the tensor cores; in mainloops 92 and 93
+// (FA3's intra-warpgroup overlap) also while its own P_j V_j does. Causal tiles run longest first
+// (the grid's last query tile first): the short ones fill the last wave. In mainloop 93 a block
+// stays on its SM and claims tiles one after another (persistent blocks), so that one tile's
+// loads run under the last one's end.
 //
 // The copy engine reads whole boxes: past the tensor's rows it fills zeros, but a packed tile
 // that crosses its sequence's end reads the next sequence's rows. Those keys are masked (as the
