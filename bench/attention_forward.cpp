@@ -1,6 +1,7 @@
 // Attention forward throughput, FlashAttention's convention: batch x seqlen = 16k tokens,
 // heads x head dim = 2048, FLOPs = 4 B H S^2 D (halved when causal); plus GQA 32/8 and a varlen
-// batch. Median of timed runs with CUDA events; TFLOP/s. bf16, or fp16 with --fp16. Run beside
+// batch. Median of timed runs with CUDA events; TFLOP/s. bf16, or fp16 with --fp16 (the
+// --sweep of tile configs: bf16). Run beside
 // bench/attention_torch.py (torch SDPA flash and cuDNN) in the same device call.
 #include <algorithm>
 #include <cmath>

@@ -125,7 +125,7 @@ if [ "$what" = attention-ab ]; then
   # loops (the defaults, the warp-specialised loop's other tiles, the scale tests), then the
   # FA-table rows for main and every variant (all of .gpu-bundle/variants unless KJIT_AB_VARIANTS
   # names some), alternating, then the tile sweep.
-  # About 500 cases (91, 92, 93 and their tiles) with fp64 references: eight shards on 16 cores;
+  # About 700 cases (91, 92, 93 and their tiles) with fp64 references: eight shards on 16 cores;
   # then the scale tests alone (one checks the device's free memory, which other processes move).
   sharded_tests forward_tests \
     'All/AttentionForward.*:AttentionForwardDeterminism.*:AttentionForwardEmpty.*-*_mma_*:*_wgmma_*' 200 8

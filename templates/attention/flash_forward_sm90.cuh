@@ -23,7 +23,8 @@ struct FlashSm90Shape {
   static constexpr int kQElems = kBlockM * kHeadDim;
   static constexpr int kKVElems = kBlockN * kHeadDim;
   static constexpr int kKeyTiles = kBlockN / 8;
-  // Key tiles: wgmma_ss's S widths (64 to 176, multiples of 16: P V takes 16 keys a step).
+  // Key tiles: multiples of 16 (P V takes 16 keys a step) from 64 to 176; wgmma_ss takes the
+  // widths of S the loops use (64, 80, 112, 128, 176).
   static_assert(kHeadDim % kSlabCols == 0 && kBlockN % 16 == 0 && kBlockN >= 64 && kBlockN <= 176,
                 "tile shape");
 };
@@ -68,7 +69,7 @@ __device__ __forceinline__ void issue_values(float (&acc_o)[S::kSlabs][8][4], co
 // Masks the scores of the key tile at first_key where it needs it (only tiles that cross the
 // sequence end or, when causal, the diagonal of this warp's rows) and folds them into the
 // statistics as probabilities; `correction` is the factor O must be rescaled by before their P V.
-// O is not touched: the warp-specialised loop runs this while the previous P V still writes it.
+// O is not touched: the overlap loops (92, 93) run this while the previous P V still writes it.
 template <bool kCausal, class S, class T>
 __device__ __forceinline__ void softmax_step(float (&acc_s)[S::kKeyTiles][4], RowPairStats& stats,
                                              const FlashTile<T>& tile, int first_key, int warp_row,

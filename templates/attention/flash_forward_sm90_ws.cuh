@@ -1,17 +1,17 @@
 // Attention forward on Hopper with warp specialisation (sm_90a), after FlashAttention-3: one
-// producer warp loads Q once and the K and V tiles into rings of kStages through the copy engine
-// (TMA), and two or three consumer warpgroups of 64 query rows each run flash_forward_sm90.cuh's
-// wgmma steps with no block-wide barrier in the main loop. A stage is published by its `full`
-// mbarrier, which the copy engine completes once the tile's bytes have landed, and handed back
-// through its `empty` mbarrier (one arrival per consumer warpgroup once its wgmma has read it).
-// The producer warpgroup gives its registers to the consumers (setmaxnreg); three of its warps
-// leave at once. The consumers take turns issuing their GEMMs (named barriers, FA3's ping-pong):
-// one warpgroup issues P_j V_j and S_{j+1} = Q K_{j+1}^T back to back, then its softmax of
-// S_{j+1} runs while the other warpgroups' pairs occupy the tensor cores; in mainloops 92 and 93
-// (FA3's intra-warpgroup overlap) also while its own P_j V_j does. Causal tiles run longest first
-// (the grid's last query tile first): the short ones fill the last wave. In mainloop 93 a block
-// stays on its SM and claims tiles one after another (persistent blocks), so that one tile's
-// loads run under the last one's end.
+// producer warp loads Q (once a tile) and the K and V tiles into rings of kStages through the copy
+// engine (TMA), and two or three consumer warpgroups of 64 query rows each run
+// flash_forward_sm90.cuh's wgmma steps with no block-wide barrier in the main loop. A stage is
+// published by its `full` mbarrier, which the copy engine completes once the tile's bytes have
+// landed, and handed back through its `empty` mbarrier (one arrival per consumer warpgroup once its
+// wgmma has read it). The producer warpgroup gives its registers to the consumers (setmaxnreg);
+// three of its warps leave at once. The consumers take turns issuing their GEMMs (named barriers,
+// FA3's ping-pong): one warpgroup issues P_j V_j and S_{j+1} = Q K_{j+1}^T back to back, then its
+// softmax of S_{j+1} runs while the other warpgroups' pairs occupy the tensor cores; in mainloops
+// 92 and 93 (FA3's intra-warpgroup overlap) also while its own P_j V_j does. Causal tiles run
+// longest first (the grid's last query tile first): the short ones fill the last wave. In mainloop
+// 93 a block stays on its SM and claims tiles one after another (persistent blocks), so that one
+// tile's loads run under the last one's end.
 //
 // The copy engine reads whole boxes: past the tensor's rows it fills zeros, but a packed tile
 // that crosses its sequence's end reads the next sequence's rows. Those keys are masked (as the
@@ -35,7 +35,8 @@ struct FlashWsRoles {
   static constexpr int kThreads = 128 * (kConsumers + 1);
   // The block's registers (its launch share, 65536 / kThreads rounded down to 8, a thread) less
   // the producer's share, for the consumers (multiples of 8). A persistent producer claims and
-  // publishes items besides: at 24 it spills, so the two consumers give it 8 each.
+  // publishes items besides: at 24 it spills, so two consumers give it 8 each (three leave it
+  // 32 from the block's slack). flash_forward.cpp's valid() counts the consumers' share.
   static constexpr int kProducerRegisters = kPersistent ? (kConsumers == 2 ? 40 : 32) : 24;
   static constexpr int kConsumerRegisters = kConsumers == 2 ? (kPersistent ? 232 : 240) : 160;
   static constexpr int kLaunchRegisters = 65536 / kThreads / 8 * 8;  // what ptxas gives a thread
@@ -115,15 +116,15 @@ __global__ void __launch_bounds__(FlashWsRoles<kConsumers>::kThreads, 1)
 
   // A block's work: itself, or a persistent block's items (see ws_item_work). (A grouped block's
   // work is read once, by every thread: it copies its group through shared memory.)
-  const BlockWork block = ws_block_work<kCausal>(params);
+  const BlockWork launch_work = ws_block_work<kCausal>(params);  // (unused when persistent)
   if constexpr (!L::kPersistent) {
-    if (!FlashTile<T>(block, S::kBlockM).has_rows()) return;
+    if (!FlashTile<T>(launch_work, S::kBlockM).has_rows()) return;
   }
   auto item_work = [&](int item) {
     if constexpr (L::kPersistent) {
       return ws_item_work<kCausal>(params, item);
     } else {
-      return block;
+      return launch_work;
     }
   };
   // The consumers' key-block count and the warpgroup index are read through a shuffle so that the

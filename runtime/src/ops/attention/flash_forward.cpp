@@ -83,6 +83,20 @@ std::int64_t row_elems(const FlashForward::Config& c, std::int64_t head_dim) {
   return c.wgmma() ? head_dim : head_dim + 8;
 }
 
+// Query tiles of block_m rows a head and sequence (the plain grid's x).
+std::int64_t query_tiles(const FlashForward::Config& c, const FlashForward::Problem& p) {
+  return (p.seqlen_q + c.block_m - 1) / c.block_m;
+}
+
+// The dynamic shared memory of Q and `stages` stages of K and V tiles (wgmma: plus slack to
+// align them to 1024 bytes).
+std::int64_t tile_bytes(const FlashForward::Config& c, const FlashForward::Problem& p,
+                        std::int64_t stages) {
+  const std::int64_t rows = c.block_m + 2 * stages * c.block_n;
+  return rows * row_elems(c, p.head_dim) * static_cast<std::int64_t>(dtype_size(p.dtype)) +
+         (c.wgmma() ? 1024 : 0);
+}
+
 // The warp-specialised loops' static shared memory with `stages` K/V stages: the mbarriers (Q's
 // full and empty, K's and V's a stage, the persistent items'), the item slot, the overlap's word
 // a consumer thread (one word without), and a grouped block's copy of its group's parameters.
@@ -176,7 +190,8 @@ bool FlashForward::valid(const Config& c, const Problem& p, const Arch& arch) {
     // P, hd / 2 + 3 block_n / 4 registers a thread, leave 32 of the registers the producer gives
     // them); S is m64 x block_n (64 or 128, or one of kWsBlockNs beside the producer: past 128
     // keys only with the overlap, whose S and P V are apart; as one commit group ptxas spills).
-    // (A persistent block's two consumers give 8 registers each to its producer.)
+    // (A persistent block's two consumers give 8 registers each to its producer: the registers
+    // here mirror FlashWsRoles, templates/attention/flash_forward_sm90_ws.cuh.)
     const bool consumers_fit = c.block_m == 128 || (c.block_m == 192 && p.head_dim == 64);
     const bool persistent = c.mainloop == kMainloopWgmmaWsPersistent;
     const std::int64_t consumer_registers = c.block_m == 128 ? (persistent ? 232 : 240) : 160;
@@ -188,7 +203,7 @@ bool FlashForward::valid(const Config& c, const Problem& p, const Arch& arch) {
         c.warp_specialized() ? consumers_fit && ws_tile : c.block_n == 64 || c.block_n == 128;
     // The persistent loop counts its items (tiles x heads x sequences, claimed up to a grid
     // beyond the last) in 32 bits.
-    const std::int64_t items = (p.seqlen_q + c.block_m - 1) / c.block_m * p.heads_q * p.batch;
+    const std::int64_t items = query_tiles(c, p) * p.heads_q * p.batch;
     const bool persistent_fits =
         !persistent || items <= std::numeric_limits<int>::max() - (std::int64_t{1} << 16);
     if (!arch.has_wgmma() || p.head_dim % 64 != 0 || c.block_m % 64 != 0 || c.block_m > 192 ||
@@ -205,19 +220,12 @@ bool FlashForward::valid(const Config& c, const Problem& p, const Arch& arch) {
 }
 
 std::int64_t FlashForward::ws_stages(const Config& c, const Problem& p) {
-  constexpr std::int64_t kSm90SharedBytes = 227 * 1024;
-  const std::int64_t three = (c.block_m + 2 * 3 * c.block_n) * p.head_dim *
-                                 static_cast<std::int64_t>(dtype_size(p.dtype)) +
-                             1024 + ws_static_bytes(c, 3);
-  return three <= kSm90SharedBytes ? 3 : 2;
+  constexpr std::int64_t kSm90SharedBytes = 227 * 1024;  // the loop is sm_90a's alone
+  return tile_bytes(c, p, 3) + ws_static_bytes(c, 3) <= kSm90SharedBytes ? 3 : 2;
 }
 
 unsigned FlashForward::shared_bytes(const Config& c, const Problem& p) {
-  const auto elem = static_cast<std::int64_t>(dtype_size(p.dtype));
-  const std::int64_t stages = c.warp_specialized() ? ws_stages(c, p) : kStages;
-  const std::int64_t tiles = c.block_m + 2 * stages * c.block_n;  // Q, the stages of K and V
-  // wgmma: plus slack to align the tiles to 1024 bytes.
-  return static_cast<unsigned>(tiles * row_elems(c, p.head_dim) * elem + (c.wgmma() ? 1024 : 0));
+  return static_cast<unsigned>(tile_bytes(c, p, c.warp_specialized() ? ws_stages(c, p) : kStages));
 }
 
 KernelSpec FlashForward::spec(const Config& c, const Problem& p, const Arch& arch) {
@@ -253,7 +261,7 @@ KjitTensorMap FlashForward::tma_q(const Config& c, const Problem& p, const Args&
 
 KjitFlashTmaParams FlashForward::tma_params(const Config& c, const Problem& p, const Args& args) {
   // The persistent loop's items: the plain grid's blocks (valid() keeps them within an int).
-  const auto tiles = static_cast<int>((p.seqlen_q + c.block_m - 1) / c.block_m);
+  const auto tiles = static_cast<int>(query_tiles(c, p));
   KjitFlashTmaParams out{tma_q(c, p, args),
                          {},
                          {},
@@ -276,7 +284,7 @@ KjitFlashTmaParams FlashForward::tma_params(const Config& c, const Problem& p, c
 void FlashForward::launch(const Program& program, const Config& c, const Problem& p,
                           const Args& args, StreamHandle stream) {
   if (p.empty()) return;
-  const auto m_blocks = static_cast<unsigned>((p.seqlen_q + c.block_m - 1) / c.block_m);
+  const auto m_blocks = static_cast<unsigned>(query_tiles(c, p));
   LaunchConfig grid{{m_blocks, static_cast<unsigned>(p.heads_q), static_cast<unsigned>(p.batch)},
                     {c.threads()},
                     shared_bytes(c, p),

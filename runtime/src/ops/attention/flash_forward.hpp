@@ -37,7 +37,7 @@ struct FlashForward {
   // warpgroups (block_m 128, or 192 at hd 64) beside a producer warp that loads through the copy
   // engine (TMA; the grouped default too, up to hd 192); 92: 91 with FA3's intra-warpgroup
   // overlap (a warpgroup's softmax under its own P V); 93: 92 over persistent blocks, one an SM,
-  // each taking its share of the tiles (plain non-causal calls). block_n keys per tile.
+  // claiming tiles at run time (plain calls, causal or not). block_n keys per tile.
   struct Config {
     std::int64_t mainloop = kMainloopMma, block_m = 0, block_n = 0, m_tiles = 1;
     bool wgmma() const { return mainloop == kMainloopWgmma || warp_specialized(); }
@@ -92,9 +92,10 @@ struct FlashForward {
                              const char* params, const char* tma_params);
   static void launch(const Program& program, const Config& c, const Problem& p, const Args& args,
                      StreamHandle stream);
-  // The warp-specialised kernel's parameters: the call's, and the copy engine's maps of its Q
-  // (block_m rows a box), K and V (block_n). They carry the call's pointers (encoded per call,
-  // on the host); tma_q is Q's alone.
+  // The warp-specialised kernel's parameters: the call's, the copy engine's maps of its Q
+  // (block_m rows a box), K and V (block_n), and the persistent loop's tiles and items
+  // (next_item is the launch's to set). They carry the call's pointers (encoded per call, on the
+  // host); tma_q is Q's alone.
   static KjitFlashTmaParams tma_params(const Config& c, const Problem& p, const Args& args);
   static KjitTensorMap tma_q(const Config& c, const Problem& p, const Args& args);
   static std::vector<Problem> shipped(const Arch& arch);
