@@ -89,6 +89,14 @@ struct FlashWsLoop {
   static_assert(kMainloop >= 91 && kMainloop <= 93, "mainloop 91, 92 or 93");
 };
 
+// Tile n of a block's K/V stream (counted across its items): its ring stage, and the parity of
+// that stage's (n / kStages)-th use, which its mbarriers' phases follow.
+template <int kStages>
+struct RingSlot {
+  int stage, parity;
+  __device__ explicit RingSlot(int n) : stage(n % kStages), parity((n / kStages) & 1) {}
+};
+
 // kStages K and V tiles in flight each (the host sizes the shared memory for them).
 // Params: KjitFlashTmaParams, or KjitGroupedFlashTmaParams for a grouped launch (not persistent).
 template <class T, int kHeadDim, int kBlockN, int kConsumers, int kStages, bool kCausal,
@@ -117,14 +125,20 @@ __global__ void __launch_bounds__(FlashWsRoles<kConsumers>::kThreads, 1)
   // A block's work: itself, or a persistent block's items (see ws_item_work). (A grouped block's
   // work is read once, by every thread: it copies its group through shared memory.)
   const BlockWork launch_work = ws_block_work<kCausal>(params);  // (unused when persistent)
-  if constexpr (!L::kPersistent) {
-    if (!FlashTile<T>(launch_work, S::kBlockM).has_rows()) return;
-  }
+  const FlashTile<T> launch_tile(launch_work, S::kBlockM);
+  if (!L::kPersistent && !launch_tile.has_rows()) return;
   auto item_work = [&](int item) {
     if constexpr (L::kPersistent) {
       return ws_item_work<kCausal>(params, item);
     } else {
       return launch_work;
+    }
+  };
+  auto item_tile = [&](const BlockWork& work) {
+    if constexpr (L::kPersistent) {
+      return FlashTile<T>(work, S::kBlockM);
+    } else {
+      return launch_tile;
     }
   };
   // The consumers' key-block count and the warpgroup index are read through a shuffle so that the
@@ -173,7 +187,7 @@ __global__ void __launch_bounds__(FlashWsRoles<kConsumers>::kThreads, 1)
       }
       const BlockWork work = item_work(item);
       const KjitFlashParams& p = work.p;
-      const FlashTile<T> tile(work, S::kBlockM);
+      const FlashTile<T> tile = item_tile(work);
       // (Its lone thread reads the count directly: the shuffle needs the whole warp.)
       const int key_blocks = tile.has_rows() ? tile.key_blocks(S::kBlockM, kBlockN, kCausal) : 0;
       if (key_blocks == 0) continue;  // the consumers store its rows without any tile
@@ -193,10 +207,10 @@ __global__ void __launch_bounds__(FlashWsRoles<kConsumers>::kThreads, 1)
       // K_j for its turn before V_{j-1}).
       auto load_kv = [&](T* ring, cuda::std::uint64_t* empty, cuda::std::uint64_t* full,
                          const KjitTensorMap& map, int block) {
-        const int n = loaded + block, stage = n % kStages;
-        ptx::mbarrier_wait(&empty[stage], ((n / kStages) & 1) ^ 1);  // 1 first: free
-        load(ring + stage * S::kKVElems, map, &full[stage], kBlockN, tile.k_start + block * kBlockN,
-             kv_head);
+        const RingSlot<kStages> slot(loaded + block);
+        ptx::mbarrier_wait(&empty[slot.stage], slot.parity ^ 1);  // 1 first: free
+        load(ring + slot.stage * S::kKVElems, map, &full[slot.stage], kBlockN,
+             tile.k_start + block * kBlockN, kv_head);
       };
       if (q_loaded == 0) {  // (maps of a call without keys are never touched)
         ptx::prefetch_tensor_map(tma_q);
@@ -250,7 +264,7 @@ __global__ void __launch_bounds__(FlashWsRoles<kConsumers>::kThreads, 1)
     }
     const BlockWork work = item_work(item);
     const KjitFlashParams& p = work.p;
-    const FlashTile<T> tile(work, S::kBlockM);
+    const FlashTile<T> tile = item_tile(work);
     if (!tile.has_rows()) continue;
     const int key_blocks = key_blocks_of(tile);
     const int warp_row = tile.row0 + warpgroup_row + 16 * warp;
@@ -262,15 +276,15 @@ __global__ void __launch_bounds__(FlashWsRoles<kConsumers>::kThreads, 1)
     RowPairStats stats;
     stats.reset();
 
-    auto stage_of = [&](int block) { return (loaded + block) % kStages; };
-    auto parity_of = [&](int block) { return ((loaded + block) / kStages) & 1; };
+    auto slot = [&](int block) { return RingSlot<kStages>(loaded + block); };
     auto issue_qk = [&](int block) {
-      ptx::mbarrier_wait(&k_full[stage_of(block)], parity_of(block));
-      issue_scores<T, S>(acc_s, shared_q, warpgroup_row, shared_k + stage_of(block) * S::kKVElems);
+      ptx::mbarrier_wait(&k_full[slot(block).stage], slot(block).parity);
+      issue_scores<T, S>(acc_s, shared_q, warpgroup_row,
+                         shared_k + slot(block).stage * S::kKVElems);
     };
     auto issue_pv = [&](int block) {
-      ptx::mbarrier_wait(&v_full[stage_of(block)], parity_of(block));
-      issue_values<T, S>(acc_o, shared_v + stage_of(block) * S::kKVElems,
+      ptx::mbarrier_wait(&v_full[slot(block).stage], slot(block).parity);
+      issue_values<T, S>(acc_o, shared_v + slot(block).stage * S::kKVElems,
                          [&](int kk, unsigned(&a)[4]) {
                            for (int e = 0; e < 4; ++e)
                              a[e] = prob[kk][e];
@@ -289,7 +303,7 @@ __global__ void __launch_bounds__(FlashWsRoles<kConsumers>::kThreads, 1)
     auto softmax = [&](int block, auto pending) {
       ptx::wgmma_wait<decltype(pending)::value>();
       ptx::fence_operand(acc_s);
-      if (leader) ptx::mbarrier_arrive(&k_empty[stage_of(block)]);
+      if (leader) ptx::mbarrier_arrive(&k_empty[slot(block).stage]);
       softmax_step<kCausal, S>(acc_s, stats, tile, block * kBlockN, warp_row, my_row, p.scale_log2,
                                correction);
       // ptxas moves arithmetic past a wgmma wait but keeps shared stores before it: storing the
@@ -301,7 +315,7 @@ __global__ void __launch_bounds__(FlashWsRoles<kConsumers>::kThreads, 1)
     auto retire_values = [&](int block) {
       ptx::wgmma_wait<0>();
       fence_operands();
-      if (leader) ptx::mbarrier_arrive(&v_empty[stage_of(block)]);
+      if (leader) ptx::mbarrier_arrive(&v_empty[slot(block).stage]);
     };
     // Rescales O for the last softmax and rounds its P for the next P V.
     auto prepare_values = [&] {

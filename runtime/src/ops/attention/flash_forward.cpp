@@ -83,9 +83,13 @@ std::int64_t row_elems(const FlashForward::Config& c, std::int64_t head_dim) {
   return c.wgmma() ? head_dim : head_dim + 8;
 }
 
-// Query tiles of block_m rows a head and sequence (the plain grid's x).
+// Query tiles of block_m rows a head and sequence (the plain grid's x), and the plain grid's
+// blocks: the persistent loop's items.
 std::int64_t query_tiles(const FlashForward::Config& c, const FlashForward::Problem& p) {
   return (p.seqlen_q + c.block_m - 1) / c.block_m;
+}
+std::int64_t items(const FlashForward::Config& c, const FlashForward::Problem& p) {
+  return query_tiles(c, p) * p.heads_q * p.batch;
 }
 
 // The dynamic shared memory of Q and `stages` stages of K and V tiles (wgmma: plus slack to
@@ -203,9 +207,8 @@ bool FlashForward::valid(const Config& c, const Problem& p, const Arch& arch) {
         c.warp_specialized() ? consumers_fit && ws_tile : c.block_n == 64 || c.block_n == 128;
     // The persistent loop counts its items (tiles x heads x sequences, claimed up to a grid
     // beyond the last) in 32 bits.
-    const std::int64_t items = query_tiles(c, p) * p.heads_q * p.batch;
     const bool persistent_fits =
-        !persistent || items <= std::numeric_limits<int>::max() - (std::int64_t{1} << 16);
+        !persistent || items(c, p) <= std::numeric_limits<int>::max() - (std::int64_t{1} << 16);
     if (!arch.has_wgmma() || p.head_dim % 64 != 0 || c.block_m % 64 != 0 || c.block_m > 192 ||
         !tile || c.m_tiles != 1 || !persistent_fits) {
       return false;
@@ -260,14 +263,13 @@ KjitTensorMap FlashForward::tma_q(const Config& c, const Problem& p, const Args&
 }
 
 KjitFlashTmaParams FlashForward::tma_params(const Config& c, const Problem& p, const Args& args) {
-  // The persistent loop's items: the plain grid's blocks (valid() keeps them within an int).
-  const auto tiles = static_cast<int>(query_tiles(c, p));
+  // (valid() keeps the persistent loop's items within an int)
   KjitFlashTmaParams out{tma_q(c, p, args),
                          {},
                          {},
                          args,
-                         tiles,
-                         static_cast<int>(tiles * p.heads_q * p.batch),
+                         static_cast<int>(query_tiles(c, p)),
+                         static_cast<int>(items(c, p)),
                          nullptr};
   if (args.tokens_k > 0) {
     const std::int64_t outer = args.cu_seqlens_q ? 1 : p.batch;
