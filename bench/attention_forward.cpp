@@ -4,6 +4,7 @@
 // --sweep of tile configs: bf16). Run beside
 // bench/attention_torch.py (torch SDPA flash and cuDNN) in the same device call.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -77,12 +78,57 @@ void varlen_row(kjit::DType dtype, kjit::Stream& stream) {
               t, h, h, d, "causal", ms, flops / ms / 1e9);
 }
 
-// Times tile configs directly (bypassing the op's default) on one fa-bench row (S = s, 16k
-// tokens), and checks each against the first config's output.
-void sweep(long long d, bool causal, const std::vector<kjit::ops::FlashForward::Config>& configs,
-           kjit::Stream& stream, long long s = 8192) {
+// One row of the tile sweep: the fa-bench row S = s (16k tokens, 2048 / d heads, bf16) and the
+// configs to time on it.
+struct SweepRow {
+  long long d;
+  bool causal;
+  std::vector<kjit::ops::FlashForward::Config> configs;
+  long long s = 8192;
+
+  kjit::ops::FlashForward::Problem problem() const {
+    kjit::ops::FlashForward::Problem p;
+    p.batch = 16384 / s;
+    p.heads_q = p.heads_k = 2048 / d;
+    p.head_dim = d;
+    p.seqlen_q = p.seqlen_k = s;
+    p.causal = causal;
+    return p;
+  }
+};
+
+// Compiles every valid config of the sweep at once (NVRTC on every core): one at a time, the
+// sweep's ~80 kernels took most of a device call.
+void precompile_sweep(const std::vector<SweepRow>& rows, const kjit::Arch& arch) {
   using kjit::ops::FlashForward;
-  const long long b = 16384 / s, h = 2048 / d;
+  std::vector<kjit::KernelSpec> specs;
+  for (const SweepRow& r : rows) {
+    for (const auto& c : r.configs) {
+      if (FlashForward::valid(c, r.problem(), arch))
+        specs.push_back(FlashForward::spec(c, r.problem(), arch));
+    }
+  }
+  const auto start = std::chrono::steady_clock::now();
+  int failed = 0;
+  for (const kjit::PrecompileResult& result : kjit::precompile(specs)) {
+    if (!result.ok) {
+      ++failed;
+      std::fprintf(stderr, "sweep: %s does not compile: %s\n",
+                   result.spec.name_expressions[0].c_str(), result.error.c_str());
+    }
+  }
+  std::printf("sweep: %zu kernels compiled in %.1f s, %d failed\n", specs.size(),
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
+              failed);
+}
+
+// Times a sweep row's configs directly (bypassing the op's default), and checks each against the
+// first config's output.
+void sweep(const SweepRow& r, const kjit::Arch& arch, kjit::Stream& stream) {
+  using kjit::ops::FlashForward;
+  const FlashForward::Problem p = r.problem();
+  const long long b = p.batch, s = p.seqlen_q, h = p.heads_q, d = p.head_dim;
+  const bool causal = r.causal;
   auto q = kjit::bench::random_bf16(b * s * h * d), k = kjit::bench::random_bf16(b * s * h * d),
        v = kjit::bench::random_bf16(b * s * h * d);
   kjit::DeviceBuffer out(b * s * h * d * 2), lse(b * h * s * 4);
@@ -94,8 +140,7 @@ void sweep(long long d, bool causal, const std::vector<kjit::ops::FlashForward::
       kjit::TensorView(v.data(), bf, {b, s, h, d}), kjit::TensorView(out.data(), bf, {b, s, h, d}),
       kjit::TensorView(lse.data(), kjit::DType::Float32, {b, h, s}), o);
   std::vector<std::uint16_t> reference;
-  const kjit::Arch arch(kjit::device_info(kjit::current_device()).arch());
-  for (const auto& c : configs) {
+  for (const auto& c : r.configs) {
     if (!FlashForward::valid(c, call.problem, arch)) continue;
     const kjit::Program program = kjit::load(FlashForward::spec(c, call.problem, arch));
     const double ms = kjit::bench::median_ms(
@@ -146,32 +191,40 @@ int main(int argc, char** argv) try {
     auto ws = [](long long m, long long n) { return C{91, m, n, 1}; };
     auto overlap = [](long long m, long long n) { return C{92, m, n, 1}; };
     auto persistent = [](long long m, long long n) { return C{93, m, n, 1}; };
+    std::vector<SweepRow> rows;
     for (bool causal : {false, true}) {
-      sweep(64, causal,
-            {mma(128, 64, 2), wgmma(128, 128), wgmma(192, 128), ws(192, 128), ws(128, 128),
-             ws(192, 64), overlap(192, 128), overlap(192, 112), overlap(192, 80), overlap(128, 176),
-             persistent(192, 128), persistent(192, 112), persistent(128, 176)},
-            stream);
-      sweep(128, causal,
-            {mma(128, 64, 1), wgmma(128, 128), ws(128, 128), ws(128, 176), overlap(128, 128),
-             overlap(128, 176), overlap(128, 112), persistent(128, 128), persistent(128, 176)},
-            stream);
-      sweep(192, causal,
-            {mma(64, 32, 1), wgmma(128, 64), ws(128, 64), ws(128, 112), overlap(128, 64),
-             overlap(128, 112), overlap(128, 80), persistent(128, 64), persistent(128, 112)},
-            stream);
-      sweep(256, causal,
-            {mma(64, 32, 1), wgmma(128, 64), ws(128, 64), ws(128, 80), overlap(128, 64),
-             overlap(128, 80), persistent(128, 64), persistent(128, 80)},
-            stream);
+      rows.push_back(
+          {64,
+           causal,
+           {mma(128, 64, 2), wgmma(128, 128), wgmma(192, 128), ws(192, 128), ws(128, 128),
+            ws(192, 64), overlap(192, 128), overlap(192, 112), overlap(192, 80), overlap(128, 176),
+            persistent(192, 128), persistent(192, 112), persistent(128, 176)}});
+      rows.push_back(
+          {128,
+           causal,
+           {mma(128, 64, 1), wgmma(128, 128), ws(128, 128), ws(128, 176), overlap(128, 128),
+            overlap(128, 176), overlap(128, 112), persistent(128, 128), persistent(128, 176)}});
+      rows.push_back(
+          {192,
+           causal,
+           {mma(64, 32, 1), wgmma(128, 64), ws(128, 64), ws(128, 112), overlap(128, 64),
+            overlap(128, 112), overlap(128, 80), persistent(128, 64), persistent(128, 112)}});
+      rows.push_back({256,
+                      causal,
+                      {mma(64, 32, 1), wgmma(128, 64), ws(128, 64), ws(128, 80), overlap(128, 64),
+                       overlap(128, 80), persistent(128, 64), persistent(128, 80)}});
     }
     // Short sequences (S 2k, 8 of them), where a block's start and end weigh most: what the
     // persistent blocks are for.
     for (bool causal : {false, true}) {
-      sweep(64, causal, {ws(192, 128), overlap(192, 128), persistent(192, 128)}, stream, 2048);
-      sweep(128, causal, {ws(128, 128), overlap(128, 128), persistent(128, 128)}, stream, 2048);
-      sweep(256, causal, {ws(128, 64), overlap(128, 64), persistent(128, 64)}, stream, 2048);
+      rows.push_back({64, causal, {ws(192, 128), overlap(192, 128), persistent(192, 128)}, 2048});
+      rows.push_back({128, causal, {ws(128, 128), overlap(128, 128), persistent(128, 128)}, 2048});
+      rows.push_back({256, causal, {ws(128, 64), overlap(128, 64), persistent(128, 64)}, 2048});
     }
+    const kjit::Arch arch(kjit::device_info(kjit::current_device()).arch());
+    precompile_sweep(rows, arch);
+    for (const SweepRow& r : rows)
+      sweep(r, arch, stream);
     return 0;
   }
   for (long long d : {64, 128, 256}) {

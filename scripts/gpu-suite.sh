@@ -27,12 +27,19 @@ export LD_LIBRARY_PATH="$PWD/.gpu-bundle/lib:/usr/local/cuda/lib64:${LD_LIBRARY_
 export KJIT_CACHE_DIR="$(mktemp -d)/kjit-cache"
 export KJIT_TEST_HELPER="$bin/kjit_test_helper" KJIT_CLI="$bin/kjit"
 summary=()
-sharded_tests() {  # sharded_tests NAME FILTER TIMEOUT [SHARDS]: the GPU tests FILTER picks, in
-                   # SHARDS (default 4) processes at once
-  local name="$1" filter="$2" start=$SECONDS shards="${4:-4}"
-  for ((i = 0; i < shards; ++i)); do
-    GTEST_TOTAL_SHARDS=$shards GTEST_SHARD_INDEX=$i timeout "$3" "$bin/kjit_gpu_tests" \
-      --gtest_filter="$filter" >"$out/${name}_shard$i.log" 2>&1 &
+sharded_tests() {  # sharded_tests NAME FILTER TIMEOUT [SHARDS]: the GPU tests FILTER picks, as
+                   # SHARDS (default 4) processes at once, each over a run of consecutive tests.
+  # Consecutive cases share their kernel (a case's name leads with its kernel's), so each process
+  # compiles its own share of the kernels; gtest's sharding deals the cases round robin, and then
+  # every process compiled nearly all of them (the suites' time is NVRTC's).
+  local name="$1" filter="$2" start=$SECONDS shards="${4:-4}" tests
+  mapfile -t tests < <("$bin/kjit_gpu_tests" --gtest_list_tests --gtest_filter="$filter" |
+                         awk '/^[^ ]/ {suite = $1} /^  / {print suite $1}')
+  local per=$(((${#tests[@]} + shards - 1) / shards))
+  for ((i = 0; i * per < ${#tests[@]}; ++i)); do
+    local part=("${tests[@]:i*per:per}")
+    timeout "$3" "$bin/kjit_gpu_tests" --gtest_filter="$(IFS=:; echo "${part[*]}")" \
+      >"$out/${name}_shard$i.log" 2>&1 &
   done
   wait
   summary+=("$(printf '%-22s %4ss' "$name" "$((SECONDS - start))")")
@@ -121,21 +128,23 @@ if [ "$what" = attention ]; then
 fi
 if [ "$what" = attention-ab ]; then
   # A forward change against template variants (scripts/gpu-bundle.sh with KJIT_VARIANTS, e.g.
-  # the mainline's templates beside a branch's bundle): the bundle's forward tests on the sm_90a
-  # loops (the defaults, the warp-specialised loop's other tiles, the scale tests), then the
-  # FA-table rows for main and every variant (all of .gpu-bundle/variants unless KJIT_AB_VARIANTS
-  # names some), alternating, then the tile sweep.
-  # About 700 cases (91, 92, 93 and their tiles) with fp64 references: eight shards on 16 cores;
-  # then the scale tests alone (one checks the device's free memory, which other processes move).
+  # the mainline's templates beside a branch's bundle): the tile sweep (its kernels compiled in
+  # parallel first), the FA-table rows for main and every variant (all of .gpu-bundle/variants
+  # unless KJIT_AB_VARIANTS names some), alternating, then the bundle's forward tests on the
+  # sm_90a loops (the defaults, the warp-specialised loops' forced cases and tiles) and the scale
+  # tests.
+  step attention_sweep "$bin/kjit_bench_attention" --sweep
+  variants="${KJIT_AB_VARIANTS:-$(ls .gpu-bundle/variants 2>/dev/null)}"
+  step attention_ab scripts/gpu-ab.sh "main $variants" "$bin/kjit_bench_attention"
+  cat "$out/attention_sweep.log" "$out/attention_ab.log"
+  # About 700 cases with fp64 references: eight processes on 16 cores; then the scale tests
+  # alone (one checks the device's free memory, which other processes move).
   sharded_tests forward_tests \
-    'All/AttentionForward.*:AttentionForwardDeterminism.*:AttentionForwardEmpty.*-*_mma_*:*_wgmma_*' 200 8
+    'All/AttentionForward.*:AttentionForwardDeterminism.*:AttentionForwardEmpty.*-*_mma_*:*_wgmma_*' \
+    "${KJIT_FORWARD_TESTS_S:-200}" 8
   tally forward_tests
   step forward_scale_tests timeout 120 "$bin/kjit_gpu_tests" --gtest_filter='AttentionForwardScale.*'
   grep -E '^\[  (PASSED|FAILED) |^\[  FAILED' "$out/forward_scale_tests.log"
-  variants="${KJIT_AB_VARIANTS:-$(ls .gpu-bundle/variants 2>/dev/null)}"
-  step attention_ab scripts/gpu-ab.sh "main $variants" "$bin/kjit_bench_attention"
-  step attention_sweep "$bin/kjit_bench_attention" --sweep
-  cat "$out/attention_ab.log" "$out/attention_sweep.log"
 fi
 if [ "$what" = attention-bench ]; then
   # Tile sweep, then kjit's defaults beside torch (and FA3), then tuned (fa-bench preset) and
