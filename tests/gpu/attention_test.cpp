@@ -211,12 +211,15 @@ std::vector<AttnCase> cases() {
   for (DType dtype : {DType::Float16, DType::BFloat16}) {
     for (int d : {64, 96, 128, 192, 256}) {
       for (bool causal : {false, true}) {
-        // sm_90a: the warp-specialised loop by default; the wgmma loop and the overlap loops
-        // forced (not hd 96, which has none of them).
+        // sm_90a: the overlap loop by default (over persistent blocks where causal); the wgmma
+        // loop, the warp-specialised loop without the overlap and the other overlap loop forced
+        // (not hd 96, which has none of them).
         const bool sm90 = d % 64 == 0;
+        const std::int64_t other_overlap = causal ? FlashForward::kMainloopWgmmaWsOverlap
+                                                  : FlashForward::kMainloopWgmmaWsPersistent;
         for (std::int64_t mainloop :
              {std::int64_t{0}, FlashForward::kMainloopMma, FlashForward::kMainloopWgmma,
-              FlashForward::kMainloopWgmmaWsOverlap, FlashForward::kMainloopWgmmaWsPersistent}) {
+              FlashForward::kMainloopWgmmaWs, other_overlap}) {
           if (!sm90 && mainloop >= FlashForward::kMainloopWgmma) continue;
           for (auto [hq, hk] : std::vector<std::pair<int, int>>{{1, 1}, {8, 1}, {32, 8}}) {
             out.push_back({dtype, d, causal, hq, hk, false, {97, 97}, {97, 97}, 1.0, mainloop});

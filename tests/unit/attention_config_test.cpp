@@ -41,6 +41,22 @@ TEST(AttentionConfig, DefaultIsValidForEveryHeadDimAndArch) {
   }
 }
 
+// The grouped kernel has no persistent blocks and no warp-specialised loop past hd 192: its
+// default takes the plain call's loop without them.
+TEST(AttentionConfig, GroupedDefaultIsValidForEveryHeadDimAndArch) {
+  for (const char* arch : {"sm_80", "sm_90a"}) {
+    for (std::int64_t d : FlashForward::kHeadDims) {
+      for (bool causal : {false, true}) {
+        const ops::GroupedForward::Problem p{DType::BFloat16, 2, 1, 4, 2, d, 300, 300, causal};
+        const Config c = ops::GroupedForward::default_config(p, arch);
+        EXPECT_TRUE(ops::GroupedForward::valid(c, p, arch)) << arch << " d=" << d;
+        EXPECT_EQ(c.warp_specialized(), std::string(arch) == "sm_90a" && d % 64 == 0 && d <= 192)
+            << arch << " d=" << d;
+      }
+    }
+  }
+}
+
 TEST(AttentionConfig, RulesFollowTheArch) {
   EXPECT_TRUE(valid(wgmma(128, 128), DType::BFloat16, 128, "sm_90a"));
   EXPECT_FALSE(valid(wgmma(128, 128), DType::BFloat16, 128, "sm_90"));  // no wgmma
@@ -67,8 +83,8 @@ TEST(AttentionConfig, RulesFollowTheArch) {
 
 // The warp-specialised loops (91; 92 with the overlap; 93 persistent): FA3's key tiles where
 // their registers fit (176 keys only with the overlap), three K/V stages where they fit 227 KiB,
-// the persistent loop for plain calls causal or not, and none of 92, 93 or the extra tiles in
-// the tuner's space until they have run on a GPU.
+// the persistent loop for plain calls causal or not (the grouped kernel refuses it), all of them
+// in the tuner's space.
 TEST(AttentionConfig, WarpSpecialisedLoopsAndTiles) {
   const auto ws = FlashForward::kMainloopWgmmaWs, overlap = FlashForward::kMainloopWgmmaWsOverlap,
              persistent = FlashForward::kMainloopWgmmaWsPersistent;
@@ -99,9 +115,17 @@ TEST(AttentionConfig, WarpSpecialisedLoopsAndTiles) {
     EXPECT_TRUE(ops::GroupedForward::valid(tile(overlap, 128, 128), grouped, "sm_90a"));
     EXPECT_FALSE(ops::GroupedForward::valid(tile(persistent, 128, 128), grouped, "sm_90a"));
   }
-  for (const Config& c : FlashForward::space(problem(DType::BFloat16, 128), "sm_90a")) {
-    EXPECT_TRUE(c.mainloop <= ws && (c.block_n == 32 || c.block_n == 64 || c.block_n == 128))
-        << c.mainloop << " " << c.block_n;
+  // The tuner's space holds every loop and key tile valid() takes.
+  for (std::int64_t d : {64, 128, 192, 256}) {
+    const FlashForward::Problem p = problem(DType::BFloat16, d, true);
+    int warp_specialized = 0, tiles = 0;
+    for (const Config& c : FlashForward::space(p, "sm_90a")) {
+      if (!FlashForward::valid(c, p, "sm_90a") || !c.warp_specialized()) continue;
+      ++warp_specialized;
+      tiles += c.block_n != 64 && c.block_n != 128;
+    }
+    EXPECT_GE(warp_specialized, 3 * 2) << d;  // loops 91, 92 and 93, two tiles at least
+    EXPECT_GE(tiles, 2) << d;
   }
 }
 

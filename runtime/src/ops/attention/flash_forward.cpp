@@ -146,8 +146,9 @@ void FlashForward::check(const Problem& p) {
 FlashForward::Config FlashForward::default_config(const Problem& p, const Arch& arch) {
   // From the tile sweeps on the H100 (docs/perf.md, bench/attention_forward.cpp --sweep).
   if (arch.has_wgmma() && p.head_dim % 64 == 0) {
-    // The producer warp's loop (H100 sweeps, 2026-12-05, S8k full: 604 against 443 TFLOP/s at
-    // hd 128, 439 against 392 at hd 64, 579 against 475 at hd 192, 668 against 492 at hd 256).
+    // The producer warp's loops (H100 sweep, 2026-12-05, S8k TFLOP/s full / causal: 710 / 644 at
+    // hd 128, 555 / 492 at hd 64, 778 / 693 at hd 192, 789 / 687 at hd 256; the wgmma loop 90:
+    // 480 / 422, 416 / 370, 508 / 428, 502 / 433).
     return warp_specialized_config(p);
   }
   // mma.sync: two query tiles per warp pay off where registers allow (hd 64; hd 96 spills),
@@ -167,21 +168,21 @@ FlashForward::Config FlashForward::default_config(const Problem& p, const Arch& 
 }
 
 std::vector<FlashForward::Config> FlashForward::space(const Problem&, const Arch& arch) {
-  // Not yet the overlap loops (92, 93) nor the ws loop's tiles of 80, 112 and 176 keys: valid()
-  // takes them (forced GPU tests, the sweep) but the tuner does not until they have run on the
-  // GPU.
-  std::vector<std::int64_t> mainloops{kMainloopMma};
-  if (arch.has_wgmma()) {
-    mainloops.push_back(kMainloopWgmma);
-    mainloops.push_back(kMainloopWgmmaWs);
-  }
   std::vector<Config> out;
-  for (std::int64_t mainloop : mainloops) {
-    for (std::int64_t block_m : {64, 128, 192}) {
-      for (std::int64_t block_n : {32, 64, 128}) {
-        for (std::int64_t m_tiles : {1, 2})
-          out.push_back({mainloop, block_m, block_n, m_tiles});
-      }
+  for (std::int64_t block_m : {64, 128, 192}) {
+    for (std::int64_t block_n : {32, 64, 128}) {
+      for (std::int64_t m_tiles : {1, 2})
+        out.push_back({kMainloopMma, block_m, block_n, m_tiles});
+    }
+  }
+  if (!arch.has_wgmma()) return out;
+  for (std::int64_t block_m : {128, 192}) {
+    for (std::int64_t block_n : {64, 128})
+      out.push_back({kMainloopWgmma, block_m, block_n, 1});
+    for (std::int64_t mainloop :
+         {kMainloopWgmmaWs, kMainloopWgmmaWsOverlap, kMainloopWgmmaWsPersistent}) {
+      for (std::int64_t block_n : kWsBlockNs)
+        out.push_back({mainloop, block_m, block_n, 1});
     }
   }
   return out;

@@ -70,10 +70,15 @@ struct FlashForward {
   static Config wgmma_config(const Problem& p) {
     return {kMainloopWgmma, p.head_dim <= 64 ? 192 : 128, p.head_dim <= 128 ? 128 : 64, 1};
   }
-  // The warp-specialised loop's: the same tile (three consumer warpgroups at hd 64, as FA3).
+  // The warp-specialised loops' default (H100 sweep, 2026-12-05, docs/perf.md): the overlap loop,
+  // over persistent blocks where causal (their longest-first claims: +1-5 % causal, 0-3 % slower
+  // full); three consumer warpgroups at hd 64, as FA3; FA3's key tiles (112 keys at hd 192, 80 at
+  // hd 256: +6-10 % over 64).
   static Config warp_specialized_config(const Problem& p) {
     Config c = wgmma_config(p);
-    c.mainloop = kMainloopWgmmaWs;
+    c.mainloop = p.causal ? kMainloopWgmmaWsPersistent : kMainloopWgmmaWsOverlap;
+    if (p.head_dim == 192) c.block_n = 112;
+    if (p.head_dim == 256) c.block_n = 80;
     return c;
   }
   // The warp-specialised loop's K and V stages: three, a turn of slack for each consumer
