@@ -185,7 +185,7 @@ if [ "$what" = attention-check ]; then
   sharded_tests mla_tests '*MlaDecode*' 150 8
   subset='All/AttentionForward.*bf16_d128*_h8x1_batched_*:All/AttentionForward.*bf16_d256_causal_h8x1_batched_*-*_mma_*:*_wgmma_*'
   sanitize forward_memcheck memcheck 150 \
-    'All/AttentionForward.*bf16_d128*_h8x1_varlen_*:All/AttentionForward.*fp16_d64_causal_h32x8_varlen_*-*_mma_*:*_wgmma_*'
+    'All/AttentionForward.*bf16_d128_causal_h8x1_varlen_*:All/AttentionForward.*fp16_d64_h32x8_varlen_*-*_mma_*:*_wgmma_*:*_n*'
   sanitize forward_racecheck racecheck 150 "$subset"
   sanitize forward_synccheck synccheck 150 "$subset"
   for name in forward_tests grouped_tests backward_tests mla_tests; do tally $name; done
