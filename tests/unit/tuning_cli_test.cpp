@@ -208,12 +208,12 @@ TEST_F(TuningCli, TuneWithoutAGpuSaysSoButDryRunWorks) {
             std::string::npos)
       << r.out;
   // Attention's space depends on the arch: wgmma tiles only for sm_90a, less shared memory on
-  // sm_80 (hd 128: 18 mma.sync + 6 wgmma + 2 warp-specialised configs valid on sm_90a, 14
-  // mma.sync on sm_80).
+  // sm_80 (hd 128: 18 mma.sync + 4 wgmma + 14 warp-specialised configs valid on sm_90a: 64, 80,
+  // 112 and 128 keys for loops 91, 92 and 93, 176 for 92 and 93; 14 mma.sync on sm_80).
   const std::pair<const char*, const char*> expected[] = {
       {"sm_90a",
-       "54 configs in the space, 28 pruned by constraints, 26 to compile and time; default "
-       "{\"block_m\":128,\"block_n\":128,\"m_tiles\":1,\"mainloop\":91}"},
+       "52 configs in the space, 16 pruned by constraints, 36 to compile and time; default "
+       "{\"block_m\":128,\"block_n\":128,\"m_tiles\":1,\"mainloop\":93}"},
       {"sm_80",
        "18 configs in the space, 4 pruned by constraints, 14 to compile and time; default "
        "{\"block_m\":128,\"block_n\":64,\"m_tiles\":1,\"mainloop\":80}"}};
