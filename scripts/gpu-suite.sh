@@ -173,21 +173,22 @@ if [ "$what" = attention-tune ]; then
 fi
 if [ "$what" = attention-check ]; then
   # After a change to the forward's defaults or to what the attention kernels share (numerics,
-  # the op plumbing): every attention suite, eight processes each, then the sanitizers over the
-  # sm_90a loops' mbarriers and shared memory (hd 128 full and causal: the default loops 92 and
-  # 93, and 91 forced; hd 256 causal, two-stage rings).
+  # the op plumbing): every attention suite, eight processes each (each tallied as it ends), then
+  # the sanitizers over the sm_90a loops' mbarriers and shared memory (hd 128 full and causal:
+  # the default loops 92 and 93, and 91 forced; hd 256 causal, two-stage rings).
   sharded_tests forward_tests 'All/AttentionForward.*:AttentionForwardDeterminism.*:AttentionForwardEmpty.*' 200 8
+  tally forward_tests
   step forward_scale_tests timeout 120 "$bin/kjit_gpu_tests" --gtest_filter='AttentionForwardScale.*'
-  sharded_tests grouped_tests '*AttentionGrouped*' 200 8
-  sharded_tests backward_tests '*AttentionBackward*' 200 8
-  sharded_tests mla_tests '*MlaDecode*' 150 8
+  grep -E '^\[  (PASSED|FAILED) |^\[  FAILED' "$out/forward_scale_tests.log"
+  for suite in grouped:AttentionGrouped backward:AttentionBackward mla:MlaDecode; do
+    sharded_tests "${suite%%:*}_tests" "*${suite#*:}*" 150 8
+    tally "${suite%%:*}_tests"
+  done
   subset='All/AttentionForward.*bf16_d128*_h8x1_batched_*:All/AttentionForward.*bf16_d256_causal_h8x1_batched_*-*_mma_*:*_wgmma_*:*_n*'
   sanitize forward_memcheck memcheck 90 \
     'All/AttentionForward.*bf16_d128_causal_h8x1_varlen_*:All/AttentionForward.*fp16_d64_h32x8_varlen_*-*_mma_*:*_wgmma_*:*_n*'
   sanitize forward_racecheck racecheck 90 "$subset"
   sanitize forward_synccheck synccheck 90 "$subset"
-  for name in forward_tests grouped_tests backward_tests mla_tests; do tally $name; done
-  grep -E '^\[  (PASSED|FAILED) |^\[  FAILED' "$out/forward_scale_tests.log"
   sanitizer_verdicts forward_memcheck forward_racecheck forward_synccheck
 fi
 if [ "$what" = attention-grouped ]; then
