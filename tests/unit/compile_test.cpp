@@ -118,12 +118,13 @@ TEST_F(WarpSpecialisedForward, CompilesWithoutSpillsOrStack) {
             expect_fits(FlashForward::spec(tile, problem, "sm_90a"), tile.threads());
           }
         }
-        // The grouped kernel (the grouped default up to hd 192) at two consumer warpgroups, and
+        // The grouped kernel (the grouped default up to hd 192: two consumer warpgroups), and
         // with the overlap.
         const ops::GroupedForward::Problem grouped{dtype, 2, 1, 1, 1, d, 1, 1, causal};
         for (std::int64_t loop :
              {FlashForward::kMainloopWgmmaWs, FlashForward::kMainloopWgmmaWsOverlap}) {
-          ops::GroupedForward::Config grouped_config = config;
+          ops::GroupedForward::Config grouped_config =
+              FlashForward::wgmma_config(grouped.per_group());
           grouped_config.mainloop = loop;
           grouped_config.block_m = 128;
           ASSERT_EQ(ops::GroupedForward::valid(grouped_config, grouped, "sm_90a"), d <= 192) << d;

@@ -27,9 +27,13 @@ void GroupedForward::check(const Problem& p) {
 
 GroupedForward::Config GroupedForward::default_config(const Problem& p, const Arch& arch) {
   Config c = FlashForward::default_config(p.per_group(), arch);
-  // Persistent blocks claim a plain grid's tiles; the groups' blocks run the same loop without.
-  if (c.mainloop == FlashForward::kMainloopWgmmaWsPersistent)
-    c.mainloop = FlashForward::kMainloopWgmmaWsOverlap;
+  // The warp-specialised loop and tiles the grouped suite last ran on the GPU (91, the wgmma
+  // loop's tiles): the overlap loop (92) and FA3's tiles have run plain calls only so far, and
+  // persistent blocks (93) claim a plain grid's tiles, which a grouped call does not have.
+  if (c.warp_specialized()) {
+    c = FlashForward::wgmma_config(p.per_group());
+    c.mainloop = FlashForward::kMainloopWgmmaWs;
+  }
   // The grouped warp-specialised kernel stops at hd 192 (valid()).
   if (c.warp_specialized() && !valid(c, p, arch)) c = FlashForward::wgmma_config(p.per_group());
   // Three warpgroups (hd 64) run at the register cap of 384 threads, where the grouped kernel's
