@@ -194,6 +194,78 @@ if [ "$what" = attention-check ]; then
   sanitize forward_synccheck synccheck 90 "$subset"
   sanitizer_verdicts forward_memcheck forward_racecheck forward_synccheck
 fi
+if [ "$what" = families ]; then
+  # The parametrised suites are compile-bound (each test compiles its kernel into a fresh store):
+  # eight shards in parallel on the 16 cores. The rest (memory and timing checks among them)
+  # runs alone afterwards.
+  params='All/*:SearchSpace/*:Shapes/*'
+  start=$SECONDS
+  for i in 0 1 2 3 4 5 6 7; do
+    GTEST_TOTAL_SHARDS=8 GTEST_SHARD_INDEX=$i "$bin/kjit_gpu_tests" --gtest_filter="$params" \
+      >"$out/gpu_tests_shard$i.log" 2>&1 &
+  done
+  wait
+  summary+=("$(printf '%-22s %4ss' gpu_tests_sharded "$((SECONDS - start))")")
+  cat "$out"/gpu_tests_shard*.log >"$out/gpu_tests_params.log"
+  step gpu_tests_rest "$bin/kjit_gpu_tests" --gtest_filter="-$params"
+  step example "$bin/kjit_example_user_kernel"
+  step example_c_api "$bin/kjit_example_c_api"
+  step attention_kjit "$bin/kjit_bench_attention"
+  PYTHONUNBUFFERED=1 step attention_torch python3 bench/attention_torch.py
+  KJIT_PRINT_CONFIG=1 step merge_states_default "$bin/kjit_bench_merge_states"
+  step choice_cost "$bin/kjit_bench_choice_cost"
+  step memcheck compute-sanitizer --tool memcheck --error-exitcode 3 "$bin/kjit_gpu_tests" \
+    --gtest_filter='*ToyFamily*:*AttentionForwardEmpty*:*CAbi*:All/AttentionForward.*bf16_d128_causal_h8x1*:All/MergeStatesShipped.*bf16_D512*'
+  for log in gpu_tests_params gpu_tests_rest; do
+    echo "== $log: $(grep -c '^\[       OK' "$out/$log.log") ok, $(grep -c '^\[  FAILED  \] [A-Z]' "$out/$log.log") failed, $(grep -c '^\[  SKIPPED \] [A-Z]' "$out/$log.log") skipped"
+    grep -E '^\[  FAILED  \] [A-Z]' "$out/$log.log" | head
+  done
+  for log in attention_kjit attention_torch; do echo "== $log"; cat "$out/$log.log"; done
+fi
+if [ "$what" = attention-backward ]; then
+  # A smoke subset first (both main loops, both dtypes, every wgmma head dim, varlen), stopping
+  # early if it hangs or crashes; then the backward's tests in four parallel shards, a sanitizer
+  # subset, kjit (defaults, then every config of the space) beside torch (SDPA flash = FA2, and
+  # cuDNN) on the same rows.
+  smoke=$(printf 'All/AttentionBackward.*/%s:' 0 1 4 5 8 9 10 11 12 13)
+  step backward_smoke timeout 120 "$bin/kjit_gpu_tests" --gtest_filter="$smoke"
+  if [ $? -ge 124 ]; then  # hung or crashed: the rest would too
+    grep -E '^\[  FAILED  \] [A-Z]|Failure|error|Expected|Which is|elements outside|^\[ RUN' \
+      "$out/backward_smoke.log" | tail -40
+    printf '%s\n' "${summary[@]}"
+    exit 1
+  fi
+  backward_tests 300
+  subset=$(printf 'All/AttentionBackward.*/%s:' 3 8 11 18)'*DeterministicModeIsBitwise*'
+  sanitize backward_memcheck memcheck 200 "$subset"
+  sanitize backward_racecheck racecheck 200 'All/AttentionBackward.*/9:All/AttentionBackward.*/18'
+  step backward_kjit timeout 300 "$bin/kjit_bench_attention_backward"
+  PYTHONUNBUFFERED=1 step backward_torch timeout 300 python3 bench/attention_torch.py --backward
+  step backward_sweep timeout 300 "$bin/kjit_bench_attention_backward" --sweep
+  tally backward_tests
+  sanitizer_verdicts backward_memcheck backward_racecheck
+  for log in backward_kjit backward_torch backward_sweep; do echo "== $log"; cat "$out/$log.log"; done
+fi
+if [ "$what" = attention-backward-check ]; then
+  # The short recheck after a kernel change: the backward's tests, a racecheck of both wgmma
+  # loops (split keys, split roles), kjit beside torch.
+  backward_tests 200
+  sanitize backward_racecheck racecheck 60 'All/AttentionBackward.*/9:All/AttentionBackward.*/18'
+  step backward_kjit timeout 150 "$bin/kjit_bench_attention_backward"
+  PYTHONUNBUFFERED=1 step backward_torch timeout 100 python3 bench/attention_torch.py --backward
+  tally backward_tests
+  echo "== backward_racecheck"; grep -E 'RACECHECK SUMMARY|PASSED|FAILED' "$out/backward_racecheck.log" | tail -3
+  for log in backward_kjit backward_torch; do echo "== $log"; cat "$out/$log.log"; done
+fi
+if [ "$what" = attention-backward-tune ]; then
+  # kjit tune on the fa-bench-bwd preset, then the benchmark with the tuned configs.
+  export KJIT_TUNING_DB="$out/backward-tuning.sqlite"
+  rm -f "$KJIT_TUNING_DB"
+  step tune_backward "$bin/kjit" tune --preset fa-bench-bwd
+  KJIT_PRINT_CONFIG=1 step backward_kjit_tuned "$bin/kjit_bench_attention_backward"
+  for log in backward_kjit_tuned; do echo "== $log"; cat "$out/$log.log"; done
+  echo "== tune_backward"; grep -vE 'ETA|^$' "$out/tune_backward.log" | tail -24
+fi
 if [ "$what" = attention-grouped ]; then
   # Grouped attention's tests, then the plain forward's and backward's (the kernels they share
   # changed with it), a sanitizer subset, the zigzag benchmark.
