@@ -195,18 +195,10 @@ if [ "$what" = attention-check ]; then
   sanitizer_verdicts forward_memcheck forward_racecheck forward_synccheck
 fi
 if [ "$what" = families ]; then
-  # The parametrised suites are compile-bound (each test compiles its kernel into a fresh store):
-  # eight shards in parallel on the 16 cores. The rest (memory and timing checks among them)
-  # runs alone afterwards.
+  # The parametrised suites are compile-bound: eight processes on the 16 cores. The rest (memory
+  # and timing checks among them) runs alone afterwards.
   params='All/*:SearchSpace/*:Shapes/*'
-  start=$SECONDS
-  for i in 0 1 2 3 4 5 6 7; do
-    GTEST_TOTAL_SHARDS=8 GTEST_SHARD_INDEX=$i "$bin/kjit_gpu_tests" --gtest_filter="$params" \
-      >"$out/gpu_tests_shard$i.log" 2>&1 &
-  done
-  wait
-  summary+=("$(printf '%-22s %4ss' gpu_tests_sharded "$((SECONDS - start))")")
-  cat "$out"/gpu_tests_shard*.log >"$out/gpu_tests_params.log"
+  sharded_tests gpu_tests_params "$params" 900 8
   step gpu_tests_rest "$bin/kjit_gpu_tests" --gtest_filter="-$params"
   step example "$bin/kjit_example_user_kernel"
   step example_c_api "$bin/kjit_example_c_api"
@@ -216,10 +208,7 @@ if [ "$what" = families ]; then
   step choice_cost "$bin/kjit_bench_choice_cost"
   step memcheck compute-sanitizer --tool memcheck --error-exitcode 3 "$bin/kjit_gpu_tests" \
     --gtest_filter='*ToyFamily*:*AttentionForwardEmpty*:*CAbi*:All/AttentionForward.*bf16_d128_causal_h8x1*:All/MergeStatesShipped.*bf16_D512*'
-  for log in gpu_tests_params gpu_tests_rest; do
-    echo "== $log: $(grep -c '^\[       OK' "$out/$log.log") ok, $(grep -c '^\[  FAILED  \] [A-Z]' "$out/$log.log") failed, $(grep -c '^\[  SKIPPED \] [A-Z]' "$out/$log.log") skipped"
-    grep -E '^\[  FAILED  \] [A-Z]' "$out/$log.log" | head
-  done
+  for log in gpu_tests_params gpu_tests_rest; do tally $log; done
   for log in attention_kjit attention_torch; do echo "== $log"; cat "$out/$log.log"; done
 fi
 if [ "$what" = attention-backward ]; then
