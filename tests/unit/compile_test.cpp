@@ -124,9 +124,8 @@ TEST_F(WarpSpecialisedForward, CompilesWithoutSpillsOrStack) {
         for (std::int64_t loop :
              {FlashForward::kMainloopWgmmaWs, FlashForward::kMainloopWgmmaWsOverlap}) {
           ops::GroupedForward::Config grouped_config =
-              FlashForward::wgmma_config(grouped.per_group());
+              ops::GroupedForward::default_config(grouped, "sm_90a");
           grouped_config.mainloop = loop;
-          grouped_config.block_m = 128;
           ASSERT_EQ(ops::GroupedForward::valid(grouped_config, grouped, "sm_90a"), d <= 192) << d;
           if (d <= 192) {
             expect_fits(ops::GroupedForward::spec(grouped_config, grouped, "sm_90a"),
