@@ -4,7 +4,8 @@ runs, TFLOP/s = 4 B H S^2 D / t, halved when causal). Run in the same device cal
 The forward also times FlashAttention-3 (fa3-fwd, the Hopper kernel of the FlashAttention
 authors, bf16 only) where it is installed (../shared/peers-kit: .peers/fa3 on PYTHONPATH).
 --backward: the rows of bench/attention_backward.cpp: the backward alone (2.5 x the forward's
-FLOPs) and forward + backward (3.5 x). --fp16: the forward's rows in fp16 (FA3 takes bf16 only)."""
+FLOPs) and forward + backward (3.5 x). --fp16: the forward's rows in fp16 (FA3 takes bf16 only).
+The forward ends with the card's dense GEMM peak in the same dtype (the rows' floor)."""
 
 import sys
 
@@ -101,3 +102,7 @@ def varlen_row():
 
 if not BACKWARD:  # (the varlen backward entry is not timed here)
     varlen_row()
+    # The dense GEMM peak of this card in this dtype (cuBLAS, 8k cubed): the floor that
+    # scripts/fa_table.py measures each row's fraction against.
+    a, b = (torch.randn(8192, 8192, device="cuda", dtype=DTYPE) for _ in range(2))
+    print(f"gemm peak {2 * 8192**3 / median_ms(lambda: a @ b) / 1e9:.1f} TFLOP/s", flush=True)

@@ -160,7 +160,10 @@ if [ "$what" = attention-bench ]; then
   step attention_torch_fp16 python3 bench/attention_torch.py --fp16
   for log in attention_kjit attention_torch attention_kjit_fp16 attention_torch_fp16; do
     echo "== $log"; cat "$out/$log.log"
-  done
+  done >"$out/attention_bench.txt"
+  head -qn1 "$out"/attention_{kjit,torch}.log
+  clock="$(nvidia-smi --query-gpu=clocks.max.sm --format=csv,noheader,nounits | head -n1)"
+  python3 scripts/fa_table.py "$out/attention_bench.txt" --clock-ghz "$(awk "BEGIN {print $clock / 1000}")"
 fi
 if [ "$what" = attention-tune ]; then
   # The tuner over the fa-bench and Llama prefill presets, then the FA table with its picks.

@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""The FA table of docs/perf.md from one `scripts/gpu-suite.sh attention-bench` output: kjit's
+rows beside FA2, cuDNN and FA3 (bench/attention_torch.py, same call), bf16 then fp16, with the
+ratios the forward's bar is stated in and each row's fraction of its floor.
+
+Floor of a row (METHOD.md): its GEMM FLOPs at the card's measured dense GEMM peak (the torch
+log's `gemm peak` line) or its exponentials (B H Sq Sk, halved when causal) at 16 a clock per SM,
+whichever is longer; kjit's fraction = floor time / kjit's time.
+
+  python3 scripts/fa_table.py OUTPUT [--sms 132 --clock-ghz 1.98]"""
+import argparse
+import re
+
+ROW = re.compile(r"(fa-bench|gqa 32/8|varlen 16 x 256\.\.1792)\s+(\d+)\s+(\d+)\s+(\d+)/(\d+)\s+(\d+)\s+(\w+)\s+(.*)")
+VARLEN_LENS = [256 + ((i * 7) % 16) * 96 for i in range(16)]  # bench/attention_forward.cpp's
+
+
+def sections(path):
+    """{section name: its lines} for the `== name` headers gpu-suite.sh prints before each log."""
+    out, name = {}, None
+    for line in open(path, errors="replace"):
+        if line.startswith("== "):
+            name = line[3:].strip()
+            out[name] = []
+        elif name:
+            out[name].append(line)
+    return out
+
+
+def rows(lines):
+    """{(row, B, S, Hq, Hk, D, mask): the numbers after the mask column}"""
+    return {m.groups()[:7]: m.group(8).split() for m in map(ROW.match, lines) if m}
+
+
+def gemm_peak(lines):
+    for line in lines:
+        m = re.match(r"gemm peak ([\d.]+)", line)
+        if m:
+            return float(m.group(1))
+    return None
+
+
+def label(key):
+    name, b, s, hq, hk, d, mask = key
+    if name == "fa-bench":
+        return f"hd {d} S {int(s) // 1024}k {mask}"
+    if name == "gqa 32/8":
+        return f"GQA {hq}/{hk} hd {d} S {int(s) // 1024}k B {b} {mask}"
+    return f"varlen 16 x 256..1792 hd {d} {mask}"
+
+
+def floor_ms(key, peak, exp_per_s):
+    name, b, s, hq, hk, d, mask = key
+    pairs = sum(n * n for n in VARLEN_LENS) if name.startswith("varlen") else int(b) * int(s) ** 2
+    pairs *= int(hq) / (2 if mask == "causal" else 1)
+    return max(4 * pairs * int(d) / (peak * 1e12), pairs / exp_per_s) * 1e3
+
+
+def table(kjit, torch, sms, clock_ghz):
+    peak = gemm_peak(torch)
+    torch_rows = rows(torch)
+    print(f"GEMM peak {peak} TFLOP/s; exponentials {16 * sms} a clock at {clock_ghz} GHz\n")
+    print("| row | kjit | FA2 | cuDNN | FA3 | / cuDNN | / FA3 | floor |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for key, numbers in rows(kjit).items():
+        ms, tflops = float(numbers[0]), float(numbers[1])
+        peers = [float(x) if x not in ("n/a", "-") else None for x in torch_rows.get(key, [])]
+        fa2, cudnn, fa3 = (peers + [None] * 3)[:3]
+        ratio = lambda peer: f"{tflops / peer:.2f}" if peer else ""
+        cell = lambda peer: f"{peer:.1f}" if peer else "n/a"
+        floor = f"{floor_ms(key, peak, 16 * sms * clock_ghz * 1e9) / ms:.0%}" if peak else ""
+        print(f"| {label(key)} | {tflops:.1f} | {cell(fa2)} | {cell(cudnn)} | {cell(fa3)} | "
+              f"{ratio(cudnn)} | {ratio(fa3)} | {floor} |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("output")
+    parser.add_argument("--sms", type=int, default=132)
+    parser.add_argument("--clock-ghz", type=float, default=1.98)
+    args = parser.parse_args()
+    logs = sections(args.output)
+    for dtype, suffix in (("bf16", ""), ("fp16", "_fp16")):
+        kjit, torch = logs.get("attention_kjit" + suffix), logs.get("attention_torch" + suffix)
+        if kjit and torch:
+            print(f"\n### {dtype}\n")
+            table(kjit, torch, args.sms, args.clock_ghz)
+
+
+if __name__ == "__main__":
+    main()
