@@ -254,9 +254,11 @@ __global__ void __launch_bounds__(FlashWsRoles<kConsumers>::kThreads, 1)
   for (int step = 0;; ++step) {
     int item = 0;
     if constexpr (L::kPersistent) {
+      // Lane 0 reads the slot and hands it back itself (its arrival orders the read before the
+      // producer's next write; racecheck flags a read by a lane that did not arrive).
       ptx::mbarrier_wait(&item_full, step & 1);
-      item = __shfl_sync(0xffffffffu, item_slot, 0);
-      __syncwarp();
+      if (lane == 0) item = item_slot;
+      item = __shfl_sync(0xffffffffu, item, 0);
       if (lane == 0) ptx::mbarrier_arrive(&item_empty);
       if (item < 0) break;
     } else if (step > 0) {

@@ -309,6 +309,22 @@ struct Problem {
     return out;
   }
 
+  // The grouped forward's loop and tile: the forced loop at two warpgroups (as the grouped
+  // default's tile), or the op's default.
+  ops::FlashForward::Config forward_config() const {
+    using ops::FlashForward;
+    const std::vector<AttentionGroup> api = api_groups(false);
+    const ops::GroupedForward::Problem problem =
+        ops::GroupedForward::validate(api.data(), group_count(), keys(), forward_options()).problem;
+    if (!c.mainloop) return ops::GroupedForward::default_config(problem, arch::current());
+    FlashForward::Config config = c.mainloop == FlashForward::kMainloopWgmma
+                                      ? FlashForward::wgmma_config(problem.per_group())
+                                      : FlashForward::warp_specialized_config(problem.per_group());
+    config.mainloop = c.mainloop;
+    config.block_m = std::min<std::int64_t>(config.block_m, 128);
+    return config;
+  }
+
   void forward(StreamHandle stream) {
     const std::vector<AttentionGroup> api = api_groups(false);
     const SharedKeys sk = keys();
@@ -321,18 +337,11 @@ struct Problem {
                                          c.softmax_scale, c.causal, stream);
       EXPECT_EQ(st, KJIT_SUCCESS) << kjit_last_error();
     } else if (c.mainloop) {
-      // Launched through the family as the op would launch its own choice, at two warpgroups (as
-      // the grouped default's tile).
-      using ops::FlashForward;
+      // Launched through the family as the op would launch its own choice.
       using ops::GroupedForward;
       const ops::Call<GroupedForward> call =
           GroupedForward::validate(api.data(), group_count(), sk, forward_options());
-      FlashForward::Config config =
-          c.mainloop == FlashForward::kMainloopWgmma
-              ? FlashForward::wgmma_config(call.problem.per_group())
-              : FlashForward::warp_specialized_config(call.problem.per_group());
-      config.mainloop = c.mainloop;
-      config.block_m = std::min<std::int64_t>(config.block_m, 128);
+      const ops::FlashForward::Config config = forward_config();
       ASSERT_TRUE(GroupedForward::valid(config, call.problem, arch::current()));
       const Program program = load(GroupedForward::spec(config, call.problem, arch::current()));
       GroupedForward::launch(program, config, call.problem, call.args, stream);
@@ -598,10 +607,24 @@ void check_forward_separate(const Problem& p, const Stream& stream) {
     if (w.tokens == 0) continue;
     const std::size_t nq = static_cast<std::size_t>(gr.tq) * p.hq * p.d;
     DeviceBuffer out = poisoned(nq * 2), lse = poisoned(static_cast<std::size_t>(p.hq) * gr.tq * 4);
-    attention::forward_varlen(p.packed(gr.q_d, gr.tq, p.hq), p.packed(w.k, w.tokens, p.hk),
-                              p.packed(w.v, w.tokens, p.hk), p.packed(out, gr.tq, p.hq),
-                              TensorView(lse.data(), DType::Float32, {p.hq, gr.tq}),
-                              varlen_of(p, gr, w), p.forward_options(), stream.handle());
+    const TensorView q = p.packed(gr.q_d, gr.tq, p.hq), k = p.packed(w.k, w.tokens, p.hk),
+                     v = p.packed(w.v, w.tokens, p.hk), o = p.packed(out, gr.tq, p.hq),
+                     l = TensorView(lse.data(), DType::Float32, {p.hq, gr.tq});
+    if (single) {
+      attention::forward_varlen(q, k, v, o, l, varlen_of(p, gr, w), p.forward_options(),
+                                stream.handle());
+    } else {
+      // Several groups: each group's call on the grouped launch's loop and tile (forward_varlen's
+      // own default may be another loop, as at hd 256), so that the results differ only where a
+      // window's keys fall into tiles differently.
+      using ops::FlashForward;
+      const ops::Call<FlashForward> call =
+          FlashForward::validate_varlen(q, k, v, o, l, varlen_of(p, gr, w), p.forward_options());
+      const FlashForward::Config config = p.forward_config();
+      ASSERT_TRUE(FlashForward::valid(config, call.problem, arch::current()));
+      FlashForward::launch(load(FlashForward::spec(config, call.problem, arch::current())), config,
+                           call.problem, call.args, stream.handle());
+    }
     stream.synchronize();
     const auto sep_out = download<std::uint16_t>(out, nq);
     const auto sep_lse = download<float>(lse, static_cast<std::size_t>(p.hq) * gr.tq);

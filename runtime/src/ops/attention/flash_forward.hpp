@@ -35,9 +35,9 @@ struct FlashForward {
   // mainloop 80: mma.sync, each warp owns 16 x m_tiles query rows (block_m / (16 m_tiles) warps);
   // mainloop 90: wgmma, a warpgroup per 64 rows (m_tiles 1); mainloop 91: the same consumer
   // warpgroups (block_m 128, or 192 at hd 64) beside a producer warp that loads through the copy
-  // engine (TMA; the grouped default too, up to hd 192); 92: 91 with FA3's intra-warpgroup
-  // overlap (a warpgroup's softmax under its own P V); 93: 92 over persistent blocks, one an SM,
-  // claiming tiles at run time (plain calls, causal or not). block_n keys per tile.
+  // engine (TMA); 92: 91 with FA3's intra-warpgroup overlap (a warpgroup's softmax under its own
+  // P V); 93: 92 over persistent blocks, one an SM, claiming tiles at run time (plain calls,
+  // causal or not). block_n keys per tile.
   struct Config {
     std::int64_t mainloop = kMainloopMma, block_m = 0, block_n = 0, m_tiles = 1;
     bool wgmma() const { return mainloop == kMainloopWgmma || warp_specialized(); }

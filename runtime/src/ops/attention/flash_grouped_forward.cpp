@@ -27,18 +27,19 @@ void GroupedForward::check(const Problem& p) {
 
 GroupedForward::Config GroupedForward::default_config(const Problem& p, const Arch& arch) {
   Config c = FlashForward::default_config(p.per_group(), arch);
-  // The warp-specialised loop and tiles the grouped suite last ran on the GPU (91, the wgmma
-  // loop's tiles): the overlap loop (92) and FA3's tiles have run plain calls only so far, and
-  // persistent blocks (93) claim a plain grid's tiles, which a grouped call does not have.
-  // The grouped warp-specialised kernel stops at hd 192 (valid()): the wgmma loop beyond.
-  if (c.warp_specialized()) {
-    c = FlashForward::wgmma_config(p.per_group());
-    c.mainloop = FlashForward::kMainloopWgmmaWs;
-    if (!valid(c, p, arch)) c.mainloop = FlashForward::kMainloopWgmma;
-  }
   // Three warpgroups (hd 64) run at the register cap of 384 threads, where the grouped kernel's
   // group lookup spills a register: two instead.
   if (c.wgmma()) c.block_m = std::min<std::int64_t>(c.block_m, 128);
+  // The plain call's loop and key tile, but never persistent blocks (93): they claim a plain
+  // grid's tiles, which a grouped call does not have. The grouped warp-specialised kernel stops
+  // at hd 192 (valid()): the wgmma loop beyond.
+  if (c.warp_specialized()) {
+    c.mainloop = FlashForward::kMainloopWgmmaWsOverlap;
+    if (!valid(c, p, arch)) {
+      c = FlashForward::wgmma_config(p.per_group());
+      c.block_m = std::min<std::int64_t>(c.block_m, 128);
+    }
+  }
   return c;
 }
 
