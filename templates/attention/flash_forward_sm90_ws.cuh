@@ -255,9 +255,10 @@ __global__ void __launch_bounds__(FlashWsRoles<kConsumers>::kThreads, 1)
     int item = 0;
     if constexpr (L::kPersistent) {
       // Lane 0 reads the slot and hands it back itself (its arrival orders the read before the
-      // producer's next write; racecheck flags a read by a lane that did not arrive).
+      // producer's next write; racecheck flags a read by a lane that did not arrive). The read
+      // is volatile so that ptxas does not hoist it out of the branch into every lane.
       ptx::mbarrier_wait(&item_full, step & 1);
-      if (lane == 0) item = item_slot;
+      if (lane == 0) item = *const_cast<volatile int*>(&item_slot);
       item = __shfl_sync(0xffffffffu, item, 0);
       if (lane == 0) ptx::mbarrier_arrive(&item_empty);
       if (item < 0) break;
