@@ -148,7 +148,14 @@ if [ "$what" = attention-ab ]; then
   grep -E '^\[  (PASSED|FAILED) |^\[  FAILED' "$out/forward_scale_tests.log"
 fi
 if [ "$what" = attention-bench ]; then
-  # kjit's defaults beside torch (and FA3), bf16 and fp16 (the tile sweep is attention-ab's).
+  # kjit's defaults beside torch (and FA3), bf16 and fp16 (the tile sweep is attention-ab's), as
+  # the FA table (scripts/fa_table.py). KJIT_TUNED=1: kjit tuned, `kjit tune --preset fa-bench`
+  # first, in the same call.
+  if [ "${KJIT_TUNED:-0}" = 1 ]; then
+    export KJIT_TUNING_DB="$out/attention-tuning.sqlite"
+    step tune_fa_bench "$bin/kjit" tune --preset fa-bench
+    grep -vE 'ETA|^$' "$out/tune_fa_bench.log" | tail -24
+  fi
   step attention_kjit "$bin/kjit_bench_attention"
   # FA3 (fa3-fwd) beside torch where its wheel was carried: .peers/fa3.
   if ls .peers/fa3/*.whl >/dev/null 2>&1; then
