@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The FA table of docs/perf.md from one `scripts/gpu-suite.sh attention-bench` output: kjit's
 rows beside FA2, cuDNN and FA3 (bench/attention_torch.py, same call), bf16 then fp16, with the
-ratios the forward's bar is stated in and each row's fraction of its floor.
+ratios the forward's bar is stated in and each row's fraction of its floor. Where the output
+holds several rounds (kjit and torch alternating), each row takes each column's best round.
 
 Floor of a row (METHOD.md): its GEMM FLOPs at the card's measured dense GEMM peak (the torch
 log's `gemm peak` line) or its exponentials (B H Sq Sk, halved when causal) at 16 a clock per SM,
@@ -16,28 +17,41 @@ VARLEN_LENS = [256 + ((i * 7) % 16) * 96 for i in range(16)]  # bench/attention_
 
 
 def sections(path):
-    """{section name: its lines} for the `== name` headers gpu-suite.sh prints before each log."""
+    """{section name: its lines} for the `== name` headers gpu-suite.sh prints before each log; a
+    name met again (a later round) adds its lines to the first."""
     out, name = {}, None
     for line in open(path, errors="replace"):
         if line.startswith("== "):
             name = line[3:].strip()
-            out[name] = []
+            out.setdefault(name, [])
         elif name:
             out[name].append(line)
     return out
 
 
-def rows(lines):
-    """{(row, B, S, Hq, Hk, D, mask): the numbers after the mask column}"""
-    return {m.groups()[:7]: m.group(8).split() for m in map(ROW.match, lines) if m}
+def number(text):
+    return None if text in ("n/a", "-") else float(text)
+
+
+def rows(lines, timed_in_ms=False):
+    """{(row, B, S, Hq, Hk, D, mask): the numbers after the mask column}, each the best of the
+    rounds (the highest TFLOP/s; kjit's rows are `ms TFLOP/s`: timed_in_ms, whose ms goes with
+    its TFLOP/s)."""
+    best = {}
+    for m in filter(None, map(ROW.match, lines)):
+        key, numbers = m.groups()[:7], [number(x) for x in m.group(8).split()]
+        if key not in best:
+            best[key] = numbers
+        elif timed_in_ms:
+            best[key] = max(best[key], numbers, key=lambda n: n[1])
+        else:  # the peers' columns, each at its best
+            best[key] = [max(filter(None, pair), default=None) for pair in zip(best[key], numbers)]
+    return best
 
 
 def gemm_peak(lines):
-    for line in lines:
-        m = re.match(r"gemm peak ([\d.]+)", line)
-        if m:
-            return float(m.group(1))
-    return None
+    peaks = [float(m.group(1)) for m in (re.match(r"gemm peak ([\d.]+)", line) for line in lines) if m]
+    return max(peaks, default=None)
 
 
 def label(key):
@@ -62,10 +76,8 @@ def table(kjit, torch, sms, clock_ghz):
     print(f"GEMM peak {peak} TFLOP/s; exponentials {16 * sms} a clock at {clock_ghz} GHz\n")
     print("| row | kjit | FA2 | cuDNN | FA3 | / cuDNN | / FA3 | floor |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for key, numbers in rows(kjit).items():
-        ms, tflops = float(numbers[0]), float(numbers[1])
-        peers = [float(x) if x not in ("n/a", "-") else None for x in torch_rows.get(key, [])]
-        fa2, cudnn, fa3 = (peers + [None] * 3)[:3]
+    for key, (ms, tflops) in rows(kjit, timed_in_ms=True).items():
+        fa2, cudnn, fa3 = (torch_rows.get(key, []) + [None] * 3)[:3]
         ratio = lambda peer: f"{tflops / peer:.2f}" if peer else ""
         cell = lambda peer: f"{peer:.1f}" if peer else "n/a"
         floor = f"{floor_ms(key, peak, 16 * sms * clock_ghz * 1e9) / ms:.0%}" if peak else ""
