@@ -76,6 +76,7 @@ def table(kjit, torch, sms, clock_ghz):
     print(f"GEMM peak {peak} TFLOP/s; exponentials {16 * sms} a clock at {clock_ghz} GHz\n")
     print("| row | kjit | FA2 | cuDNN | FA3 | / cuDNN | / FA3 | floor |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    misses = {"1.0x cuDNN": [], "0.95x FA3": []}
     for key, (ms, tflops) in rows(kjit, timed_in_ms=True).items():
         fa2, cudnn, fa3 = (torch_rows.get(key, []) + [None] * 3)[:3]
         ratio = lambda peer: f"{tflops / peer:.2f}" if peer else ""
@@ -83,6 +84,13 @@ def table(kjit, torch, sms, clock_ghz):
         floor = f"{floor_ms(key, peak, 16 * sms * clock_ghz * 1e9) / ms:.0%}" if peak else ""
         print(f"| {label(key)} | {tflops:.1f} | {cell(fa2)} | {cell(cudnn)} | {cell(fa3)} | "
               f"{ratio(cudnn)} | {ratio(fa3)} | {floor} |")
+        if cudnn and tflops < cudnn:
+            misses["1.0x cuDNN"].append(f"{label(key)} ({ratio(cudnn)})")
+        if fa3 and tflops < 0.95 * fa3:
+            misses["0.95x FA3"].append(f"{label(key)} ({ratio(fa3)})")
+    # The bar, row by row (FA3 has bf16 rows only).
+    for bar, rows_below in misses.items():
+        print(f"\nbelow {bar}: " + ("; ".join(rows_below) if rows_below else "none"))
 
 
 def main():
