@@ -129,16 +129,31 @@ if [ "$what" = attention ]; then
 fi
 if [ "$what" = attention-ab ]; then
   # A forward change against template variants (scripts/gpu-bundle.sh with KJIT_VARIANTS, e.g.
-  # the mainline's templates beside a branch's bundle): the tile sweep (its kernels compiled in
-  # parallel first), the FA-table rows for main and every variant (all of .gpu-bundle/variants
-  # unless KJIT_AB_VARIANTS names some), alternating, then the bundle's forward tests on the
-  # sm_90a loops (the defaults, the warp-specialised loops' forced cases and tiles) and the scale
-  # tests.
-  step attention_sweep "$bin/kjit_bench_attention" --sweep
+  # the mainline's templates beside a branch's bundle): the tile sweep on main and on each
+  # variant (all of .gpu-bundle/variants unless KJIT_AB_VARIANTS names some; loop 93's rows side
+  # by side), the FA-table rows for main and every variant, alternating, then the bundle's
+  # forward tests on the sm_90a loops (the defaults, the warp-specialised loops' forced cases and
+  # tiles), the scale tests and a racecheck subset of the persistent loop. KJIT_AB_TEST=VARIANT
+  # runs the tests on that variant's templates (the candidate for main) instead of main's.
   variants="${KJIT_AB_VARIANTS:-$(ls .gpu-bundle/variants 2>/dev/null)}"
+  for v in main $variants; do
+    dir="$([ "$v" = main ] || echo "$PWD/.gpu-bundle/variants/$v")"
+    KJIT_TEMPLATE_DIR="$dir" step "attention_sweep_$v" "$bin/kjit_bench_attention" --sweep
+  done
   step attention_ab scripts/gpu-ab.sh "main $variants" "$bin/kjit_bench_attention"
-  cat "$out/attention_sweep.log" "$out/attention_ab.log"
-  # About 700 cases with fp64 references: eight processes on 16 cores; then the scale tests
+  for v in $variants; do  # TFLOP/s at each loop-93 row's shape and tile: main's 92 and 93, v's 93
+    echo "== sweep TFLOP/s: main 92 / main 93 / $v 93"
+    awk -F': +' 'FNR == NR && /mainloop=9[23] / {split($2, a, " +"); main[$1] = a[3]; next}
+                 /mainloop=93 / {split($2, a, " +"); k92 = $1; sub(/mainloop=93/, "mainloop=92", k92)
+                                 printf "%s: %s / %s / %s\n", $1, main[k92], main[$1], a[3]}' \
+      "$out/attention_sweep_main.log" "$out/attention_sweep_$v.log"
+  done
+  cat "$out/attention_ab.log"
+  if [ -n "${KJIT_AB_TEST:-}" ]; then
+    export KJIT_TEST_TEMPLATE_DIR="$PWD/.gpu-bundle/variants/$KJIT_AB_TEST"
+    echo "== the tests below ran on variant $KJIT_AB_TEST's templates"
+  fi
+  # About 1000 cases with fp64 references: eight processes on 16 cores; then the scale tests
   # alone (one checks the device's free memory, which other processes move).
   sharded_tests forward_tests \
     'All/AttentionForward.*:AttentionForwardDeterminism.*:AttentionForwardEmpty.*-*_mma_*:*_wgmma_*' \
@@ -146,6 +161,9 @@ if [ "$what" = attention-ab ]; then
   tally forward_tests
   step forward_scale_tests timeout 120 "$bin/kjit_gpu_tests" --gtest_filter='AttentionForwardScale.*'
   grep -E '^\[  (PASSED|FAILED) |^\[  FAILED' "$out/forward_scale_tests.log"
+  sanitize forward_racecheck racecheck 90 \
+    'All/AttentionForward.*bf16_d128*_h8x1_batched_persistent_*:All/AttentionForward.*bf16_d128_causal_h8x1_batched_*-*_mma_*:*_wgmma_*:*_n*:*_ws_*:*_overlap_*'
+  sanitizer_verdicts forward_racecheck
 fi
 if [ "$what" = attention-bench ]; then
   # kjit's defaults beside torch (and FA3), bf16 and fp16 (the tile sweep is attention-ab's), as
