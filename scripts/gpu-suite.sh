@@ -133,9 +133,13 @@ if [ "$what" = attention-ab ]; then
   # variant (all of .gpu-bundle/variants unless KJIT_AB_VARIANTS names some; loop 93's rows side
   # by side), the FA-table rows for main and every variant, alternating, then the bundle's
   # forward tests on the sm_90a loops (the defaults, the warp-specialised loops' forced cases and
-  # tiles), the scale tests and a racecheck subset of the persistent loop. KJIT_AB_TEST=VARIANT
+  # tiles), the scale tests and a racecheck subset of the persistent loop (blocks of one item and
+  # of several). KJIT_AB_TEST=VARIANT
   # runs the tests on that variant's templates (the candidate for main) instead of main's.
   variants="${KJIT_AB_VARIANTS:-$(ls .gpu-bundle/variants 2>/dev/null)}"
+  for v in $variants ${KJIT_AB_TEST:-}; do
+    [ -d ".gpu-bundle/variants/$v" ] || { echo "no variant folder .gpu-bundle/variants/$v" >&2; exit 2; }
+  done
   for v in main $variants; do
     dir="$([ "$v" = main ] || echo "$PWD/.gpu-bundle/variants/$v")"
     KJIT_TEMPLATE_DIR="$dir" step "attention_sweep_$v" "$bin/kjit_bench_attention" --sweep
@@ -143,7 +147,7 @@ if [ "$what" = attention-ab ]; then
   step attention_ab scripts/gpu-ab.sh "main $variants" "$bin/kjit_bench_attention"
   for v in $variants; do  # TFLOP/s at each loop-93 row's shape and tile: main's 92 and 93, v's 93
     echo "== sweep TFLOP/s: main 92 / main 93 / $v 93"
-    awk -F': +' 'FNR == NR && /mainloop=9[23] / {split($2, a, " +"); main[$1] = a[3]; next}
+    awk -F': +' 'FILENAME == ARGV[1] && /mainloop=9[23] / {split($2, a, " +"); main[$1] = a[3]; next}
                  /mainloop=93 / {split($2, a, " +"); k92 = $1; sub(/mainloop=93/, "mainloop=92", k92)
                                  printf "%s: %s / %s / %s\n", $1, main[k92], main[$1], a[3]}' \
       "$out/attention_sweep_main.log" "$out/attention_sweep_$v.log"
@@ -162,7 +166,7 @@ if [ "$what" = attention-ab ]; then
   step forward_scale_tests timeout 120 "$bin/kjit_gpu_tests" --gtest_filter='AttentionForwardScale.*'
   grep -E '^\[  (PASSED|FAILED) |^\[  FAILED' "$out/forward_scale_tests.log"
   sanitize forward_racecheck racecheck 90 \
-    'All/AttentionForward.*bf16_d128*_h8x1_batched_persistent_*:All/AttentionForward.*bf16_d128_causal_h8x1_batched_*-*_mma_*:*_wgmma_*:*_n*:*_ws_*:*_overlap_*'
+    'All/AttentionForward.*bf16_d128*_h8x[12]_batched_persistent_*:All/AttentionForward.*bf16_d128_causal_h8x1_batched_*-*_mma_*:*_wgmma_*:*_n*:*_ws_*:*_overlap_*'
   sanitizer_verdicts forward_racecheck
 fi
 if [ "$what" = attention-bench ]; then
@@ -221,7 +225,7 @@ if [ "$what" = attention-check ]; then
     sharded_tests "${suite%%:*}_tests" "*${suite#*:}*" 150 8
     tally "${suite%%:*}_tests"
   done
-  subset='All/AttentionForward.*bf16_d128*_h8x1_batched_*:All/AttentionForward.*bf16_d256_causal_h8x1_batched_*-*_mma_*:*_wgmma_*:*_n*'
+  subset='All/AttentionForward.*bf16_d128*_h8x1_batched_*:All/AttentionForward.*bf16_d128*_h8x2_batched_persistent_*:All/AttentionForward.*bf16_d256_causal_h8x1_batched_*-*_mma_*:*_wgmma_*:*_n*'
   sanitize forward_memcheck memcheck 90 \
     'All/AttentionForward.*bf16_d128_causal_h8x1_varlen_*:All/AttentionForward.*fp16_d64_h32x8_varlen_*-*_mma_*:*_wgmma_*:*_n*'
   sanitize forward_racecheck racecheck 90 "$subset"

@@ -7,7 +7,8 @@
 //   that see no key), or for shapes too large for the CPU against the naive fp32 GPU reference
 //   (bf16, one sequence, prefix windows) with the same bound;
 // - against kjit's own forward_varlen on the window K/V gathered on the host, within rtol = atol =
-//   1e-3 (a single group: bitwise, the kernel being the same);
+//   1e-3, each group's call on the grouped launch's loop and tile (a single group: forward_varlen
+//   as the op runs it, bitwise: the op hands a single group to it);
 // - backward: dq of every group and the one dk, dv (the groups' contributions summed, scattered to
 //   the window positions; keys no query sees exactly 0) against the fp64 (or naive GPU) reference
 //   with the backward test's bound (err <= 2 low_err + 1e-3 max(1, max|ref|)) and its 1e-2 count,
@@ -41,6 +42,7 @@
 #include "kjit/error.hpp"
 #include "kjit/jit.hpp"
 #include "ops/attention/flash_grouped_forward.hpp"
+#include "ops/dispatch.hpp"
 #include "tests/reference/attention_reference.hpp"
 #include "tests/reference/naive_attention_gpu.hpp"
 #include "tests/support/dl_tensor.hpp"
@@ -310,13 +312,14 @@ struct Problem {
   }
 
   // The grouped forward's loop and tile: the forced loop at two warpgroups (as the grouped
-  // default's tile), or the op's default.
+  // default's tile), or the op's choice (the tuned table's, else the default).
   ops::FlashForward::Config forward_config() const {
     using ops::FlashForward;
     const std::vector<AttentionGroup> api = api_groups(false);
     const ops::GroupedForward::Problem problem =
         ops::GroupedForward::validate(api.data(), group_count(), keys(), forward_options()).problem;
-    if (!c.mainloop) return ops::GroupedForward::default_config(problem, arch::current());
+    if (!c.mainloop)
+      return ops::Dispatcher<ops::GroupedForward>::instance().choose(problem, arch::current());
     FlashForward::Config config = c.mainloop == FlashForward::kMainloopWgmma
                                       ? FlashForward::wgmma_config(problem.per_group())
                                       : FlashForward::warp_specialized_config(problem.per_group());
@@ -1014,8 +1017,8 @@ std::vector<GroupedCase> cases() {
   out.push_back(make("c_abi_backward", bf, 128, true, 2, 1, {256}, zigzag(256, 2, 1), true));
   out.back().c_abi = true;
   out.back().own_workspace = true;
-  // The forward on the other sm_90a loops, the wgmma one and the overlap one (the grouped
-  // default is the warp-specialised loop up to hd 192; the backward as usual): zigzag, causal and
+  // The forward on the other sm_90a loops, the wgmma one and loop 91 (the grouped
+  // default is the overlap loop up to hd 192; the backward as usual): zigzag, causal and
   // full, windows with begin > 0, GQA, empty groups and windows, inputs x10, hd 64/128/192,
   // single tokens.
   for (const char* name :
@@ -1024,9 +1027,8 @@ std::vector<GroupedCase> cases() {
     const auto base =
         std::find_if(out.begin(), out.end(), [&](const GroupedCase& c) { return c.name == name; });
     if (base == out.end()) throw std::logic_error(std::string("no grouped case ") + name);
-    for (auto [suffix, mainloop] :
-         {std::pair{"_wgmma", ops::FlashForward::kMainloopWgmma},
-          std::pair{"_overlap", ops::FlashForward::kMainloopWgmmaWsOverlap}}) {
+    for (auto [suffix, mainloop] : {std::pair{"_wgmma", ops::FlashForward::kMainloopWgmma},
+                                    std::pair{"_ws", ops::FlashForward::kMainloopWgmmaWs}}) {
       GroupedCase forced = *base;
       forced.name += suffix;
       forced.mainloop = mainloop;
