@@ -118,8 +118,8 @@ TEST_F(WarpSpecialisedForward, CompilesWithoutSpillsOrStack) {
             expect_fits(FlashForward::spec(tile, problem, "sm_90a"), tile.threads());
           }
         }
-        // The grouped kernel (the grouped default up to hd 192: two consumer warpgroups), and
-        // with the overlap.
+        // The grouped kernel at the grouped default's tile (two consumer warpgroups, up to hd
+        // 192): the overlap loop (the default) and loop 91.
         const ops::GroupedForward::Problem grouped{dtype, 2, 1, 1, 1, d, 1, 1, causal};
         for (std::int64_t loop :
              {FlashForward::kMainloopWgmmaWs, FlashForward::kMainloopWgmmaWsOverlap}) {
