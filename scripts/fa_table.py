@@ -5,15 +5,16 @@ ratios the forward's bar is stated in and each row's fraction of its floor. Wher
 holds several rounds (kjit and torch alternating), each row takes each column's best round.
 
 Floor of a row (METHOD.md): its GEMM FLOPs at the card's measured dense GEMM peak (the torch
-log's `gemm peak` line) or its exponentials (B H Sq Sk, halved when causal) at 16 a clock per SM,
-whichever is longer; kjit's fraction = floor time / kjit's time.
+log's `gemm peak` line) or its exponentials (one a score: FLOPs / 4 D) at 16 a clock per SM,
+whichever is longer; kjit's fraction = floor time / kjit's time, i.e. its TFLOP/s over the
+slower of the two rates.
 
   python3 scripts/fa_table.py OUTPUT [--sms 132 --clock-ghz 1.98]"""
 import argparse
 import re
 
-ROW = re.compile(r"(fa-bench|gqa 32/8|varlen 16 x 256\.\.1792)\s+(\d+)\s+(\d+)\s+(\d+)/(\d+)\s+(\d+)\s+(\w+)\s+(.*)")
-VARLEN_LENS = [256 + ((i * 7) % 16) * 96 for i in range(16)]  # bench/attention_forward.cpp's
+# A row of the benchmarks: name, B, S, Hq/Hk, D, mask, then its numbers.
+ROW = re.compile(r"(\S.*?)\s+(\d+)\s+(\d+)\s+(\d+)/(\d+)\s+(\d+)\s+(full|causal)\s+(.*)")
 
 
 def sections(path):
@@ -58,16 +59,15 @@ def label(key):
     name, b, s, hq, hk, d, mask = key
     if name == "fa-bench":
         return f"hd {d} S {int(s) // 1024}k {mask}"
-    if name == "gqa 32/8":
+    if name.startswith("gqa"):
         return f"GQA {hq}/{hk} hd {d} S {int(s) // 1024}k B {b} {mask}"
-    return f"varlen 16 x 256..1792 hd {d} {mask}"
+    return f"{name} hd {d} {mask}"
 
 
-def floor_ms(key, peak, exp_per_s):
-    name, b, s, hq, hk, d, mask = key
-    pairs = sum(n * n for n in VARLEN_LENS) if name.startswith("varlen") else int(b) * int(s) ** 2
-    pairs *= int(hq) / (2 if mask == "causal" else 1)
-    return max(4 * pairs * int(d) / (peak * 1e12), pairs / exp_per_s) * 1e3
+def floor_tflops(key, peak, exp_per_s):
+    """The rate (TFLOP/s of the row's convention) its floor runs at: the GEMM peak, or the
+    exponentials' rate in GEMM FLOPs (4 D a score) where that is slower."""
+    return min(peak, 4 * int(key[5]) * exp_per_s / 1e12)
 
 
 def table(kjit, torch, sms, clock_ghz):
@@ -77,11 +77,11 @@ def table(kjit, torch, sms, clock_ghz):
     print("| row | kjit | FA2 | cuDNN | FA3 | / cuDNN | / FA3 | floor |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     misses = {"1.0x cuDNN": [], "0.95x FA3": []}
-    for key, (ms, tflops) in rows(kjit, timed_in_ms=True).items():
+    for key, (_, tflops) in rows(kjit, timed_in_ms=True).items():
         fa2, cudnn, fa3 = (torch_rows.get(key, []) + [None] * 3)[:3]
         ratio = lambda peer: f"{tflops / peer:.2f}" if peer else ""
         cell = lambda peer: f"{peer:.1f}" if peer else "n/a"
-        floor = f"{floor_ms(key, peak, 16 * sms * clock_ghz * 1e9) / ms:.0%}" if peak else ""
+        floor = f"{tflops / floor_tflops(key, peak, 16 * sms * clock_ghz * 1e9):.0%}" if peak else ""
         print(f"| {label(key)} | {tflops:.1f} | {cell(fa2)} | {cell(cudnn)} | {cell(fa3)} | "
               f"{ratio(cudnn)} | {ratio(fa3)} | {floor} |")
         if cudnn and tflops < cudnn:

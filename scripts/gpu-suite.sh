@@ -134,8 +134,8 @@ if [ "$what" = attention-ab ]; then
   # by side), the FA-table rows for main and every variant, alternating, then the bundle's
   # forward tests on the sm_90a loops (the defaults, the warp-specialised loops' forced cases and
   # tiles), the scale tests and a racecheck subset of the persistent loop (blocks of one item and
-  # of several). KJIT_AB_TEST=VARIANT
-  # runs the tests on that variant's templates (the candidate for main) instead of main's.
+  # of several). KJIT_AB_TEST=VARIANT runs the tests on that variant's templates (the candidate
+  # for main) instead of main's.
   variants="${KJIT_AB_VARIANTS:-$(ls .gpu-bundle/variants 2>/dev/null)}"
   for v in $variants ${KJIT_AB_TEST:-}; do
     [ -d ".gpu-bundle/variants/$v" ] || { echo "no variant folder .gpu-bundle/variants/$v" >&2; exit 2; }

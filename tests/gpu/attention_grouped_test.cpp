@@ -311,13 +311,15 @@ struct Problem {
     return out;
   }
 
+  ops::GroupedForward::Problem forward_problem() const {
+    const std::vector<AttentionGroup> api = api_groups(false);
+    return ops::GroupedForward::validate(api.data(), group_count(), keys(), forward_options())
+        .problem;
+  }
   // The grouped forward's loop and tile: the forced loop at two warpgroups (as the grouped
   // default's tile), or the op's choice (the tuned table's, else the default).
-  ops::FlashForward::Config forward_config() const {
+  ops::FlashForward::Config forward_config(const ops::GroupedForward::Problem& problem) const {
     using ops::FlashForward;
-    const std::vector<AttentionGroup> api = api_groups(false);
-    const ops::GroupedForward::Problem problem =
-        ops::GroupedForward::validate(api.data(), group_count(), keys(), forward_options()).problem;
     if (!c.mainloop)
       return ops::Dispatcher<ops::GroupedForward>::instance().choose(problem, arch::current());
     FlashForward::Config config = c.mainloop == FlashForward::kMainloopWgmma
@@ -344,7 +346,7 @@ struct Problem {
       using ops::GroupedForward;
       const ops::Call<GroupedForward> call =
           GroupedForward::validate(api.data(), group_count(), sk, forward_options());
-      const ops::FlashForward::Config config = forward_config();
+      const ops::FlashForward::Config config = forward_config(call.problem);
       ASSERT_TRUE(GroupedForward::valid(config, call.problem, arch::current()));
       const Program program = load(GroupedForward::spec(config, call.problem, arch::current()));
       GroupedForward::launch(program, config, call.problem, call.args, stream);
@@ -623,7 +625,7 @@ void check_forward_separate(const Problem& p, const Stream& stream) {
       using ops::FlashForward;
       const ops::Call<FlashForward> call =
           FlashForward::validate_varlen(q, k, v, o, l, varlen_of(p, gr, w), p.forward_options());
-      const FlashForward::Config config = p.forward_config();
+      const FlashForward::Config config = p.forward_config(p.forward_problem());
       ASSERT_TRUE(FlashForward::valid(config, call.problem, arch::current()));
       FlashForward::launch(load(FlashForward::spec(config, call.problem, arch::current())), config,
                            call.problem, call.args, stream.handle());

@@ -27,19 +27,14 @@ void GroupedForward::check(const Problem& p) {
 
 GroupedForward::Config GroupedForward::default_config(const Problem& p, const Arch& arch) {
   Config c = FlashForward::default_config(p.per_group(), arch);
+  // Persistent blocks claim a plain grid's tiles; the groups' blocks run the same loop without.
+  if (c.mainloop == FlashForward::kMainloopWgmmaWsPersistent)
+    c.mainloop = FlashForward::kMainloopWgmmaWsOverlap;
+  // The grouped warp-specialised kernel stops at hd 192 (valid()).
+  if (c.warp_specialized() && !valid(c, p, arch)) c = FlashForward::wgmma_config(p.per_group());
   // Three warpgroups (hd 64) run at the register cap of 384 threads, where the grouped kernel's
   // group lookup spills a register: two instead.
   if (c.wgmma()) c.block_m = std::min<std::int64_t>(c.block_m, 128);
-  // The plain call's loop and key tile, but never persistent blocks (93): they claim a plain
-  // grid's tiles, which a grouped call does not have. The grouped warp-specialised kernel stops
-  // at hd 192 (valid()): the wgmma loop beyond.
-  if (c.warp_specialized()) {
-    c.mainloop = FlashForward::kMainloopWgmmaWsOverlap;
-    if (!valid(c, p, arch)) {
-      c = FlashForward::wgmma_config(p.per_group());
-      c.block_m = std::min<std::int64_t>(c.block_m, 128);
-    }
-  }
   return c;
 }
 
