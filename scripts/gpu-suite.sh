@@ -59,6 +59,17 @@ sanitizer_verdicts() {  # sanitizer_verdicts NAME...: each sanitizer step's summ
     echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -4
   done
 }
+forward_tests() {  # forward_tests [EXCLUDED]: the forward's parametrised cases, determinism and
+                   # no-keys tests (less the negative gtest filter EXCLUDED) in eight processes,
+                   # tallied, then its scale tests alone (one checks the device's free memory,
+                   # which other processes move)
+  sharded_tests forward_tests \
+    "All/AttentionForward.*:AttentionForwardDeterminism.*:AttentionForwardEmpty.*${1:-}" \
+    "${KJIT_FORWARD_TESTS_S:-200}" 8
+  tally forward_tests
+  step forward_scale_tests timeout 120 "$bin/kjit_gpu_tests" --gtest_filter='AttentionForwardScale.*'
+  grep -E '^\[  (PASSED|FAILED) |^\[  FAILED' "$out/forward_scale_tests.log"
+}
 backward_tests() {  # backward_tests TIMEOUT: the backward's GPU tests in four parallel shards
   sharded_tests backward_tests '*AttentionBackward*' "$1"
 }
@@ -157,14 +168,7 @@ if [ "$what" = attention-ab ]; then
     export KJIT_TEST_TEMPLATE_DIR="$PWD/.gpu-bundle/variants/$KJIT_AB_TEST"
     echo "== the tests below ran on variant $KJIT_AB_TEST's templates"
   fi
-  # About 1000 cases with fp64 references: eight processes on 16 cores; then the scale tests
-  # alone (one checks the device's free memory, which other processes move).
-  sharded_tests forward_tests \
-    'All/AttentionForward.*:AttentionForwardDeterminism.*:AttentionForwardEmpty.*-*_mma_*:*_wgmma_*' \
-    "${KJIT_FORWARD_TESTS_S:-200}" 8
-  tally forward_tests
-  step forward_scale_tests timeout 120 "$bin/kjit_gpu_tests" --gtest_filter='AttentionForwardScale.*'
-  grep -E '^\[  (PASSED|FAILED) |^\[  FAILED' "$out/forward_scale_tests.log"
+  forward_tests '-*_mma_*:*_wgmma_*'
   sanitize forward_racecheck racecheck 90 \
     'All/AttentionForward.*bf16_d128*_h8x[12]_batched_persistent_*:All/AttentionForward.*bf16_d128_causal_h8x1_batched_*-*_mma_*:*_wgmma_*:*_n*:*_ws_*:*_overlap_*'
   sanitizer_verdicts forward_racecheck
@@ -216,10 +220,7 @@ if [ "$what" = attention-check ]; then
   # the default loops 92 and 93, and 91 forced; hd 256 causal, two-stage rings).
   # KJIT_CHECK_FORWARD=0 leaves the forward's suite out (when it has run on the same kernels).
   if [ "${KJIT_CHECK_FORWARD:-1}" = 1 ]; then
-    sharded_tests forward_tests 'All/AttentionForward.*:AttentionForwardDeterminism.*:AttentionForwardEmpty.*' 200 8
-    tally forward_tests
-    step forward_scale_tests timeout 120 "$bin/kjit_gpu_tests" --gtest_filter='AttentionForwardScale.*'
-    grep -E '^\[  (PASSED|FAILED) |^\[  FAILED' "$out/forward_scale_tests.log"
+    forward_tests
   fi
   for suite in backward:AttentionBackward mla:MlaDecode grouped:AttentionGrouped; do
     sharded_tests "${suite%%:*}_tests" "*${suite#*:}*" 150 8
