@@ -65,13 +65,18 @@ class Layer(torch.nn.Module):
 
 
 def attention_step(attend, batch, seq):
+    """The step (forward and backward of q, k, v) and its forward's output, on inputs the same for
+    every implementation (so each can be checked against kjit's)."""
+    torch.manual_seed(0)
     q = torch.randn(batch, seq, HEADS, HEAD_DIM, dtype=torch.bfloat16, device="cuda", requires_grad=True)
     k, v = (
         torch.randn(batch, seq, KV_HEADS, HEAD_DIM, dtype=torch.bfloat16, device="cuda", requires_grad=True)
         for _ in range(2)
     )
     dout = torch.randn_like(q)
-    return lambda: torch.autograd.grad(attend(q, k, v), (q, k, v), dout)
+    with torch.no_grad():
+        out = attend(q, k, v)
+    return (lambda: torch.autograd.grad(attend(q, k, v), (q, k, v), dout)), out
 
 
 def layer_step(attend, batch, seq):
@@ -92,25 +97,31 @@ def main():
     print(
         f"{torch.cuda.get_device_name()}, torch {torch.__version__}, bf16, Llama 3 8B layer (GQA 32/8, d 128), causal"
     )
-    print(f"{'B x S':>10} {'impl':<11} {'attn fwd+bwd ms':>16} {'TFLOP/s':>8} {'layer step ms':>14} {'peer/kjit':>13}")
+    print(
+        f"{'B x S':>10} {'impl':<11} {'attn fwd+bwd ms':>16} {'TFLOP/s':>8} {'layer step ms':>14} {'peer/kjit':>13}"
+        f" {'max|out - kjit|':>16}"
+    )
     for batch, seq in shapes:
         flops = 3.5 * 4 * batch * HEADS * seq * seq * HEAD_DIM / 2  # fwd 2 GEMMs + bwd 5, causal half
-        times = {}
+        times, outputs = {}, {}
         for name, attend in implementations():
             try:
-                attn_ms = median_ms(attention_step(attend, batch, seq))
+                attn_step, outputs[name] = attention_step(attend, batch, seq)
+                attn_ms = median_ms(attn_step)
                 step_ms = median_ms(layer_step(attend, batch, seq))
-            except (RuntimeError, ValueError) as error:  # a backend that refuses the shape
+            except Exception as error:  # a backend that refuses the shape, or fails to compile it
                 print(f"{batch:>4} x {seq:<5} {name:<11} refused: {str(error).splitlines()[0][:80]}", flush=True)
                 continue
             times[name] = (attn_ms, step_ms)
+            diff = "" if "kjit" not in outputs else f"{(outputs[name] - outputs['kjit']).abs().max().item():.2e}"
             ratio = (
                 ""
                 if name == "kjit" or "kjit" not in times
                 else f"{attn_ms / times['kjit'][0]:.2f}x / {step_ms / times['kjit'][1]:.2f}x"
             )
             print(
-                f"{batch:>4} x {seq:<5} {name:<11} {attn_ms:16.3f} {flops / attn_ms / 1e9:8.0f} {step_ms:14.3f} {ratio:>13}",
+                f"{batch:>4} x {seq:<5} {name:<11} {attn_ms:16.3f} {flops / attn_ms / 1e9:8.0f} {step_ms:14.3f} {ratio:>13}"
+                f" {diff:>16}",
                 flush=True,
             )
             torch.cuda.empty_cache()

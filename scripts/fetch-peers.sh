@@ -28,4 +28,28 @@ if [ ! -f .peers/sglkernel/sglang_kernel-0.4.6-slim.tar.xz ]; then
   tar -C "$wheel_dir/unpacked" -cJf .peers/sglkernel/sglang_kernel-0.4.6-slim.tar.xz .
   rm -rf "$wheel_dir"
 fi
+# FlashAttention-4 (CuTe DSL; its kernels compile in the process, from Python): flash-attn-4 with
+# quack and the DSL, whose Python sources are in libs-core and compiler in libs-cu13 (the image has
+# cuda-bindings, protobuf and einops). Installed for python 3.12 here, pruned (the aarch64 stubs, a
+# static library), packed with xz (66 MB) and split in two, each under a call's carry (64 MiB
+# with the bundle): gpu-suite's fa4-stage mode takes part a, its python mode part b.
+if [ ! -f .peers/fa4_b/fa4_bundle.tar.xz.sha256 ]; then
+  work="$(mktemp -d)"
+  pip download -q --no-deps --python-version 3.12 --platform manylinux_2_28_x86_64 \
+    --only-binary=:all: -d "$work/wheels" flash-attn-4==4.0.0b36 quack-kernels==0.6.5 \
+    nvidia-cutlass-dsl==4.8.1 nvidia-cutlass-dsl-libs-base==4.8.1 \
+    nvidia-cutlass-dsl-libs-core==4.8.1 nvidia-cutlass-dsl-libs-cu13==4.8.1 \
+    apache-tvm-ffi==0.1.15.post2 torch-c-dlpack-ext==0.1.5
+  pip install -q --no-index --no-deps --no-compile --python-version 3.12 \
+    --platform manylinux_2_28_x86_64 --only-binary=:all: --target "$work/site" "$work"/wheels/*.whl
+  rm -rf "$work/site/bin" "$work/site/nvidia_cutlass_dsl/cu13/lib/stubs" \
+    "$work"/site/nvidia_cutlass_dsl/cu13/lib/*.a
+  tar -C "$work/site" -cf - . | xz -T0 -9 >"$work/fa4_bundle.tar.xz"
+  (cd "$work" && split -b 40M -d -a 1 fa4_bundle.tar.xz fa4_bundle.tar.xz.part- &&
+    sha256sum fa4_bundle.tar.xz >fa4_bundle.tar.xz.sha256)
+  mkdir -p .peers/fa4_a .peers/fa4_b
+  mv "$work/fa4_bundle.tar.xz.part-0" .peers/fa4_a/
+  mv "$work/fa4_bundle.tar.xz.part-1" "$work/fa4_bundle.tar.xz.sha256" .peers/fa4_b/
+  rm -rf "$work"
+fi
 du -sh .peers/*

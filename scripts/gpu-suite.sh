@@ -6,7 +6,7 @@
 #                         attention-ab|attention-backward|
 #                         attention-backward-check|attention-backward-tune|attention-grouped|
 #                         attention-grouped-ncu|mla|moe|moe-decode|moe-bench|moe-ncu|moe-align-ncu|
-#                         moe-router|moe-offload|python|zigzag|families|
+#                         moe-router|moe-offload|python|fa4-stage|zigzag|families|
 #                         dist|all]
 #   (default all)
 # `families` is the check after a change to the op plumbing (kernel families, dispatch, tuning
@@ -104,20 +104,47 @@ if [ "$what" = all ] || [ "$what" = tests ]; then
   step racecheck compute-sanitizer --tool racecheck --error-exitcode 3 "$bin/kjit_gpu_tests" \
     --gtest_filter='*MmaGemm*:*LargeDynamicSharedMemory*:*ClusterLaunch*'
 fi
+# FlashAttention-4 (CuTe DSL) is 66 MB packed, over one call's carry: scripts/fetch-peers.sh
+# splits it into .peers/fa4_a and .peers/fa4_b. `fa4-stage` (carry .peers/fa4_a) leaves part a on
+# the machine; a python call right after it on the same warm machine (carry .peers/fa4_b) joins
+# the parts and installs FA4 into /tmp/psite.
+fa4_parts=/tmp/kjit-fa4-parts
+if [ "$what" = fa4-stage ]; then
+  mkdir -p "$fa4_parts" && cp .peers/fa4_a/*.part-* "$fa4_parts/" && ls -l "$fa4_parts"
+fi
 if [ "$what" = python ]; then
   # The Python package (python/, pure Python) over the bundle's libkjit.so: its pytest suite (the
   # CPU and the GPU tests), the call overhead beside the C++ API's, and a training step beside
-  # torch SDPA (and FA4 where installed). pytest from .peers/pytest (scripts/fetch-peers.sh).
-  python3 -m pip install -q --no-index --no-deps --target /tmp/psite .peers/pytest/*.whl
-  # The image's own pytest plugins (pytest-timeout) need a newer pytest than the one carried.
+  # torch SDPA (and FA4 where installed). pytest from .peers/pytest where carried
+  # (scripts/fetch-peers.sh), else the image's. KJIT_PYTHON_STEPS picks some of "tests overhead
+  # training" (default all three).
+  python_steps=" ${KJIT_PYTHON_STEPS:-tests overhead training} "
+  mkdir -p /tmp/psite
+  if ls .peers/pytest/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --target /tmp/psite .peers/pytest/*.whl
+  fi
+  if [ -d .peers/fa4_b ]; then
+    mkdir -p "$fa4_parts" && cp .peers/fa4_b/* "$fa4_parts/"
+    if (cd "$fa4_parts" && cat fa4_bundle.tar.xz.part-* >fa4_bundle.tar.xz &&
+        sha256sum --quiet -c fa4_bundle.tar.xz.sha256); then
+      tar -xJf "$fa4_parts/fa4_bundle.tar.xz" -C /tmp/psite
+    else
+      echo "FA4 not installed: run the fa4-stage mode first, on the same warm machine" >&2
+    fi
+  fi
+  # The image's pytest plugins (pytest-timeout) need a newer pytest than the one carried.
   export PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
-  export PYTHONPATH="/tmp/psite:$PWD/python:$PWD/bench:${PYTHONPATH:-}"
+  # cutlass (FA4's DSL) lives in dsl_packages, which its .pth file adds only in a site directory.
+  export PYTHONPATH="/tmp/psite:/tmp/psite/nvidia_cutlass_dsl/dsl_packages:$PWD/python:$PWD/bench:${PYTHONPATH:-}"
   export KJIT_LIBRARY="$PWD/.gpu-bundle/lib/libkjit.so.0" PYTHONUNBUFFERED=1
-  step python_tests timeout 300 python3 -m pytest -p no:cacheprovider -q -rs tests/python
-  step python_overhead timeout 120 python3 bench/python_overhead.py "$bin/kjit_bench_op_call_overhead"
-  step python_training timeout 200 python3 bench/python_training_step.py
-  grep -E '^(FAILED|ERROR)|passed|failed' "$out/python_tests.log" | tail -30
-  cat "$out/python_overhead.log" "$out/python_training.log"
+  case "$python_steps" in *" tests "*)
+    step python_tests timeout 300 python3 -m pytest -p no:cacheprovider -q -rs tests/python ;; esac
+  case "$python_steps" in *" overhead "*)
+    step python_overhead timeout 120 python3 bench/python_overhead.py "$bin/kjit_bench_op_call_overhead" ;; esac
+  case "$python_steps" in *" training "*)
+    step python_training timeout 400 python3 bench/python_training_step.py ;; esac
+  grep -sE '^(FAILED|ERROR)|passed|failed' "$out/python_tests.log" | tail -30
+  cat "$out/python_overhead.log" "$out/python_training.log" 2>/dev/null
 fi
 if [ "$what" = attention ]; then
   step attention_tests "$bin/kjit_gpu_tests" --gtest_filter='*Attention*'
