@@ -4,6 +4,7 @@
 #pragma once
 
 #include "attention/mla_decode_params.h"
+#include "common/grid_dependency.cuh"
 #include "common/mma.cuh"
 #include "common/numeric.cuh"
 
@@ -12,12 +13,15 @@ namespace kjit::attention {
 // One warp per (request, row). Each lane reads up to four splits' LSEs (at most 128 splits, the
 // family's kMaxSplits), so that the max and the weights exp(lse - max) come from warp
 // reductions rather than a serial pass; the partial rows are then summed four splits at a time
-// (their loads in flight together), lane l owning float4 columns l + 32 v (coalesced).
+// (their loads in flight together), lane l owning float4 columns l + 32 v (coalesced). On sm_90
+// it is launched to overlap the decode kernel's end (its launch and block start hidden there),
+// so it waits for the partials first.
 template <class T>
 __global__ void __launch_bounds__(256) mla_decode_combine(const KjitMlaDecodeParams p) {
   constexpr int kLatent = 512, kVectors = kLatent / 4 / 32, kSlots = 4, kUnroll = 4;
   const int rows = p.s_q * p.heads;
   const long long cell = static_cast<long long>(blockIdx.x) * 8 + threadIdx.x / 32;
+  ptx::wait_for_prior_grid();
   if (cell >= static_cast<long long>(p.batch) * rows) return;
   const int lane = threadIdx.x % 32, b = static_cast<int>(cell / rows);
   const int row = static_cast<int>(cell % rows), i = row / p.heads, head = row % p.heads;

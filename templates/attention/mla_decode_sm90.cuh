@@ -18,6 +18,7 @@
 #include "attention/mla_decode_combine.cuh"
 #include "attention/mla_decode_params.h"
 #include "attention/online_softmax.cuh"
+#include "common/grid_dependency.cuh"
 #include "common/mbarrier.cuh"
 #include "common/named_barrier.cuh"
 #include "common/tma.cuh"
@@ -49,6 +50,9 @@ __global__ void __launch_bounds__(256, 1)
   float* shared_sum = shared_max + S::kRows;
   auto* full = reinterpret_cast<cuda::std::uint64_t*>(shared_sum + S::kRows);  // [2 stages]
 
+  // The combine (split-KV) may launch once every block here has started: it waits for the
+  // partials, and its launch and block start run under this kernel's work.
+  ptx::allow_dependent_launch();
   const int split = blockIdx.x, row0 = blockIdx.y * S::kRows, b = blockIdx.z;
   // The warpgroup as a warp-uniform value (a shuffle from lane 0): ptxas then knows the role
   // branches below do not diverge within a warp, and does not serialise their wgmma.

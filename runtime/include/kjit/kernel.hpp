@@ -29,6 +29,12 @@ struct LaunchConfig {
   // Thread-block cluster shape (Hopper); {1,1,1} launches without clusters. The grid must be a
   // multiple of it.
   Dim3 cluster;
+  // Programmatic dependent launch (sm_90): the kernel may start before the stream's previous
+  // kernel has finished, once every block of that one has started (or signalled with
+  // ptx::allow_dependent_launch), and reads its results only after ptx::wait_for_prior_grid
+  // (templates/common/grid_dependency.cuh). Hides the launch and the prologue of a short kernel
+  // that follows another.
+  bool overlaps_previous_kernel = false;
 };
 
 namespace detail {

@@ -105,19 +105,24 @@ void Kernel::launch_raw(const LaunchConfig& c, void** args, const std::size_t* s
   config.blockDimZ = c.block.z;
   config.sharedMemBytes = c.dynamic_shared_bytes;
   config.hStream = c.stream;
-  CUlaunchAttribute cluster{};
+  CUlaunchAttribute attrs[2]{};
+  config.attrs = attrs;
   if (c.cluster.x * c.cluster.y * c.cluster.z > 1) {
     if (c.grid.x % c.cluster.x || c.grid.y % c.cluster.y || c.grid.z % c.cluster.z) {
       throw Error(fmt::format("{}: grid ({}, {}, {}) is not a multiple of cluster ({}, {}, {})",
                               k.name_expression, c.grid.x, c.grid.y, c.grid.z, c.cluster.x,
                               c.cluster.y, c.cluster.z));
     }
+    CUlaunchAttribute& cluster = attrs[config.numAttrs++];
     cluster.id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
     cluster.value.clusterDim.x = c.cluster.x;
     cluster.value.clusterDim.y = c.cluster.y;
     cluster.value.clusterDim.z = c.cluster.z;
-    config.attrs = &cluster;
-    config.numAttrs = 1;
+  }
+  if (c.overlaps_previous_kernel) {
+    CUlaunchAttribute& early = attrs[config.numAttrs++];
+    early.id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    early.value.programmaticStreamSerializationAllowed = 1;
   }
   const CUresult r =
       a.cuLaunchKernelEx(&config, reinterpret_cast<CUfunction>(k.kernel), args, nullptr);

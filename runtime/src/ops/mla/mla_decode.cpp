@@ -162,8 +162,14 @@ void MlaDecode::launch(const Program& program, const Config& c, const Problem& p
        {}},
       args);
   if (args.splits > 1) {
-    program.kernel_at(1).launch(
-        {{static_cast<unsigned>(ceil_div(p.batch * rows, 8))}, {kThreads}, 0, stream, {}}, args);
+    // The wgmma loop runs on sm_90, where the combine may start under its end (PDL).
+    program.kernel_at(1).launch({{static_cast<unsigned>(ceil_div(p.batch * rows, 8))},
+                                 {kThreads},
+                                 0,
+                                 stream,
+                                 {},
+                                 c.wgmma()},
+                                args);
   }
 }
 
