@@ -1,6 +1,6 @@
 // Compile + load + launch on the GPU: embedded template, KJIT_TEMPLATE_DIR override, user string
-// source, concurrent threads and streams, > 48 KiB dynamic shared memory, cluster launches, and
-// the launch-time checks.
+// source, concurrent threads and streams, > 48 KiB dynamic shared memory, cluster launches,
+// overlapping (programmatic dependent) launches, and the launch-time checks.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -218,6 +218,31 @@ TEST_F(Launch, ClusterLaunch) {
   EXPECT_THROW(k.launch({{kBlocks + 1}, {kThreads}, 0, nullptr, {kCluster, 1, 1}},
                         din.as<const float>(), dout.as<float>(), kPerBlock),
                Error);
+}
+
+TEST_F(Launch, OverlappingLaunchWaitsForThePreviousKernel) {
+  KJIT_REQUIRE_GPU();
+  if (device_info(current_device()).cc_major < 9)
+    GTEST_SKIP() << "programmatic dependent launch needs sm_90";
+  constexpr int kThreads = 256, kBlocks = 8, kN = 1 << 16;
+  const Program program = load(samples::overlapped_pair());
+  const Stream stream;
+  DeviceBuffer filled(kN * 4), copied(kN * 4);
+  std::vector<float> out(kN);
+  for (int round = 0; round < 3; ++round) {
+    filled.fill_bytes(0xff);  // NaN: what the consumer reads if it runs ahead
+    copied.fill_bytes(0xff);
+    // ~0.1 ms of spinning before the first value is written: the consumer, launched meanwhile
+    // onto the idle SMs, would copy NaN if it did not wait.
+    program.kernel_at(0).launch({{kBlocks}, {kThreads}, 0, stream.handle(), {}}, filled.as<float>(),
+                                kN, 200000LL);
+    program.kernel_at(1).launch({{kBlocks}, {kThreads}, 0, stream.handle(), {}, true},
+                                filled.as<const float>(), copied.as<float>(), kN);
+    stream.synchronize();
+    copied.download(out.data(), copied.size());
+    for (int i = 0; i < kN; ++i)
+      ASSERT_EQ(out[i], static_cast<float>(i)) << "element " << i << ", round " << round;
+  }
 }
 
 TEST_F(Launch, ArgumentsAreCheckedAgainstTheKernelsParameters) {

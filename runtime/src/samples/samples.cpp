@@ -50,6 +50,12 @@ KernelSpec mma_gemm(const MmaGemmConfig& c, const std::string& arch) {
       arch);
 }
 
+KernelSpec overlapped_pair(const std::string& arch) {
+  return with_arch(KernelSpec(Source::embedded("samples/overlapped_pair.cuh"),
+                              {"kjit::samples::slow_fill", "kjit::samples::copy_after_prior_grid"}),
+                   arch);
+}
+
 std::vector<KernelSpec> shipped(const std::string& arch) {
   std::vector<KernelSpec> out{saxpy("float", arch), saxpy("double", arch), empty_kernel(arch),
                               shared_reverse(arch)};
@@ -58,8 +64,10 @@ std::vector<KernelSpec> shipped(const std::string& arch) {
     c.type = type;
     out.push_back(mma_gemm(c, arch));
   }
-  const bool has_clusters = Arch(arch).version() >= 90;
-  if (has_clusters) out.push_back(cluster_sum(256, arch));
+  if (Arch(arch).version() >= 90) {
+    out.push_back(cluster_sum(256, arch));
+    out.push_back(overlapped_pair(arch));
+  }
   return out;
 }
 

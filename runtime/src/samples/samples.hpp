@@ -14,6 +14,8 @@ KernelSpec saxpy(const std::string& type, const std::string& arch = "");
 KernelSpec empty_kernel(const std::string& arch = "");
 KernelSpec shared_reverse(const std::string& arch = "");
 KernelSpec cluster_sum(int threads, const std::string& arch = "");
+// slow_fill, then copy_after_prior_grid launched to overlap it (sm_90).
+KernelSpec overlapped_pair(const std::string& arch = "");
 
 struct MmaGemmConfig {
   std::string type = "__nv_bfloat16";  // or "__half"
@@ -26,7 +28,8 @@ struct MmaGemmConfig {
 };
 KernelSpec mma_gemm(const MmaGemmConfig& config, const std::string& arch = "");
 
-// Every sample specialisation kjit ships for `arch` (cluster kernels only from sm_90).
+// Every sample specialisation kjit ships for `arch` (cluster and overlapped kernels only from
+// sm_90).
 std::vector<KernelSpec> shipped(const std::string& arch);
 
 }  // namespace kjit::samples
