@@ -6,7 +6,7 @@ removes the Python wrapper's launch time. GB/s = cache bytes read (B L 1152) / t
 (the absorbed problem as H query heads over one 576-wide key head and its 512-wide value; math or
 efficient backend, whichever torch picks) is the floor, on rows up to 64 MB of cache.
 Run in the same device call as kjit_bench_mla_decode, with sgl-flash-mla on PYTHONPATH.
-Flags: --only-heads H (repeatable)."""
+Flags (each repeatable, as kjit_bench_mla_decode's): --only-heads H, --only-batch B, --only-length L."""
 import sys
 
 import torch
@@ -19,7 +19,10 @@ SCALE = 0.0625
 
 
 def main():
-    only = [int(sys.argv[i + 1]) for i, a in enumerate(sys.argv) if a == "--only-heads"]
+    def only(flag):  # the values of a repeatable flag, as kjit_bench_mla_decode's
+        return [int(sys.argv[i + 1]) for i, a in enumerate(sys.argv) if a == flag]
+
+    only_heads, only_batch, only_length = only("--only-heads"), only("--only-batch"), only("--only-length")
     flash_mla = peer("flash_mla", "FlashMLA")
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, MLA decode bf16 s_q 1 "
           f"block {PAGE}, us per call", flush=True)
@@ -27,10 +30,14 @@ def main():
           f"{'sdpa':>9}", flush=True)
     gen = torch.Generator(device="cuda").manual_seed(11)
     for heads in (20, 64, 128):
-        if only and heads not in only:
+        if only_heads and heads not in only_heads:
             continue
         for b in (1, 8, 32, 64, 128):
+            if only_batch and b not in only_batch:
+                continue
             for length in (1024, 4096, 16384, 65536):
+                if only_length and length not in only_length:
+                    continue
                 blocks = length // PAGE
                 q = torch.randn(b, 1, heads, DK, device="cuda", dtype=torch.bfloat16,
                                 generator=gen)
