@@ -5,8 +5,8 @@
 #   scripts/gpu-suite.sh [tests|bench|attention|attention-bench|attention-tune|attention-check|
 #                         attention-ab|attention-backward|
 #                         attention-backward-check|attention-backward-tune|attention-grouped|
-#                         attention-grouped-ncu|mla|moe|moe-decode|moe-bench|moe-ncu|moe-align-ncu|
-#                         moe-router|moe-offload|python|fa4-stage|zigzag|families|
+#                         attention-grouped-ncu|mla|mla-ab|moe|moe-decode|moe-bench|moe-ncu|
+#                         moe-align-ncu|moe-router|moe-offload|python|fa4-stage|zigzag|families|
 #                         dist|all]
 #   (default all)
 # `families` is the check after a change to the op plumbing (kernel families, dispatch, tuning
@@ -354,23 +354,46 @@ if [ "$what" = attention-grouped-ncu ]; then
     grep -E '^  [a-z_:]*flash|dram__bytes_read|gpu__time' "$log" | cut -c1-140 | head -12
   done
 fi
+mla_peers() {  # mla_peers [ROW FLAGS]: FlashMLA from the carried wheel (.peers/flashmla, see
+               # bench/mla_decode_peers.py) on kjit_bench_mla_decode's rows, torch SDPA the floor
+  python3 -m pip install -q --no-index --no-deps --target /tmp/psite .peers/flashmla/*.whl \
+    >"$out/flashmla_install.log" 2>&1
+  PYTHONPATH=/tmp/psite PYTHONUNBUFFERED=1 step mla_peers timeout 300 python3 \
+    bench/mla_decode_peers.py "$@"
+}
+mla_racecheck='All/MlaDecodeTest.*/case3_*:All/MlaDecodeTest.*/case10_*'
 if [ "$what" = mla ]; then
   # MLA decode: its tests (4 shards), a sanitizer subset (the row halves' exchange through shared
   # memory under racecheck), the benchmark beside the device copy.
   sharded_tests mla_tests '*MlaDecode*' 200
   sanitize mla_memcheck memcheck 150 'All/MlaDecodeTest.*/case2_*:All/MlaDecodeTest.*/case11_*'
-  sanitize mla_racecheck racecheck 150 'All/MlaDecodeTest.*/case3_*:All/MlaDecodeTest.*/case10_*'
+  sanitize mla_racecheck racecheck 150 "$mla_racecheck"
   step mla_bench timeout 240 "$bin/kjit_bench_mla_decode"
   step helix_bench timeout 120 "$bin/kjit_bench_helix_decode"
-  # FlashMLA from the carried wheel (.peers/flashmla, see bench/mla_decode_peers.py) on the
-  # same rows, and torch SDPA as the floor.
-  python3 -m pip install -q --no-index --no-deps --target /tmp/psite .peers/flashmla/*.whl \
-    >"$out/flashmla_install.log" 2>&1
-  PYTHONPATH=/tmp/psite PYTHONUNBUFFERED=1 step mla_peers timeout 300 python3 \
-    bench/mla_decode_peers.py
+  mla_peers
   tally mla_tests
   sanitizer_verdicts mla_memcheck mla_racecheck
   for log in mla_bench mla_peers helix_bench; do echo "== $log"; cat "$out/$log.log"; done
+fi
+if [ "$what" = mla-ab ]; then
+  # An MLA decode change against template variants (scripts/gpu-bundle.sh with KJIT_VARIANTS):
+  # the benchmark on main and each variant (KJIT_AB_VARIANTS, default all), alternating, on the
+  # rows KJIT_MLA_ROWS names (its flags, e.g. "--only-batch 1 --only-batch 8"; default all),
+  # FlashMLA on the same rows, then the MLA tests and the racecheck subset on the templates of
+  # KJIT_AB_TEST (the candidate for main) or main's.
+  variants="${KJIT_AB_VARIANTS:-$(ls .gpu-bundle/variants 2>/dev/null)}"
+  read -ra rows <<<"${KJIT_MLA_ROWS:-}"
+  step mla_ab scripts/gpu-ab.sh "main $variants" "$bin/kjit_bench_mla_decode" "${rows[@]}"
+  mla_peers "${rows[@]}"
+  if [ -n "${KJIT_AB_TEST:-}" ]; then
+    export KJIT_TEST_TEMPLATE_DIR="$PWD/.gpu-bundle/variants/$KJIT_AB_TEST"
+    echo "== the tests below ran on variant $KJIT_AB_TEST's templates"
+  fi
+  sharded_tests mla_tests '*MlaDecode*' 200 8
+  sanitize mla_racecheck racecheck 150 "$mla_racecheck"
+  tally mla_tests
+  sanitizer_verdicts mla_racecheck
+  for log in mla_ab mla_peers; do echo "== $log"; cat "$out/$log.log"; done
 fi
 if [ "$what" = moe ]; then
   # The MoE router's, dispatch layout's, permutation's, grouped GEMM's (16-bit and FP4 weights),
