@@ -59,6 +59,21 @@ sanitizer_verdicts() {  # sanitizer_verdicts NAME...: each sanitizer step's summ
     echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -4
   done
 }
+ab_variants() {  # ab_variants: the template variants an -ab mode compares with main into
+                 # $variants (KJIT_AB_VARIANTS, default every folder of .gpu-bundle/variants),
+                 # stopping where one, or KJIT_AB_TEST's, has no folder
+  variants="${KJIT_AB_VARIANTS:-$(ls .gpu-bundle/variants 2>/dev/null)}"
+  for v in $variants ${KJIT_AB_TEST:-}; do
+    [ -d ".gpu-bundle/variants/$v" ] || { echo "no variant folder .gpu-bundle/variants/$v" >&2; exit 2; }
+  done
+}
+tests_on_candidate() {  # tests_on_candidate: the GPU tests after this run on KJIT_AB_TEST's
+                        # templates (the candidate for main) where it names a variant
+  if [ -n "${KJIT_AB_TEST:-}" ]; then
+    export KJIT_TEST_TEMPLATE_DIR="$PWD/.gpu-bundle/variants/$KJIT_AB_TEST"
+    echo "== the tests below ran on variant $KJIT_AB_TEST's templates"
+  fi
+}
 forward_tests() {  # forward_tests [EXCLUDED]: the forward's parametrised cases, determinism and
                    # no-keys tests (less the negative gtest filter EXCLUDED) in eight processes,
                    # tallied, then its scale tests alone (one checks the device's free memory,
@@ -118,7 +133,7 @@ if [ "$what" = python ]; then
   # torch SDPA (and FA4 where installed). pytest from .peers/pytest where carried
   # (scripts/fetch-peers.sh), else the image's. KJIT_PYTHON_STEPS picks some of "tests overhead
   # training" (default all three).
-  python_steps=" ${KJIT_PYTHON_STEPS:-tests overhead training} "
+  wants() { case " ${KJIT_PYTHON_STEPS:-tests overhead training} " in *" $1 "*) ;; *) return 1 ;; esac; }
   mkdir -p /tmp/psite
   if ls .peers/pytest/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --target /tmp/psite .peers/pytest/*.whl
@@ -137,12 +152,10 @@ if [ "$what" = python ]; then
   # cutlass (FA4's DSL) lives in dsl_packages, which its .pth file adds only in a site directory.
   export PYTHONPATH="/tmp/psite:/tmp/psite/nvidia_cutlass_dsl/dsl_packages:$PWD/python:$PWD/bench:${PYTHONPATH:-}"
   export KJIT_LIBRARY="$PWD/.gpu-bundle/lib/libkjit.so.0" PYTHONUNBUFFERED=1
-  case "$python_steps" in *" tests "*)
-    step python_tests timeout 300 python3 -m pytest -p no:cacheprovider -q -rs tests/python ;; esac
-  case "$python_steps" in *" overhead "*)
-    step python_overhead timeout 120 python3 bench/python_overhead.py "$bin/kjit_bench_op_call_overhead" ;; esac
-  case "$python_steps" in *" training "*)
-    step python_training timeout 400 python3 bench/python_training_step.py ;; esac
+  wants tests && step python_tests timeout 300 python3 -m pytest -p no:cacheprovider -q -rs tests/python
+  wants overhead && step python_overhead timeout 120 python3 bench/python_overhead.py \
+    "$bin/kjit_bench_op_call_overhead"
+  wants training && step python_training timeout 400 python3 bench/python_training_step.py
   grep -sE '^(FAILED|ERROR)|passed|failed' "$out/python_tests.log" | tail -30
   cat "$out/python_overhead.log" "$out/python_training.log" 2>/dev/null
 fi
@@ -174,10 +187,7 @@ if [ "$what" = attention-ab ]; then
   # tiles), the scale tests and a racecheck subset of the persistent loop (blocks of one item and
   # of several). KJIT_AB_TEST=VARIANT runs the tests on that variant's templates (the candidate
   # for main) instead of main's.
-  variants="${KJIT_AB_VARIANTS:-$(ls .gpu-bundle/variants 2>/dev/null)}"
-  for v in $variants ${KJIT_AB_TEST:-}; do
-    [ -d ".gpu-bundle/variants/$v" ] || { echo "no variant folder .gpu-bundle/variants/$v" >&2; exit 2; }
-  done
+  ab_variants
   for v in main $variants; do
     dir="$([ "$v" = main ] || echo "$PWD/.gpu-bundle/variants/$v")"
     KJIT_TEMPLATE_DIR="$dir" step "attention_sweep_$v" "$bin/kjit_bench_attention" --sweep
@@ -191,10 +201,7 @@ if [ "$what" = attention-ab ]; then
       "$out/attention_sweep_main.log" "$out/attention_sweep_$v.log"
   done
   cat "$out/attention_ab.log"
-  if [ -n "${KJIT_AB_TEST:-}" ]; then
-    export KJIT_TEST_TEMPLATE_DIR="$PWD/.gpu-bundle/variants/$KJIT_AB_TEST"
-    echo "== the tests below ran on variant $KJIT_AB_TEST's templates"
-  fi
+  tests_on_candidate
   forward_tests '-*_mma_*:*_wgmma_*'
   sanitize forward_racecheck racecheck 90 \
     'All/AttentionForward.*bf16_d128*_h8x[12]_batched_persistent_*:All/AttentionForward.*bf16_d128_causal_h8x1_batched_*-*_mma_*:*_wgmma_*:*_n*:*_ws_*:*_overlap_*'
@@ -381,14 +388,11 @@ if [ "$what" = mla-ab ]; then
   # rows KJIT_MLA_ROWS names (its flags, e.g. "--only-batch 1 --only-batch 8"; default all),
   # FlashMLA on the same rows, then the MLA tests and the racecheck subset on the templates of
   # KJIT_AB_TEST (the candidate for main) or main's.
-  variants="${KJIT_AB_VARIANTS:-$(ls .gpu-bundle/variants 2>/dev/null)}"
+  ab_variants
   read -ra rows <<<"${KJIT_MLA_ROWS:-}"
   step mla_ab scripts/gpu-ab.sh "main $variants" "$bin/kjit_bench_mla_decode" "${rows[@]}"
   mla_peers "${rows[@]}"
-  if [ -n "${KJIT_AB_TEST:-}" ]; then
-    export KJIT_TEST_TEMPLATE_DIR="$PWD/.gpu-bundle/variants/$KJIT_AB_TEST"
-    echo "== the tests below ran on variant $KJIT_AB_TEST's templates"
-  fi
+  tests_on_candidate
   sharded_tests mla_tests '*MlaDecode*' 200 8
   sanitize mla_racecheck racecheck 150 "$mla_racecheck"
   tally mla_tests

@@ -604,6 +604,11 @@ Varlen varlen_of(const Problem& p, const GroupData& gr, const Gathered& w) {
 // ---- forward against separate forward_varlen calls on the gathered windows ----
 void check_forward_separate(const Problem& p, const Stream& stream) {
   const bool single = p.group_count() == 1;
+  // Several groups: each group's call on the grouped launch's loop and tile (forward_varlen's own
+  // default may be another loop, as at hd 256), so that the results differ only where a window's
+  // keys fall into tiles differently.
+  const ops::FlashForward::Config config =
+      single ? ops::FlashForward::Config{} : p.forward_config(p.forward_problem());
   for (int g = 0; g < p.group_count(); ++g) {
     const GroupData& gr = p.groups[g];
     if (gr.tq == 0) continue;
@@ -619,13 +624,9 @@ void check_forward_separate(const Problem& p, const Stream& stream) {
       attention::forward_varlen(q, k, v, o, l, varlen_of(p, gr, w), p.forward_options(),
                                 stream.handle());
     } else {
-      // Several groups: each group's call on the grouped launch's loop and tile (forward_varlen's
-      // own default may be another loop, as at hd 256), so that the results differ only where a
-      // window's keys fall into tiles differently.
       using ops::FlashForward;
       const ops::Call<FlashForward> call =
           FlashForward::validate_varlen(q, k, v, o, l, varlen_of(p, gr, w), p.forward_options());
-      const FlashForward::Config config = p.forward_config(p.forward_problem());
       ASSERT_TRUE(FlashForward::valid(config, call.problem, arch::current()));
       FlashForward::launch(load(FlashForward::spec(config, call.problem, arch::current())), config,
                            call.problem, call.args, stream.handle());
