@@ -5,7 +5,7 @@
 #   scripts/gpu-suite.sh [tests|bench|attention|attention-bench|attention-tune|attention-check|
 #                         attention-ab|attention-backward|
 #                         attention-backward-check|attention-backward-tune|attention-grouped|
-#                         attention-grouped-ncu|mla|mla-ab|moe|moe-decode|moe-bench|moe-ncu|
+#                         attention-grouped-ncu|mla|mla-ab|mla-ncu|moe|moe-decode|moe-bench|moe-ncu|
 #                         moe-align-ncu|moe-router|moe-offload|python|fa4-stage|zigzag|families|
 #                         dist|all]
 #   (default all)
@@ -398,6 +398,48 @@ if [ "$what" = mla-ab ]; then
   tally mla_tests
   sanitizer_verdicts mla_racecheck
   for log in mla_ab mla_peers; do echo "== $log"; cat "$out/$log.log"; done
+fi
+if [ "$what" = mla-ncu ]; then
+  # Where an MLA decode call's time goes, kjit beside FlashMLA: each kernel's duration and DRAM
+  # bytes (decode, combine; FlashMLA's metadata too) on the rows of KJIT_NCU_ROWS ("H:B:L ...",
+  # caches left warm as in back-to-back calls), then ncu's full set on both decode kernels at
+  # the first row, with the SASS lines of most stall samples. Reports left in $OUT.
+  python3 -m pip install -q --no-index --no-deps --target /tmp/psite .peers/flashmla/*.whl \
+    >"$out/flashmla_install.log" 2>&1
+  metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,launch__grid_size,dram__throughput.avg.pct_of_peak_sustained_elapsed
+  ncu_common=(--clock-control none --cache-control none --kernel-name-base demangled
+              --kernel-name regex:mla --launch-skip 30)
+  rows_=(${KJIT_NCU_ROWS:-20:64:1024 20:8:4096 20:1:1024 128:64:4096})
+  for row in "${rows_[@]}"; do
+    IFS=: read -r h b l <<<"$row"
+    only=(--only-heads "$h" --only-batch "$b" --only-length "$l")
+    step "ncu_kjit_$h-$b-$l" timeout 120 ncu "${ncu_common[@]}" --launch-count 4 --metrics "$metrics" \
+      "$bin/kjit_bench_mla_decode" "${only[@]}"
+    PYTHONPATH=/tmp/psite step "ncu_flashmla_$h-$b-$l" timeout 120 ncu "${ncu_common[@]}" \
+      --launch-count 4 --metrics "$metrics" python3 bench/mla_decode_peers.py "${only[@]}"
+  done
+  IFS=: read -r h b l <<<"${rows_[0]}"
+  only=(--only-heads "$h" --only-batch "$b" --only-length "$l")
+  for peer in kjit flashmla; do
+    cmd=("$bin/kjit_bench_mla_decode"); regex=mla_decode_sm90
+    [ "$peer" = flashmla ] && cmd=(python3 bench/mla_decode_peers.py) regex=splitkv_mla
+    PYTHONPATH=/tmp/psite step "ncu_full_$peer" timeout 200 ncu --set full --import-source no \
+      --clock-control none --kernel-name-base demangled --kernel-name regex:"$regex" \
+      --launch-skip 30 --launch-count 1 -f -o "$final_out/mla_$peer" "${cmd[@]}" "${only[@]}"
+    ncu --import "$final_out/mla_$peer.ncu-rep" --page source --csv --print-source sass \
+      >"$out/source_$peer.csv" 2>&1
+    ncu --import "$final_out/mla_$peer.ncu-rep" --print-details all >"$out/details_$peer.log" 2>&1
+  done
+  for log in "$out"/ncu_kjit_*.log "$out"/ncu_flashmla_*.log; do
+    echo "== $(basename "$log" .log)"
+    grep -E '^  [a-zA-Z_:<> ]*(mla|combine)|gpu__time|dram__|launch__grid' "$log" | cut -c1-150
+  done
+  for peer in kjit flashmla; do
+    echo "== full set, $peer"
+    grep -E "Duration|Elapsed Cycles|Registers|Achieved Active Warps|Issued Warp|Stall [A-Z]|DRAM Throughput|Memory Throughput" \
+      "$out/details_$peer.log" | head -40
+    python3 scripts/ncu_top_stalls.py "$out/source_$peer.csv" 30
+  done
 fi
 if [ "$what" = moe ]; then
   # The MoE router's, dispatch layout's, permutation's, grouped GEMM's (16-bit and FP4 weights),
