@@ -10,21 +10,26 @@
 
 namespace kjit::attention {
 
-// One warp per (request, row). Each lane reads up to four splits' LSEs (at most 128 splits, the
-// family's kMaxSplits), so that the max and the weights exp(lse - max) come from warp
-// reductions rather than a serial pass; the partial rows are then summed four splits at a time
-// (their loads in flight together), lane l owning float4 columns l + 32 v (coalesced). On sm_90
-// it is launched to overlap the decode kernel's end (its launch and block start hidden there),
-// so it waits for the partials first.
-template <class T>
+// kWarps warps per (request, row), a block of 256 threads over 8 / kWarps rows; lane l of a row's
+// warp w owns its float4 columns c = 32 (w + kWarps v) + l (coalesced). Each warp finds the max and
+// the weights exp(lse - max) itself, from up to four splits' LSEs a lane (at most 128 splits, the
+// family's kMaxSplits) and warp reductions, then sums the partial rows kUnroll splits at a time,
+// their loads in flight together. The host takes kWarps 4 for many splits of few rows (a row's
+// splits then spread over four times the SMs, whose L2 reads bound the combine), 1 for few
+// splits (fewer, fuller blocks). On sm_90 it is launched to overlap the decode kernel's end (its
+// launch and block start hidden there), so it waits for the partials first.
+template <class T, int kWarps>
 __global__ void __launch_bounds__(256) mla_decode_combine(const KjitMlaDecodeParams p) {
-  constexpr int kLatent = 512, kVectors = kLatent / 4 / 32, kSlots = 4, kUnroll = 4;
-  const int rows = p.s_q * p.heads;
-  const long long cell = static_cast<long long>(blockIdx.x) * 8 + threadIdx.x / 32;
+  constexpr int kLatent = 512, kSlots = 4, kRowsPerBlock = 8 / kWarps;
+  constexpr int kVectors = kLatent / 4 / 32 / kWarps, kUnroll = 16 / kVectors;
+  static_assert(kWarps == 1 || kWarps == 2 || kWarps == 4 || kWarps == 8, "8 warps a block");
+  const int rows = p.s_q * p.heads, warp = threadIdx.x / 32 % kWarps, lane = threadIdx.x % 32;
+  const long long cell =
+      static_cast<long long>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32 / kWarps;
   ptx::wait_for_prior_grid();
   if (cell >= static_cast<long long>(p.batch) * rows) return;
-  const int lane = threadIdx.x % 32, b = static_cast<int>(cell / rows);
-  const int row = static_cast<int>(cell % rows), i = row / p.heads, head = row % p.heads;
+  const int b = static_cast<int>(cell / rows), row = static_cast<int>(cell % rows);
+  const int i = row / p.heads, head = row % p.heads;
   const long long per_split = static_cast<long long>(p.batch) * rows;
 
   float lse[kSlots], max = negative_infinity();
@@ -47,6 +52,7 @@ __global__ void __launch_bounds__(256) mla_decode_combine(const KjitMlaDecodePar
   for (int d = 16; d > 0; d /= 2)
     total += __shfl_xor_sync(0xffffffffu, total, d);
 
+  const auto column = [&](int v) { return 32 * (warp + kWarps * v) + lane; };
   float4 acc[kVectors] = {};
   for (int s0 = 0; s0 < p.splits; s0 += kUnroll) {
     float w[kUnroll];
@@ -63,7 +69,7 @@ __global__ void __launch_bounds__(256) mla_decode_combine(const KjitMlaDecodePar
           reinterpret_cast<const float4*>(p.partial_out + (s * per_split + cell) * kLatent);
 #pragma unroll
       for (int v = 0; v < kVectors; ++v)
-        x[u][v] = s < p.splits ? part[lane + 32 * v] : make_float4(0.f, 0.f, 0.f, 0.f);
+        x[u][v] = s < p.splits ? part[column(v)] : make_float4(0.f, 0.f, 0.f, 0.f);
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
@@ -82,11 +88,11 @@ __global__ void __launch_bounds__(256) mla_decode_combine(const KjitMlaDecodePar
       static_cast<T*>(p.out) + b * p.o_batch_stride + i * p.o_token_stride + head * p.o_head_stride;
 #pragma unroll
   for (int v = 0; v < kVectors; ++v) {
-    *reinterpret_cast<uint2*>(out + 4 * (lane + 32 * v)) =
+    *reinterpret_cast<uint2*>(out + 4 * column(v)) =
         make_uint2(ptx::pack_pair<T>(acc[v].x * inv, acc[v].y * inv),
                    ptx::pack_pair<T>(acc[v].z * inv, acc[v].w * inv));
   }
-  if (p.lse && lane == 0) {
+  if (p.lse && warp == 0 && lane == 0) {
     p.lse[b * p.lse_batch_stride + i * p.lse_token_stride + head * p.lse_head_stride] =
         total > 0.f ? max + logf(total) : negative_infinity();
   }
