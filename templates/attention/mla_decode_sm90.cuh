@@ -64,13 +64,14 @@ __global__ void __launch_bounds__(256, 1)
   const int tiles = key_end > key_begin ? (key_end - key_begin + S::kKeys - 1) / S::kKeys : 0;
   const int r0 = 16 * warp + lane / 4;  // the thread's rows of the tile: r0 and r0 + 8
 
-  for (int c = threadIdx.x; c < S::kRows * S::kChunks; c += S::kThreads) {
-    const int r = c / S::kChunks, col = c % S::kChunks * 8, row = row0 + r;
-    const bool ok = row < rows;
-    const int i = ok ? row / p.heads : 0, h = ok ? row % p.heads : 0;
-    const T* src = static_cast<const T*>(p.q) + b * p.q_batch_stride + i * p.q_token_stride +
-                   h * p.q_head_stride + col;
-    ptx::cp_async_16(sq + ptx::swizzled_offset<T, S::kRows>(r, col), src, ok);
+  // Q: warp w loads rows w, w + 8, ..., a row's token and head found once rather than per
+  // 16-byte chunk (a division by the head count each); rows past the last are zero-filled.
+  for (int r = threadIdx.x / 32; r < S::kRows; r += S::kThreads / 32) {
+    const T* src = static_cast<const T*>(p.q) + b * p.q_batch_stride;
+    const bool ok = row0 + r < rows;
+    if (ok) src += (row0 + r) / p.heads * p.q_token_stride + (row0 + r) % p.heads * p.q_head_stride;
+    for (int chunk = lane; chunk < S::kChunks; chunk += 32)
+      ptx::cp_async_16(sq + ptx::swizzled_offset<T, S::kRows>(r, chunk * 8), src + chunk * 8, ok);
   }
   ptx::cp_async_commit();
 
@@ -234,8 +235,16 @@ __global__ void __launch_bounds__(256, 1)
       }
     }
   }
-  __syncthreads();  // the rows' statistics, to both warpgroups
+  __syncthreads();  // the rows' statistics, to both warpgroups; the key stages free
 
+  // A full tile's O in T (no split) is staged row-major in the key stages (rows padded 16 bytes,
+  // so that a warp's fragment stores meet distinct banks), then written a warp per row in 16-byte
+  // stores: the fragments' own 4-byte stores, every block's at once at the kernel's end, took up
+  // to 10 % of a call at H 128 B 64-128. Partial rows (fp32: 8-byte stores fill whole sectors)
+  // and tiles of a few rows (H 20) are written from the fragments, which staging slowed by 1-5 %.
+  const bool staged = p.splits == 1 && rows - row0 >= S::kRows;
+  constexpr int kStagedRow = S::kLatent * 2 + 16;  // bytes
+  unsigned char* stage = reinterpret_cast<unsigned char*>(sk);
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int r = r0 + 8 * h, row = row0 + r;
@@ -248,8 +257,9 @@ __global__ void __launch_bounds__(256, 1)
     const int i = row / p.heads, head = row % p.heads;
     const int col0 = warpgroup * (S::kLatent / 2) + 2 * (lane % 4);
     if (p.splits == 1) {
-      T* out = static_cast<T*>(p.out) + b * p.o_batch_stride + i * p.o_token_stride +
-               head * p.o_head_stride + col0;
+      T* out = staged ? reinterpret_cast<T*>(stage + r * kStagedRow) + col0
+                      : static_cast<T*>(p.out) + b * p.o_batch_stride + i * p.o_token_stride +
+                            head * p.o_head_stride + col0;
 #pragma unroll
       for (int slab = 0; slab < S::kOutSlabs; ++slab) {
 #pragma unroll
@@ -272,6 +282,18 @@ __global__ void __launch_bounds__(256, 1)
         }
       }
       if (writes_lse) p.partial_lse[cell] = lse;
+    }
+  }
+  if (staged) {       // block-uniform
+    __syncthreads();  // the staged rows, to every warp
+    for (int r = threadIdx.x / 32; r < S::kRows; r += S::kThreads / 32) {
+      const int row = row0 + r;
+      auto* out = reinterpret_cast<uint4*>(static_cast<T*>(p.out) + b * p.o_batch_stride +
+                                           row / p.heads * p.o_token_stride +
+                                           row % p.heads * p.o_head_stride);
+      const auto* in = reinterpret_cast<const uint4*>(stage + r * kStagedRow);
+      for (int c = lane; c < S::kLatent / 8; c += 32)
+        out[c] = in[c];
     }
   }
 }

@@ -207,6 +207,11 @@ std::vector<MlaCase> cases() {
       {bf16, 4, 20, 64, {2, 9}},          // rows of a non-empty sequence that see no key
       {fp16, 2, 20, 64, {500}, 0, 0.0625f, false},  // no lse
       {bf16, 1, 20, 64, {9000, 40}, 128},           // 71 or 94 splits: the combine's wide path
+      // One split: full row tiles leave through the staged 16-byte stores (sm_90a), a tile of 16
+      // rows from the fragments.
+      {bf16, 2, 64, 64, {1500, 700}, 1},
+      {fp16, 1, 128, 32, {640, 1}, 1},
+      {bf16, 4, 20, 64, {300, 4}, 1},
   };
 }
 
