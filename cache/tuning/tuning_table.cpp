@@ -34,7 +34,7 @@ Shape bucketed(const Shape& shape, const std::vector<Dimension>& dims) {
   Shape out = shape;
   for (const Dimension& d : dims) {
     auto it = out.find(d.name);
-    if (it != out.end() && d.bucket == Bucket::Pow2) it->second = next_pow2(it->second);
+    if (it != out.end() && rounds_to_pow2(d.bucket)) it->second = next_pow2(it->second);
   }
   return out;
 }
@@ -67,10 +67,12 @@ TuningTable::TuningTable(TableKey key, std::vector<Dimension> dims,
 std::string TuningTable::exact_signature(const Shape& shape, const std::string& dtype) const {
   std::string s = dtype;
   for (const Dimension& d : dims_) {
-    if (d.bucket != Bucket::Exact) continue;
+    if (d.bucket != Bucket::Exact && d.bucket != Bucket::Pow2Only) continue;
     const auto it = shape.find(d.name);
-    s += fmt::format("|{}={}", d.name,
-                     it == shape.end() ? std::string("?") : std::to_string(it->second));
+    const std::int64_t v = it == shape.end()              ? -1
+                           : d.bucket == Bucket::Pow2Only ? next_pow2(it->second)
+                                                          : it->second;
+    s += fmt::format("|{}={}", d.name, v < 0 ? std::string("?") : std::to_string(v));
   }
   return s;
 }
@@ -150,7 +152,8 @@ std::optional<Choice> TuningTable::find(const Shape& shape, const std::string& d
       if (auto c = row_config(it->second)) return Choice{*c, "bucket"};
     }
   }
-  // Nearest among rows whose Exact dimensions match: summed |log2 ratio| over the others.
+  // Nearest among rows whose Exact dimensions match and whose Pow2Only ones share the bucket:
+  // summed |log2 ratio| over the Pow2 ones.
   const auto same = by_exact_dims_.find(exact_signature(shape, dtype));
   if (same == by_exact_dims_.end()) return std::nullopt;
   double best_distance = std::numeric_limits<double>::infinity();

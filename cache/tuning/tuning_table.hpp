@@ -21,10 +21,16 @@
 namespace kjit::tuning {
 
 // How results are shared across values of a problem field. Exact: only the same value; Pow2:
-// every value of one power-of-two bucket, and the nearest tuned value in log space; Local: not
-// part of the tuning key at all (a property of the call that validity rules read, such as the
-// alignment of its rows).
-enum class Bucket { Exact, Pow2, Local };
+// every value of one power-of-two bucket, and the nearest tuned value in log space; Pow2Only:
+// every value of one power-of-two bucket, never a neighbour bucket's (where the best config
+// follows the value, as a split count follows batch and length); Local: not part of the tuning
+// key at all (a property of the call that validity rules read, such as the alignment of its
+// rows).
+enum class Bucket { Exact, Pow2, Pow2Only, Local };
+
+constexpr bool rounds_to_pow2(Bucket b) {
+  return b == Bucket::Pow2 || b == Bucket::Pow2Only;
+}
 
 struct Dimension {
   std::string name;

@@ -232,6 +232,30 @@ TEST_F(LookupTest, ExactThenBucketThenNearestThenDefault) {
   EXPECT_EQ(TuningDb(path(), TuningDb::Mode::ReadOnly).misses().size(), 4u);
 }
 
+// A Pow2Only field shares a result within its power-of-two bucket only (MLA's batch and length:
+// a split count tuned for one is no guide for another).
+TEST_F(LookupTest, Pow2OnlySharesItsBucketButNoNeighbour) {
+  TuningDb(path(), TuningDb::Mode::ReadWrite)
+      .upsert_best(best_row(key("D=512;N=4;rows=3000"), {{"vec", 4}}, 10), 0.03);
+  TuningTable table{{"merge_states", "tmplhash", "sm_90a", "13.0"},
+                    {{"D", Bucket::Exact}, {"N", Bucket::Exact}, {"rows", Bucket::Pow2Only}},
+                    [](const Config&) { return true; }};
+  const auto find = [&](std::int64_t rows) {
+    return table.find({{"D", 512}, {"N", 4}, {"rows", rows}}, "bf16",
+                      [](const Config&) { return true; });
+  };
+  ASSERT_TRUE(find(3000));
+  EXPECT_EQ(find(3000)->source, "exact");
+  for (std::int64_t rows : {2049, 4096}) {  // bucket 4096, another value
+    ASSERT_TRUE(find(rows)) << rows;
+    EXPECT_EQ(find(rows)->source, "nearest") << rows;
+    EXPECT_EQ(find(rows)->config.at("vec"), 4) << rows;
+  }
+  EXPECT_FALSE(find(2048));  // bucket 2048: a Pow2 field would take 3000's result as nearest
+  EXPECT_FALSE(find(4097));  // bucket 8192
+  EXPECT_FALSE(find(65536));
+}
+
 TEST_F(LookupTest, ReadOnceThenServedFromMemory) {
   {
     TuningDb(path(), TuningDb::Mode::ReadWrite)

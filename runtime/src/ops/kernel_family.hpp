@@ -137,11 +137,11 @@ tuning::Shape shape_of(const typename F::Problem& p) {
   return s;
 }
 
-// The problem that stands for every problem of its bucket: Pow2 fields rounded up.
+// The problem that stands for every problem of its bucket: Pow2 and Pow2Only fields rounded up.
 template <class F>
 typename F::Problem bucketed(typename F::Problem p) {
   for (const auto& f : F::kShape) {
-    if (f.bucket == tuning::Bucket::Pow2) f.set(p, tuning::next_pow2(f.get(p)));
+    if (tuning::rounds_to_pow2(f.bucket)) f.set(p, tuning::next_pow2(f.get(p)));
   }
   return p;
 }
