@@ -371,10 +371,19 @@ mla_peers() {  # mla_peers [ROW FLAGS]: FlashMLA from the carried wheel (.peers/
 mla_racecheck='All/MlaDecodeTest.*/case3_*:All/MlaDecodeTest.*/case10_*'
 if [ "$what" = mla ]; then
   # MLA decode: its tests (4 shards), a sanitizer subset (the row halves' exchange through shared
-  # memory under racecheck), the benchmark beside the device copy.
+  # memory under racecheck), the benchmark beside the device copy. KJIT_MLA_TUNE="PRESET ...":
+  # `kjit tune` on those presets first (glm-4.7-flash-decode, deepseek-v3-decode,
+  # deepseek-v3-tp2-decode; 100-250 s each), the benchmark then on the tuned configs.
   sharded_tests mla_tests '*MlaDecode*' 200
   sanitize mla_memcheck memcheck 150 'All/MlaDecodeTest.*/case2_*:All/MlaDecodeTest.*/case11_*'
   sanitize mla_racecheck racecheck 150 "$mla_racecheck"
+  if [ -n "${KJIT_MLA_TUNE:-}" ]; then
+    export KJIT_TUNING_DB="$out/mla-tuning.sqlite"
+    for preset in $KJIT_MLA_TUNE; do
+      step "tune_$preset" "$bin/kjit" tune --preset "$preset"
+      grep -vE 'ETA|^$' "$out/tune_$preset.log" | tail -22
+    done
+  fi
   step mla_bench timeout 240 "$bin/kjit_bench_mla_decode"
   step helix_bench timeout 120 "$bin/kjit_bench_helix_decode"
   mla_peers

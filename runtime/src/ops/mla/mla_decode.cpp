@@ -214,8 +214,9 @@ MlaDecode::Args MlaDecode::args(const Problem& p, const std::vector<TensorView>&
 
 std::vector<Preset<MlaDecode::Problem>> MlaDecode::presets() {
   std::vector<Preset<Problem>> out;
-  for (const auto& [name, heads] :
-       {std::pair{"glm-4.7-flash-decode", 20}, {"deepseek-v3-decode", 128}}) {
+  for (const auto& [name, heads] : {std::pair{"glm-4.7-flash-decode", 20},
+                                    {"deepseek-v3-decode", 128},
+                                    {"deepseek-v3-tp2-decode", 64}}) {
     Preset<Problem> preset{name, {}};
     for (std::int64_t b : {1, 8, 32, 64, 128}) {
       for (std::int64_t l : {1024, 4096, 16384, 65536})
