@@ -117,10 +117,14 @@ MlaDecode::Config MlaDecode::default_config(const Problem& p, const Arch& arch) 
   // H100's 132 SMs idle, and never below a minimum split: each split costs fp32 partials (rows x
   // 2 KB, written and read back by the combine) and a block's prologue. The wgmma loop's
   // prologue is short beside its 64-key tiles: two tiles (at 8 x 128 rows per split, the H200
-  // ran B 1 L 1k at H 128 2.3x slower than at H 20); mma.sync's: 512 keys.
+  // ran B 1 L 1k at H 128 2.3x slower than at H 20), or one where a single block would hold a
+  // request of at most 1k keys (B 1 L 1k at 16 splits ran 1.15x / 1.11x faster than at 8 at
+  // H 20 / 64 on the H100); mma.sync's: 512 keys.
   const bool wgmma = arch.has_wgmma();
-  const std::int64_t min_tokens = wgmma ? 128 : kMinSplitTokens;
   const std::int64_t blocks = std::max<std::int64_t>(1, p.batch * p.row_tiles());
+  const std::int64_t min_tokens = !wgmma                             ? kMinSplitTokens
+                                  : blocks == 1 && p.longest <= 1024 ? 64
+                                                                     : 128;
   std::int64_t splits = std::max<std::int64_t>(1, 132 / blocks);
   splits = std::min(splits, std::max<std::int64_t>(1, p.longest / min_tokens));
   std::int64_t pow2 = 1;

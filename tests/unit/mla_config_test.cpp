@@ -1,0 +1,37 @@
+// MLA decode's default split counts on the host: a request's keys are split only while the
+// blocks leave most SMs idle, never below two key tiles a split (one for a single block of at
+// most 1k keys), and mma.sync's loop keeps its 512-key minimum.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+
+#include "ops/mla/mla_decode.hpp"
+
+namespace kjit::test {
+namespace {
+
+using ops::MlaDecode;
+
+std::int64_t splits(std::int64_t batch, std::int64_t heads, std::int64_t length,
+                    const char* arch = "sm_90a") {
+  const MlaDecode::Problem p{DType::BFloat16, batch, 1, heads, 64, length};
+  const MlaDecode::Config c = MlaDecode::default_config(p, arch);
+  EXPECT_TRUE(MlaDecode::valid(c, p, arch)) << batch << " " << heads << " " << length;
+  return c.splits;
+}
+
+TEST(MlaDecodeConfig, SplitsFillTheSmsDownToAMinimumSplit) {
+  EXPECT_EQ(splits(1, 20, 1024), 16);  // one block, 1k keys: a tile a split
+  EXPECT_EQ(splits(1, 64, 512), 8);
+  EXPECT_EQ(splits(1, 20, 4096), 32);  // two tiles a split
+  EXPECT_EQ(splits(1, 128, 1024), 8);  // two row tiles: two blocks a split
+  EXPECT_EQ(splits(8, 20, 1024), 8);
+  EXPECT_EQ(splits(8, 20, 4096), 16);    // 128 blocks
+  EXPECT_EQ(splits(1, 20, 65536), 128);  // the combine's limit
+  EXPECT_EQ(splits(64, 20, 1024), 2);
+  EXPECT_EQ(splits(128, 128, 4096), 1);
+  EXPECT_EQ(splits(1, 20, 1024, "sm_80"), 2);  // mma.sync: 512 keys a split at least
+}
+
+}  // namespace
+}  // namespace kjit::test
