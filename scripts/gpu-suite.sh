@@ -368,14 +368,14 @@ mla_peers() {  # mla_peers [ROW FLAGS]: FlashMLA from the carried wheel (.peers/
   PYTHONPATH=/tmp/psite PYTHONUNBUFFERED=1 step mla_peers timeout 300 python3 \
     bench/mla_decode_peers.py "$@"
 }
-mla_racecheck='All/MlaDecodeTest.*/case3_*:All/MlaDecodeTest.*/case10_*'
+mla_racecheck='All/MlaDecodeTest.*/case3_*:All/MlaDecodeTest.*/case10_*:All/MlaDecodeTest.*/case19_*'
 if [ "$what" = mla ]; then
   # MLA decode: its tests (4 shards), a sanitizer subset (the row halves' exchange through shared
   # memory under racecheck), the benchmark beside the device copy. KJIT_MLA_TUNE="PRESET ...":
   # `kjit tune` on those presets first (glm-4.7-flash-decode, deepseek-v3-decode,
   # deepseek-v3-tp2-decode; 100-250 s each), the benchmark then on the tuned configs.
   sharded_tests mla_tests '*MlaDecode*' 200
-  sanitize mla_memcheck memcheck 150 'All/MlaDecodeTest.*/case2_*:All/MlaDecodeTest.*/case11_*'
+  sanitize mla_memcheck memcheck 150 'All/MlaDecodeTest.*/case2_*:All/MlaDecodeTest.*/case11_*:All/MlaDecodeTest.*/case19_*'
   sanitize mla_racecheck racecheck 150 "$mla_racecheck"
   if [ -n "${KJIT_MLA_TUNE:-}" ]; then
     export KJIT_TUNING_DB="$out/mla-tuning.sqlite"
