@@ -21,6 +21,9 @@ for round in $(seq "${ROUNDS:-2}"); do
       dir="$PWD/.gpu-bundle/variants/$v"
       [ -d "$dir" ] || { echo "no variant folder $dir" >&2; exit 2; }
     fi
-    KJIT_TEMPLATE_DIR="$dir" "$@" 2>&1 | sed "s/^/$v round $round: /"
+    # A variant built with its own host code (gpu-bundle.sh's KJIT_HOST_VARIANTS) runs its build.
+    cmd=("$@")
+    [ -n "$dir" ] && [ -x "$dir.bin/$(basename "$1")" ] && cmd[0]="$dir.bin/$(basename "$1")"
+    KJIT_TEMPLATE_DIR="$dir" "${cmd[@]}" 2>&1 | sed "s/^/$v round $round: /"
   done
 done

@@ -41,4 +41,28 @@ cp -L "$(ldd "$build/bench/kjit_bench_launch_overhead" | awk '/libbenchmark/ {pr
 cp tests/dist/rank_exit.sh .gpu-bundle/bin/
 # The commit, marked -dirty when the tree differs from it (the bundle is what was built).
 echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo -dirty)" > .gpu-bundle/commit
+# KJIT_HOST_VARIANTS="NAME=REV ...": a variant that changes host code too (a launch, a config
+# field). Its templates as KJIT_VARIANTS writes them, and KJIT_HOST_BINS (default
+# "kjit_gpu_tests") built with REV's runtime/ patched into this tree, in .gpu-bundle/variants/
+# NAME.bin/, which scripts/gpu-ab.sh and the -ab modes run for NAME; the tree is unpatched and
+# rebuilt after (also on failure). Needs the patched files clean, e.g.
+#   KJIT_HOST_VARIANTS="pdl=next/mla-pdl" KJIT_HOST_BINS="kjit_gpu_tests kjit_bench_mla_decode"
+for variant in ${KJIT_HOST_VARIANTS:-}; do
+  name="${variant%%=*}" rev="${variant#*=}"
+  rm -rf ".gpu-bundle/variants/$name" ".gpu-bundle/variants/$name.bin"
+  mkdir -p ".gpu-bundle/variants/$name" ".gpu-bundle/variants/$name.bin"
+  git archive "$rev" templates | tar -x --strip-components=1 -C ".gpu-bundle/variants/$name"
+  git diff --quiet HEAD -- runtime || { echo "runtime/ has uncommitted changes" >&2; exit 2; }
+  git diff HEAD "$rev" -- runtime >".gpu-bundle/variants/$name.bin/host.patch"
+  trap 'git checkout -q HEAD -- runtime; cmake --build "$build" >/dev/null' EXIT
+  git apply ".gpu-bundle/variants/$name.bin/host.patch"
+  targets=(${KJIT_HOST_BINS:-kjit_gpu_tests})
+  cmake --build "$build" --target "${targets[@]}"
+  for target in "${targets[@]}"; do
+    strip -o ".gpu-bundle/variants/$name.bin/$target" "$(find "$build" -type f -name "$target" | head -1)"
+  done
+  git checkout -q HEAD -- runtime
+  trap - EXIT
+  cmake --build "$build" >/dev/null
+done
 du -sh .gpu-bundle

@@ -62,7 +62,7 @@ sanitizer_verdicts() {  # sanitizer_verdicts NAME...: each sanitizer step's summ
 ab_variants() {  # ab_variants: the template variants an -ab mode compares with main into
                  # $variants (KJIT_AB_VARIANTS, default every folder of .gpu-bundle/variants),
                  # stopping where one, or KJIT_AB_TEST's, has no folder
-  variants="${KJIT_AB_VARIANTS:-$(ls .gpu-bundle/variants 2>/dev/null)}"
+  variants="${KJIT_AB_VARIANTS:-$(ls .gpu-bundle/variants 2>/dev/null | grep -v '\.bin$')}"
   for v in $variants ${KJIT_AB_TEST:-}; do
     [ -d ".gpu-bundle/variants/$v" ] || { echo "no variant folder .gpu-bundle/variants/$v" >&2; exit 2; }
   done
@@ -72,6 +72,10 @@ tests_on_candidate() {  # tests_on_candidate: the GPU tests after this run on KJ
   if [ -n "${KJIT_AB_TEST:-}" ]; then
     export KJIT_TEST_TEMPLATE_DIR="$PWD/.gpu-bundle/variants/$KJIT_AB_TEST"
     echo "== the tests below ran on variant $KJIT_AB_TEST's templates"
+    if [ -x "$KJIT_TEST_TEMPLATE_DIR.bin/kjit_gpu_tests" ]; then
+      bin="$KJIT_TEST_TEMPLATE_DIR.bin"  # its own host build (gpu-bundle.sh KJIT_HOST_VARIANTS)
+      echo "== and its host build"
+    fi
   fi
 }
 forward_tests() {  # forward_tests [EXCLUDED]: the forward's parametrised cases, determinism and
