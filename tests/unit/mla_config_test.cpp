@@ -1,6 +1,7 @@
 // MLA decode's default split counts on the host: a request's keys are split only while the
 // blocks leave most SMs idle, never below two key tiles a split (one for a single block of at
-// most 1k keys), and mma.sync's loop keeps its 512-key minimum.
+// most 1k keys), never into more partial bytes than key bytes once the blocks fill the card, and
+// mma.sync's loop keeps its 512-key minimum.
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -30,6 +31,9 @@ TEST(MlaDecodeConfig, SplitsFillTheSmsDownToAMinimumSplit) {
   EXPECT_EQ(splits(1, 20, 65536), 128);  // the combine's limit
   EXPECT_EQ(splits(64, 20, 1024), 2);
   EXPECT_EQ(splits(128, 128, 4096), 1);
+  EXPECT_EQ(splits(8, 128, 1024), 4);  // 8 would write more partial bytes than it reads keys
+  EXPECT_EQ(splits(8, 128, 4096), 8);
+  EXPECT_EQ(splits(8, 64, 1024), 8);
   EXPECT_EQ(splits(1, 20, 1024, "sm_80"), 2);  // mma.sync: 512 keys a split at least
 }
 
