@@ -23,7 +23,11 @@ for round in $(seq "${ROUNDS:-2}"); do
     fi
     # A variant built with its own host code (gpu-bundle.sh's KJIT_HOST_VARIANTS) runs its build.
     cmd=("$@")
-    [ -n "$dir" ] && [ -x "$dir.bin/$(basename "$1")" ] && cmd[0]="$dir.bin/$(basename "$1")"
+    if [ -n "$dir" ] && [ -d "$dir.bin" ]; then
+      [ -x "$dir.bin/$(basename "$1")" ] ||
+        { echo "variant $v has its own host build but no $(basename "$1") (KJIT_HOST_BINS)" >&2; exit 2; }
+      cmd[0]="$dir.bin/$(basename "$1")"
+    fi
     KJIT_TEMPLATE_DIR="$dir" "${cmd[@]}" 2>&1 | sed "s/^/$v round $round: /"
   done
 done

@@ -24,44 +24,47 @@ for variant in ${KJIT_VARIANTS:-}; do
   git archive "$rev" templates | tar -x --strip-components=1 -C ".gpu-bundle/variants/$name"
 done
 build="build/$preset"
-for bin in tools/kjit tests/kjit_gpu_tests tests/kjit_unit_tests tests/kjit_test_helper \
-           bench/kjit_bench_launch_overhead bench/kjit_bench_compile_latency \
-           bench/kjit_bench_merge_states bench/kjit_bench_attention bench/kjit_bench_choice_cost \
-           bench/kjit_bench_attention_backward bench/kjit_bench_attention_grouped \
-           bench/kjit_bench_mla_decode bench/kjit_bench_moe_gemm bench/kjit_bench_helix_decode \
-           bench/kjit_bench_moe_layer bench/kjit_bench_moe_offload bench/kjit_bench_moe_router \
-           bench/kjit_bench_op_call_overhead \
-           bench/kjit_bench_comm bench/kjit_bench_zigzag tests/kjit_dist_tests \
-           examples/kjit_example_user_kernel examples/kjit_example_c_api; do
-  name="$(basename "$bin")"
-  case " ${KJIT_BUNDLE_BINS:-$name} " in *" $name "*) strip -o ".gpu-bundle/bin/$name" "$build/$bin" ;; esac
-done
+bins=(tools/kjit tests/kjit_gpu_tests tests/kjit_unit_tests tests/kjit_test_helper
+      bench/kjit_bench_launch_overhead bench/kjit_bench_compile_latency
+      bench/kjit_bench_merge_states bench/kjit_bench_attention bench/kjit_bench_choice_cost
+      bench/kjit_bench_attention_backward bench/kjit_bench_attention_grouped
+      bench/kjit_bench_mla_decode bench/kjit_bench_moe_gemm bench/kjit_bench_helix_decode
+      bench/kjit_bench_moe_layer bench/kjit_bench_moe_offload bench/kjit_bench_moe_router
+      bench/kjit_bench_op_call_overhead
+      bench/kjit_bench_comm bench/kjit_bench_zigzag tests/kjit_dist_tests
+      examples/kjit_example_user_kernel examples/kjit_example_c_api)
+pack() {  # pack DIR NAMES: strip the bundle's binaries NAMES names (all when empty) into DIR
+  for bin in "${bins[@]}"; do
+    name="$(basename "$bin")"
+    case " ${2:-$name} " in *" $name "*) strip -o "$1/$name" "$build/$bin" ;; esac
+  done
+}
+pack .gpu-bundle/bin "${KJIT_BUNDLE_BINS:-}"
 strip -o .gpu-bundle/lib/libkjit.so.0 "$build/runtime/libkjit.so.0"
 cp -L "$(ldd "$build/bench/kjit_bench_launch_overhead" | awk '/libbenchmark/ {print $3}')" .gpu-bundle/lib/
 cp tests/dist/rank_exit.sh .gpu-bundle/bin/
 # The commit, marked -dirty when the tree differs from it (the bundle is what was built).
 echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo -dirty)" > .gpu-bundle/commit
 # KJIT_HOST_VARIANTS="NAME=REV ...": a variant that changes host code too (a launch, a config
-# field). Its templates as KJIT_VARIANTS writes them, and KJIT_HOST_BINS (default
-# "kjit_gpu_tests") built with REV's runtime/ patched into this tree, in .gpu-bundle/variants/
-# NAME.bin/, which scripts/gpu-ab.sh and the -ab modes run for NAME; the tree is unpatched and
-# rebuilt after (also on failure). Needs the patched files clean, e.g.
+# field; REV a branch off HEAD). Its templates as KJIT_VARIANTS writes them, and the binaries
+# KJIT_HOST_BINS names (default kjit_gpu_tests) built with REV's runtime/ patched into this tree,
+# in .gpu-bundle/variants/NAME.bin/, which scripts/gpu-ab.sh and the -ab modes' tests run for
+# NAME. The tree is then unpatched (files the patch added removed) and rebuilt, also on failure.
 #   KJIT_HOST_VARIANTS="pdl=next/mla-pdl" KJIT_HOST_BINS="kjit_gpu_tests kjit_bench_mla_decode"
 for variant in ${KJIT_HOST_VARIANTS:-}; do
   name="${variant%%=*}" rev="${variant#*=}"
-  rm -rf ".gpu-bundle/variants/$name" ".gpu-bundle/variants/$name.bin"
-  mkdir -p ".gpu-bundle/variants/$name" ".gpu-bundle/variants/$name.bin"
-  git archive "$rev" templates | tar -x --strip-components=1 -C ".gpu-bundle/variants/$name"
+  out=".gpu-bundle/variants/$name.bin"
   git diff --quiet HEAD -- runtime || { echo "runtime/ has uncommitted changes" >&2; exit 2; }
-  git diff HEAD "$rev" -- runtime >".gpu-bundle/variants/$name.bin/host.patch"
-  trap 'git checkout -q HEAD -- runtime; cmake --build "$build" >/dev/null' EXIT
-  git apply ".gpu-bundle/variants/$name.bin/host.patch"
-  targets=(${KJIT_HOST_BINS:-kjit_gpu_tests})
-  cmake --build "$build" --target "${targets[@]}"
-  for target in "${targets[@]}"; do
-    strip -o ".gpu-bundle/variants/$name.bin/$target" "$(find "$build" -type f -name "$target" | head -1)"
-  done
-  git checkout -q HEAD -- runtime
+  rm -rf ".gpu-bundle/variants/$name" "$out" && mkdir -p ".gpu-bundle/variants/$name" "$out"
+  git archive "$rev" templates | tar -x --strip-components=1 -C ".gpu-bundle/variants/$name"
+  git diff HEAD "$rev" -- runtime >"$out/host.patch"
+  git diff --name-only --diff-filter=A HEAD "$rev" -- runtime >"$out/added"
+  unpatch() { xargs -r rm -f <"$out/added"; git checkout -q HEAD -- runtime; }
+  trap 'unpatch; cmake --build "$build" >/dev/null' EXIT
+  [ -s "$out/host.patch" ] && git apply "$out/host.patch"
+  cmake --build "$build"
+  pack "$out" "${KJIT_HOST_BINS:-kjit_gpu_tests}"
+  unpatch
   trap - EXIT
   cmake --build "$build" >/dev/null
 done

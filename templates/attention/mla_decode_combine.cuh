@@ -22,7 +22,7 @@ template <class T, int kWarps>
 __global__ void __launch_bounds__(256) mla_decode_combine(const KjitMlaDecodeParams p) {
   constexpr int kLatent = 512, kSlots = 4, kRowsPerBlock = 8 / kWarps;
   constexpr int kVectors = kLatent / 4 / 32 / kWarps, kUnroll = 16 / kVectors;
-  static_assert(kWarps == 1 || kWarps == 2 || kWarps == 4 || kWarps == 8, "8 warps a block");
+  static_assert(kWarps == 1 || kWarps == 2 || kWarps == 4, "a float4 column or more a lane");
   const int rows = p.s_q * p.heads, warp = threadIdx.x / 32 % kWarps, lane = threadIdx.x % 32;
   const long long cell =
       static_cast<long long>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32 / kWarps;

@@ -119,7 +119,8 @@ MlaDecode::Config MlaDecode::default_config(const Problem& p, const Arch& arch) 
   // prologue is short beside its 64-key tiles: two tiles (at 8 x 128 rows per split, the H200
   // ran B 1 L 1k at H 128 2.3x slower than at H 20), or one where a single block would hold a
   // request of at most 1k keys (B 1 L 1k at 16 splits ran 1.15x / 1.11x faster than at 8 at
-  // H 20 / 64 on the H100); mma.sync's: 512 keys.
+  // H 20 / 64 on the H100); mma.sync's: 512 keys. The problem arrives bucketed (B and L rounded
+  // up to powers of two: the config is chosen once a bucket).
   const bool wgmma = arch.has_wgmma();
   const std::int64_t blocks = std::max<std::int64_t>(1, p.batch * p.row_tiles());
   const std::int64_t min_tokens = !wgmma                             ? kMinSplitTokens
