@@ -212,6 +212,7 @@ std::vector<MlaCase> cases() {
       {bf16, 2, 64, 64, {1500, 700}, 1},
       {fp16, 1, 128, 32, {640, 1}, 1},
       {bf16, 4, 20, 64, {300, 4}, 1},
+      {bf16, 1, 64, 64, {0, 700}, 1},  // an empty request's full tile: staged zeros, LSE -inf
   };
 }
 
