@@ -59,6 +59,16 @@ sanitizer_verdicts() {  # sanitizer_verdicts NAME...: each sanitizer step's summ
     echo "== $log"; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$out/$log.log" | tail -4
   done
 }
+ncu_where() {  # ncu_where NAME TOP: of $OUT's NAME.ncu-rep (ncu's full set), the headline figures
+               # and the TOP SASS lines with the most stall samples
+  ncu --import "$final_out/$1.ncu-rep" --page source --csv --print-source sass \
+    >"$out/source_$1.csv" 2>&1
+  ncu --import "$final_out/$1.ncu-rep" --print-details all >"$out/details_$1.log" 2>&1
+  echo "== $1"
+  grep -E "Duration|Elapsed Cycles|Registers|Achieved Active Warps|Issued Warp|Executed Ipc A|Stall [A-Z]|DRAM Throughput|L2 Cache Throughput|Memory Throughput" \
+    "$out/details_$1.log" | head -40
+  python3 scripts/ncu_top_stalls.py "$out/source_$1.csv" "$2"
+}
 ab_variants() {  # ab_variants: the template variants an -ab mode compares with main into
                  # $variants (KJIT_AB_VARIANTS, default every folder of .gpu-bundle/variants),
                  # stopping where one, or KJIT_AB_TEST's, has no folder
@@ -365,10 +375,13 @@ if [ "$what" = attention-grouped-ncu ]; then
     grep -E '^  [a-z_:]*flash|dram__bytes_read|gpu__time' "$log" | cut -c1-140 | head -12
   done
 fi
-mla_peers() {  # mla_peers [ROW FLAGS]: FlashMLA from the carried wheel (.peers/flashmla, see
-               # bench/mla_decode_peers.py) on kjit_bench_mla_decode's rows, torch SDPA the floor
+install_flashmla() {  # install_flashmla: the carried wheel (.peers/flashmla) into /tmp/psite
   python3 -m pip install -q --no-index --no-deps --target /tmp/psite .peers/flashmla/*.whl \
     >"$out/flashmla_install.log" 2>&1
+}
+mla_peers() {  # mla_peers [ROW FLAGS]: FlashMLA (see bench/mla_decode_peers.py) on
+               # kjit_bench_mla_decode's rows, torch SDPA the floor
+  install_flashmla
   PYTHONPATH=/tmp/psite PYTHONUNBUFFERED=1 step mla_peers timeout 300 python3 \
     bench/mla_decode_peers.py "$@"
 }
@@ -417,8 +430,7 @@ if [ "$what" = mla-ncu ]; then
   # bytes (decode, combine; FlashMLA's metadata too) on the rows of KJIT_NCU_ROWS ("H:B:L ...",
   # caches left warm as in back-to-back calls), then ncu's full set on both decode kernels at
   # the first row, with the SASS lines of most stall samples. Reports left in $OUT.
-  python3 -m pip install -q --no-index --no-deps --target /tmp/psite .peers/flashmla/*.whl \
-    >"$out/flashmla_install.log" 2>&1
+  install_flashmla
   metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,launch__grid_size,dram__throughput.avg.pct_of_peak_sustained_elapsed
   ncu_common=(--clock-control none --cache-control none --kernel-name-base demangled
               --kernel-name regex:mla --launch-skip 30)
@@ -439,19 +451,13 @@ if [ "$what" = mla-ncu ]; then
     PYTHONPATH=/tmp/psite step "ncu_full_$peer" timeout 200 ncu --set full --import-source no \
       --clock-control none --kernel-name-base demangled --kernel-name regex:"$regex" \
       --launch-skip 30 --launch-count 1 -f -o "$final_out/mla_$peer" "${cmd[@]}" "${only[@]}"
-    ncu --import "$final_out/mla_$peer.ncu-rep" --page source --csv --print-source sass \
-      >"$out/source_$peer.csv" 2>&1
-    ncu --import "$final_out/mla_$peer.ncu-rep" --print-details all >"$out/details_$peer.log" 2>&1
   done
   for log in "$out"/ncu_kjit_*.log "$out"/ncu_flashmla_*.log; do
     echo "== $(basename "$log" .log)"
     grep -E '^  [a-zA-Z_:<> ]*(mla|combine)|gpu__time|dram__|launch__grid' "$log" | cut -c1-150
   done
   for peer in kjit flashmla; do
-    echo "== full set, $peer"
-    grep -E "Duration|Elapsed Cycles|Registers|Achieved Active Warps|Issued Warp|Stall [A-Z]|DRAM Throughput|Memory Throughput" \
-      "$out/details_$peer.log" | head -40
-    python3 scripts/ncu_top_stalls.py "$out/source_$peer.csv" 30
+    ncu_where "mla_$peer" 30
   done
 fi
 if [ "$what" = moe ]; then
@@ -512,14 +518,7 @@ if [ "$what" = moe-ncu ]; then
     step "ncu_$kernel" timeout 240 ncu --set full --import-source no --kernel-name-base demangled \
       --kernel-name regex:"$regex" --launch-count 1 -f -o "$final_out/moe_decode_$kernel" \
       "$bin/kjit_bench_moe_gemm" decode
-    ncu --import "$final_out/moe_decode_$kernel.ncu-rep" --page source --csv --print-source sass \
-      >"$out/source_$kernel.csv" 2>&1
-    ncu --import "$final_out/moe_decode_$kernel.ncu-rep" --print-details all \
-      >"$out/details_$kernel.log" 2>&1
-    echo "== $kernel"
-    grep -E "Duration|Elapsed Cycles|Registers|Achieved Active Warps|Issued Warp|Stall [A-Z]" \
-      "$out/details_$kernel.log" | head -40
-    python3 scripts/ncu_top_stalls.py "$out/source_$kernel.csv" 40
+    ncu_where "moe_decode_$kernel" 40
   done
 fi
 if [ "$what" = moe-align-ncu ]; then
@@ -532,13 +531,7 @@ if [ "$what" = moe-align-ncu ]; then
       --kernel-name-base demangled \
       --kernel-name regex:moe_align --launch-skip 3 --launch-count 1 -f -o "$final_out/align_$row" \
       "$bin/kjit_bench_moe_router" ${row/_/ }
-    ncu --import "$final_out/align_$row.ncu-rep" --page source --csv --print-source sass \
-      >"$out/source_align_$row.csv" 2>&1
-    ncu --import "$final_out/align_$row.ncu-rep" --print-details all >"$out/details_align_$row.log" 2>&1
-    echo "== align $row"
-    grep -E "Duration|Elapsed Cycles|Registers|Achieved Active Warps|Issued Warp|Executed Ipc A|Stall [A-Z]|L2 Cache Throughput|Memory Throughput" \
-      "$out/details_align_$row.log" | head -30
-    python3 scripts/ncu_top_stalls.py "$out/source_align_$row.csv" 25
+    ncu_where "align_$row" 25
   done
 fi
 if [ "$what" = moe-router ]; then

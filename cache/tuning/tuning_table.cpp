@@ -69,10 +69,12 @@ std::string TuningTable::exact_signature(const Shape& shape, const std::string& 
   for (const Dimension& d : dims_) {
     if (d.bucket != Bucket::Exact && d.bucket != Bucket::Pow2Only) continue;
     const auto it = shape.find(d.name);
-    const std::int64_t v = it == shape.end()              ? -1
-                           : d.bucket == Bucket::Pow2Only ? next_pow2(it->second)
-                                                          : it->second;
-    s += fmt::format("|{}={}", d.name, v < 0 ? std::string("?") : std::to_string(v));
+    if (it == shape.end()) {
+      s += fmt::format("|{}=?", d.name);
+    } else {
+      s += fmt::format("|{}={}", d.name,
+                       d.bucket == Bucket::Pow2Only ? next_pow2(it->second) : it->second);
+    }
   }
   return s;
 }

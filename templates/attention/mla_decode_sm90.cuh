@@ -245,6 +245,10 @@ __global__ void __launch_bounds__(256, 1)
   const bool staged = p.splits == 1 && rows - row0 >= S::kRows;
   constexpr int kStagedRow = S::kLatent * 2 + 16;  // bytes
   unsigned char* stage = reinterpret_cast<unsigned char*>(sk);
+  const auto out_row = [&](int row) {  // row (token-major over the heads) of this request's O
+    return static_cast<T*>(p.out) + b * p.o_batch_stride + row / p.heads * p.o_token_stride +
+           row % p.heads * p.o_head_stride;
+  };
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int r = r0 + 8 * h, row = row0 + r;
@@ -257,9 +261,7 @@ __global__ void __launch_bounds__(256, 1)
     const int i = row / p.heads, head = row % p.heads;
     const int col0 = warpgroup * (S::kLatent / 2) + 2 * (lane % 4);
     if (p.splits == 1) {
-      T* out = staged ? reinterpret_cast<T*>(stage + r * kStagedRow) + col0
-                      : static_cast<T*>(p.out) + b * p.o_batch_stride + i * p.o_token_stride +
-                            head * p.o_head_stride + col0;
+      T* out = (staged ? reinterpret_cast<T*>(stage + r * kStagedRow) : out_row(row)) + col0;
 #pragma unroll
       for (int slab = 0; slab < S::kOutSlabs; ++slab) {
 #pragma unroll
@@ -287,10 +289,7 @@ __global__ void __launch_bounds__(256, 1)
   if (staged) {       // block-uniform
     __syncthreads();  // the staged rows, to every warp
     for (int r = threadIdx.x / 32; r < S::kRows; r += S::kThreads / 32) {
-      const int row = row0 + r;
-      auto* out = reinterpret_cast<uint4*>(static_cast<T*>(p.out) + b * p.o_batch_stride +
-                                           row / p.heads * p.o_token_stride +
-                                           row % p.heads * p.o_head_stride);
+      auto* out = reinterpret_cast<uint4*>(out_row(row0 + r));
       const auto* in = reinterpret_cast<const uint4*>(stage + r * kStagedRow);
       for (int c = lane; c < S::kLatent / 8; c += 32)
         out[c] = in[c];
