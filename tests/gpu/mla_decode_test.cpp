@@ -37,6 +37,9 @@ struct MlaCase {
   int splits = 0;         // 0: the op's choice; else forced through the family
   float scale = 0.0625f;  // 0: the op's default, 1 / sqrt(576)
   bool with_lse = true;
+  // Sequence positions t scaled by 1 + ramp * t / length: the scores grow along the sequence, so
+  // that a row's running max moves by more than the softmax's slack now and then (O's rescale).
+  float ramp = 0.f;
 };
 
 void PrintTo(const MlaCase& c, std::ostream* os) {
@@ -47,6 +50,7 @@ void PrintTo(const MlaCase& c, std::ostream* os) {
   if (c.splits) *os << "splits=" << c.splits;
   if (c.scale == 0.f) *os << " default scale";
   if (!c.with_lse) *os << " no lse";
+  if (c.ramp != 0.f) *os << " ramp=" << c.ramp;
 }
 
 // mainloop 0 with the op's split count: through kjit::mla::decode; else through the family, the
@@ -71,9 +75,19 @@ void run_case(const MlaCase& c, std::int64_t mainloop, unsigned seed) {
   }
   std::vector<std::uint16_t> q(static_cast<std::size_t>(b) * c.s_q * c.heads * kD),
       cache(static_cast<std::size_t>(num_blocks) * bs * kD);
-  for (auto* v : {&q, &cache}) {
-    for (auto& x : *v)
-      x = to_bits(c.dtype, normal(rng));
+  for (auto& x : q)
+    x = to_bits(c.dtype, normal(rng));
+  for (auto& x : cache)
+    x = to_bits(c.dtype, normal(rng));
+  for (int s = 0; s < b && c.ramp != 0.f; ++s) {
+    for (int t = 0; t < c.lengths[s]; ++t) {
+      const std::size_t at =
+          (static_cast<std::size_t>(table[s * max_blocks + t / bs]) * bs + t % bs) * kD;
+      for (int x = 0; x < kD; ++x) {
+        cache[at + x] =
+            to_bits(c.dtype, from_bits(c.dtype, cache[at + x]) * (1.0 + c.ramp * t / c.lengths[s]));
+      }
+    }
   }
   // NaN in the rows of a sequence's last block past its length (as FlashMLA's tests do): a
   // kernel that lets them into P V (0 x NaN) poisons the output.
@@ -213,6 +227,9 @@ std::vector<MlaCase> cases() {
       {fp16, 1, 128, 32, {640, 1}, 1},
       {bf16, 4, 20, 64, {300, 4}, 1},
       {bf16, 1, 64, 64, {0, 700}, 1},  // an empty request's full tile: staged zeros, LSE -inf
+      // Growing scores (ramp): the rows' max jumps by more than the softmax's slack.
+      {bf16, 1, 128, 64, {3000, 200}, 1, 0.0625f, true, 6.f},
+      {fp16, 2, 20, 32, {2500, 64}, 4, 0.0625f, true, 6.f},
   };
 }
 
