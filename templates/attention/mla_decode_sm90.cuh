@@ -34,6 +34,10 @@ struct MlaSm90Shape {
   static constexpr int kTileElems = kRows * kDim;            // Q, or one key stage
   static constexpr int kPElems = kRows * kKeys;              // one slab
   static constexpr int kProducer = 128;  // the thread that issues the key copies
+  // How far (log2 units) the rows' running max may lag their scores (online_softmax): O's
+  // rescale, 128 multiplies a thread in each warpgroup between S and P V, then runs only in the
+  // tiles where a row's max jumps.
+  static constexpr int kMaxSlack = 8;
   static_assert(kRows == kKeys, "Q and key tiles share a slab height");
 };
 
@@ -146,9 +150,21 @@ __global__ void __launch_bounds__(256, 1)
       copy_keys(stage ^ 1);
       if (t + 2 < tiles) read_table(key0 + 2 * S::kKeys);
     }
-    // V's slab s, k-step kk: 16 keys x 64 columns, N-major.
-    auto value_slab = [&](int s, int kk) {
-      return ptx::swizzled_descriptor(keys + (s * S::kKeys + kk * 16) * S::kSlabCols);
+    // O's half `half` += P V with P's k-step kk in `a`: one m64n256k16 over V's four slabs of
+    // that half (N-major, slabs kKeys x 64 apart).
+    auto add_values = [&](int half, int kk, const unsigned(&a)[4]) {
+      const T* v = keys + (half * S::kOutSlabs * S::kKeys + kk * 16) * S::kSlabCols;
+      ptx::wgmma_rs<T, S::kLatent / 2, S::kLatent / 16, true>(
+          *reinterpret_cast<float(*)[S::kLatent / 16][4]>(&o),  // slabs in order
+          a, ptx::n_major_descriptor(v, S::kKeys * S::kSlabCols * sizeof(T)), 1);
+    };
+    // Rescales O where a row of this warp moved its max (warp-uniform: most tiles skip it).
+    auto rescale = [&](const float(&correction)[2]) {
+      if (__any_sync(0xffffffffu, correction[0] != 1.f || correction[1] != 1.f)) {
+#pragma unroll
+        for (int slab = 0; slab < S::kOutSlabs; ++slab)
+          rescale_rows(o[slab], correction);
+      }
     };
 
     if (warpgroup == 0) {
@@ -174,10 +190,8 @@ __global__ void __launch_bounds__(256, 1)
         }
       }
       float correction[2];
-      online_softmax(s, stats, p.scale_log2, correction);
-#pragma unroll
-      for (int slab = 0; slab < S::kOutSlabs; ++slab)
-        rescale_rows(o[slab], correction);
+      online_softmax<8, S::kMaxSlack>(s, stats, p.scale_log2, correction);
+      rescale(correction);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
 #pragma unroll
@@ -199,25 +213,18 @@ __global__ void __launch_bounds__(256, 1)
       for (int kk = 0; kk < S::kKeys / 16; ++kk) {
         unsigned a[4];
         probability_fragment<T>(s, kk, a);
-#pragma unroll
-        for (int slab = 0; slab < S::kOutSlabs; ++slab)
-          ptx::wgmma_rs<T, 64, 8, true>(o[slab], a, value_slab(slab, kk), 1);
+        add_values(0, kk, a);
       }
     } else {
       ptx::named_barrier_sync(1, S::kThreads);
-      const float correction[2] = {shared_correction[r0], shared_correction[r0 + 8]};
-#pragma unroll
-      for (int slab = 0; slab < S::kOutSlabs; ++slab)
-        rescale_rows(o[slab], correction);
+      rescale({shared_correction[r0], shared_correction[r0 + 8]});
       ptx::wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < S::kKeys / 16; ++kk) {
         unsigned a[4];
         ptx::ldmatrix_x4(a, sp + ptx::swizzled_offset<T, S::kRows>(16 * warp + lane % 16,
                                                                    kk * 16 + lane / 16 * 8));
-#pragma unroll
-        for (int slab = 0; slab < S::kOutSlabs; ++slab)
-          ptx::wgmma_rs<T, 64, 8, true>(o[slab], a, value_slab(S::kOutSlabs + slab, kk), 1);
+        add_values(1, kk, a);
       }
     }
     ptx::wgmma_commit();

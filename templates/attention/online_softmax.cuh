@@ -42,8 +42,12 @@ __device__ __forceinline__ void mask_scores(float (&s)[kKeyTiles][4], int first_
 
 // Folds a tile of raw scores into the running statistics and turns the scores into the
 // unnormalised probabilities exp2(score * scale_log2 - max). correction[h] is the factor the
-// output accumulated so far must be multiplied by.
-template <int kKeyTiles>
+// output accumulated so far must be multiplied by: exactly 1 where the row's max stays. With
+// kMaxSlack > 0 the running max moves only when a row's scores pass it by more than kMaxSlack
+// (log2 units): probabilities then reach up to 2^kMaxSlack, still exact in fp32 sums and 16-bit
+// P, and a loop may skip O's rescale wherever every correction is 1 (FlashAttention-4's
+// conditional rescale).
+template <int kKeyTiles, int kMaxSlack = 0>
 __device__ __forceinline__ void online_softmax(float (&s)[kKeyTiles][4], RowPairStats& stats,
                                                float scale_log2, float (&correction)[2]) {
 #pragma unroll
@@ -54,7 +58,10 @@ __device__ __forceinline__ void online_softmax(float (&s)[kKeyTiles][4], RowPair
       mx = fmaxf(mx, fmaxf(s[j][2 * h], s[j][2 * h + 1]));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    const float new_max = fmaxf(stats.max[h], mx * scale_log2);
+    const float seen = mx * scale_log2;
+    const float new_max = kMaxSlack == 0              ? fmaxf(stats.max[h], seen)
+                          : seen > stats.max[h] + kMaxSlack ? seen
+                                                           : stats.max[h];
     // A row with no visible key yet keeps max -inf: exponentiate against 0 so that every
     // probability is exp2(-inf) = 0 rather than NaN.
     const float base = new_max == negative_infinity() ? 0.f : new_max;
