@@ -68,17 +68,6 @@ __global__ void __launch_bounds__(256, 1)
   const int tiles = key_end > key_begin ? (key_end - key_begin + S::kKeys - 1) / S::kKeys : 0;
   const int r0 = 16 * warp + lane / 4;  // the thread's rows of the tile: r0 and r0 + 8
 
-  // Q: warp w loads rows w, w + 8, ..., a row's token and head found once rather than per
-  // 16-byte chunk (a division by the head count each); rows past the last are zero-filled.
-  for (int r = threadIdx.x / 32; r < S::kRows; r += S::kThreads / 32) {
-    const T* src = static_cast<const T*>(p.q) + b * p.q_batch_stride;
-    const bool ok = row0 + r < rows;
-    if (ok) src += (row0 + r) / p.heads * p.q_token_stride + (row0 + r) % p.heads * p.q_head_stride;
-    for (int chunk = lane; chunk < S::kChunks; chunk += 32)
-      ptx::cp_async_16(sq + ptx::swizzled_offset<T, S::kRows>(r, chunk * 8), src + chunk * 8, ok);
-  }
-  ptx::cp_async_commit();
-
   // The producer's block ids of the next tile to copy (-1: past the split's end), read a tile
   // ahead so that the table's latency is not on the copies' path.
   constexpr int kBlocksPerTile = S::kKeys / kBlockSize;
@@ -109,18 +98,33 @@ __global__ void __launch_bounds__(256, 1)
       }
     }
   };
-  if (threadIdx.x == 0) {
+  // The producer starts the key stream first, the table's and the first copy's latency under
+  // Q's load: it initialises the stages' barriers itself (the others wait on them only after the
+  // block barrier below).
+  if (threadIdx.x == S::kProducer) {
     ptx::mbarrier_init(full, 1);
     ptx::mbarrier_init(full + 1, 1);
     ptx::fence_mbarrier_init();
+    if (tiles > 0) {
+      ptx::prefetch_tensor_map(p.cache_map);
+      read_table(key_begin);
+      copy_keys(0);
+      if (tiles > 1) read_table(key_begin + S::kKeys);
+    }
   }
-  __syncthreads();  // the barriers, before anyone uses them
-  if (threadIdx.x == S::kProducer && tiles > 0) {
-    ptx::prefetch_tensor_map(p.cache_map);
-    read_table(key_begin);
-    copy_keys(0);
-    if (tiles > 1) read_table(key_begin + S::kKeys);
+
+  // Q: warp w loads rows w, w + 8, ..., a row's token and head found once rather than per
+  // 16-byte chunk (a division by the head count each); rows past the last are zero-filled.
+  for (int r = threadIdx.x / 32; r < S::kRows; r += S::kThreads / 32) {
+    const T* src = static_cast<const T*>(p.q) + b * p.q_batch_stride;
+    const bool ok = row0 + r < rows;
+    if (ok) src += (row0 + r) / p.heads * p.q_token_stride + (row0 + r) % p.heads * p.q_head_stride;
+    for (int chunk = lane; chunk < S::kChunks; chunk += 32)
+      ptx::cp_async_16(sq + ptx::swizzled_offset<T, S::kRows>(r, chunk * 8), src + chunk * 8, ok);
   }
+  ptx::cp_async_commit();
+  __syncthreads();  // the barriers' initialisation, before anyone waits on them
+
   ptx::cp_async_wait<0>();  // Q
 
   float o[S::kOutSlabs][8][4] = {};
