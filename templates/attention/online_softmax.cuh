@@ -59,9 +59,9 @@ __device__ __forceinline__ void online_softmax(float (&s)[kKeyTiles][4], RowPair
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
     const float seen = mx * scale_log2;
-    const float new_max = kMaxSlack == 0              ? fmaxf(stats.max[h], seen)
+    const float new_max = kMaxSlack == 0                    ? fmaxf(stats.max[h], seen)
                           : seen > stats.max[h] + kMaxSlack ? seen
-                                                           : stats.max[h];
+                                                            : stats.max[h];
     // A row with no visible key yet keeps max -inf: exponentiate against 0 so that every
     // probability is exp2(-inf) = 0 rather than NaN.
     const float base = new_max == negative_infinity() ? 0.f : new_max;
