@@ -3,12 +3,15 @@
 // one block per SM. Q (cp.async) and two stages of keys sit in 128-byte-swizzled shared memory,
 // nine 64-column slabs of the 576; a key tile arrives as nine tensor copies per cache block
 // through p.cache_map (the block id a coordinate), issued by one thread of warpgroup 1, which
-// reads the block table a tile ahead, and completing on the stage's mbarrier.
+// reads the block table a tile ahead (the first tile before the block loads Q), and completing
+// on the stage's mbarrier.
 //  - Warpgroup 0 computes S = Q K^T (m64n64, 36 k-steps), masks it, runs the online softmax (it
-//    owns the rows' statistics), hands P (rounded to T) and the rows' rescale factors to
-//    warpgroup 1 through shared memory, and adds P V to O's columns 0..255 with P in registers.
-//  - Warpgroup 1 rescales its O (columns 256..511) by the handed factors and adds P V with P
-//    loaded from shared memory.
+//    owns the rows' statistics; their max lags the scores by up to 2^kMaxSlack), hands P (rounded
+//    to T) and the rows' rescale factors to warpgroup 1 through shared memory, and adds P V to
+//    O's columns 0..255 with P in registers.
+//  - Warpgroup 1 adds P V to columns 256..511 with P loaded from shared memory.
+// Each rescales its O by the factors only in tiles where a row of the warp moved its max. P V is
+// one m64n256k16 a 16-key step for each warpgroup's half.
 // V is the first 512 columns of the key tile (N-major for the P V product). The rows of a tile
 // past the split's end (the rest of the last block, or blocks never copied) are zeroed before
 // use, so that their P = 0 never meets NaN. Rows as in mla_decode.cuh (s_q-major, causal limit
@@ -163,7 +166,7 @@ __global__ void __launch_bounds__(256, 1)
           a, ptx::n_major_descriptor(v, S::kKeys * S::kSlabCols * sizeof(T)), 1);
     };
     // Rescales O where a row of this warp moved its max (warp-uniform: most tiles skip it).
-    auto rescale = [&](const float(&correction)[2]) {
+    auto rescale_where_moved = [&](const float(&correction)[2]) {
       if (__any_sync(0xffffffffu, correction[0] != 1.f || correction[1] != 1.f)) {
 #pragma unroll
         for (int slab = 0; slab < S::kOutSlabs; ++slab)
@@ -195,7 +198,7 @@ __global__ void __launch_bounds__(256, 1)
       }
       float correction[2];
       online_softmax<8, S::kMaxSlack>(s, stats, p.scale_log2, correction);
-      rescale(correction);
+      rescale_where_moved(correction);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
 #pragma unroll
@@ -221,7 +224,7 @@ __global__ void __launch_bounds__(256, 1)
       }
     } else {
       ptx::named_barrier_sync(1, S::kThreads);
-      rescale({shared_correction[r0], shared_correction[r0 + 8]});
+      rescale_where_moved({shared_correction[r0], shared_correction[r0 + 8]});
       ptx::wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < S::kKeys / 16; ++kk) {
