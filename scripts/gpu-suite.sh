@@ -3,11 +3,11 @@
 # test suite, the CPU suite (there too: it checks the no-driver paths on a machine that has one),
 # the benchmarks and the example. Full logs go to $OUT (or ./gpu-out); a summary is printed last.
 #   scripts/gpu-suite.sh [tests|bench|attention|attention-bench|attention-tune|attention-check|
-#                         attention-ab|attention-backward|
-#                         attention-backward-check|attention-backward-tune|attention-grouped|
-#                         attention-grouped-ncu|mla|mla-ab|mla-ncu|moe|moe-decode|moe-bench|moe-ncu|
-#                         moe-align-ncu|moe-router|moe-offload|python|fa4-stage|zigzag|families|
-#                         dist|all]
+#                         attention-ab|attention-backward|attention-backward-check|
+#                         attention-backward-tune|attention-grouped|attention-grouped-ab|
+#                         attention-grouped-ncu|mla|mla-ab|mla-ncu|moe|moe-decode|moe-bench|
+#                         moe-ncu|moe-align-ncu|moe-router|moe-offload|python|fa4-stage|zigzag|
+#                         families|dist|all]
 #   (default all)
 # `families` is the check after a change to the op plumbing (kernel families, dispatch, tuning
 # tables): the whole GPU suite, the examples, a sanitizer subset, and the attention and
@@ -356,6 +356,22 @@ if [ "$what" = attention-grouped ]; then
   tally plain_tests
   sanitizer_verdicts grouped_memcheck grouped_racecheck
   echo "== grouped_bench"; cat "$out/grouped_bench.log"
+fi
+if [ "$what" = attention-grouped-ab ]; then
+  # A grouped-attention change against template variants (scripts/gpu-bundle.sh with
+  # KJIT_VARIANTS): the zigzag benchmark on main and each variant (KJIT_AB_VARIANTS, default all),
+  # alternating, on the rows KJIT_GROUPED_ROWS names (its --only flags; default all), then the
+  # grouped tests and the sanitizer subset on the templates of KJIT_AB_TEST (the candidate for
+  # main) or main's.
+  ab_variants
+  read -ra rows <<<"${KJIT_GROUPED_ROWS:-}"
+  step grouped_ab scripts/gpu-ab.sh "main $variants" "$bin/kjit_bench_attention_grouped" "${rows[@]}"
+  tests_on_candidate
+  sharded_tests grouped_tests '*AttentionGrouped*' 300
+  sanitize grouped_racecheck racecheck 150 '*/zigzag_w4_r1_3:*/four_groups_d256_6:*/d96_21'
+  tally grouped_tests
+  sanitizer_verdicts grouped_racecheck
+  echo "== grouped_ab"; grep -v "^[a-z0-9]* round [0-9]*: *$" "$out/grouped_ab.log"
 fi
 if [ "$what" = attention-grouped-ncu ]; then
   # DRAM bytes read by the grouped kernels and by the separate calls' kernels (the parameter
