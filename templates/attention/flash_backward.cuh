@@ -1,9 +1,10 @@
 // Attention backward, FlashAttention-2 style, on mma.sync m16n8k16 (sm_80+), eight warps a block:
 //  - flash_backward_prep: per query row, dsum = rowsum(dO * O) and the LSE in log2 units (fp32,
 //    into the workspace); zeroes dq_accum.
-//  - flash_backward: one block per (key tile, key/value head, sequence). K and V stay in shared
-//    memory while the block walks every query tile, of every query head of its group, that sees
-//    them; dK and dV (summed over the group: GQA) accumulate in registers and are written once.
+//  - flash_backward: one block per (key tile, key/value head, sequence), key tiles fastest (the
+//    blocks in flight then share a key/value head and stream the same query heads' Q and dO
+//    through L2; grouped launches too). K and V stay in shared memory while the block walks every
+//    query tile, of every query head of its group (and of every group), that sees them; dK and dV (summed over the group: GQA) accumulate in registers and are written once.
 //    Per query tile: S = Q K^T, P = exp2(S scale_log2 - LSE log2 e), dP = dO V^T,
 //    dS = P (dP - dsum); P and dS go to shared memory as T; dV += P^T dO, dK += dS^T Q, and,
 //    with kAtomicDq, dq_accum += dS K with fp32 atomics.
@@ -133,16 +134,6 @@ __device__ __forceinline__ const KjitFlashBackwardParams& group_params(
 }
 __device__ __forceinline__ int group_count(const KjitGroupedBackwardParams& p) {
   return p.groups;
-}
-
-// The block's key tile and key/value head. A plain launch's grid is (key tile, head, sequence);
-// a grouped launch's is (head, key tile, sequence), so that the first wave takes the first key
-// tiles of every head: under causal masking and prefix windows, those most queries see.
-__device__ __forceinline__ int2 key_tile_and_head(const KjitFlashBackwardParams&) {
-  return make_int2(blockIdx.x, blockIdx.y);
-}
-__device__ __forceinline__ int2 key_tile_and_head(const KjitGroupedBackwardParams&) {
-  return make_int2(blockIdx.y, blockIdx.x);
 }
 
 // Row `row` (a token index: the sequence's start plus the row within it) of `head`.
@@ -292,10 +283,9 @@ __global__ void __launch_bounds__(256, 1) flash_backward(const __grid_constant__
   T *sq = tiles.q, *sdo = tiles.dout, *sk = tiles.k, *sv = tiles.v, *sp = tiles.p, *sds = tiles.ds;
   float *lse2 = tiles.lse2, *dsum = tiles.dsum;
 
-  const int2 tile = key_tile_and_head(params);
-  const int kv_head = tile.y, batch = blockIdx.z;
+  const int kv_head = blockIdx.y, batch = blockIdx.z;
   const BackwardSequence keys(p, batch);
-  const int key0 = tile.x * kBlockN;
+  const int key0 = blockIdx.x * kBlockN;
   if (key0 >= keys.seqlen_k) return;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   load_key_tile(tiles, p, keys, batch, kv_head, key0);

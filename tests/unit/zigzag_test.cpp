@@ -313,15 +313,16 @@ TEST(ZigzagRefusals, AttentionChecksBeforeAnyCollective) {
                  "dk must have k's shape");
   EXPECT_REFUSED(zigzag_forward(comm, q, k, in.rows(575), q, lse, in.seqs(), {}, s),
                  "q, k and v must hold this rank's 576 tokens");
-  // Past one grouped launch's key tiles on rank 0 (a 2.4M-token sequence): every rank refuses.
-  const std::vector<int> huge = {0, 2304 * 1024};
+  // Past one grouped launch's query tiles (two chunks of 2M tokens, 2 x 32768 tiles of 64): every
+  // rank refuses.
+  const std::vector<int> huge = {0, 8 << 21};
   const TensorView cu2(fake(), DType::Int32, {2});
   test::Recorder last(3, 4);
-  const std::int64_t tl = 2304 * 1024 / 4;
+  const std::int64_t tl = (8 << 21) / 4;
   EXPECT_REFUSED(
       zigzag_forward(last, in.rows(tl, DType::BFloat16, 32), in.rows(tl), in.rows(tl),
                      in.rows(tl, DType::BFloat16, 32), TensorView{}, {cu2, huge.data()}, {}, s),
-      "keys are more key tiles than one grouped launch holds");
+      "2 groups of up to 2097152 query tokens are more query tiles than one launch holds");
   EXPECT_EQ(last.calls, 0);
   EXPECT_EQ(comm.calls, 0) << "a refused call reached the communicator";
   EXPECT_EQ(odd.calls, 0);

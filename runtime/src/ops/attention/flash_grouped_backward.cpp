@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <optional>
-#include <utility>
 
 #include <fmt/format.h>
 
@@ -13,15 +12,6 @@
 #include "ops/dispatch.hpp"
 
 namespace kjit::ops {
-
-void GroupedBackward::check(const Problem& p) {
-  GroupedForward::check(p);
-  // The key tiles (of 32 keys at the smallest) run along grid y.
-  if ((p.seqlen_k + 31) / 32 > 65535) {
-    kAttentionCheck.fail(
-        fmt::format("{} keys are more key tiles than one grouped launch holds", p.seqlen_k));
-  }
-}
 
 std::vector<GroupedBackward::Config> GroupedBackward::space(const Problem& p, const Arch& arch) {
   std::vector<Config> out;
@@ -60,9 +50,7 @@ void GroupedBackward::launch(const Program& program, const Config& c, const Prob
       FlashBackward::launch_prep(program, plain, args.group[g], stream);
   }
   if (p.seqlen_k > 0) {
-    LaunchConfig grid = FlashBackward::main_grid(c, plain, stream);
-    std::swap(grid.grid.x, grid.grid.y);  // (head, key tile, sequence): KjitGroupedBackwardParams
-    program.kernel_at(1).launch(grid, args);
+    program.kernel_at(1).launch(FlashBackward::main_grid(c, plain, stream), args);
   }
   for (int g = 0; g < args.groups; ++g) {
     if (args.group[g].tokens_q > 0)
