@@ -4,10 +4,11 @@
 //  - flash_backward: one block per (key tile, key/value head, sequence), key tiles fastest (the
 //    blocks in flight then share a key/value head and stream the same query heads' Q and dO
 //    through L2; grouped launches too). K and V stay in shared memory while the block walks every
-//    query tile, of every query head of its group (and of every group), that sees them; dK and dV (summed over the group: GQA) accumulate in registers and are written once.
-//    Per query tile: S = Q K^T, P = exp2(S scale_log2 - LSE log2 e), dP = dO V^T,
-//    dS = P (dP - dsum); P and dS go to shared memory as T; dV += P^T dO, dK += dS^T Q, and,
-//    with kAtomicDq, dq_accum += dS K with fp32 atomics.
+//    query tile, of every query head of its group (and of every group), that sees them; dK and
+//    dV (summed over the group: GQA) accumulate in registers and are written once. Per query tile:
+//    S = Q K^T, P = exp2(S scale_log2 - LSE log2 e), dP = dO V^T, dS = P (dP - dsum); P and dS go
+//    to shared memory as T; dV += P^T dO, dK += dS^T Q, and, with kAtomicDq, dq_accum += dS K with
+//    fp32 atomics.
 //  - flash_backward_dq (the other dq strategy, and the deterministic mode's): one block per
 //    query tile walks its key tiles and keeps dQ in registers: bitwise reproducible, for the
 //    price of recomputing S and dP (measured faster than the atomics above hd 64).
