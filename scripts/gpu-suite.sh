@@ -360,18 +360,24 @@ fi
 if [ "$what" = attention-grouped-ab ]; then
   # A grouped-attention change against template variants (scripts/gpu-bundle.sh with
   # KJIT_VARIANTS): the zigzag benchmark on main and each variant (KJIT_AB_VARIANTS, default all),
-  # alternating, on the rows KJIT_GROUPED_ROWS names (its --only flags; default all), then the
-  # grouped tests and the sanitizer subset on the templates of KJIT_AB_TEST (the candidate for
-  # main) or main's.
+  # alternating, on the rows KJIT_GROUPED_ROWS names (its --only flags; default all), then, on
+  # the templates of KJIT_AB_TEST (the candidate for main) or main's, the whole benchmark as CSV,
+  # the grouped tests, the plain backward's (its kernels are the grouped ones) and the sanitizer
+  # subset.
   ab_variants
   read -ra rows <<<"${KJIT_GROUPED_ROWS:-}"
   step grouped_ab scripts/gpu-ab.sh "main $variants" "$bin/kjit_bench_attention_grouped" "${rows[@]}"
   tests_on_candidate
+  KJIT_TEMPLATE_DIR="${KJIT_TEST_TEMPLATE_DIR:-}" step grouped_bench timeout 200 \
+    "$bin/kjit_bench_attention_grouped" --csv "$final_out/attention_grouped.csv"
   sharded_tests grouped_tests '*AttentionGrouped*' 300
+  sharded_tests backward_tests '*AttentionBackward*' 200
   sanitize grouped_racecheck racecheck 150 '*/zigzag_w4_r1_3:*/four_groups_d256_6:*/d96_21'
   tally grouped_tests
+  tally backward_tests
   sanitizer_verdicts grouped_racecheck
   echo "== grouped_ab"; grep -v "^[a-z0-9]* round [0-9]*: *$" "$out/grouped_ab.log"
+  echo "== grouped_bench"; sed -n '/^speedup/,$p' "$out/grouped_bench.log"
 fi
 if [ "$what" = attention-grouped-ncu ]; then
   # DRAM bytes read by the grouped kernels and by the separate calls' kernels (the parameter
