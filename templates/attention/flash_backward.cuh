@@ -1,14 +1,12 @@
 // Attention backward, FlashAttention-2 style, on mma.sync m16n8k16 (sm_80+), eight warps a block:
 //  - flash_backward_prep: per query row, dsum = rowsum(dO * O) and the LSE in log2 units (fp32,
 //    into the workspace); zeroes dq_accum.
-//  - flash_backward: one block per (key tile, key/value head, sequence), key tiles fastest (the
-//    blocks in flight then share a key/value head and stream the same query heads' Q and dO
-//    through L2; grouped launches too). K and V stay in shared memory while the block walks every
-//    query tile, of every query head of its group (and of every group), that sees them; dK and
-//    dV (summed over the group: GQA) accumulate in registers and are written once. Per query tile:
-//    S = Q K^T, P = exp2(S scale_log2 - LSE log2 e), dP = dO V^T, dS = P (dP - dsum); P and dS go
-//    to shared memory as T; dV += P^T dO, dK += dS^T Q, and, with kAtomicDq, dq_accum += dS K with
-//    fp32 atomics.
+//  - flash_backward: one block per (key tile, key/value head, sequence), in key_tile_and_head's
+//    order. K and V stay in shared memory while the block walks every query tile, of every query
+//    head of its group (and of every group), that sees them; dK and dV (summed over the group:
+//    GQA) accumulate in registers and are written once. Per query tile: S = Q K^T, P = exp2(S
+//    scale_log2 - LSE log2 e), dP = dO V^T, dS = P (dP - dsum); P and dS go to shared memory as T;
+//    dV += P^T dO, dK += dS^T Q, and, with kAtomicDq, dq_accum += dS K with fp32 atomics.
 //  - flash_backward_dq (the other dq strategy, and the deterministic mode's): one block per
 //    query tile walks its key tiles and keeps dQ in registers: bitwise reproducible, for the
 //    price of recomputing S and dP (measured faster than the atomics above hd 64).
@@ -135,6 +133,24 @@ __device__ __forceinline__ const KjitFlashBackwardParams& group_params(
 }
 __device__ __forceinline__ int group_count(const KjitGroupedBackwardParams& p) {
   return p.groups;
+}
+__device__ __forceinline__ bool heads_first(const KjitFlashBackwardParams&) {
+  return false;
+}
+__device__ __forceinline__ bool heads_first(const KjitGroupedBackwardParams& p) {
+  return p.heads_first != 0;
+}
+
+// The block's key tile and key/value head over the (key tile, head, sequence) grid. Key tiles
+// fastest: the blocks in flight share a key/value head, so its query heads' Q and dO stay in L2.
+// A grouped launch of a few waves takes heads fastest instead (heads_first): the first key tiles
+// of every head, which the most queries see under causal masking and prefix windows, start first,
+// where key tiles fastest leaves the last head's longest blocks running alone at the end.
+template <class Params>
+__device__ __forceinline__ int2 key_tile_and_head(const Params& params) {
+  const unsigned block = blockIdx.x + blockIdx.y * gridDim.x;
+  return heads_first(params) ? make_int2(block / gridDim.y, block % gridDim.y)
+                             : make_int2(blockIdx.x, blockIdx.y);
 }
 
 // Row `row` (a token index: the sequence's start plus the row within it) of `head`.
@@ -284,9 +300,10 @@ __global__ void __launch_bounds__(256, 1) flash_backward(const __grid_constant__
   T *sq = tiles.q, *sdo = tiles.dout, *sk = tiles.k, *sv = tiles.v, *sp = tiles.p, *sds = tiles.ds;
   float *lse2 = tiles.lse2, *dsum = tiles.dsum;
 
-  const int kv_head = blockIdx.y, batch = blockIdx.z;
+  const int2 tile = key_tile_and_head(params);
+  const int kv_head = tile.y, batch = blockIdx.z;
   const BackwardSequence keys(p, batch);
-  const int key0 = blockIdx.x * kBlockN;
+  const int key0 = tile.x * kBlockN;
   if (key0 >= keys.seqlen_k) return;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   load_key_tile(tiles, p, keys, batch, kv_head, key0);

@@ -476,9 +476,10 @@ __global__ void __launch_bounds__(256, 1)
   if (dynamic_bytes < S::kBytes + ptx::kSwizzleAtomBytes) __trap();
 
   const KjitFlashBackwardParams& p = group_params(params, 0);  // keys, heads, scales
-  const int kv_head = blockIdx.y, batch = blockIdx.z, groups = group_count(params);
+  const int2 tile = key_tile_and_head(params);
+  const int kv_head = tile.y, batch = blockIdx.z, groups = group_count(params);
   const BackwardSequence keys(p, batch);
-  const int key0 = blockIdx.x * S::kBlockN;
+  const int key0 = tile.x * S::kBlockN;
   if (key0 >= keys.seqlen_k) return;
   __shared__ BlockSteps<kGroupsOf<Params>> table;
   if (threadIdx.x < groups) {
