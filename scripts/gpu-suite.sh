@@ -380,21 +380,24 @@ if [ "$what" = attention-grouped-ab ]; then
   echo "== grouped_bench"; sed -n '/^speedup/,$p' "$out/grouped_bench.log"
 fi
 if [ "$what" = attention-grouped-ncu ]; then
-  # DRAM bytes read by the grouped kernels and by the separate calls' kernels (the parameter
-  # block in the kernel's name tells them apart) on two zigzag rows, rank 0, forward and backward.
+  # DRAM bytes and L2 hit rate of the grouped kernels and of the separate calls' kernels (the
+  # parameter block in the kernel's name tells them apart) on zigzag rows of KJIT_NCU_MODEL
+  # (default 8b), rank 0, forward and backward (KJIT_NCU_KERNELS: default all four).
   for row in ${KJIT_NCU_ROWS:-"S=32768_W=2"}; do
     row="${row//_/ }"
-    only=(--only model=8b --only G=2 --only r=0); for kv in $row; do only+=(--only "$kv"); done
-    for params in KjitGroupedFlashTmaParams KjitFlashTmaParams KjitGroupedBackwardParams \
-                  KjitFlashBackwardParams; do
-      step "ncu_${row// /_}_$params" timeout 120 ncu --metrics dram__bytes_read.sum,gpu__time_duration.sum \
+    only=(--only model="${KJIT_NCU_MODEL:-8b}" --only G=2 --only r=0)
+    for kv in $row; do only+=(--only "$kv"); done
+    for params in ${KJIT_NCU_KERNELS:-KjitGroupedFlashTmaParams KjitFlashTmaParams \
+                  KjitGroupedBackwardParams KjitFlashBackwardParams}; do
+      step "ncu_${row// /_}_$params" timeout 120 ncu \
+        --metrics dram__bytes_read.sum,gpu__time_duration.sum,lts__t_sector_hit_rate.pct \
         --kernel-name-base demangled --kernel-name regex:"flash_(forward|backward)(_sm90)?(_ws)?<.*$params>" \
         --launch-count 2 "$bin/kjit_bench_attention_grouped" "${only[@]}"
     done
   done
   for log in "$out"/ncu_*.log; do
     echo "== $(basename "$log" .log)"
-    grep -E '^  [a-z_:]*flash|dram__bytes_read|gpu__time' "$log" | cut -c1-140 | head -12
+    grep -E '^  [a-z_:]*flash|dram__bytes_read|gpu__time|lts__t_sector_hit' "$log" | cut -c1-140 | head -16
   done
 fi
 install_flashmla() {  # install_flashmla: the carried wheel (.peers/flashmla) into /tmp/psite
