@@ -1,10 +1,10 @@
 // Attention backward throughput, FlashAttention's convention: batch x seqlen = 16k tokens, heads x
 // head dim = 2048, backward FLOPs = 2.5 x the forward's 4 B H S^2 D (halved when causal); plus GQA
-// 32/8 and a varlen batch. Columns: the backward (default, dq by atomics), the deterministic
-// backward, and forward + backward (3.5 x). Median of CUDA-event-timed runs. Run beside
-// `bench/attention_torch.py --backward` (torch SDPA flash = FA2, and cuDNN) in the same device
-// call. `--sweep` times every config of the family's space that runs here on the fa-bench rows
-// (the main loop, tiles, stages, dq strategy), bypassing the tuning database.
+// 32/8 (B 1 and 2 at 8k tokens) and a varlen batch. Columns: the backward (default, dq by atomics),
+// the deterministic backward, and forward + backward (3.5 x). Median of CUDA-event-timed runs. Run
+// beside `bench/attention_torch.py --backward` (torch SDPA flash = FA2, and cuDNN) in the same
+// device call. `--sweep` times every config of the family's space that runs here on the fa-bench
+// rows (the main loop, tiles, stages, dq strategy), bypassing the tuning database.
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -172,6 +172,8 @@ int main(int argc, char** argv) try {
     }
   }
   if (sweeping) return 0;
+  // Llama 3 8B's attention at 8k tokens: one sequence (a grid of 4 waves on an H100), then two.
+  row({"gqa 32/8", 1, 8192, 32, 8, 128, true, {}}, stream);
   row({"gqa 32/8", 2, 8192, 32, 8, 128, true, {}}, stream);
   std::vector<int> cu{0};  // 16 sequences of 256..1792 tokens, as the forward bench
   for (int i = 0; i < 16; ++i)

@@ -76,6 +76,8 @@ for d in (64, 128, 256):
     for s in (2048, 8192, 16384):
         for causal in (False, True):
             row("fa-bench", 16384 // s, s, 2048 // d, 2048 // d, d, causal)
+if BACKWARD:  # kjit_bench_attention_backward's Llama 3 8B row at one sequence (a 4-wave grid)
+    row("gqa 32/8", 1, 8192, 32, 8, 128, True)
 row("gqa 32/8", 2, 8192, 32, 8, 128, True)
 
 
