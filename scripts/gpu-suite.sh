@@ -363,10 +363,13 @@ if [ "$what" = attention-grouped-ab ]; then
   # alternating, on the rows KJIT_GROUPED_ROWS names (its --only flags; default all), then, on
   # the templates of KJIT_AB_TEST (the candidate for main) or main's, the whole benchmark as CSV,
   # the grouped tests, the plain backward's (its kernels are the grouped ones) and the sanitizer
-  # subset.
+  # subset. A variant whose kernels expect other parameters or another grid than main's launch
+  # gives them is a host variant (gpu-bundle.sh's KJIT_HOST_VARIANTS, with kjit_gpu_tests and
+  # kjit_bench_attention_grouped in KJIT_HOST_BINS).
   ab_variants
   read -ra rows <<<"${KJIT_GROUPED_ROWS:-}"
-  step grouped_ab scripts/gpu-ab.sh "main $variants" "$bin/kjit_bench_attention_grouped" "${rows[@]}"
+  step grouped_ab timeout 300 scripts/gpu-ab.sh "main $variants" \
+    "$bin/kjit_bench_attention_grouped" "${rows[@]}"
   tests_on_candidate
   KJIT_TEMPLATE_DIR="${KJIT_TEST_TEMPLATE_DIR:-}" step grouped_bench timeout 200 \
     "$bin/kjit_bench_attention_grouped" --csv "$final_out/attention_grouped.csv"
@@ -376,7 +379,7 @@ if [ "$what" = attention-grouped-ab ]; then
   tally grouped_tests
   tally backward_tests
   sanitizer_verdicts grouped_racecheck
-  echo "== grouped_ab"; grep -v "^[a-z0-9]* round [0-9]*: *$" "$out/grouped_ab.log"
+  echo "== grouped_ab"; grep -v "^[^ ]* round [0-9]*: *$" "$out/grouped_ab.log"
   echo "== grouped_bench"; sed -n '/^speedup/,$p' "$out/grouped_bench.log"
 fi
 if [ "$what" = attention-grouped-ncu ]; then

@@ -1127,6 +1127,17 @@ TEST_F(AttentionGroupedStress, Backward32kTokens) {
   run_seeded(c);
 }
 
+// A grid of many waves (32k keys x 8 key/value heads: 2048 blocks, over 6 a multiprocessor on
+// any current GPU), whose blocks take key tiles fastest; every case above is a grid of a few
+// waves, whose blocks take heads fastest. Against separate backward_varlen calls.
+TEST_F(AttentionGroupedStress, BackwardManyWaves) {
+  KJIT_REQUIRE_GPU();
+  GroupedCase c = make("many_waves_backward", DType::BFloat16, 128, true, 8, 8, {32768},
+                       zigzag(32768, 2, 1), true);
+  c.reference = Reference::SeparateOnly;
+  run_seeded(c);
+}
+
 // 100 query tokens against 9900, together the causal attention of one 10000-token sequence.
 TEST_F(AttentionGroupedStress, ImbalancedGroups) {
   KJIT_REQUIRE_GPU();

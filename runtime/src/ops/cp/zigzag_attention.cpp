@@ -79,8 +79,8 @@ ZigzagGeometry check_inputs(const char* op, const comm::Communicator& comm, cons
                             options.heads_k_stride));
   }
   g.key_chunks = g.causal ? 2 * comm.size() - g.rank : 2 * comm.size();
-  // The grouped calls' limits for the rank that sees the most keys (rank 0 sees whole
-  // sequences): every rank refuses alike, before any collective, or none does.
+  // The grouped calls' limits, checked for the longest sequence's chunks (the same on every rank):
+  // every rank refuses alike, before any collective, or none does.
   std::int64_t longest = 0;
   for (std::int64_t b = 0; b < g.shape.batch; ++b) {
     longest = std::max<std::int64_t>(
