@@ -342,6 +342,7 @@ if [ "$what" = attention-backward-tune ]; then
   for log in backward_kjit_tuned; do echo "== $log"; cat "$out/$log.log"; done
   echo "== tune_backward"; grep -vE 'ETA|^$' "$out/tune_backward.log" | tail -24
 fi
+grouped_racecheck='*/zigzag_w4_r1_3:*/four_groups_d256_6:*/d96_21'  # the grouped modes' subset
 if [ "$what" = attention-grouped ]; then
   # Grouped attention's tests, then the plain forward's and backward's (the kernels they share
   # changed with it), a sanitizer subset, the zigzag benchmark.
@@ -349,7 +350,7 @@ if [ "$what" = attention-grouped ]; then
   sharded_tests plain_tests '*AttentionForward*:*AttentionBackward*:*AttentionScale*' 280
   subset='*/zigzag_w2_r0_0:*/varlen_b3_9:*/four_groups_d256_6:*/d192_22:*/empty_group_and_windows_19'
   sanitize grouped_memcheck memcheck 150 "$subset"
-  sanitize grouped_racecheck racecheck 150 '*/zigzag_w4_r1_3:*/four_groups_d256_6:*/d96_21'
+  sanitize grouped_racecheck racecheck 150 "$grouped_racecheck"
   step grouped_bench timeout 240 "$bin/kjit_bench_attention_grouped" \
     --csv "$final_out/attention_grouped.csv"
   tally grouped_tests
@@ -375,7 +376,7 @@ if [ "$what" = attention-grouped-ab ]; then
     "$bin/kjit_bench_attention_grouped" --csv "$final_out/attention_grouped.csv"
   sharded_tests grouped_tests '*AttentionGrouped*' 300
   sharded_tests backward_tests '*AttentionBackward*' 200
-  sanitize grouped_racecheck racecheck 150 '*/zigzag_w4_r1_3:*/four_groups_d256_6:*/d96_21'
+  sanitize grouped_racecheck racecheck 150 "$grouped_racecheck"
   tally grouped_tests
   tally backward_tests
   sanitizer_verdicts grouped_racecheck
