@@ -151,26 +151,28 @@ __device__ __forceinline__ void fence_proxy_async_shared() {
 template <class T>
 inline constexpr bool kIsHalf = cuda::std::is_same_v<T, __half>;
 
-// S-type product: N columns of fp32 accumulators, A and B K-major in shared memory. N: 64 and
-// 128, and the attention key tiles FA3 picks per head dim (80 at hd 256, 112 at hd 192, 176 at
-// hd 128).
-#define KJIT_WGMMA_SS_ANY(TYPE)                                               \
-  if constexpr (N == 64) {                                                    \
-    KJIT_WGMMA_SS(64, TYPE, KJIT_REGS32, KJIT_ACC32, "32", "33", "34", "0");  \
-  } else if constexpr (N == 80) {                                             \
-    KJIT_WGMMA_SS(80, TYPE, KJIT_REGS40, KJIT_ACC40, "40", "41", "42", "0");  \
-  } else if constexpr (N == 112) {                                            \
-    KJIT_WGMMA_SS(112, TYPE, KJIT_REGS56, KJIT_ACC56, "56", "57", "58", "0"); \
-  } else if constexpr (N == 128) {                                            \
-    KJIT_WGMMA_SS(128, TYPE, KJIT_REGS64, KJIT_ACC64, "64", "65", "66", "0"); \
-  } else {                                                                    \
-    KJIT_WGMMA_SS(176, TYPE, KJIT_REGS88, KJIT_ACC88, "88", "89", "90", "0"); \
+// S-type product: N columns of fp32 accumulators, A and B K-major in shared memory. N: 64, 128
+// and 256 (the MoE GEMM's column tiles), and the attention key tiles FA3 picks per head dim (80
+// at hd 256, 112 at hd 192, 176 at hd 128).
+#define KJIT_WGMMA_SS_ANY(TYPE)                                                    \
+  if constexpr (N == 64) {                                                         \
+    KJIT_WGMMA_SS(64, TYPE, KJIT_REGS32, KJIT_ACC32, "32", "33", "34", "0");       \
+  } else if constexpr (N == 80) {                                                  \
+    KJIT_WGMMA_SS(80, TYPE, KJIT_REGS40, KJIT_ACC40, "40", "41", "42", "0");       \
+  } else if constexpr (N == 112) {                                                 \
+    KJIT_WGMMA_SS(112, TYPE, KJIT_REGS56, KJIT_ACC56, "56", "57", "58", "0");      \
+  } else if constexpr (N == 128) {                                                 \
+    KJIT_WGMMA_SS(128, TYPE, KJIT_REGS64, KJIT_ACC64, "64", "65", "66", "0");      \
+  } else if constexpr (N == 176) {                                                 \
+    KJIT_WGMMA_SS(176, TYPE, KJIT_REGS88, KJIT_ACC88, "88", "89", "90", "0");      \
+  } else {                                                                         \
+    KJIT_WGMMA_SS(256, TYPE, KJIT_REGS128, KJIT_ACC128, "128", "129", "130", "0"); \
   }
 template <class T, int N>
 __device__ __forceinline__ void wgmma_ss(float (&d)[N / 8][4], cuda::std::uint64_t a,
                                          cuda::std::uint64_t b, int scale_d) {
-  static_assert(N == 64 || N == 80 || N == 112 || N == 128 || N == 176,
-                "wgmma_ss: N is 64, 80, 112, 128 or 176");
+  static_assert(N == 64 || N == 80 || N == 112 || N == 128 || N == 176 || N == 256,
+                "wgmma_ss: N is 64, 80, 112, 128, 176 or 256");
   if constexpr (kIsHalf<T>) {
     KJIT_WGMMA_SS_ANY("f16")
   } else {

@@ -22,6 +22,7 @@
 #include "common/mbarrier.cuh"
 #include "common/mma.cuh"
 #include "common/numeric.cuh"
+#include "common/register_budget.cuh"
 #include "common/tma.cuh"
 #include "common/wgmma.cuh"
 #include "moe/grouped_gemm_params.h"
@@ -37,7 +38,12 @@ struct GroupedGemmShape {
   static constexpr int kAElems = kBlockM * kBlockK, kBElems = kBlockN * kBlockK;
   static constexpr int kStageBytes = (kAElems + kBElems) * 2;
   static_assert(kBlockM == 64 || kBlockM == 128, "one or two consumer warpgroups");
-  static_assert(kBlockN == 64 || kBlockN == 128, "wgmma_ss's N");
+  static_assert(kBlockN == 64 || kBlockN == 128 || kBlockN == 256, "wgmma_ss's N");
+  // Two consumers of 256 columns hold 128 accumulators a thread, more than the block's even share
+  // (168 of 65536 registers over 384 threads): the producer's warpgroup gives its share to them.
+  static constexpr bool kRebalance = kConsumers == 2 && kBlockN == 256;
+  static constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;
+  static_assert(128 * (kProducerRegisters + kConsumers * kConsumerRegisters) <= 65536);
 };
 
 // What both grouped GEMM kernels (16-bit and FP4 weights) know of their block before the roles
@@ -119,6 +125,7 @@ __global__ void __launch_bounds__(GroupedGemmShape<kBlockM, kBlockN, kStages>::k
   const int k_blocks = p.k / S::kBlockK;
 
   if (warpgroup == 0) {
+    if constexpr (S::kRebalance) ptx::release_registers<S::kProducerRegisters>();
     if (threadIdx.x == 0) {
       produce_stages(p, k_blocks, kStages, S::kStageBytes, full, empty, [&](int stage, int kb) {
         ptx::tma_load_4d(sa + stage * S::kAElems, p.x_map, full + stage, kb * S::kBlockK,
@@ -130,6 +137,7 @@ __global__ void __launch_bounds__(GroupedGemmShape<kBlockM, kBlockN, kStages>::k
     return;
   }
 
+  if constexpr (S::kRebalance) ptx::claim_registers<S::kConsumerRegisters>();
   const int consumer = warpgroup - 1, warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;
   float acc[kBlockN / 8][4] = {};
   for (int kb = 0; kb < k_blocks; ++kb) {

@@ -202,6 +202,13 @@ std::vector<GemmCase> cases() {
       {"swiglu_64_columns_fp16", fp16, 40, 2, 8, 192, 256, 64, false, Kind::kSwiGLU},
       {"glm_down_routing_weights", bf16, 24, 4, 64, 2048, 1536, 128, false, Kind::kRoutingWeights},
       {"routing_weights_forced", fp16, 50, 2, 8, 256, 512, 64, true, Kind::kRoutingWeights, 64, 3},
+      // 256 columns a block (two consumers of 128 accumulators a thread, registers rebalanced;
+      // one of 256 over blocks of 64 rows): each epilogue.
+      {"forced_256_columns", bf16, 300, 4, 8, 768, 1024, 128, false, Kind::kPlain, 256, 4},
+      {"swiglu_256_columns_fp16_block64", fp16, 90, 2, 8, 512, 320, 64, false, Kind::kSwiGLU, 256,
+       3},
+      {"routing_weights_256_columns_skewed", bf16, 200, 2, 8, 512, 2048, 128, true,
+       Kind::kRoutingWeights, 256, 2},
       {"nvfp4_glm_gate_up_swiglu", bf16, 24, 4, 8, 3072, 2048, 64, false, Kind::kSwiGLU, 0, 0,
        Format::kNvFp4},
       {"nvfp4_glm_down_routing_weights", bf16, 40, 4, 8, 2048, 1536, 128, true,

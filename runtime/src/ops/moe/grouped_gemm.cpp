@@ -179,7 +179,7 @@ unsigned MoeGemm::shared_bytes(const Config& c, const Problem& p) {
 
 std::vector<MoeGemm::Config> MoeGemm::space(const Problem& p, const Arch& arch) {
   std::vector<Config> out;
-  for (std::int64_t block_n : {64, 128}) {
+  for (std::int64_t block_n : {64, 128, 256}) {
     for (std::int64_t stages = 2; stages <= 8; ++stages) {
       if (valid({block_n, stages}, p, arch)) out.push_back({block_n, stages});
     }
@@ -199,8 +199,12 @@ bool MoeGemm::valid(const Config& c, const Problem& p, const Arch& arch) {
            p.k % (p.weights == kSameAsX ? 64 : 128) == 0 && (c.stages == 2 || c.stages == 3) &&
            fits;
   }
-  return arch.has_wgmma() && (c.block_n == 64 || c.block_n == 128) && p.n % c.block_n == 0 &&
-         c.stages >= 2 && c.stages <= 8 && fits;
+  // 256 columns: 16-bit weights only (the FP4 kernel's consumers split the columns, one warpgroup
+  // for each 64).
+  const bool columns =
+      c.block_n == 64 || c.block_n == 128 || (c.block_n == 256 && p.weights == kSameAsX);
+  return arch.has_wgmma() && columns && p.n % c.block_n == 0 && c.stages >= 2 && c.stages <= 8 &&
+         fits;
 }
 
 MoeGemm::Config MoeGemm::default_config(const Problem& p, const Arch& arch) {

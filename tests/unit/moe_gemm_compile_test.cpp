@@ -1,0 +1,85 @@
+// The MoE GEMM kernels compile for sm_90a without a GPU. The decode kernel
+// (templates/moe/grouped_gemm_decode.cuh): for FP4 weights (both formats, every epilogue, both
+// layouts, the depths the tuner tries) and 16-bit ones (bf16 likewise, fp16 in two instances),
+// within its launch bounds' registers: no spill, no stack frame (FP4 at depth 2 within 85
+// registers, three blocks an SM, checked; the others within 128, two). The 16-bit prefill kernel at
+// 256 columns (templates/moe/grouped_gemm.cuh, 128 accumulators a consumer thread, which takes
+// registers from the producer): every epilogue, both layouts, both 16-bit types, without spills,
+// stack or serialised wgmma.
+#include <gtest/gtest.h>
+
+#include "kjit/jit.hpp"
+#include "ops/moe/grouped_gemm.hpp"
+#include "tests/support/isolated_cache.hpp"
+
+namespace kjit::test {
+namespace {
+
+class MoeGemmKernel : public IsolatedCache {};
+
+TEST_F(MoeGemmKernel, DecodeInstancesCompileForSm90aWithoutSpills) {
+  const Arch sm90a("sm_90a");
+  int compiled = 0;
+  const auto check = [&](DType dtype, std::int64_t weights, std::int64_t epilogue,
+                         std::int64_t masked, std::int64_t loads) {
+    const ops::MoeGemm::Problem p{dtype, 256, 3072, 2048, 64, 64, epilogue, masked, weights};
+    const ops::MoeGemm::Config c{64, loads, 1};
+    ASSERT_TRUE(ops::MoeGemm::valid(c, p, sm90a));
+    Origin origin{};
+    const CompiledProgram program = compile(ops::MoeGemm::spec(c, p, sm90a), &origin);
+    ASSERT_EQ(program.kernels.size(), 1u);
+    const ResourceUsage& u = program.kernels[0].resources;
+    EXPECT_FALSE(u.spills()) << program.kernels[0].name_expression;
+    EXPECT_EQ(u.stack_frame_bytes, 0) << program.kernels[0].name_expression;
+    if (weights != ops::MoeGemm::kSameAsX && loads == 2) {
+      EXPECT_LE(u.registers, 85) << program.kernels[0].name_expression;
+    }
+    ++compiled;
+  };
+  for (std::int64_t weights :
+       {ops::MoeGemm::kNvFp4, ops::MoeGemm::kMxFp4, ops::MoeGemm::kSameAsX}) {
+    for (std::int64_t epilogue : {0, 1, 2}) {
+      for (std::int64_t masked : {0, 1}) {
+        if (masked && epilogue == 2) continue;  // no routing weights in the masked layout
+        for (std::int64_t loads : {2, 3})
+          check(DType::BFloat16, weights, epilogue, masked, loads);
+      }
+    }
+  }
+  check(DType::Float16, ops::MoeGemm::kSameAsX, 0, 0, 2);
+  check(DType::Float16, ops::MoeGemm::kSameAsX, 1, 1, 3);
+  EXPECT_EQ(compiled, 32);
+}
+
+TEST_F(MoeGemmKernel, WideColumnTilesCompileForSm90aWithoutSpills) {
+  const Arch sm90a("sm_90a");
+  int compiled = 0;
+  for (DType dtype : {DType::BFloat16, DType::Float16}) {
+    for (std::int64_t epilogue : {0, 1, 2}) {
+      for (std::int64_t masked : {0, 1}) {
+        if (masked && epilogue == 2) continue;  // no routing weights in the masked layout
+        for (std::int64_t block_m : {64, 128}) {
+          const ops::MoeGemm::Problem p{dtype, 4096, 3072, 2048, 64, block_m, epilogue, masked};
+          const ops::MoeGemm::Config c{256, 4};
+          ASSERT_TRUE(ops::MoeGemm::valid(c, p, sm90a));
+          const CompiledProgram program = compile(ops::MoeGemm::spec(c, p, sm90a), nullptr);
+          ASSERT_EQ(program.kernels.size(), 1u);
+          const ResourceUsage& u = program.kernels[0].resources;
+          const std::string& name = program.kernels[0].name_expression;
+          EXPECT_FALSE(u.spills()) << name << ": " << u.summary();
+          EXPECT_EQ(u.stack_frame_bytes, 0) << name;
+          EXPECT_EQ(u.serialized_wgmma, 0) << name;
+          ++compiled;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(compiled, 20);
+  // FP4 weights stay at 64 and 128 columns (their kernel gives each 64 a consumer warpgroup).
+  const ops::MoeGemm::Problem fp4{DType::BFloat16,     4096, 3072, 2048, 64, 128, 0, 0,
+                                  ops::MoeGemm::kNvFp4};
+  EXPECT_FALSE(ops::MoeGemm::valid({256, 4}, fp4, sm90a));
+}
+
+}  // namespace
+}  // namespace kjit::test
