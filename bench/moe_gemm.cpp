@@ -5,7 +5,8 @@
 //    K 1536) over T k = 4k, 16k and 64k routed rows, torch's anchor row (E 64, 16k rows, K 2048,
 //    N 1536) and DeepGEMM's (E 8, 32k rows, N 4096, K 7168); TFLOP/s over the routed rows
 //    (2 T k N K, padding not counted). bench/moe_gemm_peers.py times torch._grouped_mm and
-//    DeepGEMM on the same rows. bf16 rows also time the 256-column tiles beside the op's choice.
+//    DeepGEMM on the same rows. bf16 rows also time 256-column tiles and persistent blocks beside
+//    the op's choice.
 //  - Decode: T = 1 to 64 tokens, top 4 of 64 experts, blocks of 64 rows. Call c of the 20 routes
 //    token t's slot j to expert (4 T c + 4 t + j) mod 64, so that a call's experts were last read
 //    at least 15 calls before and come from HBM, as a model's do layer after layer, not from L2;
@@ -184,7 +185,10 @@ void print_row(const char* name, Format f, int experts, int rows, int n, int k, 
     std::printf(" %7s %7s", "-", "-");
   }
   std::printf("  block_n %lld stages %lld%s\n", static_cast<long long>(c.block_n),
-              static_cast<long long>(c.stages), c.decode ? " decode" : "");
+              static_cast<long long>(c.stages),
+              c.decode       ? " decode"
+              : c.persistent ? " persistent"
+                             : "");
 }
 
 }  // namespace
@@ -233,13 +237,18 @@ int main(int argc, char** argv) try {
       const double ms = time_calls([&](int) { w.run(vx, vblocks, 128, vy, layout.epilogue, s); });
       const kjit::ops::MoeGemm::Config chosen = w.config(vx, vblocks, 128, vy);
       print_row(r.name, f, r.experts, r.rows, r.n, r.k, ms, 0, chosen, copy_gbs);
-      // 16-bit weights: the 256-column tiles beside (the tuner's; not yet a default).
-      for (const kjit::ops::MoeGemm::Config wide : {kjit::ops::MoeGemm::Config{256, 3}, {256, 4}}) {
-        if (f != Format::kSameAsX || chosen.block_n == 256 || !w.valid(wide, vx, vblocks, 128, vy))
-          continue;
-        const double wide_ms =
-            time_calls([&](int) { w.run_with(wide, vx, vblocks, 128, vy, layout.epilogue, s); });
-        print_row(r.name, f, r.experts, r.rows, r.n, r.k, wide_ms, 0, wide, copy_gbs);
+      // 16-bit weights: 256-column tiles and persistent blocks beside (the tuner's; not yet
+      // defaults).
+      for (const kjit::ops::MoeGemm::Config other : {kjit::ops::MoeGemm::Config{256, 3},
+                                                     {256, 4},
+                                                     {128, 4, 0, 1},
+                                                     {128, 6, 0, 1},
+                                                     {256, 3, 0, 1},
+                                                     {256, 4, 0, 1}}) {
+        if (f != Format::kSameAsX || !w.valid(other, vx, vblocks, 128, vy)) continue;
+        const double other_ms =
+            time_calls([&](int) { w.run_with(other, vx, vblocks, 128, vy, layout.epilogue, s); });
+        print_row(r.name, f, r.experts, r.rows, r.n, r.k, other_ms, 0, other, copy_gbs);
       }
     }
   }

@@ -11,12 +11,13 @@
 //    y of N / 2 columns (GLM's gate/up projection fused with its activation).
 //  - kRoutingWeights: y[r] = the product times the routing weight of row r's pair, 0 for a
 //    padding row (the down projection, so that the way back only sums).
-// One block per (kBlockN columns, kBlockM rows): warp 0's first thread produces, issuing a tensor
-// copy of the rows' and of the expert's weights' 64-column K slices per stage (kStages stages, a
-// full and an empty mbarrier each); kBlockM / 64 consumer warpgroups each multiply their 64 rows
-// (wgmma m64 x kBlockN x k16, both operands K-major from 128-byte-swizzled shared memory), keep one
-// k-block's wgmma in flight while issuing the next, release a stage once its wgmma retire, and
-// write their accumulators rounded to T.
+// One block per tile of (kBlockN columns, kBlockM rows), or one an SM over the tiles
+// (kPersistent): warp 0's first thread produces, issuing a tensor copy of the rows' and of the
+// expert's weights' 64-column K slices per stage (kStages stages, a full and an empty mbarrier
+// each); kBlockM / 64 consumer warpgroups each multiply their 64 rows (wgmma m64 x kBlockN x k16,
+// both operands K-major from 128-byte-swizzled shared memory), keep one k-block's wgmma in flight
+// while issuing the next, release a stage once its wgmma retire, and write their accumulators
+// rounded to T.
 #pragma once
 
 #include "common/mbarrier.cuh"
@@ -46,18 +47,29 @@ struct GroupedGemmShape {
   static_assert(128 * (kProducerRegisters + kConsumers * kConsumerRegisters) <= 65536);
 };
 
-// What both grouped GEMM kernels (16-bit and FP4 weights) know of their block before the roles
-// split: its expert and the rows of it to write (none: the whole block returns, no barrier
-// touched; the counts are device data).
+// What the grouped GEMM kernels know of a block of rows before the roles split: its expert and
+// the rows of it to write (none: skipped, the whole block returning where it is the block's only
+// one, no barrier touched; the counts are device data). m_block: its row block (blockIdx.y), z:
+// its expert in the masked layout (blockIdx.z).
 template <int kBlockM, bool kMasked>
 struct GemmBlock {
   int expert, rows_left;
-  __device__ __forceinline__ explicit GemmBlock(const KjitMoeGemmParams& p)
-      : expert(kMasked ? static_cast<int>(blockIdx.z) : p.block_expert[blockIdx.y]),
-        rows_left(kMasked ? min(p.masked_m[expert], p.rows) - static_cast<int>(blockIdx.y) * kBlockM
-                          : kBlockM) {}
+  __device__ __forceinline__ GemmBlock(const KjitMoeGemmParams& p, int m_block, int z)
+      : expert(kMasked ? z : p.block_expert[m_block]),
+        rows_left(kMasked ? min(p.masked_m[expert], p.rows) - m_block * kBlockM : kBlockM) {}
   __device__ __forceinline__ bool empty() const { return expert < 0 || rows_left <= 0; }
 };
+
+// A tile of the product: its column block, row block and masked expert (the non-persistent grid's
+// x, y and z). A persistent block walks the tiles t = blockIdx.x, + gridDim.x, ..., columns
+// fastest as that grid's blocks start, so that the blocks in flight share rows of x and experts'
+// weights in L2.
+struct GemmTile {
+  int n_block, m_block, z;
+};
+__device__ __forceinline__ GemmTile gemm_tile(int t, int n_blocks, int m_blocks) {
+  return {t % n_blocks, t / n_blocks % m_blocks, t / (n_blocks * m_blocks)};
+}
 
 // Whether align's sorted entry `pair` is a routed pair (below the pairs), not padding.
 __device__ __forceinline__ bool holds_pair(const KjitMoeGemmParams& p, int pair) {
@@ -90,30 +102,76 @@ __device__ __forceinline__ void init_stage_barriers(cuda::std::uint64_t* full,
   __syncthreads();
 }
 
-// The producer's loop (thread 0): each k-block's stage, once its consumers released it, filled by
-// load(stage, kb), tensor copies of `stage_bytes` in all that complete on full[stage].
+// The producer's loop (thread 0) over a tile's k-blocks: each k-block's stage, once its consumers
+// released it, filled by load(stage, kb), tensor copies of `stage_bytes` in all that complete on
+// full[stage]. ring: the k-blocks loaded before (a persistent block's earlier tiles), which set
+// the stage and phase; advanced past this tile's.
 template <class Load>
-__device__ __forceinline__ void produce_stages(const KjitMoeGemmParams& p, int k_blocks, int stages,
+__device__ __forceinline__ void produce_stages(int k_blocks, int& ring, int stages,
                                                unsigned stage_bytes, cuda::std::uint64_t* full,
                                                cuda::std::uint64_t* empty, Load load) {
-  ptx::prefetch_tensor_map(p.x_map);
-  ptx::prefetch_tensor_map(p.w_map);
-  for (int kb = 0; kb < k_blocks; ++kb) {
-    const int stage = kb % stages;
-    if (kb >= stages) ptx::mbarrier_wait(empty + stage, (kb / stages - 1) & 1);
+  for (int kb = 0; kb < k_blocks; ++kb, ++ring) {
+    const int stage = ring % stages;
+    if (ring >= stages) ptx::mbarrier_wait(empty + stage, (ring / stages - 1) & 1);
     ptx::mbarrier_arrive_expect_tx(full + stage, stage_bytes);
     load(stage, kb);
   }
 }
 
-template <class T, int kBlockM, int kBlockN, int kStages, int kEpilogue, bool kMasked>
+// A consumer warpgroup's 64 rows of the tile's product, rounded to T, after the epilogue
+// kEpilogue; masked rows past the expert's count not written.
+template <class T, int kBlockM, int kBlockN, int kEpilogue, bool kMasked>
+__device__ __forceinline__ void store_tile(const KjitMoeGemmParams& p,
+                                           const float (&acc)[kBlockN / 8][4], const GemmTile& g,
+                                           const GemmBlock<kBlockM, kMasked>& block, int consumer,
+                                           int warp, int lane) {
+  const int block_row0 = consumer * 64 + 16 * warp + lane / 4;  // within the block
+  const long long row0 = static_cast<long long>(g.m_block) * kBlockM + block_row0;
+  T* const y_expert = static_cast<T*>(p.y) + (kMasked ? block.expert * p.y_expert_stride : 0);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const long long row = row0 + 8 * h;
+    if (kMasked && block_row0 + 8 * h >= block.rows_left) continue;
+    if constexpr (kEpilogue == kSwiGLU) {
+      T* y = y_expert + row * p.y_row_stride + (g.n_block * kBlockN) / 2 + lane % 4;
+#pragma unroll
+      for (int j = 0; j < kBlockN / 8; ++j) {
+        const float gate = acc[j][2 * h], up = acc[j][2 * h + 1];
+        y[4 * j] = from_float<T>(swiglu(gate, up));
+      }
+    } else {
+      const float scale = kEpilogue == kRoutingWeights ? routing_weight(p, row) : 1.f;
+      T* y = y_expert + row * p.y_row_stride + g.n_block * kBlockN + 2 * (lane % 4);
+#pragma unroll
+      for (int j = 0; j < kBlockN / 8; ++j) {
+        *reinterpret_cast<unsigned*>(y + 8 * j) =
+            ptx::pack_pair<T>(acc[j][2 * h] * scale, acc[j][2 * h + 1] * scale);
+      }
+    }
+  }
+}
+
+// kPersistent: one block an SM walks the tiles (gemm_tile), its producer filling the next tile's
+// stages while the consumers write the last one's product.
+template <class T, int kBlockM, int kBlockN, int kStages, int kEpilogue, bool kMasked,
+          bool kPersistent = false>
 __global__ void __launch_bounds__(GroupedGemmShape<kBlockM, kBlockN, kStages>::kThreads, 1)
     moe_grouped_gemm(const __grid_constant__ KjitMoeGemmParams p) {
   using S = GroupedGemmShape<kBlockM, kBlockN, kStages>;
-  const int n_block = blockIdx.x, m_block = blockIdx.y;
-  const GemmBlock<kBlockM, kMasked> block(p);
-  if (block.empty()) return;
-  const int expert = block.expert, rows_left = block.rows_left;
+  const int n_blocks = p.n / kBlockN, m_blocks = (p.rows + kBlockM - 1) / kBlockM;
+  // The block's tiles: its own (blockIdx), or every gridDim.x-th.
+  const int tiles = kPersistent ? n_blocks * m_blocks * (kMasked ? p.experts : 1) : 1;
+  const int first = kPersistent ? static_cast<int>(blockIdx.x) : 0;
+  const int step = kPersistent ? static_cast<int>(gridDim.x) : 1;
+  const auto tile = [&](int t) {
+    return kPersistent ? gemm_tile(t, n_blocks, m_blocks)
+                       : GemmTile{static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y),
+                                  static_cast<int>(blockIdx.z)};
+  };
+  const auto block_of = [&](const GemmTile& g) {
+    return GemmBlock<kBlockM, kMasked>(p, g.m_block, g.z);
+  };
+  if (!kPersistent && block_of(tile(0)).empty()) return;
   extern __shared__ unsigned char shared_raw[];
   T* sa = reinterpret_cast<T*>(ptx::swizzle_aligned(shared_raw));  // [stages][kBlockM][64]
   T* sb = sa + kStages * S::kAElems;                               // [stages][kBlockN][64]
@@ -123,66 +181,56 @@ __global__ void __launch_bounds__(GroupedGemmShape<kBlockM, kBlockN, kStages>::k
   const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 128, 0);
   init_stage_barriers(full, empty, kStages, 4 * S::kConsumers);
   const int k_blocks = p.k / S::kBlockK;
+  int ring = 0;  // k-blocks through the stages so far, over the block's tiles
 
   if (warpgroup == 0) {
     if constexpr (S::kRebalance) ptx::release_registers<S::kProducerRegisters>();
     if (threadIdx.x == 0) {
-      produce_stages(p, k_blocks, kStages, S::kStageBytes, full, empty, [&](int stage, int kb) {
-        ptx::tma_load_4d(sa + stage * S::kAElems, p.x_map, full + stage, kb * S::kBlockK,
-                         m_block * kBlockM, kMasked ? expert : 0, 0);
-        ptx::tma_load_4d(sb + stage * S::kBElems, p.w_map, full + stage, kb * S::kBlockK,
-                         n_block * kBlockN, expert, 0);
-      });
+      ptx::prefetch_tensor_map(p.x_map);
+      ptx::prefetch_tensor_map(p.w_map);
+      for (int t = first; t < tiles; t += step) {
+        const GemmTile g = tile(t);
+        const GemmBlock<kBlockM, kMasked> block = block_of(g);
+        if (block.empty()) continue;
+        produce_stages(
+            k_blocks, ring, kStages, S::kStageBytes, full, empty, [&](int stage, int kb) {
+              ptx::tma_load_4d(sa + stage * S::kAElems, p.x_map, full + stage, kb * S::kBlockK,
+                               g.m_block * kBlockM, kMasked ? block.expert : 0, 0);
+              ptx::tma_load_4d(sb + stage * S::kBElems, p.w_map, full + stage, kb * S::kBlockK,
+                               g.n_block * kBlockN, block.expert, 0);
+            });
+      }
     }
     return;
   }
 
   if constexpr (S::kRebalance) ptx::claim_registers<S::kConsumerRegisters>();
   const int consumer = warpgroup - 1, warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;
-  float acc[kBlockN / 8][4] = {};
-  for (int kb = 0; kb < k_blocks; ++kb) {
-    const int stage = kb % kStages;
-    ptx::mbarrier_wait(full + stage, (kb / kStages) & 1);
-    const T* a = sa + stage * S::kAElems + consumer * 64 * S::kBlockK;
-    const T* b = sb + stage * S::kBElems;
-    ptx::wgmma_fence();
+  for (int t = first; t < tiles; t += step) {
+    const GemmTile g = tile(t);
+    const GemmBlock<kBlockM, kMasked> block = block_of(g);
+    if (block.empty()) continue;
+    float acc[kBlockN / 8][4] = {};
+    for (int kb = 0; kb < k_blocks; ++kb, ++ring) {
+      const int stage = ring % kStages;
+      ptx::mbarrier_wait(full + stage, (ring / kStages) & 1);
+      const T* a = sa + stage * S::kAElems + consumer * 64 * S::kBlockK;
+      const T* b = sb + stage * S::kBElems;
+      ptx::wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < S::kBlockK / 16; ++kk) {
-      ptx::wgmma_ss<T, kBlockN>(acc, ptx::swizzled_descriptor(a + kk * 16),
-                                ptx::swizzled_descriptor(b + kk * 16), kb > 0 || kk > 0);
-    }
-    ptx::wgmma_commit();
-    // One k-block's products stay in flight behind the next one's issue: the one before retired,
-    // its stage is released.
-    ptx::wgmma_wait<1>();
-    if (kb > 0 && lane == 0) ptx::mbarrier_arrive(empty + (kb - 1) % kStages);
-  }
-  ptx::wgmma_wait<0>();
-  if (k_blocks > 0 && lane == 0) ptx::mbarrier_arrive(empty + (k_blocks - 1) % kStages);
-
-  const int block_row0 = consumer * 64 + 16 * warp + lane / 4;  // within the block
-  const long long row0 = static_cast<long long>(m_block) * kBlockM + block_row0;
-  T* const y_expert = static_cast<T*>(p.y) + (kMasked ? expert * p.y_expert_stride : 0);
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const long long row = row0 + 8 * h;
-    if (kMasked && block_row0 + 8 * h >= rows_left) continue;
-    if constexpr (kEpilogue == kSwiGLU) {
-      T* y = y_expert + row * p.y_row_stride + (n_block * kBlockN) / 2 + lane % 4;
-#pragma unroll
-      for (int j = 0; j < kBlockN / 8; ++j) {
-        const float gate = acc[j][2 * h], up = acc[j][2 * h + 1];
-        y[4 * j] = from_float<T>(swiglu(gate, up));
+      for (int kk = 0; kk < S::kBlockK / 16; ++kk) {
+        ptx::wgmma_ss<T, kBlockN>(acc, ptx::swizzled_descriptor(a + kk * 16),
+                                  ptx::swizzled_descriptor(b + kk * 16), kb > 0 || kk > 0);
       }
-    } else {
-      const float scale = kEpilogue == kRoutingWeights ? routing_weight(p, row) : 1.f;
-      T* y = y_expert + row * p.y_row_stride + n_block * kBlockN + 2 * (lane % 4);
-#pragma unroll
-      for (int j = 0; j < kBlockN / 8; ++j) {
-        *reinterpret_cast<unsigned*>(y + 8 * j) =
-            ptx::pack_pair<T>(acc[j][2 * h] * scale, acc[j][2 * h + 1] * scale);
-      }
+      ptx::wgmma_commit();
+      // One k-block's products stay in flight behind the next one's issue: the one before
+      // retired, its stage is released.
+      ptx::wgmma_wait<1>();
+      if (kb > 0 && lane == 0) ptx::mbarrier_arrive(empty + (ring - 1) % kStages);
     }
+    ptx::wgmma_wait<0>();
+    if (k_blocks > 0 && lane == 0) ptx::mbarrier_arrive(empty + (ring - 1) % kStages);
+    store_tile<T, kBlockM, kBlockN, kEpilogue, kMasked>(p, acc, g, block, consumer, warp, lane);
   }
 }
 

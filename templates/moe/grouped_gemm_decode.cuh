@@ -218,7 +218,7 @@ __global__ void __launch_bounds__(DecodeShape::kThreads, kFormat != 0 && kLoads 
   using Steps = cuda::std::conditional_t<kFormat == 0, HalfSteps, Fp4Steps<kFormat>>;
   static_assert(kFormat == 0 || cuda::std::is_same_v<T, __nv_bfloat16>, "FP4 takes bf16 tokens");
   const int w_block = blockIdx.x, m_block = blockIdx.y;
-  const GemmBlock<kBlockM, kMasked> block(p);
+  const GemmBlock<kBlockM, kMasked> block(p, m_block, blockIdx.z);
   if (block.empty()) return;
   const int expert = block.expert, held = held_rows<kBlockM, kMasked>(p, block, m_block);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;

@@ -203,7 +203,7 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThre
   using T = __nv_bfloat16;
   constexpr int kScalesPerK = S::kBlockK / (kFormat == kNvFp4 ? 16 : 32);  // a row's, a k-block
   const int w_block = blockIdx.x, m_block = blockIdx.y;
-  const GemmBlock<kBlockM, kMasked> block(p);
+  const GemmBlock<kBlockM, kMasked> block(p, m_block, blockIdx.z);
   if (block.empty()) return;
   const int expert = block.expert, rows_left = block.rows_left;
   // An expert past w's: its codes read as zeros (the tensor copy's bounds), its scales not read.
@@ -233,7 +233,10 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThre
 
   if (warpgroup == 0) {
     if (threadIdx.x == 0) {
-      produce_stages(p, k_blocks, kStages, S::kStageBytes, full, empty, [&](int stage, int kb) {
+      ptx::prefetch_tensor_map(p.x_map);
+      ptx::prefetch_tensor_map(p.w_map);
+      int ring = 0;
+      produce_stages(k_blocks, ring, kStages, S::kStageBytes, full, empty, [&](int stage, int kb) {
         ptx::tma_load_4d(sx + stage * kBlockM * S::kBlockK, p.x_map, full + stage, kb * S::kBlockK,
                          m_block * kBlockM, kMasked ? expert : 0, 0);
         ptx::tma_load_4d(sw + stage * S::kWBytes, p.w_map, full + stage, kb * S::kBlockK / 2,

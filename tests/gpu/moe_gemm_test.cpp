@@ -75,8 +75,9 @@ struct GemmCase {
   Kind epilogue = Kind::kPlain;
   std::int64_t block_n = 0, stages = 0;  // forced through the family when set
   Format weights = Format::kSameAsX;
-  bool pass_sorted = false;  // align's sorted and the weights with a plain or SwiGLU epilogue
-  std::int64_t decode = 0;   // forced: the decode kernel (block_n 64, stages its loads)
+  bool pass_sorted = false;     // align's sorted and the weights with a plain or SwiGLU epilogue
+  std::int64_t decode = 0;      // forced: the decode kernel (block_n 64, stages its loads)
+  std::int64_t persistent = 0;  // forced: one block an SM over the tiles
 };
 
 void PrintTo(const GemmCase& c, std::ostream* os) {
@@ -136,7 +137,7 @@ TEST_P(MoeGemmTest, MatchesDoublePerRoutedRow) {
   if (c.block_n) {
     const ops::Call<ops::MoeGemm> call =
         ops::MoeGemm::validate(vx_sorted, vblocks, c.block, w.view(), vy, epilogue);
-    const ops::MoeGemm::Config config{c.block_n, c.stages, c.decode};
+    const ops::MoeGemm::Config config{c.block_n, c.stages, c.decode, c.persistent};
     ASSERT_TRUE(ops::MoeGemm::valid(config, call.problem, arch::current()));
     launch_forced(config, call, stream.handle());
   } else if (c.weights == Format::kSameAsX) {
@@ -209,6 +210,15 @@ std::vector<GemmCase> cases() {
        3},
       {"routing_weights_256_columns_skewed", bf16, 200, 2, 8, 512, 2048, 128, true,
        Kind::kRoutingWeights, 256, 2},
+      // Persistent blocks (one an SM walking the tiles; more tiles than SMs, blocks of no expert
+      // past the padded total and empty experts skipped on the way): each epilogue, 128 and 256
+      // columns, blocks of 64 and 128 rows.
+      {"persistent_256_columns", bf16, 3000, 4, 8, 768, 512, 128, false, Kind::kPlain, 256, 4,
+       Format::kSameAsX, false, 0, 1},
+      {"persistent_swiglu_skewed_fp16", fp16, 2000, 2, 8, 512, 320, 64, true, Kind::kSwiGLU, 128, 3,
+       Format::kSameAsX, false, 0, 1},
+      {"persistent_routing_weights_256_columns", bf16, 2500, 4, 16, 1024, 256, 128, true,
+       Kind::kRoutingWeights, 256, 2, Format::kSameAsX, false, 0, 1},
       {"nvfp4_glm_gate_up_swiglu", bf16, 24, 4, 8, 3072, 2048, 64, false, Kind::kSwiGLU, 0, 0,
        Format::kNvFp4},
       {"nvfp4_glm_down_routing_weights", bf16, 40, 4, 8, 2048, 1536, 128, true,
@@ -277,7 +287,7 @@ struct MaskedCase {
   int experts, max_m, n, k, expected_m;
   Kind epilogue = Kind::kPlain;
   Format weights = Format::kSameAsX;
-  std::int64_t decode_loads = 0;  // forced: the decode kernel with these loads in flight
+  ops::MoeGemm::Config forced{0};  // block_n 0: the op's choice
 };
 
 void PrintTo(const MaskedCase& c, std::ostream* os) {
@@ -314,12 +324,11 @@ TEST_P(MoeGemmMaskedTest, MatchesDoublePerHeldRow) {
   const TensorView vx(dx.data(), c.dtype, {c.experts, c.max_m, c.k}),
       vcounts(dcounts.data(), DType::Int32, {c.experts}),
       vy(dy.data(), c.dtype, {c.experts, c.max_m, y_cols});
-  if (c.decode_loads) {
+  if (c.forced.block_n) {
     const ops::Call<ops::MoeGemm> call =
         ops::MoeGemm::validate_masked(vx, vcounts, c.expected_m, w.view(), vy, c.epilogue);
-    const ops::MoeGemm::Config config{64, c.decode_loads, 1};
-    ASSERT_TRUE(ops::MoeGemm::valid(config, call.problem, arch::current()));
-    launch_forced(config, call, stream.handle());
+    ASSERT_TRUE(ops::MoeGemm::valid(c.forced, call.problem, arch::current()));
+    launch_forced(c.forced, call, stream.handle());
   } else if (c.weights == Format::kSameAsX) {
     moe::grouped_gemm_masked(vx, vcounts, c.expected_m, w.view().codes, vy, c.epilogue,
                              stream.handle());
@@ -354,22 +363,76 @@ TEST_P(MoeGemmMaskedTest, MatchesDoublePerHeldRow) {
 
 std::vector<MaskedCase> masked_cases() {
   const DType bf16 = DType::BFloat16, fp16 = DType::Float16;
-  return {
-      {"decode_bf16_block64", bf16, 8, 48, 256, 512, 16},
-      {"decode_fp16_block128_swiglu", fp16, 6, 150, 192, 256, 0, Kind::kSwiGLU},
-      {"glm_gate_up_swiglu", bf16, 8, 24, 3072, 2048, 8, Kind::kSwiGLU},
-      {"nvfp4_glm_gate_up_swiglu", bf16, 8, 24, 3072, 2048, 8, Kind::kSwiGLU, Format::kNvFp4},
-      {"mxfp4_glm_down_block128", bf16, 6, 150, 2048, 1536, 0, Kind::kPlain, Format::kMxFp4},
-      {"nvfp4_block128_swiglu", bf16, 5, 140, 512, 1024, 0, Kind::kSwiGLU, Format::kNvFp4},
-      // The decode kernel forced: MXFP4 K 640 (5 steps), and GLM's gate/up (two passes of 16
-      // tokens, an expert past M).
-      {"mxfp4_decode_kernel_plain", bf16, 5, 40, 256, 640, 16, Kind::kPlain, Format::kMxFp4, 2},
-      {"nvfp4_decode_kernel_glm_gate_up_swiglu", bf16, 8, 24, 3072, 2048, 8, Kind::kSwiGLU,
-       Format::kNvFp4, 3},
-      // Blocks of 128 rows (expected_m 0): 8 passes of 16 tokens for a full expert.
-      {"mxfp4_decode_kernel_block128_swiglu", bf16, 5, 140, 256, 512, 0, Kind::kSwiGLU,
-       Format::kMxFp4, 2},
-      {"fp16_decode_kernel_swiglu", fp16, 6, 40, 192, 256, 16, Kind::kSwiGLU, Format::kSameAsX, 3}};
+  return {{"decode_bf16_block64", bf16, 8, 48, 256, 512, 16},
+          {"decode_fp16_block128_swiglu", fp16, 6, 150, 192, 256, 0, Kind::kSwiGLU},
+          {"glm_gate_up_swiglu", bf16, 8, 24, 3072, 2048, 8, Kind::kSwiGLU},
+          {"nvfp4_glm_gate_up_swiglu", bf16, 8, 24, 3072, 2048, 8, Kind::kSwiGLU, Format::kNvFp4},
+          {"mxfp4_glm_down_block128", bf16, 6, 150, 2048, 1536, 0, Kind::kPlain, Format::kMxFp4},
+          {"nvfp4_block128_swiglu", bf16, 5, 140, 512, 1024, 0, Kind::kSwiGLU, Format::kNvFp4},
+          // The decode kernel forced: MXFP4 K 640 (5 steps), and GLM's gate/up (two passes of 16
+          // tokens, an expert past M).
+          {"mxfp4_decode_kernel_plain",
+           bf16,
+           5,
+           40,
+           256,
+           640,
+           16,
+           Kind::kPlain,
+           Format::kMxFp4,
+           {64, 2, 1}},
+          {"nvfp4_decode_kernel_glm_gate_up_swiglu",
+           bf16,
+           8,
+           24,
+           3072,
+           2048,
+           8,
+           Kind::kSwiGLU,
+           Format::kNvFp4,
+           {64, 3, 1}},
+          // Blocks of 128 rows (expected_m 0): 8 passes of 16 tokens for a full expert.
+          {"mxfp4_decode_kernel_block128_swiglu",
+           bf16,
+           5,
+           140,
+           256,
+           512,
+           0,
+           Kind::kSwiGLU,
+           Format::kMxFp4,
+           {64, 2, 1}},
+          {"fp16_decode_kernel_swiglu",
+           fp16,
+           6,
+           40,
+           192,
+           256,
+           16,
+           Kind::kSwiGLU,
+           Format::kSameAsX,
+           {64, 3, 1}},
+          // Persistent blocks over more tiles than SMs, the tiles past an expert's count skipped.
+          {"persistent_256_columns_block128",
+           bf16,
+           12,
+           300,
+           2048,
+           1536,
+           0,
+           Kind::kPlain,
+           Format::kSameAsX,
+           {256, 3, 0, 1}},
+          {"persistent_swiglu_fp16_block64",
+           fp16,
+           10,
+           200,
+           512,
+           256,
+           16,
+           Kind::kSwiGLU,
+           Format::kSameAsX,
+           {128, 4, 0, 1}}};
 }
 
 INSTANTIATE_TEST_SUITE_P(All, MoeGemmMaskedTest, ::testing::ValuesIn(masked_cases()),

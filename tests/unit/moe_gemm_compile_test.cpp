@@ -51,7 +51,7 @@ TEST_F(MoeGemmKernel, DecodeInstancesCompileForSm90aWithoutSpills) {
   EXPECT_EQ(compiled, 32);
 }
 
-TEST_F(MoeGemmKernel, WideColumnTilesCompileForSm90aWithoutSpills) {
+TEST_F(MoeGemmKernel, WideAndPersistentTilesCompileForSm90aWithoutSpills) {
   const Arch sm90a("sm_90a");
   int compiled = 0;
   for (DType dtype : {DType::BFloat16, DType::Float16}) {
@@ -60,25 +60,30 @@ TEST_F(MoeGemmKernel, WideColumnTilesCompileForSm90aWithoutSpills) {
         if (masked && epilogue == 2) continue;  // no routing weights in the masked layout
         for (std::int64_t block_m : {64, 128}) {
           const ops::MoeGemm::Problem p{dtype, 4096, 3072, 2048, 64, block_m, epilogue, masked};
-          const ops::MoeGemm::Config c{256, 4};
-          ASSERT_TRUE(ops::MoeGemm::valid(c, p, sm90a));
-          const CompiledProgram program = compile(ops::MoeGemm::spec(c, p, sm90a), nullptr);
-          ASSERT_EQ(program.kernels.size(), 1u);
-          const ResourceUsage& u = program.kernels[0].resources;
-          const std::string& name = program.kernels[0].name_expression;
-          EXPECT_FALSE(u.spills()) << name << ": " << u.summary();
-          EXPECT_EQ(u.stack_frame_bytes, 0) << name;
-          EXPECT_EQ(u.serialized_wgmma, 0) << name;
-          ++compiled;
+          // 256 columns per tile, and 128 and 256 in the persistent loop.
+          for (const ops::MoeGemm::Config c :
+               {ops::MoeGemm::Config{256, 4}, {128, 4, 0, 1}, {256, 4, 0, 1}}) {
+            ASSERT_TRUE(ops::MoeGemm::valid(c, p, sm90a));
+            const CompiledProgram program = compile(ops::MoeGemm::spec(c, p, sm90a), nullptr);
+            ASSERT_EQ(program.kernels.size(), 1u);
+            const ResourceUsage& u = program.kernels[0].resources;
+            const std::string& name = program.kernels[0].name_expression;
+            EXPECT_FALSE(u.spills()) << name << ": " << u.summary();
+            EXPECT_EQ(u.stack_frame_bytes, 0) << name;
+            EXPECT_EQ(u.serialized_wgmma, 0) << name;
+            ++compiled;
+          }
         }
       }
     }
   }
-  EXPECT_EQ(compiled, 20);
-  // FP4 weights stay at 64 and 128 columns (their kernel gives each 64 a consumer warpgroup).
+  EXPECT_EQ(compiled, 60);
+  // FP4 weights stay at 64 and 128 columns (their kernel gives each 64 a consumer warpgroup) and
+  // take no persistent loop.
   const ops::MoeGemm::Problem fp4{DType::BFloat16,     4096, 3072, 2048, 64, 128, 0, 0,
                                   ops::MoeGemm::kNvFp4};
   EXPECT_FALSE(ops::MoeGemm::valid({256, 4}, fp4, sm90a));
+  EXPECT_FALSE(ops::MoeGemm::valid({128, 4, 0, 1}, fp4, sm90a));
 }
 
 }  // namespace

@@ -1,9 +1,11 @@
 #include "ops/moe/grouped_gemm.hpp"
 
 #include <algorithm>
+#include <limits>
 
 #include <fmt/format.h>
 
+#include "driver/arch.hpp"
 #include "driver/tensor_map.hpp"
 #include "ops/dispatch.hpp"
 #include "ops/tensor_checks.hpp"
@@ -181,7 +183,10 @@ std::vector<MoeGemm::Config> MoeGemm::space(const Problem& p, const Arch& arch) 
   std::vector<Config> out;
   for (std::int64_t block_n : {64, 128, 256}) {
     for (std::int64_t stages = 2; stages <= 8; ++stages) {
-      if (valid({block_n, stages}, p, arch)) out.push_back({block_n, stages});
+      for (std::int64_t persistent : {0, 1}) {
+        if (valid({block_n, stages, 0, persistent}, p, arch))
+          out.push_back({block_n, stages, 0, persistent});
+      }
     }
   }
   // The decode kernel where decode is what it is for (in prefill it would pass over the weights
@@ -195,16 +200,22 @@ std::vector<MoeGemm::Config> MoeGemm::space(const Problem& p, const Arch& arch) 
 bool MoeGemm::valid(const Config& c, const Problem& p, const Arch& arch) {
   const bool fits = shared_bytes(c, p) <= arch.max_shared_bytes();
   if (c.decode) {  // K in whole steps (FP4: of 128); sm_90a (FP4's bf16x2 multiply)
-    return c.decode == 1 && arch.has_wgmma() && c.block_n == 64 && p.n % 64 == 0 &&
-           p.k % (p.weights == kSameAsX ? 64 : 128) == 0 && (c.stages == 2 || c.stages == 3) &&
-           fits;
+    return c.decode == 1 && c.persistent == 0 && arch.has_wgmma() && c.block_n == 64 &&
+           p.n % 64 == 0 && p.k % (p.weights == kSameAsX ? 64 : 128) == 0 &&
+           (c.stages == 2 || c.stages == 3) && fits;
   }
   // 256 columns: 16-bit weights only (the FP4 kernel's consumers split the columns, one warpgroup
   // for each 64).
   const bool columns =
       c.block_n == 64 || c.block_n == 128 || (c.block_n == 256 && p.weights == kSameAsX);
-  return arch.has_wgmma() && columns && p.n % c.block_n == 0 && c.stages >= 2 && c.stages <= 8 &&
-         fits;
+  // Persistent: 16-bit weights, the tiles' count an int.
+  const bool persistent =
+      c.persistent == 0 ||
+      (c.persistent == 1 && p.weights == kSameAsX &&
+       (p.n / c.block_n) * ((p.rows + p.block_m - 1) / p.block_m) * (p.masked ? p.experts : 1) <=
+           std::numeric_limits<int>::max());
+  return arch.has_wgmma() && columns && persistent && p.n % c.block_n == 0 && c.stages >= 2 &&
+         c.stages <= 8 && fits;
 }
 
 MoeGemm::Config MoeGemm::default_config(const Problem& p, const Arch& arch) {
@@ -231,9 +242,9 @@ KernelSpec MoeGemm::spec(const Config& c, const Problem& p, const Arch& arch) {
                                     masked)})
       : p.weights == kSameAsX
           ? KernelSpec(sources()[0],
-                       {fmt::format("kjit::moe::moe_grouped_gemm<{}, {}, {}, {}, {}, {}>",
+                       {fmt::format("kjit::moe::moe_grouped_gemm<{}, {}, {}, {}, {}, {}, {}>",
                                     cxx_type(p.dtype), p.block_m, c.block_n, c.stages, p.epilogue,
-                                    masked)})
+                                    masked, c.persistent ? "true" : "false")})
           : KernelSpec(sources()[1], {fmt::format("kjit::moe::moe_grouped_gemm_fp4<{}, "
                                                   "{}, {}, {}, {}, {}>",
                                                   p.weights, p.block_m, c.block_n, c.stages,
@@ -245,9 +256,14 @@ KernelSpec MoeGemm::spec(const Config& c, const Problem& p, const Arch& arch) {
 void MoeGemm::launch(const Program& program, const Config& c, const Problem& p,
                      const Args& call_args, StreamHandle stream) {
   if (p.rows == 0) return;
-  const Dim3 grid{static_cast<unsigned>(p.n / c.block_n),
-                  static_cast<unsigned>((p.rows + p.block_m - 1) / p.block_m),
-                  static_cast<unsigned>(p.masked ? p.experts : 1)};
+  Dim3 grid{static_cast<unsigned>(p.n / c.block_n),
+            static_cast<unsigned>((p.rows + p.block_m - 1) / p.block_m),
+            static_cast<unsigned>(p.masked ? p.experts : 1)};
+  if (c.persistent) {  // one block an SM (the kernel's launch bounds), over every tile
+    const std::int64_t tiles = std::int64_t{grid.x} * grid.y * grid.z;
+    grid = {static_cast<unsigned>(std::min<std::int64_t>(tiles, arch::current_multiprocessors())),
+            1, 1};
+  }
   if (c.decode) {  // plain loads: no tensor maps
     program.kernel().launch({grid, {256}, shared_bytes(c, p), stream, {}}, call_args);
     return;

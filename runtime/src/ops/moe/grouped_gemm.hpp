@@ -36,9 +36,9 @@ struct MoeGemm {
   };
   // block_n: columns of y a block computes (the FP4 kernel's weight rows). decode 1: through
   // grouped_gemm_decode.cuh (block_n 64; stages: the K steps of weights a warp has in flight, 2
-  // or 3; more spill).
+  // or 3; more spill). persistent 1 (16-bit weights): one block an SM walks the tiles.
   struct Config {
-    std::int64_t block_n = 128, stages = 4, decode = 0;
+    std::int64_t block_n = 128, stages = 4, decode = 0, persistent = 0;
   };
   using Args = KjitMoeGemmParams;
 
@@ -50,9 +50,9 @@ struct MoeGemm {
                                               field<&Problem::epilogue>("epilogue"),
                                               field<&Problem::masked>("masked"),
                                               field<&Problem::weights>("weights")};
-  static constexpr Field<Config> kConfig[] = {field<&Config::block_n>("block_n"),
-                                              field<&Config::stages>("stages"),
-                                              field<&Config::decode>("decode")};
+  static constexpr Field<Config> kConfig[] = {
+      field<&Config::block_n>("block_n"), field<&Config::stages>("stages"),
+      field<&Config::decode>("decode"), field<&Config::persistent>("persistent")};
   static constexpr DType kDTypes[] = {DType::BFloat16, DType::Float16};
 
   static void check(const Problem& p);
