@@ -219,10 +219,20 @@ bool MoeGemm::valid(const Config& c, const Problem& p, const Arch& arch) {
 }
 
 MoeGemm::Config MoeGemm::default_config(const Problem& p, const Arch& arch) {
-  // 128 columns where N allows, and as many stages (up to 6) as shared memory holds; 64 columns
-  // where no stage count fits 128 (FP4's scales for a long K). FP4 in decode (decode_sized) takes
-  // 64 weight rows a block: twice the blocks, several an SM. The decode kernel (config decode 1)
-  // is in the tuner's space and not yet a default: its form of 2026-12-04 has not run on a GPU.
+  // 16-bit weights over more than 2^25 routed outputs (rows the layout holds pairs for, times N)
+  // take 256 columns: 4 stages, 3 past 2^26. On the H100 (2026-12-06) that was 1.05x the 128
+  // columns at GLM's gate/up over 16k rows and 1.19-1.34x at 64k rows and DeepGEMM's shape; at 2^25
+  // and below the 128 columns were 0-5 % faster.
+  const double outputs = static_cast<double>(p.masked ? p.rows * p.experts : layout_pairs(p)) *
+                         static_cast<double>(p.n);
+  if (p.weights == kSameAsX && p.n % 256 == 0 && outputs > 0x1p25) {
+    const Config wide{256, outputs > 0x1p26 ? 3 : 4};
+    if (valid(wide, p, arch)) return wide;
+  }
+  // Else 128 columns where N allows, and as many stages (up to 6) as shared memory holds; 64
+  // columns where no stage count fits 128 (FP4's scales for a long K). FP4 in decode (decode_sized)
+  // takes 64 weight rows a block: twice the blocks, several an SM. The decode kernel (config decode
+  // 1) is in the tuner's space and not yet a default: its form of 2026-12-04 has not run on a GPU.
   const bool narrow = p.n % 128 != 0 || (p.weights != kSameAsX && decode_sized(p));
   for (const std::int64_t block_n : {std::int64_t{narrow ? 64 : 128}, std::int64_t{64}}) {
     for (Config c{block_n, 6}; c.stages >= 2; --c.stages) {
