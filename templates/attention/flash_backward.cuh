@@ -134,23 +134,16 @@ __device__ __forceinline__ const KjitFlashBackwardParams& group_params(
 __device__ __forceinline__ int group_count(const KjitGroupedBackwardParams& p) {
   return p.groups;
 }
-__device__ __forceinline__ bool heads_first(const KjitFlashBackwardParams&) {
-  return false;
-}
-__device__ __forceinline__ bool heads_first(const KjitGroupedBackwardParams& p) {
-  return p.heads_first != 0;
-}
-
 // The block's key tile and key/value head over the (key tile, head, sequence) grid. Key tiles
 // fastest: the blocks in flight share a key/value head, so its query heads' Q and dO stay in L2.
-// A grouped launch of a few waves takes heads fastest instead (heads_first): the first key tiles
-// of every head, which the most queries see under causal masking and prefix windows, start first,
+// A launch of a few waves takes heads fastest instead (kHeadsFirst): the first key tiles of every
+// head, which the most queries see under causal masking and prefix windows, start first,
 // where key tiles fastest leaves the last head's longest blocks running alone at the end.
-template <class Params>
-__device__ __forceinline__ int2 key_tile_and_head(const Params& params) {
+template <bool kHeadsFirst>
+__device__ __forceinline__ int2 key_tile_and_head() {
+  if constexpr (!kHeadsFirst) return make_int2(blockIdx.x, blockIdx.y);
   const unsigned block = blockIdx.x + blockIdx.y * gridDim.x;
-  return heads_first(params) ? make_int2(block / gridDim.y, block % gridDim.y)
-                             : make_int2(blockIdx.x, blockIdx.y);
+  return make_int2(block / gridDim.y, block % gridDim.y);
 }
 
 // Row `row` (a token index: the sequence's start plus the row within it) of `head`.
@@ -290,7 +283,7 @@ __global__ void __launch_bounds__(256) flash_backward_prep(const KjitFlashBackwa
 // Params: KjitFlashBackwardParams, or KjitGroupedBackwardParams (the query tiles of every group
 // that sees the block's keys, group after group).
 template <class T, int kHeadDim, int kBlockM, int kBlockN, bool kCausal, bool kAtomicDq,
-          class Params = KjitFlashBackwardParams>
+          class Params = KjitFlashBackwardParams, bool kHeadsFirst = false>
 __global__ void __launch_bounds__(256, 1) flash_backward(const __grid_constant__ Params params) {
   const KjitFlashBackwardParams& p = group_params(params, 0);  // keys, heads, scales: everyone's
   using S = BackwardShape<kHeadDim, kBlockM, kBlockN>;
@@ -300,7 +293,7 @@ __global__ void __launch_bounds__(256, 1) flash_backward(const __grid_constant__
   T *sq = tiles.q, *sdo = tiles.dout, *sk = tiles.k, *sv = tiles.v, *sp = tiles.p, *sds = tiles.ds;
   float *lse2 = tiles.lse2, *dsum = tiles.dsum;
 
-  const int2 tile = key_tile_and_head(params);
+  const int2 tile = key_tile_and_head<kHeadsFirst>();
   const int kv_head = tile.y, batch = blockIdx.z;
   const BackwardSequence keys(p, batch);
   const int key0 = tile.x * kBlockN;

@@ -44,13 +44,11 @@ struct KjitFlashBackwardParams {
 /* A grouped backward: up to KJIT_MAX_ATTENTION_GROUPS varlen backwards over one shared K/V (the
    groups' k, v, dk, dv, cu_seqlens_k, heads and scales are equal), each with its own queries,
    windows and workspace. A block of the main loop walks the query tiles of every group that sees
-   its keys, so dK and dV sum over the groups in registers. heads_first (set by the launch for
-   grids of a few waves): the blocks take heads fastest (flash_backward.cuh's key_tile_and_head). */
+   its keys, so dK and dV sum over the groups in registers. */
 #ifndef KJIT_MAX_ATTENTION_GROUPS
 #define KJIT_MAX_ATTENTION_GROUPS 16
 #endif
 struct KjitGroupedBackwardParams {
   struct KjitFlashBackwardParams group[KJIT_MAX_ATTENTION_GROUPS];
   int groups;
-  int heads_first;
 };

@@ -461,9 +461,10 @@ __device__ __forceinline__ void backward_main_loop(const Params& params,
   if constexpr (kP) store_key_rows<T>(p.dv, dv, keys, batch, kv_head, key, 1.f);
 }
 
-// Params: KjitFlashBackwardParams, or KjitGroupedBackwardParams.
+// Params: KjitFlashBackwardParams, or KjitGroupedBackwardParams; kHeadsFirst: key_tile_and_head's
+// order for grids of a few waves (the launch chooses it by the grid).
 template <class T, int kHeadDim, int kBlockM, int kStages, bool kCausal, bool kAtomicDq,
-          class Params = KjitFlashBackwardParams>
+          class Params = KjitFlashBackwardParams, bool kHeadsFirst = false>
 __global__ void __launch_bounds__(256, 1)
     flash_backward_sm90(const __grid_constant__ Params params) {
   using S = BackwardSm90Shape<kHeadDim, kBlockM, kStages>;
@@ -476,7 +477,7 @@ __global__ void __launch_bounds__(256, 1)
   if (dynamic_bytes < S::kBytes + ptx::kSwizzleAtomBytes) __trap();
 
   const KjitFlashBackwardParams& p = group_params(params, 0);  // keys, heads, scales
-  const int2 tile = key_tile_and_head(params);
+  const int2 tile = key_tile_and_head<kHeadsFirst>();
   const int kv_head = tile.y, batch = blockIdx.z, groups = group_count(params);
   const BackwardSequence keys(p, batch);
   const int key0 = tile.x * S::kBlockN;

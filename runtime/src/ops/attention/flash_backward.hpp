@@ -70,6 +70,8 @@ struct FlashBackward {
   static void launch_prep(const Program& program, const Problem& p, const Args& args,
                           StreamHandle stream);
   static LaunchConfig main_grid(const Config& c, const Problem& p, StreamHandle stream);
+  // The program's main-loop instance for that grid: 1 (key tiles fastest) or 3 (kHeadsFirst).
+  static unsigned main_kernel(const LaunchConfig& grid);
   static void launch_dq(const Program& program, const Config& c, const Problem& p, const Args& args,
                         StreamHandle stream);
   static std::vector<Problem> shipped(const Arch& arch);

@@ -5,7 +5,6 @@
 
 #include <fmt/format.h>
 
-#include "driver/arch.hpp"
 #include "driver/stream_allocation.hpp"
 #include "ops/attention/attention_inputs.hpp"
 #include "ops/attention/flash_grouped_forward.hpp"
@@ -52,13 +51,7 @@ void GroupedBackward::launch(const Program& program, const Config& c, const Prob
   }
   if (p.seqlen_k > 0) {
     const LaunchConfig grid = FlashBackward::main_grid(c, plain, stream);
-    // Longest blocks first where the grid is a few waves (one block a multiprocessor: its tail is
-    // then a large part of it), L2 reuse past that: on the H100's zigzag rows, heads first won at
-    // 4 waves and lost at 8.
-    constexpr std::int64_t kHeadsFirstWaves = 6;
-    const std::int64_t blocks = std::int64_t{grid.grid.x} * grid.grid.y * grid.grid.z;
-    args.heads_first = blocks <= kHeadsFirstWaves * arch::current_multiprocessors();
-    program.kernel_at(1).launch(grid, args);
+    program.kernel_at(FlashBackward::main_kernel(grid)).launch(grid, args);
   }
   for (int g = 0; g < args.groups; ++g) {
     if (args.group[g].tokens_q > 0)
