@@ -219,14 +219,15 @@ bool MoeGemm::valid(const Config& c, const Problem& p, const Arch& arch) {
 }
 
 MoeGemm::Config MoeGemm::default_config(const Problem& p, const Arch& arch) {
-  // 16-bit weights over more than 2^25 routed outputs (rows the layout holds pairs for, times N)
-  // take 256 columns: 4 stages, 3 past 2^26. On the H100 (2026-12-06) that was 1.05x the 128
-  // columns at GLM's gate/up over 16k rows and 1.19-1.34x at 64k rows and DeepGEMM's shape; at 2^25
-  // and below the 128 columns were 0-5 % faster.
+  // 16-bit weights over more than 2^26 routed outputs (rows the layout holds pairs for, times N;
+  // the rows are their bucket's, the next power of 2) take 256 columns: 4 stages, 3 past 2^27.
+  // On the H100 (2026-12-06, bundles 2779003 and 507419f) that was 1.06x the 128 columns at GLM
+  // gate/up over 16k rows and 1.19-1.36x at 64k rows and DeepGEMM's shape; below, the 128
+  // columns were as fast or up to 9 % faster (GLM down over 16k rows: 222.7 against 224.9 us).
   const double outputs = static_cast<double>(p.masked ? p.rows * p.experts : layout_pairs(p)) *
                          static_cast<double>(p.n);
-  if (p.weights == kSameAsX && p.n % 256 == 0 && outputs > 0x1p25) {
-    const Config wide{256, outputs > 0x1p26 ? 3 : 4};
+  if (p.weights == kSameAsX && p.n % 256 == 0 && outputs > 0x1p26) {
+    const Config wide{256, outputs > 0x1p27 ? 3 : 4};
     if (valid(wide, p, arch)) return wide;
   }
   // Else 128 columns where N allows, and as many stages (up to 6) as shared memory holds; 64
