@@ -10,6 +10,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kjit/error.hpp"
@@ -602,6 +603,34 @@ TEST(MoeBalanceValidation, RefusesBadShapesAndOptions) {
   b = Balance();
   b.options.bias_rate = std::numeric_limits<float>::quiet_NaN();
   expect_refused(b, "bias_rate must be finite");
+}
+
+// The 16-bit default on the problems the dispatcher gives it (each bucket's: rows rounded up to a
+// power of 2), at the benchmark's balanced layouts (blocks of 128): 256 columns past 2^26 routed
+// outputs, 3 stages past 2^27, the H100's best of the measured configs (docs/perf.md).
+TEST(MoeGemmDefault, WideTilesForLargeProductsOnTheirBucket) {
+  const Arch sm90a("sm_90a");
+  const auto pick = [&](std::int64_t pairs, std::int64_t experts, std::int64_t n, std::int64_t k) {
+    ops::MoeGemm::Problem p{DType::BFloat16,
+                            moe::align_capacity(pairs, static_cast<int>(experts), 128),
+                            n,
+                            k,
+                            experts,
+                            128};
+    const ops::MoeGemm::Config c =
+        ops::MoeGemm::default_config(ops::bucketed<ops::MoeGemm>(p), sm90a);
+    return std::pair<std::int64_t, std::int64_t>{c.block_n, c.stages};
+  };
+  using Pick = std::pair<std::int64_t, std::int64_t>;
+  EXPECT_EQ(pick(16384, 64, 1536, 2048), Pick(128, 6));  // torch's anchor
+  EXPECT_EQ(pick(4096, 64, 3072, 2048), Pick(128, 6));   // GLM gate/up
+  EXPECT_EQ(pick(16384, 64, 3072, 2048), Pick(256, 4));
+  EXPECT_EQ(pick(65536, 64, 3072, 2048), Pick(256, 3));
+  EXPECT_EQ(pick(4096, 64, 2048, 1536), Pick(128, 6));  // GLM down
+  EXPECT_EQ(pick(16384, 64, 2048, 1536), Pick(128, 6));
+  EXPECT_EQ(pick(65536, 64, 2048, 1536), Pick(256, 3));
+  EXPECT_EQ(pick(32768, 8, 4096, 7168), Pick(256, 3));  // DeepGEMM's
+  EXPECT_EQ(pick(65536, 64, 1984, 2048).first, 64);     // N not a multiple of 128 or 256
 }
 
 }  // namespace
