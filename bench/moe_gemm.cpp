@@ -175,6 +175,12 @@ struct Row {
   int experts, rows, n, k;
 };
 
+// Whether two configs are one (every field of the family's).
+bool same(const kjit::ops::MoeGemm::Config& a, const kjit::ops::MoeGemm::Config& b) {
+  return kjit::ops::config_map<kjit::ops::MoeGemm>(a) ==
+         kjit::ops::config_map<kjit::ops::MoeGemm>(b);
+}
+
 void print_row(const char* name, Format f, int experts, int rows, int n, int k, double ms,
                double gbs, const kjit::ops::MoeGemm::Config& c, double copy_gbs) {
   std::printf("%-14s %-6s %4d %6d %5d %5d %10.1f %8.1f", name, format_name(f), experts, rows, n, k,
@@ -244,11 +250,8 @@ int main(int argc, char** argv) try {
                                                      {128, 6, 0, 1},
                                                      {256, 3, 0, 1},
                                                      {256, 4, 0, 1}}) {
-        if (f != Format::kSameAsX || !w.valid(other, vx, vblocks, 128, vy) ||
-            (other.block_n == chosen.block_n && other.stages == chosen.stages &&
-             other.persistent == chosen.persistent)) {
+        if (f != Format::kSameAsX || same(other, chosen) || !w.valid(other, vx, vblocks, 128, vy))
           continue;
-        }
         const double other_ms =
             time_calls([&](int) { w.run_with(other, vx, vblocks, 128, vy, layout.epilogue, s); });
         print_row(r.name, f, r.experts, r.rows, r.n, r.k, other_ms, 0, other, copy_gbs);
@@ -294,8 +297,7 @@ int main(int argc, char** argv) try {
         // pipeline's 64 weight rows (bf16: twice the blocks of its default 128).
         for (const kjit::ops::MoeGemm::Config other :
              {kjit::ops::MoeGemm::Config{64, 2, 1}, {64, 3, 1}, {64, 6, 0}}) {
-          if ((other.block_n == chosen.block_n && other.stages == chosen.stages &&
-               other.decode == chosen.decode) ||
+          if (same(other, chosen) ||
               !w.valid(other, layouts[0].x_view(p.k), layouts[0].blocks_view(), kDecodeBlock, vy)) {
             continue;
           }

@@ -4,7 +4,6 @@
 #include <cmath>
 #include <optional>
 #include <string>
-#include <utility>
 
 #include <fmt/format.h>
 
@@ -242,13 +241,20 @@ KernelSpec FlashBackward::spec_for(const Config& c, const Problem& p, const Arch
   const char* t = cxx_type(p.dtype);
   const char* causal = p.causal ? "true" : "false";
   const char* atomic = c.dq_atomic ? "true" : "false";
-  // Launch order: prep, main loop, then the dq store (atomics) or the dq pass.
+  const auto main_loop = [&](bool heads_first) {
+    const char* order = heads_first ? "true" : "false";
+    return c.wgmma()
+               ? fmt::format(
+                     "kjit::attention::flash_backward_sm90<{}, {}, {}, {}, {}, {}, "
+                     "{}, {}>",
+                     t, p.head_dim, c.block_m, c.stages, causal, atomic, params, order)
+               : fmt::format("kjit::attention::flash_backward<{}, {}, {}, {}, {}, {}, {}, {}>", t,
+                             p.head_dim, c.block_m, c.block_n, causal, atomic, params, order);
+  };
+  // Launch order: prep, main loop, the dq store (atomics) or the dq pass, then the main loop with
+  // kHeadsFirst (main_kernel picks 1 or 3).
   std::vector<std::string> names = {
-      fmt::format("kjit::attention::flash_backward_prep<{}, {}>", t, p.head_dim),
-      c.wgmma() ? fmt::format("kjit::attention::flash_backward_sm90<{}, {}, {}, {}, {}, {}, {}>", t,
-                              p.head_dim, c.block_m, c.stages, causal, atomic, params)
-                : fmt::format("kjit::attention::flash_backward<{}, {}, {}, {}, {}, {}, {}>", t,
-                              p.head_dim, c.block_m, c.block_n, causal, atomic, params)};
+      fmt::format("kjit::attention::flash_backward_prep<{}, {}>", t, p.head_dim), main_loop(false)};
   if (c.dq_atomic) {
     names.push_back(fmt::format("kjit::attention::flash_backward_dq_store<{}, {}>", t, p.head_dim));
   } else {
@@ -256,10 +262,7 @@ KernelSpec FlashBackward::spec_for(const Config& c, const Problem& p, const Arch
     names.push_back(fmt::format("kjit::attention::flash_backward_dq<{}, {}, {}, {}, {}>", t,
                                 p.head_dim, pass.block_m, pass.block_n, causal));
   }
-  // The main loop again with kHeadsFirst (kernel 3): main_kernel picks one of the two.
-  std::string heads_first = names[1];
-  heads_first.insert(heads_first.size() - 1, ", true");
-  names.push_back(std::move(heads_first));
+  names.push_back(main_loop(true));
   KernelSpec s(sources()[c.wgmma() ? 1 : 0], names);
   s.arch = arch.name();
   return s;

@@ -82,6 +82,13 @@ bool decode_sized(const MoeGemm::Problem& p) {
   return p.masked ? p.rows <= p.block_m : layout_pairs(p) * 4 < p.experts * p.block_m;
 }
 
+// The non-persistent grid: a block per tile (columns, rows, the masked layout's experts).
+Dim3 tile_grid(const MoeGemm::Config& c, const MoeGemm::Problem& p) {
+  return {static_cast<unsigned>(p.n / c.block_n),
+          static_cast<unsigned>((p.rows + p.block_m - 1) / p.block_m),
+          static_cast<unsigned>(p.masked ? p.experts : 1)};
+}
+
 }  // namespace
 
 void MoeGemm::check(const Problem& p) {
@@ -209,11 +216,12 @@ bool MoeGemm::valid(const Config& c, const Problem& p, const Arch& arch) {
   const bool columns =
       c.block_n == 64 || c.block_n == 128 || (c.block_n == 256 && p.weights == kSameAsX);
   // Persistent: 16-bit weights, the tiles' count an int.
+  const auto tiles_fit = [&] {
+    const Dim3 tiles = tile_grid(c, p);
+    return std::int64_t{tiles.x} * tiles.y * tiles.z <= std::numeric_limits<int>::max();
+  };
   const bool persistent =
-      c.persistent == 0 ||
-      (c.persistent == 1 && p.weights == kSameAsX &&
-       (p.n / c.block_n) * ((p.rows + p.block_m - 1) / p.block_m) * (p.masked ? p.experts : 1) <=
-           std::numeric_limits<int>::max());
+      c.persistent == 0 || (c.persistent == 1 && p.weights == kSameAsX && columns && tiles_fit());
   return arch.has_wgmma() && columns && persistent && p.n % c.block_n == 0 && c.stages >= 2 &&
          c.stages <= 8 && fits;
 }
@@ -268,9 +276,7 @@ KernelSpec MoeGemm::spec(const Config& c, const Problem& p, const Arch& arch) {
 void MoeGemm::launch(const Program& program, const Config& c, const Problem& p,
                      const Args& call_args, StreamHandle stream) {
   if (p.rows == 0) return;
-  Dim3 grid{static_cast<unsigned>(p.n / c.block_n),
-            static_cast<unsigned>((p.rows + p.block_m - 1) / p.block_m),
-            static_cast<unsigned>(p.masked ? p.experts : 1)};
+  Dim3 grid = tile_grid(c, p);
   if (c.persistent) {  // one block an SM (the kernel's launch bounds), over every tile
     const std::int64_t tiles = std::int64_t{grid.x} * grid.y * grid.z;
     grid = {static_cast<unsigned>(std::min<std::int64_t>(tiles, arch::current_multiprocessors())),
