@@ -2,10 +2,10 @@
 (bench/op_call_overhead.cpp, run here as a subprocess): the function as a user calls it
 (kjit.attention.forward, ...: eager, so straight to the implementation: output allocation,
 DLTensors, the C ABI), the same op through torch's dispatcher (torch.ops.kjit.*, as under
-torch.compile or a dispatch mode), and the binding's floor (the DLTensors and the C ABI call
-through ctypes, without the outputs' allocation). Calls are issued back to back and timed on the
-host, few enough that the launch queue absorbs them; median of 21 rounds. Goal (issue 18): the
-function within 5 us of the C++ call.
+torch.compile or a dispatch mode), and the binding's floor (the C ABI call through kjit._native
+over preallocated outputs: the function without its outputs' allocation). Calls are issued back
+to back and timed on the host, few enough that the launch queue absorbs them; median of 21
+rounds. Goal (issue 18): the function within 5 us of the C++ call.
 
     python3 bench/python_overhead.py PATH/TO/kjit_bench_op_call_overhead
 """
@@ -18,9 +18,8 @@ import time
 import torch
 
 import kjit
-from kjit._dlpack import DLArgs
-from kjit._launch import current_stream, direct
-from kjit._library import call, library
+from kjit._launch import current_stream, direct, new_empty
+from kjit._library import call
 
 ROUNDS = 21
 
@@ -40,15 +39,10 @@ def host_us(fn, calls):
 
 
 def floor(name, *args):
-    """The C ABI call through ctypes on the current stream, its tensor arguments (marked
-    (tensor, name)) described afresh each call as the ops do."""
+    """The C ABI call through kjit._native on the current stream, over the op's tensors and
+    preallocated outputs."""
     stream = torch.cuda.current_stream().cuda_stream
-
-    def run():
-        dl = DLArgs()
-        call(name, *(dl(*a) if isinstance(a, tuple) else a for a in args), stream)
-
-    return run
+    return lambda: call(name, *args, stream)
 
 
 def cases():
@@ -62,7 +56,7 @@ def cases():
         256,
         lambda: kjit.attention.forward(q, k, v, causal=True),
         lambda: torch.ops.kjit.attention_forward(q, k, v, 0.0, True, False),
-        floor("kjit_attention_forward", (q, "q"), (k, "k"), (v, "v"), (out, "out"), (lse, "lse"), 0.0, 1),
+        floor("kjit_attention_forward", q, k, v, out, lse, 0.0, 1),
     )
 
     parts, parts_lse = torch.randn(2, 16, 8, 128, dtype=bf16, device=dev), torch.zeros(2, 16, 8, device=dev)
@@ -72,9 +66,7 @@ def cases():
         256,
         lambda: kjit.attention.merge_states(parts, parts_lse),
         lambda: torch.ops.kjit.merge_states(parts, parts_lse),
-        floor(
-            "kjit_merge_states", (parts, "parts"), (parts_lse, "parts_lse"), (merged, "out"), (merged_lse, "out_lse")
-        ),
+        floor("kjit_merge_states", parts, parts_lse, merged, merged_lse),
     )
 
     mq, cache = torch.randn(1, 1, 16, 576, dtype=bf16, device=dev), torch.randn(4, 64, 576, dtype=bf16, device=dev)
@@ -88,14 +80,14 @@ def cases():
         lambda: torch.ops.kjit.mla_decode(mq, cache, table, lengths, host_table, host_lengths, 0.0625),
         floor(
             "kjit_mla_decode",
-            (mq, "q"),
-            (cache, "cache"),
-            (table, "block_table"),
+            mq,
+            cache,
+            table,
             host_table.data_ptr(),
-            (lengths, "lengths"),
+            lengths,
             host_lengths.data_ptr(),
-            (mout, "out"),
-            (mlse, "lse"),
+            mout,
+            mlse,
             0.0625,
         ),
     )
@@ -109,7 +101,7 @@ def cases():
         256,
         lambda: kjit.moe.router_topk(logits, glm),
         lambda: torch.ops.kjit.moe_router_topk(logits, None, 4, True, 1, 1, True, 1.8),
-        floor("kjit_moe_router_topk", (logits, "logits"), None, (ids, "ids"), (weights, "weights"), options),
+        floor("kjit_moe_router_topk", logits, None, ids, weights, options),
     )
 
     x = torch.randn(1, 2048, dtype=bf16, device=dev)
@@ -123,15 +115,15 @@ def cases():
         lambda: torch.ops.kjit.moe_layer(x, logits[:1], gate_up, down, None, None, 4, True, 1, 1, True, 1.8, 0),
         floor(
             "kjit_moe_layer",
-            (x, "x"),
-            (logits[:1], "router_logits"),
-            (gate_up, "gate_up"),
-            (down, "down"),
+            x,
+            logits[:1],
+            gate_up,
+            down,
             None,
             None,
             options,
             0,
-            (y, "out"),
+            y,
         ),
     )
 
@@ -147,9 +139,9 @@ def pieces():
     yield "tensor.device.index", lambda: t.device.index
     yield "torch.empty_like (CUDA)", lambda: torch.empty_like(t)
     yield "torch.empty (CUDA, [1, 8, 128] fp32)", lambda: torch.empty(1, 8, 128, device="cuda")
-    yield "DLArgs() and one DLTensor", lambda: DLArgs()(t, "q")
+    yield "kjit._launch.new_empty (CUDA, like t)", lambda: new_empty(t, t.shape)
     yield "direct() over 3 tensors", lambda: direct((t, t, t))
-    yield "a ctypes call (kjit_last_error)", library().kjit_last_error
+    yield "an entry point through kjit._native (no tensor)", lambda: call("kjit_moe_align_capacity", 40, 64, 64)
 
 
 def main():

@@ -43,6 +43,10 @@ pack .gpu-bundle/bin "${KJIT_BUNDLE_BINS:-}"
 strip -o .gpu-bundle/lib/libkjit.so.0 "$build/runtime/libkjit.so.0"
 cp -L "$(ldd "$build/bench/kjit_bench_launch_overhead" | awk '/libbenchmark/ {print $3}')" .gpu-bundle/lib/
 cp tests/dist/rank_exit.sh .gpu-bundle/bin/
+# The Python package as a wheel (kjit._native compiled here for CPython >= 3.11, the limited API),
+# which scripts/gpu-suite.sh's python mode installs.
+rm -rf .gpu-bundle/python
+python3 -m pip wheel -q --no-deps -w .gpu-bundle/python ./python
 # The commit, marked -dirty when the tree differs from it (the bundle is what was built).
 echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo -dirty)" > .gpu-bundle/commit
 # KJIT_HOST_VARIANTS="NAME=REV ...": a variant that changes host code too (a launch, a config

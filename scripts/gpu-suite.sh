@@ -142,13 +142,14 @@ if [ "$what" = fa4-stage ]; then
   mkdir -p "$fa4_parts" && cp .peers/fa4_a/*.part-* "$fa4_parts/" && ls -l "$fa4_parts"
 fi
 if [ "$what" = python ]; then
-  # The Python package (python/, pure Python) over the bundle's libkjit.so: its pytest suite (the
+  # The Python package (the bundle's wheel) over the bundle's libkjit.so: its pytest suite (the
   # CPU and the GPU tests), the call overhead beside the C++ API's, and a training step beside
   # torch SDPA (and FA4 where installed). pytest from .peers/pytest where carried
   # (scripts/fetch-peers.sh), else the image's. KJIT_PYTHON_STEPS picks some of "tests overhead
   # training" (default all three).
   wants() { case " ${KJIT_PYTHON_STEPS:-tests overhead training} " in *" $1 "*) ;; *) return 1 ;; esac; }
   mkdir -p /tmp/psite
+  python3 -m pip install -q --no-index --no-deps --target /tmp/psite .gpu-bundle/python/kjit-*.whl
   if ls .peers/pytest/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --target /tmp/psite .peers/pytest/*.whl
   fi
@@ -164,7 +165,7 @@ if [ "$what" = python ]; then
   # The image's pytest plugins (pytest-timeout) need a newer pytest than the one carried.
   export PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
   # cutlass (FA4's DSL) lives in dsl_packages, which its .pth file adds only in a site directory.
-  export PYTHONPATH="/tmp/psite:/tmp/psite/nvidia_cutlass_dsl/dsl_packages:$PWD/python:$PWD/bench:${PYTHONPATH:-}"
+  export PYTHONPATH="/tmp/psite:/tmp/psite/nvidia_cutlass_dsl/dsl_packages:$PWD/bench:${PYTHONPATH:-}"
   export KJIT_LIBRARY="$PWD/.gpu-bundle/lib/libkjit.so.0" PYTHONUNBUFFERED=1
   wants tests && step python_tests timeout 300 python3 -m pytest -p no:cacheprovider -q -rs tests/python
   wants overhead && step python_overhead timeout 120 python3 bench/python_overhead.py \

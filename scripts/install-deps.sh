@@ -4,7 +4,7 @@
 set -euo pipefail
 pkgs=(cmake ninja-build g++ clang-format libgtest-dev libgmock-dev libbenchmark-dev
       libcli11-dev nlohmann-json3-dev libfmt-dev libxxhash-dev libsqlite3-dev libdlpack-dev
-      pkg-config binutils util-linux libopenmpi-dev openmpi-bin python3-venv)
+      pkg-config binutils util-linux libopenmpi-dev openmpi-bin python3-venv python3-dev libffi-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -1,18 +1,17 @@
-"""torch tensors as DLPack DLTensors for the C ABI, without a copy: each DLTensor points at the
+"""torch tensors as DLPack DLTensors held from Python, without a copy: each DLTensor points at the
 tensor's storage and describes its shape and strides (in elements, as DLPack's).
 
-A torch tensor is exported by torch itself (torch._C._to_dlpack: its DLManagedTensor starts with
-the DLTensor; ~0.5 us against ~2-3 us for describing it from Python, which the GPU machine's
-python_overhead.py measured at 3.3 us a tensor). Whatever torch does not export (meta tensors,
-the CPU tests' stand-ins for CUDA tensors) is described by hand: one struct.pack_into into a
-per-thread scratch buffer, so that kjit still names what it refuses. A call passes the
-DLTensors' addresses."""
+A call's own tensor arguments do not come here: kjit._native has torch fill their DLTensors in C.
+DLArgs serves the DLTensors that C structs point at (the grouped attention's groups, the offloaded
+stack's per-layer arrays) and what torch's exchange table does not take (meta tensors, the CPU
+tests' stand-ins for CUDA tensors), so that kjit still names what it refuses. A torch tensor is
+exported by torch (torch._C._to_dlpack: its DLManagedTensor starts with the DLTensor); anything
+else is described by hand, one struct.pack into a buffer of its own."""
 
 from __future__ import annotations
 
 import ctypes
 import struct
-import threading
 from typing import Optional
 
 import torch
@@ -40,11 +39,15 @@ _DTYPES = {
     torch.uint8: (1, 8),
     torch.bool: (6, 8),
 }
+
+
+def dlpack_dtype(dtype: torch.dtype) -> int:
+    """`dtype` as kjit._native.empty takes it: DLPack's code | bits << 8."""
+    code, bits = _DTYPES[dtype]
+    return code | bits << 8
+
+
 _DEVICES = {"cpu": 1, "cuda": 2}  # others (meta, ...): 0, which kjit refuses by name
-
-_SCRATCH_BYTES = 1 << 16  # a call's DLTensors: 16 attention groups of 6 tensors use 14 KiB
-_scratch = threading.local()
-
 
 _to_dlpack = torch._C._to_dlpack
 _capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
@@ -53,17 +56,13 @@ _capsule_pointer.restype, _capsule_pointer.argtypes = ctypes.c_void_p, [ctypes.p
 
 class DLArgs:
     """The DLTensors of one C ABI call: dl(tensor, name) is the address of a DLTensor over
-    `tensor` (None for None: a NULL argument), valid while this DLArgs lives (torch's exports) and
-    until the thread's next DLArgs (the scratch buffer's). `name` names the tensor in errors."""
+    `tensor` (None for None: a NULL argument), valid while this DLArgs lives. `name` names the
+    tensor in errors."""
 
-    __slots__ = ("_buffer", "_base", "_offset", "_exports")
+    __slots__ = ("_held",)
 
     def __init__(self):
-        buffer = getattr(_scratch, "buffer", None)
-        if buffer is None:
-            buffer = _scratch.buffer = ctypes.create_string_buffer(_SCRATCH_BYTES)
-            _scratch.base = ctypes.addressof(buffer)
-        self._buffer, self._base, self._offset, self._exports = buffer, _scratch.base, 0, []
+        self._held = []  # torch's exports (their capsules free them) and the hand descriptions
 
     def __call__(self, t: Optional[torch.Tensor], name: str) -> Optional[int]:
         if t is None:
@@ -73,20 +72,18 @@ class DLArgs:
         if kind is None or dims >= len(_LAYOUTS):
             raise InvalidArgumentError(f"{name} has dtype {t.dtype} and {dims} dims, which kjit does not take")
         if type(t) is torch.Tensor and not t.is_meta:
-            export = _to_dlpack(t)  # its capsule frees the export when this DLArgs goes
-            self._exports.append(export)
+            export = _to_dlpack(t)
+            self._held.append(export)
             return _capsule_pointer(export, b"dltensor")
-        offset = self._offset
-        self._offset = offset + _HEADER_BYTES + 16 * dims
-        if self._offset > _SCRATCH_BYTES:
-            raise InvalidArgumentError(f"{name}: more tensors in one call than kjit's binding describes")
+        buffer = ctypes.create_string_buffer(_HEADER_BYTES + 16 * dims)
+        self._held.append(buffer)
+        here = ctypes.addressof(buffer)
+        sizes = here + _HEADER_BYTES
         index = t.get_device()  # -1 on the host
         device = 2 if t.is_cuda else _DEVICES.get(t.device.type, 0)
-        here = self._base + offset
-        sizes = here + _HEADER_BYTES
         _LAYOUTS[dims].pack_into(
-            self._buffer,
-            offset,
+            buffer,
+            0,
             t.data_ptr(),
             device,
             max(index, 0),

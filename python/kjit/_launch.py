@@ -3,8 +3,12 @@ stream there, and the host copies some ops validate on the host."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
+from . import _native
+from ._dlpack import dlpack_dtype
 from ._library import call
 from .errors import InvalidArgumentError
 
@@ -30,6 +34,15 @@ def launch(name: str, anchor: torch.Tensor, *args) -> None:
         return
     with torch.cuda.device(index):  # kjit launches in the current context
         call(name, *args, current_stream(index))
+
+
+def new_empty(like: torch.Tensor, shape, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """like.new_empty(shape, dtype=dtype): for a tensor with storage, through torch's DLPack
+    exchange table in kjit._native (about a third of new_empty's host time); a fake or meta tensor
+    (the fake implementations') through new_empty itself."""
+    if type(like) is torch.Tensor and not like.is_meta:
+        return _native.empty(like, shape, None if dtype is None else dlpack_dtype(dtype))
+    return like.new_empty(shape, dtype=dtype)
 
 
 def host_copy(host: torch.Tensor, device_copy: torch.Tensor, what: str) -> int:
@@ -61,28 +74,20 @@ _FUNCTION_MODES = getattr(torch._C, "_is_torch_function_mode_enabled", None)
 _FUNCTORCH_LEVEL = getattr(getattr(torch._C, "_functorch", None), "maybe_current_level", None)
 _JIT_TRACING = getattr(torch._C, "_get_tracing_state", None)
 _PROFILING = getattr(torch.autograd, "_profiler_enabled", None)  # any profiler, C++ or on demand too
-_CAN_GO_DIRECT = None not in (_DISPATCH_MODES, _FUNCTION_MODES, _FUNCTORCH_LEVEL, _JIT_TRACING, _PROFILING)
+# Each answers None or a false value where nothing would see the call.
+_QUERIES = (_DISPATCH_MODES, _FUNCTION_MODES, _FUNCTORCH_LEVEL, _JIT_TRACING, _PROFILING)
+_CAN_GO_DIRECT = None not in _QUERIES
 
 
 def direct(args) -> bool:
     """Whether an op may run its implementation on `args` without torch's dispatcher: plain CUDA
     tensors (no fake, meta, functional or other subclass: those take the fake or the dispatcher's
     path), no gradient to record, and no torch.compile, jit trace, dispatch or function mode,
-    functorch transform or profiler that would see the op."""
+    functorch transform or profiler that would see the op (the checks past torch.compile's are
+    kjit._native's)."""
     if not _CAN_GO_DIRECT or torch.compiler.is_compiling():
         return False
-    if _DISPATCH_MODES() or _FUNCTION_MODES() or _FUNCTORCH_LEVEL() is not None or _JIT_TRACING() is not None:
-        return False
-    if _PROFILING():
-        return False
-    grad, anchor = torch.is_grad_enabled(), None
-    for arg in args:
-        for t in arg if isinstance(arg, (list, tuple)) else (arg,):
-            if isinstance(t, torch.Tensor):
-                if type(t) is not torch.Tensor or (grad and t.requires_grad):
-                    return False
-                anchor = t if anchor is None else anchor
-    return anchor is not None and anchor.is_cuda
+    return _native.direct(_QUERIES, torch.is_grad_enabled, args)
 
 
 class Op:

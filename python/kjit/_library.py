@@ -1,8 +1,11 @@
-"""libkjit.so and its C ABI (kjit/c_api.h) through ctypes.
+"""libkjit.so and its C ABI (kjit/c_api.h).
 
-ctypes rather than a compiled extension: the C ABI is already the stable boundary (plain C
-types and DLPack tensors), so the package builds nothing and works with any torch build. The
-library is loaded at the first call, so `import kjit` works where it is not installed yet.
+The calls go through kjit._native (kjit/_native.c), a small C extension over the C ABI: torch fills
+each tensor's DLTensor through DLPack's C exchange table and libffi makes the call, so that a call
+costs about what the C++ call does (through ctypes alone, describing the tensors and converting
+the arguments cost 1-2 us each on the GPU machine: docs/perf.md). The library itself is loaded
+with ctypes (dlopen), which also gives the entry points' addresses and the C structs below. It is
+loaded at the first call, so `import kjit` works where it is not installed yet.
 """
 
 from __future__ import annotations
@@ -15,13 +18,16 @@ import threading
 from pathlib import Path
 from typing import Optional
 
+import torch
+
+from . import _native
+from ._dlpack import DLArgs
 from .errors import InvalidArgumentError, raise_for_status
 
 _P = ctypes.POINTER
-# Tensors (const DLTensor*) and host copies (const int32_t*) pass as addresses: a Python int from
-# dl_tensors() or tensor.data_ptr(), or None for NULL.
-_T = _i32p = _ptr = ctypes.c_void_p
-_int, _float, _size = ctypes.c_int, ctypes.c_float, ctypes.c_size_t
+# The structs' tensors (const DLTensor*) and host copies (const int32_t*) are addresses.
+_T = _i32p = ctypes.c_void_p
+_int, _float = ctypes.c_int, ctypes.c_float
 
 
 class AttentionGroup(ctypes.Structure):
@@ -53,65 +59,60 @@ class RouterOptions(ctypes.Structure):
     ]
 
 
-# Every entry point: its argument types (the return type is kjit_status unless listed below).
+# Every entry point's arguments, a letter each (kjit/_native.c): t a tensor (const DLTensor*: a
+# torch tensor, a DLTensor's int address, or None for NULL), p a pointer (None, an int address, or an object with a buffer:
+# bytes, a ctypes struct or array), i int, l int64_t, z size_t, f float. They return kjit_status,
+# but for the ones in _RESULTS (l: int64_t).
 _SIGNATURES = {
-    "kjit_merge_states": [_T, _T, _T, _T, _ptr],
-    "kjit_attention_forward": [_T, _T, _T, _T, _T, _float, _int, _ptr],
-    "kjit_attention_forward_varlen": [_T] * 7 + [_i32p, _i32p, _float, _int, _ptr],
-    "kjit_attention_backward": [_T] * 9 + [_float, _int, _int, _ptr, _size, _ptr],
-    "kjit_attention_backward_varlen": [_T] * 11 + [_i32p, _i32p, _float, _int, _int, _ptr, _size, _ptr],
-    "kjit_attention_backward_workspace_bytes": [_T, _int, _P(_size)],
-    "kjit_attention_forward_grouped": [_P(AttentionGroup), _int, _T, _T, _T, _i32p, _float, _int, _ptr],
-    "kjit_attention_backward_grouped": [
-        _P(AttentionGroup),
-        _int,
-        _T,
-        _T,
-        _T,
-        _i32p,
-        _T,
-        _T,
-        _float,
-        _int,
-        _ptr,
-        _size,
-        _ptr,
-    ],
-    "kjit_attention_backward_grouped_workspace_bytes": [_P(AttentionGroup), _int, _P(_size)],
-    "kjit_mla_decode": [_T, _T, _T, _i32p, _T, _i32p, _T, _T, _float, _ptr],
-    "kjit_comm_unique_id": [ctypes.c_char_p],
-    "kjit_comm_create": [ctypes.c_char_p, _int, _int, _int, ctypes.c_int64, _P(_ptr)],
-    "kjit_mla_helix_heads": [_int, _int, _int, _P(_int), _P(_int)],
-    "kjit_mla_helix_decode": [_ptr, _T, _T, _T, _i32p, _T, _i32p, _T, _T, _float, _ptr],
-    "kjit_zigzag_extract_kv_slice": [_T, _T, _i32p, _int, _int, _int, _T, _ptr],
-    "kjit_zigzag_scatter_grad": [_T, _T, _i32p, _int, _int, _int, _int, _T, _ptr],
-    "kjit_zigzag_forward": [_ptr] + [_T] * 6 + [_i32p, _float, _int, _int, _ptr],
-    "kjit_zigzag_backward": [_ptr] + [_T] * 10 + [_i32p, _float, _int, _int, _ptr],
-    "kjit_moe_router_topk": [_T, _T, _T, _T, _P(RouterOptions), _ptr],
-    "kjit_moe_align_capacity": [ctypes.c_int64, _int, _int],
-    "kjit_moe_align": [_T, _int, _int, _T, _T, _T, _T, _T, _ptr],
-    "kjit_moe_permute": [_T, _T, _int, _T, _T, _ptr],
-    "kjit_moe_unpermute": [_T, _T, _int, _T, _T, _T, _ptr],
-    "kjit_moe_grouped_gemm": [_T, _T, _int, _T, _T, _int, _T, _T, _ptr],
-    "kjit_moe_grouped_gemm_masked": [_T, _T, _int, _T, _T, _int, _ptr],
-    "kjit_moe_expert_gemm_fp4": [_T, _T, _int, _int, _T, _T, _T, _T, _int, _T, _T, _ptr],
-    "kjit_moe_expert_gemm_fp4_masked": [_T, _T, _int, _int, _T, _T, _T, _T, _int, _ptr],
-    "kjit_moe_quantize_fp4": [_T, _int, _T, _T, _T, _ptr],
-    "kjit_moe_balance": [_T, _T, _T, _T, _int, _T, _float, _float, _float, _T, _T, _T, _T, _ptr],
-    "kjit_moe_layer": [_T, _T, _T, _T, _T, _T, _P(RouterOptions), _int, _T, _ptr],
-    "kjit_moe_layer_fp4": [_T, _T, _int] + [_T] * 8 + [_P(RouterOptions), _int, _T, _ptr],
-    # The offloaded stack: per-layer tensor arrays (const DLTensor* const*), the options and the
-    # stats as structs by address (kjit.moe.offload), the stack as an opaque pointer.
-    "kjit_moe_offload_create": [_int, _ptr, _ptr, _ptr, _P(RouterOptions), _int, _ptr, _ptr],
-    "kjit_moe_offload_create_fp4": [_int, _int] + [_ptr] * 7 + [_P(RouterOptions), _int, _ptr, _ptr],
-    "kjit_moe_offload_layer": [_ptr, _int, _T, _T, _T, _T, _ptr, _ptr],
-    "kjit_moe_offload_prefetch_from_logits": [_ptr, _int, _T, _ptr],
-    "kjit_moe_offload_stats_get": [_ptr, _ptr],
-    "kjit_moe_offload_write_history": [_ptr, ctypes.c_char_p],
+    "kjit_merge_states": "ttttp",
+    "kjit_attention_forward": "tttttfip",
+    "kjit_attention_forward_varlen": "tttttttppfip",
+    "kjit_attention_backward": "tttttttttfiipzp",
+    "kjit_attention_backward_varlen": "tttttttttttppfiipzp",
+    "kjit_attention_backward_workspace_bytes": "tip",
+    "kjit_attention_forward_grouped": "pitttpfip",
+    "kjit_attention_backward_grouped": "pitttpttfipzp",
+    "kjit_attention_backward_grouped_workspace_bytes": "pip",
+    "kjit_mla_decode": "tttptpttfp",
+    "kjit_comm_unique_id": "p",
+    "kjit_comm_create": "piiilp",
+    "kjit_mla_helix_heads": "iiipp",
+    "kjit_mla_helix_decode": "ptttptpttfp",
+    "kjit_zigzag_extract_kv_slice": "ttpiiitp",
+    "kjit_zigzag_scatter_grad": "ttpiiiitp",
+    "kjit_zigzag_forward": "pttttttpfiip",
+    "kjit_zigzag_backward": "pttttttttttpfiip",
+    "kjit_moe_router_topk": "ttttpp",
+    "kjit_moe_align_capacity": "lii",
+    "kjit_moe_align": "tiitttttp",
+    "kjit_moe_permute": "ttittp",
+    "kjit_moe_unpermute": "ttitttp",
+    "kjit_moe_grouped_gemm": "ttittittp",
+    "kjit_moe_grouped_gemm_masked": "ttittip",
+    "kjit_moe_expert_gemm_fp4": "ttiittttittp",
+    "kjit_moe_expert_gemm_fp4_masked": "ttiittttip",
+    "kjit_moe_quantize_fp4": "titttp",
+    "kjit_moe_balance": "ttttitfffttttp",
+    "kjit_moe_layer": "ttttttpitp",
+    "kjit_moe_layer_fp4": "ttittttttttpitp",
+    "kjit_moe_offload_create": "ippppipp",
+    "kjit_moe_offload_create_fp4": "iippppppppipp",
+    "kjit_moe_offload_layer": "pittttpp",
+    "kjit_moe_offload_prefetch_from_logits": "pitp",
+    "kjit_moe_offload_stats_get": "pp",
+    "kjit_moe_offload_write_history": "pp",
 }
-_RESULT_TYPES = {"kjit_moe_align_capacity": ctypes.c_int64}
+_RESULTS = {"kjit_moe_align_capacity": "l"}
+
+# kjit._native fills a torch tensor's DLTensor through torch's DLPack exchange table (torch >=
+# 2.10) and hands what the table does not take (a meta tensor, a stand-in) to a DLArgs.
+_exchange = getattr(torch.Tensor, "__dlpack_c_exchange_api__", None)
+if _exchange is None:
+    raise ImportError(f"kjit needs torch >= 2.10 (DLPack's C exchange table); this is torch {torch.__version__}")
+_native.bind(_exchange, torch.Tensor, DLArgs, InvalidArgumentError)
 
 _lock = threading.Lock()
+_entries: dict = {}  # name: kjit._native's entry
 _loaded: Optional[ctypes.CDLL] = None
 _loaded_path: Optional[Path] = None
 
@@ -138,7 +139,7 @@ def _candidates() -> list:
 
 
 def library() -> ctypes.CDLL:
-    """libkjit.so, loaded once, with every entry point's signature set."""
+    """libkjit.so, loaded once, with every entry point's entry for kjit._native."""
     global _loaded, _loaded_path
     if _loaded is not None:
         return _loaded
@@ -159,12 +160,11 @@ def library() -> ctypes.CDLL:
             if missing:
                 tried.append(f"{path} (lacks {', '.join(missing[:3])}: an older libkjit?)")
                 continue
-            for name, argtypes in _SIGNATURES.items():
-                function = getattr(lib, name)
-                function.argtypes = argtypes
-                function.restype = _RESULT_TYPES.get(name, _int)
+            for name, kinds in _SIGNATURES.items():
+                address = ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
+                _entries[name] = _native.entry(address, _RESULTS.get(name, "i"), kinds, name)
             for destroy in (lib.kjit_comm_destroy, lib.kjit_moe_offload_destroy):
-                destroy.argtypes, destroy.restype = [_ptr], None
+                destroy.argtypes, destroy.restype = [ctypes.c_void_p], None
             lib.kjit_last_error.argtypes = []
             lib.kjit_last_error.restype = ctypes.c_char_p
             _loaded, _loaded_path = lib, path
@@ -181,12 +181,14 @@ def library_path() -> Path:
     return _loaded_path
 
 
-def call(name: str, *args) -> None:
-    """Calls one entry point; a failure raises the kjit error with kjit's message."""
-    lib = library()
-    try:
-        status = getattr(lib, name)(*args)
-    except ctypes.ArgumentError as error:  # a scalar of the wrong type (the direct path has no schema check)
-        raise InvalidArgumentError(f"{name}: {error}") from None
-    if status != 0:
-        raise_for_status(status, lib.kjit_last_error().decode("utf-8", "replace"))
+def call(name: str, *args) -> int:
+    """Calls one entry point; a failure raises the kjit error with kjit's message. Returns what an
+    entry point of _RESULTS returns (0 for the others)."""
+    entry = _entries.get(name)
+    if entry is None:
+        library()
+        entry = _entries[name]
+    result = _native.call(entry, *args)
+    if result != 0 and name not in _RESULTS:
+        raise_for_status(result, _loaded.kjit_last_error().decode("utf-8", "replace"))
+    return result

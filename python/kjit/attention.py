@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ._dlpack import DLArgs
-from ._launch import host_copy, host_or_copy as _host, launch, op
+from ._launch import host_copy, host_or_copy as _host, launch, new_empty, op
 from ._library import AttentionGroup, call
 from .errors import InvalidArgumentError
 
@@ -41,15 +41,14 @@ def _lse_shape(q: Tensor, packed: bool):
 
 
 def _new_forward_outputs(q: Tensor, packed: bool) -> Tuple[Tensor, Tensor]:
-    return q.new_empty(q.shape), q.new_empty(_lse_shape(q, packed), dtype=torch.float32)
+    return new_empty(q, q.shape), new_empty(q, _lse_shape(q, packed), torch.float32)
 
 
 def _workspace(q: Tensor, deterministic: bool) -> Tensor:
     """The backward's workspace from torch's allocator (so CUDA graphs and torch's memory
     accounting see it)."""
     size = ctypes.c_size_t()
-    dl = DLArgs()
-    call("kjit_attention_backward_workspace_bytes", dl(q, "q"), int(deterministic), ctypes.byref(size))
+    call("kjit_attention_backward_workspace_bytes", q, int(deterministic), size)
     return torch.empty(size.value, dtype=torch.uint8, device=q.device)
 
 
@@ -58,13 +57,13 @@ def _workspace(q: Tensor, deterministic: bool) -> Tensor:
 # device and their host copies, passed after the tensors (`seqlens`, None when batched).
 
 
-def _seqlens_args(dl, seqlens):
+def _seqlens_args(seqlens):
     if seqlens is None:
         return ()
     cu_q, cu_k, host_q, host_k = seqlens
     return (
-        dl(cu_q, "cu_seqlens_q"),
-        dl(cu_k, "cu_seqlens_k"),
+        cu_q,
+        cu_k,
         host_copy(host_q, cu_q, "host_cu_seqlens_q"),
         host_copy(host_k, cu_k, "host_cu_seqlens_k"),
     )
@@ -72,29 +71,26 @@ def _seqlens_args(dl, seqlens):
 
 def _run_forward(entry, q, k, v, seqlens, softmax_scale, causal):
     out, lse = _new_forward_outputs(q, packed=seqlens is not None)
-    dl = DLArgs()
-    tensors = (dl(q, "q"), dl(k, "k"), dl(v, "v"), dl(out, "out"), dl(lse, "lse"))
-    launch(entry, q, *tensors, *_seqlens_args(dl, seqlens), softmax_scale, int(causal))
+    launch(entry, q, q, k, v, out, lse, *_seqlens_args(seqlens), softmax_scale, int(causal))
     return out, lse
-
-
-def _backward_tensors(dl, q, k, v, out, dout, lse, dq, dk, dv):
-    """The DLTensors of a backward entry point's nine tensors, in the C ABI's order (the zigzag
-    backward's too)."""
-    names = ("q", "k", "v", "out", "dout", "lse", "dq", "dk", "dv")
-    return tuple(dl(t, name) for t, name in zip((q, k, v, out, dout, lse, dq, dk, dv), names))
 
 
 def _run_backward(entry, dout, q, k, v, out, lse, seqlens, softmax_scale, causal, deterministic):
     dq, dk, dv = _new_grads(q, k, v)
     workspace = _workspace(q, deterministic)
-    dl = DLArgs()
-    tensors = _backward_tensors(dl, q, k, v, out, dout, lse, dq, dk, dv)
     launch(
         entry,
         q,
-        *tensors,
-        *_seqlens_args(dl, seqlens),
+        q,
+        k,
+        v,
+        out,
+        dout,
+        lse,
+        dq,
+        dk,
+        dv,
+        *_seqlens_args(seqlens),
         softmax_scale,
         int(causal),
         int(deterministic),
@@ -105,7 +101,7 @@ def _run_backward(entry, dout, q, k, v, out, lse, seqlens, softmax_scale, causal
 
 
 def _new_grads(q: Tensor, k: Tensor, v: Tensor):
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+    return new_empty(q, q.shape), new_empty(k, k.shape), new_empty(v, v.shape)
 
 
 @op(
@@ -242,12 +238,12 @@ def _group_array(dl, q, out, lse, cu_seqlens_q, host_cu_seqlens_q, windows, host
     return groups
 
 
-def _keys_args(dl, k, v, cu_seqlens_k, host_cu_seqlens_k):
+def _keys_args(k, v, cu_seqlens_k, host_cu_seqlens_k):
     """The shared keys' arguments of the grouped entry points."""
     return (
-        dl(k, "k"),
-        dl(v, "v"),
-        dl(cu_seqlens_k, "cu_seqlens_k"),
+        k,
+        v,
+        cu_seqlens_k,
         host_copy(host_cu_seqlens_k, cu_seqlens_k, "host_cu_seqlens_k"),
     )
 
@@ -283,7 +279,7 @@ def _forward_grouped(
     outs, lses = zip(*(_new_forward_outputs(qg, packed=True) for qg in q)) if q else ((), ())
     dl = DLArgs()
     groups = _group_array(dl, q, outs, lses, cu_seqlens_q, host_cu_seqlens_q, windows, host_windows)
-    keys = _keys_args(dl, k, v, cu_seqlens_k, host_cu_seqlens_k)
+    keys = _keys_args(k, v, cu_seqlens_k, host_cu_seqlens_k)
     launch("kjit_attention_forward_grouped", k, groups, len(q), *keys, softmax_scale, int(causal))
     return list(outs), list(lses)
 
@@ -327,22 +323,22 @@ def _backward_grouped(
         windows=windows,
         host_windows=host_windows,
     )
-    dq = [qg.new_empty(qg.shape) for qg in q]
-    dk, dv = k.new_empty(k.shape), v.new_empty(v.shape)
+    dq = [new_empty(qg, qg.shape) for qg in q]
+    dk, dv = new_empty(k, k.shape), new_empty(v, v.shape)
     dl = DLArgs()
     groups = _group_array(dl, q, out, lse, cu_seqlens_q, host_cu_seqlens_q, windows, host_windows, dout, dq)
     size = ctypes.c_size_t()
-    call("kjit_attention_backward_grouped_workspace_bytes", groups, len(q), ctypes.byref(size))
+    call("kjit_attention_backward_grouped_workspace_bytes", groups, len(q), size)
     workspace = torch.empty(size.value, dtype=torch.uint8, device=k.device)
-    keys = _keys_args(dl, k, v, cu_seqlens_k, host_cu_seqlens_k)
+    keys = _keys_args(k, v, cu_seqlens_k, host_cu_seqlens_k)
     launch(
         "kjit_attention_backward_grouped",
         k,
         groups,
         len(q),
         *keys,
-        dl(dk, "dk"),
-        dl(dv, "dv"),
+        dk,
+        dv,
         softmax_scale,
         int(causal),
         workspace.data_ptr(),
@@ -353,7 +349,7 @@ def _backward_grouped(
 
 @_backward_grouped.register_fake
 def _(dout, q, out, lse, cu_seqlens_q, host_cu_seqlens_q, windows, host_windows, k, v, *_):
-    return [qg.new_empty(qg.shape) for qg in q], k.new_empty(k.shape), v.new_empty(v.shape)
+    return [new_empty(qg, qg.shape) for qg in q], new_empty(k, k.shape), new_empty(v, v.shape)
 
 
 # Autograd of the grouped forward: dq of every group, dk and dv summed over the groups (kjit's
@@ -390,15 +386,7 @@ torch.library.register_autograd("kjit::attention_forward_grouped", _forward_grou
 @op("kjit::merge_states", schema="(Tensor parts, Tensor parts_lse) -> (Tensor, Tensor)")
 def _merge_states(parts: Tensor, parts_lse: Tensor):
     out, out_lse = _new_merge_outputs(parts)
-    dl = DLArgs()
-    launch(
-        "kjit_merge_states",
-        parts,
-        dl(parts, "parts"),
-        dl(parts_lse, "parts_lse"),
-        dl(out, "out"),
-        dl(out_lse, "out_lse"),
-    )
+    launch("kjit_merge_states", parts, parts, parts_lse, out, out_lse)
     return out, out_lse
 
 
@@ -406,8 +394,8 @@ def _new_merge_outputs(parts: Tensor):
     """out [T, H, D] and out_lse [T, H] for parts [N, T, H, D] (empty where parts' rank is wrong:
     kjit then refuses parts)."""
     if parts.dim() != 4:
-        return parts.new_empty((0,)), parts.new_empty((0,), dtype=torch.float32)
-    return parts.new_empty(parts.shape[1:]), parts.new_empty(parts.shape[1:3], dtype=torch.float32)
+        return new_empty(parts, (0,)), new_empty(parts, (0,), torch.float32)
+    return new_empty(parts, parts.shape[1:]), new_empty(parts, parts.shape[1:3], torch.float32)
 
 
 @_merge_states.register_fake

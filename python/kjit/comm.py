@@ -52,7 +52,7 @@ class Communicator:
         handle = ctypes.c_void_p()
         # kjit makes the device current to create the communicator: torch's current device is kept.
         with torch.cuda.device(index) if index >= 0 and torch.cuda.is_available() else contextlib.nullcontext():
-            call("kjit_comm_create", id, rank, size, index, timeout_ms, ctypes.byref(handle))
+            call("kjit_comm_create", id, rank, size, index, timeout_ms, handle)
         self._handle, self.rank, self.size = handle.value, rank, size
 
     @classmethod

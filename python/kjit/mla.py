@@ -11,8 +11,7 @@ from torch import Tensor
 
 import ctypes
 
-from ._dlpack import DLArgs
-from ._launch import host_copy, host_or_copy, launch, op
+from ._launch import host_copy, host_or_copy, launch, new_empty, op
 from ._library import call
 
 __all__ = ["decode", "helix_decode", "helix_heads", "LATENT_DIM", "ROPE_DIM"]
@@ -24,8 +23,8 @@ def _new_outputs(q: Tensor) -> Tuple[Tensor, Tensor]:
     """out [B, s_q, H, 512] and lse [B, s_q, H] for q [B, s_q, H, 576] (empty where q's rank is
     wrong: kjit then refuses q)."""
     if q.dim() != 4:
-        return q.new_empty((0,)), q.new_empty((0,), dtype=torch.float32)
-    return q.new_empty((*q.shape[:3], LATENT_DIM)), q.new_empty(q.shape[:3], dtype=torch.float32)
+        return new_empty(q, (0,)), new_empty(q, (0,), torch.float32)
+    return new_empty(q, (*q.shape[:3], LATENT_DIM)), new_empty(q, q.shape[:3], torch.float32)
 
 
 @op(
@@ -35,19 +34,18 @@ def _new_outputs(q: Tensor) -> Tuple[Tensor, Tensor]:
 )
 def _decode(q, cache, block_table, lengths, host_block_table, host_lengths, softmax_scale):
     out, lse = _new_outputs(q)
-    dl = DLArgs()
-    paged = _paged_args(dl, cache, block_table, lengths, host_block_table, host_lengths)
-    launch("kjit_mla_decode", q, dl(q, "q"), *paged, dl(out, "out"), dl(lse, "lse"), softmax_scale)
+    paged = _paged_args(cache, block_table, lengths, host_block_table, host_lengths)
+    launch("kjit_mla_decode", q, q, *paged, out, lse, softmax_scale)
     return out, lse
 
 
-def _paged_args(dl, cache, block_table, lengths, host_block_table, host_lengths):
+def _paged_args(cache, block_table, lengths, host_block_table, host_lengths):
     """The paged cache's arguments, in the C ABI's order."""
     return (
-        dl(cache, "cache"),
-        dl(block_table, "block_table"),
+        cache,
+        block_table,
         host_copy(host_block_table, block_table, "host_block_table"),
-        dl(lengths, "lengths"),
+        lengths,
         host_copy(host_lengths, lengths, "host_lengths"),
     )
 
@@ -91,7 +89,7 @@ def decode(
 def helix_heads(heads: int, world: int, rank: int) -> Tuple[int, int]:
     """Rank `rank`'s heads [begin, end) of `heads` over `world` helix ranks."""
     begin, end = ctypes.c_int(), ctypes.c_int()
-    call("kjit_mla_helix_heads", int(heads), world, rank, ctypes.byref(begin), ctypes.byref(end))
+    call("kjit_mla_helix_heads", int(heads), world, rank, begin, end)
     return begin.value, end.value
 
 
@@ -100,7 +98,7 @@ def _new_helix_outputs(q: Tensor, rank: int, world: int) -> Tuple[Tensor, Tensor
         return _new_outputs(q)  # kjit refuses q
     begin, end = helix_heads(q.shape[2], world, rank)
     shape = (q.shape[0], q.shape[1], end - begin)
-    return q.new_empty((*shape, LATENT_DIM)), q.new_empty(shape, dtype=torch.float32)
+    return new_empty(q, (*shape, LATENT_DIM)), new_empty(q, shape, torch.float32)
 
 
 @op(
@@ -111,9 +109,8 @@ def _new_helix_outputs(q: Tensor, rank: int, world: int) -> Tuple[Tensor, Tensor
 )
 def _helix_decode(comm, rank, world, q, cache, block_table, lengths, host_block_table, host_lengths, softmax_scale):
     out, lse = _new_helix_outputs(q, rank, world)
-    dl = DLArgs()
-    paged = _paged_args(dl, cache, block_table, lengths, host_block_table, host_lengths)
-    launch("kjit_mla_helix_decode", q, comm, dl(q, "q"), *paged, dl(out, "out"), dl(lse, "lse"), softmax_scale)
+    paged = _paged_args(cache, block_table, lengths, host_block_table, host_lengths)
+    launch("kjit_mla_helix_decode", q, comm, q, *paged, out, lse, softmax_scale)
     return out, lse
 
 

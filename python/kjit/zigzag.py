@@ -12,9 +12,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._dlpack import DLArgs
-from ._launch import host_copy, host_or_copy, launch, op
-from .attention import _backward_tensors, _new_forward_outputs, _new_grads
+from ._launch import host_copy, host_or_copy, launch, new_empty, op
+from .attention import _new_forward_outputs, _new_grads
 from .errors import InvalidArgumentError
 
 __all__ = [
@@ -57,17 +56,16 @@ def _valid_range(world: int, chunk_begin: int, chunk_end: int) -> bool:
 )
 def _extract(gathered, cu_seqlens, host_cu_seqlens, world, chunk_begin, chunk_end):
     out = _new_extract(gathered, world, chunk_begin, chunk_end)
-    dl = DLArgs()
     launch(
         "kjit_zigzag_extract_kv_slice",
         gathered,
-        dl(gathered, "gathered"),
-        dl(cu_seqlens, "cu_seqlens"),
+        gathered,
+        cu_seqlens,
         host_copy(host_cu_seqlens, cu_seqlens, "host_cu_seqlens"),
         world,
         chunk_begin,
         chunk_end,
-        dl(out, "out"),
+        out,
     )
     return out
 
@@ -75,7 +73,7 @@ def _extract(gathered, cu_seqlens, host_cu_seqlens, world, chunk_begin, chunk_en
 def _new_extract(gathered, world, chunk_begin, chunk_end):
     valid = _valid_range(world, chunk_begin, chunk_end)
     rows = (chunk_end - chunk_begin) * (gathered.shape[0] // (2 * world)) if valid else 0
-    return gathered.new_empty((rows, *gathered.shape[1:]))
+    return new_empty(gathered, (rows, *gathered.shape[1:]))
 
 
 @_extract.register_fake
@@ -90,18 +88,17 @@ def _(gathered, cu_seqlens, host_cu_seqlens, world, chunk_begin, chunk_end):
 )
 def _scatter(grad, cu_seqlens, host_cu_seqlens, world, chunk_begin, chunk_end, rank):
     out = _new_scatter(grad, world, chunk_begin, chunk_end, rank)
-    dl = DLArgs()
     launch(
         "kjit_zigzag_scatter_grad",
         grad,
-        dl(grad, "grad"),
-        dl(cu_seqlens, "cu_seqlens"),
+        grad,
+        cu_seqlens,
         host_copy(host_cu_seqlens, cu_seqlens, "host_cu_seqlens"),
         world,
         chunk_begin,
         chunk_end,
         rank,
-        dl(out, "out"),
+        out,
     )
     return out
 
@@ -110,7 +107,7 @@ def _new_scatter(grad, world, chunk_begin, chunk_end, rank):
     valid = _valid_range(world, chunk_begin, chunk_end)
     tokens = grad.shape[0] * 2 * world // (chunk_end - chunk_begin) if valid else 0
     rows = tokens if rank == EVERY_RANK or not valid else tokens // world
-    return grad.new_empty((rows, *grad.shape[1:]))
+    return new_empty(grad, (rows, *grad.shape[1:]))
 
 
 @_scatter.register_fake
@@ -170,17 +167,16 @@ def unshard(gathered: Tensor, cu_seqlens: Tensor, world: int, host_cu_seqlens: O
 )
 def _forward(comm, q, k, v, cu_seqlens, host_cu_seqlens, softmax_scale, causal, heads_k_stride):
     out, lse = _new_forward_outputs(q, packed=True)
-    dl = DLArgs()
     launch(
         "kjit_zigzag_forward",
         q,
         comm,
-        dl(q, "q"),
-        dl(k, "k"),
-        dl(v, "v"),
-        dl(out, "out"),
-        dl(lse, "lse"),
-        dl(cu_seqlens, "cu_seqlens"),
+        q,
+        k,
+        v,
+        out,
+        lse,
+        cu_seqlens,
         host_copy(host_cu_seqlens, cu_seqlens, "host_cu_seqlens"),
         softmax_scale,
         causal,
@@ -202,13 +198,20 @@ def _(comm, q, *_):
 )
 def _backward(comm, dout, q, k, v, out, lse, cu_seqlens, host_cu_seqlens, softmax_scale, causal, heads_k_stride):
     dq, dk, dv = _new_grads(q, k, v)
-    dl = DLArgs()
     launch(
         "kjit_zigzag_backward",
         q,
         comm,
-        *_backward_tensors(dl, q, k, v, out, dout, lse, dq, dk, dv),
-        dl(cu_seqlens, "cu_seqlens"),
+        q,
+        k,
+        v,
+        out,
+        dout,
+        lse,
+        dq,
+        dk,
+        dv,
+        cu_seqlens,
         host_copy(host_cu_seqlens, cu_seqlens, "host_cu_seqlens"),
         softmax_scale,
         causal,

@@ -119,7 +119,7 @@ def test_grouped_refusal_names_the_group(fake_cuda):
     with pytest.raises(kjit.InvalidArgumentError) as error:
         call(
             "kjit_attention_forward_grouped",
-            ctypes.byref(group),
+            group,
             1,
             dl(k, "k"),
             dl(k, "v"),
@@ -172,7 +172,7 @@ def test_moe_refusals_through_the_c_abi(fake_cuda):
         None,
         dl(ids, "ids"),
         dl(weights, "weights"),
-        ctypes.byref(options),
+        options,
         None,
     )
     rows = _library.library().kjit_moe_align_capacity(40, 64, 64)

@@ -123,10 +123,10 @@ class OffloadedMoE:
                 array([args(w, f"gate_up[{i}]") for i, w in enumerate(gate_up)]),
                 array([args(w, f"down[{i}]") for i, w in enumerate(down)]),
                 biases,
-                ctypes.byref(router.c_options()),
+                router.c_options(),
                 block,
-                ctypes.byref(options),
-                ctypes.byref(handle),
+                options,
+                handle,
             )
         else:
             parts = {}
@@ -144,10 +144,10 @@ class OffloadedMoE:
                 parts["down", "scales"],
                 parts["down", "tensor_scale"],
                 biases,
-                ctypes.byref(router.c_options()),
+                router.c_options(),
                 block,
-                ctypes.byref(options),
-                ctypes.byref(handle),
+                options,
+                handle,
             )
         self._handle = handle.value
 
@@ -176,16 +176,15 @@ class OffloadedMoE:
                     f"sequences must hold one id in 0..2^31-1 per token ({x.shape[0]}), got {ids.numel()}"
                 )
             ids = ids.to(torch.int32).contiguous()  # the same bits as uint32 below 2^31
-        args = DLArgs()
         launch(
             "kjit_moe_offload_layer",
             x,
             self._live(),
             index,
-            args(x, "x"),
-            args(router_logits, "router_logits"),
-            args(shared, "shared"),
-            args(out, "out"),
+            x,
+            router_logits,
+            shared,
+            out,
             None if ids is None else ids.data_ptr(),
         )
         return out
@@ -193,20 +192,13 @@ class OffloadedMoE:
     def prefetch_from_logits(self, index: int, guess_logits: Tensor) -> None:
         """Brings into layer `index` what its router would choose on guess_logits [T, E] (the next
         router applied to the current hidden state)."""
-        args = DLArgs()
-        launch(
-            "kjit_moe_offload_prefetch_from_logits",
-            guess_logits,
-            self._live(),
-            index,
-            args(guess_logits, "guess_logits"),
-        )
+        launch("kjit_moe_offload_prefetch_from_logits", guess_logits, self._live(), index, guess_logits)
 
     def stats(self) -> dict:
         """tokens, hits, misses, prefetches, prefetch_hits, prefetches_wasted, bytes_on_demand,
         bytes_prefetched, stall_ms, copy_ms (the loader's copies), and hit_rate."""
         s = OffloadStats()
-        call("kjit_moe_offload_stats_get", self._live(), ctypes.byref(s))
+        call("kjit_moe_offload_stats_get", self._live(), s)
         out = {name: getattr(s, name) for name, _ in OffloadStats._fields_}
         out["hit_rate"] = s.hits / (s.hits + s.misses) if s.hits + s.misses else 0.0
         return out

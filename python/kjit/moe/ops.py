@@ -13,8 +13,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .._dlpack import DLArgs
-from .._launch import launch, op
+from .._launch import launch, new_empty, op
 from .._library import RouterOptions
 from ..errors import InvalidArgumentError
 
@@ -97,14 +96,13 @@ def _gemm_columns(w_rows, epilogue: str):
 def _router_topk(logits, bias, top_k, sigmoid, groups, topk_groups, renormalize, scaling):
     ids, weights = _new_router_outputs(logits, top_k)
     options = Router(top_k, sigmoid, groups, topk_groups, renormalize, scaling).c_options()
-    dl = DLArgs()
     launch(
         "kjit_moe_router_topk",
         logits,
-        dl(logits, "logits"),
-        dl(bias, "bias"),
-        dl(ids, "ids"),
-        dl(weights, "weights"),
+        logits,
+        bias,
+        ids,
+        weights,
         options,
     )
     return ids, weights
@@ -112,7 +110,7 @@ def _router_topk(logits, bias, top_k, sigmoid, groups, topk_groups, renormalize,
 
 def _new_router_outputs(logits: Tensor, top_k: int):
     shape = (_rows(logits), max(top_k, 0))
-    return logits.new_empty(shape, dtype=torch.int32), logits.new_empty(shape, dtype=torch.float32)
+    return new_empty(logits, shape, torch.int32), new_empty(logits, shape, torch.float32)
 
 
 @_router_topk.register_fake
@@ -135,18 +133,17 @@ def align_capacity(pairs, experts: int, block: int):
 )
 def _align(ids, experts, block):
     sorted_, block_expert, counts, offsets, invalid = _new_align_outputs(ids, experts, block)
-    dl = DLArgs()
     launch(
         "kjit_moe_align",
         ids,
-        dl(ids, "ids"),
+        ids,
         experts,
         block,
-        dl(sorted_, "sorted"),
-        dl(block_expert, "block_expert"),
-        dl(counts, "counts"),
-        dl(offsets, "offsets"),
-        dl(invalid, "invalid"),
+        sorted_,
+        block_expert,
+        counts,
+        offsets,
+        invalid,
     )
     return sorted_, block_expert, counts, offsets, invalid
 
@@ -154,7 +151,7 @@ def _align(ids, experts, block):
 def _new_align_outputs(ids: Tensor, experts: int, block: int):
     rows = align_capacity(ids.numel(), experts, block)
     blocks = rows // block if block > 0 else 0
-    new = lambda n: ids.new_empty((n,), dtype=torch.int32)  # noqa: E731
+    new = lambda n: new_empty(ids, (n,), torch.int32)  # noqa: E731
     return new(rows), new(blocks), new(max(experts, 0)), new(max(experts + 1, 0)), new(1)
 
 
@@ -166,21 +163,20 @@ def _(ids, experts, block):
 @op("kjit::moe_permute", schema="(Tensor x, Tensor sorted, int top_k) -> (Tensor, Tensor)")
 def _permute(x, sorted, top_k):
     x_sorted, positions = _new_permute_outputs(x, sorted, top_k)
-    dl = DLArgs()
     launch(
         "kjit_moe_permute",
         x,
-        dl(x, "x"),
-        dl(sorted, "sorted"),
+        x,
+        sorted,
         top_k,
-        dl(x_sorted, "x_sorted"),
-        dl(positions, "positions"),
+        x_sorted,
+        positions,
     )
     return x_sorted, positions
 
 
 def _new_permute_outputs(x: Tensor, sorted: Tensor, top_k: int):
-    return (x.new_empty((sorted.numel(), _rows(x, 1))), x.new_empty((_rows(x) * max(top_k, 0),), dtype=torch.int32))
+    return (new_empty(x, (sorted.numel(), _rows(x, 1))), new_empty(x, (_rows(x) * max(top_k, 0),), torch.int32))
 
 
 @_permute.register_fake
@@ -194,23 +190,22 @@ def _(x, sorted, top_k):
 )
 def _unpermute(y_sorted, positions, top_k, weights, shared):
     out = _new_unpermute_output(y_sorted, positions, top_k)
-    dl = DLArgs()
     launch(
         "kjit_moe_unpermute",
         y_sorted,
-        dl(y_sorted, "y_sorted"),
-        dl(positions, "positions"),
+        y_sorted,
+        positions,
         top_k,
-        dl(weights, "weights"),
-        dl(shared, "shared"),
-        dl(out, "out"),
+        weights,
+        shared,
+        out,
     )
     return out
 
 
 def _new_unpermute_output(y_sorted: Tensor, positions: Tensor, top_k: int):
     tokens = positions.numel() // top_k if top_k > 0 else 0
-    return y_sorted.new_empty((tokens, _rows(y_sorted, 1)))
+    return new_empty(y_sorted, (tokens, _rows(y_sorted, 1)))
 
 
 @_unpermute.register_fake
@@ -228,26 +223,25 @@ def _(y_sorted, positions, top_k, *_):
 )
 def _grouped_gemm(x_sorted, block_expert, block, w, epilogue, sorted, weights):
     kind = _choice(_EPILOGUES, epilogue, "epilogue")
-    y = x_sorted.new_empty((_rows(x_sorted), _gemm_columns(_rows(w, 1), epilogue)))
-    dl = DLArgs()
+    y = new_empty(x_sorted, (_rows(x_sorted), _gemm_columns(_rows(w, 1), epilogue)))
     launch(
         "kjit_moe_grouped_gemm",
         x_sorted,
-        dl(x_sorted, "x_sorted"),
-        dl(block_expert, "block_expert"),
+        x_sorted,
+        block_expert,
         block,
-        dl(w, "w"),
-        dl(y, "y"),
+        w,
+        y,
         kind,
-        dl(sorted, "sorted"),
-        dl(weights, "weights"),
+        sorted,
+        weights,
     )
     return y
 
 
 @_grouped_gemm.register_fake
 def _(x_sorted, block_expert, block, w, epilogue, *_):
-    return x_sorted.new_empty((_rows(x_sorted), _gemm_columns(_rows(w, 1), epilogue)))
+    return new_empty(x_sorted, (_rows(x_sorted), _gemm_columns(_rows(w, 1), epilogue)))
 
 
 @op(
@@ -257,33 +251,32 @@ def _(x_sorted, block_expert, block, w, epilogue, *_):
 )
 def _expert_gemm_fp4(x_sorted, block_expert, block, format, codes, scales, tensor_scale, epilogue, sorted, weights):
     kind, fmt = _choice(_EPILOGUES, epilogue, "epilogue"), _choice(_FORMATS, format, "format")
-    y = x_sorted.new_empty((_rows(x_sorted), _gemm_columns(_rows(codes, 1), epilogue)))
-    dl = DLArgs()
+    y = new_empty(x_sorted, (_rows(x_sorted), _gemm_columns(_rows(codes, 1), epilogue)))
     launch(
         "kjit_moe_expert_gemm_fp4",
         x_sorted,
-        dl(x_sorted, "x_sorted"),
-        dl(block_expert, "block_expert"),
+        x_sorted,
+        block_expert,
         block,
         fmt,
-        dl(codes, "codes"),
-        dl(scales, "scales"),
-        dl(tensor_scale, "tensor_scale"),
-        dl(y, "y"),
+        codes,
+        scales,
+        tensor_scale,
+        y,
         kind,
-        dl(sorted, "sorted"),
-        dl(weights, "weights"),
+        sorted,
+        weights,
     )
     return y
 
 
 @_expert_gemm_fp4.register_fake
 def _(x_sorted, block_expert, block, format, codes, scales, tensor_scale, epilogue, *_):
-    return x_sorted.new_empty((_rows(x_sorted), _gemm_columns(_rows(codes, 1), epilogue)))
+    return new_empty(x_sorted, (_rows(x_sorted), _gemm_columns(_rows(codes, 1), epilogue)))
 
 
 def _new_masked_output(x: Tensor, w_rows, epilogue: str):
-    return x.new_empty((_rows(x), _rows(x, 1), _gemm_columns(w_rows, epilogue)))
+    return new_empty(x, (_rows(x), _rows(x, 1), _gemm_columns(w_rows, epilogue)))
 
 
 @op(
@@ -293,15 +286,14 @@ def _new_masked_output(x: Tensor, w_rows, epilogue: str):
 def _grouped_gemm_masked(x, masked_m, expected_m, w, epilogue):
     kind = _choice(_EPILOGUES, epilogue, "epilogue")
     y = _new_masked_output(x, _rows(w, 1), epilogue)
-    dl = DLArgs()
     launch(
         "kjit_moe_grouped_gemm_masked",
         x,
-        dl(x, "x"),
-        dl(masked_m, "masked_m"),
+        x,
+        masked_m,
         expected_m,
-        dl(w, "w"),
-        dl(y, "y"),
+        w,
+        y,
         kind,
     )
     return y
@@ -320,18 +312,17 @@ def _(x, masked_m, expected_m, w, epilogue):
 def _expert_gemm_fp4_masked(x, masked_m, expected_m, format, codes, scales, tensor_scale, epilogue):
     kind, fmt = _choice(_EPILOGUES, epilogue, "epilogue"), _choice(_FORMATS, format, "format")
     y = _new_masked_output(x, _rows(codes, 1), epilogue)
-    dl = DLArgs()
     launch(
         "kjit_moe_expert_gemm_fp4_masked",
         x,
-        dl(x, "x"),
-        dl(masked_m, "masked_m"),
+        x,
+        masked_m,
         expected_m,
         fmt,
-        dl(codes, "codes"),
-        dl(scales, "scales"),
-        dl(tensor_scale, "tensor_scale"),
-        dl(y, "y"),
+        codes,
+        scales,
+        tensor_scale,
+        y,
         kind,
     )
     return y
@@ -349,15 +340,14 @@ def _(x, masked_m, expected_m, format, codes, scales, tensor_scale, epilogue):
 def _quantize_fp4(w, format):
     fmt = _choice(_FORMATS, format, "format")
     codes, scales, tensor_scale = _new_quantize_outputs(w, format)
-    dl = DLArgs()
     launch(
         "kjit_moe_quantize_fp4",
         w,
-        dl(w, "w"),
+        w,
         fmt,
-        dl(codes, "codes"),
-        dl(scales, "scales"),
-        dl(tensor_scale, "tensor_scale"),
+        codes,
+        scales,
+        tensor_scale,
     )
     return codes, scales, tensor_scale
 
@@ -366,9 +356,9 @@ def _new_quantize_outputs(w: Tensor, format: str):
     rows, columns = _rows(w), _rows(w, 1)
     block = _SCALE_BLOCK.get(format, 16)
     return (
-        w.new_empty((rows, columns // 2), dtype=torch.uint8),
-        w.new_empty((rows, columns // block), dtype=torch.uint8),
-        w.new_empty((1,), dtype=torch.float32),
+        new_empty(w, (rows, columns // 2), torch.uint8),
+        new_empty(w, (rows, columns // block), torch.uint8),
+        new_empty(w, (1,), torch.float32),
     )
 
 
@@ -388,23 +378,22 @@ def _(w, format):
 )
 def _balance(ids, probs, logits, cu_seqlens, max_seqlen, bias, aux_coeff, z_coeff, bias_rate):
     counts, f, p, losses = _new_balance_outputs(probs)
-    dl = DLArgs()
     launch(
         "kjit_moe_balance",
         ids,
-        dl(ids, "ids"),
-        dl(probs, "probs"),
-        dl(logits, "logits"),
-        dl(cu_seqlens, "cu_seqlens"),
+        ids,
+        probs,
+        logits,
+        cu_seqlens,
         max_seqlen,
-        dl(bias, "bias"),
+        bias,
         aux_coeff,
         z_coeff,
         bias_rate,
-        dl(counts, "counts"),
-        dl(f, "f"),
-        dl(p, "p"),
-        dl(losses, "losses"),
+        counts,
+        f,
+        p,
+        losses,
     )
     return counts, f, p, losses
 
@@ -412,10 +401,10 @@ def _balance(ids, probs, logits, cu_seqlens, max_seqlen, bias, aux_coeff, z_coef
 def _new_balance_outputs(probs: Tensor):
     experts = _rows(probs, 1)
     return (
-        probs.new_empty((experts,), dtype=torch.int32),
-        probs.new_empty((experts,), dtype=torch.float32),
-        probs.new_empty((experts,), dtype=torch.float32),
-        probs.new_empty((4,), dtype=torch.float32),
+        new_empty(probs, (experts,), torch.int32),
+        new_empty(probs, (experts,), torch.float32),
+        new_empty(probs, (experts,), torch.float32),
+        new_empty(probs, (4,), torch.float32),
     )
 
 
@@ -447,28 +436,27 @@ def _layer(
     scaling,
     block,
 ):
-    out = x.new_empty(x.shape)
+    out = new_empty(x, x.shape)
     options = Router(top_k, sigmoid, groups, topk_groups, renormalize, scaling).c_options()
-    dl = DLArgs()
     launch(
         "kjit_moe_layer",
         x,
-        dl(x, "x"),
-        dl(router_logits, "router_logits"),
-        dl(gate_up, "gate_up"),
-        dl(down, "down"),
-        dl(router_bias, "router_bias"),
-        dl(shared, "shared"),
+        x,
+        router_logits,
+        gate_up,
+        down,
+        router_bias,
+        shared,
         options,
         block,
-        dl(out, "out"),
+        out,
     )
     return out
 
 
 @_layer.register_fake
 def _(x, *_):
-    return x.new_empty(x.shape)
+    return new_empty(x, x.shape)
 
 
 @op(
@@ -499,33 +487,32 @@ def _layer_fp4(
     block,
 ):
     fmt = _choice(_FORMATS, format, "format")
-    out = x.new_empty(x.shape)
+    out = new_empty(x, x.shape)
     options = Router(top_k, sigmoid, groups, topk_groups, renormalize, scaling).c_options()
-    dl = DLArgs()
     launch(
         "kjit_moe_layer_fp4",
         x,
-        dl(x, "x"),
-        dl(router_logits, "router_logits"),
+        x,
+        router_logits,
         fmt,
-        dl(gate_up_codes, "gate_up_codes"),
-        dl(gate_up_scales, "gate_up_scales"),
-        dl(gate_up_tensor_scale, "gate_up_tensor_scale"),
-        dl(down_codes, "down_codes"),
-        dl(down_scales, "down_scales"),
-        dl(down_tensor_scale, "down_tensor_scale"),
-        dl(router_bias, "router_bias"),
-        dl(shared, "shared"),
+        gate_up_codes,
+        gate_up_scales,
+        gate_up_tensor_scale,
+        down_codes,
+        down_scales,
+        down_tensor_scale,
+        router_bias,
+        shared,
         options,
         block,
-        dl(out, "out"),
+        out,
     )
     return out
 
 
 @_layer_fp4.register_fake
 def _(x, *_):
-    return x.new_empty(x.shape)
+    return new_empty(x, x.shape)
 
 
 # ---- the public functions ----------------------------------------------------------------------
