@@ -12,12 +12,13 @@ import pytest
 import torch
 
 import kjit
-from kjit import _library
+from kjit import _native
 from kjit._dlpack import DLArgs
+from kjit._launch import direct, new_empty
 from kjit._library import AttentionGroup, RouterOptions, call
 
 bf16, f32, i32, u8 = torch.bfloat16, torch.float32, torch.int32, torch.uint8
-dl = None  # each test's DLTensors: one DLArgs (the thread's scratch) for all its calls
+dl = None  # each test's described DLTensors: one DLArgs for all its calls
 
 
 @pytest.fixture(autouse=True)
@@ -175,7 +176,7 @@ def test_moe_refusals_through_the_c_abi(fake_cuda):
         options,
         None,
     )
-    rows = _library.library().kjit_moe_align_capacity(40, 64, 64)
+    rows = call("kjit_moe_align_capacity", 40, 64, 64)
     sorted_, blocks = fake_cuda(i32, rows), fake_cuda(i32, rows // 64)
     counts, offsets, invalid = fake_cuda(i32, 64), fake_cuda(i32, 65), fake_cuda(i32, 1)
     refused(
@@ -246,9 +247,9 @@ def test_align_capacity_in_python_matches_the_library():
     for pairs in (0, 1, 7, 40, 64, 65, 1000, 4096 * 8, 16384 * 8 + 3):
         for experts in (1, 8, 64, 256):
             for block in (1, 16, 64, 128):
-                assert int(
-                    kjit.moe.align_capacity(pairs, experts, block)
-                ) == _library.library().kjit_moe_align_capacity(pairs, experts, block)
+                assert int(kjit.moe.align_capacity(pairs, experts, block)) == call(
+                    "kjit_moe_align_capacity", pairs, experts, block
+                )
 
 
 def test_torch_ops_refuse_host_tensors_with_kjits_message():
@@ -286,18 +287,89 @@ def test_python_side_refusals_name_the_argument():
         dl(torch.zeros(2, dtype=torch.complex64), "x")
 
 
+def _dltensor_fields(address):
+    """A DLTensor's fields at `address`: data, device type and id, dims, dtype code, bits and
+    lanes, shape, strides (elements) and byte offset."""
+    data, device, index, dims, code, bits, lanes, shape, strides, offset = struct.unpack(
+        "=QiiiBBHQQQ", ctypes.string_at(address, 48)
+    )
+    sizes = struct.unpack(f"{dims}q", ctypes.string_at(shape, 8 * dims)) if dims else ()
+    steps = struct.unpack(f"{dims}q", ctypes.string_at(strides, 8 * dims)) if dims else ()
+    return data, device, index, dims, code, bits, lanes, sizes, steps, offset
+
+
+def _as_called(*args, header_only=False):
+    """The DLTensor a C function receives for each of `args` through kjit._native (libc's memcpy as
+    the function: it copies the 48 bytes it is given into a buffer), read while the args live."""
+    memcpy = ctypes.cast(ctypes.CDLL(None).memcpy, ctypes.c_void_p).value
+    entry = _native.entry(memcpy, "l", "ptz", "memcpy")
+    seen = []
+    for arg in args:
+        copy = ctypes.create_string_buffer(48)
+        _native.call(entry, copy, arg, 48)
+        seen.append(struct.unpack("=QiiiBBH", copy[:24]) if header_only else _dltensor_fields(ctypes.addressof(copy)))
+    return seen
+
+
+def test_the_exchange_tables_dltensor_is_the_hand_description(fake_cuda):
+    """kjit._native has torch fill a tensor argument's DLTensor (its exchange table): the same
+    fields as the DLArgs description, for views, empty, bool and 0-dim tensors and a Parameter; a
+    meta tensor (no storage: the table refuses it) and a stand-in are described by hand."""
+    base = torch.randn(4, 6, 8)
+    cases = (
+        base,
+        base[1:3, ::2].transpose(0, 2),
+        torch.zeros(0, 5, dtype=bf16),
+        torch.ones(3, dtype=torch.bool),
+        torch.arange(7, dtype=i32)[None, :, None],
+        torch.tensor(2.5, dtype=torch.float16),
+        torch.nn.Parameter(torch.randn(3, 2)),
+    )
+    for t, seen in zip(cases, _as_called(*cases)):
+        data, device, index, dims, code, bits, lanes, sizes, steps, offset = seen
+        assert seen == _dltensor_fields(DLArgs()(t.detach(), "t")), (t.shape, t.stride())
+        assert data + offset == t.data_ptr() and sizes == tuple(t.shape) and steps == t.stride()
+    # Described by hand for the call only (its shape is gone after it): the header.
+    meta, stand_in = _as_called(torch.empty(2, 3, device="meta"), fake_cuda(bf16, 2, 3), header_only=True)
+    assert meta[1:4] == (0, 0, 2) and stand_in[:7] == (0x200000, 2, 0, 2, 4, 16, 1)
+
+
+def test_native_calls_refuse_bad_arguments_by_entry_and_position():
+    with pytest.raises(kjit.InvalidArgumentError, match="kjit_moe_align_capacity takes 3 arguments, got 2"):
+        call("kjit_moe_align_capacity", 40, 64)
+    with pytest.raises(kjit.InvalidArgumentError, match="kjit_moe_align_capacity: argument 2 is out of range"):
+        call("kjit_moe_align_capacity", 40, 2**31, 64)
+    with pytest.raises(kjit.InvalidArgumentError, match="kjit_merge_states: argument 5 must be an address"):
+        call("kjit_merge_states", None, None, None, None, 1.5)
+    with pytest.raises(kjit.InvalidArgumentError, match="kjit_attention_forward: argument 6 must be a float"):
+        call("kjit_attention_forward", None, None, None, None, None, "0.1", 1, None)
+
+
+def test_new_empty_through_the_exchange_table():
+    like = torch.randn(3, 5, dtype=bf16)[:, ::2]
+    for shape, dtype in (((4, 2, 3), None), ((7,), f32), ((0, 3), i32), ((), u8)):
+        t = new_empty(like, shape, dtype)
+        assert type(t) is torch.Tensor and t.is_contiguous() and not t.requires_grad
+        assert t.shape == shape and t.dtype == (dtype or bf16) and t.device == like.device
+    assert new_empty(torch.empty(2, device="meta"), (5, 1), f32).device.type == "meta"
+
+
+def test_the_direct_path_needs_cuda_tensors_and_no_gradient():
+    t = torch.randn(2, 3)
+    assert direct((t, [t, t], 1.0, None)) is False  # host tensors: through the dispatcher
+    assert _native.direct((), torch.is_grad_enabled, (t,)) is False
+    with torch.enable_grad():
+        grad = torch.randn(2, requires_grad=True)
+        assert _native.direct((), torch.is_grad_enabled, (grad,)) is False
+    assert _native.direct((lambda: True,), torch.is_grad_enabled, (t,)) is False  # a mode is on
+    with pytest.raises(ZeroDivisionError):
+        _native.direct((lambda: 1 / 0,), torch.is_grad_enabled, (t,))
+
+
 def test_torchs_export_and_the_hand_description_are_the_same_dltensor(fake_cuda):
     """A torch tensor goes through torch's DLPack export, anything else (a meta tensor, the tests'
     stand-ins) is described by hand: both must give kjit the same DLTensor (the pointer, device,
     dims, dtype, shape and strides, in elements)."""
-
-    def fields(address):
-        data, device, index, dims, code, bits, lanes, shape, strides, offset = struct.unpack(
-            "=QiiiBBHQQQ", ctypes.string_at(address, 48)
-        )
-        sizes = struct.unpack(f"{dims}q", ctypes.string_at(shape, 8 * dims)) if dims else ()
-        steps = struct.unpack(f"{dims}q", ctypes.string_at(strides, 8 * dims)) if dims else ()
-        return data, device, index, dims, code, bits, lanes, sizes, steps, offset
 
     class StandIn:  # what the hand path reads of a tensor, nothing else
         def __init__(self, t):
@@ -325,12 +397,12 @@ def test_torchs_export_and_the_hand_description_are_the_same_dltensor(fake_cuda)
         torch.tensor(2.5, dtype=torch.float16),
     ):
         args = DLArgs()
-        exported, described = fields(args(t, "t")), fields(args(StandIn(t), "t"))
+        exported, described = _dltensor_fields(args(t, "t")), _dltensor_fields(args(StandIn(t), "t"))
         assert exported == described, (t.shape, t.stride(), exported, described)
         assert exported[0] == t.data_ptr() and exported[7] == tuple(t.shape) and exported[8] == t.stride()
     # A meta tensor has no storage to export: described by hand, with the device type kjit refuses.
     meta = torch.empty(2, 3, device="meta")
-    assert fields(DLArgs()(meta, "m"))[1] == 0
+    assert _dltensor_fields(DLArgs()(meta, "m"))[1] == 0
 
 
 def test_interleave_gate_up_is_the_documented_layout():
