@@ -78,18 +78,11 @@ def _run_forward(entry, q, k, v, seqlens, softmax_scale, causal):
 def _run_backward(entry, dout, q, k, v, out, lse, seqlens, softmax_scale, causal, deterministic):
     dq, dk, dv = _new_grads(q, k, v)
     workspace = _workspace(q, deterministic)
+    tensors = (q, k, v, out, dout, lse, dq, dk, dv)  # the C ABI's order
     launch(
         entry,
         q,
-        q,
-        k,
-        v,
-        out,
-        dout,
-        lse,
-        dq,
-        dk,
-        dv,
+        *tensors,
         *_seqlens_args(seqlens),
         softmax_scale,
         int(causal),

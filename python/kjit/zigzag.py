@@ -198,19 +198,12 @@ def _(comm, q, *_):
 )
 def _backward(comm, dout, q, k, v, out, lse, cu_seqlens, host_cu_seqlens, softmax_scale, causal, heads_k_stride):
     dq, dk, dv = _new_grads(q, k, v)
+    tensors = (q, k, v, out, dout, lse, dq, dk, dv)  # the C ABI's order
     launch(
         "kjit_zigzag_backward",
         q,
         comm,
-        q,
-        k,
-        v,
-        out,
-        dout,
-        lse,
-        dq,
-        dk,
-        dv,
+        *tensors,
         cu_seqlens,
         host_copy(host_cu_seqlens, cu_seqlens, "host_cu_seqlens"),
         softmax_scale,

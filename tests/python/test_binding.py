@@ -287,6 +287,20 @@ def test_python_side_refusals_name_the_argument():
         dl(torch.zeros(2, dtype=torch.complex64), "x")
 
 
+def _layouts():
+    """Tensors whose DLTensors the binding must get right: views with strides, empty, bool and
+    0-dim ones."""
+    base = torch.randn(4, 6, 8)
+    return (
+        base,
+        base[1:3, ::2].transpose(0, 2),
+        torch.zeros(0, 5, dtype=bf16),
+        torch.ones(3, dtype=torch.bool),
+        torch.arange(7, dtype=i32)[None, :, None],
+        torch.tensor(2.5, dtype=torch.float16),
+    )
+
+
 def _dltensor_fields(address):
     """A DLTensor's fields at `address`: data, device type and id, dims, dtype code, bits and
     lanes, shape, strides (elements) and byte offset."""
@@ -315,16 +329,7 @@ def test_the_exchange_tables_dltensor_is_the_hand_description(fake_cuda):
     """kjit._native has torch fill a tensor argument's DLTensor (its exchange table): the same
     fields as the DLArgs description, for views, empty, bool and 0-dim tensors and a Parameter; a
     meta tensor (no storage: the table refuses it) and a stand-in are described by hand."""
-    base = torch.randn(4, 6, 8)
-    cases = (
-        base,
-        base[1:3, ::2].transpose(0, 2),
-        torch.zeros(0, 5, dtype=bf16),
-        torch.ones(3, dtype=torch.bool),
-        torch.arange(7, dtype=i32)[None, :, None],
-        torch.tensor(2.5, dtype=torch.float16),
-        torch.nn.Parameter(torch.randn(3, 2)),
-    )
+    cases = (*_layouts(), torch.nn.Parameter(torch.randn(3, 2)))
     for t, seen in zip(cases, _as_called(*cases)):
         data, device, index, dims, code, bits, lanes, sizes, steps, offset = seen
         assert seen == _dltensor_fields(DLArgs()(t.detach(), "t")), (t.shape, t.stride())
@@ -387,15 +392,7 @@ def test_torchs_export_and_the_hand_description_are_the_same_dltensor(fake_cuda)
         def stride(self):
             return self.t.stride()
 
-    base = torch.randn(4, 6, 8)
-    for t in (
-        base,
-        base[1:3, ::2].transpose(0, 2),
-        torch.zeros(0, 5, dtype=bf16),
-        torch.ones(3, dtype=torch.bool),
-        torch.arange(7, dtype=i32)[None, :, None],
-        torch.tensor(2.5, dtype=torch.float16),
-    ):
+    for t in _layouts():
         args = DLArgs()
         exported, described = _dltensor_fields(args(t, "t")), _dltensor_fields(args(StandIn(t), "t"))
         assert exported == described, (t.shape, t.stride(), exported, described)

@@ -489,24 +489,8 @@ def _layer_fp4(
     fmt = _choice(_FORMATS, format, "format")
     out = new_empty(x, x.shape)
     options = Router(top_k, sigmoid, groups, topk_groups, renormalize, scaling).c_options()
-    launch(
-        "kjit_moe_layer_fp4",
-        x,
-        x,
-        router_logits,
-        fmt,
-        gate_up_codes,
-        gate_up_scales,
-        gate_up_tensor_scale,
-        down_codes,
-        down_scales,
-        down_tensor_scale,
-        router_bias,
-        shared,
-        options,
-        block,
-        out,
-    )
+    weights = (gate_up_codes, gate_up_scales, gate_up_tensor_scale, down_codes, down_scales, down_tensor_scale)
+    launch("kjit_moe_layer_fp4", x, x, router_logits, fmt, *weights, router_bias, shared, options, block, out)
     return out
 
 
