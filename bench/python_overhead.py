@@ -46,7 +46,8 @@ def floor(name, *args):
 
 
 def cases():
-    """(op, calls per round, the function, torch.ops.kjit's op, the binding's floor):
+    """(op, calls per round, the function, the function with its outputs given (out=: as the C++
+    call, which allocates nothing), torch.ops.kjit's op, the binding's floor):
     bench/op_call_overhead.cpp's."""
     bf16, dev = torch.bfloat16, "cuda"
     q, k, v = (torch.randn(1, 128, 8, 64, dtype=bf16, device=dev) for _ in range(3))
@@ -55,6 +56,7 @@ def cases():
         "attention_forward",
         256,
         lambda: kjit.attention.forward(q, k, v, causal=True),
+        lambda: kjit.attention.forward(q, k, v, causal=True, out=out, lse=lse),
         lambda: torch.ops.kjit.attention_forward(q, k, v, 0.0, True, False),
         floor("kjit_attention_forward", q, k, v, out, lse, 0.0, 1),
     )
@@ -65,6 +67,7 @@ def cases():
         "merge_states",
         256,
         lambda: kjit.attention.merge_states(parts, parts_lse),
+        lambda: kjit.attention.merge_states(parts, parts_lse, out=merged, out_lse=merged_lse),
         lambda: torch.ops.kjit.merge_states(parts, parts_lse),
         floor("kjit_merge_states", parts, parts_lse, merged, merged_lse),
     )
@@ -77,6 +80,7 @@ def cases():
         "mla_decode",
         256,
         lambda: kjit.mla.decode(mq, cache, table, lengths, host_table, host_lengths, 0.0625),
+        lambda: kjit.mla.decode(mq, cache, table, lengths, host_table, host_lengths, 0.0625, out=mout, lse=mlse),
         lambda: torch.ops.kjit.mla_decode(mq, cache, table, lengths, host_table, host_lengths, 0.0625),
         floor(
             "kjit_mla_decode",
@@ -100,6 +104,7 @@ def cases():
         "moe_router_topk",
         256,
         lambda: kjit.moe.router_topk(logits, glm),
+        lambda: kjit.moe.router_topk(logits, glm, out=(ids, weights)),
         lambda: torch.ops.kjit.moe_router_topk(logits, None, 4, True, 1, 1, True, 1.8),
         floor("kjit_moe_router_topk", logits, None, ids, weights, options),
     )
@@ -112,6 +117,7 @@ def cases():
         "moe_layer",
         32,
         lambda: kjit.moe.layer(x, logits[:1], gate_up, down, glm),
+        lambda: kjit.moe.layer(x, logits[:1], gate_up, down, glm, out=y),
         lambda: torch.ops.kjit.moe_layer(x, logits[:1], gate_up, down, None, None, 4, True, 1, 1, True, 1.8, 0),
         floor(
             "kjit_moe_layer",
@@ -140,6 +146,7 @@ def pieces():
     yield "torch.empty_like (CUDA)", lambda: torch.empty_like(t)
     yield "torch.empty (CUDA, [1, 8, 128] fp32)", lambda: torch.empty(1, 8, 128, device="cuda")
     yield "kjit._launch.new_empty (CUDA, like t)", lambda: new_empty(t, t.shape)
+    yield "t.new_empty (CUDA)", lambda: t.new_empty(t.shape)
     yield "direct() over 3 tensors", lambda: direct((t, t, t))
     yield "an entry point through kjit._native (no tensor)", lambda: call("kjit_moe_align_capacity", 40, 64, 64)
 
@@ -152,13 +159,16 @@ def main():
             op, us = line.split()
             cpp[op] = float(us)
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, kjit {kjit.__version__} ({kjit.library_path()})")
-    print(f"{'op':<20} {'C++ us':>8} {'kjit fn us':>11} {'- C++':>7} {'torch.ops us':>13} {'- C++':>7} {'floor us':>9}")
-    for op, calls, function, dispatched, binding in cases():
-        ours, through_torch, base = (host_us(fn, calls) for fn in (function, dispatched, binding))
+    print(
+        f"{'op':<20} {'C++ us':>8} {'kjit fn us':>11} {'- C++':>7} {'fn out= us':>11} {'- C++':>7}"
+        f" {'torch.ops us':>13} {'- C++':>7} {'floor us':>9}"
+    )
+    for op, calls, *functions in cases():
+        ours, given, through_torch, base = (host_us(fn, calls) for fn in functions)
         reference = cpp.get(op, float("nan"))
         print(
-            f"{op:<20} {reference:8.2f} {ours:11.2f} {ours - reference:7.2f} {through_torch:13.2f}"
-            f" {through_torch - reference:7.2f} {base:9.2f}",
+            f"{op:<20} {reference:8.2f} {ours:11.2f} {ours - reference:7.2f} {given:11.2f} {given - reference:7.2f}"
+            f" {through_torch:13.2f} {through_torch - reference:7.2f} {base:9.2f}",
             flush=True,
         )
     print(f"{'piece':<44} {'us':>6}")

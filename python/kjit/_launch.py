@@ -3,9 +3,11 @@ stream there, and the host copies some ops validate on the host."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Optional
 
 import torch
+from torch.autograd.graph import increment_version as _increment_version
 
 from . import _native
 from ._dlpack import dlpack_dtype
@@ -92,21 +94,28 @@ def direct(args) -> bool:
 
 class Op:
     """A kjit op: the torch.library custom op `name` over `impl` (torch.ops.kjit.*). Calling it
-    runs `impl` straight where direct() allows, else through torch.ops. An op that mutates an
-    argument always dispatches: the dispatcher bumps the argument's version counter, which
-    autograd checks (kjit writes through the pointer). A collective (`side_effect`) is kept by
-    torch.compile even where its outputs go unused: one rank skipping it would hang the others."""
+    runs `impl` straight where direct() allows, else through torch.ops. An op that mutates
+    arguments (`mutates_args`, an out= variant's outputs) bumps their version counters on the
+    straight path, as the dispatcher does (autograd checks them: kjit writes through the pointer).
+    A collective (`side_effect`) is kept by torch.compile even where its outputs go unused: one
+    rank skipping it would hang the others."""
 
     def __init__(self, name: str, impl, schema: str, mutates_args=(), side_effect=False):
         self.impl = impl
         self.op = torch.library.custom_op(name, impl, mutates_args=mutates_args, schema=schema)
         self.register_fake = self.op.register_fake
-        self.may_go_direct = not mutates_args
+        parameters = list(inspect.signature(impl).parameters)
+        self.mutated = tuple(parameters.index(name) for name in mutates_args)
         if side_effect:
             torch.fx.node.has_side_effect(getattr(torch.ops.kjit, name.split("::")[1]).default)
 
     def __call__(self, *args):
-        return self.impl(*args) if self.may_go_direct and direct(args) else self.op(*args)
+        if not direct(args):
+            return self.op(*args)
+        result = self.impl(*args)
+        if self.mutated:
+            _increment_version([args[i] for i in self.mutated if args[i] is not None])
+        return result
 
 
 def op(name: str, schema: str, mutates_args=(), side_effect=False):

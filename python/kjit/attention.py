@@ -111,6 +111,20 @@ def _(q, *_):
 
 
 @op(
+    "kjit::attention_forward_out",
+    mutates_args=("out", "lse"),
+    schema="(Tensor q, Tensor k, Tensor v, Tensor(a!) out, Tensor(b!)? lse, float softmax_scale, bool causal) -> ()",
+)
+def _forward_out(q, k, v, out, lse, softmax_scale, causal):
+    launch("kjit_attention_forward", q, q, k, v, out, lse, softmax_scale, int(causal))
+
+
+@_forward_out.register_fake
+def _(*_):
+    return None
+
+
+@op(
     "kjit::attention_backward",
     schema="(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, float softmax_scale, "
     "bool causal, bool deterministic) -> (Tensor, Tensor, Tensor)",
@@ -396,6 +410,20 @@ def _(parts, *_):
     return _new_merge_outputs(parts)
 
 
+@op(
+    "kjit::merge_states_out",
+    mutates_args=("out", "out_lse"),
+    schema="(Tensor parts, Tensor parts_lse, Tensor(a!) out, Tensor(b!)? out_lse) -> ()",
+)
+def _merge_states_out(parts, parts_lse, out, out_lse):
+    launch("kjit_merge_states", parts, parts, parts_lse, out, out_lse)
+
+
+@_merge_states_out.register_fake
+def _(*_):
+    return None
+
+
 # ---- the public functions ----------------------------------------------------------------------
 
 
@@ -410,10 +438,29 @@ def forward(
     softmax_scale: Optional[float] = None,
     causal: bool = False,
     deterministic: bool = False,
-) -> Tuple[Tensor, Tensor]:
+    *,
+    out: Optional[Tensor] = None,
+    lse: Optional[Tensor] = None,
+) -> Tuple[Tensor, Optional[Tensor]]:
     """(out, lse) of softmax(q k^T scale) v; differentiable in q, k, v (the backward is kjit's,
-    bitwise reproducible with `deterministic`). Causal masking is bottom-right aligned."""
-    return _forward(q, k, v, _scale(softmax_scale), causal, deterministic)
+    bitwise reproducible with `deterministic`). Causal masking is bottom-right aligned.
+
+    With `out` (and optionally `lse`) given, the results are written there and nothing is
+    allocated (the call records no autograd; lse None: not written)."""
+    if out is None and lse is None:
+        return _forward(q, k, v, _scale(softmax_scale), causal, deterministic)
+    _refuse_grad_with_outputs("forward", q, k, v)
+    if out is None:
+        raise InvalidArgumentError("forward: lse= needs out= too")
+    _forward_out(q, k, v, out, lse, _scale(softmax_scale), causal)
+    return out, lse
+
+
+def _refuse_grad_with_outputs(function: str, *tensors: Tensor) -> None:
+    """Outputs given by the caller record no autograd, so an input that needs a gradient is
+    refused (as torch's out= variants do)."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        raise InvalidArgumentError(f"{function}: outputs given with out= record no autograd; an input requires grad")
 
 
 def forward_varlen(
@@ -573,7 +620,14 @@ def grouped_backward(
     )
 
 
-def merge_states(parts: Tensor, parts_lse: Tensor) -> Tuple[Tensor, Tensor]:
+def merge_states(
+    parts: Tensor, parts_lse: Tensor, *, out: Optional[Tensor] = None, out_lse: Optional[Tensor] = None
+) -> Tuple[Tensor, Optional[Tensor]]:
     """Partial results parts [N, T, H, D] with their lse [N, T, H] merged exactly into
-    (out [T, H, D], lse [T, H])."""
-    return _merge_states(parts, parts_lse)
+    (out [T, H, D], lse [T, H]); with `out` (and optionally `out_lse`) given, written there."""
+    if out is None and out_lse is None:
+        return _merge_states(parts, parts_lse)
+    if out is None:
+        raise InvalidArgumentError("merge_states: out_lse= needs out= too")
+    _merge_states_out(parts, parts_lse, out, out_lse)
+    return out, out_lse

@@ -13,6 +13,7 @@ import ctypes
 
 from ._launch import host_copy, host_or_copy, launch, new_empty, op
 from ._library import call
+from .errors import InvalidArgumentError
 
 __all__ = ["decode", "helix_decode", "helix_heads", "LATENT_DIM", "ROPE_DIM"]
 
@@ -34,9 +35,13 @@ def _new_outputs(q: Tensor) -> Tuple[Tensor, Tensor]:
 )
 def _decode(q, cache, block_table, lengths, host_block_table, host_lengths, softmax_scale):
     out, lse = _new_outputs(q)
+    _run_decode(q, cache, block_table, lengths, host_block_table, host_lengths, out, lse, softmax_scale)
+    return out, lse
+
+
+def _run_decode(q, cache, block_table, lengths, host_block_table, host_lengths, out, lse, softmax_scale):
     paged = _paged_args(cache, block_table, lengths, host_block_table, host_lengths)
     launch("kjit_mla_decode", q, q, *paged, out, lse, softmax_scale)
-    return out, lse
 
 
 def _paged_args(cache, block_table, lengths, host_block_table, host_lengths):
@@ -55,6 +60,21 @@ def _(q, *_):
     return _new_outputs(q)
 
 
+@op(
+    "kjit::mla_decode_out",
+    mutates_args=("out", "lse"),
+    schema="(Tensor q, Tensor cache, Tensor block_table, Tensor lengths, Tensor host_block_table, "
+    "Tensor host_lengths, Tensor(a!) out, Tensor(b!)? lse, float softmax_scale) -> ()",
+)
+def _decode_out(q, cache, block_table, lengths, host_block_table, host_lengths, out, lse, softmax_scale):
+    _run_decode(q, cache, block_table, lengths, host_block_table, host_lengths, out, lse, softmax_scale)
+
+
+@_decode_out.register_fake
+def _(*_):
+    return None
+
+
 def decode(
     q: Tensor,
     cache: Tensor,
@@ -63,24 +83,27 @@ def decode(
     host_block_table: Optional[Tensor] = None,
     host_lengths: Optional[Tensor] = None,
     softmax_scale: Optional[float] = None,
-) -> Tuple[Tensor, Tensor]:
+    *,
+    out: Optional[Tensor] = None,
+    lse: Optional[Tensor] = None,
+) -> Tuple[Tensor, Optional[Tensor]]:
     """(out [B, s_q, H, 512], lse [B, s_q, H] fp32) of q [B, s_q, H, 576] (s_q 1 to 4, the last
     tokens of each sequence, causal among themselves) over the paged cache [num_blocks,
-    block_size, 576]; block_table int32 [B, max_blocks], lengths int32 [B] on the device.
+    block_size, 576]; block_table int32 [B, max_blocks], lengths int32 [B] on the device. With
+    `out` (and optionally `lse`) given, written there (lse None: not written).
 
     The host copies are validated and plan the split over the keys; where not given they are
     made (one synchronisation). Under CUDA graphs the plan is the one captured: capture with
     host_lengths at least the longest the replays will see (the kernel reads the device lengths).
     softmax_scale None means 1 / sqrt(576); models pass theirs (GLM-4.7-Flash: 0.0625)."""
-    return _decode(
-        q,
-        cache,
-        block_table,
-        lengths,
-        host_or_copy(host_block_table, block_table),
-        host_or_copy(host_lengths, lengths),
-        0.0 if softmax_scale is None else float(softmax_scale),
-    )
+    host_table, host_len = host_or_copy(host_block_table, block_table), host_or_copy(host_lengths, lengths)
+    scale = 0.0 if softmax_scale is None else float(softmax_scale)
+    if out is None and lse is None:
+        return _decode(q, cache, block_table, lengths, host_table, host_len, scale)
+    if out is None:
+        raise InvalidArgumentError("decode: lse= needs out= too")
+    _decode_out(q, cache, block_table, lengths, host_table, host_len, out, lse, scale)
+    return out, lse
 
 
 # ---- helix: the cache sharded along the sequence across ranks ----------------------------------

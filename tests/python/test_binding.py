@@ -252,6 +252,22 @@ def test_align_capacity_in_python_matches_the_library():
                 )
 
 
+def test_outputs_given_are_refused_as_the_allocated_ones_and_never_with_autograd():
+    q = torch.randn(1, 16, 4, 64, dtype=bf16)
+    with pytest.raises(kjit.InvalidArgumentError, match="q is not in CUDA device memory"):
+        kjit.attention.forward(q, q, q, out=torch.empty_like(q))
+    with pytest.raises(kjit.InvalidArgumentError, match="lse= needs out= too"):
+        kjit.attention.forward(q, q, q, lse=torch.empty(1, 4, 16))
+    with torch.enable_grad(), pytest.raises(kjit.InvalidArgumentError, match="record no autograd"):
+        kjit.attention.forward(q.clone().requires_grad_(), q, q, out=torch.empty_like(q))
+    parts = torch.randn(2, 16, 4, 64)
+    with pytest.raises(kjit.InvalidArgumentError, match="out_lse= needs out= too"):
+        kjit.attention.merge_states(parts, parts[..., 0], out_lse=parts[0, ..., 0])
+    logits = torch.randn(8, 16)
+    with pytest.raises(kjit.InvalidArgumentError):
+        kjit.moe.router_topk(logits, kjit.moe.GLM_4_7_FLASH, out=(torch.empty(8, 4, dtype=i32), torch.empty(8, 4)))
+
+
 def test_torch_ops_refuse_host_tensors_with_kjits_message():
     # kjit names the caller's tensor, not an output the op allocated like it.
     q = torch.randn(2, 16, 4, 64, dtype=bf16)

@@ -184,6 +184,23 @@ def test_torch_compile_traces_kjit_ops_in_one_graph():
         assert any(traced.startswith(op) for traced in ops), ops
 
 
+def test_torch_compile_traces_the_out_variants_in_one_graph():
+    def step(q, k, v, out, logits, ids, weights):
+        kjit.attention.forward(q, k, v, causal=True, out=out)
+        kjit.moe.router_topk(logits, kjit.moe.GLM_4_7_FLASH, out=(ids, weights))
+        return out.sum() + weights.sum()
+
+    recorder = GraphRecorder()
+    compiled = torch.compile(step, backend=recorder, fullgraph=True)  # a graph break raises
+    q, logits = torch.randn(1, 16, 4, 64, dtype=bf16), torch.randn(8, 64)
+    args = (q, q, q, torch.empty_like(q), logits, torch.empty(8, 4, dtype=i32), torch.empty(8, 4))
+    compiled(*args)
+    assert len(recorder.graphs) == 1
+    ops = recorder.ops()
+    for op in ("kjit.attention_forward_out", "kjit.moe_router_topk_out"):
+        assert any(traced.startswith(op) for traced in ops), ops
+
+
 def test_autograd_traces_to_kjits_backward():
     def loss_and_grads(q, k, v):
         out = kjit.flash_attn_func(q, k, v, causal=True, deterministic=True)

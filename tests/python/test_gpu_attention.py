@@ -146,8 +146,33 @@ def test_varlen_autograd_against_the_references_autograd():
 def test_opcheck():
     q, k = randn(1, 64, 4, 64), randn(1, 80, 2, 64)
     torch.library.opcheck(torch.ops.kjit.attention_forward.default, (q, k, k, 0.0, True, False))
+    out, lse = torch.empty_like(q), torch.empty(1, 4, 64, device="cuda")
+    torch.library.opcheck(torch.ops.kjit.attention_forward_out.default, (q, k, k, out, lse, 0.0, True))
     parts, lse = randn(2, 10, 4, 64, dtype=torch.float32), randn(2, 10, 4, dtype=torch.float32)
     torch.library.opcheck(torch.ops.kjit.merge_states.default, (parts, lse))
+    merged, merged_lse = parts.new_empty(parts.shape[1:]), lse.new_empty(lse.shape[1:])
+    torch.library.opcheck(torch.ops.kjit.merge_states_out.default, (parts, lse, merged, merged_lse))
+
+
+def test_outputs_given_are_written_as_the_allocated_ones():
+    """out= writes what the allocating call returns, bit for bit, bumps the outputs' versions (as
+    the dispatcher does for a mutated argument) and allocates nothing."""
+    q, k, v = randn(2, 100, 8, 64), randn(2, 130, 2, 64), randn(2, 130, 2, 64)
+    out, lse = kjit.attention.forward(q, k, v, causal=True)
+    given, given_lse = torch.full_like(out, float("nan")), torch.full_like(lse, float("nan"))
+    versions = given._version, given_lse._version
+    assert kjit.attention.forward(q, k, v, causal=True, out=given, lse=given_lse) == (given, given_lse)
+    assert torch.equal(given, out) and torch.equal(given_lse, lse)
+    assert (given._version, given_lse._version) > versions
+    only_out = torch.full_like(out, float("nan"))
+    assert kjit.attention.forward(q, k, v, causal=True, out=only_out)[1] is None and torch.equal(only_out, out)
+    with pytest.raises(kjit.InvalidArgumentError, match="record no autograd"):
+        kjit.attention.forward(q.requires_grad_(), k, v, out=given)
+    parts, parts_lse = randn(3, 20, 4, 128), randn(3, 20, 4, dtype=torch.float32)
+    merged, merged_lse = kjit.attention.merge_states(parts, parts_lse)
+    given, given_lse = torch.full_like(merged, float("nan")), torch.full_like(merged_lse, float("nan"))
+    kjit.attention.merge_states(parts, parts_lse, out=given, out_lse=given_lse)
+    assert torch.equal(given, merged) and torch.equal(given_lse, merged_lse)
 
 
 class TinyAttentionModel(torch.nn.Module):

@@ -52,6 +52,17 @@ def capture(fn):
     return graph, outputs
 
 
+def test_mla_decode_into_given_outputs():
+    cache, table, lengths = paged_cache([300, 5])
+    q = torch.randn(2, 1, 16, 576, dtype=bf16, device="cuda")
+    args = (q, cache, table.cuda(), lengths.cuda(), table, lengths, SCALE)
+    out, lse = kjit.mla.decode(*args)
+    given, given_lse = torch.full_like(out, float("nan")), torch.full_like(lse, float("nan"))
+    assert kjit.mla.decode(*args, out=given, lse=given_lse) == (given, given_lse)
+    assert torch.equal(given, out) and torch.equal(given_lse, lse)
+    torch.library.opcheck(torch.ops.kjit.mla_decode_out.default, (*args[:6], given, given_lse, SCALE))
+
+
 def test_mla_decode_under_cuda_graphs():
     capacity = 1024
     cache, table, _ = paged_cache([capacity] * 3)

@@ -37,6 +37,25 @@ def test_router_topk(router):
     torch.testing.assert_close(weights.gather(1, ours.indices), ref_weights.gather(1, theirs.indices))
 
 
+def test_router_and_layer_into_given_outputs():
+    """out= writes what the allocating calls return, bit for bit (the router's ids and weights, the
+    fused layer's output)."""
+    router, experts, hidden, inter = kjit.moe.GLM_4_7_FLASH, 16, 512, 256
+    logits, bias = randn(40, experts, dtype=f32), randn(experts, dtype=f32, std=0.1)
+    ids, weights = kjit.moe.router_topk(logits, router, bias)
+    given = torch.full_like(ids, -1), torch.full_like(weights, float("nan"))
+    assert kjit.moe.router_topk(logits, router, bias, out=given) == given
+    assert torch.equal(given[0], ids) and torch.equal(given[1], weights)
+    torch.library.opcheck(torch.ops.kjit.moe_router_topk_out.default, (logits, bias, *given, *router.op_args()))
+    x = randn(40, hidden)
+    gate_up, down = randn(experts, 2 * inter, hidden, std=hidden**-0.5), randn(experts, hidden, inter, std=inter**-0.5)
+    args = (x, logits, gate_up, down, router, bias, None, 64)
+    out = kjit.moe.layer(*args)
+    given_out = torch.full_like(out, float("nan"))
+    assert kjit.moe.layer(*args, out=given_out) is given_out
+    assert torch.equal(given_out, out)
+
+
 @pytest.mark.parametrize("tokens,block", [(3, 64), (200, 128)])
 def test_op_chain_against_a_dense_reference(tokens, block):
     experts, hidden, inter, router = 16, 512, 256, kjit.moe.GLM_4_7_FLASH

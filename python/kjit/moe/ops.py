@@ -7,6 +7,7 @@ depend only on the inputs' shapes, so torch.compile traces them.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -61,6 +62,13 @@ class Router:
         )
 
 
+@functools.lru_cache(maxsize=64)
+def _options(top_k, sigmoid, groups, topk_groups, renormalize, scaling) -> RouterOptions:
+    """The C struct of a router's fields in the ops' schema order, made once per router (kjit
+    only reads it)."""
+    return Router(top_k, sigmoid, groups, topk_groups, renormalize, scaling).c_options()
+
+
 GLM_4_7_FLASH = Router(top_k=4, sigmoid=True, renormalize=True, scaling=1.8)
 DEEPSEEK_V3 = Router(top_k=8, sigmoid=True, groups=8, topk_groups=4, renormalize=True, scaling=2.5)
 
@@ -95,17 +103,12 @@ def _gemm_columns(w_rows, epilogue: str):
 )
 def _router_topk(logits, bias, top_k, sigmoid, groups, topk_groups, renormalize, scaling):
     ids, weights = _new_router_outputs(logits, top_k)
-    options = Router(top_k, sigmoid, groups, topk_groups, renormalize, scaling).c_options()
-    launch(
-        "kjit_moe_router_topk",
-        logits,
-        logits,
-        bias,
-        ids,
-        weights,
-        options,
-    )
+    _run_router_topk(logits, bias, ids, weights, top_k, sigmoid, groups, topk_groups, renormalize, scaling)
     return ids, weights
+
+
+def _run_router_topk(logits, bias, ids, weights, *router):
+    launch("kjit_moe_router_topk", logits, logits, bias, ids, weights, _options(*router))
 
 
 def _new_router_outputs(logits: Tensor, top_k: int):
@@ -116,6 +119,21 @@ def _new_router_outputs(logits: Tensor, top_k: int):
 @_router_topk.register_fake
 def _(logits, bias, top_k, *_):
     return _new_router_outputs(logits, top_k)
+
+
+@op(
+    "kjit::moe_router_topk_out",
+    mutates_args=("ids", "weights"),
+    schema="(Tensor logits, Tensor? bias, Tensor(a!) ids, Tensor(b!) weights, int top_k, bool sigmoid, int groups, "
+    "int topk_groups, bool renormalize, float scaling) -> ()",
+)
+def _router_topk_out(logits, bias, ids, weights, top_k, sigmoid, groups, topk_groups, renormalize, scaling):
+    _run_router_topk(logits, bias, ids, weights, top_k, sigmoid, groups, topk_groups, renormalize, scaling)
+
+
+@_router_topk_out.register_fake
+def _(*_):
+    return None
 
 
 def align_capacity(pairs, experts: int, block: int):
@@ -437,26 +455,50 @@ def _layer(
     block,
 ):
     out = new_empty(x, x.shape)
-    options = Router(top_k, sigmoid, groups, topk_groups, renormalize, scaling).c_options()
-    launch(
-        "kjit_moe_layer",
-        x,
-        x,
-        router_logits,
-        gate_up,
-        down,
-        router_bias,
-        shared,
-        options,
-        block,
-        out,
-    )
+    router = (top_k, sigmoid, groups, topk_groups, renormalize, scaling)
+    _run_layer(x, router_logits, gate_up, down, router_bias, shared, out, router, block)
     return out
+
+
+def _run_layer(x, router_logits, gate_up, down, router_bias, shared, out, router, block):
+    launch("kjit_moe_layer", x, x, router_logits, gate_up, down, router_bias, shared, _options(*router), block, out)
 
 
 @_layer.register_fake
 def _(x, *_):
     return new_empty(x, x.shape)
+
+
+@op(
+    "kjit::moe_layer_out",
+    mutates_args=("out",),
+    schema="(Tensor x, Tensor router_logits, Tensor gate_up, Tensor down, Tensor? router_bias, Tensor? shared, "
+    "Tensor(a!) out, int top_k, bool sigmoid, int groups, int topk_groups, bool renormalize, float scaling, "
+    "int block) -> ()",
+)
+def _layer_out(
+    x,
+    router_logits,
+    gate_up,
+    down,
+    router_bias,
+    shared,
+    out,
+    top_k,
+    sigmoid,
+    groups,
+    topk_groups,
+    renormalize,
+    scaling,
+    block,
+):
+    router = (top_k, sigmoid, groups, topk_groups, renormalize, scaling)
+    _run_layer(x, router_logits, gate_up, down, router_bias, shared, out, router, block)
+
+
+@_layer_out.register_fake
+def _(*_):
+    return None
 
 
 @op(
@@ -488,7 +530,7 @@ def _layer_fp4(
 ):
     fmt = _choice(_FORMATS, format, "format")
     out = new_empty(x, x.shape)
-    options = Router(top_k, sigmoid, groups, topk_groups, renormalize, scaling).c_options()
+    options = _options(top_k, sigmoid, groups, topk_groups, renormalize, scaling)
     weights = (gate_up_codes, gate_up_scales, gate_up_tensor_scale, down_codes, down_scales, down_tensor_scale)
     launch("kjit_moe_layer_fp4", x, x, router_logits, fmt, *weights, router_bias, shared, options, block, out)
     return out
@@ -502,14 +544,21 @@ def _(x, *_):
 # ---- the public functions ----------------------------------------------------------------------
 
 
-def router_topk(logits: Tensor, router: Router, bias: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+def router_topk(
+    logits: Tensor,
+    router: Router,
+    bias: Optional[Tensor] = None,
+    *,
+    out: Optional[Tuple[Tensor, Tensor]] = None,
+) -> Tuple[Tensor, Tensor]:
     """(ids [T, k] int32, weights [T, k] fp32) of logits [T, E]; bias [E] fp32 steers the choice
-    only (DeepSeek-V3's and GLM's e_score_correction_bias)."""
-    return _router_topk(
-        logits,
-        bias,
-        *router.op_args(),
-    )
+    only (DeepSeek-V3's and GLM's e_score_correction_bias). With `out` = (ids, weights) given,
+    written there."""
+    if out is None:
+        return _router_topk(logits, bias, *router.op_args())
+    ids, weights = out
+    _router_topk_out(logits, bias, ids, weights, *router.op_args())
+    return ids, weights
 
 
 def align(ids: Tensor, experts: int, block: int) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -625,19 +674,16 @@ def layer(
     router_bias: Optional[Tensor] = None,
     shared: Optional[Tensor] = None,
     block: int = 0,
+    *,
+    out: Optional[Tensor] = None,
 ) -> Tensor:
     """The fused MoE layer (kjit::moe::layer): gate_up [E, 2 I, H] with gate and up rows
-    interleaved (interleave_gate_up makes it from torch's w13), down [E, H, I]."""
-    return _layer(
-        x,
-        router_logits,
-        gate_up,
-        down,
-        router_bias,
-        shared,
-        *router.op_args(),
-        block,
-    )
+    interleaved (interleave_gate_up makes it from torch's w13), down [E, H, I]. With `out` [T, H]
+    given, written there."""
+    if out is None:
+        return _layer(x, router_logits, gate_up, down, router_bias, shared, *router.op_args(), block)
+    _layer_out(x, router_logits, gate_up, down, router_bias, shared, out, *router.op_args(), block)
+    return out
 
 
 def layer_fp4(
