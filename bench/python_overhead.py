@@ -109,20 +109,20 @@ def cases():
         floor("kjit_moe_router_topk", logits, None, ids, weights, options),
     )
 
-    x = torch.randn(1, 2048, dtype=bf16, device=dev)
+    x, token_logits = torch.randn(1, 2048, dtype=bf16, device=dev), logits[:1]
     gate_up = torch.randn(64, 3072, 2048, dtype=bf16, device=dev)
     down = torch.randn(64, 2048, 1536, dtype=bf16, device=dev)
     y = torch.empty_like(x)
     yield (
         "moe_layer",
         32,
-        lambda: kjit.moe.layer(x, logits[:1], gate_up, down, glm),
-        lambda: kjit.moe.layer(x, logits[:1], gate_up, down, glm, out=y),
-        lambda: torch.ops.kjit.moe_layer(x, logits[:1], gate_up, down, None, None, 4, True, 1, 1, True, 1.8, 0),
+        lambda: kjit.moe.layer(x, token_logits, gate_up, down, glm),
+        lambda: kjit.moe.layer(x, token_logits, gate_up, down, glm, out=y),
+        lambda: torch.ops.kjit.moe_layer(x, token_logits, gate_up, down, None, None, 4, True, 1, 1, True, 1.8, 0),
         floor(
             "kjit_moe_layer",
             x,
-            logits[:1],
+            token_logits,
             gate_up,
             down,
             None,

@@ -51,7 +51,7 @@ def host_copy(host: torch.Tensor, device_copy: torch.Tensor, what: str) -> int:
     """The address of `host`, the host copy of int32 `device_copy` that kjit validates on the host
     (so that no call synchronises with the device). kjit reads as many entries as the device
     copy has, so they must agree here."""
-    if host.device.type != "cpu" or host.dtype != torch.int32 or not host.is_contiguous():
+    if not host.is_cpu or host.dtype != torch.int32 or not host.is_contiguous():
         raise InvalidArgumentError(
             f"{what} must be a contiguous int32 tensor on the host, got {host.dtype} on {host.device}"
         )
@@ -101,7 +101,7 @@ class Op:
     rank skipping it would hang the others."""
 
     def __init__(self, name: str, impl, schema: str, mutates_args=(), side_effect=False):
-        self.impl = impl
+        self.name, self.impl = name, impl
         self.op = torch.library.custom_op(name, impl, mutates_args=mutates_args, schema=schema)
         self.register_fake = self.op.register_fake
         parameters = list(inspect.signature(impl).parameters)
@@ -111,11 +111,21 @@ class Op:
 
     def __call__(self, *args):
         if not direct(args):
+            if self.mutated:
+                self._refuse_gradients(args)
             return self.op(*args)
         result = self.impl(*args)
         if self.mutated:
             _increment_version([args[i] for i in self.mutated if args[i] is not None])
         return result
+
+    def _refuse_gradients(self, args):
+        """Outputs given by the caller (out=) record no autograd: an input that requires grad is
+        refused, as torch's out= variants do (the direct path never sees one)."""
+        if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+            raise InvalidArgumentError(
+                f"{self.name}: outputs given with out= record no autograd; an input requires grad"
+            )
 
 
 def op(name: str, schema: str, mutates_args=(), side_effect=False):

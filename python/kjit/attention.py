@@ -446,21 +446,14 @@ def forward(
     bitwise reproducible with `deterministic`). Causal masking is bottom-right aligned.
 
     With `out` (and optionally `lse`) given, the results are written there and nothing is
-    allocated (the call records no autograd; lse None: not written)."""
+    allocated (lse None: not written); such a call records no autograd, so it refuses inputs
+    that require grad."""
     if out is None and lse is None:
         return _forward(q, k, v, _scale(softmax_scale), causal, deterministic)
-    _refuse_grad_with_outputs("forward", q, k, v)
     if out is None:
         raise InvalidArgumentError("forward: lse= needs out= too")
     _forward_out(q, k, v, out, lse, _scale(softmax_scale), causal)
     return out, lse
-
-
-def _refuse_grad_with_outputs(function: str, *tensors: Tensor) -> None:
-    """Outputs given by the caller record no autograd, so an input that needs a gradient is
-    refused (as torch's out= variants do)."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        raise InvalidArgumentError(f"{function}: outputs given with out= record no autograd; an input requires grad")
 
 
 def forward_varlen(

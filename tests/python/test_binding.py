@@ -414,8 +414,8 @@ def test_torchs_export_and_the_hand_description_are_the_same_dltensor(fake_cuda)
         assert exported == described, (t.shape, t.stride(), exported, described)
         assert exported[0] == t.data_ptr() and exported[7] == tuple(t.shape) and exported[8] == t.stride()
     # A meta tensor has no storage to export: described by hand, with the device type kjit refuses.
-    meta = torch.empty(2, 3, device="meta")
-    assert _dltensor_fields(DLArgs()(meta, "m"))[1] == 0
+    meta, args = torch.empty(2, 3, device="meta"), DLArgs()  # its descriptions live as long as it
+    assert _dltensor_fields(args(meta, "m"))[1] == 0
 
 
 def test_interleave_gate_up_is_the_documented_layout():
