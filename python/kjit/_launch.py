@@ -11,7 +11,7 @@ from torch.autograd.graph import increment_version as _increment_version
 
 from . import _native
 from ._dlpack import dlpack_dtype
-from ._library import call
+from ._library import call, check, entry
 from .errors import InvalidArgumentError
 
 # The current cudaStream_t and device as plain ints (what inductor's get_raw_stream uses): a
@@ -31,8 +31,8 @@ def launch(name: str, anchor: torch.Tensor, *args) -> None:
         call(name, *args, None)
         return
     index = anchor.get_device()
-    if index == _current_device():
-        call(name, *args, current_stream(index))
+    if index == _current_device():  # the common case, in one call of kjit._native
+        check(name, _native.call(entry(name), *args, current_stream(index)))
         return
     with torch.cuda.device(index):  # kjit launches in the current context
         call(name, *args, current_stream(index))

@@ -448,11 +448,12 @@ def forward(
     With `out` (and optionally `lse`) given, the results are written there and nothing is
     allocated (lse None: not written); such a call records no autograd, so it refuses inputs
     that require grad."""
+    scale = 0.0 if softmax_scale is None else float(softmax_scale)  # 0: kjit's 1 / sqrt(D)
     if out is None and lse is None:
-        return _forward(q, k, v, _scale(softmax_scale), causal, deterministic)
+        return _forward(q, k, v, scale, causal, deterministic)
     if out is None:
         raise InvalidArgumentError("forward: lse= needs out= too")
-    _forward_out(q, k, v, out, lse, _scale(softmax_scale), causal)
+    _forward_out(q, k, v, out, lse, scale, causal)
     return out, lse
 
 
