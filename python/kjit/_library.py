@@ -24,7 +24,6 @@ from . import _native
 from ._dlpack import DLArgs
 from .errors import InvalidArgumentError, raise_for_status
 
-_P = ctypes.POINTER
 # The structs' tensors (const DLTensor*) and host copies (const int32_t*) are addresses.
 _T = _i32p = ctypes.c_void_p
 _int, _float = ctypes.c_int, ctypes.c_float

@@ -324,8 +324,8 @@ static void set_error(void* context, const char* kind, const char* message) {
   PyErr_Format(PyExc_RuntimeError, "%s: %s", kind, message);
 }
 
-/* empty(like, shape, dtype) -> a new contiguous tensor on like's device, of `shape` (a tuple of
-   ints) and dtype (DLPack's code | bits << 8, or None for like's), from torch's allocator. */
+/* empty(like, shape, dtype) -> a new contiguous tensor on like's device, of `shape` (a sequence
+   of ints) and dtype (DLPack's code | bits << 8, or None for like's), from torch's allocator. */
 static PyObject* empty(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
   (void)self;
   if (nargs != 3) return PyErr_Format(PyExc_TypeError, "empty(like, shape, dtype)");
@@ -335,11 +335,14 @@ static PyObject* empty(PyObject* self, PyObject* const* args, Py_ssize_t nargs) 
     return NULL;
   }
   int64_t shape[8];
-  const Py_ssize_t dims = PyTuple_Size(args[1]);
+  const Py_ssize_t dims = PySequence_Size(args[1]);
   if (dims < 0 || dims > 8)
     return dims < 0 ? NULL : PyErr_Format(PyExc_ValueError, "empty: too many dims");
   for (Py_ssize_t d = 0; d < dims; ++d) {
-    shape[d] = PyLong_AsLongLong(PyTuple_GetItem(args[1], d));
+    PyObject* size = PySequence_GetItem(args[1], d);
+    if (size == NULL) return NULL;
+    shape[d] = PyLong_AsLongLong(size);
+    Py_DECREF(size);
     if (shape[d] == -1 && PyErr_Occurred()) return NULL;
   }
   prototype.ndim = (int32_t)dims;
