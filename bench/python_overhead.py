@@ -18,7 +18,7 @@ import time
 import torch
 
 import kjit
-from kjit._launch import current_stream, direct, new_empty
+from kjit._launch import current_stream, direct, empty_like
 from kjit._library import call
 
 ROUNDS = 21
@@ -145,7 +145,7 @@ def pieces():
     yield "tensor.device.index", lambda: t.device.index
     yield "torch.empty_like (CUDA)", lambda: torch.empty_like(t)
     yield "torch.empty (CUDA, [1, 8, 128] fp32)", lambda: torch.empty(1, 8, 128, device="cuda")
-    yield "kjit._launch.new_empty (CUDA, like t)", lambda: new_empty(t, t.shape)
+    yield "kjit._launch.empty_like (CUDA, contiguous)", lambda: empty_like(t)
     yield "t.new_empty (CUDA)", lambda: t.new_empty(t.shape)
     yield "direct() over 3 tensors", lambda: direct((t, t, t))
     yield "an entry point through kjit._native (no tensor)", lambda: call("kjit_moe_align_capacity", 40, 64, 64)

@@ -41,12 +41,6 @@ _DTYPES = {
 }
 
 
-def dlpack_dtype(dtype: torch.dtype) -> int:
-    """`dtype` as kjit._native.empty takes it: DLPack's code | bits << 8."""
-    code, bits = _DTYPES[dtype]
-    return code | bits << 8
-
-
 _DEVICES = {"cpu": 1, "cuda": 2}  # others (meta, ...): 0, which kjit refuses by name
 
 _to_dlpack = torch._C._to_dlpack

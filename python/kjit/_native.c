@@ -9,8 +9,7 @@
    - An entry point is called through libffi (what ctypes uses) from a signature written once as
      a string of argument kinds (kjit._library), so this file knows no entry point.
    - direct() is the eager path's check that torch's dispatcher would only pass a call through
-     (kjit._launch.Op), and empty() allocates an output through torch's allocator by the same
-     table, both cheaper than their Python forms.
+     (kjit._launch.Op), cheaper than its Python form.
 
    Built by `pip install ./python` against the limited API (one binary for CPython >= 3.11). */
 #define Py_LIMITED_API 0x030B0000
@@ -22,29 +21,20 @@
 #include <stdio.h>
 #include <string.h>
 
-/* DLPack 1.3's exchange table and the owning tensor its allocator returns (DLPack >= 1.3's
-   dlpack.h; the system's may be older, with the same DLTensor). */
+/* DLPack 1.3's exchange table (DLPack >= 1.3's dlpack.h; the system's may be older, with the same
+   DLTensor). Only `describe` is used: outputs are allocated by torch in Python, since a tensor
+   made by the table's allocator is a DLPack import, whose storage torch's caching allocator does
+   not own (record_stream would be ignored on it). */
 typedef struct {
-  uint32_t major, minor;
-} DLPackVersionV1;
-
-typedef struct ManagedTensor {
-  DLPackVersionV1 version;
-  void* manager_ctx;
-  void (*deleter)(struct ManagedTensor*);
-  uint64_t flags;
-  DLTensor dl_tensor;
-} ManagedTensor;
-
-typedef struct {
-  DLPackVersionV1 version;
+  struct {
+    uint32_t major, minor;
+  } version;
   void* prev_api;
-  int (*allocate)(DLTensor* prototype, ManagedTensor** out, void* error_ctx,
-                  void (*set_error)(void* error_ctx, const char* kind, const char* message));
-  int (*managed_from_object)(void* py_object, ManagedTensor** out);
-  int (*managed_to_object)(ManagedTensor* tensor, void** out_py_object);
+  void* allocate;
+  void* managed_from_object;
+  void* managed_to_object;
   int (*describe)(void* py_object, DLTensor* out); /* may be NULL */
-  int (*current_stream)(DLDeviceType type, int32_t id, void** out);
+  void* current_stream;
 } ExchangeApi;
 
 enum { kMaxArgs = 24 };
@@ -319,50 +309,6 @@ static PyObject* direct(PyObject* self, PyObject* const* argv, Py_ssize_t nargs)
   return PyObject_GetAttr(anchor, is_cuda_name);
 }
 
-static void set_error(void* context, const char* kind, const char* message) {
-  (void)context;
-  PyErr_Format(PyExc_RuntimeError, "%s: %s", kind, message);
-}
-
-/* empty(like, shape, dtype) -> a new contiguous tensor on like's device, of `shape` (a sequence
-   of ints) and dtype (DLPack's code | bits << 8, or None for like's), from torch's allocator. */
-static PyObject* empty(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
-  (void)self;
-  if (nargs != 3) return PyErr_Format(PyExc_TypeError, "empty(like, shape, dtype)");
-  DLTensor prototype;
-  if (!PyObject_TypeCheck(args[0], tensor_type) || exchange->describe(args[0], &prototype) != 0) {
-    if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "empty: like must be a tensor");
-    return NULL;
-  }
-  int64_t shape[8];
-  const Py_ssize_t dims = PySequence_Size(args[1]);
-  if (dims < 0 || dims > 8)
-    return dims < 0 ? NULL : PyErr_Format(PyExc_ValueError, "empty: too many dims");
-  for (Py_ssize_t d = 0; d < dims; ++d) {
-    PyObject* size = PySequence_GetItem(args[1], d);
-    if (size == NULL) return NULL;
-    shape[d] = PyLong_AsLongLong(size);
-    Py_DECREF(size);
-    if (shape[d] == -1 && PyErr_Occurred()) return NULL;
-  }
-  prototype.ndim = (int32_t)dims;
-  prototype.shape = shape;
-  prototype.strides = NULL;
-  prototype.byte_offset = 0;
-  if (args[2] != Py_None) {
-    const long dtype = PyLong_AsLong(args[2]);
-    if (dtype == -1 && PyErr_Occurred()) return NULL;
-    prototype.dtype.code = (uint8_t)(dtype & 0xff);
-    prototype.dtype.bits = (uint8_t)(dtype >> 8 & 0xff);
-    prototype.dtype.lanes = 1;
-  }
-  ManagedTensor* managed = NULL;
-  void* tensor = NULL;
-  if (exchange->allocate(&prototype, &managed, NULL, set_error) != 0) return NULL;
-  if (exchange->managed_to_object(managed, &tensor) != 0) return NULL;
-  return (PyObject*)tensor;
-}
-
 /* bind(exchange_capsule, tensor_type, describer, invalid_argument) once, before any other call. */
 static PyObject* bind(PyObject* self, PyObject* args) {
   (void)self;
@@ -388,7 +334,6 @@ static PyMethodDef methods[] = {
     {"call", (PyCFunction)(void (*)(void))call, METH_FASTCALL, "call(entry, *args)"},
     {"direct", (PyCFunction)(void (*)(void))direct, METH_FASTCALL,
      "direct(queries, grad_enabled, args)"},
-    {"empty", (PyCFunction)(void (*)(void))empty, METH_FASTCALL, "empty(like, shape, dtype)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ._dlpack import DLArgs
-from ._launch import host_copy, host_or_copy as _host, launch, new_empty, op
+from ._launch import empty_like, host_copy, host_or_copy as _host, launch, op
 from ._library import AttentionGroup, call
 from .errors import InvalidArgumentError
 
@@ -41,7 +41,7 @@ def _lse_shape(q: Tensor, packed: bool):
 
 
 def _new_forward_outputs(q: Tensor, packed: bool) -> Tuple[Tensor, Tensor]:
-    return new_empty(q, q.shape), new_empty(q, _lse_shape(q, packed), torch.float32)
+    return empty_like(q), q.new_empty(_lse_shape(q, packed), dtype=torch.float32)
 
 
 def _workspace(q: Tensor, deterministic: bool) -> Tensor:
@@ -94,7 +94,7 @@ def _run_backward(entry, dout, q, k, v, out, lse, seqlens, softmax_scale, causal
 
 
 def _new_grads(q: Tensor, k: Tensor, v: Tensor):
-    return new_empty(q, q.shape), new_empty(k, k.shape), new_empty(v, v.shape)
+    return empty_like(q), empty_like(k), empty_like(v)
 
 
 @op(
@@ -330,8 +330,8 @@ def _backward_grouped(
         windows=windows,
         host_windows=host_windows,
     )
-    dq = [new_empty(qg, qg.shape) for qg in q]
-    dk, dv = new_empty(k, k.shape), new_empty(v, v.shape)
+    dq = [empty_like(qg) for qg in q]
+    dk, dv = empty_like(k), empty_like(v)
     dl = DLArgs()
     groups = _group_array(dl, q, out, lse, cu_seqlens_q, host_cu_seqlens_q, windows, host_windows, dout, dq)
     size = ctypes.c_size_t()
@@ -356,7 +356,7 @@ def _backward_grouped(
 
 @_backward_grouped.register_fake
 def _(dout, q, out, lse, cu_seqlens_q, host_cu_seqlens_q, windows, host_windows, k, v, *_):
-    return [new_empty(qg, qg.shape) for qg in q], new_empty(k, k.shape), new_empty(v, v.shape)
+    return [empty_like(qg) for qg in q], empty_like(k), empty_like(v)
 
 
 # Autograd of the grouped forward: dq of every group, dk and dv summed over the groups (kjit's
@@ -401,8 +401,8 @@ def _new_merge_outputs(parts: Tensor):
     """out [T, H, D] and out_lse [T, H] for parts [N, T, H, D] (empty where parts' rank is wrong:
     kjit then refuses parts)."""
     if parts.dim() != 4:
-        return new_empty(parts, (0,)), new_empty(parts, (0,), torch.float32)
-    return new_empty(parts, parts.shape[1:]), new_empty(parts, parts.shape[1:3], torch.float32)
+        return parts.new_empty((0,)), parts.new_empty((0,), dtype=torch.float32)
+    return parts.new_empty(parts.shape[1:]), parts.new_empty(parts.shape[1:3], dtype=torch.float32)
 
 
 @_merge_states.register_fake

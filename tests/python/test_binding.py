@@ -14,7 +14,7 @@ import torch
 import kjit
 from kjit import _native
 from kjit._dlpack import DLArgs
-from kjit._launch import direct, new_empty
+from kjit._launch import direct
 from kjit._library import AttentionGroup, RouterOptions, call
 
 bf16, f32, i32, u8 = torch.bfloat16, torch.float32, torch.int32, torch.uint8
@@ -364,15 +364,6 @@ def test_native_calls_refuse_bad_arguments_by_entry_and_position():
         call("kjit_merge_states", None, None, None, None, 1.5)
     with pytest.raises(kjit.InvalidArgumentError, match="kjit_attention_forward: argument 6 must be a float"):
         call("kjit_attention_forward", None, None, None, None, None, "0.1", 1, None)
-
-
-def test_new_empty_through_the_exchange_table():
-    like = torch.randn(3, 5, dtype=bf16)[:, ::2]
-    for shape, dtype in (((4, 2, 3), None), ((7,), f32), ((0, 3), i32), ((), u8)):
-        t = new_empty(like, shape, dtype)
-        assert type(t) is torch.Tensor and t.is_contiguous() and not t.requires_grad
-        assert t.shape == shape and t.dtype == (dtype or bf16) and t.device == like.device
-    assert new_empty(torch.empty(2, device="meta"), (5, 1), f32).device.type == "meta"
 
 
 def test_the_direct_path_needs_cuda_tensors_and_no_gradient():

@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .._launch import launch, new_empty, op
+from .._launch import empty_like, launch, op
 from .._library import RouterOptions
 from ..errors import InvalidArgumentError
 
@@ -113,7 +113,7 @@ def _run_router_topk(logits, bias, ids, weights, *router):
 
 def _new_router_outputs(logits: Tensor, top_k: int):
     shape = (_rows(logits), max(top_k, 0))
-    return new_empty(logits, shape, torch.int32), new_empty(logits, shape, torch.float32)
+    return logits.new_empty(shape, dtype=torch.int32), logits.new_empty(shape, dtype=torch.float32)
 
 
 @_router_topk.register_fake
@@ -169,7 +169,7 @@ def _align(ids, experts, block):
 def _new_align_outputs(ids: Tensor, experts: int, block: int):
     rows = align_capacity(ids.numel(), experts, block)
     blocks = rows // block if block > 0 else 0
-    new = lambda n: new_empty(ids, (n,), torch.int32)  # noqa: E731
+    new = lambda n: ids.new_empty((n,), dtype=torch.int32)  # noqa: E731
     return new(rows), new(blocks), new(max(experts, 0)), new(max(experts + 1, 0)), new(1)
 
 
@@ -194,7 +194,7 @@ def _permute(x, sorted, top_k):
 
 
 def _new_permute_outputs(x: Tensor, sorted: Tensor, top_k: int):
-    return (new_empty(x, (sorted.numel(), _rows(x, 1))), new_empty(x, (_rows(x) * max(top_k, 0),), torch.int32))
+    return (x.new_empty((sorted.numel(), _rows(x, 1))), x.new_empty((_rows(x) * max(top_k, 0),), dtype=torch.int32))
 
 
 @_permute.register_fake
@@ -223,7 +223,7 @@ def _unpermute(y_sorted, positions, top_k, weights, shared):
 
 def _new_unpermute_output(y_sorted: Tensor, positions: Tensor, top_k: int):
     tokens = positions.numel() // top_k if top_k > 0 else 0
-    return new_empty(y_sorted, (tokens, _rows(y_sorted, 1)))
+    return y_sorted.new_empty((tokens, _rows(y_sorted, 1)))
 
 
 @_unpermute.register_fake
@@ -241,7 +241,7 @@ def _(y_sorted, positions, top_k, *_):
 )
 def _grouped_gemm(x_sorted, block_expert, block, w, epilogue, sorted, weights):
     kind = _choice(_EPILOGUES, epilogue, "epilogue")
-    y = new_empty(x_sorted, (_rows(x_sorted), _gemm_columns(_rows(w, 1), epilogue)))
+    y = x_sorted.new_empty((_rows(x_sorted), _gemm_columns(_rows(w, 1), epilogue)))
     launch(
         "kjit_moe_grouped_gemm",
         x_sorted,
@@ -259,7 +259,7 @@ def _grouped_gemm(x_sorted, block_expert, block, w, epilogue, sorted, weights):
 
 @_grouped_gemm.register_fake
 def _(x_sorted, block_expert, block, w, epilogue, *_):
-    return new_empty(x_sorted, (_rows(x_sorted), _gemm_columns(_rows(w, 1), epilogue)))
+    return x_sorted.new_empty((_rows(x_sorted), _gemm_columns(_rows(w, 1), epilogue)))
 
 
 @op(
@@ -269,7 +269,7 @@ def _(x_sorted, block_expert, block, w, epilogue, *_):
 )
 def _expert_gemm_fp4(x_sorted, block_expert, block, format, codes, scales, tensor_scale, epilogue, sorted, weights):
     kind, fmt = _choice(_EPILOGUES, epilogue, "epilogue"), _choice(_FORMATS, format, "format")
-    y = new_empty(x_sorted, (_rows(x_sorted), _gemm_columns(_rows(codes, 1), epilogue)))
+    y = x_sorted.new_empty((_rows(x_sorted), _gemm_columns(_rows(codes, 1), epilogue)))
     launch(
         "kjit_moe_expert_gemm_fp4",
         x_sorted,
@@ -290,11 +290,11 @@ def _expert_gemm_fp4(x_sorted, block_expert, block, format, codes, scales, tenso
 
 @_expert_gemm_fp4.register_fake
 def _(x_sorted, block_expert, block, format, codes, scales, tensor_scale, epilogue, *_):
-    return new_empty(x_sorted, (_rows(x_sorted), _gemm_columns(_rows(codes, 1), epilogue)))
+    return x_sorted.new_empty((_rows(x_sorted), _gemm_columns(_rows(codes, 1), epilogue)))
 
 
 def _new_masked_output(x: Tensor, w_rows, epilogue: str):
-    return new_empty(x, (_rows(x), _rows(x, 1), _gemm_columns(w_rows, epilogue)))
+    return x.new_empty((_rows(x), _rows(x, 1), _gemm_columns(w_rows, epilogue)))
 
 
 @op(
@@ -374,9 +374,9 @@ def _new_quantize_outputs(w: Tensor, format: str):
     rows, columns = _rows(w), _rows(w, 1)
     block = _SCALE_BLOCK.get(format, 16)
     return (
-        new_empty(w, (rows, columns // 2), torch.uint8),
-        new_empty(w, (rows, columns // block), torch.uint8),
-        new_empty(w, (1,), torch.float32),
+        w.new_empty((rows, columns // 2), dtype=torch.uint8),
+        w.new_empty((rows, columns // block), dtype=torch.uint8),
+        w.new_empty((1,), dtype=torch.float32),
     )
 
 
@@ -419,10 +419,10 @@ def _balance(ids, probs, logits, cu_seqlens, max_seqlen, bias, aux_coeff, z_coef
 def _new_balance_outputs(probs: Tensor):
     experts = _rows(probs, 1)
     return (
-        new_empty(probs, (experts,), torch.int32),
-        new_empty(probs, (experts,), torch.float32),
-        new_empty(probs, (experts,), torch.float32),
-        new_empty(probs, (4,), torch.float32),
+        probs.new_empty((experts,), dtype=torch.int32),
+        probs.new_empty((experts,), dtype=torch.float32),
+        probs.new_empty((experts,), dtype=torch.float32),
+        probs.new_empty((4,), dtype=torch.float32),
     )
 
 
@@ -454,7 +454,7 @@ def _layer(
     scaling,
     block,
 ):
-    out = new_empty(x, x.shape)
+    out = empty_like(x)
     router = (top_k, sigmoid, groups, topk_groups, renormalize, scaling)
     _run_layer(x, router_logits, gate_up, down, router_bias, shared, out, router, block)
     return out
@@ -466,7 +466,7 @@ def _run_layer(x, router_logits, gate_up, down, router_bias, shared, out, router
 
 @_layer.register_fake
 def _(x, *_):
-    return new_empty(x, x.shape)
+    return empty_like(x)
 
 
 @op(
@@ -529,7 +529,7 @@ def _layer_fp4(
     block,
 ):
     fmt = _choice(_FORMATS, format, "format")
-    out = new_empty(x, x.shape)
+    out = empty_like(x)
     options = _options(top_k, sigmoid, groups, topk_groups, renormalize, scaling)
     weights = (gate_up_codes, gate_up_scales, gate_up_tensor_scale, down_codes, down_scales, down_tensor_scale)
     launch("kjit_moe_layer_fp4", x, x, router_logits, fmt, *weights, router_bias, shared, options, block, out)
@@ -538,7 +538,7 @@ def _layer_fp4(
 
 @_layer_fp4.register_fake
 def _(x, *_):
-    return new_empty(x, x.shape)
+    return empty_like(x)
 
 
 # ---- the public functions ----------------------------------------------------------------------
