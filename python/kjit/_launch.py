@@ -100,7 +100,7 @@ class Op:
         self.op = torch.library.custom_op(name, impl, mutates_args=mutates_args, schema=schema)
         self.register_fake = self.op.register_fake
         parameters = list(inspect.signature(impl).parameters)
-        self.mutated = tuple(parameters.index(name) for name in mutates_args)
+        self.mutated = tuple(parameters.index(arg) for arg in mutates_args)
         if side_effect:
             torch.fx.node.has_side_effect(getattr(torch.ops.kjit, name.split("::")[1]).default)
 

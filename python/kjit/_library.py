@@ -59,9 +59,9 @@ class RouterOptions(ctypes.Structure):
 
 
 # Every entry point's arguments, a letter each (kjit/_native.c): t a tensor (const DLTensor*: a
-# torch tensor, a DLTensor's int address, or None for NULL), p a pointer (None, an int address, or an object with a buffer:
-# bytes, a ctypes struct or array), i int, l int64_t, z size_t, f float. They return kjit_status,
-# but for the ones in _RESULTS (l: int64_t).
+# torch tensor, a DLTensor's int address, or None for NULL), p a pointer (None, an int address,
+# or an object with a buffer: bytes, a ctypes struct or array), i int, l int64_t, z size_t, f
+# float. They return kjit_status, but for the ones in _RESULTS (l: int64_t).
 _SIGNATURES = {
     "kjit_merge_states": "ttttp",
     "kjit_attention_forward": "tttttfip",
