@@ -476,23 +476,8 @@ def _(x, *_):
     "Tensor(a!) out, int top_k, bool sigmoid, int groups, int topk_groups, bool renormalize, float scaling, "
     "int block) -> ()",
 )
-def _layer_out(
-    x,
-    router_logits,
-    gate_up,
-    down,
-    router_bias,
-    shared,
-    out,
-    top_k,
-    sigmoid,
-    groups,
-    topk_groups,
-    renormalize,
-    scaling,
-    block,
-):
-    router = (top_k, sigmoid, groups, topk_groups, renormalize, scaling)
+def _layer_out(x, router_logits, gate_up, down, router_bias, shared, out, *router_and_block):
+    *router, block = router_and_block  # top_k ... scaling, then block
     _run_layer(x, router_logits, gate_up, down, router_bias, shared, out, router, block)
 
 
