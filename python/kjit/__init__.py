@@ -10,7 +10,15 @@ libkjit.so is found through KJIT_LIBRARY, next to the package, where CMake insta
 source tree's build/ (kjit.library_path() says which).
 """
 
-from . import attention, comm, mla, moe, zigzag
+try:  # the C extension first, so that a source tree never built says so
+    from . import _native  # noqa: F401
+except ImportError as error:
+    raise ImportError(
+        "kjit: its C extension kjit._native is not built; install the package with `pip install ./python` "
+        "(it compiles kjit/_native.c: needs Python's, libffi's and DLPack's headers)"
+    ) from error
+
+from . import attention, comm, mla, moe, zigzag  # noqa: E402
 from ._library import library_path
 from .errors import (
     CommError,

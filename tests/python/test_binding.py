@@ -4,6 +4,7 @@ Python-side checks (host copies, FlashAttention's unsupported arguments) refuse 
 
 import ctypes
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -40,6 +41,18 @@ def test_import_needs_no_library_until_the_first_call():
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert "refused: kjit: libkjit.so not found" in run.stdout
     assert "/nonexistent/libkjit.so (absent)" in run.stdout
+
+
+def test_a_package_without_its_c_extension_says_how_to_build_it(tmp_path):
+    package = os.path.dirname(kjit.__file__)
+    shutil.copytree(package, tmp_path / "kjit", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    run = subprocess.run(
+        [sys.executable, "-c", "import kjit"],
+        env=dict(os.environ, PYTHONPATH=str(tmp_path)),
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode != 0 and "kjit._native is not built; install the package with `pip install" in run.stderr
 
 
 def test_library_loads_without_a_driver():
