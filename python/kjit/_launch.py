@@ -9,7 +9,7 @@ import torch
 from torch.autograd.graph import increment_version as _increment_version
 
 from . import _native
-from ._library import call, check, entry
+from ._library import call
 from .errors import InvalidArgumentError
 
 # The current cudaStream_t and device as plain ints (what inductor's get_raw_stream uses): a
@@ -25,15 +25,15 @@ _current_device = getattr(torch._C, "_cuda_getDevice", None) or torch.cuda.curre
 def launch(name: str, anchor: torch.Tensor, *args) -> None:
     """Calls entry point `name` with `args` and the current stream of `anchor`'s device (a CPU
     tensor passes no stream: kjit refuses it by its device first, with kjit's message)."""
-    if not anchor.is_cuda:
-        call(name, *args, None)
-        return
-    index = anchor.get_device()
-    if index == _current_device():  # the common case, in one call of kjit._native
-        check(name, _native.call(entry(name), *args, current_stream(index)))
-        return
-    with torch.cuda.device(index):  # kjit launches in the current context
-        call(name, *args, current_stream(index))
+    stream = None
+    if anchor.is_cuda:
+        index = anchor.get_device()
+        if index != _current_device():
+            with torch.cuda.device(index):  # kjit launches in the current context
+                call(name, *args, current_stream(index))
+            return
+        stream = current_stream(index)
+    call(name, *args, stream)
 
 
 def empty_like(t: torch.Tensor) -> torch.Tensor:
@@ -101,6 +101,8 @@ class Op:
         self.register_fake = self.op.register_fake
         parameters = list(inspect.signature(impl).parameters)
         self.mutated = tuple(parameters.index(arg) for arg in mutates_args)
+        if schema.endswith("-> ()"):  # an out= variant: its fake has nothing to make
+            self.register_fake(lambda *_: None)
         if side_effect:
             torch.fx.node.has_side_effect(getattr(torch.ops.kjit, name.split("::")[1]).default)
 

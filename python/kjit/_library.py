@@ -180,23 +180,14 @@ def library_path() -> Path:
     return _loaded_path
 
 
-def entry(name: str):
-    """kjit._native's entry of entry point `name` (loading the library at the first)."""
-    found = _entries.get(name)
-    if found is None:
+def call(name: str, *args) -> int:
+    """Calls one entry point; a failure raises the kjit error with kjit's message. Returns what an
+    entry point of _RESULTS returns (0 for the others)."""
+    entry = _entries.get(name)
+    if entry is None:
         library()
-        found = _entries[name]
-    return found
-
-
-def check(name: str, result: int) -> int:
-    """`result` of entry point `name`: a failed status raises the kjit error with kjit's message;
-    the entry points of _RESULTS return a value instead."""
+        entry = _entries[name]
+    result = _native.call(entry, *args)
     if result != 0 and name not in _RESULTS:
         raise_for_status(result, _loaded.kjit_last_error().decode("utf-8", "replace"))
     return result
-
-
-def call(name: str, *args) -> int:
-    """Calls one entry point (see check())."""
-    return check(name, _native.call(entry(name), *args))

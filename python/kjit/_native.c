@@ -95,14 +95,14 @@ static PyObject* entry(PyObject* self, PyObject* args) {
   Entry* e = PyMem_Calloc(1, sizeof(Entry));
   if (e == NULL) return PyErr_NoMemory();
   e->function = (void (*)(void))PyLong_AsVoidPtr(address);
-  for (size_t i = 0; i < count; ++i)
+  int bad_kind = 0;
+  for (size_t i = 0; i < count; ++i) {
     e->types[i] = ffi_type_of(kinds[i]);
+    bad_kind |= e->types[i] == NULL;
+  }
   memcpy(e->kinds, kinds, count);
   e->result = result[0];
   snprintf(e->name, sizeof e->name, "%s", name);
-  int bad_kind = 0;
-  for (size_t i = 0; i < count; ++i)
-    bad_kind |= e->types[i] == NULL;
   if (PyErr_Occurred() || e->function == NULL || bad_kind ||
       ffi_prep_cif(&e->cif, FFI_DEFAULT_ABI, (unsigned)count,
                    e->result == 'l' ? &ffi_type_sint64 : &ffi_type_sint32, e->types) != FFI_OK) {

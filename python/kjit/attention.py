@@ -102,7 +102,9 @@ def _new_grads(q: Tensor, k: Tensor, v: Tensor):
     schema="(Tensor q, Tensor k, Tensor v, float softmax_scale, bool causal, bool deterministic) -> (Tensor, Tensor)",
 )
 def _forward(q, k, v, softmax_scale, causal, deterministic):
-    return _run_forward("kjit_attention_forward", q, k, v, None, softmax_scale, causal)
+    out, lse = _new_forward_outputs(q, packed=False)
+    _forward_out.impl(q, k, v, out, lse, softmax_scale, causal)
+    return out, lse
 
 
 @_forward.register_fake
@@ -117,11 +119,6 @@ def _(q, *_):
 )
 def _forward_out(q, k, v, out, lse, softmax_scale, causal):
     launch("kjit_attention_forward", q, q, k, v, out, lse, softmax_scale, int(causal))
-
-
-@_forward_out.register_fake
-def _(*_):
-    return None
 
 
 @op(
@@ -393,7 +390,7 @@ torch.library.register_autograd("kjit::attention_forward_grouped", _forward_grou
 @op("kjit::merge_states", schema="(Tensor parts, Tensor parts_lse) -> (Tensor, Tensor)")
 def _merge_states(parts: Tensor, parts_lse: Tensor):
     out, out_lse = _new_merge_outputs(parts)
-    launch("kjit_merge_states", parts, parts, parts_lse, out, out_lse)
+    _merge_states_out.impl(parts, parts_lse, out, out_lse)
     return out, out_lse
 
 
@@ -417,11 +414,6 @@ def _(parts, *_):
 )
 def _merge_states_out(parts, parts_lse, out, out_lse):
     launch("kjit_merge_states", parts, parts, parts_lse, out, out_lse)
-
-
-@_merge_states_out.register_fake
-def _(*_):
-    return None
 
 
 # ---- the public functions ----------------------------------------------------------------------
@@ -448,7 +440,7 @@ def forward(
     With `out` (and optionally `lse`) given, the results are written there and nothing is
     allocated (lse None: not written); such a call records no autograd, so it refuses inputs
     that require grad."""
-    scale = 0.0 if softmax_scale is None else float(softmax_scale)  # 0: kjit's 1 / sqrt(D)
+    scale = _scale(softmax_scale)
     if out is None and lse is None:
         return _forward(q, k, v, scale, causal, deterministic)
     if out is None:

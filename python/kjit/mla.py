@@ -35,13 +35,8 @@ def _new_outputs(q: Tensor) -> Tuple[Tensor, Tensor]:
 )
 def _decode(q, cache, block_table, lengths, host_block_table, host_lengths, softmax_scale):
     out, lse = _new_outputs(q)
-    _run_decode(q, cache, block_table, lengths, host_block_table, host_lengths, out, lse, softmax_scale)
+    _decode_out.impl(q, cache, block_table, lengths, host_block_table, host_lengths, out, lse, softmax_scale)
     return out, lse
-
-
-def _run_decode(q, cache, block_table, lengths, host_block_table, host_lengths, out, lse, softmax_scale):
-    paged = _paged_args(cache, block_table, lengths, host_block_table, host_lengths)
-    launch("kjit_mla_decode", q, q, *paged, out, lse, softmax_scale)
 
 
 def _paged_args(cache, block_table, lengths, host_block_table, host_lengths):
@@ -67,12 +62,8 @@ def _(q, *_):
     "Tensor host_lengths, Tensor(a!) out, Tensor(b!)? lse, float softmax_scale) -> ()",
 )
 def _decode_out(q, cache, block_table, lengths, host_block_table, host_lengths, out, lse, softmax_scale):
-    _run_decode(q, cache, block_table, lengths, host_block_table, host_lengths, out, lse, softmax_scale)
-
-
-@_decode_out.register_fake
-def _(*_):
-    return None
+    paged = _paged_args(cache, block_table, lengths, host_block_table, host_lengths)
+    launch("kjit_mla_decode", q, q, *paged, out, lse, softmax_scale)
 
 
 def decode(

@@ -103,12 +103,8 @@ def _gemm_columns(w_rows, epilogue: str):
 )
 def _router_topk(logits, bias, top_k, sigmoid, groups, topk_groups, renormalize, scaling):
     ids, weights = _new_router_outputs(logits, top_k)
-    _run_router_topk(logits, bias, ids, weights, top_k, sigmoid, groups, topk_groups, renormalize, scaling)
+    _router_topk_out.impl(logits, bias, ids, weights, top_k, sigmoid, groups, topk_groups, renormalize, scaling)
     return ids, weights
-
-
-def _run_router_topk(logits, bias, ids, weights, *router):
-    launch("kjit_moe_router_topk", logits, logits, bias, ids, weights, _options(*router))
 
 
 def _new_router_outputs(logits: Tensor, top_k: int):
@@ -127,13 +123,8 @@ def _(logits, bias, top_k, *_):
     schema="(Tensor logits, Tensor? bias, Tensor(a!) ids, Tensor(b!) weights, int top_k, bool sigmoid, int groups, "
     "int topk_groups, bool renormalize, float scaling) -> ()",
 )
-def _router_topk_out(logits, bias, ids, weights, top_k, sigmoid, groups, topk_groups, renormalize, scaling):
-    _run_router_topk(logits, bias, ids, weights, top_k, sigmoid, groups, topk_groups, renormalize, scaling)
-
-
-@_router_topk_out.register_fake
-def _(*_):
-    return None
+def _router_topk_out(logits, bias, ids, weights, *router):
+    launch("kjit_moe_router_topk", logits, logits, bias, ids, weights, _options(*router))
 
 
 def align_capacity(pairs, experts: int, block: int):
@@ -456,12 +447,8 @@ def _layer(
 ):
     out = empty_like(x)
     router = (top_k, sigmoid, groups, topk_groups, renormalize, scaling)
-    _run_layer(x, router_logits, gate_up, down, router_bias, shared, out, router, block)
+    _layer_out.impl(x, router_logits, gate_up, down, router_bias, shared, out, *router, block)
     return out
-
-
-def _run_layer(x, router_logits, gate_up, down, router_bias, shared, out, router, block):
-    launch("kjit_moe_layer", x, x, router_logits, gate_up, down, router_bias, shared, _options(*router), block, out)
 
 
 @_layer.register_fake
@@ -478,12 +465,8 @@ def _(x, *_):
 )
 def _layer_out(x, router_logits, gate_up, down, router_bias, shared, out, *router_and_block):
     *router, block = router_and_block  # top_k ... scaling, then block
-    _run_layer(x, router_logits, gate_up, down, router_bias, shared, out, router, block)
-
-
-@_layer_out.register_fake
-def _(*_):
-    return None
+    options = _options(*router)
+    launch("kjit_moe_layer", x, x, router_logits, gate_up, down, router_bias, shared, options, block, out)
 
 
 @op(
