@@ -5,7 +5,8 @@ DLTensors, the C ABI), the same op through torch's dispatcher (torch.ops.kjit.*,
 torch.compile or a dispatch mode), and the binding's floor (the C ABI call through kjit._native
 over preallocated outputs: the function without its outputs' allocation). Calls are issued back
 to back and timed on the host, few enough that the launch queue absorbs them; median of 21
-rounds. Goal (issue 18): the function within 5 us of the C++ call.
+rounds. Both sides launch on a created non-blocking stream (the C++ side's kjit::Stream, here
+torch.cuda.Stream made current). Goal (issue 18): the function within 5 us of the C++ call.
 
     python3 bench/python_overhead.py PATH/TO/kjit_bench_op_call_overhead
 """
@@ -18,7 +19,7 @@ import time
 import torch
 
 import kjit
-from kjit._launch import current_stream, direct, empty_like
+from kjit._launch import direct, empty_like, host_copy
 from kjit._library import call
 
 ROUNDS = 21
@@ -139,8 +140,9 @@ def pieces():
     microseconds above the C++ call go."""
     t = torch.randn(1, 128, 8, 64, dtype=torch.bfloat16, device="cuda")
     index = t.get_device()
+    host, device_copy = torch.zeros(4, dtype=torch.int32), torch.zeros(4, dtype=torch.int32, device="cuda")
     yield "torch.cuda.current_stream().cuda_stream", lambda: torch.cuda.current_stream().cuda_stream
-    yield "kjit._launch.current_stream (raw)", lambda: current_stream(index)
+    yield "torch._C._cuda_getCurrentRawStream", lambda: torch._C._cuda_getCurrentRawStream(index)
     yield "torch.cuda.current_device()", torch.cuda.current_device
     yield "tensor.device.index", lambda: t.device.index
     yield "torch.empty_like (CUDA)", lambda: torch.empty_like(t)
@@ -149,6 +151,7 @@ def pieces():
     yield "t.new_empty (CUDA)", lambda: t.new_empty(t.shape)
     yield "direct() over 3 tensors", lambda: direct((t, t, t))
     yield "an entry point through kjit._native (no tensor)", lambda: call("kjit_moe_align_capacity", 40, 64, 64)
+    yield "kjit._launch.host_copy", lambda: host_copy(host, device_copy, "host")
 
 
 def main():
@@ -158,11 +161,14 @@ def main():
         for line in run.stdout.splitlines():
             op, us = line.split()
             cpp[op] = float(us)
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, kjit {kjit.__version__} ({kjit.library_path()})")
+    print(
+        f"{torch.cuda.get_device_name()}, torch {torch.__version__}, kjit {kjit.__version__} from {kjit.__file__} ({kjit.library_path()})"
+    )
     print(
         f"{'op':<20} {'C++ us':>8} {'kjit fn us':>11} {'- C++':>7} {'fn out= us':>11} {'- C++':>7}"
         f" {'torch.ops us':>13} {'- C++':>7} {'floor us':>9}"
     )
+    torch.cuda.set_stream(torch.cuda.Stream())  # as the C++ side's kjit::Stream
     for op, calls, *functions in cases():
         ours, given, through_torch, base = (host_us(fn, calls) for fn in functions)
         reference = cpp.get(op, float("nan"))

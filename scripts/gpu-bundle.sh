@@ -45,8 +45,16 @@ cp -L "$(ldd "$build/bench/kjit_bench_launch_overhead" | awk '/libbenchmark/ {pr
 cp tests/dist/rank_exit.sh .gpu-bundle/bin/
 # The Python package as a wheel (kjit._native compiled here for CPython >= 3.11, the limited API),
 # which scripts/gpu-suite.sh's python mode installs.
-rm -rf .gpu-bundle/python
+rm -rf .gpu-bundle/python .gpu-bundle/python-old
 python3 -m pip wheel -q --no-deps -w .gpu-bundle/python ./python
+# KJIT_PYTHON_OLD=REV: REV's package too, in .gpu-bundle/python-old, which the python mode's
+# overhead step times beside this one in the same call (an A/B of a binding change).
+if [ -n "${KJIT_PYTHON_OLD:-}" ]; then
+  old_tree="$(mktemp -d)"
+  git archive "$KJIT_PYTHON_OLD" python | tar -x -C "$old_tree"
+  python3 -m pip wheel -q --no-deps -w .gpu-bundle/python-old "$old_tree/python"
+  rm -rf "$old_tree"
+fi
 # The commit, marked -dirty when the tree differs from it (the bundle is what was built).
 echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo -dirty)" > .gpu-bundle/commit
 # KJIT_HOST_VARIANTS="NAME=REV ...": a variant that changes host code too (a launch, a config

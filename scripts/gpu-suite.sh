@@ -168,11 +168,28 @@ if [ "$what" = python ]; then
   export PYTHONPATH="/tmp/psite:/tmp/psite/nvidia_cutlass_dsl/dsl_packages:$PWD/bench:${PYTHONPATH:-}"
   export KJIT_LIBRARY="$PWD/.gpu-bundle/lib/libkjit.so.0" PYTHONUNBUFFERED=1
   wants tests && step python_tests timeout 300 python3 -m pytest -p no:cacheprovider -q -rs tests/python
-  wants overhead && step python_overhead timeout 120 python3 bench/python_overhead.py \
-    "$bin/kjit_bench_op_call_overhead"
+  # With an earlier package in .gpu-bundle/python-old (scripts/gpu-bundle.sh's KJIT_PYTHON_OLD),
+  # the overhead bench alternates this package and that one, KJIT_OVERHEAD_ROUNDS (default 1)
+  # rounds each, so that both see the same host.
+  if wants overhead; then
+    old_site=""
+    if ls .gpu-bundle/python-old/kjit-*.whl >/dev/null 2>&1; then
+      old_site=/tmp/psite-old
+      python3 -m pip install -q --no-index --no-deps --target "$old_site" .gpu-bundle/python-old/kjit-*.whl
+    fi
+    for round in $(seq "${KJIT_OVERHEAD_ROUNDS:-1}"); do
+      step "python_overhead_$round" timeout 120 python3 bench/python_overhead.py "$bin/kjit_bench_op_call_overhead"
+      if [ -n "$old_site" ]; then
+        PYTHONPATH="$old_site:$PYTHONPATH" step "python_overhead_old_$round" timeout 120 \
+          python3 bench/python_overhead.py "$bin/kjit_bench_op_call_overhead"
+      fi
+    done
+  fi
   wants training && step python_training timeout 400 python3 bench/python_training_step.py
   grep -sE '^(FAILED|ERROR)|passed|failed' "$out/python_tests.log" | tail -30
-  cat "$out/python_overhead.log" "$out/python_training.log" 2>/dev/null
+  for log in "$out"/python_overhead*.log "$out/python_training.log"; do
+    [ -f "$log" ] && echo "== $(basename "$log" .log)" && cat "$log"
+  done
 fi
 if [ "$what" = attention ]; then
   step attention_tests "$bin/kjit_gpu_tests" --gtest_filter='*Attention*'

@@ -6,55 +6,31 @@ from __future__ import annotations
 import inspect
 
 import torch
-from torch.autograd.graph import increment_version as _increment_version
+from torch.autograd.graph import increment_version
 
 from . import _native
-from ._library import call
 from .errors import InvalidArgumentError
 
-# The current cudaStream_t and device as plain ints (what inductor's get_raw_stream uses): a
-# torch.cuda.Stream object and torch.cuda.current_device()'s checks cost several us a call. A
-# torch without these private queries takes the public (slower) path. current_stream(index): the
-# cudaStream_t of torch's current stream on CUDA device `index`.
-current_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None) or (
-    lambda index: torch.cuda.current_stream(index).cuda_stream
-)
-_current_device = getattr(torch._C, "_cuda_getDevice", None) or torch.cuda.current_device
+# launch(name, anchor, *args): calls entry point `name` with `args` and torch's current stream of
+# tensor `anchor`'s CUDA device, made current for the call where it is not (a tensor elsewhere
+# passes no stream: kjit refuses it by its device first, with kjit's message). In C: the launch
+# path's device and stream queries cost about 1 us a call in Python on the GPU machine.
+launch = _native.launch
 
+# What torch.autograd.graph.increment_version calls over a sequence (a frame less).
+_increment_version = getattr(torch._C, "_increment_version", None) or increment_version
 
-def launch(name: str, anchor: torch.Tensor, *args) -> None:
-    """Calls entry point `name` with `args` and the current stream of `anchor`'s device (a CPU
-    tensor passes no stream: kjit refuses it by its device first, with kjit's message)."""
-    stream = None
-    if anchor.is_cuda:
-        index = anchor.get_device()
-        if index != _current_device():
-            with torch.cuda.device(index):  # kjit launches in the current context
-                call(name, *args, current_stream(index))
-            return
-        stream = current_stream(index)
-    call(name, *args, stream)
+# host_copy(host, device_copy, what) -> int: the address of `host`, the host copy of int32
+# `device_copy` that kjit validates on the host (so that no call synchronises with the device):
+# a contiguous int32 tensor on the host of the device copy's shape (kjit reads as many entries
+# as the device copy has); else InvalidArgumentError naming it `what`.
+host_copy = _native.host_copy
 
 
 def empty_like(t: torch.Tensor) -> torch.Tensor:
     """A contiguous tensor of t's shape, dtype and device (torch.empty_like: about half
     t.new_empty(t.shape)'s host time on the GPU machine)."""
     return torch.empty_like(t, memory_format=torch.contiguous_format)
-
-
-def host_copy(host: torch.Tensor, device_copy: torch.Tensor, what: str) -> int:
-    """The address of `host`, the host copy of int32 `device_copy` that kjit validates on the host
-    (so that no call synchronises with the device). kjit reads as many entries as the device
-    copy has, so they must agree here."""
-    if not host.is_cpu or host.dtype != torch.int32 or not host.is_contiguous():
-        raise InvalidArgumentError(
-            f"{what} must be a contiguous int32 tensor on the host, got {host.dtype} on {host.device}"
-        )
-    if host.shape != device_copy.shape:
-        raise InvalidArgumentError(
-            f"{what} must have the device copy's shape {list(device_copy.shape)}, got {list(host.shape)}"
-        )
-    return host.data_ptr()
 
 
 def host_or_copy(host, device_copy: torch.Tensor) -> torch.Tensor:

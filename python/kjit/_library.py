@@ -103,13 +103,6 @@ _SIGNATURES = {
 }
 _RESULTS = {"kjit_moe_align_capacity": "l"}
 
-# kjit._native fills a torch tensor's DLTensor through torch's DLPack exchange table (torch >=
-# 2.10) and hands what the table does not take (a meta tensor, a stand-in) to a DLArgs.
-_exchange = getattr(torch.Tensor, "__dlpack_c_exchange_api__", None)
-if _exchange is None:
-    raise ImportError(f"kjit needs torch >= 2.10 (DLPack's C exchange table); this is torch {torch.__version__}")
-_native.bind(_exchange, torch.Tensor, DLArgs, InvalidArgumentError)
-
 _lock = threading.Lock()
 _entries: dict = {}  # name: kjit._native's entry
 _loaded: Optional[ctypes.CDLL] = None
@@ -180,14 +173,31 @@ def library_path() -> Path:
     return _loaded_path
 
 
-def call(name: str, *args) -> int:
-    """Calls one entry point; a failure raises the kjit error with kjit's message. Returns what an
-    entry point of _RESULTS returns (0 for the others)."""
-    entry = _entries.get(name)
-    if entry is None:
-        library()
-        entry = _entries[name]
-    result = _native.call(entry, *args)
-    if result != 0 and name not in _RESULTS:
-        raise_for_status(result, _loaded.kjit_last_error().decode("utf-8", "replace"))
-    return result
+def _fail(name: str, status: int) -> None:
+    """Raises the kjit error of a failed call of entry point `name`, with kjit's message."""
+    raise_for_status(status, _loaded.kjit_last_error().decode("utf-8", "replace"))
+
+
+# kjit._native fills a torch tensor's DLTensor through torch's DLPack exchange table (torch >=
+# 2.10), hands what the table does not take (a meta tensor, a stand-in) to a DLArgs, and takes
+# the current stream from the same table. torch's raw device queries (what torch.cuda.device
+# uses) serve launches on another device than the current one.
+_exchange = getattr(torch.Tensor, "__dlpack_c_exchange_api__", None)
+if _exchange is None:
+    raise ImportError(f"kjit needs torch >= 2.10 (DLPack's C exchange table); this is torch {torch.__version__}")
+_native.bind(
+    _exchange,
+    torch.Tensor,
+    DLArgs,
+    InvalidArgumentError,
+    _entries,
+    library,
+    _fail,
+    getattr(torch._C, "_cuda_getDevice", torch.cuda.current_device),
+    getattr(torch._C, "_cuda_setDevice", torch.cuda.set_device),
+)
+
+# call(name, *args): calls entry point `name` (loading libkjit.so at the first call); a failure
+# raises the kjit error with kjit's message. Returns the int64 of an entry point of _RESULTS, else
+# None. Ops call kjit._launch.launch, which adds torch's current stream.
+call = _native.call

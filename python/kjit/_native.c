@@ -8,8 +8,11 @@
      to the package's Python description (kjit._dlpack.DLArgs), so kjit still names it.
    - An entry point is called through libffi (what ctypes uses) from a signature written once as
      a string of argument kinds (kjit._library), so this file knows no entry point.
-   - direct() is the eager path's check that torch's dispatcher would only pass a call through
-     (kjit._launch.Op), cheaper than its Python form.
+   - launch() adds torch's current stream of the anchor tensor's device, through the same table,
+     and a failed call raises kjit's error: an op's call is one C function from Python.
+   - host_copy() checks a host copy kjit validates (int32, contiguous, on the host, the device
+     copy's shape), and direct() is the eager path's check that torch's dispatcher would only
+     pass a call through (kjit._launch.Op): cheaper than their Python forms.
 
    Built by `pip install ./python` against the limited API (one binary for CPython >= 3.11). */
 #define Py_LIMITED_API 0x030B0000
@@ -22,9 +25,9 @@
 #include <string.h>
 
 /* DLPack 1.3's exchange table (DLPack >= 1.3's dlpack.h; the system's may be older, with the same
-   DLTensor). Only `describe` is used: outputs are allocated by torch in Python, since a tensor
-   made by the table's allocator is a DLPack import, whose storage torch's caching allocator does
-   not own (record_stream would be ignored on it). */
+   DLTensor). Only `describe` and `current_stream` are used: outputs are allocated by torch in
+   Python, since a tensor made by the table's allocator is a DLPack import, whose storage torch's
+   caching allocator does not own (record_stream would be ignored on it). */
 typedef struct {
   struct {
     uint32_t major, minor;
@@ -33,19 +36,22 @@ typedef struct {
   void* allocate;
   void* managed_from_object;
   void* managed_to_object;
-  int (*describe)(void* py_object, DLTensor* out); /* may be NULL */
-  void* current_stream;
+  int (*describe)(void* py_object, DLTensor* out);                      /* may be NULL */
+  int (*current_stream)(DLDeviceType type, int32_t device, void** out); /* may be NULL */
 } ExchangeApi;
 
 enum { kMaxArgs = 24 };
 
 /* What bind() was given: the table, torch.Tensor, the Python description of what the table does
-   not take (a DLArgs factory) and kjit's InvalidArgumentError. */
+   not take (a DLArgs factory), kjit's InvalidArgumentError, the entries by name (kjit._library's
+   dict, filled by `load` when libkjit.so is loaded), `fail(name, status)` that raises kjit's
+   error, and torch's queries of the current CUDA device (None without CUDA). */
 static const ExchangeApi* exchange;
 static PyTypeObject* tensor_type;
-static PyObject* python_describer;
-static PyObject* invalid_argument;
-static PyObject *requires_grad_name, *is_cuda_name;
+static PyObject *python_describer, *invalid_argument;
+static PyObject *entries, *load, *fail;
+static PyObject *get_device, *set_device;
+static PyObject *requires_grad_name, *is_cuda_name, *dtype_name, *device_name, *shape_name;
 
 /* One entry point: its address, its argument kinds and the ffi call description built from them.
    Kinds: 't' const DLTensor* (a tensor, a DLTensor's int address, or None: NULL), 'p' a pointer
@@ -162,16 +168,30 @@ static int tensor_arg(const Entry* e, Py_ssize_t index, PyObject* arg, DLTensor*
   return PyErr_Occurred() ? -1 : 0;
 }
 
-/* call(entry, *args) -> the entry point's result (kjit_status, or its int64). */
-static PyObject* call(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
-  (void)self;
-  if (nargs < 1) return PyErr_Format(PyExc_TypeError, "call(entry, *args)");
-  const Entry* e = PyCapsule_GetPointer(args[0], "kjit.entry");
-  if (e == NULL) return NULL;
+/* The entry for call()'s and launch()'s first argument: an entry's name (loading libkjit.so on
+   first use) or an entry itself. */
+static const Entry* entry_of(PyObject* key) {
+  if (!PyUnicode_Check(key)) return PyCapsule_GetPointer(key, "kjit.entry");
+  PyObject* found = PyDict_GetItemWithError(entries, key);
+  if (found == NULL && !PyErr_Occurred()) {
+    PyObject* loaded = PyObject_CallNoArgs(load);
+    if (loaded == NULL) return NULL;
+    Py_DECREF(loaded);
+    found = PyDict_GetItemWithError(entries, key);
+    if (found == NULL && !PyErr_Occurred())
+      PyErr_Format(PyExc_KeyError, "kjit has no entry %R", key);
+  }
+  return found == NULL ? NULL : PyCapsule_GetPointer(found, "kjit.entry");
+}
+
+/* Calls `e` with the `count` Python arguments `args`, then `stream` where `with_stream`, and
+   returns its result: an int64 (result 'l'), else None, or kjit's error raised through fail(). */
+static PyObject* invoke(const Entry* e, PyObject* const* args, Py_ssize_t nargs, int with_stream,
+                        void* stream) {
   const Py_ssize_t count = (Py_ssize_t)strlen(e->kinds);
-  if (nargs - 1 != count) {
-    return PyErr_Format(invalid_argument, "%s takes %zd arguments, got %zd", e->name, count,
-                        nargs - 1);
+  if (nargs + with_stream != count || (with_stream && e->kinds[count - 1] != 'p')) {
+    return PyErr_Format(invalid_argument, "%s takes %zd arguments, got %zd", e->name,
+                        count - with_stream, nargs);
   }
   Slot slots[kMaxArgs];
   void* values[kMaxArgs];
@@ -181,8 +201,8 @@ static PyObject* call(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
   PyObject* describer = NULL;
   PyObject* result = NULL;
   Py_ssize_t i = 0;
-  for (; i < count; ++i) {
-    PyObject* arg = args[i + 1];
+  for (; i < nargs; ++i) {
+    PyObject* arg = args[i];
     Slot* slot = &slots[i];
     values[i] = slot;
     switch (e->kinds[i]) {
@@ -236,10 +256,20 @@ static PyObject* call(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
       }
     }
   }
+  if (with_stream) {
+    slots[count - 1].p = stream;
+    values[count - 1] = &slots[count - 1];
+  }
   {
     int64_t returned = 0; /* libffi widens a narrower result to a full register (ffi_arg) */
     ffi_call((ffi_cif*)&e->cif, e->function, &returned, values);
-    result = PyLong_FromLongLong(e->result == 'l' ? returned : (int32_t)returned);
+    if (e->result == 'l') {
+      result = PyLong_FromLongLong(returned);
+    } else if ((int32_t)returned == 0) {
+      result = Py_NewRef(Py_None);
+    } else { /* fail() raises kjit's error with kjit's message */
+      result = PyObject_CallFunction(fail, "si", e->name, (int)(int32_t)returned);
+    }
   }
 done:
   for (Py_ssize_t b = 0; b < i; ++b) {
@@ -247,6 +277,139 @@ done:
   }
   Py_XDECREF(describer);
   return result;
+}
+/* call(name, *args) -> None, or the int64 an 'l' entry point returns; kjit's error on failure.
+   `name` may be an entry itself (a test's). */
+static PyObject* call(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  (void)self;
+  if (nargs < 1) return PyErr_Format(PyExc_TypeError, "call(name, *args)");
+  const Entry* e = entry_of(args[0]);
+  return e == NULL ? NULL : invoke(e, args + 1, nargs - 1, 0, NULL);
+}
+
+/* Restores CUDA device `device` after a call made on another one, keeping the call's error. */
+static PyObject* back_to_device(long device, PyObject* result) {
+  PyObject *type, *value, *traceback;
+  PyErr_Fetch(&type, &value, &traceback);
+  PyObject* done = PyObject_CallFunction(set_device, "l", device);
+  if (done == NULL) {
+    Py_CLEAR(result);
+  } else {
+    Py_DECREF(done);
+  }
+  if (type != NULL) PyErr_Restore(type, value, traceback); /* the call's error wins */
+  return result;
+}
+
+/* launch(name, anchor, *args): call(name, *args, stream) with torch's current stream of the
+   CUDA device of tensor `anchor` (NULL where `anchor` is not a CUDA tensor: kjit refuses such an
+   argument by its device first). kjit launches in the current CUDA context, so a call whose
+   anchor is on another device than the current one runs with that device made current, as
+   `with torch.cuda.device(...)` would. */
+static PyObject* launch(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  (void)self;
+  if (nargs < 2) return PyErr_Format(PyExc_TypeError, "launch(name, anchor, *args)");
+  const Entry* e = entry_of(args[0]);
+  if (e == NULL) return NULL;
+  DLTensor anchor;
+  if (!PyObject_TypeCheck(args[1], tensor_type) || exchange->describe(args[1], &anchor) != 0 ||
+      anchor.device.device_type != kDLCUDA) {
+    PyErr_Clear();
+    return invoke(e, args + 2, nargs - 2, 1, NULL);
+  }
+  const int device = anchor.device.device_id;
+  PyObject* current = PyObject_CallNoArgs(get_device);
+  if (current == NULL) return NULL;
+  const long previous = PyLong_AsLong(current);
+  Py_DECREF(current);
+  if (previous == -1 && PyErr_Occurred()) return NULL;
+  if (previous != device) {
+    PyObject* done = PyObject_CallFunction(set_device, "i", device);
+    if (done == NULL) return NULL;
+    Py_DECREF(done);
+  }
+  void* stream = NULL;
+  PyObject* result = exchange->current_stream(kDLCUDA, device, &stream) != 0
+                         ? NULL
+                         : invoke(e, args + 2, nargs - 2, 1, stream);
+  return previous == device ? result : back_to_device(previous, result);
+}
+
+/* Raises InvalidArgumentError "`what` ...: got `detail`" with `detail` formatted from `got`. */
+static PyObject* refuse_host_copy(PyObject* what, const char* rule, PyObject* got) {
+  if (got != NULL) {
+    PyErr_Format(invalid_argument, "%U %s, got %S", what, rule, got);
+    Py_DECREF(got);
+  }
+  return NULL;
+}
+
+/* The "[2, 3]" of a tensor's shape (a new reference). */
+static PyObject* shape_list(PyObject* t) {
+  PyObject* shape = PyObject_GetAttr(t, shape_name);
+  if (shape == NULL) return NULL;
+  PyObject* list = PySequence_List(shape);
+  Py_DECREF(shape);
+  return list;
+}
+
+/* host_copy(host, device_copy, what) -> the address of `host`, the host copy of the int32 tensor
+   `device_copy` that kjit validates on the host (so that no call synchronises with the device):
+   a contiguous int32 torch tensor on the host of the device copy's shape (kjit reads as many
+   entries as the device copy has). */
+static PyObject* host_copy(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  (void)self;
+  if (nargs != 3 || !PyUnicode_Check(args[2])) {
+    return PyErr_Format(PyExc_TypeError, "host_copy(host, device_copy, what)");
+  }
+  PyObject *host = args[0], *device_copy = args[1], *what = args[2];
+  DLTensor h;
+  int ok = PyObject_TypeCheck(host, tensor_type) && exchange->describe(host, &h) == 0;
+  PyErr_Clear();
+  int64_t compact = 1, strided = 0; /* as torch's is_contiguous(): NULL strides are compact */
+  for (int d = ok ? h.ndim - 1 : -1; d >= 0; --d) {
+    strided |= h.strides != NULL && h.shape[d] != 1 && h.strides[d] != compact;
+    compact *= h.shape[d];
+  }
+  ok &= !strided || compact == 0;
+  if (!ok || h.device.device_type != kDLCPU || h.dtype.code != kDLInt || h.dtype.bits != 32 ||
+      h.dtype.lanes != 1) {
+    const char* rule = "must be a contiguous int32 tensor on the host";
+    if (!PyObject_TypeCheck(host, tensor_type)) {
+      return refuse_host_copy(what, rule, PyType_GetName(Py_TYPE(host)));
+    }
+    PyObject* dtype = PyObject_GetAttr(host, dtype_name);
+    PyObject* device = dtype == NULL ? NULL : PyObject_GetAttr(host, device_name);
+    PyObject* got = device == NULL ? NULL : PyUnicode_FromFormat("%S on %S", dtype, device);
+    Py_XDECREF(dtype);
+    Py_XDECREF(device);
+    return refuse_host_copy(what, rule, got);
+  }
+  DLTensor d;
+  int same =
+      PyObject_TypeCheck(device_copy, tensor_type) && exchange->describe(device_copy, &d) == 0;
+  if (same) {
+    same = d.ndim == h.ndim && memcmp(d.shape, h.shape, sizeof(int64_t) * (size_t)h.ndim) == 0;
+  } else { /* what the table does not take (a meta tensor, a stand-in): by its shape attribute */
+    PyErr_Clear();
+    PyObject *expected = shape_list(device_copy), *got = shape_list(host);
+    same = expected == NULL || got == NULL ? -1 : PyObject_RichCompareBool(expected, got, Py_EQ);
+    Py_XDECREF(expected);
+    Py_XDECREF(got);
+    if (same < 0) return NULL;
+  }
+  if (!same) {
+    PyObject* expected = shape_list(device_copy);
+    if (expected == NULL) return NULL;
+    PyObject* rule = PyUnicode_FromFormat("must have the device copy's shape %S", expected);
+    Py_DECREF(expected);
+    if (rule == NULL) return NULL;
+    PyObject* result =
+        refuse_host_copy(what, PyUnicode_AsUTF8AndSize(rule, NULL), shape_list(host));
+    Py_DECREF(rule);
+    return result;
+  }
+  return PyLong_FromVoidPtr((char*)h.data + h.byte_offset);
 }
 
 /* Whether `answer` (a torch query's) is None or false; -1 on an error. */
@@ -309,29 +472,44 @@ static PyObject* direct(PyObject* self, PyObject* const* argv, Py_ssize_t nargs)
   return PyObject_GetAttr(anchor, is_cuda_name);
 }
 
-/* bind(exchange_capsule, tensor_type, describer, invalid_argument) once, before any other call. */
+/* bind(exchange_capsule, tensor_type, describer, invalid_argument, entries, load, fail,
+   get_device, set_device) once, before any other call (kjit._library). */
 static PyObject* bind(PyObject* self, PyObject* args) {
   (void)self;
-  PyObject *capsule, *type, *describer, *invalid;
-  if (!PyArg_ParseTuple(args, "OOOO", &capsule, &type, &describer, &invalid)) return NULL;
+  PyObject *capsule, *type, *describer, *invalid, *names, *loader, *failure, *get, *set;
+  if (!PyArg_ParseTuple(args, "OOOOO!OOOO", &capsule, &type, &describer, &invalid, &PyDict_Type,
+                        &names, &loader, &failure, &get, &set)) {
+    return NULL;
+  }
   const ExchangeApi* api = PyCapsule_GetPointer(capsule, "dlpack_exchange_api");
   if (api == NULL) return NULL;
-  if (api->version.major != 1 || api->describe == NULL || !PyType_Check(type)) {
+  if (api->version.major != 1 || api->describe == NULL || api->current_stream == NULL ||
+      !PyType_Check(type)) {
     return PyErr_Format(PyExc_ImportError,
-                        "kjit: torch's DLPack exchange table is not DLPack 1 with describe");
+                        "kjit: torch's DLPack exchange table is not DLPack 1 "
+                        "with describe and current_stream");
   }
   if (exchange != NULL) return PyErr_Format(PyExc_RuntimeError, "kjit._native: bound twice");
   exchange = api; /* the table and these objects live as long as the process */
   tensor_type = (PyTypeObject*)Py_NewRef(type);
   python_describer = Py_NewRef(describer);
   invalid_argument = Py_NewRef(invalid);
+  entries = Py_NewRef(names);
+  load = Py_NewRef(loader);
+  fail = Py_NewRef(failure);
+  get_device = Py_NewRef(get);
+  set_device = Py_NewRef(set);
   Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
     {"bind", bind, METH_VARARGS, "Binds torch's exchange table and the package's pieces."},
     {"entry", entry, METH_VARARGS, "entry(address, result_kind, argument_kinds, name)"},
-    {"call", (PyCFunction)(void (*)(void))call, METH_FASTCALL, "call(entry, *args)"},
+    {"call", (PyCFunction)(void (*)(void))call, METH_FASTCALL, "call(name, *args)"},
+    {"launch", (PyCFunction)(void (*)(void))launch, METH_FASTCALL,
+     "launch(name, anchor, *args): call(name, *args, anchor's current stream)"},
+    {"host_copy", (PyCFunction)(void (*)(void))host_copy, METH_FASTCALL,
+     "host_copy(host, device_copy, what) -> host's address"},
     {"direct", (PyCFunction)(void (*)(void))direct, METH_FASTCALL,
      "direct(queries, grad_enabled, args)"},
     {NULL, NULL, 0, NULL},
@@ -343,6 +521,12 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__native(void) {
   requires_grad_name = PyUnicode_InternFromString("requires_grad");
   is_cuda_name = PyUnicode_InternFromString("is_cuda");
-  if (requires_grad_name == NULL || is_cuda_name == NULL) return NULL;
+  dtype_name = PyUnicode_InternFromString("dtype");
+  device_name = PyUnicode_InternFromString("device");
+  shape_name = PyUnicode_InternFromString("shape");
+  if (requires_grad_name == NULL || is_cuda_name == NULL || dtype_name == NULL ||
+      device_name == NULL || shape_name == NULL) {
+    return NULL;
+  }
   return PyModule_Create(&module);
 }

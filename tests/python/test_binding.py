@@ -15,7 +15,7 @@ import torch
 import kjit
 from kjit import _native
 from kjit._dlpack import DLArgs
-from kjit._launch import direct
+from kjit._launch import direct, host_copy, launch
 from kjit._library import AttentionGroup, RouterOptions, call
 
 bf16, f32, i32, u8 = torch.bfloat16, torch.float32, torch.int32, torch.uint8
@@ -377,6 +377,50 @@ def test_native_calls_refuse_bad_arguments_by_entry_and_position():
         call("kjit_merge_states", None, None, None, None, 1.5)
     with pytest.raises(kjit.InvalidArgumentError, match="kjit_attention_forward: argument 6 must be a float"):
         call("kjit_attention_forward", None, None, None, None, None, "0.1", 1, None)
+
+
+def test_a_host_copy_is_checked_in_c_and_named_by_the_caller(fake_cuda):
+    """kjit._native.host_copy: the address of a contiguous int32 host tensor of the device copy's
+    shape (a view's too), against a torch tensor or a stand-in; else InvalidArgumentError naming
+    the argument with what it got."""
+    base = torch.arange(12, dtype=i32)
+    view = base[4:8]
+    assert host_copy(view, torch.zeros(4, dtype=i32), "cu") == view.data_ptr() == base.data_ptr() + 16
+    assert host_copy(base.view(3, 4), fake_cuda(i32, 3, 4), "cu") == base.data_ptr()
+    assert isinstance(host_copy(base[:0], torch.zeros(0, dtype=i32), "cu"), int)  # empty: any address
+    refusals = (
+        (
+            torch.zeros(4, dtype=torch.int64),
+            r"cu must be a contiguous int32 tensor on the host, got torch.int64 on cpu",
+        ),
+        (base[::3], "cu must be a contiguous int32 tensor on the host, got torch.int32 on cpu"),
+        (torch.zeros(4, dtype=i32, device="meta"), "got torch.int32 on meta"),
+        ([0, 1, 2, 3], "cu must be a contiguous int32 tensor on the host, got list"),
+        (fake_cuda(i32, 4), "got FakeCuda"),
+        (base[:5], r"cu must have the device copy's shape \[4\], got \[5\]"),
+        (base.view(2, 6)[:, :2].contiguous(), r"cu must have the device copy's shape \[4\], got \[2, 2\]"),
+    )
+    for host, message in refusals:
+        for device_copy in (torch.zeros(4, dtype=i32), fake_cuda(i32, 4)):
+            with pytest.raises(kjit.InvalidArgumentError, match=message):
+                host_copy(host, device_copy, "cu")
+
+
+def test_launch_adds_the_stream_and_raises_kjits_error(fake_cuda):
+    """kjit._native.launch: the entry point's arguments but its stream, which a tensor off CUDA
+    (or a stand-in) leaves NULL, so kjit refuses it by its device with kjit's message; a call
+    with the stream's argument too is refused by count."""
+    parts, lse = torch.randn(2, 3, 4, 64, dtype=bf16), torch.randn(2, 3, 4)
+    out, out_lse = parts[0].clone(), lse[0].clone()
+    with pytest.raises(kjit.InvalidArgumentError, match="^parts is not in CUDA device memory"):
+        launch("kjit_merge_states", parts, parts, lse, out, out_lse)
+    stand_in = fake_cuda(bf16, 2, 3, 4, 64)
+    with pytest.raises(kjit.InvalidArgumentError, match="parts_lse"):
+        launch("kjit_merge_states", stand_in, dl(stand_in, "parts"), None, None, None)
+    with pytest.raises(kjit.InvalidArgumentError, match="kjit_merge_states takes 4 arguments, got 5"):
+        launch("kjit_merge_states", parts, parts, lse, out, out_lse, None)
+    with pytest.raises(KeyError, match="kjit has no entry 'kjit_nothing'"):
+        call("kjit_nothing")
 
 
 def test_the_direct_path_needs_cuda_tensors_and_no_gradient():
