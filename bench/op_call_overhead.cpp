@@ -2,7 +2,8 @@
 // bench/python_overhead.py sets the Python package's calls beside: the same ops on the same
 // small shapes, calls issued back to back and timed on the host (few enough that the launch queue
 // absorbs them: the host never waits for the GPU; the synchronisation after each round is not
-// timed), median of 21 rounds. Prints `op us` lines.
+// timed), 21 rounds. Prints `op median_us min_us` lines: the fastest round is the one the
+// machine's other work disturbed least, which the Python side compares with its own.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -22,8 +23,12 @@ using kjit::TensorView;
 
 constexpr int kRounds = 21;
 
+struct HostUs {
+  double median, min;
+};
+
 template <class F>
-double host_us_per_call(int calls, F&& call, kjit::StreamHandle stream) {
+HostUs host_us_per_call(int calls, F&& call, kjit::StreamHandle stream) {
   call();  // compile and load outside the timing
   kjit::synchronize(stream);
   std::vector<double> us;
@@ -36,7 +41,7 @@ double host_us_per_call(int calls, F&& call, kjit::StreamHandle stream) {
     us.push_back(std::chrono::duration<double, std::micro>(stop - start).count() / calls);
   }
   std::sort(us.begin(), us.end());
-  return us[us.size() / 2];
+  return {us[us.size() / 2], us.front()};
 }
 
 DeviceBuffer int32s(const std::vector<std::int32_t>& values) {
@@ -53,7 +58,8 @@ int main() try {
   const auto s = stream.handle();
   // calls: per round; the layer's (several kernels, tens of us of GPU time each) are fewer.
   const auto report = [&](const char* op, auto&& call, int calls = 256) {
-    std::printf("%-22s %8.2f\n", op, host_us_per_call(calls, call, s));
+    const HostUs us = host_us_per_call(calls, call, s);
+    std::printf("%-22s %8.2f %8.2f\n", op, us.median, us.min);
     std::fflush(stdout);
   };
 
