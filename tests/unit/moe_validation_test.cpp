@@ -407,14 +407,25 @@ TEST(MoeGemmValidation, AcceptsFp4WeightsWithTheirScales) {
   const ops::MoeGemm::Config c = ops::MoeGemm::default_config(call.problem, sm90a);
   EXPECT_TRUE(ops::MoeGemm::valid(c, call.problem, sm90a));
   EXPECT_FALSE(ops::MoeGemm::valid(c, call.problem, sm80));
-  // Decode (8 blocks of rows): the pipeline's 64 weight rows a block, for twice the blocks; the
-  // decode kernel in the tuner's space.
-  EXPECT_EQ(c.decode, 0);
-  EXPECT_EQ(c.block_n, 64);
+  // Decode (8 blocks of rows): the decode kernel, 2 loads ahead, also in the tuner's space; the
+  // masked layout's decode and a prefill-sized layout take the pipeline's 64 and 128 weight
+  // rows a block.
   const ops::MoeGemm::Config decode{64, 2, 1};
+  EXPECT_EQ(c.decode, 1);
+  EXPECT_EQ(c.block_n, 64);
+  EXPECT_EQ(c.stages, 2);
   const std::vector<ops::MoeGemm::Config> space = ops::MoeGemm::space(call.problem, sm90a);
   EXPECT_TRUE(std::any_of(space.begin(), space.end(), [](const auto& s) { return s.decode == 1; }));
   EXPECT_TRUE(ops::MoeGemm::valid(decode, call.problem, sm90a));
+  ops::MoeGemm::Problem masked = call.problem;
+  masked.masked = 1;
+  masked.rows = 16;
+  EXPECT_EQ(ops::MoeGemm::default_config(masked, sm90a).decode, 0);
+  EXPECT_EQ(ops::MoeGemm::default_config(masked, sm90a).block_n, 64);
+  ops::MoeGemm::Problem prefill = call.problem;
+  prefill.rows = 64 * 1024;
+  EXPECT_EQ(ops::MoeGemm::default_config(prefill, sm90a).decode, 0);
+  EXPECT_EQ(ops::MoeGemm::default_config(prefill, sm90a).block_n, 128);
   // FP4 stages hold a quarter of the weight bytes.
   ops::MoeGemm::Problem bf16 = call.problem;
   bf16.weights = ops::MoeGemm::kSameAsX;

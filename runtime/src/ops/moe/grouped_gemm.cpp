@@ -238,11 +238,18 @@ MoeGemm::Config MoeGemm::default_config(const Problem& p, const Arch& arch) {
     const Config wide{256, outputs > 0x1p27 ? 3 : 4};
     if (valid(wide, p, arch)) return wide;
   }
+  // FP4 weights in decode (decode_sized, the contiguous layout) take the decode kernel, 2 loads
+  // ahead. On the H100 (2026-12-06, bundle e09205f, `kjit_bench_moe_gemm decode`, GLM's gate/up
+  // and down at T k 4, 16, 64) it ran NVFP4 1.10-1.20x and MXFP4 1.00-1.10x the pipeline's 64
+  // weight rows a block, 2 loads ahead beating 3 or tying. The masked layout's speed was not
+  // measured, and 16-bit weights ran it 0.81-0.88x the pipeline: both stay on the pipeline.
+  if (p.weights != kSameAsX && !p.masked && decode_sized(p)) {
+    const Config decode{64, 2, 1};
+    if (valid(decode, p, arch)) return decode;
+  }
   // Else 128 columns where N allows, and as many stages (up to 6) as shared memory holds; 64
   // columns where no stage count fits 128 (FP4's scales for a long K). FP4 in decode (decode_sized)
-  // takes 64 weight rows a block: twice the blocks, several an SM. The decode kernel (config decode
-  // 1) is in the tuner's space and not yet a default: its current form passes its GPU tests (H100,
-  // 2026-12-06), its speed is not yet measured.
+  // takes 64 weight rows a block: twice the blocks, several an SM.
   const bool narrow = p.n % 128 != 0 || (p.weights != kSameAsX && decode_sized(p));
   for (const std::int64_t block_n : {std::int64_t{narrow ? 64 : 128}, std::int64_t{64}}) {
     for (Config c{block_n, 6}; c.stages >= 2; --c.stages) {
