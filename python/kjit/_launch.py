@@ -45,31 +45,25 @@ def host_or_copy(host, device_copy: torch.Tensor) -> torch.Tensor:
 _DISPATCH_MODES = getattr(torch._C, "_len_torch_dispatch_stack", None)
 _FUNCTION_MODES = getattr(torch._C, "_is_torch_function_mode_enabled", None)
 _FUNCTORCH_LEVEL = getattr(getattr(torch._C, "_functorch", None), "maybe_current_level", None)
-_JIT_TRACING = getattr(torch._C, "_get_tracing_state", None)
+_JIT_TRACING = getattr(torch._C, "_is_tracing", None)
 _PROFILING = getattr(torch.autograd, "_profiler_enabled", None)  # any profiler, C++ or on demand too
 # Each answers None or a false value where nothing would see the call.
 _QUERIES = (_DISPATCH_MODES, _FUNCTION_MODES, _FUNCTORCH_LEVEL, _JIT_TRACING, _PROFILING)
 _CAN_GO_DIRECT = None not in _QUERIES
 
 
-def direct(args) -> bool:
-    """Whether an op may run its implementation on `args` without torch's dispatcher: plain CUDA
-    tensors (no fake, meta, functional or other subclass: those take the fake or the dispatcher's
-    path), no gradient to record, and no torch.compile, jit trace, dispatch or function mode,
-    functorch transform or profiler that would see the op (the checks past torch.compile's are
-    kjit._native's)."""
-    if not _CAN_GO_DIRECT or torch.compiler.is_compiling():
-        return False
-    return _native.direct(_QUERIES, torch.is_grad_enabled, args)
-
-
 class Op:
-    """A kjit op: the torch.library custom op `name` over `impl` (torch.ops.kjit.*). Calling it
-    runs `impl` straight where direct() allows, else through torch.ops. An op that mutates
-    arguments (`mutates_args`, an out= variant's outputs) bumps their version counters on the
-    straight path, as the dispatcher does (autograd checks them: kjit writes through the pointer).
-    A collective (`side_effect`) is kept by torch.compile even where its outputs go unused: one
-    rank skipping it would hang the others."""
+    """A kjit op: the torch.library custom op `name` over `impl` (torch.ops.kjit.*).
+
+    Calling it runs `impl` straight where torch's dispatcher would only pass the call through
+    (kjit._native.run): plain CUDA tensors (no fake, meta, functional or other subclass: those
+    take the fake or the dispatcher's path), no gradient to record, and no torch.compile, jit
+    trace, dispatch or function mode, functorch transform or profiler that would see the op.
+    Else it goes through torch.ops. An op that mutates arguments (`mutates_args`, an out=
+    variant's outputs) bumps their version counters on the straight path, as the dispatcher
+    does (autograd checks them: kjit writes through the pointer). A collective (`side_effect`) is
+    kept by torch.compile even where its outputs go unused: one rank skipping it would hang the
+    others."""
 
     def __init__(self, name: str, impl, schema: str, mutates_args=(), side_effect=False):
         self.name, self.impl = name, impl
@@ -83,14 +77,13 @@ class Op:
             torch.fx.node.has_side_effect(getattr(torch.ops.kjit, name.split("::")[1]).default)
 
     def __call__(self, *args):
-        if not direct(args):
-            if self.mutated:
-                self._refuse_gradients(args)
-            return self.op(*args)
-        result = self.impl(*args)
+        if _CAN_GO_DIRECT and not torch.compiler.is_compiling():  # the rest in C
+            result = _native.run(_QUERIES, torch.is_grad_enabled, _increment_version, self.impl, self.mutated, args)
+            if result is not NotImplemented:
+                return result
         if self.mutated:
-            _increment_version([args[i] for i in self.mutated if args[i] is not None])
-        return result
+            self._refuse_gradients(args)
+        return self.op(*args)
 
     def _refuse_gradients(self, args):
         """Outputs given by the caller (out=) record no autograd: an input that requires grad is

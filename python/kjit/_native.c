@@ -11,8 +11,9 @@
    - launch() adds torch's current stream of the anchor tensor's device, through the same table,
      and a failed call raises kjit's error: an op's call is one C function from Python.
    - host_copy() checks a host copy kjit validates (int32, contiguous, on the host, the device
-     copy's shape), and direct() is the eager path's check that torch's dispatcher would only
-     pass a call through (kjit._launch.Op): cheaper than their Python forms.
+     copy's shape), and run() is an op's eager path (kjit._launch.Op): the check that torch's
+     dispatcher would only pass the call through (direct()), the implementation, the outputs'
+     version counters. Cheaper than their Python forms.
 
    Built by `pip install ./python` against the limited API (one binary for CPython >= 3.11). */
 #define Py_LIMITED_API 0x030B0000
@@ -431,45 +432,81 @@ static int direct_tensor(PyObject* t, int grad, PyObject** anchor) {
   return 1;
 }
 
-/* direct(queries, grad_enabled, args) -> bool: kjit._launch.direct's checks past
+/* Whether `args` may go straight to an op's implementation: kjit._launch.direct's checks past
    torch.compiler.is_compiling(): every one of `queries` (torch's, called without arguments)
-   answers None or a false value, and `args` are as direct_tensor() allows, one of them on CUDA. */
+   answers None or a false value, and `args` are as direct_tensor() allows, one of them on CUDA.
+   1 yes, 0 no, -1 on error. */
+static int direct_args(PyObject* queries, PyObject* grad_enabled, PyObject* args) {
+  const Py_ssize_t count = PyTuple_Size(queries);
+  for (Py_ssize_t q = 0; q < count; ++q) {
+    const int quiet = is_quiet(PyObject_CallNoArgs(PyTuple_GetItem(queries, q)));
+    if (quiet <= 0) return quiet;
+  }
+  PyObject* grad_answer = PyObject_CallNoArgs(grad_enabled);
+  if (grad_answer == NULL) return -1;
+  const int grad = PyObject_IsTrue(grad_answer);
+  Py_DECREF(grad_answer);
+  PyObject* anchor = NULL;
+  const Py_ssize_t n = PyTuple_Size(args);
+  for (Py_ssize_t a = 0; a < n; ++a) {
+    PyObject* arg = PyTuple_GetItem(args, a);
+    if (PyList_Check(arg) || PyTuple_Check(arg)) {
+      const Py_ssize_t items = PySequence_Size(arg);
+      for (Py_ssize_t j = 0; j < items; ++j) {
+        PyObject* item = PySequence_GetItem(arg, j);
+        if (item == NULL) return -1;
+        const int ok =
+            PyObject_TypeCheck(item, tensor_type) ? direct_tensor(item, grad, &anchor) : 1;
+        Py_DECREF(item); /* the sequence keeps it alive as the anchor */
+        if (ok <= 0) return ok;
+      }
+    } else if (PyObject_TypeCheck(arg, tensor_type)) {
+      const int ok = direct_tensor(arg, grad, &anchor);
+      if (ok <= 0) return ok;
+    }
+  }
+  if (anchor == NULL) return 0;
+  const int not_cuda = is_quiet(PyObject_GetAttr(anchor, is_cuda_name));
+  return not_cuda < 0 ? -1 : !not_cuda;
+}
+
+/* direct(queries, grad_enabled, args) -> bool: direct_args(). */
 static PyObject* direct(PyObject* self, PyObject* const* argv, Py_ssize_t nargs) {
   (void)self;
   if (nargs != 3 || !PyTuple_Check(argv[0]) || !PyTuple_Check(argv[2])) {
     return PyErr_Format(PyExc_TypeError, "direct(queries, grad_enabled, args)");
   }
-  const Py_ssize_t queries = PyTuple_Size(argv[0]);
-  for (Py_ssize_t q = 0; q < queries; ++q) {
-    const int quiet = is_quiet(PyObject_CallNoArgs(PyTuple_GetItem(argv[0], q)));
-    if (quiet <= 0) return quiet < 0 ? NULL : Py_NewRef(Py_False);
+  const int ok = direct_args(argv[0], argv[1], argv[2]);
+  return ok < 0 ? NULL : PyBool_FromLong(ok);
+}
+
+/* run(queries, grad_enabled, bump, impl, mutated, args) -> impl(*args) where direct_args()
+   allows, then bump([the arguments at the indices `mutated` that are not None]) (their version
+   counters, as the dispatcher would); NotImplemented where the call must dispatch instead. */
+static PyObject* run(PyObject* self, PyObject* const* argv, Py_ssize_t nargs) {
+  (void)self;
+  if (nargs != 6 || !PyTuple_Check(argv[0]) || !PyTuple_Check(argv[4]) || !PyTuple_Check(argv[5])) {
+    return PyErr_Format(PyExc_TypeError, "run(queries, grad_enabled, bump, impl, mutated, args)");
   }
-  PyObject* grad_answer = PyObject_CallNoArgs(argv[1]);
-  if (grad_answer == NULL) return NULL;
-  const int grad = PyObject_IsTrue(grad_answer);
-  Py_DECREF(grad_answer);
-  PyObject* anchor = NULL;
-  PyObject* args = argv[2];
-  const Py_ssize_t count = PyTuple_Size(args);
-  for (Py_ssize_t a = 0; a < count; ++a) {
-    PyObject* arg = PyTuple_GetItem(args, a);
-    if (PyList_Check(arg) || PyTuple_Check(arg)) {
-      const Py_ssize_t n = PySequence_Size(arg);
-      for (Py_ssize_t j = 0; j < n; ++j) {
-        PyObject* item = PySequence_GetItem(arg, j);
-        if (item == NULL) return NULL;
-        const int ok =
-            PyObject_TypeCheck(item, tensor_type) ? direct_tensor(item, grad, &anchor) : 1;
-        Py_DECREF(item); /* the sequence keeps it alive as the anchor */
-        if (ok <= 0) return ok < 0 ? NULL : Py_NewRef(Py_False);
-      }
-    } else if (PyObject_TypeCheck(arg, tensor_type)) {
-      const int ok = direct_tensor(arg, grad, &anchor);
-      if (ok <= 0) return ok < 0 ? NULL : Py_NewRef(Py_False);
+  PyObject *bump = argv[2], *mutated = argv[4], *args = argv[5];
+  const int ok = direct_args(argv[0], argv[1], args);
+  if (ok <= 0) return ok < 0 ? NULL : Py_NewRef(Py_NotImplemented);
+  PyObject* result = PyObject_Call(argv[3], args, NULL);
+  const Py_ssize_t count = PyTuple_Size(mutated);
+  if (result == NULL || count == 0) return result;
+  PyObject* outputs = PyList_New(0);
+  for (Py_ssize_t m = 0; outputs != NULL && m < count; ++m) {
+    const Py_ssize_t index = PyLong_AsSsize_t(PyTuple_GetItem(mutated, m));
+    PyObject* output = index < 0 ? NULL : PyTuple_GetItem(args, index);
+    if (output == NULL || (output != Py_None && PyList_Append(outputs, output) != 0)) {
+      Py_CLEAR(outputs);
     }
   }
-  if (anchor == NULL) return Py_NewRef(Py_False);
-  return PyObject_GetAttr(anchor, is_cuda_name);
+  PyObject* bumped = outputs == NULL ? NULL : PyObject_CallFunctionObjArgs(bump, outputs, NULL);
+  Py_XDECREF(outputs);
+  if (bumped == NULL) Py_CLEAR(result);
+  Py_XDECREF(bumped);
+  return result;
 }
 
 /* bind(exchange_capsule, tensor_type, describer, invalid_argument, entries, load, fail,
@@ -512,6 +549,8 @@ static PyMethodDef methods[] = {
      "host_copy(host, device_copy, what) -> host's address"},
     {"direct", (PyCFunction)(void (*)(void))direct, METH_FASTCALL,
      "direct(queries, grad_enabled, args)"},
+    {"run", (PyCFunction)(void (*)(void))run, METH_FASTCALL,
+     "run(queries, grad_enabled, bump, impl, mutated, args)"},
     {NULL, NULL, 0, NULL},
 };
 

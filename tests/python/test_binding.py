@@ -15,7 +15,7 @@ import torch
 import kjit
 from kjit import _native
 from kjit._dlpack import DLArgs
-from kjit._launch import direct, host_copy, launch
+from kjit._launch import _QUERIES, host_copy, launch
 from kjit._library import AttentionGroup, RouterOptions, call
 
 bf16, f32, i32, u8 = torch.bfloat16, torch.float32, torch.int32, torch.uint8
@@ -425,7 +425,7 @@ def test_launch_adds_the_stream_and_raises_kjits_error(fake_cuda):
 
 def test_the_direct_path_needs_cuda_tensors_and_no_gradient():
     t = torch.randn(2, 3)
-    assert direct((t, [t, t], 1.0, None)) is False  # host tensors: through the dispatcher
+    assert _native.direct(_QUERIES, torch.is_grad_enabled, (t, [t, t], 1.0, None)) is False  # host tensors
     assert _native.direct((), torch.is_grad_enabled, (t,)) is False
     with torch.enable_grad():
         grad = torch.randn(2, requires_grad=True)
@@ -433,6 +433,11 @@ def test_the_direct_path_needs_cuda_tensors_and_no_gradient():
     assert _native.direct((lambda: True,), torch.is_grad_enabled, (t,)) is False  # a mode is on
     with pytest.raises(ZeroDivisionError):
         _native.direct((lambda: 1 / 0,), torch.is_grad_enabled, (t,))
+    # run(): an op's eager path says NotImplemented where the call must dispatch, before any call.
+    never = lambda *_: pytest.fail("called")  # noqa: E731
+    assert _native.run(_QUERIES, torch.is_grad_enabled, never, never, (0,), (t,)) is NotImplemented
+    with pytest.raises(ZeroDivisionError):
+        _native.run((lambda: 1 / 0,), torch.is_grad_enabled, never, never, (), (t,))
 
 
 def test_torchs_export_and_the_hand_description_are_the_same_dltensor(fake_cuda):

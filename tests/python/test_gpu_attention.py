@@ -204,23 +204,39 @@ def test_torch_compile_of_a_small_model(backend):
 
 
 class PassThrough(torch.utils._python_dispatch.TorchDispatchMode):
-    """A dispatch mode that changes nothing: under it the ops go through torch's dispatcher."""
+    """A dispatch mode that changes nothing but records the ops: under it the ops go through
+    torch's dispatcher."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen.append(str(func))
         return func(*args, **(kwargs or {}))
 
 
 def test_direct_call_matches_the_dispatched_one():
-    from kjit._launch import direct
+    from kjit import _native
+    from kjit._launch import _QUERIES
+
+    def direct(args):
+        return _native.direct(_QUERIES, torch.is_grad_enabled, args)
 
     q, k = randn(1, 100, 8, 64), randn(1, 100, 2, 64)
     assert direct((q, k)) and not direct((q.requires_grad_(),)) and not direct((q.detach().cpu(),))
     q = q.detach()
     out, lse = kjit.attention.forward(q, k, k, causal=True)
-    with PassThrough():
+    given, given_lse = torch.empty_like(out), torch.empty_like(lse)
+    versions = given._version, given_lse._version
+    kjit.attention.forward(q, k, k, causal=True, out=given, lse=given_lse)
+    assert (given._version, given_lse._version) == (versions[0] + 1, versions[1] + 1)  # bumped as dispatched
+    with PassThrough() as mode:
         assert not direct((q,))
         dispatched_out, dispatched_lse = kjit.attention.forward(q, k, k, causal=True)
+    assert "kjit.attention_forward.default" in mode.seen
     assert torch.equal(out, dispatched_out) and torch.equal(lse, dispatched_lse)
+    assert torch.equal(out, given) and torch.equal(lse, given_lse)
 
 
 def test_grouped_autograd_against_the_references_autograd():
