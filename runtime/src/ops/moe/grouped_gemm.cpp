@@ -239,10 +239,10 @@ MoeGemm::Config MoeGemm::default_config(const Problem& p, const Arch& arch) {
     if (valid(wide, p, arch)) return wide;
   }
   // FP4 weights in decode (decode_sized, the contiguous layout) take the decode kernel, 2 loads
-  // ahead. On the H100 (2026-12-06, bundle e09205f, `kjit_bench_moe_gemm decode`, GLM's gate/up
-  // and down at T k 4, 16, 64) it ran NVFP4 1.10-1.20x and MXFP4 1.00-1.10x the pipeline's 64
-  // weight rows a block, 2 loads ahead beating 3 or tying. The masked layout's speed was not
-  // measured, and 16-bit weights ran it 0.81-0.88x the pipeline: both stay on the pipeline.
+  // ahead. On the H100 (2026-12-06, bundles e09205f and eed8fc6, `kjit_bench_moe_gemm decode`,
+  // GLM's gate/up and down at T k 4, 16, 64) it ran NVFP4 1.07-1.20x and MXFP4 0.98-1.10x the
+  // pipeline's 64 weight rows a block, 2 loads ahead beating 3 or tying. The masked layout's speed
+  // was not measured, and 16-bit weights ran it 0.81-0.88x the pipeline: both stay on the pipeline.
   if (p.weights != kSameAsX && !p.masked && decode_sized(p)) {
     const Config decode{64, 2, 1};
     if (valid(decode, p, arch)) return decode;
