@@ -21,7 +21,7 @@ import torch
 
 import kjit
 from kjit import _native
-from kjit._launch import _QUERIES, empty_like, host_copy, new_empty
+from kjit._launch import _QUERIES, empty_like, host_copy
 from kjit._library import call
 
 ROUNDS = 21
@@ -151,7 +151,6 @@ def pieces():
     yield "torch.empty (CUDA, [1, 8, 128] fp32)", lambda: torch.empty(1, 8, 128, device="cuda")
     yield "kjit._launch.empty_like (CUDA, contiguous)", lambda: empty_like(t)
     yield "t.new_empty (CUDA)", lambda: t.new_empty(t.shape)
-    yield "kjit._launch.new_empty (CUDA, [1, 8, 128] fp32)", lambda: new_empty(t, (1, 8, 128), torch.float32)
     yield "the direct path's check over 3 tensors", lambda: _native.direct(_QUERIES, torch.is_grad_enabled, (t, t, t))
     yield "an entry point through kjit._native (no tensor)", lambda: call("kjit_moe_align_capacity", 40, 64, 64)
     yield "kjit._launch.host_copy", lambda: host_copy(host, device_copy, "host")

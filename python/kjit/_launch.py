@@ -33,12 +33,6 @@ def empty_like(t: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(t, memory_format=torch.contiguous_format)
 
 
-def new_empty(like: torch.Tensor, shape, dtype=None) -> torch.Tensor:
-    """A tensor of `shape` on like's device, of like's dtype or `dtype` (torch.empty: about 3/4 of
-    like.new_empty's host time on the GPU machine)."""
-    return torch.empty(shape, dtype=like.dtype if dtype is None else dtype, device=like.device)
-
-
 def host_or_copy(host, device_copy: torch.Tensor) -> torch.Tensor:
     """`host`, or where it is None the host copy of `device_copy` (one synchronisation: callers
     pass their own to avoid it)."""

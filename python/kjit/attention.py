@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ._dlpack import DLArgs
-from ._launch import empty_like, host_copy, host_or_copy as _host, launch, new_empty, op
+from ._launch import empty_like, host_copy, host_or_copy as _host, launch, op
 from ._library import AttentionGroup, call
 from .errors import InvalidArgumentError
 
@@ -41,7 +41,7 @@ def _lse_shape(q: Tensor, packed: bool):
 
 
 def _new_forward_outputs(q: Tensor, packed: bool) -> Tuple[Tensor, Tensor]:
-    return empty_like(q), new_empty(q, _lse_shape(q, packed), dtype=torch.float32)
+    return empty_like(q), q.new_empty(_lse_shape(q, packed), dtype=torch.float32)
 
 
 def _workspace(q: Tensor, deterministic: bool) -> Tensor:
@@ -398,8 +398,8 @@ def _new_merge_outputs(parts: Tensor):
     """out [T, H, D] and out_lse [T, H] for parts [N, T, H, D] (empty where parts' rank is wrong:
     kjit then refuses parts)."""
     if parts.dim() != 4:
-        return new_empty(parts, (0,)), new_empty(parts, (0,), dtype=torch.float32)
-    return new_empty(parts, parts.shape[1:]), new_empty(parts, parts.shape[1:3], dtype=torch.float32)
+        return parts.new_empty((0,)), parts.new_empty((0,), dtype=torch.float32)
+    return parts.new_empty(parts.shape[1:]), parts.new_empty(parts.shape[1:3], dtype=torch.float32)
 
 
 @_merge_states.register_fake

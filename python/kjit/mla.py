@@ -11,7 +11,7 @@ from torch import Tensor
 
 import ctypes
 
-from ._launch import host_copy, host_or_copy, launch, new_empty, op
+from ._launch import host_copy, host_or_copy, launch, op
 from ._library import call
 from .errors import InvalidArgumentError
 
@@ -24,8 +24,8 @@ def _new_outputs(q: Tensor) -> Tuple[Tensor, Tensor]:
     """out [B, s_q, H, 512] and lse [B, s_q, H] for q [B, s_q, H, 576] (empty where q's rank is
     wrong: kjit then refuses q)."""
     if q.dim() != 4:
-        return new_empty(q, (0,)), new_empty(q, (0,), dtype=torch.float32)
-    return new_empty(q, (*q.shape[:3], LATENT_DIM)), new_empty(q, q.shape[:3], dtype=torch.float32)
+        return q.new_empty((0,)), q.new_empty((0,), dtype=torch.float32)
+    return q.new_empty((*q.shape[:3], LATENT_DIM)), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
 @op(
@@ -112,7 +112,7 @@ def _new_helix_outputs(q: Tensor, rank: int, world: int) -> Tuple[Tensor, Tensor
         return _new_outputs(q)  # kjit refuses q
     begin, end = helix_heads(q.shape[2], world, rank)
     shape = (q.shape[0], q.shape[1], end - begin)
-    return new_empty(q, (*shape, LATENT_DIM)), new_empty(q, shape, dtype=torch.float32)
+    return q.new_empty((*shape, LATENT_DIM)), q.new_empty(shape, dtype=torch.float32)
 
 
 @op(

@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._launch import host_copy, host_or_copy, launch, new_empty, op
+from ._launch import host_copy, host_or_copy, launch, op
 from .attention import _new_forward_outputs, _new_grads
 from .errors import InvalidArgumentError
 
@@ -73,7 +73,7 @@ def _extract(gathered, cu_seqlens, host_cu_seqlens, world, chunk_begin, chunk_en
 def _new_extract(gathered, world, chunk_begin, chunk_end):
     valid = _valid_range(world, chunk_begin, chunk_end)
     rows = (chunk_end - chunk_begin) * (gathered.shape[0] // (2 * world)) if valid else 0
-    return new_empty(gathered, (rows, *gathered.shape[1:]))
+    return gathered.new_empty((rows, *gathered.shape[1:]))
 
 
 @_extract.register_fake
@@ -107,7 +107,7 @@ def _new_scatter(grad, world, chunk_begin, chunk_end, rank):
     valid = _valid_range(world, chunk_begin, chunk_end)
     tokens = grad.shape[0] * 2 * world // (chunk_end - chunk_begin) if valid else 0
     rows = tokens if rank == EVERY_RANK or not valid else tokens // world
-    return new_empty(grad, (rows, *grad.shape[1:]))
+    return grad.new_empty((rows, *grad.shape[1:]))
 
 
 @_scatter.register_fake

@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .._launch import empty_like, launch, new_empty, op
+from .._launch import empty_like, launch, op
 from .._library import RouterOptions
 from ..errors import InvalidArgumentError
 
@@ -109,7 +109,7 @@ def _router_topk(logits, bias, top_k, sigmoid, groups, topk_groups, renormalize,
 
 def _new_router_outputs(logits: Tensor, top_k: int):
     shape = (_rows(logits), max(top_k, 0))
-    return new_empty(logits, shape, dtype=torch.int32), new_empty(logits, shape, dtype=torch.float32)
+    return logits.new_empty(shape, dtype=torch.int32), logits.new_empty(shape, dtype=torch.float32)
 
 
 @_router_topk.register_fake
@@ -160,7 +160,7 @@ def _align(ids, experts, block):
 def _new_align_outputs(ids: Tensor, experts: int, block: int):
     rows = align_capacity(ids.numel(), experts, block)
     blocks = rows // block if block > 0 else 0
-    new = lambda n: new_empty(ids, (n,), dtype=torch.int32)  # noqa: E731
+    new = lambda n: ids.new_empty((n,), dtype=torch.int32)  # noqa: E731
     return new(rows), new(blocks), new(max(experts, 0)), new(max(experts + 1, 0)), new(1)
 
 
@@ -185,7 +185,7 @@ def _permute(x, sorted, top_k):
 
 
 def _new_permute_outputs(x: Tensor, sorted: Tensor, top_k: int):
-    return (new_empty(x, (sorted.numel(), _rows(x, 1))), new_empty(x, (_rows(x) * max(top_k, 0),), dtype=torch.int32))
+    return (x.new_empty((sorted.numel(), _rows(x, 1))), x.new_empty((_rows(x) * max(top_k, 0),), dtype=torch.int32))
 
 
 @_permute.register_fake
@@ -214,7 +214,7 @@ def _unpermute(y_sorted, positions, top_k, weights, shared):
 
 def _new_unpermute_output(y_sorted: Tensor, positions: Tensor, top_k: int):
     tokens = positions.numel() // top_k if top_k > 0 else 0
-    return new_empty(y_sorted, (tokens, _rows(y_sorted, 1)))
+    return y_sorted.new_empty((tokens, _rows(y_sorted, 1)))
 
 
 @_unpermute.register_fake
@@ -232,7 +232,7 @@ def _(y_sorted, positions, top_k, *_):
 )
 def _grouped_gemm(x_sorted, block_expert, block, w, epilogue, sorted, weights):
     kind = _choice(_EPILOGUES, epilogue, "epilogue")
-    y = new_empty(x_sorted, (_rows(x_sorted), _gemm_columns(_rows(w, 1), epilogue)))
+    y = x_sorted.new_empty((_rows(x_sorted), _gemm_columns(_rows(w, 1), epilogue)))
     launch(
         "kjit_moe_grouped_gemm",
         x_sorted,
@@ -250,7 +250,7 @@ def _grouped_gemm(x_sorted, block_expert, block, w, epilogue, sorted, weights):
 
 @_grouped_gemm.register_fake
 def _(x_sorted, block_expert, block, w, epilogue, *_):
-    return new_empty(x_sorted, (_rows(x_sorted), _gemm_columns(_rows(w, 1), epilogue)))
+    return x_sorted.new_empty((_rows(x_sorted), _gemm_columns(_rows(w, 1), epilogue)))
 
 
 @op(
@@ -260,7 +260,7 @@ def _(x_sorted, block_expert, block, w, epilogue, *_):
 )
 def _expert_gemm_fp4(x_sorted, block_expert, block, format, codes, scales, tensor_scale, epilogue, sorted, weights):
     kind, fmt = _choice(_EPILOGUES, epilogue, "epilogue"), _choice(_FORMATS, format, "format")
-    y = new_empty(x_sorted, (_rows(x_sorted), _gemm_columns(_rows(codes, 1), epilogue)))
+    y = x_sorted.new_empty((_rows(x_sorted), _gemm_columns(_rows(codes, 1), epilogue)))
     launch(
         "kjit_moe_expert_gemm_fp4",
         x_sorted,
@@ -281,11 +281,11 @@ def _expert_gemm_fp4(x_sorted, block_expert, block, format, codes, scales, tenso
 
 @_expert_gemm_fp4.register_fake
 def _(x_sorted, block_expert, block, format, codes, scales, tensor_scale, epilogue, *_):
-    return new_empty(x_sorted, (_rows(x_sorted), _gemm_columns(_rows(codes, 1), epilogue)))
+    return x_sorted.new_empty((_rows(x_sorted), _gemm_columns(_rows(codes, 1), epilogue)))
 
 
 def _new_masked_output(x: Tensor, w_rows, epilogue: str):
-    return new_empty(x, (_rows(x), _rows(x, 1), _gemm_columns(w_rows, epilogue)))
+    return x.new_empty((_rows(x), _rows(x, 1), _gemm_columns(w_rows, epilogue)))
 
 
 @op(
@@ -365,9 +365,9 @@ def _new_quantize_outputs(w: Tensor, format: str):
     rows, columns = _rows(w), _rows(w, 1)
     block = _SCALE_BLOCK.get(format, 16)
     return (
-        new_empty(w, (rows, columns // 2), dtype=torch.uint8),
-        new_empty(w, (rows, columns // block), dtype=torch.uint8),
-        new_empty(w, (1,), dtype=torch.float32),
+        w.new_empty((rows, columns // 2), dtype=torch.uint8),
+        w.new_empty((rows, columns // block), dtype=torch.uint8),
+        w.new_empty((1,), dtype=torch.float32),
     )
 
 
@@ -410,10 +410,10 @@ def _balance(ids, probs, logits, cu_seqlens, max_seqlen, bias, aux_coeff, z_coef
 def _new_balance_outputs(probs: Tensor):
     experts = _rows(probs, 1)
     return (
-        new_empty(probs, (experts,), dtype=torch.int32),
-        new_empty(probs, (experts,), dtype=torch.float32),
-        new_empty(probs, (experts,), dtype=torch.float32),
-        new_empty(probs, (4,), dtype=torch.float32),
+        probs.new_empty((experts,), dtype=torch.int32),
+        probs.new_empty((experts,), dtype=torch.float32),
+        probs.new_empty((experts,), dtype=torch.float32),
+        probs.new_empty((4,), dtype=torch.float32),
     )
 
 
