@@ -279,6 +279,7 @@ done:
   Py_XDECREF(describer);
   return result;
 }
+
 /* call(name, *args) -> None, or the int64 an 'l' entry point returns; kjit's error on failure.
    `name` may be an entry itself (a test's). */
 static PyObject* call(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
@@ -336,7 +337,8 @@ static PyObject* launch(PyObject* self, PyObject* const* args, Py_ssize_t nargs)
   return previous == device ? result : back_to_device(previous, result);
 }
 
-/* Raises InvalidArgumentError "`what` ...: got `detail`" with `detail` formatted from `got`. */
+/* Raises InvalidArgumentError "`what` `rule`, got `got`" (`got` a new reference, consumed; NULL:
+   its error stands). */
 static PyObject* refuse_host_copy(PyObject* what, const char* rule, PyObject* got) {
   if (got != NULL) {
     PyErr_Format(invalid_argument, "%U %s, got %S", what, rule, got);
@@ -432,8 +434,8 @@ static int direct_tensor(PyObject* t, int grad, PyObject** anchor) {
   return 1;
 }
 
-/* Whether `args` may go straight to an op's implementation: kjit._launch.direct's checks past
-   torch.compiler.is_compiling(): every one of `queries` (torch's, called without arguments)
+/* Whether `args` may go straight to an op's implementation (kjit._launch.Op's checks past
+   torch.compiler.is_compiling()): every one of `queries` (torch's, called without arguments)
    answers None or a false value, and `args` are as direct_tensor() allows, one of them on CUDA.
    1 yes, 0 no, -1 on error. */
 static int direct_args(PyObject* queries, PyObject* grad_enabled, PyObject* args) {
