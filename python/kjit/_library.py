@@ -178,10 +178,17 @@ def _fail(name: str, status: int) -> None:
     raise_for_status(status, _loaded.kjit_last_error().decode("utf-8", "replace"))
 
 
+def _launch_on(device: int, *args):
+    """kjit._native.launch(*args) with CUDA device `device` made current (kjit launches in the
+    current context): where launch finds its anchor on another device than the current one."""
+    with torch.cuda.device(device):
+        return _native.launch(*args)
+
+
 # kjit._native fills a torch tensor's DLTensor through torch's DLPack exchange table (torch >=
 # 2.10), hands what the table does not take (a meta tensor, a stand-in) to a DLArgs, and takes
-# the current stream from the same table. torch's raw device queries (what torch.cuda.device
-# uses) serve launches on another device than the current one.
+# the current stream from the same table; torch's raw query of the current device tells a launch
+# on another device, which goes through _launch_on.
 _exchange = getattr(torch.Tensor, "__dlpack_c_exchange_api__", None)
 if _exchange is None:
     raise ImportError(f"kjit needs torch >= 2.10 (DLPack's C exchange table); this is torch {torch.__version__}")
@@ -194,7 +201,7 @@ _native.bind(
     library,
     _fail,
     getattr(torch._C, "_cuda_getDevice", torch.cuda.current_device),
-    getattr(torch._C, "_cuda_setDevice", torch.cuda.set_device),
+    _launch_on,
 )
 
 # call(name, *args): calls entry point `name` (loading libkjit.so at the first call); a failure

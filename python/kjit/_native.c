@@ -46,12 +46,13 @@ enum { kMaxArgs = 24 };
 /* What bind() was given: the table, torch.Tensor, the Python description of what the table does
    not take (a DLArgs factory), kjit's InvalidArgumentError, the entries by name (kjit._library's
    dict, filled by `load` when libkjit.so is loaded), `fail(name, status)` that raises kjit's
-   error, and torch's queries of the current CUDA device (None without CUDA). */
+   error, torch's query of the current CUDA device, and `launch_on` (kjit._library's launch on
+   another device than the current one). */
 static const ExchangeApi* exchange;
 static PyTypeObject* tensor_type;
 static PyObject *python_describer, *invalid_argument;
 static PyObject *entries, *load, *fail;
-static PyObject *get_device, *set_device;
+static PyObject *get_device, *launch_on;
 static PyObject *requires_grad_name, *is_cuda_name, *dtype_name, *device_name, *shape_name;
 
 /* One entry point: its address, its argument kinds and the ffi call description built from them.
@@ -289,25 +290,11 @@ static PyObject* call(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
   return e == NULL ? NULL : invoke(e, args + 1, nargs - 1, 0, NULL);
 }
 
-/* Restores CUDA device `device` after a call made on another one, keeping the call's error. */
-static PyObject* back_to_device(long device, PyObject* result) {
-  PyObject *type, *value, *traceback;
-  PyErr_Fetch(&type, &value, &traceback);
-  PyObject* done = PyObject_CallFunction(set_device, "l", device);
-  if (done == NULL) {
-    Py_CLEAR(result);
-  } else {
-    Py_DECREF(done);
-  }
-  if (type != NULL) PyErr_Restore(type, value, traceback); /* the call's error wins */
-  return result;
-}
-
 /* launch(name, anchor, *args): call(name, *args, stream) with torch's current stream of the
    CUDA device of tensor `anchor` (NULL where `anchor` is not a CUDA tensor: kjit refuses such an
    argument by its device first). kjit launches in the current CUDA context, so a call whose
-   anchor is on another device than the current one runs with that device made current, as
-   `with torch.cuda.device(...)` would. */
+   anchor is on another device than the current one goes to `launch_on(device, name, anchor,
+   *args)`, which makes it current (torch.cuda.device) and comes back here. */
 static PyObject* launch(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
   (void)self;
   if (nargs < 2) return PyErr_Format(PyExc_TypeError, "launch(name, anchor, *args)");
@@ -319,22 +306,24 @@ static PyObject* launch(PyObject* self, PyObject* const* args, Py_ssize_t nargs)
     PyErr_Clear();
     return invoke(e, args + 2, nargs - 2, 1, NULL);
   }
-  const int device = anchor.device.device_id;
   PyObject* current = PyObject_CallNoArgs(get_device);
   if (current == NULL) return NULL;
-  const long previous = PyLong_AsLong(current);
+  const long device = PyLong_AsLong(current);
   Py_DECREF(current);
-  if (previous == -1 && PyErr_Occurred()) return NULL;
-  if (previous != device) {
-    PyObject* done = PyObject_CallFunction(set_device, "i", device);
-    if (done == NULL) return NULL;
-    Py_DECREF(done);
+  if (device == -1 && PyErr_Occurred()) return NULL;
+  if (device != anchor.device.device_id) {
+    PyObject* call_args = PyTuple_New(nargs + 1);
+    if (call_args == NULL) return NULL;
+    PyTuple_SetItem(call_args, 0, PyLong_FromLong(anchor.device.device_id));
+    for (Py_ssize_t a = 0; a < nargs; ++a)
+      PyTuple_SetItem(call_args, a + 1, Py_NewRef(args[a]));
+    PyObject* result = PyErr_Occurred() ? NULL : PyObject_Call(launch_on, call_args, NULL);
+    Py_DECREF(call_args);
+    return result;
   }
   void* stream = NULL;
-  PyObject* result = exchange->current_stream(kDLCUDA, device, &stream) != 0
-                         ? NULL
-                         : invoke(e, args + 2, nargs - 2, 1, stream);
-  return previous == device ? result : back_to_device(previous, result);
+  if (exchange->current_stream(kDLCUDA, anchor.device.device_id, &stream) != 0) return NULL;
+  return invoke(e, args + 2, nargs - 2, 1, stream);
 }
 
 /* Raises InvalidArgumentError "`what` `rule`, got `got`" (`got` a new reference, consumed; NULL:
@@ -512,12 +501,12 @@ static PyObject* run(PyObject* self, PyObject* const* argv, Py_ssize_t nargs) {
 }
 
 /* bind(exchange_capsule, tensor_type, describer, invalid_argument, entries, load, fail,
-   get_device, set_device) once, before any other call (kjit._library). */
+   get_device, launch_on) once, before any other call (kjit._library). */
 static PyObject* bind(PyObject* self, PyObject* args) {
   (void)self;
-  PyObject *capsule, *type, *describer, *invalid, *names, *loader, *failure, *get, *set;
+  PyObject *capsule, *type, *describer, *invalid, *names, *loader, *failure, *get, *on;
   if (!PyArg_ParseTuple(args, "OOOOO!OOOO", &capsule, &type, &describer, &invalid, &PyDict_Type,
-                        &names, &loader, &failure, &get, &set)) {
+                        &names, &loader, &failure, &get, &on)) {
     return NULL;
   }
   const ExchangeApi* api = PyCapsule_GetPointer(capsule, "dlpack_exchange_api");
@@ -537,7 +526,7 @@ static PyObject* bind(PyObject* self, PyObject* args) {
   load = Py_NewRef(loader);
   fail = Py_NewRef(failure);
   get_device = Py_NewRef(get);
-  set_device = Py_NewRef(set);
+  launch_on = Py_NewRef(on);
   Py_RETURN_NONE;
 }
 
