@@ -7,8 +7,9 @@ over preallocated outputs: the function without its outputs' allocation). Calls 
 to back and timed on the host, few enough that the launch queue absorbs them; median of 21
 rounds, and the fastest round (the one the machine's other work disturbed least: the C++ and the
 out= call's fastest are compared too). The C++ side runs before and after the Python side, and
-the lower of its two figures is the one compared. Both sides launch on a created non-blocking stream (the C++ side's kjit::Stream, here
-torch.cuda.Stream made current). Goal (issue 18): the function within 5 us of the C++ call.
+the lower of its two figures is the one compared. Both sides launch on a created non-blocking
+stream (the C++ side's kjit::Stream, here torch.cuda.Stream made current). Goal (issue 18): the
+function within 5 us of the C++ call.
 
     python3 bench/python_overhead.py PATH/TO/kjit_bench_op_call_overhead
 """

@@ -13,8 +13,8 @@ from .errors import InvalidArgumentError
 
 # launch(name, anchor, *args): calls entry point `name` with `args` and torch's current stream of
 # tensor `anchor`'s CUDA device, made current for the call where it is not (a tensor elsewhere
-# passes no stream: kjit refuses it by its device first, with kjit's message). In C: in Python the
-# device and stream queries and the frame cost 0.5-1 us a call on the GPU machine.
+# passes no stream: kjit refuses it by its device first, with kjit's message). In C because in
+# Python the device and stream queries and the frame cost 0.5-1 us a call on the GPU machine.
 launch = _native.launch
 
 # What torch.autograd.graph.increment_version calls over a sequence (a frame less).

@@ -357,7 +357,7 @@ static PyObject* host_copy(PyObject* self, PyObject* const* args, Py_ssize_t nar
   PyObject *host = args[0], *device_copy = args[1], *what = args[2];
   DLTensor h;
   int ok = PyObject_TypeCheck(host, tensor_type) && exchange->describe(host, &h) == 0;
-  PyErr_Clear();
+  if (!ok) PyErr_Clear();           /* what the table refused is named below */
   int64_t compact = 1, strided = 0; /* as torch's is_contiguous(): NULL strides are compact */
   for (int d = ok ? h.ndim - 1 : -1; d >= 0; --d) {
     strided |= h.strides != NULL && h.shape[d] != 1 && h.strides[d] != compact;
