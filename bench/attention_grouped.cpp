@@ -14,7 +14,9 @@
 // which favours it. Median of CUDA-event-timed runs (bench/attention_timing.hpp), the caller's
 // workspace for both backwards. Also the K/V bytes of one pass over the union of the windows
 // (union length x Hk x D x 2 bytes x 2 tensors) and over the separate calls' windows (the sum of
-// their lengths), to set beside ncu's dram__bytes_read.sum.
+// their lengths), to set beside ncu's dram__bytes_read.sum, and the forward's TFLOP/s both ways
+// (causal, bottom-right aligned: query i of a chunk of c over a window of L sees L - c + i + 1
+// keys; 4 D FLOPs a query head and key), to set beside the plain forward's (docs/perf.md).
 //
 // Flags: --csv FILE (the table as CSV), --fwd-only, --only KEY=VALUE (repeatable; KEY one of
 // model, S, W, r, G; a row runs when it matches one value of every KEY given; model matches a
@@ -124,6 +126,8 @@ struct Result {
   int w, r, g;
   double fwd_grouped = 0, fwd_separate = 0, bwd_grouped = 0, bwd_separate = 0;
   double kv_union_mb = 0, kv_separate_mb = 0;
+  double fwd_flop = 0;
+  double tflops(double ms) const { return fwd_flop / ms / 1e9; }
 };
 
 Result run_row(const Model& m, Pools& p, const Layout& l, bool fwd_only, kjit::Stream& stream) {
@@ -153,6 +157,7 @@ Result run_row(const Model& m, Pools& p, const Layout& l, bool fwd_only, kjit::S
   };
   std::vector<AttentionGroup> api(groups);
   long long union_len = 0, separate_len = 0;
+  double keys_seen = 0;  // over the groups' query rows, one head
   for (int g = 0; g < groups; ++g) {
     AttentionGroup& a = api[g];
     a.q = q_rows(p.q, g);
@@ -167,6 +172,7 @@ Result run_row(const Model& m, Pools& p, const Layout& l, bool fwd_only, kjit::S
       a.dq = q_rows(p.dq, g);
     }
     union_len = std::max<long long>(union_len, windows[g][1]);
+    keys_seen += static_cast<double>(c) * (windows[g][1] - c) + c * (c + 1) / 2.0;
     separate_len += windows[g][1];
   }
   const kjit::attention::SharedKeys keys{prefix(p.k, p.s), prefix(p.v, p.s),
@@ -184,6 +190,7 @@ Result run_row(const Model& m, Pools& p, const Layout& l, bool fwd_only, kjit::S
   const double kv_row_bytes = static_cast<double>(hk * d * 2 * 2);
   res.kv_union_mb = union_len * kv_row_bytes / 1e6;
   res.kv_separate_mb = separate_len * kv_row_bytes / 1e6;
+  res.fwd_flop = 4.0 * static_cast<double>(d * hq) * keys_seen;
   res.fwd_grouped = median_ms(
       [&] { kjit::attention::forward_grouped(api.data(), groups, keys, fo, stream.handle()); },
       stream.handle());
@@ -244,7 +251,8 @@ void print_row(const Result& r, bool fwd_only) {
     std::printf(" %9.3f %9.3f %7.2fx", r.bwd_grouped, r.bwd_separate,
                 r.bwd_separate / r.bwd_grouped);
   }
-  std::printf(" %9.1f %9.1f\n", r.kv_union_mb, r.kv_separate_mb);
+  std::printf(" %9.1f %9.1f %7.0f %7.0f\n", r.kv_union_mb, r.kv_separate_mb,
+              r.tflops(r.fwd_grouped), r.tflops(r.fwd_separate));
   std::fflush(stdout);
 }
 
@@ -285,7 +293,8 @@ bool write_csv(const std::string& path, const std::vector<Result>& results, bool
   if (!f) return false;
   std::fprintf(f,
                "model,S,W,r,G,fwd_grouped_ms,fwd_separate_ms,fwd_speedup,bwd_grouped_ms,"
-               "bwd_separate_ms,bwd_speedup,kv_union_mb,kv_separate_mb\n");
+               "bwd_separate_ms,bwd_speedup,kv_union_mb,kv_separate_mb,fwd_grouped_tflops,"
+               "fwd_separate_tflops\n");
   for (const Result& r : results) {
     std::fprintf(f, "%s,%lld,%d,%d,%d,%.4f,%.4f,%.4f,", r.model.c_str(), r.s, r.w, r.r, r.g,
                  r.fwd_grouped, r.fwd_separate, r.fwd_separate / r.fwd_grouped);
@@ -295,7 +304,8 @@ bool write_csv(const std::string& path, const std::vector<Result>& results, bool
       std::fprintf(f, "%.4f,%.4f,%.4f,", r.bwd_grouped, r.bwd_separate,
                    r.bwd_separate / r.bwd_grouped);
     }
-    std::fprintf(f, "%.2f,%.2f\n", r.kv_union_mb, r.kv_separate_mb);
+    std::fprintf(f, "%.2f,%.2f,%.1f,%.1f\n", r.kv_union_mb, r.kv_separate_mb,
+                 r.tflops(r.fwd_grouped), r.tflops(r.fwd_separate));
   }
   return std::fclose(f) == 0;
 }
@@ -338,10 +348,10 @@ int main(int argc, char** argv) try {
       "fwd sep: one forward_varlen per group over its window prefix; bwd sep: one backward_varlen "
       "per group into its own dk_g/dv_g\n(the baseline does not sum the groups' dk/dv, which "
       "favours it); speedup = separate / grouped; K/V MB = one pass over the union of the windows "
-      "vs over every group's window\n");
-  std::printf("%-11s %6s %2s %2s %2s %9s %9s %8s %9s %9s %8s %9s %9s\n", "model", "S", "W", "r",
-              "G", "fwd grp", "fwd sep", "speedup", "bwd grp", "bwd sep", "speedup", "KV MB un",
-              "KV MB sep");
+      "vs over every group's window; TF/s = the forward's causal FLOPs / time\n");
+  std::printf("%-11s %6s %2s %2s %2s %9s %9s %8s %9s %9s %8s %9s %9s %7s %7s\n", "model", "S", "W",
+              "r", "G", "fwd grp", "fwd sep", "speedup", "bwd grp", "bwd sep", "speedup",
+              "KV MB un", "KV MB sep", "TF grp", "TF sep");
   const std::vector<Model> models = {{"llama3-8b", 32, 8, 128, {8192, 16384, 32768, 65536}},
                                      {"llama3-70b", 64, 8, 128, {8192, 16384}}};
   const std::vector<Layout> all = layouts();
