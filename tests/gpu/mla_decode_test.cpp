@@ -294,6 +294,38 @@ TEST(MlaDecodeRuns, CAbiMatchesTheCppApi) {
   EXPECT_EQ(la, lb);
 }
 
+// A cache of no blocks (a helix rank that holds none of a short context's): every row sees no
+// key, O = 0 and LSE = -inf, with no tensor map of the empty cache (the driver refuses one).
+TEST(MlaDecodeRuns, CacheWithoutBlocksGivesEmptyRows) {
+  KJIT_REQUIRE_GPU();
+  constexpr int kB = 2, kH = 16;
+  DeviceBuffer dq(kB * kH * kD * 2), dout(kB * kH * kV * 2), dlse(kB * kH * 4), dtable(kB * 4),
+      dlengths(kB * 4);
+  std::vector<std::int32_t> table{0, 0}, lengths{0, 0};
+  dtable.upload(table.data(), table.size() * 4);
+  dlengths.upload(lengths.data(), lengths.size() * 4);
+  std::vector<std::uint16_t> q(kB * kH * kD, to_bits(DType::BFloat16, 0.5));
+  dq.upload(q.data(), q.size() * 2);
+  std::vector<std::uint16_t> poison(kB * kH * kV, 0x7fc0);  // NaN
+  std::vector<float> lse_poison(kB * kH, 7.f);
+  dout.upload(poison.data(), poison.size() * 2);
+  dlse.upload(lse_poison.data(), lse_poison.size() * 4);
+  const mla::PagedCache paged{TensorView(nullptr, DType::BFloat16, {0, 64, kD}),
+                              TensorView(dtable.data(), DType::Int32, {kB, 1}), table.data(),
+                              TensorView(dlengths.data(), DType::Int32, {kB}), lengths.data()};
+  Stream stream;
+  mla::decode(TensorView(dq.data(), DType::BFloat16, {kB, 1, kH, kD}), paged,
+              TensorView(dout.data(), DType::BFloat16, {kB, 1, kH, kV}),
+              TensorView(dlse.data(), DType::Float32, {kB, 1, kH}), {}, stream.handle());
+  stream.synchronize();
+  std::vector<std::uint16_t> out(poison.size());
+  std::vector<float> lse(lse_poison.size());
+  dout.download(out.data(), out.size() * 2);
+  dlse.download(lse.data(), lse.size() * 4);
+  EXPECT_TRUE(std::all_of(out.begin(), out.end(), [](std::uint16_t b) { return b == 0; }));
+  EXPECT_TRUE(std::all_of(lse.begin(), lse.end(), [](float l) { return std::isinf(l) && l < 0; }));
+}
+
 TEST(MlaDecodeRuns, BadInputIsRefusedBeforeAnyDeviceWork) {
   KJIT_REQUIRE_GPU();
   DeviceBuffer dq(2 * 20 * kD * 2), dout(2 * 20 * kV * 2), dcache(4 * 64 * kD * 2),

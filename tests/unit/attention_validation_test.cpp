@@ -110,6 +110,49 @@ TEST(AttentionCApi, EmptyKeysPassValidationWithNullData) {
   EXPECT_NE(s, KJIT_ERROR_INVALID_ARGUMENT) << kjit_last_error();
 }
 
+TEST(AttentionCApi, SizeOneDimsTakeAnyStride) {
+  // B = 1 and one key/value head (MQA): what PyTorch <= 2.9 exported as stride 1 or any other
+  // producer sets, e.g. an odd stride that no alignment rule would take on a stepped dim.
+  int64_t q_shape[] = {1, 100, 8, 128}, kv_shape[] = {1, 120, 1, 128}, lse_shape[] = {1, 8, 100};
+  int64_t q_strides[] = {1, 1024, 128, 1}, kv_strides[] = {3, 128, 7, 1},
+          lse_strides[] = {5, 100, 1};
+  DLTensor q{fake(), {kDLCUDA, 0}, 4, {kDLBfloat, 16, 1}, q_shape, q_strides, 0};
+  DLTensor k{fake(), {kDLCUDA, 0}, 4, {kDLBfloat, 16, 1}, kv_shape, kv_strides, 0};
+  DLTensor lse{fake(), {kDLCUDA, 0}, 3, {kDLFloat, 32, 1}, lse_shape, lse_strides, 0};
+  // Validation passes; without a GPU the op then stops at the driver.
+  const kjit_status s = kjit_attention_forward(&q, &k, &k, &q, &lse, 0.f, 1, nullptr);
+  EXPECT_NE(s, KJIT_ERROR_INVALID_ARGUMENT) << kjit_last_error();
+  // The same strides on dims of more than one entry are refused.
+  int64_t k2_shape[] = {2, 120, 1, 128}, k2_strides[] = {3, 128, 128, 1};
+  DLTensor k2{fake(), {kDLCUDA, 0}, 4, {kDLBfloat, 16, 1}, k2_shape, k2_strides, 0};
+  int64_t q2_shape[] = {2, 100, 8, 128};
+  DLTensor q2{fake(), {kDLCUDA, 0}, 4, {kDLBfloat, 16, 1}, q2_shape, nullptr, 0};
+  EXPECT_EQ(kjit_attention_forward(&q2, &k2, &k2, &q2, nullptr, 0.f, 1, nullptr),
+            KJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(kjit_last_error()).find("stride 0"), std::string::npos)
+      << kjit_last_error();
+}
+
+TEST(AttentionCApi, ATensorWithElementsButNoDataIsRefused) {
+  // A NULL DLTensor pointer is an absent optional tensor; one with elements and NULL data is
+  // an error, not taken for absent.
+  int64_t q_shape[] = {2, 100, 8, 128}, kv_shape[] = {2, 120, 2, 128}, lse_shape[] = {2, 8, 100};
+  DLTensor q{fake(), {kDLCUDA, 0}, 4, {kDLBfloat, 16, 1}, q_shape, nullptr, 0};
+  DLTensor k{fake(), {kDLCUDA, 0}, 4, {kDLBfloat, 16, 1}, kv_shape, nullptr, 0};
+  DLTensor lse{nullptr, {kDLCUDA, 0}, 3, {kDLFloat, 32, 1}, lse_shape, nullptr, 0};
+  EXPECT_EQ(kjit_attention_forward(&q, &k, &k, &q, &lse, 0.f, 1, nullptr),
+            KJIT_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(kjit_last_error()).find("lse has 1600 elements but no data"),
+            std::string::npos)
+      << kjit_last_error();
+}
+
+TEST(AttentionValidation, LseStridesMustNotBeNegative) {
+  Batched b;
+  b.lse = TensorView(fake(), DType::Float32, {2, 8, 100}, {-800, 100, 1});
+  expect_error(b, "lse has a negative stride");
+}
+
 TEST(AttentionValidation, VarlenSeqlensAreCheckedOnTheHostCopy) {
   const TensorView q(fake(), DType::Float16, {10, 4, 64}), k(fake(), DType::Float16, {12, 4, 64});
   const TensorView out = q, lse(fake(), DType::Float32, {4, 10});

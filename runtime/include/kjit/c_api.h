@@ -58,8 +58,8 @@ kjit_status kjit_attention_forward_varlen(const DLTensor* q, const DLTensor* k, 
                                           int causal, void* stream);
 
 /* See kjit/attention.hpp (backward). dq, dk, dv are written; lse is the forward's (required).
-   workspace may be NULL (kjit allocates it on the stream), else workspace_bytes >=
-   kjit_attention_backward_workspace_bytes(q, deterministic). */
+   workspace may be NULL (kjit allocates it on the stream), else 256-byte aligned with
+   workspace_bytes >= kjit_attention_backward_workspace_bytes(q, deterministic). */
 kjit_status kjit_attention_backward(const DLTensor* q, const DLTensor* k, const DLTensor* v,
                                     const DLTensor* out, const DLTensor* dout, const DLTensor* lse,
                                     const DLTensor* dq, const DLTensor* dk, const DLTensor* dv,
@@ -162,7 +162,9 @@ kjit_status kjit_zigzag_backward(kjit_comm* comm, const DLTensor* q, const DLTen
                                  const int32_t* host_cu_seqlens, float softmax_scale, int causal,
                                  int heads_k_stride, void* stream);
 
-/* MoE (see kjit/moe.hpp for each op's layouts). NULL for an optional tensor means none. */
+/* MoE (see kjit/moe.hpp for each op's layouts). NULL for an optional tensor means none. The
+   grouped GEMMs take K and N in multiples of 64 (the layer: H and I), permute a hidden size in
+   multiples of 8; other sizes are refused with kjit's error. */
 typedef struct kjit_moe_router_options {
   int sigmoid; /* 0: softmax over the experts */
   int top_k;

@@ -96,14 +96,22 @@ TensorView view_of(const DLTensor& t, const char* what) {
     throw InvalidArgument(fmt::format("{} has a dtype kjit does not take (code {}, {} bits)", what,
                                       static_cast<int>(t.dtype.code), t.dtype.bits));
   }
+  if (t.ndim > 0 && !t.shape) throw InvalidArgument(fmt::format("{} has no shape array", what));
   v.data = t.data ? static_cast<char*>(t.data) + t.byte_offset : nullptr;
   v.ndim = t.ndim;
   std::int64_t s = 1;
   for (int d = v.ndim - 1; d >= 0; --d) {
     v.shape[d] = t.shape[d];
-    v.strides[d] = t.strides ? t.strides[d] : s;  // NULL strides: compact row-major
-    s *= t.shape[d];
+    // NULL strides: compact row-major. A size-1 dim's stride is never stepped and producers set
+    // it to anything (PyTorch <= 2.9 to 1): it gets the compact one, so that no layout check
+    // refuses it.
+    v.strides[d] = t.strides && t.shape[d] != 1 ? t.strides[d] : s;
+    s = v.strides[d] * t.shape[d];
   }
+  // A tensor given without data is refused rather than taken for an absent optional one (which
+  // is a NULL DLTensor pointer).
+  if (!v.data && v.numel() > 0)
+    throw InvalidArgument(fmt::format("{} has {} elements but no data", what, v.numel()));
   return v;
 }
 

@@ -106,6 +106,7 @@ LseStrides check_lse(const TensorView& lse, std::int64_t outer, std::int64_t hea
                                     : fmt::format("[{}, {}]", heads, seq),
                             lse.describe()));
   }
+  checks.nonnegative_strides(lse, "lse");
   return {batched ? lse.stride(0) : 0, lse.stride(dims - 2)};
 }
 

@@ -162,6 +162,7 @@ Call<MergeStates> MergeStates::validate(const TensorView& parts, const TensorVie
     kCheck.nonnegative_strides(*t, name);
     kCheck.data(*t, name);
   }
+  if (with_lse) kCheck.nonnegative_strides(out_lse, "out_lse");
   kCheck.contiguous_last(parts, "parts");
   kCheck.contiguous_last(out, "out");
   p.alignment = row_alignment({{&parts, 3}, {&out, 2}});

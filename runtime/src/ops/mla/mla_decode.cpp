@@ -157,7 +157,7 @@ void MlaDecode::launch(const Program& program, const Config& c, const Problem& p
                        const Args& call_args, StreamHandle stream) {
   if (p.empty()) return;
   Args args = call_args;
-  if (c.wgmma()) {
+  if (c.wgmma() && args.num_blocks > 0) {  // (without blocks no key tile reads the map)
     const auto u = [](std::int64_t v) { return static_cast<std::uint64_t>(v); };
     args.cache_map = driver::tiled_map_16bit(
         args.cache, {u(mla::kHeadDim), u(p.block_size), u(args.num_blocks), 1},
