@@ -421,7 +421,7 @@ if [ "$what" = attention-grouped-ncu ]; then
                   KjitGroupedBackwardParams KjitFlashBackwardParams}; do
       step "ncu_${row// /_}_$params" timeout 120 ncu \
         --metrics dram__bytes_read.sum,gpu__time_duration.sum,lts__t_sector_hit_rate.pct \
-        --kernel-name-base demangled --kernel-name regex:"flash_(forward|backward)(_sm90)?(_ws)?<.*$params(, (true|false))?>" \
+        --kernel-name-base demangled --kernel-name regex:"flash_(forward|backward)(_sm90)?(_ws)?<.*$params(, (true|false|\(bool\)[01]))?>" \
         --launch-count 2 "$bin/kjit_bench_attention_grouped" "${only[@]}"
     done
   done
