@@ -412,13 +412,14 @@ if [ "$what" = attention-grouped-ncu ]; then
   # parameter block in the kernel's name tells them apart) on zigzag rows of KJIT_NCU_MODEL
   # (default 8b), rank 0, forward and backward (KJIT_NCU_KERNELS: default all four; the
   # benchmark runs its forward only where they name no backward kernel).
+  kernels="${KJIT_NCU_KERNELS:-KjitGroupedFlashTmaParams KjitFlashTmaParams \
+           KjitGroupedBackwardParams KjitFlashBackwardParams}"
   for row in ${KJIT_NCU_ROWS:-"S=32768_W=2"}; do
     row="${row//_/ }"
     only=(--only model="${KJIT_NCU_MODEL:-8b}" --only G=2 --only r=0)
-    case "${KJIT_NCU_KERNELS:-Backward}" in *Backward*) ;; *) only+=(--fwd-only) ;; esac
+    [[ "$kernels" == *Backward* ]] || only+=(--fwd-only)
     for kv in $row; do only+=(--only "$kv"); done
-    for params in ${KJIT_NCU_KERNELS:-KjitGroupedFlashTmaParams KjitFlashTmaParams \
-                  KjitGroupedBackwardParams KjitFlashBackwardParams}; do
+    for params in $kernels; do
       step "ncu_${row// /_}_$params" timeout 120 ncu \
         --metrics dram__bytes_read.sum,gpu__time_duration.sum,lts__t_sector_hit_rate.pct \
         --kernel-name-base demangled --kernel-name regex:"flash_(forward|backward)(_sm90)?(_ws)?<.*$params(, (true|false|\(bool\)[01]))?>" \
