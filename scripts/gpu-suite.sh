@@ -176,7 +176,9 @@ if [ "$what" = python ]; then
   wants tests && step python_tests timeout 300 python3 -m pytest -p no:cacheprovider -q -rs tests/python
   # With an earlier package in .gpu-bundle/python-old (scripts/gpu-bundle.sh's KJIT_PYTHON_OLD),
   # the overhead bench alternates this package and that one, KJIT_OVERHEAD_ROUNDS (default 1)
-  # rounds each, so that both see the same host.
+  # rounds each, so that both see the same host. KJIT_OVERHEAD_CPUS (a taskset list, "3" or
+  # "2,3") adds a round of this package pinned to those cores after each: the C++ side, a
+  # subprocess, inherits the pinning, so both sides meet the same host noise.
   if wants overhead; then
     old_site=""
     if ls .gpu-bundle/python-old/kjit-*.whl >/dev/null 2>&1; then
@@ -185,6 +187,10 @@ if [ "$what" = python ]; then
     fi
     for round in $(seq "${KJIT_OVERHEAD_ROUNDS:-1}"); do
       step "python_overhead_$round" timeout 120 python3 bench/python_overhead.py "$bin/kjit_bench_op_call_overhead"
+      if [ -n "${KJIT_OVERHEAD_CPUS:-}" ]; then
+        step "python_overhead_pinned_$round" timeout 120 taskset -c "$KJIT_OVERHEAD_CPUS" \
+          python3 bench/python_overhead.py "$bin/kjit_bench_op_call_overhead"
+      fi
       if [ -n "$old_site" ]; then
         PYTHONPATH="$old_site:$PYTHONPATH" step "python_overhead_old_$round" timeout 120 \
           python3 bench/python_overhead.py "$bin/kjit_bench_op_call_overhead"
