@@ -393,6 +393,30 @@ TEST(MoeGemmValidation, ChecksTheEpiloguesOperands) {
   expect_refused(g, "the epilogue's weights must be contiguous fp32 [T, k]");
 }
 
+// Decode or not is told from the exact rows, not their bucket: GLM-4.7-Flash's layouts at T k 256
+// (4 pairs an expert) and T k 1024 (16) both round up to 8192 rows of 64.
+TEST(MoeGemmValidation, TellsDecodeFromTheExactRows) {
+  const Arch sm90a("sm_90a");
+  const auto layout = [](std::int64_t pairs) {
+    Gemm g;
+    g.block = 64;
+    const std::int64_t rows = moe::align_capacity(pairs, 64, 64);
+    g.x = TensorView(fake(), DType::BFloat16, {rows, 2048});
+    g.blocks = TensorView(fake(), DType::Int32, {rows / 64});
+    g.y = TensorView(fake(), DType::BFloat16, {rows, 3072});
+    g.w = nvfp4_weights();
+    return g.check().problem;
+  };
+  const ops::MoeGemm::Problem few = layout(256), many = layout(1024);
+  EXPECT_EQ(ops::bucketed<ops::MoeGemm>(few).rows, 8192);
+  EXPECT_EQ(ops::bucketed<ops::MoeGemm>(many).rows, 8192);
+  EXPECT_EQ(few.decode, 1);
+  EXPECT_EQ(many.decode, 0);
+  EXPECT_EQ(ops::MoeGemm::default_config(ops::bucketed<ops::MoeGemm>(few), sm90a).decode, 1);
+  EXPECT_EQ(ops::MoeGemm::default_config(ops::bucketed<ops::MoeGemm>(many), sm90a).decode, 0);
+  EXPECT_NE(ops::shape_of<ops::MoeGemm>(few), ops::shape_of<ops::MoeGemm>(many));
+}
+
 TEST(MoeGemmValidation, AcceptsFp4WeightsWithTheirScales) {
   Gemm g;
   g.w = nvfp4_weights();
@@ -420,10 +444,12 @@ TEST(MoeGemmValidation, AcceptsFp4WeightsWithTheirScales) {
   ops::MoeGemm::Problem masked = call.problem;
   masked.masked = 1;
   masked.rows = 16;
+  ops::MoeGemm::classify(masked);
   EXPECT_EQ(ops::MoeGemm::default_config(masked, sm90a).decode, 0);
   EXPECT_EQ(ops::MoeGemm::default_config(masked, sm90a).block_n, 64);
   ops::MoeGemm::Problem prefill = call.problem;
   prefill.rows = 64 * 1024;
+  ops::MoeGemm::classify(prefill);
   EXPECT_EQ(ops::MoeGemm::default_config(prefill, sm90a).decode, 0);
   EXPECT_EQ(ops::MoeGemm::default_config(prefill, sm90a).block_n, 128);
   // FP4 stages hold a quarter of the weight bytes.

@@ -75,13 +75,6 @@ std::int64_t layout_pairs(const MoeGemm::Problem& p) {
   return blocks <= p.experts ? blocks : p.experts + (blocks - p.experts) * p.block_m;
 }
 
-// Decode: experts holding a quarter of a block of rows or less (the pairs the layout's capacity
-// is sized for, within a block, by moe::align_capacity's formula; or the masked layout's one
-// block).
-bool decode_sized(const MoeGemm::Problem& p) {
-  return p.masked ? p.rows <= p.block_m : layout_pairs(p) * 4 < p.experts * p.block_m;
-}
-
 // The non-persistent grid: a block per tile (columns, rows, the masked layout's experts).
 Dim3 tile_grid(const MoeGemm::Config& c, const MoeGemm::Problem& p) {
   return {static_cast<unsigned>(p.n / c.block_n),
@@ -124,6 +117,15 @@ void MoeGemm::check(const Problem& p) {
     kGemmCheck.fail(
         fmt::format("FP4 weights take bf16 activations (bf16 wgmma), got {}", dtype_name(p.dtype)));
   }
+}
+
+// Decode: experts holding a quarter of a block of rows or less (the pairs the layout's capacity
+// is sized for, within a block, by moe::align_capacity's formula; or the masked layout's one
+// block). From the exact rows: GLM-4.7-Flash at T k 256 (4288 rows of 64) shares the bucket of
+// 8192 rows with T k 1024, and took the pipeline, 1.34-1.37x slower than the decode kernel at
+// NVFP4 on the H100 (perf.md, bundle eed8fc6).
+void MoeGemm::classify(Problem& p) {
+  p.decode = p.masked ? p.rows <= p.block_m : layout_pairs(p) * 4 < p.experts * p.block_m;
 }
 
 void MoeGemm::check_weights(Problem& p, const Weights& weights, std::int64_t experts) {
@@ -199,7 +201,7 @@ std::vector<MoeGemm::Config> MoeGemm::space(const Problem& p, const Arch& arch) 
   // The decode kernel where decode is what it is for (in prefill it would pass over the weights
   // once every 16 tokens).
   for (std::int64_t loads : {2, 3}) {
-    if (decode_sized(p) && valid({64, loads, 1}, p, arch)) out.push_back({64, loads, 1});
+    if (p.decode && valid({64, loads, 1}, p, arch)) out.push_back({64, loads, 1});
   }
   return out;
 }
@@ -238,19 +240,19 @@ MoeGemm::Config MoeGemm::default_config(const Problem& p, const Arch& arch) {
     const Config wide{256, outputs > 0x1p27 ? 3 : 4};
     if (valid(wide, p, arch)) return wide;
   }
-  // FP4 weights in decode (decode_sized, the contiguous layout) take the decode kernel, 2 loads
+  // FP4 weights in decode (p.decode, the contiguous layout) take the decode kernel, 2 loads
   // ahead. On the H100 (2026-12-06, bundles e09205f and eed8fc6, `kjit_bench_moe_gemm decode`,
   // GLM's gate/up and down at T k 4, 16, 64) it ran NVFP4 1.07-1.20x and MXFP4 0.98-1.10x the
   // pipeline's 64 weight rows a block, 2 loads ahead beating 3 or tying. The masked layout's speed
   // was not measured, and 16-bit weights ran it 0.81-0.88x the pipeline: both stay on the pipeline.
-  if (p.weights != kSameAsX && !p.masked && decode_sized(p)) {
+  if (p.weights != kSameAsX && !p.masked && p.decode) {
     const Config decode{64, 2, 1};
     if (valid(decode, p, arch)) return decode;
   }
   // Else 128 columns where N allows, and as many stages (up to 6) as shared memory holds; 64
-  // columns where no stage count fits 128 (FP4's scales for a long K). FP4 in decode (decode_sized)
+  // columns where no stage count fits 128 (FP4's scales for a long K). FP4 in decode (p.decode)
   // takes 64 weight rows a block: twice the blocks, several an SM.
-  const bool narrow = p.n % 128 != 0 || (p.weights != kSameAsX && decode_sized(p));
+  const bool narrow = p.n % 128 != 0 || (p.weights != kSameAsX && p.decode);
   for (const std::int64_t block_n : {std::int64_t{narrow ? 64 : 128}, std::int64_t{64}}) {
     for (Config c{block_n, 6}; c.stages >= 2; --c.stages) {
       if (valid(c, p, arch)) return c;
@@ -319,13 +321,16 @@ std::vector<MoeGemm::Problem> MoeGemm::shipped(const Arch& arch) {
   if (!arch.has_wgmma()) return {};  // no mma.sync path yet
   const auto swiglu = static_cast<std::int64_t>(moe::GemmEpilogue::Kind::kSwiGLU),
              weighted = static_cast<std::int64_t>(moe::GemmEpilogue::Kind::kRoutingWeights);
-  return {{DType::BFloat16, 128, 3072, 2048, 64, 128, swiglu},
-          {DType::BFloat16, 128, 2048, 1536, 64, 128, weighted},
-          {DType::BFloat16, 128, 2048, 1536, 64, 128, 0},
-          {DType::BFloat16, 64, 3072, 2048, 64, 64, swiglu, 1},
-          {DType::BFloat16, 64, 2048, 1536, 64, 64, 0, 1},
-          {DType::BFloat16, 64, 3072, 2048, 64, 64, swiglu, 0, kNvFp4},
-          {DType::BFloat16, 64, 2048, 1536, 64, 64, weighted, 0, kNvFp4}};
+  std::vector<Problem> out{{DType::BFloat16, 128, 3072, 2048, 64, 128, swiglu},
+                           {DType::BFloat16, 128, 2048, 1536, 64, 128, weighted},
+                           {DType::BFloat16, 128, 2048, 1536, 64, 128, 0},
+                           {DType::BFloat16, 64, 3072, 2048, 64, 64, swiglu, 1},
+                           {DType::BFloat16, 64, 2048, 1536, 64, 64, 0, 1},
+                           {DType::BFloat16, 64, 3072, 2048, 64, 64, swiglu, 0, kNvFp4},
+                           {DType::BFloat16, 64, 2048, 1536, 64, 64, weighted, 0, kNvFp4}};
+  for (Problem& p : out)
+    classify(p);
+  return out;
 }
 
 std::int64_t MoeGemm::y_columns(const Problem& p) {
@@ -427,6 +432,10 @@ std::vector<Preset<MoeGemm::Problem>> MoeGemm::presets() {
     decode.problems.push_back({DType::BFloat16, m, 3072, 2048, 64, 64, swiglu, 1});
     decode.problems.push_back({DType::BFloat16, m, 2048, 1536, 64, 64, 0, 1});
   }
+  for (Preset<Problem>* preset : {&glm, &decode, &nvfp4}) {
+    for (Problem& p : preset->problems)
+      classify(p);
+  }
   return {glm, decode, nvfp4};
 }
 
@@ -438,6 +447,7 @@ void MoeGemm::choose_for_layout(Call<MoeGemm>& call, std::int64_t layout_experts
                                 call.problem.experts));
   }
   call.problem.experts = layout_experts;  // the kernel keeps w's count in call.args.experts
+  classify(call.problem);
 }
 
 Call<MoeGemm> MoeGemm::validate(const TensorView& x_sorted, const TensorView& block_expert,
@@ -452,6 +462,7 @@ Call<MoeGemm> MoeGemm::validate(const TensorView& x_sorted, const TensorView& bl
   p.block_m = block;
   p.epilogue = static_cast<std::int64_t>(epilogue.kind);
   check_weights(p, w, 0);
+  classify(p);
   const std::int64_t y_cols = y_columns(p);
   check_operand(y, "y", 2, "[rows, N]", p.dtype);
   if (y.size(0) != p.rows || y.size(1) != y_cols) {
@@ -504,6 +515,7 @@ Call<MoeGemm> MoeGemm::validate_masked(const TensorView& x, const TensorView& ma
   // The block of rows from the rows an expert typically holds (decode: a few).
   p.block_m = expected_m > 0 && expected_m <= 64 ? 64 : 128;
   check_weights(p, w, p.experts);
+  classify(p);
   const std::int64_t y_cols = y_columns(p);
   check_operand(y, "y", 3, "[E, M, N]", p.dtype);
   if (y.size(0) != p.experts || y.size(1) != p.rows || y.size(2) != y_cols) {

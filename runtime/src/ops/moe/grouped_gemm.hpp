@@ -28,11 +28,13 @@ struct MoeGemm {
   // rows: the contiguous layout's (a multiple of block_m, align's block), or the masked layout's
   // rows per expert (masked 1: x [experts, rows, k]); w [experts, n, k] (FP4: codes
   // [experts, n, k / 2] and scales); epilogue:
-  // moe::GemmEpilogue::Kind (grouped_gemm.cuh's kPlain, kSwiGLU, kRoutingWeights).
+  // moe::GemmEpilogue::Kind (grouped_gemm.cuh's kPlain, kSwiGLU, kRoutingWeights). decode 1:
+  // the layout holds a quarter of a block of pairs an expert or less (classify(), from the exact
+  // rows: a power-of-two bucket of rows holds decode and prefill layouts alike).
   struct Problem {
     DType dtype = DType::BFloat16;
     std::int64_t rows = 0, n = 0, k = 0, experts = 0, block_m = 128, epilogue = 0, masked = 0,
-                 weights = kSameAsX;
+                 weights = kSameAsX, decode = 0;
   };
   // block_n: columns of y a block computes (the FP4 kernel's weight rows). decode 1: through
   // grouped_gemm_decode.cuh (block_n 64; stages: the K steps of weights a warp has in flight, 2
@@ -49,13 +51,17 @@ struct MoeGemm {
                                               field<&Problem::block_m>("block_m"),
                                               field<&Problem::epilogue>("epilogue"),
                                               field<&Problem::masked>("masked"),
-                                              field<&Problem::weights>("weights")};
+                                              field<&Problem::weights>("weights"),
+                                              field<&Problem::decode>("decode")};
   static constexpr Field<Config> kConfig[] = {
       field<&Config::block_n>("block_n"), field<&Config::stages>("stages"),
       field<&Config::decode>("decode"), field<&Config::persistent>("persistent")};
   static constexpr DType kDTypes[] = {DType::BFloat16, DType::Float16};
 
   static void check(const Problem& p);
+  // Sets p.decode from p's exact rows, block, experts and layout; the validations call it, and
+  // whoever changes those fields of a problem after them.
+  static void classify(Problem& p);
   static std::vector<Config> space(const Problem& p, const Arch& arch);
   static bool valid(const Config& c, const Problem& p, const Arch& arch);
   static Config default_config(const Problem& p, const Arch& arch);
