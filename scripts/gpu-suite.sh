@@ -547,10 +547,10 @@ if [ "$what" = moe-decode ]; then
   step decode_bench timeout 150 "$bin/kjit_bench_moe_gemm" decode
   export KJIT_TUNING_DB="$(mktemp -d)/decode-tuning.sqlite"
   step decode_tune timeout 200 "$bin/kjit" tune --op moe_grouped_gemm \
-    --shape E=64,K=2048,N=3072,block_m=64,epilogue=1,masked=0,rows=256,weights=1 \
-    --shape E=64,K=1536,N=2048,block_m=64,epilogue=2,masked=0,rows=256,weights=1 \
-    --shape E=64,K=2048,N=3072,block_m=64,epilogue=1,masked=0,rows=4288,weights=1 \
-    --shape E=64,K=1536,N=2048,block_m=64,epilogue=2,masked=0,rows=4288,weights=1
+    --shape E=64,K=2048,N=3072,block_m=64,epilogue=1,masked=0,rows=256,weights=1,decode=1 \
+    --shape E=64,K=1536,N=2048,block_m=64,epilogue=2,masked=0,rows=256,weights=1,decode=1 \
+    --shape E=64,K=2048,N=3072,block_m=64,epilogue=1,masked=0,rows=4288,weights=1,decode=1 \
+    --shape E=64,K=1536,N=2048,block_m=64,epilogue=2,masked=0,rows=4288,weights=1,decode=1
   tally decode_tests
   sanitizer_verdicts decode_memcheck decode_racecheck
   grep -h -E '^\[ moe (gemm|layer)' "$out/decode_tests.log"
