@@ -415,6 +415,9 @@ TEST(MoeGemmValidation, TellsDecodeFromTheExactRows) {
   EXPECT_EQ(ops::MoeGemm::default_config(ops::bucketed<ops::MoeGemm>(few), sm90a).decode, 1);
   EXPECT_EQ(ops::MoeGemm::default_config(ops::bucketed<ops::MoeGemm>(many), sm90a).decode, 0);
   EXPECT_NE(ops::shape_of<ops::MoeGemm>(few), ops::shape_of<ops::MoeGemm>(many));
+  ops::MoeGemm::Problem two = few;
+  two.decode = 2;  // as a tuning shape might name it
+  EXPECT_THROW(ops::MoeGemm::check(two), InvalidArgument);
 }
 
 TEST(MoeGemmValidation, AcceptsFp4WeightsWithTheirScales) {

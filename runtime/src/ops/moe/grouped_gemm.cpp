@@ -113,6 +113,8 @@ void MoeGemm::check(const Problem& p) {
     kGemmCheck.fail(fmt::format("unknown epilogue {}", p.epilogue));
   if (p.weights < kSameAsX || p.weights > kMxFp4)
     kGemmCheck.fail(fmt::format("unknown weight format {}", p.weights));
+  if (p.decode != 0 && p.decode != 1)
+    kGemmCheck.fail(fmt::format("decode must be 0 or 1, got {}", p.decode));
   if (p.weights != kSameAsX && p.dtype != DType::BFloat16) {
     kGemmCheck.fail(
         fmt::format("FP4 weights take bf16 activations (bf16 wgmma), got {}", dtype_name(p.dtype)));
