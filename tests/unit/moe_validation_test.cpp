@@ -534,9 +534,28 @@ TEST(MoeGemmValidation, TunerWorkloadIsShapedLikeTheLayout) {
   // weights once every 16 tokens).
   ops::MoeGemm::Problem prefill_fp4 = prefill;
   prefill_fp4.weights = ops::MoeGemm::kNvFp4;
+  ops::MoeGemm::classify(prefill_fp4);
   const Arch sm90a("sm_90a");
   for (const auto& c : ops::MoeGemm::space(prefill_fp4, sm90a))
     EXPECT_EQ(c.decode, 0);
+  ops::MoeGemm::Problem decode_fp4 = decode;
+  decode_fp4.weights = ops::MoeGemm::kNvFp4;
+  ops::MoeGemm::classify(decode_fp4);
+  const std::vector<ops::MoeGemm::Config> decode_space = ops::MoeGemm::space(decode_fp4, sm90a);
+  EXPECT_EQ(std::count_if(decode_space.begin(), decode_space.end(),
+                          [](const auto& c) { return c.decode == 1; }),
+            2);
+  // A decode shape of a bucket's rows (as the miss log stores it: T k 256's 4288 rows as 8192)
+  // is timed on at most the pairs decode allows, not on the 4160 pairs 8192 rows could hold.
+  ops::MoeGemm::Problem bucket = decode_fp4;
+  bucket.rows = 8192;
+  bucket.decode = 1;
+  const ops::TensorSpec bucket_sorted = spec(ops::MoeGemm::tensors(bucket), "sorted");
+  std::int64_t bucket_held = 0;
+  for (std::int64_t row = 0; row < 8192; ++row)
+    bucket_held += bucket_sorted.value(row) == static_cast<float>(row);
+  EXPECT_GE(bucket_held, (64 * 64 - 1) / 4);
+  EXPECT_LE(bucket_held, (64 * 64 - 1) / 4 + 8192 / 64);
   // The masked layout: every expert holds all its rows, and every config's y is compared.
   const ops::MoeGemm::Problem masked{DType::BFloat16,     16, 3072, 2048, 64, 64, 1, 1,
                                      ops::MoeGemm::kNvFp4};

@@ -361,10 +361,13 @@ std::vector<TensorSpec> MoeGemm::tensors(const Problem& p) {
     // As align and permute leave a layout of this size: the first `held` rows of each block hold
     // pairs (row r pair r, a weight a row), as many as the layout's size implies (decode: one or a
     // few; prefill: most), the rest padding (pair `rows`, none) with rows of zeros in x_sorted, so
-    // that a kernel that skips the padding rows writes what one that multiplies them does.
+    // that a kernel that skips the padding rows writes what one that multiplies them does. A
+    // decode problem whose rows are a bucket's (a stored shape, the miss log's: 8192 rows hold
+    // up to 4160 pairs) holds at most the pairs decode allows (classify's bound).
     const std::int64_t blocks = std::max<std::int64_t>(p.rows / p.block_m, 1),
-                       held = std::clamp<std::int64_t>((layout_pairs(p) + blocks - 1) / blocks, 1,
-                                                       p.block_m);
+                       pairs = p.decode ? std::min(layout_pairs(p), (p.experts * p.block_m - 1) / 4)
+                                        : layout_pairs(p),
+                       held = std::clamp<std::int64_t>((pairs + blocks - 1) / blocks, 1, p.block_m);
     const auto holds_pair = [held, block = p.block_m](std::int64_t row) {
       return row % block < held;
     };
