@@ -209,12 +209,43 @@ void import_from(const std::string& file) {
       inserted + replaced + kept, inserted, replaced, kept);
 }
 
+// Whether `key` names an op this kjit knows with a shape or dtype it cannot read: a row of
+// another version of the op, which lookups skip with a warning. Other ops' rows are not this
+// kjit's to judge.
+bool unreadable_shape(const tuning::TuningKey& key) {
+  const ops::KernelFamily* family = ops::find_family(key.op);
+  if (!family) return false;
+  const std::optional<tuning::Shape> shape = tuning::parse_problem_key(key.problem_key);
+  const std::optional<DType> dtype = dtype_from_name(key.dtype);
+  if (!shape || !dtype) return true;
+  try {
+    family->check({*shape, *dtype});
+    return false;
+  } catch (const InvalidArgument&) {
+    return true;
+  }
+}
+
+bool unreadable(const tuning::Best& row) {
+  if (unreadable_shape(row.key)) return true;
+  const ops::KernelFamily* family = ops::find_family(row.key.op);
+  const std::optional<tuning::Config> config = tuning::parse_config_json(row.config);
+  return family && (!config || !family->well_formed(*config));
+}
+
 void prune_stale() {
   auto db = open_existing_for_writing();
-  int removed = 0;
+  int removed = 0, unread = 0;
   for (const ops::KernelFamily* f : ops::families())
     removed += db->prune_stale(f->name(), f->template_hash());
-  std::cout << fmt::format("removed {} stale result(s)\n", removed);
+  for (const tuning::Best& b : db->list({})) {
+    if (unreadable(b)) unread += db->remove(b.key);
+  }
+  for (const tuning::Miss& m : db->misses()) {
+    if (unreadable_shape(m.key)) db->remove(m.key);
+  }
+  std::cout << fmt::format("removed {} stale result(s) and {} this kjit cannot read\n", removed,
+                           unread);
 }
 
 void misses(bool json) {
@@ -316,7 +347,10 @@ void add_cache_command(CLI::App& app, int* exit_code) {
   auto stale_only = std::make_shared<bool>(false);
   CLI::App* prune_cmd =
       cache->add_subcommand("prune", "Remove results of templates that changed since");
-  prune_cmd->add_flag("--stale", *stale_only, "Remove results whose template hash is not current")
+  prune_cmd
+      ->add_flag("--stale", *stale_only,
+                 "Remove results whose template hash is not current, and results and misses whose "
+                 "shape or config this kjit cannot read")
       ->required();
   prune_cmd->callback(done([stale_only] { prune_stale(); }));  // keeps the flag's storage alive
 

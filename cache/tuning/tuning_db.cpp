@@ -448,6 +448,22 @@ int TuningDb::prune_stale(const std::string& op, const std::string& current_hash
   return removed;
 }
 
+int TuningDb::remove(const TuningKey& key) {
+  sql::Transaction t(db_);
+  int removed = 0;
+  for (const char* table : {"best", "trial", "miss"}) {
+    sql::Statement s = db_.prepare(fmt::format(
+        "DELETE FROM {} WHERE (op, template_hash, problem_key, dtype, sm_arch, nvrtc) = "
+        "(?1, ?2, ?3, ?4, ?5, ?6)",
+        table));
+    bind_key(s, key);
+    s.run();
+    if (table == std::string_view("best")) removed = db_.changes();
+  }
+  t.commit();
+  return removed;
+}
+
 void TuningDb::record_misses(const std::vector<Miss>& misses) {
   if (misses.empty()) return;
   sql::Transaction t(db_);

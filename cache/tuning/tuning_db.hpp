@@ -104,6 +104,8 @@ class TuningDb {
   bool invalidate(std::int64_t id);  // stale: lookups skip it, the next tune replaces it
   // Deletes results (and trials) of `op` whose template hash is not `current_hash`.
   int prune_stale(const std::string& op, const std::string& current_hash);
+  // Deletes the result, the trials and the miss of exactly `key`; the results removed (0 or 1).
+  int remove(const TuningKey& key);
 
   void record_misses(const std::vector<Miss>& misses);
   std::vector<Miss> misses();

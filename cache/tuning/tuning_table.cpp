@@ -112,7 +112,8 @@ void TuningTable::read_rows_locked(const std::string& path) {
     if (malformed) {
       detail::warn(
           fmt::format("tuning database {}: skipped {} {} result(s) whose shape or "
-                      "config this kjit does not read (see `kjit cache ls --op {}`)",
+                      "config this kjit does not read (see `kjit cache ls --op {}`; "
+                      "`kjit cache prune --stale` removes them)",
                       path, malformed, key_.op, key_.op));
     }
   } catch (const Error& e) {

@@ -170,8 +170,32 @@ TEST_F(TuningCli, ExportImportRoundTrip) {
 TEST_F(TuningCli, PruneStaleRemovesOldTemplateResults) {
   const ProcessResult r = kjit({"cache", "prune", "--stale"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_EQ(r.out, "removed 1 stale result(s)\n");
+  EXPECT_EQ(r.out, "removed 1 stale result(s) and 0 this kjit cannot read\n");
   EXPECT_EQ(TuningDb(path(), TuningDb::Mode::ReadOnly).stats().best, 2);
+}
+
+// A result or miss of a known op whose shape this kjit does not read (another version's: a
+// dimension more or less), or whose config is not the op's, goes too; another op's stays.
+TEST_F(TuningCli, PruneStaleRemovesWhatThisKjitCannotRead) {
+  {
+    TuningDb db(path(), TuningDb::Mode::ReadWrite);
+    db.upsert_best(row("D=512;N=4", R"({"rows_per_block":4,"threads_per_row":32,"vec":8})", 50.0),
+                   0.03);
+    db.upsert_best(row("D=512;N=4;rows=4096", R"({"tile":4})", 50.0), 0.03);
+    Best other = row("D=512;N=4", R"({"tile":4})", 50.0);
+    other.key.op = "an_op_of_another_kjit";
+    db.upsert_best(other, 0.03);
+    db.record_misses({{row("D=512;N=8", "", 0).key, "default", 1},
+                      {row("D=512;N=8;rows=100", "", 0).key, "default", 1}});
+  }
+  const ProcessResult r = kjit({"cache", "prune", "--stale"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "removed 1 stale result(s) and 2 this kjit cannot read\n");
+  TuningDb db(path(), TuningDb::Mode::ReadOnly);
+  EXPECT_EQ(db.stats().best, 3);  // the two readable merge_states rows and the other op's
+  const std::vector<tuning::Miss> misses = db.misses();
+  ASSERT_EQ(misses.size(), 1u);
+  EXPECT_EQ(misses[0].key.problem_key, "D=512;N=8;rows=100");
 }
 
 TEST_F(TuningCli, MissesAndStats) {
