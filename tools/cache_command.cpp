@@ -213,13 +213,10 @@ void import_from(const std::string& file) {
 // another version of the op, which lookups skip with a warning. Other ops' rows are not this
 // kjit's to judge.
 bool unreadable_shape(const tuning::TuningKey& key) {
-  const ops::KernelFamily* family = ops::find_family(key.op);
-  if (!family) return false;
-  const std::optional<tuning::Shape> shape = tuning::parse_problem_key(key.problem_key);
-  const std::optional<DType> dtype = dtype_from_name(key.dtype);
-  if (!shape || !dtype) return true;
+  if (!ops::find_family(key.op)) return false;
   try {
-    family->check({*shape, *dtype});
+    const ops::StoredProblem stored = ops::stored_problem(key);
+    stored.family->check(stored.problem);
     return false;
   } catch (const InvalidArgument&) {
     return true;

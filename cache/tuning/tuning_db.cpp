@@ -450,16 +450,15 @@ int TuningDb::prune_stale(const std::string& op, const std::string& current_hash
 
 int TuningDb::remove(const TuningKey& key) {
   sql::Transaction t(db_);
-  int removed = 0;
-  for (const char* table : {"best", "trial", "miss"}) {
-    sql::Statement s = db_.prepare(fmt::format(
-        "DELETE FROM {} WHERE (op, template_hash, problem_key, dtype, sm_arch, nvrtc) = "
-        "(?1, ?2, ?3, ?4, ?5, ?6)",
-        table));
+  const auto remove_from = [&](const char* table) {
+    sql::Statement s = db_.prepare(fmt::format("DELETE FROM {} WHERE {}", table, kKeyMatch));
     bind_key(s, key);
     s.run();
-    if (table == std::string_view("best")) removed = db_.changes();
-  }
+    return db_.changes();
+  };
+  const int removed = remove_from("best");
+  remove_from("trial");
+  remove_from("miss");
   t.commit();
   return removed;
 }

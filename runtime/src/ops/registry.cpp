@@ -39,18 +39,22 @@ const KernelFamily* find_family(const std::string& name) {
   return nullptr;
 }
 
-StoredResult stored_result(const tuning::Best& b) {
-  const KernelFamily* family = find_family(b.key.op);
-  if (!family) throw InvalidArgument(fmt::format("unknown op \"{}\"", b.key.op));
-  const std::optional<tuning::Shape> shape = tuning::parse_problem_key(b.key.problem_key);
-  const std::optional<DType> dtype = dtype_from_name(b.key.dtype);
-  const std::optional<tuning::Config> config = tuning::parse_config_json(b.config);
+StoredProblem stored_problem(const tuning::TuningKey& key) {
+  const KernelFamily* family = find_family(key.op);
+  if (!family) throw InvalidArgument(fmt::format("unknown op \"{}\"", key.op));
+  const std::optional<tuning::Shape> shape = tuning::parse_problem_key(key.problem_key);
+  const std::optional<DType> dtype = dtype_from_name(key.dtype);
   if (!shape || !dtype)
-    throw InvalidArgument(fmt::format("shape \"{}\" {}", b.key.problem_key, b.key.dtype));
+    throw InvalidArgument(fmt::format("shape \"{}\" {}", key.problem_key, key.dtype));
+  return {family, {*shape, *dtype}};
+}
+
+StoredResult stored_result(const tuning::Best& b) {
+  const auto [family, problem] = stored_problem(b.key);
+  const std::optional<tuning::Config> config = tuning::parse_config_json(b.config);
   if (!config || !family->well_formed(*config))
     throw InvalidArgument(fmt::format("config {} is not a config of {}", b.config, b.key.op));
   const Arch arch(b.key.sm_arch);
-  const TuneCase problem{*shape, *dtype};
   family->check(problem);
   if (!family->valid(*config, problem, arch)) {
     throw InvalidArgument(fmt::format("config {} cannot run {} {} on {}", b.config,

@@ -72,6 +72,14 @@ class KernelFamily {
 const std::vector<const KernelFamily*>& families();
 const KernelFamily* find_family(const std::string& name);  // nullptr if unknown
 
+// A stored key's family and problem: its shape and dtype as parsed, before the family's rules.
+// Throws InvalidArgument for an unknown op or a shape or dtype that does not parse.
+struct StoredProblem {
+  const KernelFamily* family;
+  TuneCase problem;
+};
+StoredProblem stored_problem(const tuning::TuningKey& key);
+
 // A stored tuning result read back through its family, for the row's arch. Throws
 // InvalidArgument saying why the row cannot run: an unknown op, a shape or dtype it cannot read,
 // a config that is not one of the family's, or one the family's rules refuse.

@@ -75,6 +75,12 @@ std::int64_t layout_pairs(const MoeGemm::Problem& p) {
   return blocks <= p.experts ? blocks : p.experts + (blocks - p.experts) * p.block_m;
 }
 
+// The most pairs a contiguous layout holds in decode: a quarter of a block an expert, less one
+// (classify's bound).
+std::int64_t decode_pairs(const MoeGemm::Problem& p) {
+  return (p.experts * p.block_m + 3) / 4 - 1;
+}
+
 // The non-persistent grid: a block per tile (columns, rows, the masked layout's experts).
 Dim3 tile_grid(const MoeGemm::Config& c, const MoeGemm::Problem& p) {
   return {static_cast<unsigned>(p.n / c.block_n),
@@ -127,7 +133,7 @@ void MoeGemm::check(const Problem& p) {
 // 8192 rows with T k 1024, and took the pipeline, 1.34-1.37x slower than the decode kernel at
 // NVFP4 on the H100 (perf.md, bundle eed8fc6).
 void MoeGemm::classify(Problem& p) {
-  p.decode = p.masked ? p.rows <= p.block_m : layout_pairs(p) * 4 < p.experts * p.block_m;
+  p.decode = p.masked ? p.rows <= p.block_m : layout_pairs(p) <= decode_pairs(p);
 }
 
 void MoeGemm::check_weights(Problem& p, const Weights& weights, std::int64_t experts) {
@@ -363,10 +369,10 @@ std::vector<TensorSpec> MoeGemm::tensors(const Problem& p) {
     // few; prefill: most), the rest padding (pair `rows`, none) with rows of zeros in x_sorted, so
     // that a kernel that skips the padding rows writes what one that multiplies them does. A
     // decode problem whose rows are a bucket's (a stored shape, the miss log's: 8192 rows hold
-    // up to 4160 pairs) holds at most the pairs decode allows (classify's bound).
+    // up to 4160 pairs) holds at most decode_pairs.
     const std::int64_t blocks = std::max<std::int64_t>(p.rows / p.block_m, 1),
-                       pairs = p.decode ? std::min(layout_pairs(p), (p.experts * p.block_m - 1) / 4)
-                                        : layout_pairs(p),
+                       pairs =
+                           p.decode ? std::min(layout_pairs(p), decode_pairs(p)) : layout_pairs(p),
                        held = std::clamp<std::int64_t>((pairs + blocks - 1) / blocks, 1, p.block_m);
     const auto holds_pair = [held, block = p.block_m](std::int64_t row) {
       return row % block < held;
