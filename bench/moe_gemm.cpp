@@ -200,8 +200,10 @@ void print_row(const char* name, Format f, int experts, int rows, int n, int k, 
 }  // namespace
 
 int main(int argc, char** argv) try {
-  // "prefill" or "decode": only those rows (a profiler run's filter).
+  // "prefill" or "decode": only those rows; "decode TOKENS": only that decode batch (a profiler
+  // run's filters).
   const std::string only = argc > 1 ? argv[1] : "";
+  const int only_tokens = argc > 2 ? std::stoi(argv[2]) : 0;
   if (kjit::bench::no_gpu("moe grouped gemm")) return 0;
   if (!kjit::arch::current().has_wgmma()) {
     std::printf("moe grouped gemm needs sm_90a so far; this card is %s\n",
@@ -270,6 +272,7 @@ int main(int argc, char** argv) try {
     for (Format f : formats)
       weights.emplace_back(f, kExperts, p.n, p.k);
     for (int tokens : {1, 4, 16, 64}) {
+      if (only_tokens != 0 && tokens != only_tokens) continue;
       const int pairs = tokens * kTopK;
       const DeviceBuffer x = kjit::bench::random_bf16(static_cast<std::size_t>(pairs) * p.k);
       std::vector<Layout> layouts;

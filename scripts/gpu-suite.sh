@@ -572,15 +572,20 @@ if [ "$what" = moe-bench ]; then
   done
 fi
 if [ "$what" = moe-ncu ]; then
-  # Where a decode block's time goes: the first NVFP4 and the first bf16 gate/up launch of
-  # kjit_bench_moe_gemm decode (T k 4), ncu's full set; the SASS lines with the most stall
-  # samples printed, the reports left in $OUT.
-  for kernel in fp4 bf16; do
-    regex="moe_grouped_gemm_fp4"; [ "$kernel" = bf16 ] && regex="moe_grouped_gemm<__nv_bfloat16"
-    step "ncu_$kernel" timeout 240 ncu --set full --import-source no --kernel-name-base demangled \
-      --kernel-name regex:"$regex" --launch-count 1 -f -o "$final_out/moe_decode_$kernel" \
-      "$bin/kjit_bench_moe_gemm" decode
-    ncu_where "moe_decode_$kernel" 40
+  # Where a decode call's time goes: the first NVFP4 gate/up launch of the decode kernel (the FP4
+  # decode default) and the first bf16 pipeline launch at each T of KJIT_NCU_TOKENS (default
+  # "1 16": T k 4 and 64) of kjit_bench_moe_gemm decode, ncu's full set at the card's own clocks;
+  # the SASS lines with the most stall samples printed, the reports left in $OUT.
+  for tokens in ${KJIT_NCU_TOKENS:-1 16}; do
+    for kernel in fp4 bf16; do
+      regex="moe_grouped_gemm_decode<__nv_bfloat16, \\(int\\)1,"
+      [ "$kernel" = bf16 ] && regex="moe_grouped_gemm<__nv_bfloat16"
+      name="moe_decode_${kernel}_t$tokens"
+      step "ncu_$name" timeout 240 ncu --set full --import-source no --clock-control none \
+        --kernel-name-base demangled --kernel-name regex:"$regex" --launch-count 1 -f \
+        -o "$final_out/$name" "$bin/kjit_bench_moe_gemm" decode "$tokens"
+      ncu_where "$name" 40
+    done
   done
 fi
 if [ "$what" = moe-align-ncu ]; then
