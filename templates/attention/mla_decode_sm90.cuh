@@ -84,8 +84,13 @@ __global__ void __launch_bounds__(256, 1)
       next_blocks[k] = first < key_end ? table[first / kBlockSize] : -1;
     }
   };
+  // The keys under L2 evict-first, as FlashMLA loads them, so that what the call reads again (the
+  // split partials that the combine reads back) stays in L2. On the H100 (2026-12-07, perf.md)
+  // 1.03-1.13x on the rows with splits at L 1k-16k and at H 128 (whose two row tiles read the same
+  // keys), 0.97-0.98x on some long rows at H 64.
   auto copy_keys = [&](int stage) {
     T* dst = sk + stage * S::kTileElems;
+    const cuda::std::uint64_t policy = ptx::l2_evict_first();
     int copied = 0;
 #pragma unroll
     for (int k = 0; k < kBlocksPerTile; ++k)
@@ -97,7 +102,7 @@ __global__ void __launch_bounds__(256, 1)
 #pragma unroll
       for (int slab = 0; slab < S::kSlabs; ++slab) {
         ptx::tma_load_4d(dst + (slab * S::kKeys + k * kBlockSize) * S::kSlabCols, p.cache_map,
-                         full + stage, slab * S::kSlabCols, 0, next_blocks[k], 0);
+                         full + stage, slab * S::kSlabCols, 0, next_blocks[k], 0, policy);
       }
     }
   };

@@ -28,6 +28,24 @@ __device__ __forceinline__ void tma_load_4d(void* dst, const KjitTensorMap& map,
       : "memory");
 }
 
+// An L2 eviction policy for copies of data read once (createpolicy): its lines go first.
+__device__ __forceinline__ cuda::std::uint64_t l2_evict_first() {
+  cuda::std::uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  return policy;
+}
+
+// tma_load_4d under an L2 eviction policy (l2_evict_first).
+__device__ __forceinline__ void tma_load_4d(void* dst, const KjitTensorMap& map,
+                                            cuda::std::uint64_t* bar, int c0, int c1, int c2,
+                                            int c3, cuda::std::uint64_t policy) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint "
+      "[%0], [%1, {%2, %3, %4, %5}], [%6], %7;\n" ::"r"(shared_address(dst)),
+      "l"(&map), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(shared_address(bar)), "l"(policy)
+      : "memory");
+}
+
 // `bytes` (a multiple of 16) from a 16-byte aligned global address to 16-byte aligned shared.
 __device__ __forceinline__ void bulk_load(void* dst, const void* src, unsigned bytes,
                                           cuda::std::uint64_t* bar) {
