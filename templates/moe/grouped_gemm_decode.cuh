@@ -208,7 +208,7 @@ template <class Steps, class T>
 __device__ __forceinline__ void stage_tokens(const KjitMoeGemmParams& p, const T* x,
                                              long long first_row, int count, unsigned char* sx,
                                              int pitch) {
-  constexpr int kRowsInFlight = 2;  // 4 spill at 80 registers (NVFP4, depth 2)
+  constexpr int kRowsInFlight = 2;  // four spilled at 80 registers (NVFP4 SwiGLU, depth 2)
   const int chunks = p.k / 8;       // 16 bytes each
   for (int c = threadIdx.x; c < chunks; c += DecodeShape::kThreads) {
     for (int r0 = 0; r0 < count; r0 += kRowsInFlight) {
