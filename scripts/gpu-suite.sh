@@ -5,9 +5,9 @@
 #   scripts/gpu-suite.sh [tests|bench|attention|attention-bench|attention-tune|attention-check|
 #                         attention-ab|attention-backward|attention-backward-check|
 #                         attention-backward-tune|attention-grouped|attention-grouped-ab|
-#                         attention-grouped-ncu|mla|mla-ab|mla-ncu|moe|moe-decode|moe-bench|
-#                         moe-ncu|moe-align-ncu|moe-router|moe-offload|python|fa4-stage|zigzag|
-#                         families|dist|all]
+#                         attention-grouped-ncu|mla|mla-ab|mla-ncu|moe|moe-decode|moe-decode-ab|
+#                         moe-bench|moe-ncu|moe-align-ncu|moe-router|moe-offload|python|fa4-stage|
+#                         zigzag|families|dist|all]
 #   (default all)
 # `families` is the check after a change to the op plumbing (kernel families, dispatch, tuning
 # tables): the whole GPU suite, the examples, a sanitizer subset, and the attention and
@@ -534,6 +534,9 @@ if [ "$what" = moe ]; then
   sanitizer_verdicts moe_memcheck moe_racecheck
   grep -h -E '^\[ moe (gemm|layer)' "$out/moe_tests.log"
 fi
+# Decode-kernel cases (config decode 1) under the sanitizers: NVFP4 SwiGLU, MXFP4 at K 384 with
+# skewed routing, MXFP4 masked, fp16 weights at K 320.
+decode_cases='All/MoeGemmTest.*/nvfp4_decode_kernel_swiglu:All/MoeGemmTest.*/mxfp4_decode_kernel_skewed_k_384:All/MoeGemmMaskedTest.*/mxfp4_decode_kernel_plain:All/MoeGemmTest.*/fp16_decode_kernel_skewed_k_320'
 if [ "$what" = moe-decode ]; then
   # The decode kernel (config decode 1, FP4 and 16-bit weights): its forced GEMM cases
   # (contiguous and masked) beside the GEMM, layer and golden tests, memcheck and racecheck on
@@ -541,9 +544,8 @@ if [ "$what" = moe-decode ]; then
   # the tuner on the NVFP4 decode shapes (T 1 and T 64, GLM's gate/up and down) with the
   # layout-shaped workload.
   sharded_tests decode_tests '*MoeGemm*:*MoeLayer*:*MoeGolden*' 200
-  cases='All/MoeGemmTest.*/nvfp4_decode_kernel_swiglu:All/MoeGemmTest.*/mxfp4_decode_kernel_skewed_k_384:All/MoeGemmMaskedTest.*/mxfp4_decode_kernel_plain:All/MoeGemmTest.*/fp16_decode_kernel_skewed_k_320'
-  sanitize decode_memcheck memcheck 120 "$cases"
-  sanitize decode_racecheck racecheck 120 "$cases"
+  sanitize decode_memcheck memcheck 120 "$decode_cases"
+  sanitize decode_racecheck racecheck 120 "$decode_cases"
   step decode_bench timeout 150 "$bin/kjit_bench_moe_gemm" decode
   export KJIT_TUNING_DB="$(mktemp -d)/decode-tuning.sqlite"
   step decode_tune timeout 200 "$bin/kjit" tune --op moe_grouped_gemm \
@@ -556,6 +558,21 @@ if [ "$what" = moe-decode ]; then
   grep -h -E '^\[ moe (gemm|layer)' "$out/decode_tests.log"
   echo "== decode_bench"; cat "$out/decode_bench.log"
   echo "== decode_tune"; grep -vE 'ETA|^$' "$out/decode_tune.log" | tail -40
+fi
+if [ "$what" = moe-decode-ab ]; then
+  # A decode-kernel change against template variants (scripts/gpu-bundle.sh with KJIT_VARIANTS):
+  # the decode bench on main and each variant (KJIT_AB_VARIANTS, default all), alternating; then
+  # the MoE GEMM, layer and golden tests and the decode cases' memcheck and racecheck on the
+  # templates of KJIT_AB_TEST (the candidate for main) or main's.
+  ab_variants
+  step decode_ab scripts/gpu-ab.sh "main $variants" "$bin/kjit_bench_moe_gemm" decode
+  tests_on_candidate
+  sharded_tests decode_tests '*MoeGemm*:*MoeLayer*:*MoeGolden*' 200
+  sanitize decode_memcheck memcheck 120 "$decode_cases"
+  sanitize decode_racecheck racecheck 120 "$decode_cases"
+  tally decode_tests
+  sanitizer_verdicts decode_memcheck decode_racecheck
+  echo "== decode_ab"; cat "$out/decode_ab.log"
 fi
 if [ "$what" = moe-bench ]; then
   # The grouped GEMM beside torch._grouped_mm and DeepGEMM (carried wheels, .peers/deepgemm),
