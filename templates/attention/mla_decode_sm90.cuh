@@ -86,7 +86,7 @@ __global__ void __launch_bounds__(256, 1)
   };
   // The keys under L2 evict-first, as FlashMLA loads them, so that what the call reads again (the
   // split partials that the combine reads back) stays in L2. On the H100 (2026-12-07, perf.md)
-  // 1.03-1.13x on the rows with splits at L 1k-16k and at H 128 (whose two row tiles read the same
+  // 1.02-1.13x on the rows with splits at L 1k-16k and at H 128 (whose two row tiles read the same
   // keys), 0.97-0.98x on some long rows at H 64.
   auto copy_keys = [&](int stage) {
     T* dst = sk + stage * S::kTileElems;
