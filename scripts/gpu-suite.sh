@@ -534,18 +534,21 @@ if [ "$what" = moe ]; then
   sanitizer_verdicts moe_memcheck moe_racecheck
   grep -h -E '^\[ moe (gemm|layer)' "$out/moe_tests.log"
 fi
-# Decode-kernel cases (config decode 1) under the sanitizers: NVFP4 SwiGLU, MXFP4 at K 384 with
-# skewed routing, MXFP4 masked, fp16 weights at K 320.
-decode_cases='All/MoeGemmTest.*/nvfp4_decode_kernel_swiglu:All/MoeGemmTest.*/mxfp4_decode_kernel_skewed_k_384:All/MoeGemmMaskedTest.*/mxfp4_decode_kernel_plain:All/MoeGemmTest.*/fp16_decode_kernel_skewed_k_320'
+decode_checks() {  # decode_checks: the MoE GEMM, layer and golden tests, then memcheck and
+                   # racecheck on decode-kernel cases (config decode 1: NVFP4 SwiGLU, MXFP4 at K 384
+                   # with skewed routing, MXFP4 masked, fp16 weights at K 320)
+  local cases='All/MoeGemmTest.*/nvfp4_decode_kernel_swiglu:All/MoeGemmTest.*/mxfp4_decode_kernel_skewed_k_384:All/MoeGemmMaskedTest.*/mxfp4_decode_kernel_plain:All/MoeGemmTest.*/fp16_decode_kernel_skewed_k_320'
+  sharded_tests decode_tests '*MoeGemm*:*MoeLayer*:*MoeGolden*' 200
+  sanitize decode_memcheck memcheck 120 "$cases"
+  sanitize decode_racecheck racecheck 120 "$cases"
+}
 if [ "$what" = moe-decode ]; then
   # The decode kernel (config decode 1, FP4 and 16-bit weights): its forced GEMM cases
   # (contiguous and masked) beside the GEMM, layer and golden tests, memcheck and racecheck on
   # four of its cases, the decode bench (the kernel beside the pipelines on the same calls), then
   # the tuner on the NVFP4 decode shapes (T 1 and T 64, GLM's gate/up and down) with the
   # layout-shaped workload.
-  sharded_tests decode_tests '*MoeGemm*:*MoeLayer*:*MoeGolden*' 200
-  sanitize decode_memcheck memcheck 120 "$decode_cases"
-  sanitize decode_racecheck racecheck 120 "$decode_cases"
+  decode_checks
   step decode_bench timeout 150 "$bin/kjit_bench_moe_gemm" decode
   export KJIT_TUNING_DB="$(mktemp -d)/decode-tuning.sqlite"
   step decode_tune timeout 200 "$bin/kjit" tune --op moe_grouped_gemm \
@@ -567,9 +570,7 @@ if [ "$what" = moe-decode-ab ]; then
   ab_variants
   step decode_ab scripts/gpu-ab.sh "main $variants" "$bin/kjit_bench_moe_gemm" decode
   tests_on_candidate
-  sharded_tests decode_tests '*MoeGemm*:*MoeLayer*:*MoeGolden*' 200
-  sanitize decode_memcheck memcheck 120 "$decode_cases"
-  sanitize decode_racecheck racecheck 120 "$decode_cases"
+  decode_checks
   tally decode_tests
   sanitizer_verdicts decode_memcheck decode_racecheck
   echo "== decode_ab"; cat "$out/decode_ab.log"

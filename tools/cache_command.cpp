@@ -223,11 +223,12 @@ bool unreadable_shape(const tuning::TuningKey& key) {
   }
 }
 
+// unreadable_shape, or a config that is not one of the op's.
 bool unreadable(const tuning::Best& row) {
-  if (unreadable_shape(row.key)) return true;
   const ops::KernelFamily* family = ops::find_family(row.key.op);
+  if (!family) return false;
   const std::optional<tuning::Config> config = tuning::parse_config_json(row.config);
-  return family && (!config || !family->well_formed(*config));
+  return !config || !family->well_formed(*config) || unreadable_shape(row.key);
 }
 
 void prune_stale() {
