@@ -57,37 +57,41 @@ template <int kFormat>
 struct Fp4Steps {
   static constexpr int kStepK = 128, kStepBytes = 2 * kStepK;  // of a staged token row
   struct Step {
-    uint4 codes[2];        // [h]: the lane's 16 bytes of row g + 8 h
-    unsigned scale_codes;  // NVFP4 (g, K 0-15), (g, 16-31), (g + 8, 0-15), (g + 8, 16-31) a
-                           // byte each from the low one; MXFP4 g's and g + 8's
+    uint4 codes[2];         // [h]: the lane's 16 bytes of row g + 8 h
+    unsigned scale_raw[2];  // [h]: row g + 8 h's scale bytes (NVFP4 two, MXFP4 one), kept apart
+                            // until the multiply: joining them at the load would wait for them
   };
-  const unsigned char *codes, *scales;  // the lane's, row g, step 0
-  long long codes_apart, scales_apart;  // to row g + 8
+  // The lane's next step of rows g (and g + 8, apart): a cursor that each load moves kGroups steps
+  // on, which keeps it in registers (from the block's coordinates, ptxas recomputed it at every
+  // load, 50 instructions).
+  static constexpr int kScaleStep = kFormat == kNvFp4 ? 8 : 4;  // a row's scale bytes a step
+  const unsigned char *codes, *scales;
+  long long codes_apart, scales_apart;
 
-  __device__ __forceinline__ Fp4Steps(const KjitMoeGemmParams& p, int expert, long long row, int t)
+  __device__ __forceinline__ Fp4Steps(const KjitMoeGemmParams& p, int expert, long long row, int t,
+                                      int first_step)
       : codes(static_cast<const unsigned char*>(p.w) + expert * p.w_expert_stride +
-              row * p.w_row_stride + 16 * t),
+              row * p.w_row_stride + 16 * t + first_step * kStepK / 2),
         scales(p.w_scales + expert * p.scale_expert_stride + row * p.scale_row_stride +
-               (kFormat == kNvFp4 ? 2 * t : t)),
+               (kFormat == kNvFp4 ? 2 * t : t) + first_step * kScaleStep),
         codes_apart(8 * p.w_row_stride),
         scales_apart(8 * p.scale_row_stride) {}
 
-  __device__ __forceinline__ void load(Step& s, int step) const {
-#pragma unroll
-    for (int h = 0; h < 2; ++h)
-      s.codes[h] = ptx::ld_global_stream_v4(codes + h * codes_apart + step * kStepK / 2);
+  __device__ __forceinline__ void load_next(Step& s) {
+    s.codes[0] = ptx::ld_global_stream_v4(codes);
+    s.codes[1] = ptx::ld_global_stream_v4(codes + codes_apart);
     if constexpr (kFormat == kNvFp4) {
-      const auto* at = reinterpret_cast<const unsigned short*>(scales + 8 * step);
-      s.scale_codes = __ldg(at) | static_cast<unsigned>(__ldg(at + scales_apart / 2)) << 16;
+      s.scale_raw[0] = __ldg(reinterpret_cast<const unsigned short*>(scales));
+      s.scale_raw[1] = __ldg(reinterpret_cast<const unsigned short*>(scales + scales_apart));
     } else {
-      const unsigned char* at = scales + 4 * step;
-      s.scale_codes = __ldg(at) | static_cast<unsigned>(__ldg(at + scales_apart)) << 8;
+      s.scale_raw[0] = __ldg(scales);
+      s.scale_raw[1] = __ldg(scales + scales_apart);
     }
+    codes += DecodeShape::kGroups * kStepK / 2;
+    scales += DecodeShape::kGroups * kScaleStep;
   }
 
-  static __device__ __forceinline__ int staged_chunk(int, int c) {
-    return c ^ ((c >> 3) & 1);
-  }
+  static __device__ __forceinline__ int staged_chunk(int, int c) { return c ^ ((c >> 3) & 1); }
   static __device__ __forceinline__ uint4 staged(uint4 v) {
     return make_uint4(__byte_perm(v.x, v.z, 0x5410), __byte_perm(v.x, v.z, 0x7632),
                       __byte_perm(v.y, v.w, 0x5410), __byte_perm(v.y, v.w, 0x7632));
@@ -104,8 +108,11 @@ struct Fp4Steps {
   template <class T, int kTiles>
   static __device__ __forceinline__ void multiply(const Step& s, unsigned x0, unsigned x1,
                                                   unsigned tile_bytes, float (&acc)[2][4]) {
+    // NVFP4 (g, K 0-15), (g, 16-31), (g + 8, 0-15), (g + 8, 16-31) a byte each from the low one;
+    // MXFP4 g's and g + 8's.
+    const unsigned scale_codes = s.scale_raw[0] | s.scale_raw[1] << (kFormat == kNvFp4 ? 16 : 8);
     unsigned scale[4];  // bf16x2 scale x 2^119: [2 h + K half] (MXFP4: [2 h] and [2 h + 1] alike)
-    block_scales_bits<kFormat>(s.scale_codes, scale);
+    block_scales_bits<kFormat>(scale_codes, scale);
 #pragma unroll
     for (int w = 0; w < 4; ++w) {
       unsigned a[2][4];  // [h][pair]
@@ -141,21 +148,24 @@ struct HalfSteps {
   struct Step {
     uint4 w[2][2];  // [h][c]: the lane's chunk 4c + t of row g + 8 h
   };
-  const unsigned char* row0;  // the lane's, row g, step 0
-  long long apart;            // bytes to row g + 8
+  const unsigned char* row;  // the lane's next step of row g (a cursor, as Fp4Steps's)
+  long long apart;           // bytes to row g + 8
 
-  __device__ __forceinline__ HalfSteps(const KjitMoeGemmParams& p, int expert, long long row, int t)
-      : row0(static_cast<const unsigned char*>(p.w) +
-             2 * (expert * p.w_expert_stride + row * p.w_row_stride + 8 * t)),
+  __device__ __forceinline__ HalfSteps(const KjitMoeGemmParams& p, int expert, long long n, int t,
+                                       int first_step)
+      : row(static_cast<const unsigned char*>(p.w) +
+            2 * (expert * p.w_expert_stride + n * p.w_row_stride + 8 * t) +
+            first_step * kStepBytes),
         apart(16 * p.w_row_stride) {}
 
-  __device__ __forceinline__ void load(Step& s, int step) const {
+  __device__ __forceinline__ void load_next(Step& s) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
 #pragma unroll
       for (int c = 0; c < 2; ++c)
-        s.w[h][c] = ptx::ld_global_stream_v4(row0 + h * apart + step * kStepBytes + 64 * c);
+        s.w[h][c] = ptx::ld_global_stream_v4(row + h * apart + 64 * c);
     }
+    row += DecodeShape::kGroups * kStepBytes;
   }
 
   static __device__ __forceinline__ int staged_chunk(int r, int c) {
@@ -190,29 +200,42 @@ struct HalfSteps {
 };
 
 // Tokens [token0, token0 + count) of the block (first_row: its first row of x's, x the
-// expert's rows in the masked layout) staged as Steps multiply them, zeros past count, by the
-// block's threads.
+// expert's rows in the masked layout) staged as Steps multiply them, by the block's threads, two
+// rows' loads in flight a thread. The staged rows past count are left as they are: they multiply
+// into accumulator columns (tokens) that are never stored, and staging zeros there cost a
+// decode block as many shared-memory stores as its weights have bytes.
 template <class Steps, class T>
 __device__ __forceinline__ void stage_tokens(const KjitMoeGemmParams& p, const T* x,
                                              long long first_row, int count, unsigned char* sx,
                                              int pitch) {
-  const int chunks = p.k / 8;  // 16 bytes each
-  const int total = DecodeShape::kTokens * chunks;
-#pragma unroll 4
-  for (int i = threadIdx.x; i < total; i += DecodeShape::kThreads) {
-    const int r = i / chunks, c = i % chunks;
-    uint4 v = make_uint4(0u, 0u, 0u, 0u);
-    if (r < count)
-      v = *reinterpret_cast<const uint4*>(x + (first_row + r) * p.x_row_stride + 8 * c);
-    *reinterpret_cast<uint4*>(sx + r * pitch + 16 * Steps::staged_chunk(r, c)) = Steps::staged(v);
+  constexpr int kRowsInFlight = 2;  // four spilled at 80 registers (NVFP4 SwiGLU, depth 2)
+  const int chunks = p.k / 8;       // 16 bytes each
+  for (int c = threadIdx.x; c < chunks; c += DecodeShape::kThreads) {
+    for (int r0 = 0; r0 < count; r0 += kRowsInFlight) {
+      uint4 v[kRowsInFlight];
+#pragma unroll
+      for (int i = 0; i < kRowsInFlight; ++i) {
+        if (r0 + i < count)
+          v[i] = *reinterpret_cast<const uint4*>(x + (first_row + r0 + i) * p.x_row_stride + 8 * c);
+      }
+#pragma unroll
+      for (int i = 0; i < kRowsInFlight; ++i) {
+        const int r = r0 + i;
+        if (r < count)
+          *reinterpret_cast<uint4*>(sx + r * pitch + 16 * Steps::staged_chunk(r, c)) =
+              Steps::staged(v[i]);
+      }
+    }
   }
 }
 
 // kFormat: grouped_gemm_fp4.cuh's kNvFp4 or kMxFp4, or 0 for 16-bit weights of type T. FP4 at
-// depth 2 within 85 registers: three blocks an SM, for the warps its conversion needs; else two
-// (16-bit weights have 4 KB a warp in flight at depth 2 and spill in 85 masked).
+// depth 2 over the contiguous layout within 80 registers: three blocks an SM, for the warps its
+// conversion needs; else two (16-bit weights have 4 KB a warp in flight at depth 2, and the masked
+// layout's pass state spills at 80).
 template <class T, int kFormat, int kBlockM, int kLoads, int kEpilogue, bool kMasked>
-__global__ void __launch_bounds__(DecodeShape::kThreads, kFormat != 0 && kLoads == 2 ? 3 : 2)
+__global__ void __launch_bounds__(DecodeShape::kThreads,
+                                  kFormat != 0 && kLoads == 2 && !kMasked ? 3 : 2)
     moe_grouped_gemm_decode(const __grid_constant__ KjitMoeGemmParams p) {
   using S = DecodeShape;
   using Steps = cuda::std::conditional_t<kFormat == 0, HalfSteps, Fp4Steps<kFormat>>;
@@ -220,17 +243,29 @@ __global__ void __launch_bounds__(DecodeShape::kThreads, kFormat != 0 && kLoads 
   const int w_block = blockIdx.x, m_block = blockIdx.y;
   const GemmBlock<kBlockM, kMasked> block(p, m_block, blockIdx.z);
   if (block.empty()) return;
-  const int expert = block.expert, held = held_rows<kBlockM, kMasked>(p, block, m_block);
+  const int expert = block.expert;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int group = warp / 4, w_row0 = 16 * (warp % 4) + g;  // and w_row0 + 8
 
   // This lane's weights; this set's steps group, group + kGroups, ... (none for an expert past
   // w's: zeros).
   const long long n0 = static_cast<long long>(w_block) * S::kRows + w_row0;
-  const Steps weights(p, expert, n0, t);
   const int steps = expert < p.experts ? p.k / Steps::kStepK : 0;
   const int my_steps = (steps - group + S::kGroups - 1) / S::kGroups;
   typename Steps::Step ring[kLoads];
+  const auto start_pass = [&] {  // a pass's first kLoads steps in flight
+    Steps weights(p, expert, n0, t, group);
+#pragma unroll
+    for (int i = 0; i < kLoads; ++i) {
+      if (i < my_steps) weights.load_next(ring[i]);
+    }
+    return weights;
+  };
+  // The first pass's weights go out before the block's other reads (its held rows, alpha, the
+  // tokens), whose latency they then share: the first pass always runs, as every block align
+  // gives an expert holds a pair (one that holds none only loads in vain).
+  Steps weights = start_pass();
+  const int held = held_rows<kBlockM, kMasked>(p, block, m_block);
 
   extern __shared__ __align__(16) unsigned char shared_raw[];
   const int pitch = 2 * p.k + S::kRowPad;
@@ -244,24 +279,23 @@ __global__ void __launch_bounds__(DecodeShape::kThreads, kFormat != 0 && kLoads 
   if constexpr (kFormat != 0) alpha = fp4_alpha<kFormat>(p, expert);
 
   for (int token0 = 0; token0 < held; token0 += S::kTokens) {
-#pragma unroll
-    for (int i = 0; i < kLoads; ++i) {
-      if (i < my_steps) weights.load(ring[i], group + S::kGroups * i);
-    }
+    if (token0 > 0) weights = start_pass();
     const int count = min(S::kTokens, held - token0);
     stage_tokens<Steps>(p, x_rows, first_row + token0, count, sx, pitch);
     __syncthreads();
     float acc[2][4] = {};
     const auto main_loop = [&](auto tiles) {
       constexpr int kTiles = decltype(tiles)::value;
+      unsigned xa = x0, xb = x1;  // cursors, as the weights' (kept in registers)
       for (int j0 = 0; j0 < my_steps; j0 += kLoads) {
 #pragma unroll
         for (int i = 0; i < kLoads; ++i) {
           const int j = j0 + i;
           if (j < my_steps) {
-            const unsigned x_step = Steps::kStepBytes * S::kGroups * j;
-            Steps::template multiply<T, kTiles>(ring[i], x0 + x_step, x1 + x_step, 8 * pitch, acc);
-            if (j + kLoads < my_steps) weights.load(ring[i], group + S::kGroups * (j + kLoads));
+            Steps::template multiply<T, kTiles>(ring[i], xa, xb, 8 * pitch, acc);
+            xa += Steps::kStepBytes * S::kGroups;
+            xb += Steps::kStepBytes * S::kGroups;
+            if (j + kLoads < my_steps) weights.load_next(ring[i]);
           }
         }
       }
@@ -283,21 +317,20 @@ __global__ void __launch_bounds__(DecodeShape::kThreads, kFormat != 0 && kLoads 
 #pragma unroll
       for (int e = 0; e < 8; ++e)
         acc[e / 4][e % 4] += mine[32 * e];
-      store_swapped<T, kEpilogue, kMasked>(p, acc, alpha, expert, first_row + token0,
-                                           block.rows_left - token0, n0 & ~1ll);
+      store_swapped<T, kEpilogue, kMasked>(p, acc, alpha, expert, first_row + token0, count,
+                                           n0 & ~1ll);
     }
     // No third barrier: the next pass restages the tokens after every read of them (before the
     // one above), and the second set writes its sums again only after the next pass's first,
     // which the first set reaches once it has read these.
   }
-  // The contiguous layout's rows past the passes: padding, written as zeros, which is what the
+  // The contiguous layout's rows past the held ones: padding, written as zeros, which is what the
   // other kernels' products of permute's zero padding rows of x_sorted give.
   if (!kMasked) {
-    const int from = (held + S::kTokens - 1) / S::kTokens * S::kTokens;
     const int words = (kEpilogue == kSwiGLU ? S::kRows / 2 : S::kRows) / 2;  // pairs a row
     T* y = static_cast<T*>(p.y) + static_cast<long long>(w_block) * words * 2;
-    for (int i = threadIdx.x; i < (kBlockM - from) * words; i += S::kThreads) {
-      const long long row = first_row + from + i / words;
+    for (int i = threadIdx.x; i < (kBlockM - held) * words; i += S::kThreads) {
+      const long long row = first_row + held + i / words;
       reinterpret_cast<unsigned*>(y + row * p.y_row_stride)[i % words] = 0u;
     }
   }

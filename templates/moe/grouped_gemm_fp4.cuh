@@ -161,9 +161,9 @@ __device__ __forceinline__ float fp4_alpha(const KjitMoeGemmParams& p, int exper
 
 // A swapped product (weight rows by token columns, the m16n8 accumulator layout) through the
 // epilogue, to y of T: acc[j][e] x alpha is weight row n + (lane / 4) % 2 + 8 (e / 2) by token 8 j
-// + 2 (lane % 4) + e % 2, the token's row first_row + token of y (the masked layout: written below
-// rows_left only). A lane's rows r and r + 8 meet their neighbours' (r ^ 1) through one shuffle, so
-// that a lane writes two adjacent columns (or one SwiGLU column) of one token.
+// + 2 (lane % 4) + e % 2, the token's row first_row + token of y, written below rows_left only. A
+// lane's rows r and r + 8 meet their neighbours' (r ^ 1) through one shuffle, so that a lane writes
+// two adjacent columns (or one SwiGLU column) of one token.
 template <class T, int kEpilogue, bool kMasked, int kTiles>
 __device__ __forceinline__ void store_swapped(const KjitMoeGemmParams& p,
                                               const float (&acc)[kTiles][4], float alpha,
@@ -182,7 +182,7 @@ __device__ __forceinline__ void store_swapped(const KjitMoeGemmParams& p,
       const float theirs = __shfl_xor_sync(0xffffffffu, second_row ? v0 : v1, 4);
       const float even = second_row ? theirs : v0, odd = second_row ? v1 : theirs;
       const int token = 8 * j + 2 * quad + second_row;
-      if (kMasked && token >= rows_left) continue;
+      if (token >= rows_left) continue;
       const long long row = first_row + token, column = n + 8 * h;
       if constexpr (kEpilogue == kSwiGLU) {
         y_expert[row * p.y_row_stride + column / 2] = from_float<T>(swiglu(even, odd));
