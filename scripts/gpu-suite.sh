@@ -594,8 +594,9 @@ if [ "$what" = moe-ncu ]; then
   # decode default) and the first bf16 pipeline launch at each T of KJIT_NCU_TOKENS (default
   # "1 16": T k 4 and 64) of kjit_bench_moe_gemm decode, ncu's full set at the card's own clocks;
   # the SASS lines with the most stall samples printed, the reports left in $OUT.
+  # KJIT_NCU_KERNELS (default "fp4 bf16") picks the kernels.
   for tokens in ${KJIT_NCU_TOKENS:-1 16}; do
-    for kernel in fp4 bf16; do
+    for kernel in ${KJIT_NCU_KERNELS:-fp4 bf16}; do
       regex="moe_grouped_gemm_decode<__nv_bfloat16, \\(int\\)1,"
       [ "$kernel" = bf16 ] && regex="moe_grouped_gemm<__nv_bfloat16"
       name="moe_decode_${kernel}_t$tokens"
