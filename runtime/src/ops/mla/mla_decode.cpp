@@ -104,11 +104,15 @@ bool MlaDecode::valid(const Config& c, const Problem& p, const Arch& arch) {
 
 std::vector<MlaDecode::Config> MlaDecode::space(const Problem&, const Arch& arch) {
   std::vector<Config> out;
-  for (std::int64_t mainloop : {kMainloopMma, kMainloopWgmma}) {
-    if (mainloop == kMainloopWgmma && !arch.has_wgmma()) continue;
-    for (std::int64_t s = 1; s <= kMaxSplits; s *= 2)
-      out.push_back({mainloop, s});
-  }
+  for (std::int64_t s = 1; s <= kMaxSplits; s *= 2)
+    out.push_back({kMainloopMma, s});
+  if (!arch.has_wgmma()) return out;
+  // The wgmma loop also at every count up to 16 and between the powers above: where a few blocks
+  // of a request fill the card, the count that evens out the SMs' work is seldom a power of two
+  // (FlashMLA's schedule cuts H 64 B 32 L 1k into 3 pieces and B 8 L 4k into 13).
+  for (std::int64_t s :
+       {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 20, 24, 32, 48, 64, 96, 128})
+    out.push_back({kMainloopWgmma, s});
   return out;
 }
 
