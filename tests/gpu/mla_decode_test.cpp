@@ -223,7 +223,7 @@ std::vector<MlaCase> cases() {
       {bf16, 1, 20, 64, {9000, 40}, 128},           // 71 or 94 splits: the combine's wide path
       // 13 splits (the tuner's non-power-of-two counts): 320 keys each, the shorter requests'
       // last splits empty.
-      {bf16, 8, 64, 64, {4096, 4000, 3000, 1, 64, 4096, 2000, 4095}, 13},
+      {bf16, 1, 64, 64, {4096, 4000, 3000, 1, 64, 4096, 2000, 4095}, 13},
       // One split: full row tiles leave through the staged 16-byte stores (sm_90a), a tile of 16
       // rows from the fragments.
       {bf16, 2, 64, 64, {1500, 700}, 1},
