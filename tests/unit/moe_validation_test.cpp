@@ -434,13 +434,13 @@ TEST(MoeGemmValidation, AcceptsFp4WeightsWithTheirScales) {
   const ops::MoeGemm::Config c = ops::MoeGemm::default_config(call.problem, sm90a);
   EXPECT_TRUE(ops::MoeGemm::valid(c, call.problem, sm90a));
   EXPECT_FALSE(ops::MoeGemm::valid(c, call.problem, sm80));
-  // Decode (8 blocks of rows): the decode kernel, 2 loads ahead, also in the tuner's space; the
+  // Decode (8 blocks of rows): the decode kernel, 4 steps in flight, also in the tuner's space; the
   // masked layout's decode and a prefill-sized layout take the pipeline's 64 and 128 weight
   // rows a block.
-  const ops::MoeGemm::Config decode{64, 2, 1};
+  const ops::MoeGemm::Config decode{64, 4, 1};
   EXPECT_EQ(c.decode, 1);
   EXPECT_EQ(c.block_n, 64);
-  EXPECT_EQ(c.stages, 2);
+  EXPECT_EQ(c.stages, 4);
   const std::vector<ops::MoeGemm::Config> space = ops::MoeGemm::space(call.problem, sm90a);
   EXPECT_TRUE(std::any_of(space.begin(), space.end(), [](const auto& s) { return s.decode == 1; }));
   EXPECT_TRUE(ops::MoeGemm::valid(decode, call.problem, sm90a));
@@ -466,7 +466,8 @@ TEST(MoeGemmValidation, AcceptsFp4WeightsWithTheirScales) {
   EXPECT_TRUE(ops::MoeGemm::valid(decode, bf16, sm90a));
   EXPECT_FALSE(ops::MoeGemm::valid(decode, call.problem, sm80));
   EXPECT_FALSE(ops::MoeGemm::valid({128, 2, 1}, call.problem, sm90a));
-  EXPECT_FALSE(ops::MoeGemm::valid({64, 4, 1}, call.problem, sm90a));
+  EXPECT_FALSE(ops::MoeGemm::valid({64, 7, 1}, call.problem, sm90a));
+  EXPECT_FALSE(ops::MoeGemm::valid({64, 1, 1}, call.problem, sm90a));
   ops::MoeGemm::Problem k_1984 = call.problem;
   k_1984.k = 1984;
   EXPECT_FALSE(ops::MoeGemm::valid(decode, k_1984, sm90a));
@@ -544,7 +545,7 @@ TEST(MoeGemmValidation, TunerWorkloadIsShapedLikeTheLayout) {
   const std::vector<ops::MoeGemm::Config> decode_space = ops::MoeGemm::space(decode_fp4, sm90a);
   EXPECT_EQ(std::count_if(decode_space.begin(), decode_space.end(),
                           [](const auto& c) { return c.decode == 1; }),
-            2);
+            3);
   // A decode shape of a bucket's rows (as the miss log stores it: T k 256's 4288 rows as 8192)
   // is timed on at most the pairs decode allows, not on the 4160 pairs 8192 rows could hold.
   ops::MoeGemm::Problem bucket = decode_fp4;
