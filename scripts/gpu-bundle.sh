@@ -58,20 +58,23 @@ fi
 # The commit, marked -dirty when the tree differs from it (the bundle is what was built).
 echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo -dirty)" > .gpu-bundle/commit
 # KJIT_HOST_VARIANTS="NAME=REV ...": a variant that changes host code too (a launch, a config
-# field; REV a branch off HEAD). Its templates as KJIT_VARIANTS writes them, and the binaries
-# KJIT_HOST_BINS names (default kjit_gpu_tests) built with REV's runtime/ patched into this tree,
+# field, a header of templates/ the host includes, its tests or bench; REV a branch off HEAD). Its
+# templates as KJIT_VARIANTS writes them, and the binaries KJIT_HOST_BINS names (default
+# kjit_gpu_tests) built with REV's runtime/, templates/, tests/ and bench/ patched into this tree,
 # in .gpu-bundle/variants/NAME.bin/, which scripts/gpu-ab.sh and the -ab modes' tests run for
 # NAME. The tree is then unpatched (files the patch added removed) and rebuilt, also on failure.
 #   KJIT_HOST_VARIANTS="pdl=next/mla-pdl" KJIT_HOST_BINS="kjit_gpu_tests kjit_bench_mla_decode"
+built=(runtime templates tests bench)
 for variant in ${KJIT_HOST_VARIANTS:-}; do
   name="${variant%%=*}" rev="${variant#*=}"
   out=".gpu-bundle/variants/$name.bin"
-  git diff --quiet HEAD -- runtime || { echo "runtime/ has uncommitted changes" >&2; exit 2; }
+  git diff --quiet HEAD -- "${built[@]}" ||
+    { echo "${built[*]} have uncommitted changes" >&2; exit 2; }
   rm -rf ".gpu-bundle/variants/$name" "$out" && mkdir -p ".gpu-bundle/variants/$name" "$out"
   git archive "$rev" templates | tar -x --strip-components=1 -C ".gpu-bundle/variants/$name"
-  git diff HEAD "$rev" -- runtime >"$out/host.patch"
-  git diff --name-only --diff-filter=A HEAD "$rev" -- runtime >"$out/added"
-  unpatch() { xargs -r rm -f <"$out/added"; git checkout -q HEAD -- runtime; }
+  git diff HEAD "$rev" -- "${built[@]}" >"$out/host.patch"
+  git diff --name-only --diff-filter=A HEAD "$rev" -- "${built[@]}" >"$out/added"
+  unpatch() { xargs -r rm -f <"$out/added"; git checkout -q HEAD -- "${built[@]}"; }
   trap 'unpatch; cmake --build "$build" >/dev/null' EXIT
   [ -s "$out/host.patch" ] && git apply "$out/host.patch"
   cmake --build "$build"
