@@ -1,12 +1,12 @@
 // MoE grouped GEMM for decode (a few tokens an expert), with 16-bit or FP4 expert weights: the
 // parameters, layouts, formats and epilogues of grouped_gemm.cuh and grouped_gemm_fp4.cuh, the
-// weights streamed through registers instead of a tensor-copy pipeline. There, with one or two
-// tokens an expert, an FP4 consumer warp spends ~200 instructions on 1024 weights between
-// barrier handshakes and the weights crawl at a fifth of the copy speed, and 16-bit weights fill
-// only N / 128 x experts blocks; here each warp walks its own 16 weight rows, each thread copying
-// its 16-byte chunks kLoads steps ahead into its own ring in shared memory (cp.async: the bytes in
-// flight take no registers, so that a warp keeps several steps in flight at three blocks an SM),
-// no barrier in the main loop, and multiplies with mma.sync m16n8k16 (the
+// weights streamed by each thread through its own ring instead of a block's tensor-copy pipeline.
+// There, with one or two tokens an expert, an FP4 consumer warp spends ~200 instructions on 1024
+// weights between barrier handshakes and the weights crawl at a fifth of the copy speed, and 16-bit
+// weights fill only N / 128 x experts blocks; here each warp walks its own 16 weight rows, each
+// thread copying its 16-byte chunks kLoads steps ahead into its own ring in shared memory
+// (cp.async: the bytes in flight take no registers, so that a warp keeps several steps in flight at
+// three blocks an SM), no barrier in the main loop, and multiplies with mma.sync m16n8k16 (the
 // weights as A, the tokens as B: the product transposed, as in the FP4 pipeline). mma.sync is
 // sm_80's, but FP4's bf16x2 multiply (sm_90) and E4M3 scale conversion (sm_89) are not: sm_90a
 // only, as the pipelines (the 16-bit path alone would run on sm_80; not offered yet).
@@ -260,7 +260,7 @@ __device__ __forceinline__ void stage_tokens(const KjitMoeGemmParams& p, const T
 // the ring's slots (the steps in flight a thread). FP4 over the contiguous layout up to 4 slots
 // within 80 registers: three blocks an SM (at K 2048, 66 KB of shared memory each), for the warps
 // its conversion needs; else two (6 slots' scale registers or the masked layout's pass state
-// spill at 80; 6 slots take 85 KB at K 2048).
+// spill at 80; 6 slots take 84 KB at K 2048).
 template <class T, int kFormat, int kBlockM, int kLoads, int kEpilogue, bool kMasked>
 __global__ void __launch_bounds__(DecodeShape::kThreads,
                                   kFormat != 0 && kLoads <= 4 && !kMasked ? 3 : 2)

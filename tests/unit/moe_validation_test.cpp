@@ -532,7 +532,7 @@ TEST(MoeGemmValidation, TunerWorkloadIsShapedLikeTheLayout) {
   EXPECT_EQ(spread.value(113), 113.f);
   EXPECT_EQ(spread.value(114), static_cast<float>(prefill_rows));
   // The decode kernel is tried for decode-sized layouts only (in prefill it would pass over the
-  // weights once every 16 tokens).
+  // weights once every 8 tokens).
   ops::MoeGemm::Problem prefill_fp4 = prefill;
   prefill_fp4.weights = ops::MoeGemm::kNvFp4;
   ops::MoeGemm::classify(prefill_fp4);

@@ -209,7 +209,7 @@ std::vector<MoeGemm::Config> MoeGemm::space(const Problem& p, const Arch& arch) 
     }
   }
   // The decode kernel where decode is what it is for (in prefill it would pass over the weights
-  // once every 16 tokens).
+  // once every 8 tokens).
   for (std::int64_t loads : {2, 4, 6}) {
     if (p.decode && valid({64, loads, 1}, p, arch)) out.push_back({64, loads, 1});
   }
