@@ -1,8 +1,10 @@
 // The MoE layer at GLM-4.7-Flash's dimensions (hidden 2048, 64 experts, top 4 with its sigmoid
-// router, intermediate 1536, bf16; the shared expert's output given, as the layer takes it) for
-// T = 1, 16, 256, 4096 and 16384 tokens: us per call as a CUDA graph's replay of 20 calls (median
-// of 15), and the routed FLOPs' rate (2 T k 3 H I, padding not counted). bench/moe_layer_torch.py
-// times the torch composition on the same shapes.
+// router, intermediate 1536; the shared expert's output given, as the layer takes it) for
+// T = 1, 16, 256, 4096 and 16384 tokens, with bf16 experts and with the same experts in NVFP4:
+// us per call as a CUDA graph's replay of 20 calls (median of 15), and the routed FLOPs' rate
+// (2 T k 3 H I, padding not counted). bench/moe_layer_torch.py times the torch composition (bf16:
+// torch has no FP4 grouped GEMM on Hopper) on the same shapes.
+#include <cstdint>
 #include <cstdio>
 #include <vector>
 
@@ -29,15 +31,38 @@ int main() try {
     return 0;
   }
   kjit::Stream stream;
-  std::printf("%s, kjit %s, MoE layer GLM-4.7-Flash (H %d, E %d, top %d, I %d) bf16\n",
+  std::printf("%s, kjit %s, MoE layer GLM-4.7-Flash (H %d, E %d, top %d, I %d)\n",
               kjit::device_info(kjit::current_device()).name.c_str(), kjit::version().c_str(),
               kHidden, kExperts, kTopK, kInter);
-  std::printf("%6s %10s %9s\n", "T", "graph us", "TFLOP/s");
-  const DeviceBuffer gate_up =
-                         kjit::bench::random_bf16(std::size_t{kExperts} * 2 * kInter * kHidden),
+  std::printf("%6s %10s %9s %12s %9s\n", "T", "bf16 us", "TFLOP/s", "NVFP4 us", "TFLOP/s");
+  const std::int64_t e = kExperts, n_up = 2 * kInter;
+  const DeviceBuffer gate_up = kjit::bench::random_bf16(std::size_t{kExperts} * n_up * kHidden),
                      down = kjit::bench::random_bf16(std::size_t{kExperts} * kHidden * kInter);
   DeviceBuffer bias(kExperts * 4);
   bias.fill_bytes(0);
+  const kjit::moe::LayerWeights weights{
+      TensorView(gate_up.data(), DType::BFloat16, {e, n_up, kHidden}),
+      TensorView(down.data(), DType::BFloat16, {e, kHidden, kInter}),
+      TensorView(bias.data(), DType::Float32, {e})};
+  // The same experts in NVFP4, one tensor scale a projection.
+  DeviceBuffer up_codes(gate_up.size() / 4), up_scales(gate_up.size() / 2 / 16),
+      down_codes(down.size() / 4), down_scales(down.size() / 2 / 16), tensor_scales(8);
+  float* ts = static_cast<float*>(tensor_scales.data());
+  const auto nvfp4 = [&](const DeviceBuffer& w, std::int64_t n, std::int64_t k, void* codes,
+                         void* scales, float* scale) {
+    kjit::moe::quantize_fp4(TensorView(w.data(), DType::BFloat16, {e * n, k}),
+                            kjit::moe::Fp4Format::kNvFp4,
+                            TensorView(codes, DType::UInt8, {e * n, k / 2}),
+                            TensorView(scales, DType::UInt8, {e * n, k / 16}),
+                            TensorView(scale, DType::Float32, {1}), stream.handle());
+    return kjit::moe::Fp4Weights{
+        kjit::moe::Fp4Format::kNvFp4, TensorView(codes, DType::UInt8, {e, n, k / 2}),
+        TensorView(scales, DType::UInt8, {e, n, k / 16}), TensorView(scale, DType::Float32, {1})};
+  };
+  const kjit::moe::Fp4LayerWeights weights4{
+      nvfp4(gate_up, n_up, kHidden, up_codes.data(), up_scales.data(), ts),
+      nvfp4(down, kHidden, kInter, down_codes.data(), down_scales.data(), ts + 1),
+      weights.router_bias};
   kjit::moe::LayerOptions options;
   options.router = {true, kTopK, 1, 1, true, 1.8f};
   for (long long t : {1, 16, 256, 4096, 16384}) {
@@ -48,21 +73,22 @@ int main() try {
       logits[i] = static_cast<float>((i * 2654435761u) % 1000) / 500.f - 1.f;
     DeviceBuffer dlogits(logits.size() * 4), out(t * kHidden * 2);
     dlogits.upload(logits.data(), dlogits.size());
-    const kjit::moe::LayerWeights weights{
-        TensorView(gate_up.data(), DType::BFloat16, {kExperts, 2 * kInter, kHidden}),
-        TensorView(down.data(), DType::BFloat16, {kExperts, kHidden, kInter}),
-        TensorView(bias.data(), DType::Float32, {kExperts})};
-    const double ms = kjit::bench::graph_per_call_ms(
-        kCalls,
-        [&](int) {
-          kjit::moe::layer(TensorView(x.data(), DType::BFloat16, {t, kHidden}),
-                           TensorView(dlogits.data(), DType::Float32, {t, kExperts}), weights,
-                           TensorView(shared.data(), DType::BFloat16, {t, kHidden}), options,
-                           TensorView(out.data(), DType::BFloat16, {t, kHidden}), stream.handle());
-        },
-        stream.handle());
-    std::printf("%6lld %10.1f %9.1f\n", t, ms * 1e3,
-                2.0 * t * kTopK * 3.0 * kHidden * kInter / ms / 1e9);
+    const auto per_call_ms = [&](const auto& w) {
+      return kjit::bench::graph_per_call_ms(
+          kCalls,
+          [&](int) {
+            kjit::moe::layer(TensorView(x.data(), DType::BFloat16, {t, kHidden}),
+                             TensorView(dlogits.data(), DType::Float32, {t, kExperts}), w,
+                             TensorView(shared.data(), DType::BFloat16, {t, kHidden}), options,
+                             TensorView(out.data(), DType::BFloat16, {t, kHidden}),
+                             stream.handle());
+          },
+          stream.handle());
+    };
+    const double flop = 2.0 * t * kTopK * 3.0 * kHidden * kInter;
+    const double ms = per_call_ms(weights), ms4 = per_call_ms(weights4);
+    std::printf("%6lld %10.1f %9.1f %12.1f %9.1f\n", t, ms * 1e3, flop / ms / 1e9, ms4 * 1e3,
+                flop / ms4 / 1e9);
   }
   return 0;
 } catch (const std::exception& e) {
