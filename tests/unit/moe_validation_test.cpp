@@ -434,13 +434,13 @@ TEST(MoeGemmValidation, AcceptsFp4WeightsWithTheirScales) {
   const ops::MoeGemm::Config c = ops::MoeGemm::default_config(call.problem, sm90a);
   EXPECT_TRUE(ops::MoeGemm::valid(c, call.problem, sm90a));
   EXPECT_FALSE(ops::MoeGemm::valid(c, call.problem, sm80));
-  // Decode (8 blocks of rows): the decode kernel, 4 steps in flight, also in the tuner's space; the
-  // masked layout's decode and a prefill-sized layout take the pipeline's 64 and 128 weight
-  // rows a block.
+  // Decode (8 blocks of rows): the decode kernel, 2 steps in flight, also in the tuner's space (4
+  // and 6 too); the masked layout's decode and a prefill-sized layout take the pipeline's 64 and
+  // 128 weight rows a block.
   const ops::MoeGemm::Config decode{64, 4, 1};
   EXPECT_EQ(c.decode, 1);
   EXPECT_EQ(c.block_n, 64);
-  EXPECT_EQ(c.stages, 4);
+  EXPECT_EQ(c.stages, 2);
   const std::vector<ops::MoeGemm::Config> space = ops::MoeGemm::space(call.problem, sm90a);
   EXPECT_TRUE(std::any_of(space.begin(), space.end(), [](const auto& s) { return s.decode == 1; }));
   EXPECT_TRUE(ops::MoeGemm::valid(decode, call.problem, sm90a));
@@ -458,6 +458,12 @@ TEST(MoeGemmValidation, AcceptsFp4WeightsWithTheirScales) {
   // FP4 stages hold a quarter of the weight bytes.
   ops::MoeGemm::Problem bf16 = call.problem;
   bf16.weights = ops::MoeGemm::kSameAsX;
+  // 16-bit weights in decode take the decode kernel too; over the masked layout, the pipeline.
+  EXPECT_EQ(ops::MoeGemm::default_config(bf16, sm90a).decode, 1);
+  EXPECT_EQ(ops::MoeGemm::default_config(bf16, sm90a).stages, 2);
+  ops::MoeGemm::Problem bf16_masked = masked;
+  bf16_masked.weights = ops::MoeGemm::kSameAsX;
+  EXPECT_EQ(ops::MoeGemm::default_config(bf16_masked, sm90a).decode, 0);
   const ops::MoeGemm::Config pipeline{64, 4};
   EXPECT_LT(ops::MoeGemm::shared_bytes(pipeline, call.problem),
             ops::MoeGemm::shared_bytes(pipeline, bf16));

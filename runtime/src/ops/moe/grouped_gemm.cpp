@@ -250,13 +250,14 @@ MoeGemm::Config MoeGemm::default_config(const Problem& p, const Arch& arch) {
     const Config wide{256, outputs > 0x1p27 ? 3 : 4};
     if (valid(wide, p, arch)) return wide;
   }
-  // FP4 weights in decode (p.decode, the contiguous layout) take the decode kernel, 4 steps in
-  // flight a thread. On the H100 (2026-12-06, bundles e09205f and eed8fc6, `kjit_bench_moe_gemm
-  // decode`, GLM's gate/up and down at T k 4, 16, 64) its first form ran NVFP4 1.07-1.20x and
-  // MXFP4 0.98-1.10x the pipeline's 64 weight rows a block. The masked layout's speed was not
-  // measured, and 16-bit weights ran it 0.81-0.88x the pipeline: both stay on the pipeline.
-  if (p.weights != kSameAsX && !p.masked && p.decode) {
-    const Config decode{64, 4, 1};
+  // Decode over the contiguous layout takes the decode kernel, 2 steps in flight a thread in its
+  // ring. On the H100 (2026-12-07, bundle 00f19b5, `kjit_bench_moe_gemm decode`, GLM's gate/up
+  // and down at T k 4 to 256) 2 steps were the fastest of 2, 4 and 6 for NVFP4 and MXFP4
+  // (1.01-1.09x over 4; 6 leaves two blocks an SM), and with 16-bit weights 1.02-1.06x the
+  // pipeline's default (gate/up at T k 64: 273.7 against 284.1 us, 97 % of the copy rate). The
+  // masked layout's speed was not measured: it stays on the pipeline.
+  if (!p.masked && p.decode) {
+    const Config decode{64, 2, 1};
     if (valid(decode, p, arch)) return decode;
   }
   // Else 128 columns where N allows, and as many stages (up to 6) as shared memory holds; 64
