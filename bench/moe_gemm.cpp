@@ -12,7 +12,7 @@
 //    at least 15 calls before and come from HBM, as a model's do layer after layer, not from L2;
 //    GB/s over the bytes of the experts a call reads (FP4: codes and scales), and that as a share
 //    of the device copy's bandwidth. Each row's op choice first, then on the same calls the other
-//    decode configs that run: FP4's decode kernel (depths 2 and 3) and 64 weight rows a block.
+//    decode configs that run: FP4's decode kernel (depths 2, 4 and 6) and 64 weight rows a block.
 #include <algorithm>
 #include <cstdio>
 #include <string>
@@ -299,7 +299,7 @@ int main(int argc, char** argv) try {
         // The other decode configs on the same calls: FP4's decode kernel (its depths), and the
         // pipeline's 64 weight rows (bf16: twice the blocks of its default 128).
         for (const kjit::ops::MoeGemm::Config other :
-             {kjit::ops::MoeGemm::Config{64, 2, 1}, {64, 3, 1}, {64, 6, 0}}) {
+             {kjit::ops::MoeGemm::Config{64, 2, 1}, {64, 4, 1}, {64, 6, 1}, {64, 6, 0}}) {
           if (same(other, chosen) ||
               !w.valid(other, layouts[0].x_view(p.k), layouts[0].blocks_view(), kDecodeBlock, vy)) {
             continue;

@@ -15,6 +15,14 @@ __device__ __forceinline__ void cp_async_16(void* shared_dst, const void* global
                "l"(global_src), "r"(src_bytes));
 }
 
+// Copies 16 bytes that the block reads once (a decode GEMM's weights) to `shared_dst` (a
+// shared_address()), the rest of their 256-byte L2 line fetched with them (the next k-steps of the
+// same weight row).
+__device__ __forceinline__ void cp_async_16_stream(unsigned shared_dst, const void* global_src) {
+  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;\n" ::"r"(shared_dst),
+               "l"(global_src));
+}
+
 // Copies the first `src_bytes` (0 to 4) of a 4-byte-aligned word and zero-fills the rest.
 __device__ __forceinline__ void cp_async_4(void* shared_dst, const void* global_src,
                                            int src_bytes) {

@@ -1,22 +1,25 @@
 // MoE grouped GEMM for decode (a few tokens an expert), with 16-bit or FP4 expert weights: the
 // parameters, layouts, formats and epilogues of grouped_gemm.cuh and grouped_gemm_fp4.cuh, the
-// weights streamed through registers instead of a tensor-copy pipeline. There, with one or two
-// tokens an expert, an FP4 consumer warp spends ~200 instructions on 1024 weights between
-// barrier handshakes and the weights crawl at a fifth of the copy speed, and 16-bit weights fill
-// only N / 128 x experts blocks; here each warp walks its own 16 weight rows with 16-byte loads
-// kLoads steps ahead, no barrier in the main loop, and multiplies with mma.sync m16n8k16 (the
+// weights streamed by each thread through its own ring instead of a block's tensor-copy pipeline.
+// There, with one or two tokens an expert, an FP4 consumer warp spends ~200 instructions on 1024
+// weights between barrier handshakes and the weights crawl at a fifth of the copy speed, and 16-bit
+// weights fill only N / 128 x experts blocks; here each warp walks its own 16 weight rows, each
+// thread copying its 16-byte chunks kLoads steps ahead into its own ring in shared memory
+// (cp.async: the bytes in flight take no registers, so that a warp keeps several steps in flight at
+// three blocks an SM), no barrier in the main loop, and multiplies with mma.sync m16n8k16 (the
 // weights as A, the tokens as B: the product transposed, as in the FP4 pipeline). mma.sync is
 // sm_80's, but FP4's bf16x2 multiply (sm_90) and E4M3 scale conversion (sm_89) are not: sm_90a
 // only, as the pipelines (the 16-bit path alone would run on sm_80; not offered yet).
 // A block: 64 weight rows (4 warps of 16) of one block of align's rows (or of the masked
 // layout's), K's steps alternating between two sets of 4 warps, whose sums meet in shared
-// memory; the block's tokens 16 at a time, a pass over the weights each (decode: one pass).
+// memory; the block's tokens 8 at a time (one m16n8 tile), a pass over the weights each (decode:
+// one pass; a second re-reads the block's weights, from L2).
 // The K order inside a step is the lane's own, and the tokens are staged in shared memory in the
 // same order (rows 2K + 32 bytes apart, 16-byte chunks swizzled so that a quarter warp's 16-byte
 // loads fall in 8 distinct bank groups); each weight format says how (Fp4Steps, HalfSteps).
 #pragma once
 
-#include "common/global_load.cuh"
+#include "common/cp_async.cuh"
 #include "common/mma.cuh"
 #include "moe/grouped_gemm_fp4.cuh"
 
@@ -26,13 +29,22 @@ struct DecodeShape {
   static constexpr int kRows = 64;   // weight rows a block: 4 warps of 16
   static constexpr int kGroups = 2;  // sets of 4 warps that split K's steps
   static constexpr int kThreads = 128 * kGroups;
-  static constexpr int kTokens = KJIT_MOE_DECODE_TOKENS;   // a pass: two m16n8 tiles
+  static constexpr int kTokens = KJIT_MOE_DECODE_TOKENS;   // a pass: one m16n8 tile
   static constexpr int kRowPad = KJIT_MOE_DECODE_ROW_PAD;  // bytes past a staged row's 2K
-  // The staged tokens [kTokens][2K + kRowPad], then the second set's sums [4][8][32] fp32.
+  // The staged tokens [kTokens][2K + kRowPad], the second set's sums [4][4][32] fp32, then the
+  // threads' rings: a warp's kLoads slots, each [chunk][lane] 16 bytes (a warp's copies and reads
+  // of one chunk are 512 contiguous bytes, free of bank conflicts).
   static constexpr int kSumBytes = KJIT_MOE_DECODE_SUM_BYTES;
-  static_assert(kSumBytes == 4 * 8 * 32 * 4, "4 warps of the second set, 8 sums a lane");
+  static_assert(kTokens == 8, "a pass is one m16n8 tile of tokens");
+  static_assert(kSumBytes == 4 * 4 * 32 * 4, "4 warps of the second set, 4 sums a lane");
   static_assert(kRowPad == 32, "the swizzles below assume rows 2 chunks apart in the banks");
 };
+
+__device__ __forceinline__ uint4 ld_shared_uint4(unsigned address) {
+  unsigned r[4];
+  ptx::ld_shared_v4(r, address);
+  return make_uint4(r[0], r[1], r[2], r[3]);
+}
 
 // A word's eight E2M1 codes (K 0..7 from the low nibble) as four bf16x2 of e2m1 x 2^-126 (the bits
 // of e2m1x2_scaled_bits): codes (0, 4), (1, 5), (2, 6), (3, 7). The two codes of a pair are 16
@@ -56,14 +68,20 @@ __device__ __forceinline__ void e2m1x8_scaled_bits(unsigned word, unsigned (&pai
 template <int kFormat>
 struct Fp4Steps {
   static constexpr int kStepK = 128, kStepBytes = 2 * kStepK;  // of a staged token row
-  struct Step {
-    uint4 codes[2];         // [h]: the lane's 16 bytes of row g + 8 h
-    unsigned scale_raw[2];  // [h]: row g + 8 h's scale bytes (NVFP4 two, MXFP4 one), kept apart
-                            // until the multiply: joining them at the load would wait for them
+  static constexpr int kChunks = 2;  // a lane's ring slot: its 16 bytes of rows g and g + 8
+  static_assert(16 * kChunks == KJIT_MOE_DECODE_FP4_SLOT_BYTES, "the host sizes the rings");
+  // [h]: row g + 8 h's scale bytes (NVFP4 two, MXFP4 one), loaded to registers with the step's
+  // copies and kept apart until the multiply: joining them at the load would wait for them.
+  struct Scales {
+    unsigned raw[2];
   };
-  // The lane's next step of rows g (and g + 8, apart): a cursor that each load moves kGroups steps
-  // on, which keeps it in registers (from the block's coordinates, ptxas recomputed it at every
-  // load, 50 instructions).
+  struct Step {
+    uint4 codes[2];  // [h]: the lane's 16 bytes of row g + 8 h
+    Scales scales;
+  };
+  // The lane's next step of rows g (and g + 8, apart): a cursor that each step issued moves
+  // kGroups steps on, which keeps it in registers (from the block's coordinates, ptxas recomputed
+  // it at every load, 50 instructions).
   static constexpr int kScaleStep = kFormat == kNvFp4 ? 8 : 4;  // a row's scale bytes a step
   const unsigned char *codes, *scales;
   long long codes_apart, scales_apart;
@@ -77,18 +95,23 @@ struct Fp4Steps {
         codes_apart(8 * p.w_row_stride),
         scales_apart(8 * p.scale_row_stride) {}
 
-  __device__ __forceinline__ void load_next(Step& s) {
-    s.codes[0] = ptx::ld_global_stream_v4(codes);
-    s.codes[1] = ptx::ld_global_stream_v4(codes + codes_apart);
+  // The next step: its codes copied to the ring slot at `slot` (chunk h at slot + 512 h), its
+  // scale bytes loaded to `s`.
+  __device__ __forceinline__ void issue(unsigned slot, Scales& s) {
+    ptx::cp_async_16_stream(slot, codes);
+    ptx::cp_async_16_stream(slot + 512, codes + codes_apart);
     if constexpr (kFormat == kNvFp4) {
-      s.scale_raw[0] = __ldg(reinterpret_cast<const unsigned short*>(scales));
-      s.scale_raw[1] = __ldg(reinterpret_cast<const unsigned short*>(scales + scales_apart));
+      s.raw[0] = __ldg(reinterpret_cast<const unsigned short*>(scales));
+      s.raw[1] = __ldg(reinterpret_cast<const unsigned short*>(scales + scales_apart));
     } else {
-      s.scale_raw[0] = __ldg(scales);
-      s.scale_raw[1] = __ldg(scales + scales_apart);
+      s.raw[0] = __ldg(scales);
+      s.raw[1] = __ldg(scales + scales_apart);
     }
     codes += DecodeShape::kGroups * kStepK / 2;
     scales += DecodeShape::kGroups * kScaleStep;
+  }
+  static __device__ __forceinline__ Step fetch(unsigned slot, const Scales& s) {
+    return {{ld_shared_uint4(slot), ld_shared_uint4(slot + 512)}, s};
   }
 
   static __device__ __forceinline__ int staged_chunk(int, int c) { return c ^ ((c >> 3) & 1); }
@@ -104,13 +127,13 @@ struct Fp4Steps {
     x1 = row + 64 * t - 16 * (t >> 1);
   }
 
-  // The step's rows g and g + 8 times kTiles x 8 staged tokens (tiles tile_bytes apart).
-  template <class T, int kTiles>
+  // The step's rows g and g + 8 times the 8 staged tokens.
+  template <class T>
   static __device__ __forceinline__ void multiply(const Step& s, unsigned x0, unsigned x1,
-                                                  unsigned tile_bytes, float (&acc)[2][4]) {
+                                                  float (&acc)[4]) {
     // NVFP4 (g, K 0-15), (g, 16-31), (g + 8, 0-15), (g + 8, 16-31) a byte each from the low one;
     // MXFP4 g's and g + 8's.
-    const unsigned scale_codes = s.scale_raw[0] | s.scale_raw[1] << (kFormat == kNvFp4 ? 16 : 8);
+    const unsigned scale_codes = s.scales.raw[0] | s.scales.raw[1] << (kFormat == kNvFp4 ? 16 : 8);
     unsigned scale[4];  // bf16x2 scale x 2^119: [2 h + K half] (MXFP4: [2 h] and [2 h + 1] alike)
     block_scales_bits<kFormat>(scale_codes, scale);
 #pragma unroll
@@ -126,13 +149,10 @@ struct Fp4Steps {
       }
       const unsigned first[4] = {a[0][0], a[1][0], a[0][1], a[1][1]};
       const unsigned second[4] = {a[0][2], a[1][2], a[0][3], a[1][3]};
-#pragma unroll
-      for (int j = 0; j < kTiles; ++j) {
-        unsigned b[4];
-        ptx::ld_shared_v4(b, (w % 2 == 0 ? x0 : x1) + 16 * w + j * tile_bytes);
-        ptx::mma_m16n8k16<T>(acc[j], first, {b[0], b[1]});
-        ptx::mma_m16n8k16<T>(acc[j], second, {b[2], b[3]});
-      }
+      unsigned b[4];
+      ptx::ld_shared_v4(b, (w % 2 == 0 ? x0 : x1) + 16 * w);
+      ptx::mma_m16n8k16<T>(acc, first, {b[0], b[1]});
+      ptx::mma_m16n8k16<T>(acc, second, {b[2], b[3]});
     }
   }
 };
@@ -145,6 +165,9 @@ struct Fp4Steps {
 // of rows g and g + 1 fall in 8 distinct bank groups.
 struct HalfSteps {
   static constexpr int kStepK = 64, kStepBytes = 2 * kStepK;  // of a weight row and a token row
+  static constexpr int kChunks = 4;  // a lane's ring slot: Step's chunks in its order
+  static_assert(16 * kChunks == KJIT_MOE_DECODE_16BIT_SLOT_BYTES, "the host sizes the rings");
+  struct Scales {};
   struct Step {
     uint4 w[2][2];  // [h][c]: the lane's chunk 4c + t of row g + 8 h
   };
@@ -158,14 +181,21 @@ struct HalfSteps {
             first_step * kStepBytes),
         apart(16 * p.w_row_stride) {}
 
-  __device__ __forceinline__ void load_next(Step& s) {
+  __device__ __forceinline__ void issue(unsigned slot, Scales&) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
 #pragma unroll
       for (int c = 0; c < 2; ++c)
-        s.w[h][c] = ptx::ld_global_stream_v4(row + h * apart + 64 * c);
+        ptx::cp_async_16_stream(slot + 512 * (2 * h + c), row + h * apart + 64 * c);
     }
     row += DecodeShape::kGroups * kStepBytes;
+  }
+  static __device__ __forceinline__ Step fetch(unsigned slot, const Scales&) {
+    Step s;
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      s.w[i / 2][i % 2] = ld_shared_uint4(slot + 512 * i);
+    return s;
   }
 
   static __device__ __forceinline__ int staged_chunk(int r, int c) {
@@ -181,20 +211,17 @@ struct HalfSteps {
     x1 = row + 16 * ((t + 4 + 2 * (g & 1)) & 7);
   }
 
-  template <class T, int kTiles>
+  template <class T>
   static __device__ __forceinline__ void multiply(const Step& s, unsigned x0, unsigned x1,
-                                                  unsigned tile_bytes, float (&acc)[2][4]) {
+                                                  float (&acc)[4]) {
 #pragma unroll
     for (int c = 0; c < 2; ++c) {
       const uint4 &g0 = s.w[0][c], &g8 = s.w[1][c];
       const unsigned first[4] = {g0.x, g8.x, g0.y, g8.y}, second[4] = {g0.z, g8.z, g0.w, g8.w};
-#pragma unroll
-      for (int j = 0; j < kTiles; ++j) {
-        unsigned b[4];
-        ptx::ld_shared_v4(b, (c == 0 ? x0 : x1) + j * tile_bytes);
-        ptx::mma_m16n8k16<T>(acc[j], first, {b[0], b[1]});
-        ptx::mma_m16n8k16<T>(acc[j], second, {b[2], b[3]});
-      }
+      unsigned b[4];
+      ptx::ld_shared_v4(b, c == 0 ? x0 : x1);
+      ptx::mma_m16n8k16<T>(acc, first, {b[0], b[1]});
+      ptx::mma_m16n8k16<T>(acc, second, {b[2], b[3]});
     }
   }
 };
@@ -229,13 +256,14 @@ __device__ __forceinline__ void stage_tokens(const KjitMoeGemmParams& p, const T
   }
 }
 
-// kFormat: grouped_gemm_fp4.cuh's kNvFp4 or kMxFp4, or 0 for 16-bit weights of type T. FP4 at
-// depth 2 over the contiguous layout within 80 registers: three blocks an SM, for the warps its
-// conversion needs; else two (16-bit weights have 4 KB a warp in flight at depth 2, and the masked
-// layout's pass state spills at 80).
+// kFormat: grouped_gemm_fp4.cuh's kNvFp4 or kMxFp4, or 0 for 16-bit weights of type T; kLoads
+// the ring's slots (the steps in flight a thread). FP4 over the contiguous layout up to 4 slots
+// within 80 registers: three blocks an SM (at K 2048, 66 KB of shared memory each), for the warps
+// its conversion needs; else two (6 slots' scale registers or the masked layout's pass state
+// spill at 80; 6 slots take 84 KB at K 2048).
 template <class T, int kFormat, int kBlockM, int kLoads, int kEpilogue, bool kMasked>
 __global__ void __launch_bounds__(DecodeShape::kThreads,
-                                  kFormat != 0 && kLoads == 2 && !kMasked ? 3 : 2)
+                                  kFormat != 0 && kLoads <= 4 && !kMasked ? 3 : 2)
     moe_grouped_gemm_decode(const __grid_constant__ KjitMoeGemmParams p) {
   using S = DecodeShape;
   using Steps = cuda::std::conditional_t<kFormat == 0, HalfSteps, Fp4Steps<kFormat>>;
@@ -252,12 +280,20 @@ __global__ void __launch_bounds__(DecodeShape::kThreads,
   const long long n0 = static_cast<long long>(w_block) * S::kRows + w_row0;
   const int steps = expert < p.experts ? p.k / Steps::kStepK : 0;
   const int my_steps = (steps - group + S::kGroups - 1) / S::kGroups;
-  typename Steps::Step ring[kLoads];
+  extern __shared__ __align__(16) unsigned char shared_raw[];
+  const int pitch = 2 * p.k + S::kRowPad;
+  // Ring slot i of this thread at ring + i * kSlotBytes: one commit group a step, so that waiting
+  // for all but the newest kLoads - 1 groups waits for the oldest step alone.
+  constexpr unsigned kSlotBytes = Steps::kChunks * 32 * 16;
+  const unsigned ring = ptx::shared_address(shared_raw + S::kTokens * pitch + S::kSumBytes) +
+                        warp * kLoads * kSlotBytes + 16 * lane;
+  typename Steps::Scales scales[kLoads];
   const auto start_pass = [&] {  // a pass's first kLoads steps in flight
     Steps weights(p, expert, n0, t, group);
 #pragma unroll
     for (int i = 0; i < kLoads; ++i) {
-      if (i < my_steps) weights.load_next(ring[i]);
+      if (i < my_steps) weights.issue(ring + i * kSlotBytes, scales[i]);
+      ptx::cp_async_commit();
     }
     return weights;
   };
@@ -267,8 +303,6 @@ __global__ void __launch_bounds__(DecodeShape::kThreads,
   Steps weights = start_pass();
   const int held = held_rows<kBlockM, kMasked>(p, block, m_block);
 
-  extern __shared__ __align__(16) unsigned char shared_raw[];
-  const int pitch = 2 * p.k + S::kRowPad;
   unsigned char* sx = shared_raw;
   float* sums = reinterpret_cast<float*>(shared_raw + S::kTokens * pitch);
   unsigned x0, x1;  // the lane's token chunks at this set's first step (Steps::lane_chunks)
@@ -283,40 +317,36 @@ __global__ void __launch_bounds__(DecodeShape::kThreads,
     const int count = min(S::kTokens, held - token0);
     stage_tokens<Steps>(p, x_rows, first_row + token0, count, sx, pitch);
     __syncthreads();
-    float acc[2][4] = {};
-    const auto main_loop = [&](auto tiles) {
-      constexpr int kTiles = decltype(tiles)::value;
-      unsigned xa = x0, xb = x1;  // cursors, as the weights' (kept in registers)
-      for (int j0 = 0; j0 < my_steps; j0 += kLoads) {
+    float acc[1][4] = {};
+    unsigned xa = x0, xb = x1;  // cursors, as the weights' (kept in registers)
+    for (int j0 = 0; j0 < my_steps; j0 += kLoads) {
 #pragma unroll
-        for (int i = 0; i < kLoads; ++i) {
-          const int j = j0 + i;
-          if (j < my_steps) {
-            Steps::template multiply<T, kTiles>(ring[i], xa, xb, 8 * pitch, acc);
-            xa += Steps::kStepBytes * S::kGroups;
-            xb += Steps::kStepBytes * S::kGroups;
-            if (j + kLoads < my_steps) weights.load_next(ring[i]);
-          }
+      for (int i = 0; i < kLoads; ++i) {
+        const int j = j0 + i;
+        if (j < my_steps) {
+          ptx::cp_async_wait<kLoads - 1>();  // step j's copies, the thread's own: no barrier
+          Steps::template multiply<T>(Steps::fetch(ring + i * kSlotBytes, scales[i]), xa, xb,
+                                      acc[0]);
+          xa += Steps::kStepBytes * S::kGroups;
+          xb += Steps::kStepBytes * S::kGroups;
+          // Into slot i once the multiply has read it.
+          if (j + kLoads < my_steps) weights.issue(ring + i * kSlotBytes, scales[i]);
+          ptx::cp_async_commit();
         }
       }
-    };
-    if (count <= 8) {
-      main_loop(cuda::std::integral_constant<int, 1>{});
-    } else {
-      main_loop(cuda::std::integral_constant<int, 2>{});
     }
     // The second set's sums to the first's, which writes.
-    float* mine = sums + (warp % 4) * 8 * 32 + lane;
+    float* mine = sums + (warp % 4) * 4 * 32 + lane;
     if (group == 1) {
 #pragma unroll
-      for (int e = 0; e < 8; ++e)
-        mine[32 * e] = acc[e / 4][e % 4];
+      for (int e = 0; e < 4; ++e)
+        mine[32 * e] = acc[0][e];
     }
     __syncthreads();
     if (group == 0) {
 #pragma unroll
-      for (int e = 0; e < 8; ++e)
-        acc[e / 4][e % 4] += mine[32 * e];
+      for (int e = 0; e < 4; ++e)
+        acc[0][e] += mine[32 * e];
       store_swapped<T, kEpilogue, kMasked>(p, acc, alpha, expert, first_row + token0, count,
                                            n0 & ~1ll);
     }
@@ -324,6 +354,7 @@ __global__ void __launch_bounds__(DecodeShape::kThreads,
     // one above), and the second set writes its sums again only after the next pass's first,
     // which the first set reaches once it has read these.
   }
+  ptx::cp_async_wait<0>();  // a block that held no rows: its first pass's copies
   // The contiguous layout's rows past the held ones: padding, written as zeros, which is what the
   // other kernels' products of permute's zero padding rows of x_sorted give.
   if (!kMasked) {

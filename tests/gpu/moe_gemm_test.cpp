@@ -246,21 +246,26 @@ std::vector<GemmCase> cases() {
       // K 320: MXFP4 scale rows of 10 bytes, aligned to 2 only (the 2-byte scale copies).
       {"mxfp4_k_320_two_byte_scale_rows", bf16, 20, 4, 8, 128, 320, 64, false, Kind::kSwiGLU, 0, 0,
        Format::kMxFp4, true},
-      // The decode kernel forced, FP4: GLM's gate/up at T 1; one and two token tiles a pass; blocks
-      // of more than 16 tokens (several passes; no sorted: every row of a block of 128); K of 3
-      // steps (the two sets of warps uneven) and of 1 (the second set idle).
+      // The decode kernel forced, FP4: GLM's gate/up at T 1; blocks of more than 8 tokens
+      // (several passes; no sorted: every row of a block of 128); K of 3 steps (the two sets of
+      // warps uneven) and of 1 (the second set idle); the rings refilling at depths 4 and 6 (K of
+      // 12 steps: 6 a set; of 14: 7 a set).
       {"nvfp4_decode_kernel_glm_gate_up", bf16, 1, 4, 64, 3072, 2048, 64, false, Kind::kSwiGLU, 64,
        3, Format::kNvFp4, true, 1},
       {"nvfp4_decode_kernel_swiglu", bf16, 3, 4, 64, 512, 1024, 64, false, Kind::kSwiGLU, 64, 2,
        Format::kNvFp4, true, 1},
-      {"mxfp4_decode_kernel_two_tiles", bf16, 40, 2, 4, 192, 256, 64, false, Kind::kPlain, 64, 3,
+      {"mxfp4_decode_kernel_passes", bf16, 40, 2, 4, 192, 256, 64, false, Kind::kPlain, 64, 3,
        Format::kMxFp4, true, 1},
       {"mxfp4_decode_kernel_skewed_k_384", bf16, 60, 2, 8, 256, 384, 64, true,
        Kind::kRoutingWeights, 64, 2, Format::kMxFp4, false, 1},
-      {"nvfp4_decode_kernel_k_128_block128", bf16, 40, 2, 8, 128, 128, 128, false, Kind::kPlain, 64,
-       3, Format::kNvFp4, false, 1},
+      {"nvfp4_decode_kernel_k_128_block128_depth_6", bf16, 40, 2, 8, 128, 128, 128, false,
+       Kind::kPlain, 64, 6, Format::kNvFp4, false, 1},
       {"nvfp4_decode_kernel_glm_down_routing_weights", bf16, 4, 4, 64, 2048, 1536, 64, false,
        Kind::kRoutingWeights, 64, 2, Format::kNvFp4, false, 1},
+      {"nvfp4_decode_kernel_k_1536_depth_4", bf16, 4, 4, 16, 256, 1536, 64, false, Kind::kPlain, 64,
+       4, Format::kNvFp4, true, 1},
+      {"mxfp4_decode_kernel_k_1792_depth_6", bf16, 3, 4, 16, 128, 1792, 64, true, Kind::kSwiGLU, 64,
+       6, Format::kMxFp4, true, 1},
       // The decode kernel with 16-bit weights: GLM's gate/up at T 1, fp16 skewed with routing
       // weights (several passes; K of 5 steps of 64), bf16 over blocks of 128 with no sorted.
       {"bf16_decode_kernel_glm_gate_up", bf16, 1, 4, 64, 3072, 2048, 64, false, Kind::kSwiGLU, 64,
@@ -269,9 +274,11 @@ std::vector<GemmCase> cases() {
        64, 3, Format::kSameAsX, false, 1},
       {"bf16_decode_kernel_block128", bf16, 40, 2, 8, 128, 192, 128, false, Kind::kPlain, 64, 2,
        Format::kSameAsX, false, 1},
-      // ... K of 11 steps at depth 3 (the rings refill: 6 and 5 steps), and of one step.
+      // ... K of 11 steps at depths 3 and 4 (the rings refill: 6 and 5 steps), and of one step.
       {"fp16_decode_kernel_k_704_depth_3", fp16, 5, 4, 16, 128, 704, 64, false, Kind::kSwiGLU, 64,
        3, Format::kSameAsX, true, 1},
+      {"bf16_decode_kernel_k_704_depth_4", bf16, 5, 4, 16, 128, 704, 64, true, Kind::kPlain, 64, 4,
+       Format::kSameAsX, true, 1},
       {"bf16_decode_kernel_k_64", bf16, 20, 2, 8, 192, 64, 64, false, Kind::kPlain, 64, 2,
        Format::kSameAsX, true, 1}};
 }
@@ -369,7 +376,7 @@ std::vector<MaskedCase> masked_cases() {
           {"nvfp4_glm_gate_up_swiglu", bf16, 8, 24, 3072, 2048, 8, Kind::kSwiGLU, Format::kNvFp4},
           {"mxfp4_glm_down_block128", bf16, 6, 150, 2048, 1536, 0, Kind::kPlain, Format::kMxFp4},
           {"nvfp4_block128_swiglu", bf16, 5, 140, 512, 1024, 0, Kind::kSwiGLU, Format::kNvFp4},
-          // The decode kernel forced: MXFP4 K 640 (5 steps), and GLM's gate/up (two passes of 16
+          // The decode kernel forced: MXFP4 K 640 (5 steps), and GLM's gate/up (passes of 8
           // tokens, an expert past M).
           {"mxfp4_decode_kernel_plain",
            bf16,
@@ -391,7 +398,7 @@ std::vector<MaskedCase> masked_cases() {
            Kind::kSwiGLU,
            Format::kNvFp4,
            {64, 3, 1}},
-          // Blocks of 128 rows (expected_m 0): 8 passes of 16 tokens for a full expert.
+          // Blocks of 128 rows (expected_m 0): 16 passes of 8 tokens for a full expert.
           {"mxfp4_decode_kernel_block128_swiglu",
            bf16,
            5,

@@ -1,11 +1,11 @@
 // The MoE GEMM kernels compile for sm_90a without a GPU. The decode kernel
 // (templates/moe/grouped_gemm_decode.cuh): for FP4 weights (both formats, every epilogue, both
 // layouts, the depths the tuner tries) and 16-bit ones (bf16 likewise, fp16 in two instances),
-// within its launch bounds' registers: no spill, no stack frame (FP4 at depth 2 over the
-// contiguous layout within 85 registers, three blocks an SM, checked; the others within 128,
-// two). The 16-bit prefill kernel at 256 columns (templates/moe/grouped_gemm.cuh, 128
-// accumulators a consumer thread, which takes registers from the producer): every epilogue, both
-// layouts, both 16-bit types, without spills, stack or serialised wgmma.
+// within its launch bounds' registers: no spill, no stack frame (FP4 over the contiguous layout
+// up to depth 4 within 85 registers, three blocks an SM, checked; the others within 128, two). The
+// 16-bit prefill kernel at 256 columns (templates/moe/grouped_gemm.cuh, 128 accumulators a consumer
+// thread, which takes registers from the producer): every epilogue, both layouts, both 16-bit
+// types, without spills, stack or serialised wgmma.
 #include <gtest/gtest.h>
 
 #include "kjit/jit.hpp"
@@ -31,7 +31,7 @@ TEST_F(MoeGemmKernel, DecodeInstancesCompileForSm90aWithoutSpills) {
     const ResourceUsage& u = program.kernels[0].resources;
     EXPECT_FALSE(u.spills()) << program.kernels[0].name_expression;
     EXPECT_EQ(u.stack_frame_bytes, 0) << program.kernels[0].name_expression;
-    if (weights != ops::MoeGemm::kSameAsX && loads == 2 && !masked) {
+    if (weights != ops::MoeGemm::kSameAsX && loads <= 4 && !masked) {
       EXPECT_LE(u.registers, 85) << program.kernels[0].name_expression;
     }
     ++compiled;
@@ -41,14 +41,14 @@ TEST_F(MoeGemmKernel, DecodeInstancesCompileForSm90aWithoutSpills) {
     for (std::int64_t epilogue : {0, 1, 2}) {
       for (std::int64_t masked : {0, 1}) {
         if (masked && epilogue == 2) continue;  // no routing weights in the masked layout
-        for (std::int64_t loads : {2, 3})
+        for (std::int64_t loads : {2, 4, 6})
           check(DType::BFloat16, weights, epilogue, masked, loads);
       }
     }
   }
   check(DType::Float16, ops::MoeGemm::kSameAsX, 0, 0, 2);
   check(DType::Float16, ops::MoeGemm::kSameAsX, 1, 1, 3);
-  EXPECT_EQ(compiled, 32);
+  EXPECT_EQ(compiled, 47);
 }
 
 TEST_F(MoeGemmKernel, WideAndPersistentTilesCompileForSm90aWithoutSpills) {

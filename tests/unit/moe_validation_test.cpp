@@ -434,10 +434,10 @@ TEST(MoeGemmValidation, AcceptsFp4WeightsWithTheirScales) {
   const ops::MoeGemm::Config c = ops::MoeGemm::default_config(call.problem, sm90a);
   EXPECT_TRUE(ops::MoeGemm::valid(c, call.problem, sm90a));
   EXPECT_FALSE(ops::MoeGemm::valid(c, call.problem, sm80));
-  // Decode (8 blocks of rows): the decode kernel, 2 loads ahead, also in the tuner's space; the
-  // masked layout's decode and a prefill-sized layout take the pipeline's 64 and 128 weight
-  // rows a block.
-  const ops::MoeGemm::Config decode{64, 2, 1};
+  // Decode (8 blocks of rows): the decode kernel, 2 steps in flight, also in the tuner's space (4
+  // and 6 too); the masked layout's decode and a prefill-sized layout take the pipeline's 64 and
+  // 128 weight rows a block.
+  const ops::MoeGemm::Config decode{64, 4, 1};
   EXPECT_EQ(c.decode, 1);
   EXPECT_EQ(c.block_n, 64);
   EXPECT_EQ(c.stages, 2);
@@ -458,6 +458,12 @@ TEST(MoeGemmValidation, AcceptsFp4WeightsWithTheirScales) {
   // FP4 stages hold a quarter of the weight bytes.
   ops::MoeGemm::Problem bf16 = call.problem;
   bf16.weights = ops::MoeGemm::kSameAsX;
+  // 16-bit weights in decode take the decode kernel too; over the masked layout, the pipeline.
+  EXPECT_EQ(ops::MoeGemm::default_config(bf16, sm90a).decode, 1);
+  EXPECT_EQ(ops::MoeGemm::default_config(bf16, sm90a).stages, 2);
+  ops::MoeGemm::Problem bf16_masked = masked;
+  bf16_masked.weights = ops::MoeGemm::kSameAsX;
+  EXPECT_EQ(ops::MoeGemm::default_config(bf16_masked, sm90a).decode, 0);
   const ops::MoeGemm::Config pipeline{64, 4};
   EXPECT_LT(ops::MoeGemm::shared_bytes(pipeline, call.problem),
             ops::MoeGemm::shared_bytes(pipeline, bf16));
@@ -466,7 +472,8 @@ TEST(MoeGemmValidation, AcceptsFp4WeightsWithTheirScales) {
   EXPECT_TRUE(ops::MoeGemm::valid(decode, bf16, sm90a));
   EXPECT_FALSE(ops::MoeGemm::valid(decode, call.problem, sm80));
   EXPECT_FALSE(ops::MoeGemm::valid({128, 2, 1}, call.problem, sm90a));
-  EXPECT_FALSE(ops::MoeGemm::valid({64, 4, 1}, call.problem, sm90a));
+  EXPECT_FALSE(ops::MoeGemm::valid({64, 7, 1}, call.problem, sm90a));
+  EXPECT_FALSE(ops::MoeGemm::valid({64, 1, 1}, call.problem, sm90a));
   ops::MoeGemm::Problem k_1984 = call.problem;
   k_1984.k = 1984;
   EXPECT_FALSE(ops::MoeGemm::valid(decode, k_1984, sm90a));
@@ -531,7 +538,7 @@ TEST(MoeGemmValidation, TunerWorkloadIsShapedLikeTheLayout) {
   EXPECT_EQ(spread.value(113), 113.f);
   EXPECT_EQ(spread.value(114), static_cast<float>(prefill_rows));
   // The decode kernel is tried for decode-sized layouts only (in prefill it would pass over the
-  // weights once every 16 tokens).
+  // weights once every 8 tokens).
   ops::MoeGemm::Problem prefill_fp4 = prefill;
   prefill_fp4.weights = ops::MoeGemm::kNvFp4;
   ops::MoeGemm::classify(prefill_fp4);
@@ -544,7 +551,7 @@ TEST(MoeGemmValidation, TunerWorkloadIsShapedLikeTheLayout) {
   const std::vector<ops::MoeGemm::Config> decode_space = ops::MoeGemm::space(decode_fp4, sm90a);
   EXPECT_EQ(std::count_if(decode_space.begin(), decode_space.end(),
                           [](const auto& c) { return c.decode == 1; }),
-            2);
+            3);
   // A decode shape of a bucket's rows (as the miss log stores it: T k 256's 4288 rows as 8192)
   // is timed on at most the pairs decode allows, not on the 4160 pairs 8192 rows could hold.
   ops::MoeGemm::Problem bucket = decode_fp4;

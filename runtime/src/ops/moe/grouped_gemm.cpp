@@ -180,11 +180,13 @@ void MoeGemm::check_weights(Problem& p, const Weights& weights, std::int64_t exp
 }
 
 unsigned MoeGemm::shared_bytes(const Config& c, const Problem& p) {
-  // The decode kernel: 16 tokens' K (16-bit, rows 32 bytes apart beyond) and its second set of
-  // warps' sums (4 KB).
+  // The decode kernel: 8 tokens' K (16-bit, rows 32 bytes apart beyond), its second set of
+  // warps' sums (2 KB) and its 256 threads' rings of `stages` slots.
   if (c.decode) {
+    const std::int64_t slot =
+        p.weights == kSameAsX ? KJIT_MOE_DECODE_16BIT_SLOT_BYTES : KJIT_MOE_DECODE_FP4_SLOT_BYTES;
     return static_cast<unsigned>(KJIT_MOE_DECODE_TOKENS * (2 * p.k + KJIT_MOE_DECODE_ROW_PAD) +
-                                 KJIT_MOE_DECODE_SUM_BYTES);
+                                 KJIT_MOE_DECODE_SUM_BYTES + 256 * c.stages * slot);
   }
   // 1024 bytes of slack to align the swizzled tiles, the stages' row and weight slices (FP4: half
   // a byte a weight), a full and an empty mbarrier a stage; FP4 also the block's scales for the
@@ -207,8 +209,8 @@ std::vector<MoeGemm::Config> MoeGemm::space(const Problem& p, const Arch& arch) 
     }
   }
   // The decode kernel where decode is what it is for (in prefill it would pass over the weights
-  // once every 16 tokens).
-  for (std::int64_t loads : {2, 3}) {
+  // once every 8 tokens).
+  for (std::int64_t loads : {2, 4, 6}) {
     if (p.decode && valid({64, loads, 1}, p, arch)) out.push_back({64, loads, 1});
   }
   return out;
@@ -218,8 +220,8 @@ bool MoeGemm::valid(const Config& c, const Problem& p, const Arch& arch) {
   const bool fits = shared_bytes(c, p) <= arch.max_shared_bytes();
   if (c.decode) {  // K in whole steps (FP4: of 128); sm_90a (FP4's bf16x2 multiply)
     return c.decode == 1 && c.persistent == 0 && arch.has_wgmma() && c.block_n == 64 &&
-           p.n % 64 == 0 && p.k % (p.weights == kSameAsX ? 64 : 128) == 0 &&
-           (c.stages == 2 || c.stages == 3) && fits;
+           p.n % 64 == 0 && p.k % (p.weights == kSameAsX ? 64 : 128) == 0 && c.stages >= 2 &&
+           c.stages <= 6 && fits;
   }
   // 256 columns: 16-bit weights only (the FP4 kernel's consumers split the columns, one warpgroup
   // for each 64).
@@ -248,12 +250,13 @@ MoeGemm::Config MoeGemm::default_config(const Problem& p, const Arch& arch) {
     const Config wide{256, outputs > 0x1p27 ? 3 : 4};
     if (valid(wide, p, arch)) return wide;
   }
-  // FP4 weights in decode (p.decode, the contiguous layout) take the decode kernel, 2 loads
-  // ahead. On the H100 (2026-12-06, bundles e09205f and eed8fc6, `kjit_bench_moe_gemm decode`,
-  // GLM's gate/up and down at T k 4, 16, 64) it ran NVFP4 1.07-1.20x and MXFP4 0.98-1.10x the
-  // pipeline's 64 weight rows a block, 2 loads ahead beating 3 or tying. The masked layout's speed
-  // was not measured, and 16-bit weights ran it 0.81-0.88x the pipeline: both stay on the pipeline.
-  if (p.weights != kSameAsX && !p.masked && p.decode) {
+  // Decode over the contiguous layout takes the decode kernel, 2 steps in flight a thread in its
+  // ring. On the H100 (2026-12-07, bundle 00f19b5, `kjit_bench_moe_gemm decode`, GLM's gate/up
+  // and down at T k 4 to 256) 2 steps were the fastest of 2, 4 and 6 for NVFP4 and MXFP4
+  // (1.01-1.09x over 4; 6 leaves two blocks an SM), and with 16-bit weights 1.02-1.06x the
+  // pipeline's default (gate/up at T k 64: 273.7 against 284.1 us, 97 % of the copy rate). The
+  // masked layout's speed was not measured: it stays on the pipeline.
+  if (!p.masked && p.decode) {
     const Config decode{64, 2, 1};
     if (valid(decode, p, arch)) return decode;
   }
