@@ -3,9 +3,11 @@
 // T = 1, 16, 256, 4096 and 16384 tokens, with bf16 experts and with the same experts in NVFP4:
 // us per call as a CUDA graph's replay of 20 calls (median of 15), and the routed FLOPs' rate
 // (2 T k 3 H I, padding not counted). bench/moe_layer_torch.py times the torch composition (bf16:
-// torch has no FP4 grouped GEMM on Hopper) on the same shapes.
+// torch has no FP4 grouped GEMM on Hopper) on the same shapes. Arguments, if any: the T to run
+// (e.g. `kjit_bench_moe_layer 16` under ncu).
 #include <cstdint>
 #include <cstdio>
+#include <string>
 #include <vector>
 
 #include "bench/attention_timing.hpp"
@@ -23,7 +25,7 @@ constexpr int kCalls = 20, kHidden = 2048, kExperts = 64, kTopK = 4, kInter = 15
 
 }  // namespace
 
-int main() try {
+int main(int argc, char** argv) try {
   if (kjit::bench::no_gpu("moe layer")) return 0;
   if (!kjit::arch::current().has_wgmma()) {
     std::printf("moe layer needs sm_90a so far; this card is %s\n",
@@ -65,7 +67,13 @@ int main() try {
       weights.router_bias};
   kjit::moe::LayerOptions options;
   options.router = {true, kTopK, 1, 1, true, 1.8f};
-  for (long long t : {1, 16, 256, 4096, 16384}) {
+  std::vector<long long> tokens = {1, 16, 256, 4096, 16384};
+  if (argc > 1) {
+    tokens.clear();
+    for (int i = 1; i < argc; ++i)
+      tokens.push_back(std::stoll(argv[i]));
+  }
+  for (long long t : tokens) {
     const DeviceBuffer x = kjit::bench::random_bf16(t * kHidden),
                        shared = kjit::bench::random_bf16(t * kHidden);
     std::vector<float> logits(static_cast<std::size_t>(t) * kExperts);
