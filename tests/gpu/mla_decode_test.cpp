@@ -221,9 +221,6 @@ std::vector<MlaCase> cases() {
       {bf16, 4, 20, 64, {2, 9}},          // rows of a non-empty sequence that see no key
       {fp16, 2, 20, 64, {500}, 0, 0.0625f, false},  // no lse
       {bf16, 1, 20, 64, {9000, 40}, 128},           // 71 or 94 splits: the combine's wide path
-      // 13 splits (the tuner's non-power-of-two counts): 320 keys each, the shorter requests'
-      // last splits empty.
-      {bf16, 1, 64, 64, {4096, 4000, 3000, 1, 64, 4096, 2000, 4095}, 13},
       // One split: full row tiles leave through the staged 16-byte stores (sm_90a), a tile of 16
       // rows from the fragments.
       {bf16, 2, 64, 64, {1500, 700}, 1},
@@ -233,6 +230,9 @@ std::vector<MlaCase> cases() {
       // Growing scores (ramp): the rows' max jumps by more than the softmax's slack.
       {bf16, 1, 128, 64, {3000, 200}, 1, 0.0625f, true, 6.f},
       {fp16, 2, 20, 32, {2500, 64}, 4, 0.0625f, true, 6.f},
+      // 13 splits (the tuner's non-power-of-two counts): 320 keys each, the shorter requests'
+      // last splits empty.
+      {bf16, 1, 64, 64, {4096, 4000, 3000, 1, 64, 4096, 2000, 4095}, 13},
   };
 }
 
