@@ -27,8 +27,9 @@ TEST(MlaDecodeConfig, SplitsFillTheSmsDownToAMinimumSplit) {
   EXPECT_EQ(splits(1, 20, 4096), 32);  // two tiles a split
   EXPECT_EQ(splits(1, 128, 1024), 8);  // two row tiles: two blocks a split
   EXPECT_EQ(splits(8, 20, 1024), 8);
-  EXPECT_EQ(splits(8, 20, 4096), 16);    // 128 blocks
-  EXPECT_EQ(splits(1, 20, 65536), 128);  // the combine's limit
+  EXPECT_EQ(splits(8, 20, 4096), 12);  // one row tile: three quarters of the SMs, any count
+  EXPECT_EQ(splits(32, 64, 1024), 3);
+  EXPECT_EQ(splits(1, 20, 65536), 99);
   EXPECT_EQ(splits(64, 20, 1024), 2);
   EXPECT_EQ(splits(128, 128, 4096), 1);
   EXPECT_EQ(splits(8, 128, 1024), 4);  // 8 would write more partial bytes than it reads keys

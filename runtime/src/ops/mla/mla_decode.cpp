@@ -130,20 +130,27 @@ MlaDecode::Config MlaDecode::default_config(const Problem& p, const Arch& arch) 
   const std::int64_t min_tokens = !wgmma                             ? kMinSplitTokens
                                   : blocks == 1 && p.longest <= 1024 ? 64
                                                                      : 128;
-  std::int64_t splits = std::max<std::int64_t>(1, 132 / blocks);
-  splits = std::min(splits, std::max<std::int64_t>(1, p.longest / min_tokens));
-  std::int64_t pow2 = 1;
-  while (pow2 * 2 <= std::min(splits, kMaxSplits))
-    pow2 *= 2;
+  const std::int64_t most = std::min(kMaxSplits, std::max<std::int64_t>(1, p.longest / min_tokens));
+  // A request of one row tile (H <= 64 at s_q 1) on the wgmma loop: three quarters of the SMs,
+  // rounded, at any count. Fewer, longer blocks load Q and store partials fewer times; the
+  // tuner's sweep on the H100 (2026-12-07) found 3 splits 1.04-1.07x faster than 4 at B 32 H 64
+  // L 1k and 4k, 12-14 1.04x faster than 16 at B 8 L 4k, 96 1.18x faster than 128 at B 1 H 20
+  // L 64k. Two row tiles read a request's keys twice (the second from L2) and keep a power of
+  // two: at H 128 B 8 L 64k 6 splits ran 1.20x slower than 8.
+  if (wgmma && p.row_tiles() == 1)
+    return {kMainloopWgmma, std::min(most, std::max<std::int64_t>(1, (99 + blocks / 2) / blocks))};
+  std::int64_t splits = 1;
+  while (splits * 2 <= std::min(most, 132 / blocks))
+    splits *= 2;
   // Once the blocks fill the card (and share its bandwidth), no more fp32 partial bytes than key
   // bytes: at H 128 B 8 L 1k, 8 splits wrote 1.8x the keys' bytes and ran 1.19x slower than 4 on
   // the H100 (at B 1, 16 blocks, 8 splits stay faster than 4).
   const std::int64_t rows = p.s_q * p.heads;
-  while (pow2 > 1 && blocks * pow2 >= 128 &&
-         pow2 * rows * kLatent * 4 >
+  while (splits > 1 && blocks * splits >= 128 &&
+         splits * rows * kLatent * 4 >
              p.longest * mla::kHeadDim * static_cast<std::int64_t>(dtype_size(p.dtype)))
-    pow2 /= 2;
-  return {wgmma ? kMainloopWgmma : kMainloopMma, pow2};
+    splits /= 2;
+  return {wgmma ? kMainloopWgmma : kMainloopMma, splits};
 }
 
 KernelSpec MlaDecode::spec(const Config& c, const Problem& p, const Arch& arch) {
