@@ -5,7 +5,8 @@
 //  - moe_unpermute: back to token order, out[t] = shared[t] + sum_j w[t, j] y[positions[t k + j]]
 //    summed in fp32 in slot order (deterministic) and rounded once; a position outside the
 //    layout's rows counts as a pair not placed.
-// A warp a row, 16-byte vectors (rows of a multiple of 8 elements, 16-byte aligned).
+// permute: a warp a row; unpermute: a warp a token's 32 vectors; 16-byte vectors (rows of a
+// multiple of 8 elements, 16-byte aligned).
 #pragma once
 
 #include <cuda/std/type_traits>
@@ -63,34 +64,36 @@ __device__ __forceinline__ void add_vector(float (&acc)[8], float w, const uint4
   }
 }
 
+// A warp a token's 32 vectors (a row of H 2048 is 8 warps): at decode's few tokens, a warp a row
+// left most SMs idle and each lane's vectors one after another (20 us at T 16 on the H100).
 template <class T>
 __global__ void __launch_bounds__(256) moe_unpermute(const KjitMoeUnpermuteParams p) {
-  const long long token = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32;
-  if (token >= p.tokens) return;
+  const long long warp = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int chunks = (p.vectors + 31) / 32;
+  const long long token = warp / chunks;
+  const int v = static_cast<int>(warp % chunks) * 32 + threadIdx.x % 32;
+  if (token >= p.tokens || v >= p.vectors) return;
   const int* positions = p.positions + token * p.top_k;
   const float* weights = p.weights ? p.weights + token * p.top_k : nullptr;
-  for (int v = lane; v < p.vectors; v += 32) {
-    float acc[8] = {};
-    if (p.shared) {
-      add_vector<T>(acc, 1.f,
-                    reinterpret_cast<const uint4*>(static_cast<const T*>(p.shared) +
-                                                   token * p.shared_row_stride)[v]);
-    }
-    for (int j = 0; j < p.top_k; ++j) {
-      const int row = positions[j];
-      if (row < 0 || row >= p.rows) continue;
-      add_vector<T>(
-          acc, weights ? weights[j] : 1.f,
-          reinterpret_cast<const uint4*>(static_cast<const T*>(p.y) + row * p.y_row_stride)[v]);
-    }
-    uint4 out;
-    out.x = ptx::pack_pair<T>(acc[0], acc[1]);
-    out.y = ptx::pack_pair<T>(acc[2], acc[3]);
-    out.z = ptx::pack_pair<T>(acc[4], acc[5]);
-    out.w = ptx::pack_pair<T>(acc[6], acc[7]);
-    reinterpret_cast<uint4*>(static_cast<T*>(p.out) + token * p.out_row_stride)[v] = out;
+  float acc[8] = {};
+  if (p.shared) {
+    add_vector<T>(acc, 1.f,
+                  reinterpret_cast<const uint4*>(static_cast<const T*>(p.shared) +
+                                                 token * p.shared_row_stride)[v]);
   }
+  for (int j = 0; j < p.top_k; ++j) {
+    const int row = positions[j];
+    if (row < 0 || row >= p.rows) continue;
+    add_vector<T>(
+        acc, weights ? weights[j] : 1.f,
+        reinterpret_cast<const uint4*>(static_cast<const T*>(p.y) + row * p.y_row_stride)[v]);
+  }
+  uint4 out;
+  out.x = ptx::pack_pair<T>(acc[0], acc[1]);
+  out.y = ptx::pack_pair<T>(acc[2], acc[3]);
+  out.z = ptx::pack_pair<T>(acc[4], acc[5]);
+  out.w = ptx::pack_pair<T>(acc[6], acc[7]);
+  reinterpret_cast<uint4*>(static_cast<T*>(p.out) + token * p.out_row_stride)[v] = out;
 }
 
 }  // namespace kjit::moe

@@ -131,7 +131,9 @@ KernelSpec MoeUnpermute::spec(const Config&, const Problem& p, const Arch& arch)
 
 void MoeUnpermute::launch(const Program& program, const Config& c, const Problem& p,
                           const Args& args, StreamHandle stream) {
-  if (p.tokens > 0) program.kernel().launch(warp_rows(c, p.tokens, stream), args);
+  // A warp a token's 32 vectors (templates/moe/permute.cuh).
+  if (p.tokens > 0)
+    program.kernel().launch(warp_rows(c, p.tokens * ((args.vectors + 31) / 32), stream), args);
 }
 
 std::vector<TensorSpec> MoeUnpermute::tensors(const Problem& p) {
