@@ -46,7 +46,9 @@ def main():
     for t in (1, 16, 256, 4096, 16384):
         x = torch.randn(t, H, device="cuda", dtype=torch.bfloat16)
         shared = torch.randn(t, H, device="cuda", dtype=torch.bfloat16)
-        logits = torch.randn(t, E, device="cuda")
+        # bench/moe_layer.cpp's logits, bit for bit: the same routing, the same experts read.
+        index = torch.arange(t * E, device="cuda", dtype=torch.int64)
+        logits = (((index * 2654435761) % 1048573).float() / 524286.5 - 1.0).view(t, E)
 
         def calls():
             for _ in range(CALLS):
