@@ -65,9 +65,13 @@ __global__ void __launch_bounds__(256, 1)
   // branches below do not diverge within a warp, and does not serialise their wgmma.
   const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 128, 0);
   const int warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;
-  const int rows = p.s_q * p.heads, length = p.lengths[b];
+  // The device's length, which a replayed CUDA graph may have grown past the one the host saw at
+  // capture (the split plan's): the table's keys at most, the last split taking the rest.
+  const int rows = p.s_q * p.heads;
+  const int length = static_cast<int>(
+      min(static_cast<long long>(p.lengths[b]), static_cast<long long>(p.max_blocks) * kBlockSize));
   const int key_begin = split * p.split_tokens;
-  const int key_end = min(length, key_begin + p.split_tokens);
+  const int key_end = split == p.splits - 1 ? length : min(length, key_begin + p.split_tokens);
   const int tiles = key_end > key_begin ? (key_end - key_begin + S::kKeys - 1) / S::kKeys : 0;
   const int r0 = 16 * warp + lane / 4;  // the thread's rows of the tile: r0 and r0 + 8
 

@@ -40,6 +40,9 @@ struct MlaCase {
   // Sequence positions t scaled by 1 + ramp * t / length: the scores grow along the sequence, so
   // that a row's running max moves by more than the softmax's slack now and then (O's rescale).
   float ramp = 0.f;
+  // The lengths on the device where they differ from the host's (empty: the same), as after a
+  // CUDA graph's replay: the split plan is the host's, the keys read the device's.
+  std::vector<int> device_lengths = {};
 };
 
 void PrintTo(const MlaCase& c, std::ostream* os) {
@@ -51,6 +54,11 @@ void PrintTo(const MlaCase& c, std::ostream* os) {
   if (c.scale == 0.f) *os << " default scale";
   if (!c.with_lse) *os << " no lse";
   if (c.ramp != 0.f) *os << " ramp=" << c.ramp;
+  if (!c.device_lengths.empty()) {
+    *os << " device L=";
+    for (int l : c.device_lengths)
+      *os << l << " ";
+  }
 }
 
 // mainloop 0 with the op's split count: through kjit::mla::decode; else through the family, the
@@ -58,10 +66,11 @@ void PrintTo(const MlaCase& c, std::ostream* os) {
 void run_case(const MlaCase& c, std::int64_t mainloop, unsigned seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<double> normal;
+  const std::vector<int>& lengths = c.device_lengths.empty() ? c.lengths : c.device_lengths;
   const int b = static_cast<int>(c.lengths.size()), bs = c.block_size;
   int max_blocks = 1;
-  for (int l : c.lengths)
-    max_blocks = std::max(max_blocks, (l + bs - 1) / bs);
+  for (int s = 0; s < b; ++s)
+    max_blocks = std::max(max_blocks, (std::max(c.lengths[s], lengths[s]) + bs - 1) / bs);
   const int num_blocks = b * max_blocks + 3;  // spare blocks nobody uses
   // A shuffled table: sequence s's block i is blocks[s * max_blocks + i]; entries past a
   // sequence's blocks point outside the cache (never read).
@@ -70,7 +79,7 @@ void run_case(const MlaCase& c, std::int64_t mainloop, unsigned seed) {
   std::shuffle(blocks.begin(), blocks.end(), rng);
   std::vector<std::int32_t> table(static_cast<std::size_t>(b) * max_blocks, 1 << 30);
   for (int s = 0; s < b; ++s) {
-    for (int i = 0; i < (c.lengths[s] + bs - 1) / bs; ++i)
+    for (int i = 0; i < (lengths[s] + bs - 1) / bs; ++i)
       table[s * max_blocks + i] = blocks[s * max_blocks + i];
   }
   std::vector<std::uint16_t> q(static_cast<std::size_t>(b) * c.s_q * c.heads * kD),
@@ -80,12 +89,12 @@ void run_case(const MlaCase& c, std::int64_t mainloop, unsigned seed) {
   for (auto& x : cache)
     x = to_bits(c.dtype, normal(rng));
   for (int s = 0; s < b && c.ramp != 0.f; ++s) {
-    for (int t = 0; t < c.lengths[s]; ++t) {
+    for (int t = 0; t < lengths[s]; ++t) {
       const std::size_t at =
           (static_cast<std::size_t>(table[s * max_blocks + t / bs]) * bs + t % bs) * kD;
       for (int x = 0; x < kD; ++x) {
         cache[at + x] =
-            to_bits(c.dtype, from_bits(c.dtype, cache[at + x]) * (1.0 + c.ramp * t / c.lengths[s]));
+            to_bits(c.dtype, from_bits(c.dtype, cache[at + x]) * (1.0 + c.ramp * t / lengths[s]));
       }
     }
   }
@@ -93,7 +102,7 @@ void run_case(const MlaCase& c, std::int64_t mainloop, unsigned seed) {
   // kernel that lets them into P V (0 x NaN) poisons the output.
   const std::uint16_t nan_bits = c.dtype == DType::BFloat16 ? 0x7fc0 : 0x7e00;
   for (int s = 0; s < b; ++s) {
-    const int length = c.lengths[s];
+    const int length = lengths[s];
     for (int t = length; t < (length + bs - 1) / bs * bs; ++t) {
       const std::size_t at =
           (static_cast<std::size_t>(table[s * max_blocks + t / bs]) * bs + t % bs) * kD;
@@ -106,7 +115,7 @@ void run_case(const MlaCase& c, std::int64_t mainloop, unsigned seed) {
   dq.upload(q.data(), q.size() * 2);
   dcache.upload(cache.data(), cache.size() * 2);
   dtable.upload(table.data(), table.size() * 4);
-  dlengths.upload(c.lengths.data(), b * 4);
+  dlengths.upload(lengths.data(), b * 4);
   dout.fill_bytes(0xff);
   dlse.fill_bytes(0xff);
   const TensorView vq(dq.data(), c.dtype, {b, c.s_q, c.heads, kD}),
@@ -139,7 +148,7 @@ void run_case(const MlaCase& c, std::int64_t mainloop, unsigned seed) {
   const double scale = c.scale > 0.f ? c.scale : 1.0 / std::sqrt(static_cast<double>(kD));
   double max_err = 0, max_low_err = 0, max_lse_err = 0;
   for (int s = 0; s < b; ++s) {
-    const int length = c.lengths[s];
+    const int length = lengths[s];
     std::vector<double> qs(static_cast<std::size_t>(c.s_q) * c.heads * kD),
         rows(static_cast<std::size_t>(length) * kD);
     for (std::size_t x = 0; x < qs.size(); ++x)
@@ -233,6 +242,12 @@ std::vector<MlaCase> cases() {
       // 13 splits (the tuner's non-power-of-two counts): 320 keys each, the shorter requests'
       // last splits empty.
       {bf16, 1, 64, 64, {4096, 4000, 3000, 1, 64, 4096, 2000, 4095}, 13},
+      // The device's lengths past (or short of) the host's, as a replayed CUDA graph's: the last
+      // split reads the rest, through the op's choice, forced splits and one split.
+      {bf16, 1, 64, 64, {1000, 64, 0}, 0, 0.0625f, true, 0.f, {1500, 3000, 70}},
+      {bf16, 1, 20, 64, {4096, 100}, 4, 0.0625f, true, 0.f, {6000, 100}},
+      {fp16, 2, 128, 32, {300, 0}, 1, 0.0625f, true, 0.f, {1000, 33}},
+      {bf16, 1, 64, 64, {5000, 5000}, 8, 0.0625f, true, 0.f, {100, 0}},
   };
 }
 
