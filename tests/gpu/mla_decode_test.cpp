@@ -78,8 +78,13 @@ void run_case(const MlaCase& c, std::int64_t mainloop, unsigned seed) {
   std::iota(blocks.begin(), blocks.end(), 0);
   std::shuffle(blocks.begin(), blocks.end(), rng);
   std::vector<std::int32_t> table(static_cast<std::size_t>(b) * max_blocks, 1 << 30);
+  // (Up to the longer of the host's and the device's lengths: the host's are checked, the
+  // device's read.)
+  const auto table_blocks = [&](int s) {
+    return (std::max(c.lengths[s], lengths[s]) + bs - 1) / bs;
+  };
   for (int s = 0; s < b; ++s) {
-    for (int i = 0; i < (lengths[s] + bs - 1) / bs; ++i)
+    for (int i = 0; i < table_blocks(s); ++i)
       table[s * max_blocks + i] = blocks[s * max_blocks + i];
   }
   std::vector<std::uint16_t> q(static_cast<std::size_t>(b) * c.s_q * c.heads * kD),
@@ -101,9 +106,11 @@ void run_case(const MlaCase& c, std::int64_t mainloop, unsigned seed) {
   // NaN in the rows of a sequence's last block past its length (as FlashMLA's tests do): a
   // kernel that lets them into P V (0 x NaN) poisons the output.
   const std::uint16_t nan_bits = c.dtype == DType::BFloat16 ? 0x7fc0 : 0x7e00;
+  // (Past a device length shorter than the host's, every row the table holds: a kernel that
+  // read by the host's plan would meet NaN.)
   for (int s = 0; s < b; ++s) {
     const int length = lengths[s];
-    for (int t = length; t < (length + bs - 1) / bs * bs; ++t) {
+    for (int t = length; t < table_blocks(s) * bs; ++t) {
       const std::size_t at =
           (static_cast<std::size_t>(table[s * max_blocks + t / bs]) * bs + t % bs) * kD;
       std::fill_n(cache.begin() + static_cast<std::ptrdiff_t>(at), kD, nan_bits);
