@@ -77,6 +77,11 @@ struct GemmEpilogue {
   // Optional with the other epilogues over the contiguous layout: given, the FP4 GEMM multiplies
   // only the rows of a block that hold pairs (decode: a few an expert), padding rows still 0.
   TensorView sorted, weights;
+  // false: the rows of a block that hold no pair may be left unwritten (their values unspecified),
+  // for a caller that reads the pairs' rows only, as unpermute does (the layer passes false: in
+  // decode, a block of 64 rows holds one or two pairs, and its 62 rows of zeros cost up to a
+  // tenth of the down projection's bytes).
+  bool zero_padding = true;
 };
 
 // The experts' GEMM over align's layout: y[r] = x_sorted[r] w[e]^T for every row r of a block of

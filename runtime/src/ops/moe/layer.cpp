@@ -130,9 +130,11 @@ void MoeLayerSteps::route(const TensorView& router_bias) {
 
 void MoeLayerSteps::experts(const Weights& gate_up, const Weights& down,
                             const TensorView& block_expert) {
-  // sorted and the weights given to both GEMMs: the FP4 kernel then skips padding rows.
-  const moe::GemmEpilogue swiglu{moe::GemmEpilogue::Kind::kSwiGLU, sorted_, routing_},
-      weighted{moe::GemmEpilogue::Kind::kRoutingWeights, sorted_, routing_};
+  // sorted and the weights given to both GEMMs: the FP4 kernel then skips padding rows; and the
+  // padding rows left unwritten (unpermute reads the pairs' rows only, and a GEMM's row of
+  // output depends on its own row of input alone).
+  const moe::GemmEpilogue swiglu{moe::GemmEpilogue::Kind::kSwiGLU, sorted_, routing_, false},
+      weighted{moe::GemmEpilogue::Kind::kRoutingWeights, sorted_, routing_, false};
   for (Call<MoeGemm> call :
        {MoeGemm::validate(x_sorted_, block_expert, layout_.block, gate_up, h_, swiglu),
         MoeGemm::validate(h_, block_expert, layout_.block, down, y_sorted_, weighted)}) {
