@@ -125,7 +125,9 @@ void MoeLayerSteps::route(const TensorView& router_bias) {
   moe::router_topk(router_logits_, router_bias, ids_, routing_, options_.router, stream_);
   moe::align(ids_, static_cast<int>(layout_.experts), layout_.block,
              {sorted_, block_expert_, counts_, offsets_, invalid_}, stream_);
-  moe::permute(x_, sorted_, static_cast<int>(layout_.top_k), x_sorted_, positions_, stream_);
+  // Padding rows left unwritten: the GEMMs' rows of output depend on their own rows of input
+  // alone, and unpermute reads the pairs' rows only (experts(), below).
+  moe::permute(x_, sorted_, static_cast<int>(layout_.top_k), x_sorted_, positions_, stream_, false);
 }
 
 void MoeLayerSteps::experts(const Weights& gate_up, const Weights& down,
