@@ -37,6 +37,7 @@ struct DecodeShape {
   static constexpr int kSumBytes = KJIT_MOE_DECODE_SUM_BYTES;
   static_assert(kTokens == 8, "a pass is one m16n8 tile of tokens");
   static_assert(kSumBytes == 4 * 4 * 32 * 4, "4 warps of the second set, 4 sums a lane");
+  static_assert(kThreads == KJIT_MOE_DECODE_THREADS, "the host launches and sizes the rings so");
   static_assert(kRowPad == 32, "the swizzles below assume rows 2 chunks apart in the banks");
 };
 

@@ -181,12 +181,13 @@ void MoeGemm::check_weights(Problem& p, const Weights& weights, std::int64_t exp
 
 unsigned MoeGemm::shared_bytes(const Config& c, const Problem& p) {
   // The decode kernel: 8 tokens' K (16-bit, rows 32 bytes apart beyond), its second set of
-  // warps' sums (2 KB) and its 256 threads' rings of `stages` slots.
+  // warps' sums (2 KB) and its threads' rings of `stages` slots.
   if (c.decode) {
     const std::int64_t slot =
         p.weights == kSameAsX ? KJIT_MOE_DECODE_16BIT_SLOT_BYTES : KJIT_MOE_DECODE_FP4_SLOT_BYTES;
     return static_cast<unsigned>(KJIT_MOE_DECODE_TOKENS * (2 * p.k + KJIT_MOE_DECODE_ROW_PAD) +
-                                 KJIT_MOE_DECODE_SUM_BYTES + 256 * c.stages * slot);
+                                 KJIT_MOE_DECODE_SUM_BYTES +
+                                 KJIT_MOE_DECODE_THREADS * c.stages * slot);
   }
   // 1024 bytes of slack to align the swizzled tiles, the stages' row and weight slices (FP4: half
   // a byte a weight), a full and an empty mbarrier a stage; FP4 also the block's scales for the
@@ -303,7 +304,8 @@ void MoeGemm::launch(const Program& program, const Config& c, const Problem& p,
             1, 1};
   }
   if (c.decode) {  // plain loads: no tensor maps
-    program.kernel().launch({grid, {256}, shared_bytes(c, p), stream, {}}, call_args);
+    program.kernel().launch({grid, {KJIT_MOE_DECODE_THREADS}, shared_bytes(c, p), stream, {}},
+                            call_args);
     return;
   }
   Args args = call_args;
