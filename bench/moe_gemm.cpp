@@ -127,7 +127,7 @@ class ExpertWeights {
 
 // align's layout of `ids` ([pairs, 1]: one slot a token, so that the rows are the pairs), the
 // permuted rows of x in it, and the plain epilogue with align's sorted and weights of 1 (which
-// let the FP4 GEMM skip padding rows).
+// let the FP4 GEMM skip padding rows) and the padding rows left unwritten, as the layer's.
 struct Layout {
   Layout(const std::vector<std::int32_t>& ids, int experts, int block, const DeviceBuffer& x, int k,
          const kjit::Stream& stream)
@@ -142,6 +142,7 @@ struct Layout {
     weights.upload(ones.data(), ones.size() * 4);
     epilogue.sorted = TensorView(sorted.data(), DType::Int32, {capacity});
     epilogue.weights = TensorView(weights.data(), DType::Float32, {pairs, 1});
+    epilogue.zero_padding = false;
     DeviceBuffer dids(ids.size() * 4), counts(experts * 4), offsets((experts + 1) * 4), invalid(4),
         positions(ids.size() * 4);
     dids.upload(ids.data(), dids.size());

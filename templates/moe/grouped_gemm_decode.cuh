@@ -356,9 +356,10 @@ __global__ void __launch_bounds__(DecodeShape::kThreads,
     // which the first set reaches once it has read these.
   }
   ptx::cp_async_wait<0>();  // a block that held no rows: its first pass's copies
-  // The contiguous layout's rows past the held ones: padding, written as zeros, which is what the
-  // other kernels' products of permute's zero padding rows of x_sorted give.
-  if (!kMasked) {
+  // The contiguous layout's rows past the held ones: padding, written as zeros (what the other
+  // kernels' products of permute's zero padding rows of x_sorted give) unless the caller reads
+  // the pairs' rows only.
+  if (!kMasked && p.zero_padding) {
     const int words = (kEpilogue == kSwiGLU ? S::kRows / 2 : S::kRows) / 2;  // pairs a row
     T* y = static_cast<T*>(p.y) + static_cast<long long>(w_block) * words * 2;
     for (int i = threadIdx.x; i < (kBlockM - held) * words; i += S::kThreads) {

@@ -29,6 +29,7 @@ struct KjitMoeGemmParams {
   long long x_row_stride, x_expert_stride, w_expert_stride, w_row_stride, y_row_stride,
       y_expert_stride;
   int rows, n, k, experts, pairs; /* k a multiple of 64 (FP4 decode: 128), n of block_n */
+  int zero_padding; /* 0: the decode kernel leaves the contiguous layout's padding rows unwritten */
 };
 
 /* The decode kernel's shared memory, which the host sizes: KJIT_MOE_DECODE_TOKENS token rows of k

@@ -1,7 +1,8 @@
 // MoE token dispatch around the grouped GEMM, in the layout of moe align (align.cuh):
 //  - moe_reset_positions, then moe_permute: gathers the tokens' rows into the dispatch layout
-//    (row i of x_sorted is the token of pair sorted[i], zeros for a padding row) and records each
-//    pair's row (positions), which the way back needs; a pair align did not place keeps -1.
+//    (row i of x_sorted is the token of pair sorted[i], zeros for a padding row unless told not
+//    to write them) and records each pair's row (positions), which the way back needs; a pair
+//    align did not place keeps -1.
 //  - moe_unpermute: back to token order, out[t] = shared[t] + sum_j w[t, j] y[positions[t k + j]]
 //    summed in fp32 in slot order (deterministic) and rounded once; a position outside the
 //    layout's rows counts as a pair not placed.
@@ -29,9 +30,11 @@ __global__ void __launch_bounds__(256) moe_permute(const KjitMoePermuteParams p)
   const int pair = p.sorted[row];
   const bool placed = pair >= 0 && pair < p.pairs;
   uint4* dst = reinterpret_cast<uint4*>(static_cast<T*>(p.x_sorted) + row * p.out_row_stride);
-  if (!placed) {
-    for (int v = lane; v < p.vectors; v += 32)
-      dst[v] = make_uint4(0, 0, 0, 0);
+  if (!placed) {  // padding: zeros, unless the caller reads no padding row
+    if (p.zero_padding) {
+      for (int v = lane; v < p.vectors; v += 32)
+        dst[v] = make_uint4(0, 0, 0, 0);
+    }
     return;
   }
   const uint4* src = reinterpret_cast<const uint4*>(static_cast<const T*>(p.x) +

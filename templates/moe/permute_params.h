@@ -9,6 +9,7 @@ struct KjitMoePermuteParams {
   int* positions;    /* [T k]: pair p's row in x_sorted; -1 for a pair align did not place */
   long long x_row_stride, out_row_stride;
   int rows, pairs, top_k, vectors;
+  int zero_padding; /* 0: padding rows left unwritten */
 };
 
 struct KjitMoeUnpermuteParams {

@@ -2,7 +2,8 @@
 // product per routed row: within atol 2e-2 on inputs of deviation 0.1 (vLLM's test) and within one
 // unit in the last place plus 1e-5 of the sum of |terms| (fp32 accumulation, one rounding),
 // through each epilogue (plain, SwiGLU over interleaved gate/up rows, routing weights). Padding
-// rows give exact zeros; blocks with no expert keep their poison. The op's config and forced ones
+// rows give exact zeros (or keep their poison where the epilogue lets them go unwritten); blocks
+// with no expert keep their poison. The op's config and forced ones
 // (64 columns, 2 and 8 stages); both dtypes and both blocks of rows. FP4 weights (NVFP4, MXFP4:
 // quantised per expert by the CPU reference) against the same fp64 product over their dequantised
 // values, which bf16 holds exactly, with the same bounds.
@@ -78,6 +79,7 @@ struct GemmCase {
   bool pass_sorted = false;     // align's sorted and the weights with a plain or SwiGLU epilogue
   std::int64_t decode = 0;      // forced: the decode kernel (block_n 64, stages its loads)
   std::int64_t persistent = 0;  // forced: one block an SM over the tiles
+  bool zero_padding = true;     // false: padding rows may keep their poison
 };
 
 void PrintTo(const GemmCase& c, std::ostream* os) {
@@ -130,6 +132,7 @@ TEST_P(MoeGemmTest, MatchesDoublePerRoutedRow) {
   const TensorView vblocks = alignment.blocks_view(), vy(dy.data(), c.dtype, {rows, y_cols});
   moe::GemmEpilogue epilogue;
   epilogue.kind = c.epilogue;
+  epilogue.zero_padding = c.zero_padding;
   if (c.epilogue == Kind::kRoutingWeights || c.pass_sorted) {
     epilogue.sorted = alignment.sorted_view();
     epilogue.weights = TensorView(dweights.data(), DType::Float32, {c.tokens, c.top_k});
@@ -166,9 +169,14 @@ TEST_P(MoeGemmTest, MatchesDoublePerRoutedRow) {
         ASSERT_EQ(got[col], 0xffff) << "row " << r << " of a block with no expert, col " << col;
       continue;
     }
-    if (pair < 0 || pair >= pairs) {  // padding: a row of zeros (or a zero weight)
-      for (int col = 0; col < y_cols; ++col)
-        ASSERT_EQ(from_bits(c.dtype, got[col]), 0.0) << "padding row " << r << " col " << col;
+    if (pair < 0 || pair >= pairs) {  // padding: a row of zeros (or a zero weight), or unwritten
+      for (int col = 0; col < y_cols; ++col) {
+        if (c.decode && !c.zero_padding) {  // the decode kernel told to leave them: untouched
+          ASSERT_EQ(got[col], 0xffff) << "padding row " << r << " col " << col << " written";
+        } else if (c.zero_padding || got[col] != 0xffff) {
+          ASSERT_EQ(from_bits(c.dtype, got[col]), 0.0) << "padding row " << r << " col " << col;
+        }
+      }
       continue;
     }
     ASSERT_EQ(ids[pair], e) << "row " << r << " (pair " << pair << ") in expert " << e << "'s run";
@@ -280,7 +288,15 @@ std::vector<GemmCase> cases() {
       {"bf16_decode_kernel_k_704_depth_4", bf16, 5, 4, 16, 128, 704, 64, true, Kind::kPlain, 64, 4,
        Format::kSameAsX, true, 1},
       {"bf16_decode_kernel_k_64", bf16, 20, 2, 8, 192, 64, 64, false, Kind::kPlain, 64, 2,
-       Format::kSameAsX, true, 1}};
+       Format::kSameAsX, true, 1},
+      // Padding rows left unwritten (the layer's GEMMs): the decode kernel, FP4 and 16-bit, and
+      // the op's choice over a prefill-sized layout (the pipeline writes them anyway).
+      {"nvfp4_decode_kernel_padding_unwritten", bf16, 3, 4, 16, 256, 1024, 64, false, Kind::kSwiGLU,
+       64, 2, Format::kNvFp4, true, 1, 0, false},
+      {"bf16_decode_kernel_padding_unwritten", bf16, 4, 4, 16, 2048, 512, 64, false,
+       Kind::kRoutingWeights, 64, 2, Format::kSameAsX, false, 1, 0, false},
+      {"bf16_padding_unwritten_op_choice", bf16, 300, 4, 8, 256, 512, 128, false,
+       Kind::kRoutingWeights, 0, 0, Format::kSameAsX, false, 0, 0, false}};
 }
 
 INSTANTIATE_TEST_SUITE_P(All, MoeGemmTest, ::testing::ValuesIn(cases()),

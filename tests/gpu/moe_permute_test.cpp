@@ -31,7 +31,8 @@ struct PermuteCase {
   int tokens, top_k, experts, hidden;
   int row_pad = 0;  // extra elements at the end of x's and out's rows
   bool weighted = true, shared = false;
-  int invalid = 0;  // ids set outside [0, E): not placed
+  int invalid = 0;           // ids set outside [0, E): not placed
+  bool zero_padding = true;  // false: padding rows keep their poison
 };
 
 void PrintTo(const PermuteCase& c, std::ostream* os) {
@@ -78,7 +79,8 @@ TEST_P(MoePermuteTest, RoundTripsThroughTheLayout) {
   dpositions.fill_bytes(0x55);
   moe::permute(TensorView(dx.data(), c.dtype, {c.tokens, d}, {stride, 1}), alignment.sorted_view(),
                c.top_k, TensorView(dx_sorted.data(), c.dtype, {rows, d}),
-               TensorView(dpositions.data(), DType::Int32, {pairs}), stream.handle());
+               TensorView(dpositions.data(), DType::Int32, {pairs}), stream.handle(),
+               c.zero_padding);
   stream.synchronize();
   std::vector<std::uint16_t> x_sorted(static_cast<std::size_t>(rows) * d);
   std::vector<int> positions(static_cast<std::size_t>(pairs));
@@ -89,8 +91,9 @@ TEST_P(MoePermuteTest, RoundTripsThroughTheLayout) {
     const int pair = layout[i];
     const bool real = pair >= 0 && pair < pairs;
     for (int col = 0; col < d; ++col) {
-      const std::uint16_t want =
-          real ? x[static_cast<std::size_t>(pair / c.top_k) * stride + col] : 0;
+      const std::uint16_t want = real ? x[static_cast<std::size_t>(pair / c.top_k) * stride + col]
+                                 : c.zero_padding ? 0
+                                                  : 0x7f7f;  // the poison, left
       ASSERT_EQ(x_sorted[i * d + col], want) << "row " << i << " (pair " << pair << ") col " << col;
     }
     if (real) {
@@ -162,7 +165,8 @@ std::vector<PermuteCase> cases() {
           {"unweighted_shared_padded_rows", fp16, 300, 2, 8, 512, 8, false, true},
           {"invalid_ids", bf16, 200, 4, 64, 256, 0, true, false, 13},
           {"one_token_hidden_8", bf16, 1, 1, 8, 8},
-          {"no_tokens", bf16, 0, 4, 64, 2048}};
+          {"no_tokens", bf16, 0, 4, 64, 2048},
+          {"glm_decode_padding_unwritten", bf16, 16, 4, 64, 2048, 0, true, true, 0, false}};
 }
 
 INSTANTIATE_TEST_SUITE_P(All, MoePermuteTest, ::testing::ValuesIn(cases()),

@@ -480,6 +480,12 @@ TEST(MoeGemmValidation, AcceptsFp4WeightsWithTheirScales) {
   k_1984.weights = ops::MoeGemm::kSameAsX;
   EXPECT_TRUE(ops::MoeGemm::valid(decode, k_1984, sm90a));
 
+  // The epilogue's zero_padding reaches the kernels (default: padding rows written as zeros).
+  EXPECT_EQ(call.args.zero_padding, 1);
+  g.epilogue.zero_padding = false;
+  EXPECT_EQ(g.check().args.zero_padding, 0);
+  g.epilogue.zero_padding = true;
+
   moe::Fp4Weights one_scale = nvfp4_weights();
   one_scale.tensor_scale = TensorView(fake(), DType::Float32, {1});
   g.w = one_scale;

@@ -50,10 +50,11 @@ void align(const TensorView& ids, int experts, int block, const Alignment& out,
 
 // The tokens x [T, D] (bf16 or fp16, D a multiple of 8, rows 16-byte aligned) in align's layout:
 // x_sorted [rows, D] (rows = sorted's length) with row i = x[sorted[i] / k], zeros for a padding
-// row; positions [T k] int32: pair p's row, -1 for a pair align did not place (an expert id out
-// of range).
+// row (zero_padding false: padding rows left unwritten, for a caller whose GEMM's padding rows
+// are not read either: GemmEpilogue::zero_padding); positions [T k] int32: pair p's row, -1 for
+// a pair align did not place (an expert id out of range).
 void permute(const TensorView& x, const TensorView& sorted, int top_k, const TensorView& x_sorted,
-             const TensorView& positions, StreamHandle stream);
+             const TensorView& positions, StreamHandle stream, bool zero_padding = true);
 
 // Back to token order: out[t] = shared[t] + sum_j weights[t, j] y_sorted[positions[t k + j]],
 // summed in fp32 in slot order and rounded once. y_sorted [rows, D], out and shared [T, D] (one
@@ -77,6 +78,11 @@ struct GemmEpilogue {
   // Optional with the other epilogues over the contiguous layout: given, the FP4 GEMM multiplies
   // only the rows of a block that hold pairs (decode: a few an expert), padding rows still 0.
   TensorView sorted, weights;
+  // false: the rows of a block that hold no pair may be left unwritten (their values unspecified),
+  // for a caller that reads the pairs' rows only, as unpermute does (the layer passes false: in
+  // decode, a block of 64 rows holds one or two pairs, and its 62 rows of zeros cost up to a
+  // tenth of the down projection's bytes).
+  bool zero_padding = true;
 };
 
 // The experts' GEMM over align's layout: y[r] = x_sorted[r] w[e]^T for every row r of a block of

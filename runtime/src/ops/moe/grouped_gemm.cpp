@@ -513,6 +513,7 @@ Call<MoeGemm> MoeGemm::validate(const TensorView& x_sorted, const TensorView& bl
   a.sorted = static_cast<const int*>(epilogue.sorted.data);
   a.pair_weights = static_cast<const float*>(epilogue.weights.data);
   a.pairs = static_cast<int>(pairs);
+  a.zero_padding = epilogue.zero_padding ? 1 : 0;
   return call;
 }
 

@@ -125,14 +125,18 @@ void MoeLayerSteps::route(const TensorView& router_bias) {
   moe::router_topk(router_logits_, router_bias, ids_, routing_, options_.router, stream_);
   moe::align(ids_, static_cast<int>(layout_.experts), layout_.block,
              {sorted_, block_expert_, counts_, offsets_, invalid_}, stream_);
-  moe::permute(x_, sorted_, static_cast<int>(layout_.top_k), x_sorted_, positions_, stream_);
+  // Padding rows left unwritten: the GEMMs' rows of output depend on their own rows of input
+  // alone, and unpermute reads the pairs' rows only (experts(), below).
+  moe::permute(x_, sorted_, static_cast<int>(layout_.top_k), x_sorted_, positions_, stream_, false);
 }
 
 void MoeLayerSteps::experts(const Weights& gate_up, const Weights& down,
                             const TensorView& block_expert) {
-  // sorted and the weights given to both GEMMs: the FP4 kernel then skips padding rows.
-  const moe::GemmEpilogue swiglu{moe::GemmEpilogue::Kind::kSwiGLU, sorted_, routing_},
-      weighted{moe::GemmEpilogue::Kind::kRoutingWeights, sorted_, routing_};
+  // sorted and the weights given to both GEMMs: the FP4 kernel then skips padding rows; and the
+  // padding rows left unwritten (unpermute reads the pairs' rows only, and a GEMM's row of
+  // output depends on its own row of input alone).
+  const moe::GemmEpilogue swiglu{moe::GemmEpilogue::Kind::kSwiGLU, sorted_, routing_, false},
+      weighted{moe::GemmEpilogue::Kind::kRoutingWeights, sorted_, routing_, false};
   for (Call<MoeGemm> call :
        {MoeGemm::validate(x_sorted_, block_expert, layout_.block, gate_up, h_, swiglu),
         MoeGemm::validate(h_, block_expert, layout_.block, down, y_sorted_, weighted)}) {

@@ -118,6 +118,7 @@ Call<MoePermute> MoePermute::validate(const TensorView& x, const TensorView& sor
   a.pairs = static_cast<int>(p.tokens * p.top_k);
   a.top_k = top_k;
   a.vectors = static_cast<int>(p.hidden / 8);
+  a.zero_padding = 1;
   return call;
 }
 
@@ -201,8 +202,11 @@ Call<MoeUnpermute> MoeUnpermute::validate(const TensorView& y_sorted, const Tens
 namespace kjit::moe {
 
 void permute(const TensorView& x, const TensorView& sorted, int top_k, const TensorView& x_sorted,
-             const TensorView& positions, StreamHandle stream) {
-  ops::run(ops::MoePermute::validate(x, sorted, top_k, x_sorted, positions), stream);
+             const TensorView& positions, StreamHandle stream, bool zero_padding) {
+  ops::Call<ops::MoePermute> call =
+      ops::MoePermute::validate(x, sorted, top_k, x_sorted, positions);
+  call.args.zero_padding = zero_padding ? 1 : 0;
+  ops::run(call, stream);
 }
 
 void unpermute(const TensorView& y_sorted, const TensorView& positions, int top_k,
