@@ -280,7 +280,18 @@ std::vector<GemmCase> cases() {
       {"bf16_decode_kernel_k_704_depth_4", bf16, 5, 4, 16, 128, 704, 64, true, Kind::kPlain, 64, 4,
        Format::kSameAsX, true, 1},
       {"bf16_decode_kernel_k_64", bf16, 20, 2, 8, 192, 64, 64, false, Kind::kPlain, 64, 2,
-       Format::kSameAsX, true, 1}};
+       Format::kSameAsX, true, 1},
+      // One set of warps over every K step (decode 2): GLM's gate/up at T 1, MXFP4 skewed with
+      // routing weights (several passes, K of 3 steps at depth 4), bf16 K 704 (11 steps, the ring
+      // refilling), fp16 over blocks of 128 with no sorted.
+      {"nvfp4_decode_one_set_glm_gate_up", bf16, 1, 4, 64, 3072, 2048, 64, false, Kind::kSwiGLU, 64,
+       2, Format::kNvFp4, true, 2},
+      {"mxfp4_decode_one_set_skewed_k_384", bf16, 60, 2, 8, 256, 384, 64, true,
+       Kind::kRoutingWeights, 64, 4, Format::kMxFp4, false, 2},
+      {"bf16_decode_one_set_k_704", bf16, 5, 4, 16, 128, 704, 64, true, Kind::kPlain, 64, 2,
+       Format::kSameAsX, true, 2},
+      {"fp16_decode_one_set_block128", fp16, 40, 2, 8, 128, 192, 128, false, Kind::kPlain, 64, 4,
+       Format::kSameAsX, false, 2}};
 }
 
 INSTANTIATE_TEST_SUITE_P(All, MoeGemmTest, ::testing::ValuesIn(cases()),
@@ -419,6 +430,17 @@ std::vector<MaskedCase> masked_cases() {
            Kind::kSwiGLU,
            Format::kSameAsX,
            {64, 3, 1}},
+          // ... with one set of warps (decode 2).
+          {"nvfp4_decode_one_set_glm_gate_up_swiglu",
+           bf16,
+           8,
+           24,
+           3072,
+           2048,
+           8,
+           Kind::kSwiGLU,
+           Format::kNvFp4,
+           {64, 2, 2}},
           // Persistent blocks over more tiles than SMs, the tiles past an expert's count skipped.
           {"persistent_256_columns_block128",
            bf16,

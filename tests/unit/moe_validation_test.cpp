@@ -549,9 +549,11 @@ TEST(MoeGemmValidation, TunerWorkloadIsShapedLikeTheLayout) {
   decode_fp4.weights = ops::MoeGemm::kNvFp4;
   ops::MoeGemm::classify(decode_fp4);
   const std::vector<ops::MoeGemm::Config> decode_space = ops::MoeGemm::space(decode_fp4, sm90a);
-  EXPECT_EQ(std::count_if(decode_space.begin(), decode_space.end(),
-                          [](const auto& c) { return c.decode == 1; }),
-            3);
+  for (std::int64_t form : {1, 2}) {  // two sets of warps and one, each at three depths
+    EXPECT_EQ(std::count_if(decode_space.begin(), decode_space.end(),
+                            [&](const auto& c) { return c.decode == form; }),
+              3);
+  }
   // A decode shape of a bucket's rows (as the miss log stores it: T k 256's 4288 rows as 8192)
   // is timed on at most the pairs decode allows, not on the 4160 pairs 8192 rows could hold.
   ops::MoeGemm::Problem bucket = decode_fp4;
