@@ -536,8 +536,9 @@ if [ "$what" = moe ]; then
 fi
 decode_checks() {  # decode_checks: the MoE GEMM, layer and golden tests, then memcheck and
                    # racecheck on decode-kernel cases (config decode 1: NVFP4 SwiGLU, MXFP4 at K 384
-                   # with skewed routing, MXFP4 masked, fp16 weights at K 320)
-  local cases='All/MoeGemmTest.*/nvfp4_decode_kernel_swiglu:All/MoeGemmTest.*/mxfp4_decode_kernel_skewed_k_384:All/MoeGemmMaskedTest.*/mxfp4_decode_kernel_plain:All/MoeGemmTest.*/fp16_decode_kernel_skewed_k_320'
+                   # with skewed routing, MXFP4 masked, fp16 weights at K 320; decode 2: MXFP4 at
+                   # K 384 skewed, fp16 over blocks of 128)
+  local cases='All/MoeGemmTest.*/nvfp4_decode_kernel_swiglu:All/MoeGemmTest.*/mxfp4_decode_kernel_skewed_k_384:All/MoeGemmMaskedTest.*/mxfp4_decode_kernel_plain:All/MoeGemmTest.*/fp16_decode_kernel_skewed_k_320:All/MoeGemmTest.*/mxfp4_decode_one_set_skewed_k_384:All/MoeGemmTest.*/fp16_decode_one_set_block128'
   sharded_tests decode_tests '*MoeGemm*:*MoeLayer*:*MoeGolden*' 200
   sanitize decode_memcheck memcheck 120 "$cases"
   sanitize decode_racecheck racecheck 120 "$cases"

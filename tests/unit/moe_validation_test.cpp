@@ -474,6 +474,8 @@ TEST(MoeGemmValidation, AcceptsFp4WeightsWithTheirScales) {
   EXPECT_FALSE(ops::MoeGemm::valid({128, 2, 1}, call.problem, sm90a));
   EXPECT_FALSE(ops::MoeGemm::valid({64, 7, 1}, call.problem, sm90a));
   EXPECT_FALSE(ops::MoeGemm::valid({64, 1, 1}, call.problem, sm90a));
+  EXPECT_TRUE(ops::MoeGemm::valid({64, 2, 2}, call.problem, sm90a));  // one set of warps
+  EXPECT_FALSE(ops::MoeGemm::valid({64, 2, 3}, call.problem, sm90a));
   ops::MoeGemm::Problem k_1984 = call.problem;
   k_1984.k = 1984;
   EXPECT_FALSE(ops::MoeGemm::valid(decode, k_1984, sm90a));

@@ -186,7 +186,8 @@ void MoeGemm::check_weights(Problem& p, const Weights& weights, std::int64_t exp
 
 unsigned MoeGemm::shared_bytes(const Config& c, const Problem& p) {
   // The decode kernel: 8 tokens' K (16-bit, rows 32 bytes apart beyond), its second set of
-  // warps' sums (2 KB) and its threads' rings of `stages` slots.
+  // warps' sums (2 KB; kept, unused, with one set: the rings start past them) and its threads'
+  // rings of `stages` slots.
   if (c.decode) {
     const std::int64_t slot =
         p.weights == kSameAsX ? KJIT_MOE_DECODE_16BIT_SLOT_BYTES : KJIT_MOE_DECODE_FP4_SLOT_BYTES;
