@@ -4,8 +4,11 @@
 // host's enqueue overlaps the GPU's work) and its GB/s of cache bytes read (B L 1152 / time); the
 // same 20 calls replayed as a CUDA graph (the GPU's time alone) with their GB/s, TFLOP/s
 // (2 H s_q L (576 + 512) per sequence) and fraction of the device-to-device copy bandwidth
-// measured first in the same process; the main loop and split count the op chose.
-// Flags (each repeatable): --only-heads H, --only-batch B, --only-length L.
+// measured first in the same process; the main loop and split count the op chose. Then three
+// uneven batches at each H (skewed_batches(), the same in bench/mla_decode_peers.py), L their
+// longest: where a split plan sized by the longest request leaves most blocks short.
+// Flags (each repeatable): --only-heads H, --only-batch B, --only-length L (the uneven batches
+// run when no batch or length is named).
 #include <algorithm>
 #include <cstdio>
 #include <numeric>
@@ -27,6 +30,25 @@ using kjit::bench::graph_median_ms;
 using kjit::bench::median_ms;
 
 constexpr int kCalls = 20;
+
+struct Batch {
+  const char* name;
+  std::vector<std::int32_t> lengths;
+};
+
+// Uneven batches, integer formulas (bench/mla_decode_peers.py builds the same): one long request
+// among short ones; 32 spread from 512 to 32k keys (quadratically); short and long alternating.
+std::vector<Batch> skewed_batches() {
+  Batch one_long{"1x64k+7x1k", std::vector<std::int32_t>(8, 1024)};
+  one_long.lengths[0] = 65536;
+  Batch spread{"32x512..32k", {}};
+  for (int i = 0; i < 32; ++i)
+    spread.lengths.push_back(512 + (32768 - 512) * i * i / (31 * 31));
+  Batch alternating{"32x256+32x16k", {}};
+  for (int i = 0; i < 64; ++i)
+    alternating.lengths.push_back(i % 2 == 0 ? 256 : 16384);
+  return {one_long, spread, alternating};
+}
 
 }  // namespace
 
@@ -60,51 +82,76 @@ int main(int argc, char** argv) try {
               "graph us", "GB/s", "TFLOP/s", "vs copy", "mainloop", "splits");
   constexpr int kD = kjit::mla::kHeadDim, kV = kjit::mla::kLatentDim, kBlock = 64;
   std::mt19937 rng(11);
+  // One row: B requests of the given lengths (pages shuffled over the cache), `name` after the
+  // columns for an uneven batch (L: its longest).
+  const auto run_row = [&](long long heads, const std::vector<std::int32_t>& lengths,
+                           const char* name) {
+    const auto b = static_cast<long long>(lengths.size());
+    const long long longest = *std::max_element(lengths.begin(), lengths.end());
+    const long long max_blocks = (longest + kBlock - 1) / kBlock;
+    long long num_blocks = 0, keys = 0;
+    for (std::int32_t l : lengths) {
+      num_blocks += (l + kBlock - 1) / kBlock;
+      keys += l;
+    }
+    std::vector<std::int32_t> pages(static_cast<std::size_t>(num_blocks));
+    std::iota(pages.begin(), pages.end(), 0);
+    std::shuffle(pages.begin(), pages.end(), rng);
+    std::vector<std::int32_t> table(static_cast<std::size_t>(b * max_blocks), 0);
+    std::size_t next = 0;
+    for (long long r = 0; r < b; ++r) {
+      for (long long i = 0; i < (lengths[r] + kBlock - 1) / kBlock; ++i)
+        table[r * max_blocks + i] = pages[next++];
+    }
+    // Random queries; the cache (up to 10 GB) one repeated small value, which the timing does not
+    // depend on.
+    const DeviceBuffer q = kjit::bench::random_bf16(b * heads * kD);
+    DeviceBuffer cache(static_cast<std::size_t>(num_blocks) * kBlock * kD * 2);
+    cache.fill_bytes(0x3c);
+    DeviceBuffer dtable(table.size() * 4), dlengths(lengths.size() * 4), out(b * heads * kV * 2),
+        lse(b * heads * 4);
+    dtable.upload(table.data(), dtable.size());
+    dlengths.upload(lengths.data(), dlengths.size());
+    const TensorView vq(q.data(), kjit::DType::BFloat16, {b, 1, heads, kD}),
+        vout(out.data(), kjit::DType::BFloat16, {b, 1, heads, kV}),
+        vlse(lse.data(), kjit::DType::Float32, {b, 1, heads});
+    const kjit::mla::PagedCache paged{
+        TensorView(cache.data(), kjit::DType::BFloat16, {num_blocks, kBlock, kD}),
+        TensorView(dtable.data(), kjit::DType::Int32, {b, max_blocks}), table.data(),
+        TensorView(dlengths.data(), kjit::DType::Int32, {b}), lengths.data()};
+    kjit::mla::DecodeOptions options;
+    options.softmax_scale = 0.0625f;
+    auto calls = [&] {
+      for (int i = 0; i < kCalls; ++i)
+        kjit::mla::decode(vq, paged, vout, vlse, options, stream.handle());
+    };
+    const double ms = median_ms(calls, stream.handle()) / kCalls;
+    const double graph_ms = graph_median_ms(calls, stream.handle()) / kCalls;
+    const double bytes = static_cast<double>(keys) * kD * 2;
+    const double flops = 2.0 * heads * keys * (kD + kV);
+    const auto call = kjit::ops::MlaDecode::validate(vq, paged, vout, vlse, options);
+    const auto config = kjit::ops::Dispatcher<kjit::ops::MlaDecode>::instance().choose(
+        call.problem, kjit::arch::current());
+    std::printf("%4lld %4lld %6lld %10.2f %9.0f %10.2f %9.0f %8.1f %7.0f%% %8lld %6lld%s%s\n",
+                heads, b, longest, ms * 1e3, bytes / ms / 1e6, graph_ms * 1e3,
+                bytes / graph_ms / 1e6, flops / graph_ms / 1e9,
+                100.0 * bytes / graph_ms / 1e6 / copy_gbs, static_cast<long long>(config.mainloop),
+                static_cast<long long>(config.splits), *name ? " " : "", name);
+  };
   for (long long heads : {20, 64, 128}) {
     if (skip(only_heads, heads)) continue;
     for (long long b : {1, 8, 32, 64, 128}) {
       for (long long l : {1024, 4096, 16384, 65536}) {
         if (skip(only_batch, b) || skip(only_length, l)) continue;
-        const long long max_blocks = l / kBlock, num_blocks = b * max_blocks;
-        std::vector<std::int32_t> table(static_cast<std::size_t>(num_blocks)),
-            lengths(static_cast<std::size_t>(b), static_cast<std::int32_t>(l));
-        std::iota(table.begin(), table.end(), 0);
-        std::shuffle(table.begin(), table.end(), rng);
-        // Random queries; the cache (up to 10 GB) one repeated small value, which the timing
-        // does not depend on.
-        const DeviceBuffer q = kjit::bench::random_bf16(b * heads * kD);
-        DeviceBuffer cache(static_cast<std::size_t>(num_blocks) * kBlock * kD * 2);
-        cache.fill_bytes(0x3c);
-        DeviceBuffer dtable(table.size() * 4), dlengths(lengths.size() * 4),
-            out(b * heads * kV * 2), lse(b * heads * 4);
-        dtable.upload(table.data(), dtable.size());
-        dlengths.upload(lengths.data(), dlengths.size());
-        const TensorView vq(q.data(), kjit::DType::BFloat16, {b, 1, heads, kD}),
-            vout(out.data(), kjit::DType::BFloat16, {b, 1, heads, kV}),
-            vlse(lse.data(), kjit::DType::Float32, {b, 1, heads});
-        const kjit::mla::PagedCache paged{
-            TensorView(cache.data(), kjit::DType::BFloat16, {num_blocks, kBlock, kD}),
-            TensorView(dtable.data(), kjit::DType::Int32, {b, max_blocks}), table.data(),
-            TensorView(dlengths.data(), kjit::DType::Int32, {b}), lengths.data()};
-        kjit::mla::DecodeOptions options;
-        options.softmax_scale = 0.0625f;
-        auto calls = [&] {
-          for (int i = 0; i < kCalls; ++i)
-            kjit::mla::decode(vq, paged, vout, vlse, options, stream.handle());
-        };
-        const double ms = median_ms(calls, stream.handle()) / kCalls;
-        const double graph_ms = graph_median_ms(calls, stream.handle()) / kCalls;
-        const double bytes = static_cast<double>(b) * l * kD * 2;
-        const double flops = 2.0 * b * heads * l * (kD + kV);
-        const auto call = kjit::ops::MlaDecode::validate(vq, paged, vout, vlse, options);
-        const auto config = kjit::ops::Dispatcher<kjit::ops::MlaDecode>::instance().choose(
-            call.problem, kjit::arch::current());
-        std::printf("%4lld %4lld %6lld %10.2f %9.0f %10.2f %9.0f %8.1f %7.0f%% %8lld %6lld\n",
-                    heads, b, l, ms * 1e3, bytes / ms / 1e6, graph_ms * 1e3, bytes / graph_ms / 1e6,
-                    flops / graph_ms / 1e9, 100.0 * bytes / graph_ms / 1e6 / copy_gbs,
-                    static_cast<long long>(config.mainloop), static_cast<long long>(config.splits));
+        run_row(
+            heads,
+            std::vector<std::int32_t>(static_cast<std::size_t>(b), static_cast<std::int32_t>(l)),
+            "");
       }
     }
+    if (!only_batch.empty() || !only_length.empty()) continue;
+    for (const Batch& batch : skewed_batches())
+      run_row(heads, batch.lengths, batch.name);
   }
   return 0;
 } catch (const std::exception& e) {
