@@ -7,11 +7,11 @@
 // is a CUDA graph's replay of 20 calls, median of 15, per call.
 #include <algorithm>
 #include <cstdio>
-#include <numeric>
 #include <random>
 #include <vector>
 
 #include "bench/attention_timing.hpp"
+#include "bench/mla_workload.hpp"
 #include "kjit/jit.hpp"
 #include "kjit/merge_states.hpp"
 #include "kjit/mla.hpp"
@@ -22,8 +22,8 @@ using kjit::DeviceBuffer;
 using kjit::DType;
 using kjit::TensorView;
 
-constexpr int kCalls = 20, kHeads = 20, kBlock = 64;
-constexpr int kD = kjit::mla::kHeadDim, kV = kjit::mla::kLatentDim;
+constexpr int kCalls = 20, kHeads = 20, kBlock = kjit::bench::MlaWorkload::kBlock;
+constexpr int kV = kjit::mla::kLatentDim;
 
 template <class F>
 double per_call_us(F&& call, kjit::StreamHandle stream) {
@@ -48,27 +48,15 @@ int main() try {
   options.softmax_scale = 0.0625f;
   for (long long b : {1, 8, 32}) {
     for (long long l : {16384, 65536}) {
-      const long long max_blocks = l / kBlock, num_blocks = b * max_blocks;
-      std::vector<std::int32_t> table(static_cast<std::size_t>(num_blocks)),
-          lengths(static_cast<std::size_t>(b), static_cast<std::int32_t>(l));
-      std::iota(table.begin(), table.end(), 0);
-      std::shuffle(table.begin(), table.end(), rng);
-      // Random queries; the cache (up to 2.4 GB) one repeated small value, which the timing does
-      // not depend on.
-      const DeviceBuffer q = kjit::bench::random_bf16(static_cast<std::size_t>(b) * kHeads * kD);
-      DeviceBuffer cache(static_cast<std::size_t>(num_blocks) * kBlock * kD * 2);
-      cache.fill_bytes(0x3c);
-      DeviceBuffer dtable(table.size() * 4), dlengths(lengths.size() * 4), out(b * kHeads * kV * 2),
-          lse(b * kHeads * 4);
-      dtable.upload(table.data(), dtable.size());
-      dlengths.upload(lengths.data(), dlengths.size());
-      const TensorView vq(q.data(), DType::BFloat16, {b, 1, kHeads, kD}),
-          vcache(cache.data(), DType::BFloat16, {num_blocks, kBlock, kD}),
-          vout(out.data(), DType::BFloat16, {b, 1, kHeads, kV}),
-          vlse(lse.data(), DType::Float32, {b, 1, kHeads});
-      const kjit::mla::PagedCache whole{
-          vcache, TensorView(dtable.data(), DType::Int32, {b, max_blocks}), table.data(),
-          TensorView(dlengths.data(), DType::Int32, {b}), lengths.data()};
+      const kjit::bench::MlaWorkload work(
+          kHeads,
+          std::vector<std::int32_t>(static_cast<std::size_t>(b), static_cast<std::int32_t>(l)),
+          rng);
+      const long long max_blocks = work.max_blocks;
+      const std::vector<std::int32_t>& table = work.table;
+      const TensorView vq = work.q_view(), vcache = work.cache_view(), vout = work.out_view(),
+                       vlse = work.lse_view();
+      const kjit::mla::PagedCache whole = work.paged();
       const double single =
           per_call_us([&] { kjit::mla::decode(vq, whole, vout, vlse, options, s); }, s);
       for (int w : {2, 4, 8}) {

@@ -11,12 +11,12 @@
 // run when no batch or length is named).
 #include <algorithm>
 #include <cstdio>
-#include <numeric>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "bench/attention_timing.hpp"
+#include "bench/mla_workload.hpp"
 #include "kjit/jit.hpp"
 #include "kjit/mla.hpp"
 #include "ops/dispatch.hpp"
@@ -80,45 +80,16 @@ int main(int argc, char** argv) try {
               copy_gbs);
   std::printf("%4s %4s %6s %10s %9s %10s %9s %8s %8s %8s %6s\n", "H", "B", "L", "us/call", "GB/s",
               "graph us", "GB/s", "TFLOP/s", "vs copy", "mainloop", "splits");
-  constexpr int kD = kjit::mla::kHeadDim, kV = kjit::mla::kLatentDim, kBlock = 64;
+  using kjit::bench::MlaWorkload;
   std::mt19937 rng(11);
-  // One row: B requests of the given lengths (pages shuffled over the cache), `name` after the
-  // columns for an uneven batch (L: its longest).
+  // One row: B requests of the given lengths, `name` after the columns for an uneven batch (L: its
+  // longest).
   const auto run_row = [&](long long heads, const std::vector<std::int32_t>& lengths,
                            const char* name) {
-    const auto b = static_cast<long long>(lengths.size());
+    const MlaWorkload w(heads, lengths, rng);
     const long long longest = *std::max_element(lengths.begin(), lengths.end());
-    const long long max_blocks = (longest + kBlock - 1) / kBlock;
-    long long num_blocks = 0, keys = 0;
-    for (std::int32_t l : lengths) {
-      num_blocks += (l + kBlock - 1) / kBlock;
-      keys += l;
-    }
-    std::vector<std::int32_t> pages(static_cast<std::size_t>(num_blocks));
-    std::iota(pages.begin(), pages.end(), 0);
-    std::shuffle(pages.begin(), pages.end(), rng);
-    std::vector<std::int32_t> table(static_cast<std::size_t>(b * max_blocks), 0);
-    std::size_t next = 0;
-    for (long long r = 0; r < b; ++r) {
-      for (long long i = 0; i < (lengths[r] + kBlock - 1) / kBlock; ++i)
-        table[r * max_blocks + i] = pages[next++];
-    }
-    // Random queries; the cache (up to 10 GB) one repeated small value, which the timing does not
-    // depend on.
-    const DeviceBuffer q = kjit::bench::random_bf16(b * heads * kD);
-    DeviceBuffer cache(static_cast<std::size_t>(num_blocks) * kBlock * kD * 2);
-    cache.fill_bytes(0x3c);
-    DeviceBuffer dtable(table.size() * 4), dlengths(lengths.size() * 4), out(b * heads * kV * 2),
-        lse(b * heads * 4);
-    dtable.upload(table.data(), dtable.size());
-    dlengths.upload(lengths.data(), dlengths.size());
-    const TensorView vq(q.data(), kjit::DType::BFloat16, {b, 1, heads, kD}),
-        vout(out.data(), kjit::DType::BFloat16, {b, 1, heads, kV}),
-        vlse(lse.data(), kjit::DType::Float32, {b, 1, heads});
-    const kjit::mla::PagedCache paged{
-        TensorView(cache.data(), kjit::DType::BFloat16, {num_blocks, kBlock, kD}),
-        TensorView(dtable.data(), kjit::DType::Int32, {b, max_blocks}), table.data(),
-        TensorView(dlengths.data(), kjit::DType::Int32, {b}), lengths.data()};
+    const TensorView vq = w.q_view(), vout = w.out_view(), vlse = w.lse_view();
+    const kjit::mla::PagedCache paged = w.paged();
     kjit::mla::DecodeOptions options;
     options.softmax_scale = 0.0625f;
     auto calls = [&] {
@@ -127,13 +98,13 @@ int main(int argc, char** argv) try {
     };
     const double ms = median_ms(calls, stream.handle()) / kCalls;
     const double graph_ms = graph_median_ms(calls, stream.handle()) / kCalls;
-    const double bytes = static_cast<double>(keys) * kD * 2;
-    const double flops = 2.0 * heads * keys * (kD + kV);
+    const double bytes = static_cast<double>(w.keys) * MlaWorkload::kD * 2;
+    const double flops = 2.0 * heads * w.keys * (MlaWorkload::kD + MlaWorkload::kV);
     const auto call = kjit::ops::MlaDecode::validate(vq, paged, vout, vlse, options);
     const auto config = kjit::ops::Dispatcher<kjit::ops::MlaDecode>::instance().choose(
         call.problem, kjit::arch::current());
     std::printf("%4lld %4lld %6lld %10.2f %9.0f %10.2f %9.0f %8.1f %7.0f%% %8lld %6lld%s%s\n",
-                heads, b, longest, ms * 1e3, bytes / ms / 1e6, graph_ms * 1e3,
+                heads, w.batch, longest, ms * 1e3, bytes / ms / 1e6, graph_ms * 1e3,
                 bytes / graph_ms / 1e6, flops / graph_ms / 1e9,
                 100.0 * bytes / graph_ms / 1e6 / copy_gbs, static_cast<long long>(config.mainloop),
                 static_cast<long long>(config.splits), *name ? " " : "", name);

@@ -41,6 +41,8 @@ struct DecodeShape {
   static constexpr int kSumBytes = KJIT_MOE_DECODE_SUM_BYTES;
   static_assert(kTokens == 8, "a pass is one m16n8 tile of tokens");
   static_assert(kSumBytes == 4 * 4 * 32 * 4, "4 warps of the second set, 4 sums a lane");
+  static_assert(kThreads * 2 / kGroups == KJIT_MOE_DECODE_THREADS,
+                "the host launches and sizes the rings so");
   static_assert(kRowPad == 32, "the swizzles below assume rows 2 chunks apart in the banks");
   static_assert(kGroups == 1 || kGroups == 2, "one or two sets of 4 warps");
 };

@@ -83,7 +83,7 @@ std::int64_t decode_pairs(const MoeGemm::Problem& p) {
 
 // The decode kernel's threads: two sets of 4 warps (decode 1) or one (decode 2).
 std::int64_t decode_threads(const MoeGemm::Config& c) {
-  return c.decode == 2 ? 128 : 256;
+  return c.decode == 2 ? KJIT_MOE_DECODE_THREADS / 2 : KJIT_MOE_DECODE_THREADS;
 }
 
 // The non-persistent grid: a block per tile (columns, rows, the masked layout's experts).
