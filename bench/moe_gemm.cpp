@@ -12,7 +12,8 @@
 //    at least 15 calls before and come from HBM, as a model's do layer after layer, not from L2;
 //    GB/s over the bytes of the experts a call reads (FP4: codes and scales), and that as a share
 //    of the device copy's bandwidth. Each row's op choice first, then on the same calls the other
-//    decode configs that run: FP4's decode kernel (depths 2, 4 and 6) and 64 weight rows a block.
+//    decode configs that run: the decode kernel (depths 2, 4 and 6; depths 2 and 4 with one set
+//    of warps) and 64 weight rows a block.
 #include <algorithm>
 #include <cstdio>
 #include <string>
@@ -193,7 +194,8 @@ void print_row(const char* name, Format f, int experts, int rows, int n, int k, 
   }
   std::printf("  block_n %lld stages %lld%s\n", static_cast<long long>(c.block_n),
               static_cast<long long>(c.stages),
-              c.decode       ? " decode"
+              c.decode == 2  ? " decode one set"
+              : c.decode     ? " decode"
               : c.persistent ? " persistent"
                              : "");
 }
@@ -297,10 +299,15 @@ int main(int argc, char** argv) try {
             w.config(layouts[0].x_view(p.k), layouts[0].blocks_view(), kDecodeBlock, vy);
         print_row(p.name, formats[f], kExperts, pairs, p.n, p.k, ms,
                   touched * w.expert_bytes() / ms / 1e6, chosen, copy_gbs);
-        // The other decode configs on the same calls: FP4's decode kernel (its depths), and the
-        // pipeline's 64 weight rows (bf16: twice the blocks of its default 128).
-        for (const kjit::ops::MoeGemm::Config other :
-             {kjit::ops::MoeGemm::Config{64, 2, 1}, {64, 4, 1}, {64, 6, 1}, {64, 6, 0}}) {
+        // The other decode configs on the same calls: the decode kernel (its depths, two sets of
+        // warps and one), and the pipeline's 64 weight rows (bf16: twice the blocks of its
+        // default 128).
+        for (const kjit::ops::MoeGemm::Config other : {kjit::ops::MoeGemm::Config{64, 2, 1},
+                                                       {64, 4, 1},
+                                                       {64, 6, 1},
+                                                       {64, 2, 2},
+                                                       {64, 4, 2},
+                                                       {64, 6, 0}}) {
           if (same(other, chosen) ||
               !w.valid(other, layouts[0].x_view(p.k), layouts[0].blocks_view(), kDecodeBlock, vy)) {
             continue;

@@ -12,11 +12,11 @@
 // only, as the pipelines (the 16-bit path alone would run on sm_80; not offered yet).
 // A block: 64 weight rows (4 warps of 16) of one block of align's rows (or of the masked
 // layout's), K's steps alternating between two sets of 4 warps, whose sums meet in shared
-// memory; the block's tokens 8 at a time (one m16n8 tile), a pass over the weights each (decode:
-// one pass; a second re-reads the block's weights, from L2).
-// The K order inside a step is the lane's own, and the tokens are staged in shared memory in the
-// same order (rows 2K + 32 bytes apart, 16-byte chunks swizzled so that a quarter warp's 16-byte
-// loads fall in 8 distinct bank groups); each weight format says how (Fp4Steps, HalfSteps).
+// memory (or walked by one set, kGroups 1); the block's tokens 8 at a time (one m16n8 tile), a pass
+// over the weights each (decode: one pass; a second re-reads the block's weights, from L2). The K
+// order inside a step is the lane's own, and the tokens are staged in shared memory in the same
+// order (rows 2K + 32 bytes apart, 16-byte chunks swizzled so that a quarter warp's 16-byte loads
+// fall in 8 distinct bank groups); each weight format says how (Fp4Steps, HalfSteps).
 #pragma once
 
 #include "common/cp_async.cuh"
@@ -25,9 +25,13 @@
 
 namespace kjit::moe {
 
+// kGroups: the sets of 4 warps that split K's steps (2), or one set that walks them all (1: a
+// block of 128 threads lives twice as long over the same bytes, its start and end a smaller
+// share of it).
+template <int kGroups_>
 struct DecodeShape {
-  static constexpr int kRows = 64;   // weight rows a block: 4 warps of 16
-  static constexpr int kGroups = 2;  // sets of 4 warps that split K's steps
+  static constexpr int kRows = 64;  // weight rows a block: 4 warps of 16
+  static constexpr int kGroups = kGroups_;
   static constexpr int kThreads = 128 * kGroups;
   static constexpr int kTokens = KJIT_MOE_DECODE_TOKENS;   // a pass: one m16n8 tile
   static constexpr int kRowPad = KJIT_MOE_DECODE_ROW_PAD;  // bytes past a staged row's 2K
@@ -37,8 +41,10 @@ struct DecodeShape {
   static constexpr int kSumBytes = KJIT_MOE_DECODE_SUM_BYTES;
   static_assert(kTokens == 8, "a pass is one m16n8 tile of tokens");
   static_assert(kSumBytes == 4 * 4 * 32 * 4, "4 warps of the second set, 4 sums a lane");
-  static_assert(kThreads == KJIT_MOE_DECODE_THREADS, "the host launches and sizes the rings so");
+  static_assert(kThreads * 2 / kGroups == KJIT_MOE_DECODE_THREADS,
+                "the host launches and sizes the rings so");
   static_assert(kRowPad == 32, "the swizzles below assume rows 2 chunks apart in the banks");
+  static_assert(kGroups == 1 || kGroups == 2, "one or two sets of 4 warps");
 };
 
 __device__ __forceinline__ uint4 ld_shared_uint4(unsigned address) {
@@ -66,7 +72,7 @@ __device__ __forceinline__ void e2m1x8_scaled_bits(unsigned word, unsigned (&pai
 // n + 4 sit 16 bits apart (e2m1x8_scaled_bits). The tokens are staged in that order (each 16
 // bytes of a token's K as the pairs (0, 4), (1, 5), (2, 6), (3, 7)), so that a word's B fragments
 // are one 16-byte load; chunk c of a row at c ^ (bit 3 of c).
-template <int kFormat>
+template <int kFormat, int kGroups>
 struct Fp4Steps {
   static constexpr int kStepK = 128, kStepBytes = 2 * kStepK;  // of a staged token row
   static constexpr int kChunks = 2;  // a lane's ring slot: its 16 bytes of rows g and g + 8
@@ -108,8 +114,8 @@ struct Fp4Steps {
       s.raw[0] = __ldg(scales);
       s.raw[1] = __ldg(scales + scales_apart);
     }
-    codes += DecodeShape::kGroups * kStepK / 2;
-    scales += DecodeShape::kGroups * kScaleStep;
+    codes += kGroups * kStepK / 2;
+    scales += kGroups * kScaleStep;
   }
   static __device__ __forceinline__ Step fetch(unsigned slot, const Scales& s) {
     return {{ld_shared_uint4(slot), ld_shared_uint4(slot + 512)}, s};
@@ -164,6 +170,7 @@ struct Fp4Steps {
 // register pairs as loaded, and the tokens staged unpermuted. An odd token row's chunks rotate by
 // 2 within their 8 (rows are 2 chunks apart in the banks), so that a quarter warp's 16-byte loads
 // of rows g and g + 1 fall in 8 distinct bank groups.
+template <int kGroups>
 struct HalfSteps {
   static constexpr int kStepK = 64, kStepBytes = 2 * kStepK;  // of a weight row and a token row
   static constexpr int kChunks = 4;  // a lane's ring slot: Step's chunks in its order
@@ -189,7 +196,7 @@ struct HalfSteps {
       for (int c = 0; c < 2; ++c)
         ptx::cp_async_16_stream(slot + 512 * (2 * h + c), row + h * apart + 64 * c);
     }
-    row += DecodeShape::kGroups * kStepBytes;
+    row += kGroups * kStepBytes;
   }
   static __device__ __forceinline__ Step fetch(unsigned slot, const Scales&) {
     Step s;
@@ -232,13 +239,13 @@ struct HalfSteps {
 // rows' loads in flight a thread. The staged rows past count are left as they are: they multiply
 // into accumulator columns (tokens) that are never stored, and staging zeros there cost a
 // decode block as many shared-memory stores as its weights have bytes.
-template <class Steps, class T>
+template <class Steps, int kThreads, class T>
 __device__ __forceinline__ void stage_tokens(const KjitMoeGemmParams& p, const T* x,
                                              long long first_row, int count, unsigned char* sx,
                                              int pitch) {
   constexpr int kRowsInFlight = 2;  // four spilled at 80 registers (NVFP4 SwiGLU, depth 2)
   const int chunks = p.k / 8;       // 16 bytes each
-  for (int c = threadIdx.x; c < chunks; c += DecodeShape::kThreads) {
+  for (int c = threadIdx.x; c < chunks; c += kThreads) {
     for (int r0 = 0; r0 < count; r0 += kRowsInFlight) {
       uint4 v[kRowsInFlight];
 #pragma unroll
@@ -261,13 +268,15 @@ __device__ __forceinline__ void stage_tokens(const KjitMoeGemmParams& p, const T
 // the ring's slots (the steps in flight a thread). FP4 over the contiguous layout up to 4 slots
 // within 80 registers: three blocks an SM (at K 2048, 66 KB of shared memory each), for the warps
 // its conversion needs; else two (6 slots' scale registers or the masked layout's pass state
-// spill at 80; 6 slots take 84 KB at K 2048).
-template <class T, int kFormat, int kBlockM, int kLoads, int kEpilogue, bool kMasked>
-__global__ void __launch_bounds__(DecodeShape::kThreads,
-                                  kFormat != 0 && kLoads <= 4 && !kMasked ? 3 : 2)
+// spill at 80; 6 slots take 84 KB at K 2048). One set of warps (kGroups 1): twice the blocks of
+// half the threads, within the same registers.
+template <class T, int kFormat, int kBlockM, int kLoads, int kEpilogue, bool kMasked, int kGroups>
+__global__ void __launch_bounds__(DecodeShape<kGroups>::kThreads,
+                                  (kFormat != 0 && kLoads <= 4 && !kMasked ? 3 : 2) * 2 / kGroups)
     moe_grouped_gemm_decode(const __grid_constant__ KjitMoeGemmParams p) {
-  using S = DecodeShape;
-  using Steps = cuda::std::conditional_t<kFormat == 0, HalfSteps, Fp4Steps<kFormat>>;
+  using S = DecodeShape<kGroups>;
+  using Steps =
+      cuda::std::conditional_t<kFormat == 0, HalfSteps<kGroups>, Fp4Steps<kFormat, kGroups>>;
   static_assert(kFormat == 0 || cuda::std::is_same_v<T, __nv_bfloat16>, "FP4 takes bf16 tokens");
   const int w_block = blockIdx.x, m_block = blockIdx.y;
   const GemmBlock<kBlockM, kMasked> block(p, m_block, blockIdx.z);
@@ -316,7 +325,7 @@ __global__ void __launch_bounds__(DecodeShape::kThreads,
   for (int token0 = 0; token0 < held; token0 += S::kTokens) {
     if (token0 > 0) weights = start_pass();
     const int count = min(S::kTokens, held - token0);
-    stage_tokens<Steps>(p, x_rows, first_row + token0, count, sx, pitch);
+    stage_tokens<Steps, S::kThreads>(p, x_rows, first_row + token0, count, sx, pitch);
     __syncthreads();
     float acc[1][4] = {};
     unsigned xa = x0, xb = x1;  // cursors, as the weights' (kept in registers)
@@ -338,16 +347,18 @@ __global__ void __launch_bounds__(DecodeShape::kThreads,
     }
     // The second set's sums to the first's, which writes.
     float* mine = sums + (warp % 4) * 4 * 32 + lane;
-    if (group == 1) {
+    if (S::kGroups == 2 && group == 1) {
 #pragma unroll
       for (int e = 0; e < 4; ++e)
         mine[32 * e] = acc[0][e];
     }
-    __syncthreads();
+    __syncthreads();  // (one set: the next pass restages the tokens after every read of them)
     if (group == 0) {
+      if constexpr (S::kGroups == 2) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e)
-        acc[0][e] += mine[32 * e];
+        for (int e = 0; e < 4; ++e)
+          acc[0][e] += mine[32 * e];
+      }
       store_swapped<T, kEpilogue, kMasked>(p, acc, alpha, expert, first_row + token0, count,
                                            n0 & ~1ll);
     }

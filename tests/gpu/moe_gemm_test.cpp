@@ -296,7 +296,18 @@ std::vector<GemmCase> cases() {
       {"bf16_decode_kernel_padding_unwritten", bf16, 4, 4, 16, 2048, 512, 64, false,
        Kind::kRoutingWeights, 64, 2, Format::kSameAsX, false, 1, 0, false},
       {"bf16_padding_unwritten_op_choice", bf16, 300, 4, 8, 256, 512, 128, false,
-       Kind::kRoutingWeights, 0, 0, Format::kSameAsX, false, 0, 0, false}};
+       Kind::kRoutingWeights, 0, 0, Format::kSameAsX, false, 0, 0, false},
+      // One set of warps over every K step (decode 2): GLM's gate/up at T 1, MXFP4 skewed with
+      // routing weights (several passes, K of 3 steps at depth 4), bf16 K 704 (11 steps, the ring
+      // refilling), fp16 over blocks of 128 with no sorted.
+      {"nvfp4_decode_one_set_glm_gate_up", bf16, 1, 4, 64, 3072, 2048, 64, false, Kind::kSwiGLU, 64,
+       2, Format::kNvFp4, true, 2},
+      {"mxfp4_decode_one_set_skewed_k_384", bf16, 60, 2, 8, 256, 384, 64, true,
+       Kind::kRoutingWeights, 64, 4, Format::kMxFp4, false, 2},
+      {"bf16_decode_one_set_k_704", bf16, 5, 4, 16, 128, 704, 64, true, Kind::kPlain, 64, 2,
+       Format::kSameAsX, true, 2},
+      {"fp16_decode_one_set_block128", fp16, 40, 2, 8, 128, 192, 128, false, Kind::kPlain, 64, 4,
+       Format::kSameAsX, false, 2}};
 }
 
 INSTANTIATE_TEST_SUITE_P(All, MoeGemmTest, ::testing::ValuesIn(cases()),
@@ -435,6 +446,17 @@ std::vector<MaskedCase> masked_cases() {
            Kind::kSwiGLU,
            Format::kSameAsX,
            {64, 3, 1}},
+          // One set of warps (decode 2): bf16 weights, K of 7 steps, 30 rows (4 passes).
+          {"bf16_decode_one_set_swiglu_k_448",
+           bf16,
+           7,
+           30,
+           256,
+           448,
+           16,
+           Kind::kSwiGLU,
+           Format::kSameAsX,
+           {64, 2, 2}},
           // Persistent blocks over more tiles than SMs, the tiles past an expert's count skipped.
           {"persistent_256_columns_block128",
            bf16,

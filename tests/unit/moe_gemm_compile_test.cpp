@@ -1,6 +1,7 @@
 // The MoE GEMM kernels compile for sm_90a without a GPU. The decode kernel
 // (templates/moe/grouped_gemm_decode.cuh): for FP4 weights (both formats, every epilogue, both
 // layouts, the depths the tuner tries) and 16-bit ones (bf16 likewise, fp16 in two instances),
+// with two sets of warps and (fewer instances) one,
 // within its launch bounds' registers: no spill, no stack frame (FP4 over the contiguous layout
 // up to depth 4 within 85 registers, three blocks an SM, checked; the others within 128, two). The
 // 16-bit prefill kernel at 256 columns (templates/moe/grouped_gemm.cuh, 128 accumulators a consumer
@@ -21,9 +22,9 @@ TEST_F(MoeGemmKernel, DecodeInstancesCompileForSm90aWithoutSpills) {
   const Arch sm90a("sm_90a");
   int compiled = 0;
   const auto check = [&](DType dtype, std::int64_t weights, std::int64_t epilogue,
-                         std::int64_t masked, std::int64_t loads) {
+                         std::int64_t masked, std::int64_t loads, std::int64_t form = 1) {
     const ops::MoeGemm::Problem p{dtype, 256, 3072, 2048, 64, 64, epilogue, masked, weights};
-    const ops::MoeGemm::Config c{64, loads, 1};
+    const ops::MoeGemm::Config c{64, loads, form};
     ASSERT_TRUE(ops::MoeGemm::valid(c, p, sm90a));
     Origin origin{};
     const CompiledProgram program = compile(ops::MoeGemm::spec(c, p, sm90a), &origin);
@@ -48,7 +49,15 @@ TEST_F(MoeGemmKernel, DecodeInstancesCompileForSm90aWithoutSpills) {
   }
   check(DType::Float16, ops::MoeGemm::kSameAsX, 0, 0, 2);
   check(DType::Float16, ops::MoeGemm::kSameAsX, 1, 1, 3);
-  EXPECT_EQ(compiled, 47);
+  // One set of warps (decode 2), at the depths the tuner tries, within the same registers.
+  for (std::int64_t weights :
+       {ops::MoeGemm::kNvFp4, ops::MoeGemm::kMxFp4, ops::MoeGemm::kSameAsX}) {
+    for (std::int64_t loads : {2, 4, 6})
+      check(DType::BFloat16, weights, 1, 0, loads, 2);
+  }
+  check(DType::BFloat16, ops::MoeGemm::kNvFp4, 2, 0, 2, 2);
+  check(DType::BFloat16, ops::MoeGemm::kMxFp4, 0, 1, 2, 2);
+  EXPECT_EQ(compiled, 58);
 }
 
 TEST_F(MoeGemmKernel, WideAndPersistentTilesCompileForSm90aWithoutSpills) {

@@ -474,6 +474,8 @@ TEST(MoeGemmValidation, AcceptsFp4WeightsWithTheirScales) {
   EXPECT_FALSE(ops::MoeGemm::valid({128, 2, 1}, call.problem, sm90a));
   EXPECT_FALSE(ops::MoeGemm::valid({64, 7, 1}, call.problem, sm90a));
   EXPECT_FALSE(ops::MoeGemm::valid({64, 1, 1}, call.problem, sm90a));
+  EXPECT_TRUE(ops::MoeGemm::valid({64, 2, 2}, call.problem, sm90a));  // one set of warps
+  EXPECT_FALSE(ops::MoeGemm::valid({64, 2, 3}, call.problem, sm90a));
   ops::MoeGemm::Problem k_1984 = call.problem;
   k_1984.k = 1984;
   EXPECT_FALSE(ops::MoeGemm::valid(decode, k_1984, sm90a));
@@ -555,9 +557,11 @@ TEST(MoeGemmValidation, TunerWorkloadIsShapedLikeTheLayout) {
   decode_fp4.weights = ops::MoeGemm::kNvFp4;
   ops::MoeGemm::classify(decode_fp4);
   const std::vector<ops::MoeGemm::Config> decode_space = ops::MoeGemm::space(decode_fp4, sm90a);
-  EXPECT_EQ(std::count_if(decode_space.begin(), decode_space.end(),
-                          [](const auto& c) { return c.decode == 1; }),
-            3);
+  for (std::int64_t form : {1, 2}) {  // two sets of warps and one, each at three depths
+    EXPECT_EQ(std::count_if(decode_space.begin(), decode_space.end(),
+                            [&](const auto& c) { return c.decode == form; }),
+              3);
+  }
   // A decode shape of a bucket's rows (as the miss log stores it: T k 256's 4288 rows as 8192)
   // is timed on at most the pairs decode allows, not on the 4160 pairs 8192 rows could hold.
   ops::MoeGemm::Problem bucket = decode_fp4;

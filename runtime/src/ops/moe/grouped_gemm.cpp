@@ -81,6 +81,11 @@ std::int64_t decode_pairs(const MoeGemm::Problem& p) {
   return (p.experts * p.block_m + 3) / 4 - 1;
 }
 
+// The decode kernel's threads: two sets of 4 warps (decode 1) or one (decode 2).
+std::int64_t decode_threads(const MoeGemm::Config& c) {
+  return c.decode == 2 ? KJIT_MOE_DECODE_THREADS / 2 : KJIT_MOE_DECODE_THREADS;
+}
+
 // The non-persistent grid: a block per tile (columns, rows, the masked layout's experts).
 Dim3 tile_grid(const MoeGemm::Config& c, const MoeGemm::Problem& p) {
   return {static_cast<unsigned>(p.n / c.block_n),
@@ -181,13 +186,13 @@ void MoeGemm::check_weights(Problem& p, const Weights& weights, std::int64_t exp
 
 unsigned MoeGemm::shared_bytes(const Config& c, const Problem& p) {
   // The decode kernel: 8 tokens' K (16-bit, rows 32 bytes apart beyond), its second set of
-  // warps' sums (2 KB) and its threads' rings of `stages` slots.
+  // warps' sums (2 KB; kept, unused, with one set: the rings start past them) and its threads'
+  // rings of `stages` slots.
   if (c.decode) {
     const std::int64_t slot =
         p.weights == kSameAsX ? KJIT_MOE_DECODE_16BIT_SLOT_BYTES : KJIT_MOE_DECODE_FP4_SLOT_BYTES;
     return static_cast<unsigned>(KJIT_MOE_DECODE_TOKENS * (2 * p.k + KJIT_MOE_DECODE_ROW_PAD) +
-                                 KJIT_MOE_DECODE_SUM_BYTES +
-                                 KJIT_MOE_DECODE_THREADS * c.stages * slot);
+                                 KJIT_MOE_DECODE_SUM_BYTES + decode_threads(c) * c.stages * slot);
   }
   // 1024 bytes of slack to align the swizzled tiles, the stages' row and weight slices (FP4: half
   // a byte a weight), a full and an empty mbarrier a stage; FP4 also the block's scales for the
@@ -211,8 +216,10 @@ std::vector<MoeGemm::Config> MoeGemm::space(const Problem& p, const Arch& arch) 
   }
   // The decode kernel where decode is what it is for (in prefill it would pass over the weights
   // once every 8 tokens).
-  for (std::int64_t loads : {2, 4, 6}) {
-    if (p.decode && valid({64, loads, 1}, p, arch)) out.push_back({64, loads, 1});
+  for (std::int64_t form : {1, 2}) {
+    for (std::int64_t loads : {2, 4, 6}) {
+      if (p.decode && valid({64, loads, form}, p, arch)) out.push_back({64, loads, form});
+    }
   }
   return out;
 }
@@ -220,9 +227,9 @@ std::vector<MoeGemm::Config> MoeGemm::space(const Problem& p, const Arch& arch) 
 bool MoeGemm::valid(const Config& c, const Problem& p, const Arch& arch) {
   const bool fits = shared_bytes(c, p) <= arch.max_shared_bytes();
   if (c.decode) {  // K in whole steps (FP4: of 128); sm_90a (FP4's bf16x2 multiply)
-    return c.decode == 1 && c.persistent == 0 && arch.has_wgmma() && c.block_n == 64 &&
-           p.n % 64 == 0 && p.k % (p.weights == kSameAsX ? 64 : 128) == 0 && c.stages >= 2 &&
-           c.stages <= 6 && fits;
+    return (c.decode == 1 || c.decode == 2) && c.persistent == 0 && arch.has_wgmma() &&
+           c.block_n == 64 && p.n % 64 == 0 && p.k % (p.weights == kSameAsX ? 64 : 128) == 0 &&
+           c.stages >= 2 && c.stages <= 6 && fits;
   }
   // 256 columns: 16-bit weights only (the FP4 kernel's consumers split the columns, one warpgroup
   // for each 64).
@@ -276,11 +283,11 @@ MoeGemm::Config MoeGemm::default_config(const Problem& p, const Arch& arch) {
 KernelSpec MoeGemm::spec(const Config& c, const Problem& p, const Arch& arch) {
   const char* masked = p.masked ? "true" : "false";
   KernelSpec s =
-      c.decode
-          ? KernelSpec(sources()[2],
-                       {fmt::format("kjit::moe::moe_grouped_gemm_decode<{}, {}, {}, {}, {}, {}>",
-                                    cxx_type(p.dtype), p.weights, p.block_m, c.stages, p.epilogue,
-                                    masked)})
+      c.decode ? KernelSpec(
+                     sources()[2],
+                     {fmt::format("kjit::moe::moe_grouped_gemm_decode<{}, {}, {}, {}, {}, {}, {}>",
+                                  cxx_type(p.dtype), p.weights, p.block_m, c.stages, p.epilogue,
+                                  masked, decode_threads(c) / 128)})
       : p.weights == kSameAsX
           ? KernelSpec(sources()[0],
                        {fmt::format("kjit::moe::moe_grouped_gemm<{}, {}, {}, {}, {}, {}, {}>",
@@ -304,8 +311,9 @@ void MoeGemm::launch(const Program& program, const Config& c, const Problem& p,
             1, 1};
   }
   if (c.decode) {  // plain loads: no tensor maps
-    program.kernel().launch({grid, {KJIT_MOE_DECODE_THREADS}, shared_bytes(c, p), stream, {}},
-                            call_args);
+    program.kernel().launch(
+        {grid, {static_cast<unsigned>(decode_threads(c))}, shared_bytes(c, p), stream, {}},
+        call_args);
     return;
   }
   Args args = call_args;

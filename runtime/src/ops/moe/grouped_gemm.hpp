@@ -38,8 +38,8 @@ struct MoeGemm {
   };
   // block_n: columns of y a block computes (the FP4 kernel's weight rows). decode 1: through
   // grouped_gemm_decode.cuh (block_n 64; stages: the K steps of weights a thread has in flight,
-  // 2 to 6, its ring's slots in shared memory). persistent 1 (16-bit weights): one block an SM
-  // walks the tiles.
+  // 2 to 6, its ring's slots in shared memory), two sets of 4 warps over K's steps; decode 2: the
+  // same with one set. persistent 1 (16-bit weights): one block an SM walks the tiles.
   struct Config {
     std::int64_t block_n = 128, stages = 4, decode = 0, persistent = 0;
   };
