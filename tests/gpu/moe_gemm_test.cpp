@@ -307,7 +307,9 @@ std::vector<GemmCase> cases() {
       {"bf16_decode_one_set_k_704", bf16, 5, 4, 16, 128, 704, 64, true, Kind::kPlain, 64, 2,
        Format::kSameAsX, true, 2},
       {"fp16_decode_one_set_block128", fp16, 40, 2, 8, 128, 192, 128, false, Kind::kPlain, 64, 4,
-       Format::kSameAsX, false, 2}};
+       Format::kSameAsX, false, 2},
+      {"mxfp4_decode_one_set_padding_unwritten", bf16, 3, 4, 16, 256, 1024, 64, false,
+       Kind::kSwiGLU, 64, 2, Format::kMxFp4, true, 2, 0, false}};
 }
 
 INSTANTIATE_TEST_SUITE_P(All, MoeGemmTest, ::testing::ValuesIn(cases()),
