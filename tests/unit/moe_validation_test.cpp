@@ -461,6 +461,14 @@ TEST(MoeGemmValidation, AcceptsFp4WeightsWithTheirScales) {
   // 16-bit weights in decode take the decode kernel too; over the masked layout, the pipeline.
   EXPECT_EQ(ops::MoeGemm::default_config(bf16, sm90a).decode, 1);
   EXPECT_EQ(ops::MoeGemm::default_config(bf16, sm90a).stages, 2);
+  // FP4 weights with K under 2048 (GLM's down) take one set of warps over every K step; 16-bit
+  // weights keep two.
+  ops::MoeGemm::Problem down = call.problem;
+  down.n = 2048;
+  down.k = 1536;
+  EXPECT_EQ(ops::MoeGemm::default_config(down, sm90a).decode, 2);
+  down.weights = ops::MoeGemm::kSameAsX;
+  EXPECT_EQ(ops::MoeGemm::default_config(down, sm90a).decode, 1);
   ops::MoeGemm::Problem bf16_masked = masked;
   bf16_masked.weights = ops::MoeGemm::kSameAsX;
   EXPECT_EQ(ops::MoeGemm::default_config(bf16_masked, sm90a).decode, 0);

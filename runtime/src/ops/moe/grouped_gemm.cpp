@@ -263,9 +263,13 @@ MoeGemm::Config MoeGemm::default_config(const Problem& p, const Arch& arch) {
   // and down at T k 4 to 256) 2 steps were the fastest of 2, 4 and 6 for NVFP4 and MXFP4
   // (1.01-1.09x over 4; 6 leaves two blocks an SM), and with 16-bit weights 1.02-1.06x the
   // pipeline's default (gate/up at T k 64: 273.7 against 284.1 us, 97 % of the copy rate). The
-  // masked layout's speed was not measured: it stays on the pipeline.
+  // masked layout's speed was not measured: it stays on the pipeline. FP4 weights with K under
+  // 2048 (GLM's down: 12 steps of 128, 6 a set in two sets) take one set of warps over every
+  // step: with padding rows left unwritten (2026-12-07, bundle a6512d4) 1.05-1.08x at T k 16-256
+  // (NVFP4 down at T k 64: 45.6 against 48.0 us), 0.87x at T k 4 (8.2 against 7.1 us); at K 2048
+  // (gate/up) one set was 0.86-1.02x.
   if (!p.masked && p.decode) {
-    const Config decode{64, 2, 1};
+    const Config decode{64, 2, p.weights != kSameAsX && p.k < 2048 ? 2 : 1};
     if (valid(decode, p, arch)) return decode;
   }
   // Else 128 columns where N allows, and as many stages (up to 6) as shared memory holds; 64
