@@ -38,16 +38,13 @@ __global__ void __launch_bounds__(256, 1) mla_decode(const KjitMlaDecodeParams p
   T* sp = sk + 2 * S::kKElems;                               // [kRows][kPRow]
   float* stats = reinterpret_cast<float*>(sp + S::kPElems);  // [half][max | sum][kRows]
 
-  const int split = blockIdx.x, row0 = blockIdx.y * S::kRows, b = blockIdx.z;
+  const MlaWork work = mla_block_work(p);  // (every warp finds the same)
+  if (work.request < 0) return;
+  const int row0 = blockIdx.y * S::kRows, b = work.request;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int m0 = (warp % 4) * 16, half = warp / 4;
-  // The device's length, which a replayed CUDA graph may have grown past the one the host saw at
-  // capture (the split plan's): the table's keys at most, the last split taking the rest.
-  const int rows = p.s_q * p.heads;
-  const int length = static_cast<int>(
-      min(static_cast<long long>(p.lengths[b]), static_cast<long long>(p.max_blocks) * kBlockSize));
-  const int key_begin = split * p.split_tokens;
-  const int key_end = split == p.splits - 1 ? length : min(length, key_begin + p.split_tokens);
+  const int rows = p.s_q * p.heads, length = work.length;
+  const int key_begin = work.key_begin, key_end = work.key_end;
   const int tiles = key_end > key_begin ? (key_end - key_begin + S::kKeys - 1) / S::kKeys : 0;
 
   for (int c = threadIdx.x; c < S::kRows * S::kChunks; c += S::kThreads) {
@@ -163,7 +160,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode(const KjitMlaDecodeParams p
                                        : negative_infinity();
     const int i = row / p.heads, head = row % p.heads;
     const int col0 = half * 256 + 2 * (lane % 4);
-    if (p.splits == 1) {
+    if (work.pieces == 1) {
       T* out = static_cast<T*>(p.out) + b * p.o_batch_stride + i * p.o_token_stride +
                head * p.o_head_stride + col0;
 #pragma unroll
@@ -174,7 +171,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode(const KjitMlaDecodeParams p
       if (p.lse && half == 0 && lane % 4 == 0)
         p.lse[b * p.lse_batch_stride + i * p.lse_token_stride + head * p.lse_head_stride] = lse;
     } else {
-      const long long cell = (static_cast<long long>(split) * p.batch + b) * rows + row;
+      const long long cell = work.slot * rows + row;
       float* out = p.partial_out + cell * S::kLatent + col0;
 #pragma unroll
       for (int j = 0; j < 32; ++j)

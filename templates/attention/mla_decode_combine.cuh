@@ -1,9 +1,10 @@
 // The split-KV combine of the MLA decode kernels (mla_decode.cuh, mla_decode_sm90.cuh): merges
-// the splits' fp32 partials of each row (exactly, as merge_states does) into O in T and the
-// natural-log LSE; a row no split saw gives O = 0, LSE = -inf.
+// the fp32 partials of each row over its request's slots (mla_decode_plan.cuh; exactly, as
+// merge_states does) into O in T and the natural-log LSE; a row no split saw gives O = 0, LSE =
+// -inf.
 #pragma once
 
-#include "attention/mla_decode_params.h"
+#include "attention/mla_decode_plan.cuh"
 #include "common/grid_dependency.cuh"
 #include "common/mma.cuh"
 #include "common/numeric.cuh"
@@ -26,17 +27,20 @@ __global__ void __launch_bounds__(256) mla_decode_combine(const KjitMlaDecodePar
   const int rows = p.s_q * p.heads, warp = threadIdx.x / 32 % kWarps, lane = threadIdx.x % 32;
   const long long cell =
       static_cast<long long>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32 / kWarps;
-  ptx::wait_for_prior_grid();
   if (cell >= static_cast<long long>(p.batch) * rows) return;
   const int b = static_cast<int>(cell / rows), row = static_cast<int>(cell % rows);
   const int i = row / p.heads, head = row % p.heads;
-  const long long per_split = static_cast<long long>(p.batch) * rows;
+  // The request's slots from the lengths (the decode kernel's inputs) under its end.
+  const MlaSlots slots = mla_request_slots(p, b);
+  if (p.pieces > 0 && slots.count == 1) return;  // its one block wrote O
+  const auto slot_cell = [&](int s) { return (slots.first + slots.stride * s) * rows + row; };
+  ptx::wait_for_prior_grid();
 
   float lse[kSlots], max = negative_infinity();
 #pragma unroll
   for (int k = 0; k < kSlots; ++k) {
     const int s = lane + 32 * k;
-    lse[k] = s < p.splits ? p.partial_lse[s * per_split + cell] : negative_infinity();
+    lse[k] = s < slots.count ? p.partial_lse[slot_cell(s)] : negative_infinity();
     max = fmaxf(max, lse[k]);
   }
 #pragma unroll
@@ -54,7 +58,7 @@ __global__ void __launch_bounds__(256) mla_decode_combine(const KjitMlaDecodePar
 
   const auto column = [&](int v) { return 32 * (warp + kWarps * v) + lane; };
   float4 acc[kVectors] = {};
-  for (int s0 = 0; s0 < p.splits; s0 += kUnroll) {
+  for (int s0 = 0; s0 < slots.count; s0 += kUnroll) {
     float w[kUnroll];
     float4 x[kUnroll][kVectors];
 #pragma unroll
@@ -65,15 +69,14 @@ __global__ void __launch_bounds__(256) mla_decode_combine(const KjitMlaDecodePar
                          : slot == 2 ? weight[2]
                                      : weight[3];
       w[u] = __shfl_sync(0xffffffffu, mine, s % 32);
-      const float4* part =
-          reinterpret_cast<const float4*>(p.partial_out + (s * per_split + cell) * kLatent);
+      const float4* part = reinterpret_cast<const float4*>(p.partial_out + slot_cell(s) * kLatent);
 #pragma unroll
       for (int v = 0; v < kVectors; ++v)
-        x[u][v] = s < p.splits ? part[column(v)] : make_float4(0.f, 0.f, 0.f, 0.f);
+        x[u][v] = s < slots.count ? part[column(v)] : make_float4(0.f, 0.f, 0.f, 0.f);
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      if (s0 + u >= p.splits) break;
+      if (s0 + u >= slots.count) break;
 #pragma unroll
       for (int v = 0; v < kVectors; ++v) {
         acc[v].x += w[u] * x[u][v].x;

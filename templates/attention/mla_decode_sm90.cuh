@@ -60,18 +60,15 @@ __global__ void __launch_bounds__(256, 1)
   // The combine (split-KV) may launch once every block here has started: it waits for the
   // partials, and its launch and block start run under this kernel's work.
   ptx::allow_dependent_launch();
-  const int split = blockIdx.x, row0 = blockIdx.y * S::kRows, b = blockIdx.z;
+  const MlaWork work = mla_block_work(p);  // (every warp finds the same)
+  if (work.request < 0) return;
+  const int row0 = blockIdx.y * S::kRows, b = work.request;
   // The warpgroup as a warp-uniform value (a shuffle from lane 0): ptxas then knows the role
   // branches below do not diverge within a warp, and does not serialise their wgmma.
   const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 128, 0);
   const int warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;
-  // The device's length, which a replayed CUDA graph may have grown past the one the host saw at
-  // capture (the split plan's): the table's keys at most, the last split taking the rest.
-  const int rows = p.s_q * p.heads;
-  const int length = static_cast<int>(
-      min(static_cast<long long>(p.lengths[b]), static_cast<long long>(p.max_blocks) * kBlockSize));
-  const int key_begin = split * p.split_tokens;
-  const int key_end = split == p.splits - 1 ? length : min(length, key_begin + p.split_tokens);
+  const int rows = p.s_q * p.heads, length = work.length;
+  const int key_begin = work.key_begin, key_end = work.key_end;
   const int tiles = key_end > key_begin ? (key_end - key_begin + S::kKeys - 1) / S::kKeys : 0;
   const int r0 = 16 * warp + lane / 4;  // the thread's rows of the tile: r0 and r0 + 8
 
@@ -265,7 +262,7 @@ __global__ void __launch_bounds__(256, 1)
   // stores: the fragments' own 4-byte stores, every block's at once at the kernel's end, took up
   // to 10 % of a call at H 128 B 64-128. Partial rows (fp32: 8-byte stores fill whole sectors)
   // and tiles of a few rows (H 20) are written from the fragments, which staging slowed by 1-5 %.
-  const bool staged = p.splits == 1 && rows - row0 >= S::kRows;
+  const bool staged = work.pieces == 1 && rows - row0 >= S::kRows;
   constexpr int kStagedRow = S::kLatent * 2 + 16;  // bytes
   unsigned char* stage = reinterpret_cast<unsigned char*>(sk);
   const auto out_row = [&](int row) {  // row (token-major over the heads) of this request's O
@@ -283,7 +280,7 @@ __global__ void __launch_bounds__(256, 1)
     const bool writes_lse = warpgroup == 0 && lane % 4 == 0;
     const int i = row / p.heads, head = row % p.heads;
     const int col0 = warpgroup * (S::kLatent / 2) + 2 * (lane % 4);
-    if (p.splits == 1) {
+    if (work.pieces == 1) {
       T* out = (staged ? reinterpret_cast<T*>(stage + r * kStagedRow) : out_row(row)) + col0;
 #pragma unroll
       for (int slab = 0; slab < S::kOutSlabs; ++slab) {
@@ -296,7 +293,7 @@ __global__ void __launch_bounds__(256, 1)
       if (p.lse && writes_lse)
         p.lse[b * p.lse_batch_stride + i * p.lse_token_stride + head * p.lse_head_stride] = lse;
     } else {
-      const long long cell = (static_cast<long long>(split) * p.batch + b) * rows + row;
+      const long long cell = work.slot * rows + row;
       float* out = p.partial_out + cell * S::kLatent + col0;
 #pragma unroll
       for (int slab = 0; slab < S::kOutSlabs; ++slab) {

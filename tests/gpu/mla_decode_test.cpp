@@ -255,6 +255,16 @@ std::vector<MlaCase> cases() {
       {bf16, 1, 20, 64, {4096, 100}, 4, 0.0625f, true, 0.f, {6000, 100}},
       {fp16, 2, 128, 32, {300, 0}, 1, 0.0625f, true, 0.f, {1000, 33}},
       {bf16, 1, 64, 64, {5000, 5000}, 8, 0.0625f, true, 0.f, {100, 0}},
+      // Uneven lengths: the balanced plan (one long request over many blocks, the short ones
+      // whole), through the op's choice and forced counts: two row tiles, empty requests, a
+      // request over 118 pieces (the combine's most is 128), more requests than pieces.
+      {bf16, 1, 128, 64, {8000, 300, 0, 1000, 64, 1, 2000, 700}},
+      {bf16, 1, 20, 64, {20000, 100, 100, 100}},
+      {fp16, 2, 20, 32, {30000, 64}, 64},
+      {bf16, 1, 64, 64, {3000, 0, 0, 5, 129, 4000, 64, 65, 1, 2}, 1},
+      // ... and with the device's lengths grown or shrunk past the host's.
+      {bf16, 1, 64, 64, {3000, 100, 100}, 0, 0.0625f, true, 0.f, {9000, 100, 5000}},
+      {bf16, 1, 20, 32, {6000, 10, 0}, 4, 0.0625f, true, 0.f, {0, 12000, 1}},
   };
 }
 

@@ -38,5 +38,21 @@ TEST(MlaDecodeConfig, SplitsFillTheSmsDownToAMinimumSplit) {
   EXPECT_EQ(splits(1, 20, 1024, "sm_80"), 2);  // mma.sync: 512 keys a split at least
 }
 
+// The balanced plan takes a batch whose keys are under four fifths of B x the longest; the even
+// plan one request, near-even lengths, and the tuner's problems (keys unknown).
+TEST(MlaDecodeConfig, UnevenBatchesTakeTheBalancedPlan) {
+  const auto balanced = [](std::int64_t batch, std::int64_t longest, std::int64_t keys) {
+    return MlaDecode::balanced({DType::BFloat16, batch, 1, 128, 64, longest, keys});
+  };
+  EXPECT_TRUE(balanced(8, 65536, 65536 + 7 * 1024));     // one 64k among seven 1k
+  EXPECT_TRUE(balanced(64, 16384, 32 * (16384 + 256)));  // 16k and 256 alternating
+  EXPECT_TRUE(balanced(2, 100, 101));
+  EXPECT_FALSE(balanced(8, 4096, 8 * 4096));  // even
+  EXPECT_FALSE(balanced(8, 4096, 8 * 4000));  // near-even
+  EXPECT_FALSE(balanced(1, 65536, 65536));
+  EXPECT_FALSE(balanced(8, 4096, 0));  // unknown
+  EXPECT_FALSE(balanced(8, 0, 0));     // every request empty
+}
+
 }  // namespace
 }  // namespace kjit::test

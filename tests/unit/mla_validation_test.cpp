@@ -48,6 +48,7 @@ TEST(MlaDecodeValidation, AcceptsAGoodCallAndReportsItsShape) {
   EXPECT_EQ(s.num_blocks, 4);
   EXPECT_EQ(s.max_blocks, 3);
   EXPECT_EQ(s.longest, 100);
+  EXPECT_EQ(s.keys, 100);
   d.lse = TensorView();  // the lse is optional
   EXPECT_NO_THROW(d.check());
   d.cache.cache = TensorView(fake(), DType::BFloat16, {4, 32, 576});  // TensorRT-LLM's 32

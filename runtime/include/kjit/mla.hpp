@@ -41,11 +41,13 @@ struct DecodeOptions {
 // cached sequence, causal among themselves) against the paged cache (K = all 576 columns, V = the
 // first 512), fp16 or bf16; out [B, s_q, H, 512] in q's dtype, lse [B, s_q, H] fp32 natural log
 // (a view with null data skips it). A sequence of length 0 gives O = 0 and LSE = -inf. Long
-// sequences with few requests are split across blocks and merged exactly. Under a CUDA graph the
-// device lengths may change between replays (the host's, checked at capture, plan the splits):
-// every key up to a sequence's device length is read, as far as its row of the table reaches
-// (max_blocks x block_size); a length grown past the captured longest makes the last split
-// longer.
+// sequences with few requests are split across blocks and merged exactly; in a batch of uneven
+// lengths the batch's keys are cut into pieces of one size (a long request over many blocks, a
+// short one in one). Under a CUDA graph the device lengths may change between replays (the
+// host's, checked at capture, choose the plan): every key up to a sequence's device length is
+// read, as far as its row of the table reaches (max_blocks x block_size); the uneven plan's pieces
+// follow the device lengths, and in the even one a length grown past the captured longest makes
+// the last split longer.
 void decode(const TensorView& q, const PagedCache& cache, const TensorView& out,
             const TensorView& lse, const DecodeOptions& options, StreamHandle stream);
 

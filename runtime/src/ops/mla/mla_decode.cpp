@@ -62,6 +62,7 @@ MlaDecode::Args params_of(const MlaDecode::Problem& p, const TensorView& q, cons
   a.s_q = static_cast<int>(p.s_q);
   a.heads = static_cast<int>(p.heads);
   a.max_blocks = static_cast<int>(block_table.size(1));
+  a.table_keys = block_table.size(1) * p.block_size;
   a.num_blocks = static_cast<int>(cache.size(0));
   a.scale_log2 = (scale > 0.f ? scale : 1.f / std::sqrt(static_cast<float>(mla::kHeadDim))) *
                  1.4426950408889634f;
@@ -69,6 +70,10 @@ MlaDecode::Args params_of(const MlaDecode::Problem& p, const TensorView& q, cons
 }
 
 }  // namespace
+
+bool MlaDecode::balanced(const Problem& p) {
+  return p.keys > 0 && p.batch > 1 && 5 * p.keys < 4 * p.batch * p.longest;
+}
 
 void MlaDecode::check(const Problem& p) {
   if (p.s_q < 1 || p.s_q > 4 || p.heads < 1 || (p.block_size != 32 && p.block_size != 64) ||
@@ -175,25 +180,38 @@ void MlaDecode::launch(const Program& program, const Config& c, const Problem& p
         {args.cache_row_stride, args.cache_block_stride, args.cache_block_stride},
         {64, static_cast<std::uint32_t>(p.block_size), 1, 1});
   }
-  args.split_tokens = static_cast<int>(split_tokens(p.longest, c.splits, c.key_tile()));
-  args.splits = static_cast<int>(std::max<std::int64_t>(1, ceil_div(p.longest, args.split_tokens)));
+  // The split plan (mla_decode_plan.cuh): its blocks a row tile and partial slots.
+  std::int64_t blocks = 0, slots = 0;
+  if (balanced(p)) {
+    // As many pieces as the even plan's blocks (at most the combine's slots a request), of at
+    // least two 64-key tiles (mma.sync: its minimum split).
+    args.pieces = static_cast<int>(std::min(kMaxSplits, c.splits * p.batch));
+    args.split_tokens = static_cast<int>(c.wgmma() ? 128 : kMinSplitTokens);
+    args.splits = 1;
+    blocks = slots = args.pieces + p.batch;
+  } else {
+    args.split_tokens = static_cast<int>(split_tokens(p.longest, c.splits, c.key_tile()));
+    args.splits =
+        static_cast<int>(std::max<std::int64_t>(1, ceil_div(p.longest, args.split_tokens)));
+    blocks = args.splits;
+    slots = args.splits > 1 ? args.splits * p.batch : 0;
+  }
   const std::int64_t rows = p.s_q * p.heads;
   std::optional<driver::StreamAllocation> partials;
-  if (args.splits > 1) {
-    const std::int64_t cells = args.splits * p.batch * rows;
+  if (slots > 0) {
+    const std::int64_t cells = slots * rows;
     partials.emplace(static_cast<std::size_t>(cells * (kLatent + 1) * 4), stream);
     args.partial_out = static_cast<float*>(partials->data());
     args.partial_lse = args.partial_out + cells * kLatent;
   }
-  program.kernel_at(0).launch(
-      {{static_cast<unsigned>(args.splits), static_cast<unsigned>(p.row_tiles()),
-        static_cast<unsigned>(p.batch)},
-       {kThreads},
-       shared_bytes(c),
-       stream,
-       {}},
-      args);
-  if (args.splits > 1) {
+  program.kernel_at(0).launch({{static_cast<unsigned>(blocks), static_cast<unsigned>(p.row_tiles()),
+                                static_cast<unsigned>(args.pieces > 0 ? 1 : p.batch)},
+                               {kThreads},
+                               shared_bytes(c),
+                               stream,
+                               {}},
+                              args);
+  if (slots > 0) {
     // The wgmma loop runs on sm_90, where the combine may start under its end (PDL).
     const std::int64_t rows_per_block = 8 / combine_warps(c.splits);
     program.kernel_at(1).launch({{static_cast<unsigned>(ceil_div(p.batch * rows, rows_per_block))},
@@ -261,7 +279,7 @@ Call<MlaDecode> MlaDecode::validate(const TensorView& q, const mla::PagedCache& 
                     o.softmax_scale));
   }
   Call<MlaDecode> call{};
-  call.problem = {s.dtype, s.batch, s.s_q, s.heads, s.block_size, s.longest};
+  call.problem = {s.dtype, s.batch, s.s_q, s.heads, s.block_size, s.longest, s.keys};
   check(call.problem);
   call.args =
       params_of(call.problem, q, c.cache, c.block_table, c.lengths, out, lse, o.softmax_scale);

@@ -20,17 +20,20 @@ struct MlaDecode {
             Source::embedded("attention/mla_decode_sm90.cuh")};
   }
 
-  // `longest`: the longest cached sequence of the call.
   static constexpr std::int64_t kMainloopMma = 80, kMainloopWgmma = 90;
 
+  // `longest`: the longest cached sequence of the call; `keys`: its sequences' tokens (0:
+  // unknown, as the tuner's problems), which pick the split plan (balanced()) and are no shape
+  // field (the config is chosen for B and the longest).
   struct Problem {
     DType dtype = DType::BFloat16;
-    std::int64_t batch = 0, s_q = 0, heads = 0, block_size = 0, longest = 0;
+    std::int64_t batch = 0, s_q = 0, heads = 0, block_size = 0, longest = 0, keys = 0;
     bool empty() const { return batch == 0; }
     std::int64_t row_tiles() const { return (s_q * heads + 63) / 64; }
   };
   // mainloop 80: mma.sync, 32-key tiles; 90: wgmma, 64-key tiles (sm_90a). splits: how many
-  // blocks share a request's keys (their partials merged by the combine).
+  // blocks share a request's keys (their partials merged by the combine); in the balanced plan,
+  // the batch's pieces a request.
   struct Config {
     std::int64_t mainloop = kMainloopMma, splits = 1;
     bool wgmma() const { return mainloop == kMainloopWgmma; }
@@ -49,6 +52,10 @@ struct MlaDecode {
   static constexpr DType kDTypes[] = {DType::Float16, DType::BFloat16};
   // kMaxSplits: the combine's limit (mla_decode_combine.cuh); kMinSplitTokens: mma.sync's.
   static constexpr std::int64_t kMaxSplits = 128, kMinSplitTokens = 512;
+
+  // The balanced split plan (mla_decode_plan.cuh) for a call of uneven lengths: its keys under
+  // four fifths of B x the longest.
+  static bool balanced(const Problem& p);
 
   static void check(const Problem& p);
   static std::vector<Config> space(const Problem& p, const Arch& arch);

@@ -100,6 +100,7 @@ MlaDecodeShape check_mla_decode(const TensorView& q, const mla::PagedCache& c,
       }
     }
     s.longest = std::max(s.longest, length);
+    s.keys += length;
   }
   if (s.longest > (1ll << 30))
     kMlaCheck.fail(

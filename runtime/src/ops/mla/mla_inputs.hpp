@@ -15,7 +15,7 @@ struct MlaDecodeShape {
   DType dtype = DType::BFloat16;
   std::int64_t batch = 0, s_q = 0, heads = 0;
   std::int64_t num_blocks = 0, block_size = 0, max_blocks = 0;
-  std::int64_t longest = 0;  // the longest cached sequence
+  std::int64_t longest = 0, keys = 0;  // the longest cached sequence, and all their tokens
 };
 
 MlaDecodeShape check_mla_decode(const TensorView& q, const mla::PagedCache& cache,
