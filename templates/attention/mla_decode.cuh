@@ -40,7 +40,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode(const KjitMlaDecodeParams p
 
   const MlaWork work = mla_block_work(p);  // (every warp finds the same)
   if (work.request < 0) return;
-  const int row0 = blockIdx.y * S::kRows, b = work.request;
+  const int row0 = work.row_tile * S::kRows, b = work.request;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int m0 = (warp % 4) * 16, half = warp / 4;
   const int rows = p.s_q * p.heads, length = work.length;

@@ -4,13 +4,14 @@
 //  - Even (p.pieces 0): every request in p.splits blocks of p.split_tokens keys, grid (splits,
 //    row tiles, batch), slot split x batch + request; the last split reads to the device length.
 //  - Balanced (p.pieces > 0: a batch of uneven lengths): the batch's keys cut into pieces of one
-//    size, about p.pieces of them, a request shorter than a piece whole, grid (p.pieces + batch,
-//    row tiles), slot = piece. A long request then spreads over many blocks and a short one takes
-//    one, where the even plan, sized by the longest request, gives every request as many blocks
-//    and leaves the SMs of the short ones idle. The size comes from the device lengths at each
-//    launch (a replayed graph's), at least p.split_tokens: pieces then never outnumber the grid
-//    (sum ceil(len / size) <= sum len / size + batch <= pieces + batch) nor a request's pieces the
-//    combine's slots (ceil(len / size) <= pieces).
+//    size, about p.pieces of them, a request shorter than a piece whole, grid ((p.pieces + batch)
+//    x row tiles) in mla_block_work's order, slots in the requests' order. A long request then
+//    spreads over many blocks and a short one takes one, where the even plan, sized by the longest
+//    request, gives every request as many blocks and leaves the SMs of the short ones idle. The
+//    size comes from the device lengths at each launch (a replayed graph's), at least
+//    p.split_tokens: pieces then never outnumber the grid (sum ceil(len / size) <= sum len / size +
+//    batch <= pieces + batch) nor a request's pieces the combine's slots (ceil(len / size) <=
+//    pieces).
 // The balanced plan's look-ups are a warp's: every lane of the calling warp gets the result.
 #pragma once
 
@@ -37,62 +38,101 @@ __device__ __forceinline__ int mla_piece_tokens(const KjitMlaDecodeParams& p) {
   return max(p.split_tokens, static_cast<int>((size + 63) / 64 * 64));
 }
 
-// A request's pieces in the balanced plan: the first piece's slot and how many.
+// A request's pieces in the balanced plan: its first slot (slots follow the requests' order),
+// its first full piece in the blocks' order (below), how many pieces, and its length.
 struct MlaPieces {
   int request = -1;  // -1: none matched
-  int first = 0, count = 0, length = 0;
+  int first = 0, first_full = 0, count = 0, length = 0;
+  int fulls = 0;  // with no match: every request's full pieces (all but each one's last)
 };
 
-// The balanced plan's first request (in order) for which matches(request, first, count) holds,
-// pieces of `size` keys: the requests' piece counts scanned 32 at a time.
+// The balanced plan's first request (in order) for which matches(request, MlaPieces) holds, pieces
+// of `size` keys: the requests' piece counts scanned 32 at a time.
 template <class Matches>
 __device__ __forceinline__ MlaPieces mla_find_pieces(const KjitMlaDecodeParams& p, int size,
                                                      Matches matches) {
   const int lane = threadIdx.x % 32;
-  int base = 0;  // pieces of the requests before this window
+  int base = 0, full_base = 0;  // pieces, and full pieces, of the requests before this window
   for (int b0 = 0; b0 < p.batch; b0 += 32) {
     const int b = b0 + lane;
-    const int length = b < p.batch ? mla_length(p, b) : 0;
-    const int count = b >= p.batch ? 0 : length > 0 ? (length - 1) / size + 1 : 1;
-    int inclusive = count;
+    MlaPieces mine;
+    mine.request = b;
+    mine.length = b < p.batch ? mla_length(p, b) : 0;
+    mine.count = b >= p.batch ? 0 : mine.length > 0 ? (mine.length - 1) / size + 1 : 1;
+    int inclusive = mine.count, full_inclusive = max(mine.count - 1, 0);
 #pragma unroll
     for (int d = 1; d < 32; d *= 2) {
       const int before = __shfl_up_sync(0xffffffffu, inclusive, d);
-      if (lane >= d) inclusive += before;
+      const int full_before = __shfl_up_sync(0xffffffffu, full_inclusive, d);
+      if (lane >= d) {
+        inclusive += before;
+        full_inclusive += full_before;
+      }
     }
-    const int first = base + inclusive - count;
-    const unsigned hit = __ballot_sync(0xffffffffu, b < p.batch && matches(b, first, count));
+    mine.first = base + inclusive - mine.count;
+    mine.first_full = full_base + full_inclusive - max(mine.count - 1, 0);
+    const unsigned hit = __ballot_sync(0xffffffffu, b < p.batch && matches(mine));
     if (hit) {
       const int src = __ffs(hit) - 1;
-      return {b0 + src, __shfl_sync(0xffffffffu, first, src), __shfl_sync(0xffffffffu, count, src),
-              __shfl_sync(0xffffffffu, length, src)};
+      MlaPieces r;
+      r.request = b0 + src;
+      r.first = __shfl_sync(0xffffffffu, mine.first, src);
+      r.first_full = __shfl_sync(0xffffffffu, mine.first_full, src);
+      r.count = __shfl_sync(0xffffffffu, mine.count, src);
+      r.length = __shfl_sync(0xffffffffu, mine.length, src);
+      return r;
     }
     base += __shfl_sync(0xffffffffu, inclusive, 31);
+    full_base += __shfl_sync(0xffffffffu, full_inclusive, 31);
   }
-  return {};
+  MlaPieces none;
+  none.fulls = full_base;
+  return none;
 }
 
 // A decode block's work: request -1 for a balanced block past the plan's pieces (it exits).
 struct MlaWork {
   int request = -1, length = 0, key_begin = 0, key_end = 0;
+  int row_tile = 0;
   int pieces = 0;      // the request's blocks: with 1, the block writes O and LSE itself
   long long slot = 0;  // its partial's, with more
 };
 
+// The balanced plan's blocks: a piece's row tiles side by side (their second reads of the keys
+// from L2), and every request's full pieces before all the last ones (each no longer than a full
+// one), so that the long pieces start first and the short ones fill in behind them.
 __device__ __forceinline__ MlaWork mla_block_work(const KjitMlaDecodeParams& p) {
+  MlaWork w;
   if (p.pieces == 0) {
     const int split = blockIdx.x, b = blockIdx.z, length = mla_length(p, b);
-    const int begin = split * p.split_tokens;
-    return {b,        length,
-            begin,    split == p.splits - 1 ? length : min(length, begin + p.split_tokens),
-            p.splits, static_cast<long long>(split) * p.batch + b};
+    w.request = b;
+    w.length = length;
+    w.key_begin = split * p.split_tokens;
+    w.key_end = split == p.splits - 1 ? length : min(length, w.key_begin + p.split_tokens);
+    w.row_tile = blockIdx.y;
+    w.pieces = p.splits;
+    w.slot = static_cast<long long>(split) * p.batch + b;
+    return w;
   }
-  const int size = mla_piece_tokens(p), piece = blockIdx.x;
-  const MlaPieces r =
-      mla_find_pieces(p, size, [&](int, int first, int count) { return piece < first + count; });
-  if (r.request < 0) return {};
-  const int k = piece - r.first, begin = k * size;
-  return {r.request, r.length, begin, k == r.count - 1 ? r.length : begin + size, r.count, piece};
+  const int size = mla_piece_tokens(p), tiles = (p.s_q * p.heads + 63) / 64;
+  const int piece = blockIdx.x / tiles;
+  MlaPieces r = mla_find_pieces(
+      p, size, [&](const MlaPieces& m) { return piece < m.first_full + m.count - 1; });
+  int k = piece - r.first_full;  // a full piece
+  if (r.request < 0) {           // else a request's last piece
+    const int b = piece - r.fulls;
+    if (b >= p.batch) return w;
+    r = mla_find_pieces(p, size, [&](const MlaPieces& m) { return m.request == b; });
+    k = r.count - 1;
+  }
+  w.request = r.request;
+  w.length = r.length;
+  w.key_begin = k * size;
+  w.key_end = k == r.count - 1 ? r.length : w.key_begin + size;
+  w.row_tile = blockIdx.x % tiles;
+  w.pieces = r.count;
+  w.slot = r.first + k;
+  return w;
 }
 
 // The combine's view of request b: its partials at slots first + stride x i, i < count (count 1
@@ -105,7 +145,7 @@ struct MlaSlots {
 __device__ __forceinline__ MlaSlots mla_request_slots(const KjitMlaDecodeParams& p, int b) {
   if (p.pieces == 0) return {b, p.batch, p.splits};
   const int size = mla_piece_tokens(p);
-  const MlaPieces r = mla_find_pieces(p, size, [&](int request, int, int) { return request == b; });
+  const MlaPieces r = mla_find_pieces(p, size, [&](const MlaPieces& m) { return m.request == b; });
   return {r.first, 1, r.count};
 }
 

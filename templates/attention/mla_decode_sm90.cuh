@@ -62,7 +62,7 @@ __global__ void __launch_bounds__(256, 1)
   ptx::allow_dependent_launch();
   const MlaWork work = mla_block_work(p);  // (every warp finds the same)
   if (work.request < 0) return;
-  const int row0 = blockIdx.y * S::kRows, b = work.request;
+  const int row0 = work.row_tile * S::kRows, b = work.request;
   // The warpgroup as a warp-uniform value (a shuffle from lane 0): ptxas then knows the role
   // branches below do not diverge within a warp, and does not serialise their wgmma.
   const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 128, 0);

@@ -204,8 +204,10 @@ void MlaDecode::launch(const Program& program, const Config& c, const Problem& p
     args.partial_out = static_cast<float*>(partials->data());
     args.partial_lse = args.partial_out + cells * kLatent;
   }
-  program.kernel_at(0).launch({{static_cast<unsigned>(blocks), static_cast<unsigned>(p.row_tiles()),
-                                static_cast<unsigned>(args.pieces > 0 ? 1 : p.batch)},
+  const bool balanced_plan = args.pieces > 0;  // grid: the pieces' row tiles side by side
+  program.kernel_at(0).launch({{static_cast<unsigned>(blocks * (balanced_plan ? p.row_tiles() : 1)),
+                                static_cast<unsigned>(balanced_plan ? 1 : p.row_tiles()),
+                                static_cast<unsigned>(balanced_plan ? 1 : p.batch)},
                                {kThreads},
                                shared_bytes(c),
                                stream,
