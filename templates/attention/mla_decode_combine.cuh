@@ -18,9 +18,12 @@ namespace kjit::attention {
 // their loads in flight together. The host takes kWarps 4 for many splits of few rows (a row's
 // splits then spread over four times the SMs, whose L2 reads bound the combine), 1 for few
 // splits (fewer, fuller blocks). On sm_90 it is launched to overlap the decode kernel's end (its
-// launch and block start hidden there), so it waits for the partials first.
+// launch and block start hidden there), so it waits for the partials first. Two blocks an SM,
+// as before the balanced plan: its scan took the four-warp rows to 143 registers (one block an
+// SM), and the even rows with 8-16 splits then ran 5-12 % slower on the H100 (2026-12-07); with
+// the bound ptxas gives 117 and no spills (its effect not yet measured).
 template <class T, int kWarps>
-__global__ void __launch_bounds__(256) mla_decode_combine(const KjitMlaDecodeParams p) {
+__global__ void __launch_bounds__(256, 2) mla_decode_combine(const KjitMlaDecodeParams p) {
   constexpr int kLatent = 512, kSlots = 4, kRowsPerBlock = 8 / kWarps;
   constexpr int kVectors = kLatent / 4 / 32 / kWarps, kUnroll = 16 / kVectors;
   static_assert(kWarps == 1 || kWarps == 2 || kWarps == 4, "a float4 column or more a lane");
