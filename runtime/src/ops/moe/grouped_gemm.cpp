@@ -265,7 +265,7 @@ MoeGemm::Config MoeGemm::default_config(const Problem& p, const Arch& arch) {
   // pipeline's default (gate/up at T k 64: 273.7 against 284.1 us, 97 % of the copy rate). The
   // masked layout's speed was not measured: it stays on the pipeline. FP4 weights with K under
   // 2048 (GLM's down: 12 steps of 128, 6 a set in two sets) take one set of warps over every
-  // step: with padding rows left unwritten (2026-12-07, bundle a6512d4) 1.05-1.08x at T k 16-256
+  // step: with padding rows left unwritten (2026-12-07, bundle e582e83) 1.05-1.08x at T k 16-256
   // (NVFP4 down at T k 64: 45.6 against 48.0 us), 0.87x at T k 4 (8.2 against 7.1 us); at K 2048
   // (gate/up) one set was 0.86-1.02x.
   if (!p.masked && p.decode) {
