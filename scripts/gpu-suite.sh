@@ -447,7 +447,7 @@ mla_peers() {  # mla_peers [ROW FLAGS]: FlashMLA (see bench/mla_decode_peers.py)
   PYTHONPATH=/tmp/psite PYTHONUNBUFFERED=1 step mla_peers timeout 300 python3 \
     bench/mla_decode_peers.py "$@"
 }
-mla_racecheck='All/MlaDecodeTest.*/case3_*:All/MlaDecodeTest.*/case10_*:All/MlaDecodeTest.*/case19_*:All/MlaDecodeTest.*/case30_*:All/MlaDecodeTest.*/case34_*'
+mla_racecheck='All/MlaDecodeTest.*/case3_*:All/MlaDecodeTest.*/case10_*:All/MlaDecodeTest.*/case19_*:All/MlaDecodeTest.*/case30_*:All/MlaDecodeTest.*/case35_*'
 if [ "$what" = mla ]; then
   # MLA decode: its tests (4 shards), a sanitizer subset (the row halves' exchange through shared
   # memory under racecheck), the benchmark beside the device copy. KJIT_MLA_TUNE="PRESET ...":

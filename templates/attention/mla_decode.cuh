@@ -1,7 +1,8 @@
 // MLA decode (weight-absorbed: every query head attends one shared 576-column latent per cached
 // token, V its first 512 columns) over a paged cache, on mma.sync m16n8k16 (sm_80+):
-//  - mla_decode: one block per (KV split, 64-row tile of the request's s_q x H query rows,
-//    request). Rows are s_q-major (row = i H + h), so that query i's causal limit, key
+//  - mla_decode: one block per (run of a request's keys: mla_decode_plan.cuh's split, 64-row
+//    tile of the request's s_q x H query rows). Rows are s_q-major (row = i H + h), so that query
+//    i's causal limit, key
 //    <= length - s_q + i, is per row. Eight warps: warp w owns rows 16 (w % 4).. and, of O's 512
 //    columns, half w / 4, so that O (64 x 512 fp32) fits the register file (128 a thread). Per
 //    tile of 32 keys, gathered through the block table with cp.async (two stages): each warp

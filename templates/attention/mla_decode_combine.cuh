@@ -21,7 +21,7 @@ namespace kjit::attention {
 // launch and block start hidden there), so it waits for the partials first. Two blocks an SM,
 // as before the balanced plan: its scan took the four-warp rows to 143 registers (one block an
 // SM), and the even rows with 8-16 splits then ran 5-12 % slower on the H100 (2026-12-07); with
-// the bound, 117 and no spills, they came back to within 1-4 % (docs/perf.md).
+// the bound (111-117, no spills) they came back to within 1-4 % (docs/perf.md).
 template <class T, int kWarps>
 __global__ void __launch_bounds__(256, 2) mla_decode_combine(const KjitMlaDecodeParams p) {
   constexpr int kLatent = 512, kSlots = 4, kRowsPerBlock = 8 / kWarps;
@@ -30,14 +30,16 @@ __global__ void __launch_bounds__(256, 2) mla_decode_combine(const KjitMlaDecode
   const int rows = p.s_q * p.heads, warp = threadIdx.x / 32 % kWarps, lane = threadIdx.x % 32;
   const long long cell =
       static_cast<long long>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32 / kWarps;
-  if (cell >= static_cast<long long>(p.batch) * rows) return;
-  const int b = static_cast<int>(cell / rows), row = static_cast<int>(cell % rows);
+  const bool held = cell < static_cast<long long>(p.batch) * rows;  // (the warp's)
+  const int b = static_cast<int>(held ? cell / rows : 0), row = static_cast<int>(cell % rows);
   const int i = row / p.heads, head = row % p.heads;
-  // The request's slots from the lengths (the decode kernel's inputs) under its end.
-  const MlaSlots slots = mla_request_slots(p, b);
-  if (p.pieces > 0 && slots.count == 1) return;  // its one block wrote O
-  const auto slot_cell = [&](int s) { return (slots.first + slots.stride * s) * rows + row; };
+  // The request's slots from the lengths (the decode kernel's inputs, not its outputs: it is not
+  // launched as a dependent) under its end; every thread then waits for it, also those with no
+  // row to merge, so that this grid never completes before the decode's.
+  const MlaSlots slots = held ? mla_request_slots(p, b) : MlaSlots{};
   ptx::wait_for_prior_grid();
+  if (!held || (p.pieces > 0 && slots.count == 1)) return;  // (count 1: its one block wrote O)
+  const auto slot_cell = [&](int s) { return (slots.first + slots.stride * s) * rows + row; };
 
   float lse[kSlots], max = negative_infinity();
 #pragma unroll

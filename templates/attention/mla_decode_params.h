@@ -27,7 +27,7 @@ struct KjitMlaDecodeParams {
   int batch, s_q, heads, max_blocks, num_blocks;
   /* mla_decode_plan.cuh's split plan. Even (pieces 0): splits blocks a request of split_tokens
      keys (a multiple of the key tile). Balanced: about `pieces` pieces over the batch, of at
-     least split_tokens keys (a multiple of 64). */
+     least split_tokens keys (a multiple of 64); splits unused. */
   int splits, split_tokens, pieces;
   float scale_log2; /* softmax scale * log2(e) */
 };

@@ -20,9 +20,10 @@
 namespace kjit::attention {
 
 // A request's device length, as far as its row of the block table reaches: a replayed CUDA graph
-// may have grown it past the length the host saw at capture.
+// may have grown it past the length the host saw at capture (and a negative one reads nothing,
+// which keeps the balanced plan's bounds).
 __device__ __forceinline__ int mla_length(const KjitMlaDecodeParams& p, int b) {
-  return static_cast<int>(min(static_cast<long long>(p.lengths[b]), p.table_keys));
+  return static_cast<int>(max(0ll, min(static_cast<long long>(p.lengths[b]), p.table_keys)));
 }
 
 // The balanced plan's keys a piece: the batch's keys over p.pieces, in whole tiles of 64 keys

@@ -1,10 +1,10 @@
 // MLA decode on Hopper's warpgroup MMA (sm_90a): mla_decode.cuh's problem with 64-key tiles,
-// wgmma and the copy engine. One block of two warpgroups per (KV split, 64-row tile, request),
-// one block per SM. Q (cp.async) and two stages of keys sit in 128-byte-swizzled shared memory,
-// nine 64-column slabs of the 576; a key tile arrives as nine tensor copies per cache block
-// through p.cache_map (the block id a coordinate), issued by one thread of warpgroup 1, which
-// reads the block table a tile ahead (the first tile before the block loads Q), and completing
-// on the stage's mbarrier.
+// wgmma and the copy engine. One block of two warpgroups per (run of a request's keys:
+// mla_decode_plan.cuh's split, 64-row tile), one block per SM. Q (cp.async) and two stages of keys
+// sit in 128-byte-swizzled shared memory, nine 64-column slabs of the 576; a key tile arrives as
+// nine tensor copies per cache block through p.cache_map (the block id a coordinate), issued by one
+// thread of warpgroup 1, which reads the block table a tile ahead (the first tile before the block
+// loads Q), and completing on the stage's mbarrier.
 //  - Warpgroup 0 computes S = Q K^T (m64n64, 36 k-steps), masks it, runs the online softmax (it
 //    owns the rows' statistics; their max lags the scores by up to 2^kMaxSlack), hands P (rounded
 //    to T) and the rows' rescale factors to warpgroup 1 through shared memory, and adds P V to

@@ -222,6 +222,14 @@ TEST_P(MlaDecodeTest, MatchesDoubleReference) {
   run_case(c, mainloop, seed);
 }
 
+// n requests, every third of 300 tokens and the rest of 5.
+std::vector<int> uneven(int n) {
+  std::vector<int> lengths(n);
+  for (int i = 0; i < n; ++i)
+    lengths[i] = i % 3 == 0 ? 300 : 5;
+  return lengths;
+}
+
 std::vector<MlaCase> cases() {
   const DType bf16 = DType::BFloat16, fp16 = DType::Float16;
   return {
@@ -256,22 +264,28 @@ std::vector<MlaCase> cases() {
       // 13 splits (the tuner's non-power-of-two counts): 320 keys each, the shorter requests'
       // last splits empty.
       {bf16, 1, 64, 64, {4096, 4000, 3000, 1, 64, 4096, 2000, 4095}, 13},
-      // The device's lengths past (or short of) the host's, as a replayed CUDA graph's: the last
-      // split reads the rest, through the op's choice, forced splits and one split.
+      // The device's lengths past (or short of) the host's, as a replayed CUDA graph's, through
+      // the op's choice, forced splits and one split (uneven host lengths: the balanced plan,
+      // planned from the device's; even ones below: the last split reads the rest).
       {bf16, 1, 64, 64, {1000, 64, 0}, 0, 0.0625f, true, 0.f, {1500, 3000, 70}},
       {bf16, 1, 20, 64, {4096, 100}, 4, 0.0625f, true, 0.f, {6000, 100}},
       {fp16, 2, 128, 32, {300, 0}, 1, 0.0625f, true, 0.f, {1000, 33}},
       {bf16, 1, 64, 64, {5000, 5000}, 8, 0.0625f, true, 0.f, {100, 0}},
       // Uneven lengths: the balanced plan (one long request over many blocks, the short ones
       // whole), through the op's choice and forced counts: two row tiles, empty requests, a
-      // request over 118 pieces (the combine's most is 128), more requests than pieces.
+      // request over 118 pieces (the combine's most is 128), as many pieces as requests (one
+      // split forced: ten pieces, pieces of 768 keys), more requests than pieces.
       {bf16, 1, 128, 64, {8000, 300, 0, 1000, 64, 1, 2000, 700}},
       {bf16, 1, 20, 64, {20000, 100, 100, 100}},
       {fp16, 2, 20, 32, {30000, 64}, 64},
       {bf16, 1, 64, 64, {3000, 0, 0, 5, 129, 4000, 64, 65, 1, 2}, 1},
+      {bf16, 1, 20, 64, uneven(130)},  // more requests than pieces (at most 128)
       // ... and with the device's lengths grown or shrunk past the host's.
       {bf16, 1, 64, 64, {3000, 100, 100}, 0, 0.0625f, true, 0.f, {9000, 100, 5000}},
       {bf16, 1, 20, 32, {6000, 10, 0}, 4, 0.0625f, true, 0.f, {0, 12000, 1}},
+      // The even plan's last split reading past the host's longest: one request, and even ones.
+      {bf16, 1, 64, 64, {2000}, 4, 0.0625f, true, 0.f, {5000}},
+      {fp16, 1, 20, 64, {3000, 3000}, 0, 0.0625f, true, 0.f, {6000, 100}},
   };
 }
 

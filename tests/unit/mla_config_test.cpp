@@ -52,6 +52,9 @@ TEST(MlaDecodeConfig, UnevenBatchesTakeTheBalancedPlan) {
   EXPECT_FALSE(balanced(1, 65536, 65536));
   EXPECT_FALSE(balanced(8, 4096, 0));  // unknown
   EXPECT_FALSE(balanced(8, 0, 0));     // every request empty
+  // Row tiles whose balanced grid would pass a launch's 2^31 - 1 blocks keep the even plan.
+  EXPECT_FALSE(MlaDecode::balanced({DType::BFloat16, 60000, 4, 1000000, 64, 100, 60000}));
+  EXPECT_TRUE(balanced(60000, 100, 60000));
 }
 
 }  // namespace

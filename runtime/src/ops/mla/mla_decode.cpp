@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <optional>
 
 #include <fmt/format.h>
@@ -72,7 +73,9 @@ MlaDecode::Args params_of(const MlaDecode::Problem& p, const TensorView& q, cons
 }  // namespace
 
 bool MlaDecode::balanced(const Problem& p) {
-  return p.keys > 0 && p.batch > 1 && 5 * p.keys < 4 * p.batch * p.longest;
+  // (and its grid, (pieces + B) x row tiles blocks in x, within a launch's 2^31 - 1)
+  return p.keys > 0 && p.batch > 1 && 5 * p.keys < 4 * p.batch * p.longest &&
+         (kMaxSplits + p.batch) * p.row_tiles() <= std::numeric_limits<int>::max();
 }
 
 void MlaDecode::check(const Problem& p) {
@@ -184,7 +187,7 @@ void MlaDecode::launch(const Program& program, const Config& c, const Problem& p
   std::int64_t blocks = 0, slots = 0;
   if (balanced(p)) {
     // As many pieces as the even plan's blocks (at most the combine's slots a request), of at
-    // least two 64-key tiles (mma.sync: its minimum split).
+    // least two 64-key tiles (mma.sync: 512 keys, its minimum split).
     args.pieces = static_cast<int>(std::min(kMaxSplits, c.splits * p.batch));
     args.split_tokens = static_cast<int>(c.wgmma() ? 128 : kMinSplitTokens);
     args.splits = 1;
