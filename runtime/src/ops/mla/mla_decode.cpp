@@ -183,9 +183,11 @@ void MlaDecode::launch(const Program& program, const Config& c, const Problem& p
         {args.cache_row_stride, args.cache_block_stride, args.cache_block_stride},
         {64, static_cast<std::uint32_t>(p.block_size), 1, 1});
   }
-  // The split plan (mla_decode_plan.cuh): its blocks a row tile and partial slots.
+  // The split plan (mla_decode_plan.cuh): its blocks a row tile and partial slots; the balanced
+  // plan's grid puts a piece's row tiles side by side.
+  const bool balanced_plan = balanced(p);
   std::int64_t blocks = 0, slots = 0;
-  if (balanced(p)) {
+  if (balanced_plan) {
     // As many pieces as the even plan's blocks (at most the combine's slots a request), of at
     // least two 64-key tiles (mma.sync: 512 keys, its minimum split).
     args.pieces = static_cast<int>(std::min(kMaxSplits, c.splits * p.batch));
@@ -207,7 +209,6 @@ void MlaDecode::launch(const Program& program, const Config& c, const Problem& p
     args.partial_out = static_cast<float*>(partials->data());
     args.partial_lse = args.partial_out + cells * kLatent;
   }
-  const bool balanced_plan = args.pieces > 0;  // grid: the pieces' row tiles side by side
   program.kernel_at(0).launch({{static_cast<unsigned>(blocks * (balanced_plan ? p.row_tiles() : 1)),
                                 static_cast<unsigned>(balanced_plan ? 1 : p.row_tiles()),
                                 static_cast<unsigned>(balanced_plan ? 1 : p.batch)},
