@@ -34,8 +34,8 @@ struct KjitMoeGemmParams {
 
 /* The decode kernel's shared memory, which the host sizes: KJIT_MOE_DECODE_TOKENS token rows of k
    elements of x and KJIT_MOE_DECODE_ROW_PAD bytes each, its second set of warps' sums (kept,
-   unused, in the one-set form), then each thread's ring of weight steps (stages slots of KJIT_MOE_DECODE_FP4_SLOT_BYTES or, for 16-bit
-   weights, KJIT_MOE_DECODE_16BIT_SLOT_BYTES). */
+   unused, in the one-set form), then each thread's ring of weight steps (stages slots of
+   KJIT_MOE_DECODE_FP4_SLOT_BYTES or, for 16-bit weights, KJIT_MOE_DECODE_16BIT_SLOT_BYTES). */
 enum {
   KJIT_MOE_DECODE_THREADS = 256, /* two sets of 4 warps (the one-set form: half) */
   KJIT_MOE_DECODE_TOKENS = 8,
