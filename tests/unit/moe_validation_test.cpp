@@ -176,7 +176,7 @@ struct Permute {
   TensorView x_sorted{fake(), DType::BFloat16, {rows, 2048}};
   TensorView positions{fake(), DType::Int32, {40}};
   ops::Call<ops::MoePermute> check() const {
-    return ops::MoePermute::validate(x, sorted, top_k, x_sorted, positions);
+    return ops::MoePermute::validate(x, sorted, top_k, x_sorted, positions, true);
   }
 };
 

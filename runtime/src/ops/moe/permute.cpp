@@ -87,7 +87,7 @@ std::vector<TensorSpec> MoePermute::tensors(const Problem& p) {
 }
 
 MoePermute::Args MoePermute::args(const Problem& p, const std::vector<TensorView>& t) {
-  return validate(t.at(0), t.at(1), static_cast<int>(p.top_k), t.at(2), t.at(3)).args;
+  return validate(t.at(0), t.at(1), static_cast<int>(p.top_k), t.at(2), t.at(3), true).args;
 }
 
 std::vector<Preset<MoePermute::Problem>> MoePermute::presets() {
@@ -96,7 +96,8 @@ std::vector<Preset<MoePermute::Problem>> MoePermute::presets() {
 }
 
 Call<MoePermute> MoePermute::validate(const TensorView& x, const TensorView& sorted, int top_k,
-                                      const TensorView& x_sorted, const TensorView& positions) {
+                                      const TensorView& x_sorted, const TensorView& positions,
+                                      bool zero_padding) {
   kPermuteCheck.ndim(x, "x", 2, "[T, D]");
   kPermuteCheck.ndim(sorted, "sorted", 1, "[rows]");
   Call<MoePermute> call{};
@@ -118,7 +119,7 @@ Call<MoePermute> MoePermute::validate(const TensorView& x, const TensorView& sor
   a.pairs = static_cast<int>(p.tokens * p.top_k);
   a.top_k = top_k;
   a.vectors = static_cast<int>(p.hidden / 8);
-  a.zero_padding = 1;
+  a.zero_padding = zero_padding ? 1 : 0;
   return call;
 }
 
@@ -203,10 +204,7 @@ namespace kjit::moe {
 
 void permute(const TensorView& x, const TensorView& sorted, int top_k, const TensorView& x_sorted,
              const TensorView& positions, StreamHandle stream, bool zero_padding) {
-  ops::Call<ops::MoePermute> call =
-      ops::MoePermute::validate(x, sorted, top_k, x_sorted, positions);
-  call.args.zero_padding = zero_padding ? 1 : 0;
-  ops::run(call, stream);
+  ops::run(ops::MoePermute::validate(x, sorted, top_k, x_sorted, positions, zero_padding), stream);
 }
 
 void unpermute(const TensorView& y_sorted, const TensorView& positions, int top_k,

@@ -57,8 +57,10 @@ struct MoePermute : MoeDispatchShape {
   static Args args(const Problem& p, const std::vector<TensorView>& t);
   static std::vector<Preset<Problem>> presets();
 
+  // zero_padding false: padding rows of x_sorted left unwritten (kjit::moe::permute).
   static Call<MoePermute> validate(const TensorView& x, const TensorView& sorted, int top_k,
-                                   const TensorView& x_sorted, const TensorView& positions);
+                                   const TensorView& x_sorted, const TensorView& positions,
+                                   bool zero_padding);
 };
 
 struct MoeUnpermute : MoeDispatchShape {
