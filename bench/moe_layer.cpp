@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "bench/attention_timing.hpp"
+#include "bench/nvfp4_experts.hpp"
 #include "driver/arch.hpp"
 #include "kjit/jit.hpp"
 #include "kjit/moe.hpp"
@@ -50,20 +51,11 @@ int main(int argc, char** argv) try {
   DeviceBuffer up_codes(gate_up.size() / 4), up_scales(gate_up.size() / 2 / 16),
       down_codes(down.size() / 4), down_scales(down.size() / 2 / 16), tensor_scales(8);
   float* ts = static_cast<float*>(tensor_scales.data());
-  const auto nvfp4 = [&](const DeviceBuffer& w, std::int64_t n, std::int64_t k, void* codes,
-                         void* scales, float* scale) {
-    kjit::moe::quantize_fp4(TensorView(w.data(), DType::BFloat16, {e * n, k}),
-                            kjit::moe::Fp4Format::kNvFp4,
-                            TensorView(codes, DType::UInt8, {e * n, k / 2}),
-                            TensorView(scales, DType::UInt8, {e * n, k / 16}),
-                            TensorView(scale, DType::Float32, {1}), stream.handle());
-    return kjit::moe::Fp4Weights{
-        kjit::moe::Fp4Format::kNvFp4, TensorView(codes, DType::UInt8, {e, n, k / 2}),
-        TensorView(scales, DType::UInt8, {e, n, k / 16}), TensorView(scale, DType::Float32, {1})};
-  };
   const kjit::moe::Fp4LayerWeights weights4{
-      nvfp4(gate_up, n_up, kHidden, up_codes.data(), up_scales.data(), ts),
-      nvfp4(down, kHidden, kInter, down_codes.data(), down_scales.data(), ts + 1),
+      kjit::bench::quantize_nvfp4(gate_up, e, n_up, kHidden, up_codes.data(), up_scales.data(), ts,
+                                  stream.handle()),
+      kjit::bench::quantize_nvfp4(down, e, kHidden, kInter, down_codes.data(), down_scales.data(),
+                                  ts + 1, stream.handle()),
       weights.router_bias};
   kjit::moe::LayerOptions options;
   options.router = {true, kTopK, 1, 1, true, 1.8f};

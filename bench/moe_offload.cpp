@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "bench/attention_timing.hpp"
+#include "bench/nvfp4_experts.hpp"
 #include "driver/arch.hpp"
 #include "kjit/expert_offload.hpp"
 #include "kjit/jit.hpp"
@@ -67,16 +68,11 @@ Stack make_stack(bool fp4, kjit::StreamHandle stream) {
       l.gate_up_scales = DeviceBuffer(up.size() / 2 / 16);
       l.down_scales = DeviceBuffer(dn.size() / 2 / 16);
       l.tensor_scale = DeviceBuffer(8);
-      moe::quantize_fp4(TensorView(up.data(), DType::BFloat16, {e * n_up, kHidden}),
-                        moe::Fp4Format::kNvFp4,
-                        TensorView(l.gate_up.data(), DType::UInt8, {e * n_up, kHidden / 2}),
-                        TensorView(l.gate_up_scales.data(), DType::UInt8, {e * n_up, kHidden / 16}),
-                        TensorView(l.tensor_scale.data(), DType::Float32, {1}), stream);
-      moe::quantize_fp4(
-          TensorView(dn.data(), DType::BFloat16, {e * kHidden, kInter}), moe::Fp4Format::kNvFp4,
-          TensorView(l.down.data(), DType::UInt8, {e * kHidden, kInter / 2}),
-          TensorView(l.down_scales.data(), DType::UInt8, {e * kHidden, kInter / 16}),
-          TensorView(static_cast<float*>(l.tensor_scale.data()) + 1, DType::Float32, {1}), stream);
+      float* ts = static_cast<float*>(l.tensor_scale.data());
+      kjit::bench::quantize_nvfp4(up, e, n_up, kHidden, l.gate_up.data(), l.gate_up_scales.data(),
+                                  ts, stream);
+      kjit::bench::quantize_nvfp4(dn, e, kHidden, kInter, l.down.data(), l.down_scales.data(),
+                                  ts + 1, stream);
       kjit::synchronize(stream);
       l.host_gate_up_scales = to_host(l.gate_up_scales);
       l.host_down_scales = to_host(l.down_scales);
