@@ -203,10 +203,10 @@ void print_row(const char* name, Format f, int experts, int rows, int n, int k, 
 }  // namespace
 
 int main(int argc, char** argv) try {
-  // "prefill" or "decode": only those rows; "decode TOKENS": only that decode batch (a profiler
-  // run's filters).
+  // "prefill" or "decode": only those rows; "prefill ROWS": only the prefill rows of that T k;
+  // "decode TOKENS": only that decode batch (a profiler run's filters).
   const std::string only = argc > 1 ? argv[1] : "";
-  const int only_tokens = argc > 2 ? std::stoi(argv[2]) : 0;
+  const int only_count = argc > 2 ? std::stoi(argv[2]) : 0;
   if (kjit::bench::no_gpu("moe grouped gemm")) return 0;
   if (!kjit::arch::current().has_wgmma()) {
     std::printf("moe grouped gemm needs sm_90a so far; this card is %s\n",
@@ -233,6 +233,7 @@ int main(int argc, char** argv) try {
       {"glm-down", 64, 65536, 2048, 1536},     {"deepgemm", 8, 32768, 4096, 7168}};
   for (const Row& r : rows) {
     if (only == "decode") break;
+    if (only_count > 0 && r.rows != only_count) continue;
     std::vector<std::int32_t> ids(static_cast<std::size_t>(r.rows));
     for (int i = 0; i < r.rows; ++i)
       ids[i] = i % r.experts;
@@ -275,7 +276,7 @@ int main(int argc, char** argv) try {
     for (Format f : formats)
       weights.emplace_back(f, kExperts, p.n, p.k);
     for (int tokens : {1, 4, 16, 64}) {
-      if (only_tokens != 0 && tokens != only_tokens) continue;
+      if (only_count != 0 && tokens != only_count) continue;
       const int pairs = tokens * kTopK;
       const DeviceBuffer x = kjit::bench::random_bf16(static_cast<std::size_t>(pairs) * p.k);
       std::vector<Layout> layouts;
