@@ -52,6 +52,16 @@ def capture(fn):
     return graph, outputs
 
 
+def test_mla_decode_of_a_batch_with_no_cached_token():
+    """Every sequence empty, the table [B, 0] (which torch strides (1, 1)): O 0 and LSE -inf."""
+    cache = torch.randn(2, 64, 576, dtype=bf16, device="cuda")
+    table, lengths = torch.empty(3, 0, dtype=i32), torch.zeros(3, dtype=i32)
+    q = torch.randn(3, 2, 20, 576, dtype=bf16, device="cuda")
+    out, lse = kjit.mla.decode(q, cache, table.cuda(), lengths.cuda(), table, lengths, SCALE)
+    assert torch.equal(out, torch.zeros_like(out))
+    assert torch.equal(lse, torch.full_like(lse, float("-inf")))
+
+
 def test_mla_decode_into_given_outputs():
     cache, table, lengths = paged_cache([300, 5])
     q = torch.randn(2, 1, 16, 576, dtype=bf16, device="cuda")

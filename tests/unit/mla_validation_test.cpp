@@ -57,6 +57,19 @@ TEST(MlaDecodeValidation, AcceptsAGoodCallAndReportsItsShape) {
   EXPECT_NO_THROW(d.check());
 }
 
+// Every sequence empty, the table [2, 0] with the strides torch gives it, (1, 1): accepted, as an
+// empty tensor's strides say nothing about its layout.
+TEST(MlaDecodeValidation, AcceptsAnEmptyTableWhateverItsStrides) {
+  Decode d;
+  d.lengths = {0, 0};
+  d.cache.block_table = TensorView(fake(), DType::Int32, {2, 0}, {1, 1});
+  const ops::MlaDecodeShape s = d.check();
+  EXPECT_EQ(s.max_blocks, 0);
+  EXPECT_EQ(s.keys, 0);
+  d.cache.block_table = TensorView(fake(), DType::Int32, {3, 0}, {1, 1});
+  expect_refused(d, "block_table must be contiguous int32 [2, 0]");
+}
+
 TEST(MlaDecodeValidation, RefusesShapesAndDtypes) {
   Decode d;
   d.q = TensorView(fake(), DType::BFloat16, {2, 2, 20, 512});

@@ -16,13 +16,15 @@ void check_rows(const TensorView& t, const char* name, int ndim, const char* lay
   kMlaCheck.aligned(t, name, 16);
 }
 
-// An int32 tensor of `shape` (contiguous), and its host copy.
+// An int32 tensor of `shape` (contiguous: an empty one's strides do not matter, as torch gives a
+// [B, 0] table strides (1, 1)), and its host copy.
 void check_index(const TensorView& t, const std::int32_t* host, const char* name,
                  std::initializer_list<std::int64_t> shape) {
   bool ok = t.dtype == DType::Int32 && t.ndim == static_cast<int>(shape.size());
   std::int64_t stride = 1;
   for (int d = t.ndim - 1; ok && d >= 0; --d) {
-    ok = t.size(d) == shape.begin()[d] && (t.stride(d) == stride || t.size(d) == 1);
+    ok = t.size(d) == shape.begin()[d] &&
+         (t.stride(d) == stride || t.size(d) == 1 || t.numel() == 0);
     stride *= t.size(d);
   }
   if (!ok) {
