@@ -8,7 +8,7 @@
 // uneven batches at each H (skewed_batches(), the same in bench/mla_decode_peers.py), L their
 // longest: where a split plan sized by the longest request leaves most blocks short.
 // Flags (each repeatable): --only-heads H, --only-batch B, --only-length L (the uneven batches
-// run when no batch or length is named).
+// run when no batch or length is named); --only-uneven: the uneven batches alone.
 #include <algorithm>
 #include <cstdio>
 #include <random>
@@ -54,8 +54,13 @@ std::vector<Batch> skewed_batches() {
 
 int main(int argc, char** argv) try {
   std::vector<long long> only_heads, only_batch, only_length;
+  bool only_uneven = false;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
+    if (arg == "--only-uneven") {
+      only_uneven = true;
+      continue;
+    }
     auto* list = arg == "--only-heads"    ? &only_heads
                  : arg == "--only-batch"  ? &only_batch
                  : arg == "--only-length" ? &only_length
@@ -65,7 +70,7 @@ int main(int argc, char** argv) try {
     } else {
       std::fprintf(stderr,
                    "usage: kjit_bench_mla_decode [--only-heads H] [--only-batch B] "
-                   "[--only-length L]...\n");
+                   "[--only-length L]... [--only-uneven]\n");
       return 2;
     }
   }
@@ -113,7 +118,7 @@ int main(int argc, char** argv) try {
     if (skip(only_heads, heads)) continue;
     for (long long b : {1, 8, 32, 64, 128}) {
       for (long long l : {1024, 4096, 16384, 65536}) {
-        if (skip(only_batch, b) || skip(only_length, l)) continue;
+        if (only_uneven || skip(only_batch, b) || skip(only_length, l)) continue;
         run_row(
             heads,
             std::vector<std::int32_t>(static_cast<std::size_t>(b), static_cast<std::int32_t>(l)),

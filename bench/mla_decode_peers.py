@@ -9,7 +9,7 @@ Then kjit_bench_mla_decode's three uneven batches at each H (skewed_batches(), t
 L their longest; FlashMLA's schedule is computed on the first call and reused, as its callers do.
 Run in the same device call as kjit_bench_mla_decode, with sgl-flash-mla on PYTHONPATH.
 Flags (each repeatable, as kjit_bench_mla_decode's): --only-heads H, --only-batch B, --only-length L
-(the uneven batches run when no batch or length is named)."""
+(the uneven batches run when no batch or length is named); --only-uneven: the uneven batches alone."""
 import sys
 
 import torch
@@ -89,7 +89,7 @@ def main():
         if only_heads and heads not in only_heads:
             continue
         for b in (1, 8, 32, 64, 128):
-            if only_batch and b not in only_batch:
+            if "--only-uneven" in sys.argv or only_batch and b not in only_batch:
                 continue
             for length in (1024, 4096, 16384, 65536):
                 if only_length and length not in only_length:
