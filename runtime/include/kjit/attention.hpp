@@ -20,7 +20,7 @@ struct ForwardOptions {
 
 // q [B, Sq, Hq, D], k and v [B, Sk, Hk, D], out [B, Sq, Hq, D] (any strides, head dim
 // contiguous, rows 16-byte aligned); lse [B, Hq, Sq] fp32 contiguous in Sq, or a view with null
-// data to skip it.
+// data to skip it. B and Hq at most 65535 each.
 void forward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
              const TensorView& lse, const ForwardOptions& options, StreamHandle stream);
 

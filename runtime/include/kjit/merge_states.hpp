@@ -10,11 +10,11 @@
 #pragma GCC visibility push(default)  // the API libkjit.so exports
 namespace kjit::attention {
 
-// parts: [N, T, H, D] fp16/bf16/fp32, D contiguous, any strides for N, T, H; D in 64..1024, a
-// multiple of 8. parts_lse: [N, T, H] fp32. out: [T, H, D] of the parts' dtype. out_lse: [T, H]
-// fp32, or a view with null data to skip it. The config comes from the tuning database
-// (`kjit tune --preset merge_states`) or a default valid for every shape. Inputs are validated
-// on the host; a bad one throws InvalidArgument naming it.
+// parts: [N, T, H, D] fp16/bf16/fp32, N 1..64, D contiguous, any strides for N, T, H; D in
+// 64..1024, a multiple of 8. parts_lse: [N, T, H] fp32. out: [T, H, D] of the parts' dtype.
+// out_lse: [T, H] fp32, or a view with null data to skip it. The config comes from the tuning
+// database (`kjit tune --preset merge_states`) or a default valid for every shape. Inputs are
+// validated on the host; a bad one throws InvalidArgument naming it.
 void merge_states(const TensorView& parts, const TensorView& parts_lse, const TensorView& out,
                   const TensorView& out_lse, StreamHandle stream);
 

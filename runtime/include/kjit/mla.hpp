@@ -40,7 +40,9 @@ struct DecodeOptions {
 // MLA decode, weight-absorbed: q [B, s_q, H, 576] (s_q 1 to 4 new tokens, the last s_q of each
 // cached sequence, causal among themselves) against the paged cache (K = all 576 columns, V = the
 // first 512), fp16 or bf16; out [B, s_q, H, 512] in q's dtype, lse [B, s_q, H] fp32 natural log
-// (a view with null data skips it). A sequence of length 0 gives O = 0 and LSE = -inf. Long
+// (a view with null data skips it). B at most 65535, s_q x H at most 64 x 65535. A sequence of
+// length 0 gives O = 0 and LSE = -inf, and so do the new tokens of a sequence shorter than s_q
+// that would sit before its start (each sees the cached keys up to its own position). Long
 // sequences with few requests are split across blocks and merged exactly; in a batch of uneven
 // lengths the batch's keys are cut into pieces of one size (a long request over many blocks, a
 // short one in one). Under a CUDA graph the device lengths may change between replays (the

@@ -14,9 +14,10 @@ namespace kjit::moe {
 // DeepSeek-V3: sigmoid, top 8 of 256, 8 groups of which the best 4 compete, renormalise, x2.5.
 struct RouterOptions {
   bool sigmoid = false;  // false: softmax over the experts
-  int top_k = 1;
+  int top_k = 1;         // 1..min(32, E), and at most the kept groups' experts
   // DeepSeek's grouped top-k, as vLLM's grouped_topk: a group's score is its two best choice
   // scores summed with a correction bias (DeepSeek-V3), its best without one (DeepSeek-V2).
+  // groups divides E, at most 32; topk_groups 1..groups.
   int groups = 1, topk_groups = 1;
   bool renormalize = false;  // weights divided by their sum
   float scaling = 1.f;       // then multiplied by this (routed_scaling_factor)
@@ -34,11 +35,11 @@ void router_topk(const TensorView& logits, const TensorView& bias, const TensorV
 
 // The dispatch layout of ids [T, k] (int32) over `experts` (1 to 1024): pair i = t k + j's index
 // in `sorted`, grouped by expert in pair order, each expert's run padded to a multiple of `block`
-// rows with the value T k (vLLM's moe_align_block_size). All int32 on the device: sorted
-// [R], block_expert [R / block] (-1 past the padded total), where R is align_capacity or more
-// (whole blocks; the rows past the padded total are padding too), counts [E],
-// offsets [E + 1] (offsets[E]: the padded total), invalid [1]: pairs whose id is outside
-// [0, E), which are not placed (the ids are device data: check it where they may be wrong).
+// (1 to 1024) rows with the value T k (vLLM's moe_align_block_size). All int32 on the device:
+// sorted [R], block_expert [R / block] (-1 past the padded total), where R is align_capacity or
+// more (whole blocks; the rows past the padded total are padding too), counts [E], offsets [E + 1]
+// (offsets[E]: the padded total), invalid [1]: pairs whose id is outside [0, E), which are not
+// placed (the ids are device data: check it where they may be wrong).
 struct Alignment {
   TensorView sorted, block_expert, counts, offsets, invalid;
 };
@@ -48,11 +49,11 @@ std::int64_t align_capacity(std::int64_t pairs, int experts, int block);
 void align(const TensorView& ids, int experts, int block, const Alignment& out,
            StreamHandle stream);
 
-// The tokens x [T, D] (bf16 or fp16, D a multiple of 8, rows 16-byte aligned) in align's layout:
-// x_sorted [rows, D] (rows = sorted's length) with row i = x[sorted[i] / k], zeros for a padding
-// row (zero_padding false: padding rows left unwritten, for a caller whose GEMM's padding rows
-// are not read either: GemmEpilogue::zero_padding); positions [T k] int32: pair p's row, -1 for
-// a pair align did not place (an expert id out of range).
+// The tokens x [T, D] (bf16 or fp16, D a multiple of 8, rows 16-byte aligned; top_k 1..32) in
+// align's layout: x_sorted [rows, D] (rows = sorted's length) with row i = x[sorted[i] / k],
+// zeros for a padding row (zero_padding false: padding rows left unwritten, for a caller whose
+// GEMM's padding rows are not read either: GemmEpilogue::zero_padding); positions [T k] int32:
+// pair p's row, -1 for a pair align did not place (an expert id out of range).
 void permute(const TensorView& x, const TensorView& sorted, int top_k, const TensorView& x_sorted,
              const TensorView& positions, StreamHandle stream, bool zero_padding = true);
 
