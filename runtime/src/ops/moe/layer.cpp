@@ -48,17 +48,25 @@ MoeLayerSteps::Layout MoeLayerSteps::plan(const TensorView& x, const TensorView&
   l.top_k = options.router.top_k;
   const std::int64_t pairs = l.tokens * l.top_k;
   l.block = options.block != 0 ? options.block : pairs <= 64 * l.experts ? 64 : 128;
-  // What the GEMMs would refuse after the router, align and permute ran: refused first.
+  // What the GEMMs would refuse after the router, align and permute ran: refused first, each
+  // rule by its own message.
+  if (l.top_k < 1) throw InvalidArgument(fmt::format("moe layer: top_k {} < 1", l.top_k));
+  if (l.block != 64 && l.block != 128)
+    throw InvalidArgument(fmt::format("moe layer: block {} is not 64, 128 or 0", l.block));
+  if (l.hidden % 64 != 0 || l.inter % 64 != 0) {
+    throw InvalidArgument(
+        fmt::format("moe layer: H {} and I {} must be multiples of 64 (the GEMMs' K and N)",
+                    l.hidden, l.inter));
+  }
   const bool dtypes =
       fp4 ? x.dtype == DType::BFloat16 && out.dtype == x.dtype
           : gate_up.dtype == x.dtype && down.dtype == x.dtype && out.dtype == x.dtype;
-  if (l.top_k < 1 || (l.block != 64 && l.block != 128) || l.hidden % 64 != 0 || l.inter % 64 != 0 ||
-      !dtypes) {
+  if (!dtypes) {
     throw InvalidArgument(fmt::format(
-        "moe layer: top_k {} (>= 1), block {} (64, 128 or 0), H {} and I {} (multiples of 64), "
-        "x, out and 16-bit weights of one dtype, FP4 weights with bf16 x ({}, {}, {}, {})",
-        l.top_k, l.block, l.hidden, l.inter, dtype_name(x.dtype), dtype_name(gate_up.dtype),
-        dtype_name(down.dtype), dtype_name(out.dtype)));
+        "moe layer: x, out and 16-bit weights must share one dtype, FP4 weights take bf16 x; got "
+        "x {}, gate_up {}, down {}, out {}",
+        dtype_name(x.dtype), dtype_name(gate_up.dtype), dtype_name(down.dtype),
+        dtype_name(out.dtype)));
   }
   l.rows = moe::align_capacity(pairs, static_cast<int>(l.experts), l.block);
   // The GEMMs' own weight checks (FP4 scales and tensor scales included), before any device work.
