@@ -230,6 +230,13 @@ std::vector<int> uneven(int n) {
   return lengths;
 }
 
+// `empty` requests of no key, then one of `length`.
+std::vector<int> empty_then(int empty, int length) {
+  std::vector<int> lengths(empty, 0);
+  lengths.push_back(length);
+  return lengths;
+}
+
 std::vector<MlaCase> cases() {
   const DType bf16 = DType::BFloat16, fp16 = DType::Float16;
   return {
@@ -286,6 +293,10 @@ std::vector<MlaCase> cases() {
       // The even plan's last split reading past the host's longest: one request, and even ones.
       {bf16, 1, 64, 64, {2000}, 4, 0.0625f, true, 0.f, {5000}},
       {fp16, 1, 20, 64, {3000, 3000}, 0, 0.0625f, true, 0.f, {6000, 100}},
+      // The balanced plan's last pieces in two size classes: the long requests last in the
+      // batch; 32 empty requests before a long one (past one warp's scan of the requests).
+      {bf16, 1, 64, 64, {100, 200, 400, 800, 1600, 3200, 6400, 12800}},
+      {bf16, 1, 20, 64, empty_then(32, 3000)},
   };
 }
 
