@@ -64,13 +64,6 @@ def randn(*shape, dtype=bf16, std=1.0):
     return torch.randn(shape, device="cuda").mul_(std).to(dtype)
 
 
-def fa_bound(ours, exact, low):
-    """ref.fa_bound, which an empty tensor passes (its max has no element)."""
-    assert ours.shape == exact.shape, f"shape {list(ours.shape)}, expected {list(exact.shape)}"
-    if exact.numel():
-        ref.fa_bound(ours, exact, low)
-
-
 def cumulative(lengths):
     """cu_seqlens of `lengths`: int32 [B + 1] on the host."""
     return torch.tensor([0, *itertools.accumulate(lengths)], dtype=i32)
@@ -160,7 +153,7 @@ def check_attention(out, lse, ref_out, ref_lse, low_out):
     """test_gpu_attention.py's checks: out within FlashAttention's bound, lse finite exactly where
     the reference's is and within 1e-3 of it there; a row that sees no key has out 0 and lse -inf
     (kjit/attention.hpp). lse is [..., Hq, S] for out [..., S, Hq, D]."""
-    fa_bound(out, ref_out, low_out)
+    ref.fa_bound(out, ref_out, low_out)
     seen = torch.isfinite(ref_lse)
     assert torch.equal(torch.isfinite(lse), seen), "lse is finite where the reference's is not, or the other way"
     assert (lse[~seen] == float("-inf")).all(), "a row that sees no key has an lse other than -inf"
@@ -220,7 +213,7 @@ def test_attention_backward(index):
         ours = grads()
         for name, got, exact, low in zip(("dq", "dk", "dv"), ours, reference(f64), reference(case.dtype)):
             with named(name):
-                fa_bound(got, exact, low)
+                ref.fa_bound(got, exact, low)
         if case.deterministic:
             assert all(torch.equal(a, b) for a, b in zip(ours, grads())), "deterministic backward differs run to run"
 
@@ -260,7 +253,7 @@ def test_attention_backward_varlen(index):
 
         for name, got, exact, low in zip(("dq", "dk", "dv"), ours, reference(f64), reference(case.dtype)):
             with named(name):
-                fa_bound(got, exact, low)
+                ref.fa_bound(got, exact, low)
 
 
 def draw_grouped(rng):
@@ -331,7 +324,7 @@ def test_attention_grouped(index):
         names = [f"dq of group {g}" for g in range(len(groups))] + ["dk", "dv"]
         for name, got, exact, low in zip(names, ours, reference(f64), reference(case.dtype)):
             with named(name):
-                fa_bound(got, exact, low)
+                ref.fa_bound(got, exact, low)
 
 
 # ---- merge_states ------------------------------------------------------------------------------
@@ -381,7 +374,7 @@ def test_merge_states(index):
         if case.dtype == f32:  # test_gpu_attention.py's merge tolerances
             torch.testing.assert_close(out.double(), exact, atol=2e-5, rtol=1e-4)
         else:  # computed in fp32 and rounded once: FlashAttention's bound over that rounding
-            fa_bound(out, exact, exact.to(case.dtype))
+            ref.fa_bound(out, exact, exact.to(case.dtype))
         torch.testing.assert_close(lse, exact_lse.float(), atol=1e-4, rtol=1e-5)
 
 
@@ -442,7 +435,7 @@ def test_mla_decode(index):
         scale = 576**-0.5 if case.scale is None else case.scale  # kjit/mla.hpp's default
         ref_out, ref_lse = ref.mla_decode(q, cache, table, lengths, scale)
         low_out, _ = ref.mla_decode(q, cache, table, lengths, scale, dtype=case.dtype)
-        fa_bound(out, ref_out, low_out)
+        ref.fa_bound(out, ref_out, low_out)
         seen = torch.isfinite(ref_lse)  # test_gpu_decode.py's checks, and O = 0, LSE = -inf unseen
         assert torch.equal(torch.isfinite(lse), seen), "lse is finite where the reference's is not, or the other way"
         assert (lse[~seen] == float("-inf")).all() and (out[~seen] == 0).all(), "a row that sees no key is not 0, -inf"
@@ -644,7 +637,7 @@ def test_align_permute_unpermute(index):
             placed = slots[:, j] >= 0
             scale = weights[placed, j, None].double() if weights is not None else 1.0
             exact[placed] += scale * x_sorted[slots[placed, j]].double()
-        fa_bound(out, exact, exact.to(case.dtype))
+        ref.fa_bound(out, exact, exact.to(case.dtype))
 
 
 # ---- MoE: grouped GEMMs ------------------------------------------------------------------------
@@ -718,7 +711,7 @@ def test_grouped_gemm(index):
             rows = (block_of_row == e).nonzero().flatten()
             weighted = row_weights[rows] if case.epilogue == "routing_weights" else None
             with named(f"expert {e}"):
-                fa_bound(y[rows], *expert_products(x_sorted[rows], dense[e], dtype, case.epilogue, weighted))
+                ref.fa_bound(y[rows], *expert_products(x_sorted[rows], dense[e], dtype, case.epilogue, weighted))
 
 
 @pytest.mark.parametrize("index", range(4))
@@ -750,7 +743,7 @@ def test_grouped_gemm_masked(index):
             y = kjit.moe.expert_gemm_fp4_masked(x, masked_m.cuda(), w, case.epilogue, case.expected_m)
         for e, m in enumerate(masked_m.clamp(max=case.rows).tolist()):
             with named(f"expert {e}"):
-                fa_bound(y[e, :m], *expert_products(x[e, :m], dense[e], dtype, case.epilogue))
+                ref.fa_bound(y[e, :m], *expert_products(x[e, :m], dense[e], dtype, case.epilogue))
 
 
 # ---- MoE: the op chain and the fused layer -----------------------------------------------------
@@ -811,10 +804,10 @@ def test_moe_op_chain(index):
         if shared is not None:
             exact, low = exact + shared.double(), low + shared
         with named("the op chain"):
-            fa_bound(chained, exact, low)
+            ref.fa_bound(chained, exact, low)
         fused = kjit.moe.layer(x, logits, gate_up, down, case.router, bias, shared, case.block)
         with named("the fused layer"):
-            fa_bound(fused, exact, low)
+            ref.fa_bound(fused, exact, low)
 
 
 @pytest.mark.parametrize("index", range(6))
@@ -834,7 +827,7 @@ def test_moe_layer(index):
         low = ref.moe(x, ids, weights, dense_gate_up, dense_down, dtype)
         if shared is not None:
             exact, low = exact + shared.double(), low + shared
-        fa_bound(out, exact, low)
+        ref.fa_bound(out, exact, low)
 
 
 # ---- what the validation refuses ---------------------------------------------------------------
