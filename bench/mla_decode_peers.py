@@ -33,6 +33,7 @@ def main():
         return [int(sys.argv[i + 1]) for i, a in enumerate(sys.argv) if a == flag]
 
     only_heads, only_batch, only_length = only("--only-heads"), only("--only-batch"), only("--only-length")
+    only_uneven = "--only-uneven" in sys.argv
     flash_mla = peer("flash_mla", "FlashMLA")
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, MLA decode bf16 s_q 1 "
           f"block {PAGE}, us per call", flush=True)
@@ -89,7 +90,7 @@ def main():
         if only_heads and heads not in only_heads:
             continue
         for b in (1, 8, 32, 64, 128):
-            if "--only-uneven" in sys.argv or only_batch and b not in only_batch:
+            if only_uneven or only_batch and b not in only_batch:
                 continue
             for length in (1024, 4096, 16384, 65536):
                 if only_length and length not in only_length:

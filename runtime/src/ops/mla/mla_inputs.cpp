@@ -21,10 +21,10 @@ void check_rows(const TensorView& t, const char* name, int ndim, const char* lay
 void check_index(const TensorView& t, const std::int32_t* host, const char* name,
                  std::initializer_list<std::int64_t> shape) {
   bool ok = t.dtype == DType::Int32 && t.ndim == static_cast<int>(shape.size());
+  const bool empty = t.numel() == 0;
   std::int64_t stride = 1;
   for (int d = t.ndim - 1; ok && d >= 0; --d) {
-    ok = t.size(d) == shape.begin()[d] &&
-         (t.stride(d) == stride || t.size(d) == 1 || t.numel() == 0);
+    ok = t.size(d) == shape.begin()[d] && (empty || t.stride(d) == stride || t.size(d) == 1);
     stride *= t.size(d);
   }
   if (!ok) {
