@@ -14,8 +14,9 @@
 // Warp 0's first thread produces (a tensor copy of the tokens' 64-column K slice and of the
 // weights' 32 code bytes a row per stage); warps 1-3 meanwhile copy the block's scales for the
 // whole of K to shared memory once (load_block_scales), so that no k-block waits on a global load;
-// kBlockW / 64 consumer warpgroups each dequantize and multiply 64 weight rows, and release the
-// stage after their wgmma retire. A lane's two weight rows r and r + 8 of each token pair meet
+// kBlockW / 64 consumer warpgroups each dequantize and multiply 64 weight rows, one k-block's
+// products in flight while the next one's codes are dequantised, and release a stage once its
+// products retire. A lane's two weight rows r and r + 8 of each token pair meet
 // their neighbours' (r ^ 1) through one shuffle in the epilogue, so that a lane writes two adjacent
 // columns (or one SwiGLU column) of one token.
 #pragma once
@@ -271,9 +272,16 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThre
   const cuda::std::uint64_t x_desc0 = ptx::swizzled_descriptor(sx);
   const auto main_loop = [&](auto width) {
     constexpr int kN = decltype(width)::value;
-    int stage = 0;
+    // The A fragments of two k-blocks: one k-block's products stay in flight while the next one's
+    // codes are dequantised into the other set (a wgmma reads its register operand until it
+    // retires), so the tensor cores do not drain at every k-block. Decode's shape keeps to its 80
+    // registers with one set.
+    constexpr int kSets = S::kMinBlocks == 1 ? 2 : 1;
+    unsigned a[kSets][S::kBlockK / 16]
+              [4];                  // the m16n8k16 A layout: (r, k), (r + 8, k), (r, k + 8), ..
+    int stage = 0, in_flight = -1;  // in_flight: the stage whose products have not retired
     unsigned phase = 0;
-    for (int kb = 0; kb < k_blocks; ++kb) {
+    const auto k_block = [&](int kb, unsigned(&frag)[S::kBlockK / 16][4]) {
       const unsigned scales[2] = {block_scales(kb, 0), block_scales(kb, 1)};
       ptx::mbarrier_wait(full + stage, phase);
       // Row r's 32 code bytes as two 16-byte halves (K 0-31, 32-63); 32-bit word i holds K
@@ -294,29 +302,40 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThre
       // The tokens' k16 steps are 32 bytes apart in the swizzled tile: 2 in the descriptor.
       const cuda::std::uint64_t x_desc = x_desc0 + stage * (S::kXBytes / 16);
       // Each k16 step's fragment dequantised, then multiplied while the next one is.
-      unsigned a[S::kBlockK / 16][4];  // the m16n8k16 A layout: (r, k), (r + 8, k), (r, k + 8), ..
 #pragma unroll
       for (int kk = 0; kk < S::kBlockK / 16; ++kk) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const unsigned* q = codes[h][kk / 2];
           const unsigned low_k = q[2 * (kk % 2)], high_k = q[2 * (kk % 2) + 1];
-          a[kk][h] =
+          frag[kk][h] =
               mul_bf16x2(e2m1x2_scaled_bits(__byte_perm(low_k, 0, 0x4440 | quad)), scale[h][kk]);
-          a[kk][2 + h] =
+          frag[kk][2 + h] =
               mul_bf16x2(e2m1x2_scaled_bits(__byte_perm(high_k, 0, 0x4440 | quad)), scale[h][kk]);
         }
         ptx::wgmma_fence();
-        ptx::wgmma_rs<T, kN>(acc, a[kk], x_desc + 2 * kk, kb > 0 || kk > 0);
+        ptx::wgmma_rs<T, kN>(acc, frag[kk], x_desc + 2 * kk, kb > 0 || kk > 0);
       }
       ptx::wgmma_commit();
-      ptx::wgmma_wait<0>();
-      if (lane == 0) ptx::mbarrier_arrive(empty + stage);
+      // The k-block before this one has retired: its stage goes back, its fragments are free.
+      ptx::wgmma_wait<kSets - 1>();
+      if (in_flight >= 0 && lane == 0) ptx::mbarrier_arrive(empty + in_flight);
+      in_flight = stage;
       if (++stage == kStages) {
         stage = 0;
         phase ^= 1;
       }
+    };
+    // Both sets alternate on every path (an odd count's first k-block takes the second set), so
+    // that ptxas sees no fragment rewritten while its products may be in flight.
+    int kb = 0;
+    if (k_blocks % 2 == 1) k_block(kb++, a[kSets - 1]);
+    for (; kb < k_blocks; kb += 2) {
+      k_block(kb, a[0]);
+      k_block(kb + 1, a[kSets - 1]);
     }
+    ptx::wgmma_wait<0>();
+    if (in_flight >= 0 && lane == 0) ptx::mbarrier_arrive(empty + in_flight);
   };
   ptx::mbarrier_wait(scales_ready, 0);
   switch (columns) {
