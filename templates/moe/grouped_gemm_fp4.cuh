@@ -317,25 +317,35 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThre
         ptx::wgmma_rs<T, kN>(acc, frag[kk], x_desc + 2 * kk, kb > 0 || kk > 0);
       }
       ptx::wgmma_commit();
-      // The k-block before this one has retired: its stage goes back, its fragments are free.
+      // Two sets: the k-block before this one has retired, its stage goes back and its fragments
+      // are free. One set: this k-block has, and its stage goes back at once.
       ptx::wgmma_wait<kSets - 1>();
-      if (in_flight >= 0 && lane == 0) ptx::mbarrier_arrive(empty + in_flight);
-      in_flight = stage;
+      if constexpr (kSets == 1) {
+        if (lane == 0) ptx::mbarrier_arrive(empty + stage);
+      } else {
+        if (in_flight >= 0 && lane == 0) ptx::mbarrier_arrive(empty + in_flight);
+        in_flight = stage;
+      }
       if (++stage == kStages) {
         stage = 0;
         phase ^= 1;
       }
     };
-    // Both sets alternate on every path (an odd count's first k-block takes the second set), so
-    // that ptxas sees no fragment rewritten while its products may be in flight.
-    int kb = 0;
-    if (k_blocks % 2 == 1) k_block(kb++, a[kSets - 1]);
-    for (; kb < k_blocks; kb += 2) {
-      k_block(kb, a[0]);
-      k_block(kb + 1, a[kSets - 1]);
+    if constexpr (kSets == 1) {
+      for (int kb = 0; kb < k_blocks; ++kb)
+        k_block(kb, a[0]);
+    } else {
+      // The sets alternate on every path (an odd count's first k-block takes the second set), so
+      // that ptxas sees no fragment rewritten while its products may be in flight.
+      int kb = 0;
+      if (k_blocks % 2 == 1) k_block(kb++, a[1]);
+      for (; kb < k_blocks; kb += 2) {
+        k_block(kb, a[0]);
+        k_block(kb + 1, a[1]);
+      }
+      ptx::wgmma_wait<0>();
+      if (in_flight >= 0 && lane == 0) ptx::mbarrier_arrive(empty + in_flight);
     }
-    ptx::wgmma_wait<0>();
-    if (in_flight >= 0 && lane == 0) ptx::mbarrier_arrive(empty + in_flight);
   };
   ptx::mbarrier_wait(scales_ready, 0);
   switch (columns) {
