@@ -279,7 +279,8 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThre
     constexpr int kSets = S::kMinBlocks == 1 ? 2 : 1;
     // The m16n8k16 A layout: (r, k), (r + 8, k), (r, k + 8), (r + 8, k + 8).
     unsigned a[kSets][S::kBlockK / 16][4];
-    int stage = 0, in_flight = -1;  // in_flight: the stage whose products have not retired
+    int stage = 0;
+    [[maybe_unused]] int in_flight = -1;  // two sets: the stage whose products have not retired
     unsigned phase = 0;
     const auto k_block = [&](int kb, unsigned(&frag)[S::kBlockK / 16][4]) {
       const unsigned scales[2] = {block_scales(kb, 0), block_scales(kb, 1)};
