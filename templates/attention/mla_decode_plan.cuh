@@ -40,11 +40,16 @@ __device__ __forceinline__ int mla_piece_tokens(const KjitMlaDecodeParams& p) {
 }
 
 // A request's pieces in the balanced plan: its first slot (slots follow the requests' order),
-// its first full piece in the blocks' order (below), how many pieces, and its length.
+// its first full piece in the blocks' order (below), how many pieces, its length, and whether its
+// last piece is long (at least half a piece; mla_block_work starts those before the short ones)
+// with how many requests before it have a long last piece.
 struct MlaPieces {
   int request = -1;  // -1: none matched
   int first = 0, first_full = 0, count = 0, length = 0;
-  int fulls = 0;  // with no match: every request's full pieces (all but each one's last)
+  bool long_last = false;
+  int long_before = 0;
+  int fulls = 0, longs = 0;  // with no match: every request's full pieces (all but each one's
+                             // last), and the requests whose last piece is long
 };
 
 // The balanced plan's first request (in order) for which matches(request, MlaPieces) holds, pieces
@@ -53,25 +58,31 @@ template <class Matches>
 __device__ __forceinline__ MlaPieces mla_find_pieces(const KjitMlaDecodeParams& p, int size,
                                                      Matches matches) {
   const int lane = threadIdx.x % 32;
-  int base = 0, full_base = 0;  // pieces, and full pieces, of the requests before this window
+  // Pieces, full pieces, and long last pieces of the requests before this window.
+  int base = 0, full_base = 0, long_base = 0;
   for (int b0 = 0; b0 < p.batch; b0 += 32) {
     const int b = b0 + lane;
     MlaPieces mine;
     mine.request = b;
     mine.length = b < p.batch ? mla_length(p, b) : 0;
     mine.count = b >= p.batch ? 0 : mine.length > 0 ? (mine.length - 1) / size + 1 : 1;
-    int inclusive = mine.count, full_inclusive = max(mine.count - 1, 0);
+    mine.long_last = b < p.batch && 2 * (mine.length - (mine.count - 1) * size) >= size;
+    int inclusive = mine.count, full_inclusive = max(mine.count - 1, 0),
+        long_inclusive = mine.long_last;
 #pragma unroll
     for (int d = 1; d < 32; d *= 2) {
       const int before = __shfl_up_sync(0xffffffffu, inclusive, d);
       const int full_before = __shfl_up_sync(0xffffffffu, full_inclusive, d);
+      const int long_before = __shfl_up_sync(0xffffffffu, long_inclusive, d);
       if (lane >= d) {
         inclusive += before;
         full_inclusive += full_before;
+        long_inclusive += long_before;
       }
     }
     mine.first = base + inclusive - mine.count;
     mine.first_full = full_base + full_inclusive - max(mine.count - 1, 0);
+    mine.long_before = long_base + long_inclusive - mine.long_last;
     const unsigned hit = __ballot_sync(0xffffffffu, b < p.batch && matches(mine));
     if (hit) {
       const int src = __ffs(hit) - 1;
@@ -81,13 +92,17 @@ __device__ __forceinline__ MlaPieces mla_find_pieces(const KjitMlaDecodeParams& 
       r.first_full = __shfl_sync(0xffffffffu, mine.first_full, src);
       r.count = __shfl_sync(0xffffffffu, mine.count, src);
       r.length = __shfl_sync(0xffffffffu, mine.length, src);
+      r.long_last = __shfl_sync(0xffffffffu, mine.long_last, src);
+      r.long_before = __shfl_sync(0xffffffffu, mine.long_before, src);
       return r;
     }
     base += __shfl_sync(0xffffffffu, inclusive, 31);
     full_base += __shfl_sync(0xffffffffu, full_inclusive, 31);
+    long_base += __shfl_sync(0xffffffffu, long_inclusive, 31);
   }
   MlaPieces none;
   none.fulls = full_base;
+  none.longs = long_base;
   return none;
 }
 
@@ -100,8 +115,10 @@ struct MlaWork {
 };
 
 // The balanced plan's blocks: a piece's row tiles side by side (their second reads of the keys
-// from L2), and every request's full pieces before all the last ones (each no longer than a full
-// one), so that the long pieces start first and the short ones fill in behind them.
+// from L2), every request's full pieces first, then the long last pieces (at least half a piece),
+// then the short ones, so that the long pieces start in the first wave and the short ones fill in
+// behind them (with the last pieces in the requests' order, a batch whose long requests come last
+// started their last pieces only as the first wave finished).
 __device__ __forceinline__ MlaWork mla_block_work(const KjitMlaDecodeParams& p) {
   MlaWork w;
   if (p.pieces == 0) {
@@ -120,10 +137,13 @@ __device__ __forceinline__ MlaWork mla_block_work(const KjitMlaDecodeParams& p) 
   MlaPieces r = mla_find_pieces(
       p, size, [&](const MlaPieces& m) { return piece < m.first_full + m.count - 1; });
   int k = piece - r.first_full;  // a full piece
-  if (r.request < 0) {           // else a request's last piece
-    const int b = piece - r.fulls;
-    if (b >= p.batch) return w;
-    r = mla_find_pieces(p, size, [&](const MlaPieces& m) { return m.request == b; });
+  if (r.request < 0) {           // else a request's last piece: the long ones', then the short
+    const int j = piece - r.fulls, longs = r.longs;
+    if (j >= p.batch) return w;
+    r = mla_find_pieces(p, size, [&](const MlaPieces& m) {
+      return j < longs ? m.long_last && m.long_before == j
+                       : !m.long_last && m.request - m.long_before == j - longs;
+    });
     k = r.count - 1;
   }
   w.request = r.request;
