@@ -66,7 +66,7 @@ __device__ __forceinline__ MlaPieces mla_find_pieces(const KjitMlaDecodeParams& 
     mine.request = b;
     mine.length = b < p.batch ? mla_length(p, b) : 0;
     mine.count = b >= p.batch ? 0 : mine.length > 0 ? (mine.length - 1) / size + 1 : 1;
-    mine.long_last = b < p.batch && 2 * (mine.length - (mine.count - 1) * size) >= size;
+    mine.long_last = b < p.batch && mine.length - (mine.count - 1) * size >= size - size / 2;
     int inclusive = mine.count, full_inclusive = max(mine.count - 1, 0),
         long_inclusive = mine.long_last;
 #pragma unroll
