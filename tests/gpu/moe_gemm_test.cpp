@@ -251,8 +251,8 @@ std::vector<GemmCase> cases() {
        Format::kNvFp4, true},
       {"bf16_sorted_given", bf16, 40, 2, 8, 256, 512, 64, false, Kind::kPlain, 0, 0,
        Format::kSameAsX, true},
-      // The prefill kernel over 1, 3 and 5 k-blocks (its fragment sets alternate from the second
-      // one on an odd count; its scales come in two chunks, the first of 4 k-blocks).
+      // The prefill kernel over 1, 3 and 5 k-blocks (over 128 rows its fragment sets alternate
+      // from the second one on an odd count).
       {"nvfp4_k_64_one_k_block", bf16, 50, 2, 4, 256, 64, 128, false, Kind::kPlain, 128, 3,
        Format::kNvFp4},
       {"mxfp4_k_192_three_k_blocks", bf16, 60, 2, 4, 256, 192, 64, true, Kind::kSwiGLU, 128, 2,
