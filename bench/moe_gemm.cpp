@@ -175,6 +175,7 @@ struct Layout {
 struct Row {
   const char* name;
   int experts, rows, n, k;
+  int block = 128;  // align's rows a block (prefill)
 };
 
 // Whether two configs are one (every field of the family's).
@@ -227,10 +228,17 @@ int main(int argc, char** argv) try {
 
   // Prefill.
   const std::vector<Row> rows{
-      {"torch-anchor", 64, 16384, 1536, 2048}, {"glm-gate-up", 64, 4096, 3072, 2048},
-      {"glm-gate-up", 64, 16384, 3072, 2048},  {"glm-gate-up", 64, 65536, 3072, 2048},
-      {"glm-down", 64, 4096, 2048, 1536},      {"glm-down", 64, 16384, 2048, 1536},
-      {"glm-down", 64, 65536, 2048, 1536},     {"deepgemm", 8, 32768, 4096, 7168}};
+      {"torch-anchor", 64, 16384, 1536, 2048},
+      {"glm-gate-up", 64, 4096, 3072, 2048},
+      {"glm-gate-up", 64, 16384, 3072, 2048},
+      {"glm-gate-up", 64, 65536, 3072, 2048},
+      {"glm-down", 64, 4096, 2048, 1536},
+      {"glm-down", 64, 16384, 2048, 1536},
+      {"glm-down", 64, 65536, 2048, 1536},
+      {"deepgemm", 8, 32768, 4096, 7168},
+      // The layer's T 256: 16 rows an expert in blocks of 64 (the 64-row shape of the kernels).
+      {"glm-gate-up-64", 64, 1024, 3072, 2048, 64},
+      {"glm-down-64", 64, 1024, 2048, 1536, 64}};
   for (const Row& r : rows) {
     if (only == "decode") break;
     if (only_count > 0 && r.rows != only_count) continue;
@@ -238,7 +246,7 @@ int main(int argc, char** argv) try {
     for (int i = 0; i < r.rows; ++i)
       ids[i] = i % r.experts;
     const DeviceBuffer x = kjit::bench::random_bf16(static_cast<std::size_t>(r.rows) * r.k);
-    const Layout layout(ids, r.experts, 128, x, r.k, stream);
+    const Layout layout(ids, r.experts, r.block, x, r.k, stream);
     DeviceBuffer y(layout.capacity * r.n * 2);
     const TensorView vx = layout.x_view(r.k), vblocks = layout.blocks_view(),
                      vy(y.data(), DType::BFloat16, {layout.capacity, r.n});
@@ -246,8 +254,9 @@ int main(int argc, char** argv) try {
     for (Format f : {Format::kSameAsX, Format::kNvFp4, Format::kMxFp4}) {
       if (f != Format::kSameAsX && !glm) continue;  // the anchors' rows are bf16
       const ExpertWeights w(f, r.experts, r.n, r.k);
-      const double ms = time_calls([&](int) { w.run(vx, vblocks, 128, vy, layout.epilogue, s); });
-      const kjit::ops::MoeGemm::Config chosen = w.config(vx, vblocks, 128, vy);
+      const double ms =
+          time_calls([&](int) { w.run(vx, vblocks, r.block, vy, layout.epilogue, s); });
+      const kjit::ops::MoeGemm::Config chosen = w.config(vx, vblocks, r.block, vy);
       print_row(r.name, f, r.experts, r.rows, r.n, r.k, ms, 0, chosen, copy_gbs);
       // 16-bit weights: the other 256-column tiles and persistent blocks beside (the tuner's).
       for (const kjit::ops::MoeGemm::Config other : {kjit::ops::MoeGemm::Config{256, 3},
@@ -256,10 +265,11 @@ int main(int argc, char** argv) try {
                                                      {128, 6, 0, 1},
                                                      {256, 3, 0, 1},
                                                      {256, 4, 0, 1}}) {
-        if (f != Format::kSameAsX || same(other, chosen) || !w.valid(other, vx, vblocks, 128, vy))
+        if (f != Format::kSameAsX || same(other, chosen) ||
+            !w.valid(other, vx, vblocks, r.block, vy))
           continue;
-        const double other_ms =
-            time_calls([&](int) { w.run_with(other, vx, vblocks, 128, vy, layout.epilogue, s); });
+        const double other_ms = time_calls(
+            [&](int) { w.run_with(other, vx, vblocks, r.block, vy, layout.epilogue, s); });
         print_row(r.name, f, r.experts, r.rows, r.n, r.k, other_ms, 0, other, copy_gbs);
       }
     }
