@@ -31,7 +31,7 @@ bins=(tools/kjit tests/kjit_gpu_tests tests/kjit_unit_tests tests/kjit_test_help
       bench/kjit_bench_mla_decode bench/kjit_bench_moe_gemm bench/kjit_bench_helix_decode
       bench/kjit_bench_moe_layer bench/kjit_bench_moe_offload bench/kjit_bench_moe_router
       bench/kjit_bench_op_call_overhead
-      bench/kjit_bench_comm bench/kjit_bench_zigzag tests/kjit_dist_tests
+      bench/kjit_bench_comm bench/kjit_bench_zigzag bench/kjit_bench_l2_sharing tests/kjit_dist_tests
       examples/kjit_example_user_kernel examples/kjit_example_c_api)
 pack() {  # pack DIR NAMES: strip the bundle's binaries NAMES names (all when empty) into DIR
   for bin in "${bins[@]}"; do

@@ -7,7 +7,7 @@
 #                         attention-backward-tune|attention-grouped|attention-grouped-ab|
 #                         attention-grouped-ncu|mla|mla-ab|mla-ncu|moe|moe-decode|moe-decode-ab|
 #                         moe-bench|moe-ncu|moe-align-ncu|moe-router|moe-offload|python|fa4-stage|
-#                         zigzag|families|dist|all]
+#                         l2-probe|zigzag|families|dist|all]
 #   (default all)
 # `families` is the check after a change to the op plumbing (kernel families, dispatch, tuning
 # tables): the whole GPU suite, the examples, a sanitizer subset, and the attention and
@@ -629,6 +629,18 @@ if [ "$what" = moe-router ]; then
   PYTHONPATH=/tmp/psite PYTHONUNBUFFERED=1 step moe_router_peers timeout 200 python3 \
     bench/moe_router_peers.py
   for log in moe_router_bench moe_router_peers; do echo "== $log"; cat "$out/$log.log"; done
+fi
+if [ "$what" = l2-probe ]; then
+  # Which SMs share what the L2 holds (bench/l2_sharing.cpp): the rows' times, then ncu's DRAM
+  # bytes and L2 hit rate of one launch a row, in the same order (every size by all, even and
+  # lower SMs, then SM 0 with each other SM).
+  step l2_times timeout 120 "$bin/kjit_bench_l2_sharing"
+  step l2_ncu timeout 300 ncu --metrics dram__bytes_read.sum,lts__t_sector_hit_rate.pct \
+    --kernel-name l2_sharing "$bin/kjit_bench_l2_sharing" once
+  cat "$out/l2_times.log"
+  echo "== l2_ncu (a row a launch: DRAM read, L2 hit rate)"
+  grep -E 'dram__bytes_read.sum|lts__t_sector_hit_rate.pct' "$out/l2_ncu.log" |
+    awk '{printf "%s %s%s", $NF, $(NF-1), (NR % 2 ? "  " : "\n")}'
 fi
 if [ "$what" = moe-offload ]; then
   # The offloaded MoE stack: its GPU tests (bit for bit against every expert resident), a

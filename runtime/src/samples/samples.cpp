@@ -56,9 +56,14 @@ KernelSpec overlapped_pair(const std::string& arch) {
                    arch);
 }
 
+KernelSpec l2_sharing(const std::string& arch) {
+  return with_arch(
+      KernelSpec(Source::embedded("samples/l2_sharing.cuh"), {"kjit::samples::l2_sharing"}), arch);
+}
+
 std::vector<KernelSpec> shipped(const std::string& arch) {
   std::vector<KernelSpec> out{saxpy("float", arch), saxpy("double", arch), empty_kernel(arch),
-                              shared_reverse(arch)};
+                              shared_reverse(arch), l2_sharing(arch)};
   for (const char* type : {"__nv_bfloat16", "__half"}) {
     MmaGemmConfig c;
     c.type = type;

@@ -16,6 +16,8 @@ KernelSpec shared_reverse(const std::string& arch = "");
 KernelSpec cluster_sum(int threads, const std::string& arch = "");
 // slow_fill, then copy_after_prior_grid launched to overlap it (sm_90).
 KernelSpec overlapped_pair(const std::string& arch = "");
+// Blocks reading one buffer through L2, by which SMs they run on (bench/l2_sharing.cpp).
+KernelSpec l2_sharing(const std::string& arch = "");
 
 struct MmaGemmConfig {
   std::string type = "__nv_bfloat16";  // or "__half"
