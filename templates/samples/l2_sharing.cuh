@@ -32,7 +32,8 @@ __global__ void l2_sharing(const uint4* __restrict__ src, long long words, int p
     const long long offset = mode == 0 ? 0 : blockIdx.x * slice;
     for (int pass = 0; pass < (mode == 0 ? 1 : passes); ++pass) {
       for (long long i = threadIdx.x; i < count; i += blockDim.x) {
-        const uint4 v = __ldcg(src + begin + (i + offset) % count);
+        const long long at = i + offset;  // below 2 count: wraps once at most
+        const uint4 v = __ldcg(src + begin + (at < count ? at : at - count));
         acc ^= v.x ^ v.y ^ v.z ^ v.w;
       }
     }
