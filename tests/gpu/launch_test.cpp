@@ -177,6 +177,42 @@ TEST_F(Launch, LargeDynamicSharedMemory) {
   }
 }
 
+// The L2 sharing probe reads what it says (bench/l2_sharing.cpp times it): a slice a block in
+// mode 0, the whole buffer from the block's own offset (wrapping once) in mode 1, nothing where
+// its mode admits no SM.
+TEST_F(Launch, L2SharingProbeReadsWhatItsModeAdmits) {
+  KJIT_REQUIRE_GPU();
+  constexpr int kBlocks = 8, kSlice = 1000;
+  constexpr long long kWords = kBlocks * kSlice;  // 16-byte words
+  std::mt19937 rng(5);
+  std::vector<unsigned> host(kWords * 4);
+  for (unsigned& v : host)
+    v = rng();
+  DeviceBuffer src(host.size() * 4), sink(kBlocks * 4);
+  src.upload(host.data(), src.size());
+  const Kernel k = load(samples::l2_sharing()).kernel();
+  const auto sinks = [&](int mode, int arg) {
+    sink.fill_bytes(0);
+    k.launch({{kBlocks}, {256}, 0, nullptr, {}}, src.as<const void>(), kWords, 1, mode, arg,
+             sink.as<unsigned>());
+    std::vector<unsigned> out(kBlocks);
+    sink.download(out.data(), sink.size());
+    return out;
+  };
+  const auto xor_of = [&](long long first, long long words) {
+    unsigned x = 0;
+    for (long long i = 4 * first; i < 4 * (first + words); ++i)
+      x ^= host[i];
+    return x;
+  };
+  const std::vector<unsigned> slices = sinks(0, 0), every = sinks(1, 0), none = sinks(3, 0);
+  for (int b = 0; b < kBlocks; ++b) {
+    EXPECT_EQ(slices[b], xor_of(b * kSlice, kSlice)) << "block " << b;
+    EXPECT_EQ(every[b], xor_of(0, kWords)) << "block " << b;
+    EXPECT_EQ(none[b], 0u) << "block " << b;
+  }
+}
+
 // A negative test: the driver's refusal is an API error, so the sanitizer runs leave it out.
 TEST_F(Launch, SharedMemoryBeyondTheDeviceLimitIsRefused) {
   KJIT_REQUIRE_GPU();
