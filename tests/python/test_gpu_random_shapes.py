@@ -114,6 +114,12 @@ def attention_inputs(case, rows_q, rows_k, grad=False):
     )
 
 
+def packed_attention_inputs(case, grad=False):
+    """A packed case's host cu_seqlens, then q, k and v over their summed lengths."""
+    cu_q, cu_k = cumulative(case.lengths_q), cumulative(case.lengths_k)
+    return (cu_q, cu_k, *attention_inputs(case, (int(cu_q[-1]),), (int(cu_k[-1]),), grad))
+
+
 def draw_attention(rng):
     """What every attention case draws: dtype, head dim, heads (GQA/MQA), causal, scale, layout."""
     heads_k = rng.choice((1, 1, 2, 3, 4, 8))
@@ -178,8 +184,7 @@ def test_attention_forward_varlen(index):
     rng = case_rng("attention_forward_varlen", index)
     case = draw_packed(rng, SCORES)
     with replayable("attention_forward_varlen", index, case):
-        cu_q, cu_k = cumulative(case.lengths_q), cumulative(case.lengths_k)
-        q, k, v = attention_inputs(case, (int(cu_q[-1]),), (int(cu_k[-1]),))
+        cu_q, cu_k, q, k, v = packed_attention_inputs(case)
         out, lse = kjit.attention.forward_varlen(q, k, v, cu_q.cuda(), cu_k.cuda(), cu_q, cu_k, case.scale, case.causal)
         assert out.shape == q.shape and lse.shape == (case.heads_q, q.shape[0])
         for b, (qs, ks) in enumerate(zip(sequence_slices(cu_q), sequence_slices(cu_k))):
@@ -223,8 +228,7 @@ def test_attention_backward_varlen(index):
     rng = case_rng("attention_backward_varlen", index)
     case = draw_packed(rng, GRAD_SCORES)
     with replayable("attention_backward_varlen", index, case):
-        cu_q, cu_k = cumulative(case.lengths_q), cumulative(case.lengths_k)
-        q, k, v = attention_inputs(case, (int(cu_q[-1]),), (int(cu_k[-1]),), grad=True)
+        cu_q, cu_k, q, k, v = packed_attention_inputs(case, grad=True)
         dout = randn(*q.shape, dtype=case.dtype)
         out = kjit.flash_attn_varlen_func(
             q,
