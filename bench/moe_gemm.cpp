@@ -258,16 +258,15 @@ int main(int argc, char** argv) try {
           time_calls([&](int) { w.run(vx, vblocks, r.block, vy, layout.epilogue, s); });
       const kjit::ops::MoeGemm::Config chosen = w.config(vx, vblocks, r.block, vy);
       print_row(r.name, f, r.experts, r.rows, r.n, r.k, ms, 0, chosen, copy_gbs);
-      // 16-bit weights: the other 256-column tiles and persistent blocks beside (the tuner's).
+      // The other 256-column tiles and (16-bit weights) persistent blocks beside (the tuner's).
       for (const kjit::ops::MoeGemm::Config other : {kjit::ops::MoeGemm::Config{256, 3},
                                                      {256, 4},
+                                                     {256, 6},
                                                      {128, 4, 0, 1},
                                                      {128, 6, 0, 1},
                                                      {256, 3, 0, 1},
                                                      {256, 4, 0, 1}}) {
-        if (f != Format::kSameAsX || same(other, chosen) ||
-            !w.valid(other, vx, vblocks, r.block, vy))
-          continue;
+        if (same(other, chosen) || !w.valid(other, vx, vblocks, r.block, vy)) continue;
         const double other_ms = time_calls(
             [&](int) { w.run_with(other, vx, vblocks, r.block, vy, layout.epilogue, s); });
         print_row(r.name, f, r.experts, r.rows, r.n, r.k, other_ms, 0, other, copy_gbs);

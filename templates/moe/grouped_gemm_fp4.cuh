@@ -25,6 +25,7 @@
 #include "common/mbarrier.cuh"
 #include "common/mma.cuh"
 #include "common/numeric.cuh"
+#include "common/register_budget.cuh"
 #include "common/tma.cuh"
 #include "common/wgmma.cuh"
 #include "moe/grouped_gemm.cuh"
@@ -43,7 +44,13 @@ struct Fp4GemmShape {
   // Decode's shape (64 token rows, 64 weight rows) keeps to 80 registers: three blocks an SM.
   static constexpr int kMinBlocks = kBlockM == 64 && kBlockW == 64 ? 3 : 1;
   static_assert(kBlockM == 64 || kBlockM == 128, "wgmma's N: align's block");
-  static_assert(kBlockW == 64 || kBlockW == 128, "one or two consumer warpgroups");
+  static_assert(kBlockW == 64 || kBlockW == 128 || kBlockW == 256, "1, 2 or 4 consumer warpgroups");
+  // Four consumers (640 threads, 96 registers a thread at launch) take the producer's share: the
+  // block's 61440 registers as 32 for it and 112 for each of them.
+  static constexpr bool kRebalance = kConsumers == 4;
+  static constexpr int kProducerRegisters = 32, kConsumerRegisters = 112;
+  static_assert(!kRebalance ||
+                128 * (kProducerRegisters + kConsumers * kConsumerRegisters) <= 61440);
 };
 
 // Two E2M1 codes (a byte, the lower K in the low nibble) as the bf16x2 e2m1 x 2^-126.
@@ -233,6 +240,7 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThre
                                   0);
 
   if (warpgroup == 0) {
+    if constexpr (S::kRebalance) ptx::release_registers<S::kProducerRegisters>();
     if (threadIdx.x == 0) {
       ptx::prefetch_tensor_map(p.x_map);
       ptx::prefetch_tensor_map(p.w_map);
@@ -255,6 +263,7 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThre
     return;
   }
 
+  if constexpr (S::kRebalance) ptx::claim_registers<S::kConsumerRegisters>();
   const int consumer = warpgroup - 1, warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;
   const int quad = lane % 4, w_row0 = consumer * 64 + 16 * warp + lane / 4;  // and w_row0 + 8
   // This lane's two rows' scale codes of a k-block (kScalesPerK bytes each) in shared memory.
@@ -278,7 +287,7 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThre
     // (the layer's blocks up to 64 pairs an expert) the stage that goes back a k-block later cost
     // the NVFP4 layer at T 256 25 % on the H100 (perf.md), and decode's 64 x 64 keeps to 80
     // registers.
-    constexpr int kSets = kBlockM == 128 ? 2 : 1;
+    constexpr int kSets = kBlockM == 128 && !S::kRebalance ? 2 : 1;
     // The m16n8k16 A layout: (r, k), (r + 8, k), (r, k + 8), (r + 8, k + 8).
     unsigned a[kSets][S::kBlockK / 16][4];
     int stage = 0;

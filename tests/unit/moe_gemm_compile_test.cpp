@@ -87,11 +87,10 @@ TEST_F(MoeGemmKernel, WideAndPersistentTilesCompileForSm90aWithoutSpills) {
     }
   }
   EXPECT_EQ(compiled, 60);
-  // FP4 weights stay at 64 and 128 columns (their kernel gives each 64 a consumer warpgroup) and
-  // take no persistent loop.
+  // FP4 weights take 256 columns (four consumer warpgroups) and no persistent loop.
   const ops::MoeGemm::Problem fp4{DType::BFloat16,     4096, 3072, 2048, 64, 128, 0, 0,
                                   ops::MoeGemm::kNvFp4};
-  EXPECT_FALSE(ops::MoeGemm::valid({256, 4}, fp4, sm90a));
+  EXPECT_TRUE(ops::MoeGemm::valid({256, 4}, fp4, sm90a));
   EXPECT_FALSE(ops::MoeGemm::valid({128, 4, 0, 1}, fp4, sm90a));
 }
 

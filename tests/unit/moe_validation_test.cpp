@@ -454,7 +454,7 @@ TEST(MoeGemmValidation, AcceptsFp4WeightsWithTheirScales) {
   prefill.rows = 64 * 1024;
   ops::MoeGemm::classify(prefill);
   EXPECT_EQ(ops::MoeGemm::default_config(prefill, sm90a).decode, 0);
-  EXPECT_EQ(ops::MoeGemm::default_config(prefill, sm90a).block_n, 128);
+  EXPECT_EQ(ops::MoeGemm::default_config(prefill, sm90a).block_n, 256);  // four consumers
   // FP4 stages hold a quarter of the weight bytes.
   ops::MoeGemm::Problem bf16 = call.problem;
   bf16.weights = ops::MoeGemm::kSameAsX;

@@ -231,10 +231,8 @@ bool MoeGemm::valid(const Config& c, const Problem& p, const Arch& arch) {
            c.block_n == 64 && p.n % 64 == 0 && p.k % (p.weights == kSameAsX ? 64 : 128) == 0 &&
            c.stages >= 2 && c.stages <= 6 && fits;
   }
-  // 256 columns: 16-bit weights only (the FP4 kernel's consumers split the columns, one warpgroup
-  // for each 64).
-  const bool columns =
-      c.block_n == 64 || c.block_n == 128 || (c.block_n == 256 && p.weights == kSameAsX);
+  // 256 columns: the 16-bit kernel's two consumers 128 columns each, the FP4 kernel's four 64.
+  const bool columns = c.block_n == 64 || c.block_n == 128 || c.block_n == 256;
   // Persistent: 16-bit weights, the tiles' count an int.
   const auto tiles_fit = [&] {
     const Dim3 tiles = tile_grid(c, p);
@@ -254,8 +252,9 @@ MoeGemm::Config MoeGemm::default_config(const Problem& p, const Arch& arch) {
   // columns were as fast or up to 9 % faster (GLM down over 16k rows: 222.7 against 224.9 us).
   const double outputs = static_cast<double>(p.masked ? p.rows * p.experts : layout_pairs(p)) *
                          static_cast<double>(p.n);
-  if (p.weights == kSameAsX && p.n % 256 == 0 && outputs > 0x1p26) {
-    const Config wide{256, outputs > 0x1p27 ? 3 : 4};
+  if (p.n % 256 == 0 && outputs > 0x1p26 && !p.decode) {
+    const Config wide =
+        p.weights == kSameAsX ? Config{256, outputs > 0x1p27 ? 3 : 4} : Config{256, 6};
     if (valid(wide, p, arch)) return wide;
   }
   // Decode over the contiguous layout takes the decode kernel, 2 steps in flight a thread in its
