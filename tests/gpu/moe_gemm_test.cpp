@@ -259,6 +259,14 @@ std::vector<GemmCase> cases() {
        Format::kMxFp4},
       {"nvfp4_k_320_five_k_blocks", bf16, 80, 2, 6, 128, 320, 128, false, Kind::kRoutingWeights,
        128, 4, Format::kNvFp4},
+      // 256 weight rows a block (four consumer warpgroups, registers from the producer): each
+      // epilogue, both formats, blocks of 64 and 128 rows, one k-block.
+      {"nvfp4_256_columns_swiglu", bf16, 300, 4, 8, 768, 1024, 128, false, Kind::kSwiGLU, 256, 4,
+       Format::kNvFp4},
+      {"mxfp4_256_columns_routing_skewed_block64", bf16, 200, 2, 8, 512, 320, 64, true,
+       Kind::kRoutingWeights, 256, 3, Format::kMxFp4},
+      {"nvfp4_256_columns_k_64", bf16, 90, 2, 6, 256, 64, 128, false, Kind::kPlain, 256, 2,
+       Format::kNvFp4},
       // K 320: MXFP4 scale rows of 10 bytes, aligned to 2 only (the 2-byte scale copies).
       {"mxfp4_k_320_two_byte_scale_rows", bf16, 20, 4, 8, 128, 320, 64, false, Kind::kSwiGLU, 0, 0,
        Format::kMxFp4, true},
