@@ -252,7 +252,7 @@ MoeGemm::Config MoeGemm::default_config(const Problem& p, const Arch& arch) {
   // columns were as fast or up to 9 % faster (GLM down over 16k rows: 222.7 against 224.9 us).
   const double outputs = static_cast<double>(p.masked ? p.rows * p.experts : layout_pairs(p)) *
                          static_cast<double>(p.n);
-  if (p.n % 256 == 0 && outputs > 0x1p26 && !p.decode) {
+  if (p.n % 256 == 0 && outputs > 0x1p26 && (p.weights == kSameAsX || !p.decode)) {
     const Config wide =
         p.weights == kSameAsX ? Config{256, outputs > 0x1p27 ? 3 : 4} : Config{256, 6};
     if (valid(wide, p, arch)) return wide;
