@@ -717,5 +717,25 @@ TEST(MoeGemmDefault, WideTilesForLargeProductsOnTheirBucket) {
   EXPECT_EQ(pick(65536, 64, 1984, 2048).first, 64);     // N not a multiple of 128 or 256
 }
 
+// FP4 weights in prefill: 256 weight rows past 2^25 routed outputs on the bucket (GLM down over 16k
+// rows: 24640 pairs of the 32768-row bucket, x 2048), 6 stages; 128 below.
+TEST(MoeGemmDefault, Fp4WideFromTwoToTheTwentyFiveOutputs) {
+  const Arch sm90a("sm_90a");
+  const auto pick = [&](std::int64_t pairs, std::int64_t n, std::int64_t k) {
+    ops::MoeGemm::Problem p{DType::BFloat16, moe::align_capacity(pairs, 64, 128), n, k, 64, 128};
+    p.weights = ops::MoeGemm::kNvFp4;
+    ops::MoeGemm::classify(p);
+    const ops::MoeGemm::Config c =
+        ops::MoeGemm::default_config(ops::bucketed<ops::MoeGemm>(p), sm90a);
+    return std::pair<std::int64_t, std::int64_t>{c.block_n, c.stages};
+  };
+  using Pick = std::pair<std::int64_t, std::int64_t>;
+  EXPECT_EQ(pick(4096, 3072, 2048), Pick(128, 6));  // GLM gate/up
+  EXPECT_EQ(pick(16384, 3072, 2048), Pick(256, 6));
+  EXPECT_EQ(pick(65536, 3072, 2048), Pick(256, 6));
+  EXPECT_EQ(pick(4096, 2048, 1536), Pick(128, 6));  // GLM down
+  EXPECT_EQ(pick(16384, 2048, 1536), Pick(256, 6));
+}
+
 }  // namespace
 }  // namespace kjit::test

@@ -250,9 +250,13 @@ MoeGemm::Config MoeGemm::default_config(const Problem& p, const Arch& arch) {
   // On the H100 (2026-12-06, bundles 2779003 and 507419f) that was 1.06x the 128 columns at GLM
   // gate/up over 16k rows and 1.19-1.36x at 64k rows and DeepGEMM's shape; below, the 128
   // columns were as fast or up to 9 % faster (GLM down over 16k rows: 222.7 against 224.9 us).
+  // FP4 weights in prefill take 256 weight rows (four consumer warpgroups) past 2^25 outputs, 6
+  // stages: on the H100 (2026-12-07, bundle 135bfe1 with the kernel as a host variant) 1.05x the
+  // 128 rows at GLM gate/up and down over 16k rows (NVFP4 down: 251.2 against 264.6 us).
   const double outputs = static_cast<double>(p.masked ? p.rows * p.experts : layout_pairs(p)) *
                          static_cast<double>(p.n);
-  if (p.n % 256 == 0 && outputs > 0x1p26 && (p.weights == kSameAsX || !p.decode)) {
+  const bool wide_fp4 = p.weights != kSameAsX && !p.decode && outputs > 0x1p25;
+  if (p.n % 256 == 0 && (wide_fp4 || (p.weights == kSameAsX && outputs > 0x1p26))) {
     const Config wide =
         p.weights == kSameAsX ? Config{256, outputs > 0x1p27 ? 3 : 4} : Config{256, 6};
     if (valid(wide, p, arch)) return wide;
