@@ -117,8 +117,8 @@ TEST_F(MoeGemmKernel, Fp4At256WeightRowsCompilesForSm90aWithoutSpills) {
         if (epilogue == 0 && block_m == 128) continue;
         const ops::MoeGemm::Problem p{DType::BFloat16, 4096,     3072, 2048,   64,
                                       block_m,         epilogue, 0,    weights};
-        // The default's 4 stages; the launch's share of registers at 640 threads.
-        EXPECT_LE(compile_without_spills({256, 4}, p).registers, 96)
+        // The default's 6 stages; the launch's share of registers at 640 threads.
+        EXPECT_LE(compile_without_spills({256, 6}, p).registers, 96)
             << "weights " << weights << " epilogue " << epilogue << " block_m " << block_m;
         ++compiled;
       }

@@ -717,30 +717,24 @@ TEST(MoeGemmDefault, WideTilesForLargeProductsOnTheirBucket) {
   EXPECT_EQ(pick(65536, 64, 1984, 2048).first, 64);     // N not a multiple of 128 or 256
 }
 
-// FP4 weights in prefill: 256 weight rows, 4 stages, except MXFP4 over blocks of 64 rows (the
-// H100's faster of the two at GLM's shapes, docs/perf.md).
-TEST(MoeGemmDefault, Fp4PrefillTakes256WeightRows) {
+// FP4 weights in prefill: 256 weight rows past 2^25 routed outputs on the bucket (GLM down over 16k
+// rows: 24640 pairs of the 32768-row bucket, x 2048), 6 stages; 128 below.
+TEST(MoeGemmDefault, Fp4WideFromTwoToTheTwentyFiveOutputs) {
   const Arch sm90a("sm_90a");
-  const auto pick = [&](ops::MoeGemm::WeightFormat format, std::int64_t pairs, std::int64_t block,
-                        std::int64_t n, std::int64_t k) {
-    ops::MoeGemm::Problem p{
-        DType::BFloat16, moe::align_capacity(pairs, 64, static_cast<int>(block)), n, k, 64, block};
-    p.weights = format;
+  const auto pick = [&](std::int64_t pairs, std::int64_t n, std::int64_t k) {
+    ops::MoeGemm::Problem p{DType::BFloat16, moe::align_capacity(pairs, 64, 128), n, k, 64, 128};
+    p.weights = ops::MoeGemm::kNvFp4;
     ops::MoeGemm::classify(p);
     const ops::MoeGemm::Config c =
         ops::MoeGemm::default_config(ops::bucketed<ops::MoeGemm>(p), sm90a);
     return std::pair<std::int64_t, std::int64_t>{c.block_n, c.stages};
   };
   using Pick = std::pair<std::int64_t, std::int64_t>;
-  const auto nv = ops::MoeGemm::kNvFp4, mx = ops::MoeGemm::kMxFp4;
-  for (const std::int64_t pairs : {4096, 16384, 65536}) {
-    EXPECT_EQ(pick(nv, pairs, 128, 3072, 2048), Pick(256, 4)) << pairs;  // GLM gate/up
-    EXPECT_EQ(pick(nv, pairs, 128, 2048, 1536), Pick(256, 4)) << pairs;  // GLM down
-    EXPECT_EQ(pick(mx, pairs, 128, 3072, 2048), Pick(256, 4)) << pairs;
-  }
-  EXPECT_EQ(pick(nv, 1024, 64, 3072, 2048), Pick(256, 4));  // the layer's T 256
-  EXPECT_EQ(pick(mx, 1024, 64, 3072, 2048).first, 128);
-  EXPECT_EQ(pick(nv, 1024, 64, 1984, 2048).first, 64);  // N not a multiple of 128 or 256
+  EXPECT_EQ(pick(4096, 3072, 2048), Pick(128, 6));  // GLM gate/up
+  EXPECT_EQ(pick(16384, 3072, 2048), Pick(256, 6));
+  EXPECT_EQ(pick(65536, 3072, 2048), Pick(256, 6));
+  EXPECT_EQ(pick(4096, 2048, 1536), Pick(128, 6));  // GLM down
+  EXPECT_EQ(pick(16384, 2048, 1536), Pick(256, 6));
 }
 
 }  // namespace

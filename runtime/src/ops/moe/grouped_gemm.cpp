@@ -245,23 +245,20 @@ bool MoeGemm::valid(const Config& c, const Problem& p, const Arch& arch) {
 }
 
 MoeGemm::Config MoeGemm::default_config(const Problem& p, const Arch& arch) {
-  // FP4 weights in prefill take 256 weight rows (four consumer warpgroups), 4 stages, except MXFP4
-  // over blocks of 64 rows. On the H100 (2026-12-07, bundles 135bfe1 and 7291de8, GLM gate/up and
-  // down) that was 1.05-1.08x the 128 rows at T k 4096 and 16384 (NVFP4 down over 16k rows: 248.9
-  // against 264.6 us), NVFP4 1.19-1.21x over 1024 rows in blocks of 64, MXFP4 there 0.95-0.97x;
-  // 4 stages as fast as 6 or up to 4 % faster.
-  const bool wide_fp4 =
-      p.weights != kSameAsX && !p.decode && (p.weights == kNvFp4 || p.block_m == 128);
   // 16-bit weights over more than 2^26 routed outputs (rows the layout holds pairs for, times N;
   // the rows are their bucket's, the next power of 2) take 256 columns: 4 stages, 3 past 2^27.
   // On the H100 (2026-12-06, bundles 2779003 and 507419f) that was 1.06x the 128 columns at GLM
   // gate/up over 16k rows and 1.19-1.36x at 64k rows and DeepGEMM's shape; below, the 128
   // columns were as fast or up to 9 % faster (GLM down over 16k rows: 222.7 against 224.9 us).
+  // FP4 weights in prefill take 256 weight rows (four consumer warpgroups) past 2^25 outputs, 6
+  // stages: on the H100 (2026-12-07, bundle 135bfe1 with the kernel as a host variant) 1.05x the
+  // 128 rows at GLM gate/up and down over 16k rows (NVFP4 down: 251.2 against 264.6 us).
   const double outputs = static_cast<double>(p.masked ? p.rows * p.experts : layout_pairs(p)) *
                          static_cast<double>(p.n);
+  const bool wide_fp4 = p.weights != kSameAsX && !p.decode && outputs > 0x1p25;
   if (p.n % 256 == 0 && (wide_fp4 || (p.weights == kSameAsX && outputs > 0x1p26))) {
     const Config wide =
-        p.weights == kSameAsX ? Config{256, outputs > 0x1p27 ? 3 : 4} : Config{256, 4};
+        p.weights == kSameAsX ? Config{256, outputs > 0x1p27 ? 3 : 4} : Config{256, 6};
     if (valid(wide, p, arch)) return wide;
   }
   // Decode over the contiguous layout takes the decode kernel, 2 steps in flight a thread in its
