@@ -15,7 +15,8 @@
 // weights' 32 code bytes a row per stage); warps 1-3 meanwhile copy the block's scales for the
 // whole of K to shared memory once (load_block_scales), so that no k-block waits on a global load;
 // kBlockW / 64 consumer warpgroups each dequantize and multiply 64 weight rows (over 128 token
-// rows, one k-block's products in flight while the next one's codes are dequantised), and release
+// rows, one k-block's products in flight while the next one's codes are dequantised; at 256 weight
+// rows, whose four warpgroups have 112 registers, one k-block at a time), and release
 // a stage once its products retire. A lane's two weight rows r and r + 8 of each token pair meet
 // their neighbours' (r ^ 1) through one shuffle in the epilogue, so that a lane writes two adjacent
 // columns (or one SwiGLU column) of one token.
@@ -285,8 +286,8 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThre
     // codes are dequantised into the other set (a wgmma reads its register operand until it
     // retires), so the tensor cores do not drain at every k-block. Only 128 token rows gain: at 64
     // (the layer's blocks up to 64 pairs an expert) the stage that goes back a k-block later cost
-    // the NVFP4 layer at T 256 25 % on the H100 (perf.md), and decode's 64 x 64 keeps to 80
-    // registers.
+    // the NVFP4 layer at T 256 25 % on the H100 (perf.md), decode's 64 x 64 keeps to 80
+    // registers, and 256 weight rows (kRebalance) have 112 a consumer thread.
     constexpr int kSets = kBlockM == 128 && !S::kRebalance ? 2 : 1;
     // The m16n8k16 A layout: (r, k), (r + 8, k), (r, k + 8), (r + 8, k + 8).
     unsigned a[kSets][S::kBlockK / 16][4];

@@ -435,8 +435,8 @@ TEST(MoeGemmValidation, AcceptsFp4WeightsWithTheirScales) {
   EXPECT_TRUE(ops::MoeGemm::valid(c, call.problem, sm90a));
   EXPECT_FALSE(ops::MoeGemm::valid(c, call.problem, sm80));
   // Decode (8 blocks of rows): the decode kernel, 2 steps in flight, also in the tuner's space (4
-  // and 6 too); the masked layout's decode and a prefill-sized layout take the pipeline's 64 and
-  // 128 weight rows a block.
+  // and 6 too); the masked layout's decode takes the pipeline's 64 weight rows a block, a
+  // prefill-sized layout its 256 (four consumer warpgroups).
   const ops::MoeGemm::Config decode{64, 4, 1};
   EXPECT_EQ(c.decode, 1);
   EXPECT_EQ(c.block_n, 64);

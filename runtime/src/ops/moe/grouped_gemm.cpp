@@ -252,7 +252,7 @@ MoeGemm::Config MoeGemm::default_config(const Problem& p, const Arch& arch) {
   // columns were as fast or up to 9 % faster (GLM down over 16k rows: 222.7 against 224.9 us).
   // FP4 weights in prefill take 256 weight rows (four consumer warpgroups) past 2^25 outputs, 6
   // stages: on the H100 (2026-12-07, bundle 135bfe1 with the kernel as a host variant) 1.05x the
-  // 128 rows at GLM gate/up and down over 16k rows (NVFP4 down: 251.2 against 264.6 us).
+  // 128 rows at GLM gate/up and down over 16k rows (NVFP4 down: 251.2 against 261.5 us).
   const double outputs = static_cast<double>(p.masked ? p.rows * p.experts : layout_pairs(p)) *
                          static_cast<double>(p.n);
   const bool wide_fp4 = p.weights != kSameAsX && !p.decode && outputs > 0x1p25;
