@@ -638,9 +638,13 @@ if [ "$what" = l2-probe ]; then
   step l2_ncu timeout 300 ncu --metrics dram__bytes_read.sum,lts__t_sector_hit_rate.pct \
     --kernel-name l2_sharing "$bin/kjit_bench_l2_sharing" once
   cat "$out/l2_times.log"
-  echo "== l2_ncu (a row a launch: DRAM read, L2 hit rate)"
-  grep -E 'dram__bytes_read.sum|lts__t_sector_hit_rate.pct' "$out/l2_ncu.log" |
-    awk '{printf "%s %s%s", $NF, $(NF-1), (NR % 2 ? "  " : "\n")}'
+  echo "== l2_ncu (a row a launch: readers, MB, passes, arg; DRAM read, L2 hit rate)"
+  # The rows' lines and ncu's reports come apart in the log, each in launch order: the n-th row
+  # with the n-th report.
+  awk '/^(slices|all|even|lower|pair) / {row[++rows] = $1 " " $2 " " $3 " " $4}
+       /dram__bytes_read.sum/ {dram[++drams] = $NF " " $(NF-1)}
+       /lts__t_sector_hit_rate.pct/ {hit[++hits] = $NF " " $(NF-1)}
+       END {for (i = 1; i <= rows; ++i) print row[i] "  " dram[i] "  " hit[i]}' "$out/l2_ncu.log"
 fi
 if [ "$what" = moe-offload ]; then
   # The offloaded MoE stack: its GPU tests (bit for bit against every expert resident), a

@@ -1,7 +1,8 @@
 // Which SMs share what the L2 holds: blocks, one an SM, read one buffer through L2 only, and the
 // DRAM bytes of the launch (ncu's dram__bytes_read.sum, bench/l2_sharing.cpp) say how often a
-// line came from memory. If each half of the L2 keeps its own copy of what its SMs read, a buffer
-// read by SMs of both halves costs two passes of DRAM; read by SMs of one half, one.
+// line came from memory. On the H100 (2026-12-07, docs/perf.md) a line read by SMs of both halves
+// of the L2 costs one DRAM read, but data every SM reads stays resident only up to ~16-24 MB of the
+// 50 MB: the two halves each hold a copy.
 #pragma once
 
 namespace kjit::samples {
