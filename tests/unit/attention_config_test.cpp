@@ -57,6 +57,30 @@ TEST(AttentionConfig, GroupedDefaultIsValidForEveryHeadDimAndArch) {
   }
 }
 
+// Sections of the grouped grid: key/value heads whose K/V windows fit a quarter of the L2 (12 MB),
+// a divisor of the heads, grown until the section fills the 132 SMs of an H100 with blocks.
+TEST(AttentionGroupedSections, QuarterOfTheL2AndAtLeastAWave) {
+  const auto heads = [](std::int64_t heads_k, std::int64_t keys, std::int64_t blocks_per_head) {
+    return ops::GroupedForward::section_kv_heads(heads_k, keys * 128 * 2 * 2, blocks_per_head, 132);
+  };
+  // Llama 3 8B (8 key/value heads, 4 queries each), zigzag rank 0, two groups of S / 2W queries
+  // in tiles of 128: W 2 at S 8k (4 MB a head, 32 tiles), at 16k (8 MB, 64 tiles).
+  EXPECT_EQ(heads(8, 8192, 32 * 4), 2);
+  EXPECT_EQ(heads(8, 16384, 64 * 4), 1);
+  EXPECT_EQ(heads(8, 32768, 128 * 4), 1);
+  // W 4 at S 8k: 2 heads fit, 64 blocks a head; 4 fill the SMs.
+  EXPECT_EQ(heads(8, 8192, 16 * 4), 4);
+  // W 8 at S 8k: 32 blocks a head take 5 heads to fill the SMs, and 5 divides 8 only at 8.
+  EXPECT_EQ(heads(8, 8192, 8 * 4), 8);
+  // One head over the budget still makes a section; every head fits when the windows are short.
+  EXPECT_EQ(heads(8, 1 << 20, 1024), 1);
+  EXPECT_EQ(heads(8, 512, 4), 8);
+  // 70B's 8 key/value heads of 8 queries at W 2, S 32k.
+  EXPECT_EQ(heads(8, 32768, 128 * 8), 1);
+  // Head counts without small divisors: 6 heads at 16 blocks a head grow 1 -> 2 -> 3 -> 6.
+  EXPECT_EQ(heads(6, 16384, 16), 6);
+}
+
 TEST(AttentionConfig, RulesFollowTheArch) {
   EXPECT_TRUE(valid(wgmma(128, 128), DType::BFloat16, 128, "sm_90a"));
   EXPECT_FALSE(valid(wgmma(128, 128), DType::BFloat16, 128, "sm_90"));  // no wgmma

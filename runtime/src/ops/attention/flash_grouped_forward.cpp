@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include "driver/arch.hpp"
 #include "ops/attention/attention_inputs.hpp"
 #include "ops/attention/grouped_inputs.hpp"
 #include "ops/dispatch.hpp"
@@ -52,7 +53,8 @@ void GroupedForward::launch(const Program& program, const Config& c, const Probl
   // Both loops: a section's heads along x, the groups' tiles along y, longest first
   // (flash_params.h). A section's keys: its heads' longest windows of K and V.
   std::int64_t kv_heads = section_kv_heads(
-      p.heads_k, p.seqlen_k * p.head_dim * 2 * static_cast<std::int64_t>(dtype_size(p.dtype)));
+      p.heads_k, p.seqlen_k * p.head_dim * 2 * static_cast<std::int64_t>(dtype_size(p.dtype)),
+      std::int64_t{tiles} * (p.heads_q / p.heads_k), arch::current_multiprocessors());
   if (p.heads_k / kv_heads * tiles > 65535) kv_heads = p.heads_k;  // grid y's limit: one section
   args.section_heads = static_cast<int>(kv_heads * (p.heads_q / p.heads_k));
   const auto sections = static_cast<unsigned>(p.heads_k / kv_heads);
@@ -79,14 +81,23 @@ void GroupedForward::launch(const Program& program, const Config& c, const Probl
   program.kernel().launch(grid, tma);
 }
 
-std::int64_t GroupedForward::section_kv_heads(std::int64_t heads_k, std::int64_t bytes_per_head) {
-  // Half of an H100's 50 MB L2: the rest serves Q, O and the blocks that lag. With every head in
-  // one section the 32k-token zigzag forward read its 134 MB of K/V 16x from DRAM.
-  constexpr std::int64_t kL2Budget = 24 << 20;
+std::int64_t GroupedForward::section_kv_heads(std::int64_t heads_k, std::int64_t bytes_per_head,
+                                              std::int64_t blocks_per_head, std::int64_t sms) {
+  // A quarter of an H100's 50 MB L2: data every SM reads stays resident only up to ~16-24 MB
+  // (the l2-probe), and Q, O and the blocks that lag need the rest. With every head in one
+  // section the 32k-token zigzag forward read its 134 MB of K/V 16x from DRAM; sections within
+  // half the L2 still read 1.2x, within a quarter 1.00x (docs/perf.md).
+  constexpr std::int64_t kL2Budget = 12 << 20;
   std::int64_t heads =
       std::clamp<std::int64_t>(kL2Budget / std::max<std::int64_t>(bytes_per_head, 1), 1, heads_k);
   while (heads_k % heads != 0)
     --heads;
+  // A section under a wave of blocks leaves SMs idle behind its longest tiles: grow it to one.
+  while (heads < heads_k && heads * blocks_per_head < sms) {
+    ++heads;
+    while (heads_k % heads != 0)
+      ++heads;
+  }
   return heads;
 }
 

@@ -66,8 +66,10 @@ struct GroupedForward {
                      StreamHandle stream);
   static std::vector<Problem> shipped(const Arch& arch);
   // Key/value heads a section of the grid covers: as many as keep their K/V windows
-  // (bytes_per_head each) within half an L2 together, a divisor of heads_k.
-  static std::int64_t section_kv_heads(std::int64_t heads_k, std::int64_t bytes_per_head);
+  // (bytes_per_head each) within a quarter of the L2 together, a divisor of heads_k, grown until
+  // the section's blocks (blocks_per_head each) fill the sms.
+  static std::int64_t section_kv_heads(std::int64_t heads_k, std::int64_t bytes_per_head,
+                                       std::int64_t blocks_per_head, std::int64_t sms);
 
   // The tuner's workload: G groups of batched queries [B, Sq] over the whole of every sequence
   // [B, Sk] (the case of groups that share one window).
