@@ -70,15 +70,17 @@ TEST(AttentionGroupedSections, QuarterOfTheL2AndAtLeastAWave) {
   EXPECT_EQ(heads(8, 32768, 128 * 4), 1);
   // W 4 at S 8k: 2 heads fit, 64 blocks a head; 4 fill the SMs.
   EXPECT_EQ(heads(8, 8192, 16 * 4), 4);
-  // W 8 at S 8k: 32 blocks a head take 5 heads to fill the SMs, and 5 divides 8 only at 8.
+  // W 8 at S 8k: 32 blocks a head take 5 heads to fill the SMs; the first divisor of 8 from 5 is 8.
   EXPECT_EQ(heads(8, 8192, 8 * 4), 8);
   // One head over the budget still makes a section; every head fits when the windows are short.
   EXPECT_EQ(heads(8, 1 << 20, 1024), 1);
   EXPECT_EQ(heads(8, 512, 4), 8);
-  // 70B's 8 key/value heads of 8 queries at W 2, S 32k.
-  EXPECT_EQ(heads(8, 32768, 128 * 8), 1);
-  // Head counts without small divisors: 6 heads at 16 blocks a head grow 1 -> 2 -> 3 -> 6.
+  // 6 heads over the budget at 48 blocks a head: 1 -> 2 (96 blocks) -> 3 (144, a wave).
+  EXPECT_EQ(heads(6, 16384, 48), 3);
+  // At 16 blocks a head 1 -> 2 -> 3 -> 6: every head, still under a wave (96 blocks).
   EXPECT_EQ(heads(6, 16384, 16), 6);
+  // No multiprocessor count: the budget's choice alone.
+  EXPECT_EQ(ops::GroupedForward::section_kv_heads(8, 4 << 20, 1, 0), 2);
 }
 
 TEST(AttentionConfig, RulesFollowTheArch) {

@@ -84,15 +84,15 @@ void GroupedForward::launch(const Program& program, const Config& c, const Probl
 std::int64_t GroupedForward::section_kv_heads(std::int64_t heads_k, std::int64_t bytes_per_head,
                                               std::int64_t blocks_per_head, std::int64_t sms) {
   // A quarter of an H100's 50 MB L2: data every SM reads stays resident only up to ~16-24 MB
-  // (the l2-probe), and Q, O and the blocks that lag need the rest. With every head in one
-  // section the 32k-token zigzag forward read its 134 MB of K/V 16x from DRAM; sections within
-  // half the L2 still read 1.2x, within a quarter 1.00x (docs/perf.md).
+  // (the l2-probe), and Q, O and the blocks that lag need the rest. At 8k and 16k keys sections
+  // within half the L2 read K/V 1.2x from DRAM, within a quarter 1.00x (docs/perf.md).
   constexpr std::int64_t kL2Budget = 12 << 20;
   std::int64_t heads =
       std::clamp<std::int64_t>(kL2Budget / std::max<std::int64_t>(bytes_per_head, 1), 1, heads_k);
   while (heads_k % heads != 0)
     --heads;
-  // A section under a wave of blocks leaves SMs idle behind its longest tiles: grow it to one.
+  // A section under a wave of blocks (one an SM) leaves SMs idle behind its longest tiles: grow
+  // it toward one, at most to every head.
   while (heads < heads_k && heads * blocks_per_head < sms) {
     ++heads;
     while (heads_k % heads != 0)

@@ -66,8 +66,8 @@ struct GroupedForward {
                      StreamHandle stream);
   static std::vector<Problem> shipped(const Arch& arch);
   // Key/value heads a section of the grid covers: as many as keep their K/V windows
-  // (bytes_per_head each) within a quarter of the L2 together, a divisor of heads_k, grown until
-  // the section's blocks (blocks_per_head each) fill the sms.
+  // (bytes_per_head each) within a quarter of the L2 together, a divisor of heads_k, grown toward
+  // a wave: the section's blocks (blocks_per_head a head) one an SM of sms, at most every head.
   static std::int64_t section_kv_heads(std::int64_t heads_k, std::int64_t bytes_per_head,
                                        std::int64_t blocks_per_head, std::int64_t sms);
 
