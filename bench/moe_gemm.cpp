@@ -6,7 +6,8 @@
 //    N 1536) and DeepGEMM's (E 8, 32k rows, N 4096, K 7168); TFLOP/s over the routed rows
 //    (2 T k N K, padding not counted). bench/moe_gemm_peers.py times torch._grouped_mm and
 //    DeepGEMM on the same rows. bf16 rows also time 256-column tiles and persistent blocks beside
-//    the op's choice.
+//    the op's choice, and FP4 rows 128 and 256 weight rows at 4 and 6 stages. The plain epilogue,
+//    or with `prefill ROWS layer` the layer's: SwiGLU on gate/up, the routing weights on down.
 //  - Decode: T = 1 to 64 tokens, top 4 of 64 experts, blocks of 64 rows. Call c of the 20 routes
 //    token t's slot j to expert (4 T c + 4 t + j) mod 64, so that a call's experts were last read
 //    at least 15 calls before and come from HBM, as a model's do layer after layer, not from L2;
@@ -78,8 +79,9 @@ class ExpertWeights {
 
   // Whether `config` runs this call here.
   bool valid(const kjit::ops::MoeGemm::Config& config, const TensorView& x_sorted,
-             const TensorView& blocks, int block, const TensorView& y) const {
-    return kjit::ops::MoeGemm::valid(config, call(x_sorted, blocks, block, y, {}).problem,
+             const TensorView& blocks, int block, const TensorView& y,
+             const kjit::moe::GemmEpilogue& epilogue = {}) const {
+    return kjit::ops::MoeGemm::valid(config, call(x_sorted, blocks, block, y, epilogue).problem,
                                      kjit::arch::current());
   }
 
@@ -95,9 +97,10 @@ class ExpertWeights {
 
   // The config the op picks for this call.
   kjit::ops::MoeGemm::Config config(const TensorView& x_sorted, const TensorView& blocks, int block,
-                                    const TensorView& y) const {
+                                    const TensorView& y,
+                                    const kjit::moe::GemmEpilogue& epilogue = {}) const {
     return kjit::ops::Dispatcher<kjit::ops::MoeGemm>::instance().choose(
-        call(x_sorted, blocks, block, y, {}).problem, kjit::arch::current());
+        call(x_sorted, blocks, block, y, epilogue).problem, kjit::arch::current());
   }
 
  private:
@@ -204,10 +207,12 @@ void print_row(const char* name, Format f, int experts, int rows, int n, int k, 
 }  // namespace
 
 int main(int argc, char** argv) try {
-  // "prefill" or "decode": only those rows; "prefill ROWS": only the prefill rows of that T k;
-  // "decode TOKENS": only that decode batch (a profiler run's filters).
+  // "prefill" or "decode": only those rows; "prefill ROWS": only the prefill rows of that T k (0:
+  // all); "decode TOKENS": only that decode batch (a profiler run's filters); "prefill ROWS layer":
+  // the GLM rows with the layer's epilogues.
   const std::string only = argc > 1 ? argv[1] : "";
   const int only_count = argc > 2 ? std::stoi(argv[2]) : 0;
+  const bool layer_epilogues = argc > 3 && std::string(argv[3]) == "layer";
   if (kjit::bench::no_gpu("moe grouped gemm")) return 0;
   if (!kjit::arch::current().has_wgmma()) {
     std::printf("moe grouped gemm needs sm_90a so far; this card is %s\n",
@@ -222,6 +227,11 @@ int main(int argc, char** argv) try {
               copy_gbs);
   std::printf("%-14s %-6s %4s %6s %5s %5s %10s %8s %7s %7s  %s\n", "row", "w", "E", "Tk", "N", "K",
               "graph us", "TFLOP/s", "GB/s", "vs copy", "config");
+  if (layer_epilogues) {
+    std::printf(
+        "GLM rows with the layer's epilogues: SwiGLU on gate/up (y of N / 2 columns), the "
+        "routing weights on down\n");
+  }
   const auto time_calls = [&](const auto& call) {
     return kjit::bench::graph_per_call_ms(kCalls, call, s);
   };
@@ -247,28 +257,34 @@ int main(int argc, char** argv) try {
       ids[i] = i % r.experts;
     const DeviceBuffer x = kjit::bench::random_bf16(static_cast<std::size_t>(r.rows) * r.k);
     const Layout layout(ids, r.experts, r.block, x, r.k, stream);
-    DeviceBuffer y(layout.capacity * r.n * 2);
-    const TensorView vx = layout.x_view(r.k), vblocks = layout.blocks_view(),
-                     vy(y.data(), DType::BFloat16, {layout.capacity, r.n});
     const bool glm = r.name[0] == 'g';
+    using Kind = kjit::moe::GemmEpilogue::Kind;
+    kjit::moe::GemmEpilogue epilogue = layout.epilogue;
+    if (layer_epilogues && glm) {
+      epilogue.kind = std::string(r.name).find("gate-up") != std::string::npos
+                          ? Kind::kSwiGLU
+                          : Kind::kRoutingWeights;
+    }
+    const std::int64_t y_columns = epilogue.kind == Kind::kSwiGLU ? r.n / 2 : r.n;
+    DeviceBuffer y(layout.capacity * y_columns * 2);
+    const TensorView vx = layout.x_view(r.k), vblocks = layout.blocks_view(),
+                     vy(y.data(), DType::BFloat16, {layout.capacity, y_columns});
     for (Format f : {Format::kSameAsX, Format::kNvFp4, Format::kMxFp4}) {
       if (f != Format::kSameAsX && !glm) continue;  // the anchors' rows are bf16
       const ExpertWeights w(f, r.experts, r.n, r.k);
-      const double ms =
-          time_calls([&](int) { w.run(vx, vblocks, r.block, vy, layout.epilogue, s); });
-      const kjit::ops::MoeGemm::Config chosen = w.config(vx, vblocks, r.block, vy);
+      const double ms = time_calls([&](int) { w.run(vx, vblocks, r.block, vy, epilogue, s); });
+      const kjit::ops::MoeGemm::Config chosen = w.config(vx, vblocks, r.block, vy, epilogue);
       print_row(r.name, f, r.experts, r.rows, r.n, r.k, ms, 0, chosen, copy_gbs);
-      // The other 256-column tiles and (16-bit weights) persistent blocks beside (the tuner's).
-      for (const kjit::ops::MoeGemm::Config other : {kjit::ops::MoeGemm::Config{256, 3},
-                                                     {256, 4},
-                                                     {256, 6},
-                                                     {128, 4, 0, 1},
-                                                     {128, 6, 0, 1},
-                                                     {256, 3, 0, 1},
-                                                     {256, 4, 0, 1}}) {
-        if (same(other, chosen) || !w.valid(other, vx, vblocks, r.block, vy)) continue;
-        const double other_ms = time_calls(
-            [&](int) { w.run_with(other, vx, vblocks, r.block, vy, layout.epilogue, s); });
+      // The other 256-column tiles and (16-bit weights) persistent blocks beside (the tuner's);
+      // FP4 weights also at 128 rows.
+      std::vector<kjit::ops::MoeGemm::Config> others{{256, 3},       {256, 4},       {256, 6},
+                                                     {128, 4, 0, 1}, {128, 6, 0, 1}, {256, 3, 0, 1},
+                                                     {256, 4, 0, 1}};
+      if (f != Format::kSameAsX) others.insert(others.end(), {{128, 4}, {128, 6}});
+      for (const kjit::ops::MoeGemm::Config& other : others) {
+        if (same(other, chosen) || !w.valid(other, vx, vblocks, r.block, vy, epilogue)) continue;
+        const double other_ms =
+            time_calls([&](int) { w.run_with(other, vx, vblocks, r.block, vy, epilogue, s); });
         print_row(r.name, f, r.experts, r.rows, r.n, r.k, other_ms, 0, other, copy_gbs);
       }
     }
