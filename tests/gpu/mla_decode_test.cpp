@@ -154,11 +154,12 @@ void run_case(const MlaCase& c, std::int64_t mainloop, unsigned seed) {
   dlse.download(lse.data(), lse.size() * 4);
 
   const double scale = c.scale > 0.f ? c.scale : 1.0 / std::sqrt(static_cast<double>(kD));
-  // max_err_unrounded: the worst error less half an ulp of the expected value (what the kernel's
-  // own rounding of O may add); max_low_unrounded: the same-dtype reference's before that rounding.
+  // max_err_unrounded: the worst error less half an ulp of the value got (what the kernel's own
+  // rounding of O may add; a quarter ulp too much where got is a power of 2 above want);
+  // max_low_unrounded: the same-dtype reference's before that rounding.
   double max_err = 0, max_low_err = 0, max_lse_err = 0, max_err_unrounded = 0,
          max_low_unrounded = 0;
-  std::string worst;
+  std::string worst, worst_unrounded;
   for (int s = 0; s < b; ++s) {
     const int length = lengths[s];
     std::vector<double> qs(static_cast<std::size_t>(c.s_q) * c.heads * kD),
@@ -196,13 +197,19 @@ void run_case(const MlaCase& c, std::int64_t mainloop, unsigned seed) {
         if (std::isinf(ref.lse[r])) {
           EXPECT_EQ(got, 0.0) << "seq " << s << " row " << r << " sees no key";
         }
-        if (std::abs(got - want) > max_err) {
-          max_err = std::abs(got - want);
-          worst = "seq " + std::to_string(s) + " row " + std::to_string(r) + " col " +
-                  std::to_string(x) + ": " + std::to_string(got) + " for " + std::to_string(want);
+        const auto element = [&] {
+          return "seq " + std::to_string(s) + " row " + std::to_string(r) + " col " +
+                 std::to_string(x) + ": " + std::to_string(got) + " for " + std::to_string(want);
+        };
+        const double err = std::abs(got - want), unrounded = err - ulp(c.dtype, got) / 2;
+        if (err > max_err) {
+          max_err = err;
+          worst = element();
         }
-        max_err_unrounded =
-            std::max(max_err_unrounded, std::abs(got - want) - ulp(c.dtype, want) / 2);
+        if (unrounded > max_err_unrounded) {
+          max_err_unrounded = unrounded;
+          worst_unrounded = element();
+        }
         max_low_err =
             std::max(max_low_err, std::abs(round_to(c.dtype, low.out[r * kV + x]) - want));
         max_low_unrounded = std::max(max_low_unrounded, std::abs(low.out[r * kV + x] - want));
@@ -218,7 +225,8 @@ void run_case(const MlaCase& c, std::int64_t mainloop, unsigned seed) {
               max_err_unrounded <= 2 * max_low_unrounded + 1e-5)
       << "error " << max_err << ", same-dtype reference error " << max_low_err << " ("
       << max_err_unrounded << " and " << max_low_unrounded
-      << " without the output's rounding); the worst, " << worst;
+      << " without the output's rounding); the worst, " << worst << " (without, " << worst_unrounded
+      << ")";
   EXPECT_LE(max_lse_err, 1e-5) << "LSE relative error";
 }
 

@@ -24,7 +24,7 @@ inline double round_to(DType t, double v) {
 // below its smallest normal counted at that normal).
 inline double ulp(DType t, double v) {
   const int mantissa = t == DType::BFloat16 ? 7 : 10;
-  const double a = std::max(std::abs(v), t == DType::BFloat16 ? 1e-30 : 6.1e-5);
+  const double a = std::max(std::abs(v), t == DType::BFloat16 ? 1e-30 : std::ldexp(1.0, -14));
   return std::ldexp(1.0, static_cast<int>(std::floor(std::log2(a))) - mantissa);
 }
 
