@@ -52,11 +52,12 @@ void GroupedForward::launch(const Program& program, const Config& c, const Probl
   if (tiles == 0) return;
   // Both loops: a section's heads along x, the groups' tiles along y, longest first
   // (flash_params.h). A section's keys: its heads' longest windows of K and V.
+  const std::int64_t group = p.heads_q / p.heads_k;
   std::int64_t kv_heads = section_kv_heads(
       p.heads_k, p.seqlen_k * p.head_dim * 2 * static_cast<std::int64_t>(dtype_size(p.dtype)),
-      std::int64_t{tiles} * (p.heads_q / p.heads_k), arch::current_multiprocessors());
+      std::int64_t{tiles} * group, arch::current_multiprocessors());
   if (p.heads_k / kv_heads * tiles > 65535) kv_heads = p.heads_k;  // grid y's limit: one section
-  args.section_heads = static_cast<int>(kv_heads * (p.heads_q / p.heads_k));
+  args.section_heads = static_cast<int>(kv_heads * group);
   const auto sections = static_cast<unsigned>(p.heads_k / kv_heads);
   const LaunchConfig grid{Dim3{static_cast<unsigned>(args.section_heads), sections * tiles,
                                static_cast<unsigned>(p.batch)},
@@ -91,10 +92,12 @@ std::int64_t GroupedForward::section_kv_heads(std::int64_t heads_k, std::int64_t
       std::clamp<std::int64_t>(kL2Budget / std::max<std::int64_t>(bytes_per_head, 1), 1, heads_k);
   while (heads_k % heads != 0)
     --heads;
-  // A section under a wave of blocks (one an SM) leaves SMs idle behind its longest tiles: grow
-  // it toward one, at most to every head.
-  while (heads < heads_k && heads * blocks_per_head < sms) {
-    ++heads;
+  // A section under a wave of blocks (one an SM) leaves SMs idle behind its longest tiles: the
+  // smallest divisor that fills one instead, at most every head.
+  const std::int64_t per_head = std::max<std::int64_t>(blocks_per_head, 1),
+                     wave = (sms + per_head - 1) / per_head;
+  if (heads < wave) {
+    heads = std::min(wave, heads_k);
     while (heads_k % heads != 0)
       ++heads;
   }
