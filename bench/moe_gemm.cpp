@@ -6,8 +6,10 @@
 //    N 1536) and DeepGEMM's (E 8, 32k rows, N 4096, K 7168); TFLOP/s over the routed rows
 //    (2 T k N K, padding not counted). bench/moe_gemm_peers.py times torch._grouped_mm and
 //    DeepGEMM on the same rows. bf16 rows also time 256-column tiles and persistent blocks beside
-//    the op's choice, and FP4 rows 128 and 256 weight rows at 4 and 6 stages. The plain epilogue,
-//    or with `prefill ROWS layer` the layer's: SwiGLU on gate/up, the routing weights on down.
+//    the op's choice, and FP4 rows 128 and 256 weight rows at 4 to 6 stages; FP4 also over blocks
+//    of 256 token rows (the layer's from 256 pairs an expert), 64 and 128 weight rows. The plain
+//    epilogue, or with `prefill ROWS layer` the layer's: SwiGLU on gate/up, the routing weights on
+//    down.
 //  - Decode: T = 1 to 64 tokens, top 4 of 64 experts, blocks of 64 rows. Call c of the 20 routes
 //    token t's slot j to expert (4 T c + 4 t + j) mod 64, so that a call's experts were last read
 //    at least 15 calls before and come from HBM, as a model's do layer after layer, not from L2;
@@ -248,7 +250,12 @@ int main(int argc, char** argv) try {
       {"deepgemm", 8, 32768, 4096, 7168},
       // The layer's T 256: 16 rows an expert in blocks of 64 (the 64-row shape of the kernels).
       {"glm-gate-up-64", 64, 1024, 3072, 2048, 64},
-      {"glm-down-64", 64, 1024, 2048, 1536, 64}};
+      {"glm-down-64", 64, 1024, 2048, 1536, 64},
+      // FP4 only: the layer's T 4096 and 16384 (256 and 1024 rows an expert) in blocks of 256.
+      {"glm-gate-up-256", 64, 16384, 3072, 2048, 256},
+      {"glm-gate-up-256", 64, 65536, 3072, 2048, 256},
+      {"glm-down-256", 64, 16384, 2048, 1536, 256},
+      {"glm-down-256", 64, 65536, 2048, 1536, 256}};
   for (const Row& r : rows) {
     if (only == "decode") break;
     if (only_count > 0 && r.rows != only_count) continue;
@@ -270,17 +277,18 @@ int main(int argc, char** argv) try {
     const TensorView vx = layout.x_view(r.k), vblocks = layout.blocks_view(),
                      vy(y.data(), DType::BFloat16, {layout.capacity, y_columns});
     for (Format f : {Format::kSameAsX, Format::kNvFp4, Format::kMxFp4}) {
-      if (f != Format::kSameAsX && !glm) continue;  // the anchors' rows are bf16
+      if (f != Format::kSameAsX && !glm) continue;            // the anchors' rows are bf16
+      if (f == Format::kSameAsX && r.block == 256) continue;  // blocks of 256 for FP4 only
       const ExpertWeights w(f, r.experts, r.n, r.k);
       const double ms = time_calls([&](int) { w.run(vx, vblocks, r.block, vy, epilogue, s); });
       const kjit::ops::MoeGemm::Config chosen = w.config(vx, vblocks, r.block, vy, epilogue);
       print_row(r.name, f, r.experts, r.rows, r.n, r.k, ms, 0, chosen, copy_gbs);
       // The other 256-column tiles and (16-bit weights) persistent blocks beside (the tuner's);
-      // FP4 weights also at 128 rows.
+      // FP4 weights also at 128 rows (4 to 6 stages).
       std::vector<kjit::ops::MoeGemm::Config> others{{256, 3},       {256, 4},       {256, 6},
                                                      {128, 4, 0, 1}, {128, 6, 0, 1}, {256, 3, 0, 1},
                                                      {256, 4, 0, 1}};
-      if (f != Format::kSameAsX) others.insert(others.end(), {{128, 4}, {128, 6}});
+      if (f != Format::kSameAsX) others.insert(others.end(), {{128, 4}, {128, 5}, {128, 6}});
       for (const kjit::ops::MoeGemm::Config& other : others) {
         if (same(other, chosen) || !w.valid(other, vx, vblocks, r.block, vy, epilogue)) continue;
         const double other_ms =

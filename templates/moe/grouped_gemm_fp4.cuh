@@ -14,10 +14,12 @@
 // Warp 0's first thread produces (a tensor copy of the tokens' 64-column K slice and of the
 // weights' 32 code bytes a row per stage); warps 1-3 meanwhile copy the block's scales for the
 // whole of K to shared memory once (load_block_scales), so that no k-block waits on a global load;
-// kBlockW / 64 consumer warpgroups each dequantize and multiply 64 weight rows (over 128 token
-// rows, one k-block's products in flight while the next one's codes are dequantised; at 256 weight
-// rows, whose four warpgroups have 112 registers, one k-block at a time), and release
-// a stage once its products retire. A lane's two weight rows r and r + 8 of each token pair meet
+// kBlockW / 64 consumer warpgroups each dequantize and multiply 64 weight rows (over 128 or 256
+// token rows, one k-block's products in flight while the next one's codes are dequantised; at 256
+// weight rows, whose four warpgroups have 112 registers, one k-block at a time), and release
+// a stage once its products retire. 256 token rows (align's block for FP4 prefill) halve the
+// dequantisation a product: each k-block's fragments feed an m64n256k16 (two consumers at most,
+// 128 accumulators a thread). A lane's two weight rows r and r + 8 of each token pair meet
 // their neighbours' (r ^ 1) through one shuffle in the epilogue, so that a lane writes two adjacent
 // columns (or one SwiGLU column) of one token.
 #pragma once
@@ -44,14 +46,19 @@ struct Fp4GemmShape {
   static constexpr int kStageBytes = kXBytes + kWBytes;
   // Decode's shape (64 token rows, 64 weight rows) keeps to 80 registers: three blocks an SM.
   static constexpr int kMinBlocks = kBlockM == 64 && kBlockW == 64 ? 3 : 1;
-  static_assert(kBlockM == 64 || kBlockM == 128, "wgmma's N: align's block");
+  static_assert(kBlockM == 64 || kBlockM == 128 || kBlockM == 256, "wgmma's N: align's block");
   static_assert(kBlockW == 64 || kBlockW == 128 || kBlockW == 256, "1, 2 or 4 consumer warpgroups");
-  // Four consumers (640 threads, 96 registers a thread at launch) take the producer's share: the
-  // block's 61440 registers as 32 for it and 112 for each of them.
-  static constexpr bool kRebalance = kConsumers == 4;
-  static constexpr int kProducerRegisters = 32, kConsumerRegisters = 112;
-  static_assert(!kRebalance ||
-                128 * (kProducerRegisters + kConsumers * kConsumerRegisters) <= 61440);
+  // 256 token rows are 128 accumulators a consumer thread: two consumers, registers rebalanced
+  // (one, at 255 registers without setmaxnreg, spilled and serialised its wgmma).
+  static_assert(kBlockM < 256 || kBlockW == 128, "256 token rows: 128 weight rows");
+  // Four consumers (640 threads, 96 registers a thread at launch) take the producer's share, 32
+  // for it and 112 for each of them; two over 256 token rows (384 threads at 168) 40 and 232.
+  static constexpr bool kRebalance = kConsumers == 4 || kBlockM == 256;
+  static constexpr int kProducerRegisters = kConsumers == 4 ? 32 : 40;
+  static constexpr int kConsumerRegisters = kConsumers == 4 ? 112 : 232;
+  static constexpr int kLaunchRegisters = 65536 / kThreads / 8 * 8;
+  static_assert(!kRebalance || 128 * (kProducerRegisters + kConsumers * kConsumerRegisters) <=
+                                   kThreads * kLaunchRegisters);
 };
 
 // Two E2M1 codes (a byte, the lower K in the low nibble) as the bf16x2 e2m1 x 2^-126.
@@ -234,10 +241,11 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThre
   const int held = held_rows<kBlockM, kMasked>(p, block, m_block);
   // Warp-uniform for ptxas too (a shuffle from lane 0): a branch on it keeps wgmma unserialised.
   const int columns = __shfl_sync(0xffffffffu,
-                                  held <= 8    ? 8
-                                  : held <= 16 ? 16
-                                  : held <= 32 ? 32
-                                               : kBlockM,
+                                  held <= 8                       ? 8
+                                  : held <= 16                    ? 16
+                                  : held <= 32                    ? 32
+                                  : kBlockM == 256 && held <= 128 ? 128
+                                                                  : kBlockM,
                                   0);
 
   if (warpgroup == 0) {
@@ -284,11 +292,11 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThre
     constexpr int kN = decltype(width)::value;
     // The A fragments of two k-blocks: one k-block's products stay in flight while the next one's
     // codes are dequantised into the other set (a wgmma reads its register operand until it
-    // retires), so the tensor cores do not drain at every k-block. Only 128 token rows gain: at 64
-    // (the layer's blocks up to 64 pairs an expert) the stage that goes back a k-block later cost
-    // the NVFP4 layer at T 256 25 % on the H100 (perf.md), decode's 64 x 64 keeps to 80
-    // registers, and 256 weight rows (kRebalance) have 112 a consumer thread.
-    constexpr int kSets = kBlockM == 128 && !S::kRebalance ? 2 : 1;
+    // retires), so the tensor cores do not drain at every k-block. Only 128 and 256 token rows
+    // gain: at 64 (the layer's blocks up to 64 pairs an expert) the stage that goes back a k-block
+    // later cost the NVFP4 layer at T 256 25 % on the H100 (perf.md), decode's 64 x 64 keeps to
+    // 80 registers, and 256 weight rows have 112 a consumer thread.
+    constexpr int kSets = kBlockM >= 128 && S::kConsumers < 4 ? 2 : 1;
     // The m16n8k16 A layout: (r, k), (r + 8, k), (r, k + 8), (r + 8, k + 8).
     unsigned a[kSets][S::kBlockK / 16][4];
     int stage = 0;
@@ -372,7 +380,12 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThre
       main_loop(cuda::std::integral_constant<int, 32>{});
       break;
     default:
-      main_loop(cuda::std::integral_constant<int, kBlockM>{});
+      // 256 token rows: an expert's last block of 128 or fewer in half the products.
+      if (kBlockM == 256 && columns == 128) {
+        main_loop(cuda::std::integral_constant<int, kBlockM / 2>{});
+      } else {
+        main_loop(cuda::std::integral_constant<int, kBlockM>{});
+      }
   }
 
   // acc[j][e]: weight row w_row0 + 8 (e / 2), token 8 j + 2 quad + e % 2 of the block.

@@ -267,6 +267,20 @@ std::vector<GemmCase> cases() {
        Kind::kRoutingWeights, 256, 3, Format::kMxFp4},
       {"nvfp4_256_columns_k_64", bf16, 90, 2, 6, 256, 64, 128, false, Kind::kPlain, 256, 2,
        Format::kNvFp4},
+      // 256 token rows a block (FP4 prefill's, 128 accumulators a consumer thread, 128 weight
+      // rows): the default and forced stages, each epilogue, both formats; given sorted, a run's
+      // last block of 128 rows or fewer in half the products and decode's few pairs in 8; one and
+      // five k-blocks.
+      {"nvfp4_block256_swiglu", bf16, 600, 4, 8, 768, 1024, 256, false, Kind::kSwiGLU, 0, 0,
+       Format::kNvFp4, true},
+      {"mxfp4_block256_routing_skewed", bf16, 500, 2, 8, 512, 2048, 256, true,
+       Kind::kRoutingWeights, 128, 4, Format::kMxFp4},
+      {"nvfp4_block256_k_320_3_stages", bf16, 300, 2, 6, 256, 320, 256, false, Kind::kPlain, 128, 3,
+       Format::kNvFp4, true},
+      {"nvfp4_block256_k_64_no_sorted", bf16, 200, 4, 4, 256, 64, 256, false, Kind::kPlain, 128, 5,
+       Format::kNvFp4},
+      {"mxfp4_block256_few_pairs", bf16, 3, 4, 64, 512, 1024, 256, false, Kind::kSwiGLU, 0, 0,
+       Format::kMxFp4, true},
       // K 320: MXFP4 scale rows of 10 bytes, aligned to 2 only (the 2-byte scale copies).
       {"mxfp4_k_320_two_byte_scale_rows", bf16, 20, 4, 8, 128, 320, 64, false, Kind::kSwiGLU, 0, 0,
        Format::kMxFp4, true},

@@ -919,7 +919,7 @@ REFUSALS = {  # name: (call, what kjit's message says)
     ),
     "gemm N 96": (lambda: gemm_of(n=96), "N must be a positive multiple of 64, got 96"),
     "gemm K 96": (lambda: gemm_of(k=96), "K must be a positive multiple of 64, got 96"),
-    "gemm blocks of 32": (lambda: gemm_of(block=32), "block (align's) must be 64 or 128 rows, got 32"),
+    "gemm blocks of 32": (lambda: gemm_of(block=32), "block (align's) must be 64 or 128 rows, or 256 with FP4 weights, got 32"),
     "layer hidden 96": (lambda: layer_of(hidden=96), "H 96 and I 128 must be multiples of 64"),
     "layer intermediate 96": (lambda: layer_of(inter=96), "H 128 and I 96 must be multiples of 64"),
     "layer FP4 with fp16 x": (lambda: layer_of(dtype=fp16, fp4="nvfp4"), "FP4 weights take bf16 x"),

@@ -210,7 +210,10 @@ TEST(ModelOpsCApi, MoeLayerRefusesBadInputWithKjitsMessage) {
                  "disagree");
   expect_refused(kjit_moe_layer(&x.t, &logits.t, &gate_up.t, &down.t, &bias.t, nullptr, &glm, 96,
                                 &out.t, nullptr),
-                 "block 96 is not 64, 128 or 0");
+                 "block 96 is not 64, 128, 256 (FP4 weights) or 0");
+  expect_refused(kjit_moe_layer(&x.t, &logits.t, &gate_up.t, &down.t, &bias.t, nullptr, &glm, 256,
+                                &out.t, nullptr),
+                 "block 256 is not 64, 128, 256 (FP4 weights) or 0");
 
   const Tensor up_codes(DType::UInt8, {8, 3072, 1024}), up_scales(DType::UInt8, {8, 3072, 128}),
       down_codes(DType::UInt8, {8, 2048, 768}), down_scales(DType::UInt8, {8, 2048, 96}),

@@ -276,7 +276,12 @@ TEST(MoeGemmValidation, RefusesBadShapes) {
   Gemm g;
   g.block = 32;
   g.blocks = TensorView(fake(), DType::Int32, {32});
-  expect_refused(g, "block (align's) must be 64 or 128 rows");
+  expect_refused(g, "block (align's) must be 64 or 128 rows, or 256 with FP4 weights, got 32");
+  g = Gemm();
+  g.x = TensorView(fake(), DType::BFloat16, {1024, 2048});
+  g.block = 256;
+  g.blocks = TensorView(fake(), DType::Int32, {4});
+  expect_refused(g, "or 256 with FP4 weights, got 256");  // 16-bit weights
   g = Gemm();
   g.x = TensorView(fake(), DType::BFloat16, {1000, 2048});
   expect_refused(g, "whole blocks of 128");
@@ -619,6 +624,18 @@ TEST(MoeGemmValidation, RefusesBadFp4Weights) {
   w.tensor_scale = TensorView();
   g.w = w;
   expect_refused(g, "NVFP4 w's tensor_scale must be");
+  // Blocks of 256 rows: FP4 over N multiples of 128.
+  g = Gemm();
+  g.block = 256;
+  g.blocks = TensorView(fake(), DType::Int32, {4});
+  g.w = nvfp4_weights();
+  g.check();
+  w = nvfp4_weights();
+  w.codes = TensorView(fake(), DType::UInt8, {64, 192, 1024});
+  w.scales = TensorView(fake(), DType::UInt8, {64, 192, 128});
+  g.w = w;
+  g.y = TensorView(fake(), DType::BFloat16, {1024, 192});
+  expect_refused(g, "blocks of 256 rows take N a multiple of 128");
   // The masked layout checks the same, against x's experts.
   const TensorView x(fake(), DType::BFloat16, {32, 40, 2048}), counts(fake(), DType::Int32, {32}),
       y(fake(), DType::BFloat16, {32, 40, 1536});
@@ -735,6 +752,38 @@ TEST(MoeGemmDefault, Fp4WideFromTwoToTheTwentyFiveOutputs) {
   EXPECT_EQ(pick(65536, 3072, 2048), Pick(256, 6));
   EXPECT_EQ(pick(4096, 2048, 1536), Pick(128, 6));  // GLM down
   EXPECT_EQ(pick(16384, 2048, 1536), Pick(256, 6));
+}
+
+// The layer's block of rows: 64 while the experts average 64 pairs or fewer, 256 for FP4 weights
+// from 256 an expert on (GLM's T 4096 and up), else 128.
+TEST(MoeGemmDefault, LayoutBlockFromPairsAnExpert) {
+  EXPECT_EQ(ops::MoeGemm::layout_block(4, 64, true), 64);
+  EXPECT_EQ(ops::MoeGemm::layout_block(4096, 64, true), 64);
+  EXPECT_EQ(ops::MoeGemm::layout_block(4097, 64, false), 128);
+  EXPECT_EQ(ops::MoeGemm::layout_block(16383, 64, true), 128);
+  EXPECT_EQ(ops::MoeGemm::layout_block(16384, 64, true), 256);
+  EXPECT_EQ(ops::MoeGemm::layout_block(16384, 64, false), 128);
+  EXPECT_EQ(ops::MoeGemm::layout_block(65536, 64, false), 128);
+}
+
+// FP4 over 256 token rows: 128 weight rows (the only width that takes them), as many stages as
+// fit; in decode too (few pairs in blocks of 256), the decode kernel being for blocks up to 128.
+TEST(MoeGemmDefault, Fp4Over256TokenRows) {
+  const Arch sm90a("sm_90a");
+  const auto pick = [&](std::int64_t pairs, std::int64_t n, std::int64_t k) {
+    ops::MoeGemm::Problem p{DType::BFloat16, moe::align_capacity(pairs, 64, 256), n, k, 64, 256};
+    p.weights = ops::MoeGemm::kNvFp4;
+    ops::MoeGemm::classify(p);
+    const ops::MoeGemm::Problem bucket = ops::bucketed<ops::MoeGemm>(p);
+    const ops::MoeGemm::Config c = ops::MoeGemm::default_config(bucket, sm90a);
+    EXPECT_TRUE(ops::MoeGemm::valid(c, bucket, sm90a));
+    EXPECT_EQ(c.decode, 0);
+    return c.block_n;
+  };
+  EXPECT_EQ(pick(16384, 3072, 2048), 128);  // GLM gate/up at T 4096
+  EXPECT_EQ(pick(65536, 3072, 2048), 128);
+  EXPECT_EQ(pick(65536, 2048, 1536), 128);  // GLM down
+  EXPECT_EQ(pick(64, 3072, 2048), 128);     // decode's few pairs
 }
 
 }  // namespace

@@ -214,7 +214,8 @@ kjit_status kjit_moe_quantize_fp4(const DLTensor* w, int format, const DLTensor*
                                   void* stream);
 /* moe_expert_gemm_fp4: the grouped GEMM with FP4 weights (format as above): codes uint8
    [E, N, K / 2], scales uint8 [E, N, K / block], tensor_scale fp32 [E], [1] or 0-d (NVFP4;
-   NULL for MXFP4); x_sorted and y bf16. The rest as kjit_moe_grouped_gemm. */
+   NULL for MXFP4); x_sorted and y bf16; block 64, 128 or 256. The rest as
+   kjit_moe_grouped_gemm. */
 kjit_status kjit_moe_expert_gemm_fp4(const DLTensor* x_sorted, const DLTensor* block_expert,
                                      int block, int format, const DLTensor* codes,
                                      const DLTensor* scales, const DLTensor* tensor_scale,
@@ -233,7 +234,7 @@ kjit_status kjit_moe_expert_gemm_fp4_masked(const DLTensor* x, const DLTensor* m
    2c + 1 up c: from torch's w13 = cat([gate, up], 1) of [E, 2 I, H],
    w13.view(E, 2, I, H).transpose(1, 2).reshape(E, 2 * I, H)); down [E, H, I]; router_bias [E]
    fp32 or NULL; shared [T, H] (the shared expert's output) or NULL; out [T, H]; block 0 (chosen by
-   the tokens), 64 or 128. sm_90a. */
+   the tokens), 64 or 128 (kjit_moe_layer_fp4: or 256). sm_90a. */
 kjit_status kjit_moe_layer(const DLTensor* x, const DLTensor* router_logits,
                            const DLTensor* gate_up, const DLTensor* down,
                            const DLTensor* router_bias, const DLTensor* shared,

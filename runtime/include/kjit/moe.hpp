@@ -87,11 +87,12 @@ struct GemmEpilogue {
 };
 
 // The experts' GEMM over align's layout: y[r] = x_sorted[r] w[e]^T for every row r of a block of
-// `block` rows (align's block: 64 or 128) whose expert is e = block_expert[r / block], then the
-// epilogue; the rows of a block with no expert (-1) are not written. x_sorted [rows, K], w
-// [E, N, K] (K contiguous) and y [rows, N] (N / 2 after SwiGLU) of one dtype (bf16 or fp16, rows
-// 16-byte aligned), fp32 accumulation; K a multiple of 64, N of 64. sm_90a only so far
-// (InvalidArgument elsewhere). An expert id past w's E reads zero weights.
+// `block` rows (align's block: 64 or 128; 256 with FP4 weights and N a multiple of 128) whose
+// expert is e = block_expert[r / block], then the epilogue; the rows of a block with no expert (-1)
+// are not written. x_sorted [rows, K], w [E, N, K] (K contiguous) and y [rows, N] (N / 2 after
+// SwiGLU) of one dtype (bf16 or fp16, rows 16-byte aligned), fp32 accumulation; K a multiple of 64,
+// N of 64. sm_90a only so far (InvalidArgument elsewhere). An expert id past w's E reads zero
+// weights.
 void grouped_gemm(const TensorView& x_sorted, const TensorView& block_expert, int block,
                   const TensorView& w, const TensorView& y, const GemmEpilogue& epilogue,
                   StreamHandle stream);
@@ -174,9 +175,11 @@ struct LayerWeights {
 };
 struct LayerOptions {
   RouterOptions router;
-  // Rows of the GEMMs' blocks (align's block): 64 or 128, or 0 to choose by the tokens: 64 while
-  // the experts average at most 64 routed pairs (decode and small batches: an expert's run is then
-  // one block, and a 128-row block would multiply twice the padding), else 128.
+  // Rows of the GEMMs' blocks (align's block): 64 or 128 (or 256 with FP4 weights), or 0 to
+  // choose by the tokens: 64 while the experts average at most 64 routed pairs (decode and small
+  // batches: an expert's run is then one block, and a 128-row block would multiply twice the
+  // padding); FP4 weights 256 from 256 pairs an expert on where H is a multiple of 128 (each
+  // dequantised weight feeds twice the tokens); else 128.
   int block = 0;
 };
 void layer(const TensorView& x, const TensorView& router_logits, const LayerWeights& weights,

@@ -98,8 +98,16 @@ Dim3 tile_grid(const MoeGemm::Config& c, const MoeGemm::Problem& p) {
 void MoeGemm::check(const Problem& p) {
   if (p.dtype != DType::BFloat16 && p.dtype != DType::Float16)
     kGemmCheck.fail(fmt::format("x_sorted must be bf16 or fp16, got {}", dtype_name(p.dtype)));
-  if (p.block_m != 64 && p.block_m != 128)
-    kGemmCheck.fail(fmt::format("block (align's) must be 64 or 128 rows, got {}", p.block_m));
+  if (p.block_m != 64 && p.block_m != 128 && !(p.block_m == 256 && p.weights != kSameAsX)) {
+    kGemmCheck.fail(fmt::format(
+        "block (align's) must be 64 or 128 rows, or 256 with FP4 weights, got {}", p.block_m));
+  }
+  if (p.block_m == 256 && p.n % 128 != 0) {  // the kernel's 128 weight rows a block
+    kGemmCheck.fail(
+        fmt::format("blocks of 256 rows take N a multiple of 128 (FP4: 128 weight rows a block), "
+                    "got N {}",
+                    p.n));
+  }
   if (p.rows < 0 || (!p.masked && p.rows % p.block_m != 0) || p.rows > (1ll << 31) - 1)
     kGemmCheck.fail(
         fmt::format("x_sorted's {} rows must be whole blocks of {}", p.rows, p.block_m));
@@ -228,11 +236,13 @@ bool MoeGemm::valid(const Config& c, const Problem& p, const Arch& arch) {
   const bool fits = shared_bytes(c, p) <= arch.max_shared_bytes();
   if (c.decode) {  // K in whole steps (FP4: of 128); sm_90a (FP4's bf16x2 multiply)
     return (c.decode == 1 || c.decode == 2) && c.persistent == 0 && arch.has_wgmma() &&
-           c.block_n == 64 && p.n % 64 == 0 && p.k % (p.weights == kSameAsX ? 64 : 128) == 0 &&
-           c.stages >= 2 && c.stages <= 6 && fits;
+           p.block_m <= 128 && c.block_n == 64 && p.n % 64 == 0 &&
+           p.k % (p.weights == kSameAsX ? 64 : 128) == 0 && c.stages >= 2 && c.stages <= 6 && fits;
   }
   // 256 columns: the 16-bit kernel's two consumers 128 columns each, the FP4 kernel's four 64.
-  const bool columns = c.block_n == 64 || c.block_n == 128 || c.block_n == 256;
+  // Over 256 token rows (128 accumulators a consumer thread) the FP4 kernel's two consumers only.
+  const bool columns =
+      p.block_m == 256 ? c.block_n == 128 : c.block_n == 64 || c.block_n == 128 || c.block_n == 256;
   // Persistent: 16-bit weights, the tiles' count an int.
   const auto tiles_fit = [&] {
     const Dim3 tiles = tile_grid(c, p);
@@ -277,8 +287,9 @@ MoeGemm::Config MoeGemm::default_config(const Problem& p, const Arch& arch) {
   }
   // Else 128 columns where N allows, and as many stages (up to 6) as shared memory holds; 64
   // columns where no stage count fits 128 (FP4's scales for a long K). FP4 in decode (p.decode)
-  // takes 64 weight rows a block: twice the blocks, several an SM.
-  const bool narrow = p.n % 128 != 0 || (p.weights != kSameAsX && p.decode);
+  // takes 64 weight rows a block: twice the blocks, several an SM; but 128 over blocks of 256
+  // rows, the only width they take.
+  const bool narrow = p.n % 128 != 0 || (p.weights != kSameAsX && p.decode && p.block_m < 256);
   for (const std::int64_t block_n : {std::int64_t{narrow ? 64 : 128}, std::int64_t{64}}) {
     for (Config c{block_n, 6}; c.stages >= 2; --c.stages) {
       if (valid(c, p, arch)) return c;
@@ -355,10 +366,17 @@ std::vector<MoeGemm::Problem> MoeGemm::shipped(const Arch& arch) {
                            {DType::BFloat16, 64, 3072, 2048, 64, 64, swiglu, 1},
                            {DType::BFloat16, 64, 2048, 1536, 64, 64, 0, 1},
                            {DType::BFloat16, 64, 3072, 2048, 64, 64, swiglu, 0, kNvFp4},
-                           {DType::BFloat16, 64, 2048, 1536, 64, 64, weighted, 0, kNvFp4}};
+                           {DType::BFloat16, 64, 2048, 1536, 64, 64, weighted, 0, kNvFp4},
+                           // FP4 prefill over 256 token rows (T 16384's layout in the layer)
+                           {DType::BFloat16, 81920, 3072, 2048, 64, 256, swiglu, 0, kNvFp4},
+                           {DType::BFloat16, 81920, 2048, 1536, 64, 256, weighted, 0, kNvFp4}};
   for (Problem& p : out)
     classify(p);
   return out;
+}
+
+int MoeGemm::layout_block(std::int64_t pairs, std::int64_t experts, bool fp4_wide) {
+  return pairs <= 64 * experts ? 64 : fp4_wide && pairs >= 256 * experts ? 256 : 128;
 }
 
 std::int64_t MoeGemm::y_columns(const Problem& p) {
@@ -452,11 +470,13 @@ std::vector<Preset<MoeGemm::Problem>> MoeGemm::presets() {
     glm.problems.push_back({DType::BFloat16, rows, 3072, 2048, 64, 128, swiglu});
     glm.problems.push_back({DType::BFloat16, rows, 2048, 1536, 64, 128, weighted});
   }
-  // NVFP4 weights, decode (T 1: 4 blocks; T 64: 64 + 3 blocks) to prefill.
-  for (std::int64_t t : {1, 64, 1024, 16384}) {
-    const std::int64_t rows = moe::align_capacity(t * 4, 64, 64);
-    nvfp4.problems.push_back({DType::BFloat16, rows, 3072, 2048, 64, 64, swiglu, 0, kNvFp4});
-    nvfp4.problems.push_back({DType::BFloat16, rows, 2048, 1536, 64, 64, weighted, 0, kNvFp4});
+  // NVFP4 weights, decode (T 1: 4 blocks; T 64: 64 + 3 blocks) to prefill, in the layer's blocks
+  // (256 rows from T 4096 on).
+  for (std::int64_t t : {1, 64, 1024, 4096, 16384}) {
+    const int block = layout_block(t * 4, 64, true);
+    const std::int64_t rows = moe::align_capacity(t * 4, 64, block);
+    nvfp4.problems.push_back({DType::BFloat16, rows, 3072, 2048, 64, block, swiglu, 0, kNvFp4});
+    nvfp4.problems.push_back({DType::BFloat16, rows, 2048, 1536, 64, block, weighted, 0, kNvFp4});
   }
   // Decode, masked: up to 64 rows an expert (T k / E of a few), gate/up with SwiGLU and down.
   for (std::int64_t m : {16, 64}) {

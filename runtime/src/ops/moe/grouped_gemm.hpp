@@ -97,6 +97,11 @@ struct MoeGemm {
   // [E, N, K / block] and NVFP4's tensor scale [E] or [1]; then check(p). `experts`: the experts
   // the layout holds (0: any). Host only (the layer's check before any device work).
   static void check_weights(Problem& p, const Weights& weights, std::int64_t experts);
+  // The block of rows (align's) for `pairs` routed pairs over `experts`: 64 while the experts
+  // average at most 64 pairs (an expert's run is one block, and 128 rows would multiply twice the
+  // padding); with FP4 weights over N multiples of 128 (`fp4_wide`: both projections') 256 from
+  // 256 pairs an expert on (each dequantised k-block of weights feeds twice the tokens); else 128.
+  static int layout_block(std::int64_t pairs, std::int64_t experts, bool fp4_wide);
   // y's columns: N, or N / 2 after SwiGLU (a gate row and an up row make one).
   static std::int64_t y_columns(const Problem& p);
   static Call<MoeGemm> validate(const TensorView& x_sorted, const TensorView& block_expert,

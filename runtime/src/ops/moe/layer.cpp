@@ -47,12 +47,17 @@ MoeLayerSteps::Layout MoeLayerSteps::plan(const TensorView& x, const TensorView&
   l.inter = down.size(2) * packing;
   l.top_k = options.router.top_k;
   const std::int64_t pairs = l.tokens * l.top_k;
-  l.block = options.block != 0 ? options.block : pairs <= 64 * l.experts ? 64 : 128;
+  // Blocks of 256 rows take N multiples of 128: gate/up's 2 I always (I a multiple of 64).
+  l.block = options.block != 0
+                ? options.block
+                : MoeGemm::layout_block(pairs, l.experts, fp4 && l.hidden % 128 == 0);
   // What the GEMMs would refuse after the router, align and permute ran: refused first, each
   // rule by its own message.
   if (l.top_k < 1) throw InvalidArgument(fmt::format("moe layer: top_k {} < 1", l.top_k));
-  if (l.block != 64 && l.block != 128)
-    throw InvalidArgument(fmt::format("moe layer: block {} is not 64, 128 or 0", l.block));
+  if (l.block != 64 && l.block != 128 && !(fp4 && l.block == 256)) {
+    throw InvalidArgument(
+        fmt::format("moe layer: block {} is not 64, 128, 256 (FP4 weights) or 0", l.block));
+  }
   if (l.hidden % 64 != 0 || l.inter % 64 != 0) {
     throw InvalidArgument(
         fmt::format("moe layer: H {} and I {} must be multiples of 64 (the GEMMs' K and N)",
