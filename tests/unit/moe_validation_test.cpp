@@ -734,16 +734,26 @@ TEST(MoeGemmDefault, WideTilesForLargeProductsOnTheirBucket) {
   EXPECT_EQ(pick(65536, 64, 1984, 2048).first, 64);     // N not a multiple of 128 or 256
 }
 
+// The NVFP4 default for `pairs` over 64 experts in align's blocks of `block` rows, on the bucket
+// the dispatcher gives it (valid there).
+ops::MoeGemm::Config nvfp4_default(std::int64_t pairs, std::int64_t n, std::int64_t k,
+                                   std::int64_t block) {
+  const Arch sm90a("sm_90a");
+  ops::MoeGemm::Problem p{
+      DType::BFloat16, moe::align_capacity(pairs, 64, static_cast<int>(block)), n, k, 64, block};
+  p.weights = ops::MoeGemm::kNvFp4;
+  ops::MoeGemm::classify(p);
+  const ops::MoeGemm::Problem bucket = ops::bucketed<ops::MoeGemm>(p);
+  const ops::MoeGemm::Config c = ops::MoeGemm::default_config(bucket, sm90a);
+  EXPECT_TRUE(ops::MoeGemm::valid(c, bucket, sm90a));
+  return c;
+}
+
 // FP4 weights in prefill: 256 weight rows past 2^25 routed outputs on the bucket (GLM down over 16k
 // rows: 24640 pairs of the 32768-row bucket, x 2048), 6 stages; 128 below.
 TEST(MoeGemmDefault, Fp4WideFromTwoToTheTwentyFiveOutputs) {
-  const Arch sm90a("sm_90a");
   const auto pick = [&](std::int64_t pairs, std::int64_t n, std::int64_t k) {
-    ops::MoeGemm::Problem p{DType::BFloat16, moe::align_capacity(pairs, 64, 128), n, k, 64, 128};
-    p.weights = ops::MoeGemm::kNvFp4;
-    ops::MoeGemm::classify(p);
-    const ops::MoeGemm::Config c =
-        ops::MoeGemm::default_config(ops::bucketed<ops::MoeGemm>(p), sm90a);
+    const ops::MoeGemm::Config c = nvfp4_default(pairs, n, k, 128);
     return std::pair<std::int64_t, std::int64_t>{c.block_n, c.stages};
   };
   using Pick = std::pair<std::int64_t, std::int64_t>;
@@ -769,14 +779,8 @@ TEST(MoeGemmDefault, LayoutBlockFromPairsAnExpert) {
 // FP4 over 256 token rows: 128 weight rows (the only width that takes them), as many stages as
 // fit; in decode too (few pairs in blocks of 256), the decode kernel being for blocks up to 128.
 TEST(MoeGemmDefault, Fp4Over256TokenRows) {
-  const Arch sm90a("sm_90a");
   const auto pick = [&](std::int64_t pairs, std::int64_t n, std::int64_t k) {
-    ops::MoeGemm::Problem p{DType::BFloat16, moe::align_capacity(pairs, 64, 256), n, k, 64, 256};
-    p.weights = ops::MoeGemm::kNvFp4;
-    ops::MoeGemm::classify(p);
-    const ops::MoeGemm::Problem bucket = ops::bucketed<ops::MoeGemm>(p);
-    const ops::MoeGemm::Config c = ops::MoeGemm::default_config(bucket, sm90a);
-    EXPECT_TRUE(ops::MoeGemm::valid(c, bucket, sm90a));
+    const ops::MoeGemm::Config c = nvfp4_default(pairs, n, k, 256);
     EXPECT_EQ(c.decode, 0);
     return c.block_n;
   };
