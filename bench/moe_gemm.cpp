@@ -7,7 +7,7 @@
 //    (2 T k N K, padding not counted). bench/moe_gemm_peers.py times torch._grouped_mm and
 //    DeepGEMM on the same rows. bf16 rows also time 256-column tiles and persistent blocks beside
 //    the op's choice, and FP4 rows 128 and 256 weight rows at 4 to 6 stages; FP4 also over blocks
-//    of 256 token rows (the layer's from 256 pairs an expert), 64 and 128 weight rows. The plain
+//    of 256 token rows (the layer's from 1024 pairs an expert). The plain
 //    epilogue, or with `prefill ROWS layer` the layer's: SwiGLU on gate/up, the routing weights on
 //    down.
 //  - Decode: T = 1 to 64 tokens, top 4 of 64 experts, blocks of 64 rows. Call c of the 20 routes

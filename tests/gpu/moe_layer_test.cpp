@@ -199,8 +199,8 @@ std::vector<LayerCase> cases() {
       {"top8_sigmoid_32_experts", bf16, 20, 256, 32, 192, 8, 0, true, false},
       {"nvfp4_glm_router_shared", bf16, 40, 256, 16, 128, 4, 64, true, true, Format::kNvFp4},
       {"mxfp4_glm_dims_8_experts", bf16, 5, 2048, 8, 1536, 4, 128, true, false, Format::kMxFp4},
-      // FP4's blocks of 256 rows: the layer's choice from 256 pairs an expert (2400 over 8).
-      {"nvfp4_auto_block_256", bf16, 600, 256, 8, 384, 4, 0, true, true, Format::kNvFp4},
+      // FP4's blocks of 256 rows (the layer's choice from 1024 pairs an expert).
+      {"nvfp4_block_256_router_shared", bf16, 600, 256, 8, 384, 4, 256, true, true, Format::kNvFp4},
       {"mxfp4_block_256_glm_dims", bf16, 520, 2048, 8, 1536, 4, 256, false, false, Format::kMxFp4}};
 }
 

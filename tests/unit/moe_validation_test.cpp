@@ -765,14 +765,14 @@ TEST(MoeGemmDefault, Fp4WideFromTwoToTheTwentyFiveOutputs) {
 }
 
 // The layer's block of rows: 64 while the experts average 64 pairs or fewer, 256 for FP4 weights
-// from 256 an expert on (GLM's T 4096 and up), else 128.
+// from 1024 an expert on (GLM's T 16384), else 128.
 TEST(MoeGemmDefault, LayoutBlockFromPairsAnExpert) {
   EXPECT_EQ(ops::MoeGemm::layout_block(4, 64, true), 64);
   EXPECT_EQ(ops::MoeGemm::layout_block(4096, 64, true), 64);
   EXPECT_EQ(ops::MoeGemm::layout_block(4097, 64, false), 128);
-  EXPECT_EQ(ops::MoeGemm::layout_block(16383, 64, true), 128);
-  EXPECT_EQ(ops::MoeGemm::layout_block(16384, 64, true), 256);
-  EXPECT_EQ(ops::MoeGemm::layout_block(16384, 64, false), 128);
+  EXPECT_EQ(ops::MoeGemm::layout_block(16384, 64, true), 128);  // GLM's T 4096
+  EXPECT_EQ(ops::MoeGemm::layout_block(65535, 64, true), 128);
+  EXPECT_EQ(ops::MoeGemm::layout_block(65536, 64, true), 256);  // T 16384
   EXPECT_EQ(ops::MoeGemm::layout_block(65536, 64, false), 128);
 }
 

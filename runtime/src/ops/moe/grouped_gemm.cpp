@@ -376,7 +376,7 @@ std::vector<MoeGemm::Problem> MoeGemm::shipped(const Arch& arch) {
 }
 
 int MoeGemm::layout_block(std::int64_t pairs, std::int64_t experts, bool fp4_wide) {
-  return pairs <= 64 * experts ? 64 : fp4_wide && pairs >= 256 * experts ? 256 : 128;
+  return pairs <= 64 * experts ? 64 : fp4_wide && pairs >= 1024 * experts ? 256 : 128;
 }
 
 std::int64_t MoeGemm::y_columns(const Problem& p) {
@@ -471,7 +471,7 @@ std::vector<Preset<MoeGemm::Problem>> MoeGemm::presets() {
     glm.problems.push_back({DType::BFloat16, rows, 2048, 1536, 64, 128, weighted});
   }
   // NVFP4 weights, decode (T 1: 4 blocks; T 64: 64 + 3 blocks) to prefill, in the layer's blocks
-  // (256 rows from T 4096 on).
+  // (256 rows at T 16384).
   for (std::int64_t t : {1, 64, 1024, 4096, 16384}) {
     const int block = layout_block(t * 4, 64, true);
     const std::int64_t rows = moe::align_capacity(t * 4, 64, block);

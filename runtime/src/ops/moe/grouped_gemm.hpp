@@ -100,7 +100,9 @@ struct MoeGemm {
   // The block of rows (align's) for `pairs` routed pairs over `experts`: 64 while the experts
   // average at most 64 pairs (an expert's run is one block, and 128 rows would multiply twice the
   // padding); with FP4 weights over N multiples of 128 (`fp4_wide`: both projections') 256 from
-  // 256 pairs an expert on (each dequantised k-block of weights feeds twice the tokens); else 128.
+  // 1024 pairs an expert on (each dequantised k-block of weights feeds twice the tokens, and an
+  // expert's last, partly held block, which costs a full one's dequantisation, is one in five or
+  // fewer); else 128.
   static int layout_block(std::int64_t pairs, std::int64_t experts, bool fp4_wide);
   // y's columns: N, or N / 2 after SwiGLU (a gate row and an up row make one).
   static std::int64_t y_columns(const Problem& p);
