@@ -251,7 +251,8 @@ int main(int argc, char** argv) try {
       // The layer's T 256: 16 rows an expert in blocks of 64 (the 64-row shape of the kernels).
       {"glm-gate-up-64", 64, 1024, 3072, 2048, 64},
       {"glm-down-64", 64, 1024, 2048, 1536, 64},
-      // FP4 only: the layer's T 4096 and 16384 (256 and 1024 rows an expert) in blocks of 256.
+      // FP4 only, in blocks of 256: GLM's T 4096 and 16384 (256 and 1024 rows an expert; the layer
+      // takes blocks of 256 at the latter).
       {"glm-gate-up-256", 64, 16384, 3072, 2048, 256},
       {"glm-gate-up-256", 64, 65536, 3072, 2048, 256},
       {"glm-down-256", 64, 16384, 2048, 1536, 256},

@@ -98,6 +98,7 @@ int main(int argc, char** argv) try {
                 flop / ms4 / 1e9);
     if (t * kTopK >= 256 * kExperts) {
       kjit::moe::LayerOptions other = options;
+      // (GLM's dimensions take blocks of 256.)
       other.block = kjit::ops::MoeGemm::layout_block(t * kTopK, kExperts, true) == 256 ? 128 : 256;
       std::printf("  %.1f (block %d)", per_call_ms(weights4, other) * 1e3, other.block);
     }

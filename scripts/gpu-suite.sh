@@ -528,8 +528,8 @@ if [ "$what" = moe ]; then
   # permutation, three GEMM, a balance and two align (cluster of 8) cases under memcheck, two GEMM
   # and an align case (its blocks read each other's shared memory) under racecheck.
   sharded_tests moe_tests '*MoeRouter*:*MoeAlign*:*MoePermute*:*MoeGemm*:*MoeBalance*:*MoeQuantize*:*MoeLayer*:*MoeFp4Accuracy*:*MoeGolden*' 240
-  sanitize moe_memcheck memcheck 120 'All/MoeRouterTest.*/deepseek_v3_grouped:All/MoePermuteTest.*/invalid_ids:All/MoeGemmTest.*/skewed_fp16:All/MoeGemmTest.*/nvfp4_forced_64_rows_2_stages:All/MoeGemmMaskedTest.*/mxfp4_glm_down_block128:All/MoeBalanceTest.*/deepseek_v3_sequences_bias:All/MoeAlignTest.*/deepseek_t16384_cluster8:All/MoeAlignTest.*/skewed_cluster4'
-  sanitize moe_racecheck racecheck 120 'All/MoeGemmTest.*/forced_8_stages:All/MoeGemmTest.*/mxfp4_plain_block128:All/MoeAlignTest.*/glm_t16384_cluster8'
+  sanitize moe_memcheck memcheck 120 'All/MoeRouterTest.*/deepseek_v3_grouped:All/MoePermuteTest.*/invalid_ids:All/MoeGemmTest.*/skewed_fp16:All/MoeGemmTest.*/nvfp4_forced_64_rows_2_stages:All/MoeGemmTest.*/mxfp4_block256_routing_skewed:All/MoeGemmMaskedTest.*/mxfp4_glm_down_block128:All/MoeBalanceTest.*/deepseek_v3_sequences_bias:All/MoeAlignTest.*/deepseek_t16384_cluster8:All/MoeAlignTest.*/skewed_cluster4'
+  sanitize moe_racecheck racecheck 120 'All/MoeGemmTest.*/forced_8_stages:All/MoeGemmTest.*/mxfp4_plain_block128:All/MoeGemmTest.*/nvfp4_block256_k_320_3_stages:All/MoeAlignTest.*/glm_t16384_cluster8'
   tally moe_tests
   sanitizer_verdicts moe_memcheck moe_racecheck
   grep -h -E '^\[ moe (gemm|layer)' "$out/moe_tests.log"

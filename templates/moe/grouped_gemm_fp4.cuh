@@ -17,11 +17,11 @@
 // kBlockW / 64 consumer warpgroups each dequantize and multiply 64 weight rows (over 128 or 256
 // token rows, one k-block's products in flight while the next one's codes are dequantised; at 256
 // weight rows, whose four warpgroups have 112 registers, one k-block at a time), and release
-// a stage once its products retire. 256 token rows (align's block for FP4 prefill) halve the
-// dequantisation a product: each k-block's fragments feed an m64n256k16 (two consumers at most,
-// 128 accumulators a thread). A lane's two weight rows r and r + 8 of each token pair meet
-// their neighbours' (r ^ 1) through one shuffle in the epilogue, so that a lane writes two adjacent
-// columns (or one SwiGLU column) of one token.
+// a stage once its products retire. 256 token rows (align's blocks of 256, which FP4 weights
+// take; the layer's from 1024 pairs an expert) halve the dequantisation a product: each k-block's
+// fragments feed an m64n256k16 (two consumers, 128 accumulators a thread). A lane's two weight rows
+// r and r + 8 of each token pair meet their neighbours' (r ^ 1) through one shuffle in the
+// epilogue, so that a lane writes two adjacent columns (or one SwiGLU column) of one token.
 #pragma once
 
 #include "common/cp_async.cuh"
@@ -236,8 +236,9 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThre
   const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 128, 0);
   init_stage_barriers(full, empty, kStages, 4 * S::kConsumers);
   const int k_blocks = p.k / S::kBlockK;
-  // Only the first 8, 16 or 32 columns of the product are computed when they cover the block's
-  // held rows (decode: a few tokens an expert); the rest stay 0.
+  // Only the first 8, 16 or 32 columns of the product (over 256 token rows also 128) are computed
+  // when they cover the block's held rows (decode: a few tokens an expert; an expert's last
+  // block); the rest stay 0.
   const int held = held_rows<kBlockM, kMasked>(p, block, m_block);
   // Warp-uniform for ptxas too (a shuffle from lane 0): a branch on it keeps wgmma unserialised.
   const int columns = __shfl_sync(0xffffffffu,

@@ -269,8 +269,8 @@ std::vector<GemmCase> cases() {
        Format::kNvFp4},
       // 256 token rows a block (FP4 prefill's, 128 accumulators a consumer thread, 128 weight
       // rows): the default and forced stages, each epilogue, both formats; given sorted, a run's
-      // last block of 128 rows or fewer in half the products and decode's few pairs in 8; one and
-      // five k-blocks.
+      // last block of 128 rows or fewer in half the products and decode's few pairs in 8; one,
+      // three (all 256 columns: no sorted) and five k-blocks.
       {"nvfp4_block256_swiglu", bf16, 600, 4, 8, 768, 1024, 256, false, Kind::kSwiGLU, 0, 0,
        Format::kNvFp4, true},
       {"mxfp4_block256_routing_skewed", bf16, 500, 2, 8, 512, 2048, 256, true,
@@ -279,6 +279,8 @@ std::vector<GemmCase> cases() {
        Format::kNvFp4, true},
       {"nvfp4_block256_k_64_no_sorted", bf16, 200, 4, 4, 256, 64, 256, false, Kind::kPlain, 128, 5,
        Format::kNvFp4},
+      {"mxfp4_block256_k_192_full_width", bf16, 400, 2, 2, 384, 192, 256, false, Kind::kSwiGLU, 128,
+       4, Format::kMxFp4},
       {"mxfp4_block256_few_pairs", bf16, 3, 4, 64, 512, 1024, 256, false, Kind::kSwiGLU, 0, 0,
        Format::kMxFp4, true},
       // K 320: MXFP4 scale rows of 10 bytes, aligned to 2 only (the 2-byte scale copies).

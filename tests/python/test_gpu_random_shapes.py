@@ -679,8 +679,9 @@ def expert_products(x, dense, dtype, epilogue, row_weights=None):
 @pytest.mark.parametrize("index", range(5))
 def test_grouped_gemm(index):
     """align's layout through the contiguous grouped GEMM, any N and K that are multiples of 64
-    (grouped_gemm.cpp:117-120), blocks of 64 or 128 (:101), every epilogue, 16-bit or FP4
-    weights; sorted and the pair weights passed with the other epilogues too (optional there)."""
+    (grouped_gemm.cpp, MoeGemm::check), blocks of 64 or 128 (and 256 with FP4 weights over N a
+    multiple of 128), every epilogue, 16-bit or FP4 weights; sorted and the pair weights passed
+    with the other epilogues too (optional there)."""
     rng = case_rng("grouped_gemm", index)
     while True:
         case = SimpleNamespace(
@@ -696,6 +697,8 @@ def test_grouped_gemm(index):
         )
         if case.experts * case.n * case.k <= 1 << 24:
             break
+    if case.weights in ("nvfp4", "mxfp4") and case.n % 128 == 0 and rng.random() < 0.3:
+        case.block = 256
     with replayable("grouped_gemm", index, case):
         dtype, pairs = activation_dtype(case.weights), case.tokens * case.top_k
         w, dense = expert_weights(case.weights, case.experts, case.n, case.k)
@@ -769,10 +772,12 @@ def draw_moe(rng, weights):
             inter=rng.choice(INTERMEDIATE),
             router=draw_router(rng, experts, most_top_k=8),
             bias_std=rng.choice((None, 0.01, 0.1, 1.0)),  # None: no correction bias
-            block=rng.choice((0, 64, 128)),  # the layer's: 64, 128 or 0 (its choice)
+            block=rng.choice((0, 64, 128)),  # the layer's: 64, 128 or 0 (its choice); FP4: 256
             shared=rng.random() < 0.5,
         )
         if experts * 3 * case.inter * case.hidden <= 1 << 24:
+            if weights in ("nvfp4", "mxfp4") and case.hidden % 128 == 0 and rng.random() < 0.25:
+                case.block = 256
             return case
 
 

@@ -776,6 +776,21 @@ TEST(MoeGemmDefault, LayoutBlockFromPairsAnExpert) {
   EXPECT_EQ(ops::MoeGemm::layout_block(65536, 64, false), 128);
 }
 
+// Blocks of 256 rows where FP4 weights run in them: N a multiple of 128, and two stages of 128
+// weight rows beside a row's scales within sm_90a's shared memory (NVFP4's K up to about 19k,
+// MXFP4's twice that); never 16-bit weights.
+TEST(MoeGemmDefault, TakesBlocksOf256RowsWhereTheyFit) {
+  using G = ops::MoeGemm;
+  EXPECT_TRUE(G::takes_256_rows(G::kNvFp4, 3072, 2048));  // GLM gate/up
+  EXPECT_TRUE(G::takes_256_rows(G::kMxFp4, 2048, 1536));  // GLM down
+  EXPECT_FALSE(G::takes_256_rows(G::kNvFp4, 192, 2048));
+  EXPECT_FALSE(G::takes_256_rows(G::kSameAsX, 3072, 2048));
+  EXPECT_TRUE(G::takes_256_rows(G::kNvFp4, 2048, 16384));
+  EXPECT_FALSE(G::takes_256_rows(G::kNvFp4, 2048, 32768));
+  EXPECT_TRUE(G::takes_256_rows(G::kMxFp4, 2048, 32768));
+  EXPECT_FALSE(G::takes_256_rows(G::kMxFp4, 2048, 65536));
+}
+
 // FP4 over 256 token rows: 128 weight rows (the only width that takes them), as many stages as
 // fit; in decode too (few pairs in blocks of 256), the decode kernel being for blocks up to 128.
 TEST(MoeGemmDefault, Fp4Over256TokenRows) {

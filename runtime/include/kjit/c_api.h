@@ -214,7 +214,7 @@ kjit_status kjit_moe_quantize_fp4(const DLTensor* w, int format, const DLTensor*
                                   void* stream);
 /* moe_expert_gemm_fp4: the grouped GEMM with FP4 weights (format as above): codes uint8
    [E, N, K / 2], scales uint8 [E, N, K / block], tensor_scale fp32 [E], [1] or 0-d (NVFP4;
-   NULL for MXFP4); x_sorted and y bf16; block 64, 128 or 256. The rest as
+   NULL for MXFP4); x_sorted and y bf16; block 64, 128 or 256 (N a multiple of 128). The rest as
    kjit_moe_grouped_gemm. */
 kjit_status kjit_moe_expert_gemm_fp4(const DLTensor* x_sorted, const DLTensor* block_expert,
                                      int block, int format, const DLTensor* codes,

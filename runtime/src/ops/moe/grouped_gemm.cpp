@@ -360,6 +360,7 @@ std::vector<MoeGemm::Problem> MoeGemm::shipped(const Arch& arch) {
   if (!arch.has_wgmma()) return {};  // no mma.sync path yet
   const auto swiglu = static_cast<std::int64_t>(moe::GemmEpilogue::Kind::kSwiGLU),
              weighted = static_cast<std::int64_t>(moe::GemmEpilogue::Kind::kRoutingWeights);
+  const std::int64_t t16384 = moe::align_capacity(16384 * 4, 64, 256);
   std::vector<Problem> out{{DType::BFloat16, 128, 3072, 2048, 64, 128, swiglu},
                            {DType::BFloat16, 128, 2048, 1536, 64, 128, weighted},
                            {DType::BFloat16, 128, 2048, 1536, 64, 128, 0},
@@ -367,16 +368,21 @@ std::vector<MoeGemm::Problem> MoeGemm::shipped(const Arch& arch) {
                            {DType::BFloat16, 64, 2048, 1536, 64, 64, 0, 1},
                            {DType::BFloat16, 64, 3072, 2048, 64, 64, swiglu, 0, kNvFp4},
                            {DType::BFloat16, 64, 2048, 1536, 64, 64, weighted, 0, kNvFp4},
-                           // FP4 prefill over 256 token rows (T 16384's layout in the layer)
-                           {DType::BFloat16, 81920, 3072, 2048, 64, 256, swiglu, 0, kNvFp4},
-                           {DType::BFloat16, 81920, 2048, 1536, 64, 256, weighted, 0, kNvFp4}};
+                           // FP4 prefill over 256 token rows (the layer's T 16384)
+                           {DType::BFloat16, t16384, 3072, 2048, 64, 256, swiglu, 0, kNvFp4},
+                           {DType::BFloat16, t16384, 2048, 1536, 64, 256, weighted, 0, kNvFp4}};
   for (Problem& p : out)
     classify(p);
   return out;
 }
 
-int MoeGemm::layout_block(std::int64_t pairs, std::int64_t experts, bool fp4_wide) {
-  return pairs <= 64 * experts ? 64 : fp4_wide && pairs >= 1024 * experts ? 256 : 128;
+int MoeGemm::layout_block(std::int64_t pairs, std::int64_t experts, bool wide) {
+  return pairs <= 64 * experts ? 64 : wide && pairs >= 1024 * experts ? 256 : 128;
+}
+
+bool MoeGemm::takes_256_rows(std::int64_t weights, std::int64_t n, std::int64_t k) {
+  const Problem p{DType::BFloat16, 256, n, k, 1, 256, 0, 0, weights};
+  return weights != kSameAsX && n % 128 == 0 && valid({128, 2}, p, Arch("sm_90a"));
 }
 
 std::int64_t MoeGemm::y_columns(const Problem& p) {
@@ -473,7 +479,7 @@ std::vector<Preset<MoeGemm::Problem>> MoeGemm::presets() {
   // NVFP4 weights, decode (T 1: 4 blocks; T 64: 64 + 3 blocks) to prefill, in the layer's blocks
   // (256 rows at T 16384).
   for (std::int64_t t : {1, 64, 1024, 4096, 16384}) {
-    const int block = layout_block(t * 4, 64, true);
+    const int block = layout_block(t * 4, 64, takes_256_rows(kNvFp4, 3072, 2048));
     const std::int64_t rows = moe::align_capacity(t * 4, 64, block);
     nvfp4.problems.push_back({DType::BFloat16, rows, 3072, 2048, 64, block, swiglu, 0, kNvFp4});
     nvfp4.problems.push_back({DType::BFloat16, rows, 2048, 1536, 64, block, weighted, 0, kNvFp4});

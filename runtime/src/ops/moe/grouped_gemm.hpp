@@ -99,11 +99,15 @@ struct MoeGemm {
   static void check_weights(Problem& p, const Weights& weights, std::int64_t experts);
   // The block of rows (align's) for `pairs` routed pairs over `experts`: 64 while the experts
   // average at most 64 pairs (an expert's run is one block, and 128 rows would multiply twice the
-  // padding); with FP4 weights over N multiples of 128 (`fp4_wide`: both projections') 256 from
-  // 1024 pairs an expert on (each dequantised k-block of weights feeds twice the tokens, and an
-  // expert's last, partly held block, which costs a full one's dequantisation, is one in five or
-  // fewer); else 128.
-  static int layout_block(std::int64_t pairs, std::int64_t experts, bool fp4_wide);
+  // padding); 256 from 1024 pairs an expert on where the GEMMs take it (`wide`: FP4 weights and
+  // takes_256_rows for each), as each dequantised k-block of weights then feeds twice the tokens
+  // and an expert's last, partly held block, which costs a full one's dequantisation, is one in
+  // five or fewer; else 128.
+  static int layout_block(std::int64_t pairs, std::int64_t experts, bool wide);
+  // Whether FP4 weights of format `weights` over N `n` and K `k` run in blocks of 256 rows: N a
+  // multiple of 128 (their 128 weight rows a block) and two stages with the scales of a row's K
+  // in sm_90a's shared memory (block_n 128 has no narrower fallback there).
+  static bool takes_256_rows(std::int64_t weights, std::int64_t n, std::int64_t k);
   // y's columns: N, or N / 2 after SwiGLU (a gate row and an up row make one).
   static std::int64_t y_columns(const Problem& p);
   static Call<MoeGemm> validate(const TensorView& x_sorted, const TensorView& block_expert,
