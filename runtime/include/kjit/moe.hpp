@@ -178,8 +178,9 @@ struct LayerOptions {
   // Rows of the GEMMs' blocks (align's block): 64 or 128 (or 256 with FP4 weights), or 0 to
   // choose by the tokens: 64 while the experts average at most 64 routed pairs (decode and small
   // batches: an expert's run is then one block, and a 128-row block would multiply twice the
-  // padding); FP4 weights 256 from 1024 pairs an expert on where H is a multiple of 128 (each
-  // dequantised weight feeds twice the tokens); else 128.
+  // padding); FP4 weights 256 from 1024 pairs an expert on where both GEMMs take them (H a
+  // multiple of 128, and room for two stages beside a row's scales: NVFP4's H and I up to about
+  // 19k), as each dequantised weight then feeds twice the tokens; else 128.
   int block = 0;
 };
 void layer(const TensorView& x, const TensorView& router_logits, const LayerWeights& weights,
