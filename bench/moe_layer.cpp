@@ -98,8 +98,10 @@ int main(int argc, char** argv) try {
                 flop / ms4 / 1e9);
     if (t * kTopK >= 256 * kExperts) {
       kjit::moe::LayerOptions other = options;
-      // (GLM's dimensions take blocks of 256.)
-      other.block = kjit::ops::MoeGemm::layout_block(t * kTopK, kExperts, true) == 256 ? 128 : 256;
+      const int chosen =
+          kjit::ops::MoeGemm::layout_block(t * kTopK, kExperts, kHidden, kInter,
+                                           kjit::ops::MoeGemm::kNvFp4, kjit::ops::MoeGemm::kNvFp4);
+      other.block = chosen == 256 ? 128 : 256;
       std::printf("  %.1f (block %d)", per_call_ms(weights4, other) * 1e3, other.block);
     }
     std::printf("\n");

@@ -767,13 +767,17 @@ TEST(MoeGemmDefault, Fp4WideFromTwoToTheTwentyFiveOutputs) {
 // The layer's block of rows: 64 while the experts average 64 pairs or fewer, 256 for FP4 weights
 // from 1024 an expert on (GLM's T 16384), else 128.
 TEST(MoeGemmDefault, LayoutBlockFromPairsAnExpert) {
-  EXPECT_EQ(ops::MoeGemm::layout_block(4, 64, true), 64);
-  EXPECT_EQ(ops::MoeGemm::layout_block(4096, 64, true), 64);
-  EXPECT_EQ(ops::MoeGemm::layout_block(4097, 64, false), 128);
-  EXPECT_EQ(ops::MoeGemm::layout_block(16384, 64, true), 128);  // GLM's T 4096
-  EXPECT_EQ(ops::MoeGemm::layout_block(65535, 64, true), 128);
-  EXPECT_EQ(ops::MoeGemm::layout_block(65536, 64, true), 256);  // T 16384
-  EXPECT_EQ(ops::MoeGemm::layout_block(65536, 64, false), 128);
+  const auto glm_block = [](std::int64_t pairs, bool fp4) {  // over GLM's 64 experts, H and I
+    const std::int64_t w = fp4 ? ops::MoeGemm::kNvFp4 : ops::MoeGemm::kSameAsX;
+    return ops::MoeGemm::layout_block(pairs, 64, 2048, 1536, w, w);
+  };
+  EXPECT_EQ(glm_block(4, true), 64);
+  EXPECT_EQ(glm_block(4096, true), 64);
+  EXPECT_EQ(glm_block(4097, false), 128);
+  EXPECT_EQ(glm_block(16384, true), 128);  // GLM's T 4096
+  EXPECT_EQ(glm_block(65535, true), 128);
+  EXPECT_EQ(glm_block(65536, true), 256);  // T 16384
+  EXPECT_EQ(glm_block(65536, false), 128);
 }
 
 // Blocks of 256 rows where FP4 weights run in them: N a multiple of 128, and two stages of 128

@@ -376,13 +376,18 @@ std::vector<MoeGemm::Problem> MoeGemm::shipped(const Arch& arch) {
   return out;
 }
 
-int MoeGemm::layout_block(std::int64_t pairs, std::int64_t experts, bool wide) {
-  return pairs <= 64 * experts ? 64 : wide && pairs >= 1024 * experts ? 256 : 128;
+int MoeGemm::layout_block(std::int64_t pairs, std::int64_t experts, std::int64_t hidden,
+                          std::int64_t inter, std::int64_t gate_up, std::int64_t down) {
+  if (pairs <= 64 * experts) return 64;
+  const bool wide = pairs >= 1024 * experts && takes_256_rows(gate_up, 2 * inter, hidden) &&
+                    takes_256_rows(down, hidden, inter);
+  return wide ? 256 : 128;
 }
 
 bool MoeGemm::takes_256_rows(std::int64_t weights, std::int64_t n, std::int64_t k) {
+  static const Arch sm90a("sm_90a");  // the FP4 kernel's only arch
   const Problem p{DType::BFloat16, 256, n, k, 1, 256, 0, 0, weights};
-  return weights != kSameAsX && n % 128 == 0 && valid({128, 2}, p, Arch("sm_90a"));
+  return weights != kSameAsX && n % 128 == 0 && valid({128, 2}, p, sm90a);
 }
 
 std::int64_t MoeGemm::y_columns(const Problem& p) {
@@ -479,7 +484,7 @@ std::vector<Preset<MoeGemm::Problem>> MoeGemm::presets() {
   // NVFP4 weights, decode (T 1: 4 blocks; T 64: 64 + 3 blocks) to prefill, in the layer's blocks
   // (256 rows at T 16384).
   for (std::int64_t t : {1, 64, 1024, 4096, 16384}) {
-    const int block = layout_block(t * 4, 64, takes_256_rows(kNvFp4, 3072, 2048));
+    const int block = layout_block(t * 4, 64, 2048, 1536, kNvFp4, kNvFp4);
     const std::int64_t rows = moe::align_capacity(t * 4, 64, block);
     nvfp4.problems.push_back({DType::BFloat16, rows, 3072, 2048, 64, block, swiglu, 0, kNvFp4});
     nvfp4.problems.push_back({DType::BFloat16, rows, 2048, 1536, 64, block, weighted, 0, kNvFp4});

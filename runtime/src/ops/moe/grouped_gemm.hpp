@@ -97,13 +97,15 @@ struct MoeGemm {
   // [E, N, K / block] and NVFP4's tensor scale [E] or [1]; then check(p). `experts`: the experts
   // the layout holds (0: any). Host only (the layer's check before any device work).
   static void check_weights(Problem& p, const Weights& weights, std::int64_t experts);
-  // The block of rows (align's) for `pairs` routed pairs over `experts`: 64 while the experts
-  // average at most 64 pairs (an expert's run is one block, and 128 rows would multiply twice the
-  // padding); 256 from 1024 pairs an expert on where the GEMMs take it (`wide`: FP4 weights and
-  // takes_256_rows for each), as each dequantised k-block of weights then feeds twice the tokens
-  // and an expert's last, partly held block, which costs a full one's dequantisation, is one in
-  // five or fewer; else 128.
-  static int layout_block(std::int64_t pairs, std::int64_t experts, bool wide);
+  // The layer's block of rows (align's) for `pairs` routed pairs over `experts`, hidden size
+  // `hidden` and intermediate `inter`, the projections' weights in formats `gate_up` and `down`:
+  // 64 while the experts average at most 64 pairs (an expert's run is one block, and 128 rows
+  // would multiply twice the padding); 256 from 1024 pairs an expert on where both GEMMs take it
+  // (takes_256_rows), as each dequantised k-block of weights then feeds twice the tokens and an
+  // expert's last, partly held block, which costs a full one's dequantisation, is one in five or
+  // fewer; else 128.
+  static int layout_block(std::int64_t pairs, std::int64_t experts, std::int64_t hidden,
+                          std::int64_t inter, std::int64_t gate_up, std::int64_t down);
   // Whether FP4 weights of format `weights` over N `n` and K `k` run in blocks of 256 rows: N a
   // multiple of 128 (their 128 weight rows a block) and two stages with the scales of a row's K
   // in sm_90a's shared memory (block_n 128 has no narrower fallback there).

@@ -47,9 +47,9 @@ MoeLayerSteps::Layout MoeLayerSteps::plan(const TensorView& x, const TensorView&
   l.inter = down.size(2) * packing;
   l.top_k = options.router.top_k;
   const std::int64_t pairs = l.tokens * l.top_k;
-  const bool wide = fp4 && MoeGemm::takes_256_rows(gate_up_weights.format, 2 * l.inter, l.hidden) &&
-                    MoeGemm::takes_256_rows(down_weights.format, l.hidden, l.inter);
-  l.block = options.block != 0 ? options.block : MoeGemm::layout_block(pairs, l.experts, wide);
+  l.block = options.block != 0 ? options.block
+                               : MoeGemm::layout_block(pairs, l.experts, l.hidden, l.inter,
+                                                       gate_up_weights.format, down_weights.format);
   // What the GEMMs would refuse after the router, align and permute ran: refused first, each
   // rule by its own message.
   if (l.top_k < 1) throw InvalidArgument(fmt::format("moe layer: top_k {} < 1", l.top_k));
