@@ -359,8 +359,8 @@ __global__ void __launch_bounds__(DecodeShape<kGroups>::kThreads,
         for (int e = 0; e < 4; ++e)
           acc[0][e] += mine[32 * e];
       }
-      store_swapped<T, kEpilogue, kMasked>(p, acc, alpha, expert, first_row + token0, count,
-                                           n0 & ~1ll);
+      store_swapped<T, kEpilogue, kMasked, 4>(p, acc, alpha, expert, first_row + token0, count,
+                                              n0 & ~1ll);
     }
     // No third barrier: the next pass restages the tokens after every read of them (before the
     // one above), and the second set writes its sums again only after the next pass's first,

@@ -179,8 +179,12 @@ __device__ __forceinline__ float fp4_alpha(const KjitMoeGemmParams& p, int exper
 // epilogue, to y of T: acc[j][e] x alpha is weight row n + (lane / 4) % 2 + 8 (e / 2) by token 8 j
 // + 2 (lane % 4) + e % 2, the token's row first_row + token of y, written below rows_left only. A
 // lane's rows r and r + 8 meet their neighbours' (r ^ 1) through one shuffle, so that a lane writes
-// two adjacent columns (or one SwiGLU column) of one token.
-template <class T, int kEpilogue, bool kMasked, int kTiles>
+// two adjacent columns (or one SwiGLU column) of one token. The routing weights of kChunk tiles'
+// tokens are loaded before their stores, a lane's load serving four of them (through a shuffle): a
+// load after a store may not pass it (they could alias), so loaded at each token, its two
+// dependent loads waited out their latency 64 times in turn over 256 token rows. kChunk: as many
+// as the registers allow (all 32 tiles' weights at once spill).
+template <class T, int kEpilogue, bool kMasked, int kChunk, int kTiles>
 __device__ __forceinline__ void store_swapped(const KjitMoeGemmParams& p,
                                               const float (&acc)[kTiles][4], float alpha,
                                               int expert, long long first_row, int rows_left,
@@ -188,24 +192,40 @@ __device__ __forceinline__ void store_swapped(const KjitMoeGemmParams& p,
   const int lane = threadIdx.x % 32, quad = lane % 4;
   const bool second_row = (lane / 4) % 2;  // this lane's rows are the odd ones of their pairs
   T* const y_expert = static_cast<T*>(p.y) + (kMasked ? expert * p.y_expert_stride : 0);
+  constexpr int kLoads = (kChunk + 3) / 4;
 #pragma unroll
-  for (int j = 0; j < kTiles; ++j) {
+  for (int j0 = 0; j0 < kTiles; j0 += kChunk) {
+    float weight[kLoads];  // of token 8 j + 2 quad + second_row, j = j0 + 4 i + lane / 8
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      // The even row's lane keeps its first token and takes the odd row's value of it; the odd
-      // row's lane the second token.
-      const float v0 = acc[j][2 * h] * alpha, v1 = acc[j][2 * h + 1] * alpha;
-      const float theirs = __shfl_xor_sync(0xffffffffu, second_row ? v0 : v1, 4);
-      const float even = second_row ? theirs : v0, odd = second_row ? v1 : theirs;
-      const int token = 8 * j + 2 * quad + second_row;
-      if (token >= rows_left) continue;
-      const long long row = first_row + token, column = n + 8 * h;
-      if constexpr (kEpilogue == kSwiGLU) {
-        y_expert[row * p.y_row_stride + column / 2] = from_float<T>(swiglu(even, odd));
-      } else {
-        const float scale = kEpilogue == kRoutingWeights ? routing_weight(p, row) : 1.f;
-        *reinterpret_cast<unsigned*>(y_expert + row * p.y_row_stride + column) =
-            ptx::pack_pair<T>(even * scale, odd * scale);
+    for (int i = 0; i < kLoads; ++i) {
+      const int j = j0 + 4 * i + lane / 8, token = 8 * j + 2 * quad + second_row;
+      weight[i] = kEpilogue == kRoutingWeights && j < kTiles && token < rows_left
+                      ? routing_weight(p, first_row + token)
+                      : 1.f;
+    }
+#pragma unroll
+    for (int j = j0; j < j0 + kChunk && j < kTiles; ++j) {
+      const float scale =
+          kEpilogue == kRoutingWeights
+              ? alpha * __shfl_sync(0xffffffffu, weight[(j - j0) / 4], lane % 8 + 8 * (j % 4))
+              : alpha;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        // The even row's lane keeps its first token and takes the odd row's value of it; the odd
+        // row's lane the second token.
+        const float v0 = acc[j][2 * h], v1 = acc[j][2 * h + 1];
+        const float theirs = __shfl_xor_sync(0xffffffffu, second_row ? v0 : v1, 4);
+        const float even = second_row ? theirs : v0, odd = second_row ? v1 : theirs;
+        const int token = 8 * j + 2 * quad + second_row;
+        if (token >= rows_left) continue;
+        const long long row = first_row + token, column = n + 8 * h;
+        if constexpr (kEpilogue == kSwiGLU) {
+          y_expert[row * p.y_row_stride + column / 2] =
+              from_float<T>(swiglu(even * scale, odd * scale));
+        } else {
+          *reinterpret_cast<unsigned*>(y_expert + row * p.y_row_stride + column) =
+              ptx::pack_pair<T>(even * scale, odd * scale);
+        }
       }
     }
   }
@@ -390,9 +410,10 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThre
   }
 
   // acc[j][e]: weight row w_row0 + 8 (e / 2), token 8 j + 2 quad + e % 2 of the block.
-  store_swapped<T, kEpilogue, kMasked>(p, acc, fp4_alpha<kFormat>(p, expert), expert,
-                                       static_cast<long long>(m_block) * kBlockM, rows_left,
-                                       static_cast<long long>(w_block) * kBlockW + (w_row0 & ~1));
+  // Four consumers keep to 112 registers: 8 tiles' weights at a time.
+  store_swapped<T, kEpilogue, kMasked, S::kConsumers == 4 ? 8 : 16>(
+      p, acc, fp4_alpha<kFormat>(p, expert), expert, static_cast<long long>(m_block) * kBlockM,
+      rows_left, static_cast<long long>(w_block) * kBlockW + (w_row0 & ~1));
 }
 
 }  // namespace kjit::moe
