@@ -6,7 +6,7 @@
 // other of the blocks of 128 and 256 rows than the one it chooses (256 from 1024 pairs an expert).
 // bench/moe_layer_torch.py times the torch composition (bf16: torch has no FP4 grouped GEMM on
 // Hopper) on the same shapes. Arguments, if any: the T to run (e.g. `kjit_bench_moe_layer 16` under
-// ncu).
+// ncu), after `nvfp4` to time only the NVFP4 layer in its chosen block (a profiler's run).
 #include <cstdint>
 #include <cstdio>
 #include <string>
@@ -64,9 +64,10 @@ int main(int argc, char** argv) try {
   kjit::moe::LayerOptions options;
   options.router = {true, kTopK, 1, 1, true, 1.8f};
   std::vector<long long> tokens = {1, 16, 256, 4096, 16384};
-  if (argc > 1) {
+  const bool nvfp4_only = argc > 1 && std::string(argv[1]) == "nvfp4";
+  if (argc > 1 + nvfp4_only) {
     tokens.clear();
-    for (int i = 1; i < argc; ++i)
+    for (int i = 1 + nvfp4_only; i < argc; ++i)
       tokens.push_back(std::stoll(argv[i]));
   }
   for (long long t : tokens) {
@@ -93,10 +94,11 @@ int main(int argc, char** argv) try {
           stream.handle());
     };
     const double flop = 2.0 * t * kTopK * 3.0 * kHidden * kInter;
-    const double ms = per_call_ms(weights, options), ms4 = per_call_ms(weights4, options);
+    const double ms = nvfp4_only ? 0.0 : per_call_ms(weights, options),
+                 ms4 = per_call_ms(weights4, options);
     std::printf("%6lld %10.1f %9.1f %12.1f %9.1f", t, ms * 1e3, flop / ms / 1e9, ms4 * 1e3,
                 flop / ms4 / 1e9);
-    if (t * kTopK >= 256 * kExperts) {
+    if (!nvfp4_only && t * kTopK >= 256 * kExperts) {
       kjit::moe::LayerOptions other = options;
       const int chosen =
           kjit::ops::MoeGemm::layout_block(t * kTopK, kExperts, kHidden, kInter,
