@@ -410,8 +410,9 @@ __global__ void __launch_bounds__(Fp4GemmShape<kBlockM, kBlockW, kStages>::kThre
   }
 
   // acc[j][e]: weight row w_row0 + 8 (e / 2), token 8 j + 2 quad + e % 2 of the block.
-  // Four consumers keep to 112 registers: 8 tiles' weights at a time.
-  store_swapped<T, kEpilogue, kMasked, S::kConsumers == 4 ? 8 : 16>(
+  // Half the tiles' routing weights at a time: all at once spill over 256 token rows and take
+  // blocks of 64 token rows from 78 registers to 94, one block an SM instead of two (20 % slower).
+  store_swapped<T, kEpilogue, kMasked, kBlockM / 16>(
       p, acc, fp4_alpha<kFormat>(p, expert), expert, static_cast<long long>(m_block) * kBlockM,
       rows_left, static_cast<long long>(w_block) * kBlockW + (w_row0 & ~1));
 }

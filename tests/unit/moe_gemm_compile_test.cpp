@@ -127,6 +127,24 @@ TEST_F(MoeGemmKernel, Fp4At256WeightRowsCompilesForSm90aWithoutSpills) {
   EXPECT_EQ(compiled, 10);
 }
 
+// The FP4 prefill kernel over blocks of 64 token rows at 128 weight rows (the layer's GEMMs from 65
+// to 1024 pairs an expert, e.g. GLM at T 256): 384 threads within 80 registers, so that two blocks
+// share an SM, every epilogue, both formats. Loading the routing weights of all 8 tiles at once
+// took the epilogue to 94 and cost the down projection 20 % on the H100 (docs/perf.md).
+TEST_F(MoeGemmKernel, Fp4Over64TokenRowsFitsTwoBlocksAnSm) {
+  int compiled = 0;
+  for (std::int64_t weights : {ops::MoeGemm::kNvFp4, ops::MoeGemm::kMxFp4}) {
+    for (std::int64_t epilogue : {0, 1, 2}) {
+      const ops::MoeGemm::Problem p{DType::BFloat16, 4096, 2048,   1536, 64, 64,
+                                    epilogue,        0,    weights};
+      EXPECT_LE(compile_without_spills({128, 6}, p).registers, 80)
+          << "weights " << weights << " epilogue " << epilogue;
+      ++compiled;
+    }
+  }
+  EXPECT_EQ(compiled, 6);
+}
+
 // The FP4 prefill kernel over 256 token rows (align's blocks of 256; 128 accumulators a consumer
 // thread): two consumers at 128 weight rows (384 threads launched at exactly 168 registers, the
 // pool that 40 for the producer and 232 each for them through setmaxnreg need), every epilogue,
