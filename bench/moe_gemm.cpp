@@ -7,9 +7,9 @@
 //    (2 T k N K, padding not counted). bench/moe_gemm_peers.py times torch._grouped_mm and
 //    DeepGEMM on the same rows. bf16 rows also time 256-column tiles and persistent blocks beside
 //    the op's choice, and FP4 rows 128 and 256 weight rows at 4 to 6 stages; FP4 also over blocks
-//    of 256 token rows (the layer's from 1024 pairs an expert). The plain
-//    epilogue, or with `prefill ROWS layer` the layer's: SwiGLU on gate/up, the routing weights on
-//    down.
+//    of 256 token rows (the layer's from 1024 pairs an expert); the -lr rows routed as
+//    kjit_bench_moe_layer's tokens are (uneven experts). The plain epilogue, or with `prefill ROWS
+//    layer` the layer's: SwiGLU on gate/up, the routing weights on down.
 //  - Decode: T = 1 to 64 tokens, top 4 of 64 experts, blocks of 64 rows. Call c of the 20 routes
 //    token t's slot j to expert (4 T c + 4 t + j) mod 64, so that a call's experts were last read
 //    at least 15 calls before and come from HBM, as a model's do layer after layer, not from L2;
@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "bench/attention_timing.hpp"
+#include "bench/moe_routing.hpp"
 #include "kjit/jit.hpp"
 #include "kjit/moe.hpp"
 #include "ops/dispatch.hpp"
@@ -181,6 +182,9 @@ struct Row {
   const char* name;
   int experts, rows, n, k;
   int block = 128;  // align's rows a block (prefill)
+  // The rows routed as kjit_bench_moe_layer's tokens are (top 4 of its hashed logits: an expert's
+  // rows uneven, its last block partly held), else balanced (row i to expert i mod E).
+  bool layer_routing = false;
 };
 
 // Whether two configs are one (every field of the family's).
@@ -256,13 +260,23 @@ int main(int argc, char** argv) try {
       {"glm-gate-up-256", 64, 16384, 3072, 2048, 256},
       {"glm-gate-up-256", 64, 65536, 3072, 2048, 256},
       {"glm-down-256", 64, 16384, 2048, 1536, 256},
-      {"glm-down-256", 64, 65536, 2048, 1536, 256}};
+      {"glm-down-256", 64, 65536, 2048, 1536, 256},
+      // The layer's own routing at T 4096 (blocks of 128) and 16384 (FP4 in blocks of 256): what
+      // its uneven experts cost against the balanced rows above.
+      {"glm-gate-up-lr", 64, 16384, 3072, 2048, 128, true},
+      {"glm-down-lr", 64, 16384, 2048, 1536, 128, true},
+      {"glm-gate-up-lr", 64, 65536, 3072, 2048, 256, true},
+      {"glm-down-lr", 64, 65536, 2048, 1536, 256, true}};
   for (const Row& r : rows) {
     if (only == "decode") break;
     if (only_count > 0 && r.rows != only_count) continue;
     std::vector<std::int32_t> ids(static_cast<std::size_t>(r.rows));
     for (int i = 0; i < r.rows; ++i)
       ids[i] = i % r.experts;
+    if (r.layer_routing) {
+      ids = kjit::bench::top_k_experts(kjit::bench::hashed_router_logits(r.rows / kTopK, r.experts),
+                                       r.experts, kTopK);
+    }
     const DeviceBuffer x = kjit::bench::random_bf16(static_cast<std::size_t>(r.rows) * r.k);
     const Layout layout(ids, r.experts, r.block, x, r.k, stream);
     const bool glm = r.name[0] == 'g';

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "bench/attention_timing.hpp"
+#include "bench/moe_routing.hpp"
 #include "bench/nvfp4_experts.hpp"
 #include "driver/arch.hpp"
 #include "kjit/jit.hpp"
@@ -73,12 +74,7 @@ int main(int argc, char** argv) try {
   for (long long t : tokens) {
     const DeviceBuffer x = kjit::bench::random_bf16(t * kHidden),
                        shared = kjit::bench::random_bf16(t * kHidden);
-    // Router logits in [-1, 1) from a multiplicative hash of their index, bit for bit the same in
-    // bench/moe_layer_torch.py (the routing decides how many experts' weights a call reads);
-    // 2^20 levels, so that ties within a token's 64 are rare.
-    std::vector<float> logits(static_cast<std::size_t>(t) * kExperts);
-    for (std::size_t i = 0; i < logits.size(); ++i)
-      logits[i] = static_cast<float>((i * 2654435761u) % 1048573) / 524286.5f - 1.f;
+    const std::vector<float> logits = kjit::bench::hashed_router_logits(t, kExperts);
     DeviceBuffer dlogits(logits.size() * 4), out(t * kHidden * 2);
     dlogits.upload(logits.data(), dlogits.size());
     const auto per_call_ms = [&](const auto& w, const kjit::moe::LayerOptions& options) {
