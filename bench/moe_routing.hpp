@@ -1,8 +1,8 @@
 // The MoE benchmarks' routing: router logits in [-1, 1) from a multiplicative hash of their index,
 // bit for bit the same in bench/moe_layer_torch.py (the routing decides how many experts' weights a
-// call reads, and how full each expert's last block is); 2^20 levels, so that ties within a
-// token's experts are rare. And the experts that GLM-4.7-Flash's router picks from them with a
-// zero bias (sigmoid is monotonic: the k largest logits, ties to the lower id), on the host.
+// call reads, and how full each expert's last block is); no two of a token's logits tie (1048573 is
+// prime, a token's indices consecutive). And the experts that GLM-4.7-Flash's router picks from
+// them with a zero bias (sigmoid is monotonic: the k largest logits), on the host.
 #pragma once
 
 #include <algorithm>

@@ -180,35 +180,38 @@ __device__ __forceinline__ float fp4_alpha(const KjitMoeGemmParams& p, int exper
 // + 2 (lane % 4) + e % 2, the token's row first_row + token of y, written below rows_left only. A
 // lane's rows r and r + 8 meet their neighbours' (r ^ 1) through one shuffle, so that a lane writes
 // two adjacent columns (or one SwiGLU column) of one token. The routing weights of kChunk tiles'
-// tokens are loaded before their stores, a lane's load serving four of them (through a shuffle): a
-// load after a store may not pass it (they could alias), so loaded at each token, its two
-// dependent loads waited out their latency 64 times in turn over 256 token rows. kChunk: as many
-// as the registers allow (all 32 tiles' weights at once spill).
+// tokens are loaded before those tiles are stored, one load a token for the four lanes that write
+// it (which take it through a shuffle): a load may not pass an earlier store (they could alias), so
+// loaded at each token, its two dependent loads waited out their latency in turn, 64 times over 256
+// token rows. kChunk: half the tiles (all at once spill over 256 token rows, and cost blocks of 64
+// their second block an SM).
 template <class T, int kEpilogue, bool kMasked, int kChunk, int kTiles>
 __device__ __forceinline__ void store_swapped(const KjitMoeGemmParams& p,
                                               const float (&acc)[kTiles][4], float alpha,
                                               int expert, long long first_row, int rows_left,
                                               long long n) {
+  // A chunk's first tile a multiple of 4: tile j's weight is in lane (lane % 8) + 8 (j % 4).
+  static_assert(kChunk > 0 && (kChunk % 4 == 0 || kChunk >= kTiles), "whole loads a chunk");
   const int lane = threadIdx.x % 32, quad = lane % 4;
   const bool second_row = (lane / 4) % 2;  // this lane's rows are the odd ones of their pairs
   T* const y_expert = static_cast<T*>(p.y) + (kMasked ? expert * p.y_expert_stride : 0);
   constexpr int kLoads = (kChunk + 3) / 4;
 #pragma unroll
   for (int j0 = 0; j0 < kTiles; j0 += kChunk) {
-    float weight[kLoads];  // of token 8 j + 2 quad + second_row, j = j0 + 4 i + lane / 8
+    // Of token 8 j + 2 quad + second_row, j = j0 + 4 i + lane / 8.
+    [[maybe_unused]] float weight[kLoads];
+    if constexpr (kEpilogue == kRoutingWeights) {
 #pragma unroll
-    for (int i = 0; i < kLoads; ++i) {
-      const int j = j0 + 4 * i + lane / 8, token = 8 * j + 2 * quad + second_row;
-      weight[i] = kEpilogue == kRoutingWeights && j < kTiles && token < rows_left
-                      ? routing_weight(p, first_row + token)
-                      : 1.f;
+      for (int i = 0; i < kLoads; ++i) {
+        const int j = j0 + 4 * i + lane / 8, token = 8 * j + 2 * quad + second_row;
+        weight[i] = j < kTiles && token < rows_left ? routing_weight(p, first_row + token) : 0.f;
+      }
     }
 #pragma unroll
     for (int j = j0; j < j0 + kChunk && j < kTiles; ++j) {
-      const float scale =
-          kEpilogue == kRoutingWeights
-              ? alpha * __shfl_sync(0xffffffffu, weight[(j - j0) / 4], lane % 8 + 8 * (j % 4))
-              : alpha;
+      float scale = alpha;
+      if constexpr (kEpilogue == kRoutingWeights)
+        scale *= __shfl_sync(0xffffffffu, weight[(j - j0) / 4], lane % 8 + 8 * (j % 4));
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         // The even row's lane keeps its first token and takes the odd row's value of it; the odd
