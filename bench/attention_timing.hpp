@@ -86,20 +86,35 @@ inline double copy_gbs(StreamHandle stream) {
   return 2.0 * bytes / median_ms([&] { dst.copy_from(src, bytes, stream); }, stream) / 1e6;
 }
 
-// Uniform values of unit deviation from a splitmix64 stream (a few ns an element: the MoE
-// benchmarks draw billions; the kernels' time does not depend on the values), as bf16 or fp16.
+// splitmix64: the next of a stream (a few ns a value: the MoE benchmarks draw billions).
+inline std::uint64_t splitmix64(std::uint64_t& state) {
+  std::uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// Uniform values of unit deviation, as bf16 or fp16.
 inline DeviceBuffer random_values(std::size_t elems, DType dtype) {
   std::uint64_t state = 7;
   std::vector<std::uint16_t> host(elems);
   for (auto& x : host) {
-    std::uint64_t z = (state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    const float f = (static_cast<float>((z ^ (z >> 31)) >> 40) * 0x1p-24f - 0.5f) * 3.4641f;
+    const float f = (static_cast<float>(splitmix64(state) >> 40) * 0x1p-24f - 0.5f) * 3.4641f;
     x = dtype == DType::Float16 ? float_to_fp16(f) : float_to_bf16(f);
   }
   DeviceBuffer b(elems * 2);
   b.upload(host.data(), b.size());
+  return b;
+}
+
+// Bytes uniform in [lo, hi]: FP4 codes (0-255), or block scales within a range.
+inline DeviceBuffer random_bytes(std::size_t n, unsigned lo, unsigned hi) {
+  std::uint64_t state = 11;
+  std::vector<std::uint8_t> host(n);
+  for (auto& x : host)
+    x = static_cast<std::uint8_t>(lo + splitmix64(state) % (hi - lo + 1));
+  DeviceBuffer b(n);
+  b.upload(host.data(), n);
   return b;
 }
 inline DeviceBuffer random_bf16(std::size_t elems) {

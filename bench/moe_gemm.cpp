@@ -42,22 +42,24 @@ const char* format_name(Format f) {
   return f == Format::kSameAsX ? "bf16" : f == Format::kNvFp4 ? "nvfp4" : "mxfp4";
 }
 
-// Every expert's weights, one repeated value (the timing does not depend on it): bf16 0x3c3c, or
-// E2M1 codes of 1 with scales of 1 and tensor scales of 1.
+// Every expert's weights, random, as torch's and DeepGEMM's in bench/moe_gemm_peers.py: the tensor
+// cores draw more power on random operands than on one repeated value, and may clock lower. bf16
+// of unit deviation, or random E2M1 codes with block scales from 1/4 to 1 (NVFP4's E4M3 0x28 to
+// 0x38, MXFP4's E8M0 2^-2 to 2^0) and tensor scales of 1. (Until 2026-12-08 they were one repeated
+// value; docs/perf.md's GEMM figures before then were taken so.)
 class ExpertWeights {
  public:
   ExpertWeights(Format format, int experts, int n, int k)
       : format_(format), experts_(experts), n_(n), k_(k) {
     const std::size_t elems = static_cast<std::size_t>(experts) * n * k;
     if (format == Format::kSameAsX) {
-      codes_ = DeviceBuffer(elems * 2);
-      codes_.fill_bytes(0x3c);
+      codes_ = kjit::bench::random_bf16(elems);
       return;
     }
-    codes_ = DeviceBuffer(elems / 2);
-    codes_.fill_bytes(0x22);
-    scales_ = DeviceBuffer(elems / kjit::moe::fp4_scale_block(fp4_format()));
-    scales_.fill_bytes(format == Format::kNvFp4 ? 0x38 : 127);
+    codes_ = kjit::bench::random_bytes(elems / 2, 0, 255);
+    const std::size_t scales = elems / kjit::moe::fp4_scale_block(fp4_format());
+    scales_ = format == Format::kNvFp4 ? kjit::bench::random_bytes(scales, 0x28, 0x38)
+                                       : kjit::bench::random_bytes(scales, 125, 127);
     const std::vector<float> ones(static_cast<std::size_t>(experts), 1.f);
     tensor_scale_ = DeviceBuffer(ones.size() * 4);
     tensor_scale_.upload(ones.data(), ones.size() * 4);
