@@ -19,7 +19,9 @@
 //    of warps) and 64 weight rows a block.
 #include <algorithm>
 #include <cstdio>
+#include <map>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "bench/attention_timing.hpp"
@@ -244,6 +246,12 @@ int main(int argc, char** argv) try {
     return kjit::bench::graph_per_call_ms(kCalls, call, s);
   };
 
+  // Each format's and shape's experts drawn once (random values take the host seconds a row).
+  std::map<std::tuple<Format, int, int, int>, ExpertWeights> drawn;
+  const auto expert_weights = [&](Format f, int experts, int n, int k) -> const ExpertWeights& {
+    return drawn.try_emplace({f, experts, n, k}, f, experts, n, k).first->second;
+  };
+
   // Prefill.
   const std::vector<Row> rows{
       {"torch-anchor", 64, 16384, 1536, 2048},
@@ -296,7 +304,7 @@ int main(int argc, char** argv) try {
     for (Format f : {Format::kSameAsX, Format::kNvFp4, Format::kMxFp4}) {
       if (f != Format::kSameAsX && !glm) continue;            // the anchors' rows are bf16
       if (f == Format::kSameAsX && r.block == 256) continue;  // blocks of 256 for FP4 only
-      const ExpertWeights w(f, r.experts, r.n, r.k);
+      const ExpertWeights& w = expert_weights(f, r.experts, r.n, r.k);
       const double ms = time_calls([&](int) { w.run(vx, vblocks, r.block, vy, epilogue, s); });
       const kjit::ops::MoeGemm::Config chosen = w.config(vx, vblocks, r.block, vy, epilogue);
       print_row(r.name, f, r.experts, r.rows, r.n, r.k, ms, 0, chosen, copy_gbs);
@@ -322,9 +330,6 @@ int main(int argc, char** argv) try {
   for (const Row& p : projections) {
     if (only == "prefill") break;
     const std::vector<Format> formats{Format::kSameAsX, Format::kNvFp4, Format::kMxFp4};
-    std::vector<ExpertWeights> weights;
-    for (Format f : formats)
-      weights.emplace_back(f, kExperts, p.n, p.k);
     for (int tokens : {1, 4, 16, 64}) {
       if (only_count != 0 && tokens != only_count) continue;
       const int pairs = tokens * kTopK;
@@ -341,7 +346,7 @@ int main(int argc, char** argv) try {
       const TensorView vy(y.data(), DType::BFloat16, {layouts[0].capacity, p.n});
       const int touched = std::min(pairs, kExperts);
       for (std::size_t f = 0; f < formats.size(); ++f) {
-        const ExpertWeights& w = weights[f];
+        const ExpertWeights& w = expert_weights(formats[f], kExperts, p.n, p.k);
         const double ms = time_calls([&](int c) {
           w.run(layouts[c].x_view(p.k), layouts[c].blocks_view(), kDecodeBlock, vy,
                 layouts[c].epilogue, s);
