@@ -6,8 +6,8 @@
 #                         attention-ab|attention-backward|attention-backward-check|
 #                         attention-backward-tune|attention-grouped|attention-grouped-ab|
 #                         attention-grouped-ncu|mla|mla-ab|mla-ncu|moe|moe-decode|moe-decode-ab|
-#                         moe-bench|moe-ncu|moe-align-ncu|moe-router|moe-offload|python|fa4-stage|
-#                         l2-probe|zigzag|families|dist|all]
+#                         moe-bench|moe-ncu|moe-layer-ncu|moe-align-ncu|moe-router|moe-offload|
+#                         python|fa4-stage|l2-probe|zigzag|families|dist|all]
 #   (default all)
 # `families` is the check after a change to the op plumbing (kernel families, dispatch, tuning
 # tables): the whole GPU suite, the examples, a sanitizer subset, and the attention and
@@ -607,6 +607,30 @@ if [ "$what" = moe-ncu ]; then
       ncu_where "$name" 40
     done
   done
+fi
+if [ "$what" = moe-layer-ncu ]; then
+  # Where the NVFP4 layer's time goes at T KJIT_NCU_T (default 16384): each kernel's time over two
+  # layer calls of kjit_bench_moe_layer (past its 4 quantiser launches), then ncu's full set on the
+  # layer's first gate/up launch beside the balanced GEMM row's (kjit_bench_moe_gemm prefill 65536
+  # layer: glm-gate-up-256, its first FP4 launch over 256 token rows): the rate each holds, its SM
+  # clock and stalls.
+  t="${KJIT_NCU_T:-16384}"
+  step moe_layer_kernels timeout 200 ncu --clock-control none --metrics gpu__time_duration.sum \
+    --launch-skip 4 --launch-count 14 --csv "$bin/kjit_bench_moe_layer" nvfp4 "$t"
+  python3 -c 'import csv, sys
+for row in csv.reader(open(sys.argv[1])):
+    if len(row) == 15 and row[12] == "gpu__time_duration.sum":
+        print(f"{row[4][:72]:72} {row[14]:>12} {row[13]}")' "$out/moe_layer_kernels.log"
+  # NVFP4 (1), 256 token rows, 128 weight rows, any stages, SwiGLU (1); demangled names may cast.
+  gate_up='moe_grouped_gemm_fp4<[^,]*1, [^,]*256, [^,]*128, [^,]+, [^,]*1,'
+  step ncu_layer_gate_up timeout 200 ncu --set full --import-source no --clock-control none \
+    --kernel-name-base demangled --kernel-name regex:"$gate_up" --launch-count 1 -f \
+    -o "$final_out/layer_gate_up" "$bin/kjit_bench_moe_layer" nvfp4 "$t"
+  ncu_where layer_gate_up 20
+  step ncu_balanced_gate_up timeout 200 ncu --set full --import-source no --clock-control none \
+    --kernel-name-base demangled --kernel-name regex:"$gate_up" --launch-count 1 -f \
+    -o "$final_out/balanced_gate_up" "$bin/kjit_bench_moe_gemm" prefill 65536 layer
+  ncu_where balanced_gate_up 20
 fi
 if [ "$what" = moe-align-ncu ]; then
   # Where align's time goes at few pairs: ncu's full set on one align launch (the fourth, past
