@@ -281,11 +281,12 @@ int main(int argc, char** argv) try {
     if (only == "decode") break;
     if (only_count > 0 && r.rows != only_count) continue;
     std::vector<std::int32_t> ids(static_cast<std::size_t>(r.rows));
-    for (int i = 0; i < r.rows; ++i)
-      ids[i] = i % r.experts;
     if (r.layer_routing) {
       ids = kjit::bench::top_k_experts(kjit::bench::hashed_router_logits(r.rows / kTopK, r.experts),
                                        r.experts, kTopK);
+    } else {
+      for (int i = 0; i < r.rows; ++i)
+        ids[i] = i % r.experts;
     }
     const DeviceBuffer x = kjit::bench::random_bf16(static_cast<std::size_t>(r.rows) * r.k);
     const Layout layout(ids, r.experts, r.block, x, r.k, stream);

@@ -387,7 +387,7 @@ int MoeGemm::layout_block(std::int64_t pairs, std::int64_t experts, std::int64_t
 bool MoeGemm::takes_256_rows(std::int64_t weights, std::int64_t n, std::int64_t k) {
   static const Arch sm90a("sm_90a");  // the FP4 kernel's only arch
   const Problem p{DType::BFloat16, 256, n, k, 1, 256, 0, 0, weights};
-  return weights != kSameAsX && n % 128 == 0 && valid({128, 2}, p, sm90a);
+  return weights != kSameAsX && valid({128, 2}, p, sm90a);  // valid: N a multiple of 128
 }
 
 std::int64_t MoeGemm::y_columns(const Problem& p) {
